@@ -1,0 +1,31 @@
+// Run a plan on the CPU through the interpreter: the executable definition the generated CUDA is
+// compared with. Poisoned buffers start as NaN, so a kernel that forgets an element is caught.
+
+import { roundArray } from "./dtype.ts";
+import { interpret } from "./interpret.ts";
+import { numel, type Plan } from "./plan-types.ts";
+
+/** Inputs are rounded to their buffer's dtype on the way in (the caller may pass float64 data). */
+export function executeOnCpu(plan: Plan, inputs: Readonly<Record<string, ArrayLike<number>>>): Record<string, Float32Array> {
+  const mem = new Map<string, Float32Array>();
+  for (const b of plan.buffers) {
+    const n = numel(b.shape);
+    if (b.init === "input") {
+      const x = inputs[b.name];
+      if (!x) throw new Error(`plan input '${b.name}' missing`);
+      if (x.length !== n) throw new Error(`plan input '${b.name}': expected ${n} elements for shape [${b.shape}], received ${x.length}`);
+      mem.set(b.name, roundArray(x, b.dtype));
+    } else mem.set(b.name, new Float32Array(n).fill(b.init === "nan" ? NaN : 0));
+  }
+  for (const s of plan.steps) {
+    const k = s.kernel.build(s.spec, s.schedule);
+    const tensors: Record<string, Float32Array> = {};
+    for (const t of k.tensors) {
+      const name = s.bind[t.name];
+      if (!name) throw new Error(`step ${k.name}: kernel tensor '${t.name}' is not bound to a plan buffer`);
+      tensors[t.name] = mem.get(name)!;
+    }
+    interpret(k, { tensors, params: s.params });
+  }
+  return Object.fromEntries(plan.outputs.map((o) => [o, mem.get(o)!]));
+}

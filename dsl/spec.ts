@@ -1,0 +1,63 @@
+// A spec fixes everything a kernel is specialised on at generation time; a schedule fixes how
+// the work is split (tile sizes, warps, pipeline stages). Kernels are functions of both, and the
+// result must not depend on the schedule beyond rounding.
+
+import { isDType, type DType } from "./dtype.ts";
+import type { Kernel } from "./ir.ts";
+import { featureCount } from "./sympow.ts";
+
+export interface Spec {
+  readonly deg: number; // even, >= 2
+  readonly d: number; // head dim of Q and K
+  readonly e: number; // head dim of V
+  readonly chunk: number; // c, a power of two
+  readonly dtype: DType; // of Q, K, V, Y and the mma operands
+}
+
+/** How one kernel's work is split. Every field is optional per kernel; unused ones are ignored. */
+export interface Schedule {
+  readonly numWarps: number;
+  /** Features of the expansion handled per step (a block of D). */
+  readonly blockD: number;
+  /** Rows of a time tile inside a chunk (query or key sub-block of the attention), divides the chunk. */
+  readonly blockT: number;
+  /** Software-pipelining depth for the loops that stream tiles. */
+  readonly stages: number;
+}
+
+export interface KernelDef {
+  readonly name: string;
+  /** The default schedule for a spec (what `gen` uses without an autotune result). */
+  readonly schedule: (spec: Spec) => Schedule;
+  /** Candidate schedules the autotuner sweeps. */
+  readonly scheduleSpace: (spec: Spec) => readonly Schedule[];
+  readonly build: (spec: Spec, schedule: Schedule) => Kernel;
+}
+
+export function specKey(s: Spec): string {
+  return `p${s.deg}_d${s.d}_e${s.e}_c${s.chunk}_${s.dtype}`;
+}
+
+export function scheduleKey(s: Schedule): string {
+  return `w${s.numWarps}_bd${s.blockD}_bt${s.blockT}_s${s.stages}`;
+}
+
+const isPow2 = (n: number): boolean => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
+
+/** Throw an error naming the field, the expected and the received value. */
+export function checkSpec(s: Spec): Spec {
+  const bad = (field: string, expected: string, got: unknown): never => {
+    throw new Error(`spec.${field}: expected ${expected}, received ${JSON.stringify(got)}`);
+  };
+  if (!Number.isInteger(s.deg) || s.deg < 2 || s.deg % 2 !== 0) bad("deg", "a positive even integer", s.deg);
+  if (!Number.isInteger(s.d) || s.d < 1) bad("d", "a positive integer", s.d);
+  if (!Number.isInteger(s.e) || s.e < 1) bad("e", "a positive integer", s.e);
+  if (!isPow2(s.chunk) || s.chunk < 16) bad("chunk", "a power of two >= 16", s.chunk);
+  if (!isDType(s.dtype)) bad("dtype", "one of f32, f16, bf16", s.dtype);
+  return s;
+}
+
+/** D of the spec: features of the degree-deg expansion of a d-vector. */
+export function stateFeatures(s: Spec): number {
+  return featureCount(s.d, s.deg);
+}
