@@ -137,6 +137,11 @@ int cu_fail(const std::string& op, CUresult rc, bool always_name_launch = false)
   return fail(PRT_ECUDA, msg);
 }
 
+// For callers holding g_mu (cu_fail would take it again to read the last launch).
+int cu_fail_locked(const std::string& op, CUresult rc) {
+  return fail(PRT_ECUDA, op + " failed: " + describe(rc));
+}
+
 const char* libcuda_path() {
   const char* p = std::getenv("PRT_LIBCUDA");  // test / debugging override
   return (p && *p) ? p : "libcuda.so.1";
@@ -241,15 +246,15 @@ int ensure_context() {
       if (rc) return rc;
       int count = 0;
       CUresult r = g_drv.cuDeviceGetCount(&count);
-      if (r != CUDA_SUCCESS) return cu_fail("cuDeviceGetCount", r);
+      if (r != CUDA_SUCCESS) return cu_fail_locked("cuDeviceGetCount", r);
       if (count <= 0)
         return fail(PRT_ENODEVICE, "no CUDA device: the driver loaded but reports 0 devices");
       CUdevice dev = 0;
       r = g_drv.cuDeviceGet(&dev, 0);
-      if (r != CUDA_SUCCESS) return cu_fail("cuDeviceGet(0)", r);
+      if (r != CUDA_SUCCESS) return cu_fail_locked("cuDeviceGet(0)", r);
       CUcontext c = nullptr;
       r = g_drv.cuDevicePrimaryCtxRetain(&c, dev);
-      if (r != CUDA_SUCCESS) return cu_fail("cuDevicePrimaryCtxRetain(device 0)", r);
+      if (r != CUDA_SUCCESS) return cu_fail_locked("cuDevicePrimaryCtxRetain(device 0)", r);
       g_ctx = c;  // retained for the life of the process
     }
     ctx = g_ctx;
