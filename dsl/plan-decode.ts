@@ -1,0 +1,159 @@
+// Decoding as plans (kernels/README.md, "State layout and decoding"). A decode state is, per layer,
+// S [b,h,D,e] and Z [b,h,D] plus a cache Kc [b,c,h,d], Vc [b,c,h,e], Gc [b,c,h] (all f32, the cache
+// holding values of the dtype) whose first `len` rows are the tokens since the last fold
+// (0 <= len < c between calls). One call
+// with tn new tokens becomes segments that each fill the cache at most up to c:
+//   cache_append -> decode  [-> update_state -> discounted_cumsum -> state_copy, when len reaches c]
+// The CPU API below runs the plan through the interpreter; the GPU runtime runs the same plan.
+
+import { executeOnCpu } from "./execute-cpu.ts";
+import { cacheAppend, decode, stateCopy } from "./kernels/decode.ts";
+import { discountedCumsum } from "./kernels/discounted-cumsum.ts";
+import { updateState } from "./kernels/update-state.ts";
+import { numel, type Plan, type PlanBuffer, type PlanStep } from "./plan-types.ts";
+import type { Problem, ScheduleTable } from "./plan.ts";
+import { checkSpec, stateFeatures, type KernelDef, type Spec } from "./spec.ts";
+
+/** Sizes and options of a decoding layer: a forward `Problem` without t and the state flags (the
+ * state is always there); `chunk` is the cache's capacity c, `gated` says each call brings logG. */
+export type DecodeProblem = Omit<Problem, "t" | "initialState" | "finalState">;
+
+export function decodeSpec(p: DecodeProblem): Spec {
+  return checkSpec({ deg: p.deg, d: p.d, e: p.e, chunk: p.chunk, dtype: p.dtype });
+}
+
+function checkDecodeProblem(p: DecodeProblem): void {
+  for (const f of ["b", "hq", "h", "d", "e"] as const)
+    if (!Number.isInteger(p[f]) || p[f] < 1) throw new Error(`${f}: expected a positive integer, received ${p[f]}`);
+  if (p.hq % p.h !== 0) throw new Error(`hq: expected a multiple of h = ${p.h}, received ${p.hq}`);
+  if (!Number.isFinite(p.scale)) throw new Error(`scale: expected a finite number, received ${p.scale}`);
+  decodeSpec(p);
+}
+
+/** The state buffers of a decoding layer: names, shapes, dtypes (what the caller keeps between calls). */
+export function decodeStateBuffers(p: DecodeProblem): PlanBuffer[] {
+  const D = stateFeatures(decodeSpec(p));
+  const { b, h, d, e, chunk: c } = p;
+  return [
+    { name: "S", dtype: "f32", shape: [b, h, D, e], init: "input" },
+    { name: "Z", dtype: "f32", shape: [b, h, D], init: "input" },
+    { name: "Kc", dtype: "f32", shape: [b, c, h, d], init: "input" }, // values of p.dtype
+    { name: "Vc", dtype: "f32", shape: [b, c, h, e], init: "input" },
+    { name: "Gc", dtype: "f32", shape: [b, c, h], init: "input" },
+  ];
+}
+
+export interface DecodePlan {
+  readonly plan: Plan;
+  /** Cache rows in use after the call. */
+  readonly len: number;
+  /** How many times the cache was folded into the state during the call. */
+  readonly folds: number;
+}
+
+/**
+ * One decoding call: tn new tokens Q [b,tn,hq,d], K [b,tn,h,d], V [b,tn,h,e], logG [b,tn,h] given
+ * a cache of len0 rows. Outputs Y [b,tn,hq,e] and the updated state buffers (S, Z, Kc, Vc, Gc,
+ * updated in place: the caller passes them in and reads them back).
+ */
+export function decodePlan(p: DecodeProblem, len0: number, tn: number, sched: ScheduleTable = {}): DecodePlan {
+  checkDecodeProblem(p);
+  const spec = decodeSpec(p);
+  const D = stateFeatures(spec);
+  const { b, hq, h, d, e, chunk: c } = p;
+  if (!Number.isInteger(len0) || len0 < 0 || len0 >= c) throw new Error(`len0: expected an integer in [0, ${c}), received ${len0}`);
+  if (!Number.isInteger(tn) || tn < 1) throw new Error(`tn: expected a positive integer, received ${tn}`);
+  // The fold runs with f32 operands (its spec's dtype): phi(k') rounded to bf16 costs ~2e-3 in S, which
+  // the cancellation in phi(q').S turns into more than SPEC's tolerance at p = 4 (README, "State layout").
+  const foldSpec: Spec = { ...spec, dtype: "f32" };
+  const step = (k: KernelDef, params: Record<string, number>, bind: Record<string, string>, s: Spec = spec): PlanStep => ({
+    kernel: k, spec: s, schedule: sched[k.name] ?? k.schedule(s), params, bind,
+  });
+  const tmp = (name: string, shape: number[]): PlanBuffer => ({ name, dtype: "f32", shape, init: "nan" });
+  const buffers: PlanBuffer[] = [
+    { name: "Q", dtype: p.dtype, shape: [b, tn, hq, d], init: "input" },
+    { name: "K", dtype: p.dtype, shape: [b, tn, h, d], init: "input" },
+    { name: "V", dtype: p.dtype, shape: [b, tn, h, e], init: "input" },
+    { name: "logG", dtype: "f32", shape: [b, tn, h], init: p.gated ? "input" : "zeros" },
+    ...decodeStateBuffers(p),
+    { name: "Y", dtype: p.dtype, shape: [b, tn, hq, e], init: "nan" },
+  ];
+  const cache = { Kc: "Kc", Vc: "Vc", Gc: "Gc" };
+  const steps: PlanStep[] = [];
+  let len = len0, folds = 0;
+  for (let q0 = 0; q0 < tn; ) {
+    const seg = Math.min(tn - q0, c - len); // tokens that fit before the cache is full
+    steps.push(step(cacheAppend, { b, tq: tn, h, q0, tn: seg, len0: len }, { K: "K", V: "V", logG: "logG", ...cache }));
+    len += seg;
+    steps.push(step(decode, { b, tq: tn, hq, h, q0, tn: seg, len, scale: p.scale }, { Q: "Q", ...cache, S: "S", Z: "Z", Y: "Y" }));
+    q0 += seg;
+    if (len === c) {
+      // Fold: the full cache is one chunk (t = c, n = 1) whose initial state is S, Z.
+      if (folds++ === 0)
+        buffers.push(
+          tmp("dS", [b, h, 1, D, e]), tmp("dZ", [b, h, 1, D]), tmp("Sin", [b, h, 1, D, e]), tmp("Zin", [b, h, 1, D]),
+          tmp("Sfinal", [b, h, D, e]), tmp("Zfinal", [b, h, D]),
+        );
+      steps.push(step(updateState, { b, t: c, h, n: 1 }, { K: "Kc", V: "Vc", logG: "Gc", dS: "dS", dZ: "dZ" }, foldSpec));
+      steps.push(step(discountedCumsum, { b, t: c, h, n: 1 }, {
+        dS: "dS", dZ: "dZ", logG: "Gc", S0: "S", Z0: "Z", Sin: "Sin", Zin: "Zin", Sfinal: "Sfinal", Zfinal: "Zfinal",
+      }, foldSpec));
+      steps.push(step(stateCopy, { b, h }, { Sfinal: "Sfinal", Zfinal: "Zfinal", S: "S", Z: "Z" }, foldSpec));
+      len = 0;
+    }
+  }
+  return { plan: { buffers, steps, outputs: ["Y", "S", "Z", "Kc", "Vc", "Gc"] }, len, folds };
+}
+
+/** A decoding layer's state on the CPU (flat row-major arrays, see decodeStateBuffers). */
+export interface DecodeState {
+  readonly problem: DecodeProblem;
+  len: number;
+  S: Float32Array;
+  Z: Float32Array;
+  Kc: Float32Array;
+  Vc: Float32Array;
+  Gc: Float32Array;
+}
+
+/** A state with an empty cache: S = Z = 0, or a given S [b,h,D,e], Z [b,h,D] (e.g. a prefill's
+ * Sfinal, Zfinal, which share this layout). */
+export function createDecodeState(p: DecodeProblem, init?: { readonly S: ArrayLike<number>; readonly Z: ArrayLike<number> }): DecodeState {
+  checkDecodeProblem(p);
+  const bufs = decodeStateBuffers(p);
+  const make = (name: string, from?: ArrayLike<number>): Float32Array => {
+    const n = numel(bufs.find((x) => x.name === name)!.shape);
+    if (from === undefined) return new Float32Array(n);
+    if (from.length !== n) throw new Error(`init.${name}: expected ${n} elements, received ${from.length}`);
+    return Float32Array.from(from);
+  };
+  return { problem: p, len: 0, S: make("S", init?.S), Z: make("Z", init?.Z), Kc: make("Kc"), Vc: make("Vc"), Gc: make("Gc") };
+}
+
+export interface DecodeInputs {
+  readonly q: ArrayLike<number>; // [b, tn, hq, d]
+  readonly k: ArrayLike<number>; // [b, tn, h, d]
+  readonly v: ArrayLike<number>; // [b, tn, h, e]
+  readonly logG?: ArrayLike<number> | null; // [b, tn, h], required when the problem is gated
+}
+
+/** Decode tn = q.length / (b hq d) new tokens: returns Y [b,tn,hq,e] and updates `state`. */
+export function decodeStepOnCpu(state: DecodeState, x: DecodeInputs, sched: ScheduleTable = {}): Float32Array {
+  const p = state.problem;
+  const tn = x.q.length / (p.b * p.hq * p.d);
+  if (!Number.isInteger(tn) || tn < 1) throw new Error(`q: expected b*tn*hq*d elements with tn >= 1, received ${x.q.length}`);
+  if (p.gated && !x.logG) throw new Error("logG: required for a gated problem");
+  const { plan, len } = decodePlan(p, state.len, tn, sched);
+  const inputs: Record<string, ArrayLike<number>> = {
+    Q: x.q, K: x.k, V: x.v, S: state.S, Z: state.Z, Kc: state.Kc, Vc: state.Vc, Gc: state.Gc,
+  };
+  if (p.gated) inputs["logG"] = x.logG!;
+  const out = executeOnCpu(plan, inputs);
+  state.S = out["S"]!;
+  state.Z = out["Z"]!;
+  state.Kc = out["Kc"]!;
+  state.Vc = out["Vc"]!;
+  state.Gc = out["Gc"]!;
+  state.len = len;
+  return out["Y"]!;
+}
