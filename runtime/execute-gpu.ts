@@ -1,0 +1,221 @@
+// Run a plan (dsl/plan-types.ts) on the GPU: the twin of dsl/execute-cpu.ts. The plan says which
+// buffers exist and which kernel launches fill them; this file only allocates, binds, launches and
+// hands the outputs back. 'nan' buffers are poisoned with POISON_NAN (so an element no kernel
+// writes reads back as NaN), 'zeros' buffers are zeroed, 'input' buffers are the caller's.
+//
+// Everything that can be checked without the GPU (kernel lookup in the manifest, bindings, sizes,
+// the caller's inputs) is checked before the first allocation.
+
+import { dtypeBytes, type DType } from "../dsl/dtype.ts";
+import { tensorDims } from "../dsl/interpret.ts";
+import { printExpr } from "../dsl/print.ts";
+import type { Kernel } from "../dsl/ir.ts";
+import { numel, type Plan, type PlanStep } from "../dsl/plan-types.ts";
+import { scheduleKey, specKey, type Schedule } from "../dsl/spec.ts";
+import { DeviceBuffer } from "./device.ts";
+import {
+  checkFatbin,
+  DEFAULT_MANIFEST,
+  genCommand,
+  launchKernel,
+  loadKernel,
+  loadManifests,
+  lookupKernel,
+  missingKernelsError,
+  manifestSchedule,
+  type KernelMiss,
+  type ManifestKernel,
+} from "./kernels.ts";
+import { loadNative } from "./native.ts";
+import { requireGpu } from "./validate.ts";
+
+/** Programs per grid axis of `k` for these params: its grid expressions, evaluated as the interpreter does. */
+export function evalGrid(k: Kernel, params: Readonly<Record<string, number>>): [number, number, number] {
+  // tensorDims evaluates integer expressions over params with the interpreter's own semantics
+  // (idiv, mod, casts); a pseudo-tensor whose dims are the grid reuses it, so CPU and GPU agree.
+  const probe: Kernel = { ...k, tensors: [{ name: "__grid", dtype: "f32", dims: k.grid, role: "in" }] };
+  const g = tensorDims(probe, params).get("__grid")!;
+  for (let i = 0; i < 3; i++)
+    if (!Number.isInteger(g[i]) || g[i]! < 0)
+      throw new Error(`${k.name}: grid[${i}] evaluates to ${g[i]} for params ${JSON.stringify(params)}; expected a non-negative integer`);
+  return [g[0]!, g[1]!, g[2]!];
+}
+
+const built = new Map<string, Kernel>();
+
+/** The kernel IR of a step, built once per (kernel, spec, schedule). */
+export function stepKernel(step: PlanStep): Kernel {
+  const key = `${step.kernel.name}/${specKey(step.spec)}/${scheduleKey(step.schedule)}`;
+  let k = built.get(key);
+  if (!k) {
+    k = step.kernel.build(step.spec, step.schedule);
+    built.set(key, k);
+  }
+  return k;
+}
+
+/** Schedules by kernel name (what the plan builders take). */
+export type ScheduleTable = Readonly<Record<string, Schedule>>;
+
+/**
+ * Build a plan with the schedules the manifests hold for its steps (a manifest may carry autotuned
+ * schedules, not the kernels' defaults), the caller's `given` ones taking precedence. `build` is
+ * called with defaults first to learn the steps, then with the table. A kernel that a plan runs
+ * under two specs with different manifest schedules keeps its default.
+ */
+export function withManifestSchedules<T>(build: (sched: ScheduleTable) => T, planOf: (x: T) => Plan, given: ScheduleTable = {}): { built: T; schedules: ScheduleTable } {
+  const table: Record<string, Schedule> = {};
+  const conflicts = new Set<string>();
+  for (const step of planOf(build(given)).steps) {
+    const name = step.kernel.name;
+    if (name in given) continue;
+    const sch = manifestSchedule(name, step.spec);
+    if (!sch) continue;
+    if (table[name] && scheduleKey(table[name]!) !== scheduleKey(sch)) conflicts.add(name);
+    table[name] = sch;
+  }
+  for (const n of conflicts) delete table[n];
+  const schedules = { ...table, ...given };
+  return { built: build(schedules), schedules };
+}
+
+/** Something that holds a device buffer: a DeviceBuffer or a runtime Tensor. */
+export type BufferSource = DeviceBuffer | { readonly buffer: DeviceBuffer; readonly shape: readonly number[]; readonly dtype: DType };
+
+const bufferOf = (x: BufferSource): DeviceBuffer => (x instanceof DeviceBuffer ? x : x.buffer);
+/** Bytes of a source, without touching the device (a Tensor's follow from its shape and dtype). */
+const bytesOf = (x: BufferSource): number => (x instanceof DeviceBuffer ? x.bytes : numel(x.shape) * dtypeBytes(x.dtype));
+
+export interface GpuRunOptions {
+  /** Synchronize after every launch, so an asynchronous fault names the kernel that caused it. */
+  readonly syncEachLaunch?: boolean;
+  /** Plan buffers to hand back besides the plan's outputs (e.g. for debugging). */
+  readonly keep?: readonly string[];
+  /** The API function on whose behalf the plan runs, for error messages (default executeOnGpu). */
+  readonly caller?: string;
+  /** Called after each launch with its description (name{spec}{schedule} grid, block, smem). */
+  readonly onLaunch?: (what: string) => void;
+}
+
+/** A launch, fully resolved before anything runs. */
+interface PreparedStep {
+  readonly step: PlanStep;
+  readonly kernel: Kernel;
+  readonly entry: ManifestKernel;
+  readonly grid: [number, number, number];
+  readonly what: string;
+}
+
+/** CUDA's grid size limits per axis. */
+const GRID_LIMITS = [2 ** 31 - 1, 65535, 65535] as const;
+
+const regenCommand = (k: ManifestKernel): string => (k.manifest === DEFAULT_MANIFEST ? "npx retention gen --compile" : genCommand(k.spec));
+
+/** Check a plan against the manifest and itself; throws before any GPU work. */
+export function preparePlan(plan: Plan): PreparedStep[] {
+  const buffers = new Map(plan.buffers.map((b) => [b.name, b]));
+  for (const o of plan.outputs) if (!buffers.has(o)) throw new Error(`plan output '${o}' is not a plan buffer`);
+  const manifests = loadManifests();
+  const found = plan.steps.map((step) => lookupKernel(step.kernel.name, step.spec, step.schedule, manifests));
+  const misses = found.filter((f): f is KernelMiss => !("symbol" in f));
+  if (misses.length) throw missingKernelsError(misses, manifests);
+  return plan.steps.map((step, i) => {
+    const kernel = stepKernel(step);
+    const entry = found[i] as ManifestKernel;
+    const dims = tensorDims(kernel, step.params);
+    for (const t of kernel.tensors) {
+      const name = step.bind[t.name];
+      if (!name) throw new Error(`step ${kernel.name}: kernel tensor '${t.name}' is not bound to a plan buffer`);
+      const buf = buffers.get(name);
+      if (!buf) throw new Error(`step ${kernel.name}: tensor '${t.name}' is bound to '${name}', which is not a plan buffer`);
+      const n = dims.get(t.name)!.reduce((a, b) => a * b, 1);
+      if (n !== numel(buf.shape) || t.dtype !== buf.dtype)
+        throw new Error(
+          `step ${kernel.name}: tensor '${t.name}' is ${t.dtype} [${dims.get(t.name)}] but plan buffer '${name}' is ${buf.dtype} [${buf.shape}]`,
+        );
+    }
+    // the compiled kernel must be the DSL kernel of today: same arguments, grid and block
+    const stale = (what: string): never => {
+      throw new Error(`kernel ${entry.symbol} in ${entry.manifest}: ${what}: the generated code is stale; regenerate it with \`${regenCommand(entry)}\``);
+    };
+    const expected = [...kernel.tensors.map((t) => t.name), ...kernel.params.map((p) => p.name)];
+    if (entry.args.join(",") !== expected.join(",")) stale(`takes (${entry.args.join(", ")}) but the DSL kernel takes (${expected.join(", ")})`);
+    const grid0 = kernel.grid.map(printExpr);
+    if (entry.grid && entry.grid.join(" | ") !== grid0.join(" | ")) stale(`its grid is (${entry.grid.join(", ")}) but the DSL kernel's is (${grid0.join(", ")})`);
+    if (entry.threads !== 32 * kernel.numWarps) stale(`it runs ${entry.threads} threads per block but the DSL kernel has ${kernel.numWarps} warps`);
+    const grid = evalGrid(kernel, step.params);
+    GRID_LIMITS.forEach((lim, i) => {
+      if (grid[i]! > lim)
+        throw new Error(`step ${kernel.name}: grid[${i}] = ${grid[i]} for params ${JSON.stringify(step.params)} exceeds CUDA's limit of ${lim} programs on that axis`);
+    });
+    const what = `${kernel.name}{${specKey(step.spec)}}{${scheduleKey(step.schedule)}}`;
+    return { step, kernel, entry, grid, what };
+  });
+}
+
+/**
+ * Run `plan` on the GPU. `inputs` gives a device buffer (or Tensor) for every 'input' buffer of the
+ * plan, of the buffer's size and dtype; kernels that write an input buffer update it in place.
+ * Returns the plan's outputs (and `keep`) by name: buffers allocated here belong to the caller from
+ * then on; an output that is an input is returned as the caller's own buffer. Every other buffer
+ * allocated here is freed before returning, on success and on error.
+ */
+export function executeOnGpu(
+  plan: Plan,
+  inputs: Readonly<Record<string, BufferSource>>,
+  opts: GpuRunOptions = {},
+): Record<string, DeviceBuffer> {
+  // ---- everything that needs no GPU ------------------------------------------------------------
+  const prepared = preparePlan(plan);
+  for (const b of plan.buffers) {
+    if (b.init !== "input") continue;
+    const x = inputs[b.name];
+    if (!x) throw new Error(`plan input '${b.name}' missing`);
+    const bytes = numel(b.shape) * dtypeBytes(b.dtype);
+    if (bytesOf(x) !== bytes)
+      throw new Error(`plan input '${b.name}': expected ${bytes} bytes for ${b.dtype} [${b.shape}], received ${bytesOf(x)}`);
+    if (!(x instanceof DeviceBuffer) && x.dtype !== b.dtype)
+      throw new Error(`plan input '${b.name}': expected dtype ${b.dtype}, received ${x.dtype}`);
+  }
+  const handBack = new Set([...plan.outputs, ...(opts.keep ?? [])]);
+  for (const k of handBack) if (!plan.buffers.some((b) => b.name === k)) throw new Error(`keep: '${k}' is not a plan buffer`);
+  requireGpu(opts.caller ?? "executeOnGpu");
+  for (const p of prepared) checkFatbin(p.entry);
+
+  // ---- on the GPU ----------------------------------------------------------------------------
+  const native = loadNative();
+  const fns = prepared.map((p) => loadKernel(p.entry));
+  const mem = new Map<string, DeviceBuffer>();
+  const owned: [string, DeviceBuffer][] = [];
+  let ok = false;
+  try {
+    for (const b of plan.buffers) {
+      if (b.init === "input") {
+        mem.set(b.name, bufferOf(inputs[b.name]!));
+        continue;
+      }
+      const buf = DeviceBuffer.alloc(numel(b.shape) * dtypeBytes(b.dtype));
+      owned.push([b.name, buf]);
+      mem.set(b.name, buf);
+      if (b.init === "nan") buf.poison();
+      else buf.zero();
+    }
+    prepared.forEach((p, i) => {
+      launchKernel(fns[i]!, p.entry, p.kernel, p.grid, p.step.params, (t) => mem.get(p.step.bind[t]!)!.ptr, p.what);
+      if (opts.syncEachLaunch) native.synchronize();
+      opts.onLaunch?.(`${p.what} grid=(${p.grid}) block=${p.entry.threads} smem=${p.entry.smemBytes}`);
+    });
+    native.synchronize();
+    ok = true;
+  } finally {
+    for (const [name, buf] of owned) {
+      if (ok && handBack.has(name)) continue;
+      try {
+        buf.free();
+      } catch (e) {
+        if (ok) throw e; // else keep the error that got us here (a sticky fault fails every free)
+      }
+    }
+  }
+  return Object.fromEntries([...handBack].map((o) => [o, mem.get(o)!]));
+}

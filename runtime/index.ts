@@ -1,0 +1,341 @@
+// The public TypeScript API: device tensors, powerRetention (forward), its backward, and a decoder.
+//
+// Composition lives in the plans (dsl/plan.ts, dsl/plan-backward.ts, dsl/plan-decode.ts), the same
+// ones the CPU interpreter runs; this file checks arguments, picks the schedules the manifest holds,
+// runs the plan on the GPU (runtime/execute-gpu.ts) and wraps what comes back in Tensors.
+// Every argument check runs before any GPU work, so bad calls fail the same way without a GPU.
+
+import type { DType } from "../dsl/dtype.ts";
+import { backwardPlan } from "../dsl/plan-backward.ts";
+import { decodePlan, decodeStateBuffers, type DecodeProblem, type DecodeState } from "../dsl/plan-decode.ts";
+import { forwardPlan, type Problem, type ScheduleTable } from "../dsl/plan.ts";
+import { numel } from "../dsl/plan-types.ts";
+import { DeviceBuffer } from "./device.ts";
+import { executeOnGpu, preparePlan, withManifestSchedules, type BufferSource } from "./execute-gpu.ts";
+import { Tensor } from "./tensor.ts";
+import {
+  ArgumentError,
+  checkDType,
+  checkQKVG,
+  checkRetentionOptions,
+  checkState,
+  checkTensor,
+  checkTensorDType,
+  checkTensorShape,
+  requireGpu,
+  show,
+  type TensorInfo,
+} from "./validate.ts";
+
+export { Tensor } from "./tensor.ts";
+export { cudaAvailable, type CudaAvailability } from "./device.ts";
+export { ArgumentError, GpuUnavailableError, DEFAULT_CHUNK } from "./validate.ts";
+export { MissingKernelError, genCommand, buildCommand, findKernel, loadManifests, manifestPaths, kernelDir } from "./kernels.ts";
+export { evalGrid, executeOnGpu, preparePlan, withManifestSchedules } from "./execute-gpu.ts";
+export { f16Bits, bf16Bits, f16Value, bf16Value } from "./convert.ts";
+
+/** A recurrent state: S [b, h, D, e] and Z [b, h, D], f32 (D = binomial(d + deg - 1, deg)). */
+export interface RetentionState {
+  readonly S: Tensor;
+  readonly Z: Tensor;
+}
+
+export interface RetentionOptions {
+  /** Degree p of the power, a positive even integer. Default 2. */
+  readonly deg?: number;
+  /** Default 1 / sqrt(d). */
+  readonly scale?: number;
+  /** Chunk size c, a power of two >= 16. Default 64. Changes how the work is split, not the result. */
+  readonly chunk?: number;
+  /** The state before the first token (default zero). Read, not kept: the caller still owns it. */
+  readonly initialState?: RetentionState;
+  /** Also return the state after the last token. */
+  readonly returnState?: boolean;
+  /** Schedules by kernel name, over the ones the manifest holds for the spec. */
+  readonly schedules?: ScheduleTable;
+  /** Synchronize after every launch (slower; an asynchronous fault then names its kernel). */
+  readonly syncEachLaunch?: boolean;
+}
+
+/**
+ * What the backward needs from a forward call. It references the call's inputs and Y (owned by the
+ * caller: keep them alive until the backward ran) and owns lse and the per-chunk states Sin, Zin
+ * (absent when the forward took the one-chunk short path): free() releases those.
+ */
+export interface RetentionSaved {
+  readonly problem: Problem;
+  readonly schedules: ScheduleTable;
+  readonly Q: Tensor;
+  readonly K: Tensor;
+  readonly V: Tensor;
+  readonly logG: Tensor | null;
+  readonly initialState: RetentionState | null;
+  readonly Y: Tensor;
+  /** log of the normaliser l_i, [b, t, hq] f32. */
+  readonly lse: Tensor;
+  /** The state each chunk read, [b, h, n, D, e] and [b, h, n, D] f32, or null on the short path. */
+  readonly Sin: Tensor | null;
+  readonly Zin: Tensor | null;
+  readonly syncEachLaunch: boolean;
+  free(): void;
+}
+
+export interface RetentionResult {
+  /** [b, t, hq, e], the dtype of Q. */
+  readonly Y: Tensor;
+  /** The state after the last token, when `returnState`. */
+  readonly state?: RetentionState;
+  readonly saved: RetentionSaved;
+}
+
+const gpuInputs = (x: Record<string, Tensor | null | undefined>): Record<string, BufferSource> =>
+  Object.fromEntries(Object.entries(x).filter((e): e is [string, Tensor] => !!e[1]));
+
+function wrap(buffers: Record<string, DeviceBuffer>, plan: { buffers: readonly { name: string; shape: readonly number[]; dtype: DType }[] }, name: string): Tensor {
+  const b = plan.buffers.find((x) => x.name === name)!;
+  return Tensor.fromBuffer(buffers[name]!, b.shape, b.dtype);
+}
+
+/**
+ * Power retention (SPEC.md): Y [b,t,hq,e] from Q [b,t,hq,d], K [b,t,h,d], V [b,t,h,e] (one dtype)
+ * and logG [b,t,h] (f32, <= 0) or null for no gate.
+ */
+export function powerRetention(Q: Tensor, K: Tensor, V: Tensor, logG: Tensor | null, opts: RetentionOptions = {}): RetentionResult {
+  const fn = "powerRetention";
+  if (typeof opts !== "object" || opts === null) throw new ArgumentError(fn, "opts", `expected an options object, received ${String(opts)}`);
+  const sizes = checkQKVG(fn, Q, K, V, logG);
+  const o = checkRetentionOptions(fn, sizes.d, opts);
+  const init = opts.initialState ? checkState(fn, "opts.initialState", opts.initialState, { ...sizes, deg: o.deg }, (Q as TensorInfo).device) : null;
+  const problem: Problem = {
+    ...sizes, deg: o.deg, chunk: o.chunk, scale: o.scale,
+    gated: logG !== null && logG !== undefined,
+    initialState: init !== null,
+    finalState: opts.returnState === true,
+  };
+  const { built: plan, schedules } = withManifestSchedules((s) => forwardPlan(problem, s), (x) => x, opts.schedules);
+  const out = executeOnGpu(
+    plan,
+    gpuInputs({ Q, K, V, logG, S0: opts.initialState?.S, Z0: opts.initialState?.Z }),
+    { syncEachLaunch: opts.syncEachLaunch, caller: fn },
+  );
+  const Y = wrap(out, plan, "Y");
+  const lse = wrap(out, plan, "lse");
+  const Sin = out.Sin ? wrap(out, plan, "Sin") : null;
+  const Zin = out.Zin ? wrap(out, plan, "Zin") : null;
+  const saved: RetentionSaved = {
+    problem, schedules, Q, K, V, logG: logG ?? null,
+    initialState: opts.initialState ?? null,
+    Y, lse, Sin, Zin,
+    syncEachLaunch: opts.syncEachLaunch === true,
+    free() {
+      lse.free();
+      Sin?.free();
+      Zin?.free();
+    },
+  };
+  const state = problem.finalState ? { S: wrap(out, plan, "Sfinal"), Z: wrap(out, plan, "Zfinal") } : undefined;
+  return state ? { Y, state, saved } : { Y, saved };
+}
+
+export interface RetentionGradients {
+  readonly dQ: Tensor; // [b, t, hq, d], dtype
+  readonly dK: Tensor; // [b, t, h, d], dtype
+  readonly dV: Tensor; // [b, t, h, e], dtype
+  /** [b, t, h] f32; null when the forward had no gate. */
+  readonly dlogG: Tensor | null;
+  /** Gradient of the initial state, when the forward was given one. */
+  readonly dInitialState?: RetentionState;
+}
+
+export interface BackwardOptions {
+  /** Gradient of the returned final state (the forward must have had `returnState`); default zero. */
+  readonly dState?: RetentionState;
+}
+
+/** The gradients of powerRetention for the incoming gradient dY [b, t, hq, e] (the dtype of Y). */
+export function powerRetentionBackward(saved: RetentionSaved, dY: Tensor, opts: BackwardOptions = {}): RetentionGradients {
+  const fn = "powerRetentionBackward";
+  if (typeof saved !== "object" || saved === null || !("problem" in saved))
+    throw new ArgumentError(fn, "saved", `expected the 'saved' of a powerRetention result, received ${String(saved)}`);
+  const fwd = saved.problem;
+  // everything the plan reads must still be alive
+  const live: [string, Tensor | null][] = [
+    ["saved.Q", saved.Q], ["saved.K", saved.K], ["saved.V", saved.V], ["saved.logG", saved.logG],
+    ["saved.initialState.S", saved.initialState?.S ?? null], ["saved.initialState.Z", saved.initialState?.Z ?? null],
+    ["saved.Y", saved.Y], ["saved.lse", saved.lse], ["saved.Sin", saved.Sin], ["saved.Zin", saved.Zin],
+  ];
+  for (const [name, t] of live) if (t) checkTensor(fn, name, t);
+  const dy = checkTensor(fn, "dY", dY);
+  checkTensorShape(fn, "dY", dy, saved.Y.shape, " (the shape of Y)");
+  checkTensorDType(fn, "dY", dy, saved.Y.dtype, " (the dtype of Y)");
+  if (dy.device !== saved.Q.device)
+    throw new ArgumentError(fn, "dY", `expected a tensor on device ${saved.Q.device} (the device of Q), received one on device ${dy.device}`);
+  const dState = opts.dState ?? null;
+  if (dState) {
+    if (!fwd.finalState)
+      throw new ArgumentError(fn, "opts.dState", "expected no state gradient: the forward was called without returnState, so it returned no state");
+    checkState(fn, "opts.dState", dState, fwd, saved.Q.device);
+  }
+  const problem: Problem = { ...fwd, finalState: dState !== null };
+  const { built: plan } = withManifestSchedules((s) => backwardPlan(problem, s), (x) => x, saved.schedules);
+  const inputs = gpuInputs({
+    Q: saved.Q, K: saved.K, V: saved.V, logG: saved.logG,
+    S0: saved.initialState?.S, Z0: saved.initialState?.Z,
+    Y: saved.Y, lse: saved.lse, Sin: saved.Sin, Zin: saved.Zin, dY,
+    dSfinal: dState?.S, dZfinal: dState?.Z,
+  });
+  for (const b of plan.buffers)
+    if (b.init === "input" && !inputs[b.name])
+      throw new Error(`${fn}: the backward plan reads '${b.name}', which the forward did not keep (a plan mismatch)`);
+  const out = executeOnGpu(plan, inputs, { syncEachLaunch: saved.syncEachLaunch, caller: fn });
+  const dlogG = wrap(out, plan, "dlogG");
+  if (!problem.gated) dlogG.free();
+  const grads = {
+    dQ: wrap(out, plan, "dQ"), dK: wrap(out, plan, "dK"), dV: wrap(out, plan, "dV"),
+    dlogG: problem.gated ? dlogG : null,
+  };
+  return out.dS0 ? { ...grads, dInitialState: { S: wrap(out, plan, "dS0"), Z: wrap(out, plan, "dZ0") } } : grads;
+}
+
+// ---- decoding -------------------------------------------------------------------------------------
+
+export interface DecoderOptions {
+  readonly b: number;
+  readonly hq: number;
+  readonly h: number;
+  readonly d: number;
+  /** Default d. */
+  readonly e?: number;
+  readonly deg?: number;
+  /** Tokens the cache holds before they are folded into the state. Default 64. */
+  readonly chunk?: number;
+  /** Of q, k, v and y. Default f32. */
+  readonly dtype?: DType;
+  /** Default 1 / sqrt(d). */
+  readonly scale?: number;
+  /** Whether step() takes log gates. */
+  readonly gated: boolean;
+  /** The state after a prefix (e.g. powerRetention's returned state); copied, default zero. */
+  readonly initialState?: RetentionState;
+  readonly schedules?: ScheduleTable;
+}
+
+const DECODE_STATE = ["S", "Z", "Kc", "Vc", "Gc"] as const;
+
+/**
+ * Token-by-token inference (dsl/plan-decode.ts on the GPU): the state S, Z and the cache of the
+ * tokens since the last fold live on the device. step(q, k, v, logG) returns the output of the new
+ * tokens, equal to what powerRetention gives for them on the whole sequence so far.
+ */
+export class Decoder {
+  readonly problem: DecodeProblem;
+  readonly schedules: ScheduleTable;
+  #len = 0;
+  #bufs: Record<(typeof DECODE_STATE)[number], DeviceBuffer> | null;
+
+  constructor(opts: DecoderOptions) {
+    const fn = "new Decoder";
+    if (typeof opts !== "object" || opts === null) throw new ArgumentError(fn, "opts", `expected an options object, received ${String(opts)}`);
+    for (const f of ["b", "hq", "h", "d"] as const)
+      if (!Number.isSafeInteger(opts[f]) || opts[f] < 1) throw new ArgumentError(fn, `opts.${f}`, `expected a positive integer, received ${show(opts[f])}`);
+    const e = opts.e ?? opts.d;
+    if (!Number.isSafeInteger(e) || e < 1) throw new ArgumentError(fn, "opts.e", `expected a positive integer, received ${show(e)}`);
+    if (opts.hq % opts.h !== 0)
+      throw new ArgumentError(fn, "opts.hq", `expected a multiple of opts.h = ${opts.h} (grouped-query attention), received ${opts.hq}`);
+    if (typeof opts.gated !== "boolean") throw new ArgumentError(fn, "opts.gated", `expected true or false, received ${show(opts.gated)}`);
+    const dtype = checkDType(fn, "opts.dtype", opts.dtype ?? "f32");
+    const o = checkRetentionOptions(fn, opts.d, opts);
+    this.problem = { b: opts.b, hq: opts.hq, h: opts.h, d: opts.d, e, deg: o.deg, chunk: o.chunk, dtype, scale: o.scale, gated: opts.gated };
+    if (opts.initialState) checkState(fn, "opts.initialState", opts.initialState, this.problem, 0);
+    // every kernel a step may launch (append, decode, fold) must be in the manifest
+    const p = this.problem;
+    const { built, schedules } = withManifestSchedules((s) => decodePlan(p, 0, p.chunk, s), (x) => x.plan, opts.schedules);
+    this.schedules = schedules;
+    preparePlan(built.plan);
+    requireGpu(fn);
+    const bufs: Partial<Record<string, DeviceBuffer>> = {};
+    try {
+      for (const b of decodeStateBuffers(this.problem)) {
+        const buf = DeviceBuffer.alloc(numel(b.shape) * (b.dtype === "f32" ? 4 : 2));
+        bufs[b.name] = buf;
+        buf.zero();
+      }
+      if (opts.initialState) {
+        bufs.S!.copyFrom(opts.initialState.S.buffer);
+        bufs.Z!.copyFrom(opts.initialState.Z.buffer);
+      }
+    } catch (e) {
+      for (const b of Object.values(bufs)) b?.free();
+      throw e;
+    }
+    this.#bufs = bufs as Record<(typeof DECODE_STATE)[number], DeviceBuffer>;
+  }
+
+  /** A decoder holding a CPU decode state (dsl/plan-decode.ts's), e.g. to continue it on the GPU. */
+  static fromCpuState(state: DecodeState, opts: { schedules?: ScheduleTable } = {}): Decoder {
+    const p = state.problem;
+    const dec = new Decoder({ ...p, schedules: opts.schedules });
+    const bufs = dec.#live("Decoder.fromCpuState");
+    for (const b of decodeStateBuffers(p)) {
+      const data = state[b.name as (typeof DECODE_STATE)[number]];
+      const t = Tensor.upload(data, b.shape, b.dtype);
+      bufs[b.name as (typeof DECODE_STATE)[number]].copyFrom(t.buffer);
+      t.free();
+    }
+    dec.#len = state.len;
+    return dec;
+  }
+
+  #live(fn: string): Record<(typeof DECODE_STATE)[number], DeviceBuffer> {
+    if (!this.#bufs) throw new ArgumentError(fn, "decoder", "expected a live decoder, received one that was freed (free() was called on it)");
+    return this.#bufs;
+  }
+
+  /** Cache rows in use (tokens since the last fold), 0 <= len < chunk. */
+  get len(): number {
+    return this.#len;
+  }
+
+  get freed(): boolean {
+    return this.#bufs === null;
+  }
+
+  /**
+   * Decode tn new tokens: q [b,tn,hq,d], k [b,tn,h,d], v [b,tn,h,e] (the decoder's dtype), logG
+   * [b,tn,h] f32 (required iff the decoder is gated). Returns y [b,tn,hq,e].
+   */
+  step(q: Tensor, k: Tensor, v: Tensor, logG: Tensor | null = null): Tensor {
+    const fn = "Decoder.step";
+    const bufs = this.#live(fn);
+    const p = this.problem;
+    const s = checkQKVG(fn, q, k, v, logG, "tn");
+    const want = { b: p.b, hq: p.hq, h: p.h, d: p.d, e: p.e };
+    for (const [f, arg] of [["b", "Q"], ["hq", "Q"], ["d", "Q"], ["h", "K"], ["e", "V"]] as const)
+      if (s[f] !== want[f]) throw new ArgumentError(fn, arg, `expected ${f} = ${want[f]} (the decoder's), received ${s[f]} (shape [${(arg === "Q" ? q : arg === "K" ? k : v).shape.join(", ")}])`);
+    if (s.dtype !== p.dtype) throw new ArgumentError(fn, "Q", `expected dtype ${p.dtype} (the decoder's), received ${s.dtype}`);
+    if (p.gated && !logG) throw new ArgumentError(fn, "logG", "expected a [b, tn, h] f32 tensor (the decoder is gated), received null");
+    if (!p.gated && logG) throw new ArgumentError(fn, "logG", "expected null (the decoder was created with gated: false), received a tensor");
+    const { plan, len } = decodePlan(p, this.#len, s.t, this.schedules);
+    const out = executeOnGpu(plan, { ...gpuInputs({ Q: q, K: k, V: v, logG }), ...bufs }, { caller: fn });
+    this.#len = len;
+    return wrap(out, plan, "Y");
+  }
+
+  /** The state and cache, downloaded, in the CPU decode API's form (dsl/plan-decode.ts DecodeState). */
+  download(): DecodeState {
+    const bufs = this.#live("Decoder.download");
+    const arrays: Record<string, Float32Array> = {};
+    for (const b of decodeStateBuffers(this.problem)) {
+      const t = Tensor.fromBuffer(bufs[b.name as (typeof DECODE_STATE)[number]], b.shape, b.dtype);
+      arrays[b.name] = t.download(); // the tensor only borrows the buffer: not freed here
+    }
+    return { problem: this.problem, len: this.#len, S: arrays.S!, Z: arrays.Z!, Kc: arrays.Kc!, Vc: arrays.Vc!, Gc: arrays.Gc! };
+  }
+
+  /** Release the device state. Idempotent. */
+  free(): void {
+    if (!this.#bufs) return;
+    for (const b of Object.values(this.#bufs)) b.free();
+    this.#bufs = null;
+  }
+}

@@ -1,0 +1,337 @@
+// The compiled kernels: find the one of a (kernel, spec, schedule) in the manifest that `gen` writes
+// (generated/manifest.json), load its fatbin once, cache its function, and launch it with the
+// arguments in the order the manifest records (tensors, then params).
+//
+// Lookups are pure (no GPU), so a spec that was never generated, or a fatbin that was never built,
+// is reported on any machine, with the command that builds it.
+
+import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
+import path from "node:path";
+import type { Kernel } from "../dsl/ir.ts";
+import { scheduleKey, specKey, type Schedule, type Spec } from "../dsl/spec.ts";
+import { MANIFEST_FORMAT } from "../codegen/manifest.ts";
+import { cudaAvailable } from "./device.ts";
+import { loadNative, REPO_ROOT, type DevicePtr, type FunctionHandle, type KernelArg, type ModuleHandle } from "./native.ts";
+
+/** One compiled kernel as the runtime sees it (read from a manifest entry, codegen/manifest.ts). */
+export interface ManifestKernel {
+  readonly name: string;
+  readonly spec: Spec;
+  readonly schedule: Schedule;
+  /** The C symbol (extern "C" __global__). */
+  readonly symbol: string;
+  /** Argument names in the order of the C signature: tensors, then params. */
+  readonly args: readonly string[];
+  readonly threads: number;
+  readonly smemBytes: number;
+  /** Programs per grid axis as printed DSL expressions (for the staleness check; the runtime
+   * evaluates the kernel IR's own grid). */
+  readonly grid: readonly string[] | null;
+  /** Whether the dynamic shared memory fits each arch's per-block limit (e.g. { sm_80: true }). */
+  readonly fits: Readonly<Record<string, boolean>>;
+  /** The CUDA source's absolute path and hash. */
+  readonly source: string;
+  readonly hash: string;
+  /** The fatbin's absolute path. */
+  readonly fatbin: string;
+  /** The manifest it came from. */
+  readonly manifest: string;
+  /** The command that compiles its fatbin. */
+  readonly buildCommand: string;
+}
+
+export interface Manifest {
+  readonly file: string;
+  /** The archs the fatbins hold code for (e.g. sm_80, sm_90a). */
+  readonly archs: readonly string[];
+  readonly kernels: readonly ManifestKernel[];
+}
+
+/** generated/manifest.json, where `gen` writes the default set. */
+export const DEFAULT_MANIFEST = path.join(REPO_ROOT, "generated", "manifest.json");
+/** Where the runtime's suggested gen commands put extra specs: build/generated/<specKey>/. */
+export const EXTRA_DIR = path.join(REPO_ROOT, "build", "generated");
+
+/**
+ * The manifests searched, in order: env PRT_MANIFEST (a ':'-separated list of files) if set, else
+ * generated/manifest.json and every build/generated/<spec>/manifest.json (extra specs built with
+ * the command a missing-kernel error gives).
+ */
+export function manifestPaths(): string[] {
+  const env = process.env.PRT_MANIFEST;
+  if (env) return env.split(":").filter(Boolean).map((f) => path.resolve(f));
+  const extra = existsSync(EXTRA_DIR)
+    ? readdirSync(EXTRA_DIR)
+        .sort()
+        .map((d) => path.join(EXTRA_DIR, d, "manifest.json"))
+        .filter((f) => existsSync(f))
+    : [];
+  return [DEFAULT_MANIFEST, ...extra];
+}
+
+/** Where compiled fatbins are looked for: build/kernels (gen's default --build-dir), or env PRT_KERNEL_DIR. */
+export function kernelDir(): string {
+  return process.env.PRT_KERNEL_DIR ? path.resolve(process.env.PRT_KERNEL_DIR) : path.join(REPO_ROOT, "build", "kernels");
+}
+
+/** A path for a command line: relative to the repository root (where commands run) when inside it. */
+function cliPath(p: string): string {
+  const rel = path.relative(REPO_ROOT, p);
+  return rel && !rel.startsWith("..") && !path.isAbsolute(rel) ? rel : p;
+}
+
+function buildDirOption(): string {
+  return process.env.PRT_KERNEL_DIR ? ` --build-dir ${cliPath(kernelDir())}` : "";
+}
+
+/**
+ * The command (run from the repository root) that generates and compiles every kernel of `spec`
+ * into a folder of its own, build/generated/<specKey>, which the runtime searches. (It leaves
+ * generated/, the default set, alone: gen replaces the manifest of the folder it writes.)
+ */
+export function genCommand(spec: Spec): string {
+  const out = cliPath(path.join(EXTRA_DIR, specKey(spec)));
+  return `npx retention gen --deg ${spec.deg} --d ${spec.d} --e ${spec.e} --chunk ${spec.chunk} --dtype ${spec.dtype} --out ${out}${buildDirOption()} --compile`;
+}
+
+/** The command that compiles the sources a manifest lists (fatbins into kernelDir()). */
+export function buildCommand(manifestFile: string): string {
+  const dir = path.dirname(manifestFile);
+  const out = dir === path.dirname(DEFAULT_MANIFEST) ? "" : ` --out ${cliPath(dir)}`;
+  return `npx retention build${out}${buildDirOption()}`;
+}
+
+export class MissingKernelError extends Error {
+  constructor(
+    message: string,
+    readonly command: string,
+  ) {
+    super(message);
+    this.name = "MissingKernelError";
+  }
+}
+
+const sameSpec = (a: Spec, b: Spec): boolean =>
+  a.deg === b.deg && a.d === b.d && a.e === b.e && a.chunk === b.chunk && a.dtype === b.dtype;
+const sameSchedule = (a: Schedule, b: Schedule): boolean => scheduleKey(a) === scheduleKey(b);
+
+function parseEntry(raw: Record<string, unknown>, file: string, kdir: string): ManifestKernel {
+  const need = <T>(key: string, ok: (v: unknown) => boolean): T => {
+    const v = raw[key];
+    if (!ok(v))
+      throw new Error(
+        `${file}: kernel ${JSON.stringify(raw.symbol ?? raw.name)}: field '${key}' is missing or malformed (${JSON.stringify(v)}); regenerate it with \`npx retention gen\``,
+      );
+    return v as T;
+  };
+  const isObj = (v: unknown): boolean => typeof v === "object" && v !== null;
+  const isNum = (v: unknown): boolean => typeof v === "number" && Number.isFinite(v);
+  const isStr = (v: unknown): boolean => typeof v === "string";
+  const spec = need<Spec>("spec", isObj);
+  const schedule = need<Schedule>("schedule", isObj);
+  const args = need<{ name: string }[]>("args", (v) => Array.isArray(v) && v.every((a) => isObj(a) && isStr((a as { name?: unknown }).name)));
+  const fatbin = need<string>("fatbin", isStr);
+  return {
+    name: need<string>("name", isStr),
+    spec: { deg: spec.deg, d: spec.d, e: spec.e, chunk: spec.chunk, dtype: spec.dtype },
+    schedule: { numWarps: schedule.numWarps, blockD: schedule.blockD, blockT: schedule.blockT, stages: schedule.stages },
+    symbol: need<string>("symbol", isStr),
+    args: args.map((a) => a.name),
+    threads: need<number>("threads", isNum),
+    smemBytes: need<number>("smemBytes", isNum),
+    grid: Array.isArray(raw.grid) ? (raw.grid as string[]) : null,
+    fits: (raw.fits as Record<string, boolean> | undefined) ?? {},
+    source: path.resolve(path.dirname(file), need<string>("source", isStr)),
+    hash: (raw.sourceSha256 as string | undefined) ?? "",
+    fatbin: path.resolve(kdir, fatbin),
+    manifest: file,
+    buildCommand: buildCommand(file),
+  };
+}
+
+const manifestCache = new Map<string, { mtimeMs: number; kdir: string; manifest: Manifest }>();
+
+/** One manifest file, parsed (re-read when it changes). */
+export function loadManifest(file: string): Manifest {
+  const mtimeMs = statSync(file).mtimeMs;
+  const kdir = kernelDir();
+  const hit = manifestCache.get(file);
+  if (hit && hit.mtimeMs === mtimeMs && hit.kdir === kdir) return hit.manifest;
+  let raw: { format?: unknown; archs?: unknown; kernels?: unknown };
+  try {
+    raw = JSON.parse(readFileSync(file, "utf8"));
+  } catch (e) {
+    throw new Error(`${file}: not valid JSON (${(e as Error).message}); regenerate it with \`npx retention gen\``);
+  }
+  if (raw.format !== MANIFEST_FORMAT)
+    throw new Error(`${file}: manifest format ${JSON.stringify(raw.format)}, this runtime reads format ${MANIFEST_FORMAT}; regenerate it with \`npx retention gen\``);
+  if (!Array.isArray(raw.kernels)) throw new Error(`${file}: expected a 'kernels' list; regenerate it with \`npx retention gen\``);
+  const manifest: Manifest = {
+    file,
+    archs: Array.isArray(raw.archs) ? (raw.archs as string[]) : [],
+    kernels: raw.kernels.map((k) => parseEntry(k as Record<string, unknown>, file, kdir)),
+  };
+  manifestCache.set(file, { mtimeMs, kdir, manifest });
+  return manifest;
+}
+
+/** Every manifest found (manifestPaths(), those that exist). Throws, with the command, when there is none. */
+export function loadManifests(): Manifest[] {
+  const files = manifestPaths();
+  const found = files.filter((f) => existsSync(f));
+  if (found.length === 0)
+    throw new MissingKernelError(
+      `no kernel manifest found (looked for ${files.join(", ")}): generate and compile the default kernels with \`npx retention gen --compile\``,
+      "npx retention gen --compile",
+    );
+  return found.map(loadManifest);
+}
+
+/** What a lookup that failed lacked: the spec altogether, or the schedule (listing those there are). */
+export interface KernelMiss {
+  readonly name: string;
+  readonly spec: Spec;
+  readonly schedule: Schedule;
+  /** Schedule keys the manifests hold for (name, spec); empty when the spec is missing. */
+  readonly have: readonly string[];
+}
+
+/** The entry of (kernel, spec, schedule) from the first manifest that has it, or what is missing. */
+export function lookupKernel(name: string, spec: Spec, schedule: Schedule, manifests: readonly Manifest[]): ManifestKernel | KernelMiss {
+  const forSpec = manifests.flatMap((m) => m.kernels.filter((k) => k.name === name && sameSpec(k.spec, spec)));
+  return forSpec.find((k) => sameSchedule(k.schedule, schedule)) ?? { name, spec, schedule, have: [...new Set(forSpec.map((k) => scheduleKey(k.schedule)))] };
+}
+
+const describeSpec = (s: Spec): string => `${specKey(s)} (deg ${s.deg}, d ${s.d}, e ${s.e}, chunk ${s.chunk}, ${s.dtype})`;
+
+/** One error for every kernel a call lacks, with the command (one gen per spec) that builds them all. */
+export function missingKernelsError(misses: readonly KernelMiss[], manifests: readonly Manifest[]): MissingKernelError {
+  const where = manifests.map((m) => m.file).join(", ");
+  const specs = [...new Map(misses.map((m) => [specKey(m.spec), m.spec])).values()];
+  const cmd = specs.map(genCommand).join(" && ");
+  const parts = specs.map((spec) => {
+    const ms = misses.filter((m) => sameSpec(m.spec, spec));
+    const noSpec = ms.filter((m) => m.have.length === 0);
+    const noSched = ms.filter((m) => m.have.length > 0);
+    const out: string[] = [];
+    if (noSpec.length)
+      out.push(`kernel${noSpec.length > 1 ? "s" : ""} ${noSpec.map((m) => m.name).join(", ")} for spec ${describeSpec(spec)} ${noSpec.length > 1 ? "are" : "is"} not in ${where}`);
+    for (const m of noSched)
+      out.push(`kernel ${m.name} for spec ${specKey(spec)} with schedule ${scheduleKey(m.schedule)} is not in ${where}, which has ${m.have.join(", ")}`);
+    return out.join("; ");
+  });
+  const anySched = misses.some((m) => m.have.length > 0);
+  return new MissingKernelError(
+    `${parts.join("; ")}; ${anySched ? "gen builds each kernel's default schedule (or pass a schedule the manifest has): " : "generate and compile " + (misses.length > 1 ? "them" : "it") + " with "}\`${cmd}\``,
+    cmd,
+  );
+}
+
+/** The entry of (kernel, spec, schedule); throws MissingKernelError with the gen command. */
+export function findKernel(name: string, spec: Spec, schedule: Schedule, manifests: readonly Manifest[] = loadManifests()): ManifestKernel {
+  const r = lookupKernel(name, spec, schedule, manifests);
+  if ("symbol" in r) return r;
+  throw missingKernelsError([r], manifests);
+}
+
+/**
+ * The schedule the manifests hold for (kernel, spec), when the first manifest with that pair has
+ * exactly one: what a plan should use so that the step finds its kernel, whether the manifest has
+ * the kernel's default schedule or an autotuned one. Undefined otherwise (the plan's default
+ * decides, and a lookup reports what is missing).
+ */
+export function manifestSchedule(name: string, spec: Spec): Schedule | undefined {
+  let ms: Manifest[];
+  try {
+    ms = loadManifests();
+  } catch {
+    return undefined;
+  }
+  for (const m of ms) {
+    const list = m.kernels.filter((k) => k.name === name && sameSpec(k.spec, spec));
+    if (list.length) return list.length === 1 ? list[0]!.schedule : undefined;
+  }
+  return undefined;
+}
+
+/** Throw, naming the file and the command that builds it, when the kernel's fatbin is not on disk. */
+export function checkFatbin(k: ManifestKernel): void {
+  if (!existsSync(k.fatbin))
+    throw new MissingKernelError(
+      `the fatbin of kernel ${k.name} (${k.symbol}) is missing: ${k.fatbin} does not exist; compile it with \`${k.buildCommand}\``,
+      k.buildCommand,
+    );
+}
+
+/** The code a device of compute capability `cc` (e.g. 90) runs from a fatbin: sm_90a on 9.x, sm_80 on 8.x. */
+export function archFor(cc: number): string | null {
+  if (cc >= 90 && cc < 100) return "sm_90a";
+  if (cc >= 80 && cc < 90) return "sm_80";
+  return null;
+}
+
+/** Throw unless the kernel has code for a device of compute capability `cc` and fits its shared memory. */
+export function checkArch(k: ManifestKernel, archs: readonly string[], cc: number): void {
+  const arch = archFor(cc);
+  if (arch === null || !archs.includes(arch))
+    throw new Error(
+      `kernel ${k.symbol}: the fatbin ${k.fatbin} holds code for ${archs.join(", ") || "no arch"}, none of which runs on this GPU (compute capability ${Math.floor(cc / 10)}.${cc % 10})`,
+    );
+  if (k.fits[arch] === false)
+    throw new Error(`kernel ${k.symbol} needs ${k.smemBytes} bytes of shared memory per block, more than ${arch} allows; it cannot launch on this GPU`);
+}
+
+const modules = new Map<string, ModuleHandle>();
+const functions = new Map<string, FunctionHandle>();
+
+/** The kernel's function handle: its fatbin loaded once, the function looked up once, the dynamic
+ * shared memory limit raised when it needs more than the default 48 KiB. */
+export function loadKernel(k: ManifestKernel): FunctionHandle {
+  const key = `${k.fatbin}\u0000${k.symbol}`;
+  const hit = functions.get(key);
+  if (hit !== undefined) return hit;
+  checkFatbin(k);
+  const gpu = cudaAvailable();
+  if (gpu.ok) checkArch(k, loadManifest(k.manifest).archs, gpu.cc);
+  const native = loadNative();
+  let mod = modules.get(k.fatbin);
+  if (mod === undefined) {
+    mod = native.moduleLoad(k.fatbin);
+    modules.set(k.fatbin, mod);
+  }
+  const fn = native.moduleGetFunction(mod, k.symbol);
+  if (k.smemBytes > 48 * 1024) native.functionSetMaxDynamicSmem(fn, k.smemBytes);
+  functions.set(key, fn);
+  return fn;
+}
+
+/** Unload every module loaded so far (function handles become invalid). */
+export function unloadKernels(): void {
+  const native = loadNative();
+  for (const m of modules.values()) native.moduleUnload(m);
+  modules.clear();
+  functions.clear();
+}
+
+/** Launch `fn` (the manifest kernel `k`, DSL kernel `kernel`) over `grid` with its arguments in the
+ * manifest's order: tensors as device pointers (`ptrOf`), params typed as the kernel declares them. */
+export function launchKernel(
+  fn: FunctionHandle,
+  k: ManifestKernel,
+  kernel: Kernel,
+  grid: readonly [number, number, number],
+  params: Readonly<Record<string, number>>,
+  ptrOf: (tensor: string) => DevicePtr,
+  what: string,
+): void {
+  if (grid[0] * grid[1] * grid[2] === 0) return; // nothing to do (an empty launch is an error in CUDA)
+  const args: KernelArg[] = k.args.map((name) => {
+    if (kernel.tensors.some((t) => t.name === name)) return { kind: "ptr", value: ptrOf(name) };
+    const p = kernel.params.find((q) => q.name === name);
+    if (!p) throw new Error(`${what}: argument '${name}' of ${k.symbol} is neither a tensor nor a param of the DSL kernel`);
+    const v = params[name];
+    if (v === undefined || !Number.isFinite(v)) throw new Error(`${what}: param '${name}' expected a finite number, received ${v}`);
+    return p.type === "i32" ? { kind: "i32", value: v } : { kind: "f32", value: v };
+  });
+  loadNative().launch(fn, grid, [k.threads, 1, 1], k.smemBytes, args, what);
+}
