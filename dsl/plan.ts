@@ -3,6 +3,7 @@
 // runtime. See kernels/README.md for the math of each step.
 
 import type { DType } from "./dtype.ts";
+import { executeOnCpu } from "./execute-cpu.ts";
 import { attention } from "./kernels/attention.ts";
 import { discountedCumsum } from "./kernels/discounted-cumsum.ts";
 import { queryState } from "./kernels/query-state.ts";
@@ -26,6 +27,8 @@ export interface Problem {
   readonly gated: boolean;
   /** S0/Z0 are supplied. */
   readonly initialState: boolean;
+  /** The caller wants the state after the last token (Sfinal, Zfinal); default false. */
+  readonly finalState?: boolean;
 }
 
 /** Schedules by kernel name; kernels not listed use their default. */
@@ -67,9 +70,19 @@ export function inputBuffers(p: Problem): PlanBuffer[] {
   return bufs;
 }
 
+/** The buffers the query_state step reads as the state of each chunk: Sin/Zin, or S0/Z0 on the
+ * short path (one chunk, no final state asked), where chunk 0's state is the initial one. */
+export function stateInBuffers(p: Problem): { Sin: string; Zin: string } {
+  return isShortPath(p) ? { Sin: "S0", Zin: "Z0" } : { Sin: "Sin", Zin: "Zin" };
+}
+
+/** One chunk and no final state wanted: update_state and discounted_cumsum have nothing to do. */
+const isShortPath = (p: Problem): boolean => chunksOf(p) === 1 && !p.finalState;
+
 /**
- * Forward: Y [b,t,hq,e] and what the backward needs (lse, Sin, Zin), plus the final state.
- * Outputs: Y, lse, Sin, Zin, Sfinal, Zfinal.
+ * Forward: Y [b,t,hq,e] and what the backward needs (lse, and the state each chunk read).
+ * Outputs: Y, lse; Sin, Zin unless on the short path (see `stateInBuffers`); Sfinal, Zfinal when
+ * `p.finalState`.
  */
 export function forwardPlan(p: Problem, sched: ScheduleTable = {}): Plan {
   checkProblem(p);
@@ -77,31 +90,78 @@ export function forwardPlan(p: Problem, sched: ScheduleTable = {}): Plan {
   const D = stateFeatures(spec);
   const n = chunksOf(p);
   const { b, t, hq, h, e } = p;
+  const short = isShortPath(p);
   const f32 = (name: string, shape: number[]): PlanBuffer => ({ name, dtype: "f32", shape, init: "nan" });
   const buffers: PlanBuffer[] = [
     ...inputBuffers(p),
     f32("numA", [b, t, hq, e]),
     f32("denA", [b, t, hq]),
     f32("maxA", [b, t, hq]),
-    f32("dS", [b, h, n, D, e]),
-    f32("dZ", [b, h, n, D]),
-    f32("Sin", [b, h, n, D, e]),
-    f32("Zin", [b, h, n, D]),
-    f32("Sfinal", [b, h, D, e]),
-    f32("Zfinal", [b, h, D]),
     { name: "Y", dtype: p.dtype, shape: [b, t, hq, e], init: "nan" },
     f32("lse", [b, t, hq]),
   ];
   const dims = { b, t, hq, h, n };
   const steps: PlanStep[] = [
     stepOf(attention, spec, sched, { ...dims, scale: p.scale }, { Q: "Q", K: "K", V: "V", logG: "logG", numA: "numA", denA: "denA", maxA: "maxA" }),
-    stepOf(updateState, spec, sched, { b, t, h, n }, { K: "K", V: "V", logG: "logG", dS: "dS", dZ: "dZ" }),
-    stepOf(discountedCumsum, spec, sched, { b, t, h, n }, {
-      dS: "dS", dZ: "dZ", logG: "logG", S0: "S0", Z0: "Z0", Sin: "Sin", Zin: "Zin", Sfinal: "Sfinal", Zfinal: "Zfinal",
-    }),
-    stepOf(queryState, spec, sched, { ...dims, scale: p.scale }, {
-      Q: "Q", logG: "logG", Sin: "Sin", Zin: "Zin", numA: "numA", denA: "denA", maxA: "maxA", Y: "Y", lse: "lse",
-    }),
   ];
-  return { buffers, steps, outputs: ["Y", "lse", "Sin", "Zin", "Sfinal", "Zfinal"] };
+  if (!short) {
+    buffers.push(
+      f32("dS", [b, h, n, D, e]),
+      f32("dZ", [b, h, n, D]),
+      f32("Sin", [b, h, n, D, e]),
+      f32("Zin", [b, h, n, D]),
+      f32("Sfinal", [b, h, D, e]),
+      f32("Zfinal", [b, h, D]),
+    );
+    steps.push(
+      stepOf(updateState, spec, sched, { b, t, h, n }, { K: "K", V: "V", logG: "logG", dS: "dS", dZ: "dZ" }),
+      stepOf(discountedCumsum, spec, sched, { b, t, h, n }, {
+        dS: "dS", dZ: "dZ", logG: "logG", S0: "S0", Z0: "Z0", Sin: "Sin", Zin: "Zin", Sfinal: "Sfinal", Zfinal: "Zfinal",
+      }),
+    );
+  }
+  const state = stateInBuffers(p);
+  steps.push(
+    stepOf(queryState, spec, sched, { ...dims, scale: p.scale }, {
+      Q: "Q", logG: "logG", Sin: state.Sin, Zin: state.Zin, numA: "numA", denA: "denA", maxA: "maxA", Y: "Y", lse: "lse",
+    }),
+  );
+  const outputs = ["Y", "lse", ...(short ? [] : ["Sin", "Zin"]), ...(p.finalState ? ["Sfinal", "Zfinal"] : [])];
+  return { buffers, steps, outputs };
+}
+
+/** The inputs of a forward call, float64 or f32 data in the layouts of SPEC.md (rounded on the way in). */
+export interface ForwardInputs {
+  readonly Q: ArrayLike<number>;
+  readonly K: ArrayLike<number>;
+  readonly V: ArrayLike<number>;
+  /** Required when `problem.gated`. */
+  readonly logG?: ArrayLike<number>;
+  /** [b, h, D, e] and [b, h, D], required when `problem.initialState`. */
+  readonly S0?: ArrayLike<number>;
+  readonly Z0?: ArrayLike<number>;
+}
+
+export interface ForwardOutputs {
+  readonly Y: Float32Array; // [b, t, hq, e], values of the dtype
+  readonly lse: Float32Array; // [b, t, hq]
+  readonly Sfinal?: Float32Array; // [b, h, D, e], when problem.finalState
+  readonly Zfinal?: Float32Array; // [b, h, D]
+}
+
+/** Run the forward plan through the interpreter. */
+export function forwardOnCpu(p: Problem, inputs: ForwardInputs, sched: ScheduleTable = {}): ForwardOutputs {
+  const given: Record<string, ArrayLike<number>> = { Q: inputs.Q, K: inputs.K, V: inputs.V };
+  const need = (name: "logG" | "S0" | "Z0", why: string): void => {
+    const x = inputs[name];
+    if (!x) throw new Error(`${name}: required when ${why}, received ${x}`);
+    given[name] = x;
+  };
+  if (p.gated) need("logG", "problem.gated");
+  if (p.initialState) {
+    need("S0", "problem.initialState");
+    need("Z0", "problem.initialState");
+  }
+  const out = executeOnCpu(forwardPlan(p, sched), given);
+  return { Y: out.Y!, lse: out.lse!, ...(p.finalState ? { Sfinal: out.Sfinal!, Zfinal: out.Zfinal! } : {}) };
 }

@@ -2,7 +2,9 @@
 // emits DSL statements into the kernel being built, so its math stays in the DSL.
 
 import { f32, range, select, type KernelBuilder, type TensorRef, type Tile, type Val } from "../builder.ts";
-import type { Spec } from "../spec.ts";
+import { dtypeBytes, type DType } from "../dtype.ts";
+import type { Kernel } from "../ir.ts";
+import type { Schedule, Spec } from "../spec.ts";
 import { stateFeatures } from "../spec.ts";
 
 /** Load the log gates of one chunk and their in-chunk cumulative sum.
@@ -26,4 +28,92 @@ export function featureBlocks(spec: Spec, bd: number): { count: number; padded: 
 /** exp(x) that is 0 where x is -inf minus -inf (a row with no weight at all), instead of NaN. */
 export function safeExpDiff(x: Val, m: Val): Val {
   return select(m.eq(f32(-Infinity)), f32(0), x.sub(m).exp());
+}
+
+/** Bytes of every tile a kernel declares (shared and registers together): the budget a schedule must fit. */
+export function tileBytes(k: Kernel): number {
+  return k.buffers.reduce((sum, b) => sum + b.type.shape.reduce((x, y) => x * y, 1) * dtypeBytes(b.type.dtype), 0);
+}
+
+/** Tile bytes per program that a default schedule must stay under (an H200 SM has 228 KB of shared memory). */
+export const TILE_BUDGET = 160 * 1024;
+
+/** The first candidate whose kernel fits `TILE_BUDGET` (candidates go from largest to smallest tiles); the last one otherwise. */
+export function firstFitting(spec: Spec, candidates: readonly Schedule[], build: (s: Spec, sch: Schedule) => Kernel): Schedule {
+  return candidates.find((sch) => tileBytes(build(spec, sch)) <= TILE_BUDGET) ?? candidates[candidates.length - 1]!;
+}
+
+/** Powers of two from `hi` down to 16 (tile edges that suit the m16n8k16 mma), at most `cap`. */
+export function tileSizes(hi: number, cap: number = hi): number[] {
+  const out: number[] = [];
+  for (let s = Math.min(hi, cap); s >= 16; s /= 2) out.push(s);
+  return out;
+}
+
+/** Blocks of `bt` rows of the chunk starting at t0 that hold positions < t (the rest are all padding):
+ * min(c / bt, ceil((t - t0) / bt)), for loop bounds that skip the tail of the last chunk. */
+export function rowBlocks(t: Val, t0: Val, c: number, bt: number): Val {
+  return t.sub(t0).add(bt - 1).idiv(bt).min(c / bt);
+}
+
+/** scale * exp((lam - lse) / p): the factor that makes q'' = q * it satisfy phi(q'') = phi(q') / l
+ * (q' = scale q exp(lam/p), l = exp(lse)); 0 for a row with no weight (lse = -inf). */
+export function normalisedQueryFactor(scale: Val, lam: Val, lse: Val, p: number): Val {
+  return select(lse.eq(f32(-Infinity)), f32(0), scale.mul(lam.sub(lse).div(p).exp()));
+}
+
+/** What a state block (f32 in memory) is divided by when rounded to an mma operand of each dtype:
+ * f16 tops out at 65504 and an ungated state grows with t (inputs of size 10 at p = 4 reach 1e6
+ * within 300 tokens), so f16 operands hold S / 256; f32 and bf16 have the range of f32. A power of
+ * two, so the scaling itself is exact; the consumer multiplies its mma result back
+ * (`splitOperand(...).split(1 / sigma)`, then the result times sigma). */
+export const STATE_OPERAND_SCALE: Readonly<Record<DType, number>> = { f32: 1, bf16: 1, f16: 256 };
+
+/** An mma operand of a low-precision dtype carried as two tiles, hi = round(x) and lo = round(x - hi),
+ * so that a product of two such operands (`mmaSplit`: hi.hi + lo.hi + hi.lo) is accurate to about
+ * the square of the dtype's rounding error. The state path needs it: phi(q')^T S sums terms of both
+ * signs whose total can be far smaller than the terms (a query nearly orthogonal to the recent keys
+ * at p = 4), and single roundings of phi and S in f16/bf16 leave errors of that row's order. In f32
+ * the source tile is the operand itself. */
+export interface SplitOperand {
+  /** The f32 source: write it, then call `split`. */
+  readonly x: Tile;
+  readonly hi: Tile;
+  readonly lo: Tile | null;
+  /** hi, lo of x * factor (factor a power of two: exact). */
+  split(factor?: number): void;
+}
+
+export function splitOperand(k: KernelBuilder, name: string, shape: readonly [number, number], dtype: DType): SplitOperand {
+  const x = k.shared(`${name}_f32`, shape, "f32");
+  if (dtype === "f32")
+    return { x, hi: x, lo: null, split: (factor = 1) => void (factor !== 1 && k.map(x, ({ row, col }) => x.at(row, col).mul(factor))) };
+  const hi = k.shared(`${name}_hi`, shape, dtype);
+  const lo = k.shared(`${name}_lo`, shape, dtype);
+  return {
+    x,
+    hi,
+    lo,
+    split: (factor = 1) => {
+      k.map(hi, ({ row, col }) => x.at(row, col).mul(factor));
+      k.map(lo, ({ row, col }) => x.at(row, col).mul(factor).sub(hi.at(row, col))); // exact in f32, then rounded
+    },
+  };
+}
+
+/** dst (+)= op(a) @ op(b) from split operands (a plain tile counts as exact): up to three mmas,
+ * hi.hi + lo.hi + hi.lo (the lo.lo term is below the rounding). */
+export function mmaSplit(
+  k: KernelBuilder,
+  dst: Tile,
+  a: SplitOperand | Tile,
+  b: SplitOperand | Tile,
+  opts: { transA?: boolean; transB?: boolean; accumulate?: boolean } = {},
+): void {
+  const [aHi, aLo] = "hi" in a ? [a.hi, a.lo] : [a, null];
+  const [bHi, bLo] = "hi" in b ? [b.hi, b.lo] : [b, null];
+  const t = { transA: opts.transA ?? false, transB: opts.transB ?? false };
+  k.mma(dst, aHi, bHi, { ...t, accumulate: opts.accumulate ?? false });
+  if (aLo) k.mma(dst, aLo, bHi, { ...t, accumulate: true });
+  if (bLo) k.mma(dst, aHi, bLo, { ...t, accumulate: true });
 }
