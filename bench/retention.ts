@@ -1,0 +1,129 @@
+// Benchmark: power retention forward and forward+backward on the GPU, one JSON line per case.
+// The plans are the library's own (dsl/plan.ts, dsl/plan-backward.ts) with the manifest's
+// schedules; buffers are allocated once and the launches alone are timed with CUDA events (what
+// PyTorch's SDPA column measures too, its caching allocator making allocation free). Outputs are
+// NaN-poisoned before a checked run; a case whose Y, dQ, dK, dV or dlogG holds a NaN is an error.
+// Usage: node --import tsx bench/retention.ts [t ...]   (env: CHUNK=128 REPS=20)
+
+import { dtypeBytes } from "../dsl/dtype.ts";
+import { backwardPlan } from "../dsl/plan-backward.ts";
+import { forwardPlan, type Problem } from "../dsl/plan.ts";
+import { numel, type Plan } from "../dsl/plan-types.ts";
+import { stateFeatures } from "../dsl/spec.ts";
+import { bf16Bits } from "../runtime/convert.ts";
+import { DeviceBuffer, cudaAvailable } from "../runtime/device.ts";
+import { preparePlan, withManifestSchedules } from "../runtime/execute-gpu.ts";
+import { launchKernel, loadKernel } from "../runtime/kernels.ts";
+import { loadNative } from "../runtime/native.ts";
+
+const gpu = cudaAvailable();
+if (!gpu.ok) throw new Error(`bench needs a GPU: ${gpu.reason}`);
+const native = loadNative();
+const ts = process.argv.slice(2).map(Number);
+const chunk = Number(process.env.CHUNK ?? 128);
+const reps = Number(process.env.REPS ?? 20);
+
+function randomBf16(n: number, scale: number, seed: number): Uint16Array {
+  const out = new Uint16Array(n);
+  let x = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
+    const u = x / 2 ** 32, v = ((Math.imul(x, 22695477) + 1) >>> 0) / 2 ** 32;
+    out[i] = bf16Bits(scale * Math.sqrt(-2 * Math.log(u + 1e-12)) * Math.cos(2 * Math.PI * v)); // ~N(0, scale^2)
+  }
+  return out;
+}
+
+/** Runs plans over one pool of device buffers (a name is one buffer across plans). */
+class Pool {
+  readonly bufs = new Map<string, DeviceBuffer>();
+  alloc(plan: Plan): void {
+    for (const b of plan.buffers) {
+      if (this.bufs.has(b.name)) continue;
+      const buf = DeviceBuffer.alloc(numel(b.shape) * dtypeBytes(b.dtype));
+      if (b.init === "zeros") buf.zero();
+      else buf.poison();
+      this.bufs.set(b.name, buf);
+    }
+  }
+  launcher(plan: Plan): () => void {
+    const prepared = preparePlan(plan);
+    const fns = prepared.map((p) => loadKernel(p.entry));
+    return () =>
+      prepared.forEach((p, i) => launchKernel(fns[i]!, p.entry, p.kernel, p.grid, p.step.params, (t) => this.bufs.get(p.step.bind[t]!)!.ptr, p.what));
+  }
+  /** Median ms of each launch of the plan alone (PROFILE=1). */
+  profile(plan: Plan): { kernel: string; grid: string; ms: number }[] {
+    const prepared = preparePlan(plan);
+    const fns = prepared.map((p) => loadKernel(p.entry));
+    return prepared.map((p, i) => ({
+      kernel: p.kernel.name,
+      grid: p.grid.join("x") + ` smem=${p.entry.smemBytes}`,
+      ms: medianMs(() => launchKernel(fns[i]!, p.entry, p.kernel, p.grid, p.step.params, (t) => this.bufs.get(p.step.bind[t]!)!.ptr, p.what)),
+    }));
+  }
+  hasNaN(name: string): boolean {
+    const buf = this.bufs.get(name)!;
+    const words = new Uint32Array(buf.bytes / 4);
+    buf.download(words);
+    const f = new Float32Array(words.buffer);
+    if (name === "dlogG" || name === "lse") return f.some((v) => Number.isNaN(v));
+    const h = new Uint16Array(words.buffer); // bf16: exponent all ones and a non-zero mantissa
+    return h.some((v) => (v & 0x7f80) === 0x7f80 && (v & 0x7f) !== 0);
+  }
+  free(): void {
+    for (const b of this.bufs.values()) b.free();
+    this.bufs.clear();
+  }
+}
+
+function medianMs(run: () => void): number {
+  const a = native.eventCreate(), b = native.eventCreate();
+  for (let i = 0; i < 3; i++) run();
+  native.synchronize();
+  const times: number[] = [];
+  for (let i = 0; i < reps; i++) {
+    native.eventRecord(a);
+    run();
+    native.eventRecord(b);
+    times.push(native.eventElapsedMs(a, b));
+  }
+  native.eventDestroy(a);
+  native.eventDestroy(b);
+  times.sort((x, y) => x - y);
+  return times[times.length >> 1]!;
+}
+
+for (const t of ts.length ? ts : [4096, 16384, 65536]) {
+  const p: Problem = { b: 1, t, hq: 8, h: 8, d: 64, e: 64, deg: 2, chunk, dtype: "bf16", scale: 1 / 8, gated: true, initialState: false };
+  const fwd = withManifestSchedules((s) => forwardPlan(p, s), (x) => x).built;
+  const bwd = withManifestSchedules((s) => backwardPlan(p, s), (x) => x).built;
+  const pool = new Pool();
+  pool.alloc(fwd);
+  pool.alloc(bwd);
+  const n = t * 8;
+  pool.bufs.get("Q")!.upload(randomBf16(n * 64, 1, 1));
+  pool.bufs.get("K")!.upload(randomBf16(n * 64, 1, 2));
+  pool.bufs.get("V")!.upload(randomBf16(n * 64, 1, 3));
+  pool.bufs.get("dY")!.upload(randomBf16(n * 64, 1, 4));
+  // logsigmoid of N(4, 1): gates around 0.98, the regime of a trained model
+  const g = new Float32Array(n).map((_, i) => -Math.log1p(Math.exp(-(4 + Math.sin(i * 12.9898) * 1.5))));
+  pool.bufs.get("logG")!.upload(g);
+  const runFwd = pool.launcher(fwd), runBwd = pool.launcher(bwd);
+  runFwd();
+  runBwd();
+  native.synchronize();
+  const bad = ["Y", "dQ", "dK", "dV", "dlogG"].filter((o) => pool.hasNaN(o));
+  if (bad.length) throw new Error(`t=${t}: NaN in ${bad.join(", ")} (an element no kernel wrote, or an overflow)`);
+  const fwdMs = medianMs(runFwd);
+  const fwdbwdMs = medianMs(() => {
+    runFwd();
+    runBwd();
+  });
+  // SPEC.md's count: 2*D*e each for update and query state, 4*c*d/2 for the causal attention part
+  const D = stateFeatures({ deg: 2, d: 64, e: 64, chunk, dtype: "bf16" });
+  const fwdFlops = n * (4 * D * 64 + 2 * chunk * 64);
+  if (process.env.PROFILE) for (const r of [...pool.profile(fwd), ...pool.profile(bwd)]) console.log(`# t=${t} ${r.kernel.padEnd(24)} ${r.ms.toFixed(3).padStart(9)} ms  grid ${r.grid}`);
+  console.log(JSON.stringify({ t, chunk, fwd_ms: fwdMs, fwdbwd_ms: fwdbwdMs, fwd_tflops: fwdFlops / fwdMs / 1e9, launches: fwd.steps.length + bwd.steps.length }));
+  pool.free();
+}
