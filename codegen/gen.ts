@@ -1,0 +1,209 @@
+// `gen`: every (spec, kernel) of a selection lowered to CUDA, one .cu per spec (all its kernels,
+// so nvcc runs once per spec), the device header and feature tables beside them, a manifest and a
+// Makefile. `generate` is pure (file name -> content); `writeGenerated` puts it on disk.
+
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import Handlebars from "handlebars";
+import type { DType } from "../dsl/dtype.ts";
+import { printExpr } from "../dsl/print.ts";
+import { KERNELS } from "../dsl/kernels/index.ts";
+import { checkSpec, scheduleKey, specKey, type KernelDef, type Schedule, type Spec } from "../dsl/spec.ts";
+import { threadsOf } from "./lir.ts";
+import { fitsByArch, manifestArgs, MANIFEST_FILE, MANIFEST_FORMAT, parseManifest, type Arch, type Manifest, type ManifestKernel } from "./manifest.ts";
+import { nvccFlags } from "./nvcc.ts";
+import { lowerKernel } from "./pipeline.ts";
+import { SMEM_LIMIT } from "./lower/rules.ts";
+import { cArgs, tablesUsed } from "./render-cuda.ts";
+import { renderSymPowHeader, symPowHeaderName } from "./render-tables.ts";
+
+export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+const TEMPLATES = path.join(REPO_ROOT, "templates");
+export const DEVICE_HEADER = "prt_tile.cuh";
+
+export interface Selection {
+  readonly degs: readonly number[];
+  readonly ds: readonly number[];
+  /** Value dims; null: e = d for each d. */
+  readonly es: readonly number[] | null;
+  readonly chunks: readonly number[];
+  readonly dtypes: readonly DType[];
+  readonly archs: readonly Arch[];
+  /** Kernel names; null: all registered kernels. */
+  readonly kernels: readonly string[] | null;
+}
+
+/** The default specialisations (`npm run gen:default`, README's build command). */
+export const DEFAULT_SELECTION: Selection = {
+  degs: [2],
+  ds: [32, 64, 128],
+  es: null,
+  chunks: [64, 128],
+  dtypes: ["f16", "bf16", "f32"],
+  archs: ["sm_80", "sm_90a"],
+  kernels: null,
+};
+
+export function specsOf(sel: Selection): Spec[] {
+  const out: Spec[] = [];
+  for (const deg of sel.degs)
+    for (const d of sel.ds)
+      for (const e of sel.es ?? [d])
+        for (const chunk of sel.chunks) for (const dtype of sel.dtypes) out.push(checkSpec({ deg, d, e, chunk, dtype }));
+  return out;
+}
+
+export function kernelsOf(sel: Selection): readonly KernelDef[] {
+  const names = KERNELS.map((k) => k.name);
+  const dup = names.find((n, i) => names.indexOf(n) !== i);
+  if (dup) throw new Error(`dsl/kernels/index.ts: two kernels are named '${dup}' (names make the C symbols)`);
+  if (sel.kernels === null) return KERNELS;
+  return sel.kernels.map((n) => {
+    const k = KERNELS.find((x) => x.name === n);
+    if (!k) throw new Error(`--kernels: no kernel named '${n}' (expected one of ${KERNELS.map((x) => x.name).join(", ")}, or all)`);
+    return k;
+  });
+}
+
+export const kernelSymbol = (name: string, spec: Spec, sch: Schedule): string => `prt_${name}_${specKey(spec)}_${scheduleKey(sch)}`;
+
+const sha256 = (s: string): string => createHash("sha256").update(s).digest("hex");
+
+let templates: { file: HandlebarsTemplateDelegate; makefile: HandlebarsTemplateDelegate; manifest: HandlebarsTemplateDelegate } | null = null;
+function compiledTemplates(): NonNullable<typeof templates> {
+  if (templates) return templates;
+  const hb = Handlebars.create();
+  const read = (f: string): string => readFileSync(path.join(TEMPLATES, f), "utf8");
+  hb.registerPartial("launchStubs", read("launch-stubs.cu.hbs"));
+  hb.registerHelper("json", (v: unknown) => JSON.stringify(v));
+  templates = {
+    file: hb.compile(read("kernel-file.cu.hbs"), { noEscape: true, strict: true }),
+    makefile: hb.compile(read("Makefile.hbs"), { noEscape: true, strict: true }),
+    // one line per header, file and kernel: a diff shows what changed where
+    manifest: hb.compile(read("manifest.json.hbs"), { noEscape: true, strict: true }),
+  };
+  return templates;
+}
+
+export interface GenOptions {
+  readonly selection: Selection;
+  /** Schedule per kernel and spec (an autotune result); default: the kernel's own default. */
+  readonly scheduleFor?: (k: KernelDef, spec: Spec) => Schedule;
+  /** Receives the IR after each pass and the final CUDA of every kernel. */
+  readonly dump?: (kernelSymbol: string, step: string, text: string) => void;
+  readonly onWarning?: (message: string) => void;
+}
+
+export interface Generated {
+  /** File name (relative to the output folder) -> content. */
+  readonly files: ReadonlyMap<string, string>;
+  readonly manifest: Manifest;
+}
+
+export function generate(opts: GenOptions): Generated {
+  const sel = opts.selection;
+  const tpl = compiledTemplates();
+  const files = new Map<string, string>();
+  const header = readFileSync(path.join(TEMPLATES, DEVICE_HEADER), "utf8");
+  files.set(DEVICE_HEADER, header);
+  const flags = nvccFlags(sel.archs);
+  const kernels: ManifestKernel[] = [];
+  const manifestFiles: Manifest["files"][number][] = [];
+  const defs = kernelsOf(sel);
+  for (const spec of specsOf(sel)) {
+    const key = specKey(spec);
+    const source = `${key}.cu`, fatbin = `${key}.fatbin`;
+    const tables = new Map<string, string>();
+    const parts = defs.map((def) => {
+      const sch = opts.scheduleFor?.(def, spec) ?? def.schedule(spec);
+      const symbol = kernelSymbol(def.name, spec, sch);
+      let lowered;
+      try {
+        lowered = lowerKernel(def.build(spec, sch), { symbol, dump: opts.dump ? (step, text) => opts.dump!(symbol, step, text) : undefined });
+      } catch (e) {
+        throw new Error(`kernel ${def.name}, spec ${key}, schedule ${scheduleKey(sch)}: ${e instanceof Error ? e.message : String(e)}`);
+      }
+      const k = lowered.lir, smem = k.smemBytes!;
+      const fits = fitsByArch(smem, sel.archs);
+      if (sel.archs.every((a) => !fits[a]))
+        throw new Error(`kernel ${def.name}, spec ${key}: needs ${smem} bytes of shared memory per block, more than any requested arch allows (${sel.archs.map((a) => `${a}: ${SMEM_LIMIT[a]}`).join(", ")}); choose a schedule with smaller tiles`);
+      for (const a of sel.archs) if (!fits[a]) opts.onWarning?.(`${symbol}: ${smem} bytes of shared memory do not fit ${a} (${SMEM_LIMIT[a]}); it will not launch there`);
+      for (const t of tablesUsed(k)) tables.set(symPowHeaderName(t.d, t.deg), renderSymPowHeader(t.d, t.deg));
+      const args = cArgs(k);
+      return {
+        def, sch, symbol, k, smem, fits, cuda: lowered.cuda,
+        stub: { symbol, threads: threadsOf(k), smemBytes: smem, params: args.join(", "), argNames: args.map((a) => a.split(" ").pop()).join(", ") },
+      };
+    });
+    for (const [name, text] of tables) files.set(name, text);
+    const tableNames = [...tables.keys()].sort();
+    const text = tpl.file({
+      file: source,
+      specKey: key,
+      spec,
+      tables: tableNames,
+      kernels: parts.map((p) => ({ name: p.def.name, cuda: p.cuda.trimEnd(), ...p.stub })),
+    });
+    files.set(source, text);
+    const hash = sha256(text);
+    manifestFiles.push({ source, sha256: hash, fatbin, includes: [DEVICE_HEADER, ...tableNames] });
+    for (const p of parts)
+      kernels.push({
+        name: p.def.name,
+        specKey: key,
+        spec,
+        scheduleKey: scheduleKey(p.sch),
+        schedule: p.sch,
+        symbol: p.symbol,
+        args: manifestArgs(p.k),
+        grid: [printExpr(p.k.grid[0]), printExpr(p.k.grid[1]), printExpr(p.k.grid[2])],
+        threads: threadsOf(p.k),
+        smemBytes: p.smem,
+        fits: p.fits,
+        source,
+        sourceSha256: hash,
+        fatbin,
+      });
+  }
+  const headers = [...files.keys()].filter((f) => f.endsWith(".cuh")).sort().map((file) => ({ file, sha256: sha256(files.get(file)!) }));
+  const manifest: Manifest = {
+    format: MANIFEST_FORMAT,
+    generator: "retention gen (codegen/gen.ts)",
+    archs: sel.archs,
+    nvccFlags: flags,
+    headers,
+    files: manifestFiles,
+    kernels,
+  };
+  files.set(MANIFEST_FILE, tpl.manifest(manifest));
+  files.set("Makefile", tpl.makefile({ flags: flags.join(" "), files: manifestFiles }));
+  return { files, manifest };
+}
+
+/** Write a generation into `dir`, removing the files an earlier manifest there listed that this
+ * one no longer produces (never anything else). */
+export function writeGenerated(dir: string, g: Generated): { written: number; removed: string[] } {
+  mkdirSync(dir, { recursive: true });
+  const removed: string[] = [];
+  const old = path.join(dir, MANIFEST_FILE);
+  if (existsSync(old)) {
+    try {
+      const m = parseManifest(readFileSync(old, "utf8"), old);
+      const owned = [...m.files.map((f) => f.source), ...m.headers.map((h) => h.file), "Makefile"];
+      for (const f of owned)
+        if (!g.files.has(f) && existsSync(path.join(dir, f))) {
+          rmSync(path.join(dir, f));
+          removed.push(f);
+        }
+    } catch {
+      /* an unreadable old manifest: leave the folder's other files alone */
+    }
+  }
+  for (const [name, text] of g.files) {
+    const file = path.join(dir, name);
+    if (!existsSync(file) || readFileSync(file, "utf8") !== text) writeFileSync(file, text);
+  }
+  return { written: g.files.size, removed };
+}

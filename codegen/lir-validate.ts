@@ -1,0 +1,129 @@
+// The LIR validator, run between passes: the DSL's structural rules (by validating the DSL kernel the
+// LIR still describes) plus every rule of the lowering choices made so far.
+
+import type { BufferDecl, Kernel, Stmt } from "../dsl/ir.ts";
+import { validateKernel } from "../dsl/validate.ts";
+import { bufferOf, readNodes, sameTiling, smemTileBytes, walkStmts, type LKernel, type LStmt } from "./lir.ts";
+import { SMEM_ALIGN, whyNotAsync, whyNotTensorCores, mmaShape } from "./lower/rules.ts";
+
+/** The DSL kernel an LIR kernel computes (lowering-only statements dropped). */
+export function toDsl(k: LKernel): Kernel {
+  const stmts = (body: readonly LStmt[]): Stmt[] =>
+    body.flatMap((s): Stmt[] => {
+      switch (s.kind) {
+        case "load":
+          return [{ kind: "load", dst: s.dst, tensor: s.tensor, slices: s.slices }];
+        case "mma": {
+          const { impl: _impl, ...rest } = s;
+          return [rest];
+        }
+        case "for":
+          return [{ ...s, body: stmts(s.body) }];
+        case "if":
+          return [{ ...s, body: stmts(s.body) }];
+        case "asyncCommit":
+        case "asyncWait":
+        case "barrier":
+        case "bindStage":
+          return [];
+        default:
+          return [s];
+      }
+    });
+  const buffers: BufferDecl[] = k.buffers.map((b) => ({ name: b.name, type: b.type }));
+  return { name: k.name, doc: k.doc, params: k.params, tensors: k.tensors, buffers, grid: k.grid, numWarps: k.numWarps, body: stmts(k.body) };
+}
+
+export function validateLir(k: LKernel): string[] {
+  const errs = validateKernel(toDsl(k));
+  const where = (m: string): void => void errs.push(`${k.name}: ${m}`);
+  if (errs.length) return errs;
+
+  for (const b of k.buffers) {
+    const cols = b.type.shape[1] ?? b.type.shape[0]!;
+    if (b.home === "frag") {
+      if (!b.tiling) where(`frag tile ${b.name} has no warp tiling`);
+      else if (b.type.shape.length !== 2 || b.tiling.m !== b.type.shape[0] || b.tiling.n !== b.type.shape[1])
+        where(`frag tile ${b.name} [${b.type.shape}] does not match its tiling ${b.tiling.m}x${b.tiling.n}`);
+      else if (b.tiling.warps !== k.numWarps) where(`frag tile ${b.name}: tiling over ${b.tiling.warps} warps, kernel has ${k.numWarps}`);
+      if (b.type.dtype !== "f32") where(`frag tile ${b.name} must be f32 (an mma accumulator)`);
+    } else {
+      if (b.pitch < cols) where(`tile ${b.name}: pitch ${b.pitch} < ${cols} columns`);
+      if (b.copies < 1) where(`tile ${b.name}: ${b.copies} copies`);
+      if (b.offset !== null && b.offset % SMEM_ALIGN !== 0) where(`tile ${b.name}: offset ${b.offset} not ${SMEM_ALIGN}-byte aligned`);
+      if (b.offset !== null && k.smemBytes !== null && b.offset + b.copies * smemTileBytes(b) > k.smemBytes)
+        where(`tile ${b.name} ends past the block's ${k.smemBytes} bytes of shared memory`);
+    }
+  }
+  if (k.smemBytes !== null && k.buffers.some((b) => b.home === "smem" && b.offset === null))
+    where(`shared memory is planned but some tiles have no offset`);
+
+  const frag = (n: string): boolean => bufferOf(k, n).home === "frag";
+  walkStmts(k.body, (s) => {
+    switch (s.kind) {
+      case "mma": {
+        if (s.dst === s.a || s.dst === s.b) where(`mma ${s.dst}: destination is also an operand`);
+        if (frag(s.a) || frag(s.b)) where(`mma ${s.dst}: operands must be in shared memory`);
+        if (s.impl === null) {
+          if (frag(s.dst)) where(`mma ${s.dst}: frag destination without an implementation`);
+          break;
+        }
+        const { m, n } = mmaShape(k, s);
+        if (s.impl.kind === "tc") {
+          const why = whyNotTensorCores(k, s);
+          if (why) where(`mma ${s.dst} on tensor cores: ${why}`);
+        }
+        if (s.impl.kind !== "fma") {
+          const t = s.impl.tiling;
+          if (t.m !== m || t.n !== n || t.warps !== k.numWarps) where(`mma ${s.dst}: tiling does not cover ${m}x${n} over ${k.numWarps} warps`);
+          const d = bufferOf(k, s.dst);
+          if (d.home === "frag" && d.tiling && !sameTiling(d.tiling, t)) where(`mma ${s.dst}: tiling differs from the fragment's`);
+        } else if (frag(s.dst)) where(`mma ${s.dst}: plain FMA cannot write a frag tile`);
+        break;
+      }
+      case "load":
+        if (s.mode === "async") {
+          const why = whyNotAsync(k, s);
+          if (why) where(`async load of ${s.tensor} into ${s.dst}: ${why}`);
+        }
+        if (s.stage !== null && bufferOf(k, s.dst).copies < 2) where(`load into stage of ${s.dst}, which has one copy`);
+        break;
+      case "map": {
+        const dt = bufferOf(k, s.dst).tiling;
+        for (const r of readNodes(s.expr)) {
+          if (!frag(r.buf)) continue;
+          const own = r.index.length === 2 && r.index[0]!.op === "row" && r.index[1]!.op === "col";
+          if (!own) where(`map into ${s.dst} reads frag tile ${r.buf} other than at [row, col]`);
+          else if (!dt || !sameTiling(dt, bufferOf(k, r.buf).tiling!)) where(`map into ${s.dst} reads frag tile ${r.buf} of another tiling`);
+        }
+        break;
+      }
+      case "reduce":
+      case "scan":
+        if (frag(s.src) || frag(s.dst)) where(`${s.kind} ${s.src} -> ${s.dst}: tiles must be in shared memory`);
+        break;
+      case "expand":
+        if (frag(s.src) || frag(s.dst)) where(`expand ${s.src} -> ${s.dst}: tiles must be in shared memory`);
+        break;
+      case "expandGrad":
+        if (frag(s.x) || frag(s.dphi) || frag(s.dst)) where(`expandGrad into ${s.dst}: tiles must be in shared memory`);
+        if (s.dst === s.x || s.dst === s.dphi) where(`expandGrad into ${s.dst}: destination is also an input`);
+        break;
+      case "asyncWait":
+        if (!Number.isInteger(s.pending) || s.pending < 0) where(`async.wait ${s.pending}: expected a count >= 0`);
+        break;
+      case "bindStage":
+        if (bufferOf(k, s.buf).copies < 2) where(`bind ${s.buf}: the tile has one copy`);
+        break;
+      default:
+        break;
+    }
+  });
+  return errs;
+}
+
+export function assertValidLir(k: LKernel, after: string): LKernel {
+  const errs = validateLir(k);
+  if (errs.length) throw new Error(`invalid LIR after ${after}:\n  ${errs.join("\n  ")}`);
+  return k;
+}

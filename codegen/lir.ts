@@ -1,0 +1,303 @@
+// The lowered IR (LIR): the DSL IR (`dsl/ir.ts`) plus the decisions the lowering makes, still plain
+// readonly data. Passes (`lower/*.ts`) are functions LKernel -> LKernel; `render-cuda.ts` prints the
+// result. What LIR adds to the DSL:
+//   - every tile has a home: shared memory (with a row pitch, an offset, pipeline copies) or
+//     register fragments in the m16n8 accumulator layout of a warp tiling;
+//   - every mma has an implementation (tensor cores, FMA in fragment layout, plain FMA);
+//   - loads say whether they may go through cp.async, and async waits are statements;
+//   - barriers are statements, so a pass can remove the ones that separate independent work;
+//   - pipelined loops bind a stage copy of their streamed tiles per iteration.
+
+import type { DType } from "../dsl/dtype.ts";
+import type { BufferDecl, Expr, Kernel, ParamDecl, Slice, Stmt, TensorDecl, TileType } from "../dsl/ir.ts";
+
+/** How the output of an mma is split over the warps of a block: units of 16 rows x (8 * nt)
+ * columns, unit u going to warp u % warps; lane l of a warp owns the m16n8 accumulator elements
+ * (prt::frag_row(l, e), prt::frag_col(l, e)) of each 16x8 tile. */
+export interface WarpTiling {
+  readonly m: number;
+  readonly n: number;
+  /** 16x8 tiles per unit along n (1, 2 or 4). */
+  readonly nt: number;
+  readonly warps: number;
+}
+
+export const tilingUnits = (t: WarpTiling): number => (t.m / 16) * (t.n / (8 * t.nt));
+/** Units a warp owns at most (fragment slots per thread). */
+export const tilingSlots = (t: WarpTiling): number => Math.ceil(tilingUnits(t) / t.warps);
+export const sameTiling = (a: WarpTiling, b: WarpTiling): boolean => a.m === b.m && a.n === b.n && a.nt === b.nt && a.warps === b.warps;
+
+export type Home = "smem" | "frag";
+
+export interface LBuffer {
+  readonly name: string;
+  readonly type: TileType;
+  /** smem: dynamic shared memory; frag: registers, owned per the warp tiling (f32 mma accumulators). */
+  readonly home: Home;
+  /** Elements between consecutive rows in shared memory (= columns unless padded against bank conflicts). */
+  readonly pitch: number;
+  /** Copies of the tile in shared memory (> 1 for tiles a pipelined loop streams into). */
+  readonly copies: number;
+  /** Byte offset into the block's dynamic shared memory; null until planned. */
+  readonly offset: number | null;
+  /** The fragment ownership of a frag tile; null for smem. */
+  readonly tiling: WarpTiling | null;
+}
+
+export type MmaImpl =
+  /** mma.sync m16n8k16 (f16/bf16 operands from shared memory via ldmatrix), fp32 accumulators. */
+  | { readonly kind: "tc"; readonly tiling: WarpTiling }
+  /** fp32 FMA loops computing exactly the elements each thread owns in the tiling (f32 operands). */
+  | { readonly kind: "fmaFrag"; readonly tiling: WarpTiling }
+  /** fp32 FMA, one output element per thread-step (any shape). */
+  | { readonly kind: "fma" };
+
+export type LStmt =
+  | Exclude<Stmt, { kind: "for" } | { kind: "if" } | { kind: "mma" } | { kind: "load" }>
+  | {
+      readonly kind: "load";
+      readonly dst: string;
+      readonly tensor: string;
+      readonly slices: readonly Slice[];
+      /** scalar: guarded element copy; async: cp.async 16 B chunks when aligned at run time (else scalar). */
+      readonly mode: "scalar" | "async";
+      /** For pipelined loads: the stage copy of dst to fill (null: the copy bound now). */
+      readonly stage: Expr | null;
+    }
+  | {
+      readonly kind: "mma";
+      readonly dst: string;
+      readonly a: string;
+      readonly b: string;
+      readonly transA: boolean;
+      readonly transB: boolean;
+      readonly accumulate: boolean;
+      readonly impl: MmaImpl | null;
+    }
+  /** cp.async.commit_group: close the group of async copies this thread issued. */
+  | { readonly kind: "asyncCommit" }
+  /** cp.async.wait_group: wait until at most `pending` groups are in flight. */
+  | { readonly kind: "asyncWait"; readonly pending: number }
+  /** __syncthreads(). */
+  | { readonly kind: "barrier" }
+  /** Point a multi-copy tile at copy `stage` (mod its copies) for the statements that follow. */
+  | { readonly kind: "bindStage"; readonly buf: string; readonly stage: Expr }
+  | {
+      readonly kind: "for";
+      readonly var: string;
+      readonly start: Expr;
+      readonly end: Expr;
+      readonly step: number;
+      readonly stages: number;
+      readonly body: readonly LStmt[];
+    }
+  | { readonly kind: "if"; readonly cond: Expr; readonly body: readonly LStmt[] };
+
+export interface LKernel {
+  readonly name: string;
+  readonly doc: string;
+  readonly params: readonly ParamDecl[];
+  readonly tensors: readonly TensorDecl[];
+  readonly buffers: readonly LBuffer[];
+  readonly grid: readonly [Expr, Expr, Expr];
+  readonly numWarps: number;
+  readonly body: readonly LStmt[];
+  /** Dynamic shared memory bytes per block; null until planned. */
+  readonly smemBytes: number | null;
+}
+
+export const threadsOf = (k: { numWarps: number }): number => 32 * k.numWarps;
+
+/** The LIR of a DSL kernel before any decision: every tile in shared memory, unpadded. */
+export function fromDsl(k: Kernel): LKernel {
+  const buf = (b: BufferDecl): LBuffer => ({
+    name: b.name,
+    type: b.type,
+    home: "smem",
+    pitch: b.type.shape[1] ?? b.type.shape[0]!,
+    copies: 1,
+    offset: null,
+    tiling: null,
+  });
+  const stmt = (s: Stmt): LStmt => {
+    switch (s.kind) {
+      case "load":
+        return { ...s, mode: "scalar", stage: null };
+      case "mma":
+        return { ...s, impl: null };
+      case "for":
+        return { ...s, body: s.body.map(stmt) };
+      case "if":
+        return { ...s, body: s.body.map(stmt) };
+      default:
+        return s;
+    }
+  };
+  return {
+    name: k.name,
+    doc: k.doc,
+    params: k.params,
+    tensors: k.tensors,
+    buffers: k.buffers.map(buf),
+    grid: k.grid,
+    numWarps: k.numWarps,
+    body: k.body.map(stmt),
+    smemBytes: null,
+  };
+}
+
+// ---- helpers every pass uses -------------------------------------------------------------------
+
+export function bufferOf(k: LKernel, name: string): LBuffer {
+  const b = k.buffers.find((x) => x.name === name);
+  if (!b) throw new Error(`${k.name}: no tile named '${name}'`);
+  return b;
+}
+
+/** Rebuild a statement list bottom-up: `f` sees each statement after its children were mapped and
+ * returns its replacement(s). */
+export function mapStmts(body: readonly LStmt[], f: (s: LStmt) => LStmt | readonly LStmt[]): LStmt[] {
+  const out: LStmt[] = [];
+  for (const s of body) {
+    const inner: LStmt = s.kind === "for" || s.kind === "if" ? { ...s, body: mapStmts(s.body, f) } : s;
+    const r = f(inner);
+    if (Array.isArray(r)) out.push(...(r as readonly LStmt[]));
+    else out.push(r as LStmt);
+  }
+  return out;
+}
+
+/** Visit every statement (pre-order), with the loops enclosing it. */
+export function walkStmts(body: readonly LStmt[], f: (s: LStmt, loops: readonly LStmt[]) => void, loops: readonly LStmt[] = []): void {
+  for (const s of body) {
+    f(s, loops);
+    if (s.kind === "for" || s.kind === "if") walkStmts(s.body, f, [...loops, s]);
+  }
+}
+
+/** Tiles read by an expression. */
+export function exprReads(e: Expr, out: Set<string> = new Set()): Set<string> {
+  switch (e.op) {
+    case "read":
+      out.add(e.buf);
+      e.index.forEach((i) => exprReads(i, out));
+      break;
+    case "unary":
+    case "cast":
+    case "pow":
+      exprReads(e.a, out);
+      break;
+    case "binary":
+      exprReads(e.a, out);
+      exprReads(e.b, out);
+      break;
+    case "select":
+      exprReads(e.cond, out);
+      exprReads(e.a, out);
+      exprReads(e.b, out);
+      break;
+    default:
+      break;
+  }
+  return out;
+}
+
+/** Every read node of an expression (to check how a tile is indexed). */
+export function readNodes(e: Expr, out: Extract<Expr, { op: "read" }>[] = []): Extract<Expr, { op: "read" }>[] {
+  switch (e.op) {
+    case "read":
+      out.push(e);
+      e.index.forEach((i) => readNodes(i, out));
+      break;
+    case "unary":
+    case "cast":
+    case "pow":
+      readNodes(e.a, out);
+      break;
+    case "binary":
+      readNodes(e.a, out);
+      readNodes(e.b, out);
+      break;
+    case "select":
+      readNodes(e.cond, out);
+      readNodes(e.a, out);
+      readNodes(e.b, out);
+      break;
+    default:
+      break;
+  }
+  return out;
+}
+
+function slicesReads(ss: readonly Slice[], out: Set<string>): void {
+  for (const s of ss) exprReads(s.kind === "at" ? s.at : s.start, out);
+}
+
+/** The tiles a (non-compound) statement reads and writes; for/if report their header's reads only. */
+export function stmtAccess(s: LStmt): { reads: Set<string>; writes: Set<string> } {
+  const reads = new Set<string>(), writes = new Set<string>();
+  switch (s.kind) {
+    case "load":
+      slicesReads(s.slices, reads);
+      if (s.stage) exprReads(s.stage, reads);
+      writes.add(s.dst);
+      break;
+    case "store":
+      slicesReads(s.slices, reads);
+      reads.add(s.src);
+      break;
+    case "map":
+      exprReads(s.expr, reads);
+      writes.add(s.dst);
+      break;
+    case "reduce":
+    case "scan":
+      reads.add(s.src);
+      writes.add(s.dst);
+      break;
+    case "mma":
+      reads.add(s.a);
+      reads.add(s.b);
+      if (s.accumulate) reads.add(s.dst);
+      writes.add(s.dst);
+      break;
+    case "expand":
+      exprReads(s.offset, reads);
+      reads.add(s.src);
+      writes.add(s.dst);
+      break;
+    case "expandGrad":
+      exprReads(s.offset, reads);
+      reads.add(s.x);
+      reads.add(s.dphi);
+      if (s.accumulate) reads.add(s.dst);
+      writes.add(s.dst);
+      break;
+    case "for":
+      exprReads(s.start, reads);
+      exprReads(s.end, reads);
+      break;
+    case "if":
+      exprReads(s.cond, reads);
+      break;
+    case "bindStage":
+      exprReads(s.stage, reads);
+      break;
+    case "asyncCommit":
+    case "asyncWait":
+    case "barrier":
+      break;
+  }
+  return { reads, writes };
+}
+
+/** Element type names in CUDA C++. */
+export function cType(t: DType): string {
+  return t === "f32" ? "float" : t === "f16" ? "__half" : "__nv_bfloat16";
+}
+
+/** Bytes of one copy of a shared tile (rows x pitch). */
+export function smemTileBytes(b: LBuffer): number {
+  const rows = b.type.shape.length === 2 ? b.type.shape[0]! : 1;
+  return rows * b.pitch * (b.type.dtype === "f32" ? 4 : 2);
+}

@@ -1,0 +1,96 @@
+// Pass: keep accumulators and other element-wise register tiles in registers. A 2-D f32 `reg` tile
+// lives in each thread's registers, as the elements it owns in the m16n8 accumulator layout of a
+// warp tiling, when every statement that touches it works element by element in that layout:
+//   - an mma writes it with tensor cores or fragment-layout FMA (the tiling of that mma),
+//   - a load fills it or a store writes it out (any element order works),
+//   - a map writes it, or reads it at exactly [row, col] while writing another tile of the same
+//     tiling (so the thread that owns the element computes it).
+// Tiles that are reduced, scanned, fed to an mma or read at another element stay in shared memory,
+// and so do 1-D reg tiles (row vectors) for now. Decided as a fixed point, since a map can tie
+// several tiles to each other; capped at MAX_FRAG_REGISTERS per tile and per kernel.
+
+import type { Expr } from "../../dsl/ir.ts";
+import { exprReads, readNodes, sameTiling, stmtAccess, walkStmts, type LKernel, type WarpTiling } from "../lir.ts";
+import { chooseTiling, fragRegisters, MAX_FRAG_REGISTERS, MAX_FRAG_REGISTERS_TOTAL } from "./rules.ts";
+
+/** The tiling each reg tile would have as fragments (mma writers must agree), before the use checks. */
+function proposedTilings(k: LKernel): Map<string, WarpTiling> {
+  const out = new Map<string, WarpTiling>();
+  const bad = new Set<string>();
+  walkStmts(k.body, (s) => {
+    if (s.kind !== "mma") return;
+    if (s.impl === null || s.impl.kind === "fma") return void bad.add(s.dst);
+    const t = out.get(s.dst);
+    if (t && !sameTiling(t, s.impl.tiling)) bad.add(s.dst);
+    out.set(s.dst, s.impl.tiling);
+  });
+  for (const b of k.buffers) {
+    if (b.type.space !== "reg" || b.type.shape.length !== 2 || b.type.dtype !== "f32" || bad.has(b.name)) {
+      out.delete(b.name);
+      continue;
+    }
+    if (!out.has(b.name)) {
+      const t = chooseTiling(b.type.shape[0]!, b.type.shape[1]!, k.numWarps);
+      if (t) out.set(b.name, t);
+    }
+    const t = out.get(b.name);
+    if (t && fragRegisters(t) > MAX_FRAG_REGISTERS) out.delete(b.name);
+  }
+  return out;
+}
+
+/** Remove from `set` every tile some statement uses other than element-wise in its tiling. */
+function prune(k: LKernel, set: Map<string, WarpTiling>): boolean {
+  const drop = new Set<string>();
+  const ownElement = (index: readonly Expr[]): boolean =>
+    index.length === 2 && index[0]!.op === "row" && index[1]!.op === "col";
+  walkStmts(k.body, (s) => {
+    const { reads, writes } = stmtAccess(s);
+    for (const name of [...reads, ...writes]) {
+      const t = set.get(name);
+      if (!t) continue;
+      switch (s.kind) {
+        case "mma":
+          if (s.a === name || s.b === name || s.impl === null || s.impl.kind === "fma" || !sameTiling(s.impl.tiling, t)) drop.add(name);
+          break;
+        case "load":
+        case "store":
+          if (s.slices.some((x) => exprReads(x.kind === "at" ? x.at : x.start).has(name))) drop.add(name);
+          break;
+        case "map": {
+          const dstT = set.get(s.dst);
+          for (const r of readNodes(s.expr)) {
+            if (r.buf !== name) continue;
+            if (!ownElement(r.index) || !dstT || !sameTiling(dstT, t)) drop.add(name);
+          }
+          break;
+        }
+        default:
+          drop.add(name);
+      }
+    }
+  });
+  for (const n of drop) set.delete(n);
+  return drop.size > 0;
+}
+
+export function fragmentTilings(k: LKernel): Map<string, WarpTiling> {
+  const set = proposedTilings(k);
+  for (;;) {
+    while (prune(k, set));
+    const total = [...set.values()].reduce((s, t) => s + fragRegisters(t), 0);
+    if (total <= MAX_FRAG_REGISTERS_TOTAL) return set;
+    // over budget: give up the largest tile (ties: the last declared), then re-check the ties
+    const order = (n: string): number => k.buffers.findIndex((b) => b.name === n);
+    const [victim] = [...set.entries()].sort((a, b) => fragRegisters(b[1]) - fragRegisters(a[1]) || order(b[0]) - order(a[0]))[0]!;
+    set.delete(victim);
+  }
+}
+
+export function placeFragments(k: LKernel): LKernel {
+  const set = fragmentTilings(k);
+  return {
+    ...k,
+    buffers: k.buffers.map((b) => (set.has(b.name) ? { ...b, home: "frag" as const, tiling: set.get(b.name)! } : b)),
+  };
+}

@@ -1,0 +1,71 @@
+// The hardware rules the lowering decides by, in one place: the passes choose with them and the
+// LIR validator re-checks every choice with them.
+
+import { dtypeBytes } from "../../dsl/dtype.ts";
+import type { LBuffer, LKernel, LStmt, WarpTiling } from "../lir.ts";
+import { bufferOf } from "../lir.ts";
+
+/** mma operand and result shape: op(A) [m, k], op(B) [k, n], D [m, n]. */
+export function mmaShape(k: LKernel, s: Extract<LStmt, { kind: "mma" }>): { m: number; n: number; k: number } {
+  const a = bufferOf(k, s.a).type.shape, b = bufferOf(k, s.b).type.shape;
+  return { m: s.transA ? a[1]! : a[0]!, k: s.transA ? a[0]! : a[1]!, n: s.transB ? b[0]! : b[1]! };
+}
+
+/** Why an mma cannot use mma.sync m16n8k16 (null when it can). */
+export function whyNotTensorCores(k: LKernel, s: Extract<LStmt, { kind: "mma" }>): string | null {
+  const a = bufferOf(k, s.a), b = bufferOf(k, s.b);
+  const { m, n, k: kk } = mmaShape(k, s);
+  if (a.type.dtype === "f32") return "f32 operands (SPEC asks 1e-4: fp32 FMA, no tf32)";
+  if (a.home !== "smem" || b.home !== "smem") return "operands must be in shared memory (ldmatrix)";
+  if (m % 16 !== 0 || kk % 16 !== 0 || n % 8 !== 0) return `shape ${m}x${n}x${kk} is not a multiple of 16x8x16`;
+  for (const t of [a, b]) if ((t.pitch * 2) % 16 !== 0) return `tile ${t.name} rows are not 16-byte aligned (pitch ${t.pitch})`;
+  return null;
+}
+
+/** The warp tiling of an m x n accumulator: the widest unit (16 x 8nt, nt in 4, 2, 1) that still
+ * gives every warp a unit, else the narrowest. */
+export function chooseTiling(m: number, n: number, warps: number): WarpTiling | null {
+  if (m % 16 !== 0 || n % 8 !== 0) return null;
+  for (const nt of [4, 2, 1]) {
+    if (n % (8 * nt) !== 0) continue;
+    if ((m / 16) * (n / (8 * nt)) >= warps || nt === 1) return { m, n, nt, warps };
+  }
+  return null;
+}
+
+/** Fragment registers per thread a tiling needs (the promotion limit is checked against it). */
+export const fragRegisters = (t: WarpTiling): number => Math.ceil(((t.m / 16) * (t.n / (8 * t.nt))) / t.warps) * t.nt * 4;
+/** Above this many accumulator registers per thread a tile stays in shared memory. */
+export const MAX_FRAG_REGISTERS = 128;
+/** ... and above this many for all frag tiles of a kernel together, the largest go back. */
+export const MAX_FRAG_REGISTERS_TOTAL = 160;
+
+/** Why a load cannot be issued as 16-byte cp.async chunks (null when it can; alignment of the
+ * tensor's address, base offset and row stride is still checked at run time). */
+export function whyNotAsync(k: LKernel, s: Extract<LStmt, { kind: "load" }>): string | null {
+  const dst = bufferOf(k, s.dst);
+  const ten = k.tensors.find((t) => t.name === s.tensor)!;
+  if (dst.home !== "smem") return "destination is not in shared memory";
+  if (dst.type.dtype !== ten.dtype) return `converts ${ten.dtype} to ${dst.type.dtype}`;
+  const last = s.slices[s.slices.length - 1]!;
+  if (last.kind !== "range") return "the tensor's contiguous dim is not a tile axis";
+  const bytes = dtypeBytes(dst.type.dtype);
+  const cols = dst.type.shape[dst.type.shape.length - 1]!;
+  if ((cols * bytes) % 16 !== 0) return `tile rows of ${cols * bytes} bytes are not whole 16-byte chunks`;
+  if ((dst.pitch * bytes) % 16 !== 0) return `tile pitch ${dst.pitch} is not 16-byte aligned`;
+  return null;
+}
+
+/** Padding that breaks the bank conflicts of a tile whose rows are read 8 at a time down a column
+ * (ldmatrix reads 16 bytes of each of 8 rows; the FMA loops 4): the 8 rows fall into different bank
+ * groups when a row is an odd number of 16-byte units, so an even count gets 16 bytes more. */
+export function paddedPitch(b: LBuffer): number {
+  const cols = b.type.shape[1] ?? b.type.shape[0]!;
+  const bytes = dtypeBytes(b.type.dtype);
+  const units = (cols * bytes) / 16;
+  return b.type.shape.length === 2 && Number.isInteger(units) && units % 2 === 0 ? cols + 16 / bytes : cols;
+}
+
+/** Shared memory a block may use: sm_90's opt-in limit (sm_80 allows 163 KiB; the manifest says which fit). */
+export const SMEM_LIMIT = { sm_80: 166912, sm_90a: 232448 } as const;
+export const SMEM_ALIGN = 16;

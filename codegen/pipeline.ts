@@ -1,0 +1,83 @@
+// The lowering from a DSL kernel to CUDA C++, every pass in order. Each pass is a function
+// LKernel -> LKernel over plain data (lir.ts); the LIR validator runs after each one, and a dump
+// hook sees the IR after each pass and the final CUDA (`gen --dump-ir DIR`).
+//
+// Simplifications today (see README.md): `reg` tiles live in registers only as mma-fragment-layout
+// tiles (accumulators and tiles used element-wise with them); 1-D reg tiles and reg tiles that are
+// reduced or read at other elements live in shared memory. Every statement is a block-cooperative
+// loop, with barriers between statements where a shared-memory hazard needs one.
+
+import type { Kernel } from "../dsl/ir.ts";
+import { printKernel } from "../dsl/print.ts";
+import { assertValid } from "../dsl/validate.ts";
+import { fromDsl, type LKernel } from "./lir.ts";
+import { printLKernel } from "./lir-print.ts";
+import { assertValidLir } from "./lir-validate.ts";
+import { elideBarriers, insertBarriers } from "./lower/barriers.ts";
+import { checkSupported } from "./lower/check-supported.ts";
+import { padShared } from "./lower/pad-shared.ts";
+import { pipelineLoops } from "./lower/pipeline-loops.ts";
+import { placeFragments } from "./lower/place-fragments.ts";
+import { planShared } from "./lower/plan-shared.ts";
+import { selectLoads } from "./lower/select-loads.ts";
+import { selectMma } from "./lower/select-mma.ts";
+import { renderKernel } from "./render-cuda.ts";
+
+export interface Pass {
+  readonly name: string;
+  /** Why the pass exists, in one line. */
+  readonly why: string;
+  readonly run: (k: LKernel) => LKernel;
+}
+
+export const PASSES: readonly Pass[] = [
+  { name: "check-supported", why: "reject statements that read their own destination across elements (the GPU computes a statement's elements at once)", run: checkSupported },
+  { name: "select-mma", why: "f16/bf16 mma on tensor cores (m16n8k16), f32 mma by fp32 FMA (1e-4 forbids tf32); pick the warp tiling", run: selectMma },
+  { name: "place-fragments", why: "keep mma accumulators in registers when every use is per element in the fragment layout", run: placeFragments },
+  { name: "select-loads", why: "global -> shared copies of whole 16-byte chunks through cp.async, one commit group per run of loads", run: selectLoads },
+  { name: "pipeline-loops", why: "loops with stages > 1 prefetch the next iterations' tiles into extra copies while computing", run: pipelineLoops },
+  { name: "pad-shared", why: "pad mma operand rows by 16 bytes so ldmatrix / FMA column reads hit 32 different banks", run: padShared },
+  { name: "plan-shared", why: "give every shared tile its bytes; tiles with disjoint live ranges share them", run: planShared },
+  { name: "insert-barriers", why: "a __syncthreads() between every two statements is correct by construction", run: insertBarriers },
+  { name: "elide-barriers", why: "keep only barriers that order a shared-memory hazard between threads (same-thread element-wise chains need none)", run: elideBarriers },
+];
+
+export interface LowerOptions {
+  /** The C symbol of the kernel. */
+  readonly symbol: string;
+  /** Called with (step name, text) for the DSL IR, the LIR after each pass and the final CUDA. */
+  readonly dump?: (step: string, text: string) => void;
+}
+
+export interface Lowered {
+  readonly lir: LKernel;
+  /** The kernel's CUDA source (a __global__ function; the file skeleton comes from templates/). */
+  readonly cuda: string;
+}
+
+export function lowerKernel(kernel: Kernel, opts: LowerOptions): Lowered {
+  assertValid(kernel);
+  opts.dump?.("00-dsl", printKernel(kernel));
+  let k = assertValidLir(fromDsl(kernel), "from-dsl");
+  PASSES.forEach((p, i) => {
+    try {
+      k = assertValidLir(p.run(k), p.name);
+    } catch (e) {
+      throw new Error(`lowering ${kernel.name}, pass ${p.name}: ${e instanceof Error ? e.message : String(e)}`);
+    }
+    opts.dump?.(`${String(i + 1).padStart(2, "0")}-${p.name}`, printLKernel(k));
+  });
+  const cuda = renderKernel(k, opts.symbol);
+  opts.dump?.(`${String(PASSES.length + 1).padStart(2, "0")}-cuda`, cuda);
+  return { lir: k, cuda };
+}
+
+/** Run the passes up to and including `name` (the pass tests start from here). */
+export function lowerUpTo(kernel: Kernel, name: string): LKernel {
+  let k = fromDsl(assertValid(kernel));
+  for (const p of PASSES) {
+    k = assertValidLir(p.run(k), p.name);
+    if (p.name === name) return k;
+  }
+  throw new Error(`no pass named ${name}`);
+}

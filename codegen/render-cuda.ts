@@ -1,0 +1,261 @@
+// LIR -> the CUDA C++ of one __global__ kernel. One CUDA block runs one program; each statement
+// becomes a block-cooperative loop (threads stride over the elements it writes), barriers are the
+// LIR's. Memory statements are in render-memory.ts, mma in render-mma.ts; the primitives they call
+// are templates/prt_tile.cuh.
+
+import { dtypeBytes } from "../dsl/dtype.ts";
+import { printExpr } from "../dsl/print.ts";
+import { bufferOf, cType, smemTileBytes, threadsOf, tilingSlots, walkStmts, type LKernel, type LStmt } from "./lir.ts";
+import { printLStmt, printTiling, ranksOf } from "./lir-print.ts";
+import { renderExpr, renderF32, cName, smemElem, NEG_INF, type ExprCtx } from "./render-expr.ts";
+import { renderLoad, renderStore } from "./render-memory.ts";
+import { renderMma } from "./render-mma.ts";
+import { Emitter, elemLoop, fragLoop } from "./emit.ts";
+import { symPowTableName } from "./render-tables.ts";
+
+const tileElem = (k: LKernel, name: string, r: string, c: string): string =>
+  bufferOf(k, name).type.shape.length === 1 ? smemElem(k, name, [r]) : smemElem(k, name, [r, c]);
+
+function renderMap(o: Emitter, k: LKernel, s: Extract<LStmt, { kind: "map" }>): void {
+  const d = bufferOf(k, s.dst);
+  if (d.home === "frag") {
+    fragLoop(o, k, s.dst, (r, c, sub) => o.line(`${cName("f", s.dst)}${sub} = ${renderF32(s.expr, { k, row: r, col: c, fragElem: sub })};`));
+    return;
+  }
+  elemLoop(o, k, d.type.shape, (r, c) => {
+    const ctx: ExprCtx = { k, row: r, col: c };
+    o.line(`${tileElem(k, s.dst, r, c)} = prt::from_f32<${cType(d.type.dtype)}>(${renderF32(s.expr, ctx)});`);
+  });
+}
+
+/** Element (o, i) of the lines a reduce / scan walks: outer index o, inner index i. */
+function lineElem(k: LKernel, name: string, axis: 0 | 1, o: string, i: string): string {
+  const b = bufferOf(k, name);
+  if (b.type.shape.length === 1) return smemElem(k, name, [i]);
+  return axis === 1 ? smemElem(k, name, [o, i]) : smemElem(k, name, [i, o]);
+}
+
+function lines(k: LKernel, src: string, axis: 0 | 1): { outer: number; inner: number } {
+  const sh = bufferOf(k, src).type.shape;
+  if (sh.length === 1) return { outer: 1, inner: sh[0]! };
+  return axis === 1 ? { outer: sh[0]!, inner: sh[1]! } : { outer: sh[1]!, inner: sh[0]! };
+}
+
+function renderReduce(o: Emitter, k: LKernel, s: Extract<LStmt, { kind: "reduce" }>): void {
+  const { outer, inner } = lines(k, s.src, s.axis);
+  const T = cType(bufferOf(k, s.dst).type.dtype);
+  const init = s.fn === "sum" ? "0.0f" : NEG_INF;
+  const combine = (acc: string, v: string): string => (s.fn === "sum" ? `${acc} += ${v};` : `${acc} = prt::max_nan(${acc}, ${v});`);
+  const x = (oo: string, ii: string): string => `prt::to_f32(${lineElem(k, s.src, s.axis, oo, ii)})`;
+  const nt = threadsOf(k);
+  if (outer * 2 >= nt) {
+    // one thread per output, sequential over the line
+    o.block(`for (int o = tid; o < ${outer}; o += ${nt})`, () => {
+      o.line(`float acc = ${init};`);
+      o.line(`for (int i = 0; i < ${inner}; ++i) ${combine("acc", x("o", "i"))}`);
+      o.line(`${smemElem(k, s.dst, ["o"])} = prt::from_f32<${T}>(acc);`);
+    });
+  } else {
+    // one warp per output: lanes stride over the line, then a shuffle-xor reduction
+    o.block(`for (int o = warp; o < ${outer}; o += ${k.numWarps})`, () => {
+      o.line(`float acc = ${init};`);
+      o.line(`for (int i = lane; i < ${inner}; i += 32) ${combine("acc", x("o", "i"))}`);
+      o.line(`acc = prt::warp_${s.fn === "sum" ? "sum" : "max"}(acc);`);
+      o.line(`if (lane == 0) ${smemElem(k, s.dst, ["o"])} = prt::from_f32<${T}>(acc);`);
+    });
+  }
+}
+
+function renderScan(o: Emitter, k: LKernel, s: Extract<LStmt, { kind: "scan" }>): void {
+  const { outer, inner } = lines(k, s.src, s.axis);
+  const T = cType(bufferOf(k, s.dst).type.dtype);
+  const at = (i: string): string => (s.reverse ? `${inner - 1} - ${i}` : i);
+  const x = (i: string): string => `prt::to_f32(${lineElem(k, s.src, s.axis, "o", i)})`;
+  const y = (i: string): string => lineElem(k, s.dst, s.axis, "o", i);
+  const nt = threadsOf(k);
+  if (outer * 2 >= nt) {
+    o.block(`for (int o = tid; o < ${outer}; o += ${nt})`, () => {
+      o.line(`float acc = 0.0f;`);
+      o.block(`for (int j = 0; j < ${inner}; ++j)`, () => {
+        o.line(`const int i = ${at("j")};`);
+        o.line(`acc += ${x("i")};`);
+        o.line(`${y("i")} = prt::from_f32<${T}>(acc);`);
+      });
+    });
+  } else {
+    // one warp per line, 32 elements at a time: shuffle scan plus the carry of the segments before
+    o.block(`for (int o = warp; o < ${outer}; o += ${k.numWarps})`, () => {
+      o.line(`float carry = 0.0f;`);
+      o.block(`for (int j0 = 0; j0 < ${inner}; j0 += 32)`, () => {
+        o.line(`const int j = j0 + lane, i = ${at("j")};`);
+        o.line(`float v = j < ${inner} ? ${x("i")} : 0.0f;`);
+        o.line(`v = prt::warp_inclusive_sum(v, lane) + carry;`);
+        o.line(`if (j < ${inner}) ${y("i")} = prt::from_f32<${T}>(v);`);
+        o.line(`carry = __shfl_sync(0xffffffffu, v, 31);`);
+      });
+    });
+  }
+}
+
+function renderExpand(o: Emitter, k: LKernel, s: Extract<LStmt, { kind: "expand" }>): void {
+  const d = bufferOf(k, s.dst), x = bufferOf(k, s.src);
+  const [rows, bd] = d.type.shape as [number, number];
+  const tbl = symPowTableName(x.type.shape[1]!, s.deg);
+  o.line(`const int off = ${renderExpr(s.offset, { k })};`);
+  o.block(`for (int i = tid; i < ${rows * bd}; i += ${threadsOf(k)})`, () => {
+    o.line(`const int r = i / ${bd}, f = i % ${bd}, g = off + f;`);
+    o.line(`float v = 0.0f;`);
+    o.block(`if (g >= 0 && g < ${tbl}_size)`, () => {
+      o.line(`v = ${tbl}_weight[g];`);
+      for (let q = 0; q < s.deg; q++) o.line(`v *= prt::to_f32(${smemElem(k, s.src, ["r", `${tbl}_index[g * ${s.deg} + ${q}]`])});`);
+    });
+    o.line(`${smemElem(k, s.dst, ["r", "f"])} = prt::from_f32<${cType(d.type.dtype)}>(v);`);
+  });
+}
+
+function renderExpandGrad(o: Emitter, k: LKernel, s: Extract<LStmt, { kind: "expandGrad" }>): void {
+  const d = bufferOf(k, s.dst), x = bufferOf(k, s.x), g = bufferOf(k, s.dphi);
+  const [rows, din] = x.type.shape as [number, number];
+  const bd = g.type.shape[1]!;
+  const p = s.deg;
+  const tbl = symPowTableName(din, p);
+  o.line(`const int off = ${renderExpr(s.offset, { k })};`);
+  // one thread per (row, input index a): the features of this block that contain a, from the
+  // occurrence table (entries g * p + q sorted by feature), each adding dphi * w * prod_{l != q} x
+  o.block(`for (int i = tid; i < ${rows * din}; i += ${threadsOf(k)})`, () => {
+    o.line(`const int r = i / ${din}, a = i % ${din};`);
+    o.line(`float acc = ${s.accumulate ? `prt::to_f32(${smemElem(k, s.dst, ["r", "a"])})` : "0.0f"};`);
+    o.line(`const int hi = ${tbl}_occ_start[a + 1];`);
+    o.block(`for (int t = prt::lower_bound(${tbl}_occ, ${tbl}_occ_start[a], hi, off * ${p}); t < hi; ++t)`, () => {
+      o.line(`const int code = static_cast<int>(${tbl}_occ[t]), gf = code / ${p}, q = code % ${p};`);
+      o.line(`if (gf >= off + ${bd}) break;`);
+      o.line(`float prod = prt::to_f32(${smemElem(k, s.dphi, ["r", "gf - off"])}) * ${tbl}_weight[gf];`);
+      for (let l = 0; l < p; l++) o.line(`if (q != ${l}) prod *= prt::to_f32(${smemElem(k, s.x, ["r", `${tbl}_index[gf * ${p} + ${l}]`])});`);
+      o.line(`acc += prod;`);
+    });
+    o.line(`${smemElem(k, s.dst, ["r", "a"])} = prt::from_f32<${cType(d.type.dtype)}>(acc);`);
+  });
+}
+
+function renderStmt(o: Emitter, k: LKernel, s: LStmt): void {
+  switch (s.kind) {
+    case "barrier":
+      o.line("__syncthreads();");
+      return;
+    case "asyncCommit":
+      o.line("prt::cp_async_commit();");
+      return;
+    case "asyncWait":
+      o.line(`prt::cp_async_wait<${s.pending}>();`);
+      return;
+    case "bindStage": {
+      const b = bufferOf(k, s.buf);
+      const elems = smemTileBytes(b) / dtypeBytes(b.type.dtype);
+      o.line(`${cName("t", s.buf)} = ${cName("t", s.buf)}_base + ((${renderExpr(s.stage, { k })}) % ${b.copies}) * ${elems};  // bind ${s.buf} stage ${printExpr(s.stage)}`);
+      return;
+    }
+    case "for": {
+      const v = cName("v", s.var);
+      o.open("");
+      o.line(`const int ${v}_end = ${renderExpr(s.end, { k })};`);
+      o.block(`for (int ${v} = ${renderExpr(s.start, { k })}; ${v} < ${v}_end; ${v} += ${s.step})`, () => renderBody(o, k, s.body));
+      o.close();
+      return;
+    }
+    case "if":
+      o.block(`if (${renderExpr(s.cond, { k })})`, () => renderBody(o, k, s.body));
+      return;
+    default:
+      break;
+  }
+  o.line(`// ${printLStmt(s, "", ranksOf(k))[0]}`);
+  o.open("");
+  switch (s.kind) {
+    case "load":
+      renderLoad(o, k, s);
+      break;
+    case "store":
+      renderStore(o, k, s);
+      break;
+    case "map":
+      renderMap(o, k, s);
+      break;
+    case "reduce":
+      renderReduce(o, k, s);
+      break;
+    case "scan":
+      renderScan(o, k, s);
+      break;
+    case "mma":
+      renderMma(o, k, s);
+      break;
+    case "expand":
+      renderExpand(o, k, s);
+      break;
+    case "expandGrad":
+      renderExpandGrad(o, k, s);
+      break;
+  }
+  o.close();
+}
+
+function renderBody(o: Emitter, k: LKernel, body: readonly LStmt[]): void {
+  for (const s of body) renderStmt(o, k, s);
+}
+
+/** The (d, deg) feature tables a kernel's expansions read, as "d:deg" keys. */
+export function tablesUsed(k: LKernel): { d: number; deg: number }[] {
+  const keys = new Map<string, { d: number; deg: number }>();
+  walkStmts(k.body, (s) => {
+    if (s.kind === "expand") keys.set(`${bufferOf(k, s.src).type.shape[1]}:${s.deg}`, { d: bufferOf(k, s.src).type.shape[1]!, deg: s.deg });
+    if (s.kind === "expandGrad") keys.set(`${bufferOf(k, s.x).type.shape[1]}:${s.deg}`, { d: bufferOf(k, s.x).type.shape[1]!, deg: s.deg });
+  });
+  return [...keys.values()];
+}
+
+/** The kernel's C arguments: tensors (in declaration order) then params. */
+export function cArgs(k: LKernel): string[] {
+  return [
+    ...k.tensors.map((t) => `${t.role === "in" ? "const " : ""}${cType(t.dtype)}* ${cName("g", t.name)}`),
+    ...k.params.map((p) => `${p.type === "i32" ? "int" : "float"} ${cName("p", p.name)}`),
+  ];
+}
+
+export function renderKernel(k: LKernel, symbol: string): string {
+  if (k.smemBytes === null) throw new Error(`${k.name}: render needs planned shared memory`);
+  const o = new Emitter();
+  const nt = threadsOf(k);
+  o.line(`// ${k.name}: ${k.doc}`);
+  o.line(`// grid (${k.grid.map(printExpr).join(", ")}), ${nt} threads, ${k.smemBytes} bytes of dynamic shared memory`);
+  o.line(`extern "C" __global__ void __launch_bounds__(${nt}) ${symbol}(`);
+  o.line(`    ${cArgs(k).join(", ")}) {`);
+  o.indent();
+  o.line(`extern __shared__ __align__(128) unsigned char prt_smem[];`);
+  o.line(`const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;`);
+  o.line(`(void)lane;`);
+  o.line(`(void)warp;`);
+  for (const t of k.tensors) {
+    const n = t.dims.length;
+    const g = cName("g", t.name);
+    o.line(`// ${t.name}: ${t.dtype}[${t.dims.map(printExpr).join(", ")}]`);
+    t.dims.forEach((d, i) => o.line(`const long long ${g}_d${i} = static_cast<long long>(${renderExpr(d, { k })});`));
+    for (let i = n - 1; i >= 0; i--) o.line(`const long long ${g}_s${i} = ${i === n - 1 ? "1LL" : `${g}_s${i + 1} * ${g}_d${i + 1}`};`);
+    for (let i = 0; i < n; i++) o.line(`(void)${g}_d${i};`);
+  }
+  for (const b of k.buffers) {
+    const T = cType(b.type.dtype);
+    const shape = `${b.type.dtype}[${b.type.shape.join(", ")}]`;
+    if (b.home === "frag") {
+      const t = b.tiling!;
+      o.line(`float ${cName("f", b.name)}[${tilingSlots(t)}][${t.nt}][4];  // ${shape} as mma fragments: ${printTiling(t)}`);
+    } else if (b.copies > 1) {
+      o.line(`${T}* const ${cName("t", b.name)}_base = reinterpret_cast<${T}*>(prt_smem + ${b.offset});  // ${shape} pitch ${b.pitch}, ${b.copies} copies`);
+      o.line(`${T}* ${cName("t", b.name)} = ${cName("t", b.name)}_base;`);
+    } else {
+      o.line(`${T}* const ${cName("t", b.name)} = reinterpret_cast<${T}*>(prt_smem + ${b.offset});  // ${shape} pitch ${b.pitch}`);
+    }
+  }
+  renderBody(o, k, k.body);
+  o.close();
+  return o.text();
+}

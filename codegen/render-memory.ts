@@ -1,0 +1,124 @@
+// Loads and stores between global tensors and tiles. Global offsets are 64-bit; every element is
+// bounds-checked against the tensor's dims: loads read 0 outside, stores skip (the interpreter's
+// rule). Async loads copy 16-byte chunks with cp.async (zero-filled past the tensor's end) when the
+// tensor address, base offset and row stride are aligned at run time, else take the scalar path.
+
+import { dtypeBytes } from "../dsl/dtype.ts";
+import type { Slice } from "../dsl/ir.ts";
+import { bufferOf, cType, smemTileBytes, threadsOf, type LKernel, type LStmt } from "./lir.ts";
+import { cName, renderExpr } from "./render-expr.ts";
+import { elemLoop, fragLoop, type Emitter } from "./emit.ts";
+
+interface Placed {
+  /** Tensor dim of each tile axis. */
+  readonly axes: readonly number[];
+  /** C names of each tile axis' start index. */
+  readonly starts: readonly string[];
+}
+
+/** Emit the uniform part of a load/store: indices, the in-bounds flag `ok` of the single indices,
+ * and the 64-bit `base` offset of tile element 0. */
+function place(o: Emitter, k: LKernel, tensor: string, slices: readonly Slice[]): Placed {
+  const g = cName("g", tensor);
+  const axes: number[] = [], starts: string[] = [], oks: string[] = [], terms: string[] = [];
+  slices.forEach((s, i) => {
+    const v = s.kind === "at" ? `a${i}` : `s${i}`;
+    o.line(`const int ${v} = ${renderExpr(s.kind === "at" ? s.at : s.start, { k })};`);
+    if (s.kind === "at") oks.push(`${v} >= 0 && ${v} < ${g}_d${i}`);
+    else {
+      axes.push(i);
+      starts.push(v);
+    }
+    terms.push(`static_cast<long long>(${v}) * ${g}_s${i}`);
+  });
+  o.line(`const bool ok = ${oks.length ? oks.join(" && ") : "true"};`);
+  o.line(`const long long base = ${terms.join(" + ")};`);
+  return { axes, starts };
+}
+
+/** C condition that tile element (r, c) lies inside the tensor, and its global offset. */
+function element(tensor: string, p: Placed, r: string, c: string): { inside: string; at: string } {
+  const g = cName("g", tensor);
+  const idx = [r, c];
+  const conds = p.axes.map((d, a) => `${p.starts[a]} + ${idx[a]} >= 0 && ${p.starts[a]} + ${idx[a]} < ${g}_d${d}`);
+  const offs = p.axes.map((d, a) => `static_cast<long long>(${idx[a]}) * ${g}_s${d}`);
+  return { inside: conds.join(" && "), at: `${g}[base + ${offs.join(" + ")}]` };
+}
+
+export function renderLoad(o: Emitter, k: LKernel, s: Extract<LStmt, { kind: "load" }>): void {
+  const d = bufferOf(k, s.dst);
+  const ten = k.tensors.find((t) => t.name === s.tensor)!;
+  const p = place(o, k, s.tensor, s.slices);
+  const T = cType(d.type.dtype);
+  const conv = (x: string): string => (ten.dtype === d.type.dtype ? x : `prt::from_f32<${T}>(prt::to_f32(${x}))`);
+  if (d.home === "frag") {
+    fragLoop(o, k, s.dst, (r, c, sub) => {
+      const e = element(s.tensor, p, r, c);
+      o.line(`${cName("f", s.dst)}${sub} = ok && ${e.inside} ? prt::to_f32(${e.at}) : 0.0f;`);
+    });
+    return;
+  }
+  const elems = smemTileBytes(d) / dtypeBytes(d.type.dtype);
+  o.line(
+    s.stage === null
+      ? `${T}* const dst = ${cName("t", s.dst)};`
+      : `${T}* const dst = ${cName("t", s.dst)}_base + ((${renderExpr(s.stage, { k })}) % ${d.copies}) * ${elems};`,
+  );
+  const rank = d.type.shape.length;
+  const dstElem = (r: string, c: string): string => (rank === 1 ? `dst[${r}]` : `dst[(${r}) * ${d.pitch} + (${c})]`);
+  const scalar = (): void =>
+    elemLoop(o, k, d.type.shape, (r, c) => {
+      const e = element(s.tensor, p, r, c);
+      o.line(`${dstElem(r, c)} = ok && ${e.inside} ? ${conv(e.at)} : prt::from_f32<${T}>(0.0f);`);
+    });
+  if (s.mode === "scalar") return scalar();
+
+  // cp.async: chunks of VEC elements along the tensor's contiguous last dim
+  const g = cName("g", s.tensor);
+  const bytes = dtypeBytes(d.type.dtype), vec = 16 / bytes;
+  const last = p.axes[p.axes.length - 1]!, lastStart = p.starts[p.starts.length - 1]!;
+  const rows = rank === 2 ? d.type.shape[0]! : 1, chunks = d.type.shape[rank - 1]! / vec;
+  const rowAxis = rank === 2 ? p.axes[0]! : -1;
+  const aligned = [`prt::aligned16(${g})`, `base % ${vec} == 0`, ...(rank === 2 ? [`${g}_s${rowAxis} % ${vec} == 0`] : []), `${lastStart} >= 0`];
+  o.block(`if (${aligned.join(" && ")})`, () => {
+    o.block(`for (int i = tid; i < ${rows * chunks}; i += ${threadsOf(k)})`, () => {
+      if (rank === 2) {
+        o.line(`const int r = i / ${chunks}, c = (i % ${chunks}) * ${vec};`);
+        o.line(`const int gr = ${p.starts[0]} + r;`);
+        o.line(`const long long left = ok && gr >= 0 && gr < ${g}_d${rowAxis} ? ${g}_d${last} - (${lastStart} + c) : 0;`);
+      } else {
+        o.line(`const int c = i * ${vec};`);
+        o.line(`const long long left = ok ? ${g}_d${last} - (${lastStart} + c) : 0;`);
+      }
+      o.line(`const int n = left <= 0 ? 0 : left >= ${vec} ? ${vec} : static_cast<int>(left);`);
+      const src = rank === 2 ? `${g} + base + static_cast<long long>(r) * ${g}_s${rowAxis} + c` : `${g} + base + c`;
+      o.line(`prt::cp_async_16(&${rank === 2 ? dstElem("r", "c") : "dst[c]"}, n > 0 ? static_cast<const void*>(${src}) : static_cast<const void*>(${g}), n * ${bytes});`);
+    });
+  });
+  o.open("else");
+  scalar();
+  o.close();
+}
+
+export function renderStore(o: Emitter, k: LKernel, s: Extract<LStmt, { kind: "store" }>): void {
+  const src = bufferOf(k, s.src);
+  const ten = k.tensors.find((t) => t.name === s.tensor)!;
+  const p = place(o, k, s.tensor, s.slices);
+  const G = cType(ten.dtype);
+  const conv = (x: string): string => (ten.dtype === src.type.dtype ? x : `prt::from_f32<${G}>(prt::to_f32(${x}))`);
+  o.open("if (ok)");
+  if (src.home === "frag") {
+    fragLoop(o, k, s.src, (r, c, sub) => {
+      const e = element(s.tensor, p, r, c);
+      o.line(`if (${e.inside}) ${e.at} = prt::from_f32<${G}>(${cName("f", s.src)}${sub});`);
+    });
+  } else {
+    const rank = src.type.shape.length;
+    elemLoop(o, k, src.type.shape, (r, c) => {
+      const e = element(s.tensor, p, r, c);
+      const x = rank === 1 ? `${cName("t", s.src)}[${r}]` : `${cName("t", s.src)}[(${r}) * ${src.pitch} + (${c})]`;
+      o.line(`if (${e.inside}) ${e.at} = ${conv(x)};`);
+    });
+  }
+  o.close();
+}

@@ -1,0 +1,34 @@
+// The registry of retention kernels: every KernelDef a file in this folder exports is listed here
+// once (codegen/audit.ts checks it). `gen` generates exactly these, in this order.
+
+import type { KernelDef } from "../spec.ts";
+import { attentionBwd, attentionBwdPrep } from "./attention-bwd.ts";
+import { attention } from "./attention.ts";
+import { combineGrads } from "./combine-grads.ts";
+import { cacheAppend, decode, stateCopy } from "./decode.ts";
+import { discountedCumsumBwd } from "./discounted-cumsum-bwd.ts";
+import { discountedCumsum } from "./discounted-cumsum.ts";
+import { queryStateBwdDq, queryStateBwdDs } from "./query-state-bwd.ts";
+import { queryState } from "./query-state.ts";
+import { updateStateBwd } from "./update-state-bwd.ts";
+import { updateState } from "./update-state.ts";
+
+export const KERNELS: readonly KernelDef[] = [
+  // forward
+  attention,
+  updateState,
+  discountedCumsum,
+  queryState,
+  // backward
+  attentionBwdPrep,
+  attentionBwd,
+  queryStateBwdDq,
+  queryStateBwdDs,
+  discountedCumsumBwd,
+  updateStateBwd,
+  combineGrads,
+  // decode
+  decode,
+  cacheAppend,
+  stateCopy,
+];

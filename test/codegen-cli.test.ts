@@ -1,0 +1,57 @@
+// The command line: --help documents every option, bad options and values are errors naming them.
+
+import { spawnSync } from "node:child_process";
+import path from "node:path";
+import { describe, expect, it } from "vitest";
+import { helpText, jobsOption, parseArgs, selectionOf } from "../codegen/cli.ts";
+import { REPO_ROOT } from "../codegen/gen.ts";
+
+const BIN = path.join(REPO_ROOT, "codegen", "bin.mjs");
+const cli = (...args: string[]): { code: number | null; stdout: string; stderr: string } => {
+  const r = spawnSync(process.execPath, [BIN, ...args], { encoding: "utf8", cwd: REPO_ROOT });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+};
+
+describe("retention --help", () => {
+  it("lists every command and option", () => {
+    const r = cli("--help");
+    expect(r.code).toBe(0);
+    for (const o of ["gen", "build", "--deg", "--d ", "--e ", "--chunk", "--dtype", "--arch", "--kernels", "--out", "--compile", "--build-dir", "--jobs", "--dump-ir", "--help"])
+      expect(r.stdout).toContain(o);
+    expect(cli("gen", "--help").stdout).toBe(helpText());
+  }, 30_000);
+});
+
+describe("bad options", () => {
+  it("names an unknown option and the ones expected", () => {
+    const r = cli("gen", "--frobnicate", "3");
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/unknown option --frobnicate \(expected one of --deg, --d, .*--dump-ir/);
+  }, 30_000);
+  it("names the option of a bad value and the values expected", () => {
+    const r = cli("gen", "--dtype", "f64");
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain("--dtype: expected f32, f16, bf16, received 'f64'");
+  }, 30_000);
+  it("names an unknown command", () => {
+    expect(() => parseArgs(["compile"])).toThrow(/unknown command 'compile' \(expected gen or build/);
+  });
+  it.each([
+    [["gen", "--chunk", "48"], /--chunk: expected powers of two >= 16, received '48'/],
+    [["gen", "--deg", "3"], /--deg: expected positive even integers, received '3'/],
+    [["gen", "--d", "x"], /--d: expected positive integers, received 'x'/],
+    [["gen", "--arch", "sm_75"], /--arch: expected sm_80, sm_90a, received 'sm_75'/],
+    [["gen", "--kernels", "attention,nope"], /--kernels: expected all or some of attention, .*received 'nope'/],
+    [["gen", "--jobs", "0"], /--jobs: expected a positive integer, received '0'/],
+    [["gen", "--out"], /option --out expects a value: DIR/],
+    [["gen", "--compile=yes"], /option --compile takes no value/],
+    [["build", "--dtype", "f16"], /option --dtype does not apply to build/],
+    [["gen", "stray"], /unexpected argument 'stray'/],
+  ])("%j", (argv, message) => {
+    expect(() => {
+      const p = parseArgs(argv);
+      selectionOf(p);
+      jobsOption(p);
+    }).toThrow(message);
+  });
+});

@@ -1,0 +1,398 @@
+// A CPU emulation of templates/prt_tile.cuh and the few CUDA built-ins generated kernels use, so
+// the generated CUDA runs unchanged on this machine (no GPU) and can be compared with the
+// interpreter. Each CUDA thread is a fiber (ucontext); __syncthreads, warp shuffles, ldmatrix and
+// mma.sync are rendezvous of the block or of the warp's 32 lanes, computed per the PTX ISA's
+// fragment layouts; cp.async copies complete only at cp.async.wait_group, as on the GPU. Fibers run
+// one at a time to their next rendezvous, in thread order or reversed, so a missing barrier shows
+// up as a wrong result. Test-only: included instead of the real header by test/codegen-emu.test.ts.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <math.h>
+#include <type_traits>
+#include <vector>
+#include <ucontext.h>
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(n)
+#define __shared__
+#define __align__(n)
+
+// ---- types ------------------------------------------------------------------------------------
+struct __half { uint16_t bits; };
+struct __nv_bfloat16 { uint16_t bits; };
+
+inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+inline float __int_as_float(unsigned i) { float f; std::memcpy(&f, &i, 4); return f; }
+inline uint32_t f2u(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
+
+inline float __half2float(__half h) {
+  const uint32_t s = (h.bits >> 15) & 1, e = (h.bits >> 10) & 31, m = h.bits & 1023;
+  float v;
+  if (e == 0) v = std::ldexp(static_cast<float>(m), -24);
+  else if (e == 31) v = m ? NAN : INFINITY;
+  else v = std::ldexp(static_cast<float>(m | 1024), static_cast<int>(e) - 25);
+  return s ? -v : v;
+}
+inline __half __float2half_rn(float f) {
+  // round to nearest even through double arithmetic on the exact value
+  __half h;
+  const uint16_t sign = std::signbit(f) ? 0x8000 : 0;
+  double a = std::fabs(static_cast<double>(f));
+  if (std::isnan(f)) { h.bits = 0x7e00; return h; }
+  if (a >= 65520.0) { h.bits = sign | 0x7c00; return h; }
+  int e;
+  std::frexp(a, &e);  // a = m * 2^e, m in [0.5, 1)
+  int exp = e - 1;    // a = 1.x * 2^exp
+  if (exp < -14) exp = -14;
+  const double ulp = std::ldexp(1.0, exp - 10);
+  double q = std::nearbyint(a / ulp);  // round half even (default rounding mode)
+  double r = q * ulp;
+  // encode r
+  if (r == 0) { h.bits = sign; return h; }
+  int re;
+  std::frexp(r, &re);
+  int rexp = re - 1;
+  if (rexp < -14) {
+    h.bits = sign | static_cast<uint16_t>(r / std::ldexp(1.0, -24));
+  } else {
+    const uint16_t m = static_cast<uint16_t>((r / std::ldexp(1.0, rexp) - 1.0) * 1024.0);
+    h.bits = sign | static_cast<uint16_t>((rexp + 15) << 10) | m;
+  }
+  return h;
+}
+inline float __bfloat162float(__nv_bfloat16 b) { return __int_as_float(static_cast<unsigned>(b.bits) << 16); }
+inline __nv_bfloat16 __float2bfloat16_rn(float f) {
+  __nv_bfloat16 b;
+  uint32_t u = f2u(f);
+  if (std::isnan(f)) { b.bits = 0x7fc0; return b; }
+  u += 0x7fff + ((u >> 16) & 1);
+  b.bits = static_cast<uint16_t>(u >> 16);
+  return b;
+}
+
+// ---- the block scheduler ----------------------------------------------------------------------
+struct uint3_ { unsigned x = 0, y = 0, z = 0; };
+inline uint3_ threadIdx, blockIdx;
+
+namespace emu {
+
+struct Copy { unsigned char* dst; const unsigned char* src; int bytes; };
+
+struct Fiber {
+  ucontext_t ctx;
+  bool done = false;
+  // what it waits for: 0 none, 1 block barrier of generation `gen`, 2 warp rendezvous of phase `gen`
+  int wait = 0;
+  unsigned long gen = 0;
+  std::deque<std::vector<Copy>> groups;  // committed cp.async groups, oldest first
+  std::vector<Copy> open;                // issued, not yet committed
+};
+
+struct Warp {
+  int arrived = 0;
+  unsigned long phase = 0;
+  uint64_t slot[32][10];  // per-lane deposits of the current collective
+};
+
+struct Block {
+  int threads = 0;
+  std::vector<Fiber> fibers;
+  std::vector<Warp> warps;
+  int arrivedBarrier = 0;
+  unsigned long barrierGen = 0;
+  int current = -1;
+  ucontext_t sched;
+  void (*body)() = nullptr;
+};
+
+inline Block* block = nullptr;
+/** Fiber stacks, allocated once and reused by every block. */
+inline std::vector<std::vector<unsigned char>> stacks;
+
+inline Fiber& self() { return block->fibers[block->current]; }
+inline void yield() { swapcontext(&self().ctx, &block->sched); }
+inline int lane() { return block->current & 31; }
+inline Warp& warp() { return block->warps[block->current >> 5]; }
+
+/** Wait until all 32 lanes of this thread's warp arrive here; `last` runs once, in the last lane
+ * to arrive, before any lane leaves. */
+template <typename F> inline void warp_sync(F last) {
+  Warp& w = warp();
+  const unsigned long phase = w.phase;
+  if (++w.arrived == 32) {
+    last();
+    w.arrived = 0;
+    w.phase++;
+    return;
+  }
+  Fiber& f = self();
+  f.wait = 2;
+  f.gen = phase;
+  while (warp().phase == phase) yield();
+  self().wait = 0;
+}
+inline void warp_sync() { warp_sync([] {}); }
+
+inline void syncthreads() {
+  const unsigned long gen = block->barrierGen;
+  if (++block->arrivedBarrier == block->threads) {
+    block->arrivedBarrier = 0;
+    block->barrierGen++;
+    return;
+  }
+  Fiber& f = self();
+  f.wait = 1;
+  f.gen = gen;
+  while (block->barrierGen == gen) yield();
+  self().wait = 0;
+}
+
+inline void trampoline() {
+  block->body();
+  self().done = true;
+  swapcontext(&self().ctx, &block->sched);
+}
+
+/** Run one block of `threads` threads to completion; `reverse` runs fibers in reverse order. */
+inline void run_block(unsigned bx, unsigned by, unsigned bz, int threads, bool reverse, void (*body)()) {
+  Block b;
+  b.threads = threads;
+  b.fibers.resize(threads);
+  b.warps.resize((threads + 31) / 32);
+  b.body = body;
+  block = &b;
+  blockIdx.x = bx, blockIdx.y = by, blockIdx.z = bz;
+  if (stacks.size() < static_cast<size_t>(threads)) stacks.resize(threads);
+  for (int t = 0; t < threads; ++t) {
+    Fiber& f = b.fibers[t];
+    if (stacks[t].empty()) stacks[t].resize(128 * 1024);
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = stacks[t].data();
+    f.ctx.uc_stack.ss_size = stacks[t].size();
+    f.ctx.uc_link = nullptr;
+    makecontext(&f.ctx, trampoline, 0);
+  }
+  for (;;) {
+    int alive = 0;
+    for (int i = 0; i < threads; ++i) {
+      const int t = reverse ? threads - 1 - i : i;
+      Fiber& f = b.fibers[t];
+      if (f.done) continue;
+      alive++;
+      b.current = t;
+      threadIdx.x = static_cast<unsigned>(t);
+      swapcontext(&b.sched, &f.ctx);
+    }
+    if (alive == 0) break;
+    // a deadlock: a thread waits on a rendezvous that a finished thread (of its block, or of its
+    // warp for warp collectives) never reached; control flow is uniform, so it cannot complete
+    bool finished = false, blocked = false;
+    std::vector<bool> warpDone(b.warps.size(), false);
+    for (int t = 0; t < threads; ++t) {
+      finished = finished || b.fibers[t].done;
+      if (b.fibers[t].done) warpDone[t >> 5] = true;
+    }
+    for (int t = 0; t < threads; ++t) {
+      const Fiber& f = b.fibers[t];
+      if (f.wait == 1 && b.barrierGen == f.gen && finished) blocked = true;
+      if (f.wait == 2 && b.warps[t >> 5].phase == f.gen && warpDone[t >> 5]) blocked = true;
+    }
+    if (blocked) {
+      std::fprintf(stderr, "emu: deadlock: a barrier or warp collective some threads never reach\n");
+      std::exit(3);
+    }
+  }
+  block = nullptr;
+}
+
+}  // namespace emu
+
+inline void __syncthreads() { emu::syncthreads(); }
+
+inline float __shfl_xor_sync(unsigned, float v, int o) {
+  auto& w = emu::warp();
+  const int l = emu::lane();
+  std::memcpy(&w.slot[l][0], &v, 4);
+  emu::warp_sync();
+  float r;
+  std::memcpy(&r, &w.slot[l ^ o][0], 4);
+  emu::warp_sync();
+  return r;
+}
+inline float __shfl_up_sync(unsigned, float v, int o) {
+  auto& w = emu::warp();
+  const int l = emu::lane();
+  std::memcpy(&w.slot[l][0], &v, 4);
+  emu::warp_sync();
+  float r;
+  std::memcpy(&r, &w.slot[l >= o ? l - o : l][0], 4);
+  emu::warp_sync();
+  return r;
+}
+inline float __shfl_sync(unsigned, float v, int src) {
+  auto& w = emu::warp();
+  const int l = emu::lane();
+  std::memcpy(&w.slot[l][0], &v, 4);
+  emu::warp_sync();
+  float r;
+  std::memcpy(&r, &w.slot[src & 31][0], 4);
+  emu::warp_sync();
+  return r;
+}
+
+// ---- the primitives of templates/prt_tile.cuh ---------------------------------------------------
+namespace prt {
+
+inline float to_f32(float x) { return x; }
+inline float to_f32(__half x) { return __half2float(x); }
+inline float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename T> T from_f32(float x);
+template <> inline float from_f32<float>(float x) { return x; }
+template <> inline __half from_f32<__half>(float x) { return __float2half_rn(x); }
+template <> inline __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+inline float max_nan(float a, float b) { return (a != a || b != b) ? NAN : std::fmax(a, b); }
+inline float min_nan(float a, float b) { return (a != a || b != b) ? NAN : std::fmin(a, b); }
+inline int max_nan(int a, int b) { return a > b ? a : b; }
+inline int min_nan(int a, int b) { return a < b ? a : b; }
+
+template <int N, typename T> T powi(T x) {
+  T y = T(1);
+  for (int i = 0; i < N; ++i) y = y * x;
+  return y;
+}
+
+inline void cp_async_16(void* smem, const void* gmem, int src_bytes) {
+  if (src_bytes < 0 || src_bytes > 16) { std::fprintf(stderr, "emu: cp.async src size %d\n", src_bytes); std::exit(3); }
+  if ((reinterpret_cast<uintptr_t>(smem) & 15) || (src_bytes > 0 && (reinterpret_cast<uintptr_t>(gmem) & 15))) {
+    std::fprintf(stderr, "emu: cp.async address not 16-byte aligned\n");
+    std::exit(3);
+  }
+  emu::self().open.push_back({static_cast<unsigned char*>(smem), static_cast<const unsigned char*>(gmem), src_bytes});
+}
+inline void cp_async_commit() {
+  auto& f = emu::self();
+  f.groups.push_back(std::move(f.open));
+  f.open.clear();
+}
+template <int N> void cp_async_wait() {
+  auto& f = emu::self();
+  while (static_cast<int>(f.groups.size()) > N) {
+    for (const auto& c : f.groups.front()) {
+      std::memset(c.dst, 0, 16);
+      if (c.bytes) std::memcpy(c.dst, c.src, c.bytes);
+    }
+    f.groups.pop_front();
+  }
+}
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+inline int a_row(int lane) { return lane & 15; }
+inline int a_col(int lane) { return (lane >> 4) << 3; }
+inline int at_row(int lane) { return (lane & 7) + ((lane >> 4) << 3); }
+inline int at_col(int lane) { return ((lane >> 3) & 1) << 3; }
+inline int frag_row(int lane, int e) { return (lane >> 2) + ((e >> 1) << 3); }
+inline int frag_col(int lane, int e) { return ((lane & 3) << 1) + (e & 1); }
+
+/** ldmatrix .x{n}[.trans]: lanes 8j..8j+7 give the row addresses of 8x8 matrix j; lane l receives
+ * of matrix j row l/4, columns 2(l%4), 2(l%4)+1 (transposed: column l/4, rows 2(l%4), 2(l%4)+1). */
+template <int N> void ldmatrix(uint32_t* r, const void* p, bool trans) {
+  auto& w = emu::warp();
+  const int l = emu::lane();
+  w.slot[l][0] = reinterpret_cast<uint64_t>(p);
+  emu::warp_sync();
+  for (int j = 0; j < N; ++j) {
+    uint16_t lo, hi;
+    if (!trans) {
+      const uint16_t* row = reinterpret_cast<const uint16_t*>(w.slot[8 * j + (l >> 2)][0]);
+      lo = row[2 * (l & 3)];
+      hi = row[2 * (l & 3) + 1];
+    } else {
+      const uint16_t* r0 = reinterpret_cast<const uint16_t*>(w.slot[8 * j + 2 * (l & 3)][0]);
+      const uint16_t* r1 = reinterpret_cast<const uint16_t*>(w.slot[8 * j + 2 * (l & 3) + 1][0]);
+      lo = r0[l >> 2];
+      hi = r1[l >> 2];
+    }
+    r[j] = static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
+  }
+  emu::warp_sync();
+}
+inline void ldmatrix_x4(uint32_t (&r)[4], const void* p) { ldmatrix<4>(r, p, false); }
+inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) { ldmatrix<4>(r, p, true); }
+inline void ldmatrix_x2(uint32_t (&r)[2], const void* p) { ldmatrix<2>(r, p, false); }
+inline void ldmatrix_x2_trans(uint32_t (&r)[2], const void* p) { ldmatrix<2>(r, p, true); }
+
+inline float b16_to_f32(uint16_t v, bool bf) { return bf ? __bfloat162float(__nv_bfloat16{v}) : __half2float(__half{v}); }
+
+/** mma.sync m16n8k16: lane (g = l/4, t = l%4) holds A (g, 2t..) (g+8, 2t..) (g, 2t+8..) (g+8, 2t+8..),
+ * B (k = 2t.., n = g) (k = 2t+8.., n = g), C/D (g, 2t..) (g+8, 2t..). */
+template <typename T> void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  constexpr bool bf = std::is_same<T, __nv_bfloat16>::value;
+  auto& w = emu::warp();
+  const int l = emu::lane();
+  for (int i = 0; i < 4; ++i) w.slot[l][i] = a[i];
+  w.slot[l][4] = b0;
+  w.slot[l][5] = b1;
+  for (int e = 0; e < 4; ++e) std::memcpy(&w.slot[l][6 + e], &d[e], 4);
+  emu::warp_sync([&w] {
+    float A[16][16], B[16][8];
+    for (int ln = 0; ln < 32; ++ln) {
+      const int g = ln >> 2, t = ln & 3;
+      const int ar[4] = {g, g + 8, g, g + 8}, ac[4] = {2 * t, 2 * t, 2 * t + 8, 2 * t + 8};
+      for (int i = 0; i < 4; ++i) {
+        const uint32_t v = static_cast<uint32_t>(w.slot[ln][i]);
+        A[ar[i]][ac[i]] = b16_to_f32(v & 0xffff, bf);
+        A[ar[i]][ac[i] + 1] = b16_to_f32(v >> 16, bf);
+      }
+      for (int i = 0; i < 2; ++i) {
+        const uint32_t v = static_cast<uint32_t>(w.slot[ln][4 + i]);
+        B[2 * t + 8 * i][g] = b16_to_f32(v & 0xffff, bf);
+        B[2 * t + 8 * i + 1][g] = b16_to_f32(v >> 16, bf);
+      }
+    }
+    for (int ln = 0; ln < 32; ++ln)
+      for (int e = 0; e < 4; ++e) {
+        const int r = frag_row(ln, e), c = frag_col(ln, e);
+        float s;
+        std::memcpy(&s, &w.slot[ln][6 + e], 4);
+        for (int k = 0; k < 16; ++k) s += A[r][k] * B[k][c];
+        std::memcpy(&w.slot[ln][6 + e], &s, 4);
+      }
+  });
+  for (int e = 0; e < 4; ++e) std::memcpy(&d[e], &w.slot[l][6 + e], 4);
+  emu::warp_sync();
+}
+
+inline float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+inline float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = max_nan(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+inline float warp_inclusive_sum(float v, int lane) {
+  for (int o = 1; o < 32; o <<= 1) {
+    const float u = __shfl_up_sync(0xffffffffu, v, o);
+    if (lane >= o) v += u;
+  }
+  return v;
+}
+template <typename T> int lower_bound(const T* t, int lo, int hi, int key) {
+  while (lo < hi) {
+    const int mid = (lo + hi) >> 1;
+    if (static_cast<int>(t[mid]) < key) lo = mid + 1; else hi = mid;
+  }
+  return lo;
+}
+
+}  // namespace prt
+
+using std::abs;

@@ -1,0 +1,347 @@
+// The lowering passes, TileLang style: for each pass that transforms, a small kernel written in the
+// DSL, the IR the pass receives and the IR it returns (inline snapshots, reviewed by hand), and
+// the LIR validator run on the result. Kernels here are tiny on purpose: each shows one decision.
+
+import { describe, expect, it } from "vitest";
+import { i32, range, traceKernel, type KernelBuilder } from "../dsl/builder.ts";
+import type { Kernel } from "../dsl/ir.ts";
+import { fromDsl } from "../codegen/lir.ts";
+import { printLKernel } from "../codegen/lir-print.ts";
+import { validateLir } from "../codegen/lir-validate.ts";
+import { lowerUpTo, PASSES } from "../codegen/pipeline.ts";
+
+/** The IR before and after one pass (the passes before it applied), as text. */
+function pair(k: Kernel, pass: string): { before: string; after: string } {
+  const i = PASSES.findIndex((p) => p.name === pass);
+  if (i < 0) throw new Error(`no pass ${pass}`);
+  const before = i === 0 ? fromDsl(k) : lowerUpTo(k, PASSES[i - 1]!.name);
+  const after = PASSES[i]!.run(before);
+  expect(validateLir(after)).toEqual([]);
+  return { before: printLKernel(before), after: printLKernel(after) };
+}
+
+const kernel = (name: string, warps: number, body: (k: KernelBuilder) => void): Kernel => traceKernel(name, warps, "", body);
+
+describe("check-supported", () => {
+  it("rejects a map that reads its destination at another element", () => {
+    const k = kernel("shift", 1, (k) => {
+      const x = k.shared("x", [4, 8], "f32");
+      k.fill(x, 1);
+      k.map(x, ({ row, col }) => x.at(row, col.add(1).min(7)));
+    });
+    expect(() => pair(k, "check-supported")).toThrow(/map into x reads x\[row, min\(\(col \+ 1\), 7\)\], not its own element/);
+  });
+  it("rejects an mma into one of its operands", () => {
+    const k = kernel("inplace", 1, (k) => {
+      const x = k.shared("x", [16, 16], "f32");
+      k.fill(x, 1);
+      k.mma(x, x, x);
+    });
+    expect(() => pair(k, "check-supported")).toThrow(/mma into x also reads it as an operand/);
+  });
+});
+
+describe("select-mma", () => {
+  it("f16/bf16 multiples of 16x8x16 on tensor cores, f32 by FMA in fragment layout, the rest plain FMA", () => {
+    const k = kernel("mmas", 4, (k) => {
+      const a = k.shared("a", [32, 64], "f16"), b = k.shared("b", [64, 32], "f16"), c = k.reg("c", [32, 32], "f32");
+      const a32 = k.shared("a32", [32, 64], "f32"), c32 = k.reg("c32", [32, 32], "f32");
+      const e = k.shared("e", [16, 24], "bf16"), f = k.shared("f", [8, 24], "bf16"), g = k.reg("g", [16, 8], "f32");
+      const h = k.shared("h", [10, 4], "f32"), i = k.reg("i", [10, 10], "f32");
+      for (const t of [a, b, a32, e, f, h]) k.fill(t, 1);
+      k.mma(c, a, b);
+      k.mma(c32, a32, a32, { transB: true });
+      k.mma(g, e, f, { transB: true }); // k = 24: not a multiple of 16
+      k.mma(i, h, h, { transB: true }); // 10 rows: not a multiple of 16
+    });
+    const { before, after } = pair(k, "select-mma");
+    expect(before).toContain("  c = mma(a, b)\n");
+    expect(after).toMatchInlineSnapshot(`
+      "kernel mmas() grid (1, 1, 1) warps 4
+        smem a: f16[32, 64]
+        smem b: f16[64, 32]
+        smem c: f32[32, 32]
+        smem a32: f32[32, 64]
+        smem c32: f32[32, 32]
+        smem e: bf16[16, 24]
+        smem f: bf16[8, 24]
+        smem g: f32[16, 8]
+        smem h: f32[10, 4]
+        smem i: f32[10, 10]
+        a[row, col] = 1.0
+        b[row, col] = 1.0
+        a32[row, col] = 1.0
+        e[row, col] = 1.0
+        f[row, col] = 1.0
+        h[row, col] = 1.0
+        c = mma.tc(a, b) [32x32 in 16x16 units over 4 warps]
+        c32 = mma.fmaFrag(a32, a32^T) [32x32 in 16x16 units over 4 warps]
+        g = mma.fmaFrag(e, f^T) [16x8 in 16x8 units over 4 warps]
+        i = mma.fma(h, h^T)
+      "
+    `);
+  });
+});
+
+describe("place-fragments", () => {
+  it("keeps element-wise accumulators in registers, reduced or re-read tiles in shared memory", () => {
+    const k = kernel("frags", 4, (k) => {
+      const n = k.param("n", "i32");
+      const Y = k.tensor("Y", "f32", [n, 32, 32], "out");
+      const a = k.shared("a", [32, 32], "f16");
+      const acc = k.reg("acc", [32, 32], "f32"); // mma, scaled in place, stored: registers
+      const y = k.reg("y", [32, 32], "f32"); // reads acc at [row, col]: registers of the same tiling
+      const w = k.reg("w", [32, 32], "f32"); // reduced: shared memory
+      const m = k.reg("m", [32], "f32"); // 1-D: shared memory
+      k.fill(a, 1);
+      k.mma(acc, a, a);
+      k.mma(w, a, a);
+      k.reduce(m, w, "max", 1);
+      k.map(acc, ({ row, col }) => acc.at(row, col).mul(m.at(row)));
+      k.map(y, ({ row, col }) => acc.at(row, col).add(1));
+      k.store(Y, [k.programId(0), range(0, 32), range(0, 32)], y);
+    });
+    const { after } = pair(k, "place-fragments");
+    expect(after).toMatchInlineSnapshot(`
+      "kernel frags($n: i32) grid (1, 1, 1) warps 4
+        out Y: f32[$n, 32, 32]
+        smem a: f16[32, 32]
+        frag acc: f32[32, 32] (32x32 in 16x16 units over 4 warps)
+        frag y: f32[32, 32] (32x32 in 16x16 units over 4 warps)
+        smem w: f32[32, 32]
+        smem m: f32[32]
+        a[row, col] = 1.0
+        acc = mma.tc(a, a) [32x32 in 16x16 units over 4 warps]
+        w = mma.tc(a, a) [32x32 in 16x16 units over 4 warps]
+        m = reduce_max(w, axis=1)
+        acc[row, col] = (acc[row, col] * m[row])
+        y[row, col] = (acc[row, col] + 1.0)
+        store Y[pid.x, 0:+32, 0:+32] = y
+      "
+    `);
+  });
+});
+
+describe("select-loads", () => {
+  it("same-dtype loads of whole 16-byte chunks of the contiguous dim go through cp.async, one group per run", () => {
+    const k = kernel("loads", 4, (k) => {
+      const n = k.param("n", "i32");
+      const X = k.tensor("X", "f16", [n, 64, 32], "in");
+      const F = k.tensor("F", "f32", [n, 64, 32], "in");
+      const G = k.tensor("G", "f32", [64, n], "in");
+      const x = k.shared("x", [64, 32], "f16"), y = k.shared("y", [64, 32], "f16"), f = k.shared("f", [64, 32], "f16");
+      const g = k.reg("g", [64], "f32"), s = k.reg("s", [64], "f32");
+      const i = k.programId(0);
+      k.load(x, X, [i, range(0, 64), range(0, 32)]); // async
+      k.load(y, X, [i, range(0, 64), range(0, 32)]); // async, same group
+      k.load(f, F, [i, range(0, 64), range(0, 32)]); // f32 -> f16: scalar
+      k.load(g, G, [range(0, 64), i]); // strided: scalar
+      k.map(s, ({ row }) => x.at(row, 0).add(y.at(row, 1)).add(f.at(row, 2)).add(g.at(row)));
+    });
+    const { after } = pair(k, "select-loads");
+    expect(after).toMatchInlineSnapshot(`
+      "kernel loads($n: i32) grid (1, 1, 1) warps 4
+        in X: f16[$n, 64, 32]
+        in F: f32[$n, 64, 32]
+        in G: f32[64, $n]
+        smem x: f16[64, 32]
+        smem y: f16[64, 32]
+        smem f: f16[64, 32]
+        smem g: f32[64]
+        smem s: f32[64]
+        x = load.async X[pid.x, 0:+64, 0:+32]
+        y = load.async X[pid.x, 0:+64, 0:+32]
+        async.commit
+        async.wait 0
+        f = load F[pid.x, 0:+64, 0:+32]
+        g = load G[0:+64, pid.x]
+        s[row] = (((x[row, 0] + y[row, 1]) + f[row, 2]) + g[row])
+      "
+    `);
+  });
+});
+
+describe("pipeline-loops", () => {
+  it("a loop with stages 2 prefetches its streamed tile into a second copy", () => {
+    const k = kernel("stream", 4, (k) => {
+      const n = k.param("n", "i32");
+      const X = k.tensor("X", "f32", [n, 16, 32], "in");
+      const Y = k.tensor("Y", "f32", [16, 32], "out");
+      const x = k.shared("x", [16, 32], "f32");
+      const s = k.reg("s", [16, 32], "f32");
+      k.fill(s, 0);
+      k.for(0, n, (i) => {
+        k.load(x, X, [i, range(0, 16), range(0, 32)]);
+        k.map(s, ({ row, col }) => s.at(row, col).add(x.at(row, col)));
+      }, { stages: 2 });
+      k.store(Y, [range(0, 16), range(0, 32)], s);
+    });
+    const { before, after } = pair(k, "pipeline-loops");
+    expect(before).toContain("  for i0 in 0..$n step 1 stages 2:\n    x = load.async X[i0, 0:+16, 0:+32]\n    async.commit\n    async.wait 0\n");
+    expect(after).toMatchInlineSnapshot(`
+      "kernel stream($n: i32) grid (1, 1, 1) warps 4
+        in X: f32[$n, 16, 32]
+        out Y: f32[16, 32]
+        smem x: f32[16, 32] x2 copies
+        frag s: f32[16, 32] (16x32 in 16x8 units over 4 warps)
+        s[row, col] = 0.0
+        if (0 < $n):
+          x = load.async X[0, 0:+16, 0:+32] into stage 0
+        async.commit
+        for i0 in 0..$n step 1 stages 2:
+          if ((i0 + 1) < $n):
+            x = load.async X[(i0 + 1), 0:+16, 0:+32] into stage ((i0 + 1) % 2)
+          async.commit
+          async.wait 1
+          bind x stage (i0 % 2)
+          s[row, col] = (s[row, col] + x[row, col])
+        async.wait 0
+        store Y[0:+16, 0:+32] = s
+      "
+    `);
+  });
+});
+
+describe("pad-shared", () => {
+  it("pads mma operand rows of an even number of 16-byte units by 16 bytes", () => {
+    const k = kernel("pads", 4, (k) => {
+      const a = k.shared("a", [64, 64], "f16"); // 128-byte rows: padded to 72
+      const b = k.shared("b", [64, 8], "f16"); // one 16-byte unit: left alone
+      const c = k.shared("c", [16, 32], "f32"); // FMA operand, 128-byte rows: padded to 36
+      const d = k.shared("d", [64, 64], "f16"); // not an operand: left alone
+      const o = k.reg("o", [64, 8], "f32"), p = k.reg("p", [16, 16], "f32");
+      for (const t of [a, b, c, d]) k.fill(t, 1);
+      k.mma(o, a, b);
+      k.mma(p, c, c, { transB: true });
+    });
+    const { after } = pair(k, "pad-shared");
+    expect(after).toMatchInlineSnapshot(`
+      "kernel pads() grid (1, 1, 1) warps 4
+        smem a: f16[64, 64] pitch 72
+        smem b: f16[64, 8]
+        smem c: f32[16, 32] pitch 36
+        smem d: f16[64, 64]
+        frag o: f32[64, 8] (64x8 in 16x8 units over 4 warps)
+        frag p: f32[16, 16] (16x16 in 16x8 units over 4 warps)
+        a[row, col] = 1.0
+        b[row, col] = 1.0
+        c[row, col] = 1.0
+        d[row, col] = 1.0
+        o = mma.tc(a, b) [64x8 in 16x8 units over 4 warps]
+        p = mma.fmaFrag(c, c^T) [16x16 in 16x8 units over 4 warps]
+      "
+    `);
+  });
+});
+
+describe("plan-shared", () => {
+  it("tiles with disjoint live ranges share bytes; a loop keeps its tiles live throughout", () => {
+    const k = kernel("plan", 4, (k) => {
+      const n = k.param("n", "i32");
+      const Y = k.tensor("Y", "f32", [n, 64], "out");
+      const a = k.shared("a", [64], "f32"), b = k.shared("b", [64], "f32"), c = k.shared("c", [64], "f32");
+      const d = k.shared("d", [64], "f32"), e = k.shared("e", [64], "f32");
+      k.fill(a, 1);
+      k.map(b, ({ row }) => a.at(row).add(1)); // a dies here
+      k.map(c, ({ row }) => b.at(row).add(1)); // c may take a's bytes
+      k.for(0, n, () => {
+        k.map(d, ({ row }) => c.at(row)); // d, e live through the loop
+        k.map(e, ({ row }) => d.at(row));
+      });
+      k.store(Y, [k.programId(0), range(0, 64)], e);
+    });
+    const { after } = pair(k, "plan-shared");
+    expect(after).toMatchInlineSnapshot(`
+      "kernel plan($n: i32) grid (1, 1, 1) warps 4 smem 768
+        out Y: f32[$n, 64]
+        smem a: f32[64] @0
+        smem b: f32[64] @256
+        smem c: f32[64] @0
+        smem d: f32[64] @256
+        smem e: f32[64] @512
+        a[row] = 1.0
+        b[row] = (a[row] + 1.0)
+        c[row] = (b[row] + 1.0)
+        for i0 in 0..$n step 1:
+          d[row] = c[row]
+          e[row] = d[row]
+        store Y[pid.x, 0:+64] = e
+      "
+    `);
+  });
+});
+
+const barrierKernel = (): Kernel =>
+  kernel("sync", 4, (k) => {
+    const n = k.param("n", "i32");
+    const X = k.tensor("X", "f32", [n, 64], "in");
+    const Y = k.tensor("Y", "f32", [n, 64], "out");
+    const x = k.shared("x", [64], "f32"), y = k.shared("y", [64], "f32"), z = k.shared("z", [64], "f32");
+    k.load(x, X, [k.programId(0), range(0, 64)]);
+    k.fill(z, 0); // independent of x: no barrier between
+    k.for(0, n, () => {
+      // reads x (async copies of other threads: barrier before the loop) and z of other threads
+      // (written at the end of the previous iteration: barrier at the loop's back edge)
+      k.map(y, ({ row }) => x.at(row).add(z.at(i32(63).sub(row))));
+      // reads y[row], written by this very thread: no barrier for that; but it overwrites z that
+      // other threads just read: barrier
+      k.map(z, ({ row }) => z.at(row).add(y.at(row)));
+    });
+    k.store(Y, [k.programId(0), range(0, 64)], z);
+  });
+
+describe("insert-barriers", () => {
+  it("puts a barrier between every two statements and at the end of every loop body", () => {
+    const { after } = pair(barrierKernel(), "insert-barriers");
+    expect(after).toMatchInlineSnapshot(`
+      "kernel sync($n: i32) grid (1, 1, 1) warps 4 smem 768
+        in X: f32[$n, 64]
+        out Y: f32[$n, 64]
+        smem x: f32[64] @0
+        smem y: f32[64] @512
+        smem z: f32[64] @256
+        x = load.async X[pid.x, 0:+64]
+        barrier
+        async.commit
+        barrier
+        async.wait 0
+        barrier
+        z[row] = 0.0
+        barrier
+        for i0 in 0..$n step 1:
+          y[row] = (x[row] + z[(63 - row)])
+          barrier
+          z[row] = (z[row] + y[row])
+          barrier
+        barrier
+        store Y[pid.x, 0:+64] = z
+      "
+    `);
+  });
+});
+
+describe("elide-barriers", () => {
+  it("keeps the barriers that order a shared-memory hazard, including across the loop's back edge", () => {
+    const { after } = pair(barrierKernel(), "elide-barriers");
+    expect(after).toMatchInlineSnapshot(`
+      "kernel sync($n: i32) grid (1, 1, 1) warps 4 smem 768
+        in X: f32[$n, 64]
+        out Y: f32[$n, 64]
+        smem x: f32[64] @0
+        smem y: f32[64] @512
+        smem z: f32[64] @256
+        x = load.async X[pid.x, 0:+64]
+        async.commit
+        async.wait 0
+        z[row] = 0.0
+        barrier
+        for i0 in 0..$n step 1:
+          y[row] = (x[row] + z[(63 - row)])
+          barrier
+          z[row] = (z[row] + y[row])
+          barrier
+        store Y[pid.x, 0:+64] = z
+      "
+    `);
+  });
+});
