@@ -117,3 +117,38 @@ export function mmaSplit(
   if (aLo) k.mma(dst, aLo, bHi, { ...t, accumulate: true });
   if (bLo) k.mma(dst, aHi, bLo, { ...t, accumulate: true });
 }
+
+/** The schedules of `space` whose kernel fits `TILE_BUDGET`: the ones an autotuner may try. */
+export function withinBudget(spec: Spec, space: readonly Schedule[], build: (s: Spec, sch: Schedule) => Kernel): Schedule[] {
+  return space.filter((sch) => tileBytes(build(spec, sch)) <= TILE_BUDGET);
+}
+
+/** The dtype of the backward's state-side mma operands: the spec's, except bf16 for f16. Those
+ * operands span far more than f16's exponent range (phi(q'') = phi(q')/l: at p = 4 with inputs x10,
+ * 99% of it lies below f16's smallest normal; the state's gradient likewise), while bf16 has f32's
+ * range, and as a hi + lo pair it carries 16 bits, more than f16's 11. */
+export function stateOperandDtype(dtype: DType): DType {
+  return dtype === "f16" ? "bf16" : dtype;
+}
+
+/** A tile of `dtype` data as an mma operand of dtype `to`: the plain tile when they agree, else an
+ * f32 copy split into a hi + lo pair of `to` (f16 data is exact as a bf16 pair). */
+export interface DataOperand {
+  readonly op: Tile | SplitOperand;
+  load(src: TensorRef, index: Parameters<KernelBuilder["load"]>[2]): void;
+}
+
+export function dataOperand(k: KernelBuilder, name: string, shape: readonly [number, number], dtype: DType, to: DType): DataOperand {
+  if (to === dtype) {
+    const t = k.shared(name, shape, dtype);
+    return { op: t, load: (src, index) => k.load(t, src, index) };
+  }
+  const s = splitOperand(k, name, shape, to);
+  return {
+    op: s,
+    load: (src, index) => {
+      k.load(s.x, src, index);
+      s.split();
+    },
+  };
+}

@@ -1,0 +1,184 @@
+// Query state backward (README "Backward", query state part), two kernels. Both use the query
+// with the normaliser folded in by homogeneity: q''_i = q_i * f_i, f_i = scale exp((lam_i - lse_i)/p),
+// so that phi(q''_i) = phi(q'_i) / l_i (and f_i = 0 on a weightless row, lse = -inf).
+//   query_state_bwd_dq: completes the row totals of attention_bwd_prep with the state part,
+//                         rho_i = PA_i + phi(q''_i).Zin_m,   Dy_i = (DyA_i + phi(q''_i).(Sin_m dy_i)) / rho_i,
+//                       and from them lseB_i = lse_i + log rho_i (the normaliser under which the
+//                       backward's weights sum to 1) and
+//                         dq_i = f_i (expandGrad(q''_i, Sin_m dy_i) - Dy_i expandGrad(q''_i, Zin_m)) / rho_i
+//                       (expandGrad is linear in its dphi; Dy_i is known only after the feature loop),
+//                         dlamQ_i = dq'_i . q'_i / p = (phi(q''_i).(Sin_m dy_i) - Dy_i phi(q''_i).Zin_m) / rho_i.
+//   query_state_bwd_ds: dSin_m = sum_i phi(q''_i) dy_i^T, dZin_m = -sum_i phi(q''_i) Dy_i over the
+//                       group's query heads, with q'' from lseB.
+
+import { f32, range, select, traceKernel, type Tile, type Val } from "../builder.ts";
+import type { KernelDef, Schedule, Spec } from "../spec.ts";
+import { stateFeatures } from "../spec.ts";
+import { chunkGates, featureBlocks, firstFitting, dataOperand, mmaSplit, normalisedQueryFactor, rowBlocks, splitOperand, stateOperandDtype, tileSizes, withinBudget } from "./common.ts";
+
+const candidates = (s: Spec): Schedule[] =>
+  tileSizes(s.chunk, 64).flatMap((blockT) => [64, 32].map((blockD) => ({ numWarps: 4, blockD, blockT, stages: 1 })));
+
+const space = (s: Spec): Schedule[] =>
+  tileSizes(s.chunk, 128).flatMap((blockT) =>
+    [32, 64, 128].flatMap((blockD) => [4, 8].map((numWarps) => ({ numWarps, blockD, blockT, stages: 1 }))),
+  );
+
+const dqDoc = "Dy, lseB (the normaliser the backward's weights sum to 1 under), and dQs, dlamQ: the gradient through phi(q')^T [Sin, Zin]";
+
+export const queryStateBwdDq: KernelDef = {
+  name: "query_state_bwd_dq",
+  schedule: (s) => firstFitting(s, candidates(s), queryStateBwdDq.build),
+  scheduleSpace: (s) => withinBudget(s, space(s), queryStateBwdDq.build),
+  build: (spec, sch) =>
+    traceKernel(queryStateBwdDq.name, sch.numWarps, dqDoc, (k) => {
+      const { deg: p, d, e, chunk: c, dtype } = spec;
+      const D = stateFeatures(spec);
+      const BT = sch.blockT, BD = sch.blockD;
+      const b = k.param("b", "i32"), t = k.param("t", "i32"), hq = k.param("hq", "i32"), h = k.param("h", "i32");
+      const n = k.param("n", "i32"), scale = k.param("scale", "f32");
+      const nfb = k.param("nfb", "i32"); // feature blocks to visit: all of them, or 0 when there is no state
+      const Q = k.tensor("Q", dtype, [b, t, hq, d], "in");
+      const logG = k.tensor("logG", "f32", [b, t, h], "in");
+      const Sin = k.tensor("Sin", "f32", [b, h, n, D, e], "in");
+      const Zin = k.tensor("Zin", "f32", [b, h, n, D], "in");
+      const dY = k.tensor("dY", dtype, [b, t, hq, e], "in");
+      const lse = k.tensor("lse", "f32", [b, t, hq], "in");
+      const DyA = k.tensor("DyA", "f32", [b, t, hq], "in");
+      const PA = k.tensor("PA", "f32", [b, t, hq], "in");
+      const Dy = k.tensor("Dy", "f32", [b, t, hq], "out");
+      const lseB = k.tensor("lseB", "f32", [b, t, hq], "out");
+      const dQs = k.tensor("dQs", "f32", [b, t, hq, d], "out");
+      const dlamQ = k.tensor("dlamQ", "f32", [b, t, hq], "out");
+
+      k.launch(n, hq, b); // (chunk, query head, batch)
+      const m = k.programId(0), qh = k.programId(1), bi = k.programId(2);
+      const hk = qh.idiv(hq.idiv(h)), t0 = m.mul(c);
+      const { lam } = chunkGates(k, logG, bi, hk, t0, c); // lam [c]
+
+      const qt = k.shared("q", [BT, d], dtype);
+      const sd = stateOperandDtype(dtype); // the state-side mma operands' dtype
+      const dyt = dataOperand(k, "dy", [BT, e], dtype, sd);
+      const lseI = k.reg("lse_i", [BT], "f32");
+      const dyy = k.reg("dy_y", [BT], "f32"); // DyA, then Dy
+      const rho = k.reg("rho", [BT], "f32"); // PA, then + pS: the weights' total
+      const dyS = k.reg("dy_s", [BT], "f32"); // phi(q'').(Sin dy), then dlamQ
+      const pS = k.reg("p_s", [BT], "f32"); // phi(q'').Zin
+      const qn = k.shared("q_norm", [BT, d], "f32"); // q''
+      const sb = splitOperand(k, "S", [BD, e], sd); // Sin dy feeds Dy: hi + lo (README "Precision")
+      const zb = k.reg("Z_blk", [BD], "f32");
+      const sdy = k.reg("S_dy", [BT, BD], "f32"); // Sin dy, then Z broadcast over rows
+      const phi = k.reg("phi", [BT, BD], "f32"); // phi(q'')
+      const prod = k.reg("prod", [BT, BD], "f32");
+      const part = k.reg("part", [BT], "f32");
+      const gS = k.reg("grad_s", [BT, d], "f32"); // sum expandGrad(q'', Sin dy), then dq
+      const gZ = k.reg("grad_z", [BT, d], "f32"); // sum expandGrad(q'', Zin)
+
+      k.for(0, rowBlocks(t, t0, c, BT), (rb) => {
+        const r0 = rb.mul(BT), rows = range(t0.add(r0), BT);
+        const f = (row: Val): Val => normalisedQueryFactor(scale, lam.at(r0.add(row)), lseI.at(row), p);
+        k.load(qt, Q, [bi, rows, qh, range(0, d)]); // [BT, d]; rows past t read 0
+        dyt.load(dY, [bi, rows, qh, range(0, e)]); // [BT, e]
+        k.load(lseI, lse, [bi, rows, qh]); // [BT]
+        k.load(dyy, DyA, [bi, rows, qh]); // [BT]
+        k.load(rho, PA, [bi, rows, qh]); // [BT]
+        k.map(qn, ({ row, col }) => qt.at(row, col).mul(f(row)));
+        k.fill(gS, 0);
+        k.fill(gZ, 0);
+        k.fill(dyS, 0);
+        k.fill(pS, 0);
+        const addRowDot = (acc: Tile, x: Tile, y: Tile): void => {
+          k.map(prod, ({ row, col }) => x.at(row, col).mul(y.at(row, col)));
+          k.reduce(part, prod, "sum", 1); // [BT]
+          k.map(acc, ({ row }) => acc.at(row).add(part.at(row)));
+        };
+        k.for(0, nfb, (fb) => {
+          const f0 = fb.mul(BD);
+          k.load(sb.x, Sin, [bi, hk, m, range(f0, BD), range(0, e)]); // [BD, e]; past D read 0
+          k.load(zb, Zin, [bi, hk, m, range(f0, BD)]); // [BD]
+          sb.split();
+          mmaSplit(k, sdy, dyt.op, sb, { transB: true }); // [BT, e] @ [e, BD]
+          k.expandGrad(gS, qn, sdy, p, f0, { accumulate: true }); // [BT, d]
+          k.expand(phi, qn, p, f0); // [BT, BD]
+          addRowDot(dyS, phi, sdy); // dy . numS / l
+          k.map(sdy, ({ col }) => zb.at(col));
+          addRowDot(pS, phi, sdy); // denS / l
+          k.expandGrad(gZ, qn, sdy, p, f0, { accumulate: true }); // [BT, d]
+        }, { stages: sch.stages });
+        k.map(rho, ({ row }) => rho.at(row).add(pS.at(row)));
+        const live = (row: Val): Val => rho.at(row).gt(0);
+        k.map(dyy, ({ row }) => select(live(row), dyy.at(row).add(dyS.at(row)).div(rho.at(row)), f32(0)));
+        k.store(Dy, [bi, rows, qh], dyy);
+        k.map(gS, ({ row, col }) =>
+          select(live(row), gS.at(row, col).sub(dyy.at(row).mul(gZ.at(row, col))).mul(f(row)).div(rho.at(row)), f32(0)),
+        ); // dq
+        k.store(dQs, [bi, rows, qh, range(0, d)], gS);
+        k.map(dyS, ({ row }) => select(live(row), dyS.at(row).sub(dyy.at(row).mul(pS.at(row))).div(rho.at(row)), f32(0)));
+        k.store(dlamQ, [bi, rows, qh], dyS);
+        k.map(lseI, ({ row }) => lseI.at(row).add(rho.at(row).log())); // -inf where rho = 0
+        k.store(lseB, [bi, rows, qh], lseI);
+      });
+    }),
+};
+
+const dsDoc = "dSin, dZin: the state's gradient from the queries of one chunk, one block of features";
+
+export const queryStateBwdDs: KernelDef = {
+  name: "query_state_bwd_ds",
+  schedule: (s) => firstFitting(s, candidates(s), queryStateBwdDs.build),
+  scheduleSpace: (s) => withinBudget(s, space(s), queryStateBwdDs.build),
+  build: (spec, sch) =>
+    traceKernel(queryStateBwdDs.name, sch.numWarps, dsDoc, (k) => {
+      const { deg: p, d, e, chunk: c, dtype } = spec;
+      const D = stateFeatures(spec);
+      const BT = sch.blockT, BD = sch.blockD;
+      const b = k.param("b", "i32"), t = k.param("t", "i32"), hq = k.param("hq", "i32"), h = k.param("h", "i32");
+      const n = k.param("n", "i32"), scale = k.param("scale", "f32");
+      const Q = k.tensor("Q", dtype, [b, t, hq, d], "in");
+      const logG = k.tensor("logG", "f32", [b, t, h], "in");
+      const dY = k.tensor("dY", dtype, [b, t, hq, e], "in");
+      const lse = k.tensor("lse", "f32", [b, t, hq], "in");
+      const Dy = k.tensor("Dy", "f32", [b, t, hq], "in");
+      const dSin = k.tensor("dSin", "f32", [b, h, n, D, e], "out");
+      const dZin = k.tensor("dZin", "f32", [b, h, n, D], "out");
+
+      k.launch(featureBlocks(spec, BD).count, n, b.mul(h)); // (feature block, chunk, batch*kv head)
+      const fb = k.programId(0), m = k.programId(1), bi = k.programId(2).idiv(h), hk = k.programId(2).mod(h);
+      const g = hq.idiv(h), t0 = m.mul(c);
+      const { lam } = chunkGates(k, logG, bi, hk, t0, c); // lam [c]
+
+      const qt = k.shared("q", [BT, d], dtype);
+      const sd = stateOperandDtype(dtype); // the state-side mma operands' dtype
+      const dyt = dataOperand(k, "dy", [BT, e], dtype, sd);
+      const lseI = k.reg("lse_i", [BT], "f32");
+      const DyI = k.reg("Dy_i", [BT], "f32");
+      const qn = k.shared("q_norm", [BT, d], "f32"); // q''
+      const phi = splitOperand(k, "phi", [BT, BD], sd); // phi(q'') (then -phi(q'') Dy), hi + lo (README "Precision")
+      const phiF = phi.x;
+      const accS = k.reg("acc_s", [BD, e], "f32");
+      const accZ = k.reg("acc_z", [BD], "f32");
+      const zsum = k.reg("z_sum", [BD], "f32");
+
+      k.fill(accS, 0);
+      k.fill(accZ, 0);
+      k.for(0, g, (hh) => {
+        const qh = hk.mul(g).add(hh);
+        k.for(0, rowBlocks(t, t0, c, BT), (rb) => {
+          const r0 = rb.mul(BT), rows = range(t0.add(r0), BT);
+          k.load(qt, Q, [bi, rows, qh, range(0, d)]); // [BT, d]; rows past t read 0
+          dyt.load(dY, [bi, rows, qh, range(0, e)]); // [BT, e]
+          k.load(lseI, lse, [bi, rows, qh]); // [BT]
+          k.load(DyI, Dy, [bi, rows, qh]); // [BT]
+          k.map(qn, ({ row, col }) => qt.at(row, col).mul(normalisedQueryFactor(scale, lam.at(r0.add(row)), lseI.at(row), p)));
+          k.expand(phiF, qn, p, fb.mul(BD)); // [BT, BD]
+          phi.split();
+          mmaSplit(k, accS, phi, dyt.op, { transA: true, accumulate: true }); // [BD, BT] @ [BT, e]
+          k.map(phiF, ({ row, col }) => phiF.at(row, col).mul(DyI.at(row)).neg());
+          k.reduce(zsum, phiF, "sum", 0); // [BD]
+          k.map(accZ, ({ row }) => accZ.at(row).add(zsum.at(row)));
+        }, { stages: sch.stages });
+      });
+      k.store(dSin, [bi, hk, m, range(fb.mul(BD), BD), range(0, e)], accS);
+      k.store(dZin, [bi, hk, m, range(fb.mul(BD), BD)], accZ);
+    }),
+};

@@ -1,0 +1,165 @@
+// The backward of a retention call as a plan (kernels/README.md, "Backward"): the gradients flow
+// through the intra-chunk attention, the query state, the discounted cumulative sum (backwards in
+// time) and the update state, and combine_grads adds the parts up. Like the forward, one chunk
+// with no state in or out is the plain quadratic form: the state kernels do not run.
+
+import { executeOnCpu } from "./execute-cpu.ts";
+import { attentionBwd, attentionBwdPrep } from "./kernels/attention-bwd.ts";
+import { combineGrads } from "./kernels/combine-grads.ts";
+import { featureBlocks } from "./kernels/common.ts";
+import { discountedCumsumBwd } from "./kernels/discounted-cumsum-bwd.ts";
+import { queryStateBwdDq, queryStateBwdDs } from "./kernels/query-state-bwd.ts";
+import { updateStateBwd } from "./kernels/update-state-bwd.ts";
+import { checkProblem, chunksOf, forwardPlan, inputBuffers, problemSpec, stateInBuffers, stepOf, type ForwardInputs, type Problem, type ScheduleTable } from "./plan.ts";
+import type { Plan, PlanBuffer, PlanStep } from "./plan-types.ts";
+import { stateFeatures } from "./spec.ts";
+
+/** One chunk, no initial state and no final state: the state part of the gradient is all zero. */
+const isShortPath = (p: Problem): boolean => chunksOf(p) === 1 && !p.initialState && !p.finalState;
+
+/**
+ * Backward. Inputs: Q K V logG S0 Z0 (as the forward), the forward's lse (not Y: dy . y is
+ * recomputed), the state each chunk read (Sin, Zin; on the forward's short path that is S0, Z0),
+ * dY, and dSfinal, dZfinal when
+ * `p.finalState` (zeros otherwise). Outputs: dQ dK dV (dtype), dlogG (f32; the gradient for a gate
+ * of 1 when ungated), and dS0, dZ0 when `p.initialState`.
+ */
+export function backwardPlan(p: Problem, sched: ScheduleTable = {}): Plan {
+  checkProblem(p);
+  const spec = problemSpec(p);
+  const D = stateFeatures(spec);
+  const n = chunksOf(p);
+  const { b, t, hq, h, d, e } = p;
+  const short = isShortPath(p);
+  const state = stateInBuffers(p);
+  const buf = (name: string, shape: number[], init: PlanBuffer["init"] = "nan"): PlanBuffer => ({ name, dtype: "f32", shape, init });
+  const buffers: PlanBuffer[] = [
+    ...inputBuffers(p),
+    buf("lse", [b, t, hq], "input"),
+    { name: "dY", dtype: p.dtype, shape: [b, t, hq, e], init: "input" },
+    buf("DyA", [b, t, hq]),
+    buf("PA", [b, t, hq]),
+    buf("Dy", [b, t, hq]),
+    buf("lseB", [b, t, hq]),
+    buf("dQa", [b, t, hq, d]),
+    buf("dKa", [b, t, h, d]),
+    buf("dVa", [b, t, h, e]),
+    buf("dlamA", [b, t, h]),
+    { name: "dQ", dtype: p.dtype, shape: [b, t, hq, d], init: "nan" },
+    { name: "dK", dtype: p.dtype, shape: [b, t, h, d], init: "nan" },
+    { name: "dV", dtype: p.dtype, shape: [b, t, h, e], init: "nan" },
+    buf("dlogG", [b, t, h]),
+  ];
+  const dims = { b, t, hq, h, n };
+  const dq = stepOf(queryStateBwdDq, spec, sched, {}, {});
+  const dcb = stepOf(discountedCumsumBwd, spec, sched, { b, t, h, n }, {});
+  const nfbC = short ? 1 : featureBlocks(spec, dcb.schedule.blockD).count; // dGc's partial sums per chunk
+  const steps: PlanStep[] = [
+    // Dy_i = dy_i . y_i and the weights' normaliser, recomputed in f32 (README "Backward").
+    stepOf(attentionBwdPrep, spec, sched, { ...dims, scale: p.scale }, {
+      Q: "Q", K: "K", V: "V", logG: "logG", dY: "dY", lse: "lse", DyA: "DyA", PA: "PA",
+    }),
+    {
+      ...dq,
+      params: { ...dims, scale: p.scale, nfb: short ? 0 : featureBlocks(spec, dq.schedule.blockD).count },
+      bind: {
+        Q: "Q", logG: "logG", Sin: short ? "S0" : state.Sin, Zin: short ? "Z0" : state.Zin, dY: "dY", lse: "lse",
+        DyA: "DyA", PA: "PA", Dy: "Dy", lseB: "lseB", dQs: "dQs", dlamQ: "dlamQ",
+      },
+    },
+    stepOf(attentionBwd, spec, sched, { ...dims, scale: p.scale }, {
+      Q: "Q", K: "K", V: "V", logG: "logG", dY: "dY", lse: "lseB", Dy: "Dy", dQa: "dQa", dKa: "dKa", dVa: "dVa", dlamA: "dlamA",
+    }),
+  ];
+  // The key side of the state part; zeros for combine_grads on the short path.
+  const init = short ? "zeros" : "nan";
+  buffers.push(
+    buf("dQs", [b, t, hq, d]),
+    buf("dlamQ", [b, t, hq]),
+    buf("dKs", [b, t, h, d], init),
+    buf("dVs", [b, t, h, e], init),
+    buf("dlamK", [b, t, h], init),
+    buf("dGc", [b, h, n, nfbC], init),
+    buf("dGk", [b, h, n], init),
+  );
+  const outputs = ["dQ", "dK", "dV", "dlogG"];
+  if (!short) {
+    if (state.Sin === "Sin") buffers.push(buf("Sin", [b, h, n, D, e], "input"), buf("Zin", [b, h, n, D], "input"));
+    const final = p.finalState ? "input" : "zeros";
+    buffers.push(
+      buf("dSin", [b, h, n, D, e]),
+      buf("dZin", [b, h, n, D]),
+      buf("dSfinal", [b, h, D, e], final),
+      buf("dZfinal", [b, h, D], final),
+      buf("ddS", [b, h, n, D, e]),
+      buf("ddZ", [b, h, n, D]),
+      buf("dS0", [b, h, D, e]),
+      buf("dZ0", [b, h, D]),
+    );
+    steps.push(
+      stepOf(queryStateBwdDs, spec, sched, { ...dims, scale: p.scale }, {
+        Q: "Q", logG: "logG", dY: "dY", lse: "lseB", Dy: "Dy", dSin: "dSin", dZin: "dZin",
+      }),
+      {
+        ...dcb,
+        bind: {
+          logG: "logG", Sin: state.Sin, Zin: state.Zin, dSin: "dSin", dZin: "dZin", dSfinal: "dSfinal", dZfinal: "dZfinal",
+          ddS: "ddS", ddZ: "ddZ", dS0: "dS0", dZ0: "dZ0", dGc: "dGc",
+        },
+      },
+      stepOf(updateStateBwd, spec, sched, { b, t, h, n }, {
+        K: "K", V: "V", logG: "logG", ddS: "ddS", ddZ: "ddZ", dKs: "dKs", dVs: "dVs", dlamK: "dlamK", dGk: "dGk",
+      }),
+    );
+    if (p.initialState) outputs.push("dS0", "dZ0");
+  }
+  steps.push(
+    stepOf(combineGrads, spec, sched, { ...dims, nfb: nfbC }, {
+      dQa: "dQa", dQs: "dQs", dKa: "dKa", dKs: "dKs", dVa: "dVa", dVs: "dVs", dlamA: "dlamA", dlamK: "dlamK", dlamQ: "dlamQ",
+      dGc: "dGc", dGk: "dGk", dQ: "dQ", dK: "dK", dV: "dV", dlogG: "dlogG",
+    }),
+  );
+  return { buffers, steps, outputs };
+}
+
+/** What the backward needs beyond the forward's inputs. */
+export interface BackwardInputs extends ForwardInputs {
+  readonly dY: ArrayLike<number>; // [b, t, hq, e]
+  /** [b, h, D, e] and [b, h, D]: gradients of the final state, when `problem.finalState` (else zero). */
+  readonly dSfinal?: ArrayLike<number>;
+  readonly dZfinal?: ArrayLike<number>;
+}
+
+export interface BackwardOutputs {
+  readonly dQ: Float32Array; // [b, t, hq, d], values of the dtype
+  readonly dK: Float32Array; // [b, t, h, d]
+  readonly dV: Float32Array; // [b, t, h, e]
+  readonly dlogG: Float32Array; // [b, t, h]
+  readonly dS0?: Float32Array; // [b, h, D, e], when problem.initialState
+  readonly dZ0?: Float32Array; // [b, h, D]
+}
+
+/** Run the forward plan, then the backward plan, through the interpreter. */
+export function backwardOnCpu(p: Problem, inputs: BackwardInputs, sched: ScheduleTable = {}): BackwardOutputs {
+  const given: Record<string, ArrayLike<number>> = { Q: inputs.Q, K: inputs.K, V: inputs.V, dY: inputs.dY };
+  const need = (name: "logG" | "S0" | "Z0" | "dSfinal" | "dZfinal", why: string): void => {
+    const x = inputs[name];
+    if (!x) throw new Error(`${name}: required when ${why}, received ${x}`);
+    given[name] = x;
+  };
+  if (p.gated) need("logG", "problem.gated");
+  if (p.initialState) {
+    need("S0", "problem.initialState");
+    need("Z0", "problem.initialState");
+  }
+  if (p.finalState) {
+    need("dSfinal", "problem.finalState");
+    need("dZfinal", "problem.finalState");
+  }
+  const fwd = executeOnCpu(forwardPlan(p, sched), given);
+  const out = executeOnCpu(backwardPlan(p, sched), { ...given, ...fwd });
+  return {
+    dQ: out.dQ!, dK: out.dK!, dV: out.dV!, dlogG: out.dlogG!,
+    ...(p.initialState ? { dS0: out.dS0!, dZ0: out.dZ0! } : {}),
+  };
+}
