@@ -1,0 +1,136 @@
+// prt_tile.cuh: the hand-written tile primitives that generated kernels call (sm_80 and later).
+// Nothing here knows a retention kernel: dtype conversions, NaN-propagating min/max, integer powers,
+// cp.async copies, ldmatrix fragment loads, one m16n8k16 tensor-core step and warp reductions and
+// scans. The algorithm that calls them is generated from the DSL (codegen/).
+#pragma once
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+namespace prt {
+
+// ---- dtype conversions: every value is computed in f32 and rounded once when written ----------
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T> __device__ __forceinline__ T from_f32(float x);
+template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+// ---- scalar math with the interpreter's semantics ----------------------------------------------
+// Math.max / Math.min propagate NaN; fmaxf / fminf drop it.
+__device__ __forceinline__ float max_nan(float a, float b) { return (a != a || b != b) ? __int_as_float(0x7fc00000) : fmaxf(a, b); }
+__device__ __forceinline__ float min_nan(float a, float b) { return (a != a || b != b) ? __int_as_float(0x7fc00000) : fminf(a, b); }
+__device__ __forceinline__ int max_nan(int a, int b) { return a > b ? a : b; }
+__device__ __forceinline__ int min_nan(int a, int b) { return a < b ? a : b; }
+
+/** x^N by repeated multiplication, left to right (the interpreter's order). */
+template <int N, typename T> __device__ __forceinline__ T powi(T x) {
+  T y = T(1);
+#pragma unroll
+  for (int i = 0; i < N; ++i) y = y * x;
+  return y;
+}
+
+// ---- cp.async: 16-byte global -> shared copies, zero-filled past src_bytes ---------------------
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, int src_bytes) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+/** Wait until at most N committed groups of this thread are still in flight. */
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+/** A 16-byte-aligned pointer test, for the uniform fast-path checks of async loads. */
+__device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// ---- ldmatrix: 8x8 b16 matrices from shared memory into mma fragments --------------------------
+__device__ __forceinline__ unsigned smem_addr(const void* p) { return static_cast<unsigned>(__cvta_generic_to_shared(p)); }
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t (&r)[2], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(smem_addr(p)));
+}
+
+// Lane addresses (row, col) inside a 16x16 (A) or 16x8 (B) operand block, per storage order.
+// A [16 x 16] stored row-major (m, k): x4.                 A stored as [k, m] (transposed): x4.trans.
+// B [16 x 8] stored as [n, k] (transposed): x2 / x4 (two n-tiles).  B stored as [k, n]: x2.trans / x4.trans.
+__device__ __forceinline__ int a_row(int lane) { return lane & 15; }
+__device__ __forceinline__ int a_col(int lane) { return (lane >> 4) << 3; }
+__device__ __forceinline__ int at_row(int lane) { return (lane & 7) + ((lane >> 4) << 3); }
+__device__ __forceinline__ int at_col(int lane) { return ((lane >> 3) & 1) << 3; }
+
+// ---- one tensor-core step: d[16x8] += a[16x16] b[16x8], fp32 accumulation ----------------------
+template <typename T> __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+template <> __device__ __forceinline__ void mma_16816<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <> __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Accumulator fragment of an m16n8 tile: element e of lane (g = lane/4, q = lane%4) is at
+// row g + 8*(e/2), column 2q + e%2.
+__device__ __forceinline__ int frag_row(int lane, int e) { return (lane >> 2) + ((e >> 1) << 3); }
+__device__ __forceinline__ int frag_col(int lane, int e) { return ((lane & 3) << 1) + (e & 1); }
+
+// ---- warp-level reductions and scans (all 32 lanes take part) ----------------------------------
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = max_nan(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+/** Inclusive prefix sum over the lanes of a warp. */
+__device__ __forceinline__ float warp_inclusive_sum(float v, int lane) {
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const float u = __shfl_up_sync(0xffffffffu, v, o);
+    if (lane >= o) v += u;
+  }
+  return v;
+}
+
+/** Adds v into *p (a shared f32) atomically; key identifies *p (-1: this lane adds nothing, v is 0).
+ *  When every adding lane of the warp has the same key, the warp sums first and lane 0 adds once
+ *  (one atomic instead of 32 on one address). All 32 lanes must call it. */
+__device__ __forceinline__ void add_keyed(float* p, float v, int key, int lane) {
+  const int k0 = __shfl_sync(0xffffffffu, key, 0);
+  if (__all_sync(0xffffffffu, key == k0 || key < 0) && k0 >= 0) {
+    v = warp_sum(v);
+    if (lane == 0) atomicAdd(p, v);
+  } else if (key >= 0) {
+    atomicAdd(p, v);
+  }
+}
+
+/** First position in [lo, hi) of a sorted table whose entry is >= key. */
+template <typename T> __device__ __forceinline__ int lower_bound(const T* t, int lo, int hi, int key) {
+  while (lo < hi) {
+    const int mid = (lo + hi) >> 1;
+    if (static_cast<int>(t[mid]) < key) lo = mid + 1; else hi = mid;
+  }
+  return lo;
+}
+
+}  // namespace prt
