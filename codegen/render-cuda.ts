@@ -120,8 +120,50 @@ function renderExpandGrad(o: Emitter, k: LKernel, s: Extract<LStmt, { kind: "exp
   const p = s.deg;
   const tbl = symPowTableName(din, p);
   o.line(`const int off = ${renderExpr(s.offset, { k })};`);
-  // one thread per (row, input index a): the features of this block that contain a, from the
-  // occurrence table (entries g * p + q sorted by feature), each adding dphi * w * prod_{l != q} x
+  if (d.type.dtype !== "f32") {
+    renderExpandGradGather(o, k, s, rows, din, bd, tbl);
+    return;
+  }
+  // f32 destination: scatter. One thread per (row, feature) of the block (row-major, so a warp
+  // holds consecutive features of one row) computes its p partial derivatives
+  // dphi * w * prod_{l != q} x[a_l] and adds each into dst[row, a_q] with a shared-memory atomic;
+  // prt::add_keyed sums a warp's partials in registers first when they all target one element
+  // (the leading indices of consecutive lexicographic features). The loop bound is warp-uniform so
+  // every lane reaches the shuffles.
+  const nt = threadsOf(k), n = rows * bd;
+  if (!s.accumulate) {
+    o.line(`for (int i = tid; i < ${rows * din}; i += ${nt}) ${smemElem(k, s.dst, [`i / ${din}`, `i % ${din}`])} = 0.0f;`);
+    o.line(`__syncthreads();`);
+  }
+  o.block(`for (int i0 = 0; i0 < ${n}; i0 += ${nt})`, () => {
+    o.line(`const int i = i0 + tid, r = i / ${bd}, f = i % ${bd}, g = off + f;`);
+    o.line(`const bool ok = ${n % nt === 0 ? "" : `i < ${n} && `}g >= 0 && g < ${tbl}_size;`);
+    o.line(`float gw = 0.0f;`);
+    const xs = Array.from({ length: p }, (_, q) => `x${q}`), as = Array.from({ length: p }, (_, q) => `a${q}`);
+    o.line(`int ${as.map((a) => `${a} = 0`).join(", ")};`);
+    o.line(`float ${xs.map((v) => `${v} = 0.0f`).join(", ")};`);
+    o.block(`if (ok)`, () => {
+      o.line(`gw = prt::to_f32(${smemElem(k, s.dphi, ["r", "f"])}) * ${tbl}_weight[g];`);
+      for (let q = 0; q < p; q++) {
+        o.line(`a${q} = ${tbl}_index[g * ${p} + ${q}];`);
+        o.line(`x${q} = prt::to_f32(${smemElem(k, s.x, ["r", `a${q}`])});`);
+      }
+    });
+    // partial q = gw * (x0 ... x_{q-1}) * (x_{q+1} ... x_{p-1}): prefix and suffix products
+    for (let q = 0; q < p; q++) {
+      const pre = ["gw", ...xs.slice(0, q)], suf = xs.slice(q + 1);
+      o.line(`prt::add_keyed(&${smemElem(k, s.dst, ["r", `a${q}`])}, ${[...pre, ...suf].join(" * ")}, ok ? r * ${din} + a${q} : -1, lane);`);
+    }
+  });
+}
+
+/** Non-f32 destinations (rounded once, as the interpreter does): a thread per (row, input index a). */
+function renderExpandGradGather(
+  o: Emitter, k: LKernel, s: Extract<LStmt, { kind: "expandGrad" }>, rows: number, din: number, bd: number, tbl: string,
+): void {
+  const d = bufferOf(k, s.dst), p = s.deg;
+  // the features of this block that contain a, from the occurrence table (entries g * p + q sorted
+  // by feature), each adding dphi * w * prod_{l != q} x
   o.block(`for (int i = tid; i < ${rows * din}; i += ${threadsOf(k)})`, () => {
     o.line(`const int r = i / ${din}, a = i % ${din};`);
     o.line(`float acc = ${s.accumulate ? `prt::to_f32(${smemElem(k, s.dst, ["r", "a"])})` : "0.0f"};`);

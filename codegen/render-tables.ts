@@ -2,8 +2,9 @@
 // arrays in a header per (d, deg) that every kernel file of that d includes:
 //   _index[D * deg]  the input indices of each feature (uint8 while d <= 256)
 //   _weight[D]       sqrt of the multinomial coefficient, f32
-//   _occ_start[d+1], _occ[D * deg]  for the expansion's backward: the entries g * deg + q of the
-//                    features containing input a, sorted, in _occ[_occ_start[a] .. _occ_start[a+1])
+//   _occ_start[d+1], _occ[D * deg]  for the expansion's backward into a non-f32 tile (the gather
+//                    fallback): the entries g * deg + q of the features containing input a,
+//                    sorted, in _occ[_occ_start[a] .. _occ_start[a+1])
 
 import { symPowTable } from "../dsl/sympow.ts";
 

@@ -111,6 +111,19 @@ __device__ __forceinline__ float warp_inclusive_sum(float v, int lane) {
   return v;
 }
 
+/** Adds v into *p (a shared f32) atomically; key identifies *p (-1: this lane adds nothing, v is 0).
+ *  When every adding lane of the warp has the same key, the warp sums first and lane 0 adds once
+ *  (one atomic instead of 32 on one address). All 32 lanes must call it. */
+__device__ __forceinline__ void add_keyed(float* p, float v, int key, int lane) {
+  const int k0 = __shfl_sync(0xffffffffu, key, 0);
+  if (__all_sync(0xffffffffu, key == k0 || key < 0) && k0 >= 0) {
+    v = warp_sum(v);
+    if (lane == 0) atomicAdd(p, v);
+  } else if (key >= 0) {
+    atomicAdd(p, v);
+  }
+}
+
 /** First position in [lo, hi) of a sorted table whose entry is >= key. */
 template <typename T> __device__ __forceinline__ int lower_bound(const T* t, int lo, int hi, int key) {
   while (lo < hi) {

@@ -247,6 +247,32 @@ inline float __shfl_sync(unsigned, float v, int src) {
   return r;
 }
 
+inline int __shfl_sync(unsigned, int v, int src) {
+  auto& w = emu::warp();
+  const int l = emu::lane();
+  std::memcpy(&w.slot[l][0], &v, 4);
+  emu::warp_sync();
+  int r;
+  std::memcpy(&r, &w.slot[src & 31][0], 4);
+  emu::warp_sync();
+  return r;
+}
+inline bool __all_sync(unsigned, bool p) {
+  auto& w = emu::warp();
+  const int l = emu::lane();
+  const int v = p ? 1 : 0;
+  std::memcpy(&w.slot[l][0], &v, 4);
+  emu::warp_sync();
+  bool all = true;
+  for (int j = 0; j < 32; ++j) {
+    int u;
+    std::memcpy(&u, &w.slot[j][0], 4);
+    all = all && u != 0;
+  }
+  emu::warp_sync();
+  return all;
+}
+
 // ---- the primitives of templates/prt_tile.cuh ---------------------------------------------------
 namespace prt {
 
@@ -384,6 +410,21 @@ inline float warp_inclusive_sum(float v, int lane) {
     if (lane >= o) v += u;
   }
   return v;
+}
+// fibers run one at a time between rendezvous, so a plain add is atomic here
+inline float atomicAdd(float* p, float v) {
+  const float old = *p;
+  *p = old + v;
+  return old;
+}
+inline void add_keyed(float* p, float v, int key, int lane) {
+  const int k0 = __shfl_sync(0xffffffffu, key, 0);
+  if (__all_sync(0xffffffffu, key == k0 || key < 0) && k0 >= 0) {
+    v = warp_sum(v);
+    if (lane == 0) atomicAdd(p, v);
+  } else if (key >= 0) {
+    atomicAdd(p, v);
+  }
 }
 template <typename T> int lower_bound(const T* t, int lo, int hi, int key) {
   while (lo < hi) {
