@@ -27,7 +27,8 @@ function exponentOf(a: number): number {
   return biased === 0 ? -1023 : biased - 1023;
 }
 
-function roundHalfEven(v: number): number {
+/** Round to the nearest integer, ties to even. */
+export function roundHalfEven(v: number): number {
   const f = Math.floor(v);
   const diff = v - f;
   if (diff > 0.5) return f + 1;

@@ -10,7 +10,7 @@ import { featureBlocks } from "./kernels/common.ts";
 import { discountedCumsumBwd } from "./kernels/discounted-cumsum-bwd.ts";
 import { queryStateBwdDq, queryStateBwdDs } from "./kernels/query-state-bwd.ts";
 import { updateStateBwd } from "./kernels/update-state-bwd.ts";
-import { checkProblem, chunksOf, forwardPlan, inputBuffers, problemSpec, stateInBuffers, stepOf, type ForwardInputs, type Problem, type ScheduleTable } from "./plan.ts";
+import { checkProblem, chunksOf, forwardPlan, inputBuffers, planInputs, problemSpec, stateInBuffers, stepOf, type ForwardInputs, type Problem, type ScheduleTable } from "./plan.ts";
 import type { Plan, PlanBuffer, PlanStep } from "./plan-types.ts";
 import { stateFeatures } from "./spec.ts";
 
@@ -141,21 +141,7 @@ export interface BackwardOutputs {
 
 /** Run the forward plan, then the backward plan, through the interpreter. */
 export function backwardOnCpu(p: Problem, inputs: BackwardInputs, sched: ScheduleTable = {}): BackwardOutputs {
-  const given: Record<string, ArrayLike<number>> = { Q: inputs.Q, K: inputs.K, V: inputs.V, dY: inputs.dY };
-  const need = (name: "logG" | "S0" | "Z0" | "dSfinal" | "dZfinal", why: string): void => {
-    const x = inputs[name];
-    if (!x) throw new Error(`${name}: required when ${why}, received ${x}`);
-    given[name] = x;
-  };
-  if (p.gated) need("logG", "problem.gated");
-  if (p.initialState) {
-    need("S0", "problem.initialState");
-    need("Z0", "problem.initialState");
-  }
-  if (p.finalState) {
-    need("dSfinal", "problem.finalState");
-    need("dZfinal", "problem.finalState");
-  }
+  const given = planInputs(p, inputs, p.finalState ? ["dY", "dSfinal", "dZfinal"] : ["dY"]);
   const fwd = executeOnCpu(forwardPlan(p, sched), given);
   const out = executeOnCpu(backwardPlan(p, sched), { ...given, ...fwd });
   return {

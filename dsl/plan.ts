@@ -149,19 +149,23 @@ export interface ForwardOutputs {
   readonly Zfinal?: Float32Array; // [b, h, D]
 }
 
-/** Run the forward plan through the interpreter. */
-export function forwardOnCpu(p: Problem, inputs: ForwardInputs, sched: ScheduleTable = {}): ForwardOutputs {
-  const given: Record<string, ArrayLike<number>> = { Q: inputs.Q, K: inputs.K, V: inputs.V };
-  const need = (name: "logG" | "S0" | "Z0", why: string): void => {
-    const x = inputs[name];
-    if (!x) throw new Error(`${name}: required when ${why}, received ${x}`);
+/** The plan inputs a problem needs, by name: Q, K, V, logG when gated, S0/Z0 with an initial state,
+ * plus `extra` (always required); throws naming the first one missing. */
+export function planInputs(p: Problem, inputs: object, extra: readonly string[]): Record<string, ArrayLike<number>> {
+  const given: Record<string, ArrayLike<number>> = {};
+  const need = (name: string, why: string): void => {
+    const x = (inputs as Readonly<Record<string, ArrayLike<number> | undefined>>)[name];
+    if (!x) throw new Error(`${name}: required ${why}, received ${x}`);
     given[name] = x;
   };
-  if (p.gated) need("logG", "problem.gated");
-  if (p.initialState) {
-    need("S0", "problem.initialState");
-    need("Z0", "problem.initialState");
-  }
-  const out = executeOnCpu(forwardPlan(p, sched), given);
+  for (const n of ["Q", "K", "V", ...extra]) need(n, "always");
+  if (p.gated) need("logG", "when problem.gated");
+  if (p.initialState) for (const n of ["S0", "Z0"]) need(n, "when problem.initialState");
+  return given;
+}
+
+/** Run the forward plan through the interpreter. */
+export function forwardOnCpu(p: Problem, inputs: ForwardInputs, sched: ScheduleTable = {}): ForwardOutputs {
+  const out = executeOnCpu(forwardPlan(p, sched), planInputs(p, inputs, []));
   return { Y: out.Y!, lse: out.lse!, ...(p.finalState ? { Sfinal: out.Sfinal!, Zfinal: out.Zfinal! } : {}) };
 }

@@ -6,6 +6,7 @@
 // the interpreter works with. Decoding is exact (every f16/bf16 value is an f32 value).
 
 import type { DType } from "../dsl/dtype.ts";
+import { roundHalfEven } from "../dsl/dtype.ts";
 
 const f64 = new Float64Array(1);
 const f64hi = new Uint32Array(f64.buffer);
@@ -15,14 +16,6 @@ const HI = 1; // little-endian: word 1 holds sign, exponent and the top 20 fract
 const POW2 = new Float64Array(2201);
 for (let k = -1100; k <= 1100; k++) POW2[k + 1100] = Math.pow(2, k);
 const pow2 = (k: number): number => POW2[k + 1100]!;
-
-function roundHalfEven(v: number): number {
-  const f = Math.floor(v);
-  const diff = v - f;
-  if (diff > 0.5) return f + 1;
-  if (diff < 0.5) return f;
-  return f % 2 === 0 ? f : f + 1;
-}
 
 /**
  * The bits of `x` rounded to a binary format with `expBits` exponent and `mantBits` fraction bits
