@@ -5,11 +5,11 @@
 
 import { cpus } from "node:os";
 import path from "node:path";
-import { readFileSync, mkdirSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, mkdirSync, writeFileSync } from "node:fs";
 import { DTYPES, isDType, type DType } from "../dsl/dtype.ts";
 import { KERNELS } from "../dsl/kernels/index.ts";
 import { auditKernels, formatAudit } from "./audit.ts";
-import { DEFAULT_SELECTION, generate, REPO_ROOT, writeGenerated, type Selection } from "./gen.ts";
+import { DEFAULT_SCHEDULES_FILE, DEFAULT_SELECTION, generate, loadSchedules, REPO_ROOT, scheduleForTable, writeGenerated, type Selection } from "./gen.ts";
 import { ARCHS, MANIFEST_FILE, parseManifest, type Arch } from "./manifest.ts";
 import { compileAll, jobsOf, progressLine } from "./nvcc.ts";
 
@@ -33,6 +33,8 @@ const OPTIONS: readonly OptionSpec[] = [
   { name: "arch", value: "A[,A...]", help: `GPU archs to build for: ${list(ARCHS)} (default ${list(DEFAULT_SELECTION.archs)})`, commands: ["gen"] },
   { name: "kernels", value: "K[,K...]", help: `kernels to generate, or all (default all): ${KERNELS.map((k) => k.name).join(", ")}`, commands: ["gen"] },
   { name: "out", value: "DIR", help: "folder of the sources and manifest (default generated)", commands: ["gen", "build"] },
+  { name: "schedules", value: "FILE", help: `tuned schedules, JSON { "<kernel>/<specKey>": { numWarps, blockD, blockT, stages } } (bench/autotune.ts writes it); a listed (kernel, spec) gets that schedule instead of its default (default: codegen/schedules.json when it exists)`, commands: ["gen"] },
+  { name: "no-schedules", value: null, help: "ignore codegen/schedules.json: every kernel gets its default schedule", commands: ["gen"] },
   { name: "compile", value: null, help: "after gen, compile the sources to fatbins (see build)", commands: ["gen"] },
   { name: "build-dir", value: "DIR", help: "folder of the fatbins (default build/kernels)", commands: ["gen", "build"] },
   { name: "jobs", value: "N", help: `nvcc processes at once (default: the cores, ${cpus().length} here)`, commands: ["gen", "build"] },
@@ -178,10 +180,16 @@ export async function main(argv: readonly string[]): Promise<number> {
     const a = auditKernels();
     if (a.problems.length) throw new Error(`the kernel audit failed:\n${formatAudit(a)}`);
   }
+  const schedulesOpt = p.values.get("schedules");
+  if (schedulesOpt !== undefined && p.flags.has("no-schedules")) throw new UsageError("--schedules and --no-schedules exclude each other");
+  const schedulesFile = schedulesOpt !== undefined ? path.resolve(schedulesOpt) : !p.flags.has("no-schedules") && existsSync(DEFAULT_SCHEDULES_FILE) ? DEFAULT_SCHEDULES_FILE : null;
+  const tuned = schedulesFile ? loadSchedules(schedulesFile) : null;
+  if (schedulesFile && tuned) log(`gen: ${tuned.size} tuned schedule${tuned.size === 1 ? "" : "s"} from ${path.relative(process.cwd(), schedulesFile) || schedulesFile}`);
   const dumpDir = p.values.get("dump-ir");
   const t0 = performance.now();
   const g = generate({
     selection,
+    scheduleFor: tuned ? scheduleForTable(tuned) : undefined,
     onWarning: (m) => log(`warning: ${m}`),
     dump: dumpDir
       ? (symbol, step, text) => {

@@ -11,6 +11,7 @@ import type { DType } from "../dsl/dtype.ts";
 import { printExpr } from "../dsl/print.ts";
 import { KERNELS } from "../dsl/kernels/index.ts";
 import { checkSpec, scheduleKey, specKey, type KernelDef, type Schedule, type Spec } from "../dsl/spec.ts";
+import { validateKernel } from "../dsl/validate.ts";
 import { threadsOf } from "./lir.ts";
 import { fitsByArch, manifestArgs, MANIFEST_FILE, MANIFEST_FORMAT, parseManifest, type Arch, type Manifest, type ManifestKernel } from "./manifest.ts";
 import { nvccFlags } from "./nvcc.ts";
@@ -85,6 +86,78 @@ function compiledTemplates(): NonNullable<typeof templates> {
     manifest: hb.compile(read("manifest.json.hbs"), { noEscape: true, strict: true }),
   };
   return templates;
+}
+
+/** Where `gen` reads autotuned schedules by default (written by bench/autotune.ts), when it exists. */
+export const DEFAULT_SCHEDULES_FILE = path.join(REPO_ROOT, "codegen", "schedules.json");
+
+/** Tuned schedules by "<kernel>/<specKey>" (the schedules file's keys). */
+export type ScheduleFile = Readonly<Record<string, Schedule>>;
+
+const SCHEDULE_FIELDS = ["numWarps", "blockD", "blockT", "stages"] as const;
+
+/**
+ * Parse and check a schedules file: every key names a registered kernel and a well-formed spec
+ * key, every schedule has the four positive integer fields, builds for its spec, and passes the
+ * DSL validator. Throws an error naming the file and the entry.
+ */
+export function parseSchedules(text: string, where: string): Map<string, Schedule> {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new Error(`${where}: not valid JSON (${(e as Error).message})`);
+  }
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) throw new Error(`${where}: expected an object { "<kernel>/<specKey>": schedule }`);
+  const out = new Map<string, Schedule>();
+  for (const key of Object.keys(raw).sort()) {
+    const bad = (m: string): never => {
+      throw new Error(`${where}: entry '${key}': ${m}`);
+    };
+    const m = /^([a-z0-9_]+)\/p(\d+)_d(\d+)_e(\d+)_c(\d+)_(f16|bf16|f32)$/.exec(key);
+    if (!m) bad(`expected a key '<kernel>/p<deg>_d<d>_e<e>_c<chunk>_<dtype>'`);
+    const def = KERNELS.find((k) => k.name === m![1]);
+    if (!def) bad(`no kernel named '${m![1]}' (expected one of ${KERNELS.map((k) => k.name).join(", ")})`);
+    let spec: Spec;
+    try {
+      spec = checkSpec({ deg: Number(m![2]), d: Number(m![3]), e: Number(m![4]), chunk: Number(m![5]), dtype: m![6] as DType });
+    } catch (e) {
+      return bad((e as Error).message);
+    }
+    const v = (raw as Record<string, unknown>)[key];
+    if (typeof v !== "object" || v === null) bad(`expected a schedule { numWarps, blockD, blockT, stages }, received ${JSON.stringify(v)}`);
+    const o = v as Record<string, unknown>;
+    for (const f of SCHEDULE_FIELDS)
+      if (!Number.isInteger(o[f]) || (o[f] as number) < 1) bad(`schedule.${f}: expected a positive integer, received ${JSON.stringify(o[f])}`);
+    const extra = Object.keys(o).filter((f) => !(SCHEDULE_FIELDS as readonly string[]).includes(f));
+    if (extra.length) bad(`unknown schedule field${extra.length > 1 ? "s" : ""} ${extra.join(", ")} (expected ${SCHEDULE_FIELDS.join(", ")})`);
+    const sch: Schedule = { numWarps: o.numWarps as number, blockD: o.blockD as number, blockT: o.blockT as number, stages: o.stages as number };
+    let problems: string[];
+    try {
+      problems = validateKernel(def!.build(spec, sch));
+    } catch (e) {
+      return bad(`schedule ${scheduleKey(sch)} does not build: ${(e as Error).message}`);
+    }
+    if (problems.length) bad(`schedule ${scheduleKey(sch)} fails the DSL validator: ${problems.join("; ")}`);
+    out.set(key, sch);
+  }
+  return out;
+}
+
+/** Read a schedules file (parseSchedules). */
+export function loadSchedules(file: string): Map<string, Schedule> {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (e) {
+    throw new Error(`--schedules: cannot read ${file} (${(e as Error).message})`);
+  }
+  return parseSchedules(text, file);
+}
+
+/** A GenOptions.scheduleFor from a schedules table: the listed schedule, else the kernel's default. */
+export function scheduleForTable(table: ReadonlyMap<string, Schedule>): (k: KernelDef, spec: Spec) => Schedule {
+  return (k, spec) => table.get(`${k.name}/${specKey(spec)}`) ?? k.schedule(spec);
 }
 
 export interface GenOptions {

@@ -1288,8 +1288,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
 }
 
 // query_state: Y = (attention part + phi(q')^T Sin) / (its normaliser), lse = log normaliser, q' = scale q exp(lam/p)
-// grid ($n, $hq, $b), 128 threads, 104704 bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c128_bf16_w4_bd64_bt64_s2(
+// grid ($n, $hq, $b), 256 threads, 69248 bytes of dynamic shared memory
+extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c128_bf16_w8_bd16_bt128_s2(
     const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_numA, const float* g_denA, const float* g_maxA, __nv_bfloat16* g_Y, float* g_lse, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -1405,23 +1405,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
   (void)g_lse_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
-  float* const t_q = reinterpret_cast<float*>(prt_smem + 50176);  // f32[64, 64] pitch 64
-  float* const t_phi_f32 = reinterpret_cast<float*>(prt_smem + 33792);  // f32[64, 64] pitch 64
-  __nv_bfloat16* const t_phi_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 66560);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_phi_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 75776);  // bf16[64, 64] pitch 72
-  float* const t_s_f32_base = reinterpret_cast<float*>(prt_smem + 1024);  // f32[64, 64] pitch 64, 2 copies
+  float* const t_q = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128, 64] pitch 64
+  float* const t_phi_f32 = reinterpret_cast<float*>(prt_smem + 33792);  // f32[128, 16] pitch 16
+  __nv_bfloat16* const t_phi_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 50176);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_phi_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 56320);  // bf16[128, 16] pitch 24
+  float* const t_s_f32_base = reinterpret_cast<float*>(prt_smem + 41984);  // f32[16, 64] pitch 64, 2 copies
   float* t_s_f32 = t_s_f32_base;
-  __nv_bfloat16* const t_s_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 84992);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_s_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 94208);  // bf16[64, 64] pitch 72
-  float* const t_z_base = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64, 2 copies
+  __nv_bfloat16* const t_s_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 62464);  // bf16[16, 64] pitch 72
+  __nv_bfloat16* const t_s_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 64768);  // bf16[16, 64] pitch 72
+  float* const t_z_base = reinterpret_cast<float*>(prt_smem + 69120);  // f32[16] pitch 16, 2 copies
   float* t_z = t_z_base;
-  float f_num_s[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_den_block = reinterpret_cast<float*>(prt_smem + 103936);  // f32[64] pitch 64
-  float f_num[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_den = reinterpret_cast<float*>(prt_smem + 103424);  // f32[64] pitch 64
-  float* const t_den_a = reinterpret_cast<float*>(prt_smem + 103680);  // f32[64] pitch 64
-  float* const t_max_a = reinterpret_cast<float*>(prt_smem + 104448);  // f32[64] pitch 64
-  float* const t_lse_t = reinterpret_cast<float*>(prt_smem + 104192);  // f32[64] pitch 64
+  float f_num_s[2][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 8 warps
+  float* const t_den_block = reinterpret_cast<float*>(prt_smem + 67584);  // f32[128] pitch 128
+  float f_num[2][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 8 warps
+  float* const t_den = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
+  float* const t_den_a = reinterpret_cast<float*>(prt_smem + 67072);  // f32[128] pitch 128
+  float* const t_max_a = reinterpret_cast<float*>(prt_smem + 68608);  // f32[128] pitch 128
+  float* const t_lse_t = reinterpret_cast<float*>(prt_smem + 68096);  // f32[128] pitch 128
   // g = load logG[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -1430,14 +1430,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
-    for (int r = tid; r < 128; r += 128) {
+    for (int r = tid; r < 128; r += 256) {
       dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
     }
   }
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
-    for (int o = warp; o < 1; o += 4) {
+    for (int o = warp; o < 1; o += 8) {
       float carry = 0.0f;
       for (int j0 = 0; j0 < 128; j0 += 32) {
         const int j = j0 + lane, i = j;
@@ -1449,36 +1449,36 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
     }
   }
   {
-    const int v_i0_end = 2;
+    const int v_i0_end = 1;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if ((((static_cast<int>(blockIdx.x) * 128) + (v_i0 * 64)) < p_t)) {
-        // q = load Q[pid.z, ((pid.x * 128) + (i0 * 64)):+64, pid.y, 0:+64]
+      if ((((static_cast<int>(blockIdx.x) * 128) + (v_i0 * 128)) < p_t)) {
+        // q = load Q[pid.z, ((pid.x * 128) + (i0 * 128)):+128, pid.y, 0:+64]
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (v_i0 * 64));
+          const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (v_i0 * 128));
           const int a2 = static_cast<int>(blockIdx.y);
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
           const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
           float* const dst = t_q;
-          for (int i = tid; i < 4096; i += 128) {
+          for (int i = tid; i < 8192; i += 256) {
             const int r = i / 64, c = i % 64;
             dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? prt::from_f32<float>(prt::to_f32(g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3])) : prt::from_f32<float>(0.0f);
           }
         }
         __syncthreads();
-        // q[row, col] = ((q[row, col] * $scale) * exp((lam[((i0 * 64) + row)] / 2.0)))
+        // q[row, col] = ((q[row, col] * $scale) * exp((lam[((i0 * 128) + row)] / 2.0)))
         {
-          for (int i = tid; i < 4096; i += 128) {
+          for (int i = tid; i < 8192; i += 256) {
             const int r = i / 64, c = i % 64;
-            t_q[(r) * 64 + (c)] = prt::from_f32<float>(((prt::to_f32(t_q[(r) * 64 + (c)]) * p_scale) * expf((prt::to_f32(t_lam[((v_i0 * 64) + r)]) / 2.0f))));
+            t_q[(r) * 64 + (c)] = prt::from_f32<float>(((prt::to_f32(t_q[(r) * 64 + (c)]) * p_scale) * expf((prt::to_f32(t_lam[((v_i0 * 128) + r)]) / 2.0f))));
           }
         }
         // num_s[row, col] = 0.0
         {
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
+            const int u = warp + j * 8;
             const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
@@ -1492,23 +1492,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
         }
         // den[row] = 0.0
         {
-          for (int r = tid; r < 64; r += 128) {
+          for (int r = tid; r < 128; r += 256) {
             t_den[r] = prt::from_f32<float>(0.0f);
           }
         }
-        if ((0 < 33)) {
-          // s_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), pid.x, (0 * 64):+64, 0:+64] into stage 0
+        if ((0 < 130)) {
+          // s_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), pid.x, (0 * 16):+16, 0:+64] into stage 0
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
             const int a2 = static_cast<int>(blockIdx.x);
-            const int s3 = (0 * 64);
+            const int s3 = (0 * 16);
             const int s4 = 0;
             const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_s_f32_base + ((0) % 2) * 4096;
+            float* const dst = t_s_f32_base + ((0) % 2) * 1024;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 1024; i += 128) {
+              for (int i = tid; i < 256; i += 256) {
                 const int r = i / 16, c = (i % 16) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -1517,23 +1517,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
               }
             }
             else {
-              for (int i = tid; i < 4096; i += 128) {
+              for (int i = tid; i < 1024; i += 256) {
                 const int r = i / 64, c = i % 64;
                 dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
               }
             }
           }
-          // z = load.async Zin[pid.z, (pid.y // ($hq // $h)), pid.x, (0 * 64):+64] into stage 0
+          // z = load.async Zin[pid.z, (pid.y // ($hq // $h)), pid.x, (0 * 16):+16] into stage 0
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
             const int a2 = static_cast<int>(blockIdx.x);
-            const int s3 = (0 * 64);
+            const int s3 = (0 * 16);
             const bool ok = a0 >= 0 && a0 < g_Zin_d0 && a1 >= 0 && a1 < g_Zin_d1 && a2 >= 0 && a2 < g_Zin_d2;
             const long long base = static_cast<long long>(a0) * g_Zin_s0 + static_cast<long long>(a1) * g_Zin_s1 + static_cast<long long>(a2) * g_Zin_s2 + static_cast<long long>(s3) * g_Zin_s3;
-            float* const dst = t_z_base + ((0) % 2) * 64;
+            float* const dst = t_z_base + ((0) % 2) * 16;
             if (prt::aligned16(g_Zin) && base % 4 == 0 && s3 >= 0) {
-              for (int i = tid; i < 16; i += 128) {
+              for (int i = tid; i < 4; i += 256) {
                 const int c = i * 4;
                 const long long left = ok ? g_Zin_d3 - (s3 + c) : 0;
                 const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
@@ -1541,7 +1541,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
               }
             }
             else {
-              for (int r = tid; r < 64; r += 128) {
+              for (int r = tid; r < 16; r += 256) {
                 dst[r] = ok && s3 + r >= 0 && s3 + r < g_Zin_d3 ? g_Zin[base + static_cast<long long>(r) * g_Zin_s3] : prt::from_f32<float>(0.0f);
               }
             }
@@ -1549,21 +1549,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
         }
         prt::cp_async_commit();
         {
-          const int v_i1_end = 33;
+          const int v_i1_end = 130;
           for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
-            if (((v_i1 + 1) < 33)) {
-              // s_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), pid.x, ((i1 + 1) * 64):+64, 0:+64] into stage ((i1 + 1) % 2)
+            if (((v_i1 + 1) < 130)) {
+              // s_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), pid.x, ((i1 + 1) * 16):+16, 0:+64] into stage ((i1 + 1) % 2)
               {
                 const int a0 = static_cast<int>(blockIdx.z);
                 const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
                 const int a2 = static_cast<int>(blockIdx.x);
-                const int s3 = ((v_i1 + 1) * 64);
+                const int s3 = ((v_i1 + 1) * 16);
                 const int s4 = 0;
                 const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
                 const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-                float* const dst = t_s_f32_base + ((((v_i1 + 1) % 2)) % 2) * 4096;
+                float* const dst = t_s_f32_base + ((((v_i1 + 1) % 2)) % 2) * 1024;
                 if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-                  for (int i = tid; i < 1024; i += 128) {
+                  for (int i = tid; i < 256; i += 256) {
                     const int r = i / 16, c = (i % 16) * 4;
                     const int gr = s3 + r;
                     const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -1572,23 +1572,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
                   }
                 }
                 else {
-                  for (int i = tid; i < 4096; i += 128) {
+                  for (int i = tid; i < 1024; i += 256) {
                     const int r = i / 64, c = i % 64;
                     dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
                   }
                 }
               }
-              // z = load.async Zin[pid.z, (pid.y // ($hq // $h)), pid.x, ((i1 + 1) * 64):+64] into stage ((i1 + 1) % 2)
+              // z = load.async Zin[pid.z, (pid.y // ($hq // $h)), pid.x, ((i1 + 1) * 16):+16] into stage ((i1 + 1) % 2)
               {
                 const int a0 = static_cast<int>(blockIdx.z);
                 const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
                 const int a2 = static_cast<int>(blockIdx.x);
-                const int s3 = ((v_i1 + 1) * 64);
+                const int s3 = ((v_i1 + 1) * 16);
                 const bool ok = a0 >= 0 && a0 < g_Zin_d0 && a1 >= 0 && a1 < g_Zin_d1 && a2 >= 0 && a2 < g_Zin_d2;
                 const long long base = static_cast<long long>(a0) * g_Zin_s0 + static_cast<long long>(a1) * g_Zin_s1 + static_cast<long long>(a2) * g_Zin_s2 + static_cast<long long>(s3) * g_Zin_s3;
-                float* const dst = t_z_base + ((((v_i1 + 1) % 2)) % 2) * 64;
+                float* const dst = t_z_base + ((((v_i1 + 1) % 2)) % 2) * 16;
                 if (prt::aligned16(g_Zin) && base % 4 == 0 && s3 >= 0) {
-                  for (int i = tid; i < 16; i += 128) {
+                  for (int i = tid; i < 4; i += 256) {
                     const int c = i * 4;
                     const long long left = ok ? g_Zin_d3 - (s3 + c) : 0;
                     const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
@@ -1596,7 +1596,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
                   }
                 }
                 else {
-                  for (int r = tid; r < 64; r += 128) {
+                  for (int r = tid; r < 16; r += 256) {
                     dst[r] = ok && s3 + r >= 0 && s3 + r < g_Zin_d3 ? g_Zin[base + static_cast<long long>(r) * g_Zin_s3] : prt::from_f32<float>(0.0f);
                   }
                 }
@@ -1604,63 +1604,63 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
             }
             prt::cp_async_commit();
             prt::cp_async_wait<1>();
-            t_s_f32 = t_s_f32_base + (((v_i1 % 2)) % 2) * 4096;  // bind s_f32 stage (i1 % 2)
-            t_z = t_z_base + (((v_i1 % 2)) % 2) * 64;  // bind z stage (i1 % 2)
+            t_s_f32 = t_s_f32_base + (((v_i1 % 2)) % 2) * 1024;  // bind s_f32 stage (i1 % 2)
+            t_z = t_z_base + (((v_i1 % 2)) % 2) * 16;  // bind z stage (i1 % 2)
             __syncthreads();
-            // phi_f32 = sympow2(q, features from (i1 * 64))
+            // phi_f32 = sympow2(q, features from (i1 * 16))
             {
-              const int off = (v_i1 * 64);
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 64, f = i % 64, g = off + f;
+              const int off = (v_i1 * 16);
+              for (int i = tid; i < 2048; i += 256) {
+                const int r = i / 16, f = i % 16, g = off + f;
                 float v = 0.0f;
                 if (g >= 0 && g < prt_sympow_d64_p2_size) {
                   v = prt_sympow_d64_p2_weight[g];
                   v *= prt::to_f32(t_q[(r) * 64 + (prt_sympow_d64_p2_index[g * 2 + 0])]);
                   v *= prt::to_f32(t_q[(r) * 64 + (prt_sympow_d64_p2_index[g * 2 + 1])]);
                 }
-                t_phi_f32[(r) * 64 + (f)] = prt::from_f32<float>(v);
+                t_phi_f32[(r) * 16 + (f)] = prt::from_f32<float>(v);
               }
             }
             __syncthreads();
             // phi_hi[row, col] = (phi_f32[row, col] * 1.0)
             {
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 64, c = i % 64;
-                t_phi_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * 1.0f));
+              for (int i = tid; i < 2048; i += 256) {
+                const int r = i / 16, c = i % 16;
+                t_phi_hi[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_phi_f32[(r) * 16 + (c)]) * 1.0f));
               }
             }
             // phi_lo[row, col] = ((phi_f32[row, col] * 1.0) - phi_hi[row, col])
             {
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 64, c = i % 64;
-                t_phi_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(t_phi_hi[(r) * 72 + (c)])));
+              for (int i = tid; i < 2048; i += 256) {
+                const int r = i / 16, c = i % 16;
+                t_phi_lo[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_phi_f32[(r) * 16 + (c)]) * 1.0f) - prt::to_f32(t_phi_hi[(r) * 24 + (c)])));
               }
             }
             // s_hi[row, col] = (s_f32[row, col] * 1.0)
             {
-              for (int i = tid; i < 4096; i += 128) {
+              for (int i = tid; i < 1024; i += 256) {
                 const int r = i / 64, c = i % 64;
                 t_s_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_s_f32[(r) * 64 + (c)]) * 1.0f));
               }
             }
             // s_lo[row, col] = ((s_f32[row, col] * 1.0) - s_hi[row, col])
             {
-              for (int i = tid; i < 4096; i += 128) {
+              for (int i = tid; i < 1024; i += 256) {
                 const int r = i / 64, c = i % 64;
                 t_s_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_s_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(t_s_hi[(r) * 72 + (c)])));
               }
             }
             __syncthreads();
-            // num_s += mma.tc(phi_hi, s_hi) [64x64 in 16x32 units over 4 warps]
+            // num_s += mma.tc(phi_hi, s_hi) [128x64 in 16x32 units over 8 warps]
             {
               #pragma unroll
               for (int j = 0; j < 2; ++j) {
-                const int u = warp + j * 4;
+                const int u = warp + j * 8;
                 const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
                 float (&acc)[4][4] = f_num_s[j];
-                for (int k0 = 0; k0 < 64; k0 += 16) {
+                for (int k0 = 0; k0 < 16; k0 += 16) {
                   uint32_t af[4];
-                  prt::ldmatrix_x4(af, &t_phi_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                  prt::ldmatrix_x4(af, &t_phi_hi[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
                   #pragma unroll
                   for (int q = 0; q < 4; q += 2) {
                     uint32_t bf[4];
@@ -1671,16 +1671,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
                 }
               }
             }
-            // num_s += mma.tc(phi_lo, s_hi) [64x64 in 16x32 units over 4 warps]
+            // num_s += mma.tc(phi_lo, s_hi) [128x64 in 16x32 units over 8 warps]
             {
               #pragma unroll
               for (int j = 0; j < 2; ++j) {
-                const int u = warp + j * 4;
+                const int u = warp + j * 8;
                 const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
                 float (&acc)[4][4] = f_num_s[j];
-                for (int k0 = 0; k0 < 64; k0 += 16) {
+                for (int k0 = 0; k0 < 16; k0 += 16) {
                   uint32_t af[4];
-                  prt::ldmatrix_x4(af, &t_phi_lo[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                  prt::ldmatrix_x4(af, &t_phi_lo[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
                   #pragma unroll
                   for (int q = 0; q < 4; q += 2) {
                     uint32_t bf[4];
@@ -1691,16 +1691,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
                 }
               }
             }
-            // num_s += mma.tc(phi_hi, s_lo) [64x64 in 16x32 units over 4 warps]
+            // num_s += mma.tc(phi_hi, s_lo) [128x64 in 16x32 units over 8 warps]
             {
               #pragma unroll
               for (int j = 0; j < 2; ++j) {
-                const int u = warp + j * 4;
+                const int u = warp + j * 8;
                 const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
                 float (&acc)[4][4] = f_num_s[j];
-                for (int k0 = 0; k0 < 64; k0 += 16) {
+                for (int k0 = 0; k0 < 16; k0 += 16) {
                   uint32_t af[4];
-                  prt::ldmatrix_x4(af, &t_phi_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                  prt::ldmatrix_x4(af, &t_phi_hi[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
                   #pragma unroll
                   for (int q = 0; q < 4; q += 2) {
                     uint32_t bf[4];
@@ -1713,41 +1713,41 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
             }
             // phi_f32[row, col] = (phi_f32[row, col] * z[col])
             {
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 64, c = i % 64;
-                t_phi_f32[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * prt::to_f32(t_z[c])));
+              for (int i = tid; i < 2048; i += 256) {
+                const int r = i / 16, c = i % 16;
+                t_phi_f32[(r) * 16 + (c)] = prt::from_f32<float>((prt::to_f32(t_phi_f32[(r) * 16 + (c)]) * prt::to_f32(t_z[c])));
               }
             }
             __syncthreads();
             // den_block = reduce_sum(phi_f32, axis=1)
             {
-              for (int o = tid; o < 64; o += 128) {
+              for (int o = tid; o < 128; o += 256) {
                 float acc = 0.0f;
-                for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_phi_f32[(o) * 64 + (i)]);
+                for (int i = 0; i < 16; ++i) acc += prt::to_f32(t_phi_f32[(o) * 16 + (i)]);
                 t_den_block[o] = prt::from_f32<float>(acc);
               }
             }
             __syncthreads();
             // den[row] = (den[row] + den_block[row])
             {
-              for (int r = tid; r < 64; r += 128) {
+              for (int r = tid; r < 128; r += 256) {
                 t_den[r] = prt::from_f32<float>((prt::to_f32(t_den[r]) + prt::to_f32(t_den_block[r])));
               }
             }
           }
         }
         prt::cp_async_wait<0>();
-        // num = load numA[pid.z, ((pid.x * 128) + (i0 * 64)):+64, pid.y, 0:+64]
+        // num = load numA[pid.z, ((pid.x * 128) + (i0 * 128)):+128, pid.y, 0:+64]
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (v_i0 * 64));
+          const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (v_i0 * 128));
           const int a2 = static_cast<int>(blockIdx.y);
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_numA_d0 && a2 >= 0 && a2 < g_numA_d2;
           const long long base = static_cast<long long>(a0) * g_numA_s0 + static_cast<long long>(s1) * g_numA_s1 + static_cast<long long>(a2) * g_numA_s2 + static_cast<long long>(s3) * g_numA_s3;
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
+            const int u = warp + j * 8;
             const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
@@ -1759,33 +1759,33 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
             }
           }
         }
-        // den_a = load denA[pid.z, ((pid.x * 128) + (i0 * 64)):+64, pid.y]
+        // den_a = load denA[pid.z, ((pid.x * 128) + (i0 * 128)):+128, pid.y]
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (v_i0 * 64));
+          const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (v_i0 * 128));
           const int a2 = static_cast<int>(blockIdx.y);
           const bool ok = a0 >= 0 && a0 < g_denA_d0 && a2 >= 0 && a2 < g_denA_d2;
           const long long base = static_cast<long long>(a0) * g_denA_s0 + static_cast<long long>(s1) * g_denA_s1 + static_cast<long long>(a2) * g_denA_s2;
           float* const dst = t_den_a;
-          for (int r = tid; r < 64; r += 128) {
+          for (int r = tid; r < 128; r += 256) {
             dst[r] = ok && s1 + r >= 0 && s1 + r < g_denA_d1 ? g_denA[base + static_cast<long long>(r) * g_denA_s1] : prt::from_f32<float>(0.0f);
           }
         }
-        // max_a = load maxA[pid.z, ((pid.x * 128) + (i0 * 64)):+64, pid.y]
+        // max_a = load maxA[pid.z, ((pid.x * 128) + (i0 * 128)):+128, pid.y]
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (v_i0 * 64));
+          const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (v_i0 * 128));
           const int a2 = static_cast<int>(blockIdx.y);
           const bool ok = a0 >= 0 && a0 < g_maxA_d0 && a2 >= 0 && a2 < g_maxA_d2;
           const long long base = static_cast<long long>(a0) * g_maxA_s0 + static_cast<long long>(s1) * g_maxA_s1 + static_cast<long long>(a2) * g_maxA_s2;
           float* const dst = t_max_a;
-          for (int r = tid; r < 64; r += 128) {
+          for (int r = tid; r < 128; r += 256) {
             dst[r] = ok && s1 + r >= 0 && s1 + r < g_maxA_d1 ? g_maxA[base + static_cast<long long>(r) * g_maxA_s1] : prt::from_f32<float>(0.0f);
           }
         }
         // den[row] = ((den_a[row] * exp((max_a[row] - max(max_a[row], 0.0)))) + (den[row] * exp(-(max(max_a[row], 0.0)))))
         {
-          for (int r = tid; r < 64; r += 128) {
+          for (int r = tid; r < 128; r += 256) {
             t_den[r] = prt::from_f32<float>(((prt::to_f32(t_den_a[r]) * expf((prt::to_f32(t_max_a[r]) - prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)))) + (prt::to_f32(t_den[r]) * expf((-prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f))))));
           }
         }
@@ -1794,7 +1794,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
         {
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
+            const int u = warp + j * 8;
             const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
@@ -1808,14 +1808,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
         }
         // lse_t[row] = select((den[row] > 0.0), (log(den[row]) + max(max_a[row], 0.0)), -Infinity)
         {
-          for (int r = tid; r < 64; r += 128) {
+          for (int r = tid; r < 128; r += 256) {
             t_lse_t[r] = prt::from_f32<float>(((prt::to_f32(t_den[r]) > 0.0f) ? (logf(prt::to_f32(t_den[r])) + prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)) : __int_as_float(0xff800000)));
           }
         }
-        // store Y[pid.z, ((pid.x * 128) + (i0 * 64)):+64, pid.y, 0:+64] = num
+        // store Y[pid.z, ((pid.x * 128) + (i0 * 128)):+128, pid.y, 0:+64] = num
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (v_i0 * 64));
+          const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (v_i0 * 128));
           const int a2 = static_cast<int>(blockIdx.y);
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_Y_d0 && a2 >= 0 && a2 < g_Y_d2;
@@ -1823,7 +1823,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
           if (ok) {
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
+              const int u = warp + j * 8;
               const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
               #pragma unroll
               for (int q = 0; q < 4; ++q) {
@@ -1836,15 +1836,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
             }
           }
         }
-        // store lse[pid.z, ((pid.x * 128) + (i0 * 64)):+64, pid.y] = lse_t
+        // store lse[pid.z, ((pid.x * 128) + (i0 * 128)):+128, pid.y] = lse_t
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (v_i0 * 64));
+          const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (v_i0 * 128));
           const int a2 = static_cast<int>(blockIdx.y);
           const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           if (ok) {
-            for (int r = tid; r < 64; r += 128) {
+            for (int r = tid; r < 128; r += 256) {
               if (s1 + r >= 0 && s1 + r < g_lse_d1) g_lse[base + static_cast<long long>(r) * g_lse_s1] = t_lse_t[r];
             }
           }
@@ -3130,8 +3130,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
 }
 
 // query_state_bwd_dq: Dy, lseB (the normaliser the backward's weights sum to 1 under), and dQs, dlamQ: the gradient through phi(q')^T [Sin, Zin]
-// grid ($n, $hq, $b), 128 threads, 152832 bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_e64_c128_bf16_w4_bd64_bt64_s1(
+// grid ($n, $hq, $b), 256 threads, 110720 bytes of dynamic shared memory
+extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_e64_c128_bf16_w8_bd32_bt64_s1(
     const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -3277,24 +3277,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
   (void)g_dlamQ_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
-  __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_smem + 143360);  // bf16[64, 64] pitch 64
-  __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_smem + 134144);  // bf16[64, 64] pitch 72
-  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 151808);  // f32[64] pitch 64
-  float* const t_dy_y = reinterpret_cast<float*>(prt_smem + 151552);  // f32[64] pitch 64
-  float* const t_rho = reinterpret_cast<float*>(prt_smem + 152576);  // f32[64] pitch 64
-  float* const t_dy_s = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  float* const t_p_s = reinterpret_cast<float*>(prt_smem + 152064);  // f32[64] pitch 64
-  float* const t_q_norm = reinterpret_cast<float*>(prt_smem + 99328);  // f32[64, 64] pitch 64
-  float* const t_S_f32 = reinterpret_cast<float*>(prt_smem + 17408);  // f32[64, 64] pitch 64
-  __nv_bfloat16* const t_S_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 115712);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_S_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 124928);  // bf16[64, 64] pitch 72
-  float* const t_Z_blk = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  float* const t_S_dy = reinterpret_cast<float*>(prt_smem + 1024);  // f32[64, 64] pitch 64
-  float* const t_phi = reinterpret_cast<float*>(prt_smem + 66560);  // f32[64, 64] pitch 64
-  float* const t_prod = reinterpret_cast<float*>(prt_smem + 82944);  // f32[64, 64] pitch 64
-  float* const t_part = reinterpret_cast<float*>(prt_smem + 152320);  // f32[64] pitch 64
-  float* const t_grad_s = reinterpret_cast<float*>(prt_smem + 33792);  // f32[64, 64] pitch 64
-  float* const t_grad_z = reinterpret_cast<float*>(prt_smem + 50176);  // f32[64, 64] pitch 64
+  __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_smem + 92160);  // bf16[64, 64] pitch 64
+  __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_smem + 50176);  // bf16[64, 64] pitch 72
+  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 109568);  // f32[64] pitch 64
+  float* const t_dy_y = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
+  float* const t_rho = reinterpret_cast<float*>(prt_smem + 110336);  // f32[64] pitch 64
+  float* const t_dy_s = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
+  float* const t_p_s = reinterpret_cast<float*>(prt_smem + 109824);  // f32[64] pitch 64
+  float* const t_q_norm = reinterpret_cast<float*>(prt_smem + 33792);  // f32[64, 64] pitch 64
+  float* const t_S_f32 = reinterpret_cast<float*>(prt_smem + 67584);  // f32[32, 64] pitch 64
+  __nv_bfloat16* const t_S_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 100352);  // bf16[32, 64] pitch 72
+  __nv_bfloat16* const t_S_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 104960);  // bf16[32, 64] pitch 72
+  float* const t_Z_blk = reinterpret_cast<float*>(prt_smem + 110592);  // f32[32] pitch 32
+  float* const t_S_dy = reinterpret_cast<float*>(prt_smem + 59392);  // f32[64, 32] pitch 32
+  float* const t_phi = reinterpret_cast<float*>(prt_smem + 75776);  // f32[64, 32] pitch 32
+  float* const t_prod = reinterpret_cast<float*>(prt_smem + 83968);  // f32[64, 32] pitch 32
+  float* const t_part = reinterpret_cast<float*>(prt_smem + 110080);  // f32[64] pitch 64
+  float* const t_grad_s = reinterpret_cast<float*>(prt_smem + 1024);  // f32[64, 64] pitch 64
+  float* const t_grad_z = reinterpret_cast<float*>(prt_smem + 17408);  // f32[64, 64] pitch 64
   // g = load logG[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -3303,14 +3303,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
-    for (int r = tid; r < 128; r += 128) {
+    for (int r = tid; r < 128; r += 256) {
       dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
     }
   }
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
-    for (int o = warp; o < 1; o += 4) {
+    for (int o = warp; o < 1; o += 8) {
       float carry = 0.0f;
       for (int j0 = 0; j0 < 128; j0 += 32) {
         const int j = j0 + lane, i = j;
@@ -3334,7 +3334,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __nv_bfloat16* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
+          for (int i = tid; i < 512; i += 256) {
             const int r = i / 8, c = (i % 8) * 8;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -3343,7 +3343,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
           }
         }
         else {
-          for (int i = tid; i < 4096; i += 128) {
+          for (int i = tid; i < 4096; i += 256) {
             const int r = i / 64, c = i % 64;
             dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
           }
@@ -3359,7 +3359,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
         const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
         __nv_bfloat16* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
+          for (int i = tid; i < 512; i += 256) {
             const int r = i / 8, c = (i % 8) * 8;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -3368,7 +3368,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
           }
         }
         else {
-          for (int i = tid; i < 4096; i += 128) {
+          for (int i = tid; i < 4096; i += 256) {
             const int r = i / 64, c = i % 64;
             dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
           }
@@ -3384,10 +3384,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
         const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
         const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
         float* const dst = t_lse_i;
-        for (int r = tid; r < 64; r += 128) {
+        for (int r = tid; r < 64; r += 256) {
           dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
         }
       }
+      __syncthreads();
       // dy_y = load DyA[pid.z, ((pid.x * 128) + (i0 * 64)):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
@@ -3396,7 +3397,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
         const bool ok = a0 >= 0 && a0 < g_DyA_d0 && a2 >= 0 && a2 < g_DyA_d2;
         const long long base = static_cast<long long>(a0) * g_DyA_s0 + static_cast<long long>(s1) * g_DyA_s1 + static_cast<long long>(a2) * g_DyA_s2;
         float* const dst = t_dy_y;
-        for (int r = tid; r < 64; r += 128) {
+        for (int r = tid; r < 64; r += 256) {
           dst[r] = ok && s1 + r >= 0 && s1 + r < g_DyA_d1 ? g_DyA[base + static_cast<long long>(r) * g_DyA_s1] : prt::from_f32<float>(0.0f);
         }
       }
@@ -3408,59 +3409,58 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
         const bool ok = a0 >= 0 && a0 < g_PA_d0 && a2 >= 0 && a2 < g_PA_d2;
         const long long base = static_cast<long long>(a0) * g_PA_s0 + static_cast<long long>(s1) * g_PA_s1 + static_cast<long long>(a2) * g_PA_s2;
         float* const dst = t_rho;
-        for (int r = tid; r < 64; r += 128) {
+        for (int r = tid; r < 64; r += 256) {
           dst[r] = ok && s1 + r >= 0 && s1 + r < g_PA_d1 ? g_PA[base + static_cast<long long>(r) * g_PA_s1] : prt::from_f32<float>(0.0f);
         }
       }
-      __syncthreads();
       // q_norm[row, col] = (q[row, col] * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[((i0 * 64) + row)] - lse_i[row]) / 2.0)))))
       {
-        for (int i = tid; i < 4096; i += 128) {
+        for (int i = tid; i < 4096; i += 256) {
           const int r = i / 64, c = i % 64;
           t_q_norm[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q[(r) * 64 + (c)]) * ((prt::to_f32(t_lse_i[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[((v_i0 * 64) + r)]) - prt::to_f32(t_lse_i[r])) / 2.0f))))));
         }
       }
       // grad_s[row, col] = 0.0
       {
-        for (int i = tid; i < 4096; i += 128) {
+        for (int i = tid; i < 4096; i += 256) {
           const int r = i / 64, c = i % 64;
           t_grad_s[(r) * 64 + (c)] = prt::from_f32<float>(0.0f);
         }
       }
       // grad_z[row, col] = 0.0
       {
-        for (int i = tid; i < 4096; i += 128) {
+        for (int i = tid; i < 4096; i += 256) {
           const int r = i / 64, c = i % 64;
           t_grad_z[(r) * 64 + (c)] = prt::from_f32<float>(0.0f);
         }
       }
       // dy_s[row] = 0.0
       {
-        for (int r = tid; r < 64; r += 128) {
+        for (int r = tid; r < 64; r += 256) {
           t_dy_s[r] = prt::from_f32<float>(0.0f);
         }
       }
       // p_s[row] = 0.0
       {
-        for (int r = tid; r < 64; r += 128) {
+        for (int r = tid; r < 64; r += 256) {
           t_p_s[r] = prt::from_f32<float>(0.0f);
         }
       }
       {
         const int v_i1_end = p_nfb;
         for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
-          // S_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), pid.x, (i1 * 64):+64, 0:+64]
+          // S_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), pid.x, (i1 * 32):+32, 0:+64]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
             const int a2 = static_cast<int>(blockIdx.x);
-            const int s3 = (v_i1 * 64);
+            const int s3 = (v_i1 * 32);
             const int s4 = 0;
             const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
             float* const dst = t_S_f32;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 1024; i += 128) {
+              for (int i = tid; i < 512; i += 256) {
                 const int r = i / 16, c = (i % 16) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -3469,23 +3469,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
               }
             }
             else {
-              for (int i = tid; i < 4096; i += 128) {
+              for (int i = tid; i < 2048; i += 256) {
                 const int r = i / 64, c = i % 64;
                 dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
               }
             }
           }
-          // Z_blk = load.async Zin[pid.z, (pid.y // ($hq // $h)), pid.x, (i1 * 64):+64]
+          // Z_blk = load.async Zin[pid.z, (pid.y // ($hq // $h)), pid.x, (i1 * 32):+32]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
             const int a2 = static_cast<int>(blockIdx.x);
-            const int s3 = (v_i1 * 64);
+            const int s3 = (v_i1 * 32);
             const bool ok = a0 >= 0 && a0 < g_Zin_d0 && a1 >= 0 && a1 < g_Zin_d1 && a2 >= 0 && a2 < g_Zin_d2;
             const long long base = static_cast<long long>(a0) * g_Zin_s0 + static_cast<long long>(a1) * g_Zin_s1 + static_cast<long long>(a2) * g_Zin_s2 + static_cast<long long>(s3) * g_Zin_s3;
             float* const dst = t_Z_blk;
             if (prt::aligned16(g_Zin) && base % 4 == 0 && s3 >= 0) {
-              for (int i = tid; i < 16; i += 128) {
+              for (int i = tid; i < 8; i += 256) {
                 const int c = i * 4;
                 const long long left = ok ? g_Zin_d3 - (s3 + c) : 0;
                 const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
@@ -3493,7 +3493,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
               }
             }
             else {
-              for (int r = tid; r < 64; r += 128) {
+              for (int r = tid; r < 32; r += 256) {
                 dst[r] = ok && s3 + r >= 0 && s3 + r < g_Zin_d3 ? g_Zin[base + static_cast<long long>(r) * g_Zin_s3] : prt::from_f32<float>(0.0f);
               }
             }
@@ -3503,35 +3503,35 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
           __syncthreads();
           // S_hi[row, col] = (S_f32[row, col] * 1.0)
           {
-            for (int i = tid; i < 4096; i += 128) {
+            for (int i = tid; i < 2048; i += 256) {
               const int r = i / 64, c = i % 64;
               t_S_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_S_f32[(r) * 64 + (c)]) * 1.0f));
             }
           }
           // S_lo[row, col] = ((S_f32[row, col] * 1.0) - S_hi[row, col])
           {
-            for (int i = tid; i < 4096; i += 128) {
+            for (int i = tid; i < 2048; i += 256) {
               const int r = i / 64, c = i % 64;
               t_S_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_S_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(t_S_hi[(r) * 72 + (c)])));
             }
           }
           __syncthreads();
-          // S_dy = mma.tc(dy, S_hi^T) [64x64 in 16x32 units over 4 warps]
+          // S_dy = mma.tc(dy, S_hi^T) [64x32 in 16x16 units over 8 warps]
           {
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float acc[4][4];
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+              float acc[2][4];
               #pragma unroll
-              for (int q = 0; q < 4; ++q)
+              for (int q = 0; q < 2; ++q)
               #pragma unroll
                 for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
               for (int k0 = 0; k0 < 64; k0 += 16) {
                 uint32_t af[4];
                 prt::ldmatrix_x4(af, &t_dy[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
                 #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
+                for (int q = 0; q < 2; q += 2) {
                   uint32_t bf[4];
                   prt::ldmatrix_x4(bf, &t_S_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
                   prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
@@ -3539,28 +3539,28 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
                 }
               }
               #pragma unroll
-              for (int q = 0; q < 4; ++q)
+              for (int q = 0; q < 2; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) t_S_dy[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) t_S_dy[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
             }
           }
           __syncthreads();
-          // S_dy += mma.tc(dy, S_lo^T) [64x64 in 16x32 units over 4 warps]
+          // S_dy += mma.tc(dy, S_lo^T) [64x32 in 16x16 units over 8 warps]
           {
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float acc[4][4];
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+              float acc[2][4];
               #pragma unroll
-              for (int q = 0; q < 4; ++q)
+              for (int q = 0; q < 2; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_S_dy[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))];
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_S_dy[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))];
               for (int k0 = 0; k0 < 64; k0 += 16) {
                 uint32_t af[4];
                 prt::ldmatrix_x4(af, &t_dy[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
                 #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
+                for (int q = 0; q < 2; q += 2) {
                   uint32_t bf[4];
                   prt::ldmatrix_x4(bf, &t_S_lo[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
                   prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
@@ -3568,23 +3568,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
                 }
               }
               #pragma unroll
-              for (int q = 0; q < 4; ++q)
+              for (int q = 0; q < 2; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) t_S_dy[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) t_S_dy[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
             }
           }
           __syncthreads();
-          // grad_s += sympow2_grad(q_norm, S_dy, features from (i1 * 64))
+          // grad_s += sympow2_grad(q_norm, S_dy, features from (i1 * 32))
           {
-            const int off = (v_i1 * 64);
-            for (int i0 = 0; i0 < 4096; i0 += 128) {
-              const int i = i0 + tid, r = i / 64, f = i % 64, g = off + f;
+            const int off = (v_i1 * 32);
+            for (int i0 = 0; i0 < 2048; i0 += 256) {
+              const int i = i0 + tid, r = i / 32, f = i % 32, g = off + f;
               const bool ok = g >= 0 && g < prt_sympow_d64_p2_size;
               float gw = 0.0f;
               int a0 = 0, a1 = 0;
               float x0 = 0.0f, x1 = 0.0f;
               if (ok) {
-                gw = prt::to_f32(t_S_dy[(r) * 64 + (f)]) * prt_sympow_d64_p2_weight[g];
+                gw = prt::to_f32(t_S_dy[(r) * 32 + (f)]) * prt_sympow_d64_p2_weight[g];
                 a0 = prt_sympow_d64_p2_index[g * 2 + 0];
                 x0 = prt::to_f32(t_q_norm[(r) * 64 + (a0)]);
                 a1 = prt_sympow_d64_p2_index[g * 2 + 1];
@@ -3594,85 +3594,87 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
               prt::add_keyed(&t_grad_s[(r) * 64 + (a1)], gw * x0, ok ? r * 64 + a1 : -1, lane);
             }
           }
-          // phi = sympow2(q_norm, features from (i1 * 64))
+          // phi = sympow2(q_norm, features from (i1 * 32))
           {
-            const int off = (v_i1 * 64);
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, f = i % 64, g = off + f;
+            const int off = (v_i1 * 32);
+            for (int i = tid; i < 2048; i += 256) {
+              const int r = i / 32, f = i % 32, g = off + f;
               float v = 0.0f;
               if (g >= 0 && g < prt_sympow_d64_p2_size) {
                 v = prt_sympow_d64_p2_weight[g];
                 v *= prt::to_f32(t_q_norm[(r) * 64 + (prt_sympow_d64_p2_index[g * 2 + 0])]);
                 v *= prt::to_f32(t_q_norm[(r) * 64 + (prt_sympow_d64_p2_index[g * 2 + 1])]);
               }
-              t_phi[(r) * 64 + (f)] = prt::from_f32<float>(v);
+              t_phi[(r) * 32 + (f)] = prt::from_f32<float>(v);
             }
           }
           __syncthreads();
           // prod[row, col] = (phi[row, col] * S_dy[row, col])
           {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_prod[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_phi[(r) * 64 + (c)]) * prt::to_f32(t_S_dy[(r) * 64 + (c)])));
+            for (int i = tid; i < 2048; i += 256) {
+              const int r = i / 32, c = i % 32;
+              t_prod[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_phi[(r) * 32 + (c)]) * prt::to_f32(t_S_dy[(r) * 32 + (c)])));
             }
           }
           __syncthreads();
           // part = reduce_sum(prod, axis=1)
           {
-            for (int o = tid; o < 64; o += 128) {
+            for (int o = warp; o < 64; o += 8) {
               float acc = 0.0f;
-              for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_prod[(o) * 64 + (i)]);
-              t_part[o] = prt::from_f32<float>(acc);
+              for (int i = lane; i < 32; i += 32) acc += prt::to_f32(t_prod[(o) * 32 + (i)]);
+              acc = prt::warp_sum(acc);
+              if (lane == 0) t_part[o] = prt::from_f32<float>(acc);
             }
           }
           __syncthreads();
           // dy_s[row] = (dy_s[row] + part[row])
           {
-            for (int r = tid; r < 64; r += 128) {
+            for (int r = tid; r < 64; r += 256) {
               t_dy_s[r] = prt::from_f32<float>((prt::to_f32(t_dy_s[r]) + prt::to_f32(t_part[r])));
             }
           }
           // S_dy[row, col] = Z_blk[col]
           {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_S_dy[(r) * 64 + (c)] = prt::from_f32<float>(prt::to_f32(t_Z_blk[c]));
+            for (int i = tid; i < 2048; i += 256) {
+              const int r = i / 32, c = i % 32;
+              t_S_dy[(r) * 32 + (c)] = prt::from_f32<float>(prt::to_f32(t_Z_blk[c]));
             }
           }
           // prod[row, col] = (phi[row, col] * S_dy[row, col])
           {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_prod[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_phi[(r) * 64 + (c)]) * prt::to_f32(t_S_dy[(r) * 64 + (c)])));
+            for (int i = tid; i < 2048; i += 256) {
+              const int r = i / 32, c = i % 32;
+              t_prod[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_phi[(r) * 32 + (c)]) * prt::to_f32(t_S_dy[(r) * 32 + (c)])));
             }
           }
           __syncthreads();
           // part = reduce_sum(prod, axis=1)
           {
-            for (int o = tid; o < 64; o += 128) {
+            for (int o = warp; o < 64; o += 8) {
               float acc = 0.0f;
-              for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_prod[(o) * 64 + (i)]);
-              t_part[o] = prt::from_f32<float>(acc);
+              for (int i = lane; i < 32; i += 32) acc += prt::to_f32(t_prod[(o) * 32 + (i)]);
+              acc = prt::warp_sum(acc);
+              if (lane == 0) t_part[o] = prt::from_f32<float>(acc);
             }
           }
           __syncthreads();
           // p_s[row] = (p_s[row] + part[row])
           {
-            for (int r = tid; r < 64; r += 128) {
+            for (int r = tid; r < 64; r += 256) {
               t_p_s[r] = prt::from_f32<float>((prt::to_f32(t_p_s[r]) + prt::to_f32(t_part[r])));
             }
           }
-          // grad_z += sympow2_grad(q_norm, S_dy, features from (i1 * 64))
+          // grad_z += sympow2_grad(q_norm, S_dy, features from (i1 * 32))
           {
-            const int off = (v_i1 * 64);
-            for (int i0 = 0; i0 < 4096; i0 += 128) {
-              const int i = i0 + tid, r = i / 64, f = i % 64, g = off + f;
+            const int off = (v_i1 * 32);
+            for (int i0 = 0; i0 < 2048; i0 += 256) {
+              const int i = i0 + tid, r = i / 32, f = i % 32, g = off + f;
               const bool ok = g >= 0 && g < prt_sympow_d64_p2_size;
               float gw = 0.0f;
               int a0 = 0, a1 = 0;
               float x0 = 0.0f, x1 = 0.0f;
               if (ok) {
-                gw = prt::to_f32(t_S_dy[(r) * 64 + (f)]) * prt_sympow_d64_p2_weight[g];
+                gw = prt::to_f32(t_S_dy[(r) * 32 + (f)]) * prt_sympow_d64_p2_weight[g];
                 a0 = prt_sympow_d64_p2_index[g * 2 + 0];
                 x0 = prt::to_f32(t_q_norm[(r) * 64 + (a0)]);
                 a1 = prt_sympow_d64_p2_index[g * 2 + 1];
@@ -3686,13 +3688,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       }
       // rho[row] = (rho[row] + p_s[row])
       {
-        for (int r = tid; r < 64; r += 128) {
+        for (int r = tid; r < 64; r += 256) {
           t_rho[r] = prt::from_f32<float>((prt::to_f32(t_rho[r]) + prt::to_f32(t_p_s[r])));
         }
       }
       // dy_y[row] = select((rho[row] > 0.0), ((dy_y[row] + dy_s[row]) / rho[row]), 0.0)
       {
-        for (int r = tid; r < 64; r += 128) {
+        for (int r = tid; r < 64; r += 256) {
           t_dy_y[r] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) > 0.0f) ? ((prt::to_f32(t_dy_y[r]) + prt::to_f32(t_dy_s[r])) / prt::to_f32(t_rho[r])) : 0.0f));
         }
       }
@@ -3704,7 +3706,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
         const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
         const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
         if (ok) {
-          for (int r = tid; r < 64; r += 128) {
+          for (int r = tid; r < 64; r += 256) {
             if (s1 + r >= 0 && s1 + r < g_Dy_d1) g_Dy[base + static_cast<long long>(r) * g_Dy_s1] = t_dy_y[r];
           }
         }
@@ -3712,7 +3714,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       __syncthreads();
       // grad_s[row, col] = select((rho[row] > 0.0), (((grad_s[row, col] - (dy_y[row] * grad_z[row, col])) * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[((i0 * 64) + row)] - lse_i[row]) / 2.0))))) / rho[row]), 0.0)
       {
-        for (int i = tid; i < 4096; i += 128) {
+        for (int i = tid; i < 4096; i += 256) {
           const int r = i / 64, c = i % 64;
           t_grad_s[(r) * 64 + (c)] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) > 0.0f) ? (((prt::to_f32(t_grad_s[(r) * 64 + (c)]) - (prt::to_f32(t_dy_y[r]) * prt::to_f32(t_grad_z[(r) * 64 + (c)]))) * ((prt::to_f32(t_lse_i[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[((v_i0 * 64) + r)]) - prt::to_f32(t_lse_i[r])) / 2.0f))))) / prt::to_f32(t_rho[r])) : 0.0f));
         }
@@ -3726,7 +3728,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
         const bool ok = a0 >= 0 && a0 < g_dQs_d0 && a2 >= 0 && a2 < g_dQs_d2;
         const long long base = static_cast<long long>(a0) * g_dQs_s0 + static_cast<long long>(s1) * g_dQs_s1 + static_cast<long long>(a2) * g_dQs_s2 + static_cast<long long>(s3) * g_dQs_s3;
         if (ok) {
-          for (int i = tid; i < 4096; i += 128) {
+          for (int i = tid; i < 4096; i += 256) {
             const int r = i / 64, c = i % 64;
             if (s1 + r >= 0 && s1 + r < g_dQs_d1 && s3 + c >= 0 && s3 + c < g_dQs_d3) g_dQs[base + static_cast<long long>(r) * g_dQs_s1 + static_cast<long long>(c) * g_dQs_s3] = t_grad_s[(r) * 64 + (c)];
           }
@@ -3734,7 +3736,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       }
       // dy_s[row] = select((rho[row] > 0.0), ((dy_s[row] - (dy_y[row] * p_s[row])) / rho[row]), 0.0)
       {
-        for (int r = tid; r < 64; r += 128) {
+        for (int r = tid; r < 64; r += 256) {
           t_dy_s[r] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) > 0.0f) ? ((prt::to_f32(t_dy_s[r]) - (prt::to_f32(t_dy_y[r]) * prt::to_f32(t_p_s[r]))) / prt::to_f32(t_rho[r])) : 0.0f));
         }
       }
@@ -3746,7 +3748,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
         const bool ok = a0 >= 0 && a0 < g_dlamQ_d0 && a2 >= 0 && a2 < g_dlamQ_d2;
         const long long base = static_cast<long long>(a0) * g_dlamQ_s0 + static_cast<long long>(s1) * g_dlamQ_s1 + static_cast<long long>(a2) * g_dlamQ_s2;
         if (ok) {
-          for (int r = tid; r < 64; r += 128) {
+          for (int r = tid; r < 64; r += 256) {
             if (s1 + r >= 0 && s1 + r < g_dlamQ_d1) g_dlamQ[base + static_cast<long long>(r) * g_dlamQ_s1] = t_dy_s[r];
           }
         }
@@ -3754,7 +3756,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       __syncthreads();
       // lse_i[row] = (lse_i[row] + log(rho[row]))
       {
-        for (int r = tid; r < 64; r += 128) {
+        for (int r = tid; r < 64; r += 256) {
           t_lse_i[r] = prt::from_f32<float>((prt::to_f32(t_lse_i[r]) + logf(prt::to_f32(t_rho[r]))));
         }
       }
@@ -3766,7 +3768,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
         const bool ok = a0 >= 0 && a0 < g_lseB_d0 && a2 >= 0 && a2 < g_lseB_d2;
         const long long base = static_cast<long long>(a0) * g_lseB_s0 + static_cast<long long>(s1) * g_lseB_s1 + static_cast<long long>(a2) * g_lseB_s2;
         if (ok) {
-          for (int r = tid; r < 64; r += 128) {
+          for (int r = tid; r < 64; r += 256) {
             if (s1 + r >= 0 && s1 + r < g_lseB_d1) g_lseB[base + static_cast<long long>(r) * g_lseB_s1] = t_lse_i[r];
           }
         }
@@ -4640,8 +4642,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
 }
 
 // update_state_bwd: dKs, dVs, dlamK, dGk: gradient through dS_m = phi(k')^T V, dZ_m = colsum phi(k')
-// grid ($n, $h, $b), 128 threads, 137472 bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e64_c128_bf16_w4_bd64_bt64_s1(
+// grid ($n, $h, $b), 256 threads, 95232 bytes of dynamic shared memory
+extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e64_c128_bf16_w8_bd32_bt64_s1(
     const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const float* g_ddS, const float* g_ddZ, float* g_dKs, float* g_dVs, float* g_dlamK, float* g_dGk, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -4760,22 +4762,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
   (void)g_dGk_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_smem + 129024);  // bf16[64, 64] pitch 64
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 119808);  // bf16[64, 64] pitch 72
-  float* const t_k_disc = reinterpret_cast<float*>(prt_smem + 50176);  // f32[64, 64] pitch 64
-  float* const t_phi_f32 = reinterpret_cast<float*>(prt_smem + 66560);  // f32[64, 64] pitch 64
-  __nv_bfloat16* const t_phi_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 101376);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_phi_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 110592);  // bf16[64, 64] pitch 72
-  float* const t_U_f32 = reinterpret_cast<float*>(prt_smem + 1024);  // f32[64, 64] pitch 64
-  __nv_bfloat16* const t_U_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 82944);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_U_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 92160);  // bf16[64, 64] pitch 72
-  float* const t_u_blk = reinterpret_cast<float*>(prt_smem + 137216);  // f32[64] pitch 64
-  float* const t_dphi = reinterpret_cast<float*>(prt_smem + 33792);  // f32[64, 64] pitch 64
-  float f_acc_v[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_acc_k = reinterpret_cast<float*>(prt_smem + 17408);  // f32[64, 64] pitch 64
+  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_smem + 59392);  // bf16[64, 64] pitch 64
+  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 33792);  // bf16[64, 64] pitch 72
+  float* const t_k_disc = reinterpret_cast<float*>(prt_smem + 17408);  // f32[64, 64] pitch 64
+  float* const t_phi_f32 = reinterpret_cast<float*>(prt_smem + 67584);  // f32[64, 32] pitch 32
+  __nv_bfloat16* const t_phi_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 75776);  // bf16[64, 32] pitch 40
+  __nv_bfloat16* const t_phi_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 80896);  // bf16[64, 32] pitch 40
+  float* const t_U_f32 = reinterpret_cast<float*>(prt_smem + 43008);  // f32[32, 64] pitch 64
+  __nv_bfloat16* const t_U_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 86016);  // bf16[32, 64] pitch 72
+  __nv_bfloat16* const t_U_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 90624);  // bf16[32, 64] pitch 72
+  float* const t_u_blk = reinterpret_cast<float*>(prt_smem + 272);  // f32[32] pitch 32
+  float* const t_dphi = reinterpret_cast<float*>(prt_smem + 51200);  // f32[64, 32] pitch 32
+  float f_acc_v[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
+  float* const t_acc_k = reinterpret_cast<float*>(prt_smem + 1024);  // f32[64, 64] pitch 64
   float* const t_dot = reinterpret_cast<float*>(prt_smem + 16);  // f32[64] pitch 64
   float* const t_dG = reinterpret_cast<float*>(prt_smem + 0);  // f32[1] pitch 1
-  float* const t_dG_blk = reinterpret_cast<float*>(prt_smem + 272);  // f32[1] pitch 1
+  float* const t_dG_blk = reinterpret_cast<float*>(prt_smem + 400);  // f32[1] pitch 1
   // g = load logG[pid.z, (pid.x * 128):+128, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -4784,14 +4786,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
-    for (int r = tid; r < 128; r += 128) {
+    for (int r = tid; r < 128; r += 256) {
       dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
     }
   }
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
-    for (int o = warp; o < 1; o += 4) {
+    for (int o = warp; o < 1; o += 8) {
       float carry = 0.0f;
       for (int j0 = 0; j0 < 128; j0 += 32) {
         const int j = j0 + lane, i = j;
@@ -4805,7 +4807,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
   __syncthreads();
   // dG[row] = 0.0
   {
-    for (int r = tid; r < 1; r += 128) {
+    for (int r = tid; r < 1; r += 256) {
       t_dG[r] = prt::from_f32<float>(0.0f);
     }
   }
@@ -4822,7 +4824,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
         const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
         __nv_bfloat16* const dst = t_k;
         if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
+          for (int i = tid; i < 512; i += 256) {
             const int r = i / 8, c = (i % 8) * 8;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -4831,7 +4833,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
           }
         }
         else {
-          for (int i = tid; i < 4096; i += 128) {
+          for (int i = tid; i < 4096; i += 256) {
             const int r = i / 64, c = i % 64;
             dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
           }
@@ -4847,7 +4849,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
         const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
         __nv_bfloat16* const dst = t_v;
         if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
+          for (int i = tid; i < 512; i += 256) {
             const int r = i / 8, c = (i % 8) * 8;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -4856,7 +4858,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
           }
         }
         else {
-          for (int i = tid; i < 4096; i += 128) {
+          for (int i = tid; i < 4096; i += 256) {
             const int r = i / 64, c = i % 64;
             dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
           }
@@ -4867,7 +4869,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
       __syncthreads();
       // k_disc[row, col] = (k[row, col] * exp(((lam[127] - lam[((i0 * 64) + row)]) / 2.0)))
       {
-        for (int i = tid; i < 4096; i += 128) {
+        for (int i = tid; i < 4096; i += 256) {
           const int r = i / 64, c = i % 64;
           t_k_disc[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_k[(r) * 64 + (c)]) * expf(((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[((v_i0 * 64) + r)])) / 2.0f))));
         }
@@ -4875,8 +4877,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
       // acc_v[row, col] = 0.0
       {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
           const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
@@ -4890,26 +4892,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
       }
       // acc_k[row, col] = 0.0
       {
-        for (int i = tid; i < 4096; i += 128) {
+        for (int i = tid; i < 4096; i += 256) {
           const int r = i / 64, c = i % 64;
           t_acc_k[(r) * 64 + (c)] = prt::from_f32<float>(0.0f);
         }
       }
       {
-        const int v_i1_end = 33;
+        const int v_i1_end = 65;
         for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
-          // U_f32 = load.async ddS[pid.z, pid.y, pid.x, (i1 * 64):+64, 0:+64]
+          // U_f32 = load.async ddS[pid.z, pid.y, pid.x, (i1 * 32):+32, 0:+64]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int a1 = static_cast<int>(blockIdx.y);
             const int a2 = static_cast<int>(blockIdx.x);
-            const int s3 = (v_i1 * 64);
+            const int s3 = (v_i1 * 32);
             const int s4 = 0;
             const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
             const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
             float* const dst = t_U_f32;
             if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 1024; i += 128) {
+              for (int i = tid; i < 512; i += 256) {
                 const int r = i / 16, c = (i % 16) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
@@ -4918,23 +4920,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
               }
             }
             else {
-              for (int i = tid; i < 4096; i += 128) {
+              for (int i = tid; i < 2048; i += 256) {
                 const int r = i / 64, c = i % 64;
                 dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
               }
             }
           }
-          // u_blk = load.async ddZ[pid.z, pid.y, pid.x, (i1 * 64):+64]
+          // u_blk = load.async ddZ[pid.z, pid.y, pid.x, (i1 * 32):+32]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int a1 = static_cast<int>(blockIdx.y);
             const int a2 = static_cast<int>(blockIdx.x);
-            const int s3 = (v_i1 * 64);
+            const int s3 = (v_i1 * 32);
             const bool ok = a0 >= 0 && a0 < g_ddZ_d0 && a1 >= 0 && a1 < g_ddZ_d1 && a2 >= 0 && a2 < g_ddZ_d2;
             const long long base = static_cast<long long>(a0) * g_ddZ_s0 + static_cast<long long>(a1) * g_ddZ_s1 + static_cast<long long>(a2) * g_ddZ_s2 + static_cast<long long>(s3) * g_ddZ_s3;
             float* const dst = t_u_blk;
             if (prt::aligned16(g_ddZ) && base % 4 == 0 && s3 >= 0) {
-              for (int i = tid; i < 16; i += 128) {
+              for (int i = tid; i < 8; i += 256) {
                 const int c = i * 4;
                 const long long left = ok ? g_ddZ_d3 - (s3 + c) : 0;
                 const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
@@ -4942,7 +4944,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
               }
             }
             else {
-              for (int r = tid; r < 64; r += 128) {
+              for (int r = tid; r < 32; r += 256) {
                 dst[r] = ok && s3 + r >= 0 && s3 + r < g_ddZ_d3 ? g_ddZ[base + static_cast<long long>(r) * g_ddZ_s3] : prt::from_f32<float>(0.0f);
               }
             }
@@ -4950,60 +4952,60 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
           prt::cp_async_commit();
           prt::cp_async_wait<0>();
           __syncthreads();
-          // phi_f32 = sympow2(k_disc, features from (i1 * 64))
+          // phi_f32 = sympow2(k_disc, features from (i1 * 32))
           {
-            const int off = (v_i1 * 64);
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, f = i % 64, g = off + f;
+            const int off = (v_i1 * 32);
+            for (int i = tid; i < 2048; i += 256) {
+              const int r = i / 32, f = i % 32, g = off + f;
               float v = 0.0f;
               if (g >= 0 && g < prt_sympow_d64_p2_size) {
                 v = prt_sympow_d64_p2_weight[g];
                 v *= prt::to_f32(t_k_disc[(r) * 64 + (prt_sympow_d64_p2_index[g * 2 + 0])]);
                 v *= prt::to_f32(t_k_disc[(r) * 64 + (prt_sympow_d64_p2_index[g * 2 + 1])]);
               }
-              t_phi_f32[(r) * 64 + (f)] = prt::from_f32<float>(v);
+              t_phi_f32[(r) * 32 + (f)] = prt::from_f32<float>(v);
             }
           }
           __syncthreads();
           // phi_hi[row, col] = (phi_f32[row, col] * 1.0)
           {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_phi_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * 1.0f));
+            for (int i = tid; i < 2048; i += 256) {
+              const int r = i / 32, c = i % 32;
+              t_phi_hi[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_phi_f32[(r) * 32 + (c)]) * 1.0f));
             }
           }
           // phi_lo[row, col] = ((phi_f32[row, col] * 1.0) - phi_hi[row, col])
           {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_phi_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(t_phi_hi[(r) * 72 + (c)])));
+            for (int i = tid; i < 2048; i += 256) {
+              const int r = i / 32, c = i % 32;
+              t_phi_lo[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_phi_f32[(r) * 32 + (c)]) * 1.0f) - prt::to_f32(t_phi_hi[(r) * 40 + (c)])));
             }
           }
           // U_hi[row, col] = (U_f32[row, col] * 1.0)
           {
-            for (int i = tid; i < 4096; i += 128) {
+            for (int i = tid; i < 2048; i += 256) {
               const int r = i / 64, c = i % 64;
               t_U_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_U_f32[(r) * 64 + (c)]) * 1.0f));
             }
           }
           // U_lo[row, col] = ((U_f32[row, col] * 1.0) - U_hi[row, col])
           {
-            for (int i = tid; i < 4096; i += 128) {
+            for (int i = tid; i < 2048; i += 256) {
               const int r = i / 64, c = i % 64;
               t_U_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_U_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(t_U_hi[(r) * 72 + (c)])));
             }
           }
           __syncthreads();
-          // acc_v += mma.tc(phi_hi, U_hi) [64x64 in 16x32 units over 4 warps]
+          // acc_v += mma.tc(phi_hi, U_hi) [64x64 in 16x32 units over 8 warps]
           {
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
               const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
               float (&acc)[4][4] = f_acc_v[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
+              for (int k0 = 0; k0 < 32; k0 += 16) {
                 uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_phi_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                prt::ldmatrix_x4(af, &t_phi_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
                 #pragma unroll
                 for (int q = 0; q < 4; q += 2) {
                   uint32_t bf[4];
@@ -5014,16 +5016,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
               }
             }
           }
-          // acc_v += mma.tc(phi_lo, U_hi) [64x64 in 16x32 units over 4 warps]
+          // acc_v += mma.tc(phi_lo, U_hi) [64x64 in 16x32 units over 8 warps]
           {
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
               const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
               float (&acc)[4][4] = f_acc_v[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
+              for (int k0 = 0; k0 < 32; k0 += 16) {
                 uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_phi_lo[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                prt::ldmatrix_x4(af, &t_phi_lo[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
                 #pragma unroll
                 for (int q = 0; q < 4; q += 2) {
                   uint32_t bf[4];
@@ -5034,16 +5036,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
               }
             }
           }
-          // acc_v += mma.tc(phi_hi, U_lo) [64x64 in 16x32 units over 4 warps]
+          // acc_v += mma.tc(phi_hi, U_lo) [64x64 in 16x32 units over 8 warps]
           {
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
               const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
               float (&acc)[4][4] = f_acc_v[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
+              for (int k0 = 0; k0 < 32; k0 += 16) {
                 uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_phi_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                prt::ldmatrix_x4(af, &t_phi_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
                 #pragma unroll
                 for (int q = 0; q < 4; q += 2) {
                   uint32_t bf[4];
@@ -5054,22 +5056,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
               }
             }
           }
-          // dphi = mma.tc(v, U_hi^T) [64x64 in 16x32 units over 4 warps]
+          // dphi = mma.tc(v, U_hi^T) [64x32 in 16x16 units over 8 warps]
           {
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float acc[4][4];
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+              float acc[2][4];
               #pragma unroll
-              for (int q = 0; q < 4; ++q)
+              for (int q = 0; q < 2; ++q)
               #pragma unroll
                 for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
               for (int k0 = 0; k0 < 64; k0 += 16) {
                 uint32_t af[4];
                 prt::ldmatrix_x4(af, &t_v[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
                 #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
+                for (int q = 0; q < 2; q += 2) {
                   uint32_t bf[4];
                   prt::ldmatrix_x4(bf, &t_U_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
                   prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
@@ -5077,28 +5079,28 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
                 }
               }
               #pragma unroll
-              for (int q = 0; q < 4; ++q)
+              for (int q = 0; q < 2; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) t_dphi[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) t_dphi[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
             }
           }
           __syncthreads();
-          // dphi += mma.tc(v, U_lo^T) [64x64 in 16x32 units over 4 warps]
+          // dphi += mma.tc(v, U_lo^T) [64x32 in 16x16 units over 8 warps]
           {
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float acc[4][4];
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+              float acc[2][4];
               #pragma unroll
-              for (int q = 0; q < 4; ++q)
+              for (int q = 0; q < 2; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_dphi[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))];
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_dphi[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))];
               for (int k0 = 0; k0 < 64; k0 += 16) {
                 uint32_t af[4];
                 prt::ldmatrix_x4(af, &t_v[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
                 #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
+                for (int q = 0; q < 2; q += 2) {
                   uint32_t bf[4];
                   prt::ldmatrix_x4(bf, &t_U_lo[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
                   prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
@@ -5106,31 +5108,31 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
                 }
               }
               #pragma unroll
-              for (int q = 0; q < 4; ++q)
+              for (int q = 0; q < 2; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) t_dphi[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) t_dphi[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
             }
           }
           __syncthreads();
           // dphi[row, col] = (dphi[row, col] + u_blk[col])
           {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_dphi[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_dphi[(r) * 64 + (c)]) + prt::to_f32(t_u_blk[c])));
+            for (int i = tid; i < 2048; i += 256) {
+              const int r = i / 32, c = i % 32;
+              t_dphi[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_dphi[(r) * 32 + (c)]) + prt::to_f32(t_u_blk[c])));
             }
           }
           __syncthreads();
-          // acc_k += sympow2_grad(k_disc, dphi, features from (i1 * 64))
+          // acc_k += sympow2_grad(k_disc, dphi, features from (i1 * 32))
           {
-            const int off = (v_i1 * 64);
-            for (int i0 = 0; i0 < 4096; i0 += 128) {
-              const int i = i0 + tid, r = i / 64, f = i % 64, g = off + f;
+            const int off = (v_i1 * 32);
+            for (int i0 = 0; i0 < 2048; i0 += 256) {
+              const int i = i0 + tid, r = i / 32, f = i % 32, g = off + f;
               const bool ok = g >= 0 && g < prt_sympow_d64_p2_size;
               float gw = 0.0f;
               int a0 = 0, a1 = 0;
               float x0 = 0.0f, x1 = 0.0f;
               if (ok) {
-                gw = prt::to_f32(t_dphi[(r) * 64 + (f)]) * prt_sympow_d64_p2_weight[g];
+                gw = prt::to_f32(t_dphi[(r) * 32 + (f)]) * prt_sympow_d64_p2_weight[g];
                 a0 = prt_sympow_d64_p2_index[g * 2 + 0];
                 x0 = prt::to_f32(t_k_disc[(r) * 64 + (a0)]);
                 a1 = prt_sympow_d64_p2_index[g * 2 + 1];
@@ -5152,8 +5154,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
         const long long base = static_cast<long long>(a0) * g_dVs_s0 + static_cast<long long>(s1) * g_dVs_s1 + static_cast<long long>(a2) * g_dVs_s2 + static_cast<long long>(s3) * g_dVs_s3;
         if (ok) {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
             const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
@@ -5169,7 +5171,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
       __syncthreads();
       // acc_k[row, col] = (acc_k[row, col] * exp(((lam[127] - lam[((i0 * 64) + row)]) / 2.0)))
       {
-        for (int i = tid; i < 4096; i += 128) {
+        for (int i = tid; i < 4096; i += 256) {
           const int r = i / 64, c = i % 64;
           t_acc_k[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_acc_k[(r) * 64 + (c)]) * expf(((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[((v_i0 * 64) + r)])) / 2.0f))));
         }
@@ -5183,7 +5185,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
         const bool ok = a0 >= 0 && a0 < g_dKs_d0 && a2 >= 0 && a2 < g_dKs_d2;
         const long long base = static_cast<long long>(a0) * g_dKs_s0 + static_cast<long long>(s1) * g_dKs_s1 + static_cast<long long>(a2) * g_dKs_s2 + static_cast<long long>(s3) * g_dKs_s3;
         if (ok) {
-          for (int i = tid; i < 4096; i += 128) {
+          for (int i = tid; i < 4096; i += 256) {
             const int r = i / 64, c = i % 64;
             if (s1 + r >= 0 && s1 + r < g_dKs_d1 && s3 + c >= 0 && s3 + c < g_dKs_d3) g_dKs[base + static_cast<long long>(r) * g_dKs_s1 + static_cast<long long>(c) * g_dKs_s3] = t_acc_k[(r) * 64 + (c)];
           }
@@ -5191,7 +5193,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
       }
       // acc_k[row, col] = (acc_k[row, col] * k[row, col])
       {
-        for (int i = tid; i < 4096; i += 128) {
+        for (int i = tid; i < 4096; i += 256) {
           const int r = i / 64, c = i % 64;
           t_acc_k[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_acc_k[(r) * 64 + (c)]) * prt::to_f32(t_k[(r) * 64 + (c)])));
         }
@@ -5199,23 +5201,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
       __syncthreads();
       // dot = reduce_sum(acc_k, axis=1)
       {
-        for (int o = tid; o < 64; o += 128) {
+        for (int o = warp; o < 64; o += 8) {
           float acc = 0.0f;
-          for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_acc_k[(o) * 64 + (i)]);
-          t_dot[o] = prt::from_f32<float>(acc);
+          for (int i = lane; i < 64; i += 32) acc += prt::to_f32(t_acc_k[(o) * 64 + (i)]);
+          acc = prt::warp_sum(acc);
+          if (lane == 0) t_dot[o] = prt::from_f32<float>(acc);
         }
       }
       __syncthreads();
       // dot[row] = (dot[row] / 2.0)
       {
-        for (int r = tid; r < 64; r += 128) {
+        for (int r = tid; r < 64; r += 256) {
           t_dot[r] = prt::from_f32<float>((prt::to_f32(t_dot[r]) / 2.0f));
         }
       }
       __syncthreads();
       // dG_blk = reduce_sum(dot, axis=0)
       {
-        for (int o = warp; o < 1; o += 4) {
+        for (int o = warp; o < 1; o += 8) {
           float acc = 0.0f;
           for (int i = lane; i < 64; i += 32) acc += prt::to_f32(t_dot[i]);
           acc = prt::warp_sum(acc);
@@ -5225,13 +5228,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
       __syncthreads();
       // dG[row] = (dG[row] + dG_blk[row])
       {
-        for (int r = tid; r < 1; r += 128) {
+        for (int r = tid; r < 1; r += 256) {
           t_dG[r] = prt::from_f32<float>((prt::to_f32(t_dG[r]) + prt::to_f32(t_dG_blk[r])));
         }
       }
       // dot[row] = -(dot[row])
       {
-        for (int r = tid; r < 64; r += 128) {
+        for (int r = tid; r < 64; r += 256) {
           t_dot[r] = prt::from_f32<float>((-prt::to_f32(t_dot[r])));
         }
       }
@@ -5243,7 +5246,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
         const bool ok = a0 >= 0 && a0 < g_dlamK_d0 && a2 >= 0 && a2 < g_dlamK_d2;
         const long long base = static_cast<long long>(a0) * g_dlamK_s0 + static_cast<long long>(s1) * g_dlamK_s1 + static_cast<long long>(a2) * g_dlamK_s2;
         if (ok) {
-          for (int r = tid; r < 64; r += 128) {
+          for (int r = tid; r < 64; r += 256) {
             if (s1 + r >= 0 && s1 + r < g_dlamK_d1) g_dlamK[base + static_cast<long long>(r) * g_dlamK_s1] = t_dot[r];
           }
         }
@@ -5258,7 +5261,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
     const bool ok = a0 >= 0 && a0 < g_dGk_d0 && a1 >= 0 && a1 < g_dGk_d1;
     const long long base = static_cast<long long>(a0) * g_dGk_s0 + static_cast<long long>(a1) * g_dGk_s1 + static_cast<long long>(s2) * g_dGk_s2;
     if (ok) {
-      for (int r = tid; r < 1; r += 128) {
+      for (int r = tid; r < 1; r += 256) {
         if (s2 + r >= 0 && s2 + r < g_dGk_d2) g_dGk[base + static_cast<long long>(r) * g_dGk_s2] = t_dG[r];
       }
     }
@@ -6808,10 +6811,10 @@ extern "C" cudaError_t prt_discounted_cumsum_p2_d64_e64_c128_bf16_w4_bd64_bt128_
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_query_state_p2_d64_e64_c128_bf16_w4_bd64_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_numA, const float* g_denA, const float* g_maxA, __nv_bfloat16* g_Y, float* g_lse, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_p2_d64_e64_c128_bf16_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 104704);
+extern "C" cudaError_t prt_query_state_p2_d64_e64_c128_bf16_w8_bd16_bt128_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_numA, const float* g_denA, const float* g_maxA, __nv_bfloat16* g_Y, float* g_lse, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_p2_d64_e64_c128_bf16_w8_bd16_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 69248);
   if (err != cudaSuccess) return err;
-  prt_query_state_p2_d64_e64_c128_bf16_w4_bd64_bt64_s2<<<grid, 128, 104704, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_numA, g_denA, g_maxA, g_Y, g_lse, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_query_state_p2_d64_e64_c128_bf16_w8_bd16_bt128_s2<<<grid, 256, 69248, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_numA, g_denA, g_maxA, g_Y, g_lse, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
@@ -6829,10 +6832,10 @@ extern "C" cudaError_t prt_attention_bwd_p2_d64_e64_c128_bf16_w8_bd64_bt64_s1_la
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_query_state_bwd_dq_p2_d64_e64_c128_bf16_w4_bd64_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d64_e64_c128_bf16_w4_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 152832);
+extern "C" cudaError_t prt_query_state_bwd_dq_p2_d64_e64_c128_bf16_w8_bd32_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d64_e64_c128_bf16_w8_bd32_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 110720);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_dq_p2_d64_e64_c128_bf16_w4_bd64_bt64_s1<<<grid, 128, 152832, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
+  prt_query_state_bwd_dq_p2_d64_e64_c128_bf16_w8_bd32_bt64_s1<<<grid, 256, 110720, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
   return cudaGetLastError();
 }
 
@@ -6850,10 +6853,10 @@ extern "C" cudaError_t prt_discounted_cumsum_bwd_p2_d64_e64_c128_bf16_w4_bd64_bt
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_update_state_bwd_p2_d64_e64_c128_bf16_w4_bd64_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const float* g_ddS, const float* g_ddZ, float* g_dKs, float* g_dVs, float* g_dlamK, float* g_dGk, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_update_state_bwd_p2_d64_e64_c128_bf16_w4_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 137472);
+extern "C" cudaError_t prt_update_state_bwd_p2_d64_e64_c128_bf16_w8_bd32_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const float* g_ddS, const float* g_ddZ, float* g_dKs, float* g_dVs, float* g_dlamK, float* g_dGk, int p_b, int p_t, int p_h, int p_n) {
+  cudaError_t err = cudaFuncSetAttribute(prt_update_state_bwd_p2_d64_e64_c128_bf16_w8_bd32_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 95232);
   if (err != cudaSuccess) return err;
-  prt_update_state_bwd_p2_d64_e64_c128_bf16_w4_bd64_bt64_s1<<<grid, 128, 137472, stream>>>(g_K, g_V, g_logG, g_ddS, g_ddZ, g_dKs, g_dVs, g_dlamK, g_dGk, p_b, p_t, p_h, p_n);
+  prt_update_state_bwd_p2_d64_e64_c128_bf16_w8_bd32_bt64_s1<<<grid, 256, 95232, stream>>>(g_K, g_V, g_logG, g_ddS, g_ddZ, g_dKs, g_dVs, g_dlamK, g_dGk, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
