@@ -20,11 +20,12 @@ const dY = up([b, t, hq, e], 5);
 const grads = powerRetentionBackward(saved, dY, { dState: { S: state!.S, Z: state!.Z } });
 const dec = new Decoder({ b, hq, h, d, e, deg, chunk, dtype, gated: true });
 const ys: Float32Array[] = [];
-for (let i = 0; i < chunk + 3; i++) {
+const steps = Number(process.env.DECODE_STEPS ?? chunk + 3); // across a fold by default
+for (let i = 0; i < steps; i++) {
   const q = up([b, 1, hq, d], 10 + i), k = up([b, 1, h, d], 20 + i), v = up([b, 1, h, e], 30 + i);
   const g = Tensor.upload([-0.01, -0.02].slice(0, h), [b, 1, h], "f32");
   ys.push(dec.step(q, k, v, g).download());
 }
 const all = [Y.download(), grads.dQ.download(), grads.dK.download(), grads.dV.download(), grads.dlogG!.download(), ...ys];
 if (all.some((a) => a.some((x) => !Number.isFinite(x)))) throw new Error("non-finite output");
-console.log(`sanitize run ${process.env.SPEC ?? "p2_d32_e32_c64_bf16"}: forward, backward, ${chunk + 3} decode steps ok`);
+console.log(`sanitize run ${process.env.SPEC ?? "p2_d32_e32_c64_bf16"}: forward, backward, ${steps} decode steps ok`);
