@@ -3,7 +3,7 @@
 
 import { roundArray } from "./dtype.ts";
 import { interpret } from "./interpret.ts";
-import { numel, type Plan } from "./plan-types.ts";
+import { numel, stepKernel, type Plan } from "./plan-types.ts";
 
 /** Inputs are rounded to their buffer's dtype on the way in (the caller may pass float64 data). */
 export function executeOnCpu(plan: Plan, inputs: Readonly<Record<string, ArrayLike<number>>>): Record<string, Float32Array> {
@@ -18,7 +18,7 @@ export function executeOnCpu(plan: Plan, inputs: Readonly<Record<string, ArrayLi
     } else mem.set(b.name, new Float32Array(n).fill(b.init === "nan" ? NaN : 0));
   }
   for (const s of plan.steps) {
-    const k = s.kernel.build(s.spec, s.schedule);
+    const k = stepKernel(s);
     const tensors: Record<string, Float32Array> = {};
     for (const t of k.tensors) {
       const name = s.bind[t.name];

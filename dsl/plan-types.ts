@@ -3,7 +3,8 @@
 // the same plan with the generated kernels. Composition therefore lives in one place.
 
 import type { DType } from "./dtype.ts";
-import type { KernelDef, Schedule, Spec } from "./spec.ts";
+import type { Kernel } from "./ir.ts";
+import { scheduleKey, specKey, type KernelDef, type Schedule, type Spec } from "./spec.ts";
 
 export interface PlanBuffer {
   readonly name: string;
@@ -30,3 +31,16 @@ export interface Plan {
 }
 
 export const numel = (shape: readonly number[]): number => shape.reduce((a, b) => a * b, 1);
+
+const built = new Map<string, Kernel>();
+
+/** The kernel IR of a step, traced once per (kernel, spec, schedule): IR is immutable data. */
+export function stepKernel(step: PlanStep): Kernel {
+  const key = `${step.kernel.name}/${specKey(step.spec)}/${scheduleKey(step.schedule)}`;
+  let k = built.get(key);
+  if (!k) {
+    k = step.kernel.build(step.spec, step.schedule);
+    built.set(key, k);
+  }
+  return k;
+}

@@ -10,7 +10,8 @@ import { dtypeBytes, type DType } from "../dsl/dtype.ts";
 import { tensorDims } from "../dsl/interpret.ts";
 import { printExpr } from "../dsl/print.ts";
 import type { Kernel } from "../dsl/ir.ts";
-import { numel, type Plan, type PlanStep } from "../dsl/plan-types.ts";
+import { numel, stepKernel, type Plan, type PlanStep } from "../dsl/plan-types.ts";
+export { stepKernel } from "../dsl/plan-types.ts";
 import { scheduleKey, specKey, type Schedule } from "../dsl/spec.ts";
 import { DeviceBuffer } from "./device.ts";
 import {
@@ -39,19 +40,6 @@ export function evalGrid(k: Kernel, params: Readonly<Record<string, number>>): [
     if (!Number.isInteger(g[i]) || g[i]! < 0)
       throw new Error(`${k.name}: grid[${i}] evaluates to ${g[i]} for params ${JSON.stringify(params)}; expected a non-negative integer`);
   return [g[0]!, g[1]!, g[2]!];
-}
-
-const built = new Map<string, Kernel>();
-
-/** The kernel IR of a step, built once per (kernel, spec, schedule). */
-export function stepKernel(step: PlanStep): Kernel {
-  const key = `${step.kernel.name}/${specKey(step.spec)}/${scheduleKey(step.schedule)}`;
-  let k = built.get(key);
-  if (!k) {
-    k = step.kernel.build(step.spec, step.schedule);
-    built.set(key, k);
-  }
-  return k;
 }
 
 /** Schedules by kernel name (what the plan builders take). */
