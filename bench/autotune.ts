@@ -27,11 +27,11 @@ import { backwardPlan } from "../dsl/plan-backward.ts";
 import { forwardPlan, type Problem } from "../dsl/plan.ts";
 import { numel, type Plan } from "../dsl/plan-types.ts";
 import { checkSpec, scheduleKey, specKey, type KernelDef, type Schedule, type Spec } from "../dsl/spec.ts";
-import { bf16Bits, f16Bits } from "../runtime/convert.ts";
 import { DeviceBuffer, cudaAvailable } from "../runtime/device.ts";
 import { preparePlan, withManifestSchedules } from "../runtime/execute-gpu.ts";
 import { launchKernel, loadKernel, manifestPaths } from "../runtime/kernels.ts";
 import { loadNative } from "../runtime/native.ts";
+import { hasNaN, medianMs, randomNormal } from "./gpu-timing.ts";
 
 // ---- arguments ---------------------------------------------------------------------------------
 const FLAGS = new Set(["dry-run"]);
@@ -158,42 +158,7 @@ const native = loadNative();
 const baseManifests = manifestPaths(); // the usual ones (or the caller's PRT_MANIFEST)
 
 let seed = 1;
-function randomBits(n: number, dtype: DType): Uint16Array | Float32Array {
-  let x = (seed++ * 2654435761) >>> 0;
-  const normal = (): number => {
-    x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
-    const u = x / 2 ** 32, w = ((Math.imul(x, 22695477) + 1) >>> 0) / 2 ** 32;
-    return Math.sqrt(-2 * Math.log(u + 1e-12)) * Math.cos(2 * Math.PI * w); // ~N(0, 1)
-  };
-  if (dtype === "f32") return Float32Array.from({ length: n }, normal);
-  const enc = dtype === "bf16" ? bf16Bits : f16Bits;
-  return Uint16Array.from({ length: n }, () => enc(normal()));
-}
-
-function medianMs(run: () => void): number {
-  const a = native.eventCreate(), b = native.eventCreate();
-  for (let i = 0; i < 3; i++) run();
-  native.synchronize();
-  const times: number[] = [];
-  for (let i = 0; i < reps; i++) {
-    native.eventRecord(a);
-    run();
-    native.eventRecord(b);
-    times.push(native.eventElapsedMs(a, b));
-  }
-  native.eventDestroy(a);
-  native.eventDestroy(b);
-  times.sort((x, y) => x - y);
-  return times[times.length >> 1]!;
-}
-
-function hasNaN(buf: DeviceBuffer, dtype: DType): boolean {
-  const words = new Uint32Array(Math.ceil(buf.bytes / 4));
-  buf.download(words);
-  if (dtype === "f32") return new Float32Array(words.buffer).some((v) => Number.isNaN(v));
-  const h = new Uint16Array(words.buffer, 0, buf.bytes / 2);
-  return dtype === "bf16" ? h.some((v) => (v & 0x7f80) === 0x7f80 && (v & 0x7f) !== 0) : h.some((v) => (v & 0x7c00) === 0x7c00 && (v & 0x3ff) !== 0);
-}
+const randomBits = (n: number, dtype: DType): Uint16Array | Float32Array => randomNormal(n, dtype, seed++);
 
 const problem: Problem = { b: 1, t: T, hq: 8, h: 8, d: spec.d, e: spec.e, deg: spec.deg, chunk: spec.chunk, dtype: spec.dtype, scale: 1 / Math.sqrt(spec.d), gated: true, initialState: false };
 
@@ -234,7 +199,7 @@ function timeVariant(v: Variant): void {
     v.nan = mine.some((i) =>
       prep[i]!.kernel.tensors.filter((t) => t.role === "out").some((t) => hasNaN(bufs.get(prep[i]!.step.bind[t.name]!)!, t.dtype)),
     );
-    v.ms = medianMs(() => mine.forEach(launch));
+    v.ms = medianMs(() => mine.forEach(launch), reps);
   } finally {
     for (const b of bufs.values()) b.free();
   }

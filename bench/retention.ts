@@ -10,11 +10,13 @@ import { backwardPlan } from "../dsl/plan-backward.ts";
 import { forwardPlan, type Problem } from "../dsl/plan.ts";
 import { numel, type Plan } from "../dsl/plan-types.ts";
 import { stateFeatures } from "../dsl/spec.ts";
-import { bf16Bits } from "../runtime/convert.ts";
 import { DeviceBuffer, cudaAvailable } from "../runtime/device.ts";
 import { preparePlan, withManifestSchedules } from "../runtime/execute-gpu.ts";
 import { launchKernel, loadKernel } from "../runtime/kernels.ts";
 import { loadNative } from "../runtime/native.ts";
+import { hasNaN, medianMs as medianOf, randomNormal } from "./gpu-timing.ts";
+
+const medianMs = (run: () => void): number => medianOf(run, reps);
 
 const gpu = cudaAvailable();
 if (!gpu.ok) throw new Error(`bench needs a GPU: ${gpu.reason}`);
@@ -22,17 +24,6 @@ const native = loadNative();
 const ts = process.argv.slice(2).map(Number);
 const chunk = Number(process.env.CHUNK ?? 128);
 const reps = Number(process.env.REPS ?? 20);
-
-function randomBf16(n: number, scale: number, seed: number): Uint16Array {
-  const out = new Uint16Array(n);
-  let x = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
-    const u = x / 2 ** 32, v = ((Math.imul(x, 22695477) + 1) >>> 0) / 2 ** 32;
-    out[i] = bf16Bits(scale * Math.sqrt(-2 * Math.log(u + 1e-12)) * Math.cos(2 * Math.PI * v)); // ~N(0, scale^2)
-  }
-  return out;
-}
 
 /** Runs plans over one pool of device buffers (a name is one buffer across plans). */
 class Pool {
@@ -63,35 +54,12 @@ class Pool {
     }));
   }
   hasNaN(name: string): boolean {
-    const buf = this.bufs.get(name)!;
-    const words = new Uint32Array(buf.bytes / 4);
-    buf.download(words);
-    const f = new Float32Array(words.buffer);
-    if (name === "dlogG" || name === "lse") return f.some((v) => Number.isNaN(v));
-    const h = new Uint16Array(words.buffer); // bf16: exponent all ones and a non-zero mantissa
-    return h.some((v) => (v & 0x7f80) === 0x7f80 && (v & 0x7f) !== 0);
+    return hasNaN(this.bufs.get(name)!, name === "dlogG" || name === "lse" ? "f32" : "bf16");
   }
   free(): void {
     for (const b of this.bufs.values()) b.free();
     this.bufs.clear();
   }
-}
-
-function medianMs(run: () => void): number {
-  const a = native.eventCreate(), b = native.eventCreate();
-  for (let i = 0; i < 3; i++) run();
-  native.synchronize();
-  const times: number[] = [];
-  for (let i = 0; i < reps; i++) {
-    native.eventRecord(a);
-    run();
-    native.eventRecord(b);
-    times.push(native.eventElapsedMs(a, b));
-  }
-  native.eventDestroy(a);
-  native.eventDestroy(b);
-  times.sort((x, y) => x - y);
-  return times[times.length >> 1]!;
 }
 
 for (const t of ts.length ? ts : [4096, 16384, 65536]) {
@@ -102,10 +70,10 @@ for (const t of ts.length ? ts : [4096, 16384, 65536]) {
   pool.alloc(fwd);
   pool.alloc(bwd);
   const n = t * 8;
-  pool.bufs.get("Q")!.upload(randomBf16(n * 64, 1, 1));
-  pool.bufs.get("K")!.upload(randomBf16(n * 64, 1, 2));
-  pool.bufs.get("V")!.upload(randomBf16(n * 64, 1, 3));
-  pool.bufs.get("dY")!.upload(randomBf16(n * 64, 1, 4));
+  pool.bufs.get("Q")!.upload(randomNormal(n * 64, "bf16", 1));
+  pool.bufs.get("K")!.upload(randomNormal(n * 64, "bf16", 2));
+  pool.bufs.get("V")!.upload(randomNormal(n * 64, "bf16", 3));
+  pool.bufs.get("dY")!.upload(randomNormal(n * 64, "bf16", 4));
   // logsigmoid of N(4, 1): gates around 0.98, the regime of a trained model
   const g = new Float32Array(n).map((_, i) => -Math.log1p(Math.exp(-(4 + Math.sin(i * 12.9898) * 1.5))));
   pool.bufs.get("logG")!.upload(g);
