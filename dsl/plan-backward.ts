@@ -18,7 +18,7 @@ import { stateFeatures } from "./spec.ts";
 const isShortPath = (p: Problem): boolean => chunksOf(p) === 1 && !p.initialState && !p.finalState;
 
 /**
- * Backward. Inputs: Q K V logG S0 Z0 (as the forward), the forward's lse (not Y: dy . y is
+ * Backward. Inputs: Q K V logG S0 Z0 (as the forward), the forward's lse, yS and wS (not Y: dy . y is
  * recomputed), the state each chunk read (Sin, Zin; on the forward's short path that is S0, Z0),
  * dY, and dSfinal, dZfinal when
  * `p.finalState` (zeros otherwise). Outputs: dQ dK dV (dtype), dlogG (f32; the gradient for a gate
@@ -36,6 +36,8 @@ export function backwardPlan(p: Problem, sched: ScheduleTable = {}): Plan {
   const buffers: PlanBuffer[] = [
     ...inputBuffers(p),
     buf("lse", [b, t, hq], "input"),
+    buf("yS", [b, t, hq, e], "input"),
+    buf("wS", [b, t, hq], "input"),
     { name: "dY", dtype: p.dtype, shape: [b, t, hq, e], init: "input" },
     buf("DyA", [b, t, hq]),
     buf("PA", [b, t, hq]),
@@ -63,7 +65,7 @@ export function backwardPlan(p: Problem, sched: ScheduleTable = {}): Plan {
       ...dq,
       params: { ...dims, scale: p.scale, nfb: short ? 0 : featureBlocks(spec, dq.schedule.blockD).count },
       bind: {
-        Q: "Q", logG: "logG", Sin: short ? "S0" : state.Sin, Zin: short ? "Z0" : state.Zin, dY: "dY", lse: "lse",
+        Q: "Q", logG: "logG", Sin: short ? "S0" : state.Sin, Zin: short ? "Z0" : state.Zin, dY: "dY", lse: "lse", yS: "yS", wS: "wS",
         DyA: "DyA", PA: "PA", Dy: "Dy", lseB: "lseB", dQs: "dQs", dlamQ: "dlamQ",
       },
     },

@@ -80,8 +80,8 @@ export function stateInBuffers(p: Problem): { Sin: string; Zin: string } {
 const isShortPath = (p: Problem): boolean => chunksOf(p) === 1 && !p.finalState;
 
 /**
- * Forward: Y [b,t,hq,e] and what the backward needs (lse, and the state each chunk read).
- * Outputs: Y, lse; Sin, Zin unless on the short path (see `stateInBuffers`); Sfinal, Zfinal when
+ * Forward: Y [b,t,hq,e] and what the backward needs (lse, the state's part of y and of the
+ * weights, and the state each chunk read). Outputs: Y, lse, yS, wS; Sin, Zin unless on the short path (see `stateInBuffers`); Sfinal, Zfinal when
  * `p.finalState`.
  */
 export function forwardPlan(p: Problem, sched: ScheduleTable = {}): Plan {
@@ -99,6 +99,8 @@ export function forwardPlan(p: Problem, sched: ScheduleTable = {}): Plan {
     f32("maxA", [b, t, hq]),
     { name: "Y", dtype: p.dtype, shape: [b, t, hq, e], init: "nan" },
     f32("lse", [b, t, hq]),
+    f32("yS", [b, t, hq, e]),
+    f32("wS", [b, t, hq]),
   ];
   const dims = { b, t, hq, h, n };
   const steps: PlanStep[] = [
@@ -124,9 +126,10 @@ export function forwardPlan(p: Problem, sched: ScheduleTable = {}): Plan {
   steps.push(
     stepOf(queryState, spec, sched, { ...dims, scale: p.scale }, {
       Q: "Q", logG: "logG", Sin: state.Sin, Zin: state.Zin, numA: "numA", denA: "denA", maxA: "maxA", Y: "Y", lse: "lse",
+      yS: "yS", wS: "wS",
     }),
   );
-  const outputs = ["Y", "lse", ...(short ? [] : ["Sin", "Zin"]), ...(p.finalState ? ["Sfinal", "Zfinal"] : [])];
+  const outputs = ["Y", "lse", "yS", "wS", ...(short ? [] : ["Sin", "Zin"]), ...(p.finalState ? ["Sfinal", "Zfinal"] : [])];
   return { buffers, steps, outputs };
 }
 

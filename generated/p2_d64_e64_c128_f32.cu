@@ -1257,7 +1257,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
 // query_state: Y = (attention part + phi(q')^T Sin) / (its normaliser), lse = log normaliser, q' = scale q exp(lam/p)
 // grid ($n, $hq, $b), 128 threads, 70912 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c128_f32_w4_bd64_bt64_s2(
-    const float* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_numA, const float* g_denA, const float* g_maxA, float* g_Y, float* g_lse, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
+    const float* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_numA, const float* g_denA, const float* g_maxA, float* g_Y, float* g_lse, float* g_yS, float* g_wS, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
   (void)lane;
@@ -1370,6 +1370,29 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
   (void)g_lse_d0;
   (void)g_lse_d1;
   (void)g_lse_d2;
+  // yS: f32[$b, $t, $hq, 64]
+  const long long g_yS_d0 = static_cast<long long>(p_b);
+  const long long g_yS_d1 = static_cast<long long>(p_t);
+  const long long g_yS_d2 = static_cast<long long>(p_hq);
+  const long long g_yS_d3 = static_cast<long long>(64);
+  const long long g_yS_s3 = 1LL;
+  const long long g_yS_s2 = g_yS_s3 * g_yS_d3;
+  const long long g_yS_s1 = g_yS_s2 * g_yS_d2;
+  const long long g_yS_s0 = g_yS_s1 * g_yS_d1;
+  (void)g_yS_d0;
+  (void)g_yS_d1;
+  (void)g_yS_d2;
+  (void)g_yS_d3;
+  // wS: f32[$b, $t, $hq]
+  const long long g_wS_d0 = static_cast<long long>(p_b);
+  const long long g_wS_d1 = static_cast<long long>(p_t);
+  const long long g_wS_d2 = static_cast<long long>(p_hq);
+  const long long g_wS_s2 = 1LL;
+  const long long g_wS_s1 = g_wS_s2 * g_wS_d2;
+  const long long g_wS_s0 = g_wS_s1 * g_wS_d1;
+  (void)g_wS_d0;
+  (void)g_wS_d1;
+  (void)g_wS_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
   float* const t_q = reinterpret_cast<float*>(prt_smem + 53248);  // f32[64, 64] pitch 64
@@ -1692,14 +1715,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
             dst[r] = ok && s1 + r >= 0 && s1 + r < g_maxA_d1 ? g_maxA[base + static_cast<long long>(r) * g_maxA_s1] : prt::from_f32<float>(0.0f);
           }
         }
-        // den[row] = ((den_a[row] * exp((max_a[row] - max(max_a[row], 0.0)))) + (den[row] * exp(-(max(max_a[row], 0.0)))))
+        // den_a[row] = (den_a[row] * exp((max_a[row] - max(max_a[row], 0.0))))
         {
           for (int r = tid; r < 64; r += 128) {
-            t_den[r] = prt::from_f32<float>(((prt::to_f32(t_den_a[r]) * expf((prt::to_f32(t_max_a[r]) - prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)))) + (prt::to_f32(t_den[r]) * expf((-prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f))))));
+            t_den_a[r] = prt::from_f32<float>((prt::to_f32(t_den_a[r]) * expf((prt::to_f32(t_max_a[r]) - prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)))));
+          }
+        }
+        // den_block[row] = (den[row] * exp(-(max(max_a[row], 0.0))))
+        {
+          for (int r = tid; r < 64; r += 128) {
+            t_den_block[r] = prt::from_f32<float>((prt::to_f32(t_den[r]) * expf((-prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)))));
+          }
+        }
+        // den[row] = (den_a[row] + den_block[row])
+        {
+          for (int r = tid; r < 64; r += 128) {
+            t_den[r] = prt::from_f32<float>((prt::to_f32(t_den_a[r]) + prt::to_f32(t_den_block[r])));
           }
         }
         __syncthreads();
-        // num[row, col] = select((den[row] > 0.0), (((num[row, col] * exp((max_a[row] - max(max_a[row], 0.0)))) + (num_s[row, col] * (exp(-(max(max_a[row], 0.0))) * 1.0))) / den[row]), 0.0)
+        // num_s[row, col] = select((den[row] > 0.0), ((num_s[row, col] * (exp(-(max(max_a[row], 0.0))) * 1.0)) / den[row]), 0.0)
         {
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
@@ -1710,8 +1745,67 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                f_num[j][q][e] = ((prt::to_f32(t_den[r]) > 0.0f) ? (((f_num[j][q][e] * expf((prt::to_f32(t_max_a[r]) - prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)))) + (f_num_s[j][q][e] * (expf((-prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f))) * 1.0f))) / prt::to_f32(t_den[r])) : 0.0f);
+                f_num_s[j][q][e] = ((prt::to_f32(t_den[r]) > 0.0f) ? ((f_num_s[j][q][e] * (expf((-prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f))) * 1.0f)) / prt::to_f32(t_den[r])) : 0.0f);
               }
+            }
+          }
+        }
+        // num[row, col] = (select((den[row] > 0.0), ((num[row, col] * exp((max_a[row] - max(max_a[row], 0.0)))) / den[row]), 0.0) + num_s[row, col])
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_num[j][q][e] = (((prt::to_f32(t_den[r]) > 0.0f) ? ((f_num[j][q][e] * expf((prt::to_f32(t_max_a[r]) - prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)))) / prt::to_f32(t_den[r])) : 0.0f) + f_num_s[j][q][e]);
+              }
+            }
+          }
+        }
+        // den_block[row] = select((den[row] > 0.0), (den_block[row] / den[row]), 0.0)
+        {
+          for (int r = tid; r < 64; r += 128) {
+            t_den_block[r] = prt::from_f32<float>(((prt::to_f32(t_den[r]) > 0.0f) ? (prt::to_f32(t_den_block[r]) / prt::to_f32(t_den[r])) : 0.0f));
+          }
+        }
+        // store yS[pid.z, ((pid.x * 128) + (i0 * 64)):+64, pid.y, 0:+64] = num_s
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (v_i0 * 64));
+          const int a2 = static_cast<int>(blockIdx.y);
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_yS_d0 && a2 >= 0 && a2 < g_yS_d2;
+          const long long base = static_cast<long long>(a0) * g_yS_s0 + static_cast<long long>(s1) * g_yS_s1 + static_cast<long long>(a2) * g_yS_s2 + static_cast<long long>(s3) * g_yS_s3;
+          if (ok) {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  if (s1 + r >= 0 && s1 + r < g_yS_d1 && s3 + c >= 0 && s3 + c < g_yS_d3) g_yS[base + static_cast<long long>(r) * g_yS_s1 + static_cast<long long>(c) * g_yS_s3] = prt::from_f32<float>(f_num_s[j][q][e]);
+                }
+              }
+            }
+          }
+        }
+        // store wS[pid.z, ((pid.x * 128) + (i0 * 64)):+64, pid.y] = den_block
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (v_i0 * 64));
+          const int a2 = static_cast<int>(blockIdx.y);
+          const bool ok = a0 >= 0 && a0 < g_wS_d0 && a2 >= 0 && a2 < g_wS_d2;
+          const long long base = static_cast<long long>(a0) * g_wS_s0 + static_cast<long long>(s1) * g_wS_s1 + static_cast<long long>(a2) * g_wS_s2;
+          if (ok) {
+            for (int r = tid; r < 64; r += 128) {
+              if (s1 + r >= 0 && s1 + r < g_wS_d1) g_wS[base + static_cast<long long>(r) * g_wS_s1] = t_den_block[r];
             }
           }
         }
@@ -3050,9 +3144,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d64_e64_c
 }
 
 // query_state_bwd_dq: Dy, lseB (the normaliser the backward's weights sum to 1 under), and dQs, dlamQ: the gradient through phi(q')^T [Sin, Zin]
-// grid ($n, $hq, $b), 128 threads, 151808 bytes of dynamic shared memory
+// grid ($n, $hq, $b), 128 threads, 135168 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_e64_c128_f32_w4_bd64_bt64_s1(
-    const float* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dY, const float* g_lse, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
+    const float* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
   (void)lane;
@@ -3132,6 +3226,29 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
   (void)g_lse_d0;
   (void)g_lse_d1;
   (void)g_lse_d2;
+  // yS: f32[$b, $t, $hq, 64]
+  const long long g_yS_d0 = static_cast<long long>(p_b);
+  const long long g_yS_d1 = static_cast<long long>(p_t);
+  const long long g_yS_d2 = static_cast<long long>(p_hq);
+  const long long g_yS_d3 = static_cast<long long>(64);
+  const long long g_yS_s3 = 1LL;
+  const long long g_yS_s2 = g_yS_s3 * g_yS_d3;
+  const long long g_yS_s1 = g_yS_s2 * g_yS_d2;
+  const long long g_yS_s0 = g_yS_s1 * g_yS_d1;
+  (void)g_yS_d0;
+  (void)g_yS_d1;
+  (void)g_yS_d2;
+  (void)g_yS_d3;
+  // wS: f32[$b, $t, $hq]
+  const long long g_wS_d0 = static_cast<long long>(p_b);
+  const long long g_wS_d1 = static_cast<long long>(p_t);
+  const long long g_wS_d2 = static_cast<long long>(p_hq);
+  const long long g_wS_s2 = 1LL;
+  const long long g_wS_s1 = g_wS_s2 * g_wS_d2;
+  const long long g_wS_s0 = g_wS_s1 * g_wS_d1;
+  (void)g_wS_d0;
+  (void)g_wS_d1;
+  (void)g_wS_d2;
   // DyA: f32[$b, $t, $hq]
   const long long g_DyA_d0 = static_cast<long long>(p_b);
   const long long g_DyA_d1 = static_cast<long long>(p_t);
@@ -3197,22 +3314,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
   (void)g_dlamQ_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
-  float* const t_q = reinterpret_cast<float*>(prt_smem + 117760);  // f32[64, 64] pitch 64
+  float* const t_q = reinterpret_cast<float*>(prt_smem + 84992);  // f32[64, 64] pitch 64
   float* const t_dy = reinterpret_cast<float*>(prt_smem + 18432);  // f32[64, 64] pitch 68
-  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 150784);  // f32[64] pitch 64
-  float* const t_dy_y = reinterpret_cast<float*>(prt_smem + 150528);  // f32[64] pitch 64
-  float* const t_rho = reinterpret_cast<float*>(prt_smem + 151552);  // f32[64] pitch 64
+  float* const t_dy_row = reinterpret_cast<float*>(prt_smem + 52224);  // f32[64, 64] pitch 64
+  float* const t_y_s = reinterpret_cast<float*>(prt_smem + 117760);  // f32[64, 64] pitch 64
+  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 134400);  // f32[64] pitch 64
+  float* const t_dy_y = reinterpret_cast<float*>(prt_smem + 134144);  // f32[64] pitch 64
+  float* const t_rho = reinterpret_cast<float*>(prt_smem + 134912);  // f32[64] pitch 64
   float* const t_dy_s = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  float* const t_p_s = reinterpret_cast<float*>(prt_smem + 151040);  // f32[64] pitch 64
-  float* const t_q_norm = reinterpret_cast<float*>(prt_smem + 134144);  // f32[64, 64] pitch 64
+  float* const t_p_s = reinterpret_cast<float*>(prt_smem + 134656);  // f32[64] pitch 64
+  float* const t_q_norm = reinterpret_cast<float*>(prt_smem + 101376);  // f32[64, 64] pitch 64
   float* const t_S_f32 = reinterpret_cast<float*>(prt_smem + 1024);  // f32[64, 64] pitch 68
   float* const t_Z_blk = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_S_dy = reinterpret_cast<float*>(prt_smem + 35840);  // f32[64, 64] pitch 64
-  float* const t_phi = reinterpret_cast<float*>(prt_smem + 84992);  // f32[64, 64] pitch 64
-  float* const t_prod = reinterpret_cast<float*>(prt_smem + 101376);  // f32[64, 64] pitch 64
-  float* const t_part = reinterpret_cast<float*>(prt_smem + 151296);  // f32[64] pitch 64
-  float* const t_grad_s = reinterpret_cast<float*>(prt_smem + 52224);  // f32[64, 64] pitch 64
-  float* const t_grad_z = reinterpret_cast<float*>(prt_smem + 68608);  // f32[64, 64] pitch 64
+  float* const t_grad_s = reinterpret_cast<float*>(prt_smem + 68608);  // f32[64, 64] pitch 64
   // g = load logG[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -3292,6 +3407,56 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
           }
         }
       }
+      // dy_row = load.async dY[pid.z, ((pid.x * 128) + (i0 * 64)):+64, pid.y, 0:+64]
+      {
+        const int a0 = static_cast<int>(blockIdx.z);
+        const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (v_i0 * 64));
+        const int a2 = static_cast<int>(blockIdx.y);
+        const int s3 = 0;
+        const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+        const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+        float* const dst = t_dy_row;
+        if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
+          for (int i = tid; i < 1024; i += 128) {
+            const int r = i / 16, c = (i % 16) * 4;
+            const int gr = s1 + r;
+            const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+            prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 4);
+          }
+        }
+        else {
+          for (int i = tid; i < 4096; i += 128) {
+            const int r = i / 64, c = i % 64;
+            dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3] : prt::from_f32<float>(0.0f);
+          }
+        }
+      }
+      // y_s = load.async yS[pid.z, ((pid.x * 128) + (i0 * 64)):+64, pid.y, 0:+64]
+      {
+        const int a0 = static_cast<int>(blockIdx.z);
+        const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (v_i0 * 64));
+        const int a2 = static_cast<int>(blockIdx.y);
+        const int s3 = 0;
+        const bool ok = a0 >= 0 && a0 < g_yS_d0 && a2 >= 0 && a2 < g_yS_d2;
+        const long long base = static_cast<long long>(a0) * g_yS_s0 + static_cast<long long>(s1) * g_yS_s1 + static_cast<long long>(a2) * g_yS_s2 + static_cast<long long>(s3) * g_yS_s3;
+        float* const dst = t_y_s;
+        if (prt::aligned16(g_yS) && base % 4 == 0 && g_yS_s1 % 4 == 0 && s3 >= 0) {
+          for (int i = tid; i < 1024; i += 128) {
+            const int r = i / 16, c = (i % 16) * 4;
+            const int gr = s1 + r;
+            const long long left = ok && gr >= 0 && gr < g_yS_d1 ? g_yS_d3 - (s3 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+            prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_yS + base + static_cast<long long>(r) * g_yS_s1 + c) : static_cast<const void*>(g_yS), n * 4);
+          }
+        }
+        else {
+          for (int i = tid; i < 4096; i += 128) {
+            const int r = i / 64, c = i % 64;
+            dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_yS_d1 && s3 + c >= 0 && s3 + c < g_yS_d3 ? g_yS[base + static_cast<long long>(r) * g_yS_s1 + static_cast<long long>(c) * g_yS_s3] : prt::from_f32<float>(0.0f);
+          }
+        }
+      }
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       // lse_i = load lse[pid.z, ((pid.x * 128) + (i0 * 64)):+64, pid.y]
@@ -3330,7 +3495,61 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
           dst[r] = ok && s1 + r >= 0 && s1 + r < g_PA_d1 ? g_PA[base + static_cast<long long>(r) * g_PA_s1] : prt::from_f32<float>(0.0f);
         }
       }
+      // p_s = load wS[pid.z, ((pid.x * 128) + (i0 * 64)):+64, pid.y]
+      {
+        const int a0 = static_cast<int>(blockIdx.z);
+        const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (v_i0 * 64));
+        const int a2 = static_cast<int>(blockIdx.y);
+        const bool ok = a0 >= 0 && a0 < g_wS_d0 && a2 >= 0 && a2 < g_wS_d2;
+        const long long base = static_cast<long long>(a0) * g_wS_s0 + static_cast<long long>(s1) * g_wS_s1 + static_cast<long long>(a2) * g_wS_s2;
+        float* const dst = t_p_s;
+        for (int r = tid; r < 64; r += 128) {
+          dst[r] = ok && s1 + r >= 0 && s1 + r < g_wS_d1 ? g_wS[base + static_cast<long long>(r) * g_wS_s1] : prt::from_f32<float>(0.0f);
+        }
+      }
       __syncthreads();
+      // y_s[row, col] = (y_s[row, col] * dy_row[row, col])
+      {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          t_y_s[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_y_s[(r) * 64 + (c)]) * prt::to_f32(t_dy_row[(r) * 64 + (c)])));
+        }
+      }
+      __syncthreads();
+      // dy_s = reduce_sum(y_s, axis=1)
+      {
+        for (int o = tid; o < 64; o += 128) {
+          float acc = 0.0f;
+          for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_y_s[(o) * 64 + (i)]);
+          t_dy_s[o] = prt::from_f32<float>(acc);
+        }
+      }
+      // rho[row] = (rho[row] + p_s[row])
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_rho[r] = prt::from_f32<float>((prt::to_f32(t_rho[r]) + prt::to_f32(t_p_s[r])));
+        }
+      }
+      __syncthreads();
+      // dy_y[row] = select((rho[row] > 0.0), ((dy_y[row] + dy_s[row]) / rho[row]), 0.0)
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_dy_y[r] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) > 0.0f) ? ((prt::to_f32(t_dy_y[r]) + prt::to_f32(t_dy_s[r])) / prt::to_f32(t_rho[r])) : 0.0f));
+        }
+      }
+      // store Dy[pid.z, ((pid.x * 128) + (i0 * 64)):+64, pid.y] = dy_y
+      {
+        const int a0 = static_cast<int>(blockIdx.z);
+        const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (v_i0 * 64));
+        const int a2 = static_cast<int>(blockIdx.y);
+        const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+        const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+        if (ok) {
+          for (int r = tid; r < 64; r += 128) {
+            if (s1 + r >= 0 && s1 + r < g_Dy_d1) g_Dy[base + static_cast<long long>(r) * g_Dy_s1] = t_dy_y[r];
+          }
+        }
+      }
       // q_norm[row, col] = (q[row, col] * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[((i0 * 64) + row)] - lse_i[row]) / 2.0)))))
       {
         for (int i = tid; i < 4096; i += 128) {
@@ -3343,25 +3562,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
         for (int i = tid; i < 4096; i += 128) {
           const int r = i / 64, c = i % 64;
           t_grad_s[(r) * 64 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      // grad_z[row, col] = 0.0
-      {
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_grad_z[(r) * 64 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      // dy_s[row] = 0.0
-      {
-        for (int r = tid; r < 64; r += 128) {
-          t_dy_s[r] = prt::from_f32<float>(0.0f);
-        }
-      }
-      // p_s[row] = 0.0
-      {
-        for (int r = tid; r < 64; r += 128) {
-          t_p_s[r] = prt::from_f32<float>(0.0f);
         }
       }
       {
@@ -3449,6 +3649,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
             }
           }
           __syncthreads();
+          // S_dy[row, col] = (S_dy[row, col] - (dy_y[row] * Z_blk[col]))
+          {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              t_S_dy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_S_dy[(r) * 64 + (c)]) - (prt::to_f32(t_dy_y[r]) * prt::to_f32(t_Z_blk[c]))));
+            }
+          }
+          __syncthreads();
           // grad_s += sympow2_grad(q_norm, S_dy, features from (i1 * 64))
           {
             const int off = (v_i1 * 64);
@@ -3469,127 +3677,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
               prt::add_keyed(&t_grad_s[(r) * 64 + (a1)], gw * x0, ok ? r * 64 + a1 : -1, lane);
             }
           }
-          // phi = sympow2(q_norm, features from (i1 * 64))
-          {
-            const int off = (v_i1 * 64);
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, f = i % 64, g = off + f;
-              float v = 0.0f;
-              if (g >= 0 && g < prt_sympow_d64_p2_size) {
-                v = prt_sympow_d64_p2_weight[g];
-                v *= prt::to_f32(t_q_norm[(r) * 64 + (prt_sympow_d64_p2_index[g * 2 + 0])]);
-                v *= prt::to_f32(t_q_norm[(r) * 64 + (prt_sympow_d64_p2_index[g * 2 + 1])]);
-              }
-              t_phi[(r) * 64 + (f)] = prt::from_f32<float>(v);
-            }
-          }
-          __syncthreads();
-          // prod[row, col] = (phi[row, col] * S_dy[row, col])
-          {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_prod[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_phi[(r) * 64 + (c)]) * prt::to_f32(t_S_dy[(r) * 64 + (c)])));
-            }
-          }
-          __syncthreads();
-          // part = reduce_sum(prod, axis=1)
-          {
-            for (int o = tid; o < 64; o += 128) {
-              float acc = 0.0f;
-              for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_prod[(o) * 64 + (i)]);
-              t_part[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // dy_s[row] = (dy_s[row] + part[row])
-          {
-            for (int r = tid; r < 64; r += 128) {
-              t_dy_s[r] = prt::from_f32<float>((prt::to_f32(t_dy_s[r]) + prt::to_f32(t_part[r])));
-            }
-          }
-          // S_dy[row, col] = Z_blk[col]
-          {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_S_dy[(r) * 64 + (c)] = prt::from_f32<float>(prt::to_f32(t_Z_blk[c]));
-            }
-          }
-          // prod[row, col] = (phi[row, col] * S_dy[row, col])
-          {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_prod[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_phi[(r) * 64 + (c)]) * prt::to_f32(t_S_dy[(r) * 64 + (c)])));
-            }
-          }
-          __syncthreads();
-          // part = reduce_sum(prod, axis=1)
-          {
-            for (int o = tid; o < 64; o += 128) {
-              float acc = 0.0f;
-              for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_prod[(o) * 64 + (i)]);
-              t_part[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // p_s[row] = (p_s[row] + part[row])
-          {
-            for (int r = tid; r < 64; r += 128) {
-              t_p_s[r] = prt::from_f32<float>((prt::to_f32(t_p_s[r]) + prt::to_f32(t_part[r])));
-            }
-          }
-          // grad_z += sympow2_grad(q_norm, S_dy, features from (i1 * 64))
-          {
-            const int off = (v_i1 * 64);
-            for (int i0 = 0; i0 < 4096; i0 += 128) {
-              const int i = i0 + tid, r = i / 64, f = i % 64, g = off + f;
-              const bool ok = g >= 0 && g < prt_sympow_d64_p2_size;
-              float gw = 0.0f;
-              int a0 = 0, a1 = 0;
-              float x0 = 0.0f, x1 = 0.0f;
-              if (ok) {
-                gw = prt::to_f32(t_S_dy[(r) * 64 + (f)]) * prt_sympow_d64_p2_weight[g];
-                a0 = prt_sympow_d64_p2_index[g * 2 + 0];
-                x0 = prt::to_f32(t_q_norm[(r) * 64 + (a0)]);
-                a1 = prt_sympow_d64_p2_index[g * 2 + 1];
-                x1 = prt::to_f32(t_q_norm[(r) * 64 + (a1)]);
-              }
-              prt::add_keyed(&t_grad_z[(r) * 64 + (a0)], gw * x1, ok ? r * 64 + a0 : -1, lane);
-              prt::add_keyed(&t_grad_z[(r) * 64 + (a1)], gw * x0, ok ? r * 64 + a1 : -1, lane);
-            }
-          }
-        }
-      }
-      // rho[row] = (rho[row] + p_s[row])
-      {
-        for (int r = tid; r < 64; r += 128) {
-          t_rho[r] = prt::from_f32<float>((prt::to_f32(t_rho[r]) + prt::to_f32(t_p_s[r])));
-        }
-      }
-      // dy_y[row] = select((rho[row] > 0.0), ((dy_y[row] + dy_s[row]) / rho[row]), 0.0)
-      {
-        for (int r = tid; r < 64; r += 128) {
-          t_dy_y[r] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) > 0.0f) ? ((prt::to_f32(t_dy_y[r]) + prt::to_f32(t_dy_s[r])) / prt::to_f32(t_rho[r])) : 0.0f));
-        }
-      }
-      // store Dy[pid.z, ((pid.x * 128) + (i0 * 64)):+64, pid.y] = dy_y
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (v_i0 * 64));
-        const int a2 = static_cast<int>(blockIdx.y);
-        const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
-        const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
-        if (ok) {
-          for (int r = tid; r < 64; r += 128) {
-            if (s1 + r >= 0 && s1 + r < g_Dy_d1) g_Dy[base + static_cast<long long>(r) * g_Dy_s1] = t_dy_y[r];
-          }
         }
       }
       __syncthreads();
-      // grad_s[row, col] = select((rho[row] > 0.0), (((grad_s[row, col] - (dy_y[row] * grad_z[row, col])) * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[((i0 * 64) + row)] - lse_i[row]) / 2.0))))) / rho[row]), 0.0)
+      // grad_s[row, col] = select((rho[row] > 0.0), ((grad_s[row, col] * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[((i0 * 64) + row)] - lse_i[row]) / 2.0))))) / rho[row]), 0.0)
       {
         for (int i = tid; i < 4096; i += 128) {
           const int r = i / 64, c = i % 64;
-          t_grad_s[(r) * 64 + (c)] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) > 0.0f) ? (((prt::to_f32(t_grad_s[(r) * 64 + (c)]) - (prt::to_f32(t_dy_y[r]) * prt::to_f32(t_grad_z[(r) * 64 + (c)]))) * ((prt::to_f32(t_lse_i[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[((v_i0 * 64) + r)]) - prt::to_f32(t_lse_i[r])) / 2.0f))))) / prt::to_f32(t_rho[r])) : 0.0f));
+          t_grad_s[(r) * 64 + (c)] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) > 0.0f) ? ((prt::to_f32(t_grad_s[(r) * 64 + (c)]) * ((prt::to_f32(t_lse_i[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[((v_i0 * 64) + r)]) - prt::to_f32(t_lse_i[r])) / 2.0f))))) / prt::to_f32(t_rho[r])) : 0.0f));
         }
       }
       // store dQs[pid.z, ((pid.x * 128) + (i0 * 64)):+64, pid.y, 0:+64] = grad_s
@@ -6609,10 +6704,10 @@ extern "C" cudaError_t prt_discounted_cumsum_p2_d64_e64_c128_f32_w4_bd64_bt128_s
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_query_state_p2_d64_e64_c128_f32_w4_bd64_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_numA, const float* g_denA, const float* g_maxA, float* g_Y, float* g_lse, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
+extern "C" cudaError_t prt_query_state_p2_d64_e64_c128_f32_w4_bd64_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_numA, const float* g_denA, const float* g_maxA, float* g_Y, float* g_lse, float* g_yS, float* g_wS, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   cudaError_t err = cudaFuncSetAttribute(prt_query_state_p2_d64_e64_c128_f32_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 70912);
   if (err != cudaSuccess) return err;
-  prt_query_state_p2_d64_e64_c128_f32_w4_bd64_bt64_s2<<<grid, 128, 70912, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_numA, g_denA, g_maxA, g_Y, g_lse, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_query_state_p2_d64_e64_c128_f32_w4_bd64_bt64_s2<<<grid, 128, 70912, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_numA, g_denA, g_maxA, g_Y, g_lse, g_yS, g_wS, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
@@ -6630,10 +6725,10 @@ extern "C" cudaError_t prt_attention_bwd_p2_d64_e64_c128_f32_w4_bd64_bt32_s1_lau
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_query_state_bwd_dq_p2_d64_e64_c128_f32_w4_bd64_bt64_s1_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dY, const float* g_lse, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d64_e64_c128_f32_w4_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 151808);
+extern "C" cudaError_t prt_query_state_bwd_dq_p2_d64_e64_c128_f32_w4_bd64_bt64_s1_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d64_e64_c128_f32_w4_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 135168);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_dq_p2_d64_e64_c128_f32_w4_bd64_bt64_s1<<<grid, 128, 151808, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
+  prt_query_state_bwd_dq_p2_d64_e64_c128_f32_w4_bd64_bt64_s1<<<grid, 128, 135168, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
   return cudaGetLastError();
 }
 

@@ -73,6 +73,9 @@ export interface RetentionSaved {
   readonly Y: Tensor;
   /** log of the normaliser l_i, [b, t, hq] f32. */
   readonly lse: Tensor;
+  /** The state's part of y [b, t, hq, e] and of the weights [b, t, hq] (f32), under the final normaliser. */
+  readonly yS: Tensor;
+  readonly wS: Tensor;
   /** The state each chunk read, [b, h, n, D, e] and [b, h, n, D] f32, or null on the short path. */
   readonly Sin: Tensor | null;
   readonly Zin: Tensor | null;
@@ -120,15 +123,19 @@ export function powerRetention(Q: Tensor, K: Tensor, V: Tensor, logG: Tensor | n
   );
   const Y = wrap(out, plan, "Y");
   const lse = wrap(out, plan, "lse");
+  const yS = wrap(out, plan, "yS");
+  const wS = wrap(out, plan, "wS");
   const Sin = out.Sin ? wrap(out, plan, "Sin") : null;
   const Zin = out.Zin ? wrap(out, plan, "Zin") : null;
   const saved: RetentionSaved = {
     problem, schedules, Q, K, V, logG: logG ?? null,
     initialState: opts.initialState ?? null,
-    Y, lse, Sin, Zin,
+    Y, lse, yS, wS, Sin, Zin,
     syncEachLaunch: opts.syncEachLaunch === true,
     free() {
       lse.free();
+      yS.free();
+      wS.free();
       Sin?.free();
       Zin?.free();
     },
@@ -162,7 +169,7 @@ export function powerRetentionBackward(saved: RetentionSaved, dY: Tensor, opts: 
   const live: [string, Tensor | null][] = [
     ["saved.Q", saved.Q], ["saved.K", saved.K], ["saved.V", saved.V], ["saved.logG", saved.logG],
     ["saved.initialState.S", saved.initialState?.S ?? null], ["saved.initialState.Z", saved.initialState?.Z ?? null],
-    ["saved.Y", saved.Y], ["saved.lse", saved.lse], ["saved.Sin", saved.Sin], ["saved.Zin", saved.Zin],
+    ["saved.Y", saved.Y], ["saved.lse", saved.lse], ["saved.yS", saved.yS], ["saved.wS", saved.wS], ["saved.Sin", saved.Sin], ["saved.Zin", saved.Zin],
   ];
   for (const [name, t] of live) if (t) checkTensor(fn, name, t);
   const dy = checkTensor(fn, "dY", dY);
@@ -181,7 +188,7 @@ export function powerRetentionBackward(saved: RetentionSaved, dY: Tensor, opts: 
   const inputs = gpuInputs({
     Q: saved.Q, K: saved.K, V: saved.V, logG: saved.logG,
     S0: saved.initialState?.S, Z0: saved.initialState?.Z,
-    Y: saved.Y, lse: saved.lse, Sin: saved.Sin, Zin: saved.Zin, dY,
+    Y: saved.Y, lse: saved.lse, yS: saved.yS, wS: saved.wS, Sin: saved.Sin, Zin: saved.Zin, dY,
     dSfinal: dState?.S, dZfinal: dState?.Z,
   });
   for (const b of plan.buffers)

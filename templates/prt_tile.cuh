@@ -112,16 +112,27 @@ __device__ __forceinline__ float warp_inclusive_sum(float v, int lane) {
 }
 
 /** Adds v into *p (a shared f32) atomically; key identifies *p (-1: this lane adds nothing, v is 0).
- *  When every adding lane of the warp has the same key, the warp sums first and lane 0 adds once
- *  (one atomic instead of 32 on one address). All 32 lanes must call it. */
+ *  Lanes next to each other with the same key form a run (the leading index of consecutive
+ *  lexicographic features, one row's partials): each run sums with shuffles and its first lane adds
+ *  once, so a warp makes one atomic per distinct target of a run instead of one per lane (a warp
+ *  spanning two or three runs used to fall back to 32 atomics on two or three addresses). When no
+ *  two neighbours share a key (distinct consecutive columns) every lane adds directly. Runs are
+ *  numbered by their heads (not compared by key), so equal keys in separate runs never merge.
+ *  All 32 lanes must call it. */
 __device__ __forceinline__ void add_keyed(float* p, float v, int key, int lane) {
-  const int k0 = __shfl_sync(0xffffffffu, key, 0);
-  if (__all_sync(0xffffffffu, key == k0 || key < 0) && k0 >= 0) {
-    v = warp_sum(v);
-    if (lane == 0) atomicAdd(p, v);
-  } else if (key >= 0) {
-    atomicAdd(p, v);
+  const int prev = __shfl_up_sync(0xffffffffu, key, 1);
+  const bool head = lane == 0 || prev != key;
+  const unsigned heads = __ballot_sync(0xffffffffu, head);
+  if (heads != 0xffffffffu) {
+    const int run = __popc(heads & (0xffffffffu >> (31 - lane)));  // 1 + the heads before this lane
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {  // suffix sums within the run
+      const float u = __shfl_down_sync(0xffffffffu, v, o);
+      const int ru = __shfl_down_sync(0xffffffffu, run, o);
+      if (lane + o < 32 && ru == run) v += u;
+    }
   }
+  if (head && key >= 0) atomicAdd(p, v);
 }
 
 /** First position in [lo, hi) of a sorted table whose entry is >= key. */

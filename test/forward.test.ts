@@ -244,11 +244,11 @@ describe("forward plan structure", () => {
     const short = forwardPlan(base);
     expect(short.steps.map((s) => s.kernel.name)).toEqual(["attention", "query_state"]);
     expect(short.steps[1]!.bind.Sin).toBe("S0");
-    expect(short.outputs).toEqual(["Y", "lse"]);
+    expect(short.outputs).toEqual(["Y", "lse", "yS", "wS"]);
     const full = forwardPlan({ ...base, finalState: true });
     expect(full.steps.map((s) => s.kernel.name)).toEqual(["attention", "update_state", "discounted_cumsum", "query_state"]);
-    expect(full.outputs).toEqual(["Y", "lse", "Sin", "Zin", "Sfinal", "Zfinal"]);
-    expect(forwardPlan({ ...base, t: 33 }).outputs).toEqual(["Y", "lse", "Sin", "Zin"]);
+    expect(full.outputs).toEqual(["Y", "lse", "yS", "wS", "Sin", "Zin", "Sfinal", "Zfinal"]);
+    expect(forwardPlan({ ...base, t: 33 }).outputs).toEqual(["Y", "lse", "yS", "wS", "Sin", "Zin"]);
   });
 
   it("the short path and the full path agree bit for bit", () => {

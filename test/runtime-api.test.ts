@@ -228,7 +228,7 @@ describe("argument validation (before any GPU work)", () => {
       ({
         problem: { b: 2, t: 40, hq: 4, h: 2, d: 16, e: 16, deg: 2, chunk: 16, dtype: "f16", scale: 0.25, gated: true, initialState: false, finalState: false },
         schedules: {}, Q, K, V, logG: G, initialState: null,
-        Y: meta([2, 40, 4, 16], "f16"), lse: meta([2, 40, 4]), Sin: meta([2, 2, 3, 136, 16]), Zin: meta([2, 2, 3, 136]),
+        Y: meta([2, 40, 4, 16], "f16"), lse: meta([2, 40, 4]), yS: meta([2, 40, 4, 16]), wS: meta([2, 40, 4]), Sin: meta([2, 2, 3, 136, 16]), Zin: meta([2, 2, 3, 136]),
         syncEachLaunch: false, free() {},
         ...over,
       }) as RetentionSaved;
@@ -259,7 +259,7 @@ describe("argument validation (before any GPU work)", () => {
     expect(thrown(() => Tensor.zeros([2])).message).toMatch(/^Tensor.zeros: no usable CUDA GPU: /);
     expect(thrown(() => new Decoder({ b: 1, hq: 2, h: 1, d: 16, chunk: 16, gated: true })).message).toMatch(/^new Decoder: no usable CUDA GPU: /);
     const saved = { problem: { b: 2, t: 40, hq: 4, h: 2, d: 16, e: 16, deg: 2, chunk: 16, dtype: "f32", scale: 0.25, gated: true, initialState: false, finalState: false },
-      schedules: {}, Q, K, V, logG: G, initialState: null, Y: meta([2, 40, 4, 16]), lse: meta([2, 40, 4]),
+      schedules: {}, Q, K, V, logG: G, initialState: null, Y: meta([2, 40, 4, 16]), lse: meta([2, 40, 4]), yS: meta([2, 40, 4, 16]), wS: meta([2, 40, 4]),
       Sin: meta([2, 2, 3, 136, 16]), Zin: meta([2, 2, 3, 136]), syncEachLaunch: false, free() {} } as unknown as RetentionSaved;
     expect(thrown(() => powerRetentionBackward(saved, meta([2, 40, 4, 16]))).message).toMatch(/^powerRetentionBackward: no usable CUDA GPU: /);
   });

@@ -1,13 +1,14 @@
 // Query state backward (README "Backward", query state part), two kernels. Both use the query
 // with the normaliser folded in by homogeneity: q''_i = q_i * f_i, f_i = scale exp((lam_i - lse_i)/p),
 // so that phi(q''_i) = phi(q'_i) / l_i (and f_i = 0 on a weightless row, lse = -inf).
-//   query_state_bwd_dq: completes the row totals of attention_bwd_prep with the state part,
-//                         rho_i = PA_i + phi(q''_i).Zin_m,   Dy_i = (DyA_i + phi(q''_i).(Sin_m dy_i)) / rho_i,
+//   query_state_bwd_dq: completes the row totals of attention_bwd_prep with the state part, which
+//                       the forward saved (query_state's yS_i = phi(q''_i)^T Sin_m, wS_i = phi(q''_i).Zin_m):
+//                         rho_i = PA_i + wS_i,   Dy_i = (DyA_i + dy_i.yS_i) / rho_i,
 //                       and from them lseB_i = lse_i + log rho_i (the normaliser under which the
-//                       backward's weights sum to 1) and
-//                         dq_i = f_i (expandGrad(q''_i, Sin_m dy_i) - Dy_i expandGrad(q''_i, Zin_m)) / rho_i
-//                       (expandGrad is linear in its dphi; Dy_i is known only after the feature loop),
-//                         dlamQ_i = dq'_i . q'_i / p = (phi(q''_i).(Sin_m dy_i) - Dy_i phi(q''_i).Zin_m) / rho_i.
+//                       backward's weights sum to 1); Dy_i being known before the feature loop,
+//                         dq_i = f_i expandGrad(q''_i, Sin_m dy_i - Dy_i Zin_m) / rho_i
+//                       is one expandGrad per feature block, and
+//                         dlamQ_i = dq'_i . q'_i / p = (dy_i.yS_i - Dy_i wS_i) / rho_i.
 //   query_state_bwd_ds: dSin_m = sum_i phi(q''_i) dy_i^T, dZin_m = -sum_i phi(q''_i) Dy_i over the
 //                       group's query heads, with q'' from lseB.
 
@@ -44,6 +45,8 @@ export const queryStateBwdDq: KernelDef = {
       const Zin = k.tensor("Zin", "f32", [b, h, n, D], "in");
       const dY = k.tensor("dY", dtype, [b, t, hq, e], "in");
       const lse = k.tensor("lse", "f32", [b, t, hq], "in");
+      const yS = k.tensor("yS", "f32", [b, t, hq, e], "in");
+      const wS = k.tensor("wS", "f32", [b, t, hq], "in");
       const DyA = k.tensor("DyA", "f32", [b, t, hq], "in");
       const PA = k.tensor("PA", "f32", [b, t, hq], "in");
       const Dy = k.tensor("Dy", "f32", [b, t, hq], "out");
@@ -59,59 +62,48 @@ export const queryStateBwdDq: KernelDef = {
       const qt = k.shared("q", [BT, d], dtype);
       const sd = stateOperandDtype(dtype); // the state-side mma operands' dtype
       const dyt = dataOperand(k, "dy", [BT, e], dtype, sd);
+      const dyF = k.shared("dy_row", [BT, e], "f32"); // dy in f32, for the row dot with yS
+      const ySt = k.shared("y_s", [BT, e], "f32");
       const lseI = k.reg("lse_i", [BT], "f32");
       const dyy = k.reg("dy_y", [BT], "f32"); // DyA, then Dy
-      const rho = k.reg("rho", [BT], "f32"); // PA, then + pS: the weights' total
-      const dyS = k.reg("dy_s", [BT], "f32"); // phi(q'').(Sin dy), then dlamQ
-      const pS = k.reg("p_s", [BT], "f32"); // phi(q'').Zin
+      const rho = k.reg("rho", [BT], "f32"); // PA, then + wS: the weights' total
+      const dyS = k.reg("dy_s", [BT], "f32"); // dy . yS, then dlamQ
+      const pS = k.reg("p_s", [BT], "f32"); // wS
       const qn = k.shared("q_norm", [BT, d], "f32"); // q''
-      const sb = splitOperand(k, "S", [BD, e], sd); // Sin dy feeds Dy: hi + lo (README "Precision")
+      const sb = splitOperand(k, "S", [BD, e], sd); // Sin dy: hi + lo (README "Precision")
       const zb = k.reg("Z_blk", [BD], "f32");
-      const sdy = k.reg("S_dy", [BT, BD], "f32"); // Sin dy, then Z broadcast over rows
-      const phi = k.reg("phi", [BT, BD], "f32"); // phi(q'')
-      const prod = k.reg("prod", [BT, BD], "f32");
-      const part = k.reg("part", [BT], "f32");
-      const gS = k.reg("grad_s", [BT, d], "f32"); // sum expandGrad(q'', Sin dy), then dq
-      const gZ = k.reg("grad_z", [BT, d], "f32"); // sum expandGrad(q'', Zin)
+      const sdy = k.reg("S_dy", [BT, BD], "f32"); // Sin dy, then - Dy Zin: dphi(q'') rho
+      const gS = k.reg("grad_s", [BT, d], "f32"); // sum expandGrad(q'', Sin dy - Dy Zin), then dq
 
       k.for(0, rowBlocks(t, t0, c, BT), (rb) => {
         const r0 = rb.mul(BT), rows = range(t0.add(r0), BT);
         const f = (row: Val): Val => normalisedQueryFactor(scale, lam.at(r0.add(row)), lseI.at(row), p);
         k.load(qt, Q, [bi, rows, qh, range(0, d)]); // [BT, d]; rows past t read 0
         dyt.load(dY, [bi, rows, qh, range(0, e)]); // [BT, e]
+        k.load(dyF, dY, [bi, rows, qh, range(0, e)]); // [BT, e]
+        k.load(ySt, yS, [bi, rows, qh, range(0, e)]); // [BT, e]
         k.load(lseI, lse, [bi, rows, qh]); // [BT]
         k.load(dyy, DyA, [bi, rows, qh]); // [BT]
         k.load(rho, PA, [bi, rows, qh]); // [BT]
+        k.load(pS, wS, [bi, rows, qh]); // [BT]
+        k.map(ySt, ({ row, col }) => ySt.at(row, col).mul(dyF.at(row, col)));
+        k.reduce(dyS, ySt, "sum", 1); // dy . yS [BT]
+        k.map(rho, ({ row }) => rho.at(row).add(pS.at(row)));
+        const live = (row: Val): Val => rho.at(row).gt(0);
+        k.map(dyy, ({ row }) => select(live(row), dyy.at(row).add(dyS.at(row)).div(rho.at(row)), f32(0)));
+        k.store(Dy, [bi, rows, qh], dyy);
         k.map(qn, ({ row, col }) => qt.at(row, col).mul(f(row)));
         k.fill(gS, 0);
-        k.fill(gZ, 0);
-        k.fill(dyS, 0);
-        k.fill(pS, 0);
-        const addRowDot = (acc: Tile, x: Tile, y: Tile): void => {
-          k.map(prod, ({ row, col }) => x.at(row, col).mul(y.at(row, col)));
-          k.reduce(part, prod, "sum", 1); // [BT]
-          k.map(acc, ({ row }) => acc.at(row).add(part.at(row)));
-        };
         k.for(0, nfb, (fb) => {
           const f0 = fb.mul(BD);
           k.load(sb.x, Sin, [bi, hk, m, range(f0, BD), range(0, e)]); // [BD, e]; past D read 0
           k.load(zb, Zin, [bi, hk, m, range(f0, BD)]); // [BD]
           sb.split();
           mmaSplit(k, sdy, dyt.op, sb, { transB: true }); // [BT, e] @ [e, BD]
+          k.map(sdy, ({ row, col }) => sdy.at(row, col).sub(dyy.at(row).mul(zb.at(col))));
           k.expandGrad(gS, qn, sdy, p, f0, { accumulate: true }); // [BT, d]
-          k.expand(phi, qn, p, f0); // [BT, BD]
-          addRowDot(dyS, phi, sdy); // dy . numS / l
-          k.map(sdy, ({ col }) => zb.at(col));
-          addRowDot(pS, phi, sdy); // denS / l
-          k.expandGrad(gZ, qn, sdy, p, f0, { accumulate: true }); // [BT, d]
         }, { stages: sch.stages });
-        k.map(rho, ({ row }) => rho.at(row).add(pS.at(row)));
-        const live = (row: Val): Val => rho.at(row).gt(0);
-        k.map(dyy, ({ row }) => select(live(row), dyy.at(row).add(dyS.at(row)).div(rho.at(row)), f32(0)));
-        k.store(Dy, [bi, rows, qh], dyy);
-        k.map(gS, ({ row, col }) =>
-          select(live(row), gS.at(row, col).sub(dyy.at(row).mul(gZ.at(row, col))).mul(f(row)).div(rho.at(row)), f32(0)),
-        ); // dq
+        k.map(gS, ({ row, col }) => select(live(row), gS.at(row, col).mul(f(row)).div(rho.at(row)), f32(0))); // dq
         k.store(dQs, [bi, rows, qh, range(0, d)], gS);
         k.map(dyS, ({ row }) => select(live(row), dyS.at(row).sub(dyy.at(row).mul(pS.at(row))).div(rho.at(row)), f32(0)));
         k.store(dlamQ, [bi, rows, qh], dyS);

@@ -4,6 +4,9 @@
 // then, on the common scale M_i = max(maxA_i, 0) (numA, denA carry exp(-maxA_i)):
 //   y_i = (numA_i exp(maxA_i - M_i) + numS_i exp(-M_i)) / (denA_i exp(maxA_i - M_i) + denS_i exp(-M_i))
 //   lse_i = log(den_i) + M_i        (y_i = 0 and lse_i = -inf when den_i = 0)
+// and, for the backward, the state's part of y and of the weights under the final normaliser:
+//   yS_i = numS_i exp(-M_i) / den_i  [e]      wS_i = denS_i exp(-M_i) / den_i   (0 when den_i = 0)
+// (README "Backward": they give Dy and the normaliser without recomputing phi(q'')^T [S, Z]).
 // One program owns one chunk of one query head; it walks the chunk in blocks of BT rows and, for
 // each, the state in blocks of BD features, forming phi of the queries right before each mma.
 // In f16/bf16, phi(q') and the state block enter the mma as hi + lo pairs (common.ts,
@@ -14,7 +17,7 @@ import { max, range, select, traceKernel, type Val } from "../builder.ts";
 import type { Kernel } from "../ir.ts";
 import type { KernelDef, Schedule, Spec } from "../spec.ts";
 import { stateFeatures } from "../spec.ts";
-import { chunkGates, featureBlocks, firstFitting, mmaSplit, splitOperand, STATE_OPERAND_SCALE, tileBytes, TILE_BUDGET, tileSizes } from "./common.ts";
+import { chunkGates, featureBlocks, firstFitting, mmaSplit, splitOperand, STATE_OPERAND_SCALE, stateOperandDtype, tileBytes, TILE_BUDGET, tileSizes } from "./common.ts";
 
 const doc = "Y = (attention part + phi(q')^T Sin) / (its normaliser), lse = log normaliser, q' = scale q exp(lam/p)";
 
@@ -35,6 +38,8 @@ function build(spec: Spec, sch: Schedule): Kernel {
     const maxA = k.tensor("maxA", "f32", [b, t, hq], "in");
     const Y = k.tensor("Y", dtype, [b, t, hq, e], "out");
     const lse = k.tensor("lse", "f32", [b, t, hq], "out");
+    const yS = k.tensor("yS", "f32", [b, t, hq, e], "out");
+    const wS = k.tensor("wS", "f32", [b, t, hq], "out");
 
     k.launch(n, hq, b); // (chunk, query head, batch)
     const m = k.programId(0), qh = k.programId(1), bi = k.programId(2);
@@ -43,9 +48,12 @@ function build(spec: Spec, sch: Schedule): Kernel {
 
     const { lam } = chunkGates(k, logG, bi, hk, t0, c); // lam [c]
     const qs = k.shared("q", [BT, d], "f32"); // q, then q'
-    const phi = splitOperand(k, "phi", [BT, BD], dtype); // phi(q'), hi + lo in the dtype
-    const sb = splitOperand(k, "s", [BD, e], dtype); // a block of Sin_m / sigma, hi + lo in the dtype
-    const sigma = STATE_OPERAND_SCALE[dtype];
+    // bf16 pairs for an f16 spec (stateOperandDtype): phi(q') under strong gates falls below f16's
+    // normal range, and the backward reads yS, wS to well below the dtype's rounding (README "Backward").
+    const sd = stateOperandDtype(dtype);
+    const phi = splitOperand(k, "phi", [BT, BD], sd); // phi(q'), hi + lo
+    const sb = splitOperand(k, "s", [BD, e], sd); // a block of Sin_m / sigma, hi + lo
+    const sigma = STATE_OPERAND_SCALE[sd];
     const zb = k.reg("z", [BD], "f32");
     const numS = k.reg("num_s", [BT, e], "f32");
     const denBlock = k.reg("den_block", [BT], "f32");
@@ -81,12 +89,16 @@ function build(spec: Spec, sch: Schedule): Kernel {
         k.load(maxAt, maxA, [bi, rows, qh]); // [BT]
         const M = (r: Val): Val => max(maxAt.at(r), 0); // the common scale (maxA = -inf on rows with no attention weight)
         const wA = (r: Val): Val => maxAt.at(r).sub(M(r)).exp(); // attention part to the common scale
-        const wS = (r: Val): Val => M(r).neg().exp().mul(sigma); // state part (numS is kept / sigma)
-        k.map(den, ({ row }) => denAt.at(row).mul(wA(row)).add(den.at(row).mul(M(row).neg().exp())));
-        k.map(num, ({ row, col }) => {
-          const y = num.at(row, col).mul(wA(row)).add(numS.at(row, col).mul(wS(row))).div(den.at(row));
-          return select(den.at(row).gt(0), y, 0);
-        });
+        const sS = (r: Val): Val => M(r).neg().exp().mul(sigma); // state part to the common scale (numS is kept / sigma)
+        k.map(denAt, ({ row }) => denAt.at(row).mul(wA(row))); // attention's weight on the common scale
+        k.map(denBlock, ({ row }) => den.at(row).mul(M(row).neg().exp())); // the state's
+        k.map(den, ({ row }) => denAt.at(row).add(denBlock.at(row)));
+        const part = (x: Val, r: Val): Val => select(den.at(r).gt(0), x.div(den.at(r)), 0);
+        k.map(numS, ({ row, col }) => part(numS.at(row, col).mul(sS(row)), row)); // yS
+        k.map(num, ({ row, col }) => part(num.at(row, col).mul(wA(row)), row).add(numS.at(row, col)));
+        k.map(denBlock, ({ row }) => part(denBlock.at(row), row)); // wS
+        k.store(yS, [bi, rows, qh, range(0, e)], numS);
+        k.store(wS, [bi, rows, qh], denBlock);
         k.map(lseT, ({ row }) => select(den.at(row).gt(0), den.at(row).log().add(M(row)), -Infinity));
         k.store(Y, [bi, rows, qh, range(0, e)], num); // rounded to the dtype by the store
         k.store(lse, [bi, rows, qh], lseT);

@@ -257,6 +257,43 @@ inline int __shfl_sync(unsigned, int v, int src) {
   emu::warp_sync();
   return r;
 }
+inline int __shfl_up_sync(unsigned, int v, int o) {
+  auto& w = emu::warp();
+  const int l = emu::lane();
+  std::memcpy(&w.slot[l][0], &v, 4);
+  emu::warp_sync();
+  int r;
+  std::memcpy(&r, &w.slot[l >= o ? l - o : l][0], 4);
+  emu::warp_sync();
+  return r;
+}
+template <typename T> T __shfl_down_sync(unsigned, T v, int o) {
+  static_assert(sizeof(T) == 4, "32-bit shuffles only");
+  auto& w = emu::warp();
+  const int l = emu::lane();
+  std::memcpy(&w.slot[l][0], &v, 4);
+  emu::warp_sync();
+  T r;
+  std::memcpy(&r, &w.slot[l + o < 32 ? l + o : l][0], 4);
+  emu::warp_sync();
+  return r;
+}
+inline unsigned __ballot_sync(unsigned, bool p) {
+  auto& w = emu::warp();
+  const int l = emu::lane();
+  const int v = p ? 1 : 0;
+  std::memcpy(&w.slot[l][0], &v, 4);
+  emu::warp_sync();
+  unsigned bits = 0;
+  for (int j = 0; j < 32; ++j) {
+    int u;
+    std::memcpy(&u, &w.slot[j][0], 4);
+    if (u != 0) bits |= 1u << j;
+  }
+  emu::warp_sync();
+  return bits;
+}
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
 inline bool __all_sync(unsigned, bool p) {
   auto& w = emu::warp();
   const int l = emu::lane();
@@ -417,14 +454,20 @@ inline float atomicAdd(float* p, float v) {
   *p = old + v;
   return old;
 }
+// the device header's run-wise warp sum, with the same shuffles (see templates/prt_tile.cuh)
 inline void add_keyed(float* p, float v, int key, int lane) {
-  const int k0 = __shfl_sync(0xffffffffu, key, 0);
-  if (__all_sync(0xffffffffu, key == k0 || key < 0) && k0 >= 0) {
-    v = warp_sum(v);
-    if (lane == 0) atomicAdd(p, v);
-  } else if (key >= 0) {
-    atomicAdd(p, v);
+  const int prev = __shfl_up_sync(0xffffffffu, key, 1);
+  const bool head = lane == 0 || prev != key;
+  const unsigned heads = __ballot_sync(0xffffffffu, head);
+  if (heads != 0xffffffffu) {
+    const int run = __popc(heads & (0xffffffffu >> (31 - lane)));
+    for (int o = 1; o < 32; o <<= 1) {
+      const float u = __shfl_down_sync(0xffffffffu, v, o);
+      const int ru = __shfl_down_sync(0xffffffffu, run, o);
+      if (lane + o < 32 && ru == run) v += u;
+    }
   }
+  if (head && key >= 0) atomicAdd(p, v);
 }
 template <typename T> int lower_bound(const T* t, int lo, int hi, int key) {
   while (lo < hi) {

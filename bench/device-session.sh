@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One device run (see README "On the GPU machine"): compile the generated kernels there (16 cores),
+# check them against the interpreter and the float64 reference, then time ours beside PyTorch SDPA
+# in the same run. Every log goes under $OUT (default ./device-out).
+# Usage: bash bench/device-session.sh [tests|bench|ncu|all]...   env: TS="4096 16384 65536" CHUNKS="128"
+set -uo pipefail
+OUT=${OUT:-device-out}; mkdir -p "$OUT"
+source .device/setup.sh > "$OUT/setup.log" 2>&1
+TS=${TS:-"4096 16384 65536"}
+CHUNKS=${CHUNKS:-128}
+build() {
+  local t0=$SECONDS
+  for d in generated build/generated/*/; do
+    [[ -f "$d/manifest.json" ]] || continue
+    node codegen/bin.mjs build --out "$d" --build-dir build/kernels --jobs 16 >> "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+  done
+  echo "build: $((SECONDS - t0)) s"
+}
+build
+for step in "${@:-all}"; do
+  case $step in
+    tests|all)
+      PRT_REQUIRE_GPU=1 ${GPU_SPECS:+PRT_GPU_SPECS="$GPU_SPECS"} timeout 300 node node_modules/vitest/vitest.mjs run test/gpu > "$OUT/gpu-tests.log" 2>&1
+      echo "gpu tests rc=$?"; grep -E "Tests |passed|failed|worst" "$OUT/gpu-tests.log" | tail -15 ;;&
+    bench|all)
+      for c in $CHUNKS; do
+        PROFILE=1 CHUNK=$c REPS=${REPS:-10} node --import tsx bench/retention.ts $TS > "$OUT/ours-c$c.log" 2> "$OUT/ours-c$c.err"
+        echo "bench c=$c rc=$?"; tail -3 "$OUT/ours-c$c.err"
+      done
+      python3 bench/sdpa.py $TS > "$OUT/sdpa.log" 2>&1
+      for c in $CHUNKS; do node bench/table.mjs "$OUT/ours-c$c.log" "$OUT/sdpa.log" | tee "$OUT/table-c$c.md"; done ;;&
+    ncu)
+      KERNELS=${NCU_KERNELS:-"query_state_bwd_dq|update_state_bwd|query_state|update_state"}
+      CHUNK=${CHUNKS%% *} REPS=1 timeout 400 ncu --kernel-name "regex:$KERNELS" --launch-count 4 \
+        --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats --section InstructionStats \
+        node --import tsx bench/retention.ts 16384 > "$OUT/ncu.log" 2>&1
+      echo "ncu rc=$?"; grep -E "^  [a-z_]+|Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per" "$OUT/ncu.log" | head -60 ;;
+  esac
+done
