@@ -127,8 +127,13 @@ export function parseSchedules(text: string, where: string): Map<string, Schedul
     const v = (raw as Record<string, unknown>)[key];
     if (typeof v !== "object" || v === null) bad(`expected a schedule { numWarps, blockD, blockT, stages }, received ${JSON.stringify(v)}`);
     const o = v as Record<string, unknown>;
-    for (const f of SCHEDULE_FIELDS)
-      if (!Number.isInteger(o[f]) || (o[f] as number) < 1) bad(`schedule.${f}: expected a positive integer, received ${JSON.stringify(o[f])}`);
+    // blockD is 0 for kernels with no feature blocks (the attention kernels); the kernel's own build
+    // and the DSL validator below decide whether a schedule fits that kernel.
+    for (const f of SCHEDULE_FIELDS) {
+      const least = f === "blockD" ? 0 : 1;
+      if (!Number.isInteger(o[f]) || (o[f] as number) < least)
+        bad(`schedule.${f}: expected ${least === 0 ? "a non-negative" : "a positive"} integer, received ${JSON.stringify(o[f])}`);
+    }
     const extra = Object.keys(o).filter((f) => !(SCHEDULE_FIELDS as readonly string[]).includes(f));
     if (extra.length) bad(`unknown schedule field${extra.length > 1 ? "s" : ""} ${extra.join(", ")} (expected ${SCHEDULE_FIELDS.join(", ")})`);
     const sch: Schedule = { numWarps: o.numWarps as number, blockD: o.blockD as number, blockT: o.blockT as number, stages: o.stages as number };

@@ -3863,8 +3863,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
 }
 
 // query_state_bwd_ds: dSin, dZin: the state's gradient from the queries of one chunk, one block of features
-// grid (33, $n, ($b * $h)), 128 threads, 70144 bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_e64_c128_bf16_w4_bd64_bt64_s1(
+// grid (17, $n, ($b * $h)), 256 threads, 103424 bytes of dynamic shared memory
+extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_e64_c128_bf16_w8_bd128_bt64_s1(
     const __nv_bfloat16* g_Q, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -3957,17 +3957,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
   (void)g_dZin_d3;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
-  __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_smem + 61440);  // bf16[64, 64] pitch 64
-  __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_smem + 33792);  // bf16[64, 64] pitch 72
-  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 69632);  // f32[64] pitch 64
-  float* const t_Dy_i = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  float* const t_q_norm = reinterpret_cast<float*>(prt_smem + 17408);  // f32[64, 64] pitch 64
-  float* const t_phi_f32 = reinterpret_cast<float*>(prt_smem + 1024);  // f32[64, 64] pitch 64
-  __nv_bfloat16* const t_phi_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 43008);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_phi_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 52224);  // bf16[64, 64] pitch 72
-  float f_acc_s[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_acc_z = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  float* const t_z_sum = reinterpret_cast<float*>(prt_smem + 69888);  // f32[64] pitch 64
+  __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_smem + 94208);  // bf16[64, 64] pitch 64
+  __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_smem + 84992);  // bf16[64, 64] pitch 72
+  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 103168);  // f32[64] pitch 64
+  float* const t_Dy_i = reinterpret_cast<float*>(prt_smem + 102912);  // f32[64] pitch 64
+  float* const t_q_norm = reinterpret_cast<float*>(prt_smem + 68608);  // f32[64, 64] pitch 64
+  float* const t_phi_f32 = reinterpret_cast<float*>(prt_smem + 1024);  // f32[64, 128] pitch 128
+  __nv_bfloat16* const t_phi_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 33792);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_phi_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 51200);  // bf16[64, 128] pitch 136
+  float f_acc_s[2][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 8 warps
+  float* const t_acc_z = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
+  float* const t_z_sum = reinterpret_cast<float*>(prt_smem + 102400);  // f32[128] pitch 128
   // g = load logG[(pid.z // $h), (pid.y * 128):+128, (pid.z % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.z) / p_h);
@@ -3976,14 +3976,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
-    for (int r = tid; r < 128; r += 128) {
+    for (int r = tid; r < 128; r += 256) {
       dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
     }
   }
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
-    for (int o = warp; o < 1; o += 4) {
+    for (int o = warp; o < 1; o += 8) {
       float carry = 0.0f;
       for (int j0 = 0; j0 < 128; j0 += 32) {
         const int j = j0 + lane, i = j;
@@ -3998,7 +3998,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
   {
     #pragma unroll
     for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 4;
+      const int u = warp + j * 8;
       const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
       #pragma unroll
       for (int q = 0; q < 4; ++q) {
@@ -4013,7 +4013,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
   __syncthreads();
   // acc_z[row] = 0.0
   {
-    for (int r = tid; r < 64; r += 128) {
+    for (int r = tid; r < 128; r += 256) {
       t_acc_z[r] = prt::from_f32<float>(0.0f);
     }
   }
@@ -4033,7 +4033,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
             const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
             __nv_bfloat16* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-              for (int i = tid; i < 512; i += 128) {
+              for (int i = tid; i < 512; i += 256) {
                 const int r = i / 8, c = (i % 8) * 8;
                 const int gr = s1 + r;
                 const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -4042,7 +4042,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
               }
             }
             else {
-              for (int i = tid; i < 4096; i += 128) {
+              for (int i = tid; i < 4096; i += 256) {
                 const int r = i / 64, c = i % 64;
                 dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
               }
@@ -4058,7 +4058,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
             const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
             __nv_bfloat16* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
-              for (int i = tid; i < 512; i += 128) {
+              for (int i = tid; i < 512; i += 256) {
                 const int r = i / 8, c = (i % 8) * 8;
                 const int gr = s1 + r;
                 const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -4067,7 +4067,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
               }
             }
             else {
-              for (int i = tid; i < 4096; i += 128) {
+              for (int i = tid; i < 4096; i += 256) {
                 const int r = i / 64, c = i % 64;
                 dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
               }
@@ -4083,7 +4083,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
             const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
             const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
             float* const dst = t_lse_i;
-            for (int r = tid; r < 64; r += 128) {
+            for (int r = tid; r < 64; r += 256) {
               dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
             }
           }
@@ -4095,59 +4095,59 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
             const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
             const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
             float* const dst = t_Dy_i;
-            for (int r = tid; r < 64; r += 128) {
+            for (int r = tid; r < 64; r += 256) {
               dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
             }
           }
           __syncthreads();
           // q_norm[row, col] = (q[row, col] * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[((i1 * 64) + row)] - lse_i[row]) / 2.0)))))
           {
-            for (int i = tid; i < 4096; i += 128) {
+            for (int i = tid; i < 4096; i += 256) {
               const int r = i / 64, c = i % 64;
               t_q_norm[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q[(r) * 64 + (c)]) * ((prt::to_f32(t_lse_i[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[((v_i1 * 64) + r)]) - prt::to_f32(t_lse_i[r])) / 2.0f))))));
             }
           }
           __syncthreads();
-          // phi_f32 = sympow2(q_norm, features from (pid.x * 64))
+          // phi_f32 = sympow2(q_norm, features from (pid.x * 128))
           {
-            const int off = (static_cast<int>(blockIdx.x) * 64);
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, f = i % 64, g = off + f;
+            const int off = (static_cast<int>(blockIdx.x) * 128);
+            for (int i = tid; i < 8192; i += 256) {
+              const int r = i / 128, f = i % 128, g = off + f;
               float v = 0.0f;
               if (g >= 0 && g < prt_sympow_d64_p2_size) {
                 v = prt_sympow_d64_p2_weight[g];
                 v *= prt::to_f32(t_q_norm[(r) * 64 + (prt_sympow_d64_p2_index[g * 2 + 0])]);
                 v *= prt::to_f32(t_q_norm[(r) * 64 + (prt_sympow_d64_p2_index[g * 2 + 1])]);
               }
-              t_phi_f32[(r) * 64 + (f)] = prt::from_f32<float>(v);
+              t_phi_f32[(r) * 128 + (f)] = prt::from_f32<float>(v);
             }
           }
           __syncthreads();
           // phi_hi[row, col] = (phi_f32[row, col] * 1.0)
           {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_phi_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * 1.0f));
+            for (int i = tid; i < 8192; i += 256) {
+              const int r = i / 128, c = i % 128;
+              t_phi_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_phi_f32[(r) * 128 + (c)]) * 1.0f));
             }
           }
           // phi_lo[row, col] = ((phi_f32[row, col] * 1.0) - phi_hi[row, col])
           {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_phi_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(t_phi_hi[(r) * 72 + (c)])));
+            for (int i = tid; i < 8192; i += 256) {
+              const int r = i / 128, c = i % 128;
+              t_phi_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_phi_f32[(r) * 128 + (c)]) * 1.0f) - prt::to_f32(t_phi_hi[(r) * 136 + (c)])));
             }
           }
           __syncthreads();
-          // acc_s += mma.tc(phi_hi^T, dy) [64x64 in 16x32 units over 4 warps]
+          // acc_s += mma.tc(phi_hi^T, dy) [128x64 in 16x32 units over 8 warps]
           {
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
+              const int u = warp + j * 8;
               const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
               float (&acc)[4][4] = f_acc_s[j];
               for (int k0 = 0; k0 < 64; k0 += 16) {
                 uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_phi_hi[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+                prt::ldmatrix_x4_trans(af, &t_phi_hi[(k0 + prt::at_row(lane)) * 136 + m0 + prt::at_col(lane)]);
                 #pragma unroll
                 for (int q = 0; q < 4; q += 2) {
                   uint32_t bf[4];
@@ -4158,16 +4158,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
               }
             }
           }
-          // acc_s += mma.tc(phi_lo^T, dy) [64x64 in 16x32 units over 4 warps]
+          // acc_s += mma.tc(phi_lo^T, dy) [128x64 in 16x32 units over 8 warps]
           {
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
+              const int u = warp + j * 8;
               const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
               float (&acc)[4][4] = f_acc_s[j];
               for (int k0 = 0; k0 < 64; k0 += 16) {
                 uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_phi_lo[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+                prt::ldmatrix_x4_trans(af, &t_phi_lo[(k0 + prt::at_row(lane)) * 136 + m0 + prt::at_col(lane)]);
                 #pragma unroll
                 for (int q = 0; q < 4; q += 2) {
                   uint32_t bf[4];
@@ -4180,24 +4180,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
           }
           // phi_f32[row, col] = -((phi_f32[row, col] * Dy_i[row]))
           {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_phi_f32[(r) * 64 + (c)] = prt::from_f32<float>((-(prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * prt::to_f32(t_Dy_i[r]))));
+            for (int i = tid; i < 8192; i += 256) {
+              const int r = i / 128, c = i % 128;
+              t_phi_f32[(r) * 128 + (c)] = prt::from_f32<float>((-(prt::to_f32(t_phi_f32[(r) * 128 + (c)]) * prt::to_f32(t_Dy_i[r]))));
             }
           }
           __syncthreads();
           // z_sum = reduce_sum(phi_f32, axis=0)
           {
-            for (int o = tid; o < 64; o += 128) {
+            for (int o = tid; o < 128; o += 256) {
               float acc = 0.0f;
-              for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_phi_f32[(i) * 64 + (o)]);
+              for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_phi_f32[(i) * 128 + (o)]);
               t_z_sum[o] = prt::from_f32<float>(acc);
             }
           }
           __syncthreads();
           // acc_z[row] = (acc_z[row] + z_sum[row])
           {
-            for (int r = tid; r < 64; r += 128) {
+            for (int r = tid; r < 128; r += 256) {
               t_acc_z[r] = prt::from_f32<float>((prt::to_f32(t_acc_z[r]) + prt::to_f32(t_z_sum[r])));
             }
           }
@@ -4205,19 +4205,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
       }
     }
   }
-  // store dSin[(pid.z // $h), (pid.z % $h), pid.y, (pid.x * 64):+64, 0:+64] = acc_s
+  // store dSin[(pid.z // $h), (pid.z % $h), pid.y, (pid.x * 128):+128, 0:+64] = acc_s
   {
     const int a0 = (static_cast<int>(blockIdx.z) / p_h);
     const int a1 = (static_cast<int>(blockIdx.z) % p_h);
     const int a2 = static_cast<int>(blockIdx.y);
-    const int s3 = (static_cast<int>(blockIdx.x) * 64);
+    const int s3 = (static_cast<int>(blockIdx.x) * 128);
     const int s4 = 0;
     const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
     const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
     if (ok) {
       #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        const int u = warp + j * 4;
+        const int u = warp + j * 8;
         const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
         #pragma unroll
         for (int q = 0; q < 4; ++q) {
@@ -4230,16 +4230,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
       }
     }
   }
-  // store dZin[(pid.z // $h), (pid.z % $h), pid.y, (pid.x * 64):+64] = acc_z
+  // store dZin[(pid.z // $h), (pid.z % $h), pid.y, (pid.x * 128):+128] = acc_z
   {
     const int a0 = (static_cast<int>(blockIdx.z) / p_h);
     const int a1 = (static_cast<int>(blockIdx.z) % p_h);
     const int a2 = static_cast<int>(blockIdx.y);
-    const int s3 = (static_cast<int>(blockIdx.x) * 64);
+    const int s3 = (static_cast<int>(blockIdx.x) * 128);
     const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
     const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
     if (ok) {
-      for (int r = tid; r < 64; r += 128) {
+      for (int r = tid; r < 128; r += 256) {
         if (s3 + r >= 0 && s3 + r < g_dZin_d3) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_acc_z[r];
       }
     }
@@ -4247,8 +4247,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
 }
 
 // discounted_cumsum_bwd: ddS, ddZ, dS0, dZ0, dGc: reverse-time discounted cumsum of the state's gradient
-// grid (33, ($b * $h), 1), 128 threads, 34080 bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d64_e64_c128_bf16_w4_bd64_bt128_s1(
+// grid (65, ($b * $h), 1), 128 threads, 17312 bytes of dynamic shared memory
+extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d64_e64_c128_bf16_w4_bd32_bt128_s1(
     const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -4397,11 +4397,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
   (void)g_dZ0_d0;
   (void)g_dZ0_d1;
   (void)g_dZ0_d2;
-  // dGc: f32[$b, $h, $n, 33]
+  // dGc: f32[$b, $h, $n, 65]
   const long long g_dGc_d0 = static_cast<long long>(p_b);
   const long long g_dGc_d1 = static_cast<long long>(p_h);
   const long long g_dGc_d2 = static_cast<long long>(p_n);
-  const long long g_dGc_d3 = static_cast<long long>(33);
+  const long long g_dGc_d3 = static_cast<long long>(65);
   const long long g_dGc_s3 = 1LL;
   const long long g_dGc_s2 = g_dGc_s3 * g_dGc_d3;
   const long long g_dGc_s1 = g_dGc_s2 * g_dGc_d2;
@@ -4410,25 +4410,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
   (void)g_dGc_d1;
   (void)g_dGc_d2;
   (void)g_dGc_d3;
-  float* const t_R = reinterpret_cast<float*>(prt_smem + 0);  // f32[64, 64] pitch 64
-  float* const t_r = reinterpret_cast<float*>(prt_smem + 16384);  // f32[64] pitch 64
-  float* const t_X = reinterpret_cast<float*>(prt_smem + 16640);  // f32[64, 64] pitch 64
-  float* const t_x = reinterpret_cast<float*>(prt_smem + 33792);  // f32[64] pitch 64
-  float* const t_g = reinterpret_cast<float*>(prt_smem + 33024);  // f32[128] pitch 128
-  float* const t_G = reinterpret_cast<float*>(prt_smem + 34048);  // f32[1] pitch 1
-  float* const t_row_dot = reinterpret_cast<float*>(prt_smem + 33536);  // f32[64] pitch 64
-  float* const t_dG = reinterpret_cast<float*>(prt_smem + 34064);  // f32[1] pitch 1
-  // R = load.async dSfinal[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+64]
+  float* const t_R = reinterpret_cast<float*>(prt_smem + 0);  // f32[32, 64] pitch 64
+  float* const t_r = reinterpret_cast<float*>(prt_smem + 8192);  // f32[32] pitch 32
+  float* const t_X = reinterpret_cast<float*>(prt_smem + 8320);  // f32[32, 64] pitch 64
+  float* const t_x = reinterpret_cast<float*>(prt_smem + 17152);  // f32[32] pitch 32
+  float* const t_g = reinterpret_cast<float*>(prt_smem + 16512);  // f32[128] pitch 128
+  float* const t_G = reinterpret_cast<float*>(prt_smem + 17280);  // f32[1] pitch 1
+  float* const t_row_dot = reinterpret_cast<float*>(prt_smem + 17024);  // f32[32] pitch 32
+  float* const t_dG = reinterpret_cast<float*>(prt_smem + 17296);  // f32[1] pitch 1
+  // R = load.async dSfinal[(pid.y // $h), (pid.y % $h), (pid.x * 32):+32, 0:+64]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-    const int s2 = (static_cast<int>(blockIdx.x) * 64);
+    const int s2 = (static_cast<int>(blockIdx.x) * 32);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dSfinal_d0 && a1 >= 0 && a1 < g_dSfinal_d1;
     const long long base = static_cast<long long>(a0) * g_dSfinal_s0 + static_cast<long long>(a1) * g_dSfinal_s1 + static_cast<long long>(s2) * g_dSfinal_s2 + static_cast<long long>(s3) * g_dSfinal_s3;
     float* const dst = t_R;
     if (prt::aligned16(g_dSfinal) && base % 4 == 0 && g_dSfinal_s2 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      for (int i = tid; i < 512; i += 128) {
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s2 + r;
         const long long left = ok && gr >= 0 && gr < g_dSfinal_d2 ? g_dSfinal_d3 - (s3 + c) : 0;
@@ -4437,22 +4437,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       }
     }
     else {
-      for (int i = tid; i < 4096; i += 128) {
+      for (int i = tid; i < 2048; i += 128) {
         const int r = i / 64, c = i % 64;
         dst[(r) * 64 + (c)] = ok && s2 + r >= 0 && s2 + r < g_dSfinal_d2 && s3 + c >= 0 && s3 + c < g_dSfinal_d3 ? g_dSfinal[base + static_cast<long long>(r) * g_dSfinal_s2 + static_cast<long long>(c) * g_dSfinal_s3] : prt::from_f32<float>(0.0f);
       }
     }
   }
-  // r = load.async dZfinal[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64]
+  // r = load.async dZfinal[(pid.y // $h), (pid.y % $h), (pid.x * 32):+32]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-    const int s2 = (static_cast<int>(blockIdx.x) * 64);
+    const int s2 = (static_cast<int>(blockIdx.x) * 32);
     const bool ok = a0 >= 0 && a0 < g_dZfinal_d0 && a1 >= 0 && a1 < g_dZfinal_d1;
     const long long base = static_cast<long long>(a0) * g_dZfinal_s0 + static_cast<long long>(a1) * g_dZfinal_s1 + static_cast<long long>(s2) * g_dZfinal_s2;
     float* const dst = t_r;
     if (prt::aligned16(g_dZfinal) && base % 4 == 0 && s2 >= 0) {
-      for (int i = tid; i < 16; i += 128) {
+      for (int i = tid; i < 8; i += 128) {
         const int c = i * 4;
         const long long left = ok ? g_dZfinal_d2 - (s2 + c) : 0;
         const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
@@ -4460,7 +4460,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       }
     }
     else {
-      for (int r = tid; r < 64; r += 128) {
+      for (int r = tid; r < 32; r += 128) {
         dst[r] = ok && s2 + r >= 0 && s2 + r < g_dZfinal_d2 ? g_dZfinal[base + static_cast<long long>(r) * g_dZfinal_s2] : prt::from_f32<float>(0.0f);
       }
     }
@@ -4492,48 +4492,48 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           if (lane == 0) t_G[o] = prt::from_f32<float>(acc);
         }
       }
-      // store ddS[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 64):+64, 0:+64] = R
+      // store ddS[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 32):+32, 0:+64] = R
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
         const int a2 = ((p_n - 1) - v_i0);
-        const int s3 = (static_cast<int>(blockIdx.x) * 64);
+        const int s3 = (static_cast<int>(blockIdx.x) * 32);
         const int s4 = 0;
         const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
         const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
         if (ok) {
-          for (int i = tid; i < 4096; i += 128) {
+          for (int i = tid; i < 2048; i += 128) {
             const int r = i / 64, c = i % 64;
             if (s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4) g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] = t_R[(r) * 64 + (c)];
           }
         }
       }
-      // store ddZ[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 64):+64] = r
+      // store ddZ[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 32):+32] = r
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
         const int a2 = ((p_n - 1) - v_i0);
-        const int s3 = (static_cast<int>(blockIdx.x) * 64);
+        const int s3 = (static_cast<int>(blockIdx.x) * 32);
         const bool ok = a0 >= 0 && a0 < g_ddZ_d0 && a1 >= 0 && a1 < g_ddZ_d1 && a2 >= 0 && a2 < g_ddZ_d2;
         const long long base = static_cast<long long>(a0) * g_ddZ_s0 + static_cast<long long>(a1) * g_ddZ_s1 + static_cast<long long>(a2) * g_ddZ_s2 + static_cast<long long>(s3) * g_ddZ_s3;
         if (ok) {
-          for (int r = tid; r < 64; r += 128) {
+          for (int r = tid; r < 32; r += 128) {
             if (s3 + r >= 0 && s3 + r < g_ddZ_d3) g_ddZ[base + static_cast<long long>(r) * g_ddZ_s3] = t_r[r];
           }
         }
       }
-      // X = load.async Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 64):+64, 0:+64]
+      // X = load.async Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 32):+32, 0:+64]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
         const int a2 = ((p_n - 1) - v_i0);
-        const int s3 = (static_cast<int>(blockIdx.x) * 64);
+        const int s3 = (static_cast<int>(blockIdx.x) * 32);
         const int s4 = 0;
         const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
         float* const dst = t_X;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
+          for (int i = tid; i < 512; i += 128) {
             const int r = i / 16, c = (i % 16) * 4;
             const int gr = s3 + r;
             const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -4542,23 +4542,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           }
         }
         else {
-          for (int i = tid; i < 4096; i += 128) {
+          for (int i = tid; i < 2048; i += 128) {
             const int r = i / 64, c = i % 64;
             dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
           }
         }
       }
-      // x = load.async Zin[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 64):+64]
+      // x = load.async Zin[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 32):+32]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
         const int a2 = ((p_n - 1) - v_i0);
-        const int s3 = (static_cast<int>(blockIdx.x) * 64);
+        const int s3 = (static_cast<int>(blockIdx.x) * 32);
         const bool ok = a0 >= 0 && a0 < g_Zin_d0 && a1 >= 0 && a1 < g_Zin_d1 && a2 >= 0 && a2 < g_Zin_d2;
         const long long base = static_cast<long long>(a0) * g_Zin_s0 + static_cast<long long>(a1) * g_Zin_s1 + static_cast<long long>(a2) * g_Zin_s2 + static_cast<long long>(s3) * g_Zin_s3;
         float* const dst = t_x;
         if (prt::aligned16(g_Zin) && base % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 16; i += 128) {
+          for (int i = tid; i < 8; i += 128) {
             const int c = i * 4;
             const long long left = ok ? g_Zin_d3 - (s3 + c) : 0;
             const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
@@ -4566,7 +4566,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           }
         }
         else {
-          for (int r = tid; r < 64; r += 128) {
+          for (int r = tid; r < 32; r += 128) {
             dst[r] = ok && s3 + r >= 0 && s3 + r < g_Zin_d3 ? g_Zin[base + static_cast<long long>(r) * g_Zin_s3] : prt::from_f32<float>(0.0f);
           }
         }
@@ -4576,7 +4576,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       __syncthreads();
       // X[row, col] = (X[row, col] * R[row, col])
       {
-        for (int i = tid; i < 4096; i += 128) {
+        for (int i = tid; i < 2048; i += 128) {
           const int r = i / 64, c = i % 64;
           t_X[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_X[(r) * 64 + (c)]) * prt::to_f32(t_R[(r) * 64 + (c)])));
         }
@@ -4584,16 +4584,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       __syncthreads();
       // row_dot = reduce_sum(X, axis=1)
       {
-        for (int o = tid; o < 64; o += 128) {
+        for (int o = warp; o < 32; o += 4) {
           float acc = 0.0f;
-          for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_X[(o) * 64 + (i)]);
-          t_row_dot[o] = prt::from_f32<float>(acc);
+          for (int i = lane; i < 64; i += 32) acc += prt::to_f32(t_X[(o) * 64 + (i)]);
+          acc = prt::warp_sum(acc);
+          if (lane == 0) t_row_dot[o] = prt::from_f32<float>(acc);
         }
       }
       __syncthreads();
       // row_dot[row] = (row_dot[row] + (x[row] * r[row]))
       {
-        for (int r = tid; r < 64; r += 128) {
+        for (int r = tid; r < 32; r += 128) {
           t_row_dot[r] = prt::from_f32<float>((prt::to_f32(t_row_dot[r]) + (prt::to_f32(t_x[r]) * prt::to_f32(t_r[r]))));
         }
       }
@@ -4602,7 +4603,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       {
         for (int o = warp; o < 1; o += 4) {
           float acc = 0.0f;
-          for (int i = lane; i < 64; i += 32) acc += prt::to_f32(t_row_dot[i]);
+          for (int i = lane; i < 32; i += 32) acc += prt::to_f32(t_row_dot[i]);
           acc = prt::warp_sum(acc);
           if (lane == 0) t_dG[o] = prt::from_f32<float>(acc);
         }
@@ -4628,18 +4629,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           }
         }
       }
-      // X = load.async dSin[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 64):+64, 0:+64]
+      // X = load.async dSin[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 32):+32, 0:+64]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
         const int a2 = ((p_n - 1) - v_i0);
-        const int s3 = (static_cast<int>(blockIdx.x) * 64);
+        const int s3 = (static_cast<int>(blockIdx.x) * 32);
         const int s4 = 0;
         const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
         const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
         float* const dst = t_X;
         if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
+          for (int i = tid; i < 512; i += 128) {
             const int r = i / 16, c = (i % 16) * 4;
             const int gr = s3 + r;
             const long long left = ok && gr >= 0 && gr < g_dSin_d3 ? g_dSin_d4 - (s4 + c) : 0;
@@ -4648,23 +4649,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           }
         }
         else {
-          for (int i = tid; i < 4096; i += 128) {
+          for (int i = tid; i < 2048; i += 128) {
             const int r = i / 64, c = i % 64;
             dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 ? g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] : prt::from_f32<float>(0.0f);
           }
         }
       }
-      // x = load.async dZin[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 64):+64]
+      // x = load.async dZin[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 32):+32]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
         const int a2 = ((p_n - 1) - v_i0);
-        const int s3 = (static_cast<int>(blockIdx.x) * 64);
+        const int s3 = (static_cast<int>(blockIdx.x) * 32);
         const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
         const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
         float* const dst = t_x;
         if (prt::aligned16(g_dZin) && base % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 16; i += 128) {
+          for (int i = tid; i < 8; i += 128) {
             const int c = i * 4;
             const long long left = ok ? g_dZin_d3 - (s3 + c) : 0;
             const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
@@ -4672,7 +4673,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           }
         }
         else {
-          for (int r = tid; r < 64; r += 128) {
+          for (int r = tid; r < 32; r += 128) {
             dst[r] = ok && s3 + r >= 0 && s3 + r < g_dZin_d3 ? g_dZin[base + static_cast<long long>(r) * g_dZin_s3] : prt::from_f32<float>(0.0f);
           }
         }
@@ -4682,44 +4683,44 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       __syncthreads();
       // R[row, col] = (X[row, col] + (R[row, col] * exp(G[0])))
       {
-        for (int i = tid; i < 4096; i += 128) {
+        for (int i = tid; i < 2048; i += 128) {
           const int r = i / 64, c = i % 64;
           t_R[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_X[(r) * 64 + (c)]) + (prt::to_f32(t_R[(r) * 64 + (c)]) * expf(prt::to_f32(t_G[0])))));
         }
       }
       // r[row] = (x[row] + (r[row] * exp(G[0])))
       {
-        for (int r = tid; r < 64; r += 128) {
+        for (int r = tid; r < 32; r += 128) {
           t_r[r] = prt::from_f32<float>((prt::to_f32(t_x[r]) + (prt::to_f32(t_r[r]) * expf(prt::to_f32(t_G[0])))));
         }
       }
     }
   }
   __syncthreads();
-  // store dS0[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+64] = R
+  // store dS0[(pid.y // $h), (pid.y % $h), (pid.x * 32):+32, 0:+64] = R
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-    const int s2 = (static_cast<int>(blockIdx.x) * 64);
+    const int s2 = (static_cast<int>(blockIdx.x) * 32);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dS0_d0 && a1 >= 0 && a1 < g_dS0_d1;
     const long long base = static_cast<long long>(a0) * g_dS0_s0 + static_cast<long long>(a1) * g_dS0_s1 + static_cast<long long>(s2) * g_dS0_s2 + static_cast<long long>(s3) * g_dS0_s3;
     if (ok) {
-      for (int i = tid; i < 4096; i += 128) {
+      for (int i = tid; i < 2048; i += 128) {
         const int r = i / 64, c = i % 64;
         if (s2 + r >= 0 && s2 + r < g_dS0_d2 && s3 + c >= 0 && s3 + c < g_dS0_d3) g_dS0[base + static_cast<long long>(r) * g_dS0_s2 + static_cast<long long>(c) * g_dS0_s3] = t_R[(r) * 64 + (c)];
       }
     }
   }
-  // store dZ0[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64] = r
+  // store dZ0[(pid.y // $h), (pid.y % $h), (pid.x * 32):+32] = r
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-    const int s2 = (static_cast<int>(blockIdx.x) * 64);
+    const int s2 = (static_cast<int>(blockIdx.x) * 32);
     const bool ok = a0 >= 0 && a0 < g_dZ0_d0 && a1 >= 0 && a1 < g_dZ0_d1;
     const long long base = static_cast<long long>(a0) * g_dZ0_s0 + static_cast<long long>(a1) * g_dZ0_s1 + static_cast<long long>(s2) * g_dZ0_s2;
     if (ok) {
-      for (int r = tid; r < 64; r += 128) {
+      for (int r = tid; r < 32; r += 128) {
         if (s2 + r >= 0 && s2 + r < g_dZ0_d2) g_dZ0[base + static_cast<long long>(r) * g_dZ0_s2] = t_r[r];
       }
     }
@@ -6924,17 +6925,17 @@ extern "C" cudaError_t prt_query_state_bwd_dq_p2_d64_e64_c128_bf16_w8_bd32_bt64_
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_query_state_bwd_ds_p2_d64_e64_c128_bf16_w4_bd64_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_ds_p2_d64_e64_c128_bf16_w4_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 70144);
+extern "C" cudaError_t prt_query_state_bwd_ds_p2_d64_e64_c128_bf16_w8_bd128_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_ds_p2_d64_e64_c128_bf16_w8_bd128_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 103424);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_ds_p2_d64_e64_c128_bf16_w4_bd64_bt64_s1<<<grid, 128, 70144, stream>>>(g_Q, g_logG, g_dY, g_lse, g_Dy, g_dSin, g_dZin, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_query_state_bwd_ds_p2_d64_e64_c128_bf16_w8_bd128_bt64_s1<<<grid, 256, 103424, stream>>>(g_Q, g_logG, g_dY, g_lse, g_Dy, g_dSin, g_dZin, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_discounted_cumsum_bwd_p2_d64_e64_c128_bf16_w4_bd64_bt128_s1_launch(dim3 grid, cudaStream_t stream, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d64_e64_c128_bf16_w4_bd64_bt128_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 34080);
+extern "C" cudaError_t prt_discounted_cumsum_bwd_p2_d64_e64_c128_bf16_w4_bd32_bt128_s1_launch(dim3 grid, cudaStream_t stream, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
+  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d64_e64_c128_bf16_w4_bd32_bt128_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 17312);
   if (err != cudaSuccess) return err;
-  prt_discounted_cumsum_bwd_p2_d64_e64_c128_bf16_w4_bd64_bt128_s1<<<grid, 128, 34080, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
+  prt_discounted_cumsum_bwd_p2_d64_e64_c128_bf16_w4_bd32_bt128_s1<<<grid, 128, 17312, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
