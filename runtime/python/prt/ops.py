@@ -80,6 +80,28 @@ def _spec_of(Q: torch.Tensor, V: torch.Tensor, deg: int, chunk: int) -> _manifes
     return _manifest.Spec(deg, Q.shape[-1], V.shape[-1], chunk, _DTYPES[Q.dtype])
 
 
+# What the manifest says, as constants for torch.compile: dynamo runs these once at trace time
+# instead of tracing their file reads (which would break the graph).
+_constant = getattr(getattr(torch, "_dynamo", None), "assume_constant_result", lambda f: f)
+
+
+@_constant
+def _built_chunks(deg: int, d: int, e: int, dtype: str) -> tuple:
+    return tuple(sorted({s.chunk for m in _manifests() for s in m.specs if (s.deg, s.d, s.e, s.dtype) == (deg, d, e, dtype)}))
+
+
+@_constant
+def _output_names(kind: str, deg: int, d: int, e: int, chunk: int, dtype: str, gated: bool, initial: bool, final: bool,
+                  one_chunk: bool) -> tuple:
+    spec = _manifest.Spec(deg, d, e, chunk, dtype)
+    plan = _manifest.find_plan(_manifests(), kind, spec)
+    if plan is None:
+        raise _native.PrtError(f"spec {spec.key} has no {kind} plan in {', '.join(_paths.manifest_paths())}; "
+                               f"generate and compile it with `{spec.gen_command()}`")
+    flags = {"gated": int(gated), "initialState": int(initial), "finalState": int(final), "oneChunk": int(one_chunk)}
+    return tuple(_manifest.variant(plan, flags)["outputs"])
+
+
 # ---- the ops ---------------------------------------------------------------------------------------
 # Outputs are a list in the order the plan variant lists them (names from the manifest), so a change
 # of the plans (e.g. a new saved tensor) reaches Python by regenerating, with no edit here.
@@ -260,11 +282,20 @@ def power_retention(Q, K, V, log_G=None, initial_state=None, return_final_state=
         if tuple(Z0.shape) != (b, h, D):
             raise ValueError(f"initial_state[1]: expected shape [{b}, {h}, {D}], received {tuple(Z0.shape)}")
         S0, Z0 = S0.float().contiguous(), Z0.float().contiguous()
-    spec = _manifest.choose_chunk(_manifests(), deg, d, e, _DTYPES[Q.dtype], t, chunk_size)
-    out = _forward_op(Q, K, V, log_G, S0, Z0, deg, scale, spec.chunk, bool(return_final_state))
-    names = [n for n, _, _ in _forward_names(spec, b, t, hq, h, log_G is not None, S0 is not None, bool(return_final_state))]
+    dtype = _DTYPES[Q.dtype]
+    chunk = chunk_size
+    if chunk is None:  # the smallest built chunk >= t (one chunk: the quadratic form), else the largest
+        built = _built_chunks(deg, d, e, dtype)
+        if not built:
+            _manifest.choose_chunk(_manifests(), deg, d, e, dtype, 1, None)  # raises, naming the gen command
+        fits = [c for c in built if c >= t]
+        chunk = fits[0] if fits else built[-1]
+    final = bool(return_final_state)
+    out = _forward_op(Q, K, V, log_G, S0, Z0, deg, scale, chunk, final)
+    names = _output_names("forward", deg, d, e, chunk, dtype, log_G is not None, S0 is not None, final,
+                          bool((t + chunk - 1) // chunk == 1))
     r = dict(zip(names, out))
-    if return_final_state:
+    if final:
         return r["Y"], (r["Sfinal"], r["Zfinal"])
     return r["Y"]
 
