@@ -13,10 +13,11 @@ import { KERNELS } from "../dsl/kernels/index.ts";
 import { checkSpec, scheduleKey, specKey, type KernelDef, type Schedule, type Spec } from "../dsl/spec.ts";
 import { validateKernel } from "../dsl/validate.ts";
 import { threadsOf } from "./lir.ts";
-import { fitsByArch, manifestArgs, MANIFEST_FILE, MANIFEST_FORMAT, parseManifest, type Arch, type Manifest, type ManifestKernel } from "./manifest.ts";
+import { fitsByArch, manifestArgs, MANIFEST_FILE, MANIFEST_FORMAT, parseManifest, type Arch, type Manifest, type ManifestKernel, type ManifestPlan } from "./manifest.ts";
 import { nvccFlags } from "./nvcc.ts";
 import { lowerKernel } from "./pipeline.ts";
 import { SMEM_LIMIT } from "./lower/rules.ts";
+import { kernelSymbol, planData, planSchedules } from "./plan-data.ts";
 import { cArgs, tablesUsed } from "./render-cuda.ts";
 import { renderSymPowHeader, symPowHeaderName } from "./render-tables.ts";
 
@@ -68,7 +69,7 @@ export function kernelsOf(sel: Selection): readonly KernelDef[] {
   });
 }
 
-export const kernelSymbol = (name: string, spec: Spec, sch: Schedule): string => `prt_${name}_${specKey(spec)}_${scheduleKey(sch)}`;
+export { kernelSymbol };
 
 const sha256 = (s: string): string => createHash("sha256").update(s).digest("hex");
 
@@ -188,6 +189,7 @@ export function generate(opts: GenOptions): Generated {
   files.set(DEVICE_HEADER, header);
   const flags = nvccFlags(sel.archs);
   const kernels: ManifestKernel[] = [];
+  const plans: ManifestPlan[] = [];
   const manifestFiles: Manifest["files"][number][] = [];
   const defs = kernelsOf(sel);
   for (const spec of specsOf(sel)) {
@@ -244,6 +246,9 @@ export function generate(opts: GenOptions): Generated {
         sourceSha256: hash,
         fatbin,
       });
+    // the plans as data for the native runtime, with the schedules of the kernels just generated
+    const scheduleFor = opts.scheduleFor ?? ((k: KernelDef, s: Spec) => k.schedule(s));
+    plans.push(...planData(spec, planSchedules(spec, scheduleFor)));
   }
   const headers = [...files.keys()].filter((f) => f.endsWith(".cuh")).sort().map((file) => ({ file, sha256: sha256(files.get(file)!) }));
   const manifest: Manifest = {
@@ -254,6 +259,7 @@ export function generate(opts: GenOptions): Generated {
     headers,
     files: manifestFiles,
     kernels,
+    plans,
   };
   files.set(MANIFEST_FILE, tpl.manifest(manifest));
   files.set("Makefile", tpl.makefile({ flags: flags.join(" "), files: manifestFiles }));

@@ -9,7 +9,8 @@ import type { Schedule, Spec } from "../dsl/spec.ts";
 import type { LKernel } from "./lir.ts";
 import { SMEM_LIMIT } from "./lower/rules.ts";
 
-export const MANIFEST_FORMAT = 1;
+/** 2: plans as data (`plans`). */
+export const MANIFEST_FORMAT = 2;
 export const MANIFEST_FILE = "manifest.json";
 
 export type Arch = keyof typeof SMEM_LIMIT;
@@ -47,6 +48,89 @@ export interface ManifestFile {
   readonly includes: readonly string[];
 }
 
+// ---- plans as data (codegen/plan-data.ts builds them from dsl/plan*.ts) ----------------------------
+
+/**
+ * An integer (or, for `scale`, real) expression over a plan's variables: a number, a variable's
+ * name, or [op, a, b]. "//" is floor division and "%" its remainder; all values are non-negative.
+ */
+export type PlanExpr = number | string | readonly [PlanOp, PlanExpr, PlanExpr];
+export type PlanOp = "+" | "-" | "*" | "//" | "%" | "max" | "min";
+export type PlanKind = "forward" | "backward" | "decode";
+
+/**
+ * The variables a plan's expressions read. forward/backward: the caller's b, t, hq, h and scale,
+ * and n = ceil(t / chunk), the chunk count. decode: b, hq, h, scale, tn (tokens of the call), and
+ * per segment q0 (its first token), seg (its tokens), len0 (cache rows before it).
+ */
+export const PLAN_VARS: Readonly<Record<PlanKind, readonly string[]>> = {
+  forward: ["b", "t", "hq", "h", "n", "scale"],
+  backward: ["b", "t", "hq", "h", "n", "scale"],
+  decode: ["b", "hq", "h", "tn", "q0", "seg", "len0", "scale"],
+};
+
+/**
+ * The flags a plan's structure depends on, each 0 or 1: gated (logG given), initialState (S0/Z0
+ * given), finalState (Sfinal/Zfinal wanted), oneChunk (n == 1, derived by the runtime).
+ */
+export const PLAN_FLAGS: Readonly<Record<PlanKind, readonly string[]>> = {
+  forward: ["gated", "initialState", "finalState", "oneChunk"],
+  backward: ["gated", "initialState", "finalState", "oneChunk"],
+  decode: ["gated"],
+};
+
+export type BufferInit = "input" | "nan" | "zeros";
+
+export interface PlanDataBuffer {
+  readonly name: string;
+  readonly dtype: string;
+  /** Row-major dims. */
+  readonly shape: readonly PlanExpr[];
+  /** input: the caller's memory; nan: written by the plan before it is read (poisoned in debug
+   * runs); zeros: zeroed first; { flag, then, else }: one of those by a flag (e.g. logG is an input
+   * when gated, else zeros). */
+  readonly init: BufferInit | { readonly flag: string; readonly then: BufferInit; readonly else: BufferInit };
+}
+
+export interface PlanDataStep {
+  readonly kernel: string;
+  /** The manifest kernel launched (its `args` give the argument order, `threads` and `smemBytes` the block). */
+  readonly symbol: string;
+  readonly grid: readonly [PlanExpr, PlanExpr, PlanExpr];
+  /** Kernel params by name (a step may set more than the kernel reads). */
+  readonly params: Readonly<Record<string, PlanExpr>>;
+  /** Kernel tensor -> plan buffer. */
+  readonly bind: Readonly<Record<string, string>>;
+}
+
+export interface PlanVariant {
+  /** The flag combinations this variant is for. */
+  readonly when: readonly Readonly<Record<string, number>>[];
+  readonly buffers: readonly PlanDataBuffer[];
+  /** forward/backward: the launches in order. decode: the launches of one segment. */
+  readonly steps: readonly PlanDataStep[];
+  /** The buffers a caller reads back. */
+  readonly outputs: readonly string[];
+  /** decode only: after a segment that fills the cache, these steps fold it into the state; the
+   * buffers are added to the call's once when any segment folds. */
+  readonly fold?: { readonly buffers: readonly PlanDataBuffer[]; readonly steps: readonly PlanDataStep[] };
+}
+
+/**
+ * One plan of one spec. A decode call of tn tokens on a cache of len0 rows (capacity c = chunk)
+ * runs segments: q0 = 0, then while q0 < tn: seg = min(tn - q0, c - len0); the segment's steps;
+ * if len0 + seg == c the fold's steps and len0 = 0, else len0 += seg; q0 += seg
+ * (dsl/plan-decode.ts decodeSegments).
+ */
+export interface ManifestPlan {
+  readonly kind: PlanKind;
+  /** The spec whose problem it computes (its steps may launch kernels of other specs, e.g. f32 folds). */
+  readonly spec: string;
+  readonly vars: readonly string[];
+  readonly flags: readonly string[];
+  readonly variants: readonly PlanVariant[];
+}
+
 export interface Manifest {
   readonly format: number;
   readonly generator: string;
@@ -55,6 +139,7 @@ export interface Manifest {
   readonly headers: readonly { readonly file: string; readonly sha256: string }[];
   readonly files: readonly ManifestFile[];
   readonly kernels: readonly ManifestKernel[];
+  readonly plans: readonly ManifestPlan[];
 }
 
 export function manifestArgs(k: LKernel): ManifestArg[] {

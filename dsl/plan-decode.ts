@@ -51,26 +51,30 @@ export interface DecodePlan {
   readonly folds: number;
 }
 
-/**
- * One decoding call: tn new tokens Q [b,tn,hq,d], K [b,tn,h,d], V [b,tn,h,e], logG [b,tn,h] given
- * a cache of len0 rows. Outputs Y [b,tn,hq,e] and the updated state buffers (S, Z, Kc, Vc, Gc,
- * updated in place: the caller passes them in and reads them back).
- */
-export function decodePlan(p: DecodeProblem, len0: number, tn: number, sched: ScheduleTable = {}): DecodePlan {
-  checkDecodeProblem(p);
-  const spec = decodeSpec(p);
-  const D = stateFeatures(spec);
-  const { b, hq, h, d, e, chunk: c } = p;
-  if (!Number.isInteger(len0) || len0 < 0 || len0 >= c) throw new Error(`len0: expected an integer in [0, ${c}), received ${len0}`);
-  if (!Number.isInteger(tn) || tn < 1) throw new Error(`tn: expected a positive integer, received ${tn}`);
-  // The fold runs with f32 operands (its spec's dtype): phi(k') rounded to bf16 costs ~2e-3 in S, which
-  // the cancellation in phi(q').S turns into more than SPEC's tolerance at p = 4 (README, "State layout").
-  const foldSpec: Spec = { ...spec, dtype: "f32" };
-  const step = (k: KernelDef, params: Record<string, number>, bind: Record<string, string>, s: Spec = spec): PlanStep => ({
-    kernel: k, spec: s, schedule: sched[k.name] ?? k.schedule(s), params, bind,
-  });
-  const tmp = (name: string, shape: number[]): PlanBuffer => ({ name, dtype: "f32", shape, init: "nan" });
-  const buffers: PlanBuffer[] = [
+/** How one decoding call of tn tokens, given a cache of len0 rows, splits into segments that each
+ * fill the cache at most up to its capacity c; `fold` says the cache is full after the segment
+ * and is folded into the state. (The native runtime walks the same segments: runtime/native/plans.cc,
+ * kept equal by test/plan-data.test.ts.) */
+export function decodeSegments(len0: number, tn: number, c: number): { q0: number; seg: number; len0: number; fold: boolean }[] {
+  const out: { q0: number; seg: number; len0: number; fold: boolean }[] = [];
+  let len = len0;
+  for (let q0 = 0; q0 < tn; ) {
+    const seg = Math.min(tn - q0, c - len); // tokens that fit before the cache is full
+    out.push({ q0, seg, len0: len, fold: len + seg === c });
+    len = len + seg === c ? 0 : len + seg;
+    q0 += seg;
+  }
+  return out;
+}
+
+const stepIn = (sched: ScheduleTable, k: KernelDef, s: Spec, params: Record<string, number>, bind: Record<string, string>): PlanStep => ({
+  kernel: k, spec: s, schedule: sched[k.name] ?? k.schedule(s), params, bind,
+});
+
+/** The buffers of a decoding call of tn tokens (inputs, the state and Y), before any fold. */
+export function decodeBuffers(p: DecodeProblem, tn: number): PlanBuffer[] {
+  const { b, hq, h, d, e } = p;
+  return [
     { name: "Q", dtype: p.dtype, shape: [b, tn, hq, d], init: "input" },
     { name: "K", dtype: p.dtype, shape: [b, tn, h, d], init: "input" },
     { name: "V", dtype: p.dtype, shape: [b, tn, h, e], init: "input" },
@@ -78,30 +82,66 @@ export function decodePlan(p: DecodeProblem, len0: number, tn: number, sched: Sc
     ...decodeStateBuffers(p),
     { name: "Y", dtype: p.dtype, shape: [b, tn, hq, e], init: "nan" },
   ];
+}
+
+/** One segment: tokens q0..q0+seg of the call's tn appended to a cache of len0 rows, then decoded. */
+export function decodeSegmentSteps(p: DecodeProblem, tn: number, q0: number, seg: number, len0: number, sched: ScheduleTable = {}): PlanStep[] {
+  const spec = decodeSpec(p);
+  const { b, hq, h } = p;
   const cache = { Kc: "Kc", Vc: "Vc", Gc: "Gc" };
-  const steps: PlanStep[] = [];
-  let len = len0, folds = 0;
-  for (let q0 = 0; q0 < tn; ) {
-    const seg = Math.min(tn - q0, c - len); // tokens that fit before the cache is full
-    steps.push(step(cacheAppend, { b, tq: tn, h, q0, tn: seg, len0: len }, { K: "K", V: "V", logG: "logG", ...cache }));
-    len += seg;
-    steps.push(step(decode, { b, tq: tn, hq, h, q0, tn: seg, len, scale: p.scale }, { Q: "Q", ...cache, S: "S", Z: "Z", Y: "Y" }));
-    q0 += seg;
-    if (len === c) {
-      // Fold: the full cache is one chunk (t = c, n = 1) whose initial state is S, Z.
-      if (folds++ === 0)
-        buffers.push(
-          tmp("dS", [b, h, 1, D, e]), tmp("dZ", [b, h, 1, D]), tmp("Sin", [b, h, 1, D, e]), tmp("Zin", [b, h, 1, D]),
-          tmp("Sfinal", [b, h, D, e]), tmp("Zfinal", [b, h, D]),
-        );
-      steps.push(step(updateState, { b, t: c, h, n: 1 }, { K: "Kc", V: "Vc", logG: "Gc", dS: "dS", dZ: "dZ" }, foldSpec));
-      steps.push(step(discountedCumsum, { b, t: c, h, n: 1 }, {
+  return [
+    stepIn(sched, cacheAppend, spec, { b, tq: tn, h, q0, tn: seg, len0 }, { K: "K", V: "V", logG: "logG", ...cache }),
+    stepIn(sched, decode, spec, { b, tq: tn, hq, h, q0, tn: seg, len: len0 + seg, scale: p.scale }, { Q: "Q", ...cache, S: "S", Z: "Z", Y: "Y" }),
+  ];
+}
+
+/** Folding the full cache into S, Z: the buffers it adds to a call (once, however many folds) and its steps. */
+export function decodeFold(p: DecodeProblem, sched: ScheduleTable = {}): { buffers: PlanBuffer[]; steps: PlanStep[] } {
+  const spec = decodeSpec(p);
+  const D = stateFeatures(spec);
+  const { b, h, e, chunk: c } = p;
+  // The fold runs with f32 operands (its spec's dtype): phi(k') rounded to bf16 costs ~2e-3 in S, which
+  // the cancellation in phi(q').S turns into more than SPEC's tolerance at p = 4 (README, "State layout").
+  const foldSpec: Spec = { ...spec, dtype: "f32" };
+  const tmp = (name: string, shape: number[]): PlanBuffer => ({ name, dtype: "f32", shape, init: "nan" });
+  return {
+    buffers: [
+      tmp("dS", [b, h, 1, D, e]), tmp("dZ", [b, h, 1, D]), tmp("Sin", [b, h, 1, D, e]), tmp("Zin", [b, h, 1, D]),
+      tmp("Sfinal", [b, h, D, e]), tmp("Zfinal", [b, h, D]),
+    ],
+    // the full cache is one chunk (t = c, n = 1) whose initial state is S, Z
+    steps: [
+      stepIn(sched, updateState, foldSpec, { b, t: c, h, n: 1 }, { K: "Kc", V: "Vc", logG: "Gc", dS: "dS", dZ: "dZ" }),
+      stepIn(sched, discountedCumsum, foldSpec, { b, t: c, h, n: 1 }, {
         dS: "dS", dZ: "dZ", logG: "Gc", S0: "S", Z0: "Z", Sin: "Sin", Zin: "Zin", Sfinal: "Sfinal", Zfinal: "Zfinal",
-      }, foldSpec));
-      steps.push(step(stateCopy, { b, h }, { Sfinal: "Sfinal", Zfinal: "Zfinal", S: "S", Z: "Z" }, foldSpec));
-      len = 0;
-    }
+      }),
+      stepIn(sched, stateCopy, foldSpec, { b, h }, { Sfinal: "Sfinal", Zfinal: "Zfinal", S: "S", Z: "Z" }),
+    ],
+  };
+}
+
+/**
+ * One decoding call: tn new tokens Q [b,tn,hq,d], K [b,tn,h,d], V [b,tn,h,e], logG [b,tn,h] given
+ * a cache of len0 rows. Outputs Y [b,tn,hq,e] and the updated state buffers (S, Z, Kc, Vc, Gc,
+ * updated in place: the caller passes them in and reads them back).
+ */
+export function decodePlan(p: DecodeProblem, len0: number, tn: number, sched: ScheduleTable = {}): DecodePlan {
+  checkDecodeProblem(p);
+  const c = p.chunk;
+  if (!Number.isInteger(len0) || len0 < 0 || len0 >= c) throw new Error(`len0: expected an integer in [0, ${c}), received ${len0}`);
+  if (!Number.isInteger(tn) || tn < 1) throw new Error(`tn: expected a positive integer, received ${tn}`);
+  const buffers = decodeBuffers(p, tn);
+  const steps: PlanStep[] = [];
+  const segs = decodeSegments(len0, tn, c);
+  const fold = decodeFold(p, sched);
+  for (const s of segs) {
+    steps.push(...decodeSegmentSteps(p, tn, s.q0, s.seg, s.len0, sched));
+    if (s.fold) steps.push(...fold.steps);
   }
+  const folds = segs.filter((s) => s.fold).length;
+  if (folds > 0) buffers.push(...fold.buffers);
+  const last = segs[segs.length - 1]!;
+  const len = last.fold ? 0 : last.len0 + last.seg;
   return { plan: { buffers, steps, outputs: ["Y", "S", "Z", "Kc", "Vc", "Gc"] }, len, folds };
 }
 

@@ -50,6 +50,7 @@ struct Driver {
   CUresult (*cuDevicePrimaryCtxRetain)(CUcontext*, CUdevice);
   CUresult (*cuCtxSetCurrent)(CUcontext);
   CUresult (*cuCtxSynchronize)(void);
+  CUresult (*cuCtxGetCurrent)(CUcontext*);
   CUresult (*cuMemAlloc)(CUdeviceptr*, size_t);
   CUresult (*cuMemFree)(CUdeviceptr);
   CUresult (*cuMemGetInfo)(size_t*, size_t*);
@@ -58,6 +59,7 @@ struct Driver {
   CUresult (*cuMemcpyDtoD)(CUdeviceptr, CUdeviceptr, size_t);
   CUresult (*cuMemsetD8)(CUdeviceptr, unsigned char, size_t);
   CUresult (*cuMemsetD32)(CUdeviceptr, unsigned int, size_t);
+  CUresult (*cuMemsetD32Async)(CUdeviceptr, unsigned int, size_t, CUstream);
   CUresult (*cuModuleLoadData)(CUmodule*, const void*);
   CUresult (*cuModuleUnload)(CUmodule);
   CUresult (*cuModuleGetFunction)(CUfunction*, CUmodule, const char*);
@@ -184,6 +186,7 @@ int load_driver_locked() {
   load_sym(lib, d.cuDevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain", missing);
   load_sym(lib, d.cuCtxSetCurrent, "cuCtxSetCurrent", missing);
   load_sym(lib, d.cuCtxSynchronize, "cuCtxSynchronize", missing);
+  load_sym(lib, d.cuCtxGetCurrent, "cuCtxGetCurrent", missing);
   load_sym(lib, d.cuMemAlloc, "cuMemAlloc_v2", missing);
   load_sym(lib, d.cuMemFree, "cuMemFree_v2", missing);
   load_sym(lib, d.cuMemGetInfo, "cuMemGetInfo_v2", missing);
@@ -192,6 +195,7 @@ int load_driver_locked() {
   load_sym(lib, d.cuMemcpyDtoD, "cuMemcpyDtoD_v2", missing);
   load_sym(lib, d.cuMemsetD8, "cuMemsetD8_v2", missing);
   load_sym(lib, d.cuMemsetD32, "cuMemsetD32_v2", missing);
+  load_sym(lib, d.cuMemsetD32Async, "cuMemsetD32Async", missing);
   load_sym(lib, d.cuModuleLoadData, "cuModuleLoadData", missing);
   load_sym(lib, d.cuModuleUnload, "cuModuleUnload", missing);
   load_sym(lib, d.cuModuleGetFunction, "cuModuleGetFunction", missing);
@@ -236,14 +240,20 @@ int ensure_driver() {
   return ensure_driver_locked();
 }
 
-// Driver, cuInit, device 0 primary context, current on this thread.
+// Driver, cuInit, and a current context on this thread: the one the caller made current (e.g.
+// PyTorch's, on whatever device it works), else device 0's primary context, made current here.
 int ensure_context() {
   CUcontext ctx;
   {
     std::lock_guard<std::mutex> lk(g_mu);
+    int rc = ensure_driver_locked();
+    if (rc) return rc;
+    CUcontext cur = nullptr;
+    if (g_drv.cuCtxGetCurrent(&cur) == CUDA_SUCCESS && cur) {
+      t_current = cur;
+      return PRT_OK;
+    }
     if (!g_ctx) {
-      int rc = ensure_driver_locked();
-      if (rc) return rc;
       int count = 0;
       CUresult r = g_drv.cuDeviceGetCount(&count);
       if (r != CUDA_SUCCESS) return cu_fail_locked("cuDeviceGetCount", r);
@@ -259,11 +269,9 @@ int ensure_context() {
     }
     ctx = g_ctx;
   }
-  if (t_current != ctx) {
-    CUresult r = g_drv.cuCtxSetCurrent(ctx);
-    if (r != CUDA_SUCCESS) return cu_fail("cuCtxSetCurrent(device 0 primary context)", r);
-    t_current = ctx;
-  }
+  CUresult r = g_drv.cuCtxSetCurrent(ctx);
+  if (r != CUDA_SUCCESS) return cu_fail("cuCtxSetCurrent(device 0 primary context)", r);
+  t_current = ctx;
   return PRT_OK;
 }
 
@@ -304,6 +312,9 @@ int get_device(int ordinal, CUdevice* dev, const char* op) {
 extern "C" {
 
 const char* prt_last_error(void) { return t_err.c_str(); }
+
+// For plans.cc (not in core.h): set this thread's message and return the code.
+int prt_internal_set_error(int code, const char* msg) { return fail(code, msg ? msg : ""); }
 
 int prt_init(void) { return ensure_context(); }
 
@@ -583,6 +594,46 @@ int prt_launch(prt_function fn, unsigned grid_x, unsigned grid_y, unsigned grid_
     if (is_async_error(r) && !previous.empty()) msg += "; previous launch: " + previous;
     return fail(PRT_ECUDA, msg);
   }
+  return PRT_OK;
+}
+
+int prt_launch_async(prt_function fn, const unsigned grid[3], const unsigned block[3],
+                     unsigned smem_bytes, void* stream, void** args, const char* what) {
+  CUfunction f = reinterpret_cast<CUfunction>(fn);
+  if (!grid || !block) return fail(PRT_EINVAL, "prt_launch_async: null grid or block");
+  if (!f) return fail(PRT_EINVAL, std::string("launch of ") + (what ? what : "<null>") + " failed: null function");
+  if (!g_lib) return fail(PRT_ENODRIVER, std::string("launch of ") + (what ? what : "<null>") + " failed: the CUDA driver is not loaded");
+  {
+    std::lock_guard<std::mutex> lk(g_mu);
+    g_last_launch = (what && *what) ? what : "";
+  }
+  CUresult r = g_drv.cuLaunchKernel(f, grid[0], grid[1], grid[2], block[0], block[1], block[2],
+                                    smem_bytes, reinterpret_cast<CUstream>(stream), args, nullptr);
+  if (r != CUDA_SUCCESS)
+    return fail(PRT_ECUDA, std::string("launch of ") + ((what && *what) ? what : function_label(f)) +
+                               " failed: " + describe(r) + " [grid=(" + std::to_string(grid[0]) +
+                               "," + std::to_string(grid[1]) + "," + std::to_string(grid[2]) +
+                               ") block=(" + std::to_string(block[0]) + "," +
+                               std::to_string(block[1]) + "," + std::to_string(block[2]) +
+                               ") smem=" + std::to_string(smem_bytes) + "]");
+  return PRT_OK;
+}
+
+int prt_memset_d32_async(prt_devptr dst, uint32_t value, size_t count, void* stream) {
+  if (count == 0) return PRT_OK;
+  std::string op = "cuMemsetD32Async(" + hex(dst) + ", " + hex(value) + ", " + std::to_string(count) + " words)";
+  if (!dst) return fail(PRT_EINVAL, op + ": null pointer");
+  if (dst % 4 != 0) return fail(PRT_EINVAL, op + ": pointer is not 4-byte aligned");
+  if (int rc = need_context(op)) return rc;
+  CUresult r = g_drv.cuMemsetD32Async(dst, value, count, reinterpret_cast<CUstream>(stream));
+  return r == CUDA_SUCCESS ? PRT_OK : cu_fail(op, r);
+}
+
+int prt_current_context(void** out) {
+  if (!out) return fail(PRT_EINVAL, "prt_current_context: null output pointer");
+  *out = nullptr;
+  if (int rc = ensure_context()) return rc;
+  *out = t_current;
   return PRT_OK;
 }
 

@@ -11,8 +11,10 @@
  *     the CUDA error name and string, and the caller's context where one is given.
  *   - Device pointers are 64-bit integers (prt_devptr). Modules, functions and events are opaque
  *     handles (the driver's CUmodule / CUfunction / CUevent).
- *   - All work goes to the legacy default stream of device 0's primary context. Calls made from
- *     a thread make that context current on it first.
+ *   - Calls run in the context current on the calling thread (the one PyTorch or another caller
+ *     made current); where there is none, device 0's primary context is made current first.
+ *     prt_launch and the events use the legacy default stream; prt_launch_async and the
+ *     retention plans (prt_plan_run) take the caller's stream.
  *
  * This header is also what a PyTorch (or any other) binding includes later.
  */
@@ -103,6 +105,16 @@ PRT_API int prt_function_get_attribute(prt_function fn, int attribute, int* valu
 PRT_API int prt_launch(prt_function fn, unsigned grid_x, unsigned grid_y, unsigned grid_z,
                        unsigned block_x, unsigned block_y, unsigned block_z, unsigned smem_bytes,
                        void** args, const char* what);
+/* Launch on `stream` (a CUstream; NULL: the legacy default stream). Never synchronizes; capturable
+ * in a CUDA graph. grid and block are 3 values each. */
+PRT_API int prt_launch_async(prt_function fn, const unsigned grid[3], const unsigned block[3],
+                             unsigned smem_bytes, void* stream, void** args, const char* what);
+/* cuMemsetD32Async: count 32-bit words on `stream`. */
+PRT_API int prt_memset_d32_async(prt_devptr dst, uint32_t value, size_t count, void* stream);
+/* The context calls from this thread run in (see Conventions), initialising if needed. Modules
+ * and functions belong to a context. */
+PRT_API int prt_current_context(void** out);
+
 /* cuCtxSynchronize; an asynchronous error is reported with the last launch's context. */
 PRT_API int prt_synchronize(void);
 /* The `what` of the last launch on any thread ("" if none). */
@@ -113,6 +125,87 @@ PRT_API int prt_event_create(prt_event* out);
 PRT_API int prt_event_record(prt_event ev);
 PRT_API int prt_event_elapsed_ms(float* ms, prt_event start, prt_event end);
 PRT_API int prt_event_destroy(prt_event ev);
+
+
+/* ---- Retention plans ----------------------------------------------------------------------------
+ *
+ * The composition of kernels into a forward, backward or decode call, as `gen` writes it into the
+ * manifest (codegen/manifest.ts, "plans"; traced from dsl/plan*.ts), run here for any sizes.
+ *
+ *   prt_runtime rt;  prt_runtime_open(&rt, "generated/manifest.json", "build/kernels");
+ *   prt_problem p = {.b = 2, .t = 1000, .hq = 8, .h = 8, .scale = 0.125, .gated = 1};
+ *   prt_plan plan;   prt_plan_create(&plan, rt, "forward", 2, 64, 64, 128, "bf16", &p);
+ *   size_t ws = prt_plan_workspace_bytes(plan, 0);          // then allocate ws bytes (256-aligned)
+ *   prt_devptr ptrs[n] = one pointer per buffer of role INPUT or OUTPUT (prt_plan_buffer), 0 else
+ *   prt_plan_run(plan, stream, ptrs, n, workspace, ws, 0);  // async, on `stream`
+ *
+ * Creating a plan needs no driver: it reads the manifest, evaluates the plan's expressions for the
+ * sizes and lays out the workspace. Running allocates nothing and never synchronizes, so a CUDA
+ * graph can capture it once the plan's kernels are loaded (prt_plan_prepare, or any earlier run).
+ * Plans are immutable after creation and may run from several threads at once.
+ */
+typedef struct prt_runtime_st* prt_runtime;
+typedef struct prt_plan_st* prt_plan;
+
+/* `manifests`: one or more manifest.json paths separated by ':' (searched in order for kernels
+ * and plans); `kernel_dir`: where their fatbins are (gen's --build-dir). Errors name the file. */
+PRT_API int prt_runtime_open(prt_runtime* out, const char* manifests, const char* kernel_dir);
+PRT_API void prt_runtime_close(prt_runtime rt);
+
+/* The sizes and options of one call. Q [b,t,hq,d], K [b,t,h,d], V [b,t,h,e], logG [b,t,h]. */
+typedef struct prt_problem {
+  int64_t b, t, hq, h; /* decode: t = tokens of the call (tn) */
+  int64_t len0;        /* decode only: cache rows in use before the call, in [0, chunk) */
+  double scale;
+  int32_t gated;         /* logG given (else a gate of 1) */
+  int32_t initial_state; /* forward/backward: S0, Z0 given */
+  int32_t final_state;   /* forward/backward: Sfinal, Zfinal wanted (backward: dSfinal, dZfinal given) */
+} prt_problem;
+
+/* kind: "forward", "backward" or "decode"; the spec (deg, d, e, chunk, dtype "f16"|"bf16"|"f32")
+ * names the plan. A spec or kernel that no manifest has fails with the gen command that builds it. */
+PRT_API int prt_plan_create(prt_plan* out, prt_runtime rt, const char* kind, int deg, int d, int e,
+                            int chunk, const char* dtype, const prt_problem* problem);
+PRT_API void prt_plan_destroy(prt_plan plan);
+
+enum { PRT_BUF_INPUT = 0, PRT_BUF_OUTPUT = 1, PRT_BUF_TEMP = 2 };
+
+typedef struct prt_buffer_info {
+  const char* name;  /* valid while the plan lives */
+  const char* dtype; /* "f16", "bf16" or "f32" */
+  int ndim;
+  int64_t shape[8];
+  size_t bytes;
+  /* INPUT: the caller's (read, and updated in place where the plan writes it, e.g. decode's S);
+   * OUTPUT: what the caller reads back (its own memory, or the workspace at `offset` when it
+   * passes 0); TEMP: the workspace at `offset`. */
+  int role;
+  size_t offset;
+} prt_buffer_info;
+
+PRT_API int prt_plan_buffer_count(prt_plan plan);
+PRT_API int prt_plan_buffer(prt_plan plan, int index, prt_buffer_info* out);
+/* Index of the buffer `name`, or -1. */
+PRT_API int prt_plan_buffer_index(prt_plan plan, const char* name);
+/* Bytes of workspace a run needs: temporaries only, or (outputs_too) room for every output as
+ * well, for callers that pass 0 for outputs they do not keep. */
+PRT_API size_t prt_plan_workspace_bytes(prt_plan plan, int outputs_too);
+PRT_API int prt_plan_step_count(prt_plan plan);
+/* One launch, for logs and tests: "symbol grid=(x,y,z) block=n smem=n". */
+PRT_API int prt_plan_step_describe(prt_plan plan, int step, char* buf, size_t buf_len);
+
+/* Load the fatbins and functions the plan launches into the current context (cached per context
+ * by the runtime). prt_plan_run does it when needed; call it before capturing a CUDA graph. */
+PRT_API int prt_plan_prepare(prt_plan plan);
+
+enum { PRT_RUN_POISON = 1 /* fill 'nan' buffers with NaN first: catches unwritten elements */ };
+
+/* Enqueue the plan on `stream` (a CUstream; NULL: the legacy default stream). ptrs[i] is buffer
+ * i's device pointer (nptrs == prt_plan_buffer_count); every INPUT needs one, an OUTPUT with 0
+ * lives in the workspace (then workspace_bytes must be prt_plan_workspace_bytes(plan, 1)).
+ * Buffers a plan zeroes (e.g. logG when ungated) are zeroed on the stream. */
+PRT_API int prt_plan_run(prt_plan plan, void* stream, const prt_devptr* ptrs, int nptrs,
+                         prt_devptr workspace, size_t workspace_bytes, unsigned flags);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,150 @@
+"""The manifests `gen` writes (codegen/manifest.ts is the schema), read in Python: which specs have
+plans, and a plan variant's buffer shapes as expressions. The native core runs the plans; this
+side needs them only for what must be known without launching: the shapes of the outputs (for
+torch's fake tensors, under torch.compile, where sizes may be symbolic) and the spec to pick.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+MANIFEST_FORMAT = 2
+
+
+@dataclass(frozen=True)
+class Spec:
+    deg: int
+    d: int
+    e: int
+    chunk: int
+    dtype: str
+
+    @property
+    def key(self) -> str:
+        return f"p{self.deg}_d{self.d}_e{self.e}_c{self.chunk}_{self.dtype}"
+
+    def gen_command(self) -> str:
+        """The command (run in the repository) that generates and compiles this spec (runtime/kernels.ts genCommand)."""
+        return (f"npx retention gen --deg {self.deg} --d {self.d} --e {self.e} --chunk {self.chunk} --dtype {self.dtype} "
+                f"--out build/generated/{self.key} --compile")
+
+
+class ManifestError(ValueError):
+    pass
+
+
+def eval_expr(e, env):
+    """A plan expression (number, variable name, or [op, a, b]) over `env`; works on ints and on torch SymInts."""
+    if isinstance(e, (int, float)):
+        return e
+    if isinstance(e, str):
+        if e not in env:
+            raise ManifestError(f"plan expression: variable '{e}' has no value")
+        return env[e]
+    op, a, b = e
+    x, y = eval_expr(a, env), eval_expr(b, env)
+    if op == "+":
+        return x + y
+    if op == "-":
+        return x - y
+    if op == "*":
+        return x * y
+    if op == "//":
+        return x // y
+    if op == "%":
+        return x % y
+    if op == "max":
+        return max(x, y)
+    if op == "min":
+        return min(x, y)
+    raise ManifestError(f"plan expression: unknown operator {op!r}")
+
+
+def init_of(init, flags: dict) -> str:
+    if isinstance(init, str):
+        return init
+    return init["then"] if flags.get(init["flag"]) else init["else"]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    file: str
+    plans: dict  # (kind, specKey) -> plan JSON
+    specs: tuple  # Spec of every plan, in file order
+
+
+@lru_cache(maxsize=None)
+def _load(file: str, mtime: float) -> Manifest:
+    try:
+        with open(file, encoding="utf-8") as f:
+            raw = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ManifestError(f"{file}: cannot read the manifest ({e}); regenerate it with `npx retention gen`") from e
+    if raw.get("format") != MANIFEST_FORMAT:
+        raise ManifestError(f"{file}: manifest format {raw.get('format')!r}, this package reads format {MANIFEST_FORMAT}; "
+                            "regenerate it with `npx retention gen`")
+    plans, specs = {}, []
+    by_key = {k["specKey"]: k["spec"] for k in raw.get("kernels", [])}
+    for p in raw.get("plans", []):
+        plans[(p["kind"], p["spec"])] = p
+        s = by_key.get(p["spec"])
+        if s and p["kind"] == "forward":
+            specs.append(Spec(s["deg"], s["d"], s["e"], s["chunk"], s["dtype"]))
+    return Manifest(file, plans, tuple(specs))
+
+
+def load(file: str) -> Manifest:
+    return _load(os.path.abspath(file), os.path.getmtime(file))
+
+
+def load_all(files: list[str]) -> list[Manifest]:
+    return [load(f) for f in files if os.path.exists(f)]
+
+
+def find_plan(manifests: list[Manifest], kind: str, spec: Spec):
+    for m in manifests:
+        p = m.plans.get((kind, spec.key))
+        if p is not None:
+            return p
+    return None
+
+
+def choose_chunk(manifests: list[Manifest], deg: int, d: int, e: int, dtype: str, t: int, chunk: int | None) -> Spec:
+    """The spec for a call: the given chunk, or (chunk None) the smallest built chunk >= t (one chunk:
+    the plain quadratic form), else the largest built. Raises naming the gen command when none is built."""
+    if chunk is not None:
+        return Spec(deg, d, e, chunk, dtype)
+    built = sorted({s.chunk for m in manifests for s in m.specs if (s.deg, s.d, s.e, s.dtype) == (deg, d, e, dtype)})
+    if not built:
+        want = Spec(deg, d, e, 128, dtype)
+        where = ", ".join(m.file for m in manifests) or "no manifest"
+        raise ManifestError(f"no kernels for deg {deg}, d {d}, e {e}, {dtype} in {where}; generate and compile them with "
+                            f"`{want.gen_command()}`")
+    fits = [c for c in built if c >= t]
+    return Spec(deg, d, e, fits[0] if fits else built[-1], dtype)
+
+
+def variant(plan, flags: dict):
+    for v in plan["variants"]:
+        for w in v["when"]:
+            if all(w[f] == flags.get(f, 0) for f in plan["flags"]):
+                return v
+    raise ManifestError(f"{plan['kind']} plan of {plan['spec']}: no variant for flags {flags}")
+
+
+def problem_env(kind: str, chunk: int, b, t, hq, h, gated: bool, initial_state: bool = False, final_state: bool = False):
+    """The variables and flags of a forward/backward problem (n and oneChunk derived as the core does)."""
+    n = (t + chunk - 1) // chunk
+    env = {"b": b, "t": t, "hq": hq, "h": h, "n": n, "scale": 0.0}
+    flags = {"gated": int(gated), "initialState": int(initial_state), "finalState": int(final_state), "oneChunk": int(n == 1)}
+    return env, flags
+
+
+def output_shapes(plan, env: dict, flags: dict) -> list[tuple[str, str, tuple]]:
+    """(name, dtype, shape) of the variant's outputs, in the order the variant lists them."""
+    v = variant(plan, flags)
+    bufs = {b["name"]: b for b in v["buffers"]}
+    return [(o, bufs[o]["dtype"], tuple(eval_expr(d, env) for d in bufs[o]["shape"])) for o in v["outputs"]]

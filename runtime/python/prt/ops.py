@@ -1,0 +1,355 @@
+"""power_retention for PyTorch: torch.library custom ops over the native plans (libprt.so).
+
+The ops launch on torch's current stream, take their workspace from torch's caching allocator,
+never synchronize, and are registered with a fake (meta) implementation and an autograd formula,
+so torch.compile(fullgraph=True) traces them without a graph break and a CUDA graph can capture
+them (after one warm-up call has loaded the kernels).
+
+Layouts (SPEC.md): Q [b, t, hq, d], K [b, t, h, d], V [b, t, h, e], log_G [b, t, h] (float32, each
+<= 0), Y [b, t, hq, e]; hq a multiple of h (grouped-query attention). The recurrent state of a head
+is S [D, e] and its normaliser Z [D] in float32, D = binomial(d + deg - 1, deg), features in the
+order of the README's "State layout".
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import List, Optional
+
+import torch
+
+from . import _manifest, _native, _paths
+
+_DTYPES = {torch.float16: "f16", torch.bfloat16: "bf16", torch.float32: "f32"}
+_TORCH = {"f16": torch.float16, "bf16": torch.bfloat16, "f32": torch.float32}
+
+_state = threading.local()
+_lock = threading.Lock()
+_runtime: Optional[_native.Runtime] = None
+_plans: dict = {}
+
+
+def _rt() -> _native.Runtime:
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            _runtime = _native.Runtime()
+        return _runtime
+
+
+def _manifests() -> list:
+    return _manifest.load_all(_paths.manifest_paths())
+
+
+def _plan(kind: str, spec: _manifest.Spec, b: int, t: int, hq: int, h: int, scale: float, gated: bool,
+          initial_state: bool = False, final_state: bool = False, len0: int = 0) -> _native.Plan:
+    key = (kind, spec, b, t, hq, h, scale, gated, initial_state, final_state, len0)
+    p = _plans.get(key)
+    if p is None:
+        p = _rt().plan(kind, (spec.deg, spec.d, spec.e, spec.chunk, spec.dtype), b, t, hq, h, scale, gated, initial_state, final_state, len0)
+        with _lock:
+            if len(_plans) > 4096:  # plans are small, but sizes can vary without end
+                _plans.clear()
+            _plans[key] = p
+    return p
+
+
+def _run(plan: _native.Plan, device: torch.device, given: dict) -> dict:
+    """Run `plan` with the tensors in `given` (by buffer name) as its inputs; returns its outputs
+    (new tensors) by name. Inputs the plan updates in place are updated in place."""
+    out = {}
+    ptrs = {}
+    for buf in plan.buffers:
+        if buf.role == _native.BUF_INPUT:
+            x = given.get(buf.name)
+            if x is None:
+                raise RuntimeError(f"{plan.kind} plan: input {buf.name} was not supplied (internal error)")
+            ptrs[buf.name] = x.data_ptr()
+        elif buf.role == _native.BUF_OUTPUT:
+            y = torch.empty(buf.shape, dtype=_TORCH[buf.dtype], device=device)
+            out[buf.name] = y
+            ptrs[buf.name] = y.data_ptr()
+    ws = torch.empty(max(plan.workspace_bytes, 1), dtype=torch.uint8, device=device)
+    with torch.cuda.device(device):
+        plan.run(torch.cuda.current_stream(device).cuda_stream, ptrs, ws.data_ptr(), plan.workspace_bytes)
+    return out
+
+
+def _spec_of(Q: torch.Tensor, V: torch.Tensor, deg: int, chunk: int) -> _manifest.Spec:
+    return _manifest.Spec(deg, Q.shape[-1], V.shape[-1], chunk, _DTYPES[Q.dtype])
+
+
+# What the manifest says, as constants for torch.compile: dynamo runs these once at trace time
+# instead of tracing their file reads (which would break the graph).
+_constant = getattr(getattr(torch, "_dynamo", None), "assume_constant_result", lambda f: f)
+
+
+@_constant
+def _built_chunks(deg: int, d: int, e: int, dtype: str) -> tuple:
+    return tuple(sorted({s.chunk for m in _manifests() for s in m.specs if (s.deg, s.d, s.e, s.dtype) == (deg, d, e, dtype)}))
+
+
+@_constant
+def _output_names(kind: str, deg: int, d: int, e: int, chunk: int, dtype: str, gated: bool, initial: bool, final: bool,
+                  one_chunk: bool) -> tuple:
+    spec = _manifest.Spec(deg, d, e, chunk, dtype)
+    plan = _manifest.find_plan(_manifests(), kind, spec)
+    if plan is None:
+        raise _native.PrtError(f"spec {spec.key} has no {kind} plan in {', '.join(_paths.manifest_paths())}; "
+                               f"generate and compile it with `{spec.gen_command()}`")
+    flags = {"gated": int(gated), "initialState": int(initial), "finalState": int(final), "oneChunk": int(one_chunk)}
+    return tuple(_manifest.variant(plan, flags)["outputs"])
+
+
+# ---- the ops ---------------------------------------------------------------------------------------
+# Outputs are a list in the order the plan variant lists them (names from the manifest), so a change
+# of the plans (e.g. a new saved tensor) reaches Python by regenerating, with no edit here.
+
+
+def _forward_names(spec, b, t, hq, h, gated, initial_state, final_state) -> list:
+    plan = _manifest.find_plan(_manifests(), "forward", spec)
+    if plan is None:
+        raise _native.PrtError(f"spec {spec.key} has no forward plan in {', '.join(_paths.manifest_paths())}; "
+                               f"generate and compile it with `{spec.gen_command()}`")
+    env, flags = _manifest.problem_env("forward", spec.chunk, b, t, hq, h, gated, initial_state, final_state)
+    return _manifest.output_shapes(plan, env, flags)
+
+
+@torch.library.custom_op("prt::forward", mutates_args=())
+def _forward_op(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, logG: Optional[torch.Tensor], S0: Optional[torch.Tensor],
+                Z0: Optional[torch.Tensor], deg: int, scale: float, chunk: int, final_state: bool) -> List[torch.Tensor]:
+    b, t, hq, _ = Q.shape
+    h = K.shape[2]
+    spec = _spec_of(Q, V, deg, chunk)
+    gated, initial = logG is not None, S0 is not None
+    plan = _plan("forward", spec, b, t, hq, h, scale, gated, initial, final_state)
+    out = _run(plan, Q.device, {"Q": Q, "K": K, "V": V, "logG": logG, "S0": S0, "Z0": Z0})
+    return [out[n] for n, _, _ in _forward_names(spec, b, t, hq, h, gated, initial, final_state)]
+
+
+@_forward_op.register_fake
+def _(Q, K, V, logG, S0, Z0, deg, scale, chunk, final_state):
+    b, t, hq, _ = Q.shape
+    spec = _spec_of(Q, V, deg, chunk)
+    names = _forward_names(spec, b, t, hq, K.shape[2], logG is not None, S0 is not None, final_state)
+    return [Q.new_empty(shape, dtype=_TORCH[dt]) for _, dt, shape in names]
+
+
+def _backward_names(spec, b, t, hq, h, gated, initial_state, final_state) -> list:
+    plan = _manifest.find_plan(_manifests(), "backward", spec)
+    if plan is None:
+        raise _native.PrtError(f"spec {spec.key} has no backward plan; generate and compile it with `{spec.gen_command()}`")
+    env, flags = _manifest.problem_env("backward", spec.chunk, b, t, hq, h, gated, initial_state, final_state)
+    return _manifest.output_shapes(plan, env, flags)
+
+
+@torch.library.custom_op("prt::backward", mutates_args=())
+def _backward_op(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, logG: Optional[torch.Tensor], S0: Optional[torch.Tensor],
+                 Z0: Optional[torch.Tensor], saved: List[torch.Tensor], dY: torch.Tensor, dSfinal: Optional[torch.Tensor],
+                 dZfinal: Optional[torch.Tensor], deg: int, scale: float, chunk: int, final_state: bool) -> List[torch.Tensor]:
+    b, t, hq, _ = Q.shape
+    h = K.shape[2]
+    spec = _spec_of(Q, V, deg, chunk)
+    gated, initial = logG is not None, S0 is not None
+    fwd = [n for n, _, _ in _forward_names(spec, b, t, hq, h, gated, initial, final_state)]
+    given = dict(zip(fwd, saved))
+    given.update({"Q": Q, "K": K, "V": V, "logG": logG, "S0": S0, "Z0": Z0, "dY": dY, "dSfinal": dSfinal, "dZfinal": dZfinal})
+    plan = _plan("backward", spec, b, t, hq, h, scale, gated, initial, final_state)
+    out = _run(plan, Q.device, given)
+    return [out[n] for n, _, _ in _backward_names(spec, b, t, hq, h, gated, initial, final_state)]
+
+
+@_backward_op.register_fake
+def _(Q, K, V, logG, S0, Z0, saved, dY, dSfinal, dZfinal, deg, scale, chunk, final_state):
+    b, t, hq, _ = Q.shape
+    spec = _spec_of(Q, V, deg, chunk)
+    names = _backward_names(spec, b, t, hq, K.shape[2], logG is not None, S0 is not None, final_state)
+    return [Q.new_empty(shape, dtype=_TORCH[dt]) for _, dt, shape in names]
+
+
+def _setup_context(ctx, inputs, output):
+    Q, K, V, logG, S0, Z0, deg, scale, chunk, final_state = inputs
+    ctx.save_for_backward(Q, K, V, logG, S0, Z0, *output)
+    ctx.args = (deg, scale, chunk, final_state)
+    ctx.n_out = len(output)
+
+
+def _backward(ctx, *grads):
+    if len(grads) == 1 and isinstance(grads[0], (list, tuple)):  # one list output: its grads as one list
+        grads = tuple(grads[0])
+    Q, K, V, logG, S0, Z0, *saved = ctx.saved_tensors
+    deg, scale, chunk, final_state = ctx.args
+    b, t, hq, _ = Q.shape
+    spec = _spec_of(Q, V, deg, chunk)
+    names = [n for n, _, _ in _forward_names(spec, b, t, hq, K.shape[2], logG is not None, S0 is not None, final_state)]
+    g = dict(zip(names, grads))
+    dY = g["Y"] if g.get("Y") is not None else torch.zeros_like(saved[names.index("Y")])
+    dS = dZ = None
+    if final_state:
+        dS = g.get("Sfinal")
+        dZ = g.get("Zfinal")
+        dS = torch.zeros_like(saved[names.index("Sfinal")]) if dS is None else dS.contiguous()
+        dZ = torch.zeros_like(saved[names.index("Zfinal")]) if dZ is None else dZ.contiguous()
+    out = _backward_op(Q, K, V, logG, S0, Z0, saved, dY.contiguous(), dS, dZ, deg, scale, chunk, final_state)
+    bn = [n for n, _, _ in _backward_names(spec, b, t, hq, K.shape[2], logG is not None, S0 is not None, final_state)]
+    r = dict(zip(bn, out))
+    return (r["dQ"], r["dK"], r["dV"], r["dlogG"] if logG is not None else None,
+            r.get("dS0") if S0 is not None else None, r.get("dZ0") if S0 is not None else None, None, None, None, None)
+
+
+torch.library.register_autograd("prt::forward", _backward, setup_context=_setup_context)
+
+
+# ---- the user-facing function ---------------------------------------------------------------------
+
+
+def _check(name: str, x, shape_desc: str, ndim: int):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor {shape_desc}, received {type(x).__name__}")
+    if x.dim() != ndim:
+        raise ValueError(f"{name}: expected {ndim} dims {shape_desc}, received shape {tuple(x.shape)}")
+
+
+def _prepare(Q, K, V, log_G, deg, scale, chunk_size):
+    """Validate and normalise the arguments shared by power_retention and its inference twin."""
+    _check("Q", Q, "[b, t, hq, d]", 4)
+    _check("K", K, "[b, t, h, d]", 4)
+    _check("V", V, "[b, t, h, e]", 4)
+    b, t, hq, d = Q.shape
+    if Q.dtype not in _DTYPES:
+        raise TypeError(f"Q: expected dtype float16, bfloat16 or float32, received {Q.dtype}")
+    for name, x in (("K", K), ("V", V)):
+        if x.dtype != Q.dtype:
+            raise TypeError(f"{name}: expected dtype {Q.dtype} (Q's), received {x.dtype}")
+        if x.device != Q.device:
+            raise ValueError(f"{name}: expected device {Q.device} (Q's), received {x.device}")
+    if Q.device.type != "cuda":
+        raise ValueError(f"Q: expected a CUDA tensor, received one on {Q.device}")
+    h = K.shape[2]
+    if K.shape[0] != b or K.shape[1] != t or K.shape[3] != d:
+        raise ValueError(f"K: expected shape [{b}, {t}, h, {d}] (Q's b, t, d), received {tuple(K.shape)}")
+    if h < 1 or hq % h != 0:
+        raise ValueError(f"K: expected a head count h that divides Q's hq = {hq}, received h = {h}")
+    if V.shape[0] != b or V.shape[1] != t or V.shape[2] != h:
+        raise ValueError(f"V: expected shape [{b}, {t}, {h}, e] (K's b, t, h), received {tuple(V.shape)}")
+    if not isinstance(deg, int) or deg < 2 or deg % 2:
+        raise ValueError(f"deg: expected a positive even integer, received {deg!r}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(d)
+    if not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"scale: expected a finite number or None (1/sqrt(d)), received {scale!r}")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 16 or chunk_size & (chunk_size - 1)):
+        raise ValueError(f"chunk_size: expected None or a power of two >= 16, received {chunk_size!r}")
+    if log_G is not None:
+        _check("log_G", log_G, "[b, t, h]", 3)
+        if tuple(log_G.shape) != (b, t, h):
+            raise ValueError(f"log_G: expected shape [{b}, {t}, {h}] (Q's b, t and K's h), received {tuple(log_G.shape)}")
+        log_G = log_G.float().contiguous()  # the kernels read float32 gates
+    # non-contiguous inputs are copied (the kernels read dense [b, t, h, d] rows)
+    return Q.contiguous(), K.contiguous(), V.contiguous(), log_G, float(scale)
+
+
+def state_features(d: int, deg: int) -> int:
+    """D, the length of the symmetric power embedding of a d-vector: binomial(d + deg - 1, deg)."""
+    return math.comb(d + deg - 1, deg)
+
+
+def power_retention(Q, K, V, log_G=None, initial_state=None, return_final_state=False, deg=2, scale=None, chunk_size=None,
+                    switch_over_seq_len=None):
+    """Power retention (SPEC.md) of Q [b,t,hq,d], K [b,t,h,d], V [b,t,h,e], optional log_G [b,t,h].
+
+    initial_state: None or a pair (S [b,h,D,e], Z [b,h,D]) in float32, the state before the first
+    token. return_final_state: also return the state after the last token, as such a pair.
+    chunk_size: the chunk of the chunked algorithm (a built spec's; the result does not depend on it);
+    None picks the smallest built chunk >= t (the plain quadratic form), else the largest built.
+    switch_over_seq_len is accepted for compatibility and has no effect (the plans choose).
+    Differentiable in Q, K, V, log_G and the initial state. Returns Y [b,t,hq,e] (and the state).
+    """
+    Q, K, V, log_G, scale = _prepare(Q, K, V, log_G, deg, scale, chunk_size)
+    b, t, hq, d = Q.shape
+    h, e = K.shape[2], V.shape[3]
+    S0 = Z0 = None
+    if initial_state is not None:
+        D = state_features(d, deg)
+        if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 2:
+            raise TypeError(f"initial_state: expected None or a pair (S [b,h,D,e], Z [b,h,D]), received {type(initial_state).__name__}")
+        S0, Z0 = initial_state
+        _check("initial_state[0]", S0, f"[{b}, {h}, {D}, {e}]", 4)
+        _check("initial_state[1]", Z0, f"[{b}, {h}, {D}]", 3)
+        if tuple(S0.shape) != (b, h, D, e):
+            raise ValueError(f"initial_state[0]: expected shape [{b}, {h}, {D}, {e}] (D = binomial(d + deg - 1, deg)), received {tuple(S0.shape)}")
+        if tuple(Z0.shape) != (b, h, D):
+            raise ValueError(f"initial_state[1]: expected shape [{b}, {h}, {D}], received {tuple(Z0.shape)}")
+        S0, Z0 = S0.float().contiguous(), Z0.float().contiguous()
+    dtype = _DTYPES[Q.dtype]
+    chunk = chunk_size
+    if chunk is None:  # the smallest built chunk >= t (one chunk: the quadratic form), else the largest
+        built = _built_chunks(deg, d, e, dtype)
+        if not built:
+            _manifest.choose_chunk(_manifests(), deg, d, e, dtype, 1, None)  # raises, naming the gen command
+        fits = [c for c in built if c >= t]
+        chunk = fits[0] if fits else built[-1]
+    final = bool(return_final_state)
+    out = _forward_op(Q, K, V, log_G, S0, Z0, deg, scale, chunk, final)
+    names = _output_names("forward", deg, d, e, chunk, dtype, log_G is not None, S0 is not None, final,
+                          bool((t + chunk - 1) // chunk == 1))
+    r = dict(zip(names, out))
+    if final:
+        return r["Y"], (r["Sfinal"], r["Zfinal"])
+    return r["Y"]
+
+
+def power_retention_inference(Q, K, V, log_G=None, initial_state=None, sum_of_keys=None, deg=2, scale=None,
+                              switch_over_seq_len=512):
+    """Decoding: the output for new queries given the state and the keys since the state was last updated.
+
+    Q [b, tq, hq, d]: the new queries, the last tq positions of K and V.
+    K [b, tk, h, d], V [b, tk, h, e], log_G [b, tk, h]: every token since the state was last
+    updated (the new ones included), at most switch_over_seq_len of them.
+    initial_state S [b, h, D, e] and sum_of_keys Z [b, h, D] (float32; None: zeros): the state of
+    every token before K's first (e.g. power_retention's final state, or this function's).
+    switch_over_seq_len: the capacity of the key cache, a built chunk size. When tk reaches it,
+    the cache is folded into the state: the returned state and sum_of_keys then cover K too and the
+    caller starts an empty cache; otherwise they are the ones passed in.
+
+    Returns (Y [b, tq, hq, e], state, sum_of_keys). Y equals power_retention on the whole sequence.
+    """
+    _check("Q", Q, "[b, tq, hq, d]", 4)
+    _check("K", K, "[b, tk, h, d]", 4)
+    b, tq, hq, d = Q.shape
+    tk = K.shape[1]
+    if tq > tk:
+        raise ValueError(f"Q: expected at most K's tk = {tk} tokens (the new queries are K's last ones), received tq = {tq}")
+    c = switch_over_seq_len
+    if not isinstance(c, int) or c < 16 or c & (c - 1):
+        raise ValueError(f"switch_over_seq_len: expected a power of two >= 16 (a built chunk size), received {c!r}")
+    if tk > c:
+        raise ValueError(f"K: expected at most switch_over_seq_len = {c} tokens since the state was last updated, received tk = {tk}")
+    # checks of Q, K, V and log_G as for the forward, on the new tokens' rows
+    Qn, Kn, Vn, Gn, scale = _prepare(Q, K[:, tk - tq:], V[:, tk - tq:], None if log_G is None else log_G[:, tk - tq:], deg, scale, c)
+    h, e = K.shape[2], V.shape[3]
+    D = state_features(d, deg)
+    dev = Q.device
+    S = torch.zeros(b, h, D, e, device=dev) if initial_state is None else initial_state.float().contiguous().clone()
+    Z = torch.zeros(b, h, D, device=dev) if sum_of_keys is None else sum_of_keys.float().contiguous().clone()
+    if tuple(S.shape) != (b, h, D, e):
+        raise ValueError(f"initial_state: expected shape [{b}, {h}, {D}, {e}] (D = binomial(d + deg - 1, deg)), received {tuple(S.shape)}")
+    if tuple(Z.shape) != (b, h, D):
+        raise ValueError(f"sum_of_keys: expected shape [{b}, {h}, {D}], received {tuple(Z.shape)}")
+    len0 = tk - tq
+    # the cache of the decode plan: [b, c, h, .] float32 (values of the dtype), the first len0 rows in use
+    Kc = torch.zeros(b, c, h, d, device=dev)
+    Vc = torch.zeros(b, c, h, e, device=dev)
+    Gc = torch.zeros(b, c, h, device=dev)
+    Kc[:, :len0] = K[:, :len0].float()
+    Vc[:, :len0] = V[:, :len0].float()
+    if log_G is not None:
+        Gc[:, :len0] = log_G[:, :len0].float()
+    spec = _spec_of(Qn, Vn, deg, c)
+    with torch.no_grad():
+        plan = _plan("decode", spec, b, tq, hq, h, scale, Gn is not None, len0=len0)
+        out = _run(plan, dev, {"Q": Qn, "K": Kn, "V": Vn, "logG": Gn, "S": S, "Z": Z, "Kc": Kc, "Vc": Vc, "Gc": Gc})
+    if len0 + tq == c:  # folded: S, Z (updated in place) now cover the cache
+        return out["Y"], S, Z
+    return out["Y"], initial_state if initial_state is not None else S, sum_of_keys if sum_of_keys is not None else Z

@@ -1,0 +1,86 @@
+"""libprt.so through ctypes, without torch: loading, "no driver" reported cleanly, plans created
+without a driver (buffers, workspace), argument errors that name the argument, and, with the
+tests' fake driver (PRT_TEST_FAKE_LIBCUDA, set by test/python.test.ts), a run."""
+
+import os
+import subprocess
+import sys
+import unittest
+
+HERE = os.path.dirname(__file__)
+sys.path.insert(0, os.path.join(HERE, ".."))
+from prt import _native, _paths  # noqa: E402
+
+GENERATED = os.path.join(_paths.repo_root(), "generated", "manifest.json")
+SPEC = (2, 64, 64, 128, "bf16")
+
+
+def have_lib():
+    return os.path.exists(_paths.library_path())
+
+
+@unittest.skipUnless(have_lib(), f"libprt.so is not built ({_paths.library_path()}): run `npm run build:native`")
+class NativeTest(unittest.TestCase):
+    def test_no_driver_is_reported_cleanly(self):
+        # a fresh process with a driver path that does not exist
+        code = "import sys; sys.path.insert(0, %r); from prt import _native; print(_native.cuda_status())" % os.path.join(HERE, "..")
+        env = {**os.environ, "PRT_LIBCUDA": "/nonexistent/libcuda.so.1"}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+        self.assertIn("False", out)
+        self.assertIn("no CUDA driver: /nonexistent/libcuda.so.1 could not be loaded", out)
+
+    def test_plans_need_no_driver(self):
+        rt = _native.Runtime([GENERATED], "/nonexistent/kernels")
+        p = rt.plan("forward", SPEC, 2, 1000, 8, 4, 0.125, gated=True, final_state=True)
+        names = [b.name for b in p.buffers]
+        self.assertEqual(names[:6], ["Q", "K", "V", "logG", "S0", "Z0"])
+        by = p.by_name
+        self.assertEqual(by["Q"].shape, (2, 1000, 8, 64))
+        self.assertEqual(by["Q"].role, _native.BUF_INPUT)
+        self.assertEqual(by["Y"].role, _native.BUF_OUTPUT)
+        self.assertEqual(by["S0"].role, _native.BUF_TEMP)  # zeros: no initial state given
+        self.assertEqual(by["Sfinal"].shape, (2, 4, 2080, 64))
+        self.assertGreater(p.workspace_bytes, 0)
+        self.assertGreater(p.workspace_bytes_all, p.workspace_bytes)
+        self.assertTrue(p.steps()[0].startswith("prt_attention_p2_d64_e64_c128_bf16_"))
+
+    def test_errors_name_the_argument(self):
+        rt = _native.Runtime([GENERATED], "/nonexistent/kernels")
+        with self.assertRaises(_native.PrtError) as e:
+            rt.plan("forward", SPEC, 1, 10, 3, 2, 0.1)
+        self.assertIn("hq: expected a positive multiple of h = 2, received 3", str(e.exception))
+        with self.assertRaises(_native.PrtError) as e:
+            rt.plan("sideways", SPEC, 1, 10, 2, 2, 0.1)
+        self.assertIn('kind: expected "forward", "backward" or "decode", received "sideways"', str(e.exception))
+        with self.assertRaises(_native.PrtError) as e:
+            rt.plan("forward", (4, 48, 48, 64, "f16"), 1, 10, 2, 2, 0.1)
+        self.assertIn("npx retention gen --deg 4 --d 48 --e 48 --chunk 64 --dtype f16 --out build/generated/p4_d48_e48_c64_f16 --compile", str(e.exception))
+        with self.assertRaises(_native.PrtError) as e:
+            rt.plan("decode", SPEC, 1, 1, 2, 2, 0.1, len0=128)
+        self.assertIn("len0: expected an integer in [0, 128), received 128", str(e.exception))
+        with self.assertRaises(_native.PrtError) as e:
+            _native.Runtime(["/nonexistent/manifest.json"], "/tmp")
+        self.assertIn("manifest /nonexistent/manifest.json: cannot read the file", str(e.exception))
+
+    def test_run_checks_its_arguments_before_the_driver(self):
+        rt = _native.Runtime([GENERATED], "/nonexistent/kernels")
+        p = rt.plan("forward", SPEC, 1, 10, 2, 2, 0.1)
+        with self.assertRaises(_native.PrtError) as e:
+            p.run(0, {}, 0, 0)
+        self.assertIn("buffer Q (an input, bf16 2560 bytes): expected a device pointer, received 0", str(e.exception))
+        with self.assertRaises(_native.PrtError) as e:
+            p.run(0, {"Q": 1, "K": 1, "V": 1}, 0, 0)
+        self.assertIn(f"workspace: expected {p.workspace_bytes_all} bytes (outputs in the workspace too), received 0 (null pointer)", str(e.exception))
+
+    @unittest.skipUnless(os.environ.get("PRT_TEST_FAKE_LIBCUDA"), "PRT_TEST_FAKE_LIBCUDA (the tests' fake driver) is not set")
+    def test_runs_on_the_fake_driver_and_names_a_missing_fatbin(self):
+        code = ("import sys; sys.path.insert(0, %r); from prt import _native; rt = _native.Runtime([%r], '/nonexistent/kernels');"
+                "p = rt.plan('forward', %r, 1, 10, 2, 2, 0.1)\n"
+                "try:\n  p.prepare()\nexcept _native.PrtError as e:\n  print(e)") % (os.path.join(HERE, ".."), GENERATED, SPEC)
+        env = {**os.environ, "PRT_LIBCUDA": os.environ["PRT_TEST_FAKE_LIBCUDA"]}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+        self.assertIn("is missing: /nonexistent/kernels/p2_d64_e64_c128_bf16.fatbin does not exist; compile it with `npx retention build", out)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,149 @@
+"""power_retention on the GPU against a float64 reference of SPEC.md (quadratic form), with
+autograd, torch.compile(fullgraph=True), CUDA-graph capture and the inference function. Skips,
+saying why, without torch or a GPU (run on the GPU machine: see runtime/python/README.md)."""
+
+import math
+import os
+import sys
+import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+try:
+    import torch
+except ImportError:  # CI: no torch
+    torch = None
+
+REASON = None
+if torch is None:
+    REASON = "torch is not installed"
+elif not torch.cuda.is_available():
+    REASON = "torch sees no CUDA device"
+if REASON:
+    print(f"test_torch: skipped: {REASON}", file=sys.stderr)
+
+TOL = {"f32": 1e-4, "f16": 3e-3, "bf16": 1e-2}  # SPEC.md, outputs; gradients twice these
+DT = {} if torch is None else {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+
+
+def reference(Q, K, V, logG, deg, scale, S0=None, Z0=None):
+    """SPEC.md in float64: y_i = sum_j a_ij v_j / sum_j a_ij, a_ij = (scale q_i.k_j)^p exp(L_i - L_j), j <= i,
+    plus the initial state's part phi(q_i)^T S0 exp(L_i) / (phi(q_i)^T Z0 exp(L_i)) when given (through the
+    quadratic form: S0 enters as extra weight; here only checked with S0 None)."""
+    Q, K, V = Q.double(), K.double(), V.double()
+    b, t, hq, d = Q.shape
+    h = K.shape[2]
+    g = hq // h
+    Kx = K.repeat_interleave(g, dim=2)
+    Vx = V.repeat_interleave(g, dim=2)
+    L = torch.zeros(b, t, h, dtype=torch.float64, device=Q.device) if logG is None else logG.double().cumsum(1)
+    Lx = L.repeat_interleave(g, dim=2)  # [b, t, hq]
+    s = torch.einsum("bihd,bjhd->bhij", Q, Kx) * scale
+    decay = Lx.permute(0, 2, 1)[:, :, :, None] - Lx.permute(0, 2, 1)[:, :, None, :]
+    mask = torch.ones(t, t, dtype=torch.bool, device=Q.device).tril()
+    a = torch.where(mask, s.pow(deg) * torch.exp(torch.where(mask, decay, torch.zeros_like(decay))), torch.zeros_like(s))
+    num = torch.einsum("bhij,bjhe->bihe", a, Vx)
+    den = a.sum(-1).permute(0, 2, 1)[..., None]
+    return torch.where(den > 0, num / den, torch.zeros_like(num))
+
+
+def rel(x, ref):
+    return ((x.double() - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+
+
+def inputs(b, t, hq, h, d, dtype, gated, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    Q = torch.randn(b, t, hq, d, device="cuda", generator=g).to(DT[dtype])
+    K = torch.randn(b, t, h, d, device="cuda", generator=g).to(DT[dtype])
+    V = torch.randn(b, t, h, d, device="cuda", generator=g).to(DT[dtype])
+    G = torch.nn.functional.logsigmoid(torch.randn(b, t, h, device="cuda", generator=g) + 3) if gated else None
+    return Q, K, V, G
+
+
+@unittest.skipIf(REASON is not None, REASON or "")
+class TorchTest(unittest.TestCase):
+    def setUp(self):
+        import prt
+
+        self.prt = prt
+
+    def check_case(self, b, t, hq, h, d, deg, dtype, gated, chunk):
+        Q, K, V, G = inputs(b, t, hq, h, d, dtype, gated)
+        leaves = [x.detach().clone().requires_grad_(True) for x in (Q, K, V)]
+        Gl = None if G is None else G.detach().clone().requires_grad_(True)
+        Y = self.prt.power_retention(*leaves, log_G=Gl, deg=deg, chunk_size=chunk)
+        scale = 1 / math.sqrt(d)
+        refl = [x.detach().double().requires_grad_(True) for x in (Q, K, V)]
+        Gr = None if G is None else G.detach().double().requires_grad_(True)
+        ref = reference(*refl, Gr, deg, scale)
+        label = f"b{b} t{t} hq{hq} h{h} d{d} p{deg} {dtype} gated={gated} chunk={chunk}"
+        self.assertFalse(torch.isnan(Y).any().item(), label)
+        self.assertLess(rel(Y, ref), TOL[dtype], label)
+        dY = torch.randn_like(ref)
+        grads = torch.autograd.grad(Y, leaves + ([Gl] if Gl is not None else []), dY.to(Y.dtype))
+        rgrads = torch.autograd.grad(ref, refl + ([Gr] if Gr is not None else []), dY.to(Y.dtype).double())
+        for name, x, r in zip(["dQ", "dK", "dV", "dlogG"], grads, rgrads):
+            self.assertLess(rel(x, r), 2 * TOL[dtype] + (1e-6 if t == 1 else 0), f"{label} {name}")
+
+    def test_against_float64(self):
+        for dtype in ("bf16", "f16", "f32"):
+            for d in (32, 64, 128):
+                for gated in (False, True):
+                    self.check_case(2, 333, 4, 2, d, 2, dtype, gated, 64 if d == 128 else 128)
+        self.check_case(1, 1, 1, 1, 64, 2, "f32", True, 128)
+        self.check_case(1, 100, 2, 2, 64, 2, "bf16", True, None)  # one chunk: the quadratic path
+
+    def test_final_state_continues(self):
+        Q, K, V, G = inputs(1, 300, 2, 2, 64, "f32", True)
+        Y, st = self.prt.power_retention(Q, K, V, log_G=G, return_final_state=True, chunk_size=128)
+        Y1, st1 = self.prt.power_retention(Q[:, :200], K[:, :200], V[:, :200], log_G=G[:, :200], return_final_state=True, chunk_size=128)
+        Y2 = self.prt.power_retention(Q[:, 200:], K[:, 200:], V[:, 200:], log_G=G[:, 200:], initial_state=st1, chunk_size=128)
+        self.assertLess(rel(torch.cat([Y1, Y2], 1), Y.double()), 1e-4)
+
+    def test_compile_fullgraph(self):
+        Q, K, V, G = inputs(1, 257, 2, 2, 64, "bf16", True)
+        f = torch.compile(lambda q, k, v, g: self.prt.power_retention(q, k, v, log_G=g, chunk_size=128), fullgraph=True)
+        self.assertTrue(torch.equal(f(Q, K, V, G), self.prt.power_retention(Q, K, V, log_G=G, chunk_size=128)))
+
+    def test_cuda_graph(self):
+        Q, K, V, G = inputs(1, 300, 2, 2, 64, "bf16", True)
+        want = self.prt.power_retention(Q, K, V, log_G=G, chunk_size=128)  # warm-up: loads the kernels
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            self.prt.power_retention(Q, K, V, log_G=G, chunk_size=128)
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self.prt.power_retention(Q, K, V, log_G=G, chunk_size=128)
+        graph.replay()
+        torch.cuda.synchronize()
+        self.assertTrue(torch.equal(out, want))
+
+    def test_inference_token_by_token(self):
+        c = 64
+        Q, K, V, G = inputs(1, 150, 2, 2, 32, "f32", True)
+        whole = self.prt.power_retention(Q, K, V, log_G=G, chunk_size=c)
+        S = Z = None
+        start = 0  # first token of the cache
+        ys = []
+        for i in range(150):
+            y, S2, Z2 = self.prt.power_retention_inference(Q[:, i:i + 1], K[:, start:i + 1], V[:, start:i + 1], G[:, start:i + 1],
+                                                             S, Z, switch_over_seq_len=c)
+            ys.append(y)
+            if i + 1 - start == c:  # folded: the cache restarts
+                start, S, Z = i + 1, S2, Z2
+        self.assertLess(rel(torch.cat(ys, 1), whole.double()), 1e-4)
+
+    def test_errors_name_the_argument(self):
+        Q, K, V, G = inputs(1, 10, 2, 2, 32, "f32", False)
+        with self.assertRaisesRegex(ValueError, r"K: expected a head count h that divides Q's hq = 2, received h = 3"):
+            self.prt.power_retention(Q, torch.cat([K, K[:, :, :1]], 2), torch.cat([V, V[:, :, :1]], 2))
+        with self.assertRaisesRegex(TypeError, r"K: expected dtype torch.float32 \(Q's\), received torch.float16"):
+            self.prt.power_retention(Q, K.half(), V)
+        with self.assertRaisesRegex(ValueError, r"chunk_size: expected None or a power of two >= 16, received 100"):
+            self.prt.power_retention(Q, K, V, chunk_size=100)
+
+
+if __name__ == "__main__":
+    unittest.main()
