@@ -2,7 +2,7 @@
 # One device run (see README "On the GPU machine"): compile the generated kernels there (16 cores),
 # check them against the interpreter and the float64 reference, then time ours beside PyTorch SDPA
 # in the same run. Every log goes under $OUT (default ./device-out).
-# Usage: bash bench/device-session.sh [tests|bench|autotune|ncu|all]...   env: TS="4096 16384 65536" CHUNKS="128"
+# Usage: bash bench/device-session.sh [tests|python|bench|autotune|ncu|all]...   env: TS="4096 16384 65536" CHUNKS="128"
 set -uo pipefail
 OUT=${OUT:-device-out}; mkdir -p "$OUT"
 source .device/setup.sh > "$OUT/setup.log" 2>&1
@@ -29,6 +29,9 @@ for step in "${@:-all}"; do
       done
       python3 bench/sdpa.py $TS > "$OUT/sdpa.log" 2>&1
       for c in $CHUNKS; do node bench/table.mjs "$OUT/ours-c$c.log" "$OUT/sdpa.log" | tee "$OUT/table-c$c.md"; done ;;&
+    python|all)
+      PYTHONPATH=$PWD/runtime/python timeout ${PY_LIMIT:-240} python3 -m pytest runtime/python/tests -q -rs -x > "$OUT/python-tests.log" 2>&1
+      echo "python tests rc=$?"; tail -15 "$OUT/python-tests.log" ;;&
     autotune)
       cp codegen/schedules.json "$OUT/schedules.json"
       timeout ${TUNE_LIMIT:-420} node --import tsx bench/autotune.ts --spec ${TUNE_SPEC:-p2_d64_e64_c128_bf16} --kernels "$TUNE_KERNELS" \
