@@ -34,6 +34,12 @@ export const numel = (shape: readonly number[]): number => shape.reduce((a, b) =
 
 const built = new Map<string, Kernel>();
 
+/** Forget the traced kernels (after a change of what a build depends on beyond its spec and
+ * schedule: `overrideStateSplit`, for measurements). */
+export function clearBuiltKernels(): void {
+  built.clear();
+}
+
 /** The kernel IR of a step, traced once per (kernel, spec, schedule): IR is immutable data. */
 export function stepKernel(step: PlanStep): Kernel {
   const key = `${step.kernel.name}/${specKey(step.spec)}/${scheduleKey(step.schedule)}`;

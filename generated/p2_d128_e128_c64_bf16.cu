@@ -3224,7 +3224,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
 }
 
 // query_state_bwd_dq: Dy, lseB (the normaliser the backward's weights sum to 1 under), and dQs, dlamQ: the gradient through phi(q')^T [Sin, Zin]
-// grid ($n, $hq, $b), 128 threads, 159360 bytes of dynamic shared memory
+// grid ($n, $hq, $b), 128 threads, 141952 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128_e128_c64_bf16_w4_bd64_bt32_s1(
     const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -3394,22 +3394,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
   (void)g_dlamQ_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_smem + 150528);  // bf16[32, 128] pitch 128
-  __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_smem + 133632);  // bf16[32, 128] pitch 136
-  float* const t_dy_row = reinterpret_cast<float*>(prt_smem + 68096);  // f32[32, 128] pitch 128
-  float* const t_y_s = reinterpret_cast<float*>(prt_smem + 117248);  // f32[32, 128] pitch 128
-  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 158976);  // f32[32] pitch 32
-  float* const t_dy_y = reinterpret_cast<float*>(prt_smem + 158848);  // f32[32] pitch 32
-  float* const t_rho = reinterpret_cast<float*>(prt_smem + 159232);  // f32[32] pitch 32
-  float* const t_dy_s = reinterpret_cast<float*>(prt_smem + 158720);  // f32[32] pitch 32
-  float* const t_p_s = reinterpret_cast<float*>(prt_smem + 159104);  // f32[32] pitch 32
-  float* const t_q_norm = reinterpret_cast<float*>(prt_smem + 100864);  // f32[32, 128] pitch 128
+  __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_smem + 133120);  // bf16[32, 128] pitch 128
+  __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_smem + 116224);  // bf16[32, 128] pitch 136
+  float* const t_dy_row = reinterpret_cast<float*>(prt_smem + 50688);  // f32[32, 128] pitch 128
+  float* const t_y_s = reinterpret_cast<float*>(prt_smem + 99840);  // f32[32, 128] pitch 128
+  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 141568);  // f32[32] pitch 32
+  float* const t_dy_y = reinterpret_cast<float*>(prt_smem + 141440);  // f32[32] pitch 32
+  float* const t_rho = reinterpret_cast<float*>(prt_smem + 141824);  // f32[32] pitch 32
+  float* const t_dy_s = reinterpret_cast<float*>(prt_smem + 141312);  // f32[32] pitch 32
+  float* const t_p_s = reinterpret_cast<float*>(prt_smem + 141696);  // f32[32] pitch 32
+  float* const t_q_norm = reinterpret_cast<float*>(prt_smem + 83456);  // f32[32, 128] pitch 128
   float* const t_S_f32 = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 128] pitch 128
   __nv_bfloat16* const t_S_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 33280);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_S_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 50688);  // bf16[64, 128] pitch 136
   float* const t_Z_blk = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  float* const t_S_dy = reinterpret_cast<float*>(prt_smem + 142336);  // f32[32, 64] pitch 64
-  float* const t_grad_s = reinterpret_cast<float*>(prt_smem + 84480);  // f32[32, 128] pitch 128
+  float* const t_S_dy = reinterpret_cast<float*>(prt_smem + 124928);  // f32[32, 64] pitch 64
+  float* const t_grad_s = reinterpret_cast<float*>(prt_smem + 67072);  // f32[32, 128] pitch 128
   // g = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -3700,13 +3699,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
               t_S_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_S_f32[(r) * 128 + (c)]) * 1.0f));
             }
           }
-          // S_lo[row, col] = ((S_f32[row, col] * 1.0) - S_hi[row, col])
-          {
-            for (int i = tid; i < 8192; i += 128) {
-              const int r = i / 128, c = i % 128;
-              t_S_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_S_f32[(r) * 128 + (c)]) * 1.0f) - prt::to_f32(t_S_hi[(r) * 136 + (c)])));
-            }
-          }
           __syncthreads();
           // S_dy = mma.tc(dy, S_hi^T) [32x64 in 16x32 units over 4 warps]
           {
@@ -3726,35 +3718,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
                 for (int q = 0; q < 4; q += 2) {
                   uint32_t bf[4];
                   prt::ldmatrix_x4(bf, &t_S_hi[(n0 + q * 8 + prt::at_row(lane)) * 136 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_S_dy[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
-            }
-          }
-          __syncthreads();
-          // S_dy += mma.tc(dy, S_lo^T) [32x64 in 16x32 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float acc[4][4];
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_S_dy[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 128; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_dy[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_S_lo[(n0 + q * 8 + prt::at_row(lane)) * 136 + k0 + prt::at_col(lane)]);
                   prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
                   prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                 }
@@ -4727,7 +4690,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
 }
 
 // update_state_bwd: dKs, dVs, dlamK, dGk: gradient through dS_m = phi(k')^T V, dZ_m = colsum phi(k')
-// grid ($n, $h, $b), 128 threads, 143616 bytes of dynamic shared memory
+// grid ($n, $h, $b), 128 threads, 121600 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e128_c64_bf16_w4_bd64_bt32_s1(
     const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const float* g_ddS, const float* g_ddZ, float* g_dKs, float* g_dVs, float* g_dlamK, float* g_dGk, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -4847,19 +4810,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
   (void)g_dGk_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_smem + 117760);  // bf16[32, 128] pitch 128
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 100864);  // bf16[32, 128] pitch 136
-  float* const t_k_disc = reinterpret_cast<float*>(prt_smem + 84480);  // f32[32, 128] pitch 128
-  float* const t_phi_f32 = reinterpret_cast<float*>(prt_smem + 125952);  // f32[32, 64] pitch 64
-  __nv_bfloat16* const t_phi_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 134144);  // bf16[32, 64] pitch 72
-  __nv_bfloat16* const t_phi_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 138752);  // bf16[32, 64] pitch 72
+  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_smem + 100352);  // bf16[32, 128] pitch 128
+  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 83456);  // bf16[32, 128] pitch 136
+  float* const t_k_disc = reinterpret_cast<float*>(prt_smem + 67072);  // f32[32, 128] pitch 128
+  float* const t_phi_f32 = reinterpret_cast<float*>(prt_smem + 108544);  // f32[32, 64] pitch 64
+  __nv_bfloat16* const t_phi_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 116736);  // bf16[32, 64] pitch 72
   float* const t_U_f32 = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 128] pitch 128
   __nv_bfloat16* const t_U_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 33280);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_U_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 50688);  // bf16[64, 128] pitch 136
-  float* const t_u_blk = reinterpret_cast<float*>(prt_smem + 143360);  // f32[64] pitch 64
-  float* const t_dphi = reinterpret_cast<float*>(prt_smem + 109568);  // f32[32, 64] pitch 64
+  float* const t_u_blk = reinterpret_cast<float*>(prt_smem + 121344);  // f32[64] pitch 64
+  float* const t_dphi = reinterpret_cast<float*>(prt_smem + 92160);  // f32[32, 64] pitch 64
   float f_acc_v[2][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 4 warps
-  float* const t_acc_k = reinterpret_cast<float*>(prt_smem + 68096);  // f32[32, 128] pitch 128
+  float* const t_acc_k = reinterpret_cast<float*>(prt_smem + 50688);  // f32[32, 128] pitch 128
   float* const t_dot = reinterpret_cast<float*>(prt_smem + 16);  // f32[32] pitch 32
   float* const t_dG = reinterpret_cast<float*>(prt_smem + 0);  // f32[1] pitch 1
   float* const t_dG_blk = reinterpret_cast<float*>(prt_smem + 144);  // f32[1] pitch 1
@@ -5059,25 +5020,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
               t_phi_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * 1.0f));
             }
           }
-          // phi_lo[row, col] = ((phi_f32[row, col] * 1.0) - phi_hi[row, col])
-          {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_phi_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(t_phi_hi[(r) * 72 + (c)])));
-            }
-          }
           // U_hi[row, col] = (U_f32[row, col] * 1.0)
           {
             for (int i = tid; i < 8192; i += 128) {
               const int r = i / 128, c = i % 128;
               t_U_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_U_f32[(r) * 128 + (c)]) * 1.0f));
-            }
-          }
-          // U_lo[row, col] = ((U_f32[row, col] * 1.0) - U_hi[row, col])
-          {
-            for (int i = tid; i < 8192; i += 128) {
-              const int r = i / 128, c = i % 128;
-              t_U_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_U_f32[(r) * 128 + (c)]) * 1.0f) - prt::to_f32(t_U_hi[(r) * 136 + (c)])));
             }
           }
           __syncthreads();
@@ -5095,46 +5042,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
                 for (int q = 0; q < 4; q += 2) {
                   uint32_t bf[4];
                   prt::ldmatrix_x4_trans(bf, &t_U_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-            }
-          }
-          // acc_v += mma.tc(phi_lo, U_hi) [32x128 in 16x32 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-              float (&acc)[4][4] = f_acc_v[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_phi_lo[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_U_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-            }
-          }
-          // acc_v += mma.tc(phi_hi, U_lo) [32x128 in 16x32 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-              float (&acc)[4][4] = f_acc_v[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_phi_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_U_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
                   prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
                   prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                 }
@@ -5159,35 +5066,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
                 for (int q = 0; q < 4; q += 2) {
                   uint32_t bf[4];
                   prt::ldmatrix_x4(bf, &t_U_hi[(n0 + q * 8 + prt::at_row(lane)) * 136 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_dphi[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
-            }
-          }
-          __syncthreads();
-          // dphi += mma.tc(v, U_lo^T) [32x64 in 16x32 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float acc[4][4];
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_dphi[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 128; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_v[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_U_lo[(n0 + q * 8 + prt::at_row(lane)) * 136 + k0 + prt::at_col(lane)]);
                   prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
                   prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                 }
@@ -6908,9 +6786,9 @@ extern "C" cudaError_t prt_attention_bwd_p2_d128_e128_c64_bf16_w4_bd64_bt32_s1_l
 }
 
 extern "C" cudaError_t prt_query_state_bwd_dq_p2_d128_e128_c64_bf16_w4_bd64_bt32_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d128_e128_c64_bf16_w4_bd64_bt32_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 159360);
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d128_e128_c64_bf16_w4_bd64_bt32_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 141952);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_dq_p2_d128_e128_c64_bf16_w4_bd64_bt32_s1<<<grid, 128, 159360, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
+  prt_query_state_bwd_dq_p2_d128_e128_c64_bf16_w4_bd64_bt32_s1<<<grid, 128, 141952, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
   return cudaGetLastError();
 }
 
@@ -6929,9 +6807,9 @@ extern "C" cudaError_t prt_discounted_cumsum_bwd_p2_d128_e128_c64_bf16_w4_bd64_b
 }
 
 extern "C" cudaError_t prt_update_state_bwd_p2_d128_e128_c64_bf16_w4_bd64_bt32_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const float* g_ddS, const float* g_ddZ, float* g_dKs, float* g_dVs, float* g_dlamK, float* g_dGk, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_update_state_bwd_p2_d128_e128_c64_bf16_w4_bd64_bt32_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 143616);
+  cudaError_t err = cudaFuncSetAttribute(prt_update_state_bwd_p2_d128_e128_c64_bf16_w4_bd64_bt32_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 121600);
   if (err != cudaSuccess) return err;
-  prt_update_state_bwd_p2_d128_e128_c64_bf16_w4_bd64_bt32_s1<<<grid, 128, 143616, stream>>>(g_K, g_V, g_logG, g_ddS, g_ddZ, g_dKs, g_dVs, g_dlamK, g_dGk, p_b, p_t, p_h, p_n);
+  prt_update_state_bwd_p2_d128_e128_c64_bf16_w4_bd64_bt32_s1<<<grid, 128, 121600, stream>>>(g_K, g_V, g_logG, g_ddS, g_ddZ, g_dKs, g_dVs, g_dlamK, g_dGk, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 

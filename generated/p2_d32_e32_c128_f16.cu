@@ -3224,7 +3224,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
 }
 
 // query_state_bwd_dq: Dy, lseB (the normaliser the backward's weights sum to 1 under), and dQs, dlamQ: the gradient through phi(q')^T [Sin, Zin]
-// grid ($n, $hq, $b), 128 threads, 92160 bytes of dynamic shared memory
+// grid ($n, $hq, $b), 128 threads, 87040 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_e32_c128_f16_w4_bd64_bt64_s1(
     const __half* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const __half* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -3394,17 +3394,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
   (void)g_dlamQ_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
-  __half* const t_q = reinterpret_cast<__half*>(prt_smem + 87040);  // f16[64, 32] pitch 32
+  __half* const t_q = reinterpret_cast<__half*>(prt_smem + 81920);  // f16[64, 32] pitch 32
   float* const t_dy_f32 = reinterpret_cast<float*>(prt_smem + 25600);  // f32[64, 32] pitch 32
   __nv_bfloat16* const t_dy_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 76800);  // bf16[64, 32] pitch 40
-  __nv_bfloat16* const t_dy_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 81920);  // bf16[64, 32] pitch 40
   float* const t_dy_row = reinterpret_cast<float*>(prt_smem + 33792);  // f32[64, 32] pitch 32
   float* const t_y_s = reinterpret_cast<float*>(prt_smem + 58368);  // f32[64, 32] pitch 32
-  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 91392);  // f32[64] pitch 64
-  float* const t_dy_y = reinterpret_cast<float*>(prt_smem + 91136);  // f32[64] pitch 64
-  float* const t_rho = reinterpret_cast<float*>(prt_smem + 91904);  // f32[64] pitch 64
+  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 86272);  // f32[64] pitch 64
+  float* const t_dy_y = reinterpret_cast<float*>(prt_smem + 86016);  // f32[64] pitch 64
+  float* const t_rho = reinterpret_cast<float*>(prt_smem + 86784);  // f32[64] pitch 64
   float* const t_dy_s = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  float* const t_p_s = reinterpret_cast<float*>(prt_smem + 91648);  // f32[64] pitch 64
+  float* const t_p_s = reinterpret_cast<float*>(prt_smem + 86528);  // f32[64] pitch 64
   float* const t_q_norm = reinterpret_cast<float*>(prt_smem + 50176);  // f32[64, 32] pitch 32
   float* const t_S_f32 = reinterpret_cast<float*>(prt_smem + 17408);  // f32[64, 32] pitch 32
   __nv_bfloat16* const t_S_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 66560);  // bf16[64, 32] pitch 40
@@ -3487,13 +3486,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
         for (int i = tid; i < 2048; i += 128) {
           const int r = i / 32, c = i % 32;
           t_dy_hi[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_dy_f32[(r) * 32 + (c)]) * 1.0f));
-        }
-      }
-      // dy_lo[row, col] = ((dy_f32[row, col] * 1.0) - dy_hi[row, col])
-      {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 32, c = i % 32;
-          t_dy_lo[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_dy_f32[(r) * 32 + (c)]) * 1.0f) - prt::to_f32(t_dy_hi[(r) * 40 + (c)])));
         }
       }
       // dy_row = load dY[pid.z, ((pid.x * 128) + (i0 * 64)):+64, pid.y, 0:+32]
@@ -3726,35 +3718,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
               for (int k0 = 0; k0 < 32; k0 += 16) {
                 uint32_t af[4];
                 prt::ldmatrix_x4(af, &t_dy_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_S_hi[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_S_dy[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
-            }
-          }
-          __syncthreads();
-          // S_dy += mma.tc(dy_lo, S_hi^T) [64x64 in 16x32 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float acc[4][4];
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_S_dy[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 32; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_dy_lo[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
                 #pragma unroll
                 for (int q = 0; q < 4; q += 2) {
                   uint32_t bf[4];
@@ -4785,7 +4748,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
 }
 
 // update_state_bwd: dKs, dVs, dlamK, dGk: gradient through dS_m = phi(k')^T V, dZ_m = colsum phi(k')
-// grid ($n, $h, $b), 128 threads, 109824 bytes of dynamic shared memory
+// grid ($n, $h, $b), 128 threads, 100608 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e32_c128_f16_w4_bd64_bt64_s1(
     const __half* g_K, const __half* g_V, const float* g_logG, const float* g_ddS, const float* g_ddZ, float* g_dKs, float* g_dVs, float* g_dlamK, float* g_dGk, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -4905,21 +4868,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
   (void)g_dGk_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
-  __half* const t_k = reinterpret_cast<__half*>(prt_smem + 105472);  // f16[64, 32] pitch 32
-  float* const t_v_f32 = reinterpret_cast<float*>(prt_smem + 76800);  // f32[64, 32] pitch 32
-  __nv_bfloat16* const t_v_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 95232);  // bf16[64, 32] pitch 40
-  __nv_bfloat16* const t_v_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 100352);  // bf16[64, 32] pitch 40
-  float* const t_k_disc = reinterpret_cast<float*>(prt_smem + 68608);  // f32[64, 32] pitch 32
+  __half* const t_k = reinterpret_cast<__half*>(prt_smem + 96256);  // f16[64, 32] pitch 32
+  float* const t_v_f32 = reinterpret_cast<float*>(prt_smem + 67584);  // f32[64, 32] pitch 32
+  __nv_bfloat16* const t_v_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 86016);  // bf16[64, 32] pitch 40
+  __nv_bfloat16* const t_v_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 91136);  // bf16[64, 32] pitch 40
+  float* const t_k_disc = reinterpret_cast<float*>(prt_smem + 59392);  // f32[64, 32] pitch 32
   float* const t_phi_f32 = reinterpret_cast<float*>(prt_smem + 17408);  // f32[64, 64] pitch 64
   __nv_bfloat16* const t_phi_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 33792);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_phi_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 43008);  // bf16[64, 64] pitch 72
-  float* const t_U_f32 = reinterpret_cast<float*>(prt_smem + 52224);  // f32[64, 32] pitch 32
-  __nv_bfloat16* const t_U_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 84992);  // bf16[64, 32] pitch 40
-  __nv_bfloat16* const t_U_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 90112);  // bf16[64, 32] pitch 40
-  float* const t_u_blk = reinterpret_cast<float*>(prt_smem + 109568);  // f32[64] pitch 64
+  float* const t_U_f32 = reinterpret_cast<float*>(prt_smem + 43008);  // f32[64, 32] pitch 32
+  __nv_bfloat16* const t_U_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 75776);  // bf16[64, 32] pitch 40
+  __nv_bfloat16* const t_U_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 80896);  // bf16[64, 32] pitch 40
+  float* const t_u_blk = reinterpret_cast<float*>(prt_smem + 100352);  // f32[64] pitch 64
   float* const t_dphi = reinterpret_cast<float*>(prt_smem + 1024);  // f32[64, 64] pitch 64
   float f_acc_v[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
-  float* const t_acc_k = reinterpret_cast<float*>(prt_smem + 60416);  // f32[64, 32] pitch 32
+  float* const t_acc_k = reinterpret_cast<float*>(prt_smem + 51200);  // f32[64, 32] pitch 32
   float* const t_dot = reinterpret_cast<float*>(prt_smem + 16);  // f32[64] pitch 64
   float* const t_dG = reinterpret_cast<float*>(prt_smem + 0);  // f32[1] pitch 1
   float* const t_dG_blk = reinterpret_cast<float*>(prt_smem + 272);  // f32[1] pitch 1
@@ -5122,13 +5084,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
               t_phi_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * 1.0f));
             }
           }
-          // phi_lo[row, col] = ((phi_f32[row, col] * 1.0) - phi_hi[row, col])
-          {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_phi_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(t_phi_hi[(r) * 72 + (c)])));
-            }
-          }
           // U_hi[row, col] = (U_f32[row, col] * 1.0)
           {
             for (int i = tid; i < 2048; i += 128) {
@@ -5154,26 +5109,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
               for (int k0 = 0; k0 < 64; k0 += 16) {
                 uint32_t af[4];
                 prt::ldmatrix_x4(af, &t_phi_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_U_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-            }
-          }
-          // acc_v += mma.tc(phi_lo, U_hi) [64x32 in 16x32 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              float (&acc)[4][4] = f_acc_v[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_phi_lo[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
                 #pragma unroll
                 for (int q = 0; q < 4; q += 2) {
                   uint32_t bf[4];
@@ -7005,9 +6940,9 @@ extern "C" cudaError_t prt_attention_bwd_p2_d32_e32_c128_f16_w8_bd64_bt64_s1_lau
 }
 
 extern "C" cudaError_t prt_query_state_bwd_dq_p2_d32_e32_c128_f16_w4_bd64_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const __half* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d32_e32_c128_f16_w4_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 92160);
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d32_e32_c128_f16_w4_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 87040);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_dq_p2_d32_e32_c128_f16_w4_bd64_bt64_s1<<<grid, 128, 92160, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
+  prt_query_state_bwd_dq_p2_d32_e32_c128_f16_w4_bd64_bt64_s1<<<grid, 128, 87040, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
   return cudaGetLastError();
 }
 
@@ -7026,9 +6961,9 @@ extern "C" cudaError_t prt_discounted_cumsum_bwd_p2_d32_e32_c128_f16_w4_bd64_bt1
 }
 
 extern "C" cudaError_t prt_update_state_bwd_p2_d32_e32_c128_f16_w4_bd64_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __half* g_K, const __half* g_V, const float* g_logG, const float* g_ddS, const float* g_ddZ, float* g_dKs, float* g_dVs, float* g_dlamK, float* g_dGk, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_update_state_bwd_p2_d32_e32_c128_f16_w4_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 109824);
+  cudaError_t err = cudaFuncSetAttribute(prt_update_state_bwd_p2_d32_e32_c128_f16_w4_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 100608);
   if (err != cudaSuccess) return err;
-  prt_update_state_bwd_p2_d32_e32_c128_f16_w4_bd64_bt64_s1<<<grid, 128, 109824, stream>>>(g_K, g_V, g_logG, g_ddS, g_ddZ, g_dKs, g_dVs, g_dlamK, g_dGk, p_b, p_t, p_h, p_n);
+  prt_update_state_bwd_p2_d32_e32_c128_f16_w4_bd64_bt64_s1<<<grid, 128, 100608, stream>>>(g_K, g_V, g_logG, g_ddS, g_ddZ, g_dKs, g_dVs, g_dlamK, g_dGk, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 

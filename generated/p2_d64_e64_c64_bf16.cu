@@ -3224,7 +3224,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
 }
 
 // query_state_bwd_dq: Dy, lseB (the normaliser the backward's weights sum to 1 under), and dQs, dlamQ: the gradient through phi(q')^T [Sin, Zin]
-// grid ($n, $hq, $b), 128 threads, 135936 bytes of dynamic shared memory
+// grid ($n, $hq, $b), 128 threads, 126720 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_e64_c64_bf16_w4_bd64_bt64_s1(
     const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -3394,19 +3394,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
   (void)g_dlamQ_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_smem + 126464);  // bf16[64, 64] pitch 64
-  __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_smem + 117248);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_smem + 117248);  // bf16[64, 64] pitch 64
+  __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_smem + 108032);  // bf16[64, 64] pitch 72
   float* const t_dy_row = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 64] pitch 64
   float* const t_y_s = reinterpret_cast<float*>(prt_smem + 82432);  // f32[64, 64] pitch 64
-  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 135168);  // f32[64] pitch 64
-  float* const t_dy_y = reinterpret_cast<float*>(prt_smem + 134912);  // f32[64] pitch 64
-  float* const t_rho = reinterpret_cast<float*>(prt_smem + 135680);  // f32[64] pitch 64
-  float* const t_dy_s = reinterpret_cast<float*>(prt_smem + 134656);  // f32[64] pitch 64
-  float* const t_p_s = reinterpret_cast<float*>(prt_smem + 135424);  // f32[64] pitch 64
+  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 125952);  // f32[64] pitch 64
+  float* const t_dy_y = reinterpret_cast<float*>(prt_smem + 125696);  // f32[64] pitch 64
+  float* const t_rho = reinterpret_cast<float*>(prt_smem + 126464);  // f32[64] pitch 64
+  float* const t_dy_s = reinterpret_cast<float*>(prt_smem + 125440);  // f32[64] pitch 64
+  float* const t_p_s = reinterpret_cast<float*>(prt_smem + 126208);  // f32[64] pitch 64
   float* const t_q_norm = reinterpret_cast<float*>(prt_smem + 66048);  // f32[64, 64] pitch 64
   float* const t_S_f32 = reinterpret_cast<float*>(prt_smem + 16896);  // f32[64, 64] pitch 64
   __nv_bfloat16* const t_S_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 98816);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_S_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 108032);  // bf16[64, 64] pitch 72
   float* const t_Z_blk = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_S_dy = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 64] pitch 64
   float* const t_grad_s = reinterpret_cast<float*>(prt_smem + 49664);  // f32[64, 64] pitch 64
@@ -3699,13 +3698,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
               t_S_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_S_f32[(r) * 64 + (c)]) * 1.0f));
             }
           }
-          // S_lo[row, col] = ((S_f32[row, col] * 1.0) - S_hi[row, col])
-          {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_S_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_S_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(t_S_hi[(r) * 72 + (c)])));
-            }
-          }
           __syncthreads();
           // S_dy = mma.tc(dy, S_hi^T) [64x64 in 16x32 units over 4 warps]
           {
@@ -3725,35 +3717,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
                 for (int q = 0; q < 4; q += 2) {
                   uint32_t bf[4];
                   prt::ldmatrix_x4(bf, &t_S_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_S_dy[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
-            }
-          }
-          __syncthreads();
-          // S_dy += mma.tc(dy, S_lo^T) [64x64 in 16x32 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float acc[4][4];
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_S_dy[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_dy[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_S_lo[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
                   prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
                   prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                 }
@@ -4726,7 +4689,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
 }
 
 // update_state_bwd: dKs, dVs, dlamK, dGk: gradient through dS_m = phi(k')^T V, dZ_m = colsum phi(k')
-// grid ($n, $h, $b), 128 threads, 137216 bytes of dynamic shared memory
+// grid ($n, $h, $b), 128 threads, 118784 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e64_c64_bf16_w4_bd64_bt64_s1(
     const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const float* g_ddS, const float* g_ddZ, float* g_dKs, float* g_dVs, float* g_dlamK, float* g_dGk, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -4846,20 +4809,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
   (void)g_dGk_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_smem + 128512);  // bf16[64, 64] pitch 64
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 119296);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_smem + 110080);  // bf16[64, 64] pitch 64
+  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 100864);  // bf16[64, 64] pitch 72
   float* const t_k_disc = reinterpret_cast<float*>(prt_smem + 49664);  // f32[64, 64] pitch 64
   float* const t_phi_f32 = reinterpret_cast<float*>(prt_smem + 66048);  // f32[64, 64] pitch 64
-  __nv_bfloat16* const t_phi_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 100864);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_phi_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 110080);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_phi_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 91648);  // bf16[64, 64] pitch 72
   float* const t_U_f32 = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 64] pitch 64
   __nv_bfloat16* const t_U_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 82432);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_U_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 91648);  // bf16[64, 64] pitch 72
-  float* const t_u_blk = reinterpret_cast<float*>(prt_smem + 136960);  // f32[64] pitch 64
+  float* const t_u_blk = reinterpret_cast<float*>(prt_smem + 118528);  // f32[64] pitch 64
   float* const t_dphi = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 64] pitch 64
   float f_acc_v[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float* const t_acc_k = reinterpret_cast<float*>(prt_smem + 16896);  // f32[64, 64] pitch 64
-  float* const t_dot = reinterpret_cast<float*>(prt_smem + 136704);  // f32[64] pitch 64
+  float* const t_dot = reinterpret_cast<float*>(prt_smem + 118272);  // f32[64] pitch 64
   float* const t_dG = reinterpret_cast<float*>(prt_smem + 0);  // f32[1] pitch 1
   float* const t_dG_blk = reinterpret_cast<float*>(prt_smem + 16);  // f32[1] pitch 1
   // g = load logG[pid.z, (pid.x * 64):+64, pid.y]
@@ -5058,25 +5019,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
               t_phi_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * 1.0f));
             }
           }
-          // phi_lo[row, col] = ((phi_f32[row, col] * 1.0) - phi_hi[row, col])
-          {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_phi_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(t_phi_hi[(r) * 72 + (c)])));
-            }
-          }
           // U_hi[row, col] = (U_f32[row, col] * 1.0)
           {
             for (int i = tid; i < 4096; i += 128) {
               const int r = i / 64, c = i % 64;
               t_U_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_U_f32[(r) * 64 + (c)]) * 1.0f));
-            }
-          }
-          // U_lo[row, col] = ((U_f32[row, col] * 1.0) - U_hi[row, col])
-          {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_U_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_U_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(t_U_hi[(r) * 72 + (c)])));
             }
           }
           __syncthreads();
@@ -5094,46 +5041,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
                 for (int q = 0; q < 4; q += 2) {
                   uint32_t bf[4];
                   prt::ldmatrix_x4_trans(bf, &t_U_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-            }
-          }
-          // acc_v += mma.tc(phi_lo, U_hi) [64x64 in 16x32 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float (&acc)[4][4] = f_acc_v[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_phi_lo[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_U_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-            }
-          }
-          // acc_v += mma.tc(phi_hi, U_lo) [64x64 in 16x32 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float (&acc)[4][4] = f_acc_v[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_phi_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_U_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
                   prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
                   prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                 }
@@ -5158,35 +5065,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
                 for (int q = 0; q < 4; q += 2) {
                   uint32_t bf[4];
                   prt::ldmatrix_x4(bf, &t_U_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_dphi[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
-            }
-          }
-          __syncthreads();
-          // dphi += mma.tc(v, U_lo^T) [64x64 in 16x32 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float acc[4][4];
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_dphi[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_v[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_U_lo[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
                   prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
                   prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                 }
@@ -6916,9 +6794,9 @@ extern "C" cudaError_t prt_attention_bwd_p2_d64_e64_c64_bf16_w8_bd64_bt64_s1_lau
 }
 
 extern "C" cudaError_t prt_query_state_bwd_dq_p2_d64_e64_c64_bf16_w4_bd64_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d64_e64_c64_bf16_w4_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 135936);
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d64_e64_c64_bf16_w4_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 126720);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_dq_p2_d64_e64_c64_bf16_w4_bd64_bt64_s1<<<grid, 128, 135936, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
+  prt_query_state_bwd_dq_p2_d64_e64_c64_bf16_w4_bd64_bt64_s1<<<grid, 128, 126720, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
   return cudaGetLastError();
 }
 
@@ -6937,9 +6815,9 @@ extern "C" cudaError_t prt_discounted_cumsum_bwd_p2_d64_e64_c64_bf16_w4_bd64_bt6
 }
 
 extern "C" cudaError_t prt_update_state_bwd_p2_d64_e64_c64_bf16_w4_bd64_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const float* g_ddS, const float* g_ddZ, float* g_dKs, float* g_dVs, float* g_dlamK, float* g_dGk, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_update_state_bwd_p2_d64_e64_c64_bf16_w4_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 137216);
+  cudaError_t err = cudaFuncSetAttribute(prt_update_state_bwd_p2_d64_e64_c64_bf16_w4_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 118784);
   if (err != cudaSuccess) return err;
-  prt_update_state_bwd_p2_d64_e64_c64_bf16_w4_bd64_bt64_s1<<<grid, 128, 137216, stream>>>(g_K, g_V, g_logG, g_ddS, g_ddZ, g_dKs, g_dVs, g_dlamK, g_dGk, p_b, p_t, p_h, p_n);
+  prt_update_state_bwd_p2_d64_e64_c64_bf16_w4_bd64_bt64_s1<<<grid, 128, 118784, stream>>>(g_K, g_V, g_logG, g_ddS, g_ddZ, g_dKs, g_dVs, g_dlamK, g_dGk, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 

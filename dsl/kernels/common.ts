@@ -4,6 +4,7 @@
 import { f32, range, select, type KernelBuilder, type TensorRef, type Tile, type Val } from "../builder.ts";
 import { dtypeBytes, type DType } from "../dtype.ts";
 import type { Kernel } from "../ir.ts";
+import { clearBuiltKernels } from "../plan-types.ts";
 import type { Schedule, Spec } from "../spec.ts";
 import { stateFeatures } from "../spec.ts";
 
@@ -69,12 +70,73 @@ export function normalisedQueryFactor(scale: Val, lam: Val, lse: Val, p: number)
  * (`splitOperand(...).split(1 / sigma)`, then the result times sigma). */
 export const STATE_OPERAND_SCALE: Readonly<Record<DType, number>> = { f32: 1, bf16: 1, f16: 256 };
 
+/** The places where a product with the recurrent state takes an f16/bf16 mma operand that may be
+ * carried as a hi + lo pair (`splitOperand`, `dataOperand`), named `kernel.operand`. */
+export const STATE_SITES = [
+  "update_state.phi", // forward: phi(k') in phi(k')^T V
+  "update_state.v", // forward: V there (f16 data as a bf16 operand at p >= 4, updateStateOperandDtype)
+  "query_state.phi", // forward: phi(q') in phi(q')^T Sin
+  "query_state.S", // forward: the Sin block
+  "query_state_bwd_dq.S", // backward: Sin in dy Sin^T (it feeds Dy and dq)
+  "query_state_bwd_dq.dy", // backward: dy there (f16 data as a bf16 operand; exact as a pair)
+  "query_state_bwd_ds.phi", // backward: phi(q'') in phi(q'')^T dy (dSin)
+  "query_state_bwd_ds.dy", // backward: dy there (as above)
+  "update_state_bwd.phi", // backward: phi(k') in phi(k') U (dv)
+  "update_state_bwd.U", // backward: U = d(dS) in phi(k') U and v U^T
+  "update_state_bwd.v", // backward: v in v U^T (f16 data as a bf16 operand)
+] as const;
+export type StateSite = (typeof STATE_SITES)[number];
+
+/** Sites that take a single rounding of their operand to the dtype (one mma instead of two or
+ * three), per degree and dtype; every other f16/bf16 site is split. Chosen by measurement
+ * (`bench/precision.ts`, table in README "Precision of the state path"): a site is listed only where
+ * the worst error seen with it single stays within about a third of SPEC.md's tolerance. */
+const SINGLE_ROUNDING: Readonly<Record<string, readonly StateSite[]>> = {
+  // bf16, p = 2: the backward's Sin in dq and both operands of update_state_bwd. Single roundings
+  // of phi(q'') in dSin or of phi(q') in the forward moved dlogG to 4-5e-3 each, and with them the
+  // gradients reached 6.2-6.8e-3 (a third of the tolerance); phi(k') in the forward (through Sin:
+  // 8.5e-3 in dQ at d = 64) and S in query_state (7.0e-3 in dQ) stay split too.
+  p2_bf16: ["query_state_bwd_dq.S", "update_state_bwd.phi", "update_state_bwd.U"],
+  // f16, p = 2 (held to 3e-3; its state operands in the backward are bf16): dy in dq and phi(k')
+  // in dv (together: dQ 1.3e-3, dV 1.8e-3, the rest as with every split). Single
+  // f16 phi(k') in the forward gave Y 1.0e-3, a third of the tolerance exactly: it stays split, as
+  // do the sites that moved dlogG (2-4e-3) or Y (1e-3 and more).
+  p2_f16: ["query_state_bwd_dq.dy", "update_state_bwd.phi"],
+  // p = 4: single roundings broke the margin (bf16: 6.8e-3 to 5e-2 at the forward's sites, 6.4e-3
+  // to 1.3e-2 at the backward's; f16 likewise), so everything stays split. The one f16 site under
+  // its margin, dy in dq (dQ 1.7e-3 of 2e-3, one draw), was too close to take unverified.
+};
+
+let policyOverride: ((spec: Spec, site: StateSite) => boolean) | null = null;
+
+/** Whether `site` carries its operand as a hi + lo pair for `spec` (always false in f32, where the
+ * operand is the f32 tile itself). */
+export function stateSplit(spec: Spec, site: StateSite): boolean {
+  if (spec.dtype === "f32") return false;
+  if (policyOverride) return policyOverride(spec, site);
+  return !(SINGLE_ROUNDING[`p${spec.deg}_${spec.dtype}`] ?? []).includes(site);
+}
+
+/** For measurements only (bench/precision.ts): replace the table (null restores it). Kernels are
+ * traced once per (kernel, spec, schedule) (`plan-types.ts`, `stepKernel`), so that cache is cleared. */
+export function overrideStateSplit(policy: ((spec: Spec, site: StateSite) => boolean) | null): void {
+  policyOverride = policy;
+  clearBuiltKernels();
+}
+
+/** Where an operand sits, for the split policy; without one an operand is always split. */
+export interface StateOperandSite {
+  readonly spec: Spec;
+  readonly site: StateSite;
+}
+
 /** An mma operand of a low-precision dtype carried as two tiles, hi = round(x) and lo = round(x - hi),
  * so that a product of two such operands (`mmaSplit`: hi.hi + lo.hi + hi.lo) is accurate to about
- * the square of the dtype's rounding error. The state path needs it: phi(q')^T S sums terms of both
- * signs whose total can be far smaller than the terms (a query nearly orthogonal to the recent keys
- * at p = 4), and single roundings of phi and S in f16/bf16 leave errors of that row's order. In f32
- * the source tile is the operand itself. */
+ * the square of the dtype's rounding error. The state path needs it where phi(q')^T S and its
+ * gradients sum terms of both signs whose total can be far smaller than the terms (a query nearly
+ * orthogonal to the recent keys at p = 4), and single roundings of phi and S in f16/bf16 leave
+ * errors of that row's order. Where `stateSplit` says so the operand is one tile, hi = round(x),
+ * lo = null. In f32 the source tile is the operand itself. */
 export interface SplitOperand {
   /** The f32 source: write it, then call `split`. */
   readonly x: Tile;
@@ -84,19 +146,20 @@ export interface SplitOperand {
   split(factor?: number): void;
 }
 
-export function splitOperand(k: KernelBuilder, name: string, shape: readonly [number, number], dtype: DType): SplitOperand {
+export function splitOperand(k: KernelBuilder, name: string, shape: readonly [number, number], dtype: DType, where?: StateOperandSite): SplitOperand {
   const x = k.shared(`${name}_f32`, shape, "f32");
   if (dtype === "f32")
     return { x, hi: x, lo: null, split: (factor = 1) => void (factor !== 1 && k.map(x, ({ row, col }) => x.at(row, col).mul(factor))) };
+  const pair = where === undefined || stateSplit(where.spec, where.site);
   const hi = k.shared(`${name}_hi`, shape, dtype);
-  const lo = k.shared(`${name}_lo`, shape, dtype);
+  const lo = pair ? k.shared(`${name}_lo`, shape, dtype) : null;
   return {
     x,
     hi,
     lo,
     split: (factor = 1) => {
       k.map(hi, ({ row, col }) => x.at(row, col).mul(factor));
-      k.map(lo, ({ row, col }) => x.at(row, col).mul(factor).sub(hi.at(row, col))); // exact in f32, then rounded
+      if (lo) k.map(lo, ({ row, col }) => x.at(row, col).mul(factor).sub(hi.at(row, col))); // exact in f32, then rounded
     },
   };
 }
@@ -131,19 +194,28 @@ export function stateOperandDtype(dtype: DType): DType {
   return dtype === "f16" ? "bf16" : dtype;
 }
 
+/** The dtype of update_state's mma operands (phi(k') and V): the spec's, except bf16 for f16 at
+ * p >= 4, where phi(k') leaves f16's range for inputs x10 (|k| = 35: 35^4 = 1.5e6 > 65504, an inf
+ * hi and a NaN lo; bench/precision.ts, normal inputs x10). At p = 2 that needs |k| > 215, and f16
+ * operands are more precise. */
+export function updateStateOperandDtype(spec: Spec): DType {
+  return spec.deg >= 4 ? stateOperandDtype(spec.dtype) : spec.dtype;
+}
+
 /** A tile of `dtype` data as an mma operand of dtype `to`: the plain tile when they agree, else an
- * f32 copy split into a hi + lo pair of `to` (f16 data is exact as a bf16 pair). */
+ * f32 copy split into a hi + lo pair of `to` (f16 data is exact as a bf16 pair), or rounded once to
+ * `to` where `stateSplit` says so. */
 export interface DataOperand {
   readonly op: Tile | SplitOperand;
   load(src: TensorRef, index: Parameters<KernelBuilder["load"]>[2]): void;
 }
 
-export function dataOperand(k: KernelBuilder, name: string, shape: readonly [number, number], dtype: DType, to: DType): DataOperand {
+export function dataOperand(k: KernelBuilder, name: string, shape: readonly [number, number], dtype: DType, to: DType, where?: StateOperandSite): DataOperand {
   if (to === dtype) {
     const t = k.shared(name, shape, dtype);
     return { op: t, load: (src, index) => k.load(t, src, index) };
   }
-  const s = splitOperand(k, name, shape, to);
+  const s = splitOperand(k, name, shape, to, where);
   return {
     op: s,
     load: (src, index) => {

@@ -51,8 +51,8 @@ function build(spec: Spec, sch: Schedule): Kernel {
     // bf16 pairs for an f16 spec (stateOperandDtype): phi(q') under strong gates falls below f16's
     // normal range, and the backward reads yS, wS to well below the dtype's rounding (README "Backward").
     const sd = stateOperandDtype(dtype);
-    const phi = splitOperand(k, "phi", [BT, BD], sd); // phi(q'), hi + lo
-    const sb = splitOperand(k, "s", [BD, e], sd); // a block of Sin_m / sigma, hi + lo
+    const phi = splitOperand(k, "phi", [BT, BD], sd, { spec, site: "query_state.phi" }); // phi(q'), hi + lo (stateSplit)
+    const sb = splitOperand(k, "s", [BD, e], sd, { spec, site: "query_state.S" }); // a block of Sin_m / sigma, hi + lo (stateSplit)
     const sigma = STATE_OPERAND_SCALE[sd];
     const zb = k.reg("z", [BD], "f32");
     const numS = k.reg("num_s", [BT, e], "f32");

@@ -46,11 +46,11 @@ export const updateStateBwd: KernelDef = {
 
       const kt = k.shared("k", [BT, d], dtype);
       const sd = stateOperandDtype(dtype); // the state-side mma operands' dtype
-      const vt = dataOperand(k, "v", [BT, e], dtype, sd);
+      const vt = dataOperand(k, "v", [BT, e], dtype, sd, { spec, site: "update_state_bwd.v" });
       const kd = k.shared("k_disc", [BT, d], "f32"); // k'
       // phi(k') and U enter the mmas as hi + lo pairs (README "Precision").
-      const phi = splitOperand(k, "phi", [BT, BD], sd); // phi(k')
-      const ub = splitOperand(k, "U", [BD, e], sd);
+      const phi = splitOperand(k, "phi", [BT, BD], sd, { spec, site: "update_state_bwd.phi" }); // phi(k')
+      const ub = splitOperand(k, "U", [BD, e], sd, { spec, site: "update_state_bwd.U" });
       const uz = k.reg("u_blk", [BD], "f32");
       const dphi = k.reg("dphi", [BT, BD], "f32");
       const accV = k.reg("acc_v", [BT, e], "f32");

@@ -3,13 +3,14 @@
 // with k'_j = k_j * exp((G_m - lam_j) / p) the key discounted to the chunk's end. One program owns
 // one block of BD features of one chunk and walks the chunk in blocks of BT rows; phi of the keys
 // is formed right before the mma. In f16/bf16 phi enters the mma as hi + lo (common.ts,
-// splitOperand), V being exact in its dtype: one rounding of phi costs whole percent at p = 4.
+// splitOperand; stateSplit says where), V being exact in its dtype: one rounding of phi costs whole
+// percent at p = 4. For f16 at p = 4 both are bf16 (updateStateOperandDtype: f16's range).
 
 import { range, traceKernel } from "../builder.ts";
 import type { Kernel } from "../ir.ts";
 import type { KernelDef, Schedule, Spec } from "../spec.ts";
 import { stateFeatures } from "../spec.ts";
-import { chunkGates, featureBlocks, firstFitting, mmaSplit, rowBlocks, splitOperand, tileSizes } from "./common.ts";
+import { chunkGates, dataOperand, featureBlocks, firstFitting, mmaSplit, rowBlocks, splitOperand, tileSizes, updateStateOperandDtype } from "./common.ts";
 
 const doc = "dS_m = phi(k')^T V, dZ_m = colsum phi(k') per chunk, k' = k exp((G_m - lam)/p)";
 
@@ -32,8 +33,9 @@ function build(spec: Spec, sch: Schedule): Kernel {
 
     const { lam, G } = chunkGates(k, logG, bi, hi, t0, c); // lam [c], G = lam[c-1]
     const kt = k.shared("k", [BT, d], dtype);
-    const vt = k.shared("v", [BT, e], dtype);
-    const phi = splitOperand(k, "phi", [BT, BD], dtype); // phi(k') [BT, BD], features fb*BD.., hi + lo
+    const sd = updateStateOperandDtype(spec); // bf16 for f16 at p >= 4 (f16's range)
+    const vt = dataOperand(k, "v", [BT, e], dtype, sd, { spec, site: "update_state.v" });
+    const phi = splitOperand(k, "phi", [BT, BD], sd, { spec, site: "update_state.phi" }); // phi(k') [BT, BD], features fb*BD.., hi + lo (stateSplit)
     const s = k.reg("s", [BD, e], "f32");
     const z = k.reg("z", [BD], "f32");
     const zb = k.reg("z_block", [BD], "f32");
@@ -42,12 +44,12 @@ function build(spec: Spec, sch: Schedule): Kernel {
     k.for(0, rowBlocks(t, t0, c, BT), (rb) => {
       const r0 = rb.mul(BT); // first row of the block, inside the chunk
       k.load(kt, K, [bi, range(t0.add(r0), BT), hi, range(0, d)]); // [BT, d]; rows past t read 0
-      k.load(vt, V, [bi, range(t0.add(r0), BT), hi, range(0, e)]); // [BT, e]
+      vt.load(V, [bi, range(t0.add(r0), BT), hi, range(0, e)]); // [BT, e]
       // k'_j = k_j * exp((G - lam_j) / p): the gate from j to the chunk's end, folded into the key.
       k.expand(phi.x, kt, p, fb.mul(BD)); // phi(k) [BT, BD] in f32 ...
       k.map(phi.x, ({ row, col }) => phi.x.at(row, col).mul(G.sub(lam.at(r0.add(row))).exp())); // ... times exp(G - lam_j) = phi(k')
       phi.split();
-      mmaSplit(k, s, phi, vt, { transA: true, accumulate: true }); // [BD, BT] @ [BT, e]
+      mmaSplit(k, s, phi, vt.op, { transA: true, accumulate: true }); // [BD, BT] @ [BT, e]
       k.reduce(zb, phi.x, "sum", 0); // [BD]
       k.map(z, ({ row }) => z.at(row).add(zb.at(row)));
     }, { stages: sch.stages });
