@@ -2,7 +2,7 @@
 SDPA (bench/sdpa.py) measured in the same run, with the peer's published ratio to SDPA
 (`retention`'s Triton kernels, its best chunk, on the H200) drawn as a reference line.
 
-Usage: python3 bench/report.py OURS.log SDPA.log OUTDIR COMMIT
+Usage: python3 bench/report.py OURS.log SDPA.log OUTDIR COMMIT [DEVICE]
 Writes OUTDIR/results.json (device, date, commit, rows) and OUTDIR/time-vs-t.png.
 """
 import datetime
@@ -21,6 +21,7 @@ def json_lines(path):
 
 def main():
     ours_log, sdpa_log, outdir, commit = sys.argv[1:5]
+    device_override = sys.argv[5] if len(sys.argv) > 5 else None  # re-plotting elsewhere: the run's device
     ours = {r["t"]: r for r in json_lines(ours_log)}
     sdpa = {r["t"]: r for r in json_lines(sdpa_log)}
     try:
@@ -28,6 +29,7 @@ def main():
                                 capture_output=True, text=True).stdout.strip()
     except FileNotFoundError:
         device = "unknown (no nvidia-smi)"
+    device = device_override or device
 
     rows = []
     for t in sorted(set(ours) & set(sdpa)):
@@ -49,6 +51,7 @@ def main():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     ts = [r["t"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
@@ -68,8 +71,8 @@ def main():
         ax.set_title(title)
         ax.set_xlabel("sequence length t")
         ax.set_ylabel("ms per call (median)")
-        ax.set_xticks(ts)
-        ax.set_xticklabels([str(t) for t in ts])
+        ax.set_xticks(ts, [str(t) for t in ts])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # only the measured t as ticks
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{result['shape']}, {device.split(',')[0]}, commit {commit}, {result['date'][:10]}")

@@ -83,7 +83,12 @@ class TorchTest(unittest.TestCase):
         grads = torch.autograd.grad(Y, leaves + ([Gl] if Gl is not None else []), dY.to(Y.dtype))
         rgrads = torch.autograd.grad(ref, refl + ([Gr] if Gr is not None else []), dY.to(Y.dtype).double())
         for name, x, r in zip(["dQ", "dK", "dV", "dlogG"], grads, rgrads):
-            self.assertLess(rel(x, r), 2 * TOL[dtype] + (1e-6 if t == 1 else 0), f"{label} {name}")
+            if t == 1 and name != "dV":
+                # y_0 = v_0 exactly: dQ, dK, dlogG are 0 and the float64 reference holds only rounding
+                # noise there, so compare absolutely (SPEC.md, "Gradients")
+                self.assertLess((x.double() - r).norm().item(), 1e-6, f"{label} {name}")
+                continue
+            self.assertLess(rel(x, r), 2 * TOL[dtype], f"{label} {name}")
 
     def test_against_float64(self):
         for dtype in ("bf16", "f16", "f32"):
