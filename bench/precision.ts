@@ -26,6 +26,7 @@ import { createDecodeState, decodeStepOnCpu } from "../dsl/plan-decode.ts";
 import { forwardPlan, planInputs, type Problem } from "../dsl/plan.ts";
 import { referenceBackward, referenceForward } from "../dsl/reference/power-retention.ts";
 import type { Spec } from "../dsl/spec.ts";
+import { rng } from "../test/helpers/problems.ts";
 
 const arg = (name: string, dflt: string): string => {
   const i = process.argv.indexOf(`--${name}`);
@@ -35,16 +36,6 @@ const arg = (name: string, dflt: string): string => {
 // ------------------------------------------------------------------------------------------------
 // Inputs
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let r = s;
-    r = Math.imul(r ^ (r >>> 15), r | 1);
-    r ^= r + Math.imul(r ^ (r >>> 7), r | 61);
-    return ((r ^ (r >>> 14)) >>> 0) / 4294967296;
-  };
-}
 const normal = (r: () => number): number => Math.sqrt(-2 * Math.log(1 - r())) * Math.cos(2 * Math.PI * r());
 const logsigmoid = (x: number): number => (x >= 0 ? -Math.log1p(Math.exp(-x)) : x - Math.log1p(Math.exp(x)));
 

@@ -13,6 +13,7 @@ import { forwardOnCpu, type ScheduleTable } from "../dsl/plan.ts";
 import { referenceForward, relativeError } from "../dsl/reference/power-retention.ts";
 import { scheduleKey } from "../dsl/spec.ts";
 import { symPowTable } from "../dsl/sympow.ts";
+import { rng } from "./helpers/problems.ts";
 
 const SLOW = 60_000; // ms: property tests run the interpreter for seconds, more on a loaded machine
 const SEED = process.env.FC_SEED !== undefined && process.env.FC_SEED !== "" ? Number(process.env.FC_SEED) : 42;
@@ -23,18 +24,6 @@ afterAll(() => {
   const lines = Object.entries(worst).sort().map(([k, v]) => `  ${k}: ${v.toExponential(2)}`);
   console.log(`decode worst relative errors (FC_SEED=${SEED}):\n${lines.join("\n")}`);
 });
-
-/** mulberry32: deterministic numbers in [0, 1). */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let r = s;
-    r = Math.imul(r ^ (r >>> 15), r | 1);
-    r ^= r + Math.imul(r ^ (r >>> 7), r | 61);
-    return ((r ^ (r >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Case {
   readonly dtype: DType;
