@@ -38,7 +38,7 @@ export function printLStmt(s: LStmt, ind: string, ranks: Ranks = new Map()): str
       return [`${ind}${s.dst} = load${s.mode === "async" ? ".async" : ""} ${s.tensor}[${slices(s.slices)}]${stage}`];
     }
     case "store":
-      return [`${ind}store ${s.tensor}[${slices(s.slices)}] = ${s.src}`];
+      return [`${ind}store ${s.tensor}[${slices(s.slices)}] = ${s.src}${s.mask ? ` where ${printExpr(s.mask)}` : ""}`];
     case "map":
       return [`${ind}${s.dst}[${ranks.get(s.dst) === 1 ? "row" : "row, col"}] = ${printExpr(s.expr)}`];
     case "reduce":

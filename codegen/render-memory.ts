@@ -106,18 +106,19 @@ export function renderStore(o: Emitter, k: LKernel, s: Extract<LStmt, { kind: "s
   const p = place(o, k, s.tensor, s.slices);
   const G = cType(ten.dtype);
   const conv = (x: string): string => (ten.dtype === src.type.dtype ? x : `prt::from_f32<${G}>(prt::to_f32(${x}))`);
+  const inside = (e: { inside: string }, r: string, c: string): string => (s.mask ? `${e.inside} && (${renderExpr(s.mask, { k, row: r, col: c })})` : e.inside);
   o.open("if (ok)");
   if (src.home === "frag") {
     fragLoop(o, k, s.src, (r, c, sub) => {
       const e = element(s.tensor, p, r, c);
-      o.line(`if (${e.inside}) ${e.at} = prt::from_f32<${G}>(${cName("f", s.src)}${sub});`);
+      o.line(`if (${inside(e, r, c)}) ${e.at} = prt::from_f32<${G}>(${cName("f", s.src)}${sub});`);
     });
   } else {
     const rank = src.type.shape.length;
     elemLoop(o, k, src.type.shape, (r, c) => {
       const e = element(s.tensor, p, r, c);
       const x = rank === 1 ? `${cName("t", s.src)}[${r}]` : `${cName("t", s.src)}[(${r}) * ${src.pitch} + (${c})]`;
-      o.line(`if (${e.inside}) ${e.at} = ${conv(x)};`);
+      o.line(`if (${inside(e, r, c)}) ${e.at} = ${conv(x)};`);
     });
   }
   o.close();

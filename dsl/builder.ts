@@ -170,8 +170,11 @@ export class KernelBuilder {
     this.emit({ kind: "load", dst: dst.name, tensor: src.name, slices: index.map(toSlice) });
   }
 
-  store(dst: TensorRef, index: readonly (Scalar | Range)[], src: Tile): void {
-    this.emit({ kind: "store", tensor: dst.name, slices: index.map(toSlice), src: src.name });
+  /** dst[index] = src; with `where`, only the elements (row, col of src) where it holds. */
+  store(dst: TensorRef, index: readonly (Scalar | Range)[], src: Tile, opts: { where?: (ix: MapIndex) => Val } = {}): void {
+    const ix = { row: new Val({ op: "row" }, "i32"), col: new Val({ op: "col" }, "i32") };
+    const mask = opts.where ? { mask: opts.where(ix).expr } : {};
+    this.emit({ kind: "store", tensor: dst.name, slices: index.map(toSlice), src: src.name, ...mask });
   }
 
   /** dst[row, col] = f({row, col}) for every element. */

@@ -196,10 +196,11 @@ function compileStmt(s: Stmt, env: Env): Run {
       const place = compilePlacement(s.tensor, s.slices, env);
       const dst = env.tensors[s.tensor]!, sl = slot(s.src), sh = shape(s.src);
       const round = rounder(K.tensors.find((t) => t.name === s.tensor)!.dtype);
+      const mask = s.mask ? compileExpr(s.mask, env) : null, cols = sh[1] ?? 1;
       return (c) => {
         const src = c.bufs[sl]!;
         forEachPlaced(place(c), sh, (ti, gi) => {
-          if (gi >= 0) dst[gi] = round(src[ti]!);
+          if (gi >= 0 && (mask === null || mask(c, Math.floor(ti / cols), ti % cols))) dst[gi] = round(src[ti]!);
         });
       };
     }

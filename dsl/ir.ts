@@ -63,8 +63,10 @@ export type Slice =
 export type Stmt =
   /** dst = tensor[slices], out-of-bounds elements read as 0, rounded to dst's dtype. */
   | { readonly kind: "load"; readonly dst: string; readonly tensor: string; readonly slices: readonly Slice[] }
-  /** tensor[slices] = src, out-of-bounds elements skipped, rounded to the tensor's dtype. */
-  | { readonly kind: "store"; readonly tensor: string; readonly slices: readonly Slice[]; readonly src: string }
+  /** tensor[slices] = src, out-of-bounds elements skipped, rounded to the tensor's dtype. With a
+   * mask (a bool over row, col of src, params, program ids and loop variables; no tile reads), the
+   * elements where it is false are skipped too: a tile whose rows straddle two regions of a tensor. */
+  | { readonly kind: "store"; readonly tensor: string; readonly slices: readonly Slice[]; readonly src: string; readonly mask?: Expr }
   /** dst[row, col] = expr for every element, rounded to dst's dtype. */
   | { readonly kind: "map"; readonly dst: string; readonly expr: Expr }
   /** dst[r] = fn over src[r, :] (axis 1), or dst[c] = fn over src[:, c] (axis 0). */

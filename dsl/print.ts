@@ -45,7 +45,7 @@ function printStmt(s: Stmt, ind: string): string[] {
     case "load":
       return [`${ind}${s.dst} = load ${s.tensor}[${printSlices(s.slices)}]`];
     case "store":
-      return [`${ind}store ${s.tensor}[${printSlices(s.slices)}] = ${s.src}`];
+      return [`${ind}store ${s.tensor}[${printSlices(s.slices)}] = ${s.src}${s.mask ? ` where ${printExpr(s.mask)}` : ""}`];
     case "map":
       return [`${ind}${s.dst}[row, col] = ${printExpr(s.expr)}`];
     case "reduce":

@@ -68,7 +68,12 @@ export function validateKernel(k: Kernel): string[] {
         case "store": {
           const ten = k.tensors.find((x) => x.name === st.tensor);
           if (ten && ten.role !== "out") where(`store to input tensor ${st.tensor}`);
-          checkSlices("store", st.tensor, st.slices, tile(st.src, "store"), s);
+          const src = tile(st.src, "store");
+          checkSlices("store", st.tensor, st.slices, src, s);
+          if (st.mask && src) {
+            if (readsMemory(st.mask)) where(`store to ${st.tensor}: the mask may not read tiles`);
+            else if (typeOf(st.mask, { ...s, mapRank: src.type.shape.length }, where) !== "bool") where(`store to ${st.tensor}: the mask must be bool`);
+          }
           break;
         }
         case "map": {
@@ -148,6 +153,24 @@ export function validateKernel(k: Kernel): string[] {
   };
   walk(k.body, top);
   return errs;
+}
+
+/** Whether e reads a tile element (row and col are fine). */
+function readsMemory(e: Expr): boolean {
+  switch (e.op) {
+    case "read":
+      return true;
+    case "unary":
+    case "cast":
+    case "pow":
+      return readsMemory(e.a);
+    case "binary":
+      return readsMemory(e.a) || readsMemory(e.b);
+    case "select":
+      return readsMemory(e.cond) || readsMemory(e.a) || readsMemory(e.b);
+    default:
+      return false;
+  }
 }
 
 function readsTiles(e: Expr): boolean {

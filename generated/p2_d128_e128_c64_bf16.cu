@@ -486,8 +486,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
 }
 
 // update_state: dS_m = phi(k')^T V, dZ_m = colsum phi(k') per chunk, k' = k exp((G_m - lam)/p)
-// grid (129, $n, ($b * $h)), 128 threads, 103168 bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d128_e128_c64_bf16_w4_bd64_bt64_s2(
+// grid (1, $n, ($b * $h)), 256 threads, 83456 bytes of dynamic shared memory
+extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_c64_bf16_w8_bd128_bt64_s1(
     const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -560,16 +560,71 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d128_e128_
   (void)g_dZ_d3;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 128] pitch 128, 2 copies
-  __nv_bfloat16* t_k = t_k_base;
-  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_smem + 33280);  // bf16[64, 128] pitch 136, 2 copies
-  __nv_bfloat16* t_v = t_v_base;
-  float* const t_phi_f32 = reinterpret_cast<float*>(prt_smem + 68096);  // f32[64, 64] pitch 64
-  __nv_bfloat16* const t_phi_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 84480);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_phi_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 93696);  // bf16[64, 64] pitch 72
-  float f_s[4][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 4 warps
-  float* const t_z = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  float* const t_z_block = reinterpret_cast<float*>(prt_smem + 102912);  // f32[64] pitch 64
+  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 128] pitch 128
+  __nv_bfloat16* const t_k0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 16896);  // bf16[64, 128] pitch 136
+  float* const t_kgk0 = reinterpret_cast<float*>(prt_smem + 40448);  // f32[128, 16] pitch 16
+  __nv_bfloat16* const t_gk0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 34304);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_gk0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 37376);  // bf16[64, 16] pitch 24
+  float f_s0[4][4][4];  // f32[128, 128] as mma fragments: 128x128 in 16x32 units over 8 warps
+  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 34304);  // f32[128] pitch 128
+  __nv_bfloat16* const t_u0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 48640);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_u0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 66048);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_k1 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 16896);  // bf16[64, 112] pitch 120
+  float* const t_kgk1 = reinterpret_cast<float*>(prt_smem + 38400);  // f32[112, 16] pitch 16
+  __nv_bfloat16* const t_gk1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 32256);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_gk1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 35328);  // bf16[64, 16] pitch 24
+  float f_s1[4][4][4];  // f32[112, 128] as mma fragments: 112x128 in 16x32 units over 8 warps
+  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 32256);  // f32[112] pitch 112
+  __nv_bfloat16* const t_u1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 45568);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_u1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 62976);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_k2 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 16896);  // bf16[64, 96] pitch 104
+  float* const t_kgk2 = reinterpret_cast<float*>(prt_smem + 36352);  // f32[96, 16] pitch 16
+  __nv_bfloat16* const t_gk2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 30208);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_gk2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 33280);  // bf16[64, 16] pitch 24
+  float f_s2[3][4][4];  // f32[96, 128] as mma fragments: 96x128 in 16x32 units over 8 warps
+  float* const t_z2 = reinterpret_cast<float*>(prt_smem + 30208);  // f32[96] pitch 96
+  __nv_bfloat16* const t_u2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 42496);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_u2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 59904);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_k3 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 16896);  // bf16[64, 80] pitch 88
+  float* const t_kgk3 = reinterpret_cast<float*>(prt_smem + 34304);  // f32[80, 16] pitch 16
+  __nv_bfloat16* const t_gk3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 28160);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_gk3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 31232);  // bf16[64, 16] pitch 24
+  float f_s3[3][4][4];  // f32[80, 128] as mma fragments: 80x128 in 16x32 units over 8 warps
+  float* const t_z3 = reinterpret_cast<float*>(prt_smem + 28160);  // f32[80] pitch 80
+  __nv_bfloat16* const t_u3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 39424);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_u3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 56832);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_k4 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 16896);  // bf16[64, 64] pitch 72
+  float* const t_kgk4 = reinterpret_cast<float*>(prt_smem + 32256);  // f32[64, 16] pitch 16
+  __nv_bfloat16* const t_gk4_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 26112);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_gk4_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 29184);  // bf16[64, 16] pitch 24
+  float f_s4[2][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 8 warps
+  float* const t_z4 = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
+  __nv_bfloat16* const t_u4_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 36352);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_u4_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 53760);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_k5 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 16896);  // bf16[64, 48] pitch 56
+  float* const t_kgk5 = reinterpret_cast<float*>(prt_smem + 30208);  // f32[48, 16] pitch 16
+  __nv_bfloat16* const t_gk5_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 24064);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_gk5_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 27136);  // bf16[64, 16] pitch 24
+  float f_s5[2][4][4];  // f32[48, 128] as mma fragments: 48x128 in 16x32 units over 8 warps
+  float* const t_z5 = reinterpret_cast<float*>(prt_smem + 0);  // f32[48] pitch 48
+  __nv_bfloat16* const t_u5_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 33280);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_u5_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 50688);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_k6 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 16896);  // bf16[64, 32] pitch 40
+  float* const t_kgk6 = reinterpret_cast<float*>(prt_smem + 28160);  // f32[32, 16] pitch 16
+  __nv_bfloat16* const t_gk6_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 22016);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_gk6_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 25088);  // bf16[64, 16] pitch 24
+  float f_s6[1][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 8 warps
+  float* const t_z6 = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
+  __nv_bfloat16* const t_u6_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 30208);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_u6_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 47616);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_k7 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 16896);  // bf16[64, 16] pitch 24
+  float* const t_kgk7 = reinterpret_cast<float*>(prt_smem + 26112);  // f32[16, 16] pitch 16
+  __nv_bfloat16* const t_gk7_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 19968);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_gk7_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 23040);  // bf16[64, 16] pitch 24
+  float f_s7[1][2][4];  // f32[16, 128] as mma fragments: 16x128 in 16x16 units over 8 warps
+  float* const t_z7 = reinterpret_cast<float*>(prt_smem + 0);  // f32[16] pitch 16
+  __nv_bfloat16* const t_u7_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 27136);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_u7_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 44544);  // bf16[64, 128] pitch 136
   // g = load logG[(pid.z // $h), (pid.y * 64):+64, (pid.z % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.z) / p_h);
@@ -578,14 +633,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d128_e128_
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
-    for (int r = tid; r < 64; r += 128) {
+    for (int r = tid; r < 64; r += 256) {
       dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
     }
   }
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
-    for (int o = warp; o < 1; o += 4) {
+    for (int o = warp; o < 1; o += 8) {
       float carry = 0.0f;
       for (int j0 = 0; j0 < 64; j0 += 32) {
         const int j = j0 + lane, i = j;
@@ -596,274 +651,1868 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d128_e128_
       }
     }
   }
-  // s[row, col] = 0.0
+  // v = load.async V[(pid.z // $h), (pid.y * 64):+64, (pid.z % $h), (pid.x * 128):+128]
   {
-    #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_s[j][q][e] = 0.0f;
-        }
+    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
+    const int s1 = (static_cast<int>(blockIdx.y) * 64);
+    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
+    const int s3 = (static_cast<int>(blockIdx.x) * 128);
+    const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+    const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+    __nv_bfloat16* const dst = t_v;
+    if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      for (int i = tid; i < 1024; i += 256) {
+        const int r = i / 16, c = (i % 16) * 8;
+        const int gr = s1 + r;
+        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+        prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+      }
+    }
+    else {
+      for (int i = tid; i < 8192; i += 256) {
+        const int r = i / 128, c = i % 128;
+        dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
       }
     }
   }
-  __syncthreads();
-  // z[row] = 0.0
+  // k0 = load.async K[(pid.z // $h), (pid.y * 64):+64, (pid.z % $h), 0:+128]
   {
-    for (int r = tid; r < 64; r += 128) {
-      t_z[r] = prt::from_f32<float>(0.0f);
-    }
-  }
-  if ((0 < prt::min_nan((((p_t - (static_cast<int>(blockIdx.y) * 64)) + 63) / 64), 1))) {
-    // k = load.async K[(pid.z // $h), ((pid.y * 64) + (0 * 64)):+64, (pid.z % $h), 0:+128] into stage 0
-    {
-      const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-      const int s1 = ((static_cast<int>(blockIdx.y) * 64) + (0 * 64));
-      const int a2 = (static_cast<int>(blockIdx.z) % p_h);
-      const int s3 = 0;
-      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8192;
-      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-        }
-      }
-      else {
-        for (int i = tid; i < 8192; i += 128) {
-          const int r = i / 128, c = i % 128;
-          dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-        }
+    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
+    const int s1 = (static_cast<int>(blockIdx.y) * 64);
+    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
+    const int s3 = 0;
+    const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+    const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+    __nv_bfloat16* const dst = t_k0;
+    if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      for (int i = tid; i < 1024; i += 256) {
+        const int r = i / 16, c = (i % 16) * 8;
+        const int gr = s1 + r;
+        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
       }
     }
-    // v = load.async V[(pid.z // $h), ((pid.y * 64) + (0 * 64)):+64, (pid.z % $h), 0:+128] into stage 0
-    {
-      const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-      const int s1 = ((static_cast<int>(blockIdx.y) * 64) + (0 * 64));
-      const int a2 = (static_cast<int>(blockIdx.z) % p_h);
-      const int s3 = 0;
-      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8704;
-      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-        }
-      }
-      else {
-        for (int i = tid; i < 8192; i += 128) {
-          const int r = i / 128, c = i % 128;
-          dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-        }
+    else {
+      for (int i = tid; i < 8192; i += 256) {
+        const int r = i / 128, c = i % 128;
+        dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
       }
     }
   }
   prt::cp_async_commit();
-  {
-    const int v_i0_end = prt::min_nan((((p_t - (static_cast<int>(blockIdx.y) * 64)) + 63) / 64), 1);
-    for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < prt::min_nan((((p_t - (static_cast<int>(blockIdx.y) * 64)) + 63) / 64), 1))) {
-        // k = load.async K[(pid.z // $h), ((pid.y * 64) + ((i0 + 1) * 64)):+64, (pid.z % $h), 0:+128] into stage ((i0 + 1) % 2)
-        {
-          const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-          const int s1 = ((static_cast<int>(blockIdx.y) * 64) + ((v_i0 + 1) * 64));
-          const int a2 = (static_cast<int>(blockIdx.z) % p_h);
-          const int s3 = 0;
-          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
-          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-            }
-          }
-          else {
-            for (int i = tid; i < 8192; i += 128) {
-              const int r = i / 128, c = i % 128;
-              dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-            }
-          }
-        }
-        // v = load.async V[(pid.z // $h), ((pid.y * 64) + ((i0 + 1) * 64)):+64, (pid.z % $h), 0:+128] into stage ((i0 + 1) % 2)
-        {
-          const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-          const int s1 = ((static_cast<int>(blockIdx.y) * 64) + ((v_i0 + 1) * 64));
-          const int a2 = (static_cast<int>(blockIdx.z) % p_h);
-          const int s3 = 0;
-          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
-          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-            }
-          }
-          else {
-            for (int i = tid; i < 8192; i += 128) {
-              const int r = i / 128, c = i % 128;
-              dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-            }
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<1>();
-      t_k = t_k_base + (((v_i0 % 2)) % 2) * 8192;  // bind k stage (i0 % 2)
-      t_v = t_v_base + (((v_i0 % 2)) % 2) * 8704;  // bind v stage (i0 % 2)
-      __syncthreads();
-      // phi_f32 = sympow2(k, features from (pid.x * 64))
-      {
-        const int off = (static_cast<int>(blockIdx.x) * 64);
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 64, f = i % 64, g = off + f;
-          float v = 0.0f;
-          if (g >= 0 && g < prt_sympow_d128_p2_size) {
-            v = prt_sympow_d128_p2_weight[g];
-            v *= prt::to_f32(t_k[(r) * 128 + (prt_sympow_d128_p2_index[g * 2 + 0])]);
-            v *= prt::to_f32(t_k[(r) * 128 + (prt_sympow_d128_p2_index[g * 2 + 1])]);
-          }
-          t_phi_f32[(r) * 64 + (f)] = prt::from_f32<float>(v);
-        }
-      }
-      __syncthreads();
-      // phi_f32[row, col] = (phi_f32[row, col] * exp((lam[63] - lam[((i0 * 64) + row)])))
-      {
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_phi_f32[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[((v_i0 * 64) + r)])))));
-        }
-      }
-      // phi_hi[row, col] = (phi_f32[row, col] * 1.0)
-      {
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_phi_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * 1.0f));
-        }
-      }
-      // phi_lo[row, col] = ((phi_f32[row, col] * 1.0) - phi_hi[row, col])
-      {
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_phi_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(t_phi_hi[(r) * 72 + (c)])));
-        }
-      }
-      __syncthreads();
-      // s += mma.tc(phi_hi^T, v) [64x128 in 16x32 units over 4 warps]
-      {
-        #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          float (&acc)[4][4] = f_s[j];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_phi_hi[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_v[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
-          }
-        }
-      }
-      // s += mma.tc(phi_lo^T, v) [64x128 in 16x32 units over 4 warps]
-      {
-        #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          float (&acc)[4][4] = f_s[j];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_phi_lo[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_v[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
-          }
-        }
-      }
-      // z_block = reduce_sum(phi_f32, axis=0)
-      {
-        for (int o = tid; o < 64; o += 128) {
-          float acc = 0.0f;
-          for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_phi_f32[(i) * 64 + (o)]);
-          t_z_block[o] = prt::from_f32<float>(acc);
-        }
-      }
-      __syncthreads();
-      // z[row] = (z[row] + z_block[row])
-      {
-        for (int r = tid; r < 64; r += 128) {
-          t_z[r] = prt::from_f32<float>((prt::to_f32(t_z[r]) + prt::to_f32(t_z_block[r])));
-        }
-      }
-    }
-  }
   prt::cp_async_wait<0>();
-  // store dS[(pid.z // $h), (pid.z % $h), pid.y, (pid.x * 64):+64, 0:+128] = s
+  __syncthreads();
+  if ((static_cast<int>(blockIdx.x) == 0)) {
+    // gk0_hi[row, col] = (k0[row, col] * exp((lam[63] - lam[row])))
+    {
+      for (int i = tid; i < 1024; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_gk0_hi[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k0[(r) * 136 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+      }
+    }
+    // gk0_lo[row, col] = ((k0[row, col] * exp((lam[63] - lam[row]))) - gk0_hi[row, col])
+    {
+      for (int i = tid; i < 1024; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_gk0_lo[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k0[(r) * 136 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_gk0_hi[(r) * 24 + (c)])));
+      }
+    }
+    __syncthreads();
+    // kgk0 = mma.tc(k0^T, gk0_hi) [128x16 in 16x16 units over 8 warps]
+    {
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 8;
+        const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
+        float acc[2][4];
+        #pragma unroll
+        for (int q = 0; q < 2; ++q)
+        #pragma unroll
+          for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          uint32_t af[4];
+          prt::ldmatrix_x4_trans(af, &t_k0[(k0 + prt::at_row(lane)) * 136 + m0 + prt::at_col(lane)]);
+          #pragma unroll
+          for (int q = 0; q < 2; q += 2) {
+            uint32_t bf[4];
+            prt::ldmatrix_x4_trans(bf, &t_gk0_hi[(k0 + prt::a_row(lane)) * 24 + n0 + q * 8 + prt::a_col(lane)]);
+            prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+            prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+          }
+        }
+        #pragma unroll
+        for (int q = 0; q < 2; ++q)
+        #pragma unroll
+          for (int e = 0; e < 4; ++e) t_kgk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+      }
+    }
+    __syncthreads();
+    // kgk0 += mma.tc(k0^T, gk0_lo) [128x16 in 16x16 units over 8 warps]
+    {
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 8;
+        const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
+        float acc[2][4];
+        #pragma unroll
+        for (int q = 0; q < 2; ++q)
+        #pragma unroll
+          for (int e = 0; e < 4; ++e) acc[q][e] = t_kgk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          uint32_t af[4];
+          prt::ldmatrix_x4_trans(af, &t_k0[(k0 + prt::at_row(lane)) * 136 + m0 + prt::at_col(lane)]);
+          #pragma unroll
+          for (int q = 0; q < 2; q += 2) {
+            uint32_t bf[4];
+            prt::ldmatrix_x4_trans(bf, &t_gk0_lo[(k0 + prt::a_row(lane)) * 24 + n0 + q * 8 + prt::a_col(lane)]);
+            prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+            prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+          }
+        }
+        #pragma unroll
+        for (int q = 0; q < 2; ++q)
+        #pragma unroll
+          for (int e = 0; e < 4; ++e) t_kgk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+      }
+    }
+  }
+  {
+    const int v_i0_end = 16;
+    for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
+      // u0_hi[row, col] = ((v[row, col] * k0[row, (i0 - 0)]) * exp((lam[63] - lam[row])))
+      {
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 128, c = i % 128;
+          t_u0_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k0[(r) * 136 + ((v_i0 - 0))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+        }
+      }
+      // u0_lo[row, col] = (((v[row, col] * k0[row, (i0 - 0)]) * exp((lam[63] - lam[row]))) - u0_hi[row, col])
+      {
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 128, c = i % 128;
+          t_u0_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k0[(r) * 136 + ((v_i0 - 0))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_u0_hi[(r) * 136 + (c)])));
+        }
+      }
+      __syncthreads();
+      // s0 = mma.tc(k0^T, u0_hi) [128x128 in 16x32 units over 8 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          float (&acc)[4][4] = f_s0[j];
+          #pragma unroll
+          for (int q = 0; q < 4; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4_trans(af, &t_k0[(k0 + prt::at_row(lane)) * 136 + m0 + prt::at_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 4; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4_trans(bf, &t_u0_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+        }
+      }
+      // s0 += mma.tc(k0^T, u0_lo) [128x128 in 16x32 units over 8 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          float (&acc)[4][4] = f_s0[j];
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4_trans(af, &t_k0[(k0 + prt::at_row(lane)) * 136 + m0 + prt::at_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 4; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4_trans(bf, &t_u0_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+        }
+      }
+      // s0[row, col] = (s0[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s0[j][q][e] = (f_s0[j][q][e] * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f));
+            }
+          }
+        }
+      }
+      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i0 * 128) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+128, (pid.x * 128):+128] = s0 where (((row + 0) >= i0) && ((row + 0) < 128))
+      {
+        const int a0 = (static_cast<int>(blockIdx.z) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.z) % p_h);
+        const int a2 = static_cast<int>(blockIdx.y);
+        const int s3 = ((((((v_i0 * 128) - ((v_i0 * (v_i0 - 1)) / 2)) + v_i0) - v_i0) - v_i0) + 0);
+        const int s4 = (static_cast<int>(blockIdx.x) * 128);
+        const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
+        const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_dS_d3 && s4 + c >= 0 && s4 + c < g_dS_d4 && ((((r + 0) >= v_i0) && ((r + 0) < 128)))) g_dS[base + static_cast<long long>(r) * g_dS_s3 + static_cast<long long>(c) * g_dS_s4] = prt::from_f32<float>(f_s0[j][q][e]);
+              }
+            }
+          }
+        }
+      }
+      if ((static_cast<int>(blockIdx.x) == 0)) {
+        // z0[row] = (kgk0[row, (i0 - 0)] * select(((row + 0) == i0), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_z0[r] = prt::from_f32<float>((prt::to_f32(t_kgk0[(r) * 16 + ((v_i0 - 0))]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZ[(pid.z // $h), (pid.z % $h), pid.y, ((((((i0 * 128) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+128] = z0 where (((row + 0) >= i0) && ((row + 0) < 128))
+        {
+          const int a0 = (static_cast<int>(blockIdx.z) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.z) % p_h);
+          const int a2 = static_cast<int>(blockIdx.y);
+          const int s3 = ((((((v_i0 * 128) - ((v_i0 * (v_i0 - 1)) / 2)) + v_i0) - v_i0) - v_i0) + 0);
+          const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
+          const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
+          if (ok) {
+            for (int r = tid; r < 128; r += 256) {
+              if (s3 + r >= 0 && s3 + r < g_dZ_d3 && ((((r + 0) >= v_i0) && ((r + 0) < 128)))) g_dZ[base + static_cast<long long>(r) * g_dZ_s3] = t_z0[r];
+            }
+          }
+        }
+      }
+      __syncthreads();
+    }
+  }
+  __syncthreads();
+  // k1 = load.async K[(pid.z // $h), (pid.y * 64):+64, (pid.z % $h), 16:+112]
   {
     const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-    const int a2 = static_cast<int>(blockIdx.y);
-    const int s3 = (static_cast<int>(blockIdx.x) * 64);
-    const int s4 = 0;
-    const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
-    const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
-    if (ok) {
+    const int s1 = (static_cast<int>(blockIdx.y) * 64);
+    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
+    const int s3 = 16;
+    const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+    const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+    __nv_bfloat16* const dst = t_k1;
+    if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      for (int i = tid; i < 896; i += 256) {
+        const int r = i / 14, c = (i % 14) * 8;
+        const int gr = s1 + r;
+        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+        prt::cp_async_16(&dst[(r) * 120 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+      }
+    }
+    else {
+      for (int i = tid; i < 7168; i += 256) {
+        const int r = i / 112, c = i % 112;
+        dst[(r) * 120 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+      }
+    }
+  }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
+  __syncthreads();
+  if ((static_cast<int>(blockIdx.x) == 0)) {
+    // gk1_hi[row, col] = (k1[row, col] * exp((lam[63] - lam[row])))
+    {
+      for (int i = tid; i < 1024; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_gk1_hi[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k1[(r) * 120 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+      }
+    }
+    // gk1_lo[row, col] = ((k1[row, col] * exp((lam[63] - lam[row]))) - gk1_hi[row, col])
+    {
+      for (int i = tid; i < 1024; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_gk1_lo[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k1[(r) * 120 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_gk1_hi[(r) * 24 + (c)])));
+      }
+    }
+    __syncthreads();
+    // kgk1 = mma.tc(k1^T, gk1_hi) [112x16 in 16x8 units over 8 warps]
+    {
       #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int u = warp + j * 4;
-        const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-        #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+      for (int j = 0; j < 2; ++j) {
+        const int u = warp + j * 8;
+        if (u < 14) {
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+          float acc[1][4];
           #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-            if (s3 + r >= 0 && s3 + r < g_dS_d3 && s4 + c >= 0 && s4 + c < g_dS_d4) g_dS[base + static_cast<long long>(r) * g_dS_s3 + static_cast<long long>(c) * g_dS_s4] = prt::from_f32<float>(f_s[j][q][e]);
+          for (int q = 0; q < 1; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4_trans(af, &t_k1[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
+            uint32_t bf[2];
+            prt::ldmatrix_x2_trans(bf, &t_gk1_hi[(k0 + (lane & 15)) * 24 + n0]);
+            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
           }
+          #pragma unroll
+          for (int q = 0; q < 1; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_kgk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+        }
+      }
+    }
+    __syncthreads();
+    // kgk1 += mma.tc(k1^T, gk1_lo) [112x16 in 16x8 units over 8 warps]
+    {
+      #pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int u = warp + j * 8;
+        if (u < 14) {
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+          float acc[1][4];
+          #pragma unroll
+          for (int q = 0; q < 1; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_kgk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4_trans(af, &t_k1[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
+            uint32_t bf[2];
+            prt::ldmatrix_x2_trans(bf, &t_gk1_lo[(k0 + (lane & 15)) * 24 + n0]);
+            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+          }
+          #pragma unroll
+          for (int q = 0; q < 1; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_kgk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
   }
-  // store dZ[(pid.z // $h), (pid.z % $h), pid.y, (pid.x * 64):+64] = z
+  {
+    const int v_i1_end = 32;
+    for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
+      // u1_hi[row, col] = ((v[row, col] * k1[row, (i1 - 16)]) * exp((lam[63] - lam[row])))
+      {
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 128, c = i % 128;
+          t_u1_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k1[(r) * 120 + ((v_i1 - 16))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+        }
+      }
+      // u1_lo[row, col] = (((v[row, col] * k1[row, (i1 - 16)]) * exp((lam[63] - lam[row]))) - u1_hi[row, col])
+      {
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 128, c = i % 128;
+          t_u1_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k1[(r) * 120 + ((v_i1 - 16))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_u1_hi[(r) * 136 + (c)])));
+        }
+      }
+      __syncthreads();
+      // s1 = mma.tc(k1^T, u1_hi) [112x128 in 16x32 units over 8 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 8;
+          if (u < 28) {
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            float (&acc)[4][4] = f_s1[j];
+            #pragma unroll
+            for (int q = 0; q < 4; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4_trans(af, &t_k1[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 4; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_u1_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
+            }
+          }
+        }
+      }
+      // s1 += mma.tc(k1^T, u1_lo) [112x128 in 16x32 units over 8 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 8;
+          if (u < 28) {
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            float (&acc)[4][4] = f_s1[j];
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4_trans(af, &t_k1[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 4; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_u1_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
+            }
+          }
+        }
+      }
+      // s1[row, col] = (s1[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 8;
+          if (u < 28) {
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_s1[j][q][e] = (f_s1[j][q][e] * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f));
+              }
+            }
+          }
+        }
+      }
+      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i1 * 128) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+112, (pid.x * 128):+128] = s1 where (((row + 16) >= i1) && ((row + 16) < 128))
+      {
+        const int a0 = (static_cast<int>(blockIdx.z) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.z) % p_h);
+        const int a2 = static_cast<int>(blockIdx.y);
+        const int s3 = ((((((v_i1 * 128) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 16);
+        const int s4 = (static_cast<int>(blockIdx.x) * 128);
+        const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
+        const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const int u = warp + j * 8;
+            if (u < 28) {
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  if (s3 + r >= 0 && s3 + r < g_dS_d3 && s4 + c >= 0 && s4 + c < g_dS_d4 && ((((r + 16) >= v_i1) && ((r + 16) < 128)))) g_dS[base + static_cast<long long>(r) * g_dS_s3 + static_cast<long long>(c) * g_dS_s4] = prt::from_f32<float>(f_s1[j][q][e]);
+                }
+              }
+            }
+          }
+        }
+      }
+      if ((static_cast<int>(blockIdx.x) == 0)) {
+        // z1[row] = (kgk1[row, (i1 - 16)] * select(((row + 16) == i1), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 112; r += 256) {
+            t_z1[r] = prt::from_f32<float>((prt::to_f32(t_kgk1[(r) * 16 + ((v_i1 - 16))]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZ[(pid.z // $h), (pid.z % $h), pid.y, ((((((i1 * 128) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+112] = z1 where (((row + 16) >= i1) && ((row + 16) < 128))
+        {
+          const int a0 = (static_cast<int>(blockIdx.z) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.z) % p_h);
+          const int a2 = static_cast<int>(blockIdx.y);
+          const int s3 = ((((((v_i1 * 128) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 16);
+          const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
+          const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
+          if (ok) {
+            for (int r = tid; r < 112; r += 256) {
+              if (s3 + r >= 0 && s3 + r < g_dZ_d3 && ((((r + 16) >= v_i1) && ((r + 16) < 128)))) g_dZ[base + static_cast<long long>(r) * g_dZ_s3] = t_z1[r];
+            }
+          }
+        }
+      }
+      __syncthreads();
+    }
+  }
+  __syncthreads();
+  // k2 = load.async K[(pid.z // $h), (pid.y * 64):+64, (pid.z % $h), 32:+96]
   {
     const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-    const int a2 = static_cast<int>(blockIdx.y);
-    const int s3 = (static_cast<int>(blockIdx.x) * 64);
-    const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
-    const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
-    if (ok) {
-      for (int r = tid; r < 64; r += 128) {
-        if (s3 + r >= 0 && s3 + r < g_dZ_d3) g_dZ[base + static_cast<long long>(r) * g_dZ_s3] = t_z[r];
+    const int s1 = (static_cast<int>(blockIdx.y) * 64);
+    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
+    const int s3 = 32;
+    const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+    const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+    __nv_bfloat16* const dst = t_k2;
+    if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      for (int i = tid; i < 768; i += 256) {
+        const int r = i / 12, c = (i % 12) * 8;
+        const int gr = s1 + r;
+        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+        prt::cp_async_16(&dst[(r) * 104 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
       }
+    }
+    else {
+      for (int i = tid; i < 6144; i += 256) {
+        const int r = i / 96, c = i % 96;
+        dst[(r) * 104 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+      }
+    }
+  }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
+  __syncthreads();
+  if ((static_cast<int>(blockIdx.x) == 0)) {
+    // gk2_hi[row, col] = (k2[row, col] * exp((lam[63] - lam[row])))
+    {
+      for (int i = tid; i < 1024; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_gk2_hi[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k2[(r) * 104 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+      }
+    }
+    // gk2_lo[row, col] = ((k2[row, col] * exp((lam[63] - lam[row]))) - gk2_hi[row, col])
+    {
+      for (int i = tid; i < 1024; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_gk2_lo[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k2[(r) * 104 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_gk2_hi[(r) * 24 + (c)])));
+      }
+    }
+    __syncthreads();
+    // kgk2 = mma.tc(k2^T, gk2_hi) [96x16 in 16x8 units over 8 warps]
+    {
+      #pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int u = warp + j * 8;
+        if (u < 12) {
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+          float acc[1][4];
+          #pragma unroll
+          for (int q = 0; q < 1; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4_trans(af, &t_k2[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
+            uint32_t bf[2];
+            prt::ldmatrix_x2_trans(bf, &t_gk2_hi[(k0 + (lane & 15)) * 24 + n0]);
+            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+          }
+          #pragma unroll
+          for (int q = 0; q < 1; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_kgk2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+        }
+      }
+    }
+    __syncthreads();
+    // kgk2 += mma.tc(k2^T, gk2_lo) [96x16 in 16x8 units over 8 warps]
+    {
+      #pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int u = warp + j * 8;
+        if (u < 12) {
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+          float acc[1][4];
+          #pragma unroll
+          for (int q = 0; q < 1; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_kgk2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4_trans(af, &t_k2[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
+            uint32_t bf[2];
+            prt::ldmatrix_x2_trans(bf, &t_gk2_lo[(k0 + (lane & 15)) * 24 + n0]);
+            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+          }
+          #pragma unroll
+          for (int q = 0; q < 1; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_kgk2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+        }
+      }
+    }
+  }
+  {
+    const int v_i2_end = 48;
+    for (int v_i2 = 32; v_i2 < v_i2_end; v_i2 += 1) {
+      // u2_hi[row, col] = ((v[row, col] * k2[row, (i2 - 32)]) * exp((lam[63] - lam[row])))
+      {
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 128, c = i % 128;
+          t_u2_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k2[(r) * 104 + ((v_i2 - 32))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+        }
+      }
+      // u2_lo[row, col] = (((v[row, col] * k2[row, (i2 - 32)]) * exp((lam[63] - lam[row]))) - u2_hi[row, col])
+      {
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 128, c = i % 128;
+          t_u2_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k2[(r) * 104 + ((v_i2 - 32))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_u2_hi[(r) * 136 + (c)])));
+        }
+      }
+      __syncthreads();
+      // s2 = mma.tc(k2^T, u2_hi) [96x128 in 16x32 units over 8 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 3; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          float (&acc)[4][4] = f_s2[j];
+          #pragma unroll
+          for (int q = 0; q < 4; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4_trans(af, &t_k2[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 4; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4_trans(bf, &t_u2_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+        }
+      }
+      // s2 += mma.tc(k2^T, u2_lo) [96x128 in 16x32 units over 8 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 3; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          float (&acc)[4][4] = f_s2[j];
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4_trans(af, &t_k2[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 4; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4_trans(bf, &t_u2_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+        }
+      }
+      // s2[row, col] = (s2[row, col] * select(((row + 32) == i2), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 3; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s2[j][q][e] = (f_s2[j][q][e] * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f));
+            }
+          }
+        }
+      }
+      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i2 * 128) - ((i2 * (i2 - 1)) // 2)) + i2) - i2) - i2) + 32):+96, (pid.x * 128):+128] = s2 where (((row + 32) >= i2) && ((row + 32) < 128))
+      {
+        const int a0 = (static_cast<int>(blockIdx.z) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.z) % p_h);
+        const int a2 = static_cast<int>(blockIdx.y);
+        const int s3 = ((((((v_i2 * 128) - ((v_i2 * (v_i2 - 1)) / 2)) + v_i2) - v_i2) - v_i2) + 32);
+        const int s4 = (static_cast<int>(blockIdx.x) * 128);
+        const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
+        const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 3; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_dS_d3 && s4 + c >= 0 && s4 + c < g_dS_d4 && ((((r + 32) >= v_i2) && ((r + 32) < 128)))) g_dS[base + static_cast<long long>(r) * g_dS_s3 + static_cast<long long>(c) * g_dS_s4] = prt::from_f32<float>(f_s2[j][q][e]);
+              }
+            }
+          }
+        }
+      }
+      if ((static_cast<int>(blockIdx.x) == 0)) {
+        // z2[row] = (kgk2[row, (i2 - 32)] * select(((row + 32) == i2), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 96; r += 256) {
+            t_z2[r] = prt::from_f32<float>((prt::to_f32(t_kgk2[(r) * 16 + ((v_i2 - 32))]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZ[(pid.z // $h), (pid.z % $h), pid.y, ((((((i2 * 128) - ((i2 * (i2 - 1)) // 2)) + i2) - i2) - i2) + 32):+96] = z2 where (((row + 32) >= i2) && ((row + 32) < 128))
+        {
+          const int a0 = (static_cast<int>(blockIdx.z) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.z) % p_h);
+          const int a2 = static_cast<int>(blockIdx.y);
+          const int s3 = ((((((v_i2 * 128) - ((v_i2 * (v_i2 - 1)) / 2)) + v_i2) - v_i2) - v_i2) + 32);
+          const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
+          const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
+          if (ok) {
+            for (int r = tid; r < 96; r += 256) {
+              if (s3 + r >= 0 && s3 + r < g_dZ_d3 && ((((r + 32) >= v_i2) && ((r + 32) < 128)))) g_dZ[base + static_cast<long long>(r) * g_dZ_s3] = t_z2[r];
+            }
+          }
+        }
+      }
+      __syncthreads();
+    }
+  }
+  __syncthreads();
+  // k3 = load.async K[(pid.z // $h), (pid.y * 64):+64, (pid.z % $h), 48:+80]
+  {
+    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
+    const int s1 = (static_cast<int>(blockIdx.y) * 64);
+    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
+    const int s3 = 48;
+    const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+    const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+    __nv_bfloat16* const dst = t_k3;
+    if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      for (int i = tid; i < 640; i += 256) {
+        const int r = i / 10, c = (i % 10) * 8;
+        const int gr = s1 + r;
+        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+        prt::cp_async_16(&dst[(r) * 88 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+      }
+    }
+    else {
+      for (int i = tid; i < 5120; i += 256) {
+        const int r = i / 80, c = i % 80;
+        dst[(r) * 88 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+      }
+    }
+  }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
+  __syncthreads();
+  if ((static_cast<int>(blockIdx.x) == 0)) {
+    // gk3_hi[row, col] = (k3[row, col] * exp((lam[63] - lam[row])))
+    {
+      for (int i = tid; i < 1024; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_gk3_hi[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k3[(r) * 88 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+      }
+    }
+    // gk3_lo[row, col] = ((k3[row, col] * exp((lam[63] - lam[row]))) - gk3_hi[row, col])
+    {
+      for (int i = tid; i < 1024; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_gk3_lo[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k3[(r) * 88 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_gk3_hi[(r) * 24 + (c)])));
+      }
+    }
+    __syncthreads();
+    // kgk3 = mma.tc(k3^T, gk3_hi) [80x16 in 16x8 units over 8 warps]
+    {
+      #pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int u = warp + j * 8;
+        if (u < 10) {
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+          float acc[1][4];
+          #pragma unroll
+          for (int q = 0; q < 1; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4_trans(af, &t_k3[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
+            uint32_t bf[2];
+            prt::ldmatrix_x2_trans(bf, &t_gk3_hi[(k0 + (lane & 15)) * 24 + n0]);
+            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+          }
+          #pragma unroll
+          for (int q = 0; q < 1; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_kgk3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+        }
+      }
+    }
+    __syncthreads();
+    // kgk3 += mma.tc(k3^T, gk3_lo) [80x16 in 16x8 units over 8 warps]
+    {
+      #pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int u = warp + j * 8;
+        if (u < 10) {
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+          float acc[1][4];
+          #pragma unroll
+          for (int q = 0; q < 1; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_kgk3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4_trans(af, &t_k3[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
+            uint32_t bf[2];
+            prt::ldmatrix_x2_trans(bf, &t_gk3_lo[(k0 + (lane & 15)) * 24 + n0]);
+            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+          }
+          #pragma unroll
+          for (int q = 0; q < 1; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_kgk3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+        }
+      }
+    }
+  }
+  {
+    const int v_i3_end = 64;
+    for (int v_i3 = 48; v_i3 < v_i3_end; v_i3 += 1) {
+      // u3_hi[row, col] = ((v[row, col] * k3[row, (i3 - 48)]) * exp((lam[63] - lam[row])))
+      {
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 128, c = i % 128;
+          t_u3_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k3[(r) * 88 + ((v_i3 - 48))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+        }
+      }
+      // u3_lo[row, col] = (((v[row, col] * k3[row, (i3 - 48)]) * exp((lam[63] - lam[row]))) - u3_hi[row, col])
+      {
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 128, c = i % 128;
+          t_u3_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k3[(r) * 88 + ((v_i3 - 48))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_u3_hi[(r) * 136 + (c)])));
+        }
+      }
+      __syncthreads();
+      // s3 = mma.tc(k3^T, u3_hi) [80x128 in 16x32 units over 8 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 3; ++j) {
+          const int u = warp + j * 8;
+          if (u < 20) {
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            float (&acc)[4][4] = f_s3[j];
+            #pragma unroll
+            for (int q = 0; q < 4; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4_trans(af, &t_k3[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 4; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_u3_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
+            }
+          }
+        }
+      }
+      // s3 += mma.tc(k3^T, u3_lo) [80x128 in 16x32 units over 8 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 3; ++j) {
+          const int u = warp + j * 8;
+          if (u < 20) {
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            float (&acc)[4][4] = f_s3[j];
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4_trans(af, &t_k3[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 4; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_u3_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
+            }
+          }
+        }
+      }
+      // s3[row, col] = (s3[row, col] * select(((row + 48) == i3), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 3; ++j) {
+          const int u = warp + j * 8;
+          if (u < 20) {
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_s3[j][q][e] = (f_s3[j][q][e] * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f));
+              }
+            }
+          }
+        }
+      }
+      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i3 * 128) - ((i3 * (i3 - 1)) // 2)) + i3) - i3) - i3) + 48):+80, (pid.x * 128):+128] = s3 where (((row + 48) >= i3) && ((row + 48) < 128))
+      {
+        const int a0 = (static_cast<int>(blockIdx.z) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.z) % p_h);
+        const int a2 = static_cast<int>(blockIdx.y);
+        const int s3 = ((((((v_i3 * 128) - ((v_i3 * (v_i3 - 1)) / 2)) + v_i3) - v_i3) - v_i3) + 48);
+        const int s4 = (static_cast<int>(blockIdx.x) * 128);
+        const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
+        const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 3; ++j) {
+            const int u = warp + j * 8;
+            if (u < 20) {
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  if (s3 + r >= 0 && s3 + r < g_dS_d3 && s4 + c >= 0 && s4 + c < g_dS_d4 && ((((r + 48) >= v_i3) && ((r + 48) < 128)))) g_dS[base + static_cast<long long>(r) * g_dS_s3 + static_cast<long long>(c) * g_dS_s4] = prt::from_f32<float>(f_s3[j][q][e]);
+                }
+              }
+            }
+          }
+        }
+      }
+      if ((static_cast<int>(blockIdx.x) == 0)) {
+        // z3[row] = (kgk3[row, (i3 - 48)] * select(((row + 48) == i3), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 80; r += 256) {
+            t_z3[r] = prt::from_f32<float>((prt::to_f32(t_kgk3[(r) * 16 + ((v_i3 - 48))]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZ[(pid.z // $h), (pid.z % $h), pid.y, ((((((i3 * 128) - ((i3 * (i3 - 1)) // 2)) + i3) - i3) - i3) + 48):+80] = z3 where (((row + 48) >= i3) && ((row + 48) < 128))
+        {
+          const int a0 = (static_cast<int>(blockIdx.z) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.z) % p_h);
+          const int a2 = static_cast<int>(blockIdx.y);
+          const int s3 = ((((((v_i3 * 128) - ((v_i3 * (v_i3 - 1)) / 2)) + v_i3) - v_i3) - v_i3) + 48);
+          const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
+          const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
+          if (ok) {
+            for (int r = tid; r < 80; r += 256) {
+              if (s3 + r >= 0 && s3 + r < g_dZ_d3 && ((((r + 48) >= v_i3) && ((r + 48) < 128)))) g_dZ[base + static_cast<long long>(r) * g_dZ_s3] = t_z3[r];
+            }
+          }
+        }
+      }
+      __syncthreads();
+    }
+  }
+  __syncthreads();
+  // k4 = load.async K[(pid.z // $h), (pid.y * 64):+64, (pid.z % $h), 64:+64]
+  {
+    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
+    const int s1 = (static_cast<int>(blockIdx.y) * 64);
+    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
+    const int s3 = 64;
+    const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+    const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+    __nv_bfloat16* const dst = t_k4;
+    if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      for (int i = tid; i < 512; i += 256) {
+        const int r = i / 8, c = (i % 8) * 8;
+        const int gr = s1 + r;
+        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+      }
+    }
+    else {
+      for (int i = tid; i < 4096; i += 256) {
+        const int r = i / 64, c = i % 64;
+        dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+      }
+    }
+  }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
+  __syncthreads();
+  if ((static_cast<int>(blockIdx.x) == 0)) {
+    // gk4_hi[row, col] = (k4[row, col] * exp((lam[63] - lam[row])))
+    {
+      for (int i = tid; i < 1024; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_gk4_hi[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k4[(r) * 72 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+      }
+    }
+    // gk4_lo[row, col] = ((k4[row, col] * exp((lam[63] - lam[row]))) - gk4_hi[row, col])
+    {
+      for (int i = tid; i < 1024; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_gk4_lo[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k4[(r) * 72 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_gk4_hi[(r) * 24 + (c)])));
+      }
+    }
+    __syncthreads();
+    // kgk4 = mma.tc(k4^T, gk4_hi) [64x16 in 16x8 units over 8 warps]
+    {
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 8;
+        const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+        float acc[1][4];
+        #pragma unroll
+        for (int q = 0; q < 1; ++q)
+        #pragma unroll
+          for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          uint32_t af[4];
+          prt::ldmatrix_x4_trans(af, &t_k4[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+          uint32_t bf[2];
+          prt::ldmatrix_x2_trans(bf, &t_gk4_hi[(k0 + (lane & 15)) * 24 + n0]);
+          prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+        }
+        #pragma unroll
+        for (int q = 0; q < 1; ++q)
+        #pragma unroll
+          for (int e = 0; e < 4; ++e) t_kgk4[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+      }
+    }
+    __syncthreads();
+    // kgk4 += mma.tc(k4^T, gk4_lo) [64x16 in 16x8 units over 8 warps]
+    {
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 8;
+        const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+        float acc[1][4];
+        #pragma unroll
+        for (int q = 0; q < 1; ++q)
+        #pragma unroll
+          for (int e = 0; e < 4; ++e) acc[q][e] = t_kgk4[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          uint32_t af[4];
+          prt::ldmatrix_x4_trans(af, &t_k4[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+          uint32_t bf[2];
+          prt::ldmatrix_x2_trans(bf, &t_gk4_lo[(k0 + (lane & 15)) * 24 + n0]);
+          prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+        }
+        #pragma unroll
+        for (int q = 0; q < 1; ++q)
+        #pragma unroll
+          for (int e = 0; e < 4; ++e) t_kgk4[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+      }
+    }
+  }
+  {
+    const int v_i4_end = 80;
+    for (int v_i4 = 64; v_i4 < v_i4_end; v_i4 += 1) {
+      // u4_hi[row, col] = ((v[row, col] * k4[row, (i4 - 64)]) * exp((lam[63] - lam[row])))
+      {
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 128, c = i % 128;
+          t_u4_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k4[(r) * 72 + ((v_i4 - 64))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+        }
+      }
+      // u4_lo[row, col] = (((v[row, col] * k4[row, (i4 - 64)]) * exp((lam[63] - lam[row]))) - u4_hi[row, col])
+      {
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 128, c = i % 128;
+          t_u4_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k4[(r) * 72 + ((v_i4 - 64))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_u4_hi[(r) * 136 + (c)])));
+        }
+      }
+      __syncthreads();
+      // s4 = mma.tc(k4^T, u4_hi) [64x128 in 16x32 units over 8 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          float (&acc)[4][4] = f_s4[j];
+          #pragma unroll
+          for (int q = 0; q < 4; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4_trans(af, &t_k4[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 4; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4_trans(bf, &t_u4_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+        }
+      }
+      // s4 += mma.tc(k4^T, u4_lo) [64x128 in 16x32 units over 8 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          float (&acc)[4][4] = f_s4[j];
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4_trans(af, &t_k4[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 4; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4_trans(bf, &t_u4_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+        }
+      }
+      // s4[row, col] = (s4[row, col] * select(((row + 64) == i4), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s4[j][q][e] = (f_s4[j][q][e] * (((r + 64) == v_i4) ? 1.0f : 1.4142135623730951f));
+            }
+          }
+        }
+      }
+      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i4 * 128) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 64):+64, (pid.x * 128):+128] = s4 where (((row + 64) >= i4) && ((row + 64) < 128))
+      {
+        const int a0 = (static_cast<int>(blockIdx.z) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.z) % p_h);
+        const int a2 = static_cast<int>(blockIdx.y);
+        const int s3 = ((((((v_i4 * 128) - ((v_i4 * (v_i4 - 1)) / 2)) + v_i4) - v_i4) - v_i4) + 64);
+        const int s4 = (static_cast<int>(blockIdx.x) * 128);
+        const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
+        const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_dS_d3 && s4 + c >= 0 && s4 + c < g_dS_d4 && ((((r + 64) >= v_i4) && ((r + 64) < 128)))) g_dS[base + static_cast<long long>(r) * g_dS_s3 + static_cast<long long>(c) * g_dS_s4] = prt::from_f32<float>(f_s4[j][q][e]);
+              }
+            }
+          }
+        }
+      }
+      if ((static_cast<int>(blockIdx.x) == 0)) {
+        // z4[row] = (kgk4[row, (i4 - 64)] * select(((row + 64) == i4), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 64; r += 256) {
+            t_z4[r] = prt::from_f32<float>((prt::to_f32(t_kgk4[(r) * 16 + ((v_i4 - 64))]) * (((r + 64) == v_i4) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZ[(pid.z // $h), (pid.z % $h), pid.y, ((((((i4 * 128) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 64):+64] = z4 where (((row + 64) >= i4) && ((row + 64) < 128))
+        {
+          const int a0 = (static_cast<int>(blockIdx.z) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.z) % p_h);
+          const int a2 = static_cast<int>(blockIdx.y);
+          const int s3 = ((((((v_i4 * 128) - ((v_i4 * (v_i4 - 1)) / 2)) + v_i4) - v_i4) - v_i4) + 64);
+          const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
+          const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
+          if (ok) {
+            for (int r = tid; r < 64; r += 256) {
+              if (s3 + r >= 0 && s3 + r < g_dZ_d3 && ((((r + 64) >= v_i4) && ((r + 64) < 128)))) g_dZ[base + static_cast<long long>(r) * g_dZ_s3] = t_z4[r];
+            }
+          }
+        }
+      }
+      __syncthreads();
+    }
+  }
+  __syncthreads();
+  // k5 = load.async K[(pid.z // $h), (pid.y * 64):+64, (pid.z % $h), 80:+48]
+  {
+    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
+    const int s1 = (static_cast<int>(blockIdx.y) * 64);
+    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
+    const int s3 = 80;
+    const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+    const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+    __nv_bfloat16* const dst = t_k5;
+    if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      for (int i = tid; i < 384; i += 256) {
+        const int r = i / 6, c = (i % 6) * 8;
+        const int gr = s1 + r;
+        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+        prt::cp_async_16(&dst[(r) * 56 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+      }
+    }
+    else {
+      for (int i = tid; i < 3072; i += 256) {
+        const int r = i / 48, c = i % 48;
+        dst[(r) * 56 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+      }
+    }
+  }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
+  __syncthreads();
+  if ((static_cast<int>(blockIdx.x) == 0)) {
+    // gk5_hi[row, col] = (k5[row, col] * exp((lam[63] - lam[row])))
+    {
+      for (int i = tid; i < 1024; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_gk5_hi[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k5[(r) * 56 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+      }
+    }
+    // gk5_lo[row, col] = ((k5[row, col] * exp((lam[63] - lam[row]))) - gk5_hi[row, col])
+    {
+      for (int i = tid; i < 1024; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_gk5_lo[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k5[(r) * 56 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_gk5_hi[(r) * 24 + (c)])));
+      }
+    }
+    __syncthreads();
+    // kgk5 = mma.tc(k5^T, gk5_hi) [48x16 in 16x8 units over 8 warps]
+    {
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 8;
+        if (u < 6) {
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+          float acc[1][4];
+          #pragma unroll
+          for (int q = 0; q < 1; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4_trans(af, &t_k5[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+            uint32_t bf[2];
+            prt::ldmatrix_x2_trans(bf, &t_gk5_hi[(k0 + (lane & 15)) * 24 + n0]);
+            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+          }
+          #pragma unroll
+          for (int q = 0; q < 1; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_kgk5[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+        }
+      }
+    }
+    __syncthreads();
+    // kgk5 += mma.tc(k5^T, gk5_lo) [48x16 in 16x8 units over 8 warps]
+    {
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 8;
+        if (u < 6) {
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+          float acc[1][4];
+          #pragma unroll
+          for (int q = 0; q < 1; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_kgk5[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4_trans(af, &t_k5[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+            uint32_t bf[2];
+            prt::ldmatrix_x2_trans(bf, &t_gk5_lo[(k0 + (lane & 15)) * 24 + n0]);
+            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+          }
+          #pragma unroll
+          for (int q = 0; q < 1; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_kgk5[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+        }
+      }
+    }
+  }
+  {
+    const int v_i5_end = 96;
+    for (int v_i5 = 80; v_i5 < v_i5_end; v_i5 += 1) {
+      // u5_hi[row, col] = ((v[row, col] * k5[row, (i5 - 80)]) * exp((lam[63] - lam[row])))
+      {
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 128, c = i % 128;
+          t_u5_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k5[(r) * 56 + ((v_i5 - 80))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+        }
+      }
+      // u5_lo[row, col] = (((v[row, col] * k5[row, (i5 - 80)]) * exp((lam[63] - lam[row]))) - u5_hi[row, col])
+      {
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 128, c = i % 128;
+          t_u5_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k5[(r) * 56 + ((v_i5 - 80))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_u5_hi[(r) * 136 + (c)])));
+        }
+      }
+      __syncthreads();
+      // s5 = mma.tc(k5^T, u5_hi) [48x128 in 16x32 units over 8 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 8;
+          if (u < 12) {
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            float (&acc)[4][4] = f_s5[j];
+            #pragma unroll
+            for (int q = 0; q < 4; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4_trans(af, &t_k5[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 4; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_u5_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
+            }
+          }
+        }
+      }
+      // s5 += mma.tc(k5^T, u5_lo) [48x128 in 16x32 units over 8 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 8;
+          if (u < 12) {
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            float (&acc)[4][4] = f_s5[j];
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4_trans(af, &t_k5[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 4; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_u5_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
+            }
+          }
+        }
+      }
+      // s5[row, col] = (s5[row, col] * select(((row + 80) == i5), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 8;
+          if (u < 12) {
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_s5[j][q][e] = (f_s5[j][q][e] * (((r + 80) == v_i5) ? 1.0f : 1.4142135623730951f));
+              }
+            }
+          }
+        }
+      }
+      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i5 * 128) - ((i5 * (i5 - 1)) // 2)) + i5) - i5) - i5) + 80):+48, (pid.x * 128):+128] = s5 where (((row + 80) >= i5) && ((row + 80) < 128))
+      {
+        const int a0 = (static_cast<int>(blockIdx.z) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.z) % p_h);
+        const int a2 = static_cast<int>(blockIdx.y);
+        const int s3 = ((((((v_i5 * 128) - ((v_i5 * (v_i5 - 1)) / 2)) + v_i5) - v_i5) - v_i5) + 80);
+        const int s4 = (static_cast<int>(blockIdx.x) * 128);
+        const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
+        const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            if (u < 12) {
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  if (s3 + r >= 0 && s3 + r < g_dS_d3 && s4 + c >= 0 && s4 + c < g_dS_d4 && ((((r + 80) >= v_i5) && ((r + 80) < 128)))) g_dS[base + static_cast<long long>(r) * g_dS_s3 + static_cast<long long>(c) * g_dS_s4] = prt::from_f32<float>(f_s5[j][q][e]);
+                }
+              }
+            }
+          }
+        }
+      }
+      if ((static_cast<int>(blockIdx.x) == 0)) {
+        // z5[row] = (kgk5[row, (i5 - 80)] * select(((row + 80) == i5), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 48; r += 256) {
+            t_z5[r] = prt::from_f32<float>((prt::to_f32(t_kgk5[(r) * 16 + ((v_i5 - 80))]) * (((r + 80) == v_i5) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZ[(pid.z // $h), (pid.z % $h), pid.y, ((((((i5 * 128) - ((i5 * (i5 - 1)) // 2)) + i5) - i5) - i5) + 80):+48] = z5 where (((row + 80) >= i5) && ((row + 80) < 128))
+        {
+          const int a0 = (static_cast<int>(blockIdx.z) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.z) % p_h);
+          const int a2 = static_cast<int>(blockIdx.y);
+          const int s3 = ((((((v_i5 * 128) - ((v_i5 * (v_i5 - 1)) / 2)) + v_i5) - v_i5) - v_i5) + 80);
+          const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
+          const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
+          if (ok) {
+            for (int r = tid; r < 48; r += 256) {
+              if (s3 + r >= 0 && s3 + r < g_dZ_d3 && ((((r + 80) >= v_i5) && ((r + 80) < 128)))) g_dZ[base + static_cast<long long>(r) * g_dZ_s3] = t_z5[r];
+            }
+          }
+        }
+      }
+      __syncthreads();
+    }
+  }
+  __syncthreads();
+  // k6 = load.async K[(pid.z // $h), (pid.y * 64):+64, (pid.z % $h), 96:+32]
+  {
+    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
+    const int s1 = (static_cast<int>(blockIdx.y) * 64);
+    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
+    const int s3 = 96;
+    const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+    const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+    __nv_bfloat16* const dst = t_k6;
+    if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      for (int i = tid; i < 256; i += 256) {
+        const int r = i / 4, c = (i % 4) * 8;
+        const int gr = s1 + r;
+        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+      }
+    }
+    else {
+      for (int i = tid; i < 2048; i += 256) {
+        const int r = i / 32, c = i % 32;
+        dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+      }
+    }
+  }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
+  __syncthreads();
+  if ((static_cast<int>(blockIdx.x) == 0)) {
+    // gk6_hi[row, col] = (k6[row, col] * exp((lam[63] - lam[row])))
+    {
+      for (int i = tid; i < 1024; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_gk6_hi[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k6[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+      }
+    }
+    // gk6_lo[row, col] = ((k6[row, col] * exp((lam[63] - lam[row]))) - gk6_hi[row, col])
+    {
+      for (int i = tid; i < 1024; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_gk6_lo[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k6[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_gk6_hi[(r) * 24 + (c)])));
+      }
+    }
+    __syncthreads();
+    // kgk6 = mma.tc(k6^T, gk6_hi) [32x16 in 16x8 units over 8 warps]
+    {
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 8;
+        if (u < 4) {
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+          float acc[1][4];
+          #pragma unroll
+          for (int q = 0; q < 1; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4_trans(af, &t_k6[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+            uint32_t bf[2];
+            prt::ldmatrix_x2_trans(bf, &t_gk6_hi[(k0 + (lane & 15)) * 24 + n0]);
+            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+          }
+          #pragma unroll
+          for (int q = 0; q < 1; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_kgk6[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+        }
+      }
+    }
+    __syncthreads();
+    // kgk6 += mma.tc(k6^T, gk6_lo) [32x16 in 16x8 units over 8 warps]
+    {
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 8;
+        if (u < 4) {
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+          float acc[1][4];
+          #pragma unroll
+          for (int q = 0; q < 1; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_kgk6[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4_trans(af, &t_k6[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+            uint32_t bf[2];
+            prt::ldmatrix_x2_trans(bf, &t_gk6_lo[(k0 + (lane & 15)) * 24 + n0]);
+            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+          }
+          #pragma unroll
+          for (int q = 0; q < 1; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_kgk6[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+        }
+      }
+    }
+  }
+  {
+    const int v_i6_end = 112;
+    for (int v_i6 = 96; v_i6 < v_i6_end; v_i6 += 1) {
+      // u6_hi[row, col] = ((v[row, col] * k6[row, (i6 - 96)]) * exp((lam[63] - lam[row])))
+      {
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 128, c = i % 128;
+          t_u6_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k6[(r) * 40 + ((v_i6 - 96))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+        }
+      }
+      // u6_lo[row, col] = (((v[row, col] * k6[row, (i6 - 96)]) * exp((lam[63] - lam[row]))) - u6_hi[row, col])
+      {
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 128, c = i % 128;
+          t_u6_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k6[(r) * 40 + ((v_i6 - 96))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_u6_hi[(r) * 136 + (c)])));
+        }
+      }
+      __syncthreads();
+      // s6 = mma.tc(k6^T, u6_hi) [32x128 in 16x32 units over 8 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          float (&acc)[4][4] = f_s6[j];
+          #pragma unroll
+          for (int q = 0; q < 4; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4_trans(af, &t_k6[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 4; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4_trans(bf, &t_u6_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+        }
+      }
+      // s6 += mma.tc(k6^T, u6_lo) [32x128 in 16x32 units over 8 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          float (&acc)[4][4] = f_s6[j];
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4_trans(af, &t_k6[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 4; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4_trans(bf, &t_u6_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+        }
+      }
+      // s6[row, col] = (s6[row, col] * select(((row + 96) == i6), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s6[j][q][e] = (f_s6[j][q][e] * (((r + 96) == v_i6) ? 1.0f : 1.4142135623730951f));
+            }
+          }
+        }
+      }
+      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i6 * 128) - ((i6 * (i6 - 1)) // 2)) + i6) - i6) - i6) + 96):+32, (pid.x * 128):+128] = s6 where (((row + 96) >= i6) && ((row + 96) < 128))
+      {
+        const int a0 = (static_cast<int>(blockIdx.z) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.z) % p_h);
+        const int a2 = static_cast<int>(blockIdx.y);
+        const int s3 = ((((((v_i6 * 128) - ((v_i6 * (v_i6 - 1)) / 2)) + v_i6) - v_i6) - v_i6) + 96);
+        const int s4 = (static_cast<int>(blockIdx.x) * 128);
+        const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
+        const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_dS_d3 && s4 + c >= 0 && s4 + c < g_dS_d4 && ((((r + 96) >= v_i6) && ((r + 96) < 128)))) g_dS[base + static_cast<long long>(r) * g_dS_s3 + static_cast<long long>(c) * g_dS_s4] = prt::from_f32<float>(f_s6[j][q][e]);
+              }
+            }
+          }
+        }
+      }
+      if ((static_cast<int>(blockIdx.x) == 0)) {
+        // z6[row] = (kgk6[row, (i6 - 96)] * select(((row + 96) == i6), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 32; r += 256) {
+            t_z6[r] = prt::from_f32<float>((prt::to_f32(t_kgk6[(r) * 16 + ((v_i6 - 96))]) * (((r + 96) == v_i6) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZ[(pid.z // $h), (pid.z % $h), pid.y, ((((((i6 * 128) - ((i6 * (i6 - 1)) // 2)) + i6) - i6) - i6) + 96):+32] = z6 where (((row + 96) >= i6) && ((row + 96) < 128))
+        {
+          const int a0 = (static_cast<int>(blockIdx.z) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.z) % p_h);
+          const int a2 = static_cast<int>(blockIdx.y);
+          const int s3 = ((((((v_i6 * 128) - ((v_i6 * (v_i6 - 1)) / 2)) + v_i6) - v_i6) - v_i6) + 96);
+          const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
+          const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
+          if (ok) {
+            for (int r = tid; r < 32; r += 256) {
+              if (s3 + r >= 0 && s3 + r < g_dZ_d3 && ((((r + 96) >= v_i6) && ((r + 96) < 128)))) g_dZ[base + static_cast<long long>(r) * g_dZ_s3] = t_z6[r];
+            }
+          }
+        }
+      }
+      __syncthreads();
+    }
+  }
+  __syncthreads();
+  // k7 = load.async K[(pid.z // $h), (pid.y * 64):+64, (pid.z % $h), 112:+16]
+  {
+    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
+    const int s1 = (static_cast<int>(blockIdx.y) * 64);
+    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
+    const int s3 = 112;
+    const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+    const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+    __nv_bfloat16* const dst = t_k7;
+    if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      for (int i = tid; i < 128; i += 256) {
+        const int r = i / 2, c = (i % 2) * 8;
+        const int gr = s1 + r;
+        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+        prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+      }
+    }
+    else {
+      for (int i = tid; i < 1024; i += 256) {
+        const int r = i / 16, c = i % 16;
+        dst[(r) * 24 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+      }
+    }
+  }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
+  __syncthreads();
+  if ((static_cast<int>(blockIdx.x) == 0)) {
+    // gk7_hi[row, col] = (k7[row, col] * exp((lam[63] - lam[row])))
+    {
+      for (int i = tid; i < 1024; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_gk7_hi[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k7[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+      }
+    }
+    // gk7_lo[row, col] = ((k7[row, col] * exp((lam[63] - lam[row]))) - gk7_hi[row, col])
+    {
+      for (int i = tid; i < 1024; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_gk7_lo[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k7[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_gk7_hi[(r) * 24 + (c)])));
+      }
+    }
+    __syncthreads();
+    // kgk7 = mma.tc(k7^T, gk7_hi) [16x16 in 16x8 units over 8 warps]
+    {
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 8;
+        if (u < 2) {
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+          float acc[1][4];
+          #pragma unroll
+          for (int q = 0; q < 1; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4_trans(af, &t_k7[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+            uint32_t bf[2];
+            prt::ldmatrix_x2_trans(bf, &t_gk7_hi[(k0 + (lane & 15)) * 24 + n0]);
+            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+          }
+          #pragma unroll
+          for (int q = 0; q < 1; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_kgk7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+        }
+      }
+    }
+    __syncthreads();
+    // kgk7 += mma.tc(k7^T, gk7_lo) [16x16 in 16x8 units over 8 warps]
+    {
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 8;
+        if (u < 2) {
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+          float acc[1][4];
+          #pragma unroll
+          for (int q = 0; q < 1; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_kgk7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4_trans(af, &t_k7[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+            uint32_t bf[2];
+            prt::ldmatrix_x2_trans(bf, &t_gk7_lo[(k0 + (lane & 15)) * 24 + n0]);
+            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+          }
+          #pragma unroll
+          for (int q = 0; q < 1; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_kgk7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+        }
+      }
+    }
+  }
+  {
+    const int v_i7_end = 128;
+    for (int v_i7 = 112; v_i7 < v_i7_end; v_i7 += 1) {
+      // u7_hi[row, col] = ((v[row, col] * k7[row, (i7 - 112)]) * exp((lam[63] - lam[row])))
+      {
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 128, c = i % 128;
+          t_u7_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k7[(r) * 24 + ((v_i7 - 112))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+        }
+      }
+      // u7_lo[row, col] = (((v[row, col] * k7[row, (i7 - 112)]) * exp((lam[63] - lam[row]))) - u7_hi[row, col])
+      {
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 128, c = i % 128;
+          t_u7_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k7[(r) * 24 + ((v_i7 - 112))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_u7_hi[(r) * 136 + (c)])));
+        }
+      }
+      __syncthreads();
+      // s7 = mma.tc(k7^T, u7_hi) [16x128 in 16x16 units over 8 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
+          float (&acc)[2][4] = f_s7[j];
+          #pragma unroll
+          for (int q = 0; q < 2; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4_trans(af, &t_k7[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 2; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4_trans(bf, &t_u7_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+        }
+      }
+      // s7 += mma.tc(k7^T, u7_lo) [16x128 in 16x16 units over 8 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
+          float (&acc)[2][4] = f_s7[j];
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4_trans(af, &t_k7[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 2; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4_trans(bf, &t_u7_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+        }
+      }
+      // s7[row, col] = (s7[row, col] * select(((row + 112) == i7), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s7[j][q][e] = (f_s7[j][q][e] * (((r + 112) == v_i7) ? 1.0f : 1.4142135623730951f));
+            }
+          }
+        }
+      }
+      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i7 * 128) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 112):+16, (pid.x * 128):+128] = s7 where (((row + 112) >= i7) && ((row + 112) < 128))
+      {
+        const int a0 = (static_cast<int>(blockIdx.z) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.z) % p_h);
+        const int a2 = static_cast<int>(blockIdx.y);
+        const int s3 = ((((((v_i7 * 128) - ((v_i7 * (v_i7 - 1)) / 2)) + v_i7) - v_i7) - v_i7) + 112);
+        const int s4 = (static_cast<int>(blockIdx.x) * 128);
+        const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
+        const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_dS_d3 && s4 + c >= 0 && s4 + c < g_dS_d4 && ((((r + 112) >= v_i7) && ((r + 112) < 128)))) g_dS[base + static_cast<long long>(r) * g_dS_s3 + static_cast<long long>(c) * g_dS_s4] = prt::from_f32<float>(f_s7[j][q][e]);
+              }
+            }
+          }
+        }
+      }
+      if ((static_cast<int>(blockIdx.x) == 0)) {
+        // z7[row] = (kgk7[row, (i7 - 112)] * select(((row + 112) == i7), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 16; r += 256) {
+            t_z7[r] = prt::from_f32<float>((prt::to_f32(t_kgk7[(r) * 16 + ((v_i7 - 112))]) * (((r + 112) == v_i7) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZ[(pid.z // $h), (pid.z % $h), pid.y, ((((((i7 * 128) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 112):+16] = z7 where (((row + 112) >= i7) && ((row + 112) < 128))
+        {
+          const int a0 = (static_cast<int>(blockIdx.z) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.z) % p_h);
+          const int a2 = static_cast<int>(blockIdx.y);
+          const int s3 = ((((((v_i7 * 128) - ((v_i7 * (v_i7 - 1)) / 2)) + v_i7) - v_i7) - v_i7) + 112);
+          const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
+          const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
+          if (ok) {
+            for (int r = tid; r < 16; r += 256) {
+              if (s3 + r >= 0 && s3 + r < g_dZ_d3 && ((((r + 112) >= v_i7) && ((r + 112) < 128)))) g_dZ[base + static_cast<long long>(r) * g_dZ_s3] = t_z7[r];
+            }
+          }
+        }
+      }
+      __syncthreads();
     }
   }
 }
@@ -1288,8 +2937,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
 }
 
 // query_state: Y = (attention part + phi(q')^T Sin) / (its normaliser), lse = log normaliser, q' = scale q exp(lam/p)
-// grid ($n, $hq, $b), 128 threads, 103168 bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c64_bf16_w4_bd32_bt64_s2(
+// grid (($n * 1), $hq, $b), 256 threads, 153088 bytes of dynamic shared memory
+extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c64_bf16_w8_bd0_bt64_s1(
     const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_numA, const float* g_denA, const float* g_maxA, __nv_bfloat16* g_Y, float* g_lse, float* g_yS, float* g_wS, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -1428,39 +3077,66 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
   (void)g_wS_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  float* const t_q = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 128] pitch 128
-  float* const t_phi_f32 = reinterpret_cast<float*>(prt_smem + 83456);  // f32[64, 32] pitch 32
-  __nv_bfloat16* const t_phi_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 91648);  // bf16[64, 32] pitch 40
-  __nv_bfloat16* const t_phi_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 96768);  // bf16[64, 32] pitch 40
-  float* const t_s_f32_base = reinterpret_cast<float*>(prt_smem + 33280);  // f32[32, 128] pitch 128, 2 copies
-  float* t_s_f32 = t_s_f32_base;
-  __nv_bfloat16* const t_s_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 66048);  // bf16[32, 128] pitch 136
-  __nv_bfloat16* const t_s_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 74752);  // bf16[32, 128] pitch 136
-  float* const t_z_base = reinterpret_cast<float*>(prt_smem + 102912);  // f32[32] pitch 32, 2 copies
-  float* t_z = t_z_base;
-  float f_num_s[4][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 4 warps
-  float* const t_den_block = reinterpret_cast<float*>(prt_smem + 102144);  // f32[64] pitch 64
-  float f_num[4][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 4 warps
-  float* const t_den = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  float* const t_den_a = reinterpret_cast<float*>(prt_smem + 101888);  // f32[64] pitch 64
-  float* const t_max_a = reinterpret_cast<float*>(prt_smem + 102656);  // f32[64] pitch 64
-  float* const t_lse_t = reinterpret_cast<float*>(prt_smem + 102400);  // f32[64] pitch 64
-  // g = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  float f_num_s[2][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 8 warps
+  float f_num_a[2][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 8 warps
+  float* const t_den_s = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
+  __nv_bfloat16* const t_q0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 128] pitch 136
+  float* const t_z = reinterpret_cast<float*>(prt_smem + 17920);  // f32[8256] pitch 8256
+  __nv_bfloat16* const t_zsym_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 50944);  // bf16[128, 128] pitch 136
+  __nv_bfloat16* const t_zsym_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 85760);  // bf16[128, 128] pitch 136
+  float* const t_qz = reinterpret_cast<float*>(prt_smem + 17920);  // f32[64, 128] pitch 128
+  float* const t_s0_f32 = reinterpret_cast<float*>(prt_smem + 17920);  // f32[128, 128] pitch 128
+  __nv_bfloat16* const t_s0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 83456);  // bf16[128, 128] pitch 136
+  __nv_bfloat16* const t_s0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 118272);  // bf16[128, 128] pitch 136
+  __nv_bfloat16* const t_q1 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 112] pitch 120
+  float* const t_s1_f32 = reinterpret_cast<float*>(prt_smem + 15872);  // f32[112, 128] pitch 128
+  __nv_bfloat16* const t_s1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 73216);  // bf16[112, 128] pitch 136
+  __nv_bfloat16* const t_s1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 103680);  // bf16[112, 128] pitch 136
+  __nv_bfloat16* const t_q2 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 96] pitch 104
+  float* const t_s2_f32 = reinterpret_cast<float*>(prt_smem + 13824);  // f32[96, 128] pitch 128
+  __nv_bfloat16* const t_s2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 62976);  // bf16[96, 128] pitch 136
+  __nv_bfloat16* const t_s2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 89088);  // bf16[96, 128] pitch 136
+  __nv_bfloat16* const t_q3 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 80] pitch 88
+  float* const t_s3_f32 = reinterpret_cast<float*>(prt_smem + 11776);  // f32[80, 128] pitch 128
+  __nv_bfloat16* const t_s3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 52736);  // bf16[80, 128] pitch 136
+  __nv_bfloat16* const t_s3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 74496);  // bf16[80, 128] pitch 136
+  __nv_bfloat16* const t_q4 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 64] pitch 72
+  float* const t_s4_f32 = reinterpret_cast<float*>(prt_smem + 9728);  // f32[64, 128] pitch 128
+  __nv_bfloat16* const t_s4_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 42496);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_s4_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 59904);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_q5 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 48] pitch 56
+  float* const t_s5_f32 = reinterpret_cast<float*>(prt_smem + 7680);  // f32[48, 128] pitch 128
+  __nv_bfloat16* const t_s5_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 32256);  // bf16[48, 128] pitch 136
+  __nv_bfloat16* const t_s5_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 45312);  // bf16[48, 128] pitch 136
+  __nv_bfloat16* const t_q6 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 32] pitch 40
+  float* const t_s6_f32 = reinterpret_cast<float*>(prt_smem + 5632);  // f32[32, 128] pitch 128
+  __nv_bfloat16* const t_s6_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 22016);  // bf16[32, 128] pitch 136
+  __nv_bfloat16* const t_s6_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 30720);  // bf16[32, 128] pitch 136
+  __nv_bfloat16* const t_q7 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 16] pitch 24
+  float* const t_s7_f32 = reinterpret_cast<float*>(prt_smem + 3584);  // f32[16, 128] pitch 128
+  __nv_bfloat16* const t_s7_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 11776);  // bf16[16, 128] pitch 136
+  __nv_bfloat16* const t_s7_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 16128);  // bf16[16, 128] pitch 136
+  float f_num[2][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 8 warps
+  float* const t_den = reinterpret_cast<float*>(prt_smem + 1024);  // f32[64] pitch 64
+  float* const t_den_a = reinterpret_cast<float*>(prt_smem + 512);  // f32[64] pitch 64
+  float* const t_max_a = reinterpret_cast<float*>(prt_smem + 768);  // f32[64] pitch 64
+  float* const t_lse_t = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
+  // g = load logG[pid.z, ((pid.x // 1) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
-    for (int r = tid; r < 64; r += 128) {
+    for (int r = tid; r < 64; r += 256) {
       dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
     }
   }
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
-    for (int o = warp; o < 1; o += 4) {
+    for (int o = warp; o < 1; o += 8) {
       float carry = 0.0f;
       for (int j0 = 0; j0 < 64; j0 += 32) {
         const int j = j0 + lane, i = j;
@@ -1471,477 +3147,1415 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
       }
     }
   }
-  {
-    const int v_i0_end = 1;
-    for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if ((((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64)) < p_t)) {
-        // q = load Q[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y, 0:+128]
+  if (((((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64)) < p_t)) {
+    // num_s[row, col] = 0.0
+    {
+      #pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int u = warp + j * 8;
+        const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            f_num_s[j][q][e] = 0.0f;
+          }
+        }
+      }
+    }
+    // q0 = load.async Q[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y, 0:+128]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+      const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+      __nv_bfloat16* const dst = t_q0;
+      if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    // z = load.async Zin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), 0:+8256]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int a2 = (static_cast<int>(blockIdx.x) / 1);
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_Zin_d0 && a1 >= 0 && a1 < g_Zin_d1 && a2 >= 0 && a2 < g_Zin_d2;
+      const long long base = static_cast<long long>(a0) * g_Zin_s0 + static_cast<long long>(a1) * g_Zin_s1 + static_cast<long long>(a2) * g_Zin_s2 + static_cast<long long>(s3) * g_Zin_s3;
+      float* const dst = t_z;
+      if (prt::aligned16(g_Zin) && base % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 2064; i += 256) {
+          const int c = i * 4;
+          const long long left = ok ? g_Zin_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[c], n > 0 ? static_cast<const void*>(g_Zin + base + c) : static_cast<const void*>(g_Zin), n * 4);
+        }
+      }
+      else {
+        for (int r = tid; r < 8256; r += 256) {
+          dst[r] = ok && s3 + r >= 0 && s3 + r < g_Zin_d3 ? g_Zin[base + static_cast<long long>(r) * g_Zin_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
+    // zsym_hi[row, col] = select(((row < 128) && (col < 128)), select((row == col), (z[((((min(min(row, col), 127) * 128) - ((min(min(row, col), 127) * (min(min(row, col), 127) - 1)) // 2)) + min(max(row, col), 127)) - min(min(row, col), 127))] / 1.0), ((z[((((min(min(row, col), 127) * 128) - ((min(min(row, col), 127) * (min(min(row, col), 127) - 1)) // 2)) + min(max(row, col), 127)) - min(min(row, col), 127))] / 1.0) * 0.7071067811865476)), 0.0)
+    {
+      for (int i = tid; i < 16384; i += 256) {
+        const int r = i / 128, c = i % 128;
+        t_zsym_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((r < 128) && (c < 128)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 127) * 128) - ((prt::min_nan(prt::min_nan(r, c), 127) * (prt::min_nan(prt::min_nan(r, c), 127) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 127)) - prt::min_nan(prt::min_nan(r, c), 127))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 127) * 128) - ((prt::min_nan(prt::min_nan(r, c), 127) * (prt::min_nan(prt::min_nan(r, c), 127) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 127)) - prt::min_nan(prt::min_nan(r, c), 127))]) / 1.0f) * 0.7071067811865476f)) : 0.0f));
+      }
+    }
+    // zsym_lo[row, col] = (select(((row < 128) && (col < 128)), select((row == col), (z[((((min(min(row, col), 127) * 128) - ((min(min(row, col), 127) * (min(min(row, col), 127) - 1)) // 2)) + min(max(row, col), 127)) - min(min(row, col), 127))] / 1.0), ((z[((((min(min(row, col), 127) * 128) - ((min(min(row, col), 127) * (min(min(row, col), 127) - 1)) // 2)) + min(max(row, col), 127)) - min(min(row, col), 127))] / 1.0) * 0.7071067811865476)), 0.0) - zsym_hi[row, col])
+    {
+      for (int i = tid; i < 16384; i += 256) {
+        const int r = i / 128, c = i % 128;
+        t_zsym_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((((r < 128) && (c < 128)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 127) * 128) - ((prt::min_nan(prt::min_nan(r, c), 127) * (prt::min_nan(prt::min_nan(r, c), 127) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 127)) - prt::min_nan(prt::min_nan(r, c), 127))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 127) * 128) - ((prt::min_nan(prt::min_nan(r, c), 127) * (prt::min_nan(prt::min_nan(r, c), 127) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 127)) - prt::min_nan(prt::min_nan(r, c), 127))]) / 1.0f) * 0.7071067811865476f)) : 0.0f) - prt::to_f32(t_zsym_hi[(r) * 136 + (c)])));
+      }
+    }
+    __syncthreads();
+    // qz = mma.tc(q0, zsym_hi) [64x128 in 16x32 units over 8 warps]
+    {
+      #pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int u = warp + j * 8;
+        const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+        float acc[4][4];
+        #pragma unroll
+        for (int q = 0; q < 4; ++q)
+        #pragma unroll
+          for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+        for (int k0 = 0; k0 < 128; k0 += 16) {
+          uint32_t af[4];
+          prt::ldmatrix_x4(af, &t_q0[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+          #pragma unroll
+          for (int q = 0; q < 4; q += 2) {
+            uint32_t bf[4];
+            prt::ldmatrix_x4_trans(bf, &t_zsym_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+            prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+            prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+          }
+        }
+        #pragma unroll
+        for (int q = 0; q < 4; ++q)
+        #pragma unroll
+          for (int e = 0; e < 4; ++e) t_qz[(m0 + prt::frag_row(lane, e)) * 128 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+      }
+    }
+    __syncthreads();
+    // qz += mma.tc(q0, zsym_lo) [64x128 in 16x32 units over 8 warps]
+    {
+      #pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int u = warp + j * 8;
+        const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+        float acc[4][4];
+        #pragma unroll
+        for (int q = 0; q < 4; ++q)
+        #pragma unroll
+          for (int e = 0; e < 4; ++e) acc[q][e] = t_qz[(m0 + prt::frag_row(lane, e)) * 128 + (n0 + q * 8 + prt::frag_col(lane, e))];
+        for (int k0 = 0; k0 < 128; k0 += 16) {
+          uint32_t af[4];
+          prt::ldmatrix_x4(af, &t_q0[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+          #pragma unroll
+          for (int q = 0; q < 4; q += 2) {
+            uint32_t bf[4];
+            prt::ldmatrix_x4_trans(bf, &t_zsym_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+            prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+            prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+          }
+        }
+        #pragma unroll
+        for (int q = 0; q < 4; ++q)
+        #pragma unroll
+          for (int e = 0; e < 4; ++e) t_qz[(m0 + prt::frag_row(lane, e)) * 128 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+      }
+    }
+    __syncthreads();
+    // qz[row, col] = (qz[row, col] * q0[row, col])
+    {
+      for (int i = tid; i < 8192; i += 256) {
+        const int r = i / 128, c = i % 128;
+        t_qz[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_qz[(r) * 128 + (c)]) * prt::to_f32(t_q0[(r) * 136 + (c)])));
+      }
+    }
+    __syncthreads();
+    // den_s = reduce_sum(qz, axis=1)
+    {
+      for (int o = warp; o < 64; o += 8) {
+        float acc = 0.0f;
+        for (int i = lane; i < 128; i += 32) acc += prt::to_f32(t_qz[(o) * 128 + (i)]);
+        acc = prt::warp_sum(acc);
+        if (lane == 0) t_den_s[o] = prt::from_f32<float>(acc);
+      }
+    }
+    __syncthreads();
+    {
+      const int v_i0_end = 16;
+      for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
+        // s0_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((i0 * 128) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+128, 0:+128]
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-          const int a2 = static_cast<int>(blockIdx.y);
-          const int s3 = 0;
-          const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
-          const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
-          float* const dst = t_q;
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? prt::from_f32<float>(prt::to_f32(g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3])) : prt::from_f32<float>(0.0f);
-          }
-        }
-        __syncthreads();
-        // q[row, col] = ((q[row, col] * $scale) * exp((lam[((i0 * 64) + row)] / 2.0)))
-        {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            t_q[(r) * 128 + (c)] = prt::from_f32<float>(((prt::to_f32(t_q[(r) * 128 + (c)]) * p_scale) * expf((prt::to_f32(t_lam[((v_i0 * 64) + r)]) / 2.0f))));
-          }
-        }
-        // num_s[row, col] = 0.0
-        {
-          #pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              #pragma unroll
-              for (int e = 0; e < 4; ++e) {
-                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                f_num_s[j][q][e] = 0.0f;
-              }
+          const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int s3 = ((((((v_i0 * 128) - ((v_i0 * (v_i0 - 1)) / 2)) + v_i0) - v_i0) - v_i0) + 0);
+          const int s4 = 0;
+          const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+          const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+          float* const dst = t_s0_f32;
+          if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            for (int i = tid; i < 4096; i += 256) {
+              const int r = i / 32, c = (i % 32) * 4;
+              const int gr = s3 + r;
+              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
-        }
-        // den[row] = 0.0
-        {
-          for (int r = tid; r < 64; r += 128) {
-            t_den[r] = prt::from_f32<float>(0.0f);
-          }
-        }
-        if ((0 < 258)) {
-          // s_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), pid.x, (0 * 32):+32, 0:+128] into stage 0
-          {
-            const int a0 = static_cast<int>(blockIdx.z);
-            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-            const int a2 = static_cast<int>(blockIdx.x);
-            const int s3 = (0 * 32);
-            const int s4 = 0;
-            const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-            const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_s_f32_base + ((0) % 2) * 4096;
-            if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 1024; i += 128) {
-                const int r = i / 32, c = (i % 32) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-              }
-            }
-            else {
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 128, c = i % 128;
-                dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-              }
-            }
-          }
-          // z = load.async Zin[pid.z, (pid.y // ($hq // $h)), pid.x, (0 * 32):+32] into stage 0
-          {
-            const int a0 = static_cast<int>(blockIdx.z);
-            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-            const int a2 = static_cast<int>(blockIdx.x);
-            const int s3 = (0 * 32);
-            const bool ok = a0 >= 0 && a0 < g_Zin_d0 && a1 >= 0 && a1 < g_Zin_d1 && a2 >= 0 && a2 < g_Zin_d2;
-            const long long base = static_cast<long long>(a0) * g_Zin_s0 + static_cast<long long>(a1) * g_Zin_s1 + static_cast<long long>(a2) * g_Zin_s2 + static_cast<long long>(s3) * g_Zin_s3;
-            float* const dst = t_z_base + ((0) % 2) * 32;
-            if (prt::aligned16(g_Zin) && base % 4 == 0 && s3 >= 0) {
-              for (int i = tid; i < 8; i += 128) {
-                const int c = i * 4;
-                const long long left = ok ? g_Zin_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[c], n > 0 ? static_cast<const void*>(g_Zin + base + c) : static_cast<const void*>(g_Zin), n * 4);
-              }
-            }
-            else {
-              for (int r = tid; r < 32; r += 128) {
-                dst[r] = ok && s3 + r >= 0 && s3 + r < g_Zin_d3 ? g_Zin[base + static_cast<long long>(r) * g_Zin_s3] : prt::from_f32<float>(0.0f);
-              }
+          else {
+            for (int i = tid; i < 16384; i += 256) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
             }
           }
         }
         prt::cp_async_commit();
-        {
-          const int v_i1_end = 258;
-          for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
-            if (((v_i1 + 1) < 258)) {
-              // s_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), pid.x, ((i1 + 1) * 32):+32, 0:+128] into stage ((i1 + 1) % 2)
-              {
-                const int a0 = static_cast<int>(blockIdx.z);
-                const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-                const int a2 = static_cast<int>(blockIdx.x);
-                const int s3 = ((v_i1 + 1) * 32);
-                const int s4 = 0;
-                const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-                const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-                float* const dst = t_s_f32_base + ((((v_i1 + 1) % 2)) % 2) * 4096;
-                if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-                  for (int i = tid; i < 1024; i += 128) {
-                    const int r = i / 32, c = (i % 32) * 4;
-                    const int gr = s3 + r;
-                    const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                    const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                    prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-                  }
-                }
-                else {
-                  for (int i = tid; i < 4096; i += 128) {
-                    const int r = i / 128, c = i % 128;
-                    dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-                  }
-                }
-              }
-              // z = load.async Zin[pid.z, (pid.y // ($hq // $h)), pid.x, ((i1 + 1) * 32):+32] into stage ((i1 + 1) % 2)
-              {
-                const int a0 = static_cast<int>(blockIdx.z);
-                const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-                const int a2 = static_cast<int>(blockIdx.x);
-                const int s3 = ((v_i1 + 1) * 32);
-                const bool ok = a0 >= 0 && a0 < g_Zin_d0 && a1 >= 0 && a1 < g_Zin_d1 && a2 >= 0 && a2 < g_Zin_d2;
-                const long long base = static_cast<long long>(a0) * g_Zin_s0 + static_cast<long long>(a1) * g_Zin_s1 + static_cast<long long>(a2) * g_Zin_s2 + static_cast<long long>(s3) * g_Zin_s3;
-                float* const dst = t_z_base + ((((v_i1 + 1) % 2)) % 2) * 32;
-                if (prt::aligned16(g_Zin) && base % 4 == 0 && s3 >= 0) {
-                  for (int i = tid; i < 8; i += 128) {
-                    const int c = i * 4;
-                    const long long left = ok ? g_Zin_d3 - (s3 + c) : 0;
-                    const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                    prt::cp_async_16(&dst[c], n > 0 ? static_cast<const void*>(g_Zin + base + c) : static_cast<const void*>(g_Zin), n * 4);
-                  }
-                }
-                else {
-                  for (int r = tid; r < 32; r += 128) {
-                    dst[r] = ok && s3 + r >= 0 && s3 + r < g_Zin_d3 ? g_Zin[base + static_cast<long long>(r) * g_Zin_s3] : prt::from_f32<float>(0.0f);
-                  }
-                }
-              }
-            }
-            prt::cp_async_commit();
-            prt::cp_async_wait<1>();
-            t_s_f32 = t_s_f32_base + (((v_i1 % 2)) % 2) * 4096;  // bind s_f32 stage (i1 % 2)
-            t_z = t_z_base + (((v_i1 % 2)) % 2) * 32;  // bind z stage (i1 % 2)
-            __syncthreads();
-            // phi_f32 = sympow2(q, features from (i1 * 32))
-            {
-              const int off = (v_i1 * 32);
-              for (int i = tid; i < 2048; i += 128) {
-                const int r = i / 32, f = i % 32, g = off + f;
-                float v = 0.0f;
-                if (g >= 0 && g < prt_sympow_d128_p2_size) {
-                  v = prt_sympow_d128_p2_weight[g];
-                  v *= prt::to_f32(t_q[(r) * 128 + (prt_sympow_d128_p2_index[g * 2 + 0])]);
-                  v *= prt::to_f32(t_q[(r) * 128 + (prt_sympow_d128_p2_index[g * 2 + 1])]);
-                }
-                t_phi_f32[(r) * 32 + (f)] = prt::from_f32<float>(v);
-              }
-            }
-            __syncthreads();
-            // phi_hi[row, col] = (phi_f32[row, col] * 1.0)
-            {
-              for (int i = tid; i < 2048; i += 128) {
-                const int r = i / 32, c = i % 32;
-                t_phi_hi[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_phi_f32[(r) * 32 + (c)]) * 1.0f));
-              }
-            }
-            // phi_lo[row, col] = ((phi_f32[row, col] * 1.0) - phi_hi[row, col])
-            {
-              for (int i = tid; i < 2048; i += 128) {
-                const int r = i / 32, c = i % 32;
-                t_phi_lo[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_phi_f32[(r) * 32 + (c)]) * 1.0f) - prt::to_f32(t_phi_hi[(r) * 40 + (c)])));
-              }
-            }
-            // s_hi[row, col] = (s_f32[row, col] * 1.0)
-            {
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 128, c = i % 128;
-                t_s_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_s_f32[(r) * 128 + (c)]) * 1.0f));
-              }
-            }
-            // s_lo[row, col] = ((s_f32[row, col] * 1.0) - s_hi[row, col])
-            {
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 128, c = i % 128;
-                t_s_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_s_f32[(r) * 128 + (c)]) * 1.0f) - prt::to_f32(t_s_hi[(r) * 136 + (c)])));
-              }
-            }
-            __syncthreads();
-            // num_s += mma.tc(phi_hi, s_hi) [64x128 in 16x32 units over 4 warps]
-            {
-              #pragma unroll
-              for (int j = 0; j < 4; ++j) {
-                const int u = warp + j * 4;
-                const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-                float (&acc)[4][4] = f_num_s[j];
-                for (int k0 = 0; k0 < 32; k0 += 16) {
-                  uint32_t af[4];
-                  prt::ldmatrix_x4(af, &t_phi_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-                  #pragma unroll
-                  for (int q = 0; q < 4; q += 2) {
-                    uint32_t bf[4];
-                    prt::ldmatrix_x4_trans(bf, &t_s_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                  }
-                }
-              }
-            }
-            // num_s += mma.tc(phi_lo, s_hi) [64x128 in 16x32 units over 4 warps]
-            {
-              #pragma unroll
-              for (int j = 0; j < 4; ++j) {
-                const int u = warp + j * 4;
-                const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-                float (&acc)[4][4] = f_num_s[j];
-                for (int k0 = 0; k0 < 32; k0 += 16) {
-                  uint32_t af[4];
-                  prt::ldmatrix_x4(af, &t_phi_lo[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-                  #pragma unroll
-                  for (int q = 0; q < 4; q += 2) {
-                    uint32_t bf[4];
-                    prt::ldmatrix_x4_trans(bf, &t_s_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                  }
-                }
-              }
-            }
-            // num_s += mma.tc(phi_hi, s_lo) [64x128 in 16x32 units over 4 warps]
-            {
-              #pragma unroll
-              for (int j = 0; j < 4; ++j) {
-                const int u = warp + j * 4;
-                const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-                float (&acc)[4][4] = f_num_s[j];
-                for (int k0 = 0; k0 < 32; k0 += 16) {
-                  uint32_t af[4];
-                  prt::ldmatrix_x4(af, &t_phi_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-                  #pragma unroll
-                  for (int q = 0; q < 4; q += 2) {
-                    uint32_t bf[4];
-                    prt::ldmatrix_x4_trans(bf, &t_s_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                  }
-                }
-              }
-            }
-            // phi_f32[row, col] = (phi_f32[row, col] * z[col])
-            {
-              for (int i = tid; i < 2048; i += 128) {
-                const int r = i / 32, c = i % 32;
-                t_phi_f32[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_phi_f32[(r) * 32 + (c)]) * prt::to_f32(t_z[c])));
-              }
-            }
-            __syncthreads();
-            // den_block = reduce_sum(phi_f32, axis=1)
-            {
-              for (int o = tid; o < 64; o += 128) {
-                float acc = 0.0f;
-                for (int i = 0; i < 32; ++i) acc += prt::to_f32(t_phi_f32[(o) * 32 + (i)]);
-                t_den_block[o] = prt::from_f32<float>(acc);
-              }
-            }
-            __syncthreads();
-            // den[row] = (den[row] + den_block[row])
-            {
-              for (int r = tid; r < 64; r += 128) {
-                t_den[r] = prt::from_f32<float>((prt::to_f32(t_den[r]) + prt::to_f32(t_den_block[r])));
-              }
-            }
-          }
-        }
         prt::cp_async_wait<0>();
-        // num = load numA[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y, 0:+128]
+        __syncthreads();
+        // s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 128)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
         {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-          const int a2 = static_cast<int>(blockIdx.y);
-          const int s3 = 0;
-          const bool ok = a0 >= 0 && a0 < g_numA_d0 && a2 >= 0 && a2 < g_numA_d2;
-          const long long base = static_cast<long long>(a0) * g_numA_s0 + static_cast<long long>(s1) * g_numA_s1 + static_cast<long long>(a2) * g_numA_s2 + static_cast<long long>(s3) * g_numA_s3;
-          #pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              #pragma unroll
-              for (int e = 0; e < 4; ++e) {
-                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                f_num[j][q][e] = ok && s1 + r >= 0 && s1 + r < g_numA_d1 && s3 + c >= 0 && s3 + c < g_numA_d3 ? prt::to_f32(g_numA[base + static_cast<long long>(r) * g_numA_s1 + static_cast<long long>(c) * g_numA_s3]) : 0.0f;
-              }
-            }
+          for (int i = tid; i < 16384; i += 256) {
+            const int r = i / 128, c = i % 128;
+            t_s0_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 128)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
           }
         }
-        // den_a = load denA[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y]
+        // s0_lo[row, col] = (select((((row + 0) < i0) || ((row + 0) >= 128)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951))) - s0_hi[row, col])
         {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-          const int a2 = static_cast<int>(blockIdx.y);
-          const bool ok = a0 >= 0 && a0 < g_denA_d0 && a2 >= 0 && a2 < g_denA_d2;
-          const long long base = static_cast<long long>(a0) * g_denA_s0 + static_cast<long long>(s1) * g_denA_s1 + static_cast<long long>(a2) * g_denA_s2;
-          float* const dst = t_den_a;
-          for (int r = tid; r < 64; r += 128) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_denA_d1 ? g_denA[base + static_cast<long long>(r) * g_denA_s1] : prt::from_f32<float>(0.0f);
-          }
-        }
-        // max_a = load maxA[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y]
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-          const int a2 = static_cast<int>(blockIdx.y);
-          const bool ok = a0 >= 0 && a0 < g_maxA_d0 && a2 >= 0 && a2 < g_maxA_d2;
-          const long long base = static_cast<long long>(a0) * g_maxA_s0 + static_cast<long long>(s1) * g_maxA_s1 + static_cast<long long>(a2) * g_maxA_s2;
-          float* const dst = t_max_a;
-          for (int r = tid; r < 64; r += 128) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_maxA_d1 ? g_maxA[base + static_cast<long long>(r) * g_maxA_s1] : prt::from_f32<float>(0.0f);
-          }
-        }
-        // den_a[row] = (den_a[row] * exp((max_a[row] - max(max_a[row], 0.0))))
-        {
-          for (int r = tid; r < 64; r += 128) {
-            t_den_a[r] = prt::from_f32<float>((prt::to_f32(t_den_a[r]) * expf((prt::to_f32(t_max_a[r]) - prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)))));
-          }
-        }
-        // den_block[row] = (den[row] * exp(-(max(max_a[row], 0.0))))
-        {
-          for (int r = tid; r < 64; r += 128) {
-            t_den_block[r] = prt::from_f32<float>((prt::to_f32(t_den[r]) * expf((-prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)))));
-          }
-        }
-        // den[row] = (den_a[row] + den_block[row])
-        {
-          for (int r = tid; r < 64; r += 128) {
-            t_den[r] = prt::from_f32<float>((prt::to_f32(t_den_a[r]) + prt::to_f32(t_den_block[r])));
+          for (int i = tid; i < 16384; i += 256) {
+            const int r = i / 128, c = i % 128;
+            t_s0_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((((r + 0) < v_i0) || ((r + 0) >= 128)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(t_s0_hi[(r) * 136 + (c)])));
           }
         }
         __syncthreads();
-        // num_s[row, col] = select((den[row] > 0.0), ((num_s[row, col] * (exp(-(max(max_a[row], 0.0))) * 1.0)) / den[row]), 0.0)
+        // num_a = mma.tc(q0, s0_hi) [64x128 in 16x32 units over 8 warps]
         {
           #pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            const int u = warp + j * 4;
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            float (&acc)[4][4] = f_num_a[j];
+            #pragma unroll
+            for (int q = 0; q < 4; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+            for (int k0 = 0; k0 < 128; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4(af, &t_q0[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 4; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_s0_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
+            }
+          }
+        }
+        // num_a += mma.tc(q0, s0_lo) [64x128 in 16x32 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            float (&acc)[4][4] = f_num_a[j];
+            for (int k0 = 0; k0 < 128; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4(af, &t_q0[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 4; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_s0_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
+            }
+          }
+        }
+        // num_s[row, col] = (num_s[row, col] + (q0[row, (i0 - 0)] * num_a[row, col]))
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
             const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                f_num_s[j][q][e] = ((prt::to_f32(t_den[r]) > 0.0f) ? ((f_num_s[j][q][e] * (expf((-prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f))) * 1.0f)) / prt::to_f32(t_den[r])) : 0.0f);
+                f_num_s[j][q][e] = (f_num_s[j][q][e] + (prt::to_f32(t_q0[(r) * 136 + ((v_i0 - 0))]) * f_num_a[j][q][e]));
               }
             }
           }
         }
-        // num[row, col] = (select((den[row] > 0.0), ((num[row, col] * exp((max_a[row] - max(max_a[row], 0.0)))) / den[row]), 0.0) + num_s[row, col])
+      }
+    }
+    __syncthreads();
+    // q1 = load.async Q[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y, 16:+112]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const int s3 = 16;
+      const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+      const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+      __nv_bfloat16* const dst = t_q1;
+      if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 896; i += 256) {
+          const int r = i / 14, c = (i % 14) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 120 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 7168; i += 256) {
+          const int r = i / 112, c = i % 112;
+          dst[(r) * 120 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    {
+      const int v_i1_end = 32;
+      for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
+        // s1_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((i1 * 128) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+112, 0:+128]
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int s3 = ((((((v_i1 * 128) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 16);
+          const int s4 = 0;
+          const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+          const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+          float* const dst = t_s1_f32;
+          if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            for (int i = tid; i < 3584; i += 256) {
+              const int r = i / 32, c = (i % 32) * 4;
+              const int gr = s3 + r;
+              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 14336; i += 256) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
+        // s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 128)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
+        {
+          for (int i = tid; i < 14336; i += 256) {
+            const int r = i / 128, c = i % 128;
+            t_s1_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 128)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
+          }
+        }
+        // s1_lo[row, col] = (select((((row + 16) < i1) || ((row + 16) >= 128)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951))) - s1_hi[row, col])
+        {
+          for (int i = tid; i < 14336; i += 256) {
+            const int r = i / 128, c = i % 128;
+            t_s1_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((((r + 16) < v_i1) || ((r + 16) >= 128)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(t_s1_hi[(r) * 136 + (c)])));
+          }
+        }
+        __syncthreads();
+        // num_a = mma.tc(q1, s1_hi) [64x128 in 16x32 units over 8 warps]
         {
           #pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            const int u = warp + j * 4;
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            float (&acc)[4][4] = f_num_a[j];
+            #pragma unroll
+            for (int q = 0; q < 4; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+            for (int k0 = 0; k0 < 112; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4(af, &t_q1[(m0 + prt::a_row(lane)) * 120 + k0 + prt::a_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 4; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_s1_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
+            }
+          }
+        }
+        // num_a += mma.tc(q1, s1_lo) [64x128 in 16x32 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            float (&acc)[4][4] = f_num_a[j];
+            for (int k0 = 0; k0 < 112; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4(af, &t_q1[(m0 + prt::a_row(lane)) * 120 + k0 + prt::a_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 4; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_s1_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
+            }
+          }
+        }
+        // num_s[row, col] = (num_s[row, col] + (q1[row, (i1 - 16)] * num_a[row, col]))
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
             const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                f_num[j][q][e] = (((prt::to_f32(t_den[r]) > 0.0f) ? ((f_num[j][q][e] * expf((prt::to_f32(t_max_a[r]) - prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)))) / prt::to_f32(t_den[r])) : 0.0f) + f_num_s[j][q][e]);
+                f_num_s[j][q][e] = (f_num_s[j][q][e] + (prt::to_f32(t_q1[(r) * 120 + ((v_i1 - 16))]) * f_num_a[j][q][e]));
               }
             }
           }
         }
-        // den_block[row] = select((den[row] > 0.0), (den_block[row] / den[row]), 0.0)
-        {
-          for (int r = tid; r < 64; r += 128) {
-            t_den_block[r] = prt::from_f32<float>(((prt::to_f32(t_den[r]) > 0.0f) ? (prt::to_f32(t_den_block[r]) / prt::to_f32(t_den[r])) : 0.0f));
-          }
+      }
+    }
+    __syncthreads();
+    // q2 = load.async Q[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y, 32:+96]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const int s3 = 32;
+      const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+      const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+      __nv_bfloat16* const dst = t_q2;
+      if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 768; i += 256) {
+          const int r = i / 12, c = (i % 12) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 104 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
         }
-        // store yS[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y, 0:+128] = num_s
+      }
+      else {
+        for (int i = tid; i < 6144; i += 256) {
+          const int r = i / 96, c = i % 96;
+          dst[(r) * 104 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    {
+      const int v_i2_end = 48;
+      for (int v_i2 = 32; v_i2 < v_i2_end; v_i2 += 1) {
+        // s2_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((i2 * 128) - ((i2 * (i2 - 1)) // 2)) + i2) - i2) - i2) + 32):+96, 0:+128]
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-          const int a2 = static_cast<int>(blockIdx.y);
-          const int s3 = 0;
-          const bool ok = a0 >= 0 && a0 < g_yS_d0 && a2 >= 0 && a2 < g_yS_d2;
-          const long long base = static_cast<long long>(a0) * g_yS_s0 + static_cast<long long>(s1) * g_yS_s1 + static_cast<long long>(a2) * g_yS_s2 + static_cast<long long>(s3) * g_yS_s3;
-          if (ok) {
+          const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int s3 = ((((((v_i2 * 128) - ((v_i2 * (v_i2 - 1)) / 2)) + v_i2) - v_i2) - v_i2) + 32);
+          const int s4 = 0;
+          const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+          const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+          float* const dst = t_s2_f32;
+          if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            for (int i = tid; i < 3072; i += 256) {
+              const int r = i / 32, c = (i % 32) * 4;
+              const int gr = s3 + r;
+              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 12288; i += 256) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
+        // s2_hi[row, col] = select((((row + 32) < i2) || ((row + 32) >= 128)), 0.0, ((s2_f32[row, col] / 1.0) * select(((row + 32) == i2), 1.0, 1.4142135623730951)))
+        {
+          for (int i = tid; i < 12288; i += 256) {
+            const int r = i / 128, c = i % 128;
+            t_s2_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 32) < v_i2) || ((r + 32) >= 128)) ? 0.0f : ((prt::to_f32(t_s2_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))));
+          }
+        }
+        // s2_lo[row, col] = (select((((row + 32) < i2) || ((row + 32) >= 128)), 0.0, ((s2_f32[row, col] / 1.0) * select(((row + 32) == i2), 1.0, 1.4142135623730951))) - s2_hi[row, col])
+        {
+          for (int i = tid; i < 12288; i += 256) {
+            const int r = i / 128, c = i % 128;
+            t_s2_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((((r + 32) < v_i2) || ((r + 32) >= 128)) ? 0.0f : ((prt::to_f32(t_s2_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(t_s2_hi[(r) * 136 + (c)])));
+          }
+        }
+        __syncthreads();
+        // num_a = mma.tc(q2, s2_hi) [64x128 in 16x32 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            float (&acc)[4][4] = f_num_a[j];
             #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  if (s1 + r >= 0 && s1 + r < g_yS_d1 && s3 + c >= 0 && s3 + c < g_yS_d3) g_yS[base + static_cast<long long>(r) * g_yS_s1 + static_cast<long long>(c) * g_yS_s3] = prt::from_f32<float>(f_num_s[j][q][e]);
-                }
-              }
-            }
-          }
-        }
-        // store wS[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y] = den_block
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-          const int a2 = static_cast<int>(blockIdx.y);
-          const bool ok = a0 >= 0 && a0 < g_wS_d0 && a2 >= 0 && a2 < g_wS_d2;
-          const long long base = static_cast<long long>(a0) * g_wS_s0 + static_cast<long long>(s1) * g_wS_s1 + static_cast<long long>(a2) * g_wS_s2;
-          if (ok) {
-            for (int r = tid; r < 64; r += 128) {
-              if (s1 + r >= 0 && s1 + r < g_wS_d1) g_wS[base + static_cast<long long>(r) * g_wS_s1] = t_den_block[r];
-            }
-          }
-        }
-        // lse_t[row] = select((den[row] > 0.0), (log(den[row]) + max(max_a[row], 0.0)), -Infinity)
-        {
-          for (int r = tid; r < 64; r += 128) {
-            t_lse_t[r] = prt::from_f32<float>(((prt::to_f32(t_den[r]) > 0.0f) ? (logf(prt::to_f32(t_den[r])) + prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)) : __int_as_float(0xff800000)));
-          }
-        }
-        // store Y[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y, 0:+128] = num
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-          const int a2 = static_cast<int>(blockIdx.y);
-          const int s3 = 0;
-          const bool ok = a0 >= 0 && a0 < g_Y_d0 && a2 >= 0 && a2 < g_Y_d2;
-          const long long base = static_cast<long long>(a0) * g_Y_s0 + static_cast<long long>(s1) * g_Y_s1 + static_cast<long long>(a2) * g_Y_s2 + static_cast<long long>(s3) * g_Y_s3;
-          if (ok) {
+            for (int q = 0; q < 4; ++q)
             #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+            for (int k0 = 0; k0 < 96; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4(af, &t_q2[(m0 + prt::a_row(lane)) * 104 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  if (s1 + r >= 0 && s1 + r < g_Y_d1 && s3 + c >= 0 && s3 + c < g_Y_d3) g_Y[base + static_cast<long long>(r) * g_Y_s1 + static_cast<long long>(c) * g_Y_s3] = prt::from_f32<__nv_bfloat16>(f_num[j][q][e]);
-                }
+              for (int q = 0; q < 4; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_s2_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
               }
             }
           }
         }
-        // store lse[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y] = lse_t
+        // num_a += mma.tc(q2, s2_lo) [64x128 in 16x32 units over 8 warps]
         {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-          const int a2 = static_cast<int>(blockIdx.y);
-          const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
-          const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
-          if (ok) {
-            for (int r = tid; r < 64; r += 128) {
-              if (s1 + r >= 0 && s1 + r < g_lse_d1) g_lse[base + static_cast<long long>(r) * g_lse_s1] = t_lse_t[r];
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            float (&acc)[4][4] = f_num_a[j];
+            for (int k0 = 0; k0 < 96; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4(af, &t_q2[(m0 + prt::a_row(lane)) * 104 + k0 + prt::a_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 4; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_s2_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
             }
           }
+        }
+        // num_s[row, col] = (num_s[row, col] + (q2[row, (i2 - 32)] * num_a[row, col]))
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_num_s[j][q][e] = (f_num_s[j][q][e] + (prt::to_f32(t_q2[(r) * 104 + ((v_i2 - 32))]) * f_num_a[j][q][e]));
+              }
+            }
+          }
+        }
+      }
+    }
+    __syncthreads();
+    // q3 = load.async Q[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y, 48:+80]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const int s3 = 48;
+      const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+      const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+      __nv_bfloat16* const dst = t_q3;
+      if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 640; i += 256) {
+          const int r = i / 10, c = (i % 10) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 88 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 5120; i += 256) {
+          const int r = i / 80, c = i % 80;
+          dst[(r) * 88 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    {
+      const int v_i3_end = 64;
+      for (int v_i3 = 48; v_i3 < v_i3_end; v_i3 += 1) {
+        // s3_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((i3 * 128) - ((i3 * (i3 - 1)) // 2)) + i3) - i3) - i3) + 48):+80, 0:+128]
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int s3 = ((((((v_i3 * 128) - ((v_i3 * (v_i3 - 1)) / 2)) + v_i3) - v_i3) - v_i3) + 48);
+          const int s4 = 0;
+          const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+          const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+          float* const dst = t_s3_f32;
+          if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            for (int i = tid; i < 2560; i += 256) {
+              const int r = i / 32, c = (i % 32) * 4;
+              const int gr = s3 + r;
+              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 10240; i += 256) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
+        // s3_hi[row, col] = select((((row + 48) < i3) || ((row + 48) >= 128)), 0.0, ((s3_f32[row, col] / 1.0) * select(((row + 48) == i3), 1.0, 1.4142135623730951)))
+        {
+          for (int i = tid; i < 10240; i += 256) {
+            const int r = i / 128, c = i % 128;
+            t_s3_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 48) < v_i3) || ((r + 48) >= 128)) ? 0.0f : ((prt::to_f32(t_s3_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))));
+          }
+        }
+        // s3_lo[row, col] = (select((((row + 48) < i3) || ((row + 48) >= 128)), 0.0, ((s3_f32[row, col] / 1.0) * select(((row + 48) == i3), 1.0, 1.4142135623730951))) - s3_hi[row, col])
+        {
+          for (int i = tid; i < 10240; i += 256) {
+            const int r = i / 128, c = i % 128;
+            t_s3_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((((r + 48) < v_i3) || ((r + 48) >= 128)) ? 0.0f : ((prt::to_f32(t_s3_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(t_s3_hi[(r) * 136 + (c)])));
+          }
+        }
+        __syncthreads();
+        // num_a = mma.tc(q3, s3_hi) [64x128 in 16x32 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            float (&acc)[4][4] = f_num_a[j];
+            #pragma unroll
+            for (int q = 0; q < 4; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+            for (int k0 = 0; k0 < 80; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4(af, &t_q3[(m0 + prt::a_row(lane)) * 88 + k0 + prt::a_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 4; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_s3_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
+            }
+          }
+        }
+        // num_a += mma.tc(q3, s3_lo) [64x128 in 16x32 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            float (&acc)[4][4] = f_num_a[j];
+            for (int k0 = 0; k0 < 80; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4(af, &t_q3[(m0 + prt::a_row(lane)) * 88 + k0 + prt::a_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 4; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_s3_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
+            }
+          }
+        }
+        // num_s[row, col] = (num_s[row, col] + (q3[row, (i3 - 48)] * num_a[row, col]))
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_num_s[j][q][e] = (f_num_s[j][q][e] + (prt::to_f32(t_q3[(r) * 88 + ((v_i3 - 48))]) * f_num_a[j][q][e]));
+              }
+            }
+          }
+        }
+      }
+    }
+    __syncthreads();
+    // q4 = load.async Q[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y, 64:+64]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const int s3 = 64;
+      const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+      const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+      __nv_bfloat16* const dst = t_q4;
+      if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 256) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 256) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    {
+      const int v_i4_end = 80;
+      for (int v_i4 = 64; v_i4 < v_i4_end; v_i4 += 1) {
+        // s4_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((i4 * 128) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 64):+64, 0:+128]
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int s3 = ((((((v_i4 * 128) - ((v_i4 * (v_i4 - 1)) / 2)) + v_i4) - v_i4) - v_i4) + 64);
+          const int s4 = 0;
+          const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+          const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+          float* const dst = t_s4_f32;
+          if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            for (int i = tid; i < 2048; i += 256) {
+              const int r = i / 32, c = (i % 32) * 4;
+              const int gr = s3 + r;
+              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 256) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
+        // s4_hi[row, col] = select((((row + 64) < i4) || ((row + 64) >= 128)), 0.0, ((s4_f32[row, col] / 1.0) * select(((row + 64) == i4), 1.0, 1.4142135623730951)))
+        {
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 128, c = i % 128;
+            t_s4_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 64) < v_i4) || ((r + 64) >= 128)) ? 0.0f : ((prt::to_f32(t_s4_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 64) == v_i4) ? 1.0f : 1.4142135623730951f))));
+          }
+        }
+        // s4_lo[row, col] = (select((((row + 64) < i4) || ((row + 64) >= 128)), 0.0, ((s4_f32[row, col] / 1.0) * select(((row + 64) == i4), 1.0, 1.4142135623730951))) - s4_hi[row, col])
+        {
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 128, c = i % 128;
+            t_s4_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((((r + 64) < v_i4) || ((r + 64) >= 128)) ? 0.0f : ((prt::to_f32(t_s4_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 64) == v_i4) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(t_s4_hi[(r) * 136 + (c)])));
+          }
+        }
+        __syncthreads();
+        // num_a = mma.tc(q4, s4_hi) [64x128 in 16x32 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            float (&acc)[4][4] = f_num_a[j];
+            #pragma unroll
+            for (int q = 0; q < 4; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4(af, &t_q4[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 4; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_s4_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
+            }
+          }
+        }
+        // num_a += mma.tc(q4, s4_lo) [64x128 in 16x32 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            float (&acc)[4][4] = f_num_a[j];
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4(af, &t_q4[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 4; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_s4_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
+            }
+          }
+        }
+        // num_s[row, col] = (num_s[row, col] + (q4[row, (i4 - 64)] * num_a[row, col]))
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_num_s[j][q][e] = (f_num_s[j][q][e] + (prt::to_f32(t_q4[(r) * 72 + ((v_i4 - 64))]) * f_num_a[j][q][e]));
+              }
+            }
+          }
+        }
+      }
+    }
+    __syncthreads();
+    // q5 = load.async Q[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y, 80:+48]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const int s3 = 80;
+      const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+      const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+      __nv_bfloat16* const dst = t_q5;
+      if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 384; i += 256) {
+          const int r = i / 6, c = (i % 6) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 56 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 3072; i += 256) {
+          const int r = i / 48, c = i % 48;
+          dst[(r) * 56 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    {
+      const int v_i5_end = 96;
+      for (int v_i5 = 80; v_i5 < v_i5_end; v_i5 += 1) {
+        // s5_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((i5 * 128) - ((i5 * (i5 - 1)) // 2)) + i5) - i5) - i5) + 80):+48, 0:+128]
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int s3 = ((((((v_i5 * 128) - ((v_i5 * (v_i5 - 1)) / 2)) + v_i5) - v_i5) - v_i5) + 80);
+          const int s4 = 0;
+          const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+          const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+          float* const dst = t_s5_f32;
+          if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            for (int i = tid; i < 1536; i += 256) {
+              const int r = i / 32, c = (i % 32) * 4;
+              const int gr = s3 + r;
+              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 6144; i += 256) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
+        // s5_hi[row, col] = select((((row + 80) < i5) || ((row + 80) >= 128)), 0.0, ((s5_f32[row, col] / 1.0) * select(((row + 80) == i5), 1.0, 1.4142135623730951)))
+        {
+          for (int i = tid; i < 6144; i += 256) {
+            const int r = i / 128, c = i % 128;
+            t_s5_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 80) < v_i5) || ((r + 80) >= 128)) ? 0.0f : ((prt::to_f32(t_s5_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 80) == v_i5) ? 1.0f : 1.4142135623730951f))));
+          }
+        }
+        // s5_lo[row, col] = (select((((row + 80) < i5) || ((row + 80) >= 128)), 0.0, ((s5_f32[row, col] / 1.0) * select(((row + 80) == i5), 1.0, 1.4142135623730951))) - s5_hi[row, col])
+        {
+          for (int i = tid; i < 6144; i += 256) {
+            const int r = i / 128, c = i % 128;
+            t_s5_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((((r + 80) < v_i5) || ((r + 80) >= 128)) ? 0.0f : ((prt::to_f32(t_s5_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 80) == v_i5) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(t_s5_hi[(r) * 136 + (c)])));
+          }
+        }
+        __syncthreads();
+        // num_a = mma.tc(q5, s5_hi) [64x128 in 16x32 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            float (&acc)[4][4] = f_num_a[j];
+            #pragma unroll
+            for (int q = 0; q < 4; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+            for (int k0 = 0; k0 < 48; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4(af, &t_q5[(m0 + prt::a_row(lane)) * 56 + k0 + prt::a_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 4; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_s5_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
+            }
+          }
+        }
+        // num_a += mma.tc(q5, s5_lo) [64x128 in 16x32 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            float (&acc)[4][4] = f_num_a[j];
+            for (int k0 = 0; k0 < 48; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4(af, &t_q5[(m0 + prt::a_row(lane)) * 56 + k0 + prt::a_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 4; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_s5_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
+            }
+          }
+        }
+        // num_s[row, col] = (num_s[row, col] + (q5[row, (i5 - 80)] * num_a[row, col]))
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_num_s[j][q][e] = (f_num_s[j][q][e] + (prt::to_f32(t_q5[(r) * 56 + ((v_i5 - 80))]) * f_num_a[j][q][e]));
+              }
+            }
+          }
+        }
+      }
+    }
+    __syncthreads();
+    // q6 = load.async Q[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y, 96:+32]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const int s3 = 96;
+      const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+      const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+      __nv_bfloat16* const dst = t_q6;
+      if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 256; i += 256) {
+          const int r = i / 4, c = (i % 4) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 256) {
+          const int r = i / 32, c = i % 32;
+          dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    {
+      const int v_i6_end = 112;
+      for (int v_i6 = 96; v_i6 < v_i6_end; v_i6 += 1) {
+        // s6_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((i6 * 128) - ((i6 * (i6 - 1)) // 2)) + i6) - i6) - i6) + 96):+32, 0:+128]
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int s3 = ((((((v_i6 * 128) - ((v_i6 * (v_i6 - 1)) / 2)) + v_i6) - v_i6) - v_i6) + 96);
+          const int s4 = 0;
+          const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+          const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+          float* const dst = t_s6_f32;
+          if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            for (int i = tid; i < 1024; i += 256) {
+              const int r = i / 32, c = (i % 32) * 4;
+              const int gr = s3 + r;
+              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 256) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
+        // s6_hi[row, col] = select((((row + 96) < i6) || ((row + 96) >= 128)), 0.0, ((s6_f32[row, col] / 1.0) * select(((row + 96) == i6), 1.0, 1.4142135623730951)))
+        {
+          for (int i = tid; i < 4096; i += 256) {
+            const int r = i / 128, c = i % 128;
+            t_s6_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 96) < v_i6) || ((r + 96) >= 128)) ? 0.0f : ((prt::to_f32(t_s6_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 96) == v_i6) ? 1.0f : 1.4142135623730951f))));
+          }
+        }
+        // s6_lo[row, col] = (select((((row + 96) < i6) || ((row + 96) >= 128)), 0.0, ((s6_f32[row, col] / 1.0) * select(((row + 96) == i6), 1.0, 1.4142135623730951))) - s6_hi[row, col])
+        {
+          for (int i = tid; i < 4096; i += 256) {
+            const int r = i / 128, c = i % 128;
+            t_s6_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((((r + 96) < v_i6) || ((r + 96) >= 128)) ? 0.0f : ((prt::to_f32(t_s6_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 96) == v_i6) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(t_s6_hi[(r) * 136 + (c)])));
+          }
+        }
+        __syncthreads();
+        // num_a = mma.tc(q6, s6_hi) [64x128 in 16x32 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            float (&acc)[4][4] = f_num_a[j];
+            #pragma unroll
+            for (int q = 0; q < 4; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+            for (int k0 = 0; k0 < 32; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4(af, &t_q6[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 4; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_s6_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
+            }
+          }
+        }
+        // num_a += mma.tc(q6, s6_lo) [64x128 in 16x32 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            float (&acc)[4][4] = f_num_a[j];
+            for (int k0 = 0; k0 < 32; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4(af, &t_q6[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 4; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_s6_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
+            }
+          }
+        }
+        // num_s[row, col] = (num_s[row, col] + (q6[row, (i6 - 96)] * num_a[row, col]))
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_num_s[j][q][e] = (f_num_s[j][q][e] + (prt::to_f32(t_q6[(r) * 40 + ((v_i6 - 96))]) * f_num_a[j][q][e]));
+              }
+            }
+          }
+        }
+      }
+    }
+    __syncthreads();
+    // q7 = load.async Q[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y, 112:+16]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const int s3 = 112;
+      const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+      const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+      __nv_bfloat16* const dst = t_q7;
+      if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 128; i += 256) {
+          const int r = i / 2, c = (i % 2) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 16, c = i % 16;
+          dst[(r) * 24 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    {
+      const int v_i7_end = 128;
+      for (int v_i7 = 112; v_i7 < v_i7_end; v_i7 += 1) {
+        // s7_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((i7 * 128) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 112):+16, 0:+128]
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int s3 = ((((((v_i7 * 128) - ((v_i7 * (v_i7 - 1)) / 2)) + v_i7) - v_i7) - v_i7) + 112);
+          const int s4 = 0;
+          const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+          const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+          float* const dst = t_s7_f32;
+          if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            for (int i = tid; i < 512; i += 256) {
+              const int r = i / 32, c = (i % 32) * 4;
+              const int gr = s3 + r;
+              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 256) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
+        // s7_hi[row, col] = select((((row + 112) < i7) || ((row + 112) >= 128)), 0.0, ((s7_f32[row, col] / 1.0) * select(((row + 112) == i7), 1.0, 1.4142135623730951)))
+        {
+          for (int i = tid; i < 2048; i += 256) {
+            const int r = i / 128, c = i % 128;
+            t_s7_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 112) < v_i7) || ((r + 112) >= 128)) ? 0.0f : ((prt::to_f32(t_s7_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 112) == v_i7) ? 1.0f : 1.4142135623730951f))));
+          }
+        }
+        // s7_lo[row, col] = (select((((row + 112) < i7) || ((row + 112) >= 128)), 0.0, ((s7_f32[row, col] / 1.0) * select(((row + 112) == i7), 1.0, 1.4142135623730951))) - s7_hi[row, col])
+        {
+          for (int i = tid; i < 2048; i += 256) {
+            const int r = i / 128, c = i % 128;
+            t_s7_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((((r + 112) < v_i7) || ((r + 112) >= 128)) ? 0.0f : ((prt::to_f32(t_s7_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 112) == v_i7) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(t_s7_hi[(r) * 136 + (c)])));
+          }
+        }
+        __syncthreads();
+        // num_a = mma.tc(q7, s7_hi) [64x128 in 16x32 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            float (&acc)[4][4] = f_num_a[j];
+            #pragma unroll
+            for (int q = 0; q < 4; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+            for (int k0 = 0; k0 < 16; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4(af, &t_q7[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 4; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_s7_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
+            }
+          }
+        }
+        // num_a += mma.tc(q7, s7_lo) [64x128 in 16x32 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            float (&acc)[4][4] = f_num_a[j];
+            for (int k0 = 0; k0 < 16; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4(af, &t_q7[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 4; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_s7_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
+            }
+          }
+        }
+        // num_s[row, col] = (num_s[row, col] + (q7[row, (i7 - 112)] * num_a[row, col]))
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_num_s[j][q][e] = (f_num_s[j][q][e] + (prt::to_f32(t_q7[(r) * 24 + ((v_i7 - 112))]) * f_num_a[j][q][e]));
+              }
+            }
+          }
+        }
+      }
+    }
+    // num = load numA[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y, 0:+128]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_numA_d0 && a2 >= 0 && a2 < g_numA_d2;
+      const long long base = static_cast<long long>(a0) * g_numA_s0 + static_cast<long long>(s1) * g_numA_s1 + static_cast<long long>(a2) * g_numA_s2 + static_cast<long long>(s3) * g_numA_s3;
+      #pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int u = warp + j * 8;
+        const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            f_num[j][q][e] = ok && s1 + r >= 0 && s1 + r < g_numA_d1 && s3 + c >= 0 && s3 + c < g_numA_d3 ? prt::to_f32(g_numA[base + static_cast<long long>(r) * g_numA_s1 + static_cast<long long>(c) * g_numA_s3]) : 0.0f;
+          }
+        }
+      }
+    }
+    __syncthreads();
+    // den_a = load denA[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const bool ok = a0 >= 0 && a0 < g_denA_d0 && a2 >= 0 && a2 < g_denA_d2;
+      const long long base = static_cast<long long>(a0) * g_denA_s0 + static_cast<long long>(s1) * g_denA_s1 + static_cast<long long>(a2) * g_denA_s2;
+      float* const dst = t_den_a;
+      for (int r = tid; r < 64; r += 256) {
+        dst[r] = ok && s1 + r >= 0 && s1 + r < g_denA_d1 ? g_denA[base + static_cast<long long>(r) * g_denA_s1] : prt::from_f32<float>(0.0f);
+      }
+    }
+    // max_a = load maxA[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const bool ok = a0 >= 0 && a0 < g_maxA_d0 && a2 >= 0 && a2 < g_maxA_d2;
+      const long long base = static_cast<long long>(a0) * g_maxA_s0 + static_cast<long long>(s1) * g_maxA_s1 + static_cast<long long>(a2) * g_maxA_s2;
+      float* const dst = t_max_a;
+      for (int r = tid; r < 64; r += 256) {
+        dst[r] = ok && s1 + r >= 0 && s1 + r < g_maxA_d1 ? g_maxA[base + static_cast<long long>(r) * g_maxA_s1] : prt::from_f32<float>(0.0f);
+      }
+    }
+    // den_a[row] = (den_a[row] * exp((max_a[row] - max(max_a[row], 0.0))))
+    {
+      for (int r = tid; r < 64; r += 256) {
+        t_den_a[r] = prt::from_f32<float>((prt::to_f32(t_den_a[r]) * expf((prt::to_f32(t_max_a[r]) - prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)))));
+      }
+    }
+    // den_s[row] = (den_s[row] * ((exp((lam[(((pid.x % 1) * 64) + row)] - max(max_a[row], 0.0))) * ($scale * $scale)) * 1.0))
+    {
+      for (int r = tid; r < 64; r += 256) {
+        t_den_s[r] = prt::from_f32<float>((prt::to_f32(t_den_s[r]) * ((expf((prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 64) + r)]) - prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f))) * (p_scale * p_scale)) * 1.0f)));
+      }
+    }
+    // den[row] = (den_a[row] + den_s[row])
+    {
+      for (int r = tid; r < 64; r += 256) {
+        t_den[r] = prt::from_f32<float>((prt::to_f32(t_den_a[r]) + prt::to_f32(t_den_s[r])));
+      }
+    }
+    __syncthreads();
+    // num_s[row, col] = select((den[row] > 0.0), ((num_s[row, col] * ((exp((lam[(((pid.x % 1) * 64) + row)] - max(max_a[row], 0.0))) * ($scale * $scale)) * 1.0)) / den[row]), 0.0)
+    {
+      #pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int u = warp + j * 8;
+        const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            f_num_s[j][q][e] = ((prt::to_f32(t_den[r]) > 0.0f) ? ((f_num_s[j][q][e] * ((expf((prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 64) + r)]) - prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f))) * (p_scale * p_scale)) * 1.0f)) / prt::to_f32(t_den[r])) : 0.0f);
+          }
+        }
+      }
+    }
+    // num[row, col] = (select((den[row] > 0.0), ((num[row, col] * exp((max_a[row] - max(max_a[row], 0.0)))) / den[row]), 0.0) + num_s[row, col])
+    {
+      #pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int u = warp + j * 8;
+        const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            f_num[j][q][e] = (((prt::to_f32(t_den[r]) > 0.0f) ? ((f_num[j][q][e] * expf((prt::to_f32(t_max_a[r]) - prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)))) / prt::to_f32(t_den[r])) : 0.0f) + f_num_s[j][q][e]);
+          }
+        }
+      }
+    }
+    // den_s[row] = select((den[row] > 0.0), (den_s[row] / den[row]), 0.0)
+    {
+      for (int r = tid; r < 64; r += 256) {
+        t_den_s[r] = prt::from_f32<float>(((prt::to_f32(t_den[r]) > 0.0f) ? (prt::to_f32(t_den_s[r]) / prt::to_f32(t_den[r])) : 0.0f));
+      }
+    }
+    // store yS[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y, 0:+128] = num_s
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_yS_d0 && a2 >= 0 && a2 < g_yS_d2;
+      const long long base = static_cast<long long>(a0) * g_yS_s0 + static_cast<long long>(s1) * g_yS_s1 + static_cast<long long>(a2) * g_yS_s2 + static_cast<long long>(s3) * g_yS_s3;
+      if (ok) {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              if (s1 + r >= 0 && s1 + r < g_yS_d1 && s3 + c >= 0 && s3 + c < g_yS_d3) g_yS[base + static_cast<long long>(r) * g_yS_s1 + static_cast<long long>(c) * g_yS_s3] = prt::from_f32<float>(f_num_s[j][q][e]);
+            }
+          }
+        }
+      }
+    }
+    // store wS[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y] = den_s
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const bool ok = a0 >= 0 && a0 < g_wS_d0 && a2 >= 0 && a2 < g_wS_d2;
+      const long long base = static_cast<long long>(a0) * g_wS_s0 + static_cast<long long>(s1) * g_wS_s1 + static_cast<long long>(a2) * g_wS_s2;
+      if (ok) {
+        for (int r = tid; r < 64; r += 256) {
+          if (s1 + r >= 0 && s1 + r < g_wS_d1) g_wS[base + static_cast<long long>(r) * g_wS_s1] = t_den_s[r];
+        }
+      }
+    }
+    __syncthreads();
+    // lse_t[row] = select((den[row] > 0.0), (log(den[row]) + max(max_a[row], 0.0)), -Infinity)
+    {
+      for (int r = tid; r < 64; r += 256) {
+        t_lse_t[r] = prt::from_f32<float>(((prt::to_f32(t_den[r]) > 0.0f) ? (logf(prt::to_f32(t_den[r])) + prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)) : __int_as_float(0xff800000)));
+      }
+    }
+    // store Y[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y, 0:+128] = num
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_Y_d0 && a2 >= 0 && a2 < g_Y_d2;
+      const long long base = static_cast<long long>(a0) * g_Y_s0 + static_cast<long long>(s1) * g_Y_s1 + static_cast<long long>(a2) * g_Y_s2 + static_cast<long long>(s3) * g_Y_s3;
+      if (ok) {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              if (s1 + r >= 0 && s1 + r < g_Y_d1 && s3 + c >= 0 && s3 + c < g_Y_d3) g_Y[base + static_cast<long long>(r) * g_Y_s1 + static_cast<long long>(c) * g_Y_s3] = prt::from_f32<__nv_bfloat16>(f_num[j][q][e]);
+            }
+          }
+        }
+      }
+    }
+    // store lse[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y] = lse_t
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+      const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+      if (ok) {
+        for (int r = tid; r < 64; r += 256) {
+          if (s1 + r >= 0 && s1 + r < g_lse_d1) g_lse[base + static_cast<long long>(r) * g_lse_s1] = t_lse_t[r];
         }
       }
     }
@@ -6750,10 +9364,10 @@ extern "C" cudaError_t prt_attention_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2_launch
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_update_state_p2_d128_e128_c64_bf16_w4_bd64_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d128_e128_c64_bf16_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 103168);
+extern "C" cudaError_t prt_update_state_p2_d128_e128_c64_bf16_w8_bd128_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
+  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d128_e128_c64_bf16_w8_bd128_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 83456);
   if (err != cudaSuccess) return err;
-  prt_update_state_p2_d128_e128_c64_bf16_w4_bd64_bt64_s2<<<grid, 128, 103168, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
+  prt_update_state_p2_d128_e128_c64_bf16_w8_bd128_bt64_s1<<<grid, 256, 83456, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
@@ -6764,10 +9378,10 @@ extern "C" cudaError_t prt_discounted_cumsum_p2_d128_e128_c64_bf16_w4_bd64_bt64_
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_query_state_p2_d128_e128_c64_bf16_w4_bd32_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_numA, const float* g_denA, const float* g_maxA, __nv_bfloat16* g_Y, float* g_lse, float* g_yS, float* g_wS, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_p2_d128_e128_c64_bf16_w4_bd32_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 103168);
+extern "C" cudaError_t prt_query_state_p2_d128_e128_c64_bf16_w8_bd0_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_numA, const float* g_denA, const float* g_maxA, __nv_bfloat16* g_Y, float* g_lse, float* g_yS, float* g_wS, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_p2_d128_e128_c64_bf16_w8_bd0_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 153088);
   if (err != cudaSuccess) return err;
-  prt_query_state_p2_d128_e128_c64_bf16_w4_bd32_bt64_s2<<<grid, 128, 103168, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_numA, g_denA, g_maxA, g_Y, g_lse, g_yS, g_wS, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_query_state_p2_d128_e128_c64_bf16_w8_bd0_bt64_s1<<<grid, 256, 153088, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_numA, g_denA, g_maxA, g_Y, g_lse, g_yS, g_wS, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 

@@ -486,8 +486,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
 }
 
 // update_state: dS_m = phi(k')^T V, dZ_m = colsum phi(k') per chunk, k' = k exp((G_m - lam)/p)
-// grid (9, $n, ($b * $h)), 128 threads, 54016 bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c64_bf16_w4_bd64_bt64_s2(
+// grid (1, $n, ($b * $h)), 128 threads, 23040 bytes of dynamic shared memory
+extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c64_bf16_w4_bd32_bt64_s1(
     const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -560,16 +560,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
   (void)g_dZ_d3;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 32] pitch 32, 2 copies
-  __nv_bfloat16* t_k = t_k_base;
-  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_smem + 8704);  // bf16[64, 32] pitch 40, 2 copies
-  __nv_bfloat16* t_v = t_v_base;
-  float* const t_phi_f32 = reinterpret_cast<float*>(prt_smem + 18944);  // f32[64, 64] pitch 64
-  __nv_bfloat16* const t_phi_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 35328);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_phi_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 44544);  // bf16[64, 64] pitch 72
-  float f_s[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
-  float* const t_z = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  float* const t_z_block = reinterpret_cast<float*>(prt_smem + 53760);  // f32[64] pitch 64
+  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 32] pitch 32
+  __nv_bfloat16* const t_k0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 4608);  // bf16[64, 32] pitch 40
+  float* const t_kgk0 = reinterpret_cast<float*>(prt_smem + 15872);  // f32[32, 16] pitch 16
+  __nv_bfloat16* const t_gk0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 9728);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_gk0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 12800);  // bf16[64, 16] pitch 24
+  float f_s0[1][2][4];  // f32[32, 32] as mma fragments: 32x32 in 16x16 units over 4 warps
+  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
+  __nv_bfloat16* const t_u0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 9728);  // bf16[64, 32] pitch 40
+  __nv_bfloat16* const t_u0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 17920);  // bf16[64, 32] pitch 40
+  __nv_bfloat16* const t_k1 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 4608);  // bf16[64, 16] pitch 24
+  float* const t_kgk1 = reinterpret_cast<float*>(prt_smem + 13824);  // f32[16, 16] pitch 16
+  __nv_bfloat16* const t_gk1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 7680);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_gk1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 10752);  // bf16[64, 16] pitch 24
+  float f_s1[1][1][4];  // f32[16, 32] as mma fragments: 16x32 in 16x8 units over 4 warps
+  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 0);  // f32[16] pitch 16
+  __nv_bfloat16* const t_u1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 7680);  // bf16[64, 32] pitch 40
+  __nv_bfloat16* const t_u1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 14848);  // bf16[64, 32] pitch 40
   // g = load logG[(pid.z // $h), (pid.y * 64):+64, (pid.z % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.z) / p_h);
@@ -596,274 +603,471 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
       }
     }
   }
-  // s[row, col] = 0.0
+  // v = load.async V[(pid.z // $h), (pid.y * 64):+64, (pid.z % $h), (pid.x * 32):+32]
   {
-    #pragma unroll
-    for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
+    const int s1 = (static_cast<int>(blockIdx.y) * 64);
+    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
+    const int s3 = (static_cast<int>(blockIdx.x) * 32);
+    const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+    const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+    __nv_bfloat16* const dst = t_v;
+    if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      for (int i = tid; i < 256; i += 128) {
+        const int r = i / 4, c = (i % 4) * 8;
+        const int gr = s1 + r;
+        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+        prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+      }
+    }
+    else {
+      for (int i = tid; i < 2048; i += 128) {
+        const int r = i / 32, c = i % 32;
+        dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+      }
+    }
+  }
+  // k0 = load.async K[(pid.z // $h), (pid.y * 64):+64, (pid.z % $h), 0:+32]
+  {
+    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
+    const int s1 = (static_cast<int>(blockIdx.y) * 64);
+    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
+    const int s3 = 0;
+    const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+    const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+    __nv_bfloat16* const dst = t_k0;
+    if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      for (int i = tid; i < 256; i += 128) {
+        const int r = i / 4, c = (i % 4) * 8;
+        const int gr = s1 + r;
+        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+      }
+    }
+    else {
+      for (int i = tid; i < 2048; i += 128) {
+        const int r = i / 32, c = i % 32;
+        dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+      }
+    }
+  }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
+  __syncthreads();
+  if ((static_cast<int>(blockIdx.x) == 0)) {
+    // gk0_hi[row, col] = (k0[row, col] * exp((lam[63] - lam[row])))
+    {
+      for (int i = tid; i < 1024; i += 128) {
+        const int r = i / 16, c = i % 16;
+        t_gk0_hi[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k0[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+      }
+    }
+    // gk0_lo[row, col] = ((k0[row, col] * exp((lam[63] - lam[row]))) - gk0_hi[row, col])
+    {
+      for (int i = tid; i < 1024; i += 128) {
+        const int r = i / 16, c = i % 16;
+        t_gk0_lo[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k0[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_gk0_hi[(r) * 24 + (c)])));
+      }
+    }
+    __syncthreads();
+    // kgk0 = mma.tc(k0^T, gk0_hi) [32x16 in 16x8 units over 4 warps]
+    {
       #pragma unroll
-      for (int q = 0; q < 4; ++q) {
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 4;
+        const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+        float acc[1][4];
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_s[j][q][e] = 0.0f;
+        for (int q = 0; q < 1; ++q)
+        #pragma unroll
+          for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          uint32_t af[4];
+          prt::ldmatrix_x4_trans(af, &t_k0[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+          uint32_t bf[2];
+          prt::ldmatrix_x2_trans(bf, &t_gk0_hi[(k0 + (lane & 15)) * 24 + n0]);
+          prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+        }
+        #pragma unroll
+        for (int q = 0; q < 1; ++q)
+        #pragma unroll
+          for (int e = 0; e < 4; ++e) t_kgk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+      }
+    }
+    __syncthreads();
+    // kgk0 += mma.tc(k0^T, gk0_lo) [32x16 in 16x8 units over 4 warps]
+    {
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 4;
+        const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+        float acc[1][4];
+        #pragma unroll
+        for (int q = 0; q < 1; ++q)
+        #pragma unroll
+          for (int e = 0; e < 4; ++e) acc[q][e] = t_kgk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          uint32_t af[4];
+          prt::ldmatrix_x4_trans(af, &t_k0[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+          uint32_t bf[2];
+          prt::ldmatrix_x2_trans(bf, &t_gk0_lo[(k0 + (lane & 15)) * 24 + n0]);
+          prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+        }
+        #pragma unroll
+        for (int q = 0; q < 1; ++q)
+        #pragma unroll
+          for (int e = 0; e < 4; ++e) t_kgk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+      }
+    }
+  }
+  __syncthreads();
+  {
+    const int v_i0_end = 16;
+    for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
+      // u0_hi[row, col] = ((v[row, col] * k0[row, (i0 - 0)]) * exp((lam[63] - lam[row])))
+      {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          t_u0_hi[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v[(r) * 32 + (c)]) * prt::to_f32(t_k0[(r) * 40 + ((v_i0 - 0))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+        }
+      }
+      // u0_lo[row, col] = (((v[row, col] * k0[row, (i0 - 0)]) * exp((lam[63] - lam[row]))) - u0_hi[row, col])
+      {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          t_u0_lo[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_v[(r) * 32 + (c)]) * prt::to_f32(t_k0[(r) * 40 + ((v_i0 - 0))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_u0_hi[(r) * 40 + (c)])));
+        }
+      }
+      __syncthreads();
+      // s0 = mma.tc(k0^T, u0_hi) [32x32 in 16x16 units over 4 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+          float (&acc)[2][4] = f_s0[j];
+          #pragma unroll
+          for (int q = 0; q < 2; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4_trans(af, &t_k0[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 2; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4_trans(bf, &t_u0_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+        }
+      }
+      // s0 += mma.tc(k0^T, u0_lo) [32x32 in 16x16 units over 4 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+          float (&acc)[2][4] = f_s0[j];
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4_trans(af, &t_k0[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 2; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4_trans(bf, &t_u0_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+        }
+      }
+      // s0[row, col] = (s0[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s0[j][q][e] = (f_s0[j][q][e] * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f));
+            }
+          }
+        }
+      }
+      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i0 * 32) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+32, (pid.x * 32):+32] = s0 where (((row + 0) >= i0) && ((row + 0) < 32))
+      {
+        const int a0 = (static_cast<int>(blockIdx.z) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.z) % p_h);
+        const int a2 = static_cast<int>(blockIdx.y);
+        const int s3 = ((((((v_i0 * 32) - ((v_i0 * (v_i0 - 1)) / 2)) + v_i0) - v_i0) - v_i0) + 0);
+        const int s4 = (static_cast<int>(blockIdx.x) * 32);
+        const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
+        const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_dS_d3 && s4 + c >= 0 && s4 + c < g_dS_d4 && ((((r + 0) >= v_i0) && ((r + 0) < 32)))) g_dS[base + static_cast<long long>(r) * g_dS_s3 + static_cast<long long>(c) * g_dS_s4] = prt::from_f32<float>(f_s0[j][q][e]);
+              }
+            }
+          }
+        }
+      }
+      if ((static_cast<int>(blockIdx.x) == 0)) {
+        // z0[row] = (kgk0[row, (i0 - 0)] * select(((row + 0) == i0), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 32; r += 128) {
+            t_z0[r] = prt::from_f32<float>((prt::to_f32(t_kgk0[(r) * 16 + ((v_i0 - 0))]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZ[(pid.z // $h), (pid.z % $h), pid.y, ((((((i0 * 32) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+32] = z0 where (((row + 0) >= i0) && ((row + 0) < 32))
+        {
+          const int a0 = (static_cast<int>(blockIdx.z) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.z) % p_h);
+          const int a2 = static_cast<int>(blockIdx.y);
+          const int s3 = ((((((v_i0 * 32) - ((v_i0 * (v_i0 - 1)) / 2)) + v_i0) - v_i0) - v_i0) + 0);
+          const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
+          const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
+          if (ok) {
+            for (int r = tid; r < 32; r += 128) {
+              if (s3 + r >= 0 && s3 + r < g_dZ_d3 && ((((r + 0) >= v_i0) && ((r + 0) < 32)))) g_dZ[base + static_cast<long long>(r) * g_dZ_s3] = t_z0[r];
+            }
+          }
+        }
+      }
+      __syncthreads();
+    }
+  }
+  // k1 = load.async K[(pid.z // $h), (pid.y * 64):+64, (pid.z % $h), 16:+16]
+  {
+    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
+    const int s1 = (static_cast<int>(blockIdx.y) * 64);
+    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
+    const int s3 = 16;
+    const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+    const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+    __nv_bfloat16* const dst = t_k1;
+    if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      for (int i = tid; i < 128; i += 128) {
+        const int r = i / 2, c = (i % 2) * 8;
+        const int gr = s1 + r;
+        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+        prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+      }
+    }
+    else {
+      for (int i = tid; i < 1024; i += 128) {
+        const int r = i / 16, c = i % 16;
+        dst[(r) * 24 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+      }
+    }
+  }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
+  __syncthreads();
+  if ((static_cast<int>(blockIdx.x) == 0)) {
+    // gk1_hi[row, col] = (k1[row, col] * exp((lam[63] - lam[row])))
+    {
+      for (int i = tid; i < 1024; i += 128) {
+        const int r = i / 16, c = i % 16;
+        t_gk1_hi[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k1[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+      }
+    }
+    // gk1_lo[row, col] = ((k1[row, col] * exp((lam[63] - lam[row]))) - gk1_hi[row, col])
+    {
+      for (int i = tid; i < 1024; i += 128) {
+        const int r = i / 16, c = i % 16;
+        t_gk1_lo[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k1[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_gk1_hi[(r) * 24 + (c)])));
+      }
+    }
+    __syncthreads();
+    // kgk1 = mma.tc(k1^T, gk1_hi) [16x16 in 16x8 units over 4 warps]
+    {
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 4;
+        if (u < 2) {
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+          float acc[1][4];
+          #pragma unroll
+          for (int q = 0; q < 1; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4_trans(af, &t_k1[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+            uint32_t bf[2];
+            prt::ldmatrix_x2_trans(bf, &t_gk1_hi[(k0 + (lane & 15)) * 24 + n0]);
+            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+          }
+          #pragma unroll
+          for (int q = 0; q < 1; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_kgk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+        }
+      }
+    }
+    __syncthreads();
+    // kgk1 += mma.tc(k1^T, gk1_lo) [16x16 in 16x8 units over 4 warps]
+    {
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 4;
+        if (u < 2) {
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+          float acc[1][4];
+          #pragma unroll
+          for (int q = 0; q < 1; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_kgk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4_trans(af, &t_k1[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+            uint32_t bf[2];
+            prt::ldmatrix_x2_trans(bf, &t_gk1_lo[(k0 + (lane & 15)) * 24 + n0]);
+            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+          }
+          #pragma unroll
+          for (int q = 0; q < 1; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_kgk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
   }
   __syncthreads();
-  // z[row] = 0.0
   {
-    for (int r = tid; r < 64; r += 128) {
-      t_z[r] = prt::from_f32<float>(0.0f);
-    }
-  }
-  if ((0 < prt::min_nan((((p_t - (static_cast<int>(blockIdx.y) * 64)) + 63) / 64), 1))) {
-    // k = load.async K[(pid.z // $h), ((pid.y * 64) + (0 * 64)):+64, (pid.z % $h), 0:+32] into stage 0
-    {
-      const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-      const int s1 = ((static_cast<int>(blockIdx.y) * 64) + (0 * 64));
-      const int a2 = (static_cast<int>(blockIdx.z) % p_h);
-      const int s3 = 0;
-      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 2048;
-      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 256; i += 128) {
-          const int r = i / 4, c = (i % 4) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-        }
-      }
-      else {
+    const int v_i1_end = 32;
+    for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
+      // u1_hi[row, col] = ((v[row, col] * k1[row, (i1 - 16)]) * exp((lam[63] - lam[row])))
+      {
         for (int i = tid; i < 2048; i += 128) {
           const int r = i / 32, c = i % 32;
-          dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+          t_u1_hi[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v[(r) * 32 + (c)]) * prt::to_f32(t_k1[(r) * 24 + ((v_i1 - 16))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
         }
       }
-    }
-    // v = load.async V[(pid.z // $h), ((pid.y * 64) + (0 * 64)):+64, (pid.z % $h), 0:+32] into stage 0
-    {
-      const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-      const int s1 = ((static_cast<int>(blockIdx.y) * 64) + (0 * 64));
-      const int a2 = (static_cast<int>(blockIdx.z) % p_h);
-      const int s3 = 0;
-      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 2560;
-      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 256; i += 128) {
-          const int r = i / 4, c = (i % 4) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-        }
-      }
-      else {
+      // u1_lo[row, col] = (((v[row, col] * k1[row, (i1 - 16)]) * exp((lam[63] - lam[row]))) - u1_hi[row, col])
+      {
         for (int i = tid; i < 2048; i += 128) {
           const int r = i / 32, c = i % 32;
-          dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-        }
-      }
-    }
-  }
-  prt::cp_async_commit();
-  {
-    const int v_i0_end = prt::min_nan((((p_t - (static_cast<int>(blockIdx.y) * 64)) + 63) / 64), 1);
-    for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < prt::min_nan((((p_t - (static_cast<int>(blockIdx.y) * 64)) + 63) / 64), 1))) {
-        // k = load.async K[(pid.z // $h), ((pid.y * 64) + ((i0 + 1) * 64)):+64, (pid.z % $h), 0:+32] into stage ((i0 + 1) % 2)
-        {
-          const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-          const int s1 = ((static_cast<int>(blockIdx.y) * 64) + ((v_i0 + 1) * 64));
-          const int a2 = (static_cast<int>(blockIdx.z) % p_h);
-          const int s3 = 0;
-          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
-          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 256; i += 128) {
-              const int r = i / 4, c = (i % 4) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-            }
-          }
-          else {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 32, c = i % 32;
-              dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-            }
-          }
-        }
-        // v = load.async V[(pid.z // $h), ((pid.y * 64) + ((i0 + 1) * 64)):+64, (pid.z % $h), 0:+32] into stage ((i0 + 1) % 2)
-        {
-          const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-          const int s1 = ((static_cast<int>(blockIdx.y) * 64) + ((v_i0 + 1) * 64));
-          const int a2 = (static_cast<int>(blockIdx.z) % p_h);
-          const int s3 = 0;
-          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2560;
-          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 256; i += 128) {
-              const int r = i / 4, c = (i % 4) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-            }
-          }
-          else {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 32, c = i % 32;
-              dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-            }
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<1>();
-      t_k = t_k_base + (((v_i0 % 2)) % 2) * 2048;  // bind k stage (i0 % 2)
-      t_v = t_v_base + (((v_i0 % 2)) % 2) * 2560;  // bind v stage (i0 % 2)
-      __syncthreads();
-      // phi_f32 = sympow2(k, features from (pid.x * 64))
-      {
-        const int off = (static_cast<int>(blockIdx.x) * 64);
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 64, f = i % 64, g = off + f;
-          float v = 0.0f;
-          if (g >= 0 && g < prt_sympow_d32_p2_size) {
-            v = prt_sympow_d32_p2_weight[g];
-            v *= prt::to_f32(t_k[(r) * 32 + (prt_sympow_d32_p2_index[g * 2 + 0])]);
-            v *= prt::to_f32(t_k[(r) * 32 + (prt_sympow_d32_p2_index[g * 2 + 1])]);
-          }
-          t_phi_f32[(r) * 64 + (f)] = prt::from_f32<float>(v);
+          t_u1_lo[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_v[(r) * 32 + (c)]) * prt::to_f32(t_k1[(r) * 24 + ((v_i1 - 16))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_u1_hi[(r) * 40 + (c)])));
         }
       }
       __syncthreads();
-      // phi_f32[row, col] = (phi_f32[row, col] * exp((lam[63] - lam[((i0 * 64) + row)])))
-      {
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_phi_f32[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[((v_i0 * 64) + r)])))));
-        }
-      }
-      // phi_hi[row, col] = (phi_f32[row, col] * 1.0)
-      {
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_phi_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * 1.0f));
-        }
-      }
-      // phi_lo[row, col] = ((phi_f32[row, col] * 1.0) - phi_hi[row, col])
-      {
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_phi_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(t_phi_hi[(r) * 72 + (c)])));
-        }
-      }
-      __syncthreads();
-      // s += mma.tc(phi_hi^T, v) [64x32 in 16x32 units over 4 warps]
+      // s1 = mma.tc(k1^T, u1_hi) [16x32 in 16x8 units over 4 warps]
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          float (&acc)[4][4] = f_s[j];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_phi_hi[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_v[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
-          }
-        }
-      }
-      // s += mma.tc(phi_lo^T, v) [64x32 in 16x32 units over 4 warps]
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          float (&acc)[4][4] = f_s[j];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_phi_lo[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_v[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
-          }
-        }
-      }
-      // z_block = reduce_sum(phi_f32, axis=0)
-      {
-        for (int o = tid; o < 64; o += 128) {
-          float acc = 0.0f;
-          for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_phi_f32[(i) * 64 + (o)]);
-          t_z_block[o] = prt::from_f32<float>(acc);
-        }
-      }
-      __syncthreads();
-      // z[row] = (z[row] + z_block[row])
-      {
-        for (int r = tid; r < 64; r += 128) {
-          t_z[r] = prt::from_f32<float>((prt::to_f32(t_z[r]) + prt::to_f32(t_z_block[r])));
-        }
-      }
-    }
-  }
-  prt::cp_async_wait<0>();
-  // store dS[(pid.z // $h), (pid.z % $h), pid.y, (pid.x * 64):+64, 0:+32] = s
-  {
-    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-    const int a2 = static_cast<int>(blockIdx.y);
-    const int s3 = (static_cast<int>(blockIdx.x) * 64);
-    const int s4 = 0;
-    const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
-    const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
-    if (ok) {
-      #pragma unroll
-      for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 4;
-        const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-        #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+          float (&acc)[1][4] = f_s1[j];
           #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-            if (s3 + r >= 0 && s3 + r < g_dS_d3 && s4 + c >= 0 && s4 + c < g_dS_d4) g_dS[base + static_cast<long long>(r) * g_dS_s3 + static_cast<long long>(c) * g_dS_s4] = prt::from_f32<float>(f_s[j][q][e]);
+          for (int q = 0; q < 1; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4_trans(af, &t_k1[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+            uint32_t bf[2];
+            prt::ldmatrix_x2_trans(bf, &t_u1_hi[(k0 + (lane & 15)) * 40 + n0]);
+            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
           }
         }
       }
-    }
-  }
-  // store dZ[(pid.z // $h), (pid.z % $h), pid.y, (pid.x * 64):+64] = z
-  {
-    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-    const int a2 = static_cast<int>(blockIdx.y);
-    const int s3 = (static_cast<int>(blockIdx.x) * 64);
-    const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
-    const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
-    if (ok) {
-      for (int r = tid; r < 64; r += 128) {
-        if (s3 + r >= 0 && s3 + r < g_dZ_d3) g_dZ[base + static_cast<long long>(r) * g_dZ_s3] = t_z[r];
+      // s1 += mma.tc(k1^T, u1_lo) [16x32 in 16x8 units over 4 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+          float (&acc)[1][4] = f_s1[j];
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4_trans(af, &t_k1[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+            uint32_t bf[2];
+            prt::ldmatrix_x2_trans(bf, &t_u1_lo[(k0 + (lane & 15)) * 40 + n0]);
+            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+          }
+        }
       }
+      // s1[row, col] = (s1[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+          #pragma unroll
+          for (int q = 0; q < 1; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s1[j][q][e] = (f_s1[j][q][e] * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f));
+            }
+          }
+        }
+      }
+      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i1 * 32) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+16, (pid.x * 32):+32] = s1 where (((row + 16) >= i1) && ((row + 16) < 32))
+      {
+        const int a0 = (static_cast<int>(blockIdx.z) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.z) % p_h);
+        const int a2 = static_cast<int>(blockIdx.y);
+        const int s3 = ((((((v_i1 * 32) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 16);
+        const int s4 = (static_cast<int>(blockIdx.x) * 32);
+        const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
+        const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_dS_d3 && s4 + c >= 0 && s4 + c < g_dS_d4 && ((((r + 16) >= v_i1) && ((r + 16) < 32)))) g_dS[base + static_cast<long long>(r) * g_dS_s3 + static_cast<long long>(c) * g_dS_s4] = prt::from_f32<float>(f_s1[j][q][e]);
+              }
+            }
+          }
+        }
+      }
+      if ((static_cast<int>(blockIdx.x) == 0)) {
+        // z1[row] = (kgk1[row, (i1 - 16)] * select(((row + 16) == i1), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 16; r += 128) {
+            t_z1[r] = prt::from_f32<float>((prt::to_f32(t_kgk1[(r) * 16 + ((v_i1 - 16))]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZ[(pid.z // $h), (pid.z % $h), pid.y, ((((((i1 * 32) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+16] = z1 where (((row + 16) >= i1) && ((row + 16) < 32))
+        {
+          const int a0 = (static_cast<int>(blockIdx.z) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.z) % p_h);
+          const int a2 = static_cast<int>(blockIdx.y);
+          const int s3 = ((((((v_i1 * 32) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 16);
+          const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
+          const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
+          if (ok) {
+            for (int r = tid; r < 16; r += 128) {
+              if (s3 + r >= 0 && s3 + r < g_dZ_d3 && ((((r + 16) >= v_i1) && ((r + 16) < 32)))) g_dZ[base + static_cast<long long>(r) * g_dZ_s3] = t_z1[r];
+            }
+          }
+        }
+      }
+      __syncthreads();
     }
   }
 }
@@ -1288,8 +1492,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
 }
 
 // query_state: Y = (attention part + phi(q')^T Sin) / (its normaliser), lse = log normaliser, q' = scale q exp(lam/p)
-// grid ($n, $hq, $b), 128 threads, 71680 bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64_bf16_w4_bd64_bt64_s2(
+// grid (($n * 1), $hq, $b), 128 threads, 21056 bytes of dynamic shared memory
+extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64_bf16_w4_bd0_bt64_s2(
     const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_numA, const float* g_denA, const float* g_maxA, __nv_bfloat16* g_Y, float* g_lse, float* g_yS, float* g_wS, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -1428,27 +1632,32 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
   (void)g_wS_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  float* const t_q = reinterpret_cast<float*>(prt_smem + 51712);  // f32[64, 32] pitch 32
-  float* const t_phi_f32 = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 64] pitch 64
-  __nv_bfloat16* const t_phi_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 33280);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_phi_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 42496);  // bf16[64, 64] pitch 72
-  float* const t_s_f32_base = reinterpret_cast<float*>(prt_smem + 16896);  // f32[64, 32] pitch 32, 2 copies
-  float* t_s_f32 = t_s_f32_base;
-  __nv_bfloat16* const t_s_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 59904);  // bf16[64, 32] pitch 40
-  __nv_bfloat16* const t_s_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 65024);  // bf16[64, 32] pitch 40
-  float* const t_z_base = reinterpret_cast<float*>(prt_smem + 70144);  // f32[64] pitch 64, 2 copies
-  float* t_z = t_z_base;
   float f_num_s[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
-  float* const t_den_block = reinterpret_cast<float*>(prt_smem + 70912);  // f32[64] pitch 64
+  float f_num_a[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
+  float* const t_den_s = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
+  __nv_bfloat16* const t_q0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 32] pitch 40
+  float* const t_z = reinterpret_cast<float*>(prt_smem + 5632);  // f32[528] pitch 528
+  __nv_bfloat16* const t_zsym_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 7744);  // bf16[32, 32] pitch 40
+  __nv_bfloat16* const t_zsym_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 10304);  // bf16[32, 32] pitch 40
+  float* const t_qz = reinterpret_cast<float*>(prt_smem + 12864);  // f32[64, 32] pitch 32
+  float* const t_s0_f32_base = reinterpret_cast<float*>(prt_smem + 5632);  // f32[32, 32] pitch 32, 2 copies
+  float* t_s0_f32 = t_s0_f32_base;
+  __nv_bfloat16* const t_s0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 13824);  // bf16[32, 32] pitch 40
+  __nv_bfloat16* const t_s0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 16384);  // bf16[32, 32] pitch 40
+  __nv_bfloat16* const t_q1 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 16] pitch 24
+  float* const t_s1_f32_base = reinterpret_cast<float*>(prt_smem + 3584);  // f32[16, 32] pitch 32, 2 copies
+  float* t_s1_f32 = t_s1_f32_base;
+  __nv_bfloat16* const t_s1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 7680);  // bf16[16, 32] pitch 40
+  __nv_bfloat16* const t_s1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 8960);  // bf16[16, 32] pitch 40
   float f_num[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
-  float* const t_den = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  float* const t_den_a = reinterpret_cast<float*>(prt_smem + 70656);  // f32[64] pitch 64
-  float* const t_max_a = reinterpret_cast<float*>(prt_smem + 71424);  // f32[64] pitch 64
-  float* const t_lse_t = reinterpret_cast<float*>(prt_smem + 71168);  // f32[64] pitch 64
-  // g = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  float* const t_den = reinterpret_cast<float*>(prt_smem + 1024);  // f32[64] pitch 64
+  float* const t_den_a = reinterpret_cast<float*>(prt_smem + 512);  // f32[64] pitch 64
+  float* const t_max_a = reinterpret_cast<float*>(prt_smem + 768);  // f32[64] pitch 64
+  float* const t_lse_t = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
+  // g = load logG[pid.z, ((pid.x // 1) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -1471,67 +1680,209 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
       }
     }
   }
-  {
-    const int v_i0_end = 1;
-    for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if ((((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64)) < p_t)) {
-        // q = load Q[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y, 0:+32]
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-          const int a2 = static_cast<int>(blockIdx.y);
-          const int s3 = 0;
-          const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
-          const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
-          float* const dst = t_q;
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? prt::from_f32<float>(prt::to_f32(g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3])) : prt::from_f32<float>(0.0f);
-          }
-        }
-        __syncthreads();
-        // q[row, col] = ((q[row, col] * $scale) * exp((lam[((i0 * 64) + row)] / 2.0)))
-        {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            t_q[(r) * 32 + (c)] = prt::from_f32<float>(((prt::to_f32(t_q[(r) * 32 + (c)]) * p_scale) * expf((prt::to_f32(t_lam[((v_i0 * 64) + r)]) / 2.0f))));
-          }
-        }
-        // num_s[row, col] = 0.0
-        {
+  if (((((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64)) < p_t)) {
+    // num_s[row, col] = 0.0
+    {
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 4;
+        const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
           #pragma unroll
-          for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              #pragma unroll
-              for (int e = 0; e < 4; ++e) {
-                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                f_num_s[j][q][e] = 0.0f;
-              }
-            }
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            f_num_s[j][q][e] = 0.0f;
           }
         }
-        // den[row] = 0.0
-        {
-          for (int r = tid; r < 64; r += 128) {
-            t_den[r] = prt::from_f32<float>(0.0f);
+      }
+    }
+    // q0 = load.async Q[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y, 0:+32]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+      const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+      __nv_bfloat16* const dst = t_q0;
+      if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 4, c = (i % 4) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    // z = load.async Zin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), 0:+528]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int a2 = (static_cast<int>(blockIdx.x) / 1);
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_Zin_d0 && a1 >= 0 && a1 < g_Zin_d1 && a2 >= 0 && a2 < g_Zin_d2;
+      const long long base = static_cast<long long>(a0) * g_Zin_s0 + static_cast<long long>(a1) * g_Zin_s1 + static_cast<long long>(a2) * g_Zin_s2 + static_cast<long long>(s3) * g_Zin_s3;
+      float* const dst = t_z;
+      if (prt::aligned16(g_Zin) && base % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 132; i += 128) {
+          const int c = i * 4;
+          const long long left = ok ? g_Zin_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[c], n > 0 ? static_cast<const void*>(g_Zin + base + c) : static_cast<const void*>(g_Zin), n * 4);
+        }
+      }
+      else {
+        for (int r = tid; r < 528; r += 128) {
+          dst[r] = ok && s3 + r >= 0 && s3 + r < g_Zin_d3 ? g_Zin[base + static_cast<long long>(r) * g_Zin_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
+    // zsym_hi[row, col] = select(((row < 32) && (col < 32)), select((row == col), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] / 1.0), ((z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] / 1.0) * 0.7071067811865476)), 0.0)
+    {
+      for (int i = tid; i < 1024; i += 128) {
+        const int r = i / 32, c = i % 32;
+        t_zsym_hi[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>((((r < 32) && (c < 32)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) / 1.0f) * 0.7071067811865476f)) : 0.0f));
+      }
+    }
+    // zsym_lo[row, col] = (select(((row < 32) && (col < 32)), select((row == col), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] / 1.0), ((z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] / 1.0) * 0.7071067811865476)), 0.0) - zsym_hi[row, col])
+    {
+      for (int i = tid; i < 1024; i += 128) {
+        const int r = i / 32, c = i % 32;
+        t_zsym_lo[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((((r < 32) && (c < 32)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) / 1.0f) * 0.7071067811865476f)) : 0.0f) - prt::to_f32(t_zsym_hi[(r) * 40 + (c)])));
+      }
+    }
+    __syncthreads();
+    // qz = mma.tc(q0, zsym_hi) [64x32 in 16x32 units over 4 warps]
+    {
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 4;
+        const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+        float acc[4][4];
+        #pragma unroll
+        for (int q = 0; q < 4; ++q)
+        #pragma unroll
+          for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+        for (int k0 = 0; k0 < 32; k0 += 16) {
+          uint32_t af[4];
+          prt::ldmatrix_x4(af, &t_q0[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+          #pragma unroll
+          for (int q = 0; q < 4; q += 2) {
+            uint32_t bf[4];
+            prt::ldmatrix_x4_trans(bf, &t_zsym_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+            prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+            prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
           }
         }
-        if ((0 < 9)) {
-          // s_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), pid.x, (0 * 64):+64, 0:+32] into stage 0
+        #pragma unroll
+        for (int q = 0; q < 4; ++q)
+        #pragma unroll
+          for (int e = 0; e < 4; ++e) t_qz[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+      }
+    }
+    __syncthreads();
+    // qz += mma.tc(q0, zsym_lo) [64x32 in 16x32 units over 4 warps]
+    {
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 4;
+        const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+        float acc[4][4];
+        #pragma unroll
+        for (int q = 0; q < 4; ++q)
+        #pragma unroll
+          for (int e = 0; e < 4; ++e) acc[q][e] = t_qz[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))];
+        for (int k0 = 0; k0 < 32; k0 += 16) {
+          uint32_t af[4];
+          prt::ldmatrix_x4(af, &t_q0[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+          #pragma unroll
+          for (int q = 0; q < 4; q += 2) {
+            uint32_t bf[4];
+            prt::ldmatrix_x4_trans(bf, &t_zsym_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+            prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+            prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+          }
+        }
+        #pragma unroll
+        for (int q = 0; q < 4; ++q)
+        #pragma unroll
+          for (int e = 0; e < 4; ++e) t_qz[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+      }
+    }
+    __syncthreads();
+    // qz[row, col] = (qz[row, col] * q0[row, col])
+    {
+      for (int i = tid; i < 2048; i += 128) {
+        const int r = i / 32, c = i % 32;
+        t_qz[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_qz[(r) * 32 + (c)]) * prt::to_f32(t_q0[(r) * 40 + (c)])));
+      }
+    }
+    __syncthreads();
+    // den_s = reduce_sum(qz, axis=1)
+    {
+      for (int o = tid; o < 64; o += 128) {
+        float acc = 0.0f;
+        for (int i = 0; i < 32; ++i) acc += prt::to_f32(t_qz[(o) * 32 + (i)]);
+        t_den_s[o] = prt::from_f32<float>(acc);
+      }
+    }
+    __syncthreads();
+    if ((0 < 16)) {
+      // s0_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((0 * 32) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0) + 0):+32, 0:+32] into stage 0
+      {
+        const int a0 = static_cast<int>(blockIdx.z);
+        const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+        const int a2 = (static_cast<int>(blockIdx.x) / 1);
+        const int s3 = ((((((0 * 32) - ((0 * (0 - 1)) / 2)) + 0) - 0) - 0) + 0);
+        const int s4 = 0;
+        const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+        const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+        float* const dst = t_s0_f32_base + ((0) % 2) * 1024;
+        if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+          for (int i = tid; i < 256; i += 128) {
+            const int r = i / 8, c = (i % 8) * 4;
+            const int gr = s3 + r;
+            const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+          }
+        }
+        else {
+          for (int i = tid; i < 1024; i += 128) {
+            const int r = i / 32, c = i % 32;
+            dst[(r) * 32 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+          }
+        }
+      }
+    }
+    prt::cp_async_commit();
+    {
+      const int v_i0_end = 16;
+      for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
+        if (((v_i0 + 1) < 16)) {
+          // s0_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), (((((((i0 + 1) * 32) - (((i0 + 1) * ((i0 + 1) - 1)) // 2)) + (i0 + 1)) - (i0 + 1)) - (i0 + 1)) + 0):+32, 0:+32] into stage ((i0 + 1) % 2)
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-            const int a2 = static_cast<int>(blockIdx.x);
-            const int s3 = (0 * 64);
+            const int a2 = (static_cast<int>(blockIdx.x) / 1);
+            const int s3 = (((((((v_i0 + 1) * 32) - (((v_i0 + 1) * ((v_i0 + 1) - 1)) / 2)) + (v_i0 + 1)) - (v_i0 + 1)) - (v_i0 + 1)) + 0);
             const int s4 = 0;
             const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_s_f32_base + ((0) % 2) * 2048;
+            float* const dst = t_s0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 512; i += 128) {
+              for (int i = tid; i < 256; i += 128) {
                 const int r = i / 8, c = (i % 8) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -1540,292 +1891,247 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
               }
             }
             else {
-              for (int i = tid; i < 2048; i += 128) {
+              for (int i = tid; i < 1024; i += 128) {
                 const int r = i / 32, c = i % 32;
                 dst[(r) * 32 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
               }
             }
           }
-          // z = load.async Zin[pid.z, (pid.y // ($hq // $h)), pid.x, (0 * 64):+64] into stage 0
+        }
+        prt::cp_async_commit();
+        prt::cp_async_wait<1>();
+        t_s0_f32 = t_s0_f32_base + (((v_i0 % 2)) % 2) * 1024;  // bind s0_f32 stage (i0 % 2)
+        __syncthreads();
+        // s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 32)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
+        {
+          for (int i = tid; i < 1024; i += 128) {
+            const int r = i / 32, c = i % 32;
+            t_s0_hi[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 32)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 32 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
+          }
+        }
+        // s0_lo[row, col] = (select((((row + 0) < i0) || ((row + 0) >= 32)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951))) - s0_hi[row, col])
+        {
+          for (int i = tid; i < 1024; i += 128) {
+            const int r = i / 32, c = i % 32;
+            t_s0_lo[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>((((((r + 0) < v_i0) || ((r + 0) >= 32)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 32 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(t_s0_hi[(r) * 40 + (c)])));
+          }
+        }
+        __syncthreads();
+        // num_a = mma.tc(q0, s0_hi) [64x32 in 16x32 units over 4 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+            float (&acc)[4][4] = f_num_a[j];
+            #pragma unroll
+            for (int q = 0; q < 4; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+            for (int k0 = 0; k0 < 32; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4(af, &t_q0[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 4; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_s0_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
+            }
+          }
+        }
+        // num_a += mma.tc(q0, s0_lo) [64x32 in 16x32 units over 4 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+            float (&acc)[4][4] = f_num_a[j];
+            for (int k0 = 0; k0 < 32; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4(af, &t_q0[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 4; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_s0_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
+            }
+          }
+        }
+        // num_s[row, col] = (num_s[row, col] + (q0[row, (i0 - 0)] * num_a[row, col]))
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_num_s[j][q][e] = (f_num_s[j][q][e] + (prt::to_f32(t_q0[(r) * 40 + ((v_i0 - 0))]) * f_num_a[j][q][e]));
+              }
+            }
+          }
+        }
+      }
+    }
+    prt::cp_async_wait<0>();
+    __syncthreads();
+    // q1 = load.async Q[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y, 16:+16]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const int s3 = 16;
+      const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+      const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+      __nv_bfloat16* const dst = t_q1;
+      if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 128; i += 128) {
+          const int r = i / 2, c = (i % 2) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = i % 16;
+          dst[(r) * 24 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    if ((16 < 32)) {
+      // s1_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((16 * 32) - ((16 * (16 - 1)) // 2)) + 16) - 16) - 16) + 16):+16, 0:+32] into stage 0
+      {
+        const int a0 = static_cast<int>(blockIdx.z);
+        const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+        const int a2 = (static_cast<int>(blockIdx.x) / 1);
+        const int s3 = ((((((16 * 32) - ((16 * (16 - 1)) / 2)) + 16) - 16) - 16) + 16);
+        const int s4 = 0;
+        const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+        const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+        float* const dst = t_s1_f32_base + ((0) % 2) * 512;
+        if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+          for (int i = tid; i < 128; i += 128) {
+            const int r = i / 8, c = (i % 8) * 4;
+            const int gr = s3 + r;
+            const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+          }
+        }
+        else {
+          for (int i = tid; i < 512; i += 128) {
+            const int r = i / 32, c = i % 32;
+            dst[(r) * 32 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+          }
+        }
+      }
+    }
+    prt::cp_async_commit();
+    {
+      const int v_i1_end = 32;
+      for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
+        if (((v_i1 + 1) < 32)) {
+          // s1_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), (((((((i1 + 1) * 32) - (((i1 + 1) * ((i1 + 1) - 1)) // 2)) + (i1 + 1)) - (i1 + 1)) - (i1 + 1)) + 16):+16, 0:+32] into stage (((i1 - 16) + 1) % 2)
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-            const int a2 = static_cast<int>(blockIdx.x);
-            const int s3 = (0 * 64);
-            const bool ok = a0 >= 0 && a0 < g_Zin_d0 && a1 >= 0 && a1 < g_Zin_d1 && a2 >= 0 && a2 < g_Zin_d2;
-            const long long base = static_cast<long long>(a0) * g_Zin_s0 + static_cast<long long>(a1) * g_Zin_s1 + static_cast<long long>(a2) * g_Zin_s2 + static_cast<long long>(s3) * g_Zin_s3;
-            float* const dst = t_z_base + ((0) % 2) * 64;
-            if (prt::aligned16(g_Zin) && base % 4 == 0 && s3 >= 0) {
-              for (int i = tid; i < 16; i += 128) {
-                const int c = i * 4;
-                const long long left = ok ? g_Zin_d3 - (s3 + c) : 0;
+            const int a2 = (static_cast<int>(blockIdx.x) / 1);
+            const int s3 = (((((((v_i1 + 1) * 32) - (((v_i1 + 1) * ((v_i1 + 1) - 1)) / 2)) + (v_i1 + 1)) - (v_i1 + 1)) - (v_i1 + 1)) + 16);
+            const int s4 = 0;
+            const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+            const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+            float* const dst = t_s1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 512;
+            if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+              for (int i = tid; i < 128; i += 128) {
+                const int r = i / 8, c = (i % 8) * 4;
+                const int gr = s3 + r;
+                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
                 const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[c], n > 0 ? static_cast<const void*>(g_Zin + base + c) : static_cast<const void*>(g_Zin), n * 4);
+                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
               }
             }
             else {
-              for (int r = tid; r < 64; r += 128) {
-                dst[r] = ok && s3 + r >= 0 && s3 + r < g_Zin_d3 ? g_Zin[base + static_cast<long long>(r) * g_Zin_s3] : prt::from_f32<float>(0.0f);
+              for (int i = tid; i < 512; i += 128) {
+                const int r = i / 32, c = i % 32;
+                dst[(r) * 32 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
               }
             }
           }
         }
         prt::cp_async_commit();
+        prt::cp_async_wait<1>();
+        t_s1_f32 = t_s1_f32_base + ((((v_i1 - 16) % 2)) % 2) * 512;  // bind s1_f32 stage ((i1 - 16) % 2)
+        __syncthreads();
+        // s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 32)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
         {
-          const int v_i1_end = 9;
-          for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
-            if (((v_i1 + 1) < 9)) {
-              // s_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), pid.x, ((i1 + 1) * 64):+64, 0:+32] into stage ((i1 + 1) % 2)
-              {
-                const int a0 = static_cast<int>(blockIdx.z);
-                const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-                const int a2 = static_cast<int>(blockIdx.x);
-                const int s3 = ((v_i1 + 1) * 64);
-                const int s4 = 0;
-                const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-                const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-                float* const dst = t_s_f32_base + ((((v_i1 + 1) % 2)) % 2) * 2048;
-                if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-                  for (int i = tid; i < 512; i += 128) {
-                    const int r = i / 8, c = (i % 8) * 4;
-                    const int gr = s3 + r;
-                    const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                    const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                    prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-                  }
-                }
-                else {
-                  for (int i = tid; i < 2048; i += 128) {
-                    const int r = i / 32, c = i % 32;
-                    dst[(r) * 32 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-                  }
-                }
-              }
-              // z = load.async Zin[pid.z, (pid.y // ($hq // $h)), pid.x, ((i1 + 1) * 64):+64] into stage ((i1 + 1) % 2)
-              {
-                const int a0 = static_cast<int>(blockIdx.z);
-                const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-                const int a2 = static_cast<int>(blockIdx.x);
-                const int s3 = ((v_i1 + 1) * 64);
-                const bool ok = a0 >= 0 && a0 < g_Zin_d0 && a1 >= 0 && a1 < g_Zin_d1 && a2 >= 0 && a2 < g_Zin_d2;
-                const long long base = static_cast<long long>(a0) * g_Zin_s0 + static_cast<long long>(a1) * g_Zin_s1 + static_cast<long long>(a2) * g_Zin_s2 + static_cast<long long>(s3) * g_Zin_s3;
-                float* const dst = t_z_base + ((((v_i1 + 1) % 2)) % 2) * 64;
-                if (prt::aligned16(g_Zin) && base % 4 == 0 && s3 >= 0) {
-                  for (int i = tid; i < 16; i += 128) {
-                    const int c = i * 4;
-                    const long long left = ok ? g_Zin_d3 - (s3 + c) : 0;
-                    const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                    prt::cp_async_16(&dst[c], n > 0 ? static_cast<const void*>(g_Zin + base + c) : static_cast<const void*>(g_Zin), n * 4);
-                  }
-                }
-                else {
-                  for (int r = tid; r < 64; r += 128) {
-                    dst[r] = ok && s3 + r >= 0 && s3 + r < g_Zin_d3 ? g_Zin[base + static_cast<long long>(r) * g_Zin_s3] : prt::from_f32<float>(0.0f);
-                  }
-                }
-              }
-            }
-            prt::cp_async_commit();
-            prt::cp_async_wait<1>();
-            t_s_f32 = t_s_f32_base + (((v_i1 % 2)) % 2) * 2048;  // bind s_f32 stage (i1 % 2)
-            t_z = t_z_base + (((v_i1 % 2)) % 2) * 64;  // bind z stage (i1 % 2)
-            __syncthreads();
-            // phi_f32 = sympow2(q, features from (i1 * 64))
-            {
-              const int off = (v_i1 * 64);
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 64, f = i % 64, g = off + f;
-                float v = 0.0f;
-                if (g >= 0 && g < prt_sympow_d32_p2_size) {
-                  v = prt_sympow_d32_p2_weight[g];
-                  v *= prt::to_f32(t_q[(r) * 32 + (prt_sympow_d32_p2_index[g * 2 + 0])]);
-                  v *= prt::to_f32(t_q[(r) * 32 + (prt_sympow_d32_p2_index[g * 2 + 1])]);
-                }
-                t_phi_f32[(r) * 64 + (f)] = prt::from_f32<float>(v);
-              }
-            }
-            __syncthreads();
-            // phi_hi[row, col] = (phi_f32[row, col] * 1.0)
-            {
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 64, c = i % 64;
-                t_phi_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * 1.0f));
-              }
-            }
-            // phi_lo[row, col] = ((phi_f32[row, col] * 1.0) - phi_hi[row, col])
-            {
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 64, c = i % 64;
-                t_phi_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(t_phi_hi[(r) * 72 + (c)])));
-              }
-            }
-            // s_hi[row, col] = (s_f32[row, col] * 1.0)
-            {
-              for (int i = tid; i < 2048; i += 128) {
-                const int r = i / 32, c = i % 32;
-                t_s_hi[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_s_f32[(r) * 32 + (c)]) * 1.0f));
-              }
-            }
-            // s_lo[row, col] = ((s_f32[row, col] * 1.0) - s_hi[row, col])
-            {
-              for (int i = tid; i < 2048; i += 128) {
-                const int r = i / 32, c = i % 32;
-                t_s_lo[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_s_f32[(r) * 32 + (c)]) * 1.0f) - prt::to_f32(t_s_hi[(r) * 40 + (c)])));
-              }
-            }
-            __syncthreads();
-            // num_s += mma.tc(phi_hi, s_hi) [64x32 in 16x32 units over 4 warps]
-            {
-              #pragma unroll
-              for (int j = 0; j < 1; ++j) {
-                const int u = warp + j * 4;
-                const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-                float (&acc)[4][4] = f_num_s[j];
-                for (int k0 = 0; k0 < 64; k0 += 16) {
-                  uint32_t af[4];
-                  prt::ldmatrix_x4(af, &t_phi_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-                  #pragma unroll
-                  for (int q = 0; q < 4; q += 2) {
-                    uint32_t bf[4];
-                    prt::ldmatrix_x4_trans(bf, &t_s_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                  }
-                }
-              }
-            }
-            // num_s += mma.tc(phi_lo, s_hi) [64x32 in 16x32 units over 4 warps]
-            {
-              #pragma unroll
-              for (int j = 0; j < 1; ++j) {
-                const int u = warp + j * 4;
-                const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-                float (&acc)[4][4] = f_num_s[j];
-                for (int k0 = 0; k0 < 64; k0 += 16) {
-                  uint32_t af[4];
-                  prt::ldmatrix_x4(af, &t_phi_lo[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-                  #pragma unroll
-                  for (int q = 0; q < 4; q += 2) {
-                    uint32_t bf[4];
-                    prt::ldmatrix_x4_trans(bf, &t_s_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                  }
-                }
-              }
-            }
-            // num_s += mma.tc(phi_hi, s_lo) [64x32 in 16x32 units over 4 warps]
-            {
-              #pragma unroll
-              for (int j = 0; j < 1; ++j) {
-                const int u = warp + j * 4;
-                const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-                float (&acc)[4][4] = f_num_s[j];
-                for (int k0 = 0; k0 < 64; k0 += 16) {
-                  uint32_t af[4];
-                  prt::ldmatrix_x4(af, &t_phi_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-                  #pragma unroll
-                  for (int q = 0; q < 4; q += 2) {
-                    uint32_t bf[4];
-                    prt::ldmatrix_x4_trans(bf, &t_s_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                  }
-                }
-              }
-            }
-            // phi_f32[row, col] = (phi_f32[row, col] * z[col])
-            {
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 64, c = i % 64;
-                t_phi_f32[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * prt::to_f32(t_z[c])));
-              }
-            }
-            __syncthreads();
-            // den_block = reduce_sum(phi_f32, axis=1)
-            {
-              for (int o = tid; o < 64; o += 128) {
-                float acc = 0.0f;
-                for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_phi_f32[(o) * 64 + (i)]);
-                t_den_block[o] = prt::from_f32<float>(acc);
-              }
-            }
-            __syncthreads();
-            // den[row] = (den[row] + den_block[row])
-            {
-              for (int r = tid; r < 64; r += 128) {
-                t_den[r] = prt::from_f32<float>((prt::to_f32(t_den[r]) + prt::to_f32(t_den_block[r])));
-              }
-            }
+          for (int i = tid; i < 512; i += 128) {
+            const int r = i / 32, c = i % 32;
+            t_s1_hi[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 32)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 32 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
           }
         }
-        prt::cp_async_wait<0>();
-        // num = load numA[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y, 0:+32]
+        // s1_lo[row, col] = (select((((row + 16) < i1) || ((row + 16) >= 32)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951))) - s1_hi[row, col])
         {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-          const int a2 = static_cast<int>(blockIdx.y);
-          const int s3 = 0;
-          const bool ok = a0 >= 0 && a0 < g_numA_d0 && a2 >= 0 && a2 < g_numA_d2;
-          const long long base = static_cast<long long>(a0) * g_numA_s0 + static_cast<long long>(s1) * g_numA_s1 + static_cast<long long>(a2) * g_numA_s2 + static_cast<long long>(s3) * g_numA_s3;
-          #pragma unroll
-          for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              #pragma unroll
-              for (int e = 0; e < 4; ++e) {
-                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                f_num[j][q][e] = ok && s1 + r >= 0 && s1 + r < g_numA_d1 && s3 + c >= 0 && s3 + c < g_numA_d3 ? prt::to_f32(g_numA[base + static_cast<long long>(r) * g_numA_s1 + static_cast<long long>(c) * g_numA_s3]) : 0.0f;
-              }
-            }
-          }
-        }
-        // den_a = load denA[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y]
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-          const int a2 = static_cast<int>(blockIdx.y);
-          const bool ok = a0 >= 0 && a0 < g_denA_d0 && a2 >= 0 && a2 < g_denA_d2;
-          const long long base = static_cast<long long>(a0) * g_denA_s0 + static_cast<long long>(s1) * g_denA_s1 + static_cast<long long>(a2) * g_denA_s2;
-          float* const dst = t_den_a;
-          for (int r = tid; r < 64; r += 128) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_denA_d1 ? g_denA[base + static_cast<long long>(r) * g_denA_s1] : prt::from_f32<float>(0.0f);
-          }
-        }
-        // max_a = load maxA[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y]
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-          const int a2 = static_cast<int>(blockIdx.y);
-          const bool ok = a0 >= 0 && a0 < g_maxA_d0 && a2 >= 0 && a2 < g_maxA_d2;
-          const long long base = static_cast<long long>(a0) * g_maxA_s0 + static_cast<long long>(s1) * g_maxA_s1 + static_cast<long long>(a2) * g_maxA_s2;
-          float* const dst = t_max_a;
-          for (int r = tid; r < 64; r += 128) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_maxA_d1 ? g_maxA[base + static_cast<long long>(r) * g_maxA_s1] : prt::from_f32<float>(0.0f);
-          }
-        }
-        // den_a[row] = (den_a[row] * exp((max_a[row] - max(max_a[row], 0.0))))
-        {
-          for (int r = tid; r < 64; r += 128) {
-            t_den_a[r] = prt::from_f32<float>((prt::to_f32(t_den_a[r]) * expf((prt::to_f32(t_max_a[r]) - prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)))));
-          }
-        }
-        // den_block[row] = (den[row] * exp(-(max(max_a[row], 0.0))))
-        {
-          for (int r = tid; r < 64; r += 128) {
-            t_den_block[r] = prt::from_f32<float>((prt::to_f32(t_den[r]) * expf((-prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)))));
-          }
-        }
-        // den[row] = (den_a[row] + den_block[row])
-        {
-          for (int r = tid; r < 64; r += 128) {
-            t_den[r] = prt::from_f32<float>((prt::to_f32(t_den_a[r]) + prt::to_f32(t_den_block[r])));
+          for (int i = tid; i < 512; i += 128) {
+            const int r = i / 32, c = i % 32;
+            t_s1_lo[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>((((((r + 16) < v_i1) || ((r + 16) >= 32)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 32 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(t_s1_hi[(r) * 40 + (c)])));
           }
         }
         __syncthreads();
-        // num_s[row, col] = select((den[row] > 0.0), ((num_s[row, col] * (exp(-(max(max_a[row], 0.0))) * 1.0)) / den[row]), 0.0)
+        // num_a = mma.tc(q1, s1_hi) [64x32 in 16x32 units over 4 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+            float (&acc)[4][4] = f_num_a[j];
+            #pragma unroll
+            for (int q = 0; q < 4; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+            for (int k0 = 0; k0 < 16; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4(af, &t_q1[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 4; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_s1_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
+            }
+          }
+        }
+        // num_a += mma.tc(q1, s1_lo) [64x32 in 16x32 units over 4 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+            float (&acc)[4][4] = f_num_a[j];
+            for (int k0 = 0; k0 < 16; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4(af, &t_q1[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 4; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_s1_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
+            }
+          }
+        }
+        // num_s[row, col] = (num_s[row, col] + (q1[row, (i1 - 16)] * num_a[row, col]))
         {
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
@@ -1836,112 +2142,196 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                f_num_s[j][q][e] = ((prt::to_f32(t_den[r]) > 0.0f) ? ((f_num_s[j][q][e] * (expf((-prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f))) * 1.0f)) / prt::to_f32(t_den[r])) : 0.0f);
+                f_num_s[j][q][e] = (f_num_s[j][q][e] + (prt::to_f32(t_q1[(r) * 24 + ((v_i1 - 16))]) * f_num_a[j][q][e]));
               }
             }
           }
         }
-        // num[row, col] = (select((den[row] > 0.0), ((num[row, col] * exp((max_a[row] - max(max_a[row], 0.0)))) / den[row]), 0.0) + num_s[row, col])
-        {
+      }
+    }
+    prt::cp_async_wait<0>();
+    // num = load numA[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y, 0:+32]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_numA_d0 && a2 >= 0 && a2 < g_numA_d2;
+      const long long base = static_cast<long long>(a0) * g_numA_s0 + static_cast<long long>(s1) * g_numA_s1 + static_cast<long long>(a2) * g_numA_s2 + static_cast<long long>(s3) * g_numA_s3;
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 4;
+        const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
           #pragma unroll
-          for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            f_num[j][q][e] = ok && s1 + r >= 0 && s1 + r < g_numA_d1 && s3 + c >= 0 && s3 + c < g_numA_d3 ? prt::to_f32(g_numA[base + static_cast<long long>(r) * g_numA_s1 + static_cast<long long>(c) * g_numA_s3]) : 0.0f;
+          }
+        }
+      }
+    }
+    __syncthreads();
+    // den_a = load denA[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const bool ok = a0 >= 0 && a0 < g_denA_d0 && a2 >= 0 && a2 < g_denA_d2;
+      const long long base = static_cast<long long>(a0) * g_denA_s0 + static_cast<long long>(s1) * g_denA_s1 + static_cast<long long>(a2) * g_denA_s2;
+      float* const dst = t_den_a;
+      for (int r = tid; r < 64; r += 128) {
+        dst[r] = ok && s1 + r >= 0 && s1 + r < g_denA_d1 ? g_denA[base + static_cast<long long>(r) * g_denA_s1] : prt::from_f32<float>(0.0f);
+      }
+    }
+    // max_a = load maxA[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const bool ok = a0 >= 0 && a0 < g_maxA_d0 && a2 >= 0 && a2 < g_maxA_d2;
+      const long long base = static_cast<long long>(a0) * g_maxA_s0 + static_cast<long long>(s1) * g_maxA_s1 + static_cast<long long>(a2) * g_maxA_s2;
+      float* const dst = t_max_a;
+      for (int r = tid; r < 64; r += 128) {
+        dst[r] = ok && s1 + r >= 0 && s1 + r < g_maxA_d1 ? g_maxA[base + static_cast<long long>(r) * g_maxA_s1] : prt::from_f32<float>(0.0f);
+      }
+    }
+    // den_a[row] = (den_a[row] * exp((max_a[row] - max(max_a[row], 0.0))))
+    {
+      for (int r = tid; r < 64; r += 128) {
+        t_den_a[r] = prt::from_f32<float>((prt::to_f32(t_den_a[r]) * expf((prt::to_f32(t_max_a[r]) - prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)))));
+      }
+    }
+    // den_s[row] = (den_s[row] * ((exp((lam[(((pid.x % 1) * 64) + row)] - max(max_a[row], 0.0))) * ($scale * $scale)) * 1.0))
+    {
+      for (int r = tid; r < 64; r += 128) {
+        t_den_s[r] = prt::from_f32<float>((prt::to_f32(t_den_s[r]) * ((expf((prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 64) + r)]) - prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f))) * (p_scale * p_scale)) * 1.0f)));
+      }
+    }
+    // den[row] = (den_a[row] + den_s[row])
+    {
+      for (int r = tid; r < 64; r += 128) {
+        t_den[r] = prt::from_f32<float>((prt::to_f32(t_den_a[r]) + prt::to_f32(t_den_s[r])));
+      }
+    }
+    __syncthreads();
+    // num_s[row, col] = select((den[row] > 0.0), ((num_s[row, col] * ((exp((lam[(((pid.x % 1) * 64) + row)] - max(max_a[row], 0.0))) * ($scale * $scale)) * 1.0)) / den[row]), 0.0)
+    {
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 4;
+        const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            f_num_s[j][q][e] = ((prt::to_f32(t_den[r]) > 0.0f) ? ((f_num_s[j][q][e] * ((expf((prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 64) + r)]) - prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f))) * (p_scale * p_scale)) * 1.0f)) / prt::to_f32(t_den[r])) : 0.0f);
+          }
+        }
+      }
+    }
+    // num[row, col] = (select((den[row] > 0.0), ((num[row, col] * exp((max_a[row] - max(max_a[row], 0.0)))) / den[row]), 0.0) + num_s[row, col])
+    {
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 4;
+        const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            f_num[j][q][e] = (((prt::to_f32(t_den[r]) > 0.0f) ? ((f_num[j][q][e] * expf((prt::to_f32(t_max_a[r]) - prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)))) / prt::to_f32(t_den[r])) : 0.0f) + f_num_s[j][q][e]);
+          }
+        }
+      }
+    }
+    // den_s[row] = select((den[row] > 0.0), (den_s[row] / den[row]), 0.0)
+    {
+      for (int r = tid; r < 64; r += 128) {
+        t_den_s[r] = prt::from_f32<float>(((prt::to_f32(t_den[r]) > 0.0f) ? (prt::to_f32(t_den_s[r]) / prt::to_f32(t_den[r])) : 0.0f));
+      }
+    }
+    // store yS[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y, 0:+32] = num_s
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_yS_d0 && a2 >= 0 && a2 < g_yS_d2;
+      const long long base = static_cast<long long>(a0) * g_yS_s0 + static_cast<long long>(s1) * g_yS_s1 + static_cast<long long>(a2) * g_yS_s2 + static_cast<long long>(s3) * g_yS_s3;
+      if (ok) {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              #pragma unroll
-              for (int e = 0; e < 4; ++e) {
-                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                f_num[j][q][e] = (((prt::to_f32(t_den[r]) > 0.0f) ? ((f_num[j][q][e] * expf((prt::to_f32(t_max_a[r]) - prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)))) / prt::to_f32(t_den[r])) : 0.0f) + f_num_s[j][q][e]);
-              }
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              if (s1 + r >= 0 && s1 + r < g_yS_d1 && s3 + c >= 0 && s3 + c < g_yS_d3) g_yS[base + static_cast<long long>(r) * g_yS_s1 + static_cast<long long>(c) * g_yS_s3] = prt::from_f32<float>(f_num_s[j][q][e]);
             }
           }
         }
-        // den_block[row] = select((den[row] > 0.0), (den_block[row] / den[row]), 0.0)
-        {
-          for (int r = tid; r < 64; r += 128) {
-            t_den_block[r] = prt::from_f32<float>(((prt::to_f32(t_den[r]) > 0.0f) ? (prt::to_f32(t_den_block[r]) / prt::to_f32(t_den[r])) : 0.0f));
-          }
+      }
+    }
+    // store wS[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y] = den_s
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const bool ok = a0 >= 0 && a0 < g_wS_d0 && a2 >= 0 && a2 < g_wS_d2;
+      const long long base = static_cast<long long>(a0) * g_wS_s0 + static_cast<long long>(s1) * g_wS_s1 + static_cast<long long>(a2) * g_wS_s2;
+      if (ok) {
+        for (int r = tid; r < 64; r += 128) {
+          if (s1 + r >= 0 && s1 + r < g_wS_d1) g_wS[base + static_cast<long long>(r) * g_wS_s1] = t_den_s[r];
         }
-        // store yS[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y, 0:+32] = num_s
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-          const int a2 = static_cast<int>(blockIdx.y);
-          const int s3 = 0;
-          const bool ok = a0 >= 0 && a0 < g_yS_d0 && a2 >= 0 && a2 < g_yS_d2;
-          const long long base = static_cast<long long>(a0) * g_yS_s0 + static_cast<long long>(s1) * g_yS_s1 + static_cast<long long>(a2) * g_yS_s2 + static_cast<long long>(s3) * g_yS_s3;
-          if (ok) {
+      }
+    }
+    __syncthreads();
+    // lse_t[row] = select((den[row] > 0.0), (log(den[row]) + max(max_a[row], 0.0)), -Infinity)
+    {
+      for (int r = tid; r < 64; r += 128) {
+        t_lse_t[r] = prt::from_f32<float>(((prt::to_f32(t_den[r]) > 0.0f) ? (logf(prt::to_f32(t_den[r])) + prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)) : __int_as_float(0xff800000)));
+      }
+    }
+    // store Y[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y, 0:+32] = num
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_Y_d0 && a2 >= 0 && a2 < g_Y_d2;
+      const long long base = static_cast<long long>(a0) * g_Y_s0 + static_cast<long long>(s1) * g_Y_s1 + static_cast<long long>(a2) * g_Y_s2 + static_cast<long long>(s3) * g_Y_s3;
+      if (ok) {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
             #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  if (s1 + r >= 0 && s1 + r < g_yS_d1 && s3 + c >= 0 && s3 + c < g_yS_d3) g_yS[base + static_cast<long long>(r) * g_yS_s1 + static_cast<long long>(c) * g_yS_s3] = prt::from_f32<float>(f_num_s[j][q][e]);
-                }
-              }
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              if (s1 + r >= 0 && s1 + r < g_Y_d1 && s3 + c >= 0 && s3 + c < g_Y_d3) g_Y[base + static_cast<long long>(r) * g_Y_s1 + static_cast<long long>(c) * g_Y_s3] = prt::from_f32<__nv_bfloat16>(f_num[j][q][e]);
             }
           }
         }
-        // store wS[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y] = den_block
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-          const int a2 = static_cast<int>(blockIdx.y);
-          const bool ok = a0 >= 0 && a0 < g_wS_d0 && a2 >= 0 && a2 < g_wS_d2;
-          const long long base = static_cast<long long>(a0) * g_wS_s0 + static_cast<long long>(s1) * g_wS_s1 + static_cast<long long>(a2) * g_wS_s2;
-          if (ok) {
-            for (int r = tid; r < 64; r += 128) {
-              if (s1 + r >= 0 && s1 + r < g_wS_d1) g_wS[base + static_cast<long long>(r) * g_wS_s1] = t_den_block[r];
-            }
-          }
-        }
-        // lse_t[row] = select((den[row] > 0.0), (log(den[row]) + max(max_a[row], 0.0)), -Infinity)
-        {
-          for (int r = tid; r < 64; r += 128) {
-            t_lse_t[r] = prt::from_f32<float>(((prt::to_f32(t_den[r]) > 0.0f) ? (logf(prt::to_f32(t_den[r])) + prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)) : __int_as_float(0xff800000)));
-          }
-        }
-        // store Y[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y, 0:+32] = num
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-          const int a2 = static_cast<int>(blockIdx.y);
-          const int s3 = 0;
-          const bool ok = a0 >= 0 && a0 < g_Y_d0 && a2 >= 0 && a2 < g_Y_d2;
-          const long long base = static_cast<long long>(a0) * g_Y_s0 + static_cast<long long>(s1) * g_Y_s1 + static_cast<long long>(a2) * g_Y_s2 + static_cast<long long>(s3) * g_Y_s3;
-          if (ok) {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  if (s1 + r >= 0 && s1 + r < g_Y_d1 && s3 + c >= 0 && s3 + c < g_Y_d3) g_Y[base + static_cast<long long>(r) * g_Y_s1 + static_cast<long long>(c) * g_Y_s3] = prt::from_f32<__nv_bfloat16>(f_num[j][q][e]);
-                }
-              }
-            }
-          }
-        }
-        // store lse[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y] = lse_t
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-          const int a2 = static_cast<int>(blockIdx.y);
-          const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
-          const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
-          if (ok) {
-            for (int r = tid; r < 64; r += 128) {
-              if (s1 + r >= 0 && s1 + r < g_lse_d1) g_lse[base + static_cast<long long>(r) * g_lse_s1] = t_lse_t[r];
-            }
-          }
+      }
+    }
+    // store lse[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y] = lse_t
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+      const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+      if (ok) {
+        for (int r = tid; r < 64; r += 128) {
+          if (s1 + r >= 0 && s1 + r < g_lse_d1) g_lse[base + static_cast<long long>(r) * g_lse_s1] = t_lse_t[r];
         }
       }
     }
@@ -6754,10 +7144,10 @@ extern "C" cudaError_t prt_attention_p2_d32_e32_c64_bf16_w4_bd0_bt64_s2_launch(d
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_update_state_p2_d32_e32_c64_bf16_w4_bd64_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d32_e32_c64_bf16_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 54016);
+extern "C" cudaError_t prt_update_state_p2_d32_e32_c64_bf16_w4_bd32_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
+  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d32_e32_c64_bf16_w4_bd32_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 23040);
   if (err != cudaSuccess) return err;
-  prt_update_state_p2_d32_e32_c64_bf16_w4_bd64_bt64_s2<<<grid, 128, 54016, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
+  prt_update_state_p2_d32_e32_c64_bf16_w4_bd32_bt64_s1<<<grid, 128, 23040, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
@@ -6768,10 +7158,10 @@ extern "C" cudaError_t prt_discounted_cumsum_p2_d32_e32_c64_bf16_w4_bd64_bt64_s2
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_query_state_p2_d32_e32_c64_bf16_w4_bd64_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_numA, const float* g_denA, const float* g_maxA, __nv_bfloat16* g_Y, float* g_lse, float* g_yS, float* g_wS, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_p2_d32_e32_c64_bf16_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 71680);
+extern "C" cudaError_t prt_query_state_p2_d32_e32_c64_bf16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_numA, const float* g_denA, const float* g_maxA, __nv_bfloat16* g_Y, float* g_lse, float* g_yS, float* g_wS, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_p2_d32_e32_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 21056);
   if (err != cudaSuccess) return err;
-  prt_query_state_p2_d32_e32_c64_bf16_w4_bd64_bt64_s2<<<grid, 128, 71680, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_numA, g_denA, g_maxA, g_Y, g_lse, g_yS, g_wS, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_query_state_p2_d32_e32_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 21056, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_numA, g_denA, g_maxA, g_Y, g_lse, g_yS, g_wS, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 

@@ -6,7 +6,8 @@ import fc from "fast-check";
 import { afterAll, describe, expect, it } from "vitest";
 import type { DType } from "../dsl/dtype.ts";
 import { attention } from "../dsl/kernels/attention.ts";
-import { tileBytes, TILE_BUDGET } from "../dsl/kernels/common.ts";
+import { lowerUpTo } from "../codegen/pipeline.ts";
+import { SMEM_LIMIT } from "../codegen/lower/rules.ts";
 import { discountedCumsum } from "../dsl/kernels/discounted-cumsum.ts";
 import { queryState } from "../dsl/kernels/query-state.ts";
 import { forwardOnCpu, forwardPlan, problemSpec, type ForwardOutputs, type Problem, type ScheduleTable } from "../dsl/plan.ts";
@@ -270,7 +271,7 @@ describe("forward plan structure", () => {
     expect(full.Sfinal!.every(Number.isFinite)).toBe(true);
   });
 
-  it("default schedules keep every program's tiles within the budget (c <= 256, d, e <= 128)", () => {
+  it("default schedules fit sm_80's shared memory as the lowering plans it (c <= 256, d, e <= 128)", () => {
     const over: string[] = [];
     for (const dtype of ["f32", "f16", "bf16"] as const)
       for (const chunk of [16, 64, 128, 256])
@@ -278,8 +279,8 @@ describe("forward plan structure", () => {
           for (const deg of d <= 32 ? [2, 4] : [2])
             for (const k of [attention, queryState, discountedCumsum]) {
               const spec = { deg, d, e: d, chunk, dtype };
-              const bytes = tileBytes(k.build(spec, k.schedule(spec)));
-              if (bytes > TILE_BUDGET) over.push(`${k.name} ${JSON.stringify(spec)}: ${bytes} bytes`);
+              const bytes = lowerUpTo(k.build(spec, k.schedule(spec)), "plan-shared").smemBytes!;
+              if (bytes > SMEM_LIMIT.sm_80) over.push(`${k.name} ${JSON.stringify(spec)}: ${bytes} bytes`);
             }
     expect(over).toEqual([]);
   });

@@ -7,10 +7,13 @@
 //     tiling (so the thread that owns the element computes it).
 // Tiles that are reduced, scanned, fed to an mma or read at another element stay in shared memory,
 // and so do 1-D reg tiles (row vectors) for now. Decided as a fixed point, since a map can tie
-// several tiles to each other; capped at MAX_FRAG_REGISTERS per tile and per kernel.
+// several tiles to each other; capped at MAX_FRAG_REGISTERS per tile and MAX_FRAG_REGISTERS_TOTAL
+// for the tiles live at any one point (plan-shared's live ranges: tiles of disjoint phases do not
+// compete, nvcc reuses their registers).
 
 import type { Expr } from "../../dsl/ir.ts";
 import { exprReads, readNodes, sameTiling, stmtAccess, walkStmts, type LKernel, type WarpTiling } from "../lir.ts";
+import { liveRanges } from "./plan-shared.ts";
 import { chooseTiling, fragRegisters, MAX_FRAG_REGISTERS, MAX_FRAG_REGISTERS_TOTAL } from "./rules.ts";
 
 /** The tiling each reg tile would have as fragments (mma writers must agree), before the use checks. */
@@ -74,16 +77,28 @@ function prune(k: LKernel, set: Map<string, WarpTiling>): boolean {
   return drop.size > 0;
 }
 
+/** The most fragment registers live at one point, and the tiles live there. */
+function peakRegisters(set: Map<string, WarpTiling>, live: Map<string, [number, number]>): { regs: number; tiles: string[] } {
+  let best = { regs: 0, tiles: [] as string[] };
+  for (const [, [at]] of [...set.keys()].map((n) => [n, live.get(n) ?? [0, 0]] as const)) {
+    const tiles = [...set.keys()].filter((n) => { const r = live.get(n) ?? [0, 0]; return r[0] <= at && at <= r[1]; });
+    const regs = tiles.reduce((s, n) => s + fragRegisters(set.get(n)!), 0);
+    if (regs > best.regs) best = { regs, tiles };
+  }
+  return best;
+}
+
 export function fragmentTilings(k: LKernel): Map<string, WarpTiling> {
   const set = proposedTilings(k);
+  const live = liveRanges(k);
   for (;;) {
     while (prune(k, set));
-    const total = [...set.values()].reduce((s, t) => s + fragRegisters(t), 0);
-    if (total <= MAX_FRAG_REGISTERS_TOTAL) return set;
-    // over budget: give up the largest tile (ties: the last declared), then re-check the ties
+    const peak = peakRegisters(set, live);
+    if (peak.regs <= MAX_FRAG_REGISTERS_TOTAL) return set;
+    // over budget: give up the largest tile live at the peak (ties: the last declared), then re-check the ties
     const order = (n: string): number => k.buffers.findIndex((b) => b.name === n);
-    const [victim] = [...set.entries()].sort((a, b) => fragRegisters(b[1]) - fragRegisters(a[1]) || order(b[0]) - order(a[0]))[0]!;
-    set.delete(victim);
+    const [victim] = peak.tiles.sort((a, b) => fragRegisters(set.get(b)!) - fragRegisters(set.get(a)!) || order(b) - order(a));
+    set.delete(victim!);
   }
 }
 

@@ -1,7 +1,7 @@
 // Pieces of kernel code that several retention kernels share. Each is a trace-time helper: it
 // emits DSL statements into the kernel being built, so its math stays in the DSL.
 
-import { f32, range, select, type KernelBuilder, type TensorRef, type Tile, type Val } from "../builder.ts";
+import { f32, range, select, type KernelBuilder, type MapIndex, type TensorRef, type Tile, type Val } from "../builder.ts";
 import { dtypeBytes, type DType } from "../dtype.ts";
 import type { Kernel } from "../ir.ts";
 import { clearBuiltKernels } from "../plan-types.ts";
@@ -169,8 +169,8 @@ export function splitOperand(k: KernelBuilder, name: string, shape: readonly [nu
 export function mmaSplit(
   k: KernelBuilder,
   dst: Tile,
-  a: SplitOperand | Tile,
-  b: SplitOperand | Tile,
+  a: { readonly hi: Tile; readonly lo: Tile | null } | Tile,
+  b: { readonly hi: Tile; readonly lo: Tile | null } | Tile,
   opts: { transA?: boolean; transB?: boolean; accumulate?: boolean } = {},
 ): void {
   const [aHi, aLo] = "hi" in a ? [a.hi, a.lo] : [a, null];
@@ -180,6 +180,23 @@ export function mmaSplit(
   if (aLo) k.mma(dst, aLo, bHi, { ...t, accumulate: true });
   if (bLo) k.mma(dst, aHi, bLo, { ...t, accumulate: true });
 }
+
+/** An mma operand of `dtype` computed element-wise from other tiles (no f32 staging tile): hi = round(x), and
+ * with `pair`, lo = round(x - hi), as splitOperand; in f32 the one tile. */
+export function computedOperand(k: KernelBuilder, name: string, shape: readonly [number, number], dtype: DType, pair: boolean, x: (ix: MapIndex) => Val): Tile | { hi: Tile; lo: Tile | null } {
+  const hi = k.shared(`${name}_hi`, shape, dtype);
+  k.map(hi, x);
+  if (dtype === "f32" || !pair) return hi;
+  const lo = k.shared(`${name}_lo`, shape, dtype);
+  k.map(lo, (ix) => x(ix).sub(hi.at(ix.row, ix.col)));
+  return { hi, lo };
+}
+
+/** Feature index of (a, b), a <= b, in the degree-2 state: a d - a (a - 1) / 2 + b - a. */
+export const pairFeature = (d: number, a: Val, b: Val): Val => a.mul(d).sub(a.mul(a.sub(1)).idiv(2)).add(b).sub(a);
+
+/** w_ab of phi at p = 2 for feature (a, b), a <= b: 1 on the diagonal, sqrt 2 above it. */
+export const pairWeight = (a: Val, b: Val): Val => select(b.eq(a), 1, Math.SQRT2);
 
 /** The schedules of `space` whose kernel fits `TILE_BUDGET`: the ones an autotuner may try. */
 export function withinBudget(spec: Spec, space: readonly Schedule[], build: (s: Spec, sch: Schedule) => Kernel): Schedule[] {

@@ -5,16 +5,28 @@
 // is formed right before the mma. In f16/bf16 phi enters the mma as hi + lo (common.ts,
 // splitOperand; stateSplit says where), V being exact in its dtype: one rounding of phi costs whole
 // percent at p = 4. For f16 at p = 4 both are bf16 (updateStateOperandDtype: f16's range).
+//
+// At p = 2 the factored form (buildFactored) expands nothing: with phi_(a,b)(k) = w_ab k_a k_b,
+// the features of one a contiguous in the state (b >= a, lexicographic) and phi(k'_j) = g_j phi(k_j),
+// g_j = exp(G_m - lam_j),
+//   dS_(a, b) = w_ab sum_j k_jb (g_j k_ja v_j)     = w_ab (K^T U_a)_b,   U_a = diag(g k_:a) V  [c, e]
+//   dZ_(a, b) = w_ab sum_j k_ja g_j k_jb           = w_ab (K^T diag(g) K)_ab
+// so the mma's A operand is K itself, exact in its dtype, and only U_a (and g K for dZ) is rounded,
+// as a hi + lo pair where stateSplit("update_state.phi") says so. One program owns a whole chunk
+// and BE columns of V; the a's run in blocks of 16, each block using the K columns from its first a
+// (16-aligned, for ldmatrix), and each a's rows go to the state through a masked store (rows b < a
+// of the tile belong to the group before). It keeps the chunk's keys on chip; where they do not fit
+// (d = 128 at chunk 256 in f32) the expanded form below runs instead, chosen per spec.
 
-import { range, traceKernel } from "../builder.ts";
+import { range, traceKernel, type Val } from "../builder.ts";
 import type { Kernel } from "../ir.ts";
 import type { KernelDef, Schedule, Spec } from "../spec.ts";
 import { stateFeatures } from "../spec.ts";
-import { chunkGates, dataOperand, featureBlocks, firstFitting, mmaSplit, rowBlocks, splitOperand, tileSizes, updateStateOperandDtype } from "./common.ts";
+import { chunkGates, computedOperand, dataOperand, pairFeature, pairWeight, featureBlocks, mmaSplit, rowBlocks, splitOperand, stateSplit, tileBytes, TILE_BUDGET, tileSizes, updateStateOperandDtype } from "./common.ts";
 
 const doc = "dS_m = phi(k')^T V, dZ_m = colsum phi(k') per chunk, k' = k exp((G_m - lam)/p)";
 
-function build(spec: Spec, sch: Schedule): Kernel {
+function buildExpanded(spec: Spec, sch: Schedule): Kernel {
   return traceKernel("update_state", sch.numWarps, doc, (k) => {
     const { deg: p, d, e, chunk: c, dtype } = spec;
     const D = stateFeatures(spec);
@@ -58,13 +70,93 @@ function build(spec: Spec, sch: Schedule): Kernel {
   });
 }
 
+/** p = 2, factored form (header). Schedule: blockD = the V columns per program (divides e). */
+function buildFactored(spec: Spec, sch: Schedule): Kernel {
+  return traceKernel("update_state", sch.numWarps, doc, (k) => {
+    const { d, e, chunk: c, dtype } = spec;
+    if (spec.deg !== 2) throw new Error(`update_state: the factored form is for deg 2, got ${spec.deg}`);
+    const BE = sch.blockD;
+    if (e % BE !== 0) throw new Error(`update_state: blockD ${BE} (columns of V per program) must divide e ${e}`);
+    const W = Math.ceil(d / 16) * 16; // K's columns, padded to whole k-steps of 16 (0 past d)
+    const D = stateFeatures(spec);
+    const b = k.param("b", "i32"), t = k.param("t", "i32"), h = k.param("h", "i32"), n = k.param("n", "i32");
+    const K = k.tensor("K", dtype, [b, t, h, d], "in");
+    const V = k.tensor("V", dtype, [b, t, h, e], "in");
+    const logG = k.tensor("logG", "f32", [b, t, h], "in");
+    const dS = k.tensor("dS", "f32", [b, h, n, D, e], "out");
+    const dZ = k.tensor("dZ", "f32", [b, h, n, D], "out");
+
+    k.launch(e / BE, n, b.mul(h)); // (column block of V, chunk, batch*head)
+    const e0 = k.programId(0).mul(BE), m = k.programId(1), bi = k.programId(2).idiv(h), hi = k.programId(2).mod(h);
+    const t0 = m.mul(c);
+    const { lam, G } = chunkGates(k, logG, bi, hi, t0, c); // lam [c], G = lam[c-1]
+    const gate = (j: Val): Val => G.sub(lam.at(j)).exp(); // g_j: phi(k'_j) = g_j phi(k_j)
+    const sd = spec.dtype === "f32" ? "f32" : spec.dtype; // K is exact in its dtype; U is rounded to it
+    const pair = stateSplit(spec, "update_state.phi");
+    const rows = range(t0, c);
+    const vt = k.shared("v", [c, BE], dtype);
+    k.load(vt, V, [bi, rows, hi, range(e0, BE)]);
+
+    for (let I = 0; I < W / 16; I++) {
+      const c0 = 16 * I, w = W - c0; // this block's a in [c0, c0 + 16); rows b in [c0, W)
+      const kI = k.shared(`k${I}`, [c, w], dtype); // K[:, c0:W]; rows past t and columns past d read 0
+      k.load(kI, K, [bi, rows, hi, range(c0, w)]);
+      // dZ (the programs of V's first columns): mz = K[:, c0:]^T (g K[:, c0:c0+16]), [w, 16], column a - c0 for a
+      const first = k.programId(0).eq(0);
+      const mz = k.reg(`kgk${I}`, [w, 16], "f32");
+      k.if(first, () => {
+        const gk = computedOperand(k, `gk${I}`, [c, 16], sd, pair, ({ row, col }) => kI.at(row, col).mul(gate(row)));
+        mmaSplit(k, mz, kI, gk, { transA: true }); // [w, c] @ [c, 16]
+      });
+      const acc = k.reg(`s${I}`, [w, BE], "f32");
+      const z = k.reg(`z${I}`, [w], "f32");
+      const ownRows = (a: Val) => ({ row }: { row: Val }): Val => row.add(c0).ge(a).and(row.add(c0).lt(d)); // rows b in [a, d)
+      k.for(c0, Math.min(c0 + 16, d), (a) => {
+        const u = computedOperand(k, `u${I}`, [c, BE], sd, pair, ({ row, col }) => vt.at(row, col).mul(kI.at(row, a.sub(c0))).mul(gate(row))); // U_a
+        mmaSplit(k, acc, kI, u, { transA: true }); // [w, c] @ [c, BE]: (K^T U_a)_b for b in [c0, W)
+        k.map(acc, ({ row, col }) => acc.at(row, col).mul(pairWeight(a, row.add(c0))));
+        const at = pairFeature(d, a, a).sub(a).add(c0); // feature of (a, c0)
+        k.store(dS, [bi, hi, m, range(at, w), range(e0, BE)], acc, { where: ownRows(a) });
+        k.if(first, () => {
+          k.map(z, ({ row }) => mz.at(row, a.sub(c0)).mul(pairWeight(a, row.add(c0))));
+          k.store(dZ, [bi, hi, m, range(at, w)], z, { where: ownRows(a) });
+        });
+      });
+    }
+  });
+}
+
+/** The factored form where it applies (p = 2) and fits with its narrowest column block; else the expanded one. */
+const factored = (spec: Spec): boolean => spec.deg === 2 && factoredPeakBytes(spec, { numWarps: 4, blockD: Math.min(8, spec.e), blockT: spec.chunk, stages: 1 }) <= TILE_BUDGET;
+const build = (spec: Spec, sch: Schedule): Kernel => (factored(spec) ? buildFactored : buildExpanded)(spec, sch);
+
+/** Shared bytes of the factored form at its peak (tileBytes sums every tile, but the phases reuse bytes). */
+function factoredPeakBytes(spec: Spec, sch: Schedule): number {
+  const W = Math.ceil(spec.d / 16) * 16, c = spec.chunk, el = spec.dtype === "f32" ? 4 : 2, pairs = spec.dtype === "f32" ? 1 : 2;
+  const pad = 16 / el; // a row's padding against bank conflicts (codegen pads mma operands by 16 bytes)
+  return c * (W + pad) * el + c * (sch.blockD + pad) * el * (1 + pairs) + pairs * c * (16 + pad) * el + 2 * c * 4;
+}
+
+/** p = 2: a whole chunk per program, all of V's columns while they fit (halving blockD), 8 warps
+ * from 64 x 64 outputs. p >= 4: feature blocks of 64 then 32. */
 function candidates(spec: Spec): Schedule[] {
+  if (factored(spec)) {
+    const out: Schedule[] = [];
+    for (let be = spec.e; be >= Math.min(8, spec.e) && spec.e % be === 0; be /= 2) out.push({ numWarps: Math.ceil(spec.d / 16) * 16 * be >= 4096 ? 8 : 4, blockD: be, blockT: spec.chunk, stages: 1 });
+    return out;
+  }
   return tileSizes(spec.chunk, 64).flatMap((blockT) => [64, 32].map((blockD) => ({ numWarps: 4, blockD, blockT, stages: 2 })));
 }
 
+const fits = (s: Spec, sch: Schedule): boolean =>
+  factored(s) ? factoredPeakBytes(s, sch) <= TILE_BUDGET : tileBytes(build(s, sch)) <= TILE_BUDGET;
+
 export const updateState: KernelDef = {
   name: "update_state",
-  schedule: (spec) => firstFitting(spec, candidates(spec), build),
-  scheduleSpace: (spec) => candidates(spec).flatMap((s) => [s, { ...s, numWarps: 8 }]),
+  schedule: (spec) => candidates(spec).find((sch) => fits(spec, sch)) ?? candidates(spec).at(-1)!,
+  scheduleSpace: (spec) =>
+    candidates(spec)
+      .flatMap((s) => [{ ...s, numWarps: 4 }, { ...s, numWarps: 8 }])
+      .filter((s) => fits(spec, s)),
   build,
 };
