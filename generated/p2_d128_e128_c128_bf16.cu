@@ -486,8 +486,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
 }
 
 // update_state: dS_m = phi(k')^T V, dZ_m = colsum phi(k') per chunk, k' = k exp((G_m - lam)/p)
-// grid (1, $n, ($b * $h)), 256 threads, 158720 bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_c128_bf16_w8_bd128_bt128_s1(
+// grid (2, $n, ($b * $h)), 256 threads, 130048 bytes of dynamic shared memory
+extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_c128_bf16_w8_bd64_bt128_s1(
     const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -560,71 +560,72 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   (void)g_dZ_d3;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 1024);  // bf16[128, 128] pitch 128
-  __nv_bfloat16* const t_k0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 33792);  // bf16[128, 128] pitch 136
-  float* const t_kgk0 = reinterpret_cast<float*>(prt_smem + 80896);  // f32[128, 16] pitch 16
-  __nv_bfloat16* const t_gk0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 68608);  // bf16[128, 16] pitch 24
-  __nv_bfloat16* const t_gk0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 74752);  // bf16[128, 16] pitch 24
-  float f_s0[4][4][4];  // f32[128, 128] as mma fragments: 128x128 in 16x32 units over 8 warps
+  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 1024);  // bf16[128, 64] pitch 64
+  float* const t_gv = reinterpret_cast<float*>(prt_smem + 17408);  // f32[128, 64] pitch 64
+  __nv_bfloat16* const t_k0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 50176);  // bf16[128, 128] pitch 136
+  float* const t_kgk0 = reinterpret_cast<float*>(prt_smem + 84992);  // f32[128, 16] pitch 16
+  __nv_bfloat16* const t_gk0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 1024);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_gk0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 7168);  // bf16[128, 16] pitch 24
+  float f_s0[2][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 8 warps
   float* const t_z0 = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
-  __nv_bfloat16* const t_u0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 89088);  // bf16[128, 128] pitch 136
-  __nv_bfloat16* const t_u0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 123904);  // bf16[128, 128] pitch 136
-  __nv_bfloat16* const t_k1 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 33792);  // bf16[128, 112] pitch 120
-  float* const t_kgk1 = reinterpret_cast<float*>(prt_smem + 76800);  // f32[112, 16] pitch 16
-  __nv_bfloat16* const t_gk1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 64512);  // bf16[128, 16] pitch 24
-  __nv_bfloat16* const t_gk1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 70656);  // bf16[128, 16] pitch 24
-  float f_s1[4][4][4];  // f32[112, 128] as mma fragments: 112x128 in 16x32 units over 8 warps
+  __nv_bfloat16* const t_u0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 93184);  // bf16[128, 64] pitch 72
+  __nv_bfloat16* const t_u0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 111616);  // bf16[128, 64] pitch 72
+  __nv_bfloat16* const t_k1 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 50176);  // bf16[128, 112] pitch 120
+  float* const t_kgk1 = reinterpret_cast<float*>(prt_smem + 80896);  // f32[112, 16] pitch 16
+  __nv_bfloat16* const t_gk1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 1024);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_gk1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 7168);  // bf16[128, 16] pitch 24
+  float f_s1[2][4][4];  // f32[112, 64] as mma fragments: 112x64 in 16x32 units over 8 warps
   float* const t_z1 = reinterpret_cast<float*>(prt_smem + 0);  // f32[112] pitch 112
-  __nv_bfloat16* const t_u1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 83968);  // bf16[128, 128] pitch 136
-  __nv_bfloat16* const t_u1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 118784);  // bf16[128, 128] pitch 136
-  __nv_bfloat16* const t_k2 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 33792);  // bf16[128, 96] pitch 104
-  float* const t_kgk2 = reinterpret_cast<float*>(prt_smem + 72704);  // f32[96, 16] pitch 16
-  __nv_bfloat16* const t_gk2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 60416);  // bf16[128, 16] pitch 24
-  __nv_bfloat16* const t_gk2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 66560);  // bf16[128, 16] pitch 24
-  float f_s2[3][4][4];  // f32[96, 128] as mma fragments: 96x128 in 16x32 units over 8 warps
+  __nv_bfloat16* const t_u1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 88064);  // bf16[128, 64] pitch 72
+  __nv_bfloat16* const t_u1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 106496);  // bf16[128, 64] pitch 72
+  __nv_bfloat16* const t_k2 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 50176);  // bf16[128, 96] pitch 104
+  float* const t_kgk2 = reinterpret_cast<float*>(prt_smem + 76800);  // f32[96, 16] pitch 16
+  __nv_bfloat16* const t_gk2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 1024);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_gk2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 7168);  // bf16[128, 16] pitch 24
+  float f_s2[2][4][4];  // f32[96, 64] as mma fragments: 96x64 in 16x32 units over 8 warps
   float* const t_z2 = reinterpret_cast<float*>(prt_smem + 0);  // f32[96] pitch 96
-  __nv_bfloat16* const t_u2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 78848);  // bf16[128, 128] pitch 136
-  __nv_bfloat16* const t_u2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 113664);  // bf16[128, 128] pitch 136
-  __nv_bfloat16* const t_k3 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 33792);  // bf16[128, 80] pitch 88
-  float* const t_kgk3 = reinterpret_cast<float*>(prt_smem + 68608);  // f32[80, 16] pitch 16
-  __nv_bfloat16* const t_gk3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 56320);  // bf16[128, 16] pitch 24
-  __nv_bfloat16* const t_gk3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 62464);  // bf16[128, 16] pitch 24
-  float f_s3[3][4][4];  // f32[80, 128] as mma fragments: 80x128 in 16x32 units over 8 warps
+  __nv_bfloat16* const t_u2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 82944);  // bf16[128, 64] pitch 72
+  __nv_bfloat16* const t_u2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 101376);  // bf16[128, 64] pitch 72
+  __nv_bfloat16* const t_k3 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 50176);  // bf16[128, 80] pitch 88
+  float* const t_kgk3 = reinterpret_cast<float*>(prt_smem + 72704);  // f32[80, 16] pitch 16
+  __nv_bfloat16* const t_gk3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 1024);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_gk3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 7168);  // bf16[128, 16] pitch 24
+  float f_s3[2][4][4];  // f32[80, 64] as mma fragments: 80x64 in 16x32 units over 8 warps
   float* const t_z3 = reinterpret_cast<float*>(prt_smem + 0);  // f32[80] pitch 80
-  __nv_bfloat16* const t_u3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 73728);  // bf16[128, 128] pitch 136
-  __nv_bfloat16* const t_u3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 108544);  // bf16[128, 128] pitch 136
-  __nv_bfloat16* const t_k4 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 33792);  // bf16[128, 64] pitch 72
-  float* const t_kgk4 = reinterpret_cast<float*>(prt_smem + 64512);  // f32[64, 16] pitch 16
-  __nv_bfloat16* const t_gk4_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 52224);  // bf16[128, 16] pitch 24
-  __nv_bfloat16* const t_gk4_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 58368);  // bf16[128, 16] pitch 24
-  float f_s4[2][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 8 warps
+  __nv_bfloat16* const t_u3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 77824);  // bf16[128, 64] pitch 72
+  __nv_bfloat16* const t_u3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 96256);  // bf16[128, 64] pitch 72
+  __nv_bfloat16* const t_k4 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 50176);  // bf16[128, 64] pitch 72
+  float* const t_kgk4 = reinterpret_cast<float*>(prt_smem + 13312);  // f32[64, 16] pitch 16
+  __nv_bfloat16* const t_gk4_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 1024);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_gk4_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 7168);  // bf16[128, 16] pitch 24
+  float f_s4[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
   float* const t_z4 = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  __nv_bfloat16* const t_u4_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 68608);  // bf16[128, 128] pitch 136
-  __nv_bfloat16* const t_u4_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 103424);  // bf16[128, 128] pitch 136
-  __nv_bfloat16* const t_k5 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 33792);  // bf16[128, 48] pitch 56
-  float* const t_kgk5 = reinterpret_cast<float*>(prt_smem + 60416);  // f32[48, 16] pitch 16
-  __nv_bfloat16* const t_gk5_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 48128);  // bf16[128, 16] pitch 24
-  __nv_bfloat16* const t_gk5_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 54272);  // bf16[128, 16] pitch 24
-  float f_s5[2][4][4];  // f32[48, 128] as mma fragments: 48x128 in 16x32 units over 8 warps
+  __nv_bfloat16* const t_u4_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 68608);  // bf16[128, 64] pitch 72
+  __nv_bfloat16* const t_u4_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 87040);  // bf16[128, 64] pitch 72
+  __nv_bfloat16* const t_k5 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 1024);  // bf16[128, 48] pitch 56
+  float* const t_kgk5 = reinterpret_cast<float*>(prt_smem + 62464);  // f32[48, 16] pitch 16
+  __nv_bfloat16* const t_gk5_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 50176);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_gk5_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 56320);  // bf16[128, 16] pitch 24
+  float f_s5[2][2][4];  // f32[48, 64] as mma fragments: 48x64 in 16x16 units over 8 warps
   float* const t_z5 = reinterpret_cast<float*>(prt_smem + 0);  // f32[48] pitch 48
-  __nv_bfloat16* const t_u5_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 63488);  // bf16[128, 128] pitch 136
-  __nv_bfloat16* const t_u5_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 98304);  // bf16[128, 128] pitch 136
-  __nv_bfloat16* const t_k6 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 33792);  // bf16[128, 32] pitch 40
+  __nv_bfloat16* const t_u5_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 65536);  // bf16[128, 64] pitch 72
+  __nv_bfloat16* const t_u5_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 83968);  // bf16[128, 64] pitch 72
+  __nv_bfloat16* const t_k6 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 1024);  // bf16[128, 32] pitch 40
   float* const t_kgk6 = reinterpret_cast<float*>(prt_smem + 56320);  // f32[32, 16] pitch 16
-  __nv_bfloat16* const t_gk6_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 44032);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_gk6_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 11264);  // bf16[128, 16] pitch 24
   __nv_bfloat16* const t_gk6_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 50176);  // bf16[128, 16] pitch 24
-  float f_s6[1][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 8 warps
+  float f_s6[1][2][4];  // f32[32, 64] as mma fragments: 32x64 in 16x16 units over 8 warps
   float* const t_z6 = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
-  __nv_bfloat16* const t_u6_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 58368);  // bf16[128, 128] pitch 136
-  __nv_bfloat16* const t_u6_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 93184);  // bf16[128, 128] pitch 136
-  __nv_bfloat16* const t_k7 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 33792);  // bf16[128, 16] pitch 24
-  float* const t_kgk7 = reinterpret_cast<float*>(prt_smem + 52224);  // f32[16, 16] pitch 16
-  __nv_bfloat16* const t_gk7_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 39936);  // bf16[128, 16] pitch 24
-  __nv_bfloat16* const t_gk7_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 46080);  // bf16[128, 16] pitch 24
-  float f_s7[1][2][4];  // f32[16, 128] as mma fragments: 16x128 in 16x16 units over 8 warps
-  float* const t_z7 = reinterpret_cast<float*>(prt_smem + 0);  // f32[16] pitch 16
-  __nv_bfloat16* const t_u7_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 53248);  // bf16[128, 128] pitch 136
-  __nv_bfloat16* const t_u7_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 88064);  // bf16[128, 128] pitch 136
+  __nv_bfloat16* const t_u6_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 58368);  // bf16[128, 64] pitch 72
+  __nv_bfloat16* const t_u6_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 76800);  // bf16[128, 64] pitch 72
+  __nv_bfloat16* const t_k7 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 1024);  // bf16[128, 16] pitch 24
+  float* const t_kgk7 = reinterpret_cast<float*>(prt_smem + 0);  // f32[16, 16] pitch 16
+  __nv_bfloat16* const t_gk7_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 7168);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_gk7_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 50176);  // bf16[128, 16] pitch 24
+  float f_s7[1][1][4];  // f32[16, 64] as mma fragments: 16x64 in 16x8 units over 8 warps
+  float* const t_z7 = reinterpret_cast<float*>(prt_smem + 7168);  // f32[16] pitch 16
+  __nv_bfloat16* const t_u7_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 50176);  // bf16[128, 64] pitch 72
+  __nv_bfloat16* const t_u7_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 68608);  // bf16[128, 64] pitch 72
   // g = load logG[(pid.z // $h), (pid.y * 128):+128, (pid.z % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.z) / p_h);
@@ -651,29 +652,39 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       }
     }
   }
-  // v = load.async V[(pid.z // $h), (pid.y * 128):+128, (pid.z % $h), (pid.x * 128):+128]
+  // v = load.async V[(pid.z // $h), (pid.y * 128):+128, (pid.z % $h), (pid.x * 64):+64]
   {
     const int a0 = (static_cast<int>(blockIdx.z) / p_h);
     const int s1 = (static_cast<int>(blockIdx.y) * 128);
     const int a2 = (static_cast<int>(blockIdx.z) % p_h);
-    const int s3 = (static_cast<int>(blockIdx.x) * 128);
+    const int s3 = (static_cast<int>(blockIdx.x) * 64);
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 2048; i += 256) {
-        const int r = i / 16, c = (i % 16) * 8;
+      for (int i = tid; i < 1024; i += 256) {
+        const int r = i / 8, c = (i % 8) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
         const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
-      for (int i = tid; i < 16384; i += 256) {
-        const int r = i / 128, c = i % 128;
-        dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+      for (int i = tid; i < 8192; i += 256) {
+        const int r = i / 64, c = i % 64;
+        dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
       }
+    }
+  }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
+  __syncthreads();
+  // gv[row, col] = (v[row, col] * exp((lam[127] - lam[row])))
+  {
+    for (int i = tid; i < 8192; i += 256) {
+      const int r = i / 64, c = i % 64;
+      t_gv[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 64 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
     }
   }
   // k0 = load.async K[(pid.z // $h), (pid.y * 128):+128, (pid.z % $h), 0:+128]
@@ -781,27 +792,27 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   {
     const int v_i0_end = 16;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // u0_hi[row, col] = ((v[row, col] * k0[row, (i0 - 0)]) * exp((lam[127] - lam[row])))
+      // u0_hi[row, col] = (gv[row, col] * k0[row, (i0 - 0)])
       {
-        for (int i = tid; i < 16384; i += 256) {
-          const int r = i / 128, c = i % 128;
-          t_u0_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k0[(r) * 136 + ((v_i0 - 0))])) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_u0_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k0[(r) * 136 + ((v_i0 - 0))])));
         }
       }
-      // u0_lo[row, col] = (((v[row, col] * k0[row, (i0 - 0)]) * exp((lam[127] - lam[row]))) - u0_hi[row, col])
+      // u0_lo[row, col] = ((gv[row, col] * k0[row, (i0 - 0)]) - u0_hi[row, col])
       {
-        for (int i = tid; i < 16384; i += 256) {
-          const int r = i / 128, c = i % 128;
-          t_u0_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k0[(r) * 136 + ((v_i0 - 0))])) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_u0_hi[(r) * 136 + (c)])));
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_u0_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k0[(r) * 136 + ((v_i0 - 0))])) - prt::to_f32(t_u0_hi[(r) * 72 + (c)])));
         }
       }
       __syncthreads();
-      // s0 = mma.tc(k0^T, u0_hi) [128x128 in 16x32 units over 8 warps]
+      // s0 = mma.tc(k0^T, u0_hi) [128x64 in 16x32 units over 8 warps]
       {
         #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           float (&acc)[4][4] = f_s0[j];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
@@ -813,19 +824,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
             #pragma unroll
             for (int q = 0; q < 4; q += 2) {
               uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u0_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+              prt::ldmatrix_x4_trans(bf, &t_u0_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
               prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
               prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
             }
           }
         }
       }
-      // s0 += mma.tc(k0^T, u0_lo) [128x128 in 16x32 units over 8 warps]
+      // s0 += mma.tc(k0^T, u0_lo) [128x64 in 16x32 units over 8 warps]
       {
         #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           float (&acc)[4][4] = f_s0[j];
           for (int k0 = 0; k0 < 128; k0 += 16) {
             uint32_t af[4];
@@ -833,7 +844,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
             #pragma unroll
             for (int q = 0; q < 4; q += 2) {
               uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u0_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+              prt::ldmatrix_x4_trans(bf, &t_u0_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
               prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
               prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
             }
@@ -843,9 +854,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       // s0[row, col] = (s0[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951))
       {
         #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
             #pragma unroll
@@ -856,20 +867,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i0 * 128) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+128, (pid.x * 128):+128] = s0 where (((row + 0) >= i0) && ((row + 0) < 128))
+      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i0 * 128) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+128, (pid.x * 64):+64] = s0 where (((row + 0) >= i0) && ((row + 0) < 128))
       {
         const int a0 = (static_cast<int>(blockIdx.z) / p_h);
         const int a1 = (static_cast<int>(blockIdx.z) % p_h);
         const int a2 = static_cast<int>(blockIdx.y);
         const int s3 = ((((((v_i0 * 128) - ((v_i0 * (v_i0 - 1)) / 2)) + v_i0) - v_i0) - v_i0) + 0);
-        const int s4 = (static_cast<int>(blockIdx.x) * 128);
+        const int s4 = (static_cast<int>(blockIdx.x) * 64);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
           #pragma unroll
-          for (int j = 0; j < 4; ++j) {
+          for (int j = 0; j < 2; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
               #pragma unroll
@@ -1008,28 +1019,28 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   {
     const int v_i1_end = 32;
     for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
-      // u1_hi[row, col] = ((v[row, col] * k1[row, (i1 - 16)]) * exp((lam[127] - lam[row])))
+      // u1_hi[row, col] = (gv[row, col] * k1[row, (i1 - 16)])
       {
-        for (int i = tid; i < 16384; i += 256) {
-          const int r = i / 128, c = i % 128;
-          t_u1_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k1[(r) * 120 + ((v_i1 - 16))])) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_u1_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k1[(r) * 120 + ((v_i1 - 16))])));
         }
       }
-      // u1_lo[row, col] = (((v[row, col] * k1[row, (i1 - 16)]) * exp((lam[127] - lam[row]))) - u1_hi[row, col])
+      // u1_lo[row, col] = ((gv[row, col] * k1[row, (i1 - 16)]) - u1_hi[row, col])
       {
-        for (int i = tid; i < 16384; i += 256) {
-          const int r = i / 128, c = i % 128;
-          t_u1_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k1[(r) * 120 + ((v_i1 - 16))])) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_u1_hi[(r) * 136 + (c)])));
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_u1_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k1[(r) * 120 + ((v_i1 - 16))])) - prt::to_f32(t_u1_hi[(r) * 72 + (c)])));
         }
       }
       __syncthreads();
-      // s1 = mma.tc(k1^T, u1_hi) [112x128 in 16x32 units over 8 warps]
+      // s1 = mma.tc(k1^T, u1_hi) [112x64 in 16x32 units over 8 warps]
       {
         #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
-          if (u < 28) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          if (u < 14) {
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
             float (&acc)[4][4] = f_s1[j];
             #pragma unroll
             for (int q = 0; q < 4; ++q)
@@ -1041,7 +1052,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
               #pragma unroll
               for (int q = 0; q < 4; q += 2) {
                 uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_u1_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::ldmatrix_x4_trans(bf, &t_u1_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
                 prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
                 prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
               }
@@ -1049,13 +1060,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      // s1 += mma.tc(k1^T, u1_lo) [112x128 in 16x32 units over 8 warps]
+      // s1 += mma.tc(k1^T, u1_lo) [112x64 in 16x32 units over 8 warps]
       {
         #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
-          if (u < 28) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          if (u < 14) {
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
             float (&acc)[4][4] = f_s1[j];
             for (int k0 = 0; k0 < 128; k0 += 16) {
               uint32_t af[4];
@@ -1063,7 +1074,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
               #pragma unroll
               for (int q = 0; q < 4; q += 2) {
                 uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_u1_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::ldmatrix_x4_trans(bf, &t_u1_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
                 prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
                 prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
               }
@@ -1074,10 +1085,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       // s1[row, col] = (s1[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951))
       {
         #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
-          if (u < 28) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          if (u < 14) {
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
               #pragma unroll
@@ -1089,21 +1100,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i1 * 128) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+112, (pid.x * 128):+128] = s1 where (((row + 16) >= i1) && ((row + 16) < 128))
+      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i1 * 128) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+112, (pid.x * 64):+64] = s1 where (((row + 16) >= i1) && ((row + 16) < 128))
       {
         const int a0 = (static_cast<int>(blockIdx.z) / p_h);
         const int a1 = (static_cast<int>(blockIdx.z) % p_h);
         const int a2 = static_cast<int>(blockIdx.y);
         const int s3 = ((((((v_i1 * 128) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 16);
-        const int s4 = (static_cast<int>(blockIdx.x) * 128);
+        const int s4 = (static_cast<int>(blockIdx.x) * 64);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
           #pragma unroll
-          for (int j = 0; j < 4; ++j) {
+          for (int j = 0; j < 2; ++j) {
             const int u = warp + j * 8;
-            if (u < 28) {
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            if (u < 14) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
               #pragma unroll
               for (int q = 0; q < 4; ++q) {
                 #pragma unroll
@@ -1243,61 +1254,65 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   {
     const int v_i2_end = 48;
     for (int v_i2 = 32; v_i2 < v_i2_end; v_i2 += 1) {
-      // u2_hi[row, col] = ((v[row, col] * k2[row, (i2 - 32)]) * exp((lam[127] - lam[row])))
+      // u2_hi[row, col] = (gv[row, col] * k2[row, (i2 - 32)])
       {
-        for (int i = tid; i < 16384; i += 256) {
-          const int r = i / 128, c = i % 128;
-          t_u2_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k2[(r) * 104 + ((v_i2 - 32))])) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_u2_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k2[(r) * 104 + ((v_i2 - 32))])));
         }
       }
-      // u2_lo[row, col] = (((v[row, col] * k2[row, (i2 - 32)]) * exp((lam[127] - lam[row]))) - u2_hi[row, col])
+      // u2_lo[row, col] = ((gv[row, col] * k2[row, (i2 - 32)]) - u2_hi[row, col])
       {
-        for (int i = tid; i < 16384; i += 256) {
-          const int r = i / 128, c = i % 128;
-          t_u2_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k2[(r) * 104 + ((v_i2 - 32))])) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_u2_hi[(r) * 136 + (c)])));
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_u2_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k2[(r) * 104 + ((v_i2 - 32))])) - prt::to_f32(t_u2_hi[(r) * 72 + (c)])));
         }
       }
       __syncthreads();
-      // s2 = mma.tc(k2^T, u2_hi) [96x128 in 16x32 units over 8 warps]
+      // s2 = mma.tc(k2^T, u2_hi) [96x64 in 16x32 units over 8 warps]
       {
         #pragma unroll
-        for (int j = 0; j < 3; ++j) {
+        for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          float (&acc)[4][4] = f_s2[j];
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 128; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k2[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
+          if (u < 12) {
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+            float (&acc)[4][4] = f_s2[j];
             #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u2_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            for (int q = 0; q < 4; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+            for (int k0 = 0; k0 < 128; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4_trans(af, &t_k2[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 4; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_u2_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
             }
           }
         }
       }
-      // s2 += mma.tc(k2^T, u2_lo) [96x128 in 16x32 units over 8 warps]
+      // s2 += mma.tc(k2^T, u2_lo) [96x64 in 16x32 units over 8 warps]
       {
         #pragma unroll
-        for (int j = 0; j < 3; ++j) {
+        for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          float (&acc)[4][4] = f_s2[j];
-          for (int k0 = 0; k0 < 128; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k2[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u2_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+          if (u < 12) {
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+            float (&acc)[4][4] = f_s2[j];
+            for (int k0 = 0; k0 < 128; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4_trans(af, &t_k2[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 4; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_u2_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
             }
           }
         }
@@ -1305,39 +1320,43 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       // s2[row, col] = (s2[row, col] * select(((row + 32) == i2), 1.0, 1.4142135623730951))
       {
         #pragma unroll
-        for (int j = 0; j < 3; ++j) {
+        for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_s2[j][q][e] = (f_s2[j][q][e] * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f));
-            }
-          }
-        }
-      }
-      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i2 * 128) - ((i2 * (i2 - 1)) // 2)) + i2) - i2) - i2) + 32):+96, (pid.x * 128):+128] = s2 where (((row + 32) >= i2) && ((row + 32) < 128))
-      {
-        const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-        const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-        const int a2 = static_cast<int>(blockIdx.y);
-        const int s3 = ((((((v_i2 * 128) - ((v_i2 * (v_i2 - 1)) / 2)) + v_i2) - v_i2) - v_i2) + 32);
-        const int s4 = (static_cast<int>(blockIdx.x) * 128);
-        const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
-        const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
-        if (ok) {
-          #pragma unroll
-          for (int j = 0; j < 3; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          if (u < 12) {
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                if (s3 + r >= 0 && s3 + r < g_dS_d3 && s4 + c >= 0 && s4 + c < g_dS_d4 && ((((r + 32) >= v_i2) && ((r + 32) < 128)))) g_dS[base + static_cast<long long>(r) * g_dS_s3 + static_cast<long long>(c) * g_dS_s4] = prt::from_f32<float>(f_s2[j][q][e]);
+                f_s2[j][q][e] = (f_s2[j][q][e] * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f));
+              }
+            }
+          }
+        }
+      }
+      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i2 * 128) - ((i2 * (i2 - 1)) // 2)) + i2) - i2) - i2) + 32):+96, (pid.x * 64):+64] = s2 where (((row + 32) >= i2) && ((row + 32) < 128))
+      {
+        const int a0 = (static_cast<int>(blockIdx.z) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.z) % p_h);
+        const int a2 = static_cast<int>(blockIdx.y);
+        const int s3 = ((((((v_i2 * 128) - ((v_i2 * (v_i2 - 1)) / 2)) + v_i2) - v_i2) - v_i2) + 32);
+        const int s4 = (static_cast<int>(blockIdx.x) * 64);
+        const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
+        const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            if (u < 12) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  if (s3 + r >= 0 && s3 + r < g_dS_d3 && s4 + c >= 0 && s4 + c < g_dS_d4 && ((((r + 32) >= v_i2) && ((r + 32) < 128)))) g_dS[base + static_cast<long long>(r) * g_dS_s3 + static_cast<long long>(c) * g_dS_s4] = prt::from_f32<float>(f_s2[j][q][e]);
+                }
               }
             }
           }
@@ -1470,28 +1489,28 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   {
     const int v_i3_end = 64;
     for (int v_i3 = 48; v_i3 < v_i3_end; v_i3 += 1) {
-      // u3_hi[row, col] = ((v[row, col] * k3[row, (i3 - 48)]) * exp((lam[127] - lam[row])))
+      // u3_hi[row, col] = (gv[row, col] * k3[row, (i3 - 48)])
       {
-        for (int i = tid; i < 16384; i += 256) {
-          const int r = i / 128, c = i % 128;
-          t_u3_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k3[(r) * 88 + ((v_i3 - 48))])) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_u3_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k3[(r) * 88 + ((v_i3 - 48))])));
         }
       }
-      // u3_lo[row, col] = (((v[row, col] * k3[row, (i3 - 48)]) * exp((lam[127] - lam[row]))) - u3_hi[row, col])
+      // u3_lo[row, col] = ((gv[row, col] * k3[row, (i3 - 48)]) - u3_hi[row, col])
       {
-        for (int i = tid; i < 16384; i += 256) {
-          const int r = i / 128, c = i % 128;
-          t_u3_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k3[(r) * 88 + ((v_i3 - 48))])) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_u3_hi[(r) * 136 + (c)])));
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_u3_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k3[(r) * 88 + ((v_i3 - 48))])) - prt::to_f32(t_u3_hi[(r) * 72 + (c)])));
         }
       }
       __syncthreads();
-      // s3 = mma.tc(k3^T, u3_hi) [80x128 in 16x32 units over 8 warps]
+      // s3 = mma.tc(k3^T, u3_hi) [80x64 in 16x32 units over 8 warps]
       {
         #pragma unroll
-        for (int j = 0; j < 3; ++j) {
+        for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
-          if (u < 20) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          if (u < 10) {
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
             float (&acc)[4][4] = f_s3[j];
             #pragma unroll
             for (int q = 0; q < 4; ++q)
@@ -1503,7 +1522,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
               #pragma unroll
               for (int q = 0; q < 4; q += 2) {
                 uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_u3_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::ldmatrix_x4_trans(bf, &t_u3_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
                 prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
                 prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
               }
@@ -1511,13 +1530,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      // s3 += mma.tc(k3^T, u3_lo) [80x128 in 16x32 units over 8 warps]
+      // s3 += mma.tc(k3^T, u3_lo) [80x64 in 16x32 units over 8 warps]
       {
         #pragma unroll
-        for (int j = 0; j < 3; ++j) {
+        for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
-          if (u < 20) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          if (u < 10) {
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
             float (&acc)[4][4] = f_s3[j];
             for (int k0 = 0; k0 < 128; k0 += 16) {
               uint32_t af[4];
@@ -1525,7 +1544,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
               #pragma unroll
               for (int q = 0; q < 4; q += 2) {
                 uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_u3_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::ldmatrix_x4_trans(bf, &t_u3_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
                 prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
                 prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
               }
@@ -1536,10 +1555,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       // s3[row, col] = (s3[row, col] * select(((row + 48) == i3), 1.0, 1.4142135623730951))
       {
         #pragma unroll
-        for (int j = 0; j < 3; ++j) {
+        for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
-          if (u < 20) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          if (u < 10) {
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
               #pragma unroll
@@ -1551,21 +1570,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i3 * 128) - ((i3 * (i3 - 1)) // 2)) + i3) - i3) - i3) + 48):+80, (pid.x * 128):+128] = s3 where (((row + 48) >= i3) && ((row + 48) < 128))
+      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i3 * 128) - ((i3 * (i3 - 1)) // 2)) + i3) - i3) - i3) + 48):+80, (pid.x * 64):+64] = s3 where (((row + 48) >= i3) && ((row + 48) < 128))
       {
         const int a0 = (static_cast<int>(blockIdx.z) / p_h);
         const int a1 = (static_cast<int>(blockIdx.z) % p_h);
         const int a2 = static_cast<int>(blockIdx.y);
         const int s3 = ((((((v_i3 * 128) - ((v_i3 * (v_i3 - 1)) / 2)) + v_i3) - v_i3) - v_i3) + 48);
-        const int s4 = (static_cast<int>(blockIdx.x) * 128);
+        const int s4 = (static_cast<int>(blockIdx.x) * 64);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
           #pragma unroll
-          for (int j = 0; j < 3; ++j) {
+          for (int j = 0; j < 2; ++j) {
             const int u = warp + j * 8;
-            if (u < 20) {
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            if (u < 10) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
               #pragma unroll
               for (int q = 0; q < 4; ++q) {
                 #pragma unroll
@@ -1701,27 +1720,27 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   {
     const int v_i4_end = 80;
     for (int v_i4 = 64; v_i4 < v_i4_end; v_i4 += 1) {
-      // u4_hi[row, col] = ((v[row, col] * k4[row, (i4 - 64)]) * exp((lam[127] - lam[row])))
+      // u4_hi[row, col] = (gv[row, col] * k4[row, (i4 - 64)])
       {
-        for (int i = tid; i < 16384; i += 256) {
-          const int r = i / 128, c = i % 128;
-          t_u4_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k4[(r) * 72 + ((v_i4 - 64))])) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_u4_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k4[(r) * 72 + ((v_i4 - 64))])));
         }
       }
-      // u4_lo[row, col] = (((v[row, col] * k4[row, (i4 - 64)]) * exp((lam[127] - lam[row]))) - u4_hi[row, col])
+      // u4_lo[row, col] = ((gv[row, col] * k4[row, (i4 - 64)]) - u4_hi[row, col])
       {
-        for (int i = tid; i < 16384; i += 256) {
-          const int r = i / 128, c = i % 128;
-          t_u4_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k4[(r) * 72 + ((v_i4 - 64))])) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_u4_hi[(r) * 136 + (c)])));
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_u4_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k4[(r) * 72 + ((v_i4 - 64))])) - prt::to_f32(t_u4_hi[(r) * 72 + (c)])));
         }
       }
       __syncthreads();
-      // s4 = mma.tc(k4^T, u4_hi) [64x128 in 16x32 units over 8 warps]
+      // s4 = mma.tc(k4^T, u4_hi) [64x64 in 16x32 units over 8 warps]
       {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           float (&acc)[4][4] = f_s4[j];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
@@ -1733,19 +1752,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
             #pragma unroll
             for (int q = 0; q < 4; q += 2) {
               uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u4_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+              prt::ldmatrix_x4_trans(bf, &t_u4_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
               prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
               prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
             }
           }
         }
       }
-      // s4 += mma.tc(k4^T, u4_lo) [64x128 in 16x32 units over 8 warps]
+      // s4 += mma.tc(k4^T, u4_lo) [64x64 in 16x32 units over 8 warps]
       {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           float (&acc)[4][4] = f_s4[j];
           for (int k0 = 0; k0 < 128; k0 += 16) {
             uint32_t af[4];
@@ -1753,7 +1772,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
             #pragma unroll
             for (int q = 0; q < 4; q += 2) {
               uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u4_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+              prt::ldmatrix_x4_trans(bf, &t_u4_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
               prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
               prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
             }
@@ -1763,9 +1782,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       // s4[row, col] = (s4[row, col] * select(((row + 64) == i4), 1.0, 1.4142135623730951))
       {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
             #pragma unroll
@@ -1776,20 +1795,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i4 * 128) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 64):+64, (pid.x * 128):+128] = s4 where (((row + 64) >= i4) && ((row + 64) < 128))
+      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i4 * 128) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 64):+64, (pid.x * 64):+64] = s4 where (((row + 64) >= i4) && ((row + 64) < 128))
       {
         const int a0 = (static_cast<int>(blockIdx.z) / p_h);
         const int a1 = (static_cast<int>(blockIdx.z) % p_h);
         const int a2 = static_cast<int>(blockIdx.y);
         const int s3 = ((((((v_i4 * 128) - ((v_i4 * (v_i4 - 1)) / 2)) + v_i4) - v_i4) - v_i4) + 64);
-        const int s4 = (static_cast<int>(blockIdx.x) * 128);
+        const int s4 = (static_cast<int>(blockIdx.x) * 64);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 1; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
               #pragma unroll
@@ -1928,40 +1947,40 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   {
     const int v_i5_end = 96;
     for (int v_i5 = 80; v_i5 < v_i5_end; v_i5 += 1) {
-      // u5_hi[row, col] = ((v[row, col] * k5[row, (i5 - 80)]) * exp((lam[127] - lam[row])))
+      // u5_hi[row, col] = (gv[row, col] * k5[row, (i5 - 80)])
       {
-        for (int i = tid; i < 16384; i += 256) {
-          const int r = i / 128, c = i % 128;
-          t_u5_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k5[(r) * 56 + ((v_i5 - 80))])) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_u5_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k5[(r) * 56 + ((v_i5 - 80))])));
         }
       }
-      // u5_lo[row, col] = (((v[row, col] * k5[row, (i5 - 80)]) * exp((lam[127] - lam[row]))) - u5_hi[row, col])
+      // u5_lo[row, col] = ((gv[row, col] * k5[row, (i5 - 80)]) - u5_hi[row, col])
       {
-        for (int i = tid; i < 16384; i += 256) {
-          const int r = i / 128, c = i % 128;
-          t_u5_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k5[(r) * 56 + ((v_i5 - 80))])) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_u5_hi[(r) * 136 + (c)])));
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_u5_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k5[(r) * 56 + ((v_i5 - 80))])) - prt::to_f32(t_u5_hi[(r) * 72 + (c)])));
         }
       }
       __syncthreads();
-      // s5 = mma.tc(k5^T, u5_hi) [48x128 in 16x32 units over 8 warps]
+      // s5 = mma.tc(k5^T, u5_hi) [48x64 in 16x16 units over 8 warps]
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
           if (u < 12) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-            float (&acc)[4][4] = f_s5[j];
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+            float (&acc)[2][4] = f_s5[j];
             #pragma unroll
-            for (int q = 0; q < 4; ++q)
+            for (int q = 0; q < 2; ++q)
             #pragma unroll
               for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
             for (int k0 = 0; k0 < 128; k0 += 16) {
               uint32_t af[4];
               prt::ldmatrix_x4_trans(af, &t_k5[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
+              for (int q = 0; q < 2; q += 2) {
                 uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_u5_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::ldmatrix_x4_trans(bf, &t_u5_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
                 prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
                 prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
               }
@@ -1969,21 +1988,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      // s5 += mma.tc(k5^T, u5_lo) [48x128 in 16x32 units over 8 warps]
+      // s5 += mma.tc(k5^T, u5_lo) [48x64 in 16x16 units over 8 warps]
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
           if (u < 12) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-            float (&acc)[4][4] = f_s5[j];
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+            float (&acc)[2][4] = f_s5[j];
             for (int k0 = 0; k0 < 128; k0 += 16) {
               uint32_t af[4];
               prt::ldmatrix_x4_trans(af, &t_k5[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
+              for (int q = 0; q < 2; q += 2) {
                 uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_u5_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::ldmatrix_x4_trans(bf, &t_u5_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
                 prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
                 prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
               }
@@ -1997,9 +2016,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
           if (u < 12) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -2009,13 +2028,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i5 * 128) - ((i5 * (i5 - 1)) // 2)) + i5) - i5) - i5) + 80):+48, (pid.x * 128):+128] = s5 where (((row + 80) >= i5) && ((row + 80) < 128))
+      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i5 * 128) - ((i5 * (i5 - 1)) // 2)) + i5) - i5) - i5) + 80):+48, (pid.x * 64):+64] = s5 where (((row + 80) >= i5) && ((row + 80) < 128))
       {
         const int a0 = (static_cast<int>(blockIdx.z) / p_h);
         const int a1 = (static_cast<int>(blockIdx.z) % p_h);
         const int a2 = static_cast<int>(blockIdx.y);
         const int s3 = ((((((v_i5 * 128) - ((v_i5 * (v_i5 - 1)) / 2)) + v_i5) - v_i5) - v_i5) + 80);
-        const int s4 = (static_cast<int>(blockIdx.x) * 128);
+        const int s4 = (static_cast<int>(blockIdx.x) * 64);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
@@ -2023,9 +2042,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           for (int j = 0; j < 2; ++j) {
             const int u = warp + j * 8;
             if (u < 12) {
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
               #pragma unroll
-              for (int q = 0; q < 4; ++q) {
+              for (int q = 0; q < 2; ++q) {
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -2163,59 +2182,59 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   {
     const int v_i6_end = 112;
     for (int v_i6 = 96; v_i6 < v_i6_end; v_i6 += 1) {
-      // u6_hi[row, col] = ((v[row, col] * k6[row, (i6 - 96)]) * exp((lam[127] - lam[row])))
+      // u6_hi[row, col] = (gv[row, col] * k6[row, (i6 - 96)])
       {
-        for (int i = tid; i < 16384; i += 256) {
-          const int r = i / 128, c = i % 128;
-          t_u6_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k6[(r) * 40 + ((v_i6 - 96))])) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_u6_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k6[(r) * 40 + ((v_i6 - 96))])));
         }
       }
-      // u6_lo[row, col] = (((v[row, col] * k6[row, (i6 - 96)]) * exp((lam[127] - lam[row]))) - u6_hi[row, col])
+      // u6_lo[row, col] = ((gv[row, col] * k6[row, (i6 - 96)]) - u6_hi[row, col])
       {
-        for (int i = tid; i < 16384; i += 256) {
-          const int r = i / 128, c = i % 128;
-          t_u6_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k6[(r) * 40 + ((v_i6 - 96))])) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_u6_hi[(r) * 136 + (c)])));
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_u6_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k6[(r) * 40 + ((v_i6 - 96))])) - prt::to_f32(t_u6_hi[(r) * 72 + (c)])));
         }
       }
       __syncthreads();
-      // s6 = mma.tc(k6^T, u6_hi) [32x128 in 16x32 units over 8 warps]
+      // s6 = mma.tc(k6^T, u6_hi) [32x64 in 16x16 units over 8 warps]
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          float (&acc)[4][4] = f_s6[j];
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+          float (&acc)[2][4] = f_s6[j];
           #pragma unroll
-          for (int q = 0; q < 4; ++q)
+          for (int q = 0; q < 2; ++q)
           #pragma unroll
             for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
           for (int k0 = 0; k0 < 128; k0 += 16) {
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k6[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
+            for (int q = 0; q < 2; q += 2) {
               uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u6_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+              prt::ldmatrix_x4_trans(bf, &t_u6_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
               prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
               prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
             }
           }
         }
       }
-      // s6 += mma.tc(k6^T, u6_lo) [32x128 in 16x32 units over 8 warps]
+      // s6 += mma.tc(k6^T, u6_lo) [32x64 in 16x16 units over 8 warps]
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          float (&acc)[4][4] = f_s6[j];
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+          float (&acc)[2][4] = f_s6[j];
           for (int k0 = 0; k0 < 128; k0 += 16) {
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k6[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
+            for (int q = 0; q < 2; q += 2) {
               uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u6_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+              prt::ldmatrix_x4_trans(bf, &t_u6_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
               prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
               prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
             }
@@ -2227,9 +2246,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -2238,22 +2257,22 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i6 * 128) - ((i6 * (i6 - 1)) // 2)) + i6) - i6) - i6) + 96):+32, (pid.x * 128):+128] = s6 where (((row + 96) >= i6) && ((row + 96) < 128))
+      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i6 * 128) - ((i6 * (i6 - 1)) // 2)) + i6) - i6) - i6) + 96):+32, (pid.x * 64):+64] = s6 where (((row + 96) >= i6) && ((row + 96) < 128))
       {
         const int a0 = (static_cast<int>(blockIdx.z) / p_h);
         const int a1 = (static_cast<int>(blockIdx.z) % p_h);
         const int a2 = static_cast<int>(blockIdx.y);
         const int s3 = ((((((v_i6 * 128) - ((v_i6 * (v_i6 - 1)) / 2)) + v_i6) - v_i6) - v_i6) + 96);
-        const int s4 = (static_cast<int>(blockIdx.x) * 128);
+        const int s4 = (static_cast<int>(blockIdx.x) * 64);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -2387,65 +2406,58 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       }
     }
   }
+  __syncthreads();
   {
     const int v_i7_end = 128;
     for (int v_i7 = 112; v_i7 < v_i7_end; v_i7 += 1) {
-      // u7_hi[row, col] = ((v[row, col] * k7[row, (i7 - 112)]) * exp((lam[127] - lam[row])))
+      // u7_hi[row, col] = (gv[row, col] * k7[row, (i7 - 112)])
       {
-        for (int i = tid; i < 16384; i += 256) {
-          const int r = i / 128, c = i % 128;
-          t_u7_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k7[(r) * 24 + ((v_i7 - 112))])) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_u7_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k7[(r) * 24 + ((v_i7 - 112))])));
         }
       }
-      // u7_lo[row, col] = (((v[row, col] * k7[row, (i7 - 112)]) * exp((lam[127] - lam[row]))) - u7_hi[row, col])
+      // u7_lo[row, col] = ((gv[row, col] * k7[row, (i7 - 112)]) - u7_hi[row, col])
       {
-        for (int i = tid; i < 16384; i += 256) {
-          const int r = i / 128, c = i % 128;
-          t_u7_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k7[(r) * 24 + ((v_i7 - 112))])) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_u7_hi[(r) * 136 + (c)])));
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_u7_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k7[(r) * 24 + ((v_i7 - 112))])) - prt::to_f32(t_u7_hi[(r) * 72 + (c)])));
         }
       }
       __syncthreads();
-      // s7 = mma.tc(k7^T, u7_hi) [16x128 in 16x16 units over 8 warps]
+      // s7 = mma.tc(k7^T, u7_hi) [16x64 in 16x8 units over 8 warps]
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
-          float (&acc)[2][4] = f_s7[j];
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 8;
+          float (&acc)[1][4] = f_s7[j];
           #pragma unroll
-          for (int q = 0; q < 2; ++q)
+          for (int q = 0; q < 1; ++q)
           #pragma unroll
             for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
           for (int k0 = 0; k0 < 128; k0 += 16) {
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k7[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 2; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u7_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
+            uint32_t bf[2];
+            prt::ldmatrix_x2_trans(bf, &t_u7_hi[(k0 + (lane & 15)) * 72 + n0]);
+            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
           }
         }
       }
-      // s7 += mma.tc(k7^T, u7_lo) [16x128 in 16x16 units over 8 warps]
+      // s7 += mma.tc(k7^T, u7_lo) [16x64 in 16x8 units over 8 warps]
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
-          float (&acc)[2][4] = f_s7[j];
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 8;
+          float (&acc)[1][4] = f_s7[j];
           for (int k0 = 0; k0 < 128; k0 += 16) {
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k7[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 2; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u7_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
+            uint32_t bf[2];
+            prt::ldmatrix_x2_trans(bf, &t_u7_lo[(k0 + (lane & 15)) * 72 + n0]);
+            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
           }
         }
       }
@@ -2454,9 +2466,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 8;
           #pragma unroll
-          for (int q = 0; q < 2; ++q) {
+          for (int q = 0; q < 1; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -2465,22 +2477,22 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i7 * 128) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 112):+16, (pid.x * 128):+128] = s7 where (((row + 112) >= i7) && ((row + 112) < 128))
+      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i7 * 128) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 112):+16, (pid.x * 64):+64] = s7 where (((row + 112) >= i7) && ((row + 112) < 128))
       {
         const int a0 = (static_cast<int>(blockIdx.z) / p_h);
         const int a1 = (static_cast<int>(blockIdx.z) % p_h);
         const int a2 = static_cast<int>(blockIdx.y);
         const int s3 = ((((((v_i7 * 128) - ((v_i7 * (v_i7 - 1)) / 2)) + v_i7) - v_i7) - v_i7) + 112);
-        const int s4 = (static_cast<int>(blockIdx.x) * 128);
+        const int s4 = (static_cast<int>(blockIdx.x) * 64);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
+            const int m0 = (u / 8) * 16, n0 = (u % 8) * 8;
             #pragma unroll
-            for (int q = 0; q < 2; ++q) {
+            for (int q = 0; q < 1; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -9366,10 +9378,10 @@ extern "C" cudaError_t prt_attention_p2_d128_e128_c128_bf16_w4_bd0_bt64_s2_launc
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_update_state_p2_d128_e128_c128_bf16_w8_bd128_bt128_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d128_e128_c128_bf16_w8_bd128_bt128_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 158720);
+extern "C" cudaError_t prt_update_state_p2_d128_e128_c128_bf16_w8_bd64_bt128_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
+  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d128_e128_c128_bf16_w8_bd64_bt128_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 130048);
   if (err != cudaSuccess) return err;
-  prt_update_state_p2_d128_e128_c128_bf16_w8_bd128_bt128_s1<<<grid, 256, 158720, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
+  prt_update_state_p2_d128_e128_c128_bf16_w8_bd64_bt128_s1<<<grid, 256, 130048, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 

@@ -488,8 +488,8 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
 }
 
 // update_state: dS_m = phi(k')^T V, dZ_m = colsum phi(k') per chunk, k' = k exp((G_m - lam)/p)
-// grid (2, $n, ($b * $h)), 256 threads, 154624 bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_c128_f32_w8_bd64_bt128_s1(
+// grid (4, $n, ($b * $h)), 256 threads, 128000 bytes of dynamic shared memory
+extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_c128_f32_w8_bd32_bt128_s1(
     const float* g_K, const float* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -562,55 +562,56 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   (void)g_dZ_d3;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
-  float* const t_v = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128, 64] pitch 64
+  float* const t_v = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128, 32] pitch 32
+  float* const t_gv = reinterpret_cast<float*>(prt_smem + 17408);  // f32[128, 32] pitch 32
   float* const t_k0 = reinterpret_cast<float*>(prt_smem + 33792);  // f32[128, 128] pitch 132
-  float* const t_kgk0 = reinterpret_cast<float*>(prt_smem + 111616);  // f32[128, 16] pitch 16
-  float* const t_gk0_hi = reinterpret_cast<float*>(prt_smem + 101376);  // f32[128, 16] pitch 20
-  float f_s0[2][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 8 warps
+  float* const t_kgk0 = reinterpret_cast<float*>(prt_smem + 101376);  // f32[128, 16] pitch 16
+  float* const t_gk0_hi = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128, 16] pitch 20
+  float f_s0[1][4][4];  // f32[128, 32] as mma fragments: 128x32 in 16x32 units over 8 warps
   float* const t_z0 = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
-  float* const t_u0_hi = reinterpret_cast<float*>(prt_smem + 119808);  // f32[128, 64] pitch 68
+  float* const t_u0_hi = reinterpret_cast<float*>(prt_smem + 109568);  // f32[128, 32] pitch 36
   float* const t_k1 = reinterpret_cast<float*>(prt_smem + 33792);  // f32[128, 112] pitch 116
-  float* const t_kgk1 = reinterpret_cast<float*>(prt_smem + 103424);  // f32[112, 16] pitch 16
-  float* const t_gk1_hi = reinterpret_cast<float*>(prt_smem + 93184);  // f32[128, 16] pitch 20
-  float f_s1[2][4][4];  // f32[112, 64] as mma fragments: 112x64 in 16x32 units over 8 warps
+  float* const t_kgk1 = reinterpret_cast<float*>(prt_smem + 93184);  // f32[112, 16] pitch 16
+  float* const t_gk1_hi = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128, 16] pitch 20
+  float f_s1[2][2][4];  // f32[112, 32] as mma fragments: 112x32 in 16x16 units over 8 warps
   float* const t_z1 = reinterpret_cast<float*>(prt_smem + 0);  // f32[112] pitch 112
-  float* const t_u1_hi = reinterpret_cast<float*>(prt_smem + 110592);  // f32[128, 64] pitch 68
+  float* const t_u1_hi = reinterpret_cast<float*>(prt_smem + 100352);  // f32[128, 32] pitch 36
   float* const t_k2 = reinterpret_cast<float*>(prt_smem + 33792);  // f32[128, 96] pitch 100
-  float* const t_kgk2 = reinterpret_cast<float*>(prt_smem + 95232);  // f32[96, 16] pitch 16
-  float* const t_gk2_hi = reinterpret_cast<float*>(prt_smem + 84992);  // f32[128, 16] pitch 20
-  float f_s2[2][4][4];  // f32[96, 64] as mma fragments: 96x64 in 16x32 units over 8 warps
+  float* const t_kgk2 = reinterpret_cast<float*>(prt_smem + 11264);  // f32[96, 16] pitch 16
+  float* const t_gk2_hi = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128, 16] pitch 20
+  float f_s2[2][2][4];  // f32[96, 32] as mma fragments: 96x32 in 16x16 units over 8 warps
   float* const t_z2 = reinterpret_cast<float*>(prt_smem + 0);  // f32[96] pitch 96
-  float* const t_u2_hi = reinterpret_cast<float*>(prt_smem + 101376);  // f32[128, 64] pitch 68
+  float* const t_u2_hi = reinterpret_cast<float*>(prt_smem + 84992);  // f32[128, 32] pitch 36
   float* const t_k3 = reinterpret_cast<float*>(prt_smem + 33792);  // f32[128, 80] pitch 84
-  float* const t_kgk3 = reinterpret_cast<float*>(prt_smem + 87040);  // f32[80, 16] pitch 16
-  float* const t_gk3_hi = reinterpret_cast<float*>(prt_smem + 76800);  // f32[128, 16] pitch 20
-  float f_s3[2][4][4];  // f32[80, 64] as mma fragments: 80x64 in 16x32 units over 8 warps
+  float* const t_kgk3 = reinterpret_cast<float*>(prt_smem + 11264);  // f32[80, 16] pitch 16
+  float* const t_gk3_hi = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128, 16] pitch 20
+  float f_s3[2][2][4];  // f32[80, 32] as mma fragments: 80x32 in 16x16 units over 8 warps
   float* const t_z3 = reinterpret_cast<float*>(prt_smem + 0);  // f32[80] pitch 80
-  float* const t_u3_hi = reinterpret_cast<float*>(prt_smem + 92160);  // f32[128, 64] pitch 68
+  float* const t_u3_hi = reinterpret_cast<float*>(prt_smem + 76800);  // f32[128, 32] pitch 36
   float* const t_k4 = reinterpret_cast<float*>(prt_smem + 33792);  // f32[128, 64] pitch 68
-  float* const t_kgk4 = reinterpret_cast<float*>(prt_smem + 78848);  // f32[64, 16] pitch 16
-  float* const t_gk4_hi = reinterpret_cast<float*>(prt_smem + 68608);  // f32[128, 16] pitch 20
-  float f_s4[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
+  float* const t_kgk4 = reinterpret_cast<float*>(prt_smem + 11264);  // f32[64, 16] pitch 16
+  float* const t_gk4_hi = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128, 16] pitch 20
+  float f_s4[1][2][4];  // f32[64, 32] as mma fragments: 64x32 in 16x16 units over 8 warps
   float* const t_z4 = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  float* const t_u4_hi = reinterpret_cast<float*>(prt_smem + 82944);  // f32[128, 64] pitch 68
+  float* const t_u4_hi = reinterpret_cast<float*>(prt_smem + 68608);  // f32[128, 32] pitch 36
   float* const t_k5 = reinterpret_cast<float*>(prt_smem + 33792);  // f32[128, 48] pitch 52
-  float* const t_kgk5 = reinterpret_cast<float*>(prt_smem + 70656);  // f32[48, 16] pitch 16
-  float* const t_gk5_hi = reinterpret_cast<float*>(prt_smem + 60416);  // f32[128, 16] pitch 20
-  float f_s5[2][2][4];  // f32[48, 64] as mma fragments: 48x64 in 16x16 units over 8 warps
+  float* const t_kgk5 = reinterpret_cast<float*>(prt_smem + 11264);  // f32[48, 16] pitch 16
+  float* const t_gk5_hi = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128, 16] pitch 20
+  float f_s5[2][1][4];  // f32[48, 32] as mma fragments: 48x32 in 16x8 units over 8 warps
   float* const t_z5 = reinterpret_cast<float*>(prt_smem + 0);  // f32[48] pitch 48
-  float* const t_u5_hi = reinterpret_cast<float*>(prt_smem + 73728);  // f32[128, 64] pitch 68
+  float* const t_u5_hi = reinterpret_cast<float*>(prt_smem + 60416);  // f32[128, 32] pitch 36
   float* const t_k6 = reinterpret_cast<float*>(prt_smem + 33792);  // f32[128, 32] pitch 36
-  float* const t_kgk6 = reinterpret_cast<float*>(prt_smem + 62464);  // f32[32, 16] pitch 16
-  float* const t_gk6_hi = reinterpret_cast<float*>(prt_smem + 52224);  // f32[128, 16] pitch 20
-  float f_s6[1][2][4];  // f32[32, 64] as mma fragments: 32x64 in 16x16 units over 8 warps
+  float* const t_kgk6 = reinterpret_cast<float*>(prt_smem + 11264);  // f32[32, 16] pitch 16
+  float* const t_gk6_hi = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128, 16] pitch 20
+  float f_s6[1][1][4];  // f32[32, 32] as mma fragments: 32x32 in 16x8 units over 8 warps
   float* const t_z6 = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
-  float* const t_u6_hi = reinterpret_cast<float*>(prt_smem + 64512);  // f32[128, 64] pitch 68
-  float* const t_k7 = reinterpret_cast<float*>(prt_smem + 33792);  // f32[128, 16] pitch 20
-  float* const t_kgk7 = reinterpret_cast<float*>(prt_smem + 54272);  // f32[16, 16] pitch 16
-  float* const t_gk7_hi = reinterpret_cast<float*>(prt_smem + 44032);  // f32[128, 16] pitch 20
-  float f_s7[1][1][4];  // f32[16, 64] as mma fragments: 16x64 in 16x8 units over 8 warps
-  float* const t_z7 = reinterpret_cast<float*>(prt_smem + 0);  // f32[16] pitch 16
-  float* const t_u7_hi = reinterpret_cast<float*>(prt_smem + 55296);  // f32[128, 64] pitch 68
+  float* const t_u6_hi = reinterpret_cast<float*>(prt_smem + 52224);  // f32[128, 32] pitch 36
+  float* const t_k7 = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128, 16] pitch 20
+  float* const t_kgk7 = reinterpret_cast<float*>(prt_smem + 0);  // f32[16, 16] pitch 16
+  float* const t_gk7_hi = reinterpret_cast<float*>(prt_smem + 33792);  // f32[128, 16] pitch 20
+  float f_s7[1][1][4];  // f32[16, 32] as mma fragments: 16x32 in 16x8 units over 8 warps
+  float* const t_z7 = reinterpret_cast<float*>(prt_smem + 11264);  // f32[16] pitch 16
+  float* const t_u7_hi = reinterpret_cast<float*>(prt_smem + 33792);  // f32[128, 32] pitch 36
   // g = load logG[(pid.z // $h), (pid.y * 128):+128, (pid.z % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.z) / p_h);
@@ -637,29 +638,39 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       }
     }
   }
-  // v = load.async V[(pid.z // $h), (pid.y * 128):+128, (pid.z % $h), (pid.x * 64):+64]
+  // v = load.async V[(pid.z // $h), (pid.y * 128):+128, (pid.z % $h), (pid.x * 32):+32]
   {
     const int a0 = (static_cast<int>(blockIdx.z) / p_h);
     const int s1 = (static_cast<int>(blockIdx.y) * 128);
     const int a2 = (static_cast<int>(blockIdx.z) % p_h);
-    const int s3 = (static_cast<int>(blockIdx.x) * 64);
+    const int s3 = (static_cast<int>(blockIdx.x) * 32);
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 2048; i += 256) {
-        const int r = i / 16, c = (i % 16) * 4;
+      for (int i = tid; i < 1024; i += 256) {
+        const int r = i / 8, c = (i % 8) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
         const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
       }
     }
     else {
-      for (int i = tid; i < 8192; i += 256) {
-        const int r = i / 64, c = i % 64;
-        dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+      for (int i = tid; i < 4096; i += 256) {
+        const int r = i / 32, c = i % 32;
+        dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
       }
+    }
+  }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
+  __syncthreads();
+  // gv[row, col] = (v[row, col] * exp((lam[127] - lam[row])))
+  {
+    for (int i = tid; i < 4096; i += 256) {
+      const int r = i / 32, c = i % 32;
+      t_gv[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 32 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
     }
   }
   // k0 = load.async K[(pid.z // $h), (pid.y * 128):+128, (pid.z % $h), 0:+128]
@@ -732,20 +743,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   {
     const int v_i0_end = 16;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // u0_hi[row, col] = ((v[row, col] * k0[row, (i0 - 0)]) * exp((lam[127] - lam[row])))
+      // u0_hi[row, col] = (gv[row, col] * k0[row, (i0 - 0)])
       {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 64, c = i % 64;
-          t_u0_hi[(r) * 68 + (c)] = prt::from_f32<float>(((prt::to_f32(t_v[(r) * 64 + (c)]) * prt::to_f32(t_k0[(r) * 132 + ((v_i0 - 0))])) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        for (int i = tid; i < 4096; i += 256) {
+          const int r = i / 32, c = i % 32;
+          t_u0_hi[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k0[(r) * 132 + ((v_i0 - 0))])));
         }
       }
       __syncthreads();
-      // s0 = mma.fmaFrag(k0^T, u0_hi) [128x64 in 16x32 units over 8 warps]
+      // s0 = mma.fmaFrag(k0^T, u0_hi) [128x32 in 16x32 units over 8 warps]
       {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
           float (&acc)[4][4] = f_s0[j];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
@@ -756,7 +767,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
             const float a0 = prt::to_f32(t_k0[(kk) * 132 + (m0 + g)]), a1 = prt::to_f32(t_k0[(kk) * 132 + (m0 + g + 8)]);
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
-              const float b0 = prt::to_f32(t_u0_hi[(kk) * 68 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u0_hi[(kk) * 68 + (n0 + q * 8 + t2 + 1)]);
+              const float b0 = prt::to_f32(t_u0_hi[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u0_hi[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
               acc[q][0] = fmaf(a0, b0, acc[q][0]);
               acc[q][1] = fmaf(a0, b1, acc[q][1]);
               acc[q][2] = fmaf(a1, b0, acc[q][2]);
@@ -768,9 +779,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       // s0[row, col] = (s0[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951))
       {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
             #pragma unroll
@@ -781,20 +792,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i0 * 128) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+128, (pid.x * 64):+64] = s0 where (((row + 0) >= i0) && ((row + 0) < 128))
+      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i0 * 128) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+128, (pid.x * 32):+32] = s0 where (((row + 0) >= i0) && ((row + 0) < 128))
       {
         const int a0 = (static_cast<int>(blockIdx.z) / p_h);
         const int a1 = (static_cast<int>(blockIdx.z) % p_h);
         const int a2 = static_cast<int>(blockIdx.y);
         const int s3 = ((((((v_i0 * 128) - ((v_i0 * (v_i0 - 1)) / 2)) + v_i0) - v_i0) - v_i0) + 0);
-        const int s4 = (static_cast<int>(blockIdx.x) * 64);
+        const int s4 = (static_cast<int>(blockIdx.x) * 32);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 1; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+            const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
               #pragma unroll
@@ -904,32 +915,32 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   {
     const int v_i1_end = 32;
     for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
-      // u1_hi[row, col] = ((v[row, col] * k1[row, (i1 - 16)]) * exp((lam[127] - lam[row])))
+      // u1_hi[row, col] = (gv[row, col] * k1[row, (i1 - 16)])
       {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 64, c = i % 64;
-          t_u1_hi[(r) * 68 + (c)] = prt::from_f32<float>(((prt::to_f32(t_v[(r) * 64 + (c)]) * prt::to_f32(t_k1[(r) * 116 + ((v_i1 - 16))])) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        for (int i = tid; i < 4096; i += 256) {
+          const int r = i / 32, c = i % 32;
+          t_u1_hi[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k1[(r) * 116 + ((v_i1 - 16))])));
         }
       }
       __syncthreads();
-      // s1 = mma.fmaFrag(k1^T, u1_hi) [112x64 in 16x32 units over 8 warps]
+      // s1 = mma.fmaFrag(k1^T, u1_hi) [112x32 in 16x16 units over 8 warps]
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
           if (u < 14) {
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-            float (&acc)[4][4] = f_s1[j];
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+            float (&acc)[2][4] = f_s1[j];
             #pragma unroll
-            for (int q = 0; q < 4; ++q)
+            for (int q = 0; q < 2; ++q)
             #pragma unroll
               for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
             const int g = lane >> 2, t2 = (lane & 3) * 2;
             for (int kk = 0; kk < 128; ++kk) {
               const float a0 = prt::to_f32(t_k1[(kk) * 116 + (m0 + g)]), a1 = prt::to_f32(t_k1[(kk) * 116 + (m0 + g + 8)]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                const float b0 = prt::to_f32(t_u1_hi[(kk) * 68 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u1_hi[(kk) * 68 + (n0 + q * 8 + t2 + 1)]);
+              for (int q = 0; q < 2; ++q) {
+                const float b0 = prt::to_f32(t_u1_hi[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u1_hi[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
                 acc[q][0] = fmaf(a0, b0, acc[q][0]);
                 acc[q][1] = fmaf(a0, b1, acc[q][1]);
                 acc[q][2] = fmaf(a1, b0, acc[q][2]);
@@ -945,9 +956,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
           if (u < 14) {
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -957,13 +968,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i1 * 128) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+112, (pid.x * 64):+64] = s1 where (((row + 16) >= i1) && ((row + 16) < 128))
+      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i1 * 128) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+112, (pid.x * 32):+32] = s1 where (((row + 16) >= i1) && ((row + 16) < 128))
       {
         const int a0 = (static_cast<int>(blockIdx.z) / p_h);
         const int a1 = (static_cast<int>(blockIdx.z) % p_h);
         const int a2 = static_cast<int>(blockIdx.y);
         const int s3 = ((((((v_i1 * 128) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 16);
-        const int s4 = (static_cast<int>(blockIdx.x) * 64);
+        const int s4 = (static_cast<int>(blockIdx.x) * 32);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
@@ -971,9 +982,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           for (int j = 0; j < 2; ++j) {
             const int u = warp + j * 8;
             if (u < 14) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
               #pragma unroll
-              for (int q = 0; q < 4; ++q) {
+              for (int q = 0; q < 2; ++q) {
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -1082,32 +1093,32 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   {
     const int v_i2_end = 48;
     for (int v_i2 = 32; v_i2 < v_i2_end; v_i2 += 1) {
-      // u2_hi[row, col] = ((v[row, col] * k2[row, (i2 - 32)]) * exp((lam[127] - lam[row])))
+      // u2_hi[row, col] = (gv[row, col] * k2[row, (i2 - 32)])
       {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 64, c = i % 64;
-          t_u2_hi[(r) * 68 + (c)] = prt::from_f32<float>(((prt::to_f32(t_v[(r) * 64 + (c)]) * prt::to_f32(t_k2[(r) * 100 + ((v_i2 - 32))])) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        for (int i = tid; i < 4096; i += 256) {
+          const int r = i / 32, c = i % 32;
+          t_u2_hi[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k2[(r) * 100 + ((v_i2 - 32))])));
         }
       }
       __syncthreads();
-      // s2 = mma.fmaFrag(k2^T, u2_hi) [96x64 in 16x32 units over 8 warps]
+      // s2 = mma.fmaFrag(k2^T, u2_hi) [96x32 in 16x16 units over 8 warps]
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
           if (u < 12) {
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-            float (&acc)[4][4] = f_s2[j];
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+            float (&acc)[2][4] = f_s2[j];
             #pragma unroll
-            for (int q = 0; q < 4; ++q)
+            for (int q = 0; q < 2; ++q)
             #pragma unroll
               for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
             const int g = lane >> 2, t2 = (lane & 3) * 2;
             for (int kk = 0; kk < 128; ++kk) {
               const float a0 = prt::to_f32(t_k2[(kk) * 100 + (m0 + g)]), a1 = prt::to_f32(t_k2[(kk) * 100 + (m0 + g + 8)]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                const float b0 = prt::to_f32(t_u2_hi[(kk) * 68 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u2_hi[(kk) * 68 + (n0 + q * 8 + t2 + 1)]);
+              for (int q = 0; q < 2; ++q) {
+                const float b0 = prt::to_f32(t_u2_hi[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u2_hi[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
                 acc[q][0] = fmaf(a0, b0, acc[q][0]);
                 acc[q][1] = fmaf(a0, b1, acc[q][1]);
                 acc[q][2] = fmaf(a1, b0, acc[q][2]);
@@ -1123,9 +1134,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
           if (u < 12) {
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -1135,13 +1146,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i2 * 128) - ((i2 * (i2 - 1)) // 2)) + i2) - i2) - i2) + 32):+96, (pid.x * 64):+64] = s2 where (((row + 32) >= i2) && ((row + 32) < 128))
+      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i2 * 128) - ((i2 * (i2 - 1)) // 2)) + i2) - i2) - i2) + 32):+96, (pid.x * 32):+32] = s2 where (((row + 32) >= i2) && ((row + 32) < 128))
       {
         const int a0 = (static_cast<int>(blockIdx.z) / p_h);
         const int a1 = (static_cast<int>(blockIdx.z) % p_h);
         const int a2 = static_cast<int>(blockIdx.y);
         const int s3 = ((((((v_i2 * 128) - ((v_i2 * (v_i2 - 1)) / 2)) + v_i2) - v_i2) - v_i2) + 32);
-        const int s4 = (static_cast<int>(blockIdx.x) * 64);
+        const int s4 = (static_cast<int>(blockIdx.x) * 32);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
@@ -1149,9 +1160,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           for (int j = 0; j < 2; ++j) {
             const int u = warp + j * 8;
             if (u < 12) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
               #pragma unroll
-              for (int q = 0; q < 4; ++q) {
+              for (int q = 0; q < 2; ++q) {
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -1260,32 +1271,32 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   {
     const int v_i3_end = 64;
     for (int v_i3 = 48; v_i3 < v_i3_end; v_i3 += 1) {
-      // u3_hi[row, col] = ((v[row, col] * k3[row, (i3 - 48)]) * exp((lam[127] - lam[row])))
+      // u3_hi[row, col] = (gv[row, col] * k3[row, (i3 - 48)])
       {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 64, c = i % 64;
-          t_u3_hi[(r) * 68 + (c)] = prt::from_f32<float>(((prt::to_f32(t_v[(r) * 64 + (c)]) * prt::to_f32(t_k3[(r) * 84 + ((v_i3 - 48))])) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        for (int i = tid; i < 4096; i += 256) {
+          const int r = i / 32, c = i % 32;
+          t_u3_hi[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k3[(r) * 84 + ((v_i3 - 48))])));
         }
       }
       __syncthreads();
-      // s3 = mma.fmaFrag(k3^T, u3_hi) [80x64 in 16x32 units over 8 warps]
+      // s3 = mma.fmaFrag(k3^T, u3_hi) [80x32 in 16x16 units over 8 warps]
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
           if (u < 10) {
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-            float (&acc)[4][4] = f_s3[j];
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+            float (&acc)[2][4] = f_s3[j];
             #pragma unroll
-            for (int q = 0; q < 4; ++q)
+            for (int q = 0; q < 2; ++q)
             #pragma unroll
               for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
             const int g = lane >> 2, t2 = (lane & 3) * 2;
             for (int kk = 0; kk < 128; ++kk) {
               const float a0 = prt::to_f32(t_k3[(kk) * 84 + (m0 + g)]), a1 = prt::to_f32(t_k3[(kk) * 84 + (m0 + g + 8)]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                const float b0 = prt::to_f32(t_u3_hi[(kk) * 68 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u3_hi[(kk) * 68 + (n0 + q * 8 + t2 + 1)]);
+              for (int q = 0; q < 2; ++q) {
+                const float b0 = prt::to_f32(t_u3_hi[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u3_hi[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
                 acc[q][0] = fmaf(a0, b0, acc[q][0]);
                 acc[q][1] = fmaf(a0, b1, acc[q][1]);
                 acc[q][2] = fmaf(a1, b0, acc[q][2]);
@@ -1301,9 +1312,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
           if (u < 10) {
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -1313,13 +1324,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i3 * 128) - ((i3 * (i3 - 1)) // 2)) + i3) - i3) - i3) + 48):+80, (pid.x * 64):+64] = s3 where (((row + 48) >= i3) && ((row + 48) < 128))
+      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i3 * 128) - ((i3 * (i3 - 1)) // 2)) + i3) - i3) - i3) + 48):+80, (pid.x * 32):+32] = s3 where (((row + 48) >= i3) && ((row + 48) < 128))
       {
         const int a0 = (static_cast<int>(blockIdx.z) / p_h);
         const int a1 = (static_cast<int>(blockIdx.z) % p_h);
         const int a2 = static_cast<int>(blockIdx.y);
         const int s3 = ((((((v_i3 * 128) - ((v_i3 * (v_i3 - 1)) / 2)) + v_i3) - v_i3) - v_i3) + 48);
-        const int s4 = (static_cast<int>(blockIdx.x) * 64);
+        const int s4 = (static_cast<int>(blockIdx.x) * 32);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
@@ -1327,9 +1338,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           for (int j = 0; j < 2; ++j) {
             const int u = warp + j * 8;
             if (u < 10) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
               #pragma unroll
-              for (int q = 0; q < 4; ++q) {
+              for (int q = 0; q < 2; ++q) {
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -1436,31 +1447,31 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   {
     const int v_i4_end = 80;
     for (int v_i4 = 64; v_i4 < v_i4_end; v_i4 += 1) {
-      // u4_hi[row, col] = ((v[row, col] * k4[row, (i4 - 64)]) * exp((lam[127] - lam[row])))
+      // u4_hi[row, col] = (gv[row, col] * k4[row, (i4 - 64)])
       {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 64, c = i % 64;
-          t_u4_hi[(r) * 68 + (c)] = prt::from_f32<float>(((prt::to_f32(t_v[(r) * 64 + (c)]) * prt::to_f32(t_k4[(r) * 68 + ((v_i4 - 64))])) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        for (int i = tid; i < 4096; i += 256) {
+          const int r = i / 32, c = i % 32;
+          t_u4_hi[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k4[(r) * 68 + ((v_i4 - 64))])));
         }
       }
       __syncthreads();
-      // s4 = mma.fmaFrag(k4^T, u4_hi) [64x64 in 16x32 units over 8 warps]
+      // s4 = mma.fmaFrag(k4^T, u4_hi) [64x32 in 16x16 units over 8 warps]
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          float (&acc)[4][4] = f_s4[j];
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+          float (&acc)[2][4] = f_s4[j];
           #pragma unroll
-          for (int q = 0; q < 4; ++q)
+          for (int q = 0; q < 2; ++q)
           #pragma unroll
             for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
           const int g = lane >> 2, t2 = (lane & 3) * 2;
           for (int kk = 0; kk < 128; ++kk) {
             const float a0 = prt::to_f32(t_k4[(kk) * 68 + (m0 + g)]), a1 = prt::to_f32(t_k4[(kk) * 68 + (m0 + g + 8)]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              const float b0 = prt::to_f32(t_u4_hi[(kk) * 68 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u4_hi[(kk) * 68 + (n0 + q * 8 + t2 + 1)]);
+            for (int q = 0; q < 2; ++q) {
+              const float b0 = prt::to_f32(t_u4_hi[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u4_hi[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
               acc[q][0] = fmaf(a0, b0, acc[q][0]);
               acc[q][1] = fmaf(a0, b1, acc[q][1]);
               acc[q][2] = fmaf(a1, b0, acc[q][2]);
@@ -1474,9 +1485,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -1485,22 +1496,22 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i4 * 128) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 64):+64, (pid.x * 64):+64] = s4 where (((row + 64) >= i4) && ((row + 64) < 128))
+      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i4 * 128) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 64):+64, (pid.x * 32):+32] = s4 where (((row + 64) >= i4) && ((row + 64) < 128))
       {
         const int a0 = (static_cast<int>(blockIdx.z) / p_h);
         const int a1 = (static_cast<int>(blockIdx.z) % p_h);
         const int a2 = static_cast<int>(blockIdx.y);
         const int s3 = ((((((v_i4 * 128) - ((v_i4 * (v_i4 - 1)) / 2)) + v_i4) - v_i4) - v_i4) + 64);
-        const int s4 = (static_cast<int>(blockIdx.x) * 64);
+        const int s4 = (static_cast<int>(blockIdx.x) * 32);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -1608,32 +1619,32 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   {
     const int v_i5_end = 96;
     for (int v_i5 = 80; v_i5 < v_i5_end; v_i5 += 1) {
-      // u5_hi[row, col] = ((v[row, col] * k5[row, (i5 - 80)]) * exp((lam[127] - lam[row])))
+      // u5_hi[row, col] = (gv[row, col] * k5[row, (i5 - 80)])
       {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 64, c = i % 64;
-          t_u5_hi[(r) * 68 + (c)] = prt::from_f32<float>(((prt::to_f32(t_v[(r) * 64 + (c)]) * prt::to_f32(t_k5[(r) * 52 + ((v_i5 - 80))])) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        for (int i = tid; i < 4096; i += 256) {
+          const int r = i / 32, c = i % 32;
+          t_u5_hi[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k5[(r) * 52 + ((v_i5 - 80))])));
         }
       }
       __syncthreads();
-      // s5 = mma.fmaFrag(k5^T, u5_hi) [48x64 in 16x16 units over 8 warps]
+      // s5 = mma.fmaFrag(k5^T, u5_hi) [48x32 in 16x8 units over 8 warps]
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
           if (u < 12) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
-            float (&acc)[2][4] = f_s5[j];
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+            float (&acc)[1][4] = f_s5[j];
             #pragma unroll
-            for (int q = 0; q < 2; ++q)
+            for (int q = 0; q < 1; ++q)
             #pragma unroll
               for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
             const int g = lane >> 2, t2 = (lane & 3) * 2;
             for (int kk = 0; kk < 128; ++kk) {
               const float a0 = prt::to_f32(t_k5[(kk) * 52 + (m0 + g)]), a1 = prt::to_f32(t_k5[(kk) * 52 + (m0 + g + 8)]);
               #pragma unroll
-              for (int q = 0; q < 2; ++q) {
-                const float b0 = prt::to_f32(t_u5_hi[(kk) * 68 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u5_hi[(kk) * 68 + (n0 + q * 8 + t2 + 1)]);
+              for (int q = 0; q < 1; ++q) {
+                const float b0 = prt::to_f32(t_u5_hi[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u5_hi[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
                 acc[q][0] = fmaf(a0, b0, acc[q][0]);
                 acc[q][1] = fmaf(a0, b1, acc[q][1]);
                 acc[q][2] = fmaf(a1, b0, acc[q][2]);
@@ -1649,9 +1660,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
           if (u < 12) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
             #pragma unroll
-            for (int q = 0; q < 2; ++q) {
+            for (int q = 0; q < 1; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -1661,13 +1672,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i5 * 128) - ((i5 * (i5 - 1)) // 2)) + i5) - i5) - i5) + 80):+48, (pid.x * 64):+64] = s5 where (((row + 80) >= i5) && ((row + 80) < 128))
+      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i5 * 128) - ((i5 * (i5 - 1)) // 2)) + i5) - i5) - i5) + 80):+48, (pid.x * 32):+32] = s5 where (((row + 80) >= i5) && ((row + 80) < 128))
       {
         const int a0 = (static_cast<int>(blockIdx.z) / p_h);
         const int a1 = (static_cast<int>(blockIdx.z) % p_h);
         const int a2 = static_cast<int>(blockIdx.y);
         const int s3 = ((((((v_i5 * 128) - ((v_i5 * (v_i5 - 1)) / 2)) + v_i5) - v_i5) - v_i5) + 80);
-        const int s4 = (static_cast<int>(blockIdx.x) * 64);
+        const int s4 = (static_cast<int>(blockIdx.x) * 32);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
@@ -1675,9 +1686,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           for (int j = 0; j < 2; ++j) {
             const int u = warp + j * 8;
             if (u < 12) {
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
               #pragma unroll
-              for (int q = 0; q < 2; ++q) {
+              for (int q = 0; q < 1; ++q) {
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -1786,31 +1797,31 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   {
     const int v_i6_end = 112;
     for (int v_i6 = 96; v_i6 < v_i6_end; v_i6 += 1) {
-      // u6_hi[row, col] = ((v[row, col] * k6[row, (i6 - 96)]) * exp((lam[127] - lam[row])))
+      // u6_hi[row, col] = (gv[row, col] * k6[row, (i6 - 96)])
       {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 64, c = i % 64;
-          t_u6_hi[(r) * 68 + (c)] = prt::from_f32<float>(((prt::to_f32(t_v[(r) * 64 + (c)]) * prt::to_f32(t_k6[(r) * 36 + ((v_i6 - 96))])) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        for (int i = tid; i < 4096; i += 256) {
+          const int r = i / 32, c = i % 32;
+          t_u6_hi[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k6[(r) * 36 + ((v_i6 - 96))])));
         }
       }
       __syncthreads();
-      // s6 = mma.fmaFrag(k6^T, u6_hi) [32x64 in 16x16 units over 8 warps]
+      // s6 = mma.fmaFrag(k6^T, u6_hi) [32x32 in 16x8 units over 8 warps]
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
-          float (&acc)[2][4] = f_s6[j];
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+          float (&acc)[1][4] = f_s6[j];
           #pragma unroll
-          for (int q = 0; q < 2; ++q)
+          for (int q = 0; q < 1; ++q)
           #pragma unroll
             for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
           const int g = lane >> 2, t2 = (lane & 3) * 2;
           for (int kk = 0; kk < 128; ++kk) {
             const float a0 = prt::to_f32(t_k6[(kk) * 36 + (m0 + g)]), a1 = prt::to_f32(t_k6[(kk) * 36 + (m0 + g + 8)]);
             #pragma unroll
-            for (int q = 0; q < 2; ++q) {
-              const float b0 = prt::to_f32(t_u6_hi[(kk) * 68 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u6_hi[(kk) * 68 + (n0 + q * 8 + t2 + 1)]);
+            for (int q = 0; q < 1; ++q) {
+              const float b0 = prt::to_f32(t_u6_hi[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u6_hi[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
               acc[q][0] = fmaf(a0, b0, acc[q][0]);
               acc[q][1] = fmaf(a0, b1, acc[q][1]);
               acc[q][2] = fmaf(a1, b0, acc[q][2]);
@@ -1824,9 +1835,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
           #pragma unroll
-          for (int q = 0; q < 2; ++q) {
+          for (int q = 0; q < 1; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -1835,22 +1846,22 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i6 * 128) - ((i6 * (i6 - 1)) // 2)) + i6) - i6) - i6) + 96):+32, (pid.x * 64):+64] = s6 where (((row + 96) >= i6) && ((row + 96) < 128))
+      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i6 * 128) - ((i6 * (i6 - 1)) // 2)) + i6) - i6) - i6) + 96):+32, (pid.x * 32):+32] = s6 where (((row + 96) >= i6) && ((row + 96) < 128))
       {
         const int a0 = (static_cast<int>(blockIdx.z) / p_h);
         const int a1 = (static_cast<int>(blockIdx.z) % p_h);
         const int a2 = static_cast<int>(blockIdx.y);
         const int s3 = ((((((v_i6 * 128) - ((v_i6 * (v_i6 - 1)) / 2)) + v_i6) - v_i6) - v_i6) + 96);
-        const int s4 = (static_cast<int>(blockIdx.x) * 64);
+        const int s4 = (static_cast<int>(blockIdx.x) * 32);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
             #pragma unroll
-            for (int q = 0; q < 2; ++q) {
+            for (int q = 0; q < 1; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -1955,38 +1966,41 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       }
     }
   }
+  __syncthreads();
   {
     const int v_i7_end = 128;
     for (int v_i7 = 112; v_i7 < v_i7_end; v_i7 += 1) {
-      // u7_hi[row, col] = ((v[row, col] * k7[row, (i7 - 112)]) * exp((lam[127] - lam[row])))
+      // u7_hi[row, col] = (gv[row, col] * k7[row, (i7 - 112)])
       {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 64, c = i % 64;
-          t_u7_hi[(r) * 68 + (c)] = prt::from_f32<float>(((prt::to_f32(t_v[(r) * 64 + (c)]) * prt::to_f32(t_k7[(r) * 20 + ((v_i7 - 112))])) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        for (int i = tid; i < 4096; i += 256) {
+          const int r = i / 32, c = i % 32;
+          t_u7_hi[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k7[(r) * 20 + ((v_i7 - 112))])));
         }
       }
       __syncthreads();
-      // s7 = mma.fmaFrag(k7^T, u7_hi) [16x64 in 16x8 units over 8 warps]
+      // s7 = mma.fmaFrag(k7^T, u7_hi) [16x32 in 16x8 units over 8 warps]
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 8) * 16, n0 = (u % 8) * 8;
-          float (&acc)[1][4] = f_s7[j];
-          #pragma unroll
-          for (int q = 0; q < 1; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          const int g = lane >> 2, t2 = (lane & 3) * 2;
-          for (int kk = 0; kk < 128; ++kk) {
-            const float a0 = prt::to_f32(t_k7[(kk) * 20 + (m0 + g)]), a1 = prt::to_f32(t_k7[(kk) * 20 + (m0 + g + 8)]);
+          if (u < 4) {
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+            float (&acc)[1][4] = f_s7[j];
             #pragma unroll
-            for (int q = 0; q < 1; ++q) {
-              const float b0 = prt::to_f32(t_u7_hi[(kk) * 68 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u7_hi[(kk) * 68 + (n0 + q * 8 + t2 + 1)]);
-              acc[q][0] = fmaf(a0, b0, acc[q][0]);
-              acc[q][1] = fmaf(a0, b1, acc[q][1]);
-              acc[q][2] = fmaf(a1, b0, acc[q][2]);
-              acc[q][3] = fmaf(a1, b1, acc[q][3]);
+            for (int q = 0; q < 1; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int kk = 0; kk < 128; ++kk) {
+              const float a0 = prt::to_f32(t_k7[(kk) * 20 + (m0 + g)]), a1 = prt::to_f32(t_k7[(kk) * 20 + (m0 + g + 8)]);
+              #pragma unroll
+              for (int q = 0; q < 1; ++q) {
+                const float b0 = prt::to_f32(t_u7_hi[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u7_hi[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
+                acc[q][0] = fmaf(a0, b0, acc[q][0]);
+                acc[q][1] = fmaf(a0, b1, acc[q][1]);
+                acc[q][2] = fmaf(a1, b0, acc[q][2]);
+                acc[q][3] = fmaf(a1, b1, acc[q][3]);
+              }
             }
           }
         }
@@ -1996,37 +2010,41 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 8) * 16, n0 = (u % 8) * 8;
-          #pragma unroll
-          for (int q = 0; q < 1; ++q) {
+          if (u < 4) {
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_s7[j][q][e] = (f_s7[j][q][e] * (((r + 112) == v_i7) ? 1.0f : 1.4142135623730951f));
+            for (int q = 0; q < 1; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_s7[j][q][e] = (f_s7[j][q][e] * (((r + 112) == v_i7) ? 1.0f : 1.4142135623730951f));
+              }
             }
           }
         }
       }
-      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i7 * 128) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 112):+16, (pid.x * 64):+64] = s7 where (((row + 112) >= i7) && ((row + 112) < 128))
+      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i7 * 128) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 112):+16, (pid.x * 32):+32] = s7 where (((row + 112) >= i7) && ((row + 112) < 128))
       {
         const int a0 = (static_cast<int>(blockIdx.z) / p_h);
         const int a1 = (static_cast<int>(blockIdx.z) % p_h);
         const int a2 = static_cast<int>(blockIdx.y);
         const int s3 = ((((((v_i7 * 128) - ((v_i7 * (v_i7 - 1)) / 2)) + v_i7) - v_i7) - v_i7) + 112);
-        const int s4 = (static_cast<int>(blockIdx.x) * 64);
+        const int s4 = (static_cast<int>(blockIdx.x) * 32);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 8) * 16, n0 = (u % 8) * 8;
-            #pragma unroll
-            for (int q = 0; q < 1; ++q) {
+            if (u < 4) {
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
               #pragma unroll
-              for (int e = 0; e < 4; ++e) {
-                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                if (s3 + r >= 0 && s3 + r < g_dS_d3 && s4 + c >= 0 && s4 + c < g_dS_d4 && ((((r + 112) >= v_i7) && ((r + 112) < 128)))) g_dS[base + static_cast<long long>(r) * g_dS_s3 + static_cast<long long>(c) * g_dS_s4] = prt::from_f32<float>(f_s7[j][q][e]);
+              for (int q = 0; q < 1; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  if (s3 + r >= 0 && s3 + r < g_dS_d3 && s4 + c >= 0 && s4 + c < g_dS_d4 && ((((r + 112) >= v_i7) && ((r + 112) < 128)))) g_dS[base + static_cast<long long>(r) * g_dS_s3 + static_cast<long long>(c) * g_dS_s4] = prt::from_f32<float>(f_s7[j][q][e]);
+                }
               }
             }
           }
@@ -8675,10 +8693,10 @@ extern "C" cudaError_t prt_attention_p2_d128_e128_c128_f32_w2_bd0_bt32_s2_launch
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_update_state_p2_d128_e128_c128_f32_w8_bd64_bt128_s1_launch(dim3 grid, cudaStream_t stream, const float* g_K, const float* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d128_e128_c128_f32_w8_bd64_bt128_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 154624);
+extern "C" cudaError_t prt_update_state_p2_d128_e128_c128_f32_w8_bd32_bt128_s1_launch(dim3 grid, cudaStream_t stream, const float* g_K, const float* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
+  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d128_e128_c128_f32_w8_bd32_bt128_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 128000);
   if (err != cudaSuccess) return err;
-  prt_update_state_p2_d128_e128_c128_f32_w8_bd64_bt128_s1<<<grid, 256, 154624, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
+  prt_update_state_p2_d128_e128_c128_f32_w8_bd32_bt128_s1<<<grid, 256, 128000, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 

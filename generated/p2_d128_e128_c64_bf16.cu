@@ -486,7 +486,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
 }
 
 // update_state: dS_m = phi(k')^T V, dZ_m = colsum phi(k') per chunk, k' = k exp((G_m - lam)/p)
-// grid (1, $n, ($b * $h)), 256 threads, 83456 bytes of dynamic shared memory
+// grid (1, $n, ($b * $h)), 256 threads, 101888 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_c64_bf16_w8_bd128_bt64_s1(
     const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -561,70 +561,71 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
   __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 128] pitch 128
-  __nv_bfloat16* const t_k0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 16896);  // bf16[64, 128] pitch 136
-  float* const t_kgk0 = reinterpret_cast<float*>(prt_smem + 40448);  // f32[128, 16] pitch 16
-  __nv_bfloat16* const t_gk0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 34304);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_gk0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 37376);  // bf16[64, 16] pitch 24
+  float* const t_gv = reinterpret_cast<float*>(prt_smem + 16896);  // f32[64, 128] pitch 128
+  __nv_bfloat16* const t_k0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49664);  // bf16[64, 128] pitch 136
+  float* const t_kgk0 = reinterpret_cast<float*>(prt_smem + 6656);  // f32[128, 16] pitch 16
+  __nv_bfloat16* const t_gk0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_gk0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 3584);  // bf16[64, 16] pitch 24
   float f_s0[4][4][4];  // f32[128, 128] as mma fragments: 128x128 in 16x32 units over 8 warps
-  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 34304);  // f32[128] pitch 128
-  __nv_bfloat16* const t_u0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 48640);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_u0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 66048);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_k1 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 16896);  // bf16[64, 112] pitch 120
-  float* const t_kgk1 = reinterpret_cast<float*>(prt_smem + 38400);  // f32[112, 16] pitch 16
-  __nv_bfloat16* const t_gk1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 32256);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_gk1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 35328);  // bf16[64, 16] pitch 24
+  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
+  __nv_bfloat16* const t_u0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 67072);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_u0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 84480);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_k1 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 112] pitch 120
+  float* const t_kgk1 = reinterpret_cast<float*>(prt_smem + 55808);  // f32[112, 16] pitch 16
+  __nv_bfloat16* const t_gk1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49664);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_gk1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 52736);  // bf16[64, 16] pitch 24
   float f_s1[4][4][4];  // f32[112, 128] as mma fragments: 112x128 in 16x32 units over 8 warps
-  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 32256);  // f32[112] pitch 112
-  __nv_bfloat16* const t_u1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 45568);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_u1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 62976);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_k2 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 16896);  // bf16[64, 96] pitch 104
-  float* const t_kgk2 = reinterpret_cast<float*>(prt_smem + 36352);  // f32[96, 16] pitch 16
-  __nv_bfloat16* const t_gk2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 30208);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_gk2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 33280);  // bf16[64, 16] pitch 24
+  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 15872);  // f32[112] pitch 112
+  __nv_bfloat16* const t_u1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 62976);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_u1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 80384);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_k2 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 96] pitch 104
+  float* const t_kgk2 = reinterpret_cast<float*>(prt_smem + 52736);  // f32[96, 16] pitch 16
+  __nv_bfloat16* const t_gk2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 13824);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_gk2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49664);  // bf16[64, 16] pitch 24
   float f_s2[3][4][4];  // f32[96, 128] as mma fragments: 96x128 in 16x32 units over 8 warps
-  float* const t_z2 = reinterpret_cast<float*>(prt_smem + 30208);  // f32[96] pitch 96
-  __nv_bfloat16* const t_u2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 42496);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_u2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 59904);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_k3 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 16896);  // bf16[64, 80] pitch 88
-  float* const t_kgk3 = reinterpret_cast<float*>(prt_smem + 34304);  // f32[80, 16] pitch 16
-  __nv_bfloat16* const t_gk3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 28160);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_gk3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 31232);  // bf16[64, 16] pitch 24
+  float* const t_z2 = reinterpret_cast<float*>(prt_smem + 13824);  // f32[96] pitch 96
+  __nv_bfloat16* const t_u2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 58880);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_u2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 76288);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_k3 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 80] pitch 88
+  float* const t_kgk3 = reinterpret_cast<float*>(prt_smem + 52736);  // f32[80, 16] pitch 16
+  __nv_bfloat16* const t_gk3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 11776);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_gk3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49664);  // bf16[64, 16] pitch 24
   float f_s3[3][4][4];  // f32[80, 128] as mma fragments: 80x128 in 16x32 units over 8 warps
-  float* const t_z3 = reinterpret_cast<float*>(prt_smem + 28160);  // f32[80] pitch 80
-  __nv_bfloat16* const t_u3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 39424);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_u3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 56832);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_k4 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 16896);  // bf16[64, 64] pitch 72
-  float* const t_kgk4 = reinterpret_cast<float*>(prt_smem + 32256);  // f32[64, 16] pitch 16
-  __nv_bfloat16* const t_gk4_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 26112);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_gk4_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 29184);  // bf16[64, 16] pitch 24
+  float* const t_z3 = reinterpret_cast<float*>(prt_smem + 11776);  // f32[80] pitch 80
+  __nv_bfloat16* const t_u3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 57856);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_u3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 75264);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_k4 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 64] pitch 72
+  float* const t_kgk4 = reinterpret_cast<float*>(prt_smem + 49664);  // f32[64, 16] pitch 16
+  __nv_bfloat16* const t_gk4_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 9728);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_gk4_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 12800);  // bf16[64, 16] pitch 24
   float f_s4[2][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 8 warps
   float* const t_z4 = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  __nv_bfloat16* const t_u4_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 36352);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_u4_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 53760);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_k5 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 16896);  // bf16[64, 48] pitch 56
-  float* const t_kgk5 = reinterpret_cast<float*>(prt_smem + 30208);  // f32[48, 16] pitch 16
-  __nv_bfloat16* const t_gk5_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 24064);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_gk5_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 27136);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_u4_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 53760);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_u4_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 71168);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_k5 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 48] pitch 56
+  float* const t_kgk5 = reinterpret_cast<float*>(prt_smem + 13824);  // f32[48, 16] pitch 16
+  __nv_bfloat16* const t_gk5_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 7680);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_gk5_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 10752);  // bf16[64, 16] pitch 24
   float f_s5[2][4][4];  // f32[48, 128] as mma fragments: 48x128 in 16x32 units over 8 warps
   float* const t_z5 = reinterpret_cast<float*>(prt_smem + 0);  // f32[48] pitch 48
-  __nv_bfloat16* const t_u5_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 33280);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_u5_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 50688);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_k6 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 16896);  // bf16[64, 32] pitch 40
-  float* const t_kgk6 = reinterpret_cast<float*>(prt_smem + 28160);  // f32[32, 16] pitch 16
-  __nv_bfloat16* const t_gk6_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 22016);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_gk6_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 25088);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_u5_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49664);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_u5_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 67072);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_k6 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 32] pitch 40
+  float* const t_kgk6 = reinterpret_cast<float*>(prt_smem + 11776);  // f32[32, 16] pitch 16
+  __nv_bfloat16* const t_gk6_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 5632);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_gk6_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 8704);  // bf16[64, 16] pitch 24
   float f_s6[1][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 8 warps
   float* const t_z6 = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
-  __nv_bfloat16* const t_u6_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 30208);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_u6_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 47616);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_k7 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 16896);  // bf16[64, 16] pitch 24
-  float* const t_kgk7 = reinterpret_cast<float*>(prt_smem + 26112);  // f32[16, 16] pitch 16
-  __nv_bfloat16* const t_gk7_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 19968);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_gk7_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 23040);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_u6_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49664);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_u6_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 67072);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_k7 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 16] pitch 24
+  float* const t_kgk7 = reinterpret_cast<float*>(prt_smem + 9728);  // f32[16, 16] pitch 16
+  __nv_bfloat16* const t_gk7_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 3584);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_gk7_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 6656);  // bf16[64, 16] pitch 24
   float f_s7[1][2][4];  // f32[16, 128] as mma fragments: 16x128 in 16x16 units over 8 warps
   float* const t_z7 = reinterpret_cast<float*>(prt_smem + 0);  // f32[16] pitch 16
-  __nv_bfloat16* const t_u7_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 27136);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_u7_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 44544);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_u7_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49664);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_u7_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 67072);  // bf16[64, 128] pitch 136
   // g = load logG[(pid.z // $h), (pid.y * 64):+64, (pid.z % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.z) / p_h);
@@ -674,6 +675,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         const int r = i / 128, c = i % 128;
         dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
       }
+    }
+  }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
+  __syncthreads();
+  // gv[row, col] = (v[row, col] * exp((lam[63] - lam[row])))
+  {
+    for (int i = tid; i < 8192; i += 256) {
+      const int r = i / 128, c = i % 128;
+      t_gv[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 128 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
     }
   }
   // k0 = load.async K[(pid.z // $h), (pid.y * 64):+64, (pid.z % $h), 0:+128]
@@ -781,18 +792,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   {
     const int v_i0_end = 16;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // u0_hi[row, col] = ((v[row, col] * k0[row, (i0 - 0)]) * exp((lam[63] - lam[row])))
+      // u0_hi[row, col] = (gv[row, col] * k0[row, (i0 - 0)])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 128, c = i % 128;
-          t_u0_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k0[(r) * 136 + ((v_i0 - 0))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+          t_u0_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k0[(r) * 136 + ((v_i0 - 0))])));
         }
       }
-      // u0_lo[row, col] = (((v[row, col] * k0[row, (i0 - 0)]) * exp((lam[63] - lam[row]))) - u0_hi[row, col])
+      // u0_lo[row, col] = ((gv[row, col] * k0[row, (i0 - 0)]) - u0_hi[row, col])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 128, c = i % 128;
-          t_u0_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k0[(r) * 136 + ((v_i0 - 0))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_u0_hi[(r) * 136 + (c)])));
+          t_u0_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k0[(r) * 136 + ((v_i0 - 0))])) - prt::to_f32(t_u0_hi[(r) * 136 + (c)])));
         }
       }
       __syncthreads();
@@ -1008,18 +1019,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   {
     const int v_i1_end = 32;
     for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
-      // u1_hi[row, col] = ((v[row, col] * k1[row, (i1 - 16)]) * exp((lam[63] - lam[row])))
+      // u1_hi[row, col] = (gv[row, col] * k1[row, (i1 - 16)])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 128, c = i % 128;
-          t_u1_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k1[(r) * 120 + ((v_i1 - 16))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+          t_u1_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k1[(r) * 120 + ((v_i1 - 16))])));
         }
       }
-      // u1_lo[row, col] = (((v[row, col] * k1[row, (i1 - 16)]) * exp((lam[63] - lam[row]))) - u1_hi[row, col])
+      // u1_lo[row, col] = ((gv[row, col] * k1[row, (i1 - 16)]) - u1_hi[row, col])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 128, c = i % 128;
-          t_u1_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k1[(r) * 120 + ((v_i1 - 16))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_u1_hi[(r) * 136 + (c)])));
+          t_u1_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k1[(r) * 120 + ((v_i1 - 16))])) - prt::to_f32(t_u1_hi[(r) * 136 + (c)])));
         }
       }
       __syncthreads();
@@ -1243,18 +1254,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   {
     const int v_i2_end = 48;
     for (int v_i2 = 32; v_i2 < v_i2_end; v_i2 += 1) {
-      // u2_hi[row, col] = ((v[row, col] * k2[row, (i2 - 32)]) * exp((lam[63] - lam[row])))
+      // u2_hi[row, col] = (gv[row, col] * k2[row, (i2 - 32)])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 128, c = i % 128;
-          t_u2_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k2[(r) * 104 + ((v_i2 - 32))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+          t_u2_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k2[(r) * 104 + ((v_i2 - 32))])));
         }
       }
-      // u2_lo[row, col] = (((v[row, col] * k2[row, (i2 - 32)]) * exp((lam[63] - lam[row]))) - u2_hi[row, col])
+      // u2_lo[row, col] = ((gv[row, col] * k2[row, (i2 - 32)]) - u2_hi[row, col])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 128, c = i % 128;
-          t_u2_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k2[(r) * 104 + ((v_i2 - 32))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_u2_hi[(r) * 136 + (c)])));
+          t_u2_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k2[(r) * 104 + ((v_i2 - 32))])) - prt::to_f32(t_u2_hi[(r) * 136 + (c)])));
         }
       }
       __syncthreads();
@@ -1470,18 +1481,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   {
     const int v_i3_end = 64;
     for (int v_i3 = 48; v_i3 < v_i3_end; v_i3 += 1) {
-      // u3_hi[row, col] = ((v[row, col] * k3[row, (i3 - 48)]) * exp((lam[63] - lam[row])))
+      // u3_hi[row, col] = (gv[row, col] * k3[row, (i3 - 48)])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 128, c = i % 128;
-          t_u3_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k3[(r) * 88 + ((v_i3 - 48))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+          t_u3_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k3[(r) * 88 + ((v_i3 - 48))])));
         }
       }
-      // u3_lo[row, col] = (((v[row, col] * k3[row, (i3 - 48)]) * exp((lam[63] - lam[row]))) - u3_hi[row, col])
+      // u3_lo[row, col] = ((gv[row, col] * k3[row, (i3 - 48)]) - u3_hi[row, col])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 128, c = i % 128;
-          t_u3_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k3[(r) * 88 + ((v_i3 - 48))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_u3_hi[(r) * 136 + (c)])));
+          t_u3_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k3[(r) * 88 + ((v_i3 - 48))])) - prt::to_f32(t_u3_hi[(r) * 136 + (c)])));
         }
       }
       __syncthreads();
@@ -1701,18 +1712,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   {
     const int v_i4_end = 80;
     for (int v_i4 = 64; v_i4 < v_i4_end; v_i4 += 1) {
-      // u4_hi[row, col] = ((v[row, col] * k4[row, (i4 - 64)]) * exp((lam[63] - lam[row])))
+      // u4_hi[row, col] = (gv[row, col] * k4[row, (i4 - 64)])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 128, c = i % 128;
-          t_u4_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k4[(r) * 72 + ((v_i4 - 64))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+          t_u4_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k4[(r) * 72 + ((v_i4 - 64))])));
         }
       }
-      // u4_lo[row, col] = (((v[row, col] * k4[row, (i4 - 64)]) * exp((lam[63] - lam[row]))) - u4_hi[row, col])
+      // u4_lo[row, col] = ((gv[row, col] * k4[row, (i4 - 64)]) - u4_hi[row, col])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 128, c = i % 128;
-          t_u4_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k4[(r) * 72 + ((v_i4 - 64))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_u4_hi[(r) * 136 + (c)])));
+          t_u4_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k4[(r) * 72 + ((v_i4 - 64))])) - prt::to_f32(t_u4_hi[(r) * 136 + (c)])));
         }
       }
       __syncthreads();
@@ -1928,18 +1939,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   {
     const int v_i5_end = 96;
     for (int v_i5 = 80; v_i5 < v_i5_end; v_i5 += 1) {
-      // u5_hi[row, col] = ((v[row, col] * k5[row, (i5 - 80)]) * exp((lam[63] - lam[row])))
+      // u5_hi[row, col] = (gv[row, col] * k5[row, (i5 - 80)])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 128, c = i % 128;
-          t_u5_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k5[(r) * 56 + ((v_i5 - 80))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+          t_u5_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k5[(r) * 56 + ((v_i5 - 80))])));
         }
       }
-      // u5_lo[row, col] = (((v[row, col] * k5[row, (i5 - 80)]) * exp((lam[63] - lam[row]))) - u5_hi[row, col])
+      // u5_lo[row, col] = ((gv[row, col] * k5[row, (i5 - 80)]) - u5_hi[row, col])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 128, c = i % 128;
-          t_u5_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k5[(r) * 56 + ((v_i5 - 80))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_u5_hi[(r) * 136 + (c)])));
+          t_u5_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k5[(r) * 56 + ((v_i5 - 80))])) - prt::to_f32(t_u5_hi[(r) * 136 + (c)])));
         }
       }
       __syncthreads();
@@ -2163,18 +2174,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   {
     const int v_i6_end = 112;
     for (int v_i6 = 96; v_i6 < v_i6_end; v_i6 += 1) {
-      // u6_hi[row, col] = ((v[row, col] * k6[row, (i6 - 96)]) * exp((lam[63] - lam[row])))
+      // u6_hi[row, col] = (gv[row, col] * k6[row, (i6 - 96)])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 128, c = i % 128;
-          t_u6_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k6[(r) * 40 + ((v_i6 - 96))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+          t_u6_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k6[(r) * 40 + ((v_i6 - 96))])));
         }
       }
-      // u6_lo[row, col] = (((v[row, col] * k6[row, (i6 - 96)]) * exp((lam[63] - lam[row]))) - u6_hi[row, col])
+      // u6_lo[row, col] = ((gv[row, col] * k6[row, (i6 - 96)]) - u6_hi[row, col])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 128, c = i % 128;
-          t_u6_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k6[(r) * 40 + ((v_i6 - 96))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_u6_hi[(r) * 136 + (c)])));
+          t_u6_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k6[(r) * 40 + ((v_i6 - 96))])) - prt::to_f32(t_u6_hi[(r) * 136 + (c)])));
         }
       }
       __syncthreads();
@@ -2390,18 +2401,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   {
     const int v_i7_end = 128;
     for (int v_i7 = 112; v_i7 < v_i7_end; v_i7 += 1) {
-      // u7_hi[row, col] = ((v[row, col] * k7[row, (i7 - 112)]) * exp((lam[63] - lam[row])))
+      // u7_hi[row, col] = (gv[row, col] * k7[row, (i7 - 112)])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 128, c = i % 128;
-          t_u7_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k7[(r) * 24 + ((v_i7 - 112))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+          t_u7_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k7[(r) * 24 + ((v_i7 - 112))])));
         }
       }
-      // u7_lo[row, col] = (((v[row, col] * k7[row, (i7 - 112)]) * exp((lam[63] - lam[row]))) - u7_hi[row, col])
+      // u7_lo[row, col] = ((gv[row, col] * k7[row, (i7 - 112)]) - u7_hi[row, col])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 128, c = i % 128;
-          t_u7_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k7[(r) * 24 + ((v_i7 - 112))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_u7_hi[(r) * 136 + (c)])));
+          t_u7_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k7[(r) * 24 + ((v_i7 - 112))])) - prt::to_f32(t_u7_hi[(r) * 136 + (c)])));
         }
       }
       __syncthreads();
@@ -9365,9 +9376,9 @@ extern "C" cudaError_t prt_attention_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2_launch
 }
 
 extern "C" cudaError_t prt_update_state_p2_d128_e128_c64_bf16_w8_bd128_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d128_e128_c64_bf16_w8_bd128_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 83456);
+  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d128_e128_c64_bf16_w8_bd128_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 101888);
   if (err != cudaSuccess) return err;
-  prt_update_state_p2_d128_e128_c64_bf16_w8_bd128_bt64_s1<<<grid, 256, 83456, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
+  prt_update_state_p2_d128_e128_c64_bf16_w8_bd128_bt64_s1<<<grid, 256, 101888, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 

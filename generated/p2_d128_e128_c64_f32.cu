@@ -488,7 +488,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
 }
 
 // update_state: dS_m = phi(k')^T V, dZ_m = colsum phi(k') per chunk, k' = k exp((G_m - lam)/p)
-// grid (1, $n, ($b * $h)), 256 threads, 114176 bytes of dynamic shared memory
+// grid (1, $n, ($b * $h)), 256 threads, 133632 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_c64_f32_w8_bd128_bt64_s1(
     const float* g_K, const float* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -563,54 +563,55 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
   float* const t_v = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 128] pitch 128
-  float* const t_k0 = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 128] pitch 132
-  float* const t_kgk0 = reinterpret_cast<float*>(prt_smem + 72192);  // f32[128, 16] pitch 16
-  float* const t_gk0_hi = reinterpret_cast<float*>(prt_smem + 67072);  // f32[64, 16] pitch 20
+  float* const t_gv = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 128] pitch 128
+  float* const t_k0 = reinterpret_cast<float*>(prt_smem + 66048);  // f32[64, 128] pitch 132
+  float* const t_kgk0 = reinterpret_cast<float*>(prt_smem + 5632);  // f32[128, 16] pitch 16
+  float* const t_gk0_hi = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 16] pitch 20
   float f_s0[4][4][4];  // f32[128, 128] as mma fragments: 128x128 in 16x32 units over 8 warps
-  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 67072);  // f32[128] pitch 128
-  float* const t_u0_hi = reinterpret_cast<float*>(prt_smem + 80384);  // f32[64, 128] pitch 132
-  float* const t_k1 = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 112] pitch 116
-  float* const t_kgk1 = reinterpret_cast<float*>(prt_smem + 68096);  // f32[112, 16] pitch 16
-  float* const t_gk1_hi = reinterpret_cast<float*>(prt_smem + 62976);  // f32[64, 16] pitch 20
+  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
+  float* const t_u0_hi = reinterpret_cast<float*>(prt_smem + 99840);  // f32[64, 128] pitch 132
+  float* const t_k1 = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 112] pitch 116
+  float* const t_kgk1 = reinterpret_cast<float*>(prt_smem + 71168);  // f32[112, 16] pitch 16
+  float* const t_gk1_hi = reinterpret_cast<float*>(prt_smem + 66048);  // f32[64, 16] pitch 20
   float f_s1[4][4][4];  // f32[112, 128] as mma fragments: 112x128 in 16x32 units over 8 warps
-  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 62976);  // f32[112] pitch 112
-  float* const t_u1_hi = reinterpret_cast<float*>(prt_smem + 75264);  // f32[64, 128] pitch 132
-  float* const t_k2 = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 96] pitch 100
-  float* const t_kgk2 = reinterpret_cast<float*>(prt_smem + 64000);  // f32[96, 16] pitch 16
-  float* const t_gk2_hi = reinterpret_cast<float*>(prt_smem + 58880);  // f32[64, 16] pitch 20
+  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 30208);  // f32[112] pitch 112
+  float* const t_u1_hi = reinterpret_cast<float*>(prt_smem + 78336);  // f32[64, 128] pitch 132
+  float* const t_k2 = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 96] pitch 100
+  float* const t_kgk2 = reinterpret_cast<float*>(prt_smem + 66048);  // f32[96, 16] pitch 16
+  float* const t_gk2_hi = reinterpret_cast<float*>(prt_smem + 26112);  // f32[64, 16] pitch 20
   float f_s2[3][4][4];  // f32[96, 128] as mma fragments: 96x128 in 16x32 units over 8 warps
-  float* const t_z2 = reinterpret_cast<float*>(prt_smem + 58880);  // f32[96] pitch 96
-  float* const t_u2_hi = reinterpret_cast<float*>(prt_smem + 70144);  // f32[64, 128] pitch 132
-  float* const t_k3 = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 80] pitch 84
-  float* const t_kgk3 = reinterpret_cast<float*>(prt_smem + 59904);  // f32[80, 16] pitch 16
-  float* const t_gk3_hi = reinterpret_cast<float*>(prt_smem + 54784);  // f32[64, 16] pitch 20
+  float* const t_z2 = reinterpret_cast<float*>(prt_smem + 26112);  // f32[96] pitch 96
+  float* const t_u2_hi = reinterpret_cast<float*>(prt_smem + 72192);  // f32[64, 128] pitch 132
+  float* const t_k3 = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 80] pitch 84
+  float* const t_kgk3 = reinterpret_cast<float*>(prt_smem + 27136);  // f32[80, 16] pitch 16
+  float* const t_gk3_hi = reinterpret_cast<float*>(prt_smem + 22016);  // f32[64, 16] pitch 20
   float f_s3[3][4][4];  // f32[80, 128] as mma fragments: 80x128 in 16x32 units over 8 warps
-  float* const t_z3 = reinterpret_cast<float*>(prt_smem + 54784);  // f32[80] pitch 80
-  float* const t_u3_hi = reinterpret_cast<float*>(prt_smem + 65024);  // f32[64, 128] pitch 132
-  float* const t_k4 = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 64] pitch 68
-  float* const t_kgk4 = reinterpret_cast<float*>(prt_smem + 55808);  // f32[64, 16] pitch 16
-  float* const t_gk4_hi = reinterpret_cast<float*>(prt_smem + 50688);  // f32[64, 16] pitch 20
+  float* const t_z3 = reinterpret_cast<float*>(prt_smem + 22016);  // f32[80] pitch 80
+  float* const t_u3_hi = reinterpret_cast<float*>(prt_smem + 66048);  // f32[64, 128] pitch 132
+  float* const t_k4 = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 64] pitch 68
+  float* const t_kgk4 = reinterpret_cast<float*>(prt_smem + 23040);  // f32[64, 16] pitch 16
+  float* const t_gk4_hi = reinterpret_cast<float*>(prt_smem + 17920);  // f32[64, 16] pitch 20
   float f_s4[2][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 8 warps
   float* const t_z4 = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  float* const t_u4_hi = reinterpret_cast<float*>(prt_smem + 59904);  // f32[64, 128] pitch 132
-  float* const t_k5 = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 48] pitch 52
-  float* const t_kgk5 = reinterpret_cast<float*>(prt_smem + 51712);  // f32[48, 16] pitch 16
-  float* const t_gk5_hi = reinterpret_cast<float*>(prt_smem + 46592);  // f32[64, 16] pitch 20
+  float* const t_u4_hi = reinterpret_cast<float*>(prt_smem + 66048);  // f32[64, 128] pitch 132
+  float* const t_k5 = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 48] pitch 52
+  float* const t_kgk5 = reinterpret_cast<float*>(prt_smem + 18944);  // f32[48, 16] pitch 16
+  float* const t_gk5_hi = reinterpret_cast<float*>(prt_smem + 13824);  // f32[64, 16] pitch 20
   float f_s5[2][4][4];  // f32[48, 128] as mma fragments: 48x128 in 16x32 units over 8 warps
   float* const t_z5 = reinterpret_cast<float*>(prt_smem + 0);  // f32[48] pitch 48
-  float* const t_u5_hi = reinterpret_cast<float*>(prt_smem + 54784);  // f32[64, 128] pitch 132
-  float* const t_k6 = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 32] pitch 36
-  float* const t_kgk6 = reinterpret_cast<float*>(prt_smem + 47616);  // f32[32, 16] pitch 16
-  float* const t_gk6_hi = reinterpret_cast<float*>(prt_smem + 42496);  // f32[64, 16] pitch 20
+  float* const t_u5_hi = reinterpret_cast<float*>(prt_smem + 66048);  // f32[64, 128] pitch 132
+  float* const t_k6 = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 32] pitch 36
+  float* const t_kgk6 = reinterpret_cast<float*>(prt_smem + 14848);  // f32[32, 16] pitch 16
+  float* const t_gk6_hi = reinterpret_cast<float*>(prt_smem + 9728);  // f32[64, 16] pitch 20
   float f_s6[1][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 8 warps
   float* const t_z6 = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
-  float* const t_u6_hi = reinterpret_cast<float*>(prt_smem + 49664);  // f32[64, 128] pitch 132
-  float* const t_k7 = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 16] pitch 20
-  float* const t_kgk7 = reinterpret_cast<float*>(prt_smem + 43520);  // f32[16, 16] pitch 16
-  float* const t_gk7_hi = reinterpret_cast<float*>(prt_smem + 38400);  // f32[64, 16] pitch 20
+  float* const t_u6_hi = reinterpret_cast<float*>(prt_smem + 66048);  // f32[64, 128] pitch 132
+  float* const t_k7 = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 16] pitch 20
+  float* const t_kgk7 = reinterpret_cast<float*>(prt_smem + 10752);  // f32[16, 16] pitch 16
+  float* const t_gk7_hi = reinterpret_cast<float*>(prt_smem + 5632);  // f32[64, 16] pitch 20
   float f_s7[1][2][4];  // f32[16, 128] as mma fragments: 16x128 in 16x16 units over 8 warps
   float* const t_z7 = reinterpret_cast<float*>(prt_smem + 0);  // f32[16] pitch 16
-  float* const t_u7_hi = reinterpret_cast<float*>(prt_smem + 44544);  // f32[64, 128] pitch 132
+  float* const t_u7_hi = reinterpret_cast<float*>(prt_smem + 66048);  // f32[64, 128] pitch 132
   // g = load logG[(pid.z // $h), (pid.y * 64):+64, (pid.z % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.z) / p_h);
@@ -660,6 +661,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         const int r = i / 128, c = i % 128;
         dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
       }
+    }
+  }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
+  __syncthreads();
+  // gv[row, col] = (v[row, col] * exp((lam[63] - lam[row])))
+  {
+    for (int i = tid; i < 8192; i += 256) {
+      const int r = i / 128, c = i % 128;
+      t_gv[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 128 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
     }
   }
   // k0 = load.async K[(pid.z // $h), (pid.y * 64):+64, (pid.z % $h), 0:+128]
@@ -732,11 +743,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   {
     const int v_i0_end = 16;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // u0_hi[row, col] = ((v[row, col] * k0[row, (i0 - 0)]) * exp((lam[63] - lam[row])))
+      // u0_hi[row, col] = (gv[row, col] * k0[row, (i0 - 0)])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 128, c = i % 128;
-          t_u0_hi[(r) * 132 + (c)] = prt::from_f32<float>(((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k0[(r) * 132 + ((v_i0 - 0))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+          t_u0_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k0[(r) * 132 + ((v_i0 - 0))])));
         }
       }
       __syncthreads();
@@ -904,11 +915,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   {
     const int v_i1_end = 32;
     for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
-      // u1_hi[row, col] = ((v[row, col] * k1[row, (i1 - 16)]) * exp((lam[63] - lam[row])))
+      // u1_hi[row, col] = (gv[row, col] * k1[row, (i1 - 16)])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 128, c = i % 128;
-          t_u1_hi[(r) * 132 + (c)] = prt::from_f32<float>(((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k1[(r) * 116 + ((v_i1 - 16))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+          t_u1_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k1[(r) * 116 + ((v_i1 - 16))])));
         }
       }
       __syncthreads();
@@ -1082,11 +1093,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   {
     const int v_i2_end = 48;
     for (int v_i2 = 32; v_i2 < v_i2_end; v_i2 += 1) {
-      // u2_hi[row, col] = ((v[row, col] * k2[row, (i2 - 32)]) * exp((lam[63] - lam[row])))
+      // u2_hi[row, col] = (gv[row, col] * k2[row, (i2 - 32)])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 128, c = i % 128;
-          t_u2_hi[(r) * 132 + (c)] = prt::from_f32<float>(((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k2[(r) * 100 + ((v_i2 - 32))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+          t_u2_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k2[(r) * 100 + ((v_i2 - 32))])));
         }
       }
       __syncthreads();
@@ -1254,11 +1265,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   {
     const int v_i3_end = 64;
     for (int v_i3 = 48; v_i3 < v_i3_end; v_i3 += 1) {
-      // u3_hi[row, col] = ((v[row, col] * k3[row, (i3 - 48)]) * exp((lam[63] - lam[row])))
+      // u3_hi[row, col] = (gv[row, col] * k3[row, (i3 - 48)])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 128, c = i % 128;
-          t_u3_hi[(r) * 132 + (c)] = prt::from_f32<float>(((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k3[(r) * 84 + ((v_i3 - 48))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+          t_u3_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k3[(r) * 84 + ((v_i3 - 48))])));
         }
       }
       __syncthreads();
@@ -1430,11 +1441,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   {
     const int v_i4_end = 80;
     for (int v_i4 = 64; v_i4 < v_i4_end; v_i4 += 1) {
-      // u4_hi[row, col] = ((v[row, col] * k4[row, (i4 - 64)]) * exp((lam[63] - lam[row])))
+      // u4_hi[row, col] = (gv[row, col] * k4[row, (i4 - 64)])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 128, c = i % 128;
-          t_u4_hi[(r) * 132 + (c)] = prt::from_f32<float>(((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k4[(r) * 68 + ((v_i4 - 64))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+          t_u4_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k4[(r) * 68 + ((v_i4 - 64))])));
         }
       }
       __syncthreads();
@@ -1602,11 +1613,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   {
     const int v_i5_end = 96;
     for (int v_i5 = 80; v_i5 < v_i5_end; v_i5 += 1) {
-      // u5_hi[row, col] = ((v[row, col] * k5[row, (i5 - 80)]) * exp((lam[63] - lam[row])))
+      // u5_hi[row, col] = (gv[row, col] * k5[row, (i5 - 80)])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 128, c = i % 128;
-          t_u5_hi[(r) * 132 + (c)] = prt::from_f32<float>(((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k5[(r) * 52 + ((v_i5 - 80))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+          t_u5_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k5[(r) * 52 + ((v_i5 - 80))])));
         }
       }
       __syncthreads();
@@ -1780,11 +1791,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   {
     const int v_i6_end = 112;
     for (int v_i6 = 96; v_i6 < v_i6_end; v_i6 += 1) {
-      // u6_hi[row, col] = ((v[row, col] * k6[row, (i6 - 96)]) * exp((lam[63] - lam[row])))
+      // u6_hi[row, col] = (gv[row, col] * k6[row, (i6 - 96)])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 128, c = i % 128;
-          t_u6_hi[(r) * 132 + (c)] = prt::from_f32<float>(((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k6[(r) * 36 + ((v_i6 - 96))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+          t_u6_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k6[(r) * 36 + ((v_i6 - 96))])));
         }
       }
       __syncthreads();
@@ -1952,11 +1963,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   {
     const int v_i7_end = 128;
     for (int v_i7 = 112; v_i7 < v_i7_end; v_i7 += 1) {
-      // u7_hi[row, col] = ((v[row, col] * k7[row, (i7 - 112)]) * exp((lam[63] - lam[row])))
+      // u7_hi[row, col] = (gv[row, col] * k7[row, (i7 - 112)])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 128, c = i % 128;
-          t_u7_hi[(r) * 132 + (c)] = prt::from_f32<float>(((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_k7[(r) * 20 + ((v_i7 - 112))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+          t_u7_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k7[(r) * 20 + ((v_i7 - 112))])));
         }
       }
       __syncthreads();
@@ -8669,9 +8680,9 @@ extern "C" cudaError_t prt_attention_p2_d128_e128_c64_f32_w2_bd0_bt32_s2_launch(
 }
 
 extern "C" cudaError_t prt_update_state_p2_d128_e128_c64_f32_w8_bd128_bt64_s1_launch(dim3 grid, cudaStream_t stream, const float* g_K, const float* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d128_e128_c64_f32_w8_bd128_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 114176);
+  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d128_e128_c64_f32_w8_bd128_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 133632);
   if (err != cudaSuccess) return err;
-  prt_update_state_p2_d128_e128_c64_f32_w8_bd128_bt64_s1<<<grid, 256, 114176, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
+  prt_update_state_p2_d128_e128_c64_f32_w8_bd128_bt64_s1<<<grid, 256, 133632, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 

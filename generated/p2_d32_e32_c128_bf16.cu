@@ -486,7 +486,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c128_
 }
 
 // update_state: dS_m = phi(k')^T V, dZ_m = colsum phi(k') per chunk, k' = k exp((G_m - lam)/p)
-// grid (1, $n, ($b * $h)), 128 threads, 44032 bytes of dynamic shared memory
+// grid (1, $n, ($b * $h)), 128 threads, 56320 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c128_bf16_w4_bd32_bt128_s1(
     const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -561,22 +561,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
   __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 1024);  // bf16[128, 32] pitch 32
-  __nv_bfloat16* const t_k0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 9216);  // bf16[128, 32] pitch 40
-  float* const t_kgk0 = reinterpret_cast<float*>(prt_smem + 31744);  // f32[32, 16] pitch 16
-  __nv_bfloat16* const t_gk0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 19456);  // bf16[128, 16] pitch 24
-  __nv_bfloat16* const t_gk0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 25600);  // bf16[128, 16] pitch 24
+  float* const t_gv = reinterpret_cast<float*>(prt_smem + 9216);  // f32[128, 32] pitch 32
+  __nv_bfloat16* const t_k0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 25600);  // bf16[128, 32] pitch 40
+  float* const t_kgk0 = reinterpret_cast<float*>(prt_smem + 7168);  // f32[32, 16] pitch 16
+  __nv_bfloat16* const t_gk0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 1024);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_gk0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 35840);  // bf16[128, 16] pitch 24
   float f_s0[1][2][4];  // f32[32, 32] as mma fragments: 32x32 in 16x16 units over 4 warps
   float* const t_z0 = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
-  __nv_bfloat16* const t_u0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 19456);  // bf16[128, 32] pitch 40
-  __nv_bfloat16* const t_u0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 33792);  // bf16[128, 32] pitch 40
-  __nv_bfloat16* const t_k1 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 9216);  // bf16[128, 16] pitch 24
-  float* const t_kgk1 = reinterpret_cast<float*>(prt_smem + 27648);  // f32[16, 16] pitch 16
-  __nv_bfloat16* const t_gk1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 15360);  // bf16[128, 16] pitch 24
-  __nv_bfloat16* const t_gk1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 21504);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_u0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 35840);  // bf16[128, 32] pitch 40
+  __nv_bfloat16* const t_u0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 46080);  // bf16[128, 32] pitch 40
+  __nv_bfloat16* const t_k1 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 1024);  // bf16[128, 16] pitch 24
+  float* const t_kgk1 = reinterpret_cast<float*>(prt_smem + 0);  // f32[16, 16] pitch 16
+  __nv_bfloat16* const t_gk1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 25600);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_gk1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 31744);  // bf16[128, 16] pitch 24
   float f_s1[1][1][4];  // f32[16, 32] as mma fragments: 16x32 in 16x8 units over 4 warps
-  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 0);  // f32[16] pitch 16
-  __nv_bfloat16* const t_u1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 15360);  // bf16[128, 32] pitch 40
-  __nv_bfloat16* const t_u1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 28672);  // bf16[128, 32] pitch 40
+  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 7168);  // f32[16] pitch 16
+  __nv_bfloat16* const t_u1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 25600);  // bf16[128, 32] pitch 40
+  __nv_bfloat16* const t_u1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 35840);  // bf16[128, 32] pitch 40
   // g = load logG[(pid.z // $h), (pid.y * 128):+128, (pid.z % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.z) / p_h);
@@ -626,6 +627,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
         const int r = i / 32, c = i % 32;
         dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
       }
+    }
+  }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
+  __syncthreads();
+  // gv[row, col] = (v[row, col] * exp((lam[127] - lam[row])))
+  {
+    for (int i = tid; i < 4096; i += 128) {
+      const int r = i / 32, c = i % 32;
+      t_gv[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 32 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
     }
   }
   // k0 = load.async K[(pid.z // $h), (pid.y * 128):+128, (pid.z % $h), 0:+32]
@@ -726,18 +737,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
   {
     const int v_i0_end = 16;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // u0_hi[row, col] = ((v[row, col] * k0[row, (i0 - 0)]) * exp((lam[127] - lam[row])))
+      // u0_hi[row, col] = (gv[row, col] * k0[row, (i0 - 0)])
       {
         for (int i = tid; i < 4096; i += 128) {
           const int r = i / 32, c = i % 32;
-          t_u0_hi[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v[(r) * 32 + (c)]) * prt::to_f32(t_k0[(r) * 40 + ((v_i0 - 0))])) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+          t_u0_hi[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k0[(r) * 40 + ((v_i0 - 0))])));
         }
       }
-      // u0_lo[row, col] = (((v[row, col] * k0[row, (i0 - 0)]) * exp((lam[127] - lam[row]))) - u0_hi[row, col])
+      // u0_lo[row, col] = ((gv[row, col] * k0[row, (i0 - 0)]) - u0_hi[row, col])
       {
         for (int i = tid; i < 4096; i += 128) {
           const int r = i / 32, c = i % 32;
-          t_u0_lo[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_v[(r) * 32 + (c)]) * prt::to_f32(t_k0[(r) * 40 + ((v_i0 - 0))])) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_u0_hi[(r) * 40 + (c)])));
+          t_u0_lo[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k0[(r) * 40 + ((v_i0 - 0))])) - prt::to_f32(t_u0_hi[(r) * 40 + (c)])));
         }
       }
       __syncthreads();
@@ -953,18 +964,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
   {
     const int v_i1_end = 32;
     for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
-      // u1_hi[row, col] = ((v[row, col] * k1[row, (i1 - 16)]) * exp((lam[127] - lam[row])))
+      // u1_hi[row, col] = (gv[row, col] * k1[row, (i1 - 16)])
       {
         for (int i = tid; i < 4096; i += 128) {
           const int r = i / 32, c = i % 32;
-          t_u1_hi[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v[(r) * 32 + (c)]) * prt::to_f32(t_k1[(r) * 24 + ((v_i1 - 16))])) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+          t_u1_hi[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k1[(r) * 24 + ((v_i1 - 16))])));
         }
       }
-      // u1_lo[row, col] = (((v[row, col] * k1[row, (i1 - 16)]) * exp((lam[127] - lam[row]))) - u1_hi[row, col])
+      // u1_lo[row, col] = ((gv[row, col] * k1[row, (i1 - 16)]) - u1_hi[row, col])
       {
         for (int i = tid; i < 4096; i += 128) {
           const int r = i / 32, c = i % 32;
-          t_u1_lo[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_v[(r) * 32 + (c)]) * prt::to_f32(t_k1[(r) * 24 + ((v_i1 - 16))])) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_u1_hi[(r) * 40 + (c)])));
+          t_u1_lo[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k1[(r) * 24 + ((v_i1 - 16))])) - prt::to_f32(t_u1_hi[(r) * 40 + (c)])));
         }
       }
       __syncthreads();
@@ -7145,9 +7156,9 @@ extern "C" cudaError_t prt_attention_p2_d32_e32_c128_bf16_w4_bd0_bt64_s2_launch(
 }
 
 extern "C" cudaError_t prt_update_state_p2_d32_e32_c128_bf16_w4_bd32_bt128_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d32_e32_c128_bf16_w4_bd32_bt128_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 44032);
+  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d32_e32_c128_bf16_w4_bd32_bt128_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 56320);
   if (err != cudaSuccess) return err;
-  prt_update_state_p2_d32_e32_c128_bf16_w4_bd32_bt128_s1<<<grid, 128, 44032, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
+  prt_update_state_p2_d32_e32_c128_bf16_w4_bd32_bt128_s1<<<grid, 128, 56320, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 

@@ -486,7 +486,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
 }
 
 // update_state: dS_m = phi(k')^T V, dZ_m = colsum phi(k') per chunk, k' = k exp((G_m - lam)/p)
-// grid (1, $n, ($b * $h)), 256 threads, 46592 bytes of dynamic shared memory
+// grid (1, $n, ($b * $h)), 256 threads, 56832 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c64_bf16_w8_bd64_bt64_s1(
     const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -561,38 +561,39 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
   __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 64] pitch 64
-  __nv_bfloat16* const t_k0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 8704);  // bf16[64, 64] pitch 72
-  float* const t_kgk0 = reinterpret_cast<float*>(prt_smem + 24064);  // f32[64, 16] pitch 16
-  __nv_bfloat16* const t_gk0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 17920);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_gk0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 20992);  // bf16[64, 16] pitch 24
+  float* const t_gv = reinterpret_cast<float*>(prt_smem + 8704);  // f32[64, 64] pitch 64
+  __nv_bfloat16* const t_k0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 25088);  // bf16[64, 64] pitch 72
+  float* const t_kgk0 = reinterpret_cast<float*>(prt_smem + 34304);  // f32[64, 16] pitch 16
+  __nv_bfloat16* const t_gk0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_gk0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 3584);  // bf16[64, 16] pitch 24
   float f_s0[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
   float* const t_z0 = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  __nv_bfloat16* const t_u0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 28160);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_u0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 37376);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_k1 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 8704);  // bf16[64, 48] pitch 56
-  float* const t_kgk1 = reinterpret_cast<float*>(prt_smem + 22016);  // f32[48, 16] pitch 16
-  __nv_bfloat16* const t_gk1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 15872);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_gk1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 18944);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_u0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 38400);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_u0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 47616);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_k1 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 48] pitch 56
+  float* const t_kgk1 = reinterpret_cast<float*>(prt_smem + 31232);  // f32[48, 16] pitch 16
+  __nv_bfloat16* const t_gk1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 25088);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_gk1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 28160);  // bf16[64, 16] pitch 24
   float f_s1[2][2][4];  // f32[48, 64] as mma fragments: 48x64 in 16x16 units over 8 warps
   float* const t_z1 = reinterpret_cast<float*>(prt_smem + 0);  // f32[48] pitch 48
-  __nv_bfloat16* const t_u1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 25088);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_u1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 34304);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_k2 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 8704);  // bf16[64, 32] pitch 40
-  float* const t_kgk2 = reinterpret_cast<float*>(prt_smem + 19968);  // f32[32, 16] pitch 16
-  __nv_bfloat16* const t_gk2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 13824);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_gk2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 16896);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_u1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 34304);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_u1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 43520);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_k2 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 32] pitch 40
+  float* const t_kgk2 = reinterpret_cast<float*>(prt_smem + 28160);  // f32[32, 16] pitch 16
+  __nv_bfloat16* const t_gk2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 5632);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_gk2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 25088);  // bf16[64, 16] pitch 24
   float f_s2[1][2][4];  // f32[32, 64] as mma fragments: 32x64 in 16x16 units over 8 warps
   float* const t_z2 = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
-  __nv_bfloat16* const t_u2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 22016);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_u2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 31232);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_k3 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 8704);  // bf16[64, 16] pitch 24
-  float* const t_kgk3 = reinterpret_cast<float*>(prt_smem + 17920);  // f32[16, 16] pitch 16
-  __nv_bfloat16* const t_gk3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 11776);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_gk3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 14848);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_u2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 30208);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_u2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 39424);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_k3 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 16] pitch 24
+  float* const t_kgk3 = reinterpret_cast<float*>(prt_smem + 6656);  // f32[16, 16] pitch 16
+  __nv_bfloat16* const t_gk3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 3584);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_gk3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 25088);  // bf16[64, 16] pitch 24
   float f_s3[1][1][4];  // f32[16, 64] as mma fragments: 16x64 in 16x8 units over 8 warps
   float* const t_z3 = reinterpret_cast<float*>(prt_smem + 0);  // f32[16] pitch 16
-  __nv_bfloat16* const t_u3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 18944);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_u3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 28160);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_u3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 25088);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_u3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 34304);  // bf16[64, 64] pitch 72
   // g = load logG[(pid.z // $h), (pid.y * 64):+64, (pid.z % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.z) / p_h);
@@ -642,6 +643,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
         const int r = i / 64, c = i % 64;
         dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
       }
+    }
+  }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
+  __syncthreads();
+  // gv[row, col] = (v[row, col] * exp((lam[63] - lam[row])))
+  {
+    for (int i = tid; i < 4096; i += 256) {
+      const int r = i / 64, c = i % 64;
+      t_gv[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 64 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
     }
   }
   // k0 = load.async K[(pid.z // $h), (pid.y * 64):+64, (pid.z % $h), 0:+64]
@@ -741,18 +752,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
   {
     const int v_i0_end = 16;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // u0_hi[row, col] = ((v[row, col] * k0[row, (i0 - 0)]) * exp((lam[63] - lam[row])))
+      // u0_hi[row, col] = (gv[row, col] * k0[row, (i0 - 0)])
       {
         for (int i = tid; i < 4096; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u0_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v[(r) * 64 + (c)]) * prt::to_f32(t_k0[(r) * 72 + ((v_i0 - 0))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+          t_u0_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k0[(r) * 72 + ((v_i0 - 0))])));
         }
       }
-      // u0_lo[row, col] = (((v[row, col] * k0[row, (i0 - 0)]) * exp((lam[63] - lam[row]))) - u0_hi[row, col])
+      // u0_lo[row, col] = ((gv[row, col] * k0[row, (i0 - 0)]) - u0_hi[row, col])
       {
         for (int i = tid; i < 4096; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u0_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_v[(r) * 64 + (c)]) * prt::to_f32(t_k0[(r) * 72 + ((v_i0 - 0))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_u0_hi[(r) * 72 + (c)])));
+          t_u0_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k0[(r) * 72 + ((v_i0 - 0))])) - prt::to_f32(t_u0_hi[(r) * 72 + (c)])));
         }
       }
       __syncthreads();
@@ -968,18 +979,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
   {
     const int v_i1_end = 32;
     for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
-      // u1_hi[row, col] = ((v[row, col] * k1[row, (i1 - 16)]) * exp((lam[63] - lam[row])))
+      // u1_hi[row, col] = (gv[row, col] * k1[row, (i1 - 16)])
       {
         for (int i = tid; i < 4096; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u1_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v[(r) * 64 + (c)]) * prt::to_f32(t_k1[(r) * 56 + ((v_i1 - 16))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+          t_u1_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k1[(r) * 56 + ((v_i1 - 16))])));
         }
       }
-      // u1_lo[row, col] = (((v[row, col] * k1[row, (i1 - 16)]) * exp((lam[63] - lam[row]))) - u1_hi[row, col])
+      // u1_lo[row, col] = ((gv[row, col] * k1[row, (i1 - 16)]) - u1_hi[row, col])
       {
         for (int i = tid; i < 4096; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u1_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_v[(r) * 64 + (c)]) * prt::to_f32(t_k1[(r) * 56 + ((v_i1 - 16))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_u1_hi[(r) * 72 + (c)])));
+          t_u1_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k1[(r) * 56 + ((v_i1 - 16))])) - prt::to_f32(t_u1_hi[(r) * 72 + (c)])));
         }
       }
       __syncthreads();
@@ -1203,18 +1214,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
   {
     const int v_i2_end = 48;
     for (int v_i2 = 32; v_i2 < v_i2_end; v_i2 += 1) {
-      // u2_hi[row, col] = ((v[row, col] * k2[row, (i2 - 32)]) * exp((lam[63] - lam[row])))
+      // u2_hi[row, col] = (gv[row, col] * k2[row, (i2 - 32)])
       {
         for (int i = tid; i < 4096; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u2_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v[(r) * 64 + (c)]) * prt::to_f32(t_k2[(r) * 40 + ((v_i2 - 32))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+          t_u2_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k2[(r) * 40 + ((v_i2 - 32))])));
         }
       }
-      // u2_lo[row, col] = (((v[row, col] * k2[row, (i2 - 32)]) * exp((lam[63] - lam[row]))) - u2_hi[row, col])
+      // u2_lo[row, col] = ((gv[row, col] * k2[row, (i2 - 32)]) - u2_hi[row, col])
       {
         for (int i = tid; i < 4096; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u2_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_v[(r) * 64 + (c)]) * prt::to_f32(t_k2[(r) * 40 + ((v_i2 - 32))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_u2_hi[(r) * 72 + (c)])));
+          t_u2_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k2[(r) * 40 + ((v_i2 - 32))])) - prt::to_f32(t_u2_hi[(r) * 72 + (c)])));
         }
       }
       __syncthreads();
@@ -1427,21 +1438,22 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
       }
     }
   }
+  __syncthreads();
   {
     const int v_i3_end = 64;
     for (int v_i3 = 48; v_i3 < v_i3_end; v_i3 += 1) {
-      // u3_hi[row, col] = ((v[row, col] * k3[row, (i3 - 48)]) * exp((lam[63] - lam[row])))
+      // u3_hi[row, col] = (gv[row, col] * k3[row, (i3 - 48)])
       {
         for (int i = tid; i < 4096; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u3_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v[(r) * 64 + (c)]) * prt::to_f32(t_k3[(r) * 24 + ((v_i3 - 48))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+          t_u3_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k3[(r) * 24 + ((v_i3 - 48))])));
         }
       }
-      // u3_lo[row, col] = (((v[row, col] * k3[row, (i3 - 48)]) * exp((lam[63] - lam[row]))) - u3_hi[row, col])
+      // u3_lo[row, col] = ((gv[row, col] * k3[row, (i3 - 48)]) - u3_hi[row, col])
       {
         for (int i = tid; i < 4096; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u3_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_v[(r) * 64 + (c)]) * prt::to_f32(t_k3[(r) * 24 + ((v_i3 - 48))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_u3_hi[(r) * 72 + (c)])));
+          t_u3_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k3[(r) * 24 + ((v_i3 - 48))])) - prt::to_f32(t_u3_hi[(r) * 72 + (c)])));
         }
       }
       __syncthreads();
@@ -7976,9 +7988,9 @@ extern "C" cudaError_t prt_attention_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2_launch(d
 }
 
 extern "C" cudaError_t prt_update_state_p2_d64_e64_c64_bf16_w8_bd64_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d64_e64_c64_bf16_w8_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 46592);
+  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d64_e64_c64_bf16_w8_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 56832);
   if (err != cudaSuccess) return err;
-  prt_update_state_p2_d64_e64_c64_bf16_w8_bd64_bt64_s1<<<grid, 256, 46592, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
+  prt_update_state_p2_d64_e64_c64_bf16_w8_bd64_bt64_s1<<<grid, 256, 56832, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 

@@ -488,7 +488,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
 }
 
 // update_state: dS_m = phi(k')^T V, dZ_m = colsum phi(k') per chunk, k' = k exp((G_m - lam)/p)
-// grid (1, $n, ($b * $h)), 256 threads, 60928 bytes of dynamic shared memory
+// grid (1, $n, ($b * $h)), 256 threads, 68096 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c64_f32_w8_bd64_bt64_s1(
     const float* g_K, const float* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -563,30 +563,31 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
   float* const t_v = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 64] pitch 64
-  float* const t_k0 = reinterpret_cast<float*>(prt_smem + 16896);  // f32[64, 64] pitch 68
-  float* const t_kgk0 = reinterpret_cast<float*>(prt_smem + 39424);  // f32[64, 16] pitch 16
-  float* const t_gk0_hi = reinterpret_cast<float*>(prt_smem + 34304);  // f32[64, 16] pitch 20
+  float* const t_gv = reinterpret_cast<float*>(prt_smem + 16896);  // f32[64, 64] pitch 64
+  float* const t_k0 = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 64] pitch 68
+  float* const t_kgk0 = reinterpret_cast<float*>(prt_smem + 5632);  // f32[64, 16] pitch 16
+  float* const t_gk0_hi = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 16] pitch 20
   float f_s0[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
   float* const t_z0 = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  float* const t_u0_hi = reinterpret_cast<float*>(prt_smem + 43520);  // f32[64, 64] pitch 68
-  float* const t_k1 = reinterpret_cast<float*>(prt_smem + 16896);  // f32[64, 48] pitch 52
-  float* const t_kgk1 = reinterpret_cast<float*>(prt_smem + 35328);  // f32[48, 16] pitch 16
-  float* const t_gk1_hi = reinterpret_cast<float*>(prt_smem + 30208);  // f32[64, 16] pitch 20
+  float* const t_u0_hi = reinterpret_cast<float*>(prt_smem + 50688);  // f32[64, 64] pitch 68
+  float* const t_k1 = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 48] pitch 52
+  float* const t_kgk1 = reinterpret_cast<float*>(prt_smem + 13824);  // f32[48, 16] pitch 16
+  float* const t_gk1_hi = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 16] pitch 20
   float f_s1[2][2][4];  // f32[48, 64] as mma fragments: 48x64 in 16x16 units over 8 warps
   float* const t_z1 = reinterpret_cast<float*>(prt_smem + 0);  // f32[48] pitch 48
-  float* const t_u1_hi = reinterpret_cast<float*>(prt_smem + 38400);  // f32[64, 64] pitch 68
-  float* const t_k2 = reinterpret_cast<float*>(prt_smem + 16896);  // f32[64, 32] pitch 36
-  float* const t_kgk2 = reinterpret_cast<float*>(prt_smem + 31232);  // f32[32, 16] pitch 16
-  float* const t_gk2_hi = reinterpret_cast<float*>(prt_smem + 26112);  // f32[64, 16] pitch 20
+  float* const t_u1_hi = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 64] pitch 68
+  float* const t_k2 = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 32] pitch 36
+  float* const t_kgk2 = reinterpret_cast<float*>(prt_smem + 14848);  // f32[32, 16] pitch 16
+  float* const t_gk2_hi = reinterpret_cast<float*>(prt_smem + 9728);  // f32[64, 16] pitch 20
   float f_s2[1][2][4];  // f32[32, 64] as mma fragments: 32x64 in 16x16 units over 8 warps
   float* const t_z2 = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
   float* const t_u2_hi = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 64] pitch 68
-  float* const t_k3 = reinterpret_cast<float*>(prt_smem + 16896);  // f32[64, 16] pitch 20
-  float* const t_kgk3 = reinterpret_cast<float*>(prt_smem + 27136);  // f32[16, 16] pitch 16
-  float* const t_gk3_hi = reinterpret_cast<float*>(prt_smem + 22016);  // f32[64, 16] pitch 20
+  float* const t_k3 = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 16] pitch 20
+  float* const t_kgk3 = reinterpret_cast<float*>(prt_smem + 10752);  // f32[16, 16] pitch 16
+  float* const t_gk3_hi = reinterpret_cast<float*>(prt_smem + 5632);  // f32[64, 16] pitch 20
   float f_s3[1][1][4];  // f32[16, 64] as mma fragments: 16x64 in 16x8 units over 8 warps
   float* const t_z3 = reinterpret_cast<float*>(prt_smem + 0);  // f32[16] pitch 16
-  float* const t_u3_hi = reinterpret_cast<float*>(prt_smem + 28160);  // f32[64, 64] pitch 68
+  float* const t_u3_hi = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 64] pitch 68
   // g = load logG[(pid.z // $h), (pid.y * 64):+64, (pid.z % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.z) / p_h);
@@ -636,6 +637,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
         const int r = i / 64, c = i % 64;
         dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
       }
+    }
+  }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
+  __syncthreads();
+  // gv[row, col] = (v[row, col] * exp((lam[63] - lam[row])))
+  {
+    for (int i = tid; i < 4096; i += 256) {
+      const int r = i / 64, c = i % 64;
+      t_gv[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 64 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
     }
   }
   // k0 = load.async K[(pid.z // $h), (pid.y * 64):+64, (pid.z % $h), 0:+64]
@@ -708,11 +719,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
   {
     const int v_i0_end = 16;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // u0_hi[row, col] = ((v[row, col] * k0[row, (i0 - 0)]) * exp((lam[63] - lam[row])))
+      // u0_hi[row, col] = (gv[row, col] * k0[row, (i0 - 0)])
       {
         for (int i = tid; i < 4096; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u0_hi[(r) * 68 + (c)] = prt::from_f32<float>(((prt::to_f32(t_v[(r) * 64 + (c)]) * prt::to_f32(t_k0[(r) * 68 + ((v_i0 - 0))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+          t_u0_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k0[(r) * 68 + ((v_i0 - 0))])));
         }
       }
       __syncthreads();
@@ -877,14 +888,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
       }
     }
   }
+  __syncthreads();
   {
     const int v_i1_end = 32;
     for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
-      // u1_hi[row, col] = ((v[row, col] * k1[row, (i1 - 16)]) * exp((lam[63] - lam[row])))
+      // u1_hi[row, col] = (gv[row, col] * k1[row, (i1 - 16)])
       {
         for (int i = tid; i < 4096; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u1_hi[(r) * 68 + (c)] = prt::from_f32<float>(((prt::to_f32(t_v[(r) * 64 + (c)]) * prt::to_f32(t_k1[(r) * 52 + ((v_i1 - 16))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+          t_u1_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k1[(r) * 52 + ((v_i1 - 16))])));
         }
       }
       __syncthreads();
@@ -985,7 +997,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
       __syncthreads();
     }
   }
-  __syncthreads();
   // k2 = load.async K[(pid.z // $h), (pid.y * 64):+64, (pid.z % $h), 32:+32]
   {
     const int a0 = (static_cast<int>(blockIdx.z) / p_h);
@@ -1058,11 +1069,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
   {
     const int v_i2_end = 48;
     for (int v_i2 = 32; v_i2 < v_i2_end; v_i2 += 1) {
-      // u2_hi[row, col] = ((v[row, col] * k2[row, (i2 - 32)]) * exp((lam[63] - lam[row])))
+      // u2_hi[row, col] = (gv[row, col] * k2[row, (i2 - 32)])
       {
         for (int i = tid; i < 4096; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u2_hi[(r) * 68 + (c)] = prt::from_f32<float>(((prt::to_f32(t_v[(r) * 64 + (c)]) * prt::to_f32(t_k2[(r) * 36 + ((v_i2 - 32))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+          t_u2_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k2[(r) * 36 + ((v_i2 - 32))])));
         }
       }
       __syncthreads();
@@ -1230,11 +1241,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
   {
     const int v_i3_end = 64;
     for (int v_i3 = 48; v_i3 < v_i3_end; v_i3 += 1) {
-      // u3_hi[row, col] = ((v[row, col] * k3[row, (i3 - 48)]) * exp((lam[63] - lam[row])))
+      // u3_hi[row, col] = (gv[row, col] * k3[row, (i3 - 48)])
       {
         for (int i = tid; i < 4096; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u3_hi[(r) * 68 + (c)] = prt::from_f32<float>(((prt::to_f32(t_v[(r) * 64 + (c)]) * prt::to_f32(t_k3[(r) * 20 + ((v_i3 - 48))])) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+          t_u3_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k3[(r) * 20 + ((v_i3 - 48))])));
         }
       }
       __syncthreads();
@@ -7635,9 +7646,9 @@ extern "C" cudaError_t prt_attention_p2_d64_e64_c64_f32_w4_bd0_bt64_s2_launch(di
 }
 
 extern "C" cudaError_t prt_update_state_p2_d64_e64_c64_f32_w8_bd64_bt64_s1_launch(dim3 grid, cudaStream_t stream, const float* g_K, const float* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d64_e64_c64_f32_w8_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 60928);
+  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d64_e64_c64_f32_w8_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 68096);
   if (err != cudaSuccess) return err;
-  prt_update_state_p2_d64_e64_c64_f32_w8_bd64_bt64_s1<<<grid, 256, 60928, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
+  prt_update_state_p2_d64_e64_c64_f32_w8_bd64_bt64_s1<<<grid, 256, 68096, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 

@@ -96,6 +96,8 @@ function buildFactored(spec: Spec, sch: Schedule): Kernel {
     const rows = range(t0, c);
     const vt = k.shared("v", [c, BE], dtype);
     k.load(vt, V, [bi, rows, hi, range(e0, BE)]);
+    const gv = k.shared("gv", [c, BE], "f32"); // g_j v_j, formed once: every U_a is it times k_:a
+    k.map(gv, ({ row, col }) => vt.at(row, col).mul(gate(row)));
 
     for (let I = 0; I < W / 16; I++) {
       const c0 = 16 * I, w = W - c0; // this block's a in [c0, c0 + 16); rows b in [c0, W)
@@ -112,7 +114,7 @@ function buildFactored(spec: Spec, sch: Schedule): Kernel {
       const z = k.reg(`z${I}`, [w], "f32");
       const ownRows = (a: Val) => ({ row }: { row: Val }): Val => row.add(c0).ge(a).and(row.add(c0).lt(d)); // rows b in [a, d)
       k.for(c0, Math.min(c0 + 16, d), (a) => {
-        const u = computedOperand(k, `u${I}`, [c, BE], sd, pair, ({ row, col }) => vt.at(row, col).mul(kI.at(row, a.sub(c0))).mul(gate(row))); // U_a
+        const u = computedOperand(k, `u${I}`, [c, BE], sd, pair, ({ row, col }) => gv.at(row, col).mul(kI.at(row, a.sub(c0)))); // U_a
         mmaSplit(k, acc, kI, u, { transA: true }); // [w, c] @ [c, BE]: (K^T U_a)_b for b in [c0, W)
         k.map(acc, ({ row, col }) => acc.at(row, col).mul(pairWeight(a, row.add(c0))));
         const at = pairFeature(d, a, a).sub(a).add(c0); // feature of (a, c0)
@@ -134,7 +136,7 @@ const build = (spec: Spec, sch: Schedule): Kernel => (factored(spec) ? buildFact
 function factoredPeakBytes(spec: Spec, sch: Schedule): number {
   const W = Math.ceil(spec.d / 16) * 16, c = spec.chunk, el = spec.dtype === "f32" ? 4 : 2, pairs = spec.dtype === "f32" ? 1 : 2;
   const pad = 16 / el; // a row's padding against bank conflicts (codegen pads mma operands by 16 bytes)
-  return c * (W + pad) * el + c * (sch.blockD + pad) * el * (1 + pairs) + pairs * c * (16 + pad) * el + 2 * c * 4;
+  return c * (W + pad) * el + c * sch.blockD * (el + 4) + c * (sch.blockD + pad) * el * pairs + pairs * c * (16 + pad) * el + 2 * c * 4;
 }
 
 /** p = 2: a whole chunk per program, all of V's columns while they fit (halving blockD), 8 warps
