@@ -1562,8 +1562,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
 }
 
 // discounted_cumsum: Sin_m = state before chunk m: Sin_0 = S0, Sin_{m+1} = exp(G_m) Sin_m + dS_m (and Z); Sfinal after the last chunk
-// grid (33, ($b * $h), 1), 128 threads, 34560 bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e64_c128_bf16_w4_bd64_bt128_s2(
+// grid (65, ($b * $h), 1), 128 threads, 17792 bytes of dynamic shared memory
+extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e64_c128_bf16_w4_bd32_bt128_s2(
     const float* g_dS, const float* g_dZ, const float* g_logG, const float* g_S0, const float* g_Z0, float* g_Sin, float* g_Zin, float* g_Sfinal, float* g_Zfinal, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -1683,24 +1683,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
   (void)g_Zfinal_d0;
   (void)g_Zfinal_d1;
   (void)g_Zfinal_d2;
-  float f_s[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_z = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  float* const t_ds_base = reinterpret_cast<float*>(prt_smem + 256);  // f32[64, 64] pitch 64, 2 copies
+  float f_s[1][4][4];  // f32[32, 64] as mma fragments: 32x64 in 16x32 units over 4 warps
+  float* const t_z = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
+  float* const t_ds_base = reinterpret_cast<float*>(prt_smem + 128);  // f32[32, 64] pitch 64, 2 copies
   float* t_ds = t_ds_base;
-  float* const t_dz_base = reinterpret_cast<float*>(prt_smem + 33024);  // f32[64] pitch 64, 2 copies
+  float* const t_dz_base = reinterpret_cast<float*>(prt_smem + 16512);  // f32[32] pitch 32, 2 copies
   float* t_dz = t_dz_base;
-  float* const t_g = reinterpret_cast<float*>(prt_smem + 33536);  // f32[128] pitch 128
-  float* const t_lam = reinterpret_cast<float*>(prt_smem + 34048);  // f32[128] pitch 128
-  // s = load S0[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+64]
+  float* const t_g = reinterpret_cast<float*>(prt_smem + 16768);  // f32[128] pitch 128
+  float* const t_lam = reinterpret_cast<float*>(prt_smem + 17280);  // f32[128] pitch 128
+  // s = load S0[(pid.y // $h), (pid.y % $h), (pid.x * 32):+32, 0:+64]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-    const int s2 = (static_cast<int>(blockIdx.x) * 64);
+    const int s2 = (static_cast<int>(blockIdx.x) * 32);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_S0_d0 && a1 >= 0 && a1 < g_S0_d1;
     const long long base = static_cast<long long>(a0) * g_S0_s0 + static_cast<long long>(a1) * g_S0_s1 + static_cast<long long>(s2) * g_S0_s2 + static_cast<long long>(s3) * g_S0_s3;
     #pragma unroll
-    for (int j = 0; j < 2; ++j) {
+    for (int j = 0; j < 1; ++j) {
       const int u = warp + j * 4;
       const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
       #pragma unroll
@@ -1713,16 +1713,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
       }
     }
   }
-  // z = load.async Z0[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64]
+  // z = load.async Z0[(pid.y // $h), (pid.y % $h), (pid.x * 32):+32]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-    const int s2 = (static_cast<int>(blockIdx.x) * 64);
+    const int s2 = (static_cast<int>(blockIdx.x) * 32);
     const bool ok = a0 >= 0 && a0 < g_Z0_d0 && a1 >= 0 && a1 < g_Z0_d1;
     const long long base = static_cast<long long>(a0) * g_Z0_s0 + static_cast<long long>(a1) * g_Z0_s1 + static_cast<long long>(s2) * g_Z0_s2;
     float* const dst = t_z;
     if (prt::aligned16(g_Z0) && base % 4 == 0 && s2 >= 0) {
-      for (int i = tid; i < 16; i += 128) {
+      for (int i = tid; i < 8; i += 128) {
         const int c = i * 4;
         const long long left = ok ? g_Z0_d2 - (s2 + c) : 0;
         const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
@@ -1730,7 +1730,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
       }
     }
     else {
-      for (int r = tid; r < 64; r += 128) {
+      for (int r = tid; r < 32; r += 128) {
         dst[r] = ok && s2 + r >= 0 && s2 + r < g_Z0_d2 ? g_Z0[base + static_cast<long long>(r) * g_Z0_s2] : prt::from_f32<float>(0.0f);
       }
     }
@@ -1738,18 +1738,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   if ((0 < p_n)) {
-    // ds = load.async dS[(pid.y // $h), (pid.y % $h), 0, (pid.x * 64):+64, 0:+64] into stage 0
+    // ds = load.async dS[(pid.y // $h), (pid.y % $h), 0, (pid.x * 32):+32, 0:+64] into stage 0
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
       const int a1 = (static_cast<int>(blockIdx.y) % p_h);
       const int a2 = 0;
-      const int s3 = (static_cast<int>(blockIdx.x) * 64);
+      const int s3 = (static_cast<int>(blockIdx.x) * 32);
       const int s4 = 0;
       const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
       const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
-      float* const dst = t_ds_base + ((0) % 2) * 4096;
+      float* const dst = t_ds_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        for (int i = tid; i < 512; i += 128) {
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s3 + r;
           const long long left = ok && gr >= 0 && gr < g_dS_d3 ? g_dS_d4 - (s4 + c) : 0;
@@ -1758,23 +1758,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
         }
       }
       else {
-        for (int i = tid; i < 4096; i += 128) {
+        for (int i = tid; i < 2048; i += 128) {
           const int r = i / 64, c = i % 64;
           dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_dS_d3 && s4 + c >= 0 && s4 + c < g_dS_d4 ? g_dS[base + static_cast<long long>(r) * g_dS_s3 + static_cast<long long>(c) * g_dS_s4] : prt::from_f32<float>(0.0f);
         }
       }
     }
-    // dz = load.async dZ[(pid.y // $h), (pid.y % $h), 0, (pid.x * 64):+64] into stage 0
+    // dz = load.async dZ[(pid.y // $h), (pid.y % $h), 0, (pid.x * 32):+32] into stage 0
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
       const int a1 = (static_cast<int>(blockIdx.y) % p_h);
       const int a2 = 0;
-      const int s3 = (static_cast<int>(blockIdx.x) * 64);
+      const int s3 = (static_cast<int>(blockIdx.x) * 32);
       const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
       const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
-      float* const dst = t_dz_base + ((0) % 2) * 64;
+      float* const dst = t_dz_base + ((0) % 2) * 32;
       if (prt::aligned16(g_dZ) && base % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 16; i += 128) {
+        for (int i = tid; i < 8; i += 128) {
           const int c = i * 4;
           const long long left = ok ? g_dZ_d3 - (s3 + c) : 0;
           const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
@@ -1782,7 +1782,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
         }
       }
       else {
-        for (int r = tid; r < 64; r += 128) {
+        for (int r = tid; r < 32; r += 128) {
           dst[r] = ok && s3 + r >= 0 && s3 + r < g_dZ_d3 ? g_dZ[base + static_cast<long long>(r) * g_dZ_s3] : prt::from_f32<float>(0.0f);
         }
       }
@@ -1793,18 +1793,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
     const int v_i0_end = p_n;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((v_i0 + 1) < p_n)) {
-        // ds = load.async dS[(pid.y // $h), (pid.y % $h), (i0 + 1), (pid.x * 64):+64, 0:+64] into stage ((i0 + 1) % 2)
+        // ds = load.async dS[(pid.y // $h), (pid.y % $h), (i0 + 1), (pid.x * 32):+32, 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int a1 = (static_cast<int>(blockIdx.y) % p_h);
           const int a2 = (v_i0 + 1);
-          const int s3 = (static_cast<int>(blockIdx.x) * 64);
+          const int s3 = (static_cast<int>(blockIdx.x) * 32);
           const int s4 = 0;
           const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
           const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
-          float* const dst = t_ds_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
+          float* const dst = t_ds_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            for (int i = tid; i < 512; i += 128) {
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_dS_d3 ? g_dS_d4 - (s4 + c) : 0;
@@ -1813,23 +1813,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
             }
           }
           else {
-            for (int i = tid; i < 4096; i += 128) {
+            for (int i = tid; i < 2048; i += 128) {
               const int r = i / 64, c = i % 64;
               dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_dS_d3 && s4 + c >= 0 && s4 + c < g_dS_d4 ? g_dS[base + static_cast<long long>(r) * g_dS_s3 + static_cast<long long>(c) * g_dS_s4] : prt::from_f32<float>(0.0f);
             }
           }
         }
-        // dz = load.async dZ[(pid.y // $h), (pid.y % $h), (i0 + 1), (pid.x * 64):+64] into stage ((i0 + 1) % 2)
+        // dz = load.async dZ[(pid.y // $h), (pid.y % $h), (i0 + 1), (pid.x * 32):+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int a1 = (static_cast<int>(blockIdx.y) % p_h);
           const int a2 = (v_i0 + 1);
-          const int s3 = (static_cast<int>(blockIdx.x) * 64);
+          const int s3 = (static_cast<int>(blockIdx.x) * 32);
           const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
           const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
-          float* const dst = t_dz_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          float* const dst = t_dz_base + ((((v_i0 + 1) % 2)) % 2) * 32;
           if (prt::aligned16(g_dZ) && base % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 16; i += 128) {
+            for (int i = tid; i < 8; i += 128) {
               const int c = i * 4;
               const long long left = ok ? g_dZ_d3 - (s3 + c) : 0;
               const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
@@ -1837,7 +1837,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
             }
           }
           else {
-            for (int r = tid; r < 64; r += 128) {
+            for (int r = tid; r < 32; r += 128) {
               dst[r] = ok && s3 + r >= 0 && s3 + r < g_dZ_d3 ? g_dZ[base + static_cast<long long>(r) * g_dZ_s3] : prt::from_f32<float>(0.0f);
             }
           }
@@ -1845,20 +1845,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
       }
       prt::cp_async_commit();
       prt::cp_async_wait<1>();
-      t_ds = t_ds_base + (((v_i0 % 2)) % 2) * 4096;  // bind ds stage (i0 % 2)
-      t_dz = t_dz_base + (((v_i0 % 2)) % 2) * 64;  // bind dz stage (i0 % 2)
-      // store Sin[(pid.y // $h), (pid.y % $h), i0, (pid.x * 64):+64, 0:+64] = s
+      t_ds = t_ds_base + (((v_i0 % 2)) % 2) * 2048;  // bind ds stage (i0 % 2)
+      t_dz = t_dz_base + (((v_i0 % 2)) % 2) * 32;  // bind dz stage (i0 % 2)
+      // store Sin[(pid.y // $h), (pid.y % $h), i0, (pid.x * 32):+32, 0:+64] = s
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
         const int a2 = v_i0;
-        const int s3 = (static_cast<int>(blockIdx.x) * 64);
+        const int s3 = (static_cast<int>(blockIdx.x) * 32);
         const int s4 = 0;
         const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
         if (ok) {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 1; ++j) {
             const int u = warp + j * 4;
             const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
             #pragma unroll
@@ -1873,16 +1873,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
         }
       }
       __syncthreads();
-      // store Zin[(pid.y // $h), (pid.y % $h), i0, (pid.x * 64):+64] = z
+      // store Zin[(pid.y // $h), (pid.y % $h), i0, (pid.x * 32):+32] = z
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
         const int a2 = v_i0;
-        const int s3 = (static_cast<int>(blockIdx.x) * 64);
+        const int s3 = (static_cast<int>(blockIdx.x) * 32);
         const bool ok = a0 >= 0 && a0 < g_Zin_d0 && a1 >= 0 && a1 < g_Zin_d1 && a2 >= 0 && a2 < g_Zin_d2;
         const long long base = static_cast<long long>(a0) * g_Zin_s0 + static_cast<long long>(a1) * g_Zin_s1 + static_cast<long long>(a2) * g_Zin_s2 + static_cast<long long>(s3) * g_Zin_s3;
         if (ok) {
-          for (int r = tid; r < 64; r += 128) {
+          for (int r = tid; r < 32; r += 128) {
             if (s3 + r >= 0 && s3 + r < g_Zin_d3) g_Zin[base + static_cast<long long>(r) * g_Zin_s3] = t_z[r];
           }
         }
@@ -1917,7 +1917,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
       // s[row, col] = ((s[row, col] * exp(lam[127])) + ds[row, col])
       {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 4;
           const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           #pragma unroll
@@ -1932,7 +1932,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
       }
       // z[row] = ((z[row] * exp(lam[127])) + dz[row])
       {
-        for (int r = tid; r < 64; r += 128) {
+        for (int r = tid; r < 32; r += 128) {
           t_z[r] = prt::from_f32<float>(((prt::to_f32(t_z[r]) * expf(prt::to_f32(t_lam[127]))) + prt::to_f32(t_dz[r])));
         }
       }
@@ -1940,17 +1940,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
     }
   }
   prt::cp_async_wait<0>();
-  // store Sfinal[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+64] = s
+  // store Sfinal[(pid.y // $h), (pid.y % $h), (pid.x * 32):+32, 0:+64] = s
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-    const int s2 = (static_cast<int>(blockIdx.x) * 64);
+    const int s2 = (static_cast<int>(blockIdx.x) * 32);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Sfinal_d0 && a1 >= 0 && a1 < g_Sfinal_d1;
     const long long base = static_cast<long long>(a0) * g_Sfinal_s0 + static_cast<long long>(a1) * g_Sfinal_s1 + static_cast<long long>(s2) * g_Sfinal_s2 + static_cast<long long>(s3) * g_Sfinal_s3;
     if (ok) {
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
+      for (int j = 0; j < 1; ++j) {
         const int u = warp + j * 4;
         const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
         #pragma unroll
@@ -1965,15 +1965,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
     }
   }
   __syncthreads();
-  // store Zfinal[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64] = z
+  // store Zfinal[(pid.y // $h), (pid.y % $h), (pid.x * 32):+32] = z
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-    const int s2 = (static_cast<int>(blockIdx.x) * 64);
+    const int s2 = (static_cast<int>(blockIdx.x) * 32);
     const bool ok = a0 >= 0 && a0 < g_Zfinal_d0 && a1 >= 0 && a1 < g_Zfinal_d1;
     const long long base = static_cast<long long>(a0) * g_Zfinal_s0 + static_cast<long long>(a1) * g_Zfinal_s1 + static_cast<long long>(s2) * g_Zfinal_s2;
     if (ok) {
-      for (int r = tid; r < 64; r += 128) {
+      for (int r = tid; r < 32; r += 128) {
         if (s2 + r >= 0 && s2 + r < g_Zfinal_d2) g_Zfinal[base + static_cast<long long>(r) * g_Zfinal_s2] = t_z[r];
       }
     }
@@ -1981,8 +1981,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
 }
 
 // query_state: Y = (attention part + phi(q')^T Sin) / (its normaliser), lse = log normaliser, q' = scale q exp(lam/p)
-// grid (($n * 1), $hq, $b), 256 threads, 78976 bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c128_bf16_w8_bd16_bt128_s2(
+// grid (($n * 1), $hq, $b), 128 threads, 78976 bytes of dynamic shared memory
+extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c128_bf16_w4_bd0_bt128_s2(
     const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_numA, const float* g_denA, const float* g_maxA, __nv_bfloat16* g_Y, float* g_lse, float* g_yS, float* g_wS, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -2121,8 +2121,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
   (void)g_wS_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
-  float f_num_s[2][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 8 warps
-  float f_num_a[2][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 8 warps
+  float f_num_s[4][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 4 warps
+  float f_num_a[4][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 4 warps
   float* const t_den_s = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   __nv_bfloat16* const t_q0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 1024);  // bf16[128, 64] pitch 72
   float* const t_z = reinterpret_cast<float*>(prt_smem + 19456);  // f32[2080] pitch 2080
@@ -2148,7 +2148,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
   float* t_s3_f32 = t_s3_f32_base;
   __nv_bfloat16* const t_s3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 15360);  // bf16[16, 64] pitch 72
   __nv_bfloat16* const t_s3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 17664);  // bf16[16, 64] pitch 72
-  float f_num[2][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 8 warps
+  float f_num[4][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 4 warps
   float* const t_den = reinterpret_cast<float*>(prt_smem + 2048);  // f32[128] pitch 128
   float* const t_den_a = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128] pitch 128
   float* const t_max_a = reinterpret_cast<float*>(prt_smem + 1536);  // f32[128] pitch 128
@@ -2161,14 +2161,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
-    for (int r = tid; r < 128; r += 256) {
+    for (int r = tid; r < 128; r += 128) {
       dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
     }
   }
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
-    for (int o = warp; o < 1; o += 8) {
+    for (int o = warp; o < 1; o += 4) {
       float carry = 0.0f;
       for (int j0 = 0; j0 < 128; j0 += 32) {
         const int j = j0 + lane, i = j;
@@ -2183,8 +2183,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
     // num_s[row, col] = 0.0
     {
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int u = warp + j * 8;
+      for (int j = 0; j < 4; ++j) {
+        const int u = warp + j * 4;
         const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
         #pragma unroll
         for (int q = 0; q < 4; ++q) {
@@ -2206,7 +2206,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       __nv_bfloat16* const dst = t_q0;
       if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 256) {
+        for (int i = tid; i < 1024; i += 128) {
           const int r = i / 8, c = (i % 8) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -2215,7 +2215,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
         }
       }
       else {
-        for (int i = tid; i < 8192; i += 256) {
+        for (int i = tid; i < 8192; i += 128) {
           const int r = i / 64, c = i % 64;
           dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
         }
@@ -2231,7 +2231,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
       const long long base = static_cast<long long>(a0) * g_Zin_s0 + static_cast<long long>(a1) * g_Zin_s1 + static_cast<long long>(a2) * g_Zin_s2 + static_cast<long long>(s3) * g_Zin_s3;
       float* const dst = t_z;
       if (prt::aligned16(g_Zin) && base % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 520; i += 256) {
+        for (int i = tid; i < 520; i += 128) {
           const int c = i * 4;
           const long long left = ok ? g_Zin_d3 - (s3 + c) : 0;
           const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
@@ -2239,7 +2239,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
         }
       }
       else {
-        for (int r = tid; r < 2080; r += 256) {
+        for (int r = tid; r < 2080; r += 128) {
           dst[r] = ok && s3 + r >= 0 && s3 + r < g_Zin_d3 ? g_Zin[base + static_cast<long long>(r) * g_Zin_s3] : prt::from_f32<float>(0.0f);
         }
       }
@@ -2249,24 +2249,24 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
     __syncthreads();
     // zsym_hi[row, col] = select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] / 1.0), ((z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] / 1.0) * 0.7071067811865476)), 0.0)
     {
-      for (int i = tid; i < 4096; i += 256) {
+      for (int i = tid; i < 4096; i += 128) {
         const int r = i / 64, c = i % 64;
         t_zsym_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((((r < 64) && (c < 64)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) / 1.0f) * 0.7071067811865476f)) : 0.0f));
       }
     }
     // zsym_lo[row, col] = (select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] / 1.0), ((z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] / 1.0) * 0.7071067811865476)), 0.0) - zsym_hi[row, col])
     {
-      for (int i = tid; i < 4096; i += 256) {
+      for (int i = tid; i < 4096; i += 128) {
         const int r = i / 64, c = i % 64;
         t_zsym_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((((r < 64) && (c < 64)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) / 1.0f) * 0.7071067811865476f)) : 0.0f) - prt::to_f32(t_zsym_hi[(r) * 72 + (c)])));
       }
     }
     __syncthreads();
-    // qz = mma.tc(q0, zsym_hi) [128x64 in 16x32 units over 8 warps]
+    // qz = mma.tc(q0, zsym_hi) [128x64 in 16x32 units over 4 warps]
     {
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int u = warp + j * 8;
+      for (int j = 0; j < 4; ++j) {
+        const int u = warp + j * 4;
         const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
         float acc[4][4];
         #pragma unroll
@@ -2291,11 +2291,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
       }
     }
     __syncthreads();
-    // qz += mma.tc(q0, zsym_lo) [128x64 in 16x32 units over 8 warps]
+    // qz += mma.tc(q0, zsym_lo) [128x64 in 16x32 units over 4 warps]
     {
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int u = warp + j * 8;
+      for (int j = 0; j < 4; ++j) {
+        const int u = warp + j * 4;
         const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
         float acc[4][4];
         #pragma unroll
@@ -2322,7 +2322,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
     __syncthreads();
     // qz[row, col] = (qz[row, col] * q0[row, col])
     {
-      for (int i = tid; i < 8192; i += 256) {
+      for (int i = tid; i < 8192; i += 128) {
         const int r = i / 64, c = i % 64;
         t_qz[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_qz[(r) * 64 + (c)]) * prt::to_f32(t_q0[(r) * 72 + (c)])));
       }
@@ -2330,7 +2330,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
     __syncthreads();
     // den_s = reduce_sum(qz, axis=1)
     {
-      for (int o = tid; o < 128; o += 256) {
+      for (int o = tid; o < 128; o += 128) {
         float acc = 0.0f;
         for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_qz[(o) * 64 + (i)]);
         t_den_s[o] = prt::from_f32<float>(acc);
@@ -2349,7 +2349,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
         float* const dst = t_s0_f32_base + ((0) % 2) * 4096;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-          for (int i = tid; i < 1024; i += 256) {
+          for (int i = tid; i < 1024; i += 128) {
             const int r = i / 16, c = (i % 16) * 4;
             const int gr = s3 + r;
             const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -2358,7 +2358,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
           }
         }
         else {
-          for (int i = tid; i < 4096; i += 256) {
+          for (int i = tid; i < 4096; i += 128) {
             const int r = i / 64, c = i % 64;
             dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
           }
@@ -2381,7 +2381,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
             float* const dst = t_s0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 1024; i += 256) {
+              for (int i = tid; i < 1024; i += 128) {
                 const int r = i / 16, c = (i % 16) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -2390,7 +2390,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
               }
             }
             else {
-              for (int i = tid; i < 4096; i += 256) {
+              for (int i = tid; i < 4096; i += 128) {
                 const int r = i / 64, c = i % 64;
                 dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
               }
@@ -2403,24 +2403,24 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
         __syncthreads();
         // s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
         {
-          for (int i = tid; i < 4096; i += 256) {
+          for (int i = tid; i < 4096; i += 128) {
             const int r = i / 64, c = i % 64;
             t_s0_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
           }
         }
         // s0_lo[row, col] = (select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951))) - s0_hi[row, col])
         {
-          for (int i = tid; i < 4096; i += 256) {
+          for (int i = tid; i < 4096; i += 128) {
             const int r = i / 64, c = i % 64;
             t_s0_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(t_s0_hi[(r) * 72 + (c)])));
           }
         }
         __syncthreads();
-        // num_a = mma.tc(q0, s0_hi) [128x64 in 16x32 units over 8 warps]
+        // num_a = mma.tc(q0, s0_hi) [128x64 in 16x32 units over 4 warps]
         {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
+          for (int j = 0; j < 4; ++j) {
+            const int u = warp + j * 4;
             const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
             float (&acc)[4][4] = f_num_a[j];
             #pragma unroll
@@ -2440,11 +2440,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
             }
           }
         }
-        // num_a += mma.tc(q0, s0_lo) [128x64 in 16x32 units over 8 warps]
+        // num_a += mma.tc(q0, s0_lo) [128x64 in 16x32 units over 4 warps]
         {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
+          for (int j = 0; j < 4; ++j) {
+            const int u = warp + j * 4;
             const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
             float (&acc)[4][4] = f_num_a[j];
             for (int k0 = 0; k0 < 64; k0 += 16) {
@@ -2463,8 +2463,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
         // num_s[row, col] = (num_s[row, col] + (q0[row, (i0 - 0)] * num_a[row, col]))
         {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
+          for (int j = 0; j < 4; ++j) {
+            const int u = warp + j * 4;
             const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
@@ -2490,7 +2490,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       __nv_bfloat16* const dst = t_q1;
       if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 768; i += 256) {
+        for (int i = tid; i < 768; i += 128) {
           const int r = i / 6, c = (i % 6) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -2499,7 +2499,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
         }
       }
       else {
-        for (int i = tid; i < 6144; i += 256) {
+        for (int i = tid; i < 6144; i += 128) {
           const int r = i / 48, c = i % 48;
           dst[(r) * 56 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
         }
@@ -2519,7 +2519,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
         float* const dst = t_s1_f32_base + ((0) % 2) * 3072;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-          for (int i = tid; i < 768; i += 256) {
+          for (int i = tid; i < 768; i += 128) {
             const int r = i / 16, c = (i % 16) * 4;
             const int gr = s3 + r;
             const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -2528,7 +2528,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
           }
         }
         else {
-          for (int i = tid; i < 3072; i += 256) {
+          for (int i = tid; i < 3072; i += 128) {
             const int r = i / 64, c = i % 64;
             dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
           }
@@ -2551,7 +2551,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
             float* const dst = t_s1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 3072;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 768; i += 256) {
+              for (int i = tid; i < 768; i += 128) {
                 const int r = i / 16, c = (i % 16) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -2560,7 +2560,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
               }
             }
             else {
-              for (int i = tid; i < 3072; i += 256) {
+              for (int i = tid; i < 3072; i += 128) {
                 const int r = i / 64, c = i % 64;
                 dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
               }
@@ -2573,24 +2573,24 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
         __syncthreads();
         // s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
         {
-          for (int i = tid; i < 3072; i += 256) {
+          for (int i = tid; i < 3072; i += 128) {
             const int r = i / 64, c = i % 64;
             t_s1_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
           }
         }
         // s1_lo[row, col] = (select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951))) - s1_hi[row, col])
         {
-          for (int i = tid; i < 3072; i += 256) {
+          for (int i = tid; i < 3072; i += 128) {
             const int r = i / 64, c = i % 64;
             t_s1_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(t_s1_hi[(r) * 72 + (c)])));
           }
         }
         __syncthreads();
-        // num_a = mma.tc(q1, s1_hi) [128x64 in 16x32 units over 8 warps]
+        // num_a = mma.tc(q1, s1_hi) [128x64 in 16x32 units over 4 warps]
         {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
+          for (int j = 0; j < 4; ++j) {
+            const int u = warp + j * 4;
             const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
             float (&acc)[4][4] = f_num_a[j];
             #pragma unroll
@@ -2610,11 +2610,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
             }
           }
         }
-        // num_a += mma.tc(q1, s1_lo) [128x64 in 16x32 units over 8 warps]
+        // num_a += mma.tc(q1, s1_lo) [128x64 in 16x32 units over 4 warps]
         {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
+          for (int j = 0; j < 4; ++j) {
+            const int u = warp + j * 4;
             const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
             float (&acc)[4][4] = f_num_a[j];
             for (int k0 = 0; k0 < 48; k0 += 16) {
@@ -2633,8 +2633,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
         // num_s[row, col] = (num_s[row, col] + (q1[row, (i1 - 16)] * num_a[row, col]))
         {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
+          for (int j = 0; j < 4; ++j) {
+            const int u = warp + j * 4;
             const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
@@ -2660,7 +2660,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       __nv_bfloat16* const dst = t_q2;
       if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 512; i += 256) {
+        for (int i = tid; i < 512; i += 128) {
           const int r = i / 4, c = (i % 4) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -2669,7 +2669,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
         }
       }
       else {
-        for (int i = tid; i < 4096; i += 256) {
+        for (int i = tid; i < 4096; i += 128) {
           const int r = i / 32, c = i % 32;
           dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
         }
@@ -2689,7 +2689,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
         float* const dst = t_s2_f32_base + ((0) % 2) * 2048;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-          for (int i = tid; i < 512; i += 256) {
+          for (int i = tid; i < 512; i += 128) {
             const int r = i / 16, c = (i % 16) * 4;
             const int gr = s3 + r;
             const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -2698,7 +2698,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
           }
         }
         else {
-          for (int i = tid; i < 2048; i += 256) {
+          for (int i = tid; i < 2048; i += 128) {
             const int r = i / 64, c = i % 64;
             dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
           }
@@ -2721,7 +2721,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
             float* const dst = t_s2_f32_base + (((((v_i2 - 32) + 1) % 2)) % 2) * 2048;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 512; i += 256) {
+              for (int i = tid; i < 512; i += 128) {
                 const int r = i / 16, c = (i % 16) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -2730,7 +2730,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
               }
             }
             else {
-              for (int i = tid; i < 2048; i += 256) {
+              for (int i = tid; i < 2048; i += 128) {
                 const int r = i / 64, c = i % 64;
                 dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
               }
@@ -2743,24 +2743,24 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
         __syncthreads();
         // s2_hi[row, col] = select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, ((s2_f32[row, col] / 1.0) * select(((row + 32) == i2), 1.0, 1.4142135623730951)))
         {
-          for (int i = tid; i < 2048; i += 256) {
+          for (int i = tid; i < 2048; i += 128) {
             const int r = i / 64, c = i % 64;
             t_s2_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : ((prt::to_f32(t_s2_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))));
           }
         }
         // s2_lo[row, col] = (select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, ((s2_f32[row, col] / 1.0) * select(((row + 32) == i2), 1.0, 1.4142135623730951))) - s2_hi[row, col])
         {
-          for (int i = tid; i < 2048; i += 256) {
+          for (int i = tid; i < 2048; i += 128) {
             const int r = i / 64, c = i % 64;
             t_s2_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : ((prt::to_f32(t_s2_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(t_s2_hi[(r) * 72 + (c)])));
           }
         }
         __syncthreads();
-        // num_a = mma.tc(q2, s2_hi) [128x64 in 16x32 units over 8 warps]
+        // num_a = mma.tc(q2, s2_hi) [128x64 in 16x32 units over 4 warps]
         {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
+          for (int j = 0; j < 4; ++j) {
+            const int u = warp + j * 4;
             const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
             float (&acc)[4][4] = f_num_a[j];
             #pragma unroll
@@ -2780,11 +2780,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
             }
           }
         }
-        // num_a += mma.tc(q2, s2_lo) [128x64 in 16x32 units over 8 warps]
+        // num_a += mma.tc(q2, s2_lo) [128x64 in 16x32 units over 4 warps]
         {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
+          for (int j = 0; j < 4; ++j) {
+            const int u = warp + j * 4;
             const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
             float (&acc)[4][4] = f_num_a[j];
             for (int k0 = 0; k0 < 32; k0 += 16) {
@@ -2803,8 +2803,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
         // num_s[row, col] = (num_s[row, col] + (q2[row, (i2 - 32)] * num_a[row, col]))
         {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
+          for (int j = 0; j < 4; ++j) {
+            const int u = warp + j * 4;
             const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
@@ -2830,7 +2830,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       __nv_bfloat16* const dst = t_q3;
       if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 256; i += 256) {
+        for (int i = tid; i < 256; i += 128) {
           const int r = i / 2, c = (i % 2) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -2839,7 +2839,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
         }
       }
       else {
-        for (int i = tid; i < 2048; i += 256) {
+        for (int i = tid; i < 2048; i += 128) {
           const int r = i / 16, c = i % 16;
           dst[(r) * 24 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
         }
@@ -2859,7 +2859,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
         float* const dst = t_s3_f32_base + ((0) % 2) * 1024;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-          for (int i = tid; i < 256; i += 256) {
+          for (int i = tid; i < 256; i += 128) {
             const int r = i / 16, c = (i % 16) * 4;
             const int gr = s3 + r;
             const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -2868,7 +2868,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
           }
         }
         else {
-          for (int i = tid; i < 1024; i += 256) {
+          for (int i = tid; i < 1024; i += 128) {
             const int r = i / 64, c = i % 64;
             dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
           }
@@ -2891,7 +2891,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
             float* const dst = t_s3_f32_base + (((((v_i3 - 48) + 1) % 2)) % 2) * 1024;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 256; i += 256) {
+              for (int i = tid; i < 256; i += 128) {
                 const int r = i / 16, c = (i % 16) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -2900,7 +2900,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
               }
             }
             else {
-              for (int i = tid; i < 1024; i += 256) {
+              for (int i = tid; i < 1024; i += 128) {
                 const int r = i / 64, c = i % 64;
                 dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
               }
@@ -2913,24 +2913,24 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
         __syncthreads();
         // s3_hi[row, col] = select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, ((s3_f32[row, col] / 1.0) * select(((row + 48) == i3), 1.0, 1.4142135623730951)))
         {
-          for (int i = tid; i < 1024; i += 256) {
+          for (int i = tid; i < 1024; i += 128) {
             const int r = i / 64, c = i % 64;
             t_s3_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : ((prt::to_f32(t_s3_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))));
           }
         }
         // s3_lo[row, col] = (select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, ((s3_f32[row, col] / 1.0) * select(((row + 48) == i3), 1.0, 1.4142135623730951))) - s3_hi[row, col])
         {
-          for (int i = tid; i < 1024; i += 256) {
+          for (int i = tid; i < 1024; i += 128) {
             const int r = i / 64, c = i % 64;
             t_s3_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : ((prt::to_f32(t_s3_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(t_s3_hi[(r) * 72 + (c)])));
           }
         }
         __syncthreads();
-        // num_a = mma.tc(q3, s3_hi) [128x64 in 16x32 units over 8 warps]
+        // num_a = mma.tc(q3, s3_hi) [128x64 in 16x32 units over 4 warps]
         {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
+          for (int j = 0; j < 4; ++j) {
+            const int u = warp + j * 4;
             const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
             float (&acc)[4][4] = f_num_a[j];
             #pragma unroll
@@ -2950,11 +2950,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
             }
           }
         }
-        // num_a += mma.tc(q3, s3_lo) [128x64 in 16x32 units over 8 warps]
+        // num_a += mma.tc(q3, s3_lo) [128x64 in 16x32 units over 4 warps]
         {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
+          for (int j = 0; j < 4; ++j) {
+            const int u = warp + j * 4;
             const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
             float (&acc)[4][4] = f_num_a[j];
             for (int k0 = 0; k0 < 16; k0 += 16) {
@@ -2973,8 +2973,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
         // num_s[row, col] = (num_s[row, col] + (q3[row, (i3 - 48)] * num_a[row, col]))
         {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
+          for (int j = 0; j < 4; ++j) {
+            const int u = warp + j * 4;
             const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
@@ -2998,8 +2998,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
       const bool ok = a0 >= 0 && a0 < g_numA_d0 && a2 >= 0 && a2 < g_numA_d2;
       const long long base = static_cast<long long>(a0) * g_numA_s0 + static_cast<long long>(s1) * g_numA_s1 + static_cast<long long>(a2) * g_numA_s2 + static_cast<long long>(s3) * g_numA_s3;
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int u = warp + j * 8;
+      for (int j = 0; j < 4; ++j) {
+        const int u = warp + j * 4;
         const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
         #pragma unroll
         for (int q = 0; q < 4; ++q) {
@@ -3020,7 +3020,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
       const bool ok = a0 >= 0 && a0 < g_denA_d0 && a2 >= 0 && a2 < g_denA_d2;
       const long long base = static_cast<long long>(a0) * g_denA_s0 + static_cast<long long>(s1) * g_denA_s1 + static_cast<long long>(a2) * g_denA_s2;
       float* const dst = t_den_a;
-      for (int r = tid; r < 128; r += 256) {
+      for (int r = tid; r < 128; r += 128) {
         dst[r] = ok && s1 + r >= 0 && s1 + r < g_denA_d1 ? g_denA[base + static_cast<long long>(r) * g_denA_s1] : prt::from_f32<float>(0.0f);
       }
     }
@@ -3032,25 +3032,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
       const bool ok = a0 >= 0 && a0 < g_maxA_d0 && a2 >= 0 && a2 < g_maxA_d2;
       const long long base = static_cast<long long>(a0) * g_maxA_s0 + static_cast<long long>(s1) * g_maxA_s1 + static_cast<long long>(a2) * g_maxA_s2;
       float* const dst = t_max_a;
-      for (int r = tid; r < 128; r += 256) {
+      for (int r = tid; r < 128; r += 128) {
         dst[r] = ok && s1 + r >= 0 && s1 + r < g_maxA_d1 ? g_maxA[base + static_cast<long long>(r) * g_maxA_s1] : prt::from_f32<float>(0.0f);
       }
     }
     // den_a[row] = (den_a[row] * exp((max_a[row] - max(max_a[row], 0.0))))
     {
-      for (int r = tid; r < 128; r += 256) {
+      for (int r = tid; r < 128; r += 128) {
         t_den_a[r] = prt::from_f32<float>((prt::to_f32(t_den_a[r]) * expf((prt::to_f32(t_max_a[r]) - prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)))));
       }
     }
     // den_s[row] = (den_s[row] * ((exp((lam[(((pid.x % 1) * 128) + row)] - max(max_a[row], 0.0))) * ($scale * $scale)) * 1.0))
     {
-      for (int r = tid; r < 128; r += 256) {
+      for (int r = tid; r < 128; r += 128) {
         t_den_s[r] = prt::from_f32<float>((prt::to_f32(t_den_s[r]) * ((expf((prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 128) + r)]) - prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f))) * (p_scale * p_scale)) * 1.0f)));
       }
     }
     // den[row] = (den_a[row] + den_s[row])
     {
-      for (int r = tid; r < 128; r += 256) {
+      for (int r = tid; r < 128; r += 128) {
         t_den[r] = prt::from_f32<float>((prt::to_f32(t_den_a[r]) + prt::to_f32(t_den_s[r])));
       }
     }
@@ -3058,8 +3058,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
     // num_s[row, col] = select((den[row] > 0.0), ((num_s[row, col] * ((exp((lam[(((pid.x % 1) * 128) + row)] - max(max_a[row], 0.0))) * ($scale * $scale)) * 1.0)) / den[row]), 0.0)
     {
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int u = warp + j * 8;
+      for (int j = 0; j < 4; ++j) {
+        const int u = warp + j * 4;
         const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
         #pragma unroll
         for (int q = 0; q < 4; ++q) {
@@ -3074,8 +3074,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
     // num[row, col] = (select((den[row] > 0.0), ((num[row, col] * exp((max_a[row] - max(max_a[row], 0.0)))) / den[row]), 0.0) + num_s[row, col])
     {
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int u = warp + j * 8;
+      for (int j = 0; j < 4; ++j) {
+        const int u = warp + j * 4;
         const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
         #pragma unroll
         for (int q = 0; q < 4; ++q) {
@@ -3089,7 +3089,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
     }
     // den_s[row] = select((den[row] > 0.0), (den_s[row] / den[row]), 0.0)
     {
-      for (int r = tid; r < 128; r += 256) {
+      for (int r = tid; r < 128; r += 128) {
         t_den_s[r] = prt::from_f32<float>(((prt::to_f32(t_den[r]) > 0.0f) ? (prt::to_f32(t_den_s[r]) / prt::to_f32(t_den[r])) : 0.0f));
       }
     }
@@ -3103,8 +3103,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
       const long long base = static_cast<long long>(a0) * g_yS_s0 + static_cast<long long>(s1) * g_yS_s1 + static_cast<long long>(a2) * g_yS_s2 + static_cast<long long>(s3) * g_yS_s3;
       if (ok) {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 4;
           const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
@@ -3125,7 +3125,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
       const bool ok = a0 >= 0 && a0 < g_wS_d0 && a2 >= 0 && a2 < g_wS_d2;
       const long long base = static_cast<long long>(a0) * g_wS_s0 + static_cast<long long>(s1) * g_wS_s1 + static_cast<long long>(a2) * g_wS_s2;
       if (ok) {
-        for (int r = tid; r < 128; r += 256) {
+        for (int r = tid; r < 128; r += 128) {
           if (s1 + r >= 0 && s1 + r < g_wS_d1) g_wS[base + static_cast<long long>(r) * g_wS_s1] = t_den_s[r];
         }
       }
@@ -3133,7 +3133,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
     __syncthreads();
     // lse_t[row] = select((den[row] > 0.0), (log(den[row]) + max(max_a[row], 0.0)), -Infinity)
     {
-      for (int r = tid; r < 128; r += 256) {
+      for (int r = tid; r < 128; r += 128) {
         t_lse_t[r] = prt::from_f32<float>(((prt::to_f32(t_den[r]) > 0.0f) ? (logf(prt::to_f32(t_den[r])) + prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)) : __int_as_float(0xff800000)));
       }
     }
@@ -3147,8 +3147,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
       const long long base = static_cast<long long>(a0) * g_Y_s0 + static_cast<long long>(s1) * g_Y_s1 + static_cast<long long>(a2) * g_Y_s2 + static_cast<long long>(s3) * g_Y_s3;
       if (ok) {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 4;
           const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
@@ -3169,7 +3169,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
       const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
       const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
       if (ok) {
-        for (int r = tid; r < 128; r += 256) {
+        for (int r = tid; r < 128; r += 128) {
           if (s1 + r >= 0 && s1 + r < g_lse_d1) g_lse[base + static_cast<long long>(r) * g_lse_s1] = t_lse_t[r];
         }
       }
@@ -7997,17 +7997,17 @@ extern "C" cudaError_t prt_update_state_p2_d64_e64_c128_bf16_w8_bd64_bt128_s1_la
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_discounted_cumsum_p2_d64_e64_c128_bf16_w4_bd64_bt128_s2_launch(dim3 grid, cudaStream_t stream, const float* g_dS, const float* g_dZ, const float* g_logG, const float* g_S0, const float* g_Z0, float* g_Sin, float* g_Zin, float* g_Sfinal, float* g_Zfinal, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_p2_d64_e64_c128_bf16_w4_bd64_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 34560);
+extern "C" cudaError_t prt_discounted_cumsum_p2_d64_e64_c128_bf16_w4_bd32_bt128_s2_launch(dim3 grid, cudaStream_t stream, const float* g_dS, const float* g_dZ, const float* g_logG, const float* g_S0, const float* g_Z0, float* g_Sin, float* g_Zin, float* g_Sfinal, float* g_Zfinal, int p_b, int p_t, int p_h, int p_n) {
+  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_p2_d64_e64_c128_bf16_w4_bd32_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 17792);
   if (err != cudaSuccess) return err;
-  prt_discounted_cumsum_p2_d64_e64_c128_bf16_w4_bd64_bt128_s2<<<grid, 128, 34560, stream>>>(g_dS, g_dZ, g_logG, g_S0, g_Z0, g_Sin, g_Zin, g_Sfinal, g_Zfinal, p_b, p_t, p_h, p_n);
+  prt_discounted_cumsum_p2_d64_e64_c128_bf16_w4_bd32_bt128_s2<<<grid, 128, 17792, stream>>>(g_dS, g_dZ, g_logG, g_S0, g_Z0, g_Sin, g_Zin, g_Sfinal, g_Zfinal, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_query_state_p2_d64_e64_c128_bf16_w8_bd16_bt128_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_numA, const float* g_denA, const float* g_maxA, __nv_bfloat16* g_Y, float* g_lse, float* g_yS, float* g_wS, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_p2_d64_e64_c128_bf16_w8_bd16_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 78976);
+extern "C" cudaError_t prt_query_state_p2_d64_e64_c128_bf16_w4_bd0_bt128_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_numA, const float* g_denA, const float* g_maxA, __nv_bfloat16* g_Y, float* g_lse, float* g_yS, float* g_wS, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_p2_d64_e64_c128_bf16_w4_bd0_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 78976);
   if (err != cudaSuccess) return err;
-  prt_query_state_p2_d64_e64_c128_bf16_w8_bd16_bt128_s2<<<grid, 256, 78976, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_numA, g_denA, g_maxA, g_Y, g_lse, g_yS, g_wS, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_query_state_p2_d64_e64_c128_bf16_w4_bd0_bt128_s2<<<grid, 128, 78976, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_numA, g_denA, g_maxA, g_Y, g_lse, g_yS, g_wS, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
