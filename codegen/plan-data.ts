@@ -202,14 +202,10 @@ export function planSchedules(spec: Spec, scheduleFor: (k: KernelDef, spec: Spec
   const p: Problem = problemOf(spec, probes("forward", spec.chunk, false)[0]!, { gated: 1, initialState: 1, finalState: 1 });
   const steps = [...forwardPlan(p).steps, ...backwardPlan(p).steps, ...decodeSegmentSteps(p, 3, 0, 3, 0), ...decodeFold(p).steps];
   const table: Record<string, Schedule> = {};
-  const conflicts = new Set<string>();
   for (const s of steps) {
     const def = KERNELS.find((k) => k.name === s.kernel.name) ?? s.kernel;
-    const sch = scheduleFor(def, s.spec);
-    if (table[def.name] && scheduleKey(table[def.name]!) !== scheduleKey(sch)) conflicts.add(def.name);
-    table[def.name] = sch;
+    table[`${def.name}/${specKey(s.spec)}`] = scheduleFor(def, s.spec); // per spec: the fold runs f32 kernels
   }
-  for (const n of conflicts) delete table[n];
   return table;
 }
 

@@ -11,7 +11,7 @@ import { cacheAppend, decode, stateCopy } from "./kernels/decode.ts";
 import { discountedCumsum } from "./kernels/discounted-cumsum.ts";
 import { updateState } from "./kernels/update-state.ts";
 import { numel, type Plan, type PlanBuffer, type PlanStep } from "./plan-types.ts";
-import type { Problem, ScheduleTable } from "./plan.ts";
+import { scheduleOf, type Problem, type ScheduleTable } from "./plan.ts";
 import { checkSpec, stateFeatures, type KernelDef, type Spec } from "./spec.ts";
 
 /** Sizes and options of a decoding layer: a forward `Problem` without t and the state flags (the
@@ -68,7 +68,7 @@ export function decodeSegments(len0: number, tn: number, c: number): { q0: numbe
 }
 
 const stepIn = (sched: ScheduleTable, k: KernelDef, s: Spec, params: Record<string, number>, bind: Record<string, string>): PlanStep => ({
-  kernel: k, spec: s, schedule: sched[k.name] ?? k.schedule(s), params, bind,
+  kernel: k, spec: s, schedule: scheduleOf(sched, k, s), params, bind,
 });
 
 /** The buffers of a decoding call of tn tokens (inputs, the state and Y), before any fold. */

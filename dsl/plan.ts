@@ -9,7 +9,7 @@ import { discountedCumsum } from "./kernels/discounted-cumsum.ts";
 import { queryState } from "./kernels/query-state.ts";
 import { updateState } from "./kernels/update-state.ts";
 import type { Plan, PlanBuffer, PlanStep } from "./plan-types.ts";
-import { checkSpec, stateFeatures, type KernelDef, type Schedule, type Spec } from "./spec.ts";
+import { checkSpec, specKey, stateFeatures, type KernelDef, type Schedule, type Spec } from "./spec.ts";
 
 /** One retention call's sizes and options. */
 export interface Problem {
@@ -31,8 +31,14 @@ export interface Problem {
   readonly finalState?: boolean;
 }
 
-/** Schedules by kernel name; kernels not listed use their default. */
+/** Schedules by "<kernel>/<specKey>" (one spec) or by kernel name (every spec); kernels not listed
+ * use their default. A plan may run one kernel under two specs (the decoder's fold is f32). */
 export type ScheduleTable = Readonly<Record<string, Schedule>>;
+
+/** The schedule a plan step of kernel `k` at `spec` takes from `sched`. */
+export function scheduleOf(sched: ScheduleTable, k: KernelDef, spec: Spec): Schedule {
+  return sched[`${k.name}/${specKey(spec)}`] ?? sched[k.name] ?? k.schedule(spec);
+}
 
 export function problemSpec(p: Problem): Spec {
   return checkSpec({ deg: p.deg, d: p.d, e: p.e, chunk: p.chunk, dtype: p.dtype });
@@ -51,7 +57,7 @@ export const chunksOf = (p: Problem): number => Math.ceil(p.t / p.chunk);
 
 /** Helper for plan builders: steps with a spec's schedules applied. */
 export function stepOf(k: KernelDef, spec: Spec, sched: ScheduleTable, params: Record<string, number>, bind: Record<string, string>): PlanStep {
-  return { kernel: k, spec, schedule: sched[k.name] ?? k.schedule(spec), params, bind };
+  return { kernel: k, spec, schedule: scheduleOf(sched, k, spec), params, bind };
 }
 
 /** The buffers every plan over a problem shares: inputs and the gate. */

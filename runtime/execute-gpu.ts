@@ -42,27 +42,22 @@ export function evalGrid(k: Kernel, params: Readonly<Record<string, number>>): [
   return [g[0]!, g[1]!, g[2]!];
 }
 
-/** Schedules by kernel name (what the plan builders take). */
+/** Schedules by "<kernel>/<specKey>" or kernel name (what the plan builders take, dsl/plan.ts). */
 export type ScheduleTable = Readonly<Record<string, Schedule>>;
 
 /**
  * Build a plan with the schedules the manifests hold for its steps (a manifest may carry autotuned
  * schedules, not the kernels' defaults), the caller's `given` ones taking precedence. `build` is
- * called with defaults first to learn the steps, then with the table. A kernel that a plan runs
- * under two specs with different manifest schedules keeps its default.
+ * called with defaults first to learn the steps, then with the table, keyed per (kernel, spec).
  */
 export function withManifestSchedules<T>(build: (sched: ScheduleTable) => T, planOf: (x: T) => Plan, given: ScheduleTable = {}): { built: T; schedules: ScheduleTable } {
   const table: Record<string, Schedule> = {};
-  const conflicts = new Set<string>();
   for (const step of planOf(build(given)).steps) {
-    const name = step.kernel.name;
-    if (name in given) continue;
+    const name = step.kernel.name, key = `${name}/${specKey(step.spec)}`;
+    if (name in given || key in given) continue;
     const sch = manifestSchedule(name, step.spec);
-    if (!sch) continue;
-    if (table[name] && scheduleKey(table[name]!) !== scheduleKey(sch)) conflicts.add(name);
-    table[name] = sch;
+    if (sch) table[key] = sch;
   }
-  for (const n of conflicts) delete table[n];
   const schedules = { ...table, ...given };
   return { built: build(schedules), schedules };
 }
