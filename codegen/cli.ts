@@ -8,12 +8,18 @@ import path from "node:path";
 import { existsSync, readFileSync, mkdirSync, writeFileSync } from "node:fs";
 import { DTYPES, isDType, type DType } from "../dsl/dtype.ts";
 import { KERNELS } from "../dsl/kernels/index.ts";
+import { checkSpec } from "../dsl/spec.ts";
 import { auditKernels, formatAudit } from "./audit.ts";
 import { DEFAULT_SCHEDULES_FILE, DEFAULT_SELECTION, generate, loadSchedules, REPO_ROOT, scheduleForTable, writeGenerated, type Selection } from "./gen.ts";
 import { ARCHS, MANIFEST_FILE, parseManifest, type Arch } from "./manifest.ts";
 import { compileAll, jobsOf, progressLine } from "./nvcc.ts";
 
 export class UsageError extends Error {}
+
+/** The package's version (package.json). */
+export function packageVersion(): string {
+  return (JSON.parse(readFileSync(path.join(REPO_ROOT, "package.json"), "utf8")) as { version: string }).version;
+}
 
 interface OptionSpec {
   readonly name: string;
@@ -32,7 +38,7 @@ const OPTIONS: readonly OptionSpec[] = [
   { name: "dtype", value: "T[,T...]", help: `dtypes of Q, K, V: ${list(DTYPES)} (default ${list(DEFAULT_SELECTION.dtypes)})`, commands: ["gen"] },
   { name: "arch", value: "A[,A...]", help: `GPU archs to build for: ${list(ARCHS)} (default ${list(DEFAULT_SELECTION.archs)})`, commands: ["gen"] },
   { name: "kernels", value: "K[,K...]", help: `kernels to generate, or all (default all): ${KERNELS.map((k) => k.name).join(", ")}`, commands: ["gen"] },
-  { name: "out", value: "DIR", help: "folder of the sources and manifest (default generated)", commands: ["gen", "build"] },
+  { name: "out", value: "DIR", help: "folder of the sources and manifest: gen writes it (required; the package's own default set is --out generated, npm run gen:default), build reads it (default generated)", commands: ["gen", "build"] },
   { name: "schedules", value: "FILE", help: `tuned schedules, JSON { "<kernel>/<specKey>": { numWarps, blockD, blockT, stages } } (bench/autotune.ts writes it); a listed (kernel, spec) gets that schedule instead of its default (default: codegen/schedules.json when it exists)`, commands: ["gen"] },
   { name: "no-schedules", value: null, help: "ignore codegen/schedules.json: every kernel gets its default schedule", commands: ["gen"] },
   { name: "compile", value: null, help: "after gen, compile the sources to fatbins (see build)", commands: ["gen"] },
@@ -41,6 +47,7 @@ const OPTIONS: readonly OptionSpec[] = [
   { name: "dump-ir", value: "DIR", help: "write each kernel's IR after every lowering pass and its final CUDA into DIR/<symbol>/", commands: ["gen"] },
   { name: "no-audit", value: null, help: "skip the one-source-of-truth audit of dsl/kernels (codegen/audit.ts)", commands: ["gen"] },
   { name: "help", value: null, help: "show this help", commands: ["gen", "build"] },
+  { name: "version", value: null, help: "print the version and exit", commands: ["gen", "build"] },
 ];
 
 export function helpText(): string {
@@ -77,6 +84,7 @@ interface Parsed {
 export function parseArgs(argv: readonly string[]): Parsed {
   const [command, ...rest] = argv;
   if (command === undefined || command === "--help" || command === "-h" || command === "help") return { command: "help", values: new Map(), flags: new Set() };
+  if (command === "--version" || command === "-v" || command === "version") return { command: "help", values: new Map(), flags: new Set(["version"]) };
   if (command !== "gen" && command !== "build")
     throw new UsageError(`unknown command '${command}' (expected gen or build; see --help)`);
   const values = new Map<string, string>(), flags = new Set<string>();
@@ -106,12 +114,24 @@ export function parseArgs(argv: readonly string[]): Parsed {
   return { command, values, flags };
 }
 
+/** A comma list with no value twice (`--deg 2,2` would generate and compile one file twice at once). */
+function items(name: string, v: string): string[] {
+  const xs = v.split(",");
+  const dup = xs.find((x, i) => xs.indexOf(x) !== i);
+  if (dup !== undefined) throw new UsageError(`--${name}: '${dup}' is listed twice`);
+  return xs;
+}
+
+/** Decimal integers only: '0x2', '2e0', '2.0', ' 2' are errors, not 2. */
 function ints(name: string, v: string, check: (n: number) => boolean, expected: string): number[] {
-  return v.split(",").map((s) => {
-    const n = Number(s);
-    if (!Number.isInteger(n) || !check(n)) throw new UsageError(`--${name}: expected ${expected}, received '${s}'`);
+  const ns = items(name, v).map((s) => {
+    const n = /^[0-9]{1,9}$/.test(s) ? Number(s) : NaN;
+    if (!Number.isInteger(n) || !check(n)) throw new UsageError(`--${name}: expected ${expected} (decimal), received '${s}'`);
     return n;
   });
+  const dup = ns.find((x, i) => ns.indexOf(x) !== i);
+  if (dup !== undefined) throw new UsageError(`--${name}: ${dup} is listed twice`);
+  return ns;
 }
 
 const isPow2 = (n: number): boolean => n > 0 && (n & (n - 1)) === 0;
@@ -119,18 +139,18 @@ const isPow2 = (n: number): boolean => n > 0 && (n & (n - 1)) === 0;
 export function selectionOf(p: Parsed): Selection {
   const v = (n: string): string | undefined => p.values.get(n);
   const deg = v("deg"), d = v("d"), e = v("e"), chunk = v("chunk"), dtype = v("dtype"), arch = v("arch"), kernels = v("kernels");
-  const dtypes = dtype?.split(",").map((s) => {
+  const dtypes = (dtype === undefined ? undefined : items("dtype", dtype))?.map((s) => {
     if (!isDType(s)) throw new UsageError(`--dtype: expected ${DTYPES.join(", ")}, received '${s}'`);
     return s as DType;
   });
-  const archs = arch?.split(",").map((s) => {
+  const archs = (arch === undefined ? undefined : items("arch", arch))?.map((s) => {
     if (!(ARCHS as string[]).includes(s)) throw new UsageError(`--arch: expected ${ARCHS.join(", ")}, received '${s}'`);
     return s as Arch;
   });
-  const names = kernels === undefined || kernels === "all" ? null : kernels.split(",");
+  const names = kernels === undefined || kernels === "all" ? null : items("kernels", kernels);
   for (const n of names ?? [])
     if (!KERNELS.some((k) => k.name === n)) throw new UsageError(`--kernels: expected all or some of ${KERNELS.map((k) => k.name).join(", ")}, received '${n}'`);
-  return {
+  const sel: Selection = {
     degs: deg ? ints("deg", deg, (n) => n >= 2 && n % 2 === 0, "positive even integers") : DEFAULT_SELECTION.degs,
     ds: d ? ints("d", d, (n) => n >= 1, "positive integers") : DEFAULT_SELECTION.ds,
     es: e ? ints("e", e, (n) => n >= 1, "positive integers") : DEFAULT_SELECTION.es,
@@ -139,6 +159,15 @@ export function selectionOf(p: Parsed): Selection {
     archs: archs ?? DEFAULT_SELECTION.archs,
     kernels: names,
   };
+  // every spec of the selection is checked now, so that a bad combination (deg 1000) is named as such
+  for (const dg of sel.degs) for (const dd of sel.ds) for (const ee of sel.es ?? [dd]) {
+    try {
+      checkSpec({ deg: dg, d: dd, e: ee, chunk: sel.chunks[0]!, dtype: sel.dtypes[0]! });
+    } catch (err) {
+      throw new UsageError(`--deg/--d/--e: ${(err as Error).message}`);
+    }
+  }
+  return sel;
 }
 
 export function jobsOption(p: Parsed): number {
@@ -166,16 +195,23 @@ async function build(srcDir: string, buildDir: string, jobs: number): Promise<nu
 
 export async function main(argv: readonly string[]): Promise<number> {
   const p = parseArgs(argv);
+  if (p.flags.has("version")) {
+    process.stdout.write(`retention ${packageVersion()}\n`);
+    return 0;
+  }
   if (p.command === "help" || p.flags.has("help")) {
     process.stdout.write(helpText());
     return 0;
   }
-  const out = path.resolve(p.values.get("out") ?? path.join(REPO_ROOT, "generated"));
+  const outOpt = p.values.get("out");
+  const out = path.resolve(outOpt ?? path.join(REPO_ROOT, "generated"));
   const buildDir = path.resolve(p.values.get("build-dir") ?? path.join(REPO_ROOT, "build", "kernels"));
   const jobs = jobsOption(p);
   if (p.command === "build") return build(out, buildDir, jobs);
 
   const selection = selectionOf(p);
+  if (outOpt === undefined)
+    throw new UsageError("gen: --out DIR is required (gen replaces the folder's sources); the package's own default set is regenerated with --out generated (npm run gen:default)");
   if (!p.flags.has("no-audit")) {
     const a = auditKernels();
     if (a.problems.length) throw new Error(`the kernel audit failed:\n${formatAudit(a)}`);

@@ -63,7 +63,12 @@ async function compileOne(job: CompileJob): Promise<string | null> {
   rmSync(stampOf(job), { force: true });
   const hash = jobHash(job); // of the inputs as they are when nvcc starts
   const r = await execa(NVCC, [...job.flags, "-o", job.output, job.source], { reject: false, all: true, cwd: path.dirname(job.source) });
-  if (r.exitCode !== 0 || r.failed) return `${NVCC} ${[...job.flags, "-o", job.output, job.source].join(" ")}\n${r.all ?? r.message}`;
+  if (r.exitCode !== 0 || r.failed) {
+    const cmd = `${NVCC} ${[...job.flags, "-o", job.output, job.source].join(" ")}`;
+    // a missing compiler is a spawn error with no output: say so, and how to point at one
+    if ((r as { code?: string }).code === "ENOENT") return `${cmd}\ncannot run '${NVCC}': not found (install the CUDA toolkit, put its bin/ on PATH, or set NVCC to nvcc's path)`;
+    return `${cmd}\n${r.all || r.message}`;
+  }
   writeFileSync(stampOf(job), hash + "\n");
   return null;
 }

@@ -44,6 +44,9 @@ export function scheduleKey(s: Schedule): string {
 
 const isPow2 = (n: number): boolean => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
 
+/** The largest state a spec may have, in f32 elements per head (2^28: 1 GiB). */
+export const MAX_STATE_ELEMENTS = 2 ** 28;
+
 /** Throw an error naming the field, the expected and the received value. */
 export function checkSpec(s: Spec): Spec {
   const bad = (field: string, expected: string, got: unknown): never => {
@@ -54,6 +57,9 @@ export function checkSpec(s: Spec): Spec {
   if (!Number.isInteger(s.e) || s.e < 1) bad("e", "a positive integer", s.e);
   if (!isPow2(s.chunk) || s.chunk < 16) bad("chunk", "a power of two >= 16", s.chunk);
   if (!isDType(s.dtype)) bad("dtype", "one of f32, f16, bf16", s.dtype);
+  const D = featureCount(s.d, s.deg);
+  if (!(D * s.e <= MAX_STATE_ELEMENTS))
+    throw new Error(`spec (deg ${s.deg}, d ${s.d}, e ${s.e}): the state would hold D * e = ${D.toPrecision(3)} * ${s.e} f32 per head (D = binomial(d + deg - 1, deg)), more than ${MAX_STATE_ELEMENTS} (1 GiB); lower deg or d`);
   return s;
 }
 

@@ -181,8 +181,8 @@ export function loadManifests(): Manifest[] {
   const found = files.filter((f) => existsSync(f));
   if (found.length === 0)
     throw new MissingKernelError(
-      `no kernel manifest found (looked for ${files.join(", ")}): generate and compile the default kernels with \`npx retention gen --compile\``,
-      "npx retention gen --compile",
+      `no kernel manifest found (looked for ${files.join(", ")}): generate and compile the default kernels with \`npx retention gen --out generated --compile\``,
+      "npx retention gen --out generated --compile",
     );
   return found.map(loadManifest);
 }

@@ -33,20 +33,46 @@ describe("bad options", () => {
     expect(r.code).toBe(2);
     expect(r.stderr).toContain("--dtype: expected f32, f16, bf16, received 'f64'");
   }, 30_000);
+  it("gen without --out is an error, not a rewrite of the package's generated/", () => {
+    const r = cli("gen", "--d", "32");
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain("gen: --out DIR is required");
+  }, 30_000);
+  it("prints the version", () => {
+    const r = cli("--version");
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^retention \d+\.\d+\.\d+\n$/);
+    expect(cli("gen", "--version").stdout).toBe(r.stdout);
+  }, 30_000);
+  it("names a missing nvcc and how to point at one", () => {
+    const tmp = path.join(REPO_ROOT, "build", "test-no-nvcc");
+    const r = spawnSync(process.execPath, [BIN, "build", "--out", "generated", "--build-dir", tmp, "--jobs", "1"], {
+      encoding: "utf8", cwd: REPO_ROOT, env: { ...process.env, NVCC: "/nonexistent/nvcc" },
+    });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toContain("cannot run '/nonexistent/nvcc': not found (install the CUDA toolkit, put its bin/ on PATH, or set NVCC to nvcc's path)");
+  }, 60_000);
   it("names an unknown command", () => {
     expect(() => parseArgs(["compile"])).toThrow(/unknown command 'compile' \(expected gen or build/);
   });
   it.each([
-    [["gen", "--chunk", "48"], /--chunk: expected powers of two >= 16, received '48'/],
-    [["gen", "--deg", "3"], /--deg: expected positive even integers, received '3'/],
-    [["gen", "--d", "x"], /--d: expected positive integers, received 'x'/],
+    [["gen", "--chunk", "48"], /--chunk: expected powers of two >= 16 \(decimal\), received '48'/],
+    [["gen", "--deg", "3"], /--deg: expected positive even integers \(decimal\), received '3'/],
+    [["gen", "--d", "x"], /--d: expected positive integers \(decimal\), received 'x'/],
     [["gen", "--arch", "sm_75"], /--arch: expected sm_80, sm_90a, received 'sm_75'/],
     [["gen", "--kernels", "attention,nope"], /--kernels: expected all or some of attention, .*received 'nope'/],
-    [["gen", "--jobs", "0"], /--jobs: expected a positive integer, received '0'/],
+    [["gen", "--jobs", "0"], /--jobs: expected a positive integer \(decimal\), received '0'/],
     [["gen", "--out"], /option --out expects a value: DIR/],
     [["gen", "--compile=yes"], /option --compile takes no value/],
     [["build", "--dtype", "f16"], /option --dtype does not apply to build/],
     [["gen", "stray"], /unexpected argument 'stray'/],
+    [["gen", "--deg", "0x2"], /--deg: expected positive even integers \(decimal\), received '0x2'/],
+    [["gen", "--deg", "2e0"], /--deg: expected positive even integers \(decimal\), received '2e0'/],
+    [["gen", "--d", " 64"], /--d: expected positive integers \(decimal\), received ' 64'/],
+    [["gen", "--deg", "2,2"], /--deg: '2' is listed twice/],
+    [["gen", "--d", "64,064"], /--d: 64 is listed twice/],
+    [["gen", "--dtype", "bf16,bf16"], /--dtype: 'bf16' is listed twice/],
+    [["gen", "--deg", "1000"], /--deg\/--d\/--e: spec \(deg 1000, d 32, e 32\): the state would hold D \* e = .* lower deg or d/],
   ])("%j", (argv, message) => {
     expect(() => {
       const p = parseArgs(argv);

@@ -378,7 +378,7 @@ describe("kernel lookup in the manifest", () => {
       const { Q, K, V, G } = qkvg();
       const e = thrown(() => powerRetention(Q, K, V, G, { chunk: 16 }));
       expect(e).toBeInstanceOf(MissingKernelError);
-      expect(e.message).toMatch(/no kernel manifest found .*nowhere.*`npx retention gen --compile`/);
+      expect(e.message).toMatch(/no kernel manifest found .*nowhere.*`npx retention gen --out generated --compile`/);
     } finally {
       process.env.PRT_MANIFEST = prev;
     }

@@ -106,7 +106,7 @@ std::string gen_command(const std::string& spec_key) {
   int deg, d, e, c;
   char dtype[8] = {0};
   if (std::sscanf(spec_key.c_str(), "p%d_d%d_e%d_c%d_%7s", &deg, &d, &e, &c, dtype) != 5)
-    return "npx retention gen --compile";
+    return "npx retention gen --out generated --compile";
   return "npx retention gen --deg " + std::to_string(deg) + " --d " + std::to_string(d) + " --e " +
          std::to_string(e) + " --chunk " + std::to_string(c) + " --dtype " + dtype +
          " --out build/generated/" + spec_key + " --compile";

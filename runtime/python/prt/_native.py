@@ -138,7 +138,7 @@ class Runtime:
         if not self.manifests:
             raise PrtError(
                 f"no kernel manifest found (looked for {', '.join(_paths.manifest_paths())}): generate and compile "
-                "the default kernels with `npx retention gen --compile`", "PRT_EIO")
+                "the default kernels with `npx retention gen --out generated --compile`", "PRT_EIO")
         self.kernel_dir = kernel_dir or _paths.kernel_dir()
         self._lib = library()
         h = ctypes.c_void_p()
