@@ -17,6 +17,7 @@ import {
   ArgumentError,
   checkDType,
   checkQKVG,
+  checkOptionNames,
   checkRetentionOptions,
   checkState,
   checkTensor,
@@ -106,6 +107,7 @@ function wrap(buffers: Record<string, DeviceBuffer>, plan: { buffers: readonly {
 export function powerRetention(Q: Tensor, K: Tensor, V: Tensor, logG: Tensor | null, opts: RetentionOptions = {}): RetentionResult {
   const fn = "powerRetention";
   if (typeof opts !== "object" || opts === null) throw new ArgumentError(fn, "opts", `expected an options object, received ${String(opts)}`);
+  checkOptionNames(fn, "opts", opts, ["deg", "scale", "chunk", "initialState", "returnState", "schedules", "syncEachLaunch"], ["returnState", "syncEachLaunch"]);
   const sizes = checkQKVG(fn, Q, K, V, logG);
   const o = checkRetentionOptions(fn, sizes.d, opts);
   const init = opts.initialState ? checkState(fn, "opts.initialState", opts.initialState, { ...sizes, deg: o.deg }, (Q as TensorInfo).device) : null;
@@ -164,6 +166,8 @@ export function powerRetentionBackward(saved: RetentionSaved, dY: Tensor, opts: 
   const fn = "powerRetentionBackward";
   if (typeof saved !== "object" || saved === null || !("problem" in saved))
     throw new ArgumentError(fn, "saved", `expected the 'saved' of a powerRetention result, received ${String(saved)}`);
+  if (typeof opts !== "object" || opts === null) throw new ArgumentError(fn, "opts", `expected an options object, received ${String(opts)}`);
+  checkOptionNames(fn, "opts", opts, ["dState"]);
   const fwd = saved.problem;
   // everything the plan reads must still be alive
   const live: [string, Tensor | null][] = [
@@ -243,6 +247,7 @@ export class Decoder {
   constructor(opts: DecoderOptions) {
     const fn = "new Decoder";
     if (typeof opts !== "object" || opts === null) throw new ArgumentError(fn, "opts", `expected an options object, received ${String(opts)}`);
+    checkOptionNames(fn, "opts", opts, ["b", "hq", "h", "d", "e", "deg", "chunk", "dtype", "scale", "gated", "initialState", "schedules"]);
     for (const f of ["b", "hq", "h", "d"] as const)
       if (!Number.isSafeInteger(opts[f]) || opts[f] < 1) throw new ArgumentError(fn, `opts.${f}`, `expected a positive integer, received ${show(opts[f])}`);
     const e = opts.e ?? opts.d;

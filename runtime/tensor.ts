@@ -22,7 +22,9 @@ export class Tensor {
     this.dtype = dtype;
   }
 
-  /** Copy host data (converted to `dtype`, round to nearest even) to a new device tensor. */
+  /** Copy host data (converted to `dtype`, round to nearest even) to a new device tensor. Every
+   * element must be a number; a finite one that the dtype rounds to infinity is an error (NaN and
+   * infinities pass as given). */
   static upload(data: ArrayLike<number> | Float32Array, shape: readonly number[], dtype: DType = "f32"): Tensor {
     const fn = "Tensor.upload";
     checkShape(fn, "shape", shape);
@@ -32,6 +34,7 @@ export class Tensor {
     const n = numelOf(shape);
     if (data.length !== n)
       throw new ArgumentError(fn, "data", `expected ${n} elements for shape [${shape.join(", ")}], received ${data.length}`);
+    checkValues(fn, data, dtype);
     requireGpu(fn);
     return new Tensor(DeviceBuffer.from(encode(data, dtype)), shape, dtype);
   }
@@ -104,5 +107,22 @@ export class Tensor {
 
   toString(): string {
     return `Tensor(${this.dtype} [${this.shape.join(", ")}]${this.freed ? ", freed" : ""})`;
+  }
+}
+
+/** The largest finite magnitude of each dtype: values at or past the rounding boundary become inf. */
+const OVERFLOW_AT: Readonly<Record<DType, number>> = { f32: 3.4028235677973366e38, f16: 65520, bf16: 3.3961775292304690e38 };
+
+/** Every element a number (plain arrays may hold anything), none finite that `dtype` turns into inf. */
+function checkValues(fn: string, data: ArrayLike<number>, dtype: DType): void {
+  const typed = ArrayBuffer.isView(data);
+  const limit = OVERFLOW_AT[dtype];
+  for (let i = 0; i < data.length; i++) {
+    const x = data[i] as unknown;
+    if (!typed && typeof x !== "number")
+      throw new ArgumentError(fn, `data[${i}]`, `expected a number, received ${x === null ? "null" : Array.isArray(x) ? "an array" : typeof x === "string" ? JSON.stringify(x) : typeof x}`);
+    const v = x as number;
+    if (Number.isFinite(v) && Math.abs(v) >= limit)
+      throw new ArgumentError(fn, `data[${i}]`, `${v} overflows ${dtype} (finite values up to ${dtype === "f16" ? 65504 : "3.4e38"}); scale the data or use a wider dtype`);
   }
 }

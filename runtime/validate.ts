@@ -130,6 +130,26 @@ export interface RetentionOptionsResolved {
 
 export const DEFAULT_CHUNK = 64;
 
+/** Names the peer's PyTorch API (and other spellings users reach for) uses for our options. */
+const OPTION_HINTS: Readonly<Record<string, string>> = {
+  chunk_size: "chunk", chunkSize: "chunk", degree: "deg", power: "deg", p: "deg",
+  initial_state: "initialState", return_final_state: "returnState", returnFinalState: "returnState", return_state: "returnState",
+  log_G: "logG (an argument, not an option)", d_state: "dState", dstate: "dState",
+};
+
+/** An options object whose every key is one of `known`, with booleans where `booleans` says. */
+export function checkOptionNames(fn: string, name: string, opts: object, known: readonly string[], booleans: readonly string[] = []): void {
+  for (const key of Object.keys(opts)) {
+    if (!known.includes(key)) {
+      const hint = OPTION_HINTS[key];
+      throw new ArgumentError(fn, `${name}.${key}`, `unknown option${hint ? ` (did you mean ${hint}?)` : ""}; expected some of ${known.join(", ")}`);
+    }
+    const v = (opts as Record<string, unknown>)[key];
+    if (booleans.includes(key) && v !== undefined && typeof v !== "boolean")
+      throw new ArgumentError(fn, `${name}.${key}`, `expected true or false, received ${show(v)}`);
+  }
+}
+
 export function checkRetentionOptions(
   fn: string,
   d: number,
