@@ -486,7 +486,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
 }
 
 // update_state: dS_m = phi(k')^T V, dZ_m = colsum phi(k') per chunk, k' = k exp((G_m - lam)/p)
-// grid (2, $n, ($b * $h)), 256 threads, 130048 bytes of dynamic shared memory
+// grid (($n * 2), ($b * $h), 1), 256 threads, 130048 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_c128_bf16_w8_bd64_bt128_s1(
     const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -626,11 +626,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   float* const t_z7 = reinterpret_cast<float*>(prt_smem + 7168);  // f32[16] pitch 16
   __nv_bfloat16* const t_u7_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 50176);  // bf16[128, 64] pitch 72
   __nv_bfloat16* const t_u7_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 68608);  // bf16[128, 64] pitch 72
-  // g = load logG[(pid.z // $h), (pid.y * 128):+128, (pid.z % $h)]
+  // g = load logG[(pid.y // $h), ((pid.x // 2) * 128):+128, (pid.y % $h)]
   {
-    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.y) * 128);
-    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
@@ -652,12 +652,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       }
     }
   }
-  // v = load.async V[(pid.z // $h), (pid.y * 128):+128, (pid.z % $h), (pid.x * 64):+64]
+  // v = load.async V[(pid.y // $h), ((pid.x // 2) * 128):+128, (pid.y % $h), ((pid.x % 2) * 64):+64]
   {
-    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.y) * 128);
-    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
-    const int s3 = (static_cast<int>(blockIdx.x) * 64);
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+    const int s3 = ((static_cast<int>(blockIdx.x) % 2) * 64);
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
@@ -687,11 +687,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       t_gv[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 64 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
     }
   }
-  // k0 = load.async K[(pid.z // $h), (pid.y * 128):+128, (pid.z % $h), 0:+128]
+  // k0 = load.async K[(pid.y // $h), ((pid.x // 2) * 128):+128, (pid.y % $h), 0:+128]
   {
-    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.y) * 128);
-    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
@@ -715,7 +715,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if ((static_cast<int>(blockIdx.x) == 0)) {
+  if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
     // gk0_hi[row, col] = (k0[row, col] * exp((lam[127] - lam[row])))
     {
       for (int i = tid; i < 2048; i += 256) {
@@ -867,13 +867,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i0 * 128) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+128, (pid.x * 64):+64] = s0 where (((row + 0) >= i0) && ((row + 0) < 128))
+      // store dS[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i0 * 128) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+128, ((pid.x % 2) * 64):+64] = s0 where (((row + 0) >= i0) && ((row + 0) < 128))
       {
-        const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-        const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-        const int a2 = static_cast<int>(blockIdx.y);
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 2);
         const int s3 = ((((((v_i0 * 128) - ((v_i0 * (v_i0 - 1)) / 2)) + v_i0) - v_i0) - v_i0) + 0);
-        const int s4 = (static_cast<int>(blockIdx.x) * 64);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 2) * 64);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
@@ -892,18 +892,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      if ((static_cast<int>(blockIdx.x) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // z0[row] = (kgk0[row, (i0 - 0)] * select(((row + 0) == i0), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 128; r += 256) {
             t_z0[r] = prt::from_f32<float>((prt::to_f32(t_kgk0[(r) * 16 + ((v_i0 - 0))]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f)));
           }
         }
-        // store dZ[(pid.z // $h), (pid.z % $h), pid.y, ((((((i0 * 128) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+128] = z0 where (((row + 0) >= i0) && ((row + 0) < 128))
+        // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i0 * 128) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+128] = z0 where (((row + 0) >= i0) && ((row + 0) < 128))
         {
-          const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-          const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-          const int a2 = static_cast<int>(blockIdx.y);
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 2);
           const int s3 = ((((((v_i0 * 128) - ((v_i0 * (v_i0 - 1)) / 2)) + v_i0) - v_i0) - v_i0) + 0);
           const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
           const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
@@ -918,11 +918,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     }
   }
   __syncthreads();
-  // k1 = load.async K[(pid.z // $h), (pid.y * 128):+128, (pid.z % $h), 16:+112]
+  // k1 = load.async K[(pid.y // $h), ((pid.x // 2) * 128):+128, (pid.y % $h), 16:+112]
   {
-    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.y) * 128);
-    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const int s3 = 16;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
@@ -946,7 +946,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if ((static_cast<int>(blockIdx.x) == 0)) {
+  if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
     // gk1_hi[row, col] = (k1[row, col] * exp((lam[127] - lam[row])))
     {
       for (int i = tid; i < 2048; i += 256) {
@@ -1100,13 +1100,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i1 * 128) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+112, (pid.x * 64):+64] = s1 where (((row + 16) >= i1) && ((row + 16) < 128))
+      // store dS[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i1 * 128) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+112, ((pid.x % 2) * 64):+64] = s1 where (((row + 16) >= i1) && ((row + 16) < 128))
       {
-        const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-        const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-        const int a2 = static_cast<int>(blockIdx.y);
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 2);
         const int s3 = ((((((v_i1 * 128) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 16);
-        const int s4 = (static_cast<int>(blockIdx.x) * 64);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 2) * 64);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
@@ -1127,18 +1127,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      if ((static_cast<int>(blockIdx.x) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // z1[row] = (kgk1[row, (i1 - 16)] * select(((row + 16) == i1), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 112; r += 256) {
             t_z1[r] = prt::from_f32<float>((prt::to_f32(t_kgk1[(r) * 16 + ((v_i1 - 16))]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f)));
           }
         }
-        // store dZ[(pid.z // $h), (pid.z % $h), pid.y, ((((((i1 * 128) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+112] = z1 where (((row + 16) >= i1) && ((row + 16) < 128))
+        // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i1 * 128) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+112] = z1 where (((row + 16) >= i1) && ((row + 16) < 128))
         {
-          const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-          const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-          const int a2 = static_cast<int>(blockIdx.y);
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 2);
           const int s3 = ((((((v_i1 * 128) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 16);
           const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
           const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
@@ -1153,11 +1153,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     }
   }
   __syncthreads();
-  // k2 = load.async K[(pid.z // $h), (pid.y * 128):+128, (pid.z % $h), 32:+96]
+  // k2 = load.async K[(pid.y // $h), ((pid.x // 2) * 128):+128, (pid.y % $h), 32:+96]
   {
-    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.y) * 128);
-    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const int s3 = 32;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
@@ -1181,7 +1181,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if ((static_cast<int>(blockIdx.x) == 0)) {
+  if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
     // gk2_hi[row, col] = (k2[row, col] * exp((lam[127] - lam[row])))
     {
       for (int i = tid; i < 2048; i += 256) {
@@ -1335,13 +1335,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i2 * 128) - ((i2 * (i2 - 1)) // 2)) + i2) - i2) - i2) + 32):+96, (pid.x * 64):+64] = s2 where (((row + 32) >= i2) && ((row + 32) < 128))
+      // store dS[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i2 * 128) - ((i2 * (i2 - 1)) // 2)) + i2) - i2) - i2) + 32):+96, ((pid.x % 2) * 64):+64] = s2 where (((row + 32) >= i2) && ((row + 32) < 128))
       {
-        const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-        const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-        const int a2 = static_cast<int>(blockIdx.y);
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 2);
         const int s3 = ((((((v_i2 * 128) - ((v_i2 * (v_i2 - 1)) / 2)) + v_i2) - v_i2) - v_i2) + 32);
-        const int s4 = (static_cast<int>(blockIdx.x) * 64);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 2) * 64);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
@@ -1362,18 +1362,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      if ((static_cast<int>(blockIdx.x) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // z2[row] = (kgk2[row, (i2 - 32)] * select(((row + 32) == i2), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 96; r += 256) {
             t_z2[r] = prt::from_f32<float>((prt::to_f32(t_kgk2[(r) * 16 + ((v_i2 - 32))]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f)));
           }
         }
-        // store dZ[(pid.z // $h), (pid.z % $h), pid.y, ((((((i2 * 128) - ((i2 * (i2 - 1)) // 2)) + i2) - i2) - i2) + 32):+96] = z2 where (((row + 32) >= i2) && ((row + 32) < 128))
+        // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i2 * 128) - ((i2 * (i2 - 1)) // 2)) + i2) - i2) - i2) + 32):+96] = z2 where (((row + 32) >= i2) && ((row + 32) < 128))
         {
-          const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-          const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-          const int a2 = static_cast<int>(blockIdx.y);
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 2);
           const int s3 = ((((((v_i2 * 128) - ((v_i2 * (v_i2 - 1)) / 2)) + v_i2) - v_i2) - v_i2) + 32);
           const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
           const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
@@ -1388,11 +1388,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     }
   }
   __syncthreads();
-  // k3 = load.async K[(pid.z // $h), (pid.y * 128):+128, (pid.z % $h), 48:+80]
+  // k3 = load.async K[(pid.y // $h), ((pid.x // 2) * 128):+128, (pid.y % $h), 48:+80]
   {
-    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.y) * 128);
-    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const int s3 = 48;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
@@ -1416,7 +1416,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if ((static_cast<int>(blockIdx.x) == 0)) {
+  if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
     // gk3_hi[row, col] = (k3[row, col] * exp((lam[127] - lam[row])))
     {
       for (int i = tid; i < 2048; i += 256) {
@@ -1570,13 +1570,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i3 * 128) - ((i3 * (i3 - 1)) // 2)) + i3) - i3) - i3) + 48):+80, (pid.x * 64):+64] = s3 where (((row + 48) >= i3) && ((row + 48) < 128))
+      // store dS[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i3 * 128) - ((i3 * (i3 - 1)) // 2)) + i3) - i3) - i3) + 48):+80, ((pid.x % 2) * 64):+64] = s3 where (((row + 48) >= i3) && ((row + 48) < 128))
       {
-        const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-        const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-        const int a2 = static_cast<int>(blockIdx.y);
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 2);
         const int s3 = ((((((v_i3 * 128) - ((v_i3 * (v_i3 - 1)) / 2)) + v_i3) - v_i3) - v_i3) + 48);
-        const int s4 = (static_cast<int>(blockIdx.x) * 64);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 2) * 64);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
@@ -1597,18 +1597,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      if ((static_cast<int>(blockIdx.x) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // z3[row] = (kgk3[row, (i3 - 48)] * select(((row + 48) == i3), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 80; r += 256) {
             t_z3[r] = prt::from_f32<float>((prt::to_f32(t_kgk3[(r) * 16 + ((v_i3 - 48))]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f)));
           }
         }
-        // store dZ[(pid.z // $h), (pid.z % $h), pid.y, ((((((i3 * 128) - ((i3 * (i3 - 1)) // 2)) + i3) - i3) - i3) + 48):+80] = z3 where (((row + 48) >= i3) && ((row + 48) < 128))
+        // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i3 * 128) - ((i3 * (i3 - 1)) // 2)) + i3) - i3) - i3) + 48):+80] = z3 where (((row + 48) >= i3) && ((row + 48) < 128))
         {
-          const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-          const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-          const int a2 = static_cast<int>(blockIdx.y);
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 2);
           const int s3 = ((((((v_i3 * 128) - ((v_i3 * (v_i3 - 1)) / 2)) + v_i3) - v_i3) - v_i3) + 48);
           const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
           const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
@@ -1623,11 +1623,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     }
   }
   __syncthreads();
-  // k4 = load.async K[(pid.z // $h), (pid.y * 128):+128, (pid.z % $h), 64:+64]
+  // k4 = load.async K[(pid.y // $h), ((pid.x // 2) * 128):+128, (pid.y % $h), 64:+64]
   {
-    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.y) * 128);
-    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const int s3 = 64;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
@@ -1651,7 +1651,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if ((static_cast<int>(blockIdx.x) == 0)) {
+  if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
     // gk4_hi[row, col] = (k4[row, col] * exp((lam[127] - lam[row])))
     {
       for (int i = tid; i < 2048; i += 256) {
@@ -1795,13 +1795,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i4 * 128) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 64):+64, (pid.x * 64):+64] = s4 where (((row + 64) >= i4) && ((row + 64) < 128))
+      // store dS[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i4 * 128) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 64):+64, ((pid.x % 2) * 64):+64] = s4 where (((row + 64) >= i4) && ((row + 64) < 128))
       {
-        const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-        const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-        const int a2 = static_cast<int>(blockIdx.y);
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 2);
         const int s3 = ((((((v_i4 * 128) - ((v_i4 * (v_i4 - 1)) / 2)) + v_i4) - v_i4) - v_i4) + 64);
-        const int s4 = (static_cast<int>(blockIdx.x) * 64);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 2) * 64);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
@@ -1820,18 +1820,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      if ((static_cast<int>(blockIdx.x) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // z4[row] = (kgk4[row, (i4 - 64)] * select(((row + 64) == i4), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 64; r += 256) {
             t_z4[r] = prt::from_f32<float>((prt::to_f32(t_kgk4[(r) * 16 + ((v_i4 - 64))]) * (((r + 64) == v_i4) ? 1.0f : 1.4142135623730951f)));
           }
         }
-        // store dZ[(pid.z // $h), (pid.z % $h), pid.y, ((((((i4 * 128) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 64):+64] = z4 where (((row + 64) >= i4) && ((row + 64) < 128))
+        // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i4 * 128) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 64):+64] = z4 where (((row + 64) >= i4) && ((row + 64) < 128))
         {
-          const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-          const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-          const int a2 = static_cast<int>(blockIdx.y);
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 2);
           const int s3 = ((((((v_i4 * 128) - ((v_i4 * (v_i4 - 1)) / 2)) + v_i4) - v_i4) - v_i4) + 64);
           const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
           const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
@@ -1846,11 +1846,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     }
   }
   __syncthreads();
-  // k5 = load.async K[(pid.z // $h), (pid.y * 128):+128, (pid.z % $h), 80:+48]
+  // k5 = load.async K[(pid.y // $h), ((pid.x // 2) * 128):+128, (pid.y % $h), 80:+48]
   {
-    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.y) * 128);
-    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const int s3 = 80;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
@@ -1874,7 +1874,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if ((static_cast<int>(blockIdx.x) == 0)) {
+  if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
     // gk5_hi[row, col] = (k5[row, col] * exp((lam[127] - lam[row])))
     {
       for (int i = tid; i < 2048; i += 256) {
@@ -2028,13 +2028,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i5 * 128) - ((i5 * (i5 - 1)) // 2)) + i5) - i5) - i5) + 80):+48, (pid.x * 64):+64] = s5 where (((row + 80) >= i5) && ((row + 80) < 128))
+      // store dS[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i5 * 128) - ((i5 * (i5 - 1)) // 2)) + i5) - i5) - i5) + 80):+48, ((pid.x % 2) * 64):+64] = s5 where (((row + 80) >= i5) && ((row + 80) < 128))
       {
-        const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-        const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-        const int a2 = static_cast<int>(blockIdx.y);
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 2);
         const int s3 = ((((((v_i5 * 128) - ((v_i5 * (v_i5 - 1)) / 2)) + v_i5) - v_i5) - v_i5) + 80);
-        const int s4 = (static_cast<int>(blockIdx.x) * 64);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 2) * 64);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
@@ -2055,18 +2055,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      if ((static_cast<int>(blockIdx.x) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // z5[row] = (kgk5[row, (i5 - 80)] * select(((row + 80) == i5), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 48; r += 256) {
             t_z5[r] = prt::from_f32<float>((prt::to_f32(t_kgk5[(r) * 16 + ((v_i5 - 80))]) * (((r + 80) == v_i5) ? 1.0f : 1.4142135623730951f)));
           }
         }
-        // store dZ[(pid.z // $h), (pid.z % $h), pid.y, ((((((i5 * 128) - ((i5 * (i5 - 1)) // 2)) + i5) - i5) - i5) + 80):+48] = z5 where (((row + 80) >= i5) && ((row + 80) < 128))
+        // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i5 * 128) - ((i5 * (i5 - 1)) // 2)) + i5) - i5) - i5) + 80):+48] = z5 where (((row + 80) >= i5) && ((row + 80) < 128))
         {
-          const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-          const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-          const int a2 = static_cast<int>(blockIdx.y);
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 2);
           const int s3 = ((((((v_i5 * 128) - ((v_i5 * (v_i5 - 1)) / 2)) + v_i5) - v_i5) - v_i5) + 80);
           const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
           const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
@@ -2081,11 +2081,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     }
   }
   __syncthreads();
-  // k6 = load.async K[(pid.z // $h), (pid.y * 128):+128, (pid.z % $h), 96:+32]
+  // k6 = load.async K[(pid.y // $h), ((pid.x // 2) * 128):+128, (pid.y % $h), 96:+32]
   {
-    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.y) * 128);
-    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const int s3 = 96;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
@@ -2109,7 +2109,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if ((static_cast<int>(blockIdx.x) == 0)) {
+  if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
     // gk6_hi[row, col] = (k6[row, col] * exp((lam[127] - lam[row])))
     {
       for (int i = tid; i < 2048; i += 256) {
@@ -2257,13 +2257,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i6 * 128) - ((i6 * (i6 - 1)) // 2)) + i6) - i6) - i6) + 96):+32, (pid.x * 64):+64] = s6 where (((row + 96) >= i6) && ((row + 96) < 128))
+      // store dS[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i6 * 128) - ((i6 * (i6 - 1)) // 2)) + i6) - i6) - i6) + 96):+32, ((pid.x % 2) * 64):+64] = s6 where (((row + 96) >= i6) && ((row + 96) < 128))
       {
-        const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-        const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-        const int a2 = static_cast<int>(blockIdx.y);
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 2);
         const int s3 = ((((((v_i6 * 128) - ((v_i6 * (v_i6 - 1)) / 2)) + v_i6) - v_i6) - v_i6) + 96);
-        const int s4 = (static_cast<int>(blockIdx.x) * 64);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 2) * 64);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
@@ -2282,18 +2282,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      if ((static_cast<int>(blockIdx.x) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // z6[row] = (kgk6[row, (i6 - 96)] * select(((row + 96) == i6), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 32; r += 256) {
             t_z6[r] = prt::from_f32<float>((prt::to_f32(t_kgk6[(r) * 16 + ((v_i6 - 96))]) * (((r + 96) == v_i6) ? 1.0f : 1.4142135623730951f)));
           }
         }
-        // store dZ[(pid.z // $h), (pid.z % $h), pid.y, ((((((i6 * 128) - ((i6 * (i6 - 1)) // 2)) + i6) - i6) - i6) + 96):+32] = z6 where (((row + 96) >= i6) && ((row + 96) < 128))
+        // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i6 * 128) - ((i6 * (i6 - 1)) // 2)) + i6) - i6) - i6) + 96):+32] = z6 where (((row + 96) >= i6) && ((row + 96) < 128))
         {
-          const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-          const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-          const int a2 = static_cast<int>(blockIdx.y);
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 2);
           const int s3 = ((((((v_i6 * 128) - ((v_i6 * (v_i6 - 1)) / 2)) + v_i6) - v_i6) - v_i6) + 96);
           const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
           const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
@@ -2308,11 +2308,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     }
   }
   __syncthreads();
-  // k7 = load.async K[(pid.z // $h), (pid.y * 128):+128, (pid.z % $h), 112:+16]
+  // k7 = load.async K[(pid.y // $h), ((pid.x // 2) * 128):+128, (pid.y % $h), 112:+16]
   {
-    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.y) * 128);
-    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const int s3 = 112;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
@@ -2336,7 +2336,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if ((static_cast<int>(blockIdx.x) == 0)) {
+  if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
     // gk7_hi[row, col] = (k7[row, col] * exp((lam[127] - lam[row])))
     {
       for (int i = tid; i < 2048; i += 256) {
@@ -2477,13 +2477,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i7 * 128) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 112):+16, (pid.x * 64):+64] = s7 where (((row + 112) >= i7) && ((row + 112) < 128))
+      // store dS[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i7 * 128) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 112):+16, ((pid.x % 2) * 64):+64] = s7 where (((row + 112) >= i7) && ((row + 112) < 128))
       {
-        const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-        const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-        const int a2 = static_cast<int>(blockIdx.y);
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 2);
         const int s3 = ((((((v_i7 * 128) - ((v_i7 * (v_i7 - 1)) / 2)) + v_i7) - v_i7) - v_i7) + 112);
-        const int s4 = (static_cast<int>(blockIdx.x) * 64);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 2) * 64);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
@@ -2502,18 +2502,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      if ((static_cast<int>(blockIdx.x) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // z7[row] = (kgk7[row, (i7 - 112)] * select(((row + 112) == i7), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 16; r += 256) {
             t_z7[r] = prt::from_f32<float>((prt::to_f32(t_kgk7[(r) * 16 + ((v_i7 - 112))]) * (((r + 112) == v_i7) ? 1.0f : 1.4142135623730951f)));
           }
         }
-        // store dZ[(pid.z // $h), (pid.z % $h), pid.y, ((((((i7 * 128) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 112):+16] = z7 where (((row + 112) >= i7) && ((row + 112) < 128))
+        // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i7 * 128) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 112):+16] = z7 where (((row + 112) >= i7) && ((row + 112) < 128))
         {
-          const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-          const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-          const int a2 = static_cast<int>(blockIdx.y);
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 2);
           const int s3 = ((((((v_i7 * 128) - ((v_i7 * (v_i7 - 1)) / 2)) + v_i7) - v_i7) - v_i7) + 112);
           const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
           const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
@@ -6454,7 +6454,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
 }
 
 // query_state_bwd_ds: dSin, dZin: the state's gradient from the queries of one chunk, one block of features
-// grid (129, $n, ($b * $h)), 128 threads, 102912 bytes of dynamic shared memory
+// grid (($n * 129), ($b * $h), 1), 128 threads, 102912 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d128_e128_c128_bf16_w4_bd64_bt64_s1(
     const __nv_bfloat16* g_Q, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -6559,11 +6559,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d128
   float f_acc_s[4][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 4 warps
   float* const t_acc_z = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_z_sum = reinterpret_cast<float*>(prt_smem + 102656);  // f32[64] pitch 64
-  // g = load logG[(pid.z // $h), (pid.y * 128):+128, (pid.z % $h)]
+  // g = load logG[(pid.y // $h), ((pid.x // 129) * 128):+128, (pid.y % $h)]
   {
-    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.y) * 128);
-    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 129) * 128);
+    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
@@ -6612,13 +6612,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d128
     const int v_i0_end = (p_hq / p_h);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       {
-        const int v_i1_end = prt::min_nan((((p_t - (static_cast<int>(blockIdx.y) * 128)) + 63) / 64), 2);
+        const int v_i1_end = prt::min_nan((((p_t - ((static_cast<int>(blockIdx.x) / 129) * 128)) + 63) / 64), 2);
         for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
-          // q = load.async Q[(pid.z // $h), ((pid.y * 128) + (i1 * 64)):+64, (((pid.z % $h) * ($hq // $h)) + i0), 0:+128]
+          // q = load.async Q[(pid.y // $h), (((pid.x // 129) * 128) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0), 0:+128]
           {
-            const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-            const int s1 = ((static_cast<int>(blockIdx.y) * 128) + (v_i1 * 64));
-            const int a2 = (((static_cast<int>(blockIdx.z) % p_h) * (p_hq / p_h)) + v_i0);
+            const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+            const int s1 = (((static_cast<int>(blockIdx.x) / 129) * 128) + (v_i1 * 64));
+            const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
             const int s3 = 0;
             const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
             const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
@@ -6639,11 +6639,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d128
               }
             }
           }
-          // dy = load.async dY[(pid.z // $h), ((pid.y * 128) + (i1 * 64)):+64, (((pid.z % $h) * ($hq // $h)) + i0), 0:+128]
+          // dy = load.async dY[(pid.y // $h), (((pid.x // 129) * 128) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0), 0:+128]
           {
-            const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-            const int s1 = ((static_cast<int>(blockIdx.y) * 128) + (v_i1 * 64));
-            const int a2 = (((static_cast<int>(blockIdx.z) % p_h) * (p_hq / p_h)) + v_i0);
+            const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+            const int s1 = (((static_cast<int>(blockIdx.x) / 129) * 128) + (v_i1 * 64));
+            const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
             const int s3 = 0;
             const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
             const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
@@ -6666,11 +6666,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d128
           }
           prt::cp_async_commit();
           prt::cp_async_wait<0>();
-          // lse_i = load lse[(pid.z // $h), ((pid.y * 128) + (i1 * 64)):+64, (((pid.z % $h) * ($hq // $h)) + i0)]
+          // lse_i = load lse[(pid.y // $h), (((pid.x // 129) * 128) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
           {
-            const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-            const int s1 = ((static_cast<int>(blockIdx.y) * 128) + (v_i1 * 64));
-            const int a2 = (((static_cast<int>(blockIdx.z) % p_h) * (p_hq / p_h)) + v_i0);
+            const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+            const int s1 = (((static_cast<int>(blockIdx.x) / 129) * 128) + (v_i1 * 64));
+            const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
             const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
             const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
             float* const dst = t_lse_i;
@@ -6678,11 +6678,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d128
               dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
             }
           }
-          // Dy_i = load Dy[(pid.z // $h), ((pid.y * 128) + (i1 * 64)):+64, (((pid.z % $h) * ($hq // $h)) + i0)]
+          // Dy_i = load Dy[(pid.y // $h), (((pid.x // 129) * 128) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
           {
-            const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-            const int s1 = ((static_cast<int>(blockIdx.y) * 128) + (v_i1 * 64));
-            const int a2 = (((static_cast<int>(blockIdx.z) % p_h) * (p_hq / p_h)) + v_i0);
+            const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+            const int s1 = (((static_cast<int>(blockIdx.x) / 129) * 128) + (v_i1 * 64));
+            const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
             const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
             const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
             float* const dst = t_Dy_i;
@@ -6699,9 +6699,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d128
             }
           }
           __syncthreads();
-          // phi_f32 = sympow2(q_norm, features from (pid.x * 64))
+          // phi_f32 = sympow2(q_norm, features from ((pid.x % 129) * 64))
           {
-            const int off = (static_cast<int>(blockIdx.x) * 64);
+            const int off = ((static_cast<int>(blockIdx.x) % 129) * 64);
             for (int i = tid; i < 4096; i += 128) {
               const int r = i / 64, f = i % 64, g = off + f;
               float v = 0.0f;
@@ -6796,12 +6796,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d128
       }
     }
   }
-  // store dSin[(pid.z // $h), (pid.z % $h), pid.y, (pid.x * 64):+64, 0:+128] = acc_s
+  // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 129), ((pid.x % 129) * 64):+64, 0:+128] = acc_s
   {
-    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-    const int a2 = static_cast<int>(blockIdx.y);
-    const int s3 = (static_cast<int>(blockIdx.x) * 64);
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+    const int a2 = (static_cast<int>(blockIdx.x) / 129);
+    const int s3 = ((static_cast<int>(blockIdx.x) % 129) * 64);
     const int s4 = 0;
     const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
     const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
@@ -6821,12 +6821,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d128
       }
     }
   }
-  // store dZin[(pid.z // $h), (pid.z % $h), pid.y, (pid.x * 64):+64] = acc_z
+  // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 129), ((pid.x % 129) * 64):+64] = acc_z
   {
-    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-    const int a2 = static_cast<int>(blockIdx.y);
-    const int s3 = (static_cast<int>(blockIdx.x) * 64);
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+    const int a2 = (static_cast<int>(blockIdx.x) / 129);
+    const int s3 = ((static_cast<int>(blockIdx.x) % 129) * 64);
     const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
     const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
     if (ok) {

@@ -488,7 +488,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c128_
 }
 
 // update_state: dS_m = phi(k')^T V, dZ_m = colsum phi(k') per chunk, k' = k exp((G_m - lam)/p)
-// grid (1, $n, ($b * $h)), 128 threads, 70656 bytes of dynamic shared memory
+// grid (($n * 1), ($b * $h), 1), 128 threads, 70656 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c128_f32_w4_bd32_bt128_s1(
     const float* g_K, const float* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -576,11 +576,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
   float f_s1[1][1][4];  // f32[16, 32] as mma fragments: 16x32 in 16x8 units over 4 warps
   float* const t_z1 = reinterpret_cast<float*>(prt_smem + 11264);  // f32[16] pitch 16
   float* const t_u1_hi = reinterpret_cast<float*>(prt_smem + 33792);  // f32[128, 32] pitch 36
-  // g = load logG[(pid.z // $h), (pid.y * 128):+128, (pid.z % $h)]
+  // g = load logG[(pid.y // $h), ((pid.x // 1) * 128):+128, (pid.y % $h)]
   {
-    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.y) * 128);
-    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
@@ -602,12 +602,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
       }
     }
   }
-  // v = load.async V[(pid.z // $h), (pid.y * 128):+128, (pid.z % $h), (pid.x * 32):+32]
+  // v = load.async V[(pid.y // $h), ((pid.x // 1) * 128):+128, (pid.y % $h), ((pid.x % 1) * 32):+32]
   {
-    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.y) * 128);
-    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
-    const int s3 = (static_cast<int>(blockIdx.x) * 32);
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+    const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 32);
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
@@ -637,11 +637,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
       t_gv[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 32 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
     }
   }
-  // k0 = load.async K[(pid.z // $h), (pid.y * 128):+128, (pid.z % $h), 0:+32]
+  // k0 = load.async K[(pid.y // $h), ((pid.x // 1) * 128):+128, (pid.y % $h), 0:+32]
   {
-    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.y) * 128);
-    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
@@ -665,7 +665,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if ((static_cast<int>(blockIdx.x) == 0)) {
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // gk0_hi[row, col] = (k0[row, col] * exp((lam[127] - lam[row])))
     {
       for (int i = tid; i < 2048; i += 128) {
@@ -756,13 +756,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
           }
         }
       }
-      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i0 * 32) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+32, (pid.x * 32):+32] = s0 where (((row + 0) >= i0) && ((row + 0) < 32))
+      // store dS[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i0 * 32) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+32, ((pid.x % 1) * 32):+32] = s0 where (((row + 0) >= i0) && ((row + 0) < 32))
       {
-        const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-        const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-        const int a2 = static_cast<int>(blockIdx.y);
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 1);
         const int s3 = ((((((v_i0 * 32) - ((v_i0 * (v_i0 - 1)) / 2)) + v_i0) - v_i0) - v_i0) + 0);
-        const int s4 = (static_cast<int>(blockIdx.x) * 32);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 1) * 32);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
@@ -781,18 +781,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
           }
         }
       }
-      if ((static_cast<int>(blockIdx.x) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // z0[row] = (kgk0[row, (i0 - 0)] * select(((row + 0) == i0), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 32; r += 128) {
             t_z0[r] = prt::from_f32<float>((prt::to_f32(t_kgk0[(r) * 16 + ((v_i0 - 0))]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f)));
           }
         }
-        // store dZ[(pid.z // $h), (pid.z % $h), pid.y, ((((((i0 * 32) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+32] = z0 where (((row + 0) >= i0) && ((row + 0) < 32))
+        // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i0 * 32) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+32] = z0 where (((row + 0) >= i0) && ((row + 0) < 32))
         {
-          const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-          const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-          const int a2 = static_cast<int>(blockIdx.y);
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
           const int s3 = ((((((v_i0 * 32) - ((v_i0 * (v_i0 - 1)) / 2)) + v_i0) - v_i0) - v_i0) + 0);
           const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
           const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
@@ -807,11 +807,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
     }
   }
   __syncthreads();
-  // k1 = load.async K[(pid.z // $h), (pid.y * 128):+128, (pid.z % $h), 16:+16]
+  // k1 = load.async K[(pid.y // $h), ((pid.x // 1) * 128):+128, (pid.y % $h), 16:+16]
   {
-    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.y) * 128);
-    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const int s3 = 16;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
@@ -835,7 +835,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if ((static_cast<int>(blockIdx.x) == 0)) {
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // gk1_hi[row, col] = (k1[row, col] * exp((lam[127] - lam[row])))
     {
       for (int i = tid; i < 2048; i += 128) {
@@ -929,13 +929,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
           }
         }
       }
-      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i1 * 32) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+16, (pid.x * 32):+32] = s1 where (((row + 16) >= i1) && ((row + 16) < 32))
+      // store dS[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i1 * 32) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+16, ((pid.x % 1) * 32):+32] = s1 where (((row + 16) >= i1) && ((row + 16) < 32))
       {
-        const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-        const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-        const int a2 = static_cast<int>(blockIdx.y);
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 1);
         const int s3 = ((((((v_i1 * 32) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 16);
-        const int s4 = (static_cast<int>(blockIdx.x) * 32);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 1) * 32);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
@@ -954,18 +954,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
           }
         }
       }
-      if ((static_cast<int>(blockIdx.x) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // z1[row] = (kgk1[row, (i1 - 16)] * select(((row + 16) == i1), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 16; r += 128) {
             t_z1[r] = prt::from_f32<float>((prt::to_f32(t_kgk1[(r) * 16 + ((v_i1 - 16))]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f)));
           }
         }
-        // store dZ[(pid.z // $h), (pid.z % $h), pid.y, ((((((i1 * 32) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+16] = z1 where (((row + 16) >= i1) && ((row + 16) < 32))
+        // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i1 * 32) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+16] = z1 where (((row + 16) >= i1) && ((row + 16) < 32))
         {
-          const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-          const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-          const int a2 = static_cast<int>(blockIdx.y);
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
           const int s3 = ((((((v_i1 * 32) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 16);
           const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
           const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
@@ -4044,7 +4044,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
 }
 
 // query_state_bwd_ds: dSin, dZin: the state's gradient from the queries of one chunk, one block of features
-// grid (9, $n, ($b * $h)), 128 threads, 44544 bytes of dynamic shared memory
+// grid (($n * 9), ($b * $h), 1), 128 threads, 44544 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_e32_c128_f32_w4_bd64_bt64_s1(
     const float* g_Q, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -4147,11 +4147,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
   float f_acc_s[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
   float* const t_acc_z = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_z_sum = reinterpret_cast<float*>(prt_smem + 44288);  // f32[64] pitch 64
-  // g = load logG[(pid.z // $h), (pid.y * 128):+128, (pid.z % $h)]
+  // g = load logG[(pid.y // $h), ((pid.x // 9) * 128):+128, (pid.y % $h)]
   {
-    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.y) * 128);
-    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 9) * 128);
+    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
@@ -4200,13 +4200,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
     const int v_i0_end = (p_hq / p_h);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       {
-        const int v_i1_end = prt::min_nan((((p_t - (static_cast<int>(blockIdx.y) * 128)) + 63) / 64), 2);
+        const int v_i1_end = prt::min_nan((((p_t - ((static_cast<int>(blockIdx.x) / 9) * 128)) + 63) / 64), 2);
         for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
-          // q = load.async Q[(pid.z // $h), ((pid.y * 128) + (i1 * 64)):+64, (((pid.z % $h) * ($hq // $h)) + i0), 0:+32]
+          // q = load.async Q[(pid.y // $h), (((pid.x // 9) * 128) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0), 0:+32]
           {
-            const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-            const int s1 = ((static_cast<int>(blockIdx.y) * 128) + (v_i1 * 64));
-            const int a2 = (((static_cast<int>(blockIdx.z) % p_h) * (p_hq / p_h)) + v_i0);
+            const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+            const int s1 = (((static_cast<int>(blockIdx.x) / 9) * 128) + (v_i1 * 64));
+            const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
             const int s3 = 0;
             const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
             const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
@@ -4227,11 +4227,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               }
             }
           }
-          // dy = load.async dY[(pid.z // $h), ((pid.y * 128) + (i1 * 64)):+64, (((pid.z % $h) * ($hq // $h)) + i0), 0:+32]
+          // dy = load.async dY[(pid.y // $h), (((pid.x // 9) * 128) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0), 0:+32]
           {
-            const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-            const int s1 = ((static_cast<int>(blockIdx.y) * 128) + (v_i1 * 64));
-            const int a2 = (((static_cast<int>(blockIdx.z) % p_h) * (p_hq / p_h)) + v_i0);
+            const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+            const int s1 = (((static_cast<int>(blockIdx.x) / 9) * 128) + (v_i1 * 64));
+            const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
             const int s3 = 0;
             const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
             const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
@@ -4254,11 +4254,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
           }
           prt::cp_async_commit();
           prt::cp_async_wait<0>();
-          // lse_i = load lse[(pid.z // $h), ((pid.y * 128) + (i1 * 64)):+64, (((pid.z % $h) * ($hq // $h)) + i0)]
+          // lse_i = load lse[(pid.y // $h), (((pid.x // 9) * 128) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
           {
-            const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-            const int s1 = ((static_cast<int>(blockIdx.y) * 128) + (v_i1 * 64));
-            const int a2 = (((static_cast<int>(blockIdx.z) % p_h) * (p_hq / p_h)) + v_i0);
+            const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+            const int s1 = (((static_cast<int>(blockIdx.x) / 9) * 128) + (v_i1 * 64));
+            const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
             const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
             const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
             float* const dst = t_lse_i;
@@ -4266,11 +4266,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
             }
           }
-          // Dy_i = load Dy[(pid.z // $h), ((pid.y * 128) + (i1 * 64)):+64, (((pid.z % $h) * ($hq // $h)) + i0)]
+          // Dy_i = load Dy[(pid.y // $h), (((pid.x // 9) * 128) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
           {
-            const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-            const int s1 = ((static_cast<int>(blockIdx.y) * 128) + (v_i1 * 64));
-            const int a2 = (((static_cast<int>(blockIdx.z) % p_h) * (p_hq / p_h)) + v_i0);
+            const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+            const int s1 = (((static_cast<int>(blockIdx.x) / 9) * 128) + (v_i1 * 64));
+            const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
             const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
             const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
             float* const dst = t_Dy_i;
@@ -4287,9 +4287,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
             }
           }
           __syncthreads();
-          // phi_f32 = sympow2(q_norm, features from (pid.x * 64))
+          // phi_f32 = sympow2(q_norm, features from ((pid.x % 9) * 64))
           {
-            const int off = (static_cast<int>(blockIdx.x) * 64);
+            const int off = ((static_cast<int>(blockIdx.x) % 9) * 64);
             for (int i = tid; i < 4096; i += 128) {
               const int r = i / 64, f = i % 64, g = off + f;
               float v = 0.0f;
@@ -4351,12 +4351,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
       }
     }
   }
-  // store dSin[(pid.z // $h), (pid.z % $h), pid.y, (pid.x * 64):+64, 0:+32] = acc_s
+  // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 9), ((pid.x % 9) * 64):+64, 0:+32] = acc_s
   {
-    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-    const int a2 = static_cast<int>(blockIdx.y);
-    const int s3 = (static_cast<int>(blockIdx.x) * 64);
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+    const int a2 = (static_cast<int>(blockIdx.x) / 9);
+    const int s3 = ((static_cast<int>(blockIdx.x) % 9) * 64);
     const int s4 = 0;
     const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
     const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
@@ -4376,12 +4376,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
       }
     }
   }
-  // store dZin[(pid.z // $h), (pid.z % $h), pid.y, (pid.x * 64):+64] = acc_z
+  // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 9), ((pid.x % 9) * 64):+64] = acc_z
   {
-    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-    const int a2 = static_cast<int>(blockIdx.y);
-    const int s3 = (static_cast<int>(blockIdx.x) * 64);
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+    const int a2 = (static_cast<int>(blockIdx.x) / 9);
+    const int s3 = ((static_cast<int>(blockIdx.x) % 9) * 64);
     const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
     const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
     if (ok) {

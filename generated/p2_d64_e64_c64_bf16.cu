@@ -486,7 +486,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
 }
 
 // update_state: dS_m = phi(k')^T V, dZ_m = colsum phi(k') per chunk, k' = k exp((G_m - lam)/p)
-// grid (1, $n, ($b * $h)), 256 threads, 56832 bytes of dynamic shared memory
+// grid (($n * 1), ($b * $h), 1), 256 threads, 56832 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c64_bf16_w8_bd64_bt64_s1(
     const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -594,11 +594,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
   float* const t_z3 = reinterpret_cast<float*>(prt_smem + 0);  // f32[16] pitch 16
   __nv_bfloat16* const t_u3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 25088);  // bf16[64, 64] pitch 72
   __nv_bfloat16* const t_u3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 34304);  // bf16[64, 64] pitch 72
-  // g = load logG[(pid.z // $h), (pid.y * 64):+64, (pid.z % $h)]
+  // g = load logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
   {
-    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.y) * 64);
-    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
@@ -620,12 +620,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
       }
     }
   }
-  // v = load.async V[(pid.z // $h), (pid.y * 64):+64, (pid.z % $h), (pid.x * 64):+64]
+  // v = load.async V[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h), ((pid.x % 1) * 64):+64]
   {
-    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.y) * 64);
-    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
-    const int s3 = (static_cast<int>(blockIdx.x) * 64);
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+    const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
@@ -655,11 +655,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
       t_gv[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 64 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
     }
   }
-  // k0 = load.async K[(pid.z // $h), (pid.y * 64):+64, (pid.z % $h), 0:+64]
+  // k0 = load.async K[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h), 0:+64]
   {
-    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.y) * 64);
-    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
@@ -683,7 +683,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if ((static_cast<int>(blockIdx.x) == 0)) {
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // gk0_hi[row, col] = (k0[row, col] * exp((lam[63] - lam[row])))
     {
       for (int i = tid; i < 1024; i += 256) {
@@ -827,13 +827,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
           }
         }
       }
-      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i0 * 64) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+64, (pid.x * 64):+64] = s0 where (((row + 0) >= i0) && ((row + 0) < 64))
+      // store dS[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i0 * 64) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+64, ((pid.x % 1) * 64):+64] = s0 where (((row + 0) >= i0) && ((row + 0) < 64))
       {
-        const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-        const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-        const int a2 = static_cast<int>(blockIdx.y);
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 1);
         const int s3 = ((((((v_i0 * 64) - ((v_i0 * (v_i0 - 1)) / 2)) + v_i0) - v_i0) - v_i0) + 0);
-        const int s4 = (static_cast<int>(blockIdx.x) * 64);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 1) * 64);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
@@ -852,18 +852,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
           }
         }
       }
-      if ((static_cast<int>(blockIdx.x) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // z0[row] = (kgk0[row, (i0 - 0)] * select(((row + 0) == i0), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 64; r += 256) {
             t_z0[r] = prt::from_f32<float>((prt::to_f32(t_kgk0[(r) * 16 + ((v_i0 - 0))]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f)));
           }
         }
-        // store dZ[(pid.z // $h), (pid.z % $h), pid.y, ((((((i0 * 64) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+64] = z0 where (((row + 0) >= i0) && ((row + 0) < 64))
+        // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i0 * 64) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+64] = z0 where (((row + 0) >= i0) && ((row + 0) < 64))
         {
-          const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-          const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-          const int a2 = static_cast<int>(blockIdx.y);
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
           const int s3 = ((((((v_i0 * 64) - ((v_i0 * (v_i0 - 1)) / 2)) + v_i0) - v_i0) - v_i0) + 0);
           const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
           const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
@@ -878,11 +878,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
     }
   }
   __syncthreads();
-  // k1 = load.async K[(pid.z // $h), (pid.y * 64):+64, (pid.z % $h), 16:+48]
+  // k1 = load.async K[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h), 16:+48]
   {
-    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.y) * 64);
-    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const int s3 = 16;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
@@ -906,7 +906,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if ((static_cast<int>(blockIdx.x) == 0)) {
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // gk1_hi[row, col] = (k1[row, col] * exp((lam[63] - lam[row])))
     {
       for (int i = tid; i < 1024; i += 256) {
@@ -1060,13 +1060,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
           }
         }
       }
-      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i1 * 64) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+48, (pid.x * 64):+64] = s1 where (((row + 16) >= i1) && ((row + 16) < 64))
+      // store dS[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i1 * 64) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+48, ((pid.x % 1) * 64):+64] = s1 where (((row + 16) >= i1) && ((row + 16) < 64))
       {
-        const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-        const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-        const int a2 = static_cast<int>(blockIdx.y);
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 1);
         const int s3 = ((((((v_i1 * 64) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 16);
-        const int s4 = (static_cast<int>(blockIdx.x) * 64);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 1) * 64);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
@@ -1087,18 +1087,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
           }
         }
       }
-      if ((static_cast<int>(blockIdx.x) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // z1[row] = (kgk1[row, (i1 - 16)] * select(((row + 16) == i1), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 48; r += 256) {
             t_z1[r] = prt::from_f32<float>((prt::to_f32(t_kgk1[(r) * 16 + ((v_i1 - 16))]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f)));
           }
         }
-        // store dZ[(pid.z // $h), (pid.z % $h), pid.y, ((((((i1 * 64) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+48] = z1 where (((row + 16) >= i1) && ((row + 16) < 64))
+        // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i1 * 64) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+48] = z1 where (((row + 16) >= i1) && ((row + 16) < 64))
         {
-          const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-          const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-          const int a2 = static_cast<int>(blockIdx.y);
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
           const int s3 = ((((((v_i1 * 64) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 16);
           const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
           const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
@@ -1113,11 +1113,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
     }
   }
   __syncthreads();
-  // k2 = load.async K[(pid.z // $h), (pid.y * 64):+64, (pid.z % $h), 32:+32]
+  // k2 = load.async K[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h), 32:+32]
   {
-    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.y) * 64);
-    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const int s3 = 32;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
@@ -1141,7 +1141,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if ((static_cast<int>(blockIdx.x) == 0)) {
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // gk2_hi[row, col] = (k2[row, col] * exp((lam[63] - lam[row])))
     {
       for (int i = tid; i < 1024; i += 256) {
@@ -1289,13 +1289,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
           }
         }
       }
-      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i2 * 64) - ((i2 * (i2 - 1)) // 2)) + i2) - i2) - i2) + 32):+32, (pid.x * 64):+64] = s2 where (((row + 32) >= i2) && ((row + 32) < 64))
+      // store dS[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i2 * 64) - ((i2 * (i2 - 1)) // 2)) + i2) - i2) - i2) + 32):+32, ((pid.x % 1) * 64):+64] = s2 where (((row + 32) >= i2) && ((row + 32) < 64))
       {
-        const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-        const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-        const int a2 = static_cast<int>(blockIdx.y);
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 1);
         const int s3 = ((((((v_i2 * 64) - ((v_i2 * (v_i2 - 1)) / 2)) + v_i2) - v_i2) - v_i2) + 32);
-        const int s4 = (static_cast<int>(blockIdx.x) * 64);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 1) * 64);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
@@ -1314,18 +1314,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
           }
         }
       }
-      if ((static_cast<int>(blockIdx.x) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // z2[row] = (kgk2[row, (i2 - 32)] * select(((row + 32) == i2), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 32; r += 256) {
             t_z2[r] = prt::from_f32<float>((prt::to_f32(t_kgk2[(r) * 16 + ((v_i2 - 32))]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f)));
           }
         }
-        // store dZ[(pid.z // $h), (pid.z % $h), pid.y, ((((((i2 * 64) - ((i2 * (i2 - 1)) // 2)) + i2) - i2) - i2) + 32):+32] = z2 where (((row + 32) >= i2) && ((row + 32) < 64))
+        // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i2 * 64) - ((i2 * (i2 - 1)) // 2)) + i2) - i2) - i2) + 32):+32] = z2 where (((row + 32) >= i2) && ((row + 32) < 64))
         {
-          const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-          const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-          const int a2 = static_cast<int>(blockIdx.y);
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
           const int s3 = ((((((v_i2 * 64) - ((v_i2 * (v_i2 - 1)) / 2)) + v_i2) - v_i2) - v_i2) + 32);
           const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
           const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
@@ -1340,11 +1340,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
     }
   }
   __syncthreads();
-  // k3 = load.async K[(pid.z // $h), (pid.y * 64):+64, (pid.z % $h), 48:+16]
+  // k3 = load.async K[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h), 48:+16]
   {
-    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.y) * 64);
-    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const int s3 = 48;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
@@ -1368,7 +1368,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if ((static_cast<int>(blockIdx.x) == 0)) {
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // gk3_hi[row, col] = (k3[row, col] * exp((lam[63] - lam[row])))
     {
       for (int i = tid; i < 1024; i += 256) {
@@ -1509,13 +1509,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
           }
         }
       }
-      // store dS[(pid.z // $h), (pid.z % $h), pid.y, ((((((i3 * 64) - ((i3 * (i3 - 1)) // 2)) + i3) - i3) - i3) + 48):+16, (pid.x * 64):+64] = s3 where (((row + 48) >= i3) && ((row + 48) < 64))
+      // store dS[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i3 * 64) - ((i3 * (i3 - 1)) // 2)) + i3) - i3) - i3) + 48):+16, ((pid.x % 1) * 64):+64] = s3 where (((row + 48) >= i3) && ((row + 48) < 64))
       {
-        const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-        const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-        const int a2 = static_cast<int>(blockIdx.y);
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 1);
         const int s3 = ((((((v_i3 * 64) - ((v_i3 * (v_i3 - 1)) / 2)) + v_i3) - v_i3) - v_i3) + 48);
-        const int s4 = (static_cast<int>(blockIdx.x) * 64);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 1) * 64);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
@@ -1534,18 +1534,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
           }
         }
       }
-      if ((static_cast<int>(blockIdx.x) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // z3[row] = (kgk3[row, (i3 - 48)] * select(((row + 48) == i3), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 16; r += 256) {
             t_z3[r] = prt::from_f32<float>((prt::to_f32(t_kgk3[(r) * 16 + ((v_i3 - 48))]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f)));
           }
         }
-        // store dZ[(pid.z // $h), (pid.z % $h), pid.y, ((((((i3 * 64) - ((i3 * (i3 - 1)) // 2)) + i3) - i3) - i3) + 48):+16] = z3 where (((row + 48) >= i3) && ((row + 48) < 64))
+        // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i3 * 64) - ((i3 * (i3 - 1)) // 2)) + i3) - i3) - i3) + 48):+16] = z3 where (((row + 48) >= i3) && ((row + 48) < 64))
         {
-          const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-          const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-          const int a2 = static_cast<int>(blockIdx.y);
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
           const int s3 = ((((((v_i3 * 64) - ((v_i3 * (v_i3 - 1)) / 2)) + v_i3) - v_i3) - v_i3) + 48);
           const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
           const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
@@ -5054,7 +5054,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
 }
 
 // query_state_bwd_ds: dSin, dZin: the state's gradient from the queries of one chunk, one block of features
-// grid (33, $n, ($b * $h)), 128 threads, 69888 bytes of dynamic shared memory
+// grid (($n * 33), ($b * $h), 1), 128 threads, 69888 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_e64_c64_bf16_w4_bd64_bt64_s1(
     const __nv_bfloat16* g_Q, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -5159,11 +5159,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
   float f_acc_s[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float* const t_acc_z = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_z_sum = reinterpret_cast<float*>(prt_smem + 69632);  // f32[64] pitch 64
-  // g = load logG[(pid.z // $h), (pid.y * 64):+64, (pid.z % $h)]
+  // g = load logG[(pid.y // $h), ((pid.x // 33) * 64):+64, (pid.y % $h)]
   {
-    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.y) * 64);
-    const int a2 = (static_cast<int>(blockIdx.z) % p_h);
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 33) * 64);
+    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
@@ -5212,13 +5212,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
     const int v_i0_end = (p_hq / p_h);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       {
-        const int v_i1_end = prt::min_nan((((p_t - (static_cast<int>(blockIdx.y) * 64)) + 63) / 64), 1);
+        const int v_i1_end = prt::min_nan((((p_t - ((static_cast<int>(blockIdx.x) / 33) * 64)) + 63) / 64), 1);
         for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
-          // q = load.async Q[(pid.z // $h), ((pid.y * 64) + (i1 * 64)):+64, (((pid.z % $h) * ($hq // $h)) + i0), 0:+64]
+          // q = load.async Q[(pid.y // $h), (((pid.x // 33) * 64) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0), 0:+64]
           {
-            const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-            const int s1 = ((static_cast<int>(blockIdx.y) * 64) + (v_i1 * 64));
-            const int a2 = (((static_cast<int>(blockIdx.z) % p_h) * (p_hq / p_h)) + v_i0);
+            const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+            const int s1 = (((static_cast<int>(blockIdx.x) / 33) * 64) + (v_i1 * 64));
+            const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
             const int s3 = 0;
             const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
             const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
@@ -5239,11 +5239,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
               }
             }
           }
-          // dy = load.async dY[(pid.z // $h), ((pid.y * 64) + (i1 * 64)):+64, (((pid.z % $h) * ($hq // $h)) + i0), 0:+64]
+          // dy = load.async dY[(pid.y // $h), (((pid.x // 33) * 64) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0), 0:+64]
           {
-            const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-            const int s1 = ((static_cast<int>(blockIdx.y) * 64) + (v_i1 * 64));
-            const int a2 = (((static_cast<int>(blockIdx.z) % p_h) * (p_hq / p_h)) + v_i0);
+            const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+            const int s1 = (((static_cast<int>(blockIdx.x) / 33) * 64) + (v_i1 * 64));
+            const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
             const int s3 = 0;
             const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
             const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
@@ -5266,11 +5266,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
           }
           prt::cp_async_commit();
           prt::cp_async_wait<0>();
-          // lse_i = load lse[(pid.z // $h), ((pid.y * 64) + (i1 * 64)):+64, (((pid.z % $h) * ($hq // $h)) + i0)]
+          // lse_i = load lse[(pid.y // $h), (((pid.x // 33) * 64) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
           {
-            const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-            const int s1 = ((static_cast<int>(blockIdx.y) * 64) + (v_i1 * 64));
-            const int a2 = (((static_cast<int>(blockIdx.z) % p_h) * (p_hq / p_h)) + v_i0);
+            const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+            const int s1 = (((static_cast<int>(blockIdx.x) / 33) * 64) + (v_i1 * 64));
+            const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
             const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
             const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
             float* const dst = t_lse_i;
@@ -5278,11 +5278,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
               dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
             }
           }
-          // Dy_i = load Dy[(pid.z // $h), ((pid.y * 64) + (i1 * 64)):+64, (((pid.z % $h) * ($hq // $h)) + i0)]
+          // Dy_i = load Dy[(pid.y // $h), (((pid.x // 33) * 64) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
           {
-            const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-            const int s1 = ((static_cast<int>(blockIdx.y) * 64) + (v_i1 * 64));
-            const int a2 = (((static_cast<int>(blockIdx.z) % p_h) * (p_hq / p_h)) + v_i0);
+            const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+            const int s1 = (((static_cast<int>(blockIdx.x) / 33) * 64) + (v_i1 * 64));
+            const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
             const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
             const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
             float* const dst = t_Dy_i;
@@ -5299,9 +5299,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
             }
           }
           __syncthreads();
-          // phi_f32 = sympow2(q_norm, features from (pid.x * 64))
+          // phi_f32 = sympow2(q_norm, features from ((pid.x % 33) * 64))
           {
-            const int off = (static_cast<int>(blockIdx.x) * 64);
+            const int off = ((static_cast<int>(blockIdx.x) % 33) * 64);
             for (int i = tid; i < 4096; i += 128) {
               const int r = i / 64, f = i % 64, g = off + f;
               float v = 0.0f;
@@ -5396,12 +5396,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
       }
     }
   }
-  // store dSin[(pid.z // $h), (pid.z % $h), pid.y, (pid.x * 64):+64, 0:+64] = acc_s
+  // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 33), ((pid.x % 33) * 64):+64, 0:+64] = acc_s
   {
-    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-    const int a2 = static_cast<int>(blockIdx.y);
-    const int s3 = (static_cast<int>(blockIdx.x) * 64);
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+    const int a2 = (static_cast<int>(blockIdx.x) / 33);
+    const int s3 = ((static_cast<int>(blockIdx.x) % 33) * 64);
     const int s4 = 0;
     const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
     const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
@@ -5421,12 +5421,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
       }
     }
   }
-  // store dZin[(pid.z // $h), (pid.z % $h), pid.y, (pid.x * 64):+64] = acc_z
+  // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 33), ((pid.x % 33) * 64):+64] = acc_z
   {
-    const int a0 = (static_cast<int>(blockIdx.z) / p_h);
-    const int a1 = (static_cast<int>(blockIdx.z) % p_h);
-    const int a2 = static_cast<int>(blockIdx.y);
-    const int s3 = (static_cast<int>(blockIdx.x) * 64);
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+    const int a2 = (static_cast<int>(blockIdx.x) / 33);
+    const int s3 = ((static_cast<int>(blockIdx.x) % 33) * 64);
     const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
     const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
     if (ok) {

@@ -129,7 +129,10 @@ export function preparePlan(plan: Plan): PreparedStep[] {
     const grid = evalGrid(kernel, step.params);
     GRID_LIMITS.forEach((lim, i) => {
       if (grid[i]! > lim)
-        throw new Error(`step ${kernel.name}: grid[${i}] = ${grid[i]} for params ${JSON.stringify(step.params)} exceeds CUDA's limit of ${lim} programs on that axis`);
+        throw new Error(
+          `${printExpr(kernel.grid[i]!).replace(/\$/g, "")} = ${grid[i]} (${Object.entries(step.params).map(([k, v]) => `${k} = ${v}`).join(", ")}) is more than ${lim}, ` +
+            `the most programs CUDA runs on axis ${"xyz"[i]} of kernel ${kernel.name}'s grid; split the call (smaller b or fewer heads per call)`,
+        );
     });
     const what = `${kernel.name}{${specKey(step.spec)}}{${scheduleKey(step.schedule)}}`;
     return { step, kernel, entry, grid, what };

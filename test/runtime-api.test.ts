@@ -294,12 +294,14 @@ describe("kernel lookup in the manifest", () => {
 
   it("evaluates a kernel's grid for the step's params", () => {
     const spec = { deg: 2, d: 16, e: 16, chunk: 16, dtype: "f32" as const };
-    // p = 2, factored: (column blocks of V, chunk, batch*head); at p = 4, (feature blocks, chunk, batch*head)
+    // p = 2, factored: (chunk * column blocks of V, batch*head); at p = 4, (chunk * feature blocks, batch*head)
     const k = updateState.build(spec, updateState.schedule(spec));
-    expect(evalGrid(k, { b: 3, t: 70, h: 2, n: 5 })).toEqual([16 / updateState.schedule(spec).blockD, 5, 6]);
+    expect(evalGrid(k, { b: 3, t: 70, h: 2, n: 5 })).toEqual([5 * (16 / updateState.schedule(spec).blockD), 6, 1]);
     const spec4 = { ...spec, deg: 4 };
     const k4 = updateState.build(spec4, updateState.schedule(spec4));
-    expect(evalGrid(k4, { b: 3, t: 70, h: 2, n: 5 })).toEqual([Math.ceil(featureCount(16, 4) / updateState.schedule(spec4).blockD), 5, 6]);
+    expect(evalGrid(k4, { b: 3, t: 70, h: 2, n: 5 })).toEqual([5 * Math.ceil(featureCount(16, 4) / updateState.schedule(spec4).blockD), 6, 1]);
+    // the chunks are on x (2^31 - 1 programs), so t = 5e6 at chunk 64 (78125 chunks) is not a grid limit
+    expect(evalGrid(k, { b: 1, t: 5e6, h: 1, n: 78125 })[0]).toBe(78125 * (16 / updateState.schedule(spec).blockD));
     expect(() => evalGrid(k, { b: 3, t: 70, h: 2 })).toThrow(/param 'n' expected a finite number/);
   });
 

@@ -134,8 +134,9 @@ export const queryStateBwdDs: KernelDef = {
       const dSin = k.tensor("dSin", "f32", [b, h, n, D, e], "out");
       const dZin = k.tensor("dZin", "f32", [b, h, n, D], "out");
 
-      k.launch(featureBlocks(spec, BD).count, n, b.mul(h)); // (feature block, chunk, batch*kv head)
-      const fb = k.programId(0), m = k.programId(1), bi = k.programId(2).idiv(h), hk = k.programId(2).mod(h);
+      const nfb = featureBlocks(spec, BD).count;
+      k.launch(n.mul(nfb), b.mul(h)); // (chunk * feature block, batch*kv head): chunks on x, CUDA's 2^31 - 1 axis, feature blocks fastest
+      const fb = k.programId(0).mod(nfb), m = k.programId(0).idiv(nfb), bi = k.programId(1).idiv(h), hk = k.programId(1).mod(h);
       const g = hq.idiv(h), t0 = m.mul(c);
       const { lam } = chunkGates(k, logG, bi, hk, t0, c); // lam [c]
 

@@ -39,8 +39,9 @@ function buildExpanded(spec: Spec, sch: Schedule): Kernel {
     const dS = k.tensor("dS", "f32", [b, h, n, D, e], "out");
     const dZ = k.tensor("dZ", "f32", [b, h, n, D], "out");
 
-    k.launch(featureBlocks(spec, BD).count, n, b.mul(h)); // (feature block, chunk, batch*head)
-    const fb = k.programId(0), m = k.programId(1), bi = k.programId(2).idiv(h), hi = k.programId(2).mod(h);
+    const nfb = featureBlocks(spec, BD).count;
+    k.launch(n.mul(nfb), b.mul(h)); // (chunk * feature block, batch*head): chunks on x, CUDA's 2^31 - 1 axis, feature blocks fastest
+    const fb = k.programId(0).mod(nfb), m = k.programId(0).idiv(nfb), bi = k.programId(1).idiv(h), hi = k.programId(1).mod(h);
     const t0 = m.mul(c);
 
     const { lam, G } = chunkGates(k, logG, bi, hi, t0, c); // lam [c], G = lam[c-1]
@@ -86,8 +87,9 @@ function buildFactored(spec: Spec, sch: Schedule): Kernel {
     const dS = k.tensor("dS", "f32", [b, h, n, D, e], "out");
     const dZ = k.tensor("dZ", "f32", [b, h, n, D], "out");
 
-    k.launch(e / BE, n, b.mul(h)); // (column block of V, chunk, batch*head)
-    const e0 = k.programId(0).mul(BE), m = k.programId(1), bi = k.programId(2).idiv(h), hi = k.programId(2).mod(h);
+    const neb = e / BE;
+    k.launch(n.mul(neb), b.mul(h)); // (chunk * column block of V, batch*head): chunks on x, CUDA's 2^31 - 1 axis
+    const eb = k.programId(0).mod(neb), e0 = eb.mul(BE), m = k.programId(0).idiv(neb), bi = k.programId(1).idiv(h), hi = k.programId(1).mod(h);
     const t0 = m.mul(c);
     const { lam, G } = chunkGates(k, logG, bi, hi, t0, c); // lam [c], G = lam[c-1]
     const gate = (j: Val): Val => G.sub(lam.at(j)).exp(); // g_j: phi(k'_j) = g_j phi(k_j)
@@ -104,7 +106,7 @@ function buildFactored(spec: Spec, sch: Schedule): Kernel {
       const kI = k.shared(`k${I}`, [c, w], dtype); // K[:, c0:W]; rows past t and columns past d read 0
       k.load(kI, K, [bi, rows, hi, range(c0, w)]);
       // dZ (the programs of V's first columns): mz = K[:, c0:]^T (g K[:, c0:c0+16]), [w, 16], column a - c0 for a
-      const first = k.programId(0).eq(0);
+      const first = eb.eq(0);
       const mz = k.reg(`kgk${I}`, [w, 16], "f32");
       k.if(first, () => {
         const gk = computedOperand(k, `gk${I}`, [c, 16], sd, pair, ({ row, col }) => kI.at(row, col).mul(gate(row)));
