@@ -4452,7 +4452,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
       }
     }
     __syncthreads();
-    // num_s[row, col] = select((den[row] > 0.0), ((num_s[row, col] * ((exp((lam[(((pid.x % 2) * 64) + row)] - max(max_a[row], 0.0))) * ($scale * $scale)) * 1.0)) / den[row]), 0.0)
+    // num_s[row, col] = select((den[row] != 0.0), ((num_s[row, col] * ((exp((lam[(((pid.x % 2) * 64) + row)] - max(max_a[row], 0.0))) * ($scale * $scale)) * 1.0)) / den[row]), 0.0)
     {
       #pragma unroll
       for (int j = 0; j < 2; ++j) {
@@ -4463,12 +4463,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-            f_num_s[j][q][e] = ((prt::to_f32(t_den[r]) > 0.0f) ? ((f_num_s[j][q][e] * ((expf((prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 2) * 64) + r)]) - prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f))) * (p_scale * p_scale)) * 1.0f)) / prt::to_f32(t_den[r])) : 0.0f);
+            f_num_s[j][q][e] = ((prt::to_f32(t_den[r]) != 0.0f) ? ((f_num_s[j][q][e] * ((expf((prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 2) * 64) + r)]) - prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f))) * (p_scale * p_scale)) * 1.0f)) / prt::to_f32(t_den[r])) : 0.0f);
           }
         }
       }
     }
-    // num[row, col] = (select((den[row] > 0.0), ((num[row, col] * exp((max_a[row] - max(max_a[row], 0.0)))) / den[row]), 0.0) + num_s[row, col])
+    // num[row, col] = (select((den[row] != 0.0), ((num[row, col] * exp((max_a[row] - max(max_a[row], 0.0)))) / den[row]), 0.0) + num_s[row, col])
     {
       #pragma unroll
       for (int j = 0; j < 2; ++j) {
@@ -4479,15 +4479,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-            f_num[j][q][e] = (((prt::to_f32(t_den[r]) > 0.0f) ? ((f_num[j][q][e] * expf((prt::to_f32(t_max_a[r]) - prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)))) / prt::to_f32(t_den[r])) : 0.0f) + f_num_s[j][q][e]);
+            f_num[j][q][e] = (((prt::to_f32(t_den[r]) != 0.0f) ? ((f_num[j][q][e] * expf((prt::to_f32(t_max_a[r]) - prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)))) / prt::to_f32(t_den[r])) : 0.0f) + f_num_s[j][q][e]);
           }
         }
       }
     }
-    // den_s[row] = select((den[row] > 0.0), (den_s[row] / den[row]), 0.0)
+    // den_s[row] = select((den[row] != 0.0), (den_s[row] / den[row]), 0.0)
     {
       for (int r = tid; r < 64; r += 256) {
-        t_den_s[r] = prt::from_f32<float>(((prt::to_f32(t_den[r]) > 0.0f) ? (prt::to_f32(t_den_s[r]) / prt::to_f32(t_den[r])) : 0.0f));
+        t_den_s[r] = prt::from_f32<float>(((prt::to_f32(t_den[r]) != 0.0f) ? (prt::to_f32(t_den_s[r]) / prt::to_f32(t_den[r])) : 0.0f));
       }
     }
     // store yS[pid.z, (((pid.x // 2) * 128) + ((pid.x % 2) * 64)):+64, pid.y, 0:+128] = num_s
@@ -4528,10 +4528,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
       }
     }
     __syncthreads();
-    // lse_t[row] = select((den[row] > 0.0), (log(den[row]) + max(max_a[row], 0.0)), -Infinity)
+    // lse_t[row] = select((den[row] != 0.0), (log(den[row]) + max(max_a[row], 0.0)), -Infinity)
     {
       for (int r = tid; r < 64; r += 256) {
-        t_lse_t[r] = prt::from_f32<float>(((prt::to_f32(t_den[r]) > 0.0f) ? (logf(prt::to_f32(t_den[r])) + prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)) : __int_as_float(0xff800000)));
+        t_lse_t[r] = prt::from_f32<float>(((prt::to_f32(t_den[r]) != 0.0f) ? (logf(prt::to_f32(t_den[r])) + prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)) : __int_as_float(0xff800000)));
       }
     }
     // store Y[pid.z, (((pid.x // 2) * 128) + ((pid.x % 2) * 64)):+64, pid.y, 0:+128] = num
@@ -6232,10 +6232,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
         }
       }
       __syncthreads();
-      // dy_y[row] = select((rho[row] > 0.0), ((dy_y[row] + dy_s[row]) / rho[row]), 0.0)
+      // dy_y[row] = select((rho[row] != 0.0), ((dy_y[row] + dy_s[row]) / rho[row]), 0.0)
       {
         for (int r = tid; r < 32; r += 128) {
-          t_dy_y[r] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) > 0.0f) ? ((prt::to_f32(t_dy_y[r]) + prt::to_f32(t_dy_s[r])) / prt::to_f32(t_rho[r])) : 0.0f));
+          t_dy_y[r] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) != 0.0f) ? ((prt::to_f32(t_dy_y[r]) + prt::to_f32(t_dy_s[r])) / prt::to_f32(t_rho[r])) : 0.0f));
         }
       }
       // store Dy[pid.z, ((pid.x * 128) + (i0 * 32)):+32, pid.y] = dy_y
@@ -6388,11 +6388,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
         }
       }
       __syncthreads();
-      // grad_s[row, col] = select((rho[row] > 0.0), ((grad_s[row, col] * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[((i0 * 32) + row)] - lse_i[row]) / 2.0))))) / rho[row]), 0.0)
+      // grad_s[row, col] = select((rho[row] != 0.0), ((grad_s[row, col] * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[((i0 * 32) + row)] - lse_i[row]) / 2.0))))) / rho[row]), 0.0)
       {
         for (int i = tid; i < 4096; i += 128) {
           const int r = i / 128, c = i % 128;
-          t_grad_s[(r) * 128 + (c)] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) > 0.0f) ? ((prt::to_f32(t_grad_s[(r) * 128 + (c)]) * ((prt::to_f32(t_lse_i[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[((v_i0 * 32) + r)]) - prt::to_f32(t_lse_i[r])) / 2.0f))))) / prt::to_f32(t_rho[r])) : 0.0f));
+          t_grad_s[(r) * 128 + (c)] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) != 0.0f) ? ((prt::to_f32(t_grad_s[(r) * 128 + (c)]) * ((prt::to_f32(t_lse_i[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[((v_i0 * 32) + r)]) - prt::to_f32(t_lse_i[r])) / 2.0f))))) / prt::to_f32(t_rho[r])) : 0.0f));
         }
       }
       // store dQs[pid.z, ((pid.x * 128) + (i0 * 32)):+32, pid.y, 0:+128] = grad_s
@@ -6410,10 +6410,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
           }
         }
       }
-      // dy_s[row] = select((rho[row] > 0.0), ((dy_s[row] - (dy_y[row] * p_s[row])) / rho[row]), 0.0)
+      // dy_s[row] = select((rho[row] != 0.0), ((dy_s[row] - (dy_y[row] * p_s[row])) / rho[row]), 0.0)
       {
         for (int r = tid; r < 32; r += 128) {
-          t_dy_s[r] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) > 0.0f) ? ((prt::to_f32(t_dy_s[r]) - (prt::to_f32(t_dy_y[r]) * prt::to_f32(t_p_s[r]))) / prt::to_f32(t_rho[r])) : 0.0f));
+          t_dy_s[r] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) != 0.0f) ? ((prt::to_f32(t_dy_s[r]) - (prt::to_f32(t_dy_y[r]) * prt::to_f32(t_p_s[r]))) / prt::to_f32(t_rho[r])) : 0.0f));
         }
       }
       // store dlamQ[pid.z, ((pid.x * 128) + (i0 * 32)):+32, pid.y] = dy_s
@@ -9007,10 +9007,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_b
   {
     const int v_i2_end = prt::min_nan((p_tn - (static_cast<int>(blockIdx.z) * 16)), 16);
     for (int v_i2 = 0; v_i2 < v_i2_end; v_i2 += 1) {
-      // y_row[row] = select((den_a[i2] > 0.0), (num_a[i2, row] / den_a[i2]), 0.0)
+      // y_row[row] = select((den_a[i2] != 0.0), (num_a[i2, row] / den_a[i2]), 0.0)
       {
         for (int r = tid; r < 128; r += 128) {
-          t_y_row[r] = prt::from_f32<float>(((prt::to_f32(t_den_a[v_i2]) > 0.0f) ? (prt::to_f32(t_num_a[(v_i2) * 128 + (r)]) / prt::to_f32(t_den_a[v_i2])) : 0.0f));
+          t_y_row[r] = prt::from_f32<float>(((prt::to_f32(t_den_a[v_i2]) != 0.0f) ? (prt::to_f32(t_num_a[(v_i2) * 128 + (r)]) / prt::to_f32(t_den_a[v_i2])) : 0.0f));
         }
       }
       // store Y[pid.y, (($q0 + (pid.z * 16)) + i2), pid.x, 0:+128] = y_row

@@ -3178,7 +3178,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
       }
     }
     __syncthreads();
-    // num_s[row, col] = select((den[row] > 0.0), ((num_s[row, col] * ((exp((lam[(((pid.x % 1) * 128) + row)] - max(max_a[row], 0.0))) * ($scale * $scale)) * 1.0)) / den[row]), 0.0)
+    // num_s[row, col] = select((den[row] != 0.0), ((num_s[row, col] * ((exp((lam[(((pid.x % 1) * 128) + row)] - max(max_a[row], 0.0))) * ($scale * $scale)) * 1.0)) / den[row]), 0.0)
     {
       #pragma unroll
       for (int j = 0; j < 2; ++j) {
@@ -3189,12 +3189,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-            f_num_s[j][q][e] = ((prt::to_f32(t_den[r]) > 0.0f) ? ((f_num_s[j][q][e] * ((expf((prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 128) + r)]) - prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f))) * (p_scale * p_scale)) * 1.0f)) / prt::to_f32(t_den[r])) : 0.0f);
+            f_num_s[j][q][e] = ((prt::to_f32(t_den[r]) != 0.0f) ? ((f_num_s[j][q][e] * ((expf((prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 128) + r)]) - prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f))) * (p_scale * p_scale)) * 1.0f)) / prt::to_f32(t_den[r])) : 0.0f);
           }
         }
       }
     }
-    // num[row, col] = (select((den[row] > 0.0), ((num[row, col] * exp((max_a[row] - max(max_a[row], 0.0)))) / den[row]), 0.0) + num_s[row, col])
+    // num[row, col] = (select((den[row] != 0.0), ((num[row, col] * exp((max_a[row] - max(max_a[row], 0.0)))) / den[row]), 0.0) + num_s[row, col])
     {
       #pragma unroll
       for (int j = 0; j < 2; ++j) {
@@ -3205,15 +3205,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-            f_num[j][q][e] = (((prt::to_f32(t_den[r]) > 0.0f) ? ((f_num[j][q][e] * expf((prt::to_f32(t_max_a[r]) - prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)))) / prt::to_f32(t_den[r])) : 0.0f) + f_num_s[j][q][e]);
+            f_num[j][q][e] = (((prt::to_f32(t_den[r]) != 0.0f) ? ((f_num[j][q][e] * expf((prt::to_f32(t_max_a[r]) - prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)))) / prt::to_f32(t_den[r])) : 0.0f) + f_num_s[j][q][e]);
           }
         }
       }
     }
-    // den_s[row] = select((den[row] > 0.0), (den_s[row] / den[row]), 0.0)
+    // den_s[row] = select((den[row] != 0.0), (den_s[row] / den[row]), 0.0)
     {
       for (int r = tid; r < 128; r += 256) {
-        t_den_s[r] = prt::from_f32<float>(((prt::to_f32(t_den[r]) > 0.0f) ? (prt::to_f32(t_den_s[r]) / prt::to_f32(t_den[r])) : 0.0f));
+        t_den_s[r] = prt::from_f32<float>(((prt::to_f32(t_den[r]) != 0.0f) ? (prt::to_f32(t_den_s[r]) / prt::to_f32(t_den[r])) : 0.0f));
       }
     }
     // store yS[pid.z, (((pid.x // 1) * 128) + ((pid.x % 1) * 128)):+128, pid.y, 0:+64] = num_s
@@ -3254,10 +3254,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
       }
     }
     __syncthreads();
-    // lse_t[row] = select((den[row] > 0.0), (log(den[row]) + max(max_a[row], 0.0)), -Infinity)
+    // lse_t[row] = select((den[row] != 0.0), (log(den[row]) + max(max_a[row], 0.0)), -Infinity)
     {
       for (int r = tid; r < 128; r += 256) {
-        t_lse_t[r] = prt::from_f32<float>(((prt::to_f32(t_den[r]) > 0.0f) ? (logf(prt::to_f32(t_den[r])) + prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)) : __int_as_float(0xff800000)));
+        t_lse_t[r] = prt::from_f32<float>(((prt::to_f32(t_den[r]) != 0.0f) ? (logf(prt::to_f32(t_den[r])) + prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)) : __int_as_float(0xff800000)));
       }
     }
     // store Y[pid.z, (((pid.x // 1) * 128) + ((pid.x % 1) * 128)):+128, pid.y, 0:+64] = num
@@ -4953,10 +4953,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
         }
       }
       __syncthreads();
-      // dy_y[row] = select((rho[row] > 0.0), ((dy_y[row] + dy_s[row]) / rho[row]), 0.0)
+      // dy_y[row] = select((rho[row] != 0.0), ((dy_y[row] + dy_s[row]) / rho[row]), 0.0)
       {
         for (int r = tid; r < 64; r += 128) {
-          t_dy_y[r] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) > 0.0f) ? ((prt::to_f32(t_dy_y[r]) + prt::to_f32(t_dy_s[r])) / prt::to_f32(t_rho[r])) : 0.0f));
+          t_dy_y[r] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) != 0.0f) ? ((prt::to_f32(t_dy_y[r]) + prt::to_f32(t_dy_s[r])) / prt::to_f32(t_rho[r])) : 0.0f));
         }
       }
       // store Dy[pid.z, ((pid.x * 128) + (i0 * 64)):+64, pid.y] = dy_y
@@ -5145,11 +5145,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
         }
       }
       __syncthreads();
-      // grad_s[row, col] = select((rho[row] > 0.0), ((grad_s[row, col] * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[((i0 * 64) + row)] - lse_i[row]) / 2.0))))) / rho[row]), 0.0)
+      // grad_s[row, col] = select((rho[row] != 0.0), ((grad_s[row, col] * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[((i0 * 64) + row)] - lse_i[row]) / 2.0))))) / rho[row]), 0.0)
       {
         for (int i = tid; i < 4096; i += 128) {
           const int r = i / 64, c = i % 64;
-          t_grad_s[(r) * 64 + (c)] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) > 0.0f) ? ((prt::to_f32(t_grad_s[(r) * 64 + (c)]) * ((prt::to_f32(t_lse_i[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[((v_i0 * 64) + r)]) - prt::to_f32(t_lse_i[r])) / 2.0f))))) / prt::to_f32(t_rho[r])) : 0.0f));
+          t_grad_s[(r) * 64 + (c)] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) != 0.0f) ? ((prt::to_f32(t_grad_s[(r) * 64 + (c)]) * ((prt::to_f32(t_lse_i[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[((v_i0 * 64) + r)]) - prt::to_f32(t_lse_i[r])) / 2.0f))))) / prt::to_f32(t_rho[r])) : 0.0f));
         }
       }
       // store dQs[pid.z, ((pid.x * 128) + (i0 * 64)):+64, pid.y, 0:+64] = grad_s
@@ -5167,10 +5167,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
           }
         }
       }
-      // dy_s[row] = select((rho[row] > 0.0), ((dy_s[row] - (dy_y[row] * p_s[row])) / rho[row]), 0.0)
+      // dy_s[row] = select((rho[row] != 0.0), ((dy_s[row] - (dy_y[row] * p_s[row])) / rho[row]), 0.0)
       {
         for (int r = tid; r < 64; r += 128) {
-          t_dy_s[r] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) > 0.0f) ? ((prt::to_f32(t_dy_s[r]) - (prt::to_f32(t_dy_y[r]) * prt::to_f32(t_p_s[r]))) / prt::to_f32(t_rho[r])) : 0.0f));
+          t_dy_s[r] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) != 0.0f) ? ((prt::to_f32(t_dy_s[r]) - (prt::to_f32(t_dy_y[r]) * prt::to_f32(t_p_s[r]))) / prt::to_f32(t_rho[r])) : 0.0f));
         }
       }
       // store dlamQ[pid.z, ((pid.x * 128) + (i0 * 64)):+64, pid.y] = dy_s
@@ -7889,10 +7889,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c128_f16
   {
     const int v_i2_end = prt::min_nan((p_tn - (static_cast<int>(blockIdx.z) * 16)), 16);
     for (int v_i2 = 0; v_i2 < v_i2_end; v_i2 += 1) {
-      // y_row[row] = select((den_a[i2] > 0.0), (num_a[i2, row] / den_a[i2]), 0.0)
+      // y_row[row] = select((den_a[i2] != 0.0), (num_a[i2, row] / den_a[i2]), 0.0)
       {
         for (int r = tid; r < 64; r += 128) {
-          t_y_row[r] = prt::from_f32<float>(((prt::to_f32(t_den_a[v_i2]) > 0.0f) ? (prt::to_f32(t_num_a[(v_i2) * 64 + (r)]) / prt::to_f32(t_den_a[v_i2])) : 0.0f));
+          t_y_row[r] = prt::from_f32<float>(((prt::to_f32(t_den_a[v_i2]) != 0.0f) ? (prt::to_f32(t_num_a[(v_i2) * 64 + (r)]) / prt::to_f32(t_den_a[v_i2])) : 0.0f));
         }
       }
       // store Y[pid.y, (($q0 + (pid.z * 16)) + i2), pid.x, 0:+64] = y_row

@@ -125,7 +125,7 @@ function buildDecode(spec: Spec, sch: Schedule): Kernel {
     // Store the segment's rows only: Y's next rows may belong to a later segment of the same call.
     const yRow = k.reg("y_row", [e], "f32");
     k.for(0, min(tn.sub(r0), BQ), (r) => {
-      k.map(yRow, ({ row }) => select(den.at(r).gt(0), num.at(r, row).div(den.at(r)), f32(0))); // 0 when every weight is 0
+      k.map(yRow, ({ row }) => select(den.at(r).ne(0), num.at(r, row).div(den.at(r)), f32(0))); // 0 when every weight is 0 (NaN stays NaN)
       k.store(Y, [bi, q0.add(r0).add(r), qh, range(0, e)], yRow); // rounded to the dtype by the store
     });
   });

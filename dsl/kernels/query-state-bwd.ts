@@ -89,7 +89,7 @@ export const queryStateBwdDq: KernelDef = {
         k.map(ySt, ({ row, col }) => ySt.at(row, col).mul(dyF.at(row, col)));
         k.reduce(dyS, ySt, "sum", 1); // dy . yS [BT]
         k.map(rho, ({ row }) => rho.at(row).add(pS.at(row)));
-        const live = (row: Val): Val => rho.at(row).gt(0);
+        const live = (row: Val): Val => rho.at(row).ne(0); // (not > 0: a NaN total must give NaN gradients, not 0)
         k.map(dyy, ({ row }) => select(live(row), dyy.at(row).add(dyS.at(row)).div(rho.at(row)), f32(0)));
         k.store(Dy, [bi, rows, qh], dyy);
         k.map(qn, ({ row, col }) => qt.at(row, col).mul(f(row)));

@@ -80,13 +80,13 @@ function combine(
   k.map(denAt, ({ row }) => denAt.at(row).mul(wA(row))); // attention's weight on the common scale
   k.map(denS, ({ row }) => denS.at(row).mul(factors(M(row), row).den)); // the state's
   k.map(den, ({ row }) => denAt.at(row).add(denS.at(row)));
-  const part = (x: Val, r: Val): Val => select(den.at(r).gt(0), x.div(den.at(r)), 0);
+  const part = (x: Val, r: Val): Val => select(den.at(r).ne(0), x.div(den.at(r)), 0); // != 0, not > 0: NaN in any input stays NaN
   k.map(numS, ({ row, col }) => part(numS.at(row, col).mul(factors(M(row), row).num), row)); // yS
   k.map(num, ({ row, col }) => part(num.at(row, col).mul(wA(row)), row).add(numS.at(row, col)));
   k.map(denS, ({ row }) => part(denS.at(row), row)); // wS
   k.store(a.yS, [bi, rows, qh, range(0, e)], numS);
   k.store(a.wS, [bi, rows, qh], denS);
-  k.map(lseT, ({ row }) => select(den.at(row).gt(0), den.at(row).log().add(M(row)), -Infinity));
+  k.map(lseT, ({ row }) => select(den.at(row).ne(0), den.at(row).log().add(M(row)), -Infinity));
   k.store(a.Y, [bi, rows, qh, range(0, e)], num); // rounded to the dtype by the store
   k.store(a.lse, [bi, rows, qh], lseT);
 }
