@@ -11,8 +11,10 @@ import type { Arch, Manifest } from "./manifest.ts";
 
 export const NVCC = process.env.NVCC ?? "nvcc";
 
+/** sm_80 also embeds its PTX (compute_80), so a GPU newer than every built arch can JIT it; sm_90a's
+ * wgmma-era PTX is arch-specific and would only JIT on sm_90a itself, which has the SASS. */
 const GENCODE: Record<Arch, string> = {
-  sm_80: "-gencode=arch=compute_80,code=sm_80",
+  sm_80: "-gencode=arch=compute_80,code=[sm_80,compute_80]",
   sm_90a: "-gencode=arch=compute_90a,code=sm_90a",
 };
 
