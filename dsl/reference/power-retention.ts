@@ -1,5 +1,5 @@
 /**
- * Float64 reference of power retention (see /work/shared/SPEC.md, "The function" and "Gradients").
+ * Float64 reference of power retention (see dsl/reference/SPEC.md, "The function" and "Gradients").
  *
  * Deliberately dead simple: the quadratic O(t^2) form, plain loops, float64 everywhere.
  * Every other implementation (DSL interpreter, generated CUDA) is checked against this file.
