@@ -18,7 +18,7 @@
 // of the tile belong to the group before). It keeps the chunk's keys on chip; where they do not fit
 // (d = 128 at chunk 256 in f32) the expanded form below runs instead, chosen per spec.
 
-import { range, traceKernel, type Val } from "../builder.ts";
+import { range, traceKernel, type KernelBuilder, type Val } from "../builder.ts";
 import type { Kernel } from "../ir.ts";
 import type { KernelDef, Schedule, Spec } from "../spec.ts";
 import { stateFeatures } from "../spec.ts";
@@ -26,18 +26,27 @@ import { chunkGates, computedOperand, dataOperand, pairFeature, pairWeight, feat
 
 const doc = "dS_m = phi(k')^T V, dZ_m = colsum phi(k') per chunk, k' = k exp((G_m - lam)/p)";
 
+/** The kernel's arguments, the same in both forms (the plan binds them by name). */
+function declare(k: KernelBuilder, spec: Spec) {
+  const { d, e, dtype } = spec;
+  const D = stateFeatures(spec);
+  const b = k.param("b", "i32"), t = k.param("t", "i32"), h = k.param("h", "i32"), n = k.param("n", "i32");
+  return {
+    b, t, h, n,
+    K: k.tensor("K", dtype, [b, t, h, d], "in"),
+    V: k.tensor("V", dtype, [b, t, h, e], "in"),
+    logG: k.tensor("logG", "f32", [b, t, h], "in"),
+    dS: k.tensor("dS", "f32", [b, h, n, D, e], "out"),
+    dZ: k.tensor("dZ", "f32", [b, h, n, D], "out"),
+  };
+}
+
 function buildExpanded(spec: Spec, sch: Schedule): Kernel {
   return traceKernel("update_state", sch.numWarps, doc, (k) => {
     const { deg: p, d, e, chunk: c, dtype } = spec;
-    const D = stateFeatures(spec);
     const BD = sch.blockD, BT = sch.blockT;
     if (c % BT !== 0) throw new Error(`update_state: blockT ${BT} must divide the chunk ${c}`);
-    const b = k.param("b", "i32"), t = k.param("t", "i32"), h = k.param("h", "i32"), n = k.param("n", "i32");
-    const K = k.tensor("K", dtype, [b, t, h, d], "in");
-    const V = k.tensor("V", dtype, [b, t, h, e], "in");
-    const logG = k.tensor("logG", "f32", [b, t, h], "in");
-    const dS = k.tensor("dS", "f32", [b, h, n, D, e], "out");
-    const dZ = k.tensor("dZ", "f32", [b, h, n, D], "out");
+    const { b, t, h, n, K, V, logG, dS, dZ } = declare(k, spec);
 
     const nfb = featureBlocks(spec, BD).count;
     k.launch(n.mul(nfb), b.mul(h)); // (chunk * feature block, batch*head): chunks on x, CUDA's 2^31 - 1 axis, feature blocks fastest
@@ -79,13 +88,7 @@ function buildFactored(spec: Spec, sch: Schedule): Kernel {
     const BE = sch.blockD;
     if (e % BE !== 0) throw new Error(`update_state: blockD ${BE} (columns of V per program) must divide e ${e}`);
     const W = Math.ceil(d / 16) * 16; // K's columns, padded to whole k-steps of 16 (0 past d)
-    const D = stateFeatures(spec);
-    const b = k.param("b", "i32"), t = k.param("t", "i32"), h = k.param("h", "i32"), n = k.param("n", "i32");
-    const K = k.tensor("K", dtype, [b, t, h, d], "in");
-    const V = k.tensor("V", dtype, [b, t, h, e], "in");
-    const logG = k.tensor("logG", "f32", [b, t, h], "in");
-    const dS = k.tensor("dS", "f32", [b, h, n, D, e], "out");
-    const dZ = k.tensor("dZ", "f32", [b, h, n, D], "out");
+    const { b, t, h, n, K, V, logG, dS, dZ } = declare(k, spec);
 
     const neb = e / BE;
     k.launch(n.mul(neb), b.mul(h)); // (chunk * column block of V, batch*head): chunks on x, CUDA's 2^31 - 1 axis
