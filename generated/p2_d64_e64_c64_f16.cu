@@ -3159,16 +3159,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
         dst[r] = ok && s1 + r >= 0 && s1 + r < g_maxA_d1 ? g_maxA[base + static_cast<long long>(r) * g_maxA_s1] : prt::from_f32<float>(0.0f);
       }
     }
-    // den_a[row] = (den_a[row] * exp((max_a[row] - max(max_a[row], 0.0))))
+    // den_a[row] = (den_a[row] * select((max(max_a[row], (lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp((max_a[row] - max(max_a[row], (lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0)))))))
     {
       for (int r = tid; r < 64; r += 128) {
-        t_den_a[r] = prt::from_f32<float>((prt::to_f32(t_den_a[r]) * expf((prt::to_f32(t_max_a[r]) - prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)))));
+        t_den_a[r] = prt::from_f32<float>((prt::to_f32(t_den_a[r]) * ((prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 64) + r)]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_max_a[r]) - prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 64) + r)]) + (logf(fabsf(p_scale)) * 2.0f))))))));
       }
     }
-    // den_s[row] = (den_s[row] * ((exp((lam[(((pid.x % 1) * 64) + row)] - max(max_a[row], 0.0))) * ($scale * $scale)) * 1.0))
+    // den_s[row] = ((den_s[row] * select((max(max_a[row], (lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp(((lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0)) - max(max_a[row], (lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0))))))) * 1.0)
     {
       for (int r = tid; r < 64; r += 128) {
-        t_den_s[r] = prt::from_f32<float>((prt::to_f32(t_den_s[r]) * ((expf((prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 64) + r)]) - prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f))) * (p_scale * p_scale)) * 1.0f)));
+        t_den_s[r] = prt::from_f32<float>(((prt::to_f32(t_den_s[r]) * ((prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 64) + r)]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf(((prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 64) + r)]) + (logf(fabsf(p_scale)) * 2.0f)) - prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 64) + r)]) + (logf(fabsf(p_scale)) * 2.0f))))))) * 1.0f));
       }
     }
     // den[row] = (den_a[row] + den_s[row])
@@ -3178,7 +3178,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
       }
     }
     __syncthreads();
-    // num_s[row, col] = select((den[row] != 0.0), ((num_s[row, col] * ((exp((lam[(((pid.x % 1) * 64) + row)] - max(max_a[row], 0.0))) * ($scale * $scale)) * 1.0)) / den[row]), 0.0)
+    // num_s[row, col] = select((den[row] != 0.0), (((num_s[row, col] * select((max(max_a[row], (lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp(((lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0)) - max(max_a[row], (lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0))))))) * 1.0) / den[row]), 0.0)
     {
       #pragma unroll
       for (int j = 0; j < 2; ++j) {
@@ -3189,12 +3189,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-            f_num_s[j][q][e] = ((prt::to_f32(t_den[r]) != 0.0f) ? ((f_num_s[j][q][e] * ((expf((prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 64) + r)]) - prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f))) * (p_scale * p_scale)) * 1.0f)) / prt::to_f32(t_den[r])) : 0.0f);
+            f_num_s[j][q][e] = ((prt::to_f32(t_den[r]) != 0.0f) ? (((f_num_s[j][q][e] * ((prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 64) + r)]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf(((prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 64) + r)]) + (logf(fabsf(p_scale)) * 2.0f)) - prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 64) + r)]) + (logf(fabsf(p_scale)) * 2.0f))))))) * 1.0f) / prt::to_f32(t_den[r])) : 0.0f);
           }
         }
       }
     }
-    // num[row, col] = (select((den[row] != 0.0), ((num[row, col] * exp((max_a[row] - max(max_a[row], 0.0)))) / den[row]), 0.0) + num_s[row, col])
+    // num[row, col] = (select((den[row] != 0.0), ((num[row, col] * select((max(max_a[row], (lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp((max_a[row] - max(max_a[row], (lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0))))))) / den[row]), 0.0) + num_s[row, col])
     {
       #pragma unroll
       for (int j = 0; j < 2; ++j) {
@@ -3205,7 +3205,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-            f_num[j][q][e] = (((prt::to_f32(t_den[r]) != 0.0f) ? ((f_num[j][q][e] * expf((prt::to_f32(t_max_a[r]) - prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)))) / prt::to_f32(t_den[r])) : 0.0f) + f_num_s[j][q][e]);
+            f_num[j][q][e] = (((prt::to_f32(t_den[r]) != 0.0f) ? ((f_num[j][q][e] * ((prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 64) + r)]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_max_a[r]) - prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 64) + r)]) + (logf(fabsf(p_scale)) * 2.0f))))))) / prt::to_f32(t_den[r])) : 0.0f) + f_num_s[j][q][e]);
           }
         }
       }
@@ -3254,10 +3254,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
       }
     }
     __syncthreads();
-    // lse_t[row] = select((den[row] != 0.0), (log(den[row]) + max(max_a[row], 0.0)), -Infinity)
+    // lse_t[row] = select((den[row] != 0.0), (log(den[row]) + max(max_a[row], (lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0)))), -Infinity)
     {
       for (int r = tid; r < 64; r += 128) {
-        t_lse_t[r] = prt::from_f32<float>(((prt::to_f32(t_den[r]) != 0.0f) ? (logf(prt::to_f32(t_den[r])) + prt::max_nan(prt::to_f32(t_max_a[r]), 0.0f)) : __int_as_float(0xff800000)));
+        t_lse_t[r] = prt::from_f32<float>(((prt::to_f32(t_den[r]) != 0.0f) ? (logf(prt::to_f32(t_den[r])) + prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 64) + r)]) + (logf(fabsf(p_scale)) * 2.0f)))) : __int_as_float(0xff800000)));
       }
     }
     // store Y[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y, 0:+64] = num

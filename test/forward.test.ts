@@ -130,6 +130,20 @@ describe("non-finite inputs", () => {
   }, 120_000);
 });
 
+describe("extreme scales", () => {
+  // scale^p cancels in y, so any scale whose float64 result is finite must stay within tolerance
+  // (the state's factor scale^p exp(lam) and the attention's weights meet in one exponent).
+  it.each([1e-20, 1e-8, 1e8, 1e20])("scale %s stays within tolerance at p = 2 and 4", (scale) => {
+    fc.assert(
+      fc.property(arbCase({ dtypes: ["f32", "bf16"], bMax: 1, heads: [1, 2], dims: [[8, 1], [16, 1]], tMax: 90, chunks: [16] }), fc.constantFrom(2, 4), (c, deg) => {
+        // past the first chunk, so that the state's part counts
+        checkForward(withProblem(c, { scale, deg, t: Math.max(c.problem.t, 40) }), `scale ${scale}`);
+      }),
+      fcOptions(4),
+    );
+  }, 120_000);
+});
+
 describe("forward plan invariants", () => {
   it("gives the same result for every chunk size, and with the smallest blocks inside a chunk", SLOW, () => {
     const cases = arbCase({ chunks: [16], maxWork: 5e6 });

@@ -1,11 +1,13 @@
 // Query state and combine (forward step 4 of SPEC.md's chunked algorithm). For query i of chunk m,
-// with q'_i = scale q_i exp(lam_i / p) (the gate from the chunk's start folded into the query):
-//   numS_i = phi(q'_i)^T Sin_m   [e]        denS_i = phi(q'_i) . Zin_m
-// then, on the common scale M_i = max(maxA_i, 0) (numA, denA carry exp(-maxA_i)):
-//   y_i = (numA_i exp(maxA_i - M_i) + numS_i exp(-M_i)) / (denA_i exp(maxA_i - M_i) + denS_i exp(-M_i))
+// with q'_i = scale q_i exp(lam_i / p) (the gate from the chunk's start folded into the query),
+// phi(q'_i) = exp(c_i) phi(q_i) with c_i = lam_i + p log|scale|, and
+//   numS_i = phi(q_i)^T Sin_m   [e]        denS_i = phi(q_i) . Zin_m
+// then, on the common scale M_i = max(maxA_i, c_i) (numA, denA carry exp(-maxA_i)), so that neither
+// part under- or overflows for any scale whose result is finite:
+//   y_i = (numA_i exp(maxA_i - M_i) + numS_i exp(c_i - M_i)) / (denA_i exp(maxA_i - M_i) + denS_i exp(c_i - M_i))
 //   lse_i = log(den_i) + M_i        (y_i = 0 and lse_i = -inf when den_i = 0)
 // and, for the backward, the state's part of y and of the weights under the final normaliser:
-//   yS_i = numS_i exp(-M_i) / den_i  [e]      wS_i = denS_i exp(-M_i) / den_i   (0 when den_i = 0)
+//   yS_i = numS_i exp(c_i - M_i) / den_i  [e]      wS_i = denS_i exp(c_i - M_i) / den_i   (0 when den_i = 0)
 // (README "Backward": they give Dy and the normaliser without recomputing phi(q'')^T [S, Z]).
 //
 // Two ways to form phi(q')^T Sin, chosen by degree:
@@ -17,7 +19,8 @@
 //    symmetric d x d matrix of Zin, one mma per program. Feature groups a run in blocks of 16 a's,
 //    each block using only the q columns from its first a (16-aligned, for ldmatrix), so the mma
 //    does 16 * sum_I (W - 16 I) ~ D (1 + 16/d) features' work (W = d rounded up to 16).
-//  - p >= 4, expanded (buildExpanded): phi(q') formed block by block right before each mma. In
+//  - p >= 4, expanded (buildExpanded): phi(q) formed block by block right before each mma (the gate
+//    and scale, scale^p exp(lam), join the combine's exponent as in the factored form). In
 //    f16/bf16, phi(q') and the state block enter the mma as hi + lo pairs (common.ts,
 //    splitOperand): the sum phi(q')^T S can cancel far below its terms, and a single rounding of
 //    each operand then costs whole percent on such rows (README, "Precision of the state path").
@@ -27,7 +30,7 @@ import { max, min, range, select, traceKernel, type KernelBuilder, type TensorRe
 import type { Kernel } from "../ir.ts";
 import type { KernelDef, Schedule, Spec } from "../spec.ts";
 import { stateFeatures } from "../spec.ts";
-import { chunkGates, computedOperand, dataOperand, pairFeature, pairWeight, featureBlocks, mmaSplit, splitOperand, STATE_OPERAND_SCALE, stateOperandDtype, stateSplit, tileBytes, TILE_BUDGET, tileSizes } from "./common.ts";
+import { chunkGates, computedOperand, safeExpDiff, dataOperand, pairFeature, pairWeight, featureBlocks, mmaSplit, splitOperand, STATE_OPERAND_SCALE, stateOperandDtype, stateSplit, tileBytes, TILE_BUDGET, tileSizes } from "./common.ts";
 
 const doc = "Y = (attention part + phi(q')^T Sin) / (its normaliser), lse = log normaliser, q' = scale q exp(lam/p)";
 
@@ -60,10 +63,12 @@ function declare(k: KernelBuilder, spec: Spec): Args {
 }
 
 /** The combine for rows [t0 + r0, +BT): numS [BT, e] and denS [BT] are the state's parts up to the
- * factors numF(r), denF(r) that bring them to the common scale M_r (the f32 tiles are overwritten). */
+ * factor exp(stateLog(r)) (times numScale, denScale); the common scale is M_r = max(maxA_r,
+ * stateLog(r)), so that neither part under- or overflows whatever the scale (the f32 tiles are
+ * overwritten). */
 function combine(
   k: KernelBuilder, a: Args, at: { bi: Val; qh: Val; rows: ReturnType<typeof range> }, e: number,
-  numS: Tile, denS: Tile, factors: (M: Val, r: Val) => { num: Val; den: Val },
+  numS: Tile, denS: Tile, stateLog: (r: Val) => Val, scales: { num: number; den: number },
 ): void {
   const BT = numS.rows;
   const num = k.reg("num", [BT, e], "f32"); // numA, then y
@@ -75,13 +80,14 @@ function combine(
   k.load(num, a.numA, [bi, rows, qh, range(0, e)]); // [BT, e]
   k.load(denAt, a.denA, [bi, rows, qh]); // [BT]
   k.load(maxAt, a.maxA, [bi, rows, qh]); // [BT]
-  const M = (r: Val): Val => max(maxAt.at(r), 0); // the common scale (maxA = -inf on rows with no attention weight)
-  const wA = (r: Val): Val => maxAt.at(r).sub(M(r)).exp(); // attention part to the common scale
+  const M = (r: Val): Val => max(maxAt.at(r), stateLog(r)); // the common scale (maxA = -inf on rows with no attention weight)
+  const wA = (r: Val): Val => safeExpDiff(maxAt.at(r), M(r)); // attention part to the common scale (0 when M = -inf)
+  const wS = (r: Val): Val => safeExpDiff(stateLog(r), M(r)); // the state's
   k.map(denAt, ({ row }) => denAt.at(row).mul(wA(row))); // attention's weight on the common scale
-  k.map(denS, ({ row }) => denS.at(row).mul(factors(M(row), row).den)); // the state's
+  k.map(denS, ({ row }) => denS.at(row).mul(wS(row)).mul(scales.den)); // the state's
   k.map(den, ({ row }) => denAt.at(row).add(denS.at(row)));
   const part = (x: Val, r: Val): Val => select(den.at(r).ne(0), x.div(den.at(r)), 0); // != 0, not > 0: NaN in any input stays NaN
-  k.map(numS, ({ row, col }) => part(numS.at(row, col).mul(factors(M(row), row).num), row)); // yS
+  k.map(numS, ({ row, col }) => part(numS.at(row, col).mul(wS(row)).mul(scales.num), row)); // yS
   k.map(num, ({ row, col }) => part(num.at(row, col).mul(wA(row)), row).add(numS.at(row, col)));
   k.map(denS, ({ row }) => part(denS.at(row), row)); // wS
   k.store(a.yS, [bi, rows, qh, range(0, e)], numS);
@@ -150,9 +156,8 @@ function buildFactored(spec: Spec, sch: Schedule): Kernel {
           k.map(numS, ({ row, col }) => numS.at(row, col).add(qAt(row, ai.sub(c0)).mul(part.at(row, col))));
         }, { stages: sch.stages });
       }
-      // phi(q') = scale^2 exp(lam) phi(q); numS and denS are / sigma
-      const f = (M: Val, r: Val): Val => lam.at(r0.add(r)).sub(M).exp().mul(a.scale.mul(a.scale)).mul(sigma);
-      combine(k, a, { bi, qh, rows }, e, numS, denS, (M, r) => ({ num: f(M, r), den: f(M, r) }));
+      // phi(q') = scale^2 exp(lam) phi(q), in the log domain; numS and denS are / sigma
+      combine(k, a, { bi, qh, rows }, e, numS, denS, (r) => lam.at(r0.add(r)).add(a.scale.abs().log().mul(2)), { num: sigma, den: sigma });
     });
   });
 }
@@ -171,7 +176,7 @@ function buildExpanded(spec: Spec, sch: Schedule): Kernel {
     const t0 = m.mul(c);
 
     const { lam } = chunkGates(k, a.logG, bi, hk, t0, c); // lam [c]
-    const qs = k.shared("q", [BT, d], "f32"); // q, then q'
+    const qs = k.shared("q", [BT, d], "f32"); // q: phi(q') = scale^p exp(lam) phi(q), a row factor applied after the sum
     // bf16 pairs for an f16 spec (stateOperandDtype): phi(q') under strong gates falls below f16's
     // normal range, and the backward reads yS, wS to well below the dtype's rounding (README "Backward").
     const sd = stateOperandDtype(dtype);
@@ -188,7 +193,6 @@ function buildExpanded(spec: Spec, sch: Schedule): Kernel {
       k.if(t0.add(r0).lt(a.t), () => { // blocks wholly past t have nothing to do
         const rows = range(t0.add(r0), BT);
         k.load(qs, a.Q, [bi, rows, qh, range(0, d)]); // [BT, d]; rows past t read 0
-        k.map(qs, ({ row, col }) => qs.at(row, col).mul(a.scale).mul(lam.at(r0.add(row)).div(p).exp()));
         k.fill(numS, 0);
         k.fill(denS, 0);
         k.for(0, featureBlocks(spec, BD).count, (fb) => {
@@ -203,8 +207,8 @@ function buildExpanded(spec: Spec, sch: Schedule): Kernel {
           k.reduce(denBlock, phi.x, "sum", 1); // [BT]
           k.map(denS, ({ row }) => denS.at(row).add(denBlock.at(row)));
         }, { stages: sch.stages });
-        // numS is kept / sigma
-        combine(k, a, { bi, qh, rows }, e, numS, denS, (M) => ({ num: M.neg().exp().mul(sigma), den: M.neg().exp() }));
+        // phi(q') = scale^p exp(lam) phi(q), in the log domain; numS is kept / sigma
+        combine(k, a, { bi, qh, rows }, e, numS, denS, (r) => lam.at(r0.add(r)).add(a.scale.abs().log().mul(p)), { num: sigma, den: 1 });
       });
     });
   });
