@@ -18,5 +18,7 @@ if (existsSync(out)) {
 } else failed = 1;
 const code = r.status ?? 1;
 if (code !== 0 && failed === 0) failed = 1;
-console.log(`\n${passed} passed, ${failed} failed, ${skipped} skipped`);
+// every property test draws from FC_SEED (test/helpers/problems.ts validates it): say which, so a failure reproduces
+console.log(`\nFC_SEED=${process.env.FC_SEED || "42 (default)"}`);
+console.log(`${passed} passed, ${failed} failed, ${skipped} skipped`);
 process.exit(code);

@@ -1,13 +1,14 @@
 // Each IR op in the interpreter against a plain-loop reference, ThunderKittens style: a validity
 // predicate over sizes, a plain loop, the op, swept over sizes and random data.
 import { describe, expect, it } from "vitest";
+import { fcSeed } from "../helpers/problems.ts";
 import fc from "fast-check";
 import { range, select, traceKernel, f32 } from "../../dsl/builder.ts";
 import { roundBF16, type DType, roundArray } from "../../dsl/dtype.ts";
 import { interpret } from "../../dsl/interpret.ts";
 import { symPowTable } from "../../dsl/sympow.ts";
 
-const seed = Number(process.env.FC_SEED ?? 42);
+const seed = fcSeed(); // FC_SEED, validated (test/helpers/problems.ts)
 const rand = (n: number, s: number): Float32Array => {
   let x = s >>> 0 || 1;
   return Float32Array.from({ length: n }, () => ((x = (x * 1664525 + 1013904223) >>> 0), x / 2 ** 32 - 0.5));
