@@ -1,6 +1,7 @@
 // The command line: --help documents every option, bad options and values are errors naming them.
 
 import { spawnSync } from "node:child_process";
+import { rmSync } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { helpText, jobsOption, parseArgs, selectionOf } from "../codegen/cli.ts";
@@ -49,6 +50,7 @@ describe("bad options", () => {
     const r = spawnSync(process.execPath, [BIN, "build", "--out", "generated", "--build-dir", tmp, "--jobs", "1"], {
       encoding: "utf8", cwd: REPO_ROOT, env: { ...process.env, NVCC: "/nonexistent/nvcc" },
     });
+    rmSync(tmp, { recursive: true, force: true });
     expect(r.status).toBe(1);
     expect(r.stderr).toContain("cannot run '/nonexistent/nvcc': not found (install the CUDA toolkit, put its bin/ on PATH, or set NVCC to nvcc's path)");
   }, 60_000);
