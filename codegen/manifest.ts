@@ -154,7 +154,17 @@ export function fitsByArch(smemBytes: number, archs: readonly Arch[]): Record<st
 }
 
 export function parseManifest(text: string, where: string): Manifest {
-  const m = JSON.parse(text) as Manifest;
-  if (m.format !== MANIFEST_FORMAT) throw new Error(`${where}: manifest format ${m.format}, expected ${MANIFEST_FORMAT}; regenerate with \`retention gen\``);
+  const regen = "regenerate it with `retention gen --out <its folder>`";
+  let m: Manifest;
+  try {
+    m = JSON.parse(text) as Manifest;
+  } catch (e) {
+    throw new Error(`${where}: not valid JSON (${(e as Error).message}); ${regen}`);
+  }
+  if (typeof m !== "object" || m === null) throw new Error(`${where}: expected a JSON object; ${regen}`);
+  if (m.format !== MANIFEST_FORMAT) throw new Error(`${where}: manifest format ${m.format}, expected ${MANIFEST_FORMAT}; ${regen}`);
+  // what build and the runtimes read first: the file list and the kernels
+  for (const key of ["files", "kernels", "nvccFlags", "archs"] as const)
+    if (!Array.isArray(m[key])) throw new Error(`${where}: '${key}' is missing or not a list; ${regen}`);
   return m;
 }

@@ -6,6 +6,7 @@ import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { helpText, jobsOption, parseArgs, selectionOf } from "../codegen/cli.ts";
 import { REPO_ROOT } from "../codegen/gen.ts";
+import { parseManifest } from "../codegen/manifest.ts";
 
 const BIN = path.join(REPO_ROOT, "codegen", "bin.mjs");
 const cli = (...args: string[]): { code: number | null; stdout: string; stderr: string } => {
@@ -54,6 +55,11 @@ describe("bad options", () => {
     expect(r.status).toBe(1);
     expect(r.stderr).toContain("cannot run '/nonexistent/nvcc': not found (install the CUDA toolkit, put its bin/ on PATH, or set NVCC to nvcc's path)");
   }, 60_000);
+  it("names a corrupt manifest by its path", () => {
+    expect(() => parseManifest("{bad", "/x/manifest.json")).toThrow(/^\/x\/manifest.json: not valid JSON \(.*\); regenerate it with `retention gen --out <its folder>`$/);
+    expect(() => parseManifest('{"format": 2}', "/x/manifest.json")).toThrow("/x/manifest.json: 'files' is missing or not a list");
+    expect(() => parseManifest("null", "/x/manifest.json")).toThrow("/x/manifest.json: expected a JSON object");
+  });
   it("names an unknown command", () => {
     expect(() => parseArgs(["compile"])).toThrow(/unknown command 'compile' \(expected gen or build/);
   });
