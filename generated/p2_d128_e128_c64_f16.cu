@@ -8977,11 +8977,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f1
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  // q_state[row, col] = select((((pid.z * 16) + row) < $tn), ((q[row, col] * $scale) * exp((lam_q[row] / 2.0))), 0.0)
+  // q_state[row, col] = select((((pid.z * 16) + row) < $tn), q[row, col], 0.0)
   {
     for (int i = tid; i < 2048; i += 128) {
       const int r = i / 128, c = i % 128;
-      t_q_state[(r) * 128 + (c)] = prt::from_f32<float>(((((static_cast<int>(blockIdx.z) * 16) + r) < p_tn) ? ((prt::to_f32(t_q[(r) * 136 + (c)]) * p_scale) * expf((prt::to_f32(t_lam_q[r]) / 2.0f))) : 0.0f));
+      t_q_state[(r) * 128 + (c)] = prt::from_f32<float>(((((static_cast<int>(blockIdx.z) * 16) + r) < p_tn) ? prt::to_f32(t_q[(r) * 136 + (c)]) : 0.0f));
     }
   }
   // num_s[row, col] = 0.0
@@ -9351,18 +9351,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f1
       }
     }
   }
-  // den_a[row] = ((den_a[row] * select((max(m_run[row], 0.0) == -Infinity), 0.0, exp((m_run[row] - max(m_run[row], 0.0))))) + (den_s[row] * exp(-(max(m_run[row], 0.0)))))
+  // den_a[row] = ((den_a[row] * select((max(m_run[row], (lam_q[row] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp((m_run[row] - max(m_run[row], (lam_q[row] + (log(abs($scale)) * 2.0))))))) + (den_s[row] * select((max(m_run[row], (lam_q[row] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp(((lam_q[row] + (log(abs($scale)) * 2.0)) - max(m_run[row], (lam_q[row] + (log(abs($scale)) * 2.0))))))))
   {
     for (int r = tid; r < 16; r += 128) {
-      t_den_a[r] = prt::from_f32<float>(((prt::to_f32(t_den_a[r]) * ((prt::max_nan(prt::to_f32(t_m_run[r]), 0.0f) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_m_run[r]) - prt::max_nan(prt::to_f32(t_m_run[r]), 0.0f))))) + (prt::to_f32(t_den_s[r]) * expf((-prt::max_nan(prt::to_f32(t_m_run[r]), 0.0f))))));
+      t_den_a[r] = prt::from_f32<float>(((prt::to_f32(t_den_a[r]) * ((prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_m_run[r]) - prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))))))) + (prt::to_f32(t_den_s[r]) * ((prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf(((prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f)) - prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f)))))))));
     }
   }
   __syncthreads();
-  // num_a[row, col] = ((num_a[row, col] * select((max(m_run[row], 0.0) == -Infinity), 0.0, exp((m_run[row] - max(m_run[row], 0.0))))) + (num_s[row, col] * exp(-(max(m_run[row], 0.0)))))
+  // num_a[row, col] = ((num_a[row, col] * select((max(m_run[row], (lam_q[row] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp((m_run[row] - max(m_run[row], (lam_q[row] + (log(abs($scale)) * 2.0))))))) + (num_s[row, col] * select((max(m_run[row], (lam_q[row] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp(((lam_q[row] + (log(abs($scale)) * 2.0)) - max(m_run[row], (lam_q[row] + (log(abs($scale)) * 2.0))))))))
   {
     for (int i = tid; i < 2048; i += 128) {
       const int r = i / 128, c = i % 128;
-      t_num_a[(r) * 128 + (c)] = prt::from_f32<float>(((prt::to_f32(t_num_a[(r) * 128 + (c)]) * ((prt::max_nan(prt::to_f32(t_m_run[r]), 0.0f) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_m_run[r]) - prt::max_nan(prt::to_f32(t_m_run[r]), 0.0f))))) + (prt::to_f32(t_num_s[(r) * 128 + (c)]) * expf((-prt::max_nan(prt::to_f32(t_m_run[r]), 0.0f))))));
+      t_num_a[(r) * 128 + (c)] = prt::from_f32<float>(((prt::to_f32(t_num_a[(r) * 128 + (c)]) * ((prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_m_run[r]) - prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))))))) + (prt::to_f32(t_num_s[(r) * 128 + (c)]) * ((prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf(((prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f)) - prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f)))))))));
     }
   }
   __syncthreads();

@@ -39,6 +39,7 @@ interface Case {
   readonly seed: number;
   readonly amp?: number; // input magnitude (default 1)
   readonly gate?: readonly [number, number]; // logG range (default [-2, 0])
+  readonly scale?: number; // default 1 / sqrt(d)
 }
 
 interface Inputs {
@@ -49,7 +50,7 @@ interface Inputs {
 }
 
 const problemOf = (c: Case): DecodeProblem => ({
-  b: c.b, hq: c.h * c.g, h: c.h, d: c.d, e: c.e, deg: c.deg, chunk: c.chunk, dtype: c.dtype, scale: 1 / Math.sqrt(c.d), gated: c.gated,
+  b: c.b, hq: c.h * c.g, h: c.h, d: c.d, e: c.e, deg: c.deg, chunk: c.chunk, dtype: c.dtype, scale: c.scale ?? 1 / Math.sqrt(c.d), gated: c.gated,
 });
 
 function makeInputs(c: Case): Inputs {
@@ -121,7 +122,7 @@ function state64(c: Case, x: Inputs, nf: number): { S: Float64Array; Z: Float64A
 
 const describeCase = (c: Case, sizes?: readonly number[], sched: ScheduleTable = {}): string =>
   `FC_SEED=${SEED} ${c.dtype} p=${c.deg} d=${c.d} e=${c.e} c=${c.chunk} t=${c.t} b=${c.b} h=${c.h} g=${c.g}` +
-  `${c.gated ? " gated" : ""}${c.amp ? ` amp=${c.amp}` : ""}${c.gate ? ` gate=[${c.gate}]` : ""} data=${c.seed}` +
+  `${c.gated ? " gated" : ""}${c.amp ? ` amp=${c.amp}` : ""}${c.scale !== undefined ? ` scale=${c.scale}` : ""}${c.gate ? ` gate=[${c.gate}]` : ""} data=${c.seed}` +
   (sizes ? ` calls of [${sizes}]` : "") + (sched.decode ? ` decode schedule ${scheduleKey(sched.decode)}` : "");
 
 /** Decode, then check Y against the reference and the state against float64 and the forward plan. */
@@ -130,7 +131,7 @@ function checkDecoding(c: Case, sizes: readonly number[], label: string, sched: 
   const what = describeCase(c, sizes, sched);
   const { Y, state } = decodeAll(c, x, sizes, sched);
   const ref = referenceForward({
-    shape: { b: c.b, t: c.t, hq: c.h * c.g, h: c.h, d: c.d, e: c.e }, deg: c.deg, scale: 1 / Math.sqrt(c.d), ...x,
+    shape: { b: c.b, t: c.t, hq: c.h * c.g, h: c.h, d: c.d, e: c.e }, deg: c.deg, scale: c.scale ?? 1 / Math.sqrt(c.d), ...x,
   });
   const errY = relativeError(Y, ref.Y); // Infinity on any NaN/Inf (an unwritten row stays NaN)
   note(`${label} Y ${c.dtype}`, errY);
@@ -212,6 +213,13 @@ describe(`decode equals the whole-sequence reference (FC_SEED=${SEED})`, () => {
       ),
       { seed: SEED + 2, numRuns: 5 },
     );
+  }, SLOW);
+
+  it("stays accurate at scales 1e-20 and 1e20 (scale^p cancels in y), p = 2 and 4", () => {
+    for (const scale of [1e-20, 1e20])
+      for (const deg of [2, 4])
+        for (const dtype of ["f32", "bf16"] as const)
+          checkDecoding({ dtype, deg, d: 8, e: 8, chunk: 16, t: 40, b: 1, h: 1, g: 2, gated: true, seed: 7, scale }, [5], `scale ${scale}`);
   }, SLOW);
 
   it("stays finite and accurate with inputs of size 10 and strong gates (logG in [-20, -15])", () => {

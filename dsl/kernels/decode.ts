@@ -52,11 +52,14 @@ function buildDecode(spec: Spec, sch: Schedule): Kernel {
     const qt = k.shared("q", [BQ, d], dtype);
     k.load(qt, Q, [bi, range(q0.add(r0), BQ), qh, range(0, d)]); // [BQ, d]; rows past tq read 0
 
-    // State part: numS = phi(q')^T S, denS = phi(q').Z with q' = scale q exp(lam_i / p). In f32:
-    // decoding is bound by reading S (f32 in memory) whatever the operand type, and phi(q').S
-    // cancels heavily at p = 4, where bf16 operands here gave 2e-2 (README, "State layout").
+    // State part: numS = phi(q)^T S, denS = phi(q).Z; phi(q') = exp(c_i) phi(q) for q' = scale q
+    // exp(lam_i / p), c_i = lam_i + p log|scale|, applied in the combine's exponent (as query_state
+    // does: no scale whose result is finite under- or overflows). In f32: decoding is bound by
+    // reading S (f32 in memory) whatever the operand type, and phi(q).S cancels heavily at p = 4,
+    // where bf16 operands here gave 2e-2 (README, "State layout").
     const qs = k.shared("q_state", [BQ, d], "f32");
-    k.map(qs, ({ row, col }) => select(rowOk(row), qt.at(row, col).mul(scale).mul(lamQ.at(row).div(p).exp()), 0));
+    k.map(qs, ({ row, col }) => select(rowOk(row), qt.at(row, col), 0));
+    const stateLog = (row: Val): Val => lamQ.at(row).add(scale.abs().log().mul(p)); // c_i
     const phi = k.shared("phi", [BQ, BD], "f32");
     const sb = k.shared("s", [BD, e], "f32");
     const zb = k.reg("z", [BD], "f32");
@@ -115,10 +118,10 @@ function buildDecode(spec: Spec, sch: Schedule): Kernel {
       k.map(mRun, ({ row }) => mNew.at(row));
     }, { stages: sch.stages });
 
-    // Combine on the common scale M_i = max(mA_i, 0) (the state part is at scale 1), then divide.
-    const M = (row: Val): Val => max(mRun.at(row), 0);
+    // Combine on the common scale M_i = max(mA_i, c_i), then divide.
+    const M = (row: Val): Val => max(mRun.at(row), stateLog(row));
     const fa = (row: Val): Val => safeExpDiff(mRun.at(row), M(row)); // 0 on rows with no attention weight
-    const fs = (row: Val): Val => M(row).neg().exp();
+    const fs = (row: Val): Val => safeExpDiff(stateLog(row), M(row));
     const den = denA, num = numA; // in place: den_i, num_i on the common scale
     k.map(den, ({ row }) => denA.at(row).mul(fa(row)).add(denS.at(row).mul(fs(row))));
     k.map(num, ({ row, col }) => numA.at(row, col).mul(fa(row)).add(numS.at(row, col).mul(fs(row))));
