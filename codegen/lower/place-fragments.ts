@@ -79,9 +79,11 @@ function prune(k: LKernel, set: Map<string, WarpTiling>): boolean {
 
 /** The most fragment registers live at one point, and the tiles live there. */
 function peakRegisters(set: Map<string, WarpTiling>, live: Map<string, [number, number]>): { regs: number; tiles: string[] } {
+  const span = (n: string): [number, number] => live.get(n) ?? [0, 0];
   let best = { regs: 0, tiles: [] as string[] };
-  for (const [, [at]] of [...set.keys()].map((n) => [n, live.get(n) ?? [0, 0]] as const)) {
-    const tiles = [...set.keys()].filter((n) => { const r = live.get(n) ?? [0, 0]; return r[0] <= at && at <= r[1]; });
+  for (const n of set.keys()) {
+    const at = span(n)[0]; // the peak is at some tile's first use
+    const tiles = [...set.keys()].filter((m) => span(m)[0] <= at && at <= span(m)[1]);
     const regs = tiles.reduce((s, n) => s + fragRegisters(set.get(n)!), 0);
     if (regs > best.regs) best = { regs, tiles };
   }

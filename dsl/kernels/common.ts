@@ -166,11 +166,14 @@ export function splitOperand(k: KernelBuilder, name: string, shape: readonly [nu
 
 /** dst (+)= op(a) @ op(b) from split operands (a plain tile counts as exact): up to three mmas,
  * hi.hi + lo.hi + hi.lo (the lo.lo term is below the rounding). */
+/** An mma operand: one tile, or a hi + lo pair (lo null where one rounding is kept). */
+export type Operand = Tile | { readonly hi: Tile; readonly lo: Tile | null };
+
 export function mmaSplit(
   k: KernelBuilder,
   dst: Tile,
-  a: { readonly hi: Tile; readonly lo: Tile | null } | Tile,
-  b: { readonly hi: Tile; readonly lo: Tile | null } | Tile,
+  a: Operand,
+  b: Operand,
   opts: { transA?: boolean; transB?: boolean; accumulate?: boolean } = {},
 ): void {
   const [aHi, aLo] = "hi" in a ? [a.hi, a.lo] : [a, null];
@@ -183,7 +186,7 @@ export function mmaSplit(
 
 /** An mma operand of `dtype` computed element-wise from other tiles (no f32 staging tile): hi = round(x), and
  * with `pair`, lo = round(x - hi), as splitOperand; in f32 the one tile. */
-export function computedOperand(k: KernelBuilder, name: string, shape: readonly [number, number], dtype: DType, pair: boolean, x: (ix: MapIndex) => Val): Tile | { hi: Tile; lo: Tile | null } {
+export function computedOperand(k: KernelBuilder, name: string, shape: readonly [number, number], dtype: DType, pair: boolean, x: (ix: MapIndex) => Val): Operand {
   const hi = k.shared(`${name}_hi`, shape, dtype);
   k.map(hi, x);
   if (dtype === "f32" || !pair) return hi;
