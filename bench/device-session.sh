@@ -2,7 +2,7 @@
 # One device run (see README "On the GPU machine"): compile the generated kernels there (16 cores),
 # check them against the interpreter and the float64 reference, then time ours beside PyTorch SDPA
 # in the same run. Every log goes under $OUT (default ./device-out).
-# Usage: bash bench/device-session.sh [tests|python|bench|autotune|ncu|all]...   env: TS="4096 16384 65536" CHUNKS="128"
+# Usage: bash bench/device-session.sh [tests|python|bench|autotune|checks|ncu|all]...   env: TS="4096 16384 65536" CHUNKS="128"
 set -uo pipefail
 OUT=${OUT:-device-out}; mkdir -p "$OUT"
 source .device/setup.sh > "$OUT/setup.log" 2>&1
@@ -38,6 +38,19 @@ for step in "${@:-all}"; do
       timeout ${TUNE_LIMIT:-420} node --import tsx bench/autotune.ts --spec ${TUNE_SPEC:-p2_d64_e64_c128_bf16} --kernels "$TUNE_KERNELS" \
         --t ${TUNE_T:-16384} --reps ${REPS:-5} --jobs 16 --out "$OUT/schedules.json" > "$OUT/autotune.log" 2>&1
       echo "autotune rc=$?"; grep -vE "^\s*$" "$OUT/autotune.log" | tail -25 ;;
+    checks)
+      # issue 8 item 5: compute-sanitizer over every kernel of one spec per dtype, and run-to-run determinism
+      for dt in ${SAN_DTYPES:-bf16 f16 f32}; do
+        for tool in memcheck racecheck; do
+          SPEC=p2_d32_e32_c64_$dt DECODE_STEPS=${DECODE_STEPS:-67} timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 \
+            node --import tsx bench/sanitize.ts > "$OUT/sanitize-$tool-$dt.log" 2>&1
+          echo "sanitize $tool $dt rc=$?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|sanitize run|Error" "$OUT/sanitize-$tool-$dt.log" | head -3
+        done
+      done
+      for s in ${DET_SPECS:-p2_d64_e64_c128_bf16 p2_d64_e64_c64_f32}; do
+        SPEC=$s timeout 120 node --import tsx bench/determinism.ts > "$OUT/determinism-$s.log" 2>&1
+        echo "determinism $s rc=$?"; tail -1 "$OUT/determinism-$s.log"
+      done ;;
     ncu)
       KERNELS=${NCU_KERNELS:-"query_state_bwd_dq|update_state_bwd|query_state|update_state"}
       CHUNK=${CHUNKS%% *} REPS=1 timeout 400 ncu --kernel-name "regex:$KERNELS" --launch-count 4 \
