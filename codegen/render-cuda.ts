@@ -12,6 +12,7 @@ import { renderLoad, renderStore } from "./render-memory.ts";
 import { renderMma } from "./render-mma.ts";
 import { Emitter, elemLoop, fragLoop } from "./emit.ts";
 import { symPowTableName } from "./render-tables.ts";
+import { mapRuns, type MapStmt } from "./lower/fuse-maps.ts";
 
 const tileElem = (k: LKernel, name: string, r: string, c: string): string =>
   bufferOf(k, name).type.shape.length === 1 ? smemElem(k, name, [r]) : smemElem(k, name, [r, c]);
@@ -242,7 +243,28 @@ function renderStmt(o: Emitter, k: LKernel, s: LStmt): void {
 }
 
 function renderBody(o: Emitter, k: LKernel, body: readonly LStmt[]): void {
-  for (const s of body) renderStmt(o, k, s);
+  for (const run of mapRuns(k, body)) {
+    if (run.length === 1) renderStmt(o, k, run[0]!);
+    else renderFusedMaps(o, k, run as MapStmt[]);
+  }
+}
+
+/** Maps over one shape in one element loop (lower/fuse-maps.ts says when that is safe): every value
+ * first, in order, a later map reading an earlier one's element from its register, then the stores. */
+function renderFusedMaps(o: Emitter, k: LKernel, run: readonly MapStmt[]): void {
+  const ranks = ranksOf(k);
+  for (const m of run) o.line(`// ${printLStmt(m, "", ranks)[0]}`);
+  o.open("");
+  elemLoop(o, k, bufferOf(k, run[0]!.dst).type.shape, (r, c) => {
+    const locals = new Map<string, string>();
+    run.forEach((m, i) => {
+      const T = cType(bufferOf(k, m.dst).type.dtype);
+      o.line(`const ${T} y${i} = prt::from_f32<${T}>(${renderF32(m.expr, { k, row: r, col: c, locals })});`);
+      locals.set(m.dst, T === "float" ? `y${i}` : `prt::to_f32(y${i})`);
+    });
+    run.forEach((m, i) => o.line(`${tileElem(k, m.dst, r, c)} = y${i};`));
+  });
+  o.close();
 }
 
 /** The (d, deg) feature tables a kernel's expansions read, as "d:deg" keys. */

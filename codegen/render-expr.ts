@@ -3,6 +3,7 @@
 
 import type { Expr } from "../dsl/ir.ts";
 import { bufferOf, type LKernel } from "./lir.ts";
+import { ownElement } from "./lower/fuse-maps.ts";
 
 export type CType = "i32" | "f32" | "bool";
 
@@ -54,6 +55,9 @@ export interface ExprCtx {
   /** Inside a map over a frag tile: the fragment subscript of the current element ("[j][q][e]"),
    * valid for every frag tile of the same tiling. */
   readonly fragElem?: string;
+  /** Inside a fused run of maps (lower/fuse-maps.ts): tiles whose element [row, col] this thread
+   * has just computed, as the C name of the f32 value. */
+  readonly locals?: ReadonlyMap<string, string>;
 }
 
 const C_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -95,6 +99,8 @@ export function renderExpr(e: Expr, c: ExprCtx): string {
         if (c.fragElem === undefined) throw new Error(`frag tile ${e.buf} read outside a map over fragments`);
         return `${cName("f", e.buf)}${c.fragElem}`;
       }
+      const local = c.locals?.get(e.buf);
+      if (local !== undefined && ownElement(b.type.shape.length, e.index)) return local;
       return `prt::to_f32(${smemElem(c.k, e.buf, e.index.map(r))})`;
     }
     case "unary": {

@@ -183,15 +183,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
           }
         }
         // row_sum[row] = 0.0
-        {
-          for (int r = tid; r < 64; r += 128) {
-            t_row_sum[r] = prt::from_f32<float>(0.0f);
-          }
-        }
         // row_max[row] = -Infinity
         {
           for (int r = tid; r < 64; r += 128) {
-            t_row_max[r] = prt::from_f32<float>(__int_as_float(0xff800000));
+            const float y0 = prt::from_f32<float>(0.0f);
+            const float y1 = prt::from_f32<float>(__int_as_float(0xff800000));
+            t_row_sum[r] = y0;
+            t_row_max[r] = y1;
           }
         }
         if ((0 < (v_i0 + 1))) {
@@ -717,17 +715,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
     // gk0_hi[row, col] = (k0[row, col] * exp((lam[127] - lam[row])))
-    {
-      for (int i = tid; i < 2048; i += 256) {
-        const int r = i / 16, c = i % 16;
-        t_gk0_hi[(r) * 24 + (c)] = prt::from_f32<__half>((prt::to_f32(t_k0[(r) * 136 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
-      }
-    }
     // gk0_lo[row, col] = ((k0[row, col] * exp((lam[127] - lam[row]))) - gk0_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
-        t_gk0_lo[(r) * 24 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_k0[(r) * 136 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_gk0_hi[(r) * 24 + (c)])));
+        const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k0[(r) * 136 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k0[(r) * 136 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+        t_gk0_hi[(r) * 24 + (c)] = y0;
+        t_gk0_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
@@ -793,17 +788,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const int v_i0_end = 16;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       // u0_hi[row, col] = (gv[row, col] * k0[row, (i0 - 0)])
-      {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 64, c = i % 64;
-          t_u0_hi[(r) * 72 + (c)] = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k0[(r) * 136 + ((v_i0 - 0))])));
-        }
-      }
       // u0_lo[row, col] = ((gv[row, col] * k0[row, (i0 - 0)]) - u0_hi[row, col])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u0_lo[(r) * 72 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k0[(r) * 136 + ((v_i0 - 0))])) - prt::to_f32(t_u0_hi[(r) * 72 + (c)])));
+          const __half y0 = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k0[(r) * 136 + ((v_i0 - 0))])));
+          const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k0[(r) * 136 + ((v_i0 - 0))])) - prt::to_f32(y0)));
+          t_u0_hi[(r) * 72 + (c)] = y0;
+          t_u0_lo[(r) * 72 + (c)] = y1;
         }
       }
       __syncthreads();
@@ -948,17 +940,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
     // gk1_hi[row, col] = (k1[row, col] * exp((lam[127] - lam[row])))
-    {
-      for (int i = tid; i < 2048; i += 256) {
-        const int r = i / 16, c = i % 16;
-        t_gk1_hi[(r) * 24 + (c)] = prt::from_f32<__half>((prt::to_f32(t_k1[(r) * 120 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
-      }
-    }
     // gk1_lo[row, col] = ((k1[row, col] * exp((lam[127] - lam[row]))) - gk1_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
-        t_gk1_lo[(r) * 24 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_k1[(r) * 120 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_gk1_hi[(r) * 24 + (c)])));
+        const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k1[(r) * 120 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k1[(r) * 120 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+        t_gk1_hi[(r) * 24 + (c)] = y0;
+        t_gk1_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
@@ -1020,17 +1009,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const int v_i1_end = 32;
     for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
       // u1_hi[row, col] = (gv[row, col] * k1[row, (i1 - 16)])
-      {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 64, c = i % 64;
-          t_u1_hi[(r) * 72 + (c)] = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k1[(r) * 120 + ((v_i1 - 16))])));
-        }
-      }
       // u1_lo[row, col] = ((gv[row, col] * k1[row, (i1 - 16)]) - u1_hi[row, col])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u1_lo[(r) * 72 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k1[(r) * 120 + ((v_i1 - 16))])) - prt::to_f32(t_u1_hi[(r) * 72 + (c)])));
+          const __half y0 = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k1[(r) * 120 + ((v_i1 - 16))])));
+          const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k1[(r) * 120 + ((v_i1 - 16))])) - prt::to_f32(y0)));
+          t_u1_hi[(r) * 72 + (c)] = y0;
+          t_u1_lo[(r) * 72 + (c)] = y1;
         }
       }
       __syncthreads();
@@ -1183,17 +1169,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
     // gk2_hi[row, col] = (k2[row, col] * exp((lam[127] - lam[row])))
-    {
-      for (int i = tid; i < 2048; i += 256) {
-        const int r = i / 16, c = i % 16;
-        t_gk2_hi[(r) * 24 + (c)] = prt::from_f32<__half>((prt::to_f32(t_k2[(r) * 104 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
-      }
-    }
     // gk2_lo[row, col] = ((k2[row, col] * exp((lam[127] - lam[row]))) - gk2_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
-        t_gk2_lo[(r) * 24 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_k2[(r) * 104 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_gk2_hi[(r) * 24 + (c)])));
+        const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k2[(r) * 104 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k2[(r) * 104 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+        t_gk2_hi[(r) * 24 + (c)] = y0;
+        t_gk2_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
@@ -1255,17 +1238,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const int v_i2_end = 48;
     for (int v_i2 = 32; v_i2 < v_i2_end; v_i2 += 1) {
       // u2_hi[row, col] = (gv[row, col] * k2[row, (i2 - 32)])
-      {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 64, c = i % 64;
-          t_u2_hi[(r) * 72 + (c)] = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k2[(r) * 104 + ((v_i2 - 32))])));
-        }
-      }
       // u2_lo[row, col] = ((gv[row, col] * k2[row, (i2 - 32)]) - u2_hi[row, col])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u2_lo[(r) * 72 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k2[(r) * 104 + ((v_i2 - 32))])) - prt::to_f32(t_u2_hi[(r) * 72 + (c)])));
+          const __half y0 = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k2[(r) * 104 + ((v_i2 - 32))])));
+          const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k2[(r) * 104 + ((v_i2 - 32))])) - prt::to_f32(y0)));
+          t_u2_hi[(r) * 72 + (c)] = y0;
+          t_u2_lo[(r) * 72 + (c)] = y1;
         }
       }
       __syncthreads();
@@ -1418,17 +1398,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
     // gk3_hi[row, col] = (k3[row, col] * exp((lam[127] - lam[row])))
-    {
-      for (int i = tid; i < 2048; i += 256) {
-        const int r = i / 16, c = i % 16;
-        t_gk3_hi[(r) * 24 + (c)] = prt::from_f32<__half>((prt::to_f32(t_k3[(r) * 88 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
-      }
-    }
     // gk3_lo[row, col] = ((k3[row, col] * exp((lam[127] - lam[row]))) - gk3_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
-        t_gk3_lo[(r) * 24 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_k3[(r) * 88 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_gk3_hi[(r) * 24 + (c)])));
+        const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k3[(r) * 88 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k3[(r) * 88 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+        t_gk3_hi[(r) * 24 + (c)] = y0;
+        t_gk3_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
@@ -1490,17 +1467,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const int v_i3_end = 64;
     for (int v_i3 = 48; v_i3 < v_i3_end; v_i3 += 1) {
       // u3_hi[row, col] = (gv[row, col] * k3[row, (i3 - 48)])
-      {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 64, c = i % 64;
-          t_u3_hi[(r) * 72 + (c)] = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k3[(r) * 88 + ((v_i3 - 48))])));
-        }
-      }
       // u3_lo[row, col] = ((gv[row, col] * k3[row, (i3 - 48)]) - u3_hi[row, col])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u3_lo[(r) * 72 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k3[(r) * 88 + ((v_i3 - 48))])) - prt::to_f32(t_u3_hi[(r) * 72 + (c)])));
+          const __half y0 = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k3[(r) * 88 + ((v_i3 - 48))])));
+          const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k3[(r) * 88 + ((v_i3 - 48))])) - prt::to_f32(y0)));
+          t_u3_hi[(r) * 72 + (c)] = y0;
+          t_u3_lo[(r) * 72 + (c)] = y1;
         }
       }
       __syncthreads();
@@ -1653,17 +1627,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
     // gk4_hi[row, col] = (k4[row, col] * exp((lam[127] - lam[row])))
-    {
-      for (int i = tid; i < 2048; i += 256) {
-        const int r = i / 16, c = i % 16;
-        t_gk4_hi[(r) * 24 + (c)] = prt::from_f32<__half>((prt::to_f32(t_k4[(r) * 72 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
-      }
-    }
     // gk4_lo[row, col] = ((k4[row, col] * exp((lam[127] - lam[row]))) - gk4_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
-        t_gk4_lo[(r) * 24 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_k4[(r) * 72 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_gk4_hi[(r) * 24 + (c)])));
+        const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k4[(r) * 72 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k4[(r) * 72 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+        t_gk4_hi[(r) * 24 + (c)] = y0;
+        t_gk4_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
@@ -1721,17 +1692,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const int v_i4_end = 80;
     for (int v_i4 = 64; v_i4 < v_i4_end; v_i4 += 1) {
       // u4_hi[row, col] = (gv[row, col] * k4[row, (i4 - 64)])
-      {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 64, c = i % 64;
-          t_u4_hi[(r) * 72 + (c)] = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k4[(r) * 72 + ((v_i4 - 64))])));
-        }
-      }
       // u4_lo[row, col] = ((gv[row, col] * k4[row, (i4 - 64)]) - u4_hi[row, col])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u4_lo[(r) * 72 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k4[(r) * 72 + ((v_i4 - 64))])) - prt::to_f32(t_u4_hi[(r) * 72 + (c)])));
+          const __half y0 = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k4[(r) * 72 + ((v_i4 - 64))])));
+          const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k4[(r) * 72 + ((v_i4 - 64))])) - prt::to_f32(y0)));
+          t_u4_hi[(r) * 72 + (c)] = y0;
+          t_u4_lo[(r) * 72 + (c)] = y1;
         }
       }
       __syncthreads();
@@ -1876,17 +1844,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
     // gk5_hi[row, col] = (k5[row, col] * exp((lam[127] - lam[row])))
-    {
-      for (int i = tid; i < 2048; i += 256) {
-        const int r = i / 16, c = i % 16;
-        t_gk5_hi[(r) * 24 + (c)] = prt::from_f32<__half>((prt::to_f32(t_k5[(r) * 56 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
-      }
-    }
     // gk5_lo[row, col] = ((k5[row, col] * exp((lam[127] - lam[row]))) - gk5_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
-        t_gk5_lo[(r) * 24 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_k5[(r) * 56 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_gk5_hi[(r) * 24 + (c)])));
+        const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k5[(r) * 56 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k5[(r) * 56 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+        t_gk5_hi[(r) * 24 + (c)] = y0;
+        t_gk5_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
@@ -1948,17 +1913,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const int v_i5_end = 96;
     for (int v_i5 = 80; v_i5 < v_i5_end; v_i5 += 1) {
       // u5_hi[row, col] = (gv[row, col] * k5[row, (i5 - 80)])
-      {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 64, c = i % 64;
-          t_u5_hi[(r) * 72 + (c)] = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k5[(r) * 56 + ((v_i5 - 80))])));
-        }
-      }
       // u5_lo[row, col] = ((gv[row, col] * k5[row, (i5 - 80)]) - u5_hi[row, col])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u5_lo[(r) * 72 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k5[(r) * 56 + ((v_i5 - 80))])) - prt::to_f32(t_u5_hi[(r) * 72 + (c)])));
+          const __half y0 = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k5[(r) * 56 + ((v_i5 - 80))])));
+          const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k5[(r) * 56 + ((v_i5 - 80))])) - prt::to_f32(y0)));
+          t_u5_hi[(r) * 72 + (c)] = y0;
+          t_u5_lo[(r) * 72 + (c)] = y1;
         }
       }
       __syncthreads();
@@ -2111,17 +2073,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
     // gk6_hi[row, col] = (k6[row, col] * exp((lam[127] - lam[row])))
-    {
-      for (int i = tid; i < 2048; i += 256) {
-        const int r = i / 16, c = i % 16;
-        t_gk6_hi[(r) * 24 + (c)] = prt::from_f32<__half>((prt::to_f32(t_k6[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
-      }
-    }
     // gk6_lo[row, col] = ((k6[row, col] * exp((lam[127] - lam[row]))) - gk6_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
-        t_gk6_lo[(r) * 24 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_k6[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_gk6_hi[(r) * 24 + (c)])));
+        const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k6[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k6[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+        t_gk6_hi[(r) * 24 + (c)] = y0;
+        t_gk6_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
@@ -2183,17 +2142,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const int v_i6_end = 112;
     for (int v_i6 = 96; v_i6 < v_i6_end; v_i6 += 1) {
       // u6_hi[row, col] = (gv[row, col] * k6[row, (i6 - 96)])
-      {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 64, c = i % 64;
-          t_u6_hi[(r) * 72 + (c)] = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k6[(r) * 40 + ((v_i6 - 96))])));
-        }
-      }
       // u6_lo[row, col] = ((gv[row, col] * k6[row, (i6 - 96)]) - u6_hi[row, col])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u6_lo[(r) * 72 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k6[(r) * 40 + ((v_i6 - 96))])) - prt::to_f32(t_u6_hi[(r) * 72 + (c)])));
+          const __half y0 = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k6[(r) * 40 + ((v_i6 - 96))])));
+          const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k6[(r) * 40 + ((v_i6 - 96))])) - prt::to_f32(y0)));
+          t_u6_hi[(r) * 72 + (c)] = y0;
+          t_u6_lo[(r) * 72 + (c)] = y1;
         }
       }
       __syncthreads();
@@ -2338,17 +2294,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
     // gk7_hi[row, col] = (k7[row, col] * exp((lam[127] - lam[row])))
-    {
-      for (int i = tid; i < 2048; i += 256) {
-        const int r = i / 16, c = i % 16;
-        t_gk7_hi[(r) * 24 + (c)] = prt::from_f32<__half>((prt::to_f32(t_k7[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
-      }
-    }
     // gk7_lo[row, col] = ((k7[row, col] * exp((lam[127] - lam[row]))) - gk7_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
-        t_gk7_lo[(r) * 24 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_k7[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_gk7_hi[(r) * 24 + (c)])));
+        const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k7[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k7[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+        t_gk7_hi[(r) * 24 + (c)] = y0;
+        t_gk7_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
@@ -2411,17 +2364,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const int v_i7_end = 128;
     for (int v_i7 = 112; v_i7 < v_i7_end; v_i7 += 1) {
       // u7_hi[row, col] = (gv[row, col] * k7[row, (i7 - 112)])
-      {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 64, c = i % 64;
-          t_u7_hi[(r) * 72 + (c)] = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k7[(r) * 24 + ((v_i7 - 112))])));
-        }
-      }
       // u7_lo[row, col] = ((gv[row, col] * k7[row, (i7 - 112)]) - u7_hi[row, col])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u7_lo[(r) * 72 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k7[(r) * 24 + ((v_i7 - 112))])) - prt::to_f32(t_u7_hi[(r) * 72 + (c)])));
+          const __half y0 = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k7[(r) * 24 + ((v_i7 - 112))])));
+          const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k7[(r) * 24 + ((v_i7 - 112))])) - prt::to_f32(y0)));
+          t_u7_hi[(r) * 72 + (c)] = y0;
+          t_u7_lo[(r) * 72 + (c)] = y1;
         }
       }
       __syncthreads();
@@ -3207,17 +3157,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
       }
     }
     // q0_hi[row, col] = (q0_f32[row, col] * 1.0)
-    {
-      for (int i = tid; i < 2048; i += 128) {
-        const int r = i / 128, c = i % 128;
-        t_q0_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q0_f32[(r) * 128 + (c)]) * 1.0f));
-      }
-    }
     // q0_lo[row, col] = ((q0_f32[row, col] * 1.0) - q0_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 128) {
         const int r = i / 128, c = i % 128;
-        t_q0_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q0_f32[(r) * 128 + (c)]) * 1.0f) - prt::to_f32(t_q0_hi[(r) * 136 + (c)])));
+        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q0_f32[(r) * 128 + (c)]) * 1.0f));
+        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q0_f32[(r) * 128 + (c)]) * 1.0f) - prt::to_f32(y0)));
+        t_q0_hi[(r) * 136 + (c)] = y0;
+        t_q0_lo[(r) * 136 + (c)] = y1;
       }
     }
     // z = load.async Zin[pid.z, (pid.y // ($hq // $h)), (pid.x // 8), 0:+8256]
@@ -3247,17 +3194,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
     prt::cp_async_wait<0>();
     __syncthreads();
     // zsym_hi[row, col] = select(((row < 128) && (col < 128)), select((row == col), (z[((((min(min(row, col), 127) * 128) - ((min(min(row, col), 127) * (min(min(row, col), 127) - 1)) // 2)) + min(max(row, col), 127)) - min(min(row, col), 127))] / 1.0), ((z[((((min(min(row, col), 127) * 128) - ((min(min(row, col), 127) * (min(min(row, col), 127) - 1)) // 2)) + min(max(row, col), 127)) - min(min(row, col), 127))] / 1.0) * 0.7071067811865476)), 0.0)
-    {
-      for (int i = tid; i < 16384; i += 128) {
-        const int r = i / 128, c = i % 128;
-        t_zsym_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((r < 128) && (c < 128)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 127) * 128) - ((prt::min_nan(prt::min_nan(r, c), 127) * (prt::min_nan(prt::min_nan(r, c), 127) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 127)) - prt::min_nan(prt::min_nan(r, c), 127))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 127) * 128) - ((prt::min_nan(prt::min_nan(r, c), 127) * (prt::min_nan(prt::min_nan(r, c), 127) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 127)) - prt::min_nan(prt::min_nan(r, c), 127))]) / 1.0f) * 0.7071067811865476f)) : 0.0f));
-      }
-    }
     // zsym_lo[row, col] = (select(((row < 128) && (col < 128)), select((row == col), (z[((((min(min(row, col), 127) * 128) - ((min(min(row, col), 127) * (min(min(row, col), 127) - 1)) // 2)) + min(max(row, col), 127)) - min(min(row, col), 127))] / 1.0), ((z[((((min(min(row, col), 127) * 128) - ((min(min(row, col), 127) * (min(min(row, col), 127) - 1)) // 2)) + min(max(row, col), 127)) - min(min(row, col), 127))] / 1.0) * 0.7071067811865476)), 0.0) - zsym_hi[row, col])
     {
       for (int i = tid; i < 16384; i += 128) {
         const int r = i / 128, c = i % 128;
-        t_zsym_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((((r < 128) && (c < 128)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 127) * 128) - ((prt::min_nan(prt::min_nan(r, c), 127) * (prt::min_nan(prt::min_nan(r, c), 127) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 127)) - prt::min_nan(prt::min_nan(r, c), 127))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 127) * 128) - ((prt::min_nan(prt::min_nan(r, c), 127) * (prt::min_nan(prt::min_nan(r, c), 127) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 127)) - prt::min_nan(prt::min_nan(r, c), 127))]) / 1.0f) * 0.7071067811865476f)) : 0.0f) - prt::to_f32(t_zsym_hi[(r) * 136 + (c)])));
+        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < 128) && (c < 128)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 127) * 128) - ((prt::min_nan(prt::min_nan(r, c), 127) * (prt::min_nan(prt::min_nan(r, c), 127) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 127)) - prt::min_nan(prt::min_nan(r, c), 127))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 127) * 128) - ((prt::min_nan(prt::min_nan(r, c), 127) * (prt::min_nan(prt::min_nan(r, c), 127) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 127)) - prt::min_nan(prt::min_nan(r, c), 127))]) / 1.0f) * 0.7071067811865476f)) : 0.0f));
+        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((((r < 128) && (c < 128)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 127) * 128) - ((prt::min_nan(prt::min_nan(r, c), 127) * (prt::min_nan(prt::min_nan(r, c), 127) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 127)) - prt::min_nan(prt::min_nan(r, c), 127))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 127) * 128) - ((prt::min_nan(prt::min_nan(r, c), 127) * (prt::min_nan(prt::min_nan(r, c), 127) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 127)) - prt::min_nan(prt::min_nan(r, c), 127))]) / 1.0f) * 0.7071067811865476f)) : 0.0f) - prt::to_f32(y0)));
+        t_zsym_hi[(r) * 136 + (c)] = y0;
+        t_zsym_lo[(r) * 136 + (c)] = y1;
       }
     }
     __syncthreads();
@@ -3399,17 +3343,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
         prt::cp_async_wait<0>();
         __syncthreads();
         // s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 128)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
-        {
-          for (int i = tid; i < 16384; i += 128) {
-            const int r = i / 128, c = i % 128;
-            t_s0_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 128)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
-          }
-        }
         // s0_lo[row, col] = (select((((row + 0) < i0) || ((row + 0) >= 128)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951))) - s0_hi[row, col])
         {
           for (int i = tid; i < 16384; i += 128) {
             const int r = i / 128, c = i % 128;
-            t_s0_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((((r + 0) < v_i0) || ((r + 0) >= 128)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(t_s0_hi[(r) * 136 + (c)])));
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 128)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 0) < v_i0) || ((r + 0) >= 128)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+            t_s0_hi[(r) * 136 + (c)] = y0;
+            t_s0_lo[(r) * 136 + (c)] = y1;
           }
         }
         __syncthreads();
@@ -3511,17 +3452,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
       }
     }
     // q1_hi[row, col] = (q1_f32[row, col] * 1.0)
-    {
-      for (int i = tid; i < 1792; i += 128) {
-        const int r = i / 112, c = i % 112;
-        t_q1_hi[(r) * 120 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q1_f32[(r) * 112 + (c)]) * 1.0f));
-      }
-    }
     // q1_lo[row, col] = ((q1_f32[row, col] * 1.0) - q1_hi[row, col])
     {
       for (int i = tid; i < 1792; i += 128) {
         const int r = i / 112, c = i % 112;
-        t_q1_lo[(r) * 120 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q1_f32[(r) * 112 + (c)]) * 1.0f) - prt::to_f32(t_q1_hi[(r) * 120 + (c)])));
+        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q1_f32[(r) * 112 + (c)]) * 1.0f));
+        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q1_f32[(r) * 112 + (c)]) * 1.0f) - prt::to_f32(y0)));
+        t_q1_hi[(r) * 120 + (c)] = y0;
+        t_q1_lo[(r) * 120 + (c)] = y1;
       }
     }
     {
@@ -3557,17 +3495,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
         prt::cp_async_wait<0>();
         __syncthreads();
         // s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 128)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
-        {
-          for (int i = tid; i < 14336; i += 128) {
-            const int r = i / 128, c = i % 128;
-            t_s1_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 128)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
-          }
-        }
         // s1_lo[row, col] = (select((((row + 16) < i1) || ((row + 16) >= 128)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951))) - s1_hi[row, col])
         {
           for (int i = tid; i < 14336; i += 128) {
             const int r = i / 128, c = i % 128;
-            t_s1_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((((r + 16) < v_i1) || ((r + 16) >= 128)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(t_s1_hi[(r) * 136 + (c)])));
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 128)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 16) < v_i1) || ((r + 16) >= 128)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+            t_s1_hi[(r) * 136 + (c)] = y0;
+            t_s1_lo[(r) * 136 + (c)] = y1;
           }
         }
         __syncthreads();
@@ -3669,17 +3604,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
       }
     }
     // q2_hi[row, col] = (q2_f32[row, col] * 1.0)
-    {
-      for (int i = tid; i < 1536; i += 128) {
-        const int r = i / 96, c = i % 96;
-        t_q2_hi[(r) * 104 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q2_f32[(r) * 96 + (c)]) * 1.0f));
-      }
-    }
     // q2_lo[row, col] = ((q2_f32[row, col] * 1.0) - q2_hi[row, col])
     {
       for (int i = tid; i < 1536; i += 128) {
         const int r = i / 96, c = i % 96;
-        t_q2_lo[(r) * 104 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q2_f32[(r) * 96 + (c)]) * 1.0f) - prt::to_f32(t_q2_hi[(r) * 104 + (c)])));
+        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q2_f32[(r) * 96 + (c)]) * 1.0f));
+        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q2_f32[(r) * 96 + (c)]) * 1.0f) - prt::to_f32(y0)));
+        t_q2_hi[(r) * 104 + (c)] = y0;
+        t_q2_lo[(r) * 104 + (c)] = y1;
       }
     }
     {
@@ -3715,17 +3647,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
         prt::cp_async_wait<0>();
         __syncthreads();
         // s2_hi[row, col] = select((((row + 32) < i2) || ((row + 32) >= 128)), 0.0, ((s2_f32[row, col] / 1.0) * select(((row + 32) == i2), 1.0, 1.4142135623730951)))
-        {
-          for (int i = tid; i < 12288; i += 128) {
-            const int r = i / 128, c = i % 128;
-            t_s2_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 32) < v_i2) || ((r + 32) >= 128)) ? 0.0f : ((prt::to_f32(t_s2_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))));
-          }
-        }
         // s2_lo[row, col] = (select((((row + 32) < i2) || ((row + 32) >= 128)), 0.0, ((s2_f32[row, col] / 1.0) * select(((row + 32) == i2), 1.0, 1.4142135623730951))) - s2_hi[row, col])
         {
           for (int i = tid; i < 12288; i += 128) {
             const int r = i / 128, c = i % 128;
-            t_s2_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((((r + 32) < v_i2) || ((r + 32) >= 128)) ? 0.0f : ((prt::to_f32(t_s2_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(t_s2_hi[(r) * 136 + (c)])));
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 32) < v_i2) || ((r + 32) >= 128)) ? 0.0f : ((prt::to_f32(t_s2_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 32) < v_i2) || ((r + 32) >= 128)) ? 0.0f : ((prt::to_f32(t_s2_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+            t_s2_hi[(r) * 136 + (c)] = y0;
+            t_s2_lo[(r) * 136 + (c)] = y1;
           }
         }
         __syncthreads();
@@ -3827,17 +3756,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
       }
     }
     // q3_hi[row, col] = (q3_f32[row, col] * 1.0)
-    {
-      for (int i = tid; i < 1280; i += 128) {
-        const int r = i / 80, c = i % 80;
-        t_q3_hi[(r) * 88 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q3_f32[(r) * 80 + (c)]) * 1.0f));
-      }
-    }
     // q3_lo[row, col] = ((q3_f32[row, col] * 1.0) - q3_hi[row, col])
     {
       for (int i = tid; i < 1280; i += 128) {
         const int r = i / 80, c = i % 80;
-        t_q3_lo[(r) * 88 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q3_f32[(r) * 80 + (c)]) * 1.0f) - prt::to_f32(t_q3_hi[(r) * 88 + (c)])));
+        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q3_f32[(r) * 80 + (c)]) * 1.0f));
+        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q3_f32[(r) * 80 + (c)]) * 1.0f) - prt::to_f32(y0)));
+        t_q3_hi[(r) * 88 + (c)] = y0;
+        t_q3_lo[(r) * 88 + (c)] = y1;
       }
     }
     {
@@ -3873,17 +3799,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
         prt::cp_async_wait<0>();
         __syncthreads();
         // s3_hi[row, col] = select((((row + 48) < i3) || ((row + 48) >= 128)), 0.0, ((s3_f32[row, col] / 1.0) * select(((row + 48) == i3), 1.0, 1.4142135623730951)))
-        {
-          for (int i = tid; i < 10240; i += 128) {
-            const int r = i / 128, c = i % 128;
-            t_s3_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 48) < v_i3) || ((r + 48) >= 128)) ? 0.0f : ((prt::to_f32(t_s3_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))));
-          }
-        }
         // s3_lo[row, col] = (select((((row + 48) < i3) || ((row + 48) >= 128)), 0.0, ((s3_f32[row, col] / 1.0) * select(((row + 48) == i3), 1.0, 1.4142135623730951))) - s3_hi[row, col])
         {
           for (int i = tid; i < 10240; i += 128) {
             const int r = i / 128, c = i % 128;
-            t_s3_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((((r + 48) < v_i3) || ((r + 48) >= 128)) ? 0.0f : ((prt::to_f32(t_s3_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(t_s3_hi[(r) * 136 + (c)])));
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 48) < v_i3) || ((r + 48) >= 128)) ? 0.0f : ((prt::to_f32(t_s3_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 48) < v_i3) || ((r + 48) >= 128)) ? 0.0f : ((prt::to_f32(t_s3_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+            t_s3_hi[(r) * 136 + (c)] = y0;
+            t_s3_lo[(r) * 136 + (c)] = y1;
           }
         }
         __syncthreads();
@@ -3985,17 +3908,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
       }
     }
     // q4_hi[row, col] = (q4_f32[row, col] * 1.0)
-    {
-      for (int i = tid; i < 1024; i += 128) {
-        const int r = i / 64, c = i % 64;
-        t_q4_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q4_f32[(r) * 64 + (c)]) * 1.0f));
-      }
-    }
     // q4_lo[row, col] = ((q4_f32[row, col] * 1.0) - q4_hi[row, col])
     {
       for (int i = tid; i < 1024; i += 128) {
         const int r = i / 64, c = i % 64;
-        t_q4_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q4_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(t_q4_hi[(r) * 72 + (c)])));
+        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q4_f32[(r) * 64 + (c)]) * 1.0f));
+        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q4_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(y0)));
+        t_q4_hi[(r) * 72 + (c)] = y0;
+        t_q4_lo[(r) * 72 + (c)] = y1;
       }
     }
     {
@@ -4031,17 +3951,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
         prt::cp_async_wait<0>();
         __syncthreads();
         // s4_hi[row, col] = select((((row + 64) < i4) || ((row + 64) >= 128)), 0.0, ((s4_f32[row, col] / 1.0) * select(((row + 64) == i4), 1.0, 1.4142135623730951)))
-        {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            t_s4_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 64) < v_i4) || ((r + 64) >= 128)) ? 0.0f : ((prt::to_f32(t_s4_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 64) == v_i4) ? 1.0f : 1.4142135623730951f))));
-          }
-        }
         // s4_lo[row, col] = (select((((row + 64) < i4) || ((row + 64) >= 128)), 0.0, ((s4_f32[row, col] / 1.0) * select(((row + 64) == i4), 1.0, 1.4142135623730951))) - s4_hi[row, col])
         {
           for (int i = tid; i < 8192; i += 128) {
             const int r = i / 128, c = i % 128;
-            t_s4_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((((r + 64) < v_i4) || ((r + 64) >= 128)) ? 0.0f : ((prt::to_f32(t_s4_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 64) == v_i4) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(t_s4_hi[(r) * 136 + (c)])));
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 64) < v_i4) || ((r + 64) >= 128)) ? 0.0f : ((prt::to_f32(t_s4_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 64) == v_i4) ? 1.0f : 1.4142135623730951f))));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 64) < v_i4) || ((r + 64) >= 128)) ? 0.0f : ((prt::to_f32(t_s4_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 64) == v_i4) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+            t_s4_hi[(r) * 136 + (c)] = y0;
+            t_s4_lo[(r) * 136 + (c)] = y1;
           }
         }
         __syncthreads();
@@ -4143,17 +4060,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
       }
     }
     // q5_hi[row, col] = (q5_f32[row, col] * 1.0)
-    {
-      for (int i = tid; i < 768; i += 128) {
-        const int r = i / 48, c = i % 48;
-        t_q5_hi[(r) * 56 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q5_f32[(r) * 48 + (c)]) * 1.0f));
-      }
-    }
     // q5_lo[row, col] = ((q5_f32[row, col] * 1.0) - q5_hi[row, col])
     {
       for (int i = tid; i < 768; i += 128) {
         const int r = i / 48, c = i % 48;
-        t_q5_lo[(r) * 56 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q5_f32[(r) * 48 + (c)]) * 1.0f) - prt::to_f32(t_q5_hi[(r) * 56 + (c)])));
+        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q5_f32[(r) * 48 + (c)]) * 1.0f));
+        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q5_f32[(r) * 48 + (c)]) * 1.0f) - prt::to_f32(y0)));
+        t_q5_hi[(r) * 56 + (c)] = y0;
+        t_q5_lo[(r) * 56 + (c)] = y1;
       }
     }
     {
@@ -4189,17 +4103,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
         prt::cp_async_wait<0>();
         __syncthreads();
         // s5_hi[row, col] = select((((row + 80) < i5) || ((row + 80) >= 128)), 0.0, ((s5_f32[row, col] / 1.0) * select(((row + 80) == i5), 1.0, 1.4142135623730951)))
-        {
-          for (int i = tid; i < 6144; i += 128) {
-            const int r = i / 128, c = i % 128;
-            t_s5_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 80) < v_i5) || ((r + 80) >= 128)) ? 0.0f : ((prt::to_f32(t_s5_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 80) == v_i5) ? 1.0f : 1.4142135623730951f))));
-          }
-        }
         // s5_lo[row, col] = (select((((row + 80) < i5) || ((row + 80) >= 128)), 0.0, ((s5_f32[row, col] / 1.0) * select(((row + 80) == i5), 1.0, 1.4142135623730951))) - s5_hi[row, col])
         {
           for (int i = tid; i < 6144; i += 128) {
             const int r = i / 128, c = i % 128;
-            t_s5_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((((r + 80) < v_i5) || ((r + 80) >= 128)) ? 0.0f : ((prt::to_f32(t_s5_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 80) == v_i5) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(t_s5_hi[(r) * 136 + (c)])));
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 80) < v_i5) || ((r + 80) >= 128)) ? 0.0f : ((prt::to_f32(t_s5_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 80) == v_i5) ? 1.0f : 1.4142135623730951f))));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 80) < v_i5) || ((r + 80) >= 128)) ? 0.0f : ((prt::to_f32(t_s5_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 80) == v_i5) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+            t_s5_hi[(r) * 136 + (c)] = y0;
+            t_s5_lo[(r) * 136 + (c)] = y1;
           }
         }
         __syncthreads();
@@ -4301,17 +4212,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
       }
     }
     // q6_hi[row, col] = (q6_f32[row, col] * 1.0)
-    {
-      for (int i = tid; i < 512; i += 128) {
-        const int r = i / 32, c = i % 32;
-        t_q6_hi[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q6_f32[(r) * 32 + (c)]) * 1.0f));
-      }
-    }
     // q6_lo[row, col] = ((q6_f32[row, col] * 1.0) - q6_hi[row, col])
     {
       for (int i = tid; i < 512; i += 128) {
         const int r = i / 32, c = i % 32;
-        t_q6_lo[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q6_f32[(r) * 32 + (c)]) * 1.0f) - prt::to_f32(t_q6_hi[(r) * 40 + (c)])));
+        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q6_f32[(r) * 32 + (c)]) * 1.0f));
+        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q6_f32[(r) * 32 + (c)]) * 1.0f) - prt::to_f32(y0)));
+        t_q6_hi[(r) * 40 + (c)] = y0;
+        t_q6_lo[(r) * 40 + (c)] = y1;
       }
     }
     {
@@ -4347,17 +4255,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
         prt::cp_async_wait<0>();
         __syncthreads();
         // s6_hi[row, col] = select((((row + 96) < i6) || ((row + 96) >= 128)), 0.0, ((s6_f32[row, col] / 1.0) * select(((row + 96) == i6), 1.0, 1.4142135623730951)))
-        {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 128, c = i % 128;
-            t_s6_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 96) < v_i6) || ((r + 96) >= 128)) ? 0.0f : ((prt::to_f32(t_s6_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 96) == v_i6) ? 1.0f : 1.4142135623730951f))));
-          }
-        }
         // s6_lo[row, col] = (select((((row + 96) < i6) || ((row + 96) >= 128)), 0.0, ((s6_f32[row, col] / 1.0) * select(((row + 96) == i6), 1.0, 1.4142135623730951))) - s6_hi[row, col])
         {
           for (int i = tid; i < 4096; i += 128) {
             const int r = i / 128, c = i % 128;
-            t_s6_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((((r + 96) < v_i6) || ((r + 96) >= 128)) ? 0.0f : ((prt::to_f32(t_s6_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 96) == v_i6) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(t_s6_hi[(r) * 136 + (c)])));
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 96) < v_i6) || ((r + 96) >= 128)) ? 0.0f : ((prt::to_f32(t_s6_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 96) == v_i6) ? 1.0f : 1.4142135623730951f))));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 96) < v_i6) || ((r + 96) >= 128)) ? 0.0f : ((prt::to_f32(t_s6_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 96) == v_i6) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+            t_s6_hi[(r) * 136 + (c)] = y0;
+            t_s6_lo[(r) * 136 + (c)] = y1;
           }
         }
         __syncthreads();
@@ -4459,17 +4364,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
       }
     }
     // q7_hi[row, col] = (q7_f32[row, col] * 1.0)
-    {
-      for (int i = tid; i < 256; i += 128) {
-        const int r = i / 16, c = i % 16;
-        t_q7_hi[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q7_f32[(r) * 16 + (c)]) * 1.0f));
-      }
-    }
     // q7_lo[row, col] = ((q7_f32[row, col] * 1.0) - q7_hi[row, col])
     {
       for (int i = tid; i < 256; i += 128) {
         const int r = i / 16, c = i % 16;
-        t_q7_lo[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q7_f32[(r) * 16 + (c)]) * 1.0f) - prt::to_f32(t_q7_hi[(r) * 24 + (c)])));
+        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q7_f32[(r) * 16 + (c)]) * 1.0f));
+        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q7_f32[(r) * 16 + (c)]) * 1.0f) - prt::to_f32(y0)));
+        t_q7_hi[(r) * 24 + (c)] = y0;
+        t_q7_lo[(r) * 24 + (c)] = y1;
       }
     }
     {
@@ -4505,17 +4407,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
         prt::cp_async_wait<0>();
         __syncthreads();
         // s7_hi[row, col] = select((((row + 112) < i7) || ((row + 112) >= 128)), 0.0, ((s7_f32[row, col] / 1.0) * select(((row + 112) == i7), 1.0, 1.4142135623730951)))
-        {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 128, c = i % 128;
-            t_s7_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 112) < v_i7) || ((r + 112) >= 128)) ? 0.0f : ((prt::to_f32(t_s7_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 112) == v_i7) ? 1.0f : 1.4142135623730951f))));
-          }
-        }
         // s7_lo[row, col] = (select((((row + 112) < i7) || ((row + 112) >= 128)), 0.0, ((s7_f32[row, col] / 1.0) * select(((row + 112) == i7), 1.0, 1.4142135623730951))) - s7_hi[row, col])
         {
           for (int i = tid; i < 2048; i += 128) {
             const int r = i / 128, c = i % 128;
-            t_s7_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((((r + 112) < v_i7) || ((r + 112) >= 128)) ? 0.0f : ((prt::to_f32(t_s7_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 112) == v_i7) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(t_s7_hi[(r) * 136 + (c)])));
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 112) < v_i7) || ((r + 112) >= 128)) ? 0.0f : ((prt::to_f32(t_s7_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 112) == v_i7) ? 1.0f : 1.4142135623730951f))));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 112) < v_i7) || ((r + 112) >= 128)) ? 0.0f : ((prt::to_f32(t_s7_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 112) == v_i7) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+            t_s7_hi[(r) * 136 + (c)] = y0;
+            t_s7_lo[(r) * 136 + (c)] = y1;
           }
         }
         __syncthreads();
@@ -4648,21 +4547,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
       }
     }
     // den_a[row] = (den_a[row] * select((max(max_a[row], (lam[(((pid.x % 8) * 16) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp((max_a[row] - max(max_a[row], (lam[(((pid.x % 8) * 16) + row)] + (log(abs($scale)) * 2.0)))))))
-    {
-      for (int r = tid; r < 16; r += 128) {
-        t_den_a[r] = prt::from_f32<float>((prt::to_f32(t_den_a[r]) * ((prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 8) * 16) + r)]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_max_a[r]) - prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 8) * 16) + r)]) + (logf(fabsf(p_scale)) * 2.0f))))))));
-      }
-    }
     // den_s[row] = ((den_s[row] * select((max(max_a[row], (lam[(((pid.x % 8) * 16) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp(((lam[(((pid.x % 8) * 16) + row)] + (log(abs($scale)) * 2.0)) - max(max_a[row], (lam[(((pid.x % 8) * 16) + row)] + (log(abs($scale)) * 2.0))))))) * 1.0)
-    {
-      for (int r = tid; r < 16; r += 128) {
-        t_den_s[r] = prt::from_f32<float>(((prt::to_f32(t_den_s[r]) * ((prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 8) * 16) + r)]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf(((prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 8) * 16) + r)]) + (logf(fabsf(p_scale)) * 2.0f)) - prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 8) * 16) + r)]) + (logf(fabsf(p_scale)) * 2.0f))))))) * 1.0f));
-      }
-    }
     // den[row] = (den_a[row] + den_s[row])
     {
       for (int r = tid; r < 16; r += 128) {
-        t_den[r] = prt::from_f32<float>((prt::to_f32(t_den_a[r]) + prt::to_f32(t_den_s[r])));
+        const float y0 = prt::from_f32<float>((prt::to_f32(t_den_a[r]) * ((prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 8) * 16) + r)]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_max_a[r]) - prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 8) * 16) + r)]) + (logf(fabsf(p_scale)) * 2.0f))))))));
+        const float y1 = prt::from_f32<float>(((prt::to_f32(t_den_s[r]) * ((prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 8) * 16) + r)]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf(((prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 8) * 16) + r)]) + (logf(fabsf(p_scale)) * 2.0f)) - prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 8) * 16) + r)]) + (logf(fabsf(p_scale)) * 2.0f))))))) * 1.0f));
+        const float y2 = prt::from_f32<float>((y0 + y1));
+        t_den_a[r] = y0;
+        t_den_s[r] = y1;
+        t_den[r] = y2;
       }
     }
     __syncthreads();
@@ -4996,15 +4890,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d128
       }
       __syncthreads();
       // acc_dy[row] = 0.0
-      {
-        for (int r = tid; r < 64; r += 256) {
-          t_acc_dy[r] = prt::from_f32<float>(0.0f);
-        }
-      }
       // acc_p[row] = 0.0
       {
         for (int r = tid; r < 64; r += 256) {
-          t_acc_p[r] = prt::from_f32<float>(0.0f);
+          const float y0 = prt::from_f32<float>(0.0f);
+          const float y1 = prt::from_f32<float>(0.0f);
+          t_acc_dy[r] = y0;
+          t_acc_p[r] = y1;
         }
       }
       {
@@ -5121,17 +5013,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d128
           }
           __syncthreads();
           // p[row, col] = select(((((i0 * 64) + row) >= ((i1 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i0 * 64) + row)]) - lam[((i1 * 64) + col)]) - lse_i[row])), 0.0)
-          {
-            for (int i = tid; i < 4096; i += 256) {
-              const int r = i / 64, c = i % 64;
-              t_p[(r) * 64 + (c)] = prt::from_f32<float>((((((v_i0 * 64) + r) >= ((v_i1 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
-            }
-          }
           // p_dp[row, col] = (p[row, col] * p_dp[row, col])
           {
             for (int i = tid; i < 4096; i += 256) {
               const int r = i / 64, c = i % 64;
-              t_p_dp[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_p[(r) * 64 + (c)]) * prt::to_f32(t_p_dp[(r) * 64 + (c)])));
+              const float y0 = prt::from_f32<float>((((((v_i0 * 64) + r) >= ((v_i1 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
+              const float y1 = prt::from_f32<float>((y0 * prt::to_f32(t_p_dp[(r) * 64 + (c)])));
+              t_p[(r) * 64 + (c)] = y0;
+              t_p_dp[(r) * 64 + (c)] = y1;
             }
           }
           __syncthreads();
@@ -5602,17 +5491,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
               }
               __syncthreads();
               // W[row, col] = (select(((((i0 * 32) + row) >= ((i2 * 32) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i0 * 32) + row)]) - lam[((i2 * 32) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row]))
-              {
-                for (int i = tid; i < 1024; i += 128) {
-                  const int r = i / 32, c = i % 32;
-                  t_W[(r) * 32 + (c)] = prt::from_f32<float>(((((((v_i0 * 32) + r) >= ((v_i2 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 32) + r)])) - prt::to_f32(t_lam[((v_i2 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 32 + (c)]) - prt::to_f32(t_Dy_i[r]))));
-                }
-              }
               // ds[row, col] = select((dot[row, col] == 0.0), 0.0, ((W[row, col] * 2.0) / dot[row, col]))
               {
                 for (int i = tid; i < 1024; i += 128) {
                   const int r = i / 32, c = i % 32;
-                  t_ds[(r) * 40 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_dot[(r) * 32 + (c)]) == 0.0f) ? 0.0f : ((prt::to_f32(t_W[(r) * 32 + (c)]) * 2.0f) / prt::to_f32(t_dot[(r) * 32 + (c)]))));
+                  const float y0 = prt::from_f32<float>(((((((v_i0 * 32) + r) >= ((v_i2 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 32) + r)])) - prt::to_f32(t_lam[((v_i2 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 32 + (c)]) - prt::to_f32(t_Dy_i[r]))));
+                  const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_dot[(r) * 32 + (c)]) == 0.0f) ? 0.0f : ((y0 * 2.0f) / prt::to_f32(t_dot[(r) * 32 + (c)]))));
+                  t_W[(r) * 32 + (c)] = y0;
+                  t_ds[(r) * 40 + (c)] = y1;
                 }
               }
               __syncthreads();
@@ -5913,24 +5799,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
               }
               __syncthreads();
               // W[row, col] = (select(((((i4 * 32) + row) >= ((i0 * 32) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i4 * 32) + row)]) - lam[((i0 * 32) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row]))
-              {
-                for (int i = tid; i < 1024; i += 128) {
-                  const int r = i / 32, c = i % 32;
-                  t_W[(r) * 32 + (c)] = prt::from_f32<float>(((((((v_i4 * 32) + r) >= ((v_i0 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 32) + r)])) - prt::to_f32(t_lam[((v_i0 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 32 + (c)]) - prt::to_f32(t_Dy_i[r]))));
-                }
-              }
               // ds[row, col] = select((dot[row, col] == 0.0), 0.0, ((W[row, col] * 2.0) / dot[row, col]))
-              {
-                for (int i = tid; i < 1024; i += 128) {
-                  const int r = i / 32, c = i % 32;
-                  t_ds[(r) * 40 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_dot[(r) * 32 + (c)]) == 0.0f) ? 0.0f : ((prt::to_f32(t_W[(r) * 32 + (c)]) * 2.0f) / prt::to_f32(t_dot[(r) * 32 + (c)]))));
-                }
-              }
               // P[row, col] = select(((((i4 * 32) + row) >= ((i0 * 32) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i4 * 32) + row)]) - lam[((i0 * 32) + col)]) - lse_i[row])), 0.0)
               {
                 for (int i = tid; i < 1024; i += 128) {
                   const int r = i / 32, c = i % 32;
-                  t_P[(r) * 40 + (c)] = prt::from_f32<__half>((((((v_i4 * 32) + r) >= ((v_i0 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 32) + r)])) - prt::to_f32(t_lam[((v_i0 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
+                  const float y0 = prt::from_f32<float>(((((((v_i4 * 32) + r) >= ((v_i0 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 32) + r)])) - prt::to_f32(t_lam[((v_i0 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 32 + (c)]) - prt::to_f32(t_Dy_i[r]))));
+                  const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_dot[(r) * 32 + (c)]) == 0.0f) ? 0.0f : ((y0 * 2.0f) / prt::to_f32(t_dot[(r) * 32 + (c)]))));
+                  const __half y2 = prt::from_f32<__half>((((((v_i4 * 32) + r) >= ((v_i0 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 32) + r)])) - prt::to_f32(t_lam[((v_i0 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
+                  t_W[(r) * 32 + (c)] = y0;
+                  t_ds[(r) * 40 + (c)] = y1;
+                  t_P[(r) * 40 + (c)] = y2;
                 }
               }
               __syncthreads();
@@ -6464,17 +6343,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
         }
       }
       // q_norm[row, col] = (q[row, col] * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[((i0 * 32) + row)] - lse_i[row]) / 2.0)))))
-      {
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 128, c = i % 128;
-          t_q_norm[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_q[(r) * 128 + (c)]) * ((prt::to_f32(t_lse_i[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[((v_i0 * 32) + r)]) - prt::to_f32(t_lse_i[r])) / 2.0f))))));
-        }
-      }
       // grad_s[row, col] = 0.0
       {
         for (int i = tid; i < 4096; i += 128) {
           const int r = i / 128, c = i % 128;
-          t_grad_s[(r) * 128 + (c)] = prt::from_f32<float>(0.0f);
+          const float y0 = prt::from_f32<float>((prt::to_f32(t_q[(r) * 128 + (c)]) * ((prt::to_f32(t_lse_i[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[((v_i0 * 32) + r)]) - prt::to_f32(t_lse_i[r])) / 2.0f))))));
+          const float y1 = prt::from_f32<float>(0.0f);
+          t_q_norm[(r) * 128 + (c)] = y0;
+          t_grad_s[(r) * 128 + (c)] = y1;
         }
       }
       {
@@ -6533,17 +6409,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
           prt::cp_async_wait<0>();
           __syncthreads();
           // S_hi[row, col] = (S_f32[row, col] * 1.0)
-          {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 128, c = i % 128;
-              t_S_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_S_f32[(r) * 128 + (c)]) * 1.0f));
-            }
-          }
           // S_lo[row, col] = ((S_f32[row, col] * 1.0) - S_hi[row, col])
           {
             for (int i = tid; i < 4096; i += 128) {
               const int r = i / 128, c = i % 128;
-              t_S_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_S_f32[(r) * 128 + (c)]) * 1.0f) - prt::to_f32(t_S_hi[(r) * 136 + (c)])));
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_S_f32[(r) * 128 + (c)]) * 1.0f));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_S_f32[(r) * 128 + (c)]) * 1.0f) - prt::to_f32(y0)));
+              t_S_hi[(r) * 136 + (c)] = y0;
+              t_S_lo[(r) * 136 + (c)] = y1;
             }
           }
           __syncthreads();
@@ -6906,17 +6779,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d128
             }
           }
           // dy_hi[row, col] = (dy_f32[row, col] * 1.0)
-          {
-            for (int i = tid; i < 8192; i += 128) {
-              const int r = i / 128, c = i % 128;
-              t_dy_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_dy_f32[(r) * 128 + (c)]) * 1.0f));
-            }
-          }
           // dy_lo[row, col] = ((dy_f32[row, col] * 1.0) - dy_hi[row, col])
           {
             for (int i = tid; i < 8192; i += 128) {
               const int r = i / 128, c = i % 128;
-              t_dy_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_dy_f32[(r) * 128 + (c)]) * 1.0f) - prt::to_f32(t_dy_hi[(r) * 136 + (c)])));
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_dy_f32[(r) * 128 + (c)]) * 1.0f));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_dy_f32[(r) * 128 + (c)]) * 1.0f) - prt::to_f32(y0)));
+              t_dy_hi[(r) * 136 + (c)] = y0;
+              t_dy_lo[(r) * 136 + (c)] = y1;
             }
           }
           // lse_i = load lse[(pid.y // $h), (((pid.x // 258) * 128) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
@@ -6968,17 +6838,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d128
           }
           __syncthreads();
           // phi_hi[row, col] = (phi_f32[row, col] * 1.0)
-          {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 32, c = i % 32;
-              t_phi_hi[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_phi_f32[(r) * 32 + (c)]) * 1.0f));
-            }
-          }
           // phi_lo[row, col] = ((phi_f32[row, col] * 1.0) - phi_hi[row, col])
           {
             for (int i = tid; i < 2048; i += 128) {
               const int r = i / 32, c = i % 32;
-              t_phi_lo[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_phi_f32[(r) * 32 + (c)]) * 1.0f) - prt::to_f32(t_phi_hi[(r) * 40 + (c)])));
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_phi_f32[(r) * 32 + (c)]) * 1.0f));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_phi_f32[(r) * 32 + (c)]) * 1.0f) - prt::to_f32(y0)));
+              t_phi_hi[(r) * 40 + (c)] = y0;
+              t_phi_lo[(r) * 40 + (c)] = y1;
             }
           }
           __syncthreads();
@@ -7807,17 +7674,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
         }
       }
       // v_hi[row, col] = (v_f32[row, col] * 1.0)
-      {
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 128, c = i % 128;
-          t_v_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_v_f32[(r) * 128 + (c)]) * 1.0f));
-        }
-      }
       // v_lo[row, col] = ((v_f32[row, col] * 1.0) - v_hi[row, col])
       {
         for (int i = tid; i < 4096; i += 128) {
           const int r = i / 128, c = i % 128;
-          t_v_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v_f32[(r) * 128 + (c)]) * 1.0f) - prt::to_f32(t_v_hi[(r) * 136 + (c)])));
+          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_v_f32[(r) * 128 + (c)]) * 1.0f));
+          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v_f32[(r) * 128 + (c)]) * 1.0f) - prt::to_f32(y0)));
+          t_v_hi[(r) * 136 + (c)] = y0;
+          t_v_lo[(r) * 136 + (c)] = y1;
         }
       }
       __syncthreads();
@@ -7929,17 +7793,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
             }
           }
           // U_hi[row, col] = (U_f32[row, col] * 1.0)
-          {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 128, c = i % 128;
-              t_U_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_U_f32[(r) * 128 + (c)]) * 1.0f));
-            }
-          }
           // U_lo[row, col] = ((U_f32[row, col] * 1.0) - U_hi[row, col])
           {
             for (int i = tid; i < 4096; i += 128) {
               const int r = i / 128, c = i % 128;
-              t_U_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_U_f32[(r) * 128 + (c)]) * 1.0f) - prt::to_f32(t_U_hi[(r) * 136 + (c)])));
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_U_f32[(r) * 128 + (c)]) * 1.0f));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_U_f32[(r) * 128 + (c)]) * 1.0f) - prt::to_f32(y0)));
+              t_U_hi[(r) * 136 + (c)] = y0;
+              t_U_lo[(r) * 136 + (c)] = y1;
             }
           }
           __syncthreads();
@@ -8981,17 +8842,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_f
   prt::cp_async_wait<0>();
   __syncthreads();
   // q_state[row, col] = select((((pid.z * 16) + row) < $tn), q[row, col], 0.0)
-  {
-    for (int i = tid; i < 2048; i += 128) {
-      const int r = i / 128, c = i % 128;
-      t_q_state[(r) * 128 + (c)] = prt::from_f32<float>(((((static_cast<int>(blockIdx.z) * 16) + r) < p_tn) ? prt::to_f32(t_q[(r) * 136 + (c)]) : 0.0f));
-    }
-  }
   // num_s[row, col] = 0.0
   {
     for (int i = tid; i < 2048; i += 128) {
       const int r = i / 128, c = i % 128;
-      t_num_s[(r) * 128 + (c)] = prt::from_f32<float>(0.0f);
+      const float y0 = prt::from_f32<float>(((((static_cast<int>(blockIdx.z) * 16) + r) < p_tn) ? prt::to_f32(t_q[(r) * 136 + (c)]) : 0.0f));
+      const float y1 = prt::from_f32<float>(0.0f);
+      t_q_state[(r) * 128 + (c)] = y0;
+      t_num_s[(r) * 128 + (c)] = y1;
     }
   }
   // den_parts[row, col] = 0.0

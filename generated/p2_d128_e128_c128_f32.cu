@@ -3728,21 +3728,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
       }
     }
     // den_a[row] = (den_a[row] * select((max(max_a[row], (lam[(((pid.x % 4) * 32) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp((max_a[row] - max(max_a[row], (lam[(((pid.x % 4) * 32) + row)] + (log(abs($scale)) * 2.0)))))))
-    {
-      for (int r = tid; r < 32; r += 128) {
-        t_den_a[r] = prt::from_f32<float>((prt::to_f32(t_den_a[r]) * ((prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 4) * 32) + r)]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_max_a[r]) - prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 4) * 32) + r)]) + (logf(fabsf(p_scale)) * 2.0f))))))));
-      }
-    }
     // den_s[row] = ((den_s[row] * select((max(max_a[row], (lam[(((pid.x % 4) * 32) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp(((lam[(((pid.x % 4) * 32) + row)] + (log(abs($scale)) * 2.0)) - max(max_a[row], (lam[(((pid.x % 4) * 32) + row)] + (log(abs($scale)) * 2.0))))))) * 1.0)
-    {
-      for (int r = tid; r < 32; r += 128) {
-        t_den_s[r] = prt::from_f32<float>(((prt::to_f32(t_den_s[r]) * ((prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 4) * 32) + r)]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf(((prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 4) * 32) + r)]) + (logf(fabsf(p_scale)) * 2.0f)) - prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 4) * 32) + r)]) + (logf(fabsf(p_scale)) * 2.0f))))))) * 1.0f));
-      }
-    }
     // den[row] = (den_a[row] + den_s[row])
     {
       for (int r = tid; r < 32; r += 128) {
-        t_den[r] = prt::from_f32<float>((prt::to_f32(t_den_a[r]) + prt::to_f32(t_den_s[r])));
+        const float y0 = prt::from_f32<float>((prt::to_f32(t_den_a[r]) * ((prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 4) * 32) + r)]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_max_a[r]) - prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 4) * 32) + r)]) + (logf(fabsf(p_scale)) * 2.0f))))))));
+        const float y1 = prt::from_f32<float>(((prt::to_f32(t_den_s[r]) * ((prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 4) * 32) + r)]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf(((prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 4) * 32) + r)]) + (logf(fabsf(p_scale)) * 2.0f)) - prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 4) * 32) + r)]) + (logf(fabsf(p_scale)) * 2.0f))))))) * 1.0f));
+        const float y2 = prt::from_f32<float>((y0 + y1));
+        t_den_a[r] = y0;
+        t_den_s[r] = y1;
+        t_den[r] = y2;
       }
     }
     __syncthreads();
@@ -4076,15 +4071,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
         }
       }
       // acc_dy[row] = 0.0
-      {
-        for (int r = tid; r < 32; r += 128) {
-          t_acc_dy[r] = prt::from_f32<float>(0.0f);
-        }
-      }
       // acc_p[row] = 0.0
       {
         for (int r = tid; r < 32; r += 128) {
-          t_acc_p[r] = prt::from_f32<float>(0.0f);
+          const float y0 = prt::from_f32<float>(0.0f);
+          const float y1 = prt::from_f32<float>(0.0f);
+          t_acc_dy[r] = y0;
+          t_acc_p[r] = y1;
         }
       }
       {
@@ -4203,17 +4196,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
           }
           __syncthreads();
           // p[row, col] = select(((((i0 * 32) + row) >= ((i1 * 32) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i0 * 32) + row)]) - lam[((i1 * 32) + col)]) - lse_i[row])), 0.0)
-          {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 32, c = i % 32;
-              t_p[(r) * 32 + (c)] = prt::from_f32<float>((((((v_i0 * 32) + r) >= ((v_i1 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 32) + r)])) - prt::to_f32(t_lam[((v_i1 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
-            }
-          }
           // p_dp[row, col] = (p[row, col] * p_dp[row, col])
           {
             for (int i = tid; i < 1024; i += 128) {
               const int r = i / 32, c = i % 32;
-              t_p_dp[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_p[(r) * 32 + (c)]) * prt::to_f32(t_p_dp[(r) * 32 + (c)])));
+              const float y0 = prt::from_f32<float>((((((v_i0 * 32) + r) >= ((v_i1 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 32) + r)])) - prt::to_f32(t_lam[((v_i1 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
+              const float y1 = prt::from_f32<float>((y0 * prt::to_f32(t_p_dp[(r) * 32 + (c)])));
+              t_p[(r) * 32 + (c)] = y0;
+              t_p_dp[(r) * 32 + (c)] = y1;
             }
           }
           __syncthreads();
@@ -4686,17 +4676,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
               }
               __syncthreads();
               // W[row, col] = (select(((((i0 * 32) + row) >= ((i2 * 32) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i0 * 32) + row)]) - lam[((i2 * 32) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row]))
-              {
-                for (int i = tid; i < 1024; i += 128) {
-                  const int r = i / 32, c = i % 32;
-                  t_W[(r) * 32 + (c)] = prt::from_f32<float>(((((((v_i0 * 32) + r) >= ((v_i2 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 32) + r)])) - prt::to_f32(t_lam[((v_i2 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 32 + (c)]) - prt::to_f32(t_Dy_i[r]))));
-                }
-              }
               // ds[row, col] = select((dot[row, col] == 0.0), 0.0, ((W[row, col] * 2.0) / dot[row, col]))
               {
                 for (int i = tid; i < 1024; i += 128) {
                   const int r = i / 32, c = i % 32;
-                  t_ds[(r) * 36 + (c)] = prt::from_f32<float>(((prt::to_f32(t_dot[(r) * 32 + (c)]) == 0.0f) ? 0.0f : ((prt::to_f32(t_W[(r) * 32 + (c)]) * 2.0f) / prt::to_f32(t_dot[(r) * 32 + (c)]))));
+                  const float y0 = prt::from_f32<float>(((((((v_i0 * 32) + r) >= ((v_i2 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 32) + r)])) - prt::to_f32(t_lam[((v_i2 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 32 + (c)]) - prt::to_f32(t_Dy_i[r]))));
+                  const float y1 = prt::from_f32<float>(((prt::to_f32(t_dot[(r) * 32 + (c)]) == 0.0f) ? 0.0f : ((y0 * 2.0f) / prt::to_f32(t_dot[(r) * 32 + (c)]))));
+                  t_W[(r) * 32 + (c)] = y0;
+                  t_ds[(r) * 36 + (c)] = y1;
                 }
               }
               __syncthreads();
@@ -5000,24 +4987,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
               }
               __syncthreads();
               // W[row, col] = (select(((((i4 * 32) + row) >= ((i0 * 32) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i4 * 32) + row)]) - lam[((i0 * 32) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row]))
-              {
-                for (int i = tid; i < 1024; i += 128) {
-                  const int r = i / 32, c = i % 32;
-                  t_W[(r) * 32 + (c)] = prt::from_f32<float>(((((((v_i4 * 32) + r) >= ((v_i0 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 32) + r)])) - prt::to_f32(t_lam[((v_i0 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 32 + (c)]) - prt::to_f32(t_Dy_i[r]))));
-                }
-              }
               // ds[row, col] = select((dot[row, col] == 0.0), 0.0, ((W[row, col] * 2.0) / dot[row, col]))
-              {
-                for (int i = tid; i < 1024; i += 128) {
-                  const int r = i / 32, c = i % 32;
-                  t_ds[(r) * 36 + (c)] = prt::from_f32<float>(((prt::to_f32(t_dot[(r) * 32 + (c)]) == 0.0f) ? 0.0f : ((prt::to_f32(t_W[(r) * 32 + (c)]) * 2.0f) / prt::to_f32(t_dot[(r) * 32 + (c)]))));
-                }
-              }
               // P[row, col] = select(((((i4 * 32) + row) >= ((i0 * 32) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i4 * 32) + row)]) - lam[((i0 * 32) + col)]) - lse_i[row])), 0.0)
               {
                 for (int i = tid; i < 1024; i += 128) {
                   const int r = i / 32, c = i % 32;
-                  t_P[(r) * 36 + (c)] = prt::from_f32<float>((((((v_i4 * 32) + r) >= ((v_i0 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 32) + r)])) - prt::to_f32(t_lam[((v_i0 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
+                  const float y0 = prt::from_f32<float>(((((((v_i4 * 32) + r) >= ((v_i0 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 32) + r)])) - prt::to_f32(t_lam[((v_i0 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 32 + (c)]) - prt::to_f32(t_Dy_i[r]))));
+                  const float y1 = prt::from_f32<float>(((prt::to_f32(t_dot[(r) * 32 + (c)]) == 0.0f) ? 0.0f : ((y0 * 2.0f) / prt::to_f32(t_dot[(r) * 32 + (c)]))));
+                  const float y2 = prt::from_f32<float>((((((v_i4 * 32) + r) >= ((v_i0 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 32) + r)])) - prt::to_f32(t_lam[((v_i0 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
+                  t_W[(r) * 32 + (c)] = y0;
+                  t_ds[(r) * 36 + (c)] = y1;
+                  t_P[(r) * 36 + (c)] = y2;
                 }
               }
               __syncthreads();
@@ -5563,17 +5543,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
         }
       }
       // q_norm[row, col] = (q[row, col] * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[((i0 * 32) + row)] - lse_i[row]) / 2.0)))))
-      {
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 128, c = i % 128;
-          t_q_norm[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_q[(r) * 128 + (c)]) * ((prt::to_f32(t_lse_i[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[((v_i0 * 32) + r)]) - prt::to_f32(t_lse_i[r])) / 2.0f))))));
-        }
-      }
       // grad_s[row, col] = 0.0
       {
         for (int i = tid; i < 4096; i += 128) {
           const int r = i / 128, c = i % 128;
-          t_grad_s[(r) * 128 + (c)] = prt::from_f32<float>(0.0f);
+          const float y0 = prt::from_f32<float>((prt::to_f32(t_q[(r) * 128 + (c)]) * ((prt::to_f32(t_lse_i[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[((v_i0 * 32) + r)]) - prt::to_f32(t_lse_i[r])) / 2.0f))))));
+          const float y1 = prt::from_f32<float>(0.0f);
+          t_q_norm[(r) * 128 + (c)] = y0;
+          t_grad_s[(r) * 128 + (c)] = y1;
         }
       }
       {
@@ -7871,17 +7848,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_f
   prt::cp_async_wait<0>();
   __syncthreads();
   // q_state[row, col] = select((((pid.z * 16) + row) < $tn), q[row, col], 0.0)
-  {
-    for (int i = tid; i < 2048; i += 128) {
-      const int r = i / 128, c = i % 128;
-      t_q_state[(r) * 128 + (c)] = prt::from_f32<float>(((((static_cast<int>(blockIdx.z) * 16) + r) < p_tn) ? prt::to_f32(t_q[(r) * 132 + (c)]) : 0.0f));
-    }
-  }
   // num_s[row, col] = 0.0
   {
     for (int i = tid; i < 2048; i += 128) {
       const int r = i / 128, c = i % 128;
-      t_num_s[(r) * 128 + (c)] = prt::from_f32<float>(0.0f);
+      const float y0 = prt::from_f32<float>(((((static_cast<int>(blockIdx.z) * 16) + r) < p_tn) ? prt::to_f32(t_q[(r) * 132 + (c)]) : 0.0f));
+      const float y1 = prt::from_f32<float>(0.0f);
+      t_q_state[(r) * 128 + (c)] = y0;
+      t_num_s[(r) * 128 + (c)] = y1;
     }
   }
   // den_parts[row, col] = 0.0

@@ -183,15 +183,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
           }
         }
         // row_sum[row] = 0.0
-        {
-          for (int r = tid; r < 64; r += 128) {
-            t_row_sum[r] = prt::from_f32<float>(0.0f);
-          }
-        }
         // row_max[row] = -Infinity
         {
           for (int r = tid; r < 64; r += 128) {
-            t_row_max[r] = prt::from_f32<float>(__int_as_float(0xff800000));
+            const float y0 = prt::from_f32<float>(0.0f);
+            const float y1 = prt::from_f32<float>(__int_as_float(0xff800000));
+            t_row_sum[r] = y0;
+            t_row_max[r] = y1;
           }
         }
         if ((0 < (v_i0 + 1))) {
@@ -669,17 +667,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // gk0_hi[row, col] = (k0[row, col] * exp((lam[63] - lam[row])))
-    {
-      for (int i = tid; i < 1024; i += 128) {
-        const int r = i / 16, c = i % 16;
-        t_gk0_hi[(r) * 24 + (c)] = prt::from_f32<__half>((prt::to_f32(t_k0[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
-      }
-    }
     // gk0_lo[row, col] = ((k0[row, col] * exp((lam[63] - lam[row]))) - gk0_hi[row, col])
     {
       for (int i = tid; i < 1024; i += 128) {
         const int r = i / 16, c = i % 16;
-        t_gk0_lo[(r) * 24 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_k0[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_gk0_hi[(r) * 24 + (c)])));
+        const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k0[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+        const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k0[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+        t_gk0_hi[(r) * 24 + (c)] = y0;
+        t_gk0_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
@@ -737,17 +732,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
     const int v_i0_end = 16;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       // u0_hi[row, col] = (gv[row, col] * k0[row, (i0 - 0)])
-      {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 32, c = i % 32;
-          t_u0_hi[(r) * 40 + (c)] = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k0[(r) * 40 + ((v_i0 - 0))])));
-        }
-      }
       // u0_lo[row, col] = ((gv[row, col] * k0[row, (i0 - 0)]) - u0_hi[row, col])
       {
         for (int i = tid; i < 2048; i += 128) {
           const int r = i / 32, c = i % 32;
-          t_u0_lo[(r) * 40 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k0[(r) * 40 + ((v_i0 - 0))])) - prt::to_f32(t_u0_hi[(r) * 40 + (c)])));
+          const __half y0 = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k0[(r) * 40 + ((v_i0 - 0))])));
+          const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k0[(r) * 40 + ((v_i0 - 0))])) - prt::to_f32(y0)));
+          t_u0_hi[(r) * 40 + (c)] = y0;
+          t_u0_lo[(r) * 40 + (c)] = y1;
         }
       }
       __syncthreads();
@@ -891,17 +883,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // gk1_hi[row, col] = (k1[row, col] * exp((lam[63] - lam[row])))
-    {
-      for (int i = tid; i < 1024; i += 128) {
-        const int r = i / 16, c = i % 16;
-        t_gk1_hi[(r) * 24 + (c)] = prt::from_f32<__half>((prt::to_f32(t_k1[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
-      }
-    }
     // gk1_lo[row, col] = ((k1[row, col] * exp((lam[63] - lam[row]))) - gk1_hi[row, col])
     {
       for (int i = tid; i < 1024; i += 128) {
         const int r = i / 16, c = i % 16;
-        t_gk1_lo[(r) * 24 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_k1[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_gk1_hi[(r) * 24 + (c)])));
+        const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k1[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+        const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k1[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+        t_gk1_hi[(r) * 24 + (c)] = y0;
+        t_gk1_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
@@ -964,17 +953,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
     const int v_i1_end = 32;
     for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
       // u1_hi[row, col] = (gv[row, col] * k1[row, (i1 - 16)])
-      {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 32, c = i % 32;
-          t_u1_hi[(r) * 40 + (c)] = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k1[(r) * 24 + ((v_i1 - 16))])));
-        }
-      }
       // u1_lo[row, col] = ((gv[row, col] * k1[row, (i1 - 16)]) - u1_hi[row, col])
       {
         for (int i = tid; i < 2048; i += 128) {
           const int r = i / 32, c = i % 32;
-          t_u1_lo[(r) * 40 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k1[(r) * 24 + ((v_i1 - 16))])) - prt::to_f32(t_u1_hi[(r) * 40 + (c)])));
+          const __half y0 = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k1[(r) * 24 + ((v_i1 - 16))])));
+          const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k1[(r) * 24 + ((v_i1 - 16))])) - prt::to_f32(y0)));
+          t_u1_hi[(r) * 40 + (c)] = y0;
+          t_u1_lo[(r) * 40 + (c)] = y1;
         }
       }
       __syncthreads();
@@ -1726,17 +1712,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
       }
     }
     // q0_hi[row, col] = (q0_f32[row, col] * 1.0)
-    {
-      for (int i = tid; i < 2048; i += 128) {
-        const int r = i / 32, c = i % 32;
-        t_q0_hi[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q0_f32[(r) * 32 + (c)]) * 1.0f));
-      }
-    }
     // q0_lo[row, col] = ((q0_f32[row, col] * 1.0) - q0_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 128) {
         const int r = i / 32, c = i % 32;
-        t_q0_lo[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q0_f32[(r) * 32 + (c)]) * 1.0f) - prt::to_f32(t_q0_hi[(r) * 40 + (c)])));
+        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q0_f32[(r) * 32 + (c)]) * 1.0f));
+        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q0_f32[(r) * 32 + (c)]) * 1.0f) - prt::to_f32(y0)));
+        t_q0_hi[(r) * 40 + (c)] = y0;
+        t_q0_lo[(r) * 40 + (c)] = y1;
       }
     }
     // z = load.async Zin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), 0:+528]
@@ -1766,17 +1749,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
     prt::cp_async_wait<0>();
     __syncthreads();
     // zsym_hi[row, col] = select(((row < 32) && (col < 32)), select((row == col), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] / 1.0), ((z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] / 1.0) * 0.7071067811865476)), 0.0)
-    {
-      for (int i = tid; i < 1024; i += 128) {
-        const int r = i / 32, c = i % 32;
-        t_zsym_hi[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>((((r < 32) && (c < 32)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) / 1.0f) * 0.7071067811865476f)) : 0.0f));
-      }
-    }
     // zsym_lo[row, col] = (select(((row < 32) && (col < 32)), select((row == col), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] / 1.0), ((z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] / 1.0) * 0.7071067811865476)), 0.0) - zsym_hi[row, col])
     {
       for (int i = tid; i < 1024; i += 128) {
         const int r = i / 32, c = i % 32;
-        t_zsym_lo[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((((r < 32) && (c < 32)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) / 1.0f) * 0.7071067811865476f)) : 0.0f) - prt::to_f32(t_zsym_hi[(r) * 40 + (c)])));
+        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < 32) && (c < 32)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) / 1.0f) * 0.7071067811865476f)) : 0.0f));
+        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((((r < 32) && (c < 32)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) / 1.0f) * 0.7071067811865476f)) : 0.0f) - prt::to_f32(y0)));
+        t_zsym_hi[(r) * 40 + (c)] = y0;
+        t_zsym_lo[(r) * 40 + (c)] = y1;
       }
     }
     __syncthreads();
@@ -1949,17 +1929,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
         t_s0_f32 = t_s0_f32_base + (((v_i0 % 2)) % 2) * 1024;  // bind s0_f32 stage (i0 % 2)
         __syncthreads();
         // s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 32)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
-        {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 32, c = i % 32;
-            t_s0_hi[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 32)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 32 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
-          }
-        }
         // s0_lo[row, col] = (select((((row + 0) < i0) || ((row + 0) >= 32)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951))) - s0_hi[row, col])
         {
           for (int i = tid; i < 1024; i += 128) {
             const int r = i / 32, c = i % 32;
-            t_s0_lo[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>((((((r + 0) < v_i0) || ((r + 0) >= 32)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 32 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(t_s0_hi[(r) * 40 + (c)])));
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 32)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 32 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 0) < v_i0) || ((r + 0) >= 32)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 32 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+            t_s0_hi[(r) * 40 + (c)] = y0;
+            t_s0_lo[(r) * 40 + (c)] = y1;
           }
         }
         __syncthreads();
@@ -2062,17 +2039,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
       }
     }
     // q1_hi[row, col] = (q1_f32[row, col] * 1.0)
-    {
-      for (int i = tid; i < 1024; i += 128) {
-        const int r = i / 16, c = i % 16;
-        t_q1_hi[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q1_f32[(r) * 16 + (c)]) * 1.0f));
-      }
-    }
     // q1_lo[row, col] = ((q1_f32[row, col] * 1.0) - q1_hi[row, col])
     {
       for (int i = tid; i < 1024; i += 128) {
         const int r = i / 16, c = i % 16;
-        t_q1_lo[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q1_f32[(r) * 16 + (c)]) * 1.0f) - prt::to_f32(t_q1_hi[(r) * 24 + (c)])));
+        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q1_f32[(r) * 16 + (c)]) * 1.0f));
+        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q1_f32[(r) * 16 + (c)]) * 1.0f) - prt::to_f32(y0)));
+        t_q1_hi[(r) * 24 + (c)] = y0;
+        t_q1_lo[(r) * 24 + (c)] = y1;
       }
     }
     if ((16 < 32)) {
@@ -2140,17 +2114,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
         t_s1_f32 = t_s1_f32_base + ((((v_i1 - 16) % 2)) % 2) * 512;  // bind s1_f32 stage ((i1 - 16) % 2)
         __syncthreads();
         // s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 32)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
-        {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 32, c = i % 32;
-            t_s1_hi[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 32)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 32 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
-          }
-        }
         // s1_lo[row, col] = (select((((row + 16) < i1) || ((row + 16) >= 32)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951))) - s1_hi[row, col])
         {
           for (int i = tid; i < 512; i += 128) {
             const int r = i / 32, c = i % 32;
-            t_s1_lo[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>((((((r + 16) < v_i1) || ((r + 16) >= 32)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 32 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(t_s1_hi[(r) * 40 + (c)])));
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 32)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 32 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 16) < v_i1) || ((r + 16) >= 32)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 32 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+            t_s1_hi[(r) * 40 + (c)] = y0;
+            t_s1_lo[(r) * 40 + (c)] = y1;
           }
         }
         __syncthreads();
@@ -2285,21 +2256,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
       }
     }
     // den_a[row] = (den_a[row] * select((max(max_a[row], (lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp((max_a[row] - max(max_a[row], (lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0)))))))
-    {
-      for (int r = tid; r < 64; r += 128) {
-        t_den_a[r] = prt::from_f32<float>((prt::to_f32(t_den_a[r]) * ((prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 64) + r)]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_max_a[r]) - prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 64) + r)]) + (logf(fabsf(p_scale)) * 2.0f))))))));
-      }
-    }
     // den_s[row] = ((den_s[row] * select((max(max_a[row], (lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp(((lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0)) - max(max_a[row], (lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0))))))) * 1.0)
-    {
-      for (int r = tid; r < 64; r += 128) {
-        t_den_s[r] = prt::from_f32<float>(((prt::to_f32(t_den_s[r]) * ((prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 64) + r)]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf(((prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 64) + r)]) + (logf(fabsf(p_scale)) * 2.0f)) - prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 64) + r)]) + (logf(fabsf(p_scale)) * 2.0f))))))) * 1.0f));
-      }
-    }
     // den[row] = (den_a[row] + den_s[row])
     {
       for (int r = tid; r < 64; r += 128) {
-        t_den[r] = prt::from_f32<float>((prt::to_f32(t_den_a[r]) + prt::to_f32(t_den_s[r])));
+        const float y0 = prt::from_f32<float>((prt::to_f32(t_den_a[r]) * ((prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 64) + r)]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_max_a[r]) - prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 64) + r)]) + (logf(fabsf(p_scale)) * 2.0f))))))));
+        const float y1 = prt::from_f32<float>(((prt::to_f32(t_den_s[r]) * ((prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 64) + r)]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf(((prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 64) + r)]) + (logf(fabsf(p_scale)) * 2.0f)) - prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 64) + r)]) + (logf(fabsf(p_scale)) * 2.0f))))))) * 1.0f));
+        const float y2 = prt::from_f32<float>((y0 + y1));
+        t_den_a[r] = y0;
+        t_den_s[r] = y1;
+        t_den[r] = y2;
       }
     }
     __syncthreads();
@@ -2633,15 +2599,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d32_
       }
       __syncthreads();
       // acc_dy[row] = 0.0
-      {
-        for (int r = tid; r < 64; r += 256) {
-          t_acc_dy[r] = prt::from_f32<float>(0.0f);
-        }
-      }
       // acc_p[row] = 0.0
       {
         for (int r = tid; r < 64; r += 256) {
-          t_acc_p[r] = prt::from_f32<float>(0.0f);
+          const float y0 = prt::from_f32<float>(0.0f);
+          const float y1 = prt::from_f32<float>(0.0f);
+          t_acc_dy[r] = y0;
+          t_acc_p[r] = y1;
         }
       }
       {
@@ -2758,17 +2722,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d32_
           }
           __syncthreads();
           // p[row, col] = select(((((i0 * 64) + row) >= ((i1 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i0 * 64) + row)]) - lam[((i1 * 64) + col)]) - lse_i[row])), 0.0)
-          {
-            for (int i = tid; i < 4096; i += 256) {
-              const int r = i / 64, c = i % 64;
-              t_p[(r) * 64 + (c)] = prt::from_f32<float>((((((v_i0 * 64) + r) >= ((v_i1 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
-            }
-          }
           // p_dp[row, col] = (p[row, col] * p_dp[row, col])
           {
             for (int i = tid; i < 4096; i += 256) {
               const int r = i / 64, c = i % 64;
-              t_p_dp[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_p[(r) * 64 + (c)]) * prt::to_f32(t_p_dp[(r) * 64 + (c)])));
+              const float y0 = prt::from_f32<float>((((((v_i0 * 64) + r) >= ((v_i1 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
+              const float y1 = prt::from_f32<float>((y0 * prt::to_f32(t_p_dp[(r) * 64 + (c)])));
+              t_p[(r) * 64 + (c)] = y0;
+              t_p_dp[(r) * 64 + (c)] = y1;
             }
           }
           __syncthreads();
@@ -3238,17 +3199,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
               }
               __syncthreads();
               // W[row, col] = (select(((((i0 * 64) + row) >= ((i2 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i0 * 64) + row)]) - lam[((i2 * 64) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row]))
-              {
-                for (int i = tid; i < 4096; i += 256) {
-                  const int r = i / 64, c = i % 64;
-                  t_W[(r) * 64 + (c)] = prt::from_f32<float>(((((((v_i0 * 64) + r) >= ((v_i2 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i2 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 64 + (c)]) - prt::to_f32(t_Dy_i[r]))));
-                }
-              }
               // ds[row, col] = select((dot[row, col] == 0.0), 0.0, ((W[row, col] * 2.0) / dot[row, col]))
               {
                 for (int i = tid; i < 4096; i += 256) {
                   const int r = i / 64, c = i % 64;
-                  t_ds[(r) * 72 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_dot[(r) * 64 + (c)]) == 0.0f) ? 0.0f : ((prt::to_f32(t_W[(r) * 64 + (c)]) * 2.0f) / prt::to_f32(t_dot[(r) * 64 + (c)]))));
+                  const float y0 = prt::from_f32<float>(((((((v_i0 * 64) + r) >= ((v_i2 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i2 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 64 + (c)]) - prt::to_f32(t_Dy_i[r]))));
+                  const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_dot[(r) * 64 + (c)]) == 0.0f) ? 0.0f : ((y0 * 2.0f) / prt::to_f32(t_dot[(r) * 64 + (c)]))));
+                  t_W[(r) * 64 + (c)] = y0;
+                  t_ds[(r) * 72 + (c)] = y1;
                 }
               }
               __syncthreads();
@@ -3548,24 +3506,17 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
               }
               __syncthreads();
               // W[row, col] = (select(((((i4 * 64) + row) >= ((i0 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i4 * 64) + row)]) - lam[((i0 * 64) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row]))
-              {
-                for (int i = tid; i < 4096; i += 256) {
-                  const int r = i / 64, c = i % 64;
-                  t_W[(r) * 64 + (c)] = prt::from_f32<float>(((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 64) + r)])) - prt::to_f32(t_lam[((v_i0 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 64 + (c)]) - prt::to_f32(t_Dy_i[r]))));
-                }
-              }
               // ds[row, col] = select((dot[row, col] == 0.0), 0.0, ((W[row, col] * 2.0) / dot[row, col]))
-              {
-                for (int i = tid; i < 4096; i += 256) {
-                  const int r = i / 64, c = i % 64;
-                  t_ds[(r) * 72 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_dot[(r) * 64 + (c)]) == 0.0f) ? 0.0f : ((prt::to_f32(t_W[(r) * 64 + (c)]) * 2.0f) / prt::to_f32(t_dot[(r) * 64 + (c)]))));
-                }
-              }
               // P[row, col] = select(((((i4 * 64) + row) >= ((i0 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i4 * 64) + row)]) - lam[((i0 * 64) + col)]) - lse_i[row])), 0.0)
               {
                 for (int i = tid; i < 4096; i += 256) {
                   const int r = i / 64, c = i % 64;
-                  t_P[(r) * 72 + (c)] = prt::from_f32<__half>((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 64) + r)])) - prt::to_f32(t_lam[((v_i0 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
+                  const float y0 = prt::from_f32<float>(((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 64) + r)])) - prt::to_f32(t_lam[((v_i0 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 64 + (c)]) - prt::to_f32(t_Dy_i[r]))));
+                  const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_dot[(r) * 64 + (c)]) == 0.0f) ? 0.0f : ((y0 * 2.0f) / prt::to_f32(t_dot[(r) * 64 + (c)]))));
+                  const __half y2 = prt::from_f32<__half>((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 64) + r)])) - prt::to_f32(t_lam[((v_i0 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
+                  t_W[(r) * 64 + (c)] = y0;
+                  t_ds[(r) * 72 + (c)] = y1;
+                  t_P[(r) * 72 + (c)] = y2;
                 }
               }
               __syncthreads();
@@ -4098,17 +4049,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
         }
       }
       // q_norm[row, col] = (q[row, col] * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[((i0 * 64) + row)] - lse_i[row]) / 2.0)))))
-      {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 32, c = i % 32;
-          t_q_norm[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_q[(r) * 32 + (c)]) * ((prt::to_f32(t_lse_i[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[((v_i0 * 64) + r)]) - prt::to_f32(t_lse_i[r])) / 2.0f))))));
-        }
-      }
       // grad_s[row, col] = 0.0
       {
         for (int i = tid; i < 2048; i += 128) {
           const int r = i / 32, c = i % 32;
-          t_grad_s[(r) * 32 + (c)] = prt::from_f32<float>(0.0f);
+          const float y0 = prt::from_f32<float>((prt::to_f32(t_q[(r) * 32 + (c)]) * ((prt::to_f32(t_lse_i[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[((v_i0 * 64) + r)]) - prt::to_f32(t_lse_i[r])) / 2.0f))))));
+          const float y1 = prt::from_f32<float>(0.0f);
+          t_q_norm[(r) * 32 + (c)] = y0;
+          t_grad_s[(r) * 32 + (c)] = y1;
         }
       }
       {
@@ -4167,17 +4115,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
           prt::cp_async_wait<0>();
           __syncthreads();
           // S_hi[row, col] = (S_f32[row, col] * 1.0)
-          {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 32, c = i % 32;
-              t_S_hi[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_S_f32[(r) * 32 + (c)]) * 1.0f));
-            }
-          }
           // S_lo[row, col] = ((S_f32[row, col] * 1.0) - S_hi[row, col])
           {
             for (int i = tid; i < 2048; i += 128) {
               const int r = i / 32, c = i % 32;
-              t_S_lo[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_S_f32[(r) * 32 + (c)]) * 1.0f) - prt::to_f32(t_S_hi[(r) * 40 + (c)])));
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_S_f32[(r) * 32 + (c)]) * 1.0f));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_S_f32[(r) * 32 + (c)]) * 1.0f) - prt::to_f32(y0)));
+              t_S_hi[(r) * 40 + (c)] = y0;
+              t_S_lo[(r) * 40 + (c)] = y1;
             }
           }
           __syncthreads();
@@ -4540,17 +4485,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
             }
           }
           // dy_hi[row, col] = (dy_f32[row, col] * 1.0)
-          {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 32, c = i % 32;
-              t_dy_hi[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_dy_f32[(r) * 32 + (c)]) * 1.0f));
-            }
-          }
           // dy_lo[row, col] = ((dy_f32[row, col] * 1.0) - dy_hi[row, col])
           {
             for (int i = tid; i < 2048; i += 128) {
               const int r = i / 32, c = i % 32;
-              t_dy_lo[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_dy_f32[(r) * 32 + (c)]) * 1.0f) - prt::to_f32(t_dy_hi[(r) * 40 + (c)])));
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_dy_f32[(r) * 32 + (c)]) * 1.0f));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_dy_f32[(r) * 32 + (c)]) * 1.0f) - prt::to_f32(y0)));
+              t_dy_hi[(r) * 40 + (c)] = y0;
+              t_dy_lo[(r) * 40 + (c)] = y1;
             }
           }
           // lse_i = load lse[(pid.y // $h), (((pid.x // 9) * 64) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
@@ -4602,17 +4544,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
           }
           __syncthreads();
           // phi_hi[row, col] = (phi_f32[row, col] * 1.0)
-          {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_phi_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * 1.0f));
-            }
-          }
           // phi_lo[row, col] = ((phi_f32[row, col] * 1.0) - phi_hi[row, col])
           {
             for (int i = tid; i < 4096; i += 128) {
               const int r = i / 64, c = i % 64;
-              t_phi_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(t_phi_hi[(r) * 72 + (c)])));
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * 1.0f));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(y0)));
+              t_phi_hi[(r) * 72 + (c)] = y0;
+              t_phi_lo[(r) * 72 + (c)] = y1;
             }
           }
           __syncthreads();
@@ -5440,17 +5379,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
         }
       }
       // v_hi[row, col] = (v_f32[row, col] * 1.0)
-      {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 32, c = i % 32;
-          t_v_hi[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_v_f32[(r) * 32 + (c)]) * 1.0f));
-        }
-      }
       // v_lo[row, col] = ((v_f32[row, col] * 1.0) - v_hi[row, col])
       {
         for (int i = tid; i < 2048; i += 128) {
           const int r = i / 32, c = i % 32;
-          t_v_lo[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v_f32[(r) * 32 + (c)]) * 1.0f) - prt::to_f32(t_v_hi[(r) * 40 + (c)])));
+          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_v_f32[(r) * 32 + (c)]) * 1.0f));
+          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v_f32[(r) * 32 + (c)]) * 1.0f) - prt::to_f32(y0)));
+          t_v_hi[(r) * 40 + (c)] = y0;
+          t_v_lo[(r) * 40 + (c)] = y1;
         }
       }
       __syncthreads();
@@ -5562,17 +5498,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
             }
           }
           // U_hi[row, col] = (U_f32[row, col] * 1.0)
-          {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 32, c = i % 32;
-              t_U_hi[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_U_f32[(r) * 32 + (c)]) * 1.0f));
-            }
-          }
           // U_lo[row, col] = ((U_f32[row, col] * 1.0) - U_hi[row, col])
           {
             for (int i = tid; i < 2048; i += 128) {
               const int r = i / 32, c = i % 32;
-              t_U_lo[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_U_f32[(r) * 32 + (c)]) * 1.0f) - prt::to_f32(t_U_hi[(r) * 40 + (c)])));
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_U_f32[(r) * 32 + (c)]) * 1.0f));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_U_f32[(r) * 32 + (c)]) * 1.0f) - prt::to_f32(y0)));
+              t_U_hi[(r) * 40 + (c)] = y0;
+              t_U_lo[(r) * 40 + (c)] = y1;
             }
           }
           __syncthreads();
@@ -6623,17 +6556,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_f16_
   prt::cp_async_wait<0>();
   __syncthreads();
   // q_state[row, col] = select((((pid.z * 16) + row) < $tn), q[row, col], 0.0)
-  {
-    for (int i = tid; i < 512; i += 128) {
-      const int r = i / 32, c = i % 32;
-      t_q_state[(r) * 32 + (c)] = prt::from_f32<float>(((((static_cast<int>(blockIdx.z) * 16) + r) < p_tn) ? prt::to_f32(t_q[(r) * 40 + (c)]) : 0.0f));
-    }
-  }
   // num_s[row, col] = 0.0
   {
     for (int i = tid; i < 512; i += 128) {
       const int r = i / 32, c = i % 32;
-      t_num_s[(r) * 32 + (c)] = prt::from_f32<float>(0.0f);
+      const float y0 = prt::from_f32<float>(((((static_cast<int>(blockIdx.z) * 16) + r) < p_tn) ? prt::to_f32(t_q[(r) * 40 + (c)]) : 0.0f));
+      const float y1 = prt::from_f32<float>(0.0f);
+      t_q_state[(r) * 32 + (c)] = y0;
+      t_num_s[(r) * 32 + (c)] = y1;
     }
   }
   // den_parts[row, col] = 0.0

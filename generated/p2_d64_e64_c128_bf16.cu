@@ -183,15 +183,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
           }
         }
         // row_sum[row] = 0.0
-        {
-          for (int r = tid; r < 64; r += 128) {
-            t_row_sum[r] = prt::from_f32<float>(0.0f);
-          }
-        }
         // row_max[row] = -Infinity
         {
           for (int r = tid; r < 64; r += 128) {
-            t_row_max[r] = prt::from_f32<float>(__int_as_float(0xff800000));
+            const float y0 = prt::from_f32<float>(0.0f);
+            const float y1 = prt::from_f32<float>(__int_as_float(0xff800000));
+            t_row_sum[r] = y0;
+            t_row_max[r] = y1;
           }
         }
         if ((0 < (v_i0 + 1))) {
@@ -685,17 +683,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // gk0_hi[row, col] = (k0[row, col] * exp((lam[127] - lam[row])))
-    {
-      for (int i = tid; i < 2048; i += 256) {
-        const int r = i / 16, c = i % 16;
-        t_gk0_hi[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k0[(r) * 72 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
-      }
-    }
     // gk0_lo[row, col] = ((k0[row, col] * exp((lam[127] - lam[row]))) - gk0_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
-        t_gk0_lo[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k0[(r) * 72 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_gk0_hi[(r) * 24 + (c)])));
+        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k0[(r) * 72 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k0[(r) * 72 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+        t_gk0_hi[(r) * 24 + (c)] = y0;
+        t_gk0_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
@@ -753,17 +748,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
     const int v_i0_end = 16;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       // u0_hi[row, col] = (gv[row, col] * k0[row, (i0 - 0)])
-      {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 64, c = i % 64;
-          t_u0_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k0[(r) * 72 + ((v_i0 - 0))])));
-        }
-      }
       // u0_lo[row, col] = ((gv[row, col] * k0[row, (i0 - 0)]) - u0_hi[row, col])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u0_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k0[(r) * 72 + ((v_i0 - 0))])) - prt::to_f32(t_u0_hi[(r) * 72 + (c)])));
+          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k0[(r) * 72 + ((v_i0 - 0))])));
+          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k0[(r) * 72 + ((v_i0 - 0))])) - prt::to_f32(y0)));
+          t_u0_hi[(r) * 72 + (c)] = y0;
+          t_u0_lo[(r) * 72 + (c)] = y1;
         }
       }
       __syncthreads();
@@ -908,17 +900,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // gk1_hi[row, col] = (k1[row, col] * exp((lam[127] - lam[row])))
-    {
-      for (int i = tid; i < 2048; i += 256) {
-        const int r = i / 16, c = i % 16;
-        t_gk1_hi[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k1[(r) * 56 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
-      }
-    }
     // gk1_lo[row, col] = ((k1[row, col] * exp((lam[127] - lam[row]))) - gk1_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
-        t_gk1_lo[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k1[(r) * 56 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_gk1_hi[(r) * 24 + (c)])));
+        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k1[(r) * 56 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k1[(r) * 56 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+        t_gk1_hi[(r) * 24 + (c)] = y0;
+        t_gk1_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
@@ -980,17 +969,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
     const int v_i1_end = 32;
     for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
       // u1_hi[row, col] = (gv[row, col] * k1[row, (i1 - 16)])
-      {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 64, c = i % 64;
-          t_u1_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k1[(r) * 56 + ((v_i1 - 16))])));
-        }
-      }
       // u1_lo[row, col] = ((gv[row, col] * k1[row, (i1 - 16)]) - u1_hi[row, col])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u1_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k1[(r) * 56 + ((v_i1 - 16))])) - prt::to_f32(t_u1_hi[(r) * 72 + (c)])));
+          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k1[(r) * 56 + ((v_i1 - 16))])));
+          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k1[(r) * 56 + ((v_i1 - 16))])) - prt::to_f32(y0)));
+          t_u1_hi[(r) * 72 + (c)] = y0;
+          t_u1_lo[(r) * 72 + (c)] = y1;
         }
       }
       __syncthreads();
@@ -1143,17 +1129,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // gk2_hi[row, col] = (k2[row, col] * exp((lam[127] - lam[row])))
-    {
-      for (int i = tid; i < 2048; i += 256) {
-        const int r = i / 16, c = i % 16;
-        t_gk2_hi[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k2[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
-      }
-    }
     // gk2_lo[row, col] = ((k2[row, col] * exp((lam[127] - lam[row]))) - gk2_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
-        t_gk2_lo[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k2[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_gk2_hi[(r) * 24 + (c)])));
+        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k2[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k2[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+        t_gk2_hi[(r) * 24 + (c)] = y0;
+        t_gk2_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
@@ -1215,17 +1198,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
     const int v_i2_end = 48;
     for (int v_i2 = 32; v_i2 < v_i2_end; v_i2 += 1) {
       // u2_hi[row, col] = (gv[row, col] * k2[row, (i2 - 32)])
-      {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 64, c = i % 64;
-          t_u2_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k2[(r) * 40 + ((v_i2 - 32))])));
-        }
-      }
       // u2_lo[row, col] = ((gv[row, col] * k2[row, (i2 - 32)]) - u2_hi[row, col])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u2_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k2[(r) * 40 + ((v_i2 - 32))])) - prt::to_f32(t_u2_hi[(r) * 72 + (c)])));
+          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k2[(r) * 40 + ((v_i2 - 32))])));
+          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k2[(r) * 40 + ((v_i2 - 32))])) - prt::to_f32(y0)));
+          t_u2_hi[(r) * 72 + (c)] = y0;
+          t_u2_lo[(r) * 72 + (c)] = y1;
         }
       }
       __syncthreads();
@@ -1370,17 +1350,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // gk3_hi[row, col] = (k3[row, col] * exp((lam[127] - lam[row])))
-    {
-      for (int i = tid; i < 2048; i += 256) {
-        const int r = i / 16, c = i % 16;
-        t_gk3_hi[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k3[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
-      }
-    }
     // gk3_lo[row, col] = ((k3[row, col] * exp((lam[127] - lam[row]))) - gk3_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
-        t_gk3_lo[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k3[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_gk3_hi[(r) * 24 + (c)])));
+        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k3[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k3[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+        t_gk3_hi[(r) * 24 + (c)] = y0;
+        t_gk3_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
@@ -1443,17 +1420,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
     const int v_i3_end = 64;
     for (int v_i3 = 48; v_i3 < v_i3_end; v_i3 += 1) {
       // u3_hi[row, col] = (gv[row, col] * k3[row, (i3 - 48)])
-      {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 64, c = i % 64;
-          t_u3_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k3[(r) * 24 + ((v_i3 - 48))])));
-        }
-      }
       // u3_lo[row, col] = ((gv[row, col] * k3[row, (i3 - 48)]) - u3_hi[row, col])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u3_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k3[(r) * 24 + ((v_i3 - 48))])) - prt::to_f32(t_u3_hi[(r) * 72 + (c)])));
+          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k3[(r) * 24 + ((v_i3 - 48))])));
+          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k3[(r) * 24 + ((v_i3 - 48))])) - prt::to_f32(y0)));
+          t_u3_hi[(r) * 72 + (c)] = y0;
+          t_u3_lo[(r) * 72 + (c)] = y1;
         }
       }
       __syncthreads();
@@ -2248,17 +2222,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
     prt::cp_async_wait<0>();
     __syncthreads();
     // zsym_hi[row, col] = select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] / 1.0), ((z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] / 1.0) * 0.7071067811865476)), 0.0)
-    {
-      for (int i = tid; i < 4096; i += 128) {
-        const int r = i / 64, c = i % 64;
-        t_zsym_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((((r < 64) && (c < 64)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) / 1.0f) * 0.7071067811865476f)) : 0.0f));
-      }
-    }
     // zsym_lo[row, col] = (select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] / 1.0), ((z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] / 1.0) * 0.7071067811865476)), 0.0) - zsym_hi[row, col])
     {
       for (int i = tid; i < 4096; i += 128) {
         const int r = i / 64, c = i % 64;
-        t_zsym_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((((r < 64) && (c < 64)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) / 1.0f) * 0.7071067811865476f)) : 0.0f) - prt::to_f32(t_zsym_hi[(r) * 72 + (c)])));
+        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < 64) && (c < 64)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) / 1.0f) * 0.7071067811865476f)) : 0.0f));
+        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((((r < 64) && (c < 64)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) / 1.0f) * 0.7071067811865476f)) : 0.0f) - prt::to_f32(y0)));
+        t_zsym_hi[(r) * 72 + (c)] = y0;
+        t_zsym_lo[(r) * 72 + (c)] = y1;
       }
     }
     __syncthreads();
@@ -2402,17 +2373,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
         t_s0_f32 = t_s0_f32_base + (((v_i0 % 2)) % 2) * 4096;  // bind s0_f32 stage (i0 % 2)
         __syncthreads();
         // s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
-        {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            t_s0_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
-          }
-        }
         // s0_lo[row, col] = (select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951))) - s0_hi[row, col])
         {
           for (int i = tid; i < 4096; i += 128) {
             const int r = i / 64, c = i % 64;
-            t_s0_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(t_s0_hi[(r) * 72 + (c)])));
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+            t_s0_hi[(r) * 72 + (c)] = y0;
+            t_s0_lo[(r) * 72 + (c)] = y1;
           }
         }
         __syncthreads();
@@ -2572,17 +2540,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
         t_s1_f32 = t_s1_f32_base + ((((v_i1 - 16) % 2)) % 2) * 3072;  // bind s1_f32 stage ((i1 - 16) % 2)
         __syncthreads();
         // s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
-        {
-          for (int i = tid; i < 3072; i += 128) {
-            const int r = i / 64, c = i % 64;
-            t_s1_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
-          }
-        }
         // s1_lo[row, col] = (select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951))) - s1_hi[row, col])
         {
           for (int i = tid; i < 3072; i += 128) {
             const int r = i / 64, c = i % 64;
-            t_s1_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(t_s1_hi[(r) * 72 + (c)])));
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+            t_s1_hi[(r) * 72 + (c)] = y0;
+            t_s1_lo[(r) * 72 + (c)] = y1;
           }
         }
         __syncthreads();
@@ -2742,17 +2707,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
         t_s2_f32 = t_s2_f32_base + ((((v_i2 - 32) % 2)) % 2) * 2048;  // bind s2_f32 stage ((i2 - 32) % 2)
         __syncthreads();
         // s2_hi[row, col] = select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, ((s2_f32[row, col] / 1.0) * select(((row + 32) == i2), 1.0, 1.4142135623730951)))
-        {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 64, c = i % 64;
-            t_s2_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : ((prt::to_f32(t_s2_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))));
-          }
-        }
         // s2_lo[row, col] = (select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, ((s2_f32[row, col] / 1.0) * select(((row + 32) == i2), 1.0, 1.4142135623730951))) - s2_hi[row, col])
         {
           for (int i = tid; i < 2048; i += 128) {
             const int r = i / 64, c = i % 64;
-            t_s2_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : ((prt::to_f32(t_s2_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(t_s2_hi[(r) * 72 + (c)])));
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : ((prt::to_f32(t_s2_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : ((prt::to_f32(t_s2_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+            t_s2_hi[(r) * 72 + (c)] = y0;
+            t_s2_lo[(r) * 72 + (c)] = y1;
           }
         }
         __syncthreads();
@@ -2912,17 +2874,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
         t_s3_f32 = t_s3_f32_base + ((((v_i3 - 48) % 2)) % 2) * 1024;  // bind s3_f32 stage ((i3 - 48) % 2)
         __syncthreads();
         // s3_hi[row, col] = select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, ((s3_f32[row, col] / 1.0) * select(((row + 48) == i3), 1.0, 1.4142135623730951)))
-        {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 64, c = i % 64;
-            t_s3_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : ((prt::to_f32(t_s3_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))));
-          }
-        }
         // s3_lo[row, col] = (select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, ((s3_f32[row, col] / 1.0) * select(((row + 48) == i3), 1.0, 1.4142135623730951))) - s3_hi[row, col])
         {
           for (int i = tid; i < 1024; i += 128) {
             const int r = i / 64, c = i % 64;
-            t_s3_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : ((prt::to_f32(t_s3_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(t_s3_hi[(r) * 72 + (c)])));
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : ((prt::to_f32(t_s3_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : ((prt::to_f32(t_s3_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+            t_s3_hi[(r) * 72 + (c)] = y0;
+            t_s3_lo[(r) * 72 + (c)] = y1;
           }
         }
         __syncthreads();
@@ -3037,21 +2996,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
       }
     }
     // den_a[row] = (den_a[row] * select((max(max_a[row], (lam[(((pid.x % 1) * 128) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp((max_a[row] - max(max_a[row], (lam[(((pid.x % 1) * 128) + row)] + (log(abs($scale)) * 2.0)))))))
-    {
-      for (int r = tid; r < 128; r += 128) {
-        t_den_a[r] = prt::from_f32<float>((prt::to_f32(t_den_a[r]) * ((prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 128) + r)]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_max_a[r]) - prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 128) + r)]) + (logf(fabsf(p_scale)) * 2.0f))))))));
-      }
-    }
     // den_s[row] = ((den_s[row] * select((max(max_a[row], (lam[(((pid.x % 1) * 128) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp(((lam[(((pid.x % 1) * 128) + row)] + (log(abs($scale)) * 2.0)) - max(max_a[row], (lam[(((pid.x % 1) * 128) + row)] + (log(abs($scale)) * 2.0))))))) * 1.0)
-    {
-      for (int r = tid; r < 128; r += 128) {
-        t_den_s[r] = prt::from_f32<float>(((prt::to_f32(t_den_s[r]) * ((prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 128) + r)]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf(((prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 128) + r)]) + (logf(fabsf(p_scale)) * 2.0f)) - prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 128) + r)]) + (logf(fabsf(p_scale)) * 2.0f))))))) * 1.0f));
-      }
-    }
     // den[row] = (den_a[row] + den_s[row])
     {
       for (int r = tid; r < 128; r += 128) {
-        t_den[r] = prt::from_f32<float>((prt::to_f32(t_den_a[r]) + prt::to_f32(t_den_s[r])));
+        const float y0 = prt::from_f32<float>((prt::to_f32(t_den_a[r]) * ((prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 128) + r)]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_max_a[r]) - prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 128) + r)]) + (logf(fabsf(p_scale)) * 2.0f))))))));
+        const float y1 = prt::from_f32<float>(((prt::to_f32(t_den_s[r]) * ((prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 128) + r)]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf(((prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 128) + r)]) + (logf(fabsf(p_scale)) * 2.0f)) - prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 128) + r)]) + (logf(fabsf(p_scale)) * 2.0f))))))) * 1.0f));
+        const float y2 = prt::from_f32<float>((y0 + y1));
+        t_den_a[r] = y0;
+        t_den_s[r] = y1;
+        t_den[r] = y2;
       }
     }
     __syncthreads();
@@ -3385,15 +3339,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d64_
       }
       __syncthreads();
       // acc_dy[row] = 0.0
-      {
-        for (int r = tid; r < 64; r += 256) {
-          t_acc_dy[r] = prt::from_f32<float>(0.0f);
-        }
-      }
       // acc_p[row] = 0.0
       {
         for (int r = tid; r < 64; r += 256) {
-          t_acc_p[r] = prt::from_f32<float>(0.0f);
+          const float y0 = prt::from_f32<float>(0.0f);
+          const float y1 = prt::from_f32<float>(0.0f);
+          t_acc_dy[r] = y0;
+          t_acc_p[r] = y1;
         }
       }
       {
@@ -3510,17 +3462,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d64_
           }
           __syncthreads();
           // p[row, col] = select(((((i0 * 64) + row) >= ((i1 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i0 * 64) + row)]) - lam[((i1 * 64) + col)]) - lse_i[row])), 0.0)
-          {
-            for (int i = tid; i < 4096; i += 256) {
-              const int r = i / 64, c = i % 64;
-              t_p[(r) * 64 + (c)] = prt::from_f32<float>((((((v_i0 * 64) + r) >= ((v_i1 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
-            }
-          }
           // p_dp[row, col] = (p[row, col] * p_dp[row, col])
           {
             for (int i = tid; i < 4096; i += 256) {
               const int r = i / 64, c = i % 64;
-              t_p_dp[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_p[(r) * 64 + (c)]) * prt::to_f32(t_p_dp[(r) * 64 + (c)])));
+              const float y0 = prt::from_f32<float>((((((v_i0 * 64) + r) >= ((v_i1 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
+              const float y1 = prt::from_f32<float>((y0 * prt::to_f32(t_p_dp[(r) * 64 + (c)])));
+              t_p[(r) * 64 + (c)] = y0;
+              t_p_dp[(r) * 64 + (c)] = y1;
             }
           }
           __syncthreads();
@@ -3990,17 +3939,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
               }
               __syncthreads();
               // W[row, col] = (select(((((i0 * 64) + row) >= ((i2 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i0 * 64) + row)]) - lam[((i2 * 64) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row]))
-              {
-                for (int i = tid; i < 4096; i += 256) {
-                  const int r = i / 64, c = i % 64;
-                  t_W[(r) * 64 + (c)] = prt::from_f32<float>(((((((v_i0 * 64) + r) >= ((v_i2 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i2 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 64 + (c)]) - prt::to_f32(t_Dy_i[r]))));
-                }
-              }
               // ds[row, col] = select((dot[row, col] == 0.0), 0.0, ((W[row, col] * 2.0) / dot[row, col]))
               {
                 for (int i = tid; i < 4096; i += 256) {
                   const int r = i / 64, c = i % 64;
-                  t_ds[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_dot[(r) * 64 + (c)]) == 0.0f) ? 0.0f : ((prt::to_f32(t_W[(r) * 64 + (c)]) * 2.0f) / prt::to_f32(t_dot[(r) * 64 + (c)]))));
+                  const float y0 = prt::from_f32<float>(((((((v_i0 * 64) + r) >= ((v_i2 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i2 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 64 + (c)]) - prt::to_f32(t_Dy_i[r]))));
+                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_dot[(r) * 64 + (c)]) == 0.0f) ? 0.0f : ((y0 * 2.0f) / prt::to_f32(t_dot[(r) * 64 + (c)]))));
+                  t_W[(r) * 64 + (c)] = y0;
+                  t_ds[(r) * 72 + (c)] = y1;
                 }
               }
               __syncthreads();
@@ -4300,24 +4246,17 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
               }
               __syncthreads();
               // W[row, col] = (select(((((i4 * 64) + row) >= ((i0 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i4 * 64) + row)]) - lam[((i0 * 64) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row]))
-              {
-                for (int i = tid; i < 4096; i += 256) {
-                  const int r = i / 64, c = i % 64;
-                  t_W[(r) * 64 + (c)] = prt::from_f32<float>(((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 64) + r)])) - prt::to_f32(t_lam[((v_i0 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 64 + (c)]) - prt::to_f32(t_Dy_i[r]))));
-                }
-              }
               // ds[row, col] = select((dot[row, col] == 0.0), 0.0, ((W[row, col] * 2.0) / dot[row, col]))
-              {
-                for (int i = tid; i < 4096; i += 256) {
-                  const int r = i / 64, c = i % 64;
-                  t_ds[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_dot[(r) * 64 + (c)]) == 0.0f) ? 0.0f : ((prt::to_f32(t_W[(r) * 64 + (c)]) * 2.0f) / prt::to_f32(t_dot[(r) * 64 + (c)]))));
-                }
-              }
               // P[row, col] = select(((((i4 * 64) + row) >= ((i0 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i4 * 64) + row)]) - lam[((i0 * 64) + col)]) - lse_i[row])), 0.0)
               {
                 for (int i = tid; i < 4096; i += 256) {
                   const int r = i / 64, c = i % 64;
-                  t_P[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 64) + r)])) - prt::to_f32(t_lam[((v_i0 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
+                  const float y0 = prt::from_f32<float>(((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 64) + r)])) - prt::to_f32(t_lam[((v_i0 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 64 + (c)]) - prt::to_f32(t_Dy_i[r]))));
+                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_dot[(r) * 64 + (c)]) == 0.0f) ? 0.0f : ((y0 * 2.0f) / prt::to_f32(t_dot[(r) * 64 + (c)]))));
+                  const __nv_bfloat16 y2 = prt::from_f32<__nv_bfloat16>((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 64) + r)])) - prt::to_f32(t_lam[((v_i0 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
+                  t_W[(r) * 64 + (c)] = y0;
+                  t_ds[(r) * 72 + (c)] = y1;
+                  t_P[(r) * 72 + (c)] = y2;
                 }
               }
               __syncthreads();
@@ -4853,17 +4792,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
         }
       }
       // q_norm[row, col] = (q[row, col] * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[((i0 * 64) + row)] - lse_i[row]) / 2.0)))))
-      {
-        for (int i = tid; i < 4096; i += 256) {
-          const int r = i / 64, c = i % 64;
-          t_q_norm[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q[(r) * 64 + (c)]) * ((prt::to_f32(t_lse_i[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[((v_i0 * 64) + r)]) - prt::to_f32(t_lse_i[r])) / 2.0f))))));
-        }
-      }
       // grad_s[row, col] = 0.0
       {
         for (int i = tid; i < 4096; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_grad_s[(r) * 64 + (c)] = prt::from_f32<float>(0.0f);
+          const float y0 = prt::from_f32<float>((prt::to_f32(t_q[(r) * 64 + (c)]) * ((prt::to_f32(t_lse_i[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[((v_i0 * 64) + r)]) - prt::to_f32(t_lse_i[r])) / 2.0f))))));
+          const float y1 = prt::from_f32<float>(0.0f);
+          t_q_norm[(r) * 64 + (c)] = y0;
+          t_grad_s[(r) * 64 + (c)] = y1;
         }
       }
       {
@@ -5316,17 +5252,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           }
           __syncthreads();
           // phi_hi[row, col] = (phi_f32[row, col] * 1.0)
-          {
-            for (int i = tid; i < 8192; i += 256) {
-              const int r = i / 128, c = i % 128;
-              t_phi_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_phi_f32[(r) * 128 + (c)]) * 1.0f));
-            }
-          }
           // phi_lo[row, col] = ((phi_f32[row, col] * 1.0) - phi_hi[row, col])
           {
             for (int i = tid; i < 8192; i += 256) {
               const int r = i / 128, c = i % 128;
-              t_phi_lo[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_phi_f32[(r) * 128 + (c)]) * 1.0f) - prt::to_f32(t_phi_hi[(r) * 136 + (c)])));
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_phi_f32[(r) * 128 + (c)]) * 1.0f));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_phi_f32[(r) * 128 + (c)]) * 1.0f) - prt::to_f32(y0)));
+              t_phi_hi[(r) * 136 + (c)] = y0;
+              t_phi_lo[(r) * 136 + (c)] = y1;
             }
           }
           __syncthreads();
@@ -7228,24 +7161,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c128_bf1
   prt::cp_async_wait<0>();
   __syncthreads();
   // q_state[row, col] = select((((pid.z * 16) + row) < $tn), q[row, col], 0.0)
-  {
-    for (int i = tid; i < 1024; i += 128) {
-      const int r = i / 64, c = i % 64;
-      t_q_state[(r) * 64 + (c)] = prt::from_f32<float>(((((static_cast<int>(blockIdx.z) * 16) + r) < p_tn) ? prt::to_f32(t_q[(r) * 72 + (c)]) : 0.0f));
-    }
-  }
   // num_s[row, col] = 0.0
-  {
-    for (int i = tid; i < 1024; i += 128) {
-      const int r = i / 64, c = i % 64;
-      t_num_s[(r) * 64 + (c)] = prt::from_f32<float>(0.0f);
-    }
-  }
   // den_parts[row, col] = 0.0
   {
     for (int i = tid; i < 1024; i += 128) {
       const int r = i / 64, c = i % 64;
-      t_den_parts[(r) * 64 + (c)] = prt::from_f32<float>(0.0f);
+      const float y0 = prt::from_f32<float>(((((static_cast<int>(blockIdx.z) * 16) + r) < p_tn) ? prt::to_f32(t_q[(r) * 72 + (c)]) : 0.0f));
+      const float y1 = prt::from_f32<float>(0.0f);
+      const float y2 = prt::from_f32<float>(0.0f);
+      t_q_state[(r) * 64 + (c)] = y0;
+      t_num_s[(r) * 64 + (c)] = y1;
+      t_den_parts[(r) * 64 + (c)] = y2;
     }
   }
   if ((0 < 33)) {

@@ -183,15 +183,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
           }
         }
         // row_sum[row] = 0.0
-        {
-          for (int r = tid; r < 64; r += 128) {
-            t_row_sum[r] = prt::from_f32<float>(0.0f);
-          }
-        }
         // row_max[row] = -Infinity
         {
           for (int r = tid; r < 64; r += 128) {
-            t_row_max[r] = prt::from_f32<float>(__int_as_float(0xff800000));
+            const float y0 = prt::from_f32<float>(0.0f);
+            const float y1 = prt::from_f32<float>(__int_as_float(0xff800000));
+            t_row_sum[r] = y0;
+            t_row_max[r] = y1;
           }
         }
         if ((0 < (v_i0 + 1))) {
@@ -685,17 +683,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // gk0_hi[row, col] = (k0[row, col] * exp((lam[127] - lam[row])))
-    {
-      for (int i = tid; i < 2048; i += 256) {
-        const int r = i / 16, c = i % 16;
-        t_gk0_hi[(r) * 24 + (c)] = prt::from_f32<__half>((prt::to_f32(t_k0[(r) * 72 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
-      }
-    }
     // gk0_lo[row, col] = ((k0[row, col] * exp((lam[127] - lam[row]))) - gk0_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
-        t_gk0_lo[(r) * 24 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_k0[(r) * 72 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_gk0_hi[(r) * 24 + (c)])));
+        const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k0[(r) * 72 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k0[(r) * 72 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+        t_gk0_hi[(r) * 24 + (c)] = y0;
+        t_gk0_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
@@ -753,17 +748,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
     const int v_i0_end = 16;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       // u0_hi[row, col] = (gv[row, col] * k0[row, (i0 - 0)])
-      {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 64, c = i % 64;
-          t_u0_hi[(r) * 72 + (c)] = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k0[(r) * 72 + ((v_i0 - 0))])));
-        }
-      }
       // u0_lo[row, col] = ((gv[row, col] * k0[row, (i0 - 0)]) - u0_hi[row, col])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u0_lo[(r) * 72 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k0[(r) * 72 + ((v_i0 - 0))])) - prt::to_f32(t_u0_hi[(r) * 72 + (c)])));
+          const __half y0 = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k0[(r) * 72 + ((v_i0 - 0))])));
+          const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k0[(r) * 72 + ((v_i0 - 0))])) - prt::to_f32(y0)));
+          t_u0_hi[(r) * 72 + (c)] = y0;
+          t_u0_lo[(r) * 72 + (c)] = y1;
         }
       }
       __syncthreads();
@@ -908,17 +900,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // gk1_hi[row, col] = (k1[row, col] * exp((lam[127] - lam[row])))
-    {
-      for (int i = tid; i < 2048; i += 256) {
-        const int r = i / 16, c = i % 16;
-        t_gk1_hi[(r) * 24 + (c)] = prt::from_f32<__half>((prt::to_f32(t_k1[(r) * 56 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
-      }
-    }
     // gk1_lo[row, col] = ((k1[row, col] * exp((lam[127] - lam[row]))) - gk1_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
-        t_gk1_lo[(r) * 24 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_k1[(r) * 56 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_gk1_hi[(r) * 24 + (c)])));
+        const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k1[(r) * 56 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k1[(r) * 56 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+        t_gk1_hi[(r) * 24 + (c)] = y0;
+        t_gk1_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
@@ -980,17 +969,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
     const int v_i1_end = 32;
     for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
       // u1_hi[row, col] = (gv[row, col] * k1[row, (i1 - 16)])
-      {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 64, c = i % 64;
-          t_u1_hi[(r) * 72 + (c)] = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k1[(r) * 56 + ((v_i1 - 16))])));
-        }
-      }
       // u1_lo[row, col] = ((gv[row, col] * k1[row, (i1 - 16)]) - u1_hi[row, col])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u1_lo[(r) * 72 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k1[(r) * 56 + ((v_i1 - 16))])) - prt::to_f32(t_u1_hi[(r) * 72 + (c)])));
+          const __half y0 = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k1[(r) * 56 + ((v_i1 - 16))])));
+          const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k1[(r) * 56 + ((v_i1 - 16))])) - prt::to_f32(y0)));
+          t_u1_hi[(r) * 72 + (c)] = y0;
+          t_u1_lo[(r) * 72 + (c)] = y1;
         }
       }
       __syncthreads();
@@ -1143,17 +1129,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // gk2_hi[row, col] = (k2[row, col] * exp((lam[127] - lam[row])))
-    {
-      for (int i = tid; i < 2048; i += 256) {
-        const int r = i / 16, c = i % 16;
-        t_gk2_hi[(r) * 24 + (c)] = prt::from_f32<__half>((prt::to_f32(t_k2[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
-      }
-    }
     // gk2_lo[row, col] = ((k2[row, col] * exp((lam[127] - lam[row]))) - gk2_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
-        t_gk2_lo[(r) * 24 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_k2[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_gk2_hi[(r) * 24 + (c)])));
+        const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k2[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k2[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+        t_gk2_hi[(r) * 24 + (c)] = y0;
+        t_gk2_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
@@ -1215,17 +1198,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
     const int v_i2_end = 48;
     for (int v_i2 = 32; v_i2 < v_i2_end; v_i2 += 1) {
       // u2_hi[row, col] = (gv[row, col] * k2[row, (i2 - 32)])
-      {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 64, c = i % 64;
-          t_u2_hi[(r) * 72 + (c)] = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k2[(r) * 40 + ((v_i2 - 32))])));
-        }
-      }
       // u2_lo[row, col] = ((gv[row, col] * k2[row, (i2 - 32)]) - u2_hi[row, col])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u2_lo[(r) * 72 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k2[(r) * 40 + ((v_i2 - 32))])) - prt::to_f32(t_u2_hi[(r) * 72 + (c)])));
+          const __half y0 = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k2[(r) * 40 + ((v_i2 - 32))])));
+          const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k2[(r) * 40 + ((v_i2 - 32))])) - prt::to_f32(y0)));
+          t_u2_hi[(r) * 72 + (c)] = y0;
+          t_u2_lo[(r) * 72 + (c)] = y1;
         }
       }
       __syncthreads();
@@ -1370,17 +1350,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // gk3_hi[row, col] = (k3[row, col] * exp((lam[127] - lam[row])))
-    {
-      for (int i = tid; i < 2048; i += 256) {
-        const int r = i / 16, c = i % 16;
-        t_gk3_hi[(r) * 24 + (c)] = prt::from_f32<__half>((prt::to_f32(t_k3[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
-      }
-    }
     // gk3_lo[row, col] = ((k3[row, col] * exp((lam[127] - lam[row]))) - gk3_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
-        t_gk3_lo[(r) * 24 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_k3[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(t_gk3_hi[(r) * 24 + (c)])));
+        const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k3[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k3[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+        t_gk3_hi[(r) * 24 + (c)] = y0;
+        t_gk3_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
@@ -1443,17 +1420,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
     const int v_i3_end = 64;
     for (int v_i3 = 48; v_i3 < v_i3_end; v_i3 += 1) {
       // u3_hi[row, col] = (gv[row, col] * k3[row, (i3 - 48)])
-      {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 64, c = i % 64;
-          t_u3_hi[(r) * 72 + (c)] = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k3[(r) * 24 + ((v_i3 - 48))])));
-        }
-      }
       // u3_lo[row, col] = ((gv[row, col] * k3[row, (i3 - 48)]) - u3_hi[row, col])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u3_lo[(r) * 72 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k3[(r) * 24 + ((v_i3 - 48))])) - prt::to_f32(t_u3_hi[(r) * 72 + (c)])));
+          const __half y0 = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k3[(r) * 24 + ((v_i3 - 48))])));
+          const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k3[(r) * 24 + ((v_i3 - 48))])) - prt::to_f32(y0)));
+          t_u3_hi[(r) * 72 + (c)] = y0;
+          t_u3_lo[(r) * 72 + (c)] = y1;
         }
       }
       __syncthreads();
@@ -2219,17 +2193,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
       }
     }
     // q0_hi[row, col] = (q0_f32[row, col] * 1.0)
-    {
-      for (int i = tid; i < 8192; i += 256) {
-        const int r = i / 64, c = i % 64;
-        t_q0_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q0_f32[(r) * 64 + (c)]) * 1.0f));
-      }
-    }
     // q0_lo[row, col] = ((q0_f32[row, col] * 1.0) - q0_hi[row, col])
     {
       for (int i = tid; i < 8192; i += 256) {
         const int r = i / 64, c = i % 64;
-        t_q0_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q0_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(t_q0_hi[(r) * 72 + (c)])));
+        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q0_f32[(r) * 64 + (c)]) * 1.0f));
+        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q0_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(y0)));
+        t_q0_hi[(r) * 72 + (c)] = y0;
+        t_q0_lo[(r) * 72 + (c)] = y1;
       }
     }
     // z = load.async Zin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), 0:+2080]
@@ -2259,17 +2230,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
     prt::cp_async_wait<0>();
     __syncthreads();
     // zsym_hi[row, col] = select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] / 1.0), ((z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] / 1.0) * 0.7071067811865476)), 0.0)
-    {
-      for (int i = tid; i < 4096; i += 256) {
-        const int r = i / 64, c = i % 64;
-        t_zsym_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((((r < 64) && (c < 64)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) / 1.0f) * 0.7071067811865476f)) : 0.0f));
-      }
-    }
     // zsym_lo[row, col] = (select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] / 1.0), ((z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] / 1.0) * 0.7071067811865476)), 0.0) - zsym_hi[row, col])
     {
       for (int i = tid; i < 4096; i += 256) {
         const int r = i / 64, c = i % 64;
-        t_zsym_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((((r < 64) && (c < 64)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) / 1.0f) * 0.7071067811865476f)) : 0.0f) - prt::to_f32(t_zsym_hi[(r) * 72 + (c)])));
+        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < 64) && (c < 64)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) / 1.0f) * 0.7071067811865476f)) : 0.0f));
+        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((((r < 64) && (c < 64)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) / 1.0f) * 0.7071067811865476f)) : 0.0f) - prt::to_f32(y0)));
+        t_zsym_hi[(r) * 72 + (c)] = y0;
+        t_zsym_lo[(r) * 72 + (c)] = y1;
       }
     }
     __syncthreads();
@@ -2442,17 +2410,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
         t_s0_f32 = t_s0_f32_base + (((v_i0 % 2)) % 2) * 4096;  // bind s0_f32 stage (i0 % 2)
         __syncthreads();
         // s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
-        {
-          for (int i = tid; i < 4096; i += 256) {
-            const int r = i / 64, c = i % 64;
-            t_s0_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
-          }
-        }
         // s0_lo[row, col] = (select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951))) - s0_hi[row, col])
         {
           for (int i = tid; i < 4096; i += 256) {
             const int r = i / 64, c = i % 64;
-            t_s0_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(t_s0_hi[(r) * 72 + (c)])));
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+            t_s0_hi[(r) * 72 + (c)] = y0;
+            t_s0_lo[(r) * 72 + (c)] = y1;
           }
         }
         __syncthreads();
@@ -2555,17 +2520,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
       }
     }
     // q1_hi[row, col] = (q1_f32[row, col] * 1.0)
-    {
-      for (int i = tid; i < 6144; i += 256) {
-        const int r = i / 48, c = i % 48;
-        t_q1_hi[(r) * 56 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q1_f32[(r) * 48 + (c)]) * 1.0f));
-      }
-    }
     // q1_lo[row, col] = ((q1_f32[row, col] * 1.0) - q1_hi[row, col])
     {
       for (int i = tid; i < 6144; i += 256) {
         const int r = i / 48, c = i % 48;
-        t_q1_lo[(r) * 56 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q1_f32[(r) * 48 + (c)]) * 1.0f) - prt::to_f32(t_q1_hi[(r) * 56 + (c)])));
+        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q1_f32[(r) * 48 + (c)]) * 1.0f));
+        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q1_f32[(r) * 48 + (c)]) * 1.0f) - prt::to_f32(y0)));
+        t_q1_hi[(r) * 56 + (c)] = y0;
+        t_q1_lo[(r) * 56 + (c)] = y1;
       }
     }
     if ((16 < 32)) {
@@ -2633,17 +2595,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
         t_s1_f32 = t_s1_f32_base + ((((v_i1 - 16) % 2)) % 2) * 3072;  // bind s1_f32 stage ((i1 - 16) % 2)
         __syncthreads();
         // s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
-        {
-          for (int i = tid; i < 3072; i += 256) {
-            const int r = i / 64, c = i % 64;
-            t_s1_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
-          }
-        }
         // s1_lo[row, col] = (select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951))) - s1_hi[row, col])
         {
           for (int i = tid; i < 3072; i += 256) {
             const int r = i / 64, c = i % 64;
-            t_s1_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(t_s1_hi[(r) * 72 + (c)])));
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+            t_s1_hi[(r) * 72 + (c)] = y0;
+            t_s1_lo[(r) * 72 + (c)] = y1;
           }
         }
         __syncthreads();
@@ -2746,17 +2705,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
       }
     }
     // q2_hi[row, col] = (q2_f32[row, col] * 1.0)
-    {
-      for (int i = tid; i < 4096; i += 256) {
-        const int r = i / 32, c = i % 32;
-        t_q2_hi[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q2_f32[(r) * 32 + (c)]) * 1.0f));
-      }
-    }
     // q2_lo[row, col] = ((q2_f32[row, col] * 1.0) - q2_hi[row, col])
     {
       for (int i = tid; i < 4096; i += 256) {
         const int r = i / 32, c = i % 32;
-        t_q2_lo[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q2_f32[(r) * 32 + (c)]) * 1.0f) - prt::to_f32(t_q2_hi[(r) * 40 + (c)])));
+        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q2_f32[(r) * 32 + (c)]) * 1.0f));
+        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q2_f32[(r) * 32 + (c)]) * 1.0f) - prt::to_f32(y0)));
+        t_q2_hi[(r) * 40 + (c)] = y0;
+        t_q2_lo[(r) * 40 + (c)] = y1;
       }
     }
     if ((32 < 48)) {
@@ -2824,17 +2780,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
         t_s2_f32 = t_s2_f32_base + ((((v_i2 - 32) % 2)) % 2) * 2048;  // bind s2_f32 stage ((i2 - 32) % 2)
         __syncthreads();
         // s2_hi[row, col] = select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, ((s2_f32[row, col] / 1.0) * select(((row + 32) == i2), 1.0, 1.4142135623730951)))
-        {
-          for (int i = tid; i < 2048; i += 256) {
-            const int r = i / 64, c = i % 64;
-            t_s2_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : ((prt::to_f32(t_s2_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))));
-          }
-        }
         // s2_lo[row, col] = (select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, ((s2_f32[row, col] / 1.0) * select(((row + 32) == i2), 1.0, 1.4142135623730951))) - s2_hi[row, col])
         {
           for (int i = tid; i < 2048; i += 256) {
             const int r = i / 64, c = i % 64;
-            t_s2_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : ((prt::to_f32(t_s2_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(t_s2_hi[(r) * 72 + (c)])));
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : ((prt::to_f32(t_s2_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : ((prt::to_f32(t_s2_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+            t_s2_hi[(r) * 72 + (c)] = y0;
+            t_s2_lo[(r) * 72 + (c)] = y1;
           }
         }
         __syncthreads();
@@ -2937,17 +2890,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
       }
     }
     // q3_hi[row, col] = (q3_f32[row, col] * 1.0)
-    {
-      for (int i = tid; i < 2048; i += 256) {
-        const int r = i / 16, c = i % 16;
-        t_q3_hi[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q3_f32[(r) * 16 + (c)]) * 1.0f));
-      }
-    }
     // q3_lo[row, col] = ((q3_f32[row, col] * 1.0) - q3_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
-        t_q3_lo[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q3_f32[(r) * 16 + (c)]) * 1.0f) - prt::to_f32(t_q3_hi[(r) * 24 + (c)])));
+        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q3_f32[(r) * 16 + (c)]) * 1.0f));
+        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q3_f32[(r) * 16 + (c)]) * 1.0f) - prt::to_f32(y0)));
+        t_q3_hi[(r) * 24 + (c)] = y0;
+        t_q3_lo[(r) * 24 + (c)] = y1;
       }
     }
     if ((48 < 64)) {
@@ -3015,17 +2965,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
         t_s3_f32 = t_s3_f32_base + ((((v_i3 - 48) % 2)) % 2) * 1024;  // bind s3_f32 stage ((i3 - 48) % 2)
         __syncthreads();
         // s3_hi[row, col] = select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, ((s3_f32[row, col] / 1.0) * select(((row + 48) == i3), 1.0, 1.4142135623730951)))
-        {
-          for (int i = tid; i < 1024; i += 256) {
-            const int r = i / 64, c = i % 64;
-            t_s3_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : ((prt::to_f32(t_s3_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))));
-          }
-        }
         // s3_lo[row, col] = (select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, ((s3_f32[row, col] / 1.0) * select(((row + 48) == i3), 1.0, 1.4142135623730951))) - s3_hi[row, col])
         {
           for (int i = tid; i < 1024; i += 256) {
             const int r = i / 64, c = i % 64;
-            t_s3_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : ((prt::to_f32(t_s3_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(t_s3_hi[(r) * 72 + (c)])));
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : ((prt::to_f32(t_s3_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : ((prt::to_f32(t_s3_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+            t_s3_hi[(r) * 72 + (c)] = y0;
+            t_s3_lo[(r) * 72 + (c)] = y1;
           }
         }
         __syncthreads();
@@ -3160,21 +3107,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
       }
     }
     // den_a[row] = (den_a[row] * select((max(max_a[row], (lam[(((pid.x % 1) * 128) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp((max_a[row] - max(max_a[row], (lam[(((pid.x % 1) * 128) + row)] + (log(abs($scale)) * 2.0)))))))
-    {
-      for (int r = tid; r < 128; r += 256) {
-        t_den_a[r] = prt::from_f32<float>((prt::to_f32(t_den_a[r]) * ((prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 128) + r)]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_max_a[r]) - prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 128) + r)]) + (logf(fabsf(p_scale)) * 2.0f))))))));
-      }
-    }
     // den_s[row] = ((den_s[row] * select((max(max_a[row], (lam[(((pid.x % 1) * 128) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp(((lam[(((pid.x % 1) * 128) + row)] + (log(abs($scale)) * 2.0)) - max(max_a[row], (lam[(((pid.x % 1) * 128) + row)] + (log(abs($scale)) * 2.0))))))) * 1.0)
-    {
-      for (int r = tid; r < 128; r += 256) {
-        t_den_s[r] = prt::from_f32<float>(((prt::to_f32(t_den_s[r]) * ((prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 128) + r)]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf(((prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 128) + r)]) + (logf(fabsf(p_scale)) * 2.0f)) - prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 128) + r)]) + (logf(fabsf(p_scale)) * 2.0f))))))) * 1.0f));
-      }
-    }
     // den[row] = (den_a[row] + den_s[row])
     {
       for (int r = tid; r < 128; r += 256) {
-        t_den[r] = prt::from_f32<float>((prt::to_f32(t_den_a[r]) + prt::to_f32(t_den_s[r])));
+        const float y0 = prt::from_f32<float>((prt::to_f32(t_den_a[r]) * ((prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 128) + r)]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_max_a[r]) - prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 128) + r)]) + (logf(fabsf(p_scale)) * 2.0f))))))));
+        const float y1 = prt::from_f32<float>(((prt::to_f32(t_den_s[r]) * ((prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 128) + r)]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf(((prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 128) + r)]) + (logf(fabsf(p_scale)) * 2.0f)) - prt::max_nan(prt::to_f32(t_max_a[r]), (prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 128) + r)]) + (logf(fabsf(p_scale)) * 2.0f))))))) * 1.0f));
+        const float y2 = prt::from_f32<float>((y0 + y1));
+        t_den_a[r] = y0;
+        t_den_s[r] = y1;
+        t_den[r] = y2;
       }
     }
     __syncthreads();
@@ -3508,15 +3450,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d64_
       }
       __syncthreads();
       // acc_dy[row] = 0.0
-      {
-        for (int r = tid; r < 64; r += 256) {
-          t_acc_dy[r] = prt::from_f32<float>(0.0f);
-        }
-      }
       // acc_p[row] = 0.0
       {
         for (int r = tid; r < 64; r += 256) {
-          t_acc_p[r] = prt::from_f32<float>(0.0f);
+          const float y0 = prt::from_f32<float>(0.0f);
+          const float y1 = prt::from_f32<float>(0.0f);
+          t_acc_dy[r] = y0;
+          t_acc_p[r] = y1;
         }
       }
       {
@@ -3633,17 +3573,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d64_
           }
           __syncthreads();
           // p[row, col] = select(((((i0 * 64) + row) >= ((i1 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i0 * 64) + row)]) - lam[((i1 * 64) + col)]) - lse_i[row])), 0.0)
-          {
-            for (int i = tid; i < 4096; i += 256) {
-              const int r = i / 64, c = i % 64;
-              t_p[(r) * 64 + (c)] = prt::from_f32<float>((((((v_i0 * 64) + r) >= ((v_i1 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
-            }
-          }
           // p_dp[row, col] = (p[row, col] * p_dp[row, col])
           {
             for (int i = tid; i < 4096; i += 256) {
               const int r = i / 64, c = i % 64;
-              t_p_dp[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_p[(r) * 64 + (c)]) * prt::to_f32(t_p_dp[(r) * 64 + (c)])));
+              const float y0 = prt::from_f32<float>((((((v_i0 * 64) + r) >= ((v_i1 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
+              const float y1 = prt::from_f32<float>((y0 * prt::to_f32(t_p_dp[(r) * 64 + (c)])));
+              t_p[(r) * 64 + (c)] = y0;
+              t_p_dp[(r) * 64 + (c)] = y1;
             }
           }
           __syncthreads();
@@ -4113,17 +4050,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
               }
               __syncthreads();
               // W[row, col] = (select(((((i0 * 64) + row) >= ((i2 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i0 * 64) + row)]) - lam[((i2 * 64) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row]))
-              {
-                for (int i = tid; i < 4096; i += 256) {
-                  const int r = i / 64, c = i % 64;
-                  t_W[(r) * 64 + (c)] = prt::from_f32<float>(((((((v_i0 * 64) + r) >= ((v_i2 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i2 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 64 + (c)]) - prt::to_f32(t_Dy_i[r]))));
-                }
-              }
               // ds[row, col] = select((dot[row, col] == 0.0), 0.0, ((W[row, col] * 2.0) / dot[row, col]))
               {
                 for (int i = tid; i < 4096; i += 256) {
                   const int r = i / 64, c = i % 64;
-                  t_ds[(r) * 72 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_dot[(r) * 64 + (c)]) == 0.0f) ? 0.0f : ((prt::to_f32(t_W[(r) * 64 + (c)]) * 2.0f) / prt::to_f32(t_dot[(r) * 64 + (c)]))));
+                  const float y0 = prt::from_f32<float>(((((((v_i0 * 64) + r) >= ((v_i2 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i2 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 64 + (c)]) - prt::to_f32(t_Dy_i[r]))));
+                  const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_dot[(r) * 64 + (c)]) == 0.0f) ? 0.0f : ((y0 * 2.0f) / prt::to_f32(t_dot[(r) * 64 + (c)]))));
+                  t_W[(r) * 64 + (c)] = y0;
+                  t_ds[(r) * 72 + (c)] = y1;
                 }
               }
               __syncthreads();
@@ -4423,24 +4357,17 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
               }
               __syncthreads();
               // W[row, col] = (select(((((i4 * 64) + row) >= ((i0 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i4 * 64) + row)]) - lam[((i0 * 64) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row]))
-              {
-                for (int i = tid; i < 4096; i += 256) {
-                  const int r = i / 64, c = i % 64;
-                  t_W[(r) * 64 + (c)] = prt::from_f32<float>(((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 64) + r)])) - prt::to_f32(t_lam[((v_i0 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 64 + (c)]) - prt::to_f32(t_Dy_i[r]))));
-                }
-              }
               // ds[row, col] = select((dot[row, col] == 0.0), 0.0, ((W[row, col] * 2.0) / dot[row, col]))
-              {
-                for (int i = tid; i < 4096; i += 256) {
-                  const int r = i / 64, c = i % 64;
-                  t_ds[(r) * 72 + (c)] = prt::from_f32<__half>(((prt::to_f32(t_dot[(r) * 64 + (c)]) == 0.0f) ? 0.0f : ((prt::to_f32(t_W[(r) * 64 + (c)]) * 2.0f) / prt::to_f32(t_dot[(r) * 64 + (c)]))));
-                }
-              }
               // P[row, col] = select(((((i4 * 64) + row) >= ((i0 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i4 * 64) + row)]) - lam[((i0 * 64) + col)]) - lse_i[row])), 0.0)
               {
                 for (int i = tid; i < 4096; i += 256) {
                   const int r = i / 64, c = i % 64;
-                  t_P[(r) * 72 + (c)] = prt::from_f32<__half>((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 64) + r)])) - prt::to_f32(t_lam[((v_i0 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
+                  const float y0 = prt::from_f32<float>(((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 64) + r)])) - prt::to_f32(t_lam[((v_i0 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 64 + (c)]) - prt::to_f32(t_Dy_i[r]))));
+                  const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_dot[(r) * 64 + (c)]) == 0.0f) ? 0.0f : ((y0 * 2.0f) / prt::to_f32(t_dot[(r) * 64 + (c)]))));
+                  const __half y2 = prt::from_f32<__half>((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 64) + r)])) - prt::to_f32(t_lam[((v_i0 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
+                  t_W[(r) * 64 + (c)] = y0;
+                  t_ds[(r) * 72 + (c)] = y1;
+                  t_P[(r) * 72 + (c)] = y2;
                 }
               }
               __syncthreads();
@@ -4973,17 +4900,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
         }
       }
       // q_norm[row, col] = (q[row, col] * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[((i0 * 64) + row)] - lse_i[row]) / 2.0)))))
-      {
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_q_norm[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q[(r) * 64 + (c)]) * ((prt::to_f32(t_lse_i[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[((v_i0 * 64) + r)]) - prt::to_f32(t_lse_i[r])) / 2.0f))))));
-        }
-      }
       // grad_s[row, col] = 0.0
       {
         for (int i = tid; i < 4096; i += 128) {
           const int r = i / 64, c = i % 64;
-          t_grad_s[(r) * 64 + (c)] = prt::from_f32<float>(0.0f);
+          const float y0 = prt::from_f32<float>((prt::to_f32(t_q[(r) * 64 + (c)]) * ((prt::to_f32(t_lse_i[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[((v_i0 * 64) + r)]) - prt::to_f32(t_lse_i[r])) / 2.0f))))));
+          const float y1 = prt::from_f32<float>(0.0f);
+          t_q_norm[(r) * 64 + (c)] = y0;
+          t_grad_s[(r) * 64 + (c)] = y1;
         }
       }
       {
@@ -5042,17 +4966,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
           prt::cp_async_wait<0>();
           __syncthreads();
           // S_hi[row, col] = (S_f32[row, col] * 1.0)
-          {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_S_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_S_f32[(r) * 64 + (c)]) * 1.0f));
-            }
-          }
           // S_lo[row, col] = ((S_f32[row, col] * 1.0) - S_hi[row, col])
           {
             for (int i = tid; i < 4096; i += 128) {
               const int r = i / 64, c = i % 64;
-              t_S_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_S_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(t_S_hi[(r) * 72 + (c)])));
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_S_f32[(r) * 64 + (c)]) * 1.0f));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_S_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(y0)));
+              t_S_hi[(r) * 72 + (c)] = y0;
+              t_S_lo[(r) * 72 + (c)] = y1;
             }
           }
           __syncthreads();
@@ -5415,17 +5336,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
             }
           }
           // dy_hi[row, col] = (dy_f32[row, col] * 1.0)
-          {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_dy_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_dy_f32[(r) * 64 + (c)]) * 1.0f));
-            }
-          }
           // dy_lo[row, col] = ((dy_f32[row, col] * 1.0) - dy_hi[row, col])
           {
             for (int i = tid; i < 4096; i += 128) {
               const int r = i / 64, c = i % 64;
-              t_dy_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_dy_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(t_dy_hi[(r) * 72 + (c)])));
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_dy_f32[(r) * 64 + (c)]) * 1.0f));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_dy_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(y0)));
+              t_dy_hi[(r) * 72 + (c)] = y0;
+              t_dy_lo[(r) * 72 + (c)] = y1;
             }
           }
           // lse_i = load lse[(pid.y // $h), (((pid.x // 33) * 128) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
@@ -5477,17 +5395,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
           }
           __syncthreads();
           // phi_hi[row, col] = (phi_f32[row, col] * 1.0)
-          {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_phi_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * 1.0f));
-            }
-          }
           // phi_lo[row, col] = ((phi_f32[row, col] * 1.0) - phi_hi[row, col])
           {
             for (int i = tid; i < 4096; i += 128) {
               const int r = i / 64, c = i % 64;
-              t_phi_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(t_phi_hi[(r) * 72 + (c)])));
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * 1.0f));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(y0)));
+              t_phi_hi[(r) * 72 + (c)] = y0;
+              t_phi_lo[(r) * 72 + (c)] = y1;
             }
           }
           __syncthreads();
@@ -6315,17 +6230,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
         }
       }
       // v_hi[row, col] = (v_f32[row, col] * 1.0)
-      {
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_v_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_v_f32[(r) * 64 + (c)]) * 1.0f));
-        }
-      }
       // v_lo[row, col] = ((v_f32[row, col] * 1.0) - v_hi[row, col])
       {
         for (int i = tid; i < 4096; i += 128) {
           const int r = i / 64, c = i % 64;
-          t_v_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(t_v_hi[(r) * 72 + (c)])));
+          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_v_f32[(r) * 64 + (c)]) * 1.0f));
+          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(y0)));
+          t_v_hi[(r) * 72 + (c)] = y0;
+          t_v_lo[(r) * 72 + (c)] = y1;
         }
       }
       __syncthreads();
@@ -6437,17 +6349,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
             }
           }
           // U_hi[row, col] = (U_f32[row, col] * 1.0)
-          {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_U_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_U_f32[(r) * 64 + (c)]) * 1.0f));
-            }
-          }
           // U_lo[row, col] = ((U_f32[row, col] * 1.0) - U_hi[row, col])
           {
             for (int i = tid; i < 2048; i += 128) {
               const int r = i / 64, c = i % 64;
-              t_U_lo[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_U_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(t_U_hi[(r) * 72 + (c)])));
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_U_f32[(r) * 64 + (c)]) * 1.0f));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_U_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(y0)));
+              t_U_hi[(r) * 72 + (c)] = y0;
+              t_U_lo[(r) * 72 + (c)] = y1;
             }
           }
           __syncthreads();
@@ -7498,24 +7407,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c128_f16
   prt::cp_async_wait<0>();
   __syncthreads();
   // q_state[row, col] = select((((pid.z * 16) + row) < $tn), q[row, col], 0.0)
-  {
-    for (int i = tid; i < 1024; i += 128) {
-      const int r = i / 64, c = i % 64;
-      t_q_state[(r) * 64 + (c)] = prt::from_f32<float>(((((static_cast<int>(blockIdx.z) * 16) + r) < p_tn) ? prt::to_f32(t_q[(r) * 72 + (c)]) : 0.0f));
-    }
-  }
   // num_s[row, col] = 0.0
-  {
-    for (int i = tid; i < 1024; i += 128) {
-      const int r = i / 64, c = i % 64;
-      t_num_s[(r) * 64 + (c)] = prt::from_f32<float>(0.0f);
-    }
-  }
   // den_parts[row, col] = 0.0
   {
     for (int i = tid; i < 1024; i += 128) {
       const int r = i / 64, c = i % 64;
-      t_den_parts[(r) * 64 + (c)] = prt::from_f32<float>(0.0f);
+      const float y0 = prt::from_f32<float>(((((static_cast<int>(blockIdx.z) * 16) + r) < p_tn) ? prt::to_f32(t_q[(r) * 72 + (c)]) : 0.0f));
+      const float y1 = prt::from_f32<float>(0.0f);
+      const float y2 = prt::from_f32<float>(0.0f);
+      t_q_state[(r) * 64 + (c)] = y0;
+      t_num_s[(r) * 64 + (c)] = y1;
+      t_den_parts[(r) * 64 + (c)] = y2;
     }
   }
   if ((0 < 33)) {

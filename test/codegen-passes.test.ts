@@ -8,7 +8,8 @@ import type { Kernel } from "../dsl/ir.ts";
 import { fromDsl } from "../codegen/lir.ts";
 import { printLKernel } from "../codegen/lir-print.ts";
 import { validateLir } from "../codegen/lir-validate.ts";
-import { lowerUpTo, PASSES } from "../codegen/pipeline.ts";
+import { lowerKernel, lowerUpTo, PASSES } from "../codegen/pipeline.ts";
+import { mapRuns } from "../codegen/lower/fuse-maps.ts";
 
 /** The IR before and after one pass (the passes before it applied), as text. */
 function pair(k: Kernel, pass: string): { before: string; after: string } {
@@ -343,5 +344,50 @@ describe("elide-barriers", () => {
         store Y[pid.x, 0:+64] = z
       "
     `);
+  });
+});
+
+describe("fuse-maps (render time)", () => {
+  const runsOf = (k: Kernel): string[][] => {
+    const lk = lowerUpTo(k, PASSES.at(-1)!.name);
+    return mapRuns(lk, lk.body).map((run) => run.map((s) => (s.kind === "map" ? s.dst : s.kind)));
+  };
+  it("runs a hi / lo pair over one shape as one loop, lo reading hi at its own element", () => {
+    const k = kernel("pair", 2, (k) => {
+      const x = k.shared("x", [16, 16], "f32"), hi = k.shared("hi", [16, 16], "bf16"), lo = k.shared("lo", [16, 16], "bf16");
+      k.fill(x, 3);
+      k.map(hi, ({ row, col }) => x.at(row, col).mul(2));
+      k.map(lo, ({ row, col }) => x.at(row, col).mul(2).sub(hi.at(row, col)));
+      k.mma(k.reg("c", [16, 16], "f32"), hi, lo);
+    });
+    expect(runsOf(k)).toEqual([["x", "hi", "lo"], ["barrier"], ["mma"]]); // the fill of x joins too
+    const cuda = lowerKernel(k, { symbol: "pair" }).cuda;
+    // reads of x and hi at the element are the registers y0 (x) and y1 (hi), not shared memory
+    expect(cuda).toContain("const __nv_bfloat16 y2 = prt::from_f32<__nv_bfloat16>(((y0 * 2.0f) - prt::to_f32(y1)));");
+  });
+  it("keeps maps apart when a later one reads an earlier one's destination at another element", () => {
+    const k = kernel("shifted", 2, (k) => {
+      const x = k.shared("x", [16, 16], "f32"), a = k.shared("a", [16, 16], "f32"), b = k.shared("b", [16, 16], "f32");
+      k.fill(x, 3);
+      k.map(a, ({ row, col }) => x.at(row, col).mul(2));
+      k.map(b, ({ row, col }) => a.at(row, col.add(1).min(15)));
+      k.store(k.tensor("out", "f32", [16, 16], "out"), [range(0, 16), range(0, 16)], b);
+    });
+    expect(runsOf(k).some((r) => r.includes("a") && r.includes("b"))).toBe(false);
+  });
+  it("keeps maps apart over different shapes, and when an earlier map reads a later one's destination", () => {
+    const k = kernel("apart", 2, (k) => {
+      const x = k.shared("x", [16, 16], "f32"), y = k.shared("y", [16, 8], "f32"), z = k.shared("z", [16, 16], "f32");
+      k.fill(x, 3);
+      k.fill(z, 1);
+      k.map(y, ({ row, col }) => x.at(row, col).mul(2)); // [16, 8]
+      k.map(x, ({ row, col }) => z.at(row, col).add(1)); // [16, 16] after a [16, 8]
+      k.map(z, ({ row, col }) => x.at(row, col).mul(3)); // writes z, which the map before read
+      const out = k.tensor("out", "f32", [16, 16], "out");
+      k.store(out, [range(0, 16), range(0, 8)], y);
+      k.store(out, [range(0, 16), range(0, 16)], z);
+    });
+    // y is [16, 8]; x then z: the map into x reads z, which the next map writes
+    expect(runsOf(k)).toEqual([["x", "z"], ["barrier"], ["y"], ["barrier"], ["x"], ["z"], ["store"], ["store"]]);
   });
 });
