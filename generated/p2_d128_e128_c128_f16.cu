@@ -561,65 +561,65 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   __half* const t_v = reinterpret_cast<__half*>(prt_smem + 1024);  // f16[128, 64] pitch 64
   float* const t_gv = reinterpret_cast<float*>(prt_smem + 17408);  // f32[128, 64] pitch 64
   __half* const t_k0 = reinterpret_cast<__half*>(prt_smem + 50176);  // f16[128, 128] pitch 136
-  float* const t_kgk0 = reinterpret_cast<float*>(prt_smem + 84992);  // f32[128, 16] pitch 16
-  __half* const t_gk0_hi = reinterpret_cast<__half*>(prt_smem + 1024);  // f16[128, 16] pitch 24
-  __half* const t_gk0_lo = reinterpret_cast<__half*>(prt_smem + 7168);  // f16[128, 16] pitch 24
+  float* const t_kzk0 = reinterpret_cast<float*>(prt_smem + 84992);  // f32[128, 16] pitch 16
+  __half* const t_zk0_hi = reinterpret_cast<__half*>(prt_smem + 1024);  // f16[128, 16] pitch 24
+  __half* const t_zk0_lo = reinterpret_cast<__half*>(prt_smem + 7168);  // f16[128, 16] pitch 24
   float f_s0[2][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 8 warps
   float* const t_z0 = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   __half* const t_u0_hi = reinterpret_cast<__half*>(prt_smem + 93184);  // f16[128, 64] pitch 72
   __half* const t_u0_lo = reinterpret_cast<__half*>(prt_smem + 111616);  // f16[128, 64] pitch 72
   __half* const t_k1 = reinterpret_cast<__half*>(prt_smem + 50176);  // f16[128, 112] pitch 120
-  float* const t_kgk1 = reinterpret_cast<float*>(prt_smem + 80896);  // f32[112, 16] pitch 16
-  __half* const t_gk1_hi = reinterpret_cast<__half*>(prt_smem + 1024);  // f16[128, 16] pitch 24
-  __half* const t_gk1_lo = reinterpret_cast<__half*>(prt_smem + 7168);  // f16[128, 16] pitch 24
+  float* const t_kzk1 = reinterpret_cast<float*>(prt_smem + 80896);  // f32[112, 16] pitch 16
+  __half* const t_zk1_hi = reinterpret_cast<__half*>(prt_smem + 1024);  // f16[128, 16] pitch 24
+  __half* const t_zk1_lo = reinterpret_cast<__half*>(prt_smem + 7168);  // f16[128, 16] pitch 24
   float f_s1[2][4][4];  // f32[112, 64] as mma fragments: 112x64 in 16x32 units over 8 warps
   float* const t_z1 = reinterpret_cast<float*>(prt_smem + 0);  // f32[112] pitch 112
   __half* const t_u1_hi = reinterpret_cast<__half*>(prt_smem + 88064);  // f16[128, 64] pitch 72
   __half* const t_u1_lo = reinterpret_cast<__half*>(prt_smem + 106496);  // f16[128, 64] pitch 72
   __half* const t_k2 = reinterpret_cast<__half*>(prt_smem + 50176);  // f16[128, 96] pitch 104
-  float* const t_kgk2 = reinterpret_cast<float*>(prt_smem + 76800);  // f32[96, 16] pitch 16
-  __half* const t_gk2_hi = reinterpret_cast<__half*>(prt_smem + 1024);  // f16[128, 16] pitch 24
-  __half* const t_gk2_lo = reinterpret_cast<__half*>(prt_smem + 7168);  // f16[128, 16] pitch 24
+  float* const t_kzk2 = reinterpret_cast<float*>(prt_smem + 76800);  // f32[96, 16] pitch 16
+  __half* const t_zk2_hi = reinterpret_cast<__half*>(prt_smem + 1024);  // f16[128, 16] pitch 24
+  __half* const t_zk2_lo = reinterpret_cast<__half*>(prt_smem + 7168);  // f16[128, 16] pitch 24
   float f_s2[2][4][4];  // f32[96, 64] as mma fragments: 96x64 in 16x32 units over 8 warps
   float* const t_z2 = reinterpret_cast<float*>(prt_smem + 0);  // f32[96] pitch 96
   __half* const t_u2_hi = reinterpret_cast<__half*>(prt_smem + 82944);  // f16[128, 64] pitch 72
   __half* const t_u2_lo = reinterpret_cast<__half*>(prt_smem + 101376);  // f16[128, 64] pitch 72
   __half* const t_k3 = reinterpret_cast<__half*>(prt_smem + 50176);  // f16[128, 80] pitch 88
-  float* const t_kgk3 = reinterpret_cast<float*>(prt_smem + 72704);  // f32[80, 16] pitch 16
-  __half* const t_gk3_hi = reinterpret_cast<__half*>(prt_smem + 1024);  // f16[128, 16] pitch 24
-  __half* const t_gk3_lo = reinterpret_cast<__half*>(prt_smem + 7168);  // f16[128, 16] pitch 24
+  float* const t_kzk3 = reinterpret_cast<float*>(prt_smem + 72704);  // f32[80, 16] pitch 16
+  __half* const t_zk3_hi = reinterpret_cast<__half*>(prt_smem + 1024);  // f16[128, 16] pitch 24
+  __half* const t_zk3_lo = reinterpret_cast<__half*>(prt_smem + 7168);  // f16[128, 16] pitch 24
   float f_s3[2][4][4];  // f32[80, 64] as mma fragments: 80x64 in 16x32 units over 8 warps
   float* const t_z3 = reinterpret_cast<float*>(prt_smem + 0);  // f32[80] pitch 80
   __half* const t_u3_hi = reinterpret_cast<__half*>(prt_smem + 77824);  // f16[128, 64] pitch 72
   __half* const t_u3_lo = reinterpret_cast<__half*>(prt_smem + 96256);  // f16[128, 64] pitch 72
   __half* const t_k4 = reinterpret_cast<__half*>(prt_smem + 50176);  // f16[128, 64] pitch 72
-  float* const t_kgk4 = reinterpret_cast<float*>(prt_smem + 13312);  // f32[64, 16] pitch 16
-  __half* const t_gk4_hi = reinterpret_cast<__half*>(prt_smem + 1024);  // f16[128, 16] pitch 24
-  __half* const t_gk4_lo = reinterpret_cast<__half*>(prt_smem + 7168);  // f16[128, 16] pitch 24
+  float* const t_kzk4 = reinterpret_cast<float*>(prt_smem + 13312);  // f32[64, 16] pitch 16
+  __half* const t_zk4_hi = reinterpret_cast<__half*>(prt_smem + 1024);  // f16[128, 16] pitch 24
+  __half* const t_zk4_lo = reinterpret_cast<__half*>(prt_smem + 7168);  // f16[128, 16] pitch 24
   float f_s4[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
   float* const t_z4 = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   __half* const t_u4_hi = reinterpret_cast<__half*>(prt_smem + 68608);  // f16[128, 64] pitch 72
   __half* const t_u4_lo = reinterpret_cast<__half*>(prt_smem + 87040);  // f16[128, 64] pitch 72
   __half* const t_k5 = reinterpret_cast<__half*>(prt_smem + 1024);  // f16[128, 48] pitch 56
-  float* const t_kgk5 = reinterpret_cast<float*>(prt_smem + 62464);  // f32[48, 16] pitch 16
-  __half* const t_gk5_hi = reinterpret_cast<__half*>(prt_smem + 50176);  // f16[128, 16] pitch 24
-  __half* const t_gk5_lo = reinterpret_cast<__half*>(prt_smem + 56320);  // f16[128, 16] pitch 24
+  float* const t_kzk5 = reinterpret_cast<float*>(prt_smem + 62464);  // f32[48, 16] pitch 16
+  __half* const t_zk5_hi = reinterpret_cast<__half*>(prt_smem + 50176);  // f16[128, 16] pitch 24
+  __half* const t_zk5_lo = reinterpret_cast<__half*>(prt_smem + 56320);  // f16[128, 16] pitch 24
   float f_s5[2][2][4];  // f32[48, 64] as mma fragments: 48x64 in 16x16 units over 8 warps
   float* const t_z5 = reinterpret_cast<float*>(prt_smem + 0);  // f32[48] pitch 48
   __half* const t_u5_hi = reinterpret_cast<__half*>(prt_smem + 65536);  // f16[128, 64] pitch 72
   __half* const t_u5_lo = reinterpret_cast<__half*>(prt_smem + 83968);  // f16[128, 64] pitch 72
   __half* const t_k6 = reinterpret_cast<__half*>(prt_smem + 1024);  // f16[128, 32] pitch 40
-  float* const t_kgk6 = reinterpret_cast<float*>(prt_smem + 56320);  // f32[32, 16] pitch 16
-  __half* const t_gk6_hi = reinterpret_cast<__half*>(prt_smem + 11264);  // f16[128, 16] pitch 24
-  __half* const t_gk6_lo = reinterpret_cast<__half*>(prt_smem + 50176);  // f16[128, 16] pitch 24
+  float* const t_kzk6 = reinterpret_cast<float*>(prt_smem + 56320);  // f32[32, 16] pitch 16
+  __half* const t_zk6_hi = reinterpret_cast<__half*>(prt_smem + 11264);  // f16[128, 16] pitch 24
+  __half* const t_zk6_lo = reinterpret_cast<__half*>(prt_smem + 50176);  // f16[128, 16] pitch 24
   float f_s6[1][2][4];  // f32[32, 64] as mma fragments: 32x64 in 16x16 units over 8 warps
   float* const t_z6 = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
   __half* const t_u6_hi = reinterpret_cast<__half*>(prt_smem + 58368);  // f16[128, 64] pitch 72
   __half* const t_u6_lo = reinterpret_cast<__half*>(prt_smem + 76800);  // f16[128, 64] pitch 72
   __half* const t_k7 = reinterpret_cast<__half*>(prt_smem + 1024);  // f16[128, 16] pitch 24
-  float* const t_kgk7 = reinterpret_cast<float*>(prt_smem + 0);  // f32[16, 16] pitch 16
-  __half* const t_gk7_hi = reinterpret_cast<__half*>(prt_smem + 7168);  // f16[128, 16] pitch 24
-  __half* const t_gk7_lo = reinterpret_cast<__half*>(prt_smem + 50176);  // f16[128, 16] pitch 24
+  float* const t_kzk7 = reinterpret_cast<float*>(prt_smem + 0);  // f32[16, 16] pitch 16
+  __half* const t_zk7_hi = reinterpret_cast<__half*>(prt_smem + 7168);  // f16[128, 16] pitch 24
+  __half* const t_zk7_lo = reinterpret_cast<__half*>(prt_smem + 50176);  // f16[128, 16] pitch 24
   float f_s7[1][1][4];  // f32[16, 64] as mma fragments: 16x64 in 16x8 units over 8 warps
   float* const t_z7 = reinterpret_cast<float*>(prt_smem + 7168);  // f32[16] pitch 16
   __half* const t_u7_hi = reinterpret_cast<__half*>(prt_smem + 50176);  // f16[128, 64] pitch 72
@@ -714,19 +714,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_wait<0>();
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
-    // gk0_hi[row, col] = (k0[row, col] * exp((lam[127] - lam[row])))
-    // gk0_lo[row, col] = ((k0[row, col] * exp((lam[127] - lam[row]))) - gk0_hi[row, col])
+    // zk0_hi[row, col] = (k0[row, col] * exp((lam[127] - lam[row])))
+    // zk0_lo[row, col] = ((k0[row, col] * exp((lam[127] - lam[row]))) - zk0_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
         const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k0[(r) * 136 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
         const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k0[(r) * 136 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_gk0_hi[(r) * 24 + (c)] = y0;
-        t_gk0_lo[(r) * 24 + (c)] = y1;
+        t_zk0_hi[(r) * 24 + (c)] = y0;
+        t_zk0_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
-    // kgk0 = mma.tc(k0^T, gk0_hi) [128x16 in 16x16 units over 8 warps]
+    // kzk0 = mma.tc(k0^T, zk0_hi) [128x16 in 16x16 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -743,7 +743,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           #pragma unroll
           for (int q = 0; q < 2; q += 2) {
             uint32_t bf[4];
-            prt::ldmatrix_x4_trans(bf, &t_gk0_hi[(k0 + prt::a_row(lane)) * 24 + n0 + q * 8 + prt::a_col(lane)]);
+            prt::ldmatrix_x4_trans(bf, &t_zk0_hi[(k0 + prt::a_row(lane)) * 24 + n0 + q * 8 + prt::a_col(lane)]);
             prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
             prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
           }
@@ -751,11 +751,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         #pragma unroll
         for (int q = 0; q < 2; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) t_kgk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          for (int e = 0; e < 4; ++e) t_kzk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
       }
     }
     __syncthreads();
-    // kgk0 += mma.tc(k0^T, gk0_lo) [128x16 in 16x16 units over 8 warps]
+    // kzk0 += mma.tc(k0^T, zk0_lo) [128x16 in 16x16 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -765,14 +765,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         #pragma unroll
         for (int q = 0; q < 2; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) acc[q][e] = t_kgk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+          for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
         for (int k0 = 0; k0 < 128; k0 += 16) {
           uint32_t af[4];
           prt::ldmatrix_x4_trans(af, &t_k0[(k0 + prt::at_row(lane)) * 136 + m0 + prt::at_col(lane)]);
           #pragma unroll
           for (int q = 0; q < 2; q += 2) {
             uint32_t bf[4];
-            prt::ldmatrix_x4_trans(bf, &t_gk0_lo[(k0 + prt::a_row(lane)) * 24 + n0 + q * 8 + prt::a_col(lane)]);
+            prt::ldmatrix_x4_trans(bf, &t_zk0_lo[(k0 + prt::a_row(lane)) * 24 + n0 + q * 8 + prt::a_col(lane)]);
             prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
             prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
           }
@@ -780,7 +780,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         #pragma unroll
         for (int q = 0; q < 2; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) t_kgk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          for (int e = 0; e < 4; ++e) t_kzk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
       }
     }
   }
@@ -885,10 +885,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         }
       }
       if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
-        // z0[row] = (kgk0[row, (i0 - 0)] * select(((row + 0) == i0), 1.0, 1.4142135623730951))
+        // z0[row] = (kzk0[row, (i0 - 0)] * select(((row + 0) == i0), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 128; r += 256) {
-            t_z0[r] = prt::from_f32<float>((prt::to_f32(t_kgk0[(r) * 16 + ((v_i0 - 0))]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f)));
+            t_z0[r] = prt::from_f32<float>((prt::to_f32(t_kzk0[(r) * 16 + ((v_i0 - 0))]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f)));
           }
         }
         // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i0 * 128) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+128] = z0 where (((row + 0) >= i0) && ((row + 0) < 128))
@@ -939,19 +939,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_wait<0>();
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
-    // gk1_hi[row, col] = (k1[row, col] * exp((lam[127] - lam[row])))
-    // gk1_lo[row, col] = ((k1[row, col] * exp((lam[127] - lam[row]))) - gk1_hi[row, col])
+    // zk1_hi[row, col] = (k1[row, col] * exp((lam[127] - lam[row])))
+    // zk1_lo[row, col] = ((k1[row, col] * exp((lam[127] - lam[row]))) - zk1_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
         const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k1[(r) * 120 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
         const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k1[(r) * 120 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_gk1_hi[(r) * 24 + (c)] = y0;
-        t_gk1_lo[(r) * 24 + (c)] = y1;
+        t_zk1_hi[(r) * 24 + (c)] = y0;
+        t_zk1_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
-    // kgk1 = mma.tc(k1^T, gk1_hi) [112x16 in 16x8 units over 8 warps]
+    // kzk1 = mma.tc(k1^T, zk1_hi) [112x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 2; ++j) {
@@ -967,18 +967,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k1[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
             uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_gk1_hi[(k0 + (lane & 15)) * 24 + n0]);
+            prt::ldmatrix_x2_trans(bf, &t_zk1_hi[(k0 + (lane & 15)) * 24 + n0]);
             prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
           }
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
     __syncthreads();
-    // kgk1 += mma.tc(k1^T, gk1_lo) [112x16 in 16x8 units over 8 warps]
+    // kzk1 += mma.tc(k1^T, zk1_lo) [112x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 2; ++j) {
@@ -989,18 +989,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_kgk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
           for (int k0 = 0; k0 < 128; k0 += 16) {
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k1[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
             uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_gk1_lo[(k0 + (lane & 15)) * 24 + n0]);
+            prt::ldmatrix_x2_trans(bf, &t_zk1_lo[(k0 + (lane & 15)) * 24 + n0]);
             prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
           }
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
@@ -1114,10 +1114,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         }
       }
       if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
-        // z1[row] = (kgk1[row, (i1 - 16)] * select(((row + 16) == i1), 1.0, 1.4142135623730951))
+        // z1[row] = (kzk1[row, (i1 - 16)] * select(((row + 16) == i1), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 112; r += 256) {
-            t_z1[r] = prt::from_f32<float>((prt::to_f32(t_kgk1[(r) * 16 + ((v_i1 - 16))]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f)));
+            t_z1[r] = prt::from_f32<float>((prt::to_f32(t_kzk1[(r) * 16 + ((v_i1 - 16))]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f)));
           }
         }
         // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i1 * 128) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+112] = z1 where (((row + 16) >= i1) && ((row + 16) < 128))
@@ -1168,19 +1168,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_wait<0>();
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
-    // gk2_hi[row, col] = (k2[row, col] * exp((lam[127] - lam[row])))
-    // gk2_lo[row, col] = ((k2[row, col] * exp((lam[127] - lam[row]))) - gk2_hi[row, col])
+    // zk2_hi[row, col] = (k2[row, col] * exp((lam[127] - lam[row])))
+    // zk2_lo[row, col] = ((k2[row, col] * exp((lam[127] - lam[row]))) - zk2_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
         const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k2[(r) * 104 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
         const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k2[(r) * 104 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_gk2_hi[(r) * 24 + (c)] = y0;
-        t_gk2_lo[(r) * 24 + (c)] = y1;
+        t_zk2_hi[(r) * 24 + (c)] = y0;
+        t_zk2_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
-    // kgk2 = mma.tc(k2^T, gk2_hi) [96x16 in 16x8 units over 8 warps]
+    // kzk2 = mma.tc(k2^T, zk2_hi) [96x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 2; ++j) {
@@ -1196,18 +1196,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k2[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
             uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_gk2_hi[(k0 + (lane & 15)) * 24 + n0]);
+            prt::ldmatrix_x2_trans(bf, &t_zk2_hi[(k0 + (lane & 15)) * 24 + n0]);
             prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
           }
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
     __syncthreads();
-    // kgk2 += mma.tc(k2^T, gk2_lo) [96x16 in 16x8 units over 8 warps]
+    // kzk2 += mma.tc(k2^T, zk2_lo) [96x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 2; ++j) {
@@ -1218,18 +1218,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_kgk2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
           for (int k0 = 0; k0 < 128; k0 += 16) {
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k2[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
             uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_gk2_lo[(k0 + (lane & 15)) * 24 + n0]);
+            prt::ldmatrix_x2_trans(bf, &t_zk2_lo[(k0 + (lane & 15)) * 24 + n0]);
             prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
           }
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
@@ -1343,10 +1343,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         }
       }
       if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
-        // z2[row] = (kgk2[row, (i2 - 32)] * select(((row + 32) == i2), 1.0, 1.4142135623730951))
+        // z2[row] = (kzk2[row, (i2 - 32)] * select(((row + 32) == i2), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 96; r += 256) {
-            t_z2[r] = prt::from_f32<float>((prt::to_f32(t_kgk2[(r) * 16 + ((v_i2 - 32))]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f)));
+            t_z2[r] = prt::from_f32<float>((prt::to_f32(t_kzk2[(r) * 16 + ((v_i2 - 32))]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f)));
           }
         }
         // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i2 * 128) - ((i2 * (i2 - 1)) // 2)) + i2) - i2) - i2) + 32):+96] = z2 where (((row + 32) >= i2) && ((row + 32) < 128))
@@ -1397,19 +1397,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_wait<0>();
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
-    // gk3_hi[row, col] = (k3[row, col] * exp((lam[127] - lam[row])))
-    // gk3_lo[row, col] = ((k3[row, col] * exp((lam[127] - lam[row]))) - gk3_hi[row, col])
+    // zk3_hi[row, col] = (k3[row, col] * exp((lam[127] - lam[row])))
+    // zk3_lo[row, col] = ((k3[row, col] * exp((lam[127] - lam[row]))) - zk3_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
         const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k3[(r) * 88 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
         const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k3[(r) * 88 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_gk3_hi[(r) * 24 + (c)] = y0;
-        t_gk3_lo[(r) * 24 + (c)] = y1;
+        t_zk3_hi[(r) * 24 + (c)] = y0;
+        t_zk3_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
-    // kgk3 = mma.tc(k3^T, gk3_hi) [80x16 in 16x8 units over 8 warps]
+    // kzk3 = mma.tc(k3^T, zk3_hi) [80x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 2; ++j) {
@@ -1425,18 +1425,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k3[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
             uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_gk3_hi[(k0 + (lane & 15)) * 24 + n0]);
+            prt::ldmatrix_x2_trans(bf, &t_zk3_hi[(k0 + (lane & 15)) * 24 + n0]);
             prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
           }
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
     __syncthreads();
-    // kgk3 += mma.tc(k3^T, gk3_lo) [80x16 in 16x8 units over 8 warps]
+    // kzk3 += mma.tc(k3^T, zk3_lo) [80x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 2; ++j) {
@@ -1447,18 +1447,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_kgk3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
           for (int k0 = 0; k0 < 128; k0 += 16) {
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k3[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
             uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_gk3_lo[(k0 + (lane & 15)) * 24 + n0]);
+            prt::ldmatrix_x2_trans(bf, &t_zk3_lo[(k0 + (lane & 15)) * 24 + n0]);
             prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
           }
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
@@ -1572,10 +1572,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         }
       }
       if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
-        // z3[row] = (kgk3[row, (i3 - 48)] * select(((row + 48) == i3), 1.0, 1.4142135623730951))
+        // z3[row] = (kzk3[row, (i3 - 48)] * select(((row + 48) == i3), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 80; r += 256) {
-            t_z3[r] = prt::from_f32<float>((prt::to_f32(t_kgk3[(r) * 16 + ((v_i3 - 48))]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f)));
+            t_z3[r] = prt::from_f32<float>((prt::to_f32(t_kzk3[(r) * 16 + ((v_i3 - 48))]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f)));
           }
         }
         // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i3 * 128) - ((i3 * (i3 - 1)) // 2)) + i3) - i3) - i3) + 48):+80] = z3 where (((row + 48) >= i3) && ((row + 48) < 128))
@@ -1626,19 +1626,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_wait<0>();
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
-    // gk4_hi[row, col] = (k4[row, col] * exp((lam[127] - lam[row])))
-    // gk4_lo[row, col] = ((k4[row, col] * exp((lam[127] - lam[row]))) - gk4_hi[row, col])
+    // zk4_hi[row, col] = (k4[row, col] * exp((lam[127] - lam[row])))
+    // zk4_lo[row, col] = ((k4[row, col] * exp((lam[127] - lam[row]))) - zk4_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
         const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k4[(r) * 72 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
         const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k4[(r) * 72 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_gk4_hi[(r) * 24 + (c)] = y0;
-        t_gk4_lo[(r) * 24 + (c)] = y1;
+        t_zk4_hi[(r) * 24 + (c)] = y0;
+        t_zk4_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
-    // kgk4 = mma.tc(k4^T, gk4_hi) [64x16 in 16x8 units over 8 warps]
+    // kzk4 = mma.tc(k4^T, zk4_hi) [64x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -1653,17 +1653,17 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           uint32_t af[4];
           prt::ldmatrix_x4_trans(af, &t_k4[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
           uint32_t bf[2];
-          prt::ldmatrix_x2_trans(bf, &t_gk4_hi[(k0 + (lane & 15)) * 24 + n0]);
+          prt::ldmatrix_x2_trans(bf, &t_zk4_hi[(k0 + (lane & 15)) * 24 + n0]);
           prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
         }
         #pragma unroll
         for (int q = 0; q < 1; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) t_kgk4[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          for (int e = 0; e < 4; ++e) t_kzk4[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
       }
     }
     __syncthreads();
-    // kgk4 += mma.tc(k4^T, gk4_lo) [64x16 in 16x8 units over 8 warps]
+    // kzk4 += mma.tc(k4^T, zk4_lo) [64x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -1673,18 +1673,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         #pragma unroll
         for (int q = 0; q < 1; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) acc[q][e] = t_kgk4[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+          for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk4[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
         for (int k0 = 0; k0 < 128; k0 += 16) {
           uint32_t af[4];
           prt::ldmatrix_x4_trans(af, &t_k4[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
           uint32_t bf[2];
-          prt::ldmatrix_x2_trans(bf, &t_gk4_lo[(k0 + (lane & 15)) * 24 + n0]);
+          prt::ldmatrix_x2_trans(bf, &t_zk4_lo[(k0 + (lane & 15)) * 24 + n0]);
           prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
         }
         #pragma unroll
         for (int q = 0; q < 1; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) t_kgk4[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          for (int e = 0; e < 4; ++e) t_kzk4[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
       }
     }
   }
@@ -1789,10 +1789,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         }
       }
       if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
-        // z4[row] = (kgk4[row, (i4 - 64)] * select(((row + 64) == i4), 1.0, 1.4142135623730951))
+        // z4[row] = (kzk4[row, (i4 - 64)] * select(((row + 64) == i4), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 64; r += 256) {
-            t_z4[r] = prt::from_f32<float>((prt::to_f32(t_kgk4[(r) * 16 + ((v_i4 - 64))]) * (((r + 64) == v_i4) ? 1.0f : 1.4142135623730951f)));
+            t_z4[r] = prt::from_f32<float>((prt::to_f32(t_kzk4[(r) * 16 + ((v_i4 - 64))]) * (((r + 64) == v_i4) ? 1.0f : 1.4142135623730951f)));
           }
         }
         // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i4 * 128) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 64):+64] = z4 where (((row + 64) >= i4) && ((row + 64) < 128))
@@ -1843,19 +1843,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_wait<0>();
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
-    // gk5_hi[row, col] = (k5[row, col] * exp((lam[127] - lam[row])))
-    // gk5_lo[row, col] = ((k5[row, col] * exp((lam[127] - lam[row]))) - gk5_hi[row, col])
+    // zk5_hi[row, col] = (k5[row, col] * exp((lam[127] - lam[row])))
+    // zk5_lo[row, col] = ((k5[row, col] * exp((lam[127] - lam[row]))) - zk5_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
         const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k5[(r) * 56 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
         const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k5[(r) * 56 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_gk5_hi[(r) * 24 + (c)] = y0;
-        t_gk5_lo[(r) * 24 + (c)] = y1;
+        t_zk5_hi[(r) * 24 + (c)] = y0;
+        t_zk5_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
-    // kgk5 = mma.tc(k5^T, gk5_hi) [48x16 in 16x8 units over 8 warps]
+    // kzk5 = mma.tc(k5^T, zk5_hi) [48x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -1871,18 +1871,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k5[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
             uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_gk5_hi[(k0 + (lane & 15)) * 24 + n0]);
+            prt::ldmatrix_x2_trans(bf, &t_zk5_hi[(k0 + (lane & 15)) * 24 + n0]);
             prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
           }
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk5[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk5[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
     __syncthreads();
-    // kgk5 += mma.tc(k5^T, gk5_lo) [48x16 in 16x8 units over 8 warps]
+    // kzk5 += mma.tc(k5^T, zk5_lo) [48x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -1893,18 +1893,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_kgk5[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk5[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
           for (int k0 = 0; k0 < 128; k0 += 16) {
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k5[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
             uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_gk5_lo[(k0 + (lane & 15)) * 24 + n0]);
+            prt::ldmatrix_x2_trans(bf, &t_zk5_lo[(k0 + (lane & 15)) * 24 + n0]);
             prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
           }
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk5[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk5[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
@@ -2018,10 +2018,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         }
       }
       if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
-        // z5[row] = (kgk5[row, (i5 - 80)] * select(((row + 80) == i5), 1.0, 1.4142135623730951))
+        // z5[row] = (kzk5[row, (i5 - 80)] * select(((row + 80) == i5), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 48; r += 256) {
-            t_z5[r] = prt::from_f32<float>((prt::to_f32(t_kgk5[(r) * 16 + ((v_i5 - 80))]) * (((r + 80) == v_i5) ? 1.0f : 1.4142135623730951f)));
+            t_z5[r] = prt::from_f32<float>((prt::to_f32(t_kzk5[(r) * 16 + ((v_i5 - 80))]) * (((r + 80) == v_i5) ? 1.0f : 1.4142135623730951f)));
           }
         }
         // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i5 * 128) - ((i5 * (i5 - 1)) // 2)) + i5) - i5) - i5) + 80):+48] = z5 where (((row + 80) >= i5) && ((row + 80) < 128))
@@ -2072,19 +2072,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_wait<0>();
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
-    // gk6_hi[row, col] = (k6[row, col] * exp((lam[127] - lam[row])))
-    // gk6_lo[row, col] = ((k6[row, col] * exp((lam[127] - lam[row]))) - gk6_hi[row, col])
+    // zk6_hi[row, col] = (k6[row, col] * exp((lam[127] - lam[row])))
+    // zk6_lo[row, col] = ((k6[row, col] * exp((lam[127] - lam[row]))) - zk6_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
         const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k6[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
         const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k6[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_gk6_hi[(r) * 24 + (c)] = y0;
-        t_gk6_lo[(r) * 24 + (c)] = y1;
+        t_zk6_hi[(r) * 24 + (c)] = y0;
+        t_zk6_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
-    // kgk6 = mma.tc(k6^T, gk6_hi) [32x16 in 16x8 units over 8 warps]
+    // kzk6 = mma.tc(k6^T, zk6_hi) [32x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -2100,18 +2100,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k6[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
             uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_gk6_hi[(k0 + (lane & 15)) * 24 + n0]);
+            prt::ldmatrix_x2_trans(bf, &t_zk6_hi[(k0 + (lane & 15)) * 24 + n0]);
             prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
           }
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk6[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk6[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
     __syncthreads();
-    // kgk6 += mma.tc(k6^T, gk6_lo) [32x16 in 16x8 units over 8 warps]
+    // kzk6 += mma.tc(k6^T, zk6_lo) [32x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -2122,18 +2122,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_kgk6[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk6[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
           for (int k0 = 0; k0 < 128; k0 += 16) {
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k6[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
             uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_gk6_lo[(k0 + (lane & 15)) * 24 + n0]);
+            prt::ldmatrix_x2_trans(bf, &t_zk6_lo[(k0 + (lane & 15)) * 24 + n0]);
             prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
           }
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk6[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk6[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
@@ -2239,10 +2239,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         }
       }
       if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
-        // z6[row] = (kgk6[row, (i6 - 96)] * select(((row + 96) == i6), 1.0, 1.4142135623730951))
+        // z6[row] = (kzk6[row, (i6 - 96)] * select(((row + 96) == i6), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 32; r += 256) {
-            t_z6[r] = prt::from_f32<float>((prt::to_f32(t_kgk6[(r) * 16 + ((v_i6 - 96))]) * (((r + 96) == v_i6) ? 1.0f : 1.4142135623730951f)));
+            t_z6[r] = prt::from_f32<float>((prt::to_f32(t_kzk6[(r) * 16 + ((v_i6 - 96))]) * (((r + 96) == v_i6) ? 1.0f : 1.4142135623730951f)));
           }
         }
         // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i6 * 128) - ((i6 * (i6 - 1)) // 2)) + i6) - i6) - i6) + 96):+32] = z6 where (((row + 96) >= i6) && ((row + 96) < 128))
@@ -2293,19 +2293,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_wait<0>();
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
-    // gk7_hi[row, col] = (k7[row, col] * exp((lam[127] - lam[row])))
-    // gk7_lo[row, col] = ((k7[row, col] * exp((lam[127] - lam[row]))) - gk7_hi[row, col])
+    // zk7_hi[row, col] = (k7[row, col] * exp((lam[127] - lam[row])))
+    // zk7_lo[row, col] = ((k7[row, col] * exp((lam[127] - lam[row]))) - zk7_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
         const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k7[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
         const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k7[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_gk7_hi[(r) * 24 + (c)] = y0;
-        t_gk7_lo[(r) * 24 + (c)] = y1;
+        t_zk7_hi[(r) * 24 + (c)] = y0;
+        t_zk7_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
-    // kgk7 = mma.tc(k7^T, gk7_hi) [16x16 in 16x8 units over 8 warps]
+    // kzk7 = mma.tc(k7^T, zk7_hi) [16x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -2321,18 +2321,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k7[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
             uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_gk7_hi[(k0 + (lane & 15)) * 24 + n0]);
+            prt::ldmatrix_x2_trans(bf, &t_zk7_hi[(k0 + (lane & 15)) * 24 + n0]);
             prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
           }
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
     __syncthreads();
-    // kgk7 += mma.tc(k7^T, gk7_lo) [16x16 in 16x8 units over 8 warps]
+    // kzk7 += mma.tc(k7^T, zk7_lo) [16x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -2343,18 +2343,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_kgk7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
           for (int k0 = 0; k0 < 128; k0 += 16) {
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k7[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
             uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_gk7_lo[(k0 + (lane & 15)) * 24 + n0]);
+            prt::ldmatrix_x2_trans(bf, &t_zk7_lo[(k0 + (lane & 15)) * 24 + n0]);
             prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
           }
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
@@ -2453,10 +2453,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         }
       }
       if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
-        // z7[row] = (kgk7[row, (i7 - 112)] * select(((row + 112) == i7), 1.0, 1.4142135623730951))
+        // z7[row] = (kzk7[row, (i7 - 112)] * select(((row + 112) == i7), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 16; r += 256) {
-            t_z7[r] = prt::from_f32<float>((prt::to_f32(t_kgk7[(r) * 16 + ((v_i7 - 112))]) * (((r + 112) == v_i7) ? 1.0f : 1.4142135623730951f)));
+            t_z7[r] = prt::from_f32<float>((prt::to_f32(t_kzk7[(r) * 16 + ((v_i7 - 112))]) * (((r + 112) == v_i7) ? 1.0f : 1.4142135623730951f)));
           }
         }
         // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i7 * 128) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 112):+16] = z7 where (((row + 112) >= i7) && ((row + 112) < 128))
@@ -6574,9 +6574,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
   }
 }
 
-// query_state_bwd_ds: dSin, dZin: the state's gradient from the queries of one chunk, one block of features
-// grid (($n * 258), ($b * $h), 1), 128 threads, 136448 bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d128_e128_c128_f16_w4_bd32_bt64_s1(
+// query_state_bwd_ds: dSin, dZin: the state's gradient from the queries of one chunk, summed over the group's query heads
+// grid (($n * 4), ($b * $h), 1), 256 threads, 149504 bytes of dynamic shared memory
+extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128_e128_c128_f16_w8_bd32_bt128_s1(
     const __half* g_Q, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -6669,35 +6669,105 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d128
   (void)g_dZin_d3;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
-  __half* const t_q = reinterpret_cast<__half*>(prt_smem + 101376);  // f16[64, 128] pitch 128
-  float* const t_dy_f32 = reinterpret_cast<float*>(prt_smem + 1024);  // f32[64, 128] pitch 128
-  __nv_bfloat16* const t_dy_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 66560);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_dy_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 83968);  // bf16[64, 128] pitch 136
-  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 136192);  // f32[64] pitch 64
-  float* const t_Dy_i = reinterpret_cast<float*>(prt_smem + 128);  // f32[64] pitch 64
-  float* const t_q_norm = reinterpret_cast<float*>(prt_smem + 33792);  // f32[64, 128] pitch 128
-  float* const t_phi_f32 = reinterpret_cast<float*>(prt_smem + 117760);  // f32[64, 32] pitch 32
-  __nv_bfloat16* const t_phi_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 125952);  // bf16[64, 32] pitch 40
-  __nv_bfloat16* const t_phi_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 131072);  // bf16[64, 32] pitch 40
-  float f_acc_s[2][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 4 warps
-  float* const t_acc_z = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
-  float* const t_z_sum = reinterpret_cast<float*>(prt_smem + 384);  // f32[32] pitch 32
-  // g = load logG[(pid.y // $h), ((pid.x // 258) * 128):+128, (pid.y % $h)]
+  float* const t_fdy = reinterpret_cast<float*>(prt_smem + 1536);  // f32[128, 32] pitch 32
+  float* const t_f = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
+  float* const t_z_row = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128] pitch 128
+  __half* const t_q0 = reinterpret_cast<__half*>(prt_smem + 95744);  // f16[128, 128] pitch 128
+  __nv_bfloat16* const t_q0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 26112);  // bf16[128, 128] pitch 136
+  __nv_bfloat16* const t_q0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 60928);  // bf16[128, 128] pitch 136
+  float* const t_qzq0 = reinterpret_cast<float*>(prt_smem + 17920);  // f32[128, 16] pitch 16
+  __nv_bfloat16* const t_zq0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 128512);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_zq0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 134656);  // bf16[128, 16] pitch 24
+  float f_s0[1][4][4];  // f32[128, 32] as mma fragments: 128x32 in 16x32 units over 8 warps
+  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 148992);  // f32[128] pitch 128
+  __nv_bfloat16* const t_u0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 128512);  // bf16[128, 32] pitch 40
+  __nv_bfloat16* const t_u0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 138752);  // bf16[128, 32] pitch 40
+  __half* const t_q1 = reinterpret_cast<__half*>(prt_smem + 86528);  // f16[128, 112] pitch 112
+  __nv_bfloat16* const t_q1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 25088);  // bf16[128, 112] pitch 120
+  __nv_bfloat16* const t_q1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 55808);  // bf16[128, 112] pitch 120
+  float* const t_qzq1 = reinterpret_cast<float*>(prt_smem + 17920);  // f32[112, 16] pitch 16
+  __nv_bfloat16* const t_zq1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 115200);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_zq1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 121344);  // bf16[128, 16] pitch 24
+  float f_s1[2][2][4];  // f32[112, 32] as mma fragments: 112x32 in 16x16 units over 8 warps
+  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 135680);  // f32[112] pitch 112
+  __nv_bfloat16* const t_u1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 115200);  // bf16[128, 32] pitch 40
+  __nv_bfloat16* const t_u1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 125440);  // bf16[128, 32] pitch 40
+  __half* const t_q2 = reinterpret_cast<__half*>(prt_smem + 77312);  // f16[128, 96] pitch 96
+  __nv_bfloat16* const t_q2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 24064);  // bf16[128, 96] pitch 104
+  __nv_bfloat16* const t_q2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 50688);  // bf16[128, 96] pitch 104
+  float* const t_qzq2 = reinterpret_cast<float*>(prt_smem + 17920);  // f32[96, 16] pitch 16
+  __nv_bfloat16* const t_zq2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 101888);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_zq2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 108032);  // bf16[128, 16] pitch 24
+  float f_s2[2][2][4];  // f32[96, 32] as mma fragments: 96x32 in 16x16 units over 8 warps
+  float* const t_z2 = reinterpret_cast<float*>(prt_smem + 122368);  // f32[96] pitch 96
+  __nv_bfloat16* const t_u2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 101888);  // bf16[128, 32] pitch 40
+  __nv_bfloat16* const t_u2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 112128);  // bf16[128, 32] pitch 40
+  __half* const t_q3 = reinterpret_cast<__half*>(prt_smem + 68096);  // f16[128, 80] pitch 80
+  __nv_bfloat16* const t_q3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 23040);  // bf16[128, 80] pitch 88
+  __nv_bfloat16* const t_q3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 45568);  // bf16[128, 80] pitch 88
+  float* const t_qzq3 = reinterpret_cast<float*>(prt_smem + 17920);  // f32[80, 16] pitch 16
+  __nv_bfloat16* const t_zq3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 88576);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_zq3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 94720);  // bf16[128, 16] pitch 24
+  float f_s3[2][2][4];  // f32[80, 32] as mma fragments: 80x32 in 16x16 units over 8 warps
+  float* const t_z3 = reinterpret_cast<float*>(prt_smem + 109056);  // f32[80] pitch 80
+  __nv_bfloat16* const t_u3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 88576);  // bf16[128, 32] pitch 40
+  __nv_bfloat16* const t_u3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 98816);  // bf16[128, 32] pitch 40
+  __half* const t_q4 = reinterpret_cast<__half*>(prt_smem + 58880);  // f16[128, 64] pitch 64
+  __nv_bfloat16* const t_q4_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 22016);  // bf16[128, 64] pitch 72
+  __nv_bfloat16* const t_q4_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 40448);  // bf16[128, 64] pitch 72
+  float* const t_qzq4 = reinterpret_cast<float*>(prt_smem + 17920);  // f32[64, 16] pitch 16
+  __nv_bfloat16* const t_zq4_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 75264);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_zq4_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 81408);  // bf16[128, 16] pitch 24
+  float f_s4[1][2][4];  // f32[64, 32] as mma fragments: 64x32 in 16x16 units over 8 warps
+  float* const t_z4 = reinterpret_cast<float*>(prt_smem + 95744);  // f32[64] pitch 64
+  __nv_bfloat16* const t_u4_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 75264);  // bf16[128, 32] pitch 40
+  __nv_bfloat16* const t_u4_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 85504);  // bf16[128, 32] pitch 40
+  __half* const t_q5 = reinterpret_cast<__half*>(prt_smem + 49664);  // f16[128, 48] pitch 48
+  __nv_bfloat16* const t_q5_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 20992);  // bf16[128, 48] pitch 56
+  __nv_bfloat16* const t_q5_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 35328);  // bf16[128, 48] pitch 56
+  float* const t_qzq5 = reinterpret_cast<float*>(prt_smem + 17920);  // f32[48, 16] pitch 16
+  __nv_bfloat16* const t_zq5_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 61952);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_zq5_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 68096);  // bf16[128, 16] pitch 24
+  float f_s5[2][1][4];  // f32[48, 32] as mma fragments: 48x32 in 16x8 units over 8 warps
+  float* const t_z5 = reinterpret_cast<float*>(prt_smem + 82432);  // f32[48] pitch 48
+  __nv_bfloat16* const t_u5_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 61952);  // bf16[128, 32] pitch 40
+  __nv_bfloat16* const t_u5_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 72192);  // bf16[128, 32] pitch 40
+  __half* const t_q6 = reinterpret_cast<__half*>(prt_smem + 40448);  // f16[128, 32] pitch 32
+  __nv_bfloat16* const t_q6_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 19968);  // bf16[128, 32] pitch 40
+  __nv_bfloat16* const t_q6_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 30208);  // bf16[128, 32] pitch 40
+  float* const t_qzq6 = reinterpret_cast<float*>(prt_smem + 17920);  // f32[32, 16] pitch 16
+  __nv_bfloat16* const t_zq6_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 48640);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_zq6_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 54784);  // bf16[128, 16] pitch 24
+  float f_s6[1][1][4];  // f32[32, 32] as mma fragments: 32x32 in 16x8 units over 8 warps
+  float* const t_z6 = reinterpret_cast<float*>(prt_smem + 69120);  // f32[32] pitch 32
+  __nv_bfloat16* const t_u6_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 48640);  // bf16[128, 32] pitch 40
+  __nv_bfloat16* const t_u6_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 58880);  // bf16[128, 32] pitch 40
+  __half* const t_q7 = reinterpret_cast<__half*>(prt_smem + 43520);  // f16[128, 16] pitch 16
+  __nv_bfloat16* const t_q7_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 18944);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_q7_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 25088);  // bf16[128, 16] pitch 24
+  float* const t_qzq7 = reinterpret_cast<float*>(prt_smem + 17920);  // f32[16, 16] pitch 16
+  __nv_bfloat16* const t_zq7_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 31232);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_zq7_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 37376);  // bf16[128, 16] pitch 24
+  float f_s7[1][1][4];  // f32[16, 32] as mma fragments: 16x32 in 16x8 units over 8 warps
+  float* const t_z7 = reinterpret_cast<float*>(prt_smem + 41472);  // f32[16] pitch 16
+  __nv_bfloat16* const t_u7_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 31232);  // bf16[128, 32] pitch 40
+  __nv_bfloat16* const t_u7_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 47616);  // bf16[128, 32] pitch 40
+  // g = load logG[(pid.y // $h), ((pid.x // 4) * 128):+128, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int s1 = ((static_cast<int>(blockIdx.x) / 258) * 128);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
-    for (int r = tid; r < 128; r += 128) {
+    for (int r = tid; r < 128; r += 256) {
       dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
     }
   }
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
-    for (int o = warp; o < 1; o += 4) {
+    for (int o = warp; o < 1; o += 8) {
       float carry = 0.0f;
       for (int j0 = 0; j0 < 128; j0 += 32) {
         const int j = j0 + lane, i = j;
@@ -6708,271 +6778,3856 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d128
       }
     }
   }
-  // acc_s[row, col] = 0.0
+  __syncthreads();
+  if (((p_hq / p_h) == 1)) {
+    // f = load lse[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+      const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + 0);
+      const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+      const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+      float* const dst = t_f;
+      for (int r = tid; r < 128; r += 256) {
+        dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+      }
+    }
+    // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+    {
+      for (int r = tid; r < 128; r += 256) {
+        t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+      }
+    }
+    // z_row = load Dy[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+      const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + 0);
+      const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+      const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+      float* const dst = t_z_row;
+      for (int r = tid; r < 128; r += 256) {
+        dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+      }
+    }
+    // z_row[row] = -((z_row[row] * f[row]))
+    {
+      for (int r = tid; r < 128; r += 256) {
+        t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+      }
+    }
+    // fdy = load dY[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0), ((pid.x % 4) * 32):+32]
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+      const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + 0);
+      const int s3 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+      const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+      const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+      float* const dst = t_fdy;
+      for (int i = tid; i < 4096; i += 256) {
+        const int r = i / 32, c = i % 32;
+        dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+      }
+    }
+    __syncthreads();
+    // fdy[row, col] = (fdy[row, col] * f[row])
+    {
+      for (int i = tid; i < 4096; i += 256) {
+        const int r = i / 32, c = i % 32;
+        t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
+      }
+    }
+  }
+  if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+    // qzq0[row, col] = 0.0
+    {
+      for (int i = tid; i < 2048; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_qzq0[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+      }
+    }
+  }
+  __syncthreads();
   {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
+    const int v_i0_end = (p_hq / p_h);
+    for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
+      if (((p_hq / p_h) > 1)) {
+        // f = load lse[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
+          const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+          const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+          float* const dst = t_f;
+          for (int r = tid; r < 128; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+          }
+        }
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
+          const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+          const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+          float* const dst = t_z_row;
+          for (int r = tid; r < 128; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // z_row[row] = -((z_row[row] * f[row]))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+          }
+        }
+        // fdy = load dY[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0), ((pid.x % 4) * 32):+32]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+          const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+          const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+          float* const dst = t_fdy;
+          for (int i = tid; i < 4096; i += 256) {
+            const int r = i / 32, c = i % 32;
+            dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+          }
+        }
+        __syncthreads();
+        // fdy[row, col] = (fdy[row, col] * f[row])
+        {
+          for (int i = tid; i < 4096; i += 256) {
+            const int r = i / 32, c = i % 32;
+            t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
+          }
+        }
+      }
+      __syncthreads();
+      // q0 = load.async Q[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0), 0:+128]
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+        const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
+        const int s3 = 0;
+        const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+        const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+        __half* const dst = t_q0;
+        if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          for (int i = tid; i < 2048; i += 256) {
+            const int r = i / 16, c = (i % 16) * 8;
+            const int gr = s1 + r;
+            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+            prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+          }
+        }
+        else {
+          for (int i = tid; i < 16384; i += 256) {
+            const int r = i / 128, c = i % 128;
+            dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
+          }
+        }
+      }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
+      // q0_hi[row, col] = q0[row, col]
+      // q0_lo[row, col] = (q0[row, col] - q0_hi[row, col])
+      {
+        for (int i = tid; i < 16384; i += 256) {
+          const int r = i / 128, c = i % 128;
+          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q0[(r) * 128 + (c)]));
+          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q0[(r) * 128 + (c)]) - prt::to_f32(y0)));
+          t_q0_hi[(r) * 136 + (c)] = y0;
+          t_q0_lo[(r) * 136 + (c)] = y1;
+        }
+      }
+      if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+        // zq0_hi[row, col] = ((q0[row, col] * f[row]) * z_row[row])
+        // zq0_lo[row, col] = (((q0[row, col] * f[row]) * z_row[row]) - zq0_hi[row, col])
+        {
+          for (int i = tid; i < 2048; i += 256) {
+            const int r = i / 16, c = i % 16;
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q0[(r) * 128 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q0[(r) * 128 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+            t_zq0_hi[(r) * 24 + (c)] = y0;
+            t_zq0_lo[(r) * 24 + (c)] = y1;
+          }
+        }
+        __syncthreads();
+        // qzq0 += mma.tc(q0_hi^T, zq0_hi) [128x16 in 16x16 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
+            float acc[2][4];
+            #pragma unroll
+            for (int q = 0; q < 2; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int k0 = 0; k0 < 128; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4_trans(af, &t_q0_hi[(k0 + prt::at_row(lane)) * 136 + m0 + prt::at_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 2; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_zq0_hi[(k0 + prt::a_row(lane)) * 24 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
+            }
+            #pragma unroll
+            for (int q = 0; q < 2; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          }
+        }
+        __syncthreads();
+        // qzq0 += mma.tc(q0_lo^T, zq0_hi) [128x16 in 16x16 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
+            float acc[2][4];
+            #pragma unroll
+            for (int q = 0; q < 2; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int k0 = 0; k0 < 128; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4_trans(af, &t_q0_lo[(k0 + prt::at_row(lane)) * 136 + m0 + prt::at_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 2; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_zq0_hi[(k0 + prt::a_row(lane)) * 24 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
+            }
+            #pragma unroll
+            for (int q = 0; q < 2; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          }
+        }
+        __syncthreads();
+        // qzq0 += mma.tc(q0_hi^T, zq0_lo) [128x16 in 16x16 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
+            float acc[2][4];
+            #pragma unroll
+            for (int q = 0; q < 2; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int k0 = 0; k0 < 128; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4_trans(af, &t_q0_hi[(k0 + prt::at_row(lane)) * 136 + m0 + prt::at_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 2; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_zq0_lo[(k0 + prt::a_row(lane)) * 24 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
+            }
+            #pragma unroll
+            for (int q = 0; q < 2; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          }
+        }
+      }
+    }
+  }
+  {
+    const int v_i1_end = 16;
+    for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
+      // s0[row, col] = 0.0
+      {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_acc_s[j][q][e] = 0.0f;
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s0[j][q][e] = 0.0f;
+            }
+          }
+        }
+      }
+      {
+        const int v_i2_end = (p_hq / p_h);
+        for (int v_i2 = 0; v_i2 < v_i2_end; v_i2 += 1) {
+          if (((p_hq / p_h) > 1)) {
+            // f = load lse[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i2);
+              const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+              const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+              float* const dst = t_f;
+              for (int r = tid; r < 128; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+            {
+              for (int r = tid; r < 128; r += 256) {
+                t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+              }
+            }
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i2);
+              const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+              const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+              float* const dst = t_z_row;
+              for (int r = tid; r < 128; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // z_row[row] = -((z_row[row] * f[row]))
+            {
+              for (int r = tid; r < 128; r += 256) {
+                t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+              }
+            }
+            // fdy = load dY[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2), ((pid.x % 4) * 32):+32]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i2);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+              const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+              const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+              float* const dst = t_fdy;
+              for (int i = tid; i < 4096; i += 256) {
+                const int r = i / 32, c = i % 32;
+                dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+              }
+            }
+            __syncthreads();
+            // fdy[row, col] = (fdy[row, col] * f[row])
+            {
+              for (int i = tid; i < 4096; i += 256) {
+                const int r = i / 32, c = i % 32;
+                t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
+              }
+            }
+            // q0 = load.async Q[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2), 0:+128]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i2);
+              const int s3 = 0;
+              const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+              const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+              __half* const dst = t_q0;
+              if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                for (int i = tid; i < 2048; i += 256) {
+                  const int r = i / 16, c = (i % 16) * 8;
+                  const int gr = s1 + r;
+                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                }
+              }
+              else {
+                for (int i = tid; i < 16384; i += 256) {
+                  const int r = i / 128, c = i % 128;
+                  dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
+                }
+              }
+            }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
+            // q0_hi[row, col] = q0[row, col]
+            // q0_lo[row, col] = (q0[row, col] - q0_hi[row, col])
+            {
+              for (int i = tid; i < 16384; i += 256) {
+                const int r = i / 128, c = i % 128;
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q0[(r) * 128 + (c)]));
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q0[(r) * 128 + (c)]) - prt::to_f32(y0)));
+                t_q0_hi[(r) * 136 + (c)] = y0;
+                t_q0_lo[(r) * 136 + (c)] = y1;
+              }
+            }
+          }
+          __syncthreads();
+          // u0_hi[row, col] = (fdy[row, col] * (q0[row, (i1 - 0)] * f[row]))
+          // u0_lo[row, col] = ((fdy[row, col] * (q0[row, (i1 - 0)] * f[row])) - u0_hi[row, col])
+          {
+            for (int i = tid; i < 4096; i += 256) {
+              const int r = i / 32, c = i % 32;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q0[(r) * 128 + ((v_i1 - 0))]) * prt::to_f32(t_f[r]))));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q0[(r) * 128 + ((v_i1 - 0))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
+              t_u0_hi[(r) * 40 + (c)] = y0;
+              t_u0_lo[(r) * 40 + (c)] = y1;
+            }
+          }
+          __syncthreads();
+          // s0 += mma.tc(q0_hi^T, u0_hi) [128x32 in 16x32 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+              float (&acc)[4][4] = f_s0[j];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q0_hi[(k0 + prt::at_row(lane)) * 136 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 4; q += 2) {
+                  uint32_t bf[4];
+                  prt::ldmatrix_x4_trans(bf, &t_u0_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                }
+              }
+            }
+          }
+          // s0 += mma.tc(q0_lo^T, u0_hi) [128x32 in 16x32 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+              float (&acc)[4][4] = f_s0[j];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q0_lo[(k0 + prt::at_row(lane)) * 136 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 4; q += 2) {
+                  uint32_t bf[4];
+                  prt::ldmatrix_x4_trans(bf, &t_u0_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                }
+              }
+            }
+          }
+          // s0 += mma.tc(q0_hi^T, u0_lo) [128x32 in 16x32 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+              float (&acc)[4][4] = f_s0[j];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q0_hi[(k0 + prt::at_row(lane)) * 136 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 4; q += 2) {
+                  uint32_t bf[4];
+                  prt::ldmatrix_x4_trans(bf, &t_u0_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                }
+              }
+            }
+          }
+        }
+      }
+      // s0[row, col] = (s0[row, col] * select(((row + 0) == i1), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s0[j][q][e] = (f_s0[j][q][e] * (((r + 0) == v_i1) ? 1.0f : 1.4142135623730951f));
+            }
+          }
+        }
+      }
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 4), ((((((i1 * 128) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 0):+128, ((pid.x % 4) * 32):+32] = s0 where (((row + 0) >= i1) && ((row + 0) < 128))
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 4);
+        const int s3 = ((((((v_i1 * 128) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 0);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+        const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
+        const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 0) >= v_i1) && ((r + 0) < 128)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s0[j][q][e]);
+              }
+            }
+          }
+        }
+      }
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+        // z0[row] = (qzq0[row, (i1 - 0)] * select(((row + 0) == i1), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_z0[r] = prt::from_f32<float>((prt::to_f32(t_qzq0[(r) * 16 + ((v_i1 - 0))]) * (((r + 0) == v_i1) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 4), ((((((i1 * 128) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 0):+128] = z0 where (((row + 0) >= i1) && ((row + 0) < 128))
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 4);
+          const int s3 = ((((((v_i1 * 128) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 0);
+          const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
+          const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
+          if (ok) {
+            for (int r = tid; r < 128; r += 256) {
+              if (s3 + r >= 0 && s3 + r < g_dZin_d3 && ((((r + 0) >= v_i1) && ((r + 0) < 128)))) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_z0[r];
+            }
+          }
         }
       }
     }
   }
   __syncthreads();
-  // acc_z[row] = 0.0
-  {
-    for (int r = tid; r < 32; r += 128) {
-      t_acc_z[r] = prt::from_f32<float>(0.0f);
+  if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+    // qzq1[row, col] = 0.0
+    {
+      for (int i = tid; i < 1792; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_qzq1[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+      }
     }
   }
   {
-    const int v_i0_end = (p_hq / p_h);
-    for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
+    const int v_i3_end = (p_hq / p_h);
+    for (int v_i3 = 0; v_i3 < v_i3_end; v_i3 += 1) {
+      if (((p_hq / p_h) > 1)) {
+        // f = load lse[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i3);
+          const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+          const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+          float* const dst = t_f;
+          for (int r = tid; r < 128; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+          }
+        }
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i3);
+          const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+          const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+          float* const dst = t_z_row;
+          for (int r = tid; r < 128; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // z_row[row] = -((z_row[row] * f[row]))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+          }
+        }
+        // fdy = load dY[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3), ((pid.x % 4) * 32):+32]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i3);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+          const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+          const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+          float* const dst = t_fdy;
+          for (int i = tid; i < 4096; i += 256) {
+            const int r = i / 32, c = i % 32;
+            dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+          }
+        }
+        __syncthreads();
+        // fdy[row, col] = (fdy[row, col] * f[row])
+        {
+          for (int i = tid; i < 4096; i += 256) {
+            const int r = i / 32, c = i % 32;
+            t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
+          }
+        }
+      }
+      __syncthreads();
+      // q1 = load.async Q[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3), 16:+112]
       {
-        const int v_i1_end = prt::min_nan((((p_t - ((static_cast<int>(blockIdx.x) / 258) * 128)) + 63) / 64), 2);
-        for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
-          // q = load.async Q[(pid.y // $h), (((pid.x // 258) * 128) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0), 0:+128]
-          {
-            const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-            const int s1 = (((static_cast<int>(blockIdx.x) / 258) * 128) + (v_i1 * 64));
-            const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
-            const int s3 = 0;
-            const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
-            const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
-            __half* const dst = t_q;
-            if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-              for (int i = tid; i < 1024; i += 128) {
-                const int r = i / 16, c = (i % 16) * 8;
-                const int gr = s1 + r;
-                const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
-              }
-            }
-            else {
-              for (int i = tid; i < 8192; i += 128) {
-                const int r = i / 128, c = i % 128;
-                dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
-              }
-            }
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+        const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i3);
+        const int s3 = 16;
+        const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+        const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+        __half* const dst = t_q1;
+        if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          for (int i = tid; i < 1792; i += 256) {
+            const int r = i / 14, c = (i % 14) * 8;
+            const int gr = s1 + r;
+            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+            prt::cp_async_16(&dst[(r) * 112 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
           }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          // dy_f32 = load dY[(pid.y // $h), (((pid.x // 258) * 128) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0), 0:+128]
-          {
-            const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-            const int s1 = (((static_cast<int>(blockIdx.x) / 258) * 128) + (v_i1 * 64));
-            const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
-            const int s3 = 0;
-            const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
-            const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
-            float* const dst = t_dy_f32;
-            for (int i = tid; i < 8192; i += 128) {
-              const int r = i / 128, c = i % 128;
-              dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
-            }
-          }
-          // dy_hi[row, col] = (dy_f32[row, col] * 1.0)
-          // dy_lo[row, col] = ((dy_f32[row, col] * 1.0) - dy_hi[row, col])
-          {
-            for (int i = tid; i < 8192; i += 128) {
-              const int r = i / 128, c = i % 128;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_dy_f32[(r) * 128 + (c)]) * 1.0f));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_dy_f32[(r) * 128 + (c)]) * 1.0f) - prt::to_f32(y0)));
-              t_dy_hi[(r) * 136 + (c)] = y0;
-              t_dy_lo[(r) * 136 + (c)] = y1;
-            }
-          }
-          // lse_i = load lse[(pid.y // $h), (((pid.x // 258) * 128) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
-          {
-            const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-            const int s1 = (((static_cast<int>(blockIdx.x) / 258) * 128) + (v_i1 * 64));
-            const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
-            const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
-            const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
-            float* const dst = t_lse_i;
-            for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
-            }
-          }
-          // Dy_i = load Dy[(pid.y // $h), (((pid.x // 258) * 128) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
-          {
-            const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-            const int s1 = (((static_cast<int>(blockIdx.x) / 258) * 128) + (v_i1 * 64));
-            const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
-            const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
-            const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
-            float* const dst = t_Dy_i;
-            for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
-            }
-          }
-          __syncthreads();
-          // q_norm[row, col] = (q[row, col] * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[((i1 * 64) + row)] - lse_i[row]) / 2.0)))))
-          {
-            for (int i = tid; i < 8192; i += 128) {
-              const int r = i / 128, c = i % 128;
-              t_q_norm[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_q[(r) * 128 + (c)]) * ((prt::to_f32(t_lse_i[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[((v_i1 * 64) + r)]) - prt::to_f32(t_lse_i[r])) / 2.0f))))));
-            }
-          }
-          __syncthreads();
-          // phi_f32 = sympow2(q_norm, features from ((pid.x % 258) * 32))
-          {
-            const int off = ((static_cast<int>(blockIdx.x) % 258) * 32);
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 32, f = i % 32, g = off + f;
-              float v = 0.0f;
-              if (g >= 0 && g < prt_sympow_d128_p2_size) {
-                v = prt_sympow_d128_p2_weight[g];
-                v *= prt::to_f32(t_q_norm[(r) * 128 + (prt_sympow_d128_p2_index[g * 2 + 0])]);
-                v *= prt::to_f32(t_q_norm[(r) * 128 + (prt_sympow_d128_p2_index[g * 2 + 1])]);
-              }
-              t_phi_f32[(r) * 32 + (f)] = prt::from_f32<float>(v);
-            }
-          }
-          __syncthreads();
-          // phi_hi[row, col] = (phi_f32[row, col] * 1.0)
-          // phi_lo[row, col] = ((phi_f32[row, col] * 1.0) - phi_hi[row, col])
-          {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 32, c = i % 32;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_phi_f32[(r) * 32 + (c)]) * 1.0f));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_phi_f32[(r) * 32 + (c)]) * 1.0f) - prt::to_f32(y0)));
-              t_phi_hi[(r) * 40 + (c)] = y0;
-              t_phi_lo[(r) * 40 + (c)] = y1;
-            }
-          }
-          __syncthreads();
-          // acc_s += mma.tc(phi_hi^T, dy_hi) [32x128 in 16x32 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-              float (&acc)[4][4] = f_acc_s[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_phi_hi[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_dy_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-            }
-          }
-          // acc_s += mma.tc(phi_lo^T, dy_hi) [32x128 in 16x32 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-              float (&acc)[4][4] = f_acc_s[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_phi_lo[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_dy_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-            }
-          }
-          // acc_s += mma.tc(phi_hi^T, dy_lo) [32x128 in 16x32 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-              float (&acc)[4][4] = f_acc_s[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_phi_hi[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_dy_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-            }
-          }
-          // phi_f32[row, col] = -((phi_f32[row, col] * Dy_i[row]))
-          {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 32, c = i % 32;
-              t_phi_f32[(r) * 32 + (c)] = prt::from_f32<float>((-(prt::to_f32(t_phi_f32[(r) * 32 + (c)]) * prt::to_f32(t_Dy_i[r]))));
-            }
-          }
-          __syncthreads();
-          // z_sum = reduce_sum(phi_f32, axis=0)
-          {
-            for (int o = warp; o < 32; o += 4) {
-              float acc = 0.0f;
-              for (int i = lane; i < 64; i += 32) acc += prt::to_f32(t_phi_f32[(i) * 32 + (o)]);
-              acc = prt::warp_sum(acc);
-              if (lane == 0) t_z_sum[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // acc_z[row] = (acc_z[row] + z_sum[row])
-          {
-            for (int r = tid; r < 32; r += 128) {
-              t_acc_z[r] = prt::from_f32<float>((prt::to_f32(t_acc_z[r]) + prt::to_f32(t_z_sum[r])));
-            }
+        }
+        else {
+          for (int i = tid; i < 14336; i += 256) {
+            const int r = i / 112, c = i % 112;
+            dst[(r) * 112 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
           }
         }
       }
-    }
-  }
-  // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 258), ((pid.x % 258) * 32):+32, 0:+128] = acc_s
-  {
-    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-    const int a2 = (static_cast<int>(blockIdx.x) / 258);
-    const int s3 = ((static_cast<int>(blockIdx.x) % 258) * 32);
-    const int s4 = 0;
-    const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
-    const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
-    if (ok) {
-      #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int u = warp + j * 4;
-        const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-        #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
+      // q1_hi[row, col] = q1[row, col]
+      // q1_lo[row, col] = (q1[row, col] - q1_hi[row, col])
+      {
+        for (int i = tid; i < 14336; i += 256) {
+          const int r = i / 112, c = i % 112;
+          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q1[(r) * 112 + (c)]));
+          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q1[(r) * 112 + (c)]) - prt::to_f32(y0)));
+          t_q1_hi[(r) * 120 + (c)] = y0;
+          t_q1_lo[(r) * 120 + (c)] = y1;
+        }
+      }
+      if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+        // zq1_hi[row, col] = ((q1[row, col] * f[row]) * z_row[row])
+        // zq1_lo[row, col] = (((q1[row, col] * f[row]) * z_row[row]) - zq1_hi[row, col])
+        {
+          for (int i = tid; i < 2048; i += 256) {
+            const int r = i / 16, c = i % 16;
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q1[(r) * 112 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q1[(r) * 112 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+            t_zq1_hi[(r) * 24 + (c)] = y0;
+            t_zq1_lo[(r) * 24 + (c)] = y1;
+          }
+        }
+        __syncthreads();
+        // qzq1 += mma.tc(q1_hi^T, zq1_hi) [112x16 in 16x8 units over 8 warps]
+        {
           #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-            if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_acc_s[j][q][e]);
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            if (u < 14) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q1_hi[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq1_hi[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+        __syncthreads();
+        // qzq1 += mma.tc(q1_lo^T, zq1_hi) [112x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            if (u < 14) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q1_lo[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq1_hi[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+        __syncthreads();
+        // qzq1 += mma.tc(q1_hi^T, zq1_lo) [112x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            if (u < 14) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q1_hi[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq1_lo[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
           }
         }
       }
     }
   }
-  // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 258), ((pid.x % 258) * 32):+32] = acc_z
   {
-    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-    const int a2 = (static_cast<int>(blockIdx.x) / 258);
-    const int s3 = ((static_cast<int>(blockIdx.x) % 258) * 32);
-    const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
-    const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
-    if (ok) {
-      for (int r = tid; r < 32; r += 128) {
-        if (s3 + r >= 0 && s3 + r < g_dZin_d3) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_acc_z[r];
+    const int v_i4_end = 32;
+    for (int v_i4 = 16; v_i4 < v_i4_end; v_i4 += 1) {
+      // s1[row, col] = 0.0
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 8;
+          if (u < 14) {
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_s1[j][q][e] = 0.0f;
+              }
+            }
+          }
+        }
+      }
+      {
+        const int v_i5_end = (p_hq / p_h);
+        for (int v_i5 = 0; v_i5 < v_i5_end; v_i5 += 1) {
+          if (((p_hq / p_h) > 1)) {
+            // f = load lse[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i5);
+              const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+              const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+              float* const dst = t_f;
+              for (int r = tid; r < 128; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+            {
+              for (int r = tid; r < 128; r += 256) {
+                t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+              }
+            }
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i5);
+              const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+              const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+              float* const dst = t_z_row;
+              for (int r = tid; r < 128; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // z_row[row] = -((z_row[row] * f[row]))
+            {
+              for (int r = tid; r < 128; r += 256) {
+                t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+              }
+            }
+            // fdy = load dY[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5), ((pid.x % 4) * 32):+32]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i5);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+              const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+              const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+              float* const dst = t_fdy;
+              for (int i = tid; i < 4096; i += 256) {
+                const int r = i / 32, c = i % 32;
+                dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+              }
+            }
+            __syncthreads();
+            // fdy[row, col] = (fdy[row, col] * f[row])
+            {
+              for (int i = tid; i < 4096; i += 256) {
+                const int r = i / 32, c = i % 32;
+                t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
+              }
+            }
+            // q1 = load.async Q[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5), 16:+112]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i5);
+              const int s3 = 16;
+              const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+              const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+              __half* const dst = t_q1;
+              if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                for (int i = tid; i < 1792; i += 256) {
+                  const int r = i / 14, c = (i % 14) * 8;
+                  const int gr = s1 + r;
+                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 112 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                }
+              }
+              else {
+                for (int i = tid; i < 14336; i += 256) {
+                  const int r = i / 112, c = i % 112;
+                  dst[(r) * 112 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
+                }
+              }
+            }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
+            // q1_hi[row, col] = q1[row, col]
+            // q1_lo[row, col] = (q1[row, col] - q1_hi[row, col])
+            {
+              for (int i = tid; i < 14336; i += 256) {
+                const int r = i / 112, c = i % 112;
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q1[(r) * 112 + (c)]));
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q1[(r) * 112 + (c)]) - prt::to_f32(y0)));
+                t_q1_hi[(r) * 120 + (c)] = y0;
+                t_q1_lo[(r) * 120 + (c)] = y1;
+              }
+            }
+          }
+          __syncthreads();
+          // u1_hi[row, col] = (fdy[row, col] * (q1[row, (i4 - 16)] * f[row]))
+          // u1_lo[row, col] = ((fdy[row, col] * (q1[row, (i4 - 16)] * f[row])) - u1_hi[row, col])
+          {
+            for (int i = tid; i < 4096; i += 256) {
+              const int r = i / 32, c = i % 32;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q1[(r) * 112 + ((v_i4 - 16))]) * prt::to_f32(t_f[r]))));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q1[(r) * 112 + ((v_i4 - 16))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
+              t_u1_hi[(r) * 40 + (c)] = y0;
+              t_u1_lo[(r) * 40 + (c)] = y1;
+            }
+          }
+          __syncthreads();
+          // s1 += mma.tc(q1_hi^T, u1_hi) [112x32 in 16x16 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 8;
+              if (u < 14) {
+                const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+                float (&acc)[2][4] = f_s1[j];
+                for (int k0 = 0; k0 < 128; k0 += 16) {
+                  uint32_t af[4];
+                  prt::ldmatrix_x4_trans(af, &t_q1_hi[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
+                  #pragma unroll
+                  for (int q = 0; q < 2; q += 2) {
+                    uint32_t bf[4];
+                    prt::ldmatrix_x4_trans(bf, &t_u1_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                  }
+                }
+              }
+            }
+          }
+          // s1 += mma.tc(q1_lo^T, u1_hi) [112x32 in 16x16 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 8;
+              if (u < 14) {
+                const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+                float (&acc)[2][4] = f_s1[j];
+                for (int k0 = 0; k0 < 128; k0 += 16) {
+                  uint32_t af[4];
+                  prt::ldmatrix_x4_trans(af, &t_q1_lo[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
+                  #pragma unroll
+                  for (int q = 0; q < 2; q += 2) {
+                    uint32_t bf[4];
+                    prt::ldmatrix_x4_trans(bf, &t_u1_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                  }
+                }
+              }
+            }
+          }
+          // s1 += mma.tc(q1_hi^T, u1_lo) [112x32 in 16x16 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 8;
+              if (u < 14) {
+                const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+                float (&acc)[2][4] = f_s1[j];
+                for (int k0 = 0; k0 < 128; k0 += 16) {
+                  uint32_t af[4];
+                  prt::ldmatrix_x4_trans(af, &t_q1_hi[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
+                  #pragma unroll
+                  for (int q = 0; q < 2; q += 2) {
+                    uint32_t bf[4];
+                    prt::ldmatrix_x4_trans(bf, &t_u1_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+      // s1[row, col] = (s1[row, col] * select(((row + 16) == i4), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 8;
+          if (u < 14) {
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_s1[j][q][e] = (f_s1[j][q][e] * (((r + 16) == v_i4) ? 1.0f : 1.4142135623730951f));
+              }
+            }
+          }
+        }
+      }
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 4), ((((((i4 * 128) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 16):+112, ((pid.x % 4) * 32):+32] = s1 where (((row + 16) >= i4) && ((row + 16) < 128))
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 4);
+        const int s3 = ((((((v_i4 * 128) - ((v_i4 * (v_i4 - 1)) / 2)) + v_i4) - v_i4) - v_i4) + 16);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+        const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
+        const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            if (u < 14) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+              #pragma unroll
+              for (int q = 0; q < 2; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 16) >= v_i4) && ((r + 16) < 128)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s1[j][q][e]);
+                }
+              }
+            }
+          }
+        }
+      }
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+        // z1[row] = (qzq1[row, (i4 - 16)] * select(((row + 16) == i4), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 112; r += 256) {
+            t_z1[r] = prt::from_f32<float>((prt::to_f32(t_qzq1[(r) * 16 + ((v_i4 - 16))]) * (((r + 16) == v_i4) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 4), ((((((i4 * 128) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 16):+112] = z1 where (((row + 16) >= i4) && ((row + 16) < 128))
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 4);
+          const int s3 = ((((((v_i4 * 128) - ((v_i4 * (v_i4 - 1)) / 2)) + v_i4) - v_i4) - v_i4) + 16);
+          const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
+          const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
+          if (ok) {
+            for (int r = tid; r < 112; r += 256) {
+              if (s3 + r >= 0 && s3 + r < g_dZin_d3 && ((((r + 16) >= v_i4) && ((r + 16) < 128)))) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_z1[r];
+            }
+          }
+        }
+      }
+    }
+  }
+  __syncthreads();
+  if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+    // qzq2[row, col] = 0.0
+    {
+      for (int i = tid; i < 1536; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_qzq2[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+      }
+    }
+  }
+  {
+    const int v_i6_end = (p_hq / p_h);
+    for (int v_i6 = 0; v_i6 < v_i6_end; v_i6 += 1) {
+      if (((p_hq / p_h) > 1)) {
+        // f = load lse[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i6);
+          const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+          const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+          float* const dst = t_f;
+          for (int r = tid; r < 128; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+          }
+        }
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i6);
+          const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+          const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+          float* const dst = t_z_row;
+          for (int r = tid; r < 128; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // z_row[row] = -((z_row[row] * f[row]))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+          }
+        }
+        // fdy = load dY[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6), ((pid.x % 4) * 32):+32]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i6);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+          const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+          const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+          float* const dst = t_fdy;
+          for (int i = tid; i < 4096; i += 256) {
+            const int r = i / 32, c = i % 32;
+            dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+          }
+        }
+        __syncthreads();
+        // fdy[row, col] = (fdy[row, col] * f[row])
+        {
+          for (int i = tid; i < 4096; i += 256) {
+            const int r = i / 32, c = i % 32;
+            t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
+          }
+        }
+      }
+      __syncthreads();
+      // q2 = load.async Q[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6), 32:+96]
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+        const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i6);
+        const int s3 = 32;
+        const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+        const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+        __half* const dst = t_q2;
+        if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          for (int i = tid; i < 1536; i += 256) {
+            const int r = i / 12, c = (i % 12) * 8;
+            const int gr = s1 + r;
+            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+            prt::cp_async_16(&dst[(r) * 96 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+          }
+        }
+        else {
+          for (int i = tid; i < 12288; i += 256) {
+            const int r = i / 96, c = i % 96;
+            dst[(r) * 96 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
+          }
+        }
+      }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
+      // q2_hi[row, col] = q2[row, col]
+      // q2_lo[row, col] = (q2[row, col] - q2_hi[row, col])
+      {
+        for (int i = tid; i < 12288; i += 256) {
+          const int r = i / 96, c = i % 96;
+          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q2[(r) * 96 + (c)]));
+          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q2[(r) * 96 + (c)]) - prt::to_f32(y0)));
+          t_q2_hi[(r) * 104 + (c)] = y0;
+          t_q2_lo[(r) * 104 + (c)] = y1;
+        }
+      }
+      if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+        // zq2_hi[row, col] = ((q2[row, col] * f[row]) * z_row[row])
+        // zq2_lo[row, col] = (((q2[row, col] * f[row]) * z_row[row]) - zq2_hi[row, col])
+        {
+          for (int i = tid; i < 2048; i += 256) {
+            const int r = i / 16, c = i % 16;
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q2[(r) * 96 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q2[(r) * 96 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+            t_zq2_hi[(r) * 24 + (c)] = y0;
+            t_zq2_lo[(r) * 24 + (c)] = y1;
+          }
+        }
+        __syncthreads();
+        // qzq2 += mma.tc(q2_hi^T, zq2_hi) [96x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            if (u < 12) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q2_hi[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq2_hi[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+        __syncthreads();
+        // qzq2 += mma.tc(q2_lo^T, zq2_hi) [96x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            if (u < 12) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q2_lo[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq2_hi[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+        __syncthreads();
+        // qzq2 += mma.tc(q2_hi^T, zq2_lo) [96x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            if (u < 12) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q2_hi[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq2_lo[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+      }
+    }
+  }
+  {
+    const int v_i7_end = 48;
+    for (int v_i7 = 32; v_i7 < v_i7_end; v_i7 += 1) {
+      // s2[row, col] = 0.0
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 8;
+          if (u < 12) {
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_s2[j][q][e] = 0.0f;
+              }
+            }
+          }
+        }
+      }
+      {
+        const int v_i8_end = (p_hq / p_h);
+        for (int v_i8 = 0; v_i8 < v_i8_end; v_i8 += 1) {
+          if (((p_hq / p_h) > 1)) {
+            // f = load lse[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i8);
+              const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+              const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+              float* const dst = t_f;
+              for (int r = tid; r < 128; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+            {
+              for (int r = tid; r < 128; r += 256) {
+                t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+              }
+            }
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i8);
+              const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+              const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+              float* const dst = t_z_row;
+              for (int r = tid; r < 128; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // z_row[row] = -((z_row[row] * f[row]))
+            {
+              for (int r = tid; r < 128; r += 256) {
+                t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+              }
+            }
+            // fdy = load dY[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8), ((pid.x % 4) * 32):+32]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i8);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+              const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+              const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+              float* const dst = t_fdy;
+              for (int i = tid; i < 4096; i += 256) {
+                const int r = i / 32, c = i % 32;
+                dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+              }
+            }
+            __syncthreads();
+            // fdy[row, col] = (fdy[row, col] * f[row])
+            {
+              for (int i = tid; i < 4096; i += 256) {
+                const int r = i / 32, c = i % 32;
+                t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
+              }
+            }
+            // q2 = load.async Q[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8), 32:+96]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i8);
+              const int s3 = 32;
+              const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+              const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+              __half* const dst = t_q2;
+              if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                for (int i = tid; i < 1536; i += 256) {
+                  const int r = i / 12, c = (i % 12) * 8;
+                  const int gr = s1 + r;
+                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 96 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                }
+              }
+              else {
+                for (int i = tid; i < 12288; i += 256) {
+                  const int r = i / 96, c = i % 96;
+                  dst[(r) * 96 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
+                }
+              }
+            }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
+            // q2_hi[row, col] = q2[row, col]
+            // q2_lo[row, col] = (q2[row, col] - q2_hi[row, col])
+            {
+              for (int i = tid; i < 12288; i += 256) {
+                const int r = i / 96, c = i % 96;
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q2[(r) * 96 + (c)]));
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q2[(r) * 96 + (c)]) - prt::to_f32(y0)));
+                t_q2_hi[(r) * 104 + (c)] = y0;
+                t_q2_lo[(r) * 104 + (c)] = y1;
+              }
+            }
+          }
+          __syncthreads();
+          // u2_hi[row, col] = (fdy[row, col] * (q2[row, (i7 - 32)] * f[row]))
+          // u2_lo[row, col] = ((fdy[row, col] * (q2[row, (i7 - 32)] * f[row])) - u2_hi[row, col])
+          {
+            for (int i = tid; i < 4096; i += 256) {
+              const int r = i / 32, c = i % 32;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q2[(r) * 96 + ((v_i7 - 32))]) * prt::to_f32(t_f[r]))));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q2[(r) * 96 + ((v_i7 - 32))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
+              t_u2_hi[(r) * 40 + (c)] = y0;
+              t_u2_lo[(r) * 40 + (c)] = y1;
+            }
+          }
+          __syncthreads();
+          // s2 += mma.tc(q2_hi^T, u2_hi) [96x32 in 16x16 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 8;
+              if (u < 12) {
+                const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+                float (&acc)[2][4] = f_s2[j];
+                for (int k0 = 0; k0 < 128; k0 += 16) {
+                  uint32_t af[4];
+                  prt::ldmatrix_x4_trans(af, &t_q2_hi[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
+                  #pragma unroll
+                  for (int q = 0; q < 2; q += 2) {
+                    uint32_t bf[4];
+                    prt::ldmatrix_x4_trans(bf, &t_u2_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                  }
+                }
+              }
+            }
+          }
+          // s2 += mma.tc(q2_lo^T, u2_hi) [96x32 in 16x16 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 8;
+              if (u < 12) {
+                const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+                float (&acc)[2][4] = f_s2[j];
+                for (int k0 = 0; k0 < 128; k0 += 16) {
+                  uint32_t af[4];
+                  prt::ldmatrix_x4_trans(af, &t_q2_lo[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
+                  #pragma unroll
+                  for (int q = 0; q < 2; q += 2) {
+                    uint32_t bf[4];
+                    prt::ldmatrix_x4_trans(bf, &t_u2_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                  }
+                }
+              }
+            }
+          }
+          // s2 += mma.tc(q2_hi^T, u2_lo) [96x32 in 16x16 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 8;
+              if (u < 12) {
+                const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+                float (&acc)[2][4] = f_s2[j];
+                for (int k0 = 0; k0 < 128; k0 += 16) {
+                  uint32_t af[4];
+                  prt::ldmatrix_x4_trans(af, &t_q2_hi[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
+                  #pragma unroll
+                  for (int q = 0; q < 2; q += 2) {
+                    uint32_t bf[4];
+                    prt::ldmatrix_x4_trans(bf, &t_u2_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+      // s2[row, col] = (s2[row, col] * select(((row + 32) == i7), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 8;
+          if (u < 12) {
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_s2[j][q][e] = (f_s2[j][q][e] * (((r + 32) == v_i7) ? 1.0f : 1.4142135623730951f));
+              }
+            }
+          }
+        }
+      }
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 4), ((((((i7 * 128) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 32):+96, ((pid.x % 4) * 32):+32] = s2 where (((row + 32) >= i7) && ((row + 32) < 128))
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 4);
+        const int s3 = ((((((v_i7 * 128) - ((v_i7 * (v_i7 - 1)) / 2)) + v_i7) - v_i7) - v_i7) + 32);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+        const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
+        const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            if (u < 12) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+              #pragma unroll
+              for (int q = 0; q < 2; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 32) >= v_i7) && ((r + 32) < 128)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s2[j][q][e]);
+                }
+              }
+            }
+          }
+        }
+      }
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+        // z2[row] = (qzq2[row, (i7 - 32)] * select(((row + 32) == i7), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 96; r += 256) {
+            t_z2[r] = prt::from_f32<float>((prt::to_f32(t_qzq2[(r) * 16 + ((v_i7 - 32))]) * (((r + 32) == v_i7) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 4), ((((((i7 * 128) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 32):+96] = z2 where (((row + 32) >= i7) && ((row + 32) < 128))
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 4);
+          const int s3 = ((((((v_i7 * 128) - ((v_i7 * (v_i7 - 1)) / 2)) + v_i7) - v_i7) - v_i7) + 32);
+          const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
+          const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
+          if (ok) {
+            for (int r = tid; r < 96; r += 256) {
+              if (s3 + r >= 0 && s3 + r < g_dZin_d3 && ((((r + 32) >= v_i7) && ((r + 32) < 128)))) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_z2[r];
+            }
+          }
+        }
+      }
+    }
+  }
+  __syncthreads();
+  if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+    // qzq3[row, col] = 0.0
+    {
+      for (int i = tid; i < 1280; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_qzq3[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+      }
+    }
+  }
+  {
+    const int v_i9_end = (p_hq / p_h);
+    for (int v_i9 = 0; v_i9 < v_i9_end; v_i9 += 1) {
+      if (((p_hq / p_h) > 1)) {
+        // f = load lse[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i9);
+          const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+          const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+          float* const dst = t_f;
+          for (int r = tid; r < 128; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+          }
+        }
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i9);
+          const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+          const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+          float* const dst = t_z_row;
+          for (int r = tid; r < 128; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // z_row[row] = -((z_row[row] * f[row]))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+          }
+        }
+        // fdy = load dY[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9), ((pid.x % 4) * 32):+32]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i9);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+          const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+          const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+          float* const dst = t_fdy;
+          for (int i = tid; i < 4096; i += 256) {
+            const int r = i / 32, c = i % 32;
+            dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+          }
+        }
+        __syncthreads();
+        // fdy[row, col] = (fdy[row, col] * f[row])
+        {
+          for (int i = tid; i < 4096; i += 256) {
+            const int r = i / 32, c = i % 32;
+            t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
+          }
+        }
+      }
+      __syncthreads();
+      // q3 = load.async Q[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9), 48:+80]
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+        const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i9);
+        const int s3 = 48;
+        const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+        const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+        __half* const dst = t_q3;
+        if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          for (int i = tid; i < 1280; i += 256) {
+            const int r = i / 10, c = (i % 10) * 8;
+            const int gr = s1 + r;
+            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+            prt::cp_async_16(&dst[(r) * 80 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+          }
+        }
+        else {
+          for (int i = tid; i < 10240; i += 256) {
+            const int r = i / 80, c = i % 80;
+            dst[(r) * 80 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
+          }
+        }
+      }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
+      // q3_hi[row, col] = q3[row, col]
+      // q3_lo[row, col] = (q3[row, col] - q3_hi[row, col])
+      {
+        for (int i = tid; i < 10240; i += 256) {
+          const int r = i / 80, c = i % 80;
+          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q3[(r) * 80 + (c)]));
+          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q3[(r) * 80 + (c)]) - prt::to_f32(y0)));
+          t_q3_hi[(r) * 88 + (c)] = y0;
+          t_q3_lo[(r) * 88 + (c)] = y1;
+        }
+      }
+      if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+        // zq3_hi[row, col] = ((q3[row, col] * f[row]) * z_row[row])
+        // zq3_lo[row, col] = (((q3[row, col] * f[row]) * z_row[row]) - zq3_hi[row, col])
+        {
+          for (int i = tid; i < 2048; i += 256) {
+            const int r = i / 16, c = i % 16;
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q3[(r) * 80 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q3[(r) * 80 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+            t_zq3_hi[(r) * 24 + (c)] = y0;
+            t_zq3_lo[(r) * 24 + (c)] = y1;
+          }
+        }
+        __syncthreads();
+        // qzq3 += mma.tc(q3_hi^T, zq3_hi) [80x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            if (u < 10) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q3_hi[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq3_hi[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+        __syncthreads();
+        // qzq3 += mma.tc(q3_lo^T, zq3_hi) [80x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            if (u < 10) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q3_lo[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq3_hi[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+        __syncthreads();
+        // qzq3 += mma.tc(q3_hi^T, zq3_lo) [80x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            if (u < 10) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q3_hi[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq3_lo[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+      }
+    }
+  }
+  {
+    const int v_i10_end = 64;
+    for (int v_i10 = 48; v_i10 < v_i10_end; v_i10 += 1) {
+      // s3[row, col] = 0.0
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 8;
+          if (u < 10) {
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_s3[j][q][e] = 0.0f;
+              }
+            }
+          }
+        }
+      }
+      {
+        const int v_i11_end = (p_hq / p_h);
+        for (int v_i11 = 0; v_i11 < v_i11_end; v_i11 += 1) {
+          if (((p_hq / p_h) > 1)) {
+            // f = load lse[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i11);
+              const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+              const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+              float* const dst = t_f;
+              for (int r = tid; r < 128; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+            {
+              for (int r = tid; r < 128; r += 256) {
+                t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+              }
+            }
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i11);
+              const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+              const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+              float* const dst = t_z_row;
+              for (int r = tid; r < 128; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // z_row[row] = -((z_row[row] * f[row]))
+            {
+              for (int r = tid; r < 128; r += 256) {
+                t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+              }
+            }
+            // fdy = load dY[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11), ((pid.x % 4) * 32):+32]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i11);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+              const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+              const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+              float* const dst = t_fdy;
+              for (int i = tid; i < 4096; i += 256) {
+                const int r = i / 32, c = i % 32;
+                dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+              }
+            }
+            __syncthreads();
+            // fdy[row, col] = (fdy[row, col] * f[row])
+            {
+              for (int i = tid; i < 4096; i += 256) {
+                const int r = i / 32, c = i % 32;
+                t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
+              }
+            }
+            // q3 = load.async Q[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11), 48:+80]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i11);
+              const int s3 = 48;
+              const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+              const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+              __half* const dst = t_q3;
+              if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                for (int i = tid; i < 1280; i += 256) {
+                  const int r = i / 10, c = (i % 10) * 8;
+                  const int gr = s1 + r;
+                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 80 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                }
+              }
+              else {
+                for (int i = tid; i < 10240; i += 256) {
+                  const int r = i / 80, c = i % 80;
+                  dst[(r) * 80 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
+                }
+              }
+            }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
+            // q3_hi[row, col] = q3[row, col]
+            // q3_lo[row, col] = (q3[row, col] - q3_hi[row, col])
+            {
+              for (int i = tid; i < 10240; i += 256) {
+                const int r = i / 80, c = i % 80;
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q3[(r) * 80 + (c)]));
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q3[(r) * 80 + (c)]) - prt::to_f32(y0)));
+                t_q3_hi[(r) * 88 + (c)] = y0;
+                t_q3_lo[(r) * 88 + (c)] = y1;
+              }
+            }
+          }
+          __syncthreads();
+          // u3_hi[row, col] = (fdy[row, col] * (q3[row, (i10 - 48)] * f[row]))
+          // u3_lo[row, col] = ((fdy[row, col] * (q3[row, (i10 - 48)] * f[row])) - u3_hi[row, col])
+          {
+            for (int i = tid; i < 4096; i += 256) {
+              const int r = i / 32, c = i % 32;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q3[(r) * 80 + ((v_i10 - 48))]) * prt::to_f32(t_f[r]))));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q3[(r) * 80 + ((v_i10 - 48))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
+              t_u3_hi[(r) * 40 + (c)] = y0;
+              t_u3_lo[(r) * 40 + (c)] = y1;
+            }
+          }
+          __syncthreads();
+          // s3 += mma.tc(q3_hi^T, u3_hi) [80x32 in 16x16 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 8;
+              if (u < 10) {
+                const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+                float (&acc)[2][4] = f_s3[j];
+                for (int k0 = 0; k0 < 128; k0 += 16) {
+                  uint32_t af[4];
+                  prt::ldmatrix_x4_trans(af, &t_q3_hi[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
+                  #pragma unroll
+                  for (int q = 0; q < 2; q += 2) {
+                    uint32_t bf[4];
+                    prt::ldmatrix_x4_trans(bf, &t_u3_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                  }
+                }
+              }
+            }
+          }
+          // s3 += mma.tc(q3_lo^T, u3_hi) [80x32 in 16x16 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 8;
+              if (u < 10) {
+                const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+                float (&acc)[2][4] = f_s3[j];
+                for (int k0 = 0; k0 < 128; k0 += 16) {
+                  uint32_t af[4];
+                  prt::ldmatrix_x4_trans(af, &t_q3_lo[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
+                  #pragma unroll
+                  for (int q = 0; q < 2; q += 2) {
+                    uint32_t bf[4];
+                    prt::ldmatrix_x4_trans(bf, &t_u3_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                  }
+                }
+              }
+            }
+          }
+          // s3 += mma.tc(q3_hi^T, u3_lo) [80x32 in 16x16 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 8;
+              if (u < 10) {
+                const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+                float (&acc)[2][4] = f_s3[j];
+                for (int k0 = 0; k0 < 128; k0 += 16) {
+                  uint32_t af[4];
+                  prt::ldmatrix_x4_trans(af, &t_q3_hi[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
+                  #pragma unroll
+                  for (int q = 0; q < 2; q += 2) {
+                    uint32_t bf[4];
+                    prt::ldmatrix_x4_trans(bf, &t_u3_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+      // s3[row, col] = (s3[row, col] * select(((row + 48) == i10), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 8;
+          if (u < 10) {
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_s3[j][q][e] = (f_s3[j][q][e] * (((r + 48) == v_i10) ? 1.0f : 1.4142135623730951f));
+              }
+            }
+          }
+        }
+      }
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 4), ((((((i10 * 128) - ((i10 * (i10 - 1)) // 2)) + i10) - i10) - i10) + 48):+80, ((pid.x % 4) * 32):+32] = s3 where (((row + 48) >= i10) && ((row + 48) < 128))
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 4);
+        const int s3 = ((((((v_i10 * 128) - ((v_i10 * (v_i10 - 1)) / 2)) + v_i10) - v_i10) - v_i10) + 48);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+        const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
+        const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            if (u < 10) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+              #pragma unroll
+              for (int q = 0; q < 2; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 48) >= v_i10) && ((r + 48) < 128)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s3[j][q][e]);
+                }
+              }
+            }
+          }
+        }
+      }
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+        // z3[row] = (qzq3[row, (i10 - 48)] * select(((row + 48) == i10), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 80; r += 256) {
+            t_z3[r] = prt::from_f32<float>((prt::to_f32(t_qzq3[(r) * 16 + ((v_i10 - 48))]) * (((r + 48) == v_i10) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 4), ((((((i10 * 128) - ((i10 * (i10 - 1)) // 2)) + i10) - i10) - i10) + 48):+80] = z3 where (((row + 48) >= i10) && ((row + 48) < 128))
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 4);
+          const int s3 = ((((((v_i10 * 128) - ((v_i10 * (v_i10 - 1)) / 2)) + v_i10) - v_i10) - v_i10) + 48);
+          const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
+          const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
+          if (ok) {
+            for (int r = tid; r < 80; r += 256) {
+              if (s3 + r >= 0 && s3 + r < g_dZin_d3 && ((((r + 48) >= v_i10) && ((r + 48) < 128)))) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_z3[r];
+            }
+          }
+        }
+      }
+    }
+  }
+  __syncthreads();
+  if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+    // qzq4[row, col] = 0.0
+    {
+      for (int i = tid; i < 1024; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_qzq4[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+      }
+    }
+  }
+  {
+    const int v_i12_end = (p_hq / p_h);
+    for (int v_i12 = 0; v_i12 < v_i12_end; v_i12 += 1) {
+      if (((p_hq / p_h) > 1)) {
+        // f = load lse[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i12)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i12);
+          const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+          const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+          float* const dst = t_f;
+          for (int r = tid; r < 128; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+          }
+        }
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i12)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i12);
+          const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+          const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+          float* const dst = t_z_row;
+          for (int r = tid; r < 128; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // z_row[row] = -((z_row[row] * f[row]))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+          }
+        }
+        // fdy = load dY[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i12), ((pid.x % 4) * 32):+32]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i12);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+          const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+          const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+          float* const dst = t_fdy;
+          for (int i = tid; i < 4096; i += 256) {
+            const int r = i / 32, c = i % 32;
+            dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+          }
+        }
+        __syncthreads();
+        // fdy[row, col] = (fdy[row, col] * f[row])
+        {
+          for (int i = tid; i < 4096; i += 256) {
+            const int r = i / 32, c = i % 32;
+            t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
+          }
+        }
+      }
+      __syncthreads();
+      // q4 = load.async Q[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i12), 64:+64]
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+        const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i12);
+        const int s3 = 64;
+        const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+        const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+        __half* const dst = t_q4;
+        if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          for (int i = tid; i < 1024; i += 256) {
+            const int r = i / 8, c = (i % 8) * 8;
+            const int gr = s1 + r;
+            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+            prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+          }
+        }
+        else {
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 64, c = i % 64;
+            dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
+          }
+        }
+      }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
+      // q4_hi[row, col] = q4[row, col]
+      // q4_lo[row, col] = (q4[row, col] - q4_hi[row, col])
+      {
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q4[(r) * 64 + (c)]));
+          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q4[(r) * 64 + (c)]) - prt::to_f32(y0)));
+          t_q4_hi[(r) * 72 + (c)] = y0;
+          t_q4_lo[(r) * 72 + (c)] = y1;
+        }
+      }
+      if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+        // zq4_hi[row, col] = ((q4[row, col] * f[row]) * z_row[row])
+        // zq4_lo[row, col] = (((q4[row, col] * f[row]) * z_row[row]) - zq4_hi[row, col])
+        {
+          for (int i = tid; i < 2048; i += 256) {
+            const int r = i / 16, c = i % 16;
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q4[(r) * 64 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q4[(r) * 64 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+            t_zq4_hi[(r) * 24 + (c)] = y0;
+            t_zq4_lo[(r) * 24 + (c)] = y1;
+          }
+        }
+        __syncthreads();
+        // qzq4 += mma.tc(q4_hi^T, zq4_hi) [64x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+            float acc[1][4];
+            #pragma unroll
+            for (int q = 0; q < 1; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq4[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int k0 = 0; k0 < 128; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4_trans(af, &t_q4_hi[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+              uint32_t bf[2];
+              prt::ldmatrix_x2_trans(bf, &t_zq4_hi[(k0 + (lane & 15)) * 24 + n0]);
+              prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+            }
+            #pragma unroll
+            for (int q = 0; q < 1; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) t_qzq4[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          }
+        }
+        __syncthreads();
+        // qzq4 += mma.tc(q4_lo^T, zq4_hi) [64x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+            float acc[1][4];
+            #pragma unroll
+            for (int q = 0; q < 1; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq4[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int k0 = 0; k0 < 128; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4_trans(af, &t_q4_lo[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+              uint32_t bf[2];
+              prt::ldmatrix_x2_trans(bf, &t_zq4_hi[(k0 + (lane & 15)) * 24 + n0]);
+              prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+            }
+            #pragma unroll
+            for (int q = 0; q < 1; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) t_qzq4[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          }
+        }
+        __syncthreads();
+        // qzq4 += mma.tc(q4_hi^T, zq4_lo) [64x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+            float acc[1][4];
+            #pragma unroll
+            for (int q = 0; q < 1; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq4[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int k0 = 0; k0 < 128; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4_trans(af, &t_q4_hi[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+              uint32_t bf[2];
+              prt::ldmatrix_x2_trans(bf, &t_zq4_lo[(k0 + (lane & 15)) * 24 + n0]);
+              prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+            }
+            #pragma unroll
+            for (int q = 0; q < 1; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) t_qzq4[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          }
+        }
+      }
+    }
+  }
+  {
+    const int v_i13_end = 80;
+    for (int v_i13 = 64; v_i13 < v_i13_end; v_i13 += 1) {
+      // s4[row, col] = 0.0
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s4[j][q][e] = 0.0f;
+            }
+          }
+        }
+      }
+      {
+        const int v_i14_end = (p_hq / p_h);
+        for (int v_i14 = 0; v_i14 < v_i14_end; v_i14 += 1) {
+          if (((p_hq / p_h) > 1)) {
+            // f = load lse[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i14)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i14);
+              const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+              const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+              float* const dst = t_f;
+              for (int r = tid; r < 128; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+            {
+              for (int r = tid; r < 128; r += 256) {
+                t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+              }
+            }
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i14)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i14);
+              const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+              const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+              float* const dst = t_z_row;
+              for (int r = tid; r < 128; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // z_row[row] = -((z_row[row] * f[row]))
+            {
+              for (int r = tid; r < 128; r += 256) {
+                t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+              }
+            }
+            // fdy = load dY[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i14), ((pid.x % 4) * 32):+32]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i14);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+              const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+              const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+              float* const dst = t_fdy;
+              for (int i = tid; i < 4096; i += 256) {
+                const int r = i / 32, c = i % 32;
+                dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+              }
+            }
+            __syncthreads();
+            // fdy[row, col] = (fdy[row, col] * f[row])
+            {
+              for (int i = tid; i < 4096; i += 256) {
+                const int r = i / 32, c = i % 32;
+                t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
+              }
+            }
+            // q4 = load.async Q[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i14), 64:+64]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i14);
+              const int s3 = 64;
+              const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+              const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+              __half* const dst = t_q4;
+              if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                for (int i = tid; i < 1024; i += 256) {
+                  const int r = i / 8, c = (i % 8) * 8;
+                  const int gr = s1 + r;
+                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                }
+              }
+              else {
+                for (int i = tid; i < 8192; i += 256) {
+                  const int r = i / 64, c = i % 64;
+                  dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
+                }
+              }
+            }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
+            // q4_hi[row, col] = q4[row, col]
+            // q4_lo[row, col] = (q4[row, col] - q4_hi[row, col])
+            {
+              for (int i = tid; i < 8192; i += 256) {
+                const int r = i / 64, c = i % 64;
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q4[(r) * 64 + (c)]));
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q4[(r) * 64 + (c)]) - prt::to_f32(y0)));
+                t_q4_hi[(r) * 72 + (c)] = y0;
+                t_q4_lo[(r) * 72 + (c)] = y1;
+              }
+            }
+          }
+          __syncthreads();
+          // u4_hi[row, col] = (fdy[row, col] * (q4[row, (i13 - 64)] * f[row]))
+          // u4_lo[row, col] = ((fdy[row, col] * (q4[row, (i13 - 64)] * f[row])) - u4_hi[row, col])
+          {
+            for (int i = tid; i < 4096; i += 256) {
+              const int r = i / 32, c = i % 32;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q4[(r) * 64 + ((v_i13 - 64))]) * prt::to_f32(t_f[r]))));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q4[(r) * 64 + ((v_i13 - 64))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
+              t_u4_hi[(r) * 40 + (c)] = y0;
+              t_u4_lo[(r) * 40 + (c)] = y1;
+            }
+          }
+          __syncthreads();
+          // s4 += mma.tc(q4_hi^T, u4_hi) [64x32 in 16x16 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+              float (&acc)[2][4] = f_s4[j];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q4_hi[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 2; q += 2) {
+                  uint32_t bf[4];
+                  prt::ldmatrix_x4_trans(bf, &t_u4_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                }
+              }
+            }
+          }
+          // s4 += mma.tc(q4_lo^T, u4_hi) [64x32 in 16x16 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+              float (&acc)[2][4] = f_s4[j];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q4_lo[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 2; q += 2) {
+                  uint32_t bf[4];
+                  prt::ldmatrix_x4_trans(bf, &t_u4_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                }
+              }
+            }
+          }
+          // s4 += mma.tc(q4_hi^T, u4_lo) [64x32 in 16x16 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+              float (&acc)[2][4] = f_s4[j];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q4_hi[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 2; q += 2) {
+                  uint32_t bf[4];
+                  prt::ldmatrix_x4_trans(bf, &t_u4_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                }
+              }
+            }
+          }
+        }
+      }
+      // s4[row, col] = (s4[row, col] * select(((row + 64) == i13), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s4[j][q][e] = (f_s4[j][q][e] * (((r + 64) == v_i13) ? 1.0f : 1.4142135623730951f));
+            }
+          }
+        }
+      }
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 4), ((((((i13 * 128) - ((i13 * (i13 - 1)) // 2)) + i13) - i13) - i13) + 64):+64, ((pid.x % 4) * 32):+32] = s4 where (((row + 64) >= i13) && ((row + 64) < 128))
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 4);
+        const int s3 = ((((((v_i13 * 128) - ((v_i13 * (v_i13 - 1)) / 2)) + v_i13) - v_i13) - v_i13) + 64);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+        const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
+        const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 64) >= v_i13) && ((r + 64) < 128)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s4[j][q][e]);
+              }
+            }
+          }
+        }
+      }
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+        // z4[row] = (qzq4[row, (i13 - 64)] * select(((row + 64) == i13), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 64; r += 256) {
+            t_z4[r] = prt::from_f32<float>((prt::to_f32(t_qzq4[(r) * 16 + ((v_i13 - 64))]) * (((r + 64) == v_i13) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 4), ((((((i13 * 128) - ((i13 * (i13 - 1)) // 2)) + i13) - i13) - i13) + 64):+64] = z4 where (((row + 64) >= i13) && ((row + 64) < 128))
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 4);
+          const int s3 = ((((((v_i13 * 128) - ((v_i13 * (v_i13 - 1)) / 2)) + v_i13) - v_i13) - v_i13) + 64);
+          const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
+          const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
+          if (ok) {
+            for (int r = tid; r < 64; r += 256) {
+              if (s3 + r >= 0 && s3 + r < g_dZin_d3 && ((((r + 64) >= v_i13) && ((r + 64) < 128)))) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_z4[r];
+            }
+          }
+        }
+      }
+    }
+  }
+  __syncthreads();
+  if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+    // qzq5[row, col] = 0.0
+    {
+      for (int i = tid; i < 768; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_qzq5[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+      }
+    }
+  }
+  {
+    const int v_i15_end = (p_hq / p_h);
+    for (int v_i15 = 0; v_i15 < v_i15_end; v_i15 += 1) {
+      if (((p_hq / p_h) > 1)) {
+        // f = load lse[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i15)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i15);
+          const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+          const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+          float* const dst = t_f;
+          for (int r = tid; r < 128; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+          }
+        }
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i15)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i15);
+          const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+          const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+          float* const dst = t_z_row;
+          for (int r = tid; r < 128; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // z_row[row] = -((z_row[row] * f[row]))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+          }
+        }
+        // fdy = load dY[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i15), ((pid.x % 4) * 32):+32]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i15);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+          const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+          const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+          float* const dst = t_fdy;
+          for (int i = tid; i < 4096; i += 256) {
+            const int r = i / 32, c = i % 32;
+            dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+          }
+        }
+        __syncthreads();
+        // fdy[row, col] = (fdy[row, col] * f[row])
+        {
+          for (int i = tid; i < 4096; i += 256) {
+            const int r = i / 32, c = i % 32;
+            t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
+          }
+        }
+      }
+      __syncthreads();
+      // q5 = load.async Q[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i15), 80:+48]
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+        const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i15);
+        const int s3 = 80;
+        const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+        const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+        __half* const dst = t_q5;
+        if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          for (int i = tid; i < 768; i += 256) {
+            const int r = i / 6, c = (i % 6) * 8;
+            const int gr = s1 + r;
+            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+            prt::cp_async_16(&dst[(r) * 48 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+          }
+        }
+        else {
+          for (int i = tid; i < 6144; i += 256) {
+            const int r = i / 48, c = i % 48;
+            dst[(r) * 48 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
+          }
+        }
+      }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
+      // q5_hi[row, col] = q5[row, col]
+      // q5_lo[row, col] = (q5[row, col] - q5_hi[row, col])
+      {
+        for (int i = tid; i < 6144; i += 256) {
+          const int r = i / 48, c = i % 48;
+          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q5[(r) * 48 + (c)]));
+          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q5[(r) * 48 + (c)]) - prt::to_f32(y0)));
+          t_q5_hi[(r) * 56 + (c)] = y0;
+          t_q5_lo[(r) * 56 + (c)] = y1;
+        }
+      }
+      if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+        // zq5_hi[row, col] = ((q5[row, col] * f[row]) * z_row[row])
+        // zq5_lo[row, col] = (((q5[row, col] * f[row]) * z_row[row]) - zq5_hi[row, col])
+        {
+          for (int i = tid; i < 2048; i += 256) {
+            const int r = i / 16, c = i % 16;
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q5[(r) * 48 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q5[(r) * 48 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+            t_zq5_hi[(r) * 24 + (c)] = y0;
+            t_zq5_lo[(r) * 24 + (c)] = y1;
+          }
+        }
+        __syncthreads();
+        // qzq5 += mma.tc(q5_hi^T, zq5_hi) [48x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            if (u < 6) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq5[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q5_hi[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq5_hi[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq5[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+        __syncthreads();
+        // qzq5 += mma.tc(q5_lo^T, zq5_hi) [48x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            if (u < 6) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq5[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q5_lo[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq5_hi[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq5[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+        __syncthreads();
+        // qzq5 += mma.tc(q5_hi^T, zq5_lo) [48x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            if (u < 6) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq5[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q5_hi[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq5_lo[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq5[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+      }
+    }
+  }
+  {
+    const int v_i16_end = 96;
+    for (int v_i16 = 80; v_i16 < v_i16_end; v_i16 += 1) {
+      // s5[row, col] = 0.0
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 8;
+          if (u < 12) {
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_s5[j][q][e] = 0.0f;
+              }
+            }
+          }
+        }
+      }
+      {
+        const int v_i17_end = (p_hq / p_h);
+        for (int v_i17 = 0; v_i17 < v_i17_end; v_i17 += 1) {
+          if (((p_hq / p_h) > 1)) {
+            // f = load lse[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i17)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i17);
+              const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+              const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+              float* const dst = t_f;
+              for (int r = tid; r < 128; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+            {
+              for (int r = tid; r < 128; r += 256) {
+                t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+              }
+            }
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i17)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i17);
+              const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+              const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+              float* const dst = t_z_row;
+              for (int r = tid; r < 128; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // z_row[row] = -((z_row[row] * f[row]))
+            {
+              for (int r = tid; r < 128; r += 256) {
+                t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+              }
+            }
+            // fdy = load dY[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i17), ((pid.x % 4) * 32):+32]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i17);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+              const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+              const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+              float* const dst = t_fdy;
+              for (int i = tid; i < 4096; i += 256) {
+                const int r = i / 32, c = i % 32;
+                dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+              }
+            }
+            __syncthreads();
+            // fdy[row, col] = (fdy[row, col] * f[row])
+            {
+              for (int i = tid; i < 4096; i += 256) {
+                const int r = i / 32, c = i % 32;
+                t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
+              }
+            }
+            // q5 = load.async Q[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i17), 80:+48]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i17);
+              const int s3 = 80;
+              const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+              const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+              __half* const dst = t_q5;
+              if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                for (int i = tid; i < 768; i += 256) {
+                  const int r = i / 6, c = (i % 6) * 8;
+                  const int gr = s1 + r;
+                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 48 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                }
+              }
+              else {
+                for (int i = tid; i < 6144; i += 256) {
+                  const int r = i / 48, c = i % 48;
+                  dst[(r) * 48 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
+                }
+              }
+            }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
+            // q5_hi[row, col] = q5[row, col]
+            // q5_lo[row, col] = (q5[row, col] - q5_hi[row, col])
+            {
+              for (int i = tid; i < 6144; i += 256) {
+                const int r = i / 48, c = i % 48;
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q5[(r) * 48 + (c)]));
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q5[(r) * 48 + (c)]) - prt::to_f32(y0)));
+                t_q5_hi[(r) * 56 + (c)] = y0;
+                t_q5_lo[(r) * 56 + (c)] = y1;
+              }
+            }
+          }
+          __syncthreads();
+          // u5_hi[row, col] = (fdy[row, col] * (q5[row, (i16 - 80)] * f[row]))
+          // u5_lo[row, col] = ((fdy[row, col] * (q5[row, (i16 - 80)] * f[row])) - u5_hi[row, col])
+          {
+            for (int i = tid; i < 4096; i += 256) {
+              const int r = i / 32, c = i % 32;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q5[(r) * 48 + ((v_i16 - 80))]) * prt::to_f32(t_f[r]))));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q5[(r) * 48 + ((v_i16 - 80))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
+              t_u5_hi[(r) * 40 + (c)] = y0;
+              t_u5_lo[(r) * 40 + (c)] = y1;
+            }
+          }
+          __syncthreads();
+          // s5 += mma.tc(q5_hi^T, u5_hi) [48x32 in 16x8 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 8;
+              if (u < 12) {
+                const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+                float (&acc)[1][4] = f_s5[j];
+                for (int k0 = 0; k0 < 128; k0 += 16) {
+                  uint32_t af[4];
+                  prt::ldmatrix_x4_trans(af, &t_q5_hi[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+                  uint32_t bf[2];
+                  prt::ldmatrix_x2_trans(bf, &t_u5_hi[(k0 + (lane & 15)) * 40 + n0]);
+                  prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+                }
+              }
+            }
+          }
+          // s5 += mma.tc(q5_lo^T, u5_hi) [48x32 in 16x8 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 8;
+              if (u < 12) {
+                const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+                float (&acc)[1][4] = f_s5[j];
+                for (int k0 = 0; k0 < 128; k0 += 16) {
+                  uint32_t af[4];
+                  prt::ldmatrix_x4_trans(af, &t_q5_lo[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+                  uint32_t bf[2];
+                  prt::ldmatrix_x2_trans(bf, &t_u5_hi[(k0 + (lane & 15)) * 40 + n0]);
+                  prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+                }
+              }
+            }
+          }
+          // s5 += mma.tc(q5_hi^T, u5_lo) [48x32 in 16x8 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 8;
+              if (u < 12) {
+                const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+                float (&acc)[1][4] = f_s5[j];
+                for (int k0 = 0; k0 < 128; k0 += 16) {
+                  uint32_t af[4];
+                  prt::ldmatrix_x4_trans(af, &t_q5_hi[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+                  uint32_t bf[2];
+                  prt::ldmatrix_x2_trans(bf, &t_u5_lo[(k0 + (lane & 15)) * 40 + n0]);
+                  prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+                }
+              }
+            }
+          }
+        }
+      }
+      // s5[row, col] = (s5[row, col] * select(((row + 80) == i16), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 8;
+          if (u < 12) {
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_s5[j][q][e] = (f_s5[j][q][e] * (((r + 80) == v_i16) ? 1.0f : 1.4142135623730951f));
+              }
+            }
+          }
+        }
+      }
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 4), ((((((i16 * 128) - ((i16 * (i16 - 1)) // 2)) + i16) - i16) - i16) + 80):+48, ((pid.x % 4) * 32):+32] = s5 where (((row + 80) >= i16) && ((row + 80) < 128))
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 4);
+        const int s3 = ((((((v_i16 * 128) - ((v_i16 * (v_i16 - 1)) / 2)) + v_i16) - v_i16) - v_i16) + 80);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+        const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
+        const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            if (u < 12) {
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+              #pragma unroll
+              for (int q = 0; q < 1; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 80) >= v_i16) && ((r + 80) < 128)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s5[j][q][e]);
+                }
+              }
+            }
+          }
+        }
+      }
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+        // z5[row] = (qzq5[row, (i16 - 80)] * select(((row + 80) == i16), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 48; r += 256) {
+            t_z5[r] = prt::from_f32<float>((prt::to_f32(t_qzq5[(r) * 16 + ((v_i16 - 80))]) * (((r + 80) == v_i16) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 4), ((((((i16 * 128) - ((i16 * (i16 - 1)) // 2)) + i16) - i16) - i16) + 80):+48] = z5 where (((row + 80) >= i16) && ((row + 80) < 128))
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 4);
+          const int s3 = ((((((v_i16 * 128) - ((v_i16 * (v_i16 - 1)) / 2)) + v_i16) - v_i16) - v_i16) + 80);
+          const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
+          const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
+          if (ok) {
+            for (int r = tid; r < 48; r += 256) {
+              if (s3 + r >= 0 && s3 + r < g_dZin_d3 && ((((r + 80) >= v_i16) && ((r + 80) < 128)))) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_z5[r];
+            }
+          }
+        }
+      }
+    }
+  }
+  __syncthreads();
+  if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+    // qzq6[row, col] = 0.0
+    {
+      for (int i = tid; i < 512; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_qzq6[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+      }
+    }
+  }
+  {
+    const int v_i18_end = (p_hq / p_h);
+    for (int v_i18 = 0; v_i18 < v_i18_end; v_i18 += 1) {
+      if (((p_hq / p_h) > 1)) {
+        // f = load lse[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i18)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i18);
+          const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+          const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+          float* const dst = t_f;
+          for (int r = tid; r < 128; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+          }
+        }
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i18)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i18);
+          const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+          const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+          float* const dst = t_z_row;
+          for (int r = tid; r < 128; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // z_row[row] = -((z_row[row] * f[row]))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+          }
+        }
+        // fdy = load dY[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i18), ((pid.x % 4) * 32):+32]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i18);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+          const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+          const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+          float* const dst = t_fdy;
+          for (int i = tid; i < 4096; i += 256) {
+            const int r = i / 32, c = i % 32;
+            dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+          }
+        }
+        __syncthreads();
+        // fdy[row, col] = (fdy[row, col] * f[row])
+        {
+          for (int i = tid; i < 4096; i += 256) {
+            const int r = i / 32, c = i % 32;
+            t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
+          }
+        }
+      }
+      __syncthreads();
+      // q6 = load.async Q[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i18), 96:+32]
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+        const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i18);
+        const int s3 = 96;
+        const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+        const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+        __half* const dst = t_q6;
+        if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          for (int i = tid; i < 512; i += 256) {
+            const int r = i / 4, c = (i % 4) * 8;
+            const int gr = s1 + r;
+            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+          }
+        }
+        else {
+          for (int i = tid; i < 4096; i += 256) {
+            const int r = i / 32, c = i % 32;
+            dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
+          }
+        }
+      }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
+      // q6_hi[row, col] = q6[row, col]
+      // q6_lo[row, col] = (q6[row, col] - q6_hi[row, col])
+      {
+        for (int i = tid; i < 4096; i += 256) {
+          const int r = i / 32, c = i % 32;
+          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q6[(r) * 32 + (c)]));
+          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q6[(r) * 32 + (c)]) - prt::to_f32(y0)));
+          t_q6_hi[(r) * 40 + (c)] = y0;
+          t_q6_lo[(r) * 40 + (c)] = y1;
+        }
+      }
+      if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+        // zq6_hi[row, col] = ((q6[row, col] * f[row]) * z_row[row])
+        // zq6_lo[row, col] = (((q6[row, col] * f[row]) * z_row[row]) - zq6_hi[row, col])
+        {
+          for (int i = tid; i < 2048; i += 256) {
+            const int r = i / 16, c = i % 16;
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q6[(r) * 32 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q6[(r) * 32 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+            t_zq6_hi[(r) * 24 + (c)] = y0;
+            t_zq6_lo[(r) * 24 + (c)] = y1;
+          }
+        }
+        __syncthreads();
+        // qzq6 += mma.tc(q6_hi^T, zq6_hi) [32x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            if (u < 4) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq6[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q6_hi[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq6_hi[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq6[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+        __syncthreads();
+        // qzq6 += mma.tc(q6_lo^T, zq6_hi) [32x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            if (u < 4) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq6[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q6_lo[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq6_hi[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq6[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+        __syncthreads();
+        // qzq6 += mma.tc(q6_hi^T, zq6_lo) [32x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            if (u < 4) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq6[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q6_hi[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq6_lo[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq6[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+      }
+    }
+  }
+  {
+    const int v_i19_end = 112;
+    for (int v_i19 = 96; v_i19 < v_i19_end; v_i19 += 1) {
+      // s6[row, col] = 0.0
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+          #pragma unroll
+          for (int q = 0; q < 1; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s6[j][q][e] = 0.0f;
+            }
+          }
+        }
+      }
+      {
+        const int v_i20_end = (p_hq / p_h);
+        for (int v_i20 = 0; v_i20 < v_i20_end; v_i20 += 1) {
+          if (((p_hq / p_h) > 1)) {
+            // f = load lse[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i20)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i20);
+              const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+              const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+              float* const dst = t_f;
+              for (int r = tid; r < 128; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+            {
+              for (int r = tid; r < 128; r += 256) {
+                t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+              }
+            }
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i20)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i20);
+              const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+              const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+              float* const dst = t_z_row;
+              for (int r = tid; r < 128; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // z_row[row] = -((z_row[row] * f[row]))
+            {
+              for (int r = tid; r < 128; r += 256) {
+                t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+              }
+            }
+            // fdy = load dY[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i20), ((pid.x % 4) * 32):+32]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i20);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+              const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+              const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+              float* const dst = t_fdy;
+              for (int i = tid; i < 4096; i += 256) {
+                const int r = i / 32, c = i % 32;
+                dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+              }
+            }
+            __syncthreads();
+            // fdy[row, col] = (fdy[row, col] * f[row])
+            {
+              for (int i = tid; i < 4096; i += 256) {
+                const int r = i / 32, c = i % 32;
+                t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
+              }
+            }
+            // q6 = load.async Q[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i20), 96:+32]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i20);
+              const int s3 = 96;
+              const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+              const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+              __half* const dst = t_q6;
+              if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                for (int i = tid; i < 512; i += 256) {
+                  const int r = i / 4, c = (i % 4) * 8;
+                  const int gr = s1 + r;
+                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                }
+              }
+              else {
+                for (int i = tid; i < 4096; i += 256) {
+                  const int r = i / 32, c = i % 32;
+                  dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
+                }
+              }
+            }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
+            // q6_hi[row, col] = q6[row, col]
+            // q6_lo[row, col] = (q6[row, col] - q6_hi[row, col])
+            {
+              for (int i = tid; i < 4096; i += 256) {
+                const int r = i / 32, c = i % 32;
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q6[(r) * 32 + (c)]));
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q6[(r) * 32 + (c)]) - prt::to_f32(y0)));
+                t_q6_hi[(r) * 40 + (c)] = y0;
+                t_q6_lo[(r) * 40 + (c)] = y1;
+              }
+            }
+          }
+          __syncthreads();
+          // u6_hi[row, col] = (fdy[row, col] * (q6[row, (i19 - 96)] * f[row]))
+          // u6_lo[row, col] = ((fdy[row, col] * (q6[row, (i19 - 96)] * f[row])) - u6_hi[row, col])
+          {
+            for (int i = tid; i < 4096; i += 256) {
+              const int r = i / 32, c = i % 32;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q6[(r) * 32 + ((v_i19 - 96))]) * prt::to_f32(t_f[r]))));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q6[(r) * 32 + ((v_i19 - 96))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
+              t_u6_hi[(r) * 40 + (c)] = y0;
+              t_u6_lo[(r) * 40 + (c)] = y1;
+            }
+          }
+          __syncthreads();
+          // s6 += mma.tc(q6_hi^T, u6_hi) [32x32 in 16x8 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+              float (&acc)[1][4] = f_s6[j];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q6_hi[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_u6_hi[(k0 + (lane & 15)) * 40 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+            }
+          }
+          // s6 += mma.tc(q6_lo^T, u6_hi) [32x32 in 16x8 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+              float (&acc)[1][4] = f_s6[j];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q6_lo[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_u6_hi[(k0 + (lane & 15)) * 40 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+            }
+          }
+          // s6 += mma.tc(q6_hi^T, u6_lo) [32x32 in 16x8 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+              float (&acc)[1][4] = f_s6[j];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q6_hi[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_u6_lo[(k0 + (lane & 15)) * 40 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+            }
+          }
+        }
+      }
+      // s6[row, col] = (s6[row, col] * select(((row + 96) == i19), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+          #pragma unroll
+          for (int q = 0; q < 1; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s6[j][q][e] = (f_s6[j][q][e] * (((r + 96) == v_i19) ? 1.0f : 1.4142135623730951f));
+            }
+          }
+        }
+      }
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 4), ((((((i19 * 128) - ((i19 * (i19 - 1)) // 2)) + i19) - i19) - i19) + 96):+32, ((pid.x % 4) * 32):+32] = s6 where (((row + 96) >= i19) && ((row + 96) < 128))
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 4);
+        const int s3 = ((((((v_i19 * 128) - ((v_i19 * (v_i19 - 1)) / 2)) + v_i19) - v_i19) - v_i19) + 96);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+        const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
+        const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 96) >= v_i19) && ((r + 96) < 128)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s6[j][q][e]);
+              }
+            }
+          }
+        }
+      }
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+        // z6[row] = (qzq6[row, (i19 - 96)] * select(((row + 96) == i19), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 32; r += 256) {
+            t_z6[r] = prt::from_f32<float>((prt::to_f32(t_qzq6[(r) * 16 + ((v_i19 - 96))]) * (((r + 96) == v_i19) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 4), ((((((i19 * 128) - ((i19 * (i19 - 1)) // 2)) + i19) - i19) - i19) + 96):+32] = z6 where (((row + 96) >= i19) && ((row + 96) < 128))
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 4);
+          const int s3 = ((((((v_i19 * 128) - ((v_i19 * (v_i19 - 1)) / 2)) + v_i19) - v_i19) - v_i19) + 96);
+          const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
+          const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
+          if (ok) {
+            for (int r = tid; r < 32; r += 256) {
+              if (s3 + r >= 0 && s3 + r < g_dZin_d3 && ((((r + 96) >= v_i19) && ((r + 96) < 128)))) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_z6[r];
+            }
+          }
+        }
+      }
+    }
+  }
+  __syncthreads();
+  if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+    // qzq7[row, col] = 0.0
+    {
+      for (int i = tid; i < 256; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_qzq7[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+      }
+    }
+  }
+  {
+    const int v_i21_end = (p_hq / p_h);
+    for (int v_i21 = 0; v_i21 < v_i21_end; v_i21 += 1) {
+      if (((p_hq / p_h) > 1)) {
+        // f = load lse[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i21)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i21);
+          const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+          const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+          float* const dst = t_f;
+          for (int r = tid; r < 128; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+          }
+        }
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i21)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i21);
+          const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+          const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+          float* const dst = t_z_row;
+          for (int r = tid; r < 128; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // z_row[row] = -((z_row[row] * f[row]))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+          }
+        }
+        // fdy = load dY[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i21), ((pid.x % 4) * 32):+32]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i21);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+          const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+          const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+          float* const dst = t_fdy;
+          for (int i = tid; i < 4096; i += 256) {
+            const int r = i / 32, c = i % 32;
+            dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+          }
+        }
+        __syncthreads();
+        // fdy[row, col] = (fdy[row, col] * f[row])
+        {
+          for (int i = tid; i < 4096; i += 256) {
+            const int r = i / 32, c = i % 32;
+            t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
+          }
+        }
+      }
+      __syncthreads();
+      // q7 = load.async Q[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i21), 112:+16]
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+        const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i21);
+        const int s3 = 112;
+        const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+        const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+        __half* const dst = t_q7;
+        if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          for (int i = tid; i < 256; i += 256) {
+            const int r = i / 2, c = (i % 2) * 8;
+            const int gr = s1 + r;
+            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+            prt::cp_async_16(&dst[(r) * 16 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+          }
+        }
+        else {
+          for (int i = tid; i < 2048; i += 256) {
+            const int r = i / 16, c = i % 16;
+            dst[(r) * 16 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
+          }
+        }
+      }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
+      // q7_hi[row, col] = q7[row, col]
+      // q7_lo[row, col] = (q7[row, col] - q7_hi[row, col])
+      {
+        for (int i = tid; i < 2048; i += 256) {
+          const int r = i / 16, c = i % 16;
+          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q7[(r) * 16 + (c)]));
+          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q7[(r) * 16 + (c)]) - prt::to_f32(y0)));
+          t_q7_hi[(r) * 24 + (c)] = y0;
+          t_q7_lo[(r) * 24 + (c)] = y1;
+        }
+      }
+      if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+        // zq7_hi[row, col] = ((q7[row, col] * f[row]) * z_row[row])
+        // zq7_lo[row, col] = (((q7[row, col] * f[row]) * z_row[row]) - zq7_hi[row, col])
+        {
+          for (int i = tid; i < 2048; i += 256) {
+            const int r = i / 16, c = i % 16;
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q7[(r) * 16 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q7[(r) * 16 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+            t_zq7_hi[(r) * 24 + (c)] = y0;
+            t_zq7_lo[(r) * 24 + (c)] = y1;
+          }
+        }
+        __syncthreads();
+        // qzq7 += mma.tc(q7_hi^T, zq7_hi) [16x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            if (u < 2) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q7_hi[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq7_hi[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+        __syncthreads();
+        // qzq7 += mma.tc(q7_lo^T, zq7_hi) [16x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            if (u < 2) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q7_lo[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq7_hi[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+        __syncthreads();
+        // qzq7 += mma.tc(q7_hi^T, zq7_lo) [16x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            if (u < 2) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q7_hi[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq7_lo[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+      }
+    }
+  }
+  {
+    const int v_i22_end = 128;
+    for (int v_i22 = 112; v_i22 < v_i22_end; v_i22 += 1) {
+      // s7[row, col] = 0.0
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          if (u < 4) {
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_s7[j][q][e] = 0.0f;
+              }
+            }
+          }
+        }
+      }
+      {
+        const int v_i23_end = (p_hq / p_h);
+        for (int v_i23 = 0; v_i23 < v_i23_end; v_i23 += 1) {
+          if (((p_hq / p_h) > 1)) {
+            // f = load lse[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i23)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i23);
+              const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+              const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+              float* const dst = t_f;
+              for (int r = tid; r < 128; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+            {
+              for (int r = tid; r < 128; r += 256) {
+                t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+              }
+            }
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i23)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i23);
+              const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+              const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+              float* const dst = t_z_row;
+              for (int r = tid; r < 128; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // z_row[row] = -((z_row[row] * f[row]))
+            {
+              for (int r = tid; r < 128; r += 256) {
+                t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+              }
+            }
+            // fdy = load dY[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i23), ((pid.x % 4) * 32):+32]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i23);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+              const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+              const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+              float* const dst = t_fdy;
+              for (int i = tid; i < 4096; i += 256) {
+                const int r = i / 32, c = i % 32;
+                dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+              }
+            }
+            __syncthreads();
+            // fdy[row, col] = (fdy[row, col] * f[row])
+            {
+              for (int i = tid; i < 4096; i += 256) {
+                const int r = i / 32, c = i % 32;
+                t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
+              }
+            }
+            // q7 = load.async Q[(pid.y // $h), ((pid.x // 4) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i23), 112:+16]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i23);
+              const int s3 = 112;
+              const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+              const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+              __half* const dst = t_q7;
+              if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                for (int i = tid; i < 256; i += 256) {
+                  const int r = i / 2, c = (i % 2) * 8;
+                  const int gr = s1 + r;
+                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 16 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                }
+              }
+              else {
+                for (int i = tid; i < 2048; i += 256) {
+                  const int r = i / 16, c = i % 16;
+                  dst[(r) * 16 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
+                }
+              }
+            }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
+            // q7_hi[row, col] = q7[row, col]
+            // q7_lo[row, col] = (q7[row, col] - q7_hi[row, col])
+            {
+              for (int i = tid; i < 2048; i += 256) {
+                const int r = i / 16, c = i % 16;
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q7[(r) * 16 + (c)]));
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q7[(r) * 16 + (c)]) - prt::to_f32(y0)));
+                t_q7_hi[(r) * 24 + (c)] = y0;
+                t_q7_lo[(r) * 24 + (c)] = y1;
+              }
+            }
+          }
+          __syncthreads();
+          // u7_hi[row, col] = (fdy[row, col] * (q7[row, (i22 - 112)] * f[row]))
+          // u7_lo[row, col] = ((fdy[row, col] * (q7[row, (i22 - 112)] * f[row])) - u7_hi[row, col])
+          {
+            for (int i = tid; i < 4096; i += 256) {
+              const int r = i / 32, c = i % 32;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q7[(r) * 16 + ((v_i22 - 112))]) * prt::to_f32(t_f[r]))));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q7[(r) * 16 + ((v_i22 - 112))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
+              t_u7_hi[(r) * 40 + (c)] = y0;
+              t_u7_lo[(r) * 40 + (c)] = y1;
+            }
+          }
+          __syncthreads();
+          // s7 += mma.tc(q7_hi^T, u7_hi) [16x32 in 16x8 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              if (u < 4) {
+                const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+                float (&acc)[1][4] = f_s7[j];
+                for (int k0 = 0; k0 < 128; k0 += 16) {
+                  uint32_t af[4];
+                  prt::ldmatrix_x4_trans(af, &t_q7_hi[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                  uint32_t bf[2];
+                  prt::ldmatrix_x2_trans(bf, &t_u7_hi[(k0 + (lane & 15)) * 40 + n0]);
+                  prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+                }
+              }
+            }
+          }
+          // s7 += mma.tc(q7_lo^T, u7_hi) [16x32 in 16x8 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              if (u < 4) {
+                const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+                float (&acc)[1][4] = f_s7[j];
+                for (int k0 = 0; k0 < 128; k0 += 16) {
+                  uint32_t af[4];
+                  prt::ldmatrix_x4_trans(af, &t_q7_lo[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                  uint32_t bf[2];
+                  prt::ldmatrix_x2_trans(bf, &t_u7_hi[(k0 + (lane & 15)) * 40 + n0]);
+                  prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+                }
+              }
+            }
+          }
+          // s7 += mma.tc(q7_hi^T, u7_lo) [16x32 in 16x8 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              if (u < 4) {
+                const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+                float (&acc)[1][4] = f_s7[j];
+                for (int k0 = 0; k0 < 128; k0 += 16) {
+                  uint32_t af[4];
+                  prt::ldmatrix_x4_trans(af, &t_q7_hi[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                  uint32_t bf[2];
+                  prt::ldmatrix_x2_trans(bf, &t_u7_lo[(k0 + (lane & 15)) * 40 + n0]);
+                  prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+                }
+              }
+            }
+          }
+        }
+      }
+      // s7[row, col] = (s7[row, col] * select(((row + 112) == i22), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          if (u < 4) {
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_s7[j][q][e] = (f_s7[j][q][e] * (((r + 112) == v_i22) ? 1.0f : 1.4142135623730951f));
+              }
+            }
+          }
+        }
+      }
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 4), ((((((i22 * 128) - ((i22 * (i22 - 1)) // 2)) + i22) - i22) - i22) + 112):+16, ((pid.x % 4) * 32):+32] = s7 where (((row + 112) >= i22) && ((row + 112) < 128))
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 4);
+        const int s3 = ((((((v_i22 * 128) - ((v_i22 * (v_i22 - 1)) / 2)) + v_i22) - v_i22) - v_i22) + 112);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+        const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
+        const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            if (u < 4) {
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+              #pragma unroll
+              for (int q = 0; q < 1; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 112) >= v_i22) && ((r + 112) < 128)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s7[j][q][e]);
+                }
+              }
+            }
+          }
+        }
+      }
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+        // z7[row] = (qzq7[row, (i22 - 112)] * select(((row + 112) == i22), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 16; r += 256) {
+            t_z7[r] = prt::from_f32<float>((prt::to_f32(t_qzq7[(r) * 16 + ((v_i22 - 112))]) * (((r + 112) == v_i22) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 4), ((((((i22 * 128) - ((i22 * (i22 - 1)) // 2)) + i22) - i22) - i22) + 112):+16] = z7 where (((row + 112) >= i22) && ((row + 112) < 128))
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 4);
+          const int s3 = ((((((v_i22 * 128) - ((v_i22 * (v_i22 - 1)) / 2)) + v_i22) - v_i22) - v_i22) + 112);
+          const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
+          const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
+          if (ok) {
+            for (int r = tid; r < 16; r += 256) {
+              if (s3 + r >= 0 && s3 + r < g_dZin_d3 && ((((r + 112) >= v_i22) && ((r + 112) < 128)))) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_z7[r];
+            }
+          }
+        }
       }
     }
   }
@@ -9643,10 +13298,10 @@ extern "C" cudaError_t prt_query_state_bwd_dq_p2_d128_e128_c128_f16_w4_bd32_bt32
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_query_state_bwd_ds_p2_d128_e128_c128_f16_w4_bd32_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_ds_p2_d128_e128_c128_f16_w4_bd32_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 136448);
+extern "C" cudaError_t prt_query_state_bwd_ds_p2_d128_e128_c128_f16_w8_bd32_bt128_s1_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_ds_p2_d128_e128_c128_f16_w8_bd32_bt128_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 149504);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_ds_p2_d128_e128_c128_f16_w4_bd32_bt64_s1<<<grid, 128, 136448, stream>>>(g_Q, g_logG, g_dY, g_lse, g_Dy, g_dSin, g_dZin, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_query_state_bwd_ds_p2_d128_e128_c128_f16_w8_bd32_bt128_s1<<<grid, 256, 149504, stream>>>(g_Q, g_logG, g_dY, g_lse, g_Dy, g_dSin, g_dZin, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 

@@ -561,65 +561,65 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 128] pitch 128
   float* const t_gv = reinterpret_cast<float*>(prt_smem + 16896);  // f32[64, 128] pitch 128
   __nv_bfloat16* const t_k0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49664);  // bf16[64, 128] pitch 136
-  float* const t_kgk0 = reinterpret_cast<float*>(prt_smem + 6656);  // f32[128, 16] pitch 16
-  __nv_bfloat16* const t_gk0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_gk0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 3584);  // bf16[64, 16] pitch 24
+  float* const t_kzk0 = reinterpret_cast<float*>(prt_smem + 6656);  // f32[128, 16] pitch 16
+  __nv_bfloat16* const t_zk0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_zk0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 3584);  // bf16[64, 16] pitch 24
   float f_s0[4][4][4];  // f32[128, 128] as mma fragments: 128x128 in 16x32 units over 8 warps
   float* const t_z0 = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
   __nv_bfloat16* const t_u0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 67072);  // bf16[64, 128] pitch 136
   __nv_bfloat16* const t_u0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 84480);  // bf16[64, 128] pitch 136
   __nv_bfloat16* const t_k1 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 112] pitch 120
-  float* const t_kgk1 = reinterpret_cast<float*>(prt_smem + 55808);  // f32[112, 16] pitch 16
-  __nv_bfloat16* const t_gk1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49664);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_gk1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 52736);  // bf16[64, 16] pitch 24
+  float* const t_kzk1 = reinterpret_cast<float*>(prt_smem + 55808);  // f32[112, 16] pitch 16
+  __nv_bfloat16* const t_zk1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49664);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_zk1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 52736);  // bf16[64, 16] pitch 24
   float f_s1[4][4][4];  // f32[112, 128] as mma fragments: 112x128 in 16x32 units over 8 warps
   float* const t_z1 = reinterpret_cast<float*>(prt_smem + 15872);  // f32[112] pitch 112
   __nv_bfloat16* const t_u1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 62976);  // bf16[64, 128] pitch 136
   __nv_bfloat16* const t_u1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 80384);  // bf16[64, 128] pitch 136
   __nv_bfloat16* const t_k2 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 96] pitch 104
-  float* const t_kgk2 = reinterpret_cast<float*>(prt_smem + 52736);  // f32[96, 16] pitch 16
-  __nv_bfloat16* const t_gk2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 13824);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_gk2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49664);  // bf16[64, 16] pitch 24
+  float* const t_kzk2 = reinterpret_cast<float*>(prt_smem + 52736);  // f32[96, 16] pitch 16
+  __nv_bfloat16* const t_zk2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 13824);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_zk2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49664);  // bf16[64, 16] pitch 24
   float f_s2[3][4][4];  // f32[96, 128] as mma fragments: 96x128 in 16x32 units over 8 warps
   float* const t_z2 = reinterpret_cast<float*>(prt_smem + 13824);  // f32[96] pitch 96
   __nv_bfloat16* const t_u2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 58880);  // bf16[64, 128] pitch 136
   __nv_bfloat16* const t_u2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 76288);  // bf16[64, 128] pitch 136
   __nv_bfloat16* const t_k3 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 80] pitch 88
-  float* const t_kgk3 = reinterpret_cast<float*>(prt_smem + 52736);  // f32[80, 16] pitch 16
-  __nv_bfloat16* const t_gk3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 11776);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_gk3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49664);  // bf16[64, 16] pitch 24
+  float* const t_kzk3 = reinterpret_cast<float*>(prt_smem + 52736);  // f32[80, 16] pitch 16
+  __nv_bfloat16* const t_zk3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 11776);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_zk3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49664);  // bf16[64, 16] pitch 24
   float f_s3[3][4][4];  // f32[80, 128] as mma fragments: 80x128 in 16x32 units over 8 warps
   float* const t_z3 = reinterpret_cast<float*>(prt_smem + 11776);  // f32[80] pitch 80
   __nv_bfloat16* const t_u3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 57856);  // bf16[64, 128] pitch 136
   __nv_bfloat16* const t_u3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 75264);  // bf16[64, 128] pitch 136
   __nv_bfloat16* const t_k4 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 64] pitch 72
-  float* const t_kgk4 = reinterpret_cast<float*>(prt_smem + 49664);  // f32[64, 16] pitch 16
-  __nv_bfloat16* const t_gk4_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 9728);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_gk4_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 12800);  // bf16[64, 16] pitch 24
+  float* const t_kzk4 = reinterpret_cast<float*>(prt_smem + 49664);  // f32[64, 16] pitch 16
+  __nv_bfloat16* const t_zk4_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 9728);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_zk4_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 12800);  // bf16[64, 16] pitch 24
   float f_s4[2][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 8 warps
   float* const t_z4 = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   __nv_bfloat16* const t_u4_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 53760);  // bf16[64, 128] pitch 136
   __nv_bfloat16* const t_u4_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 71168);  // bf16[64, 128] pitch 136
   __nv_bfloat16* const t_k5 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 48] pitch 56
-  float* const t_kgk5 = reinterpret_cast<float*>(prt_smem + 13824);  // f32[48, 16] pitch 16
-  __nv_bfloat16* const t_gk5_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 7680);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_gk5_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 10752);  // bf16[64, 16] pitch 24
+  float* const t_kzk5 = reinterpret_cast<float*>(prt_smem + 13824);  // f32[48, 16] pitch 16
+  __nv_bfloat16* const t_zk5_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 7680);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_zk5_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 10752);  // bf16[64, 16] pitch 24
   float f_s5[2][4][4];  // f32[48, 128] as mma fragments: 48x128 in 16x32 units over 8 warps
   float* const t_z5 = reinterpret_cast<float*>(prt_smem + 0);  // f32[48] pitch 48
   __nv_bfloat16* const t_u5_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49664);  // bf16[64, 128] pitch 136
   __nv_bfloat16* const t_u5_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 67072);  // bf16[64, 128] pitch 136
   __nv_bfloat16* const t_k6 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 32] pitch 40
-  float* const t_kgk6 = reinterpret_cast<float*>(prt_smem + 11776);  // f32[32, 16] pitch 16
-  __nv_bfloat16* const t_gk6_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 5632);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_gk6_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 8704);  // bf16[64, 16] pitch 24
+  float* const t_kzk6 = reinterpret_cast<float*>(prt_smem + 11776);  // f32[32, 16] pitch 16
+  __nv_bfloat16* const t_zk6_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 5632);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_zk6_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 8704);  // bf16[64, 16] pitch 24
   float f_s6[1][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 8 warps
   float* const t_z6 = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
   __nv_bfloat16* const t_u6_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49664);  // bf16[64, 128] pitch 136
   __nv_bfloat16* const t_u6_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 67072);  // bf16[64, 128] pitch 136
   __nv_bfloat16* const t_k7 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 16] pitch 24
-  float* const t_kgk7 = reinterpret_cast<float*>(prt_smem + 9728);  // f32[16, 16] pitch 16
-  __nv_bfloat16* const t_gk7_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 3584);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_gk7_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 6656);  // bf16[64, 16] pitch 24
+  float* const t_kzk7 = reinterpret_cast<float*>(prt_smem + 9728);  // f32[16, 16] pitch 16
+  __nv_bfloat16* const t_zk7_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 3584);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_zk7_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 6656);  // bf16[64, 16] pitch 24
   float f_s7[1][2][4];  // f32[16, 128] as mma fragments: 16x128 in 16x16 units over 8 warps
   float* const t_z7 = reinterpret_cast<float*>(prt_smem + 0);  // f32[16] pitch 16
   __nv_bfloat16* const t_u7_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49664);  // bf16[64, 128] pitch 136
@@ -714,19 +714,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_wait<0>();
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // gk0_hi[row, col] = (k0[row, col] * exp((lam[63] - lam[row])))
-    // gk0_lo[row, col] = ((k0[row, col] * exp((lam[63] - lam[row]))) - gk0_hi[row, col])
+    // zk0_hi[row, col] = (k0[row, col] * exp((lam[63] - lam[row])))
+    // zk0_lo[row, col] = ((k0[row, col] * exp((lam[63] - lam[row]))) - zk0_hi[row, col])
     {
       for (int i = tid; i < 1024; i += 256) {
         const int r = i / 16, c = i % 16;
         const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k0[(r) * 136 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
         const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k0[(r) * 136 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_gk0_hi[(r) * 24 + (c)] = y0;
-        t_gk0_lo[(r) * 24 + (c)] = y1;
+        t_zk0_hi[(r) * 24 + (c)] = y0;
+        t_zk0_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
-    // kgk0 = mma.tc(k0^T, gk0_hi) [128x16 in 16x16 units over 8 warps]
+    // kzk0 = mma.tc(k0^T, zk0_hi) [128x16 in 16x16 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -743,7 +743,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           #pragma unroll
           for (int q = 0; q < 2; q += 2) {
             uint32_t bf[4];
-            prt::ldmatrix_x4_trans(bf, &t_gk0_hi[(k0 + prt::a_row(lane)) * 24 + n0 + q * 8 + prt::a_col(lane)]);
+            prt::ldmatrix_x4_trans(bf, &t_zk0_hi[(k0 + prt::a_row(lane)) * 24 + n0 + q * 8 + prt::a_col(lane)]);
             prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
             prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
           }
@@ -751,11 +751,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         #pragma unroll
         for (int q = 0; q < 2; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) t_kgk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          for (int e = 0; e < 4; ++e) t_kzk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
       }
     }
     __syncthreads();
-    // kgk0 += mma.tc(k0^T, gk0_lo) [128x16 in 16x16 units over 8 warps]
+    // kzk0 += mma.tc(k0^T, zk0_lo) [128x16 in 16x16 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -765,14 +765,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         #pragma unroll
         for (int q = 0; q < 2; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) acc[q][e] = t_kgk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+          for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
         for (int k0 = 0; k0 < 64; k0 += 16) {
           uint32_t af[4];
           prt::ldmatrix_x4_trans(af, &t_k0[(k0 + prt::at_row(lane)) * 136 + m0 + prt::at_col(lane)]);
           #pragma unroll
           for (int q = 0; q < 2; q += 2) {
             uint32_t bf[4];
-            prt::ldmatrix_x4_trans(bf, &t_gk0_lo[(k0 + prt::a_row(lane)) * 24 + n0 + q * 8 + prt::a_col(lane)]);
+            prt::ldmatrix_x4_trans(bf, &t_zk0_lo[(k0 + prt::a_row(lane)) * 24 + n0 + q * 8 + prt::a_col(lane)]);
             prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
             prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
           }
@@ -780,7 +780,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         #pragma unroll
         for (int q = 0; q < 2; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) t_kgk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          for (int e = 0; e < 4; ++e) t_kzk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
       }
     }
   }
@@ -885,10 +885,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         }
       }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // z0[row] = (kgk0[row, (i0 - 0)] * select(((row + 0) == i0), 1.0, 1.4142135623730951))
+        // z0[row] = (kzk0[row, (i0 - 0)] * select(((row + 0) == i0), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 128; r += 256) {
-            t_z0[r] = prt::from_f32<float>((prt::to_f32(t_kgk0[(r) * 16 + ((v_i0 - 0))]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f)));
+            t_z0[r] = prt::from_f32<float>((prt::to_f32(t_kzk0[(r) * 16 + ((v_i0 - 0))]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f)));
           }
         }
         // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i0 * 128) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+128] = z0 where (((row + 0) >= i0) && ((row + 0) < 128))
@@ -939,19 +939,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_wait<0>();
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // gk1_hi[row, col] = (k1[row, col] * exp((lam[63] - lam[row])))
-    // gk1_lo[row, col] = ((k1[row, col] * exp((lam[63] - lam[row]))) - gk1_hi[row, col])
+    // zk1_hi[row, col] = (k1[row, col] * exp((lam[63] - lam[row])))
+    // zk1_lo[row, col] = ((k1[row, col] * exp((lam[63] - lam[row]))) - zk1_hi[row, col])
     {
       for (int i = tid; i < 1024; i += 256) {
         const int r = i / 16, c = i % 16;
         const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k1[(r) * 120 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
         const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k1[(r) * 120 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_gk1_hi[(r) * 24 + (c)] = y0;
-        t_gk1_lo[(r) * 24 + (c)] = y1;
+        t_zk1_hi[(r) * 24 + (c)] = y0;
+        t_zk1_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
-    // kgk1 = mma.tc(k1^T, gk1_hi) [112x16 in 16x8 units over 8 warps]
+    // kzk1 = mma.tc(k1^T, zk1_hi) [112x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 2; ++j) {
@@ -967,18 +967,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k1[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
             uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_gk1_hi[(k0 + (lane & 15)) * 24 + n0]);
+            prt::ldmatrix_x2_trans(bf, &t_zk1_hi[(k0 + (lane & 15)) * 24 + n0]);
             prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
           }
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
     __syncthreads();
-    // kgk1 += mma.tc(k1^T, gk1_lo) [112x16 in 16x8 units over 8 warps]
+    // kzk1 += mma.tc(k1^T, zk1_lo) [112x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 2; ++j) {
@@ -989,18 +989,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_kgk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
           for (int k0 = 0; k0 < 64; k0 += 16) {
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k1[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
             uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_gk1_lo[(k0 + (lane & 15)) * 24 + n0]);
+            prt::ldmatrix_x2_trans(bf, &t_zk1_lo[(k0 + (lane & 15)) * 24 + n0]);
             prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
           }
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
@@ -1114,10 +1114,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         }
       }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // z1[row] = (kgk1[row, (i1 - 16)] * select(((row + 16) == i1), 1.0, 1.4142135623730951))
+        // z1[row] = (kzk1[row, (i1 - 16)] * select(((row + 16) == i1), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 112; r += 256) {
-            t_z1[r] = prt::from_f32<float>((prt::to_f32(t_kgk1[(r) * 16 + ((v_i1 - 16))]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f)));
+            t_z1[r] = prt::from_f32<float>((prt::to_f32(t_kzk1[(r) * 16 + ((v_i1 - 16))]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f)));
           }
         }
         // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i1 * 128) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+112] = z1 where (((row + 16) >= i1) && ((row + 16) < 128))
@@ -1168,19 +1168,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_wait<0>();
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // gk2_hi[row, col] = (k2[row, col] * exp((lam[63] - lam[row])))
-    // gk2_lo[row, col] = ((k2[row, col] * exp((lam[63] - lam[row]))) - gk2_hi[row, col])
+    // zk2_hi[row, col] = (k2[row, col] * exp((lam[63] - lam[row])))
+    // zk2_lo[row, col] = ((k2[row, col] * exp((lam[63] - lam[row]))) - zk2_hi[row, col])
     {
       for (int i = tid; i < 1024; i += 256) {
         const int r = i / 16, c = i % 16;
         const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k2[(r) * 104 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
         const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k2[(r) * 104 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_gk2_hi[(r) * 24 + (c)] = y0;
-        t_gk2_lo[(r) * 24 + (c)] = y1;
+        t_zk2_hi[(r) * 24 + (c)] = y0;
+        t_zk2_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
-    // kgk2 = mma.tc(k2^T, gk2_hi) [96x16 in 16x8 units over 8 warps]
+    // kzk2 = mma.tc(k2^T, zk2_hi) [96x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 2; ++j) {
@@ -1196,18 +1196,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k2[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
             uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_gk2_hi[(k0 + (lane & 15)) * 24 + n0]);
+            prt::ldmatrix_x2_trans(bf, &t_zk2_hi[(k0 + (lane & 15)) * 24 + n0]);
             prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
           }
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
     __syncthreads();
-    // kgk2 += mma.tc(k2^T, gk2_lo) [96x16 in 16x8 units over 8 warps]
+    // kzk2 += mma.tc(k2^T, zk2_lo) [96x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 2; ++j) {
@@ -1218,18 +1218,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_kgk2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
           for (int k0 = 0; k0 < 64; k0 += 16) {
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k2[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
             uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_gk2_lo[(k0 + (lane & 15)) * 24 + n0]);
+            prt::ldmatrix_x2_trans(bf, &t_zk2_lo[(k0 + (lane & 15)) * 24 + n0]);
             prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
           }
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
@@ -1335,10 +1335,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         }
       }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // z2[row] = (kgk2[row, (i2 - 32)] * select(((row + 32) == i2), 1.0, 1.4142135623730951))
+        // z2[row] = (kzk2[row, (i2 - 32)] * select(((row + 32) == i2), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 96; r += 256) {
-            t_z2[r] = prt::from_f32<float>((prt::to_f32(t_kgk2[(r) * 16 + ((v_i2 - 32))]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f)));
+            t_z2[r] = prt::from_f32<float>((prt::to_f32(t_kzk2[(r) * 16 + ((v_i2 - 32))]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f)));
           }
         }
         // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i2 * 128) - ((i2 * (i2 - 1)) // 2)) + i2) - i2) - i2) + 32):+96] = z2 where (((row + 32) >= i2) && ((row + 32) < 128))
@@ -1389,19 +1389,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_wait<0>();
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // gk3_hi[row, col] = (k3[row, col] * exp((lam[63] - lam[row])))
-    // gk3_lo[row, col] = ((k3[row, col] * exp((lam[63] - lam[row]))) - gk3_hi[row, col])
+    // zk3_hi[row, col] = (k3[row, col] * exp((lam[63] - lam[row])))
+    // zk3_lo[row, col] = ((k3[row, col] * exp((lam[63] - lam[row]))) - zk3_hi[row, col])
     {
       for (int i = tid; i < 1024; i += 256) {
         const int r = i / 16, c = i % 16;
         const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k3[(r) * 88 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
         const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k3[(r) * 88 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_gk3_hi[(r) * 24 + (c)] = y0;
-        t_gk3_lo[(r) * 24 + (c)] = y1;
+        t_zk3_hi[(r) * 24 + (c)] = y0;
+        t_zk3_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
-    // kgk3 = mma.tc(k3^T, gk3_hi) [80x16 in 16x8 units over 8 warps]
+    // kzk3 = mma.tc(k3^T, zk3_hi) [80x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 2; ++j) {
@@ -1417,18 +1417,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k3[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
             uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_gk3_hi[(k0 + (lane & 15)) * 24 + n0]);
+            prt::ldmatrix_x2_trans(bf, &t_zk3_hi[(k0 + (lane & 15)) * 24 + n0]);
             prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
           }
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
     __syncthreads();
-    // kgk3 += mma.tc(k3^T, gk3_lo) [80x16 in 16x8 units over 8 warps]
+    // kzk3 += mma.tc(k3^T, zk3_lo) [80x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 2; ++j) {
@@ -1439,18 +1439,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_kgk3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
           for (int k0 = 0; k0 < 64; k0 += 16) {
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k3[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
             uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_gk3_lo[(k0 + (lane & 15)) * 24 + n0]);
+            prt::ldmatrix_x2_trans(bf, &t_zk3_lo[(k0 + (lane & 15)) * 24 + n0]);
             prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
           }
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
@@ -1564,10 +1564,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         }
       }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // z3[row] = (kgk3[row, (i3 - 48)] * select(((row + 48) == i3), 1.0, 1.4142135623730951))
+        // z3[row] = (kzk3[row, (i3 - 48)] * select(((row + 48) == i3), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 80; r += 256) {
-            t_z3[r] = prt::from_f32<float>((prt::to_f32(t_kgk3[(r) * 16 + ((v_i3 - 48))]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f)));
+            t_z3[r] = prt::from_f32<float>((prt::to_f32(t_kzk3[(r) * 16 + ((v_i3 - 48))]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f)));
           }
         }
         // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i3 * 128) - ((i3 * (i3 - 1)) // 2)) + i3) - i3) - i3) + 48):+80] = z3 where (((row + 48) >= i3) && ((row + 48) < 128))
@@ -1618,19 +1618,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_wait<0>();
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // gk4_hi[row, col] = (k4[row, col] * exp((lam[63] - lam[row])))
-    // gk4_lo[row, col] = ((k4[row, col] * exp((lam[63] - lam[row]))) - gk4_hi[row, col])
+    // zk4_hi[row, col] = (k4[row, col] * exp((lam[63] - lam[row])))
+    // zk4_lo[row, col] = ((k4[row, col] * exp((lam[63] - lam[row]))) - zk4_hi[row, col])
     {
       for (int i = tid; i < 1024; i += 256) {
         const int r = i / 16, c = i % 16;
         const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k4[(r) * 72 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
         const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k4[(r) * 72 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_gk4_hi[(r) * 24 + (c)] = y0;
-        t_gk4_lo[(r) * 24 + (c)] = y1;
+        t_zk4_hi[(r) * 24 + (c)] = y0;
+        t_zk4_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
-    // kgk4 = mma.tc(k4^T, gk4_hi) [64x16 in 16x8 units over 8 warps]
+    // kzk4 = mma.tc(k4^T, zk4_hi) [64x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -1645,17 +1645,17 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           uint32_t af[4];
           prt::ldmatrix_x4_trans(af, &t_k4[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
           uint32_t bf[2];
-          prt::ldmatrix_x2_trans(bf, &t_gk4_hi[(k0 + (lane & 15)) * 24 + n0]);
+          prt::ldmatrix_x2_trans(bf, &t_zk4_hi[(k0 + (lane & 15)) * 24 + n0]);
           prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
         }
         #pragma unroll
         for (int q = 0; q < 1; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) t_kgk4[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          for (int e = 0; e < 4; ++e) t_kzk4[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
       }
     }
     __syncthreads();
-    // kgk4 += mma.tc(k4^T, gk4_lo) [64x16 in 16x8 units over 8 warps]
+    // kzk4 += mma.tc(k4^T, zk4_lo) [64x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -1665,18 +1665,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         #pragma unroll
         for (int q = 0; q < 1; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) acc[q][e] = t_kgk4[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+          for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk4[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
         for (int k0 = 0; k0 < 64; k0 += 16) {
           uint32_t af[4];
           prt::ldmatrix_x4_trans(af, &t_k4[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
           uint32_t bf[2];
-          prt::ldmatrix_x2_trans(bf, &t_gk4_lo[(k0 + (lane & 15)) * 24 + n0]);
+          prt::ldmatrix_x2_trans(bf, &t_zk4_lo[(k0 + (lane & 15)) * 24 + n0]);
           prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
         }
         #pragma unroll
         for (int q = 0; q < 1; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) t_kgk4[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          for (int e = 0; e < 4; ++e) t_kzk4[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
       }
     }
   }
@@ -1781,10 +1781,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         }
       }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // z4[row] = (kgk4[row, (i4 - 64)] * select(((row + 64) == i4), 1.0, 1.4142135623730951))
+        // z4[row] = (kzk4[row, (i4 - 64)] * select(((row + 64) == i4), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 64; r += 256) {
-            t_z4[r] = prt::from_f32<float>((prt::to_f32(t_kgk4[(r) * 16 + ((v_i4 - 64))]) * (((r + 64) == v_i4) ? 1.0f : 1.4142135623730951f)));
+            t_z4[r] = prt::from_f32<float>((prt::to_f32(t_kzk4[(r) * 16 + ((v_i4 - 64))]) * (((r + 64) == v_i4) ? 1.0f : 1.4142135623730951f)));
           }
         }
         // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i4 * 128) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 64):+64] = z4 where (((row + 64) >= i4) && ((row + 64) < 128))
@@ -1835,19 +1835,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_wait<0>();
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // gk5_hi[row, col] = (k5[row, col] * exp((lam[63] - lam[row])))
-    // gk5_lo[row, col] = ((k5[row, col] * exp((lam[63] - lam[row]))) - gk5_hi[row, col])
+    // zk5_hi[row, col] = (k5[row, col] * exp((lam[63] - lam[row])))
+    // zk5_lo[row, col] = ((k5[row, col] * exp((lam[63] - lam[row]))) - zk5_hi[row, col])
     {
       for (int i = tid; i < 1024; i += 256) {
         const int r = i / 16, c = i % 16;
         const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k5[(r) * 56 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
         const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k5[(r) * 56 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_gk5_hi[(r) * 24 + (c)] = y0;
-        t_gk5_lo[(r) * 24 + (c)] = y1;
+        t_zk5_hi[(r) * 24 + (c)] = y0;
+        t_zk5_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
-    // kgk5 = mma.tc(k5^T, gk5_hi) [48x16 in 16x8 units over 8 warps]
+    // kzk5 = mma.tc(k5^T, zk5_hi) [48x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -1863,18 +1863,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k5[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
             uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_gk5_hi[(k0 + (lane & 15)) * 24 + n0]);
+            prt::ldmatrix_x2_trans(bf, &t_zk5_hi[(k0 + (lane & 15)) * 24 + n0]);
             prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
           }
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk5[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk5[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
     __syncthreads();
-    // kgk5 += mma.tc(k5^T, gk5_lo) [48x16 in 16x8 units over 8 warps]
+    // kzk5 += mma.tc(k5^T, zk5_lo) [48x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -1885,18 +1885,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_kgk5[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk5[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
           for (int k0 = 0; k0 < 64; k0 += 16) {
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k5[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
             uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_gk5_lo[(k0 + (lane & 15)) * 24 + n0]);
+            prt::ldmatrix_x2_trans(bf, &t_zk5_lo[(k0 + (lane & 15)) * 24 + n0]);
             prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
           }
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk5[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk5[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
@@ -2010,10 +2010,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         }
       }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // z5[row] = (kgk5[row, (i5 - 80)] * select(((row + 80) == i5), 1.0, 1.4142135623730951))
+        // z5[row] = (kzk5[row, (i5 - 80)] * select(((row + 80) == i5), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 48; r += 256) {
-            t_z5[r] = prt::from_f32<float>((prt::to_f32(t_kgk5[(r) * 16 + ((v_i5 - 80))]) * (((r + 80) == v_i5) ? 1.0f : 1.4142135623730951f)));
+            t_z5[r] = prt::from_f32<float>((prt::to_f32(t_kzk5[(r) * 16 + ((v_i5 - 80))]) * (((r + 80) == v_i5) ? 1.0f : 1.4142135623730951f)));
           }
         }
         // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i5 * 128) - ((i5 * (i5 - 1)) // 2)) + i5) - i5) - i5) + 80):+48] = z5 where (((row + 80) >= i5) && ((row + 80) < 128))
@@ -2064,19 +2064,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_wait<0>();
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // gk6_hi[row, col] = (k6[row, col] * exp((lam[63] - lam[row])))
-    // gk6_lo[row, col] = ((k6[row, col] * exp((lam[63] - lam[row]))) - gk6_hi[row, col])
+    // zk6_hi[row, col] = (k6[row, col] * exp((lam[63] - lam[row])))
+    // zk6_lo[row, col] = ((k6[row, col] * exp((lam[63] - lam[row]))) - zk6_hi[row, col])
     {
       for (int i = tid; i < 1024; i += 256) {
         const int r = i / 16, c = i % 16;
         const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k6[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
         const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k6[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_gk6_hi[(r) * 24 + (c)] = y0;
-        t_gk6_lo[(r) * 24 + (c)] = y1;
+        t_zk6_hi[(r) * 24 + (c)] = y0;
+        t_zk6_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
-    // kgk6 = mma.tc(k6^T, gk6_hi) [32x16 in 16x8 units over 8 warps]
+    // kzk6 = mma.tc(k6^T, zk6_hi) [32x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -2092,18 +2092,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k6[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
             uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_gk6_hi[(k0 + (lane & 15)) * 24 + n0]);
+            prt::ldmatrix_x2_trans(bf, &t_zk6_hi[(k0 + (lane & 15)) * 24 + n0]);
             prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
           }
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk6[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk6[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
     __syncthreads();
-    // kgk6 += mma.tc(k6^T, gk6_lo) [32x16 in 16x8 units over 8 warps]
+    // kzk6 += mma.tc(k6^T, zk6_lo) [32x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -2114,18 +2114,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_kgk6[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk6[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
           for (int k0 = 0; k0 < 64; k0 += 16) {
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k6[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
             uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_gk6_lo[(k0 + (lane & 15)) * 24 + n0]);
+            prt::ldmatrix_x2_trans(bf, &t_zk6_lo[(k0 + (lane & 15)) * 24 + n0]);
             prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
           }
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk6[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk6[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
@@ -2231,10 +2231,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         }
       }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // z6[row] = (kgk6[row, (i6 - 96)] * select(((row + 96) == i6), 1.0, 1.4142135623730951))
+        // z6[row] = (kzk6[row, (i6 - 96)] * select(((row + 96) == i6), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 32; r += 256) {
-            t_z6[r] = prt::from_f32<float>((prt::to_f32(t_kgk6[(r) * 16 + ((v_i6 - 96))]) * (((r + 96) == v_i6) ? 1.0f : 1.4142135623730951f)));
+            t_z6[r] = prt::from_f32<float>((prt::to_f32(t_kzk6[(r) * 16 + ((v_i6 - 96))]) * (((r + 96) == v_i6) ? 1.0f : 1.4142135623730951f)));
           }
         }
         // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i6 * 128) - ((i6 * (i6 - 1)) // 2)) + i6) - i6) - i6) + 96):+32] = z6 where (((row + 96) >= i6) && ((row + 96) < 128))
@@ -2285,19 +2285,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_wait<0>();
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // gk7_hi[row, col] = (k7[row, col] * exp((lam[63] - lam[row])))
-    // gk7_lo[row, col] = ((k7[row, col] * exp((lam[63] - lam[row]))) - gk7_hi[row, col])
+    // zk7_hi[row, col] = (k7[row, col] * exp((lam[63] - lam[row])))
+    // zk7_lo[row, col] = ((k7[row, col] * exp((lam[63] - lam[row]))) - zk7_hi[row, col])
     {
       for (int i = tid; i < 1024; i += 256) {
         const int r = i / 16, c = i % 16;
         const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k7[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
         const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k7[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_gk7_hi[(r) * 24 + (c)] = y0;
-        t_gk7_lo[(r) * 24 + (c)] = y1;
+        t_zk7_hi[(r) * 24 + (c)] = y0;
+        t_zk7_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
-    // kgk7 = mma.tc(k7^T, gk7_hi) [16x16 in 16x8 units over 8 warps]
+    // kzk7 = mma.tc(k7^T, zk7_hi) [16x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -2313,18 +2313,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k7[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
             uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_gk7_hi[(k0 + (lane & 15)) * 24 + n0]);
+            prt::ldmatrix_x2_trans(bf, &t_zk7_hi[(k0 + (lane & 15)) * 24 + n0]);
             prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
           }
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
     __syncthreads();
-    // kgk7 += mma.tc(k7^T, gk7_lo) [16x16 in 16x8 units over 8 warps]
+    // kzk7 += mma.tc(k7^T, zk7_lo) [16x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -2335,18 +2335,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_kgk7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
           for (int k0 = 0; k0 < 64; k0 += 16) {
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k7[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
             uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_gk7_lo[(k0 + (lane & 15)) * 24 + n0]);
+            prt::ldmatrix_x2_trans(bf, &t_zk7_lo[(k0 + (lane & 15)) * 24 + n0]);
             prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
           }
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
@@ -2452,10 +2452,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         }
       }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // z7[row] = (kgk7[row, (i7 - 112)] * select(((row + 112) == i7), 1.0, 1.4142135623730951))
+        // z7[row] = (kzk7[row, (i7 - 112)] * select(((row + 112) == i7), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 16; r += 256) {
-            t_z7[r] = prt::from_f32<float>((prt::to_f32(t_kgk7[(r) * 16 + ((v_i7 - 112))]) * (((r + 112) == v_i7) ? 1.0f : 1.4142135623730951f)));
+            t_z7[r] = prt::from_f32<float>((prt::to_f32(t_kzk7[(r) * 16 + ((v_i7 - 112))]) * (((r + 112) == v_i7) ? 1.0f : 1.4142135623730951f)));
           }
         }
         // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i7 * 128) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 112):+16] = z7 where (((row + 112) >= i7) && ((row + 112) < 128))
@@ -6350,9 +6350,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
   }
 }
 
-// query_state_bwd_ds: dSin, dZin: the state's gradient from the queries of one chunk, one block of features
-// grid (($n * 129), ($b * $h), 1), 128 threads, 102656 bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d128_e128_c64_bf16_w4_bd64_bt64_s1(
+// query_state_bwd_ds: dSin, dZin: the state's gradient from the queries of one chunk, summed over the group's query heads
+// grid (($n * 1), ($b * $h), 1), 256 threads, 94464 bytes of dynamic shared memory
+extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128_e128_c64_bf16_w8_bd128_bt64_s1(
     const __nv_bfloat16* g_Q, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -6445,33 +6445,89 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d128
   (void)g_dZin_d3;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_smem + 67072);  // bf16[64, 128] pitch 128
-  __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_smem + 33280);  // bf16[64, 128] pitch 136
-  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 102144);  // f32[64] pitch 64
-  float* const t_Dy_i = reinterpret_cast<float*>(prt_smem + 101888);  // f32[64] pitch 64
-  float* const t_q_norm = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 128] pitch 128
-  float* const t_phi_f32 = reinterpret_cast<float*>(prt_smem + 50688);  // f32[64, 64] pitch 64
-  __nv_bfloat16* const t_phi_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 83456);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_phi_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 92672);  // bf16[64, 64] pitch 72
-  float f_acc_s[4][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 4 warps
-  float* const t_acc_z = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  float* const t_z_sum = reinterpret_cast<float*>(prt_smem + 102400);  // f32[64] pitch 64
-  // g = load logG[(pid.y // $h), ((pid.x // 129) * 64):+64, (pid.y % $h)]
+  float* const t_fdy = reinterpret_cast<float*>(prt_smem + 768);  // f32[64, 128] pitch 128
+  float* const t_f = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
+  float* const t_z_row = reinterpret_cast<float*>(prt_smem + 512);  // f32[64] pitch 64
+  __nv_bfloat16* const t_q0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 41728);  // bf16[64, 128] pitch 136
+  float* const t_qzq0 = reinterpret_cast<float*>(prt_smem + 33536);  // f32[128, 16] pitch 16
+  __nv_bfloat16* const t_zq0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 59136);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_zq0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 62208);  // bf16[64, 16] pitch 24
+  float f_s0[4][4][4];  // f32[128, 128] as mma fragments: 128x128 in 16x32 units over 8 warps
+  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 93952);  // f32[128] pitch 128
+  __nv_bfloat16* const t_u0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 59136);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_u0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 76544);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_q1 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 40704);  // bf16[64, 112] pitch 120
+  float* const t_qzq1 = reinterpret_cast<float*>(prt_smem + 33536);  // f32[112, 16] pitch 16
+  __nv_bfloat16* const t_zq1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 56064);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_zq1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 59136);  // bf16[64, 16] pitch 24
+  float f_s1[4][4][4];  // f32[112, 128] as mma fragments: 112x128 in 16x32 units over 8 warps
+  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 90880);  // f32[112] pitch 112
+  __nv_bfloat16* const t_u1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 56064);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_u1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 73472);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_q2 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 39680);  // bf16[64, 96] pitch 104
+  float* const t_qzq2 = reinterpret_cast<float*>(prt_smem + 33536);  // f32[96, 16] pitch 16
+  __nv_bfloat16* const t_zq2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 52992);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_zq2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 56064);  // bf16[64, 16] pitch 24
+  float f_s2[3][4][4];  // f32[96, 128] as mma fragments: 96x128 in 16x32 units over 8 warps
+  float* const t_z2 = reinterpret_cast<float*>(prt_smem + 87808);  // f32[96] pitch 96
+  __nv_bfloat16* const t_u2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 52992);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_u2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 70400);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_q3 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 38656);  // bf16[64, 80] pitch 88
+  float* const t_qzq3 = reinterpret_cast<float*>(prt_smem + 33536);  // f32[80, 16] pitch 16
+  __nv_bfloat16* const t_zq3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49920);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_zq3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 52992);  // bf16[64, 16] pitch 24
+  float f_s3[3][4][4];  // f32[80, 128] as mma fragments: 80x128 in 16x32 units over 8 warps
+  float* const t_z3 = reinterpret_cast<float*>(prt_smem + 84736);  // f32[80] pitch 80
+  __nv_bfloat16* const t_u3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49920);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_u3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 67328);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_q4 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 37632);  // bf16[64, 64] pitch 72
+  float* const t_qzq4 = reinterpret_cast<float*>(prt_smem + 33536);  // f32[64, 16] pitch 16
+  __nv_bfloat16* const t_zq4_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 46848);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_zq4_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49920);  // bf16[64, 16] pitch 24
+  float f_s4[2][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 8 warps
+  float* const t_z4 = reinterpret_cast<float*>(prt_smem + 81664);  // f32[64] pitch 64
+  __nv_bfloat16* const t_u4_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 46848);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_u4_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 64256);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_q5 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 36608);  // bf16[64, 48] pitch 56
+  float* const t_qzq5 = reinterpret_cast<float*>(prt_smem + 33536);  // f32[48, 16] pitch 16
+  __nv_bfloat16* const t_zq5_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 43776);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_zq5_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 46848);  // bf16[64, 16] pitch 24
+  float f_s5[2][4][4];  // f32[48, 128] as mma fragments: 48x128 in 16x32 units over 8 warps
+  float* const t_z5 = reinterpret_cast<float*>(prt_smem + 78592);  // f32[48] pitch 48
+  __nv_bfloat16* const t_u5_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 43776);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_u5_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 61184);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_q6 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 35584);  // bf16[64, 32] pitch 40
+  float* const t_qzq6 = reinterpret_cast<float*>(prt_smem + 33536);  // f32[32, 16] pitch 16
+  __nv_bfloat16* const t_zq6_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 40704);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_zq6_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 43776);  // bf16[64, 16] pitch 24
+  float f_s6[1][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 8 warps
+  float* const t_z6 = reinterpret_cast<float*>(prt_smem + 75520);  // f32[32] pitch 32
+  __nv_bfloat16* const t_u6_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 40704);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_u6_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 58112);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_q7 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 34560);  // bf16[64, 16] pitch 24
+  float* const t_qzq7 = reinterpret_cast<float*>(prt_smem + 33536);  // f32[16, 16] pitch 16
+  __nv_bfloat16* const t_zq7_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 37632);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_zq7_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 40704);  // bf16[64, 16] pitch 24
+  float f_s7[1][2][4];  // f32[16, 128] as mma fragments: 16x128 in 16x16 units over 8 warps
+  float* const t_z7 = reinterpret_cast<float*>(prt_smem + 72448);  // f32[16] pitch 16
+  __nv_bfloat16* const t_u7_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 37632);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_u7_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 55040);  // bf16[64, 128] pitch 136
+  // g = load logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int s1 = ((static_cast<int>(blockIdx.x) / 129) * 64);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
-    for (int r = tid; r < 64; r += 128) {
+    for (int r = tid; r < 64; r += 256) {
       dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
     }
   }
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
-    for (int o = warp; o < 1; o += 4) {
+    for (int o = warp; o < 1; o += 8) {
       float carry = 0.0f;
       for (int j0 = 0; j0 < 64; j0 += 32) {
         const int j = j0 + lane, i = j;
@@ -6482,250 +6538,3302 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d128
       }
     }
   }
-  // acc_s[row, col] = 0.0
+  __syncthreads();
+  if (((p_hq / p_h) == 1)) {
+    // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + 0)]
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+      const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + 0);
+      const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+      const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+      float* const dst = t_f;
+      for (int r = tid; r < 64; r += 256) {
+        dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+      }
+    }
+    // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+    {
+      for (int r = tid; r < 64; r += 256) {
+        t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+      }
+    }
+    // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + 0)]
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+      const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + 0);
+      const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+      const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+      float* const dst = t_z_row;
+      for (int r = tid; r < 64; r += 256) {
+        dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+      }
+    }
+    // z_row[row] = -((z_row[row] * f[row]))
+    {
+      for (int r = tid; r < 64; r += 256) {
+        t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+      }
+    }
+    // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + 0), ((pid.x % 1) * 128):+128]
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+      const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + 0);
+      const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 128);
+      const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+      const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+      float* const dst = t_fdy;
+      for (int i = tid; i < 8192; i += 256) {
+        const int r = i / 128, c = i % 128;
+        dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+      }
+    }
+    __syncthreads();
+    // fdy[row, col] = (fdy[row, col] * f[row])
+    {
+      for (int i = tid; i < 8192; i += 256) {
+        const int r = i / 128, c = i % 128;
+        t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+      }
+    }
+  }
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+    // qzq0[row, col] = 0.0
+    {
+      for (int i = tid; i < 2048; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_qzq0[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+      }
+    }
+  }
+  __syncthreads();
   {
-    #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
+    const int v_i0_end = (p_hq / p_h);
+    for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
+      if (((p_hq / p_h) > 1)) {
+        // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
+          const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+          const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+          float* const dst = t_f;
+          for (int r = tid; r < 64; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+        {
+          for (int r = tid; r < 64; r += 256) {
+            t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+          }
+        }
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
+          const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+          const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+          float* const dst = t_z_row;
+          for (int r = tid; r < 64; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // z_row[row] = -((z_row[row] * f[row]))
+        {
+          for (int r = tid; r < 64; r += 256) {
+            t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+          }
+        }
+        // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i0), ((pid.x % 1) * 128):+128]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 128);
+          const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+          const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+          float* const dst = t_fdy;
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 128, c = i % 128;
+            dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+          }
+        }
+        __syncthreads();
+        // fdy[row, col] = (fdy[row, col] * f[row])
+        {
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 128, c = i % 128;
+            t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+          }
+        }
+      }
+      __syncthreads();
+      // q0 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i0), 0:+128]
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+        const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
+        const int s3 = 0;
+        const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+        const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+        __nv_bfloat16* const dst = t_q0;
+        if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          for (int i = tid; i < 1024; i += 256) {
+            const int r = i / 16, c = (i % 16) * 8;
+            const int gr = s1 + r;
+            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+          }
+        }
+        else {
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 128, c = i % 128;
+            dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+          }
+        }
+      }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // zq0_hi[row, col] = ((q0[row, col] * f[row]) * z_row[row])
+        // zq0_lo[row, col] = (((q0[row, col] * f[row]) * z_row[row]) - zq0_hi[row, col])
+        {
+          for (int i = tid; i < 1024; i += 256) {
+            const int r = i / 16, c = i % 16;
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q0[(r) * 136 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q0[(r) * 136 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+            t_zq0_hi[(r) * 24 + (c)] = y0;
+            t_zq0_lo[(r) * 24 + (c)] = y1;
+          }
+        }
+        __syncthreads();
+        // qzq0 += mma.tc(q0^T, zq0_hi) [128x16 in 16x16 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
+            float acc[2][4];
+            #pragma unroll
+            for (int q = 0; q < 2; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4_trans(af, &t_q0[(k0 + prt::at_row(lane)) * 136 + m0 + prt::at_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 2; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_zq0_hi[(k0 + prt::a_row(lane)) * 24 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
+            }
+            #pragma unroll
+            for (int q = 0; q < 2; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          }
+        }
+        __syncthreads();
+        // qzq0 += mma.tc(q0^T, zq0_lo) [128x16 in 16x16 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
+            float acc[2][4];
+            #pragma unroll
+            for (int q = 0; q < 2; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4_trans(af, &t_q0[(k0 + prt::at_row(lane)) * 136 + m0 + prt::at_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 2; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_zq0_lo[(k0 + prt::a_row(lane)) * 24 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
+            }
+            #pragma unroll
+            for (int q = 0; q < 2; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          }
+        }
+      }
+    }
+  }
+  {
+    const int v_i1_end = 16;
+    for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
+      // s0[row, col] = 0.0
+      {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_acc_s[j][q][e] = 0.0f;
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s0[j][q][e] = 0.0f;
+            }
+          }
+        }
+      }
+      {
+        const int v_i2_end = (p_hq / p_h);
+        for (int v_i2 = 0; v_i2 < v_i2_end; v_i2 += 1) {
+          if (((p_hq / p_h) > 1)) {
+            // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i2);
+              const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+              const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+              float* const dst = t_f;
+              for (int r = tid; r < 64; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+            {
+              for (int r = tid; r < 64; r += 256) {
+                t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+              }
+            }
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i2);
+              const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+              const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+              float* const dst = t_z_row;
+              for (int r = tid; r < 64; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // z_row[row] = -((z_row[row] * f[row]))
+            {
+              for (int r = tid; r < 64; r += 256) {
+                t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+              }
+            }
+            // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2), ((pid.x % 1) * 128):+128]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i2);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 128);
+              const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+              const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+              float* const dst = t_fdy;
+              for (int i = tid; i < 8192; i += 256) {
+                const int r = i / 128, c = i % 128;
+                dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+              }
+            }
+            __syncthreads();
+            // fdy[row, col] = (fdy[row, col] * f[row])
+            {
+              for (int i = tid; i < 8192; i += 256) {
+                const int r = i / 128, c = i % 128;
+                t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+              }
+            }
+            // q0 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2), 0:+128]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i2);
+              const int s3 = 0;
+              const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+              const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+              __nv_bfloat16* const dst = t_q0;
+              if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                for (int i = tid; i < 1024; i += 256) {
+                  const int r = i / 16, c = (i % 16) * 8;
+                  const int gr = s1 + r;
+                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                }
+              }
+              else {
+                for (int i = tid; i < 8192; i += 256) {
+                  const int r = i / 128, c = i % 128;
+                  dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+                }
+              }
+            }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+          }
+          __syncthreads();
+          // u0_hi[row, col] = (fdy[row, col] * (q0[row, (i1 - 0)] * f[row]))
+          // u0_lo[row, col] = ((fdy[row, col] * (q0[row, (i1 - 0)] * f[row])) - u0_hi[row, col])
+          {
+            for (int i = tid; i < 8192; i += 256) {
+              const int r = i / 128, c = i % 128;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q0[(r) * 136 + ((v_i1 - 0))]) * prt::to_f32(t_f[r]))));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q0[(r) * 136 + ((v_i1 - 0))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
+              t_u0_hi[(r) * 136 + (c)] = y0;
+              t_u0_lo[(r) * 136 + (c)] = y1;
+            }
+          }
+          __syncthreads();
+          // s0 += mma.tc(q0^T, u0_hi) [128x128 in 16x32 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 4; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+              float (&acc)[4][4] = f_s0[j];
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q0[(k0 + prt::at_row(lane)) * 136 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 4; q += 2) {
+                  uint32_t bf[4];
+                  prt::ldmatrix_x4_trans(bf, &t_u0_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                }
+              }
+            }
+          }
+          // s0 += mma.tc(q0^T, u0_lo) [128x128 in 16x32 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 4; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+              float (&acc)[4][4] = f_s0[j];
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q0[(k0 + prt::at_row(lane)) * 136 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 4; q += 2) {
+                  uint32_t bf[4];
+                  prt::ldmatrix_x4_trans(bf, &t_u0_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                }
+              }
+            }
+          }
+        }
+      }
+      // s0[row, col] = (s0[row, col] * select(((row + 0) == i1), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s0[j][q][e] = (f_s0[j][q][e] * (((r + 0) == v_i1) ? 1.0f : 1.4142135623730951f));
+            }
+          }
+        }
+      }
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i1 * 128) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 0):+128, ((pid.x % 1) * 128):+128] = s0 where (((row + 0) >= i1) && ((row + 0) < 128))
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 1);
+        const int s3 = ((((((v_i1 * 128) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 0);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 1) * 128);
+        const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
+        const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 0) >= v_i1) && ((r + 0) < 128)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s0[j][q][e]);
+              }
+            }
+          }
+        }
+      }
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // z0[row] = (qzq0[row, (i1 - 0)] * select(((row + 0) == i1), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_z0[r] = prt::from_f32<float>((prt::to_f32(t_qzq0[(r) * 16 + ((v_i1 - 0))]) * (((r + 0) == v_i1) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i1 * 128) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 0):+128] = z0 where (((row + 0) >= i1) && ((row + 0) < 128))
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int s3 = ((((((v_i1 * 128) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 0);
+          const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
+          const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
+          if (ok) {
+            for (int r = tid; r < 128; r += 256) {
+              if (s3 + r >= 0 && s3 + r < g_dZin_d3 && ((((r + 0) >= v_i1) && ((r + 0) < 128)))) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_z0[r];
+            }
+          }
         }
       }
     }
   }
   __syncthreads();
-  // acc_z[row] = 0.0
-  {
-    for (int r = tid; r < 64; r += 128) {
-      t_acc_z[r] = prt::from_f32<float>(0.0f);
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+    // qzq1[row, col] = 0.0
+    {
+      for (int i = tid; i < 1792; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_qzq1[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+      }
     }
   }
   {
-    const int v_i0_end = (p_hq / p_h);
-    for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
+    const int v_i3_end = (p_hq / p_h);
+    for (int v_i3 = 0; v_i3 < v_i3_end; v_i3 += 1) {
+      if (((p_hq / p_h) > 1)) {
+        // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i3)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i3);
+          const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+          const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+          float* const dst = t_f;
+          for (int r = tid; r < 64; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+        {
+          for (int r = tid; r < 64; r += 256) {
+            t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+          }
+        }
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i3)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i3);
+          const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+          const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+          float* const dst = t_z_row;
+          for (int r = tid; r < 64; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // z_row[row] = -((z_row[row] * f[row]))
+        {
+          for (int r = tid; r < 64; r += 256) {
+            t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+          }
+        }
+        // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i3), ((pid.x % 1) * 128):+128]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i3);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 128);
+          const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+          const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+          float* const dst = t_fdy;
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 128, c = i % 128;
+            dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+          }
+        }
+        __syncthreads();
+        // fdy[row, col] = (fdy[row, col] * f[row])
+        {
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 128, c = i % 128;
+            t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+          }
+        }
+      }
+      __syncthreads();
+      // q1 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i3), 16:+112]
       {
-        const int v_i1_end = prt::min_nan((((p_t - ((static_cast<int>(blockIdx.x) / 129) * 64)) + 63) / 64), 1);
-        for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
-          // q = load.async Q[(pid.y // $h), (((pid.x // 129) * 64) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0), 0:+128]
-          {
-            const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-            const int s1 = (((static_cast<int>(blockIdx.x) / 129) * 64) + (v_i1 * 64));
-            const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
-            const int s3 = 0;
-            const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
-            const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
-            __nv_bfloat16* const dst = t_q;
-            if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-              for (int i = tid; i < 1024; i += 128) {
-                const int r = i / 16, c = (i % 16) * 8;
-                const int gr = s1 + r;
-                const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
-              }
-            }
-            else {
-              for (int i = tid; i < 8192; i += 128) {
-                const int r = i / 128, c = i % 128;
-                dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-              }
-            }
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+        const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i3);
+        const int s3 = 16;
+        const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+        const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+        __nv_bfloat16* const dst = t_q1;
+        if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          for (int i = tid; i < 896; i += 256) {
+            const int r = i / 14, c = (i % 14) * 8;
+            const int gr = s1 + r;
+            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+            prt::cp_async_16(&dst[(r) * 120 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
           }
-          // dy = load.async dY[(pid.y // $h), (((pid.x // 129) * 64) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0), 0:+128]
-          {
-            const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-            const int s1 = (((static_cast<int>(blockIdx.x) / 129) * 64) + (v_i1 * 64));
-            const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
-            const int s3 = 0;
-            const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
-            const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
-            __nv_bfloat16* const dst = t_dy;
-            if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
-              for (int i = tid; i < 1024; i += 128) {
-                const int r = i / 16, c = (i % 16) * 8;
-                const int gr = s1 + r;
-                const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
-              }
-            }
-            else {
-              for (int i = tid; i < 8192; i += 128) {
-                const int r = i / 128, c = i % 128;
-                dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-              }
-            }
-          }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          // lse_i = load lse[(pid.y // $h), (((pid.x // 129) * 64) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
-          {
-            const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-            const int s1 = (((static_cast<int>(blockIdx.x) / 129) * 64) + (v_i1 * 64));
-            const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
-            const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
-            const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
-            float* const dst = t_lse_i;
-            for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
-            }
-          }
-          // Dy_i = load Dy[(pid.y // $h), (((pid.x // 129) * 64) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
-          {
-            const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-            const int s1 = (((static_cast<int>(blockIdx.x) / 129) * 64) + (v_i1 * 64));
-            const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
-            const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
-            const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
-            float* const dst = t_Dy_i;
-            for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
-            }
-          }
-          __syncthreads();
-          // q_norm[row, col] = (q[row, col] * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[((i1 * 64) + row)] - lse_i[row]) / 2.0)))))
-          {
-            for (int i = tid; i < 8192; i += 128) {
-              const int r = i / 128, c = i % 128;
-              t_q_norm[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_q[(r) * 128 + (c)]) * ((prt::to_f32(t_lse_i[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[((v_i1 * 64) + r)]) - prt::to_f32(t_lse_i[r])) / 2.0f))))));
-            }
-          }
-          __syncthreads();
-          // phi_f32 = sympow2(q_norm, features from ((pid.x % 129) * 64))
-          {
-            const int off = ((static_cast<int>(blockIdx.x) % 129) * 64);
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, f = i % 64, g = off + f;
-              float v = 0.0f;
-              if (g >= 0 && g < prt_sympow_d128_p2_size) {
-                v = prt_sympow_d128_p2_weight[g];
-                v *= prt::to_f32(t_q_norm[(r) * 128 + (prt_sympow_d128_p2_index[g * 2 + 0])]);
-                v *= prt::to_f32(t_q_norm[(r) * 128 + (prt_sympow_d128_p2_index[g * 2 + 1])]);
-              }
-              t_phi_f32[(r) * 64 + (f)] = prt::from_f32<float>(v);
-            }
-          }
-          __syncthreads();
-          // phi_hi[row, col] = (phi_f32[row, col] * 1.0)
-          // phi_lo[row, col] = ((phi_f32[row, col] * 1.0) - phi_hi[row, col])
-          {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * 1.0f));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(y0)));
-              t_phi_hi[(r) * 72 + (c)] = y0;
-              t_phi_lo[(r) * 72 + (c)] = y1;
-            }
-          }
-          __syncthreads();
-          // acc_s += mma.tc(phi_hi^T, dy) [64x128 in 16x32 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-              float (&acc)[4][4] = f_acc_s[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_phi_hi[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_dy[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-            }
-          }
-          // acc_s += mma.tc(phi_lo^T, dy) [64x128 in 16x32 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-              float (&acc)[4][4] = f_acc_s[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_phi_lo[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_dy[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-            }
-          }
-          // phi_f32[row, col] = -((phi_f32[row, col] * Dy_i[row]))
-          {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_phi_f32[(r) * 64 + (c)] = prt::from_f32<float>((-(prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * prt::to_f32(t_Dy_i[r]))));
-            }
-          }
-          __syncthreads();
-          // z_sum = reduce_sum(phi_f32, axis=0)
-          {
-            for (int o = tid; o < 64; o += 128) {
-              float acc = 0.0f;
-              for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_phi_f32[(i) * 64 + (o)]);
-              t_z_sum[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // acc_z[row] = (acc_z[row] + z_sum[row])
-          {
-            for (int r = tid; r < 64; r += 128) {
-              t_acc_z[r] = prt::from_f32<float>((prt::to_f32(t_acc_z[r]) + prt::to_f32(t_z_sum[r])));
-            }
+        }
+        else {
+          for (int i = tid; i < 7168; i += 256) {
+            const int r = i / 112, c = i % 112;
+            dst[(r) * 120 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
           }
         }
       }
-    }
-  }
-  // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 129), ((pid.x % 129) * 64):+64, 0:+128] = acc_s
-  {
-    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-    const int a2 = (static_cast<int>(blockIdx.x) / 129);
-    const int s3 = ((static_cast<int>(blockIdx.x) % 129) * 64);
-    const int s4 = 0;
-    const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
-    const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
-    if (ok) {
-      #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int u = warp + j * 4;
-        const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-        #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // zq1_hi[row, col] = ((q1[row, col] * f[row]) * z_row[row])
+        // zq1_lo[row, col] = (((q1[row, col] * f[row]) * z_row[row]) - zq1_hi[row, col])
+        {
+          for (int i = tid; i < 1024; i += 256) {
+            const int r = i / 16, c = i % 16;
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q1[(r) * 120 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q1[(r) * 120 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+            t_zq1_hi[(r) * 24 + (c)] = y0;
+            t_zq1_lo[(r) * 24 + (c)] = y1;
+          }
+        }
+        __syncthreads();
+        // qzq1 += mma.tc(q1^T, zq1_hi) [112x16 in 16x8 units over 8 warps]
+        {
           #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-            if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_acc_s[j][q][e]);
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            if (u < 14) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q1[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq1_hi[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+        __syncthreads();
+        // qzq1 += mma.tc(q1^T, zq1_lo) [112x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            if (u < 14) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q1[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq1_lo[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
           }
         }
       }
     }
   }
-  // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 129), ((pid.x % 129) * 64):+64] = acc_z
   {
-    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-    const int a2 = (static_cast<int>(blockIdx.x) / 129);
-    const int s3 = ((static_cast<int>(blockIdx.x) % 129) * 64);
-    const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
-    const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
-    if (ok) {
-      for (int r = tid; r < 64; r += 128) {
-        if (s3 + r >= 0 && s3 + r < g_dZin_d3) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_acc_z[r];
+    const int v_i4_end = 32;
+    for (int v_i4 = 16; v_i4 < v_i4_end; v_i4 += 1) {
+      // s1[row, col] = 0.0
+      {
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 8;
+          if (u < 28) {
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_s1[j][q][e] = 0.0f;
+              }
+            }
+          }
+        }
+      }
+      {
+        const int v_i5_end = (p_hq / p_h);
+        for (int v_i5 = 0; v_i5 < v_i5_end; v_i5 += 1) {
+          if (((p_hq / p_h) > 1)) {
+            // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i5);
+              const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+              const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+              float* const dst = t_f;
+              for (int r = tid; r < 64; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+            {
+              for (int r = tid; r < 64; r += 256) {
+                t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+              }
+            }
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i5);
+              const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+              const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+              float* const dst = t_z_row;
+              for (int r = tid; r < 64; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // z_row[row] = -((z_row[row] * f[row]))
+            {
+              for (int r = tid; r < 64; r += 256) {
+                t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+              }
+            }
+            // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5), ((pid.x % 1) * 128):+128]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i5);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 128);
+              const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+              const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+              float* const dst = t_fdy;
+              for (int i = tid; i < 8192; i += 256) {
+                const int r = i / 128, c = i % 128;
+                dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+              }
+            }
+            __syncthreads();
+            // fdy[row, col] = (fdy[row, col] * f[row])
+            {
+              for (int i = tid; i < 8192; i += 256) {
+                const int r = i / 128, c = i % 128;
+                t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+              }
+            }
+            // q1 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5), 16:+112]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i5);
+              const int s3 = 16;
+              const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+              const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+              __nv_bfloat16* const dst = t_q1;
+              if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                for (int i = tid; i < 896; i += 256) {
+                  const int r = i / 14, c = (i % 14) * 8;
+                  const int gr = s1 + r;
+                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 120 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                }
+              }
+              else {
+                for (int i = tid; i < 7168; i += 256) {
+                  const int r = i / 112, c = i % 112;
+                  dst[(r) * 120 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+                }
+              }
+            }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+          }
+          __syncthreads();
+          // u1_hi[row, col] = (fdy[row, col] * (q1[row, (i4 - 16)] * f[row]))
+          // u1_lo[row, col] = ((fdy[row, col] * (q1[row, (i4 - 16)] * f[row])) - u1_hi[row, col])
+          {
+            for (int i = tid; i < 8192; i += 256) {
+              const int r = i / 128, c = i % 128;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q1[(r) * 120 + ((v_i4 - 16))]) * prt::to_f32(t_f[r]))));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q1[(r) * 120 + ((v_i4 - 16))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
+              t_u1_hi[(r) * 136 + (c)] = y0;
+              t_u1_lo[(r) * 136 + (c)] = y1;
+            }
+          }
+          __syncthreads();
+          // s1 += mma.tc(q1^T, u1_hi) [112x128 in 16x32 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 4; ++j) {
+              const int u = warp + j * 8;
+              if (u < 28) {
+                const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+                float (&acc)[4][4] = f_s1[j];
+                for (int k0 = 0; k0 < 64; k0 += 16) {
+                  uint32_t af[4];
+                  prt::ldmatrix_x4_trans(af, &t_q1[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
+                  #pragma unroll
+                  for (int q = 0; q < 4; q += 2) {
+                    uint32_t bf[4];
+                    prt::ldmatrix_x4_trans(bf, &t_u1_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                  }
+                }
+              }
+            }
+          }
+          // s1 += mma.tc(q1^T, u1_lo) [112x128 in 16x32 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 4; ++j) {
+              const int u = warp + j * 8;
+              if (u < 28) {
+                const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+                float (&acc)[4][4] = f_s1[j];
+                for (int k0 = 0; k0 < 64; k0 += 16) {
+                  uint32_t af[4];
+                  prt::ldmatrix_x4_trans(af, &t_q1[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
+                  #pragma unroll
+                  for (int q = 0; q < 4; q += 2) {
+                    uint32_t bf[4];
+                    prt::ldmatrix_x4_trans(bf, &t_u1_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+      // s1[row, col] = (s1[row, col] * select(((row + 16) == i4), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 8;
+          if (u < 28) {
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_s1[j][q][e] = (f_s1[j][q][e] * (((r + 16) == v_i4) ? 1.0f : 1.4142135623730951f));
+              }
+            }
+          }
+        }
+      }
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i4 * 128) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 16):+112, ((pid.x % 1) * 128):+128] = s1 where (((row + 16) >= i4) && ((row + 16) < 128))
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 1);
+        const int s3 = ((((((v_i4 * 128) - ((v_i4 * (v_i4 - 1)) / 2)) + v_i4) - v_i4) - v_i4) + 16);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 1) * 128);
+        const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
+        const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const int u = warp + j * 8;
+            if (u < 28) {
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 16) >= v_i4) && ((r + 16) < 128)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s1[j][q][e]);
+                }
+              }
+            }
+          }
+        }
+      }
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // z1[row] = (qzq1[row, (i4 - 16)] * select(((row + 16) == i4), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 112; r += 256) {
+            t_z1[r] = prt::from_f32<float>((prt::to_f32(t_qzq1[(r) * 16 + ((v_i4 - 16))]) * (((r + 16) == v_i4) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i4 * 128) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 16):+112] = z1 where (((row + 16) >= i4) && ((row + 16) < 128))
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int s3 = ((((((v_i4 * 128) - ((v_i4 * (v_i4 - 1)) / 2)) + v_i4) - v_i4) - v_i4) + 16);
+          const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
+          const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
+          if (ok) {
+            for (int r = tid; r < 112; r += 256) {
+              if (s3 + r >= 0 && s3 + r < g_dZin_d3 && ((((r + 16) >= v_i4) && ((r + 16) < 128)))) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_z1[r];
+            }
+          }
+        }
+      }
+    }
+  }
+  __syncthreads();
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+    // qzq2[row, col] = 0.0
+    {
+      for (int i = tid; i < 1536; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_qzq2[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+      }
+    }
+  }
+  {
+    const int v_i6_end = (p_hq / p_h);
+    for (int v_i6 = 0; v_i6 < v_i6_end; v_i6 += 1) {
+      if (((p_hq / p_h) > 1)) {
+        // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i6)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i6);
+          const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+          const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+          float* const dst = t_f;
+          for (int r = tid; r < 64; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+        {
+          for (int r = tid; r < 64; r += 256) {
+            t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+          }
+        }
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i6)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i6);
+          const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+          const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+          float* const dst = t_z_row;
+          for (int r = tid; r < 64; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // z_row[row] = -((z_row[row] * f[row]))
+        {
+          for (int r = tid; r < 64; r += 256) {
+            t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+          }
+        }
+        // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i6), ((pid.x % 1) * 128):+128]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i6);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 128);
+          const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+          const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+          float* const dst = t_fdy;
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 128, c = i % 128;
+            dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+          }
+        }
+        __syncthreads();
+        // fdy[row, col] = (fdy[row, col] * f[row])
+        {
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 128, c = i % 128;
+            t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+          }
+        }
+      }
+      __syncthreads();
+      // q2 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i6), 32:+96]
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+        const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i6);
+        const int s3 = 32;
+        const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+        const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+        __nv_bfloat16* const dst = t_q2;
+        if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          for (int i = tid; i < 768; i += 256) {
+            const int r = i / 12, c = (i % 12) * 8;
+            const int gr = s1 + r;
+            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+            prt::cp_async_16(&dst[(r) * 104 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+          }
+        }
+        else {
+          for (int i = tid; i < 6144; i += 256) {
+            const int r = i / 96, c = i % 96;
+            dst[(r) * 104 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+          }
+        }
+      }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // zq2_hi[row, col] = ((q2[row, col] * f[row]) * z_row[row])
+        // zq2_lo[row, col] = (((q2[row, col] * f[row]) * z_row[row]) - zq2_hi[row, col])
+        {
+          for (int i = tid; i < 1024; i += 256) {
+            const int r = i / 16, c = i % 16;
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q2[(r) * 104 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q2[(r) * 104 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+            t_zq2_hi[(r) * 24 + (c)] = y0;
+            t_zq2_lo[(r) * 24 + (c)] = y1;
+          }
+        }
+        __syncthreads();
+        // qzq2 += mma.tc(q2^T, zq2_hi) [96x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            if (u < 12) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q2[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq2_hi[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+        __syncthreads();
+        // qzq2 += mma.tc(q2^T, zq2_lo) [96x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            if (u < 12) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q2[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq2_lo[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+      }
+    }
+  }
+  {
+    const int v_i7_end = 48;
+    for (int v_i7 = 32; v_i7 < v_i7_end; v_i7 += 1) {
+      // s2[row, col] = 0.0
+      {
+        #pragma unroll
+        for (int j = 0; j < 3; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s2[j][q][e] = 0.0f;
+            }
+          }
+        }
+      }
+      {
+        const int v_i8_end = (p_hq / p_h);
+        for (int v_i8 = 0; v_i8 < v_i8_end; v_i8 += 1) {
+          if (((p_hq / p_h) > 1)) {
+            // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i8)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i8);
+              const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+              const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+              float* const dst = t_f;
+              for (int r = tid; r < 64; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+            {
+              for (int r = tid; r < 64; r += 256) {
+                t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+              }
+            }
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i8)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i8);
+              const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+              const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+              float* const dst = t_z_row;
+              for (int r = tid; r < 64; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // z_row[row] = -((z_row[row] * f[row]))
+            {
+              for (int r = tid; r < 64; r += 256) {
+                t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+              }
+            }
+            // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i8), ((pid.x % 1) * 128):+128]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i8);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 128);
+              const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+              const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+              float* const dst = t_fdy;
+              for (int i = tid; i < 8192; i += 256) {
+                const int r = i / 128, c = i % 128;
+                dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+              }
+            }
+            __syncthreads();
+            // fdy[row, col] = (fdy[row, col] * f[row])
+            {
+              for (int i = tid; i < 8192; i += 256) {
+                const int r = i / 128, c = i % 128;
+                t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+              }
+            }
+            // q2 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i8), 32:+96]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i8);
+              const int s3 = 32;
+              const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+              const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+              __nv_bfloat16* const dst = t_q2;
+              if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                for (int i = tid; i < 768; i += 256) {
+                  const int r = i / 12, c = (i % 12) * 8;
+                  const int gr = s1 + r;
+                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 104 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                }
+              }
+              else {
+                for (int i = tid; i < 6144; i += 256) {
+                  const int r = i / 96, c = i % 96;
+                  dst[(r) * 104 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+                }
+              }
+            }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+          }
+          __syncthreads();
+          // u2_hi[row, col] = (fdy[row, col] * (q2[row, (i7 - 32)] * f[row]))
+          // u2_lo[row, col] = ((fdy[row, col] * (q2[row, (i7 - 32)] * f[row])) - u2_hi[row, col])
+          {
+            for (int i = tid; i < 8192; i += 256) {
+              const int r = i / 128, c = i % 128;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q2[(r) * 104 + ((v_i7 - 32))]) * prt::to_f32(t_f[r]))));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q2[(r) * 104 + ((v_i7 - 32))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
+              t_u2_hi[(r) * 136 + (c)] = y0;
+              t_u2_lo[(r) * 136 + (c)] = y1;
+            }
+          }
+          __syncthreads();
+          // s2 += mma.tc(q2^T, u2_hi) [96x128 in 16x32 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 3; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+              float (&acc)[4][4] = f_s2[j];
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q2[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 4; q += 2) {
+                  uint32_t bf[4];
+                  prt::ldmatrix_x4_trans(bf, &t_u2_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                }
+              }
+            }
+          }
+          // s2 += mma.tc(q2^T, u2_lo) [96x128 in 16x32 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 3; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+              float (&acc)[4][4] = f_s2[j];
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q2[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 4; q += 2) {
+                  uint32_t bf[4];
+                  prt::ldmatrix_x4_trans(bf, &t_u2_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                }
+              }
+            }
+          }
+        }
+      }
+      // s2[row, col] = (s2[row, col] * select(((row + 32) == i7), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 3; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s2[j][q][e] = (f_s2[j][q][e] * (((r + 32) == v_i7) ? 1.0f : 1.4142135623730951f));
+            }
+          }
+        }
+      }
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i7 * 128) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 32):+96, ((pid.x % 1) * 128):+128] = s2 where (((row + 32) >= i7) && ((row + 32) < 128))
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 1);
+        const int s3 = ((((((v_i7 * 128) - ((v_i7 * (v_i7 - 1)) / 2)) + v_i7) - v_i7) - v_i7) + 32);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 1) * 128);
+        const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
+        const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 3; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 32) >= v_i7) && ((r + 32) < 128)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s2[j][q][e]);
+              }
+            }
+          }
+        }
+      }
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // z2[row] = (qzq2[row, (i7 - 32)] * select(((row + 32) == i7), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 96; r += 256) {
+            t_z2[r] = prt::from_f32<float>((prt::to_f32(t_qzq2[(r) * 16 + ((v_i7 - 32))]) * (((r + 32) == v_i7) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i7 * 128) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 32):+96] = z2 where (((row + 32) >= i7) && ((row + 32) < 128))
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int s3 = ((((((v_i7 * 128) - ((v_i7 * (v_i7 - 1)) / 2)) + v_i7) - v_i7) - v_i7) + 32);
+          const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
+          const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
+          if (ok) {
+            for (int r = tid; r < 96; r += 256) {
+              if (s3 + r >= 0 && s3 + r < g_dZin_d3 && ((((r + 32) >= v_i7) && ((r + 32) < 128)))) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_z2[r];
+            }
+          }
+        }
+      }
+    }
+  }
+  __syncthreads();
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+    // qzq3[row, col] = 0.0
+    {
+      for (int i = tid; i < 1280; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_qzq3[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+      }
+    }
+  }
+  {
+    const int v_i9_end = (p_hq / p_h);
+    for (int v_i9 = 0; v_i9 < v_i9_end; v_i9 += 1) {
+      if (((p_hq / p_h) > 1)) {
+        // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i9)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i9);
+          const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+          const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+          float* const dst = t_f;
+          for (int r = tid; r < 64; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+        {
+          for (int r = tid; r < 64; r += 256) {
+            t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+          }
+        }
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i9)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i9);
+          const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+          const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+          float* const dst = t_z_row;
+          for (int r = tid; r < 64; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // z_row[row] = -((z_row[row] * f[row]))
+        {
+          for (int r = tid; r < 64; r += 256) {
+            t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+          }
+        }
+        // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i9), ((pid.x % 1) * 128):+128]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i9);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 128);
+          const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+          const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+          float* const dst = t_fdy;
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 128, c = i % 128;
+            dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+          }
+        }
+        __syncthreads();
+        // fdy[row, col] = (fdy[row, col] * f[row])
+        {
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 128, c = i % 128;
+            t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+          }
+        }
+      }
+      __syncthreads();
+      // q3 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i9), 48:+80]
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+        const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i9);
+        const int s3 = 48;
+        const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+        const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+        __nv_bfloat16* const dst = t_q3;
+        if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          for (int i = tid; i < 640; i += 256) {
+            const int r = i / 10, c = (i % 10) * 8;
+            const int gr = s1 + r;
+            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+            prt::cp_async_16(&dst[(r) * 88 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+          }
+        }
+        else {
+          for (int i = tid; i < 5120; i += 256) {
+            const int r = i / 80, c = i % 80;
+            dst[(r) * 88 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+          }
+        }
+      }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // zq3_hi[row, col] = ((q3[row, col] * f[row]) * z_row[row])
+        // zq3_lo[row, col] = (((q3[row, col] * f[row]) * z_row[row]) - zq3_hi[row, col])
+        {
+          for (int i = tid; i < 1024; i += 256) {
+            const int r = i / 16, c = i % 16;
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q3[(r) * 88 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q3[(r) * 88 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+            t_zq3_hi[(r) * 24 + (c)] = y0;
+            t_zq3_lo[(r) * 24 + (c)] = y1;
+          }
+        }
+        __syncthreads();
+        // qzq3 += mma.tc(q3^T, zq3_hi) [80x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            if (u < 10) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q3[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq3_hi[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+        __syncthreads();
+        // qzq3 += mma.tc(q3^T, zq3_lo) [80x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            if (u < 10) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q3[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq3_lo[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+      }
+    }
+  }
+  {
+    const int v_i10_end = 64;
+    for (int v_i10 = 48; v_i10 < v_i10_end; v_i10 += 1) {
+      // s3[row, col] = 0.0
+      {
+        #pragma unroll
+        for (int j = 0; j < 3; ++j) {
+          const int u = warp + j * 8;
+          if (u < 20) {
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_s3[j][q][e] = 0.0f;
+              }
+            }
+          }
+        }
+      }
+      {
+        const int v_i11_end = (p_hq / p_h);
+        for (int v_i11 = 0; v_i11 < v_i11_end; v_i11 += 1) {
+          if (((p_hq / p_h) > 1)) {
+            // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i11)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i11);
+              const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+              const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+              float* const dst = t_f;
+              for (int r = tid; r < 64; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+            {
+              for (int r = tid; r < 64; r += 256) {
+                t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+              }
+            }
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i11)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i11);
+              const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+              const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+              float* const dst = t_z_row;
+              for (int r = tid; r < 64; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // z_row[row] = -((z_row[row] * f[row]))
+            {
+              for (int r = tid; r < 64; r += 256) {
+                t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+              }
+            }
+            // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i11), ((pid.x % 1) * 128):+128]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i11);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 128);
+              const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+              const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+              float* const dst = t_fdy;
+              for (int i = tid; i < 8192; i += 256) {
+                const int r = i / 128, c = i % 128;
+                dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+              }
+            }
+            __syncthreads();
+            // fdy[row, col] = (fdy[row, col] * f[row])
+            {
+              for (int i = tid; i < 8192; i += 256) {
+                const int r = i / 128, c = i % 128;
+                t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+              }
+            }
+            // q3 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i11), 48:+80]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i11);
+              const int s3 = 48;
+              const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+              const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+              __nv_bfloat16* const dst = t_q3;
+              if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                for (int i = tid; i < 640; i += 256) {
+                  const int r = i / 10, c = (i % 10) * 8;
+                  const int gr = s1 + r;
+                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 88 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                }
+              }
+              else {
+                for (int i = tid; i < 5120; i += 256) {
+                  const int r = i / 80, c = i % 80;
+                  dst[(r) * 88 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+                }
+              }
+            }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+          }
+          __syncthreads();
+          // u3_hi[row, col] = (fdy[row, col] * (q3[row, (i10 - 48)] * f[row]))
+          // u3_lo[row, col] = ((fdy[row, col] * (q3[row, (i10 - 48)] * f[row])) - u3_hi[row, col])
+          {
+            for (int i = tid; i < 8192; i += 256) {
+              const int r = i / 128, c = i % 128;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q3[(r) * 88 + ((v_i10 - 48))]) * prt::to_f32(t_f[r]))));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q3[(r) * 88 + ((v_i10 - 48))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
+              t_u3_hi[(r) * 136 + (c)] = y0;
+              t_u3_lo[(r) * 136 + (c)] = y1;
+            }
+          }
+          __syncthreads();
+          // s3 += mma.tc(q3^T, u3_hi) [80x128 in 16x32 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 3; ++j) {
+              const int u = warp + j * 8;
+              if (u < 20) {
+                const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+                float (&acc)[4][4] = f_s3[j];
+                for (int k0 = 0; k0 < 64; k0 += 16) {
+                  uint32_t af[4];
+                  prt::ldmatrix_x4_trans(af, &t_q3[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
+                  #pragma unroll
+                  for (int q = 0; q < 4; q += 2) {
+                    uint32_t bf[4];
+                    prt::ldmatrix_x4_trans(bf, &t_u3_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                  }
+                }
+              }
+            }
+          }
+          // s3 += mma.tc(q3^T, u3_lo) [80x128 in 16x32 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 3; ++j) {
+              const int u = warp + j * 8;
+              if (u < 20) {
+                const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+                float (&acc)[4][4] = f_s3[j];
+                for (int k0 = 0; k0 < 64; k0 += 16) {
+                  uint32_t af[4];
+                  prt::ldmatrix_x4_trans(af, &t_q3[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
+                  #pragma unroll
+                  for (int q = 0; q < 4; q += 2) {
+                    uint32_t bf[4];
+                    prt::ldmatrix_x4_trans(bf, &t_u3_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+      // s3[row, col] = (s3[row, col] * select(((row + 48) == i10), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 3; ++j) {
+          const int u = warp + j * 8;
+          if (u < 20) {
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_s3[j][q][e] = (f_s3[j][q][e] * (((r + 48) == v_i10) ? 1.0f : 1.4142135623730951f));
+              }
+            }
+          }
+        }
+      }
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i10 * 128) - ((i10 * (i10 - 1)) // 2)) + i10) - i10) - i10) + 48):+80, ((pid.x % 1) * 128):+128] = s3 where (((row + 48) >= i10) && ((row + 48) < 128))
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 1);
+        const int s3 = ((((((v_i10 * 128) - ((v_i10 * (v_i10 - 1)) / 2)) + v_i10) - v_i10) - v_i10) + 48);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 1) * 128);
+        const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
+        const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 3; ++j) {
+            const int u = warp + j * 8;
+            if (u < 20) {
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 48) >= v_i10) && ((r + 48) < 128)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s3[j][q][e]);
+                }
+              }
+            }
+          }
+        }
+      }
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // z3[row] = (qzq3[row, (i10 - 48)] * select(((row + 48) == i10), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 80; r += 256) {
+            t_z3[r] = prt::from_f32<float>((prt::to_f32(t_qzq3[(r) * 16 + ((v_i10 - 48))]) * (((r + 48) == v_i10) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i10 * 128) - ((i10 * (i10 - 1)) // 2)) + i10) - i10) - i10) + 48):+80] = z3 where (((row + 48) >= i10) && ((row + 48) < 128))
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int s3 = ((((((v_i10 * 128) - ((v_i10 * (v_i10 - 1)) / 2)) + v_i10) - v_i10) - v_i10) + 48);
+          const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
+          const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
+          if (ok) {
+            for (int r = tid; r < 80; r += 256) {
+              if (s3 + r >= 0 && s3 + r < g_dZin_d3 && ((((r + 48) >= v_i10) && ((r + 48) < 128)))) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_z3[r];
+            }
+          }
+        }
+      }
+    }
+  }
+  __syncthreads();
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+    // qzq4[row, col] = 0.0
+    {
+      for (int i = tid; i < 1024; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_qzq4[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+      }
+    }
+  }
+  {
+    const int v_i12_end = (p_hq / p_h);
+    for (int v_i12 = 0; v_i12 < v_i12_end; v_i12 += 1) {
+      if (((p_hq / p_h) > 1)) {
+        // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i12)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i12);
+          const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+          const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+          float* const dst = t_f;
+          for (int r = tid; r < 64; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+        {
+          for (int r = tid; r < 64; r += 256) {
+            t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+          }
+        }
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i12)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i12);
+          const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+          const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+          float* const dst = t_z_row;
+          for (int r = tid; r < 64; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // z_row[row] = -((z_row[row] * f[row]))
+        {
+          for (int r = tid; r < 64; r += 256) {
+            t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+          }
+        }
+        // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i12), ((pid.x % 1) * 128):+128]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i12);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 128);
+          const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+          const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+          float* const dst = t_fdy;
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 128, c = i % 128;
+            dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+          }
+        }
+        __syncthreads();
+        // fdy[row, col] = (fdy[row, col] * f[row])
+        {
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 128, c = i % 128;
+            t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+          }
+        }
+      }
+      __syncthreads();
+      // q4 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i12), 64:+64]
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+        const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i12);
+        const int s3 = 64;
+        const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+        const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+        __nv_bfloat16* const dst = t_q4;
+        if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          for (int i = tid; i < 512; i += 256) {
+            const int r = i / 8, c = (i % 8) * 8;
+            const int gr = s1 + r;
+            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+          }
+        }
+        else {
+          for (int i = tid; i < 4096; i += 256) {
+            const int r = i / 64, c = i % 64;
+            dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+          }
+        }
+      }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // zq4_hi[row, col] = ((q4[row, col] * f[row]) * z_row[row])
+        // zq4_lo[row, col] = (((q4[row, col] * f[row]) * z_row[row]) - zq4_hi[row, col])
+        {
+          for (int i = tid; i < 1024; i += 256) {
+            const int r = i / 16, c = i % 16;
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q4[(r) * 72 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q4[(r) * 72 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+            t_zq4_hi[(r) * 24 + (c)] = y0;
+            t_zq4_lo[(r) * 24 + (c)] = y1;
+          }
+        }
+        __syncthreads();
+        // qzq4 += mma.tc(q4^T, zq4_hi) [64x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+            float acc[1][4];
+            #pragma unroll
+            for (int q = 0; q < 1; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq4[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4_trans(af, &t_q4[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+              uint32_t bf[2];
+              prt::ldmatrix_x2_trans(bf, &t_zq4_hi[(k0 + (lane & 15)) * 24 + n0]);
+              prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+            }
+            #pragma unroll
+            for (int q = 0; q < 1; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) t_qzq4[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          }
+        }
+        __syncthreads();
+        // qzq4 += mma.tc(q4^T, zq4_lo) [64x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+            float acc[1][4];
+            #pragma unroll
+            for (int q = 0; q < 1; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq4[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4_trans(af, &t_q4[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+              uint32_t bf[2];
+              prt::ldmatrix_x2_trans(bf, &t_zq4_lo[(k0 + (lane & 15)) * 24 + n0]);
+              prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+            }
+            #pragma unroll
+            for (int q = 0; q < 1; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) t_qzq4[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          }
+        }
+      }
+    }
+  }
+  {
+    const int v_i13_end = 80;
+    for (int v_i13 = 64; v_i13 < v_i13_end; v_i13 += 1) {
+      // s4[row, col] = 0.0
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s4[j][q][e] = 0.0f;
+            }
+          }
+        }
+      }
+      {
+        const int v_i14_end = (p_hq / p_h);
+        for (int v_i14 = 0; v_i14 < v_i14_end; v_i14 += 1) {
+          if (((p_hq / p_h) > 1)) {
+            // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i14)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i14);
+              const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+              const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+              float* const dst = t_f;
+              for (int r = tid; r < 64; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+            {
+              for (int r = tid; r < 64; r += 256) {
+                t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+              }
+            }
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i14)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i14);
+              const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+              const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+              float* const dst = t_z_row;
+              for (int r = tid; r < 64; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // z_row[row] = -((z_row[row] * f[row]))
+            {
+              for (int r = tid; r < 64; r += 256) {
+                t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+              }
+            }
+            // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i14), ((pid.x % 1) * 128):+128]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i14);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 128);
+              const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+              const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+              float* const dst = t_fdy;
+              for (int i = tid; i < 8192; i += 256) {
+                const int r = i / 128, c = i % 128;
+                dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+              }
+            }
+            __syncthreads();
+            // fdy[row, col] = (fdy[row, col] * f[row])
+            {
+              for (int i = tid; i < 8192; i += 256) {
+                const int r = i / 128, c = i % 128;
+                t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+              }
+            }
+            // q4 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i14), 64:+64]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i14);
+              const int s3 = 64;
+              const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+              const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+              __nv_bfloat16* const dst = t_q4;
+              if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                for (int i = tid; i < 512; i += 256) {
+                  const int r = i / 8, c = (i % 8) * 8;
+                  const int gr = s1 + r;
+                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                }
+              }
+              else {
+                for (int i = tid; i < 4096; i += 256) {
+                  const int r = i / 64, c = i % 64;
+                  dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+                }
+              }
+            }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+          }
+          __syncthreads();
+          // u4_hi[row, col] = (fdy[row, col] * (q4[row, (i13 - 64)] * f[row]))
+          // u4_lo[row, col] = ((fdy[row, col] * (q4[row, (i13 - 64)] * f[row])) - u4_hi[row, col])
+          {
+            for (int i = tid; i < 8192; i += 256) {
+              const int r = i / 128, c = i % 128;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q4[(r) * 72 + ((v_i13 - 64))]) * prt::to_f32(t_f[r]))));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q4[(r) * 72 + ((v_i13 - 64))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
+              t_u4_hi[(r) * 136 + (c)] = y0;
+              t_u4_lo[(r) * 136 + (c)] = y1;
+            }
+          }
+          __syncthreads();
+          // s4 += mma.tc(q4^T, u4_hi) [64x128 in 16x32 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+              float (&acc)[4][4] = f_s4[j];
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q4[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 4; q += 2) {
+                  uint32_t bf[4];
+                  prt::ldmatrix_x4_trans(bf, &t_u4_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                }
+              }
+            }
+          }
+          // s4 += mma.tc(q4^T, u4_lo) [64x128 in 16x32 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+              float (&acc)[4][4] = f_s4[j];
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q4[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 4; q += 2) {
+                  uint32_t bf[4];
+                  prt::ldmatrix_x4_trans(bf, &t_u4_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                }
+              }
+            }
+          }
+        }
+      }
+      // s4[row, col] = (s4[row, col] * select(((row + 64) == i13), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s4[j][q][e] = (f_s4[j][q][e] * (((r + 64) == v_i13) ? 1.0f : 1.4142135623730951f));
+            }
+          }
+        }
+      }
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i13 * 128) - ((i13 * (i13 - 1)) // 2)) + i13) - i13) - i13) + 64):+64, ((pid.x % 1) * 128):+128] = s4 where (((row + 64) >= i13) && ((row + 64) < 128))
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 1);
+        const int s3 = ((((((v_i13 * 128) - ((v_i13 * (v_i13 - 1)) / 2)) + v_i13) - v_i13) - v_i13) + 64);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 1) * 128);
+        const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
+        const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 64) >= v_i13) && ((r + 64) < 128)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s4[j][q][e]);
+              }
+            }
+          }
+        }
+      }
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // z4[row] = (qzq4[row, (i13 - 64)] * select(((row + 64) == i13), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 64; r += 256) {
+            t_z4[r] = prt::from_f32<float>((prt::to_f32(t_qzq4[(r) * 16 + ((v_i13 - 64))]) * (((r + 64) == v_i13) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i13 * 128) - ((i13 * (i13 - 1)) // 2)) + i13) - i13) - i13) + 64):+64] = z4 where (((row + 64) >= i13) && ((row + 64) < 128))
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int s3 = ((((((v_i13 * 128) - ((v_i13 * (v_i13 - 1)) / 2)) + v_i13) - v_i13) - v_i13) + 64);
+          const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
+          const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
+          if (ok) {
+            for (int r = tid; r < 64; r += 256) {
+              if (s3 + r >= 0 && s3 + r < g_dZin_d3 && ((((r + 64) >= v_i13) && ((r + 64) < 128)))) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_z4[r];
+            }
+          }
+        }
+      }
+    }
+  }
+  __syncthreads();
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+    // qzq5[row, col] = 0.0
+    {
+      for (int i = tid; i < 768; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_qzq5[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+      }
+    }
+  }
+  {
+    const int v_i15_end = (p_hq / p_h);
+    for (int v_i15 = 0; v_i15 < v_i15_end; v_i15 += 1) {
+      if (((p_hq / p_h) > 1)) {
+        // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i15)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i15);
+          const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+          const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+          float* const dst = t_f;
+          for (int r = tid; r < 64; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+        {
+          for (int r = tid; r < 64; r += 256) {
+            t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+          }
+        }
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i15)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i15);
+          const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+          const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+          float* const dst = t_z_row;
+          for (int r = tid; r < 64; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // z_row[row] = -((z_row[row] * f[row]))
+        {
+          for (int r = tid; r < 64; r += 256) {
+            t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+          }
+        }
+        // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i15), ((pid.x % 1) * 128):+128]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i15);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 128);
+          const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+          const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+          float* const dst = t_fdy;
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 128, c = i % 128;
+            dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+          }
+        }
+        __syncthreads();
+        // fdy[row, col] = (fdy[row, col] * f[row])
+        {
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 128, c = i % 128;
+            t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+          }
+        }
+      }
+      __syncthreads();
+      // q5 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i15), 80:+48]
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+        const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i15);
+        const int s3 = 80;
+        const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+        const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+        __nv_bfloat16* const dst = t_q5;
+        if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          for (int i = tid; i < 384; i += 256) {
+            const int r = i / 6, c = (i % 6) * 8;
+            const int gr = s1 + r;
+            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+            prt::cp_async_16(&dst[(r) * 56 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+          }
+        }
+        else {
+          for (int i = tid; i < 3072; i += 256) {
+            const int r = i / 48, c = i % 48;
+            dst[(r) * 56 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+          }
+        }
+      }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // zq5_hi[row, col] = ((q5[row, col] * f[row]) * z_row[row])
+        // zq5_lo[row, col] = (((q5[row, col] * f[row]) * z_row[row]) - zq5_hi[row, col])
+        {
+          for (int i = tid; i < 1024; i += 256) {
+            const int r = i / 16, c = i % 16;
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q5[(r) * 56 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q5[(r) * 56 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+            t_zq5_hi[(r) * 24 + (c)] = y0;
+            t_zq5_lo[(r) * 24 + (c)] = y1;
+          }
+        }
+        __syncthreads();
+        // qzq5 += mma.tc(q5^T, zq5_hi) [48x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            if (u < 6) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq5[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q5[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq5_hi[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq5[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+        __syncthreads();
+        // qzq5 += mma.tc(q5^T, zq5_lo) [48x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            if (u < 6) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq5[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q5[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq5_lo[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq5[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+      }
+    }
+  }
+  {
+    const int v_i16_end = 96;
+    for (int v_i16 = 80; v_i16 < v_i16_end; v_i16 += 1) {
+      // s5[row, col] = 0.0
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 8;
+          if (u < 12) {
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_s5[j][q][e] = 0.0f;
+              }
+            }
+          }
+        }
+      }
+      {
+        const int v_i17_end = (p_hq / p_h);
+        for (int v_i17 = 0; v_i17 < v_i17_end; v_i17 += 1) {
+          if (((p_hq / p_h) > 1)) {
+            // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i17)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i17);
+              const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+              const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+              float* const dst = t_f;
+              for (int r = tid; r < 64; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+            {
+              for (int r = tid; r < 64; r += 256) {
+                t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+              }
+            }
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i17)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i17);
+              const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+              const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+              float* const dst = t_z_row;
+              for (int r = tid; r < 64; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // z_row[row] = -((z_row[row] * f[row]))
+            {
+              for (int r = tid; r < 64; r += 256) {
+                t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+              }
+            }
+            // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i17), ((pid.x % 1) * 128):+128]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i17);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 128);
+              const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+              const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+              float* const dst = t_fdy;
+              for (int i = tid; i < 8192; i += 256) {
+                const int r = i / 128, c = i % 128;
+                dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+              }
+            }
+            __syncthreads();
+            // fdy[row, col] = (fdy[row, col] * f[row])
+            {
+              for (int i = tid; i < 8192; i += 256) {
+                const int r = i / 128, c = i % 128;
+                t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+              }
+            }
+            // q5 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i17), 80:+48]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i17);
+              const int s3 = 80;
+              const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+              const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+              __nv_bfloat16* const dst = t_q5;
+              if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                for (int i = tid; i < 384; i += 256) {
+                  const int r = i / 6, c = (i % 6) * 8;
+                  const int gr = s1 + r;
+                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 56 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                }
+              }
+              else {
+                for (int i = tid; i < 3072; i += 256) {
+                  const int r = i / 48, c = i % 48;
+                  dst[(r) * 56 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+                }
+              }
+            }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+          }
+          __syncthreads();
+          // u5_hi[row, col] = (fdy[row, col] * (q5[row, (i16 - 80)] * f[row]))
+          // u5_lo[row, col] = ((fdy[row, col] * (q5[row, (i16 - 80)] * f[row])) - u5_hi[row, col])
+          {
+            for (int i = tid; i < 8192; i += 256) {
+              const int r = i / 128, c = i % 128;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q5[(r) * 56 + ((v_i16 - 80))]) * prt::to_f32(t_f[r]))));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q5[(r) * 56 + ((v_i16 - 80))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
+              t_u5_hi[(r) * 136 + (c)] = y0;
+              t_u5_lo[(r) * 136 + (c)] = y1;
+            }
+          }
+          __syncthreads();
+          // s5 += mma.tc(q5^T, u5_hi) [48x128 in 16x32 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 8;
+              if (u < 12) {
+                const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+                float (&acc)[4][4] = f_s5[j];
+                for (int k0 = 0; k0 < 64; k0 += 16) {
+                  uint32_t af[4];
+                  prt::ldmatrix_x4_trans(af, &t_q5[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+                  #pragma unroll
+                  for (int q = 0; q < 4; q += 2) {
+                    uint32_t bf[4];
+                    prt::ldmatrix_x4_trans(bf, &t_u5_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                  }
+                }
+              }
+            }
+          }
+          // s5 += mma.tc(q5^T, u5_lo) [48x128 in 16x32 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 8;
+              if (u < 12) {
+                const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+                float (&acc)[4][4] = f_s5[j];
+                for (int k0 = 0; k0 < 64; k0 += 16) {
+                  uint32_t af[4];
+                  prt::ldmatrix_x4_trans(af, &t_q5[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+                  #pragma unroll
+                  for (int q = 0; q < 4; q += 2) {
+                    uint32_t bf[4];
+                    prt::ldmatrix_x4_trans(bf, &t_u5_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+      // s5[row, col] = (s5[row, col] * select(((row + 80) == i16), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 8;
+          if (u < 12) {
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_s5[j][q][e] = (f_s5[j][q][e] * (((r + 80) == v_i16) ? 1.0f : 1.4142135623730951f));
+              }
+            }
+          }
+        }
+      }
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i16 * 128) - ((i16 * (i16 - 1)) // 2)) + i16) - i16) - i16) + 80):+48, ((pid.x % 1) * 128):+128] = s5 where (((row + 80) >= i16) && ((row + 80) < 128))
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 1);
+        const int s3 = ((((((v_i16 * 128) - ((v_i16 * (v_i16 - 1)) / 2)) + v_i16) - v_i16) - v_i16) + 80);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 1) * 128);
+        const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
+        const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            if (u < 12) {
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 80) >= v_i16) && ((r + 80) < 128)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s5[j][q][e]);
+                }
+              }
+            }
+          }
+        }
+      }
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // z5[row] = (qzq5[row, (i16 - 80)] * select(((row + 80) == i16), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 48; r += 256) {
+            t_z5[r] = prt::from_f32<float>((prt::to_f32(t_qzq5[(r) * 16 + ((v_i16 - 80))]) * (((r + 80) == v_i16) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i16 * 128) - ((i16 * (i16 - 1)) // 2)) + i16) - i16) - i16) + 80):+48] = z5 where (((row + 80) >= i16) && ((row + 80) < 128))
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int s3 = ((((((v_i16 * 128) - ((v_i16 * (v_i16 - 1)) / 2)) + v_i16) - v_i16) - v_i16) + 80);
+          const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
+          const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
+          if (ok) {
+            for (int r = tid; r < 48; r += 256) {
+              if (s3 + r >= 0 && s3 + r < g_dZin_d3 && ((((r + 80) >= v_i16) && ((r + 80) < 128)))) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_z5[r];
+            }
+          }
+        }
+      }
+    }
+  }
+  __syncthreads();
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+    // qzq6[row, col] = 0.0
+    {
+      for (int i = tid; i < 512; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_qzq6[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+      }
+    }
+  }
+  {
+    const int v_i18_end = (p_hq / p_h);
+    for (int v_i18 = 0; v_i18 < v_i18_end; v_i18 += 1) {
+      if (((p_hq / p_h) > 1)) {
+        // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i18)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i18);
+          const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+          const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+          float* const dst = t_f;
+          for (int r = tid; r < 64; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+        {
+          for (int r = tid; r < 64; r += 256) {
+            t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+          }
+        }
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i18)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i18);
+          const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+          const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+          float* const dst = t_z_row;
+          for (int r = tid; r < 64; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // z_row[row] = -((z_row[row] * f[row]))
+        {
+          for (int r = tid; r < 64; r += 256) {
+            t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+          }
+        }
+        // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i18), ((pid.x % 1) * 128):+128]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i18);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 128);
+          const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+          const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+          float* const dst = t_fdy;
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 128, c = i % 128;
+            dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+          }
+        }
+        __syncthreads();
+        // fdy[row, col] = (fdy[row, col] * f[row])
+        {
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 128, c = i % 128;
+            t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+          }
+        }
+      }
+      __syncthreads();
+      // q6 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i18), 96:+32]
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+        const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i18);
+        const int s3 = 96;
+        const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+        const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+        __nv_bfloat16* const dst = t_q6;
+        if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          for (int i = tid; i < 256; i += 256) {
+            const int r = i / 4, c = (i % 4) * 8;
+            const int gr = s1 + r;
+            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+          }
+        }
+        else {
+          for (int i = tid; i < 2048; i += 256) {
+            const int r = i / 32, c = i % 32;
+            dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+          }
+        }
+      }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // zq6_hi[row, col] = ((q6[row, col] * f[row]) * z_row[row])
+        // zq6_lo[row, col] = (((q6[row, col] * f[row]) * z_row[row]) - zq6_hi[row, col])
+        {
+          for (int i = tid; i < 1024; i += 256) {
+            const int r = i / 16, c = i % 16;
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q6[(r) * 40 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q6[(r) * 40 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+            t_zq6_hi[(r) * 24 + (c)] = y0;
+            t_zq6_lo[(r) * 24 + (c)] = y1;
+          }
+        }
+        __syncthreads();
+        // qzq6 += mma.tc(q6^T, zq6_hi) [32x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            if (u < 4) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq6[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q6[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq6_hi[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq6[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+        __syncthreads();
+        // qzq6 += mma.tc(q6^T, zq6_lo) [32x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            if (u < 4) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq6[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q6[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq6_lo[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq6[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+      }
+    }
+  }
+  {
+    const int v_i19_end = 112;
+    for (int v_i19 = 96; v_i19 < v_i19_end; v_i19 += 1) {
+      // s6[row, col] = 0.0
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s6[j][q][e] = 0.0f;
+            }
+          }
+        }
+      }
+      {
+        const int v_i20_end = (p_hq / p_h);
+        for (int v_i20 = 0; v_i20 < v_i20_end; v_i20 += 1) {
+          if (((p_hq / p_h) > 1)) {
+            // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i20)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i20);
+              const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+              const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+              float* const dst = t_f;
+              for (int r = tid; r < 64; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+            {
+              for (int r = tid; r < 64; r += 256) {
+                t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+              }
+            }
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i20)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i20);
+              const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+              const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+              float* const dst = t_z_row;
+              for (int r = tid; r < 64; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // z_row[row] = -((z_row[row] * f[row]))
+            {
+              for (int r = tid; r < 64; r += 256) {
+                t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+              }
+            }
+            // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i20), ((pid.x % 1) * 128):+128]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i20);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 128);
+              const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+              const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+              float* const dst = t_fdy;
+              for (int i = tid; i < 8192; i += 256) {
+                const int r = i / 128, c = i % 128;
+                dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+              }
+            }
+            __syncthreads();
+            // fdy[row, col] = (fdy[row, col] * f[row])
+            {
+              for (int i = tid; i < 8192; i += 256) {
+                const int r = i / 128, c = i % 128;
+                t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+              }
+            }
+            // q6 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i20), 96:+32]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i20);
+              const int s3 = 96;
+              const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+              const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+              __nv_bfloat16* const dst = t_q6;
+              if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                for (int i = tid; i < 256; i += 256) {
+                  const int r = i / 4, c = (i % 4) * 8;
+                  const int gr = s1 + r;
+                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                }
+              }
+              else {
+                for (int i = tid; i < 2048; i += 256) {
+                  const int r = i / 32, c = i % 32;
+                  dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+                }
+              }
+            }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+          }
+          __syncthreads();
+          // u6_hi[row, col] = (fdy[row, col] * (q6[row, (i19 - 96)] * f[row]))
+          // u6_lo[row, col] = ((fdy[row, col] * (q6[row, (i19 - 96)] * f[row])) - u6_hi[row, col])
+          {
+            for (int i = tid; i < 8192; i += 256) {
+              const int r = i / 128, c = i % 128;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q6[(r) * 40 + ((v_i19 - 96))]) * prt::to_f32(t_f[r]))));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q6[(r) * 40 + ((v_i19 - 96))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
+              t_u6_hi[(r) * 136 + (c)] = y0;
+              t_u6_lo[(r) * 136 + (c)] = y1;
+            }
+          }
+          __syncthreads();
+          // s6 += mma.tc(q6^T, u6_hi) [32x128 in 16x32 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+              float (&acc)[4][4] = f_s6[j];
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q6[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 4; q += 2) {
+                  uint32_t bf[4];
+                  prt::ldmatrix_x4_trans(bf, &t_u6_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                }
+              }
+            }
+          }
+          // s6 += mma.tc(q6^T, u6_lo) [32x128 in 16x32 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+              float (&acc)[4][4] = f_s6[j];
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q6[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 4; q += 2) {
+                  uint32_t bf[4];
+                  prt::ldmatrix_x4_trans(bf, &t_u6_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                }
+              }
+            }
+          }
+        }
+      }
+      // s6[row, col] = (s6[row, col] * select(((row + 96) == i19), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s6[j][q][e] = (f_s6[j][q][e] * (((r + 96) == v_i19) ? 1.0f : 1.4142135623730951f));
+            }
+          }
+        }
+      }
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i19 * 128) - ((i19 * (i19 - 1)) // 2)) + i19) - i19) - i19) + 96):+32, ((pid.x % 1) * 128):+128] = s6 where (((row + 96) >= i19) && ((row + 96) < 128))
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 1);
+        const int s3 = ((((((v_i19 * 128) - ((v_i19 * (v_i19 - 1)) / 2)) + v_i19) - v_i19) - v_i19) + 96);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 1) * 128);
+        const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
+        const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 96) >= v_i19) && ((r + 96) < 128)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s6[j][q][e]);
+              }
+            }
+          }
+        }
+      }
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // z6[row] = (qzq6[row, (i19 - 96)] * select(((row + 96) == i19), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 32; r += 256) {
+            t_z6[r] = prt::from_f32<float>((prt::to_f32(t_qzq6[(r) * 16 + ((v_i19 - 96))]) * (((r + 96) == v_i19) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i19 * 128) - ((i19 * (i19 - 1)) // 2)) + i19) - i19) - i19) + 96):+32] = z6 where (((row + 96) >= i19) && ((row + 96) < 128))
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int s3 = ((((((v_i19 * 128) - ((v_i19 * (v_i19 - 1)) / 2)) + v_i19) - v_i19) - v_i19) + 96);
+          const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
+          const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
+          if (ok) {
+            for (int r = tid; r < 32; r += 256) {
+              if (s3 + r >= 0 && s3 + r < g_dZin_d3 && ((((r + 96) >= v_i19) && ((r + 96) < 128)))) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_z6[r];
+            }
+          }
+        }
+      }
+    }
+  }
+  __syncthreads();
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+    // qzq7[row, col] = 0.0
+    {
+      for (int i = tid; i < 256; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_qzq7[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+      }
+    }
+  }
+  {
+    const int v_i21_end = (p_hq / p_h);
+    for (int v_i21 = 0; v_i21 < v_i21_end; v_i21 += 1) {
+      if (((p_hq / p_h) > 1)) {
+        // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i21)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i21);
+          const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+          const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+          float* const dst = t_f;
+          for (int r = tid; r < 64; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+        {
+          for (int r = tid; r < 64; r += 256) {
+            t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+          }
+        }
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i21)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i21);
+          const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+          const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+          float* const dst = t_z_row;
+          for (int r = tid; r < 64; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // z_row[row] = -((z_row[row] * f[row]))
+        {
+          for (int r = tid; r < 64; r += 256) {
+            t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+          }
+        }
+        // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i21), ((pid.x % 1) * 128):+128]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i21);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 128);
+          const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+          const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+          float* const dst = t_fdy;
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 128, c = i % 128;
+            dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+          }
+        }
+        __syncthreads();
+        // fdy[row, col] = (fdy[row, col] * f[row])
+        {
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 128, c = i % 128;
+            t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+          }
+        }
+      }
+      __syncthreads();
+      // q7 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i21), 112:+16]
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+        const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i21);
+        const int s3 = 112;
+        const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+        const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+        __nv_bfloat16* const dst = t_q7;
+        if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          for (int i = tid; i < 128; i += 256) {
+            const int r = i / 2, c = (i % 2) * 8;
+            const int gr = s1 + r;
+            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+            prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+          }
+        }
+        else {
+          for (int i = tid; i < 1024; i += 256) {
+            const int r = i / 16, c = i % 16;
+            dst[(r) * 24 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+          }
+        }
+      }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // zq7_hi[row, col] = ((q7[row, col] * f[row]) * z_row[row])
+        // zq7_lo[row, col] = (((q7[row, col] * f[row]) * z_row[row]) - zq7_hi[row, col])
+        {
+          for (int i = tid; i < 1024; i += 256) {
+            const int r = i / 16, c = i % 16;
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q7[(r) * 24 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q7[(r) * 24 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+            t_zq7_hi[(r) * 24 + (c)] = y0;
+            t_zq7_lo[(r) * 24 + (c)] = y1;
+          }
+        }
+        __syncthreads();
+        // qzq7 += mma.tc(q7^T, zq7_hi) [16x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            if (u < 2) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q7[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq7_hi[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+        __syncthreads();
+        // qzq7 += mma.tc(q7^T, zq7_lo) [16x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            if (u < 2) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q7[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq7_lo[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+      }
+    }
+  }
+  {
+    const int v_i22_end = 128;
+    for (int v_i22 = 112; v_i22 < v_i22_end; v_i22 += 1) {
+      // s7[row, col] = 0.0
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s7[j][q][e] = 0.0f;
+            }
+          }
+        }
+      }
+      {
+        const int v_i23_end = (p_hq / p_h);
+        for (int v_i23 = 0; v_i23 < v_i23_end; v_i23 += 1) {
+          if (((p_hq / p_h) > 1)) {
+            // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i23)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i23);
+              const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+              const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+              float* const dst = t_f;
+              for (int r = tid; r < 64; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+            {
+              for (int r = tid; r < 64; r += 256) {
+                t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+              }
+            }
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i23)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i23);
+              const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+              const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+              float* const dst = t_z_row;
+              for (int r = tid; r < 64; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // z_row[row] = -((z_row[row] * f[row]))
+            {
+              for (int r = tid; r < 64; r += 256) {
+                t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+              }
+            }
+            // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i23), ((pid.x % 1) * 128):+128]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i23);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 128);
+              const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+              const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+              float* const dst = t_fdy;
+              for (int i = tid; i < 8192; i += 256) {
+                const int r = i / 128, c = i % 128;
+                dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+              }
+            }
+            __syncthreads();
+            // fdy[row, col] = (fdy[row, col] * f[row])
+            {
+              for (int i = tid; i < 8192; i += 256) {
+                const int r = i / 128, c = i % 128;
+                t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+              }
+            }
+            // q7 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i23), 112:+16]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i23);
+              const int s3 = 112;
+              const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+              const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+              __nv_bfloat16* const dst = t_q7;
+              if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                for (int i = tid; i < 128; i += 256) {
+                  const int r = i / 2, c = (i % 2) * 8;
+                  const int gr = s1 + r;
+                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                }
+              }
+              else {
+                for (int i = tid; i < 1024; i += 256) {
+                  const int r = i / 16, c = i % 16;
+                  dst[(r) * 24 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+                }
+              }
+            }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+          }
+          __syncthreads();
+          // u7_hi[row, col] = (fdy[row, col] * (q7[row, (i22 - 112)] * f[row]))
+          // u7_lo[row, col] = ((fdy[row, col] * (q7[row, (i22 - 112)] * f[row])) - u7_hi[row, col])
+          {
+            for (int i = tid; i < 8192; i += 256) {
+              const int r = i / 128, c = i % 128;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q7[(r) * 24 + ((v_i22 - 112))]) * prt::to_f32(t_f[r]))));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q7[(r) * 24 + ((v_i22 - 112))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
+              t_u7_hi[(r) * 136 + (c)] = y0;
+              t_u7_lo[(r) * 136 + (c)] = y1;
+            }
+          }
+          __syncthreads();
+          // s7 += mma.tc(q7^T, u7_hi) [16x128 in 16x16 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
+              float (&acc)[2][4] = f_s7[j];
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q7[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 2; q += 2) {
+                  uint32_t bf[4];
+                  prt::ldmatrix_x4_trans(bf, &t_u7_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                }
+              }
+            }
+          }
+          // s7 += mma.tc(q7^T, u7_lo) [16x128 in 16x16 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
+              float (&acc)[2][4] = f_s7[j];
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q7[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 2; q += 2) {
+                  uint32_t bf[4];
+                  prt::ldmatrix_x4_trans(bf, &t_u7_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                }
+              }
+            }
+          }
+        }
+      }
+      // s7[row, col] = (s7[row, col] * select(((row + 112) == i22), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s7[j][q][e] = (f_s7[j][q][e] * (((r + 112) == v_i22) ? 1.0f : 1.4142135623730951f));
+            }
+          }
+        }
+      }
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i22 * 128) - ((i22 * (i22 - 1)) // 2)) + i22) - i22) - i22) + 112):+16, ((pid.x % 1) * 128):+128] = s7 where (((row + 112) >= i22) && ((row + 112) < 128))
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 1);
+        const int s3 = ((((((v_i22 * 128) - ((v_i22 * (v_i22 - 1)) / 2)) + v_i22) - v_i22) - v_i22) + 112);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 1) * 128);
+        const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
+        const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 112) >= v_i22) && ((r + 112) < 128)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s7[j][q][e]);
+              }
+            }
+          }
+        }
+      }
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // z7[row] = (qzq7[row, (i22 - 112)] * select(((row + 112) == i22), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 16; r += 256) {
+            t_z7[r] = prt::from_f32<float>((prt::to_f32(t_qzq7[(r) * 16 + ((v_i22 - 112))]) * (((r + 112) == v_i22) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i22 * 128) - ((i22 * (i22 - 1)) // 2)) + i22) - i22) - i22) + 112):+16] = z7 where (((row + 112) >= i22) && ((row + 112) < 128))
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int s3 = ((((((v_i22 * 128) - ((v_i22 * (v_i22 - 1)) / 2)) + v_i22) - v_i22) - v_i22) + 112);
+          const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
+          const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
+          if (ok) {
+            for (int r = tid; r < 16; r += 256) {
+              if (s3 + r >= 0 && s3 + r < g_dZin_d3 && ((((r + 112) >= v_i22) && ((r + 112) < 128)))) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_z7[r];
+            }
+          }
+        }
       }
     }
   }
@@ -9311,10 +12419,10 @@ extern "C" cudaError_t prt_query_state_bwd_dq_p2_d128_e128_c64_bf16_w4_bd64_bt32
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_query_state_bwd_ds_p2_d128_e128_c64_bf16_w4_bd64_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_ds_p2_d128_e128_c64_bf16_w4_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 102656);
+extern "C" cudaError_t prt_query_state_bwd_ds_p2_d128_e128_c64_bf16_w8_bd128_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_ds_p2_d128_e128_c64_bf16_w8_bd128_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 94464);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_ds_p2_d128_e128_c64_bf16_w4_bd64_bt64_s1<<<grid, 128, 102656, stream>>>(g_Q, g_logG, g_dY, g_lse, g_Dy, g_dSin, g_dZin, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_query_state_bwd_ds_p2_d128_e128_c64_bf16_w8_bd128_bt64_s1<<<grid, 256, 94464, stream>>>(g_Q, g_logG, g_dY, g_lse, g_Dy, g_dSin, g_dZin, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 

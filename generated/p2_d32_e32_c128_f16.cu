@@ -561,17 +561,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
   __half* const t_v = reinterpret_cast<__half*>(prt_smem + 1024);  // f16[128, 32] pitch 32
   float* const t_gv = reinterpret_cast<float*>(prt_smem + 9216);  // f32[128, 32] pitch 32
   __half* const t_k0 = reinterpret_cast<__half*>(prt_smem + 25600);  // f16[128, 32] pitch 40
-  float* const t_kgk0 = reinterpret_cast<float*>(prt_smem + 7168);  // f32[32, 16] pitch 16
-  __half* const t_gk0_hi = reinterpret_cast<__half*>(prt_smem + 1024);  // f16[128, 16] pitch 24
-  __half* const t_gk0_lo = reinterpret_cast<__half*>(prt_smem + 35840);  // f16[128, 16] pitch 24
+  float* const t_kzk0 = reinterpret_cast<float*>(prt_smem + 7168);  // f32[32, 16] pitch 16
+  __half* const t_zk0_hi = reinterpret_cast<__half*>(prt_smem + 1024);  // f16[128, 16] pitch 24
+  __half* const t_zk0_lo = reinterpret_cast<__half*>(prt_smem + 35840);  // f16[128, 16] pitch 24
   float f_s0[1][2][4];  // f32[32, 32] as mma fragments: 32x32 in 16x16 units over 4 warps
   float* const t_z0 = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
   __half* const t_u0_hi = reinterpret_cast<__half*>(prt_smem + 35840);  // f16[128, 32] pitch 40
   __half* const t_u0_lo = reinterpret_cast<__half*>(prt_smem + 46080);  // f16[128, 32] pitch 40
   __half* const t_k1 = reinterpret_cast<__half*>(prt_smem + 1024);  // f16[128, 16] pitch 24
-  float* const t_kgk1 = reinterpret_cast<float*>(prt_smem + 0);  // f32[16, 16] pitch 16
-  __half* const t_gk1_hi = reinterpret_cast<__half*>(prt_smem + 25600);  // f16[128, 16] pitch 24
-  __half* const t_gk1_lo = reinterpret_cast<__half*>(prt_smem + 31744);  // f16[128, 16] pitch 24
+  float* const t_kzk1 = reinterpret_cast<float*>(prt_smem + 0);  // f32[16, 16] pitch 16
+  __half* const t_zk1_hi = reinterpret_cast<__half*>(prt_smem + 25600);  // f16[128, 16] pitch 24
+  __half* const t_zk1_lo = reinterpret_cast<__half*>(prt_smem + 31744);  // f16[128, 16] pitch 24
   float f_s1[1][1][4];  // f32[16, 32] as mma fragments: 16x32 in 16x8 units over 4 warps
   float* const t_z1 = reinterpret_cast<float*>(prt_smem + 7168);  // f32[16] pitch 16
   __half* const t_u1_hi = reinterpret_cast<__half*>(prt_smem + 25600);  // f16[128, 32] pitch 40
@@ -666,19 +666,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
   prt::cp_async_wait<0>();
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // gk0_hi[row, col] = (k0[row, col] * exp((lam[127] - lam[row])))
-    // gk0_lo[row, col] = ((k0[row, col] * exp((lam[127] - lam[row]))) - gk0_hi[row, col])
+    // zk0_hi[row, col] = (k0[row, col] * exp((lam[127] - lam[row])))
+    // zk0_lo[row, col] = ((k0[row, col] * exp((lam[127] - lam[row]))) - zk0_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 128) {
         const int r = i / 16, c = i % 16;
         const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k0[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
         const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k0[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_gk0_hi[(r) * 24 + (c)] = y0;
-        t_gk0_lo[(r) * 24 + (c)] = y1;
+        t_zk0_hi[(r) * 24 + (c)] = y0;
+        t_zk0_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
-    // kgk0 = mma.tc(k0^T, gk0_hi) [32x16 in 16x8 units over 4 warps]
+    // kzk0 = mma.tc(k0^T, zk0_hi) [32x16 in 16x8 units over 4 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -693,17 +693,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
           uint32_t af[4];
           prt::ldmatrix_x4_trans(af, &t_k0[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
           uint32_t bf[2];
-          prt::ldmatrix_x2_trans(bf, &t_gk0_hi[(k0 + (lane & 15)) * 24 + n0]);
+          prt::ldmatrix_x2_trans(bf, &t_zk0_hi[(k0 + (lane & 15)) * 24 + n0]);
           prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
         }
         #pragma unroll
         for (int q = 0; q < 1; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) t_kgk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          for (int e = 0; e < 4; ++e) t_kzk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
       }
     }
     __syncthreads();
-    // kgk0 += mma.tc(k0^T, gk0_lo) [32x16 in 16x8 units over 4 warps]
+    // kzk0 += mma.tc(k0^T, zk0_lo) [32x16 in 16x8 units over 4 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -713,18 +713,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
         #pragma unroll
         for (int q = 0; q < 1; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) acc[q][e] = t_kgk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+          for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
         for (int k0 = 0; k0 < 128; k0 += 16) {
           uint32_t af[4];
           prt::ldmatrix_x4_trans(af, &t_k0[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
           uint32_t bf[2];
-          prt::ldmatrix_x2_trans(bf, &t_gk0_lo[(k0 + (lane & 15)) * 24 + n0]);
+          prt::ldmatrix_x2_trans(bf, &t_zk0_lo[(k0 + (lane & 15)) * 24 + n0]);
           prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
         }
         #pragma unroll
         for (int q = 0; q < 1; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) t_kgk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          for (int e = 0; e < 4; ++e) t_kzk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
       }
     }
   }
@@ -830,10 +830,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
         }
       }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // z0[row] = (kgk0[row, (i0 - 0)] * select(((row + 0) == i0), 1.0, 1.4142135623730951))
+        // z0[row] = (kzk0[row, (i0 - 0)] * select(((row + 0) == i0), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 32; r += 128) {
-            t_z0[r] = prt::from_f32<float>((prt::to_f32(t_kgk0[(r) * 16 + ((v_i0 - 0))]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f)));
+            t_z0[r] = prt::from_f32<float>((prt::to_f32(t_kzk0[(r) * 16 + ((v_i0 - 0))]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f)));
           }
         }
         // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i0 * 32) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+32] = z0 where (((row + 0) >= i0) && ((row + 0) < 32))
@@ -883,19 +883,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
   prt::cp_async_wait<0>();
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // gk1_hi[row, col] = (k1[row, col] * exp((lam[127] - lam[row])))
-    // gk1_lo[row, col] = ((k1[row, col] * exp((lam[127] - lam[row]))) - gk1_hi[row, col])
+    // zk1_hi[row, col] = (k1[row, col] * exp((lam[127] - lam[row])))
+    // zk1_lo[row, col] = ((k1[row, col] * exp((lam[127] - lam[row]))) - zk1_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 128) {
         const int r = i / 16, c = i % 16;
         const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k1[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
         const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k1[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_gk1_hi[(r) * 24 + (c)] = y0;
-        t_gk1_lo[(r) * 24 + (c)] = y1;
+        t_zk1_hi[(r) * 24 + (c)] = y0;
+        t_zk1_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
-    // kgk1 = mma.tc(k1^T, gk1_hi) [16x16 in 16x8 units over 4 warps]
+    // kzk1 = mma.tc(k1^T, zk1_hi) [16x16 in 16x8 units over 4 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -911,18 +911,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k1[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
             uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_gk1_hi[(k0 + (lane & 15)) * 24 + n0]);
+            prt::ldmatrix_x2_trans(bf, &t_zk1_hi[(k0 + (lane & 15)) * 24 + n0]);
             prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
           }
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
     __syncthreads();
-    // kgk1 += mma.tc(k1^T, gk1_lo) [16x16 in 16x8 units over 4 warps]
+    // kzk1 += mma.tc(k1^T, zk1_lo) [16x16 in 16x8 units over 4 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -933,18 +933,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_kgk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
           for (int k0 = 0; k0 < 128; k0 += 16) {
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k1[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
             uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_gk1_lo[(k0 + (lane & 15)) * 24 + n0]);
+            prt::ldmatrix_x2_trans(bf, &t_zk1_lo[(k0 + (lane & 15)) * 24 + n0]);
             prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
           }
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
@@ -1043,10 +1043,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
         }
       }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // z1[row] = (kgk1[row, (i1 - 16)] * select(((row + 16) == i1), 1.0, 1.4142135623730951))
+        // z1[row] = (kzk1[row, (i1 - 16)] * select(((row + 16) == i1), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 16; r += 128) {
-            t_z1[r] = prt::from_f32<float>((prt::to_f32(t_kgk1[(r) * 16 + ((v_i1 - 16))]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f)));
+            t_z1[r] = prt::from_f32<float>((prt::to_f32(t_kzk1[(r) * 16 + ((v_i1 - 16))]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f)));
           }
         }
         // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i1 * 32) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+16] = z1 where (((row + 16) >= i1) && ((row + 16) < 32))
@@ -4281,9 +4281,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
   }
 }
 
-// query_state_bwd_ds: dSin, dZin: the state's gradient from the queries of one chunk, one block of features
-// grid (($n * 9), ($b * $h), 1), 128 threads, 67072 bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_e32_c128_f16_w4_bd64_bt64_s1(
+// query_state_bwd_ds: dSin, dZin: the state's gradient from the queries of one chunk, summed over the group's query heads
+// grid (($n * 1), ($b * $h), 1), 128 threads, 69248 bytes of dynamic shared memory
+extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_e32_c128_f16_w4_bd32_bt128_s1(
     const __half* g_Q, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -4376,23 +4376,33 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
   (void)g_dZin_d3;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
-  __half* const t_q = reinterpret_cast<__half*>(prt_smem + 62464);  // f16[64, 32] pitch 32
-  float* const t_dy_f32 = reinterpret_cast<float*>(prt_smem + 35840);  // f32[64, 32] pitch 32
-  __nv_bfloat16* const t_dy_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 52224);  // bf16[64, 32] pitch 40
-  __nv_bfloat16* const t_dy_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 57344);  // bf16[64, 32] pitch 40
-  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 66560);  // f32[64] pitch 64
-  float* const t_Dy_i = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  float* const t_q_norm = reinterpret_cast<float*>(prt_smem + 44032);  // f32[64, 32] pitch 32
-  float* const t_phi_f32 = reinterpret_cast<float*>(prt_smem + 1024);  // f32[64, 64] pitch 64
-  __nv_bfloat16* const t_phi_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 17408);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_phi_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 26624);  // bf16[64, 64] pitch 72
-  float f_acc_s[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
-  float* const t_acc_z = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  float* const t_z_sum = reinterpret_cast<float*>(prt_smem + 66816);  // f32[64] pitch 64
-  // g = load logG[(pid.y // $h), ((pid.x // 9) * 128):+128, (pid.y % $h)]
+  float* const t_fdy = reinterpret_cast<float*>(prt_smem + 1536);  // f32[128, 32] pitch 32
+  float* const t_f = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
+  float* const t_z_row = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128] pitch 128
+  __half* const t_q0 = reinterpret_cast<__half*>(prt_smem + 40448);  // f16[128, 32] pitch 32
+  __nv_bfloat16* const t_q0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 19968);  // bf16[128, 32] pitch 40
+  __nv_bfloat16* const t_q0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 30208);  // bf16[128, 32] pitch 40
+  float* const t_qzq0 = reinterpret_cast<float*>(prt_smem + 17920);  // f32[32, 16] pitch 16
+  __nv_bfloat16* const t_zq0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 48640);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_zq0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 54784);  // bf16[128, 16] pitch 24
+  float f_s0[1][2][4];  // f32[32, 32] as mma fragments: 32x32 in 16x16 units over 4 warps
+  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 69120);  // f32[32] pitch 32
+  __nv_bfloat16* const t_u0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 48640);  // bf16[128, 32] pitch 40
+  __nv_bfloat16* const t_u0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 58880);  // bf16[128, 32] pitch 40
+  __half* const t_q1 = reinterpret_cast<__half*>(prt_smem + 43520);  // f16[128, 16] pitch 16
+  __nv_bfloat16* const t_q1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 18944);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_q1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 25088);  // bf16[128, 16] pitch 24
+  float* const t_qzq1 = reinterpret_cast<float*>(prt_smem + 17920);  // f32[16, 16] pitch 16
+  __nv_bfloat16* const t_zq1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 31232);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_zq1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 37376);  // bf16[128, 16] pitch 24
+  float f_s1[1][1][4];  // f32[16, 32] as mma fragments: 16x32 in 16x8 units over 4 warps
+  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 41472);  // f32[16] pitch 16
+  __nv_bfloat16* const t_u1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 31232);  // bf16[128, 32] pitch 40
+  __nv_bfloat16* const t_u1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 47616);  // bf16[128, 32] pitch 40
+  // g = load logG[(pid.y // $h), ((pid.x // 1) * 128):+128, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int s1 = ((static_cast<int>(blockIdx.x) / 9) * 128);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -4415,270 +4425,988 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
       }
     }
   }
-  // acc_s[row, col] = 0.0
+  __syncthreads();
+  if (((p_hq / p_h) == 1)) {
+    // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+      const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + 0);
+      const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+      const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+      float* const dst = t_f;
+      for (int r = tid; r < 128; r += 128) {
+        dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+      }
+    }
+    // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+    {
+      for (int r = tid; r < 128; r += 128) {
+        t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+      }
+    }
+    // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+      const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + 0);
+      const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+      const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+      float* const dst = t_z_row;
+      for (int r = tid; r < 128; r += 128) {
+        dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+      }
+    }
+    // z_row[row] = -((z_row[row] * f[row]))
+    {
+      for (int r = tid; r < 128; r += 128) {
+        t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+      }
+    }
+    // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0), ((pid.x % 1) * 32):+32]
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+      const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + 0);
+      const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 32);
+      const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+      const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+      float* const dst = t_fdy;
+      for (int i = tid; i < 4096; i += 128) {
+        const int r = i / 32, c = i % 32;
+        dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+      }
+    }
+    __syncthreads();
+    // fdy[row, col] = (fdy[row, col] * f[row])
+    {
+      for (int i = tid; i < 4096; i += 128) {
+        const int r = i / 32, c = i % 32;
+        t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
+      }
+    }
+  }
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+    // qzq0[row, col] = 0.0
+    {
+      for (int i = tid; i < 512; i += 128) {
+        const int r = i / 16, c = i % 16;
+        t_qzq0[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+      }
+    }
+  }
+  __syncthreads();
   {
-    #pragma unroll
-    for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
+    const int v_i0_end = (p_hq / p_h);
+    for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
+      if (((p_hq / p_h) > 1)) {
+        // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
+          const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+          const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+          float* const dst = t_f;
+          for (int r = tid; r < 128; r += 128) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+        {
+          for (int r = tid; r < 128; r += 128) {
+            t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+          }
+        }
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
+          const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+          const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+          float* const dst = t_z_row;
+          for (int r = tid; r < 128; r += 128) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // z_row[row] = -((z_row[row] * f[row]))
+        {
+          for (int r = tid; r < 128; r += 128) {
+            t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+          }
+        }
+        // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0), ((pid.x % 1) * 32):+32]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 32);
+          const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+          const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+          float* const dst = t_fdy;
+          for (int i = tid; i < 4096; i += 128) {
+            const int r = i / 32, c = i % 32;
+            dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+          }
+        }
+        __syncthreads();
+        // fdy[row, col] = (fdy[row, col] * f[row])
+        {
+          for (int i = tid; i < 4096; i += 128) {
+            const int r = i / 32, c = i % 32;
+            t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
+          }
+        }
+      }
+      __syncthreads();
+      // q0 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0), 0:+32]
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+        const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
+        const int s3 = 0;
+        const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+        const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+        __half* const dst = t_q0;
+        if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          for (int i = tid; i < 512; i += 128) {
+            const int r = i / 4, c = (i % 4) * 8;
+            const int gr = s1 + r;
+            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+          }
+        }
+        else {
+          for (int i = tid; i < 4096; i += 128) {
+            const int r = i / 32, c = i % 32;
+            dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
+          }
+        }
+      }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
+      // q0_hi[row, col] = q0[row, col]
+      // q0_lo[row, col] = (q0[row, col] - q0_hi[row, col])
+      {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 32, c = i % 32;
+          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q0[(r) * 32 + (c)]));
+          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q0[(r) * 32 + (c)]) - prt::to_f32(y0)));
+          t_q0_hi[(r) * 40 + (c)] = y0;
+          t_q0_lo[(r) * 40 + (c)] = y1;
+        }
+      }
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // zq0_hi[row, col] = ((q0[row, col] * f[row]) * z_row[row])
+        // zq0_lo[row, col] = (((q0[row, col] * f[row]) * z_row[row]) - zq0_hi[row, col])
+        {
+          for (int i = tid; i < 2048; i += 128) {
+            const int r = i / 16, c = i % 16;
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q0[(r) * 32 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q0[(r) * 32 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+            t_zq0_hi[(r) * 24 + (c)] = y0;
+            t_zq0_lo[(r) * 24 + (c)] = y1;
+          }
+        }
+        __syncthreads();
+        // qzq0 += mma.tc(q0_hi^T, zq0_hi) [32x16 in 16x8 units over 4 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+            float acc[1][4];
+            #pragma unroll
+            for (int q = 0; q < 1; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int k0 = 0; k0 < 128; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4_trans(af, &t_q0_hi[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+              uint32_t bf[2];
+              prt::ldmatrix_x2_trans(bf, &t_zq0_hi[(k0 + (lane & 15)) * 24 + n0]);
+              prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+            }
+            #pragma unroll
+            for (int q = 0; q < 1; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          }
+        }
+        __syncthreads();
+        // qzq0 += mma.tc(q0_lo^T, zq0_hi) [32x16 in 16x8 units over 4 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+            float acc[1][4];
+            #pragma unroll
+            for (int q = 0; q < 1; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int k0 = 0; k0 < 128; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4_trans(af, &t_q0_lo[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+              uint32_t bf[2];
+              prt::ldmatrix_x2_trans(bf, &t_zq0_hi[(k0 + (lane & 15)) * 24 + n0]);
+              prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+            }
+            #pragma unroll
+            for (int q = 0; q < 1; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          }
+        }
+        __syncthreads();
+        // qzq0 += mma.tc(q0_hi^T, zq0_lo) [32x16 in 16x8 units over 4 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+            float acc[1][4];
+            #pragma unroll
+            for (int q = 0; q < 1; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int k0 = 0; k0 < 128; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4_trans(af, &t_q0_hi[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+              uint32_t bf[2];
+              prt::ldmatrix_x2_trans(bf, &t_zq0_lo[(k0 + (lane & 15)) * 24 + n0]);
+              prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+            }
+            #pragma unroll
+            for (int q = 0; q < 1; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          }
+        }
+      }
+    }
+  }
+  {
+    const int v_i1_end = 16;
+    for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
+      // s0[row, col] = 0.0
+      {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_acc_s[j][q][e] = 0.0f;
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s0[j][q][e] = 0.0f;
+            }
+          }
+        }
+      }
+      {
+        const int v_i2_end = (p_hq / p_h);
+        for (int v_i2 = 0; v_i2 < v_i2_end; v_i2 += 1) {
+          if (((p_hq / p_h) > 1)) {
+            // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i2);
+              const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+              const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+              float* const dst = t_f;
+              for (int r = tid; r < 128; r += 128) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+            {
+              for (int r = tid; r < 128; r += 128) {
+                t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+              }
+            }
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i2);
+              const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+              const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+              float* const dst = t_z_row;
+              for (int r = tid; r < 128; r += 128) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // z_row[row] = -((z_row[row] * f[row]))
+            {
+              for (int r = tid; r < 128; r += 128) {
+                t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+              }
+            }
+            // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2), ((pid.x % 1) * 32):+32]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i2);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 32);
+              const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+              const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+              float* const dst = t_fdy;
+              for (int i = tid; i < 4096; i += 128) {
+                const int r = i / 32, c = i % 32;
+                dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+              }
+            }
+            __syncthreads();
+            // fdy[row, col] = (fdy[row, col] * f[row])
+            {
+              for (int i = tid; i < 4096; i += 128) {
+                const int r = i / 32, c = i % 32;
+                t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
+              }
+            }
+            // q0 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2), 0:+32]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i2);
+              const int s3 = 0;
+              const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+              const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+              __half* const dst = t_q0;
+              if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                for (int i = tid; i < 512; i += 128) {
+                  const int r = i / 4, c = (i % 4) * 8;
+                  const int gr = s1 + r;
+                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                }
+              }
+              else {
+                for (int i = tid; i < 4096; i += 128) {
+                  const int r = i / 32, c = i % 32;
+                  dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
+                }
+              }
+            }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
+            // q0_hi[row, col] = q0[row, col]
+            // q0_lo[row, col] = (q0[row, col] - q0_hi[row, col])
+            {
+              for (int i = tid; i < 4096; i += 128) {
+                const int r = i / 32, c = i % 32;
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q0[(r) * 32 + (c)]));
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q0[(r) * 32 + (c)]) - prt::to_f32(y0)));
+                t_q0_hi[(r) * 40 + (c)] = y0;
+                t_q0_lo[(r) * 40 + (c)] = y1;
+              }
+            }
+          }
+          __syncthreads();
+          // u0_hi[row, col] = (fdy[row, col] * (q0[row, (i1 - 0)] * f[row]))
+          // u0_lo[row, col] = ((fdy[row, col] * (q0[row, (i1 - 0)] * f[row])) - u0_hi[row, col])
+          {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 32, c = i % 32;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q0[(r) * 32 + ((v_i1 - 0))]) * prt::to_f32(t_f[r]))));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q0[(r) * 32 + ((v_i1 - 0))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
+              t_u0_hi[(r) * 40 + (c)] = y0;
+              t_u0_lo[(r) * 40 + (c)] = y1;
+            }
+          }
+          __syncthreads();
+          // s0 += mma.tc(q0_hi^T, u0_hi) [32x32 in 16x16 units over 4 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+              float (&acc)[2][4] = f_s0[j];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q0_hi[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 2; q += 2) {
+                  uint32_t bf[4];
+                  prt::ldmatrix_x4_trans(bf, &t_u0_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                }
+              }
+            }
+          }
+          // s0 += mma.tc(q0_lo^T, u0_hi) [32x32 in 16x16 units over 4 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+              float (&acc)[2][4] = f_s0[j];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q0_lo[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 2; q += 2) {
+                  uint32_t bf[4];
+                  prt::ldmatrix_x4_trans(bf, &t_u0_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                }
+              }
+            }
+          }
+          // s0 += mma.tc(q0_hi^T, u0_lo) [32x32 in 16x16 units over 4 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+              float (&acc)[2][4] = f_s0[j];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q0_hi[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 2; q += 2) {
+                  uint32_t bf[4];
+                  prt::ldmatrix_x4_trans(bf, &t_u0_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                }
+              }
+            }
+          }
+        }
+      }
+      // s0[row, col] = (s0[row, col] * select(((row + 0) == i1), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s0[j][q][e] = (f_s0[j][q][e] * (((r + 0) == v_i1) ? 1.0f : 1.4142135623730951f));
+            }
+          }
+        }
+      }
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i1 * 32) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 0):+32, ((pid.x % 1) * 32):+32] = s0 where (((row + 0) >= i1) && ((row + 0) < 32))
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 1);
+        const int s3 = ((((((v_i1 * 32) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 0);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 1) * 32);
+        const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
+        const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 0) >= v_i1) && ((r + 0) < 32)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s0[j][q][e]);
+              }
+            }
+          }
+        }
+      }
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // z0[row] = (qzq0[row, (i1 - 0)] * select(((row + 0) == i1), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 32; r += 128) {
+            t_z0[r] = prt::from_f32<float>((prt::to_f32(t_qzq0[(r) * 16 + ((v_i1 - 0))]) * (((r + 0) == v_i1) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i1 * 32) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 0):+32] = z0 where (((row + 0) >= i1) && ((row + 0) < 32))
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int s3 = ((((((v_i1 * 32) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 0);
+          const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
+          const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
+          if (ok) {
+            for (int r = tid; r < 32; r += 128) {
+              if (s3 + r >= 0 && s3 + r < g_dZin_d3 && ((((r + 0) >= v_i1) && ((r + 0) < 32)))) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_z0[r];
+            }
+          }
         }
       }
     }
   }
   __syncthreads();
-  // acc_z[row] = 0.0
-  {
-    for (int r = tid; r < 64; r += 128) {
-      t_acc_z[r] = prt::from_f32<float>(0.0f);
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+    // qzq1[row, col] = 0.0
+    {
+      for (int i = tid; i < 256; i += 128) {
+        const int r = i / 16, c = i % 16;
+        t_qzq1[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+      }
     }
   }
   {
-    const int v_i0_end = (p_hq / p_h);
-    for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
+    const int v_i3_end = (p_hq / p_h);
+    for (int v_i3 = 0; v_i3 < v_i3_end; v_i3 += 1) {
+      if (((p_hq / p_h) > 1)) {
+        // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i3);
+          const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+          const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+          float* const dst = t_f;
+          for (int r = tid; r < 128; r += 128) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+        {
+          for (int r = tid; r < 128; r += 128) {
+            t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+          }
+        }
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i3);
+          const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+          const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+          float* const dst = t_z_row;
+          for (int r = tid; r < 128; r += 128) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // z_row[row] = -((z_row[row] * f[row]))
+        {
+          for (int r = tid; r < 128; r += 128) {
+            t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+          }
+        }
+        // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3), ((pid.x % 1) * 32):+32]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i3);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 32);
+          const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+          const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+          float* const dst = t_fdy;
+          for (int i = tid; i < 4096; i += 128) {
+            const int r = i / 32, c = i % 32;
+            dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+          }
+        }
+        __syncthreads();
+        // fdy[row, col] = (fdy[row, col] * f[row])
+        {
+          for (int i = tid; i < 4096; i += 128) {
+            const int r = i / 32, c = i % 32;
+            t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
+          }
+        }
+      }
+      __syncthreads();
+      // q1 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3), 16:+16]
       {
-        const int v_i1_end = prt::min_nan((((p_t - ((static_cast<int>(blockIdx.x) / 9) * 128)) + 63) / 64), 2);
-        for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
-          // q = load.async Q[(pid.y // $h), (((pid.x // 9) * 128) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0), 0:+32]
-          {
-            const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-            const int s1 = (((static_cast<int>(blockIdx.x) / 9) * 128) + (v_i1 * 64));
-            const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
-            const int s3 = 0;
-            const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
-            const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
-            __half* const dst = t_q;
-            if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-              for (int i = tid; i < 256; i += 128) {
-                const int r = i / 4, c = (i % 4) * 8;
-                const int gr = s1 + r;
-                const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
-              }
-            }
-            else {
-              for (int i = tid; i < 2048; i += 128) {
-                const int r = i / 32, c = i % 32;
-                dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
-              }
-            }
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+        const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i3);
+        const int s3 = 16;
+        const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+        const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+        __half* const dst = t_q1;
+        if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          for (int i = tid; i < 256; i += 128) {
+            const int r = i / 2, c = (i % 2) * 8;
+            const int gr = s1 + r;
+            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+            prt::cp_async_16(&dst[(r) * 16 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
           }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          // dy_f32 = load dY[(pid.y // $h), (((pid.x // 9) * 128) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0), 0:+32]
-          {
-            const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-            const int s1 = (((static_cast<int>(blockIdx.x) / 9) * 128) + (v_i1 * 64));
-            const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
-            const int s3 = 0;
-            const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
-            const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
-            float* const dst = t_dy_f32;
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 32, c = i % 32;
-              dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
-            }
-          }
-          // dy_hi[row, col] = (dy_f32[row, col] * 1.0)
-          // dy_lo[row, col] = ((dy_f32[row, col] * 1.0) - dy_hi[row, col])
-          {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 32, c = i % 32;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_dy_f32[(r) * 32 + (c)]) * 1.0f));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_dy_f32[(r) * 32 + (c)]) * 1.0f) - prt::to_f32(y0)));
-              t_dy_hi[(r) * 40 + (c)] = y0;
-              t_dy_lo[(r) * 40 + (c)] = y1;
-            }
-          }
-          // lse_i = load lse[(pid.y // $h), (((pid.x // 9) * 128) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
-          {
-            const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-            const int s1 = (((static_cast<int>(blockIdx.x) / 9) * 128) + (v_i1 * 64));
-            const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
-            const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
-            const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
-            float* const dst = t_lse_i;
-            for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
-            }
-          }
-          // Dy_i = load Dy[(pid.y // $h), (((pid.x // 9) * 128) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
-          {
-            const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-            const int s1 = (((static_cast<int>(blockIdx.x) / 9) * 128) + (v_i1 * 64));
-            const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
-            const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
-            const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
-            float* const dst = t_Dy_i;
-            for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
-            }
-          }
-          __syncthreads();
-          // q_norm[row, col] = (q[row, col] * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[((i1 * 64) + row)] - lse_i[row]) / 2.0)))))
-          {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 32, c = i % 32;
-              t_q_norm[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_q[(r) * 32 + (c)]) * ((prt::to_f32(t_lse_i[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[((v_i1 * 64) + r)]) - prt::to_f32(t_lse_i[r])) / 2.0f))))));
-            }
-          }
-          __syncthreads();
-          // phi_f32 = sympow2(q_norm, features from ((pid.x % 9) * 64))
-          {
-            const int off = ((static_cast<int>(blockIdx.x) % 9) * 64);
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, f = i % 64, g = off + f;
-              float v = 0.0f;
-              if (g >= 0 && g < prt_sympow_d32_p2_size) {
-                v = prt_sympow_d32_p2_weight[g];
-                v *= prt::to_f32(t_q_norm[(r) * 32 + (prt_sympow_d32_p2_index[g * 2 + 0])]);
-                v *= prt::to_f32(t_q_norm[(r) * 32 + (prt_sympow_d32_p2_index[g * 2 + 1])]);
-              }
-              t_phi_f32[(r) * 64 + (f)] = prt::from_f32<float>(v);
-            }
-          }
-          __syncthreads();
-          // phi_hi[row, col] = (phi_f32[row, col] * 1.0)
-          // phi_lo[row, col] = ((phi_f32[row, col] * 1.0) - phi_hi[row, col])
-          {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * 1.0f));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(y0)));
-              t_phi_hi[(r) * 72 + (c)] = y0;
-              t_phi_lo[(r) * 72 + (c)] = y1;
-            }
-          }
-          __syncthreads();
-          // acc_s += mma.tc(phi_hi^T, dy_hi) [64x32 in 16x32 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              float (&acc)[4][4] = f_acc_s[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_phi_hi[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_dy_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-            }
-          }
-          // acc_s += mma.tc(phi_lo^T, dy_hi) [64x32 in 16x32 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              float (&acc)[4][4] = f_acc_s[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_phi_lo[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_dy_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-            }
-          }
-          // acc_s += mma.tc(phi_hi^T, dy_lo) [64x32 in 16x32 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              float (&acc)[4][4] = f_acc_s[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_phi_hi[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_dy_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-            }
-          }
-          // phi_f32[row, col] = -((phi_f32[row, col] * Dy_i[row]))
-          {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_phi_f32[(r) * 64 + (c)] = prt::from_f32<float>((-(prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * prt::to_f32(t_Dy_i[r]))));
-            }
-          }
-          __syncthreads();
-          // z_sum = reduce_sum(phi_f32, axis=0)
-          {
-            for (int o = tid; o < 64; o += 128) {
-              float acc = 0.0f;
-              for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_phi_f32[(i) * 64 + (o)]);
-              t_z_sum[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // acc_z[row] = (acc_z[row] + z_sum[row])
-          {
-            for (int r = tid; r < 64; r += 128) {
-              t_acc_z[r] = prt::from_f32<float>((prt::to_f32(t_acc_z[r]) + prt::to_f32(t_z_sum[r])));
-            }
+        }
+        else {
+          for (int i = tid; i < 2048; i += 128) {
+            const int r = i / 16, c = i % 16;
+            dst[(r) * 16 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
           }
         }
       }
-    }
-  }
-  // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 9), ((pid.x % 9) * 64):+64, 0:+32] = acc_s
-  {
-    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-    const int a2 = (static_cast<int>(blockIdx.x) / 9);
-    const int s3 = ((static_cast<int>(blockIdx.x) % 9) * 64);
-    const int s4 = 0;
-    const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
-    const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
-    if (ok) {
-      #pragma unroll
-      for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 4;
-        const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-        #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
+      // q1_hi[row, col] = q1[row, col]
+      // q1_lo[row, col] = (q1[row, col] - q1_hi[row, col])
+      {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 16, c = i % 16;
+          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q1[(r) * 16 + (c)]));
+          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q1[(r) * 16 + (c)]) - prt::to_f32(y0)));
+          t_q1_hi[(r) * 24 + (c)] = y0;
+          t_q1_lo[(r) * 24 + (c)] = y1;
+        }
+      }
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // zq1_hi[row, col] = ((q1[row, col] * f[row]) * z_row[row])
+        // zq1_lo[row, col] = (((q1[row, col] * f[row]) * z_row[row]) - zq1_hi[row, col])
+        {
+          for (int i = tid; i < 2048; i += 128) {
+            const int r = i / 16, c = i % 16;
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q1[(r) * 16 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q1[(r) * 16 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+            t_zq1_hi[(r) * 24 + (c)] = y0;
+            t_zq1_lo[(r) * 24 + (c)] = y1;
+          }
+        }
+        __syncthreads();
+        // qzq1 += mma.tc(q1_hi^T, zq1_hi) [16x16 in 16x8 units over 4 warps]
+        {
           #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-            if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_acc_s[j][q][e]);
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            if (u < 2) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q1_hi[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq1_hi[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+        __syncthreads();
+        // qzq1 += mma.tc(q1_lo^T, zq1_hi) [16x16 in 16x8 units over 4 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            if (u < 2) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q1_lo[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq1_hi[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+        __syncthreads();
+        // qzq1 += mma.tc(q1_hi^T, zq1_lo) [16x16 in 16x8 units over 4 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            if (u < 2) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q1_hi[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq1_lo[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
           }
         }
       }
     }
   }
-  // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 9), ((pid.x % 9) * 64):+64] = acc_z
   {
-    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-    const int a2 = (static_cast<int>(blockIdx.x) / 9);
-    const int s3 = ((static_cast<int>(blockIdx.x) % 9) * 64);
-    const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
-    const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
-    if (ok) {
-      for (int r = tid; r < 64; r += 128) {
-        if (s3 + r >= 0 && s3 + r < g_dZin_d3) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_acc_z[r];
+    const int v_i4_end = 32;
+    for (int v_i4 = 16; v_i4 < v_i4_end; v_i4 += 1) {
+      // s1[row, col] = 0.0
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+          #pragma unroll
+          for (int q = 0; q < 1; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s1[j][q][e] = 0.0f;
+            }
+          }
+        }
+      }
+      {
+        const int v_i5_end = (p_hq / p_h);
+        for (int v_i5 = 0; v_i5 < v_i5_end; v_i5 += 1) {
+          if (((p_hq / p_h) > 1)) {
+            // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i5);
+              const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+              const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+              float* const dst = t_f;
+              for (int r = tid; r < 128; r += 128) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+            {
+              for (int r = tid; r < 128; r += 128) {
+                t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+              }
+            }
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i5);
+              const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+              const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+              float* const dst = t_z_row;
+              for (int r = tid; r < 128; r += 128) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // z_row[row] = -((z_row[row] * f[row]))
+            {
+              for (int r = tid; r < 128; r += 128) {
+                t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+              }
+            }
+            // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5), ((pid.x % 1) * 32):+32]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i5);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 32);
+              const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+              const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+              float* const dst = t_fdy;
+              for (int i = tid; i < 4096; i += 128) {
+                const int r = i / 32, c = i % 32;
+                dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+              }
+            }
+            __syncthreads();
+            // fdy[row, col] = (fdy[row, col] * f[row])
+            {
+              for (int i = tid; i < 4096; i += 128) {
+                const int r = i / 32, c = i % 32;
+                t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
+              }
+            }
+            // q1 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5), 16:+16]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i5);
+              const int s3 = 16;
+              const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+              const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+              __half* const dst = t_q1;
+              if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                for (int i = tid; i < 256; i += 128) {
+                  const int r = i / 2, c = (i % 2) * 8;
+                  const int gr = s1 + r;
+                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 16 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                }
+              }
+              else {
+                for (int i = tid; i < 2048; i += 128) {
+                  const int r = i / 16, c = i % 16;
+                  dst[(r) * 16 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
+                }
+              }
+            }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
+            // q1_hi[row, col] = q1[row, col]
+            // q1_lo[row, col] = (q1[row, col] - q1_hi[row, col])
+            {
+              for (int i = tid; i < 2048; i += 128) {
+                const int r = i / 16, c = i % 16;
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q1[(r) * 16 + (c)]));
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q1[(r) * 16 + (c)]) - prt::to_f32(y0)));
+                t_q1_hi[(r) * 24 + (c)] = y0;
+                t_q1_lo[(r) * 24 + (c)] = y1;
+              }
+            }
+          }
+          __syncthreads();
+          // u1_hi[row, col] = (fdy[row, col] * (q1[row, (i4 - 16)] * f[row]))
+          // u1_lo[row, col] = ((fdy[row, col] * (q1[row, (i4 - 16)] * f[row])) - u1_hi[row, col])
+          {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 32, c = i % 32;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q1[(r) * 16 + ((v_i4 - 16))]) * prt::to_f32(t_f[r]))));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q1[(r) * 16 + ((v_i4 - 16))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
+              t_u1_hi[(r) * 40 + (c)] = y0;
+              t_u1_lo[(r) * 40 + (c)] = y1;
+            }
+          }
+          __syncthreads();
+          // s1 += mma.tc(q1_hi^T, u1_hi) [16x32 in 16x8 units over 4 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+              float (&acc)[1][4] = f_s1[j];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q1_hi[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_u1_hi[(k0 + (lane & 15)) * 40 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+            }
+          }
+          // s1 += mma.tc(q1_lo^T, u1_hi) [16x32 in 16x8 units over 4 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+              float (&acc)[1][4] = f_s1[j];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q1_lo[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_u1_hi[(k0 + (lane & 15)) * 40 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+            }
+          }
+          // s1 += mma.tc(q1_hi^T, u1_lo) [16x32 in 16x8 units over 4 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+              float (&acc)[1][4] = f_s1[j];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q1_hi[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_u1_lo[(k0 + (lane & 15)) * 40 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+            }
+          }
+        }
+      }
+      // s1[row, col] = (s1[row, col] * select(((row + 16) == i4), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+          #pragma unroll
+          for (int q = 0; q < 1; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s1[j][q][e] = (f_s1[j][q][e] * (((r + 16) == v_i4) ? 1.0f : 1.4142135623730951f));
+            }
+          }
+        }
+      }
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i4 * 32) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 16):+16, ((pid.x % 1) * 32):+32] = s1 where (((row + 16) >= i4) && ((row + 16) < 32))
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 1);
+        const int s3 = ((((((v_i4 * 32) - ((v_i4 * (v_i4 - 1)) / 2)) + v_i4) - v_i4) - v_i4) + 16);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 1) * 32);
+        const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
+        const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 16) >= v_i4) && ((r + 16) < 32)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s1[j][q][e]);
+              }
+            }
+          }
+        }
+      }
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // z1[row] = (qzq1[row, (i4 - 16)] * select(((row + 16) == i4), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 16; r += 128) {
+            t_z1[r] = prt::from_f32<float>((prt::to_f32(t_qzq1[(r) * 16 + ((v_i4 - 16))]) * (((r + 16) == v_i4) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i4 * 32) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 16):+16] = z1 where (((row + 16) >= i4) && ((row + 16) < 32))
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int s3 = ((((((v_i4 * 32) - ((v_i4 * (v_i4 - 1)) / 2)) + v_i4) - v_i4) - v_i4) + 16);
+          const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
+          const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
+          if (ok) {
+            for (int r = tid; r < 16; r += 128) {
+              if (s3 + r >= 0 && s3 + r < g_dZin_d3 && ((((r + 16) >= v_i4) && ((r + 16) < 32)))) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_z1[r];
+            }
+          }
+        }
       }
     }
   }
@@ -7354,10 +8082,10 @@ extern "C" cudaError_t prt_query_state_bwd_dq_p2_d32_e32_c128_f16_w4_bd64_bt64_s
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_query_state_bwd_ds_p2_d32_e32_c128_f16_w4_bd64_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_ds_p2_d32_e32_c128_f16_w4_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 67072);
+extern "C" cudaError_t prt_query_state_bwd_ds_p2_d32_e32_c128_f16_w4_bd32_bt128_s1_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_ds_p2_d32_e32_c128_f16_w4_bd32_bt128_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 69248);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_ds_p2_d32_e32_c128_f16_w4_bd64_bt64_s1<<<grid, 128, 67072, stream>>>(g_Q, g_logG, g_dY, g_lse, g_Dy, g_dSin, g_dZin, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_query_state_bwd_ds_p2_d32_e32_c128_f16_w4_bd32_bt128_s1<<<grid, 128, 69248, stream>>>(g_Q, g_logG, g_dY, g_lse, g_Dy, g_dSin, g_dZin, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 

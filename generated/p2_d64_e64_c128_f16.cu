@@ -561,33 +561,33 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
   __half* const t_v = reinterpret_cast<__half*>(prt_smem + 1024);  // f16[128, 64] pitch 64
   float* const t_gv = reinterpret_cast<float*>(prt_smem + 17408);  // f32[128, 64] pitch 64
   __half* const t_k0 = reinterpret_cast<__half*>(prt_smem + 50176);  // f16[128, 64] pitch 72
-  float* const t_kgk0 = reinterpret_cast<float*>(prt_smem + 13312);  // f32[64, 16] pitch 16
-  __half* const t_gk0_hi = reinterpret_cast<__half*>(prt_smem + 1024);  // f16[128, 16] pitch 24
-  __half* const t_gk0_lo = reinterpret_cast<__half*>(prt_smem + 7168);  // f16[128, 16] pitch 24
+  float* const t_kzk0 = reinterpret_cast<float*>(prt_smem + 13312);  // f32[64, 16] pitch 16
+  __half* const t_zk0_hi = reinterpret_cast<__half*>(prt_smem + 1024);  // f16[128, 16] pitch 24
+  __half* const t_zk0_lo = reinterpret_cast<__half*>(prt_smem + 7168);  // f16[128, 16] pitch 24
   float f_s0[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
   float* const t_z0 = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   __half* const t_u0_hi = reinterpret_cast<__half*>(prt_smem + 68608);  // f16[128, 64] pitch 72
   __half* const t_u0_lo = reinterpret_cast<__half*>(prt_smem + 87040);  // f16[128, 64] pitch 72
   __half* const t_k1 = reinterpret_cast<__half*>(prt_smem + 1024);  // f16[128, 48] pitch 56
-  float* const t_kgk1 = reinterpret_cast<float*>(prt_smem + 62464);  // f32[48, 16] pitch 16
-  __half* const t_gk1_hi = reinterpret_cast<__half*>(prt_smem + 50176);  // f16[128, 16] pitch 24
-  __half* const t_gk1_lo = reinterpret_cast<__half*>(prt_smem + 56320);  // f16[128, 16] pitch 24
+  float* const t_kzk1 = reinterpret_cast<float*>(prt_smem + 62464);  // f32[48, 16] pitch 16
+  __half* const t_zk1_hi = reinterpret_cast<__half*>(prt_smem + 50176);  // f16[128, 16] pitch 24
+  __half* const t_zk1_lo = reinterpret_cast<__half*>(prt_smem + 56320);  // f16[128, 16] pitch 24
   float f_s1[2][2][4];  // f32[48, 64] as mma fragments: 48x64 in 16x16 units over 8 warps
   float* const t_z1 = reinterpret_cast<float*>(prt_smem + 0);  // f32[48] pitch 48
   __half* const t_u1_hi = reinterpret_cast<__half*>(prt_smem + 65536);  // f16[128, 64] pitch 72
   __half* const t_u1_lo = reinterpret_cast<__half*>(prt_smem + 83968);  // f16[128, 64] pitch 72
   __half* const t_k2 = reinterpret_cast<__half*>(prt_smem + 1024);  // f16[128, 32] pitch 40
-  float* const t_kgk2 = reinterpret_cast<float*>(prt_smem + 56320);  // f32[32, 16] pitch 16
-  __half* const t_gk2_hi = reinterpret_cast<__half*>(prt_smem + 11264);  // f16[128, 16] pitch 24
-  __half* const t_gk2_lo = reinterpret_cast<__half*>(prt_smem + 50176);  // f16[128, 16] pitch 24
+  float* const t_kzk2 = reinterpret_cast<float*>(prt_smem + 56320);  // f32[32, 16] pitch 16
+  __half* const t_zk2_hi = reinterpret_cast<__half*>(prt_smem + 11264);  // f16[128, 16] pitch 24
+  __half* const t_zk2_lo = reinterpret_cast<__half*>(prt_smem + 50176);  // f16[128, 16] pitch 24
   float f_s2[1][2][4];  // f32[32, 64] as mma fragments: 32x64 in 16x16 units over 8 warps
   float* const t_z2 = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
   __half* const t_u2_hi = reinterpret_cast<__half*>(prt_smem + 58368);  // f16[128, 64] pitch 72
   __half* const t_u2_lo = reinterpret_cast<__half*>(prt_smem + 76800);  // f16[128, 64] pitch 72
   __half* const t_k3 = reinterpret_cast<__half*>(prt_smem + 1024);  // f16[128, 16] pitch 24
-  float* const t_kgk3 = reinterpret_cast<float*>(prt_smem + 0);  // f32[16, 16] pitch 16
-  __half* const t_gk3_hi = reinterpret_cast<__half*>(prt_smem + 7168);  // f16[128, 16] pitch 24
-  __half* const t_gk3_lo = reinterpret_cast<__half*>(prt_smem + 50176);  // f16[128, 16] pitch 24
+  float* const t_kzk3 = reinterpret_cast<float*>(prt_smem + 0);  // f32[16, 16] pitch 16
+  __half* const t_zk3_hi = reinterpret_cast<__half*>(prt_smem + 7168);  // f16[128, 16] pitch 24
+  __half* const t_zk3_lo = reinterpret_cast<__half*>(prt_smem + 50176);  // f16[128, 16] pitch 24
   float f_s3[1][1][4];  // f32[16, 64] as mma fragments: 16x64 in 16x8 units over 8 warps
   float* const t_z3 = reinterpret_cast<float*>(prt_smem + 7168);  // f32[16] pitch 16
   __half* const t_u3_hi = reinterpret_cast<__half*>(prt_smem + 50176);  // f16[128, 64] pitch 72
@@ -682,19 +682,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
   prt::cp_async_wait<0>();
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // gk0_hi[row, col] = (k0[row, col] * exp((lam[127] - lam[row])))
-    // gk0_lo[row, col] = ((k0[row, col] * exp((lam[127] - lam[row]))) - gk0_hi[row, col])
+    // zk0_hi[row, col] = (k0[row, col] * exp((lam[127] - lam[row])))
+    // zk0_lo[row, col] = ((k0[row, col] * exp((lam[127] - lam[row]))) - zk0_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
         const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k0[(r) * 72 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
         const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k0[(r) * 72 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_gk0_hi[(r) * 24 + (c)] = y0;
-        t_gk0_lo[(r) * 24 + (c)] = y1;
+        t_zk0_hi[(r) * 24 + (c)] = y0;
+        t_zk0_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
-    // kgk0 = mma.tc(k0^T, gk0_hi) [64x16 in 16x8 units over 8 warps]
+    // kzk0 = mma.tc(k0^T, zk0_hi) [64x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -709,17 +709,17 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
           uint32_t af[4];
           prt::ldmatrix_x4_trans(af, &t_k0[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
           uint32_t bf[2];
-          prt::ldmatrix_x2_trans(bf, &t_gk0_hi[(k0 + (lane & 15)) * 24 + n0]);
+          prt::ldmatrix_x2_trans(bf, &t_zk0_hi[(k0 + (lane & 15)) * 24 + n0]);
           prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
         }
         #pragma unroll
         for (int q = 0; q < 1; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) t_kgk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          for (int e = 0; e < 4; ++e) t_kzk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
       }
     }
     __syncthreads();
-    // kgk0 += mma.tc(k0^T, gk0_lo) [64x16 in 16x8 units over 8 warps]
+    // kzk0 += mma.tc(k0^T, zk0_lo) [64x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -729,18 +729,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
         #pragma unroll
         for (int q = 0; q < 1; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) acc[q][e] = t_kgk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+          for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
         for (int k0 = 0; k0 < 128; k0 += 16) {
           uint32_t af[4];
           prt::ldmatrix_x4_trans(af, &t_k0[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
           uint32_t bf[2];
-          prt::ldmatrix_x2_trans(bf, &t_gk0_lo[(k0 + (lane & 15)) * 24 + n0]);
+          prt::ldmatrix_x2_trans(bf, &t_zk0_lo[(k0 + (lane & 15)) * 24 + n0]);
           prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
         }
         #pragma unroll
         for (int q = 0; q < 1; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) t_kgk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          for (int e = 0; e < 4; ++e) t_kzk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
       }
     }
   }
@@ -845,10 +845,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
         }
       }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // z0[row] = (kgk0[row, (i0 - 0)] * select(((row + 0) == i0), 1.0, 1.4142135623730951))
+        // z0[row] = (kzk0[row, (i0 - 0)] * select(((row + 0) == i0), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 64; r += 256) {
-            t_z0[r] = prt::from_f32<float>((prt::to_f32(t_kgk0[(r) * 16 + ((v_i0 - 0))]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f)));
+            t_z0[r] = prt::from_f32<float>((prt::to_f32(t_kzk0[(r) * 16 + ((v_i0 - 0))]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f)));
           }
         }
         // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i0 * 64) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+64] = z0 where (((row + 0) >= i0) && ((row + 0) < 64))
@@ -899,19 +899,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
   prt::cp_async_wait<0>();
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // gk1_hi[row, col] = (k1[row, col] * exp((lam[127] - lam[row])))
-    // gk1_lo[row, col] = ((k1[row, col] * exp((lam[127] - lam[row]))) - gk1_hi[row, col])
+    // zk1_hi[row, col] = (k1[row, col] * exp((lam[127] - lam[row])))
+    // zk1_lo[row, col] = ((k1[row, col] * exp((lam[127] - lam[row]))) - zk1_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
         const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k1[(r) * 56 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
         const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k1[(r) * 56 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_gk1_hi[(r) * 24 + (c)] = y0;
-        t_gk1_lo[(r) * 24 + (c)] = y1;
+        t_zk1_hi[(r) * 24 + (c)] = y0;
+        t_zk1_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
-    // kgk1 = mma.tc(k1^T, gk1_hi) [48x16 in 16x8 units over 8 warps]
+    // kzk1 = mma.tc(k1^T, zk1_hi) [48x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -927,18 +927,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k1[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
             uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_gk1_hi[(k0 + (lane & 15)) * 24 + n0]);
+            prt::ldmatrix_x2_trans(bf, &t_zk1_hi[(k0 + (lane & 15)) * 24 + n0]);
             prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
           }
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
     __syncthreads();
-    // kgk1 += mma.tc(k1^T, gk1_lo) [48x16 in 16x8 units over 8 warps]
+    // kzk1 += mma.tc(k1^T, zk1_lo) [48x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -949,18 +949,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_kgk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
           for (int k0 = 0; k0 < 128; k0 += 16) {
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k1[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
             uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_gk1_lo[(k0 + (lane & 15)) * 24 + n0]);
+            prt::ldmatrix_x2_trans(bf, &t_zk1_lo[(k0 + (lane & 15)) * 24 + n0]);
             prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
           }
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
@@ -1074,10 +1074,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
         }
       }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // z1[row] = (kgk1[row, (i1 - 16)] * select(((row + 16) == i1), 1.0, 1.4142135623730951))
+        // z1[row] = (kzk1[row, (i1 - 16)] * select(((row + 16) == i1), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 48; r += 256) {
-            t_z1[r] = prt::from_f32<float>((prt::to_f32(t_kgk1[(r) * 16 + ((v_i1 - 16))]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f)));
+            t_z1[r] = prt::from_f32<float>((prt::to_f32(t_kzk1[(r) * 16 + ((v_i1 - 16))]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f)));
           }
         }
         // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i1 * 64) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+48] = z1 where (((row + 16) >= i1) && ((row + 16) < 64))
@@ -1128,19 +1128,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
   prt::cp_async_wait<0>();
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // gk2_hi[row, col] = (k2[row, col] * exp((lam[127] - lam[row])))
-    // gk2_lo[row, col] = ((k2[row, col] * exp((lam[127] - lam[row]))) - gk2_hi[row, col])
+    // zk2_hi[row, col] = (k2[row, col] * exp((lam[127] - lam[row])))
+    // zk2_lo[row, col] = ((k2[row, col] * exp((lam[127] - lam[row]))) - zk2_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
         const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k2[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
         const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k2[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_gk2_hi[(r) * 24 + (c)] = y0;
-        t_gk2_lo[(r) * 24 + (c)] = y1;
+        t_zk2_hi[(r) * 24 + (c)] = y0;
+        t_zk2_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
-    // kgk2 = mma.tc(k2^T, gk2_hi) [32x16 in 16x8 units over 8 warps]
+    // kzk2 = mma.tc(k2^T, zk2_hi) [32x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -1156,18 +1156,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k2[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
             uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_gk2_hi[(k0 + (lane & 15)) * 24 + n0]);
+            prt::ldmatrix_x2_trans(bf, &t_zk2_hi[(k0 + (lane & 15)) * 24 + n0]);
             prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
           }
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
     __syncthreads();
-    // kgk2 += mma.tc(k2^T, gk2_lo) [32x16 in 16x8 units over 8 warps]
+    // kzk2 += mma.tc(k2^T, zk2_lo) [32x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -1178,18 +1178,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_kgk2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
           for (int k0 = 0; k0 < 128; k0 += 16) {
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k2[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
             uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_gk2_lo[(k0 + (lane & 15)) * 24 + n0]);
+            prt::ldmatrix_x2_trans(bf, &t_zk2_lo[(k0 + (lane & 15)) * 24 + n0]);
             prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
           }
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
@@ -1295,10 +1295,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
         }
       }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // z2[row] = (kgk2[row, (i2 - 32)] * select(((row + 32) == i2), 1.0, 1.4142135623730951))
+        // z2[row] = (kzk2[row, (i2 - 32)] * select(((row + 32) == i2), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 32; r += 256) {
-            t_z2[r] = prt::from_f32<float>((prt::to_f32(t_kgk2[(r) * 16 + ((v_i2 - 32))]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f)));
+            t_z2[r] = prt::from_f32<float>((prt::to_f32(t_kzk2[(r) * 16 + ((v_i2 - 32))]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f)));
           }
         }
         // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i2 * 64) - ((i2 * (i2 - 1)) // 2)) + i2) - i2) - i2) + 32):+32] = z2 where (((row + 32) >= i2) && ((row + 32) < 64))
@@ -1349,19 +1349,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
   prt::cp_async_wait<0>();
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // gk3_hi[row, col] = (k3[row, col] * exp((lam[127] - lam[row])))
-    // gk3_lo[row, col] = ((k3[row, col] * exp((lam[127] - lam[row]))) - gk3_hi[row, col])
+    // zk3_hi[row, col] = (k3[row, col] * exp((lam[127] - lam[row])))
+    // zk3_lo[row, col] = ((k3[row, col] * exp((lam[127] - lam[row]))) - zk3_hi[row, col])
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
         const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k3[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
         const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k3[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_gk3_hi[(r) * 24 + (c)] = y0;
-        t_gk3_lo[(r) * 24 + (c)] = y1;
+        t_zk3_hi[(r) * 24 + (c)] = y0;
+        t_zk3_lo[(r) * 24 + (c)] = y1;
       }
     }
     __syncthreads();
-    // kgk3 = mma.tc(k3^T, gk3_hi) [16x16 in 16x8 units over 8 warps]
+    // kzk3 = mma.tc(k3^T, zk3_hi) [16x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -1377,18 +1377,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k3[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
             uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_gk3_hi[(k0 + (lane & 15)) * 24 + n0]);
+            prt::ldmatrix_x2_trans(bf, &t_zk3_hi[(k0 + (lane & 15)) * 24 + n0]);
             prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
           }
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
     __syncthreads();
-    // kgk3 += mma.tc(k3^T, gk3_lo) [16x16 in 16x8 units over 8 warps]
+    // kzk3 += mma.tc(k3^T, zk3_lo) [16x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -1399,18 +1399,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_kgk3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
           for (int k0 = 0; k0 < 128; k0 += 16) {
             uint32_t af[4];
             prt::ldmatrix_x4_trans(af, &t_k3[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
             uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_gk3_lo[(k0 + (lane & 15)) * 24 + n0]);
+            prt::ldmatrix_x2_trans(bf, &t_zk3_lo[(k0 + (lane & 15)) * 24 + n0]);
             prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
           }
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
@@ -1509,10 +1509,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
         }
       }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // z3[row] = (kgk3[row, (i3 - 48)] * select(((row + 48) == i3), 1.0, 1.4142135623730951))
+        // z3[row] = (kzk3[row, (i3 - 48)] * select(((row + 48) == i3), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 16; r += 256) {
-            t_z3[r] = prt::from_f32<float>((prt::to_f32(t_kgk3[(r) * 16 + ((v_i3 - 48))]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f)));
+            t_z3[r] = prt::from_f32<float>((prt::to_f32(t_kzk3[(r) * 16 + ((v_i3 - 48))]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f)));
           }
         }
         // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i3 * 64) - ((i3 * (i3 - 1)) // 2)) + i3) - i3) - i3) + 48):+16] = z3 where (((row + 48) >= i3) && ((row + 48) < 64))
@@ -5131,9 +5131,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
   }
 }
 
-// query_state_bwd_ds: dSin, dZin: the state's gradient from the queries of one chunk, one block of features
-// grid (($n * 33), ($b * $h), 1), 128 threads, 95744 bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_e64_c128_f16_w4_bd64_bt64_s1(
+// query_state_bwd_ds: dSin, dZin: the state's gradient from the queries of one chunk, summed over the group's query heads
+// grid (($n * 1), ($b * $h), 1), 256 threads, 128768 bytes of dynamic shared memory
+extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_e64_c128_f16_w8_bd64_bt128_s1(
     const __half* g_Q, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -5226,35 +5226,65 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
   (void)g_dZin_d3;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
-  __half* const t_q = reinterpret_cast<__half*>(prt_smem + 87040);  // f16[64, 64] pitch 64
-  float* const t_dy_f32 = reinterpret_cast<float*>(prt_smem + 1024);  // f32[64, 64] pitch 64
-  __nv_bfloat16* const t_dy_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 50176);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_dy_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 59392);  // bf16[64, 64] pitch 72
-  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 95232);  // f32[64] pitch 64
-  float* const t_Dy_i = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  float* const t_q_norm = reinterpret_cast<float*>(prt_smem + 33792);  // f32[64, 64] pitch 64
-  float* const t_phi_f32 = reinterpret_cast<float*>(prt_smem + 17408);  // f32[64, 64] pitch 64
-  __nv_bfloat16* const t_phi_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 68608);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_phi_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 77824);  // bf16[64, 64] pitch 72
-  float f_acc_s[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_acc_z = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  float* const t_z_sum = reinterpret_cast<float*>(prt_smem + 95488);  // f32[64] pitch 64
-  // g = load logG[(pid.y // $h), ((pid.x // 33) * 128):+128, (pid.y % $h)]
+  float* const t_fdy = reinterpret_cast<float*>(prt_smem + 1536);  // f32[128, 64] pitch 64
+  float* const t_f = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
+  float* const t_z_row = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128] pitch 128
+  __half* const t_q0 = reinterpret_cast<__half*>(prt_smem + 75264);  // f16[128, 64] pitch 64
+  __nv_bfloat16* const t_q0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 38400);  // bf16[128, 64] pitch 72
+  __nv_bfloat16* const t_q0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 56832);  // bf16[128, 64] pitch 72
+  float* const t_qzq0 = reinterpret_cast<float*>(prt_smem + 34304);  // f32[64, 16] pitch 16
+  __nv_bfloat16* const t_zq0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 91648);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_zq0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 97792);  // bf16[128, 16] pitch 24
+  float f_s0[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
+  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 128512);  // f32[64] pitch 64
+  __nv_bfloat16* const t_u0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 91648);  // bf16[128, 64] pitch 72
+  __nv_bfloat16* const t_u0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 110080);  // bf16[128, 64] pitch 72
+  __half* const t_q1 = reinterpret_cast<__half*>(prt_smem + 66048);  // f16[128, 48] pitch 48
+  __nv_bfloat16* const t_q1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 37376);  // bf16[128, 48] pitch 56
+  __nv_bfloat16* const t_q1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 51712);  // bf16[128, 48] pitch 56
+  float* const t_qzq1 = reinterpret_cast<float*>(prt_smem + 34304);  // f32[48, 16] pitch 16
+  __nv_bfloat16* const t_zq1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 78336);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_zq1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 84480);  // bf16[128, 16] pitch 24
+  float f_s1[2][2][4];  // f32[48, 64] as mma fragments: 48x64 in 16x16 units over 8 warps
+  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 115200);  // f32[48] pitch 48
+  __nv_bfloat16* const t_u1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 78336);  // bf16[128, 64] pitch 72
+  __nv_bfloat16* const t_u1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 96768);  // bf16[128, 64] pitch 72
+  __half* const t_q2 = reinterpret_cast<__half*>(prt_smem + 56832);  // f16[128, 32] pitch 32
+  __nv_bfloat16* const t_q2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 36352);  // bf16[128, 32] pitch 40
+  __nv_bfloat16* const t_q2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 46592);  // bf16[128, 32] pitch 40
+  float* const t_qzq2 = reinterpret_cast<float*>(prt_smem + 34304);  // f32[32, 16] pitch 16
+  __nv_bfloat16* const t_zq2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 65024);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_zq2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 71168);  // bf16[128, 16] pitch 24
+  float f_s2[1][2][4];  // f32[32, 64] as mma fragments: 32x64 in 16x16 units over 8 warps
+  float* const t_z2 = reinterpret_cast<float*>(prt_smem + 101888);  // f32[32] pitch 32
+  __nv_bfloat16* const t_u2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 65024);  // bf16[128, 64] pitch 72
+  __nv_bfloat16* const t_u2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 83456);  // bf16[128, 64] pitch 72
+  __half* const t_q3 = reinterpret_cast<__half*>(prt_smem + 59904);  // f16[128, 16] pitch 16
+  __nv_bfloat16* const t_q3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 35328);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_q3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 41472);  // bf16[128, 16] pitch 24
+  float* const t_qzq3 = reinterpret_cast<float*>(prt_smem + 34304);  // f32[16, 16] pitch 16
+  __nv_bfloat16* const t_zq3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 47616);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_zq3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 53760);  // bf16[128, 16] pitch 24
+  float f_s3[1][1][4];  // f32[16, 64] as mma fragments: 16x64 in 16x8 units over 8 warps
+  float* const t_z3 = reinterpret_cast<float*>(prt_smem + 47616);  // f32[16] pitch 16
+  __nv_bfloat16* const t_u3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 64000);  // bf16[128, 64] pitch 72
+  __nv_bfloat16* const t_u3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 82432);  // bf16[128, 64] pitch 72
+  // g = load logG[(pid.y // $h), ((pid.x // 1) * 128):+128, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int s1 = ((static_cast<int>(blockIdx.x) / 33) * 128);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
-    for (int r = tid; r < 128; r += 128) {
+    for (int r = tid; r < 128; r += 256) {
       dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
     }
   }
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
-    for (int o = warp; o < 1; o += 4) {
+    for (int o = warp; o < 1; o += 8) {
       float carry = 0.0f;
       for (int j0 = 0; j0 < 128; j0 += 32) {
         const int j = j0 + lane, i = j;
@@ -5265,270 +5295,1942 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
       }
     }
   }
-  // acc_s[row, col] = 0.0
+  __syncthreads();
+  if (((p_hq / p_h) == 1)) {
+    // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+      const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + 0);
+      const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+      const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+      float* const dst = t_f;
+      for (int r = tid; r < 128; r += 256) {
+        dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+      }
+    }
+    // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+    {
+      for (int r = tid; r < 128; r += 256) {
+        t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+      }
+    }
+    // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+      const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + 0);
+      const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+      const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+      float* const dst = t_z_row;
+      for (int r = tid; r < 128; r += 256) {
+        dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+      }
+    }
+    // z_row[row] = -((z_row[row] * f[row]))
+    {
+      for (int r = tid; r < 128; r += 256) {
+        t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+      }
+    }
+    // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0), ((pid.x % 1) * 64):+64]
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+      const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + 0);
+      const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+      const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+      const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+      float* const dst = t_fdy;
+      for (int i = tid; i < 8192; i += 256) {
+        const int r = i / 64, c = i % 64;
+        dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+      }
+    }
+    __syncthreads();
+    // fdy[row, col] = (fdy[row, col] * f[row])
+    {
+      for (int i = tid; i < 8192; i += 256) {
+        const int r = i / 64, c = i % 64;
+        t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+      }
+    }
+  }
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+    // qzq0[row, col] = 0.0
+    {
+      for (int i = tid; i < 1024; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_qzq0[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+      }
+    }
+  }
+  __syncthreads();
   {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
+    const int v_i0_end = (p_hq / p_h);
+    for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
+      if (((p_hq / p_h) > 1)) {
+        // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
+          const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+          const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+          float* const dst = t_f;
+          for (int r = tid; r < 128; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+          }
+        }
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
+          const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+          const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+          float* const dst = t_z_row;
+          for (int r = tid; r < 128; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // z_row[row] = -((z_row[row] * f[row]))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+          }
+        }
+        // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0), ((pid.x % 1) * 64):+64]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+          const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+          const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+          float* const dst = t_fdy;
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 64, c = i % 64;
+            dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+          }
+        }
+        __syncthreads();
+        // fdy[row, col] = (fdy[row, col] * f[row])
+        {
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 64, c = i % 64;
+            t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+          }
+        }
+      }
+      __syncthreads();
+      // q0 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0), 0:+64]
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+        const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
+        const int s3 = 0;
+        const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+        const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+        __half* const dst = t_q0;
+        if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          for (int i = tid; i < 1024; i += 256) {
+            const int r = i / 8, c = (i % 8) * 8;
+            const int gr = s1 + r;
+            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+            prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+          }
+        }
+        else {
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 64, c = i % 64;
+            dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
+          }
+        }
+      }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
+      // q0_hi[row, col] = q0[row, col]
+      // q0_lo[row, col] = (q0[row, col] - q0_hi[row, col])
+      {
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q0[(r) * 64 + (c)]));
+          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q0[(r) * 64 + (c)]) - prt::to_f32(y0)));
+          t_q0_hi[(r) * 72 + (c)] = y0;
+          t_q0_lo[(r) * 72 + (c)] = y1;
+        }
+      }
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // zq0_hi[row, col] = ((q0[row, col] * f[row]) * z_row[row])
+        // zq0_lo[row, col] = (((q0[row, col] * f[row]) * z_row[row]) - zq0_hi[row, col])
+        {
+          for (int i = tid; i < 2048; i += 256) {
+            const int r = i / 16, c = i % 16;
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q0[(r) * 64 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q0[(r) * 64 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+            t_zq0_hi[(r) * 24 + (c)] = y0;
+            t_zq0_lo[(r) * 24 + (c)] = y1;
+          }
+        }
+        __syncthreads();
+        // qzq0 += mma.tc(q0_hi^T, zq0_hi) [64x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+            float acc[1][4];
+            #pragma unroll
+            for (int q = 0; q < 1; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int k0 = 0; k0 < 128; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4_trans(af, &t_q0_hi[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+              uint32_t bf[2];
+              prt::ldmatrix_x2_trans(bf, &t_zq0_hi[(k0 + (lane & 15)) * 24 + n0]);
+              prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+            }
+            #pragma unroll
+            for (int q = 0; q < 1; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          }
+        }
+        __syncthreads();
+        // qzq0 += mma.tc(q0_lo^T, zq0_hi) [64x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+            float acc[1][4];
+            #pragma unroll
+            for (int q = 0; q < 1; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int k0 = 0; k0 < 128; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4_trans(af, &t_q0_lo[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+              uint32_t bf[2];
+              prt::ldmatrix_x2_trans(bf, &t_zq0_hi[(k0 + (lane & 15)) * 24 + n0]);
+              prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+            }
+            #pragma unroll
+            for (int q = 0; q < 1; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          }
+        }
+        __syncthreads();
+        // qzq0 += mma.tc(q0_hi^T, zq0_lo) [64x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+            float acc[1][4];
+            #pragma unroll
+            for (int q = 0; q < 1; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int k0 = 0; k0 < 128; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4_trans(af, &t_q0_hi[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+              uint32_t bf[2];
+              prt::ldmatrix_x2_trans(bf, &t_zq0_lo[(k0 + (lane & 15)) * 24 + n0]);
+              prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+            }
+            #pragma unroll
+            for (int q = 0; q < 1; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          }
+        }
+      }
+    }
+  }
+  {
+    const int v_i1_end = 16;
+    for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
+      // s0[row, col] = 0.0
+      {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_acc_s[j][q][e] = 0.0f;
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s0[j][q][e] = 0.0f;
+            }
+          }
+        }
+      }
+      {
+        const int v_i2_end = (p_hq / p_h);
+        for (int v_i2 = 0; v_i2 < v_i2_end; v_i2 += 1) {
+          if (((p_hq / p_h) > 1)) {
+            // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i2);
+              const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+              const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+              float* const dst = t_f;
+              for (int r = tid; r < 128; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+            {
+              for (int r = tid; r < 128; r += 256) {
+                t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+              }
+            }
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i2);
+              const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+              const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+              float* const dst = t_z_row;
+              for (int r = tid; r < 128; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // z_row[row] = -((z_row[row] * f[row]))
+            {
+              for (int r = tid; r < 128; r += 256) {
+                t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+              }
+            }
+            // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2), ((pid.x % 1) * 64):+64]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i2);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+              const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+              const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+              float* const dst = t_fdy;
+              for (int i = tid; i < 8192; i += 256) {
+                const int r = i / 64, c = i % 64;
+                dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+              }
+            }
+            __syncthreads();
+            // fdy[row, col] = (fdy[row, col] * f[row])
+            {
+              for (int i = tid; i < 8192; i += 256) {
+                const int r = i / 64, c = i % 64;
+                t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+              }
+            }
+            // q0 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2), 0:+64]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i2);
+              const int s3 = 0;
+              const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+              const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+              __half* const dst = t_q0;
+              if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                for (int i = tid; i < 1024; i += 256) {
+                  const int r = i / 8, c = (i % 8) * 8;
+                  const int gr = s1 + r;
+                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                }
+              }
+              else {
+                for (int i = tid; i < 8192; i += 256) {
+                  const int r = i / 64, c = i % 64;
+                  dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
+                }
+              }
+            }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
+            // q0_hi[row, col] = q0[row, col]
+            // q0_lo[row, col] = (q0[row, col] - q0_hi[row, col])
+            {
+              for (int i = tid; i < 8192; i += 256) {
+                const int r = i / 64, c = i % 64;
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q0[(r) * 64 + (c)]));
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q0[(r) * 64 + (c)]) - prt::to_f32(y0)));
+                t_q0_hi[(r) * 72 + (c)] = y0;
+                t_q0_lo[(r) * 72 + (c)] = y1;
+              }
+            }
+          }
+          __syncthreads();
+          // u0_hi[row, col] = (fdy[row, col] * (q0[row, (i1 - 0)] * f[row]))
+          // u0_lo[row, col] = ((fdy[row, col] * (q0[row, (i1 - 0)] * f[row])) - u0_hi[row, col])
+          {
+            for (int i = tid; i < 8192; i += 256) {
+              const int r = i / 64, c = i % 64;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q0[(r) * 64 + ((v_i1 - 0))]) * prt::to_f32(t_f[r]))));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q0[(r) * 64 + ((v_i1 - 0))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
+              t_u0_hi[(r) * 72 + (c)] = y0;
+              t_u0_lo[(r) * 72 + (c)] = y1;
+            }
+          }
+          __syncthreads();
+          // s0 += mma.tc(q0_hi^T, u0_hi) [64x64 in 16x32 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              float (&acc)[4][4] = f_s0[j];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q0_hi[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 4; q += 2) {
+                  uint32_t bf[4];
+                  prt::ldmatrix_x4_trans(bf, &t_u0_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                }
+              }
+            }
+          }
+          // s0 += mma.tc(q0_lo^T, u0_hi) [64x64 in 16x32 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              float (&acc)[4][4] = f_s0[j];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q0_lo[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 4; q += 2) {
+                  uint32_t bf[4];
+                  prt::ldmatrix_x4_trans(bf, &t_u0_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                }
+              }
+            }
+          }
+          // s0 += mma.tc(q0_hi^T, u0_lo) [64x64 in 16x32 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              float (&acc)[4][4] = f_s0[j];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q0_hi[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 4; q += 2) {
+                  uint32_t bf[4];
+                  prt::ldmatrix_x4_trans(bf, &t_u0_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                }
+              }
+            }
+          }
+        }
+      }
+      // s0[row, col] = (s0[row, col] * select(((row + 0) == i1), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s0[j][q][e] = (f_s0[j][q][e] * (((r + 0) == v_i1) ? 1.0f : 1.4142135623730951f));
+            }
+          }
+        }
+      }
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i1 * 64) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 0):+64, ((pid.x % 1) * 64):+64] = s0 where (((row + 0) >= i1) && ((row + 0) < 64))
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 1);
+        const int s3 = ((((((v_i1 * 64) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 0);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+        const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
+        const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 0) >= v_i1) && ((r + 0) < 64)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s0[j][q][e]);
+              }
+            }
+          }
+        }
+      }
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // z0[row] = (qzq0[row, (i1 - 0)] * select(((row + 0) == i1), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 64; r += 256) {
+            t_z0[r] = prt::from_f32<float>((prt::to_f32(t_qzq0[(r) * 16 + ((v_i1 - 0))]) * (((r + 0) == v_i1) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i1 * 64) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 0):+64] = z0 where (((row + 0) >= i1) && ((row + 0) < 64))
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int s3 = ((((((v_i1 * 64) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 0);
+          const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
+          const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
+          if (ok) {
+            for (int r = tid; r < 64; r += 256) {
+              if (s3 + r >= 0 && s3 + r < g_dZin_d3 && ((((r + 0) >= v_i1) && ((r + 0) < 64)))) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_z0[r];
+            }
+          }
         }
       }
     }
   }
   __syncthreads();
-  // acc_z[row] = 0.0
-  {
-    for (int r = tid; r < 64; r += 128) {
-      t_acc_z[r] = prt::from_f32<float>(0.0f);
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+    // qzq1[row, col] = 0.0
+    {
+      for (int i = tid; i < 768; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_qzq1[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+      }
     }
   }
   {
-    const int v_i0_end = (p_hq / p_h);
-    for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
+    const int v_i3_end = (p_hq / p_h);
+    for (int v_i3 = 0; v_i3 < v_i3_end; v_i3 += 1) {
+      if (((p_hq / p_h) > 1)) {
+        // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i3);
+          const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+          const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+          float* const dst = t_f;
+          for (int r = tid; r < 128; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+          }
+        }
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i3);
+          const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+          const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+          float* const dst = t_z_row;
+          for (int r = tid; r < 128; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // z_row[row] = -((z_row[row] * f[row]))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+          }
+        }
+        // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3), ((pid.x % 1) * 64):+64]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i3);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+          const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+          const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+          float* const dst = t_fdy;
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 64, c = i % 64;
+            dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+          }
+        }
+        __syncthreads();
+        // fdy[row, col] = (fdy[row, col] * f[row])
+        {
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 64, c = i % 64;
+            t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+          }
+        }
+      }
+      __syncthreads();
+      // q1 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3), 16:+48]
       {
-        const int v_i1_end = prt::min_nan((((p_t - ((static_cast<int>(blockIdx.x) / 33) * 128)) + 63) / 64), 2);
-        for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
-          // q = load.async Q[(pid.y // $h), (((pid.x // 33) * 128) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0), 0:+64]
-          {
-            const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-            const int s1 = (((static_cast<int>(blockIdx.x) / 33) * 128) + (v_i1 * 64));
-            const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
-            const int s3 = 0;
-            const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
-            const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
-            __half* const dst = t_q;
-            if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-              for (int i = tid; i < 512; i += 128) {
-                const int r = i / 8, c = (i % 8) * 8;
-                const int gr = s1 + r;
-                const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
-              }
-            }
-            else {
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 64, c = i % 64;
-                dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
-              }
-            }
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+        const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i3);
+        const int s3 = 16;
+        const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+        const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+        __half* const dst = t_q1;
+        if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          for (int i = tid; i < 768; i += 256) {
+            const int r = i / 6, c = (i % 6) * 8;
+            const int gr = s1 + r;
+            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+            prt::cp_async_16(&dst[(r) * 48 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
           }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          // dy_f32 = load dY[(pid.y // $h), (((pid.x // 33) * 128) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0), 0:+64]
-          {
-            const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-            const int s1 = (((static_cast<int>(blockIdx.x) / 33) * 128) + (v_i1 * 64));
-            const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
-            const int s3 = 0;
-            const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
-            const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
-            float* const dst = t_dy_f32;
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
-            }
-          }
-          // dy_hi[row, col] = (dy_f32[row, col] * 1.0)
-          // dy_lo[row, col] = ((dy_f32[row, col] * 1.0) - dy_hi[row, col])
-          {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_dy_f32[(r) * 64 + (c)]) * 1.0f));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_dy_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(y0)));
-              t_dy_hi[(r) * 72 + (c)] = y0;
-              t_dy_lo[(r) * 72 + (c)] = y1;
-            }
-          }
-          // lse_i = load lse[(pid.y // $h), (((pid.x // 33) * 128) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
-          {
-            const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-            const int s1 = (((static_cast<int>(blockIdx.x) / 33) * 128) + (v_i1 * 64));
-            const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
-            const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
-            const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
-            float* const dst = t_lse_i;
-            for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
-            }
-          }
-          // Dy_i = load Dy[(pid.y // $h), (((pid.x // 33) * 128) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
-          {
-            const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-            const int s1 = (((static_cast<int>(blockIdx.x) / 33) * 128) + (v_i1 * 64));
-            const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
-            const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
-            const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
-            float* const dst = t_Dy_i;
-            for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
-            }
-          }
-          __syncthreads();
-          // q_norm[row, col] = (q[row, col] * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[((i1 * 64) + row)] - lse_i[row]) / 2.0)))))
-          {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_q_norm[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q[(r) * 64 + (c)]) * ((prt::to_f32(t_lse_i[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[((v_i1 * 64) + r)]) - prt::to_f32(t_lse_i[r])) / 2.0f))))));
-            }
-          }
-          __syncthreads();
-          // phi_f32 = sympow2(q_norm, features from ((pid.x % 33) * 64))
-          {
-            const int off = ((static_cast<int>(blockIdx.x) % 33) * 64);
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, f = i % 64, g = off + f;
-              float v = 0.0f;
-              if (g >= 0 && g < prt_sympow_d64_p2_size) {
-                v = prt_sympow_d64_p2_weight[g];
-                v *= prt::to_f32(t_q_norm[(r) * 64 + (prt_sympow_d64_p2_index[g * 2 + 0])]);
-                v *= prt::to_f32(t_q_norm[(r) * 64 + (prt_sympow_d64_p2_index[g * 2 + 1])]);
-              }
-              t_phi_f32[(r) * 64 + (f)] = prt::from_f32<float>(v);
-            }
-          }
-          __syncthreads();
-          // phi_hi[row, col] = (phi_f32[row, col] * 1.0)
-          // phi_lo[row, col] = ((phi_f32[row, col] * 1.0) - phi_hi[row, col])
-          {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * 1.0f));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(y0)));
-              t_phi_hi[(r) * 72 + (c)] = y0;
-              t_phi_lo[(r) * 72 + (c)] = y1;
-            }
-          }
-          __syncthreads();
-          // acc_s += mma.tc(phi_hi^T, dy_hi) [64x64 in 16x32 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float (&acc)[4][4] = f_acc_s[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_phi_hi[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_dy_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-            }
-          }
-          // acc_s += mma.tc(phi_lo^T, dy_hi) [64x64 in 16x32 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float (&acc)[4][4] = f_acc_s[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_phi_lo[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_dy_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-            }
-          }
-          // acc_s += mma.tc(phi_hi^T, dy_lo) [64x64 in 16x32 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float (&acc)[4][4] = f_acc_s[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_phi_hi[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_dy_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-            }
-          }
-          // phi_f32[row, col] = -((phi_f32[row, col] * Dy_i[row]))
-          {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_phi_f32[(r) * 64 + (c)] = prt::from_f32<float>((-(prt::to_f32(t_phi_f32[(r) * 64 + (c)]) * prt::to_f32(t_Dy_i[r]))));
-            }
-          }
-          __syncthreads();
-          // z_sum = reduce_sum(phi_f32, axis=0)
-          {
-            for (int o = tid; o < 64; o += 128) {
-              float acc = 0.0f;
-              for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_phi_f32[(i) * 64 + (o)]);
-              t_z_sum[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // acc_z[row] = (acc_z[row] + z_sum[row])
-          {
-            for (int r = tid; r < 64; r += 128) {
-              t_acc_z[r] = prt::from_f32<float>((prt::to_f32(t_acc_z[r]) + prt::to_f32(t_z_sum[r])));
-            }
+        }
+        else {
+          for (int i = tid; i < 6144; i += 256) {
+            const int r = i / 48, c = i % 48;
+            dst[(r) * 48 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
           }
         }
       }
-    }
-  }
-  // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 33), ((pid.x % 33) * 64):+64, 0:+64] = acc_s
-  {
-    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-    const int a2 = (static_cast<int>(blockIdx.x) / 33);
-    const int s3 = ((static_cast<int>(blockIdx.x) % 33) * 64);
-    const int s4 = 0;
-    const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
-    const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
-    if (ok) {
-      #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int u = warp + j * 4;
-        const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-        #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
+      // q1_hi[row, col] = q1[row, col]
+      // q1_lo[row, col] = (q1[row, col] - q1_hi[row, col])
+      {
+        for (int i = tid; i < 6144; i += 256) {
+          const int r = i / 48, c = i % 48;
+          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q1[(r) * 48 + (c)]));
+          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q1[(r) * 48 + (c)]) - prt::to_f32(y0)));
+          t_q1_hi[(r) * 56 + (c)] = y0;
+          t_q1_lo[(r) * 56 + (c)] = y1;
+        }
+      }
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // zq1_hi[row, col] = ((q1[row, col] * f[row]) * z_row[row])
+        // zq1_lo[row, col] = (((q1[row, col] * f[row]) * z_row[row]) - zq1_hi[row, col])
+        {
+          for (int i = tid; i < 2048; i += 256) {
+            const int r = i / 16, c = i % 16;
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q1[(r) * 48 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q1[(r) * 48 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+            t_zq1_hi[(r) * 24 + (c)] = y0;
+            t_zq1_lo[(r) * 24 + (c)] = y1;
+          }
+        }
+        __syncthreads();
+        // qzq1 += mma.tc(q1_hi^T, zq1_hi) [48x16 in 16x8 units over 8 warps]
+        {
           #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-            if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_acc_s[j][q][e]);
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            if (u < 6) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q1_hi[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq1_hi[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+        __syncthreads();
+        // qzq1 += mma.tc(q1_lo^T, zq1_hi) [48x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            if (u < 6) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q1_lo[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq1_hi[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+        __syncthreads();
+        // qzq1 += mma.tc(q1_hi^T, zq1_lo) [48x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            if (u < 6) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q1_hi[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq1_lo[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
           }
         }
       }
     }
   }
-  // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 33), ((pid.x % 33) * 64):+64] = acc_z
   {
-    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-    const int a2 = (static_cast<int>(blockIdx.x) / 33);
-    const int s3 = ((static_cast<int>(blockIdx.x) % 33) * 64);
-    const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
-    const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
-    if (ok) {
-      for (int r = tid; r < 64; r += 128) {
-        if (s3 + r >= 0 && s3 + r < g_dZin_d3) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_acc_z[r];
+    const int v_i4_end = 32;
+    for (int v_i4 = 16; v_i4 < v_i4_end; v_i4 += 1) {
+      // s1[row, col] = 0.0
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 8;
+          if (u < 12) {
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_s1[j][q][e] = 0.0f;
+              }
+            }
+          }
+        }
+      }
+      {
+        const int v_i5_end = (p_hq / p_h);
+        for (int v_i5 = 0; v_i5 < v_i5_end; v_i5 += 1) {
+          if (((p_hq / p_h) > 1)) {
+            // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i5);
+              const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+              const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+              float* const dst = t_f;
+              for (int r = tid; r < 128; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+            {
+              for (int r = tid; r < 128; r += 256) {
+                t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+              }
+            }
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i5);
+              const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+              const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+              float* const dst = t_z_row;
+              for (int r = tid; r < 128; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // z_row[row] = -((z_row[row] * f[row]))
+            {
+              for (int r = tid; r < 128; r += 256) {
+                t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+              }
+            }
+            // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5), ((pid.x % 1) * 64):+64]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i5);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+              const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+              const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+              float* const dst = t_fdy;
+              for (int i = tid; i < 8192; i += 256) {
+                const int r = i / 64, c = i % 64;
+                dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+              }
+            }
+            __syncthreads();
+            // fdy[row, col] = (fdy[row, col] * f[row])
+            {
+              for (int i = tid; i < 8192; i += 256) {
+                const int r = i / 64, c = i % 64;
+                t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+              }
+            }
+            // q1 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5), 16:+48]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i5);
+              const int s3 = 16;
+              const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+              const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+              __half* const dst = t_q1;
+              if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                for (int i = tid; i < 768; i += 256) {
+                  const int r = i / 6, c = (i % 6) * 8;
+                  const int gr = s1 + r;
+                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 48 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                }
+              }
+              else {
+                for (int i = tid; i < 6144; i += 256) {
+                  const int r = i / 48, c = i % 48;
+                  dst[(r) * 48 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
+                }
+              }
+            }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
+            // q1_hi[row, col] = q1[row, col]
+            // q1_lo[row, col] = (q1[row, col] - q1_hi[row, col])
+            {
+              for (int i = tid; i < 6144; i += 256) {
+                const int r = i / 48, c = i % 48;
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q1[(r) * 48 + (c)]));
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q1[(r) * 48 + (c)]) - prt::to_f32(y0)));
+                t_q1_hi[(r) * 56 + (c)] = y0;
+                t_q1_lo[(r) * 56 + (c)] = y1;
+              }
+            }
+          }
+          __syncthreads();
+          // u1_hi[row, col] = (fdy[row, col] * (q1[row, (i4 - 16)] * f[row]))
+          // u1_lo[row, col] = ((fdy[row, col] * (q1[row, (i4 - 16)] * f[row])) - u1_hi[row, col])
+          {
+            for (int i = tid; i < 8192; i += 256) {
+              const int r = i / 64, c = i % 64;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q1[(r) * 48 + ((v_i4 - 16))]) * prt::to_f32(t_f[r]))));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q1[(r) * 48 + ((v_i4 - 16))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
+              t_u1_hi[(r) * 72 + (c)] = y0;
+              t_u1_lo[(r) * 72 + (c)] = y1;
+            }
+          }
+          __syncthreads();
+          // s1 += mma.tc(q1_hi^T, u1_hi) [48x64 in 16x16 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 8;
+              if (u < 12) {
+                const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+                float (&acc)[2][4] = f_s1[j];
+                for (int k0 = 0; k0 < 128; k0 += 16) {
+                  uint32_t af[4];
+                  prt::ldmatrix_x4_trans(af, &t_q1_hi[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+                  #pragma unroll
+                  for (int q = 0; q < 2; q += 2) {
+                    uint32_t bf[4];
+                    prt::ldmatrix_x4_trans(bf, &t_u1_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                  }
+                }
+              }
+            }
+          }
+          // s1 += mma.tc(q1_lo^T, u1_hi) [48x64 in 16x16 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 8;
+              if (u < 12) {
+                const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+                float (&acc)[2][4] = f_s1[j];
+                for (int k0 = 0; k0 < 128; k0 += 16) {
+                  uint32_t af[4];
+                  prt::ldmatrix_x4_trans(af, &t_q1_lo[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+                  #pragma unroll
+                  for (int q = 0; q < 2; q += 2) {
+                    uint32_t bf[4];
+                    prt::ldmatrix_x4_trans(bf, &t_u1_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                  }
+                }
+              }
+            }
+          }
+          // s1 += mma.tc(q1_hi^T, u1_lo) [48x64 in 16x16 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 8;
+              if (u < 12) {
+                const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+                float (&acc)[2][4] = f_s1[j];
+                for (int k0 = 0; k0 < 128; k0 += 16) {
+                  uint32_t af[4];
+                  prt::ldmatrix_x4_trans(af, &t_q1_hi[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+                  #pragma unroll
+                  for (int q = 0; q < 2; q += 2) {
+                    uint32_t bf[4];
+                    prt::ldmatrix_x4_trans(bf, &t_u1_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+      // s1[row, col] = (s1[row, col] * select(((row + 16) == i4), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 8;
+          if (u < 12) {
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_s1[j][q][e] = (f_s1[j][q][e] * (((r + 16) == v_i4) ? 1.0f : 1.4142135623730951f));
+              }
+            }
+          }
+        }
+      }
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i4 * 64) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 16):+48, ((pid.x % 1) * 64):+64] = s1 where (((row + 16) >= i4) && ((row + 16) < 64))
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 1);
+        const int s3 = ((((((v_i4 * 64) - ((v_i4 * (v_i4 - 1)) / 2)) + v_i4) - v_i4) - v_i4) + 16);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+        const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
+        const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            if (u < 12) {
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+              #pragma unroll
+              for (int q = 0; q < 2; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 16) >= v_i4) && ((r + 16) < 64)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s1[j][q][e]);
+                }
+              }
+            }
+          }
+        }
+      }
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // z1[row] = (qzq1[row, (i4 - 16)] * select(((row + 16) == i4), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 48; r += 256) {
+            t_z1[r] = prt::from_f32<float>((prt::to_f32(t_qzq1[(r) * 16 + ((v_i4 - 16))]) * (((r + 16) == v_i4) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i4 * 64) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 16):+48] = z1 where (((row + 16) >= i4) && ((row + 16) < 64))
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int s3 = ((((((v_i4 * 64) - ((v_i4 * (v_i4 - 1)) / 2)) + v_i4) - v_i4) - v_i4) + 16);
+          const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
+          const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
+          if (ok) {
+            for (int r = tid; r < 48; r += 256) {
+              if (s3 + r >= 0 && s3 + r < g_dZin_d3 && ((((r + 16) >= v_i4) && ((r + 16) < 64)))) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_z1[r];
+            }
+          }
+        }
+      }
+    }
+  }
+  __syncthreads();
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+    // qzq2[row, col] = 0.0
+    {
+      for (int i = tid; i < 512; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_qzq2[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+      }
+    }
+  }
+  {
+    const int v_i6_end = (p_hq / p_h);
+    for (int v_i6 = 0; v_i6 < v_i6_end; v_i6 += 1) {
+      if (((p_hq / p_h) > 1)) {
+        // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i6);
+          const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+          const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+          float* const dst = t_f;
+          for (int r = tid; r < 128; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+          }
+        }
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i6);
+          const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+          const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+          float* const dst = t_z_row;
+          for (int r = tid; r < 128; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // z_row[row] = -((z_row[row] * f[row]))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+          }
+        }
+        // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6), ((pid.x % 1) * 64):+64]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i6);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+          const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+          const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+          float* const dst = t_fdy;
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 64, c = i % 64;
+            dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+          }
+        }
+        __syncthreads();
+        // fdy[row, col] = (fdy[row, col] * f[row])
+        {
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 64, c = i % 64;
+            t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+          }
+        }
+      }
+      __syncthreads();
+      // q2 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6), 32:+32]
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+        const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i6);
+        const int s3 = 32;
+        const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+        const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+        __half* const dst = t_q2;
+        if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          for (int i = tid; i < 512; i += 256) {
+            const int r = i / 4, c = (i % 4) * 8;
+            const int gr = s1 + r;
+            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+          }
+        }
+        else {
+          for (int i = tid; i < 4096; i += 256) {
+            const int r = i / 32, c = i % 32;
+            dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
+          }
+        }
+      }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
+      // q2_hi[row, col] = q2[row, col]
+      // q2_lo[row, col] = (q2[row, col] - q2_hi[row, col])
+      {
+        for (int i = tid; i < 4096; i += 256) {
+          const int r = i / 32, c = i % 32;
+          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q2[(r) * 32 + (c)]));
+          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q2[(r) * 32 + (c)]) - prt::to_f32(y0)));
+          t_q2_hi[(r) * 40 + (c)] = y0;
+          t_q2_lo[(r) * 40 + (c)] = y1;
+        }
+      }
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // zq2_hi[row, col] = ((q2[row, col] * f[row]) * z_row[row])
+        // zq2_lo[row, col] = (((q2[row, col] * f[row]) * z_row[row]) - zq2_hi[row, col])
+        {
+          for (int i = tid; i < 2048; i += 256) {
+            const int r = i / 16, c = i % 16;
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q2[(r) * 32 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q2[(r) * 32 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+            t_zq2_hi[(r) * 24 + (c)] = y0;
+            t_zq2_lo[(r) * 24 + (c)] = y1;
+          }
+        }
+        __syncthreads();
+        // qzq2 += mma.tc(q2_hi^T, zq2_hi) [32x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            if (u < 4) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q2_hi[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq2_hi[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+        __syncthreads();
+        // qzq2 += mma.tc(q2_lo^T, zq2_hi) [32x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            if (u < 4) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q2_lo[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq2_hi[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+        __syncthreads();
+        // qzq2 += mma.tc(q2_hi^T, zq2_lo) [32x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            if (u < 4) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q2_hi[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq2_lo[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+      }
+    }
+  }
+  {
+    const int v_i7_end = 48;
+    for (int v_i7 = 32; v_i7 < v_i7_end; v_i7 += 1) {
+      // s2[row, col] = 0.0
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s2[j][q][e] = 0.0f;
+            }
+          }
+        }
+      }
+      {
+        const int v_i8_end = (p_hq / p_h);
+        for (int v_i8 = 0; v_i8 < v_i8_end; v_i8 += 1) {
+          if (((p_hq / p_h) > 1)) {
+            // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i8);
+              const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+              const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+              float* const dst = t_f;
+              for (int r = tid; r < 128; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+            {
+              for (int r = tid; r < 128; r += 256) {
+                t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+              }
+            }
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i8);
+              const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+              const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+              float* const dst = t_z_row;
+              for (int r = tid; r < 128; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // z_row[row] = -((z_row[row] * f[row]))
+            {
+              for (int r = tid; r < 128; r += 256) {
+                t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+              }
+            }
+            // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8), ((pid.x % 1) * 64):+64]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i8);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+              const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+              const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+              float* const dst = t_fdy;
+              for (int i = tid; i < 8192; i += 256) {
+                const int r = i / 64, c = i % 64;
+                dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+              }
+            }
+            __syncthreads();
+            // fdy[row, col] = (fdy[row, col] * f[row])
+            {
+              for (int i = tid; i < 8192; i += 256) {
+                const int r = i / 64, c = i % 64;
+                t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+              }
+            }
+            // q2 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8), 32:+32]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i8);
+              const int s3 = 32;
+              const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+              const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+              __half* const dst = t_q2;
+              if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                for (int i = tid; i < 512; i += 256) {
+                  const int r = i / 4, c = (i % 4) * 8;
+                  const int gr = s1 + r;
+                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                }
+              }
+              else {
+                for (int i = tid; i < 4096; i += 256) {
+                  const int r = i / 32, c = i % 32;
+                  dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
+                }
+              }
+            }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
+            // q2_hi[row, col] = q2[row, col]
+            // q2_lo[row, col] = (q2[row, col] - q2_hi[row, col])
+            {
+              for (int i = tid; i < 4096; i += 256) {
+                const int r = i / 32, c = i % 32;
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q2[(r) * 32 + (c)]));
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q2[(r) * 32 + (c)]) - prt::to_f32(y0)));
+                t_q2_hi[(r) * 40 + (c)] = y0;
+                t_q2_lo[(r) * 40 + (c)] = y1;
+              }
+            }
+          }
+          __syncthreads();
+          // u2_hi[row, col] = (fdy[row, col] * (q2[row, (i7 - 32)] * f[row]))
+          // u2_lo[row, col] = ((fdy[row, col] * (q2[row, (i7 - 32)] * f[row])) - u2_hi[row, col])
+          {
+            for (int i = tid; i < 8192; i += 256) {
+              const int r = i / 64, c = i % 64;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q2[(r) * 32 + ((v_i7 - 32))]) * prt::to_f32(t_f[r]))));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q2[(r) * 32 + ((v_i7 - 32))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
+              t_u2_hi[(r) * 72 + (c)] = y0;
+              t_u2_lo[(r) * 72 + (c)] = y1;
+            }
+          }
+          __syncthreads();
+          // s2 += mma.tc(q2_hi^T, u2_hi) [32x64 in 16x16 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+              float (&acc)[2][4] = f_s2[j];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q2_hi[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 2; q += 2) {
+                  uint32_t bf[4];
+                  prt::ldmatrix_x4_trans(bf, &t_u2_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                }
+              }
+            }
+          }
+          // s2 += mma.tc(q2_lo^T, u2_hi) [32x64 in 16x16 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+              float (&acc)[2][4] = f_s2[j];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q2_lo[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 2; q += 2) {
+                  uint32_t bf[4];
+                  prt::ldmatrix_x4_trans(bf, &t_u2_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                }
+              }
+            }
+          }
+          // s2 += mma.tc(q2_hi^T, u2_lo) [32x64 in 16x16 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+              float (&acc)[2][4] = f_s2[j];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q2_hi[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 2; q += 2) {
+                  uint32_t bf[4];
+                  prt::ldmatrix_x4_trans(bf, &t_u2_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                }
+              }
+            }
+          }
+        }
+      }
+      // s2[row, col] = (s2[row, col] * select(((row + 32) == i7), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s2[j][q][e] = (f_s2[j][q][e] * (((r + 32) == v_i7) ? 1.0f : 1.4142135623730951f));
+            }
+          }
+        }
+      }
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i7 * 64) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 32):+32, ((pid.x % 1) * 64):+64] = s2 where (((row + 32) >= i7) && ((row + 32) < 64))
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 1);
+        const int s3 = ((((((v_i7 * 64) - ((v_i7 * (v_i7 - 1)) / 2)) + v_i7) - v_i7) - v_i7) + 32);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+        const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
+        const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 32) >= v_i7) && ((r + 32) < 64)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s2[j][q][e]);
+              }
+            }
+          }
+        }
+      }
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // z2[row] = (qzq2[row, (i7 - 32)] * select(((row + 32) == i7), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 32; r += 256) {
+            t_z2[r] = prt::from_f32<float>((prt::to_f32(t_qzq2[(r) * 16 + ((v_i7 - 32))]) * (((r + 32) == v_i7) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i7 * 64) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 32):+32] = z2 where (((row + 32) >= i7) && ((row + 32) < 64))
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int s3 = ((((((v_i7 * 64) - ((v_i7 * (v_i7 - 1)) / 2)) + v_i7) - v_i7) - v_i7) + 32);
+          const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
+          const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
+          if (ok) {
+            for (int r = tid; r < 32; r += 256) {
+              if (s3 + r >= 0 && s3 + r < g_dZin_d3 && ((((r + 32) >= v_i7) && ((r + 32) < 64)))) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_z2[r];
+            }
+          }
+        }
+      }
+    }
+  }
+  __syncthreads();
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+    // qzq3[row, col] = 0.0
+    {
+      for (int i = tid; i < 256; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_qzq3[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+      }
+    }
+  }
+  {
+    const int v_i9_end = (p_hq / p_h);
+    for (int v_i9 = 0; v_i9 < v_i9_end; v_i9 += 1) {
+      if (((p_hq / p_h) > 1)) {
+        // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i9);
+          const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+          const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+          float* const dst = t_f;
+          for (int r = tid; r < 128; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+          }
+        }
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i9);
+          const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+          const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+          float* const dst = t_z_row;
+          for (int r = tid; r < 128; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // z_row[row] = -((z_row[row] * f[row]))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+          }
+        }
+        // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9), ((pid.x % 1) * 64):+64]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i9);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+          const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+          const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+          float* const dst = t_fdy;
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 64, c = i % 64;
+            dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+          }
+        }
+        __syncthreads();
+        // fdy[row, col] = (fdy[row, col] * f[row])
+        {
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 64, c = i % 64;
+            t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+          }
+        }
+      }
+      __syncthreads();
+      // q3 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9), 48:+16]
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+        const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i9);
+        const int s3 = 48;
+        const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+        const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+        __half* const dst = t_q3;
+        if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          for (int i = tid; i < 256; i += 256) {
+            const int r = i / 2, c = (i % 2) * 8;
+            const int gr = s1 + r;
+            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+            prt::cp_async_16(&dst[(r) * 16 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+          }
+        }
+        else {
+          for (int i = tid; i < 2048; i += 256) {
+            const int r = i / 16, c = i % 16;
+            dst[(r) * 16 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
+          }
+        }
+      }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
+      // q3_hi[row, col] = q3[row, col]
+      // q3_lo[row, col] = (q3[row, col] - q3_hi[row, col])
+      {
+        for (int i = tid; i < 2048; i += 256) {
+          const int r = i / 16, c = i % 16;
+          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q3[(r) * 16 + (c)]));
+          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q3[(r) * 16 + (c)]) - prt::to_f32(y0)));
+          t_q3_hi[(r) * 24 + (c)] = y0;
+          t_q3_lo[(r) * 24 + (c)] = y1;
+        }
+      }
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // zq3_hi[row, col] = ((q3[row, col] * f[row]) * z_row[row])
+        // zq3_lo[row, col] = (((q3[row, col] * f[row]) * z_row[row]) - zq3_hi[row, col])
+        {
+          for (int i = tid; i < 2048; i += 256) {
+            const int r = i / 16, c = i % 16;
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q3[(r) * 16 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q3[(r) * 16 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+            t_zq3_hi[(r) * 24 + (c)] = y0;
+            t_zq3_lo[(r) * 24 + (c)] = y1;
+          }
+        }
+        __syncthreads();
+        // qzq3 += mma.tc(q3_hi^T, zq3_hi) [16x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            if (u < 2) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q3_hi[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq3_hi[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+        __syncthreads();
+        // qzq3 += mma.tc(q3_lo^T, zq3_hi) [16x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            if (u < 2) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q3_lo[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq3_hi[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+        __syncthreads();
+        // qzq3 += mma.tc(q3_hi^T, zq3_lo) [16x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            if (u < 2) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q3_hi[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_zq3_lo[(k0 + (lane & 15)) * 24 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+      }
+    }
+  }
+  {
+    const int v_i10_end = 64;
+    for (int v_i10 = 48; v_i10 < v_i10_end; v_i10 += 1) {
+      // s3[row, col] = 0.0
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 8;
+          #pragma unroll
+          for (int q = 0; q < 1; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s3[j][q][e] = 0.0f;
+            }
+          }
+        }
+      }
+      {
+        const int v_i11_end = (p_hq / p_h);
+        for (int v_i11 = 0; v_i11 < v_i11_end; v_i11 += 1) {
+          if (((p_hq / p_h) > 1)) {
+            // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i11);
+              const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+              const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+              float* const dst = t_f;
+              for (int r = tid; r < 128; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+            {
+              for (int r = tid; r < 128; r += 256) {
+                t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+              }
+            }
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i11);
+              const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+              const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+              float* const dst = t_z_row;
+              for (int r = tid; r < 128; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // z_row[row] = -((z_row[row] * f[row]))
+            {
+              for (int r = tid; r < 128; r += 256) {
+                t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+              }
+            }
+            // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11), ((pid.x % 1) * 64):+64]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i11);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+              const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+              const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+              float* const dst = t_fdy;
+              for (int i = tid; i < 8192; i += 256) {
+                const int r = i / 64, c = i % 64;
+                dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+              }
+            }
+            __syncthreads();
+            // fdy[row, col] = (fdy[row, col] * f[row])
+            {
+              for (int i = tid; i < 8192; i += 256) {
+                const int r = i / 64, c = i % 64;
+                t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+              }
+            }
+            // q3 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11), 48:+16]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i11);
+              const int s3 = 48;
+              const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+              const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+              __half* const dst = t_q3;
+              if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                for (int i = tid; i < 256; i += 256) {
+                  const int r = i / 2, c = (i % 2) * 8;
+                  const int gr = s1 + r;
+                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 16 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                }
+              }
+              else {
+                for (int i = tid; i < 2048; i += 256) {
+                  const int r = i / 16, c = i % 16;
+                  dst[(r) * 16 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
+                }
+              }
+            }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
+            // q3_hi[row, col] = q3[row, col]
+            // q3_lo[row, col] = (q3[row, col] - q3_hi[row, col])
+            {
+              for (int i = tid; i < 2048; i += 256) {
+                const int r = i / 16, c = i % 16;
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q3[(r) * 16 + (c)]));
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q3[(r) * 16 + (c)]) - prt::to_f32(y0)));
+                t_q3_hi[(r) * 24 + (c)] = y0;
+                t_q3_lo[(r) * 24 + (c)] = y1;
+              }
+            }
+          }
+          __syncthreads();
+          // u3_hi[row, col] = (fdy[row, col] * (q3[row, (i10 - 48)] * f[row]))
+          // u3_lo[row, col] = ((fdy[row, col] * (q3[row, (i10 - 48)] * f[row])) - u3_hi[row, col])
+          {
+            for (int i = tid; i < 8192; i += 256) {
+              const int r = i / 64, c = i % 64;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q3[(r) * 16 + ((v_i10 - 48))]) * prt::to_f32(t_f[r]))));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q3[(r) * 16 + ((v_i10 - 48))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
+              t_u3_hi[(r) * 72 + (c)] = y0;
+              t_u3_lo[(r) * 72 + (c)] = y1;
+            }
+          }
+          __syncthreads();
+          // s3 += mma.tc(q3_hi^T, u3_hi) [16x64 in 16x8 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 8) * 16, n0 = (u % 8) * 8;
+              float (&acc)[1][4] = f_s3[j];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q3_hi[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_u3_hi[(k0 + (lane & 15)) * 72 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+            }
+          }
+          // s3 += mma.tc(q3_lo^T, u3_hi) [16x64 in 16x8 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 8) * 16, n0 = (u % 8) * 8;
+              float (&acc)[1][4] = f_s3[j];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q3_lo[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_u3_hi[(k0 + (lane & 15)) * 72 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+            }
+          }
+          // s3 += mma.tc(q3_hi^T, u3_lo) [16x64 in 16x8 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 8) * 16, n0 = (u % 8) * 8;
+              float (&acc)[1][4] = f_s3[j];
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4_trans(af, &t_q3_hi[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                uint32_t bf[2];
+                prt::ldmatrix_x2_trans(bf, &t_u3_lo[(k0 + (lane & 15)) * 72 + n0]);
+                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              }
+            }
+          }
+        }
+      }
+      // s3[row, col] = (s3[row, col] * select(((row + 48) == i10), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 8;
+          #pragma unroll
+          for (int q = 0; q < 1; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s3[j][q][e] = (f_s3[j][q][e] * (((r + 48) == v_i10) ? 1.0f : 1.4142135623730951f));
+            }
+          }
+        }
+      }
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i10 * 64) - ((i10 * (i10 - 1)) // 2)) + i10) - i10) - i10) + 48):+16, ((pid.x % 1) * 64):+64] = s3 where (((row + 48) >= i10) && ((row + 48) < 64))
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 1);
+        const int s3 = ((((((v_i10 * 64) - ((v_i10 * (v_i10 - 1)) / 2)) + v_i10) - v_i10) - v_i10) + 48);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+        const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
+        const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 8) * 16, n0 = (u % 8) * 8;
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 48) >= v_i10) && ((r + 48) < 64)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s3[j][q][e]);
+              }
+            }
+          }
+        }
+      }
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // z3[row] = (qzq3[row, (i10 - 48)] * select(((row + 48) == i10), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 16; r += 256) {
+            t_z3[r] = prt::from_f32<float>((prt::to_f32(t_qzq3[(r) * 16 + ((v_i10 - 48))]) * (((r + 48) == v_i10) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i10 * 64) - ((i10 * (i10 - 1)) // 2)) + i10) - i10) - i10) + 48):+16] = z3 where (((row + 48) >= i10) && ((row + 48) < 64))
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int s3 = ((((((v_i10 * 64) - ((v_i10 * (v_i10 - 1)) / 2)) + v_i10) - v_i10) - v_i10) + 48);
+          const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
+          const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
+          if (ok) {
+            for (int r = tid; r < 16; r += 256) {
+              if (s3 + r >= 0 && s3 + r < g_dZin_d3 && ((((r + 48) >= v_i10) && ((r + 48) < 64)))) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_z3[r];
+            }
+          }
+        }
       }
     }
   }
@@ -8204,10 +9906,10 @@ extern "C" cudaError_t prt_query_state_bwd_dq_p2_d64_e64_c128_f16_w4_bd64_bt64_s
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_query_state_bwd_ds_p2_d64_e64_c128_f16_w4_bd64_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_ds_p2_d64_e64_c128_f16_w4_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 95744);
+extern "C" cudaError_t prt_query_state_bwd_ds_p2_d64_e64_c128_f16_w8_bd64_bt128_s1_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_ds_p2_d64_e64_c128_f16_w8_bd64_bt128_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 128768);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_ds_p2_d64_e64_c128_f16_w4_bd64_bt64_s1<<<grid, 128, 95744, stream>>>(g_Q, g_logG, g_dY, g_lse, g_Dy, g_dSin, g_dZin, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_query_state_bwd_ds_p2_d64_e64_c128_f16_w8_bd64_bt128_s1<<<grid, 256, 128768, stream>>>(g_Q, g_logG, g_dY, g_lse, g_Dy, g_dSin, g_dZin, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 

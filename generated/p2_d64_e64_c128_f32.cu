@@ -563,26 +563,26 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
   float* const t_v = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128, 64] pitch 64
   float* const t_gv = reinterpret_cast<float*>(prt_smem + 33792);  // f32[128, 64] pitch 64
   float* const t_k0 = reinterpret_cast<float*>(prt_smem + 66560);  // f32[128, 64] pitch 68
-  float* const t_kgk0 = reinterpret_cast<float*>(prt_smem + 11264);  // f32[64, 16] pitch 16
-  float* const t_gk0_hi = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128, 16] pitch 20
+  float* const t_kzk0 = reinterpret_cast<float*>(prt_smem + 11264);  // f32[64, 16] pitch 16
+  float* const t_zk0_hi = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128, 16] pitch 20
   float f_s0[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
   float* const t_z0 = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_u0_hi = reinterpret_cast<float*>(prt_smem + 101376);  // f32[128, 64] pitch 68
   float* const t_k1 = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128, 48] pitch 52
-  float* const t_kgk1 = reinterpret_cast<float*>(prt_smem + 27648);  // f32[48, 16] pitch 16
-  float* const t_gk1_hi = reinterpret_cast<float*>(prt_smem + 66560);  // f32[128, 16] pitch 20
+  float* const t_kzk1 = reinterpret_cast<float*>(prt_smem + 27648);  // f32[48, 16] pitch 16
+  float* const t_zk1_hi = reinterpret_cast<float*>(prt_smem + 66560);  // f32[128, 16] pitch 20
   float f_s1[2][2][4];  // f32[48, 64] as mma fragments: 48x64 in 16x16 units over 8 warps
   float* const t_z1 = reinterpret_cast<float*>(prt_smem + 0);  // f32[48] pitch 48
   float* const t_u1_hi = reinterpret_cast<float*>(prt_smem + 66560);  // f32[128, 64] pitch 68
   float* const t_k2 = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128, 32] pitch 36
-  float* const t_kgk2 = reinterpret_cast<float*>(prt_smem + 29696);  // f32[32, 16] pitch 16
-  float* const t_gk2_hi = reinterpret_cast<float*>(prt_smem + 19456);  // f32[128, 16] pitch 20
+  float* const t_kzk2 = reinterpret_cast<float*>(prt_smem + 29696);  // f32[32, 16] pitch 16
+  float* const t_zk2_hi = reinterpret_cast<float*>(prt_smem + 19456);  // f32[128, 16] pitch 20
   float f_s2[1][2][4];  // f32[32, 64] as mma fragments: 32x64 in 16x16 units over 8 warps
   float* const t_z2 = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
   float* const t_u2_hi = reinterpret_cast<float*>(prt_smem + 66560);  // f32[128, 64] pitch 68
   float* const t_k3 = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128, 16] pitch 20
-  float* const t_kgk3 = reinterpret_cast<float*>(prt_smem + 0);  // f32[16, 16] pitch 16
-  float* const t_gk3_hi = reinterpret_cast<float*>(prt_smem + 11264);  // f32[128, 16] pitch 20
+  float* const t_kzk3 = reinterpret_cast<float*>(prt_smem + 0);  // f32[16, 16] pitch 16
+  float* const t_zk3_hi = reinterpret_cast<float*>(prt_smem + 11264);  // f32[128, 16] pitch 20
   float f_s3[1][1][4];  // f32[16, 64] as mma fragments: 16x64 in 16x8 units over 8 warps
   float* const t_z3 = reinterpret_cast<float*>(prt_smem + 11264);  // f32[16] pitch 16
   float* const t_u3_hi = reinterpret_cast<float*>(prt_smem + 66560);  // f32[128, 64] pitch 68
@@ -676,15 +676,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
   prt::cp_async_wait<0>();
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // gk0_hi[row, col] = (k0[row, col] * exp((lam[127] - lam[row])))
+    // zk0_hi[row, col] = (k0[row, col] * exp((lam[127] - lam[row])))
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
-        t_gk0_hi[(r) * 20 + (c)] = prt::from_f32<float>((prt::to_f32(t_k0[(r) * 68 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        t_zk0_hi[(r) * 20 + (c)] = prt::from_f32<float>((prt::to_f32(t_k0[(r) * 68 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
       }
     }
     __syncthreads();
-    // kgk0 = mma.fmaFrag(k0^T, gk0_hi) [64x16 in 16x8 units over 8 warps]
+    // kzk0 = mma.fmaFrag(k0^T, zk0_hi) [64x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -700,7 +700,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
           const float a0 = prt::to_f32(t_k0[(kk) * 68 + (m0 + g)]), a1 = prt::to_f32(t_k0[(kk) * 68 + (m0 + g + 8)]);
           #pragma unroll
           for (int q = 0; q < 1; ++q) {
-            const float b0 = prt::to_f32(t_gk0_hi[(kk) * 20 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_gk0_hi[(kk) * 20 + (n0 + q * 8 + t2 + 1)]);
+            const float b0 = prt::to_f32(t_zk0_hi[(kk) * 20 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_zk0_hi[(kk) * 20 + (n0 + q * 8 + t2 + 1)]);
             acc[q][0] = fmaf(a0, b0, acc[q][0]);
             acc[q][1] = fmaf(a0, b1, acc[q][1]);
             acc[q][2] = fmaf(a1, b0, acc[q][2]);
@@ -710,7 +710,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
         #pragma unroll
         for (int q = 0; q < 1; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) t_kgk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          for (int e = 0; e < 4; ++e) t_kzk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
       }
     }
   }
@@ -792,10 +792,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
         }
       }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // z0[row] = (kgk0[row, (i0 - 0)] * select(((row + 0) == i0), 1.0, 1.4142135623730951))
+        // z0[row] = (kzk0[row, (i0 - 0)] * select(((row + 0) == i0), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 64; r += 256) {
-            t_z0[r] = prt::from_f32<float>((prt::to_f32(t_kgk0[(r) * 16 + ((v_i0 - 0))]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f)));
+            t_z0[r] = prt::from_f32<float>((prt::to_f32(t_kzk0[(r) * 16 + ((v_i0 - 0))]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f)));
           }
         }
         // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i0 * 64) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+64] = z0 where (((row + 0) >= i0) && ((row + 0) < 64))
@@ -846,15 +846,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
   prt::cp_async_wait<0>();
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // gk1_hi[row, col] = (k1[row, col] * exp((lam[127] - lam[row])))
+    // zk1_hi[row, col] = (k1[row, col] * exp((lam[127] - lam[row])))
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
-        t_gk1_hi[(r) * 20 + (c)] = prt::from_f32<float>((prt::to_f32(t_k1[(r) * 52 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        t_zk1_hi[(r) * 20 + (c)] = prt::from_f32<float>((prt::to_f32(t_k1[(r) * 52 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
       }
     }
     __syncthreads();
-    // kgk1 = mma.fmaFrag(k1^T, gk1_hi) [48x16 in 16x8 units over 8 warps]
+    // kzk1 = mma.fmaFrag(k1^T, zk1_hi) [48x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -871,7 +871,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
             const float a0 = prt::to_f32(t_k1[(kk) * 52 + (m0 + g)]), a1 = prt::to_f32(t_k1[(kk) * 52 + (m0 + g + 8)]);
             #pragma unroll
             for (int q = 0; q < 1; ++q) {
-              const float b0 = prt::to_f32(t_gk1_hi[(kk) * 20 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_gk1_hi[(kk) * 20 + (n0 + q * 8 + t2 + 1)]);
+              const float b0 = prt::to_f32(t_zk1_hi[(kk) * 20 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_zk1_hi[(kk) * 20 + (n0 + q * 8 + t2 + 1)]);
               acc[q][0] = fmaf(a0, b0, acc[q][0]);
               acc[q][1] = fmaf(a0, b1, acc[q][1]);
               acc[q][2] = fmaf(a1, b0, acc[q][2]);
@@ -881,7 +881,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
@@ -971,10 +971,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
         }
       }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // z1[row] = (kgk1[row, (i1 - 16)] * select(((row + 16) == i1), 1.0, 1.4142135623730951))
+        // z1[row] = (kzk1[row, (i1 - 16)] * select(((row + 16) == i1), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 48; r += 256) {
-            t_z1[r] = prt::from_f32<float>((prt::to_f32(t_kgk1[(r) * 16 + ((v_i1 - 16))]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f)));
+            t_z1[r] = prt::from_f32<float>((prt::to_f32(t_kzk1[(r) * 16 + ((v_i1 - 16))]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f)));
           }
         }
         // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i1 * 64) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+48] = z1 where (((row + 16) >= i1) && ((row + 16) < 64))
@@ -1024,15 +1024,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
   prt::cp_async_wait<0>();
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // gk2_hi[row, col] = (k2[row, col] * exp((lam[127] - lam[row])))
+    // zk2_hi[row, col] = (k2[row, col] * exp((lam[127] - lam[row])))
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
-        t_gk2_hi[(r) * 20 + (c)] = prt::from_f32<float>((prt::to_f32(t_k2[(r) * 36 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        t_zk2_hi[(r) * 20 + (c)] = prt::from_f32<float>((prt::to_f32(t_k2[(r) * 36 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
       }
     }
     __syncthreads();
-    // kgk2 = mma.fmaFrag(k2^T, gk2_hi) [32x16 in 16x8 units over 8 warps]
+    // kzk2 = mma.fmaFrag(k2^T, zk2_hi) [32x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -1049,7 +1049,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
             const float a0 = prt::to_f32(t_k2[(kk) * 36 + (m0 + g)]), a1 = prt::to_f32(t_k2[(kk) * 36 + (m0 + g + 8)]);
             #pragma unroll
             for (int q = 0; q < 1; ++q) {
-              const float b0 = prt::to_f32(t_gk2_hi[(kk) * 20 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_gk2_hi[(kk) * 20 + (n0 + q * 8 + t2 + 1)]);
+              const float b0 = prt::to_f32(t_zk2_hi[(kk) * 20 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_zk2_hi[(kk) * 20 + (n0 + q * 8 + t2 + 1)]);
               acc[q][0] = fmaf(a0, b0, acc[q][0]);
               acc[q][1] = fmaf(a0, b1, acc[q][1]);
               acc[q][2] = fmaf(a1, b0, acc[q][2]);
@@ -1059,7 +1059,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
@@ -1142,10 +1142,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
         }
       }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // z2[row] = (kgk2[row, (i2 - 32)] * select(((row + 32) == i2), 1.0, 1.4142135623730951))
+        // z2[row] = (kzk2[row, (i2 - 32)] * select(((row + 32) == i2), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 32; r += 256) {
-            t_z2[r] = prt::from_f32<float>((prt::to_f32(t_kgk2[(r) * 16 + ((v_i2 - 32))]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f)));
+            t_z2[r] = prt::from_f32<float>((prt::to_f32(t_kzk2[(r) * 16 + ((v_i2 - 32))]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f)));
           }
         }
         // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i2 * 64) - ((i2 * (i2 - 1)) // 2)) + i2) - i2) - i2) + 32):+32] = z2 where (((row + 32) >= i2) && ((row + 32) < 64))
@@ -1196,15 +1196,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
   prt::cp_async_wait<0>();
   __syncthreads();
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // gk3_hi[row, col] = (k3[row, col] * exp((lam[127] - lam[row])))
+    // zk3_hi[row, col] = (k3[row, col] * exp((lam[127] - lam[row])))
     {
       for (int i = tid; i < 2048; i += 256) {
         const int r = i / 16, c = i % 16;
-        t_gk3_hi[(r) * 20 + (c)] = prt::from_f32<float>((prt::to_f32(t_k3[(r) * 20 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+        t_zk3_hi[(r) * 20 + (c)] = prt::from_f32<float>((prt::to_f32(t_k3[(r) * 20 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
       }
     }
     __syncthreads();
-    // kgk3 = mma.fmaFrag(k3^T, gk3_hi) [16x16 in 16x8 units over 8 warps]
+    // kzk3 = mma.fmaFrag(k3^T, zk3_hi) [16x16 in 16x8 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
@@ -1221,7 +1221,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
             const float a0 = prt::to_f32(t_k3[(kk) * 20 + (m0 + g)]), a1 = prt::to_f32(t_k3[(kk) * 20 + (m0 + g + 8)]);
             #pragma unroll
             for (int q = 0; q < 1; ++q) {
-              const float b0 = prt::to_f32(t_gk3_hi[(kk) * 20 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_gk3_hi[(kk) * 20 + (n0 + q * 8 + t2 + 1)]);
+              const float b0 = prt::to_f32(t_zk3_hi[(kk) * 20 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_zk3_hi[(kk) * 20 + (n0 + q * 8 + t2 + 1)]);
               acc[q][0] = fmaf(a0, b0, acc[q][0]);
               acc[q][1] = fmaf(a0, b1, acc[q][1]);
               acc[q][2] = fmaf(a1, b0, acc[q][2]);
@@ -1231,7 +1231,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kgk3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
     }
@@ -1314,10 +1314,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
         }
       }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // z3[row] = (kgk3[row, (i3 - 48)] * select(((row + 48) == i3), 1.0, 1.4142135623730951))
+        // z3[row] = (kzk3[row, (i3 - 48)] * select(((row + 48) == i3), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 16; r += 256) {
-            t_z3[r] = prt::from_f32<float>((prt::to_f32(t_kgk3[(r) * 16 + ((v_i3 - 48))]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f)));
+            t_z3[r] = prt::from_f32<float>((prt::to_f32(t_kzk3[(r) * 16 + ((v_i3 - 48))]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f)));
           }
         }
         // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i3 * 64) - ((i3 * (i3 - 1)) // 2)) + i3) - i3) - i3) + 48):+16] = z3 where (((row + 48) >= i3) && ((row + 48) < 64))
@@ -4677,9 +4677,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
   }
 }
 
-// query_state_bwd_ds: dSin, dZin: the state's gradient from the queries of one chunk, one block of features
-// grid (($n * 33), ($b * $h), 1), 128 threads, 69120 bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_e64_c128_f32_w4_bd64_bt64_s1(
+// query_state_bwd_ds: dSin, dZin: the state's gradient from the queries of one chunk, summed over the group's query heads
+// grid (($n * 1), ($b * $h), 1), 256 threads, 108288 bytes of dynamic shared memory
+extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_e64_c128_f32_w8_bd64_bt128_s1(
     const float* g_Q, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -4772,31 +4772,49 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
   (void)g_dZin_d3;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
-  float* const t_q = reinterpret_cast<float*>(prt_smem + 35840);  // f32[64, 64] pitch 64
-  float* const t_dy = reinterpret_cast<float*>(prt_smem + 1024);  // f32[64, 64] pitch 68
-  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 68608);  // f32[64] pitch 64
-  float* const t_Dy_i = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  float* const t_q_norm = reinterpret_cast<float*>(prt_smem + 52224);  // f32[64, 64] pitch 64
-  float* const t_phi_f32 = reinterpret_cast<float*>(prt_smem + 18432);  // f32[64, 64] pitch 68
-  float f_acc_s[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_acc_z = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  float* const t_z_sum = reinterpret_cast<float*>(prt_smem + 68864);  // f32[64] pitch 64
-  // g = load logG[(pid.y // $h), ((pid.x // 33) * 128):+128, (pid.y % $h)]
+  float* const t_fdy = reinterpret_cast<float*>(prt_smem + 1536);  // f32[128, 64] pitch 64
+  float* const t_f = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
+  float* const t_z_row = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128] pitch 128
+  float* const t_q0 = reinterpret_cast<float*>(prt_smem + 38400);  // f32[128, 64] pitch 68
+  float* const t_qzq0 = reinterpret_cast<float*>(prt_smem + 34304);  // f32[64, 16] pitch 16
+  float* const t_zq0_hi = reinterpret_cast<float*>(prt_smem + 73216);  // f32[128, 16] pitch 20
+  float f_s0[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
+  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 108032);  // f32[64] pitch 64
+  float* const t_u0_hi = reinterpret_cast<float*>(prt_smem + 73216);  // f32[128, 64] pitch 68
+  float* const t_q1 = reinterpret_cast<float*>(prt_smem + 37376);  // f32[128, 48] pitch 52
+  float* const t_qzq1 = reinterpret_cast<float*>(prt_smem + 34304);  // f32[48, 16] pitch 16
+  float* const t_zq1_hi = reinterpret_cast<float*>(prt_smem + 64000);  // f32[128, 16] pitch 20
+  float f_s1[2][2][4];  // f32[48, 64] as mma fragments: 48x64 in 16x16 units over 8 warps
+  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 98816);  // f32[48] pitch 48
+  float* const t_u1_hi = reinterpret_cast<float*>(prt_smem + 64000);  // f32[128, 64] pitch 68
+  float* const t_q2 = reinterpret_cast<float*>(prt_smem + 36352);  // f32[128, 32] pitch 36
+  float* const t_qzq2 = reinterpret_cast<float*>(prt_smem + 34304);  // f32[32, 16] pitch 16
+  float* const t_zq2_hi = reinterpret_cast<float*>(prt_smem + 54784);  // f32[128, 16] pitch 20
+  float f_s2[1][2][4];  // f32[32, 64] as mma fragments: 32x64 in 16x16 units over 8 warps
+  float* const t_z2 = reinterpret_cast<float*>(prt_smem + 89600);  // f32[32] pitch 32
+  float* const t_u2_hi = reinterpret_cast<float*>(prt_smem + 54784);  // f32[128, 64] pitch 68
+  float* const t_q3 = reinterpret_cast<float*>(prt_smem + 35328);  // f32[128, 16] pitch 20
+  float* const t_qzq3 = reinterpret_cast<float*>(prt_smem + 34304);  // f32[16, 16] pitch 16
+  float* const t_zq3_hi = reinterpret_cast<float*>(prt_smem + 45568);  // f32[128, 16] pitch 20
+  float f_s3[1][1][4];  // f32[16, 64] as mma fragments: 16x64 in 16x8 units over 8 warps
+  float* const t_z3 = reinterpret_cast<float*>(prt_smem + 80384);  // f32[16] pitch 16
+  float* const t_u3_hi = reinterpret_cast<float*>(prt_smem + 45568);  // f32[128, 64] pitch 68
+  // g = load logG[(pid.y // $h), ((pid.x // 1) * 128):+128, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int s1 = ((static_cast<int>(blockIdx.x) / 33) * 128);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
-    for (int r = tid; r < 128; r += 128) {
+    for (int r = tid; r < 128; r += 256) {
       dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
     }
   }
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
-    for (int o = warp; o < 1; o += 4) {
+    for (int o = warp; o < 1; o += 8) {
       float carry = 0.0f;
       for (int j0 = 0; j0 < 128; j0 += 32) {
         const int j = j0 + lane, i = j;
@@ -4807,148 +4825,380 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
       }
     }
   }
-  // acc_s[row, col] = 0.0
-  {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_acc_s[j][q][e] = 0.0f;
+  __syncthreads();
+  if (((p_hq / p_h) == 1)) {
+    // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+      const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + 0);
+      const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+      const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+      float* const dst = t_f;
+      for (int r = tid; r < 128; r += 256) {
+        dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+      }
+    }
+    // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+    {
+      for (int r = tid; r < 128; r += 256) {
+        t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+      }
+    }
+    // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+      const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + 0);
+      const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+      const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+      float* const dst = t_z_row;
+      for (int r = tid; r < 128; r += 256) {
+        dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+      }
+    }
+    // z_row[row] = -((z_row[row] * f[row]))
+    {
+      for (int r = tid; r < 128; r += 256) {
+        t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+      }
+    }
+    // fdy = load.async dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0), ((pid.x % 1) * 64):+64]
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+      const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + 0);
+      const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+      const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+      const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+      float* const dst = t_fdy;
+      if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 2048; i += 256) {
+          const int r = i / 16, c = (i % 16) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 4);
         }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
+    // fdy[row, col] = (fdy[row, col] * f[row])
+    {
+      for (int i = tid; i < 8192; i += 256) {
+        const int r = i / 64, c = i % 64;
+        t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+      }
+    }
+  }
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+    // qzq0[row, col] = 0.0
+    {
+      for (int i = tid; i < 1024; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_qzq0[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
       }
     }
   }
   __syncthreads();
-  // acc_z[row] = 0.0
-  {
-    for (int r = tid; r < 64; r += 128) {
-      t_acc_z[r] = prt::from_f32<float>(0.0f);
-    }
-  }
   {
     const int v_i0_end = (p_hq / p_h);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      {
-        const int v_i1_end = prt::min_nan((((p_t - ((static_cast<int>(blockIdx.x) / 33) * 128)) + 63) / 64), 2);
-        for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
-          // q = load.async Q[(pid.y // $h), (((pid.x // 33) * 128) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0), 0:+64]
-          {
-            const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-            const int s1 = (((static_cast<int>(blockIdx.x) / 33) * 128) + (v_i1 * 64));
-            const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
-            const int s3 = 0;
-            const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
-            const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
-            float* const dst = t_q;
-            if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-              for (int i = tid; i < 1024; i += 128) {
-                const int r = i / 16, c = (i % 16) * 4;
-                const int gr = s1 + r;
-                const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 4);
-              }
-            }
-            else {
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 64, c = i % 64;
-                dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<float>(0.0f);
-              }
+      if (((p_hq / p_h) > 1)) {
+        // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
+          const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+          const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+          float* const dst = t_f;
+          for (int r = tid; r < 128; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+          }
+        }
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
+          const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+          const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+          float* const dst = t_z_row;
+          for (int r = tid; r < 128; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // z_row[row] = -((z_row[row] * f[row]))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+          }
+        }
+        // fdy = load.async dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0), ((pid.x % 1) * 64):+64]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+          const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+          const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+          float* const dst = t_fdy;
+          if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 2048; i += 256) {
+              const int r = i / 16, c = (i % 16) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 4);
             }
           }
-          // dy = load.async dY[(pid.y // $h), (((pid.x // 33) * 128) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0), 0:+64]
-          {
-            const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-            const int s1 = (((static_cast<int>(blockIdx.x) / 33) * 128) + (v_i1 * 64));
-            const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
-            const int s3 = 0;
-            const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
-            const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
-            float* const dst = t_dy;
-            if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-              for (int i = tid; i < 1024; i += 128) {
-                const int r = i / 16, c = (i % 16) * 4;
-                const int gr = s1 + r;
-                const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 4);
-              }
-            }
-            else {
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 64, c = i % 64;
-                dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3] : prt::from_f32<float>(0.0f);
-              }
-            }
-          }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          // lse_i = load lse[(pid.y // $h), (((pid.x // 33) * 128) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
-          {
-            const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-            const int s1 = (((static_cast<int>(blockIdx.x) / 33) * 128) + (v_i1 * 64));
-            const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
-            const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
-            const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
-            float* const dst = t_lse_i;
-            for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
-            }
-          }
-          // Dy_i = load Dy[(pid.y // $h), (((pid.x // 33) * 128) + (i1 * 64)):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
-          {
-            const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-            const int s1 = (((static_cast<int>(blockIdx.x) / 33) * 128) + (v_i1 * 64));
-            const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
-            const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
-            const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
-            float* const dst = t_Dy_i;
-            for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
-            }
-          }
-          __syncthreads();
-          // q_norm[row, col] = (q[row, col] * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[((i1 * 64) + row)] - lse_i[row]) / 2.0)))))
-          {
-            for (int i = tid; i < 4096; i += 128) {
+          else {
+            for (int i = tid; i < 8192; i += 256) {
               const int r = i / 64, c = i % 64;
-              t_q_norm[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q[(r) * 64 + (c)]) * ((prt::to_f32(t_lse_i[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[((v_i1 * 64) + r)]) - prt::to_f32(t_lse_i[r])) / 2.0f))))));
+              dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3] : prt::from_f32<float>(0.0f);
             }
           }
-          __syncthreads();
-          // phi_f32 = sympow2(q_norm, features from ((pid.x % 33) * 64))
-          {
-            const int off = ((static_cast<int>(blockIdx.x) % 33) * 64);
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, f = i % 64, g = off + f;
-              float v = 0.0f;
-              if (g >= 0 && g < prt_sympow_d64_p2_size) {
-                v = prt_sympow_d64_p2_weight[g];
-                v *= prt::to_f32(t_q_norm[(r) * 64 + (prt_sympow_d64_p2_index[g * 2 + 0])]);
-                v *= prt::to_f32(t_q_norm[(r) * 64 + (prt_sympow_d64_p2_index[g * 2 + 1])]);
+        }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
+        // fdy[row, col] = (fdy[row, col] * f[row])
+        {
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 64, c = i % 64;
+            t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+          }
+        }
+      }
+      __syncthreads();
+      // q0 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0), 0:+64]
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+        const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
+        const int s3 = 0;
+        const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+        const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+        float* const dst = t_q0;
+        if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
+          for (int i = tid; i < 2048; i += 256) {
+            const int r = i / 16, c = (i % 16) * 4;
+            const int gr = s1 + r;
+            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+            prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 4);
+          }
+        }
+        else {
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 64, c = i % 64;
+            dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<float>(0.0f);
+          }
+        }
+      }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // zq0_hi[row, col] = ((q0[row, col] * f[row]) * z_row[row])
+        {
+          for (int i = tid; i < 2048; i += 256) {
+            const int r = i / 16, c = i % 16;
+            t_zq0_hi[(r) * 20 + (c)] = prt::from_f32<float>(((prt::to_f32(t_q0[(r) * 68 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+          }
+        }
+        __syncthreads();
+        // qzq0 += mma.fmaFrag(q0^T, zq0_hi) [64x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+            float acc[1][4];
+            #pragma unroll
+            for (int q = 0; q < 1; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int kk = 0; kk < 128; ++kk) {
+              const float a0 = prt::to_f32(t_q0[(kk) * 68 + (m0 + g)]), a1 = prt::to_f32(t_q0[(kk) * 68 + (m0 + g + 8)]);
+              #pragma unroll
+              for (int q = 0; q < 1; ++q) {
+                const float b0 = prt::to_f32(t_zq0_hi[(kk) * 20 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_zq0_hi[(kk) * 20 + (n0 + q * 8 + t2 + 1)]);
+                acc[q][0] = fmaf(a0, b0, acc[q][0]);
+                acc[q][1] = fmaf(a0, b1, acc[q][1]);
+                acc[q][2] = fmaf(a1, b0, acc[q][2]);
+                acc[q][3] = fmaf(a1, b1, acc[q][3]);
               }
-              t_phi_f32[(r) * 68 + (f)] = prt::from_f32<float>(v);
+            }
+            #pragma unroll
+            for (int q = 0; q < 1; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          }
+        }
+      }
+    }
+  }
+  {
+    const int v_i1_end = 16;
+    for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
+      // s0[row, col] = 0.0
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s0[j][q][e] = 0.0f;
+            }
+          }
+        }
+      }
+      {
+        const int v_i2_end = (p_hq / p_h);
+        for (int v_i2 = 0; v_i2 < v_i2_end; v_i2 += 1) {
+          if (((p_hq / p_h) > 1)) {
+            // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i2);
+              const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+              const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+              float* const dst = t_f;
+              for (int r = tid; r < 128; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+            {
+              for (int r = tid; r < 128; r += 256) {
+                t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+              }
+            }
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i2);
+              const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+              const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+              float* const dst = t_z_row;
+              for (int r = tid; r < 128; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // z_row[row] = -((z_row[row] * f[row]))
+            {
+              for (int r = tid; r < 128; r += 256) {
+                t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+              }
+            }
+            // fdy = load.async dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2), ((pid.x % 1) * 64):+64]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i2);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+              const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+              const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+              float* const dst = t_fdy;
+              if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
+                for (int i = tid; i < 2048; i += 256) {
+                  const int r = i / 16, c = (i % 16) * 4;
+                  const int gr = s1 + r;
+                  const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 4);
+                }
+              }
+              else {
+                for (int i = tid; i < 8192; i += 256) {
+                  const int r = i / 64, c = i % 64;
+                  dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3] : prt::from_f32<float>(0.0f);
+                }
+              }
+            }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
+            // fdy[row, col] = (fdy[row, col] * f[row])
+            {
+              for (int i = tid; i < 8192; i += 256) {
+                const int r = i / 64, c = i % 64;
+                t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+              }
+            }
+            // q0 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2), 0:+64]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i2);
+              const int s3 = 0;
+              const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+              const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+              float* const dst = t_q0;
+              if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
+                for (int i = tid; i < 2048; i += 256) {
+                  const int r = i / 16, c = (i % 16) * 4;
+                  const int gr = s1 + r;
+                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 4);
+                }
+              }
+              else {
+                for (int i = tid; i < 8192; i += 256) {
+                  const int r = i / 64, c = i % 64;
+                  dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<float>(0.0f);
+                }
+              }
+            }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+          }
+          __syncthreads();
+          // u0_hi[row, col] = (fdy[row, col] * (q0[row, (i1 - 0)] * f[row]))
+          {
+            for (int i = tid; i < 8192; i += 256) {
+              const int r = i / 64, c = i % 64;
+              t_u0_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q0[(r) * 68 + ((v_i1 - 0))]) * prt::to_f32(t_f[r]))));
             }
           }
           __syncthreads();
-          // acc_s += mma.fmaFrag(phi_f32^T, dy) [64x64 in 16x32 units over 4 warps]
+          // s0 += mma.fmaFrag(q0^T, u0_hi) [64x64 in 16x32 units over 8 warps]
           {
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
               const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float (&acc)[4][4] = f_acc_s[j];
+              float (&acc)[4][4] = f_s0[j];
               const int g = lane >> 2, t2 = (lane & 3) * 2;
-              for (int kk = 0; kk < 64; ++kk) {
-                const float a0 = prt::to_f32(t_phi_f32[(kk) * 68 + (m0 + g)]), a1 = prt::to_f32(t_phi_f32[(kk) * 68 + (m0 + g + 8)]);
+              for (int kk = 0; kk < 128; ++kk) {
+                const float a0 = prt::to_f32(t_q0[(kk) * 68 + (m0 + g)]), a1 = prt::to_f32(t_q0[(kk) * 68 + (m0 + g + 8)]);
                 #pragma unroll
                 for (int q = 0; q < 4; ++q) {
-                  const float b0 = prt::to_f32(t_dy[(kk) * 68 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_dy[(kk) * 68 + (n0 + q * 8 + t2 + 1)]);
+                  const float b0 = prt::to_f32(t_u0_hi[(kk) * 68 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u0_hi[(kk) * 68 + (n0 + q * 8 + t2 + 1)]);
                   acc[q][0] = fmaf(a0, b0, acc[q][0]);
                   acc[q][1] = fmaf(a0, b1, acc[q][1]);
                   acc[q][2] = fmaf(a1, b0, acc[q][2]);
@@ -4957,70 +5207,1213 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
               }
             }
           }
-          __syncthreads();
-          // phi_f32[row, col] = -((phi_f32[row, col] * Dy_i[row]))
-          {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_phi_f32[(r) * 68 + (c)] = prt::from_f32<float>((-(prt::to_f32(t_phi_f32[(r) * 68 + (c)]) * prt::to_f32(t_Dy_i[r]))));
-            }
-          }
-          __syncthreads();
-          // z_sum = reduce_sum(phi_f32, axis=0)
-          {
-            for (int o = tid; o < 64; o += 128) {
-              float acc = 0.0f;
-              for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_phi_f32[(i) * 68 + (o)]);
-              t_z_sum[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // acc_z[row] = (acc_z[row] + z_sum[row])
-          {
-            for (int r = tid; r < 64; r += 128) {
-              t_acc_z[r] = prt::from_f32<float>((prt::to_f32(t_acc_z[r]) + prt::to_f32(t_z_sum[r])));
-            }
-          }
         }
       }
-    }
-  }
-  // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 33), ((pid.x % 33) * 64):+64, 0:+64] = acc_s
-  {
-    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-    const int a2 = (static_cast<int>(blockIdx.x) / 33);
-    const int s3 = ((static_cast<int>(blockIdx.x) % 33) * 64);
-    const int s4 = 0;
-    const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
-    const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
-    if (ok) {
-      #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int u = warp + j * 4;
-        const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+      // s0[row, col] = (s0[row, col] * select(((row + 0) == i1), 1.0, 1.4142135623730951))
+      {
         #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-            if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_acc_s[j][q][e]);
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s0[j][q][e] = (f_s0[j][q][e] * (((r + 0) == v_i1) ? 1.0f : 1.4142135623730951f));
+            }
+          }
+        }
+      }
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i1 * 64) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 0):+64, ((pid.x % 1) * 64):+64] = s0 where (((row + 0) >= i1) && ((row + 0) < 64))
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 1);
+        const int s3 = ((((((v_i1 * 64) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 0);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+        const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
+        const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 0) >= v_i1) && ((r + 0) < 64)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s0[j][q][e]);
+              }
+            }
+          }
+        }
+      }
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // z0[row] = (qzq0[row, (i1 - 0)] * select(((row + 0) == i1), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 64; r += 256) {
+            t_z0[r] = prt::from_f32<float>((prt::to_f32(t_qzq0[(r) * 16 + ((v_i1 - 0))]) * (((r + 0) == v_i1) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i1 * 64) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 0):+64] = z0 where (((row + 0) >= i1) && ((row + 0) < 64))
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int s3 = ((((((v_i1 * 64) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 0);
+          const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
+          const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
+          if (ok) {
+            for (int r = tid; r < 64; r += 256) {
+              if (s3 + r >= 0 && s3 + r < g_dZin_d3 && ((((r + 0) >= v_i1) && ((r + 0) < 64)))) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_z0[r];
+            }
           }
         }
       }
     }
   }
-  // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 33), ((pid.x % 33) * 64):+64] = acc_z
+  __syncthreads();
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+    // qzq1[row, col] = 0.0
+    {
+      for (int i = tid; i < 768; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_qzq1[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+      }
+    }
+  }
   {
-    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-    const int a2 = (static_cast<int>(blockIdx.x) / 33);
-    const int s3 = ((static_cast<int>(blockIdx.x) % 33) * 64);
-    const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
-    const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
-    if (ok) {
-      for (int r = tid; r < 64; r += 128) {
-        if (s3 + r >= 0 && s3 + r < g_dZin_d3) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_acc_z[r];
+    const int v_i3_end = (p_hq / p_h);
+    for (int v_i3 = 0; v_i3 < v_i3_end; v_i3 += 1) {
+      if (((p_hq / p_h) > 1)) {
+        // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i3);
+          const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+          const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+          float* const dst = t_f;
+          for (int r = tid; r < 128; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+          }
+        }
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i3);
+          const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+          const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+          float* const dst = t_z_row;
+          for (int r = tid; r < 128; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // z_row[row] = -((z_row[row] * f[row]))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+          }
+        }
+        // fdy = load.async dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3), ((pid.x % 1) * 64):+64]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i3);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+          const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+          const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+          float* const dst = t_fdy;
+          if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 2048; i += 256) {
+              const int r = i / 16, c = (i % 16) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 256) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
+        // fdy[row, col] = (fdy[row, col] * f[row])
+        {
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 64, c = i % 64;
+            t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+          }
+        }
+      }
+      __syncthreads();
+      // q1 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3), 16:+48]
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+        const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i3);
+        const int s3 = 16;
+        const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+        const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+        float* const dst = t_q1;
+        if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
+          for (int i = tid; i < 1536; i += 256) {
+            const int r = i / 12, c = (i % 12) * 4;
+            const int gr = s1 + r;
+            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+            prt::cp_async_16(&dst[(r) * 52 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 4);
+          }
+        }
+        else {
+          for (int i = tid; i < 6144; i += 256) {
+            const int r = i / 48, c = i % 48;
+            dst[(r) * 52 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<float>(0.0f);
+          }
+        }
+      }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // zq1_hi[row, col] = ((q1[row, col] * f[row]) * z_row[row])
+        {
+          for (int i = tid; i < 2048; i += 256) {
+            const int r = i / 16, c = i % 16;
+            t_zq1_hi[(r) * 20 + (c)] = prt::from_f32<float>(((prt::to_f32(t_q1[(r) * 52 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+          }
+        }
+        __syncthreads();
+        // qzq1 += mma.fmaFrag(q1^T, zq1_hi) [48x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            if (u < 6) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              const int g = lane >> 2, t2 = (lane & 3) * 2;
+              for (int kk = 0; kk < 128; ++kk) {
+                const float a0 = prt::to_f32(t_q1[(kk) * 52 + (m0 + g)]), a1 = prt::to_f32(t_q1[(kk) * 52 + (m0 + g + 8)]);
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) {
+                  const float b0 = prt::to_f32(t_zq1_hi[(kk) * 20 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_zq1_hi[(kk) * 20 + (n0 + q * 8 + t2 + 1)]);
+                  acc[q][0] = fmaf(a0, b0, acc[q][0]);
+                  acc[q][1] = fmaf(a0, b1, acc[q][1]);
+                  acc[q][2] = fmaf(a1, b0, acc[q][2]);
+                  acc[q][3] = fmaf(a1, b1, acc[q][3]);
+                }
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+      }
+    }
+  }
+  {
+    const int v_i4_end = 32;
+    for (int v_i4 = 16; v_i4 < v_i4_end; v_i4 += 1) {
+      // s1[row, col] = 0.0
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 8;
+          if (u < 12) {
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_s1[j][q][e] = 0.0f;
+              }
+            }
+          }
+        }
+      }
+      {
+        const int v_i5_end = (p_hq / p_h);
+        for (int v_i5 = 0; v_i5 < v_i5_end; v_i5 += 1) {
+          if (((p_hq / p_h) > 1)) {
+            // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i5);
+              const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+              const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+              float* const dst = t_f;
+              for (int r = tid; r < 128; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+            {
+              for (int r = tid; r < 128; r += 256) {
+                t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+              }
+            }
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i5);
+              const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+              const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+              float* const dst = t_z_row;
+              for (int r = tid; r < 128; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // z_row[row] = -((z_row[row] * f[row]))
+            {
+              for (int r = tid; r < 128; r += 256) {
+                t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+              }
+            }
+            // fdy = load.async dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5), ((pid.x % 1) * 64):+64]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i5);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+              const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+              const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+              float* const dst = t_fdy;
+              if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
+                for (int i = tid; i < 2048; i += 256) {
+                  const int r = i / 16, c = (i % 16) * 4;
+                  const int gr = s1 + r;
+                  const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 4);
+                }
+              }
+              else {
+                for (int i = tid; i < 8192; i += 256) {
+                  const int r = i / 64, c = i % 64;
+                  dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3] : prt::from_f32<float>(0.0f);
+                }
+              }
+            }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
+            // fdy[row, col] = (fdy[row, col] * f[row])
+            {
+              for (int i = tid; i < 8192; i += 256) {
+                const int r = i / 64, c = i % 64;
+                t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+              }
+            }
+            // q1 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5), 16:+48]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i5);
+              const int s3 = 16;
+              const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+              const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+              float* const dst = t_q1;
+              if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
+                for (int i = tid; i < 1536; i += 256) {
+                  const int r = i / 12, c = (i % 12) * 4;
+                  const int gr = s1 + r;
+                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 52 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 4);
+                }
+              }
+              else {
+                for (int i = tid; i < 6144; i += 256) {
+                  const int r = i / 48, c = i % 48;
+                  dst[(r) * 52 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<float>(0.0f);
+                }
+              }
+            }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+          }
+          __syncthreads();
+          // u1_hi[row, col] = (fdy[row, col] * (q1[row, (i4 - 16)] * f[row]))
+          {
+            for (int i = tid; i < 8192; i += 256) {
+              const int r = i / 64, c = i % 64;
+              t_u1_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q1[(r) * 52 + ((v_i4 - 16))]) * prt::to_f32(t_f[r]))));
+            }
+          }
+          __syncthreads();
+          // s1 += mma.fmaFrag(q1^T, u1_hi) [48x64 in 16x16 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 8;
+              if (u < 12) {
+                const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+                float (&acc)[2][4] = f_s1[j];
+                const int g = lane >> 2, t2 = (lane & 3) * 2;
+                for (int kk = 0; kk < 128; ++kk) {
+                  const float a0 = prt::to_f32(t_q1[(kk) * 52 + (m0 + g)]), a1 = prt::to_f32(t_q1[(kk) * 52 + (m0 + g + 8)]);
+                  #pragma unroll
+                  for (int q = 0; q < 2; ++q) {
+                    const float b0 = prt::to_f32(t_u1_hi[(kk) * 68 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u1_hi[(kk) * 68 + (n0 + q * 8 + t2 + 1)]);
+                    acc[q][0] = fmaf(a0, b0, acc[q][0]);
+                    acc[q][1] = fmaf(a0, b1, acc[q][1]);
+                    acc[q][2] = fmaf(a1, b0, acc[q][2]);
+                    acc[q][3] = fmaf(a1, b1, acc[q][3]);
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+      // s1[row, col] = (s1[row, col] * select(((row + 16) == i4), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 8;
+          if (u < 12) {
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_s1[j][q][e] = (f_s1[j][q][e] * (((r + 16) == v_i4) ? 1.0f : 1.4142135623730951f));
+              }
+            }
+          }
+        }
+      }
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i4 * 64) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 16):+48, ((pid.x % 1) * 64):+64] = s1 where (((row + 16) >= i4) && ((row + 16) < 64))
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 1);
+        const int s3 = ((((((v_i4 * 64) - ((v_i4 * (v_i4 - 1)) / 2)) + v_i4) - v_i4) - v_i4) + 16);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+        const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
+        const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            if (u < 12) {
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+              #pragma unroll
+              for (int q = 0; q < 2; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 16) >= v_i4) && ((r + 16) < 64)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s1[j][q][e]);
+                }
+              }
+            }
+          }
+        }
+      }
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // z1[row] = (qzq1[row, (i4 - 16)] * select(((row + 16) == i4), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 48; r += 256) {
+            t_z1[r] = prt::from_f32<float>((prt::to_f32(t_qzq1[(r) * 16 + ((v_i4 - 16))]) * (((r + 16) == v_i4) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i4 * 64) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 16):+48] = z1 where (((row + 16) >= i4) && ((row + 16) < 64))
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int s3 = ((((((v_i4 * 64) - ((v_i4 * (v_i4 - 1)) / 2)) + v_i4) - v_i4) - v_i4) + 16);
+          const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
+          const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
+          if (ok) {
+            for (int r = tid; r < 48; r += 256) {
+              if (s3 + r >= 0 && s3 + r < g_dZin_d3 && ((((r + 16) >= v_i4) && ((r + 16) < 64)))) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_z1[r];
+            }
+          }
+        }
+      }
+    }
+  }
+  __syncthreads();
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+    // qzq2[row, col] = 0.0
+    {
+      for (int i = tid; i < 512; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_qzq2[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+      }
+    }
+  }
+  {
+    const int v_i6_end = (p_hq / p_h);
+    for (int v_i6 = 0; v_i6 < v_i6_end; v_i6 += 1) {
+      if (((p_hq / p_h) > 1)) {
+        // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i6);
+          const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+          const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+          float* const dst = t_f;
+          for (int r = tid; r < 128; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+          }
+        }
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i6);
+          const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+          const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+          float* const dst = t_z_row;
+          for (int r = tid; r < 128; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // z_row[row] = -((z_row[row] * f[row]))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+          }
+        }
+        // fdy = load.async dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6), ((pid.x % 1) * 64):+64]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i6);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+          const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+          const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+          float* const dst = t_fdy;
+          if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 2048; i += 256) {
+              const int r = i / 16, c = (i % 16) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 256) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
+        // fdy[row, col] = (fdy[row, col] * f[row])
+        {
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 64, c = i % 64;
+            t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+          }
+        }
+      }
+      __syncthreads();
+      // q2 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6), 32:+32]
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+        const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i6);
+        const int s3 = 32;
+        const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+        const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+        float* const dst = t_q2;
+        if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
+          for (int i = tid; i < 1024; i += 256) {
+            const int r = i / 8, c = (i % 8) * 4;
+            const int gr = s1 + r;
+            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 4);
+          }
+        }
+        else {
+          for (int i = tid; i < 4096; i += 256) {
+            const int r = i / 32, c = i % 32;
+            dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<float>(0.0f);
+          }
+        }
+      }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // zq2_hi[row, col] = ((q2[row, col] * f[row]) * z_row[row])
+        {
+          for (int i = tid; i < 2048; i += 256) {
+            const int r = i / 16, c = i % 16;
+            t_zq2_hi[(r) * 20 + (c)] = prt::from_f32<float>(((prt::to_f32(t_q2[(r) * 36 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+          }
+        }
+        __syncthreads();
+        // qzq2 += mma.fmaFrag(q2^T, zq2_hi) [32x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            if (u < 4) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              const int g = lane >> 2, t2 = (lane & 3) * 2;
+              for (int kk = 0; kk < 128; ++kk) {
+                const float a0 = prt::to_f32(t_q2[(kk) * 36 + (m0 + g)]), a1 = prt::to_f32(t_q2[(kk) * 36 + (m0 + g + 8)]);
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) {
+                  const float b0 = prt::to_f32(t_zq2_hi[(kk) * 20 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_zq2_hi[(kk) * 20 + (n0 + q * 8 + t2 + 1)]);
+                  acc[q][0] = fmaf(a0, b0, acc[q][0]);
+                  acc[q][1] = fmaf(a0, b1, acc[q][1]);
+                  acc[q][2] = fmaf(a1, b0, acc[q][2]);
+                  acc[q][3] = fmaf(a1, b1, acc[q][3]);
+                }
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+      }
+    }
+  }
+  {
+    const int v_i7_end = 48;
+    for (int v_i7 = 32; v_i7 < v_i7_end; v_i7 += 1) {
+      // s2[row, col] = 0.0
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s2[j][q][e] = 0.0f;
+            }
+          }
+        }
+      }
+      {
+        const int v_i8_end = (p_hq / p_h);
+        for (int v_i8 = 0; v_i8 < v_i8_end; v_i8 += 1) {
+          if (((p_hq / p_h) > 1)) {
+            // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i8);
+              const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+              const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+              float* const dst = t_f;
+              for (int r = tid; r < 128; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+            {
+              for (int r = tid; r < 128; r += 256) {
+                t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+              }
+            }
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i8);
+              const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+              const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+              float* const dst = t_z_row;
+              for (int r = tid; r < 128; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // z_row[row] = -((z_row[row] * f[row]))
+            {
+              for (int r = tid; r < 128; r += 256) {
+                t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+              }
+            }
+            // fdy = load.async dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8), ((pid.x % 1) * 64):+64]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i8);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+              const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+              const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+              float* const dst = t_fdy;
+              if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
+                for (int i = tid; i < 2048; i += 256) {
+                  const int r = i / 16, c = (i % 16) * 4;
+                  const int gr = s1 + r;
+                  const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 4);
+                }
+              }
+              else {
+                for (int i = tid; i < 8192; i += 256) {
+                  const int r = i / 64, c = i % 64;
+                  dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3] : prt::from_f32<float>(0.0f);
+                }
+              }
+            }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
+            // fdy[row, col] = (fdy[row, col] * f[row])
+            {
+              for (int i = tid; i < 8192; i += 256) {
+                const int r = i / 64, c = i % 64;
+                t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+              }
+            }
+            // q2 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8), 32:+32]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i8);
+              const int s3 = 32;
+              const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+              const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+              float* const dst = t_q2;
+              if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
+                for (int i = tid; i < 1024; i += 256) {
+                  const int r = i / 8, c = (i % 8) * 4;
+                  const int gr = s1 + r;
+                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 4);
+                }
+              }
+              else {
+                for (int i = tid; i < 4096; i += 256) {
+                  const int r = i / 32, c = i % 32;
+                  dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<float>(0.0f);
+                }
+              }
+            }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+          }
+          __syncthreads();
+          // u2_hi[row, col] = (fdy[row, col] * (q2[row, (i7 - 32)] * f[row]))
+          {
+            for (int i = tid; i < 8192; i += 256) {
+              const int r = i / 64, c = i % 64;
+              t_u2_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q2[(r) * 36 + ((v_i7 - 32))]) * prt::to_f32(t_f[r]))));
+            }
+          }
+          __syncthreads();
+          // s2 += mma.fmaFrag(q2^T, u2_hi) [32x64 in 16x16 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+              float (&acc)[2][4] = f_s2[j];
+              const int g = lane >> 2, t2 = (lane & 3) * 2;
+              for (int kk = 0; kk < 128; ++kk) {
+                const float a0 = prt::to_f32(t_q2[(kk) * 36 + (m0 + g)]), a1 = prt::to_f32(t_q2[(kk) * 36 + (m0 + g + 8)]);
+                #pragma unroll
+                for (int q = 0; q < 2; ++q) {
+                  const float b0 = prt::to_f32(t_u2_hi[(kk) * 68 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u2_hi[(kk) * 68 + (n0 + q * 8 + t2 + 1)]);
+                  acc[q][0] = fmaf(a0, b0, acc[q][0]);
+                  acc[q][1] = fmaf(a0, b1, acc[q][1]);
+                  acc[q][2] = fmaf(a1, b0, acc[q][2]);
+                  acc[q][3] = fmaf(a1, b1, acc[q][3]);
+                }
+              }
+            }
+          }
+        }
+      }
+      // s2[row, col] = (s2[row, col] * select(((row + 32) == i7), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s2[j][q][e] = (f_s2[j][q][e] * (((r + 32) == v_i7) ? 1.0f : 1.4142135623730951f));
+            }
+          }
+        }
+      }
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i7 * 64) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 32):+32, ((pid.x % 1) * 64):+64] = s2 where (((row + 32) >= i7) && ((row + 32) < 64))
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 1);
+        const int s3 = ((((((v_i7 * 64) - ((v_i7 * (v_i7 - 1)) / 2)) + v_i7) - v_i7) - v_i7) + 32);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+        const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
+        const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 32) >= v_i7) && ((r + 32) < 64)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s2[j][q][e]);
+              }
+            }
+          }
+        }
+      }
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // z2[row] = (qzq2[row, (i7 - 32)] * select(((row + 32) == i7), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 32; r += 256) {
+            t_z2[r] = prt::from_f32<float>((prt::to_f32(t_qzq2[(r) * 16 + ((v_i7 - 32))]) * (((r + 32) == v_i7) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i7 * 64) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 32):+32] = z2 where (((row + 32) >= i7) && ((row + 32) < 64))
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int s3 = ((((((v_i7 * 64) - ((v_i7 * (v_i7 - 1)) / 2)) + v_i7) - v_i7) - v_i7) + 32);
+          const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
+          const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
+          if (ok) {
+            for (int r = tid; r < 32; r += 256) {
+              if (s3 + r >= 0 && s3 + r < g_dZin_d3 && ((((r + 32) >= v_i7) && ((r + 32) < 64)))) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_z2[r];
+            }
+          }
+        }
+      }
+    }
+  }
+  __syncthreads();
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+    // qzq3[row, col] = 0.0
+    {
+      for (int i = tid; i < 256; i += 256) {
+        const int r = i / 16, c = i % 16;
+        t_qzq3[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+      }
+    }
+  }
+  {
+    const int v_i9_end = (p_hq / p_h);
+    for (int v_i9 = 0; v_i9 < v_i9_end; v_i9 += 1) {
+      if (((p_hq / p_h) > 1)) {
+        // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i9);
+          const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+          const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+          float* const dst = t_f;
+          for (int r = tid; r < 128; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+          }
+        }
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9)]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i9);
+          const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+          const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+          float* const dst = t_z_row;
+          for (int r = tid; r < 128; r += 256) {
+            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          }
+        }
+        // z_row[row] = -((z_row[row] * f[row]))
+        {
+          for (int r = tid; r < 128; r += 256) {
+            t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+          }
+        }
+        // fdy = load.async dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9), ((pid.x % 1) * 64):+64]
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i9);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+          const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+          const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+          float* const dst = t_fdy;
+          if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 2048; i += 256) {
+              const int r = i / 16, c = (i % 16) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 256) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
+        // fdy[row, col] = (fdy[row, col] * f[row])
+        {
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 64, c = i % 64;
+            t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+          }
+        }
+      }
+      __syncthreads();
+      // q3 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9), 48:+16]
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+        const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i9);
+        const int s3 = 48;
+        const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+        const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+        float* const dst = t_q3;
+        if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
+          for (int i = tid; i < 512; i += 256) {
+            const int r = i / 4, c = (i % 4) * 4;
+            const int gr = s1 + r;
+            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+            prt::cp_async_16(&dst[(r) * 20 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 4);
+          }
+        }
+        else {
+          for (int i = tid; i < 2048; i += 256) {
+            const int r = i / 16, c = i % 16;
+            dst[(r) * 20 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<float>(0.0f);
+          }
+        }
+      }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // zq3_hi[row, col] = ((q3[row, col] * f[row]) * z_row[row])
+        {
+          for (int i = tid; i < 2048; i += 256) {
+            const int r = i / 16, c = i % 16;
+            t_zq3_hi[(r) * 20 + (c)] = prt::from_f32<float>(((prt::to_f32(t_q3[(r) * 20 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+          }
+        }
+        __syncthreads();
+        // qzq3 += mma.fmaFrag(q3^T, zq3_hi) [16x16 in 16x8 units over 8 warps]
+        {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            if (u < 2) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              const int g = lane >> 2, t2 = (lane & 3) * 2;
+              for (int kk = 0; kk < 128; ++kk) {
+                const float a0 = prt::to_f32(t_q3[(kk) * 20 + (m0 + g)]), a1 = prt::to_f32(t_q3[(kk) * 20 + (m0 + g + 8)]);
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) {
+                  const float b0 = prt::to_f32(t_zq3_hi[(kk) * 20 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_zq3_hi[(kk) * 20 + (n0 + q * 8 + t2 + 1)]);
+                  acc[q][0] = fmaf(a0, b0, acc[q][0]);
+                  acc[q][1] = fmaf(a0, b1, acc[q][1]);
+                  acc[q][2] = fmaf(a1, b0, acc[q][2]);
+                  acc[q][3] = fmaf(a1, b1, acc[q][3]);
+                }
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_qzq3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+        }
+      }
+    }
+  }
+  {
+    const int v_i10_end = 64;
+    for (int v_i10 = 48; v_i10 < v_i10_end; v_i10 += 1) {
+      // s3[row, col] = 0.0
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 8;
+          #pragma unroll
+          for (int q = 0; q < 1; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s3[j][q][e] = 0.0f;
+            }
+          }
+        }
+      }
+      {
+        const int v_i11_end = (p_hq / p_h);
+        for (int v_i11 = 0; v_i11 < v_i11_end; v_i11 += 1) {
+          if (((p_hq / p_h) > 1)) {
+            // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i11);
+              const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+              const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+              float* const dst = t_f;
+              for (int r = tid; r < 128; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
+            {
+              for (int r = tid; r < 128; r += 256) {
+                t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
+              }
+            }
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11)]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i11);
+              const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+              const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+              float* const dst = t_z_row;
+              for (int r = tid; r < 128; r += 256) {
+                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              }
+            }
+            // z_row[row] = -((z_row[row] * f[row]))
+            {
+              for (int r = tid; r < 128; r += 256) {
+                t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
+              }
+            }
+            // fdy = load.async dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11), ((pid.x % 1) * 64):+64]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i11);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+              const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+              const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+              float* const dst = t_fdy;
+              if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
+                for (int i = tid; i < 2048; i += 256) {
+                  const int r = i / 16, c = (i % 16) * 4;
+                  const int gr = s1 + r;
+                  const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 4);
+                }
+              }
+              else {
+                for (int i = tid; i < 8192; i += 256) {
+                  const int r = i / 64, c = i % 64;
+                  dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3] : prt::from_f32<float>(0.0f);
+                }
+              }
+            }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
+            // fdy[row, col] = (fdy[row, col] * f[row])
+            {
+              for (int i = tid; i < 8192; i += 256) {
+                const int r = i / 64, c = i % 64;
+                t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+              }
+            }
+            // q3 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11), 48:+16]
+            {
+              const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i11);
+              const int s3 = 48;
+              const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+              const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+              float* const dst = t_q3;
+              if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
+                for (int i = tid; i < 512; i += 256) {
+                  const int r = i / 4, c = (i % 4) * 4;
+                  const int gr = s1 + r;
+                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 20 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 4);
+                }
+              }
+              else {
+                for (int i = tid; i < 2048; i += 256) {
+                  const int r = i / 16, c = i % 16;
+                  dst[(r) * 20 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<float>(0.0f);
+                }
+              }
+            }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+          }
+          __syncthreads();
+          // u3_hi[row, col] = (fdy[row, col] * (q3[row, (i10 - 48)] * f[row]))
+          {
+            for (int i = tid; i < 8192; i += 256) {
+              const int r = i / 64, c = i % 64;
+              t_u3_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q3[(r) * 20 + ((v_i10 - 48))]) * prt::to_f32(t_f[r]))));
+            }
+          }
+          __syncthreads();
+          // s3 += mma.fmaFrag(q3^T, u3_hi) [16x64 in 16x8 units over 8 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 8) * 16, n0 = (u % 8) * 8;
+              float (&acc)[1][4] = f_s3[j];
+              const int g = lane >> 2, t2 = (lane & 3) * 2;
+              for (int kk = 0; kk < 128; ++kk) {
+                const float a0 = prt::to_f32(t_q3[(kk) * 20 + (m0 + g)]), a1 = prt::to_f32(t_q3[(kk) * 20 + (m0 + g + 8)]);
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) {
+                  const float b0 = prt::to_f32(t_u3_hi[(kk) * 68 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u3_hi[(kk) * 68 + (n0 + q * 8 + t2 + 1)]);
+                  acc[q][0] = fmaf(a0, b0, acc[q][0]);
+                  acc[q][1] = fmaf(a0, b1, acc[q][1]);
+                  acc[q][2] = fmaf(a1, b0, acc[q][2]);
+                  acc[q][3] = fmaf(a1, b1, acc[q][3]);
+                }
+              }
+            }
+          }
+        }
+      }
+      // s3[row, col] = (s3[row, col] * select(((row + 48) == i10), 1.0, 1.4142135623730951))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 8;
+          #pragma unroll
+          for (int q = 0; q < 1; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s3[j][q][e] = (f_s3[j][q][e] * (((r + 48) == v_i10) ? 1.0f : 1.4142135623730951f));
+            }
+          }
+        }
+      }
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i10 * 64) - ((i10 * (i10 - 1)) // 2)) + i10) - i10) - i10) + 48):+16, ((pid.x % 1) * 64):+64] = s3 where (((row + 48) >= i10) && ((row + 48) < 64))
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 1);
+        const int s3 = ((((((v_i10 * 64) - ((v_i10 * (v_i10 - 1)) / 2)) + v_i10) - v_i10) - v_i10) + 48);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+        const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
+        const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 8) * 16, n0 = (u % 8) * 8;
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 48) >= v_i10) && ((r + 48) < 64)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s3[j][q][e]);
+              }
+            }
+          }
+        }
+      }
+      __syncthreads();
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // z3[row] = (qzq3[row, (i10 - 48)] * select(((row + 48) == i10), 1.0, 1.4142135623730951))
+        {
+          for (int r = tid; r < 16; r += 256) {
+            t_z3[r] = prt::from_f32<float>((prt::to_f32(t_qzq3[(r) * 16 + ((v_i10 - 48))]) * (((r + 48) == v_i10) ? 1.0f : 1.4142135623730951f)));
+          }
+        }
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i10 * 64) - ((i10 * (i10 - 1)) // 2)) + i10) - i10) - i10) + 48):+16] = z3 where (((row + 48) >= i10) && ((row + 48) < 64))
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int s3 = ((((((v_i10 * 64) - ((v_i10 * (v_i10 - 1)) / 2)) + v_i10) - v_i10) - v_i10) + 48);
+          const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
+          const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
+          if (ok) {
+            for (int r = tid; r < 16; r += 256) {
+              if (s3 + r >= 0 && s3 + r < g_dZin_d3 && ((((r + 48) >= v_i10) && ((r + 48) < 64)))) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_z3[r];
+            }
+          }
+        }
       }
     }
   }
@@ -7657,10 +9050,10 @@ extern "C" cudaError_t prt_query_state_bwd_dq_p2_d64_e64_c128_f32_w4_bd64_bt64_s
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_query_state_bwd_ds_p2_d64_e64_c128_f32_w4_bd64_bt64_s1_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_ds_p2_d64_e64_c128_f32_w4_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 69120);
+extern "C" cudaError_t prt_query_state_bwd_ds_p2_d64_e64_c128_f32_w8_bd64_bt128_s1_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_ds_p2_d64_e64_c128_f32_w8_bd64_bt128_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 108288);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_ds_p2_d64_e64_c128_f32_w4_bd64_bt64_s1<<<grid, 128, 69120, stream>>>(g_Q, g_logG, g_dY, g_lse, g_Dy, g_dSin, g_dZin, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_query_state_bwd_ds_p2_d64_e64_c128_f32_w8_bd64_bt128_s1<<<grid, 256, 108288, stream>>>(g_Q, g_logG, g_dY, g_lse, g_Dy, g_dSin, g_dZin, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 

@@ -15,14 +15,17 @@
 // as a hi + lo pair where stateSplit("update_state.phi") says so. One program owns a whole chunk
 // and BE columns of V; the a's run in blocks of 16, each block using the K columns from its first a
 // (16-aligned, for ldmatrix), and each a's rows go to the state through a masked store (rows b < a
-// of the tile belong to the group before). It keeps the chunk's keys on chip; where they do not fit
-// (d = 128 at chunk 256 in f32) the expanded form below runs instead, chosen per spec.
+// of the tile belong to the group before): pair-outer.ts, shared with query_state_bwd_ds. It keeps
+// the chunk's keys on chip; where they do not fit (d = 128 at chunk 256 in f32) the expanded form
+// below runs instead, chosen per spec.
 
 import { range, traceKernel, type KernelBuilder, type Val } from "../builder.ts";
 import type { Kernel } from "../ir.ts";
 import type { KernelDef, Schedule, Spec } from "../spec.ts";
 import { stateFeatures } from "../spec.ts";
-import { chunkGates, computedOperand, dataOperand, pairFeature, pairWeight, featureBlocks, mmaSplit, rowBlocks, splitOperand, stateSplit, tileBytes, TILE_BUDGET, tileSizes, updateStateOperandDtype } from "./common.ts";
+import { dtypeBytes } from "../dtype.ts";
+import { chunkGates, dataOperand, featureBlocks, mmaSplit, rowBlocks, splitOperand, stateSplit, tileBytes, TILE_BUDGET, tileSizes, updateStateOperandDtype } from "./common.ts";
+import { pairOuter, pairOuterBytes } from "./pair-outer.ts";
 
 const doc = "dS_m = phi(k')^T V, dZ_m = colsum phi(k') per chunk, k' = k exp((G_m - lam)/p)";
 
@@ -87,7 +90,6 @@ function buildFactored(spec: Spec, sch: Schedule): Kernel {
     if (spec.deg !== 2) throw new Error(`update_state: the factored form is for deg 2, got ${spec.deg}`);
     const BE = sch.blockD;
     if (e % BE !== 0) throw new Error(`update_state: blockD ${BE} (columns of V per program) must divide e ${e}`);
-    const W = Math.ceil(d / 16) * 16; // K's columns, padded to whole k-steps of 16 (0 past d)
     const { b, t, h, n, K, V, logG, dS, dZ } = declare(k, spec);
 
     const neb = e / BE;
@@ -103,33 +105,11 @@ function buildFactored(spec: Spec, sch: Schedule): Kernel {
     k.load(vt, V, [bi, rows, hi, range(e0, BE)]);
     const gv = k.shared("gv", [c, BE], "f32"); // g_j v_j, formed once: every U_a is it times k_:a
     k.map(gv, ({ row, col }) => vt.at(row, col).mul(gate(row)));
-
-    for (let I = 0; I < W / 16; I++) {
-      const c0 = 16 * I, w = W - c0; // this block's a in [c0, c0 + 16); rows b in [c0, W)
-      const kI = k.shared(`k${I}`, [c, w], dtype); // K[:, c0:W]; rows past t and columns past d read 0
-      k.load(kI, K, [bi, rows, hi, range(c0, w)]);
-      // dZ (the programs of V's first columns): mz = K[:, c0:]^T (g K[:, c0:c0+16]), [w, 16], column a - c0 for a
-      const first = eb.eq(0);
-      const mz = k.reg(`kgk${I}`, [w, 16], "f32");
-      k.if(first, () => {
-        const gk = computedOperand(k, `gk${I}`, [c, 16], sd, pair, ({ row, col }) => kI.at(row, col).mul(gate(row)));
-        mmaSplit(k, mz, kI, gk, { transA: true }); // [w, c] @ [c, 16]
-      });
-      const acc = k.reg(`s${I}`, [w, BE], "f32");
-      const z = k.reg(`z${I}`, [w], "f32");
-      const ownRows = (a: Val) => ({ row }: { row: Val }): Val => row.add(c0).ge(a).and(row.add(c0).lt(d)); // rows b in [a, d)
-      k.for(c0, Math.min(c0 + 16, d), (a) => {
-        const u = computedOperand(k, `u${I}`, [c, BE], sd, pair, ({ row, col }) => gv.at(row, col).mul(kI.at(row, a.sub(c0)))); // U_a
-        mmaSplit(k, acc, kI, u, { transA: true }); // [w, c] @ [c, BE]: (K^T U_a)_b for b in [c0, W)
-        k.map(acc, ({ row, col }) => acc.at(row, col).mul(pairWeight(a, row.add(c0))));
-        const at = pairFeature(d, a, a).sub(a).add(c0); // feature of (a, c0)
-        k.store(dS, [bi, hi, m, range(at, w), range(e0, BE)], acc, { where: ownRows(a) });
-        k.if(first, () => {
-          k.map(z, ({ row }) => mz.at(row, a.sub(c0)).mul(pairWeight(a, row.add(c0))));
-          k.store(dZ, [bi, hi, m, range(at, w)], z, { where: ownRows(a) });
-        });
-      });
-    }
+    pairOuter(k, {
+      d, name: "k", aDtype: dtype, operandDtype: sd, pair, X: gv, z: gate, sources: 1,
+      loadA: (kI, c0) => k.load(kI, K, [bi, rows, hi, range(c0, kI.cols)]), // K[:, c0:W]; rows past t and columns past d read 0
+      withZ: eb.eq(0), S: dS, Z: dZ, at: [bi, hi, m], col0: e0,
+    });
   });
 }
 
@@ -137,11 +117,11 @@ function buildFactored(spec: Spec, sch: Schedule): Kernel {
 const factored = (spec: Spec): boolean => spec.deg === 2 && factoredPeakBytes(spec, { numWarps: 4, blockD: Math.min(8, spec.e), blockT: spec.chunk, stages: 1 }) <= TILE_BUDGET;
 const build = (spec: Spec, sch: Schedule): Kernel => (factored(spec) ? buildFactored : buildExpanded)(spec, sch);
 
-/** Shared bytes of the factored form at its peak (tileBytes sums every tile, but the phases reuse bytes). */
+/** Shared bytes of the factored form at its peak (tileBytes sums every tile, but the phases reuse bytes):
+ * pairOuter's tiles, V and g V, the gates. */
 function factoredPeakBytes(spec: Spec, sch: Schedule): number {
-  const W = Math.ceil(spec.d / 16) * 16, c = spec.chunk, el = spec.dtype === "f32" ? 4 : 2, pairs = spec.dtype === "f32" ? 1 : 2;
-  const pad = 16 / el; // a row's padding against bank conflicts (codegen pads mma operands by 16 bytes)
-  return c * (W + pad) * el + c * sch.blockD * (el + 4) + c * (sch.blockD + pad) * el * pairs + pairs * c * (16 + pad) * el + 2 * c * 4;
+  const c = spec.chunk, el = dtypeBytes(spec.dtype);
+  return pairOuterBytes({ d: spec.d, rows: c, cols: sch.blockD, aDtype: spec.dtype, operandDtype: spec.dtype, pair: stateSplit(spec, "update_state.phi") }) + c * sch.blockD * (el + 4) + 2 * c * 4;
 }
 
 /** p = 2: a whole chunk per program, all of V's columns while they fit (halving blockD), 8 warps
