@@ -8,7 +8,7 @@ import { attentionBwd, attentionBwdPrep } from "./kernels/attention-bwd.ts";
 import { combineGrads } from "./kernels/combine-grads.ts";
 import { featureBlocks } from "./kernels/common.ts";
 import { discountedCumsumBwd } from "./kernels/discounted-cumsum-bwd.ts";
-import { queryStateBwdDq, queryStateBwdDs } from "./kernels/query-state-bwd.ts";
+import { dqStateBlocks, queryStateBwdDq, queryStateBwdDs } from "./kernels/query-state-bwd.ts";
 import { updateStateBwd } from "./kernels/update-state-bwd.ts";
 import { checkProblem, chunksOf, forwardPlan, inputBuffers, planInputs, problemSpec, stateInBuffers, stepOf, type ForwardInputs, type Problem, type ScheduleTable } from "./plan.ts";
 import type { Plan, PlanBuffer, PlanStep } from "./plan-types.ts";
@@ -63,7 +63,7 @@ export function backwardPlan(p: Problem, sched: ScheduleTable = {}): Plan {
     }),
     {
       ...dq,
-      params: { ...dims, scale: p.scale, nfb: short ? 0 : featureBlocks(spec, dq.schedule.blockD).count },
+      params: { ...dims, scale: p.scale, nfb: short ? 0 : dqStateBlocks(spec, dq.schedule) },
       bind: {
         Q: "Q", logG: "logG", Sin: short ? "S0" : state.Sin, Zin: short ? "Z0" : state.Zin, dY: "dY", lse: "lse", yS: "yS", wS: "wS",
         DyA: "DyA", PA: "PA", Dy: "Dy", lseB: "lseB", dQs: "dQs", dlamQ: "dlamQ",

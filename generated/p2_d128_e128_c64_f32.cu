@@ -5119,8 +5119,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
 }
 
 // query_state_bwd_dq: Dy, lseB (the normaliser the backward's weights sum to 1 under), and dQs, dlamQ: the gradient through phi(q')^T [Sin, Zin]
-// grid ($n, $hq, $b), 128 threads, 141952 bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128_e128_c64_f32_w4_bd64_bt32_s1(
+// grid (($n * 4), $hq, $b), 128 threads, 159872 bytes of dynamic shared memory
+extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128_e128_c64_f32_w4_bd0_bt16_s1(
     const float* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -5289,315 +5289,417 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
   (void)g_dlamQ_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  float* const t_q = reinterpret_cast<float*>(prt_smem + 83968);  // f32[32, 128] pitch 128
-  float* const t_dy = reinterpret_cast<float*>(prt_smem + 34304);  // f32[32, 128] pitch 132
-  float* const t_dy_row = reinterpret_cast<float*>(prt_smem + 51200);  // f32[32, 128] pitch 128
-  float* const t_y_s = reinterpret_cast<float*>(prt_smem + 116736);  // f32[32, 128] pitch 128
-  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 141568);  // f32[32] pitch 32
-  float* const t_dy_y = reinterpret_cast<float*>(prt_smem + 141440);  // f32[32] pitch 32
-  float* const t_rho = reinterpret_cast<float*>(prt_smem + 141824);  // f32[32] pitch 32
-  float* const t_dy_s = reinterpret_cast<float*>(prt_smem + 141312);  // f32[32] pitch 32
-  float* const t_p_s = reinterpret_cast<float*>(prt_smem + 141696);  // f32[32] pitch 32
-  float* const t_q_norm = reinterpret_cast<float*>(prt_smem + 100352);  // f32[32, 128] pitch 128
-  float* const t_S_f32 = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 128] pitch 132
-  float* const t_Z_blk = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  float* const t_S_dy = reinterpret_cast<float*>(prt_smem + 133120);  // f32[32, 64] pitch 64
-  float* const t_grad_s = reinterpret_cast<float*>(prt_smem + 67584);  // f32[32, 128] pitch 128
-  // g = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
-  {
-    const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
-    const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-    const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-    const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-    float* const dst = t_g;
-    for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-    }
-  }
-  __syncthreads();
-  // lam = cumsum(g, axis=0)
-  {
-    for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_lam[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+  float* const t_dy = reinterpret_cast<float*>(prt_smem + 512);  // f32[16, 128] pitch 132
+  float* const t_q = reinterpret_cast<float*>(prt_smem + 8960);  // f32[16, 128] pitch 132
+  float* const t_dy_row = reinterpret_cast<float*>(prt_smem + 17408);  // f32[16, 128] pitch 128
+  float* const t_y_s = reinterpret_cast<float*>(prt_smem + 25600);  // f32[16, 128] pitch 128
+  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 0);  // f32[16] pitch 16
+  float* const t_dy_y = reinterpret_cast<float*>(prt_smem + 64);  // f32[16] pitch 16
+  float* const t_rho = reinterpret_cast<float*>(prt_smem + 128);  // f32[16] pitch 16
+  float* const t_dy_s = reinterpret_cast<float*>(prt_smem + 17408);  // f32[16] pitch 16
+  float* const t_p_s = reinterpret_cast<float*>(prt_smem + 192);  // f32[16] pitch 16
+  float f_grad_s[1][4][4];  // f32[16, 128] as mma fragments: 16x128 in 16x32 units over 4 warps
+  float* const t_z = reinterpret_cast<float*>(prt_smem + 17472);  // f32[8256] pitch 8256
+  float* const t_zs_hi = reinterpret_cast<float*>(prt_smem + 50496);  // f32[128, 128] pitch 132
+  float* const t_qzs = reinterpret_cast<float*>(prt_smem + 17472);  // f32[16, 128] pitch 128
+  float* const t_r = reinterpret_cast<float*>(prt_smem + 159808);  // f32[16] pitch 16
+  float* const t_r16 = reinterpret_cast<float*>(prt_smem + 17472);  // f32[16, 16] pitch 16
+  float* const t_s0_f32 = reinterpret_cast<float*>(prt_smem + 86080);  // f32[128, 128] pitch 128
+  float* const t_t0 = reinterpret_cast<float*>(prt_smem + 151616);  // f32[16, 128] pitch 128
+  float* const t_s0_hi = reinterpret_cast<float*>(prt_smem + 18496);  // f32[128, 128] pitch 132
+  float* const t_s1_f32 = reinterpret_cast<float*>(prt_smem + 77632);  // f32[112, 128] pitch 128
+  float* const t_t1 = reinterpret_cast<float*>(prt_smem + 134976);  // f32[16, 112] pitch 112
+  float* const t_s1_hi = reinterpret_cast<float*>(prt_smem + 18496);  // f32[112, 128] pitch 132
+  float* const t_s2_f32 = reinterpret_cast<float*>(prt_smem + 69184);  // f32[96, 128] pitch 128
+  float* const t_t2 = reinterpret_cast<float*>(prt_smem + 118336);  // f32[16, 96] pitch 96
+  float* const t_s2_hi = reinterpret_cast<float*>(prt_smem + 18496);  // f32[96, 128] pitch 132
+  float* const t_s3_f32 = reinterpret_cast<float*>(prt_smem + 60736);  // f32[80, 128] pitch 128
+  float* const t_t3 = reinterpret_cast<float*>(prt_smem + 101696);  // f32[16, 80] pitch 80
+  float* const t_s3_hi = reinterpret_cast<float*>(prt_smem + 18496);  // f32[80, 128] pitch 132
+  float* const t_s4_f32 = reinterpret_cast<float*>(prt_smem + 52288);  // f32[64, 128] pitch 128
+  float* const t_t4 = reinterpret_cast<float*>(prt_smem + 85056);  // f32[16, 64] pitch 64
+  float* const t_s4_hi = reinterpret_cast<float*>(prt_smem + 18496);  // f32[64, 128] pitch 132
+  float* const t_s5_f32 = reinterpret_cast<float*>(prt_smem + 43840);  // f32[48, 128] pitch 128
+  float* const t_t5 = reinterpret_cast<float*>(prt_smem + 68416);  // f32[16, 48] pitch 48
+  float* const t_s5_hi = reinterpret_cast<float*>(prt_smem + 18496);  // f32[48, 128] pitch 132
+  float* const t_s6_f32 = reinterpret_cast<float*>(prt_smem + 35392);  // f32[32, 128] pitch 128
+  float* const t_t6 = reinterpret_cast<float*>(prt_smem + 51776);  // f32[16, 32] pitch 32
+  float* const t_s6_hi = reinterpret_cast<float*>(prt_smem + 18496);  // f32[32, 128] pitch 132
+  float* const t_s7_f32 = reinterpret_cast<float*>(prt_smem + 26944);  // f32[16, 128] pitch 128
+  float* const t_t7 = reinterpret_cast<float*>(prt_smem + 35136);  // f32[16, 16] pitch 16
+  float* const t_s7_hi = reinterpret_cast<float*>(prt_smem + 18496);  // f32[16, 128] pitch 132
+  if (((((static_cast<int>(blockIdx.x) / 4) * 64) + ((static_cast<int>(blockIdx.x) % 4) * 16)) < p_t)) {
+    // g = load logG[pid.z, ((pid.x // 4) * 64):+64, (pid.y // ($hq // $h))]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 64);
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_g;
+      for (int r = tid; r < 64; r += 128) {
+        dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
       }
     }
-  }
-  {
-    const int v_i0_end = prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 64)) + 31) / 32), 2);
-    for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // q = load.async Q[pid.z, ((pid.x * 64) + (i0 * 32)):+32, pid.y, 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 32));
-        const int a2 = static_cast<int>(blockIdx.y);
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
-        const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
-        float* const dst = t_q;
-        if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 32, c = (i % 32) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 4);
-          }
+    __syncthreads();
+    // lam = cumsum(g, axis=0)
+    {
+      for (int o = warp; o < 1; o += 4) {
+        float carry = 0.0f;
+        for (int j0 = 0; j0 < 64; j0 += 32) {
+          const int j = j0 + lane, i = j;
+          float v = j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
+          v = prt::warp_inclusive_sum(v, lane) + carry;
+          if (j < 64) t_lam[i] = prt::from_f32<float>(v);
+          carry = __shfl_sync(0xffffffffu, v, 31);
         }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<float>(0.0f);
+      }
+    }
+    // dy = load.async dY[pid.z, (((pid.x // 4) * 64) + ((pid.x % 4) * 16)):+16, pid.y, 0:+128]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 4) * 64) + ((static_cast<int>(blockIdx.x) % 4) * 16));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+      const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+      float* const dst = t_dy;
+      if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 32, c = (i % 32) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    // q = load.async Q[pid.z, (((pid.x // 4) * 64) + ((pid.x % 4) * 16)):+16, pid.y, 0:+128]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 4) * 64) + ((static_cast<int>(blockIdx.x) % 4) * 16));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+      const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+      float* const dst = t_q;
+      if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 32, c = (i % 32) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    // dy_row = load.async dY[pid.z, (((pid.x // 4) * 64) + ((pid.x % 4) * 16)):+16, pid.y, 0:+128]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 4) * 64) + ((static_cast<int>(blockIdx.x) % 4) * 16));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+      const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+      float* const dst = t_dy_row;
+      if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 32, c = (i % 32) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    // y_s = load.async yS[pid.z, (((pid.x // 4) * 64) + ((pid.x % 4) * 16)):+16, pid.y, 0:+128]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 4) * 64) + ((static_cast<int>(blockIdx.x) % 4) * 16));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_yS_d0 && a2 >= 0 && a2 < g_yS_d2;
+      const long long base = static_cast<long long>(a0) * g_yS_s0 + static_cast<long long>(s1) * g_yS_s1 + static_cast<long long>(a2) * g_yS_s2 + static_cast<long long>(s3) * g_yS_s3;
+      float* const dst = t_y_s;
+      if (prt::aligned16(g_yS) && base % 4 == 0 && g_yS_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 32, c = (i % 32) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_yS_d1 ? g_yS_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_yS + base + static_cast<long long>(r) * g_yS_s1 + c) : static_cast<const void*>(g_yS), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_yS_d1 && s3 + c >= 0 && s3 + c < g_yS_d3 ? g_yS[base + static_cast<long long>(r) * g_yS_s1 + static_cast<long long>(c) * g_yS_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
+    // lse_i = load lse[pid.z, (((pid.x // 4) * 64) + ((pid.x % 4) * 16)):+16, pid.y]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 4) * 64) + ((static_cast<int>(blockIdx.x) % 4) * 16));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+      const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+      float* const dst = t_lse_i;
+      for (int r = tid; r < 16; r += 128) {
+        dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+      }
+    }
+    // dy_y = load DyA[pid.z, (((pid.x // 4) * 64) + ((pid.x % 4) * 16)):+16, pid.y]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 4) * 64) + ((static_cast<int>(blockIdx.x) % 4) * 16));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const bool ok = a0 >= 0 && a0 < g_DyA_d0 && a2 >= 0 && a2 < g_DyA_d2;
+      const long long base = static_cast<long long>(a0) * g_DyA_s0 + static_cast<long long>(s1) * g_DyA_s1 + static_cast<long long>(a2) * g_DyA_s2;
+      float* const dst = t_dy_y;
+      for (int r = tid; r < 16; r += 128) {
+        dst[r] = ok && s1 + r >= 0 && s1 + r < g_DyA_d1 ? g_DyA[base + static_cast<long long>(r) * g_DyA_s1] : prt::from_f32<float>(0.0f);
+      }
+    }
+    // rho = load PA[pid.z, (((pid.x // 4) * 64) + ((pid.x % 4) * 16)):+16, pid.y]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 4) * 64) + ((static_cast<int>(blockIdx.x) % 4) * 16));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const bool ok = a0 >= 0 && a0 < g_PA_d0 && a2 >= 0 && a2 < g_PA_d2;
+      const long long base = static_cast<long long>(a0) * g_PA_s0 + static_cast<long long>(s1) * g_PA_s1 + static_cast<long long>(a2) * g_PA_s2;
+      float* const dst = t_rho;
+      for (int r = tid; r < 16; r += 128) {
+        dst[r] = ok && s1 + r >= 0 && s1 + r < g_PA_d1 ? g_PA[base + static_cast<long long>(r) * g_PA_s1] : prt::from_f32<float>(0.0f);
+      }
+    }
+    // p_s = load wS[pid.z, (((pid.x // 4) * 64) + ((pid.x % 4) * 16)):+16, pid.y]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 4) * 64) + ((static_cast<int>(blockIdx.x) % 4) * 16));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const bool ok = a0 >= 0 && a0 < g_wS_d0 && a2 >= 0 && a2 < g_wS_d2;
+      const long long base = static_cast<long long>(a0) * g_wS_s0 + static_cast<long long>(s1) * g_wS_s1 + static_cast<long long>(a2) * g_wS_s2;
+      float* const dst = t_p_s;
+      for (int r = tid; r < 16; r += 128) {
+        dst[r] = ok && s1 + r >= 0 && s1 + r < g_wS_d1 ? g_wS[base + static_cast<long long>(r) * g_wS_s1] : prt::from_f32<float>(0.0f);
+      }
+    }
+    // y_s[row, col] = (y_s[row, col] * dy_row[row, col])
+    {
+      for (int i = tid; i < 2048; i += 128) {
+        const int r = i / 128, c = i % 128;
+        t_y_s[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_y_s[(r) * 128 + (c)]) * prt::to_f32(t_dy_row[(r) * 128 + (c)])));
+      }
+    }
+    __syncthreads();
+    // dy_s = reduce_sum(y_s, axis=1)
+    {
+      for (int o = warp; o < 16; o += 4) {
+        float acc = 0.0f;
+        for (int i = lane; i < 128; i += 32) acc += prt::to_f32(t_y_s[(o) * 128 + (i)]);
+        acc = prt::warp_sum(acc);
+        if (lane == 0) t_dy_s[o] = prt::from_f32<float>(acc);
+      }
+    }
+    // rho[row] = (rho[row] + p_s[row])
+    {
+      for (int r = tid; r < 16; r += 128) {
+        t_rho[r] = prt::from_f32<float>((prt::to_f32(t_rho[r]) + prt::to_f32(t_p_s[r])));
+      }
+    }
+    __syncthreads();
+    // dy_y[row] = select((rho[row] != 0.0), ((dy_y[row] + dy_s[row]) / rho[row]), 0.0)
+    {
+      for (int r = tid; r < 16; r += 128) {
+        t_dy_y[r] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) != 0.0f) ? ((prt::to_f32(t_dy_y[r]) + prt::to_f32(t_dy_s[r])) / prt::to_f32(t_rho[r])) : 0.0f));
+      }
+    }
+    // store Dy[pid.z, (((pid.x // 4) * 64) + ((pid.x % 4) * 16)):+16, pid.y] = dy_y
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 4) * 64) + ((static_cast<int>(blockIdx.x) % 4) * 16));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+      const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+      if (ok) {
+        for (int r = tid; r < 16; r += 128) {
+          if (s1 + r >= 0 && s1 + r < g_Dy_d1) g_Dy[base + static_cast<long long>(r) * g_Dy_s1] = t_dy_y[r];
+        }
+      }
+    }
+    // grad_s[row, col] = 0.0
+    {
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 4;
+        const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            f_grad_s[j][q][e] = 0.0f;
           }
         }
       }
-      // dy = load.async dY[pid.z, ((pid.x * 64) + (i0 * 32)):+32, pid.y, 0:+128]
+    }
+    if ((p_nfb > 0)) {
+      // z = load.async Zin[pid.z, (pid.y // ($hq // $h)), (pid.x // 4), 0:+8256]
       {
         const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 32));
-        const int a2 = static_cast<int>(blockIdx.y);
+        const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+        const int a2 = (static_cast<int>(blockIdx.x) / 4);
         const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
-        const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
-        float* const dst = t_dy;
-        if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 32, c = (i % 32) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
+        const bool ok = a0 >= 0 && a0 < g_Zin_d0 && a1 >= 0 && a1 < g_Zin_d1 && a2 >= 0 && a2 < g_Zin_d2;
+        const long long base = static_cast<long long>(a0) * g_Zin_s0 + static_cast<long long>(a1) * g_Zin_s1 + static_cast<long long>(a2) * g_Zin_s2 + static_cast<long long>(s3) * g_Zin_s3;
+        float* const dst = t_z;
+        if (prt::aligned16(g_Zin) && base % 4 == 0 && s3 >= 0) {
+          for (int i = tid; i < 2064; i += 128) {
+            const int c = i * 4;
+            const long long left = ok ? g_Zin_d3 - (s3 + c) : 0;
             const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 4);
+            prt::cp_async_16(&dst[c], n > 0 ? static_cast<const void*>(g_Zin + base + c) : static_cast<const void*>(g_Zin), n * 4);
           }
         }
         else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      // dy_row = load.async dY[pid.z, ((pid.x * 64) + (i0 * 32)):+32, pid.y, 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 32));
-        const int a2 = static_cast<int>(blockIdx.y);
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
-        const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
-        float* const dst = t_dy_row;
-        if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 32, c = (i % 32) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      // y_s = load.async yS[pid.z, ((pid.x * 64) + (i0 * 32)):+32, pid.y, 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 32));
-        const int a2 = static_cast<int>(blockIdx.y);
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_yS_d0 && a2 >= 0 && a2 < g_yS_d2;
-        const long long base = static_cast<long long>(a0) * g_yS_s0 + static_cast<long long>(s1) * g_yS_s1 + static_cast<long long>(a2) * g_yS_s2 + static_cast<long long>(s3) * g_yS_s3;
-        float* const dst = t_y_s;
-        if (prt::aligned16(g_yS) && base % 4 == 0 && g_yS_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 32, c = (i % 32) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_yS_d1 ? g_yS_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_yS + base + static_cast<long long>(r) * g_yS_s1 + c) : static_cast<const void*>(g_yS), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_yS_d1 && s3 + c >= 0 && s3 + c < g_yS_d3 ? g_yS[base + static_cast<long long>(r) * g_yS_s1 + static_cast<long long>(c) * g_yS_s3] : prt::from_f32<float>(0.0f);
+          for (int r = tid; r < 8256; r += 128) {
+            dst[r] = ok && s3 + r >= 0 && s3 + r < g_Zin_d3 ? g_Zin[base + static_cast<long long>(r) * g_Zin_s3] : prt::from_f32<float>(0.0f);
           }
         }
       }
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
-      // lse_i = load lse[pid.z, ((pid.x * 64) + (i0 * 32)):+32, pid.y]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 32));
-        const int a2 = static_cast<int>(blockIdx.y);
-        const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
-        const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
-        float* const dst = t_lse_i;
-        for (int r = tid; r < 32; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
-      // dy_y = load DyA[pid.z, ((pid.x * 64) + (i0 * 32)):+32, pid.y]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 32));
-        const int a2 = static_cast<int>(blockIdx.y);
-        const bool ok = a0 >= 0 && a0 < g_DyA_d0 && a2 >= 0 && a2 < g_DyA_d2;
-        const long long base = static_cast<long long>(a0) * g_DyA_s0 + static_cast<long long>(s1) * g_DyA_s1 + static_cast<long long>(a2) * g_DyA_s2;
-        float* const dst = t_dy_y;
-        for (int r = tid; r < 32; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_DyA_d1 ? g_DyA[base + static_cast<long long>(r) * g_DyA_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
-      // rho = load PA[pid.z, ((pid.x * 64) + (i0 * 32)):+32, pid.y]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 32));
-        const int a2 = static_cast<int>(blockIdx.y);
-        const bool ok = a0 >= 0 && a0 < g_PA_d0 && a2 >= 0 && a2 < g_PA_d2;
-        const long long base = static_cast<long long>(a0) * g_PA_s0 + static_cast<long long>(s1) * g_PA_s1 + static_cast<long long>(a2) * g_PA_s2;
-        float* const dst = t_rho;
-        for (int r = tid; r < 32; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_PA_d1 ? g_PA[base + static_cast<long long>(r) * g_PA_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
-      // p_s = load wS[pid.z, ((pid.x * 64) + (i0 * 32)):+32, pid.y]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 32));
-        const int a2 = static_cast<int>(blockIdx.y);
-        const bool ok = a0 >= 0 && a0 < g_wS_d0 && a2 >= 0 && a2 < g_wS_d2;
-        const long long base = static_cast<long long>(a0) * g_wS_s0 + static_cast<long long>(s1) * g_wS_s1 + static_cast<long long>(a2) * g_wS_s2;
-        float* const dst = t_p_s;
-        for (int r = tid; r < 32; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_wS_d1 ? g_wS[base + static_cast<long long>(r) * g_wS_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
       __syncthreads();
-      // y_s[row, col] = (y_s[row, col] * dy_row[row, col])
+      // zs_hi[row, col] = select(((row < 128) && (col < 128)), select((row == col), (z[((((min(min(row, col), 127) * 128) - ((min(min(row, col), 127) * (min(min(row, col), 127) - 1)) // 2)) + min(max(row, col), 127)) - min(min(row, col), 127))] * 2.0), (z[((((min(min(row, col), 127) * 128) - ((min(min(row, col), 127) * (min(min(row, col), 127) - 1)) // 2)) + min(max(row, col), 127)) - min(min(row, col), 127))] * 1.4142135623730951)), 0.0)
       {
-        for (int i = tid; i < 4096; i += 128) {
+        for (int i = tid; i < 16384; i += 128) {
           const int r = i / 128, c = i % 128;
-          t_y_s[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_y_s[(r) * 128 + (c)]) * prt::to_f32(t_dy_row[(r) * 128 + (c)])));
+          t_zs_hi[(r) * 132 + (c)] = prt::from_f32<float>((((r < 128) && (c < 128)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 127) * 128) - ((prt::min_nan(prt::min_nan(r, c), 127) * (prt::min_nan(prt::min_nan(r, c), 127) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 127)) - prt::min_nan(prt::min_nan(r, c), 127))]) * 2.0f) : (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 127) * 128) - ((prt::min_nan(prt::min_nan(r, c), 127) * (prt::min_nan(prt::min_nan(r, c), 127) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 127)) - prt::min_nan(prt::min_nan(r, c), 127))]) * 1.4142135623730951f)) : 0.0f));
         }
       }
       __syncthreads();
-      // dy_s = reduce_sum(y_s, axis=1)
+      // qzs = mma.fmaFrag(q, zs_hi) [16x128 in 16x32 units over 4 warps]
       {
-        for (int o = warp; o < 32; o += 4) {
-          float acc = 0.0f;
-          for (int i = lane; i < 128; i += 32) acc += prt::to_f32(t_y_s[(o) * 128 + (i)]);
-          acc = prt::warp_sum(acc);
-          if (lane == 0) t_dy_s[o] = prt::from_f32<float>(acc);
-        }
-      }
-      // rho[row] = (rho[row] + p_s[row])
-      {
-        for (int r = tid; r < 32; r += 128) {
-          t_rho[r] = prt::from_f32<float>((prt::to_f32(t_rho[r]) + prt::to_f32(t_p_s[r])));
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          float acc[4][4];
+          #pragma unroll
+          for (int q = 0; q < 4; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int kk = 0; kk < 128; ++kk) {
+            const float a0 = prt::to_f32(t_q[(m0 + g) * 132 + (kk)]), a1 = prt::to_f32(t_q[(m0 + g + 8) * 132 + (kk)]);
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              const float b0 = prt::to_f32(t_zs_hi[(kk) * 132 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_zs_hi[(kk) * 132 + (n0 + q * 8 + t2 + 1)]);
+              acc[q][0] = fmaf(a0, b0, acc[q][0]);
+              acc[q][1] = fmaf(a0, b1, acc[q][1]);
+              acc[q][2] = fmaf(a1, b0, acc[q][2]);
+              acc[q][3] = fmaf(a1, b1, acc[q][3]);
+            }
+          }
+          #pragma unroll
+          for (int q = 0; q < 4; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_qzs[(m0 + prt::frag_row(lane, e)) * 128 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
       __syncthreads();
-      // dy_y[row] = select((rho[row] != 0.0), ((dy_y[row] + dy_s[row]) / rho[row]), 0.0)
+      // grad_s[row, col] = -((qzs[row, col] * dy_y[row]))
       {
-        for (int r = tid; r < 32; r += 128) {
-          t_dy_y[r] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) != 0.0f) ? ((prt::to_f32(t_dy_y[r]) + prt::to_f32(t_dy_s[r])) / prt::to_f32(t_rho[r])) : 0.0f));
-        }
-      }
-      // store Dy[pid.z, ((pid.x * 64) + (i0 * 32)):+32, pid.y] = dy_y
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 32));
-        const int a2 = static_cast<int>(blockIdx.y);
-        const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
-        const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
-        if (ok) {
-          for (int r = tid; r < 32; r += 128) {
-            if (s1 + r >= 0 && s1 + r < g_Dy_d1) g_Dy[base + static_cast<long long>(r) * g_Dy_s1] = t_dy_y[r];
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_grad_s[j][q][e] = (-(prt::to_f32(t_qzs[(r) * 128 + (c)]) * prt::to_f32(t_dy_y[r])));
+            }
           }
         }
       }
-      // q_norm[row, col] = (q[row, col] * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[((i0 * 32) + row)] - lse_i[row]) / 2.0)))))
-      // grad_s[row, col] = 0.0
+      __syncthreads();
+      // r16[row, col] = 0.0
       {
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 128, c = i % 128;
-          const float y0 = prt::from_f32<float>((prt::to_f32(t_q[(r) * 128 + (c)]) * ((prt::to_f32(t_lse_i[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[((v_i0 * 32) + r)]) - prt::to_f32(t_lse_i[r])) / 2.0f))))));
-          const float y1 = prt::from_f32<float>(0.0f);
-          t_q_norm[(r) * 128 + (c)] = y0;
-          t_grad_s[(r) * 128 + (c)] = y1;
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 16, c = i % 16;
+          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
         }
       }
       {
-        const int v_i1_end = p_nfb;
-        for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
-          // S_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), pid.x, (i1 * 64):+64, 0:+128]
+        const int v_i0_end = 16;
+        for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
+          // s0_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 4), ((((((i0 * 128) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+128, 0:+128]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-            const int a2 = static_cast<int>(blockIdx.x);
-            const int s3 = (v_i1 * 64);
+            const int a2 = (static_cast<int>(blockIdx.x) / 4);
+            const int s3 = ((((((v_i0 * 128) - ((v_i0 * (v_i0 - 1)) / 2)) + v_i0) - v_i0) - v_i0) + 0);
             const int s4 = 0;
             const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_S_f32;
+            float* const dst = t_s0_f32;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 2048; i += 128) {
+              for (int i = tid; i < 4096; i += 128) {
                 const int r = i / 32, c = (i % 32) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
                 const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
               }
             }
             else {
-              for (int i = tid; i < 8192; i += 128) {
+              for (int i = tid; i < 16384; i += 128) {
                 const int r = i / 128, c = i % 128;
-                dst[(r) * 132 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-              }
-            }
-          }
-          // Z_blk = load.async Zin[pid.z, (pid.y // ($hq // $h)), pid.x, (i1 * 64):+64]
-          {
-            const int a0 = static_cast<int>(blockIdx.z);
-            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-            const int a2 = static_cast<int>(blockIdx.x);
-            const int s3 = (v_i1 * 64);
-            const bool ok = a0 >= 0 && a0 < g_Zin_d0 && a1 >= 0 && a1 < g_Zin_d1 && a2 >= 0 && a2 < g_Zin_d2;
-            const long long base = static_cast<long long>(a0) * g_Zin_s0 + static_cast<long long>(a1) * g_Zin_s1 + static_cast<long long>(a2) * g_Zin_s2 + static_cast<long long>(s3) * g_Zin_s3;
-            float* const dst = t_Z_blk;
-            if (prt::aligned16(g_Zin) && base % 4 == 0 && s3 >= 0) {
-              for (int i = tid; i < 16; i += 128) {
-                const int c = i * 4;
-                const long long left = ok ? g_Zin_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[c], n > 0 ? static_cast<const void*>(g_Zin + base + c) : static_cast<const void*>(g_Zin), n * 4);
-              }
-            }
-            else {
-              for (int r = tid; r < 64; r += 128) {
-                dst[r] = ok && s3 + r >= 0 && s3 + r < g_Zin_d3 ? g_Zin[base + static_cast<long long>(r) * g_Zin_s3] : prt::from_f32<float>(0.0f);
+                dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
               }
             }
           }
           prt::cp_async_commit();
           prt::cp_async_wait<0>();
           __syncthreads();
-          // S_dy = mma.fmaFrag(dy, S_f32^T) [32x64 in 16x32 units over 4 warps]
+          // s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 128)), 0.0, (s0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
+          {
+            for (int i = tid; i < 16384; i += 128) {
+              const int r = i / 128, c = i % 128;
+              t_s0_hi[(r) * 132 + (c)] = prt::from_f32<float>(((((r + 0) < v_i0) || ((r + 0) >= 128)) ? 0.0f : (prt::to_f32(t_s0_f32[(r) * 128 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
+            }
+          }
+          __syncthreads();
+          // t0 = mma.fmaFrag(dy, s0_hi^T) [16x128 in 16x32 units over 4 warps]
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
               const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
               float acc[4][4];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
@@ -5608,7 +5710,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
                 const float a0 = prt::to_f32(t_dy[(m0 + g) * 132 + (kk)]), a1 = prt::to_f32(t_dy[(m0 + g + 8) * 132 + (kk)]);
                 #pragma unroll
                 for (int q = 0; q < 4; ++q) {
-                  const float b0 = prt::to_f32(t_S_f32[(n0 + q * 8 + t2) * 132 + (kk)]), b1 = prt::to_f32(t_S_f32[(n0 + q * 8 + t2 + 1) * 132 + (kk)]);
+                  const float b0 = prt::to_f32(t_s0_hi[(n0 + q * 8 + t2) * 132 + (kk)]), b1 = prt::to_f32(t_s0_hi[(n0 + q * 8 + t2 + 1) * 132 + (kk)]);
                   acc[q][0] = fmaf(a0, b0, acc[q][0]);
                   acc[q][1] = fmaf(a0, b1, acc[q][1]);
                   acc[q][2] = fmaf(a1, b0, acc[q][2]);
@@ -5618,100 +5720,1131 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) t_S_dy[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) t_t0[(m0 + prt::frag_row(lane, e)) * 128 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
             }
           }
           __syncthreads();
-          // S_dy[row, col] = (S_dy[row, col] - (dy_y[row] * Z_blk[col]))
+          // grad_s[row, col] = select((col >= 0), (grad_s[row, col] + (q[row, i0] * t0[row, max((col - 0), 0)])), grad_s[row, col])
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_grad_s[j][q][e] = ((c >= 0) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 132 + (v_i0)]) * prt::to_f32(t_t0[(r) * 128 + (prt::max_nan((c - 0), 0))]))) : f_grad_s[j][q][e]);
+                }
+              }
+            }
+          }
+          __syncthreads();
+          // t0[row, col] = (t0[row, col] * q[row, (col + 0)])
           {
             for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_S_dy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_S_dy[(r) * 64 + (c)]) - (prt::to_f32(t_dy_y[r]) * prt::to_f32(t_Z_blk[c]))));
+              const int r = i / 128, c = i % 128;
+              t_t0[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_t0[(r) * 128 + (c)]) * prt::to_f32(t_q[(r) * 132 + ((c + 0))])));
             }
           }
           __syncthreads();
-          // grad_s += sympow2_grad(q_norm, S_dy, features from (i1 * 64))
+          // r = reduce_sum(t0, axis=1)
           {
-            const int off = (v_i1 * 64);
-            for (int i0 = 0; i0 < 2048; i0 += 128) {
-              const int i = i0 + tid, r = i / 64, f = i % 64, g = off + f;
-              const bool ok = g >= 0 && g < prt_sympow_d128_p2_size;
-              float gw = 0.0f;
-              int a0 = 0, a1 = 0;
-              float x0 = 0.0f, x1 = 0.0f;
-              if (ok) {
-                gw = prt::to_f32(t_S_dy[(r) * 64 + (f)]) * prt_sympow_d128_p2_weight[g];
-                a0 = prt_sympow_d128_p2_index[g * 2 + 0];
-                x0 = prt::to_f32(t_q_norm[(r) * 128 + (a0)]);
-                a1 = prt_sympow_d128_p2_index[g * 2 + 1];
-                x1 = prt::to_f32(t_q_norm[(r) * 128 + (a1)]);
-              }
-              prt::add_keyed(&t_grad_s[(r) * 128 + (a0)], gw * x1, ok ? r * 128 + a0 : -1, lane);
-              prt::add_keyed(&t_grad_s[(r) * 128 + (a1)], gw * x0, ok ? r * 128 + a1 : -1, lane);
+            for (int o = warp; o < 16; o += 4) {
+              float acc = 0.0f;
+              for (int i = lane; i < 128; i += 32) acc += prt::to_f32(t_t0[(o) * 128 + (i)]);
+              acc = prt::warp_sum(acc);
+              if (lane == 0) t_r[o] = prt::from_f32<float>(acc);
+            }
+          }
+          __syncthreads();
+          // r16[row, col] = select((col == (i0 - 0)), r[row], r16[row, col])
+          {
+            for (int i = tid; i < 256; i += 128) {
+              const int r = i / 16, c = i % 16;
+              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i0 - 0)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
             }
           }
         }
       }
       __syncthreads();
-      // grad_s[row, col] = select((rho[row] != 0.0), ((grad_s[row, col] * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[((i0 * 32) + row)] - lse_i[row]) / 2.0))))) / rho[row]), 0.0)
+      // grad_s[row, col] = select(((col >= 0) && (col < 16)), (grad_s[row, col] + r16[row, min(max((col - 0), 0), 15)]), grad_s[row, col])
       {
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 128, c = i % 128;
-          t_grad_s[(r) * 128 + (c)] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) != 0.0f) ? ((prt::to_f32(t_grad_s[(r) * 128 + (c)]) * ((prt::to_f32(t_lse_i[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[((v_i0 * 32) + r)]) - prt::to_f32(t_lse_i[r])) / 2.0f))))) / prt::to_f32(t_rho[r])) : 0.0f));
-        }
-      }
-      // store dQs[pid.z, ((pid.x * 64) + (i0 * 32)):+32, pid.y, 0:+128] = grad_s
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 32));
-        const int a2 = static_cast<int>(blockIdx.y);
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_dQs_d0 && a2 >= 0 && a2 < g_dQs_d2;
-        const long long base = static_cast<long long>(a0) * g_dQs_s0 + static_cast<long long>(s1) * g_dQs_s1 + static_cast<long long>(a2) * g_dQs_s2 + static_cast<long long>(s3) * g_dQs_s3;
-        if (ok) {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 128, c = i % 128;
-            if (s1 + r >= 0 && s1 + r < g_dQs_d1 && s3 + c >= 0 && s3 + c < g_dQs_d3) g_dQs[base + static_cast<long long>(r) * g_dQs_s1 + static_cast<long long>(c) * g_dQs_s3] = t_grad_s[(r) * 128 + (c)];
-          }
-        }
-      }
-      // dy_s[row] = select((rho[row] != 0.0), ((dy_s[row] - (dy_y[row] * p_s[row])) / rho[row]), 0.0)
-      {
-        for (int r = tid; r < 32; r += 128) {
-          t_dy_s[r] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) != 0.0f) ? ((prt::to_f32(t_dy_s[r]) - (prt::to_f32(t_dy_y[r]) * prt::to_f32(t_p_s[r]))) / prt::to_f32(t_rho[r])) : 0.0f));
-        }
-      }
-      // store dlamQ[pid.z, ((pid.x * 64) + (i0 * 32)):+32, pid.y] = dy_s
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 32));
-        const int a2 = static_cast<int>(blockIdx.y);
-        const bool ok = a0 >= 0 && a0 < g_dlamQ_d0 && a2 >= 0 && a2 < g_dlamQ_d2;
-        const long long base = static_cast<long long>(a0) * g_dlamQ_s0 + static_cast<long long>(s1) * g_dlamQ_s1 + static_cast<long long>(a2) * g_dlamQ_s2;
-        if (ok) {
-          for (int r = tid; r < 32; r += 128) {
-            if (s1 + r >= 0 && s1 + r < g_dlamQ_d1) g_dlamQ[base + static_cast<long long>(r) * g_dlamQ_s1] = t_dy_s[r];
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_grad_s[j][q][e] = (((c >= 0) && (c < 16)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 0), 0), 15))])) : f_grad_s[j][q][e]);
+            }
           }
         }
       }
       __syncthreads();
-      // lse_i[row] = (lse_i[row] + log(rho[row]))
+      // r16[row, col] = 0.0
       {
-        for (int r = tid; r < 32; r += 128) {
-          t_lse_i[r] = prt::from_f32<float>((prt::to_f32(t_lse_i[r]) + logf(prt::to_f32(t_rho[r]))));
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 16, c = i % 16;
+          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
         }
       }
-      // store lseB[pid.z, ((pid.x * 64) + (i0 * 32)):+32, pid.y] = lse_i
       {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 32));
-        const int a2 = static_cast<int>(blockIdx.y);
-        const bool ok = a0 >= 0 && a0 < g_lseB_d0 && a2 >= 0 && a2 < g_lseB_d2;
-        const long long base = static_cast<long long>(a0) * g_lseB_s0 + static_cast<long long>(s1) * g_lseB_s1 + static_cast<long long>(a2) * g_lseB_s2;
-        if (ok) {
-          for (int r = tid; r < 32; r += 128) {
-            if (s1 + r >= 0 && s1 + r < g_lseB_d1) g_lseB[base + static_cast<long long>(r) * g_lseB_s1] = t_lse_i[r];
+        const int v_i1_end = 32;
+        for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
+          // s1_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 4), ((((((i1 * 128) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+112, 0:+128]
+          {
+            const int a0 = static_cast<int>(blockIdx.z);
+            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+            const int a2 = (static_cast<int>(blockIdx.x) / 4);
+            const int s3 = ((((((v_i1 * 128) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 16);
+            const int s4 = 0;
+            const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+            const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+            float* const dst = t_s1_f32;
+            if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+              for (int i = tid; i < 3584; i += 128) {
+                const int r = i / 32, c = (i % 32) * 4;
+                const int gr = s3 + r;
+                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              }
+            }
+            else {
+              for (int i = tid; i < 14336; i += 128) {
+                const int r = i / 128, c = i % 128;
+                dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+              }
+            }
           }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
+          __syncthreads();
+          // s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 128)), 0.0, (s1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
+          {
+            for (int i = tid; i < 14336; i += 128) {
+              const int r = i / 128, c = i % 128;
+              t_s1_hi[(r) * 132 + (c)] = prt::from_f32<float>(((((r + 16) < v_i1) || ((r + 16) >= 128)) ? 0.0f : (prt::to_f32(t_s1_f32[(r) * 128 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
+            }
+          }
+          __syncthreads();
+          // t1 = mma.fmaFrag(dy, s1_hi^T) [16x112 in 16x16 units over 4 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 4;
+              if (u < 7) {
+                const int m0 = (u / 7) * 16, n0 = (u % 7) * 16;
+                float acc[2][4];
+                #pragma unroll
+                for (int q = 0; q < 2; ++q)
+                #pragma unroll
+                  for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+                const int g = lane >> 2, t2 = (lane & 3) * 2;
+                for (int kk = 0; kk < 128; ++kk) {
+                  const float a0 = prt::to_f32(t_dy[(m0 + g) * 132 + (kk)]), a1 = prt::to_f32(t_dy[(m0 + g + 8) * 132 + (kk)]);
+                  #pragma unroll
+                  for (int q = 0; q < 2; ++q) {
+                    const float b0 = prt::to_f32(t_s1_hi[(n0 + q * 8 + t2) * 132 + (kk)]), b1 = prt::to_f32(t_s1_hi[(n0 + q * 8 + t2 + 1) * 132 + (kk)]);
+                    acc[q][0] = fmaf(a0, b0, acc[q][0]);
+                    acc[q][1] = fmaf(a0, b1, acc[q][1]);
+                    acc[q][2] = fmaf(a1, b0, acc[q][2]);
+                    acc[q][3] = fmaf(a1, b1, acc[q][3]);
+                  }
+                }
+                #pragma unroll
+                for (int q = 0; q < 2; ++q)
+                #pragma unroll
+                  for (int e = 0; e < 4; ++e) t_t1[(m0 + prt::frag_row(lane, e)) * 112 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+              }
+            }
+          }
+          __syncthreads();
+          // grad_s[row, col] = select((col >= 16), (grad_s[row, col] + (q[row, i1] * t1[row, max((col - 16), 0)])), grad_s[row, col])
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_grad_s[j][q][e] = ((c >= 16) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 132 + (v_i1)]) * prt::to_f32(t_t1[(r) * 112 + (prt::max_nan((c - 16), 0))]))) : f_grad_s[j][q][e]);
+                }
+              }
+            }
+          }
+          __syncthreads();
+          // t1[row, col] = (t1[row, col] * q[row, (col + 16)])
+          {
+            for (int i = tid; i < 1792; i += 128) {
+              const int r = i / 112, c = i % 112;
+              t_t1[(r) * 112 + (c)] = prt::from_f32<float>((prt::to_f32(t_t1[(r) * 112 + (c)]) * prt::to_f32(t_q[(r) * 132 + ((c + 16))])));
+            }
+          }
+          __syncthreads();
+          // r = reduce_sum(t1, axis=1)
+          {
+            for (int o = warp; o < 16; o += 4) {
+              float acc = 0.0f;
+              for (int i = lane; i < 112; i += 32) acc += prt::to_f32(t_t1[(o) * 112 + (i)]);
+              acc = prt::warp_sum(acc);
+              if (lane == 0) t_r[o] = prt::from_f32<float>(acc);
+            }
+          }
+          __syncthreads();
+          // r16[row, col] = select((col == (i1 - 16)), r[row], r16[row, col])
+          {
+            for (int i = tid; i < 256; i += 128) {
+              const int r = i / 16, c = i % 16;
+              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i1 - 16)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
+            }
+          }
+        }
+      }
+      __syncthreads();
+      // grad_s[row, col] = select(((col >= 16) && (col < 32)), (grad_s[row, col] + r16[row, min(max((col - 16), 0), 15)]), grad_s[row, col])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_grad_s[j][q][e] = (((c >= 16) && (c < 32)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 16), 0), 15))])) : f_grad_s[j][q][e]);
+            }
+          }
+        }
+      }
+      __syncthreads();
+      // r16[row, col] = 0.0
+      {
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 16, c = i % 16;
+          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+        }
+      }
+      {
+        const int v_i2_end = 48;
+        for (int v_i2 = 32; v_i2 < v_i2_end; v_i2 += 1) {
+          // s2_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 4), ((((((i2 * 128) - ((i2 * (i2 - 1)) // 2)) + i2) - i2) - i2) + 32):+96, 0:+128]
+          {
+            const int a0 = static_cast<int>(blockIdx.z);
+            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+            const int a2 = (static_cast<int>(blockIdx.x) / 4);
+            const int s3 = ((((((v_i2 * 128) - ((v_i2 * (v_i2 - 1)) / 2)) + v_i2) - v_i2) - v_i2) + 32);
+            const int s4 = 0;
+            const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+            const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+            float* const dst = t_s2_f32;
+            if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+              for (int i = tid; i < 3072; i += 128) {
+                const int r = i / 32, c = (i % 32) * 4;
+                const int gr = s3 + r;
+                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              }
+            }
+            else {
+              for (int i = tid; i < 12288; i += 128) {
+                const int r = i / 128, c = i % 128;
+                dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+              }
+            }
+          }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
+          __syncthreads();
+          // s2_hi[row, col] = select((((row + 32) < i2) || ((row + 32) >= 128)), 0.0, (s2_f32[row, col] * select(((row + 32) == i2), 1.0, 1.4142135623730951)))
+          {
+            for (int i = tid; i < 12288; i += 128) {
+              const int r = i / 128, c = i % 128;
+              t_s2_hi[(r) * 132 + (c)] = prt::from_f32<float>(((((r + 32) < v_i2) || ((r + 32) >= 128)) ? 0.0f : (prt::to_f32(t_s2_f32[(r) * 128 + (c)]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))));
+            }
+          }
+          __syncthreads();
+          // t2 = mma.fmaFrag(dy, s2_hi^T) [16x96 in 16x16 units over 4 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 4;
+              if (u < 6) {
+                const int m0 = (u / 6) * 16, n0 = (u % 6) * 16;
+                float acc[2][4];
+                #pragma unroll
+                for (int q = 0; q < 2; ++q)
+                #pragma unroll
+                  for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+                const int g = lane >> 2, t2 = (lane & 3) * 2;
+                for (int kk = 0; kk < 128; ++kk) {
+                  const float a0 = prt::to_f32(t_dy[(m0 + g) * 132 + (kk)]), a1 = prt::to_f32(t_dy[(m0 + g + 8) * 132 + (kk)]);
+                  #pragma unroll
+                  for (int q = 0; q < 2; ++q) {
+                    const float b0 = prt::to_f32(t_s2_hi[(n0 + q * 8 + t2) * 132 + (kk)]), b1 = prt::to_f32(t_s2_hi[(n0 + q * 8 + t2 + 1) * 132 + (kk)]);
+                    acc[q][0] = fmaf(a0, b0, acc[q][0]);
+                    acc[q][1] = fmaf(a0, b1, acc[q][1]);
+                    acc[q][2] = fmaf(a1, b0, acc[q][2]);
+                    acc[q][3] = fmaf(a1, b1, acc[q][3]);
+                  }
+                }
+                #pragma unroll
+                for (int q = 0; q < 2; ++q)
+                #pragma unroll
+                  for (int e = 0; e < 4; ++e) t_t2[(m0 + prt::frag_row(lane, e)) * 96 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+              }
+            }
+          }
+          __syncthreads();
+          // grad_s[row, col] = select((col >= 32), (grad_s[row, col] + (q[row, i2] * t2[row, max((col - 32), 0)])), grad_s[row, col])
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_grad_s[j][q][e] = ((c >= 32) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 132 + (v_i2)]) * prt::to_f32(t_t2[(r) * 96 + (prt::max_nan((c - 32), 0))]))) : f_grad_s[j][q][e]);
+                }
+              }
+            }
+          }
+          __syncthreads();
+          // t2[row, col] = (t2[row, col] * q[row, (col + 32)])
+          {
+            for (int i = tid; i < 1536; i += 128) {
+              const int r = i / 96, c = i % 96;
+              t_t2[(r) * 96 + (c)] = prt::from_f32<float>((prt::to_f32(t_t2[(r) * 96 + (c)]) * prt::to_f32(t_q[(r) * 132 + ((c + 32))])));
+            }
+          }
+          __syncthreads();
+          // r = reduce_sum(t2, axis=1)
+          {
+            for (int o = warp; o < 16; o += 4) {
+              float acc = 0.0f;
+              for (int i = lane; i < 96; i += 32) acc += prt::to_f32(t_t2[(o) * 96 + (i)]);
+              acc = prt::warp_sum(acc);
+              if (lane == 0) t_r[o] = prt::from_f32<float>(acc);
+            }
+          }
+          __syncthreads();
+          // r16[row, col] = select((col == (i2 - 32)), r[row], r16[row, col])
+          {
+            for (int i = tid; i < 256; i += 128) {
+              const int r = i / 16, c = i % 16;
+              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i2 - 32)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
+            }
+          }
+        }
+      }
+      __syncthreads();
+      // grad_s[row, col] = select(((col >= 32) && (col < 48)), (grad_s[row, col] + r16[row, min(max((col - 32), 0), 15)]), grad_s[row, col])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_grad_s[j][q][e] = (((c >= 32) && (c < 48)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 32), 0), 15))])) : f_grad_s[j][q][e]);
+            }
+          }
+        }
+      }
+      __syncthreads();
+      // r16[row, col] = 0.0
+      {
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 16, c = i % 16;
+          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+        }
+      }
+      {
+        const int v_i3_end = 64;
+        for (int v_i3 = 48; v_i3 < v_i3_end; v_i3 += 1) {
+          // s3_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 4), ((((((i3 * 128) - ((i3 * (i3 - 1)) // 2)) + i3) - i3) - i3) + 48):+80, 0:+128]
+          {
+            const int a0 = static_cast<int>(blockIdx.z);
+            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+            const int a2 = (static_cast<int>(blockIdx.x) / 4);
+            const int s3 = ((((((v_i3 * 128) - ((v_i3 * (v_i3 - 1)) / 2)) + v_i3) - v_i3) - v_i3) + 48);
+            const int s4 = 0;
+            const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+            const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+            float* const dst = t_s3_f32;
+            if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+              for (int i = tid; i < 2560; i += 128) {
+                const int r = i / 32, c = (i % 32) * 4;
+                const int gr = s3 + r;
+                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              }
+            }
+            else {
+              for (int i = tid; i < 10240; i += 128) {
+                const int r = i / 128, c = i % 128;
+                dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+              }
+            }
+          }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
+          __syncthreads();
+          // s3_hi[row, col] = select((((row + 48) < i3) || ((row + 48) >= 128)), 0.0, (s3_f32[row, col] * select(((row + 48) == i3), 1.0, 1.4142135623730951)))
+          {
+            for (int i = tid; i < 10240; i += 128) {
+              const int r = i / 128, c = i % 128;
+              t_s3_hi[(r) * 132 + (c)] = prt::from_f32<float>(((((r + 48) < v_i3) || ((r + 48) >= 128)) ? 0.0f : (prt::to_f32(t_s3_f32[(r) * 128 + (c)]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))));
+            }
+          }
+          __syncthreads();
+          // t3 = mma.fmaFrag(dy, s3_hi^T) [16x80 in 16x16 units over 4 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 4;
+              if (u < 5) {
+                const int m0 = (u / 5) * 16, n0 = (u % 5) * 16;
+                float acc[2][4];
+                #pragma unroll
+                for (int q = 0; q < 2; ++q)
+                #pragma unroll
+                  for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+                const int g = lane >> 2, t2 = (lane & 3) * 2;
+                for (int kk = 0; kk < 128; ++kk) {
+                  const float a0 = prt::to_f32(t_dy[(m0 + g) * 132 + (kk)]), a1 = prt::to_f32(t_dy[(m0 + g + 8) * 132 + (kk)]);
+                  #pragma unroll
+                  for (int q = 0; q < 2; ++q) {
+                    const float b0 = prt::to_f32(t_s3_hi[(n0 + q * 8 + t2) * 132 + (kk)]), b1 = prt::to_f32(t_s3_hi[(n0 + q * 8 + t2 + 1) * 132 + (kk)]);
+                    acc[q][0] = fmaf(a0, b0, acc[q][0]);
+                    acc[q][1] = fmaf(a0, b1, acc[q][1]);
+                    acc[q][2] = fmaf(a1, b0, acc[q][2]);
+                    acc[q][3] = fmaf(a1, b1, acc[q][3]);
+                  }
+                }
+                #pragma unroll
+                for (int q = 0; q < 2; ++q)
+                #pragma unroll
+                  for (int e = 0; e < 4; ++e) t_t3[(m0 + prt::frag_row(lane, e)) * 80 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+              }
+            }
+          }
+          __syncthreads();
+          // grad_s[row, col] = select((col >= 48), (grad_s[row, col] + (q[row, i3] * t3[row, max((col - 48), 0)])), grad_s[row, col])
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_grad_s[j][q][e] = ((c >= 48) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 132 + (v_i3)]) * prt::to_f32(t_t3[(r) * 80 + (prt::max_nan((c - 48), 0))]))) : f_grad_s[j][q][e]);
+                }
+              }
+            }
+          }
+          __syncthreads();
+          // t3[row, col] = (t3[row, col] * q[row, (col + 48)])
+          {
+            for (int i = tid; i < 1280; i += 128) {
+              const int r = i / 80, c = i % 80;
+              t_t3[(r) * 80 + (c)] = prt::from_f32<float>((prt::to_f32(t_t3[(r) * 80 + (c)]) * prt::to_f32(t_q[(r) * 132 + ((c + 48))])));
+            }
+          }
+          __syncthreads();
+          // r = reduce_sum(t3, axis=1)
+          {
+            for (int o = warp; o < 16; o += 4) {
+              float acc = 0.0f;
+              for (int i = lane; i < 80; i += 32) acc += prt::to_f32(t_t3[(o) * 80 + (i)]);
+              acc = prt::warp_sum(acc);
+              if (lane == 0) t_r[o] = prt::from_f32<float>(acc);
+            }
+          }
+          __syncthreads();
+          // r16[row, col] = select((col == (i3 - 48)), r[row], r16[row, col])
+          {
+            for (int i = tid; i < 256; i += 128) {
+              const int r = i / 16, c = i % 16;
+              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i3 - 48)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
+            }
+          }
+        }
+      }
+      __syncthreads();
+      // grad_s[row, col] = select(((col >= 48) && (col < 64)), (grad_s[row, col] + r16[row, min(max((col - 48), 0), 15)]), grad_s[row, col])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_grad_s[j][q][e] = (((c >= 48) && (c < 64)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 48), 0), 15))])) : f_grad_s[j][q][e]);
+            }
+          }
+        }
+      }
+      __syncthreads();
+      // r16[row, col] = 0.0
+      {
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 16, c = i % 16;
+          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+        }
+      }
+      {
+        const int v_i4_end = 80;
+        for (int v_i4 = 64; v_i4 < v_i4_end; v_i4 += 1) {
+          // s4_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 4), ((((((i4 * 128) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 64):+64, 0:+128]
+          {
+            const int a0 = static_cast<int>(blockIdx.z);
+            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+            const int a2 = (static_cast<int>(blockIdx.x) / 4);
+            const int s3 = ((((((v_i4 * 128) - ((v_i4 * (v_i4 - 1)) / 2)) + v_i4) - v_i4) - v_i4) + 64);
+            const int s4 = 0;
+            const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+            const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+            float* const dst = t_s4_f32;
+            if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+              for (int i = tid; i < 2048; i += 128) {
+                const int r = i / 32, c = (i % 32) * 4;
+                const int gr = s3 + r;
+                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              }
+            }
+            else {
+              for (int i = tid; i < 8192; i += 128) {
+                const int r = i / 128, c = i % 128;
+                dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+              }
+            }
+          }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
+          __syncthreads();
+          // s4_hi[row, col] = select((((row + 64) < i4) || ((row + 64) >= 128)), 0.0, (s4_f32[row, col] * select(((row + 64) == i4), 1.0, 1.4142135623730951)))
+          {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              t_s4_hi[(r) * 132 + (c)] = prt::from_f32<float>(((((r + 64) < v_i4) || ((r + 64) >= 128)) ? 0.0f : (prt::to_f32(t_s4_f32[(r) * 128 + (c)]) * (((r + 64) == v_i4) ? 1.0f : 1.4142135623730951f))));
+            }
+          }
+          __syncthreads();
+          // t4 = mma.fmaFrag(dy, s4_hi^T) [16x64 in 16x16 units over 4 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+              float acc[2][4];
+              #pragma unroll
+              for (int q = 0; q < 2; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+              const int g = lane >> 2, t2 = (lane & 3) * 2;
+              for (int kk = 0; kk < 128; ++kk) {
+                const float a0 = prt::to_f32(t_dy[(m0 + g) * 132 + (kk)]), a1 = prt::to_f32(t_dy[(m0 + g + 8) * 132 + (kk)]);
+                #pragma unroll
+                for (int q = 0; q < 2; ++q) {
+                  const float b0 = prt::to_f32(t_s4_hi[(n0 + q * 8 + t2) * 132 + (kk)]), b1 = prt::to_f32(t_s4_hi[(n0 + q * 8 + t2 + 1) * 132 + (kk)]);
+                  acc[q][0] = fmaf(a0, b0, acc[q][0]);
+                  acc[q][1] = fmaf(a0, b1, acc[q][1]);
+                  acc[q][2] = fmaf(a1, b0, acc[q][2]);
+                  acc[q][3] = fmaf(a1, b1, acc[q][3]);
+                }
+              }
+              #pragma unroll
+              for (int q = 0; q < 2; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_t4[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+          __syncthreads();
+          // grad_s[row, col] = select((col >= 64), (grad_s[row, col] + (q[row, i4] * t4[row, max((col - 64), 0)])), grad_s[row, col])
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_grad_s[j][q][e] = ((c >= 64) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 132 + (v_i4)]) * prt::to_f32(t_t4[(r) * 64 + (prt::max_nan((c - 64), 0))]))) : f_grad_s[j][q][e]);
+                }
+              }
+            }
+          }
+          __syncthreads();
+          // t4[row, col] = (t4[row, col] * q[row, (col + 64)])
+          {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 64, c = i % 64;
+              t_t4[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_t4[(r) * 64 + (c)]) * prt::to_f32(t_q[(r) * 132 + ((c + 64))])));
+            }
+          }
+          __syncthreads();
+          // r = reduce_sum(t4, axis=1)
+          {
+            for (int o = warp; o < 16; o += 4) {
+              float acc = 0.0f;
+              for (int i = lane; i < 64; i += 32) acc += prt::to_f32(t_t4[(o) * 64 + (i)]);
+              acc = prt::warp_sum(acc);
+              if (lane == 0) t_r[o] = prt::from_f32<float>(acc);
+            }
+          }
+          __syncthreads();
+          // r16[row, col] = select((col == (i4 - 64)), r[row], r16[row, col])
+          {
+            for (int i = tid; i < 256; i += 128) {
+              const int r = i / 16, c = i % 16;
+              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i4 - 64)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
+            }
+          }
+        }
+      }
+      __syncthreads();
+      // grad_s[row, col] = select(((col >= 64) && (col < 80)), (grad_s[row, col] + r16[row, min(max((col - 64), 0), 15)]), grad_s[row, col])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_grad_s[j][q][e] = (((c >= 64) && (c < 80)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 64), 0), 15))])) : f_grad_s[j][q][e]);
+            }
+          }
+        }
+      }
+      __syncthreads();
+      // r16[row, col] = 0.0
+      {
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 16, c = i % 16;
+          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+        }
+      }
+      {
+        const int v_i5_end = 96;
+        for (int v_i5 = 80; v_i5 < v_i5_end; v_i5 += 1) {
+          // s5_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 4), ((((((i5 * 128) - ((i5 * (i5 - 1)) // 2)) + i5) - i5) - i5) + 80):+48, 0:+128]
+          {
+            const int a0 = static_cast<int>(blockIdx.z);
+            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+            const int a2 = (static_cast<int>(blockIdx.x) / 4);
+            const int s3 = ((((((v_i5 * 128) - ((v_i5 * (v_i5 - 1)) / 2)) + v_i5) - v_i5) - v_i5) + 80);
+            const int s4 = 0;
+            const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+            const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+            float* const dst = t_s5_f32;
+            if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+              for (int i = tid; i < 1536; i += 128) {
+                const int r = i / 32, c = (i % 32) * 4;
+                const int gr = s3 + r;
+                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              }
+            }
+            else {
+              for (int i = tid; i < 6144; i += 128) {
+                const int r = i / 128, c = i % 128;
+                dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+              }
+            }
+          }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
+          __syncthreads();
+          // s5_hi[row, col] = select((((row + 80) < i5) || ((row + 80) >= 128)), 0.0, (s5_f32[row, col] * select(((row + 80) == i5), 1.0, 1.4142135623730951)))
+          {
+            for (int i = tid; i < 6144; i += 128) {
+              const int r = i / 128, c = i % 128;
+              t_s5_hi[(r) * 132 + (c)] = prt::from_f32<float>(((((r + 80) < v_i5) || ((r + 80) >= 128)) ? 0.0f : (prt::to_f32(t_s5_f32[(r) * 128 + (c)]) * (((r + 80) == v_i5) ? 1.0f : 1.4142135623730951f))));
+            }
+          }
+          __syncthreads();
+          // t5 = mma.fmaFrag(dy, s5_hi^T) [16x48 in 16x8 units over 4 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 4;
+              if (u < 6) {
+                const int m0 = (u / 6) * 16, n0 = (u % 6) * 8;
+                float acc[1][4];
+                #pragma unroll
+                for (int q = 0; q < 1; ++q)
+                #pragma unroll
+                  for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+                const int g = lane >> 2, t2 = (lane & 3) * 2;
+                for (int kk = 0; kk < 128; ++kk) {
+                  const float a0 = prt::to_f32(t_dy[(m0 + g) * 132 + (kk)]), a1 = prt::to_f32(t_dy[(m0 + g + 8) * 132 + (kk)]);
+                  #pragma unroll
+                  for (int q = 0; q < 1; ++q) {
+                    const float b0 = prt::to_f32(t_s5_hi[(n0 + q * 8 + t2) * 132 + (kk)]), b1 = prt::to_f32(t_s5_hi[(n0 + q * 8 + t2 + 1) * 132 + (kk)]);
+                    acc[q][0] = fmaf(a0, b0, acc[q][0]);
+                    acc[q][1] = fmaf(a0, b1, acc[q][1]);
+                    acc[q][2] = fmaf(a1, b0, acc[q][2]);
+                    acc[q][3] = fmaf(a1, b1, acc[q][3]);
+                  }
+                }
+                #pragma unroll
+                for (int q = 0; q < 1; ++q)
+                #pragma unroll
+                  for (int e = 0; e < 4; ++e) t_t5[(m0 + prt::frag_row(lane, e)) * 48 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+              }
+            }
+          }
+          __syncthreads();
+          // grad_s[row, col] = select((col >= 80), (grad_s[row, col] + (q[row, i5] * t5[row, max((col - 80), 0)])), grad_s[row, col])
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_grad_s[j][q][e] = ((c >= 80) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 132 + (v_i5)]) * prt::to_f32(t_t5[(r) * 48 + (prt::max_nan((c - 80), 0))]))) : f_grad_s[j][q][e]);
+                }
+              }
+            }
+          }
+          __syncthreads();
+          // t5[row, col] = (t5[row, col] * q[row, (col + 80)])
+          {
+            for (int i = tid; i < 768; i += 128) {
+              const int r = i / 48, c = i % 48;
+              t_t5[(r) * 48 + (c)] = prt::from_f32<float>((prt::to_f32(t_t5[(r) * 48 + (c)]) * prt::to_f32(t_q[(r) * 132 + ((c + 80))])));
+            }
+          }
+          __syncthreads();
+          // r = reduce_sum(t5, axis=1)
+          {
+            for (int o = warp; o < 16; o += 4) {
+              float acc = 0.0f;
+              for (int i = lane; i < 48; i += 32) acc += prt::to_f32(t_t5[(o) * 48 + (i)]);
+              acc = prt::warp_sum(acc);
+              if (lane == 0) t_r[o] = prt::from_f32<float>(acc);
+            }
+          }
+          __syncthreads();
+          // r16[row, col] = select((col == (i5 - 80)), r[row], r16[row, col])
+          {
+            for (int i = tid; i < 256; i += 128) {
+              const int r = i / 16, c = i % 16;
+              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i5 - 80)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
+            }
+          }
+        }
+      }
+      __syncthreads();
+      // grad_s[row, col] = select(((col >= 80) && (col < 96)), (grad_s[row, col] + r16[row, min(max((col - 80), 0), 15)]), grad_s[row, col])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_grad_s[j][q][e] = (((c >= 80) && (c < 96)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 80), 0), 15))])) : f_grad_s[j][q][e]);
+            }
+          }
+        }
+      }
+      __syncthreads();
+      // r16[row, col] = 0.0
+      {
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 16, c = i % 16;
+          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+        }
+      }
+      {
+        const int v_i6_end = 112;
+        for (int v_i6 = 96; v_i6 < v_i6_end; v_i6 += 1) {
+          // s6_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 4), ((((((i6 * 128) - ((i6 * (i6 - 1)) // 2)) + i6) - i6) - i6) + 96):+32, 0:+128]
+          {
+            const int a0 = static_cast<int>(blockIdx.z);
+            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+            const int a2 = (static_cast<int>(blockIdx.x) / 4);
+            const int s3 = ((((((v_i6 * 128) - ((v_i6 * (v_i6 - 1)) / 2)) + v_i6) - v_i6) - v_i6) + 96);
+            const int s4 = 0;
+            const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+            const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+            float* const dst = t_s6_f32;
+            if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+              for (int i = tid; i < 1024; i += 128) {
+                const int r = i / 32, c = (i % 32) * 4;
+                const int gr = s3 + r;
+                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              }
+            }
+            else {
+              for (int i = tid; i < 4096; i += 128) {
+                const int r = i / 128, c = i % 128;
+                dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+              }
+            }
+          }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
+          __syncthreads();
+          // s6_hi[row, col] = select((((row + 96) < i6) || ((row + 96) >= 128)), 0.0, (s6_f32[row, col] * select(((row + 96) == i6), 1.0, 1.4142135623730951)))
+          {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 128, c = i % 128;
+              t_s6_hi[(r) * 132 + (c)] = prt::from_f32<float>(((((r + 96) < v_i6) || ((r + 96) >= 128)) ? 0.0f : (prt::to_f32(t_s6_f32[(r) * 128 + (c)]) * (((r + 96) == v_i6) ? 1.0f : 1.4142135623730951f))));
+            }
+          }
+          __syncthreads();
+          // t6 = mma.fmaFrag(dy, s6_hi^T) [16x32 in 16x8 units over 4 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+              float acc[1][4];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+              const int g = lane >> 2, t2 = (lane & 3) * 2;
+              for (int kk = 0; kk < 128; ++kk) {
+                const float a0 = prt::to_f32(t_dy[(m0 + g) * 132 + (kk)]), a1 = prt::to_f32(t_dy[(m0 + g + 8) * 132 + (kk)]);
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) {
+                  const float b0 = prt::to_f32(t_s6_hi[(n0 + q * 8 + t2) * 132 + (kk)]), b1 = prt::to_f32(t_s6_hi[(n0 + q * 8 + t2 + 1) * 132 + (kk)]);
+                  acc[q][0] = fmaf(a0, b0, acc[q][0]);
+                  acc[q][1] = fmaf(a0, b1, acc[q][1]);
+                  acc[q][2] = fmaf(a1, b0, acc[q][2]);
+                  acc[q][3] = fmaf(a1, b1, acc[q][3]);
+                }
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_t6[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+          __syncthreads();
+          // grad_s[row, col] = select((col >= 96), (grad_s[row, col] + (q[row, i6] * t6[row, max((col - 96), 0)])), grad_s[row, col])
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_grad_s[j][q][e] = ((c >= 96) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 132 + (v_i6)]) * prt::to_f32(t_t6[(r) * 32 + (prt::max_nan((c - 96), 0))]))) : f_grad_s[j][q][e]);
+                }
+              }
+            }
+          }
+          __syncthreads();
+          // t6[row, col] = (t6[row, col] * q[row, (col + 96)])
+          {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 32, c = i % 32;
+              t_t6[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_t6[(r) * 32 + (c)]) * prt::to_f32(t_q[(r) * 132 + ((c + 96))])));
+            }
+          }
+          __syncthreads();
+          // r = reduce_sum(t6, axis=1)
+          {
+            for (int o = warp; o < 16; o += 4) {
+              float acc = 0.0f;
+              for (int i = lane; i < 32; i += 32) acc += prt::to_f32(t_t6[(o) * 32 + (i)]);
+              acc = prt::warp_sum(acc);
+              if (lane == 0) t_r[o] = prt::from_f32<float>(acc);
+            }
+          }
+          __syncthreads();
+          // r16[row, col] = select((col == (i6 - 96)), r[row], r16[row, col])
+          {
+            for (int i = tid; i < 256; i += 128) {
+              const int r = i / 16, c = i % 16;
+              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i6 - 96)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
+            }
+          }
+        }
+      }
+      __syncthreads();
+      // grad_s[row, col] = select(((col >= 96) && (col < 112)), (grad_s[row, col] + r16[row, min(max((col - 96), 0), 15)]), grad_s[row, col])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_grad_s[j][q][e] = (((c >= 96) && (c < 112)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 96), 0), 15))])) : f_grad_s[j][q][e]);
+            }
+          }
+        }
+      }
+      __syncthreads();
+      // r16[row, col] = 0.0
+      {
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 16, c = i % 16;
+          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+        }
+      }
+      {
+        const int v_i7_end = 128;
+        for (int v_i7 = 112; v_i7 < v_i7_end; v_i7 += 1) {
+          // s7_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 4), ((((((i7 * 128) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 112):+16, 0:+128]
+          {
+            const int a0 = static_cast<int>(blockIdx.z);
+            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+            const int a2 = (static_cast<int>(blockIdx.x) / 4);
+            const int s3 = ((((((v_i7 * 128) - ((v_i7 * (v_i7 - 1)) / 2)) + v_i7) - v_i7) - v_i7) + 112);
+            const int s4 = 0;
+            const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+            const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+            float* const dst = t_s7_f32;
+            if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+              for (int i = tid; i < 512; i += 128) {
+                const int r = i / 32, c = (i % 32) * 4;
+                const int gr = s3 + r;
+                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              }
+            }
+            else {
+              for (int i = tid; i < 2048; i += 128) {
+                const int r = i / 128, c = i % 128;
+                dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+              }
+            }
+          }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
+          __syncthreads();
+          // s7_hi[row, col] = select((((row + 112) < i7) || ((row + 112) >= 128)), 0.0, (s7_f32[row, col] * select(((row + 112) == i7), 1.0, 1.4142135623730951)))
+          {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 128, c = i % 128;
+              t_s7_hi[(r) * 132 + (c)] = prt::from_f32<float>(((((r + 112) < v_i7) || ((r + 112) >= 128)) ? 0.0f : (prt::to_f32(t_s7_f32[(r) * 128 + (c)]) * (((r + 112) == v_i7) ? 1.0f : 1.4142135623730951f))));
+            }
+          }
+          __syncthreads();
+          // t7 = mma.fmaFrag(dy, s7_hi^T) [16x16 in 16x8 units over 4 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              if (u < 2) {
+                const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+                float acc[1][4];
+                #pragma unroll
+                for (int q = 0; q < 1; ++q)
+                #pragma unroll
+                  for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+                const int g = lane >> 2, t2 = (lane & 3) * 2;
+                for (int kk = 0; kk < 128; ++kk) {
+                  const float a0 = prt::to_f32(t_dy[(m0 + g) * 132 + (kk)]), a1 = prt::to_f32(t_dy[(m0 + g + 8) * 132 + (kk)]);
+                  #pragma unroll
+                  for (int q = 0; q < 1; ++q) {
+                    const float b0 = prt::to_f32(t_s7_hi[(n0 + q * 8 + t2) * 132 + (kk)]), b1 = prt::to_f32(t_s7_hi[(n0 + q * 8 + t2 + 1) * 132 + (kk)]);
+                    acc[q][0] = fmaf(a0, b0, acc[q][0]);
+                    acc[q][1] = fmaf(a0, b1, acc[q][1]);
+                    acc[q][2] = fmaf(a1, b0, acc[q][2]);
+                    acc[q][3] = fmaf(a1, b1, acc[q][3]);
+                  }
+                }
+                #pragma unroll
+                for (int q = 0; q < 1; ++q)
+                #pragma unroll
+                  for (int e = 0; e < 4; ++e) t_t7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+              }
+            }
+          }
+          __syncthreads();
+          // grad_s[row, col] = select((col >= 112), (grad_s[row, col] + (q[row, i7] * t7[row, max((col - 112), 0)])), grad_s[row, col])
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_grad_s[j][q][e] = ((c >= 112) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 132 + (v_i7)]) * prt::to_f32(t_t7[(r) * 16 + (prt::max_nan((c - 112), 0))]))) : f_grad_s[j][q][e]);
+                }
+              }
+            }
+          }
+          __syncthreads();
+          // t7[row, col] = (t7[row, col] * q[row, (col + 112)])
+          {
+            for (int i = tid; i < 256; i += 128) {
+              const int r = i / 16, c = i % 16;
+              t_t7[(r) * 16 + (c)] = prt::from_f32<float>((prt::to_f32(t_t7[(r) * 16 + (c)]) * prt::to_f32(t_q[(r) * 132 + ((c + 112))])));
+            }
+          }
+          __syncthreads();
+          // r = reduce_sum(t7, axis=1)
+          {
+            for (int o = warp; o < 16; o += 4) {
+              float acc = 0.0f;
+              for (int i = lane; i < 16; i += 32) acc += prt::to_f32(t_t7[(o) * 16 + (i)]);
+              acc = prt::warp_sum(acc);
+              if (lane == 0) t_r[o] = prt::from_f32<float>(acc);
+            }
+          }
+          __syncthreads();
+          // r16[row, col] = select((col == (i7 - 112)), r[row], r16[row, col])
+          {
+            for (int i = tid; i < 256; i += 128) {
+              const int r = i / 16, c = i % 16;
+              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i7 - 112)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
+            }
+          }
+        }
+      }
+      __syncthreads();
+      // grad_s[row, col] = select(((col >= 112) && (col < 128)), (grad_s[row, col] + r16[row, min(max((col - 112), 0), 15)]), grad_s[row, col])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_grad_s[j][q][e] = (((c >= 112) && (c < 128)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 112), 0), 15))])) : f_grad_s[j][q][e]);
+            }
+          }
+        }
+      }
+    }
+    // grad_s[row, col] = select((rho[row] != 0.0), ((grad_s[row, col] * (select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[(((pid.x % 4) * 16) + row)] - lse_i[row]) / 2.0)))) * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[(((pid.x % 4) * 16) + row)] - lse_i[row]) / 2.0)))))) / rho[row]), 0.0)
+    {
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 4;
+        const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            f_grad_s[j][q][e] = ((prt::to_f32(t_rho[r]) != 0.0f) ? ((f_grad_s[j][q][e] * (((prt::to_f32(t_lse_i[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 4) * 16) + r)]) - prt::to_f32(t_lse_i[r])) / 2.0f)))) * ((prt::to_f32(t_lse_i[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 4) * 16) + r)]) - prt::to_f32(t_lse_i[r])) / 2.0f)))))) / prt::to_f32(t_rho[r])) : 0.0f);
+          }
+        }
+      }
+    }
+    // store dQs[pid.z, (((pid.x // 4) * 64) + ((pid.x % 4) * 16)):+16, pid.y, 0:+128] = grad_s
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 4) * 64) + ((static_cast<int>(blockIdx.x) % 4) * 16));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_dQs_d0 && a2 >= 0 && a2 < g_dQs_d2;
+      const long long base = static_cast<long long>(a0) * g_dQs_s0 + static_cast<long long>(s1) * g_dQs_s1 + static_cast<long long>(a2) * g_dQs_s2 + static_cast<long long>(s3) * g_dQs_s3;
+      if (ok) {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              if (s1 + r >= 0 && s1 + r < g_dQs_d1 && s3 + c >= 0 && s3 + c < g_dQs_d3) g_dQs[base + static_cast<long long>(r) * g_dQs_s1 + static_cast<long long>(c) * g_dQs_s3] = prt::from_f32<float>(f_grad_s[j][q][e]);
+            }
+          }
+        }
+      }
+    }
+    // dy_s[row] = select((rho[row] != 0.0), ((dy_s[row] - (dy_y[row] * p_s[row])) / rho[row]), 0.0)
+    {
+      for (int r = tid; r < 16; r += 128) {
+        t_dy_s[r] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) != 0.0f) ? ((prt::to_f32(t_dy_s[r]) - (prt::to_f32(t_dy_y[r]) * prt::to_f32(t_p_s[r]))) / prt::to_f32(t_rho[r])) : 0.0f));
+      }
+    }
+    // store dlamQ[pid.z, (((pid.x // 4) * 64) + ((pid.x % 4) * 16)):+16, pid.y] = dy_s
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 4) * 64) + ((static_cast<int>(blockIdx.x) % 4) * 16));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const bool ok = a0 >= 0 && a0 < g_dlamQ_d0 && a2 >= 0 && a2 < g_dlamQ_d2;
+      const long long base = static_cast<long long>(a0) * g_dlamQ_s0 + static_cast<long long>(s1) * g_dlamQ_s1 + static_cast<long long>(a2) * g_dlamQ_s2;
+      if (ok) {
+        for (int r = tid; r < 16; r += 128) {
+          if (s1 + r >= 0 && s1 + r < g_dlamQ_d1) g_dlamQ[base + static_cast<long long>(r) * g_dlamQ_s1] = t_dy_s[r];
+        }
+      }
+    }
+    __syncthreads();
+    // lse_i[row] = (lse_i[row] + log(rho[row]))
+    {
+      for (int r = tid; r < 16; r += 128) {
+        t_lse_i[r] = prt::from_f32<float>((prt::to_f32(t_lse_i[r]) + logf(prt::to_f32(t_rho[r]))));
+      }
+    }
+    // store lseB[pid.z, (((pid.x // 4) * 64) + ((pid.x % 4) * 16)):+16, pid.y] = lse_i
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 4) * 64) + ((static_cast<int>(blockIdx.x) % 4) * 16));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const bool ok = a0 >= 0 && a0 < g_lseB_d0 && a2 >= 0 && a2 < g_lseB_d2;
+      const long long base = static_cast<long long>(a0) * g_lseB_s0 + static_cast<long long>(s1) * g_lseB_s1 + static_cast<long long>(a2) * g_lseB_s2;
+      if (ok) {
+        for (int r = tid; r < 16; r += 128) {
+          if (s1 + r >= 0 && s1 + r < g_lseB_d1) g_lseB[base + static_cast<long long>(r) * g_lseB_s1] = t_lse_i[r];
         }
       }
     }
@@ -11629,10 +12762,10 @@ extern "C" cudaError_t prt_attention_bwd_p2_d128_e128_c64_f32_w4_bd64_bt32_s1_la
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_query_state_bwd_dq_p2_d128_e128_c64_f32_w4_bd64_bt32_s1_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d128_e128_c64_f32_w4_bd64_bt32_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 141952);
+extern "C" cudaError_t prt_query_state_bwd_dq_p2_d128_e128_c64_f32_w4_bd0_bt16_s1_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d128_e128_c64_f32_w4_bd0_bt16_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 159872);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_dq_p2_d128_e128_c64_f32_w4_bd64_bt32_s1<<<grid, 128, 141952, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
+  prt_query_state_bwd_dq_p2_d128_e128_c64_f32_w4_bd0_bt16_s1<<<grid, 128, 159872, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
   return cudaGetLastError();
 }
 

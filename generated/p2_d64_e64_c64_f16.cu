@@ -4503,8 +4503,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
 }
 
 // query_state_bwd_dq: Dy, lseB (the normaliser the backward's weights sum to 1 under), and dQs, dlamQ: the gradient through phi(q')^T [Sin, Zin]
-// grid ($n, $hq, $b), 128 threads, 152320 bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_e64_c64_f16_w4_bd64_bt64_s1(
+// grid (($n * 1), $hq, $b), 128 threads, 93696 bytes of dynamic shared memory
+extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_e64_c64_f16_w4_bd0_bt64_s2(
     const __half* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const __half* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -4673,311 +4673,501 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
   (void)g_dlamQ_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  __half* const t_q = reinterpret_cast<__half*>(prt_smem + 142848);  // f16[64, 64] pitch 64
-  float* const t_dy_f32 = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 64] pitch 64
-  __nv_bfloat16* const t_dy_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 133632);  // bf16[64, 64] pitch 72
-  float* const t_dy_row = reinterpret_cast<float*>(prt_smem + 49664);  // f32[64, 64] pitch 64
-  float* const t_y_s = reinterpret_cast<float*>(prt_smem + 98816);  // f32[64, 64] pitch 64
-  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 151552);  // f32[64] pitch 64
-  float* const t_dy_y = reinterpret_cast<float*>(prt_smem + 151296);  // f32[64] pitch 64
-  float* const t_rho = reinterpret_cast<float*>(prt_smem + 152064);  // f32[64] pitch 64
-  float* const t_dy_s = reinterpret_cast<float*>(prt_smem + 151040);  // f32[64] pitch 64
-  float* const t_p_s = reinterpret_cast<float*>(prt_smem + 151808);  // f32[64] pitch 64
-  float* const t_q_norm = reinterpret_cast<float*>(prt_smem + 82432);  // f32[64, 64] pitch 64
-  float* const t_S_f32 = reinterpret_cast<float*>(prt_smem + 16896);  // f32[64, 64] pitch 64
-  __nv_bfloat16* const t_S_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 115200);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_S_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 124416);  // bf16[64, 64] pitch 72
-  float* const t_Z_blk = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  float* const t_S_dy = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 64] pitch 64
-  float* const t_grad_s = reinterpret_cast<float*>(prt_smem + 66048);  // f32[64, 64] pitch 64
-  // g = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
-  {
-    const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
-    const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-    const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-    const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-    float* const dst = t_g;
-    for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-    }
-  }
-  __syncthreads();
-  // lam = cumsum(g, axis=0)
-  {
-    for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_lam[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+  float* const t_dy_f32 = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 64] pitch 64
+  __nv_bfloat16* const t_dy_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 16896);  // bf16[64, 64] pitch 72
+  __half* const t_q = reinterpret_cast<__half*>(prt_smem + 512);  // f16[64, 64] pitch 64
+  float* const t_dy_row = reinterpret_cast<float*>(prt_smem + 26112);  // f32[64, 64] pitch 64
+  float* const t_y_s = reinterpret_cast<float*>(prt_smem + 42496);  // f32[64, 64] pitch 64
+  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
+  float* const t_dy_y = reinterpret_cast<float*>(prt_smem + 8704);  // f32[64] pitch 64
+  float* const t_rho = reinterpret_cast<float*>(prt_smem + 8960);  // f32[64] pitch 64
+  float* const t_dy_s = reinterpret_cast<float*>(prt_smem + 9472);  // f32[64] pitch 64
+  float* const t_p_s = reinterpret_cast<float*>(prt_smem + 9216);  // f32[64] pitch 64
+  float f_grad_s[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
+  float* const t_z = reinterpret_cast<float*>(prt_smem + 26112);  // f32[2080] pitch 2080
+  __nv_bfloat16* const t_zs_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 34432);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_zs_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 43648);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_q_pair_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 52864);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_q_pair_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 62080);  // bf16[64, 64] pitch 72
+  float* const t_qzs = reinterpret_cast<float*>(prt_smem + 71296);  // f32[64, 64] pitch 64
+  float* const t_r = reinterpret_cast<float*>(prt_smem + 13824);  // f32[64] pitch 64
+  float* const t_r16 = reinterpret_cast<float*>(prt_smem + 9728);  // f32[64, 16] pitch 16
+  float* const t_s0_f32_base = reinterpret_cast<float*>(prt_smem + 26112);  // f32[64, 64] pitch 64, 2 copies
+  float* t_s0_f32 = t_s0_f32_base;
+  float* const t_t0 = reinterpret_cast<float*>(prt_smem + 58880);  // f32[64, 64] pitch 64
+  __nv_bfloat16* const t_s0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 75264);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_s0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 84480);  // bf16[64, 64] pitch 72
+  float* const t_s1_f32_base = reinterpret_cast<float*>(prt_smem + 26112);  // f32[48, 64] pitch 64, 2 copies
+  float* t_s1_f32 = t_s1_f32_base;
+  float* const t_t1 = reinterpret_cast<float*>(prt_smem + 50688);  // f32[64, 48] pitch 48
+  __nv_bfloat16* const t_s1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 62976);  // bf16[48, 64] pitch 72
+  __nv_bfloat16* const t_s1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 69888);  // bf16[48, 64] pitch 72
+  float* const t_s2_f32_base = reinterpret_cast<float*>(prt_smem + 26112);  // f32[32, 64] pitch 64, 2 copies
+  float* t_s2_f32 = t_s2_f32_base;
+  float* const t_t2 = reinterpret_cast<float*>(prt_smem + 42496);  // f32[64, 32] pitch 32
+  __nv_bfloat16* const t_s2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 50688);  // bf16[32, 64] pitch 72
+  __nv_bfloat16* const t_s2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 55296);  // bf16[32, 64] pitch 72
+  float* const t_s3_f32_base = reinterpret_cast<float*>(prt_smem + 26112);  // f32[16, 64] pitch 64, 2 copies
+  float* t_s3_f32 = t_s3_f32_base;
+  float* const t_t3 = reinterpret_cast<float*>(prt_smem + 34304);  // f32[64, 16] pitch 16
+  __nv_bfloat16* const t_s3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 14080);  // bf16[16, 64] pitch 72
+  __nv_bfloat16* const t_s3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 38400);  // bf16[16, 64] pitch 72
+  if (((((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64)) < p_t)) {
+    // g = load logG[pid.z, ((pid.x // 1) * 64):+64, (pid.y // ($hq // $h))]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_g;
+      for (int r = tid; r < 64; r += 128) {
+        dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
       }
     }
-  }
-  {
-    const int v_i0_end = prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64), 1);
-    for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // q = load.async Q[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y, 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-        const int a2 = static_cast<int>(blockIdx.y);
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
-        const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
-        __half* const dst = t_q;
-        if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+    __syncthreads();
+    // lam = cumsum(g, axis=0)
+    {
+      for (int o = warp; o < 1; o += 4) {
+        float carry = 0.0f;
+        for (int j0 = 0; j0 < 64; j0 += 32) {
+          const int j = j0 + lane, i = j;
+          float v = j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
+          v = prt::warp_inclusive_sum(v, lane) + carry;
+          if (j < 64) t_lam[i] = prt::from_f32<float>(v);
+          carry = __shfl_sync(0xffffffffu, v, 31);
+        }
+      }
+    }
+    // dy_f32 = load dY[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y, 0:+64]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+      const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+      float* const dst = t_dy_f32;
+      for (int i = tid; i < 4096; i += 128) {
+        const int r = i / 64, c = i % 64;
+        dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+      }
+    }
+    // dy_hi[row, col] = (dy_f32[row, col] * 1.0)
+    {
+      for (int i = tid; i < 4096; i += 128) {
+        const int r = i / 64, c = i % 64;
+        t_dy_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_dy_f32[(r) * 64 + (c)]) * 1.0f));
+      }
+    }
+    __syncthreads();
+    // q = load.async Q[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y, 0:+64]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
+      const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
+      __half* const dst = t_q;
+      if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    // dy_row = load dY[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y, 0:+64]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
+      const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
+      float* const dst = t_dy_row;
+      for (int i = tid; i < 4096; i += 128) {
+        const int r = i / 64, c = i % 64;
+        dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+      }
+    }
+    // y_s = load.async yS[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y, 0:+64]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_yS_d0 && a2 >= 0 && a2 < g_yS_d2;
+      const long long base = static_cast<long long>(a0) * g_yS_s0 + static_cast<long long>(s1) * g_yS_s1 + static_cast<long long>(a2) * g_yS_s2 + static_cast<long long>(s3) * g_yS_s3;
+      float* const dst = t_y_s;
+      if (prt::aligned16(g_yS) && base % 4 == 0 && g_yS_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_yS_d1 ? g_yS_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_yS + base + static_cast<long long>(r) * g_yS_s1 + c) : static_cast<const void*>(g_yS), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_yS_d1 && s3 + c >= 0 && s3 + c < g_yS_d3 ? g_yS[base + static_cast<long long>(r) * g_yS_s1 + static_cast<long long>(c) * g_yS_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    // lse_i = load lse[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
+      const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
+      float* const dst = t_lse_i;
+      for (int r = tid; r < 64; r += 128) {
+        dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+      }
+    }
+    // dy_y = load DyA[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const bool ok = a0 >= 0 && a0 < g_DyA_d0 && a2 >= 0 && a2 < g_DyA_d2;
+      const long long base = static_cast<long long>(a0) * g_DyA_s0 + static_cast<long long>(s1) * g_DyA_s1 + static_cast<long long>(a2) * g_DyA_s2;
+      float* const dst = t_dy_y;
+      for (int r = tid; r < 64; r += 128) {
+        dst[r] = ok && s1 + r >= 0 && s1 + r < g_DyA_d1 ? g_DyA[base + static_cast<long long>(r) * g_DyA_s1] : prt::from_f32<float>(0.0f);
+      }
+    }
+    // rho = load PA[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const bool ok = a0 >= 0 && a0 < g_PA_d0 && a2 >= 0 && a2 < g_PA_d2;
+      const long long base = static_cast<long long>(a0) * g_PA_s0 + static_cast<long long>(s1) * g_PA_s1 + static_cast<long long>(a2) * g_PA_s2;
+      float* const dst = t_rho;
+      for (int r = tid; r < 64; r += 128) {
+        dst[r] = ok && s1 + r >= 0 && s1 + r < g_PA_d1 ? g_PA[base + static_cast<long long>(r) * g_PA_s1] : prt::from_f32<float>(0.0f);
+      }
+    }
+    // p_s = load wS[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const bool ok = a0 >= 0 && a0 < g_wS_d0 && a2 >= 0 && a2 < g_wS_d2;
+      const long long base = static_cast<long long>(a0) * g_wS_s0 + static_cast<long long>(s1) * g_wS_s1 + static_cast<long long>(a2) * g_wS_s2;
+      float* const dst = t_p_s;
+      for (int r = tid; r < 64; r += 128) {
+        dst[r] = ok && s1 + r >= 0 && s1 + r < g_wS_d1 ? g_wS[base + static_cast<long long>(r) * g_wS_s1] : prt::from_f32<float>(0.0f);
+      }
+    }
+    __syncthreads();
+    // y_s[row, col] = (y_s[row, col] * dy_row[row, col])
+    {
+      for (int i = tid; i < 4096; i += 128) {
+        const int r = i / 64, c = i % 64;
+        t_y_s[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_y_s[(r) * 64 + (c)]) * prt::to_f32(t_dy_row[(r) * 64 + (c)])));
+      }
+    }
+    __syncthreads();
+    // dy_s = reduce_sum(y_s, axis=1)
+    {
+      for (int o = tid; o < 64; o += 128) {
+        float acc = 0.0f;
+        for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_y_s[(o) * 64 + (i)]);
+        t_dy_s[o] = prt::from_f32<float>(acc);
+      }
+    }
+    // rho[row] = (rho[row] + p_s[row])
+    {
+      for (int r = tid; r < 64; r += 128) {
+        t_rho[r] = prt::from_f32<float>((prt::to_f32(t_rho[r]) + prt::to_f32(t_p_s[r])));
+      }
+    }
+    __syncthreads();
+    // dy_y[row] = select((rho[row] != 0.0), ((dy_y[row] + dy_s[row]) / rho[row]), 0.0)
+    {
+      for (int r = tid; r < 64; r += 128) {
+        t_dy_y[r] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) != 0.0f) ? ((prt::to_f32(t_dy_y[r]) + prt::to_f32(t_dy_s[r])) / prt::to_f32(t_rho[r])) : 0.0f));
+      }
+    }
+    // store Dy[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y] = dy_y
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
+      const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
+      if (ok) {
+        for (int r = tid; r < 64; r += 128) {
+          if (s1 + r >= 0 && s1 + r < g_Dy_d1) g_Dy[base + static_cast<long long>(r) * g_Dy_s1] = t_dy_y[r];
+        }
+      }
+    }
+    // grad_s[row, col] = 0.0
+    {
+      #pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int u = warp + j * 4;
+        const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            f_grad_s[j][q][e] = 0.0f;
           }
         }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
-          }
-        }
       }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      // dy_f32 = load dY[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y, 0:+64]
+    }
+    if ((p_nfb > 0)) {
+      // z = load.async Zin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), 0:+2080]
       {
         const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-        const int a2 = static_cast<int>(blockIdx.y);
+        const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+        const int a2 = (static_cast<int>(blockIdx.x) / 1);
         const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
-        const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
-        float* const dst = t_dy_f32;
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 64, c = i % 64;
-          dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
-        }
-      }
-      // dy_hi[row, col] = (dy_f32[row, col] * 1.0)
-      {
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_dy_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_dy_f32[(r) * 64 + (c)]) * 1.0f));
-        }
-      }
-      // dy_row = load dY[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y, 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-        const int a2 = static_cast<int>(blockIdx.y);
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
-        const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
-        float* const dst = t_dy_row;
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 64, c = i % 64;
-          dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
-        }
-      }
-      // y_s = load.async yS[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y, 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-        const int a2 = static_cast<int>(blockIdx.y);
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_yS_d0 && a2 >= 0 && a2 < g_yS_d2;
-        const long long base = static_cast<long long>(a0) * g_yS_s0 + static_cast<long long>(s1) * g_yS_s1 + static_cast<long long>(a2) * g_yS_s2 + static_cast<long long>(s3) * g_yS_s3;
-        float* const dst = t_y_s;
-        if (prt::aligned16(g_yS) && base % 4 == 0 && g_yS_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_yS_d1 ? g_yS_d3 - (s3 + c) : 0;
+        const bool ok = a0 >= 0 && a0 < g_Zin_d0 && a1 >= 0 && a1 < g_Zin_d1 && a2 >= 0 && a2 < g_Zin_d2;
+        const long long base = static_cast<long long>(a0) * g_Zin_s0 + static_cast<long long>(a1) * g_Zin_s1 + static_cast<long long>(a2) * g_Zin_s2 + static_cast<long long>(s3) * g_Zin_s3;
+        float* const dst = t_z;
+        if (prt::aligned16(g_Zin) && base % 4 == 0 && s3 >= 0) {
+          for (int i = tid; i < 520; i += 128) {
+            const int c = i * 4;
+            const long long left = ok ? g_Zin_d3 - (s3 + c) : 0;
             const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_yS + base + static_cast<long long>(r) * g_yS_s1 + c) : static_cast<const void*>(g_yS), n * 4);
+            prt::cp_async_16(&dst[c], n > 0 ? static_cast<const void*>(g_Zin + base + c) : static_cast<const void*>(g_Zin), n * 4);
           }
         }
         else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_yS_d1 && s3 + c >= 0 && s3 + c < g_yS_d3 ? g_yS[base + static_cast<long long>(r) * g_yS_s1 + static_cast<long long>(c) * g_yS_s3] : prt::from_f32<float>(0.0f);
+          for (int r = tid; r < 2080; r += 128) {
+            dst[r] = ok && s3 + r >= 0 && s3 + r < g_Zin_d3 ? g_Zin[base + static_cast<long long>(r) * g_Zin_s3] : prt::from_f32<float>(0.0f);
           }
         }
       }
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
-      // lse_i = load lse[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-        const int a2 = static_cast<int>(blockIdx.y);
-        const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
-        const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
-        float* const dst = t_lse_i;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
-      // dy_y = load DyA[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-        const int a2 = static_cast<int>(blockIdx.y);
-        const bool ok = a0 >= 0 && a0 < g_DyA_d0 && a2 >= 0 && a2 < g_DyA_d2;
-        const long long base = static_cast<long long>(a0) * g_DyA_s0 + static_cast<long long>(s1) * g_DyA_s1 + static_cast<long long>(a2) * g_DyA_s2;
-        float* const dst = t_dy_y;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_DyA_d1 ? g_DyA[base + static_cast<long long>(r) * g_DyA_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
-      // rho = load PA[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-        const int a2 = static_cast<int>(blockIdx.y);
-        const bool ok = a0 >= 0 && a0 < g_PA_d0 && a2 >= 0 && a2 < g_PA_d2;
-        const long long base = static_cast<long long>(a0) * g_PA_s0 + static_cast<long long>(s1) * g_PA_s1 + static_cast<long long>(a2) * g_PA_s2;
-        float* const dst = t_rho;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_PA_d1 ? g_PA[base + static_cast<long long>(r) * g_PA_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
-      // p_s = load wS[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-        const int a2 = static_cast<int>(blockIdx.y);
-        const bool ok = a0 >= 0 && a0 < g_wS_d0 && a2 >= 0 && a2 < g_wS_d2;
-        const long long base = static_cast<long long>(a0) * g_wS_s0 + static_cast<long long>(s1) * g_wS_s1 + static_cast<long long>(a2) * g_wS_s2;
-        float* const dst = t_p_s;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_wS_d1 ? g_wS[base + static_cast<long long>(r) * g_wS_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
       __syncthreads();
-      // y_s[row, col] = (y_s[row, col] * dy_row[row, col])
+      // zs_hi[row, col] = select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 2.0), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 1.4142135623730951)), 0.0)
+      // zs_lo[row, col] = (select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 2.0), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 1.4142135623730951)), 0.0) - zs_hi[row, col])
+      // q_pair_hi[row, col] = q[row, col]
+      // q_pair_lo[row, col] = (q[row, col] - q_pair_hi[row, col])
       {
         for (int i = tid; i < 4096; i += 128) {
           const int r = i / 64, c = i % 64;
-          t_y_s[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_y_s[(r) * 64 + (c)]) * prt::to_f32(t_dy_row[(r) * 64 + (c)])));
+          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < 64) && (c < 64)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) * 2.0f) : (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) * 1.4142135623730951f)) : 0.0f));
+          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((((r < 64) && (c < 64)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) * 2.0f) : (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) * 1.4142135623730951f)) : 0.0f) - prt::to_f32(y0)));
+          const __nv_bfloat16 y2 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q[(r) * 64 + (c)]));
+          const __nv_bfloat16 y3 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q[(r) * 64 + (c)]) - prt::to_f32(y2)));
+          t_zs_hi[(r) * 72 + (c)] = y0;
+          t_zs_lo[(r) * 72 + (c)] = y1;
+          t_q_pair_hi[(r) * 72 + (c)] = y2;
+          t_q_pair_lo[(r) * 72 + (c)] = y3;
         }
       }
       __syncthreads();
-      // dy_s = reduce_sum(y_s, axis=1)
+      // qzs = mma.tc(q_pair_hi, zs_hi) [64x64 in 16x32 units over 4 warps]
       {
-        for (int o = tid; o < 64; o += 128) {
-          float acc = 0.0f;
-          for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_y_s[(o) * 64 + (i)]);
-          t_dy_s[o] = prt::from_f32<float>(acc);
-        }
-      }
-      // rho[row] = (rho[row] + p_s[row])
-      {
-        for (int r = tid; r < 64; r += 128) {
-          t_rho[r] = prt::from_f32<float>((prt::to_f32(t_rho[r]) + prt::to_f32(t_p_s[r])));
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          float acc[4][4];
+          #pragma unroll
+          for (int q = 0; q < 4; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4(af, &t_q_pair_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 4; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4_trans(bf, &t_zs_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+          #pragma unroll
+          for (int q = 0; q < 4; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_qzs[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
       __syncthreads();
-      // dy_y[row] = select((rho[row] != 0.0), ((dy_y[row] + dy_s[row]) / rho[row]), 0.0)
+      // qzs += mma.tc(q_pair_lo, zs_hi) [64x64 in 16x32 units over 4 warps]
       {
-        for (int r = tid; r < 64; r += 128) {
-          t_dy_y[r] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) != 0.0f) ? ((prt::to_f32(t_dy_y[r]) + prt::to_f32(t_dy_s[r])) / prt::to_f32(t_rho[r])) : 0.0f));
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          float acc[4][4];
+          #pragma unroll
+          for (int q = 0; q < 4; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_qzs[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))];
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4(af, &t_q_pair_lo[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 4; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4_trans(bf, &t_zs_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+          #pragma unroll
+          for (int q = 0; q < 4; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_qzs[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
-      // store Dy[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y] = dy_y
+      __syncthreads();
+      // qzs += mma.tc(q_pair_hi, zs_lo) [64x64 in 16x32 units over 4 warps]
       {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-        const int a2 = static_cast<int>(blockIdx.y);
-        const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
-        const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
-        if (ok) {
-          for (int r = tid; r < 64; r += 128) {
-            if (s1 + r >= 0 && s1 + r < g_Dy_d1) g_Dy[base + static_cast<long long>(r) * g_Dy_s1] = t_dy_y[r];
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          float acc[4][4];
+          #pragma unroll
+          for (int q = 0; q < 4; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_qzs[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))];
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4(af, &t_q_pair_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 4; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4_trans(bf, &t_zs_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+          #pragma unroll
+          for (int q = 0; q < 4; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_qzs[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+        }
+      }
+      __syncthreads();
+      // grad_s[row, col] = -((qzs[row, col] * dy_y[row]))
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_grad_s[j][q][e] = (-(prt::to_f32(t_qzs[(r) * 64 + (c)]) * prt::to_f32(t_dy_y[r])));
+            }
           }
         }
       }
-      // q_norm[row, col] = (q[row, col] * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[((i0 * 64) + row)] - lse_i[row]) / 2.0)))))
-      // grad_s[row, col] = 0.0
+      // r16[row, col] = 0.0
       {
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 64, c = i % 64;
-          const float y0 = prt::from_f32<float>((prt::to_f32(t_q[(r) * 64 + (c)]) * ((prt::to_f32(t_lse_i[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[((v_i0 * 64) + r)]) - prt::to_f32(t_lse_i[r])) / 2.0f))))));
-          const float y1 = prt::from_f32<float>(0.0f);
-          t_q_norm[(r) * 64 + (c)] = y0;
-          t_grad_s[(r) * 64 + (c)] = y1;
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = i % 16;
+          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
         }
       }
-      {
-        const int v_i1_end = p_nfb;
-        for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
-          // S_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), pid.x, (i1 * 64):+64, 0:+64]
-          {
-            const int a0 = static_cast<int>(blockIdx.z);
-            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-            const int a2 = static_cast<int>(blockIdx.x);
-            const int s3 = (v_i1 * 64);
-            const int s4 = 0;
-            const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-            const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_S_f32;
-            if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 1024; i += 128) {
-                const int r = i / 16, c = (i % 16) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-              }
-            }
-            else {
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 64, c = i % 64;
-                dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-              }
+      if ((0 < 16)) {
+        // s0_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((0 * 64) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0) + 0):+64, 0:+64] into stage 0
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int s3 = ((((((0 * 64) - ((0 * (0 - 1)) / 2)) + 0) - 0) - 0) + 0);
+          const int s4 = 0;
+          const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+          const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+          float* const dst = t_s0_f32_base + ((0) % 2) * 4096;
+          if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 4;
+              const int gr = s3 + r;
+              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
-          // Z_blk = load.async Zin[pid.z, (pid.y // ($hq // $h)), pid.x, (i1 * 64):+64]
-          {
-            const int a0 = static_cast<int>(blockIdx.z);
-            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-            const int a2 = static_cast<int>(blockIdx.x);
-            const int s3 = (v_i1 * 64);
-            const bool ok = a0 >= 0 && a0 < g_Zin_d0 && a1 >= 0 && a1 < g_Zin_d1 && a2 >= 0 && a2 < g_Zin_d2;
-            const long long base = static_cast<long long>(a0) * g_Zin_s0 + static_cast<long long>(a1) * g_Zin_s1 + static_cast<long long>(a2) * g_Zin_s2 + static_cast<long long>(s3) * g_Zin_s3;
-            float* const dst = t_Z_blk;
-            if (prt::aligned16(g_Zin) && base % 4 == 0 && s3 >= 0) {
-              for (int i = tid; i < 16; i += 128) {
-                const int c = i * 4;
-                const long long left = ok ? g_Zin_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[c], n > 0 ? static_cast<const void*>(g_Zin + base + c) : static_cast<const void*>(g_Zin), n * 4);
-              }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
             }
-            else {
-              for (int r = tid; r < 64; r += 128) {
-                dst[r] = ok && s3 + r >= 0 && s3 + r < g_Zin_d3 ? g_Zin[base + static_cast<long long>(r) * g_Zin_s3] : prt::from_f32<float>(0.0f);
+          }
+        }
+      }
+      prt::cp_async_commit();
+      {
+        const int v_i0_end = 16;
+        for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
+          if (((v_i0 + 1) < 16)) {
+            // s0_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), (((((((i0 + 1) * 64) - (((i0 + 1) * ((i0 + 1) - 1)) // 2)) + (i0 + 1)) - (i0 + 1)) - (i0 + 1)) + 0):+64, 0:+64] into stage ((i0 + 1) % 2)
+            {
+              const int a0 = static_cast<int>(blockIdx.z);
+              const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+              const int a2 = (static_cast<int>(blockIdx.x) / 1);
+              const int s3 = (((((((v_i0 + 1) * 64) - (((v_i0 + 1) * ((v_i0 + 1) - 1)) / 2)) + (v_i0 + 1)) - (v_i0 + 1)) - (v_i0 + 1)) + 0);
+              const int s4 = 0;
+              const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+              const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+              float* const dst = t_s0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
+              if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+                for (int i = tid; i < 1024; i += 128) {
+                  const int r = i / 16, c = (i % 16) * 4;
+                  const int gr = s3 + r;
+                  const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+                }
+              }
+              else {
+                for (int i = tid; i < 4096; i += 128) {
+                  const int r = i / 64, c = i % 64;
+                  dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+                }
               }
             }
           }
           prt::cp_async_commit();
-          prt::cp_async_wait<0>();
+          prt::cp_async_wait<1>();
+          t_s0_f32 = t_s0_f32_base + (((v_i0 % 2)) % 2) * 4096;  // bind s0_f32 stage (i0 % 2)
           __syncthreads();
-          // S_hi[row, col] = (S_f32[row, col] * 1.0)
-          // S_lo[row, col] = ((S_f32[row, col] * 1.0) - S_hi[row, col])
+          // s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, (s0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
+          // s0_lo[row, col] = (select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, (s0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951))) - s0_hi[row, col])
           {
             for (int i = tid; i < 4096; i += 128) {
               const int r = i / 64, c = i % 64;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_S_f32[(r) * 64 + (c)]) * 1.0f));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_S_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(y0)));
-              t_S_hi[(r) * 72 + (c)] = y0;
-              t_S_lo[(r) * 72 + (c)] = y1;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : (prt::to_f32(t_s0_f32[(r) * 64 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : (prt::to_f32(t_s0_f32[(r) * 64 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+              t_s0_hi[(r) * 72 + (c)] = y0;
+              t_s0_lo[(r) * 72 + (c)] = y1;
             }
           }
           __syncthreads();
-          // S_dy = mma.tc(dy_hi, S_hi^T) [64x64 in 16x32 units over 4 warps]
+          // t0 = mma.tc(dy_hi, s0_hi^T) [64x64 in 16x32 units over 4 warps]
           {
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
@@ -4994,7 +5184,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
                 #pragma unroll
                 for (int q = 0; q < 4; q += 2) {
                   uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_S_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+                  prt::ldmatrix_x4(bf, &t_s0_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
                   prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
                   prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                 }
@@ -5002,11 +5192,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) t_S_dy[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) t_t0[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
             }
           }
           __syncthreads();
-          // S_dy += mma.tc(dy_hi, S_lo^T) [64x64 in 16x32 units over 4 warps]
+          // t0 += mma.tc(dy_hi, s0_lo^T) [64x64 in 16x32 units over 4 warps]
           {
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
@@ -5016,14 +5206,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_S_dy[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))];
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_t0[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))];
               for (int k0 = 0; k0 < 64; k0 += 16) {
                 uint32_t af[4];
                 prt::ldmatrix_x4(af, &t_dy_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
                 #pragma unroll
                 for (int q = 0; q < 4; q += 2) {
                   uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_S_lo[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+                  prt::ldmatrix_x4(bf, &t_s0_lo[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
                   prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
                   prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                 }
@@ -5031,100 +5221,757 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) t_S_dy[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) t_t0[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
             }
           }
           __syncthreads();
-          // S_dy[row, col] = (S_dy[row, col] - (dy_y[row] * Z_blk[col]))
+          // grad_s[row, col] = select((col >= 0), (grad_s[row, col] + (q[row, i0] * t0[row, max((col - 0), 0)])), grad_s[row, col])
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_grad_s[j][q][e] = ((c >= 0) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 64 + (v_i0)]) * prt::to_f32(t_t0[(r) * 64 + (prt::max_nan((c - 0), 0))]))) : f_grad_s[j][q][e]);
+                }
+              }
+            }
+          }
+          __syncthreads();
+          // t0[row, col] = (t0[row, col] * q[row, (col + 0)])
           {
             for (int i = tid; i < 4096; i += 128) {
               const int r = i / 64, c = i % 64;
-              t_S_dy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_S_dy[(r) * 64 + (c)]) - (prt::to_f32(t_dy_y[r]) * prt::to_f32(t_Z_blk[c]))));
+              t_t0[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_t0[(r) * 64 + (c)]) * prt::to_f32(t_q[(r) * 64 + ((c + 0))])));
             }
           }
           __syncthreads();
-          // grad_s += sympow2_grad(q_norm, S_dy, features from (i1 * 64))
+          // r = reduce_sum(t0, axis=1)
           {
-            const int off = (v_i1 * 64);
-            for (int i0 = 0; i0 < 4096; i0 += 128) {
-              const int i = i0 + tid, r = i / 64, f = i % 64, g = off + f;
-              const bool ok = g >= 0 && g < prt_sympow_d64_p2_size;
-              float gw = 0.0f;
-              int a0 = 0, a1 = 0;
-              float x0 = 0.0f, x1 = 0.0f;
-              if (ok) {
-                gw = prt::to_f32(t_S_dy[(r) * 64 + (f)]) * prt_sympow_d64_p2_weight[g];
-                a0 = prt_sympow_d64_p2_index[g * 2 + 0];
-                x0 = prt::to_f32(t_q_norm[(r) * 64 + (a0)]);
-                a1 = prt_sympow_d64_p2_index[g * 2 + 1];
-                x1 = prt::to_f32(t_q_norm[(r) * 64 + (a1)]);
-              }
-              prt::add_keyed(&t_grad_s[(r) * 64 + (a0)], gw * x1, ok ? r * 64 + a0 : -1, lane);
-              prt::add_keyed(&t_grad_s[(r) * 64 + (a1)], gw * x0, ok ? r * 64 + a1 : -1, lane);
+            for (int o = tid; o < 64; o += 128) {
+              float acc = 0.0f;
+              for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_t0[(o) * 64 + (i)]);
+              t_r[o] = prt::from_f32<float>(acc);
+            }
+          }
+          __syncthreads();
+          // r16[row, col] = select((col == (i0 - 0)), r[row], r16[row, col])
+          {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = i % 16;
+              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i0 - 0)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
+            }
+          }
+        }
+      }
+      prt::cp_async_wait<0>();
+      __syncthreads();
+      // grad_s[row, col] = select(((col >= 0) && (col < 16)), (grad_s[row, col] + r16[row, min(max((col - 0), 0), 15)]), grad_s[row, col])
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_grad_s[j][q][e] = (((c >= 0) && (c < 16)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 0), 0), 15))])) : f_grad_s[j][q][e]);
             }
           }
         }
       }
       __syncthreads();
-      // grad_s[row, col] = select((rho[row] != 0.0), ((grad_s[row, col] * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[((i0 * 64) + row)] - lse_i[row]) / 2.0))))) / rho[row]), 0.0)
+      // r16[row, col] = 0.0
       {
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_grad_s[(r) * 64 + (c)] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) != 0.0f) ? ((prt::to_f32(t_grad_s[(r) * 64 + (c)]) * ((prt::to_f32(t_lse_i[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[((v_i0 * 64) + r)]) - prt::to_f32(t_lse_i[r])) / 2.0f))))) / prt::to_f32(t_rho[r])) : 0.0f));
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = i % 16;
+          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
         }
       }
-      // store dQs[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y, 0:+64] = grad_s
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-        const int a2 = static_cast<int>(blockIdx.y);
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_dQs_d0 && a2 >= 0 && a2 < g_dQs_d2;
-        const long long base = static_cast<long long>(a0) * g_dQs_s0 + static_cast<long long>(s1) * g_dQs_s1 + static_cast<long long>(a2) * g_dQs_s2 + static_cast<long long>(s3) * g_dQs_s3;
-        if (ok) {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            if (s1 + r >= 0 && s1 + r < g_dQs_d1 && s3 + c >= 0 && s3 + c < g_dQs_d3) g_dQs[base + static_cast<long long>(r) * g_dQs_s1 + static_cast<long long>(c) * g_dQs_s3] = t_grad_s[(r) * 64 + (c)];
+      if ((16 < 32)) {
+        // s1_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((16 * 64) - ((16 * (16 - 1)) // 2)) + 16) - 16) - 16) + 16):+48, 0:+64] into stage 0
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int s3 = ((((((16 * 64) - ((16 * (16 - 1)) / 2)) + 16) - 16) - 16) + 16);
+          const int s4 = 0;
+          const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+          const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+          float* const dst = t_s1_f32_base + ((0) % 2) * 3072;
+          if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            for (int i = tid; i < 768; i += 128) {
+              const int r = i / 16, c = (i % 16) * 4;
+              const int gr = s3 + r;
+              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 3072; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+            }
           }
         }
       }
-      // dy_s[row] = select((rho[row] != 0.0), ((dy_s[row] - (dy_y[row] * p_s[row])) / rho[row]), 0.0)
+      prt::cp_async_commit();
       {
-        for (int r = tid; r < 64; r += 128) {
-          t_dy_s[r] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) != 0.0f) ? ((prt::to_f32(t_dy_s[r]) - (prt::to_f32(t_dy_y[r]) * prt::to_f32(t_p_s[r]))) / prt::to_f32(t_rho[r])) : 0.0f));
+        const int v_i1_end = 32;
+        for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
+          if (((v_i1 + 1) < 32)) {
+            // s1_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), (((((((i1 + 1) * 64) - (((i1 + 1) * ((i1 + 1) - 1)) // 2)) + (i1 + 1)) - (i1 + 1)) - (i1 + 1)) + 16):+48, 0:+64] into stage (((i1 - 16) + 1) % 2)
+            {
+              const int a0 = static_cast<int>(blockIdx.z);
+              const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+              const int a2 = (static_cast<int>(blockIdx.x) / 1);
+              const int s3 = (((((((v_i1 + 1) * 64) - (((v_i1 + 1) * ((v_i1 + 1) - 1)) / 2)) + (v_i1 + 1)) - (v_i1 + 1)) - (v_i1 + 1)) + 16);
+              const int s4 = 0;
+              const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+              const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+              float* const dst = t_s1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 3072;
+              if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+                for (int i = tid; i < 768; i += 128) {
+                  const int r = i / 16, c = (i % 16) * 4;
+                  const int gr = s3 + r;
+                  const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+                }
+              }
+              else {
+                for (int i = tid; i < 3072; i += 128) {
+                  const int r = i / 64, c = i % 64;
+                  dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+                }
+              }
+            }
+          }
+          prt::cp_async_commit();
+          prt::cp_async_wait<1>();
+          t_s1_f32 = t_s1_f32_base + ((((v_i1 - 16) % 2)) % 2) * 3072;  // bind s1_f32 stage ((i1 - 16) % 2)
+          __syncthreads();
+          // s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, (s1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
+          // s1_lo[row, col] = (select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, (s1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951))) - s1_hi[row, col])
+          {
+            for (int i = tid; i < 3072; i += 128) {
+              const int r = i / 64, c = i % 64;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : (prt::to_f32(t_s1_f32[(r) * 64 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : (prt::to_f32(t_s1_f32[(r) * 64 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+              t_s1_hi[(r) * 72 + (c)] = y0;
+              t_s1_lo[(r) * 72 + (c)] = y1;
+            }
+          }
+          __syncthreads();
+          // t1 = mma.tc(dy_hi, s1_hi^T) [64x48 in 16x16 units over 4 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 3; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 3) * 16, n0 = (u % 3) * 16;
+              float acc[2][4];
+              #pragma unroll
+              for (int q = 0; q < 2; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4(af, &t_dy_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 2; q += 2) {
+                  uint32_t bf[4];
+                  prt::ldmatrix_x4(bf, &t_s1_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                }
+              }
+              #pragma unroll
+              for (int q = 0; q < 2; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_t1[(m0 + prt::frag_row(lane, e)) * 48 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+          __syncthreads();
+          // t1 += mma.tc(dy_hi, s1_lo^T) [64x48 in 16x16 units over 4 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 3; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 3) * 16, n0 = (u % 3) * 16;
+              float acc[2][4];
+              #pragma unroll
+              for (int q = 0; q < 2; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_t1[(m0 + prt::frag_row(lane, e)) * 48 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4(af, &t_dy_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 2; q += 2) {
+                  uint32_t bf[4];
+                  prt::ldmatrix_x4(bf, &t_s1_lo[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                }
+              }
+              #pragma unroll
+              for (int q = 0; q < 2; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_t1[(m0 + prt::frag_row(lane, e)) * 48 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+          __syncthreads();
+          // grad_s[row, col] = select((col >= 16), (grad_s[row, col] + (q[row, i1] * t1[row, max((col - 16), 0)])), grad_s[row, col])
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_grad_s[j][q][e] = ((c >= 16) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 64 + (v_i1)]) * prt::to_f32(t_t1[(r) * 48 + (prt::max_nan((c - 16), 0))]))) : f_grad_s[j][q][e]);
+                }
+              }
+            }
+          }
+          __syncthreads();
+          // t1[row, col] = (t1[row, col] * q[row, (col + 16)])
+          {
+            for (int i = tid; i < 3072; i += 128) {
+              const int r = i / 48, c = i % 48;
+              t_t1[(r) * 48 + (c)] = prt::from_f32<float>((prt::to_f32(t_t1[(r) * 48 + (c)]) * prt::to_f32(t_q[(r) * 64 + ((c + 16))])));
+            }
+          }
+          __syncthreads();
+          // r = reduce_sum(t1, axis=1)
+          {
+            for (int o = tid; o < 64; o += 128) {
+              float acc = 0.0f;
+              for (int i = 0; i < 48; ++i) acc += prt::to_f32(t_t1[(o) * 48 + (i)]);
+              t_r[o] = prt::from_f32<float>(acc);
+            }
+          }
+          __syncthreads();
+          // r16[row, col] = select((col == (i1 - 16)), r[row], r16[row, col])
+          {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = i % 16;
+              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i1 - 16)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
+            }
+          }
         }
       }
-      // store dlamQ[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y] = dy_s
+      prt::cp_async_wait<0>();
+      __syncthreads();
+      // grad_s[row, col] = select(((col >= 16) && (col < 32)), (grad_s[row, col] + r16[row, min(max((col - 16), 0), 15)]), grad_s[row, col])
       {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-        const int a2 = static_cast<int>(blockIdx.y);
-        const bool ok = a0 >= 0 && a0 < g_dlamQ_d0 && a2 >= 0 && a2 < g_dlamQ_d2;
-        const long long base = static_cast<long long>(a0) * g_dlamQ_s0 + static_cast<long long>(s1) * g_dlamQ_s1 + static_cast<long long>(a2) * g_dlamQ_s2;
-        if (ok) {
-          for (int r = tid; r < 64; r += 128) {
-            if (s1 + r >= 0 && s1 + r < g_dlamQ_d1) g_dlamQ[base + static_cast<long long>(r) * g_dlamQ_s1] = t_dy_s[r];
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_grad_s[j][q][e] = (((c >= 16) && (c < 32)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 16), 0), 15))])) : f_grad_s[j][q][e]);
+            }
           }
         }
       }
       __syncthreads();
-      // lse_i[row] = (lse_i[row] + log(rho[row]))
+      // r16[row, col] = 0.0
       {
-        for (int r = tid; r < 64; r += 128) {
-          t_lse_i[r] = prt::from_f32<float>((prt::to_f32(t_lse_i[r]) + logf(prt::to_f32(t_rho[r]))));
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = i % 16;
+          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
         }
       }
-      // store lseB[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y] = lse_i
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-        const int a2 = static_cast<int>(blockIdx.y);
-        const bool ok = a0 >= 0 && a0 < g_lseB_d0 && a2 >= 0 && a2 < g_lseB_d2;
-        const long long base = static_cast<long long>(a0) * g_lseB_s0 + static_cast<long long>(s1) * g_lseB_s1 + static_cast<long long>(a2) * g_lseB_s2;
-        if (ok) {
-          for (int r = tid; r < 64; r += 128) {
-            if (s1 + r >= 0 && s1 + r < g_lseB_d1) g_lseB[base + static_cast<long long>(r) * g_lseB_s1] = t_lse_i[r];
+      if ((32 < 48)) {
+        // s2_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((32 * 64) - ((32 * (32 - 1)) // 2)) + 32) - 32) - 32) + 32):+32, 0:+64] into stage 0
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int s3 = ((((((32 * 64) - ((32 * (32 - 1)) / 2)) + 32) - 32) - 32) + 32);
+          const int s4 = 0;
+          const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+          const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+          float* const dst = t_s2_f32_base + ((0) % 2) * 2048;
+          if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 16, c = (i % 16) * 4;
+              const int gr = s3 + r;
+              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+            }
           }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+      }
+      prt::cp_async_commit();
+      {
+        const int v_i2_end = 48;
+        for (int v_i2 = 32; v_i2 < v_i2_end; v_i2 += 1) {
+          if (((v_i2 + 1) < 48)) {
+            // s2_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), (((((((i2 + 1) * 64) - (((i2 + 1) * ((i2 + 1) - 1)) // 2)) + (i2 + 1)) - (i2 + 1)) - (i2 + 1)) + 32):+32, 0:+64] into stage (((i2 - 32) + 1) % 2)
+            {
+              const int a0 = static_cast<int>(blockIdx.z);
+              const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+              const int a2 = (static_cast<int>(blockIdx.x) / 1);
+              const int s3 = (((((((v_i2 + 1) * 64) - (((v_i2 + 1) * ((v_i2 + 1) - 1)) / 2)) + (v_i2 + 1)) - (v_i2 + 1)) - (v_i2 + 1)) + 32);
+              const int s4 = 0;
+              const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+              const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+              float* const dst = t_s2_f32_base + (((((v_i2 - 32) + 1) % 2)) % 2) * 2048;
+              if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+                for (int i = tid; i < 512; i += 128) {
+                  const int r = i / 16, c = (i % 16) * 4;
+                  const int gr = s3 + r;
+                  const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+                }
+              }
+              else {
+                for (int i = tid; i < 2048; i += 128) {
+                  const int r = i / 64, c = i % 64;
+                  dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+                }
+              }
+            }
+          }
+          prt::cp_async_commit();
+          prt::cp_async_wait<1>();
+          t_s2_f32 = t_s2_f32_base + ((((v_i2 - 32) % 2)) % 2) * 2048;  // bind s2_f32 stage ((i2 - 32) % 2)
+          __syncthreads();
+          // s2_hi[row, col] = select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, (s2_f32[row, col] * select(((row + 32) == i2), 1.0, 1.4142135623730951)))
+          // s2_lo[row, col] = (select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, (s2_f32[row, col] * select(((row + 32) == i2), 1.0, 1.4142135623730951))) - s2_hi[row, col])
+          {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 64, c = i % 64;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : (prt::to_f32(t_s2_f32[(r) * 64 + (c)]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : (prt::to_f32(t_s2_f32[(r) * 64 + (c)]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+              t_s2_hi[(r) * 72 + (c)] = y0;
+              t_s2_lo[(r) * 72 + (c)] = y1;
+            }
+          }
+          __syncthreads();
+          // t2 = mma.tc(dy_hi, s2_hi^T) [64x32 in 16x32 units over 4 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+              float acc[4][4];
+              #pragma unroll
+              for (int q = 0; q < 4; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4(af, &t_dy_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 4; q += 2) {
+                  uint32_t bf[4];
+                  prt::ldmatrix_x4(bf, &t_s2_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                }
+              }
+              #pragma unroll
+              for (int q = 0; q < 4; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_t2[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+          __syncthreads();
+          // t2 += mma.tc(dy_hi, s2_lo^T) [64x32 in 16x32 units over 4 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+              float acc[4][4];
+              #pragma unroll
+              for (int q = 0; q < 4; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_t2[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4(af, &t_dy_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 4; q += 2) {
+                  uint32_t bf[4];
+                  prt::ldmatrix_x4(bf, &t_s2_lo[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                }
+              }
+              #pragma unroll
+              for (int q = 0; q < 4; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_t2[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+          __syncthreads();
+          // grad_s[row, col] = select((col >= 32), (grad_s[row, col] + (q[row, i2] * t2[row, max((col - 32), 0)])), grad_s[row, col])
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_grad_s[j][q][e] = ((c >= 32) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 64 + (v_i2)]) * prt::to_f32(t_t2[(r) * 32 + (prt::max_nan((c - 32), 0))]))) : f_grad_s[j][q][e]);
+                }
+              }
+            }
+          }
+          __syncthreads();
+          // t2[row, col] = (t2[row, col] * q[row, (col + 32)])
+          {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              t_t2[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_t2[(r) * 32 + (c)]) * prt::to_f32(t_q[(r) * 64 + ((c + 32))])));
+            }
+          }
+          __syncthreads();
+          // r = reduce_sum(t2, axis=1)
+          {
+            for (int o = tid; o < 64; o += 128) {
+              float acc = 0.0f;
+              for (int i = 0; i < 32; ++i) acc += prt::to_f32(t_t2[(o) * 32 + (i)]);
+              t_r[o] = prt::from_f32<float>(acc);
+            }
+          }
+          __syncthreads();
+          // r16[row, col] = select((col == (i2 - 32)), r[row], r16[row, col])
+          {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = i % 16;
+              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i2 - 32)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
+            }
+          }
+        }
+      }
+      prt::cp_async_wait<0>();
+      __syncthreads();
+      // grad_s[row, col] = select(((col >= 32) && (col < 48)), (grad_s[row, col] + r16[row, min(max((col - 32), 0), 15)]), grad_s[row, col])
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_grad_s[j][q][e] = (((c >= 32) && (c < 48)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 32), 0), 15))])) : f_grad_s[j][q][e]);
+            }
+          }
+        }
+      }
+      __syncthreads();
+      // r16[row, col] = 0.0
+      {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = i % 16;
+          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+        }
+      }
+      if ((48 < 64)) {
+        // s3_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((48 * 64) - ((48 * (48 - 1)) // 2)) + 48) - 48) - 48) + 48):+16, 0:+64] into stage 0
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int s3 = ((((((48 * 64) - ((48 * (48 - 1)) / 2)) + 48) - 48) - 48) + 48);
+          const int s4 = 0;
+          const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+          const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+          float* const dst = t_s3_f32_base + ((0) % 2) * 1024;
+          if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            for (int i = tid; i < 256; i += 128) {
+              const int r = i / 16, c = (i % 16) * 4;
+              const int gr = s3 + r;
+              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+      }
+      prt::cp_async_commit();
+      {
+        const int v_i3_end = 64;
+        for (int v_i3 = 48; v_i3 < v_i3_end; v_i3 += 1) {
+          if (((v_i3 + 1) < 64)) {
+            // s3_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), (((((((i3 + 1) * 64) - (((i3 + 1) * ((i3 + 1) - 1)) // 2)) + (i3 + 1)) - (i3 + 1)) - (i3 + 1)) + 48):+16, 0:+64] into stage (((i3 - 48) + 1) % 2)
+            {
+              const int a0 = static_cast<int>(blockIdx.z);
+              const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+              const int a2 = (static_cast<int>(blockIdx.x) / 1);
+              const int s3 = (((((((v_i3 + 1) * 64) - (((v_i3 + 1) * ((v_i3 + 1) - 1)) / 2)) + (v_i3 + 1)) - (v_i3 + 1)) - (v_i3 + 1)) + 48);
+              const int s4 = 0;
+              const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+              const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+              float* const dst = t_s3_f32_base + (((((v_i3 - 48) + 1) % 2)) % 2) * 1024;
+              if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+                for (int i = tid; i < 256; i += 128) {
+                  const int r = i / 16, c = (i % 16) * 4;
+                  const int gr = s3 + r;
+                  const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+                }
+              }
+              else {
+                for (int i = tid; i < 1024; i += 128) {
+                  const int r = i / 64, c = i % 64;
+                  dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+                }
+              }
+            }
+          }
+          prt::cp_async_commit();
+          prt::cp_async_wait<1>();
+          t_s3_f32 = t_s3_f32_base + ((((v_i3 - 48) % 2)) % 2) * 1024;  // bind s3_f32 stage ((i3 - 48) % 2)
+          __syncthreads();
+          // s3_hi[row, col] = select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, (s3_f32[row, col] * select(((row + 48) == i3), 1.0, 1.4142135623730951)))
+          // s3_lo[row, col] = (select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, (s3_f32[row, col] * select(((row + 48) == i3), 1.0, 1.4142135623730951))) - s3_hi[row, col])
+          {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 64, c = i % 64;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : (prt::to_f32(t_s3_f32[(r) * 64 + (c)]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : (prt::to_f32(t_s3_f32[(r) * 64 + (c)]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+              t_s3_hi[(r) * 72 + (c)] = y0;
+              t_s3_lo[(r) * 72 + (c)] = y1;
+            }
+          }
+          __syncthreads();
+          // t3 = mma.tc(dy_hi, s3_hi^T) [64x16 in 16x16 units over 4 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
+              float acc[2][4];
+              #pragma unroll
+              for (int q = 0; q < 2; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4(af, &t_dy_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 2; q += 2) {
+                  uint32_t bf[4];
+                  prt::ldmatrix_x4(bf, &t_s3_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                }
+              }
+              #pragma unroll
+              for (int q = 0; q < 2; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_t3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+          __syncthreads();
+          // t3 += mma.tc(dy_hi, s3_lo^T) [64x16 in 16x16 units over 4 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
+              float acc[2][4];
+              #pragma unroll
+              for (int q = 0; q < 2; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[q][e] = t_t3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                uint32_t af[4];
+                prt::ldmatrix_x4(af, &t_dy_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 2; q += 2) {
+                  uint32_t bf[4];
+                  prt::ldmatrix_x4(bf, &t_s3_lo[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                }
+              }
+              #pragma unroll
+              for (int q = 0; q < 2; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_t3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+          __syncthreads();
+          // grad_s[row, col] = select((col >= 48), (grad_s[row, col] + (q[row, i3] * t3[row, max((col - 48), 0)])), grad_s[row, col])
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_grad_s[j][q][e] = ((c >= 48) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 64 + (v_i3)]) * prt::to_f32(t_t3[(r) * 16 + (prt::max_nan((c - 48), 0))]))) : f_grad_s[j][q][e]);
+                }
+              }
+            }
+          }
+          __syncthreads();
+          // t3[row, col] = (t3[row, col] * q[row, (col + 48)])
+          {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = i % 16;
+              t_t3[(r) * 16 + (c)] = prt::from_f32<float>((prt::to_f32(t_t3[(r) * 16 + (c)]) * prt::to_f32(t_q[(r) * 64 + ((c + 48))])));
+            }
+          }
+          __syncthreads();
+          // r = reduce_sum(t3, axis=1)
+          {
+            for (int o = tid; o < 64; o += 128) {
+              float acc = 0.0f;
+              for (int i = 0; i < 16; ++i) acc += prt::to_f32(t_t3[(o) * 16 + (i)]);
+              t_r[o] = prt::from_f32<float>(acc);
+            }
+          }
+          __syncthreads();
+          // r16[row, col] = select((col == (i3 - 48)), r[row], r16[row, col])
+          {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = i % 16;
+              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i3 - 48)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
+            }
+          }
+        }
+      }
+      prt::cp_async_wait<0>();
+      __syncthreads();
+      // grad_s[row, col] = select(((col >= 48) && (col < 64)), (grad_s[row, col] + r16[row, min(max((col - 48), 0), 15)]), grad_s[row, col])
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_grad_s[j][q][e] = (((c >= 48) && (c < 64)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 48), 0), 15))])) : f_grad_s[j][q][e]);
+            }
+          }
+        }
+      }
+    }
+    // grad_s[row, col] = select((rho[row] != 0.0), ((grad_s[row, col] * (select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[(((pid.x % 1) * 64) + row)] - lse_i[row]) / 2.0)))) * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[(((pid.x % 1) * 64) + row)] - lse_i[row]) / 2.0)))))) / rho[row]), 0.0)
+    {
+      #pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int u = warp + j * 4;
+        const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            f_grad_s[j][q][e] = ((prt::to_f32(t_rho[r]) != 0.0f) ? ((f_grad_s[j][q][e] * (((prt::to_f32(t_lse_i[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 64) + r)]) - prt::to_f32(t_lse_i[r])) / 2.0f)))) * ((prt::to_f32(t_lse_i[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[(((static_cast<int>(blockIdx.x) % 1) * 64) + r)]) - prt::to_f32(t_lse_i[r])) / 2.0f)))))) / prt::to_f32(t_rho[r])) : 0.0f);
+          }
+        }
+      }
+    }
+    // store dQs[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y, 0:+64] = grad_s
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_dQs_d0 && a2 >= 0 && a2 < g_dQs_d2;
+      const long long base = static_cast<long long>(a0) * g_dQs_s0 + static_cast<long long>(s1) * g_dQs_s1 + static_cast<long long>(a2) * g_dQs_s2 + static_cast<long long>(s3) * g_dQs_s3;
+      if (ok) {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              if (s1 + r >= 0 && s1 + r < g_dQs_d1 && s3 + c >= 0 && s3 + c < g_dQs_d3) g_dQs[base + static_cast<long long>(r) * g_dQs_s1 + static_cast<long long>(c) * g_dQs_s3] = prt::from_f32<float>(f_grad_s[j][q][e]);
+            }
+          }
+        }
+      }
+    }
+    // dy_s[row] = select((rho[row] != 0.0), ((dy_s[row] - (dy_y[row] * p_s[row])) / rho[row]), 0.0)
+    {
+      for (int r = tid; r < 64; r += 128) {
+        t_dy_s[r] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) != 0.0f) ? ((prt::to_f32(t_dy_s[r]) - (prt::to_f32(t_dy_y[r]) * prt::to_f32(t_p_s[r]))) / prt::to_f32(t_rho[r])) : 0.0f));
+      }
+    }
+    // store dlamQ[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y] = dy_s
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const bool ok = a0 >= 0 && a0 < g_dlamQ_d0 && a2 >= 0 && a2 < g_dlamQ_d2;
+      const long long base = static_cast<long long>(a0) * g_dlamQ_s0 + static_cast<long long>(s1) * g_dlamQ_s1 + static_cast<long long>(a2) * g_dlamQ_s2;
+      if (ok) {
+        for (int r = tid; r < 64; r += 128) {
+          if (s1 + r >= 0 && s1 + r < g_dlamQ_d1) g_dlamQ[base + static_cast<long long>(r) * g_dlamQ_s1] = t_dy_s[r];
+        }
+      }
+    }
+    __syncthreads();
+    // lse_i[row] = (lse_i[row] + log(rho[row]))
+    {
+      for (int r = tid; r < 64; r += 128) {
+        t_lse_i[r] = prt::from_f32<float>((prt::to_f32(t_lse_i[r]) + logf(prt::to_f32(t_rho[r]))));
+      }
+    }
+    // store lseB[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y] = lse_i
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
+      const int a2 = static_cast<int>(blockIdx.y);
+      const bool ok = a0 >= 0 && a0 < g_lseB_d0 && a2 >= 0 && a2 < g_lseB_d2;
+      const long long base = static_cast<long long>(a0) * g_lseB_s0 + static_cast<long long>(s1) * g_lseB_s1 + static_cast<long long>(a2) * g_lseB_s2;
+      if (ok) {
+        for (int r = tid; r < 64; r += 128) {
+          if (s1 + r >= 0 && s1 + r < g_lseB_d1) g_lseB[base + static_cast<long long>(r) * g_lseB_s1] = t_lse_i[r];
         }
       }
     }
@@ -7717,8 +8564,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
 }
 
 // update_state_bwd: dKs, dVs, dlamK, dGk: gradient through dS_m = phi(k')^T V, dZ_m = colsum phi(k')
-// grid ($n, $h, $b), 128 threads, 115456 bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e64_c64_f16_w4_bd32_bt64_s1(
+// grid ($n, ($b * $h), 1), 128 threads, 113152 bytes of dynamic shared memory
+extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e64_c64_f16_w4_bd0_bt64_s2(
     const __half* g_K, const __half* g_V, const float* g_logG, const float* g_ddS, const float* g_ddZ, float* g_dKs, float* g_dVs, float* g_dlamK, float* g_dGk, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -7837,28 +8684,54 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
   (void)g_dGk_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  __half* const t_k = reinterpret_cast<__half*>(prt_smem + 84480);  // f16[64, 64] pitch 64
-  float* const t_v_f32 = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 64] pitch 64
-  __nv_bfloat16* const t_v_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49664);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_v_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 58880);  // bf16[64, 64] pitch 72
-  float* const t_k_disc = reinterpret_cast<float*>(prt_smem + 16896);  // f32[64, 64] pitch 64
-  float* const t_phi_f32 = reinterpret_cast<float*>(prt_smem + 92672);  // f32[64, 32] pitch 32
-  __nv_bfloat16* const t_phi_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 100864);  // bf16[64, 32] pitch 40
-  float* const t_U_f32 = reinterpret_cast<float*>(prt_smem + 68096);  // f32[32, 64] pitch 64
-  __nv_bfloat16* const t_U_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 105984);  // bf16[32, 64] pitch 72
-  __nv_bfloat16* const t_U_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 110592);  // bf16[32, 64] pitch 72
-  float* const t_u_blk = reinterpret_cast<float*>(prt_smem + 16);  // f32[32] pitch 32
-  float* const t_dphi = reinterpret_cast<float*>(prt_smem + 76288);  // f32[64, 32] pitch 32
-  float f_acc_v[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_acc_k = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 64] pitch 64
-  float* const t_dot = reinterpret_cast<float*>(prt_smem + 115200);  // f32[64] pitch 64
-  float* const t_dG = reinterpret_cast<float*>(prt_smem + 0);  // f32[1] pitch 1
-  float* const t_dG_blk = reinterpret_cast<float*>(prt_smem + 144);  // f32[1] pitch 1
-  // g = load logG[pid.z, (pid.x * 64):+64, pid.y]
+  __half* const t_k = reinterpret_cast<__half*>(prt_smem + 512);  // f16[64, 64] pitch 64
+  __nv_bfloat16* const t_k0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 8704);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_k0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 17920);  // bf16[64, 64] pitch 72
+  float* const t_v_f32 = reinterpret_cast<float*>(prt_smem + 27136);  // f32[64, 64] pitch 64
+  __nv_bfloat16* const t_v_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 43520);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_v_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 52736);  // bf16[64, 64] pitch 72
+  float f_dk[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
+  float f_dv[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
+  float* const t_kdk = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
+  float* const t_z = reinterpret_cast<float*>(prt_smem + 27136);  // f32[2080] pitch 2080
+  __nv_bfloat16* const t_zu_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 61952);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_zu_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 71168);  // bf16[64, 64] pitch 72
+  float* const t_kzu = reinterpret_cast<float*>(prt_smem + 27136);  // f32[64, 64] pitch 64
+  float* const t_r = reinterpret_cast<float*>(prt_smem + 38400);  // f32[64] pitch 64
+  float* const t_r16 = reinterpret_cast<float*>(prt_smem + 17920);  // f32[64, 16] pitch 16
+  float* const t_u0_f32_base = reinterpret_cast<float*>(prt_smem + 61952);  // f32[64, 64] pitch 64, 2 copies
+  float* t_u0_f32 = t_u0_f32_base;
+  float f_p0[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
+  float* const t_t0 = reinterpret_cast<float*>(prt_smem + 22016);  // f32[64, 64] pitch 64
+  __nv_bfloat16* const t_u0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 94720);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_u0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 103936);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_k1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 8704);  // bf16[64, 48] pitch 56
+  float* const t_u1_f32_base = reinterpret_cast<float*>(prt_smem + 61952);  // f32[48, 64] pitch 64, 2 copies
+  float* t_u1_f32 = t_u1_f32_base;
+  float f_p1[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
+  float* const t_t1 = reinterpret_cast<float*>(prt_smem + 22016);  // f32[64, 48] pitch 48
+  __nv_bfloat16* const t_u1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 86528);  // bf16[48, 64] pitch 72
+  __nv_bfloat16* const t_u1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 93440);  // bf16[48, 64] pitch 72
+  __nv_bfloat16* const t_k2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 8704);  // bf16[64, 32] pitch 40
+  float* const t_u2_f32_base = reinterpret_cast<float*>(prt_smem + 22016);  // f32[32, 64] pitch 64, 2 copies
+  float* t_u2_f32 = t_u2_f32_base;
+  float f_p2[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
+  float* const t_t2 = reinterpret_cast<float*>(prt_smem + 61952);  // f32[64, 32] pitch 32
+  __nv_bfloat16* const t_u2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 38656);  // bf16[32, 64] pitch 72
+  __nv_bfloat16* const t_u2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 70144);  // bf16[32, 64] pitch 72
+  __nv_bfloat16* const t_k3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 8704);  // bf16[64, 16] pitch 24
+  float* const t_u3_f32_base = reinterpret_cast<float*>(prt_smem + 22016);  // f32[16, 64] pitch 64, 2 copies
+  float* t_u3_f32 = t_u3_f32_base;
+  float f_p3[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
+  float* const t_t3 = reinterpret_cast<float*>(prt_smem + 11776);  // f32[64, 16] pitch 16
+  __nv_bfloat16* const t_u3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 30208);  // bf16[16, 64] pitch 72
+  __nv_bfloat16* const t_u3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 32512);  // bf16[16, 64] pitch 72
+  float* const t_dG = reinterpret_cast<float*>(prt_smem + 256);  // f32[1] pitch 1
+  // g = load logG[(pid.y // $h), (pid.x * 64):+64, (pid.y % $h)]
   {
-    const int a0 = static_cast<int>(blockIdx.z);
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
-    const int a2 = static_cast<int>(blockIdx.y);
+    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
@@ -7880,77 +8753,373 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
       }
     }
   }
-  __syncthreads();
-  // dG[row] = 0.0
+  // k = load.async K[(pid.y // $h), (pid.x * 64):+64, (pid.y % $h), 0:+64]
   {
-    for (int r = tid; r < 1; r += 128) {
-      t_dG[r] = prt::from_f32<float>(0.0f);
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+    const int s3 = 0;
+    const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+    const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+    __half* const dst = t_k;
+    if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      for (int i = tid; i < 512; i += 128) {
+        const int r = i / 8, c = (i % 8) * 8;
+        const int gr = s1 + r;
+        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+        prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+      }
+    }
+    else {
+      for (int i = tid; i < 4096; i += 128) {
+        const int r = i / 64, c = i % 64;
+        dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+      }
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
+  __syncthreads();
+  // k0_hi[row, col] = k[row, col]
+  // k0_lo[row, col] = (k[row, col] - k0_hi[row, col])
   {
-    const int v_i0_end = prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64), 1);
-    for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // k = load.async K[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y, 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-        const int a2 = static_cast<int>(blockIdx.y);
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __half* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
+    for (int i = tid; i < 4096; i += 128) {
+      const int r = i / 64, c = i % 64;
+      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_k[(r) * 64 + (c)]));
+      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k[(r) * 64 + (c)]) - prt::to_f32(y0)));
+      t_k0_hi[(r) * 72 + (c)] = y0;
+      t_k0_lo[(r) * 72 + (c)] = y1;
+    }
+  }
+  // v_f32 = load V[(pid.y // $h), (pid.x * 64):+64, (pid.y % $h), 0:+64]
+  {
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+    const int s3 = 0;
+    const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+    const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+    float* const dst = t_v_f32;
+    for (int i = tid; i < 4096; i += 128) {
+      const int r = i / 64, c = i % 64;
+      dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? prt::from_f32<float>(prt::to_f32(g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3])) : prt::from_f32<float>(0.0f);
+    }
+  }
+  // v_hi[row, col] = (v_f32[row, col] * 1.0)
+  // v_lo[row, col] = ((v_f32[row, col] * 1.0) - v_hi[row, col])
+  {
+    for (int i = tid; i < 4096; i += 128) {
+      const int r = i / 64, c = i % 64;
+      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_v_f32[(r) * 64 + (c)]) * 1.0f));
+      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(y0)));
+      t_v_hi[(r) * 72 + (c)] = y0;
+      t_v_lo[(r) * 72 + (c)] = y1;
+    }
+  }
+  __syncthreads();
+  // z = load.async ddZ[(pid.y // $h), (pid.y % $h), pid.x, 0:+2080]
+  {
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+    const int a2 = static_cast<int>(blockIdx.x);
+    const int s3 = 0;
+    const bool ok = a0 >= 0 && a0 < g_ddZ_d0 && a1 >= 0 && a1 < g_ddZ_d1 && a2 >= 0 && a2 < g_ddZ_d2;
+    const long long base = static_cast<long long>(a0) * g_ddZ_s0 + static_cast<long long>(a1) * g_ddZ_s1 + static_cast<long long>(a2) * g_ddZ_s2 + static_cast<long long>(s3) * g_ddZ_s3;
+    float* const dst = t_z;
+    if (prt::aligned16(g_ddZ) && base % 4 == 0 && s3 >= 0) {
+      for (int i = tid; i < 520; i += 128) {
+        const int c = i * 4;
+        const long long left = ok ? g_ddZ_d3 - (s3 + c) : 0;
+        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+        prt::cp_async_16(&dst[c], n > 0 ? static_cast<const void*>(g_ddZ + base + c) : static_cast<const void*>(g_ddZ), n * 4);
+      }
+    }
+    else {
+      for (int r = tid; r < 2080; r += 128) {
+        dst[r] = ok && s3 + r >= 0 && s3 + r < g_ddZ_d3 ? g_ddZ[base + static_cast<long long>(r) * g_ddZ_s3] : prt::from_f32<float>(0.0f);
+      }
+    }
+  }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
+  __syncthreads();
+  // zu_hi[row, col] = select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 2.0), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 1.4142135623730951)), 0.0)
+  // zu_lo[row, col] = (select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 2.0), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 1.4142135623730951)), 0.0) - zu_hi[row, col])
+  {
+    for (int i = tid; i < 4096; i += 128) {
+      const int r = i / 64, c = i % 64;
+      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < 64) && (c < 64)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) * 2.0f) : (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) * 1.4142135623730951f)) : 0.0f));
+      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((((r < 64) && (c < 64)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) * 2.0f) : (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) * 1.4142135623730951f)) : 0.0f) - prt::to_f32(y0)));
+      t_zu_hi[(r) * 72 + (c)] = y0;
+      t_zu_lo[(r) * 72 + (c)] = y1;
+    }
+  }
+  __syncthreads();
+  // kzu = mma.tc(k0_hi, zu_hi) [64x64 in 16x32 units over 4 warps]
+  {
+    #pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+      float acc[4][4];
+      #pragma unroll
+      for (int q = 0; q < 4; ++q)
+      #pragma unroll
+        for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+      for (int k0 = 0; k0 < 64; k0 += 16) {
+        uint32_t af[4];
+        prt::ldmatrix_x4(af, &t_k0_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+        #pragma unroll
+        for (int q = 0; q < 4; q += 2) {
+          uint32_t bf[4];
+          prt::ldmatrix_x4_trans(bf, &t_zu_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+          prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+          prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
         }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+      }
+      #pragma unroll
+      for (int q = 0; q < 4; ++q)
+      #pragma unroll
+        for (int e = 0; e < 4; ++e) t_kzu[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+    }
+  }
+  __syncthreads();
+  // kzu += mma.tc(k0_lo, zu_hi) [64x64 in 16x32 units over 4 warps]
+  {
+    #pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+      float acc[4][4];
+      #pragma unroll
+      for (int q = 0; q < 4; ++q)
+      #pragma unroll
+        for (int e = 0; e < 4; ++e) acc[q][e] = t_kzu[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))];
+      for (int k0 = 0; k0 < 64; k0 += 16) {
+        uint32_t af[4];
+        prt::ldmatrix_x4(af, &t_k0_lo[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+        #pragma unroll
+        for (int q = 0; q < 4; q += 2) {
+          uint32_t bf[4];
+          prt::ldmatrix_x4_trans(bf, &t_zu_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+          prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+          prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+        }
+      }
+      #pragma unroll
+      for (int q = 0; q < 4; ++q)
+      #pragma unroll
+        for (int e = 0; e < 4; ++e) t_kzu[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+    }
+  }
+  __syncthreads();
+  // kzu += mma.tc(k0_hi, zu_lo) [64x64 in 16x32 units over 4 warps]
+  {
+    #pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+      float acc[4][4];
+      #pragma unroll
+      for (int q = 0; q < 4; ++q)
+      #pragma unroll
+        for (int e = 0; e < 4; ++e) acc[q][e] = t_kzu[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))];
+      for (int k0 = 0; k0 < 64; k0 += 16) {
+        uint32_t af[4];
+        prt::ldmatrix_x4(af, &t_k0_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+        #pragma unroll
+        for (int q = 0; q < 4; q += 2) {
+          uint32_t bf[4];
+          prt::ldmatrix_x4_trans(bf, &t_zu_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+          prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+          prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+        }
+      }
+      #pragma unroll
+      for (int q = 0; q < 4; ++q)
+      #pragma unroll
+        for (int e = 0; e < 4; ++e) t_kzu[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+    }
+  }
+  __syncthreads();
+  // dk[row, col] = kzu[row, col]
+  {
+    #pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+      #pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          f_dk[j][q][e] = prt::to_f32(t_kzu[(r) * 64 + (c)]);
+        }
+      }
+    }
+  }
+  __syncthreads();
+  // kzu[row, col] = ((kzu[row, col] * k[row, col]) * 0.5)
+  {
+    for (int i = tid; i < 4096; i += 128) {
+      const int r = i / 64, c = i % 64;
+      t_kzu[(r) * 64 + (c)] = prt::from_f32<float>(((prt::to_f32(t_kzu[(r) * 64 + (c)]) * prt::to_f32(t_k[(r) * 64 + (c)])) * 0.5f));
+    }
+  }
+  __syncthreads();
+  // kdk = reduce_sum(kzu, axis=1)
+  {
+    for (int o = tid; o < 64; o += 128) {
+      float acc = 0.0f;
+      for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_kzu[(o) * 64 + (i)]);
+      t_kdk[o] = prt::from_f32<float>(acc);
+    }
+  }
+  // dv[row, col] = 0.0
+  {
+    #pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+      #pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          f_dv[j][q][e] = 0.0f;
+        }
+      }
+    }
+  }
+  // r16[row, col] = 0.0
+  {
+    for (int i = tid; i < 1024; i += 128) {
+      const int r = i / 16, c = i % 16;
+      t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+    }
+  }
+  if ((0 < 16)) {
+    // u0_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((0 * 64) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0) + 0):+64, 0:+64] into stage 0
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+      const int a2 = static_cast<int>(blockIdx.x);
+      const int s3 = ((((((0 * 64) - ((0 * (0 - 1)) / 2)) + 0) - 0) - 0) + 0);
+      const int s4 = 0;
+      const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
+      const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
+      float* const dst = t_u0_f32_base + ((0) % 2) * 4096;
+      if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 4;
+          const int gr = s3 + r;
+          const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
+  {
+    const int v_i0_end = 16;
+    for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
+      if (((v_i0 + 1) < 16)) {
+        // u0_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, (((((((i0 + 1) * 64) - (((i0 + 1) * ((i0 + 1) - 1)) // 2)) + (i0 + 1)) - (i0 + 1)) - (i0 + 1)) + 0):+64, 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = static_cast<int>(blockIdx.x);
+          const int s3 = (((((((v_i0 + 1) * 64) - (((v_i0 + 1) * ((v_i0 + 1) - 1)) / 2)) + (v_i0 + 1)) - (v_i0 + 1)) - (v_i0 + 1)) + 0);
+          const int s4 = 0;
+          const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
+          const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
+          float* const dst = t_u0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
+          if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 4;
+              const int gr = s3 + r;
+              const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
+            }
           }
         }
       }
       prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      // v_f32 = load V[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y, 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-        const int a2 = static_cast<int>(blockIdx.y);
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        float* const dst = t_v_f32;
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 64, c = i % 64;
-          dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? prt::from_f32<float>(prt::to_f32(g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3])) : prt::from_f32<float>(0.0f);
-        }
-      }
-      // v_hi[row, col] = (v_f32[row, col] * 1.0)
-      // v_lo[row, col] = ((v_f32[row, col] * 1.0) - v_hi[row, col])
+      prt::cp_async_wait<1>();
+      t_u0_f32 = t_u0_f32_base + (((v_i0 % 2)) % 2) * 4096;  // bind u0_f32 stage (i0 % 2)
+      __syncthreads();
+      // u0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, (u0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
+      // u0_lo[row, col] = (select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, (u0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951))) - u0_hi[row, col])
       {
         for (int i = tid; i < 4096; i += 128) {
           const int r = i / 64, c = i % 64;
-          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_v_f32[(r) * 64 + (c)]) * 1.0f));
-          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_v_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(y0)));
-          t_v_hi[(r) * 72 + (c)] = y0;
-          t_v_lo[(r) * 72 + (c)] = y1;
+          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : (prt::to_f32(t_u0_f32[(r) * 64 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
+          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : (prt::to_f32(t_u0_f32[(r) * 64 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+          t_u0_hi[(r) * 72 + (c)] = y0;
+          t_u0_lo[(r) * 72 + (c)] = y1;
         }
       }
       __syncthreads();
-      // k_disc[row, col] = (k[row, col] * exp(((lam[63] - lam[((i0 * 64) + row)]) / 2.0)))
+      // p0 = mma.tc(k0_hi, u0_hi) [64x64 in 16x32 units over 4 warps]
       {
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_k_disc[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_k[(r) * 64 + (c)]) * expf(((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[((v_i0 * 64) + r)])) / 2.0f))));
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          float (&acc)[4][4] = f_p0[j];
+          #pragma unroll
+          for (int q = 0; q < 4; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4(af, &t_k0_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 4; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4_trans(bf, &t_u0_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
         }
       }
-      // acc_v[row, col] = 0.0
+      // p0 += mma.tc(k0_hi, u0_lo) [64x64 in 16x32 units over 4 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          float (&acc)[4][4] = f_p0[j];
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4(af, &t_k0_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 4; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4_trans(bf, &t_u0_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+        }
+      }
+      // dv[row, col] = (dv[row, col] + (k[row, i0] * p0[row, col]))
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -7961,382 +9130,1206 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_acc_v[j][q][e] = 0.0f;
+              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 64 + (v_i0)]) * f_p0[j][q][e]));
             }
           }
         }
       }
-      // acc_k[row, col] = 0.0
+      // t0 = mma.tc(v_hi, u0_hi^T) [64x64 in 16x32 units over 4 warps]
       {
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_acc_k[(r) * 64 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      {
-        const int v_i1_end = 65;
-        for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
-          // U_f32 = load.async ddS[pid.z, pid.y, pid.x, (i1 * 32):+32, 0:+64]
-          {
-            const int a0 = static_cast<int>(blockIdx.z);
-            const int a1 = static_cast<int>(blockIdx.y);
-            const int a2 = static_cast<int>(blockIdx.x);
-            const int s3 = (v_i1 * 32);
-            const int s4 = 0;
-            const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
-            const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-            float* const dst = t_U_f32;
-            if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 512; i += 128) {
-                const int r = i / 16, c = (i % 16) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
-              }
-            }
-            else {
-              for (int i = tid; i < 2048; i += 128) {
-                const int r = i / 64, c = i % 64;
-                dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
-              }
-            }
-          }
-          // u_blk = load.async ddZ[pid.z, pid.y, pid.x, (i1 * 32):+32]
-          {
-            const int a0 = static_cast<int>(blockIdx.z);
-            const int a1 = static_cast<int>(blockIdx.y);
-            const int a2 = static_cast<int>(blockIdx.x);
-            const int s3 = (v_i1 * 32);
-            const bool ok = a0 >= 0 && a0 < g_ddZ_d0 && a1 >= 0 && a1 < g_ddZ_d1 && a2 >= 0 && a2 < g_ddZ_d2;
-            const long long base = static_cast<long long>(a0) * g_ddZ_s0 + static_cast<long long>(a1) * g_ddZ_s1 + static_cast<long long>(a2) * g_ddZ_s2 + static_cast<long long>(s3) * g_ddZ_s3;
-            float* const dst = t_u_blk;
-            if (prt::aligned16(g_ddZ) && base % 4 == 0 && s3 >= 0) {
-              for (int i = tid; i < 8; i += 128) {
-                const int c = i * 4;
-                const long long left = ok ? g_ddZ_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[c], n > 0 ? static_cast<const void*>(g_ddZ + base + c) : static_cast<const void*>(g_ddZ), n * 4);
-              }
-            }
-            else {
-              for (int r = tid; r < 32; r += 128) {
-                dst[r] = ok && s3 + r >= 0 && s3 + r < g_ddZ_d3 ? g_ddZ[base + static_cast<long long>(r) * g_ddZ_s3] : prt::from_f32<float>(0.0f);
-              }
-            }
-          }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          __syncthreads();
-          // phi_f32 = sympow2(k_disc, features from (i1 * 32))
-          {
-            const int off = (v_i1 * 32);
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 32, f = i % 32, g = off + f;
-              float v = 0.0f;
-              if (g >= 0 && g < prt_sympow_d64_p2_size) {
-                v = prt_sympow_d64_p2_weight[g];
-                v *= prt::to_f32(t_k_disc[(r) * 64 + (prt_sympow_d64_p2_index[g * 2 + 0])]);
-                v *= prt::to_f32(t_k_disc[(r) * 64 + (prt_sympow_d64_p2_index[g * 2 + 1])]);
-              }
-              t_phi_f32[(r) * 32 + (f)] = prt::from_f32<float>(v);
-            }
-          }
-          __syncthreads();
-          // phi_hi[row, col] = (phi_f32[row, col] * 1.0)
-          {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 32, c = i % 32;
-              t_phi_hi[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_phi_f32[(r) * 32 + (c)]) * 1.0f));
-            }
-          }
-          // U_hi[row, col] = (U_f32[row, col] * 1.0)
-          // U_lo[row, col] = ((U_f32[row, col] * 1.0) - U_hi[row, col])
-          {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 64, c = i % 64;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_U_f32[(r) * 64 + (c)]) * 1.0f));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_U_f32[(r) * 64 + (c)]) * 1.0f) - prt::to_f32(y0)));
-              t_U_hi[(r) * 72 + (c)] = y0;
-              t_U_lo[(r) * 72 + (c)] = y1;
-            }
-          }
-          __syncthreads();
-          // acc_v += mma.tc(phi_hi, U_hi) [64x64 in 16x32 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float (&acc)[4][4] = f_acc_v[j];
-              for (int k0 = 0; k0 < 32; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_phi_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_U_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-            }
-          }
-          // acc_v += mma.tc(phi_hi, U_lo) [64x64 in 16x32 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float (&acc)[4][4] = f_acc_v[j];
-              for (int k0 = 0; k0 < 32; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_phi_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_U_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-            }
-          }
-          // dphi = mma.tc(v_hi, U_hi^T) [64x32 in 16x32 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              float acc[4][4];
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_U_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_dphi[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
-            }
-          }
-          __syncthreads();
-          // dphi += mma.tc(v_lo, U_hi^T) [64x32 in 16x32 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              float acc[4][4];
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_dphi[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_v_lo[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_U_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_dphi[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
-            }
-          }
-          __syncthreads();
-          // dphi += mma.tc(v_hi, U_lo^T) [64x32 in 16x32 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              float acc[4][4];
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_dphi[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_U_lo[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_dphi[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
-            }
-          }
-          __syncthreads();
-          // dphi[row, col] = (dphi[row, col] + u_blk[col])
-          {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 32, c = i % 32;
-              t_dphi[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_dphi[(r) * 32 + (c)]) + prt::to_f32(t_u_blk[c])));
-            }
-          }
-          __syncthreads();
-          // acc_k += sympow2_grad(k_disc, dphi, features from (i1 * 32))
-          {
-            const int off = (v_i1 * 32);
-            for (int i0 = 0; i0 < 2048; i0 += 128) {
-              const int i = i0 + tid, r = i / 32, f = i % 32, g = off + f;
-              const bool ok = g >= 0 && g < prt_sympow_d64_p2_size;
-              float gw = 0.0f;
-              int a0 = 0, a1 = 0;
-              float x0 = 0.0f, x1 = 0.0f;
-              if (ok) {
-                gw = prt::to_f32(t_dphi[(r) * 32 + (f)]) * prt_sympow_d64_p2_weight[g];
-                a0 = prt_sympow_d64_p2_index[g * 2 + 0];
-                x0 = prt::to_f32(t_k_disc[(r) * 64 + (a0)]);
-                a1 = prt_sympow_d64_p2_index[g * 2 + 1];
-                x1 = prt::to_f32(t_k_disc[(r) * 64 + (a1)]);
-              }
-              prt::add_keyed(&t_acc_k[(r) * 64 + (a0)], gw * x1, ok ? r * 64 + a0 : -1, lane);
-              prt::add_keyed(&t_acc_k[(r) * 64 + (a1)], gw * x0, ok ? r * 64 + a1 : -1, lane);
-            }
-          }
-        }
-      }
-      // store dVs[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y, 0:+64] = acc_v
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-        const int a2 = static_cast<int>(blockIdx.y);
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_dVs_d0 && a2 >= 0 && a2 < g_dVs_d2;
-        const long long base = static_cast<long long>(a0) * g_dVs_s0 + static_cast<long long>(s1) * g_dVs_s1 + static_cast<long long>(a2) * g_dVs_s2 + static_cast<long long>(s3) * g_dVs_s3;
-        if (ok) {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          float acc[4][4];
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          for (int q = 0; q < 4; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4(af, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              #pragma unroll
-              for (int e = 0; e < 4; ++e) {
-                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                if (s1 + r >= 0 && s1 + r < g_dVs_d1 && s3 + c >= 0 && s3 + c < g_dVs_d3) g_dVs[base + static_cast<long long>(r) * g_dVs_s1 + static_cast<long long>(c) * g_dVs_s3] = prt::from_f32<float>(f_acc_v[j][q][e]);
-              }
+            for (int q = 0; q < 4; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4(bf, &t_u0_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+          #pragma unroll
+          for (int q = 0; q < 4; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_t0[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+        }
+      }
+      __syncthreads();
+      // t0 += mma.tc(v_lo, u0_hi^T) [64x64 in 16x32 units over 4 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          float acc[4][4];
+          #pragma unroll
+          for (int q = 0; q < 4; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_t0[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))];
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4(af, &t_v_lo[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 4; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4(bf, &t_u0_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+          #pragma unroll
+          for (int q = 0; q < 4; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_t0[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+        }
+      }
+      __syncthreads();
+      // t0 += mma.tc(v_hi, u0_lo^T) [64x64 in 16x32 units over 4 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          float acc[4][4];
+          #pragma unroll
+          for (int q = 0; q < 4; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_t0[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))];
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4(af, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 4; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4(bf, &t_u0_lo[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+          #pragma unroll
+          for (int q = 0; q < 4; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_t0[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+        }
+      }
+      __syncthreads();
+      // dk[row, col] = select((col >= 0), (dk[row, col] + (k[row, i0] * t0[row, max((col - 0), 0)])), dk[row, col])
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_dk[j][q][e] = ((c >= 0) ? (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 64 + (v_i0)]) * prt::to_f32(t_t0[(r) * 64 + (prt::max_nan((c - 0), 0))]))) : f_dk[j][q][e]);
             }
           }
         }
       }
       __syncthreads();
-      // acc_k[row, col] = (acc_k[row, col] * exp(((lam[63] - lam[((i0 * 64) + row)]) / 2.0)))
+      // t0[row, col] = (t0[row, col] * k[row, (col + 0)])
       {
         for (int i = tid; i < 4096; i += 128) {
           const int r = i / 64, c = i % 64;
-          t_acc_k[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_acc_k[(r) * 64 + (c)]) * expf(((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[((v_i0 * 64) + r)])) / 2.0f))));
-        }
-      }
-      // store dKs[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y, 0:+64] = acc_k
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-        const int a2 = static_cast<int>(blockIdx.y);
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_dKs_d0 && a2 >= 0 && a2 < g_dKs_d2;
-        const long long base = static_cast<long long>(a0) * g_dKs_s0 + static_cast<long long>(s1) * g_dKs_s1 + static_cast<long long>(a2) * g_dKs_s2 + static_cast<long long>(s3) * g_dKs_s3;
-        if (ok) {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            if (s1 + r >= 0 && s1 + r < g_dKs_d1 && s3 + c >= 0 && s3 + c < g_dKs_d3) g_dKs[base + static_cast<long long>(r) * g_dKs_s1 + static_cast<long long>(c) * g_dKs_s3] = t_acc_k[(r) * 64 + (c)];
-          }
-        }
-      }
-      // acc_k[row, col] = (acc_k[row, col] * k[row, col])
-      {
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_acc_k[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_acc_k[(r) * 64 + (c)]) * prt::to_f32(t_k[(r) * 64 + (c)])));
+          t_t0[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_t0[(r) * 64 + (c)]) * prt::to_f32(t_k[(r) * 64 + ((c + 0))])));
         }
       }
       __syncthreads();
-      // dot = reduce_sum(acc_k, axis=1)
+      // r = reduce_sum(t0, axis=1)
       {
         for (int o = tid; o < 64; o += 128) {
           float acc = 0.0f;
-          for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_acc_k[(o) * 64 + (i)]);
-          t_dot[o] = prt::from_f32<float>(acc);
+          for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_t0[(o) * 64 + (i)]);
+          t_r[o] = prt::from_f32<float>(acc);
         }
       }
       __syncthreads();
-      // dot[row] = (dot[row] / 2.0)
+      // r16[row, col] = select((col == (i0 - 0)), r[row], r16[row, col])
+      {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = i % 16;
+          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i0 - 0)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
+        }
+      }
+      // kdk[row] = (kdk[row] + (k[row, i0] * r[row]))
       {
         for (int r = tid; r < 64; r += 128) {
-          t_dot[r] = prt::from_f32<float>((prt::to_f32(t_dot[r]) / 2.0f));
+          t_kdk[r] = prt::from_f32<float>((prt::to_f32(t_kdk[r]) + (prt::to_f32(t_k[(r) * 64 + (v_i0)]) * prt::to_f32(t_r[r]))));
+        }
+      }
+    }
+  }
+  prt::cp_async_wait<0>();
+  __syncthreads();
+  // dk[row, col] = select(((col >= 0) && (col < 16)), (dk[row, col] + r16[row, min(max((col - 0), 0), 15)]), dk[row, col])
+  {
+    #pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+      #pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          f_dk[j][q][e] = (((c >= 0) && (c < 16)) ? (f_dk[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 0), 0), 15))])) : f_dk[j][q][e]);
+        }
+      }
+    }
+  }
+  // k1_hi[row, col] = k[row, (col + 16)]
+  {
+    for (int i = tid; i < 3072; i += 128) {
+      const int r = i / 48, c = i % 48;
+      t_k1_hi[(r) * 56 + (c)] = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_k[(r) * 64 + ((c + 16))]));
+    }
+  }
+  __syncthreads();
+  // r16[row, col] = 0.0
+  {
+    for (int i = tid; i < 1024; i += 128) {
+      const int r = i / 16, c = i % 16;
+      t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+    }
+  }
+  if ((16 < 32)) {
+    // u1_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((16 * 64) - ((16 * (16 - 1)) // 2)) + 16) - 16) - 16) + 16):+48, 0:+64] into stage 0
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+      const int a2 = static_cast<int>(blockIdx.x);
+      const int s3 = ((((((16 * 64) - ((16 * (16 - 1)) / 2)) + 16) - 16) - 16) + 16);
+      const int s4 = 0;
+      const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
+      const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
+      float* const dst = t_u1_f32_base + ((0) % 2) * 3072;
+      if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
+        for (int i = tid; i < 768; i += 128) {
+          const int r = i / 16, c = (i % 16) * 4;
+          const int gr = s3 + r;
+          const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 3072; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
+  {
+    const int v_i1_end = 32;
+    for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
+      if (((v_i1 + 1) < 32)) {
+        // u1_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, (((((((i1 + 1) * 64) - (((i1 + 1) * ((i1 + 1) - 1)) // 2)) + (i1 + 1)) - (i1 + 1)) - (i1 + 1)) + 16):+48, 0:+64] into stage (((i1 - 16) + 1) % 2)
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = static_cast<int>(blockIdx.x);
+          const int s3 = (((((((v_i1 + 1) * 64) - (((v_i1 + 1) * ((v_i1 + 1) - 1)) / 2)) + (v_i1 + 1)) - (v_i1 + 1)) - (v_i1 + 1)) + 16);
+          const int s4 = 0;
+          const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
+          const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
+          float* const dst = t_u1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 3072;
+          if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
+            for (int i = tid; i < 768; i += 128) {
+              const int r = i / 16, c = (i % 16) * 4;
+              const int gr = s3 + r;
+              const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 3072; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+      }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_u1_f32 = t_u1_f32_base + ((((v_i1 - 16) % 2)) % 2) * 3072;  // bind u1_f32 stage ((i1 - 16) % 2)
+      __syncthreads();
+      // u1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, (u1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
+      // u1_lo[row, col] = (select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, (u1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951))) - u1_hi[row, col])
+      {
+        for (int i = tid; i < 3072; i += 128) {
+          const int r = i / 64, c = i % 64;
+          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : (prt::to_f32(t_u1_f32[(r) * 64 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
+          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : (prt::to_f32(t_u1_f32[(r) * 64 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+          t_u1_hi[(r) * 72 + (c)] = y0;
+          t_u1_lo[(r) * 72 + (c)] = y1;
         }
       }
       __syncthreads();
-      // dG_blk = reduce_sum(dot, axis=0)
+      // p1 = mma.tc(k1_hi, u1_hi) [64x64 in 16x32 units over 4 warps]
       {
-        for (int o = warp; o < 1; o += 4) {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          float (&acc)[4][4] = f_p1[j];
+          #pragma unroll
+          for (int q = 0; q < 4; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+          for (int k0 = 0; k0 < 48; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4(af, &t_k1_hi[(m0 + prt::a_row(lane)) * 56 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 4; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4_trans(bf, &t_u1_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+        }
+      }
+      // p1 += mma.tc(k1_hi, u1_lo) [64x64 in 16x32 units over 4 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          float (&acc)[4][4] = f_p1[j];
+          for (int k0 = 0; k0 < 48; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4(af, &t_k1_hi[(m0 + prt::a_row(lane)) * 56 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 4; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4_trans(bf, &t_u1_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+        }
+      }
+      // dv[row, col] = (dv[row, col] + (k[row, i1] * p1[row, col]))
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 64 + (v_i1)]) * f_p1[j][q][e]));
+            }
+          }
+        }
+      }
+      // t1 = mma.tc(v_hi, u1_hi^T) [64x48 in 16x16 units over 4 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 3; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 3) * 16, n0 = (u % 3) * 16;
+          float acc[2][4];
+          #pragma unroll
+          for (int q = 0; q < 2; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4(af, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 2; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4(bf, &t_u1_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+          #pragma unroll
+          for (int q = 0; q < 2; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_t1[(m0 + prt::frag_row(lane, e)) * 48 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+        }
+      }
+      __syncthreads();
+      // t1 += mma.tc(v_lo, u1_hi^T) [64x48 in 16x16 units over 4 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 3; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 3) * 16, n0 = (u % 3) * 16;
+          float acc[2][4];
+          #pragma unroll
+          for (int q = 0; q < 2; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_t1[(m0 + prt::frag_row(lane, e)) * 48 + (n0 + q * 8 + prt::frag_col(lane, e))];
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4(af, &t_v_lo[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 2; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4(bf, &t_u1_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+          #pragma unroll
+          for (int q = 0; q < 2; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_t1[(m0 + prt::frag_row(lane, e)) * 48 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+        }
+      }
+      __syncthreads();
+      // t1 += mma.tc(v_hi, u1_lo^T) [64x48 in 16x16 units over 4 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 3; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 3) * 16, n0 = (u % 3) * 16;
+          float acc[2][4];
+          #pragma unroll
+          for (int q = 0; q < 2; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_t1[(m0 + prt::frag_row(lane, e)) * 48 + (n0 + q * 8 + prt::frag_col(lane, e))];
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4(af, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 2; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4(bf, &t_u1_lo[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+          #pragma unroll
+          for (int q = 0; q < 2; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_t1[(m0 + prt::frag_row(lane, e)) * 48 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+        }
+      }
+      __syncthreads();
+      // dk[row, col] = select((col >= 16), (dk[row, col] + (k[row, i1] * t1[row, max((col - 16), 0)])), dk[row, col])
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_dk[j][q][e] = ((c >= 16) ? (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 64 + (v_i1)]) * prt::to_f32(t_t1[(r) * 48 + (prt::max_nan((c - 16), 0))]))) : f_dk[j][q][e]);
+            }
+          }
+        }
+      }
+      __syncthreads();
+      // t1[row, col] = (t1[row, col] * k[row, (col + 16)])
+      {
+        for (int i = tid; i < 3072; i += 128) {
+          const int r = i / 48, c = i % 48;
+          t_t1[(r) * 48 + (c)] = prt::from_f32<float>((prt::to_f32(t_t1[(r) * 48 + (c)]) * prt::to_f32(t_k[(r) * 64 + ((c + 16))])));
+        }
+      }
+      __syncthreads();
+      // r = reduce_sum(t1, axis=1)
+      {
+        for (int o = tid; o < 64; o += 128) {
           float acc = 0.0f;
-          for (int i = lane; i < 64; i += 32) acc += prt::to_f32(t_dot[i]);
-          acc = prt::warp_sum(acc);
-          if (lane == 0) t_dG_blk[o] = prt::from_f32<float>(acc);
+          for (int i = 0; i < 48; ++i) acc += prt::to_f32(t_t1[(o) * 48 + (i)]);
+          t_r[o] = prt::from_f32<float>(acc);
         }
       }
       __syncthreads();
-      // dG[row] = (dG[row] + dG_blk[row])
+      // r16[row, col] = select((col == (i1 - 16)), r[row], r16[row, col])
       {
-        for (int r = tid; r < 1; r += 128) {
-          t_dG[r] = prt::from_f32<float>((prt::to_f32(t_dG[r]) + prt::to_f32(t_dG_blk[r])));
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = i % 16;
+          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i1 - 16)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
         }
       }
-      // dot[row] = -(dot[row])
+      // kdk[row] = (kdk[row] + (k[row, i1] * r[row]))
       {
         for (int r = tid; r < 64; r += 128) {
-          t_dot[r] = prt::from_f32<float>((-prt::to_f32(t_dot[r])));
+          t_kdk[r] = prt::from_f32<float>((prt::to_f32(t_kdk[r]) + (prt::to_f32(t_k[(r) * 64 + (v_i1)]) * prt::to_f32(t_r[r]))));
         }
       }
-      // store dlamK[pid.z, ((pid.x * 64) + (i0 * 64)):+64, pid.y] = dot
+    }
+  }
+  prt::cp_async_wait<0>();
+  __syncthreads();
+  // dk[row, col] = select(((col >= 16) && (col < 32)), (dk[row, col] + r16[row, min(max((col - 16), 0), 15)]), dk[row, col])
+  {
+    #pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+      #pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          f_dk[j][q][e] = (((c >= 16) && (c < 32)) ? (f_dk[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 16), 0), 15))])) : f_dk[j][q][e]);
+        }
+      }
+    }
+  }
+  // k2_hi[row, col] = k[row, (col + 32)]
+  {
+    for (int i = tid; i < 2048; i += 128) {
+      const int r = i / 32, c = i % 32;
+      t_k2_hi[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_k[(r) * 64 + ((c + 32))]));
+    }
+  }
+  __syncthreads();
+  // r16[row, col] = 0.0
+  {
+    for (int i = tid; i < 1024; i += 128) {
+      const int r = i / 16, c = i % 16;
+      t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+    }
+  }
+  if ((32 < 48)) {
+    // u2_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((32 * 64) - ((32 * (32 - 1)) // 2)) + 32) - 32) - 32) + 32):+32, 0:+64] into stage 0
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+      const int a2 = static_cast<int>(blockIdx.x);
+      const int s3 = ((((((32 * 64) - ((32 * (32 - 1)) / 2)) + 32) - 32) - 32) + 32);
+      const int s4 = 0;
+      const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
+      const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
+      float* const dst = t_u2_f32_base + ((0) % 2) * 2048;
+      if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 16, c = (i % 16) * 4;
+          const int gr = s3 + r;
+          const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
+  {
+    const int v_i2_end = 48;
+    for (int v_i2 = 32; v_i2 < v_i2_end; v_i2 += 1) {
+      if (((v_i2 + 1) < 48)) {
+        // u2_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, (((((((i2 + 1) * 64) - (((i2 + 1) * ((i2 + 1) - 1)) // 2)) + (i2 + 1)) - (i2 + 1)) - (i2 + 1)) + 32):+32, 0:+64] into stage (((i2 - 32) + 1) % 2)
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = static_cast<int>(blockIdx.x);
+          const int s3 = (((((((v_i2 + 1) * 64) - (((v_i2 + 1) * ((v_i2 + 1) - 1)) / 2)) + (v_i2 + 1)) - (v_i2 + 1)) - (v_i2 + 1)) + 32);
+          const int s4 = 0;
+          const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
+          const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
+          float* const dst = t_u2_f32_base + (((((v_i2 - 32) + 1) % 2)) % 2) * 2048;
+          if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 16, c = (i % 16) * 4;
+              const int gr = s3 + r;
+              const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+      }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_u2_f32 = t_u2_f32_base + ((((v_i2 - 32) % 2)) % 2) * 2048;  // bind u2_f32 stage ((i2 - 32) % 2)
+      __syncthreads();
+      // u2_hi[row, col] = select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, (u2_f32[row, col] * select(((row + 32) == i2), 1.0, 1.4142135623730951)))
+      // u2_lo[row, col] = (select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, (u2_f32[row, col] * select(((row + 32) == i2), 1.0, 1.4142135623730951))) - u2_hi[row, col])
       {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (v_i0 * 64));
-        const int a2 = static_cast<int>(blockIdx.y);
-        const bool ok = a0 >= 0 && a0 < g_dlamK_d0 && a2 >= 0 && a2 < g_dlamK_d2;
-        const long long base = static_cast<long long>(a0) * g_dlamK_s0 + static_cast<long long>(s1) * g_dlamK_s1 + static_cast<long long>(a2) * g_dlamK_s2;
-        if (ok) {
-          for (int r = tid; r < 64; r += 128) {
-            if (s1 + r >= 0 && s1 + r < g_dlamK_d1) g_dlamK[base + static_cast<long long>(r) * g_dlamK_s1] = t_dot[r];
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 64, c = i % 64;
+          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : (prt::to_f32(t_u2_f32[(r) * 64 + (c)]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))));
+          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : (prt::to_f32(t_u2_f32[(r) * 64 + (c)]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+          t_u2_hi[(r) * 72 + (c)] = y0;
+          t_u2_lo[(r) * 72 + (c)] = y1;
+        }
+      }
+      __syncthreads();
+      // p2 = mma.tc(k2_hi, u2_hi) [64x64 in 16x32 units over 4 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          float (&acc)[4][4] = f_p2[j];
+          #pragma unroll
+          for (int q = 0; q < 4; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+          for (int k0 = 0; k0 < 32; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4(af, &t_k2_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 4; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4_trans(bf, &t_u2_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+        }
+      }
+      // p2 += mma.tc(k2_hi, u2_lo) [64x64 in 16x32 units over 4 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          float (&acc)[4][4] = f_p2[j];
+          for (int k0 = 0; k0 < 32; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4(af, &t_k2_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 4; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4_trans(bf, &t_u2_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+        }
+      }
+      // dv[row, col] = (dv[row, col] + (k[row, i2] * p2[row, col]))
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 64 + (v_i2)]) * f_p2[j][q][e]));
+            }
+          }
+        }
+      }
+      // t2 = mma.tc(v_hi, u2_hi^T) [64x32 in 16x32 units over 4 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          float acc[4][4];
+          #pragma unroll
+          for (int q = 0; q < 4; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4(af, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 4; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4(bf, &t_u2_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+          #pragma unroll
+          for (int q = 0; q < 4; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_t2[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+        }
+      }
+      __syncthreads();
+      // t2 += mma.tc(v_lo, u2_hi^T) [64x32 in 16x32 units over 4 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          float acc[4][4];
+          #pragma unroll
+          for (int q = 0; q < 4; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_t2[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))];
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4(af, &t_v_lo[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 4; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4(bf, &t_u2_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+          #pragma unroll
+          for (int q = 0; q < 4; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_t2[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+        }
+      }
+      __syncthreads();
+      // t2 += mma.tc(v_hi, u2_lo^T) [64x32 in 16x32 units over 4 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          float acc[4][4];
+          #pragma unroll
+          for (int q = 0; q < 4; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_t2[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))];
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4(af, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 4; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4(bf, &t_u2_lo[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+          #pragma unroll
+          for (int q = 0; q < 4; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_t2[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+        }
+      }
+      __syncthreads();
+      // dk[row, col] = select((col >= 32), (dk[row, col] + (k[row, i2] * t2[row, max((col - 32), 0)])), dk[row, col])
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_dk[j][q][e] = ((c >= 32) ? (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 64 + (v_i2)]) * prt::to_f32(t_t2[(r) * 32 + (prt::max_nan((c - 32), 0))]))) : f_dk[j][q][e]);
+            }
+          }
+        }
+      }
+      __syncthreads();
+      // t2[row, col] = (t2[row, col] * k[row, (col + 32)])
+      {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          t_t2[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_t2[(r) * 32 + (c)]) * prt::to_f32(t_k[(r) * 64 + ((c + 32))])));
+        }
+      }
+      __syncthreads();
+      // r = reduce_sum(t2, axis=1)
+      {
+        for (int o = tid; o < 64; o += 128) {
+          float acc = 0.0f;
+          for (int i = 0; i < 32; ++i) acc += prt::to_f32(t_t2[(o) * 32 + (i)]);
+          t_r[o] = prt::from_f32<float>(acc);
+        }
+      }
+      __syncthreads();
+      // r16[row, col] = select((col == (i2 - 32)), r[row], r16[row, col])
+      {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = i % 16;
+          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i2 - 32)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
+        }
+      }
+      // kdk[row] = (kdk[row] + (k[row, i2] * r[row]))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_kdk[r] = prt::from_f32<float>((prt::to_f32(t_kdk[r]) + (prt::to_f32(t_k[(r) * 64 + (v_i2)]) * prt::to_f32(t_r[r]))));
+        }
+      }
+    }
+  }
+  prt::cp_async_wait<0>();
+  __syncthreads();
+  // dk[row, col] = select(((col >= 32) && (col < 48)), (dk[row, col] + r16[row, min(max((col - 32), 0), 15)]), dk[row, col])
+  {
+    #pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+      #pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          f_dk[j][q][e] = (((c >= 32) && (c < 48)) ? (f_dk[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 32), 0), 15))])) : f_dk[j][q][e]);
+        }
+      }
+    }
+  }
+  // k3_hi[row, col] = k[row, (col + 48)]
+  {
+    for (int i = tid; i < 1024; i += 128) {
+      const int r = i / 16, c = i % 16;
+      t_k3_hi[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_k[(r) * 64 + ((c + 48))]));
+    }
+  }
+  __syncthreads();
+  // r16[row, col] = 0.0
+  {
+    for (int i = tid; i < 1024; i += 128) {
+      const int r = i / 16, c = i % 16;
+      t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+    }
+  }
+  if ((48 < 64)) {
+    // u3_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((48 * 64) - ((48 * (48 - 1)) // 2)) + 48) - 48) - 48) + 48):+16, 0:+64] into stage 0
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+      const int a2 = static_cast<int>(blockIdx.x);
+      const int s3 = ((((((48 * 64) - ((48 * (48 - 1)) / 2)) + 48) - 48) - 48) + 48);
+      const int s4 = 0;
+      const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
+      const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
+      float* const dst = t_u3_f32_base + ((0) % 2) * 1024;
+      if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 16, c = (i % 16) * 4;
+          const int gr = s3 + r;
+          const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
+  {
+    const int v_i3_end = 64;
+    for (int v_i3 = 48; v_i3 < v_i3_end; v_i3 += 1) {
+      if (((v_i3 + 1) < 64)) {
+        // u3_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, (((((((i3 + 1) * 64) - (((i3 + 1) * ((i3 + 1) - 1)) // 2)) + (i3 + 1)) - (i3 + 1)) - (i3 + 1)) + 48):+16, 0:+64] into stage (((i3 - 48) + 1) % 2)
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = static_cast<int>(blockIdx.x);
+          const int s3 = (((((((v_i3 + 1) * 64) - (((v_i3 + 1) * ((v_i3 + 1) - 1)) / 2)) + (v_i3 + 1)) - (v_i3 + 1)) - (v_i3 + 1)) + 48);
+          const int s4 = 0;
+          const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
+          const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
+          float* const dst = t_u3_f32_base + (((((v_i3 - 48) + 1) % 2)) % 2) * 1024;
+          if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
+            for (int i = tid; i < 256; i += 128) {
+              const int r = i / 16, c = (i % 16) * 4;
+              const int gr = s3 + r;
+              const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+      }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_u3_f32 = t_u3_f32_base + ((((v_i3 - 48) % 2)) % 2) * 1024;  // bind u3_f32 stage ((i3 - 48) % 2)
+      __syncthreads();
+      // u3_hi[row, col] = select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, (u3_f32[row, col] * select(((row + 48) == i3), 1.0, 1.4142135623730951)))
+      // u3_lo[row, col] = (select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, (u3_f32[row, col] * select(((row + 48) == i3), 1.0, 1.4142135623730951))) - u3_hi[row, col])
+      {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 64, c = i % 64;
+          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : (prt::to_f32(t_u3_f32[(r) * 64 + (c)]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))));
+          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : (prt::to_f32(t_u3_f32[(r) * 64 + (c)]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+          t_u3_hi[(r) * 72 + (c)] = y0;
+          t_u3_lo[(r) * 72 + (c)] = y1;
+        }
+      }
+      __syncthreads();
+      // p3 = mma.tc(k3_hi, u3_hi) [64x64 in 16x32 units over 4 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          float (&acc)[4][4] = f_p3[j];
+          #pragma unroll
+          for (int q = 0; q < 4; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+          for (int k0 = 0; k0 < 16; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4(af, &t_k3_hi[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 4; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4_trans(bf, &t_u3_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+        }
+      }
+      // p3 += mma.tc(k3_hi, u3_lo) [64x64 in 16x32 units over 4 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          float (&acc)[4][4] = f_p3[j];
+          for (int k0 = 0; k0 < 16; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4(af, &t_k3_hi[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 4; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4_trans(bf, &t_u3_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+        }
+      }
+      // dv[row, col] = (dv[row, col] + (k[row, i3] * p3[row, col]))
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 64 + (v_i3)]) * f_p3[j][q][e]));
+            }
+          }
+        }
+      }
+      // t3 = mma.tc(v_hi, u3_hi^T) [64x16 in 16x16 units over 4 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
+          float acc[2][4];
+          #pragma unroll
+          for (int q = 0; q < 2; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4(af, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 2; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4(bf, &t_u3_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+          #pragma unroll
+          for (int q = 0; q < 2; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_t3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+        }
+      }
+      __syncthreads();
+      // t3 += mma.tc(v_lo, u3_hi^T) [64x16 in 16x16 units over 4 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
+          float acc[2][4];
+          #pragma unroll
+          for (int q = 0; q < 2; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_t3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4(af, &t_v_lo[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 2; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4(bf, &t_u3_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+          #pragma unroll
+          for (int q = 0; q < 2; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_t3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+        }
+      }
+      __syncthreads();
+      // t3 += mma.tc(v_hi, u3_lo^T) [64x16 in 16x16 units over 4 warps]
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
+          float acc[2][4];
+          #pragma unroll
+          for (int q = 0; q < 2; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = t_t3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            uint32_t af[4];
+            prt::ldmatrix_x4(af, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 2; q += 2) {
+              uint32_t bf[4];
+              prt::ldmatrix_x4(bf, &t_u3_lo[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            }
+          }
+          #pragma unroll
+          for (int q = 0; q < 2; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_t3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+        }
+      }
+      __syncthreads();
+      // dk[row, col] = select((col >= 48), (dk[row, col] + (k[row, i3] * t3[row, max((col - 48), 0)])), dk[row, col])
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_dk[j][q][e] = ((c >= 48) ? (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 64 + (v_i3)]) * prt::to_f32(t_t3[(r) * 16 + (prt::max_nan((c - 48), 0))]))) : f_dk[j][q][e]);
+            }
+          }
+        }
+      }
+      __syncthreads();
+      // t3[row, col] = (t3[row, col] * k[row, (col + 48)])
+      {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = i % 16;
+          t_t3[(r) * 16 + (c)] = prt::from_f32<float>((prt::to_f32(t_t3[(r) * 16 + (c)]) * prt::to_f32(t_k[(r) * 64 + ((c + 48))])));
+        }
+      }
+      __syncthreads();
+      // r = reduce_sum(t3, axis=1)
+      {
+        for (int o = tid; o < 64; o += 128) {
+          float acc = 0.0f;
+          for (int i = 0; i < 16; ++i) acc += prt::to_f32(t_t3[(o) * 16 + (i)]);
+          t_r[o] = prt::from_f32<float>(acc);
+        }
+      }
+      __syncthreads();
+      // r16[row, col] = select((col == (i3 - 48)), r[row], r16[row, col])
+      {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = i % 16;
+          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i3 - 48)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
+        }
+      }
+      // kdk[row] = (kdk[row] + (k[row, i3] * r[row]))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_kdk[r] = prt::from_f32<float>((prt::to_f32(t_kdk[r]) + (prt::to_f32(t_k[(r) * 64 + (v_i3)]) * prt::to_f32(t_r[r]))));
+        }
+      }
+    }
+  }
+  prt::cp_async_wait<0>();
+  __syncthreads();
+  // dk[row, col] = select(((col >= 48) && (col < 64)), (dk[row, col] + r16[row, min(max((col - 48), 0), 15)]), dk[row, col])
+  {
+    #pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+      #pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          f_dk[j][q][e] = (((c >= 48) && (c < 64)) ? (f_dk[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 48), 0), 15))])) : f_dk[j][q][e]);
+        }
+      }
+    }
+  }
+  // dv[row, col] = (dv[row, col] * exp((lam[63] - lam[row])))
+  {
+    #pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+      #pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          f_dv[j][q][e] = (f_dv[j][q][e] * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r]))));
+        }
+      }
+    }
+  }
+  // store dVs[(pid.y // $h), (pid.x * 64):+64, (pid.y % $h), 0:+64] = dv
+  {
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+    const int s3 = 0;
+    const bool ok = a0 >= 0 && a0 < g_dVs_d0 && a2 >= 0 && a2 < g_dVs_d2;
+    const long long base = static_cast<long long>(a0) * g_dVs_s0 + static_cast<long long>(s1) * g_dVs_s1 + static_cast<long long>(a2) * g_dVs_s2 + static_cast<long long>(s3) * g_dVs_s3;
+    if (ok) {
+      #pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int u = warp + j * 4;
+        const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            if (s1 + r >= 0 && s1 + r < g_dVs_d1 && s3 + c >= 0 && s3 + c < g_dVs_d3) g_dVs[base + static_cast<long long>(r) * g_dVs_s1 + static_cast<long long>(c) * g_dVs_s3] = prt::from_f32<float>(f_dv[j][q][e]);
           }
         }
       }
     }
   }
-  // store dGk[pid.z, pid.y, pid.x:+1] = dG
+  // dk[row, col] = (dk[row, col] * exp((lam[63] - lam[row])))
   {
-    const int a0 = static_cast<int>(blockIdx.z);
-    const int a1 = static_cast<int>(blockIdx.y);
+    #pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+      #pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          f_dk[j][q][e] = (f_dk[j][q][e] * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r]))));
+        }
+      }
+    }
+  }
+  // store dKs[(pid.y // $h), (pid.x * 64):+64, (pid.y % $h), 0:+64] = dk
+  {
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+    const int s3 = 0;
+    const bool ok = a0 >= 0 && a0 < g_dKs_d0 && a2 >= 0 && a2 < g_dKs_d2;
+    const long long base = static_cast<long long>(a0) * g_dKs_s0 + static_cast<long long>(s1) * g_dKs_s1 + static_cast<long long>(a2) * g_dKs_s2 + static_cast<long long>(s3) * g_dKs_s3;
+    if (ok) {
+      #pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int u = warp + j * 4;
+        const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            if (s1 + r >= 0 && s1 + r < g_dKs_d1 && s3 + c >= 0 && s3 + c < g_dKs_d3) g_dKs[base + static_cast<long long>(r) * g_dKs_s1 + static_cast<long long>(c) * g_dKs_s3] = prt::from_f32<float>(f_dk[j][q][e]);
+          }
+        }
+      }
+    }
+  }
+  // kdk[row] = (kdk[row] * exp((lam[63] - lam[row])))
+  {
+    for (int r = tid; r < 64; r += 128) {
+      t_kdk[r] = prt::from_f32<float>((prt::to_f32(t_kdk[r]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+    }
+  }
+  __syncthreads();
+  // dG = reduce_sum(kdk, axis=0)
+  {
+    for (int o = warp; o < 1; o += 4) {
+      float acc = 0.0f;
+      for (int i = lane; i < 64; i += 32) acc += prt::to_f32(t_kdk[i]);
+      acc = prt::warp_sum(acc);
+      if (lane == 0) t_dG[o] = prt::from_f32<float>(acc);
+    }
+  }
+  __syncthreads();
+  // store dGk[(pid.y // $h), (pid.y % $h), pid.x:+1] = dG
+  {
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int a1 = (static_cast<int>(blockIdx.y) % p_h);
     const int s2 = static_cast<int>(blockIdx.x);
     const bool ok = a0 >= 0 && a0 < g_dGk_d0 && a1 >= 0 && a1 < g_dGk_d1;
     const long long base = static_cast<long long>(a0) * g_dGk_s0 + static_cast<long long>(a1) * g_dGk_s1 + static_cast<long long>(s2) * g_dGk_s2;
     if (ok) {
       for (int r = tid; r < 1; r += 128) {
         if (s2 + r >= 0 && s2 + r < g_dGk_d2) g_dGk[base + static_cast<long long>(r) * g_dGk_s2] = t_dG[r];
+      }
+    }
+  }
+  // kdk[row] = -(kdk[row])
+  {
+    for (int r = tid; r < 64; r += 128) {
+      t_kdk[r] = prt::from_f32<float>((-prt::to_f32(t_kdk[r])));
+    }
+  }
+  // store dlamK[(pid.y // $h), (pid.x * 64):+64, (pid.y % $h)] = kdk
+  {
+    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+    const bool ok = a0 >= 0 && a0 < g_dlamK_d0 && a2 >= 0 && a2 < g_dlamK_d2;
+    const long long base = static_cast<long long>(a0) * g_dlamK_s0 + static_cast<long long>(s1) * g_dlamK_s1 + static_cast<long long>(a2) * g_dlamK_s2;
+    if (ok) {
+      for (int r = tid; r < 64; r += 128) {
+        if (s1 + r >= 0 && s1 + r < g_dlamK_d1) g_dlamK[base + static_cast<long long>(r) * g_dlamK_s1] = t_kdk[r];
       }
     }
   }
@@ -9899,10 +11892,10 @@ extern "C" cudaError_t prt_attention_bwd_p2_d64_e64_c64_f16_w8_bd64_bt64_s1_laun
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_query_state_bwd_dq_p2_d64_e64_c64_f16_w4_bd64_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const __half* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d64_e64_c64_f16_w4_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 152320);
+extern "C" cudaError_t prt_query_state_bwd_dq_p2_d64_e64_c64_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const __half* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d64_e64_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 93696);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_dq_p2_d64_e64_c64_f16_w4_bd64_bt64_s1<<<grid, 128, 152320, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
+  prt_query_state_bwd_dq_p2_d64_e64_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 93696, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
   return cudaGetLastError();
 }
 
@@ -9920,10 +11913,10 @@ extern "C" cudaError_t prt_discounted_cumsum_bwd_p2_d64_e64_c64_f16_w4_bd64_bt64
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_update_state_bwd_p2_d64_e64_c64_f16_w4_bd32_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __half* g_K, const __half* g_V, const float* g_logG, const float* g_ddS, const float* g_ddZ, float* g_dKs, float* g_dVs, float* g_dlamK, float* g_dGk, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_update_state_bwd_p2_d64_e64_c64_f16_w4_bd32_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 115456);
+extern "C" cudaError_t prt_update_state_bwd_p2_d64_e64_c64_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_K, const __half* g_V, const float* g_logG, const float* g_ddS, const float* g_ddZ, float* g_dKs, float* g_dVs, float* g_dlamK, float* g_dGk, int p_b, int p_t, int p_h, int p_n) {
+  cudaError_t err = cudaFuncSetAttribute(prt_update_state_bwd_p2_d64_e64_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 113152);
   if (err != cudaSuccess) return err;
-  prt_update_state_bwd_p2_d64_e64_c64_f16_w4_bd32_bt64_s1<<<grid, 128, 115456, stream>>>(g_K, g_V, g_logG, g_ddS, g_ddZ, g_dKs, g_dVs, g_dlamK, g_dGk, p_b, p_t, p_h, p_n);
+  prt_update_state_bwd_p2_d64_e64_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 113152, stream>>>(g_K, g_V, g_logG, g_ddS, g_ddZ, g_dKs, g_dVs, g_dlamK, g_dGk, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 

@@ -77,13 +77,13 @@ export const STATE_SITES = [
   "update_state.v", // forward: V there (f16 data as a bf16 operand at p >= 4, updateStateOperandDtype)
   "query_state.phi", // forward: phi(q') in phi(q')^T Sin
   "query_state.S", // forward: the Sin block
-  "query_state_bwd_dq.S", // backward: Sin in dy Sin^T (it feeds Dy and dq)
+  "query_state_bwd_dq.S", // backward: Sin in dy Sin^T (it feeds Dy and dq); factored (p = 2): St_a in T_a = dy St_a^T
   "query_state_bwd_dq.dy", // backward: dy there (f16 data as a bf16 operand; exact as a pair)
   "query_state_bwd_ds.phi", // backward: phi(q'') in phi(q'')^T dy (dSin); at p = 2 (factored, q exact) U_a = (f dy)(f q_:a) and -(f Dy)(f q)
   "query_state_bwd_ds.dy", // backward: dy there (as above; p >= 4 only, the factored form has no dy operand)
-  "update_state_bwd.phi", // backward: phi(k') in phi(k') U (dv)
-  "update_state_bwd.U", // backward: U = d(dS) in phi(k') U and v U^T
-  "update_state_bwd.v", // backward: v in v U^T (f16 data as a bf16 operand)
+  "update_state_bwd.phi", // backward: phi(k') in phi(k') U (dv); factored (p = 2): K in P_a = K Ut_a (f16 data as a bf16 operand)
+  "update_state_bwd.U", // backward: U = d(dS) in phi(k') U and v U^T; factored: Ut_a in P_a and T_a = V Ut_a^T
+  "update_state_bwd.v", // backward: v in v U^T, factored: V in T_a (f16 data as a bf16 operand)
 ] as const;
 export type StateSite = (typeof STATE_SITES)[number];
 
