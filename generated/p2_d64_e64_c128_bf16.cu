@@ -4392,8 +4392,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
 }
 
 // query_state_bwd_dq: Dy, lseB (the normaliser the backward's weights sum to 1 under), and dQs, dlamQ: the gradient through phi(q')^T [Sin, Zin]
-// grid (($n * 1), $hq, $b), 256 threads, 137728 bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_e64_c128_bf16_w8_bd0_bt128_s2(
+// grid (($n * 1), $hq, $b), 128 threads, 114176 bytes of dynamic shared memory
+extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_e64_c128_bf16_w4_bd0_bt128_s1(
     const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -4571,29 +4571,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
   float* const t_rho = reinterpret_cast<float*>(prt_smem + 103936);  // f32[128] pitch 128
   float* const t_dy_s = reinterpret_cast<float*>(prt_smem + 37888);  // f32[128] pitch 128
   float* const t_p_s = reinterpret_cast<float*>(prt_smem + 104448);  // f32[128] pitch 128
-  float f_grad_s[2][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 8 warps
+  float f_grad_s[4][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 4 warps
   float* const t_z = reinterpret_cast<float*>(prt_smem + 38400);  // f32[2080] pitch 2080
   __nv_bfloat16* const t_zs_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 46720);  // bf16[64, 64] pitch 72
   __nv_bfloat16* const t_zs_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 55936);  // bf16[64, 64] pitch 72
   float* const t_qzs = reinterpret_cast<float*>(prt_smem + 65152);  // f32[128, 64] pitch 64
-  float* const t_r = reinterpret_cast<float*>(prt_smem + 88576);  // f32[128] pitch 128
+  float* const t_r = reinterpret_cast<float*>(prt_smem + 95744);  // f32[128] pitch 128
   float* const t_r16 = reinterpret_cast<float*>(prt_smem + 38400);  // f32[128, 16] pitch 16
-  float* const t_s0_f32_base = reinterpret_cast<float*>(prt_smem + 46592);  // f32[64, 64] pitch 64, 2 copies
-  float* t_s0_f32 = t_s0_f32_base;
-  float* const t_t0 = reinterpret_cast<float*>(prt_smem + 104960);  // f32[128, 64] pitch 64
-  __nv_bfloat16* const t_s0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 79360);  // bf16[64, 64] pitch 72
-  float* const t_s1_f32_base = reinterpret_cast<float*>(prt_smem + 46592);  // f32[48, 64] pitch 64, 2 copies
-  float* t_s1_f32 = t_s1_f32_base;
-  float* const t_t1 = reinterpret_cast<float*>(prt_smem + 104960);  // f32[128, 48] pitch 48
-  __nv_bfloat16* const t_s1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 71168);  // bf16[48, 64] pitch 72
-  float* const t_s2_f32_base = reinterpret_cast<float*>(prt_smem + 46592);  // f32[32, 64] pitch 64, 2 copies
-  float* t_s2_f32 = t_s2_f32_base;
-  float* const t_t2 = reinterpret_cast<float*>(prt_smem + 62976);  // f32[128, 32] pitch 32
-  __nv_bfloat16* const t_s2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 79360);  // bf16[32, 64] pitch 72
-  float* const t_s3_f32_base = reinterpret_cast<float*>(prt_smem + 46592);  // f32[16, 64] pitch 64, 2 copies
-  float* t_s3_f32 = t_s3_f32_base;
-  float* const t_t3 = reinterpret_cast<float*>(prt_smem + 54784);  // f32[128, 16] pitch 16
-  __nv_bfloat16* const t_s3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 62976);  // bf16[16, 64] pitch 72
+  float* const t_s0_f32 = reinterpret_cast<float*>(prt_smem + 79360);  // f32[64, 64] pitch 64
+  float* const t_t0 = reinterpret_cast<float*>(prt_smem + 46592);  // f32[128, 64] pitch 64
+  __nv_bfloat16* const t_s0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 104960);  // bf16[64, 64] pitch 72
+  float* const t_s1_f32 = reinterpret_cast<float*>(prt_smem + 71168);  // f32[48, 64] pitch 64
+  float* const t_t1 = reinterpret_cast<float*>(prt_smem + 46592);  // f32[128, 48] pitch 48
+  __nv_bfloat16* const t_s1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 83456);  // bf16[48, 64] pitch 72
+  float* const t_s2_f32 = reinterpret_cast<float*>(prt_smem + 62976);  // f32[32, 64] pitch 64
+  float* const t_t2 = reinterpret_cast<float*>(prt_smem + 46592);  // f32[128, 32] pitch 32
+  __nv_bfloat16* const t_s2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 71168);  // bf16[32, 64] pitch 72
+  float* const t_s3_f32 = reinterpret_cast<float*>(prt_smem + 54784);  // f32[16, 64] pitch 64
+  float* const t_t3 = reinterpret_cast<float*>(prt_smem + 46592);  // f32[128, 16] pitch 16
+  __nv_bfloat16* const t_s3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 58880);  // bf16[16, 64] pitch 72
   if (((((static_cast<int>(blockIdx.x) / 1) * 128) + ((static_cast<int>(blockIdx.x) % 1) * 128)) < p_t)) {
     // g = load logG[pid.z, ((pid.x // 1) * 128):+128, (pid.y // ($hq // $h))]
     {
@@ -4603,14 +4599,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
       float* const dst = t_g;
-      for (int r = tid; r < 128; r += 256) {
+      for (int r = tid; r < 128; r += 128) {
         dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
       }
     }
     __syncthreads();
     // lam = cumsum(g, axis=0)
     {
-      for (int o = warp; o < 1; o += 8) {
+      for (int o = warp; o < 1; o += 4) {
         float carry = 0.0f;
         for (int j0 = 0; j0 < 128; j0 += 32) {
           const int j = j0 + lane, i = j;
@@ -4631,7 +4627,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
       __nv_bfloat16* const dst = t_dy;
       if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 256) {
+        for (int i = tid; i < 1024; i += 128) {
           const int r = i / 8, c = (i % 8) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -4640,7 +4636,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
         }
       }
       else {
-        for (int i = tid; i < 8192; i += 256) {
+        for (int i = tid; i < 8192; i += 128) {
           const int r = i / 64, c = i % 64;
           dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
         }
@@ -4656,7 +4652,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       __nv_bfloat16* const dst = t_q;
       if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 256) {
+        for (int i = tid; i < 1024; i += 128) {
           const int r = i / 8, c = (i % 8) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -4665,7 +4661,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
         }
       }
       else {
-        for (int i = tid; i < 8192; i += 256) {
+        for (int i = tid; i < 8192; i += 128) {
           const int r = i / 64, c = i % 64;
           dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
         }
@@ -4682,7 +4678,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
       const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
       float* const dst = t_dy_row;
-      for (int i = tid; i < 8192; i += 256) {
+      for (int i = tid; i < 8192; i += 128) {
         const int r = i / 64, c = i % 64;
         dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
       }
@@ -4697,7 +4693,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_yS_s0 + static_cast<long long>(s1) * g_yS_s1 + static_cast<long long>(a2) * g_yS_s2 + static_cast<long long>(s3) * g_yS_s3;
       float* const dst = t_y_s;
       if (prt::aligned16(g_yS) && base % 4 == 0 && g_yS_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 2048; i += 256) {
+        for (int i = tid; i < 2048; i += 128) {
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_yS_d1 ? g_yS_d3 - (s3 + c) : 0;
@@ -4706,7 +4702,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
         }
       }
       else {
-        for (int i = tid; i < 8192; i += 256) {
+        for (int i = tid; i < 8192; i += 128) {
           const int r = i / 64, c = i % 64;
           dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_yS_d1 && s3 + c >= 0 && s3 + c < g_yS_d3 ? g_yS[base + static_cast<long long>(r) * g_yS_s1 + static_cast<long long>(c) * g_yS_s3] : prt::from_f32<float>(0.0f);
         }
@@ -4723,7 +4719,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
       const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
       float* const dst = t_lse_i;
-      for (int r = tid; r < 128; r += 256) {
+      for (int r = tid; r < 128; r += 128) {
         dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
       }
     }
@@ -4735,7 +4731,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       const bool ok = a0 >= 0 && a0 < g_DyA_d0 && a2 >= 0 && a2 < g_DyA_d2;
       const long long base = static_cast<long long>(a0) * g_DyA_s0 + static_cast<long long>(s1) * g_DyA_s1 + static_cast<long long>(a2) * g_DyA_s2;
       float* const dst = t_dy_y;
-      for (int r = tid; r < 128; r += 256) {
+      for (int r = tid; r < 128; r += 128) {
         dst[r] = ok && s1 + r >= 0 && s1 + r < g_DyA_d1 ? g_DyA[base + static_cast<long long>(r) * g_DyA_s1] : prt::from_f32<float>(0.0f);
       }
     }
@@ -4747,7 +4743,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       const bool ok = a0 >= 0 && a0 < g_PA_d0 && a2 >= 0 && a2 < g_PA_d2;
       const long long base = static_cast<long long>(a0) * g_PA_s0 + static_cast<long long>(s1) * g_PA_s1 + static_cast<long long>(a2) * g_PA_s2;
       float* const dst = t_rho;
-      for (int r = tid; r < 128; r += 256) {
+      for (int r = tid; r < 128; r += 128) {
         dst[r] = ok && s1 + r >= 0 && s1 + r < g_PA_d1 ? g_PA[base + static_cast<long long>(r) * g_PA_s1] : prt::from_f32<float>(0.0f);
       }
     }
@@ -4759,13 +4755,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       const bool ok = a0 >= 0 && a0 < g_wS_d0 && a2 >= 0 && a2 < g_wS_d2;
       const long long base = static_cast<long long>(a0) * g_wS_s0 + static_cast<long long>(s1) * g_wS_s1 + static_cast<long long>(a2) * g_wS_s2;
       float* const dst = t_p_s;
-      for (int r = tid; r < 128; r += 256) {
+      for (int r = tid; r < 128; r += 128) {
         dst[r] = ok && s1 + r >= 0 && s1 + r < g_wS_d1 ? g_wS[base + static_cast<long long>(r) * g_wS_s1] : prt::from_f32<float>(0.0f);
       }
     }
     // y_s[row, col] = (y_s[row, col] * dy_row[row, col])
     {
-      for (int i = tid; i < 8192; i += 256) {
+      for (int i = tid; i < 8192; i += 128) {
         const int r = i / 64, c = i % 64;
         t_y_s[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_y_s[(r) * 64 + (c)]) * prt::to_f32(t_dy_row[(r) * 64 + (c)])));
       }
@@ -4773,7 +4769,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
     __syncthreads();
     // dy_s = reduce_sum(y_s, axis=1)
     {
-      for (int o = tid; o < 128; o += 256) {
+      for (int o = tid; o < 128; o += 128) {
         float acc = 0.0f;
         for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_y_s[(o) * 64 + (i)]);
         t_dy_s[o] = prt::from_f32<float>(acc);
@@ -4781,14 +4777,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
     }
     // rho[row] = (rho[row] + p_s[row])
     {
-      for (int r = tid; r < 128; r += 256) {
+      for (int r = tid; r < 128; r += 128) {
         t_rho[r] = prt::from_f32<float>((prt::to_f32(t_rho[r]) + prt::to_f32(t_p_s[r])));
       }
     }
     __syncthreads();
     // dy_y[row] = select((rho[row] != 0.0), ((dy_y[row] + dy_s[row]) / rho[row]), 0.0)
     {
-      for (int r = tid; r < 128; r += 256) {
+      for (int r = tid; r < 128; r += 128) {
         t_dy_y[r] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) != 0.0f) ? ((prt::to_f32(t_dy_y[r]) + prt::to_f32(t_dy_s[r])) / prt::to_f32(t_rho[r])) : 0.0f));
       }
     }
@@ -4800,7 +4796,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
       const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
       if (ok) {
-        for (int r = tid; r < 128; r += 256) {
+        for (int r = tid; r < 128; r += 128) {
           if (s1 + r >= 0 && s1 + r < g_Dy_d1) g_Dy[base + static_cast<long long>(r) * g_Dy_s1] = t_dy_y[r];
         }
       }
@@ -4808,8 +4804,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
     // grad_s[row, col] = 0.0
     {
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int u = warp + j * 8;
+      for (int j = 0; j < 4; ++j) {
+        const int u = warp + j * 4;
         const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
         #pragma unroll
         for (int q = 0; q < 4; ++q) {
@@ -4832,7 +4828,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
         const long long base = static_cast<long long>(a0) * g_Zin_s0 + static_cast<long long>(a1) * g_Zin_s1 + static_cast<long long>(a2) * g_Zin_s2 + static_cast<long long>(s3) * g_Zin_s3;
         float* const dst = t_z;
         if (prt::aligned16(g_Zin) && base % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 520; i += 256) {
+          for (int i = tid; i < 520; i += 128) {
             const int c = i * 4;
             const long long left = ok ? g_Zin_d3 - (s3 + c) : 0;
             const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
@@ -4840,7 +4836,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
           }
         }
         else {
-          for (int r = tid; r < 2080; r += 256) {
+          for (int r = tid; r < 2080; r += 128) {
             dst[r] = ok && s3 + r >= 0 && s3 + r < g_Zin_d3 ? g_Zin[base + static_cast<long long>(r) * g_Zin_s3] : prt::from_f32<float>(0.0f);
           }
         }
@@ -4851,7 +4847,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       // zs_hi[row, col] = select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 2.0), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 1.4142135623730951)), 0.0)
       // zs_lo[row, col] = (select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 2.0), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 1.4142135623730951)), 0.0) - zs_hi[row, col])
       {
-        for (int i = tid; i < 4096; i += 256) {
+        for (int i = tid; i < 4096; i += 128) {
           const int r = i / 64, c = i % 64;
           const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < 64) && (c < 64)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) * 2.0f) : (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) * 1.4142135623730951f)) : 0.0f));
           const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((((r < 64) && (c < 64)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) * 2.0f) : (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) * 1.4142135623730951f)) : 0.0f) - prt::to_f32(y0)));
@@ -4860,11 +4856,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
         }
       }
       __syncthreads();
-      // qzs = mma.tc(q, zs_hi) [128x64 in 16x32 units over 8 warps]
+      // qzs = mma.tc(q, zs_hi) [128x64 in 16x32 units over 4 warps]
       {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 4;
           const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           float acc[4][4];
           #pragma unroll
@@ -4889,11 +4885,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
         }
       }
       __syncthreads();
-      // qzs += mma.tc(q, zs_lo) [128x64 in 16x32 units over 8 warps]
+      // qzs += mma.tc(q, zs_lo) [128x64 in 16x32 units over 4 warps]
       {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 4;
           const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           float acc[4][4];
           #pragma unroll
@@ -4921,8 +4917,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       // grad_s[row, col] = -((qzs[row, col] * dy_y[row]))
       {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 4;
           const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
@@ -4936,89 +4932,57 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       }
       // r16[row, col] = 0.0
       {
-        for (int i = tid; i < 2048; i += 256) {
+        for (int i = tid; i < 2048; i += 128) {
           const int r = i / 16, c = i % 16;
           t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
         }
       }
       __syncthreads();
-      if ((0 < 16)) {
-        // s0_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((0 * 64) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0) + 0):+64, 0:+64] into stage 0
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-          const int a2 = (static_cast<int>(blockIdx.x) / 1);
-          const int s3 = ((((((0 * 64) - ((0 * (0 - 1)) / 2)) + 0) - 0) - 0) + 0);
-          const int s4 = 0;
-          const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-          const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-          float* const dst = t_s0_f32_base + ((0) % 2) * 4096;
-          if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 1024; i += 256) {
-              const int r = i / 16, c = (i % 16) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-            }
-          }
-          else {
-            for (int i = tid; i < 4096; i += 256) {
-              const int r = i / 64, c = i % 64;
-              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-            }
-          }
-        }
-      }
-      prt::cp_async_commit();
       {
         const int v_i0_end = 16;
         for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-          if (((v_i0 + 1) < 16)) {
-            // s0_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), (((((((i0 + 1) * 64) - (((i0 + 1) * ((i0 + 1) - 1)) // 2)) + (i0 + 1)) - (i0 + 1)) - (i0 + 1)) + 0):+64, 0:+64] into stage ((i0 + 1) % 2)
-            {
-              const int a0 = static_cast<int>(blockIdx.z);
-              const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-              const int a2 = (static_cast<int>(blockIdx.x) / 1);
-              const int s3 = (((((((v_i0 + 1) * 64) - (((v_i0 + 1) * ((v_i0 + 1) - 1)) / 2)) + (v_i0 + 1)) - (v_i0 + 1)) - (v_i0 + 1)) + 0);
-              const int s4 = 0;
-              const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-              const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-              float* const dst = t_s0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
-              if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-                for (int i = tid; i < 1024; i += 256) {
-                  const int r = i / 16, c = (i % 16) * 4;
-                  const int gr = s3 + r;
-                  const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-                }
+          // s0_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((i0 * 64) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+64, 0:+64]
+          {
+            const int a0 = static_cast<int>(blockIdx.z);
+            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+            const int a2 = (static_cast<int>(blockIdx.x) / 1);
+            const int s3 = ((((((v_i0 * 64) - ((v_i0 * (v_i0 - 1)) / 2)) + v_i0) - v_i0) - v_i0) + 0);
+            const int s4 = 0;
+            const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+            const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+            float* const dst = t_s0_f32;
+            if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+              for (int i = tid; i < 1024; i += 128) {
+                const int r = i / 16, c = (i % 16) * 4;
+                const int gr = s3 + r;
+                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+                prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
               }
-              else {
-                for (int i = tid; i < 4096; i += 256) {
-                  const int r = i / 64, c = i % 64;
-                  dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-                }
+            }
+            else {
+              for (int i = tid; i < 4096; i += 128) {
+                const int r = i / 64, c = i % 64;
+                dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
               }
             }
           }
           prt::cp_async_commit();
-          prt::cp_async_wait<1>();
-          t_s0_f32 = t_s0_f32_base + (((v_i0 % 2)) % 2) * 4096;  // bind s0_f32 stage (i0 % 2)
+          prt::cp_async_wait<0>();
           __syncthreads();
           // s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, (s0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
           {
-            for (int i = tid; i < 4096; i += 256) {
+            for (int i = tid; i < 4096; i += 128) {
               const int r = i / 64, c = i % 64;
               t_s0_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : (prt::to_f32(t_s0_f32[(r) * 64 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
             }
           }
           __syncthreads();
-          // t0 = mma.tc(dy, s0_hi^T) [128x64 in 16x32 units over 8 warps]
+          // t0 = mma.tc(dy, s0_hi^T) [128x64 in 16x32 units over 4 warps]
           {
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 8;
+            for (int j = 0; j < 4; ++j) {
+              const int u = warp + j * 4;
               const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
               float acc[4][4];
               #pragma unroll
@@ -5046,8 +5010,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
           // grad_s[row, col] = select((col >= 0), (grad_s[row, col] + (q[row, i0] * t0[row, max((col - 0), 0)])), grad_s[row, col])
           {
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 8;
+            for (int j = 0; j < 4; ++j) {
+              const int u = warp + j * 4;
               const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
               #pragma unroll
               for (int q = 0; q < 4; ++q) {
@@ -5062,7 +5026,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
           __syncthreads();
           // t0[row, col] = (t0[row, col] * q[row, (col + 0)])
           {
-            for (int i = tid; i < 8192; i += 256) {
+            for (int i = tid; i < 8192; i += 128) {
               const int r = i / 64, c = i % 64;
               t_t0[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_t0[(r) * 64 + (c)]) * prt::to_f32(t_q[(r) * 72 + ((c + 0))])));
             }
@@ -5070,7 +5034,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
           __syncthreads();
           // r = reduce_sum(t0, axis=1)
           {
-            for (int o = tid; o < 128; o += 256) {
+            for (int o = tid; o < 128; o += 128) {
               float acc = 0.0f;
               for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_t0[(o) * 64 + (i)]);
               t_r[o] = prt::from_f32<float>(acc);
@@ -5079,20 +5043,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
           __syncthreads();
           // r16[row, col] = select((col == (i0 - 0)), r[row], r16[row, col])
           {
-            for (int i = tid; i < 2048; i += 256) {
+            for (int i = tid; i < 2048; i += 128) {
               const int r = i / 16, c = i % 16;
               t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i0 - 0)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
             }
           }
         }
       }
-      prt::cp_async_wait<0>();
       __syncthreads();
       // grad_s[row, col] = select(((col >= 0) && (col < 16)), (grad_s[row, col] + r16[row, min(max((col - 0), 0), 15)]), grad_s[row, col])
       {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 4;
           const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
@@ -5107,88 +5070,56 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       __syncthreads();
       // r16[row, col] = 0.0
       {
-        for (int i = tid; i < 2048; i += 256) {
+        for (int i = tid; i < 2048; i += 128) {
           const int r = i / 16, c = i % 16;
           t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
         }
       }
-      if ((16 < 32)) {
-        // s1_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((16 * 64) - ((16 * (16 - 1)) // 2)) + 16) - 16) - 16) + 16):+48, 0:+64] into stage 0
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-          const int a2 = (static_cast<int>(blockIdx.x) / 1);
-          const int s3 = ((((((16 * 64) - ((16 * (16 - 1)) / 2)) + 16) - 16) - 16) + 16);
-          const int s4 = 0;
-          const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-          const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-          float* const dst = t_s1_f32_base + ((0) % 2) * 3072;
-          if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 768; i += 256) {
-              const int r = i / 16, c = (i % 16) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-            }
-          }
-          else {
-            for (int i = tid; i < 3072; i += 256) {
-              const int r = i / 64, c = i % 64;
-              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-            }
-          }
-        }
-      }
-      prt::cp_async_commit();
       {
         const int v_i1_end = 32;
         for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
-          if (((v_i1 + 1) < 32)) {
-            // s1_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), (((((((i1 + 1) * 64) - (((i1 + 1) * ((i1 + 1) - 1)) // 2)) + (i1 + 1)) - (i1 + 1)) - (i1 + 1)) + 16):+48, 0:+64] into stage (((i1 - 16) + 1) % 2)
-            {
-              const int a0 = static_cast<int>(blockIdx.z);
-              const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-              const int a2 = (static_cast<int>(blockIdx.x) / 1);
-              const int s3 = (((((((v_i1 + 1) * 64) - (((v_i1 + 1) * ((v_i1 + 1) - 1)) / 2)) + (v_i1 + 1)) - (v_i1 + 1)) - (v_i1 + 1)) + 16);
-              const int s4 = 0;
-              const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-              const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-              float* const dst = t_s1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 3072;
-              if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-                for (int i = tid; i < 768; i += 256) {
-                  const int r = i / 16, c = (i % 16) * 4;
-                  const int gr = s3 + r;
-                  const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-                }
+          // s1_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((i1 * 64) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+48, 0:+64]
+          {
+            const int a0 = static_cast<int>(blockIdx.z);
+            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+            const int a2 = (static_cast<int>(blockIdx.x) / 1);
+            const int s3 = ((((((v_i1 * 64) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 16);
+            const int s4 = 0;
+            const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+            const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+            float* const dst = t_s1_f32;
+            if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+              for (int i = tid; i < 768; i += 128) {
+                const int r = i / 16, c = (i % 16) * 4;
+                const int gr = s3 + r;
+                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+                prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
               }
-              else {
-                for (int i = tid; i < 3072; i += 256) {
-                  const int r = i / 64, c = i % 64;
-                  dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-                }
+            }
+            else {
+              for (int i = tid; i < 3072; i += 128) {
+                const int r = i / 64, c = i % 64;
+                dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
               }
             }
           }
           prt::cp_async_commit();
-          prt::cp_async_wait<1>();
-          t_s1_f32 = t_s1_f32_base + ((((v_i1 - 16) % 2)) % 2) * 3072;  // bind s1_f32 stage ((i1 - 16) % 2)
+          prt::cp_async_wait<0>();
           __syncthreads();
           // s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, (s1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
           {
-            for (int i = tid; i < 3072; i += 256) {
+            for (int i = tid; i < 3072; i += 128) {
               const int r = i / 64, c = i % 64;
               t_s1_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : (prt::to_f32(t_s1_f32[(r) * 64 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
             }
           }
           __syncthreads();
-          // t1 = mma.tc(dy, s1_hi^T) [128x48 in 16x16 units over 8 warps]
+          // t1 = mma.tc(dy, s1_hi^T) [128x48 in 16x16 units over 4 warps]
           {
             #pragma unroll
-            for (int j = 0; j < 3; ++j) {
-              const int u = warp + j * 8;
+            for (int j = 0; j < 6; ++j) {
+              const int u = warp + j * 4;
               const int m0 = (u / 3) * 16, n0 = (u % 3) * 16;
               float acc[2][4];
               #pragma unroll
@@ -5216,8 +5147,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
           // grad_s[row, col] = select((col >= 16), (grad_s[row, col] + (q[row, i1] * t1[row, max((col - 16), 0)])), grad_s[row, col])
           {
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 8;
+            for (int j = 0; j < 4; ++j) {
+              const int u = warp + j * 4;
               const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
               #pragma unroll
               for (int q = 0; q < 4; ++q) {
@@ -5232,7 +5163,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
           __syncthreads();
           // t1[row, col] = (t1[row, col] * q[row, (col + 16)])
           {
-            for (int i = tid; i < 6144; i += 256) {
+            for (int i = tid; i < 6144; i += 128) {
               const int r = i / 48, c = i % 48;
               t_t1[(r) * 48 + (c)] = prt::from_f32<float>((prt::to_f32(t_t1[(r) * 48 + (c)]) * prt::to_f32(t_q[(r) * 72 + ((c + 16))])));
             }
@@ -5240,7 +5171,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
           __syncthreads();
           // r = reduce_sum(t1, axis=1)
           {
-            for (int o = tid; o < 128; o += 256) {
+            for (int o = tid; o < 128; o += 128) {
               float acc = 0.0f;
               for (int i = 0; i < 48; ++i) acc += prt::to_f32(t_t1[(o) * 48 + (i)]);
               t_r[o] = prt::from_f32<float>(acc);
@@ -5249,20 +5180,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
           __syncthreads();
           // r16[row, col] = select((col == (i1 - 16)), r[row], r16[row, col])
           {
-            for (int i = tid; i < 2048; i += 256) {
+            for (int i = tid; i < 2048; i += 128) {
               const int r = i / 16, c = i % 16;
               t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i1 - 16)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
             }
           }
         }
       }
-      prt::cp_async_wait<0>();
       __syncthreads();
       // grad_s[row, col] = select(((col >= 16) && (col < 32)), (grad_s[row, col] + r16[row, min(max((col - 16), 0), 15)]), grad_s[row, col])
       {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 4;
           const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
@@ -5277,88 +5207,56 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       __syncthreads();
       // r16[row, col] = 0.0
       {
-        for (int i = tid; i < 2048; i += 256) {
+        for (int i = tid; i < 2048; i += 128) {
           const int r = i / 16, c = i % 16;
           t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
         }
       }
-      if ((32 < 48)) {
-        // s2_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((32 * 64) - ((32 * (32 - 1)) // 2)) + 32) - 32) - 32) + 32):+32, 0:+64] into stage 0
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-          const int a2 = (static_cast<int>(blockIdx.x) / 1);
-          const int s3 = ((((((32 * 64) - ((32 * (32 - 1)) / 2)) + 32) - 32) - 32) + 32);
-          const int s4 = 0;
-          const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-          const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-          float* const dst = t_s2_f32_base + ((0) % 2) * 2048;
-          if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 512; i += 256) {
-              const int r = i / 16, c = (i % 16) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-            }
-          }
-          else {
-            for (int i = tid; i < 2048; i += 256) {
-              const int r = i / 64, c = i % 64;
-              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-            }
-          }
-        }
-      }
-      prt::cp_async_commit();
       {
         const int v_i2_end = 48;
         for (int v_i2 = 32; v_i2 < v_i2_end; v_i2 += 1) {
-          if (((v_i2 + 1) < 48)) {
-            // s2_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), (((((((i2 + 1) * 64) - (((i2 + 1) * ((i2 + 1) - 1)) // 2)) + (i2 + 1)) - (i2 + 1)) - (i2 + 1)) + 32):+32, 0:+64] into stage (((i2 - 32) + 1) % 2)
-            {
-              const int a0 = static_cast<int>(blockIdx.z);
-              const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-              const int a2 = (static_cast<int>(blockIdx.x) / 1);
-              const int s3 = (((((((v_i2 + 1) * 64) - (((v_i2 + 1) * ((v_i2 + 1) - 1)) / 2)) + (v_i2 + 1)) - (v_i2 + 1)) - (v_i2 + 1)) + 32);
-              const int s4 = 0;
-              const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-              const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-              float* const dst = t_s2_f32_base + (((((v_i2 - 32) + 1) % 2)) % 2) * 2048;
-              if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-                for (int i = tid; i < 512; i += 256) {
-                  const int r = i / 16, c = (i % 16) * 4;
-                  const int gr = s3 + r;
-                  const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-                }
+          // s2_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((i2 * 64) - ((i2 * (i2 - 1)) // 2)) + i2) - i2) - i2) + 32):+32, 0:+64]
+          {
+            const int a0 = static_cast<int>(blockIdx.z);
+            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+            const int a2 = (static_cast<int>(blockIdx.x) / 1);
+            const int s3 = ((((((v_i2 * 64) - ((v_i2 * (v_i2 - 1)) / 2)) + v_i2) - v_i2) - v_i2) + 32);
+            const int s4 = 0;
+            const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+            const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+            float* const dst = t_s2_f32;
+            if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+              for (int i = tid; i < 512; i += 128) {
+                const int r = i / 16, c = (i % 16) * 4;
+                const int gr = s3 + r;
+                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+                prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
               }
-              else {
-                for (int i = tid; i < 2048; i += 256) {
-                  const int r = i / 64, c = i % 64;
-                  dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-                }
+            }
+            else {
+              for (int i = tid; i < 2048; i += 128) {
+                const int r = i / 64, c = i % 64;
+                dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
               }
             }
           }
           prt::cp_async_commit();
-          prt::cp_async_wait<1>();
-          t_s2_f32 = t_s2_f32_base + ((((v_i2 - 32) % 2)) % 2) * 2048;  // bind s2_f32 stage ((i2 - 32) % 2)
+          prt::cp_async_wait<0>();
           __syncthreads();
           // s2_hi[row, col] = select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, (s2_f32[row, col] * select(((row + 32) == i2), 1.0, 1.4142135623730951)))
           {
-            for (int i = tid; i < 2048; i += 256) {
+            for (int i = tid; i < 2048; i += 128) {
               const int r = i / 64, c = i % 64;
               t_s2_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : (prt::to_f32(t_s2_f32[(r) * 64 + (c)]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))));
             }
           }
           __syncthreads();
-          // t2 = mma.tc(dy, s2_hi^T) [128x32 in 16x32 units over 8 warps]
+          // t2 = mma.tc(dy, s2_hi^T) [128x32 in 16x32 units over 4 warps]
           {
             #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 8;
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 4;
               const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
               float acc[4][4];
               #pragma unroll
@@ -5386,8 +5284,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
           // grad_s[row, col] = select((col >= 32), (grad_s[row, col] + (q[row, i2] * t2[row, max((col - 32), 0)])), grad_s[row, col])
           {
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 8;
+            for (int j = 0; j < 4; ++j) {
+              const int u = warp + j * 4;
               const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
               #pragma unroll
               for (int q = 0; q < 4; ++q) {
@@ -5402,7 +5300,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
           __syncthreads();
           // t2[row, col] = (t2[row, col] * q[row, (col + 32)])
           {
-            for (int i = tid; i < 4096; i += 256) {
+            for (int i = tid; i < 4096; i += 128) {
               const int r = i / 32, c = i % 32;
               t_t2[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_t2[(r) * 32 + (c)]) * prt::to_f32(t_q[(r) * 72 + ((c + 32))])));
             }
@@ -5410,7 +5308,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
           __syncthreads();
           // r = reduce_sum(t2, axis=1)
           {
-            for (int o = tid; o < 128; o += 256) {
+            for (int o = tid; o < 128; o += 128) {
               float acc = 0.0f;
               for (int i = 0; i < 32; ++i) acc += prt::to_f32(t_t2[(o) * 32 + (i)]);
               t_r[o] = prt::from_f32<float>(acc);
@@ -5419,20 +5317,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
           __syncthreads();
           // r16[row, col] = select((col == (i2 - 32)), r[row], r16[row, col])
           {
-            for (int i = tid; i < 2048; i += 256) {
+            for (int i = tid; i < 2048; i += 128) {
               const int r = i / 16, c = i % 16;
               t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i2 - 32)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
             }
           }
         }
       }
-      prt::cp_async_wait<0>();
       __syncthreads();
       // grad_s[row, col] = select(((col >= 32) && (col < 48)), (grad_s[row, col] + r16[row, min(max((col - 32), 0), 15)]), grad_s[row, col])
       {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 4;
           const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
@@ -5447,88 +5344,56 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       __syncthreads();
       // r16[row, col] = 0.0
       {
-        for (int i = tid; i < 2048; i += 256) {
+        for (int i = tid; i < 2048; i += 128) {
           const int r = i / 16, c = i % 16;
           t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
         }
       }
-      if ((48 < 64)) {
-        // s3_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((48 * 64) - ((48 * (48 - 1)) // 2)) + 48) - 48) - 48) + 48):+16, 0:+64] into stage 0
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-          const int a2 = (static_cast<int>(blockIdx.x) / 1);
-          const int s3 = ((((((48 * 64) - ((48 * (48 - 1)) / 2)) + 48) - 48) - 48) + 48);
-          const int s4 = 0;
-          const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-          const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-          float* const dst = t_s3_f32_base + ((0) % 2) * 1024;
-          if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 256; i += 256) {
-              const int r = i / 16, c = (i % 16) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-            }
-          }
-          else {
-            for (int i = tid; i < 1024; i += 256) {
-              const int r = i / 64, c = i % 64;
-              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-            }
-          }
-        }
-      }
-      prt::cp_async_commit();
       {
         const int v_i3_end = 64;
         for (int v_i3 = 48; v_i3 < v_i3_end; v_i3 += 1) {
-          if (((v_i3 + 1) < 64)) {
-            // s3_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), (((((((i3 + 1) * 64) - (((i3 + 1) * ((i3 + 1) - 1)) // 2)) + (i3 + 1)) - (i3 + 1)) - (i3 + 1)) + 48):+16, 0:+64] into stage (((i3 - 48) + 1) % 2)
-            {
-              const int a0 = static_cast<int>(blockIdx.z);
-              const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-              const int a2 = (static_cast<int>(blockIdx.x) / 1);
-              const int s3 = (((((((v_i3 + 1) * 64) - (((v_i3 + 1) * ((v_i3 + 1) - 1)) / 2)) + (v_i3 + 1)) - (v_i3 + 1)) - (v_i3 + 1)) + 48);
-              const int s4 = 0;
-              const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-              const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-              float* const dst = t_s3_f32_base + (((((v_i3 - 48) + 1) % 2)) % 2) * 1024;
-              if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-                for (int i = tid; i < 256; i += 256) {
-                  const int r = i / 16, c = (i % 16) * 4;
-                  const int gr = s3 + r;
-                  const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-                }
+          // s3_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((i3 * 64) - ((i3 * (i3 - 1)) // 2)) + i3) - i3) - i3) + 48):+16, 0:+64]
+          {
+            const int a0 = static_cast<int>(blockIdx.z);
+            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+            const int a2 = (static_cast<int>(blockIdx.x) / 1);
+            const int s3 = ((((((v_i3 * 64) - ((v_i3 * (v_i3 - 1)) / 2)) + v_i3) - v_i3) - v_i3) + 48);
+            const int s4 = 0;
+            const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+            const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+            float* const dst = t_s3_f32;
+            if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+              for (int i = tid; i < 256; i += 128) {
+                const int r = i / 16, c = (i % 16) * 4;
+                const int gr = s3 + r;
+                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+                prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
               }
-              else {
-                for (int i = tid; i < 1024; i += 256) {
-                  const int r = i / 64, c = i % 64;
-                  dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-                }
+            }
+            else {
+              for (int i = tid; i < 1024; i += 128) {
+                const int r = i / 64, c = i % 64;
+                dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
               }
             }
           }
           prt::cp_async_commit();
-          prt::cp_async_wait<1>();
-          t_s3_f32 = t_s3_f32_base + ((((v_i3 - 48) % 2)) % 2) * 1024;  // bind s3_f32 stage ((i3 - 48) % 2)
+          prt::cp_async_wait<0>();
           __syncthreads();
           // s3_hi[row, col] = select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, (s3_f32[row, col] * select(((row + 48) == i3), 1.0, 1.4142135623730951)))
           {
-            for (int i = tid; i < 1024; i += 256) {
+            for (int i = tid; i < 1024; i += 128) {
               const int r = i / 64, c = i % 64;
               t_s3_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : (prt::to_f32(t_s3_f32[(r) * 64 + (c)]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))));
             }
           }
           __syncthreads();
-          // t3 = mma.tc(dy, s3_hi^T) [128x16 in 16x16 units over 8 warps]
+          // t3 = mma.tc(dy, s3_hi^T) [128x16 in 16x16 units over 4 warps]
           {
             #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 8;
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 4;
               const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
               float acc[2][4];
               #pragma unroll
@@ -5556,8 +5421,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
           // grad_s[row, col] = select((col >= 48), (grad_s[row, col] + (q[row, i3] * t3[row, max((col - 48), 0)])), grad_s[row, col])
           {
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 8;
+            for (int j = 0; j < 4; ++j) {
+              const int u = warp + j * 4;
               const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
               #pragma unroll
               for (int q = 0; q < 4; ++q) {
@@ -5572,7 +5437,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
           __syncthreads();
           // t3[row, col] = (t3[row, col] * q[row, (col + 48)])
           {
-            for (int i = tid; i < 2048; i += 256) {
+            for (int i = tid; i < 2048; i += 128) {
               const int r = i / 16, c = i % 16;
               t_t3[(r) * 16 + (c)] = prt::from_f32<float>((prt::to_f32(t_t3[(r) * 16 + (c)]) * prt::to_f32(t_q[(r) * 72 + ((c + 48))])));
             }
@@ -5580,7 +5445,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
           __syncthreads();
           // r = reduce_sum(t3, axis=1)
           {
-            for (int o = tid; o < 128; o += 256) {
+            for (int o = tid; o < 128; o += 128) {
               float acc = 0.0f;
               for (int i = 0; i < 16; ++i) acc += prt::to_f32(t_t3[(o) * 16 + (i)]);
               t_r[o] = prt::from_f32<float>(acc);
@@ -5589,20 +5454,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
           __syncthreads();
           // r16[row, col] = select((col == (i3 - 48)), r[row], r16[row, col])
           {
-            for (int i = tid; i < 2048; i += 256) {
+            for (int i = tid; i < 2048; i += 128) {
               const int r = i / 16, c = i % 16;
               t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i3 - 48)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
             }
           }
         }
       }
-      prt::cp_async_wait<0>();
       __syncthreads();
       // grad_s[row, col] = select(((col >= 48) && (col < 64)), (grad_s[row, col] + r16[row, min(max((col - 48), 0), 15)]), grad_s[row, col])
       {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 4;
           const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
@@ -5618,8 +5482,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
     // grad_s[row, col] = select((rho[row] != 0.0), ((grad_s[row, col] * (select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[(((pid.x % 1) * 128) + row)] - lse_i[row]) / 2.0)))) * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[(((pid.x % 1) * 128) + row)] - lse_i[row]) / 2.0)))))) / rho[row]), 0.0)
     {
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int u = warp + j * 8;
+      for (int j = 0; j < 4; ++j) {
+        const int u = warp + j * 4;
         const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
         #pragma unroll
         for (int q = 0; q < 4; ++q) {
@@ -5641,8 +5505,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_dQs_s0 + static_cast<long long>(s1) * g_dQs_s1 + static_cast<long long>(a2) * g_dQs_s2 + static_cast<long long>(s3) * g_dQs_s3;
       if (ok) {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 4;
           const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
@@ -5657,7 +5521,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
     }
     // dy_s[row] = select((rho[row] != 0.0), ((dy_s[row] - (dy_y[row] * p_s[row])) / rho[row]), 0.0)
     {
-      for (int r = tid; r < 128; r += 256) {
+      for (int r = tid; r < 128; r += 128) {
         t_dy_s[r] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) != 0.0f) ? ((prt::to_f32(t_dy_s[r]) - (prt::to_f32(t_dy_y[r]) * prt::to_f32(t_p_s[r]))) / prt::to_f32(t_rho[r])) : 0.0f));
       }
     }
@@ -5669,7 +5533,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       const bool ok = a0 >= 0 && a0 < g_dlamQ_d0 && a2 >= 0 && a2 < g_dlamQ_d2;
       const long long base = static_cast<long long>(a0) * g_dlamQ_s0 + static_cast<long long>(s1) * g_dlamQ_s1 + static_cast<long long>(a2) * g_dlamQ_s2;
       if (ok) {
-        for (int r = tid; r < 128; r += 256) {
+        for (int r = tid; r < 128; r += 128) {
           if (s1 + r >= 0 && s1 + r < g_dlamQ_d1) g_dlamQ[base + static_cast<long long>(r) * g_dlamQ_s1] = t_dy_s[r];
         }
       }
@@ -5677,7 +5541,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
     __syncthreads();
     // lse_i[row] = (lse_i[row] + log(rho[row]))
     {
-      for (int r = tid; r < 128; r += 256) {
+      for (int r = tid; r < 128; r += 128) {
         t_lse_i[r] = prt::from_f32<float>((prt::to_f32(t_lse_i[r]) + logf(prt::to_f32(t_rho[r]))));
       }
     }
@@ -5689,7 +5553,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       const bool ok = a0 >= 0 && a0 < g_lseB_d0 && a2 >= 0 && a2 < g_lseB_d2;
       const long long base = static_cast<long long>(a0) * g_lseB_s0 + static_cast<long long>(s1) * g_lseB_s1 + static_cast<long long>(a2) * g_lseB_s2;
       if (ok) {
-        for (int r = tid; r < 128; r += 256) {
+        for (int r = tid; r < 128; r += 128) {
           if (s1 + r >= 0 && s1 + r < g_lseB_d1) g_lseB[base + static_cast<long long>(r) * g_lseB_s1] = t_lse_i[r];
         }
       }
@@ -5698,8 +5562,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
 }
 
 // query_state_bwd_ds: dSin, dZin: the state's gradient from the queries of one chunk, summed over the group's query heads
-// grid (($n * 1), ($b * $h), 1), 256 threads, 93952 bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_e64_c128_bf16_w8_bd64_bt128_s1(
+// grid (($n * 2), ($b * $h), 1), 128 threads, 61184 bytes of dynamic shared memory
+extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_e64_c128_bf16_w4_bd32_bt128_s1(
     const __nv_bfloat16* g_Q, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -5792,57 +5656,57 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
   (void)g_dZin_d3;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
-  float* const t_fdy = reinterpret_cast<float*>(prt_smem + 1536);  // f32[128, 64] pitch 64
+  float* const t_fdy = reinterpret_cast<float*>(prt_smem + 1536);  // f32[128, 32] pitch 32
   float* const t_f = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_z_row = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128] pitch 128
-  __nv_bfloat16* const t_q0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 38400);  // bf16[128, 64] pitch 72
-  float* const t_qzq0 = reinterpret_cast<float*>(prt_smem + 34304);  // f32[64, 16] pitch 16
-  __nv_bfloat16* const t_zq0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 56832);  // bf16[128, 16] pitch 24
-  __nv_bfloat16* const t_zq0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 62976);  // bf16[128, 16] pitch 24
-  float f_s0[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
-  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 93696);  // f32[64] pitch 64
-  __nv_bfloat16* const t_u0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 56832);  // bf16[128, 64] pitch 72
-  __nv_bfloat16* const t_u0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 75264);  // bf16[128, 64] pitch 72
-  __nv_bfloat16* const t_q1 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 37376);  // bf16[128, 48] pitch 56
-  float* const t_qzq1 = reinterpret_cast<float*>(prt_smem + 34304);  // f32[48, 16] pitch 16
-  __nv_bfloat16* const t_zq1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 51712);  // bf16[128, 16] pitch 24
-  __nv_bfloat16* const t_zq1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 57856);  // bf16[128, 16] pitch 24
-  float f_s1[2][2][4];  // f32[48, 64] as mma fragments: 48x64 in 16x16 units over 8 warps
-  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 88576);  // f32[48] pitch 48
-  __nv_bfloat16* const t_u1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 51712);  // bf16[128, 64] pitch 72
-  __nv_bfloat16* const t_u1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 70144);  // bf16[128, 64] pitch 72
-  __nv_bfloat16* const t_q2 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 36352);  // bf16[128, 32] pitch 40
-  float* const t_qzq2 = reinterpret_cast<float*>(prt_smem + 34304);  // f32[32, 16] pitch 16
-  __nv_bfloat16* const t_zq2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 46592);  // bf16[128, 16] pitch 24
-  __nv_bfloat16* const t_zq2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 52736);  // bf16[128, 16] pitch 24
-  float f_s2[1][2][4];  // f32[32, 64] as mma fragments: 32x64 in 16x16 units over 8 warps
-  float* const t_z2 = reinterpret_cast<float*>(prt_smem + 83456);  // f32[32] pitch 32
-  __nv_bfloat16* const t_u2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 46592);  // bf16[128, 64] pitch 72
-  __nv_bfloat16* const t_u2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 65024);  // bf16[128, 64] pitch 72
-  __nv_bfloat16* const t_q3 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 35328);  // bf16[128, 16] pitch 24
-  float* const t_qzq3 = reinterpret_cast<float*>(prt_smem + 34304);  // f32[16, 16] pitch 16
-  __nv_bfloat16* const t_zq3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 41472);  // bf16[128, 16] pitch 24
-  __nv_bfloat16* const t_zq3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 47616);  // bf16[128, 16] pitch 24
-  float f_s3[1][1][4];  // f32[16, 64] as mma fragments: 16x64 in 16x8 units over 8 warps
-  float* const t_z3 = reinterpret_cast<float*>(prt_smem + 78336);  // f32[16] pitch 16
-  __nv_bfloat16* const t_u3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 41472);  // bf16[128, 64] pitch 72
-  __nv_bfloat16* const t_u3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 59904);  // bf16[128, 64] pitch 72
-  // g = load logG[(pid.y // $h), ((pid.x // 1) * 128):+128, (pid.y % $h)]
+  __nv_bfloat16* const t_q0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 22016);  // bf16[128, 64] pitch 72
+  float* const t_qzq0 = reinterpret_cast<float*>(prt_smem + 17920);  // f32[64, 16] pitch 16
+  __nv_bfloat16* const t_zq0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 40448);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_zq0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 46592);  // bf16[128, 16] pitch 24
+  float f_s0[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
+  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 60928);  // f32[64] pitch 64
+  __nv_bfloat16* const t_u0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 40448);  // bf16[128, 32] pitch 40
+  __nv_bfloat16* const t_u0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 50688);  // bf16[128, 32] pitch 40
+  __nv_bfloat16* const t_q1 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 20992);  // bf16[128, 48] pitch 56
+  float* const t_qzq1 = reinterpret_cast<float*>(prt_smem + 17920);  // f32[48, 16] pitch 16
+  __nv_bfloat16* const t_zq1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 35328);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_zq1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 41472);  // bf16[128, 16] pitch 24
+  float f_s1[2][2][4];  // f32[48, 32] as mma fragments: 48x32 in 16x16 units over 4 warps
+  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 55808);  // f32[48] pitch 48
+  __nv_bfloat16* const t_u1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 35328);  // bf16[128, 32] pitch 40
+  __nv_bfloat16* const t_u1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 45568);  // bf16[128, 32] pitch 40
+  __nv_bfloat16* const t_q2 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 19968);  // bf16[128, 32] pitch 40
+  float* const t_qzq2 = reinterpret_cast<float*>(prt_smem + 17920);  // f32[32, 16] pitch 16
+  __nv_bfloat16* const t_zq2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 30208);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_zq2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 36352);  // bf16[128, 16] pitch 24
+  float f_s2[1][2][4];  // f32[32, 32] as mma fragments: 32x32 in 16x16 units over 4 warps
+  float* const t_z2 = reinterpret_cast<float*>(prt_smem + 50688);  // f32[32] pitch 32
+  __nv_bfloat16* const t_u2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 30208);  // bf16[128, 32] pitch 40
+  __nv_bfloat16* const t_u2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 40448);  // bf16[128, 32] pitch 40
+  __nv_bfloat16* const t_q3 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 18944);  // bf16[128, 16] pitch 24
+  float* const t_qzq3 = reinterpret_cast<float*>(prt_smem + 17920);  // f32[16, 16] pitch 16
+  __nv_bfloat16* const t_zq3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 25088);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_zq3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 31232);  // bf16[128, 16] pitch 24
+  float f_s3[1][1][4];  // f32[16, 32] as mma fragments: 16x32 in 16x8 units over 4 warps
+  float* const t_z3 = reinterpret_cast<float*>(prt_smem + 45568);  // f32[16] pitch 16
+  __nv_bfloat16* const t_u3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 25088);  // bf16[128, 32] pitch 40
+  __nv_bfloat16* const t_u3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 35328);  // bf16[128, 32] pitch 40
+  // g = load logG[(pid.y // $h), ((pid.x // 2) * 128):+128, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
-    for (int r = tid; r < 128; r += 256) {
+    for (int r = tid; r < 128; r += 128) {
       dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
     }
   }
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
-    for (int o = warp; o < 1; o += 8) {
+    for (int o = warp; o < 1; o += 4) {
       float carry = 0.0f;
       for (int j0 = 0; j0 < 128; j0 += 32) {
         const int j = j0 + lane, i = j;
@@ -5855,69 +5719,69 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
   }
   __syncthreads();
   if (((p_hq / p_h) == 1)) {
-    // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
+    // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-      const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+      const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
       const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + 0);
       const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
       const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
       float* const dst = t_f;
-      for (int r = tid; r < 128; r += 256) {
+      for (int r = tid; r < 128; r += 128) {
         dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
       }
     }
     // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
     {
-      for (int r = tid; r < 128; r += 256) {
+      for (int r = tid; r < 128; r += 128) {
         t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
       }
     }
-    // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
+    // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-      const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+      const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
       const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + 0);
       const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
       const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
       float* const dst = t_z_row;
-      for (int r = tid; r < 128; r += 256) {
+      for (int r = tid; r < 128; r += 128) {
         dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
       }
     }
     // z_row[row] = -((z_row[row] * f[row]))
     {
-      for (int r = tid; r < 128; r += 256) {
+      for (int r = tid; r < 128; r += 128) {
         t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
       }
     }
-    // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0), ((pid.x % 1) * 64):+64]
+    // fdy = load dY[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0), ((pid.x % 2) * 32):+32]
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-      const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+      const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
       const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + 0);
-      const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+      const int s3 = ((static_cast<int>(blockIdx.x) % 2) * 32);
       const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
       const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
       float* const dst = t_fdy;
-      for (int i = tid; i < 8192; i += 256) {
-        const int r = i / 64, c = i % 64;
-        dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+      for (int i = tid; i < 4096; i += 128) {
+        const int r = i / 32, c = i % 32;
+        dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
       }
     }
     __syncthreads();
     // fdy[row, col] = (fdy[row, col] * f[row])
     {
-      for (int i = tid; i < 8192; i += 256) {
-        const int r = i / 64, c = i % 64;
-        t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+      for (int i = tid; i < 4096; i += 128) {
+        const int r = i / 32, c = i % 32;
+        t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
       }
     }
   }
-  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+  if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
     // qzq0[row, col] = 0.0
     {
-      for (int i = tid; i < 1024; i += 256) {
+      for (int i = tid; i < 1024; i += 128) {
         const int r = i / 16, c = i % 16;
         t_qzq0[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
       }
@@ -5928,77 +5792,77 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
     const int v_i0_end = (p_hq / p_h);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
+        // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
           const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
           const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
-          for (int r = tid; r < 128; r += 256) {
+          for (int r = tid; r < 128; r += 128) {
             dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
           }
         }
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
-          for (int r = tid; r < 128; r += 256) {
+          for (int r = tid; r < 128; r += 128) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
           const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
           const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
-          for (int r = tid; r < 128; r += 256) {
+          for (int r = tid; r < 128; r += 128) {
             dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
           }
         }
         // z_row[row] = -((z_row[row] * f[row]))
         {
-          for (int r = tid; r < 128; r += 256) {
+          for (int r = tid; r < 128; r += 128) {
             t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
           }
         }
-        // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0), ((pid.x % 1) * 64):+64]
+        // fdy = load dY[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0), ((pid.x % 2) * 32):+32]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
           const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
-          const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 2) * 32);
           const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
-          for (int i = tid; i < 8192; i += 256) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+          for (int i = tid; i < 4096; i += 128) {
+            const int r = i / 32, c = i % 32;
+            dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
         __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
-          for (int i = tid; i < 8192; i += 256) {
-            const int r = i / 64, c = i % 64;
-            t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+          for (int i = tid; i < 4096; i += 128) {
+            const int r = i / 32, c = i % 32;
+            t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
           }
         }
       }
       __syncthreads();
-      // q0 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0), 0:+64]
+      // q0 = load.async Q[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0), 0:+64]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
         const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
         const int s3 = 0;
         const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __nv_bfloat16* const dst = t_q0;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 256) {
+          for (int i = tid; i < 1024; i += 128) {
             const int r = i / 8, c = (i % 8) * 8;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -6007,7 +5871,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           }
         }
         else {
-          for (int i = tid; i < 8192; i += 256) {
+          for (int i = tid; i < 8192; i += 128) {
             const int r = i / 64, c = i % 64;
             dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
           }
@@ -6016,11 +5880,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
-      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // zq0_hi[row, col] = ((q0[row, col] * f[row]) * z_row[row])
         // zq0_lo[row, col] = (((q0[row, col] * f[row]) * z_row[row]) - zq0_hi[row, col])
         {
-          for (int i = tid; i < 2048; i += 256) {
+          for (int i = tid; i < 2048; i += 128) {
             const int r = i / 16, c = i % 16;
             const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q0[(r) * 72 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
             const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q0[(r) * 72 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
@@ -6029,51 +5893,59 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           }
         }
         __syncthreads();
-        // qzq0 += mma.tc(q0^T, zq0_hi) [64x16 in 16x8 units over 8 warps]
+        // qzq0 += mma.tc(q0^T, zq0_hi) [64x16 in 16x16 units over 4 warps]
         {
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-            float acc[1][4];
+            const int u = warp + j * 4;
+            const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
+            float acc[2][4];
             #pragma unroll
-            for (int q = 0; q < 1; ++q)
+            for (int q = 0; q < 2; ++q)
             #pragma unroll
               for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
             for (int k0 = 0; k0 < 128; k0 += 16) {
               uint32_t af[4];
               prt::ldmatrix_x4_trans(af, &t_q0[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-              uint32_t bf[2];
-              prt::ldmatrix_x2_trans(bf, &t_zq0_hi[(k0 + (lane & 15)) * 24 + n0]);
-              prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              #pragma unroll
+              for (int q = 0; q < 2; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_zq0_hi[(k0 + prt::a_row(lane)) * 24 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
             }
             #pragma unroll
-            for (int q = 0; q < 1; ++q)
+            for (int q = 0; q < 2; ++q)
             #pragma unroll
               for (int e = 0; e < 4; ++e) t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
           }
         }
         __syncthreads();
-        // qzq0 += mma.tc(q0^T, zq0_lo) [64x16 in 16x8 units over 8 warps]
+        // qzq0 += mma.tc(q0^T, zq0_lo) [64x16 in 16x16 units over 4 warps]
         {
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-            float acc[1][4];
+            const int u = warp + j * 4;
+            const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
+            float acc[2][4];
             #pragma unroll
-            for (int q = 0; q < 1; ++q)
+            for (int q = 0; q < 2; ++q)
             #pragma unroll
               for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
             for (int k0 = 0; k0 < 128; k0 += 16) {
               uint32_t af[4];
               prt::ldmatrix_x4_trans(af, &t_q0[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-              uint32_t bf[2];
-              prt::ldmatrix_x2_trans(bf, &t_zq0_lo[(k0 + (lane & 15)) * 24 + n0]);
-              prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+              #pragma unroll
+              for (int q = 0; q < 2; q += 2) {
+                uint32_t bf[4];
+                prt::ldmatrix_x4_trans(bf, &t_zq0_lo[(k0 + prt::a_row(lane)) * 24 + n0 + q * 8 + prt::a_col(lane)]);
+                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
+                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              }
             }
             #pragma unroll
-            for (int q = 0; q < 1; ++q)
+            for (int q = 0; q < 2; ++q)
             #pragma unroll
               for (int e = 0; e < 4; ++e) t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
           }
@@ -6088,8 +5960,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
             #pragma unroll
@@ -6104,75 +5976,75 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         const int v_i2_end = (p_hq / p_h);
         for (int v_i2 = 0; v_i2 < v_i2_end; v_i2 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
+            // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
               const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i2);
               const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
-              for (int r = tid; r < 128; r += 256) {
+              for (int r = tid; r < 128; r += 128) {
                 dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
               }
             }
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
-              for (int r = tid; r < 128; r += 256) {
+              for (int r = tid; r < 128; r += 128) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
               const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i2);
               const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
-              for (int r = tid; r < 128; r += 256) {
+              for (int r = tid; r < 128; r += 128) {
                 dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
               }
             }
             // z_row[row] = -((z_row[row] * f[row]))
             {
-              for (int r = tid; r < 128; r += 256) {
+              for (int r = tid; r < 128; r += 128) {
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
-            // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2), ((pid.x % 1) * 64):+64]
+            // fdy = load dY[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2), ((pid.x % 2) * 32):+32]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
               const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i2);
-              const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 2) * 32);
               const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
-              for (int i = tid; i < 8192; i += 256) {
-                const int r = i / 64, c = i % 64;
-                dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+              for (int i = tid; i < 4096; i += 128) {
+                const int r = i / 32, c = i % 32;
+                dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
             __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
-              for (int i = tid; i < 8192; i += 256) {
-                const int r = i / 64, c = i % 64;
-                t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+              for (int i = tid; i < 4096; i += 128) {
+                const int r = i / 32, c = i % 32;
+                t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
               }
             }
-            // q0 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2), 0:+64]
+            // q0 = load.async Q[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2), 0:+64]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
               const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i2);
               const int s3 = 0;
               const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               __nv_bfloat16* const dst = t_q0;
               if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-                for (int i = tid; i < 1024; i += 256) {
+                for (int i = tid; i < 1024; i += 128) {
                   const int r = i / 8, c = (i % 8) * 8;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -6181,7 +6053,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
                 }
               }
               else {
-                for (int i = tid; i < 8192; i += 256) {
+                for (int i = tid; i < 8192; i += 128) {
                   const int r = i / 64, c = i % 64;
                   dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
                 }
@@ -6194,21 +6066,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           // u0_hi[row, col] = (fdy[row, col] * (q0[row, (i1 - 0)] * f[row]))
           // u0_lo[row, col] = ((fdy[row, col] * (q0[row, (i1 - 0)] * f[row])) - u0_hi[row, col])
           {
-            for (int i = tid; i < 8192; i += 256) {
-              const int r = i / 64, c = i % 64;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q0[(r) * 72 + ((v_i1 - 0))]) * prt::to_f32(t_f[r]))));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q0[(r) * 72 + ((v_i1 - 0))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
-              t_u0_hi[(r) * 72 + (c)] = y0;
-              t_u0_lo[(r) * 72 + (c)] = y1;
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 32, c = i % 32;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q0[(r) * 72 + ((v_i1 - 0))]) * prt::to_f32(t_f[r]))));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q0[(r) * 72 + ((v_i1 - 0))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
+              t_u0_hi[(r) * 40 + (c)] = y0;
+              t_u0_lo[(r) * 40 + (c)] = y1;
             }
           }
           __syncthreads();
-          // s0 += mma.tc(q0^T, u0_hi) [64x64 in 16x32 units over 8 warps]
+          // s0 += mma.tc(q0^T, u0_hi) [64x32 in 16x32 units over 4 warps]
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
               float (&acc)[4][4] = f_s0[j];
               for (int k0 = 0; k0 < 128; k0 += 16) {
                 uint32_t af[4];
@@ -6216,19 +6088,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
                 #pragma unroll
                 for (int q = 0; q < 4; q += 2) {
                   uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_u0_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                  prt::ldmatrix_x4_trans(bf, &t_u0_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
                   prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
                   prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                 }
               }
             }
           }
-          // s0 += mma.tc(q0^T, u0_lo) [64x64 in 16x32 units over 8 warps]
+          // s0 += mma.tc(q0^T, u0_lo) [64x32 in 16x32 units over 4 warps]
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
               float (&acc)[4][4] = f_s0[j];
               for (int k0 = 0; k0 < 128; k0 += 16) {
                 uint32_t af[4];
@@ -6236,7 +6108,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
                 #pragma unroll
                 for (int q = 0; q < 4; q += 2) {
                   uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_u0_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                  prt::ldmatrix_x4_trans(bf, &t_u0_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
                   prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
                   prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                 }
@@ -6249,8 +6121,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
             #pragma unroll
@@ -6261,20 +6133,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           }
         }
       }
-      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i1 * 64) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 0):+64, ((pid.x % 1) * 64):+64] = s0 where (((row + 0) >= i1) && ((row + 0) < 64))
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i1 * 64) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 0):+64, ((pid.x % 2) * 32):+32] = s0 where (((row + 0) >= i1) && ((row + 0) < 64))
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-        const int a2 = (static_cast<int>(blockIdx.x) / 1);
+        const int a2 = (static_cast<int>(blockIdx.x) / 2);
         const int s3 = ((((((v_i1 * 64) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 0);
-        const int s4 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 2) * 32);
         const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
         const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
         if (ok) {
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+            const int u = warp + j * 4;
+            const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
               #pragma unroll
@@ -6287,23 +6159,23 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         }
       }
       __syncthreads();
-      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // z0[row] = (qzq0[row, (i1 - 0)] * select(((row + 0) == i1), 1.0, 1.4142135623730951))
         {
-          for (int r = tid; r < 64; r += 256) {
+          for (int r = tid; r < 64; r += 128) {
             t_z0[r] = prt::from_f32<float>((prt::to_f32(t_qzq0[(r) * 16 + ((v_i1 - 0))]) * (((r + 0) == v_i1) ? 1.0f : 1.4142135623730951f)));
           }
         }
-        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i1 * 64) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 0):+64] = z0 where (((row + 0) >= i1) && ((row + 0) < 64))
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i1 * 64) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 0):+64] = z0 where (((row + 0) >= i1) && ((row + 0) < 64))
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int a2 = (static_cast<int>(blockIdx.x) / 2);
           const int s3 = ((((((v_i1 * 64) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 0);
           const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
           const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
           if (ok) {
-            for (int r = tid; r < 64; r += 256) {
+            for (int r = tid; r < 64; r += 128) {
               if (s3 + r >= 0 && s3 + r < g_dZin_d3 && ((((r + 0) >= v_i1) && ((r + 0) < 64)))) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_z0[r];
             }
           }
@@ -6312,10 +6184,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
     }
   }
   __syncthreads();
-  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+  if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
     // qzq1[row, col] = 0.0
     {
-      for (int i = tid; i < 768; i += 256) {
+      for (int i = tid; i < 768; i += 128) {
         const int r = i / 16, c = i % 16;
         t_qzq1[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
       }
@@ -6325,77 +6197,77 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
     const int v_i3_end = (p_hq / p_h);
     for (int v_i3 = 0; v_i3 < v_i3_end; v_i3 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
+        // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
           const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i3);
           const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
-          for (int r = tid; r < 128; r += 256) {
+          for (int r = tid; r < 128; r += 128) {
             dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
           }
         }
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
-          for (int r = tid; r < 128; r += 256) {
+          for (int r = tid; r < 128; r += 128) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
           const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i3);
           const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
-          for (int r = tid; r < 128; r += 256) {
+          for (int r = tid; r < 128; r += 128) {
             dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
           }
         }
         // z_row[row] = -((z_row[row] * f[row]))
         {
-          for (int r = tid; r < 128; r += 256) {
+          for (int r = tid; r < 128; r += 128) {
             t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
           }
         }
-        // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3), ((pid.x % 1) * 64):+64]
+        // fdy = load dY[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3), ((pid.x % 2) * 32):+32]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
           const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i3);
-          const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 2) * 32);
           const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
-          for (int i = tid; i < 8192; i += 256) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+          for (int i = tid; i < 4096; i += 128) {
+            const int r = i / 32, c = i % 32;
+            dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
         __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
-          for (int i = tid; i < 8192; i += 256) {
-            const int r = i / 64, c = i % 64;
-            t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+          for (int i = tid; i < 4096; i += 128) {
+            const int r = i / 32, c = i % 32;
+            t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
           }
         }
       }
       __syncthreads();
-      // q1 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3), 16:+48]
+      // q1 = load.async Q[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3), 16:+48]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
         const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i3);
         const int s3 = 16;
         const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __nv_bfloat16* const dst = t_q1;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 768; i += 256) {
+          for (int i = tid; i < 768; i += 128) {
             const int r = i / 6, c = (i % 6) * 8;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -6404,7 +6276,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           }
         }
         else {
-          for (int i = tid; i < 6144; i += 256) {
+          for (int i = tid; i < 6144; i += 128) {
             const int r = i / 48, c = i % 48;
             dst[(r) * 56 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
           }
@@ -6413,11 +6285,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
-      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // zq1_hi[row, col] = ((q1[row, col] * f[row]) * z_row[row])
         // zq1_lo[row, col] = (((q1[row, col] * f[row]) * z_row[row]) - zq1_hi[row, col])
         {
-          for (int i = tid; i < 2048; i += 256) {
+          for (int i = tid; i < 2048; i += 128) {
             const int r = i / 16, c = i % 16;
             const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q1[(r) * 56 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
             const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q1[(r) * 56 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
@@ -6426,11 +6298,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           }
         }
         __syncthreads();
-        // qzq1 += mma.tc(q1^T, zq1_hi) [48x16 in 16x8 units over 8 warps]
+        // qzq1 += mma.tc(q1^T, zq1_hi) [48x16 in 16x8 units over 4 warps]
         {
           #pragma unroll
-          for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 4;
             if (u < 6) {
               const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
               float acc[1][4];
@@ -6453,11 +6325,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           }
         }
         __syncthreads();
-        // qzq1 += mma.tc(q1^T, zq1_lo) [48x16 in 16x8 units over 8 warps]
+        // qzq1 += mma.tc(q1^T, zq1_lo) [48x16 in 16x8 units over 4 warps]
         {
           #pragma unroll
-          for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 4;
             if (u < 6) {
               const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
               float acc[1][4];
@@ -6489,9 +6361,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          if (u < 12) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+          const int u = warp + j * 4;
+          if (u < 6) {
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
             #pragma unroll
             for (int q = 0; q < 2; ++q) {
               #pragma unroll
@@ -6507,75 +6379,75 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         const int v_i5_end = (p_hq / p_h);
         for (int v_i5 = 0; v_i5 < v_i5_end; v_i5 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
+            // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
               const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i5);
               const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
-              for (int r = tid; r < 128; r += 256) {
+              for (int r = tid; r < 128; r += 128) {
                 dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
               }
             }
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
-              for (int r = tid; r < 128; r += 256) {
+              for (int r = tid; r < 128; r += 128) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
               const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i5);
               const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
-              for (int r = tid; r < 128; r += 256) {
+              for (int r = tid; r < 128; r += 128) {
                 dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
               }
             }
             // z_row[row] = -((z_row[row] * f[row]))
             {
-              for (int r = tid; r < 128; r += 256) {
+              for (int r = tid; r < 128; r += 128) {
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
-            // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5), ((pid.x % 1) * 64):+64]
+            // fdy = load dY[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5), ((pid.x % 2) * 32):+32]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
               const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i5);
-              const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 2) * 32);
               const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
-              for (int i = tid; i < 8192; i += 256) {
-                const int r = i / 64, c = i % 64;
-                dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+              for (int i = tid; i < 4096; i += 128) {
+                const int r = i / 32, c = i % 32;
+                dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
             __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
-              for (int i = tid; i < 8192; i += 256) {
-                const int r = i / 64, c = i % 64;
-                t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+              for (int i = tid; i < 4096; i += 128) {
+                const int r = i / 32, c = i % 32;
+                t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
               }
             }
-            // q1 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5), 16:+48]
+            // q1 = load.async Q[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5), 16:+48]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
               const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i5);
               const int s3 = 16;
               const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               __nv_bfloat16* const dst = t_q1;
               if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-                for (int i = tid; i < 768; i += 256) {
+                for (int i = tid; i < 768; i += 128) {
                   const int r = i / 6, c = (i % 6) * 8;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -6584,7 +6456,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
                 }
               }
               else {
-                for (int i = tid; i < 6144; i += 256) {
+                for (int i = tid; i < 6144; i += 128) {
                   const int r = i / 48, c = i % 48;
                   dst[(r) * 56 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
                 }
@@ -6597,22 +6469,22 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           // u1_hi[row, col] = (fdy[row, col] * (q1[row, (i4 - 16)] * f[row]))
           // u1_lo[row, col] = ((fdy[row, col] * (q1[row, (i4 - 16)] * f[row])) - u1_hi[row, col])
           {
-            for (int i = tid; i < 8192; i += 256) {
-              const int r = i / 64, c = i % 64;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q1[(r) * 56 + ((v_i4 - 16))]) * prt::to_f32(t_f[r]))));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q1[(r) * 56 + ((v_i4 - 16))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
-              t_u1_hi[(r) * 72 + (c)] = y0;
-              t_u1_lo[(r) * 72 + (c)] = y1;
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 32, c = i % 32;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q1[(r) * 56 + ((v_i4 - 16))]) * prt::to_f32(t_f[r]))));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q1[(r) * 56 + ((v_i4 - 16))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
+              t_u1_hi[(r) * 40 + (c)] = y0;
+              t_u1_lo[(r) * 40 + (c)] = y1;
             }
           }
           __syncthreads();
-          // s1 += mma.tc(q1^T, u1_hi) [48x64 in 16x16 units over 8 warps]
+          // s1 += mma.tc(q1^T, u1_hi) [48x32 in 16x16 units over 4 warps]
           {
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 8;
-              if (u < 12) {
-                const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+              const int u = warp + j * 4;
+              if (u < 6) {
+                const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
                 float (&acc)[2][4] = f_s1[j];
                 for (int k0 = 0; k0 < 128; k0 += 16) {
                   uint32_t af[4];
@@ -6620,7 +6492,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
                   #pragma unroll
                   for (int q = 0; q < 2; q += 2) {
                     uint32_t bf[4];
-                    prt::ldmatrix_x4_trans(bf, &t_u1_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                    prt::ldmatrix_x4_trans(bf, &t_u1_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
                     prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
                     prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                   }
@@ -6628,13 +6500,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               }
             }
           }
-          // s1 += mma.tc(q1^T, u1_lo) [48x64 in 16x16 units over 8 warps]
+          // s1 += mma.tc(q1^T, u1_lo) [48x32 in 16x16 units over 4 warps]
           {
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 8;
-              if (u < 12) {
-                const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+              const int u = warp + j * 4;
+              if (u < 6) {
+                const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
                 float (&acc)[2][4] = f_s1[j];
                 for (int k0 = 0; k0 < 128; k0 += 16) {
                   uint32_t af[4];
@@ -6642,7 +6514,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
                   #pragma unroll
                   for (int q = 0; q < 2; q += 2) {
                     uint32_t bf[4];
-                    prt::ldmatrix_x4_trans(bf, &t_u1_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                    prt::ldmatrix_x4_trans(bf, &t_u1_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
                     prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
                     prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                   }
@@ -6656,9 +6528,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          if (u < 12) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+          const int u = warp + j * 4;
+          if (u < 6) {
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
             #pragma unroll
             for (int q = 0; q < 2; ++q) {
               #pragma unroll
@@ -6670,21 +6542,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           }
         }
       }
-      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i4 * 64) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 16):+48, ((pid.x % 1) * 64):+64] = s1 where (((row + 16) >= i4) && ((row + 16) < 64))
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i4 * 64) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 16):+48, ((pid.x % 2) * 32):+32] = s1 where (((row + 16) >= i4) && ((row + 16) < 64))
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-        const int a2 = (static_cast<int>(blockIdx.x) / 1);
+        const int a2 = (static_cast<int>(blockIdx.x) / 2);
         const int s3 = ((((((v_i4 * 64) - ((v_i4 * (v_i4 - 1)) / 2)) + v_i4) - v_i4) - v_i4) + 16);
-        const int s4 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 2) * 32);
         const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
         const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
         if (ok) {
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            if (u < 12) {
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+            const int u = warp + j * 4;
+            if (u < 6) {
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
               #pragma unroll
               for (int q = 0; q < 2; ++q) {
                 #pragma unroll
@@ -6698,23 +6570,23 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         }
       }
       __syncthreads();
-      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // z1[row] = (qzq1[row, (i4 - 16)] * select(((row + 16) == i4), 1.0, 1.4142135623730951))
         {
-          for (int r = tid; r < 48; r += 256) {
+          for (int r = tid; r < 48; r += 128) {
             t_z1[r] = prt::from_f32<float>((prt::to_f32(t_qzq1[(r) * 16 + ((v_i4 - 16))]) * (((r + 16) == v_i4) ? 1.0f : 1.4142135623730951f)));
           }
         }
-        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i4 * 64) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 16):+48] = z1 where (((row + 16) >= i4) && ((row + 16) < 64))
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i4 * 64) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 16):+48] = z1 where (((row + 16) >= i4) && ((row + 16) < 64))
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int a2 = (static_cast<int>(blockIdx.x) / 2);
           const int s3 = ((((((v_i4 * 64) - ((v_i4 * (v_i4 - 1)) / 2)) + v_i4) - v_i4) - v_i4) + 16);
           const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
           const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
           if (ok) {
-            for (int r = tid; r < 48; r += 256) {
+            for (int r = tid; r < 48; r += 128) {
               if (s3 + r >= 0 && s3 + r < g_dZin_d3 && ((((r + 16) >= v_i4) && ((r + 16) < 64)))) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_z1[r];
             }
           }
@@ -6723,10 +6595,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
     }
   }
   __syncthreads();
-  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+  if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
     // qzq2[row, col] = 0.0
     {
-      for (int i = tid; i < 512; i += 256) {
+      for (int i = tid; i < 512; i += 128) {
         const int r = i / 16, c = i % 16;
         t_qzq2[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
       }
@@ -6736,77 +6608,77 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
     const int v_i6_end = (p_hq / p_h);
     for (int v_i6 = 0; v_i6 < v_i6_end; v_i6 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6)]
+        // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
           const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i6);
           const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
-          for (int r = tid; r < 128; r += 256) {
+          for (int r = tid; r < 128; r += 128) {
             dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
           }
         }
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
-          for (int r = tid; r < 128; r += 256) {
+          for (int r = tid; r < 128; r += 128) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6)]
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
           const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i6);
           const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
-          for (int r = tid; r < 128; r += 256) {
+          for (int r = tid; r < 128; r += 128) {
             dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
           }
         }
         // z_row[row] = -((z_row[row] * f[row]))
         {
-          for (int r = tid; r < 128; r += 256) {
+          for (int r = tid; r < 128; r += 128) {
             t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
           }
         }
-        // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6), ((pid.x % 1) * 64):+64]
+        // fdy = load dY[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6), ((pid.x % 2) * 32):+32]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
           const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i6);
-          const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 2) * 32);
           const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
-          for (int i = tid; i < 8192; i += 256) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+          for (int i = tid; i < 4096; i += 128) {
+            const int r = i / 32, c = i % 32;
+            dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
         __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
-          for (int i = tid; i < 8192; i += 256) {
-            const int r = i / 64, c = i % 64;
-            t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+          for (int i = tid; i < 4096; i += 128) {
+            const int r = i / 32, c = i % 32;
+            t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
           }
         }
       }
       __syncthreads();
-      // q2 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6), 32:+32]
+      // q2 = load.async Q[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6), 32:+32]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
         const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i6);
         const int s3 = 32;
         const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __nv_bfloat16* const dst = t_q2;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 256) {
+          for (int i = tid; i < 512; i += 128) {
             const int r = i / 4, c = (i % 4) * 8;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -6815,7 +6687,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           }
         }
         else {
-          for (int i = tid; i < 4096; i += 256) {
+          for (int i = tid; i < 4096; i += 128) {
             const int r = i / 32, c = i % 32;
             dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
           }
@@ -6824,11 +6696,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
-      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // zq2_hi[row, col] = ((q2[row, col] * f[row]) * z_row[row])
         // zq2_lo[row, col] = (((q2[row, col] * f[row]) * z_row[row]) - zq2_hi[row, col])
         {
-          for (int i = tid; i < 2048; i += 256) {
+          for (int i = tid; i < 2048; i += 128) {
             const int r = i / 16, c = i % 16;
             const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q2[(r) * 40 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
             const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q2[(r) * 40 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
@@ -6837,57 +6709,53 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           }
         }
         __syncthreads();
-        // qzq2 += mma.tc(q2^T, zq2_hi) [32x16 in 16x8 units over 8 warps]
+        // qzq2 += mma.tc(q2^T, zq2_hi) [32x16 in 16x8 units over 4 warps]
         {
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            if (u < 4) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-              float acc[1][4];
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 128; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q2[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_zq2_hi[(k0 + (lane & 15)) * 24 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-              }
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            const int u = warp + j * 4;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+            float acc[1][4];
+            #pragma unroll
+            for (int q = 0; q < 1; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int k0 = 0; k0 < 128; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4_trans(af, &t_q2[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+              uint32_t bf[2];
+              prt::ldmatrix_x2_trans(bf, &t_zq2_hi[(k0 + (lane & 15)) * 24 + n0]);
+              prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
             }
+            #pragma unroll
+            for (int q = 0; q < 1; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
           }
         }
         __syncthreads();
-        // qzq2 += mma.tc(q2^T, zq2_lo) [32x16 in 16x8 units over 8 warps]
+        // qzq2 += mma.tc(q2^T, zq2_lo) [32x16 in 16x8 units over 4 warps]
         {
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            if (u < 4) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-              float acc[1][4];
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 128; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q2[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_zq2_lo[(k0 + (lane & 15)) * 24 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-              }
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            const int u = warp + j * 4;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
+            float acc[1][4];
+            #pragma unroll
+            for (int q = 0; q < 1; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
+            for (int k0 = 0; k0 < 128; k0 += 16) {
+              uint32_t af[4];
+              prt::ldmatrix_x4_trans(af, &t_q2[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+              uint32_t bf[2];
+              prt::ldmatrix_x2_trans(bf, &t_zq2_lo[(k0 + (lane & 15)) * 24 + n0]);
+              prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
             }
+            #pragma unroll
+            for (int q = 0; q < 1; ++q)
+            #pragma unroll
+              for (int e = 0; e < 4; ++e) t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
           }
         }
       }
@@ -6900,8 +6768,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
           #pragma unroll
           for (int q = 0; q < 2; ++q) {
             #pragma unroll
@@ -6916,75 +6784,75 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         const int v_i8_end = (p_hq / p_h);
         for (int v_i8 = 0; v_i8 < v_i8_end; v_i8 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8)]
+            // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
               const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i8);
               const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
-              for (int r = tid; r < 128; r += 256) {
+              for (int r = tid; r < 128; r += 128) {
                 dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
               }
             }
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
-              for (int r = tid; r < 128; r += 256) {
+              for (int r = tid; r < 128; r += 128) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8)]
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
               const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i8);
               const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
-              for (int r = tid; r < 128; r += 256) {
+              for (int r = tid; r < 128; r += 128) {
                 dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
               }
             }
             // z_row[row] = -((z_row[row] * f[row]))
             {
-              for (int r = tid; r < 128; r += 256) {
+              for (int r = tid; r < 128; r += 128) {
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
-            // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8), ((pid.x % 1) * 64):+64]
+            // fdy = load dY[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8), ((pid.x % 2) * 32):+32]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
               const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i8);
-              const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 2) * 32);
               const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
-              for (int i = tid; i < 8192; i += 256) {
-                const int r = i / 64, c = i % 64;
-                dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+              for (int i = tid; i < 4096; i += 128) {
+                const int r = i / 32, c = i % 32;
+                dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
             __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
-              for (int i = tid; i < 8192; i += 256) {
-                const int r = i / 64, c = i % 64;
-                t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+              for (int i = tid; i < 4096; i += 128) {
+                const int r = i / 32, c = i % 32;
+                t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
               }
             }
-            // q2 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8), 32:+32]
+            // q2 = load.async Q[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8), 32:+32]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
               const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i8);
               const int s3 = 32;
               const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               __nv_bfloat16* const dst = t_q2;
               if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-                for (int i = tid; i < 512; i += 256) {
+                for (int i = tid; i < 512; i += 128) {
                   const int r = i / 4, c = (i % 4) * 8;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -6993,7 +6861,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
                 }
               }
               else {
-                for (int i = tid; i < 4096; i += 256) {
+                for (int i = tid; i < 4096; i += 128) {
                   const int r = i / 32, c = i % 32;
                   dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
                 }
@@ -7006,21 +6874,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           // u2_hi[row, col] = (fdy[row, col] * (q2[row, (i7 - 32)] * f[row]))
           // u2_lo[row, col] = ((fdy[row, col] * (q2[row, (i7 - 32)] * f[row])) - u2_hi[row, col])
           {
-            for (int i = tid; i < 8192; i += 256) {
-              const int r = i / 64, c = i % 64;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q2[(r) * 40 + ((v_i7 - 32))]) * prt::to_f32(t_f[r]))));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q2[(r) * 40 + ((v_i7 - 32))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
-              t_u2_hi[(r) * 72 + (c)] = y0;
-              t_u2_lo[(r) * 72 + (c)] = y1;
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 32, c = i % 32;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q2[(r) * 40 + ((v_i7 - 32))]) * prt::to_f32(t_f[r]))));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q2[(r) * 40 + ((v_i7 - 32))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
+              t_u2_hi[(r) * 40 + (c)] = y0;
+              t_u2_lo[(r) * 40 + (c)] = y1;
             }
           }
           __syncthreads();
-          // s2 += mma.tc(q2^T, u2_hi) [32x64 in 16x16 units over 8 warps]
+          // s2 += mma.tc(q2^T, u2_hi) [32x32 in 16x16 units over 4 warps]
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+              const int u = warp + j * 4;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
               float (&acc)[2][4] = f_s2[j];
               for (int k0 = 0; k0 < 128; k0 += 16) {
                 uint32_t af[4];
@@ -7028,19 +6896,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
                 #pragma unroll
                 for (int q = 0; q < 2; q += 2) {
                   uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_u2_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                  prt::ldmatrix_x4_trans(bf, &t_u2_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
                   prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
                   prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                 }
               }
             }
           }
-          // s2 += mma.tc(q2^T, u2_lo) [32x64 in 16x16 units over 8 warps]
+          // s2 += mma.tc(q2^T, u2_lo) [32x32 in 16x16 units over 4 warps]
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+              const int u = warp + j * 4;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
               float (&acc)[2][4] = f_s2[j];
               for (int k0 = 0; k0 < 128; k0 += 16) {
                 uint32_t af[4];
@@ -7048,7 +6916,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
                 #pragma unroll
                 for (int q = 0; q < 2; q += 2) {
                   uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_u2_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                  prt::ldmatrix_x4_trans(bf, &t_u2_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
                   prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
                   prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                 }
@@ -7061,8 +6929,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
           #pragma unroll
           for (int q = 0; q < 2; ++q) {
             #pragma unroll
@@ -7073,20 +6941,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           }
         }
       }
-      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i7 * 64) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 32):+32, ((pid.x % 1) * 64):+64] = s2 where (((row + 32) >= i7) && ((row + 32) < 64))
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i7 * 64) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 32):+32, ((pid.x % 2) * 32):+32] = s2 where (((row + 32) >= i7) && ((row + 32) < 64))
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-        const int a2 = (static_cast<int>(blockIdx.x) / 1);
+        const int a2 = (static_cast<int>(blockIdx.x) / 2);
         const int s3 = ((((((v_i7 * 64) - ((v_i7 * (v_i7 - 1)) / 2)) + v_i7) - v_i7) - v_i7) + 32);
-        const int s4 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 2) * 32);
         const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
         const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
         if (ok) {
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+            const int u = warp + j * 4;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
             #pragma unroll
             for (int q = 0; q < 2; ++q) {
               #pragma unroll
@@ -7099,23 +6967,23 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         }
       }
       __syncthreads();
-      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // z2[row] = (qzq2[row, (i7 - 32)] * select(((row + 32) == i7), 1.0, 1.4142135623730951))
         {
-          for (int r = tid; r < 32; r += 256) {
+          for (int r = tid; r < 32; r += 128) {
             t_z2[r] = prt::from_f32<float>((prt::to_f32(t_qzq2[(r) * 16 + ((v_i7 - 32))]) * (((r + 32) == v_i7) ? 1.0f : 1.4142135623730951f)));
           }
         }
-        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i7 * 64) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 32):+32] = z2 where (((row + 32) >= i7) && ((row + 32) < 64))
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i7 * 64) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 32):+32] = z2 where (((row + 32) >= i7) && ((row + 32) < 64))
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int a2 = (static_cast<int>(blockIdx.x) / 2);
           const int s3 = ((((((v_i7 * 64) - ((v_i7 * (v_i7 - 1)) / 2)) + v_i7) - v_i7) - v_i7) + 32);
           const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
           const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
           if (ok) {
-            for (int r = tid; r < 32; r += 256) {
+            for (int r = tid; r < 32; r += 128) {
               if (s3 + r >= 0 && s3 + r < g_dZin_d3 && ((((r + 32) >= v_i7) && ((r + 32) < 64)))) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_z2[r];
             }
           }
@@ -7124,10 +6992,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
     }
   }
   __syncthreads();
-  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+  if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
     // qzq3[row, col] = 0.0
     {
-      for (int i = tid; i < 256; i += 256) {
+      for (int i = tid; i < 256; i += 128) {
         const int r = i / 16, c = i % 16;
         t_qzq3[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
       }
@@ -7137,77 +7005,77 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
     const int v_i9_end = (p_hq / p_h);
     for (int v_i9 = 0; v_i9 < v_i9_end; v_i9 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9)]
+        // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
           const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i9);
           const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
-          for (int r = tid; r < 128; r += 256) {
+          for (int r = tid; r < 128; r += 128) {
             dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
           }
         }
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
-          for (int r = tid; r < 128; r += 256) {
+          for (int r = tid; r < 128; r += 128) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9)]
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
           const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i9);
           const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
-          for (int r = tid; r < 128; r += 256) {
+          for (int r = tid; r < 128; r += 128) {
             dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
           }
         }
         // z_row[row] = -((z_row[row] * f[row]))
         {
-          for (int r = tid; r < 128; r += 256) {
+          for (int r = tid; r < 128; r += 128) {
             t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
           }
         }
-        // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9), ((pid.x % 1) * 64):+64]
+        // fdy = load dY[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9), ((pid.x % 2) * 32):+32]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
           const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i9);
-          const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 2) * 32);
           const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
-          for (int i = tid; i < 8192; i += 256) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+          for (int i = tid; i < 4096; i += 128) {
+            const int r = i / 32, c = i % 32;
+            dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
         __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
-          for (int i = tid; i < 8192; i += 256) {
-            const int r = i / 64, c = i % 64;
-            t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+          for (int i = tid; i < 4096; i += 128) {
+            const int r = i / 32, c = i % 32;
+            t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
           }
         }
       }
       __syncthreads();
-      // q3 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9), 48:+16]
+      // q3 = load.async Q[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9), 48:+16]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
         const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i9);
         const int s3 = 48;
         const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __nv_bfloat16* const dst = t_q3;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 256; i += 256) {
+          for (int i = tid; i < 256; i += 128) {
             const int r = i / 2, c = (i % 2) * 8;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -7216,7 +7084,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           }
         }
         else {
-          for (int i = tid; i < 2048; i += 256) {
+          for (int i = tid; i < 2048; i += 128) {
             const int r = i / 16, c = i % 16;
             dst[(r) * 24 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
           }
@@ -7225,11 +7093,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
-      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // zq3_hi[row, col] = ((q3[row, col] * f[row]) * z_row[row])
         // zq3_lo[row, col] = (((q3[row, col] * f[row]) * z_row[row]) - zq3_hi[row, col])
         {
-          for (int i = tid; i < 2048; i += 256) {
+          for (int i = tid; i < 2048; i += 128) {
             const int r = i / 16, c = i % 16;
             const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q3[(r) * 24 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
             const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q3[(r) * 24 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
@@ -7238,11 +7106,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           }
         }
         __syncthreads();
-        // qzq3 += mma.tc(q3^T, zq3_hi) [16x16 in 16x8 units over 8 warps]
+        // qzq3 += mma.tc(q3^T, zq3_hi) [16x16 in 16x8 units over 4 warps]
         {
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
+            const int u = warp + j * 4;
             if (u < 2) {
               const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
               float acc[1][4];
@@ -7265,11 +7133,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           }
         }
         __syncthreads();
-        // qzq3 += mma.tc(q3^T, zq3_lo) [16x16 in 16x8 units over 8 warps]
+        // qzq3 += mma.tc(q3^T, zq3_lo) [16x16 in 16x8 units over 4 warps]
         {
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
+            const int u = warp + j * 4;
             if (u < 2) {
               const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
               float acc[1][4];
@@ -7301,8 +7169,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 8) * 16, n0 = (u % 8) * 8;
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
           #pragma unroll
           for (int q = 0; q < 1; ++q) {
             #pragma unroll
@@ -7317,75 +7185,75 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         const int v_i11_end = (p_hq / p_h);
         for (int v_i11 = 0; v_i11 < v_i11_end; v_i11 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11)]
+            // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
               const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i11);
               const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
-              for (int r = tid; r < 128; r += 256) {
+              for (int r = tid; r < 128; r += 128) {
                 dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
               }
             }
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
-              for (int r = tid; r < 128; r += 256) {
+              for (int r = tid; r < 128; r += 128) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11)]
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
               const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i11);
               const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
-              for (int r = tid; r < 128; r += 256) {
+              for (int r = tid; r < 128; r += 128) {
                 dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
               }
             }
             // z_row[row] = -((z_row[row] * f[row]))
             {
-              for (int r = tid; r < 128; r += 256) {
+              for (int r = tid; r < 128; r += 128) {
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
-            // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11), ((pid.x % 1) * 64):+64]
+            // fdy = load dY[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11), ((pid.x % 2) * 32):+32]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
               const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i11);
-              const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 2) * 32);
               const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
-              for (int i = tid; i < 8192; i += 256) {
-                const int r = i / 64, c = i % 64;
-                dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+              for (int i = tid; i < 4096; i += 128) {
+                const int r = i / 32, c = i % 32;
+                dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
             __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
-              for (int i = tid; i < 8192; i += 256) {
-                const int r = i / 64, c = i % 64;
-                t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+              for (int i = tid; i < 4096; i += 128) {
+                const int r = i / 32, c = i % 32;
+                t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
               }
             }
-            // q3 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11), 48:+16]
+            // q3 = load.async Q[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11), 48:+16]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
               const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i11);
               const int s3 = 48;
               const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               __nv_bfloat16* const dst = t_q3;
               if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-                for (int i = tid; i < 256; i += 256) {
+                for (int i = tid; i < 256; i += 128) {
                   const int r = i / 2, c = (i % 2) * 8;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -7394,7 +7262,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
                 }
               }
               else {
-                for (int i = tid; i < 2048; i += 256) {
+                for (int i = tid; i < 2048; i += 128) {
                   const int r = i / 16, c = i % 16;
                   dst[(r) * 24 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
                 }
@@ -7407,43 +7275,43 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           // u3_hi[row, col] = (fdy[row, col] * (q3[row, (i10 - 48)] * f[row]))
           // u3_lo[row, col] = ((fdy[row, col] * (q3[row, (i10 - 48)] * f[row])) - u3_hi[row, col])
           {
-            for (int i = tid; i < 8192; i += 256) {
-              const int r = i / 64, c = i % 64;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q3[(r) * 24 + ((v_i10 - 48))]) * prt::to_f32(t_f[r]))));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q3[(r) * 24 + ((v_i10 - 48))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
-              t_u3_hi[(r) * 72 + (c)] = y0;
-              t_u3_lo[(r) * 72 + (c)] = y1;
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 32, c = i % 32;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q3[(r) * 24 + ((v_i10 - 48))]) * prt::to_f32(t_f[r]))));
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q3[(r) * 24 + ((v_i10 - 48))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
+              t_u3_hi[(r) * 40 + (c)] = y0;
+              t_u3_lo[(r) * 40 + (c)] = y1;
             }
           }
           __syncthreads();
-          // s3 += mma.tc(q3^T, u3_hi) [16x64 in 16x8 units over 8 warps]
+          // s3 += mma.tc(q3^T, u3_hi) [16x32 in 16x8 units over 4 warps]
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 8) * 16, n0 = (u % 8) * 8;
+              const int u = warp + j * 4;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
               float (&acc)[1][4] = f_s3[j];
               for (int k0 = 0; k0 < 128; k0 += 16) {
                 uint32_t af[4];
                 prt::ldmatrix_x4_trans(af, &t_q3[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
                 uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_u3_hi[(k0 + (lane & 15)) * 72 + n0]);
+                prt::ldmatrix_x2_trans(bf, &t_u3_hi[(k0 + (lane & 15)) * 40 + n0]);
                 prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
               }
             }
           }
-          // s3 += mma.tc(q3^T, u3_lo) [16x64 in 16x8 units over 8 warps]
+          // s3 += mma.tc(q3^T, u3_lo) [16x32 in 16x8 units over 4 warps]
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 8) * 16, n0 = (u % 8) * 8;
+              const int u = warp + j * 4;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
               float (&acc)[1][4] = f_s3[j];
               for (int k0 = 0; k0 < 128; k0 += 16) {
                 uint32_t af[4];
                 prt::ldmatrix_x4_trans(af, &t_q3[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
                 uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_u3_lo[(k0 + (lane & 15)) * 72 + n0]);
+                prt::ldmatrix_x2_trans(bf, &t_u3_lo[(k0 + (lane & 15)) * 40 + n0]);
                 prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
               }
             }
@@ -7454,8 +7322,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 8) * 16, n0 = (u % 8) * 8;
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
           #pragma unroll
           for (int q = 0; q < 1; ++q) {
             #pragma unroll
@@ -7466,20 +7334,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           }
         }
       }
-      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i10 * 64) - ((i10 * (i10 - 1)) // 2)) + i10) - i10) - i10) + 48):+16, ((pid.x % 1) * 64):+64] = s3 where (((row + 48) >= i10) && ((row + 48) < 64))
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i10 * 64) - ((i10 * (i10 - 1)) // 2)) + i10) - i10) - i10) + 48):+16, ((pid.x % 2) * 32):+32] = s3 where (((row + 48) >= i10) && ((row + 48) < 64))
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-        const int a2 = (static_cast<int>(blockIdx.x) / 1);
+        const int a2 = (static_cast<int>(blockIdx.x) / 2);
         const int s3 = ((((((v_i10 * 64) - ((v_i10 * (v_i10 - 1)) / 2)) + v_i10) - v_i10) - v_i10) + 48);
-        const int s4 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 2) * 32);
         const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
         const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
         if (ok) {
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 8) * 16, n0 = (u % 8) * 8;
+            const int u = warp + j * 4;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
             #pragma unroll
             for (int q = 0; q < 1; ++q) {
               #pragma unroll
@@ -7492,23 +7360,23 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         }
       }
       __syncthreads();
-      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // z3[row] = (qzq3[row, (i10 - 48)] * select(((row + 48) == i10), 1.0, 1.4142135623730951))
         {
-          for (int r = tid; r < 16; r += 256) {
+          for (int r = tid; r < 16; r += 128) {
             t_z3[r] = prt::from_f32<float>((prt::to_f32(t_qzq3[(r) * 16 + ((v_i10 - 48))]) * (((r + 48) == v_i10) ? 1.0f : 1.4142135623730951f)));
           }
         }
-        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i10 * 64) - ((i10 * (i10 - 1)) // 2)) + i10) - i10) - i10) + 48):+16] = z3 where (((row + 48) >= i10) && ((row + 48) < 64))
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i10 * 64) - ((i10 * (i10 - 1)) // 2)) + i10) - i10) - i10) + 48):+16] = z3 where (((row + 48) >= i10) && ((row + 48) < 64))
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int a2 = (static_cast<int>(blockIdx.x) / 2);
           const int s3 = ((((((v_i10 * 64) - ((v_i10 * (v_i10 - 1)) / 2)) + v_i10) - v_i10) - v_i10) + 48);
           const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
           const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
           if (ok) {
-            for (int r = tid; r < 16; r += 256) {
+            for (int r = tid; r < 16; r += 128) {
               if (s3 + r >= 0 && s3 + r < g_dZin_d3 && ((((r + 48) >= v_i10) && ((r + 48) < 64)))) g_dZin[base + static_cast<long long>(r) * g_dZin_s3] = t_z3[r];
             }
           }
@@ -11009,17 +10877,17 @@ extern "C" cudaError_t prt_attention_bwd_p2_d64_e64_c128_bf16_w8_bd64_bt64_s1_la
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_query_state_bwd_dq_p2_d64_e64_c128_bf16_w8_bd0_bt128_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d64_e64_c128_bf16_w8_bd0_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 137728);
+extern "C" cudaError_t prt_query_state_bwd_dq_p2_d64_e64_c128_bf16_w4_bd0_bt128_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d64_e64_c128_bf16_w4_bd0_bt128_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 114176);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_dq_p2_d64_e64_c128_bf16_w8_bd0_bt128_s2<<<grid, 256, 137728, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
+  prt_query_state_bwd_dq_p2_d64_e64_c128_bf16_w4_bd0_bt128_s1<<<grid, 128, 114176, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_query_state_bwd_ds_p2_d64_e64_c128_bf16_w8_bd64_bt128_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_ds_p2_d64_e64_c128_bf16_w8_bd64_bt128_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 93952);
+extern "C" cudaError_t prt_query_state_bwd_ds_p2_d64_e64_c128_bf16_w4_bd32_bt128_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_ds_p2_d64_e64_c128_bf16_w4_bd32_bt128_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 61184);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_ds_p2_d64_e64_c128_bf16_w8_bd64_bt128_s1<<<grid, 256, 93952, stream>>>(g_Q, g_logG, g_dY, g_lse, g_Dy, g_dSin, g_dZin, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_query_state_bwd_ds_p2_d64_e64_c128_bf16_w4_bd32_bt128_s1<<<grid, 128, 61184, stream>>>(g_Q, g_logG, g_dY, g_lse, g_Dy, g_dSin, g_dZin, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
