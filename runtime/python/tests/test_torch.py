@@ -51,6 +51,14 @@ def rel(x, ref):
     return ((x.double() - ref).norm() / ref.norm().clamp_min(1e-300)).item()
 
 
+WORST = {}  # (dtype, output) -> (worst relative error against float64, case): printed at the end
+
+
+def note(dtype, name, err, label):
+    if err > WORST.get((dtype, name), (-1.0, ""))[0]:
+        WORST[(dtype, name)] = (err, label)
+
+
 def inputs(b, t, hq, h, d, dtype, gated, seed=0):
     g = torch.Generator(device="cuda").manual_seed(seed)
     Q = torch.randn(b, t, hq, d, device="cuda", generator=g).to(DT[dtype])
@@ -67,6 +75,12 @@ class TorchTest(unittest.TestCase):
 
         self.prt = prt
 
+    @classmethod
+    def tearDownClass(cls):
+        # the numbers behind the assertions, for the README and the device log
+        for (dtype, name), (err, label) in sorted(WORST.items()):
+            print(f"test_torch: worst relative error against float64, {dtype} {name}: {err:.2e} ({label})", file=sys.stderr)
+
     def check_case(self, b, t, hq, h, d, deg, dtype, gated, chunk):
         Q, K, V, G = inputs(b, t, hq, h, d, dtype, gated)
         leaves = [x.detach().clone().requires_grad_(True) for x in (Q, K, V)]
@@ -78,6 +92,7 @@ class TorchTest(unittest.TestCase):
         ref = reference(*refl, Gr, deg, scale)
         label = f"b{b} t{t} hq{hq} h{h} d{d} p{deg} {dtype} gated={gated} chunk={chunk}"
         self.assertFalse(torch.isnan(Y).any().item(), label)
+        note(dtype, "Y", rel(Y, ref), label)
         self.assertLess(rel(Y, ref), TOL[dtype], label)
         dY = torch.randn_like(ref)
         grads = torch.autograd.grad(Y, leaves + ([Gl] if Gl is not None else []), dY.to(Y.dtype))
@@ -88,6 +103,7 @@ class TorchTest(unittest.TestCase):
                 # noise there, so compare absolutely (SPEC.md, "Gradients")
                 self.assertLess((x.double() - r).norm().item(), 1e-6, f"{label} {name}")
                 continue
+            note(dtype, name, rel(x, r), label)
             self.assertLess(rel(x, r), 2 * TOL[dtype], f"{label} {name}")
 
     def test_against_float64(self):
