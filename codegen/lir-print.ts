@@ -42,7 +42,7 @@ export function printLStmt(s: LStmt, ind: string, ranks: Ranks = new Map()): str
     case "map":
       return [`${ind}${s.dst}[${ranks.get(s.dst) === 1 ? "row" : "row, col"}] = ${printExpr(s.expr)}`];
     case "reduce":
-      return [`${ind}${s.dst} = reduce_${s.fn}(${s.src}, axis=${s.axis})`];
+      return [`${ind}${s.dst} = reduce_${s.fn}(${s.src}, axis=${s.axis})${s.scratch ? ` via ${s.scratch}` : ""}`];
     case "scan":
       return [`${ind}${s.dst} = cumsum(${s.src}, axis=${s.axis}${s.reverse ? ", reverse" : ""})`];
     case "mma": {

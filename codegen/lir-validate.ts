@@ -3,7 +3,7 @@
 
 import type { BufferDecl, Kernel, Stmt } from "../dsl/ir.ts";
 import { validateKernel } from "../dsl/validate.ts";
-import { bufferOf, readNodes, sameTiling, smemTileBytes, walkStmts, type LKernel, type LStmt } from "./lir.ts";
+import { bufferOf, readNodes, sameTiling, smemTileBytes, tilingUnitsPerRow, walkStmts, type LKernel, type LStmt } from "./lir.ts";
 import { SMEM_ALIGN, whyNotAsync, whyNotTensorCores, mmaShape } from "./lower/rules.ts";
 
 /** The DSL kernel an LIR kernel computes (lowering-only statements dropped). */
@@ -15,6 +15,10 @@ export function toDsl(k: LKernel): Kernel {
           return [{ kind: "load", dst: s.dst, tensor: s.tensor, slices: s.slices }];
         case "mma": {
           const { impl: _impl, ...rest } = s;
+          return [rest];
+        }
+        case "reduce": {
+          const { scratch: _scratch, ...rest } = s;
           return [rest];
         }
         case "for":
@@ -98,7 +102,21 @@ export function validateLir(k: LKernel): string[] {
         }
         break;
       }
-      case "reduce":
+      case "reduce": {
+        const src = bufferOf(k, s.src);
+        if (frag(s.dst)) where(`reduce ${s.src} -> ${s.dst}: the destination must be in shared memory`);
+        if (src.home === "frag" && s.axis !== 1) where(`reduce ${s.src} -> ${s.dst}: a frag tile reduces along axis 1 only (per row)`);
+        const units = src.home === "frag" && src.tiling ? tilingUnitsPerRow(src.tiling) : 1;
+        if (units === 1) {
+          if (s.scratch !== null) where(`reduce ${s.src} -> ${s.dst}: scratch ${s.scratch} without partials to combine`);
+        } else if (s.scratch === null) where(`reduce ${s.src} -> ${s.dst}: ${units} units share each row, no scratch to combine them in`);
+        else {
+          const x = bufferOf(k, s.scratch);
+          if (x.home !== "smem" || x.type.dtype !== "f32" || x.type.shape.length !== 2 || x.type.shape[0] !== units || x.type.shape[1] !== src.type.shape[0])
+            where(`reduce ${s.src} -> ${s.dst}: scratch ${s.scratch} must be a shared f32 [${units}, ${src.type.shape[0]}]`);
+        }
+        break;
+      }
       case "scan":
         if (frag(s.src) || frag(s.dst)) where(`${s.kind} ${s.src} -> ${s.dst}: tiles must be in shared memory`);
         break;

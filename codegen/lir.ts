@@ -6,7 +6,8 @@
 //   - every mma has an implementation (tensor cores, FMA in fragment layout, plain FMA);
 //   - loads say whether they may go through cp.async, and async waits are statements;
 //   - barriers are statements, so a pass can remove the ones that separate independent work;
-//   - pipelined loops bind a stage copy of their streamed tiles per iteration.
+//   - pipelined loops bind a stage copy of their streamed tiles per iteration;
+//   - a row reduce of a frag tile names its cross-warp scratch (see the reduce statement).
 
 import type { DType } from "../dsl/dtype.ts";
 import type { BufferDecl, Expr, Kernel, ParamDecl, Slice, Stmt, TensorDecl, TileType } from "../dsl/ir.ts";
@@ -25,6 +26,8 @@ export interface WarpTiling {
 export const tilingUnits = (t: WarpTiling): number => (t.m / 16) * (t.n / (8 * t.nt));
 /** Units a warp owns at most (fragment slots per thread). */
 export const tilingSlots = (t: WarpTiling): number => Math.ceil(tilingUnits(t) / t.warps);
+/** Units of a tiling that share each row block (the partials a row reduce combines across warps). */
+export const tilingUnitsPerRow = (t: WarpTiling): number => t.n / (8 * t.nt);
 export const sameTiling = (a: WarpTiling, b: WarpTiling): boolean => a.m === b.m && a.n === b.n && a.nt === b.nt && a.warps === b.warps;
 
 export type Home = "smem" | "frag";
@@ -53,7 +56,20 @@ export type MmaImpl =
   | { readonly kind: "fma" };
 
 export type LStmt =
-  | Exclude<Stmt, { kind: "for" } | { kind: "if" } | { kind: "mma" } | { kind: "load" }>
+  | Exclude<Stmt, { kind: "for" } | { kind: "if" } | { kind: "mma" } | { kind: "load" } | { kind: "reduce" }>
+  | {
+      readonly kind: "reduce";
+      readonly dst: string;
+      readonly src: string;
+      readonly fn: "sum" | "max";
+      readonly axis: 0 | 1;
+      /** A row reduce (axis 1) of a frag tile runs in registers: each thread combines the elements
+       * of its rows, the 4 lanes of a quad (one row of each 16x8 tile) by shuffles; when several
+       * units of the tiling share rows (n / (8 nt) > 1 of them), each unit's row partials go to
+       * this shared f32 [units per row, rows] scratch and, after one barrier, are combined in unit
+       * order (fixed, so sums are deterministic). null: smem source, or one unit per row block. */
+      readonly scratch: string | null;
+    }
   | {
       readonly kind: "load";
       readonly dst: string;
@@ -125,6 +141,8 @@ export function fromDsl(k: Kernel): LKernel {
         return { ...s, mode: "scalar", stage: null };
       case "mma":
         return { ...s, impl: null };
+      case "reduce":
+        return { ...s, scratch: null };
       case "for":
         return { ...s, body: s.body.map(stmt) };
       case "if":
@@ -251,6 +269,13 @@ export function stmtAccess(s: LStmt): { reads: Set<string>; writes: Set<string> 
       writes.add(s.dst);
       break;
     case "reduce":
+      reads.add(s.src);
+      writes.add(s.dst);
+      if (s.scratch !== null) {
+        reads.add(s.scratch);
+        writes.add(s.scratch);
+      }
+      break;
     case "scan":
       reads.add(s.src);
       writes.add(s.dst);

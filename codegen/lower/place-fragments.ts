@@ -5,14 +5,16 @@
 //   - a load fills it or a store writes it out (any element order works),
 //   - a map writes it, or reads it at exactly [row, col] while writing another tile of the same
 //     tiling (so the thread that owns the element computes it).
-// Tiles that are reduced, scanned, fed to an mma or read at another element stay in shared memory,
-// and so do 1-D reg tiles (row vectors) for now. Decided as a fixed point, since a map can tie
+//   - a reduce along axis 1 reads it (one value per row: combined in registers, then across the
+//     quad's lanes by shuffles, then across warps through a small shared scratch).
+// Tiles that are reduced along axis 0, scanned, fed to an mma or read at another element stay in
+// shared memory, and so do 1-D reg tiles (row vectors, reduce destinations) for now. Decided as a fixed point, since a map can tie
 // several tiles to each other; capped at MAX_FRAG_REGISTERS per tile and MAX_FRAG_REGISTERS_TOTAL
 // for the tiles live at any one point (plan-shared's live ranges: tiles of disjoint phases do not
 // compete, nvcc reuses their registers).
 
 import type { Expr } from "../../dsl/ir.ts";
-import { exprReads, readNodes, sameTiling, stmtAccess, walkStmts, type LKernel, type WarpTiling } from "../lir.ts";
+import { exprReads, mapStmts, readNodes, sameTiling, stmtAccess, tilingUnitsPerRow, walkStmts, type LBuffer, type LKernel, type WarpTiling } from "../lir.ts";
 import { liveRanges } from "./plan-shared.ts";
 import { chooseTiling, fragRegisters, MAX_FRAG_REGISTERS, MAX_FRAG_REGISTERS_TOTAL } from "./rules.ts";
 
@@ -68,6 +70,12 @@ function prune(k: LKernel, set: Map<string, WarpTiling>): boolean {
           }
           break;
         }
+        case "reduce":
+          if (s.src !== name || s.axis !== 1) drop.add(name);
+          break;
+        case "reduce":
+          if (s.src !== name || s.axis !== 1) drop.add(name);
+          break;
         default:
           drop.add(name);
       }
@@ -104,10 +112,34 @@ export function fragmentTilings(k: LKernel): Map<string, WarpTiling> {
   }
 }
 
+/** Row reduces of frag tiles whose rows several units share get a shared scratch [units, rows]
+ * for the cross-warp combine, one per (destination, shape), named after the destination. */
+function withScratch(k: LKernel, set: Map<string, WarpTiling>): LKernel {
+  const names = new Set([...k.params.map((p) => p.name), ...k.tensors.map((t) => t.name), ...k.buffers.map((b) => b.name)]);
+  const made = new Map<string, string>(); // "dst:units" -> scratch name
+  const extra: LBuffer[] = [];
+  const body = mapStmts(k.body, (s) => {
+    if (s.kind !== "reduce" || !set.has(s.src)) return s;
+    const t = set.get(s.src)!, units = tilingUnitsPerRow(t);
+    if (units === 1) return s;
+    const key = `${s.dst}:${units}`;
+    let name = made.get(key);
+    if (!name) {
+      name = `${s.dst}_part`;
+      for (let i = 2; names.has(name); i++) name = `${s.dst}_part${i}`;
+      names.add(name);
+      made.set(key, name);
+      extra.push({ name, type: { shape: [units, t.m], dtype: "f32", space: "shared" }, home: "smem", pitch: t.m, copies: 1, offset: null, tiling: null });
+    }
+    return { ...s, scratch: name };
+  });
+  return { ...k, buffers: [...k.buffers, ...extra], body };
+}
+
 export function placeFragments(k: LKernel): LKernel {
   const set = fragmentTilings(k);
-  return {
+  return withScratch({
     ...k,
     buffers: k.buffers.map((b) => (set.has(b.name) ? { ...b, home: "frag" as const, tiling: set.get(b.name)! } : b)),
-  };
+  }, set);
 }

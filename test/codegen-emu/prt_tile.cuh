@@ -433,6 +433,16 @@ template <typename T> void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint
   emu::warp_sync();
 }
 
+// Over the 4 lanes of a quad (lanes 4g .. 4g+3: one row of an m16n8 accumulator tile), every
+// lane gets the result; the pairwise order makes it bit-identical on the 4 lanes.
+inline float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+inline float quad_max(float v) {
+  v = max_nan(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return max_nan(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
 inline float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
