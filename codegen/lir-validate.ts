@@ -3,7 +3,7 @@
 
 import type { BufferDecl, Kernel, Stmt } from "../dsl/ir.ts";
 import { validateKernel } from "../dsl/validate.ts";
-import { bufferOf, readNodes, sameTiling, smemTileBytes, tilingUnitsPerRow, walkStmts, type LKernel, type LStmt } from "./lir.ts";
+import { bufferOf, mapFragReads, readNodes, sameTiling, smemTileBytes, tilingUnitsPerRow, walkStmts, type LKernel, type LStmt } from "./lir.ts";
 import { SMEM_ALIGN, whyNotAsync, whyNotTensorCores, mmaShape } from "./lower/rules.ts";
 
 /** The DSL kernel an LIR kernel computes (lowering-only statements dropped). */
@@ -93,7 +93,12 @@ export function validateLir(k: LKernel): string[] {
         if (s.stage !== null && bufferOf(k, s.dst).copies < 2) where(`load into stage of ${s.dst}, which has one copy`);
         break;
       case "map": {
-        const dt = bufferOf(k, s.dst).tiling;
+        const d = bufferOf(k, s.dst);
+        const fr = mapFragReads(k, s);
+        // a shared destination of the frag tiles' shape is written per fragment element, in the first one's tiling
+        const dt = d.tiling ?? (fr.length ? bufferOf(k, fr[0]!).tiling : null);
+        if (d.home === "smem" && dt && (d.type.shape.length !== 2 || d.type.shape[0] !== dt.m || d.type.shape[1] !== dt.n))
+          where(`map into shared ${s.dst} [${d.type.shape}] reads frag tiles of another shape`);
         for (const r of readNodes(s.expr)) {
           if (!frag(r.buf)) continue;
           const own = r.index.length === 2 && r.index[0]!.op === "row" && r.index[1]!.op === "col";

@@ -316,6 +316,12 @@ export function stmtAccess(s: LStmt): { reads: Set<string>; writes: Set<string> 
   return { reads, writes };
 }
 
+/** The frag tiles a map reads (at [row, col], the validator checks): a map into a shared tile that
+ * reads some runs over their fragment elements (every thread writes the elements it owns). */
+export function mapFragReads(k: LKernel, s: Extract<LStmt, { kind: "map" }>): string[] {
+  return [...exprReads(s.expr)].filter((n) => bufferOf(k, n).home === "frag");
+}
+
 /** Element type names in CUDA C++. */
 export function cType(t: DType): string {
   return t === "f32" ? "float" : t === "f16" ? "__half" : "__nv_bfloat16";

@@ -5,7 +5,7 @@
 
 import { dtypeBytes } from "../dsl/dtype.ts";
 import { printExpr } from "../dsl/print.ts";
-import { bufferOf, cType, smemTileBytes, threadsOf, tilingSlots, tilingUnits, tilingUnitsPerRow, walkStmts, type LKernel, type LStmt } from "./lir.ts";
+import { bufferOf, cType, mapFragReads, smemTileBytes, threadsOf, tilingSlots, tilingUnits, tilingUnitsPerRow, walkStmts, type LKernel, type LStmt } from "./lir.ts";
 import { printLStmt, printTiling, ranksOf } from "./lir-print.ts";
 import { renderExpr, renderF32, cName, smemElem, NEG_INF, type ExprCtx } from "./render-expr.ts";
 import { renderLoad, renderStore } from "./render-memory.ts";
@@ -21,6 +21,13 @@ function renderMap(o: Emitter, k: LKernel, s: Extract<LStmt, { kind: "map" }>): 
   const d = bufferOf(k, s.dst);
   if (d.home === "frag") {
     fragLoop(o, k, s.dst, (r, c, sub) => o.line(`${cName("f", s.dst)}${sub} = ${renderF32(s.expr, { k, row: r, col: c, fragElem: sub })};`));
+    return;
+  }
+  const fr = mapFragReads(k, s);
+  if (fr.length) {
+    // a shared destination computed from frag tiles: each thread writes the elements it owns
+    fragLoop(o, k, fr[0]!, (r, c, sub) =>
+      o.line(`${tileElem(k, s.dst, r, c)} = prt::from_f32<${cType(d.type.dtype)}>(${renderF32(s.expr, { k, row: r, col: c, fragElem: sub })});`));
     return;
   }
   elemLoop(o, k, d.type.shape, (r, c) => {

@@ -358,6 +358,52 @@ describe("elide-barriers", () => {
   });
 });
 
+describe("elide-barriers over register fragments", () => {
+  it("a row reduce of fragments waits only for its scratch (here bytes shared with a, read by the mma); its result is read per row, and maps over one tiling chain, without barriers", () => {
+    const k = kernel("softmax", 4, (k) => {
+      const n = k.param("n", "i32");
+      const Y = k.tensor("Y", "bf16", [n, 32, 32], "out");
+      const a = k.shared("a", [32, 32], "f16");
+      const w = k.reg("w", [32, 32], "f32"); // mma result, reduced per row: registers
+      const m = k.reg("m", [32], "f32");
+      const p = k.shared("p", [32, 32], "bf16"); // from w per fragment element
+      const q = k.shared("q", [32, 32], "bf16"); // reads p at its own element in the same tiling
+      k.fill(a, 1);
+      k.mma(w, a, a);
+      k.map(w, ({ row, col }) => w.at(row, col).mul(2));
+      k.reduce(m, w, "max", 1);
+      k.map(m, ({ row }) => m.at(row).add(1));
+      k.map(p, ({ row, col }) => w.at(row, col).sub(m.at(row)).exp());
+      k.map(q, ({ row, col }) => p.at(row, col).mul(w.at(row, col)));
+      k.store(Y, [k.programId(0), range(0, 32), range(0, 32)], q);
+    });
+    const { after } = pair(k, "elide-barriers");
+    expect(after).toMatchInlineSnapshot(`
+      "kernel softmax($n: i32) grid (1, 1, 1) warps 4 smem 4480
+        out Y: bf16[$n, 32, 32]
+        smem a: f16[32, 32] pitch 40 @0
+        frag w: f32[32, 32] (32x32 in 16x16 units over 4 warps)
+        smem m: f32[32] @256
+        smem p: bf16[32, 32] @384
+        smem q: bf16[32, 32] @2432
+        smem m_part: f32[2, 32] @0
+        a[row, col] = 1.0
+        barrier
+        w = mma.tc(a, a) [32x32 in 16x16 units over 4 warps]
+        w[row, col] = (w[row, col] * 2.0)
+        barrier
+        m = reduce_max(w, axis=1) via m_part
+        m[row] = (m[row] + 1.0)
+        barrier
+        p[row, col] = exp((w[row, col] - m[row]))
+        q[row, col] = (p[row, col] * w[row, col])
+        barrier
+        store Y[pid.x, 0:+32, 0:+32] = q
+      "
+    `);
+  });
+});
+
 describe("fuse-maps (render time)", () => {
   const runsOf = (k: Kernel): string[][] => {
     const lk = lowerUpTo(k, PASSES.at(-1)!.name);

@@ -4,11 +4,12 @@
 // (read after write, write after read or write) between the statements they separate, compared by
 // byte ranges so tiles that share bytes (plan-shared) are ordered too. A statement that only reads
 // (or overwrites) the elements of a tile that its own threads wrote in the same element loop needs
-// no barrier: maps and scalar loads over one shape give element e to the same thread. Register
-// fragments are thread-private and never need one. Async copies count as written when waited for.
+// no barrier: maps and scalar loads over one shape give element e to the same thread (and maps
+// that read frag tiles give a shared destination's element e to its owner in their tiling).
+// Register fragments are thread-private and never need one. Async copies count as written when waited for.
 
-import { printLStmt } from "../lir-print.ts";
-import { bufferOf, exprReads, readNodes, smemTileBytes, stmtAccess, type LKernel, type LStmt } from "../lir.ts";
+import { printLStmt, printTiling } from "../lir-print.ts";
+import { bufferOf, exprReads, mapFragReads, readNodes, smemTileBytes, stmtAccess, type LKernel, type LStmt } from "../lir.ts";
 
 export function insertBarriers(k: LKernel): LKernel {
   const list = (body: readonly LStmt[], loop: boolean): LStmt[] => {
@@ -65,17 +66,22 @@ function accessModes(k: LKernel, s: LStmt): { reads: Map<string, Mode>; writes: 
   const w = new Map<string, Mode>([...writes].map((n) => [n, ANY]));
   const shapeKey = (n: string): string => `elem:${bufferOf(k, n).type.shape.join("x")}`;
   const smem = (n: string): boolean => bufferOf(k, n).home === "smem";
+  const sameShape = (a: string, b: string): boolean => shapeKey(a) === shapeKey(b);
   if (s.kind === "map" && smem(s.dst)) {
-    const key = shapeKey(s.dst);
+    // a map reading frag tiles writes its shared destination per fragment element of their tiling
+    const fr = mapFragReads(k, s);
+    const key = fr.length ? `frag:${printTiling(bufferOf(k, fr[0]!).tiling!)}` : shapeKey(s.dst);
     w.set(s.dst, key);
     const modes = new Map<string, Mode>();
     for (const rd of readNodes(s.expr)) {
       const own = rd.index[0]!.op === "row" && (rd.index.length === 1 || rd.index[1]!.op === "col");
-      const m = own && smem(rd.buf) && shapeKey(rd.buf) === key ? key : ANY;
+      const m = own && smem(rd.buf) && sameShape(rd.buf, s.dst) ? key : ANY;
       modes.set(rd.buf, modes.has(rd.buf) && modes.get(rd.buf) !== m ? ANY : m);
     }
     for (const [n, m] of modes) r.set(n, m);
   }
+  // a frag row reduce combining through its scratch writes dst[r] from thread r mod threads, as a 1-D map does
+  if (s.kind === "reduce" && s.scratch !== null) w.set(s.dst, shapeKey(s.dst));
   if (s.kind === "load" && s.mode === "scalar" && s.stage === null && smem(s.dst)) w.set(s.dst, shapeKey(s.dst));
   if (s.kind === "store" && smem(s.src) && s.slices.every((x) => !exprReads(x.kind === "at" ? x.at : x.start).has(s.src)))
     r.set(s.src, shapeKey(s.src));

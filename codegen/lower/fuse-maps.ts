@@ -13,11 +13,12 @@
 // loads that two expressions share) and lo reads hi from a register.
 
 import type { Expr } from "../../dsl/ir.ts";
-import { bufferOf, exprReads, readNodes, smemTileBytes, type LKernel, type LStmt } from "../lir.ts";
+import { bufferOf, exprReads, mapFragReads, readNodes, smemTileBytes, type LKernel, type LStmt } from "../lir.ts";
 
 export type MapStmt = Extract<LStmt, { kind: "map" }>;
 
-const isSmemMap = (k: LKernel, s: LStmt): s is MapStmt => s.kind === "map" && bufferOf(k, s.dst).home === "smem";
+/** A map over a shared tile's element loop (not one reading frag tiles, which runs over fragments). */
+const isSmemMap = (k: LKernel, s: LStmt): s is MapStmt => s.kind === "map" && bufferOf(k, s.dst).home === "smem" && mapFragReads(k, s).length === 0;
 
 export const ownElement = (rank: number, index: readonly Expr[]): boolean =>
   rank === 1 ? index.length === 1 && index[0]!.op === "row" : index.length === 2 && index[0]!.op === "row" && index[1]!.op === "col";

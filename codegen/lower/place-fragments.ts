@@ -63,10 +63,16 @@ function prune(k: LKernel, set: Map<string, WarpTiling>): boolean {
           if (s.slices.some((x) => exprReads(x.kind === "at" ? x.at : x.start).has(name))) drop.add(name);
           break;
         case "map": {
+          // into a frag tile of the same tiling, or into a shared tile of the same shape (written
+          // per fragment element: then every frag tile the map reads must share one tiling)
           const dstT = set.get(s.dst);
+          const dst = k.buffers.find((b) => b.name === s.dst)!.type.shape;
+          const peers = [...exprReads(s.expr)].map((n) => set.get(n)).filter((x) => x !== undefined);
           for (const r of readNodes(s.expr)) {
             if (r.buf !== name) continue;
-            if (!ownElement(r.index) || !dstT || !sameTiling(dstT, t)) drop.add(name);
+            if (!ownElement(r.index)) drop.add(name);
+            else if (dstT ? !sameTiling(dstT, t) : dst.length !== 2 || dst[0] !== t.m || dst[1] !== t.n || peers.some((p) => !sameTiling(p, t)))
+              drop.add(name);
           }
           break;
         }
