@@ -17,7 +17,8 @@
 //    with Zu [W, W] the u part, Zu_ab = u_(min, max) times 2 on the diagonal and sqrt 2 off it
 //    (the gradient of k^T Msym k, Msym_ab = u_(a,b) w_ab / (1 + [a != b])). K and V enter the
 //    mmas exact in their dtype (bf16 hi + lo pairs for f16, see below); only Ut_a and Zu are
-//    rounded. dk . k comes from Euler's identity, dk_j . k_j = 2 g_j (sum_a k_ja r_a[j] + k_j Zu k_j / 2),
+//    rounded. The row sum is taken as sum_e v_je P_a[j, e] (the same sum, T_a = V Ut_a^T and
+//    P_a = K Ut_a sharing Ut_a): a row reduce of the accumulator P_a, in registers. dk . k comes from Euler's identity, dk_j . k_j = 2 g_j (sum_a k_ja r_a[j] + k_j Zu k_j / 2),
 //    r_a the row sum above, so dk itself never leaves registers before its store.
 
 import { max, min, range, select, traceKernel, type KernelBuilder, type Val } from "../builder.ts";
@@ -148,6 +149,7 @@ function buildFactored(spec: Spec, sch: Schedule): Kernel {
     };
     const vt = dataOperand(k, "v", [c, e], dtype, sd, { spec, site: "update_state_bwd.v" });
     vt.load(V, [bi, rows, hk, range(0, e)]); // [c, e]
+    const vAt = (j: Val, x: Val): Val => ("hi" in vt.op ? (vt.op.lo ? vt.op.hi.at(j, x).add(vt.op.lo.at(j, x)) : vt.op.hi.at(j, x)) : vt.op.at(j, x));
 
     // The u part: dk = K Zu to start with, and s = k Zu k / 2 = u . phi(k), Euler's half of dk . k.
     const dk = k.reg("dk", [c, W], "f32"); // dk / g
@@ -173,8 +175,8 @@ function buildFactored(spec: Spec, sch: Schedule): Kernel {
       const c0 = 16 * I, w = W - c0; // this block's a in [c0, c0 + 16); rows b in [c0, W)
       const kI = kOperand(I);
       const uRaw = k.shared(`u${I}_f32`, [w, e], "f32");
-      const pA = k.reg(`p${I}`, [c, e], "f32"); // P_a
-      const tA = k.shared(`t${I}`, [c, w], "f32"); // T_a, then T_a * K[:, c0:] (row-summed)
+      const pA = k.reg(`p${I}`, [c, e], "f32"); // P_a, then P_a * V (row-summed)
+      const tA = k.shared(`t${I}`, [c, w], "f32"); // T_a
       k.fill(r16, 0);
       k.for(c0, Math.min(c0 + 16, d), (a) => {
         const bb = (row: Val): Val => row.add(c0);
@@ -184,10 +186,10 @@ function buildFactored(spec: Spec, sch: Schedule): Kernel {
           select(bb(row).lt(a).or(bb(row).ge(d)), 0, uRaw.at(row, col).mul(pairWeight(a, bb(row))))); // Ut_a [w, e]
         mmaSplit(k, pA, kI, ut); // [c, w] @ [w, e]
         k.map(dv, ({ row, col }) => dv.at(row, col).add(kAt(row, a).mul(pA.at(row, col))));
+        k.map(pA, ({ row, col }) => pA.at(row, col).mul(vAt(row, col))); // V as T_a's mma sees it
+        k.reduce(r, pA, "sum", 1); // [c] r_a = sum_b k_b T_a[:, b] = sum_e v_e P_a[:, e]
         mmaSplit(k, tA, vt.op, ut, { transB: true }); // [c, e] @ [e, w]
         k.map(dk, ({ row, col }) => select(col.ge(c0), dk.at(row, col).add(kAt(row, a).mul(tA.at(row, col.sub(c0).max(0)))), dk.at(row, col)));
-        k.map(tA, ({ row, col }) => tA.at(row, col).mul(kAt(row, col.add(c0))));
-        k.reduce(r, tA, "sum", 1); // [c]
         k.map(r16, ({ row, col }) => select(col.eq(a.sub(c0)), r.at(row), r16.at(row, col)));
         k.map(s, ({ row }) => s.at(row).add(kAt(row, a).mul(r.at(row))));
       }, { stages: sch.stages });
