@@ -3,7 +3,7 @@
 
 import type { BufferDecl, Kernel, Stmt } from "../dsl/ir.ts";
 import { validateKernel } from "../dsl/validate.ts";
-import { bufferOf, mapFragReads, readNodes, sameTiling, smemTileBytes, tilingUnitsPerRow, walkStmts, type LKernel, type LStmt } from "./lir.ts";
+import { bufferOf, mapFragReads, readNodes, sameTiling, smemTileBytes, reducePartials, walkStmts, type LKernel, type LStmt } from "./lir.ts";
 import { SMEM_ALIGN, whyNotAsync, whyNotTensorCores, mmaShape } from "./lower/rules.ts";
 
 /** The DSL kernel an LIR kernel computes (lowering-only statements dropped). */
@@ -110,15 +110,15 @@ export function validateLir(k: LKernel): string[] {
       case "reduce": {
         const src = bufferOf(k, s.src);
         if (frag(s.dst)) where(`reduce ${s.src} -> ${s.dst}: the destination must be in shared memory`);
-        if (src.home === "frag" && s.axis !== 1) where(`reduce ${s.src} -> ${s.dst}: a frag tile reduces along axis 1 only (per row)`);
-        const units = src.home === "frag" && src.tiling ? tilingUnitsPerRow(src.tiling) : 1;
+        const units = src.home === "frag" && src.tiling ? reducePartials(src.tiling, s.axis) : 1;
         if (units === 1) {
           if (s.scratch !== null) where(`reduce ${s.src} -> ${s.dst}: scratch ${s.scratch} without partials to combine`);
         } else if (s.scratch === null) where(`reduce ${s.src} -> ${s.dst}: ${units} units share each row, no scratch to combine them in`);
         else {
           const x = bufferOf(k, s.scratch);
-          if (x.home !== "smem" || x.type.dtype !== "f32" || x.type.shape.length !== 2 || x.type.shape[0] !== units || x.type.shape[1] !== src.type.shape[0])
-            where(`reduce ${s.src} -> ${s.dst}: scratch ${s.scratch} must be a shared f32 [${units}, ${src.type.shape[0]}]`);
+          const len = src.type.shape[s.axis === 1 ? 0 : 1];
+          if (x.home !== "smem" || x.type.dtype !== "f32" || x.type.shape.length !== 2 || x.type.shape[0] !== units || x.type.shape[1] !== len)
+            where(`reduce ${s.src} -> ${s.dst}: scratch ${s.scratch} must be a shared f32 [${units}, ${len}]`);
         }
         break;
       }

@@ -7,7 +7,7 @@
 //   - loads say whether they may go through cp.async, and async waits are statements;
 //   - barriers are statements, so a pass can remove the ones that separate independent work;
 //   - pipelined loops bind a stage copy of their streamed tiles per iteration;
-//   - a row reduce of a frag tile names its cross-warp scratch (see the reduce statement).
+//   - a reduce of a frag tile names its cross-warp scratch (see the reduce statement).
 
 import type { DType } from "../dsl/dtype.ts";
 import type { BufferDecl, Expr, Kernel, ParamDecl, Slice, Stmt, TensorDecl, TileType } from "../dsl/ir.ts";
@@ -26,8 +26,9 @@ export interface WarpTiling {
 export const tilingUnits = (t: WarpTiling): number => (t.m / 16) * (t.n / (8 * t.nt));
 /** Units a warp owns at most (fragment slots per thread). */
 export const tilingSlots = (t: WarpTiling): number => Math.ceil(tilingUnits(t) / t.warps);
-/** Units of a tiling that share each row block (the partials a row reduce combines across warps). */
-export const tilingUnitsPerRow = (t: WarpTiling): number => t.n / (8 * t.nt);
+/** The partials a reduce of a frag tile combines across warps: the units sharing each row block
+ * (axis 1, a row reduce) or each column range (axis 0, a column reduce). */
+export const reducePartials = (t: WarpTiling, axis: 0 | 1): number => (axis === 1 ? t.n / (8 * t.nt) : t.m / 16);
 export const sameTiling = (a: WarpTiling, b: WarpTiling): boolean => a.m === b.m && a.n === b.n && a.nt === b.nt && a.warps === b.warps;
 
 export type Home = "smem" | "frag";
@@ -63,11 +64,12 @@ export type LStmt =
       readonly src: string;
       readonly fn: "sum" | "max";
       readonly axis: 0 | 1;
-      /** A row reduce (axis 1) of a frag tile runs in registers: each thread combines the elements
-       * of its rows, the 4 lanes of a quad (one row of each 16x8 tile) by shuffles; when several
-       * units of the tiling share rows (n / (8 nt) > 1 of them), each unit's row partials go to
-       * this shared f32 [units per row, rows] scratch and, after one barrier, are combined in unit
-       * order (fixed, so sums are deterministic). null: smem source, or one unit per row block. */
+      /** A reduce of a frag tile runs in registers: each thread combines the elements of its rows
+       * (axis 1) or columns (axis 0), then the lanes sharing them by shuffles (the 4 lanes of a
+       * quad hold one row of a 16x8 tile, the 8 quads one column pair); when several units of the
+       * tiling share rows (n / (8 nt) > 1) or columns (m / 16 > 1), each unit's partials go to this
+       * shared f32 [partials, rows or columns] scratch and, after one barrier, are combined in unit
+       * order (fixed, so sums are deterministic). null: smem source, or nothing to combine. */
       readonly scratch: string | null;
     }
   | {

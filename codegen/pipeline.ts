@@ -3,8 +3,8 @@
 // hook sees the IR after each pass and the final CUDA (`gen --dump-ir DIR`).
 //
 // Simplifications today (see README.md): `reg` tiles live in registers only as mma-fragment-layout
-// tiles (accumulators and tiles used element-wise with them or reduced per row); 1-D reg tiles and
-// reg tiles that are reduced along columns or read at other elements live in shared memory. Every statement is a block-cooperative
+// tiles (accumulators and tiles used element-wise with them or reduced); 1-D reg tiles and reg
+// tiles that are scanned or read at other elements live in shared memory. Every statement is a block-cooperative
 // loop, with barriers between statements where a shared-memory hazard needs one.
 
 import type { Kernel } from "../dsl/ir.ts";
@@ -33,7 +33,7 @@ export interface Pass {
 export const PASSES: readonly Pass[] = [
   { name: "check-supported", why: "reject statements that read their own destination across elements (the GPU computes a statement's elements at once)", run: checkSupported },
   { name: "select-mma", why: "f16/bf16 mma on tensor cores (m16n8k16), f32 mma by fp32 FMA (1e-4 forbids tf32); pick the warp tiling", run: selectMma },
-  { name: "place-fragments", why: "keep mma accumulators in registers when every use is per element in the fragment layout or a row reduce", run: placeFragments },
+  { name: "place-fragments", why: "keep mma accumulators in registers when every use is per element in the fragment layout or a reduce", run: placeFragments },
   { name: "select-loads", why: "global -> shared copies of whole 16-byte chunks through cp.async, one commit group per run of loads", run: selectLoads },
   { name: "pipeline-loops", why: "loops with stages > 1 prefetch the next iterations' tiles into extra copies while computing", run: pipelineLoops },
   { name: "pad-shared", why: "pad mma operand rows by 16 bytes so ldmatrix / FMA column reads hit 32 different banks", run: padShared },

@@ -5,7 +5,7 @@
 
 import { dtypeBytes } from "../dsl/dtype.ts";
 import { printExpr } from "../dsl/print.ts";
-import { bufferOf, cType, mapFragReads, smemTileBytes, threadsOf, tilingSlots, tilingUnits, tilingUnitsPerRow, walkStmts, type LKernel, type LStmt } from "./lir.ts";
+import { bufferOf, cType, mapFragReads, smemTileBytes, threadsOf, tilingSlots, tilingUnits, reducePartials, walkStmts, type LKernel, type LStmt } from "./lir.ts";
 import { printLStmt, printTiling, ranksOf } from "./lir-print.ts";
 import { renderExpr, renderF32, cName, smemElem, NEG_INF, type ExprCtx } from "./render-expr.ts";
 import { renderLoad, renderStore } from "./render-memory.ts";
@@ -49,48 +49,66 @@ function lines(k: LKernel, src: string, axis: 0 | 1): { outer: number; inner: nu
   return axis === 1 ? { outer: sh[0]!, inner: sh[1]! } : { outer: sh[1]!, inner: sh[0]! };
 }
 
-/** A row reduce of a frag tile (lir.ts, the reduce statement): per thread over the elements of its
- * rows (columns in order), across the quad by shuffles, then, when several units share a row
- * block, the units' partials through the scratch and one barrier, combined in unit order. */
-function renderFragRowReduce(o: Emitter, k: LKernel, s: Extract<LStmt, { kind: "reduce" }>): void {
+/** A reduce of a frag tile (lir.ts, the reduce statement): per thread over the elements of its
+ * rows (axis 1, columns in order) or columns (axis 0, rows g and g + 8), across the lanes that share
+ * them by shuffles, then, when several units share a row block (column range), the units'
+ * partials through the scratch and one barrier, combined in unit order. */
+function renderFragReduce(o: Emitter, k: LKernel, s: Extract<LStmt, { kind: "reduce" }>): void {
   const src = bufferOf(k, s.src), t = src.tiling!;
   const T = cType(bufferOf(k, s.dst).type.dtype);
-  const un = tilingUnitsPerRow(t), units = tilingUnits(t);
+  const un = t.n / (8 * t.nt), units = tilingUnits(t), parts = reducePartials(t, s.axis);
   const combine = (acc: string, v: string): string => (s.fn === "sum" ? `${acc} += ${v};` : `${acc} = prt::max_nan(${acc}, ${v});`);
   const f = cName("f", s.src);
+  /** The lane's partial for line `i` (a row or a column), written where it goes. */
+  const put = (lead: string, part: string, i: string): void => {
+    if (s.scratch === null) o.line(`if (${lead}) ${smemElem(k, s.dst, [i])} = prt::from_f32<${T}>(acc);`);
+    else o.line(`if (${lead}) ${smemElem(k, s.scratch, [part, i])} = acc;`);
+  };
   o.pragma("#pragma unroll");
   o.open(`for (int j = 0; j < ${tilingSlots(t)}; ++j)`);
   o.line(`const int u = warp + j * ${t.warps};`);
   if (units % t.warps !== 0) o.open(`if (u < ${units})`);
   o.pragma("#pragma unroll");
-  o.open(`for (int h = 0; h < 2; ++h)`); // the row halves: elements 0, 1 at row g, 2, 3 at row g + 8
-  o.line(`float acc = ${f}[j][0][2 * h];`);
-  o.line(combine("acc", `${f}[j][0][2 * h + 1]`));
-  if (t.nt > 1) {
+  if (s.axis === 1) {
+    o.open(`for (int h = 0; h < 2; ++h)`); // the row halves: elements 0, 1 at row g, 2, 3 at row g + 8
+    o.line(`float acc = ${f}[j][0][2 * h];`);
+    o.line(combine("acc", `${f}[j][0][2 * h + 1]`));
+    if (t.nt > 1) {
+      o.pragma("#pragma unroll");
+      o.block(`for (int q = 1; q < ${t.nt}; ++q)`, () => {
+        o.line(combine("acc", `${f}[j][q][2 * h]`));
+        o.line(combine("acc", `${f}[j][q][2 * h + 1]`));
+      });
+    }
+    o.line(`acc = prt::quad_${s.fn}(acc);`);
+    o.line(`const int r = (u / ${un}) * 16 + (lane >> 2) + 8 * h;`);
+    put("(lane & 3) == 0", `u % ${un}`, "r");
+  } else {
+    o.open(`for (int q = 0; q < ${t.nt}; ++q)`);
     o.pragma("#pragma unroll");
-    o.block(`for (int q = 1; q < ${t.nt}; ++q)`, () => {
-      o.line(combine("acc", `${f}[j][q][2 * h]`));
-      o.line(combine("acc", `${f}[j][q][2 * h + 1]`));
-    });
+    o.open(`for (int h = 0; h < 2; ++h)`); // the column of the pair: elements h (row g) and 2 + h (row g + 8)
+    o.line(`float acc = ${f}[j][q][h];`);
+    o.line(combine("acc", `${f}[j][q][2 + h]`));
+    o.line(`acc = prt::column_lanes_${s.fn}(acc);`);
+    o.line(`const int c = (u % ${un}) * ${8 * t.nt} + q * 8 + ((lane & 3) << 1) + h;`);
+    put("lane < 4", `u / ${un}`, "c");
+    o.close();
   }
-  o.line(`acc = prt::quad_${s.fn}(acc);`);
-  o.line(`const int r = (u / ${un}) * 16 + (lane >> 2) + 8 * h;`);
-  if (s.scratch === null) o.line(`if ((lane & 3) == 0) ${smemElem(k, s.dst, ["r"])} = prt::from_f32<${T}>(acc);`);
-  else o.line(`if ((lane & 3) == 0) ${smemElem(k, s.scratch, [`u % ${un}`, "r"])} = acc;`);
   o.close();
   if (units % t.warps !== 0) o.close();
   o.close();
   if (s.scratch === null) return;
   o.line(`__syncthreads();`);
-  o.block(`for (int r = tid; r < ${t.m}; r += ${threadsOf(k)})`, () => {
-    o.line(`float acc = ${smemElem(k, s.scratch!, ["0", "r"])};`);
-    o.line(`for (int p = 1; p < ${un}; ++p) ${combine("acc", smemElem(k, s.scratch!, ["p", "r"]))}`);
-    o.line(`${smemElem(k, s.dst, ["r"])} = prt::from_f32<${T}>(acc);`);
+  const len = s.axis === 1 ? t.m : t.n;
+  o.block(`for (int i = tid; i < ${len}; i += ${threadsOf(k)})`, () => {
+    o.line(`float acc = ${smemElem(k, s.scratch!, ["0", "i"])};`);
+    o.line(`for (int p = 1; p < ${parts}; ++p) ${combine("acc", smemElem(k, s.scratch!, ["p", "i"]))}`);
+    o.line(`${smemElem(k, s.dst, ["i"])} = prt::from_f32<${T}>(acc);`);
   });
 }
 
 function renderReduce(o: Emitter, k: LKernel, s: Extract<LStmt, { kind: "reduce" }>): void {
-  if (bufferOf(k, s.src).home === "frag") return renderFragRowReduce(o, k, s);
+  if (bufferOf(k, s.src).home === "frag") return renderFragReduce(o, k, s);
   const { outer, inner } = lines(k, s.src, s.axis);
   const T = cType(bufferOf(k, s.dst).type.dtype);
   const init = s.fn === "sum" ? "0.0f" : NEG_INF;

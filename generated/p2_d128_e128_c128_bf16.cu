@@ -5,7 +5,7 @@
 #include "sympow_d128_p2.cuh"
 
 // attention: numA, denA, maxA: causal p-th power attention inside each chunk, stabilised by the row max of log-weights
-// grid ($n, $hq, $b), 128 threads, 114432 bytes of dynamic shared memory
+// grid ($n, $hq, $b), 128 threads, 98560 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c128_bf16_w4_bd0_bt64_s2(
     const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -101,14 +101,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
   __nv_bfloat16* t_k = t_k_base;
   __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_smem + 35840);  // bf16[64, 128] pitch 136, 2 copies
   __nv_bfloat16* t_v = t_v_base;
-  float* const t_w = reinterpret_cast<float*>(prt_smem + 88064);  // f32[64, 64] pitch 64
-  __nv_bfloat16* const t_p = reinterpret_cast<__nv_bfloat16*>(prt_smem + 104448);  // bf16[64, 64] pitch 72
+  float f_w[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
+  __nv_bfloat16* const t_p = reinterpret_cast<__nv_bfloat16*>(prt_smem + 88064);  // bf16[64, 64] pitch 72
   float f_acc[4][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 4 warps
-  float* const t_row_max = reinterpret_cast<float*>(prt_smem + 113920);  // f32[64] pitch 64
-  float* const t_row_sum = reinterpret_cast<float*>(prt_smem + 114176);  // f32[64] pitch 64
-  float* const t_block_max = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  float* const t_block_sum = reinterpret_cast<float*>(prt_smem + 113664);  // f32[64] pitch 64
-  float* const t_alpha = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
+  float* const t_row_max = reinterpret_cast<float*>(prt_smem + 98048);  // f32[64] pitch 64
+  float* const t_row_sum = reinterpret_cast<float*>(prt_smem + 98304);  // f32[64] pitch 64
+  float* const t_block_max = reinterpret_cast<float*>(prt_smem + 97536);  // f32[64] pitch 64
+  float* const t_block_sum = reinterpret_cast<float*>(prt_smem + 97792);  // f32[64] pitch 64
+  float* const t_alpha = reinterpret_cast<float*>(prt_smem + 97280);  // f32[64] pitch 64
+  float* const t_block_max_part = reinterpret_cast<float*>(prt_smem + 0);  // f32[2, 64] pitch 64
   // g = load logG[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -312,7 +313,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
               for (int j = 0; j < 2; ++j) {
                 const int u = warp + j * 4;
                 const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                float acc[4][4];
+                float (&acc)[4][4] = f_w[j];
                 #pragma unroll
                 for (int q = 0; q < 4; ++q)
                 #pragma unroll
@@ -328,30 +329,50 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
                     prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                   }
                 }
-                #pragma unroll
-                for (int q = 0; q < 4; ++q)
-                #pragma unroll
-                  for (int e = 0; e < 4; ++e) t_w[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
               }
             }
-            __syncthreads();
             // w[row, col] = select(((((i1 * 64) + col) <= ((i0 * 64) + row)) && ((w[row, col] * $scale) != 0.0)), (((log(abs((w[row, col] * $scale))) * 2.0) + lam[((i0 * 64) + row)]) - lam[((i1 * 64) + col)]), -Infinity)
             {
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 64, c = i % 64;
-                t_w[(r) * 64 + (c)] = prt::from_f32<float>((((((v_i1 * 64) + c) <= ((v_i0 * 64) + r)) && ((prt::to_f32(t_w[(r) * 64 + (c)]) * p_scale) != 0.0f)) ? (((logf(fabsf((prt::to_f32(t_w[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) : __int_as_float(0xff800000)));
+              #pragma unroll
+              for (int j = 0; j < 2; ++j) {
+                const int u = warp + j * 4;
+                const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                  #pragma unroll
+                  for (int e = 0; e < 4; ++e) {
+                    const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                    f_w[j][q][e] = (((((v_i1 * 64) + c) <= ((v_i0 * 64) + r)) && ((f_w[j][q][e] * p_scale) != 0.0f)) ? (((logf(fabsf((f_w[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) : __int_as_float(0xff800000));
+                  }
+                }
               }
             }
-            __syncthreads();
-            // block_max = reduce_max(w, axis=1)
+            // block_max = reduce_max(w, axis=1) via block_max_part
             {
-              for (int o = tid; o < 64; o += 128) {
-                float acc = __int_as_float(0xff800000);
-                for (int i = 0; i < 64; ++i) acc = prt::max_nan(acc, prt::to_f32(t_w[(o) * 64 + (i)]));
-                t_block_max[o] = prt::from_f32<float>(acc);
+              #pragma unroll
+              for (int j = 0; j < 2; ++j) {
+                const int u = warp + j * 4;
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  float acc = f_w[j][0][2 * h];
+                  acc = prt::max_nan(acc, f_w[j][0][2 * h + 1]);
+                  #pragma unroll
+                  for (int q = 1; q < 4; ++q) {
+                    acc = prt::max_nan(acc, f_w[j][q][2 * h]);
+                    acc = prt::max_nan(acc, f_w[j][q][2 * h + 1]);
+                  }
+                  acc = prt::quad_max(acc);
+                  const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
+                  if ((lane & 3) == 0) t_block_max_part[(u % 2) * 64 + (r)] = acc;
+                }
+              }
+              __syncthreads();
+              for (int i = tid; i < 64; i += 128) {
+                float acc = t_block_max_part[(0) * 64 + (i)];
+                for (int p = 1; p < 2; ++p) acc = prt::max_nan(acc, t_block_max_part[(p) * 64 + (i)]);
+                t_block_max[i] = prt::from_f32<float>(acc);
               }
             }
-            __syncthreads();
             // alpha[row] = select((max(row_max[row], block_max[row]) == -Infinity), 0.0, exp((row_max[row] - max(row_max[row], block_max[row]))))
             {
               for (int r = tid; r < 64; r += 128) {
@@ -367,9 +388,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
             __syncthreads();
             // p[row, col] = select((row_max[row] == -Infinity), 0.0, exp((w[row, col] - row_max[row])))
             {
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 64, c = i % 64;
-                t_p[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_row_max[r]) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_w[(r) * 64 + (c)]) - prt::to_f32(t_row_max[r])))));
+              #pragma unroll
+              for (int j = 0; j < 2; ++j) {
+                const int u = warp + j * 4;
+                const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                  #pragma unroll
+                  for (int e = 0; e < 4; ++e) {
+                    const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                    t_p[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_row_max[r]) == __int_as_float(0xff800000)) ? 0.0f : expf((f_w[j][q][e] - prt::to_f32(t_row_max[r])))));
+                  }
+                }
               }
             }
             __syncthreads();
@@ -3046,7 +3076,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
   float* const t_z = reinterpret_cast<float*>(prt_smem + 18432);  // f32[8256] pitch 8256
   __nv_bfloat16* const t_zsym_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 51456);  // bf16[128, 128] pitch 136
   __nv_bfloat16* const t_zsym_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 86272);  // bf16[128, 128] pitch 136
-  float* const t_qz = reinterpret_cast<float*>(prt_smem + 18432);  // f32[64, 128] pitch 128
+  float f_qz[2][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 8 warps
   float* const t_s0_f32 = reinterpret_cast<float*>(prt_smem + 18432);  // f32[128, 128] pitch 128
   __nv_bfloat16* const t_s0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 83968);  // bf16[128, 128] pitch 136
   __nv_bfloat16* const t_s0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 118784);  // bf16[128, 128] pitch 136
@@ -3083,6 +3113,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
   float* const t_den_a = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
   float* const t_max_a = reinterpret_cast<float*>(prt_smem + 1024);  // f32[64] pitch 64
   float* const t_lse_t = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
+  float* const t_den_s_part = reinterpret_cast<float*>(prt_smem + 18432);  // f32[4, 64] pitch 64
   // g = load logG[pid.z, ((pid.x // 2) * 128):+128, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -3195,7 +3226,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
       for (int j = 0; j < 2; ++j) {
         const int u = warp + j * 8;
         const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-        float acc[4][4];
+        float (&acc)[4][4] = f_qz[j];
         #pragma unroll
         for (int q = 0; q < 4; ++q)
         #pragma unroll
@@ -3211,24 +3242,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
             prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
           }
         }
-        #pragma unroll
-        for (int q = 0; q < 4; ++q)
-        #pragma unroll
-          for (int e = 0; e < 4; ++e) t_qz[(m0 + prt::frag_row(lane, e)) * 128 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
       }
     }
-    __syncthreads();
     // qz += mma.tc(q0, zsym_lo) [64x128 in 16x32 units over 8 warps]
     {
       #pragma unroll
       for (int j = 0; j < 2; ++j) {
         const int u = warp + j * 8;
         const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-        float acc[4][4];
-        #pragma unroll
-        for (int q = 0; q < 4; ++q)
-        #pragma unroll
-          for (int e = 0; e < 4; ++e) acc[q][e] = t_qz[(m0 + prt::frag_row(lane, e)) * 128 + (n0 + q * 8 + prt::frag_col(lane, e))];
+        float (&acc)[4][4] = f_qz[j];
         for (int k0 = 0; k0 < 128; k0 += 16) {
           uint32_t af[4];
           prt::ldmatrix_x4(af, &t_q0[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
@@ -3240,28 +3262,48 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
             prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
           }
         }
-        #pragma unroll
-        for (int q = 0; q < 4; ++q)
-        #pragma unroll
-          for (int e = 0; e < 4; ++e) t_qz[(m0 + prt::frag_row(lane, e)) * 128 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
       }
     }
-    __syncthreads();
     // qz[row, col] = (qz[row, col] * q0[row, col])
     {
-      for (int i = tid; i < 8192; i += 256) {
-        const int r = i / 128, c = i % 128;
-        t_qz[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_qz[(r) * 128 + (c)]) * prt::to_f32(t_q0[(r) * 136 + (c)])));
+      #pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int u = warp + j * 8;
+        const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            f_qz[j][q][e] = (f_qz[j][q][e] * prt::to_f32(t_q0[(r) * 136 + (c)]));
+          }
+        }
       }
     }
-    __syncthreads();
-    // den_s = reduce_sum(qz, axis=1)
+    // den_s = reduce_sum(qz, axis=1) via den_s_part
     {
-      for (int o = warp; o < 64; o += 8) {
-        float acc = 0.0f;
-        for (int i = lane; i < 128; i += 32) acc += prt::to_f32(t_qz[(o) * 128 + (i)]);
-        acc = prt::warp_sum(acc);
-        if (lane == 0) t_den_s[o] = prt::from_f32<float>(acc);
+      #pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int u = warp + j * 8;
+        #pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float acc = f_qz[j][0][2 * h];
+          acc += f_qz[j][0][2 * h + 1];
+          #pragma unroll
+          for (int q = 1; q < 4; ++q) {
+            acc += f_qz[j][q][2 * h];
+            acc += f_qz[j][q][2 * h + 1];
+          }
+          acc = prt::quad_sum(acc);
+          const int r = (u / 4) * 16 + (lane >> 2) + 8 * h;
+          if ((lane & 3) == 0) t_den_s_part[(u % 4) * 64 + (r)] = acc;
+        }
+      }
+      __syncthreads();
+      for (int i = tid; i < 64; i += 256) {
+        float acc = t_den_s_part[(0) * 64 + (i)];
+        for (int p = 1; p < 4; ++p) acc += t_den_s_part[(p) * 64 + (i)];
+        t_den_s[i] = prt::from_f32<float>(acc);
       }
     }
     __syncthreads();
@@ -4493,7 +4535,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
 }
 
 // attention_bwd_prep: DyA = rowsum(P * dP), PA = rowsum(P) over the chunk's keys (the attention parts of dy . y and of 1), in f32
-// grid ($n, $hq, $b), 256 threads, 120320 bytes of dynamic shared memory
+// grid ($n, $hq, $b), 256 threads, 71680 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d128_e128_c128_bf16_w8_bd64_bt64_s1(
     const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -4596,15 +4638,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d128
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
   __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_smem + 35840);  // bf16[64, 128] pitch 136
   __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_smem + 1024);  // bf16[64, 128] pitch 136
-  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 119808);  // f32[64] pitch 64
+  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 71168);  // f32[64] pitch 64
   __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_smem + 18432);  // bf16[64, 128] pitch 136
   __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 53248);  // bf16[64, 128] pitch 136
-  float* const t_dot = reinterpret_cast<float*>(prt_smem + 70656);  // f32[64, 64] pitch 64
-  float* const t_p = reinterpret_cast<float*>(prt_smem + 87040);  // f32[64, 64] pitch 64
-  float* const t_p_dp = reinterpret_cast<float*>(prt_smem + 103424);  // f32[64, 64] pitch 64
-  float* const t_part = reinterpret_cast<float*>(prt_smem + 120064);  // f32[64] pitch 64
-  float* const t_acc_dy = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  float* const t_acc_p = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
+  float f_dot[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
+  float f_p[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
+  float f_p_dp[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
+  float* const t_part = reinterpret_cast<float*>(prt_smem + 71424);  // f32[64] pitch 64
+  float* const t_acc_dy = reinterpret_cast<float*>(prt_smem + 70656);  // f32[64] pitch 64
+  float* const t_acc_p = reinterpret_cast<float*>(prt_smem + 70912);  // f32[64] pitch 64
+  float* const t_part_part = reinterpret_cast<float*>(prt_smem + 0);  // f32[2, 64] pitch 64
   // g = load logG[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -4698,7 +4741,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d128
           dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
         }
       }
-      __syncthreads();
       // acc_dy[row] = 0.0
       // acc_p[row] = 0.0
       {
@@ -4771,7 +4813,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d128
             for (int j = 0; j < 1; ++j) {
               const int u = warp + j * 8;
               const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float acc[4][4];
+              float (&acc)[4][4] = f_dot[j];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
@@ -4787,10 +4829,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d128
                   prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                 }
               }
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_dot[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
             }
           }
           // p_dp = mma.tc(dy, v^T) [64x64 in 16x32 units over 8 warps]
@@ -4799,7 +4837,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d128
             for (int j = 0; j < 1; ++j) {
               const int u = warp + j * 8;
               const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float acc[4][4];
+              float (&acc)[4][4] = f_p_dp[j];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
@@ -4815,35 +4853,66 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d128
                   prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                 }
               }
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_p_dp[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
             }
           }
-          __syncthreads();
           // p[row, col] = select(((((i0 * 64) + row) >= ((i1 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i0 * 64) + row)]) - lam[((i1 * 64) + col)]) - lse_i[row])), 0.0)
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_p[j][q][e] = (((((v_i0 * 64) + r) >= ((v_i1 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f);
+                }
+              }
+            }
+          }
           // p_dp[row, col] = (p[row, col] * p_dp[row, col])
           {
-            for (int i = tid; i < 4096; i += 256) {
-              const int r = i / 64, c = i % 64;
-              const float y0 = prt::from_f32<float>((((((v_i0 * 64) + r) >= ((v_i1 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
-              const float y1 = prt::from_f32<float>((y0 * prt::to_f32(t_p_dp[(r) * 64 + (c)])));
-              t_p[(r) * 64 + (c)] = y0;
-              t_p_dp[(r) * 64 + (c)] = y1;
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_p_dp[j][q][e] = (f_p[j][q][e] * f_p_dp[j][q][e]);
+                }
+              }
             }
           }
-          __syncthreads();
-          // part = reduce_sum(p_dp, axis=1)
+          // part = reduce_sum(p_dp, axis=1) via part_part
           {
-            for (int o = warp; o < 64; o += 8) {
-              float acc = 0.0f;
-              for (int i = lane; i < 64; i += 32) acc += prt::to_f32(t_p_dp[(o) * 64 + (i)]);
-              acc = prt::warp_sum(acc);
-              if (lane == 0) t_part[o] = prt::from_f32<float>(acc);
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                float acc = f_p_dp[j][0][2 * h];
+                acc += f_p_dp[j][0][2 * h + 1];
+                #pragma unroll
+                for (int q = 1; q < 4; ++q) {
+                  acc += f_p_dp[j][q][2 * h];
+                  acc += f_p_dp[j][q][2 * h + 1];
+                }
+                acc = prt::quad_sum(acc);
+                const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
+                if ((lane & 3) == 0) t_part_part[(u % 2) * 64 + (r)] = acc;
+              }
+            }
+            __syncthreads();
+            for (int i = tid; i < 64; i += 256) {
+              float acc = t_part_part[(0) * 64 + (i)];
+              for (int p = 1; p < 2; ++p) acc += t_part_part[(p) * 64 + (i)];
+              t_part[i] = prt::from_f32<float>(acc);
             }
           }
-          __syncthreads();
           // acc_dy[row] = (acc_dy[row] + part[row])
           {
             for (int r = tid; r < 64; r += 256) {
@@ -4851,16 +4920,32 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d128
             }
           }
           __syncthreads();
-          // part = reduce_sum(p, axis=1)
+          // part = reduce_sum(p, axis=1) via part_part
           {
-            for (int o = warp; o < 64; o += 8) {
-              float acc = 0.0f;
-              for (int i = lane; i < 64; i += 32) acc += prt::to_f32(t_p[(o) * 64 + (i)]);
-              acc = prt::warp_sum(acc);
-              if (lane == 0) t_part[o] = prt::from_f32<float>(acc);
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                float acc = f_p[j][0][2 * h];
+                acc += f_p[j][0][2 * h + 1];
+                #pragma unroll
+                for (int q = 1; q < 4; ++q) {
+                  acc += f_p[j][q][2 * h];
+                  acc += f_p[j][q][2 * h + 1];
+                }
+                acc = prt::quad_sum(acc);
+                const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
+                if ((lane & 3) == 0) t_part_part[(u % 2) * 64 + (r)] = acc;
+              }
+            }
+            __syncthreads();
+            for (int i = tid; i < 64; i += 256) {
+              float acc = t_part_part[(0) * 64 + (i)];
+              for (int p = 1; p < 2; ++p) acc += t_part_part[(p) * 64 + (i)];
+              t_part[i] = prt::from_f32<float>(acc);
             }
           }
-          __syncthreads();
           // acc_p[row] = (acc_p[row] + part[row])
           {
             for (int r = tid; r < 64; r += 256) {
@@ -4895,12 +4980,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d128
           }
         }
       }
+      __syncthreads();
     }
   }
 }
 
 // attention_bwd: dQa, dKa, dVa, dlamA: the intra-chunk attention's gradients (flash-attention backward)
-// grid ($n, $h, $b), 128 threads, 49280 bytes of dynamic shared memory
+// grid ($n, $h, $b), 128 threads, 41344 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128_c128_bf16_w4_bd64_bt32_s1(
     const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -5042,19 +5128,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
   __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_smem + 18432);  // bf16[32, 128] pitch 136
   __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_smem + 1024);  // bf16[32, 128] pitch 136
-  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 384);  // f32[32] pitch 32
-  float* const t_Dy_i = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
+  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 41088);  // f32[32] pitch 32
+  float* const t_Dy_i = reinterpret_cast<float*>(prt_smem + 256);  // f32[32] pitch 32
   __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_smem + 9728);  // bf16[32, 128] pitch 136
   __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 27136);  // bf16[32, 128] pitch 136
-  float* const t_dot = reinterpret_cast<float*>(prt_smem + 39936);  // f32[32, 32] pitch 32
-  float* const t_W = reinterpret_cast<float*>(prt_smem + 35840);  // f32[32, 32] pitch 32
-  __nv_bfloat16* const t_P = reinterpret_cast<__nv_bfloat16*>(prt_smem + 44032);  // bf16[32, 32] pitch 40
-  __nv_bfloat16* const t_ds = reinterpret_cast<__nv_bfloat16*>(prt_smem + 46592);  // bf16[32, 32] pitch 40
+  float f_dot[1][2][4];  // f32[32, 32] as mma fragments: 32x32 in 16x16 units over 4 warps
+  float f_W[1][2][4];  // f32[32, 32] as mma fragments: 32x32 in 16x16 units over 4 warps
+  __nv_bfloat16* const t_P = reinterpret_cast<__nv_bfloat16*>(prt_smem + 35840);  // bf16[32, 32] pitch 40
+  __nv_bfloat16* const t_ds = reinterpret_cast<__nv_bfloat16*>(prt_smem + 38400);  // bf16[32, 32] pitch 40
   float f_acc_d[2][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 4 warps
   float f_acc_e[2][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 4 warps
-  float* const t_wsum = reinterpret_cast<float*>(prt_smem + 49152);  // f32[32] pitch 32
-  float* const t_dlam = reinterpret_cast<float*>(prt_smem + 128);  // f32[32] pitch 32
-  float* const t_dlam_row = reinterpret_cast<float*>(prt_smem + 256);  // f32[32] pitch 32
+  float* const t_wsum = reinterpret_cast<float*>(prt_smem + 41216);  // f32[32] pitch 32
+  float* const t_dlam = reinterpret_cast<float*>(prt_smem + 384);  // f32[32] pitch 32
+  float* const t_dlam_row = reinterpret_cast<float*>(prt_smem + 40960);  // f32[32] pitch 32
+  float* const t_wsum_part = reinterpret_cast<float*>(prt_smem + 0);  // f32[2, 32] pitch 32
   // g = load logG[pid.z, (pid.x * 128):+128, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -5081,7 +5168,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
       }
     }
   }
-  __syncthreads();
   {
     const int v_i0_end = prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 128)) + 31) / 32), 4);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
@@ -5158,6 +5244,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
               dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
             }
           }
+          __syncthreads();
           // Dy_i = load Dy[pid.z, ((pid.x * 128) + (i0 * 32)):+32, ((pid.y * ($hq // $h)) + i1)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
@@ -5186,7 +5273,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
               }
             }
           }
-          __syncthreads();
           {
             const int v_i2_end = (v_i0 + 1);
             for (int v_i2 = 0; v_i2 < v_i2_end; v_i2 += 1) {
@@ -5249,7 +5335,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                 for (int j = 0; j < 1; ++j) {
                   const int u = warp + j * 4;
                   const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-                  float acc[2][4];
+                  float (&acc)[2][4] = f_dot[j];
                   #pragma unroll
                   for (int q = 0; q < 2; ++q)
                   #pragma unroll
@@ -5265,10 +5351,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                       prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                     }
                   }
-                  #pragma unroll
-                  for (int q = 0; q < 2; ++q)
-                  #pragma unroll
-                    for (int e = 0; e < 4; ++e) t_dot[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
                 }
               }
               // W = mma.tc(dy, v^T) [32x32 in 16x16 units over 4 warps]
@@ -5277,7 +5359,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                 for (int j = 0; j < 1; ++j) {
                   const int u = warp + j * 4;
                   const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-                  float acc[2][4];
+                  float (&acc)[2][4] = f_W[j];
                   #pragma unroll
                   for (int q = 0; q < 2; ++q)
                   #pragma unroll
@@ -5293,22 +5375,38 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                       prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                     }
                   }
-                  #pragma unroll
-                  for (int q = 0; q < 2; ++q)
-                  #pragma unroll
-                    for (int e = 0; e < 4; ++e) t_W[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
                 }
               }
-              __syncthreads();
               // W[row, col] = (select(((((i0 * 32) + row) >= ((i2 * 32) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i0 * 32) + row)]) - lam[((i2 * 32) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row]))
+              {
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 4;
+                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+                  #pragma unroll
+                  for (int q = 0; q < 2; ++q) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                      const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                      f_W[j][q][e] = ((((((v_i0 * 32) + r) >= ((v_i2 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 32) + r)])) - prt::to_f32(t_lam[((v_i2 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r])));
+                    }
+                  }
+                }
+              }
               // ds[row, col] = select((dot[row, col] == 0.0), 0.0, ((W[row, col] * 2.0) / dot[row, col]))
               {
-                for (int i = tid; i < 1024; i += 128) {
-                  const int r = i / 32, c = i % 32;
-                  const float y0 = prt::from_f32<float>(((((((v_i0 * 32) + r) >= ((v_i2 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 32) + r)])) - prt::to_f32(t_lam[((v_i2 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 32 + (c)]) - prt::to_f32(t_Dy_i[r]))));
-                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_dot[(r) * 32 + (c)]) == 0.0f) ? 0.0f : ((y0 * 2.0f) / prt::to_f32(t_dot[(r) * 32 + (c)]))));
-                  t_W[(r) * 32 + (c)] = y0;
-                  t_ds[(r) * 40 + (c)] = y1;
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 4;
+                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+                  #pragma unroll
+                  for (int q = 0; q < 2; ++q) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                      const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                      t_ds[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((f_dot[j][q][e] == 0.0f) ? 0.0f : ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e])));
+                    }
+                  }
                 }
               }
               __syncthreads();
@@ -5332,22 +5430,39 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                   }
                 }
               }
-              // wsum = reduce_sum(W, axis=1)
+              // wsum = reduce_sum(W, axis=1) via wsum_part
               {
-                for (int o = warp; o < 32; o += 4) {
-                  float acc = 0.0f;
-                  for (int i = lane; i < 32; i += 32) acc += prt::to_f32(t_W[(o) * 32 + (i)]);
-                  acc = prt::warp_sum(acc);
-                  if (lane == 0) t_wsum[o] = prt::from_f32<float>(acc);
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 4;
+                  #pragma unroll
+                  for (int h = 0; h < 2; ++h) {
+                    float acc = f_W[j][0][2 * h];
+                    acc += f_W[j][0][2 * h + 1];
+                    #pragma unroll
+                    for (int q = 1; q < 2; ++q) {
+                      acc += f_W[j][q][2 * h];
+                      acc += f_W[j][q][2 * h + 1];
+                    }
+                    acc = prt::quad_sum(acc);
+                    const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
+                    if ((lane & 3) == 0) t_wsum_part[(u % 2) * 32 + (r)] = acc;
+                  }
+                }
+                __syncthreads();
+                for (int i = tid; i < 32; i += 128) {
+                  float acc = t_wsum_part[(0) * 32 + (i)];
+                  for (int p = 1; p < 2; ++p) acc += t_wsum_part[(p) * 32 + (i)];
+                  t_wsum[i] = prt::from_f32<float>(acc);
                 }
               }
-              __syncthreads();
               // dlam_row[row] = (dlam_row[row] + wsum[row])
               {
                 for (int r = tid; r < 32; r += 128) {
                   t_dlam_row[r] = prt::from_f32<float>((prt::to_f32(t_dlam_row[r]) + prt::to_f32(t_wsum[r])));
                 }
               }
+              __syncthreads();
             }
           }
           // store dQa[pid.z, ((pid.x * 128) + (i0 * 32)):+32, ((pid.y * ($hq // $h)) + i1), 0:+128] = acc_d
@@ -5374,10 +5489,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
               }
             }
           }
-          __syncthreads();
         }
       }
-      __syncthreads();
       // k = load.async K[pid.z, ((pid.x * 128) + (i0 * 32)):+32, pid.y, 0:+128]
       {
         const int a0 = static_cast<int>(blockIdx.z);
@@ -5462,6 +5575,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
           }
         }
       }
+      __syncthreads();
       // dlam[row] = 0.0
       {
         for (int r = tid; r < 32; r += 128) {
@@ -5557,7 +5671,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                 for (int j = 0; j < 1; ++j) {
                   const int u = warp + j * 4;
                   const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-                  float acc[2][4];
+                  float (&acc)[2][4] = f_dot[j];
                   #pragma unroll
                   for (int q = 0; q < 2; ++q)
                   #pragma unroll
@@ -5573,10 +5687,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                       prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                     }
                   }
-                  #pragma unroll
-                  for (int q = 0; q < 2; ++q)
-                  #pragma unroll
-                    for (int e = 0; e < 4; ++e) t_dot[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
                 }
               }
               // W = mma.tc(dy, v^T) [32x32 in 16x16 units over 4 warps]
@@ -5585,7 +5695,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                 for (int j = 0; j < 1; ++j) {
                   const int u = warp + j * 4;
                   const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-                  float acc[2][4];
+                  float (&acc)[2][4] = f_W[j];
                   #pragma unroll
                   for (int q = 0; q < 2; ++q)
                   #pragma unroll
@@ -5601,25 +5711,54 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                       prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                     }
                   }
-                  #pragma unroll
-                  for (int q = 0; q < 2; ++q)
-                  #pragma unroll
-                    for (int e = 0; e < 4; ++e) t_W[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
                 }
               }
-              __syncthreads();
               // W[row, col] = (select(((((i4 * 32) + row) >= ((i0 * 32) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i4 * 32) + row)]) - lam[((i0 * 32) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row]))
+              {
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 4;
+                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+                  #pragma unroll
+                  for (int q = 0; q < 2; ++q) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                      const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                      f_W[j][q][e] = ((((((v_i4 * 32) + r) >= ((v_i0 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 32) + r)])) - prt::to_f32(t_lam[((v_i0 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r])));
+                    }
+                  }
+                }
+              }
               // ds[row, col] = select((dot[row, col] == 0.0), 0.0, ((W[row, col] * 2.0) / dot[row, col]))
+              {
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 4;
+                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+                  #pragma unroll
+                  for (int q = 0; q < 2; ++q) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                      const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                      t_ds[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((f_dot[j][q][e] == 0.0f) ? 0.0f : ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e])));
+                    }
+                  }
+                }
+              }
               // P[row, col] = select(((((i4 * 32) + row) >= ((i0 * 32) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i4 * 32) + row)]) - lam[((i0 * 32) + col)]) - lse_i[row])), 0.0)
               {
-                for (int i = tid; i < 1024; i += 128) {
-                  const int r = i / 32, c = i % 32;
-                  const float y0 = prt::from_f32<float>(((((((v_i4 * 32) + r) >= ((v_i0 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 32) + r)])) - prt::to_f32(t_lam[((v_i0 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 32 + (c)]) - prt::to_f32(t_Dy_i[r]))));
-                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_dot[(r) * 32 + (c)]) == 0.0f) ? 0.0f : ((y0 * 2.0f) / prt::to_f32(t_dot[(r) * 32 + (c)]))));
-                  const __nv_bfloat16 y2 = prt::from_f32<__nv_bfloat16>((((((v_i4 * 32) + r) >= ((v_i0 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 32) + r)])) - prt::to_f32(t_lam[((v_i0 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
-                  t_W[(r) * 32 + (c)] = y0;
-                  t_ds[(r) * 40 + (c)] = y1;
-                  t_P[(r) * 40 + (c)] = y2;
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 4;
+                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+                  #pragma unroll
+                  for (int q = 0; q < 2; ++q) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                      const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                      t_P[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>((((((v_i4 * 32) + r) >= ((v_i0 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 32) + r)])) - prt::to_f32(t_lam[((v_i0 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
+                    }
+                  }
                 }
               }
               __syncthreads();
@@ -5663,22 +5802,37 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                   }
                 }
               }
-              // wsum = reduce_sum(W, axis=0)
+              // wsum = reduce_sum(W, axis=0) via wsum_part
               {
-                for (int o = warp; o < 32; o += 4) {
-                  float acc = 0.0f;
-                  for (int i = lane; i < 32; i += 32) acc += prt::to_f32(t_W[(i) * 32 + (o)]);
-                  acc = prt::warp_sum(acc);
-                  if (lane == 0) t_wsum[o] = prt::from_f32<float>(acc);
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 4;
+                  #pragma unroll
+                  for (int q = 0; q < 2; ++q) {
+                    #pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                      float acc = f_W[j][q][h];
+                      acc += f_W[j][q][2 + h];
+                      acc = prt::column_lanes_sum(acc);
+                      const int c = (u % 2) * 16 + q * 8 + ((lane & 3) << 1) + h;
+                      if (lane < 4) t_wsum_part[(u / 2) * 32 + (c)] = acc;
+                    }
+                  }
+                }
+                __syncthreads();
+                for (int i = tid; i < 32; i += 128) {
+                  float acc = t_wsum_part[(0) * 32 + (i)];
+                  for (int p = 1; p < 2; ++p) acc += t_wsum_part[(p) * 32 + (i)];
+                  t_wsum[i] = prt::from_f32<float>(acc);
                 }
               }
-              __syncthreads();
               // dlam[row] = (dlam[row] - wsum[row])
               {
                 for (int r = tid; r < 32; r += 128) {
                   t_dlam[r] = prt::from_f32<float>((prt::to_f32(t_dlam[r]) - prt::to_f32(t_wsum[r])));
                 }
               }
+              __syncthreads();
             }
           }
         }
@@ -10989,7 +11143,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
 }
 
 // discounted_cumsum_bwd: ddS, ddZ, dS0, dZ0, dGc: reverse-time discounted cumsum of the state's gradient
-// grid (129, ($b * $h), 1), 128 threads, 66848 bytes of dynamic shared memory
+// grid (129, ($b * $h), 1), 128 threads, 2336 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d128_e128_c128_bf16_w4_bd64_bt128_s1(
     const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -11152,15 +11306,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
   (void)g_dGc_d1;
   (void)g_dGc_d2;
   (void)g_dGc_d3;
-  float* const t_R = reinterpret_cast<float*>(prt_smem + 0);  // f32[64, 128] pitch 128
-  float* const t_r = reinterpret_cast<float*>(prt_smem + 32768);  // f32[64] pitch 64
-  float* const t_X = reinterpret_cast<float*>(prt_smem + 33024);  // f32[64, 128] pitch 128
-  float* const t_x = reinterpret_cast<float*>(prt_smem + 66560);  // f32[64] pitch 64
-  float* const t_g = reinterpret_cast<float*>(prt_smem + 65792);  // f32[128] pitch 128
-  float* const t_G = reinterpret_cast<float*>(prt_smem + 66816);  // f32[1] pitch 1
-  float* const t_row_dot = reinterpret_cast<float*>(prt_smem + 66304);  // f32[64] pitch 64
-  float* const t_dG = reinterpret_cast<float*>(prt_smem + 66832);  // f32[1] pitch 1
-  // R = load.async dSfinal[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+128]
+  float f_R[4][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 4 warps
+  float* const t_r = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
+  float f_X[4][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 4 warps
+  float* const t_x = reinterpret_cast<float*>(prt_smem + 2048);  // f32[64] pitch 64
+  float* const t_g = reinterpret_cast<float*>(prt_smem + 1280);  // f32[128] pitch 128
+  float* const t_G = reinterpret_cast<float*>(prt_smem + 2304);  // f32[1] pitch 1
+  float* const t_row_dot = reinterpret_cast<float*>(prt_smem + 1792);  // f32[64] pitch 64
+  float* const t_dG = reinterpret_cast<float*>(prt_smem + 2320);  // f32[1] pitch 1
+  float* const t_row_dot_part = reinterpret_cast<float*>(prt_smem + 256);  // f32[4, 64] pitch 64
+  // R = load dSfinal[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+128]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int a1 = (static_cast<int>(blockIdx.y) % p_h);
@@ -11168,20 +11323,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dSfinal_d0 && a1 >= 0 && a1 < g_dSfinal_d1;
     const long long base = static_cast<long long>(a0) * g_dSfinal_s0 + static_cast<long long>(a1) * g_dSfinal_s1 + static_cast<long long>(s2) * g_dSfinal_s2 + static_cast<long long>(s3) * g_dSfinal_s3;
-    float* const dst = t_R;
-    if (prt::aligned16(g_dSfinal) && base % 4 == 0 && g_dSfinal_s2 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 2048; i += 128) {
-        const int r = i / 32, c = (i % 32) * 4;
-        const int gr = s2 + r;
-        const long long left = ok && gr >= 0 && gr < g_dSfinal_d2 ? g_dSfinal_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_dSfinal + base + static_cast<long long>(r) * g_dSfinal_s2 + c) : static_cast<const void*>(g_dSfinal), n * 4);
-      }
-    }
-    else {
-      for (int i = tid; i < 8192; i += 128) {
-        const int r = i / 128, c = i % 128;
-        dst[(r) * 128 + (c)] = ok && s2 + r >= 0 && s2 + r < g_dSfinal_d2 && s3 + c >= 0 && s3 + c < g_dSfinal_d3 ? g_dSfinal[base + static_cast<long long>(r) * g_dSfinal_s2 + static_cast<long long>(c) * g_dSfinal_s3] : prt::from_f32<float>(0.0f);
+    #pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+      #pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          f_R[j][q][e] = ok && s2 + r >= 0 && s2 + r < g_dSfinal_d2 && s3 + c >= 0 && s3 + c < g_dSfinal_d3 ? prt::to_f32(g_dSfinal[base + static_cast<long long>(r) * g_dSfinal_s2 + static_cast<long long>(c) * g_dSfinal_s3]) : 0.0f;
+        }
       }
     }
   }
@@ -11244,9 +11396,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
         const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
         const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
         if (ok) {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            if (s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4) g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] = t_R[(r) * 128 + (c)];
+          #pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4) g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] = prt::from_f32<float>(f_R[j][q][e]);
+              }
+            }
           }
         }
       }
@@ -11264,7 +11425,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           }
         }
       }
-      // X = load.async Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 64):+64, 0:+128]
+      // X = load Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 64):+64, 0:+128]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
@@ -11273,20 +11434,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
         const int s4 = 0;
         const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-        float* const dst = t_X;
-        if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = (i % 32) * 4;
-            const int gr = s3 + r;
-            const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_X[j][q][e] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? prt::to_f32(g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4]) : 0.0f;
+            }
           }
         }
       }
@@ -11315,21 +11473,46 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       }
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
-      __syncthreads();
       // X[row, col] = (X[row, col] * R[row, col])
       {
-        for (int i = tid; i < 8192; i += 128) {
-          const int r = i / 128, c = i % 128;
-          t_X[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_X[(r) * 128 + (c)]) * prt::to_f32(t_R[(r) * 128 + (c)])));
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_X[j][q][e] = (f_X[j][q][e] * f_R[j][q][e]);
+            }
+          }
         }
       }
-      __syncthreads();
-      // row_dot = reduce_sum(X, axis=1)
+      // row_dot = reduce_sum(X, axis=1) via row_dot_part
       {
-        for (int o = tid; o < 64; o += 128) {
-          float acc = 0.0f;
-          for (int i = 0; i < 128; ++i) acc += prt::to_f32(t_X[(o) * 128 + (i)]);
-          t_row_dot[o] = prt::from_f32<float>(acc);
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 4;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float acc = f_X[j][0][2 * h];
+            acc += f_X[j][0][2 * h + 1];
+            #pragma unroll
+            for (int q = 1; q < 4; ++q) {
+              acc += f_X[j][q][2 * h];
+              acc += f_X[j][q][2 * h + 1];
+            }
+            acc = prt::quad_sum(acc);
+            const int r = (u / 4) * 16 + (lane >> 2) + 8 * h;
+            if ((lane & 3) == 0) t_row_dot_part[(u % 4) * 64 + (r)] = acc;
+          }
+        }
+        __syncthreads();
+        for (int i = tid; i < 64; i += 128) {
+          float acc = t_row_dot_part[(0) * 64 + (i)];
+          for (int p = 1; p < 4; ++p) acc += t_row_dot_part[(p) * 64 + (i)];
+          t_row_dot[i] = prt::from_f32<float>(acc);
         }
       }
       __syncthreads();
@@ -11370,7 +11553,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           }
         }
       }
-      // X = load.async dSin[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 64):+64, 0:+128]
+      // X = load dSin[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 64):+64, 0:+128]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
@@ -11379,20 +11562,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
         const int s4 = 0;
         const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
         const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
-        float* const dst = t_X;
-        if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = (i % 32) * 4;
-            const int gr = s3 + r;
-            const long long left = ok && gr >= 0 && gr < g_dSin_d3 ? g_dSin_d4 - (s4 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_dSin + base + static_cast<long long>(r) * g_dSin_s3 + c) : static_cast<const void*>(g_dSin), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 ? g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] : prt::from_f32<float>(0.0f);
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_X[j][q][e] = ok && s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 ? prt::to_f32(g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4]) : 0.0f;
+            }
           }
         }
       }
@@ -11421,14 +11601,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       }
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
-      __syncthreads();
       // R[row, col] = (X[row, col] + (R[row, col] * exp(G[0])))
       {
-        for (int i = tid; i < 8192; i += 128) {
-          const int r = i / 128, c = i % 128;
-          t_R[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_X[(r) * 128 + (c)]) + (prt::to_f32(t_R[(r) * 128 + (c)]) * expf(prt::to_f32(t_G[0])))));
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_R[j][q][e] = (f_X[j][q][e] + (f_R[j][q][e] * expf(prt::to_f32(t_G[0]))));
+            }
+          }
         }
       }
+      __syncthreads();
       // r[row] = (x[row] + (r[row] * exp(G[0])))
       {
         for (int r = tid; r < 64; r += 128) {
@@ -11437,7 +11626,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       }
     }
   }
-  __syncthreads();
   // store dS0[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+128] = R
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -11447,12 +11635,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
     const bool ok = a0 >= 0 && a0 < g_dS0_d0 && a1 >= 0 && a1 < g_dS0_d1;
     const long long base = static_cast<long long>(a0) * g_dS0_s0 + static_cast<long long>(a1) * g_dS0_s1 + static_cast<long long>(s2) * g_dS0_s2 + static_cast<long long>(s3) * g_dS0_s3;
     if (ok) {
-      for (int i = tid; i < 8192; i += 128) {
-        const int r = i / 128, c = i % 128;
-        if (s2 + r >= 0 && s2 + r < g_dS0_d2 && s3 + c >= 0 && s3 + c < g_dS0_d3) g_dS0[base + static_cast<long long>(r) * g_dS0_s2 + static_cast<long long>(c) * g_dS0_s3] = t_R[(r) * 128 + (c)];
+      #pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int u = warp + j * 4;
+        const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            if (s2 + r >= 0 && s2 + r < g_dS0_d2 && s3 + c >= 0 && s3 + c < g_dS0_d3) g_dS0[base + static_cast<long long>(r) * g_dS0_s2 + static_cast<long long>(c) * g_dS0_s3] = prt::from_f32<float>(f_R[j][q][e]);
+          }
+        }
       }
     }
   }
+  __syncthreads();
   // store dZ0[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64] = r
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -12588,7 +12786,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
 }
 
 // decode: y of the cache's newest tn rows: in-cache attention (online over key blocks) + phi(q')^T S / phi(q').Z, one scale
-// grid ($hq, $b, (($tn + 15) // 16)), 128 threads, 98304 bytes of dynamic shared memory
+// grid ($hq, $b, (($tn + 15) // 16)), 128 threads, 86016 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_bf16_w4_bd64_bt64_s2(
     const __nv_bfloat16* g_Q, const float* g_Kc, const float* g_Vc, const float* g_Gc, const float* g_S, const float* g_Z, __nv_bfloat16* g_Y, int p_b, int p_tq, int p_hq, int p_h, int p_q0, int p_tn, int p_len, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -12685,26 +12883,28 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_b
   float* const t_lam_q = reinterpret_cast<float*>(prt_smem + 0);  // f32[16] pitch 16
   __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_smem + 1024);  // bf16[16, 128] pitch 136
   float* const t_q_state = reinterpret_cast<float*>(prt_smem + 5376);  // f32[16, 128] pitch 128
-  float* const t_phi = reinterpret_cast<float*>(prt_smem + 93952);  // f32[16, 64] pitch 68
-  float* const t_s_base = reinterpret_cast<float*>(prt_smem + 25856);  // f32[64, 128] pitch 132, 2 copies
+  float* const t_phi = reinterpret_cast<float*>(prt_smem + 81664);  // f32[16, 64] pitch 68
+  float* const t_s_base = reinterpret_cast<float*>(prt_smem + 13568);  // f32[64, 128] pitch 132, 2 copies
   float* t_s = t_s_base;
-  float* const t_z_base = reinterpret_cast<float*>(prt_smem + 93440);  // f32[64] pitch 64, 2 copies
+  float* const t_z_base = reinterpret_cast<float*>(prt_smem + 81152);  // f32[64] pitch 64, 2 copies
   float* t_z = t_z_base;
-  float* const t_num_s = reinterpret_cast<float*>(prt_smem + 13568);  // f32[16, 128] pitch 128
-  float* const t_den_parts = reinterpret_cast<float*>(prt_smem + 21760);  // f32[16, 64] pitch 64
-  float* const t_den_s = reinterpret_cast<float*>(prt_smem + 64);  // f32[16] pitch 16
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_smem + 21760);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 39168);  // bf16[64, 128] pitch 136
-  float* const t_qk = reinterpret_cast<float*>(prt_smem + 56576);  // f32[16, 64] pitch 64
-  float* const t_w = reinterpret_cast<float*>(prt_smem + 60672);  // f32[16, 64] pitch 64
-  float* const t_m_blk = reinterpret_cast<float*>(prt_smem + 256);  // f32[16] pitch 16
-  float* const t_m_new = reinterpret_cast<float*>(prt_smem + 320);  // f32[16] pitch 16
-  float* const t_m_run = reinterpret_cast<float*>(prt_smem + 128);  // f32[16] pitch 16
-  __nv_bfloat16* const t_p = reinterpret_cast<__nv_bfloat16*>(prt_smem + 64768);  // bf16[16, 64] pitch 72
+  float f_num_s[1][4][4];  // f32[16, 128] as mma fragments: 16x128 in 16x32 units over 4 warps
+  float f_den_parts[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
+  float* const t_den_s = reinterpret_cast<float*>(prt_smem + 320);  // f32[16] pitch 16
+  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_smem + 13568);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 30976);  // bf16[64, 128] pitch 136
+  float f_qk[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
+  float f_w[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
+  float* const t_m_blk = reinterpret_cast<float*>(prt_smem + 192);  // f32[16] pitch 16
+  float* const t_m_new = reinterpret_cast<float*>(prt_smem + 256);  // f32[16] pitch 16
+  float* const t_m_run = reinterpret_cast<float*>(prt_smem + 64);  // f32[16] pitch 16
+  __nv_bfloat16* const t_p = reinterpret_cast<__nv_bfloat16*>(prt_smem + 48384);  // bf16[16, 64] pitch 72
   float* const t_p_sum = reinterpret_cast<float*>(prt_smem + 384);  // f32[16] pitch 16
   float* const t_num_a = reinterpret_cast<float*>(prt_smem + 5376);  // f32[16, 128] pitch 128
-  float* const t_den_a = reinterpret_cast<float*>(prt_smem + 192);  // f32[16] pitch 16
-  float* const t_y_row = reinterpret_cast<float*>(prt_smem + 256);  // f32[128] pitch 128
+  float* const t_den_a = reinterpret_cast<float*>(prt_smem + 128);  // f32[16] pitch 16
+  float* const t_y_row = reinterpret_cast<float*>(prt_smem + 192);  // f32[128] pitch 128
+  float* const t_den_s_part = reinterpret_cast<float*>(prt_smem + 64);  // f32[4, 16] pitch 16
+  float* const t_m_blk_part = reinterpret_cast<float*>(prt_smem + 50688);  // f32[4, 16] pitch 16
   // g = load Gc[pid.y, 0:+128, (pid.x // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.y);
@@ -12767,21 +12967,42 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_b
   prt::cp_async_wait<0>();
   __syncthreads();
   // q_state[row, col] = select((((pid.z * 16) + row) < $tn), q[row, col], 0.0)
-  // num_s[row, col] = 0.0
   {
     for (int i = tid; i < 2048; i += 128) {
       const int r = i / 128, c = i % 128;
-      const float y0 = prt::from_f32<float>(((((static_cast<int>(blockIdx.z) * 16) + r) < p_tn) ? prt::to_f32(t_q[(r) * 136 + (c)]) : 0.0f));
-      const float y1 = prt::from_f32<float>(0.0f);
-      t_q_state[(r) * 128 + (c)] = y0;
-      t_num_s[(r) * 128 + (c)] = y1;
+      t_q_state[(r) * 128 + (c)] = prt::from_f32<float>(((((static_cast<int>(blockIdx.z) * 16) + r) < p_tn) ? prt::to_f32(t_q[(r) * 136 + (c)]) : 0.0f));
+    }
+  }
+  // num_s[row, col] = 0.0
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+      #pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          f_num_s[j][q][e] = 0.0f;
+        }
+      }
     }
   }
   // den_parts[row, col] = 0.0
   {
-    for (int i = tid; i < 1024; i += 128) {
-      const int r = i / 64, c = i % 64;
-      t_den_parts[(r) * 64 + (c)] = prt::from_f32<float>(0.0f);
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+      #pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          f_den_parts[j][q][e] = 0.0f;
+        }
+      }
     }
   }
   if ((0 < 129)) {
@@ -12912,11 +13133,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_b
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 4;
           const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          float acc[4][4];
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_num_s[(m0 + prt::frag_row(lane, e)) * 128 + (n0 + q * 8 + prt::frag_col(lane, e))];
+          float (&acc)[4][4] = f_num_s[j];
           const int g = lane >> 2, t2 = (lane & 3) * 2;
           for (int kk = 0; kk < 64; ++kk) {
             const float a0 = prt::to_f32(t_phi[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_phi[(m0 + g + 8) * 68 + (kk)]);
@@ -12929,33 +13146,55 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_b
               acc[q][3] = fmaf(a1, b1, acc[q][3]);
             }
           }
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_num_s[(m0 + prt::frag_row(lane, e)) * 128 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
       // den_parts[row, col] = (den_parts[row, col] + (phi[row, col] * z[col]))
       {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_den_parts[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_den_parts[(r) * 64 + (c)]) + (prt::to_f32(t_phi[(r) * 68 + (c)]) * prt::to_f32(t_z[c]))));
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_den_parts[j][q][e] = (f_den_parts[j][q][e] + (prt::to_f32(t_phi[(r) * 68 + (c)]) * prt::to_f32(t_z[c])));
+            }
+          }
         }
       }
       __syncthreads();
     }
   }
   prt::cp_async_wait<0>();
-  __syncthreads();
-  // den_s = reduce_sum(den_parts, axis=1)
+  // den_s = reduce_sum(den_parts, axis=1) via den_s_part
   {
-    for (int o = warp; o < 16; o += 4) {
-      float acc = 0.0f;
-      for (int i = lane; i < 64; i += 32) acc += prt::to_f32(t_den_parts[(o) * 64 + (i)]);
-      acc = prt::warp_sum(acc);
-      if (lane == 0) t_den_s[o] = prt::from_f32<float>(acc);
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float acc = f_den_parts[j][0][2 * h];
+        acc += f_den_parts[j][0][2 * h + 1];
+        #pragma unroll
+        for (int q = 1; q < 2; ++q) {
+          acc += f_den_parts[j][q][2 * h];
+          acc += f_den_parts[j][q][2 * h + 1];
+        }
+        acc = prt::quad_sum(acc);
+        const int r = (u / 4) * 16 + (lane >> 2) + 8 * h;
+        if ((lane & 3) == 0) t_den_s_part[(u % 4) * 16 + (r)] = acc;
+      }
+    }
+    __syncthreads();
+    for (int i = tid; i < 16; i += 128) {
+      float acc = t_den_s_part[(0) * 16 + (i)];
+      for (int p = 1; p < 4; ++p) acc += t_den_s_part[(p) * 16 + (i)];
+      t_den_s[i] = prt::from_f32<float>(acc);
     }
   }
+  __syncthreads();
   // m_run[row] = -Infinity
   {
     for (int r = tid; r < 16; r += 128) {
@@ -12975,7 +13214,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_b
       t_den_a[r] = prt::from_f32<float>(0.0f);
     }
   }
-  __syncthreads();
   {
     const int v_i1_end = ((p_len + 63) / 64);
     for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
@@ -13022,7 +13260,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_b
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 4;
           const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
-          float acc[2][4];
+          float (&acc)[2][4] = f_qk[j];
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
@@ -13038,31 +13276,50 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_b
               prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
             }
           }
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_qk[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
-      __syncthreads();
       // w[row, col] = select(((((pid.z * 16) + row) < $tn) && (((i1 * 64) + col) <= ((($len - $tn) + (pid.z * 16)) + row))), (((log(abs((qk[row, col] * $scale))) * 2.0) + lam_q[row]) - lam[((i1 * 64) + col)]), -Infinity)
       {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_w[(r) * 64 + (c)] = prt::from_f32<float>((((((static_cast<int>(blockIdx.z) * 16) + r) < p_tn) && (((v_i1 * 64) + c) <= (((p_len - p_tn) + (static_cast<int>(blockIdx.z) * 16)) + r))) ? (((logf(fabsf((prt::to_f32(t_qk[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam_q[r])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) : __int_as_float(0xff800000)));
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_w[j][q][e] = (((((static_cast<int>(blockIdx.z) * 16) + r) < p_tn) && (((v_i1 * 64) + c) <= (((p_len - p_tn) + (static_cast<int>(blockIdx.z) * 16)) + r))) ? (((logf(fabsf((f_qk[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam_q[r])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) : __int_as_float(0xff800000));
+            }
+          }
         }
       }
-      __syncthreads();
-      // m_blk = reduce_max(w, axis=1)
+      // m_blk = reduce_max(w, axis=1) via m_blk_part
       {
-        for (int o = warp; o < 16; o += 4) {
-          float acc = __int_as_float(0xff800000);
-          for (int i = lane; i < 64; i += 32) acc = prt::max_nan(acc, prt::to_f32(t_w[(o) * 64 + (i)]));
-          acc = prt::warp_max(acc);
-          if (lane == 0) t_m_blk[o] = prt::from_f32<float>(acc);
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float acc = f_w[j][0][2 * h];
+            acc = prt::max_nan(acc, f_w[j][0][2 * h + 1]);
+            #pragma unroll
+            for (int q = 1; q < 2; ++q) {
+              acc = prt::max_nan(acc, f_w[j][q][2 * h]);
+              acc = prt::max_nan(acc, f_w[j][q][2 * h + 1]);
+            }
+            acc = prt::quad_max(acc);
+            const int r = (u / 4) * 16 + (lane >> 2) + 8 * h;
+            if ((lane & 3) == 0) t_m_blk_part[(u % 4) * 16 + (r)] = acc;
+          }
+        }
+        __syncthreads();
+        for (int i = tid; i < 16; i += 128) {
+          float acc = t_m_blk_part[(0) * 16 + (i)];
+          for (int p = 1; p < 4; ++p) acc = prt::max_nan(acc, t_m_blk_part[(p) * 16 + (i)]);
+          t_m_blk[i] = prt::from_f32<float>(acc);
         }
       }
-      __syncthreads();
       // m_new[row] = max(m_run[row], m_blk[row])
       {
         for (int r = tid; r < 16; r += 128) {
@@ -13072,9 +13329,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_b
       __syncthreads();
       // p[row, col] = select((m_new[row] == -Infinity), 0.0, exp((w[row, col] - m_new[row])))
       {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_p[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_m_new[r]) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_w[(r) * 64 + (c)]) - prt::to_f32(t_m_new[r])))));
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              t_p[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_m_new[r]) == __int_as_float(0xff800000)) ? 0.0f : expf((f_w[j][q][e] - prt::to_f32(t_m_new[r])))));
+            }
+          }
         }
       }
       __syncthreads();
@@ -13146,9 +13412,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_b
   __syncthreads();
   // num_a[row, col] = ((num_a[row, col] * select((max(m_run[row], (lam_q[row] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp((m_run[row] - max(m_run[row], (lam_q[row] + (log(abs($scale)) * 2.0))))))) + (num_s[row, col] * select((max(m_run[row], (lam_q[row] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp(((lam_q[row] + (log(abs($scale)) * 2.0)) - max(m_run[row], (lam_q[row] + (log(abs($scale)) * 2.0))))))))
   {
-    for (int i = tid; i < 2048; i += 128) {
-      const int r = i / 128, c = i % 128;
-      t_num_a[(r) * 128 + (c)] = prt::from_f32<float>(((prt::to_f32(t_num_a[(r) * 128 + (c)]) * ((prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_m_run[r]) - prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))))))) + (prt::to_f32(t_num_s[(r) * 128 + (c)]) * ((prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf(((prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f)) - prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f)))))))));
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+      #pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          t_num_a[(r) * 128 + (c)] = prt::from_f32<float>(((prt::to_f32(t_num_a[(r) * 128 + (c)]) * ((prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_m_run[r]) - prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))))))) + (f_num_s[j][q][e] * ((prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf(((prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f)) - prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f)))))))));
+        }
+      }
     }
   }
   __syncthreads();
@@ -13520,9 +13795,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_state_copy_p2_d128_e128_c1
 #include <cuda_runtime.h>
 
 extern "C" cudaError_t prt_attention_p2_d128_e128_c128_bf16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d128_e128_c128_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 114432);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d128_e128_c128_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 98560);
   if (err != cudaSuccess) return err;
-  prt_attention_p2_d128_e128_c128_bf16_w4_bd0_bt64_s2<<<grid, 128, 114432, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_attention_p2_d128_e128_c128_bf16_w4_bd0_bt64_s2<<<grid, 128, 98560, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
@@ -13548,16 +13823,16 @@ extern "C" cudaError_t prt_query_state_p2_d128_e128_c128_bf16_w8_bd0_bt64_s1_lau
 }
 
 extern "C" cudaError_t prt_attention_bwd_prep_p2_d128_e128_c128_bf16_w8_bd64_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d128_e128_c128_bf16_w8_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 120320);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d128_e128_c128_bf16_w8_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 71680);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_prep_p2_d128_e128_c128_bf16_w8_bd64_bt64_s1<<<grid, 256, 120320, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_attention_bwd_prep_p2_d128_e128_c128_bf16_w8_bd64_bt64_s1<<<grid, 256, 71680, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_bwd_p2_d128_e128_c128_bf16_w4_bd64_bt32_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_p2_d128_e128_c128_bf16_w4_bd64_bt32_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 49280);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_p2_d128_e128_c128_bf16_w4_bd64_bt32_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 41344);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_p2_d128_e128_c128_bf16_w4_bd64_bt32_s1<<<grid, 128, 49280, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_attention_bwd_p2_d128_e128_c128_bf16_w4_bd64_bt32_s1<<<grid, 128, 41344, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
@@ -13576,9 +13851,9 @@ extern "C" cudaError_t prt_query_state_bwd_ds_p2_d128_e128_c128_bf16_w8_bd64_bt1
 }
 
 extern "C" cudaError_t prt_discounted_cumsum_bwd_p2_d128_e128_c128_bf16_w4_bd64_bt128_s1_launch(dim3 grid, cudaStream_t stream, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d128_e128_c128_bf16_w4_bd64_bt128_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 66848);
+  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d128_e128_c128_bf16_w4_bd64_bt128_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 2336);
   if (err != cudaSuccess) return err;
-  prt_discounted_cumsum_bwd_p2_d128_e128_c128_bf16_w4_bd64_bt128_s1<<<grid, 128, 66848, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
+  prt_discounted_cumsum_bwd_p2_d128_e128_c128_bf16_w4_bd64_bt128_s1<<<grid, 128, 2336, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
@@ -13597,9 +13872,9 @@ extern "C" cudaError_t prt_combine_grads_p2_d128_e128_c128_bf16_w4_bd0_bt64_s1_l
 }
 
 extern "C" cudaError_t prt_decode_p2_d128_e128_c128_bf16_w4_bd64_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_Kc, const float* g_Vc, const float* g_Gc, const float* g_S, const float* g_Z, __nv_bfloat16* g_Y, int p_b, int p_tq, int p_hq, int p_h, int p_q0, int p_tn, int p_len, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_decode_p2_d128_e128_c128_bf16_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 98304);
+  cudaError_t err = cudaFuncSetAttribute(prt_decode_p2_d128_e128_c128_bf16_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 86016);
   if (err != cudaSuccess) return err;
-  prt_decode_p2_d128_e128_c128_bf16_w4_bd64_bt64_s2<<<grid, 128, 98304, stream>>>(g_Q, g_Kc, g_Vc, g_Gc, g_S, g_Z, g_Y, p_b, p_tq, p_hq, p_h, p_q0, p_tn, p_len, p_scale);
+  prt_decode_p2_d128_e128_c128_bf16_w4_bd64_bt64_s2<<<grid, 128, 86016, stream>>>(g_Q, g_Kc, g_Vc, g_Gc, g_S, g_Z, g_Y, p_b, p_tq, p_hq, p_h, p_q0, p_tn, p_len, p_scale);
   return cudaGetLastError();
 }
 

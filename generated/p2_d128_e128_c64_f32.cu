@@ -5,7 +5,7 @@
 #include "sympow_d128_p2.cuh"
 
 // attention: numA, denA, maxA: causal p-th power attention inside each chunk, stabilised by the row max of log-weights
-// grid ($n, $hq, $b), 64 threads, 94080 bytes of dynamic shared memory
+// grid ($n, $hq, $b), 64 threads, 89984 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_f32_w2_bd0_bt32_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -101,13 +101,13 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
   float* t_k = t_k_base;
   float* const t_v_base = reinterpret_cast<float*>(prt_smem + 34304);  // f32[32, 128] pitch 132, 2 copies
   float* t_v = t_v_base;
-  float* const t_w = reinterpret_cast<float*>(prt_smem + 89600);  // f32[32, 32] pitch 32
+  float f_w[1][4][4];  // f32[32, 32] as mma fragments: 32x32 in 16x32 units over 2 warps
   float* const t_p = reinterpret_cast<float*>(prt_smem + 84992);  // f32[32, 32] pitch 36
   float f_acc[4][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 2 warps
-  float* const t_row_max = reinterpret_cast<float*>(prt_smem + 93824);  // f32[32] pitch 32
-  float* const t_row_sum = reinterpret_cast<float*>(prt_smem + 93952);  // f32[32] pitch 32
+  float* const t_row_max = reinterpret_cast<float*>(prt_smem + 89728);  // f32[32] pitch 32
+  float* const t_row_sum = reinterpret_cast<float*>(prt_smem + 89856);  // f32[32] pitch 32
   float* const t_block_max = reinterpret_cast<float*>(prt_smem + 128);  // f32[32] pitch 32
-  float* const t_block_sum = reinterpret_cast<float*>(prt_smem + 93696);  // f32[32] pitch 32
+  float* const t_block_sum = reinterpret_cast<float*>(prt_smem + 89600);  // f32[32] pitch 32
   float* const t_alpha = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
   // g = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
@@ -312,7 +312,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
               for (int j = 0; j < 1; ++j) {
                 const int u = warp + j * 2;
                 const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-                float acc[4][4];
+                float (&acc)[4][4] = f_w[j];
                 #pragma unroll
                 for (int q = 0; q < 4; ++q)
                 #pragma unroll
@@ -329,27 +329,42 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
                     acc[q][3] = fmaf(a1, b1, acc[q][3]);
                   }
                 }
-                #pragma unroll
-                for (int q = 0; q < 4; ++q)
-                #pragma unroll
-                  for (int e = 0; e < 4; ++e) t_w[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
               }
             }
-            __syncthreads();
             // w[row, col] = select(((((i1 * 32) + col) <= ((i0 * 32) + row)) && ((w[row, col] * $scale) != 0.0)), (((log(abs((w[row, col] * $scale))) * 2.0) + lam[((i0 * 32) + row)]) - lam[((i1 * 32) + col)]), -Infinity)
             {
-              for (int i = tid; i < 1024; i += 64) {
-                const int r = i / 32, c = i % 32;
-                t_w[(r) * 32 + (c)] = prt::from_f32<float>((((((v_i1 * 32) + c) <= ((v_i0 * 32) + r)) && ((prt::to_f32(t_w[(r) * 32 + (c)]) * p_scale) != 0.0f)) ? (((logf(fabsf((prt::to_f32(t_w[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 32) + r)])) - prt::to_f32(t_lam[((v_i1 * 32) + c)])) : __int_as_float(0xff800000)));
+              #pragma unroll
+              for (int j = 0; j < 1; ++j) {
+                const int u = warp + j * 2;
+                const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                  #pragma unroll
+                  for (int e = 0; e < 4; ++e) {
+                    const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                    f_w[j][q][e] = (((((v_i1 * 32) + c) <= ((v_i0 * 32) + r)) && ((f_w[j][q][e] * p_scale) != 0.0f)) ? (((logf(fabsf((f_w[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 32) + r)])) - prt::to_f32(t_lam[((v_i1 * 32) + c)])) : __int_as_float(0xff800000));
+                  }
+                }
               }
             }
-            __syncthreads();
             // block_max = reduce_max(w, axis=1)
             {
-              for (int o = tid; o < 32; o += 64) {
-                float acc = __int_as_float(0xff800000);
-                for (int i = 0; i < 32; ++i) acc = prt::max_nan(acc, prt::to_f32(t_w[(o) * 32 + (i)]));
-                t_block_max[o] = prt::from_f32<float>(acc);
+              #pragma unroll
+              for (int j = 0; j < 1; ++j) {
+                const int u = warp + j * 2;
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  float acc = f_w[j][0][2 * h];
+                  acc = prt::max_nan(acc, f_w[j][0][2 * h + 1]);
+                  #pragma unroll
+                  for (int q = 1; q < 4; ++q) {
+                    acc = prt::max_nan(acc, f_w[j][q][2 * h]);
+                    acc = prt::max_nan(acc, f_w[j][q][2 * h + 1]);
+                  }
+                  acc = prt::quad_max(acc);
+                  const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
+                  if ((lane & 3) == 0) t_block_max[r] = prt::from_f32<float>(acc);
+                }
               }
             }
             __syncthreads();
@@ -368,9 +383,18 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
             __syncthreads();
             // p[row, col] = select((row_max[row] == -Infinity), 0.0, exp((w[row, col] - row_max[row])))
             {
-              for (int i = tid; i < 1024; i += 64) {
-                const int r = i / 32, c = i % 32;
-                t_p[(r) * 36 + (c)] = prt::from_f32<float>(((prt::to_f32(t_row_max[r]) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_w[(r) * 32 + (c)]) - prt::to_f32(t_row_max[r])))));
+              #pragma unroll
+              for (int j = 0; j < 1; ++j) {
+                const int u = warp + j * 2;
+                const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                  #pragma unroll
+                  for (int e = 0; e < 4; ++e) {
+                    const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                    t_p[(r) * 36 + (c)] = prt::from_f32<float>(((prt::to_f32(t_row_max[r]) == __int_as_float(0xff800000)) ? 0.0f : expf((f_w[j][q][e] - prt::to_f32(t_row_max[r])))));
+                  }
+                }
               }
             }
             __syncthreads();
@@ -2628,7 +2652,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
   float* const t_q0 = reinterpret_cast<float*>(prt_smem + 512);  // f32[32, 128] pitch 132
   float* const t_z = reinterpret_cast<float*>(prt_smem + 17408);  // f32[8256] pitch 8256
   float* const t_zsym_hi = reinterpret_cast<float*>(prt_smem + 50432);  // f32[128, 128] pitch 132
-  float* const t_qz = reinterpret_cast<float*>(prt_smem + 17408);  // f32[32, 128] pitch 128
+  float f_qz[2][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 4 warps
   float* const t_s0_f32 = reinterpret_cast<float*>(prt_smem + 84992);  // f32[128, 128] pitch 128
   float* const t_s0_hi = reinterpret_cast<float*>(prt_smem + 17408);  // f32[128, 128] pitch 132
   float* const t_q1 = reinterpret_cast<float*>(prt_smem + 512);  // f32[32, 112] pitch 116
@@ -2657,6 +2681,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
   float* const t_den_a = reinterpret_cast<float*>(prt_smem + 128);  // f32[32] pitch 32
   float* const t_max_a = reinterpret_cast<float*>(prt_smem + 512);  // f32[32] pitch 32
   float* const t_lse_t = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
+  float* const t_den_s_part = reinterpret_cast<float*>(prt_smem + 17408);  // f32[4, 32] pitch 32
   // g = load logG[pid.z, ((pid.x // 2) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -2765,7 +2790,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
       for (int j = 0; j < 2; ++j) {
         const int u = warp + j * 4;
         const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-        float acc[4][4];
+        float (&acc)[4][4] = f_qz[j];
         #pragma unroll
         for (int q = 0; q < 4; ++q)
         #pragma unroll
@@ -2782,30 +2807,51 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
             acc[q][3] = fmaf(a1, b1, acc[q][3]);
           }
         }
-        #pragma unroll
-        for (int q = 0; q < 4; ++q)
-        #pragma unroll
-          for (int e = 0; e < 4; ++e) t_qz[(m0 + prt::frag_row(lane, e)) * 128 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
       }
     }
-    __syncthreads();
     // qz[row, col] = (qz[row, col] * q0[row, col])
     {
-      for (int i = tid; i < 4096; i += 128) {
-        const int r = i / 128, c = i % 128;
-        t_qz[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_qz[(r) * 128 + (c)]) * prt::to_f32(t_q0[(r) * 132 + (c)])));
+      #pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int u = warp + j * 4;
+        const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            f_qz[j][q][e] = (f_qz[j][q][e] * prt::to_f32(t_q0[(r) * 132 + (c)]));
+          }
+        }
+      }
+    }
+    // den_s = reduce_sum(qz, axis=1) via den_s_part
+    {
+      #pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int u = warp + j * 4;
+        #pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float acc = f_qz[j][0][2 * h];
+          acc += f_qz[j][0][2 * h + 1];
+          #pragma unroll
+          for (int q = 1; q < 4; ++q) {
+            acc += f_qz[j][q][2 * h];
+            acc += f_qz[j][q][2 * h + 1];
+          }
+          acc = prt::quad_sum(acc);
+          const int r = (u / 4) * 16 + (lane >> 2) + 8 * h;
+          if ((lane & 3) == 0) t_den_s_part[(u % 4) * 32 + (r)] = acc;
+        }
+      }
+      __syncthreads();
+      for (int i = tid; i < 32; i += 128) {
+        float acc = t_den_s_part[(0) * 32 + (i)];
+        for (int p = 1; p < 4; ++p) acc += t_den_s_part[(p) * 32 + (i)];
+        t_den_s[i] = prt::from_f32<float>(acc);
       }
     }
     __syncthreads();
-    // den_s = reduce_sum(qz, axis=1)
-    {
-      for (int o = warp; o < 32; o += 4) {
-        float acc = 0.0f;
-        for (int i = lane; i < 128; i += 32) acc += prt::to_f32(t_qz[(o) * 128 + (i)]);
-        acc = prt::warp_sum(acc);
-        if (lane == 0) t_den_s[o] = prt::from_f32<float>(acc);
-      }
-    }
     {
       const int v_i0_end = 16;
       for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
@@ -3850,7 +3896,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
 }
 
 // attention_bwd_prep: DyA = rowsum(P * dP), PA = rowsum(P) over the chunk's keys (the attention parts of dy . y and of 1), in f32
-// grid ($n, $hq, $b), 128 threads, 80640 bytes of dynamic shared memory
+// grid ($n, $hq, $b), 128 threads, 68608 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128_e128_c64_f32_w4_bd64_bt32_s1(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -3953,15 +3999,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
   float* const t_q = reinterpret_cast<float*>(prt_smem + 34304);  // f32[32, 128] pitch 132
   float* const t_dy = reinterpret_cast<float*>(prt_smem + 512);  // f32[32, 128] pitch 132
-  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 80384);  // f32[32] pitch 32
+  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 68352);  // f32[32] pitch 32
   float* const t_k = reinterpret_cast<float*>(prt_smem + 17408);  // f32[32, 128] pitch 132
   float* const t_v = reinterpret_cast<float*>(prt_smem + 51200);  // f32[32, 128] pitch 132
-  float* const t_dot = reinterpret_cast<float*>(prt_smem + 68096);  // f32[32, 32] pitch 32
-  float* const t_p = reinterpret_cast<float*>(prt_smem + 72192);  // f32[32, 32] pitch 32
-  float* const t_p_dp = reinterpret_cast<float*>(prt_smem + 76288);  // f32[32, 32] pitch 32
-  float* const t_part = reinterpret_cast<float*>(prt_smem + 80512);  // f32[32] pitch 32
-  float* const t_acc_dy = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
-  float* const t_acc_p = reinterpret_cast<float*>(prt_smem + 128);  // f32[32] pitch 32
+  float f_dot[1][2][4];  // f32[32, 32] as mma fragments: 32x32 in 16x16 units over 4 warps
+  float f_p[1][2][4];  // f32[32, 32] as mma fragments: 32x32 in 16x16 units over 4 warps
+  float f_p_dp[1][2][4];  // f32[32, 32] as mma fragments: 32x32 in 16x16 units over 4 warps
+  float* const t_part = reinterpret_cast<float*>(prt_smem + 68480);  // f32[32] pitch 32
+  float* const t_acc_dy = reinterpret_cast<float*>(prt_smem + 68096);  // f32[32] pitch 32
+  float* const t_acc_p = reinterpret_cast<float*>(prt_smem + 68224);  // f32[32] pitch 32
+  float* const t_part_part = reinterpret_cast<float*>(prt_smem + 0);  // f32[2, 32] pitch 32
   // g = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -4055,7 +4102,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
           dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
         }
       }
-      __syncthreads();
       // acc_dy[row] = 0.0
       // acc_p[row] = 0.0
       {
@@ -4128,7 +4174,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
             for (int j = 0; j < 1; ++j) {
               const int u = warp + j * 4;
               const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-              float acc[2][4];
+              float (&acc)[2][4] = f_dot[j];
               #pragma unroll
               for (int q = 0; q < 2; ++q)
               #pragma unroll
@@ -4145,10 +4191,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
                   acc[q][3] = fmaf(a1, b1, acc[q][3]);
                 }
               }
-              #pragma unroll
-              for (int q = 0; q < 2; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_dot[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
             }
           }
           // p_dp = mma.fmaFrag(dy, v^T) [32x32 in 16x16 units over 4 warps]
@@ -4157,7 +4199,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
             for (int j = 0; j < 1; ++j) {
               const int u = warp + j * 4;
               const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-              float acc[2][4];
+              float (&acc)[2][4] = f_p_dp[j];
               #pragma unroll
               for (int q = 0; q < 2; ++q)
               #pragma unroll
@@ -4174,35 +4216,66 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
                   acc[q][3] = fmaf(a1, b1, acc[q][3]);
                 }
               }
-              #pragma unroll
-              for (int q = 0; q < 2; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_p_dp[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
             }
           }
-          __syncthreads();
           // p[row, col] = select(((((i0 * 32) + row) >= ((i1 * 32) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i0 * 32) + row)]) - lam[((i1 * 32) + col)]) - lse_i[row])), 0.0)
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+              #pragma unroll
+              for (int q = 0; q < 2; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_p[j][q][e] = (((((v_i0 * 32) + r) >= ((v_i1 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 32) + r)])) - prt::to_f32(t_lam[((v_i1 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f);
+                }
+              }
+            }
+          }
           // p_dp[row, col] = (p[row, col] * p_dp[row, col])
           {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 32, c = i % 32;
-              const float y0 = prt::from_f32<float>((((((v_i0 * 32) + r) >= ((v_i1 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 32) + r)])) - prt::to_f32(t_lam[((v_i1 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
-              const float y1 = prt::from_f32<float>((y0 * prt::to_f32(t_p_dp[(r) * 32 + (c)])));
-              t_p[(r) * 32 + (c)] = y0;
-              t_p_dp[(r) * 32 + (c)] = y1;
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+              #pragma unroll
+              for (int q = 0; q < 2; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_p_dp[j][q][e] = (f_p[j][q][e] * f_p_dp[j][q][e]);
+                }
+              }
             }
           }
-          __syncthreads();
-          // part = reduce_sum(p_dp, axis=1)
+          // part = reduce_sum(p_dp, axis=1) via part_part
           {
-            for (int o = warp; o < 32; o += 4) {
-              float acc = 0.0f;
-              for (int i = lane; i < 32; i += 32) acc += prt::to_f32(t_p_dp[(o) * 32 + (i)]);
-              acc = prt::warp_sum(acc);
-              if (lane == 0) t_part[o] = prt::from_f32<float>(acc);
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                float acc = f_p_dp[j][0][2 * h];
+                acc += f_p_dp[j][0][2 * h + 1];
+                #pragma unroll
+                for (int q = 1; q < 2; ++q) {
+                  acc += f_p_dp[j][q][2 * h];
+                  acc += f_p_dp[j][q][2 * h + 1];
+                }
+                acc = prt::quad_sum(acc);
+                const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
+                if ((lane & 3) == 0) t_part_part[(u % 2) * 32 + (r)] = acc;
+              }
+            }
+            __syncthreads();
+            for (int i = tid; i < 32; i += 128) {
+              float acc = t_part_part[(0) * 32 + (i)];
+              for (int p = 1; p < 2; ++p) acc += t_part_part[(p) * 32 + (i)];
+              t_part[i] = prt::from_f32<float>(acc);
             }
           }
-          __syncthreads();
           // acc_dy[row] = (acc_dy[row] + part[row])
           {
             for (int r = tid; r < 32; r += 128) {
@@ -4210,16 +4283,32 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
             }
           }
           __syncthreads();
-          // part = reduce_sum(p, axis=1)
+          // part = reduce_sum(p, axis=1) via part_part
           {
-            for (int o = warp; o < 32; o += 4) {
-              float acc = 0.0f;
-              for (int i = lane; i < 32; i += 32) acc += prt::to_f32(t_p[(o) * 32 + (i)]);
-              acc = prt::warp_sum(acc);
-              if (lane == 0) t_part[o] = prt::from_f32<float>(acc);
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                float acc = f_p[j][0][2 * h];
+                acc += f_p[j][0][2 * h + 1];
+                #pragma unroll
+                for (int q = 1; q < 2; ++q) {
+                  acc += f_p[j][q][2 * h];
+                  acc += f_p[j][q][2 * h + 1];
+                }
+                acc = prt::quad_sum(acc);
+                const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
+                if ((lane & 3) == 0) t_part_part[(u % 2) * 32 + (r)] = acc;
+              }
+            }
+            __syncthreads();
+            for (int i = tid; i < 32; i += 128) {
+              float acc = t_part_part[(0) * 32 + (i)];
+              for (int p = 1; p < 2; ++p) acc += t_part_part[(p) * 32 + (i)];
+              t_part[i] = prt::from_f32<float>(acc);
             }
           }
-          __syncthreads();
           // acc_p[row] = (acc_p[row] + part[row])
           {
             for (int r = tid; r < 32; r += 128) {
@@ -4254,12 +4343,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
           }
         }
       }
+      __syncthreads();
     }
   }
 }
 
 // attention_bwd: dQa, dKa, dVa, dlamA: the intra-chunk attention's gradients (flash-attention backward)
-// grid ($n, $h, $b), 128 threads, 85888 bytes of dynamic shared memory
+// grid ($n, $h, $b), 128 threads, 77952 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128_c64_f32_w4_bd64_bt32_s1(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -4401,19 +4491,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
   float* const t_q = reinterpret_cast<float*>(prt_smem + 34304);  // f32[32, 128] pitch 132
   float* const t_dy = reinterpret_cast<float*>(prt_smem + 512);  // f32[32, 128] pitch 132
-  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 85632);  // f32[32] pitch 32
-  float* const t_Dy_i = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
+  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 77696);  // f32[32] pitch 32
+  float* const t_Dy_i = reinterpret_cast<float*>(prt_smem + 77312);  // f32[32] pitch 32
   float* const t_k = reinterpret_cast<float*>(prt_smem + 17408);  // f32[32, 128] pitch 132
   float* const t_v = reinterpret_cast<float*>(prt_smem + 51200);  // f32[32, 128] pitch 132
-  float* const t_dot = reinterpret_cast<float*>(prt_smem + 81408);  // f32[32, 32] pitch 32
-  float* const t_W = reinterpret_cast<float*>(prt_smem + 77312);  // f32[32, 32] pitch 32
+  float f_dot[1][2][4];  // f32[32, 32] as mma fragments: 32x32 in 16x16 units over 4 warps
+  float f_W[1][2][4];  // f32[32, 32] as mma fragments: 32x32 in 16x16 units over 4 warps
   float* const t_P = reinterpret_cast<float*>(prt_smem + 68096);  // f32[32, 32] pitch 36
   float* const t_ds = reinterpret_cast<float*>(prt_smem + 72704);  // f32[32, 32] pitch 36
   float f_acc_d[2][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 4 warps
   float f_acc_e[2][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 4 warps
-  float* const t_wsum = reinterpret_cast<float*>(prt_smem + 85760);  // f32[32] pitch 32
-  float* const t_dlam = reinterpret_cast<float*>(prt_smem + 128);  // f32[32] pitch 32
-  float* const t_dlam_row = reinterpret_cast<float*>(prt_smem + 85504);  // f32[32] pitch 32
+  float* const t_wsum = reinterpret_cast<float*>(prt_smem + 77824);  // f32[32] pitch 32
+  float* const t_dlam = reinterpret_cast<float*>(prt_smem + 77440);  // f32[32] pitch 32
+  float* const t_dlam_row = reinterpret_cast<float*>(prt_smem + 77568);  // f32[32] pitch 32
+  float* const t_wsum_part = reinterpret_cast<float*>(prt_smem + 0);  // f32[2, 32] pitch 32
   // g = load logG[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -4516,7 +4607,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
               dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
             }
           }
-          __syncthreads();
           // Dy_i = load Dy[pid.z, ((pid.x * 64) + (i0 * 32)):+32, ((pid.y * ($hq // $h)) + i1)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
@@ -4545,6 +4635,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
               }
             }
           }
+          __syncthreads();
           {
             const int v_i2_end = (v_i0 + 1);
             for (int v_i2 = 0; v_i2 < v_i2_end; v_i2 += 1) {
@@ -4607,7 +4698,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                 for (int j = 0; j < 1; ++j) {
                   const int u = warp + j * 4;
                   const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-                  float acc[2][4];
+                  float (&acc)[2][4] = f_dot[j];
                   #pragma unroll
                   for (int q = 0; q < 2; ++q)
                   #pragma unroll
@@ -4624,10 +4715,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                       acc[q][3] = fmaf(a1, b1, acc[q][3]);
                     }
                   }
-                  #pragma unroll
-                  for (int q = 0; q < 2; ++q)
-                  #pragma unroll
-                    for (int e = 0; e < 4; ++e) t_dot[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
                 }
               }
               // W = mma.fmaFrag(dy, v^T) [32x32 in 16x16 units over 4 warps]
@@ -4636,7 +4723,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                 for (int j = 0; j < 1; ++j) {
                   const int u = warp + j * 4;
                   const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-                  float acc[2][4];
+                  float (&acc)[2][4] = f_W[j];
                   #pragma unroll
                   for (int q = 0; q < 2; ++q)
                   #pragma unroll
@@ -4653,22 +4740,38 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                       acc[q][3] = fmaf(a1, b1, acc[q][3]);
                     }
                   }
-                  #pragma unroll
-                  for (int q = 0; q < 2; ++q)
-                  #pragma unroll
-                    for (int e = 0; e < 4; ++e) t_W[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
                 }
               }
-              __syncthreads();
               // W[row, col] = (select(((((i0 * 32) + row) >= ((i2 * 32) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i0 * 32) + row)]) - lam[((i2 * 32) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row]))
+              {
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 4;
+                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+                  #pragma unroll
+                  for (int q = 0; q < 2; ++q) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                      const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                      f_W[j][q][e] = ((((((v_i0 * 32) + r) >= ((v_i2 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 32) + r)])) - prt::to_f32(t_lam[((v_i2 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r])));
+                    }
+                  }
+                }
+              }
               // ds[row, col] = select((dot[row, col] == 0.0), 0.0, ((W[row, col] * 2.0) / dot[row, col]))
               {
-                for (int i = tid; i < 1024; i += 128) {
-                  const int r = i / 32, c = i % 32;
-                  const float y0 = prt::from_f32<float>(((((((v_i0 * 32) + r) >= ((v_i2 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 32) + r)])) - prt::to_f32(t_lam[((v_i2 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 32 + (c)]) - prt::to_f32(t_Dy_i[r]))));
-                  const float y1 = prt::from_f32<float>(((prt::to_f32(t_dot[(r) * 32 + (c)]) == 0.0f) ? 0.0f : ((y0 * 2.0f) / prt::to_f32(t_dot[(r) * 32 + (c)]))));
-                  t_W[(r) * 32 + (c)] = y0;
-                  t_ds[(r) * 36 + (c)] = y1;
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 4;
+                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+                  #pragma unroll
+                  for (int q = 0; q < 2; ++q) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                      const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                      t_ds[(r) * 36 + (c)] = prt::from_f32<float>(((f_dot[j][q][e] == 0.0f) ? 0.0f : ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e])));
+                    }
+                  }
                 }
               }
               __syncthreads();
@@ -4693,22 +4796,39 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                   }
                 }
               }
-              // wsum = reduce_sum(W, axis=1)
+              // wsum = reduce_sum(W, axis=1) via wsum_part
               {
-                for (int o = warp; o < 32; o += 4) {
-                  float acc = 0.0f;
-                  for (int i = lane; i < 32; i += 32) acc += prt::to_f32(t_W[(o) * 32 + (i)]);
-                  acc = prt::warp_sum(acc);
-                  if (lane == 0) t_wsum[o] = prt::from_f32<float>(acc);
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 4;
+                  #pragma unroll
+                  for (int h = 0; h < 2; ++h) {
+                    float acc = f_W[j][0][2 * h];
+                    acc += f_W[j][0][2 * h + 1];
+                    #pragma unroll
+                    for (int q = 1; q < 2; ++q) {
+                      acc += f_W[j][q][2 * h];
+                      acc += f_W[j][q][2 * h + 1];
+                    }
+                    acc = prt::quad_sum(acc);
+                    const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
+                    if ((lane & 3) == 0) t_wsum_part[(u % 2) * 32 + (r)] = acc;
+                  }
+                }
+                __syncthreads();
+                for (int i = tid; i < 32; i += 128) {
+                  float acc = t_wsum_part[(0) * 32 + (i)];
+                  for (int p = 1; p < 2; ++p) acc += t_wsum_part[(p) * 32 + (i)];
+                  t_wsum[i] = prt::from_f32<float>(acc);
                 }
               }
-              __syncthreads();
               // dlam_row[row] = (dlam_row[row] + wsum[row])
               {
                 for (int r = tid; r < 32; r += 128) {
                   t_dlam_row[r] = prt::from_f32<float>((prt::to_f32(t_dlam_row[r]) + prt::to_f32(t_wsum[r])));
                 }
               }
+              __syncthreads();
             }
           }
           // store dQa[pid.z, ((pid.x * 64) + (i0 * 32)):+32, ((pid.y * ($hq // $h)) + i1), 0:+128] = acc_d
@@ -4735,8 +4855,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
               }
             }
           }
+          __syncthreads();
         }
       }
+      __syncthreads();
       // k = load.async K[pid.z, ((pid.x * 64) + (i0 * 32)):+32, pid.y, 0:+128]
       {
         const int a0 = static_cast<int>(blockIdx.z);
@@ -4821,7 +4943,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
           }
         }
       }
-      __syncthreads();
       // dlam[row] = 0.0
       {
         for (int r = tid; r < 32; r += 128) {
@@ -4917,7 +5038,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                 for (int j = 0; j < 1; ++j) {
                   const int u = warp + j * 4;
                   const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-                  float acc[2][4];
+                  float (&acc)[2][4] = f_dot[j];
                   #pragma unroll
                   for (int q = 0; q < 2; ++q)
                   #pragma unroll
@@ -4934,10 +5055,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                       acc[q][3] = fmaf(a1, b1, acc[q][3]);
                     }
                   }
-                  #pragma unroll
-                  for (int q = 0; q < 2; ++q)
-                  #pragma unroll
-                    for (int e = 0; e < 4; ++e) t_dot[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
                 }
               }
               // W = mma.fmaFrag(dy, v^T) [32x32 in 16x16 units over 4 warps]
@@ -4946,7 +5063,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                 for (int j = 0; j < 1; ++j) {
                   const int u = warp + j * 4;
                   const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-                  float acc[2][4];
+                  float (&acc)[2][4] = f_W[j];
                   #pragma unroll
                   for (int q = 0; q < 2; ++q)
                   #pragma unroll
@@ -4963,25 +5080,54 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                       acc[q][3] = fmaf(a1, b1, acc[q][3]);
                     }
                   }
-                  #pragma unroll
-                  for (int q = 0; q < 2; ++q)
-                  #pragma unroll
-                    for (int e = 0; e < 4; ++e) t_W[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
                 }
               }
-              __syncthreads();
               // W[row, col] = (select(((((i4 * 32) + row) >= ((i0 * 32) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i4 * 32) + row)]) - lam[((i0 * 32) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row]))
+              {
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 4;
+                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+                  #pragma unroll
+                  for (int q = 0; q < 2; ++q) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                      const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                      f_W[j][q][e] = ((((((v_i4 * 32) + r) >= ((v_i0 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 32) + r)])) - prt::to_f32(t_lam[((v_i0 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r])));
+                    }
+                  }
+                }
+              }
               // ds[row, col] = select((dot[row, col] == 0.0), 0.0, ((W[row, col] * 2.0) / dot[row, col]))
+              {
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 4;
+                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+                  #pragma unroll
+                  for (int q = 0; q < 2; ++q) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                      const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                      t_ds[(r) * 36 + (c)] = prt::from_f32<float>(((f_dot[j][q][e] == 0.0f) ? 0.0f : ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e])));
+                    }
+                  }
+                }
+              }
               // P[row, col] = select(((((i4 * 32) + row) >= ((i0 * 32) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i4 * 32) + row)]) - lam[((i0 * 32) + col)]) - lse_i[row])), 0.0)
               {
-                for (int i = tid; i < 1024; i += 128) {
-                  const int r = i / 32, c = i % 32;
-                  const float y0 = prt::from_f32<float>(((((((v_i4 * 32) + r) >= ((v_i0 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 32) + r)])) - prt::to_f32(t_lam[((v_i0 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 32 + (c)]) - prt::to_f32(t_Dy_i[r]))));
-                  const float y1 = prt::from_f32<float>(((prt::to_f32(t_dot[(r) * 32 + (c)]) == 0.0f) ? 0.0f : ((y0 * 2.0f) / prt::to_f32(t_dot[(r) * 32 + (c)]))));
-                  const float y2 = prt::from_f32<float>((((((v_i4 * 32) + r) >= ((v_i0 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 32) + r)])) - prt::to_f32(t_lam[((v_i0 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
-                  t_W[(r) * 32 + (c)] = y0;
-                  t_ds[(r) * 36 + (c)] = y1;
-                  t_P[(r) * 36 + (c)] = y2;
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 4;
+                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+                  #pragma unroll
+                  for (int q = 0; q < 2; ++q) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                      const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                      t_P[(r) * 36 + (c)] = prt::from_f32<float>((((((v_i4 * 32) + r) >= ((v_i0 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 32) + r)])) - prt::to_f32(t_lam[((v_i0 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
+                    }
+                  }
                 }
               }
               __syncthreads();
@@ -5027,22 +5173,37 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                   }
                 }
               }
-              // wsum = reduce_sum(W, axis=0)
+              // wsum = reduce_sum(W, axis=0) via wsum_part
               {
-                for (int o = warp; o < 32; o += 4) {
-                  float acc = 0.0f;
-                  for (int i = lane; i < 32; i += 32) acc += prt::to_f32(t_W[(i) * 32 + (o)]);
-                  acc = prt::warp_sum(acc);
-                  if (lane == 0) t_wsum[o] = prt::from_f32<float>(acc);
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 4;
+                  #pragma unroll
+                  for (int q = 0; q < 2; ++q) {
+                    #pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                      float acc = f_W[j][q][h];
+                      acc += f_W[j][q][2 + h];
+                      acc = prt::column_lanes_sum(acc);
+                      const int c = (u % 2) * 16 + q * 8 + ((lane & 3) << 1) + h;
+                      if (lane < 4) t_wsum_part[(u / 2) * 32 + (c)] = acc;
+                    }
+                  }
+                }
+                __syncthreads();
+                for (int i = tid; i < 32; i += 128) {
+                  float acc = t_wsum_part[(0) * 32 + (i)];
+                  for (int p = 1; p < 2; ++p) acc += t_wsum_part[(p) * 32 + (i)];
+                  t_wsum[i] = prt::from_f32<float>(acc);
                 }
               }
-              __syncthreads();
               // dlam[row] = (dlam[row] - wsum[row])
               {
                 for (int r = tid; r < 32; r += 128) {
                   t_dlam[r] = prt::from_f32<float>((prt::to_f32(t_dlam[r]) - prt::to_f32(t_wsum[r])));
                 }
               }
+              __syncthreads();
             }
           }
         }
@@ -10144,7 +10305,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
 }
 
 // discounted_cumsum_bwd: ddS, ddZ, dS0, dZ0, dGc: reverse-time discounted cumsum of the state's gradient
-// grid (129, ($b * $h), 1), 128 threads, 66592 bytes of dynamic shared memory
+// grid (129, ($b * $h), 1), 128 threads, 2080 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d128_e128_c64_f32_w4_bd64_bt64_s1(
     const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -10307,15 +10468,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
   (void)g_dGc_d1;
   (void)g_dGc_d2;
   (void)g_dGc_d3;
-  float* const t_R = reinterpret_cast<float*>(prt_smem + 0);  // f32[64, 128] pitch 128
-  float* const t_r = reinterpret_cast<float*>(prt_smem + 32768);  // f32[64] pitch 64
-  float* const t_X = reinterpret_cast<float*>(prt_smem + 33024);  // f32[64, 128] pitch 128
-  float* const t_x = reinterpret_cast<float*>(prt_smem + 66304);  // f32[64] pitch 64
-  float* const t_g = reinterpret_cast<float*>(prt_smem + 65792);  // f32[64] pitch 64
-  float* const t_G = reinterpret_cast<float*>(prt_smem + 66560);  // f32[1] pitch 1
-  float* const t_row_dot = reinterpret_cast<float*>(prt_smem + 66048);  // f32[64] pitch 64
-  float* const t_dG = reinterpret_cast<float*>(prt_smem + 66576);  // f32[1] pitch 1
-  // R = load.async dSfinal[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+128]
+  float f_R[4][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 4 warps
+  float* const t_r = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
+  float f_X[4][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 4 warps
+  float* const t_x = reinterpret_cast<float*>(prt_smem + 1792);  // f32[64] pitch 64
+  float* const t_g = reinterpret_cast<float*>(prt_smem + 1280);  // f32[64] pitch 64
+  float* const t_G = reinterpret_cast<float*>(prt_smem + 2048);  // f32[1] pitch 1
+  float* const t_row_dot = reinterpret_cast<float*>(prt_smem + 1536);  // f32[64] pitch 64
+  float* const t_dG = reinterpret_cast<float*>(prt_smem + 2064);  // f32[1] pitch 1
+  float* const t_row_dot_part = reinterpret_cast<float*>(prt_smem + 256);  // f32[4, 64] pitch 64
+  // R = load dSfinal[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+128]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int a1 = (static_cast<int>(blockIdx.y) % p_h);
@@ -10323,20 +10485,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dSfinal_d0 && a1 >= 0 && a1 < g_dSfinal_d1;
     const long long base = static_cast<long long>(a0) * g_dSfinal_s0 + static_cast<long long>(a1) * g_dSfinal_s1 + static_cast<long long>(s2) * g_dSfinal_s2 + static_cast<long long>(s3) * g_dSfinal_s3;
-    float* const dst = t_R;
-    if (prt::aligned16(g_dSfinal) && base % 4 == 0 && g_dSfinal_s2 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 2048; i += 128) {
-        const int r = i / 32, c = (i % 32) * 4;
-        const int gr = s2 + r;
-        const long long left = ok && gr >= 0 && gr < g_dSfinal_d2 ? g_dSfinal_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_dSfinal + base + static_cast<long long>(r) * g_dSfinal_s2 + c) : static_cast<const void*>(g_dSfinal), n * 4);
-      }
-    }
-    else {
-      for (int i = tid; i < 8192; i += 128) {
-        const int r = i / 128, c = i % 128;
-        dst[(r) * 128 + (c)] = ok && s2 + r >= 0 && s2 + r < g_dSfinal_d2 && s3 + c >= 0 && s3 + c < g_dSfinal_d3 ? g_dSfinal[base + static_cast<long long>(r) * g_dSfinal_s2 + static_cast<long long>(c) * g_dSfinal_s3] : prt::from_f32<float>(0.0f);
+    #pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+      #pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          f_R[j][q][e] = ok && s2 + r >= 0 && s2 + r < g_dSfinal_d2 && s3 + c >= 0 && s3 + c < g_dSfinal_d3 ? prt::to_f32(g_dSfinal[base + static_cast<long long>(r) * g_dSfinal_s2 + static_cast<long long>(c) * g_dSfinal_s3]) : 0.0f;
+        }
       }
     }
   }
@@ -10399,9 +10558,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
         const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
         const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
         if (ok) {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            if (s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4) g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] = t_R[(r) * 128 + (c)];
+          #pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4) g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] = prt::from_f32<float>(f_R[j][q][e]);
+              }
+            }
           }
         }
       }
@@ -10419,7 +10587,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           }
         }
       }
-      // X = load.async Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 64):+64, 0:+128]
+      // X = load Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 64):+64, 0:+128]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
@@ -10428,20 +10596,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
         const int s4 = 0;
         const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-        float* const dst = t_X;
-        if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = (i % 32) * 4;
-            const int gr = s3 + r;
-            const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_X[j][q][e] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? prt::to_f32(g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4]) : 0.0f;
+            }
           }
         }
       }
@@ -10470,21 +10635,46 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       }
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
-      __syncthreads();
       // X[row, col] = (X[row, col] * R[row, col])
       {
-        for (int i = tid; i < 8192; i += 128) {
-          const int r = i / 128, c = i % 128;
-          t_X[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_X[(r) * 128 + (c)]) * prt::to_f32(t_R[(r) * 128 + (c)])));
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_X[j][q][e] = (f_X[j][q][e] * f_R[j][q][e]);
+            }
+          }
         }
       }
-      __syncthreads();
-      // row_dot = reduce_sum(X, axis=1)
+      // row_dot = reduce_sum(X, axis=1) via row_dot_part
       {
-        for (int o = tid; o < 64; o += 128) {
-          float acc = 0.0f;
-          for (int i = 0; i < 128; ++i) acc += prt::to_f32(t_X[(o) * 128 + (i)]);
-          t_row_dot[o] = prt::from_f32<float>(acc);
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 4;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float acc = f_X[j][0][2 * h];
+            acc += f_X[j][0][2 * h + 1];
+            #pragma unroll
+            for (int q = 1; q < 4; ++q) {
+              acc += f_X[j][q][2 * h];
+              acc += f_X[j][q][2 * h + 1];
+            }
+            acc = prt::quad_sum(acc);
+            const int r = (u / 4) * 16 + (lane >> 2) + 8 * h;
+            if ((lane & 3) == 0) t_row_dot_part[(u % 4) * 64 + (r)] = acc;
+          }
+        }
+        __syncthreads();
+        for (int i = tid; i < 64; i += 128) {
+          float acc = t_row_dot_part[(0) * 64 + (i)];
+          for (int p = 1; p < 4; ++p) acc += t_row_dot_part[(p) * 64 + (i)];
+          t_row_dot[i] = prt::from_f32<float>(acc);
         }
       }
       __syncthreads();
@@ -10525,7 +10715,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           }
         }
       }
-      // X = load.async dSin[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 64):+64, 0:+128]
+      // X = load dSin[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 64):+64, 0:+128]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
@@ -10534,20 +10724,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
         const int s4 = 0;
         const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
         const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
-        float* const dst = t_X;
-        if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = (i % 32) * 4;
-            const int gr = s3 + r;
-            const long long left = ok && gr >= 0 && gr < g_dSin_d3 ? g_dSin_d4 - (s4 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_dSin + base + static_cast<long long>(r) * g_dSin_s3 + c) : static_cast<const void*>(g_dSin), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 ? g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] : prt::from_f32<float>(0.0f);
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_X[j][q][e] = ok && s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 ? prt::to_f32(g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4]) : 0.0f;
+            }
           }
         }
       }
@@ -10576,14 +10763,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       }
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
-      __syncthreads();
       // R[row, col] = (X[row, col] + (R[row, col] * exp(G[0])))
       {
-        for (int i = tid; i < 8192; i += 128) {
-          const int r = i / 128, c = i % 128;
-          t_R[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_X[(r) * 128 + (c)]) + (prt::to_f32(t_R[(r) * 128 + (c)]) * expf(prt::to_f32(t_G[0])))));
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_R[j][q][e] = (f_X[j][q][e] + (f_R[j][q][e] * expf(prt::to_f32(t_G[0]))));
+            }
+          }
         }
       }
+      __syncthreads();
       // r[row] = (x[row] + (r[row] * exp(G[0])))
       {
         for (int r = tid; r < 64; r += 128) {
@@ -10592,7 +10788,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       }
     }
   }
-  __syncthreads();
   // store dS0[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+128] = R
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -10602,12 +10797,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
     const bool ok = a0 >= 0 && a0 < g_dS0_d0 && a1 >= 0 && a1 < g_dS0_d1;
     const long long base = static_cast<long long>(a0) * g_dS0_s0 + static_cast<long long>(a1) * g_dS0_s1 + static_cast<long long>(s2) * g_dS0_s2 + static_cast<long long>(s3) * g_dS0_s3;
     if (ok) {
-      for (int i = tid; i < 8192; i += 128) {
-        const int r = i / 128, c = i % 128;
-        if (s2 + r >= 0 && s2 + r < g_dS0_d2 && s3 + c >= 0 && s3 + c < g_dS0_d3) g_dS0[base + static_cast<long long>(r) * g_dS0_s2 + static_cast<long long>(c) * g_dS0_s3] = t_R[(r) * 128 + (c)];
+      #pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int u = warp + j * 4;
+        const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            if (s2 + r >= 0 && s2 + r < g_dS0_d2 && s3 + c >= 0 && s3 + c < g_dS0_d3) g_dS0[base + static_cast<long long>(r) * g_dS0_s2 + static_cast<long long>(c) * g_dS0_s3] = prt::from_f32<float>(f_R[j][q][e]);
+          }
+        }
       }
     }
   }
+  __syncthreads();
   // store dZ0[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64] = r
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -11728,7 +11933,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
 }
 
 // decode: y of the cache's newest tn rows: in-cache attention (online over key blocks) + phi(q')^T S / phi(q').Z, one scale
-// grid ($hq, $b, (($tn + 15) // 16)), 128 threads, 139456 bytes of dynamic shared memory
+// grid ($hq, $b, (($tn + 15) // 16)), 128 threads, 123328 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f32_w4_bd64_bt64_s2(
     const float* g_Q, const float* g_Kc, const float* g_Vc, const float* g_Gc, const float* g_S, const float* g_Z, float* g_Y, int p_b, int p_tq, int p_hq, int p_h, int p_q0, int p_tn, int p_len, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -11825,27 +12030,29 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f3
   float* const t_lam_q = reinterpret_cast<float*>(prt_smem + 0);  // f32[16] pitch 16
   float* const t_q = reinterpret_cast<float*>(prt_smem + 512);  // f32[16, 128] pitch 132
   float* const t_q_state = reinterpret_cast<float*>(prt_smem + 8960);  // f32[16, 128] pitch 128
-  float* const t_phi = reinterpret_cast<float*>(prt_smem + 97536);  // f32[16, 64] pitch 68
-  float* const t_s_base = reinterpret_cast<float*>(prt_smem + 29440);  // f32[64, 128] pitch 132, 2 copies
+  float* const t_phi = reinterpret_cast<float*>(prt_smem + 85248);  // f32[16, 64] pitch 68
+  float* const t_s_base = reinterpret_cast<float*>(prt_smem + 17152);  // f32[64, 128] pitch 132, 2 copies
   float* t_s = t_s_base;
-  float* const t_z_base = reinterpret_cast<float*>(prt_smem + 97024);  // f32[64] pitch 64, 2 copies
+  float* const t_z_base = reinterpret_cast<float*>(prt_smem + 84736);  // f32[64] pitch 64, 2 copies
   float* t_z = t_z_base;
-  float* const t_num_s = reinterpret_cast<float*>(prt_smem + 17152);  // f32[16, 128] pitch 128
-  float* const t_den_parts = reinterpret_cast<float*>(prt_smem + 25344);  // f32[16, 64] pitch 64
+  float f_num_s[1][4][4];  // f32[16, 128] as mma fragments: 16x128 in 16x32 units over 4 warps
+  float f_den_parts[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
   float* const t_den_s = reinterpret_cast<float*>(prt_smem + 64);  // f32[16] pitch 16
-  float* const t_k_base = reinterpret_cast<float*>(prt_smem + 25344);  // f32[64, 128] pitch 132, 2 copies
+  float* const t_k_base = reinterpret_cast<float*>(prt_smem + 17152);  // f32[64, 128] pitch 132, 2 copies
   float* t_k = t_k_base;
-  float* const t_v = reinterpret_cast<float*>(prt_smem + 92928);  // f32[64, 128] pitch 132
-  float* const t_qk = reinterpret_cast<float*>(prt_smem + 131072);  // f32[16, 64] pitch 64
-  float* const t_w = reinterpret_cast<float*>(prt_smem + 135168);  // f32[16, 64] pitch 64
-  float* const t_m_blk = reinterpret_cast<float*>(prt_smem + 139264);  // f32[16] pitch 16
-  float* const t_m_new = reinterpret_cast<float*>(prt_smem + 139328);  // f32[16] pitch 16
+  float* const t_v = reinterpret_cast<float*>(prt_smem + 84736);  // f32[64, 128] pitch 132
+  float f_qk[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
+  float f_w[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
+  float* const t_m_blk = reinterpret_cast<float*>(prt_smem + 123136);  // f32[16] pitch 16
+  float* const t_m_new = reinterpret_cast<float*>(prt_smem + 123200);  // f32[16] pitch 16
   float* const t_m_run = reinterpret_cast<float*>(prt_smem + 128);  // f32[16] pitch 16
-  float* const t_p = reinterpret_cast<float*>(prt_smem + 126720);  // f32[16, 64] pitch 68
-  float* const t_p_sum = reinterpret_cast<float*>(prt_smem + 139392);  // f32[16] pitch 16
+  float* const t_p = reinterpret_cast<float*>(prt_smem + 118528);  // f32[16, 64] pitch 68
+  float* const t_p_sum = reinterpret_cast<float*>(prt_smem + 123264);  // f32[16] pitch 16
   float* const t_num_a = reinterpret_cast<float*>(prt_smem + 8960);  // f32[16, 128] pitch 128
   float* const t_den_a = reinterpret_cast<float*>(prt_smem + 192);  // f32[16] pitch 16
   float* const t_y_row = reinterpret_cast<float*>(prt_smem + 256);  // f32[128] pitch 128
+  float* const t_den_s_part = reinterpret_cast<float*>(prt_smem + 8960);  // f32[4, 16] pitch 16
+  float* const t_m_blk_part = reinterpret_cast<float*>(prt_smem + 122880);  // f32[4, 16] pitch 16
   // g = load Gc[pid.y, 0:+64, (pid.x // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.y);
@@ -11908,21 +12115,42 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f3
   prt::cp_async_wait<0>();
   __syncthreads();
   // q_state[row, col] = select((((pid.z * 16) + row) < $tn), q[row, col], 0.0)
-  // num_s[row, col] = 0.0
   {
     for (int i = tid; i < 2048; i += 128) {
       const int r = i / 128, c = i % 128;
-      const float y0 = prt::from_f32<float>(((((static_cast<int>(blockIdx.z) * 16) + r) < p_tn) ? prt::to_f32(t_q[(r) * 132 + (c)]) : 0.0f));
-      const float y1 = prt::from_f32<float>(0.0f);
-      t_q_state[(r) * 128 + (c)] = y0;
-      t_num_s[(r) * 128 + (c)] = y1;
+      t_q_state[(r) * 128 + (c)] = prt::from_f32<float>(((((static_cast<int>(blockIdx.z) * 16) + r) < p_tn) ? prt::to_f32(t_q[(r) * 132 + (c)]) : 0.0f));
+    }
+  }
+  // num_s[row, col] = 0.0
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+      #pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          f_num_s[j][q][e] = 0.0f;
+        }
+      }
     }
   }
   // den_parts[row, col] = 0.0
   {
-    for (int i = tid; i < 1024; i += 128) {
-      const int r = i / 64, c = i % 64;
-      t_den_parts[(r) * 64 + (c)] = prt::from_f32<float>(0.0f);
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+      #pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          f_den_parts[j][q][e] = 0.0f;
+        }
+      }
     }
   }
   if ((0 < 129)) {
@@ -12053,11 +12281,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f3
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 4;
           const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          float acc[4][4];
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_num_s[(m0 + prt::frag_row(lane, e)) * 128 + (n0 + q * 8 + prt::frag_col(lane, e))];
+          float (&acc)[4][4] = f_num_s[j];
           const int g = lane >> 2, t2 = (lane & 3) * 2;
           for (int kk = 0; kk < 64; ++kk) {
             const float a0 = prt::to_f32(t_phi[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_phi[(m0 + g + 8) * 68 + (kk)]);
@@ -12070,17 +12294,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f3
               acc[q][3] = fmaf(a1, b1, acc[q][3]);
             }
           }
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_num_s[(m0 + prt::frag_row(lane, e)) * 128 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
       // den_parts[row, col] = (den_parts[row, col] + (phi[row, col] * z[col]))
       {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_den_parts[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_den_parts[(r) * 64 + (c)]) + (prt::to_f32(t_phi[(r) * 68 + (c)]) * prt::to_f32(t_z[c]))));
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_den_parts[j][q][e] = (f_den_parts[j][q][e] + (prt::to_f32(t_phi[(r) * 68 + (c)]) * prt::to_f32(t_z[c])));
+            }
+          }
         }
       }
       __syncthreads();
@@ -12088,13 +12317,30 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f3
   }
   prt::cp_async_wait<0>();
   __syncthreads();
-  // den_s = reduce_sum(den_parts, axis=1)
+  // den_s = reduce_sum(den_parts, axis=1) via den_s_part
   {
-    for (int o = warp; o < 16; o += 4) {
-      float acc = 0.0f;
-      for (int i = lane; i < 64; i += 32) acc += prt::to_f32(t_den_parts[(o) * 64 + (i)]);
-      acc = prt::warp_sum(acc);
-      if (lane == 0) t_den_s[o] = prt::from_f32<float>(acc);
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float acc = f_den_parts[j][0][2 * h];
+        acc += f_den_parts[j][0][2 * h + 1];
+        #pragma unroll
+        for (int q = 1; q < 2; ++q) {
+          acc += f_den_parts[j][q][2 * h];
+          acc += f_den_parts[j][q][2 * h + 1];
+        }
+        acc = prt::quad_sum(acc);
+        const int r = (u / 4) * 16 + (lane >> 2) + 8 * h;
+        if ((lane & 3) == 0) t_den_s_part[(u % 4) * 16 + (r)] = acc;
+      }
+    }
+    __syncthreads();
+    for (int i = tid; i < 16; i += 128) {
+      float acc = t_den_s_part[(0) * 16 + (i)];
+      for (int p = 1; p < 4; ++p) acc += t_den_s_part[(p) * 16 + (i)];
+      t_den_s[i] = prt::from_f32<float>(acc);
     }
   }
   // m_run[row] = -Infinity
@@ -12103,6 +12349,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f3
       t_m_run[r] = prt::from_f32<float>(__int_as_float(0xff800000));
     }
   }
+  __syncthreads();
   // num_a[row, col] = 0.0
   {
     for (int i = tid; i < 2048; i += 128) {
@@ -12116,7 +12363,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f3
       t_den_a[r] = prt::from_f32<float>(0.0f);
     }
   }
-  __syncthreads();
   if ((0 < ((p_len + 63) / 64))) {
     // k = load.async Kc[pid.y, (0 * 64):+64, (pid.x // ($hq // $h)), 0:+128] into stage 0
     {
@@ -12220,7 +12466,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f3
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 4;
           const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
-          float acc[2][4];
+          float (&acc)[2][4] = f_qk[j];
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
@@ -12237,31 +12483,50 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f3
               acc[q][3] = fmaf(a1, b1, acc[q][3]);
             }
           }
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_qk[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
-      __syncthreads();
       // w[row, col] = select(((((pid.z * 16) + row) < $tn) && (((i1 * 64) + col) <= ((($len - $tn) + (pid.z * 16)) + row))), (((log(abs((qk[row, col] * $scale))) * 2.0) + lam_q[row]) - lam[((i1 * 64) + col)]), -Infinity)
       {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_w[(r) * 64 + (c)] = prt::from_f32<float>((((((static_cast<int>(blockIdx.z) * 16) + r) < p_tn) && (((v_i1 * 64) + c) <= (((p_len - p_tn) + (static_cast<int>(blockIdx.z) * 16)) + r))) ? (((logf(fabsf((prt::to_f32(t_qk[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam_q[r])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) : __int_as_float(0xff800000)));
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_w[j][q][e] = (((((static_cast<int>(blockIdx.z) * 16) + r) < p_tn) && (((v_i1 * 64) + c) <= (((p_len - p_tn) + (static_cast<int>(blockIdx.z) * 16)) + r))) ? (((logf(fabsf((f_qk[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam_q[r])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) : __int_as_float(0xff800000));
+            }
+          }
         }
       }
-      __syncthreads();
-      // m_blk = reduce_max(w, axis=1)
+      // m_blk = reduce_max(w, axis=1) via m_blk_part
       {
-        for (int o = warp; o < 16; o += 4) {
-          float acc = __int_as_float(0xff800000);
-          for (int i = lane; i < 64; i += 32) acc = prt::max_nan(acc, prt::to_f32(t_w[(o) * 64 + (i)]));
-          acc = prt::warp_max(acc);
-          if (lane == 0) t_m_blk[o] = prt::from_f32<float>(acc);
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float acc = f_w[j][0][2 * h];
+            acc = prt::max_nan(acc, f_w[j][0][2 * h + 1]);
+            #pragma unroll
+            for (int q = 1; q < 2; ++q) {
+              acc = prt::max_nan(acc, f_w[j][q][2 * h]);
+              acc = prt::max_nan(acc, f_w[j][q][2 * h + 1]);
+            }
+            acc = prt::quad_max(acc);
+            const int r = (u / 4) * 16 + (lane >> 2) + 8 * h;
+            if ((lane & 3) == 0) t_m_blk_part[(u % 4) * 16 + (r)] = acc;
+          }
+        }
+        __syncthreads();
+        for (int i = tid; i < 16; i += 128) {
+          float acc = t_m_blk_part[(0) * 16 + (i)];
+          for (int p = 1; p < 4; ++p) acc = prt::max_nan(acc, t_m_blk_part[(p) * 16 + (i)]);
+          t_m_blk[i] = prt::from_f32<float>(acc);
         }
       }
-      __syncthreads();
       // m_new[row] = max(m_run[row], m_blk[row])
       {
         for (int r = tid; r < 16; r += 128) {
@@ -12271,9 +12536,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f3
       __syncthreads();
       // p[row, col] = select((m_new[row] == -Infinity), 0.0, exp((w[row, col] - m_new[row])))
       {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_p[(r) * 68 + (c)] = prt::from_f32<float>(((prt::to_f32(t_m_new[r]) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_w[(r) * 64 + (c)]) - prt::to_f32(t_m_new[r])))));
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              t_p[(r) * 68 + (c)] = prt::from_f32<float>(((prt::to_f32(t_m_new[r]) == __int_as_float(0xff800000)) ? 0.0f : expf((f_w[j][q][e] - prt::to_f32(t_m_new[r])))));
+            }
+          }
         }
       }
       __syncthreads();
@@ -12347,9 +12621,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f3
   __syncthreads();
   // num_a[row, col] = ((num_a[row, col] * select((max(m_run[row], (lam_q[row] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp((m_run[row] - max(m_run[row], (lam_q[row] + (log(abs($scale)) * 2.0))))))) + (num_s[row, col] * select((max(m_run[row], (lam_q[row] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp(((lam_q[row] + (log(abs($scale)) * 2.0)) - max(m_run[row], (lam_q[row] + (log(abs($scale)) * 2.0))))))))
   {
-    for (int i = tid; i < 2048; i += 128) {
-      const int r = i / 128, c = i % 128;
-      t_num_a[(r) * 128 + (c)] = prt::from_f32<float>(((prt::to_f32(t_num_a[(r) * 128 + (c)]) * ((prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_m_run[r]) - prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))))))) + (prt::to_f32(t_num_s[(r) * 128 + (c)]) * ((prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf(((prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f)) - prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f)))))))));
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+      #pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          t_num_a[(r) * 128 + (c)] = prt::from_f32<float>(((prt::to_f32(t_num_a[(r) * 128 + (c)]) * ((prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_m_run[r]) - prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))))))) + (f_num_s[j][q][e] * ((prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf(((prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f)) - prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f)))))))));
+        }
+      }
     }
   }
   __syncthreads();
@@ -12721,9 +13004,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_state_copy_p2_d128_e128_c6
 #include <cuda_runtime.h>
 
 extern "C" cudaError_t prt_attention_p2_d128_e128_c64_f32_w2_bd0_bt32_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d128_e128_c64_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 94080);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d128_e128_c64_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 89984);
   if (err != cudaSuccess) return err;
-  prt_attention_p2_d128_e128_c64_f32_w2_bd0_bt32_s2<<<grid, 64, 94080, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_attention_p2_d128_e128_c64_f32_w2_bd0_bt32_s2<<<grid, 64, 89984, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
@@ -12749,16 +13032,16 @@ extern "C" cudaError_t prt_query_state_p2_d128_e128_c64_f32_w4_bd0_bt32_s1_launc
 }
 
 extern "C" cudaError_t prt_attention_bwd_prep_p2_d128_e128_c64_f32_w4_bd64_bt32_s1_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d128_e128_c64_f32_w4_bd64_bt32_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 80640);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d128_e128_c64_f32_w4_bd64_bt32_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 68608);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_prep_p2_d128_e128_c64_f32_w4_bd64_bt32_s1<<<grid, 128, 80640, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_attention_bwd_prep_p2_d128_e128_c64_f32_w4_bd64_bt32_s1<<<grid, 128, 68608, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_bwd_p2_d128_e128_c64_f32_w4_bd64_bt32_s1_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_p2_d128_e128_c64_f32_w4_bd64_bt32_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 85888);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_p2_d128_e128_c64_f32_w4_bd64_bt32_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 77952);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_p2_d128_e128_c64_f32_w4_bd64_bt32_s1<<<grid, 128, 85888, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_attention_bwd_p2_d128_e128_c64_f32_w4_bd64_bt32_s1<<<grid, 128, 77952, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
@@ -12777,9 +13060,9 @@ extern "C" cudaError_t prt_query_state_bwd_ds_p2_d128_e128_c64_f32_w8_bd128_bt64
 }
 
 extern "C" cudaError_t prt_discounted_cumsum_bwd_p2_d128_e128_c64_f32_w4_bd64_bt64_s1_launch(dim3 grid, cudaStream_t stream, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d128_e128_c64_f32_w4_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 66592);
+  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d128_e128_c64_f32_w4_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 2080);
   if (err != cudaSuccess) return err;
-  prt_discounted_cumsum_bwd_p2_d128_e128_c64_f32_w4_bd64_bt64_s1<<<grid, 128, 66592, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
+  prt_discounted_cumsum_bwd_p2_d128_e128_c64_f32_w4_bd64_bt64_s1<<<grid, 128, 2080, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
@@ -12798,9 +13081,9 @@ extern "C" cudaError_t prt_combine_grads_p2_d128_e128_c64_f32_w4_bd0_bt64_s1_lau
 }
 
 extern "C" cudaError_t prt_decode_p2_d128_e128_c64_f32_w4_bd64_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_Kc, const float* g_Vc, const float* g_Gc, const float* g_S, const float* g_Z, float* g_Y, int p_b, int p_tq, int p_hq, int p_h, int p_q0, int p_tn, int p_len, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_decode_p2_d128_e128_c64_f32_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 139456);
+  cudaError_t err = cudaFuncSetAttribute(prt_decode_p2_d128_e128_c64_f32_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 123328);
   if (err != cudaSuccess) return err;
-  prt_decode_p2_d128_e128_c64_f32_w4_bd64_bt64_s2<<<grid, 128, 139456, stream>>>(g_Q, g_Kc, g_Vc, g_Gc, g_S, g_Z, g_Y, p_b, p_tq, p_hq, p_h, p_q0, p_tn, p_len, p_scale);
+  prt_decode_p2_d128_e128_c64_f32_w4_bd64_bt64_s2<<<grid, 128, 123328, stream>>>(g_Q, g_Kc, g_Vc, g_Gc, g_S, g_Z, g_Y, p_b, p_tq, p_hq, p_h, p_q0, p_tn, p_len, p_scale);
   return cudaGetLastError();
 }
 

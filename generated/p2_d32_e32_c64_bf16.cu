@@ -5,7 +5,7 @@
 #include "sympow_d32_p2.cuh"
 
 // attention: numA, denA, maxA: causal p-th power attention inside each chunk, stabilised by the row max of log-weights
-// grid ($n, $hq, $b), 128 threads, 52736 bytes of dynamic shared memory
+// grid ($n, $hq, $b), 128 threads, 36864 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_bf16_w4_bd0_bt64_s2(
     const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -96,19 +96,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
   (void)g_maxA_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_smem + 46592);  // bf16[64, 32] pitch 40
-  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_smem + 16896);  // bf16[64, 32] pitch 40, 2 copies
+  __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_smem + 30208);  // bf16[64, 32] pitch 40
+  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 32] pitch 40, 2 copies
   __nv_bfloat16* t_k = t_k_base;
-  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_smem + 27136);  // bf16[64, 32] pitch 40, 2 copies
+  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_smem + 10752);  // bf16[64, 32] pitch 40, 2 copies
   __nv_bfloat16* t_v = t_v_base;
-  float* const t_w = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 64] pitch 64
-  __nv_bfloat16* const t_p = reinterpret_cast<__nv_bfloat16*>(prt_smem + 37376);  // bf16[64, 64] pitch 72
+  float f_w[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
+  __nv_bfloat16* const t_p = reinterpret_cast<__nv_bfloat16*>(prt_smem + 20992);  // bf16[64, 64] pitch 72
   float f_acc[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
-  float* const t_row_max = reinterpret_cast<float*>(prt_smem + 52224);  // f32[64] pitch 64
-  float* const t_row_sum = reinterpret_cast<float*>(prt_smem + 52480);  // f32[64] pitch 64
-  float* const t_block_max = reinterpret_cast<float*>(prt_smem + 51712);  // f32[64] pitch 64
-  float* const t_block_sum = reinterpret_cast<float*>(prt_smem + 51968);  // f32[64] pitch 64
+  float* const t_row_max = reinterpret_cast<float*>(prt_smem + 36352);  // f32[64] pitch 64
+  float* const t_row_sum = reinterpret_cast<float*>(prt_smem + 36608);  // f32[64] pitch 64
+  float* const t_block_max = reinterpret_cast<float*>(prt_smem + 35840);  // f32[64] pitch 64
+  float* const t_block_sum = reinterpret_cast<float*>(prt_smem + 36096);  // f32[64] pitch 64
   float* const t_alpha = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
+  float* const t_block_max_part = reinterpret_cast<float*>(prt_smem + 35328);  // f32[2, 64] pitch 64
   // g = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -312,7 +313,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
               for (int j = 0; j < 2; ++j) {
                 const int u = warp + j * 4;
                 const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                float acc[4][4];
+                float (&acc)[4][4] = f_w[j];
                 #pragma unroll
                 for (int q = 0; q < 4; ++q)
                 #pragma unroll
@@ -328,30 +329,50 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
                     prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                   }
                 }
-                #pragma unroll
-                for (int q = 0; q < 4; ++q)
-                #pragma unroll
-                  for (int e = 0; e < 4; ++e) t_w[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
               }
             }
-            __syncthreads();
             // w[row, col] = select(((((i1 * 64) + col) <= ((i0 * 64) + row)) && ((w[row, col] * $scale) != 0.0)), (((log(abs((w[row, col] * $scale))) * 2.0) + lam[((i0 * 64) + row)]) - lam[((i1 * 64) + col)]), -Infinity)
             {
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 64, c = i % 64;
-                t_w[(r) * 64 + (c)] = prt::from_f32<float>((((((v_i1 * 64) + c) <= ((v_i0 * 64) + r)) && ((prt::to_f32(t_w[(r) * 64 + (c)]) * p_scale) != 0.0f)) ? (((logf(fabsf((prt::to_f32(t_w[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) : __int_as_float(0xff800000)));
+              #pragma unroll
+              for (int j = 0; j < 2; ++j) {
+                const int u = warp + j * 4;
+                const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                  #pragma unroll
+                  for (int e = 0; e < 4; ++e) {
+                    const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                    f_w[j][q][e] = (((((v_i1 * 64) + c) <= ((v_i0 * 64) + r)) && ((f_w[j][q][e] * p_scale) != 0.0f)) ? (((logf(fabsf((f_w[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) : __int_as_float(0xff800000));
+                  }
+                }
               }
             }
-            __syncthreads();
-            // block_max = reduce_max(w, axis=1)
+            // block_max = reduce_max(w, axis=1) via block_max_part
             {
-              for (int o = tid; o < 64; o += 128) {
-                float acc = __int_as_float(0xff800000);
-                for (int i = 0; i < 64; ++i) acc = prt::max_nan(acc, prt::to_f32(t_w[(o) * 64 + (i)]));
-                t_block_max[o] = prt::from_f32<float>(acc);
+              #pragma unroll
+              for (int j = 0; j < 2; ++j) {
+                const int u = warp + j * 4;
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  float acc = f_w[j][0][2 * h];
+                  acc = prt::max_nan(acc, f_w[j][0][2 * h + 1]);
+                  #pragma unroll
+                  for (int q = 1; q < 4; ++q) {
+                    acc = prt::max_nan(acc, f_w[j][q][2 * h]);
+                    acc = prt::max_nan(acc, f_w[j][q][2 * h + 1]);
+                  }
+                  acc = prt::quad_max(acc);
+                  const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
+                  if ((lane & 3) == 0) t_block_max_part[(u % 2) * 64 + (r)] = acc;
+                }
+              }
+              __syncthreads();
+              for (int i = tid; i < 64; i += 128) {
+                float acc = t_block_max_part[(0) * 64 + (i)];
+                for (int p = 1; p < 2; ++p) acc = prt::max_nan(acc, t_block_max_part[(p) * 64 + (i)]);
+                t_block_max[i] = prt::from_f32<float>(acc);
               }
             }
-            __syncthreads();
             // alpha[row] = select((max(row_max[row], block_max[row]) == -Infinity), 0.0, exp((row_max[row] - max(row_max[row], block_max[row]))))
             {
               for (int r = tid; r < 64; r += 128) {
@@ -367,9 +388,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
             __syncthreads();
             // p[row, col] = select((row_max[row] == -Infinity), 0.0, exp((w[row, col] - row_max[row])))
             {
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 64, c = i % 64;
-                t_p[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_row_max[r]) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_w[(r) * 64 + (c)]) - prt::to_f32(t_row_max[r])))));
+              #pragma unroll
+              for (int j = 0; j < 2; ++j) {
+                const int u = warp + j * 4;
+                const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                  #pragma unroll
+                  for (int e = 0; e < 4; ++e) {
+                    const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                    t_p[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_row_max[r]) == __int_as_float(0xff800000)) ? 0.0f : expf((f_w[j][q][e] - prt::to_f32(t_row_max[r])))));
+                  }
+                }
               }
             }
             __syncthreads();
@@ -1488,7 +1518,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
 }
 
 // query_state: Y = (attention part + phi(q')^T Sin) / (its normaliser), lse = log normaliser, q' = scale q exp(lam/p)
-// grid (($n * 1), $hq, $b), 128 threads, 21056 bytes of dynamic shared memory
+// grid (($n * 1), $hq, $b), 128 threads, 18944 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64_bf16_w4_bd0_bt64_s2(
     const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_numA, const float* g_denA, const float* g_maxA, __nv_bfloat16* g_Y, float* g_lse, float* g_yS, float* g_wS, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -1635,7 +1665,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
   float* const t_z = reinterpret_cast<float*>(prt_smem + 5632);  // f32[528] pitch 528
   __nv_bfloat16* const t_zsym_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 7744);  // bf16[32, 32] pitch 40
   __nv_bfloat16* const t_zsym_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 10304);  // bf16[32, 32] pitch 40
-  float* const t_qz = reinterpret_cast<float*>(prt_smem + 12864);  // f32[64, 32] pitch 32
+  float f_qz[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
   float* const t_s0_f32_base = reinterpret_cast<float*>(prt_smem + 5632);  // f32[32, 32] pitch 32, 2 copies
   float* t_s0_f32 = t_s0_f32_base;
   __nv_bfloat16* const t_s0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 13824);  // bf16[32, 32] pitch 40
@@ -1762,7 +1792,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
       for (int j = 0; j < 1; ++j) {
         const int u = warp + j * 4;
         const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-        float acc[4][4];
+        float (&acc)[4][4] = f_qz[j];
         #pragma unroll
         for (int q = 0; q < 4; ++q)
         #pragma unroll
@@ -1778,24 +1808,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
             prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
           }
         }
-        #pragma unroll
-        for (int q = 0; q < 4; ++q)
-        #pragma unroll
-          for (int e = 0; e < 4; ++e) t_qz[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
       }
     }
-    __syncthreads();
     // qz += mma.tc(q0, zsym_lo) [64x32 in 16x32 units over 4 warps]
     {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
         const int u = warp + j * 4;
         const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-        float acc[4][4];
-        #pragma unroll
-        for (int q = 0; q < 4; ++q)
-        #pragma unroll
-          for (int e = 0; e < 4; ++e) acc[q][e] = t_qz[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))];
+        float (&acc)[4][4] = f_qz[j];
         for (int k0 = 0; k0 < 32; k0 += 16) {
           uint32_t af[4];
           prt::ldmatrix_x4(af, &t_q0[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
@@ -1807,27 +1828,42 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
             prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
           }
         }
-        #pragma unroll
-        for (int q = 0; q < 4; ++q)
-        #pragma unroll
-          for (int e = 0; e < 4; ++e) t_qz[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
       }
     }
-    __syncthreads();
     // qz[row, col] = (qz[row, col] * q0[row, col])
     {
-      for (int i = tid; i < 2048; i += 128) {
-        const int r = i / 32, c = i % 32;
-        t_qz[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_qz[(r) * 32 + (c)]) * prt::to_f32(t_q0[(r) * 40 + (c)])));
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 4;
+        const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            f_qz[j][q][e] = (f_qz[j][q][e] * prt::to_f32(t_q0[(r) * 40 + (c)]));
+          }
+        }
       }
     }
-    __syncthreads();
     // den_s = reduce_sum(qz, axis=1)
     {
-      for (int o = tid; o < 64; o += 128) {
-        float acc = 0.0f;
-        for (int i = 0; i < 32; ++i) acc += prt::to_f32(t_qz[(o) * 32 + (i)]);
-        t_den_s[o] = prt::from_f32<float>(acc);
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 4;
+        #pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float acc = f_qz[j][0][2 * h];
+          acc += f_qz[j][0][2 * h + 1];
+          #pragma unroll
+          for (int q = 1; q < 4; ++q) {
+            acc += f_qz[j][q][2 * h];
+            acc += f_qz[j][q][2 * h + 1];
+          }
+          acc = prt::quad_sum(acc);
+          const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
+          if ((lane & 3) == 0) t_den_s[r] = prt::from_f32<float>(acc);
+        }
       }
     }
     __syncthreads();
@@ -2321,7 +2357,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
 }
 
 // attention_bwd_prep: DyA = rowsum(P * dP), PA = rowsum(P) over the chunk's keys (the attention parts of dy . y and of 1), in f32
-// grid ($n, $hq, $b), 256 threads, 70912 bytes of dynamic shared memory
+// grid ($n, $hq, $b), 256 threads, 22272 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d32_e32_c64_bf16_w8_bd64_bt64_s1(
     const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -2422,17 +2458,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d32_
   (void)g_PA_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_smem + 59904);  // bf16[64, 32] pitch 40
-  __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49664);  // bf16[64, 32] pitch 40
-  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 70400);  // f32[64] pitch 64
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_smem + 54784);  // bf16[64, 32] pitch 40
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 65024);  // bf16[64, 32] pitch 40
-  float* const t_dot = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 64] pitch 64
-  float* const t_p = reinterpret_cast<float*>(prt_smem + 16896);  // f32[64, 64] pitch 64
-  float* const t_p_dp = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 64] pitch 64
-  float* const t_part = reinterpret_cast<float*>(prt_smem + 70656);  // f32[64] pitch 64
+  __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_smem + 10752);  // bf16[64, 32] pitch 40
+  __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 32] pitch 40
+  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 21760);  // f32[64] pitch 64
+  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_smem + 5632);  // bf16[64, 32] pitch 40
+  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 15872);  // bf16[64, 32] pitch 40
+  float f_dot[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
+  float f_p[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
+  float f_p_dp[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
+  float* const t_part = reinterpret_cast<float*>(prt_smem + 22016);  // f32[64] pitch 64
   float* const t_acc_dy = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  float* const t_acc_p = reinterpret_cast<float*>(prt_smem + 70144);  // f32[64] pitch 64
+  float* const t_acc_p = reinterpret_cast<float*>(prt_smem + 21504);  // f32[64] pitch 64
+  float* const t_part_part = reinterpret_cast<float*>(prt_smem + 20992);  // f32[2, 64] pitch 64
   // g = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -2599,7 +2636,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d32_
             for (int j = 0; j < 1; ++j) {
               const int u = warp + j * 8;
               const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float acc[4][4];
+              float (&acc)[4][4] = f_dot[j];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
@@ -2615,10 +2652,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d32_
                   prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                 }
               }
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_dot[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
             }
           }
           // p_dp = mma.tc(dy, v^T) [64x64 in 16x32 units over 8 warps]
@@ -2627,7 +2660,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d32_
             for (int j = 0; j < 1; ++j) {
               const int u = warp + j * 8;
               const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float acc[4][4];
+              float (&acc)[4][4] = f_p_dp[j];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
@@ -2643,35 +2676,66 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d32_
                   prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                 }
               }
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_p_dp[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
             }
           }
-          __syncthreads();
           // p[row, col] = select(((((i0 * 64) + row) >= ((i1 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i0 * 64) + row)]) - lam[((i1 * 64) + col)]) - lse_i[row])), 0.0)
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_p[j][q][e] = (((((v_i0 * 64) + r) >= ((v_i1 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f);
+                }
+              }
+            }
+          }
           // p_dp[row, col] = (p[row, col] * p_dp[row, col])
           {
-            for (int i = tid; i < 4096; i += 256) {
-              const int r = i / 64, c = i % 64;
-              const float y0 = prt::from_f32<float>((((((v_i0 * 64) + r) >= ((v_i1 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
-              const float y1 = prt::from_f32<float>((y0 * prt::to_f32(t_p_dp[(r) * 64 + (c)])));
-              t_p[(r) * 64 + (c)] = y0;
-              t_p_dp[(r) * 64 + (c)] = y1;
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_p_dp[j][q][e] = (f_p[j][q][e] * f_p_dp[j][q][e]);
+                }
+              }
             }
           }
-          __syncthreads();
-          // part = reduce_sum(p_dp, axis=1)
+          // part = reduce_sum(p_dp, axis=1) via part_part
           {
-            for (int o = warp; o < 64; o += 8) {
-              float acc = 0.0f;
-              for (int i = lane; i < 64; i += 32) acc += prt::to_f32(t_p_dp[(o) * 64 + (i)]);
-              acc = prt::warp_sum(acc);
-              if (lane == 0) t_part[o] = prt::from_f32<float>(acc);
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                float acc = f_p_dp[j][0][2 * h];
+                acc += f_p_dp[j][0][2 * h + 1];
+                #pragma unroll
+                for (int q = 1; q < 4; ++q) {
+                  acc += f_p_dp[j][q][2 * h];
+                  acc += f_p_dp[j][q][2 * h + 1];
+                }
+                acc = prt::quad_sum(acc);
+                const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
+                if ((lane & 3) == 0) t_part_part[(u % 2) * 64 + (r)] = acc;
+              }
+            }
+            __syncthreads();
+            for (int i = tid; i < 64; i += 256) {
+              float acc = t_part_part[(0) * 64 + (i)];
+              for (int p = 1; p < 2; ++p) acc += t_part_part[(p) * 64 + (i)];
+              t_part[i] = prt::from_f32<float>(acc);
             }
           }
-          __syncthreads();
           // acc_dy[row] = (acc_dy[row] + part[row])
           {
             for (int r = tid; r < 64; r += 256) {
@@ -2679,16 +2743,32 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d32_
             }
           }
           __syncthreads();
-          // part = reduce_sum(p, axis=1)
+          // part = reduce_sum(p, axis=1) via part_part
           {
-            for (int o = warp; o < 64; o += 8) {
-              float acc = 0.0f;
-              for (int i = lane; i < 64; i += 32) acc += prt::to_f32(t_p[(o) * 64 + (i)]);
-              acc = prt::warp_sum(acc);
-              if (lane == 0) t_part[o] = prt::from_f32<float>(acc);
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                float acc = f_p[j][0][2 * h];
+                acc += f_p[j][0][2 * h + 1];
+                #pragma unroll
+                for (int q = 1; q < 4; ++q) {
+                  acc += f_p[j][q][2 * h];
+                  acc += f_p[j][q][2 * h + 1];
+                }
+                acc = prt::quad_sum(acc);
+                const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
+                if ((lane & 3) == 0) t_part_part[(u % 2) * 64 + (r)] = acc;
+              }
+            }
+            __syncthreads();
+            for (int i = tid; i < 64; i += 256) {
+              float acc = t_part_part[(0) * 64 + (i)];
+              for (int p = 1; p < 2; ++p) acc += t_part_part[(p) * 64 + (i)];
+              t_part[i] = prt::from_f32<float>(acc);
             }
           }
-          __syncthreads();
           // acc_p[row] = (acc_p[row] + part[row])
           {
             for (int r = tid; r < 64; r += 256) {
@@ -2728,7 +2808,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d32_
 }
 
 // attention_bwd: dQa, dKa, dVa, dlamA: the intra-chunk attention's gradients (flash-attention backward)
-// grid ($n, $h, $b), 256 threads, 73216 bytes of dynamic shared memory
+// grid ($n, $h, $b), 256 threads, 41984 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c64_bf16_w8_bd64_bt64_s1(
     const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -2868,21 +2948,23 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
   (void)g_dlamA_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_smem + 61952);  // bf16[64, 32] pitch 40
-  __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_smem + 51712);  // bf16[64, 32] pitch 40
-  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 72704);  // f32[64] pitch 64
+  __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_smem + 29184);  // bf16[64, 32] pitch 40
+  __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_smem + 18944);  // bf16[64, 32] pitch 40
+  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 41472);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_smem + 56832);  // bf16[64, 32] pitch 40
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 67072);  // bf16[64, 32] pitch 40
-  float* const t_dot = reinterpret_cast<float*>(prt_smem + 16896);  // f32[64, 64] pitch 64
-  float* const t_W = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 64] pitch 64
-  __nv_bfloat16* const t_P = reinterpret_cast<__nv_bfloat16*>(prt_smem + 33280);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_ds = reinterpret_cast<__nv_bfloat16*>(prt_smem + 42496);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_smem + 24064);  // bf16[64, 32] pitch 40
+  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 34304);  // bf16[64, 32] pitch 40
+  float f_dot[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
+  float f_W[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
+  __nv_bfloat16* const t_P = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_ds = reinterpret_cast<__nv_bfloat16*>(prt_smem + 9728);  // bf16[64, 64] pitch 72
   float f_acc_d[1][2][4];  // f32[64, 32] as mma fragments: 64x32 in 16x16 units over 8 warps
   float f_acc_e[1][2][4];  // f32[64, 32] as mma fragments: 64x32 in 16x16 units over 8 warps
-  float* const t_wsum = reinterpret_cast<float*>(prt_smem + 72960);  // f32[64] pitch 64
-  float* const t_dlam = reinterpret_cast<float*>(prt_smem + 72192);  // f32[64] pitch 64
-  float* const t_dlam_row = reinterpret_cast<float*>(prt_smem + 72448);  // f32[64] pitch 64
+  float* const t_wsum = reinterpret_cast<float*>(prt_smem + 41728);  // f32[64] pitch 64
+  float* const t_dlam = reinterpret_cast<float*>(prt_smem + 40960);  // f32[64] pitch 64
+  float* const t_dlam_row = reinterpret_cast<float*>(prt_smem + 41216);  // f32[64] pitch 64
+  float* const t_wsum_part = reinterpret_cast<float*>(prt_smem + 40448);  // f32[2, 64] pitch 64
+  float* const t_wsum_part2 = reinterpret_cast<float*>(prt_smem + 39424);  // f32[4, 64] pitch 64
   // g = load logG[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -3076,7 +3158,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
                 for (int j = 0; j < 1; ++j) {
                   const int u = warp + j * 8;
                   const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                  float acc[4][4];
+                  float (&acc)[4][4] = f_dot[j];
                   #pragma unroll
                   for (int q = 0; q < 4; ++q)
                   #pragma unroll
@@ -3092,10 +3174,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
                       prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                     }
                   }
-                  #pragma unroll
-                  for (int q = 0; q < 4; ++q)
-                  #pragma unroll
-                    for (int e = 0; e < 4; ++e) t_dot[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
                 }
               }
               // W = mma.tc(dy, v^T) [64x64 in 16x32 units over 8 warps]
@@ -3104,7 +3182,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
                 for (int j = 0; j < 1; ++j) {
                   const int u = warp + j * 8;
                   const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                  float acc[4][4];
+                  float (&acc)[4][4] = f_W[j];
                   #pragma unroll
                   for (int q = 0; q < 4; ++q)
                   #pragma unroll
@@ -3120,22 +3198,38 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
                       prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                     }
                   }
-                  #pragma unroll
-                  for (int q = 0; q < 4; ++q)
-                  #pragma unroll
-                    for (int e = 0; e < 4; ++e) t_W[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
                 }
               }
-              __syncthreads();
               // W[row, col] = (select(((((i0 * 64) + row) >= ((i2 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i0 * 64) + row)]) - lam[((i2 * 64) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row]))
+              {
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 8;
+                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+                  #pragma unroll
+                  for (int q = 0; q < 4; ++q) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                      const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                      f_W[j][q][e] = ((((((v_i0 * 64) + r) >= ((v_i2 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i2 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r])));
+                    }
+                  }
+                }
+              }
               // ds[row, col] = select((dot[row, col] == 0.0), 0.0, ((W[row, col] * 2.0) / dot[row, col]))
               {
-                for (int i = tid; i < 4096; i += 256) {
-                  const int r = i / 64, c = i % 64;
-                  const float y0 = prt::from_f32<float>(((((((v_i0 * 64) + r) >= ((v_i2 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i2 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 64 + (c)]) - prt::to_f32(t_Dy_i[r]))));
-                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_dot[(r) * 64 + (c)]) == 0.0f) ? 0.0f : ((y0 * 2.0f) / prt::to_f32(t_dot[(r) * 64 + (c)]))));
-                  t_W[(r) * 64 + (c)] = y0;
-                  t_ds[(r) * 72 + (c)] = y1;
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 8;
+                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+                  #pragma unroll
+                  for (int q = 0; q < 4; ++q) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                      const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                      t_ds[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((f_dot[j][q][e] == 0.0f) ? 0.0f : ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e])));
+                    }
+                  }
                 }
               }
               __syncthreads();
@@ -3159,22 +3253,39 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
                   }
                 }
               }
-              // wsum = reduce_sum(W, axis=1)
+              // wsum = reduce_sum(W, axis=1) via wsum_part
               {
-                for (int o = warp; o < 64; o += 8) {
-                  float acc = 0.0f;
-                  for (int i = lane; i < 64; i += 32) acc += prt::to_f32(t_W[(o) * 64 + (i)]);
-                  acc = prt::warp_sum(acc);
-                  if (lane == 0) t_wsum[o] = prt::from_f32<float>(acc);
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 8;
+                  #pragma unroll
+                  for (int h = 0; h < 2; ++h) {
+                    float acc = f_W[j][0][2 * h];
+                    acc += f_W[j][0][2 * h + 1];
+                    #pragma unroll
+                    for (int q = 1; q < 4; ++q) {
+                      acc += f_W[j][q][2 * h];
+                      acc += f_W[j][q][2 * h + 1];
+                    }
+                    acc = prt::quad_sum(acc);
+                    const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
+                    if ((lane & 3) == 0) t_wsum_part[(u % 2) * 64 + (r)] = acc;
+                  }
+                }
+                __syncthreads();
+                for (int i = tid; i < 64; i += 256) {
+                  float acc = t_wsum_part[(0) * 64 + (i)];
+                  for (int p = 1; p < 2; ++p) acc += t_wsum_part[(p) * 64 + (i)];
+                  t_wsum[i] = prt::from_f32<float>(acc);
                 }
               }
-              __syncthreads();
               // dlam_row[row] = (dlam_row[row] + wsum[row])
               {
                 for (int r = tid; r < 64; r += 256) {
                   t_dlam_row[r] = prt::from_f32<float>((prt::to_f32(t_dlam_row[r]) + prt::to_f32(t_wsum[r])));
                 }
               }
+              __syncthreads();
             }
           }
           // store dQa[pid.z, ((pid.x * 64) + (i0 * 64)):+64, ((pid.y * ($hq // $h)) + i1), 0:+32] = acc_d
@@ -3383,7 +3494,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
                 for (int j = 0; j < 1; ++j) {
                   const int u = warp + j * 8;
                   const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                  float acc[4][4];
+                  float (&acc)[4][4] = f_dot[j];
                   #pragma unroll
                   for (int q = 0; q < 4; ++q)
                   #pragma unroll
@@ -3399,10 +3510,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
                       prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                     }
                   }
-                  #pragma unroll
-                  for (int q = 0; q < 4; ++q)
-                  #pragma unroll
-                    for (int e = 0; e < 4; ++e) t_dot[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
                 }
               }
               // W = mma.tc(dy, v^T) [64x64 in 16x32 units over 8 warps]
@@ -3411,7 +3518,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
                 for (int j = 0; j < 1; ++j) {
                   const int u = warp + j * 8;
                   const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                  float acc[4][4];
+                  float (&acc)[4][4] = f_W[j];
                   #pragma unroll
                   for (int q = 0; q < 4; ++q)
                   #pragma unroll
@@ -3427,25 +3534,55 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
                       prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                     }
                   }
-                  #pragma unroll
-                  for (int q = 0; q < 4; ++q)
-                  #pragma unroll
-                    for (int e = 0; e < 4; ++e) t_W[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
                 }
               }
               __syncthreads();
               // W[row, col] = (select(((((i4 * 64) + row) >= ((i0 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i4 * 64) + row)]) - lam[((i0 * 64) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row]))
+              {
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 8;
+                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+                  #pragma unroll
+                  for (int q = 0; q < 4; ++q) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                      const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                      f_W[j][q][e] = ((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 64) + r)])) - prt::to_f32(t_lam[((v_i0 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r])));
+                    }
+                  }
+                }
+              }
               // ds[row, col] = select((dot[row, col] == 0.0), 0.0, ((W[row, col] * 2.0) / dot[row, col]))
+              {
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 8;
+                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+                  #pragma unroll
+                  for (int q = 0; q < 4; ++q) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                      const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                      t_ds[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((f_dot[j][q][e] == 0.0f) ? 0.0f : ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e])));
+                    }
+                  }
+                }
+              }
               // P[row, col] = select(((((i4 * 64) + row) >= ((i0 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i4 * 64) + row)]) - lam[((i0 * 64) + col)]) - lse_i[row])), 0.0)
               {
-                for (int i = tid; i < 4096; i += 256) {
-                  const int r = i / 64, c = i % 64;
-                  const float y0 = prt::from_f32<float>(((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 64) + r)])) - prt::to_f32(t_lam[((v_i0 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 64 + (c)]) - prt::to_f32(t_Dy_i[r]))));
-                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_dot[(r) * 64 + (c)]) == 0.0f) ? 0.0f : ((y0 * 2.0f) / prt::to_f32(t_dot[(r) * 64 + (c)]))));
-                  const __nv_bfloat16 y2 = prt::from_f32<__nv_bfloat16>((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 64) + r)])) - prt::to_f32(t_lam[((v_i0 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
-                  t_W[(r) * 64 + (c)] = y0;
-                  t_ds[(r) * 72 + (c)] = y1;
-                  t_P[(r) * 72 + (c)] = y2;
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 8;
+                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+                  #pragma unroll
+                  for (int q = 0; q < 4; ++q) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                      const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                      t_P[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 64) + r)])) - prt::to_f32(t_lam[((v_i0 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
+                    }
+                  }
                 }
               }
               __syncthreads();
@@ -3489,22 +3626,37 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
                   }
                 }
               }
-              // wsum = reduce_sum(W, axis=0)
+              // wsum = reduce_sum(W, axis=0) via wsum_part2
               {
-                for (int o = warp; o < 64; o += 8) {
-                  float acc = 0.0f;
-                  for (int i = lane; i < 64; i += 32) acc += prt::to_f32(t_W[(i) * 64 + (o)]);
-                  acc = prt::warp_sum(acc);
-                  if (lane == 0) t_wsum[o] = prt::from_f32<float>(acc);
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 8;
+                  #pragma unroll
+                  for (int q = 0; q < 4; ++q) {
+                    #pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                      float acc = f_W[j][q][h];
+                      acc += f_W[j][q][2 + h];
+                      acc = prt::column_lanes_sum(acc);
+                      const int c = (u % 2) * 32 + q * 8 + ((lane & 3) << 1) + h;
+                      if (lane < 4) t_wsum_part2[(u / 2) * 64 + (c)] = acc;
+                    }
+                  }
+                }
+                __syncthreads();
+                for (int i = tid; i < 64; i += 256) {
+                  float acc = t_wsum_part2[(0) * 64 + (i)];
+                  for (int p = 1; p < 4; ++p) acc += t_wsum_part2[(p) * 64 + (i)];
+                  t_wsum[i] = prt::from_f32<float>(acc);
                 }
               }
-              __syncthreads();
               // dlam[row] = (dlam[row] - wsum[row])
               {
                 for (int r = tid; r < 64; r += 256) {
                   t_dlam[r] = prt::from_f32<float>((prt::to_f32(t_dlam[r]) - prt::to_f32(t_wsum[r])));
                 }
               }
+              __syncthreads();
             }
           }
         }
@@ -5532,7 +5684,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
 }
 
 // discounted_cumsum_bwd: ddS, ddZ, dS0, dZ0, dGc: reverse-time discounted cumsum of the state's gradient
-// grid (9, ($b * $h), 1), 128 threads, 17440 bytes of dynamic shared memory
+// grid (9, ($b * $h), 1), 128 threads, 1056 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d32_e32_c64_bf16_w4_bd64_bt64_s1(
     const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -5695,15 +5847,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
   (void)g_dGc_d1;
   (void)g_dGc_d2;
   (void)g_dGc_d3;
-  float* const t_R = reinterpret_cast<float*>(prt_smem + 0);  // f32[64, 32] pitch 32
-  float* const t_r = reinterpret_cast<float*>(prt_smem + 8192);  // f32[64] pitch 64
-  float* const t_X = reinterpret_cast<float*>(prt_smem + 8448);  // f32[64, 32] pitch 32
-  float* const t_x = reinterpret_cast<float*>(prt_smem + 17152);  // f32[64] pitch 64
-  float* const t_g = reinterpret_cast<float*>(prt_smem + 16640);  // f32[64] pitch 64
-  float* const t_G = reinterpret_cast<float*>(prt_smem + 17408);  // f32[1] pitch 1
-  float* const t_row_dot = reinterpret_cast<float*>(prt_smem + 16896);  // f32[64] pitch 64
-  float* const t_dG = reinterpret_cast<float*>(prt_smem + 17424);  // f32[1] pitch 1
-  // R = load.async dSfinal[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+32]
+  float f_R[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
+  float* const t_r = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
+  float f_X[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
+  float* const t_x = reinterpret_cast<float*>(prt_smem + 768);  // f32[64] pitch 64
+  float* const t_g = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
+  float* const t_G = reinterpret_cast<float*>(prt_smem + 1024);  // f32[1] pitch 1
+  float* const t_row_dot = reinterpret_cast<float*>(prt_smem + 512);  // f32[64] pitch 64
+  float* const t_dG = reinterpret_cast<float*>(prt_smem + 1040);  // f32[1] pitch 1
+  // R = load dSfinal[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+32]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int a1 = (static_cast<int>(blockIdx.y) % p_h);
@@ -5711,20 +5863,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dSfinal_d0 && a1 >= 0 && a1 < g_dSfinal_d1;
     const long long base = static_cast<long long>(a0) * g_dSfinal_s0 + static_cast<long long>(a1) * g_dSfinal_s1 + static_cast<long long>(s2) * g_dSfinal_s2 + static_cast<long long>(s3) * g_dSfinal_s3;
-    float* const dst = t_R;
-    if (prt::aligned16(g_dSfinal) && base % 4 == 0 && g_dSfinal_s2 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 512; i += 128) {
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s2 + r;
-        const long long left = ok && gr >= 0 && gr < g_dSfinal_d2 ? g_dSfinal_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_dSfinal + base + static_cast<long long>(r) * g_dSfinal_s2 + c) : static_cast<const void*>(g_dSfinal), n * 4);
-      }
-    }
-    else {
-      for (int i = tid; i < 2048; i += 128) {
-        const int r = i / 32, c = i % 32;
-        dst[(r) * 32 + (c)] = ok && s2 + r >= 0 && s2 + r < g_dSfinal_d2 && s3 + c >= 0 && s3 + c < g_dSfinal_d3 ? g_dSfinal[base + static_cast<long long>(r) * g_dSfinal_s2 + static_cast<long long>(c) * g_dSfinal_s3] : prt::from_f32<float>(0.0f);
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+      #pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          f_R[j][q][e] = ok && s2 + r >= 0 && s2 + r < g_dSfinal_d2 && s3 + c >= 0 && s3 + c < g_dSfinal_d3 ? prt::to_f32(g_dSfinal[base + static_cast<long long>(r) * g_dSfinal_s2 + static_cast<long long>(c) * g_dSfinal_s3]) : 0.0f;
+        }
       }
     }
   }
@@ -5787,9 +5936,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
         const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
         const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
         if (ok) {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            if (s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4) g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] = t_R[(r) * 32 + (c)];
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4) g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] = prt::from_f32<float>(f_R[j][q][e]);
+              }
+            }
           }
         }
       }
@@ -5807,7 +5965,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           }
         }
       }
-      // X = load.async Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 64):+64, 0:+32]
+      // X = load Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 64):+64, 0:+32]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
@@ -5816,20 +5974,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
         const int s4 = 0;
         const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-        float* const dst = t_X;
-        if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 4;
-            const int gr = s3 + r;
-            const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 32 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_X[j][q][e] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? prt::to_f32(g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4]) : 0.0f;
+            }
           }
         }
       }
@@ -5858,21 +6013,40 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       }
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
-      __syncthreads();
       // X[row, col] = (X[row, col] * R[row, col])
       {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 32, c = i % 32;
-          t_X[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_X[(r) * 32 + (c)]) * prt::to_f32(t_R[(r) * 32 + (c)])));
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_X[j][q][e] = (f_X[j][q][e] * f_R[j][q][e]);
+            }
+          }
         }
       }
-      __syncthreads();
       // row_dot = reduce_sum(X, axis=1)
       {
-        for (int o = tid; o < 64; o += 128) {
-          float acc = 0.0f;
-          for (int i = 0; i < 32; ++i) acc += prt::to_f32(t_X[(o) * 32 + (i)]);
-          t_row_dot[o] = prt::from_f32<float>(acc);
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float acc = f_X[j][0][2 * h];
+            acc += f_X[j][0][2 * h + 1];
+            #pragma unroll
+            for (int q = 1; q < 4; ++q) {
+              acc += f_X[j][q][2 * h];
+              acc += f_X[j][q][2 * h + 1];
+            }
+            acc = prt::quad_sum(acc);
+            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
+            if ((lane & 3) == 0) t_row_dot[r] = prt::from_f32<float>(acc);
+          }
         }
       }
       __syncthreads();
@@ -5913,7 +6087,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           }
         }
       }
-      // X = load.async dSin[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 64):+64, 0:+32]
+      // X = load dSin[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 64):+64, 0:+32]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
@@ -5922,20 +6096,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
         const int s4 = 0;
         const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
         const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
-        float* const dst = t_X;
-        if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 4;
-            const int gr = s3 + r;
-            const long long left = ok && gr >= 0 && gr < g_dSin_d3 ? g_dSin_d4 - (s4 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_dSin + base + static_cast<long long>(r) * g_dSin_s3 + c) : static_cast<const void*>(g_dSin), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 32 + (c)] = ok && s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 ? g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] : prt::from_f32<float>(0.0f);
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_X[j][q][e] = ok && s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 ? prt::to_f32(g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4]) : 0.0f;
+            }
           }
         }
       }
@@ -5964,14 +6135,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       }
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
-      __syncthreads();
       // R[row, col] = (X[row, col] + (R[row, col] * exp(G[0])))
       {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 32, c = i % 32;
-          t_R[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_X[(r) * 32 + (c)]) + (prt::to_f32(t_R[(r) * 32 + (c)]) * expf(prt::to_f32(t_G[0])))));
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_R[j][q][e] = (f_X[j][q][e] + (f_R[j][q][e] * expf(prt::to_f32(t_G[0]))));
+            }
+          }
         }
       }
+      __syncthreads();
       // r[row] = (x[row] + (r[row] * exp(G[0])))
       {
         for (int r = tid; r < 64; r += 128) {
@@ -5980,7 +6160,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       }
     }
   }
-  __syncthreads();
   // store dS0[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+32] = R
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -5990,12 +6169,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
     const bool ok = a0 >= 0 && a0 < g_dS0_d0 && a1 >= 0 && a1 < g_dS0_d1;
     const long long base = static_cast<long long>(a0) * g_dS0_s0 + static_cast<long long>(a1) * g_dS0_s1 + static_cast<long long>(s2) * g_dS0_s2 + static_cast<long long>(s3) * g_dS0_s3;
     if (ok) {
-      for (int i = tid; i < 2048; i += 128) {
-        const int r = i / 32, c = i % 32;
-        if (s2 + r >= 0 && s2 + r < g_dS0_d2 && s3 + c >= 0 && s3 + c < g_dS0_d3) g_dS0[base + static_cast<long long>(r) * g_dS0_s2 + static_cast<long long>(c) * g_dS0_s3] = t_R[(r) * 32 + (c)];
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 4;
+        const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            if (s2 + r >= 0 && s2 + r < g_dS0_d2 && s3 + c >= 0 && s3 + c < g_dS0_d3) g_dS0[base + static_cast<long long>(r) * g_dS0_s2 + static_cast<long long>(c) * g_dS0_s3] = prt::from_f32<float>(f_R[j][q][e]);
+          }
+        }
       }
     }
   }
+  __syncthreads();
   // store dZ0[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64] = r
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -6496,6 +6685,42 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
           }
         }
       }
+      // p0[row, col] = (p0[row, col] * v[row, col])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_p0[j][q][e] = (f_p0[j][q][e] * prt::to_f32(t_v[(r) * 40 + (c)]));
+            }
+          }
+        }
+      }
+      // r = reduce_sum(p0, axis=1)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float acc = f_p0[j][0][2 * h];
+            acc += f_p0[j][0][2 * h + 1];
+            #pragma unroll
+            for (int q = 1; q < 4; ++q) {
+              acc += f_p0[j][q][2 * h];
+              acc += f_p0[j][q][2 * h + 1];
+            }
+            acc = prt::quad_sum(acc);
+            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
+            if ((lane & 3) == 0) t_r[r] = prt::from_f32<float>(acc);
+          }
+        }
+      }
       // t0 = mma.tc(v, u0_hi^T) [64x32 in 16x32 units over 4 warps]
       {
         #pragma unroll
@@ -6541,24 +6766,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
           }
         }
       }
-      __syncthreads();
-      // t0[row, col] = (t0[row, col] * k[row, (col + 0)])
-      {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 32, c = i % 32;
-          t_t0[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_t0[(r) * 32 + (c)]) * prt::to_f32(t_k[(r) * 40 + ((c + 0))])));
-        }
-      }
-      __syncthreads();
-      // r = reduce_sum(t0, axis=1)
-      {
-        for (int o = tid; o < 64; o += 128) {
-          float acc = 0.0f;
-          for (int i = 0; i < 32; ++i) acc += prt::to_f32(t_t0[(o) * 32 + (i)]);
-          t_r[o] = prt::from_f32<float>(acc);
-        }
-      }
-      __syncthreads();
       // r16[row, col] = select((col == (i0 - 0)), r[row], r16[row, col])
       {
         for (int i = tid; i < 1024; i += 128) {
@@ -6739,6 +6946,42 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
           }
         }
       }
+      // p1[row, col] = (p1[row, col] * v[row, col])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_p1[j][q][e] = (f_p1[j][q][e] * prt::to_f32(t_v[(r) * 40 + (c)]));
+            }
+          }
+        }
+      }
+      // r = reduce_sum(p1, axis=1)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float acc = f_p1[j][0][2 * h];
+            acc += f_p1[j][0][2 * h + 1];
+            #pragma unroll
+            for (int q = 1; q < 4; ++q) {
+              acc += f_p1[j][q][2 * h];
+              acc += f_p1[j][q][2 * h + 1];
+            }
+            acc = prt::quad_sum(acc);
+            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
+            if ((lane & 3) == 0) t_r[r] = prt::from_f32<float>(acc);
+          }
+        }
+      }
       // t1 = mma.tc(v, u1_hi^T) [64x16 in 16x16 units over 4 warps]
       {
         #pragma unroll
@@ -6784,24 +7027,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
           }
         }
       }
-      __syncthreads();
-      // t1[row, col] = (t1[row, col] * k[row, (col + 16)])
-      {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_t1[(r) * 16 + (c)] = prt::from_f32<float>((prt::to_f32(t_t1[(r) * 16 + (c)]) * prt::to_f32(t_k[(r) * 40 + ((c + 16))])));
-        }
-      }
-      __syncthreads();
-      // r = reduce_sum(t1, axis=1)
-      {
-        for (int o = tid; o < 64; o += 128) {
-          float acc = 0.0f;
-          for (int i = 0; i < 16; ++i) acc += prt::to_f32(t_t1[(o) * 16 + (i)]);
-          t_r[o] = prt::from_f32<float>(acc);
-        }
-      }
-      __syncthreads();
       // r16[row, col] = select((col == (i1 - 16)), r[row], r16[row, col])
       {
         for (int i = tid; i < 1024; i += 128) {
@@ -7554,7 +7779,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d32_e32_c
 }
 
 // decode: y of the cache's newest tn rows: in-cache attention (online over key blocks) + phi(q')^T S / phi(q').Z, one scale
-// grid ($hq, $b, (($tn + 15) // 16)), 128 threads, 33280 bytes of dynamic shared memory
+// grid ($hq, $b, (($tn + 15) // 16)), 128 threads, 27136 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_bf16_w4_bd64_bt64_s2(
     const __nv_bfloat16* g_Q, const float* g_Kc, const float* g_Vc, const float* g_Gc, const float* g_S, const float* g_Z, __nv_bfloat16* g_Y, int p_b, int p_tq, int p_hq, int p_h, int p_q0, int p_tn, int p_len, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -7651,26 +7876,28 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_bf16
   float* const t_lam_q = reinterpret_cast<float*>(prt_smem + 0);  // f32[16] pitch 16
   __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[16, 32] pitch 40
   float* const t_q_state = reinterpret_cast<float*>(prt_smem + 1792);  // f32[16, 32] pitch 32
-  float* const t_phi = reinterpret_cast<float*>(prt_smem + 28928);  // f32[16, 64] pitch 68
-  float* const t_s_base = reinterpret_cast<float*>(prt_smem + 9984);  // f32[64, 32] pitch 36, 2 copies
+  float* const t_phi = reinterpret_cast<float*>(prt_smem + 22784);  // f32[16, 64] pitch 68
+  float* const t_s_base = reinterpret_cast<float*>(prt_smem + 3840);  // f32[64, 32] pitch 36, 2 copies
   float* t_s = t_s_base;
-  float* const t_z_base = reinterpret_cast<float*>(prt_smem + 28416);  // f32[64] pitch 64, 2 copies
+  float* const t_z_base = reinterpret_cast<float*>(prt_smem + 22272);  // f32[64] pitch 64, 2 copies
   float* t_z = t_z_base;
-  float* const t_num_s = reinterpret_cast<float*>(prt_smem + 3840);  // f32[16, 32] pitch 32
-  float* const t_den_parts = reinterpret_cast<float*>(prt_smem + 5888);  // f32[16, 64] pitch 64
+  float f_num_s[1][1][4];  // f32[16, 32] as mma fragments: 16x32 in 16x8 units over 4 warps
+  float f_den_parts[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
   float* const t_den_s = reinterpret_cast<float*>(prt_smem + 64);  // f32[16] pitch 16
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_smem + 5888);  // bf16[64, 32] pitch 40
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 11008);  // bf16[64, 32] pitch 40
-  float* const t_qk = reinterpret_cast<float*>(prt_smem + 16128);  // f32[16, 64] pitch 64
-  float* const t_w = reinterpret_cast<float*>(prt_smem + 20224);  // f32[16, 64] pitch 64
-  float* const t_m_blk = reinterpret_cast<float*>(prt_smem + 26624);  // f32[16] pitch 16
-  float* const t_m_new = reinterpret_cast<float*>(prt_smem + 26688);  // f32[16] pitch 16
+  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_smem + 3840);  // bf16[64, 32] pitch 40
+  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 8960);  // bf16[64, 32] pitch 40
+  float f_qk[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
+  float f_w[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
+  float* const t_m_blk = reinterpret_cast<float*>(prt_smem + 16640);  // f32[16] pitch 16
+  float* const t_m_new = reinterpret_cast<float*>(prt_smem + 16704);  // f32[16] pitch 16
   float* const t_m_run = reinterpret_cast<float*>(prt_smem + 128);  // f32[16] pitch 16
-  __nv_bfloat16* const t_p = reinterpret_cast<__nv_bfloat16*>(prt_smem + 24320);  // bf16[16, 64] pitch 72
-  float* const t_p_sum = reinterpret_cast<float*>(prt_smem + 26752);  // f32[16] pitch 16
+  __nv_bfloat16* const t_p = reinterpret_cast<__nv_bfloat16*>(prt_smem + 14080);  // bf16[16, 64] pitch 72
+  float* const t_p_sum = reinterpret_cast<float*>(prt_smem + 16768);  // f32[16] pitch 16
   float* const t_num_a = reinterpret_cast<float*>(prt_smem + 1792);  // f32[16, 32] pitch 32
   float* const t_den_a = reinterpret_cast<float*>(prt_smem + 192);  // f32[16] pitch 16
   float* const t_y_row = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
+  float* const t_den_s_part = reinterpret_cast<float*>(prt_smem + 1792);  // f32[4, 16] pitch 16
+  float* const t_m_blk_part = reinterpret_cast<float*>(prt_smem + 16384);  // f32[4, 16] pitch 16
   // g = load Gc[pid.y, 0:+64, (pid.x // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.y);
@@ -7733,21 +7960,42 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_bf16
   prt::cp_async_wait<0>();
   __syncthreads();
   // q_state[row, col] = select((((pid.z * 16) + row) < $tn), q[row, col], 0.0)
-  // num_s[row, col] = 0.0
   {
     for (int i = tid; i < 512; i += 128) {
       const int r = i / 32, c = i % 32;
-      const float y0 = prt::from_f32<float>(((((static_cast<int>(blockIdx.z) * 16) + r) < p_tn) ? prt::to_f32(t_q[(r) * 40 + (c)]) : 0.0f));
-      const float y1 = prt::from_f32<float>(0.0f);
-      t_q_state[(r) * 32 + (c)] = y0;
-      t_num_s[(r) * 32 + (c)] = y1;
+      t_q_state[(r) * 32 + (c)] = prt::from_f32<float>(((((static_cast<int>(blockIdx.z) * 16) + r) < p_tn) ? prt::to_f32(t_q[(r) * 40 + (c)]) : 0.0f));
+    }
+  }
+  // num_s[row, col] = 0.0
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+      #pragma unroll
+      for (int q = 0; q < 1; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          f_num_s[j][q][e] = 0.0f;
+        }
+      }
     }
   }
   // den_parts[row, col] = 0.0
   {
-    for (int i = tid; i < 1024; i += 128) {
-      const int r = i / 64, c = i % 64;
-      t_den_parts[(r) * 64 + (c)] = prt::from_f32<float>(0.0f);
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+      #pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          f_den_parts[j][q][e] = 0.0f;
+        }
+      }
     }
   }
   if ((0 < 9)) {
@@ -7878,11 +8126,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_bf16
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 4;
           const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
-          float acc[1][4];
-          #pragma unroll
-          for (int q = 0; q < 1; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_num_s[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))];
+          float (&acc)[1][4] = f_num_s[j];
           const int g = lane >> 2, t2 = (lane & 3) * 2;
           for (int kk = 0; kk < 64; ++kk) {
             const float a0 = prt::to_f32(t_phi[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_phi[(m0 + g + 8) * 68 + (kk)]);
@@ -7895,17 +8139,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_bf16
               acc[q][3] = fmaf(a1, b1, acc[q][3]);
             }
           }
-          #pragma unroll
-          for (int q = 0; q < 1; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_num_s[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
       // den_parts[row, col] = (den_parts[row, col] + (phi[row, col] * z[col]))
       {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_den_parts[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_den_parts[(r) * 64 + (c)]) + (prt::to_f32(t_phi[(r) * 68 + (c)]) * prt::to_f32(t_z[c]))));
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_den_parts[j][q][e] = (f_den_parts[j][q][e] + (prt::to_f32(t_phi[(r) * 68 + (c)]) * prt::to_f32(t_z[c])));
+            }
+          }
         }
       }
       __syncthreads();
@@ -7913,13 +8162,30 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_bf16
   }
   prt::cp_async_wait<0>();
   __syncthreads();
-  // den_s = reduce_sum(den_parts, axis=1)
+  // den_s = reduce_sum(den_parts, axis=1) via den_s_part
   {
-    for (int o = warp; o < 16; o += 4) {
-      float acc = 0.0f;
-      for (int i = lane; i < 64; i += 32) acc += prt::to_f32(t_den_parts[(o) * 64 + (i)]);
-      acc = prt::warp_sum(acc);
-      if (lane == 0) t_den_s[o] = prt::from_f32<float>(acc);
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float acc = f_den_parts[j][0][2 * h];
+        acc += f_den_parts[j][0][2 * h + 1];
+        #pragma unroll
+        for (int q = 1; q < 2; ++q) {
+          acc += f_den_parts[j][q][2 * h];
+          acc += f_den_parts[j][q][2 * h + 1];
+        }
+        acc = prt::quad_sum(acc);
+        const int r = (u / 4) * 16 + (lane >> 2) + 8 * h;
+        if ((lane & 3) == 0) t_den_s_part[(u % 4) * 16 + (r)] = acc;
+      }
+    }
+    __syncthreads();
+    for (int i = tid; i < 16; i += 128) {
+      float acc = t_den_s_part[(0) * 16 + (i)];
+      for (int p = 1; p < 4; ++p) acc += t_den_s_part[(p) * 16 + (i)];
+      t_den_s[i] = prt::from_f32<float>(acc);
     }
   }
   // m_run[row] = -Infinity
@@ -7928,6 +8194,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_bf16
       t_m_run[r] = prt::from_f32<float>(__int_as_float(0xff800000));
     }
   }
+  __syncthreads();
   // num_a[row, col] = 0.0
   {
     for (int i = tid; i < 512; i += 128) {
@@ -7941,7 +8208,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_bf16
       t_den_a[r] = prt::from_f32<float>(0.0f);
     }
   }
-  __syncthreads();
   {
     const int v_i1_end = ((p_len + 63) / 64);
     for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
@@ -7988,7 +8254,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_bf16
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 4;
           const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
-          float acc[2][4];
+          float (&acc)[2][4] = f_qk[j];
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
@@ -8004,31 +8270,50 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_bf16
               prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
             }
           }
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_qk[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
-      __syncthreads();
       // w[row, col] = select(((((pid.z * 16) + row) < $tn) && (((i1 * 64) + col) <= ((($len - $tn) + (pid.z * 16)) + row))), (((log(abs((qk[row, col] * $scale))) * 2.0) + lam_q[row]) - lam[((i1 * 64) + col)]), -Infinity)
       {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_w[(r) * 64 + (c)] = prt::from_f32<float>((((((static_cast<int>(blockIdx.z) * 16) + r) < p_tn) && (((v_i1 * 64) + c) <= (((p_len - p_tn) + (static_cast<int>(blockIdx.z) * 16)) + r))) ? (((logf(fabsf((prt::to_f32(t_qk[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam_q[r])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) : __int_as_float(0xff800000)));
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_w[j][q][e] = (((((static_cast<int>(blockIdx.z) * 16) + r) < p_tn) && (((v_i1 * 64) + c) <= (((p_len - p_tn) + (static_cast<int>(blockIdx.z) * 16)) + r))) ? (((logf(fabsf((f_qk[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam_q[r])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) : __int_as_float(0xff800000));
+            }
+          }
         }
       }
-      __syncthreads();
-      // m_blk = reduce_max(w, axis=1)
+      // m_blk = reduce_max(w, axis=1) via m_blk_part
       {
-        for (int o = warp; o < 16; o += 4) {
-          float acc = __int_as_float(0xff800000);
-          for (int i = lane; i < 64; i += 32) acc = prt::max_nan(acc, prt::to_f32(t_w[(o) * 64 + (i)]));
-          acc = prt::warp_max(acc);
-          if (lane == 0) t_m_blk[o] = prt::from_f32<float>(acc);
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float acc = f_w[j][0][2 * h];
+            acc = prt::max_nan(acc, f_w[j][0][2 * h + 1]);
+            #pragma unroll
+            for (int q = 1; q < 2; ++q) {
+              acc = prt::max_nan(acc, f_w[j][q][2 * h]);
+              acc = prt::max_nan(acc, f_w[j][q][2 * h + 1]);
+            }
+            acc = prt::quad_max(acc);
+            const int r = (u / 4) * 16 + (lane >> 2) + 8 * h;
+            if ((lane & 3) == 0) t_m_blk_part[(u % 4) * 16 + (r)] = acc;
+          }
+        }
+        __syncthreads();
+        for (int i = tid; i < 16; i += 128) {
+          float acc = t_m_blk_part[(0) * 16 + (i)];
+          for (int p = 1; p < 4; ++p) acc = prt::max_nan(acc, t_m_blk_part[(p) * 16 + (i)]);
+          t_m_blk[i] = prt::from_f32<float>(acc);
         }
       }
-      __syncthreads();
       // m_new[row] = max(m_run[row], m_blk[row])
       {
         for (int r = tid; r < 16; r += 128) {
@@ -8038,9 +8323,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_bf16
       __syncthreads();
       // p[row, col] = select((m_new[row] == -Infinity), 0.0, exp((w[row, col] - m_new[row])))
       {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_p[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_m_new[r]) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_w[(r) * 64 + (c)]) - prt::to_f32(t_m_new[r])))));
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              t_p[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_m_new[r]) == __int_as_float(0xff800000)) ? 0.0f : expf((f_w[j][q][e] - prt::to_f32(t_m_new[r])))));
+            }
+          }
         }
       }
       __syncthreads();
@@ -8108,9 +8402,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_bf16
   __syncthreads();
   // num_a[row, col] = ((num_a[row, col] * select((max(m_run[row], (lam_q[row] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp((m_run[row] - max(m_run[row], (lam_q[row] + (log(abs($scale)) * 2.0))))))) + (num_s[row, col] * select((max(m_run[row], (lam_q[row] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp(((lam_q[row] + (log(abs($scale)) * 2.0)) - max(m_run[row], (lam_q[row] + (log(abs($scale)) * 2.0))))))))
   {
-    for (int i = tid; i < 512; i += 128) {
-      const int r = i / 32, c = i % 32;
-      t_num_a[(r) * 32 + (c)] = prt::from_f32<float>(((prt::to_f32(t_num_a[(r) * 32 + (c)]) * ((prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_m_run[r]) - prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))))))) + (prt::to_f32(t_num_s[(r) * 32 + (c)]) * ((prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf(((prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f)) - prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f)))))))));
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+      #pragma unroll
+      for (int q = 0; q < 1; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          t_num_a[(r) * 32 + (c)] = prt::from_f32<float>(((prt::to_f32(t_num_a[(r) * 32 + (c)]) * ((prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_m_run[r]) - prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))))))) + (f_num_s[j][q][e] * ((prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf(((prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f)) - prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f)))))))));
+        }
+      }
     }
   }
   __syncthreads();
@@ -8482,9 +8785,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_state_copy_p2_d32_e32_c64_
 #include <cuda_runtime.h>
 
 extern "C" cudaError_t prt_attention_p2_d32_e32_c64_bf16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d32_e32_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 52736);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d32_e32_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 36864);
   if (err != cudaSuccess) return err;
-  prt_attention_p2_d32_e32_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 52736, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_attention_p2_d32_e32_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 36864, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
@@ -8503,23 +8806,23 @@ extern "C" cudaError_t prt_discounted_cumsum_p2_d32_e32_c64_bf16_w4_bd64_bt64_s2
 }
 
 extern "C" cudaError_t prt_query_state_p2_d32_e32_c64_bf16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_numA, const float* g_denA, const float* g_maxA, __nv_bfloat16* g_Y, float* g_lse, float* g_yS, float* g_wS, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_p2_d32_e32_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 21056);
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_p2_d32_e32_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 18944);
   if (err != cudaSuccess) return err;
-  prt_query_state_p2_d32_e32_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 21056, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_numA, g_denA, g_maxA, g_Y, g_lse, g_yS, g_wS, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_query_state_p2_d32_e32_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 18944, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_numA, g_denA, g_maxA, g_Y, g_lse, g_yS, g_wS, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_bwd_prep_p2_d32_e32_c64_bf16_w8_bd64_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d32_e32_c64_bf16_w8_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 70912);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d32_e32_c64_bf16_w8_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 22272);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_prep_p2_d32_e32_c64_bf16_w8_bd64_bt64_s1<<<grid, 256, 70912, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_attention_bwd_prep_p2_d32_e32_c64_bf16_w8_bd64_bt64_s1<<<grid, 256, 22272, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_bwd_p2_d32_e32_c64_bf16_w8_bd64_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_p2_d32_e32_c64_bf16_w8_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 73216);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_p2_d32_e32_c64_bf16_w8_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 41984);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_p2_d32_e32_c64_bf16_w8_bd64_bt64_s1<<<grid, 256, 73216, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_attention_bwd_p2_d32_e32_c64_bf16_w8_bd64_bt64_s1<<<grid, 256, 41984, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
@@ -8538,9 +8841,9 @@ extern "C" cudaError_t prt_query_state_bwd_ds_p2_d32_e32_c64_bf16_w4_bd32_bt64_s
 }
 
 extern "C" cudaError_t prt_discounted_cumsum_bwd_p2_d32_e32_c64_bf16_w4_bd64_bt64_s1_launch(dim3 grid, cudaStream_t stream, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d32_e32_c64_bf16_w4_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 17440);
+  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d32_e32_c64_bf16_w4_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 1056);
   if (err != cudaSuccess) return err;
-  prt_discounted_cumsum_bwd_p2_d32_e32_c64_bf16_w4_bd64_bt64_s1<<<grid, 128, 17440, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
+  prt_discounted_cumsum_bwd_p2_d32_e32_c64_bf16_w4_bd64_bt64_s1<<<grid, 128, 1056, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
@@ -8559,9 +8862,9 @@ extern "C" cudaError_t prt_combine_grads_p2_d32_e32_c64_bf16_w4_bd0_bt64_s1_laun
 }
 
 extern "C" cudaError_t prt_decode_p2_d32_e32_c64_bf16_w4_bd64_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_Kc, const float* g_Vc, const float* g_Gc, const float* g_S, const float* g_Z, __nv_bfloat16* g_Y, int p_b, int p_tq, int p_hq, int p_h, int p_q0, int p_tn, int p_len, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_decode_p2_d32_e32_c64_bf16_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 33280);
+  cudaError_t err = cudaFuncSetAttribute(prt_decode_p2_d32_e32_c64_bf16_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 27136);
   if (err != cudaSuccess) return err;
-  prt_decode_p2_d32_e32_c64_bf16_w4_bd64_bt64_s2<<<grid, 128, 33280, stream>>>(g_Q, g_Kc, g_Vc, g_Gc, g_S, g_Z, g_Y, p_b, p_tq, p_hq, p_h, p_q0, p_tn, p_len, p_scale);
+  prt_decode_p2_d32_e32_c64_bf16_w4_bd64_bt64_s2<<<grid, 128, 27136, stream>>>(g_Q, g_Kc, g_Vc, g_Gc, g_S, g_Z, g_Y, p_b, p_tq, p_hq, p_h, p_q0, p_tn, p_len, p_scale);
   return cudaGetLastError();
 }
 

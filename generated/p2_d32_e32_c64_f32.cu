@@ -5,7 +5,7 @@
 #include "sympow_d32_p2.cuh"
 
 // attention: numA, denA, maxA: causal p-th power attention inside each chunk, stabilised by the row max of log-weights
-// grid ($n, $hq, $b), 128 threads, 81408 bytes of dynamic shared memory
+// grid ($n, $hq, $b), 128 threads, 65536 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -96,19 +96,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
   (void)g_maxA_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  float* const t_q = reinterpret_cast<float*>(prt_smem + 71168);  // f32[64, 32] pitch 36
+  float* const t_q = reinterpret_cast<float*>(prt_smem + 54784);  // f32[64, 32] pitch 36
   float* const t_k_base = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 32] pitch 36, 2 copies
   float* t_k = t_k_base;
   float* const t_v_base = reinterpret_cast<float*>(prt_smem + 18944);  // f32[64, 32] pitch 36, 2 copies
   float* t_v = t_v_base;
-  float* const t_w = reinterpret_cast<float*>(prt_smem + 54784);  // f32[64, 64] pitch 64
+  float f_w[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float* const t_p = reinterpret_cast<float*>(prt_smem + 37376);  // f32[64, 64] pitch 68
   float f_acc[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
-  float* const t_row_max = reinterpret_cast<float*>(prt_smem + 80896);  // f32[64] pitch 64
-  float* const t_row_sum = reinterpret_cast<float*>(prt_smem + 81152);  // f32[64] pitch 64
-  float* const t_block_max = reinterpret_cast<float*>(prt_smem + 80384);  // f32[64] pitch 64
-  float* const t_block_sum = reinterpret_cast<float*>(prt_smem + 80640);  // f32[64] pitch 64
+  float* const t_row_max = reinterpret_cast<float*>(prt_smem + 65024);  // f32[64] pitch 64
+  float* const t_row_sum = reinterpret_cast<float*>(prt_smem + 65280);  // f32[64] pitch 64
+  float* const t_block_max = reinterpret_cast<float*>(prt_smem + 64512);  // f32[64] pitch 64
+  float* const t_block_sum = reinterpret_cast<float*>(prt_smem + 64768);  // f32[64] pitch 64
   float* const t_alpha = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
+  float* const t_block_max_part = reinterpret_cast<float*>(prt_smem + 64000);  // f32[2, 64] pitch 64
   // g = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -312,7 +313,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
               for (int j = 0; j < 2; ++j) {
                 const int u = warp + j * 4;
                 const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                float acc[4][4];
+                float (&acc)[4][4] = f_w[j];
                 #pragma unroll
                 for (int q = 0; q < 4; ++q)
                 #pragma unroll
@@ -329,30 +330,50 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
                     acc[q][3] = fmaf(a1, b1, acc[q][3]);
                   }
                 }
-                #pragma unroll
-                for (int q = 0; q < 4; ++q)
-                #pragma unroll
-                  for (int e = 0; e < 4; ++e) t_w[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
               }
             }
-            __syncthreads();
             // w[row, col] = select(((((i1 * 64) + col) <= ((i0 * 64) + row)) && ((w[row, col] * $scale) != 0.0)), (((log(abs((w[row, col] * $scale))) * 2.0) + lam[((i0 * 64) + row)]) - lam[((i1 * 64) + col)]), -Infinity)
             {
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 64, c = i % 64;
-                t_w[(r) * 64 + (c)] = prt::from_f32<float>((((((v_i1 * 64) + c) <= ((v_i0 * 64) + r)) && ((prt::to_f32(t_w[(r) * 64 + (c)]) * p_scale) != 0.0f)) ? (((logf(fabsf((prt::to_f32(t_w[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) : __int_as_float(0xff800000)));
+              #pragma unroll
+              for (int j = 0; j < 2; ++j) {
+                const int u = warp + j * 4;
+                const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                  #pragma unroll
+                  for (int e = 0; e < 4; ++e) {
+                    const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                    f_w[j][q][e] = (((((v_i1 * 64) + c) <= ((v_i0 * 64) + r)) && ((f_w[j][q][e] * p_scale) != 0.0f)) ? (((logf(fabsf((f_w[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) : __int_as_float(0xff800000));
+                  }
+                }
               }
             }
-            __syncthreads();
-            // block_max = reduce_max(w, axis=1)
+            // block_max = reduce_max(w, axis=1) via block_max_part
             {
-              for (int o = tid; o < 64; o += 128) {
-                float acc = __int_as_float(0xff800000);
-                for (int i = 0; i < 64; ++i) acc = prt::max_nan(acc, prt::to_f32(t_w[(o) * 64 + (i)]));
-                t_block_max[o] = prt::from_f32<float>(acc);
+              #pragma unroll
+              for (int j = 0; j < 2; ++j) {
+                const int u = warp + j * 4;
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  float acc = f_w[j][0][2 * h];
+                  acc = prt::max_nan(acc, f_w[j][0][2 * h + 1]);
+                  #pragma unroll
+                  for (int q = 1; q < 4; ++q) {
+                    acc = prt::max_nan(acc, f_w[j][q][2 * h]);
+                    acc = prt::max_nan(acc, f_w[j][q][2 * h + 1]);
+                  }
+                  acc = prt::quad_max(acc);
+                  const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
+                  if ((lane & 3) == 0) t_block_max_part[(u % 2) * 64 + (r)] = acc;
+                }
+              }
+              __syncthreads();
+              for (int i = tid; i < 64; i += 128) {
+                float acc = t_block_max_part[(0) * 64 + (i)];
+                for (int p = 1; p < 2; ++p) acc = prt::max_nan(acc, t_block_max_part[(p) * 64 + (i)]);
+                t_block_max[i] = prt::from_f32<float>(acc);
               }
             }
-            __syncthreads();
             // alpha[row] = select((max(row_max[row], block_max[row]) == -Infinity), 0.0, exp((row_max[row] - max(row_max[row], block_max[row]))))
             {
               for (int r = tid; r < 64; r += 128) {
@@ -368,9 +389,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
             __syncthreads();
             // p[row, col] = select((row_max[row] == -Infinity), 0.0, exp((w[row, col] - row_max[row])))
             {
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 64, c = i % 64;
-                t_p[(r) * 68 + (c)] = prt::from_f32<float>(((prt::to_f32(t_row_max[r]) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_w[(r) * 64 + (c)]) - prt::to_f32(t_row_max[r])))));
+              #pragma unroll
+              for (int j = 0; j < 2; ++j) {
+                const int u = warp + j * 4;
+                const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                  #pragma unroll
+                  for (int e = 0; e < 4; ++e) {
+                    const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                    t_p[(r) * 68 + (c)] = prt::from_f32<float>(((prt::to_f32(t_row_max[r]) == __int_as_float(0xff800000)) ? 0.0f : expf((f_w[j][q][e] - prt::to_f32(t_row_max[r])))));
+                  }
+                }
               }
             }
             __syncthreads();
@@ -1399,7 +1429,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
 }
 
 // query_state: Y = (attention part + phi(q')^T Sin) / (its normaliser), lse = log normaliser, q' = scale q exp(lam/p)
-// grid (($n * 1), $hq, $b), 128 threads, 24640 bytes of dynamic shared memory
+// grid (($n * 1), $hq, $b), 128 threads, 22528 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_numA, const float* g_denA, const float* g_maxA, float* g_Y, float* g_lse, float* g_yS, float* g_wS, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -1545,7 +1575,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
   float* const t_q0 = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 32] pitch 36
   float* const t_z = reinterpret_cast<float*>(prt_smem + 9728);  // f32[528] pitch 528
   float* const t_zsym_hi = reinterpret_cast<float*>(prt_smem + 11840);  // f32[32, 32] pitch 36
-  float* const t_qz = reinterpret_cast<float*>(prt_smem + 16448);  // f32[64, 32] pitch 32
+  float f_qz[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
   float* const t_s0_f32_base = reinterpret_cast<float*>(prt_smem + 9728);  // f32[32, 32] pitch 32, 2 copies
   float* t_s0_f32 = t_s0_f32_base;
   float* const t_s0_hi = reinterpret_cast<float*>(prt_smem + 17920);  // f32[32, 32] pitch 36
@@ -1666,7 +1696,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
       for (int j = 0; j < 1; ++j) {
         const int u = warp + j * 4;
         const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-        float acc[4][4];
+        float (&acc)[4][4] = f_qz[j];
         #pragma unroll
         for (int q = 0; q < 4; ++q)
         #pragma unroll
@@ -1683,27 +1713,42 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
             acc[q][3] = fmaf(a1, b1, acc[q][3]);
           }
         }
-        #pragma unroll
-        for (int q = 0; q < 4; ++q)
-        #pragma unroll
-          for (int e = 0; e < 4; ++e) t_qz[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
       }
     }
-    __syncthreads();
     // qz[row, col] = (qz[row, col] * q0[row, col])
     {
-      for (int i = tid; i < 2048; i += 128) {
-        const int r = i / 32, c = i % 32;
-        t_qz[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_qz[(r) * 32 + (c)]) * prt::to_f32(t_q0[(r) * 36 + (c)])));
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 4;
+        const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            f_qz[j][q][e] = (f_qz[j][q][e] * prt::to_f32(t_q0[(r) * 36 + (c)]));
+          }
+        }
       }
     }
-    __syncthreads();
     // den_s = reduce_sum(qz, axis=1)
     {
-      for (int o = tid; o < 64; o += 128) {
-        float acc = 0.0f;
-        for (int i = 0; i < 32; ++i) acc += prt::to_f32(t_qz[(o) * 32 + (i)]);
-        t_den_s[o] = prt::from_f32<float>(acc);
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 4;
+        #pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float acc = f_qz[j][0][2 * h];
+          acc += f_qz[j][0][2 * h + 1];
+          #pragma unroll
+          for (int q = 1; q < 4; ++q) {
+            acc += f_qz[j][q][2 * h];
+            acc += f_qz[j][q][2 * h + 1];
+          }
+          acc = prt::quad_sum(acc);
+          const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
+          if ((lane & 3) == 0) t_den_s[r] = prt::from_f32<float>(acc);
+        }
       }
     }
     __syncthreads();
@@ -2151,7 +2196,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
 }
 
 // attention_bwd_prep: DyA = rowsum(P * dP), PA = rowsum(P) over the chunk's keys (the attention parts of dy . y and of 1), in f32
-// grid ($n, $hq, $b), 256 threads, 87296 bytes of dynamic shared memory
+// grid ($n, $hq, $b), 256 threads, 38656 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d32_e32_c64_f32_w8_bd64_bt64_s1(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -2252,17 +2297,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d32_
   (void)g_PA_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  float* const t_q = reinterpret_cast<float*>(prt_smem + 68096);  // f32[64, 32] pitch 36
-  float* const t_dy = reinterpret_cast<float*>(prt_smem + 49664);  // f32[64, 32] pitch 36
-  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 86784);  // f32[64] pitch 64
-  float* const t_k = reinterpret_cast<float*>(prt_smem + 58880);  // f32[64, 32] pitch 36
-  float* const t_v = reinterpret_cast<float*>(prt_smem + 77312);  // f32[64, 32] pitch 36
-  float* const t_dot = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 64] pitch 64
-  float* const t_p = reinterpret_cast<float*>(prt_smem + 16896);  // f32[64, 64] pitch 64
-  float* const t_p_dp = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 64] pitch 64
-  float* const t_part = reinterpret_cast<float*>(prt_smem + 87040);  // f32[64] pitch 64
+  float* const t_q = reinterpret_cast<float*>(prt_smem + 18944);  // f32[64, 32] pitch 36
+  float* const t_dy = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 32] pitch 36
+  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 38144);  // f32[64] pitch 64
+  float* const t_k = reinterpret_cast<float*>(prt_smem + 9728);  // f32[64, 32] pitch 36
+  float* const t_v = reinterpret_cast<float*>(prt_smem + 28160);  // f32[64, 32] pitch 36
+  float f_dot[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
+  float f_p[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
+  float f_p_dp[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
+  float* const t_part = reinterpret_cast<float*>(prt_smem + 38400);  // f32[64] pitch 64
   float* const t_acc_dy = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  float* const t_acc_p = reinterpret_cast<float*>(prt_smem + 86528);  // f32[64] pitch 64
+  float* const t_acc_p = reinterpret_cast<float*>(prt_smem + 37888);  // f32[64] pitch 64
+  float* const t_part_part = reinterpret_cast<float*>(prt_smem + 37376);  // f32[2, 64] pitch 64
   // g = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -2429,7 +2475,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d32_
             for (int j = 0; j < 1; ++j) {
               const int u = warp + j * 8;
               const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float acc[4][4];
+              float (&acc)[4][4] = f_dot[j];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
@@ -2446,10 +2492,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d32_
                   acc[q][3] = fmaf(a1, b1, acc[q][3]);
                 }
               }
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_dot[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
             }
           }
           // p_dp = mma.fmaFrag(dy, v^T) [64x64 in 16x32 units over 8 warps]
@@ -2458,7 +2500,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d32_
             for (int j = 0; j < 1; ++j) {
               const int u = warp + j * 8;
               const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float acc[4][4];
+              float (&acc)[4][4] = f_p_dp[j];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
@@ -2475,35 +2517,66 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d32_
                   acc[q][3] = fmaf(a1, b1, acc[q][3]);
                 }
               }
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_p_dp[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
             }
           }
-          __syncthreads();
           // p[row, col] = select(((((i0 * 64) + row) >= ((i1 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i0 * 64) + row)]) - lam[((i1 * 64) + col)]) - lse_i[row])), 0.0)
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_p[j][q][e] = (((((v_i0 * 64) + r) >= ((v_i1 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f);
+                }
+              }
+            }
+          }
           // p_dp[row, col] = (p[row, col] * p_dp[row, col])
           {
-            for (int i = tid; i < 4096; i += 256) {
-              const int r = i / 64, c = i % 64;
-              const float y0 = prt::from_f32<float>((((((v_i0 * 64) + r) >= ((v_i1 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
-              const float y1 = prt::from_f32<float>((y0 * prt::to_f32(t_p_dp[(r) * 64 + (c)])));
-              t_p[(r) * 64 + (c)] = y0;
-              t_p_dp[(r) * 64 + (c)] = y1;
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_p_dp[j][q][e] = (f_p[j][q][e] * f_p_dp[j][q][e]);
+                }
+              }
             }
           }
-          __syncthreads();
-          // part = reduce_sum(p_dp, axis=1)
+          // part = reduce_sum(p_dp, axis=1) via part_part
           {
-            for (int o = warp; o < 64; o += 8) {
-              float acc = 0.0f;
-              for (int i = lane; i < 64; i += 32) acc += prt::to_f32(t_p_dp[(o) * 64 + (i)]);
-              acc = prt::warp_sum(acc);
-              if (lane == 0) t_part[o] = prt::from_f32<float>(acc);
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                float acc = f_p_dp[j][0][2 * h];
+                acc += f_p_dp[j][0][2 * h + 1];
+                #pragma unroll
+                for (int q = 1; q < 4; ++q) {
+                  acc += f_p_dp[j][q][2 * h];
+                  acc += f_p_dp[j][q][2 * h + 1];
+                }
+                acc = prt::quad_sum(acc);
+                const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
+                if ((lane & 3) == 0) t_part_part[(u % 2) * 64 + (r)] = acc;
+              }
+            }
+            __syncthreads();
+            for (int i = tid; i < 64; i += 256) {
+              float acc = t_part_part[(0) * 64 + (i)];
+              for (int p = 1; p < 2; ++p) acc += t_part_part[(p) * 64 + (i)];
+              t_part[i] = prt::from_f32<float>(acc);
             }
           }
-          __syncthreads();
           // acc_dy[row] = (acc_dy[row] + part[row])
           {
             for (int r = tid; r < 64; r += 256) {
@@ -2511,16 +2584,32 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d32_
             }
           }
           __syncthreads();
-          // part = reduce_sum(p, axis=1)
+          // part = reduce_sum(p, axis=1) via part_part
           {
-            for (int o = warp; o < 64; o += 8) {
-              float acc = 0.0f;
-              for (int i = lane; i < 64; i += 32) acc += prt::to_f32(t_p[(o) * 64 + (i)]);
-              acc = prt::warp_sum(acc);
-              if (lane == 0) t_part[o] = prt::from_f32<float>(acc);
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                float acc = f_p[j][0][2 * h];
+                acc += f_p[j][0][2 * h + 1];
+                #pragma unroll
+                for (int q = 1; q < 4; ++q) {
+                  acc += f_p[j][q][2 * h];
+                  acc += f_p[j][q][2 * h + 1];
+                }
+                acc = prt::quad_sum(acc);
+                const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
+                if ((lane & 3) == 0) t_part_part[(u % 2) * 64 + (r)] = acc;
+              }
+            }
+            __syncthreads();
+            for (int i = tid; i < 64; i += 256) {
+              float acc = t_part_part[(0) * 64 + (i)];
+              for (int p = 1; p < 2; ++p) acc += t_part_part[(p) * 64 + (i)];
+              t_part[i] = prt::from_f32<float>(acc);
             }
           }
-          __syncthreads();
           // acc_p[row] = (acc_p[row] + part[row])
           {
             for (int r = tid; r < 64; r += 256) {
@@ -2560,7 +2649,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d32_
 }
 
 // attention_bwd: dQa, dKa, dVa, dlamA: the intra-chunk attention's gradients (flash-attention backward)
-// grid ($n, $h, $b), 256 threads, 105984 bytes of dynamic shared memory
+// grid ($n, $h, $b), 256 threads, 74752 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c64_f32_w8_bd64_bt64_s1(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -2700,21 +2789,23 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
   (void)g_dlamA_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  float* const t_q = reinterpret_cast<float*>(prt_smem + 86528);  // f32[64, 32] pitch 36
-  float* const t_dy = reinterpret_cast<float*>(prt_smem + 68096);  // f32[64, 32] pitch 36
-  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 105472);  // f32[64] pitch 64
+  float* const t_q = reinterpret_cast<float*>(prt_smem + 53760);  // f32[64, 32] pitch 36
+  float* const t_dy = reinterpret_cast<float*>(prt_smem + 35328);  // f32[64, 32] pitch 36
+  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 74240);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  float* const t_k = reinterpret_cast<float*>(prt_smem + 77312);  // f32[64, 32] pitch 36
-  float* const t_v = reinterpret_cast<float*>(prt_smem + 95744);  // f32[64, 32] pitch 36
-  float* const t_dot = reinterpret_cast<float*>(prt_smem + 51712);  // f32[64, 64] pitch 64
-  float* const t_W = reinterpret_cast<float*>(prt_smem + 35328);  // f32[64, 64] pitch 64
+  float* const t_k = reinterpret_cast<float*>(prt_smem + 44544);  // f32[64, 32] pitch 36
+  float* const t_v = reinterpret_cast<float*>(prt_smem + 62976);  // f32[64, 32] pitch 36
+  float f_dot[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
+  float f_W[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
   float* const t_P = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 64] pitch 68
   float* const t_ds = reinterpret_cast<float*>(prt_smem + 17920);  // f32[64, 64] pitch 68
   float f_acc_d[1][2][4];  // f32[64, 32] as mma fragments: 64x32 in 16x16 units over 8 warps
   float f_acc_e[1][2][4];  // f32[64, 32] as mma fragments: 64x32 in 16x16 units over 8 warps
-  float* const t_wsum = reinterpret_cast<float*>(prt_smem + 105728);  // f32[64] pitch 64
-  float* const t_dlam = reinterpret_cast<float*>(prt_smem + 104960);  // f32[64] pitch 64
-  float* const t_dlam_row = reinterpret_cast<float*>(prt_smem + 105216);  // f32[64] pitch 64
+  float* const t_wsum = reinterpret_cast<float*>(prt_smem + 74496);  // f32[64] pitch 64
+  float* const t_dlam = reinterpret_cast<float*>(prt_smem + 73728);  // f32[64] pitch 64
+  float* const t_dlam_row = reinterpret_cast<float*>(prt_smem + 73984);  // f32[64] pitch 64
+  float* const t_wsum_part = reinterpret_cast<float*>(prt_smem + 73216);  // f32[2, 64] pitch 64
+  float* const t_wsum_part2 = reinterpret_cast<float*>(prt_smem + 72192);  // f32[4, 64] pitch 64
   // g = load logG[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -2908,7 +2999,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
                 for (int j = 0; j < 1; ++j) {
                   const int u = warp + j * 8;
                   const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                  float acc[4][4];
+                  float (&acc)[4][4] = f_dot[j];
                   #pragma unroll
                   for (int q = 0; q < 4; ++q)
                   #pragma unroll
@@ -2925,10 +3016,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
                       acc[q][3] = fmaf(a1, b1, acc[q][3]);
                     }
                   }
-                  #pragma unroll
-                  for (int q = 0; q < 4; ++q)
-                  #pragma unroll
-                    for (int e = 0; e < 4; ++e) t_dot[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
                 }
               }
               // W = mma.fmaFrag(dy, v^T) [64x64 in 16x32 units over 8 warps]
@@ -2937,7 +3024,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
                 for (int j = 0; j < 1; ++j) {
                   const int u = warp + j * 8;
                   const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                  float acc[4][4];
+                  float (&acc)[4][4] = f_W[j];
                   #pragma unroll
                   for (int q = 0; q < 4; ++q)
                   #pragma unroll
@@ -2954,22 +3041,38 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
                       acc[q][3] = fmaf(a1, b1, acc[q][3]);
                     }
                   }
-                  #pragma unroll
-                  for (int q = 0; q < 4; ++q)
-                  #pragma unroll
-                    for (int e = 0; e < 4; ++e) t_W[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
                 }
               }
-              __syncthreads();
               // W[row, col] = (select(((((i0 * 64) + row) >= ((i2 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i0 * 64) + row)]) - lam[((i2 * 64) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row]))
+              {
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 8;
+                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+                  #pragma unroll
+                  for (int q = 0; q < 4; ++q) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                      const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                      f_W[j][q][e] = ((((((v_i0 * 64) + r) >= ((v_i2 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i2 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r])));
+                    }
+                  }
+                }
+              }
               // ds[row, col] = select((dot[row, col] == 0.0), 0.0, ((W[row, col] * 2.0) / dot[row, col]))
               {
-                for (int i = tid; i < 4096; i += 256) {
-                  const int r = i / 64, c = i % 64;
-                  const float y0 = prt::from_f32<float>(((((((v_i0 * 64) + r) >= ((v_i2 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i2 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 64 + (c)]) - prt::to_f32(t_Dy_i[r]))));
-                  const float y1 = prt::from_f32<float>(((prt::to_f32(t_dot[(r) * 64 + (c)]) == 0.0f) ? 0.0f : ((y0 * 2.0f) / prt::to_f32(t_dot[(r) * 64 + (c)]))));
-                  t_W[(r) * 64 + (c)] = y0;
-                  t_ds[(r) * 68 + (c)] = y1;
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 8;
+                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+                  #pragma unroll
+                  for (int q = 0; q < 4; ++q) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                      const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                      t_ds[(r) * 68 + (c)] = prt::from_f32<float>(((f_dot[j][q][e] == 0.0f) ? 0.0f : ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e])));
+                    }
+                  }
                 }
               }
               __syncthreads();
@@ -2994,22 +3097,39 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
                   }
                 }
               }
-              // wsum = reduce_sum(W, axis=1)
+              // wsum = reduce_sum(W, axis=1) via wsum_part
               {
-                for (int o = warp; o < 64; o += 8) {
-                  float acc = 0.0f;
-                  for (int i = lane; i < 64; i += 32) acc += prt::to_f32(t_W[(o) * 64 + (i)]);
-                  acc = prt::warp_sum(acc);
-                  if (lane == 0) t_wsum[o] = prt::from_f32<float>(acc);
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 8;
+                  #pragma unroll
+                  for (int h = 0; h < 2; ++h) {
+                    float acc = f_W[j][0][2 * h];
+                    acc += f_W[j][0][2 * h + 1];
+                    #pragma unroll
+                    for (int q = 1; q < 4; ++q) {
+                      acc += f_W[j][q][2 * h];
+                      acc += f_W[j][q][2 * h + 1];
+                    }
+                    acc = prt::quad_sum(acc);
+                    const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
+                    if ((lane & 3) == 0) t_wsum_part[(u % 2) * 64 + (r)] = acc;
+                  }
+                }
+                __syncthreads();
+                for (int i = tid; i < 64; i += 256) {
+                  float acc = t_wsum_part[(0) * 64 + (i)];
+                  for (int p = 1; p < 2; ++p) acc += t_wsum_part[(p) * 64 + (i)];
+                  t_wsum[i] = prt::from_f32<float>(acc);
                 }
               }
-              __syncthreads();
               // dlam_row[row] = (dlam_row[row] + wsum[row])
               {
                 for (int r = tid; r < 64; r += 256) {
                   t_dlam_row[r] = prt::from_f32<float>((prt::to_f32(t_dlam_row[r]) + prt::to_f32(t_wsum[r])));
                 }
               }
+              __syncthreads();
             }
           }
           // store dQa[pid.z, ((pid.x * 64) + (i0 * 64)):+64, ((pid.y * ($hq // $h)) + i1), 0:+32] = acc_d
@@ -3218,7 +3338,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
                 for (int j = 0; j < 1; ++j) {
                   const int u = warp + j * 8;
                   const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                  float acc[4][4];
+                  float (&acc)[4][4] = f_dot[j];
                   #pragma unroll
                   for (int q = 0; q < 4; ++q)
                   #pragma unroll
@@ -3235,10 +3355,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
                       acc[q][3] = fmaf(a1, b1, acc[q][3]);
                     }
                   }
-                  #pragma unroll
-                  for (int q = 0; q < 4; ++q)
-                  #pragma unroll
-                    for (int e = 0; e < 4; ++e) t_dot[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
                 }
               }
               // W = mma.fmaFrag(dy, v^T) [64x64 in 16x32 units over 8 warps]
@@ -3247,7 +3363,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
                 for (int j = 0; j < 1; ++j) {
                   const int u = warp + j * 8;
                   const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                  float acc[4][4];
+                  float (&acc)[4][4] = f_W[j];
                   #pragma unroll
                   for (int q = 0; q < 4; ++q)
                   #pragma unroll
@@ -3264,25 +3380,55 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
                       acc[q][3] = fmaf(a1, b1, acc[q][3]);
                     }
                   }
-                  #pragma unroll
-                  for (int q = 0; q < 4; ++q)
-                  #pragma unroll
-                    for (int e = 0; e < 4; ++e) t_W[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
                 }
               }
               __syncthreads();
               // W[row, col] = (select(((((i4 * 64) + row) >= ((i0 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i4 * 64) + row)]) - lam[((i0 * 64) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row]))
+              {
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 8;
+                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+                  #pragma unroll
+                  for (int q = 0; q < 4; ++q) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                      const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                      f_W[j][q][e] = ((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 64) + r)])) - prt::to_f32(t_lam[((v_i0 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r])));
+                    }
+                  }
+                }
+              }
               // ds[row, col] = select((dot[row, col] == 0.0), 0.0, ((W[row, col] * 2.0) / dot[row, col]))
+              {
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 8;
+                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+                  #pragma unroll
+                  for (int q = 0; q < 4; ++q) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                      const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                      t_ds[(r) * 68 + (c)] = prt::from_f32<float>(((f_dot[j][q][e] == 0.0f) ? 0.0f : ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e])));
+                    }
+                  }
+                }
+              }
               // P[row, col] = select(((((i4 * 64) + row) >= ((i0 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i4 * 64) + row)]) - lam[((i0 * 64) + col)]) - lse_i[row])), 0.0)
               {
-                for (int i = tid; i < 4096; i += 256) {
-                  const int r = i / 64, c = i % 64;
-                  const float y0 = prt::from_f32<float>(((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 64) + r)])) - prt::to_f32(t_lam[((v_i0 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 64 + (c)]) - prt::to_f32(t_Dy_i[r]))));
-                  const float y1 = prt::from_f32<float>(((prt::to_f32(t_dot[(r) * 64 + (c)]) == 0.0f) ? 0.0f : ((y0 * 2.0f) / prt::to_f32(t_dot[(r) * 64 + (c)]))));
-                  const float y2 = prt::from_f32<float>((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 64) + r)])) - prt::to_f32(t_lam[((v_i0 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
-                  t_W[(r) * 64 + (c)] = y0;
-                  t_ds[(r) * 68 + (c)] = y1;
-                  t_P[(r) * 68 + (c)] = y2;
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 8;
+                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+                  #pragma unroll
+                  for (int q = 0; q < 4; ++q) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                      const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                      t_P[(r) * 68 + (c)] = prt::from_f32<float>((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 64) + r)])) - prt::to_f32(t_lam[((v_i0 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
+                    }
+                  }
                 }
               }
               __syncthreads();
@@ -3328,22 +3474,37 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
                   }
                 }
               }
-              // wsum = reduce_sum(W, axis=0)
+              // wsum = reduce_sum(W, axis=0) via wsum_part2
               {
-                for (int o = warp; o < 64; o += 8) {
-                  float acc = 0.0f;
-                  for (int i = lane; i < 64; i += 32) acc += prt::to_f32(t_W[(i) * 64 + (o)]);
-                  acc = prt::warp_sum(acc);
-                  if (lane == 0) t_wsum[o] = prt::from_f32<float>(acc);
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 8;
+                  #pragma unroll
+                  for (int q = 0; q < 4; ++q) {
+                    #pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                      float acc = f_W[j][q][h];
+                      acc += f_W[j][q][2 + h];
+                      acc = prt::column_lanes_sum(acc);
+                      const int c = (u % 2) * 32 + q * 8 + ((lane & 3) << 1) + h;
+                      if (lane < 4) t_wsum_part2[(u / 2) * 64 + (c)] = acc;
+                    }
+                  }
+                }
+                __syncthreads();
+                for (int i = tid; i < 64; i += 256) {
+                  float acc = t_wsum_part2[(0) * 64 + (i)];
+                  for (int p = 1; p < 4; ++p) acc += t_wsum_part2[(p) * 64 + (i)];
+                  t_wsum[i] = prt::from_f32<float>(acc);
                 }
               }
-              __syncthreads();
               // dlam[row] = (dlam[row] - wsum[row])
               {
                 for (int r = tid; r < 64; r += 256) {
                   t_dlam[r] = prt::from_f32<float>((prt::to_f32(t_dlam[r]) - prt::to_f32(t_wsum[r])));
                 }
               }
+              __syncthreads();
             }
           }
         }
@@ -5322,7 +5483,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
 }
 
 // discounted_cumsum_bwd: ddS, ddZ, dS0, dZ0, dGc: reverse-time discounted cumsum of the state's gradient
-// grid (9, ($b * $h), 1), 128 threads, 17440 bytes of dynamic shared memory
+// grid (9, ($b * $h), 1), 128 threads, 1056 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d32_e32_c64_f32_w4_bd64_bt64_s1(
     const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -5485,15 +5646,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
   (void)g_dGc_d1;
   (void)g_dGc_d2;
   (void)g_dGc_d3;
-  float* const t_R = reinterpret_cast<float*>(prt_smem + 0);  // f32[64, 32] pitch 32
-  float* const t_r = reinterpret_cast<float*>(prt_smem + 8192);  // f32[64] pitch 64
-  float* const t_X = reinterpret_cast<float*>(prt_smem + 8448);  // f32[64, 32] pitch 32
-  float* const t_x = reinterpret_cast<float*>(prt_smem + 17152);  // f32[64] pitch 64
-  float* const t_g = reinterpret_cast<float*>(prt_smem + 16640);  // f32[64] pitch 64
-  float* const t_G = reinterpret_cast<float*>(prt_smem + 17408);  // f32[1] pitch 1
-  float* const t_row_dot = reinterpret_cast<float*>(prt_smem + 16896);  // f32[64] pitch 64
-  float* const t_dG = reinterpret_cast<float*>(prt_smem + 17424);  // f32[1] pitch 1
-  // R = load.async dSfinal[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+32]
+  float f_R[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
+  float* const t_r = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
+  float f_X[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
+  float* const t_x = reinterpret_cast<float*>(prt_smem + 768);  // f32[64] pitch 64
+  float* const t_g = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
+  float* const t_G = reinterpret_cast<float*>(prt_smem + 1024);  // f32[1] pitch 1
+  float* const t_row_dot = reinterpret_cast<float*>(prt_smem + 512);  // f32[64] pitch 64
+  float* const t_dG = reinterpret_cast<float*>(prt_smem + 1040);  // f32[1] pitch 1
+  // R = load dSfinal[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+32]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int a1 = (static_cast<int>(blockIdx.y) % p_h);
@@ -5501,20 +5662,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dSfinal_d0 && a1 >= 0 && a1 < g_dSfinal_d1;
     const long long base = static_cast<long long>(a0) * g_dSfinal_s0 + static_cast<long long>(a1) * g_dSfinal_s1 + static_cast<long long>(s2) * g_dSfinal_s2 + static_cast<long long>(s3) * g_dSfinal_s3;
-    float* const dst = t_R;
-    if (prt::aligned16(g_dSfinal) && base % 4 == 0 && g_dSfinal_s2 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 512; i += 128) {
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s2 + r;
-        const long long left = ok && gr >= 0 && gr < g_dSfinal_d2 ? g_dSfinal_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_dSfinal + base + static_cast<long long>(r) * g_dSfinal_s2 + c) : static_cast<const void*>(g_dSfinal), n * 4);
-      }
-    }
-    else {
-      for (int i = tid; i < 2048; i += 128) {
-        const int r = i / 32, c = i % 32;
-        dst[(r) * 32 + (c)] = ok && s2 + r >= 0 && s2 + r < g_dSfinal_d2 && s3 + c >= 0 && s3 + c < g_dSfinal_d3 ? g_dSfinal[base + static_cast<long long>(r) * g_dSfinal_s2 + static_cast<long long>(c) * g_dSfinal_s3] : prt::from_f32<float>(0.0f);
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+      #pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          f_R[j][q][e] = ok && s2 + r >= 0 && s2 + r < g_dSfinal_d2 && s3 + c >= 0 && s3 + c < g_dSfinal_d3 ? prt::to_f32(g_dSfinal[base + static_cast<long long>(r) * g_dSfinal_s2 + static_cast<long long>(c) * g_dSfinal_s3]) : 0.0f;
+        }
       }
     }
   }
@@ -5577,9 +5735,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
         const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
         const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
         if (ok) {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            if (s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4) g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] = t_R[(r) * 32 + (c)];
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4) g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] = prt::from_f32<float>(f_R[j][q][e]);
+              }
+            }
           }
         }
       }
@@ -5597,7 +5764,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           }
         }
       }
-      // X = load.async Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 64):+64, 0:+32]
+      // X = load Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 64):+64, 0:+32]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
@@ -5606,20 +5773,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
         const int s4 = 0;
         const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-        float* const dst = t_X;
-        if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 4;
-            const int gr = s3 + r;
-            const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 32 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_X[j][q][e] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? prt::to_f32(g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4]) : 0.0f;
+            }
           }
         }
       }
@@ -5648,21 +5812,40 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       }
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
-      __syncthreads();
       // X[row, col] = (X[row, col] * R[row, col])
       {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 32, c = i % 32;
-          t_X[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_X[(r) * 32 + (c)]) * prt::to_f32(t_R[(r) * 32 + (c)])));
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_X[j][q][e] = (f_X[j][q][e] * f_R[j][q][e]);
+            }
+          }
         }
       }
-      __syncthreads();
       // row_dot = reduce_sum(X, axis=1)
       {
-        for (int o = tid; o < 64; o += 128) {
-          float acc = 0.0f;
-          for (int i = 0; i < 32; ++i) acc += prt::to_f32(t_X[(o) * 32 + (i)]);
-          t_row_dot[o] = prt::from_f32<float>(acc);
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float acc = f_X[j][0][2 * h];
+            acc += f_X[j][0][2 * h + 1];
+            #pragma unroll
+            for (int q = 1; q < 4; ++q) {
+              acc += f_X[j][q][2 * h];
+              acc += f_X[j][q][2 * h + 1];
+            }
+            acc = prt::quad_sum(acc);
+            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
+            if ((lane & 3) == 0) t_row_dot[r] = prt::from_f32<float>(acc);
+          }
         }
       }
       __syncthreads();
@@ -5703,7 +5886,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           }
         }
       }
-      // X = load.async dSin[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 64):+64, 0:+32]
+      // X = load dSin[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 64):+64, 0:+32]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
@@ -5712,20 +5895,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
         const int s4 = 0;
         const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
         const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
-        float* const dst = t_X;
-        if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 4;
-            const int gr = s3 + r;
-            const long long left = ok && gr >= 0 && gr < g_dSin_d3 ? g_dSin_d4 - (s4 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_dSin + base + static_cast<long long>(r) * g_dSin_s3 + c) : static_cast<const void*>(g_dSin), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 32 + (c)] = ok && s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 ? g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] : prt::from_f32<float>(0.0f);
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_X[j][q][e] = ok && s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 ? prt::to_f32(g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4]) : 0.0f;
+            }
           }
         }
       }
@@ -5754,14 +5934,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       }
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
-      __syncthreads();
       // R[row, col] = (X[row, col] + (R[row, col] * exp(G[0])))
       {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 32, c = i % 32;
-          t_R[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_X[(r) * 32 + (c)]) + (prt::to_f32(t_R[(r) * 32 + (c)]) * expf(prt::to_f32(t_G[0])))));
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_R[j][q][e] = (f_X[j][q][e] + (f_R[j][q][e] * expf(prt::to_f32(t_G[0]))));
+            }
+          }
         }
       }
+      __syncthreads();
       // r[row] = (x[row] + (r[row] * exp(G[0])))
       {
         for (int r = tid; r < 64; r += 128) {
@@ -5770,7 +5959,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       }
     }
   }
-  __syncthreads();
   // store dS0[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+32] = R
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -5780,12 +5968,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
     const bool ok = a0 >= 0 && a0 < g_dS0_d0 && a1 >= 0 && a1 < g_dS0_d1;
     const long long base = static_cast<long long>(a0) * g_dS0_s0 + static_cast<long long>(a1) * g_dS0_s1 + static_cast<long long>(s2) * g_dS0_s2 + static_cast<long long>(s3) * g_dS0_s3;
     if (ok) {
-      for (int i = tid; i < 2048; i += 128) {
-        const int r = i / 32, c = i % 32;
-        if (s2 + r >= 0 && s2 + r < g_dS0_d2 && s3 + c >= 0 && s3 + c < g_dS0_d3) g_dS0[base + static_cast<long long>(r) * g_dS0_s2 + static_cast<long long>(c) * g_dS0_s3] = t_R[(r) * 32 + (c)];
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 4;
+        const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            if (s2 + r >= 0 && s2 + r < g_dS0_d2 && s3 + c >= 0 && s3 + c < g_dS0_d3) g_dS0[base + static_cast<long long>(r) * g_dS0_s2 + static_cast<long long>(c) * g_dS0_s3] = prt::from_f32<float>(f_R[j][q][e]);
+          }
+        }
       }
     }
   }
+  __syncthreads();
   // store dZ0[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64] = r
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -6254,6 +6452,42 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
           }
         }
       }
+      // p0[row, col] = (p0[row, col] * v[row, col])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_p0[j][q][e] = (f_p0[j][q][e] * prt::to_f32(t_v[(r) * 36 + (c)]));
+            }
+          }
+        }
+      }
+      // r = reduce_sum(p0, axis=1)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float acc = f_p0[j][0][2 * h];
+            acc += f_p0[j][0][2 * h + 1];
+            #pragma unroll
+            for (int q = 1; q < 4; ++q) {
+              acc += f_p0[j][q][2 * h];
+              acc += f_p0[j][q][2 * h + 1];
+            }
+            acc = prt::quad_sum(acc);
+            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
+            if ((lane & 3) == 0) t_r[r] = prt::from_f32<float>(acc);
+          }
+        }
+      }
       // t0 = mma.fmaFrag(v, u0_hi^T) [64x32 in 16x32 units over 4 warps]
       {
         #pragma unroll
@@ -6300,24 +6534,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
           }
         }
       }
-      __syncthreads();
-      // t0[row, col] = (t0[row, col] * k[row, (col + 0)])
-      {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 32, c = i % 32;
-          t_t0[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_t0[(r) * 32 + (c)]) * prt::to_f32(t_k[(r) * 36 + ((c + 0))])));
-        }
-      }
-      __syncthreads();
-      // r = reduce_sum(t0, axis=1)
-      {
-        for (int o = tid; o < 64; o += 128) {
-          float acc = 0.0f;
-          for (int i = 0; i < 32; ++i) acc += prt::to_f32(t_t0[(o) * 32 + (i)]);
-          t_r[o] = prt::from_f32<float>(acc);
-        }
-      }
-      __syncthreads();
       // r16[row, col] = select((col == (i0 - 0)), r[row], r16[row, col])
       {
         for (int i = tid; i < 1024; i += 128) {
@@ -6499,6 +6715,42 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
           }
         }
       }
+      // p1[row, col] = (p1[row, col] * v[row, col])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_p1[j][q][e] = (f_p1[j][q][e] * prt::to_f32(t_v[(r) * 36 + (c)]));
+            }
+          }
+        }
+      }
+      // r = reduce_sum(p1, axis=1)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float acc = f_p1[j][0][2 * h];
+            acc += f_p1[j][0][2 * h + 1];
+            #pragma unroll
+            for (int q = 1; q < 4; ++q) {
+              acc += f_p1[j][q][2 * h];
+              acc += f_p1[j][q][2 * h + 1];
+            }
+            acc = prt::quad_sum(acc);
+            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
+            if ((lane & 3) == 0) t_r[r] = prt::from_f32<float>(acc);
+          }
+        }
+      }
       // t1 = mma.fmaFrag(v, u1_hi^T) [64x16 in 16x16 units over 4 warps]
       {
         #pragma unroll
@@ -6545,24 +6797,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
           }
         }
       }
-      __syncthreads();
-      // t1[row, col] = (t1[row, col] * k[row, (col + 16)])
-      {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_t1[(r) * 16 + (c)] = prt::from_f32<float>((prt::to_f32(t_t1[(r) * 16 + (c)]) * prt::to_f32(t_k[(r) * 36 + ((c + 16))])));
-        }
-      }
-      __syncthreads();
-      // r = reduce_sum(t1, axis=1)
-      {
-        for (int o = tid; o < 64; o += 128) {
-          float acc = 0.0f;
-          for (int i = 0; i < 16; ++i) acc += prt::to_f32(t_t1[(o) * 16 + (i)]);
-          t_r[o] = prt::from_f32<float>(acc);
-        }
-      }
-      __syncthreads();
       // r16[row, col] = select((col == (i1 - 16)), r[row], r16[row, col])
       {
         for (int i = tid; i < 1024; i += 128) {
@@ -7315,7 +7549,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d32_e32_c
 }
 
 // decode: y of the cache's newest tn rows: in-cache attention (online over key blocks) + phi(q')^T S / phi(q').Z, one scale
-// grid ($hq, $b, (($tn + 15) // 16)), 128 threads, 47296 bytes of dynamic shared memory
+// grid ($hq, $b, (($tn + 15) // 16)), 128 threads, 37312 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_f32_w4_bd64_bt64_s2(
     const float* g_Q, const float* g_Kc, const float* g_Vc, const float* g_Gc, const float* g_S, const float* g_Z, float* g_Y, int p_b, int p_tq, int p_hq, int p_h, int p_q0, int p_tn, int p_len, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -7412,27 +7646,29 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_f32_
   float* const t_lam_q = reinterpret_cast<float*>(prt_smem + 0);  // f32[16] pitch 16
   float* const t_q = reinterpret_cast<float*>(prt_smem + 512);  // f32[16, 32] pitch 36
   float* const t_q_state = reinterpret_cast<float*>(prt_smem + 2816);  // f32[16, 32] pitch 32
-  float* const t_phi = reinterpret_cast<float*>(prt_smem + 29952);  // f32[16, 64] pitch 68
-  float* const t_s_base = reinterpret_cast<float*>(prt_smem + 11008);  // f32[64, 32] pitch 36, 2 copies
+  float* const t_phi = reinterpret_cast<float*>(prt_smem + 23808);  // f32[16, 64] pitch 68
+  float* const t_s_base = reinterpret_cast<float*>(prt_smem + 4864);  // f32[64, 32] pitch 36, 2 copies
   float* t_s = t_s_base;
-  float* const t_z_base = reinterpret_cast<float*>(prt_smem + 29440);  // f32[64] pitch 64, 2 copies
+  float* const t_z_base = reinterpret_cast<float*>(prt_smem + 23296);  // f32[64] pitch 64, 2 copies
   float* t_z = t_z_base;
-  float* const t_num_s = reinterpret_cast<float*>(prt_smem + 4864);  // f32[16, 32] pitch 32
-  float* const t_den_parts = reinterpret_cast<float*>(prt_smem + 6912);  // f32[16, 64] pitch 64
+  float f_num_s[1][1][4];  // f32[16, 32] as mma fragments: 16x32 in 16x8 units over 4 warps
+  float f_den_parts[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
   float* const t_den_s = reinterpret_cast<float*>(prt_smem + 64);  // f32[16] pitch 16
-  float* const t_k_base = reinterpret_cast<float*>(prt_smem + 6912);  // f32[64, 32] pitch 36, 2 copies
+  float* const t_k_base = reinterpret_cast<float*>(prt_smem + 4864);  // f32[64, 32] pitch 36, 2 copies
   float* t_k = t_k_base;
-  float* const t_v = reinterpret_cast<float*>(prt_smem + 25344);  // f32[64, 32] pitch 36
-  float* const t_qk = reinterpret_cast<float*>(prt_smem + 38912);  // f32[16, 64] pitch 64
-  float* const t_w = reinterpret_cast<float*>(prt_smem + 43008);  // f32[16, 64] pitch 64
-  float* const t_m_blk = reinterpret_cast<float*>(prt_smem + 47104);  // f32[16] pitch 16
-  float* const t_m_new = reinterpret_cast<float*>(prt_smem + 47168);  // f32[16] pitch 16
+  float* const t_v = reinterpret_cast<float*>(prt_smem + 23296);  // f32[64, 32] pitch 36
+  float f_qk[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
+  float f_w[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
+  float* const t_m_blk = reinterpret_cast<float*>(prt_smem + 37120);  // f32[16] pitch 16
+  float* const t_m_new = reinterpret_cast<float*>(prt_smem + 37184);  // f32[16] pitch 16
   float* const t_m_run = reinterpret_cast<float*>(prt_smem + 128);  // f32[16] pitch 16
-  float* const t_p = reinterpret_cast<float*>(prt_smem + 34560);  // f32[16, 64] pitch 68
-  float* const t_p_sum = reinterpret_cast<float*>(prt_smem + 47232);  // f32[16] pitch 16
+  float* const t_p = reinterpret_cast<float*>(prt_smem + 32512);  // f32[16, 64] pitch 68
+  float* const t_p_sum = reinterpret_cast<float*>(prt_smem + 37248);  // f32[16] pitch 16
   float* const t_num_a = reinterpret_cast<float*>(prt_smem + 2816);  // f32[16, 32] pitch 32
   float* const t_den_a = reinterpret_cast<float*>(prt_smem + 192);  // f32[16] pitch 16
   float* const t_y_row = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
+  float* const t_den_s_part = reinterpret_cast<float*>(prt_smem + 2816);  // f32[4, 16] pitch 16
+  float* const t_m_blk_part = reinterpret_cast<float*>(prt_smem + 36864);  // f32[4, 16] pitch 16
   // g = load Gc[pid.y, 0:+64, (pid.x // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.y);
@@ -7495,21 +7731,42 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_f32_
   prt::cp_async_wait<0>();
   __syncthreads();
   // q_state[row, col] = select((((pid.z * 16) + row) < $tn), q[row, col], 0.0)
-  // num_s[row, col] = 0.0
   {
     for (int i = tid; i < 512; i += 128) {
       const int r = i / 32, c = i % 32;
-      const float y0 = prt::from_f32<float>(((((static_cast<int>(blockIdx.z) * 16) + r) < p_tn) ? prt::to_f32(t_q[(r) * 36 + (c)]) : 0.0f));
-      const float y1 = prt::from_f32<float>(0.0f);
-      t_q_state[(r) * 32 + (c)] = y0;
-      t_num_s[(r) * 32 + (c)] = y1;
+      t_q_state[(r) * 32 + (c)] = prt::from_f32<float>(((((static_cast<int>(blockIdx.z) * 16) + r) < p_tn) ? prt::to_f32(t_q[(r) * 36 + (c)]) : 0.0f));
+    }
+  }
+  // num_s[row, col] = 0.0
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+      #pragma unroll
+      for (int q = 0; q < 1; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          f_num_s[j][q][e] = 0.0f;
+        }
+      }
     }
   }
   // den_parts[row, col] = 0.0
   {
-    for (int i = tid; i < 1024; i += 128) {
-      const int r = i / 64, c = i % 64;
-      t_den_parts[(r) * 64 + (c)] = prt::from_f32<float>(0.0f);
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+      #pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          f_den_parts[j][q][e] = 0.0f;
+        }
+      }
     }
   }
   if ((0 < 9)) {
@@ -7640,11 +7897,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_f32_
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 4;
           const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
-          float acc[1][4];
-          #pragma unroll
-          for (int q = 0; q < 1; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_num_s[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))];
+          float (&acc)[1][4] = f_num_s[j];
           const int g = lane >> 2, t2 = (lane & 3) * 2;
           for (int kk = 0; kk < 64; ++kk) {
             const float a0 = prt::to_f32(t_phi[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_phi[(m0 + g + 8) * 68 + (kk)]);
@@ -7657,17 +7910,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_f32_
               acc[q][3] = fmaf(a1, b1, acc[q][3]);
             }
           }
-          #pragma unroll
-          for (int q = 0; q < 1; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_num_s[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
       // den_parts[row, col] = (den_parts[row, col] + (phi[row, col] * z[col]))
       {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_den_parts[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_den_parts[(r) * 64 + (c)]) + (prt::to_f32(t_phi[(r) * 68 + (c)]) * prt::to_f32(t_z[c]))));
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_den_parts[j][q][e] = (f_den_parts[j][q][e] + (prt::to_f32(t_phi[(r) * 68 + (c)]) * prt::to_f32(t_z[c])));
+            }
+          }
         }
       }
       __syncthreads();
@@ -7675,13 +7933,30 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_f32_
   }
   prt::cp_async_wait<0>();
   __syncthreads();
-  // den_s = reduce_sum(den_parts, axis=1)
+  // den_s = reduce_sum(den_parts, axis=1) via den_s_part
   {
-    for (int o = warp; o < 16; o += 4) {
-      float acc = 0.0f;
-      for (int i = lane; i < 64; i += 32) acc += prt::to_f32(t_den_parts[(o) * 64 + (i)]);
-      acc = prt::warp_sum(acc);
-      if (lane == 0) t_den_s[o] = prt::from_f32<float>(acc);
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float acc = f_den_parts[j][0][2 * h];
+        acc += f_den_parts[j][0][2 * h + 1];
+        #pragma unroll
+        for (int q = 1; q < 2; ++q) {
+          acc += f_den_parts[j][q][2 * h];
+          acc += f_den_parts[j][q][2 * h + 1];
+        }
+        acc = prt::quad_sum(acc);
+        const int r = (u / 4) * 16 + (lane >> 2) + 8 * h;
+        if ((lane & 3) == 0) t_den_s_part[(u % 4) * 16 + (r)] = acc;
+      }
+    }
+    __syncthreads();
+    for (int i = tid; i < 16; i += 128) {
+      float acc = t_den_s_part[(0) * 16 + (i)];
+      for (int p = 1; p < 4; ++p) acc += t_den_s_part[(p) * 16 + (i)];
+      t_den_s[i] = prt::from_f32<float>(acc);
     }
   }
   // m_run[row] = -Infinity
@@ -7690,6 +7965,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_f32_
       t_m_run[r] = prt::from_f32<float>(__int_as_float(0xff800000));
     }
   }
+  __syncthreads();
   // num_a[row, col] = 0.0
   {
     for (int i = tid; i < 512; i += 128) {
@@ -7703,7 +7979,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_f32_
       t_den_a[r] = prt::from_f32<float>(0.0f);
     }
   }
-  __syncthreads();
   if ((0 < ((p_len + 63) / 64))) {
     // k = load.async Kc[pid.y, (0 * 64):+64, (pid.x // ($hq // $h)), 0:+32] into stage 0
     {
@@ -7807,7 +8082,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_f32_
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 4;
           const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
-          float acc[2][4];
+          float (&acc)[2][4] = f_qk[j];
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
@@ -7824,31 +8099,50 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_f32_
               acc[q][3] = fmaf(a1, b1, acc[q][3]);
             }
           }
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_qk[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
-      __syncthreads();
       // w[row, col] = select(((((pid.z * 16) + row) < $tn) && (((i1 * 64) + col) <= ((($len - $tn) + (pid.z * 16)) + row))), (((log(abs((qk[row, col] * $scale))) * 2.0) + lam_q[row]) - lam[((i1 * 64) + col)]), -Infinity)
       {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_w[(r) * 64 + (c)] = prt::from_f32<float>((((((static_cast<int>(blockIdx.z) * 16) + r) < p_tn) && (((v_i1 * 64) + c) <= (((p_len - p_tn) + (static_cast<int>(blockIdx.z) * 16)) + r))) ? (((logf(fabsf((prt::to_f32(t_qk[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam_q[r])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) : __int_as_float(0xff800000)));
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_w[j][q][e] = (((((static_cast<int>(blockIdx.z) * 16) + r) < p_tn) && (((v_i1 * 64) + c) <= (((p_len - p_tn) + (static_cast<int>(blockIdx.z) * 16)) + r))) ? (((logf(fabsf((f_qk[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam_q[r])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) : __int_as_float(0xff800000));
+            }
+          }
         }
       }
-      __syncthreads();
-      // m_blk = reduce_max(w, axis=1)
+      // m_blk = reduce_max(w, axis=1) via m_blk_part
       {
-        for (int o = warp; o < 16; o += 4) {
-          float acc = __int_as_float(0xff800000);
-          for (int i = lane; i < 64; i += 32) acc = prt::max_nan(acc, prt::to_f32(t_w[(o) * 64 + (i)]));
-          acc = prt::warp_max(acc);
-          if (lane == 0) t_m_blk[o] = prt::from_f32<float>(acc);
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float acc = f_w[j][0][2 * h];
+            acc = prt::max_nan(acc, f_w[j][0][2 * h + 1]);
+            #pragma unroll
+            for (int q = 1; q < 2; ++q) {
+              acc = prt::max_nan(acc, f_w[j][q][2 * h]);
+              acc = prt::max_nan(acc, f_w[j][q][2 * h + 1]);
+            }
+            acc = prt::quad_max(acc);
+            const int r = (u / 4) * 16 + (lane >> 2) + 8 * h;
+            if ((lane & 3) == 0) t_m_blk_part[(u % 4) * 16 + (r)] = acc;
+          }
+        }
+        __syncthreads();
+        for (int i = tid; i < 16; i += 128) {
+          float acc = t_m_blk_part[(0) * 16 + (i)];
+          for (int p = 1; p < 4; ++p) acc = prt::max_nan(acc, t_m_blk_part[(p) * 16 + (i)]);
+          t_m_blk[i] = prt::from_f32<float>(acc);
         }
       }
-      __syncthreads();
       // m_new[row] = max(m_run[row], m_blk[row])
       {
         for (int r = tid; r < 16; r += 128) {
@@ -7858,9 +8152,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_f32_
       __syncthreads();
       // p[row, col] = select((m_new[row] == -Infinity), 0.0, exp((w[row, col] - m_new[row])))
       {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_p[(r) * 68 + (c)] = prt::from_f32<float>(((prt::to_f32(t_m_new[r]) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_w[(r) * 64 + (c)]) - prt::to_f32(t_m_new[r])))));
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              t_p[(r) * 68 + (c)] = prt::from_f32<float>(((prt::to_f32(t_m_new[r]) == __int_as_float(0xff800000)) ? 0.0f : expf((f_w[j][q][e] - prt::to_f32(t_m_new[r])))));
+            }
+          }
         }
       }
       __syncthreads();
@@ -7934,9 +8237,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_f32_
   __syncthreads();
   // num_a[row, col] = ((num_a[row, col] * select((max(m_run[row], (lam_q[row] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp((m_run[row] - max(m_run[row], (lam_q[row] + (log(abs($scale)) * 2.0))))))) + (num_s[row, col] * select((max(m_run[row], (lam_q[row] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp(((lam_q[row] + (log(abs($scale)) * 2.0)) - max(m_run[row], (lam_q[row] + (log(abs($scale)) * 2.0))))))))
   {
-    for (int i = tid; i < 512; i += 128) {
-      const int r = i / 32, c = i % 32;
-      t_num_a[(r) * 32 + (c)] = prt::from_f32<float>(((prt::to_f32(t_num_a[(r) * 32 + (c)]) * ((prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_m_run[r]) - prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))))))) + (prt::to_f32(t_num_s[(r) * 32 + (c)]) * ((prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf(((prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f)) - prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f)))))))));
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+      #pragma unroll
+      for (int q = 0; q < 1; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          t_num_a[(r) * 32 + (c)] = prt::from_f32<float>(((prt::to_f32(t_num_a[(r) * 32 + (c)]) * ((prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_m_run[r]) - prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))))))) + (f_num_s[j][q][e] * ((prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf(((prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f)) - prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f)))))))));
+        }
+      }
     }
   }
   __syncthreads();
@@ -8308,9 +8620,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_state_copy_p2_d32_e32_c64_
 #include <cuda_runtime.h>
 
 extern "C" cudaError_t prt_attention_p2_d32_e32_c64_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d32_e32_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 81408);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d32_e32_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 65536);
   if (err != cudaSuccess) return err;
-  prt_attention_p2_d32_e32_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 81408, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_attention_p2_d32_e32_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 65536, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
@@ -8329,23 +8641,23 @@ extern "C" cudaError_t prt_discounted_cumsum_p2_d32_e32_c64_f32_w4_bd64_bt64_s2_
 }
 
 extern "C" cudaError_t prt_query_state_p2_d32_e32_c64_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_numA, const float* g_denA, const float* g_maxA, float* g_Y, float* g_lse, float* g_yS, float* g_wS, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_p2_d32_e32_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 24640);
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_p2_d32_e32_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 22528);
   if (err != cudaSuccess) return err;
-  prt_query_state_p2_d32_e32_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 24640, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_numA, g_denA, g_maxA, g_Y, g_lse, g_yS, g_wS, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_query_state_p2_d32_e32_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 22528, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_numA, g_denA, g_maxA, g_Y, g_lse, g_yS, g_wS, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_bwd_prep_p2_d32_e32_c64_f32_w8_bd64_bt64_s1_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d32_e32_c64_f32_w8_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 87296);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d32_e32_c64_f32_w8_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 38656);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_prep_p2_d32_e32_c64_f32_w8_bd64_bt64_s1<<<grid, 256, 87296, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_attention_bwd_prep_p2_d32_e32_c64_f32_w8_bd64_bt64_s1<<<grid, 256, 38656, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_bwd_p2_d32_e32_c64_f32_w8_bd64_bt64_s1_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_p2_d32_e32_c64_f32_w8_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 105984);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_p2_d32_e32_c64_f32_w8_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 74752);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_p2_d32_e32_c64_f32_w8_bd64_bt64_s1<<<grid, 256, 105984, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_attention_bwd_p2_d32_e32_c64_f32_w8_bd64_bt64_s1<<<grid, 256, 74752, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
@@ -8364,9 +8676,9 @@ extern "C" cudaError_t prt_query_state_bwd_ds_p2_d32_e32_c64_f32_w4_bd32_bt64_s1
 }
 
 extern "C" cudaError_t prt_discounted_cumsum_bwd_p2_d32_e32_c64_f32_w4_bd64_bt64_s1_launch(dim3 grid, cudaStream_t stream, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d32_e32_c64_f32_w4_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 17440);
+  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d32_e32_c64_f32_w4_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 1056);
   if (err != cudaSuccess) return err;
-  prt_discounted_cumsum_bwd_p2_d32_e32_c64_f32_w4_bd64_bt64_s1<<<grid, 128, 17440, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
+  prt_discounted_cumsum_bwd_p2_d32_e32_c64_f32_w4_bd64_bt64_s1<<<grid, 128, 1056, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
@@ -8385,9 +8697,9 @@ extern "C" cudaError_t prt_combine_grads_p2_d32_e32_c64_f32_w4_bd0_bt64_s1_launc
 }
 
 extern "C" cudaError_t prt_decode_p2_d32_e32_c64_f32_w4_bd64_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_Kc, const float* g_Vc, const float* g_Gc, const float* g_S, const float* g_Z, float* g_Y, int p_b, int p_tq, int p_hq, int p_h, int p_q0, int p_tn, int p_len, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_decode_p2_d32_e32_c64_f32_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 47296);
+  cudaError_t err = cudaFuncSetAttribute(prt_decode_p2_d32_e32_c64_f32_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 37312);
   if (err != cudaSuccess) return err;
-  prt_decode_p2_d32_e32_c64_f32_w4_bd64_bt64_s2<<<grid, 128, 47296, stream>>>(g_Q, g_Kc, g_Vc, g_Gc, g_S, g_Z, g_Y, p_b, p_tq, p_hq, p_h, p_q0, p_tn, p_len, p_scale);
+  prt_decode_p2_d32_e32_c64_f32_w4_bd64_bt64_s2<<<grid, 128, 37312, stream>>>(g_Q, g_Kc, g_Vc, g_Gc, g_S, g_Z, g_Y, p_b, p_tq, p_hq, p_h, p_q0, p_tn, p_len, p_scale);
   return cudaGetLastError();
 }
 

@@ -5,7 +5,7 @@
 #include "sympow_d64_p2.cuh"
 
 // attention: numA, denA, maxA: causal p-th power attention inside each chunk, stabilised by the row max of log-weights
-// grid ($n, $hq, $b), 128 threads, 73216 bytes of dynamic shared memory
+// grid ($n, $hq, $b), 128 threads, 57344 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2(
     const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -96,19 +96,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
   (void)g_maxA_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_smem + 62976);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_smem + 46592);  // bf16[64, 64] pitch 72
   __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 64] pitch 72, 2 copies
   __nv_bfloat16* t_k = t_k_base;
   __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_smem + 18944);  // bf16[64, 64] pitch 72, 2 copies
   __nv_bfloat16* t_v = t_v_base;
-  float* const t_w = reinterpret_cast<float*>(prt_smem + 37376);  // f32[64, 64] pitch 64
-  __nv_bfloat16* const t_p = reinterpret_cast<__nv_bfloat16*>(prt_smem + 53760);  // bf16[64, 64] pitch 72
+  float f_w[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
+  __nv_bfloat16* const t_p = reinterpret_cast<__nv_bfloat16*>(prt_smem + 37376);  // bf16[64, 64] pitch 72
   float f_acc[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_row_max = reinterpret_cast<float*>(prt_smem + 72704);  // f32[64] pitch 64
-  float* const t_row_sum = reinterpret_cast<float*>(prt_smem + 72960);  // f32[64] pitch 64
-  float* const t_block_max = reinterpret_cast<float*>(prt_smem + 72192);  // f32[64] pitch 64
-  float* const t_block_sum = reinterpret_cast<float*>(prt_smem + 72448);  // f32[64] pitch 64
+  float* const t_row_max = reinterpret_cast<float*>(prt_smem + 56832);  // f32[64] pitch 64
+  float* const t_row_sum = reinterpret_cast<float*>(prt_smem + 57088);  // f32[64] pitch 64
+  float* const t_block_max = reinterpret_cast<float*>(prt_smem + 56320);  // f32[64] pitch 64
+  float* const t_block_sum = reinterpret_cast<float*>(prt_smem + 56576);  // f32[64] pitch 64
   float* const t_alpha = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
+  float* const t_block_max_part = reinterpret_cast<float*>(prt_smem + 55808);  // f32[2, 64] pitch 64
   // g = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -312,7 +313,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
               for (int j = 0; j < 2; ++j) {
                 const int u = warp + j * 4;
                 const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                float acc[4][4];
+                float (&acc)[4][4] = f_w[j];
                 #pragma unroll
                 for (int q = 0; q < 4; ++q)
                 #pragma unroll
@@ -328,30 +329,50 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
                     prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                   }
                 }
-                #pragma unroll
-                for (int q = 0; q < 4; ++q)
-                #pragma unroll
-                  for (int e = 0; e < 4; ++e) t_w[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
               }
             }
-            __syncthreads();
             // w[row, col] = select(((((i1 * 64) + col) <= ((i0 * 64) + row)) && ((w[row, col] * $scale) != 0.0)), (((log(abs((w[row, col] * $scale))) * 2.0) + lam[((i0 * 64) + row)]) - lam[((i1 * 64) + col)]), -Infinity)
             {
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 64, c = i % 64;
-                t_w[(r) * 64 + (c)] = prt::from_f32<float>((((((v_i1 * 64) + c) <= ((v_i0 * 64) + r)) && ((prt::to_f32(t_w[(r) * 64 + (c)]) * p_scale) != 0.0f)) ? (((logf(fabsf((prt::to_f32(t_w[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) : __int_as_float(0xff800000)));
+              #pragma unroll
+              for (int j = 0; j < 2; ++j) {
+                const int u = warp + j * 4;
+                const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                  #pragma unroll
+                  for (int e = 0; e < 4; ++e) {
+                    const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                    f_w[j][q][e] = (((((v_i1 * 64) + c) <= ((v_i0 * 64) + r)) && ((f_w[j][q][e] * p_scale) != 0.0f)) ? (((logf(fabsf((f_w[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) : __int_as_float(0xff800000));
+                  }
+                }
               }
             }
-            __syncthreads();
-            // block_max = reduce_max(w, axis=1)
+            // block_max = reduce_max(w, axis=1) via block_max_part
             {
-              for (int o = tid; o < 64; o += 128) {
-                float acc = __int_as_float(0xff800000);
-                for (int i = 0; i < 64; ++i) acc = prt::max_nan(acc, prt::to_f32(t_w[(o) * 64 + (i)]));
-                t_block_max[o] = prt::from_f32<float>(acc);
+              #pragma unroll
+              for (int j = 0; j < 2; ++j) {
+                const int u = warp + j * 4;
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  float acc = f_w[j][0][2 * h];
+                  acc = prt::max_nan(acc, f_w[j][0][2 * h + 1]);
+                  #pragma unroll
+                  for (int q = 1; q < 4; ++q) {
+                    acc = prt::max_nan(acc, f_w[j][q][2 * h]);
+                    acc = prt::max_nan(acc, f_w[j][q][2 * h + 1]);
+                  }
+                  acc = prt::quad_max(acc);
+                  const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
+                  if ((lane & 3) == 0) t_block_max_part[(u % 2) * 64 + (r)] = acc;
+                }
+              }
+              __syncthreads();
+              for (int i = tid; i < 64; i += 128) {
+                float acc = t_block_max_part[(0) * 64 + (i)];
+                for (int p = 1; p < 2; ++p) acc = prt::max_nan(acc, t_block_max_part[(p) * 64 + (i)]);
+                t_block_max[i] = prt::from_f32<float>(acc);
               }
             }
-            __syncthreads();
             // alpha[row] = select((max(row_max[row], block_max[row]) == -Infinity), 0.0, exp((row_max[row] - max(row_max[row], block_max[row]))))
             {
               for (int r = tid; r < 64; r += 128) {
@@ -367,9 +388,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
             __syncthreads();
             // p[row, col] = select((row_max[row] == -Infinity), 0.0, exp((w[row, col] - row_max[row])))
             {
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 64, c = i % 64;
-                t_p[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_row_max[r]) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_w[(r) * 64 + (c)]) - prt::to_f32(t_row_max[r])))));
+              #pragma unroll
+              for (int j = 0; j < 2; ++j) {
+                const int u = warp + j * 4;
+                const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                  #pragma unroll
+                  for (int e = 0; e < 4; ++e) {
+                    const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                    t_p[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_row_max[r]) == __int_as_float(0xff800000)) ? 0.0f : expf((f_w[j][q][e] - prt::to_f32(t_row_max[r])))));
+                  }
+                }
               }
             }
             __syncthreads();
@@ -2102,7 +2132,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
   float* const t_z = reinterpret_cast<float*>(prt_smem + 9728);  // f32[2080] pitch 2080
   __nv_bfloat16* const t_zsym_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 18048);  // bf16[64, 64] pitch 72
   __nv_bfloat16* const t_zsym_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 27264);  // bf16[64, 64] pitch 72
-  float* const t_qz = reinterpret_cast<float*>(prt_smem + 36480);  // f32[64, 64] pitch 64
+  float f_qz[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float* const t_s0_f32_base = reinterpret_cast<float*>(prt_smem + 9728);  // f32[64, 64] pitch 64, 2 copies
   float* t_s0_f32 = t_s0_f32_base;
   __nv_bfloat16* const t_s0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 42496);  // bf16[64, 64] pitch 72
@@ -2127,6 +2157,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
   float* const t_den_a = reinterpret_cast<float*>(prt_smem + 512);  // f32[64] pitch 64
   float* const t_max_a = reinterpret_cast<float*>(prt_smem + 768);  // f32[64] pitch 64
   float* const t_lse_t = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
+  float* const t_den_s_part = reinterpret_cast<float*>(prt_smem + 9728);  // f32[2, 64] pitch 64
   // g = load logG[pid.z, ((pid.x // 1) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -2239,7 +2270,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
       for (int j = 0; j < 2; ++j) {
         const int u = warp + j * 4;
         const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-        float acc[4][4];
+        float (&acc)[4][4] = f_qz[j];
         #pragma unroll
         for (int q = 0; q < 4; ++q)
         #pragma unroll
@@ -2255,24 +2286,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
             prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
           }
         }
-        #pragma unroll
-        for (int q = 0; q < 4; ++q)
-        #pragma unroll
-          for (int e = 0; e < 4; ++e) t_qz[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
       }
     }
-    __syncthreads();
     // qz += mma.tc(q0, zsym_lo) [64x64 in 16x32 units over 4 warps]
     {
       #pragma unroll
       for (int j = 0; j < 2; ++j) {
         const int u = warp + j * 4;
         const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-        float acc[4][4];
-        #pragma unroll
-        for (int q = 0; q < 4; ++q)
-        #pragma unroll
-          for (int e = 0; e < 4; ++e) acc[q][e] = t_qz[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))];
+        float (&acc)[4][4] = f_qz[j];
         for (int k0 = 0; k0 < 64; k0 += 16) {
           uint32_t af[4];
           prt::ldmatrix_x4(af, &t_q0[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
@@ -2284,27 +2306,48 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
             prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
           }
         }
-        #pragma unroll
-        for (int q = 0; q < 4; ++q)
-        #pragma unroll
-          for (int e = 0; e < 4; ++e) t_qz[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
       }
     }
-    __syncthreads();
     // qz[row, col] = (qz[row, col] * q0[row, col])
     {
-      for (int i = tid; i < 4096; i += 128) {
-        const int r = i / 64, c = i % 64;
-        t_qz[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_qz[(r) * 64 + (c)]) * prt::to_f32(t_q0[(r) * 72 + (c)])));
+      #pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int u = warp + j * 4;
+        const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            f_qz[j][q][e] = (f_qz[j][q][e] * prt::to_f32(t_q0[(r) * 72 + (c)]));
+          }
+        }
       }
     }
-    __syncthreads();
-    // den_s = reduce_sum(qz, axis=1)
+    // den_s = reduce_sum(qz, axis=1) via den_s_part
     {
-      for (int o = tid; o < 64; o += 128) {
-        float acc = 0.0f;
-        for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_qz[(o) * 64 + (i)]);
-        t_den_s[o] = prt::from_f32<float>(acc);
+      #pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int u = warp + j * 4;
+        #pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float acc = f_qz[j][0][2 * h];
+          acc += f_qz[j][0][2 * h + 1];
+          #pragma unroll
+          for (int q = 1; q < 4; ++q) {
+            acc += f_qz[j][q][2 * h];
+            acc += f_qz[j][q][2 * h + 1];
+          }
+          acc = prt::quad_sum(acc);
+          const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
+          if ((lane & 3) == 0) t_den_s_part[(u % 2) * 64 + (r)] = acc;
+        }
+      }
+      __syncthreads();
+      for (int i = tid; i < 64; i += 128) {
+        float acc = t_den_s_part[(0) * 64 + (i)];
+        for (int p = 1; p < 2; ++p) acc += t_den_s_part[(p) * 64 + (i)];
+        t_den_s[i] = prt::from_f32<float>(acc);
       }
     }
     __syncthreads();
@@ -3132,7 +3175,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
 }
 
 // attention_bwd_prep: DyA = rowsum(P * dP), PA = rowsum(P) over the chunk's keys (the attention parts of dy . y and of 1), in f32
-// grid ($n, $hq, $b), 256 threads, 87296 bytes of dynamic shared memory
+// grid ($n, $hq, $b), 256 threads, 38656 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d64_e64_c64_bf16_w8_bd64_bt64_s1(
     const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -3233,17 +3276,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d64_
   (void)g_PA_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_smem + 68096);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49664);  // bf16[64, 64] pitch 72
-  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 86784);  // f32[64] pitch 64
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_smem + 58880);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 77312);  // bf16[64, 64] pitch 72
-  float* const t_dot = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 64] pitch 64
-  float* const t_p = reinterpret_cast<float*>(prt_smem + 16896);  // f32[64, 64] pitch 64
-  float* const t_p_dp = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 64] pitch 64
-  float* const t_part = reinterpret_cast<float*>(prt_smem + 87040);  // f32[64] pitch 64
+  __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_smem + 18944);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 64] pitch 72
+  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 38144);  // f32[64] pitch 64
+  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_smem + 9728);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 28160);  // bf16[64, 64] pitch 72
+  float f_dot[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
+  float f_p[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
+  float f_p_dp[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
+  float* const t_part = reinterpret_cast<float*>(prt_smem + 38400);  // f32[64] pitch 64
   float* const t_acc_dy = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  float* const t_acc_p = reinterpret_cast<float*>(prt_smem + 86528);  // f32[64] pitch 64
+  float* const t_acc_p = reinterpret_cast<float*>(prt_smem + 37888);  // f32[64] pitch 64
+  float* const t_part_part = reinterpret_cast<float*>(prt_smem + 37376);  // f32[2, 64] pitch 64
   // g = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -3410,7 +3454,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d64_
             for (int j = 0; j < 1; ++j) {
               const int u = warp + j * 8;
               const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float acc[4][4];
+              float (&acc)[4][4] = f_dot[j];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
@@ -3426,10 +3470,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d64_
                   prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                 }
               }
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_dot[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
             }
           }
           // p_dp = mma.tc(dy, v^T) [64x64 in 16x32 units over 8 warps]
@@ -3438,7 +3478,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d64_
             for (int j = 0; j < 1; ++j) {
               const int u = warp + j * 8;
               const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float acc[4][4];
+              float (&acc)[4][4] = f_p_dp[j];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
@@ -3454,35 +3494,66 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d64_
                   prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                 }
               }
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_p_dp[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
             }
           }
-          __syncthreads();
           // p[row, col] = select(((((i0 * 64) + row) >= ((i1 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i0 * 64) + row)]) - lam[((i1 * 64) + col)]) - lse_i[row])), 0.0)
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_p[j][q][e] = (((((v_i0 * 64) + r) >= ((v_i1 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f);
+                }
+              }
+            }
+          }
           // p_dp[row, col] = (p[row, col] * p_dp[row, col])
           {
-            for (int i = tid; i < 4096; i += 256) {
-              const int r = i / 64, c = i % 64;
-              const float y0 = prt::from_f32<float>((((((v_i0 * 64) + r) >= ((v_i1 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
-              const float y1 = prt::from_f32<float>((y0 * prt::to_f32(t_p_dp[(r) * 64 + (c)])));
-              t_p[(r) * 64 + (c)] = y0;
-              t_p_dp[(r) * 64 + (c)] = y1;
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_p_dp[j][q][e] = (f_p[j][q][e] * f_p_dp[j][q][e]);
+                }
+              }
             }
           }
-          __syncthreads();
-          // part = reduce_sum(p_dp, axis=1)
+          // part = reduce_sum(p_dp, axis=1) via part_part
           {
-            for (int o = warp; o < 64; o += 8) {
-              float acc = 0.0f;
-              for (int i = lane; i < 64; i += 32) acc += prt::to_f32(t_p_dp[(o) * 64 + (i)]);
-              acc = prt::warp_sum(acc);
-              if (lane == 0) t_part[o] = prt::from_f32<float>(acc);
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                float acc = f_p_dp[j][0][2 * h];
+                acc += f_p_dp[j][0][2 * h + 1];
+                #pragma unroll
+                for (int q = 1; q < 4; ++q) {
+                  acc += f_p_dp[j][q][2 * h];
+                  acc += f_p_dp[j][q][2 * h + 1];
+                }
+                acc = prt::quad_sum(acc);
+                const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
+                if ((lane & 3) == 0) t_part_part[(u % 2) * 64 + (r)] = acc;
+              }
+            }
+            __syncthreads();
+            for (int i = tid; i < 64; i += 256) {
+              float acc = t_part_part[(0) * 64 + (i)];
+              for (int p = 1; p < 2; ++p) acc += t_part_part[(p) * 64 + (i)];
+              t_part[i] = prt::from_f32<float>(acc);
             }
           }
-          __syncthreads();
           // acc_dy[row] = (acc_dy[row] + part[row])
           {
             for (int r = tid; r < 64; r += 256) {
@@ -3490,16 +3561,32 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d64_
             }
           }
           __syncthreads();
-          // part = reduce_sum(p, axis=1)
+          // part = reduce_sum(p, axis=1) via part_part
           {
-            for (int o = warp; o < 64; o += 8) {
-              float acc = 0.0f;
-              for (int i = lane; i < 64; i += 32) acc += prt::to_f32(t_p[(o) * 64 + (i)]);
-              acc = prt::warp_sum(acc);
-              if (lane == 0) t_part[o] = prt::from_f32<float>(acc);
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                float acc = f_p[j][0][2 * h];
+                acc += f_p[j][0][2 * h + 1];
+                #pragma unroll
+                for (int q = 1; q < 4; ++q) {
+                  acc += f_p[j][q][2 * h];
+                  acc += f_p[j][q][2 * h + 1];
+                }
+                acc = prt::quad_sum(acc);
+                const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
+                if ((lane & 3) == 0) t_part_part[(u % 2) * 64 + (r)] = acc;
+              }
+            }
+            __syncthreads();
+            for (int i = tid; i < 64; i += 256) {
+              float acc = t_part_part[(0) * 64 + (i)];
+              for (int p = 1; p < 2; ++p) acc += t_part_part[(p) * 64 + (i)];
+              t_part[i] = prt::from_f32<float>(acc);
             }
           }
-          __syncthreads();
           // acc_p[row] = (acc_p[row] + part[row])
           {
             for (int r = tid; r < 64; r += 256) {
@@ -3539,7 +3626,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d64_
 }
 
 // attention_bwd: dQa, dKa, dVa, dlamA: the intra-chunk attention's gradients (flash-attention backward)
-// grid ($n, $h, $b), 256 threads, 89600 bytes of dynamic shared memory
+// grid ($n, $h, $b), 256 threads, 58368 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c64_bf16_w8_bd64_bt64_s1(
     const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -3679,21 +3766,23 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
   (void)g_dlamA_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_smem + 70144);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_smem + 51712);  // bf16[64, 64] pitch 72
-  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 89088);  // f32[64] pitch 64
+  __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_smem + 37376);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_smem + 18944);  // bf16[64, 64] pitch 72
+  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 57856);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_smem + 60928);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 79360);  // bf16[64, 64] pitch 72
-  float* const t_dot = reinterpret_cast<float*>(prt_smem + 16896);  // f32[64, 64] pitch 64
-  float* const t_W = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 64] pitch 64
-  __nv_bfloat16* const t_P = reinterpret_cast<__nv_bfloat16*>(prt_smem + 33280);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_ds = reinterpret_cast<__nv_bfloat16*>(prt_smem + 42496);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_smem + 28160);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 46592);  // bf16[64, 64] pitch 72
+  float f_dot[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
+  float f_W[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
+  __nv_bfloat16* const t_P = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_ds = reinterpret_cast<__nv_bfloat16*>(prt_smem + 9728);  // bf16[64, 64] pitch 72
   float f_acc_d[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
   float f_acc_e[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
-  float* const t_wsum = reinterpret_cast<float*>(prt_smem + 89344);  // f32[64] pitch 64
-  float* const t_dlam = reinterpret_cast<float*>(prt_smem + 88576);  // f32[64] pitch 64
-  float* const t_dlam_row = reinterpret_cast<float*>(prt_smem + 88832);  // f32[64] pitch 64
+  float* const t_wsum = reinterpret_cast<float*>(prt_smem + 58112);  // f32[64] pitch 64
+  float* const t_dlam = reinterpret_cast<float*>(prt_smem + 57344);  // f32[64] pitch 64
+  float* const t_dlam_row = reinterpret_cast<float*>(prt_smem + 57600);  // f32[64] pitch 64
+  float* const t_wsum_part = reinterpret_cast<float*>(prt_smem + 56832);  // f32[2, 64] pitch 64
+  float* const t_wsum_part2 = reinterpret_cast<float*>(prt_smem + 55808);  // f32[4, 64] pitch 64
   // g = load logG[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -3887,7 +3976,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
                 for (int j = 0; j < 1; ++j) {
                   const int u = warp + j * 8;
                   const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                  float acc[4][4];
+                  float (&acc)[4][4] = f_dot[j];
                   #pragma unroll
                   for (int q = 0; q < 4; ++q)
                   #pragma unroll
@@ -3903,10 +3992,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
                       prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                     }
                   }
-                  #pragma unroll
-                  for (int q = 0; q < 4; ++q)
-                  #pragma unroll
-                    for (int e = 0; e < 4; ++e) t_dot[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
                 }
               }
               // W = mma.tc(dy, v^T) [64x64 in 16x32 units over 8 warps]
@@ -3915,7 +4000,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
                 for (int j = 0; j < 1; ++j) {
                   const int u = warp + j * 8;
                   const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                  float acc[4][4];
+                  float (&acc)[4][4] = f_W[j];
                   #pragma unroll
                   for (int q = 0; q < 4; ++q)
                   #pragma unroll
@@ -3931,22 +4016,38 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
                       prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                     }
                   }
-                  #pragma unroll
-                  for (int q = 0; q < 4; ++q)
-                  #pragma unroll
-                    for (int e = 0; e < 4; ++e) t_W[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
                 }
               }
-              __syncthreads();
               // W[row, col] = (select(((((i0 * 64) + row) >= ((i2 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i0 * 64) + row)]) - lam[((i2 * 64) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row]))
+              {
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 8;
+                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+                  #pragma unroll
+                  for (int q = 0; q < 4; ++q) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                      const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                      f_W[j][q][e] = ((((((v_i0 * 64) + r) >= ((v_i2 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i2 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r])));
+                    }
+                  }
+                }
+              }
               // ds[row, col] = select((dot[row, col] == 0.0), 0.0, ((W[row, col] * 2.0) / dot[row, col]))
               {
-                for (int i = tid; i < 4096; i += 256) {
-                  const int r = i / 64, c = i % 64;
-                  const float y0 = prt::from_f32<float>(((((((v_i0 * 64) + r) >= ((v_i2 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i2 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 64 + (c)]) - prt::to_f32(t_Dy_i[r]))));
-                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_dot[(r) * 64 + (c)]) == 0.0f) ? 0.0f : ((y0 * 2.0f) / prt::to_f32(t_dot[(r) * 64 + (c)]))));
-                  t_W[(r) * 64 + (c)] = y0;
-                  t_ds[(r) * 72 + (c)] = y1;
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 8;
+                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+                  #pragma unroll
+                  for (int q = 0; q < 4; ++q) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                      const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                      t_ds[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((f_dot[j][q][e] == 0.0f) ? 0.0f : ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e])));
+                    }
+                  }
                 }
               }
               __syncthreads();
@@ -3970,22 +4071,39 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
                   }
                 }
               }
-              // wsum = reduce_sum(W, axis=1)
+              // wsum = reduce_sum(W, axis=1) via wsum_part
               {
-                for (int o = warp; o < 64; o += 8) {
-                  float acc = 0.0f;
-                  for (int i = lane; i < 64; i += 32) acc += prt::to_f32(t_W[(o) * 64 + (i)]);
-                  acc = prt::warp_sum(acc);
-                  if (lane == 0) t_wsum[o] = prt::from_f32<float>(acc);
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 8;
+                  #pragma unroll
+                  for (int h = 0; h < 2; ++h) {
+                    float acc = f_W[j][0][2 * h];
+                    acc += f_W[j][0][2 * h + 1];
+                    #pragma unroll
+                    for (int q = 1; q < 4; ++q) {
+                      acc += f_W[j][q][2 * h];
+                      acc += f_W[j][q][2 * h + 1];
+                    }
+                    acc = prt::quad_sum(acc);
+                    const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
+                    if ((lane & 3) == 0) t_wsum_part[(u % 2) * 64 + (r)] = acc;
+                  }
+                }
+                __syncthreads();
+                for (int i = tid; i < 64; i += 256) {
+                  float acc = t_wsum_part[(0) * 64 + (i)];
+                  for (int p = 1; p < 2; ++p) acc += t_wsum_part[(p) * 64 + (i)];
+                  t_wsum[i] = prt::from_f32<float>(acc);
                 }
               }
-              __syncthreads();
               // dlam_row[row] = (dlam_row[row] + wsum[row])
               {
                 for (int r = tid; r < 64; r += 256) {
                   t_dlam_row[r] = prt::from_f32<float>((prt::to_f32(t_dlam_row[r]) + prt::to_f32(t_wsum[r])));
                 }
               }
+              __syncthreads();
             }
           }
           // store dQa[pid.z, ((pid.x * 64) + (i0 * 64)):+64, ((pid.y * ($hq // $h)) + i1), 0:+64] = acc_d
@@ -4194,7 +4312,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
                 for (int j = 0; j < 1; ++j) {
                   const int u = warp + j * 8;
                   const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                  float acc[4][4];
+                  float (&acc)[4][4] = f_dot[j];
                   #pragma unroll
                   for (int q = 0; q < 4; ++q)
                   #pragma unroll
@@ -4210,10 +4328,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
                       prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                     }
                   }
-                  #pragma unroll
-                  for (int q = 0; q < 4; ++q)
-                  #pragma unroll
-                    for (int e = 0; e < 4; ++e) t_dot[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
                 }
               }
               // W = mma.tc(dy, v^T) [64x64 in 16x32 units over 8 warps]
@@ -4222,7 +4336,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
                 for (int j = 0; j < 1; ++j) {
                   const int u = warp + j * 8;
                   const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                  float acc[4][4];
+                  float (&acc)[4][4] = f_W[j];
                   #pragma unroll
                   for (int q = 0; q < 4; ++q)
                   #pragma unroll
@@ -4238,25 +4352,55 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
                       prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
                     }
                   }
-                  #pragma unroll
-                  for (int q = 0; q < 4; ++q)
-                  #pragma unroll
-                    for (int e = 0; e < 4; ++e) t_W[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
                 }
               }
               __syncthreads();
               // W[row, col] = (select(((((i4 * 64) + row) >= ((i0 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i4 * 64) + row)]) - lam[((i0 * 64) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row]))
+              {
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 8;
+                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+                  #pragma unroll
+                  for (int q = 0; q < 4; ++q) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                      const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                      f_W[j][q][e] = ((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 64) + r)])) - prt::to_f32(t_lam[((v_i0 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r])));
+                    }
+                  }
+                }
+              }
               // ds[row, col] = select((dot[row, col] == 0.0), 0.0, ((W[row, col] * 2.0) / dot[row, col]))
+              {
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 8;
+                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+                  #pragma unroll
+                  for (int q = 0; q < 4; ++q) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                      const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                      t_ds[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((f_dot[j][q][e] == 0.0f) ? 0.0f : ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e])));
+                    }
+                  }
+                }
+              }
               // P[row, col] = select(((((i4 * 64) + row) >= ((i0 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i4 * 64) + row)]) - lam[((i0 * 64) + col)]) - lse_i[row])), 0.0)
               {
-                for (int i = tid; i < 4096; i += 256) {
-                  const int r = i / 64, c = i % 64;
-                  const float y0 = prt::from_f32<float>(((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 64) + r)])) - prt::to_f32(t_lam[((v_i0 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 64 + (c)]) - prt::to_f32(t_Dy_i[r]))));
-                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_dot[(r) * 64 + (c)]) == 0.0f) ? 0.0f : ((y0 * 2.0f) / prt::to_f32(t_dot[(r) * 64 + (c)]))));
-                  const __nv_bfloat16 y2 = prt::from_f32<__nv_bfloat16>((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((prt::to_f32(t_dot[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 64) + r)])) - prt::to_f32(t_lam[((v_i0 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
-                  t_W[(r) * 64 + (c)] = y0;
-                  t_ds[(r) * 72 + (c)] = y1;
-                  t_P[(r) * 72 + (c)] = y2;
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 8;
+                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+                  #pragma unroll
+                  for (int q = 0; q < 4; ++q) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                      const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                      t_P[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 64) + r)])) - prt::to_f32(t_lam[((v_i0 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f));
+                    }
+                  }
                 }
               }
               __syncthreads();
@@ -4300,22 +4444,37 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
                   }
                 }
               }
-              // wsum = reduce_sum(W, axis=0)
+              // wsum = reduce_sum(W, axis=0) via wsum_part2
               {
-                for (int o = warp; o < 64; o += 8) {
-                  float acc = 0.0f;
-                  for (int i = lane; i < 64; i += 32) acc += prt::to_f32(t_W[(i) * 64 + (o)]);
-                  acc = prt::warp_sum(acc);
-                  if (lane == 0) t_wsum[o] = prt::from_f32<float>(acc);
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 8;
+                  #pragma unroll
+                  for (int q = 0; q < 4; ++q) {
+                    #pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                      float acc = f_W[j][q][h];
+                      acc += f_W[j][q][2 + h];
+                      acc = prt::column_lanes_sum(acc);
+                      const int c = (u % 2) * 32 + q * 8 + ((lane & 3) << 1) + h;
+                      if (lane < 4) t_wsum_part2[(u / 2) * 64 + (c)] = acc;
+                    }
+                  }
+                }
+                __syncthreads();
+                for (int i = tid; i < 64; i += 256) {
+                  float acc = t_wsum_part2[(0) * 64 + (i)];
+                  for (int p = 1; p < 4; ++p) acc += t_wsum_part2[(p) * 64 + (i)];
+                  t_wsum[i] = prt::from_f32<float>(acc);
                 }
               }
-              __syncthreads();
               // dlam[row] = (dlam[row] - wsum[row])
               {
                 for (int r = tid; r < 64; r += 256) {
                   t_dlam[r] = prt::from_f32<float>((prt::to_f32(t_dlam[r]) - prt::to_f32(t_wsum[r])));
                 }
               }
+              __syncthreads();
             }
           }
         }
@@ -7519,7 +7678,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
 }
 
 // discounted_cumsum_bwd: ddS, ddZ, dS0, dZ0, dGc: reverse-time discounted cumsum of the state's gradient
-// grid (33, ($b * $h), 1), 128 threads, 33824 bytes of dynamic shared memory
+// grid (33, ($b * $h), 1), 128 threads, 1568 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d64_e64_c64_bf16_w4_bd64_bt64_s1(
     const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -7682,15 +7841,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
   (void)g_dGc_d1;
   (void)g_dGc_d2;
   (void)g_dGc_d3;
-  float* const t_R = reinterpret_cast<float*>(prt_smem + 0);  // f32[64, 64] pitch 64
-  float* const t_r = reinterpret_cast<float*>(prt_smem + 16384);  // f32[64] pitch 64
-  float* const t_X = reinterpret_cast<float*>(prt_smem + 16640);  // f32[64, 64] pitch 64
-  float* const t_x = reinterpret_cast<float*>(prt_smem + 33536);  // f32[64] pitch 64
-  float* const t_g = reinterpret_cast<float*>(prt_smem + 33024);  // f32[64] pitch 64
-  float* const t_G = reinterpret_cast<float*>(prt_smem + 33792);  // f32[1] pitch 1
-  float* const t_row_dot = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64] pitch 64
-  float* const t_dG = reinterpret_cast<float*>(prt_smem + 33808);  // f32[1] pitch 1
-  // R = load.async dSfinal[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+64]
+  float f_R[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
+  float* const t_r = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
+  float f_X[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
+  float* const t_x = reinterpret_cast<float*>(prt_smem + 1280);  // f32[64] pitch 64
+  float* const t_g = reinterpret_cast<float*>(prt_smem + 768);  // f32[64] pitch 64
+  float* const t_G = reinterpret_cast<float*>(prt_smem + 1536);  // f32[1] pitch 1
+  float* const t_row_dot = reinterpret_cast<float*>(prt_smem + 1024);  // f32[64] pitch 64
+  float* const t_dG = reinterpret_cast<float*>(prt_smem + 1552);  // f32[1] pitch 1
+  float* const t_row_dot_part = reinterpret_cast<float*>(prt_smem + 256);  // f32[2, 64] pitch 64
+  // R = load dSfinal[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+64]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int a1 = (static_cast<int>(blockIdx.y) % p_h);
@@ -7698,20 +7858,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dSfinal_d0 && a1 >= 0 && a1 < g_dSfinal_d1;
     const long long base = static_cast<long long>(a0) * g_dSfinal_s0 + static_cast<long long>(a1) * g_dSfinal_s1 + static_cast<long long>(s2) * g_dSfinal_s2 + static_cast<long long>(s3) * g_dSfinal_s3;
-    float* const dst = t_R;
-    if (prt::aligned16(g_dSfinal) && base % 4 == 0 && g_dSfinal_s2 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
-        const int r = i / 16, c = (i % 16) * 4;
-        const int gr = s2 + r;
-        const long long left = ok && gr >= 0 && gr < g_dSfinal_d2 ? g_dSfinal_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_dSfinal + base + static_cast<long long>(r) * g_dSfinal_s2 + c) : static_cast<const void*>(g_dSfinal), n * 4);
-      }
-    }
-    else {
-      for (int i = tid; i < 4096; i += 128) {
-        const int r = i / 64, c = i % 64;
-        dst[(r) * 64 + (c)] = ok && s2 + r >= 0 && s2 + r < g_dSfinal_d2 && s3 + c >= 0 && s3 + c < g_dSfinal_d3 ? g_dSfinal[base + static_cast<long long>(r) * g_dSfinal_s2 + static_cast<long long>(c) * g_dSfinal_s3] : prt::from_f32<float>(0.0f);
+    #pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+      #pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          f_R[j][q][e] = ok && s2 + r >= 0 && s2 + r < g_dSfinal_d2 && s3 + c >= 0 && s3 + c < g_dSfinal_d3 ? prt::to_f32(g_dSfinal[base + static_cast<long long>(r) * g_dSfinal_s2 + static_cast<long long>(c) * g_dSfinal_s3]) : 0.0f;
+        }
       }
     }
   }
@@ -7774,9 +7931,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
         const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
         const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
         if (ok) {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            if (s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4) g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] = t_R[(r) * 64 + (c)];
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4) g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] = prt::from_f32<float>(f_R[j][q][e]);
+              }
+            }
           }
         }
       }
@@ -7794,7 +7960,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           }
         }
       }
-      // X = load.async Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 64):+64, 0:+64]
+      // X = load Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 64):+64, 0:+64]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
@@ -7803,20 +7969,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
         const int s4 = 0;
         const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-        float* const dst = t_X;
-        if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 4;
-            const int gr = s3 + r;
-            const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_X[j][q][e] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? prt::to_f32(g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4]) : 0.0f;
+            }
           }
         }
       }
@@ -7845,21 +8008,46 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       }
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
-      __syncthreads();
       // X[row, col] = (X[row, col] * R[row, col])
       {
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_X[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_X[(r) * 64 + (c)]) * prt::to_f32(t_R[(r) * 64 + (c)])));
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_X[j][q][e] = (f_X[j][q][e] * f_R[j][q][e]);
+            }
+          }
         }
       }
-      __syncthreads();
-      // row_dot = reduce_sum(X, axis=1)
+      // row_dot = reduce_sum(X, axis=1) via row_dot_part
       {
-        for (int o = tid; o < 64; o += 128) {
-          float acc = 0.0f;
-          for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_X[(o) * 64 + (i)]);
-          t_row_dot[o] = prt::from_f32<float>(acc);
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float acc = f_X[j][0][2 * h];
+            acc += f_X[j][0][2 * h + 1];
+            #pragma unroll
+            for (int q = 1; q < 4; ++q) {
+              acc += f_X[j][q][2 * h];
+              acc += f_X[j][q][2 * h + 1];
+            }
+            acc = prt::quad_sum(acc);
+            const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
+            if ((lane & 3) == 0) t_row_dot_part[(u % 2) * 64 + (r)] = acc;
+          }
+        }
+        __syncthreads();
+        for (int i = tid; i < 64; i += 128) {
+          float acc = t_row_dot_part[(0) * 64 + (i)];
+          for (int p = 1; p < 2; ++p) acc += t_row_dot_part[(p) * 64 + (i)];
+          t_row_dot[i] = prt::from_f32<float>(acc);
         }
       }
       __syncthreads();
@@ -7900,7 +8088,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           }
         }
       }
-      // X = load.async dSin[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 64):+64, 0:+64]
+      // X = load dSin[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 64):+64, 0:+64]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
@@ -7909,20 +8097,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
         const int s4 = 0;
         const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
         const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
-        float* const dst = t_X;
-        if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 4;
-            const int gr = s3 + r;
-            const long long left = ok && gr >= 0 && gr < g_dSin_d3 ? g_dSin_d4 - (s4 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_dSin + base + static_cast<long long>(r) * g_dSin_s3 + c) : static_cast<const void*>(g_dSin), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 ? g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] : prt::from_f32<float>(0.0f);
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_X[j][q][e] = ok && s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 ? prt::to_f32(g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4]) : 0.0f;
+            }
           }
         }
       }
@@ -7951,14 +8136,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       }
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
-      __syncthreads();
       // R[row, col] = (X[row, col] + (R[row, col] * exp(G[0])))
       {
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_R[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_X[(r) * 64 + (c)]) + (prt::to_f32(t_R[(r) * 64 + (c)]) * expf(prt::to_f32(t_G[0])))));
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_R[j][q][e] = (f_X[j][q][e] + (f_R[j][q][e] * expf(prt::to_f32(t_G[0]))));
+            }
+          }
         }
       }
+      __syncthreads();
       // r[row] = (x[row] + (r[row] * exp(G[0])))
       {
         for (int r = tid; r < 64; r += 128) {
@@ -7967,7 +8161,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       }
     }
   }
-  __syncthreads();
   // store dS0[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+64] = R
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -7977,12 +8170,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
     const bool ok = a0 >= 0 && a0 < g_dS0_d0 && a1 >= 0 && a1 < g_dS0_d1;
     const long long base = static_cast<long long>(a0) * g_dS0_s0 + static_cast<long long>(a1) * g_dS0_s1 + static_cast<long long>(s2) * g_dS0_s2 + static_cast<long long>(s3) * g_dS0_s3;
     if (ok) {
-      for (int i = tid; i < 4096; i += 128) {
-        const int r = i / 64, c = i % 64;
-        if (s2 + r >= 0 && s2 + r < g_dS0_d2 && s3 + c >= 0 && s3 + c < g_dS0_d3) g_dS0[base + static_cast<long long>(r) * g_dS0_s2 + static_cast<long long>(c) * g_dS0_s3] = t_R[(r) * 64 + (c)];
+      #pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int u = warp + j * 4;
+        const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            if (s2 + r >= 0 && s2 + r < g_dS0_d2 && s3 + c >= 0 && s3 + c < g_dS0_d3) g_dS0[base + static_cast<long long>(r) * g_dS0_s2 + static_cast<long long>(c) * g_dS0_s3] = prt::from_f32<float>(f_R[j][q][e]);
+          }
+        }
       }
     }
   }
+  __syncthreads();
   // store dZ0[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64] = r
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -7999,7 +8202,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
 }
 
 // update_state_bwd: dKs, dVs, dlamK, dGk: gradient through dS_m = phi(k')^T V, dZ_m = colsum phi(k')
-// grid ($n, ($b * $h), 1), 128 threads, 81664 bytes of dynamic shared memory
+// grid ($n, ($b * $h), 1), 128 threads, 82176 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2(
     const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const float* g_ddS, const float* g_ddZ, float* g_dKs, float* g_dVs, float* g_dlamK, float* g_dGk, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -8128,7 +8331,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
   __nv_bfloat16* const t_zu_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 27264);  // bf16[64, 64] pitch 72
   __nv_bfloat16* const t_zu_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 36480);  // bf16[64, 64] pitch 72
   float* const t_kzu = reinterpret_cast<float*>(prt_smem + 45696);  // f32[64, 64] pitch 64
-  float* const t_r = reinterpret_cast<float*>(prt_smem + 81408);  // f32[64] pitch 64
+  float* const t_r = reinterpret_cast<float*>(prt_smem + 81920);  // f32[64] pitch 64
   float* const t_r16 = reinterpret_cast<float*>(prt_smem + 18944);  // f32[64, 16] pitch 16
   float* const t_u0_f32_base = reinterpret_cast<float*>(prt_smem + 23040);  // f32[64, 64] pitch 64, 2 copies
   float* t_u0_f32 = t_u0_f32_base;
@@ -8154,6 +8357,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
   float* const t_t3 = reinterpret_cast<float*>(prt_smem + 34304);  // f32[64, 16] pitch 16
   __nv_bfloat16* const t_u3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 38400);  // bf16[16, 64] pitch 72
   float* const t_dG = reinterpret_cast<float*>(prt_smem + 256);  // f32[1] pitch 1
+  float* const t_r_part = reinterpret_cast<float*>(prt_smem + 81408);  // f32[2, 64] pitch 64
   // g = load logG[(pid.y // $h), (pid.x * 64):+64, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -8495,6 +8699,48 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
           }
         }
       }
+      // p0[row, col] = (p0[row, col] * v[row, col])
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_p0[j][q][e] = (f_p0[j][q][e] * prt::to_f32(t_v[(r) * 72 + (c)]));
+            }
+          }
+        }
+      }
+      // r = reduce_sum(p0, axis=1) via r_part
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float acc = f_p0[j][0][2 * h];
+            acc += f_p0[j][0][2 * h + 1];
+            #pragma unroll
+            for (int q = 1; q < 4; ++q) {
+              acc += f_p0[j][q][2 * h];
+              acc += f_p0[j][q][2 * h + 1];
+            }
+            acc = prt::quad_sum(acc);
+            const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
+            if ((lane & 3) == 0) t_r_part[(u % 2) * 64 + (r)] = acc;
+          }
+        }
+        __syncthreads();
+        for (int i = tid; i < 64; i += 128) {
+          float acc = t_r_part[(0) * 64 + (i)];
+          for (int p = 1; p < 2; ++p) acc += t_r_part[(p) * 64 + (i)];
+          t_r[i] = prt::from_f32<float>(acc);
+        }
+      }
       // t0 = mma.tc(v, u0_hi^T) [64x64 in 16x32 units over 4 warps]
       {
         #pragma unroll
@@ -8540,24 +8786,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
           }
         }
       }
-      __syncthreads();
-      // t0[row, col] = (t0[row, col] * k[row, (col + 0)])
-      {
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_t0[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_t0[(r) * 64 + (c)]) * prt::to_f32(t_k[(r) * 72 + ((c + 0))])));
-        }
-      }
-      __syncthreads();
-      // r = reduce_sum(t0, axis=1)
-      {
-        for (int o = tid; o < 64; o += 128) {
-          float acc = 0.0f;
-          for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_t0[(o) * 64 + (i)]);
-          t_r[o] = prt::from_f32<float>(acc);
-        }
-      }
-      __syncthreads();
       // r16[row, col] = select((col == (i0 - 0)), r[row], r16[row, col])
       {
         for (int i = tid; i < 1024; i += 128) {
@@ -8738,6 +8966,48 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
           }
         }
       }
+      // p1[row, col] = (p1[row, col] * v[row, col])
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_p1[j][q][e] = (f_p1[j][q][e] * prt::to_f32(t_v[(r) * 72 + (c)]));
+            }
+          }
+        }
+      }
+      // r = reduce_sum(p1, axis=1) via r_part
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float acc = f_p1[j][0][2 * h];
+            acc += f_p1[j][0][2 * h + 1];
+            #pragma unroll
+            for (int q = 1; q < 4; ++q) {
+              acc += f_p1[j][q][2 * h];
+              acc += f_p1[j][q][2 * h + 1];
+            }
+            acc = prt::quad_sum(acc);
+            const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
+            if ((lane & 3) == 0) t_r_part[(u % 2) * 64 + (r)] = acc;
+          }
+        }
+        __syncthreads();
+        for (int i = tid; i < 64; i += 128) {
+          float acc = t_r_part[(0) * 64 + (i)];
+          for (int p = 1; p < 2; ++p) acc += t_r_part[(p) * 64 + (i)];
+          t_r[i] = prt::from_f32<float>(acc);
+        }
+      }
       // t1 = mma.tc(v, u1_hi^T) [64x48 in 16x16 units over 4 warps]
       {
         #pragma unroll
@@ -8783,24 +9053,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
           }
         }
       }
-      __syncthreads();
-      // t1[row, col] = (t1[row, col] * k[row, (col + 16)])
-      {
-        for (int i = tid; i < 3072; i += 128) {
-          const int r = i / 48, c = i % 48;
-          t_t1[(r) * 48 + (c)] = prt::from_f32<float>((prt::to_f32(t_t1[(r) * 48 + (c)]) * prt::to_f32(t_k[(r) * 72 + ((c + 16))])));
-        }
-      }
-      __syncthreads();
-      // r = reduce_sum(t1, axis=1)
-      {
-        for (int o = tid; o < 64; o += 128) {
-          float acc = 0.0f;
-          for (int i = 0; i < 48; ++i) acc += prt::to_f32(t_t1[(o) * 48 + (i)]);
-          t_r[o] = prt::from_f32<float>(acc);
-        }
-      }
-      __syncthreads();
       // r16[row, col] = select((col == (i1 - 16)), r[row], r16[row, col])
       {
         for (int i = tid; i < 1024; i += 128) {
@@ -8981,6 +9233,48 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
           }
         }
       }
+      // p2[row, col] = (p2[row, col] * v[row, col])
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_p2[j][q][e] = (f_p2[j][q][e] * prt::to_f32(t_v[(r) * 72 + (c)]));
+            }
+          }
+        }
+      }
+      // r = reduce_sum(p2, axis=1) via r_part
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float acc = f_p2[j][0][2 * h];
+            acc += f_p2[j][0][2 * h + 1];
+            #pragma unroll
+            for (int q = 1; q < 4; ++q) {
+              acc += f_p2[j][q][2 * h];
+              acc += f_p2[j][q][2 * h + 1];
+            }
+            acc = prt::quad_sum(acc);
+            const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
+            if ((lane & 3) == 0) t_r_part[(u % 2) * 64 + (r)] = acc;
+          }
+        }
+        __syncthreads();
+        for (int i = tid; i < 64; i += 128) {
+          float acc = t_r_part[(0) * 64 + (i)];
+          for (int p = 1; p < 2; ++p) acc += t_r_part[(p) * 64 + (i)];
+          t_r[i] = prt::from_f32<float>(acc);
+        }
+      }
       // t2 = mma.tc(v, u2_hi^T) [64x32 in 16x32 units over 4 warps]
       {
         #pragma unroll
@@ -9026,24 +9320,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
           }
         }
       }
-      __syncthreads();
-      // t2[row, col] = (t2[row, col] * k[row, (col + 32)])
-      {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 32, c = i % 32;
-          t_t2[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_t2[(r) * 32 + (c)]) * prt::to_f32(t_k[(r) * 72 + ((c + 32))])));
-        }
-      }
-      __syncthreads();
-      // r = reduce_sum(t2, axis=1)
-      {
-        for (int o = tid; o < 64; o += 128) {
-          float acc = 0.0f;
-          for (int i = 0; i < 32; ++i) acc += prt::to_f32(t_t2[(o) * 32 + (i)]);
-          t_r[o] = prt::from_f32<float>(acc);
-        }
-      }
-      __syncthreads();
       // r16[row, col] = select((col == (i2 - 32)), r[row], r16[row, col])
       {
         for (int i = tid; i < 1024; i += 128) {
@@ -9224,6 +9500,48 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
           }
         }
       }
+      // p3[row, col] = (p3[row, col] * v[row, col])
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_p3[j][q][e] = (f_p3[j][q][e] * prt::to_f32(t_v[(r) * 72 + (c)]));
+            }
+          }
+        }
+      }
+      // r = reduce_sum(p3, axis=1) via r_part
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float acc = f_p3[j][0][2 * h];
+            acc += f_p3[j][0][2 * h + 1];
+            #pragma unroll
+            for (int q = 1; q < 4; ++q) {
+              acc += f_p3[j][q][2 * h];
+              acc += f_p3[j][q][2 * h + 1];
+            }
+            acc = prt::quad_sum(acc);
+            const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
+            if ((lane & 3) == 0) t_r_part[(u % 2) * 64 + (r)] = acc;
+          }
+        }
+        __syncthreads();
+        for (int i = tid; i < 64; i += 128) {
+          float acc = t_r_part[(0) * 64 + (i)];
+          for (int p = 1; p < 2; ++p) acc += t_r_part[(p) * 64 + (i)];
+          t_r[i] = prt::from_f32<float>(acc);
+        }
+      }
       // t3 = mma.tc(v, u3_hi^T) [64x16 in 16x16 units over 4 warps]
       {
         #pragma unroll
@@ -9269,24 +9587,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
           }
         }
       }
-      __syncthreads();
-      // t3[row, col] = (t3[row, col] * k[row, (col + 48)])
-      {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_t3[(r) * 16 + (c)] = prt::from_f32<float>((prt::to_f32(t_t3[(r) * 16 + (c)]) * prt::to_f32(t_k[(r) * 72 + ((c + 48))])));
-        }
-      }
-      __syncthreads();
-      // r = reduce_sum(t3, axis=1)
-      {
-        for (int o = tid; o < 64; o += 128) {
-          float acc = 0.0f;
-          for (int i = 0; i < 16; ++i) acc += prt::to_f32(t_t3[(o) * 16 + (i)]);
-          t_r[o] = prt::from_f32<float>(acc);
-        }
-      }
-      __syncthreads();
       // r16[row, col] = select((col == (i3 - 48)), r[row], r16[row, col])
       {
         for (int i = tid; i < 1024; i += 128) {
@@ -10039,7 +10339,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d64_e64_c
 }
 
 // decode: y of the cache's newest tn rows: in-cache attention (online over key blocks) + phi(q')^T S / phi(q').Z, one scale
-// grid ($hq, $b, (($tn + 15) // 16)), 128 threads, 54784 bytes of dynamic shared memory
+// grid ($hq, $b, (($tn + 15) // 16)), 128 threads, 46592 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c64_bf16_w4_bd64_bt64_s2(
     const __nv_bfloat16* g_Q, const float* g_Kc, const float* g_Vc, const float* g_Gc, const float* g_S, const float* g_Z, __nv_bfloat16* g_Y, int p_b, int p_tq, int p_hq, int p_h, int p_q0, int p_tn, int p_len, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -10136,26 +10436,28 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c64_bf16
   float* const t_lam_q = reinterpret_cast<float*>(prt_smem + 0);  // f32[16] pitch 16
   __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[16, 64] pitch 72
   float* const t_q_state = reinterpret_cast<float*>(prt_smem + 2816);  // f32[16, 64] pitch 64
-  float* const t_phi = reinterpret_cast<float*>(prt_smem + 50432);  // f32[16, 64] pitch 68
-  float* const t_s_base = reinterpret_cast<float*>(prt_smem + 15104);  // f32[64, 64] pitch 68, 2 copies
+  float* const t_phi = reinterpret_cast<float*>(prt_smem + 42240);  // f32[16, 64] pitch 68
+  float* const t_s_base = reinterpret_cast<float*>(prt_smem + 6912);  // f32[64, 64] pitch 68, 2 copies
   float* t_s = t_s_base;
-  float* const t_z_base = reinterpret_cast<float*>(prt_smem + 49920);  // f32[64] pitch 64, 2 copies
+  float* const t_z_base = reinterpret_cast<float*>(prt_smem + 41728);  // f32[64] pitch 64, 2 copies
   float* t_z = t_z_base;
-  float* const t_num_s = reinterpret_cast<float*>(prt_smem + 6912);  // f32[16, 64] pitch 64
-  float* const t_den_parts = reinterpret_cast<float*>(prt_smem + 11008);  // f32[16, 64] pitch 64
+  float f_num_s[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
+  float f_den_parts[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
   float* const t_den_s = reinterpret_cast<float*>(prt_smem + 64);  // f32[16] pitch 16
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_smem + 11008);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 20224);  // bf16[64, 64] pitch 72
-  float* const t_qk = reinterpret_cast<float*>(prt_smem + 29440);  // f32[16, 64] pitch 64
-  float* const t_w = reinterpret_cast<float*>(prt_smem + 33536);  // f32[16, 64] pitch 64
-  float* const t_m_blk = reinterpret_cast<float*>(prt_smem + 39936);  // f32[16] pitch 16
-  float* const t_m_new = reinterpret_cast<float*>(prt_smem + 40000);  // f32[16] pitch 16
+  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_smem + 6912);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 16128);  // bf16[64, 64] pitch 72
+  float f_qk[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
+  float f_w[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
+  float* const t_m_blk = reinterpret_cast<float*>(prt_smem + 27904);  // f32[16] pitch 16
+  float* const t_m_new = reinterpret_cast<float*>(prt_smem + 27968);  // f32[16] pitch 16
   float* const t_m_run = reinterpret_cast<float*>(prt_smem + 128);  // f32[16] pitch 16
-  __nv_bfloat16* const t_p = reinterpret_cast<__nv_bfloat16*>(prt_smem + 37632);  // bf16[16, 64] pitch 72
-  float* const t_p_sum = reinterpret_cast<float*>(prt_smem + 40064);  // f32[16] pitch 16
+  __nv_bfloat16* const t_p = reinterpret_cast<__nv_bfloat16*>(prt_smem + 25344);  // bf16[16, 64] pitch 72
+  float* const t_p_sum = reinterpret_cast<float*>(prt_smem + 28032);  // f32[16] pitch 16
   float* const t_num_a = reinterpret_cast<float*>(prt_smem + 2816);  // f32[16, 64] pitch 64
   float* const t_den_a = reinterpret_cast<float*>(prt_smem + 192);  // f32[16] pitch 16
   float* const t_y_row = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
+  float* const t_den_s_part = reinterpret_cast<float*>(prt_smem + 2816);  // f32[4, 16] pitch 16
+  float* const t_m_blk_part = reinterpret_cast<float*>(prt_smem + 27648);  // f32[4, 16] pitch 16
   // g = load Gc[pid.y, 0:+64, (pid.x // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.y);
@@ -10218,17 +10520,42 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c64_bf16
   prt::cp_async_wait<0>();
   __syncthreads();
   // q_state[row, col] = select((((pid.z * 16) + row) < $tn), q[row, col], 0.0)
-  // num_s[row, col] = 0.0
-  // den_parts[row, col] = 0.0
   {
     for (int i = tid; i < 1024; i += 128) {
       const int r = i / 64, c = i % 64;
-      const float y0 = prt::from_f32<float>(((((static_cast<int>(blockIdx.z) * 16) + r) < p_tn) ? prt::to_f32(t_q[(r) * 72 + (c)]) : 0.0f));
-      const float y1 = prt::from_f32<float>(0.0f);
-      const float y2 = prt::from_f32<float>(0.0f);
-      t_q_state[(r) * 64 + (c)] = y0;
-      t_num_s[(r) * 64 + (c)] = y1;
-      t_den_parts[(r) * 64 + (c)] = y2;
+      t_q_state[(r) * 64 + (c)] = prt::from_f32<float>(((((static_cast<int>(blockIdx.z) * 16) + r) < p_tn) ? prt::to_f32(t_q[(r) * 72 + (c)]) : 0.0f));
+    }
+  }
+  // num_s[row, col] = 0.0
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+      #pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          f_num_s[j][q][e] = 0.0f;
+        }
+      }
+    }
+  }
+  // den_parts[row, col] = 0.0
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+      #pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          f_den_parts[j][q][e] = 0.0f;
+        }
+      }
     }
   }
   if ((0 < 33)) {
@@ -10359,11 +10686,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c64_bf16
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 4;
           const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
-          float acc[2][4];
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_num_s[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))];
+          float (&acc)[2][4] = f_num_s[j];
           const int g = lane >> 2, t2 = (lane & 3) * 2;
           for (int kk = 0; kk < 64; ++kk) {
             const float a0 = prt::to_f32(t_phi[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_phi[(m0 + g + 8) * 68 + (kk)]);
@@ -10376,17 +10699,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c64_bf16
               acc[q][3] = fmaf(a1, b1, acc[q][3]);
             }
           }
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_num_s[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
       // den_parts[row, col] = (den_parts[row, col] + (phi[row, col] * z[col]))
       {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_den_parts[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_den_parts[(r) * 64 + (c)]) + (prt::to_f32(t_phi[(r) * 68 + (c)]) * prt::to_f32(t_z[c]))));
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_den_parts[j][q][e] = (f_den_parts[j][q][e] + (prt::to_f32(t_phi[(r) * 68 + (c)]) * prt::to_f32(t_z[c])));
+            }
+          }
         }
       }
       __syncthreads();
@@ -10394,13 +10722,30 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c64_bf16
   }
   prt::cp_async_wait<0>();
   __syncthreads();
-  // den_s = reduce_sum(den_parts, axis=1)
+  // den_s = reduce_sum(den_parts, axis=1) via den_s_part
   {
-    for (int o = warp; o < 16; o += 4) {
-      float acc = 0.0f;
-      for (int i = lane; i < 64; i += 32) acc += prt::to_f32(t_den_parts[(o) * 64 + (i)]);
-      acc = prt::warp_sum(acc);
-      if (lane == 0) t_den_s[o] = prt::from_f32<float>(acc);
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float acc = f_den_parts[j][0][2 * h];
+        acc += f_den_parts[j][0][2 * h + 1];
+        #pragma unroll
+        for (int q = 1; q < 2; ++q) {
+          acc += f_den_parts[j][q][2 * h];
+          acc += f_den_parts[j][q][2 * h + 1];
+        }
+        acc = prt::quad_sum(acc);
+        const int r = (u / 4) * 16 + (lane >> 2) + 8 * h;
+        if ((lane & 3) == 0) t_den_s_part[(u % 4) * 16 + (r)] = acc;
+      }
+    }
+    __syncthreads();
+    for (int i = tid; i < 16; i += 128) {
+      float acc = t_den_s_part[(0) * 16 + (i)];
+      for (int p = 1; p < 4; ++p) acc += t_den_s_part[(p) * 16 + (i)];
+      t_den_s[i] = prt::from_f32<float>(acc);
     }
   }
   // m_run[row] = -Infinity
@@ -10409,6 +10754,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c64_bf16
       t_m_run[r] = prt::from_f32<float>(__int_as_float(0xff800000));
     }
   }
+  __syncthreads();
   // num_a[row, col] = 0.0
   {
     for (int i = tid; i < 1024; i += 128) {
@@ -10422,7 +10768,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c64_bf16
       t_den_a[r] = prt::from_f32<float>(0.0f);
     }
   }
-  __syncthreads();
   {
     const int v_i1_end = ((p_len + 63) / 64);
     for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
@@ -10469,7 +10814,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c64_bf16
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 4;
           const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
-          float acc[2][4];
+          float (&acc)[2][4] = f_qk[j];
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
@@ -10485,31 +10830,50 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c64_bf16
               prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
             }
           }
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_qk[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
-      __syncthreads();
       // w[row, col] = select(((((pid.z * 16) + row) < $tn) && (((i1 * 64) + col) <= ((($len - $tn) + (pid.z * 16)) + row))), (((log(abs((qk[row, col] * $scale))) * 2.0) + lam_q[row]) - lam[((i1 * 64) + col)]), -Infinity)
       {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_w[(r) * 64 + (c)] = prt::from_f32<float>((((((static_cast<int>(blockIdx.z) * 16) + r) < p_tn) && (((v_i1 * 64) + c) <= (((p_len - p_tn) + (static_cast<int>(blockIdx.z) * 16)) + r))) ? (((logf(fabsf((prt::to_f32(t_qk[(r) * 64 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_lam_q[r])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) : __int_as_float(0xff800000)));
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_w[j][q][e] = (((((static_cast<int>(blockIdx.z) * 16) + r) < p_tn) && (((v_i1 * 64) + c) <= (((p_len - p_tn) + (static_cast<int>(blockIdx.z) * 16)) + r))) ? (((logf(fabsf((f_qk[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam_q[r])) - prt::to_f32(t_lam[((v_i1 * 64) + c)])) : __int_as_float(0xff800000));
+            }
+          }
         }
       }
-      __syncthreads();
-      // m_blk = reduce_max(w, axis=1)
+      // m_blk = reduce_max(w, axis=1) via m_blk_part
       {
-        for (int o = warp; o < 16; o += 4) {
-          float acc = __int_as_float(0xff800000);
-          for (int i = lane; i < 64; i += 32) acc = prt::max_nan(acc, prt::to_f32(t_w[(o) * 64 + (i)]));
-          acc = prt::warp_max(acc);
-          if (lane == 0) t_m_blk[o] = prt::from_f32<float>(acc);
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float acc = f_w[j][0][2 * h];
+            acc = prt::max_nan(acc, f_w[j][0][2 * h + 1]);
+            #pragma unroll
+            for (int q = 1; q < 2; ++q) {
+              acc = prt::max_nan(acc, f_w[j][q][2 * h]);
+              acc = prt::max_nan(acc, f_w[j][q][2 * h + 1]);
+            }
+            acc = prt::quad_max(acc);
+            const int r = (u / 4) * 16 + (lane >> 2) + 8 * h;
+            if ((lane & 3) == 0) t_m_blk_part[(u % 4) * 16 + (r)] = acc;
+          }
+        }
+        __syncthreads();
+        for (int i = tid; i < 16; i += 128) {
+          float acc = t_m_blk_part[(0) * 16 + (i)];
+          for (int p = 1; p < 4; ++p) acc = prt::max_nan(acc, t_m_blk_part[(p) * 16 + (i)]);
+          t_m_blk[i] = prt::from_f32<float>(acc);
         }
       }
-      __syncthreads();
       // m_new[row] = max(m_run[row], m_blk[row])
       {
         for (int r = tid; r < 16; r += 128) {
@@ -10519,9 +10883,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c64_bf16
       __syncthreads();
       // p[row, col] = select((m_new[row] == -Infinity), 0.0, exp((w[row, col] - m_new[row])))
       {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_p[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_m_new[r]) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_w[(r) * 64 + (c)]) - prt::to_f32(t_m_new[r])))));
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              t_p[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_m_new[r]) == __int_as_float(0xff800000)) ? 0.0f : expf((f_w[j][q][e] - prt::to_f32(t_m_new[r])))));
+            }
+          }
         }
       }
       __syncthreads();
@@ -10593,9 +10966,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c64_bf16
   __syncthreads();
   // num_a[row, col] = ((num_a[row, col] * select((max(m_run[row], (lam_q[row] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp((m_run[row] - max(m_run[row], (lam_q[row] + (log(abs($scale)) * 2.0))))))) + (num_s[row, col] * select((max(m_run[row], (lam_q[row] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp(((lam_q[row] + (log(abs($scale)) * 2.0)) - max(m_run[row], (lam_q[row] + (log(abs($scale)) * 2.0))))))))
   {
-    for (int i = tid; i < 1024; i += 128) {
-      const int r = i / 64, c = i % 64;
-      t_num_a[(r) * 64 + (c)] = prt::from_f32<float>(((prt::to_f32(t_num_a[(r) * 64 + (c)]) * ((prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_m_run[r]) - prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))))))) + (prt::to_f32(t_num_s[(r) * 64 + (c)]) * ((prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf(((prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f)) - prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f)))))))));
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+      #pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          t_num_a[(r) * 64 + (c)] = prt::from_f32<float>(((prt::to_f32(t_num_a[(r) * 64 + (c)]) * ((prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf((prt::to_f32(t_m_run[r]) - prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))))))) + (f_num_s[j][q][e] * ((prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f))) == __int_as_float(0xff800000)) ? 0.0f : expf(((prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f)) - prt::max_nan(prt::to_f32(t_m_run[r]), (prt::to_f32(t_lam_q[r]) + (logf(fabsf(p_scale)) * 2.0f)))))))));
+        }
+      }
     }
   }
   __syncthreads();
@@ -10967,9 +11349,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_state_copy_p2_d64_e64_c64_
 #include <cuda_runtime.h>
 
 extern "C" cudaError_t prt_attention_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 73216);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 57344);
   if (err != cudaSuccess) return err;
-  prt_attention_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 73216, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_attention_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 57344, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
@@ -10995,16 +11377,16 @@ extern "C" cudaError_t prt_query_state_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2_launch
 }
 
 extern "C" cudaError_t prt_attention_bwd_prep_p2_d64_e64_c64_bf16_w8_bd64_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d64_e64_c64_bf16_w8_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 87296);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d64_e64_c64_bf16_w8_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 38656);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_prep_p2_d64_e64_c64_bf16_w8_bd64_bt64_s1<<<grid, 256, 87296, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_attention_bwd_prep_p2_d64_e64_c64_bf16_w8_bd64_bt64_s1<<<grid, 256, 38656, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_bwd_p2_d64_e64_c64_bf16_w8_bd64_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_p2_d64_e64_c64_bf16_w8_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 89600);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_p2_d64_e64_c64_bf16_w8_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 58368);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_p2_d64_e64_c64_bf16_w8_bd64_bt64_s1<<<grid, 256, 89600, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_attention_bwd_p2_d64_e64_c64_bf16_w8_bd64_bt64_s1<<<grid, 256, 58368, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
@@ -11023,16 +11405,16 @@ extern "C" cudaError_t prt_query_state_bwd_ds_p2_d64_e64_c64_bf16_w8_bd64_bt64_s
 }
 
 extern "C" cudaError_t prt_discounted_cumsum_bwd_p2_d64_e64_c64_bf16_w4_bd64_bt64_s1_launch(dim3 grid, cudaStream_t stream, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d64_e64_c64_bf16_w4_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 33824);
+  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d64_e64_c64_bf16_w4_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 1568);
   if (err != cudaSuccess) return err;
-  prt_discounted_cumsum_bwd_p2_d64_e64_c64_bf16_w4_bd64_bt64_s1<<<grid, 128, 33824, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
+  prt_discounted_cumsum_bwd_p2_d64_e64_c64_bf16_w4_bd64_bt64_s1<<<grid, 128, 1568, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_update_state_bwd_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const float* g_ddS, const float* g_ddZ, float* g_dKs, float* g_dVs, float* g_dlamK, float* g_dGk, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_update_state_bwd_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 81664);
+  cudaError_t err = cudaFuncSetAttribute(prt_update_state_bwd_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 82176);
   if (err != cudaSuccess) return err;
-  prt_update_state_bwd_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 81664, stream>>>(g_K, g_V, g_logG, g_ddS, g_ddZ, g_dKs, g_dVs, g_dlamK, g_dGk, p_b, p_t, p_h, p_n);
+  prt_update_state_bwd_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 82176, stream>>>(g_K, g_V, g_logG, g_ddS, g_ddZ, g_dKs, g_dVs, g_dlamK, g_dGk, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
@@ -11044,9 +11426,9 @@ extern "C" cudaError_t prt_combine_grads_p2_d64_e64_c64_bf16_w4_bd0_bt64_s1_laun
 }
 
 extern "C" cudaError_t prt_decode_p2_d64_e64_c64_bf16_w4_bd64_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_Kc, const float* g_Vc, const float* g_Gc, const float* g_S, const float* g_Z, __nv_bfloat16* g_Y, int p_b, int p_tq, int p_hq, int p_h, int p_q0, int p_tn, int p_len, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_decode_p2_d64_e64_c64_bf16_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 54784);
+  cudaError_t err = cudaFuncSetAttribute(prt_decode_p2_d64_e64_c64_bf16_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 46592);
   if (err != cudaSuccess) return err;
-  prt_decode_p2_d64_e64_c64_bf16_w4_bd64_bt64_s2<<<grid, 128, 54784, stream>>>(g_Q, g_Kc, g_Vc, g_Gc, g_S, g_Z, g_Y, p_b, p_tq, p_hq, p_h, p_q0, p_tn, p_len, p_scale);
+  prt_decode_p2_d64_e64_c64_bf16_w4_bd64_bt64_s2<<<grid, 128, 46592, stream>>>(g_Q, g_Kc, g_Vc, g_Gc, g_S, g_Z, g_Y, p_b, p_tq, p_hq, p_h, p_q0, p_tn, p_len, p_scale);
   return cudaGetLastError();
 }
 

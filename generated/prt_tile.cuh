@@ -91,6 +91,28 @@ __device__ __forceinline__ int frag_row(int lane, int e) { return (lane >> 2) + 
 __device__ __forceinline__ int frag_col(int lane, int e) { return ((lane & 3) << 1) + (e & 1); }
 
 // ---- warp-level reductions and scans (all 32 lanes take part) ----------------------------------
+// Over the 4 lanes of a quad (lanes 4g .. 4g+3: one row of an m16n8 accumulator tile), every
+// lane gets the result; the pairwise order makes it bit-identical on the 4 lanes.
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+__device__ __forceinline__ float quad_max(float v) {
+  v = max_nan(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return max_nan(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+// Over the 8 lanes of one lane & 3 (one column pair of an m16n8 accumulator tile), every lane
+// gets the result, bit-identical (pairwise order).
+__device__ __forceinline__ float column_lanes_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 4);
+  v += __shfl_xor_sync(0xffffffffu, v, 8);
+  return v + __shfl_xor_sync(0xffffffffu, v, 16);
+}
+__device__ __forceinline__ float column_lanes_max(float v) {
+  v = max_nan(v, __shfl_xor_sync(0xffffffffu, v, 4));
+  v = max_nan(v, __shfl_xor_sync(0xffffffffu, v, 8));
+  return max_nan(v, __shfl_xor_sync(0xffffffffu, v, 16));
+}
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -101,6 +101,18 @@ __device__ __forceinline__ float quad_max(float v) {
   v = max_nan(v, __shfl_xor_sync(0xffffffffu, v, 1));
   return max_nan(v, __shfl_xor_sync(0xffffffffu, v, 2));
 }
+// Over the 8 lanes of one lane & 3 (one column pair of an m16n8 accumulator tile), every lane
+// gets the result, bit-identical (pairwise order).
+__device__ __forceinline__ float column_lanes_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 4);
+  v += __shfl_xor_sync(0xffffffffu, v, 8);
+  return v + __shfl_xor_sync(0xffffffffu, v, 16);
+}
+__device__ __forceinline__ float column_lanes_max(float v) {
+  v = max_nan(v, __shfl_xor_sync(0xffffffffu, v, 4));
+  v = max_nan(v, __shfl_xor_sync(0xffffffffu, v, 8));
+  return max_nan(v, __shfl_xor_sync(0xffffffffu, v, 16));
+}
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -85,7 +85,7 @@ describe("select-mma", () => {
 });
 
 describe("place-fragments", () => {
-  it("keeps element-wise and row-reduced accumulators in registers, column-reduced or re-read tiles in shared memory", () => {
+  it("keeps element-wise and reduced accumulators in registers, scanned or re-read tiles in shared memory", () => {
     const k = kernel("frags", 4, (k) => {
       const n = k.param("n", "i32");
       const Y = k.tensor("Y", "f32", [n, 32, 32], "out");
@@ -94,14 +94,18 @@ describe("place-fragments", () => {
       const y = k.reg("y", [32, 32], "f32"); // reads acc at [row, col]: registers of the same tiling
       const w = k.reg("w", [32, 32], "f32"); // row-reduced: registers (two units per row: a scratch)
       const m = k.reg("m", [32], "f32"); // 1-D: shared memory
-      const c = k.reg("c", [32, 32], "f32"); // column-reduced: shared memory
+      const c = k.reg("c", [32, 32], "f32"); // column-reduced: registers (two units per column: a scratch)
       const cs = k.reg("cs", [32], "f32");
+      const x = k.reg("x", [32, 32], "f32"); // scanned: shared memory
       k.fill(a, 1);
       k.mma(acc, a, a);
       k.mma(w, a, a);
       k.reduce(m, w, "max", 1);
       k.mma(c, a, a);
       k.reduce(cs, c, "sum", 0);
+      k.mma(x, a, a);
+      k.cumsum(x, x, 1);
+      k.store(Y, [k.programId(0), range(0, 32), range(0, 32)], x);
       k.map(m, ({ row }) => m.at(row).add(cs.at(row)));
       k.map(acc, ({ row, col }) => acc.at(row, col).mul(m.at(row)));
       k.map(y, ({ row, col }) => acc.at(row, col).add(1));
@@ -116,15 +120,20 @@ describe("place-fragments", () => {
         frag y: f32[32, 32] (32x32 in 16x16 units over 4 warps)
         frag w: f32[32, 32] (32x32 in 16x16 units over 4 warps)
         smem m: f32[32]
-        smem c: f32[32, 32]
+        frag c: f32[32, 32] (32x32 in 16x16 units over 4 warps)
         smem cs: f32[32]
+        smem x: f32[32, 32]
         smem m_part: f32[2, 32]
+        smem cs_part: f32[2, 32]
         a[row, col] = 1.0
         acc = mma.tc(a, a) [32x32 in 16x16 units over 4 warps]
         w = mma.tc(a, a) [32x32 in 16x16 units over 4 warps]
         m = reduce_max(w, axis=1) via m_part
         c = mma.tc(a, a) [32x32 in 16x16 units over 4 warps]
-        cs = reduce_sum(c, axis=0)
+        cs = reduce_sum(c, axis=0) via cs_part
+        x = mma.tc(a, a) [32x32 in 16x16 units over 4 warps]
+        x = cumsum(x, axis=1)
+        store Y[pid.x, 0:+32, 0:+32] = x
         m[row] = (m[row] + cs[row])
         acc[row, col] = (acc[row, col] * m[row])
         y[row, col] = (acc[row, col] + 1.0)

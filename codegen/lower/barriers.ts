@@ -80,7 +80,7 @@ function accessModes(k: LKernel, s: LStmt): { reads: Map<string, Mode>; writes: 
     }
     for (const [n, m] of modes) r.set(n, m);
   }
-  // a frag row reduce combining through its scratch writes dst[r] from thread r mod threads, as a 1-D map does
+  // a frag reduce combining through its scratch writes dst[i] from thread i mod threads, as a 1-D map does
   if (s.kind === "reduce" && s.scratch !== null) w.set(s.dst, shapeKey(s.dst));
   if (s.kind === "load" && s.mode === "scalar" && s.stage === null && smem(s.dst)) w.set(s.dst, shapeKey(s.dst));
   if (s.kind === "store" && smem(s.src) && s.slices.every((x) => !exprReads(x.kind === "at" ? x.at : x.start).has(s.src)))

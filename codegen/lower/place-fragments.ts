@@ -5,16 +5,16 @@
 //   - a load fills it or a store writes it out (any element order works),
 //   - a map writes it, or reads it at exactly [row, col] while writing another tile of the same
 //     tiling (so the thread that owns the element computes it).
-//   - a reduce along axis 1 reads it (one value per row: combined in registers, then across the
-//     quad's lanes by shuffles, then across warps through a small shared scratch).
-// Tiles that are reduced along axis 0, scanned, fed to an mma or read at another element stay in
-// shared memory, and so do 1-D reg tiles (row vectors, reduce destinations) for now. Decided as a fixed point, since a map can tie
+//   - a reduce reads it (one value per row or column: combined in registers, then across the
+//     lanes that share the row or column by shuffles, then across warps through a small scratch).
+// Tiles that are scanned, fed to an mma or read at another element stay in shared memory, and so
+// do 1-D reg tiles (row vectors, reduce destinations) for now. Decided as a fixed point, since a map can tie
 // several tiles to each other; capped at MAX_FRAG_REGISTERS per tile and MAX_FRAG_REGISTERS_TOTAL
 // for the tiles live at any one point (plan-shared's live ranges: tiles of disjoint phases do not
 // compete, nvcc reuses their registers).
 
 import type { Expr } from "../../dsl/ir.ts";
-import { exprReads, mapStmts, readNodes, sameTiling, stmtAccess, tilingUnitsPerRow, walkStmts, type LBuffer, type LKernel, type WarpTiling } from "../lir.ts";
+import { exprReads, mapStmts, readNodes, sameTiling, stmtAccess, reducePartials, walkStmts, type LBuffer, type LKernel, type WarpTiling } from "../lir.ts";
 import { liveRanges } from "./plan-shared.ts";
 import { chooseTiling, fragRegisters, MAX_FRAG_REGISTERS, MAX_FRAG_REGISTERS_TOTAL } from "./rules.ts";
 
@@ -77,10 +77,10 @@ function prune(k: LKernel, set: Map<string, WarpTiling>): boolean {
           break;
         }
         case "reduce":
-          if (s.src !== name || s.axis !== 1) drop.add(name);
+          if (s.src !== name) drop.add(name);
           break;
         case "reduce":
-          if (s.src !== name || s.axis !== 1) drop.add(name);
+          if (s.src !== name) drop.add(name);
           break;
         default:
           drop.add(name);
@@ -118,24 +118,26 @@ export function fragmentTilings(k: LKernel): Map<string, WarpTiling> {
   }
 }
 
-/** Row reduces of frag tiles whose rows several units share get a shared scratch [units, rows]
- * for the cross-warp combine, one per (destination, shape), named after the destination. */
+/** Reduces of frag tiles whose rows (axis 1) or columns (axis 0) several units share get a shared
+ * scratch [units, rows or columns] for the cross-warp combine, one per (destination, shape),
+ * named after the destination. */
 function withScratch(k: LKernel, set: Map<string, WarpTiling>): LKernel {
   const names = new Set([...k.params.map((p) => p.name), ...k.tensors.map((t) => t.name), ...k.buffers.map((b) => b.name)]);
   const made = new Map<string, string>(); // "dst:units" -> scratch name
   const extra: LBuffer[] = [];
   const body = mapStmts(k.body, (s) => {
     if (s.kind !== "reduce" || !set.has(s.src)) return s;
-    const t = set.get(s.src)!, units = tilingUnitsPerRow(t);
+    const t = set.get(s.src)!, units = reducePartials(t, s.axis);
     if (units === 1) return s;
-    const key = `${s.dst}:${units}`;
+    const len = s.axis === 1 ? t.m : t.n;
+    const key = `${s.dst}:${units}x${len}`;
     let name = made.get(key);
     if (!name) {
       name = `${s.dst}_part`;
       for (let i = 2; names.has(name); i++) name = `${s.dst}_part${i}`;
       names.add(name);
       made.set(key, name);
-      extra.push({ name, type: { shape: [units, t.m], dtype: "f32", space: "shared" }, home: "smem", pitch: t.m, copies: 1, offset: null, tiling: null });
+      extra.push({ name, type: { shape: [units, len], dtype: "f32", space: "shared" }, home: "smem", pitch: len, copies: 1, offset: null, tiling: null });
     }
     return { ...s, scratch: name };
   });
