@@ -17,6 +17,7 @@ import { DeviceBuffer } from "./device.ts";
 import {
   checkFatbin,
   DEFAULT_MANIFEST,
+  defaultGenCommand,
   genCommand,
   launchKernel,
   loadKernel,
@@ -92,7 +93,7 @@ interface PreparedStep {
 /** CUDA's grid size limits per axis. */
 const GRID_LIMITS = [2 ** 31 - 1, 65535, 65535] as const;
 
-const regenCommand = (k: ManifestKernel): string => (k.manifest === DEFAULT_MANIFEST ? "npx retention gen --out generated --compile" : genCommand(k.spec));
+const regenCommand = (k: ManifestKernel): string => (k.manifest === DEFAULT_MANIFEST ? defaultGenCommand() : genCommand(k.spec));
 
 /** Check a plan against the manifest and itself; throws before any GPU work. */
 export function preparePlan(plan: Plan): PreparedStep[] {

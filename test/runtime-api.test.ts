@@ -388,7 +388,7 @@ describe("kernel lookup in the manifest", () => {
       const { Q, K, V, G } = qkvg();
       const e = thrown(() => powerRetention(Q, K, V, G, { chunk: 16 }));
       expect(e).toBeInstanceOf(MissingKernelError);
-      expect(e.message).toMatch(/no kernel manifest found .*nowhere.*`npx retention gen --out generated --compile`/);
+      expect(e.message).toMatch(/no kernel manifest found .*nowhere.*`npx retention gen --out generated( --build-dir \S+)? --compile`/);
     } finally {
       process.env.PRT_MANIFEST = prev;
     }
