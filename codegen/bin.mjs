@@ -1,5 +1,7 @@
 #!/usr/bin/env node
-// `retention` (package.json "bin"): registers tsx so Node runs the TypeScript CLI directly.
+// `retention` from the sources, for development (tests and the checkout's scripts use it): tsx
+// (a devDependency) registers so that Node runs the TypeScript CLI directly. The installed
+// package's `retention` is the compiled dist/codegen/bin.js (codegen/bin.ts).
 import { register } from "tsx/esm/api";
 
 register();

@@ -243,7 +243,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   return p.flags.has("compile") ? build(out, buildDir, jobs) : 0;
 }
 
-/** The process entry (bin.mjs): exit 2 on usage errors, 1 on failures. */
+/** The process entry (bin.ts compiled, or bin.mjs through tsx): exit 2 on usage errors, 1 on failures. */
 export async function run(argv: readonly string[]): Promise<void> {
   try {
     process.exitCode = await main(argv);

@@ -5,7 +5,6 @@
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import Handlebars from "handlebars";
 import type { DType } from "../dsl/dtype.ts";
 import { printExpr } from "../dsl/print.ts";
@@ -20,8 +19,9 @@ import { SMEM_LIMIT } from "./lower/rules.ts";
 import { kernelSymbol, planData, planSchedules } from "./plan-data.ts";
 import { cArgs, tablesUsed } from "./render-cuda.ts";
 import { renderSymPowHeader, symPowHeaderName } from "./render-tables.ts";
+import { REPO_ROOT } from "../runtime/package-root.ts";
 
-export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+export { REPO_ROOT };
 const TEMPLATES = path.join(REPO_ROOT, "templates");
 export const DEVICE_HEADER = "prt_tile.cuh";
 

@@ -42,7 +42,8 @@ export function scheduleKey(s: Schedule): string {
   return `w${s.numWarps}_bd${s.blockD}_bt${s.blockT}_s${s.stages}`;
 }
 
-const isPow2 = (n: number): boolean => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
+// not n & (n - 1): bitwise operators truncate to 32 bits, so 2^40 + 2^36 would pass
+const isPow2 = (n: number): boolean => Number.isSafeInteger(n) && n > 0 && 2 ** Math.round(Math.log2(n)) === n;
 
 /** The largest state a spec may have, in f32 elements per head (2^28: 1 GiB). */
 export const MAX_STATE_ELEMENTS = 2 ** 28;

@@ -16,8 +16,9 @@ export interface SymPowTable {
 }
 
 export function binomial(n: number, k: number): number {
+  k = Math.min(k, n - k); // C(n, k) = C(n, n - k): at most min(k, n - k) steps, so deg = 1e300 is no loop
   let r = 1;
-  for (let i = 1; i <= k; i++) r = (r * (n - k + i)) / i;
+  for (let i = 1; i <= k && Number.isFinite(r); i++) r = (r * (n - k + i)) / i;
   return Math.round(r);
 }
 

@@ -17,6 +17,7 @@ import { DeviceBuffer } from "./device.ts";
 import {
   checkFatbin,
   DEFAULT_MANIFEST,
+  defaultGenCommand,
   genCommand,
   launchKernel,
   loadKernel,
@@ -28,7 +29,7 @@ import {
   type ManifestKernel,
 } from "./kernels.ts";
 import { loadNative } from "./native.ts";
-import { requireGpu } from "./validate.ts";
+import { ArgumentError, requireGpu } from "./validate.ts";
 
 /** Programs per grid axis of `k` for these params: its grid expressions, evaluated as the interpreter does. */
 export function evalGrid(k: Kernel, params: Readonly<Record<string, number>>): [number, number, number] {
@@ -76,6 +77,11 @@ export interface GpuRunOptions {
   readonly keep?: readonly string[];
   /** The API function on whose behalf the plan runs, for error messages (default executeOnGpu). */
   readonly caller?: string;
+  /** The API argument each plan param comes from (e.g. { b: "Q" }): a size over a limit is then an
+   * ArgumentError naming it. */
+  readonly argOf?: Readonly<Record<string, string>>;
+  /** The API argument each input buffer is (default its buffer name), for errors. */
+  readonly inputArg?: Readonly<Record<string, string>>;
   /** Called after each launch with its description (name{spec}{schedule} grid, block, smem). */
   readonly onLaunch?: (what: string) => void;
 }
@@ -92,10 +98,11 @@ interface PreparedStep {
 /** CUDA's grid size limits per axis. */
 const GRID_LIMITS = [2 ** 31 - 1, 65535, 65535] as const;
 
-const regenCommand = (k: ManifestKernel): string => (k.manifest === DEFAULT_MANIFEST ? "npx retention gen --out generated --compile" : genCommand(k.spec));
+const regenCommand = (k: ManifestKernel): string => (k.manifest === DEFAULT_MANIFEST ? defaultGenCommand() : genCommand(k.spec));
 
-/** Check a plan against the manifest and itself; throws before any GPU work. */
-export function preparePlan(plan: Plan): PreparedStep[] {
+/** Check a plan against the manifest and itself; throws before any GPU work. With `names`, a grid
+ * over CUDA's limits is an ArgumentError of `names.caller` naming the argument its sizes come from. */
+export function preparePlan(plan: Plan, names?: { readonly caller: string; readonly argOf: Readonly<Record<string, string>> }): PreparedStep[] {
   const buffers = new Map(plan.buffers.map((b) => [b.name, b]));
   for (const o of plan.outputs) if (!buffers.has(o)) throw new Error(`plan output '${o}' is not a plan buffer`);
   const manifests = loadManifests();
@@ -128,11 +135,14 @@ export function preparePlan(plan: Plan): PreparedStep[] {
     if (entry.threads !== 32 * kernel.numWarps) stale(`it runs ${entry.threads} threads per block but the DSL kernel has ${kernel.numWarps} warps`);
     const grid = evalGrid(kernel, step.params);
     GRID_LIMITS.forEach((lim, i) => {
-      if (grid[i]! > lim)
-        throw new Error(
-          `${printExpr(kernel.grid[i]!).replace(/\$/g, "")} = ${grid[i]} (${Object.entries(step.params).map(([k, v]) => `${k} = ${v}`).join(", ")}) is more than ${lim}, ` +
-            `the most programs CUDA runs on axis ${"xyz"[i]} of kernel ${kernel.name}'s grid; split the call (smaller b or fewer heads per call)`,
-        );
+      if (grid[i]! <= lim) return;
+      const expr = printExpr(kernel.grid[i]!).replace(/\$/g, "");
+      const msg =
+        `${expr} = ${grid[i]} (${Object.entries(step.params).map(([k, v]) => `${k} = ${v}`).join(", ")}) is more than ${lim}, ` +
+        `the most programs CUDA runs on axis ${"xyz"[i]} of kernel ${kernel.name}'s grid; split the call (smaller b or fewer heads per call)`;
+      const param = names && Object.keys(names.argOf).find((k) => new RegExp(`\\b${k}\\b`).test(expr));
+      if (names && param) throw new ArgumentError(names.caller, names.argOf[param]!, msg);
+      throw new Error(msg);
     });
     const what = `${kernel.name}{${specKey(step.spec)}}{${scheduleKey(step.schedule)}}`;
     return { step, kernel, entry, grid, what };
@@ -152,7 +162,7 @@ export function executeOnGpu(
   opts: GpuRunOptions = {},
 ): Record<string, DeviceBuffer> {
   // ---- everything that needs no GPU ------------------------------------------------------------
-  const prepared = preparePlan(plan);
+  const prepared = preparePlan(plan, opts.argOf ? { caller: opts.caller ?? "executeOnGpu", argOf: opts.argOf } : undefined);
   for (const b of plan.buffers) {
     if (b.init !== "input") continue;
     const x = inputs[b.name];
@@ -166,6 +176,12 @@ export function executeOnGpu(
   const handBack = new Set([...plan.outputs, ...(opts.keep ?? [])]);
   for (const k of handBack) if (!plan.buffers.some((b) => b.name === k)) throw new Error(`keep: '${k}' is not a plan buffer`);
   requireGpu(opts.caller ?? "executeOnGpu");
+  for (const b of plan.buffers) {
+    const x = inputs[b.name];
+    if (b.init === "input" && !(x instanceof DeviceBuffer) && !((x as { buffer?: unknown }).buffer instanceof DeviceBuffer))
+      throw new ArgumentError(opts.caller ?? "executeOnGpu", opts.inputArg?.[b.name] ?? b.name,
+        "expected a Tensor (Tensor.upload, zeros or empty), received an object with a tensor's fields but no device memory");
+  }
   for (const p of prepared) checkFatbin(p.entry);
 
   // ---- on the GPU ----------------------------------------------------------------------------

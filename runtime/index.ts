@@ -31,7 +31,8 @@ import {
 export { Tensor } from "./tensor.ts";
 export { cudaAvailable, type CudaAvailability } from "./device.ts";
 export { ArgumentError, GpuUnavailableError, DEFAULT_CHUNK } from "./validate.ts";
-export { MissingKernelError, genCommand, buildCommand, findKernel, loadManifests, manifestPaths, kernelDir } from "./kernels.ts";
+export { MissingKernelError, genCommand, buildCommand, findKernel, loadManifests } from "./kernels.ts";
+export { KERNELS_ENV, kernelSearchPath, manifestPaths, fatbinDirs, projectRoot, type SearchPlace } from "./search-path.ts";
 export { evalGrid, executeOnGpu, preparePlan, withManifestSchedules } from "./execute-gpu.ts";
 export { f16Bits, bf16Bits, f16Value, bf16Value } from "./convert.ts";
 
@@ -92,6 +93,10 @@ export interface RetentionResult {
   readonly saved: RetentionSaved;
 }
 
+/** The argument each plan size comes from, for size-limit errors (execute-gpu.ts, argOf). */
+const CALL_SIZES = { b: "Q", t: "Q", n: "Q", hq: "Q", h: "K" } as const;
+const DECODER_SIZES = { b: "opts.b", hq: "opts.hq", h: "opts.h", tq: "opts.chunk", tn: "Q" } as const;
+
 const gpuInputs = (x: Record<string, Tensor | null | undefined>): Record<string, BufferSource> =>
   Object.fromEntries(Object.entries(x).filter((e): e is [string, Tensor] => !!e[1]));
 
@@ -109,7 +114,7 @@ export function powerRetention(Q: Tensor, K: Tensor, V: Tensor, logG: Tensor | n
   if (typeof opts !== "object" || opts === null) throw new ArgumentError(fn, "opts", `expected an options object, received ${String(opts)}`);
   checkOptionNames(fn, "opts", opts, ["deg", "scale", "chunk", "initialState", "returnState", "schedules", "syncEachLaunch"], ["returnState", "syncEachLaunch"]);
   const sizes = checkQKVG(fn, Q, K, V, logG);
-  const o = checkRetentionOptions(fn, sizes.d, opts);
+  const o = checkRetentionOptions(fn, sizes.d, opts, sizes.e);
   const init = opts.initialState ? checkState(fn, "opts.initialState", opts.initialState, { ...sizes, deg: o.deg }, (Q as TensorInfo).device) : null;
   const problem: Problem = {
     ...sizes, deg: o.deg, chunk: o.chunk, scale: o.scale,
@@ -121,7 +126,7 @@ export function powerRetention(Q: Tensor, K: Tensor, V: Tensor, logG: Tensor | n
   const out = executeOnGpu(
     plan,
     gpuInputs({ Q, K, V, logG, S0: opts.initialState?.S, Z0: opts.initialState?.Z }),
-    { syncEachLaunch: opts.syncEachLaunch, caller: fn },
+    { syncEachLaunch: opts.syncEachLaunch, caller: fn, argOf: CALL_SIZES, inputArg: { S0: "opts.initialState.S", Z0: "opts.initialState.Z" } },
   );
   const Y = wrap(out, plan, "Y");
   const lse = wrap(out, plan, "lse");
@@ -198,7 +203,10 @@ export function powerRetentionBackward(saved: RetentionSaved, dY: Tensor, opts: 
   for (const b of plan.buffers)
     if (b.init === "input" && !inputs[b.name])
       throw new Error(`${fn}: the backward plan reads '${b.name}', which the forward did not keep (a plan mismatch)`);
-  const out = executeOnGpu(plan, inputs, { syncEachLaunch: saved.syncEachLaunch, caller: fn });
+  const out = executeOnGpu(plan, inputs, { syncEachLaunch: saved.syncEachLaunch, caller: fn,
+    argOf: { ...CALL_SIZES, b: "dY", t: "dY", n: "dY", hq: "dY", h: "saved.K" },
+    inputArg: { ...Object.fromEntries(Object.keys(inputs).map((k) => [k, `saved.${k}`])), S0: "saved.initialState.S", Z0: "saved.initialState.Z", dY: "dY", dSfinal: "opts.dState.S", dZfinal: "opts.dState.Z" },
+  });
   const dlogG = wrap(out, plan, "dlogG");
   if (!problem.gated) dlogG.free();
   const grads = {
@@ -256,14 +264,14 @@ export class Decoder {
       throw new ArgumentError(fn, "opts.hq", `expected a multiple of opts.h = ${opts.h} (grouped-query attention), received ${opts.hq}`);
     if (typeof opts.gated !== "boolean") throw new ArgumentError(fn, "opts.gated", `expected true or false, received ${show(opts.gated)}`);
     const dtype = checkDType(fn, "opts.dtype", opts.dtype ?? "f32");
-    const o = checkRetentionOptions(fn, opts.d, opts);
+    const o = checkRetentionOptions(fn, opts.d, opts, e, "opts.e", "opts.d");
     this.problem = { b: opts.b, hq: opts.hq, h: opts.h, d: opts.d, e, deg: o.deg, chunk: o.chunk, dtype, scale: o.scale, gated: opts.gated };
     if (opts.initialState) checkState(fn, "opts.initialState", opts.initialState, this.problem, 0);
     // every kernel a step may launch (append, decode, fold) must be in the manifest
     const p = this.problem;
     const { built, schedules } = withManifestSchedules((s) => decodePlan(p, 0, p.chunk, s), (x) => x.plan, opts.schedules);
     this.schedules = schedules;
-    preparePlan(built.plan);
+    preparePlan(built.plan, { caller: fn, argOf: DECODER_SIZES });
     requireGpu(fn);
     const bufs: Partial<Record<string, DeviceBuffer>> = {};
     try {
@@ -328,7 +336,7 @@ export class Decoder {
     if (p.gated && !logG) throw new ArgumentError(fn, "logG", "expected a [b, tn, h] f32 tensor (the decoder is gated), received null");
     if (!p.gated && logG) throw new ArgumentError(fn, "logG", "expected null (the decoder was created with gated: false), received a tensor");
     const { plan, len } = decodePlan(p, this.#len, s.t, this.schedules);
-    const out = executeOnGpu(plan, { ...gpuInputs({ Q: q, K: k, V: v, logG }), ...bufs }, { caller: fn });
+    const out = executeOnGpu(plan, { ...gpuInputs({ Q: q, K: k, V: v, logG }), ...bufs }, { caller: fn, argOf: { ...DECODER_SIZES, tn: "Q" } });
     this.#len = len;
     return wrap(out, plan, "Y");
   }

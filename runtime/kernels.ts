@@ -5,13 +5,14 @@
 // Lookups are pure (no GPU), so a spec that was never generated, or a fatbin that was never built,
 // is reported on any machine, with the command that builds it.
 
-import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import path from "node:path";
 import type { Kernel } from "../dsl/ir.ts";
 import { scheduleKey, specKey, type Schedule, type Spec } from "../dsl/spec.ts";
 import { MANIFEST_FORMAT } from "../codegen/manifest.ts";
 import { cudaAvailable } from "./device.ts";
-import { loadNative, REPO_ROOT, type DevicePtr, type FunctionHandle, type KernelArg, type ModuleHandle } from "./native.ts";
+import { DEFAULT_MANIFEST, describeSearchPath, fatbinDirs, kernelSearchPath, projectExtraDir } from "./search-path.ts";
+import { loadNative, type DevicePtr, type FunctionHandle, type KernelArg, type ModuleHandle } from "./native.ts";
 
 /** One compiled kernel as the runtime sees it (read from a manifest entry, codegen/manifest.ts). */
 export interface ManifestKernel {
@@ -32,8 +33,10 @@ export interface ManifestKernel {
   /** The CUDA source's absolute path and hash. */
   readonly source: string;
   readonly hash: string;
-  /** The fatbin's absolute path. */
+  /** The fatbin's absolute path: the first of `fatbinCandidates` that exists, else the first. */
   readonly fatbin: string;
+  /** Where the fatbin is looked for, in order (search-path.ts, fatbinDirs). */
+  readonly fatbinCandidates: readonly string[];
   /** The manifest it came from. */
   readonly manifest: string;
   /** The command that compiles its fatbin. */
@@ -47,54 +50,34 @@ export interface Manifest {
   readonly kernels: readonly ManifestKernel[];
 }
 
-/** generated/manifest.json, where `gen` writes the default set. */
-export const DEFAULT_MANIFEST = path.join(REPO_ROOT, "generated", "manifest.json");
-/** Where the runtime's suggested gen commands put extra specs: build/generated/<specKey>/. */
-export const EXTRA_DIR = path.join(REPO_ROOT, "build", "generated");
+export { DEFAULT_MANIFEST, manifestPaths, kernelSearchPath, fatbinDirs, KERNELS_ENV } from "./search-path.ts";
 
-/**
- * The manifests searched, in order: env PRT_MANIFEST (a ':'-separated list of files) if set, else
- * generated/manifest.json and every build/generated/<spec>/manifest.json (extra specs built with
- * the command a missing-kernel error gives).
- */
-export function manifestPaths(): string[] {
-  const env = process.env.PRT_MANIFEST;
-  if (env) return env.split(":").filter(Boolean).map((f) => path.resolve(f));
-  const extra = existsSync(EXTRA_DIR)
-    ? readdirSync(EXTRA_DIR)
-        .sort()
-        .map((d) => path.join(EXTRA_DIR, d, "manifest.json"))
-        .filter((f) => existsSync(f))
-    : [];
-  return [DEFAULT_MANIFEST, ...extra];
-}
-
-/** Where compiled fatbins are looked for: build/kernels (gen's default --build-dir), or env PRT_KERNEL_DIR. */
-export function kernelDir(): string {
-  return process.env.PRT_KERNEL_DIR ? path.resolve(process.env.PRT_KERNEL_DIR) : path.join(REPO_ROOT, "build", "kernels");
-}
-
-/** A path for a command line: relative to the repository root (where commands run) when inside it. */
+/** A path for a command line run from the working directory: relative to it when inside it. */
 function cliPath(p: string): string {
-  const rel = path.relative(REPO_ROOT, p);
+  const rel = path.relative(process.cwd(), p);
   return rel && !rel.startsWith("..") && !path.isAbsolute(rel) ? rel : p;
 }
 
 function buildDirOption(): string {
-  return process.env.PRT_KERNEL_DIR ? ` --build-dir ${cliPath(kernelDir())}` : "";
+  return process.env.PRT_KERNEL_DIR ? ` --build-dir ${cliPath(path.resolve(process.env.PRT_KERNEL_DIR))}` : "";
+}
+
+/** The command that regenerates and compiles the default set (the package's generated/). */
+export function defaultGenCommand(): string {
+  return `npx retention gen --out ${cliPath(path.dirname(DEFAULT_MANIFEST))}${buildDirOption()} --compile`;
 }
 
 /**
- * The command (run from the repository root) that generates and compiles every kernel of `spec`
- * into a folder of its own, build/generated/<specKey>, which the runtime searches. (It leaves
- * generated/, the default set, alone: gen replaces the manifest of the folder it writes.)
+ * The command (run from the working directory) that generates and compiles every kernel of `spec`
+ * into a folder of its own, <project>/build/generated/<specKey>, which the runtime searches. (It
+ * leaves generated/, the default set, alone: gen replaces the manifest of the folder it writes.)
  */
 export function genCommand(spec: Spec): string {
-  const out = cliPath(path.join(EXTRA_DIR, specKey(spec)));
+  const out = cliPath(path.join(projectExtraDir(), specKey(spec)));
   return `npx retention gen --deg ${spec.deg} --d ${spec.d} --e ${spec.e} --chunk ${spec.chunk} --dtype ${spec.dtype} --out ${out}${buildDirOption()} --compile`;
 }
 
-/** The command that compiles the sources a manifest lists (fatbins into kernelDir()). */
+/** The command that compiles the sources a manifest lists (fatbins into gen's default --build-dir). */
 export function buildCommand(manifestFile: string): string {
   const dir = path.dirname(manifestFile);
   const out = dir === path.dirname(DEFAULT_MANIFEST) ? "" : ` --out ${cliPath(dir)}`;
@@ -115,7 +98,7 @@ const sameSpec = (a: Spec, b: Spec): boolean =>
   a.deg === b.deg && a.d === b.d && a.e === b.e && a.chunk === b.chunk && a.dtype === b.dtype;
 const sameSchedule = (a: Schedule, b: Schedule): boolean => scheduleKey(a) === scheduleKey(b);
 
-function parseEntry(raw: Record<string, unknown>, file: string, kdir: string): ManifestKernel {
+function parseEntry(raw: Record<string, unknown>, file: string, dirs: readonly string[]): ManifestKernel {
   const need = <T>(key: string, ok: (v: unknown) => boolean): T => {
     const v = raw[key];
     if (!ok(v))
@@ -131,6 +114,7 @@ function parseEntry(raw: Record<string, unknown>, file: string, kdir: string): M
   const schedule = need<Schedule>("schedule", isObj);
   const args = need<{ name: string }[]>("args", (v) => Array.isArray(v) && v.every((a) => isObj(a) && isStr((a as { name?: unknown }).name)));
   const fatbin = need<string>("fatbin", isStr);
+  const candidates = dirs.map((d) => path.resolve(d, fatbin));
   return {
     name: need<string>("name", isStr),
     spec: { deg: spec.deg, d: spec.d, e: spec.e, chunk: spec.chunk, dtype: spec.dtype },
@@ -143,20 +127,22 @@ function parseEntry(raw: Record<string, unknown>, file: string, kdir: string): M
     fits: (raw.fits as Record<string, boolean> | undefined) ?? {},
     source: path.resolve(path.dirname(file), need<string>("source", isStr)),
     hash: (raw.sourceSha256 as string | undefined) ?? "",
-    fatbin: path.resolve(kdir, fatbin),
+    fatbin: candidates.find((f) => existsSync(f)) ?? candidates[0]!,
+    fatbinCandidates: candidates,
     manifest: file,
     buildCommand: buildCommand(file),
   };
 }
 
-const manifestCache = new Map<string, { mtimeMs: number; kdir: string; manifest: Manifest }>();
+const manifestCache = new Map<string, { mtimeMs: number; kdirs: string; manifest: Manifest }>();
 
 /** One manifest file, parsed (re-read when it changes). */
 export function loadManifest(file: string): Manifest {
   const mtimeMs = statSync(file).mtimeMs;
-  const kdir = kernelDir();
+  const dirs = fatbinDirs(file);
+  const kdirs = dirs.join("\u0000");
   const hit = manifestCache.get(file);
-  if (hit && hit.mtimeMs === mtimeMs && hit.kdir === kdir) return hit.manifest;
+  if (hit && hit.mtimeMs === mtimeMs && hit.kdirs === kdirs) return hit.manifest;
   let raw: { format?: unknown; archs?: unknown; kernels?: unknown };
   try {
     raw = JSON.parse(readFileSync(file, "utf8"));
@@ -169,22 +155,26 @@ export function loadManifest(file: string): Manifest {
   const manifest: Manifest = {
     file,
     archs: Array.isArray(raw.archs) ? (raw.archs as string[]) : [],
-    kernels: raw.kernels.map((k) => parseEntry(k as Record<string, unknown>, file, kdir)),
+    kernels: raw.kernels.map((k) => parseEntry(k as Record<string, unknown>, file, dirs)),
   };
-  manifestCache.set(file, { mtimeMs, kdir, manifest });
+  manifestCache.set(file, { mtimeMs, kdirs, manifest });
   return manifest;
 }
 
-/** Every manifest found (manifestPaths(), those that exist). Throws, with the command, when there is none. */
+/** Every manifest on the search path (search-path.ts). Throws, with the command, when there is none. */
 export function loadManifests(): Manifest[] {
-  const files = manifestPaths();
-  const found = files.filter((f) => existsSync(f));
-  if (found.length === 0)
-    throw new MissingKernelError(
-      `no kernel manifest found (looked for ${files.join(", ")}): generate and compile the default kernels with \`npx retention gen --out generated --compile\``,
-      "npx retention gen --out generated --compile",
-    );
+  const places = kernelSearchPath();
+  const found = [...new Set(places.flatMap((p) => p.manifests))];
+  if (found.length === 0) {
+    const cmd = defaultGenCommand();
+    throw new MissingKernelError(`no kernel manifest found (looked in ${describeSearchPath(places)}): generate and compile the default kernels with \`${cmd}\``, cmd);
+  }
   return found.map(loadManifest);
+}
+
+/** Where a lookup looked, for errors: the PRT_MANIFEST files as given, else the search path. */
+function searchedIn(manifests: readonly Manifest[]): string {
+  return process.env.PRT_MANIFEST ? manifests.map((m) => m.file).join(", ") : `any manifest on the kernel search path (${describeSearchPath()})`;
 }
 
 /** What a lookup that failed lacked: the spec altogether, or the schedule (listing those there are). */
@@ -206,7 +196,7 @@ const describeSpec = (s: Spec): string => `${specKey(s)} (deg ${s.deg}, d ${s.d}
 
 /** One error for every kernel a call lacks, with the command (one gen per spec) that builds them all. */
 export function missingKernelsError(misses: readonly KernelMiss[], manifests: readonly Manifest[]): MissingKernelError {
-  const where = manifests.map((m) => m.file).join(", ");
+  const where = searchedIn(manifests);
   const specs = [...new Map(misses.map((m) => [specKey(m.spec), m.spec])).values()];
   const cmd = specs.map(genCommand).join(" && ");
   const parts = specs.map((spec) => {
@@ -254,13 +244,17 @@ export function manifestSchedule(name: string, spec: Spec): Schedule | undefined
   return undefined;
 }
 
-/** Throw, naming the file and the command that builds it, when the kernel's fatbin is not on disk. */
-export function checkFatbin(k: ManifestKernel): void {
-  if (!existsSync(k.fatbin))
-    throw new MissingKernelError(
-      `the fatbin of kernel ${k.name} (${k.symbol}) is missing: ${k.fatbin} does not exist; compile it with \`${k.buildCommand}\``,
-      k.buildCommand,
-    );
+/** The kernel's fatbin as it is on disk now: the first of its candidates that exists, or null. */
+export function resolveFatbin(k: ManifestKernel): string | null {
+  return k.fatbinCandidates.find((f) => existsSync(f)) ?? null;
+}
+
+/** Throw, naming the file(s) and the command that builds it, when the kernel's fatbin is not on disk. */
+export function checkFatbin(k: ManifestKernel): string {
+  const f = resolveFatbin(k);
+  if (f !== null) return f;
+  const where = k.fatbinCandidates.length === 1 ? `${k.fatbin} does not exist` : `none of ${k.fatbinCandidates.join(", ")} exists`;
+  throw new MissingKernelError(`the fatbin of kernel ${k.name} (${k.symbol}) is missing: ${where}; compile it with \`${k.buildCommand}\``, k.buildCommand);
 }
 
 /** The code a device of compute capability `cc` (e.g. 90) runs from a fatbin: sm_90a on 9.x, sm_80 on 8.x. */
@@ -271,11 +265,11 @@ export function archFor(cc: number): string | null {
 }
 
 /** Throw unless the kernel has code for a device of compute capability `cc` and fits its shared memory. */
-export function checkArch(k: ManifestKernel, archs: readonly string[], cc: number): void {
+export function checkArch(k: ManifestKernel, archs: readonly string[], cc: number, fatbin: string = k.fatbin): void {
   const arch = archFor(cc);
   if (arch === null || !archs.includes(arch))
     throw new Error(
-      `kernel ${k.symbol}: the fatbin ${k.fatbin} holds code for ${archs.join(", ") || "no arch"}, none of which runs on this GPU (compute capability ${Math.floor(cc / 10)}.${cc % 10})`,
+      `kernel ${k.symbol}: the fatbin ${fatbin} holds code for ${archs.join(", ") || "no arch"}, none of which runs on this GPU (compute capability ${Math.floor(cc / 10)}.${cc % 10})`,
     );
   if (k.fits[arch] === false)
     throw new Error(`kernel ${k.symbol} needs ${k.smemBytes} bytes of shared memory per block, more than ${arch} allows; it cannot launch on this GPU`);
@@ -287,17 +281,17 @@ const functions = new Map<string, FunctionHandle>();
 /** The kernel's function handle: its fatbin loaded once, the function looked up once, the dynamic
  * shared memory limit raised when it needs more than the default 48 KiB. */
 export function loadKernel(k: ManifestKernel): FunctionHandle {
-  const key = `${k.fatbin}\u0000${k.symbol}`;
+  const fatbin = checkFatbin(k);
+  const key = `${fatbin}\u0000${k.symbol}`;
   const hit = functions.get(key);
   if (hit !== undefined) return hit;
-  checkFatbin(k);
   const gpu = cudaAvailable();
-  if (gpu.ok) checkArch(k, loadManifest(k.manifest).archs, gpu.cc);
+  if (gpu.ok) checkArch(k, loadManifest(k.manifest).archs, gpu.cc, fatbin);
   const native = loadNative();
-  let mod = modules.get(k.fatbin);
+  let mod = modules.get(fatbin);
   if (mod === undefined) {
-    mod = native.moduleLoad(k.fatbin);
-    modules.set(k.fatbin, mod);
+    mod = native.moduleLoad(fatbin);
+    modules.set(fatbin, mod);
   }
   const fn = native.moduleGetFunction(mod, k.symbol);
   if (k.smemBytes > 48 * 1024) native.functionSetMaxDynamicSmem(fn, k.smemBytes);

@@ -6,7 +6,7 @@
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
+import { REPO_ROOT } from "./package-root.ts";
 
 /** A device pointer (CUdeviceptr). Offsets are plain BigInt arithmetic: `ptr + 256n`. */
 export type DevicePtr = bigint;
@@ -123,8 +123,7 @@ export interface PrtNative {
   eventDestroy(event: EventHandle): void;
 }
 
-/** The repository root (this file lives in <root>/runtime/). */
-export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+export { REPO_ROOT };
 
 /** Where `npm run build:native` puts the addon (PRT_NATIVE_ADDON overrides). */
 export function addonPath(): string {

@@ -3,6 +3,7 @@
 // error names the argument, what was expected and what came.
 
 import { isDType, type DType } from "../dsl/dtype.ts";
+import { MAX_STATE_ELEMENTS } from "../dsl/spec.ts";
 import { featureCount } from "../dsl/sympow.ts";
 import { cudaAvailable } from "./device.ts";
 
@@ -56,7 +57,7 @@ function describe(x: unknown): string {
 }
 
 export { show };
-export const isPow2 = (n: number): boolean => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
+export const isPow2 = (n: number): boolean => Number.isSafeInteger(n) && n > 0 && 2 ** Math.round(Math.log2(n)) === n;
 
 function isTensorInfo(x: unknown): x is TensorInfo {
   if (typeof x !== "object" || x === null) return false;
@@ -150,14 +151,23 @@ export function checkOptionNames(fn: string, name: string, opts: object, known: 
   }
 }
 
+/** deg, scale and chunk resolved; the state D * e (D = binomial(d + deg - 1, deg)) must fit
+ * MAX_STATE_ELEMENTS, else the error names what makes it big: opts.deg, else d (`dArg`) or e (`eArg`). */
 export function checkRetentionOptions(
   fn: string,
   d: number,
   opts: { deg?: unknown; scale?: unknown; chunk?: unknown },
+  e: number = d,
+  eArg = "V",
+  dArg = "Q",
 ): RetentionOptionsResolved {
   const deg = opts.deg ?? 2;
-  if (typeof deg !== "number" || !Number.isInteger(deg) || deg < 2 || deg % 2 !== 0)
+  if (typeof deg !== "number" || !Number.isSafeInteger(deg + d) || deg < 2 || deg % 2 !== 0)
     throw new ArgumentError(fn, "opts.deg", `expected a positive even integer (2, 4, ...), received ${show(deg)}`);
+  const D = featureCount(d, deg);
+  if (!(D * e <= MAX_STATE_ELEMENTS))
+    throw new ArgumentError(fn, deg > 2 && featureCount(d, 2) * e <= MAX_STATE_ELEMENTS ? "opts.deg" : D <= MAX_STATE_ELEMENTS ? eArg : dArg,
+      `deg = ${deg}, d = ${d}, e = ${e} need a state of D * e = ${D.toPrecision(3)} * ${e} f32 per head (D = binomial(d + deg - 1, deg)), more than ${MAX_STATE_ELEMENTS} (1 GiB); lower deg, d or e`);
   const scale = opts.scale ?? 1 / Math.sqrt(d);
   if (typeof scale !== "number" || !Number.isFinite(scale))
     throw new ArgumentError(fn, "opts.scale", `expected a finite number, received ${show(scale)}`);

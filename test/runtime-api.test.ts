@@ -178,6 +178,9 @@ describe("argument validation (before any GPU work)", () => {
     add("deg 0", () => powerRetention(Q, K, V, G, { deg: 0 }), "opts.deg", /received 0/);
     add("chunk not a power of two", () => powerRetention(Q, K, V, G, { chunk: 48 }), "opts.chunk", /opts.chunk: expected a power of two >= 16, received 48/);
     add("chunk too small", () => powerRetention(Q, K, V, G, { chunk: 8 }), "opts.chunk", /received 8/);
+    add("chunk past 2^32 that is no power of two", () => powerRetention(Q, K, V, G, { chunk: 2 ** 40 + 2 ** 36 }), "opts.chunk", /expected a power of two >= 16, received 1168231104512/);
+    add("deg 1e300 (was a hang in binomial)", () => powerRetention(Q, K, V, G, { deg: 1e300 }), "opts.deg", /expected a positive even integer/);
+    add("deg 16: a state over 1 GiB", () => powerRetention(Q, K, V, G, { deg: 16 }), "opts.deg", /need a state of D \* e = .* more than 268435456 \(1 GiB\)/);
     add("scale NaN", () => powerRetention(Q, K, V, G, { scale: NaN }), "opts.scale", /opts.scale: expected a finite number, received NaN/);
     add("K on another device", () => powerRetention(Q, meta([2, 40, 2, 16], "f32", { device: 1 }), V, G), "K", /K: expected a tensor on device 0 \(the device of Q\), received one on device 1/);
     add("logG on another device", () => powerRetention(Q, K, V, meta([2, 40, 2], "f32", { device: 1 })), "logG", /logG: expected a tensor on device 0.*device 1/);
@@ -218,6 +221,7 @@ describe("argument validation (before any GPU work)", () => {
     add("Tensor.zeros: bad shape", () => Tensor.zeros([-1]), "shape", /Tensor.zeros: shape: expected a shape of positive integers/);
     add("Decoder: odd deg", () => new Decoder({ b: 1, hq: 2, h: 1, d: 16, deg: 5, gated: false }), "opts.deg", /new Decoder: opts.deg: expected a positive even integer/);
     add("Decoder: hq vs h", () => new Decoder({ b: 1, hq: 3, h: 2, d: 16, gated: false }), "opts.hq", /opts.hq: expected a multiple of opts.h = 2/);
+    add("Decoder: e of 2^40", () => new Decoder({ b: 1, hq: 2, h: 1, d: 16, e: 2 ** 40, gated: false }), "opts.e", /new Decoder: opts.e: deg = 2, d = 16, e = 1099511627776 need a state/);
     add("Decoder: chunk", () => new Decoder({ b: 1, hq: 2, h: 1, d: 16, chunk: 24, gated: false }), "opts.chunk", /received 24/);
     add("Decoder: gated missing", () => new Decoder({ b: 1, hq: 2, h: 1, d: 16 } as never), "opts.gated", /opts.gated: expected true or false, received undefined/);
     add("Decoder: dtype", () => new Decoder({ b: 1, hq: 2, h: 1, d: 16, dtype: "fp8" as DType, gated: true }), "opts.dtype", /received "fp8"/);
@@ -388,7 +392,7 @@ describe("kernel lookup in the manifest", () => {
       const { Q, K, V, G } = qkvg();
       const e = thrown(() => powerRetention(Q, K, V, G, { chunk: 16 }));
       expect(e).toBeInstanceOf(MissingKernelError);
-      expect(e.message).toMatch(/no kernel manifest found .*nowhere.*`npx retention gen --out generated --compile`/);
+      expect(e.message).toMatch(/no kernel manifest found .*nowhere.*`npx retention gen --out generated( --build-dir \S+)? --compile`/);
     } finally {
       process.env.PRT_MANIFEST = prev;
     }
