@@ -18,6 +18,7 @@ function printImpl(i: MmaImpl | null): string {
 function printBuffer(b: LBuffer): string {
   const shape = `${b.type.dtype}[${b.type.shape.join(", ")}]`;
   if (b.home === "frag") return `  frag ${b.name}: ${shape} (${b.tiling ? printTiling(b.tiling) : "no tiling"})`;
+  if (b.home === "inline") return `  inline ${b.name}: ${shape} (computed in an mma group)`;
   const cols = b.type.shape[1] ?? b.type.shape[0]!;
   const extra = [
     b.pitch !== cols ? `pitch ${b.pitch}` : "",
@@ -49,6 +50,12 @@ export function printLStmt(s: LStmt, ind: string, ranks: Ranks = new Map()): str
       const tiling = s.impl && s.impl.kind !== "fma" ? ` [${printTiling(s.impl.tiling)}]` : "";
       return [`${ind}${s.dst} ${s.accumulate ? "+=" : "="} ${printImpl(s.impl)}(${s.a}${s.transA ? "^T" : ""}, ${s.b}${s.transB ? "^T" : ""})${tiling}`];
     }
+    case "mmaGroup":
+      return [
+        `${ind}mma.group (operands in registers):`,
+        ...s.operands.map((m) => `${ind}  ${m.dst}[row, col] = ${printExpr(m.expr)}`),
+        ...s.mmas.flatMap((m) => printLStmt(m, ind + "  ", ranks)),
+      ];
     case "expand":
       return [`${ind}${s.dst} = sympow${s.deg}(${s.src}, features from ${printExpr(s.offset)})`];
     case "expandGrad":

@@ -3,7 +3,8 @@
 
 import type { BufferDecl, Kernel, Stmt } from "../dsl/ir.ts";
 import { validateKernel } from "../dsl/validate.ts";
-import { bufferOf, mapFragReads, readNodes, sameTiling, smemTileBytes, reducePartials, walkStmts, type LKernel, type LStmt } from "./lir.ts";
+import { bufferOf, mapFragReads, readNodes, sameTiling, smemTileBytes, reducePartials, stmtAccess, walkStmts, type LKernel, type LStmt } from "./lir.ts";
+import { groupPlan } from "./lower/fuse-operands.ts";
 import { SMEM_ALIGN, whyNotAsync, whyNotTensorCores, mmaShape } from "./lower/rules.ts";
 
 /** The DSL kernel an LIR kernel computes (lowering-only statements dropped). */
@@ -17,6 +18,8 @@ export function toDsl(k: LKernel): Kernel {
           const { impl: _impl, ...rest } = s;
           return [rest];
         }
+        case "mmaGroup":
+          return [...s.operands, ...s.mmas.map(({ impl: _impl, ...rest }): Stmt => rest)];
         case "reduce": {
           const { scratch: _scratch, ...rest } = s;
           return [rest];
@@ -45,7 +48,9 @@ export function validateLir(k: LKernel): string[] {
 
   for (const b of k.buffers) {
     const cols = b.type.shape[1] ?? b.type.shape[0]!;
-    if (b.home === "frag") {
+    if (b.home === "inline") {
+      if (b.offset !== null || b.tiling !== null) where(`inline tile ${b.name} has an offset or a tiling`);
+    } else if (b.home === "frag") {
       if (!b.tiling) where(`frag tile ${b.name} has no warp tiling`);
       else if (b.type.shape.length !== 2 || b.tiling.m !== b.type.shape[0] || b.tiling.n !== b.type.shape[1])
         where(`frag tile ${b.name} [${b.type.shape}] does not match its tiling ${b.tiling.m}x${b.tiling.n}`);
@@ -63,11 +68,55 @@ export function validateLir(k: LKernel): string[] {
     where(`shared memory is planned but some tiles have no offset`);
 
   const frag = (n: string): boolean => bufferOf(k, n).home === "frag";
+  const inline = (n: string): boolean => bufferOf(k, n).home === "inline";
+  const computedBy = new Map<string, number>();
   walkStmts(k.body, (s) => {
+    if (s.kind === "mmaGroup") for (const m of s.operands) computedBy.set(m.dst, (computedBy.get(m.dst) ?? 0) + 1);
+  });
+  for (const b of k.buffers)
+    if (b.home === "inline" && computedBy.get(b.name) !== 1) where(`inline tile ${b.name} is computed by ${computedBy.get(b.name) ?? 0} mma groups, expected 1`);
+  walkStmts(k.body, (s) => {
+    if (s.kind !== "mmaGroup") for (const n of [...stmtAccess(s).reads, ...stmtAccess(s).writes]) if (inline(n)) where(`inline tile ${n} is used outside its mma group`);
     switch (s.kind) {
+      case "mmaGroup": {
+        const first = s.mmas[0];
+        if (!first || s.operands.length === 0) {
+          where(`mma group without ${first ? "computed operands" : "mmas"}`);
+          break;
+        }
+        const names = new Set(s.operands.map((m) => m.dst));
+        for (const m of s.operands) {
+          const b = bufferOf(k, m.dst);
+          if (b.home !== "inline") where(`mma group: computed tile ${m.dst} is not inline`);
+          const T = bufferOf(k, first.a).type.dtype;
+          if (b.type.dtype === "f32" || b.type.dtype !== T) where(`mma group: computed tile ${m.dst} is ${b.type.dtype}, expected the mma's ${T} (f16/bf16)`);
+          if (mapFragReads(k, m).length) where(`mma group: ${m.dst} reads frag tiles`);
+          if (!s.mmas.some((x) => x.a === m.dst || x.b === m.dst)) where(`mma group: ${m.dst} feeds none of its mmas`);
+        }
+        const sides = new Set<string>();
+        s.mmas.forEach((x, i) => {
+          if (x.impl?.kind !== "tc") where(`mma group into ${x.dst}: every mma must run on tensor cores`);
+          else if (first.impl?.kind === "tc" && !sameTiling(x.impl.tiling, first.impl.tiling)) where(`mma group into ${x.dst}: tilings differ`);
+          if (x.dst !== first.dst) where(`mma group: destinations ${first.dst} and ${x.dst} differ`);
+          if (i > 0 && !x.accumulate) where(`mma group into ${x.dst}: mma ${i + 1} overwrites the accumulator`);
+          if (mmaShape(k, x).k !== mmaShape(k, first).k) where(`mma group into ${x.dst}: k differs`);
+          if (names.has(x.a) && names.has(x.b)) where(`mma group into ${x.dst}: both operands computed`);
+          if (names.has(x.a)) sides.add(`A${x.transA ? "^T" : ""}`);
+          if (names.has(x.b)) sides.add(`B${x.transB ? "^T" : ""}`);
+          for (const o of [x.a, x.b]) if (!names.has(o) && bufferOf(k, o).home !== "smem") where(`mma group into ${x.dst}: operand ${o} is neither computed nor in shared memory`);
+          const why = whyNotTensorCores(k, x);
+          if (why) where(`mma group into ${x.dst}: ${why}`);
+        });
+        if (sides.size > 1) where(`mma group into ${first.dst}: computed operands on several sides (${[...sides].join(", ")})`);
+        for (const src of groupPlan(k, s).fragmentSources) {
+          const b = bufferOf(k, src);
+          if ((b.pitch * 2) % 16 !== 0) where(`mma group into ${first.dst}: fragment source ${src} rows are not 16-byte aligned (pitch ${b.pitch})`);
+        }
+        break;
+      }
       case "mma": {
         if (s.dst === s.a || s.dst === s.b) where(`mma ${s.dst}: destination is also an operand`);
-        if (frag(s.a) || frag(s.b)) where(`mma ${s.dst}: operands must be in shared memory`);
+        if (frag(s.a) || frag(s.b) || inline(s.a) || inline(s.b)) where(`mma ${s.dst}: operands must be in shared memory`);
         if (s.impl === null) {
           if (frag(s.dst)) where(`mma ${s.dst}: frag destination without an implementation`);
           break;

@@ -7,7 +7,9 @@
 //   - loads say whether they may go through cp.async, and async waits are statements;
 //   - barriers are statements, so a pass can remove the ones that separate independent work;
 //   - pipelined loops bind a stage copy of their streamed tiles per iteration;
-//   - a reduce of a frag tile names its cross-warp scratch (see the reduce statement).
+//   - a reduce of a frag tile names its cross-warp scratch (see the reduce statement);
+//   - an mma group computes mma operands in registers, straight into the fragment layout, from the
+//     maps that define them (lower/fuse-operands.ts): those tiles have no bytes anywhere.
 
 import type { DType } from "../dsl/dtype.ts";
 import type { BufferDecl, Expr, Kernel, ParamDecl, Slice, Stmt, TensorDecl, TileType } from "../dsl/ir.ts";
@@ -31,12 +33,13 @@ export const tilingSlots = (t: WarpTiling): number => Math.ceil(tilingUnits(t) /
 export const reducePartials = (t: WarpTiling, axis: 0 | 1): number => (axis === 1 ? t.n / (8 * t.nt) : t.m / 16);
 export const sameTiling = (a: WarpTiling, b: WarpTiling): boolean => a.m === b.m && a.n === b.n && a.nt === b.nt && a.warps === b.warps;
 
-export type Home = "smem" | "frag";
+export type Home = "smem" | "frag" | "inline";
 
 export interface LBuffer {
   readonly name: string;
   readonly type: TileType;
-  /** smem: dynamic shared memory; frag: registers, owned per the warp tiling (f32 mma accumulators). */
+  /** smem: dynamic shared memory; frag: registers, owned per the warp tiling (f32 mma accumulators);
+   * inline: an mma operand computed per fragment element inside the mma group that consumes it. */
   readonly home: Home;
   /** Elements between consecutive rows in shared memory (= columns unless padded against bank conflicts). */
   readonly pitch: number;
@@ -55,6 +58,19 @@ export type MmaImpl =
   | { readonly kind: "fmaFrag"; readonly tiling: WarpTiling }
   /** fp32 FMA, one output element per thread-step (any shape). */
   | { readonly kind: "fma" };
+
+export type LMap = Extract<Stmt, { kind: "map" }>;
+
+export interface LMma {
+  readonly kind: "mma";
+  readonly dst: string;
+  readonly a: string;
+  readonly b: string;
+  readonly transA: boolean;
+  readonly transB: boolean;
+  readonly accumulate: boolean;
+  readonly impl: MmaImpl | null;
+}
 
 export type LStmt =
   | Exclude<Stmt, { kind: "for" } | { kind: "if" } | { kind: "mma" } | { kind: "load" } | { kind: "reduce" }>
@@ -82,16 +98,14 @@ export type LStmt =
       /** For pipelined loads: the stage copy of dst to fill (null: the copy bound now). */
       readonly stage: Expr | null;
     }
-  | {
-      readonly kind: "mma";
-      readonly dst: string;
-      readonly a: string;
-      readonly b: string;
-      readonly transA: boolean;
-      readonly transB: boolean;
-      readonly accumulate: boolean;
-      readonly impl: MmaImpl | null;
-    }
+  | LMma
+  /** Tensor-core mmas into one accumulator (same tiling, k and operand side of the computed tiles)
+   * whose operands on one side are computed in registers: per k-step each warp evaluates the
+   * `operands` maps (in order; a later one may read an earlier one at its own element) at exactly
+   * the fragment elements it feeds to the mmas, rounds them to the operand dtype and packs them into
+   * mma registers. The maps' destinations are `inline` tiles used nowhere else. In the DSL's terms
+   * it is the maps followed by the mmas (toDsl). */
+  | { readonly kind: "mmaGroup"; readonly operands: readonly LMap[]; readonly mmas: readonly LMma[] }
   /** cp.async.commit_group: close the group of async copies this thread issued. */
   | { readonly kind: "asyncCommit" }
   /** cp.async.wait_group: wait until at most `pending` groups are in flight. */
@@ -288,6 +302,17 @@ export function stmtAccess(s: LStmt): { reads: Set<string>; writes: Set<string> 
       if (s.accumulate) reads.add(s.dst);
       writes.add(s.dst);
       break;
+    case "mmaGroup": {
+      // the computed tiles live and die inside the statement: neither read nor written outside it
+      const inner = new Set(s.operands.map((m) => m.dst));
+      for (const m of s.operands) for (const r of exprReads(m.expr)) if (!inner.has(r)) reads.add(r);
+      for (const m of s.mmas) {
+        for (const x of [m.a, m.b]) if (!inner.has(x)) reads.add(x);
+        if (m.accumulate) reads.add(m.dst);
+        writes.add(m.dst);
+      }
+      break;
+    }
     case "expand":
       exprReads(s.offset, reads);
       reads.add(s.src);

@@ -15,6 +15,7 @@ import { printLKernel } from "./lir-print.ts";
 import { assertValidLir } from "./lir-validate.ts";
 import { elideBarriers, insertBarriers } from "./lower/barriers.ts";
 import { checkSupported } from "./lower/check-supported.ts";
+import { fuseOperands } from "./lower/fuse-operands.ts";
 import { padShared } from "./lower/pad-shared.ts";
 import { pipelineLoops } from "./lower/pipeline-loops.ts";
 import { placeFragments } from "./lower/place-fragments.ts";
@@ -34,6 +35,7 @@ export const PASSES: readonly Pass[] = [
   { name: "check-supported", why: "reject statements that read their own destination across elements (the GPU computes a statement's elements at once)", run: checkSupported },
   { name: "select-mma", why: "f16/bf16 mma on tensor cores (m16n8k16), f32 mma by fp32 FMA (1e-4 forbids tf32); pick the warp tiling", run: selectMma },
   { name: "place-fragments", why: "keep mma accumulators in registers when every use is per element in the fragment layout or a reduce", run: placeFragments },
+  { name: "fuse-operands", why: "compute f16/bf16 mma operands that maps define right before tensor-core mmas in registers, per fragment element (no shared store, barrier or reload)", run: fuseOperands },
   { name: "select-loads", why: "global -> shared copies of whole 16-byte chunks through cp.async, one commit group per run of loads", run: selectLoads },
   { name: "pipeline-loops", why: "loops with stages > 1 prefetch the next iterations' tiles into extra copies while computing", run: pipelineLoops },
   { name: "pad-shared", why: "pad mma operand rows by 16 bytes so ldmatrix / FMA column reads hit 32 different banks", run: padShared },

@@ -9,7 +9,7 @@ import { bufferOf, cType, mapFragReads, smemTileBytes, threadsOf, tilingSlots, t
 import { printLStmt, printTiling, ranksOf } from "./lir-print.ts";
 import { renderExpr, renderF32, cName, smemElem, NEG_INF, type ExprCtx } from "./render-expr.ts";
 import { renderLoad, renderStore } from "./render-memory.ts";
-import { renderMma } from "./render-mma.ts";
+import { renderMma, renderMmaGroup } from "./render-mma.ts";
 import { Emitter, elemLoop, fragLoop } from "./emit.ts";
 import { symPowTableName } from "./render-tables.ts";
 import { mapRuns, type MapStmt } from "./lower/fuse-maps.ts";
@@ -277,7 +277,7 @@ function renderStmt(o: Emitter, k: LKernel, s: LStmt): void {
     default:
       break;
   }
-  o.line(`// ${printLStmt(s, "", ranksOf(k))[0]}`);
+  for (const l of s.kind === "mmaGroup" ? printLStmt(s, "", ranksOf(k)) : printLStmt(s, "", ranksOf(k)).slice(0, 1)) o.line(`// ${l}`);
   o.open("");
   switch (s.kind) {
     case "load":
@@ -297,6 +297,9 @@ function renderStmt(o: Emitter, k: LKernel, s: LStmt): void {
       break;
     case "mma":
       renderMma(o, k, s);
+      break;
+    case "mmaGroup":
+      renderMmaGroup(o, k, s);
       break;
     case "expand":
       renderExpand(o, k, s);
@@ -375,7 +378,9 @@ export function renderKernel(k: LKernel, symbol: string): string {
   for (const b of k.buffers) {
     const T = cType(b.type.dtype);
     const shape = `${b.type.dtype}[${b.type.shape.join(", ")}]`;
-    if (b.home === "frag") {
+    if (b.home === "inline") {
+      o.line(`// ${b.name}: ${shape} computed in registers by its mma group`);
+    } else if (b.home === "frag") {
       const t = b.tiling!;
       o.line(`float ${cName("f", b.name)}[${tilingSlots(t)}][${t.nt}][4];  // ${shape} as mma fragments: ${printTiling(t)}`);
     } else if (b.copies > 1) {

@@ -5,12 +5,14 @@
 //   fmaFrag : the same ownership with fp32 FMAs (f32 operands), so a frag accumulator can stay.
 //   fma     : one output element per thread step, any shape, accumulator in shared memory.
 
-import { bufferOf, cType, threadsOf, tilingSlots, tilingUnits, type LKernel, type LStmt, type WarpTiling } from "./lir.ts";
+import { bufferOf, cType, threadsOf, tilingSlots, tilingUnits, type LKernel, type LMma, type LStmt, type WarpTiling } from "./lir.ts";
+import { groupPlan, type GroupPlan } from "./lower/fuse-operands.ts";
 import { mmaShape } from "./lower/rules.ts";
-import { cName, smemElem } from "./render-expr.ts";
+import { cName, renderF32, smemElem } from "./render-expr.ts";
 import type { Emitter } from "./emit.ts";
 
-type Mma = Extract<LStmt, { kind: "mma" }>;
+type Mma = LMma;
+type Group = Extract<LStmt, { kind: "mmaGroup" }>;
 
 /** The per-unit loop of a tiling with `acc` bound to the unit's accumulators; body emits the K loop. */
 function unitLoop(o: Emitter, k: LKernel, s: Mma, t: WarpTiling, body: () => void): void {
@@ -41,42 +43,164 @@ function unitLoop(o: Emitter, k: LKernel, s: Mma, t: WarpTiling, body: () => voi
   o.close();
 }
 
-function renderTensorCores(o: Emitter, k: LKernel, s: Mma, t: WarpTiling): void {
-  const a = bufferOf(k, s.a), b = bufferOf(k, s.b);
-  const T = cType(a.type.dtype);
-  const A = cName("t", s.a), B = cName("t", s.b);
-  const { k: K } = mmaShape(k, s);
-  unitLoop(o, k, s, t, () => {
-    o.open(`for (int k0 = 0; k0 < ${K}; k0 += 16)`);
-    o.line("uint32_t af[4];");
+/** The C array holding a shared tile's fragments for one k-step: A side uint32_t[4], B side
+ * uint32_t[nt][2] (n-tile q: registers b0b1, b2b3). */
+const fragName = (side: "a" | "b", trans: boolean, tile: string): string => cName(`f${side}${trans ? "t" : ""}`, tile);
+
+/** ldmatrix of a shared tile's fragments at k-step k0 of the current unit (m0, n0). */
+function loadFragments(o: Emitter, k: LKernel, side: "a" | "b", trans: boolean, tile: string, nt: number): string {
+  const b = bufferOf(k, tile), T = cName("t", tile), f = fragName(side, trans, tile);
+  if (side === "a") {
+    o.line(`uint32_t ${f}[4];`);
     o.line(
-      s.transA
-        ? `prt::ldmatrix_x4_trans(af, &${A}[(k0 + prt::at_row(lane)) * ${a.pitch} + m0 + prt::at_col(lane)]);`
-        : `prt::ldmatrix_x4(af, &${A}[(m0 + prt::a_row(lane)) * ${a.pitch} + k0 + prt::a_col(lane)]);`,
+      trans
+        ? `prt::ldmatrix_x4_trans(${f}, &${T}[(k0 + prt::at_row(lane)) * ${b.pitch} + m0 + prt::at_col(lane)]);`
+        : `prt::ldmatrix_x4(${f}, &${T}[(m0 + prt::a_row(lane)) * ${b.pitch} + k0 + prt::a_col(lane)]);`,
     );
-    if (t.nt === 1) {
-      o.line("uint32_t bf[2];");
-      o.line(
-        s.transB
-          ? `prt::ldmatrix_x2(bf, &${B}[(n0 + (lane & 7)) * ${b.pitch} + k0 + ((lane >> 3) & 1) * 8]);`
-          : `prt::ldmatrix_x2_trans(bf, &${B}[(k0 + (lane & 15)) * ${b.pitch} + n0]);`,
-      );
-      o.line(`prt::mma_16816<${T}>(acc[0], af, bf[0], bf[1]);`);
-    } else {
-      o.pragma("#pragma unroll");
-      o.open(`for (int q = 0; q < ${t.nt}; q += 2)`);
-      o.line("uint32_t bf[4];");
-      o.line(
-        s.transB
-          ? `prt::ldmatrix_x4(bf, &${B}[(n0 + q * 8 + prt::at_row(lane)) * ${b.pitch} + k0 + prt::at_col(lane)]);`
-          : `prt::ldmatrix_x4_trans(bf, &${B}[(k0 + prt::a_row(lane)) * ${b.pitch} + n0 + q * 8 + prt::a_col(lane)]);`,
-      );
-      o.line(`prt::mma_16816<${T}>(acc[q], af, bf[0], bf[1]);`);
-      o.line(`prt::mma_16816<${T}>(acc[q + 1], af, bf[2], bf[3]);`);
-      o.close();
-    }
-    o.close();
+    return f;
+  }
+  o.line(`uint32_t ${f}[${nt}][2];`);
+  if (nt === 1) {
+    o.line(
+      trans
+        ? `prt::ldmatrix_x2(${f}[0], &${T}[(n0 + (lane & 7)) * ${b.pitch} + k0 + ((lane >> 3) & 1) * 8]);`
+        : `prt::ldmatrix_x2_trans(${f}[0], &${T}[(k0 + (lane & 15)) * ${b.pitch} + n0]);`,
+    );
+    return f;
+  }
+  o.pragma("#pragma unroll");
+  o.open(`for (int q = 0; q < ${nt}; q += 2)`);
+  o.line("uint32_t r[4];");
+  o.line(
+    trans
+      ? `prt::ldmatrix_x4(r, &${T}[(n0 + q * 8 + prt::at_row(lane)) * ${b.pitch} + k0 + prt::at_col(lane)]);`
+      : `prt::ldmatrix_x4_trans(r, &${T}[(k0 + prt::a_row(lane)) * ${b.pitch} + n0 + q * 8 + prt::a_col(lane)]);`,
+  );
+  o.line(`${f}[q][0] = r[0]; ${f}[q][1] = r[1]; ${f}[q + 1][0] = r[2]; ${f}[q + 1][1] = r[3];`);
+  o.close();
+  return f;
+}
+
+/** The computed tiles of a group at k-step k0 (lower/fuse-operands.ts): every map evaluated at
+ * the fragment elements of this lane, in order, rounded, packed two per register. Element (h) of
+ * register rg: A side (m, k) = (m0 + g + 8 (rg & 1), k0 + t2 + 8 (rg >> 1) + h); B side n-tile q
+ * (k, n) = (k0 + t2 + 8 rg + h, n0 + 8 q + g); the tile's (row, col) is that or, transposed, its swap. */
+function computeOperands(o: Emitter, k: LKernel, g: Group, plan: GroupPlan, nt: number, frags: ReadonlyMap<string, string>): Map<string, string> {
+  const out = new Map<string, string>();
+  const T = cType(bufferOf(k, g.operands[0]!.dst).type.dtype);
+  const a = plan.side === "a";
+  const sub = a ? "[rg]" : "[q][rg]";
+  g.operands.forEach((m) => {
+    const f = cName(`i${plan.side}`, m.dst);
+    out.set(m.dst, f);
+    o.line(`uint32_t ${f}${a ? "[4]" : `[${nt}][2]`};`);
   });
+  if (!a) {
+    o.pragma("#pragma unroll");
+    o.open(`for (int q = 0; q < ${nt}; ++q)`);
+  }
+  o.pragma("#pragma unroll");
+  o.open(`for (int rg = 0; rg < ${a ? 4 : 2}; ++rg)`);
+  o.line(`${T} ${g.operands.map((_, i) => `v${i}[2]`).join(", ")};`);
+  o.pragma("#pragma unroll");
+  o.open("for (int h = 0; h < 2; ++h)");
+  const [mk, kk] = a ? ["m0 + g + (rg & 1) * 8", "k0 + t2 + (rg >> 1) * 8 + h"] : ["n0 + q * 8 + g", "k0 + t2 + rg * 8 + h"];
+  const [r, c] = a === plan.trans ? [kk, mk] : [mk, kk]; // A [m, k] or B^T [n, k]: (m/n, k); else (k, m/n)
+  o.line(`const int r = ${r}, c = ${c};`);
+  const locals = new Map<string, string>();
+  for (const src of plan.fragmentSources) locals.set(src, `prt::b16_half<${cType(bufferOf(k, src).type.dtype)}>(${frags.get(src)!}${sub}, h)`);
+  g.operands.forEach((m, i) => {
+    o.line(`const ${T} y${i} = prt::from_f32<${T}>(${renderF32(m.expr, { k, row: "r", col: "c", locals })});`);
+    o.line(`v${i}[h] = y${i};`);
+    locals.set(m.dst, `prt::to_f32(y${i})`);
+  });
+  o.close();
+  g.operands.forEach((m, i) => o.line(`${out.get(m.dst)!}${sub} = prt::pack2(v${i}[0], v${i}[1]);`));
+  o.close();
+  if (!a) o.close();
+  return out;
+}
+
+/** Tensor-core mmas into one accumulator: per k-step of 16, per slot j of the warp (unit u = warp +
+ * j warps, rows m0, columns n0), the fragments of each shared operand (ldmatrix, .trans when A is
+ * stored [k, m] or B [k, n]) and the computed operands of a group, then mma.sync m16n8k16 per mma
+ * and n-tile. The k loop is outside the slot loop so that fragments every slot of a warp shares
+ * are formed once per k-step: B's when the warps divide the units of a row block (n0 = (warp % un)
+ * 8 nt for every slot), A's when there is one row block (m0 = 0). A plain mma is a group without
+ * computed operands. */
+function renderTensorCores(o: Emitter, k: LKernel, g: Group, t: WarpTiling): void {
+  const first = g.mmas[0]!;
+  const T = cType(bufferOf(k, first.a).type.dtype);
+  const { k: K } = mmaShape(k, first);
+  const plan = g.operands.length ? groupPlan(k, g) : null;
+  const computed = new Set(g.operands.map((m) => m.dst));
+  const d = bufferOf(k, first.dst);
+  const un = t.n / (8 * t.nt), units = tilingUnits(t), slots = tilingSlots(t);
+  const partial = units % t.warps !== 0;
+  const shared = { a: slots > 1 && t.m === 16, b: slots > 1 && t.warps % un === 0 };
+  const own = (j: string, q: string, e: string): string =>
+    smemElem(k, first.dst, [`((warp + ${j} * ${t.warps}) / ${un}) * 16 + prt::frag_row(lane, ${e})`, `((warp + ${j} * ${t.warps}) % ${un}) * ${8 * t.nt} + ${q} * 8 + prt::frag_col(lane, ${e})`]);
+  const eachAcc = (f: (j: string, q: string, e: string) => string): void => {
+    o.pragma("#pragma unroll");
+    o.open(`for (int j = 0; j < ${slots}; ++j)`);
+    if (partial) o.open(`if (warp + j * ${t.warps} < ${units})`);
+    o.pragma("#pragma unroll");
+    o.line(`for (int q = 0; q < ${t.nt}; ++q)`);
+    o.pragma("#pragma unroll");
+    o.line(`  for (int e = 0; e < 4; ++e) ${f("j", "q", "e")}`);
+    if (partial) o.close();
+    o.close();
+  };
+  if (d.home === "frag") {
+    o.line(`float (&acc)[${slots}][${t.nt}][4] = ${cName("f", first.dst)};`);
+    if (!first.accumulate) eachAcc(() => "acc[j][q][e] = 0.0f;");
+  } else {
+    o.line(`float acc[${slots}][${t.nt}][4];`);
+    eachAcc((j, q, e) => (first.accumulate ? `acc[j][q][e] = ${own(j, q, e)};` : "acc[j][q][e] = 0.0f;"));
+  }
+  if (plan) o.line("const int g = lane >> 2, t2 = (lane & 3) * 2;");
+  o.open(`for (int k0 = 0; k0 < ${K}; k0 += 16)`);
+  const frags = new Map<string, string>();
+  const need = (side: "a" | "b", trans: boolean, tile: string): string => {
+    const key = `${side}${trans}:${tile}`;
+    if (!frags.has(key)) frags.set(key, loadFragments(o, k, side, trans, tile, t.nt));
+    return frags.get(key)!;
+  };
+  let inl = new Map<string, string>();
+  /** The fragments of one side (shared operands, then the computed ones with their sources). */
+  const side = (x: "a" | "b"): void => {
+    for (const m of g.mmas) {
+      const [tile, trans] = x === "a" ? [m.a, m.transA] : [m.b, m.transB];
+      if (!computed.has(tile)) need(x, trans, tile);
+    }
+    if (plan?.side !== x) return;
+    const sources = new Map<string, string>();
+    for (const src of plan.fragmentSources) sources.set(src, need(x, plan.trans, src));
+    inl = computeOperands(o, k, g, plan, t.nt, sources);
+  };
+  if (shared.a) o.line("const int m0 = 0;");
+  if (shared.b) o.line(`const int n0 = (warp % ${un}) * ${8 * t.nt};`);
+  if (shared.a) side("a");
+  if (shared.b) side("b");
+  o.pragma("#pragma unroll");
+  o.open(`for (int j = 0; j < ${slots}; ++j)`);
+  o.line(`const int u = warp + j * ${t.warps};`);
+  if (partial) o.open(`if (u < ${units})`);
+  if (!shared.a) o.line(`const int m0 = (u / ${un}) * 16;`);
+  if (!shared.b) o.line(`const int n0 = (u % ${un}) * ${8 * t.nt};`);
+  o.line("(void)m0;");
+  o.line("(void)n0;");
+  if (!shared.a) side("a");
+  if (!shared.b) side("b");
+  for (const m of g.mmas) {
+    const A = inl.get(m.a) ?? frags.get(`a${m.transA}:${m.a}`)!, B = inl.get(m.b) ?? frags.get(`b${m.transB}:${m.b}`)!;
+    o.pragma("#pragma unroll");
+    o.line(`for (int q = 0; q < ${t.nt}; ++q) prt::mma_16816<${T}>(acc[j][q], ${A}, ${B}[q][0], ${B}[q][1]);`);
+  }
+  if (partial) o.close();
+  o.close();
+  o.close();
+  if (d.home !== "frag") eachAcc((j, q, e) => `${own(j, q, e)} = acc[j][q][e];`);
 }
 
 /** C expressions for op(A)(i, kk) and op(B)(kk, j) as f32. */
@@ -118,9 +242,16 @@ function renderFma(o: Emitter, k: LKernel, s: Mma): void {
   o.close();
 }
 
+/** An mma group (lir.ts): its mmas run on tensor cores, in one tiling. */
+export function renderMmaGroup(o: Emitter, k: LKernel, g: Group): void {
+  const impl = g.mmas[0]!.impl;
+  if (impl?.kind !== "tc") throw new Error(`${k.name}: mma group into ${g.mmas[0]!.dst} is not on tensor cores`);
+  renderTensorCores(o, k, g, impl.tiling);
+}
+
 export function renderMma(o: Emitter, k: LKernel, s: Mma): void {
   const impl = s.impl ?? { kind: "fma" as const };
-  if (impl.kind === "tc") renderTensorCores(o, k, s, impl.tiling);
+  if (impl.kind === "tc") renderTensorCores(o, k, { kind: "mmaGroup", operands: [], mmas: [s] }, impl.tiling);
   else if (impl.kind === "fmaFrag") renderFmaFrag(o, k, s, impl.tiling);
   else renderFma(o, k, s);
 }

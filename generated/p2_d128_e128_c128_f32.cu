@@ -512,8 +512,8 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
 }
 
 // update_state: dS_m = phi(k')^T V, dZ_m = colsum phi(k') per chunk, k' = k exp((G_m - lam)/p)
-// grid (($n * 4), ($b * $h), 1), 256 threads, 128000 bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_c128_f32_w8_bd32_bt128_s1(
+// grid (($n * 2), ($b * $h), 1), 256 threads, 162816 bytes of dynamic shared memory
+extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_c128_f32_w8_bd64_bt128_s1(
     const float* g_K, const float* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -586,60 +586,67 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   (void)g_dZ_d3;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
-  float* const t_v = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128, 32] pitch 32
-  float* const t_gv = reinterpret_cast<float*>(prt_smem + 17408);  // f32[128, 32] pitch 32
+  float* const t_v = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128, 64] pitch 64
   float* const t_k0 = reinterpret_cast<float*>(prt_smem + 33792);  // f32[128, 128] pitch 132
-  float* const t_kzk0 = reinterpret_cast<float*>(prt_smem + 101376);  // f32[128, 16] pitch 16
-  float* const t_zk0_hi = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128, 16] pitch 20
-  float f_s0[1][4][4];  // f32[128, 32] as mma fragments: 128x32 in 16x32 units over 8 warps
+  float* const t_kg0 = reinterpret_cast<float*>(prt_smem + 101376);  // f32[16, 128] pitch 128
+  float* const t_kzk0 = reinterpret_cast<float*>(prt_smem + 119808);  // f32[128, 16] pitch 16
+  float* const t_zk0_hi = reinterpret_cast<float*>(prt_smem + 109568);  // f32[128, 16] pitch 20
+  float f_s0[2][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 8 warps
   float* const t_z0 = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
-  float* const t_u0_hi = reinterpret_cast<float*>(prt_smem + 109568);  // f32[128, 32] pitch 36
+  float* const t_u0_hi = reinterpret_cast<float*>(prt_smem + 128000);  // f32[128, 64] pitch 68
   float* const t_k1 = reinterpret_cast<float*>(prt_smem + 33792);  // f32[128, 112] pitch 116
-  float* const t_kzk1 = reinterpret_cast<float*>(prt_smem + 93184);  // f32[112, 16] pitch 16
-  float* const t_zk1_hi = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128, 16] pitch 20
-  float f_s1[2][2][4];  // f32[112, 32] as mma fragments: 112x32 in 16x16 units over 8 warps
+  float* const t_kg1 = reinterpret_cast<float*>(prt_smem + 93184);  // f32[16, 128] pitch 128
+  float* const t_kzk1 = reinterpret_cast<float*>(prt_smem + 111616);  // f32[112, 16] pitch 16
+  float* const t_zk1_hi = reinterpret_cast<float*>(prt_smem + 101376);  // f32[128, 16] pitch 20
+  float f_s1[2][4][4];  // f32[112, 64] as mma fragments: 112x64 in 16x32 units over 8 warps
   float* const t_z1 = reinterpret_cast<float*>(prt_smem + 0);  // f32[112] pitch 112
-  float* const t_u1_hi = reinterpret_cast<float*>(prt_smem + 100352);  // f32[128, 32] pitch 36
+  float* const t_u1_hi = reinterpret_cast<float*>(prt_smem + 118784);  // f32[128, 64] pitch 68
   float* const t_k2 = reinterpret_cast<float*>(prt_smem + 33792);  // f32[128, 96] pitch 100
-  float* const t_kzk2 = reinterpret_cast<float*>(prt_smem + 11264);  // f32[96, 16] pitch 16
-  float* const t_zk2_hi = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128, 16] pitch 20
-  float f_s2[2][2][4];  // f32[96, 32] as mma fragments: 96x32 in 16x16 units over 8 warps
+  float* const t_kg2 = reinterpret_cast<float*>(prt_smem + 84992);  // f32[16, 128] pitch 128
+  float* const t_kzk2 = reinterpret_cast<float*>(prt_smem + 103424);  // f32[96, 16] pitch 16
+  float* const t_zk2_hi = reinterpret_cast<float*>(prt_smem + 93184);  // f32[128, 16] pitch 20
+  float f_s2[2][4][4];  // f32[96, 64] as mma fragments: 96x64 in 16x32 units over 8 warps
   float* const t_z2 = reinterpret_cast<float*>(prt_smem + 0);  // f32[96] pitch 96
-  float* const t_u2_hi = reinterpret_cast<float*>(prt_smem + 84992);  // f32[128, 32] pitch 36
+  float* const t_u2_hi = reinterpret_cast<float*>(prt_smem + 109568);  // f32[128, 64] pitch 68
   float* const t_k3 = reinterpret_cast<float*>(prt_smem + 33792);  // f32[128, 80] pitch 84
-  float* const t_kzk3 = reinterpret_cast<float*>(prt_smem + 11264);  // f32[80, 16] pitch 16
-  float* const t_zk3_hi = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128, 16] pitch 20
-  float f_s3[2][2][4];  // f32[80, 32] as mma fragments: 80x32 in 16x16 units over 8 warps
+  float* const t_kg3 = reinterpret_cast<float*>(prt_smem + 76800);  // f32[16, 128] pitch 128
+  float* const t_kzk3 = reinterpret_cast<float*>(prt_smem + 95232);  // f32[80, 16] pitch 16
+  float* const t_zk3_hi = reinterpret_cast<float*>(prt_smem + 84992);  // f32[128, 16] pitch 20
+  float f_s3[2][4][4];  // f32[80, 64] as mma fragments: 80x64 in 16x32 units over 8 warps
   float* const t_z3 = reinterpret_cast<float*>(prt_smem + 0);  // f32[80] pitch 80
-  float* const t_u3_hi = reinterpret_cast<float*>(prt_smem + 76800);  // f32[128, 32] pitch 36
+  float* const t_u3_hi = reinterpret_cast<float*>(prt_smem + 100352);  // f32[128, 64] pitch 68
   float* const t_k4 = reinterpret_cast<float*>(prt_smem + 33792);  // f32[128, 64] pitch 68
-  float* const t_kzk4 = reinterpret_cast<float*>(prt_smem + 11264);  // f32[64, 16] pitch 16
-  float* const t_zk4_hi = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128, 16] pitch 20
-  float f_s4[1][2][4];  // f32[64, 32] as mma fragments: 64x32 in 16x16 units over 8 warps
+  float* const t_kg4 = reinterpret_cast<float*>(prt_smem + 68608);  // f32[16, 128] pitch 128
+  float* const t_kzk4 = reinterpret_cast<float*>(prt_smem + 87040);  // f32[64, 16] pitch 16
+  float* const t_zk4_hi = reinterpret_cast<float*>(prt_smem + 76800);  // f32[128, 16] pitch 20
+  float f_s4[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
   float* const t_z4 = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  float* const t_u4_hi = reinterpret_cast<float*>(prt_smem + 68608);  // f32[128, 32] pitch 36
+  float* const t_u4_hi = reinterpret_cast<float*>(prt_smem + 91136);  // f32[128, 64] pitch 68
   float* const t_k5 = reinterpret_cast<float*>(prt_smem + 33792);  // f32[128, 48] pitch 52
-  float* const t_kzk5 = reinterpret_cast<float*>(prt_smem + 11264);  // f32[48, 16] pitch 16
-  float* const t_zk5_hi = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128, 16] pitch 20
-  float f_s5[2][1][4];  // f32[48, 32] as mma fragments: 48x32 in 16x8 units over 8 warps
+  float* const t_kg5 = reinterpret_cast<float*>(prt_smem + 60416);  // f32[16, 128] pitch 128
+  float* const t_kzk5 = reinterpret_cast<float*>(prt_smem + 78848);  // f32[48, 16] pitch 16
+  float* const t_zk5_hi = reinterpret_cast<float*>(prt_smem + 68608);  // f32[128, 16] pitch 20
+  float f_s5[2][2][4];  // f32[48, 64] as mma fragments: 48x64 in 16x16 units over 8 warps
   float* const t_z5 = reinterpret_cast<float*>(prt_smem + 0);  // f32[48] pitch 48
-  float* const t_u5_hi = reinterpret_cast<float*>(prt_smem + 60416);  // f32[128, 32] pitch 36
+  float* const t_u5_hi = reinterpret_cast<float*>(prt_smem + 81920);  // f32[128, 64] pitch 68
   float* const t_k6 = reinterpret_cast<float*>(prt_smem + 33792);  // f32[128, 32] pitch 36
-  float* const t_kzk6 = reinterpret_cast<float*>(prt_smem + 11264);  // f32[32, 16] pitch 16
-  float* const t_zk6_hi = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128, 16] pitch 20
-  float f_s6[1][1][4];  // f32[32, 32] as mma fragments: 32x32 in 16x8 units over 8 warps
+  float* const t_kg6 = reinterpret_cast<float*>(prt_smem + 52224);  // f32[16, 128] pitch 128
+  float* const t_kzk6 = reinterpret_cast<float*>(prt_smem + 70656);  // f32[32, 16] pitch 16
+  float* const t_zk6_hi = reinterpret_cast<float*>(prt_smem + 60416);  // f32[128, 16] pitch 20
+  float f_s6[1][2][4];  // f32[32, 64] as mma fragments: 32x64 in 16x16 units over 8 warps
   float* const t_z6 = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
-  float* const t_u6_hi = reinterpret_cast<float*>(prt_smem + 52224);  // f32[128, 32] pitch 36
-  float* const t_k7 = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128, 16] pitch 20
+  float* const t_u6_hi = reinterpret_cast<float*>(prt_smem + 72704);  // f32[128, 64] pitch 68
+  float* const t_k7 = reinterpret_cast<float*>(prt_smem + 33792);  // f32[128, 16] pitch 20
+  float* const t_kg7 = reinterpret_cast<float*>(prt_smem + 44032);  // f32[16, 128] pitch 128
   float* const t_kzk7 = reinterpret_cast<float*>(prt_smem + 0);  // f32[16, 16] pitch 16
-  float* const t_zk7_hi = reinterpret_cast<float*>(prt_smem + 33792);  // f32[128, 16] pitch 20
-  float f_s7[1][1][4];  // f32[16, 32] as mma fragments: 16x32 in 16x8 units over 8 warps
-  float* const t_z7 = reinterpret_cast<float*>(prt_smem + 11264);  // f32[16] pitch 16
-  float* const t_u7_hi = reinterpret_cast<float*>(prt_smem + 33792);  // f32[128, 32] pitch 36
-  // g = load logG[(pid.y // $h), ((pid.x // 4) * 128):+128, (pid.y % $h)]
+  float* const t_zk7_hi = reinterpret_cast<float*>(prt_smem + 52224);  // f32[128, 16] pitch 20
+  float f_s7[1][1][4];  // f32[16, 64] as mma fragments: 16x64 in 16x8 units over 8 warps
+  float* const t_z7 = reinterpret_cast<float*>(prt_smem + 87040);  // f32[16] pitch 16
+  float* const t_u7_hi = reinterpret_cast<float*>(prt_smem + 52224);  // f32[128, 64] pitch 68
+  // g = load logG[(pid.y // $h), ((pid.x // 2) * 128):+128, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -662,45 +669,35 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       }
     }
   }
-  // v = load.async V[(pid.y // $h), ((pid.x // 4) * 128):+128, (pid.y % $h), ((pid.x % 4) * 32):+32]
+  // v = load.async V[(pid.y // $h), ((pid.x // 2) * 128):+128, (pid.y % $h), ((pid.x % 2) * 64):+64]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) % p_h);
-    const int s3 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+    const int s3 = ((static_cast<int>(blockIdx.x) % 2) * 64);
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 256) {
-        const int r = i / 8, c = (i % 8) * 4;
+      for (int i = tid; i < 2048; i += 256) {
+        const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
         const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
       }
     }
     else {
-      for (int i = tid; i < 4096; i += 256) {
-        const int r = i / 32, c = i % 32;
-        dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+      for (int i = tid; i < 8192; i += 256) {
+        const int r = i / 64, c = i % 64;
+        dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  __syncthreads();
-  // gv[row, col] = (v[row, col] * exp((lam[127] - lam[row])))
-  {
-    for (int i = tid; i < 4096; i += 256) {
-      const int r = i / 32, c = i % 32;
-      t_gv[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 32 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
-    }
-  }
-  // k0 = load.async K[(pid.y // $h), ((pid.x // 4) * 128):+128, (pid.y % $h), 0:+128]
+  // k0 = load.async K[(pid.y // $h), ((pid.x // 2) * 128):+128, (pid.y % $h), 0:+128]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -725,7 +722,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+  // kg0[row, col] = (k0[col, row] * exp((lam[127] - lam[col])))
+  {
+    for (int i = tid; i < 2048; i += 256) {
+      const int r = i / 128, c = i % 128;
+      t_kg0[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_k0[(c) * 132 + (r)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[c])))));
+    }
+  }
+  if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
     // zk0_hi[row, col] = (k0[row, col] * exp((lam[127] - lam[row])))
     {
       for (int i = tid; i < 2048; i += 256) {
@@ -764,23 +768,24 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       }
     }
   }
+  __syncthreads();
   {
     const int v_i0_end = 16;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // u0_hi[row, col] = (gv[row, col] * k0[row, (i0 - 0)])
+      // u0_hi[row, col] = (v[row, col] * kg0[(i0 - 0), row])
       {
-        for (int i = tid; i < 4096; i += 256) {
-          const int r = i / 32, c = i % 32;
-          t_u0_hi[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k0[(r) * 132 + ((v_i0 - 0))])));
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_u0_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 64 + (c)]) * prt::to_f32(t_kg0[((v_i0 - 0)) * 128 + (r)])));
         }
       }
       __syncthreads();
-      // s0 = mma.fmaFrag(k0^T, u0_hi) [128x32 in 16x32 units over 8 warps]
+      // s0 = mma.fmaFrag(k0^T, u0_hi) [128x64 in 16x32 units over 8 warps]
       {
         #pragma unroll
-        for (int j = 0; j < 1; ++j) {
+        for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           float (&acc)[4][4] = f_s0[j];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
@@ -791,7 +796,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
             const float a0 = prt::to_f32(t_k0[(kk) * 132 + (m0 + g)]), a1 = prt::to_f32(t_k0[(kk) * 132 + (m0 + g + 8)]);
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
-              const float b0 = prt::to_f32(t_u0_hi[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u0_hi[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
+              const float b0 = prt::to_f32(t_u0_hi[(kk) * 68 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u0_hi[(kk) * 68 + (n0 + q * 8 + t2 + 1)]);
               acc[q][0] = fmaf(a0, b0, acc[q][0]);
               acc[q][1] = fmaf(a0, b1, acc[q][1]);
               acc[q][2] = fmaf(a1, b0, acc[q][2]);
@@ -803,9 +808,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       // s0[row, col] = (s0[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951))
       {
         #pragma unroll
-        for (int j = 0; j < 1; ++j) {
+        for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
             #pragma unroll
@@ -816,20 +821,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      // store dS[(pid.y // $h), (pid.y % $h), (pid.x // 4), ((((((i0 * 128) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+128, ((pid.x % 4) * 32):+32] = s0 where (((row + 0) >= i0) && ((row + 0) < 128))
+      // store dS[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i0 * 128) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+128, ((pid.x % 2) * 64):+64] = s0 where (((row + 0) >= i0) && ((row + 0) < 128))
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-        const int a2 = (static_cast<int>(blockIdx.x) / 4);
+        const int a2 = (static_cast<int>(blockIdx.x) / 2);
         const int s3 = ((((((v_i0 * 128) - ((v_i0 * (v_i0 - 1)) / 2)) + v_i0) - v_i0) - v_i0) + 0);
-        const int s4 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 2) * 64);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
           #pragma unroll
-          for (int j = 0; j < 1; ++j) {
+          for (int j = 0; j < 2; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
               #pragma unroll
@@ -841,18 +846,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // z0[row] = (kzk0[row, (i0 - 0)] * select(((row + 0) == i0), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 128; r += 256) {
             t_z0[r] = prt::from_f32<float>((prt::to_f32(t_kzk0[(r) * 16 + ((v_i0 - 0))]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f)));
           }
         }
-        // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 4), ((((((i0 * 128) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+128] = z0 where (((row + 0) >= i0) && ((row + 0) < 128))
+        // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i0 * 128) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+128] = z0 where (((row + 0) >= i0) && ((row + 0) < 128))
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-          const int a2 = (static_cast<int>(blockIdx.x) / 4);
+          const int a2 = (static_cast<int>(blockIdx.x) / 2);
           const int s3 = ((((((v_i0 * 128) - ((v_i0 * (v_i0 - 1)) / 2)) + v_i0) - v_i0) - v_i0) + 0);
           const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
           const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
@@ -866,11 +871,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       __syncthreads();
     }
   }
-  __syncthreads();
-  // k1 = load.async K[(pid.y // $h), ((pid.x // 4) * 128):+128, (pid.y % $h), 16:+112]
+  // k1 = load.async K[(pid.y // $h), ((pid.x // 2) * 128):+128, (pid.y % $h), 16:+112]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const int s3 = 16;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -895,7 +899,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+  // kg1[row, col] = (k1[col, row] * exp((lam[127] - lam[col])))
+  {
+    for (int i = tid; i < 2048; i += 256) {
+      const int r = i / 128, c = i % 128;
+      t_kg1[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_k1[(c) * 116 + (r)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[c])))));
+    }
+  }
+  if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
     // zk1_hi[row, col] = (k1[row, col] * exp((lam[127] - lam[row])))
     {
       for (int i = tid; i < 2048; i += 256) {
@@ -936,35 +947,36 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       }
     }
   }
+  __syncthreads();
   {
     const int v_i1_end = 32;
     for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
-      // u1_hi[row, col] = (gv[row, col] * k1[row, (i1 - 16)])
+      // u1_hi[row, col] = (v[row, col] * kg1[(i1 - 16), row])
       {
-        for (int i = tid; i < 4096; i += 256) {
-          const int r = i / 32, c = i % 32;
-          t_u1_hi[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k1[(r) * 116 + ((v_i1 - 16))])));
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_u1_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 64 + (c)]) * prt::to_f32(t_kg1[((v_i1 - 16)) * 128 + (r)])));
         }
       }
       __syncthreads();
-      // s1 = mma.fmaFrag(k1^T, u1_hi) [112x32 in 16x16 units over 8 warps]
+      // s1 = mma.fmaFrag(k1^T, u1_hi) [112x64 in 16x32 units over 8 warps]
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
           if (u < 14) {
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-            float (&acc)[2][4] = f_s1[j];
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+            float (&acc)[4][4] = f_s1[j];
             #pragma unroll
-            for (int q = 0; q < 2; ++q)
+            for (int q = 0; q < 4; ++q)
             #pragma unroll
               for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
             const int g = lane >> 2, t2 = (lane & 3) * 2;
             for (int kk = 0; kk < 128; ++kk) {
               const float a0 = prt::to_f32(t_k1[(kk) * 116 + (m0 + g)]), a1 = prt::to_f32(t_k1[(kk) * 116 + (m0 + g + 8)]);
               #pragma unroll
-              for (int q = 0; q < 2; ++q) {
-                const float b0 = prt::to_f32(t_u1_hi[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u1_hi[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
+              for (int q = 0; q < 4; ++q) {
+                const float b0 = prt::to_f32(t_u1_hi[(kk) * 68 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u1_hi[(kk) * 68 + (n0 + q * 8 + t2 + 1)]);
                 acc[q][0] = fmaf(a0, b0, acc[q][0]);
                 acc[q][1] = fmaf(a0, b1, acc[q][1]);
                 acc[q][2] = fmaf(a1, b0, acc[q][2]);
@@ -980,9 +992,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
           if (u < 14) {
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
             #pragma unroll
-            for (int q = 0; q < 2; ++q) {
+            for (int q = 0; q < 4; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -992,13 +1004,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      // store dS[(pid.y // $h), (pid.y % $h), (pid.x // 4), ((((((i1 * 128) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+112, ((pid.x % 4) * 32):+32] = s1 where (((row + 16) >= i1) && ((row + 16) < 128))
+      // store dS[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i1 * 128) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+112, ((pid.x % 2) * 64):+64] = s1 where (((row + 16) >= i1) && ((row + 16) < 128))
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-        const int a2 = (static_cast<int>(blockIdx.x) / 4);
+        const int a2 = (static_cast<int>(blockIdx.x) / 2);
         const int s3 = ((((((v_i1 * 128) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 16);
-        const int s4 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 2) * 64);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
@@ -1006,9 +1018,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           for (int j = 0; j < 2; ++j) {
             const int u = warp + j * 8;
             if (u < 14) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
               #pragma unroll
-              for (int q = 0; q < 2; ++q) {
+              for (int q = 0; q < 4; ++q) {
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -1019,18 +1031,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // z1[row] = (kzk1[row, (i1 - 16)] * select(((row + 16) == i1), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 112; r += 256) {
             t_z1[r] = prt::from_f32<float>((prt::to_f32(t_kzk1[(r) * 16 + ((v_i1 - 16))]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f)));
           }
         }
-        // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 4), ((((((i1 * 128) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+112] = z1 where (((row + 16) >= i1) && ((row + 16) < 128))
+        // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i1 * 128) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+112] = z1 where (((row + 16) >= i1) && ((row + 16) < 128))
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-          const int a2 = (static_cast<int>(blockIdx.x) / 4);
+          const int a2 = (static_cast<int>(blockIdx.x) / 2);
           const int s3 = ((((((v_i1 * 128) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 16);
           const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
           const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
@@ -1044,11 +1056,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       __syncthreads();
     }
   }
-  __syncthreads();
-  // k2 = load.async K[(pid.y // $h), ((pid.x // 4) * 128):+128, (pid.y % $h), 32:+96]
+  // k2 = load.async K[(pid.y // $h), ((pid.x // 2) * 128):+128, (pid.y % $h), 32:+96]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const int s3 = 32;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -1073,7 +1084,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+  // kg2[row, col] = (k2[col, row] * exp((lam[127] - lam[col])))
+  {
+    for (int i = tid; i < 2048; i += 256) {
+      const int r = i / 128, c = i % 128;
+      t_kg2[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_k2[(c) * 100 + (r)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[c])))));
+    }
+  }
+  if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
     // zk2_hi[row, col] = (k2[row, col] * exp((lam[127] - lam[row])))
     {
       for (int i = tid; i < 2048; i += 256) {
@@ -1114,35 +1132,36 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       }
     }
   }
+  __syncthreads();
   {
     const int v_i2_end = 48;
     for (int v_i2 = 32; v_i2 < v_i2_end; v_i2 += 1) {
-      // u2_hi[row, col] = (gv[row, col] * k2[row, (i2 - 32)])
+      // u2_hi[row, col] = (v[row, col] * kg2[(i2 - 32), row])
       {
-        for (int i = tid; i < 4096; i += 256) {
-          const int r = i / 32, c = i % 32;
-          t_u2_hi[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k2[(r) * 100 + ((v_i2 - 32))])));
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_u2_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 64 + (c)]) * prt::to_f32(t_kg2[((v_i2 - 32)) * 128 + (r)])));
         }
       }
       __syncthreads();
-      // s2 = mma.fmaFrag(k2^T, u2_hi) [96x32 in 16x16 units over 8 warps]
+      // s2 = mma.fmaFrag(k2^T, u2_hi) [96x64 in 16x32 units over 8 warps]
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
           if (u < 12) {
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-            float (&acc)[2][4] = f_s2[j];
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+            float (&acc)[4][4] = f_s2[j];
             #pragma unroll
-            for (int q = 0; q < 2; ++q)
+            for (int q = 0; q < 4; ++q)
             #pragma unroll
               for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
             const int g = lane >> 2, t2 = (lane & 3) * 2;
             for (int kk = 0; kk < 128; ++kk) {
               const float a0 = prt::to_f32(t_k2[(kk) * 100 + (m0 + g)]), a1 = prt::to_f32(t_k2[(kk) * 100 + (m0 + g + 8)]);
               #pragma unroll
-              for (int q = 0; q < 2; ++q) {
-                const float b0 = prt::to_f32(t_u2_hi[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u2_hi[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
+              for (int q = 0; q < 4; ++q) {
+                const float b0 = prt::to_f32(t_u2_hi[(kk) * 68 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u2_hi[(kk) * 68 + (n0 + q * 8 + t2 + 1)]);
                 acc[q][0] = fmaf(a0, b0, acc[q][0]);
                 acc[q][1] = fmaf(a0, b1, acc[q][1]);
                 acc[q][2] = fmaf(a1, b0, acc[q][2]);
@@ -1158,9 +1177,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
           if (u < 12) {
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
             #pragma unroll
-            for (int q = 0; q < 2; ++q) {
+            for (int q = 0; q < 4; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -1170,13 +1189,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      // store dS[(pid.y // $h), (pid.y % $h), (pid.x // 4), ((((((i2 * 128) - ((i2 * (i2 - 1)) // 2)) + i2) - i2) - i2) + 32):+96, ((pid.x % 4) * 32):+32] = s2 where (((row + 32) >= i2) && ((row + 32) < 128))
+      // store dS[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i2 * 128) - ((i2 * (i2 - 1)) // 2)) + i2) - i2) - i2) + 32):+96, ((pid.x % 2) * 64):+64] = s2 where (((row + 32) >= i2) && ((row + 32) < 128))
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-        const int a2 = (static_cast<int>(blockIdx.x) / 4);
+        const int a2 = (static_cast<int>(blockIdx.x) / 2);
         const int s3 = ((((((v_i2 * 128) - ((v_i2 * (v_i2 - 1)) / 2)) + v_i2) - v_i2) - v_i2) + 32);
-        const int s4 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 2) * 64);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
@@ -1184,9 +1203,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           for (int j = 0; j < 2; ++j) {
             const int u = warp + j * 8;
             if (u < 12) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
               #pragma unroll
-              for (int q = 0; q < 2; ++q) {
+              for (int q = 0; q < 4; ++q) {
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -1197,18 +1216,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // z2[row] = (kzk2[row, (i2 - 32)] * select(((row + 32) == i2), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 96; r += 256) {
             t_z2[r] = prt::from_f32<float>((prt::to_f32(t_kzk2[(r) * 16 + ((v_i2 - 32))]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f)));
           }
         }
-        // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 4), ((((((i2 * 128) - ((i2 * (i2 - 1)) // 2)) + i2) - i2) - i2) + 32):+96] = z2 where (((row + 32) >= i2) && ((row + 32) < 128))
+        // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i2 * 128) - ((i2 * (i2 - 1)) // 2)) + i2) - i2) - i2) + 32):+96] = z2 where (((row + 32) >= i2) && ((row + 32) < 128))
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-          const int a2 = (static_cast<int>(blockIdx.x) / 4);
+          const int a2 = (static_cast<int>(blockIdx.x) / 2);
           const int s3 = ((((((v_i2 * 128) - ((v_i2 * (v_i2 - 1)) / 2)) + v_i2) - v_i2) - v_i2) + 32);
           const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
           const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
@@ -1222,11 +1241,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       __syncthreads();
     }
   }
-  __syncthreads();
-  // k3 = load.async K[(pid.y // $h), ((pid.x // 4) * 128):+128, (pid.y % $h), 48:+80]
+  // k3 = load.async K[(pid.y // $h), ((pid.x // 2) * 128):+128, (pid.y % $h), 48:+80]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const int s3 = 48;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -1251,7 +1269,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+  // kg3[row, col] = (k3[col, row] * exp((lam[127] - lam[col])))
+  {
+    for (int i = tid; i < 2048; i += 256) {
+      const int r = i / 128, c = i % 128;
+      t_kg3[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_k3[(c) * 84 + (r)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[c])))));
+    }
+  }
+  if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
     // zk3_hi[row, col] = (k3[row, col] * exp((lam[127] - lam[row])))
     {
       for (int i = tid; i < 2048; i += 256) {
@@ -1292,35 +1317,36 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       }
     }
   }
+  __syncthreads();
   {
     const int v_i3_end = 64;
     for (int v_i3 = 48; v_i3 < v_i3_end; v_i3 += 1) {
-      // u3_hi[row, col] = (gv[row, col] * k3[row, (i3 - 48)])
+      // u3_hi[row, col] = (v[row, col] * kg3[(i3 - 48), row])
       {
-        for (int i = tid; i < 4096; i += 256) {
-          const int r = i / 32, c = i % 32;
-          t_u3_hi[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k3[(r) * 84 + ((v_i3 - 48))])));
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_u3_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 64 + (c)]) * prt::to_f32(t_kg3[((v_i3 - 48)) * 128 + (r)])));
         }
       }
       __syncthreads();
-      // s3 = mma.fmaFrag(k3^T, u3_hi) [80x32 in 16x16 units over 8 warps]
+      // s3 = mma.fmaFrag(k3^T, u3_hi) [80x64 in 16x32 units over 8 warps]
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
           if (u < 10) {
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-            float (&acc)[2][4] = f_s3[j];
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+            float (&acc)[4][4] = f_s3[j];
             #pragma unroll
-            for (int q = 0; q < 2; ++q)
+            for (int q = 0; q < 4; ++q)
             #pragma unroll
               for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
             const int g = lane >> 2, t2 = (lane & 3) * 2;
             for (int kk = 0; kk < 128; ++kk) {
               const float a0 = prt::to_f32(t_k3[(kk) * 84 + (m0 + g)]), a1 = prt::to_f32(t_k3[(kk) * 84 + (m0 + g + 8)]);
               #pragma unroll
-              for (int q = 0; q < 2; ++q) {
-                const float b0 = prt::to_f32(t_u3_hi[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u3_hi[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
+              for (int q = 0; q < 4; ++q) {
+                const float b0 = prt::to_f32(t_u3_hi[(kk) * 68 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u3_hi[(kk) * 68 + (n0 + q * 8 + t2 + 1)]);
                 acc[q][0] = fmaf(a0, b0, acc[q][0]);
                 acc[q][1] = fmaf(a0, b1, acc[q][1]);
                 acc[q][2] = fmaf(a1, b0, acc[q][2]);
@@ -1336,9 +1362,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
           if (u < 10) {
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
             #pragma unroll
-            for (int q = 0; q < 2; ++q) {
+            for (int q = 0; q < 4; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -1348,13 +1374,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      // store dS[(pid.y // $h), (pid.y % $h), (pid.x // 4), ((((((i3 * 128) - ((i3 * (i3 - 1)) // 2)) + i3) - i3) - i3) + 48):+80, ((pid.x % 4) * 32):+32] = s3 where (((row + 48) >= i3) && ((row + 48) < 128))
+      // store dS[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i3 * 128) - ((i3 * (i3 - 1)) // 2)) + i3) - i3) - i3) + 48):+80, ((pid.x % 2) * 64):+64] = s3 where (((row + 48) >= i3) && ((row + 48) < 128))
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-        const int a2 = (static_cast<int>(blockIdx.x) / 4);
+        const int a2 = (static_cast<int>(blockIdx.x) / 2);
         const int s3 = ((((((v_i3 * 128) - ((v_i3 * (v_i3 - 1)) / 2)) + v_i3) - v_i3) - v_i3) + 48);
-        const int s4 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 2) * 64);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
@@ -1362,9 +1388,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           for (int j = 0; j < 2; ++j) {
             const int u = warp + j * 8;
             if (u < 10) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
               #pragma unroll
-              for (int q = 0; q < 2; ++q) {
+              for (int q = 0; q < 4; ++q) {
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -1375,18 +1401,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // z3[row] = (kzk3[row, (i3 - 48)] * select(((row + 48) == i3), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 80; r += 256) {
             t_z3[r] = prt::from_f32<float>((prt::to_f32(t_kzk3[(r) * 16 + ((v_i3 - 48))]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f)));
           }
         }
-        // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 4), ((((((i3 * 128) - ((i3 * (i3 - 1)) // 2)) + i3) - i3) - i3) + 48):+80] = z3 where (((row + 48) >= i3) && ((row + 48) < 128))
+        // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i3 * 128) - ((i3 * (i3 - 1)) // 2)) + i3) - i3) - i3) + 48):+80] = z3 where (((row + 48) >= i3) && ((row + 48) < 128))
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-          const int a2 = (static_cast<int>(blockIdx.x) / 4);
+          const int a2 = (static_cast<int>(blockIdx.x) / 2);
           const int s3 = ((((((v_i3 * 128) - ((v_i3 * (v_i3 - 1)) / 2)) + v_i3) - v_i3) - v_i3) + 48);
           const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
           const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
@@ -1400,11 +1426,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       __syncthreads();
     }
   }
-  __syncthreads();
-  // k4 = load.async K[(pid.y // $h), ((pid.x // 4) * 128):+128, (pid.y % $h), 64:+64]
+  // k4 = load.async K[(pid.y // $h), ((pid.x // 2) * 128):+128, (pid.y % $h), 64:+64]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const int s3 = 64;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -1429,7 +1454,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+  // kg4[row, col] = (k4[col, row] * exp((lam[127] - lam[col])))
+  {
+    for (int i = tid; i < 2048; i += 256) {
+      const int r = i / 128, c = i % 128;
+      t_kg4[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_k4[(c) * 68 + (r)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[c])))));
+    }
+  }
+  if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
     // zk4_hi[row, col] = (k4[row, col] * exp((lam[127] - lam[row])))
     {
       for (int i = tid; i < 2048; i += 256) {
@@ -1468,34 +1500,35 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       }
     }
   }
+  __syncthreads();
   {
     const int v_i4_end = 80;
     for (int v_i4 = 64; v_i4 < v_i4_end; v_i4 += 1) {
-      // u4_hi[row, col] = (gv[row, col] * k4[row, (i4 - 64)])
+      // u4_hi[row, col] = (v[row, col] * kg4[(i4 - 64), row])
       {
-        for (int i = tid; i < 4096; i += 256) {
-          const int r = i / 32, c = i % 32;
-          t_u4_hi[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k4[(r) * 68 + ((v_i4 - 64))])));
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_u4_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 64 + (c)]) * prt::to_f32(t_kg4[((v_i4 - 64)) * 128 + (r)])));
         }
       }
       __syncthreads();
-      // s4 = mma.fmaFrag(k4^T, u4_hi) [64x32 in 16x16 units over 8 warps]
+      // s4 = mma.fmaFrag(k4^T, u4_hi) [64x64 in 16x32 units over 8 warps]
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-          float (&acc)[2][4] = f_s4[j];
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          float (&acc)[4][4] = f_s4[j];
           #pragma unroll
-          for (int q = 0; q < 2; ++q)
+          for (int q = 0; q < 4; ++q)
           #pragma unroll
             for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
           const int g = lane >> 2, t2 = (lane & 3) * 2;
           for (int kk = 0; kk < 128; ++kk) {
             const float a0 = prt::to_f32(t_k4[(kk) * 68 + (m0 + g)]), a1 = prt::to_f32(t_k4[(kk) * 68 + (m0 + g + 8)]);
             #pragma unroll
-            for (int q = 0; q < 2; ++q) {
-              const float b0 = prt::to_f32(t_u4_hi[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u4_hi[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
+            for (int q = 0; q < 4; ++q) {
+              const float b0 = prt::to_f32(t_u4_hi[(kk) * 68 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u4_hi[(kk) * 68 + (n0 + q * 8 + t2 + 1)]);
               acc[q][0] = fmaf(a0, b0, acc[q][0]);
               acc[q][1] = fmaf(a0, b1, acc[q][1]);
               acc[q][2] = fmaf(a1, b0, acc[q][2]);
@@ -1509,9 +1542,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           #pragma unroll
-          for (int q = 0; q < 2; ++q) {
+          for (int q = 0; q < 4; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -1520,22 +1553,22 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      // store dS[(pid.y // $h), (pid.y % $h), (pid.x // 4), ((((((i4 * 128) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 64):+64, ((pid.x % 4) * 32):+32] = s4 where (((row + 64) >= i4) && ((row + 64) < 128))
+      // store dS[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i4 * 128) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 64):+64, ((pid.x % 2) * 64):+64] = s4 where (((row + 64) >= i4) && ((row + 64) < 128))
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-        const int a2 = (static_cast<int>(blockIdx.x) / 4);
+        const int a2 = (static_cast<int>(blockIdx.x) / 2);
         const int s3 = ((((((v_i4 * 128) - ((v_i4 * (v_i4 - 1)) / 2)) + v_i4) - v_i4) - v_i4) + 64);
-        const int s4 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 2) * 64);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
             #pragma unroll
-            for (int q = 0; q < 2; ++q) {
+            for (int q = 0; q < 4; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -1545,18 +1578,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // z4[row] = (kzk4[row, (i4 - 64)] * select(((row + 64) == i4), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 64; r += 256) {
             t_z4[r] = prt::from_f32<float>((prt::to_f32(t_kzk4[(r) * 16 + ((v_i4 - 64))]) * (((r + 64) == v_i4) ? 1.0f : 1.4142135623730951f)));
           }
         }
-        // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 4), ((((((i4 * 128) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 64):+64] = z4 where (((row + 64) >= i4) && ((row + 64) < 128))
+        // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i4 * 128) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 64):+64] = z4 where (((row + 64) >= i4) && ((row + 64) < 128))
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-          const int a2 = (static_cast<int>(blockIdx.x) / 4);
+          const int a2 = (static_cast<int>(blockIdx.x) / 2);
           const int s3 = ((((((v_i4 * 128) - ((v_i4 * (v_i4 - 1)) / 2)) + v_i4) - v_i4) - v_i4) + 64);
           const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
           const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
@@ -1570,11 +1603,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       __syncthreads();
     }
   }
-  __syncthreads();
-  // k5 = load.async K[(pid.y // $h), ((pid.x // 4) * 128):+128, (pid.y % $h), 80:+48]
+  // k5 = load.async K[(pid.y // $h), ((pid.x // 2) * 128):+128, (pid.y % $h), 80:+48]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const int s3 = 80;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -1599,7 +1631,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+  // kg5[row, col] = (k5[col, row] * exp((lam[127] - lam[col])))
+  {
+    for (int i = tid; i < 2048; i += 256) {
+      const int r = i / 128, c = i % 128;
+      t_kg5[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_k5[(c) * 52 + (r)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[c])))));
+    }
+  }
+  if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
     // zk5_hi[row, col] = (k5[row, col] * exp((lam[127] - lam[row])))
     {
       for (int i = tid; i < 2048; i += 256) {
@@ -1640,35 +1679,36 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       }
     }
   }
+  __syncthreads();
   {
     const int v_i5_end = 96;
     for (int v_i5 = 80; v_i5 < v_i5_end; v_i5 += 1) {
-      // u5_hi[row, col] = (gv[row, col] * k5[row, (i5 - 80)])
+      // u5_hi[row, col] = (v[row, col] * kg5[(i5 - 80), row])
       {
-        for (int i = tid; i < 4096; i += 256) {
-          const int r = i / 32, c = i % 32;
-          t_u5_hi[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k5[(r) * 52 + ((v_i5 - 80))])));
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_u5_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 64 + (c)]) * prt::to_f32(t_kg5[((v_i5 - 80)) * 128 + (r)])));
         }
       }
       __syncthreads();
-      // s5 = mma.fmaFrag(k5^T, u5_hi) [48x32 in 16x8 units over 8 warps]
+      // s5 = mma.fmaFrag(k5^T, u5_hi) [48x64 in 16x16 units over 8 warps]
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
           if (u < 12) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
-            float (&acc)[1][4] = f_s5[j];
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+            float (&acc)[2][4] = f_s5[j];
             #pragma unroll
-            for (int q = 0; q < 1; ++q)
+            for (int q = 0; q < 2; ++q)
             #pragma unroll
               for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
             const int g = lane >> 2, t2 = (lane & 3) * 2;
             for (int kk = 0; kk < 128; ++kk) {
               const float a0 = prt::to_f32(t_k5[(kk) * 52 + (m0 + g)]), a1 = prt::to_f32(t_k5[(kk) * 52 + (m0 + g + 8)]);
               #pragma unroll
-              for (int q = 0; q < 1; ++q) {
-                const float b0 = prt::to_f32(t_u5_hi[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u5_hi[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
+              for (int q = 0; q < 2; ++q) {
+                const float b0 = prt::to_f32(t_u5_hi[(kk) * 68 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u5_hi[(kk) * 68 + (n0 + q * 8 + t2 + 1)]);
                 acc[q][0] = fmaf(a0, b0, acc[q][0]);
                 acc[q][1] = fmaf(a0, b1, acc[q][1]);
                 acc[q][2] = fmaf(a1, b0, acc[q][2]);
@@ -1684,9 +1724,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
           if (u < 12) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
             #pragma unroll
-            for (int q = 0; q < 1; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -1696,13 +1736,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      // store dS[(pid.y // $h), (pid.y % $h), (pid.x // 4), ((((((i5 * 128) - ((i5 * (i5 - 1)) // 2)) + i5) - i5) - i5) + 80):+48, ((pid.x % 4) * 32):+32] = s5 where (((row + 80) >= i5) && ((row + 80) < 128))
+      // store dS[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i5 * 128) - ((i5 * (i5 - 1)) // 2)) + i5) - i5) - i5) + 80):+48, ((pid.x % 2) * 64):+64] = s5 where (((row + 80) >= i5) && ((row + 80) < 128))
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-        const int a2 = (static_cast<int>(blockIdx.x) / 4);
+        const int a2 = (static_cast<int>(blockIdx.x) / 2);
         const int s3 = ((((((v_i5 * 128) - ((v_i5 * (v_i5 - 1)) / 2)) + v_i5) - v_i5) - v_i5) + 80);
-        const int s4 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 2) * 64);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
@@ -1710,9 +1750,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           for (int j = 0; j < 2; ++j) {
             const int u = warp + j * 8;
             if (u < 12) {
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
               #pragma unroll
-              for (int q = 0; q < 1; ++q) {
+              for (int q = 0; q < 2; ++q) {
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -1723,18 +1763,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // z5[row] = (kzk5[row, (i5 - 80)] * select(((row + 80) == i5), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 48; r += 256) {
             t_z5[r] = prt::from_f32<float>((prt::to_f32(t_kzk5[(r) * 16 + ((v_i5 - 80))]) * (((r + 80) == v_i5) ? 1.0f : 1.4142135623730951f)));
           }
         }
-        // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 4), ((((((i5 * 128) - ((i5 * (i5 - 1)) // 2)) + i5) - i5) - i5) + 80):+48] = z5 where (((row + 80) >= i5) && ((row + 80) < 128))
+        // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i5 * 128) - ((i5 * (i5 - 1)) // 2)) + i5) - i5) - i5) + 80):+48] = z5 where (((row + 80) >= i5) && ((row + 80) < 128))
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-          const int a2 = (static_cast<int>(blockIdx.x) / 4);
+          const int a2 = (static_cast<int>(blockIdx.x) / 2);
           const int s3 = ((((((v_i5 * 128) - ((v_i5 * (v_i5 - 1)) / 2)) + v_i5) - v_i5) - v_i5) + 80);
           const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
           const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
@@ -1748,11 +1788,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       __syncthreads();
     }
   }
-  __syncthreads();
-  // k6 = load.async K[(pid.y // $h), ((pid.x // 4) * 128):+128, (pid.y % $h), 96:+32]
+  // k6 = load.async K[(pid.y // $h), ((pid.x // 2) * 128):+128, (pid.y % $h), 96:+32]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const int s3 = 96;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -1777,7 +1816,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+  // kg6[row, col] = (k6[col, row] * exp((lam[127] - lam[col])))
+  {
+    for (int i = tid; i < 2048; i += 256) {
+      const int r = i / 128, c = i % 128;
+      t_kg6[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_k6[(c) * 36 + (r)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[c])))));
+    }
+  }
+  if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
     // zk6_hi[row, col] = (k6[row, col] * exp((lam[127] - lam[row])))
     {
       for (int i = tid; i < 2048; i += 256) {
@@ -1818,34 +1864,35 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       }
     }
   }
+  __syncthreads();
   {
     const int v_i6_end = 112;
     for (int v_i6 = 96; v_i6 < v_i6_end; v_i6 += 1) {
-      // u6_hi[row, col] = (gv[row, col] * k6[row, (i6 - 96)])
+      // u6_hi[row, col] = (v[row, col] * kg6[(i6 - 96), row])
       {
-        for (int i = tid; i < 4096; i += 256) {
-          const int r = i / 32, c = i % 32;
-          t_u6_hi[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k6[(r) * 36 + ((v_i6 - 96))])));
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_u6_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 64 + (c)]) * prt::to_f32(t_kg6[((v_i6 - 96)) * 128 + (r)])));
         }
       }
       __syncthreads();
-      // s6 = mma.fmaFrag(k6^T, u6_hi) [32x32 in 16x8 units over 8 warps]
+      // s6 = mma.fmaFrag(k6^T, u6_hi) [32x64 in 16x16 units over 8 warps]
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
-          float (&acc)[1][4] = f_s6[j];
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+          float (&acc)[2][4] = f_s6[j];
           #pragma unroll
-          for (int q = 0; q < 1; ++q)
+          for (int q = 0; q < 2; ++q)
           #pragma unroll
             for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
           const int g = lane >> 2, t2 = (lane & 3) * 2;
           for (int kk = 0; kk < 128; ++kk) {
             const float a0 = prt::to_f32(t_k6[(kk) * 36 + (m0 + g)]), a1 = prt::to_f32(t_k6[(kk) * 36 + (m0 + g + 8)]);
             #pragma unroll
-            for (int q = 0; q < 1; ++q) {
-              const float b0 = prt::to_f32(t_u6_hi[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u6_hi[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
+            for (int q = 0; q < 2; ++q) {
+              const float b0 = prt::to_f32(t_u6_hi[(kk) * 68 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u6_hi[(kk) * 68 + (n0 + q * 8 + t2 + 1)]);
               acc[q][0] = fmaf(a0, b0, acc[q][0]);
               acc[q][1] = fmaf(a0, b1, acc[q][1]);
               acc[q][2] = fmaf(a1, b0, acc[q][2]);
@@ -1859,9 +1906,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
           #pragma unroll
-          for (int q = 0; q < 1; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -1870,22 +1917,22 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      // store dS[(pid.y // $h), (pid.y % $h), (pid.x // 4), ((((((i6 * 128) - ((i6 * (i6 - 1)) // 2)) + i6) - i6) - i6) + 96):+32, ((pid.x % 4) * 32):+32] = s6 where (((row + 96) >= i6) && ((row + 96) < 128))
+      // store dS[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i6 * 128) - ((i6 * (i6 - 1)) // 2)) + i6) - i6) - i6) + 96):+32, ((pid.x % 2) * 64):+64] = s6 where (((row + 96) >= i6) && ((row + 96) < 128))
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-        const int a2 = (static_cast<int>(blockIdx.x) / 4);
+        const int a2 = (static_cast<int>(blockIdx.x) / 2);
         const int s3 = ((((((v_i6 * 128) - ((v_i6 * (v_i6 - 1)) / 2)) + v_i6) - v_i6) - v_i6) + 96);
-        const int s4 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 2) * 64);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
             #pragma unroll
-            for (int q = 0; q < 1; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -1895,18 +1942,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // z6[row] = (kzk6[row, (i6 - 96)] * select(((row + 96) == i6), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 32; r += 256) {
             t_z6[r] = prt::from_f32<float>((prt::to_f32(t_kzk6[(r) * 16 + ((v_i6 - 96))]) * (((r + 96) == v_i6) ? 1.0f : 1.4142135623730951f)));
           }
         }
-        // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 4), ((((((i6 * 128) - ((i6 * (i6 - 1)) // 2)) + i6) - i6) - i6) + 96):+32] = z6 where (((row + 96) >= i6) && ((row + 96) < 128))
+        // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i6 * 128) - ((i6 * (i6 - 1)) // 2)) + i6) - i6) - i6) + 96):+32] = z6 where (((row + 96) >= i6) && ((row + 96) < 128))
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-          const int a2 = (static_cast<int>(blockIdx.x) / 4);
+          const int a2 = (static_cast<int>(blockIdx.x) / 2);
           const int s3 = ((((((v_i6 * 128) - ((v_i6 * (v_i6 - 1)) / 2)) + v_i6) - v_i6) - v_i6) + 96);
           const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
           const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
@@ -1920,11 +1967,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       __syncthreads();
     }
   }
-  __syncthreads();
-  // k7 = load.async K[(pid.y // $h), ((pid.x // 4) * 128):+128, (pid.y % $h), 112:+16]
+  // k7 = load.async K[(pid.y // $h), ((pid.x // 2) * 128):+128, (pid.y % $h), 112:+16]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const int s3 = 112;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -1949,7 +1995,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+  // kg7[row, col] = (k7[col, row] * exp((lam[127] - lam[col])))
+  {
+    for (int i = tid; i < 2048; i += 256) {
+      const int r = i / 128, c = i % 128;
+      t_kg7[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_k7[(c) * 20 + (r)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[c])))));
+    }
+  }
+  if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
     // zk7_hi[row, col] = (k7[row, col] * exp((lam[127] - lam[row])))
     {
       for (int i = tid; i < 2048; i += 256) {
@@ -1994,37 +2047,35 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   {
     const int v_i7_end = 128;
     for (int v_i7 = 112; v_i7 < v_i7_end; v_i7 += 1) {
-      // u7_hi[row, col] = (gv[row, col] * k7[row, (i7 - 112)])
+      // u7_hi[row, col] = (v[row, col] * kg7[(i7 - 112), row])
       {
-        for (int i = tid; i < 4096; i += 256) {
-          const int r = i / 32, c = i % 32;
-          t_u7_hi[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k7[(r) * 20 + ((v_i7 - 112))])));
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_u7_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 64 + (c)]) * prt::to_f32(t_kg7[((v_i7 - 112)) * 128 + (r)])));
         }
       }
       __syncthreads();
-      // s7 = mma.fmaFrag(k7^T, u7_hi) [16x32 in 16x8 units over 8 warps]
+      // s7 = mma.fmaFrag(k7^T, u7_hi) [16x64 in 16x8 units over 8 warps]
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 8;
-          if (u < 4) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
-            float (&acc)[1][4] = f_s7[j];
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 8;
+          float (&acc)[1][4] = f_s7[j];
+          #pragma unroll
+          for (int q = 0; q < 1; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int kk = 0; kk < 128; ++kk) {
+            const float a0 = prt::to_f32(t_k7[(kk) * 20 + (m0 + g)]), a1 = prt::to_f32(t_k7[(kk) * 20 + (m0 + g + 8)]);
             #pragma unroll
-            for (int q = 0; q < 1; ++q)
-            #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-            const int g = lane >> 2, t2 = (lane & 3) * 2;
-            for (int kk = 0; kk < 128; ++kk) {
-              const float a0 = prt::to_f32(t_k7[(kk) * 20 + (m0 + g)]), a1 = prt::to_f32(t_k7[(kk) * 20 + (m0 + g + 8)]);
-              #pragma unroll
-              for (int q = 0; q < 1; ++q) {
-                const float b0 = prt::to_f32(t_u7_hi[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u7_hi[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
-                acc[q][0] = fmaf(a0, b0, acc[q][0]);
-                acc[q][1] = fmaf(a0, b1, acc[q][1]);
-                acc[q][2] = fmaf(a1, b0, acc[q][2]);
-                acc[q][3] = fmaf(a1, b1, acc[q][3]);
-              }
+            for (int q = 0; q < 1; ++q) {
+              const float b0 = prt::to_f32(t_u7_hi[(kk) * 68 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u7_hi[(kk) * 68 + (n0 + q * 8 + t2 + 1)]);
+              acc[q][0] = fmaf(a0, b0, acc[q][0]);
+              acc[q][1] = fmaf(a0, b1, acc[q][1]);
+              acc[q][2] = fmaf(a1, b0, acc[q][2]);
+              acc[q][3] = fmaf(a1, b1, acc[q][3]);
             }
           }
         }
@@ -2034,58 +2085,54 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 8;
-          if (u < 4) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 8;
+          #pragma unroll
+          for (int q = 0; q < 1; ++q) {
             #pragma unroll
-            for (int q = 0; q < 1; ++q) {
-              #pragma unroll
-              for (int e = 0; e < 4; ++e) {
-                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                f_s7[j][q][e] = (f_s7[j][q][e] * (((r + 112) == v_i7) ? 1.0f : 1.4142135623730951f));
-              }
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s7[j][q][e] = (f_s7[j][q][e] * (((r + 112) == v_i7) ? 1.0f : 1.4142135623730951f));
             }
           }
         }
       }
-      // store dS[(pid.y // $h), (pid.y % $h), (pid.x // 4), ((((((i7 * 128) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 112):+16, ((pid.x % 4) * 32):+32] = s7 where (((row + 112) >= i7) && ((row + 112) < 128))
+      // store dS[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i7 * 128) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 112):+16, ((pid.x % 2) * 64):+64] = s7 where (((row + 112) >= i7) && ((row + 112) < 128))
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-        const int a2 = (static_cast<int>(blockIdx.x) / 4);
+        const int a2 = (static_cast<int>(blockIdx.x) / 2);
         const int s3 = ((((((v_i7 * 128) - ((v_i7 * (v_i7 - 1)) / 2)) + v_i7) - v_i7) - v_i7) + 112);
-        const int s4 = ((static_cast<int>(blockIdx.x) % 4) * 32);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 2) * 64);
         const bool ok = a0 >= 0 && a0 < g_dS_d0 && a1 >= 0 && a1 < g_dS_d1 && a2 >= 0 && a2 < g_dS_d2;
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
             const int u = warp + j * 8;
-            if (u < 4) {
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+            const int m0 = (u / 8) * 16, n0 = (u % 8) * 8;
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) {
               #pragma unroll
-              for (int q = 0; q < 1; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  if (s3 + r >= 0 && s3 + r < g_dS_d3 && s4 + c >= 0 && s4 + c < g_dS_d4 && ((((r + 112) >= v_i7) && ((r + 112) < 128)))) g_dS[base + static_cast<long long>(r) * g_dS_s3 + static_cast<long long>(c) * g_dS_s4] = prt::from_f32<float>(f_s7[j][q][e]);
-                }
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_dS_d3 && s4 + c >= 0 && s4 + c < g_dS_d4 && ((((r + 112) >= v_i7) && ((r + 112) < 128)))) g_dS[base + static_cast<long long>(r) * g_dS_s3 + static_cast<long long>(c) * g_dS_s4] = prt::from_f32<float>(f_s7[j][q][e]);
               }
             }
           }
         }
       }
-      if (((static_cast<int>(blockIdx.x) % 4) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // z7[row] = (kzk7[row, (i7 - 112)] * select(((row + 112) == i7), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 16; r += 256) {
             t_z7[r] = prt::from_f32<float>((prt::to_f32(t_kzk7[(r) * 16 + ((v_i7 - 112))]) * (((r + 112) == v_i7) ? 1.0f : 1.4142135623730951f)));
           }
         }
-        // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 4), ((((((i7 * 128) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 112):+16] = z7 where (((row + 112) >= i7) && ((row + 112) < 128))
+        // store dZ[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i7 * 128) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 112):+16] = z7 where (((row + 112) >= i7) && ((row + 112) < 128))
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-          const int a2 = (static_cast<int>(blockIdx.x) / 4);
+          const int a2 = (static_cast<int>(blockIdx.x) / 2);
           const int s3 = ((((((v_i7 * 128) - ((v_i7 * (v_i7 - 1)) / 2)) + v_i7) - v_i7) - v_i7) + 112);
           const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
           const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
@@ -7025,7 +7072,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
 }
 
 // query_state_bwd_ds: dSin, dZin: the state's gradient from the queries of one chunk, summed over the group's query heads
-// grid (($n * 2), ($b * $h), 1), 256 threads, 145408 bytes of dynamic shared memory
+// grid (($n * 2), ($b * $h), 1), 256 threads, 163328 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128_e128_c128_f32_w8_bd64_bt128_s1(
     const float* g_Q, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -7123,53 +7170,61 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
   float* const t_f = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_z_row = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128] pitch 128
   float* const t_q0 = reinterpret_cast<float*>(prt_smem + 42496);  // f32[128, 128] pitch 132
+  float* const t_qg0 = reinterpret_cast<float*>(prt_smem + 120320);  // f32[16, 128] pitch 128
   float* const t_qzq0 = reinterpret_cast<float*>(prt_smem + 34304);  // f32[128, 16] pitch 16
   float* const t_zq0_hi = reinterpret_cast<float*>(prt_smem + 110080);  // f32[128, 16] pitch 20
   float f_s0[2][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 8 warps
-  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 144896);  // f32[128] pitch 128
-  float* const t_u0_hi = reinterpret_cast<float*>(prt_smem + 110080);  // f32[128, 64] pitch 68
+  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 110080);  // f32[128] pitch 128
+  float* const t_u0_hi = reinterpret_cast<float*>(prt_smem + 128512);  // f32[128, 64] pitch 68
   float* const t_q1 = reinterpret_cast<float*>(prt_smem + 41472);  // f32[128, 112] pitch 116
+  float* const t_qg1 = reinterpret_cast<float*>(prt_smem + 111104);  // f32[16, 128] pitch 128
   float* const t_qzq1 = reinterpret_cast<float*>(prt_smem + 34304);  // f32[112, 16] pitch 16
   float* const t_zq1_hi = reinterpret_cast<float*>(prt_smem + 100864);  // f32[128, 16] pitch 20
   float f_s1[2][4][4];  // f32[112, 64] as mma fragments: 112x64 in 16x32 units over 8 warps
-  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 135680);  // f32[112] pitch 112
-  float* const t_u1_hi = reinterpret_cast<float*>(prt_smem + 100864);  // f32[128, 64] pitch 68
+  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 100864);  // f32[112] pitch 112
+  float* const t_u1_hi = reinterpret_cast<float*>(prt_smem + 119296);  // f32[128, 64] pitch 68
   float* const t_q2 = reinterpret_cast<float*>(prt_smem + 40448);  // f32[128, 96] pitch 100
+  float* const t_qg2 = reinterpret_cast<float*>(prt_smem + 101888);  // f32[16, 128] pitch 128
   float* const t_qzq2 = reinterpret_cast<float*>(prt_smem + 34304);  // f32[96, 16] pitch 16
   float* const t_zq2_hi = reinterpret_cast<float*>(prt_smem + 91648);  // f32[128, 16] pitch 20
   float f_s2[2][4][4];  // f32[96, 64] as mma fragments: 96x64 in 16x32 units over 8 warps
-  float* const t_z2 = reinterpret_cast<float*>(prt_smem + 126464);  // f32[96] pitch 96
-  float* const t_u2_hi = reinterpret_cast<float*>(prt_smem + 91648);  // f32[128, 64] pitch 68
+  float* const t_z2 = reinterpret_cast<float*>(prt_smem + 91648);  // f32[96] pitch 96
+  float* const t_u2_hi = reinterpret_cast<float*>(prt_smem + 110080);  // f32[128, 64] pitch 68
   float* const t_q3 = reinterpret_cast<float*>(prt_smem + 39424);  // f32[128, 80] pitch 84
+  float* const t_qg3 = reinterpret_cast<float*>(prt_smem + 92672);  // f32[16, 128] pitch 128
   float* const t_qzq3 = reinterpret_cast<float*>(prt_smem + 34304);  // f32[80, 16] pitch 16
   float* const t_zq3_hi = reinterpret_cast<float*>(prt_smem + 82432);  // f32[128, 16] pitch 20
   float f_s3[2][4][4];  // f32[80, 64] as mma fragments: 80x64 in 16x32 units over 8 warps
-  float* const t_z3 = reinterpret_cast<float*>(prt_smem + 117248);  // f32[80] pitch 80
-  float* const t_u3_hi = reinterpret_cast<float*>(prt_smem + 82432);  // f32[128, 64] pitch 68
+  float* const t_z3 = reinterpret_cast<float*>(prt_smem + 82432);  // f32[80] pitch 80
+  float* const t_u3_hi = reinterpret_cast<float*>(prt_smem + 100864);  // f32[128, 64] pitch 68
   float* const t_q4 = reinterpret_cast<float*>(prt_smem + 38400);  // f32[128, 64] pitch 68
+  float* const t_qg4 = reinterpret_cast<float*>(prt_smem + 83456);  // f32[16, 128] pitch 128
   float* const t_qzq4 = reinterpret_cast<float*>(prt_smem + 34304);  // f32[64, 16] pitch 16
   float* const t_zq4_hi = reinterpret_cast<float*>(prt_smem + 73216);  // f32[128, 16] pitch 20
   float f_s4[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
-  float* const t_z4 = reinterpret_cast<float*>(prt_smem + 108032);  // f32[64] pitch 64
-  float* const t_u4_hi = reinterpret_cast<float*>(prt_smem + 73216);  // f32[128, 64] pitch 68
+  float* const t_z4 = reinterpret_cast<float*>(prt_smem + 73216);  // f32[64] pitch 64
+  float* const t_u4_hi = reinterpret_cast<float*>(prt_smem + 91648);  // f32[128, 64] pitch 68
   float* const t_q5 = reinterpret_cast<float*>(prt_smem + 37376);  // f32[128, 48] pitch 52
+  float* const t_qg5 = reinterpret_cast<float*>(prt_smem + 74240);  // f32[16, 128] pitch 128
   float* const t_qzq5 = reinterpret_cast<float*>(prt_smem + 34304);  // f32[48, 16] pitch 16
   float* const t_zq5_hi = reinterpret_cast<float*>(prt_smem + 64000);  // f32[128, 16] pitch 20
   float f_s5[2][2][4];  // f32[48, 64] as mma fragments: 48x64 in 16x16 units over 8 warps
-  float* const t_z5 = reinterpret_cast<float*>(prt_smem + 98816);  // f32[48] pitch 48
-  float* const t_u5_hi = reinterpret_cast<float*>(prt_smem + 64000);  // f32[128, 64] pitch 68
+  float* const t_z5 = reinterpret_cast<float*>(prt_smem + 64000);  // f32[48] pitch 48
+  float* const t_u5_hi = reinterpret_cast<float*>(prt_smem + 82432);  // f32[128, 64] pitch 68
   float* const t_q6 = reinterpret_cast<float*>(prt_smem + 36352);  // f32[128, 32] pitch 36
+  float* const t_qg6 = reinterpret_cast<float*>(prt_smem + 65024);  // f32[16, 128] pitch 128
   float* const t_qzq6 = reinterpret_cast<float*>(prt_smem + 34304);  // f32[32, 16] pitch 16
   float* const t_zq6_hi = reinterpret_cast<float*>(prt_smem + 54784);  // f32[128, 16] pitch 20
   float f_s6[1][2][4];  // f32[32, 64] as mma fragments: 32x64 in 16x16 units over 8 warps
-  float* const t_z6 = reinterpret_cast<float*>(prt_smem + 89600);  // f32[32] pitch 32
-  float* const t_u6_hi = reinterpret_cast<float*>(prt_smem + 54784);  // f32[128, 64] pitch 68
+  float* const t_z6 = reinterpret_cast<float*>(prt_smem + 54784);  // f32[32] pitch 32
+  float* const t_u6_hi = reinterpret_cast<float*>(prt_smem + 73216);  // f32[128, 64] pitch 68
   float* const t_q7 = reinterpret_cast<float*>(prt_smem + 35328);  // f32[128, 16] pitch 20
+  float* const t_qg7 = reinterpret_cast<float*>(prt_smem + 55808);  // f32[16, 128] pitch 128
   float* const t_qzq7 = reinterpret_cast<float*>(prt_smem + 34304);  // f32[16, 16] pitch 16
   float* const t_zq7_hi = reinterpret_cast<float*>(prt_smem + 45568);  // f32[128, 16] pitch 20
   float f_s7[1][1][4];  // f32[16, 64] as mma fragments: 16x64 in 16x8 units over 8 warps
-  float* const t_z7 = reinterpret_cast<float*>(prt_smem + 80384);  // f32[16] pitch 16
-  float* const t_u7_hi = reinterpret_cast<float*>(prt_smem + 45568);  // f32[128, 64] pitch 68
+  float* const t_z7 = reinterpret_cast<float*>(prt_smem + 45568);  // f32[16] pitch 16
+  float* const t_u7_hi = reinterpret_cast<float*>(prt_smem + 64000);  // f32[128, 64] pitch 68
   // g = load logG[(pid.y // $h), ((pid.x // 2) * 128):+128, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -7356,7 +7411,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
-      __syncthreads();
       // q0 = load.async Q[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0), 0:+128]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -7385,6 +7439,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
+      // qg0[row, col] = (q0[col, row] * f[col])
+      {
+        for (int i = tid; i < 2048; i += 256) {
+          const int r = i / 128, c = i % 128;
+          t_qg0[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_q0[(c) * 132 + (r)]) * prt::to_f32(t_f[c])));
+        }
+      }
       if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // zq0_hi[row, col] = ((q0[row, col] * f[row]) * z_row[row])
         {
@@ -7424,6 +7485,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -7547,13 +7609,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
+            __syncthreads();
+            // qg0[row, col] = (q0[col, row] * f[col])
+            {
+              for (int i = tid; i < 2048; i += 256) {
+                const int r = i / 128, c = i % 128;
+                t_qg0[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_q0[(c) * 132 + (r)]) * prt::to_f32(t_f[c])));
+              }
+            }
           }
           __syncthreads();
-          // u0_hi[row, col] = (fdy[row, col] * (q0[row, (i1 - 0)] * f[row]))
+          // u0_hi[row, col] = (fdy[row, col] * qg0[(i1 - 0), row])
           {
             for (int i = tid; i < 8192; i += 256) {
               const int r = i / 64, c = i % 64;
-              t_u0_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q0[(r) * 132 + ((v_i1 - 0))]) * prt::to_f32(t_f[r]))));
+              t_u0_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_qg0[((v_i1 - 0)) * 128 + (r)])));
             }
           }
           __syncthreads();
@@ -7621,7 +7691,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
-      __syncthreads();
       if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // z0[row] = (qzq0[row, (i1 - 0)] * select(((row + 0) == i1), 1.0, 1.4142135623730951))
         {
@@ -7732,7 +7801,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
-      __syncthreads();
       // q1 = load.async Q[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3), 16:+112]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -7761,6 +7829,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
+      // qg1[row, col] = (q1[col, row] * f[col])
+      {
+        for (int i = tid; i < 2048; i += 256) {
+          const int r = i / 128, c = i % 128;
+          t_qg1[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_q1[(c) * 116 + (r)]) * prt::to_f32(t_f[c])));
+        }
+      }
       if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // zq1_hi[row, col] = ((q1[row, col] * f[row]) * z_row[row])
         {
@@ -7802,6 +7877,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -7927,13 +8003,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
+            __syncthreads();
+            // qg1[row, col] = (q1[col, row] * f[col])
+            {
+              for (int i = tid; i < 2048; i += 256) {
+                const int r = i / 128, c = i % 128;
+                t_qg1[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_q1[(c) * 116 + (r)]) * prt::to_f32(t_f[c])));
+              }
+            }
           }
           __syncthreads();
-          // u1_hi[row, col] = (fdy[row, col] * (q1[row, (i4 - 16)] * f[row]))
+          // u1_hi[row, col] = (fdy[row, col] * qg1[(i4 - 16), row])
           {
             for (int i = tid; i < 8192; i += 256) {
               const int r = i / 64, c = i % 64;
-              t_u1_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q1[(r) * 116 + ((v_i4 - 16))]) * prt::to_f32(t_f[r]))));
+              t_u1_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_qg1[((v_i4 - 16)) * 128 + (r)])));
             }
           }
           __syncthreads();
@@ -8118,7 +8202,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
-      __syncthreads();
       // q2 = load.async Q[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6), 32:+96]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -8147,6 +8230,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
+      // qg2[row, col] = (q2[col, row] * f[col])
+      {
+        for (int i = tid; i < 2048; i += 256) {
+          const int r = i / 128, c = i % 128;
+          t_qg2[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_q2[(c) * 100 + (r)]) * prt::to_f32(t_f[c])));
+        }
+      }
       if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // zq2_hi[row, col] = ((q2[row, col] * f[row]) * z_row[row])
         {
@@ -8188,6 +8278,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -8313,13 +8404,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
+            __syncthreads();
+            // qg2[row, col] = (q2[col, row] * f[col])
+            {
+              for (int i = tid; i < 2048; i += 256) {
+                const int r = i / 128, c = i % 128;
+                t_qg2[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_q2[(c) * 100 + (r)]) * prt::to_f32(t_f[c])));
+              }
+            }
           }
           __syncthreads();
-          // u2_hi[row, col] = (fdy[row, col] * (q2[row, (i7 - 32)] * f[row]))
+          // u2_hi[row, col] = (fdy[row, col] * qg2[(i7 - 32), row])
           {
             for (int i = tid; i < 8192; i += 256) {
               const int r = i / 64, c = i % 64;
-              t_u2_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q2[(r) * 100 + ((v_i7 - 32))]) * prt::to_f32(t_f[r]))));
+              t_u2_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_qg2[((v_i7 - 32)) * 128 + (r)])));
             }
           }
           __syncthreads();
@@ -8504,7 +8603,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
-      __syncthreads();
       // q3 = load.async Q[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9), 48:+80]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -8533,6 +8631,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
+      // qg3[row, col] = (q3[col, row] * f[col])
+      {
+        for (int i = tid; i < 2048; i += 256) {
+          const int r = i / 128, c = i % 128;
+          t_qg3[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_q3[(c) * 84 + (r)]) * prt::to_f32(t_f[c])));
+        }
+      }
       if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // zq3_hi[row, col] = ((q3[row, col] * f[row]) * z_row[row])
         {
@@ -8574,6 +8679,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -8699,13 +8805,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
+            __syncthreads();
+            // qg3[row, col] = (q3[col, row] * f[col])
+            {
+              for (int i = tid; i < 2048; i += 256) {
+                const int r = i / 128, c = i % 128;
+                t_qg3[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_q3[(c) * 84 + (r)]) * prt::to_f32(t_f[c])));
+              }
+            }
           }
           __syncthreads();
-          // u3_hi[row, col] = (fdy[row, col] * (q3[row, (i10 - 48)] * f[row]))
+          // u3_hi[row, col] = (fdy[row, col] * qg3[(i10 - 48), row])
           {
             for (int i = tid; i < 8192; i += 256) {
               const int r = i / 64, c = i % 64;
-              t_u3_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q3[(r) * 84 + ((v_i10 - 48))]) * prt::to_f32(t_f[r]))));
+              t_u3_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_qg3[((v_i10 - 48)) * 128 + (r)])));
             }
           }
           __syncthreads();
@@ -8890,7 +9004,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
-      __syncthreads();
       // q4 = load.async Q[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i12), 64:+64]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -8919,6 +9032,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
+      // qg4[row, col] = (q4[col, row] * f[col])
+      {
+        for (int i = tid; i < 2048; i += 256) {
+          const int r = i / 128, c = i % 128;
+          t_qg4[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_q4[(c) * 68 + (r)]) * prt::to_f32(t_f[c])));
+        }
+      }
       if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // zq4_hi[row, col] = ((q4[row, col] * f[row]) * z_row[row])
         {
@@ -8958,6 +9078,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -9081,13 +9202,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
+            __syncthreads();
+            // qg4[row, col] = (q4[col, row] * f[col])
+            {
+              for (int i = tid; i < 2048; i += 256) {
+                const int r = i / 128, c = i % 128;
+                t_qg4[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_q4[(c) * 68 + (r)]) * prt::to_f32(t_f[c])));
+              }
+            }
           }
           __syncthreads();
-          // u4_hi[row, col] = (fdy[row, col] * (q4[row, (i13 - 64)] * f[row]))
+          // u4_hi[row, col] = (fdy[row, col] * qg4[(i13 - 64), row])
           {
             for (int i = tid; i < 8192; i += 256) {
               const int r = i / 64, c = i % 64;
-              t_u4_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q4[(r) * 68 + ((v_i13 - 64))]) * prt::to_f32(t_f[r]))));
+              t_u4_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_qg4[((v_i13 - 64)) * 128 + (r)])));
             }
           }
           __syncthreads();
@@ -9266,7 +9395,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
-      __syncthreads();
       // q5 = load.async Q[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i15), 80:+48]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -9295,6 +9423,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
+      // qg5[row, col] = (q5[col, row] * f[col])
+      {
+        for (int i = tid; i < 2048; i += 256) {
+          const int r = i / 128, c = i % 128;
+          t_qg5[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_q5[(c) * 52 + (r)]) * prt::to_f32(t_f[c])));
+        }
+      }
       if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // zq5_hi[row, col] = ((q5[row, col] * f[row]) * z_row[row])
         {
@@ -9336,6 +9471,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -9461,13 +9597,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
+            __syncthreads();
+            // qg5[row, col] = (q5[col, row] * f[col])
+            {
+              for (int i = tid; i < 2048; i += 256) {
+                const int r = i / 128, c = i % 128;
+                t_qg5[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_q5[(c) * 52 + (r)]) * prt::to_f32(t_f[c])));
+              }
+            }
           }
           __syncthreads();
-          // u5_hi[row, col] = (fdy[row, col] * (q5[row, (i16 - 80)] * f[row]))
+          // u5_hi[row, col] = (fdy[row, col] * qg5[(i16 - 80), row])
           {
             for (int i = tid; i < 8192; i += 256) {
               const int r = i / 64, c = i % 64;
-              t_u5_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q5[(r) * 52 + ((v_i16 - 80))]) * prt::to_f32(t_f[r]))));
+              t_u5_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_qg5[((v_i16 - 80)) * 128 + (r)])));
             }
           }
           __syncthreads();
@@ -9652,7 +9796,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
-      __syncthreads();
       // q6 = load.async Q[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i18), 96:+32]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -9681,6 +9824,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
+      // qg6[row, col] = (q6[col, row] * f[col])
+      {
+        for (int i = tid; i < 2048; i += 256) {
+          const int r = i / 128, c = i % 128;
+          t_qg6[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_q6[(c) * 36 + (r)]) * prt::to_f32(t_f[c])));
+        }
+      }
       if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // zq6_hi[row, col] = ((q6[row, col] * f[row]) * z_row[row])
         {
@@ -9722,6 +9872,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -9845,13 +9996,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
+            __syncthreads();
+            // qg6[row, col] = (q6[col, row] * f[col])
+            {
+              for (int i = tid; i < 2048; i += 256) {
+                const int r = i / 128, c = i % 128;
+                t_qg6[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_q6[(c) * 36 + (r)]) * prt::to_f32(t_f[c])));
+              }
+            }
           }
           __syncthreads();
-          // u6_hi[row, col] = (fdy[row, col] * (q6[row, (i19 - 96)] * f[row]))
+          // u6_hi[row, col] = (fdy[row, col] * qg6[(i19 - 96), row])
           {
             for (int i = tid; i < 8192; i += 256) {
               const int r = i / 64, c = i % 64;
-              t_u6_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q6[(r) * 36 + ((v_i19 - 96))]) * prt::to_f32(t_f[r]))));
+              t_u6_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_qg6[((v_i19 - 96)) * 128 + (r)])));
             }
           }
           __syncthreads();
@@ -10030,7 +10189,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
-      __syncthreads();
       // q7 = load.async Q[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i21), 112:+16]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -10059,6 +10217,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
+      // qg7[row, col] = (q7[col, row] * f[col])
+      {
+        for (int i = tid; i < 2048; i += 256) {
+          const int r = i / 128, c = i % 128;
+          t_qg7[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_q7[(c) * 20 + (r)]) * prt::to_f32(t_f[c])));
+        }
+      }
       if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
         // zq7_hi[row, col] = ((q7[row, col] * f[row]) * z_row[row])
         {
@@ -10100,6 +10265,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -10223,13 +10389,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
+            __syncthreads();
+            // qg7[row, col] = (q7[col, row] * f[col])
+            {
+              for (int i = tid; i < 2048; i += 256) {
+                const int r = i / 128, c = i % 128;
+                t_qg7[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_q7[(c) * 20 + (r)]) * prt::to_f32(t_f[c])));
+              }
+            }
           }
           __syncthreads();
-          // u7_hi[row, col] = (fdy[row, col] * (q7[row, (i22 - 112)] * f[row]))
+          // u7_hi[row, col] = (fdy[row, col] * qg7[(i22 - 112), row])
           {
             for (int i = tid; i < 8192; i += 256) {
               const int r = i / 64, c = i % 64;
-              t_u7_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q7[(r) * 20 + ((v_i22 - 112))]) * prt::to_f32(t_f[r]))));
+              t_u7_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_qg7[((v_i22 - 112)) * 128 + (r)])));
             }
           }
           __syncthreads();
@@ -13029,10 +13203,10 @@ extern "C" cudaError_t prt_attention_p2_d128_e128_c128_f32_w2_bd0_bt32_s2_launch
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_update_state_p2_d128_e128_c128_f32_w8_bd32_bt128_s1_launch(dim3 grid, cudaStream_t stream, const float* g_K, const float* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d128_e128_c128_f32_w8_bd32_bt128_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 128000);
+extern "C" cudaError_t prt_update_state_p2_d128_e128_c128_f32_w8_bd64_bt128_s1_launch(dim3 grid, cudaStream_t stream, const float* g_K, const float* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
+  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d128_e128_c128_f32_w8_bd64_bt128_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 162816);
   if (err != cudaSuccess) return err;
-  prt_update_state_p2_d128_e128_c128_f32_w8_bd32_bt128_s1<<<grid, 256, 128000, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
+  prt_update_state_p2_d128_e128_c128_f32_w8_bd64_bt128_s1<<<grid, 256, 162816, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
@@ -13072,9 +13246,9 @@ extern "C" cudaError_t prt_query_state_bwd_dq_p2_d128_e128_c128_f32_w4_bd0_bt16_
 }
 
 extern "C" cudaError_t prt_query_state_bwd_ds_p2_d128_e128_c128_f32_w8_bd64_bt128_s1_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_ds_p2_d128_e128_c128_f32_w8_bd64_bt128_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 145408);
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_ds_p2_d128_e128_c128_f32_w8_bd64_bt128_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 163328);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_ds_p2_d128_e128_c128_f32_w8_bd64_bt128_s1<<<grid, 256, 145408, stream>>>(g_Q, g_logG, g_dY, g_lse, g_Dy, g_dSin, g_dZin, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_query_state_bwd_ds_p2_d128_e128_c128_f32_w8_bd64_bt128_s1<<<grid, 256, 163328, stream>>>(g_Q, g_logG, g_dY, g_lse, g_Dy, g_dSin, g_dZin, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 

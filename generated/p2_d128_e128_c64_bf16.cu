@@ -309,25 +309,33 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
             __syncthreads();
             // w = mma.tc(q, k^T) [64x64 in 16x32 units over 4 warps]
             {
+              float (&acc)[2][4][4] = f_w;
               #pragma unroll
               for (int j = 0; j < 2; ++j) {
-                const int u = warp + j * 4;
-                const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                float (&acc)[4][4] = f_w[j];
                 #pragma unroll
                 for (int q = 0; q < 4; ++q)
                 #pragma unroll
-                  for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-                for (int k0 = 0; k0 < 128; k0 += 16) {
-                  uint32_t af[4];
-                  prt::ldmatrix_x4(af, &t_q[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+                  for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+              }
+              for (int k0 = 0; k0 < 128; k0 += 16) {
+                const int n0 = (warp % 2) * 32;
+                uint32_t fbt_k[4][2];
+                #pragma unroll
+                for (int q = 0; q < 4; q += 2) {
+                  uint32_t r[4];
+                  prt::ldmatrix_x4(r, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 136 + k0 + prt::at_col(lane)]);
+                  fbt_k[q][0] = r[0]; fbt_k[q][1] = r[1]; fbt_k[q + 1][0] = r[2]; fbt_k[q + 1][1] = r[3];
+                }
+                #pragma unroll
+                for (int j = 0; j < 2; ++j) {
+                  const int u = warp + j * 4;
+                  const int m0 = (u / 2) * 16;
+                  (void)m0;
+                  (void)n0;
+                  uint32_t fa_q[4];
+                  prt::ldmatrix_x4(fa_q, &t_q[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
                   #pragma unroll
-                  for (int q = 0; q < 4; q += 2) {
-                    uint32_t bf[4];
-                    prt::ldmatrix_x4(bf, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 136 + k0 + prt::at_col(lane)]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                  }
+                  for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q, fbt_k[q][0], fbt_k[q][1]);
                 }
               }
             }
@@ -436,21 +444,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
             }
             // acc += mma.tc(p, v) [64x128 in 16x32 units over 4 warps]
             {
-              #pragma unroll
-              for (int j = 0; j < 4; ++j) {
-                const int u = warp + j * 4;
-                const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-                float (&acc)[4][4] = f_acc[j];
-                for (int k0 = 0; k0 < 64; k0 += 16) {
-                  uint32_t af[4];
-                  prt::ldmatrix_x4(af, &t_p[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+              float (&acc)[4][4][4] = f_acc;
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                const int n0 = (warp % 4) * 32;
+                uint32_t fb_v[4][2];
+                #pragma unroll
+                for (int q = 0; q < 4; q += 2) {
+                  uint32_t r[4];
+                  prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                  fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
+                }
+                #pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                  const int u = warp + j * 4;
+                  const int m0 = (u / 4) * 16;
+                  (void)m0;
+                  (void)n0;
+                  uint32_t fa_p[4];
+                  prt::ldmatrix_x4(fa_p, &t_p[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
                   #pragma unroll
-                  for (int q = 0; q < 4; q += 2) {
-                    uint32_t bf[4];
-                    prt::ldmatrix_x4_trans(bf, &t_v[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                  }
+                  for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_p, fb_v[q][0], fb_v[q][1]);
                 }
               }
             }
@@ -514,7 +527,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
 }
 
 // update_state: dS_m = phi(k')^T V, dZ_m = colsum phi(k') per chunk, k' = k exp((G_m - lam)/p)
-// grid (($n * 1), ($b * $h), 1), 256 threads, 101888 bytes of dynamic shared memory
+// grid (($n * 1), ($b * $h), 1), 256 threads, 48128 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_c64_bf16_w8_bd128_bt64_s1(
     const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -588,72 +601,79 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   (void)g_dZ_d3;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 128] pitch 128
-  float* const t_gv = reinterpret_cast<float*>(prt_smem + 16896);  // f32[64, 128] pitch 128
-  __nv_bfloat16* const t_k0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49664);  // bf16[64, 128] pitch 136
-  float* const t_kzk0 = reinterpret_cast<float*>(prt_smem + 6656);  // f32[128, 16] pitch 16
-  __nv_bfloat16* const t_zk0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_zk0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 3584);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_k0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 17920);  // bf16[64, 128] pitch 136
+  float* const t_kg0 = reinterpret_cast<float*>(prt_smem + 35328);  // f32[16, 64] pitch 64
+  float* const t_kzk0 = reinterpret_cast<float*>(prt_smem + 39424);  // f32[128, 16] pitch 16
+  // zk0_hi: bf16[64, 16] computed in registers by its mma group
+  // zk0_lo: bf16[64, 16] computed in registers by its mma group
   float f_s0[4][4][4];  // f32[128, 128] as mma fragments: 128x128 in 16x32 units over 8 warps
-  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
-  __nv_bfloat16* const t_u0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 67072);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_u0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 84480);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_k1 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 112] pitch 120
-  float* const t_kzk1 = reinterpret_cast<float*>(prt_smem + 55808);  // f32[112, 16] pitch 16
-  __nv_bfloat16* const t_zk1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49664);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_zk1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 52736);  // bf16[64, 16] pitch 24
+  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 47616);  // f32[128] pitch 128
+  // u0_hi: bf16[64, 128] computed in registers by its mma group
+  // u0_lo: bf16[64, 128] computed in registers by its mma group
+  __nv_bfloat16* const t_k1 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 17920);  // bf16[64, 112] pitch 120
+  float* const t_kg1 = reinterpret_cast<float*>(prt_smem + 33280);  // f32[16, 64] pitch 64
+  float* const t_kzk1 = reinterpret_cast<float*>(prt_smem + 37376);  // f32[112, 16] pitch 16
+  // zk1_hi: bf16[64, 16] computed in registers by its mma group
+  // zk1_lo: bf16[64, 16] computed in registers by its mma group
   float f_s1[4][4][4];  // f32[112, 128] as mma fragments: 112x128 in 16x32 units over 8 warps
-  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 15872);  // f32[112] pitch 112
-  __nv_bfloat16* const t_u1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 62976);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_u1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 80384);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_k2 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 96] pitch 104
-  float* const t_kzk2 = reinterpret_cast<float*>(prt_smem + 52736);  // f32[96, 16] pitch 16
-  __nv_bfloat16* const t_zk2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 13824);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_zk2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49664);  // bf16[64, 16] pitch 24
+  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 44544);  // f32[112] pitch 112
+  // u1_hi: bf16[64, 128] computed in registers by its mma group
+  // u1_lo: bf16[64, 128] computed in registers by its mma group
+  __nv_bfloat16* const t_k2 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 17920);  // bf16[64, 96] pitch 104
+  float* const t_kg2 = reinterpret_cast<float*>(prt_smem + 31232);  // f32[16, 64] pitch 64
+  float* const t_kzk2 = reinterpret_cast<float*>(prt_smem + 35328);  // f32[96, 16] pitch 16
+  // zk2_hi: bf16[64, 16] computed in registers by its mma group
+  // zk2_lo: bf16[64, 16] computed in registers by its mma group
   float f_s2[3][4][4];  // f32[96, 128] as mma fragments: 96x128 in 16x32 units over 8 warps
-  float* const t_z2 = reinterpret_cast<float*>(prt_smem + 13824);  // f32[96] pitch 96
-  __nv_bfloat16* const t_u2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 58880);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_u2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 76288);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_k3 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 80] pitch 88
-  float* const t_kzk3 = reinterpret_cast<float*>(prt_smem + 52736);  // f32[80, 16] pitch 16
-  __nv_bfloat16* const t_zk3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 11776);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_zk3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49664);  // bf16[64, 16] pitch 24
+  float* const t_z2 = reinterpret_cast<float*>(prt_smem + 41472);  // f32[96] pitch 96
+  // u2_hi: bf16[64, 128] computed in registers by its mma group
+  // u2_lo: bf16[64, 128] computed in registers by its mma group
+  __nv_bfloat16* const t_k3 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 17920);  // bf16[64, 80] pitch 88
+  float* const t_kg3 = reinterpret_cast<float*>(prt_smem + 29184);  // f32[16, 64] pitch 64
+  float* const t_kzk3 = reinterpret_cast<float*>(prt_smem + 33280);  // f32[80, 16] pitch 16
+  // zk3_hi: bf16[64, 16] computed in registers by its mma group
+  // zk3_lo: bf16[64, 16] computed in registers by its mma group
   float f_s3[3][4][4];  // f32[80, 128] as mma fragments: 80x128 in 16x32 units over 8 warps
-  float* const t_z3 = reinterpret_cast<float*>(prt_smem + 11776);  // f32[80] pitch 80
-  __nv_bfloat16* const t_u3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 57856);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_u3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 75264);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_k4 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 64] pitch 72
-  float* const t_kzk4 = reinterpret_cast<float*>(prt_smem + 49664);  // f32[64, 16] pitch 16
-  __nv_bfloat16* const t_zk4_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 9728);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_zk4_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 12800);  // bf16[64, 16] pitch 24
+  float* const t_z3 = reinterpret_cast<float*>(prt_smem + 38400);  // f32[80] pitch 80
+  // u3_hi: bf16[64, 128] computed in registers by its mma group
+  // u3_lo: bf16[64, 128] computed in registers by its mma group
+  __nv_bfloat16* const t_k4 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 17920);  // bf16[64, 64] pitch 72
+  float* const t_kg4 = reinterpret_cast<float*>(prt_smem + 27136);  // f32[16, 64] pitch 64
+  float* const t_kzk4 = reinterpret_cast<float*>(prt_smem + 31232);  // f32[64, 16] pitch 16
+  // zk4_hi: bf16[64, 16] computed in registers by its mma group
+  // zk4_lo: bf16[64, 16] computed in registers by its mma group
   float f_s4[2][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 8 warps
   float* const t_z4 = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  __nv_bfloat16* const t_u4_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 53760);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_u4_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 71168);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_k5 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 48] pitch 56
-  float* const t_kzk5 = reinterpret_cast<float*>(prt_smem + 13824);  // f32[48, 16] pitch 16
-  __nv_bfloat16* const t_zk5_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 7680);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_zk5_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 10752);  // bf16[64, 16] pitch 24
+  // u4_hi: bf16[64, 128] computed in registers by its mma group
+  // u4_lo: bf16[64, 128] computed in registers by its mma group
+  __nv_bfloat16* const t_k5 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 17920);  // bf16[64, 48] pitch 56
+  float* const t_kg5 = reinterpret_cast<float*>(prt_smem + 25088);  // f32[16, 64] pitch 64
+  float* const t_kzk5 = reinterpret_cast<float*>(prt_smem + 29184);  // f32[48, 16] pitch 16
+  // zk5_hi: bf16[64, 16] computed in registers by its mma group
+  // zk5_lo: bf16[64, 16] computed in registers by its mma group
   float f_s5[2][4][4];  // f32[48, 128] as mma fragments: 48x128 in 16x32 units over 8 warps
   float* const t_z5 = reinterpret_cast<float*>(prt_smem + 0);  // f32[48] pitch 48
-  __nv_bfloat16* const t_u5_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49664);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_u5_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 67072);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_k6 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 32] pitch 40
-  float* const t_kzk6 = reinterpret_cast<float*>(prt_smem + 11776);  // f32[32, 16] pitch 16
-  __nv_bfloat16* const t_zk6_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 5632);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_zk6_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 8704);  // bf16[64, 16] pitch 24
+  // u5_hi: bf16[64, 128] computed in registers by its mma group
+  // u5_lo: bf16[64, 128] computed in registers by its mma group
+  __nv_bfloat16* const t_k6 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 17920);  // bf16[64, 32] pitch 40
+  float* const t_kg6 = reinterpret_cast<float*>(prt_smem + 23040);  // f32[16, 64] pitch 64
+  float* const t_kzk6 = reinterpret_cast<float*>(prt_smem + 27136);  // f32[32, 16] pitch 16
+  // zk6_hi: bf16[64, 16] computed in registers by its mma group
+  // zk6_lo: bf16[64, 16] computed in registers by its mma group
   float f_s6[1][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 8 warps
   float* const t_z6 = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
-  __nv_bfloat16* const t_u6_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49664);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_u6_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 67072);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_k7 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 16] pitch 24
-  float* const t_kzk7 = reinterpret_cast<float*>(prt_smem + 9728);  // f32[16, 16] pitch 16
-  __nv_bfloat16* const t_zk7_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 3584);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_zk7_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 6656);  // bf16[64, 16] pitch 24
+  // u6_hi: bf16[64, 128] computed in registers by its mma group
+  // u6_lo: bf16[64, 128] computed in registers by its mma group
+  __nv_bfloat16* const t_k7 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 17920);  // bf16[64, 16] pitch 24
+  float* const t_kg7 = reinterpret_cast<float*>(prt_smem + 20992);  // f32[16, 64] pitch 64
+  float* const t_kzk7 = reinterpret_cast<float*>(prt_smem + 25088);  // f32[16, 16] pitch 16
+  // zk7_hi: bf16[64, 16] computed in registers by its mma group
+  // zk7_lo: bf16[64, 16] computed in registers by its mma group
   float f_s7[1][2][4];  // f32[16, 128] as mma fragments: 16x128 in 16x16 units over 8 warps
   float* const t_z7 = reinterpret_cast<float*>(prt_smem + 0);  // f32[16] pitch 16
-  __nv_bfloat16* const t_u7_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49664);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_u7_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 67072);  // bf16[64, 128] pitch 136
+  // u7_hi: bf16[64, 128] computed in registers by its mma group
+  // u7_lo: bf16[64, 128] computed in registers by its mma group
   // g = load logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -695,24 +715,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
         const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
       for (int i = tid; i < 8192; i += 256) {
         const int r = i / 128, c = i % 128;
-        dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
       }
-    }
-  }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  __syncthreads();
-  // gv[row, col] = (v[row, col] * exp((lam[63] - lam[row])))
-  {
-    for (int i = tid; i < 8192; i += 256) {
-      const int r = i / 128, c = i % 128;
-      t_gv[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 128 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
     }
   }
   // k0 = load.async K[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h), 0:+128]
@@ -743,133 +753,132 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
+  // kg0[row, col] = (k0[col, row] * exp((lam[63] - lam[col])))
+  {
+    for (int i = tid; i < 1024; i += 256) {
+      const int r = i / 64, c = i % 64;
+      t_kg0[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_k0[(c) * 136 + (r)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[c])))));
+    }
+  }
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // zk0_hi[row, col] = (k0[row, col] * exp((lam[63] - lam[row])))
-    // zk0_lo[row, col] = ((k0[row, col] * exp((lam[63] - lam[row]))) - zk0_hi[row, col])
+    // mma.group (operands in registers):
+    //   zk0_hi[row, col] = (k0[row, col] * exp((lam[63] - lam[row])))
+    //   zk0_lo[row, col] = ((k0[row, col] * exp((lam[63] - lam[row]))) - zk0_hi[row, col])
+    //   kzk0 = mma.tc(k0^T, zk0_hi) [128x16 in 16x16 units over 8 warps]
+    //   kzk0 += mma.tc(k0^T, zk0_lo) [128x16 in 16x16 units over 8 warps]
     {
-      for (int i = tid; i < 1024; i += 256) {
-        const int r = i / 16, c = i % 16;
-        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k0[(r) * 136 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
-        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k0[(r) * 136 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_zk0_hi[(r) * 24 + (c)] = y0;
-        t_zk0_lo[(r) * 24 + (c)] = y1;
-      }
-    }
-    __syncthreads();
-    // kzk0 = mma.tc(k0^T, zk0_hi) [128x16 in 16x16 units over 8 warps]
-    {
+      float acc[1][2][4];
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 8;
-        const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
-        float acc[2][4];
         #pragma unroll
         for (int q = 0; q < 2; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-          uint32_t af[4];
-          prt::ldmatrix_x4_trans(af, &t_k0[(k0 + prt::at_row(lane)) * 136 + m0 + prt::at_col(lane)]);
-          #pragma unroll
-          for (int q = 0; q < 2; q += 2) {
-            uint32_t bf[4];
-            prt::ldmatrix_x4_trans(bf, &t_zk0_hi[(k0 + prt::a_row(lane)) * 24 + n0 + q * 8 + prt::a_col(lane)]);
-            prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-            prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-          }
-        }
-        #pragma unroll
-        for (int q = 0; q < 2; ++q)
-        #pragma unroll
-          for (int e = 0; e < 4; ++e) t_kzk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
       }
-    }
-    __syncthreads();
-    // kzk0 += mma.tc(k0^T, zk0_lo) [128x16 in 16x16 units over 8 warps]
-    {
+      const int g = lane >> 2, t2 = (lane & 3) * 2;
+      for (int k0 = 0; k0 < 64; k0 += 16) {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 1) * 16;
+          const int n0 = (u % 1) * 16;
+          (void)m0;
+          (void)n0;
+          uint32_t fat_k0[4];
+          prt::ldmatrix_x4_trans(fat_k0, &t_k0[(k0 + prt::at_row(lane)) * 136 + m0 + prt::at_col(lane)]);
+          uint32_t ib_zk0_hi[2][2];
+          uint32_t ib_zk0_lo[2][2];
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int rg = 0; rg < 2; ++rg) {
+              __nv_bfloat16 v0[2], v1[2];
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k0[(r) * 136 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+                v0[h] = y0;
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k0[(r) * 136 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+                v1[h] = y1;
+              }
+              ib_zk0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+              ib_zk0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+            }
+          }
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k0, ib_zk0_hi[q][0], ib_zk0_hi[q][1]);
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k0, ib_zk0_lo[q][0], ib_zk0_lo[q][1]);
+        }
+      }
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 8;
-        const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
-        float acc[2][4];
         #pragma unroll
         for (int q = 0; q < 2; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-          uint32_t af[4];
-          prt::ldmatrix_x4_trans(af, &t_k0[(k0 + prt::at_row(lane)) * 136 + m0 + prt::at_col(lane)]);
-          #pragma unroll
-          for (int q = 0; q < 2; q += 2) {
-            uint32_t bf[4];
-            prt::ldmatrix_x4_trans(bf, &t_zk0_lo[(k0 + prt::a_row(lane)) * 24 + n0 + q * 8 + prt::a_col(lane)]);
-            prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-            prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-          }
-        }
-        #pragma unroll
-        for (int q = 0; q < 2; ++q)
-        #pragma unroll
-          for (int e = 0; e < 4; ++e) t_kzk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          for (int e = 0; e < 4; ++e) t_kzk0[(((warp + j * 8) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 1) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
       }
     }
   }
+  __syncthreads();
   {
     const int v_i0_end = 16;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // u0_hi[row, col] = (gv[row, col] * k0[row, (i0 - 0)])
-      // u0_lo[row, col] = ((gv[row, col] * k0[row, (i0 - 0)]) - u0_hi[row, col])
+      // mma.group (operands in registers):
+      //   u0_hi[row, col] = (v[row, col] * kg0[(i0 - 0), row])
+      //   u0_lo[row, col] = ((v[row, col] * kg0[(i0 - 0), row]) - u0_hi[row, col])
+      //   s0 = mma.tc(k0^T, u0_hi) [128x128 in 16x32 units over 8 warps]
+      //   s0 += mma.tc(k0^T, u0_lo) [128x128 in 16x32 units over 8 warps]
       {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 128, c = i % 128;
-          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k0[(r) * 136 + ((v_i0 - 0))])));
-          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k0[(r) * 136 + ((v_i0 - 0))])) - prt::to_f32(y0)));
-          t_u0_hi[(r) * 136 + (c)] = y0;
-          t_u0_lo[(r) * 136 + (c)] = y1;
-        }
-      }
-      __syncthreads();
-      // s0 = mma.tc(k0^T, u0_hi) [128x128 in 16x32 units over 8 warps]
-      {
+        float (&acc)[4][4][4] = f_s0;
         #pragma unroll
         for (int j = 0; j < 4; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          float (&acc)[4][4] = f_s0[j];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k0[(k0 + prt::at_row(lane)) * 136 + m0 + prt::at_col(lane)]);
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+        }
+        const int g = lane >> 2, t2 = (lane & 3) * 2;
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          const int n0 = (warp % 4) * 32;
+          uint32_t fb_v[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
+          }
+          uint32_t ib_u0_hi[4][2];
+          uint32_t ib_u0_lo[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
             #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u0_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            for (int rg = 0; rg < 2; ++rg) {
+              __nv_bfloat16 v0[2], v1[2];
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg0[((v_i0 - 0)) * 64 + (r)])));
+                v0[h] = y0;
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg0[((v_i0 - 0)) * 64 + (r)])) - prt::to_f32(y0)));
+                v1[h] = y1;
+              }
+              ib_u0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+              ib_u0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
             }
           }
-        }
-      }
-      // s0 += mma.tc(k0^T, u0_lo) [128x128 in 16x32 units over 8 warps]
-      {
-        #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          float (&acc)[4][4] = f_s0[j];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k0[(k0 + prt::at_row(lane)) * 136 + m0 + prt::at_col(lane)]);
+          #pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fat_k0[4];
+            prt::ldmatrix_x4_trans(fat_k0, &t_k0[(k0 + prt::at_row(lane)) * 136 + m0 + prt::at_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u0_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k0, ib_u0_hi[q][0], ib_u0_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k0, ib_u0_lo[q][0], ib_u0_lo[q][1]);
           }
         }
       }
@@ -936,7 +945,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      __syncthreads();
     }
   }
   __syncthreads();
@@ -968,132 +976,141 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // zk1_hi[row, col] = (k1[row, col] * exp((lam[63] - lam[row])))
-    // zk1_lo[row, col] = ((k1[row, col] * exp((lam[63] - lam[row]))) - zk1_hi[row, col])
-    {
-      for (int i = tid; i < 1024; i += 256) {
-        const int r = i / 16, c = i % 16;
-        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k1[(r) * 120 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
-        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k1[(r) * 120 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_zk1_hi[(r) * 24 + (c)] = y0;
-        t_zk1_lo[(r) * 24 + (c)] = y1;
-      }
+  // kg1[row, col] = (k1[col, row] * exp((lam[63] - lam[col])))
+  {
+    for (int i = tid; i < 1024; i += 256) {
+      const int r = i / 64, c = i % 64;
+      t_kg1[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_k1[(c) * 120 + (r)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[c])))));
     }
-    __syncthreads();
-    // kzk1 = mma.tc(k1^T, zk1_hi) [112x16 in 16x8 units over 8 warps]
+  }
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+    // mma.group (operands in registers):
+    //   zk1_hi[row, col] = (k1[row, col] * exp((lam[63] - lam[row])))
+    //   zk1_lo[row, col] = ((k1[row, col] * exp((lam[63] - lam[row]))) - zk1_hi[row, col])
+    //   kzk1 = mma.tc(k1^T, zk1_hi) [112x16 in 16x8 units over 8 warps]
+    //   kzk1 += mma.tc(k1^T, zk1_lo) [112x16 in 16x8 units over 8 warps]
     {
+      float acc[2][1][4];
       #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        const int u = warp + j * 8;
-        if (u < 14) {
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-          float acc[1][4];
+        if (warp + j * 8 < 14) {
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k1[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
-            uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_zk1_hi[(k0 + (lane & 15)) * 24 + n0]);
-            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-          }
-          #pragma unroll
-          for (int q = 0; q < 1; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kzk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
       }
-    }
-    __syncthreads();
-    // kzk1 += mma.tc(k1^T, zk1_lo) [112x16 in 16x8 units over 8 warps]
-    {
+      const int g = lane >> 2, t2 = (lane & 3) * 2;
+      for (int k0 = 0; k0 < 64; k0 += 16) {
+        const int n0 = (warp % 2) * 8;
+        uint32_t ib_zk1_hi[1][2];
+        uint32_t ib_zk1_lo[1][2];
+        #pragma unroll
+        for (int q = 0; q < 1; ++q) {
+          #pragma unroll
+          for (int rg = 0; rg < 2; ++rg) {
+            __nv_bfloat16 v0[2], v1[2];
+            #pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k1[(r) * 120 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+              v0[h] = y0;
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k1[(r) * 120 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+              v1[h] = y1;
+            }
+            ib_zk1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+            ib_zk1_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+          }
+        }
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 8;
+          if (u < 14) {
+            const int m0 = (u / 2) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fat_k1[4];
+            prt::ldmatrix_x4_trans(fat_k1, &t_k1[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k1, ib_zk1_hi[q][0], ib_zk1_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k1, ib_zk1_lo[q][0], ib_zk1_lo[q][1]);
+          }
+        }
+      }
       #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        const int u = warp + j * 8;
-        if (u < 14) {
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-          float acc[1][4];
+        if (warp + j * 8 < 14) {
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k1[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
-            uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_zk1_lo[(k0 + (lane & 15)) * 24 + n0]);
-            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-          }
-          #pragma unroll
-          for (int q = 0; q < 1; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kzk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk1[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
     }
   }
+  __syncthreads();
   {
     const int v_i1_end = 32;
     for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
-      // u1_hi[row, col] = (gv[row, col] * k1[row, (i1 - 16)])
-      // u1_lo[row, col] = ((gv[row, col] * k1[row, (i1 - 16)]) - u1_hi[row, col])
+      // mma.group (operands in registers):
+      //   u1_hi[row, col] = (v[row, col] * kg1[(i1 - 16), row])
+      //   u1_lo[row, col] = ((v[row, col] * kg1[(i1 - 16), row]) - u1_hi[row, col])
+      //   s1 = mma.tc(k1^T, u1_hi) [112x128 in 16x32 units over 8 warps]
+      //   s1 += mma.tc(k1^T, u1_lo) [112x128 in 16x32 units over 8 warps]
       {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 128, c = i % 128;
-          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k1[(r) * 120 + ((v_i1 - 16))])));
-          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k1[(r) * 120 + ((v_i1 - 16))])) - prt::to_f32(y0)));
-          t_u1_hi[(r) * 136 + (c)] = y0;
-          t_u1_lo[(r) * 136 + (c)] = y1;
-        }
-      }
-      __syncthreads();
-      // s1 = mma.tc(k1^T, u1_hi) [112x128 in 16x32 units over 8 warps]
-      {
+        float (&acc)[4][4][4] = f_s1;
         #pragma unroll
         for (int j = 0; j < 4; ++j) {
-          const int u = warp + j * 8;
-          if (u < 28) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-            float (&acc)[4][4] = f_s1[j];
+          if (warp + j * 8 < 28) {
             #pragma unroll
             for (int q = 0; q < 4; ++q)
             #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4_trans(af, &t_k1[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
-              #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_u1_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-              }
-            }
+              for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
           }
         }
-      }
-      // s1 += mma.tc(k1^T, u1_lo) [112x128 in 16x32 units over 8 warps]
-      {
-        #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int u = warp + j * 8;
-          if (u < 28) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-            float (&acc)[4][4] = f_s1[j];
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4_trans(af, &t_k1[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
+        const int g = lane >> 2, t2 = (lane & 3) * 2;
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          const int n0 = (warp % 4) * 32;
+          uint32_t fb_v[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
+          }
+          uint32_t ib_u1_hi[4][2];
+          uint32_t ib_u1_lo[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int rg = 0; rg < 2; ++rg) {
+              __nv_bfloat16 v0[2], v1[2];
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_u1_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              for (int h = 0; h < 2; ++h) {
+                const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg1[((v_i1 - 16)) * 64 + (r)])));
+                v0[h] = y0;
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg1[((v_i1 - 16)) * 64 + (r)])) - prt::to_f32(y0)));
+                v1[h] = y1;
               }
+              ib_u1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+              ib_u1_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+            }
+          }
+          #pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const int u = warp + j * 8;
+            if (u < 28) {
+              const int m0 = (u / 4) * 16;
+              (void)m0;
+              (void)n0;
+              uint32_t fat_k1[4];
+              prt::ldmatrix_x4_trans(fat_k1, &t_k1[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k1, ib_u1_hi[q][0], ib_u1_hi[q][1]);
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k1, ib_u1_lo[q][0], ib_u1_lo[q][1]);
             }
           }
         }
@@ -1165,7 +1182,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      __syncthreads();
     }
   }
   __syncthreads();
@@ -1197,129 +1213,138 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // zk2_hi[row, col] = (k2[row, col] * exp((lam[63] - lam[row])))
-    // zk2_lo[row, col] = ((k2[row, col] * exp((lam[63] - lam[row]))) - zk2_hi[row, col])
-    {
-      for (int i = tid; i < 1024; i += 256) {
-        const int r = i / 16, c = i % 16;
-        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k2[(r) * 104 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
-        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k2[(r) * 104 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_zk2_hi[(r) * 24 + (c)] = y0;
-        t_zk2_lo[(r) * 24 + (c)] = y1;
-      }
+  // kg2[row, col] = (k2[col, row] * exp((lam[63] - lam[col])))
+  {
+    for (int i = tid; i < 1024; i += 256) {
+      const int r = i / 64, c = i % 64;
+      t_kg2[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_k2[(c) * 104 + (r)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[c])))));
     }
-    __syncthreads();
-    // kzk2 = mma.tc(k2^T, zk2_hi) [96x16 in 16x8 units over 8 warps]
+  }
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+    // mma.group (operands in registers):
+    //   zk2_hi[row, col] = (k2[row, col] * exp((lam[63] - lam[row])))
+    //   zk2_lo[row, col] = ((k2[row, col] * exp((lam[63] - lam[row]))) - zk2_hi[row, col])
+    //   kzk2 = mma.tc(k2^T, zk2_hi) [96x16 in 16x8 units over 8 warps]
+    //   kzk2 += mma.tc(k2^T, zk2_lo) [96x16 in 16x8 units over 8 warps]
     {
+      float acc[2][1][4];
       #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        const int u = warp + j * 8;
-        if (u < 12) {
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-          float acc[1][4];
+        if (warp + j * 8 < 12) {
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k2[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
-            uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_zk2_hi[(k0 + (lane & 15)) * 24 + n0]);
-            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-          }
-          #pragma unroll
-          for (int q = 0; q < 1; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kzk2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
       }
-    }
-    __syncthreads();
-    // kzk2 += mma.tc(k2^T, zk2_lo) [96x16 in 16x8 units over 8 warps]
-    {
+      const int g = lane >> 2, t2 = (lane & 3) * 2;
+      for (int k0 = 0; k0 < 64; k0 += 16) {
+        const int n0 = (warp % 2) * 8;
+        uint32_t ib_zk2_hi[1][2];
+        uint32_t ib_zk2_lo[1][2];
+        #pragma unroll
+        for (int q = 0; q < 1; ++q) {
+          #pragma unroll
+          for (int rg = 0; rg < 2; ++rg) {
+            __nv_bfloat16 v0[2], v1[2];
+            #pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k2[(r) * 104 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+              v0[h] = y0;
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k2[(r) * 104 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+              v1[h] = y1;
+            }
+            ib_zk2_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+            ib_zk2_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+          }
+        }
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 8;
+          if (u < 12) {
+            const int m0 = (u / 2) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fat_k2[4];
+            prt::ldmatrix_x4_trans(fat_k2, &t_k2[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k2, ib_zk2_hi[q][0], ib_zk2_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k2, ib_zk2_lo[q][0], ib_zk2_lo[q][1]);
+          }
+        }
+      }
       #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        const int u = warp + j * 8;
-        if (u < 12) {
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-          float acc[1][4];
+        if (warp + j * 8 < 12) {
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k2[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
-            uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_zk2_lo[(k0 + (lane & 15)) * 24 + n0]);
-            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-          }
-          #pragma unroll
-          for (int q = 0; q < 1; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kzk2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk2[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
     }
   }
+  __syncthreads();
   {
     const int v_i2_end = 48;
     for (int v_i2 = 32; v_i2 < v_i2_end; v_i2 += 1) {
-      // u2_hi[row, col] = (gv[row, col] * k2[row, (i2 - 32)])
-      // u2_lo[row, col] = ((gv[row, col] * k2[row, (i2 - 32)]) - u2_hi[row, col])
+      // mma.group (operands in registers):
+      //   u2_hi[row, col] = (v[row, col] * kg2[(i2 - 32), row])
+      //   u2_lo[row, col] = ((v[row, col] * kg2[(i2 - 32), row]) - u2_hi[row, col])
+      //   s2 = mma.tc(k2^T, u2_hi) [96x128 in 16x32 units over 8 warps]
+      //   s2 += mma.tc(k2^T, u2_lo) [96x128 in 16x32 units over 8 warps]
       {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 128, c = i % 128;
-          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k2[(r) * 104 + ((v_i2 - 32))])));
-          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k2[(r) * 104 + ((v_i2 - 32))])) - prt::to_f32(y0)));
-          t_u2_hi[(r) * 136 + (c)] = y0;
-          t_u2_lo[(r) * 136 + (c)] = y1;
-        }
-      }
-      __syncthreads();
-      // s2 = mma.tc(k2^T, u2_hi) [96x128 in 16x32 units over 8 warps]
-      {
+        float (&acc)[3][4][4] = f_s2;
         #pragma unroll
         for (int j = 0; j < 3; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          float (&acc)[4][4] = f_s2[j];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k2[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+        }
+        const int g = lane >> 2, t2 = (lane & 3) * 2;
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          const int n0 = (warp % 4) * 32;
+          uint32_t fb_v[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
+          }
+          uint32_t ib_u2_hi[4][2];
+          uint32_t ib_u2_lo[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
             #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u2_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            for (int rg = 0; rg < 2; ++rg) {
+              __nv_bfloat16 v0[2], v1[2];
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg2[((v_i2 - 32)) * 64 + (r)])));
+                v0[h] = y0;
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg2[((v_i2 - 32)) * 64 + (r)])) - prt::to_f32(y0)));
+                v1[h] = y1;
+              }
+              ib_u2_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+              ib_u2_lo[q][rg] = prt::pack2(v1[0], v1[1]);
             }
           }
-        }
-      }
-      // s2 += mma.tc(k2^T, u2_lo) [96x128 in 16x32 units over 8 warps]
-      {
-        #pragma unroll
-        for (int j = 0; j < 3; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          float (&acc)[4][4] = f_s2[j];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k2[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
+          #pragma unroll
+          for (int j = 0; j < 3; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fat_k2[4];
+            prt::ldmatrix_x4_trans(fat_k2, &t_k2[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u2_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k2, ib_u2_hi[q][0], ib_u2_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k2, ib_u2_lo[q][0], ib_u2_lo[q][1]);
           }
         }
       }
@@ -1386,7 +1411,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      __syncthreads();
     }
   }
   __syncthreads();
@@ -1418,132 +1442,141 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // zk3_hi[row, col] = (k3[row, col] * exp((lam[63] - lam[row])))
-    // zk3_lo[row, col] = ((k3[row, col] * exp((lam[63] - lam[row]))) - zk3_hi[row, col])
-    {
-      for (int i = tid; i < 1024; i += 256) {
-        const int r = i / 16, c = i % 16;
-        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k3[(r) * 88 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
-        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k3[(r) * 88 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_zk3_hi[(r) * 24 + (c)] = y0;
-        t_zk3_lo[(r) * 24 + (c)] = y1;
-      }
+  // kg3[row, col] = (k3[col, row] * exp((lam[63] - lam[col])))
+  {
+    for (int i = tid; i < 1024; i += 256) {
+      const int r = i / 64, c = i % 64;
+      t_kg3[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_k3[(c) * 88 + (r)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[c])))));
     }
-    __syncthreads();
-    // kzk3 = mma.tc(k3^T, zk3_hi) [80x16 in 16x8 units over 8 warps]
+  }
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+    // mma.group (operands in registers):
+    //   zk3_hi[row, col] = (k3[row, col] * exp((lam[63] - lam[row])))
+    //   zk3_lo[row, col] = ((k3[row, col] * exp((lam[63] - lam[row]))) - zk3_hi[row, col])
+    //   kzk3 = mma.tc(k3^T, zk3_hi) [80x16 in 16x8 units over 8 warps]
+    //   kzk3 += mma.tc(k3^T, zk3_lo) [80x16 in 16x8 units over 8 warps]
     {
+      float acc[2][1][4];
       #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        const int u = warp + j * 8;
-        if (u < 10) {
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-          float acc[1][4];
+        if (warp + j * 8 < 10) {
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k3[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
-            uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_zk3_hi[(k0 + (lane & 15)) * 24 + n0]);
-            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-          }
-          #pragma unroll
-          for (int q = 0; q < 1; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kzk3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
       }
-    }
-    __syncthreads();
-    // kzk3 += mma.tc(k3^T, zk3_lo) [80x16 in 16x8 units over 8 warps]
-    {
+      const int g = lane >> 2, t2 = (lane & 3) * 2;
+      for (int k0 = 0; k0 < 64; k0 += 16) {
+        const int n0 = (warp % 2) * 8;
+        uint32_t ib_zk3_hi[1][2];
+        uint32_t ib_zk3_lo[1][2];
+        #pragma unroll
+        for (int q = 0; q < 1; ++q) {
+          #pragma unroll
+          for (int rg = 0; rg < 2; ++rg) {
+            __nv_bfloat16 v0[2], v1[2];
+            #pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k3[(r) * 88 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+              v0[h] = y0;
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k3[(r) * 88 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+              v1[h] = y1;
+            }
+            ib_zk3_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+            ib_zk3_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+          }
+        }
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 8;
+          if (u < 10) {
+            const int m0 = (u / 2) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fat_k3[4];
+            prt::ldmatrix_x4_trans(fat_k3, &t_k3[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k3, ib_zk3_hi[q][0], ib_zk3_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k3, ib_zk3_lo[q][0], ib_zk3_lo[q][1]);
+          }
+        }
+      }
       #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        const int u = warp + j * 8;
-        if (u < 10) {
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-          float acc[1][4];
+        if (warp + j * 8 < 10) {
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k3[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
-            uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_zk3_lo[(k0 + (lane & 15)) * 24 + n0]);
-            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-          }
-          #pragma unroll
-          for (int q = 0; q < 1; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kzk3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk3[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
     }
   }
+  __syncthreads();
   {
     const int v_i3_end = 64;
     for (int v_i3 = 48; v_i3 < v_i3_end; v_i3 += 1) {
-      // u3_hi[row, col] = (gv[row, col] * k3[row, (i3 - 48)])
-      // u3_lo[row, col] = ((gv[row, col] * k3[row, (i3 - 48)]) - u3_hi[row, col])
+      // mma.group (operands in registers):
+      //   u3_hi[row, col] = (v[row, col] * kg3[(i3 - 48), row])
+      //   u3_lo[row, col] = ((v[row, col] * kg3[(i3 - 48), row]) - u3_hi[row, col])
+      //   s3 = mma.tc(k3^T, u3_hi) [80x128 in 16x32 units over 8 warps]
+      //   s3 += mma.tc(k3^T, u3_lo) [80x128 in 16x32 units over 8 warps]
       {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 128, c = i % 128;
-          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k3[(r) * 88 + ((v_i3 - 48))])));
-          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k3[(r) * 88 + ((v_i3 - 48))])) - prt::to_f32(y0)));
-          t_u3_hi[(r) * 136 + (c)] = y0;
-          t_u3_lo[(r) * 136 + (c)] = y1;
-        }
-      }
-      __syncthreads();
-      // s3 = mma.tc(k3^T, u3_hi) [80x128 in 16x32 units over 8 warps]
-      {
+        float (&acc)[3][4][4] = f_s3;
         #pragma unroll
         for (int j = 0; j < 3; ++j) {
-          const int u = warp + j * 8;
-          if (u < 20) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-            float (&acc)[4][4] = f_s3[j];
+          if (warp + j * 8 < 20) {
             #pragma unroll
             for (int q = 0; q < 4; ++q)
             #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4_trans(af, &t_k3[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
-              #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_u3_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-              }
-            }
+              for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
           }
         }
-      }
-      // s3 += mma.tc(k3^T, u3_lo) [80x128 in 16x32 units over 8 warps]
-      {
-        #pragma unroll
-        for (int j = 0; j < 3; ++j) {
-          const int u = warp + j * 8;
-          if (u < 20) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-            float (&acc)[4][4] = f_s3[j];
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4_trans(af, &t_k3[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
+        const int g = lane >> 2, t2 = (lane & 3) * 2;
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          const int n0 = (warp % 4) * 32;
+          uint32_t fb_v[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
+          }
+          uint32_t ib_u3_hi[4][2];
+          uint32_t ib_u3_lo[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int rg = 0; rg < 2; ++rg) {
+              __nv_bfloat16 v0[2], v1[2];
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_u3_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              for (int h = 0; h < 2; ++h) {
+                const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg3[((v_i3 - 48)) * 64 + (r)])));
+                v0[h] = y0;
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg3[((v_i3 - 48)) * 64 + (r)])) - prt::to_f32(y0)));
+                v1[h] = y1;
               }
+              ib_u3_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+              ib_u3_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+            }
+          }
+          #pragma unroll
+          for (int j = 0; j < 3; ++j) {
+            const int u = warp + j * 8;
+            if (u < 20) {
+              const int m0 = (u / 4) * 16;
+              (void)m0;
+              (void)n0;
+              uint32_t fat_k3[4];
+              prt::ldmatrix_x4_trans(fat_k3, &t_k3[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k3, ib_u3_hi[q][0], ib_u3_hi[q][1]);
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k3, ib_u3_lo[q][0], ib_u3_lo[q][1]);
             }
           }
         }
@@ -1615,7 +1648,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      __syncthreads();
     }
   }
   __syncthreads();
@@ -1647,125 +1679,132 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
+  // kg4[row, col] = (k4[col, row] * exp((lam[63] - lam[col])))
+  {
+    for (int i = tid; i < 1024; i += 256) {
+      const int r = i / 64, c = i % 64;
+      t_kg4[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_k4[(c) * 72 + (r)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[c])))));
+    }
+  }
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // zk4_hi[row, col] = (k4[row, col] * exp((lam[63] - lam[row])))
-    // zk4_lo[row, col] = ((k4[row, col] * exp((lam[63] - lam[row]))) - zk4_hi[row, col])
+    // mma.group (operands in registers):
+    //   zk4_hi[row, col] = (k4[row, col] * exp((lam[63] - lam[row])))
+    //   zk4_lo[row, col] = ((k4[row, col] * exp((lam[63] - lam[row]))) - zk4_hi[row, col])
+    //   kzk4 = mma.tc(k4^T, zk4_hi) [64x16 in 16x8 units over 8 warps]
+    //   kzk4 += mma.tc(k4^T, zk4_lo) [64x16 in 16x8 units over 8 warps]
     {
-      for (int i = tid; i < 1024; i += 256) {
-        const int r = i / 16, c = i % 16;
-        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k4[(r) * 72 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
-        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k4[(r) * 72 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_zk4_hi[(r) * 24 + (c)] = y0;
-        t_zk4_lo[(r) * 24 + (c)] = y1;
-      }
-    }
-    __syncthreads();
-    // kzk4 = mma.tc(k4^T, zk4_hi) [64x16 in 16x8 units over 8 warps]
-    {
+      float acc[1][1][4];
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 8;
-        const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-        float acc[1][4];
         #pragma unroll
         for (int q = 0; q < 1; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-          uint32_t af[4];
-          prt::ldmatrix_x4_trans(af, &t_k4[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-          uint32_t bf[2];
-          prt::ldmatrix_x2_trans(bf, &t_zk4_hi[(k0 + (lane & 15)) * 24 + n0]);
-          prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-        }
-        #pragma unroll
-        for (int q = 0; q < 1; ++q)
-        #pragma unroll
-          for (int e = 0; e < 4; ++e) t_kzk4[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
       }
-    }
-    __syncthreads();
-    // kzk4 += mma.tc(k4^T, zk4_lo) [64x16 in 16x8 units over 8 warps]
-    {
+      const int g = lane >> 2, t2 = (lane & 3) * 2;
+      for (int k0 = 0; k0 < 64; k0 += 16) {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 2) * 16;
+          const int n0 = (u % 2) * 8;
+          (void)m0;
+          (void)n0;
+          uint32_t fat_k4[4];
+          prt::ldmatrix_x4_trans(fat_k4, &t_k4[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+          uint32_t ib_zk4_hi[1][2];
+          uint32_t ib_zk4_lo[1][2];
+          #pragma unroll
+          for (int q = 0; q < 1; ++q) {
+            #pragma unroll
+            for (int rg = 0; rg < 2; ++rg) {
+              __nv_bfloat16 v0[2], v1[2];
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k4[(r) * 72 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+                v0[h] = y0;
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k4[(r) * 72 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+                v1[h] = y1;
+              }
+              ib_zk4_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+              ib_zk4_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+            }
+          }
+          #pragma unroll
+          for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k4, ib_zk4_hi[q][0], ib_zk4_hi[q][1]);
+          #pragma unroll
+          for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k4, ib_zk4_lo[q][0], ib_zk4_lo[q][1]);
+        }
+      }
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 8;
-        const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-        float acc[1][4];
         #pragma unroll
         for (int q = 0; q < 1; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk4[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-          uint32_t af[4];
-          prt::ldmatrix_x4_trans(af, &t_k4[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-          uint32_t bf[2];
-          prt::ldmatrix_x2_trans(bf, &t_zk4_lo[(k0 + (lane & 15)) * 24 + n0]);
-          prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-        }
-        #pragma unroll
-        for (int q = 0; q < 1; ++q)
-        #pragma unroll
-          for (int e = 0; e < 4; ++e) t_kzk4[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          for (int e = 0; e < 4; ++e) t_kzk4[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
       }
     }
   }
+  __syncthreads();
   {
     const int v_i4_end = 80;
     for (int v_i4 = 64; v_i4 < v_i4_end; v_i4 += 1) {
-      // u4_hi[row, col] = (gv[row, col] * k4[row, (i4 - 64)])
-      // u4_lo[row, col] = ((gv[row, col] * k4[row, (i4 - 64)]) - u4_hi[row, col])
+      // mma.group (operands in registers):
+      //   u4_hi[row, col] = (v[row, col] * kg4[(i4 - 64), row])
+      //   u4_lo[row, col] = ((v[row, col] * kg4[(i4 - 64), row]) - u4_hi[row, col])
+      //   s4 = mma.tc(k4^T, u4_hi) [64x128 in 16x32 units over 8 warps]
+      //   s4 += mma.tc(k4^T, u4_lo) [64x128 in 16x32 units over 8 warps]
       {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 128, c = i % 128;
-          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k4[(r) * 72 + ((v_i4 - 64))])));
-          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k4[(r) * 72 + ((v_i4 - 64))])) - prt::to_f32(y0)));
-          t_u4_hi[(r) * 136 + (c)] = y0;
-          t_u4_lo[(r) * 136 + (c)] = y1;
-        }
-      }
-      __syncthreads();
-      // s4 = mma.tc(k4^T, u4_hi) [64x128 in 16x32 units over 8 warps]
-      {
+        float (&acc)[2][4][4] = f_s4;
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          float (&acc)[4][4] = f_s4[j];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k4[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+        }
+        const int g = lane >> 2, t2 = (lane & 3) * 2;
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          const int n0 = (warp % 4) * 32;
+          uint32_t fb_v[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
+          }
+          uint32_t ib_u4_hi[4][2];
+          uint32_t ib_u4_lo[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
             #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u4_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            for (int rg = 0; rg < 2; ++rg) {
+              __nv_bfloat16 v0[2], v1[2];
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg4[((v_i4 - 64)) * 64 + (r)])));
+                v0[h] = y0;
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg4[((v_i4 - 64)) * 64 + (r)])) - prt::to_f32(y0)));
+                v1[h] = y1;
+              }
+              ib_u4_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+              ib_u4_lo[q][rg] = prt::pack2(v1[0], v1[1]);
             }
           }
-        }
-      }
-      // s4 += mma.tc(k4^T, u4_lo) [64x128 in 16x32 units over 8 warps]
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          float (&acc)[4][4] = f_s4[j];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k4[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fat_k4[4];
+            prt::ldmatrix_x4_trans(fat_k4, &t_k4[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u4_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k4, ib_u4_hi[q][0], ib_u4_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k4, ib_u4_lo[q][0], ib_u4_lo[q][1]);
           }
         }
       }
@@ -1832,7 +1871,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      __syncthreads();
     }
   }
   __syncthreads();
@@ -1864,132 +1902,141 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // zk5_hi[row, col] = (k5[row, col] * exp((lam[63] - lam[row])))
-    // zk5_lo[row, col] = ((k5[row, col] * exp((lam[63] - lam[row]))) - zk5_hi[row, col])
-    {
-      for (int i = tid; i < 1024; i += 256) {
-        const int r = i / 16, c = i % 16;
-        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k5[(r) * 56 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
-        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k5[(r) * 56 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_zk5_hi[(r) * 24 + (c)] = y0;
-        t_zk5_lo[(r) * 24 + (c)] = y1;
-      }
+  // kg5[row, col] = (k5[col, row] * exp((lam[63] - lam[col])))
+  {
+    for (int i = tid; i < 1024; i += 256) {
+      const int r = i / 64, c = i % 64;
+      t_kg5[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_k5[(c) * 56 + (r)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[c])))));
     }
-    __syncthreads();
-    // kzk5 = mma.tc(k5^T, zk5_hi) [48x16 in 16x8 units over 8 warps]
+  }
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+    // mma.group (operands in registers):
+    //   zk5_hi[row, col] = (k5[row, col] * exp((lam[63] - lam[row])))
+    //   zk5_lo[row, col] = ((k5[row, col] * exp((lam[63] - lam[row]))) - zk5_hi[row, col])
+    //   kzk5 = mma.tc(k5^T, zk5_hi) [48x16 in 16x8 units over 8 warps]
+    //   kzk5 += mma.tc(k5^T, zk5_lo) [48x16 in 16x8 units over 8 warps]
     {
+      float acc[1][1][4];
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 8;
-        if (u < 6) {
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-          float acc[1][4];
+        if (warp + j * 8 < 6) {
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k5[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
-            uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_zk5_hi[(k0 + (lane & 15)) * 24 + n0]);
-            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-          }
-          #pragma unroll
-          for (int q = 0; q < 1; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kzk5[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
       }
-    }
-    __syncthreads();
-    // kzk5 += mma.tc(k5^T, zk5_lo) [48x16 in 16x8 units over 8 warps]
-    {
+      const int g = lane >> 2, t2 = (lane & 3) * 2;
+      for (int k0 = 0; k0 < 64; k0 += 16) {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          if (u < 6) {
+            const int m0 = (u / 2) * 16;
+            const int n0 = (u % 2) * 8;
+            (void)m0;
+            (void)n0;
+            uint32_t fat_k5[4];
+            prt::ldmatrix_x4_trans(fat_k5, &t_k5[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+            uint32_t ib_zk5_hi[1][2];
+            uint32_t ib_zk5_lo[1][2];
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) {
+              #pragma unroll
+              for (int rg = 0; rg < 2; ++rg) {
+                __nv_bfloat16 v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k5[(r) * 56 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+                  v0[h] = y0;
+                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k5[(r) * 56 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_zk5_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_zk5_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+              }
+            }
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k5, ib_zk5_hi[q][0], ib_zk5_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k5, ib_zk5_lo[q][0], ib_zk5_lo[q][1]);
+          }
+        }
+      }
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 8;
-        if (u < 6) {
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-          float acc[1][4];
+        if (warp + j * 8 < 6) {
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk5[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k5[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
-            uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_zk5_lo[(k0 + (lane & 15)) * 24 + n0]);
-            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-          }
-          #pragma unroll
-          for (int q = 0; q < 1; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kzk5[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk5[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
     }
   }
+  __syncthreads();
   {
     const int v_i5_end = 96;
     for (int v_i5 = 80; v_i5 < v_i5_end; v_i5 += 1) {
-      // u5_hi[row, col] = (gv[row, col] * k5[row, (i5 - 80)])
-      // u5_lo[row, col] = ((gv[row, col] * k5[row, (i5 - 80)]) - u5_hi[row, col])
+      // mma.group (operands in registers):
+      //   u5_hi[row, col] = (v[row, col] * kg5[(i5 - 80), row])
+      //   u5_lo[row, col] = ((v[row, col] * kg5[(i5 - 80), row]) - u5_hi[row, col])
+      //   s5 = mma.tc(k5^T, u5_hi) [48x128 in 16x32 units over 8 warps]
+      //   s5 += mma.tc(k5^T, u5_lo) [48x128 in 16x32 units over 8 warps]
       {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 128, c = i % 128;
-          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k5[(r) * 56 + ((v_i5 - 80))])));
-          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k5[(r) * 56 + ((v_i5 - 80))])) - prt::to_f32(y0)));
-          t_u5_hi[(r) * 136 + (c)] = y0;
-          t_u5_lo[(r) * 136 + (c)] = y1;
-        }
-      }
-      __syncthreads();
-      // s5 = mma.tc(k5^T, u5_hi) [48x128 in 16x32 units over 8 warps]
-      {
+        float (&acc)[2][4][4] = f_s5;
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          if (u < 12) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-            float (&acc)[4][4] = f_s5[j];
+          if (warp + j * 8 < 12) {
             #pragma unroll
             for (int q = 0; q < 4; ++q)
             #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4_trans(af, &t_k5[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
-              #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_u5_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-              }
-            }
+              for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
           }
         }
-      }
-      // s5 += mma.tc(k5^T, u5_lo) [48x128 in 16x32 units over 8 warps]
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          if (u < 12) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-            float (&acc)[4][4] = f_s5[j];
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4_trans(af, &t_k5[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+        const int g = lane >> 2, t2 = (lane & 3) * 2;
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          const int n0 = (warp % 4) * 32;
+          uint32_t fb_v[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
+          }
+          uint32_t ib_u5_hi[4][2];
+          uint32_t ib_u5_lo[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int rg = 0; rg < 2; ++rg) {
+              __nv_bfloat16 v0[2], v1[2];
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_u5_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              for (int h = 0; h < 2; ++h) {
+                const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg5[((v_i5 - 80)) * 64 + (r)])));
+                v0[h] = y0;
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg5[((v_i5 - 80)) * 64 + (r)])) - prt::to_f32(y0)));
+                v1[h] = y1;
               }
+              ib_u5_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+              ib_u5_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+            }
+          }
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            if (u < 12) {
+              const int m0 = (u / 4) * 16;
+              (void)m0;
+              (void)n0;
+              uint32_t fat_k5[4];
+              prt::ldmatrix_x4_trans(fat_k5, &t_k5[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k5, ib_u5_hi[q][0], ib_u5_hi[q][1]);
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k5, ib_u5_lo[q][0], ib_u5_lo[q][1]);
             }
           }
         }
@@ -2061,7 +2108,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      __syncthreads();
     }
   }
   __syncthreads();
@@ -2093,129 +2139,138 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // zk6_hi[row, col] = (k6[row, col] * exp((lam[63] - lam[row])))
-    // zk6_lo[row, col] = ((k6[row, col] * exp((lam[63] - lam[row]))) - zk6_hi[row, col])
-    {
-      for (int i = tid; i < 1024; i += 256) {
-        const int r = i / 16, c = i % 16;
-        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k6[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
-        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k6[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_zk6_hi[(r) * 24 + (c)] = y0;
-        t_zk6_lo[(r) * 24 + (c)] = y1;
-      }
+  // kg6[row, col] = (k6[col, row] * exp((lam[63] - lam[col])))
+  {
+    for (int i = tid; i < 1024; i += 256) {
+      const int r = i / 64, c = i % 64;
+      t_kg6[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_k6[(c) * 40 + (r)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[c])))));
     }
-    __syncthreads();
-    // kzk6 = mma.tc(k6^T, zk6_hi) [32x16 in 16x8 units over 8 warps]
+  }
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+    // mma.group (operands in registers):
+    //   zk6_hi[row, col] = (k6[row, col] * exp((lam[63] - lam[row])))
+    //   zk6_lo[row, col] = ((k6[row, col] * exp((lam[63] - lam[row]))) - zk6_hi[row, col])
+    //   kzk6 = mma.tc(k6^T, zk6_hi) [32x16 in 16x8 units over 8 warps]
+    //   kzk6 += mma.tc(k6^T, zk6_lo) [32x16 in 16x8 units over 8 warps]
     {
+      float acc[1][1][4];
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 8;
-        if (u < 4) {
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-          float acc[1][4];
+        if (warp + j * 8 < 4) {
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k6[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-            uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_zk6_hi[(k0 + (lane & 15)) * 24 + n0]);
-            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-          }
-          #pragma unroll
-          for (int q = 0; q < 1; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kzk6[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
       }
-    }
-    __syncthreads();
-    // kzk6 += mma.tc(k6^T, zk6_lo) [32x16 in 16x8 units over 8 warps]
-    {
+      const int g = lane >> 2, t2 = (lane & 3) * 2;
+      for (int k0 = 0; k0 < 64; k0 += 16) {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          if (u < 4) {
+            const int m0 = (u / 2) * 16;
+            const int n0 = (u % 2) * 8;
+            (void)m0;
+            (void)n0;
+            uint32_t fat_k6[4];
+            prt::ldmatrix_x4_trans(fat_k6, &t_k6[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+            uint32_t ib_zk6_hi[1][2];
+            uint32_t ib_zk6_lo[1][2];
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) {
+              #pragma unroll
+              for (int rg = 0; rg < 2; ++rg) {
+                __nv_bfloat16 v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k6[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+                  v0[h] = y0;
+                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k6[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_zk6_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_zk6_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+              }
+            }
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k6, ib_zk6_hi[q][0], ib_zk6_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k6, ib_zk6_lo[q][0], ib_zk6_lo[q][1]);
+          }
+        }
+      }
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 8;
-        if (u < 4) {
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-          float acc[1][4];
+        if (warp + j * 8 < 4) {
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk6[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k6[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-            uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_zk6_lo[(k0 + (lane & 15)) * 24 + n0]);
-            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-          }
-          #pragma unroll
-          for (int q = 0; q < 1; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kzk6[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk6[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
     }
   }
+  __syncthreads();
   {
     const int v_i6_end = 112;
     for (int v_i6 = 96; v_i6 < v_i6_end; v_i6 += 1) {
-      // u6_hi[row, col] = (gv[row, col] * k6[row, (i6 - 96)])
-      // u6_lo[row, col] = ((gv[row, col] * k6[row, (i6 - 96)]) - u6_hi[row, col])
+      // mma.group (operands in registers):
+      //   u6_hi[row, col] = (v[row, col] * kg6[(i6 - 96), row])
+      //   u6_lo[row, col] = ((v[row, col] * kg6[(i6 - 96), row]) - u6_hi[row, col])
+      //   s6 = mma.tc(k6^T, u6_hi) [32x128 in 16x32 units over 8 warps]
+      //   s6 += mma.tc(k6^T, u6_lo) [32x128 in 16x32 units over 8 warps]
       {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 128, c = i % 128;
-          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k6[(r) * 40 + ((v_i6 - 96))])));
-          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k6[(r) * 40 + ((v_i6 - 96))])) - prt::to_f32(y0)));
-          t_u6_hi[(r) * 136 + (c)] = y0;
-          t_u6_lo[(r) * 136 + (c)] = y1;
-        }
-      }
-      __syncthreads();
-      // s6 = mma.tc(k6^T, u6_hi) [32x128 in 16x32 units over 8 warps]
-      {
+        float (&acc)[1][4][4] = f_s6;
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          float (&acc)[4][4] = f_s6[j];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k6[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u6_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
-          }
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
-      }
-      // s6 += mma.tc(k6^T, u6_lo) [32x128 in 16x32 units over 8 warps]
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          float (&acc)[4][4] = f_s6[j];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k6[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+        const int g = lane >> 2, t2 = (lane & 3) * 2;
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16;
+            const int n0 = (u % 4) * 32;
+            (void)m0;
+            (void)n0;
+            uint32_t fat_k6[4];
+            prt::ldmatrix_x4_trans(fat_k6, &t_k6[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+            uint32_t fb_v[4][2];
             #pragma unroll
             for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u6_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              uint32_t r[4];
+              prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+              fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
             }
+            uint32_t ib_u6_hi[4][2];
+            uint32_t ib_u6_lo[4][2];
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int rg = 0; rg < 2; ++rg) {
+                __nv_bfloat16 v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg6[((v_i6 - 96)) * 64 + (r)])));
+                  v0[h] = y0;
+                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg6[((v_i6 - 96)) * 64 + (r)])) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_u6_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_u6_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+              }
+            }
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k6, ib_u6_hi[q][0], ib_u6_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k6, ib_u6_lo[q][0], ib_u6_lo[q][1]);
           }
         }
       }
@@ -2282,7 +2337,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      __syncthreads();
     }
   }
   __syncthreads();
@@ -2314,129 +2368,140 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // zk7_hi[row, col] = (k7[row, col] * exp((lam[63] - lam[row])))
-    // zk7_lo[row, col] = ((k7[row, col] * exp((lam[63] - lam[row]))) - zk7_hi[row, col])
-    {
-      for (int i = tid; i < 1024; i += 256) {
-        const int r = i / 16, c = i % 16;
-        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k7[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
-        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k7[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_zk7_hi[(r) * 24 + (c)] = y0;
-        t_zk7_lo[(r) * 24 + (c)] = y1;
-      }
+  // kg7[row, col] = (k7[col, row] * exp((lam[63] - lam[col])))
+  {
+    for (int i = tid; i < 1024; i += 256) {
+      const int r = i / 64, c = i % 64;
+      t_kg7[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_k7[(c) * 24 + (r)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[c])))));
     }
-    __syncthreads();
-    // kzk7 = mma.tc(k7^T, zk7_hi) [16x16 in 16x8 units over 8 warps]
+  }
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+    // mma.group (operands in registers):
+    //   zk7_hi[row, col] = (k7[row, col] * exp((lam[63] - lam[row])))
+    //   zk7_lo[row, col] = ((k7[row, col] * exp((lam[63] - lam[row]))) - zk7_hi[row, col])
+    //   kzk7 = mma.tc(k7^T, zk7_hi) [16x16 in 16x8 units over 8 warps]
+    //   kzk7 += mma.tc(k7^T, zk7_lo) [16x16 in 16x8 units over 8 warps]
     {
+      float acc[1][1][4];
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 8;
-        if (u < 2) {
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-          float acc[1][4];
+        if (warp + j * 8 < 2) {
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k7[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-            uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_zk7_hi[(k0 + (lane & 15)) * 24 + n0]);
-            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-          }
-          #pragma unroll
-          for (int q = 0; q < 1; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kzk7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
       }
-    }
-    __syncthreads();
-    // kzk7 += mma.tc(k7^T, zk7_lo) [16x16 in 16x8 units over 8 warps]
-    {
+      const int g = lane >> 2, t2 = (lane & 3) * 2;
+      for (int k0 = 0; k0 < 64; k0 += 16) {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          if (u < 2) {
+            const int m0 = (u / 2) * 16;
+            const int n0 = (u % 2) * 8;
+            (void)m0;
+            (void)n0;
+            uint32_t fat_k7[4];
+            prt::ldmatrix_x4_trans(fat_k7, &t_k7[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+            uint32_t fb_k7[1][2];
+            prt::ldmatrix_x2_trans(fb_k7[0], &t_k7[(k0 + (lane & 15)) * 24 + n0]);
+            uint32_t ib_zk7_hi[1][2];
+            uint32_t ib_zk7_lo[1][2];
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) {
+              #pragma unroll
+              for (int rg = 0; rg < 2; ++rg) {
+                __nv_bfloat16 v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::b16_half<__nv_bfloat16>(fb_k7[q][rg], h) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+                  v0[h] = y0;
+                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::b16_half<__nv_bfloat16>(fb_k7[q][rg], h) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_zk7_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_zk7_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+              }
+            }
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k7, ib_zk7_hi[q][0], ib_zk7_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k7, ib_zk7_lo[q][0], ib_zk7_lo[q][1]);
+          }
+        }
+      }
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 8;
-        if (u < 2) {
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-          float acc[1][4];
+        if (warp + j * 8 < 2) {
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k7[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-            uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_zk7_lo[(k0 + (lane & 15)) * 24 + n0]);
-            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-          }
-          #pragma unroll
-          for (int q = 0; q < 1; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kzk7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk7[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
     }
   }
+  __syncthreads();
   {
     const int v_i7_end = 128;
     for (int v_i7 = 112; v_i7 < v_i7_end; v_i7 += 1) {
-      // u7_hi[row, col] = (gv[row, col] * k7[row, (i7 - 112)])
-      // u7_lo[row, col] = ((gv[row, col] * k7[row, (i7 - 112)]) - u7_hi[row, col])
+      // mma.group (operands in registers):
+      //   u7_hi[row, col] = (v[row, col] * kg7[(i7 - 112), row])
+      //   u7_lo[row, col] = ((v[row, col] * kg7[(i7 - 112), row]) - u7_hi[row, col])
+      //   s7 = mma.tc(k7^T, u7_hi) [16x128 in 16x16 units over 8 warps]
+      //   s7 += mma.tc(k7^T, u7_lo) [16x128 in 16x16 units over 8 warps]
       {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 128, c = i % 128;
-          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k7[(r) * 24 + ((v_i7 - 112))])));
-          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k7[(r) * 24 + ((v_i7 - 112))])) - prt::to_f32(y0)));
-          t_u7_hi[(r) * 136 + (c)] = y0;
-          t_u7_lo[(r) * 136 + (c)] = y1;
-        }
-      }
-      __syncthreads();
-      // s7 = mma.tc(k7^T, u7_hi) [16x128 in 16x16 units over 8 warps]
-      {
+        float (&acc)[1][2][4] = f_s7;
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
-          float (&acc)[2][4] = f_s7[j];
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k7[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 2; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u7_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
-          }
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
-      }
-      // s7 += mma.tc(k7^T, u7_lo) [16x128 in 16x16 units over 8 warps]
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
-          float (&acc)[2][4] = f_s7[j];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k7[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+        const int g = lane >> 2, t2 = (lane & 3) * 2;
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 8) * 16;
+            const int n0 = (u % 8) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fat_k7[4];
+            prt::ldmatrix_x4_trans(fat_k7, &t_k7[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+            uint32_t fb_v[2][2];
             #pragma unroll
             for (int q = 0; q < 2; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u7_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              uint32_t r[4];
+              prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+              fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
             }
+            uint32_t ib_u7_hi[2][2];
+            uint32_t ib_u7_lo[2][2];
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) {
+              #pragma unroll
+              for (int rg = 0; rg < 2; ++rg) {
+                __nv_bfloat16 v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg7[((v_i7 - 112)) * 64 + (r)])));
+                  v0[h] = y0;
+                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg7[((v_i7 - 112)) * 64 + (r)])) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_u7_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_u7_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+              }
+            }
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k7, ib_u7_hi[q][0], ib_u7_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k7, ib_u7_lo[q][0], ib_u7_lo[q][1]);
           }
         }
       }
@@ -2503,7 +2568,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
           }
         }
       }
-      __syncthreads();
     }
   }
 }
@@ -2928,7 +2992,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
 }
 
 // query_state: Y = (attention part + phi(q')^T Sin) / (its normaliser), lse = log normaliser, q' = scale q exp(lam/p)
-// grid (($n * 1), $hq, $b), 256 threads, 153088 bytes of dynamic shared memory
+// grid (($n * 1), $hq, $b), 256 threads, 85504 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c64_bf16_w8_bd0_bt64_s1(
     const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_numA, const float* g_denA, const float* g_maxA, __nv_bfloat16* g_Y, float* g_lse, float* g_yS, float* g_wS, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -3073,40 +3137,40 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
   float* const t_den_s = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   __nv_bfloat16* const t_q0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 128] pitch 136
   float* const t_z = reinterpret_cast<float*>(prt_smem + 17920);  // f32[8256] pitch 8256
-  __nv_bfloat16* const t_zsym_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 50944);  // bf16[128, 128] pitch 136
-  __nv_bfloat16* const t_zsym_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 85760);  // bf16[128, 128] pitch 136
+  // zsym_hi: bf16[128, 128] computed in registers by its mma group
+  // zsym_lo: bf16[128, 128] computed in registers by its mma group
   float f_qz[2][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 8 warps
-  float* const t_s0_f32 = reinterpret_cast<float*>(prt_smem + 17920);  // f32[128, 128] pitch 128
-  __nv_bfloat16* const t_s0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 83456);  // bf16[128, 128] pitch 136
-  __nv_bfloat16* const t_s0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 118272);  // bf16[128, 128] pitch 136
+  float* const t_s0_f32 = reinterpret_cast<float*>(prt_smem + 17920);  // f32[128, 128] pitch 132
+  // s0_hi: bf16[128, 128] computed in registers by its mma group
+  // s0_lo: bf16[128, 128] computed in registers by its mma group
   __nv_bfloat16* const t_q1 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 112] pitch 120
-  float* const t_s1_f32 = reinterpret_cast<float*>(prt_smem + 15872);  // f32[112, 128] pitch 128
-  __nv_bfloat16* const t_s1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 73216);  // bf16[112, 128] pitch 136
-  __nv_bfloat16* const t_s1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 103680);  // bf16[112, 128] pitch 136
+  float* const t_s1_f32 = reinterpret_cast<float*>(prt_smem + 15872);  // f32[112, 128] pitch 132
+  // s1_hi: bf16[112, 128] computed in registers by its mma group
+  // s1_lo: bf16[112, 128] computed in registers by its mma group
   __nv_bfloat16* const t_q2 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 96] pitch 104
-  float* const t_s2_f32 = reinterpret_cast<float*>(prt_smem + 13824);  // f32[96, 128] pitch 128
-  __nv_bfloat16* const t_s2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 62976);  // bf16[96, 128] pitch 136
-  __nv_bfloat16* const t_s2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 89088);  // bf16[96, 128] pitch 136
+  float* const t_s2_f32 = reinterpret_cast<float*>(prt_smem + 13824);  // f32[96, 128] pitch 132
+  // s2_hi: bf16[96, 128] computed in registers by its mma group
+  // s2_lo: bf16[96, 128] computed in registers by its mma group
   __nv_bfloat16* const t_q3 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 80] pitch 88
-  float* const t_s3_f32 = reinterpret_cast<float*>(prt_smem + 11776);  // f32[80, 128] pitch 128
-  __nv_bfloat16* const t_s3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 52736);  // bf16[80, 128] pitch 136
-  __nv_bfloat16* const t_s3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 74496);  // bf16[80, 128] pitch 136
+  float* const t_s3_f32 = reinterpret_cast<float*>(prt_smem + 11776);  // f32[80, 128] pitch 132
+  // s3_hi: bf16[80, 128] computed in registers by its mma group
+  // s3_lo: bf16[80, 128] computed in registers by its mma group
   __nv_bfloat16* const t_q4 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 64] pitch 72
-  float* const t_s4_f32 = reinterpret_cast<float*>(prt_smem + 9728);  // f32[64, 128] pitch 128
-  __nv_bfloat16* const t_s4_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 42496);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_s4_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 59904);  // bf16[64, 128] pitch 136
+  float* const t_s4_f32 = reinterpret_cast<float*>(prt_smem + 9728);  // f32[64, 128] pitch 132
+  // s4_hi: bf16[64, 128] computed in registers by its mma group
+  // s4_lo: bf16[64, 128] computed in registers by its mma group
   __nv_bfloat16* const t_q5 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 48] pitch 56
-  float* const t_s5_f32 = reinterpret_cast<float*>(prt_smem + 7680);  // f32[48, 128] pitch 128
-  __nv_bfloat16* const t_s5_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 32256);  // bf16[48, 128] pitch 136
-  __nv_bfloat16* const t_s5_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 45312);  // bf16[48, 128] pitch 136
+  float* const t_s5_f32 = reinterpret_cast<float*>(prt_smem + 7680);  // f32[48, 128] pitch 132
+  // s5_hi: bf16[48, 128] computed in registers by its mma group
+  // s5_lo: bf16[48, 128] computed in registers by its mma group
   __nv_bfloat16* const t_q6 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 32] pitch 40
-  float* const t_s6_f32 = reinterpret_cast<float*>(prt_smem + 5632);  // f32[32, 128] pitch 128
-  __nv_bfloat16* const t_s6_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 22016);  // bf16[32, 128] pitch 136
-  __nv_bfloat16* const t_s6_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 30720);  // bf16[32, 128] pitch 136
+  float* const t_s6_f32 = reinterpret_cast<float*>(prt_smem + 5632);  // f32[32, 128] pitch 132
+  // s6_hi: bf16[32, 128] computed in registers by its mma group
+  // s6_lo: bf16[32, 128] computed in registers by its mma group
   __nv_bfloat16* const t_q7 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 16] pitch 24
-  float* const t_s7_f32 = reinterpret_cast<float*>(prt_smem + 3584);  // f32[16, 128] pitch 128
-  __nv_bfloat16* const t_s7_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 11776);  // bf16[16, 128] pitch 136
-  __nv_bfloat16* const t_s7_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 16128);  // bf16[16, 128] pitch 136
+  float* const t_s7_f32 = reinterpret_cast<float*>(prt_smem + 3584);  // f32[16, 128] pitch 132
+  // s7_hi: bf16[16, 128] computed in registers by its mma group
+  // s7_lo: bf16[16, 128] computed in registers by its mma group
   float f_num[2][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 8 warps
   float* const t_den = reinterpret_cast<float*>(prt_smem + 1024);  // f32[64] pitch 64
   float* const t_den_a = reinterpret_cast<float*>(prt_smem + 512);  // f32[64] pitch 64
@@ -3207,59 +3271,54 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
     prt::cp_async_commit();
     prt::cp_async_wait<0>();
     __syncthreads();
-    // zsym_hi[row, col] = select(((row < 128) && (col < 128)), select((row == col), (z[((((min(min(row, col), 127) * 128) - ((min(min(row, col), 127) * (min(min(row, col), 127) - 1)) // 2)) + min(max(row, col), 127)) - min(min(row, col), 127))] / 1.0), ((z[((((min(min(row, col), 127) * 128) - ((min(min(row, col), 127) * (min(min(row, col), 127) - 1)) // 2)) + min(max(row, col), 127)) - min(min(row, col), 127))] / 1.0) * 0.7071067811865476)), 0.0)
-    // zsym_lo[row, col] = (select(((row < 128) && (col < 128)), select((row == col), (z[((((min(min(row, col), 127) * 128) - ((min(min(row, col), 127) * (min(min(row, col), 127) - 1)) // 2)) + min(max(row, col), 127)) - min(min(row, col), 127))] / 1.0), ((z[((((min(min(row, col), 127) * 128) - ((min(min(row, col), 127) * (min(min(row, col), 127) - 1)) // 2)) + min(max(row, col), 127)) - min(min(row, col), 127))] / 1.0) * 0.7071067811865476)), 0.0) - zsym_hi[row, col])
+    // mma.group (operands in registers):
+    //   zsym_hi[row, col] = select(((row < 128) && (col < 128)), select((row == col), (z[((((min(min(row, col), 127) * 128) - ((min(min(row, col), 127) * (min(min(row, col), 127) - 1)) // 2)) + min(max(row, col), 127)) - min(min(row, col), 127))] / 1.0), ((z[((((min(min(row, col), 127) * 128) - ((min(min(row, col), 127) * (min(min(row, col), 127) - 1)) // 2)) + min(max(row, col), 127)) - min(min(row, col), 127))] / 1.0) * 0.7071067811865476)), 0.0)
+    //   zsym_lo[row, col] = (select(((row < 128) && (col < 128)), select((row == col), (z[((((min(min(row, col), 127) * 128) - ((min(min(row, col), 127) * (min(min(row, col), 127) - 1)) // 2)) + min(max(row, col), 127)) - min(min(row, col), 127))] / 1.0), ((z[((((min(min(row, col), 127) * 128) - ((min(min(row, col), 127) * (min(min(row, col), 127) - 1)) // 2)) + min(max(row, col), 127)) - min(min(row, col), 127))] / 1.0) * 0.7071067811865476)), 0.0) - zsym_hi[row, col])
+    //   qz = mma.tc(q0, zsym_hi) [64x128 in 16x32 units over 8 warps]
+    //   qz += mma.tc(q0, zsym_lo) [64x128 in 16x32 units over 8 warps]
     {
-      for (int i = tid; i < 16384; i += 256) {
-        const int r = i / 128, c = i % 128;
-        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < 128) && (c < 128)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 127) * 128) - ((prt::min_nan(prt::min_nan(r, c), 127) * (prt::min_nan(prt::min_nan(r, c), 127) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 127)) - prt::min_nan(prt::min_nan(r, c), 127))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 127) * 128) - ((prt::min_nan(prt::min_nan(r, c), 127) * (prt::min_nan(prt::min_nan(r, c), 127) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 127)) - prt::min_nan(prt::min_nan(r, c), 127))]) / 1.0f) * 0.7071067811865476f)) : 0.0f));
-        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((((r < 128) && (c < 128)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 127) * 128) - ((prt::min_nan(prt::min_nan(r, c), 127) * (prt::min_nan(prt::min_nan(r, c), 127) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 127)) - prt::min_nan(prt::min_nan(r, c), 127))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 127) * 128) - ((prt::min_nan(prt::min_nan(r, c), 127) * (prt::min_nan(prt::min_nan(r, c), 127) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 127)) - prt::min_nan(prt::min_nan(r, c), 127))]) / 1.0f) * 0.7071067811865476f)) : 0.0f) - prt::to_f32(y0)));
-        t_zsym_hi[(r) * 136 + (c)] = y0;
-        t_zsym_lo[(r) * 136 + (c)] = y1;
-      }
-    }
-    __syncthreads();
-    // qz = mma.tc(q0, zsym_hi) [64x128 in 16x32 units over 8 warps]
-    {
+      float (&acc)[2][4][4] = f_qz;
       #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        const int u = warp + j * 8;
-        const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-        float (&acc)[4][4] = f_qz[j];
         #pragma unroll
         for (int q = 0; q < 4; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-        for (int k0 = 0; k0 < 128; k0 += 16) {
-          uint32_t af[4];
-          prt::ldmatrix_x4(af, &t_q0[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+          for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+      }
+      const int g = lane >> 2, t2 = (lane & 3) * 2;
+      for (int k0 = 0; k0 < 128; k0 += 16) {
+        const int n0 = (warp % 4) * 32;
+        uint32_t ib_zsym_hi[4][2];
+        uint32_t ib_zsym_lo[4][2];
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
           #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
-            uint32_t bf[4];
-            prt::ldmatrix_x4_trans(bf, &t_zsym_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-            prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-            prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+          for (int rg = 0; rg < 2; ++rg) {
+            __nv_bfloat16 v0[2], v1[2];
+            #pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < 128) && (c < 128)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 127) * 128) - ((prt::min_nan(prt::min_nan(r, c), 127) * (prt::min_nan(prt::min_nan(r, c), 127) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 127)) - prt::min_nan(prt::min_nan(r, c), 127))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 127) * 128) - ((prt::min_nan(prt::min_nan(r, c), 127) * (prt::min_nan(prt::min_nan(r, c), 127) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 127)) - prt::min_nan(prt::min_nan(r, c), 127))]) / 1.0f) * 0.7071067811865476f)) : 0.0f));
+              v0[h] = y0;
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((((r < 128) && (c < 128)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 127) * 128) - ((prt::min_nan(prt::min_nan(r, c), 127) * (prt::min_nan(prt::min_nan(r, c), 127) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 127)) - prt::min_nan(prt::min_nan(r, c), 127))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 127) * 128) - ((prt::min_nan(prt::min_nan(r, c), 127) * (prt::min_nan(prt::min_nan(r, c), 127) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 127)) - prt::min_nan(prt::min_nan(r, c), 127))]) / 1.0f) * 0.7071067811865476f)) : 0.0f) - prt::to_f32(y0)));
+              v1[h] = y1;
+            }
+            ib_zsym_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+            ib_zsym_lo[q][rg] = prt::pack2(v1[0], v1[1]);
           }
         }
-      }
-    }
-    // qz += mma.tc(q0, zsym_lo) [64x128 in 16x32 units over 8 warps]
-    {
-      #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int u = warp + j * 8;
-        const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-        float (&acc)[4][4] = f_qz[j];
-        for (int k0 = 0; k0 < 128; k0 += 16) {
-          uint32_t af[4];
-          prt::ldmatrix_x4(af, &t_q0[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 4) * 16;
+          (void)m0;
+          (void)n0;
+          uint32_t fa_q0[4];
+          prt::ldmatrix_x4(fa_q0, &t_q0[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
           #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
-            uint32_t bf[4];
-            prt::ldmatrix_x4_trans(bf, &t_zsym_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-            prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-            prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-          }
+          for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_zsym_hi[q][0], ib_zsym_hi[q][1]);
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_zsym_lo[q][0], ib_zsym_lo[q][1]);
         }
       }
     }
@@ -3279,6 +3338,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
         }
       }
     }
+    __syncthreads();
     // den_s = reduce_sum(qz, axis=1) via den_s_part
     {
       #pragma unroll
@@ -3325,72 +3385,67 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
               const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
           else {
             for (int i = tid; i < 16384; i += 256) {
               const int r = i / 128, c = i % 128;
-              dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+              dst[(r) * 132 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
             }
           }
         }
         prt::cp_async_commit();
         prt::cp_async_wait<0>();
         __syncthreads();
-        // s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 128)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
-        // s0_lo[row, col] = (select((((row + 0) < i0) || ((row + 0) >= 128)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951))) - s0_hi[row, col])
+        // mma.group (operands in registers):
+        //   s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 128)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
+        //   s0_lo[row, col] = (select((((row + 0) < i0) || ((row + 0) >= 128)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951))) - s0_hi[row, col])
+        //   num_a = mma.tc(q0, s0_hi) [64x128 in 16x32 units over 8 warps]
+        //   num_a += mma.tc(q0, s0_lo) [64x128 in 16x32 units over 8 warps]
         {
-          for (int i = tid; i < 16384; i += 256) {
-            const int r = i / 128, c = i % 128;
-            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 128)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
-            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 0) < v_i0) || ((r + 0) >= 128)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
-            t_s0_hi[(r) * 136 + (c)] = y0;
-            t_s0_lo[(r) * 136 + (c)] = y1;
-          }
-        }
-        __syncthreads();
-        // num_a = mma.tc(q0, s0_hi) [64x128 in 16x32 units over 8 warps]
-        {
+          float (&acc)[2][4][4] = f_num_a;
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-            float (&acc)[4][4] = f_num_a[j];
             #pragma unroll
             for (int q = 0; q < 4; ++q)
             #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-            for (int k0 = 0; k0 < 128; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q0[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+              for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+          }
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int k0 = 0; k0 < 128; k0 += 16) {
+            const int n0 = (warp % 4) * 32;
+            uint32_t ib_s0_hi[4][2];
+            uint32_t ib_s0_lo[4][2];
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s0_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              for (int rg = 0; rg < 2; ++rg) {
+                __nv_bfloat16 v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 128)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 132 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
+                  v0[h] = y0;
+                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 0) < v_i0) || ((r + 0) >= 128)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 132 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_s0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_s0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
               }
             }
-          }
-        }
-        // num_a += mma.tc(q0, s0_lo) [64x128 in 16x32 units over 8 warps]
-        {
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-            float (&acc)[4][4] = f_num_a[j];
-            for (int k0 = 0; k0 < 128; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q0[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 4) * 16;
+              (void)m0;
+              (void)n0;
+              uint32_t fa_q0[4];
+              prt::ldmatrix_x4(fa_q0, &t_q0[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s0_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-              }
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_s0_hi[q][0], ib_s0_hi[q][1]);
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_s0_lo[q][0], ib_s0_lo[q][1]);
             }
           }
         }
@@ -3410,9 +3465,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
             }
           }
         }
+        __syncthreads();
       }
     }
-    __syncthreads();
     // q1 = load.async Q[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y, 16:+112]
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -3459,72 +3514,67 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
               const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
           else {
             for (int i = tid; i < 14336; i += 256) {
               const int r = i / 128, c = i % 128;
-              dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+              dst[(r) * 132 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
             }
           }
         }
         prt::cp_async_commit();
         prt::cp_async_wait<0>();
         __syncthreads();
-        // s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 128)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
-        // s1_lo[row, col] = (select((((row + 16) < i1) || ((row + 16) >= 128)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951))) - s1_hi[row, col])
+        // mma.group (operands in registers):
+        //   s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 128)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
+        //   s1_lo[row, col] = (select((((row + 16) < i1) || ((row + 16) >= 128)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951))) - s1_hi[row, col])
+        //   num_a = mma.tc(q1, s1_hi) [64x128 in 16x32 units over 8 warps]
+        //   num_a += mma.tc(q1, s1_lo) [64x128 in 16x32 units over 8 warps]
         {
-          for (int i = tid; i < 14336; i += 256) {
-            const int r = i / 128, c = i % 128;
-            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 128)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
-            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 16) < v_i1) || ((r + 16) >= 128)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
-            t_s1_hi[(r) * 136 + (c)] = y0;
-            t_s1_lo[(r) * 136 + (c)] = y1;
-          }
-        }
-        __syncthreads();
-        // num_a = mma.tc(q1, s1_hi) [64x128 in 16x32 units over 8 warps]
-        {
+          float (&acc)[2][4][4] = f_num_a;
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-            float (&acc)[4][4] = f_num_a[j];
             #pragma unroll
             for (int q = 0; q < 4; ++q)
             #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-            for (int k0 = 0; k0 < 112; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q1[(m0 + prt::a_row(lane)) * 120 + k0 + prt::a_col(lane)]);
+              for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+          }
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int k0 = 0; k0 < 112; k0 += 16) {
+            const int n0 = (warp % 4) * 32;
+            uint32_t ib_s1_hi[4][2];
+            uint32_t ib_s1_lo[4][2];
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s1_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              for (int rg = 0; rg < 2; ++rg) {
+                __nv_bfloat16 v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 128)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 132 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
+                  v0[h] = y0;
+                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 16) < v_i1) || ((r + 16) >= 128)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 132 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_s1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_s1_lo[q][rg] = prt::pack2(v1[0], v1[1]);
               }
             }
-          }
-        }
-        // num_a += mma.tc(q1, s1_lo) [64x128 in 16x32 units over 8 warps]
-        {
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-            float (&acc)[4][4] = f_num_a[j];
-            for (int k0 = 0; k0 < 112; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q1[(m0 + prt::a_row(lane)) * 120 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 4) * 16;
+              (void)m0;
+              (void)n0;
+              uint32_t fa_q1[4];
+              prt::ldmatrix_x4(fa_q1, &t_q1[(m0 + prt::a_row(lane)) * 120 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s1_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-              }
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q1, ib_s1_hi[q][0], ib_s1_hi[q][1]);
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q1, ib_s1_lo[q][0], ib_s1_lo[q][1]);
             }
           }
         }
@@ -3544,6 +3594,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
             }
           }
         }
+        __syncthreads();
       }
     }
     __syncthreads();
@@ -3593,72 +3644,67 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
               const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
           else {
             for (int i = tid; i < 12288; i += 256) {
               const int r = i / 128, c = i % 128;
-              dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+              dst[(r) * 132 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
             }
           }
         }
         prt::cp_async_commit();
         prt::cp_async_wait<0>();
         __syncthreads();
-        // s2_hi[row, col] = select((((row + 32) < i2) || ((row + 32) >= 128)), 0.0, ((s2_f32[row, col] / 1.0) * select(((row + 32) == i2), 1.0, 1.4142135623730951)))
-        // s2_lo[row, col] = (select((((row + 32) < i2) || ((row + 32) >= 128)), 0.0, ((s2_f32[row, col] / 1.0) * select(((row + 32) == i2), 1.0, 1.4142135623730951))) - s2_hi[row, col])
+        // mma.group (operands in registers):
+        //   s2_hi[row, col] = select((((row + 32) < i2) || ((row + 32) >= 128)), 0.0, ((s2_f32[row, col] / 1.0) * select(((row + 32) == i2), 1.0, 1.4142135623730951)))
+        //   s2_lo[row, col] = (select((((row + 32) < i2) || ((row + 32) >= 128)), 0.0, ((s2_f32[row, col] / 1.0) * select(((row + 32) == i2), 1.0, 1.4142135623730951))) - s2_hi[row, col])
+        //   num_a = mma.tc(q2, s2_hi) [64x128 in 16x32 units over 8 warps]
+        //   num_a += mma.tc(q2, s2_lo) [64x128 in 16x32 units over 8 warps]
         {
-          for (int i = tid; i < 12288; i += 256) {
-            const int r = i / 128, c = i % 128;
-            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 32) < v_i2) || ((r + 32) >= 128)) ? 0.0f : ((prt::to_f32(t_s2_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))));
-            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 32) < v_i2) || ((r + 32) >= 128)) ? 0.0f : ((prt::to_f32(t_s2_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
-            t_s2_hi[(r) * 136 + (c)] = y0;
-            t_s2_lo[(r) * 136 + (c)] = y1;
-          }
-        }
-        __syncthreads();
-        // num_a = mma.tc(q2, s2_hi) [64x128 in 16x32 units over 8 warps]
-        {
+          float (&acc)[2][4][4] = f_num_a;
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-            float (&acc)[4][4] = f_num_a[j];
             #pragma unroll
             for (int q = 0; q < 4; ++q)
             #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-            for (int k0 = 0; k0 < 96; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q2[(m0 + prt::a_row(lane)) * 104 + k0 + prt::a_col(lane)]);
+              for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+          }
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int k0 = 0; k0 < 96; k0 += 16) {
+            const int n0 = (warp % 4) * 32;
+            uint32_t ib_s2_hi[4][2];
+            uint32_t ib_s2_lo[4][2];
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s2_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              for (int rg = 0; rg < 2; ++rg) {
+                __nv_bfloat16 v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 32) < v_i2) || ((r + 32) >= 128)) ? 0.0f : ((prt::to_f32(t_s2_f32[(r) * 132 + (c)]) / 1.0f) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))));
+                  v0[h] = y0;
+                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 32) < v_i2) || ((r + 32) >= 128)) ? 0.0f : ((prt::to_f32(t_s2_f32[(r) * 132 + (c)]) / 1.0f) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_s2_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_s2_lo[q][rg] = prt::pack2(v1[0], v1[1]);
               }
             }
-          }
-        }
-        // num_a += mma.tc(q2, s2_lo) [64x128 in 16x32 units over 8 warps]
-        {
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-            float (&acc)[4][4] = f_num_a[j];
-            for (int k0 = 0; k0 < 96; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q2[(m0 + prt::a_row(lane)) * 104 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 4) * 16;
+              (void)m0;
+              (void)n0;
+              uint32_t fa_q2[4];
+              prt::ldmatrix_x4(fa_q2, &t_q2[(m0 + prt::a_row(lane)) * 104 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s2_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-              }
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q2, ib_s2_hi[q][0], ib_s2_hi[q][1]);
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q2, ib_s2_lo[q][0], ib_s2_lo[q][1]);
             }
           }
         }
@@ -3678,6 +3724,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
             }
           }
         }
+        __syncthreads();
       }
     }
     __syncthreads();
@@ -3727,72 +3774,67 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
               const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
           else {
             for (int i = tid; i < 10240; i += 256) {
               const int r = i / 128, c = i % 128;
-              dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+              dst[(r) * 132 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
             }
           }
         }
         prt::cp_async_commit();
         prt::cp_async_wait<0>();
         __syncthreads();
-        // s3_hi[row, col] = select((((row + 48) < i3) || ((row + 48) >= 128)), 0.0, ((s3_f32[row, col] / 1.0) * select(((row + 48) == i3), 1.0, 1.4142135623730951)))
-        // s3_lo[row, col] = (select((((row + 48) < i3) || ((row + 48) >= 128)), 0.0, ((s3_f32[row, col] / 1.0) * select(((row + 48) == i3), 1.0, 1.4142135623730951))) - s3_hi[row, col])
+        // mma.group (operands in registers):
+        //   s3_hi[row, col] = select((((row + 48) < i3) || ((row + 48) >= 128)), 0.0, ((s3_f32[row, col] / 1.0) * select(((row + 48) == i3), 1.0, 1.4142135623730951)))
+        //   s3_lo[row, col] = (select((((row + 48) < i3) || ((row + 48) >= 128)), 0.0, ((s3_f32[row, col] / 1.0) * select(((row + 48) == i3), 1.0, 1.4142135623730951))) - s3_hi[row, col])
+        //   num_a = mma.tc(q3, s3_hi) [64x128 in 16x32 units over 8 warps]
+        //   num_a += mma.tc(q3, s3_lo) [64x128 in 16x32 units over 8 warps]
         {
-          for (int i = tid; i < 10240; i += 256) {
-            const int r = i / 128, c = i % 128;
-            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 48) < v_i3) || ((r + 48) >= 128)) ? 0.0f : ((prt::to_f32(t_s3_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))));
-            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 48) < v_i3) || ((r + 48) >= 128)) ? 0.0f : ((prt::to_f32(t_s3_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
-            t_s3_hi[(r) * 136 + (c)] = y0;
-            t_s3_lo[(r) * 136 + (c)] = y1;
-          }
-        }
-        __syncthreads();
-        // num_a = mma.tc(q3, s3_hi) [64x128 in 16x32 units over 8 warps]
-        {
+          float (&acc)[2][4][4] = f_num_a;
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-            float (&acc)[4][4] = f_num_a[j];
             #pragma unroll
             for (int q = 0; q < 4; ++q)
             #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-            for (int k0 = 0; k0 < 80; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q3[(m0 + prt::a_row(lane)) * 88 + k0 + prt::a_col(lane)]);
+              for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+          }
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int k0 = 0; k0 < 80; k0 += 16) {
+            const int n0 = (warp % 4) * 32;
+            uint32_t ib_s3_hi[4][2];
+            uint32_t ib_s3_lo[4][2];
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s3_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              for (int rg = 0; rg < 2; ++rg) {
+                __nv_bfloat16 v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 48) < v_i3) || ((r + 48) >= 128)) ? 0.0f : ((prt::to_f32(t_s3_f32[(r) * 132 + (c)]) / 1.0f) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))));
+                  v0[h] = y0;
+                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 48) < v_i3) || ((r + 48) >= 128)) ? 0.0f : ((prt::to_f32(t_s3_f32[(r) * 132 + (c)]) / 1.0f) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_s3_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_s3_lo[q][rg] = prt::pack2(v1[0], v1[1]);
               }
             }
-          }
-        }
-        // num_a += mma.tc(q3, s3_lo) [64x128 in 16x32 units over 8 warps]
-        {
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-            float (&acc)[4][4] = f_num_a[j];
-            for (int k0 = 0; k0 < 80; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q3[(m0 + prt::a_row(lane)) * 88 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 4) * 16;
+              (void)m0;
+              (void)n0;
+              uint32_t fa_q3[4];
+              prt::ldmatrix_x4(fa_q3, &t_q3[(m0 + prt::a_row(lane)) * 88 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s3_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-              }
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q3, ib_s3_hi[q][0], ib_s3_hi[q][1]);
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q3, ib_s3_lo[q][0], ib_s3_lo[q][1]);
             }
           }
         }
@@ -3812,6 +3854,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
             }
           }
         }
+        __syncthreads();
       }
     }
     __syncthreads();
@@ -3861,72 +3904,67 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
               const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
           else {
             for (int i = tid; i < 8192; i += 256) {
               const int r = i / 128, c = i % 128;
-              dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+              dst[(r) * 132 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
             }
           }
         }
         prt::cp_async_commit();
         prt::cp_async_wait<0>();
         __syncthreads();
-        // s4_hi[row, col] = select((((row + 64) < i4) || ((row + 64) >= 128)), 0.0, ((s4_f32[row, col] / 1.0) * select(((row + 64) == i4), 1.0, 1.4142135623730951)))
-        // s4_lo[row, col] = (select((((row + 64) < i4) || ((row + 64) >= 128)), 0.0, ((s4_f32[row, col] / 1.0) * select(((row + 64) == i4), 1.0, 1.4142135623730951))) - s4_hi[row, col])
+        // mma.group (operands in registers):
+        //   s4_hi[row, col] = select((((row + 64) < i4) || ((row + 64) >= 128)), 0.0, ((s4_f32[row, col] / 1.0) * select(((row + 64) == i4), 1.0, 1.4142135623730951)))
+        //   s4_lo[row, col] = (select((((row + 64) < i4) || ((row + 64) >= 128)), 0.0, ((s4_f32[row, col] / 1.0) * select(((row + 64) == i4), 1.0, 1.4142135623730951))) - s4_hi[row, col])
+        //   num_a = mma.tc(q4, s4_hi) [64x128 in 16x32 units over 8 warps]
+        //   num_a += mma.tc(q4, s4_lo) [64x128 in 16x32 units over 8 warps]
         {
-          for (int i = tid; i < 8192; i += 256) {
-            const int r = i / 128, c = i % 128;
-            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 64) < v_i4) || ((r + 64) >= 128)) ? 0.0f : ((prt::to_f32(t_s4_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 64) == v_i4) ? 1.0f : 1.4142135623730951f))));
-            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 64) < v_i4) || ((r + 64) >= 128)) ? 0.0f : ((prt::to_f32(t_s4_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 64) == v_i4) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
-            t_s4_hi[(r) * 136 + (c)] = y0;
-            t_s4_lo[(r) * 136 + (c)] = y1;
-          }
-        }
-        __syncthreads();
-        // num_a = mma.tc(q4, s4_hi) [64x128 in 16x32 units over 8 warps]
-        {
+          float (&acc)[2][4][4] = f_num_a;
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-            float (&acc)[4][4] = f_num_a[j];
             #pragma unroll
             for (int q = 0; q < 4; ++q)
             #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q4[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+              for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+          }
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            const int n0 = (warp % 4) * 32;
+            uint32_t ib_s4_hi[4][2];
+            uint32_t ib_s4_lo[4][2];
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s4_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              for (int rg = 0; rg < 2; ++rg) {
+                __nv_bfloat16 v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 64) < v_i4) || ((r + 64) >= 128)) ? 0.0f : ((prt::to_f32(t_s4_f32[(r) * 132 + (c)]) / 1.0f) * (((r + 64) == v_i4) ? 1.0f : 1.4142135623730951f))));
+                  v0[h] = y0;
+                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 64) < v_i4) || ((r + 64) >= 128)) ? 0.0f : ((prt::to_f32(t_s4_f32[(r) * 132 + (c)]) / 1.0f) * (((r + 64) == v_i4) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_s4_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_s4_lo[q][rg] = prt::pack2(v1[0], v1[1]);
               }
             }
-          }
-        }
-        // num_a += mma.tc(q4, s4_lo) [64x128 in 16x32 units over 8 warps]
-        {
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-            float (&acc)[4][4] = f_num_a[j];
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q4[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 4) * 16;
+              (void)m0;
+              (void)n0;
+              uint32_t fa_q4[4];
+              prt::ldmatrix_x4(fa_q4, &t_q4[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s4_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-              }
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q4, ib_s4_hi[q][0], ib_s4_hi[q][1]);
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q4, ib_s4_lo[q][0], ib_s4_lo[q][1]);
             }
           }
         }
@@ -3946,6 +3984,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
             }
           }
         }
+        __syncthreads();
       }
     }
     __syncthreads();
@@ -3995,72 +4034,67 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
               const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
           else {
             for (int i = tid; i < 6144; i += 256) {
               const int r = i / 128, c = i % 128;
-              dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+              dst[(r) * 132 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
             }
           }
         }
         prt::cp_async_commit();
         prt::cp_async_wait<0>();
         __syncthreads();
-        // s5_hi[row, col] = select((((row + 80) < i5) || ((row + 80) >= 128)), 0.0, ((s5_f32[row, col] / 1.0) * select(((row + 80) == i5), 1.0, 1.4142135623730951)))
-        // s5_lo[row, col] = (select((((row + 80) < i5) || ((row + 80) >= 128)), 0.0, ((s5_f32[row, col] / 1.0) * select(((row + 80) == i5), 1.0, 1.4142135623730951))) - s5_hi[row, col])
+        // mma.group (operands in registers):
+        //   s5_hi[row, col] = select((((row + 80) < i5) || ((row + 80) >= 128)), 0.0, ((s5_f32[row, col] / 1.0) * select(((row + 80) == i5), 1.0, 1.4142135623730951)))
+        //   s5_lo[row, col] = (select((((row + 80) < i5) || ((row + 80) >= 128)), 0.0, ((s5_f32[row, col] / 1.0) * select(((row + 80) == i5), 1.0, 1.4142135623730951))) - s5_hi[row, col])
+        //   num_a = mma.tc(q5, s5_hi) [64x128 in 16x32 units over 8 warps]
+        //   num_a += mma.tc(q5, s5_lo) [64x128 in 16x32 units over 8 warps]
         {
-          for (int i = tid; i < 6144; i += 256) {
-            const int r = i / 128, c = i % 128;
-            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 80) < v_i5) || ((r + 80) >= 128)) ? 0.0f : ((prt::to_f32(t_s5_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 80) == v_i5) ? 1.0f : 1.4142135623730951f))));
-            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 80) < v_i5) || ((r + 80) >= 128)) ? 0.0f : ((prt::to_f32(t_s5_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 80) == v_i5) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
-            t_s5_hi[(r) * 136 + (c)] = y0;
-            t_s5_lo[(r) * 136 + (c)] = y1;
-          }
-        }
-        __syncthreads();
-        // num_a = mma.tc(q5, s5_hi) [64x128 in 16x32 units over 8 warps]
-        {
+          float (&acc)[2][4][4] = f_num_a;
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-            float (&acc)[4][4] = f_num_a[j];
             #pragma unroll
             for (int q = 0; q < 4; ++q)
             #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-            for (int k0 = 0; k0 < 48; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q5[(m0 + prt::a_row(lane)) * 56 + k0 + prt::a_col(lane)]);
+              for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+          }
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int k0 = 0; k0 < 48; k0 += 16) {
+            const int n0 = (warp % 4) * 32;
+            uint32_t ib_s5_hi[4][2];
+            uint32_t ib_s5_lo[4][2];
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s5_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              for (int rg = 0; rg < 2; ++rg) {
+                __nv_bfloat16 v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 80) < v_i5) || ((r + 80) >= 128)) ? 0.0f : ((prt::to_f32(t_s5_f32[(r) * 132 + (c)]) / 1.0f) * (((r + 80) == v_i5) ? 1.0f : 1.4142135623730951f))));
+                  v0[h] = y0;
+                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 80) < v_i5) || ((r + 80) >= 128)) ? 0.0f : ((prt::to_f32(t_s5_f32[(r) * 132 + (c)]) / 1.0f) * (((r + 80) == v_i5) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_s5_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_s5_lo[q][rg] = prt::pack2(v1[0], v1[1]);
               }
             }
-          }
-        }
-        // num_a += mma.tc(q5, s5_lo) [64x128 in 16x32 units over 8 warps]
-        {
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-            float (&acc)[4][4] = f_num_a[j];
-            for (int k0 = 0; k0 < 48; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q5[(m0 + prt::a_row(lane)) * 56 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 4) * 16;
+              (void)m0;
+              (void)n0;
+              uint32_t fa_q5[4];
+              prt::ldmatrix_x4(fa_q5, &t_q5[(m0 + prt::a_row(lane)) * 56 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s5_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-              }
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q5, ib_s5_hi[q][0], ib_s5_hi[q][1]);
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q5, ib_s5_lo[q][0], ib_s5_lo[q][1]);
             }
           }
         }
@@ -4080,6 +4114,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
             }
           }
         }
+        __syncthreads();
       }
     }
     __syncthreads();
@@ -4129,72 +4164,67 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
               const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
           else {
             for (int i = tid; i < 4096; i += 256) {
               const int r = i / 128, c = i % 128;
-              dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+              dst[(r) * 132 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
             }
           }
         }
         prt::cp_async_commit();
         prt::cp_async_wait<0>();
         __syncthreads();
-        // s6_hi[row, col] = select((((row + 96) < i6) || ((row + 96) >= 128)), 0.0, ((s6_f32[row, col] / 1.0) * select(((row + 96) == i6), 1.0, 1.4142135623730951)))
-        // s6_lo[row, col] = (select((((row + 96) < i6) || ((row + 96) >= 128)), 0.0, ((s6_f32[row, col] / 1.0) * select(((row + 96) == i6), 1.0, 1.4142135623730951))) - s6_hi[row, col])
+        // mma.group (operands in registers):
+        //   s6_hi[row, col] = select((((row + 96) < i6) || ((row + 96) >= 128)), 0.0, ((s6_f32[row, col] / 1.0) * select(((row + 96) == i6), 1.0, 1.4142135623730951)))
+        //   s6_lo[row, col] = (select((((row + 96) < i6) || ((row + 96) >= 128)), 0.0, ((s6_f32[row, col] / 1.0) * select(((row + 96) == i6), 1.0, 1.4142135623730951))) - s6_hi[row, col])
+        //   num_a = mma.tc(q6, s6_hi) [64x128 in 16x32 units over 8 warps]
+        //   num_a += mma.tc(q6, s6_lo) [64x128 in 16x32 units over 8 warps]
         {
-          for (int i = tid; i < 4096; i += 256) {
-            const int r = i / 128, c = i % 128;
-            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 96) < v_i6) || ((r + 96) >= 128)) ? 0.0f : ((prt::to_f32(t_s6_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 96) == v_i6) ? 1.0f : 1.4142135623730951f))));
-            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 96) < v_i6) || ((r + 96) >= 128)) ? 0.0f : ((prt::to_f32(t_s6_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 96) == v_i6) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
-            t_s6_hi[(r) * 136 + (c)] = y0;
-            t_s6_lo[(r) * 136 + (c)] = y1;
-          }
-        }
-        __syncthreads();
-        // num_a = mma.tc(q6, s6_hi) [64x128 in 16x32 units over 8 warps]
-        {
+          float (&acc)[2][4][4] = f_num_a;
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-            float (&acc)[4][4] = f_num_a[j];
             #pragma unroll
             for (int q = 0; q < 4; ++q)
             #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-            for (int k0 = 0; k0 < 32; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q6[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+              for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+          }
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int k0 = 0; k0 < 32; k0 += 16) {
+            const int n0 = (warp % 4) * 32;
+            uint32_t ib_s6_hi[4][2];
+            uint32_t ib_s6_lo[4][2];
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s6_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              for (int rg = 0; rg < 2; ++rg) {
+                __nv_bfloat16 v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 96) < v_i6) || ((r + 96) >= 128)) ? 0.0f : ((prt::to_f32(t_s6_f32[(r) * 132 + (c)]) / 1.0f) * (((r + 96) == v_i6) ? 1.0f : 1.4142135623730951f))));
+                  v0[h] = y0;
+                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 96) < v_i6) || ((r + 96) >= 128)) ? 0.0f : ((prt::to_f32(t_s6_f32[(r) * 132 + (c)]) / 1.0f) * (((r + 96) == v_i6) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_s6_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_s6_lo[q][rg] = prt::pack2(v1[0], v1[1]);
               }
             }
-          }
-        }
-        // num_a += mma.tc(q6, s6_lo) [64x128 in 16x32 units over 8 warps]
-        {
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-            float (&acc)[4][4] = f_num_a[j];
-            for (int k0 = 0; k0 < 32; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q6[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 4) * 16;
+              (void)m0;
+              (void)n0;
+              uint32_t fa_q6[4];
+              prt::ldmatrix_x4(fa_q6, &t_q6[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s6_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-              }
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q6, ib_s6_hi[q][0], ib_s6_hi[q][1]);
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q6, ib_s6_lo[q][0], ib_s6_lo[q][1]);
             }
           }
         }
@@ -4214,6 +4244,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
             }
           }
         }
+        __syncthreads();
       }
     }
     __syncthreads();
@@ -4263,72 +4294,67 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
               const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
           else {
             for (int i = tid; i < 2048; i += 256) {
               const int r = i / 128, c = i % 128;
-              dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+              dst[(r) * 132 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
             }
           }
         }
         prt::cp_async_commit();
         prt::cp_async_wait<0>();
         __syncthreads();
-        // s7_hi[row, col] = select((((row + 112) < i7) || ((row + 112) >= 128)), 0.0, ((s7_f32[row, col] / 1.0) * select(((row + 112) == i7), 1.0, 1.4142135623730951)))
-        // s7_lo[row, col] = (select((((row + 112) < i7) || ((row + 112) >= 128)), 0.0, ((s7_f32[row, col] / 1.0) * select(((row + 112) == i7), 1.0, 1.4142135623730951))) - s7_hi[row, col])
+        // mma.group (operands in registers):
+        //   s7_hi[row, col] = select((((row + 112) < i7) || ((row + 112) >= 128)), 0.0, ((s7_f32[row, col] / 1.0) * select(((row + 112) == i7), 1.0, 1.4142135623730951)))
+        //   s7_lo[row, col] = (select((((row + 112) < i7) || ((row + 112) >= 128)), 0.0, ((s7_f32[row, col] / 1.0) * select(((row + 112) == i7), 1.0, 1.4142135623730951))) - s7_hi[row, col])
+        //   num_a = mma.tc(q7, s7_hi) [64x128 in 16x32 units over 8 warps]
+        //   num_a += mma.tc(q7, s7_lo) [64x128 in 16x32 units over 8 warps]
         {
-          for (int i = tid; i < 2048; i += 256) {
-            const int r = i / 128, c = i % 128;
-            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 112) < v_i7) || ((r + 112) >= 128)) ? 0.0f : ((prt::to_f32(t_s7_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 112) == v_i7) ? 1.0f : 1.4142135623730951f))));
-            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 112) < v_i7) || ((r + 112) >= 128)) ? 0.0f : ((prt::to_f32(t_s7_f32[(r) * 128 + (c)]) / 1.0f) * (((r + 112) == v_i7) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
-            t_s7_hi[(r) * 136 + (c)] = y0;
-            t_s7_lo[(r) * 136 + (c)] = y1;
-          }
-        }
-        __syncthreads();
-        // num_a = mma.tc(q7, s7_hi) [64x128 in 16x32 units over 8 warps]
-        {
+          float (&acc)[2][4][4] = f_num_a;
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-            float (&acc)[4][4] = f_num_a[j];
             #pragma unroll
             for (int q = 0; q < 4; ++q)
             #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-            for (int k0 = 0; k0 < 16; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q7[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
+              for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+          }
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int k0 = 0; k0 < 16; k0 += 16) {
+            const int n0 = (warp % 4) * 32;
+            uint32_t ib_s7_hi[4][2];
+            uint32_t ib_s7_lo[4][2];
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s7_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              for (int rg = 0; rg < 2; ++rg) {
+                __nv_bfloat16 v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 112) < v_i7) || ((r + 112) >= 128)) ? 0.0f : ((prt::to_f32(t_s7_f32[(r) * 132 + (c)]) / 1.0f) * (((r + 112) == v_i7) ? 1.0f : 1.4142135623730951f))));
+                  v0[h] = y0;
+                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 112) < v_i7) || ((r + 112) >= 128)) ? 0.0f : ((prt::to_f32(t_s7_f32[(r) * 132 + (c)]) / 1.0f) * (((r + 112) == v_i7) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_s7_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_s7_lo[q][rg] = prt::pack2(v1[0], v1[1]);
               }
             }
-          }
-        }
-        // num_a += mma.tc(q7, s7_lo) [64x128 in 16x32 units over 8 warps]
-        {
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-            float (&acc)[4][4] = f_num_a[j];
-            for (int k0 = 0; k0 < 16; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q7[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 4) * 16;
+              (void)m0;
+              (void)n0;
+              uint32_t fa_q7[4];
+              prt::ldmatrix_x4(fa_q7, &t_q7[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s7_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-              }
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q7, ib_s7_hi[q][0], ib_s7_hi[q][1]);
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q7, ib_s7_lo[q][0], ib_s7_lo[q][1]);
             }
           }
         }
@@ -4348,6 +4374,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
             }
           }
         }
+        __syncthreads();
       }
     }
     // num = load numA[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y, 0:+128]
@@ -4809,49 +4836,65 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d128
           __syncthreads();
           // dot = mma.tc(q, k^T) [64x64 in 16x32 units over 8 warps]
           {
+            float (&acc)[1][4][4] = f_dot;
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float (&acc)[4][4] = f_dot[j];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-              for (int k0 = 0; k0 < 128; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_q[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+            }
+            for (int k0 = 0; k0 < 128; k0 += 16) {
+              #pragma unroll
+              for (int j = 0; j < 1; ++j) {
+                const int u = warp + j * 8;
+                const int m0 = (u / 2) * 16;
+                const int n0 = (u % 2) * 32;
+                (void)m0;
+                (void)n0;
+                uint32_t fa_q[4];
+                prt::ldmatrix_x4(fa_q, &t_q[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+                uint32_t fbt_k[4][2];
                 #pragma unroll
                 for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 136 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                  uint32_t r[4];
+                  prt::ldmatrix_x4(r, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 136 + k0 + prt::at_col(lane)]);
+                  fbt_k[q][0] = r[0]; fbt_k[q][1] = r[1]; fbt_k[q + 1][0] = r[2]; fbt_k[q + 1][1] = r[3];
                 }
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q, fbt_k[q][0], fbt_k[q][1]);
               }
             }
           }
           // p_dp = mma.tc(dy, v^T) [64x64 in 16x32 units over 8 warps]
           {
+            float (&acc)[1][4][4] = f_p_dp;
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float (&acc)[4][4] = f_p_dp[j];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-              for (int k0 = 0; k0 < 128; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_dy[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+            }
+            for (int k0 = 0; k0 < 128; k0 += 16) {
+              #pragma unroll
+              for (int j = 0; j < 1; ++j) {
+                const int u = warp + j * 8;
+                const int m0 = (u / 2) * 16;
+                const int n0 = (u % 2) * 32;
+                (void)m0;
+                (void)n0;
+                uint32_t fa_dy[4];
+                prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+                uint32_t fbt_v[4][2];
                 #pragma unroll
                 for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_v[(n0 + q * 8 + prt::at_row(lane)) * 136 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                  uint32_t r[4];
+                  prt::ldmatrix_x4(r, &t_v[(n0 + q * 8 + prt::at_row(lane)) * 136 + k0 + prt::at_col(lane)]);
+                  fbt_v[q][0] = r[0]; fbt_v[q][1] = r[1]; fbt_v[q + 1][0] = r[2]; fbt_v[q + 1][1] = r[3];
                 }
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, fbt_v[q][0], fbt_v[q][1]);
               }
             }
           }
@@ -5330,49 +5373,65 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
               __syncthreads();
               // dot = mma.tc(q, k^T) [32x32 in 16x16 units over 4 warps]
               {
+                float (&acc)[1][2][4] = f_dot;
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
-                  const int u = warp + j * 4;
-                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-                  float (&acc)[2][4] = f_dot[j];
                   #pragma unroll
                   for (int q = 0; q < 2; ++q)
                   #pragma unroll
-                    for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-                  for (int k0 = 0; k0 < 128; k0 += 16) {
-                    uint32_t af[4];
-                    prt::ldmatrix_x4(af, &t_q[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+                    for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+                }
+                for (int k0 = 0; k0 < 128; k0 += 16) {
+                  #pragma unroll
+                  for (int j = 0; j < 1; ++j) {
+                    const int u = warp + j * 4;
+                    const int m0 = (u / 2) * 16;
+                    const int n0 = (u % 2) * 16;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fa_q[4];
+                    prt::ldmatrix_x4(fa_q, &t_q[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+                    uint32_t fbt_k[2][2];
                     #pragma unroll
                     for (int q = 0; q < 2; q += 2) {
-                      uint32_t bf[4];
-                      prt::ldmatrix_x4(bf, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 136 + k0 + prt::at_col(lane)]);
-                      prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                      prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                      uint32_t r[4];
+                      prt::ldmatrix_x4(r, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 136 + k0 + prt::at_col(lane)]);
+                      fbt_k[q][0] = r[0]; fbt_k[q][1] = r[1]; fbt_k[q + 1][0] = r[2]; fbt_k[q + 1][1] = r[3];
                     }
+                    #pragma unroll
+                    for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q, fbt_k[q][0], fbt_k[q][1]);
                   }
                 }
               }
               // W = mma.tc(dy, v^T) [32x32 in 16x16 units over 4 warps]
               {
+                float (&acc)[1][2][4] = f_W;
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
-                  const int u = warp + j * 4;
-                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-                  float (&acc)[2][4] = f_W[j];
                   #pragma unroll
                   for (int q = 0; q < 2; ++q)
                   #pragma unroll
-                    for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-                  for (int k0 = 0; k0 < 128; k0 += 16) {
-                    uint32_t af[4];
-                    prt::ldmatrix_x4(af, &t_dy[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+                    for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+                }
+                for (int k0 = 0; k0 < 128; k0 += 16) {
+                  #pragma unroll
+                  for (int j = 0; j < 1; ++j) {
+                    const int u = warp + j * 4;
+                    const int m0 = (u / 2) * 16;
+                    const int n0 = (u % 2) * 16;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fa_dy[4];
+                    prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+                    uint32_t fbt_v[2][2];
                     #pragma unroll
                     for (int q = 0; q < 2; q += 2) {
-                      uint32_t bf[4];
-                      prt::ldmatrix_x4(bf, &t_v[(n0 + q * 8 + prt::at_row(lane)) * 136 + k0 + prt::at_col(lane)]);
-                      prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                      prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                      uint32_t r[4];
+                      prt::ldmatrix_x4(r, &t_v[(n0 + q * 8 + prt::at_row(lane)) * 136 + k0 + prt::at_col(lane)]);
+                      fbt_v[q][0] = r[0]; fbt_v[q][1] = r[1]; fbt_v[q + 1][0] = r[2]; fbt_v[q + 1][1] = r[3];
                     }
+                    #pragma unroll
+                    for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, fbt_v[q][0], fbt_v[q][1]);
                   }
                 }
               }
@@ -5411,21 +5470,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
               __syncthreads();
               // acc_d += mma.tc(ds, k) [32x128 in 16x32 units over 4 warps]
               {
-                #pragma unroll
-                for (int j = 0; j < 2; ++j) {
-                  const int u = warp + j * 4;
-                  const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-                  float (&acc)[4][4] = f_acc_d[j];
-                  for (int k0 = 0; k0 < 32; k0 += 16) {
-                    uint32_t af[4];
-                    prt::ldmatrix_x4(af, &t_ds[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                float (&acc)[2][4][4] = f_acc_d;
+                for (int k0 = 0; k0 < 32; k0 += 16) {
+                  const int n0 = (warp % 4) * 32;
+                  uint32_t fb_k[4][2];
+                  #pragma unroll
+                  for (int q = 0; q < 4; q += 2) {
+                    uint32_t r[4];
+                    prt::ldmatrix_x4_trans(r, &t_k[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                    fb_k[q][0] = r[0]; fb_k[q][1] = r[1]; fb_k[q + 1][0] = r[2]; fb_k[q + 1][1] = r[3];
+                  }
+                  #pragma unroll
+                  for (int j = 0; j < 2; ++j) {
+                    const int u = warp + j * 4;
+                    const int m0 = (u / 4) * 16;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fa_ds[4];
+                    prt::ldmatrix_x4(fa_ds, &t_ds[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
                     #pragma unroll
-                    for (int q = 0; q < 4; q += 2) {
-                      uint32_t bf[4];
-                      prt::ldmatrix_x4_trans(bf, &t_k[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                      prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                      prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                    }
+                    for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_ds, fb_k[q][0], fb_k[q][1]);
                   }
                 }
               }
@@ -5667,49 +5731,65 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
               __syncthreads();
               // dot = mma.tc(q, k^T) [32x32 in 16x16 units over 4 warps]
               {
+                float (&acc)[1][2][4] = f_dot;
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
-                  const int u = warp + j * 4;
-                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-                  float (&acc)[2][4] = f_dot[j];
                   #pragma unroll
                   for (int q = 0; q < 2; ++q)
                   #pragma unroll
-                    for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-                  for (int k0 = 0; k0 < 128; k0 += 16) {
-                    uint32_t af[4];
-                    prt::ldmatrix_x4(af, &t_q[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+                    for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+                }
+                for (int k0 = 0; k0 < 128; k0 += 16) {
+                  #pragma unroll
+                  for (int j = 0; j < 1; ++j) {
+                    const int u = warp + j * 4;
+                    const int m0 = (u / 2) * 16;
+                    const int n0 = (u % 2) * 16;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fa_q[4];
+                    prt::ldmatrix_x4(fa_q, &t_q[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+                    uint32_t fbt_k[2][2];
                     #pragma unroll
                     for (int q = 0; q < 2; q += 2) {
-                      uint32_t bf[4];
-                      prt::ldmatrix_x4(bf, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 136 + k0 + prt::at_col(lane)]);
-                      prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                      prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                      uint32_t r[4];
+                      prt::ldmatrix_x4(r, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 136 + k0 + prt::at_col(lane)]);
+                      fbt_k[q][0] = r[0]; fbt_k[q][1] = r[1]; fbt_k[q + 1][0] = r[2]; fbt_k[q + 1][1] = r[3];
                     }
+                    #pragma unroll
+                    for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q, fbt_k[q][0], fbt_k[q][1]);
                   }
                 }
               }
               // W = mma.tc(dy, v^T) [32x32 in 16x16 units over 4 warps]
               {
+                float (&acc)[1][2][4] = f_W;
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
-                  const int u = warp + j * 4;
-                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-                  float (&acc)[2][4] = f_W[j];
                   #pragma unroll
                   for (int q = 0; q < 2; ++q)
                   #pragma unroll
-                    for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-                  for (int k0 = 0; k0 < 128; k0 += 16) {
-                    uint32_t af[4];
-                    prt::ldmatrix_x4(af, &t_dy[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+                    for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+                }
+                for (int k0 = 0; k0 < 128; k0 += 16) {
+                  #pragma unroll
+                  for (int j = 0; j < 1; ++j) {
+                    const int u = warp + j * 4;
+                    const int m0 = (u / 2) * 16;
+                    const int n0 = (u % 2) * 16;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fa_dy[4];
+                    prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+                    uint32_t fbt_v[2][2];
                     #pragma unroll
                     for (int q = 0; q < 2; q += 2) {
-                      uint32_t bf[4];
-                      prt::ldmatrix_x4(bf, &t_v[(n0 + q * 8 + prt::at_row(lane)) * 136 + k0 + prt::at_col(lane)]);
-                      prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                      prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                      uint32_t r[4];
+                      prt::ldmatrix_x4(r, &t_v[(n0 + q * 8 + prt::at_row(lane)) * 136 + k0 + prt::at_col(lane)]);
+                      fbt_v[q][0] = r[0]; fbt_v[q][1] = r[1]; fbt_v[q + 1][0] = r[2]; fbt_v[q + 1][1] = r[3];
                     }
+                    #pragma unroll
+                    for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, fbt_v[q][0], fbt_v[q][1]);
                   }
                 }
               }
@@ -5764,41 +5844,51 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
               __syncthreads();
               // acc_e += mma.tc(P^T, dy) [32x128 in 16x32 units over 4 warps]
               {
-                #pragma unroll
-                for (int j = 0; j < 2; ++j) {
-                  const int u = warp + j * 4;
-                  const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-                  float (&acc)[4][4] = f_acc_e[j];
-                  for (int k0 = 0; k0 < 32; k0 += 16) {
-                    uint32_t af[4];
-                    prt::ldmatrix_x4_trans(af, &t_P[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                float (&acc)[2][4][4] = f_acc_e;
+                for (int k0 = 0; k0 < 32; k0 += 16) {
+                  const int n0 = (warp % 4) * 32;
+                  uint32_t fb_dy[4][2];
+                  #pragma unroll
+                  for (int q = 0; q < 4; q += 2) {
+                    uint32_t r[4];
+                    prt::ldmatrix_x4_trans(r, &t_dy[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                    fb_dy[q][0] = r[0]; fb_dy[q][1] = r[1]; fb_dy[q + 1][0] = r[2]; fb_dy[q + 1][1] = r[3];
+                  }
+                  #pragma unroll
+                  for (int j = 0; j < 2; ++j) {
+                    const int u = warp + j * 4;
+                    const int m0 = (u / 4) * 16;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fat_P[4];
+                    prt::ldmatrix_x4_trans(fat_P, &t_P[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
                     #pragma unroll
-                    for (int q = 0; q < 4; q += 2) {
-                      uint32_t bf[4];
-                      prt::ldmatrix_x4_trans(bf, &t_dy[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                      prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                      prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                    }
+                    for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_P, fb_dy[q][0], fb_dy[q][1]);
                   }
                 }
               }
               // acc_d += mma.tc(ds^T, q) [32x128 in 16x32 units over 4 warps]
               {
-                #pragma unroll
-                for (int j = 0; j < 2; ++j) {
-                  const int u = warp + j * 4;
-                  const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-                  float (&acc)[4][4] = f_acc_d[j];
-                  for (int k0 = 0; k0 < 32; k0 += 16) {
-                    uint32_t af[4];
-                    prt::ldmatrix_x4_trans(af, &t_ds[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                float (&acc)[2][4][4] = f_acc_d;
+                for (int k0 = 0; k0 < 32; k0 += 16) {
+                  const int n0 = (warp % 4) * 32;
+                  uint32_t fb_q[4][2];
+                  #pragma unroll
+                  for (int q = 0; q < 4; q += 2) {
+                    uint32_t r[4];
+                    prt::ldmatrix_x4_trans(r, &t_q[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                    fb_q[q][0] = r[0]; fb_q[q][1] = r[1]; fb_q[q + 1][0] = r[2]; fb_q[q + 1][1] = r[3];
+                  }
+                  #pragma unroll
+                  for (int j = 0; j < 2; ++j) {
+                    const int u = warp + j * 4;
+                    const int m0 = (u / 4) * 16;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fat_ds[4];
+                    prt::ldmatrix_x4_trans(fat_ds, &t_ds[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
                     #pragma unroll
-                    for (int q = 0; q < 4; q += 2) {
-                      uint32_t bf[4];
-                      prt::ldmatrix_x4_trans(bf, &t_q[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                      prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                      prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                    }
+                    for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_ds, fb_q[q][0], fb_q[q][1]);
                   }
                 }
               }
@@ -5909,7 +5999,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
 }
 
 // query_state_bwd_dq: Dy, lseB (the normaliser the backward's weights sum to 1 under), and dQs, dlamQ: the gradient through phi(q')^T [Sin, Zin]
-// grid (($n * 2), $hq, $b), 128 threads, 153600 bytes of dynamic shared memory
+// grid (($n * 2), $hq, $b), 128 threads, 116480 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128_e128_c64_bf16_w4_bd0_bt32_s1(
     const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -6090,35 +6180,35 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
   float* const t_p_s = reinterpret_cast<float*>(prt_smem + 50816);  // f32[32] pitch 32
   float f_grad_s[2][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 4 warps
   float* const t_z = reinterpret_cast<float*>(prt_smem + 50944);  // f32[8256] pitch 8256
-  __nv_bfloat16* const t_zs_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 83968);  // bf16[128, 128] pitch 136
-  __nv_bfloat16* const t_zs_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 118784);  // bf16[128, 128] pitch 136
+  // zs_hi: bf16[128, 128] computed in registers by its mma group
+  // zs_lo: bf16[128, 128] computed in registers by its mma group
   float* const t_qzs = reinterpret_cast<float*>(prt_smem + 18048);  // f32[32, 128] pitch 128
   float* const t_r = reinterpret_cast<float*>(prt_smem + 36480);  // f32[32] pitch 32
   float* const t_r16 = reinterpret_cast<float*>(prt_smem + 18048);  // f32[32, 16] pitch 16
   float* const t_s0_f32 = reinterpret_cast<float*>(prt_smem + 50944);  // f32[128, 128] pitch 128
   float* const t_t0 = reinterpret_cast<float*>(prt_smem + 20096);  // f32[32, 128] pitch 128
-  __nv_bfloat16* const t_s0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 116480);  // bf16[128, 128] pitch 136
+  // s0_hi: bf16[128, 128] computed in registers by its mma group
   float* const t_s1_f32 = reinterpret_cast<float*>(prt_smem + 50944);  // f32[112, 128] pitch 128
   float* const t_t1 = reinterpret_cast<float*>(prt_smem + 20096);  // f32[32, 112] pitch 112
-  __nv_bfloat16* const t_s1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 108288);  // bf16[112, 128] pitch 136
+  // s1_hi: bf16[112, 128] computed in registers by its mma group
   float* const t_s2_f32 = reinterpret_cast<float*>(prt_smem + 50944);  // f32[96, 128] pitch 128
   float* const t_t2 = reinterpret_cast<float*>(prt_smem + 20096);  // f32[32, 96] pitch 96
-  __nv_bfloat16* const t_s2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 100096);  // bf16[96, 128] pitch 136
+  // s2_hi: bf16[96, 128] computed in registers by its mma group
   float* const t_s3_f32 = reinterpret_cast<float*>(prt_smem + 50944);  // f32[80, 128] pitch 128
   float* const t_t3 = reinterpret_cast<float*>(prt_smem + 20096);  // f32[32, 80] pitch 80
-  __nv_bfloat16* const t_s3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 91904);  // bf16[80, 128] pitch 136
+  // s3_hi: bf16[80, 128] computed in registers by its mma group
   float* const t_s4_f32 = reinterpret_cast<float*>(prt_smem + 50944);  // f32[64, 128] pitch 128
   float* const t_t4 = reinterpret_cast<float*>(prt_smem + 20096);  // f32[32, 64] pitch 64
-  __nv_bfloat16* const t_s4_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 83712);  // bf16[64, 128] pitch 136
+  // s4_hi: bf16[64, 128] computed in registers by its mma group
   float* const t_s5_f32 = reinterpret_cast<float*>(prt_smem + 50944);  // f32[48, 128] pitch 128
-  float* const t_t5 = reinterpret_cast<float*>(prt_smem + 36608);  // f32[32, 48] pitch 48
-  __nv_bfloat16* const t_s5_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 20096);  // bf16[48, 128] pitch 136
+  float* const t_t5 = reinterpret_cast<float*>(prt_smem + 20096);  // f32[32, 48] pitch 48
+  // s5_hi: bf16[48, 128] computed in registers by its mma group
   float* const t_s6_f32 = reinterpret_cast<float*>(prt_smem + 20096);  // f32[32, 128] pitch 128
-  float* const t_t6 = reinterpret_cast<float*>(prt_smem + 45312);  // f32[32, 32] pitch 32
-  __nv_bfloat16* const t_s6_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 36608);  // bf16[32, 128] pitch 136
+  float* const t_t6 = reinterpret_cast<float*>(prt_smem + 36608);  // f32[32, 32] pitch 32
+  // s6_hi: bf16[32, 128] computed in registers by its mma group
   float* const t_s7_f32 = reinterpret_cast<float*>(prt_smem + 20096);  // f32[16, 128] pitch 128
-  float* const t_t7 = reinterpret_cast<float*>(prt_smem + 32640);  // f32[32, 16] pitch 16
-  __nv_bfloat16* const t_s7_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 28288);  // bf16[16, 128] pitch 136
+  float* const t_t7 = reinterpret_cast<float*>(prt_smem + 28288);  // f32[32, 16] pitch 16
+  // s7_hi: bf16[16, 128] computed in registers by its mma group
   if (((((static_cast<int>(blockIdx.x) / 2) * 64) + ((static_cast<int>(blockIdx.x) % 2) * 32)) < p_t)) {
     // g = load logG[pid.z, ((pid.x // 2) * 64):+64, (pid.y // ($hq // $h))]
     {
@@ -6374,73 +6464,62 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
-      // zs_hi[row, col] = select(((row < 128) && (col < 128)), select((row == col), (z[((((min(min(row, col), 127) * 128) - ((min(min(row, col), 127) * (min(min(row, col), 127) - 1)) // 2)) + min(max(row, col), 127)) - min(min(row, col), 127))] * 2.0), (z[((((min(min(row, col), 127) * 128) - ((min(min(row, col), 127) * (min(min(row, col), 127) - 1)) // 2)) + min(max(row, col), 127)) - min(min(row, col), 127))] * 1.4142135623730951)), 0.0)
-      // zs_lo[row, col] = (select(((row < 128) && (col < 128)), select((row == col), (z[((((min(min(row, col), 127) * 128) - ((min(min(row, col), 127) * (min(min(row, col), 127) - 1)) // 2)) + min(max(row, col), 127)) - min(min(row, col), 127))] * 2.0), (z[((((min(min(row, col), 127) * 128) - ((min(min(row, col), 127) * (min(min(row, col), 127) - 1)) // 2)) + min(max(row, col), 127)) - min(min(row, col), 127))] * 1.4142135623730951)), 0.0) - zs_hi[row, col])
+      // mma.group (operands in registers):
+      //   zs_hi[row, col] = select(((row < 128) && (col < 128)), select((row == col), (z[((((min(min(row, col), 127) * 128) - ((min(min(row, col), 127) * (min(min(row, col), 127) - 1)) // 2)) + min(max(row, col), 127)) - min(min(row, col), 127))] * 2.0), (z[((((min(min(row, col), 127) * 128) - ((min(min(row, col), 127) * (min(min(row, col), 127) - 1)) // 2)) + min(max(row, col), 127)) - min(min(row, col), 127))] * 1.4142135623730951)), 0.0)
+      //   zs_lo[row, col] = (select(((row < 128) && (col < 128)), select((row == col), (z[((((min(min(row, col), 127) * 128) - ((min(min(row, col), 127) * (min(min(row, col), 127) - 1)) // 2)) + min(max(row, col), 127)) - min(min(row, col), 127))] * 2.0), (z[((((min(min(row, col), 127) * 128) - ((min(min(row, col), 127) * (min(min(row, col), 127) - 1)) // 2)) + min(max(row, col), 127)) - min(min(row, col), 127))] * 1.4142135623730951)), 0.0) - zs_hi[row, col])
+      //   qzs = mma.tc(q, zs_hi) [32x128 in 16x32 units over 4 warps]
+      //   qzs += mma.tc(q, zs_lo) [32x128 in 16x32 units over 4 warps]
       {
-        for (int i = tid; i < 16384; i += 128) {
-          const int r = i / 128, c = i % 128;
-          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < 128) && (c < 128)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 127) * 128) - ((prt::min_nan(prt::min_nan(r, c), 127) * (prt::min_nan(prt::min_nan(r, c), 127) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 127)) - prt::min_nan(prt::min_nan(r, c), 127))]) * 2.0f) : (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 127) * 128) - ((prt::min_nan(prt::min_nan(r, c), 127) * (prt::min_nan(prt::min_nan(r, c), 127) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 127)) - prt::min_nan(prt::min_nan(r, c), 127))]) * 1.4142135623730951f)) : 0.0f));
-          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((((r < 128) && (c < 128)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 127) * 128) - ((prt::min_nan(prt::min_nan(r, c), 127) * (prt::min_nan(prt::min_nan(r, c), 127) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 127)) - prt::min_nan(prt::min_nan(r, c), 127))]) * 2.0f) : (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 127) * 128) - ((prt::min_nan(prt::min_nan(r, c), 127) * (prt::min_nan(prt::min_nan(r, c), 127) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 127)) - prt::min_nan(prt::min_nan(r, c), 127))]) * 1.4142135623730951f)) : 0.0f) - prt::to_f32(y0)));
-          t_zs_hi[(r) * 136 + (c)] = y0;
-          t_zs_lo[(r) * 136 + (c)] = y1;
-        }
-      }
-      __syncthreads();
-      // qzs = mma.tc(q, zs_hi) [32x128 in 16x32 units over 4 warps]
-      {
+        float acc[2][4][4];
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          float acc[4][4];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 128; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_q[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+        }
+        const int g = lane >> 2, t2 = (lane & 3) * 2;
+        for (int k0 = 0; k0 < 128; k0 += 16) {
+          const int n0 = (warp % 4) * 32;
+          uint32_t ib_zs_hi[4][2];
+          uint32_t ib_zs_lo[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
             #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_zs_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+            for (int rg = 0; rg < 2; ++rg) {
+              __nv_bfloat16 v0[2], v1[2];
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < 128) && (c < 128)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 127) * 128) - ((prt::min_nan(prt::min_nan(r, c), 127) * (prt::min_nan(prt::min_nan(r, c), 127) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 127)) - prt::min_nan(prt::min_nan(r, c), 127))]) * 2.0f) : (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 127) * 128) - ((prt::min_nan(prt::min_nan(r, c), 127) * (prt::min_nan(prt::min_nan(r, c), 127) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 127)) - prt::min_nan(prt::min_nan(r, c), 127))]) * 1.4142135623730951f)) : 0.0f));
+                v0[h] = y0;
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((((r < 128) && (c < 128)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 127) * 128) - ((prt::min_nan(prt::min_nan(r, c), 127) * (prt::min_nan(prt::min_nan(r, c), 127) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 127)) - prt::min_nan(prt::min_nan(r, c), 127))]) * 2.0f) : (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 127) * 128) - ((prt::min_nan(prt::min_nan(r, c), 127) * (prt::min_nan(prt::min_nan(r, c), 127) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 127)) - prt::min_nan(prt::min_nan(r, c), 127))]) * 1.4142135623730951f)) : 0.0f) - prt::to_f32(y0)));
+                v1[h] = y1;
+              }
+              ib_zs_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+              ib_zs_lo[q][rg] = prt::pack2(v1[0], v1[1]);
             }
           }
           #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_qzs[(m0 + prt::frag_row(lane, e)) * 128 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 4) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_q[4];
+            prt::ldmatrix_x4(fa_q, &t_q[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q, ib_zs_hi[q][0], ib_zs_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q, ib_zs_lo[q][0], ib_zs_lo[q][1]);
+          }
         }
-      }
-      __syncthreads();
-      // qzs += mma.tc(q, zs_lo) [32x128 in 16x32 units over 4 warps]
-      {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          float acc[4][4];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_qzs[(m0 + prt::frag_row(lane, e)) * 128 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 128; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_q[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_zs_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
-          }
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_qzs[(m0 + prt::frag_row(lane, e)) * 128 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_qzs[(((warp + j * 4) / 4) * 16 + prt::frag_row(lane, e)) * 128 + (((warp + j * 4) % 4) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       __syncthreads();
@@ -6500,40 +6579,54 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
           prt::cp_async_commit();
           prt::cp_async_wait<0>();
           __syncthreads();
-          // s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 128)), 0.0, (s0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
+          // mma.group (operands in registers):
+          //   s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 128)), 0.0, (s0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
+          //   t0 = mma.tc(dy, s0_hi^T) [32x128 in 16x32 units over 4 warps]
           {
-            for (int i = tid; i < 16384; i += 128) {
-              const int r = i / 128, c = i % 128;
-              t_s0_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 128)) ? 0.0f : (prt::to_f32(t_s0_f32[(r) * 128 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
-            }
-          }
-          __syncthreads();
-          // t0 = mma.tc(dy, s0_hi^T) [32x128 in 16x32 units over 4 warps]
-          {
+            float acc[2][4][4];
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-              float acc[4][4];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-              for (int k0 = 0; k0 < 128; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_dy[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+            }
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int k0 = 0; k0 < 128; k0 += 16) {
+              const int n0 = (warp % 4) * 32;
+              uint32_t ib_s0_hi[4][2];
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
                 #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_s0_hi[(n0 + q * 8 + prt::at_row(lane)) * 136 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                for (int rg = 0; rg < 2; ++rg) {
+                  __nv_bfloat16 v0[2];
+                  #pragma unroll
+                  for (int h = 0; h < 2; ++h) {
+                    const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
+                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 128)) ? 0.0f : (prt::to_f32(t_s0_f32[(r) * 128 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
+                    v0[h] = y0;
+                  }
+                  ib_s0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
                 }
               }
               #pragma unroll
+              for (int j = 0; j < 2; ++j) {
+                const int u = warp + j * 4;
+                const int m0 = (u / 4) * 16;
+                (void)m0;
+                (void)n0;
+                uint32_t fa_dy[4];
+                prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, ib_s0_hi[q][0], ib_s0_hi[q][1]);
+              }
+            }
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t0[(m0 + prt::frag_row(lane, e)) * 128 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) t_t0[(((warp + j * 4) / 4) * 16 + prt::frag_row(lane, e)) * 128 + (((warp + j * 4) % 4) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
             }
           }
           __syncthreads();
@@ -6638,41 +6731,59 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
           prt::cp_async_commit();
           prt::cp_async_wait<0>();
           __syncthreads();
-          // s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 128)), 0.0, (s1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
+          // mma.group (operands in registers):
+          //   s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 128)), 0.0, (s1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
+          //   t1 = mma.tc(dy, s1_hi^T) [32x112 in 16x16 units over 4 warps]
           {
-            for (int i = tid; i < 14336; i += 128) {
-              const int r = i / 128, c = i % 128;
-              t_s1_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 128)) ? 0.0f : (prt::to_f32(t_s1_f32[(r) * 128 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
-            }
-          }
-          __syncthreads();
-          // t1 = mma.tc(dy, s1_hi^T) [32x112 in 16x16 units over 4 warps]
-          {
+            float acc[4][2][4];
             #pragma unroll
             for (int j = 0; j < 4; ++j) {
-              const int u = warp + j * 4;
-              if (u < 14) {
-                const int m0 = (u / 7) * 16, n0 = (u % 7) * 16;
-                float acc[2][4];
+              if (warp + j * 4 < 14) {
                 #pragma unroll
                 for (int q = 0; q < 2; ++q)
                 #pragma unroll
-                  for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-                for (int k0 = 0; k0 < 128; k0 += 16) {
-                  uint32_t af[4];
-                  prt::ldmatrix_x4(af, &t_dy[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+                  for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+              }
+            }
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int k0 = 0; k0 < 128; k0 += 16) {
+              #pragma unroll
+              for (int j = 0; j < 4; ++j) {
+                const int u = warp + j * 4;
+                if (u < 14) {
+                  const int m0 = (u / 7) * 16;
+                  const int n0 = (u % 7) * 16;
+                  (void)m0;
+                  (void)n0;
+                  uint32_t fa_dy[4];
+                  prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+                  uint32_t ib_s1_hi[2][2];
                   #pragma unroll
-                  for (int q = 0; q < 2; q += 2) {
-                    uint32_t bf[4];
-                    prt::ldmatrix_x4(bf, &t_s1_hi[(n0 + q * 8 + prt::at_row(lane)) * 136 + k0 + prt::at_col(lane)]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                  for (int q = 0; q < 2; ++q) {
+                    #pragma unroll
+                    for (int rg = 0; rg < 2; ++rg) {
+                      __nv_bfloat16 v0[2];
+                      #pragma unroll
+                      for (int h = 0; h < 2; ++h) {
+                        const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
+                        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 128)) ? 0.0f : (prt::to_f32(t_s1_f32[(r) * 128 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
+                        v0[h] = y0;
+                      }
+                      ib_s1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                    }
                   }
+                  #pragma unroll
+                  for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, ib_s1_hi[q][0], ib_s1_hi[q][1]);
                 }
+              }
+            }
+            #pragma unroll
+            for (int j = 0; j < 4; ++j) {
+              if (warp + j * 4 < 14) {
                 #pragma unroll
                 for (int q = 0; q < 2; ++q)
                 #pragma unroll
-                  for (int e = 0; e < 4; ++e) t_t1[(m0 + prt::frag_row(lane, e)) * 112 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                  for (int e = 0; e < 4; ++e) t_t1[(((warp + j * 4) / 7) * 16 + prt::frag_row(lane, e)) * 112 + (((warp + j * 4) % 7) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
               }
             }
           }
@@ -6778,41 +6889,59 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
           prt::cp_async_commit();
           prt::cp_async_wait<0>();
           __syncthreads();
-          // s2_hi[row, col] = select((((row + 32) < i2) || ((row + 32) >= 128)), 0.0, (s2_f32[row, col] * select(((row + 32) == i2), 1.0, 1.4142135623730951)))
+          // mma.group (operands in registers):
+          //   s2_hi[row, col] = select((((row + 32) < i2) || ((row + 32) >= 128)), 0.0, (s2_f32[row, col] * select(((row + 32) == i2), 1.0, 1.4142135623730951)))
+          //   t2 = mma.tc(dy, s2_hi^T) [32x96 in 16x32 units over 4 warps]
           {
-            for (int i = tid; i < 12288; i += 128) {
-              const int r = i / 128, c = i % 128;
-              t_s2_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 32) < v_i2) || ((r + 32) >= 128)) ? 0.0f : (prt::to_f32(t_s2_f32[(r) * 128 + (c)]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))));
-            }
-          }
-          __syncthreads();
-          // t2 = mma.tc(dy, s2_hi^T) [32x96 in 16x32 units over 4 warps]
-          {
+            float acc[2][4][4];
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              if (u < 6) {
-                const int m0 = (u / 3) * 16, n0 = (u % 3) * 32;
-                float acc[4][4];
+              if (warp + j * 4 < 6) {
                 #pragma unroll
                 for (int q = 0; q < 4; ++q)
                 #pragma unroll
-                  for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-                for (int k0 = 0; k0 < 128; k0 += 16) {
-                  uint32_t af[4];
-                  prt::ldmatrix_x4(af, &t_dy[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+                  for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+              }
+            }
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int k0 = 0; k0 < 128; k0 += 16) {
+              #pragma unroll
+              for (int j = 0; j < 2; ++j) {
+                const int u = warp + j * 4;
+                if (u < 6) {
+                  const int m0 = (u / 3) * 16;
+                  const int n0 = (u % 3) * 32;
+                  (void)m0;
+                  (void)n0;
+                  uint32_t fa_dy[4];
+                  prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+                  uint32_t ib_s2_hi[4][2];
                   #pragma unroll
-                  for (int q = 0; q < 4; q += 2) {
-                    uint32_t bf[4];
-                    prt::ldmatrix_x4(bf, &t_s2_hi[(n0 + q * 8 + prt::at_row(lane)) * 136 + k0 + prt::at_col(lane)]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                  for (int q = 0; q < 4; ++q) {
+                    #pragma unroll
+                    for (int rg = 0; rg < 2; ++rg) {
+                      __nv_bfloat16 v0[2];
+                      #pragma unroll
+                      for (int h = 0; h < 2; ++h) {
+                        const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
+                        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 32) < v_i2) || ((r + 32) >= 128)) ? 0.0f : (prt::to_f32(t_s2_f32[(r) * 128 + (c)]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))));
+                        v0[h] = y0;
+                      }
+                      ib_s2_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                    }
                   }
+                  #pragma unroll
+                  for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, ib_s2_hi[q][0], ib_s2_hi[q][1]);
                 }
+              }
+            }
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              if (warp + j * 4 < 6) {
                 #pragma unroll
                 for (int q = 0; q < 4; ++q)
                 #pragma unroll
-                  for (int e = 0; e < 4; ++e) t_t2[(m0 + prt::frag_row(lane, e)) * 96 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                  for (int e = 0; e < 4; ++e) t_t2[(((warp + j * 4) / 3) * 16 + prt::frag_row(lane, e)) * 96 + (((warp + j * 4) % 3) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
               }
             }
           }
@@ -6918,41 +7047,59 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
           prt::cp_async_commit();
           prt::cp_async_wait<0>();
           __syncthreads();
-          // s3_hi[row, col] = select((((row + 48) < i3) || ((row + 48) >= 128)), 0.0, (s3_f32[row, col] * select(((row + 48) == i3), 1.0, 1.4142135623730951)))
+          // mma.group (operands in registers):
+          //   s3_hi[row, col] = select((((row + 48) < i3) || ((row + 48) >= 128)), 0.0, (s3_f32[row, col] * select(((row + 48) == i3), 1.0, 1.4142135623730951)))
+          //   t3 = mma.tc(dy, s3_hi^T) [32x80 in 16x16 units over 4 warps]
           {
-            for (int i = tid; i < 10240; i += 128) {
-              const int r = i / 128, c = i % 128;
-              t_s3_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 48) < v_i3) || ((r + 48) >= 128)) ? 0.0f : (prt::to_f32(t_s3_f32[(r) * 128 + (c)]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))));
-            }
-          }
-          __syncthreads();
-          // t3 = mma.tc(dy, s3_hi^T) [32x80 in 16x16 units over 4 warps]
-          {
+            float acc[3][2][4];
             #pragma unroll
             for (int j = 0; j < 3; ++j) {
-              const int u = warp + j * 4;
-              if (u < 10) {
-                const int m0 = (u / 5) * 16, n0 = (u % 5) * 16;
-                float acc[2][4];
+              if (warp + j * 4 < 10) {
                 #pragma unroll
                 for (int q = 0; q < 2; ++q)
                 #pragma unroll
-                  for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-                for (int k0 = 0; k0 < 128; k0 += 16) {
-                  uint32_t af[4];
-                  prt::ldmatrix_x4(af, &t_dy[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+                  for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+              }
+            }
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int k0 = 0; k0 < 128; k0 += 16) {
+              #pragma unroll
+              for (int j = 0; j < 3; ++j) {
+                const int u = warp + j * 4;
+                if (u < 10) {
+                  const int m0 = (u / 5) * 16;
+                  const int n0 = (u % 5) * 16;
+                  (void)m0;
+                  (void)n0;
+                  uint32_t fa_dy[4];
+                  prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+                  uint32_t ib_s3_hi[2][2];
                   #pragma unroll
-                  for (int q = 0; q < 2; q += 2) {
-                    uint32_t bf[4];
-                    prt::ldmatrix_x4(bf, &t_s3_hi[(n0 + q * 8 + prt::at_row(lane)) * 136 + k0 + prt::at_col(lane)]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                  for (int q = 0; q < 2; ++q) {
+                    #pragma unroll
+                    for (int rg = 0; rg < 2; ++rg) {
+                      __nv_bfloat16 v0[2];
+                      #pragma unroll
+                      for (int h = 0; h < 2; ++h) {
+                        const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
+                        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 48) < v_i3) || ((r + 48) >= 128)) ? 0.0f : (prt::to_f32(t_s3_f32[(r) * 128 + (c)]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))));
+                        v0[h] = y0;
+                      }
+                      ib_s3_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                    }
                   }
+                  #pragma unroll
+                  for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, ib_s3_hi[q][0], ib_s3_hi[q][1]);
                 }
+              }
+            }
+            #pragma unroll
+            for (int j = 0; j < 3; ++j) {
+              if (warp + j * 4 < 10) {
                 #pragma unroll
                 for (int q = 0; q < 2; ++q)
                 #pragma unroll
-                  for (int e = 0; e < 4; ++e) t_t3[(m0 + prt::frag_row(lane, e)) * 80 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                  for (int e = 0; e < 4; ++e) t_t3[(((warp + j * 4) / 5) * 16 + prt::frag_row(lane, e)) * 80 + (((warp + j * 4) % 5) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
               }
             }
           }
@@ -7058,40 +7205,54 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
           prt::cp_async_commit();
           prt::cp_async_wait<0>();
           __syncthreads();
-          // s4_hi[row, col] = select((((row + 64) < i4) || ((row + 64) >= 128)), 0.0, (s4_f32[row, col] * select(((row + 64) == i4), 1.0, 1.4142135623730951)))
+          // mma.group (operands in registers):
+          //   s4_hi[row, col] = select((((row + 64) < i4) || ((row + 64) >= 128)), 0.0, (s4_f32[row, col] * select(((row + 64) == i4), 1.0, 1.4142135623730951)))
+          //   t4 = mma.tc(dy, s4_hi^T) [32x64 in 16x32 units over 4 warps]
           {
-            for (int i = tid; i < 8192; i += 128) {
-              const int r = i / 128, c = i % 128;
-              t_s4_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 64) < v_i4) || ((r + 64) >= 128)) ? 0.0f : (prt::to_f32(t_s4_f32[(r) * 128 + (c)]) * (((r + 64) == v_i4) ? 1.0f : 1.4142135623730951f))));
-            }
-          }
-          __syncthreads();
-          // t4 = mma.tc(dy, s4_hi^T) [32x64 in 16x32 units over 4 warps]
-          {
+            float acc[1][4][4];
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float acc[4][4];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-              for (int k0 = 0; k0 < 128; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_dy[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+            }
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int k0 = 0; k0 < 128; k0 += 16) {
+              #pragma unroll
+              for (int j = 0; j < 1; ++j) {
+                const int u = warp + j * 4;
+                const int m0 = (u / 2) * 16;
+                const int n0 = (u % 2) * 32;
+                (void)m0;
+                (void)n0;
+                uint32_t fa_dy[4];
+                prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+                uint32_t ib_s4_hi[4][2];
                 #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_s4_hi[(n0 + q * 8 + prt::at_row(lane)) * 136 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                for (int q = 0; q < 4; ++q) {
+                  #pragma unroll
+                  for (int rg = 0; rg < 2; ++rg) {
+                    __nv_bfloat16 v0[2];
+                    #pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                      const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
+                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 64) < v_i4) || ((r + 64) >= 128)) ? 0.0f : (prt::to_f32(t_s4_f32[(r) * 128 + (c)]) * (((r + 64) == v_i4) ? 1.0f : 1.4142135623730951f))));
+                      v0[h] = y0;
+                    }
+                    ib_s4_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                  }
                 }
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, ib_s4_hi[q][0], ib_s4_hi[q][1]);
               }
+            }
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t4[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) t_t4[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 4) % 2) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
             }
           }
           __syncthreads();
@@ -7196,41 +7357,59 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
           prt::cp_async_commit();
           prt::cp_async_wait<0>();
           __syncthreads();
-          // s5_hi[row, col] = select((((row + 80) < i5) || ((row + 80) >= 128)), 0.0, (s5_f32[row, col] * select(((row + 80) == i5), 1.0, 1.4142135623730951)))
+          // mma.group (operands in registers):
+          //   s5_hi[row, col] = select((((row + 80) < i5) || ((row + 80) >= 128)), 0.0, (s5_f32[row, col] * select(((row + 80) == i5), 1.0, 1.4142135623730951)))
+          //   t5 = mma.tc(dy, s5_hi^T) [32x48 in 16x16 units over 4 warps]
           {
-            for (int i = tid; i < 6144; i += 128) {
-              const int r = i / 128, c = i % 128;
-              t_s5_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 80) < v_i5) || ((r + 80) >= 128)) ? 0.0f : (prt::to_f32(t_s5_f32[(r) * 128 + (c)]) * (((r + 80) == v_i5) ? 1.0f : 1.4142135623730951f))));
-            }
-          }
-          __syncthreads();
-          // t5 = mma.tc(dy, s5_hi^T) [32x48 in 16x16 units over 4 warps]
-          {
+            float acc[2][2][4];
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              if (u < 6) {
-                const int m0 = (u / 3) * 16, n0 = (u % 3) * 16;
-                float acc[2][4];
+              if (warp + j * 4 < 6) {
                 #pragma unroll
                 for (int q = 0; q < 2; ++q)
                 #pragma unroll
-                  for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-                for (int k0 = 0; k0 < 128; k0 += 16) {
-                  uint32_t af[4];
-                  prt::ldmatrix_x4(af, &t_dy[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+                  for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+              }
+            }
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int k0 = 0; k0 < 128; k0 += 16) {
+              #pragma unroll
+              for (int j = 0; j < 2; ++j) {
+                const int u = warp + j * 4;
+                if (u < 6) {
+                  const int m0 = (u / 3) * 16;
+                  const int n0 = (u % 3) * 16;
+                  (void)m0;
+                  (void)n0;
+                  uint32_t fa_dy[4];
+                  prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+                  uint32_t ib_s5_hi[2][2];
                   #pragma unroll
-                  for (int q = 0; q < 2; q += 2) {
-                    uint32_t bf[4];
-                    prt::ldmatrix_x4(bf, &t_s5_hi[(n0 + q * 8 + prt::at_row(lane)) * 136 + k0 + prt::at_col(lane)]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                  for (int q = 0; q < 2; ++q) {
+                    #pragma unroll
+                    for (int rg = 0; rg < 2; ++rg) {
+                      __nv_bfloat16 v0[2];
+                      #pragma unroll
+                      for (int h = 0; h < 2; ++h) {
+                        const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
+                        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 80) < v_i5) || ((r + 80) >= 128)) ? 0.0f : (prt::to_f32(t_s5_f32[(r) * 128 + (c)]) * (((r + 80) == v_i5) ? 1.0f : 1.4142135623730951f))));
+                        v0[h] = y0;
+                      }
+                      ib_s5_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                    }
                   }
+                  #pragma unroll
+                  for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, ib_s5_hi[q][0], ib_s5_hi[q][1]);
                 }
+              }
+            }
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              if (warp + j * 4 < 6) {
                 #pragma unroll
                 for (int q = 0; q < 2; ++q)
                 #pragma unroll
-                  for (int e = 0; e < 4; ++e) t_t5[(m0 + prt::frag_row(lane, e)) * 48 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                  for (int e = 0; e < 4; ++e) t_t5[(((warp + j * 4) / 3) * 16 + prt::frag_row(lane, e)) * 48 + (((warp + j * 4) % 3) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
               }
             }
           }
@@ -7336,40 +7515,54 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
           prt::cp_async_commit();
           prt::cp_async_wait<0>();
           __syncthreads();
-          // s6_hi[row, col] = select((((row + 96) < i6) || ((row + 96) >= 128)), 0.0, (s6_f32[row, col] * select(((row + 96) == i6), 1.0, 1.4142135623730951)))
+          // mma.group (operands in registers):
+          //   s6_hi[row, col] = select((((row + 96) < i6) || ((row + 96) >= 128)), 0.0, (s6_f32[row, col] * select(((row + 96) == i6), 1.0, 1.4142135623730951)))
+          //   t6 = mma.tc(dy, s6_hi^T) [32x32 in 16x16 units over 4 warps]
           {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 128, c = i % 128;
-              t_s6_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 96) < v_i6) || ((r + 96) >= 128)) ? 0.0f : (prt::to_f32(t_s6_f32[(r) * 128 + (c)]) * (((r + 96) == v_i6) ? 1.0f : 1.4142135623730951f))));
-            }
-          }
-          __syncthreads();
-          // t6 = mma.tc(dy, s6_hi^T) [32x32 in 16x16 units over 4 warps]
-          {
+            float acc[1][2][4];
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-              float acc[2][4];
               #pragma unroll
               for (int q = 0; q < 2; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-              for (int k0 = 0; k0 < 128; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_dy[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+            }
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int k0 = 0; k0 < 128; k0 += 16) {
+              #pragma unroll
+              for (int j = 0; j < 1; ++j) {
+                const int u = warp + j * 4;
+                const int m0 = (u / 2) * 16;
+                const int n0 = (u % 2) * 16;
+                (void)m0;
+                (void)n0;
+                uint32_t fa_dy[4];
+                prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+                uint32_t ib_s6_hi[2][2];
                 #pragma unroll
-                for (int q = 0; q < 2; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_s6_hi[(n0 + q * 8 + prt::at_row(lane)) * 136 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                for (int q = 0; q < 2; ++q) {
+                  #pragma unroll
+                  for (int rg = 0; rg < 2; ++rg) {
+                    __nv_bfloat16 v0[2];
+                    #pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                      const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
+                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 96) < v_i6) || ((r + 96) >= 128)) ? 0.0f : (prt::to_f32(t_s6_f32[(r) * 128 + (c)]) * (((r + 96) == v_i6) ? 1.0f : 1.4142135623730951f))));
+                      v0[h] = y0;
+                    }
+                    ib_s6_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                  }
                 }
+                #pragma unroll
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, ib_s6_hi[q][0], ib_s6_hi[q][1]);
               }
+            }
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
               #pragma unroll
               for (int q = 0; q < 2; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t6[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) t_t6[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 2) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
             }
           }
           __syncthreads();
@@ -7474,36 +7667,54 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
           prt::cp_async_commit();
           prt::cp_async_wait<0>();
           __syncthreads();
-          // s7_hi[row, col] = select((((row + 112) < i7) || ((row + 112) >= 128)), 0.0, (s7_f32[row, col] * select(((row + 112) == i7), 1.0, 1.4142135623730951)))
+          // mma.group (operands in registers):
+          //   s7_hi[row, col] = select((((row + 112) < i7) || ((row + 112) >= 128)), 0.0, (s7_f32[row, col] * select(((row + 112) == i7), 1.0, 1.4142135623730951)))
+          //   t7 = mma.tc(dy, s7_hi^T) [32x16 in 16x8 units over 4 warps]
           {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 128, c = i % 128;
-              t_s7_hi[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 112) < v_i7) || ((r + 112) >= 128)) ? 0.0f : (prt::to_f32(t_s7_f32[(r) * 128 + (c)]) * (((r + 112) == v_i7) ? 1.0f : 1.4142135623730951f))));
-            }
-          }
-          __syncthreads();
-          // t7 = mma.tc(dy, s7_hi^T) [32x16 in 16x8 units over 4 warps]
-          {
+            float acc[1][1][4];
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-              float acc[1][4];
               #pragma unroll
               for (int q = 0; q < 1; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-              for (int k0 = 0; k0 < 128; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_dy[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2(bf, &t_s7_hi[(n0 + (lane & 7)) * 136 + k0 + ((lane >> 3) & 1) * 8]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+            }
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int k0 = 0; k0 < 128; k0 += 16) {
+              #pragma unroll
+              for (int j = 0; j < 1; ++j) {
+                const int u = warp + j * 4;
+                const int m0 = (u / 2) * 16;
+                const int n0 = (u % 2) * 8;
+                (void)m0;
+                (void)n0;
+                uint32_t fa_dy[4];
+                prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+                uint32_t ib_s7_hi[1][2];
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) {
+                  #pragma unroll
+                  for (int rg = 0; rg < 2; ++rg) {
+                    __nv_bfloat16 v0[2];
+                    #pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                      const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
+                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 112) < v_i7) || ((r + 112) >= 128)) ? 0.0f : (prt::to_f32(t_s7_f32[(r) * 128 + (c)]) * (((r + 112) == v_i7) ? 1.0f : 1.4142135623730951f))));
+                      v0[h] = y0;
+                    }
+                    ib_s7_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                  }
+                }
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, ib_s7_hi[q][0], ib_s7_hi[q][1]);
               }
+            }
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
               #pragma unroll
               for (int q = 0; q < 1; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) t_t7[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
             }
           }
           __syncthreads();
@@ -7652,7 +7863,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
 }
 
 // query_state_bwd_ds: dSin, dZin: the state's gradient from the queries of one chunk, summed over the group's query heads
-// grid (($n * 1), ($b * $h), 1), 256 threads, 94464 bytes of dynamic shared memory
+// grid (($n * 1), ($b * $h), 1), 256 threads, 64768 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128_e128_c64_bf16_w8_bd128_bt64_s1(
     const __nv_bfloat16* g_Q, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -7746,73 +7957,81 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
   (void)g_dZin_d3;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  float* const t_fdy = reinterpret_cast<float*>(prt_smem + 768);  // f32[64, 128] pitch 128
+  float* const t_fdy = reinterpret_cast<float*>(prt_smem + 768);  // f32[64, 128] pitch 132
   float* const t_f = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_z_row = reinterpret_cast<float*>(prt_smem + 512);  // f32[64] pitch 64
-  __nv_bfloat16* const t_q0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 41728);  // bf16[64, 128] pitch 136
-  float* const t_qzq0 = reinterpret_cast<float*>(prt_smem + 33536);  // f32[128, 16] pitch 16
-  __nv_bfloat16* const t_zq0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 59136);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_zq0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 62208);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_q0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 42752);  // bf16[64, 128] pitch 136
+  float* const t_qg0 = reinterpret_cast<float*>(prt_smem + 60160);  // f32[16, 64] pitch 64
+  float* const t_qzq0 = reinterpret_cast<float*>(prt_smem + 34560);  // f32[128, 16] pitch 16
+  // zq0_hi: bf16[64, 16] computed in registers by its mma group
+  // zq0_lo: bf16[64, 16] computed in registers by its mma group
   float f_s0[4][4][4];  // f32[128, 128] as mma fragments: 128x128 in 16x32 units over 8 warps
-  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 93952);  // f32[128] pitch 128
-  __nv_bfloat16* const t_u0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 59136);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_u0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 76544);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_q1 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 40704);  // bf16[64, 112] pitch 120
-  float* const t_qzq1 = reinterpret_cast<float*>(prt_smem + 33536);  // f32[112, 16] pitch 16
-  __nv_bfloat16* const t_zq1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 56064);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_zq1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 59136);  // bf16[64, 16] pitch 24
+  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 64256);  // f32[128] pitch 128
+  // u0_hi: bf16[64, 128] computed in registers by its mma group
+  // u0_lo: bf16[64, 128] computed in registers by its mma group
+  __nv_bfloat16* const t_q1 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 41728);  // bf16[64, 112] pitch 120
+  float* const t_qg1 = reinterpret_cast<float*>(prt_smem + 57088);  // f32[16, 64] pitch 64
+  float* const t_qzq1 = reinterpret_cast<float*>(prt_smem + 34560);  // f32[112, 16] pitch 16
+  // zq1_hi: bf16[64, 16] computed in registers by its mma group
+  // zq1_lo: bf16[64, 16] computed in registers by its mma group
   float f_s1[4][4][4];  // f32[112, 128] as mma fragments: 112x128 in 16x32 units over 8 warps
-  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 90880);  // f32[112] pitch 112
-  __nv_bfloat16* const t_u1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 56064);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_u1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 73472);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_q2 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 39680);  // bf16[64, 96] pitch 104
-  float* const t_qzq2 = reinterpret_cast<float*>(prt_smem + 33536);  // f32[96, 16] pitch 16
-  __nv_bfloat16* const t_zq2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 52992);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_zq2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 56064);  // bf16[64, 16] pitch 24
+  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 61184);  // f32[112] pitch 112
+  // u1_hi: bf16[64, 128] computed in registers by its mma group
+  // u1_lo: bf16[64, 128] computed in registers by its mma group
+  __nv_bfloat16* const t_q2 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 40704);  // bf16[64, 96] pitch 104
+  float* const t_qg2 = reinterpret_cast<float*>(prt_smem + 54016);  // f32[16, 64] pitch 64
+  float* const t_qzq2 = reinterpret_cast<float*>(prt_smem + 34560);  // f32[96, 16] pitch 16
+  // zq2_hi: bf16[64, 16] computed in registers by its mma group
+  // zq2_lo: bf16[64, 16] computed in registers by its mma group
   float f_s2[3][4][4];  // f32[96, 128] as mma fragments: 96x128 in 16x32 units over 8 warps
-  float* const t_z2 = reinterpret_cast<float*>(prt_smem + 87808);  // f32[96] pitch 96
-  __nv_bfloat16* const t_u2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 52992);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_u2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 70400);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_q3 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 38656);  // bf16[64, 80] pitch 88
-  float* const t_qzq3 = reinterpret_cast<float*>(prt_smem + 33536);  // f32[80, 16] pitch 16
-  __nv_bfloat16* const t_zq3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49920);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_zq3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 52992);  // bf16[64, 16] pitch 24
+  float* const t_z2 = reinterpret_cast<float*>(prt_smem + 58112);  // f32[96] pitch 96
+  // u2_hi: bf16[64, 128] computed in registers by its mma group
+  // u2_lo: bf16[64, 128] computed in registers by its mma group
+  __nv_bfloat16* const t_q3 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 39680);  // bf16[64, 80] pitch 88
+  float* const t_qg3 = reinterpret_cast<float*>(prt_smem + 50944);  // f32[16, 64] pitch 64
+  float* const t_qzq3 = reinterpret_cast<float*>(prt_smem + 34560);  // f32[80, 16] pitch 16
+  // zq3_hi: bf16[64, 16] computed in registers by its mma group
+  // zq3_lo: bf16[64, 16] computed in registers by its mma group
   float f_s3[3][4][4];  // f32[80, 128] as mma fragments: 80x128 in 16x32 units over 8 warps
-  float* const t_z3 = reinterpret_cast<float*>(prt_smem + 84736);  // f32[80] pitch 80
-  __nv_bfloat16* const t_u3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49920);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_u3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 67328);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_q4 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 37632);  // bf16[64, 64] pitch 72
-  float* const t_qzq4 = reinterpret_cast<float*>(prt_smem + 33536);  // f32[64, 16] pitch 16
-  __nv_bfloat16* const t_zq4_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 46848);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_zq4_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49920);  // bf16[64, 16] pitch 24
+  float* const t_z3 = reinterpret_cast<float*>(prt_smem + 55040);  // f32[80] pitch 80
+  // u3_hi: bf16[64, 128] computed in registers by its mma group
+  // u3_lo: bf16[64, 128] computed in registers by its mma group
+  __nv_bfloat16* const t_q4 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 38656);  // bf16[64, 64] pitch 72
+  float* const t_qg4 = reinterpret_cast<float*>(prt_smem + 47872);  // f32[16, 64] pitch 64
+  float* const t_qzq4 = reinterpret_cast<float*>(prt_smem + 34560);  // f32[64, 16] pitch 16
+  // zq4_hi: bf16[64, 16] computed in registers by its mma group
+  // zq4_lo: bf16[64, 16] computed in registers by its mma group
   float f_s4[2][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 8 warps
-  float* const t_z4 = reinterpret_cast<float*>(prt_smem + 81664);  // f32[64] pitch 64
-  __nv_bfloat16* const t_u4_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 46848);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_u4_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 64256);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_q5 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 36608);  // bf16[64, 48] pitch 56
-  float* const t_qzq5 = reinterpret_cast<float*>(prt_smem + 33536);  // f32[48, 16] pitch 16
-  __nv_bfloat16* const t_zq5_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 43776);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_zq5_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 46848);  // bf16[64, 16] pitch 24
+  float* const t_z4 = reinterpret_cast<float*>(prt_smem + 51968);  // f32[64] pitch 64
+  // u4_hi: bf16[64, 128] computed in registers by its mma group
+  // u4_lo: bf16[64, 128] computed in registers by its mma group
+  __nv_bfloat16* const t_q5 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 37632);  // bf16[64, 48] pitch 56
+  float* const t_qg5 = reinterpret_cast<float*>(prt_smem + 44800);  // f32[16, 64] pitch 64
+  float* const t_qzq5 = reinterpret_cast<float*>(prt_smem + 34560);  // f32[48, 16] pitch 16
+  // zq5_hi: bf16[64, 16] computed in registers by its mma group
+  // zq5_lo: bf16[64, 16] computed in registers by its mma group
   float f_s5[2][4][4];  // f32[48, 128] as mma fragments: 48x128 in 16x32 units over 8 warps
-  float* const t_z5 = reinterpret_cast<float*>(prt_smem + 78592);  // f32[48] pitch 48
-  __nv_bfloat16* const t_u5_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 43776);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_u5_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 61184);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_q6 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 35584);  // bf16[64, 32] pitch 40
-  float* const t_qzq6 = reinterpret_cast<float*>(prt_smem + 33536);  // f32[32, 16] pitch 16
-  __nv_bfloat16* const t_zq6_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 40704);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_zq6_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 43776);  // bf16[64, 16] pitch 24
+  float* const t_z5 = reinterpret_cast<float*>(prt_smem + 48896);  // f32[48] pitch 48
+  // u5_hi: bf16[64, 128] computed in registers by its mma group
+  // u5_lo: bf16[64, 128] computed in registers by its mma group
+  __nv_bfloat16* const t_q6 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 36608);  // bf16[64, 32] pitch 40
+  float* const t_qg6 = reinterpret_cast<float*>(prt_smem + 41728);  // f32[16, 64] pitch 64
+  float* const t_qzq6 = reinterpret_cast<float*>(prt_smem + 34560);  // f32[32, 16] pitch 16
+  // zq6_hi: bf16[64, 16] computed in registers by its mma group
+  // zq6_lo: bf16[64, 16] computed in registers by its mma group
   float f_s6[1][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 8 warps
-  float* const t_z6 = reinterpret_cast<float*>(prt_smem + 75520);  // f32[32] pitch 32
-  __nv_bfloat16* const t_u6_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 40704);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_u6_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 58112);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_q7 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 34560);  // bf16[64, 16] pitch 24
-  float* const t_qzq7 = reinterpret_cast<float*>(prt_smem + 33536);  // f32[16, 16] pitch 16
-  __nv_bfloat16* const t_zq7_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 37632);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_zq7_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 40704);  // bf16[64, 16] pitch 24
+  float* const t_z6 = reinterpret_cast<float*>(prt_smem + 45824);  // f32[32] pitch 32
+  // u6_hi: bf16[64, 128] computed in registers by its mma group
+  // u6_lo: bf16[64, 128] computed in registers by its mma group
+  __nv_bfloat16* const t_q7 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 39680);  // bf16[64, 16] pitch 24
+  float* const t_qg7 = reinterpret_cast<float*>(prt_smem + 35584);  // f32[16, 64] pitch 64
+  float* const t_qzq7 = reinterpret_cast<float*>(prt_smem + 34560);  // f32[16, 16] pitch 16
+  // zq7_hi: bf16[64, 16] computed in registers by its mma group
+  // zq7_lo: bf16[64, 16] computed in registers by its mma group
   float f_s7[1][2][4];  // f32[16, 128] as mma fragments: 16x128 in 16x16 units over 8 warps
-  float* const t_z7 = reinterpret_cast<float*>(prt_smem + 72448);  // f32[16] pitch 16
-  __nv_bfloat16* const t_u7_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 37632);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_u7_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 55040);  // bf16[64, 128] pitch 136
+  float* const t_z7 = reinterpret_cast<float*>(prt_smem + 42752);  // f32[16] pitch 16
+  // u7_hi: bf16[64, 128] computed in registers by its mma group
+  // u7_lo: bf16[64, 128] computed in registers by its mma group
   // g = load logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -7888,7 +8107,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       float* const dst = t_fdy;
       for (int i = tid; i < 8192; i += 256) {
         const int r = i / 128, c = i % 128;
-        dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+        dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
       }
     }
     __syncthreads();
@@ -7896,7 +8115,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     {
       for (int i = tid; i < 8192; i += 256) {
         const int r = i / 128, c = i % 128;
-        t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+        t_fdy[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_f[r])));
       }
     }
   }
@@ -7961,7 +8180,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           float* const dst = t_fdy;
           for (int i = tid; i < 8192; i += 256) {
             const int r = i / 128, c = i % 128;
-            dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+            dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
         __syncthreads();
@@ -7969,11 +8188,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         {
           for (int i = tid; i < 8192; i += 256) {
             const int r = i / 128, c = i % 128;
-            t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+            t_fdy[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_f[r])));
           }
         }
       }
-      __syncthreads();
       // q0 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i0), 0:+128]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -8002,77 +8220,74 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
+      // qg0[row, col] = (q0[col, row] * f[col])
+      {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_qg0[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q0[(c) * 136 + (r)]) * prt::to_f32(t_f[c])));
+        }
+      }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // zq0_hi[row, col] = ((q0[row, col] * f[row]) * z_row[row])
-        // zq0_lo[row, col] = (((q0[row, col] * f[row]) * z_row[row]) - zq0_hi[row, col])
+        // mma.group (operands in registers):
+        //   zq0_hi[row, col] = ((q0[row, col] * f[row]) * z_row[row])
+        //   zq0_lo[row, col] = (((q0[row, col] * f[row]) * z_row[row]) - zq0_hi[row, col])
+        //   qzq0 += mma.tc(q0^T, zq0_hi) [128x16 in 16x16 units over 8 warps]
+        //   qzq0 += mma.tc(q0^T, zq0_lo) [128x16 in 16x16 units over 8 warps]
         {
-          for (int i = tid; i < 1024; i += 256) {
-            const int r = i / 16, c = i % 16;
-            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q0[(r) * 136 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
-            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q0[(r) * 136 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
-            t_zq0_hi[(r) * 24 + (c)] = y0;
-            t_zq0_lo[(r) * 24 + (c)] = y1;
-          }
-        }
-        __syncthreads();
-        // qzq0 += mma.tc(q0^T, zq0_hi) [128x16 in 16x16 units over 8 warps]
-        {
+          float acc[1][2][4];
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
-            float acc[2][4];
             #pragma unroll
             for (int q = 0; q < 2; ++q)
             #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4_trans(af, &t_q0[(k0 + prt::at_row(lane)) * 136 + m0 + prt::at_col(lane)]);
-              #pragma unroll
-              for (int q = 0; q < 2; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_zq0_hi[(k0 + prt::a_row(lane)) * 24 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-              }
-            }
-            #pragma unroll
-            for (int q = 0; q < 2; ++q)
-            #pragma unroll
-              for (int e = 0; e < 4; ++e) t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+              for (int e = 0; e < 4; ++e) acc[j][q][e] = t_qzq0[(((warp + j * 8) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 1) * 16 + q * 8 + prt::frag_col(lane, e))];
           }
-        }
-        __syncthreads();
-        // qzq0 += mma.tc(q0^T, zq0_lo) [128x16 in 16x16 units over 8 warps]
-        {
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 1) * 16;
+              const int n0 = (u % 1) * 16;
+              (void)m0;
+              (void)n0;
+              uint32_t fat_q0[4];
+              prt::ldmatrix_x4_trans(fat_q0, &t_q0[(k0 + prt::at_row(lane)) * 136 + m0 + prt::at_col(lane)]);
+              uint32_t ib_zq0_hi[2][2];
+              uint32_t ib_zq0_lo[2][2];
+              #pragma unroll
+              for (int q = 0; q < 2; ++q) {
+                #pragma unroll
+                for (int rg = 0; rg < 2; ++rg) {
+                  __nv_bfloat16 v0[2], v1[2];
+                  #pragma unroll
+                  for (int h = 0; h < 2; ++h) {
+                    const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q0[(r) * 136 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+                    v0[h] = y0;
+                    const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q0[(r) * 136 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+                    v1[h] = y1;
+                  }
+                  ib_zq0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                  ib_zq0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                }
+              }
+              #pragma unroll
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q0, ib_zq0_hi[q][0], ib_zq0_hi[q][1]);
+              #pragma unroll
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q0, ib_zq0_lo[q][0], ib_zq0_lo[q][1]);
+            }
+          }
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
-            float acc[2][4];
             #pragma unroll
             for (int q = 0; q < 2; ++q)
             #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4_trans(af, &t_q0[(k0 + prt::at_row(lane)) * 136 + m0 + prt::at_col(lane)]);
-              #pragma unroll
-              for (int q = 0; q < 2; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_zq0_lo[(k0 + prt::a_row(lane)) * 24 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-              }
-            }
-            #pragma unroll
-            for (int q = 0; q < 2; ++q)
-            #pragma unroll
-              for (int e = 0; e < 4; ++e) t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+              for (int e = 0; e < 4; ++e) t_qzq0[(((warp + j * 8) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 1) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -8134,6 +8349,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
+            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2), ((pid.x % 1) * 128):+128]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -8145,7 +8361,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               float* const dst = t_fdy;
               for (int i = tid; i < 8192; i += 256) {
                 const int r = i / 128, c = i % 128;
-                dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+                dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
             __syncthreads();
@@ -8153,7 +8369,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             {
               for (int i = tid; i < 8192; i += 256) {
                 const int r = i / 128, c = i % 128;
-                t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+                t_fdy[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_f[r])));
               }
             }
             // q0 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2), 0:+128]
@@ -8183,57 +8399,57 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
-          }
-          __syncthreads();
-          // u0_hi[row, col] = (fdy[row, col] * (q0[row, (i1 - 0)] * f[row]))
-          // u0_lo[row, col] = ((fdy[row, col] * (q0[row, (i1 - 0)] * f[row])) - u0_hi[row, col])
-          {
-            for (int i = tid; i < 8192; i += 256) {
-              const int r = i / 128, c = i % 128;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q0[(r) * 136 + ((v_i1 - 0))]) * prt::to_f32(t_f[r]))));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q0[(r) * 136 + ((v_i1 - 0))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
-              t_u0_hi[(r) * 136 + (c)] = y0;
-              t_u0_lo[(r) * 136 + (c)] = y1;
-            }
-          }
-          __syncthreads();
-          // s0 += mma.tc(q0^T, u0_hi) [128x128 in 16x32 units over 8 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-              float (&acc)[4][4] = f_s0[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q0[(k0 + prt::at_row(lane)) * 136 + m0 + prt::at_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_u0_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
+            __syncthreads();
+            // qg0[row, col] = (q0[col, row] * f[col])
+            {
+              for (int i = tid; i < 1024; i += 256) {
+                const int r = i / 64, c = i % 64;
+                t_qg0[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q0[(c) * 136 + (r)]) * prt::to_f32(t_f[c])));
               }
             }
           }
-          // s0 += mma.tc(q0^T, u0_lo) [128x128 in 16x32 units over 8 warps]
+          __syncthreads();
+          // mma.group (operands in registers):
+          //   u0_hi[row, col] = (fdy[row, col] * qg0[(i1 - 0), row])
+          //   u0_lo[row, col] = ((fdy[row, col] * qg0[(i1 - 0), row]) - u0_hi[row, col])
+          //   s0 += mma.tc(q0^T, u0_hi) [128x128 in 16x32 units over 8 warps]
+          //   s0 += mma.tc(q0^T, u0_lo) [128x128 in 16x32 units over 8 warps]
           {
-            #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-              float (&acc)[4][4] = f_s0[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q0[(k0 + prt::at_row(lane)) * 136 + m0 + prt::at_col(lane)]);
+            float (&acc)[4][4][4] = f_s0;
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              const int n0 = (warp % 4) * 32;
+              uint32_t ib_u0_hi[4][2];
+              uint32_t ib_u0_lo[4][2];
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
                 #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_u0_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                for (int rg = 0; rg < 2; ++rg) {
+                  __nv_bfloat16 v0[2], v1[2];
+                  #pragma unroll
+                  for (int h = 0; h < 2; ++h) {
+                    const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_qg0[((v_i1 - 0)) * 64 + (r)])));
+                    v0[h] = y0;
+                    const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_qg0[((v_i1 - 0)) * 64 + (r)])) - prt::to_f32(y0)));
+                    v1[h] = y1;
+                  }
+                  ib_u0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                  ib_u0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
                 }
+              }
+              #pragma unroll
+              for (int j = 0; j < 4; ++j) {
+                const int u = warp + j * 8;
+                const int m0 = (u / 4) * 16;
+                (void)m0;
+                (void)n0;
+                uint32_t fat_q0[4];
+                prt::ldmatrix_x4_trans(fat_q0, &t_q0[(k0 + prt::at_row(lane)) * 136 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q0, ib_u0_hi[q][0], ib_u0_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q0, ib_u0_lo[q][0], ib_u0_lo[q][1]);
               }
             }
           }
@@ -8280,7 +8496,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
-      __syncthreads();
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // z0[row] = (qzq0[row, (i1 - 0)] * select(((row + 0) == i1), 1.0, 1.4142135623730951))
         {
@@ -8366,7 +8581,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           float* const dst = t_fdy;
           for (int i = tid; i < 8192; i += 256) {
             const int r = i / 128, c = i % 128;
-            dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+            dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
         __syncthreads();
@@ -8374,11 +8589,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         {
           for (int i = tid; i < 8192; i += 256) {
             const int r = i / 128, c = i % 128;
-            t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+            t_fdy[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_f[r])));
           }
         }
       }
-      __syncthreads();
       // q1 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i3), 16:+112]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -8407,73 +8621,80 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
-      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // zq1_hi[row, col] = ((q1[row, col] * f[row]) * z_row[row])
-        // zq1_lo[row, col] = (((q1[row, col] * f[row]) * z_row[row]) - zq1_hi[row, col])
-        {
-          for (int i = tid; i < 1024; i += 256) {
-            const int r = i / 16, c = i % 16;
-            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q1[(r) * 120 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
-            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q1[(r) * 120 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
-            t_zq1_hi[(r) * 24 + (c)] = y0;
-            t_zq1_lo[(r) * 24 + (c)] = y1;
-          }
+      // qg1[row, col] = (q1[col, row] * f[col])
+      {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_qg1[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q1[(c) * 120 + (r)]) * prt::to_f32(t_f[c])));
         }
-        __syncthreads();
-        // qzq1 += mma.tc(q1^T, zq1_hi) [112x16 in 16x8 units over 8 warps]
+      }
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // mma.group (operands in registers):
+        //   zq1_hi[row, col] = ((q1[row, col] * f[row]) * z_row[row])
+        //   zq1_lo[row, col] = (((q1[row, col] * f[row]) * z_row[row]) - zq1_hi[row, col])
+        //   qzq1 += mma.tc(q1^T, zq1_hi) [112x16 in 16x8 units over 8 warps]
+        //   qzq1 += mma.tc(q1^T, zq1_lo) [112x16 in 16x8 units over 8 warps]
         {
+          float acc[2][1][4];
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            if (u < 14) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-              float acc[1][4];
+            if (warp + j * 8 < 14) {
               #pragma unroll
               for (int q = 0; q < 1; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q1[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_zq1_hi[(k0 + (lane & 15)) * 24 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-              }
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = t_qzq1[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))];
             }
           }
-        }
-        __syncthreads();
-        // qzq1 += mma.tc(q1^T, zq1_lo) [112x16 in 16x8 units over 8 warps]
-        {
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            const int n0 = (warp % 2) * 8;
+            uint32_t ib_zq1_hi[1][2];
+            uint32_t ib_zq1_lo[1][2];
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) {
+              #pragma unroll
+              for (int rg = 0; rg < 2; ++rg) {
+                __nv_bfloat16 v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q1[(r) * 120 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+                  v0[h] = y0;
+                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q1[(r) * 120 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_zq1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_zq1_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+              }
+            }
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 8;
+              if (u < 14) {
+                const int m0 = (u / 2) * 16;
+                (void)m0;
+                (void)n0;
+                uint32_t fat_q1[4];
+                prt::ldmatrix_x4_trans(fat_q1, &t_q1[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q1, ib_zq1_hi[q][0], ib_zq1_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q1, ib_zq1_lo[q][0], ib_zq1_lo[q][1]);
+              }
+            }
+          }
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            if (u < 14) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-              float acc[1][4];
+            if (warp + j * 8 < 14) {
               #pragma unroll
               for (int q = 0; q < 1; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q1[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_zq1_lo[(k0 + (lane & 15)) * 24 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-              }
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) t_qzq1[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
             }
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -8537,6 +8758,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
+            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5), ((pid.x % 1) * 128):+128]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -8548,7 +8770,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               float* const dst = t_fdy;
               for (int i = tid; i < 8192; i += 256) {
                 const int r = i / 128, c = i % 128;
-                dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+                dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
             __syncthreads();
@@ -8556,7 +8778,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             {
               for (int i = tid; i < 8192; i += 256) {
                 const int r = i / 128, c = i % 128;
-                t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+                t_fdy[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_f[r])));
               }
             }
             // q1 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5), 16:+112]
@@ -8586,60 +8808,58 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
-          }
-          __syncthreads();
-          // u1_hi[row, col] = (fdy[row, col] * (q1[row, (i4 - 16)] * f[row]))
-          // u1_lo[row, col] = ((fdy[row, col] * (q1[row, (i4 - 16)] * f[row])) - u1_hi[row, col])
-          {
-            for (int i = tid; i < 8192; i += 256) {
-              const int r = i / 128, c = i % 128;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q1[(r) * 120 + ((v_i4 - 16))]) * prt::to_f32(t_f[r]))));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q1[(r) * 120 + ((v_i4 - 16))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
-              t_u1_hi[(r) * 136 + (c)] = y0;
-              t_u1_lo[(r) * 136 + (c)] = y1;
-            }
-          }
-          __syncthreads();
-          // s1 += mma.tc(q1^T, u1_hi) [112x128 in 16x32 units over 8 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-              const int u = warp + j * 8;
-              if (u < 28) {
-                const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-                float (&acc)[4][4] = f_s1[j];
-                for (int k0 = 0; k0 < 64; k0 += 16) {
-                  uint32_t af[4];
-                  prt::ldmatrix_x4_trans(af, &t_q1[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
-                  #pragma unroll
-                  for (int q = 0; q < 4; q += 2) {
-                    uint32_t bf[4];
-                    prt::ldmatrix_x4_trans(bf, &t_u1_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                  }
-                }
+            __syncthreads();
+            // qg1[row, col] = (q1[col, row] * f[col])
+            {
+              for (int i = tid; i < 1024; i += 256) {
+                const int r = i / 64, c = i % 64;
+                t_qg1[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q1[(c) * 120 + (r)]) * prt::to_f32(t_f[c])));
               }
             }
           }
-          // s1 += mma.tc(q1^T, u1_lo) [112x128 in 16x32 units over 8 warps]
+          __syncthreads();
+          // mma.group (operands in registers):
+          //   u1_hi[row, col] = (fdy[row, col] * qg1[(i4 - 16), row])
+          //   u1_lo[row, col] = ((fdy[row, col] * qg1[(i4 - 16), row]) - u1_hi[row, col])
+          //   s1 += mma.tc(q1^T, u1_hi) [112x128 in 16x32 units over 8 warps]
+          //   s1 += mma.tc(q1^T, u1_lo) [112x128 in 16x32 units over 8 warps]
           {
-            #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-              const int u = warp + j * 8;
-              if (u < 28) {
-                const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-                float (&acc)[4][4] = f_s1[j];
-                for (int k0 = 0; k0 < 64; k0 += 16) {
-                  uint32_t af[4];
-                  prt::ldmatrix_x4_trans(af, &t_q1[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
+            float (&acc)[4][4][4] = f_s1;
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              const int n0 = (warp % 4) * 32;
+              uint32_t ib_u1_hi[4][2];
+              uint32_t ib_u1_lo[4][2];
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int rg = 0; rg < 2; ++rg) {
+                  __nv_bfloat16 v0[2], v1[2];
                   #pragma unroll
-                  for (int q = 0; q < 4; q += 2) {
-                    uint32_t bf[4];
-                    prt::ldmatrix_x4_trans(bf, &t_u1_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                  for (int h = 0; h < 2; ++h) {
+                    const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_qg1[((v_i4 - 16)) * 64 + (r)])));
+                    v0[h] = y0;
+                    const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_qg1[((v_i4 - 16)) * 64 + (r)])) - prt::to_f32(y0)));
+                    v1[h] = y1;
                   }
+                  ib_u1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                  ib_u1_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                }
+              }
+              #pragma unroll
+              for (int j = 0; j < 4; ++j) {
+                const int u = warp + j * 8;
+                if (u < 28) {
+                  const int m0 = (u / 4) * 16;
+                  (void)m0;
+                  (void)n0;
+                  uint32_t fat_q1[4];
+                  prt::ldmatrix_x4_trans(fat_q1, &t_q1[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
+                  #pragma unroll
+                  for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q1, ib_u1_hi[q][0], ib_u1_hi[q][1]);
+                  #pragma unroll
+                  for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q1, ib_u1_lo[q][0], ib_u1_lo[q][1]);
                 }
               }
             }
@@ -8777,7 +8997,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           float* const dst = t_fdy;
           for (int i = tid; i < 8192; i += 256) {
             const int r = i / 128, c = i % 128;
-            dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+            dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
         __syncthreads();
@@ -8785,11 +9005,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         {
           for (int i = tid; i < 8192; i += 256) {
             const int r = i / 128, c = i % 128;
-            t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+            t_fdy[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_f[r])));
           }
         }
       }
-      __syncthreads();
       // q2 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i6), 32:+96]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -8818,73 +9037,80 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
-      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // zq2_hi[row, col] = ((q2[row, col] * f[row]) * z_row[row])
-        // zq2_lo[row, col] = (((q2[row, col] * f[row]) * z_row[row]) - zq2_hi[row, col])
-        {
-          for (int i = tid; i < 1024; i += 256) {
-            const int r = i / 16, c = i % 16;
-            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q2[(r) * 104 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
-            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q2[(r) * 104 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
-            t_zq2_hi[(r) * 24 + (c)] = y0;
-            t_zq2_lo[(r) * 24 + (c)] = y1;
-          }
+      // qg2[row, col] = (q2[col, row] * f[col])
+      {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_qg2[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q2[(c) * 104 + (r)]) * prt::to_f32(t_f[c])));
         }
-        __syncthreads();
-        // qzq2 += mma.tc(q2^T, zq2_hi) [96x16 in 16x8 units over 8 warps]
+      }
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // mma.group (operands in registers):
+        //   zq2_hi[row, col] = ((q2[row, col] * f[row]) * z_row[row])
+        //   zq2_lo[row, col] = (((q2[row, col] * f[row]) * z_row[row]) - zq2_hi[row, col])
+        //   qzq2 += mma.tc(q2^T, zq2_hi) [96x16 in 16x8 units over 8 warps]
+        //   qzq2 += mma.tc(q2^T, zq2_lo) [96x16 in 16x8 units over 8 warps]
         {
+          float acc[2][1][4];
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            if (u < 12) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-              float acc[1][4];
+            if (warp + j * 8 < 12) {
               #pragma unroll
               for (int q = 0; q < 1; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q2[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_zq2_hi[(k0 + (lane & 15)) * 24 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-              }
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = t_qzq2[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))];
             }
           }
-        }
-        __syncthreads();
-        // qzq2 += mma.tc(q2^T, zq2_lo) [96x16 in 16x8 units over 8 warps]
-        {
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            const int n0 = (warp % 2) * 8;
+            uint32_t ib_zq2_hi[1][2];
+            uint32_t ib_zq2_lo[1][2];
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) {
+              #pragma unroll
+              for (int rg = 0; rg < 2; ++rg) {
+                __nv_bfloat16 v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q2[(r) * 104 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+                  v0[h] = y0;
+                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q2[(r) * 104 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_zq2_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_zq2_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+              }
+            }
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 8;
+              if (u < 12) {
+                const int m0 = (u / 2) * 16;
+                (void)m0;
+                (void)n0;
+                uint32_t fat_q2[4];
+                prt::ldmatrix_x4_trans(fat_q2, &t_q2[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q2, ib_zq2_hi[q][0], ib_zq2_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q2, ib_zq2_lo[q][0], ib_zq2_lo[q][1]);
+              }
+            }
+          }
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            if (u < 12) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-              float acc[1][4];
+            if (warp + j * 8 < 12) {
               #pragma unroll
               for (int q = 0; q < 1; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q2[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_zq2_lo[(k0 + (lane & 15)) * 24 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-              }
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) t_qzq2[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
             }
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -8946,6 +9172,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
+            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i8), ((pid.x % 1) * 128):+128]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -8957,7 +9184,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               float* const dst = t_fdy;
               for (int i = tid; i < 8192; i += 256) {
                 const int r = i / 128, c = i % 128;
-                dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+                dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
             __syncthreads();
@@ -8965,7 +9192,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             {
               for (int i = tid; i < 8192; i += 256) {
                 const int r = i / 128, c = i % 128;
-                t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+                t_fdy[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_f[r])));
               }
             }
             // q2 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i8), 32:+96]
@@ -8995,57 +9222,57 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
-          }
-          __syncthreads();
-          // u2_hi[row, col] = (fdy[row, col] * (q2[row, (i7 - 32)] * f[row]))
-          // u2_lo[row, col] = ((fdy[row, col] * (q2[row, (i7 - 32)] * f[row])) - u2_hi[row, col])
-          {
-            for (int i = tid; i < 8192; i += 256) {
-              const int r = i / 128, c = i % 128;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q2[(r) * 104 + ((v_i7 - 32))]) * prt::to_f32(t_f[r]))));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q2[(r) * 104 + ((v_i7 - 32))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
-              t_u2_hi[(r) * 136 + (c)] = y0;
-              t_u2_lo[(r) * 136 + (c)] = y1;
-            }
-          }
-          __syncthreads();
-          // s2 += mma.tc(q2^T, u2_hi) [96x128 in 16x32 units over 8 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 3; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-              float (&acc)[4][4] = f_s2[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q2[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_u2_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
+            __syncthreads();
+            // qg2[row, col] = (q2[col, row] * f[col])
+            {
+              for (int i = tid; i < 1024; i += 256) {
+                const int r = i / 64, c = i % 64;
+                t_qg2[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q2[(c) * 104 + (r)]) * prt::to_f32(t_f[c])));
               }
             }
           }
-          // s2 += mma.tc(q2^T, u2_lo) [96x128 in 16x32 units over 8 warps]
+          __syncthreads();
+          // mma.group (operands in registers):
+          //   u2_hi[row, col] = (fdy[row, col] * qg2[(i7 - 32), row])
+          //   u2_lo[row, col] = ((fdy[row, col] * qg2[(i7 - 32), row]) - u2_hi[row, col])
+          //   s2 += mma.tc(q2^T, u2_hi) [96x128 in 16x32 units over 8 warps]
+          //   s2 += mma.tc(q2^T, u2_lo) [96x128 in 16x32 units over 8 warps]
           {
-            #pragma unroll
-            for (int j = 0; j < 3; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-              float (&acc)[4][4] = f_s2[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q2[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
+            float (&acc)[3][4][4] = f_s2;
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              const int n0 = (warp % 4) * 32;
+              uint32_t ib_u2_hi[4][2];
+              uint32_t ib_u2_lo[4][2];
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
                 #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_u2_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                for (int rg = 0; rg < 2; ++rg) {
+                  __nv_bfloat16 v0[2], v1[2];
+                  #pragma unroll
+                  for (int h = 0; h < 2; ++h) {
+                    const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_qg2[((v_i7 - 32)) * 64 + (r)])));
+                    v0[h] = y0;
+                    const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_qg2[((v_i7 - 32)) * 64 + (r)])) - prt::to_f32(y0)));
+                    v1[h] = y1;
+                  }
+                  ib_u2_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                  ib_u2_lo[q][rg] = prt::pack2(v1[0], v1[1]);
                 }
+              }
+              #pragma unroll
+              for (int j = 0; j < 3; ++j) {
+                const int u = warp + j * 8;
+                const int m0 = (u / 4) * 16;
+                (void)m0;
+                (void)n0;
+                uint32_t fat_q2[4];
+                prt::ldmatrix_x4_trans(fat_q2, &t_q2[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q2, ib_u2_hi[q][0], ib_u2_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q2, ib_u2_lo[q][0], ib_u2_lo[q][1]);
               }
             }
           }
@@ -9178,7 +9405,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           float* const dst = t_fdy;
           for (int i = tid; i < 8192; i += 256) {
             const int r = i / 128, c = i % 128;
-            dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+            dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
         __syncthreads();
@@ -9186,11 +9413,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         {
           for (int i = tid; i < 8192; i += 256) {
             const int r = i / 128, c = i % 128;
-            t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+            t_fdy[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_f[r])));
           }
         }
       }
-      __syncthreads();
       // q3 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i9), 48:+80]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -9219,73 +9445,80 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
-      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // zq3_hi[row, col] = ((q3[row, col] * f[row]) * z_row[row])
-        // zq3_lo[row, col] = (((q3[row, col] * f[row]) * z_row[row]) - zq3_hi[row, col])
-        {
-          for (int i = tid; i < 1024; i += 256) {
-            const int r = i / 16, c = i % 16;
-            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q3[(r) * 88 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
-            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q3[(r) * 88 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
-            t_zq3_hi[(r) * 24 + (c)] = y0;
-            t_zq3_lo[(r) * 24 + (c)] = y1;
-          }
+      // qg3[row, col] = (q3[col, row] * f[col])
+      {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_qg3[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q3[(c) * 88 + (r)]) * prt::to_f32(t_f[c])));
         }
-        __syncthreads();
-        // qzq3 += mma.tc(q3^T, zq3_hi) [80x16 in 16x8 units over 8 warps]
+      }
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // mma.group (operands in registers):
+        //   zq3_hi[row, col] = ((q3[row, col] * f[row]) * z_row[row])
+        //   zq3_lo[row, col] = (((q3[row, col] * f[row]) * z_row[row]) - zq3_hi[row, col])
+        //   qzq3 += mma.tc(q3^T, zq3_hi) [80x16 in 16x8 units over 8 warps]
+        //   qzq3 += mma.tc(q3^T, zq3_lo) [80x16 in 16x8 units over 8 warps]
         {
+          float acc[2][1][4];
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            if (u < 10) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-              float acc[1][4];
+            if (warp + j * 8 < 10) {
               #pragma unroll
               for (int q = 0; q < 1; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q3[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_zq3_hi[(k0 + (lane & 15)) * 24 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-              }
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_qzq3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = t_qzq3[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))];
             }
           }
-        }
-        __syncthreads();
-        // qzq3 += mma.tc(q3^T, zq3_lo) [80x16 in 16x8 units over 8 warps]
-        {
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            const int n0 = (warp % 2) * 8;
+            uint32_t ib_zq3_hi[1][2];
+            uint32_t ib_zq3_lo[1][2];
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) {
+              #pragma unroll
+              for (int rg = 0; rg < 2; ++rg) {
+                __nv_bfloat16 v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q3[(r) * 88 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+                  v0[h] = y0;
+                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q3[(r) * 88 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_zq3_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_zq3_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+              }
+            }
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 8;
+              if (u < 10) {
+                const int m0 = (u / 2) * 16;
+                (void)m0;
+                (void)n0;
+                uint32_t fat_q3[4];
+                prt::ldmatrix_x4_trans(fat_q3, &t_q3[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q3, ib_zq3_hi[q][0], ib_zq3_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q3, ib_zq3_lo[q][0], ib_zq3_lo[q][1]);
+              }
+            }
+          }
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            if (u < 10) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-              float acc[1][4];
+            if (warp + j * 8 < 10) {
               #pragma unroll
               for (int q = 0; q < 1; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q3[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_zq3_lo[(k0 + (lane & 15)) * 24 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-              }
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_qzq3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) t_qzq3[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
             }
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -9349,6 +9582,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
+            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i11), ((pid.x % 1) * 128):+128]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -9360,7 +9594,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               float* const dst = t_fdy;
               for (int i = tid; i < 8192; i += 256) {
                 const int r = i / 128, c = i % 128;
-                dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+                dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
             __syncthreads();
@@ -9368,7 +9602,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             {
               for (int i = tid; i < 8192; i += 256) {
                 const int r = i / 128, c = i % 128;
-                t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+                t_fdy[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_f[r])));
               }
             }
             // q3 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i11), 48:+80]
@@ -9398,60 +9632,58 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
-          }
-          __syncthreads();
-          // u3_hi[row, col] = (fdy[row, col] * (q3[row, (i10 - 48)] * f[row]))
-          // u3_lo[row, col] = ((fdy[row, col] * (q3[row, (i10 - 48)] * f[row])) - u3_hi[row, col])
-          {
-            for (int i = tid; i < 8192; i += 256) {
-              const int r = i / 128, c = i % 128;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q3[(r) * 88 + ((v_i10 - 48))]) * prt::to_f32(t_f[r]))));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q3[(r) * 88 + ((v_i10 - 48))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
-              t_u3_hi[(r) * 136 + (c)] = y0;
-              t_u3_lo[(r) * 136 + (c)] = y1;
-            }
-          }
-          __syncthreads();
-          // s3 += mma.tc(q3^T, u3_hi) [80x128 in 16x32 units over 8 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 3; ++j) {
-              const int u = warp + j * 8;
-              if (u < 20) {
-                const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-                float (&acc)[4][4] = f_s3[j];
-                for (int k0 = 0; k0 < 64; k0 += 16) {
-                  uint32_t af[4];
-                  prt::ldmatrix_x4_trans(af, &t_q3[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
-                  #pragma unroll
-                  for (int q = 0; q < 4; q += 2) {
-                    uint32_t bf[4];
-                    prt::ldmatrix_x4_trans(bf, &t_u3_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                  }
-                }
+            __syncthreads();
+            // qg3[row, col] = (q3[col, row] * f[col])
+            {
+              for (int i = tid; i < 1024; i += 256) {
+                const int r = i / 64, c = i % 64;
+                t_qg3[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q3[(c) * 88 + (r)]) * prt::to_f32(t_f[c])));
               }
             }
           }
-          // s3 += mma.tc(q3^T, u3_lo) [80x128 in 16x32 units over 8 warps]
+          __syncthreads();
+          // mma.group (operands in registers):
+          //   u3_hi[row, col] = (fdy[row, col] * qg3[(i10 - 48), row])
+          //   u3_lo[row, col] = ((fdy[row, col] * qg3[(i10 - 48), row]) - u3_hi[row, col])
+          //   s3 += mma.tc(q3^T, u3_hi) [80x128 in 16x32 units over 8 warps]
+          //   s3 += mma.tc(q3^T, u3_lo) [80x128 in 16x32 units over 8 warps]
           {
-            #pragma unroll
-            for (int j = 0; j < 3; ++j) {
-              const int u = warp + j * 8;
-              if (u < 20) {
-                const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-                float (&acc)[4][4] = f_s3[j];
-                for (int k0 = 0; k0 < 64; k0 += 16) {
-                  uint32_t af[4];
-                  prt::ldmatrix_x4_trans(af, &t_q3[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
+            float (&acc)[3][4][4] = f_s3;
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              const int n0 = (warp % 4) * 32;
+              uint32_t ib_u3_hi[4][2];
+              uint32_t ib_u3_lo[4][2];
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int rg = 0; rg < 2; ++rg) {
+                  __nv_bfloat16 v0[2], v1[2];
                   #pragma unroll
-                  for (int q = 0; q < 4; q += 2) {
-                    uint32_t bf[4];
-                    prt::ldmatrix_x4_trans(bf, &t_u3_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                  for (int h = 0; h < 2; ++h) {
+                    const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_qg3[((v_i10 - 48)) * 64 + (r)])));
+                    v0[h] = y0;
+                    const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_qg3[((v_i10 - 48)) * 64 + (r)])) - prt::to_f32(y0)));
+                    v1[h] = y1;
                   }
+                  ib_u3_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                  ib_u3_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                }
+              }
+              #pragma unroll
+              for (int j = 0; j < 3; ++j) {
+                const int u = warp + j * 8;
+                if (u < 20) {
+                  const int m0 = (u / 4) * 16;
+                  (void)m0;
+                  (void)n0;
+                  uint32_t fat_q3[4];
+                  prt::ldmatrix_x4_trans(fat_q3, &t_q3[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
+                  #pragma unroll
+                  for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q3, ib_u3_hi[q][0], ib_u3_hi[q][1]);
+                  #pragma unroll
+                  for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q3, ib_u3_lo[q][0], ib_u3_lo[q][1]);
                 }
               }
             }
@@ -9589,7 +9821,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           float* const dst = t_fdy;
           for (int i = tid; i < 8192; i += 256) {
             const int r = i / 128, c = i % 128;
-            dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+            dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
         __syncthreads();
@@ -9597,11 +9829,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         {
           for (int i = tid; i < 8192; i += 256) {
             const int r = i / 128, c = i % 128;
-            t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+            t_fdy[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_f[r])));
           }
         }
       }
-      __syncthreads();
       // q4 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i12), 64:+64]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -9630,69 +9861,74 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
+      // qg4[row, col] = (q4[col, row] * f[col])
+      {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_qg4[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q4[(c) * 72 + (r)]) * prt::to_f32(t_f[c])));
+        }
+      }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // zq4_hi[row, col] = ((q4[row, col] * f[row]) * z_row[row])
-        // zq4_lo[row, col] = (((q4[row, col] * f[row]) * z_row[row]) - zq4_hi[row, col])
+        // mma.group (operands in registers):
+        //   zq4_hi[row, col] = ((q4[row, col] * f[row]) * z_row[row])
+        //   zq4_lo[row, col] = (((q4[row, col] * f[row]) * z_row[row]) - zq4_hi[row, col])
+        //   qzq4 += mma.tc(q4^T, zq4_hi) [64x16 in 16x8 units over 8 warps]
+        //   qzq4 += mma.tc(q4^T, zq4_lo) [64x16 in 16x8 units over 8 warps]
         {
-          for (int i = tid; i < 1024; i += 256) {
-            const int r = i / 16, c = i % 16;
-            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q4[(r) * 72 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
-            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q4[(r) * 72 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
-            t_zq4_hi[(r) * 24 + (c)] = y0;
-            t_zq4_lo[(r) * 24 + (c)] = y1;
-          }
-        }
-        __syncthreads();
-        // qzq4 += mma.tc(q4^T, zq4_hi) [64x16 in 16x8 units over 8 warps]
-        {
+          float acc[1][1][4];
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-            float acc[1][4];
             #pragma unroll
             for (int q = 0; q < 1; ++q)
             #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq4[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4_trans(af, &t_q4[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-              uint32_t bf[2];
-              prt::ldmatrix_x2_trans(bf, &t_zq4_hi[(k0 + (lane & 15)) * 24 + n0]);
-              prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-            }
-            #pragma unroll
-            for (int q = 0; q < 1; ++q)
-            #pragma unroll
-              for (int e = 0; e < 4; ++e) t_qzq4[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+              for (int e = 0; e < 4; ++e) acc[j][q][e] = t_qzq4[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))];
           }
-        }
-        __syncthreads();
-        // qzq4 += mma.tc(q4^T, zq4_lo) [64x16 in 16x8 units over 8 warps]
-        {
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 2) * 16;
+              const int n0 = (u % 2) * 8;
+              (void)m0;
+              (void)n0;
+              uint32_t fat_q4[4];
+              prt::ldmatrix_x4_trans(fat_q4, &t_q4[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+              uint32_t ib_zq4_hi[1][2];
+              uint32_t ib_zq4_lo[1][2];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q) {
+                #pragma unroll
+                for (int rg = 0; rg < 2; ++rg) {
+                  __nv_bfloat16 v0[2], v1[2];
+                  #pragma unroll
+                  for (int h = 0; h < 2; ++h) {
+                    const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q4[(r) * 72 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+                    v0[h] = y0;
+                    const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q4[(r) * 72 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+                    v1[h] = y1;
+                  }
+                  ib_zq4_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                  ib_zq4_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                }
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q4, ib_zq4_hi[q][0], ib_zq4_hi[q][1]);
+              #pragma unroll
+              for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q4, ib_zq4_lo[q][0], ib_zq4_lo[q][1]);
+            }
+          }
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-            float acc[1][4];
             #pragma unroll
             for (int q = 0; q < 1; ++q)
             #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq4[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4_trans(af, &t_q4[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-              uint32_t bf[2];
-              prt::ldmatrix_x2_trans(bf, &t_zq4_lo[(k0 + (lane & 15)) * 24 + n0]);
-              prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-            }
-            #pragma unroll
-            for (int q = 0; q < 1; ++q)
-            #pragma unroll
-              for (int e = 0; e < 4; ++e) t_qzq4[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+              for (int e = 0; e < 4; ++e) t_qzq4[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -9754,6 +9990,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
+            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i14), ((pid.x % 1) * 128):+128]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -9765,7 +10002,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               float* const dst = t_fdy;
               for (int i = tid; i < 8192; i += 256) {
                 const int r = i / 128, c = i % 128;
-                dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+                dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
             __syncthreads();
@@ -9773,7 +10010,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             {
               for (int i = tid; i < 8192; i += 256) {
                 const int r = i / 128, c = i % 128;
-                t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+                t_fdy[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_f[r])));
               }
             }
             // q4 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i14), 64:+64]
@@ -9803,57 +10040,57 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
-          }
-          __syncthreads();
-          // u4_hi[row, col] = (fdy[row, col] * (q4[row, (i13 - 64)] * f[row]))
-          // u4_lo[row, col] = ((fdy[row, col] * (q4[row, (i13 - 64)] * f[row])) - u4_hi[row, col])
-          {
-            for (int i = tid; i < 8192; i += 256) {
-              const int r = i / 128, c = i % 128;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q4[(r) * 72 + ((v_i13 - 64))]) * prt::to_f32(t_f[r]))));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q4[(r) * 72 + ((v_i13 - 64))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
-              t_u4_hi[(r) * 136 + (c)] = y0;
-              t_u4_lo[(r) * 136 + (c)] = y1;
-            }
-          }
-          __syncthreads();
-          // s4 += mma.tc(q4^T, u4_hi) [64x128 in 16x32 units over 8 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-              float (&acc)[4][4] = f_s4[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q4[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_u4_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
+            __syncthreads();
+            // qg4[row, col] = (q4[col, row] * f[col])
+            {
+              for (int i = tid; i < 1024; i += 256) {
+                const int r = i / 64, c = i % 64;
+                t_qg4[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q4[(c) * 72 + (r)]) * prt::to_f32(t_f[c])));
               }
             }
           }
-          // s4 += mma.tc(q4^T, u4_lo) [64x128 in 16x32 units over 8 warps]
+          __syncthreads();
+          // mma.group (operands in registers):
+          //   u4_hi[row, col] = (fdy[row, col] * qg4[(i13 - 64), row])
+          //   u4_lo[row, col] = ((fdy[row, col] * qg4[(i13 - 64), row]) - u4_hi[row, col])
+          //   s4 += mma.tc(q4^T, u4_hi) [64x128 in 16x32 units over 8 warps]
+          //   s4 += mma.tc(q4^T, u4_lo) [64x128 in 16x32 units over 8 warps]
           {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-              float (&acc)[4][4] = f_s4[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q4[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+            float (&acc)[2][4][4] = f_s4;
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              const int n0 = (warp % 4) * 32;
+              uint32_t ib_u4_hi[4][2];
+              uint32_t ib_u4_lo[4][2];
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
                 #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_u4_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                for (int rg = 0; rg < 2; ++rg) {
+                  __nv_bfloat16 v0[2], v1[2];
+                  #pragma unroll
+                  for (int h = 0; h < 2; ++h) {
+                    const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_qg4[((v_i13 - 64)) * 64 + (r)])));
+                    v0[h] = y0;
+                    const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_qg4[((v_i13 - 64)) * 64 + (r)])) - prt::to_f32(y0)));
+                    v1[h] = y1;
+                  }
+                  ib_u4_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                  ib_u4_lo[q][rg] = prt::pack2(v1[0], v1[1]);
                 }
+              }
+              #pragma unroll
+              for (int j = 0; j < 2; ++j) {
+                const int u = warp + j * 8;
+                const int m0 = (u / 4) * 16;
+                (void)m0;
+                (void)n0;
+                uint32_t fat_q4[4];
+                prt::ldmatrix_x4_trans(fat_q4, &t_q4[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q4, ib_u4_hi[q][0], ib_u4_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q4, ib_u4_lo[q][0], ib_u4_lo[q][1]);
               }
             }
           }
@@ -9986,7 +10223,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           float* const dst = t_fdy;
           for (int i = tid; i < 8192; i += 256) {
             const int r = i / 128, c = i % 128;
-            dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+            dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
         __syncthreads();
@@ -9994,11 +10231,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         {
           for (int i = tid; i < 8192; i += 256) {
             const int r = i / 128, c = i % 128;
-            t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+            t_fdy[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_f[r])));
           }
         }
       }
-      __syncthreads();
       // q5 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i15), 80:+48]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -10027,73 +10263,80 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
-      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // zq5_hi[row, col] = ((q5[row, col] * f[row]) * z_row[row])
-        // zq5_lo[row, col] = (((q5[row, col] * f[row]) * z_row[row]) - zq5_hi[row, col])
-        {
-          for (int i = tid; i < 1024; i += 256) {
-            const int r = i / 16, c = i % 16;
-            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q5[(r) * 56 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
-            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q5[(r) * 56 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
-            t_zq5_hi[(r) * 24 + (c)] = y0;
-            t_zq5_lo[(r) * 24 + (c)] = y1;
-          }
+      // qg5[row, col] = (q5[col, row] * f[col])
+      {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_qg5[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q5[(c) * 56 + (r)]) * prt::to_f32(t_f[c])));
         }
-        __syncthreads();
-        // qzq5 += mma.tc(q5^T, zq5_hi) [48x16 in 16x8 units over 8 warps]
+      }
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // mma.group (operands in registers):
+        //   zq5_hi[row, col] = ((q5[row, col] * f[row]) * z_row[row])
+        //   zq5_lo[row, col] = (((q5[row, col] * f[row]) * z_row[row]) - zq5_hi[row, col])
+        //   qzq5 += mma.tc(q5^T, zq5_hi) [48x16 in 16x8 units over 8 warps]
+        //   qzq5 += mma.tc(q5^T, zq5_lo) [48x16 in 16x8 units over 8 warps]
         {
+          float acc[1][1][4];
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            if (u < 6) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-              float acc[1][4];
+            if (warp + j * 8 < 6) {
               #pragma unroll
               for (int q = 0; q < 1; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq5[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q5[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_zq5_hi[(k0 + (lane & 15)) * 24 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-              }
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_qzq5[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = t_qzq5[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))];
             }
           }
-        }
-        __syncthreads();
-        // qzq5 += mma.tc(q5^T, zq5_lo) [48x16 in 16x8 units over 8 warps]
-        {
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              if (u < 6) {
+                const int m0 = (u / 2) * 16;
+                const int n0 = (u % 2) * 8;
+                (void)m0;
+                (void)n0;
+                uint32_t fat_q5[4];
+                prt::ldmatrix_x4_trans(fat_q5, &t_q5[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+                uint32_t ib_zq5_hi[1][2];
+                uint32_t ib_zq5_lo[1][2];
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) {
+                  #pragma unroll
+                  for (int rg = 0; rg < 2; ++rg) {
+                    __nv_bfloat16 v0[2], v1[2];
+                    #pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                      const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q5[(r) * 56 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+                      v0[h] = y0;
+                      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q5[(r) * 56 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+                      v1[h] = y1;
+                    }
+                    ib_zq5_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                    ib_zq5_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                  }
+                }
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q5, ib_zq5_hi[q][0], ib_zq5_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q5, ib_zq5_lo[q][0], ib_zq5_lo[q][1]);
+              }
+            }
+          }
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            if (u < 6) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-              float acc[1][4];
+            if (warp + j * 8 < 6) {
               #pragma unroll
               for (int q = 0; q < 1; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq5[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q5[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_zq5_lo[(k0 + (lane & 15)) * 24 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-              }
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_qzq5[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) t_qzq5[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
             }
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -10157,6 +10400,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
+            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i17), ((pid.x % 1) * 128):+128]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -10168,7 +10412,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               float* const dst = t_fdy;
               for (int i = tid; i < 8192; i += 256) {
                 const int r = i / 128, c = i % 128;
-                dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+                dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
             __syncthreads();
@@ -10176,7 +10420,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             {
               for (int i = tid; i < 8192; i += 256) {
                 const int r = i / 128, c = i % 128;
-                t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+                t_fdy[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_f[r])));
               }
             }
             // q5 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i17), 80:+48]
@@ -10206,60 +10450,58 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
-          }
-          __syncthreads();
-          // u5_hi[row, col] = (fdy[row, col] * (q5[row, (i16 - 80)] * f[row]))
-          // u5_lo[row, col] = ((fdy[row, col] * (q5[row, (i16 - 80)] * f[row])) - u5_hi[row, col])
-          {
-            for (int i = tid; i < 8192; i += 256) {
-              const int r = i / 128, c = i % 128;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q5[(r) * 56 + ((v_i16 - 80))]) * prt::to_f32(t_f[r]))));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q5[(r) * 56 + ((v_i16 - 80))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
-              t_u5_hi[(r) * 136 + (c)] = y0;
-              t_u5_lo[(r) * 136 + (c)] = y1;
-            }
-          }
-          __syncthreads();
-          // s5 += mma.tc(q5^T, u5_hi) [48x128 in 16x32 units over 8 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 8;
-              if (u < 12) {
-                const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-                float (&acc)[4][4] = f_s5[j];
-                for (int k0 = 0; k0 < 64; k0 += 16) {
-                  uint32_t af[4];
-                  prt::ldmatrix_x4_trans(af, &t_q5[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
-                  #pragma unroll
-                  for (int q = 0; q < 4; q += 2) {
-                    uint32_t bf[4];
-                    prt::ldmatrix_x4_trans(bf, &t_u5_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                  }
-                }
+            __syncthreads();
+            // qg5[row, col] = (q5[col, row] * f[col])
+            {
+              for (int i = tid; i < 1024; i += 256) {
+                const int r = i / 64, c = i % 64;
+                t_qg5[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q5[(c) * 56 + (r)]) * prt::to_f32(t_f[c])));
               }
             }
           }
-          // s5 += mma.tc(q5^T, u5_lo) [48x128 in 16x32 units over 8 warps]
+          __syncthreads();
+          // mma.group (operands in registers):
+          //   u5_hi[row, col] = (fdy[row, col] * qg5[(i16 - 80), row])
+          //   u5_lo[row, col] = ((fdy[row, col] * qg5[(i16 - 80), row]) - u5_hi[row, col])
+          //   s5 += mma.tc(q5^T, u5_hi) [48x128 in 16x32 units over 8 warps]
+          //   s5 += mma.tc(q5^T, u5_lo) [48x128 in 16x32 units over 8 warps]
           {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 8;
-              if (u < 12) {
-                const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-                float (&acc)[4][4] = f_s5[j];
-                for (int k0 = 0; k0 < 64; k0 += 16) {
-                  uint32_t af[4];
-                  prt::ldmatrix_x4_trans(af, &t_q5[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+            float (&acc)[2][4][4] = f_s5;
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              const int n0 = (warp % 4) * 32;
+              uint32_t ib_u5_hi[4][2];
+              uint32_t ib_u5_lo[4][2];
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int rg = 0; rg < 2; ++rg) {
+                  __nv_bfloat16 v0[2], v1[2];
                   #pragma unroll
-                  for (int q = 0; q < 4; q += 2) {
-                    uint32_t bf[4];
-                    prt::ldmatrix_x4_trans(bf, &t_u5_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                  for (int h = 0; h < 2; ++h) {
+                    const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_qg5[((v_i16 - 80)) * 64 + (r)])));
+                    v0[h] = y0;
+                    const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_qg5[((v_i16 - 80)) * 64 + (r)])) - prt::to_f32(y0)));
+                    v1[h] = y1;
                   }
+                  ib_u5_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                  ib_u5_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                }
+              }
+              #pragma unroll
+              for (int j = 0; j < 2; ++j) {
+                const int u = warp + j * 8;
+                if (u < 12) {
+                  const int m0 = (u / 4) * 16;
+                  (void)m0;
+                  (void)n0;
+                  uint32_t fat_q5[4];
+                  prt::ldmatrix_x4_trans(fat_q5, &t_q5[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+                  #pragma unroll
+                  for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q5, ib_u5_hi[q][0], ib_u5_hi[q][1]);
+                  #pragma unroll
+                  for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q5, ib_u5_lo[q][0], ib_u5_lo[q][1]);
                 }
               }
             }
@@ -10397,7 +10639,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           float* const dst = t_fdy;
           for (int i = tid; i < 8192; i += 256) {
             const int r = i / 128, c = i % 128;
-            dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+            dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
         __syncthreads();
@@ -10405,11 +10647,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         {
           for (int i = tid; i < 8192; i += 256) {
             const int r = i / 128, c = i % 128;
-            t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+            t_fdy[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_f[r])));
           }
         }
       }
-      __syncthreads();
       // q6 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i18), 96:+32]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -10438,73 +10679,80 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
-      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // zq6_hi[row, col] = ((q6[row, col] * f[row]) * z_row[row])
-        // zq6_lo[row, col] = (((q6[row, col] * f[row]) * z_row[row]) - zq6_hi[row, col])
-        {
-          for (int i = tid; i < 1024; i += 256) {
-            const int r = i / 16, c = i % 16;
-            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q6[(r) * 40 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
-            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q6[(r) * 40 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
-            t_zq6_hi[(r) * 24 + (c)] = y0;
-            t_zq6_lo[(r) * 24 + (c)] = y1;
-          }
+      // qg6[row, col] = (q6[col, row] * f[col])
+      {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_qg6[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q6[(c) * 40 + (r)]) * prt::to_f32(t_f[c])));
         }
-        __syncthreads();
-        // qzq6 += mma.tc(q6^T, zq6_hi) [32x16 in 16x8 units over 8 warps]
+      }
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // mma.group (operands in registers):
+        //   zq6_hi[row, col] = ((q6[row, col] * f[row]) * z_row[row])
+        //   zq6_lo[row, col] = (((q6[row, col] * f[row]) * z_row[row]) - zq6_hi[row, col])
+        //   qzq6 += mma.tc(q6^T, zq6_hi) [32x16 in 16x8 units over 8 warps]
+        //   qzq6 += mma.tc(q6^T, zq6_lo) [32x16 in 16x8 units over 8 warps]
         {
+          float acc[1][1][4];
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            if (u < 4) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-              float acc[1][4];
+            if (warp + j * 8 < 4) {
               #pragma unroll
               for (int q = 0; q < 1; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq6[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q6[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_zq6_hi[(k0 + (lane & 15)) * 24 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-              }
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_qzq6[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = t_qzq6[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))];
             }
           }
-        }
-        __syncthreads();
-        // qzq6 += mma.tc(q6^T, zq6_lo) [32x16 in 16x8 units over 8 warps]
-        {
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              if (u < 4) {
+                const int m0 = (u / 2) * 16;
+                const int n0 = (u % 2) * 8;
+                (void)m0;
+                (void)n0;
+                uint32_t fat_q6[4];
+                prt::ldmatrix_x4_trans(fat_q6, &t_q6[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                uint32_t ib_zq6_hi[1][2];
+                uint32_t ib_zq6_lo[1][2];
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) {
+                  #pragma unroll
+                  for (int rg = 0; rg < 2; ++rg) {
+                    __nv_bfloat16 v0[2], v1[2];
+                    #pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                      const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q6[(r) * 40 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+                      v0[h] = y0;
+                      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q6[(r) * 40 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+                      v1[h] = y1;
+                    }
+                    ib_zq6_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                    ib_zq6_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                  }
+                }
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q6, ib_zq6_hi[q][0], ib_zq6_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q6, ib_zq6_lo[q][0], ib_zq6_lo[q][1]);
+              }
+            }
+          }
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            if (u < 4) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-              float acc[1][4];
+            if (warp + j * 8 < 4) {
               #pragma unroll
               for (int q = 0; q < 1; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq6[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q6[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_zq6_lo[(k0 + (lane & 15)) * 24 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-              }
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_qzq6[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) t_qzq6[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
             }
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -10566,6 +10814,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
+            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i20), ((pid.x % 1) * 128):+128]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -10577,7 +10826,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               float* const dst = t_fdy;
               for (int i = tid; i < 8192; i += 256) {
                 const int r = i / 128, c = i % 128;
-                dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+                dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
             __syncthreads();
@@ -10585,7 +10834,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             {
               for (int i = tid; i < 8192; i += 256) {
                 const int r = i / 128, c = i % 128;
-                t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+                t_fdy[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_f[r])));
               }
             }
             // q6 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i20), 96:+32]
@@ -10615,57 +10864,57 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
-          }
-          __syncthreads();
-          // u6_hi[row, col] = (fdy[row, col] * (q6[row, (i19 - 96)] * f[row]))
-          // u6_lo[row, col] = ((fdy[row, col] * (q6[row, (i19 - 96)] * f[row])) - u6_hi[row, col])
-          {
-            for (int i = tid; i < 8192; i += 256) {
-              const int r = i / 128, c = i % 128;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q6[(r) * 40 + ((v_i19 - 96))]) * prt::to_f32(t_f[r]))));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q6[(r) * 40 + ((v_i19 - 96))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
-              t_u6_hi[(r) * 136 + (c)] = y0;
-              t_u6_lo[(r) * 136 + (c)] = y1;
-            }
-          }
-          __syncthreads();
-          // s6 += mma.tc(q6^T, u6_hi) [32x128 in 16x32 units over 8 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-              float (&acc)[4][4] = f_s6[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q6[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_u6_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
+            __syncthreads();
+            // qg6[row, col] = (q6[col, row] * f[col])
+            {
+              for (int i = tid; i < 1024; i += 256) {
+                const int r = i / 64, c = i % 64;
+                t_qg6[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q6[(c) * 40 + (r)]) * prt::to_f32(t_f[c])));
               }
             }
           }
-          // s6 += mma.tc(q6^T, u6_lo) [32x128 in 16x32 units over 8 warps]
+          __syncthreads();
+          // mma.group (operands in registers):
+          //   u6_hi[row, col] = (fdy[row, col] * qg6[(i19 - 96), row])
+          //   u6_lo[row, col] = ((fdy[row, col] * qg6[(i19 - 96), row]) - u6_hi[row, col])
+          //   s6 += mma.tc(q6^T, u6_hi) [32x128 in 16x32 units over 8 warps]
+          //   s6 += mma.tc(q6^T, u6_lo) [32x128 in 16x32 units over 8 warps]
           {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-              float (&acc)[4][4] = f_s6[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q6[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+            float (&acc)[1][4][4] = f_s6;
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              #pragma unroll
+              for (int j = 0; j < 1; ++j) {
+                const int u = warp + j * 8;
+                const int m0 = (u / 4) * 16;
+                const int n0 = (u % 4) * 32;
+                (void)m0;
+                (void)n0;
+                uint32_t fat_q6[4];
+                prt::ldmatrix_x4_trans(fat_q6, &t_q6[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                uint32_t ib_u6_hi[4][2];
+                uint32_t ib_u6_lo[4][2];
                 #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_u6_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                for (int q = 0; q < 4; ++q) {
+                  #pragma unroll
+                  for (int rg = 0; rg < 2; ++rg) {
+                    __nv_bfloat16 v0[2], v1[2];
+                    #pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                      const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_qg6[((v_i19 - 96)) * 64 + (r)])));
+                      v0[h] = y0;
+                      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_qg6[((v_i19 - 96)) * 64 + (r)])) - prt::to_f32(y0)));
+                      v1[h] = y1;
+                    }
+                    ib_u6_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                    ib_u6_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                  }
                 }
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q6, ib_u6_hi[q][0], ib_u6_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q6, ib_u6_lo[q][0], ib_u6_lo[q][1]);
               }
             }
           }
@@ -10798,7 +11047,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           float* const dst = t_fdy;
           for (int i = tid; i < 8192; i += 256) {
             const int r = i / 128, c = i % 128;
-            dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+            dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
         __syncthreads();
@@ -10806,11 +11055,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         {
           for (int i = tid; i < 8192; i += 256) {
             const int r = i / 128, c = i % 128;
-            t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+            t_fdy[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_f[r])));
           }
         }
       }
-      __syncthreads();
       // q7 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i21), 112:+16]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -10839,73 +11087,82 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
-      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // zq7_hi[row, col] = ((q7[row, col] * f[row]) * z_row[row])
-        // zq7_lo[row, col] = (((q7[row, col] * f[row]) * z_row[row]) - zq7_hi[row, col])
-        {
-          for (int i = tid; i < 1024; i += 256) {
-            const int r = i / 16, c = i % 16;
-            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q7[(r) * 24 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
-            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q7[(r) * 24 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
-            t_zq7_hi[(r) * 24 + (c)] = y0;
-            t_zq7_lo[(r) * 24 + (c)] = y1;
-          }
+      // qg7[row, col] = (q7[col, row] * f[col])
+      {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_qg7[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q7[(c) * 24 + (r)]) * prt::to_f32(t_f[c])));
         }
-        __syncthreads();
-        // qzq7 += mma.tc(q7^T, zq7_hi) [16x16 in 16x8 units over 8 warps]
+      }
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // mma.group (operands in registers):
+        //   zq7_hi[row, col] = ((q7[row, col] * f[row]) * z_row[row])
+        //   zq7_lo[row, col] = (((q7[row, col] * f[row]) * z_row[row]) - zq7_hi[row, col])
+        //   qzq7 += mma.tc(q7^T, zq7_hi) [16x16 in 16x8 units over 8 warps]
+        //   qzq7 += mma.tc(q7^T, zq7_lo) [16x16 in 16x8 units over 8 warps]
         {
+          float acc[1][1][4];
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            if (u < 2) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-              float acc[1][4];
+            if (warp + j * 8 < 2) {
               #pragma unroll
               for (int q = 0; q < 1; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q7[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_zq7_hi[(k0 + (lane & 15)) * 24 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-              }
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_qzq7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = t_qzq7[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))];
             }
           }
-        }
-        __syncthreads();
-        // qzq7 += mma.tc(q7^T, zq7_lo) [16x16 in 16x8 units over 8 warps]
-        {
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              if (u < 2) {
+                const int m0 = (u / 2) * 16;
+                const int n0 = (u % 2) * 8;
+                (void)m0;
+                (void)n0;
+                uint32_t fat_q7[4];
+                prt::ldmatrix_x4_trans(fat_q7, &t_q7[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                uint32_t fb_q7[1][2];
+                prt::ldmatrix_x2_trans(fb_q7[0], &t_q7[(k0 + (lane & 15)) * 24 + n0]);
+                uint32_t ib_zq7_hi[1][2];
+                uint32_t ib_zq7_lo[1][2];
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) {
+                  #pragma unroll
+                  for (int rg = 0; rg < 2; ++rg) {
+                    __nv_bfloat16 v0[2], v1[2];
+                    #pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                      const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::b16_half<__nv_bfloat16>(fb_q7[q][rg], h) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+                      v0[h] = y0;
+                      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::b16_half<__nv_bfloat16>(fb_q7[q][rg], h) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+                      v1[h] = y1;
+                    }
+                    ib_zq7_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                    ib_zq7_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                  }
+                }
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q7, ib_zq7_hi[q][0], ib_zq7_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q7, ib_zq7_lo[q][0], ib_zq7_lo[q][1]);
+              }
+            }
+          }
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            if (u < 2) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-              float acc[1][4];
+            if (warp + j * 8 < 2) {
               #pragma unroll
               for (int q = 0; q < 1; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q7[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_zq7_lo[(k0 + (lane & 15)) * 24 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-              }
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_qzq7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) t_qzq7[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
             }
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -10967,6 +11224,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
+            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i23), ((pid.x % 1) * 128):+128]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -10978,7 +11236,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               float* const dst = t_fdy;
               for (int i = tid; i < 8192; i += 256) {
                 const int r = i / 128, c = i % 128;
-                dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+                dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
             __syncthreads();
@@ -10986,7 +11244,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             {
               for (int i = tid; i < 8192; i += 256) {
                 const int r = i / 128, c = i % 128;
-                t_fdy[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_f[r])));
+                t_fdy[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_f[r])));
               }
             }
             // q7 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i23), 112:+16]
@@ -11016,57 +11274,57 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
-          }
-          __syncthreads();
-          // u7_hi[row, col] = (fdy[row, col] * (q7[row, (i22 - 112)] * f[row]))
-          // u7_lo[row, col] = ((fdy[row, col] * (q7[row, (i22 - 112)] * f[row])) - u7_hi[row, col])
-          {
-            for (int i = tid; i < 8192; i += 256) {
-              const int r = i / 128, c = i % 128;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q7[(r) * 24 + ((v_i22 - 112))]) * prt::to_f32(t_f[r]))));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q7[(r) * 24 + ((v_i22 - 112))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
-              t_u7_hi[(r) * 136 + (c)] = y0;
-              t_u7_lo[(r) * 136 + (c)] = y1;
-            }
-          }
-          __syncthreads();
-          // s7 += mma.tc(q7^T, u7_hi) [16x128 in 16x16 units over 8 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
-              float (&acc)[2][4] = f_s7[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q7[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 2; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_u7_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
+            __syncthreads();
+            // qg7[row, col] = (q7[col, row] * f[col])
+            {
+              for (int i = tid; i < 1024; i += 256) {
+                const int r = i / 64, c = i % 64;
+                t_qg7[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q7[(c) * 24 + (r)]) * prt::to_f32(t_f[c])));
               }
             }
           }
-          // s7 += mma.tc(q7^T, u7_lo) [16x128 in 16x16 units over 8 warps]
+          __syncthreads();
+          // mma.group (operands in registers):
+          //   u7_hi[row, col] = (fdy[row, col] * qg7[(i22 - 112), row])
+          //   u7_lo[row, col] = ((fdy[row, col] * qg7[(i22 - 112), row]) - u7_hi[row, col])
+          //   s7 += mma.tc(q7^T, u7_hi) [16x128 in 16x16 units over 8 warps]
+          //   s7 += mma.tc(q7^T, u7_lo) [16x128 in 16x16 units over 8 warps]
           {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
-              float (&acc)[2][4] = f_s7[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q7[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+            float (&acc)[1][2][4] = f_s7;
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              #pragma unroll
+              for (int j = 0; j < 1; ++j) {
+                const int u = warp + j * 8;
+                const int m0 = (u / 8) * 16;
+                const int n0 = (u % 8) * 16;
+                (void)m0;
+                (void)n0;
+                uint32_t fat_q7[4];
+                prt::ldmatrix_x4_trans(fat_q7, &t_q7[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                uint32_t ib_u7_hi[2][2];
+                uint32_t ib_u7_lo[2][2];
                 #pragma unroll
-                for (int q = 0; q < 2; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_u7_lo[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                for (int q = 0; q < 2; ++q) {
+                  #pragma unroll
+                  for (int rg = 0; rg < 2; ++rg) {
+                    __nv_bfloat16 v0[2], v1[2];
+                    #pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                      const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_qg7[((v_i22 - 112)) * 64 + (r)])));
+                      v0[h] = y0;
+                      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_qg7[((v_i22 - 112)) * 64 + (r)])) - prt::to_f32(y0)));
+                      v1[h] = y1;
+                    }
+                    ib_u7_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                    ib_u7_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                  }
                 }
+                #pragma unroll
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q7, ib_u7_hi[q][0], ib_u7_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q7, ib_u7_lo[q][0], ib_u7_lo[q][1]);
               }
             }
           }
@@ -12005,50 +12263,66 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
           __syncthreads();
           // acc_v += mma.tc(phi_hi, U_hi) [32x128 in 16x32 units over 4 warps]
           {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-              float (&acc)[4][4] = f_acc_v[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_phi_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            float (&acc)[2][4][4] = f_acc_v;
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              const int n0 = (warp % 4) * 32;
+              uint32_t fb_U_hi[4][2];
+              #pragma unroll
+              for (int q = 0; q < 4; q += 2) {
+                uint32_t r[4];
+                prt::ldmatrix_x4_trans(r, &t_U_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                fb_U_hi[q][0] = r[0]; fb_U_hi[q][1] = r[1]; fb_U_hi[q + 1][0] = r[2]; fb_U_hi[q + 1][1] = r[3];
+              }
+              #pragma unroll
+              for (int j = 0; j < 2; ++j) {
+                const int u = warp + j * 4;
+                const int m0 = (u / 4) * 16;
+                (void)m0;
+                (void)n0;
+                uint32_t fa_phi_hi[4];
+                prt::ldmatrix_x4(fa_phi_hi, &t_phi_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
                 #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_U_hi[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_phi_hi, fb_U_hi[q][0], fb_U_hi[q][1]);
               }
             }
           }
           // dphi = mma.tc(v, U_hi^T) [32x64 in 16x32 units over 4 warps]
           {
+            float acc[1][4][4];
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float acc[4][4];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-              for (int k0 = 0; k0 < 128; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_v[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+            }
+            for (int k0 = 0; k0 < 128; k0 += 16) {
+              #pragma unroll
+              for (int j = 0; j < 1; ++j) {
+                const int u = warp + j * 4;
+                const int m0 = (u / 2) * 16;
+                const int n0 = (u % 2) * 32;
+                (void)m0;
+                (void)n0;
+                uint32_t fa_v[4];
+                prt::ldmatrix_x4(fa_v, &t_v[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+                uint32_t fbt_U_hi[4][2];
                 #pragma unroll
                 for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_U_hi[(n0 + q * 8 + prt::at_row(lane)) * 136 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                  uint32_t r[4];
+                  prt::ldmatrix_x4(r, &t_U_hi[(n0 + q * 8 + prt::at_row(lane)) * 136 + k0 + prt::at_col(lane)]);
+                  fbt_U_hi[q][0] = r[0]; fbt_U_hi[q][1] = r[1]; fbt_U_hi[q + 1][0] = r[2]; fbt_U_hi[q + 1][1] = r[3];
                 }
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v, fbt_U_hi[q][0], fbt_U_hi[q][1]);
               }
+            }
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) t_dphi[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) t_dphi[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 4) % 2) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
             }
           }
           __syncthreads();
@@ -13255,25 +13529,33 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_bf
       __syncthreads();
       // qk = mma.tc(q, k^T) [16x64 in 16x16 units over 4 warps]
       {
+        float (&acc)[1][2][4] = f_qk;
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
-          float (&acc)[2][4] = f_qk[j];
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 128; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_q[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+        }
+        for (int k0 = 0; k0 < 128; k0 += 16) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 4) * 16;
+            const int n0 = (u % 4) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_q[4];
+            prt::ldmatrix_x4(fa_q, &t_q[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
+            uint32_t fbt_k[2][2];
             #pragma unroll
             for (int q = 0; q < 2; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4(bf, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 136 + k0 + prt::at_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              uint32_t r[4];
+              prt::ldmatrix_x4(r, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 136 + k0 + prt::at_col(lane)]);
+              fbt_k[q][0] = r[0]; fbt_k[q][1] = r[1]; fbt_k[q + 1][0] = r[2]; fbt_k[q + 1][1] = r[3];
             }
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q, fbt_k[q][0], fbt_k[q][1]);
           }
         }
       }
@@ -13368,30 +13650,41 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_bf
       }
       // num_a += mma.tc(p, v) [16x128 in 16x32 units over 4 warps]
       {
+        float acc[1][4][4];
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          float acc[4][4];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_num_a[(m0 + prt::frag_row(lane, e)) * 128 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_p[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = t_num_a[(((warp + j * 4) / 4) * 16 + prt::frag_row(lane, e)) * 128 + (((warp + j * 4) % 4) * 32 + q * 8 + prt::frag_col(lane, e))];
+        }
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 4) * 16;
+            const int n0 = (u % 4) * 32;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_p[4];
+            prt::ldmatrix_x4(fa_p, &t_p[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            uint32_t fb_v[4][2];
             #pragma unroll
             for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_v[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              uint32_t r[4];
+              prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+              fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
             }
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_p, fb_v[q][0], fb_v[q][1]);
           }
+        }
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_num_a[(m0 + prt::frag_row(lane, e)) * 128 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_num_a[(((warp + j * 4) / 4) * 16 + prt::frag_row(lane, e)) * 128 + (((warp + j * 4) % 4) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       // m_run[row] = m_new[row]
@@ -13801,9 +14094,9 @@ extern "C" cudaError_t prt_attention_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2_launch
 }
 
 extern "C" cudaError_t prt_update_state_p2_d128_e128_c64_bf16_w8_bd128_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d128_e128_c64_bf16_w8_bd128_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 101888);
+  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d128_e128_c64_bf16_w8_bd128_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 48128);
   if (err != cudaSuccess) return err;
-  prt_update_state_p2_d128_e128_c64_bf16_w8_bd128_bt64_s1<<<grid, 256, 101888, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
+  prt_update_state_p2_d128_e128_c64_bf16_w8_bd128_bt64_s1<<<grid, 256, 48128, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
@@ -13815,9 +14108,9 @@ extern "C" cudaError_t prt_discounted_cumsum_p2_d128_e128_c64_bf16_w4_bd64_bt64_
 }
 
 extern "C" cudaError_t prt_query_state_p2_d128_e128_c64_bf16_w8_bd0_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_numA, const float* g_denA, const float* g_maxA, __nv_bfloat16* g_Y, float* g_lse, float* g_yS, float* g_wS, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_p2_d128_e128_c64_bf16_w8_bd0_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 153088);
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_p2_d128_e128_c64_bf16_w8_bd0_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 85504);
   if (err != cudaSuccess) return err;
-  prt_query_state_p2_d128_e128_c64_bf16_w8_bd0_bt64_s1<<<grid, 256, 153088, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_numA, g_denA, g_maxA, g_Y, g_lse, g_yS, g_wS, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_query_state_p2_d128_e128_c64_bf16_w8_bd0_bt64_s1<<<grid, 256, 85504, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_numA, g_denA, g_maxA, g_Y, g_lse, g_yS, g_wS, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
@@ -13836,16 +14129,16 @@ extern "C" cudaError_t prt_attention_bwd_p2_d128_e128_c64_bf16_w4_bd64_bt32_s1_l
 }
 
 extern "C" cudaError_t prt_query_state_bwd_dq_p2_d128_e128_c64_bf16_w4_bd0_bt32_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d128_e128_c64_bf16_w4_bd0_bt32_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 153600);
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d128_e128_c64_bf16_w4_bd0_bt32_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 116480);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_dq_p2_d128_e128_c64_bf16_w4_bd0_bt32_s1<<<grid, 128, 153600, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
+  prt_query_state_bwd_dq_p2_d128_e128_c64_bf16_w4_bd0_bt32_s1<<<grid, 128, 116480, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_query_state_bwd_ds_p2_d128_e128_c64_bf16_w8_bd128_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_ds_p2_d128_e128_c64_bf16_w8_bd128_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 94464);
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_ds_p2_d128_e128_c64_bf16_w8_bd128_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 64768);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_ds_p2_d128_e128_c64_bf16_w8_bd128_bt64_s1<<<grid, 256, 94464, stream>>>(g_Q, g_logG, g_dY, g_lse, g_Dy, g_dSin, g_dZin, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_query_state_bwd_ds_p2_d128_e128_c64_bf16_w8_bd128_bt64_s1<<<grid, 256, 64768, stream>>>(g_Q, g_logG, g_dY, g_lse, g_Dy, g_dSin, g_dZin, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 

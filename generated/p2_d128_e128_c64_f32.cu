@@ -510,7 +510,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
 }
 
 // update_state: dS_m = phi(k')^T V, dZ_m = colsum phi(k') per chunk, k' = k exp((G_m - lam)/p)
-// grid (($n * 1), ($b * $h), 1), 256 threads, 133632 bytes of dynamic shared memory
+// grid (($n * 1), ($b * $h), 1), 256 threads, 118272 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_c64_f32_w8_bd128_bt64_s1(
     const float* g_K, const float* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -585,55 +585,62 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
   float* const t_v = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 128] pitch 128
-  float* const t_gv = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 128] pitch 128
-  float* const t_k0 = reinterpret_cast<float*>(prt_smem + 66048);  // f32[64, 128] pitch 132
-  float* const t_kzk0 = reinterpret_cast<float*>(prt_smem + 5632);  // f32[128, 16] pitch 16
-  float* const t_zk0_hi = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 16] pitch 20
+  float* const t_k0 = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 128] pitch 132
+  float* const t_kg0 = reinterpret_cast<float*>(prt_smem + 67072);  // f32[16, 64] pitch 64
+  float* const t_kzk0 = reinterpret_cast<float*>(prt_smem + 76288);  // f32[128, 16] pitch 16
+  float* const t_zk0_hi = reinterpret_cast<float*>(prt_smem + 71168);  // f32[64, 16] pitch 20
   float f_s0[4][4][4];  // f32[128, 128] as mma fragments: 128x128 in 16x32 units over 8 warps
-  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
-  float* const t_u0_hi = reinterpret_cast<float*>(prt_smem + 99840);  // f32[64, 128] pitch 132
-  float* const t_k1 = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 112] pitch 116
-  float* const t_kzk1 = reinterpret_cast<float*>(prt_smem + 71168);  // f32[112, 16] pitch 16
-  float* const t_zk1_hi = reinterpret_cast<float*>(prt_smem + 66048);  // f32[64, 16] pitch 20
+  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 71168);  // f32[128] pitch 128
+  float* const t_u0_hi = reinterpret_cast<float*>(prt_smem + 84480);  // f32[64, 128] pitch 132
+  float* const t_k1 = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 112] pitch 116
+  float* const t_kg1 = reinterpret_cast<float*>(prt_smem + 62976);  // f32[16, 64] pitch 64
+  float* const t_kzk1 = reinterpret_cast<float*>(prt_smem + 72192);  // f32[112, 16] pitch 16
+  float* const t_zk1_hi = reinterpret_cast<float*>(prt_smem + 67072);  // f32[64, 16] pitch 20
   float f_s1[4][4][4];  // f32[112, 128] as mma fragments: 112x128 in 16x32 units over 8 warps
-  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 30208);  // f32[112] pitch 112
-  float* const t_u1_hi = reinterpret_cast<float*>(prt_smem + 78336);  // f32[64, 128] pitch 132
-  float* const t_k2 = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 96] pitch 100
-  float* const t_kzk2 = reinterpret_cast<float*>(prt_smem + 66048);  // f32[96, 16] pitch 16
-  float* const t_zk2_hi = reinterpret_cast<float*>(prt_smem + 26112);  // f32[64, 16] pitch 20
+  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 67072);  // f32[112] pitch 112
+  float* const t_u1_hi = reinterpret_cast<float*>(prt_smem + 79360);  // f32[64, 128] pitch 132
+  float* const t_k2 = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 96] pitch 100
+  float* const t_kg2 = reinterpret_cast<float*>(prt_smem + 58880);  // f32[16, 64] pitch 64
+  float* const t_kzk2 = reinterpret_cast<float*>(prt_smem + 68096);  // f32[96, 16] pitch 16
+  float* const t_zk2_hi = reinterpret_cast<float*>(prt_smem + 62976);  // f32[64, 16] pitch 20
   float f_s2[3][4][4];  // f32[96, 128] as mma fragments: 96x128 in 16x32 units over 8 warps
-  float* const t_z2 = reinterpret_cast<float*>(prt_smem + 26112);  // f32[96] pitch 96
-  float* const t_u2_hi = reinterpret_cast<float*>(prt_smem + 72192);  // f32[64, 128] pitch 132
-  float* const t_k3 = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 80] pitch 84
-  float* const t_kzk3 = reinterpret_cast<float*>(prt_smem + 27136);  // f32[80, 16] pitch 16
-  float* const t_zk3_hi = reinterpret_cast<float*>(prt_smem + 22016);  // f32[64, 16] pitch 20
+  float* const t_z2 = reinterpret_cast<float*>(prt_smem + 62976);  // f32[96] pitch 96
+  float* const t_u2_hi = reinterpret_cast<float*>(prt_smem + 74240);  // f32[64, 128] pitch 132
+  float* const t_k3 = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 80] pitch 84
+  float* const t_kg3 = reinterpret_cast<float*>(prt_smem + 54784);  // f32[16, 64] pitch 64
+  float* const t_kzk3 = reinterpret_cast<float*>(prt_smem + 64000);  // f32[80, 16] pitch 16
+  float* const t_zk3_hi = reinterpret_cast<float*>(prt_smem + 58880);  // f32[64, 16] pitch 20
   float f_s3[3][4][4];  // f32[80, 128] as mma fragments: 80x128 in 16x32 units over 8 warps
-  float* const t_z3 = reinterpret_cast<float*>(prt_smem + 22016);  // f32[80] pitch 80
-  float* const t_u3_hi = reinterpret_cast<float*>(prt_smem + 66048);  // f32[64, 128] pitch 132
-  float* const t_k4 = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 64] pitch 68
-  float* const t_kzk4 = reinterpret_cast<float*>(prt_smem + 23040);  // f32[64, 16] pitch 16
-  float* const t_zk4_hi = reinterpret_cast<float*>(prt_smem + 17920);  // f32[64, 16] pitch 20
+  float* const t_z3 = reinterpret_cast<float*>(prt_smem + 58880);  // f32[80] pitch 80
+  float* const t_u3_hi = reinterpret_cast<float*>(prt_smem + 69120);  // f32[64, 128] pitch 132
+  float* const t_k4 = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 64] pitch 68
+  float* const t_kg4 = reinterpret_cast<float*>(prt_smem + 50688);  // f32[16, 64] pitch 64
+  float* const t_kzk4 = reinterpret_cast<float*>(prt_smem + 59904);  // f32[64, 16] pitch 16
+  float* const t_zk4_hi = reinterpret_cast<float*>(prt_smem + 54784);  // f32[64, 16] pitch 20
   float f_s4[2][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 8 warps
   float* const t_z4 = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  float* const t_u4_hi = reinterpret_cast<float*>(prt_smem + 66048);  // f32[64, 128] pitch 132
-  float* const t_k5 = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 48] pitch 52
-  float* const t_kzk5 = reinterpret_cast<float*>(prt_smem + 18944);  // f32[48, 16] pitch 16
-  float* const t_zk5_hi = reinterpret_cast<float*>(prt_smem + 13824);  // f32[64, 16] pitch 20
+  float* const t_u4_hi = reinterpret_cast<float*>(prt_smem + 64000);  // f32[64, 128] pitch 132
+  float* const t_k5 = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 48] pitch 52
+  float* const t_kg5 = reinterpret_cast<float*>(prt_smem + 46592);  // f32[16, 64] pitch 64
+  float* const t_kzk5 = reinterpret_cast<float*>(prt_smem + 55808);  // f32[48, 16] pitch 16
+  float* const t_zk5_hi = reinterpret_cast<float*>(prt_smem + 50688);  // f32[64, 16] pitch 20
   float f_s5[2][4][4];  // f32[48, 128] as mma fragments: 48x128 in 16x32 units over 8 warps
   float* const t_z5 = reinterpret_cast<float*>(prt_smem + 0);  // f32[48] pitch 48
-  float* const t_u5_hi = reinterpret_cast<float*>(prt_smem + 66048);  // f32[64, 128] pitch 132
-  float* const t_k6 = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 32] pitch 36
-  float* const t_kzk6 = reinterpret_cast<float*>(prt_smem + 14848);  // f32[32, 16] pitch 16
-  float* const t_zk6_hi = reinterpret_cast<float*>(prt_smem + 9728);  // f32[64, 16] pitch 20
+  float* const t_u5_hi = reinterpret_cast<float*>(prt_smem + 58880);  // f32[64, 128] pitch 132
+  float* const t_k6 = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 32] pitch 36
+  float* const t_kg6 = reinterpret_cast<float*>(prt_smem + 42496);  // f32[16, 64] pitch 64
+  float* const t_kzk6 = reinterpret_cast<float*>(prt_smem + 51712);  // f32[32, 16] pitch 16
+  float* const t_zk6_hi = reinterpret_cast<float*>(prt_smem + 46592);  // f32[64, 16] pitch 20
   float f_s6[1][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 8 warps
   float* const t_z6 = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
-  float* const t_u6_hi = reinterpret_cast<float*>(prt_smem + 66048);  // f32[64, 128] pitch 132
-  float* const t_k7 = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 16] pitch 20
-  float* const t_kzk7 = reinterpret_cast<float*>(prt_smem + 10752);  // f32[16, 16] pitch 16
-  float* const t_zk7_hi = reinterpret_cast<float*>(prt_smem + 5632);  // f32[64, 16] pitch 20
+  float* const t_u6_hi = reinterpret_cast<float*>(prt_smem + 53760);  // f32[64, 128] pitch 132
+  float* const t_k7 = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 16] pitch 20
+  float* const t_kg7 = reinterpret_cast<float*>(prt_smem + 38400);  // f32[16, 64] pitch 64
+  float* const t_kzk7 = reinterpret_cast<float*>(prt_smem + 47616);  // f32[16, 16] pitch 16
+  float* const t_zk7_hi = reinterpret_cast<float*>(prt_smem + 42496);  // f32[64, 16] pitch 20
   float f_s7[1][2][4];  // f32[16, 128] as mma fragments: 16x128 in 16x16 units over 8 warps
   float* const t_z7 = reinterpret_cast<float*>(prt_smem + 0);  // f32[16] pitch 16
-  float* const t_u7_hi = reinterpret_cast<float*>(prt_smem + 66048);  // f32[64, 128] pitch 132
+  float* const t_u7_hi = reinterpret_cast<float*>(prt_smem + 48640);  // f32[64, 128] pitch 132
   // g = load logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -685,16 +692,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  __syncthreads();
-  // gv[row, col] = (v[row, col] * exp((lam[63] - lam[row])))
-  {
-    for (int i = tid; i < 8192; i += 256) {
-      const int r = i / 128, c = i % 128;
-      t_gv[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 128 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
-    }
-  }
   // k0 = load.async K[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h), 0:+128]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -723,6 +720,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
+  // kg0[row, col] = (k0[col, row] * exp((lam[63] - lam[col])))
+  {
+    for (int i = tid; i < 1024; i += 256) {
+      const int r = i / 64, c = i % 64;
+      t_kg0[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_k0[(c) * 132 + (r)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[c])))));
+    }
+  }
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // zk0_hi[row, col] = (k0[row, col] * exp((lam[63] - lam[row])))
     {
@@ -762,14 +766,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       }
     }
   }
+  __syncthreads();
   {
     const int v_i0_end = 16;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // u0_hi[row, col] = (gv[row, col] * k0[row, (i0 - 0)])
+      // u0_hi[row, col] = (v[row, col] * kg0[(i0 - 0), row])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 128, c = i % 128;
-          t_u0_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k0[(r) * 132 + ((v_i0 - 0))])));
+          t_u0_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_kg0[((v_i0 - 0)) * 64 + (r)])));
         }
       }
       __syncthreads();
@@ -864,7 +869,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       __syncthreads();
     }
   }
-  __syncthreads();
   // k1 = load.async K[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h), 16:+112]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -893,6 +897,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
+  // kg1[row, col] = (k1[col, row] * exp((lam[63] - lam[col])))
+  {
+    for (int i = tid; i < 1024; i += 256) {
+      const int r = i / 64, c = i % 64;
+      t_kg1[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_k1[(c) * 116 + (r)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[c])))));
+    }
+  }
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // zk1_hi[row, col] = (k1[row, col] * exp((lam[63] - lam[row])))
     {
@@ -934,14 +945,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       }
     }
   }
+  __syncthreads();
   {
     const int v_i1_end = 32;
     for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
-      // u1_hi[row, col] = (gv[row, col] * k1[row, (i1 - 16)])
+      // u1_hi[row, col] = (v[row, col] * kg1[(i1 - 16), row])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 128, c = i % 128;
-          t_u1_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k1[(r) * 116 + ((v_i1 - 16))])));
+          t_u1_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_kg1[((v_i1 - 16)) * 64 + (r)])));
         }
       }
       __syncthreads();
@@ -1042,7 +1054,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       __syncthreads();
     }
   }
-  __syncthreads();
   // k2 = load.async K[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h), 32:+96]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -1071,6 +1082,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
+  // kg2[row, col] = (k2[col, row] * exp((lam[63] - lam[col])))
+  {
+    for (int i = tid; i < 1024; i += 256) {
+      const int r = i / 64, c = i % 64;
+      t_kg2[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_k2[(c) * 100 + (r)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[c])))));
+    }
+  }
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // zk2_hi[row, col] = (k2[row, col] * exp((lam[63] - lam[row])))
     {
@@ -1112,14 +1130,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       }
     }
   }
+  __syncthreads();
   {
     const int v_i2_end = 48;
     for (int v_i2 = 32; v_i2 < v_i2_end; v_i2 += 1) {
-      // u2_hi[row, col] = (gv[row, col] * k2[row, (i2 - 32)])
+      // u2_hi[row, col] = (v[row, col] * kg2[(i2 - 32), row])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 128, c = i % 128;
-          t_u2_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k2[(r) * 100 + ((v_i2 - 32))])));
+          t_u2_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_kg2[((v_i2 - 32)) * 64 + (r)])));
         }
       }
       __syncthreads();
@@ -1214,7 +1233,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       __syncthreads();
     }
   }
-  __syncthreads();
   // k3 = load.async K[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h), 48:+80]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -1243,6 +1261,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
+  // kg3[row, col] = (k3[col, row] * exp((lam[63] - lam[col])))
+  {
+    for (int i = tid; i < 1024; i += 256) {
+      const int r = i / 64, c = i % 64;
+      t_kg3[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_k3[(c) * 84 + (r)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[c])))));
+    }
+  }
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // zk3_hi[row, col] = (k3[row, col] * exp((lam[63] - lam[row])))
     {
@@ -1284,14 +1309,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       }
     }
   }
+  __syncthreads();
   {
     const int v_i3_end = 64;
     for (int v_i3 = 48; v_i3 < v_i3_end; v_i3 += 1) {
-      // u3_hi[row, col] = (gv[row, col] * k3[row, (i3 - 48)])
+      // u3_hi[row, col] = (v[row, col] * kg3[(i3 - 48), row])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 128, c = i % 128;
-          t_u3_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k3[(r) * 84 + ((v_i3 - 48))])));
+          t_u3_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_kg3[((v_i3 - 48)) * 64 + (r)])));
         }
       }
       __syncthreads();
@@ -1392,7 +1418,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       __syncthreads();
     }
   }
-  __syncthreads();
   // k4 = load.async K[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h), 64:+64]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -1421,6 +1446,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
+  // kg4[row, col] = (k4[col, row] * exp((lam[63] - lam[col])))
+  {
+    for (int i = tid; i < 1024; i += 256) {
+      const int r = i / 64, c = i % 64;
+      t_kg4[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_k4[(c) * 68 + (r)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[c])))));
+    }
+  }
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // zk4_hi[row, col] = (k4[row, col] * exp((lam[63] - lam[row])))
     {
@@ -1460,14 +1492,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       }
     }
   }
+  __syncthreads();
   {
     const int v_i4_end = 80;
     for (int v_i4 = 64; v_i4 < v_i4_end; v_i4 += 1) {
-      // u4_hi[row, col] = (gv[row, col] * k4[row, (i4 - 64)])
+      // u4_hi[row, col] = (v[row, col] * kg4[(i4 - 64), row])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 128, c = i % 128;
-          t_u4_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k4[(r) * 68 + ((v_i4 - 64))])));
+          t_u4_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_kg4[((v_i4 - 64)) * 64 + (r)])));
         }
       }
       __syncthreads();
@@ -1562,7 +1595,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       __syncthreads();
     }
   }
-  __syncthreads();
   // k5 = load.async K[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h), 80:+48]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -1591,6 +1623,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
+  // kg5[row, col] = (k5[col, row] * exp((lam[63] - lam[col])))
+  {
+    for (int i = tid; i < 1024; i += 256) {
+      const int r = i / 64, c = i % 64;
+      t_kg5[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_k5[(c) * 52 + (r)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[c])))));
+    }
+  }
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // zk5_hi[row, col] = (k5[row, col] * exp((lam[63] - lam[row])))
     {
@@ -1632,14 +1671,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       }
     }
   }
+  __syncthreads();
   {
     const int v_i5_end = 96;
     for (int v_i5 = 80; v_i5 < v_i5_end; v_i5 += 1) {
-      // u5_hi[row, col] = (gv[row, col] * k5[row, (i5 - 80)])
+      // u5_hi[row, col] = (v[row, col] * kg5[(i5 - 80), row])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 128, c = i % 128;
-          t_u5_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k5[(r) * 52 + ((v_i5 - 80))])));
+          t_u5_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_kg5[((v_i5 - 80)) * 64 + (r)])));
         }
       }
       __syncthreads();
@@ -1740,7 +1780,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       __syncthreads();
     }
   }
-  __syncthreads();
   // k6 = load.async K[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h), 96:+32]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -1769,6 +1808,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
+  // kg6[row, col] = (k6[col, row] * exp((lam[63] - lam[col])))
+  {
+    for (int i = tid; i < 1024; i += 256) {
+      const int r = i / 64, c = i % 64;
+      t_kg6[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_k6[(c) * 36 + (r)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[c])))));
+    }
+  }
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // zk6_hi[row, col] = (k6[row, col] * exp((lam[63] - lam[row])))
     {
@@ -1810,14 +1856,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       }
     }
   }
+  __syncthreads();
   {
     const int v_i6_end = 112;
     for (int v_i6 = 96; v_i6 < v_i6_end; v_i6 += 1) {
-      // u6_hi[row, col] = (gv[row, col] * k6[row, (i6 - 96)])
+      // u6_hi[row, col] = (v[row, col] * kg6[(i6 - 96), row])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 128, c = i % 128;
-          t_u6_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k6[(r) * 36 + ((v_i6 - 96))])));
+          t_u6_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_kg6[((v_i6 - 96)) * 64 + (r)])));
         }
       }
       __syncthreads();
@@ -1912,7 +1959,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       __syncthreads();
     }
   }
-  __syncthreads();
   // k7 = load.async K[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h), 112:+16]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -1941,6 +1987,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
+  // kg7[row, col] = (k7[col, row] * exp((lam[63] - lam[col])))
+  {
+    for (int i = tid; i < 1024; i += 256) {
+      const int r = i / 64, c = i % 64;
+      t_kg7[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_k7[(c) * 20 + (r)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[c])))));
+    }
+  }
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // zk7_hi[row, col] = (k7[row, col] * exp((lam[63] - lam[row])))
     {
@@ -1982,14 +2035,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       }
     }
   }
+  __syncthreads();
   {
     const int v_i7_end = 128;
     for (int v_i7 = 112; v_i7 < v_i7_end; v_i7 += 1) {
-      // u7_hi[row, col] = (gv[row, col] * k7[row, (i7 - 112)])
+      // u7_hi[row, col] = (v[row, col] * kg7[(i7 - 112), row])
       {
         for (int i = tid; i < 8192; i += 256) {
           const int r = i / 128, c = i % 128;
-          t_u7_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 128 + (c)]) * prt::to_f32(t_k7[(r) * 20 + ((v_i7 - 112))])));
+          t_u7_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 128 + (c)]) * prt::to_f32(t_kg7[((v_i7 - 112)) * 64 + (r)])));
         }
       }
       __syncthreads();
@@ -7013,7 +7067,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
 }
 
 // query_state_bwd_ds: dSin, dZin: the state's gradient from the queries of one chunk, summed over the group's query heads
-// grid (($n * 1), ($b * $h), 1), 256 threads, 109824 bytes of dynamic shared memory
+// grid (($n * 1), ($b * $h), 1), 256 threads, 118528 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128_e128_c64_f32_w8_bd128_bt64_s1(
     const float* g_Q, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -7111,53 +7165,61 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
   float* const t_f = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_z_row = reinterpret_cast<float*>(prt_smem + 512);  // f32[64] pitch 64
   float* const t_q0 = reinterpret_cast<float*>(prt_smem + 41728);  // f32[64, 128] pitch 132
+  float* const t_qg0 = reinterpret_cast<float*>(prt_smem + 80640);  // f32[16, 64] pitch 64
   float* const t_qzq0 = reinterpret_cast<float*>(prt_smem + 33536);  // f32[128, 16] pitch 16
   float* const t_zq0_hi = reinterpret_cast<float*>(prt_smem + 75520);  // f32[64, 16] pitch 20
   float f_s0[4][4][4];  // f32[128, 128] as mma fragments: 128x128 in 16x32 units over 8 warps
-  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 109312);  // f32[128] pitch 128
-  float* const t_u0_hi = reinterpret_cast<float*>(prt_smem + 75520);  // f32[64, 128] pitch 132
+  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 75520);  // f32[128] pitch 128
+  float* const t_u0_hi = reinterpret_cast<float*>(prt_smem + 84736);  // f32[64, 128] pitch 132
   float* const t_q1 = reinterpret_cast<float*>(prt_smem + 40704);  // f32[64, 112] pitch 116
+  float* const t_qg1 = reinterpret_cast<float*>(prt_smem + 75520);  // f32[16, 64] pitch 64
   float* const t_qzq1 = reinterpret_cast<float*>(prt_smem + 33536);  // f32[112, 16] pitch 16
   float* const t_zq1_hi = reinterpret_cast<float*>(prt_smem + 70400);  // f32[64, 16] pitch 20
   float f_s1[4][4][4];  // f32[112, 128] as mma fragments: 112x128 in 16x32 units over 8 warps
-  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 104192);  // f32[112] pitch 112
-  float* const t_u1_hi = reinterpret_cast<float*>(prt_smem + 70400);  // f32[64, 128] pitch 132
+  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 70400);  // f32[112] pitch 112
+  float* const t_u1_hi = reinterpret_cast<float*>(prt_smem + 79616);  // f32[64, 128] pitch 132
   float* const t_q2 = reinterpret_cast<float*>(prt_smem + 39680);  // f32[64, 96] pitch 100
+  float* const t_qg2 = reinterpret_cast<float*>(prt_smem + 70400);  // f32[16, 64] pitch 64
   float* const t_qzq2 = reinterpret_cast<float*>(prt_smem + 33536);  // f32[96, 16] pitch 16
   float* const t_zq2_hi = reinterpret_cast<float*>(prt_smem + 65280);  // f32[64, 16] pitch 20
   float f_s2[3][4][4];  // f32[96, 128] as mma fragments: 96x128 in 16x32 units over 8 warps
-  float* const t_z2 = reinterpret_cast<float*>(prt_smem + 99072);  // f32[96] pitch 96
-  float* const t_u2_hi = reinterpret_cast<float*>(prt_smem + 65280);  // f32[64, 128] pitch 132
+  float* const t_z2 = reinterpret_cast<float*>(prt_smem + 65280);  // f32[96] pitch 96
+  float* const t_u2_hi = reinterpret_cast<float*>(prt_smem + 74496);  // f32[64, 128] pitch 132
   float* const t_q3 = reinterpret_cast<float*>(prt_smem + 38656);  // f32[64, 80] pitch 84
+  float* const t_qg3 = reinterpret_cast<float*>(prt_smem + 65280);  // f32[16, 64] pitch 64
   float* const t_qzq3 = reinterpret_cast<float*>(prt_smem + 33536);  // f32[80, 16] pitch 16
   float* const t_zq3_hi = reinterpret_cast<float*>(prt_smem + 60160);  // f32[64, 16] pitch 20
   float f_s3[3][4][4];  // f32[80, 128] as mma fragments: 80x128 in 16x32 units over 8 warps
-  float* const t_z3 = reinterpret_cast<float*>(prt_smem + 93952);  // f32[80] pitch 80
-  float* const t_u3_hi = reinterpret_cast<float*>(prt_smem + 60160);  // f32[64, 128] pitch 132
+  float* const t_z3 = reinterpret_cast<float*>(prt_smem + 60160);  // f32[80] pitch 80
+  float* const t_u3_hi = reinterpret_cast<float*>(prt_smem + 69376);  // f32[64, 128] pitch 132
   float* const t_q4 = reinterpret_cast<float*>(prt_smem + 37632);  // f32[64, 64] pitch 68
+  float* const t_qg4 = reinterpret_cast<float*>(prt_smem + 60160);  // f32[16, 64] pitch 64
   float* const t_qzq4 = reinterpret_cast<float*>(prt_smem + 33536);  // f32[64, 16] pitch 16
   float* const t_zq4_hi = reinterpret_cast<float*>(prt_smem + 55040);  // f32[64, 16] pitch 20
   float f_s4[2][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 8 warps
-  float* const t_z4 = reinterpret_cast<float*>(prt_smem + 88832);  // f32[64] pitch 64
-  float* const t_u4_hi = reinterpret_cast<float*>(prt_smem + 55040);  // f32[64, 128] pitch 132
+  float* const t_z4 = reinterpret_cast<float*>(prt_smem + 55040);  // f32[64] pitch 64
+  float* const t_u4_hi = reinterpret_cast<float*>(prt_smem + 64256);  // f32[64, 128] pitch 132
   float* const t_q5 = reinterpret_cast<float*>(prt_smem + 36608);  // f32[64, 48] pitch 52
+  float* const t_qg5 = reinterpret_cast<float*>(prt_smem + 55040);  // f32[16, 64] pitch 64
   float* const t_qzq5 = reinterpret_cast<float*>(prt_smem + 33536);  // f32[48, 16] pitch 16
   float* const t_zq5_hi = reinterpret_cast<float*>(prt_smem + 49920);  // f32[64, 16] pitch 20
   float f_s5[2][4][4];  // f32[48, 128] as mma fragments: 48x128 in 16x32 units over 8 warps
-  float* const t_z5 = reinterpret_cast<float*>(prt_smem + 83712);  // f32[48] pitch 48
-  float* const t_u5_hi = reinterpret_cast<float*>(prt_smem + 49920);  // f32[64, 128] pitch 132
+  float* const t_z5 = reinterpret_cast<float*>(prt_smem + 49920);  // f32[48] pitch 48
+  float* const t_u5_hi = reinterpret_cast<float*>(prt_smem + 59136);  // f32[64, 128] pitch 132
   float* const t_q6 = reinterpret_cast<float*>(prt_smem + 35584);  // f32[64, 32] pitch 36
+  float* const t_qg6 = reinterpret_cast<float*>(prt_smem + 49920);  // f32[16, 64] pitch 64
   float* const t_qzq6 = reinterpret_cast<float*>(prt_smem + 33536);  // f32[32, 16] pitch 16
   float* const t_zq6_hi = reinterpret_cast<float*>(prt_smem + 44800);  // f32[64, 16] pitch 20
   float f_s6[1][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 8 warps
-  float* const t_z6 = reinterpret_cast<float*>(prt_smem + 78592);  // f32[32] pitch 32
-  float* const t_u6_hi = reinterpret_cast<float*>(prt_smem + 44800);  // f32[64, 128] pitch 132
+  float* const t_z6 = reinterpret_cast<float*>(prt_smem + 44800);  // f32[32] pitch 32
+  float* const t_u6_hi = reinterpret_cast<float*>(prt_smem + 54016);  // f32[64, 128] pitch 132
   float* const t_q7 = reinterpret_cast<float*>(prt_smem + 34560);  // f32[64, 16] pitch 20
+  float* const t_qg7 = reinterpret_cast<float*>(prt_smem + 44800);  // f32[16, 64] pitch 64
   float* const t_qzq7 = reinterpret_cast<float*>(prt_smem + 33536);  // f32[16, 16] pitch 16
   float* const t_zq7_hi = reinterpret_cast<float*>(prt_smem + 39680);  // f32[64, 16] pitch 20
   float f_s7[1][2][4];  // f32[16, 128] as mma fragments: 16x128 in 16x16 units over 8 warps
-  float* const t_z7 = reinterpret_cast<float*>(prt_smem + 73472);  // f32[16] pitch 16
-  float* const t_u7_hi = reinterpret_cast<float*>(prt_smem + 39680);  // f32[64, 128] pitch 132
+  float* const t_z7 = reinterpret_cast<float*>(prt_smem + 39680);  // f32[16] pitch 16
+  float* const t_u7_hi = reinterpret_cast<float*>(prt_smem + 48896);  // f32[64, 128] pitch 132
   // g = load logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -7344,7 +7406,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
-      __syncthreads();
       // q0 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i0), 0:+128]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -7373,6 +7434,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
+      // qg0[row, col] = (q0[col, row] * f[col])
+      {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_qg0[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q0[(c) * 132 + (r)]) * prt::to_f32(t_f[c])));
+        }
+      }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // zq0_hi[row, col] = ((q0[row, col] * f[row]) * z_row[row])
         {
@@ -7412,6 +7480,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -7535,13 +7604,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
+            __syncthreads();
+            // qg0[row, col] = (q0[col, row] * f[col])
+            {
+              for (int i = tid; i < 1024; i += 256) {
+                const int r = i / 64, c = i % 64;
+                t_qg0[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q0[(c) * 132 + (r)]) * prt::to_f32(t_f[c])));
+              }
+            }
           }
           __syncthreads();
-          // u0_hi[row, col] = (fdy[row, col] * (q0[row, (i1 - 0)] * f[row]))
+          // u0_hi[row, col] = (fdy[row, col] * qg0[(i1 - 0), row])
           {
             for (int i = tid; i < 8192; i += 256) {
               const int r = i / 128, c = i % 128;
-              t_u0_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q0[(r) * 132 + ((v_i1 - 0))]) * prt::to_f32(t_f[r]))));
+              t_u0_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_qg0[((v_i1 - 0)) * 64 + (r)])));
             }
           }
           __syncthreads();
@@ -7609,7 +7686,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
-      __syncthreads();
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // z0[row] = (qzq0[row, (i1 - 0)] * select(((row + 0) == i1), 1.0, 1.4142135623730951))
         {
@@ -7720,7 +7796,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
-      __syncthreads();
       // q1 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i3), 16:+112]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -7749,6 +7824,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
+      // qg1[row, col] = (q1[col, row] * f[col])
+      {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_qg1[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q1[(c) * 116 + (r)]) * prt::to_f32(t_f[c])));
+        }
+      }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // zq1_hi[row, col] = ((q1[row, col] * f[row]) * z_row[row])
         {
@@ -7790,6 +7872,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -7915,13 +7998,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
+            __syncthreads();
+            // qg1[row, col] = (q1[col, row] * f[col])
+            {
+              for (int i = tid; i < 1024; i += 256) {
+                const int r = i / 64, c = i % 64;
+                t_qg1[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q1[(c) * 116 + (r)]) * prt::to_f32(t_f[c])));
+              }
+            }
           }
           __syncthreads();
-          // u1_hi[row, col] = (fdy[row, col] * (q1[row, (i4 - 16)] * f[row]))
+          // u1_hi[row, col] = (fdy[row, col] * qg1[(i4 - 16), row])
           {
             for (int i = tid; i < 8192; i += 256) {
               const int r = i / 128, c = i % 128;
-              t_u1_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q1[(r) * 116 + ((v_i4 - 16))]) * prt::to_f32(t_f[r]))));
+              t_u1_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_qg1[((v_i4 - 16)) * 64 + (r)])));
             }
           }
           __syncthreads();
@@ -8106,7 +8197,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
-      __syncthreads();
       // q2 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i6), 32:+96]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -8135,6 +8225,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
+      // qg2[row, col] = (q2[col, row] * f[col])
+      {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_qg2[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q2[(c) * 100 + (r)]) * prt::to_f32(t_f[c])));
+        }
+      }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // zq2_hi[row, col] = ((q2[row, col] * f[row]) * z_row[row])
         {
@@ -8176,6 +8273,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -8299,13 +8397,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
+            __syncthreads();
+            // qg2[row, col] = (q2[col, row] * f[col])
+            {
+              for (int i = tid; i < 1024; i += 256) {
+                const int r = i / 64, c = i % 64;
+                t_qg2[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q2[(c) * 100 + (r)]) * prt::to_f32(t_f[c])));
+              }
+            }
           }
           __syncthreads();
-          // u2_hi[row, col] = (fdy[row, col] * (q2[row, (i7 - 32)] * f[row]))
+          // u2_hi[row, col] = (fdy[row, col] * qg2[(i7 - 32), row])
           {
             for (int i = tid; i < 8192; i += 256) {
               const int r = i / 128, c = i % 128;
-              t_u2_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q2[(r) * 100 + ((v_i7 - 32))]) * prt::to_f32(t_f[r]))));
+              t_u2_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_qg2[((v_i7 - 32)) * 64 + (r)])));
             }
           }
           __syncthreads();
@@ -8484,7 +8590,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
-      __syncthreads();
       // q3 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i9), 48:+80]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -8513,6 +8618,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
+      // qg3[row, col] = (q3[col, row] * f[col])
+      {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_qg3[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q3[(c) * 84 + (r)]) * prt::to_f32(t_f[c])));
+        }
+      }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // zq3_hi[row, col] = ((q3[row, col] * f[row]) * z_row[row])
         {
@@ -8554,6 +8666,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -8679,13 +8792,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
+            __syncthreads();
+            // qg3[row, col] = (q3[col, row] * f[col])
+            {
+              for (int i = tid; i < 1024; i += 256) {
+                const int r = i / 64, c = i % 64;
+                t_qg3[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q3[(c) * 84 + (r)]) * prt::to_f32(t_f[c])));
+              }
+            }
           }
           __syncthreads();
-          // u3_hi[row, col] = (fdy[row, col] * (q3[row, (i10 - 48)] * f[row]))
+          // u3_hi[row, col] = (fdy[row, col] * qg3[(i10 - 48), row])
           {
             for (int i = tid; i < 8192; i += 256) {
               const int r = i / 128, c = i % 128;
-              t_u3_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q3[(r) * 84 + ((v_i10 - 48))]) * prt::to_f32(t_f[r]))));
+              t_u3_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_qg3[((v_i10 - 48)) * 64 + (r)])));
             }
           }
           __syncthreads();
@@ -8870,7 +8991,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
-      __syncthreads();
       // q4 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i12), 64:+64]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -8899,6 +9019,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
+      // qg4[row, col] = (q4[col, row] * f[col])
+      {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_qg4[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q4[(c) * 68 + (r)]) * prt::to_f32(t_f[c])));
+        }
+      }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // zq4_hi[row, col] = ((q4[row, col] * f[row]) * z_row[row])
         {
@@ -8938,6 +9065,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -9061,13 +9189,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
+            __syncthreads();
+            // qg4[row, col] = (q4[col, row] * f[col])
+            {
+              for (int i = tid; i < 1024; i += 256) {
+                const int r = i / 64, c = i % 64;
+                t_qg4[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q4[(c) * 68 + (r)]) * prt::to_f32(t_f[c])));
+              }
+            }
           }
           __syncthreads();
-          // u4_hi[row, col] = (fdy[row, col] * (q4[row, (i13 - 64)] * f[row]))
+          // u4_hi[row, col] = (fdy[row, col] * qg4[(i13 - 64), row])
           {
             for (int i = tid; i < 8192; i += 256) {
               const int r = i / 128, c = i % 128;
-              t_u4_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q4[(r) * 68 + ((v_i13 - 64))]) * prt::to_f32(t_f[r]))));
+              t_u4_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_qg4[((v_i13 - 64)) * 64 + (r)])));
             }
           }
           __syncthreads();
@@ -9246,7 +9382,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
-      __syncthreads();
       // q5 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i15), 80:+48]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -9275,6 +9410,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
+      // qg5[row, col] = (q5[col, row] * f[col])
+      {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_qg5[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q5[(c) * 52 + (r)]) * prt::to_f32(t_f[c])));
+        }
+      }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // zq5_hi[row, col] = ((q5[row, col] * f[row]) * z_row[row])
         {
@@ -9316,6 +9458,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -9441,13 +9584,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
+            __syncthreads();
+            // qg5[row, col] = (q5[col, row] * f[col])
+            {
+              for (int i = tid; i < 1024; i += 256) {
+                const int r = i / 64, c = i % 64;
+                t_qg5[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q5[(c) * 52 + (r)]) * prt::to_f32(t_f[c])));
+              }
+            }
           }
           __syncthreads();
-          // u5_hi[row, col] = (fdy[row, col] * (q5[row, (i16 - 80)] * f[row]))
+          // u5_hi[row, col] = (fdy[row, col] * qg5[(i16 - 80), row])
           {
             for (int i = tid; i < 8192; i += 256) {
               const int r = i / 128, c = i % 128;
-              t_u5_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q5[(r) * 52 + ((v_i16 - 80))]) * prt::to_f32(t_f[r]))));
+              t_u5_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_qg5[((v_i16 - 80)) * 64 + (r)])));
             }
           }
           __syncthreads();
@@ -9632,7 +9783,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
-      __syncthreads();
       // q6 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i18), 96:+32]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -9661,6 +9811,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
+      // qg6[row, col] = (q6[col, row] * f[col])
+      {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_qg6[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q6[(c) * 36 + (r)]) * prt::to_f32(t_f[c])));
+        }
+      }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // zq6_hi[row, col] = ((q6[row, col] * f[row]) * z_row[row])
         {
@@ -9702,6 +9859,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -9825,13 +9983,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
+            __syncthreads();
+            // qg6[row, col] = (q6[col, row] * f[col])
+            {
+              for (int i = tid; i < 1024; i += 256) {
+                const int r = i / 64, c = i % 64;
+                t_qg6[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q6[(c) * 36 + (r)]) * prt::to_f32(t_f[c])));
+              }
+            }
           }
           __syncthreads();
-          // u6_hi[row, col] = (fdy[row, col] * (q6[row, (i19 - 96)] * f[row]))
+          // u6_hi[row, col] = (fdy[row, col] * qg6[(i19 - 96), row])
           {
             for (int i = tid; i < 8192; i += 256) {
               const int r = i / 128, c = i % 128;
-              t_u6_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q6[(r) * 36 + ((v_i19 - 96))]) * prt::to_f32(t_f[r]))));
+              t_u6_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_qg6[((v_i19 - 96)) * 64 + (r)])));
             }
           }
           __syncthreads();
@@ -10010,7 +10176,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
-      __syncthreads();
       // q7 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i21), 112:+16]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -10039,6 +10204,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
+      // qg7[row, col] = (q7[col, row] * f[col])
+      {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_qg7[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q7[(c) * 20 + (r)]) * prt::to_f32(t_f[c])));
+        }
+      }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // zq7_hi[row, col] = ((q7[row, col] * f[row]) * z_row[row])
         {
@@ -10080,6 +10252,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -10203,13 +10376,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
+            __syncthreads();
+            // qg7[row, col] = (q7[col, row] * f[col])
+            {
+              for (int i = tid; i < 1024; i += 256) {
+                const int r = i / 64, c = i % 64;
+                t_qg7[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q7[(c) * 20 + (r)]) * prt::to_f32(t_f[c])));
+              }
+            }
           }
           __syncthreads();
-          // u7_hi[row, col] = (fdy[row, col] * (q7[row, (i22 - 112)] * f[row]))
+          // u7_hi[row, col] = (fdy[row, col] * qg7[(i22 - 112), row])
           {
             for (int i = tid; i < 8192; i += 256) {
               const int r = i / 128, c = i % 128;
-              t_u7_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * (prt::to_f32(t_q7[(r) * 20 + ((v_i22 - 112))]) * prt::to_f32(t_f[r]))));
+              t_u7_hi[(r) * 132 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 128 + (c)]) * prt::to_f32(t_qg7[((v_i22 - 112)) * 64 + (r)])));
             }
           }
           __syncthreads();
@@ -13011,9 +13192,9 @@ extern "C" cudaError_t prt_attention_p2_d128_e128_c64_f32_w2_bd0_bt32_s2_launch(
 }
 
 extern "C" cudaError_t prt_update_state_p2_d128_e128_c64_f32_w8_bd128_bt64_s1_launch(dim3 grid, cudaStream_t stream, const float* g_K, const float* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d128_e128_c64_f32_w8_bd128_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 133632);
+  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d128_e128_c64_f32_w8_bd128_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 118272);
   if (err != cudaSuccess) return err;
-  prt_update_state_p2_d128_e128_c64_f32_w8_bd128_bt64_s1<<<grid, 256, 133632, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
+  prt_update_state_p2_d128_e128_c64_f32_w8_bd128_bt64_s1<<<grid, 256, 118272, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
@@ -13053,9 +13234,9 @@ extern "C" cudaError_t prt_query_state_bwd_dq_p2_d128_e128_c64_f32_w4_bd0_bt16_s
 }
 
 extern "C" cudaError_t prt_query_state_bwd_ds_p2_d128_e128_c64_f32_w8_bd128_bt64_s1_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_ds_p2_d128_e128_c64_f32_w8_bd128_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 109824);
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_ds_p2_d128_e128_c64_f32_w8_bd128_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 118528);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_ds_p2_d128_e128_c64_f32_w8_bd128_bt64_s1<<<grid, 256, 109824, stream>>>(g_Q, g_logG, g_dY, g_lse, g_Dy, g_dSin, g_dZin, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_query_state_bwd_ds_p2_d128_e128_c64_f32_w8_bd128_bt64_s1<<<grid, 256, 118528, stream>>>(g_Q, g_logG, g_dY, g_lse, g_Dy, g_dSin, g_dZin, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 

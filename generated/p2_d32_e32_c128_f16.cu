@@ -309,25 +309,33 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c128_
             __syncthreads();
             // w = mma.tc(q, k^T) [64x64 in 16x32 units over 4 warps]
             {
+              float (&acc)[2][4][4] = f_w;
               #pragma unroll
               for (int j = 0; j < 2; ++j) {
-                const int u = warp + j * 4;
-                const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                float (&acc)[4][4] = f_w[j];
                 #pragma unroll
                 for (int q = 0; q < 4; ++q)
                 #pragma unroll
-                  for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-                for (int k0 = 0; k0 < 32; k0 += 16) {
-                  uint32_t af[4];
-                  prt::ldmatrix_x4(af, &t_q[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                  for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+              }
+              for (int k0 = 0; k0 < 32; k0 += 16) {
+                const int n0 = (warp % 2) * 32;
+                uint32_t fbt_k[4][2];
+                #pragma unroll
+                for (int q = 0; q < 4; q += 2) {
+                  uint32_t r[4];
+                  prt::ldmatrix_x4(r, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
+                  fbt_k[q][0] = r[0]; fbt_k[q][1] = r[1]; fbt_k[q + 1][0] = r[2]; fbt_k[q + 1][1] = r[3];
+                }
+                #pragma unroll
+                for (int j = 0; j < 2; ++j) {
+                  const int u = warp + j * 4;
+                  const int m0 = (u / 2) * 16;
+                  (void)m0;
+                  (void)n0;
+                  uint32_t fa_q[4];
+                  prt::ldmatrix_x4(fa_q, &t_q[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
                   #pragma unroll
-                  for (int q = 0; q < 4; q += 2) {
-                    uint32_t bf[4];
-                    prt::ldmatrix_x4(bf, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-                    prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-                    prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
-                  }
+                  for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_q, fbt_k[q][0], fbt_k[q][1]);
                 }
               }
             }
@@ -436,21 +444,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c128_
             }
             // acc += mma.tc(p, v) [64x32 in 16x32 units over 4 warps]
             {
-              #pragma unroll
-              for (int j = 0; j < 1; ++j) {
-                const int u = warp + j * 4;
-                const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-                float (&acc)[4][4] = f_acc[j];
-                for (int k0 = 0; k0 < 64; k0 += 16) {
-                  uint32_t af[4];
-                  prt::ldmatrix_x4(af, &t_p[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+              float (&acc)[1][4][4] = f_acc;
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 4;
+                  const int m0 = (u / 1) * 16;
+                  const int n0 = (u % 1) * 32;
+                  (void)m0;
+                  (void)n0;
+                  uint32_t fa_p[4];
+                  prt::ldmatrix_x4(fa_p, &t_p[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                  uint32_t fb_v[4][2];
                   #pragma unroll
                   for (int q = 0; q < 4; q += 2) {
-                    uint32_t bf[4];
-                    prt::ldmatrix_x4_trans(bf, &t_v[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-                    prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-                    prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
+                    uint32_t r[4];
+                    prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+                    fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
                   }
+                  #pragma unroll
+                  for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_p, fb_v[q][0], fb_v[q][1]);
                 }
               }
             }
@@ -514,7 +527,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c128_
 }
 
 // update_state: dS_m = phi(k')^T V, dZ_m = colsum phi(k') per chunk, k' = k exp((G_m - lam)/p)
-// grid (($n * 1), ($b * $h), 1), 128 threads, 56320 bytes of dynamic shared memory
+// grid (($n * 1), ($b * $h), 1), 128 threads, 31744 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c128_f16_w4_bd32_bt128_s1(
     const __half* g_K, const __half* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -588,24 +601,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
   (void)g_dZ_d3;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
-  __half* const t_v = reinterpret_cast<__half*>(prt_smem + 1024);  // f16[128, 32] pitch 32
-  float* const t_gv = reinterpret_cast<float*>(prt_smem + 9216);  // f32[128, 32] pitch 32
-  __half* const t_k0 = reinterpret_cast<__half*>(prt_smem + 25600);  // f16[128, 32] pitch 40
-  float* const t_kzk0 = reinterpret_cast<float*>(prt_smem + 7168);  // f32[32, 16] pitch 16
-  __half* const t_zk0_hi = reinterpret_cast<__half*>(prt_smem + 1024);  // f16[128, 16] pitch 24
-  __half* const t_zk0_lo = reinterpret_cast<__half*>(prt_smem + 35840);  // f16[128, 16] pitch 24
+  __half* const t_v = reinterpret_cast<__half*>(prt_smem + 1024);  // f16[128, 32] pitch 40
+  __half* const t_k0 = reinterpret_cast<__half*>(prt_smem + 11264);  // f16[128, 32] pitch 40
+  float* const t_kg0 = reinterpret_cast<float*>(prt_smem + 21504);  // f32[16, 128] pitch 128
+  float* const t_kzk0 = reinterpret_cast<float*>(prt_smem + 29696);  // f32[32, 16] pitch 16
+  // zk0_hi: f16[128, 16] computed in registers by its mma group
+  // zk0_lo: f16[128, 16] computed in registers by its mma group
   float f_s0[1][2][4];  // f32[32, 32] as mma fragments: 32x32 in 16x16 units over 4 warps
   float* const t_z0 = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
-  __half* const t_u0_hi = reinterpret_cast<__half*>(prt_smem + 35840);  // f16[128, 32] pitch 40
-  __half* const t_u0_lo = reinterpret_cast<__half*>(prt_smem + 46080);  // f16[128, 32] pitch 40
-  __half* const t_k1 = reinterpret_cast<__half*>(prt_smem + 1024);  // f16[128, 16] pitch 24
-  float* const t_kzk1 = reinterpret_cast<float*>(prt_smem + 0);  // f32[16, 16] pitch 16
-  __half* const t_zk1_hi = reinterpret_cast<__half*>(prt_smem + 25600);  // f16[128, 16] pitch 24
-  __half* const t_zk1_lo = reinterpret_cast<__half*>(prt_smem + 31744);  // f16[128, 16] pitch 24
+  // u0_hi: f16[128, 32] computed in registers by its mma group
+  // u0_lo: f16[128, 32] computed in registers by its mma group
+  __half* const t_k1 = reinterpret_cast<__half*>(prt_smem + 11264);  // f16[128, 16] pitch 24
+  float* const t_kg1 = reinterpret_cast<float*>(prt_smem + 17408);  // f32[16, 128] pitch 128
+  float* const t_kzk1 = reinterpret_cast<float*>(prt_smem + 25600);  // f32[16, 16] pitch 16
+  // zk1_hi: f16[128, 16] computed in registers by its mma group
+  // zk1_lo: f16[128, 16] computed in registers by its mma group
   float f_s1[1][1][4];  // f32[16, 32] as mma fragments: 16x32 in 16x8 units over 4 warps
-  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 7168);  // f32[16] pitch 16
-  __half* const t_u1_hi = reinterpret_cast<__half*>(prt_smem + 25600);  // f16[128, 32] pitch 40
-  __half* const t_u1_lo = reinterpret_cast<__half*>(prt_smem + 35840);  // f16[128, 32] pitch 40
+  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 0);  // f32[16] pitch 16
+  // u1_hi: f16[128, 32] computed in registers by its mma group
+  // u1_lo: f16[128, 32] computed in registers by its mma group
   // g = load logG[(pid.y // $h), ((pid.x // 1) * 128):+128, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -647,24 +661,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
         const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
       for (int i = tid; i < 4096; i += 128) {
         const int r = i / 32, c = i % 32;
-        dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+        dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
       }
-    }
-  }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  __syncthreads();
-  // gv[row, col] = (v[row, col] * exp((lam[127] - lam[row])))
-  {
-    for (int i = tid; i < 4096; i += 128) {
-      const int r = i / 32, c = i % 32;
-      t_gv[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 32 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
     }
   }
   // k0 = load.async K[(pid.y // $h), ((pid.x // 1) * 128):+128, (pid.y % $h), 0:+32]
@@ -695,66 +699,70 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
+  // kg0[row, col] = (k0[col, row] * exp((lam[127] - lam[col])))
+  {
+    for (int i = tid; i < 2048; i += 128) {
+      const int r = i / 128, c = i % 128;
+      t_kg0[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_k0[(c) * 40 + (r)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[c])))));
+    }
+  }
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // zk0_hi[row, col] = (k0[row, col] * exp((lam[127] - lam[row])))
-    // zk0_lo[row, col] = ((k0[row, col] * exp((lam[127] - lam[row]))) - zk0_hi[row, col])
+    // mma.group (operands in registers):
+    //   zk0_hi[row, col] = (k0[row, col] * exp((lam[127] - lam[row])))
+    //   zk0_lo[row, col] = ((k0[row, col] * exp((lam[127] - lam[row]))) - zk0_hi[row, col])
+    //   kzk0 = mma.tc(k0^T, zk0_hi) [32x16 in 16x8 units over 4 warps]
+    //   kzk0 += mma.tc(k0^T, zk0_lo) [32x16 in 16x8 units over 4 warps]
     {
-      for (int i = tid; i < 2048; i += 128) {
-        const int r = i / 16, c = i % 16;
-        const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k0[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
-        const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k0[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_zk0_hi[(r) * 24 + (c)] = y0;
-        t_zk0_lo[(r) * 24 + (c)] = y1;
-      }
-    }
-    __syncthreads();
-    // kzk0 = mma.tc(k0^T, zk0_hi) [32x16 in 16x8 units over 4 warps]
-    {
+      float acc[1][1][4];
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 4;
-        const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-        float acc[1][4];
         #pragma unroll
         for (int q = 0; q < 1; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-        for (int k0 = 0; k0 < 128; k0 += 16) {
-          uint32_t af[4];
-          prt::ldmatrix_x4_trans(af, &t_k0[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-          uint32_t bf[2];
-          prt::ldmatrix_x2_trans(bf, &t_zk0_hi[(k0 + (lane & 15)) * 24 + n0]);
-          prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
-        }
-        #pragma unroll
-        for (int q = 0; q < 1; ++q)
-        #pragma unroll
-          for (int e = 0; e < 4; ++e) t_kzk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
       }
-    }
-    __syncthreads();
-    // kzk0 += mma.tc(k0^T, zk0_lo) [32x16 in 16x8 units over 4 warps]
-    {
+      const int g = lane >> 2, t2 = (lane & 3) * 2;
+      for (int k0 = 0; k0 < 128; k0 += 16) {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16;
+          const int n0 = (u % 2) * 8;
+          (void)m0;
+          (void)n0;
+          uint32_t fat_k0[4];
+          prt::ldmatrix_x4_trans(fat_k0, &t_k0[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+          uint32_t ib_zk0_hi[1][2];
+          uint32_t ib_zk0_lo[1][2];
+          #pragma unroll
+          for (int q = 0; q < 1; ++q) {
+            #pragma unroll
+            for (int rg = 0; rg < 2; ++rg) {
+              __half v0[2], v1[2];
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k0[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+                v0[h] = y0;
+                const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k0[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+                v1[h] = y1;
+              }
+              ib_zk0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+              ib_zk0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+            }
+          }
+          #pragma unroll
+          for (int q = 0; q < 1; ++q) prt::mma_16816<__half>(acc[j][q], fat_k0, ib_zk0_hi[q][0], ib_zk0_hi[q][1]);
+          #pragma unroll
+          for (int q = 0; q < 1; ++q) prt::mma_16816<__half>(acc[j][q], fat_k0, ib_zk0_lo[q][0], ib_zk0_lo[q][1]);
+        }
+      }
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 4;
-        const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-        float acc[1][4];
         #pragma unroll
         for (int q = 0; q < 1; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-        for (int k0 = 0; k0 < 128; k0 += 16) {
-          uint32_t af[4];
-          prt::ldmatrix_x4_trans(af, &t_k0[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-          uint32_t bf[2];
-          prt::ldmatrix_x2_trans(bf, &t_zk0_lo[(k0 + (lane & 15)) * 24 + n0]);
-          prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
-        }
-        #pragma unroll
-        for (int q = 0; q < 1; ++q)
-        #pragma unroll
-          for (int e = 0; e < 4; ++e) t_kzk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          for (int e = 0; e < 4; ++e) t_kzk0[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
       }
     }
   }
@@ -762,59 +770,61 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
   {
     const int v_i0_end = 16;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // u0_hi[row, col] = (gv[row, col] * k0[row, (i0 - 0)])
-      // u0_lo[row, col] = ((gv[row, col] * k0[row, (i0 - 0)]) - u0_hi[row, col])
+      // mma.group (operands in registers):
+      //   u0_hi[row, col] = (v[row, col] * kg0[(i0 - 0), row])
+      //   u0_lo[row, col] = ((v[row, col] * kg0[(i0 - 0), row]) - u0_hi[row, col])
+      //   s0 = mma.tc(k0^T, u0_hi) [32x32 in 16x16 units over 4 warps]
+      //   s0 += mma.tc(k0^T, u0_lo) [32x32 in 16x16 units over 4 warps]
       {
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 32, c = i % 32;
-          const __half y0 = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k0[(r) * 40 + ((v_i0 - 0))])));
-          const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k0[(r) * 40 + ((v_i0 - 0))])) - prt::to_f32(y0)));
-          t_u0_hi[(r) * 40 + (c)] = y0;
-          t_u0_lo[(r) * 40 + (c)] = y1;
-        }
-      }
-      __syncthreads();
-      // s0 = mma.tc(k0^T, u0_hi) [32x32 in 16x16 units over 4 warps]
-      {
+        float (&acc)[1][2][4] = f_s0;
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-          float (&acc)[2][4] = f_s0[j];
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 128; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k0[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 2; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u0_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
-            }
-          }
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
-      }
-      // s0 += mma.tc(k0^T, u0_lo) [32x32 in 16x16 units over 4 warps]
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-          float (&acc)[2][4] = f_s0[j];
-          for (int k0 = 0; k0 < 128; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k0[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+        const int g = lane >> 2, t2 = (lane & 3) * 2;
+        for (int k0 = 0; k0 < 128; k0 += 16) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 2) * 16;
+            const int n0 = (u % 2) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fat_k0[4];
+            prt::ldmatrix_x4_trans(fat_k0, &t_k0[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+            uint32_t fb_v[2][2];
             #pragma unroll
             for (int q = 0; q < 2; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u0_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
+              uint32_t r[4];
+              prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+              fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
             }
+            uint32_t ib_u0_hi[2][2];
+            uint32_t ib_u0_lo[2][2];
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) {
+              #pragma unroll
+              for (int rg = 0; rg < 2; ++rg) {
+                __half v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __half y0 = prt::from_f32<__half>((prt::b16_half<__half>(fb_v[q][rg], h) * prt::to_f32(t_kg0[((v_i0 - 0)) * 128 + (r)])));
+                  v0[h] = y0;
+                  const __half y1 = prt::from_f32<__half>(((prt::b16_half<__half>(fb_v[q][rg], h) * prt::to_f32(t_kg0[((v_i0 - 0)) * 128 + (r)])) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_u0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_u0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+              }
+            }
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__half>(acc[j][q], fat_k0, ib_u0_hi[q][0], ib_u0_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__half>(acc[j][q], fat_k0, ib_u0_lo[q][0], ib_u0_lo[q][1]);
           }
         }
       }
@@ -881,9 +891,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
           }
         }
       }
-      __syncthreads();
     }
   }
+  __syncthreads();
   // k1 = load.async K[(pid.y // $h), ((pid.x // 1) * 128):+128, (pid.y % $h), 16:+16]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -912,69 +922,77 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // zk1_hi[row, col] = (k1[row, col] * exp((lam[127] - lam[row])))
-    // zk1_lo[row, col] = ((k1[row, col] * exp((lam[127] - lam[row]))) - zk1_hi[row, col])
-    {
-      for (int i = tid; i < 2048; i += 128) {
-        const int r = i / 16, c = i % 16;
-        const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k1[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
-        const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k1[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_zk1_hi[(r) * 24 + (c)] = y0;
-        t_zk1_lo[(r) * 24 + (c)] = y1;
-      }
+  // kg1[row, col] = (k1[col, row] * exp((lam[127] - lam[col])))
+  {
+    for (int i = tid; i < 2048; i += 128) {
+      const int r = i / 128, c = i % 128;
+      t_kg1[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_k1[(c) * 24 + (r)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[c])))));
     }
-    __syncthreads();
-    // kzk1 = mma.tc(k1^T, zk1_hi) [16x16 in 16x8 units over 4 warps]
+  }
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+    // mma.group (operands in registers):
+    //   zk1_hi[row, col] = (k1[row, col] * exp((lam[127] - lam[row])))
+    //   zk1_lo[row, col] = ((k1[row, col] * exp((lam[127] - lam[row]))) - zk1_hi[row, col])
+    //   kzk1 = mma.tc(k1^T, zk1_hi) [16x16 in 16x8 units over 4 warps]
+    //   kzk1 += mma.tc(k1^T, zk1_lo) [16x16 in 16x8 units over 4 warps]
     {
+      float acc[1][1][4];
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 4;
-        if (u < 2) {
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-          float acc[1][4];
+        if (warp + j * 4 < 2) {
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 128; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k1[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-            uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_zk1_hi[(k0 + (lane & 15)) * 24 + n0]);
-            prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
-          }
-          #pragma unroll
-          for (int q = 0; q < 1; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kzk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
       }
-    }
-    __syncthreads();
-    // kzk1 += mma.tc(k1^T, zk1_lo) [16x16 in 16x8 units over 4 warps]
-    {
+      const int g = lane >> 2, t2 = (lane & 3) * 2;
+      for (int k0 = 0; k0 < 128; k0 += 16) {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          if (u < 2) {
+            const int m0 = (u / 2) * 16;
+            const int n0 = (u % 2) * 8;
+            (void)m0;
+            (void)n0;
+            uint32_t fat_k1[4];
+            prt::ldmatrix_x4_trans(fat_k1, &t_k1[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+            uint32_t fb_k1[1][2];
+            prt::ldmatrix_x2_trans(fb_k1[0], &t_k1[(k0 + (lane & 15)) * 24 + n0]);
+            uint32_t ib_zk1_hi[1][2];
+            uint32_t ib_zk1_lo[1][2];
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) {
+              #pragma unroll
+              for (int rg = 0; rg < 2; ++rg) {
+                __half v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __half y0 = prt::from_f32<__half>((prt::b16_half<__half>(fb_k1[q][rg], h) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+                  v0[h] = y0;
+                  const __half y1 = prt::from_f32<__half>(((prt::b16_half<__half>(fb_k1[q][rg], h) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_zk1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_zk1_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+              }
+            }
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) prt::mma_16816<__half>(acc[j][q], fat_k1, ib_zk1_hi[q][0], ib_zk1_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) prt::mma_16816<__half>(acc[j][q], fat_k1, ib_zk1_lo[q][0], ib_zk1_lo[q][1]);
+          }
+        }
+      }
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 4;
-        if (u < 2) {
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-          float acc[1][4];
+        if (warp + j * 4 < 2) {
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 128; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k1[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-            uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_zk1_lo[(k0 + (lane & 15)) * 24 + n0]);
-            prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
-          }
-          #pragma unroll
-          for (int q = 0; q < 1; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kzk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk1[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
     }
@@ -983,51 +1001,56 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
   {
     const int v_i1_end = 32;
     for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
-      // u1_hi[row, col] = (gv[row, col] * k1[row, (i1 - 16)])
-      // u1_lo[row, col] = ((gv[row, col] * k1[row, (i1 - 16)]) - u1_hi[row, col])
+      // mma.group (operands in registers):
+      //   u1_hi[row, col] = (v[row, col] * kg1[(i1 - 16), row])
+      //   u1_lo[row, col] = ((v[row, col] * kg1[(i1 - 16), row]) - u1_hi[row, col])
+      //   s1 = mma.tc(k1^T, u1_hi) [16x32 in 16x8 units over 4 warps]
+      //   s1 += mma.tc(k1^T, u1_lo) [16x32 in 16x8 units over 4 warps]
       {
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 32, c = i % 32;
-          const __half y0 = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k1[(r) * 24 + ((v_i1 - 16))])));
-          const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k1[(r) * 24 + ((v_i1 - 16))])) - prt::to_f32(y0)));
-          t_u1_hi[(r) * 40 + (c)] = y0;
-          t_u1_lo[(r) * 40 + (c)] = y1;
-        }
-      }
-      __syncthreads();
-      // s1 = mma.tc(k1^T, u1_hi) [16x32 in 16x8 units over 4 warps]
-      {
+        float (&acc)[1][1][4] = f_s1;
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
-          float (&acc)[1][4] = f_s1[j];
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 128; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k1[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-            uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_u1_hi[(k0 + (lane & 15)) * 40 + n0]);
-            prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
-          }
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
-      }
-      // s1 += mma.tc(k1^T, u1_lo) [16x32 in 16x8 units over 4 warps]
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
-          float (&acc)[1][4] = f_s1[j];
-          for (int k0 = 0; k0 < 128; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k1[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-            uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_u1_lo[(k0 + (lane & 15)) * 40 + n0]);
-            prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
+        const int g = lane >> 2, t2 = (lane & 3) * 2;
+        for (int k0 = 0; k0 < 128; k0 += 16) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 4) * 16;
+            const int n0 = (u % 4) * 8;
+            (void)m0;
+            (void)n0;
+            uint32_t fat_k1[4];
+            prt::ldmatrix_x4_trans(fat_k1, &t_k1[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+            uint32_t fb_v[1][2];
+            prt::ldmatrix_x2_trans(fb_v[0], &t_v[(k0 + (lane & 15)) * 40 + n0]);
+            uint32_t ib_u1_hi[1][2];
+            uint32_t ib_u1_lo[1][2];
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) {
+              #pragma unroll
+              for (int rg = 0; rg < 2; ++rg) {
+                __half v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __half y0 = prt::from_f32<__half>((prt::b16_half<__half>(fb_v[q][rg], h) * prt::to_f32(t_kg1[((v_i1 - 16)) * 128 + (r)])));
+                  v0[h] = y0;
+                  const __half y1 = prt::from_f32<__half>(((prt::b16_half<__half>(fb_v[q][rg], h) * prt::to_f32(t_kg1[((v_i1 - 16)) * 128 + (r)])) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_u1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_u1_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+              }
+            }
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) prt::mma_16816<__half>(acc[j][q], fat_k1, ib_u1_hi[q][0], ib_u1_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) prt::mma_16816<__half>(acc[j][q], fat_k1, ib_u1_lo[q][0], ib_u1_lo[q][1]);
           }
         }
       }
@@ -1094,7 +1117,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
           }
         }
       }
-      __syncthreads();
     }
   }
 }
@@ -1519,7 +1541,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
 }
 
 // query_state: Y = (attention part + phi(q')^T Sin) / (its normaliser), lse = log normaliser, q' = scale q exp(lam/p)
-// grid (($n * 1), $hq, $b), 128 threads, 51200 bytes of dynamic shared memory
+// grid (($n * 1), $hq, $b), 128 threads, 47104 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c128_f16_w4_bd0_bt128_s2(
     const __half* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_numA, const float* g_denA, const float* g_maxA, __half* g_Y, float* g_lse, float* g_yS, float* g_wS, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -1666,20 +1688,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
   __nv_bfloat16* const t_q0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 17408);  // bf16[128, 32] pitch 40
   __nv_bfloat16* const t_q0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 27648);  // bf16[128, 32] pitch 40
   float* const t_z = reinterpret_cast<float*>(prt_smem + 37888);  // f32[528] pitch 528
-  __nv_bfloat16* const t_zsym_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 40000);  // bf16[32, 32] pitch 40
-  __nv_bfloat16* const t_zsym_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 42560);  // bf16[32, 32] pitch 40
+  // zsym_hi: bf16[32, 32] computed in registers by its mma group
+  // zsym_lo: bf16[32, 32] computed in registers by its mma group
   float f_qz[2][4][4];  // f32[128, 32] as mma fragments: 128x32 in 16x32 units over 4 warps
-  float* const t_s0_f32_base = reinterpret_cast<float*>(prt_smem + 37888);  // f32[32, 32] pitch 32, 2 copies
+  float* const t_s0_f32_base = reinterpret_cast<float*>(prt_smem + 37888);  // f32[32, 32] pitch 36, 2 copies
   float* t_s0_f32 = t_s0_f32_base;
-  __nv_bfloat16* const t_s0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 46080);  // bf16[32, 32] pitch 40
-  __nv_bfloat16* const t_s0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 48640);  // bf16[32, 32] pitch 40
+  // s0_hi: bf16[32, 32] computed in registers by its mma group
+  // s0_lo: bf16[32, 32] computed in registers by its mma group
   float* const t_q1_f32 = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128, 16] pitch 16
   __nv_bfloat16* const t_q1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 9216);  // bf16[128, 16] pitch 24
   __nv_bfloat16* const t_q1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 15360);  // bf16[128, 16] pitch 24
-  float* const t_s1_f32_base = reinterpret_cast<float*>(prt_smem + 21504);  // f32[16, 32] pitch 32, 2 copies
+  float* const t_s1_f32_base = reinterpret_cast<float*>(prt_smem + 21504);  // f32[16, 32] pitch 36, 2 copies
   float* t_s1_f32 = t_s1_f32_base;
-  __nv_bfloat16* const t_s1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 25600);  // bf16[16, 32] pitch 40
-  __nv_bfloat16* const t_s1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 26880);  // bf16[16, 32] pitch 40
+  // s1_hi: bf16[16, 32] computed in registers by its mma group
+  // s1_lo: bf16[16, 32] computed in registers by its mma group
   float f_num[2][4][4];  // f32[128, 32] as mma fragments: 128x32 in 16x32 units over 4 warps
   float* const t_den = reinterpret_cast<float*>(prt_smem + 2048);  // f32[128] pitch 128
   float* const t_den_a = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128] pitch 128
@@ -1779,79 +1801,59 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
     prt::cp_async_commit();
     prt::cp_async_wait<0>();
     __syncthreads();
-    // zsym_hi[row, col] = select(((row < 32) && (col < 32)), select((row == col), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] / 1.0), ((z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] / 1.0) * 0.7071067811865476)), 0.0)
-    // zsym_lo[row, col] = (select(((row < 32) && (col < 32)), select((row == col), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] / 1.0), ((z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] / 1.0) * 0.7071067811865476)), 0.0) - zsym_hi[row, col])
+    // mma.group (operands in registers):
+    //   zsym_hi[row, col] = select(((row < 32) && (col < 32)), select((row == col), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] / 1.0), ((z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] / 1.0) * 0.7071067811865476)), 0.0)
+    //   zsym_lo[row, col] = (select(((row < 32) && (col < 32)), select((row == col), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] / 1.0), ((z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] / 1.0) * 0.7071067811865476)), 0.0) - zsym_hi[row, col])
+    //   qz = mma.tc(q0_hi, zsym_hi) [128x32 in 16x32 units over 4 warps]
+    //   qz += mma.tc(q0_lo, zsym_hi) [128x32 in 16x32 units over 4 warps]
+    //   qz += mma.tc(q0_hi, zsym_lo) [128x32 in 16x32 units over 4 warps]
     {
-      for (int i = tid; i < 1024; i += 128) {
-        const int r = i / 32, c = i % 32;
-        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < 32) && (c < 32)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) / 1.0f) * 0.7071067811865476f)) : 0.0f));
-        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((((r < 32) && (c < 32)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) / 1.0f) * 0.7071067811865476f)) : 0.0f) - prt::to_f32(y0)));
-        t_zsym_hi[(r) * 40 + (c)] = y0;
-        t_zsym_lo[(r) * 40 + (c)] = y1;
-      }
-    }
-    __syncthreads();
-    // qz = mma.tc(q0_hi, zsym_hi) [128x32 in 16x32 units over 4 warps]
-    {
+      float (&acc)[2][4][4] = f_qz;
       #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        const int u = warp + j * 4;
-        const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-        float (&acc)[4][4] = f_qz[j];
         #pragma unroll
         for (int q = 0; q < 4; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-        for (int k0 = 0; k0 < 32; k0 += 16) {
-          uint32_t af[4];
-          prt::ldmatrix_x4(af, &t_q0_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+          for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+      }
+      const int g = lane >> 2, t2 = (lane & 3) * 2;
+      for (int k0 = 0; k0 < 32; k0 += 16) {
+        const int n0 = (warp % 1) * 32;
+        uint32_t ib_zsym_hi[4][2];
+        uint32_t ib_zsym_lo[4][2];
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
           #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
-            uint32_t bf[4];
-            prt::ldmatrix_x4_trans(bf, &t_zsym_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-            prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-            prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+          for (int rg = 0; rg < 2; ++rg) {
+            __nv_bfloat16 v0[2], v1[2];
+            #pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < 32) && (c < 32)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) / 1.0f) * 0.7071067811865476f)) : 0.0f));
+              v0[h] = y0;
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((((r < 32) && (c < 32)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) / 1.0f) * 0.7071067811865476f)) : 0.0f) - prt::to_f32(y0)));
+              v1[h] = y1;
+            }
+            ib_zsym_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+            ib_zsym_lo[q][rg] = prt::pack2(v1[0], v1[1]);
           }
         }
-      }
-    }
-    // qz += mma.tc(q0_lo, zsym_hi) [128x32 in 16x32 units over 4 warps]
-    {
-      #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int u = warp + j * 4;
-        const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-        float (&acc)[4][4] = f_qz[j];
-        for (int k0 = 0; k0 < 32; k0 += 16) {
-          uint32_t af[4];
-          prt::ldmatrix_x4(af, &t_q0_lo[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16;
+          (void)m0;
+          (void)n0;
+          uint32_t fa_q0_hi[4];
+          prt::ldmatrix_x4(fa_q0_hi, &t_q0_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+          uint32_t fa_q0_lo[4];
+          prt::ldmatrix_x4(fa_q0_lo, &t_q0_lo[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
           #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
-            uint32_t bf[4];
-            prt::ldmatrix_x4_trans(bf, &t_zsym_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-            prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-            prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-          }
-        }
-      }
-    }
-    // qz += mma.tc(q0_hi, zsym_lo) [128x32 in 16x32 units over 4 warps]
-    {
-      #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int u = warp + j * 4;
-        const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-        float (&acc)[4][4] = f_qz[j];
-        for (int k0 = 0; k0 < 32; k0 += 16) {
-          uint32_t af[4];
-          prt::ldmatrix_x4(af, &t_q0_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+          for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0_hi, ib_zsym_hi[q][0], ib_zsym_hi[q][1]);
           #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
-            uint32_t bf[4];
-            prt::ldmatrix_x4_trans(bf, &t_zsym_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-            prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-            prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-          }
+          for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0_lo, ib_zsym_hi[q][0], ib_zsym_hi[q][1]);
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0_hi, ib_zsym_lo[q][0], ib_zsym_lo[q][1]);
         }
       }
     }
@@ -1902,20 +1904,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
         const int s4 = 0;
         const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-        float* const dst = t_s0_f32_base + ((0) % 2) * 1024;
+        float* const dst = t_s0_f32_base + ((0) % 2) * 1152;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
           for (int i = tid; i < 256; i += 128) {
             const int r = i / 8, c = (i % 8) * 4;
             const int gr = s3 + r;
             const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
             const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
           }
         }
         else {
           for (int i = tid; i < 1024; i += 128) {
             const int r = i / 32, c = i % 32;
-            dst[(r) * 32 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+            dst[(r) * 36 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
           }
         }
       }
@@ -1934,101 +1936,81 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
             const int s4 = 0;
             const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_s0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
+            float* const dst = t_s0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1152;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
               for (int i = tid; i < 256; i += 128) {
                 const int r = i / 8, c = (i % 8) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
                 const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
               }
             }
             else {
               for (int i = tid; i < 1024; i += 128) {
                 const int r = i / 32, c = i % 32;
-                dst[(r) * 32 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+                dst[(r) * 36 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
               }
             }
           }
         }
         prt::cp_async_commit();
         prt::cp_async_wait<1>();
-        t_s0_f32 = t_s0_f32_base + (((v_i0 % 2)) % 2) * 1024;  // bind s0_f32 stage (i0 % 2)
+        t_s0_f32 = t_s0_f32_base + (((v_i0 % 2)) % 2) * 1152;  // bind s0_f32 stage (i0 % 2)
         __syncthreads();
-        // s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 32)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
-        // s0_lo[row, col] = (select((((row + 0) < i0) || ((row + 0) >= 32)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951))) - s0_hi[row, col])
+        // mma.group (operands in registers):
+        //   s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 32)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
+        //   s0_lo[row, col] = (select((((row + 0) < i0) || ((row + 0) >= 32)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951))) - s0_hi[row, col])
+        //   num_a = mma.tc(q0_hi, s0_hi) [128x32 in 16x32 units over 4 warps]
+        //   num_a += mma.tc(q0_lo, s0_hi) [128x32 in 16x32 units over 4 warps]
+        //   num_a += mma.tc(q0_hi, s0_lo) [128x32 in 16x32 units over 4 warps]
         {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 32, c = i % 32;
-            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 32)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 32 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
-            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 0) < v_i0) || ((r + 0) >= 32)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 32 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
-            t_s0_hi[(r) * 40 + (c)] = y0;
-            t_s0_lo[(r) * 40 + (c)] = y1;
-          }
-        }
-        __syncthreads();
-        // num_a = mma.tc(q0_hi, s0_hi) [128x32 in 16x32 units over 4 warps]
-        {
+          float (&acc)[2][4][4] = f_num_a;
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-            float (&acc)[4][4] = f_num_a[j];
             #pragma unroll
             for (int q = 0; q < 4; ++q)
             #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-            for (int k0 = 0; k0 < 32; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q0_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+              for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+          }
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int k0 = 0; k0 < 32; k0 += 16) {
+            const int n0 = (warp % 1) * 32;
+            uint32_t ib_s0_hi[4][2];
+            uint32_t ib_s0_lo[4][2];
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s0_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              for (int rg = 0; rg < 2; ++rg) {
+                __nv_bfloat16 v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 32)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 36 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
+                  v0[h] = y0;
+                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 0) < v_i0) || ((r + 0) >= 32)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 36 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_s0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_s0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
               }
             }
-          }
-        }
-        // num_a += mma.tc(q0_lo, s0_hi) [128x32 in 16x32 units over 4 warps]
-        {
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-            float (&acc)[4][4] = f_num_a[j];
-            for (int k0 = 0; k0 < 32; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q0_lo[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16;
+              (void)m0;
+              (void)n0;
+              uint32_t fa_q0_hi[4];
+              prt::ldmatrix_x4(fa_q0_hi, &t_q0_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+              uint32_t fa_q0_lo[4];
+              prt::ldmatrix_x4(fa_q0_lo, &t_q0_lo[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s0_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-              }
-            }
-          }
-        }
-        // num_a += mma.tc(q0_hi, s0_lo) [128x32 in 16x32 units over 4 warps]
-        {
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-            float (&acc)[4][4] = f_num_a[j];
-            for (int k0 = 0; k0 < 32; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q0_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0_hi, ib_s0_hi[q][0], ib_s0_hi[q][1]);
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s0_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-              }
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0_lo, ib_s0_hi[q][0], ib_s0_hi[q][1]);
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0_hi, ib_s0_lo[q][0], ib_s0_lo[q][1]);
             }
           }
         }
@@ -2048,10 +2030,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
             }
           }
         }
+        __syncthreads();
       }
     }
     prt::cp_async_wait<0>();
-    __syncthreads();
     // q1_f32 = load Q[pid.z, (((pid.x // 1) * 128) + ((pid.x % 1) * 128)):+128, pid.y, 16:+16]
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -2087,20 +2069,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
         const int s4 = 0;
         const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-        float* const dst = t_s1_f32_base + ((0) % 2) * 512;
+        float* const dst = t_s1_f32_base + ((0) % 2) * 576;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
           for (int i = tid; i < 128; i += 128) {
             const int r = i / 8, c = (i % 8) * 4;
             const int gr = s3 + r;
             const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
             const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
           }
         }
         else {
           for (int i = tid; i < 512; i += 128) {
             const int r = i / 32, c = i % 32;
-            dst[(r) * 32 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+            dst[(r) * 36 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
           }
         }
       }
@@ -2119,101 +2101,81 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
             const int s4 = 0;
             const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_s1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 512;
+            float* const dst = t_s1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 576;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
               for (int i = tid; i < 128; i += 128) {
                 const int r = i / 8, c = (i % 8) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
                 const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
               }
             }
             else {
               for (int i = tid; i < 512; i += 128) {
                 const int r = i / 32, c = i % 32;
-                dst[(r) * 32 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+                dst[(r) * 36 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
               }
             }
           }
         }
         prt::cp_async_commit();
         prt::cp_async_wait<1>();
-        t_s1_f32 = t_s1_f32_base + ((((v_i1 - 16) % 2)) % 2) * 512;  // bind s1_f32 stage ((i1 - 16) % 2)
+        t_s1_f32 = t_s1_f32_base + ((((v_i1 - 16) % 2)) % 2) * 576;  // bind s1_f32 stage ((i1 - 16) % 2)
         __syncthreads();
-        // s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 32)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
-        // s1_lo[row, col] = (select((((row + 16) < i1) || ((row + 16) >= 32)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951))) - s1_hi[row, col])
+        // mma.group (operands in registers):
+        //   s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 32)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
+        //   s1_lo[row, col] = (select((((row + 16) < i1) || ((row + 16) >= 32)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951))) - s1_hi[row, col])
+        //   num_a = mma.tc(q1_hi, s1_hi) [128x32 in 16x32 units over 4 warps]
+        //   num_a += mma.tc(q1_lo, s1_hi) [128x32 in 16x32 units over 4 warps]
+        //   num_a += mma.tc(q1_hi, s1_lo) [128x32 in 16x32 units over 4 warps]
         {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 32, c = i % 32;
-            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 32)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 32 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
-            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 16) < v_i1) || ((r + 16) >= 32)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 32 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
-            t_s1_hi[(r) * 40 + (c)] = y0;
-            t_s1_lo[(r) * 40 + (c)] = y1;
-          }
-        }
-        __syncthreads();
-        // num_a = mma.tc(q1_hi, s1_hi) [128x32 in 16x32 units over 4 warps]
-        {
+          float (&acc)[2][4][4] = f_num_a;
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-            float (&acc)[4][4] = f_num_a[j];
             #pragma unroll
             for (int q = 0; q < 4; ++q)
             #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-            for (int k0 = 0; k0 < 16; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q1_hi[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
+              for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+          }
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int k0 = 0; k0 < 16; k0 += 16) {
+            const int n0 = (warp % 1) * 32;
+            uint32_t ib_s1_hi[4][2];
+            uint32_t ib_s1_lo[4][2];
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s1_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              for (int rg = 0; rg < 2; ++rg) {
+                __nv_bfloat16 v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 32)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 36 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
+                  v0[h] = y0;
+                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 16) < v_i1) || ((r + 16) >= 32)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 36 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_s1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_s1_lo[q][rg] = prt::pack2(v1[0], v1[1]);
               }
             }
-          }
-        }
-        // num_a += mma.tc(q1_lo, s1_hi) [128x32 in 16x32 units over 4 warps]
-        {
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-            float (&acc)[4][4] = f_num_a[j];
-            for (int k0 = 0; k0 < 16; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q1_lo[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16;
+              (void)m0;
+              (void)n0;
+              uint32_t fa_q1_hi[4];
+              prt::ldmatrix_x4(fa_q1_hi, &t_q1_hi[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
+              uint32_t fa_q1_lo[4];
+              prt::ldmatrix_x4(fa_q1_lo, &t_q1_lo[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s1_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-              }
-            }
-          }
-        }
-        // num_a += mma.tc(q1_hi, s1_lo) [128x32 in 16x32 units over 4 warps]
-        {
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-            float (&acc)[4][4] = f_num_a[j];
-            for (int k0 = 0; k0 < 16; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q1_hi[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q1_hi, ib_s1_hi[q][0], ib_s1_hi[q][1]);
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s1_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-              }
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q1_lo, ib_s1_hi[q][0], ib_s1_hi[q][1]);
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q1_hi, ib_s1_lo[q][0], ib_s1_lo[q][1]);
             }
           }
         }
@@ -2233,6 +2195,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
             }
           }
         }
+        __syncthreads();
       }
     }
     prt::cp_async_wait<0>();
@@ -2694,49 +2657,65 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d32_
           __syncthreads();
           // dot = mma.tc(q, k^T) [64x64 in 16x32 units over 8 warps]
           {
+            float (&acc)[1][4][4] = f_dot;
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float (&acc)[4][4] = f_dot[j];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-              for (int k0 = 0; k0 < 32; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_q[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+            }
+            for (int k0 = 0; k0 < 32; k0 += 16) {
+              #pragma unroll
+              for (int j = 0; j < 1; ++j) {
+                const int u = warp + j * 8;
+                const int m0 = (u / 2) * 16;
+                const int n0 = (u % 2) * 32;
+                (void)m0;
+                (void)n0;
+                uint32_t fa_q[4];
+                prt::ldmatrix_x4(fa_q, &t_q[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                uint32_t fbt_k[4][2];
                 #pragma unroll
                 for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
+                  uint32_t r[4];
+                  prt::ldmatrix_x4(r, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
+                  fbt_k[q][0] = r[0]; fbt_k[q][1] = r[1]; fbt_k[q + 1][0] = r[2]; fbt_k[q + 1][1] = r[3];
                 }
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_q, fbt_k[q][0], fbt_k[q][1]);
               }
             }
           }
           // p_dp = mma.tc(dy, v^T) [64x64 in 16x32 units over 8 warps]
           {
+            float (&acc)[1][4][4] = f_p_dp;
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float (&acc)[4][4] = f_p_dp[j];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-              for (int k0 = 0; k0 < 32; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_dy[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+            }
+            for (int k0 = 0; k0 < 32; k0 += 16) {
+              #pragma unroll
+              for (int j = 0; j < 1; ++j) {
+                const int u = warp + j * 8;
+                const int m0 = (u / 2) * 16;
+                const int n0 = (u % 2) * 32;
+                (void)m0;
+                (void)n0;
+                uint32_t fa_dy[4];
+                prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                uint32_t fbt_v[4][2];
                 #pragma unroll
                 for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_v[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
+                  uint32_t r[4];
+                  prt::ldmatrix_x4(r, &t_v[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
+                  fbt_v[q][0] = r[0]; fbt_v[q][1] = r[1]; fbt_v[q + 1][0] = r[2]; fbt_v[q + 1][1] = r[3];
                 }
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_dy, fbt_v[q][0], fbt_v[q][1]);
               }
             }
           }
@@ -3217,49 +3196,65 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
               __syncthreads();
               // dot = mma.tc(q, k^T) [64x64 in 16x32 units over 8 warps]
               {
+                float (&acc)[1][4][4] = f_dot;
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
-                  const int u = warp + j * 8;
-                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                  float (&acc)[4][4] = f_dot[j];
                   #pragma unroll
                   for (int q = 0; q < 4; ++q)
                   #pragma unroll
-                    for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-                  for (int k0 = 0; k0 < 32; k0 += 16) {
-                    uint32_t af[4];
-                    prt::ldmatrix_x4(af, &t_q[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                    for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+                }
+                for (int k0 = 0; k0 < 32; k0 += 16) {
+                  #pragma unroll
+                  for (int j = 0; j < 1; ++j) {
+                    const int u = warp + j * 8;
+                    const int m0 = (u / 2) * 16;
+                    const int n0 = (u % 2) * 32;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fa_q[4];
+                    prt::ldmatrix_x4(fa_q, &t_q[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                    uint32_t fbt_k[4][2];
                     #pragma unroll
                     for (int q = 0; q < 4; q += 2) {
-                      uint32_t bf[4];
-                      prt::ldmatrix_x4(bf, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-                      prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-                      prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
+                      uint32_t r[4];
+                      prt::ldmatrix_x4(r, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
+                      fbt_k[q][0] = r[0]; fbt_k[q][1] = r[1]; fbt_k[q + 1][0] = r[2]; fbt_k[q + 1][1] = r[3];
                     }
+                    #pragma unroll
+                    for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_q, fbt_k[q][0], fbt_k[q][1]);
                   }
                 }
               }
               // W = mma.tc(dy, v^T) [64x64 in 16x32 units over 8 warps]
               {
+                float (&acc)[1][4][4] = f_W;
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
-                  const int u = warp + j * 8;
-                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                  float (&acc)[4][4] = f_W[j];
                   #pragma unroll
                   for (int q = 0; q < 4; ++q)
                   #pragma unroll
-                    for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-                  for (int k0 = 0; k0 < 32; k0 += 16) {
-                    uint32_t af[4];
-                    prt::ldmatrix_x4(af, &t_dy[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                    for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+                }
+                for (int k0 = 0; k0 < 32; k0 += 16) {
+                  #pragma unroll
+                  for (int j = 0; j < 1; ++j) {
+                    const int u = warp + j * 8;
+                    const int m0 = (u / 2) * 16;
+                    const int n0 = (u % 2) * 32;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fa_dy[4];
+                    prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                    uint32_t fbt_v[4][2];
                     #pragma unroll
                     for (int q = 0; q < 4; q += 2) {
-                      uint32_t bf[4];
-                      prt::ldmatrix_x4(bf, &t_v[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-                      prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-                      prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
+                      uint32_t r[4];
+                      prt::ldmatrix_x4(r, &t_v[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
+                      fbt_v[q][0] = r[0]; fbt_v[q][1] = r[1]; fbt_v[q + 1][0] = r[2]; fbt_v[q + 1][1] = r[3];
                     }
+                    #pragma unroll
+                    for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_dy, fbt_v[q][0], fbt_v[q][1]);
                   }
                 }
               }
@@ -3298,21 +3293,26 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
               __syncthreads();
               // acc_d += mma.tc(ds, k) [64x32 in 16x16 units over 8 warps]
               {
-                #pragma unroll
-                for (int j = 0; j < 1; ++j) {
-                  const int u = warp + j * 8;
-                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-                  float (&acc)[2][4] = f_acc_d[j];
-                  for (int k0 = 0; k0 < 64; k0 += 16) {
-                    uint32_t af[4];
-                    prt::ldmatrix_x4(af, &t_ds[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                float (&acc)[1][2][4] = f_acc_d;
+                for (int k0 = 0; k0 < 64; k0 += 16) {
+                  #pragma unroll
+                  for (int j = 0; j < 1; ++j) {
+                    const int u = warp + j * 8;
+                    const int m0 = (u / 2) * 16;
+                    const int n0 = (u % 2) * 16;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fa_ds[4];
+                    prt::ldmatrix_x4(fa_ds, &t_ds[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                    uint32_t fb_k[2][2];
                     #pragma unroll
                     for (int q = 0; q < 2; q += 2) {
-                      uint32_t bf[4];
-                      prt::ldmatrix_x4_trans(bf, &t_k[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-                      prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-                      prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
+                      uint32_t r[4];
+                      prt::ldmatrix_x4_trans(r, &t_k[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+                      fb_k[q][0] = r[0]; fb_k[q][1] = r[1]; fb_k[q + 1][0] = r[2]; fb_k[q + 1][1] = r[3];
                     }
+                    #pragma unroll
+                    for (int q = 0; q < 2; ++q) prt::mma_16816<__half>(acc[j][q], fa_ds, fb_k[q][0], fb_k[q][1]);
                   }
                 }
               }
@@ -3554,49 +3554,65 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
               __syncthreads();
               // dot = mma.tc(q, k^T) [64x64 in 16x32 units over 8 warps]
               {
+                float (&acc)[1][4][4] = f_dot;
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
-                  const int u = warp + j * 8;
-                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                  float (&acc)[4][4] = f_dot[j];
                   #pragma unroll
                   for (int q = 0; q < 4; ++q)
                   #pragma unroll
-                    for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-                  for (int k0 = 0; k0 < 32; k0 += 16) {
-                    uint32_t af[4];
-                    prt::ldmatrix_x4(af, &t_q[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                    for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+                }
+                for (int k0 = 0; k0 < 32; k0 += 16) {
+                  #pragma unroll
+                  for (int j = 0; j < 1; ++j) {
+                    const int u = warp + j * 8;
+                    const int m0 = (u / 2) * 16;
+                    const int n0 = (u % 2) * 32;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fa_q[4];
+                    prt::ldmatrix_x4(fa_q, &t_q[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                    uint32_t fbt_k[4][2];
                     #pragma unroll
                     for (int q = 0; q < 4; q += 2) {
-                      uint32_t bf[4];
-                      prt::ldmatrix_x4(bf, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-                      prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-                      prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
+                      uint32_t r[4];
+                      prt::ldmatrix_x4(r, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
+                      fbt_k[q][0] = r[0]; fbt_k[q][1] = r[1]; fbt_k[q + 1][0] = r[2]; fbt_k[q + 1][1] = r[3];
                     }
+                    #pragma unroll
+                    for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_q, fbt_k[q][0], fbt_k[q][1]);
                   }
                 }
               }
               // W = mma.tc(dy, v^T) [64x64 in 16x32 units over 8 warps]
               {
+                float (&acc)[1][4][4] = f_W;
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
-                  const int u = warp + j * 8;
-                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                  float (&acc)[4][4] = f_W[j];
                   #pragma unroll
                   for (int q = 0; q < 4; ++q)
                   #pragma unroll
-                    for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-                  for (int k0 = 0; k0 < 32; k0 += 16) {
-                    uint32_t af[4];
-                    prt::ldmatrix_x4(af, &t_dy[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                    for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+                }
+                for (int k0 = 0; k0 < 32; k0 += 16) {
+                  #pragma unroll
+                  for (int j = 0; j < 1; ++j) {
+                    const int u = warp + j * 8;
+                    const int m0 = (u / 2) * 16;
+                    const int n0 = (u % 2) * 32;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fa_dy[4];
+                    prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                    uint32_t fbt_v[4][2];
                     #pragma unroll
                     for (int q = 0; q < 4; q += 2) {
-                      uint32_t bf[4];
-                      prt::ldmatrix_x4(bf, &t_v[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-                      prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-                      prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
+                      uint32_t r[4];
+                      prt::ldmatrix_x4(r, &t_v[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
+                      fbt_v[q][0] = r[0]; fbt_v[q][1] = r[1]; fbt_v[q + 1][0] = r[2]; fbt_v[q + 1][1] = r[3];
                     }
+                    #pragma unroll
+                    for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_dy, fbt_v[q][0], fbt_v[q][1]);
                   }
                 }
               }
@@ -3651,41 +3667,51 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
               __syncthreads();
               // acc_e += mma.tc(P^T, dy) [64x32 in 16x16 units over 8 warps]
               {
-                #pragma unroll
-                for (int j = 0; j < 1; ++j) {
-                  const int u = warp + j * 8;
-                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-                  float (&acc)[2][4] = f_acc_e[j];
-                  for (int k0 = 0; k0 < 64; k0 += 16) {
-                    uint32_t af[4];
-                    prt::ldmatrix_x4_trans(af, &t_P[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+                float (&acc)[1][2][4] = f_acc_e;
+                for (int k0 = 0; k0 < 64; k0 += 16) {
+                  #pragma unroll
+                  for (int j = 0; j < 1; ++j) {
+                    const int u = warp + j * 8;
+                    const int m0 = (u / 2) * 16;
+                    const int n0 = (u % 2) * 16;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fat_P[4];
+                    prt::ldmatrix_x4_trans(fat_P, &t_P[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+                    uint32_t fb_dy[2][2];
                     #pragma unroll
                     for (int q = 0; q < 2; q += 2) {
-                      uint32_t bf[4];
-                      prt::ldmatrix_x4_trans(bf, &t_dy[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-                      prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-                      prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
+                      uint32_t r[4];
+                      prt::ldmatrix_x4_trans(r, &t_dy[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+                      fb_dy[q][0] = r[0]; fb_dy[q][1] = r[1]; fb_dy[q + 1][0] = r[2]; fb_dy[q + 1][1] = r[3];
                     }
+                    #pragma unroll
+                    for (int q = 0; q < 2; ++q) prt::mma_16816<__half>(acc[j][q], fat_P, fb_dy[q][0], fb_dy[q][1]);
                   }
                 }
               }
               // acc_d += mma.tc(ds^T, q) [64x32 in 16x16 units over 8 warps]
               {
-                #pragma unroll
-                for (int j = 0; j < 1; ++j) {
-                  const int u = warp + j * 8;
-                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-                  float (&acc)[2][4] = f_acc_d[j];
-                  for (int k0 = 0; k0 < 64; k0 += 16) {
-                    uint32_t af[4];
-                    prt::ldmatrix_x4_trans(af, &t_ds[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+                float (&acc)[1][2][4] = f_acc_d;
+                for (int k0 = 0; k0 < 64; k0 += 16) {
+                  #pragma unroll
+                  for (int j = 0; j < 1; ++j) {
+                    const int u = warp + j * 8;
+                    const int m0 = (u / 2) * 16;
+                    const int n0 = (u % 2) * 16;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fat_ds[4];
+                    prt::ldmatrix_x4_trans(fat_ds, &t_ds[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+                    uint32_t fb_q[2][2];
                     #pragma unroll
                     for (int q = 0; q < 2; q += 2) {
-                      uint32_t bf[4];
-                      prt::ldmatrix_x4_trans(bf, &t_q[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-                      prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-                      prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
+                      uint32_t r[4];
+                      prt::ldmatrix_x4_trans(r, &t_q[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+                      fb_q[q][0] = r[0]; fb_q[q][1] = r[1]; fb_q[q + 1][0] = r[2]; fb_q[q + 1][1] = r[3];
                     }
+                    #pragma unroll
+                    for (int q = 0; q < 2; ++q) prt::mma_16816<__half>(acc[j][q], fat_ds, fb_q[q][0], fb_q[q][1]);
                   }
                 }
               }
@@ -3796,7 +3822,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
 }
 
 // query_state_bwd_dq: Dy, lseB (the normaliser the backward's weights sum to 1 under), and dQs, dlamQ: the gradient through phi(q')^T [Sin, Zin]
-// grid (($n * 1), $hq, $b), 128 threads, 67072 bytes of dynamic shared memory
+// grid (($n * 1), $hq, $b), 128 threads, 60416 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_e32_c128_f16_w4_bd0_bt128_s2(
     const __half* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const __half* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -3968,33 +3994,33 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
   float* const t_dy_f32 = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128, 32] pitch 32
   __nv_bfloat16* const t_dy_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 17408);  // bf16[128, 32] pitch 40
-  __half* const t_q = reinterpret_cast<__half*>(prt_smem + 1024);  // f16[128, 32] pitch 32
+  __half* const t_q = reinterpret_cast<__half*>(prt_smem + 1024);  // f16[128, 32] pitch 40
   float* const t_dy_row = reinterpret_cast<float*>(prt_smem + 27648);  // f32[128, 32] pitch 32
   float* const t_y_s = reinterpret_cast<float*>(prt_smem + 44032);  // f32[128, 32] pitch 32
   float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
-  float* const t_dy_y = reinterpret_cast<float*>(prt_smem + 9216);  // f32[128] pitch 128
-  float* const t_rho = reinterpret_cast<float*>(prt_smem + 9728);  // f32[128] pitch 128
-  float* const t_dy_s = reinterpret_cast<float*>(prt_smem + 10752);  // f32[128] pitch 128
-  float* const t_p_s = reinterpret_cast<float*>(prt_smem + 10240);  // f32[128] pitch 128
+  float* const t_dy_y = reinterpret_cast<float*>(prt_smem + 11264);  // f32[128] pitch 128
+  float* const t_rho = reinterpret_cast<float*>(prt_smem + 11776);  // f32[128] pitch 128
+  float* const t_dy_s = reinterpret_cast<float*>(prt_smem + 12800);  // f32[128] pitch 128
+  float* const t_p_s = reinterpret_cast<float*>(prt_smem + 12288);  // f32[128] pitch 128
   float f_grad_s[2][4][4];  // f32[128, 32] as mma fragments: 128x32 in 16x32 units over 4 warps
-  float* const t_z = reinterpret_cast<float*>(prt_smem + 11264);  // f32[528] pitch 528
-  __nv_bfloat16* const t_zs_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 13376);  // bf16[32, 32] pitch 40
-  __nv_bfloat16* const t_zs_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 27648);  // bf16[32, 32] pitch 40
-  __nv_bfloat16* const t_q_pair_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 30208);  // bf16[128, 32] pitch 40
-  __nv_bfloat16* const t_q_pair_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 40448);  // bf16[128, 32] pitch 40
-  float* const t_qzs = reinterpret_cast<float*>(prt_smem + 50688);  // f32[128, 32] pitch 32
-  float* const t_r = reinterpret_cast<float*>(prt_smem + 16384);  // f32[128] pitch 128
+  float* const t_z = reinterpret_cast<float*>(prt_smem + 13312);  // f32[528] pitch 528
+  __nv_bfloat16* const t_zs_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 27648);  // bf16[32, 32] pitch 40
+  __nv_bfloat16* const t_zs_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 30208);  // bf16[32, 32] pitch 40
+  // q_pair_hi: bf16[128, 32] computed in registers by its mma group
+  // q_pair_lo: bf16[128, 32] computed in registers by its mma group
+  float* const t_qzs = reinterpret_cast<float*>(prt_smem + 32768);  // f32[128, 32] pitch 32
+  float* const t_r = reinterpret_cast<float*>(prt_smem + 13312);  // f32[128] pitch 128
   float* const t_r16 = reinterpret_cast<float*>(prt_smem + 27648);  // f32[128, 16] pitch 16
   float* const t_s0_f32_base = reinterpret_cast<float*>(prt_smem + 35840);  // f32[32, 32] pitch 32, 2 copies
   float* t_s0_f32 = t_s0_f32_base;
   float* const t_t0 = reinterpret_cast<float*>(prt_smem + 44032);  // f32[128, 32] pitch 32
-  __nv_bfloat16* const t_s0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 11264);  // bf16[32, 32] pitch 40
-  __nv_bfloat16* const t_s0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 13824);  // bf16[32, 32] pitch 40
-  float* const t_s1_f32_base = reinterpret_cast<float*>(prt_smem + 11264);  // f32[16, 32] pitch 32, 2 copies
+  // s0_hi: bf16[32, 32] computed in registers by its mma group
+  // s0_lo: bf16[32, 32] computed in registers by its mma group
+  float* const t_s1_f32_base = reinterpret_cast<float*>(prt_smem + 35840);  // f32[16, 32] pitch 32, 2 copies
   float* t_s1_f32 = t_s1_f32_base;
-  float* const t_t1 = reinterpret_cast<float*>(prt_smem + 35840);  // f32[128, 16] pitch 16
-  __nv_bfloat16* const t_s1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 44032);  // bf16[16, 32] pitch 40
-  __nv_bfloat16* const t_s1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 45312);  // bf16[16, 32] pitch 40
+  float* const t_t1 = reinterpret_cast<float*>(prt_smem + 39936);  // f32[128, 16] pitch 16
+  // s1_hi: bf16[16, 32] computed in registers by its mma group
+  // s1_lo: bf16[16, 32] computed in registers by its mma group
   if (((((static_cast<int>(blockIdx.x) / 1) * 128) + ((static_cast<int>(blockIdx.x) % 1) * 128)) < p_t)) {
     // g = load logG[pid.z, ((pid.x // 1) * 128):+128, (pid.y // ($hq // $h))]
     {
@@ -4059,13 +4085,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
           const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
         }
       }
       else {
         for (int i = tid; i < 4096; i += 128) {
           const int r = i / 32, c = i % 32;
-          dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
+          dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
         }
       }
     }
@@ -4257,102 +4283,77 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
           t_zs_lo[(r) * 40 + (c)] = y1;
         }
       }
-      // q_pair_hi[row, col] = q[row, col]
-      // q_pair_lo[row, col] = (q[row, col] - q_pair_hi[row, col])
-      {
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 32, c = i % 32;
-          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q[(r) * 32 + (c)]));
-          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q[(r) * 32 + (c)]) - prt::to_f32(y0)));
-          t_q_pair_hi[(r) * 40 + (c)] = y0;
-          t_q_pair_lo[(r) * 40 + (c)] = y1;
-        }
-      }
       __syncthreads();
-      // qzs = mma.tc(q_pair_hi, zs_hi) [128x32 in 16x32 units over 4 warps]
+      // mma.group (operands in registers):
+      //   q_pair_hi[row, col] = q[row, col]
+      //   q_pair_lo[row, col] = (q[row, col] - q_pair_hi[row, col])
+      //   qzs = mma.tc(q_pair_hi, zs_hi) [128x32 in 16x32 units over 4 warps]
+      //   qzs += mma.tc(q_pair_lo, zs_hi) [128x32 in 16x32 units over 4 warps]
+      //   qzs += mma.tc(q_pair_hi, zs_lo) [128x32 in 16x32 units over 4 warps]
       {
+        float acc[2][4][4];
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          float acc[4][4];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 32; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_q_pair_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_zs_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+        }
+        const int g = lane >> 2, t2 = (lane & 3) * 2;
+        for (int k0 = 0; k0 < 32; k0 += 16) {
+          const int n0 = (warp % 1) * 32;
+          uint32_t fb_zs_hi[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4_trans(r, &t_zs_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_zs_hi[q][0] = r[0]; fb_zs_hi[q][1] = r[1]; fb_zs_hi[q + 1][0] = r[2]; fb_zs_hi[q + 1][1] = r[3];
+          }
+          uint32_t fb_zs_lo[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4_trans(r, &t_zs_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_zs_lo[q][0] = r[0]; fb_zs_lo[q][1] = r[1]; fb_zs_lo[q + 1][0] = r[2]; fb_zs_lo[q + 1][1] = r[3];
           }
           #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_qzs[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 1) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_q[4];
+            prt::ldmatrix_x4(fa_q, &t_q[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+            uint32_t ia_q_pair_hi[4];
+            uint32_t ia_q_pair_lo[4];
+            #pragma unroll
+            for (int rg = 0; rg < 4; ++rg) {
+              __nv_bfloat16 v0[2], v1[2];
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int r = m0 + g + (rg & 1) * 8, c = k0 + t2 + (rg >> 1) * 8 + h;
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::b16_half<__half>(fa_q[rg], h));
+                v0[h] = y0;
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::b16_half<__half>(fa_q[rg], h) - prt::to_f32(y0)));
+                v1[h] = y1;
+              }
+              ia_q_pair_hi[rg] = prt::pack2(v0[0], v0[1]);
+              ia_q_pair_lo[rg] = prt::pack2(v1[0], v1[1]);
+            }
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], ia_q_pair_hi, fb_zs_hi[q][0], fb_zs_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], ia_q_pair_lo, fb_zs_hi[q][0], fb_zs_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], ia_q_pair_hi, fb_zs_lo[q][0], fb_zs_lo[q][1]);
+          }
         }
-      }
-      __syncthreads();
-      // qzs += mma.tc(q_pair_lo, zs_hi) [128x32 in 16x32 units over 4 warps]
-      {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          float acc[4][4];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_qzs[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 32; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_q_pair_lo[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_zs_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
-          }
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_qzs[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
-        }
-      }
-      __syncthreads();
-      // qzs += mma.tc(q_pair_hi, zs_lo) [128x32 in 16x32 units over 4 warps]
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          float acc[4][4];
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_qzs[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 32; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_q_pair_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_zs_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
-          }
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_qzs[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_qzs[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 1) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       __syncthreads();
@@ -4372,6 +4373,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
           }
         }
       }
+      __syncthreads();
       // r16[row, col] = 0.0
       {
         for (int i = tid; i < 2048; i += 128) {
@@ -4443,73 +4445,62 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
           prt::cp_async_wait<1>();
           t_s0_f32 = t_s0_f32_base + (((v_i0 % 2)) % 2) * 1024;  // bind s0_f32 stage (i0 % 2)
           __syncthreads();
-          // s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 32)), 0.0, (s0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
-          // s0_lo[row, col] = (select((((row + 0) < i0) || ((row + 0) >= 32)), 0.0, (s0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951))) - s0_hi[row, col])
+          // mma.group (operands in registers):
+          //   s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 32)), 0.0, (s0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
+          //   s0_lo[row, col] = (select((((row + 0) < i0) || ((row + 0) >= 32)), 0.0, (s0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951))) - s0_hi[row, col])
+          //   t0 = mma.tc(dy_hi, s0_hi^T) [128x32 in 16x32 units over 4 warps]
+          //   t0 += mma.tc(dy_hi, s0_lo^T) [128x32 in 16x32 units over 4 warps]
           {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 32, c = i % 32;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 32)) ? 0.0f : (prt::to_f32(t_s0_f32[(r) * 32 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 0) < v_i0) || ((r + 0) >= 32)) ? 0.0f : (prt::to_f32(t_s0_f32[(r) * 32 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
-              t_s0_hi[(r) * 40 + (c)] = y0;
-              t_s0_lo[(r) * 40 + (c)] = y1;
-            }
-          }
-          __syncthreads();
-          // t0 = mma.tc(dy_hi, s0_hi^T) [128x32 in 16x32 units over 4 warps]
-          {
+            float acc[2][4][4];
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              float acc[4][4];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-              for (int k0 = 0; k0 < 32; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_dy_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+            }
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int k0 = 0; k0 < 32; k0 += 16) {
+              const int n0 = (warp % 1) * 32;
+              uint32_t ib_s0_hi[4][2];
+              uint32_t ib_s0_lo[4][2];
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
                 #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_s0_hi[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                for (int rg = 0; rg < 2; ++rg) {
+                  __nv_bfloat16 v0[2], v1[2];
+                  #pragma unroll
+                  for (int h = 0; h < 2; ++h) {
+                    const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
+                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 32)) ? 0.0f : (prt::to_f32(t_s0_f32[(r) * 32 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
+                    v0[h] = y0;
+                    const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 0) < v_i0) || ((r + 0) >= 32)) ? 0.0f : (prt::to_f32(t_s0_f32[(r) * 32 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+                    v1[h] = y1;
+                  }
+                  ib_s0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                  ib_s0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
                 }
               }
               #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t0[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+              for (int j = 0; j < 2; ++j) {
+                const int u = warp + j * 4;
+                const int m0 = (u / 1) * 16;
+                (void)m0;
+                (void)n0;
+                uint32_t fa_dy_hi[4];
+                prt::ldmatrix_x4(fa_dy_hi, &t_dy_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy_hi, ib_s0_hi[q][0], ib_s0_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy_hi, ib_s0_lo[q][0], ib_s0_lo[q][1]);
+              }
             }
-          }
-          __syncthreads();
-          // t0 += mma.tc(dy_hi, s0_lo^T) [128x32 in 16x32 units over 4 warps]
-          {
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              float acc[4][4];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_t0[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 32; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_dy_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_s0_lo[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t0[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) t_t0[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 1) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
             }
           }
           __syncthreads();
@@ -4524,7 +4515,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 0) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 32 + (v_i0)]) * prt::to_f32(t_t0[(r) * 32 + (prt::max_nan((c - 0), 0))]))) : f_grad_s[j][q][e]);
+                  f_grad_s[j][q][e] = ((c >= 0) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 40 + (v_i0)]) * prt::to_f32(t_t0[(r) * 32 + (prt::max_nan((c - 0), 0))]))) : f_grad_s[j][q][e]);
                 }
               }
             }
@@ -4534,7 +4525,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
           {
             for (int i = tid; i < 4096; i += 128) {
               const int r = i / 32, c = i % 32;
-              t_t0[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_t0[(r) * 32 + (c)]) * prt::to_f32(t_q[(r) * 32 + ((c + 0))])));
+              t_t0[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_t0[(r) * 32 + (c)]) * prt::to_f32(t_q[(r) * 40 + ((c + 0))])));
             }
           }
           __syncthreads();
@@ -4646,73 +4637,62 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
           prt::cp_async_wait<1>();
           t_s1_f32 = t_s1_f32_base + ((((v_i1 - 16) % 2)) % 2) * 512;  // bind s1_f32 stage ((i1 - 16) % 2)
           __syncthreads();
-          // s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 32)), 0.0, (s1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
-          // s1_lo[row, col] = (select((((row + 16) < i1) || ((row + 16) >= 32)), 0.0, (s1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951))) - s1_hi[row, col])
+          // mma.group (operands in registers):
+          //   s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 32)), 0.0, (s1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
+          //   s1_lo[row, col] = (select((((row + 16) < i1) || ((row + 16) >= 32)), 0.0, (s1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951))) - s1_hi[row, col])
+          //   t1 = mma.tc(dy_hi, s1_hi^T) [128x16 in 16x16 units over 4 warps]
+          //   t1 += mma.tc(dy_hi, s1_lo^T) [128x16 in 16x16 units over 4 warps]
           {
-            for (int i = tid; i < 512; i += 128) {
-              const int r = i / 32, c = i % 32;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 32)) ? 0.0f : (prt::to_f32(t_s1_f32[(r) * 32 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 16) < v_i1) || ((r + 16) >= 32)) ? 0.0f : (prt::to_f32(t_s1_f32[(r) * 32 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
-              t_s1_hi[(r) * 40 + (c)] = y0;
-              t_s1_lo[(r) * 40 + (c)] = y1;
-            }
-          }
-          __syncthreads();
-          // t1 = mma.tc(dy_hi, s1_hi^T) [128x16 in 16x16 units over 4 warps]
-          {
+            float acc[2][2][4];
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
-              float acc[2][4];
               #pragma unroll
               for (int q = 0; q < 2; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-              for (int k0 = 0; k0 < 32; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_dy_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+            }
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int k0 = 0; k0 < 32; k0 += 16) {
+              const int n0 = (warp % 1) * 16;
+              uint32_t ib_s1_hi[2][2];
+              uint32_t ib_s1_lo[2][2];
+              #pragma unroll
+              for (int q = 0; q < 2; ++q) {
                 #pragma unroll
-                for (int q = 0; q < 2; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_s1_hi[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                for (int rg = 0; rg < 2; ++rg) {
+                  __nv_bfloat16 v0[2], v1[2];
+                  #pragma unroll
+                  for (int h = 0; h < 2; ++h) {
+                    const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
+                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 32)) ? 0.0f : (prt::to_f32(t_s1_f32[(r) * 32 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
+                    v0[h] = y0;
+                    const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 16) < v_i1) || ((r + 16) >= 32)) ? 0.0f : (prt::to_f32(t_s1_f32[(r) * 32 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+                    v1[h] = y1;
+                  }
+                  ib_s1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                  ib_s1_lo[q][rg] = prt::pack2(v1[0], v1[1]);
                 }
               }
               #pragma unroll
-              for (int q = 0; q < 2; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+              for (int j = 0; j < 2; ++j) {
+                const int u = warp + j * 4;
+                const int m0 = (u / 1) * 16;
+                (void)m0;
+                (void)n0;
+                uint32_t fa_dy_hi[4];
+                prt::ldmatrix_x4(fa_dy_hi, &t_dy_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy_hi, ib_s1_hi[q][0], ib_s1_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy_hi, ib_s1_lo[q][0], ib_s1_lo[q][1]);
+              }
             }
-          }
-          __syncthreads();
-          // t1 += mma.tc(dy_hi, s1_lo^T) [128x16 in 16x16 units over 4 warps]
-          {
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
-              float acc[2][4];
               #pragma unroll
               for (int q = 0; q < 2; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_t1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 32; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_dy_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 2; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_s1_lo[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-              #pragma unroll
-              for (int q = 0; q < 2; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) t_t1[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 1) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
             }
           }
           __syncthreads();
@@ -4727,7 +4707,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 16) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 32 + (v_i1)]) * prt::to_f32(t_t1[(r) * 16 + (prt::max_nan((c - 16), 0))]))) : f_grad_s[j][q][e]);
+                  f_grad_s[j][q][e] = ((c >= 16) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 40 + (v_i1)]) * prt::to_f32(t_t1[(r) * 16 + (prt::max_nan((c - 16), 0))]))) : f_grad_s[j][q][e]);
                 }
               }
             }
@@ -4737,7 +4717,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
           {
             for (int i = tid; i < 2048; i += 128) {
               const int r = i / 16, c = i % 16;
-              t_t1[(r) * 16 + (c)] = prt::from_f32<float>((prt::to_f32(t_t1[(r) * 16 + (c)]) * prt::to_f32(t_q[(r) * 32 + ((c + 16))])));
+              t_t1[(r) * 16 + (c)] = prt::from_f32<float>((prt::to_f32(t_t1[(r) * 16 + (c)]) * prt::to_f32(t_q[(r) * 40 + ((c + 16))])));
             }
           }
           __syncthreads();
@@ -4861,7 +4841,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
 }
 
 // query_state_bwd_ds: dSin, dZin: the state's gradient from the queries of one chunk, summed over the group's query heads
-// grid (($n * 1), ($b * $h), 1), 128 threads, 69248 bytes of dynamic shared memory
+// grid (($n * 1), ($b * $h), 1), 128 threads, 59008 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_e32_c128_f16_w4_bd32_bt128_s1(
     const __half* g_Q, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -4955,29 +4935,31 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
   (void)g_dZin_d3;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
-  float* const t_fdy = reinterpret_cast<float*>(prt_smem + 1536);  // f32[128, 32] pitch 32
+  float* const t_fdy = reinterpret_cast<float*>(prt_smem + 1536);  // f32[128, 32] pitch 36
   float* const t_f = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_z_row = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128] pitch 128
-  __half* const t_q0 = reinterpret_cast<__half*>(prt_smem + 40448);  // f16[128, 32] pitch 32
-  __nv_bfloat16* const t_q0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 19968);  // bf16[128, 32] pitch 40
-  __nv_bfloat16* const t_q0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 30208);  // bf16[128, 32] pitch 40
-  float* const t_qzq0 = reinterpret_cast<float*>(prt_smem + 17920);  // f32[32, 16] pitch 16
-  __nv_bfloat16* const t_zq0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 48640);  // bf16[128, 16] pitch 24
-  __nv_bfloat16* const t_zq0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 54784);  // bf16[128, 16] pitch 24
+  __half* const t_q0 = reinterpret_cast<__half*>(prt_smem + 42496);  // f16[128, 32] pitch 32
+  __nv_bfloat16* const t_q0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 22016);  // bf16[128, 32] pitch 40
+  __nv_bfloat16* const t_q0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 32256);  // bf16[128, 32] pitch 40
+  float* const t_qg0 = reinterpret_cast<float*>(prt_smem + 50688);  // f32[16, 128] pitch 128
+  float* const t_qzq0 = reinterpret_cast<float*>(prt_smem + 19968);  // f32[32, 16] pitch 16
+  // zq0_hi: bf16[128, 16] computed in registers by its mma group
+  // zq0_lo: bf16[128, 16] computed in registers by its mma group
   float f_s0[1][2][4];  // f32[32, 32] as mma fragments: 32x32 in 16x16 units over 4 warps
-  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 69120);  // f32[32] pitch 32
-  __nv_bfloat16* const t_u0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 48640);  // bf16[128, 32] pitch 40
-  __nv_bfloat16* const t_u0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 58880);  // bf16[128, 32] pitch 40
-  __half* const t_q1 = reinterpret_cast<__half*>(prt_smem + 43520);  // f16[128, 16] pitch 16
-  __nv_bfloat16* const t_q1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 18944);  // bf16[128, 16] pitch 24
-  __nv_bfloat16* const t_q1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 25088);  // bf16[128, 16] pitch 24
-  float* const t_qzq1 = reinterpret_cast<float*>(prt_smem + 17920);  // f32[16, 16] pitch 16
-  __nv_bfloat16* const t_zq1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 31232);  // bf16[128, 16] pitch 24
-  __nv_bfloat16* const t_zq1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 37376);  // bf16[128, 16] pitch 24
+  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 58880);  // f32[32] pitch 32
+  // u0_hi: bf16[128, 32] computed in registers by its mma group
+  // u0_lo: bf16[128, 32] computed in registers by its mma group
+  __half* const t_q1 = reinterpret_cast<__half*>(prt_smem + 29184);  // f16[128, 16] pitch 24
+  __nv_bfloat16* const t_q1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 35328);  // bf16[128, 16] pitch 24
+  __nv_bfloat16* const t_q1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 41472);  // bf16[128, 16] pitch 24
+  float* const t_qg1 = reinterpret_cast<float*>(prt_smem + 20992);  // f32[16, 128] pitch 128
+  float* const t_qzq1 = reinterpret_cast<float*>(prt_smem + 19968);  // f32[16, 16] pitch 16
+  // zq1_hi: bf16[128, 16] computed in registers by its mma group
+  // zq1_lo: bf16[128, 16] computed in registers by its mma group
   float f_s1[1][1][4];  // f32[16, 32] as mma fragments: 16x32 in 16x8 units over 4 warps
-  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 41472);  // f32[16] pitch 16
-  __nv_bfloat16* const t_u1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 31232);  // bf16[128, 32] pitch 40
-  __nv_bfloat16* const t_u1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 47616);  // bf16[128, 32] pitch 40
+  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 47616);  // f32[16] pitch 16
+  // u1_hi: bf16[128, 32] computed in registers by its mma group
+  // u1_lo: bf16[128, 32] computed in registers by its mma group
   // g = load logG[(pid.y // $h), ((pid.x // 1) * 128):+128, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -5053,7 +5035,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
       float* const dst = t_fdy;
       for (int i = tid; i < 4096; i += 128) {
         const int r = i / 32, c = i % 32;
-        dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+        dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
       }
     }
     __syncthreads();
@@ -5061,7 +5043,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
     {
       for (int i = tid; i < 4096; i += 128) {
         const int r = i / 32, c = i % 32;
-        t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
+        t_fdy[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_f[r])));
       }
     }
   }
@@ -5126,7 +5108,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
           float* const dst = t_fdy;
           for (int i = tid; i < 4096; i += 128) {
             const int r = i / 32, c = i % 32;
-            dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+            dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
         __syncthreads();
@@ -5134,11 +5116,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
         {
           for (int i = tid; i < 4096; i += 128) {
             const int r = i / 32, c = i % 32;
-            t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
+            t_fdy[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_f[r])));
           }
         }
       }
-      __syncthreads();
       // q0 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0), 0:+32]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -5167,6 +5148,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
+      // qg0[row, col] = (q0[col, row] * f[col])
+      {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 128, c = i % 128;
+          t_qg0[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_q0[(c) * 32 + (r)]) * prt::to_f32(t_f[c])));
+        }
+      }
       // q0_hi[row, col] = q0[row, col]
       // q0_lo[row, col] = (q0[row, col] - q0_hi[row, col])
       {
@@ -5178,94 +5166,73 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
           t_q0_lo[(r) * 40 + (c)] = y1;
         }
       }
+      __syncthreads();
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // zq0_hi[row, col] = ((q0[row, col] * f[row]) * z_row[row])
-        // zq0_lo[row, col] = (((q0[row, col] * f[row]) * z_row[row]) - zq0_hi[row, col])
+        // mma.group (operands in registers):
+        //   zq0_hi[row, col] = ((q0[row, col] * f[row]) * z_row[row])
+        //   zq0_lo[row, col] = (((q0[row, col] * f[row]) * z_row[row]) - zq0_hi[row, col])
+        //   qzq0 += mma.tc(q0_hi^T, zq0_hi) [32x16 in 16x8 units over 4 warps]
+        //   qzq0 += mma.tc(q0_lo^T, zq0_hi) [32x16 in 16x8 units over 4 warps]
+        //   qzq0 += mma.tc(q0_hi^T, zq0_lo) [32x16 in 16x8 units over 4 warps]
         {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 16, c = i % 16;
-            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q0[(r) * 32 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
-            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q0[(r) * 32 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
-            t_zq0_hi[(r) * 24 + (c)] = y0;
-            t_zq0_lo[(r) * 24 + (c)] = y1;
-          }
-        }
-        __syncthreads();
-        // qzq0 += mma.tc(q0_hi^T, zq0_hi) [32x16 in 16x8 units over 4 warps]
-        {
+          float acc[1][1][4];
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-            float acc[1][4];
             #pragma unroll
             for (int q = 0; q < 1; ++q)
             #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-            for (int k0 = 0; k0 < 128; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4_trans(af, &t_q0_hi[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-              uint32_t bf[2];
-              prt::ldmatrix_x2_trans(bf, &t_zq0_hi[(k0 + (lane & 15)) * 24 + n0]);
-              prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-            }
-            #pragma unroll
-            for (int q = 0; q < 1; ++q)
-            #pragma unroll
-              for (int e = 0; e < 4; ++e) t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+              for (int e = 0; e < 4; ++e) acc[j][q][e] = t_qzq0[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 2) * 8 + q * 8 + prt::frag_col(lane, e))];
           }
-        }
-        __syncthreads();
-        // qzq0 += mma.tc(q0_lo^T, zq0_hi) [32x16 in 16x8 units over 4 warps]
-        {
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int k0 = 0; k0 < 128; k0 += 16) {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 2) * 16;
+              const int n0 = (u % 2) * 8;
+              (void)m0;
+              (void)n0;
+              uint32_t fat_q0_hi[4];
+              prt::ldmatrix_x4_trans(fat_q0_hi, &t_q0_hi[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+              uint32_t fat_q0_lo[4];
+              prt::ldmatrix_x4_trans(fat_q0_lo, &t_q0_lo[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+              uint32_t ib_zq0_hi[1][2];
+              uint32_t ib_zq0_lo[1][2];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q) {
+                #pragma unroll
+                for (int rg = 0; rg < 2; ++rg) {
+                  __nv_bfloat16 v0[2], v1[2];
+                  #pragma unroll
+                  for (int h = 0; h < 2; ++h) {
+                    const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q0[(r) * 32 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+                    v0[h] = y0;
+                    const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q0[(r) * 32 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+                    v1[h] = y1;
+                  }
+                  ib_zq0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                  ib_zq0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                }
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q0_hi, ib_zq0_hi[q][0], ib_zq0_hi[q][1]);
+              #pragma unroll
+              for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q0_lo, ib_zq0_hi[q][0], ib_zq0_hi[q][1]);
+              #pragma unroll
+              for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q0_hi, ib_zq0_lo[q][0], ib_zq0_lo[q][1]);
+            }
+          }
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-            float acc[1][4];
             #pragma unroll
             for (int q = 0; q < 1; ++q)
             #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-            for (int k0 = 0; k0 < 128; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4_trans(af, &t_q0_lo[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-              uint32_t bf[2];
-              prt::ldmatrix_x2_trans(bf, &t_zq0_hi[(k0 + (lane & 15)) * 24 + n0]);
-              prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-            }
-            #pragma unroll
-            for (int q = 0; q < 1; ++q)
-            #pragma unroll
-              for (int e = 0; e < 4; ++e) t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
-          }
-        }
-        __syncthreads();
-        // qzq0 += mma.tc(q0_hi^T, zq0_lo) [32x16 in 16x8 units over 4 warps]
-        {
-          #pragma unroll
-          for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-            float acc[1][4];
-            #pragma unroll
-            for (int q = 0; q < 1; ++q)
-            #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-            for (int k0 = 0; k0 < 128; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4_trans(af, &t_q0_hi[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-              uint32_t bf[2];
-              prt::ldmatrix_x2_trans(bf, &t_zq0_lo[(k0 + (lane & 15)) * 24 + n0]);
-              prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-            }
-            #pragma unroll
-            for (int q = 0; q < 1; ++q)
-            #pragma unroll
-              for (int e = 0; e < 4; ++e) t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+              for (int e = 0; e < 4; ++e) t_qzq0[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -5327,6 +5294,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
+            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2), ((pid.x % 1) * 32):+32]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -5338,7 +5306,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               float* const dst = t_fdy;
               for (int i = tid; i < 4096; i += 128) {
                 const int r = i / 32, c = i % 32;
-                dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+                dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
             __syncthreads();
@@ -5346,7 +5314,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
             {
               for (int i = tid; i < 4096; i += 128) {
                 const int r = i / 32, c = i % 32;
-                t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
+                t_fdy[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_f[r])));
               }
             }
             // q0 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2), 0:+32]
@@ -5377,6 +5345,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
             __syncthreads();
+            // qg0[row, col] = (q0[col, row] * f[col])
+            {
+              for (int i = tid; i < 2048; i += 128) {
+                const int r = i / 128, c = i % 128;
+                t_qg0[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_q0[(c) * 32 + (r)]) * prt::to_f32(t_f[c])));
+              }
+            }
             // q0_hi[row, col] = q0[row, col]
             // q0_lo[row, col] = (q0[row, col] - q0_hi[row, col])
             {
@@ -5390,75 +5365,52 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
             }
           }
           __syncthreads();
-          // u0_hi[row, col] = (fdy[row, col] * (q0[row, (i1 - 0)] * f[row]))
-          // u0_lo[row, col] = ((fdy[row, col] * (q0[row, (i1 - 0)] * f[row])) - u0_hi[row, col])
+          // mma.group (operands in registers):
+          //   u0_hi[row, col] = (fdy[row, col] * qg0[(i1 - 0), row])
+          //   u0_lo[row, col] = ((fdy[row, col] * qg0[(i1 - 0), row]) - u0_hi[row, col])
+          //   s0 += mma.tc(q0_hi^T, u0_hi) [32x32 in 16x16 units over 4 warps]
+          //   s0 += mma.tc(q0_lo^T, u0_hi) [32x32 in 16x16 units over 4 warps]
+          //   s0 += mma.tc(q0_hi^T, u0_lo) [32x32 in 16x16 units over 4 warps]
           {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 32, c = i % 32;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q0[(r) * 32 + ((v_i1 - 0))]) * prt::to_f32(t_f[r]))));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q0[(r) * 32 + ((v_i1 - 0))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
-              t_u0_hi[(r) * 40 + (c)] = y0;
-              t_u0_lo[(r) * 40 + (c)] = y1;
-            }
-          }
-          __syncthreads();
-          // s0 += mma.tc(q0_hi^T, u0_hi) [32x32 in 16x16 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-              float (&acc)[2][4] = f_s0[j];
-              for (int k0 = 0; k0 < 128; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q0_hi[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+            float (&acc)[1][2][4] = f_s0;
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int k0 = 0; k0 < 128; k0 += 16) {
+              #pragma unroll
+              for (int j = 0; j < 1; ++j) {
+                const int u = warp + j * 4;
+                const int m0 = (u / 2) * 16;
+                const int n0 = (u % 2) * 16;
+                (void)m0;
+                (void)n0;
+                uint32_t fat_q0_hi[4];
+                prt::ldmatrix_x4_trans(fat_q0_hi, &t_q0_hi[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                uint32_t fat_q0_lo[4];
+                prt::ldmatrix_x4_trans(fat_q0_lo, &t_q0_lo[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                uint32_t ib_u0_hi[2][2];
+                uint32_t ib_u0_lo[2][2];
                 #pragma unroll
-                for (int q = 0; q < 2; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_u0_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                for (int q = 0; q < 2; ++q) {
+                  #pragma unroll
+                  for (int rg = 0; rg < 2; ++rg) {
+                    __nv_bfloat16 v0[2], v1[2];
+                    #pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                      const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_qg0[((v_i1 - 0)) * 128 + (r)])));
+                      v0[h] = y0;
+                      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_qg0[((v_i1 - 0)) * 128 + (r)])) - prt::to_f32(y0)));
+                      v1[h] = y1;
+                    }
+                    ib_u0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                    ib_u0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                  }
                 }
-              }
-            }
-          }
-          // s0 += mma.tc(q0_lo^T, u0_hi) [32x32 in 16x16 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-              float (&acc)[2][4] = f_s0[j];
-              for (int k0 = 0; k0 < 128; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q0_lo[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
                 #pragma unroll
-                for (int q = 0; q < 2; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_u0_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-            }
-          }
-          // s0 += mma.tc(q0_hi^T, u0_lo) [32x32 in 16x16 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-              float (&acc)[2][4] = f_s0[j];
-              for (int k0 = 0; k0 < 128; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q0_hi[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q0_hi, ib_u0_hi[q][0], ib_u0_hi[q][1]);
                 #pragma unroll
-                for (int q = 0; q < 2; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_u0_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q0_lo, ib_u0_hi[q][0], ib_u0_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q0_hi, ib_u0_lo[q][0], ib_u0_lo[q][1]);
               }
             }
           }
@@ -5505,7 +5457,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
           }
         }
       }
-      __syncthreads();
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // z0[row] = (qzq0[row, (i1 - 0)] * select(((row + 0) == i1), 1.0, 1.4142135623730951))
         {
@@ -5591,7 +5542,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
           float* const dst = t_fdy;
           for (int i = tid; i < 4096; i += 128) {
             const int r = i / 32, c = i % 32;
-            dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+            dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
         __syncthreads();
@@ -5599,11 +5550,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
         {
           for (int i = tid; i < 4096; i += 128) {
             const int r = i / 32, c = i % 32;
-            t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
+            t_fdy[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_f[r])));
           }
         }
       }
-      __syncthreads();
       // q1 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3), 16:+16]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -5619,124 +5569,112 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
             const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 16 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+            prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
           }
         }
         else {
           for (int i = tid; i < 2048; i += 128) {
             const int r = i / 16, c = i % 16;
-            dst[(r) * 16 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
+            dst[(r) * 24 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
           }
         }
       }
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
+      // qg1[row, col] = (q1[col, row] * f[col])
+      {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 128, c = i % 128;
+          t_qg1[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_q1[(c) * 24 + (r)]) * prt::to_f32(t_f[c])));
+        }
+      }
       // q1_hi[row, col] = q1[row, col]
       // q1_lo[row, col] = (q1[row, col] - q1_hi[row, col])
       {
         for (int i = tid; i < 2048; i += 128) {
           const int r = i / 16, c = i % 16;
-          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q1[(r) * 16 + (c)]));
-          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q1[(r) * 16 + (c)]) - prt::to_f32(y0)));
+          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q1[(r) * 24 + (c)]));
+          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q1[(r) * 24 + (c)]) - prt::to_f32(y0)));
           t_q1_hi[(r) * 24 + (c)] = y0;
           t_q1_lo[(r) * 24 + (c)] = y1;
         }
       }
+      __syncthreads();
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // zq1_hi[row, col] = ((q1[row, col] * f[row]) * z_row[row])
-        // zq1_lo[row, col] = (((q1[row, col] * f[row]) * z_row[row]) - zq1_hi[row, col])
+        // mma.group (operands in registers):
+        //   zq1_hi[row, col] = ((q1[row, col] * f[row]) * z_row[row])
+        //   zq1_lo[row, col] = (((q1[row, col] * f[row]) * z_row[row]) - zq1_hi[row, col])
+        //   qzq1 += mma.tc(q1_hi^T, zq1_hi) [16x16 in 16x8 units over 4 warps]
+        //   qzq1 += mma.tc(q1_lo^T, zq1_hi) [16x16 in 16x8 units over 4 warps]
+        //   qzq1 += mma.tc(q1_hi^T, zq1_lo) [16x16 in 16x8 units over 4 warps]
         {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 16, c = i % 16;
-            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q1[(r) * 16 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
-            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q1[(r) * 16 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
-            t_zq1_hi[(r) * 24 + (c)] = y0;
-            t_zq1_lo[(r) * 24 + (c)] = y1;
-          }
-        }
-        __syncthreads();
-        // qzq1 += mma.tc(q1_hi^T, zq1_hi) [16x16 in 16x8 units over 4 warps]
-        {
+          float acc[1][1][4];
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 4;
-            if (u < 2) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-              float acc[1][4];
+            if (warp + j * 4 < 2) {
               #pragma unroll
               for (int q = 0; q < 1; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 128; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q1_hi[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_zq1_hi[(k0 + (lane & 15)) * 24 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-              }
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = t_qzq1[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 2) * 8 + q * 8 + prt::frag_col(lane, e))];
             }
           }
-        }
-        __syncthreads();
-        // qzq1 += mma.tc(q1_lo^T, zq1_hi) [16x16 in 16x8 units over 4 warps]
-        {
-          #pragma unroll
-          for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 4;
-            if (u < 2) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-              float acc[1][4];
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 128; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q1_lo[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_zq1_hi[(k0 + (lane & 15)) * 24 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int k0 = 0; k0 < 128; k0 += 16) {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              if (u < 2) {
+                const int m0 = (u / 2) * 16;
+                const int n0 = (u % 2) * 8;
+                (void)m0;
+                (void)n0;
+                uint32_t fat_q1_hi[4];
+                prt::ldmatrix_x4_trans(fat_q1_hi, &t_q1_hi[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                uint32_t fat_q1_lo[4];
+                prt::ldmatrix_x4_trans(fat_q1_lo, &t_q1_lo[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                uint32_t fb_q1[1][2];
+                prt::ldmatrix_x2_trans(fb_q1[0], &t_q1[(k0 + (lane & 15)) * 24 + n0]);
+                uint32_t ib_zq1_hi[1][2];
+                uint32_t ib_zq1_lo[1][2];
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) {
+                  #pragma unroll
+                  for (int rg = 0; rg < 2; ++rg) {
+                    __nv_bfloat16 v0[2], v1[2];
+                    #pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                      const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::b16_half<__half>(fb_q1[q][rg], h) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+                      v0[h] = y0;
+                      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::b16_half<__half>(fb_q1[q][rg], h) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+                      v1[h] = y1;
+                    }
+                    ib_zq1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                    ib_zq1_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                  }
+                }
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q1_hi, ib_zq1_hi[q][0], ib_zq1_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q1_lo, ib_zq1_hi[q][0], ib_zq1_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q1_hi, ib_zq1_lo[q][0], ib_zq1_lo[q][1]);
               }
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
             }
           }
-        }
-        __syncthreads();
-        // qzq1 += mma.tc(q1_hi^T, zq1_lo) [16x16 in 16x8 units over 4 warps]
-        {
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 4;
-            if (u < 2) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-              float acc[1][4];
+            if (warp + j * 4 < 2) {
               #pragma unroll
               for (int q = 0; q < 1; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 128; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q1_hi[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_zq1_lo[(k0 + (lane & 15)) * 24 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-              }
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) t_qzq1[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
             }
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -5798,6 +5736,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
+            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5), ((pid.x % 1) * 32):+32]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -5809,7 +5748,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               float* const dst = t_fdy;
               for (int i = tid; i < 4096; i += 128) {
                 const int r = i / 32, c = i % 32;
-                dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+                dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
             __syncthreads();
@@ -5817,7 +5756,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
             {
               for (int i = tid; i < 4096; i += 128) {
                 const int r = i / 32, c = i % 32;
-                t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
+                t_fdy[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_f[r])));
               }
             }
             // q1 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5), 16:+16]
@@ -5835,89 +5774,85 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
                   const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 16 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                  prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
                 }
               }
               else {
                 for (int i = tid; i < 2048; i += 128) {
                   const int r = i / 16, c = i % 16;
-                  dst[(r) * 16 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
+                  dst[(r) * 24 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
                 }
               }
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
             __syncthreads();
+            // qg1[row, col] = (q1[col, row] * f[col])
+            {
+              for (int i = tid; i < 2048; i += 128) {
+                const int r = i / 128, c = i % 128;
+                t_qg1[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_q1[(c) * 24 + (r)]) * prt::to_f32(t_f[c])));
+              }
+            }
             // q1_hi[row, col] = q1[row, col]
             // q1_lo[row, col] = (q1[row, col] - q1_hi[row, col])
             {
               for (int i = tid; i < 2048; i += 128) {
                 const int r = i / 16, c = i % 16;
-                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q1[(r) * 16 + (c)]));
-                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q1[(r) * 16 + (c)]) - prt::to_f32(y0)));
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q1[(r) * 24 + (c)]));
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q1[(r) * 24 + (c)]) - prt::to_f32(y0)));
                 t_q1_hi[(r) * 24 + (c)] = y0;
                 t_q1_lo[(r) * 24 + (c)] = y1;
               }
             }
           }
           __syncthreads();
-          // u1_hi[row, col] = (fdy[row, col] * (q1[row, (i4 - 16)] * f[row]))
-          // u1_lo[row, col] = ((fdy[row, col] * (q1[row, (i4 - 16)] * f[row])) - u1_hi[row, col])
+          // mma.group (operands in registers):
+          //   u1_hi[row, col] = (fdy[row, col] * qg1[(i4 - 16), row])
+          //   u1_lo[row, col] = ((fdy[row, col] * qg1[(i4 - 16), row]) - u1_hi[row, col])
+          //   s1 += mma.tc(q1_hi^T, u1_hi) [16x32 in 16x8 units over 4 warps]
+          //   s1 += mma.tc(q1_lo^T, u1_hi) [16x32 in 16x8 units over 4 warps]
+          //   s1 += mma.tc(q1_hi^T, u1_lo) [16x32 in 16x8 units over 4 warps]
           {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 32, c = i % 32;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q1[(r) * 16 + ((v_i4 - 16))]) * prt::to_f32(t_f[r]))));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q1[(r) * 16 + ((v_i4 - 16))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
-              t_u1_hi[(r) * 40 + (c)] = y0;
-              t_u1_lo[(r) * 40 + (c)] = y1;
-            }
-          }
-          __syncthreads();
-          // s1 += mma.tc(q1_hi^T, u1_hi) [16x32 in 16x8 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
-              float (&acc)[1][4] = f_s1[j];
-              for (int k0 = 0; k0 < 128; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q1_hi[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_u1_hi[(k0 + (lane & 15)) * 40 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-              }
-            }
-          }
-          // s1 += mma.tc(q1_lo^T, u1_hi) [16x32 in 16x8 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
-              float (&acc)[1][4] = f_s1[j];
-              for (int k0 = 0; k0 < 128; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q1_lo[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_u1_hi[(k0 + (lane & 15)) * 40 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-              }
-            }
-          }
-          // s1 += mma.tc(q1_hi^T, u1_lo) [16x32 in 16x8 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
-              float (&acc)[1][4] = f_s1[j];
-              for (int k0 = 0; k0 < 128; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q1_hi[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_u1_lo[(k0 + (lane & 15)) * 40 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+            float (&acc)[1][1][4] = f_s1;
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int k0 = 0; k0 < 128; k0 += 16) {
+              #pragma unroll
+              for (int j = 0; j < 1; ++j) {
+                const int u = warp + j * 4;
+                const int m0 = (u / 4) * 16;
+                const int n0 = (u % 4) * 8;
+                (void)m0;
+                (void)n0;
+                uint32_t fat_q1_hi[4];
+                prt::ldmatrix_x4_trans(fat_q1_hi, &t_q1_hi[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                uint32_t fat_q1_lo[4];
+                prt::ldmatrix_x4_trans(fat_q1_lo, &t_q1_lo[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                uint32_t ib_u1_hi[1][2];
+                uint32_t ib_u1_lo[1][2];
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) {
+                  #pragma unroll
+                  for (int rg = 0; rg < 2; ++rg) {
+                    __nv_bfloat16 v0[2], v1[2];
+                    #pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                      const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_qg1[((v_i4 - 16)) * 128 + (r)])));
+                      v0[h] = y0;
+                      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_qg1[((v_i4 - 16)) * 128 + (r)])) - prt::to_f32(y0)));
+                      v1[h] = y1;
+                    }
+                    ib_u1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                    ib_u1_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                  }
+                }
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q1_hi, ib_u1_hi[q][0], ib_u1_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q1_lo, ib_u1_hi[q][0], ib_u1_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q1_hi, ib_u1_lo[q][0], ib_u1_lo[q][1]);
               }
             }
           }
@@ -6639,8 +6574,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
   float f_dv[2][4][4];  // f32[128, 32] as mma fragments: 128x32 in 16x32 units over 4 warps
   float* const t_kdk = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_z = reinterpret_cast<float*>(prt_smem + 29696);  // f32[528] pitch 528
-  __nv_bfloat16* const t_zu_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 31808);  // bf16[32, 32] pitch 40
-  __nv_bfloat16* const t_zu_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 34368);  // bf16[32, 32] pitch 40
+  // zu_hi: bf16[32, 32] computed in registers by its mma group
+  // zu_lo: bf16[32, 32] computed in registers by its mma group
   float* const t_kzu = reinterpret_cast<float*>(prt_smem + 66560);  // f32[128, 32] pitch 32
   float* const t_r = reinterpret_cast<float*>(prt_smem + 40960);  // f32[128] pitch 128
   float* const t_r16 = reinterpret_cast<float*>(prt_smem + 19456);  // f32[128, 16] pitch 16
@@ -6775,102 +6710,67 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  // zu_hi[row, col] = select(((row < 32) && (col < 32)), select((row == col), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] * 2.0), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] * 1.4142135623730951)), 0.0)
-  // zu_lo[row, col] = (select(((row < 32) && (col < 32)), select((row == col), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] * 2.0), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] * 1.4142135623730951)), 0.0) - zu_hi[row, col])
+  // mma.group (operands in registers):
+  //   zu_hi[row, col] = select(((row < 32) && (col < 32)), select((row == col), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] * 2.0), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] * 1.4142135623730951)), 0.0)
+  //   zu_lo[row, col] = (select(((row < 32) && (col < 32)), select((row == col), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] * 2.0), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] * 1.4142135623730951)), 0.0) - zu_hi[row, col])
+  //   kzu = mma.tc(k0_hi, zu_hi) [128x32 in 16x32 units over 4 warps]
+  //   kzu += mma.tc(k0_lo, zu_hi) [128x32 in 16x32 units over 4 warps]
+  //   kzu += mma.tc(k0_hi, zu_lo) [128x32 in 16x32 units over 4 warps]
   {
-    for (int i = tid; i < 1024; i += 128) {
-      const int r = i / 32, c = i % 32;
-      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < 32) && (c < 32)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) * 2.0f) : (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) * 1.4142135623730951f)) : 0.0f));
-      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((((r < 32) && (c < 32)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) * 2.0f) : (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) * 1.4142135623730951f)) : 0.0f) - prt::to_f32(y0)));
-      t_zu_hi[(r) * 40 + (c)] = y0;
-      t_zu_lo[(r) * 40 + (c)] = y1;
-    }
-  }
-  __syncthreads();
-  // kzu = mma.tc(k0_hi, zu_hi) [128x32 in 16x32 units over 4 warps]
-  {
+    float acc[2][4][4];
     #pragma unroll
     for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-      float acc[4][4];
       #pragma unroll
       for (int q = 0; q < 4; ++q)
       #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-      for (int k0 = 0; k0 < 32; k0 += 16) {
-        uint32_t af[4];
-        prt::ldmatrix_x4(af, &t_k0_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+        for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+    }
+    const int g = lane >> 2, t2 = (lane & 3) * 2;
+    for (int k0 = 0; k0 < 32; k0 += 16) {
+      const int n0 = (warp % 1) * 32;
+      uint32_t ib_zu_hi[4][2];
+      uint32_t ib_zu_lo[4][2];
+      #pragma unroll
+      for (int q = 0; q < 4; ++q) {
         #pragma unroll
-        for (int q = 0; q < 4; q += 2) {
-          uint32_t bf[4];
-          prt::ldmatrix_x4_trans(bf, &t_zu_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-          prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-          prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+        for (int rg = 0; rg < 2; ++rg) {
+          __nv_bfloat16 v0[2], v1[2];
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < 32) && (c < 32)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) * 2.0f) : (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) * 1.4142135623730951f)) : 0.0f));
+            v0[h] = y0;
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((((r < 32) && (c < 32)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) * 2.0f) : (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) * 1.4142135623730951f)) : 0.0f) - prt::to_f32(y0)));
+            v1[h] = y1;
+          }
+          ib_zu_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+          ib_zu_lo[q][rg] = prt::pack2(v1[0], v1[1]);
         }
       }
       #pragma unroll
-      for (int q = 0; q < 4; ++q)
-      #pragma unroll
-        for (int e = 0; e < 4; ++e) t_kzu[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+      for (int j = 0; j < 2; ++j) {
+        const int u = warp + j * 4;
+        const int m0 = (u / 1) * 16;
+        (void)m0;
+        (void)n0;
+        uint32_t fa_k0_hi[4];
+        prt::ldmatrix_x4(fa_k0_hi, &t_k0_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+        uint32_t fa_k0_lo[4];
+        prt::ldmatrix_x4(fa_k0_lo, &t_k0_lo[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k0_hi, ib_zu_hi[q][0], ib_zu_hi[q][1]);
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k0_lo, ib_zu_hi[q][0], ib_zu_hi[q][1]);
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k0_hi, ib_zu_lo[q][0], ib_zu_lo[q][1]);
+      }
     }
-  }
-  __syncthreads();
-  // kzu += mma.tc(k0_lo, zu_hi) [128x32 in 16x32 units over 4 warps]
-  {
     #pragma unroll
     for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-      float acc[4][4];
       #pragma unroll
       for (int q = 0; q < 4; ++q)
       #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[q][e] = t_kzu[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))];
-      for (int k0 = 0; k0 < 32; k0 += 16) {
-        uint32_t af[4];
-        prt::ldmatrix_x4(af, &t_k0_lo[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-        #pragma unroll
-        for (int q = 0; q < 4; q += 2) {
-          uint32_t bf[4];
-          prt::ldmatrix_x4_trans(bf, &t_zu_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-          prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-          prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-        }
-      }
-      #pragma unroll
-      for (int q = 0; q < 4; ++q)
-      #pragma unroll
-        for (int e = 0; e < 4; ++e) t_kzu[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
-    }
-  }
-  __syncthreads();
-  // kzu += mma.tc(k0_hi, zu_lo) [128x32 in 16x32 units over 4 warps]
-  {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-      float acc[4][4];
-      #pragma unroll
-      for (int q = 0; q < 4; ++q)
-      #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[q][e] = t_kzu[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))];
-      for (int k0 = 0; k0 < 32; k0 += 16) {
-        uint32_t af[4];
-        prt::ldmatrix_x4(af, &t_k0_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-        #pragma unroll
-        for (int q = 0; q < 4; q += 2) {
-          uint32_t bf[4];
-          prt::ldmatrix_x4_trans(bf, &t_zu_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-          prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-          prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-        }
-      }
-      #pragma unroll
-      for (int q = 0; q < 4; ++q)
-      #pragma unroll
-        for (int e = 0; e < 4; ++e) t_kzu[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+        for (int e = 0; e < 4; ++e) t_kzu[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 1) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
     }
   }
   __syncthreads();
@@ -7008,45 +6908,58 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
       __syncthreads();
       // p0 = mma.tc(k0_hi, u0_hi) [128x32 in 16x32 units over 4 warps]
       {
+        float (&acc)[2][4][4] = f_p0;
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          float (&acc)[4][4] = f_p0[j];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 32; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_k0_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+        }
+        for (int k0 = 0; k0 < 32; k0 += 16) {
+          const int n0 = (warp % 1) * 32;
+          uint32_t fb_u0_hi[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4_trans(r, &t_u0_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_u0_hi[q][0] = r[0]; fb_u0_hi[q][1] = r[1]; fb_u0_hi[q + 1][0] = r[2]; fb_u0_hi[q + 1][1] = r[3];
+          }
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 1) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_k0_hi[4];
+            prt::ldmatrix_x4(fa_k0_hi, &t_k0_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u0_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k0_hi, fb_u0_hi[q][0], fb_u0_hi[q][1]);
           }
         }
       }
       // p0 += mma.tc(k0_hi, u0_lo) [128x32 in 16x32 units over 4 warps]
       {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          float (&acc)[4][4] = f_p0[j];
-          for (int k0 = 0; k0 < 32; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_k0_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+        float (&acc)[2][4][4] = f_p0;
+        for (int k0 = 0; k0 < 32; k0 += 16) {
+          const int n0 = (warp % 1) * 32;
+          uint32_t fb_u0_lo[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4_trans(r, &t_u0_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_u0_lo[q][0] = r[0]; fb_u0_lo[q][1] = r[1]; fb_u0_lo[q + 1][0] = r[2]; fb_u0_lo[q + 1][1] = r[3];
+          }
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 1) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_k0_hi[4];
+            prt::ldmatrix_x4(fa_k0_hi, &t_k0_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u0_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k0_hi, fb_u0_lo[q][0], fb_u0_lo[q][1]);
           }
         }
       }
@@ -7104,88 +7017,121 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
       }
       // t0 = mma.tc(v_hi, u0_hi^T) [128x32 in 16x32 units over 4 warps]
       {
+        float acc[2][4][4];
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          float acc[4][4];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 32; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_v_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4(bf, &t_u0_hi[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+        }
+        for (int k0 = 0; k0 < 32; k0 += 16) {
+          const int n0 = (warp % 1) * 32;
+          uint32_t fbt_u0_hi[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4(r, &t_u0_hi[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
+            fbt_u0_hi[q][0] = r[0]; fbt_u0_hi[q][1] = r[1]; fbt_u0_hi[q + 1][0] = r[2]; fbt_u0_hi[q + 1][1] = r[3];
           }
           #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 1) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_v_hi[4];
+            prt::ldmatrix_x4(fa_v_hi, &t_v_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_hi, fbt_u0_hi[q][0], fbt_u0_hi[q][1]);
+          }
+        }
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t0[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_t0[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 1) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       __syncthreads();
       // t0 += mma.tc(v_lo, u0_hi^T) [128x32 in 16x32 units over 4 warps]
       {
+        float acc[2][4][4];
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          float acc[4][4];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_t0[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 32; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_v_lo[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4(bf, &t_u0_hi[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = t_t0[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 1) * 32 + q * 8 + prt::frag_col(lane, e))];
+        }
+        for (int k0 = 0; k0 < 32; k0 += 16) {
+          const int n0 = (warp % 1) * 32;
+          uint32_t fbt_u0_hi[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4(r, &t_u0_hi[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
+            fbt_u0_hi[q][0] = r[0]; fbt_u0_hi[q][1] = r[1]; fbt_u0_hi[q + 1][0] = r[2]; fbt_u0_hi[q + 1][1] = r[3];
           }
           #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 1) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_v_lo[4];
+            prt::ldmatrix_x4(fa_v_lo, &t_v_lo[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_lo, fbt_u0_hi[q][0], fbt_u0_hi[q][1]);
+          }
+        }
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t0[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_t0[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 1) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       __syncthreads();
       // t0 += mma.tc(v_hi, u0_lo^T) [128x32 in 16x32 units over 4 warps]
       {
+        float acc[2][4][4];
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          float acc[4][4];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_t0[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 32; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_v_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4(bf, &t_u0_lo[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = t_t0[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 1) * 32 + q * 8 + prt::frag_col(lane, e))];
+        }
+        for (int k0 = 0; k0 < 32; k0 += 16) {
+          const int n0 = (warp % 1) * 32;
+          uint32_t fbt_u0_lo[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4(r, &t_u0_lo[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
+            fbt_u0_lo[q][0] = r[0]; fbt_u0_lo[q][1] = r[1]; fbt_u0_lo[q + 1][0] = r[2]; fbt_u0_lo[q + 1][1] = r[3];
           }
           #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 1) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_v_hi[4];
+            prt::ldmatrix_x4(fa_v_hi, &t_v_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_hi, fbt_u0_lo[q][0], fbt_u0_lo[q][1]);
+          }
+        }
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t0[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_t0[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 1) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       __syncthreads();
@@ -7331,45 +7277,58 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
       __syncthreads();
       // p1 = mma.tc(k1_hi, u1_hi) [128x32 in 16x32 units over 4 warps]
       {
+        float (&acc)[2][4][4] = f_p1;
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          float (&acc)[4][4] = f_p1[j];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 16; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_k1_hi[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+        }
+        for (int k0 = 0; k0 < 16; k0 += 16) {
+          const int n0 = (warp % 1) * 32;
+          uint32_t fb_u1_hi[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4_trans(r, &t_u1_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_u1_hi[q][0] = r[0]; fb_u1_hi[q][1] = r[1]; fb_u1_hi[q + 1][0] = r[2]; fb_u1_hi[q + 1][1] = r[3];
+          }
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 1) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_k1_hi[4];
+            prt::ldmatrix_x4(fa_k1_hi, &t_k1_hi[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u1_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k1_hi, fb_u1_hi[q][0], fb_u1_hi[q][1]);
           }
         }
       }
       // p1 += mma.tc(k1_hi, u1_lo) [128x32 in 16x32 units over 4 warps]
       {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          float (&acc)[4][4] = f_p1[j];
-          for (int k0 = 0; k0 < 16; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_k1_hi[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
+        float (&acc)[2][4][4] = f_p1;
+        for (int k0 = 0; k0 < 16; k0 += 16) {
+          const int n0 = (warp % 1) * 32;
+          uint32_t fb_u1_lo[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4_trans(r, &t_u1_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_u1_lo[q][0] = r[0]; fb_u1_lo[q][1] = r[1]; fb_u1_lo[q + 1][0] = r[2]; fb_u1_lo[q + 1][1] = r[3];
+          }
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 1) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_k1_hi[4];
+            prt::ldmatrix_x4(fa_k1_hi, &t_k1_hi[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u1_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k1_hi, fb_u1_lo[q][0], fb_u1_lo[q][1]);
           }
         }
       }
@@ -7427,88 +7386,121 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
       }
       // t1 = mma.tc(v_hi, u1_hi^T) [128x16 in 16x16 units over 4 warps]
       {
+        float acc[2][2][4];
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
-          float acc[2][4];
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 32; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_v_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 2; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4(bf, &t_u1_hi[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+        }
+        for (int k0 = 0; k0 < 32; k0 += 16) {
+          const int n0 = (warp % 1) * 16;
+          uint32_t fbt_u1_hi[2][2];
+          #pragma unroll
+          for (int q = 0; q < 2; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4(r, &t_u1_hi[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
+            fbt_u1_hi[q][0] = r[0]; fbt_u1_hi[q][1] = r[1]; fbt_u1_hi[q + 1][0] = r[2]; fbt_u1_hi[q + 1][1] = r[3];
           }
           #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 1) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_v_hi[4];
+            prt::ldmatrix_x4(fa_v_hi, &t_v_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_hi, fbt_u1_hi[q][0], fbt_u1_hi[q][1]);
+          }
+        }
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_t1[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 1) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       __syncthreads();
       // t1 += mma.tc(v_lo, u1_hi^T) [128x16 in 16x16 units over 4 warps]
       {
+        float acc[2][2][4];
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
-          float acc[2][4];
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_t1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 32; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_v_lo[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 2; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4(bf, &t_u1_hi[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = t_t1[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 1) * 16 + q * 8 + prt::frag_col(lane, e))];
+        }
+        for (int k0 = 0; k0 < 32; k0 += 16) {
+          const int n0 = (warp % 1) * 16;
+          uint32_t fbt_u1_hi[2][2];
+          #pragma unroll
+          for (int q = 0; q < 2; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4(r, &t_u1_hi[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
+            fbt_u1_hi[q][0] = r[0]; fbt_u1_hi[q][1] = r[1]; fbt_u1_hi[q + 1][0] = r[2]; fbt_u1_hi[q + 1][1] = r[3];
           }
           #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 1) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_v_lo[4];
+            prt::ldmatrix_x4(fa_v_lo, &t_v_lo[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_lo, fbt_u1_hi[q][0], fbt_u1_hi[q][1]);
+          }
+        }
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_t1[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 1) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       __syncthreads();
       // t1 += mma.tc(v_hi, u1_lo^T) [128x16 in 16x16 units over 4 warps]
       {
+        float acc[2][2][4];
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
-          float acc[2][4];
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_t1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 32; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_v_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 2; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4(bf, &t_u1_lo[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = t_t1[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 1) * 16 + q * 8 + prt::frag_col(lane, e))];
+        }
+        for (int k0 = 0; k0 < 32; k0 += 16) {
+          const int n0 = (warp % 1) * 16;
+          uint32_t fbt_u1_lo[2][2];
+          #pragma unroll
+          for (int q = 0; q < 2; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4(r, &t_u1_lo[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
+            fbt_u1_lo[q][0] = r[0]; fbt_u1_lo[q][1] = r[1]; fbt_u1_lo[q + 1][0] = r[2]; fbt_u1_lo[q + 1][1] = r[3];
           }
           #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 1) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_v_hi[4];
+            prt::ldmatrix_x4(fa_v_hi, &t_v_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_hi, fbt_u1_lo[q][0], fbt_u1_lo[q][1]);
+          }
+        }
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_t1[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 1) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       __syncthreads();
@@ -8750,25 +8742,33 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c128_f16
       __syncthreads();
       // qk = mma.tc(q, k^T) [16x64 in 16x16 units over 4 warps]
       {
+        float (&acc)[1][2][4] = f_qk;
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
-          float (&acc)[2][4] = f_qk[j];
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 32; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_q[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+        }
+        for (int k0 = 0; k0 < 32; k0 += 16) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 4) * 16;
+            const int n0 = (u % 4) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_q[4];
+            prt::ldmatrix_x4(fa_q, &t_q[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+            uint32_t fbt_k[2][2];
             #pragma unroll
             for (int q = 0; q < 2; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4(bf, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-              prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
+              uint32_t r[4];
+              prt::ldmatrix_x4(r, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
+              fbt_k[q][0] = r[0]; fbt_k[q][1] = r[1]; fbt_k[q + 1][0] = r[2]; fbt_k[q + 1][1] = r[3];
             }
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__half>(acc[j][q], fa_q, fbt_k[q][0], fbt_k[q][1]);
           }
         }
       }
@@ -8863,26 +8863,36 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c128_f16
       }
       // num_a += mma.tc(p, v) [16x32 in 16x8 units over 4 warps]
       {
+        float acc[1][1][4];
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
-          float acc[1][4];
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_num_a[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_p[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-            uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_v[(k0 + (lane & 15)) * 40 + n0]);
-            prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = t_num_a[(((warp + j * 4) / 4) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 4) * 8 + q * 8 + prt::frag_col(lane, e))];
+        }
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 4) * 16;
+            const int n0 = (u % 4) * 8;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_p[4];
+            prt::ldmatrix_x4(fa_p, &t_p[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            uint32_t fb_v[1][2];
+            prt::ldmatrix_x2_trans(fb_v[0], &t_v[(k0 + (lane & 15)) * 40 + n0]);
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) prt::mma_16816<__half>(acc[j][q], fa_p, fb_v[q][0], fb_v[q][1]);
           }
+        }
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_num_a[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_num_a[(((warp + j * 4) / 4) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 4) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       // m_run[row] = m_new[row]
@@ -9292,9 +9302,9 @@ extern "C" cudaError_t prt_attention_p2_d32_e32_c128_f16_w4_bd0_bt64_s2_launch(d
 }
 
 extern "C" cudaError_t prt_update_state_p2_d32_e32_c128_f16_w4_bd32_bt128_s1_launch(dim3 grid, cudaStream_t stream, const __half* g_K, const __half* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d32_e32_c128_f16_w4_bd32_bt128_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 56320);
+  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d32_e32_c128_f16_w4_bd32_bt128_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 31744);
   if (err != cudaSuccess) return err;
-  prt_update_state_p2_d32_e32_c128_f16_w4_bd32_bt128_s1<<<grid, 128, 56320, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
+  prt_update_state_p2_d32_e32_c128_f16_w4_bd32_bt128_s1<<<grid, 128, 31744, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
@@ -9306,9 +9316,9 @@ extern "C" cudaError_t prt_discounted_cumsum_p2_d32_e32_c128_f16_w4_bd64_bt128_s
 }
 
 extern "C" cudaError_t prt_query_state_p2_d32_e32_c128_f16_w4_bd0_bt128_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_numA, const float* g_denA, const float* g_maxA, __half* g_Y, float* g_lse, float* g_yS, float* g_wS, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_p2_d32_e32_c128_f16_w4_bd0_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 51200);
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_p2_d32_e32_c128_f16_w4_bd0_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 47104);
   if (err != cudaSuccess) return err;
-  prt_query_state_p2_d32_e32_c128_f16_w4_bd0_bt128_s2<<<grid, 128, 51200, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_numA, g_denA, g_maxA, g_Y, g_lse, g_yS, g_wS, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_query_state_p2_d32_e32_c128_f16_w4_bd0_bt128_s2<<<grid, 128, 47104, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_numA, g_denA, g_maxA, g_Y, g_lse, g_yS, g_wS, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
@@ -9327,16 +9337,16 @@ extern "C" cudaError_t prt_attention_bwd_p2_d32_e32_c128_f16_w8_bd64_bt64_s1_lau
 }
 
 extern "C" cudaError_t prt_query_state_bwd_dq_p2_d32_e32_c128_f16_w4_bd0_bt128_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const __half* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d32_e32_c128_f16_w4_bd0_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 67072);
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d32_e32_c128_f16_w4_bd0_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 60416);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_dq_p2_d32_e32_c128_f16_w4_bd0_bt128_s2<<<grid, 128, 67072, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
+  prt_query_state_bwd_dq_p2_d32_e32_c128_f16_w4_bd0_bt128_s2<<<grid, 128, 60416, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_query_state_bwd_ds_p2_d32_e32_c128_f16_w4_bd32_bt128_s1_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_ds_p2_d32_e32_c128_f16_w4_bd32_bt128_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 69248);
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_ds_p2_d32_e32_c128_f16_w4_bd32_bt128_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 59008);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_ds_p2_d32_e32_c128_f16_w4_bd32_bt128_s1<<<grid, 128, 69248, stream>>>(g_Q, g_logG, g_dY, g_lse, g_Dy, g_dSin, g_dZin, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_query_state_bwd_ds_p2_d32_e32_c128_f16_w4_bd32_bt128_s1<<<grid, 128, 59008, stream>>>(g_Q, g_logG, g_dY, g_lse, g_Dy, g_dSin, g_dZin, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 

@@ -309,25 +309,33 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
             __syncthreads();
             // w = mma.tc(q, k^T) [64x64 in 16x32 units over 4 warps]
             {
+              float (&acc)[2][4][4] = f_w;
               #pragma unroll
               for (int j = 0; j < 2; ++j) {
-                const int u = warp + j * 4;
-                const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                float (&acc)[4][4] = f_w[j];
                 #pragma unroll
                 for (int q = 0; q < 4; ++q)
                 #pragma unroll
-                  for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-                for (int k0 = 0; k0 < 32; k0 += 16) {
-                  uint32_t af[4];
-                  prt::ldmatrix_x4(af, &t_q[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                  for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+              }
+              for (int k0 = 0; k0 < 32; k0 += 16) {
+                const int n0 = (warp % 2) * 32;
+                uint32_t fbt_k[4][2];
+                #pragma unroll
+                for (int q = 0; q < 4; q += 2) {
+                  uint32_t r[4];
+                  prt::ldmatrix_x4(r, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
+                  fbt_k[q][0] = r[0]; fbt_k[q][1] = r[1]; fbt_k[q + 1][0] = r[2]; fbt_k[q + 1][1] = r[3];
+                }
+                #pragma unroll
+                for (int j = 0; j < 2; ++j) {
+                  const int u = warp + j * 4;
+                  const int m0 = (u / 2) * 16;
+                  (void)m0;
+                  (void)n0;
+                  uint32_t fa_q[4];
+                  prt::ldmatrix_x4(fa_q, &t_q[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
                   #pragma unroll
-                  for (int q = 0; q < 4; q += 2) {
-                    uint32_t bf[4];
-                    prt::ldmatrix_x4(bf, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                  }
+                  for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q, fbt_k[q][0], fbt_k[q][1]);
                 }
               }
             }
@@ -436,21 +444,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
             }
             // acc += mma.tc(p, v) [64x32 in 16x32 units over 4 warps]
             {
-              #pragma unroll
-              for (int j = 0; j < 1; ++j) {
-                const int u = warp + j * 4;
-                const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-                float (&acc)[4][4] = f_acc[j];
-                for (int k0 = 0; k0 < 64; k0 += 16) {
-                  uint32_t af[4];
-                  prt::ldmatrix_x4(af, &t_p[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+              float (&acc)[1][4][4] = f_acc;
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 4;
+                  const int m0 = (u / 1) * 16;
+                  const int n0 = (u % 1) * 32;
+                  (void)m0;
+                  (void)n0;
+                  uint32_t fa_p[4];
+                  prt::ldmatrix_x4(fa_p, &t_p[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                  uint32_t fb_v[4][2];
                   #pragma unroll
                   for (int q = 0; q < 4; q += 2) {
-                    uint32_t bf[4];
-                    prt::ldmatrix_x4_trans(bf, &t_v[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                    uint32_t r[4];
+                    prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+                    fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
                   }
+                  #pragma unroll
+                  for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_p, fb_v[q][0], fb_v[q][1]);
                 }
               }
             }
@@ -514,7 +527,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
 }
 
 // update_state: dS_m = phi(k')^T V, dZ_m = colsum phi(k') per chunk, k' = k exp((G_m - lam)/p)
-// grid (($n * 1), ($b * $h), 1), 128 threads, 33280 bytes of dynamic shared memory
+// grid (($n * 1), ($b * $h), 1), 128 threads, 16896 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c64_bf16_w4_bd32_bt64_s1(
     const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -588,24 +601,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
   (void)g_dZ_d3;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 32] pitch 32
-  float* const t_gv = reinterpret_cast<float*>(prt_smem + 4608);  // f32[64, 32] pitch 32
-  __nv_bfloat16* const t_k0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 12800);  // bf16[64, 32] pitch 40
-  float* const t_kzk0 = reinterpret_cast<float*>(prt_smem + 20992);  // f32[32, 16] pitch 16
-  __nv_bfloat16* const t_zk0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_zk0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 17920);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 32] pitch 40
+  __nv_bfloat16* const t_k0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 5632);  // bf16[64, 32] pitch 40
+  float* const t_kg0 = reinterpret_cast<float*>(prt_smem + 10752);  // f32[16, 64] pitch 64
+  float* const t_kzk0 = reinterpret_cast<float*>(prt_smem + 14848);  // f32[32, 16] pitch 16
+  // zk0_hi: bf16[64, 16] computed in registers by its mma group
+  // zk0_lo: bf16[64, 16] computed in registers by its mma group
   float f_s0[1][2][4];  // f32[32, 32] as mma fragments: 32x32 in 16x16 units over 4 warps
   float* const t_z0 = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
-  __nv_bfloat16* const t_u0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 23040);  // bf16[64, 32] pitch 40
-  __nv_bfloat16* const t_u0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 28160);  // bf16[64, 32] pitch 40
-  __nv_bfloat16* const t_k1 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 16] pitch 24
-  float* const t_kzk1 = reinterpret_cast<float*>(prt_smem + 3584);  // f32[16, 16] pitch 16
-  __nv_bfloat16* const t_zk1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 12800);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_zk1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 15872);  // bf16[64, 16] pitch 24
+  // u0_hi: bf16[64, 32] computed in registers by its mma group
+  // u0_lo: bf16[64, 32] computed in registers by its mma group
+  __nv_bfloat16* const t_k1 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 5632);  // bf16[64, 16] pitch 24
+  float* const t_kg1 = reinterpret_cast<float*>(prt_smem + 8704);  // f32[16, 64] pitch 64
+  float* const t_kzk1 = reinterpret_cast<float*>(prt_smem + 12800);  // f32[16, 16] pitch 16
+  // zk1_hi: bf16[64, 16] computed in registers by its mma group
+  // zk1_lo: bf16[64, 16] computed in registers by its mma group
   float f_s1[1][1][4];  // f32[16, 32] as mma fragments: 16x32 in 16x8 units over 4 warps
   float* const t_z1 = reinterpret_cast<float*>(prt_smem + 0);  // f32[16] pitch 16
-  __nv_bfloat16* const t_u1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 12800);  // bf16[64, 32] pitch 40
-  __nv_bfloat16* const t_u1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 17920);  // bf16[64, 32] pitch 40
+  // u1_hi: bf16[64, 32] computed in registers by its mma group
+  // u1_lo: bf16[64, 32] computed in registers by its mma group
   // g = load logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -647,24 +661,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
         const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
       for (int i = tid; i < 2048; i += 128) {
         const int r = i / 32, c = i % 32;
-        dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
       }
-    }
-  }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  __syncthreads();
-  // gv[row, col] = (v[row, col] * exp((lam[63] - lam[row])))
-  {
-    for (int i = tid; i < 2048; i += 128) {
-      const int r = i / 32, c = i % 32;
-      t_gv[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 32 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
     }
   }
   // k0 = load.async K[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h), 0:+32]
@@ -695,125 +699,132 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
+  // kg0[row, col] = (k0[col, row] * exp((lam[63] - lam[col])))
+  {
+    for (int i = tid; i < 1024; i += 128) {
+      const int r = i / 64, c = i % 64;
+      t_kg0[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_k0[(c) * 40 + (r)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[c])))));
+    }
+  }
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // zk0_hi[row, col] = (k0[row, col] * exp((lam[63] - lam[row])))
-    // zk0_lo[row, col] = ((k0[row, col] * exp((lam[63] - lam[row]))) - zk0_hi[row, col])
+    // mma.group (operands in registers):
+    //   zk0_hi[row, col] = (k0[row, col] * exp((lam[63] - lam[row])))
+    //   zk0_lo[row, col] = ((k0[row, col] * exp((lam[63] - lam[row]))) - zk0_hi[row, col])
+    //   kzk0 = mma.tc(k0^T, zk0_hi) [32x16 in 16x8 units over 4 warps]
+    //   kzk0 += mma.tc(k0^T, zk0_lo) [32x16 in 16x8 units over 4 warps]
     {
-      for (int i = tid; i < 1024; i += 128) {
-        const int r = i / 16, c = i % 16;
-        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k0[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
-        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k0[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_zk0_hi[(r) * 24 + (c)] = y0;
-        t_zk0_lo[(r) * 24 + (c)] = y1;
-      }
-    }
-    __syncthreads();
-    // kzk0 = mma.tc(k0^T, zk0_hi) [32x16 in 16x8 units over 4 warps]
-    {
+      float acc[1][1][4];
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 4;
-        const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-        float acc[1][4];
         #pragma unroll
         for (int q = 0; q < 1; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-          uint32_t af[4];
-          prt::ldmatrix_x4_trans(af, &t_k0[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-          uint32_t bf[2];
-          prt::ldmatrix_x2_trans(bf, &t_zk0_hi[(k0 + (lane & 15)) * 24 + n0]);
-          prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-        }
-        #pragma unroll
-        for (int q = 0; q < 1; ++q)
-        #pragma unroll
-          for (int e = 0; e < 4; ++e) t_kzk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
       }
-    }
-    __syncthreads();
-    // kzk0 += mma.tc(k0^T, zk0_lo) [32x16 in 16x8 units over 4 warps]
-    {
+      const int g = lane >> 2, t2 = (lane & 3) * 2;
+      for (int k0 = 0; k0 < 64; k0 += 16) {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16;
+          const int n0 = (u % 2) * 8;
+          (void)m0;
+          (void)n0;
+          uint32_t fat_k0[4];
+          prt::ldmatrix_x4_trans(fat_k0, &t_k0[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+          uint32_t ib_zk0_hi[1][2];
+          uint32_t ib_zk0_lo[1][2];
+          #pragma unroll
+          for (int q = 0; q < 1; ++q) {
+            #pragma unroll
+            for (int rg = 0; rg < 2; ++rg) {
+              __nv_bfloat16 v0[2], v1[2];
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k0[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+                v0[h] = y0;
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k0[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+                v1[h] = y1;
+              }
+              ib_zk0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+              ib_zk0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+            }
+          }
+          #pragma unroll
+          for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k0, ib_zk0_hi[q][0], ib_zk0_hi[q][1]);
+          #pragma unroll
+          for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k0, ib_zk0_lo[q][0], ib_zk0_lo[q][1]);
+        }
+      }
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 4;
-        const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-        float acc[1][4];
         #pragma unroll
         for (int q = 0; q < 1; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-          uint32_t af[4];
-          prt::ldmatrix_x4_trans(af, &t_k0[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-          uint32_t bf[2];
-          prt::ldmatrix_x2_trans(bf, &t_zk0_lo[(k0 + (lane & 15)) * 24 + n0]);
-          prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-        }
-        #pragma unroll
-        for (int q = 0; q < 1; ++q)
-        #pragma unroll
-          for (int e = 0; e < 4; ++e) t_kzk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          for (int e = 0; e < 4; ++e) t_kzk0[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
       }
     }
   }
+  __syncthreads();
   {
     const int v_i0_end = 16;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // u0_hi[row, col] = (gv[row, col] * k0[row, (i0 - 0)])
-      // u0_lo[row, col] = ((gv[row, col] * k0[row, (i0 - 0)]) - u0_hi[row, col])
+      // mma.group (operands in registers):
+      //   u0_hi[row, col] = (v[row, col] * kg0[(i0 - 0), row])
+      //   u0_lo[row, col] = ((v[row, col] * kg0[(i0 - 0), row]) - u0_hi[row, col])
+      //   s0 = mma.tc(k0^T, u0_hi) [32x32 in 16x16 units over 4 warps]
+      //   s0 += mma.tc(k0^T, u0_lo) [32x32 in 16x16 units over 4 warps]
       {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 32, c = i % 32;
-          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k0[(r) * 40 + ((v_i0 - 0))])));
-          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k0[(r) * 40 + ((v_i0 - 0))])) - prt::to_f32(y0)));
-          t_u0_hi[(r) * 40 + (c)] = y0;
-          t_u0_lo[(r) * 40 + (c)] = y1;
-        }
-      }
-      __syncthreads();
-      // s0 = mma.tc(k0^T, u0_hi) [32x32 in 16x16 units over 4 warps]
-      {
+        float (&acc)[1][2][4] = f_s0;
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-          float (&acc)[2][4] = f_s0[j];
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k0[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 2; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u0_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
-          }
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
-      }
-      // s0 += mma.tc(k0^T, u0_lo) [32x32 in 16x16 units over 4 warps]
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-          float (&acc)[2][4] = f_s0[j];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k0[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+        const int g = lane >> 2, t2 = (lane & 3) * 2;
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 2) * 16;
+            const int n0 = (u % 2) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fat_k0[4];
+            prt::ldmatrix_x4_trans(fat_k0, &t_k0[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+            uint32_t fb_v[2][2];
             #pragma unroll
             for (int q = 0; q < 2; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u0_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              uint32_t r[4];
+              prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+              fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
             }
+            uint32_t ib_u0_hi[2][2];
+            uint32_t ib_u0_lo[2][2];
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) {
+              #pragma unroll
+              for (int rg = 0; rg < 2; ++rg) {
+                __nv_bfloat16 v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg0[((v_i0 - 0)) * 64 + (r)])));
+                  v0[h] = y0;
+                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg0[((v_i0 - 0)) * 64 + (r)])) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_u0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_u0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+              }
+            }
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k0, ib_u0_hi[q][0], ib_u0_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k0, ib_u0_lo[q][0], ib_u0_lo[q][1]);
           }
         }
       }
@@ -880,9 +891,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
           }
         }
       }
-      __syncthreads();
     }
   }
+  __syncthreads();
   // k1 = load.async K[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h), 16:+16]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -911,69 +922,77 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // zk1_hi[row, col] = (k1[row, col] * exp((lam[63] - lam[row])))
-    // zk1_lo[row, col] = ((k1[row, col] * exp((lam[63] - lam[row]))) - zk1_hi[row, col])
-    {
-      for (int i = tid; i < 1024; i += 128) {
-        const int r = i / 16, c = i % 16;
-        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k1[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
-        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k1[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_zk1_hi[(r) * 24 + (c)] = y0;
-        t_zk1_lo[(r) * 24 + (c)] = y1;
-      }
+  // kg1[row, col] = (k1[col, row] * exp((lam[63] - lam[col])))
+  {
+    for (int i = tid; i < 1024; i += 128) {
+      const int r = i / 64, c = i % 64;
+      t_kg1[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_k1[(c) * 24 + (r)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[c])))));
     }
-    __syncthreads();
-    // kzk1 = mma.tc(k1^T, zk1_hi) [16x16 in 16x8 units over 4 warps]
+  }
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+    // mma.group (operands in registers):
+    //   zk1_hi[row, col] = (k1[row, col] * exp((lam[63] - lam[row])))
+    //   zk1_lo[row, col] = ((k1[row, col] * exp((lam[63] - lam[row]))) - zk1_hi[row, col])
+    //   kzk1 = mma.tc(k1^T, zk1_hi) [16x16 in 16x8 units over 4 warps]
+    //   kzk1 += mma.tc(k1^T, zk1_lo) [16x16 in 16x8 units over 4 warps]
     {
+      float acc[1][1][4];
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 4;
-        if (u < 2) {
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-          float acc[1][4];
+        if (warp + j * 4 < 2) {
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k1[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-            uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_zk1_hi[(k0 + (lane & 15)) * 24 + n0]);
-            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-          }
-          #pragma unroll
-          for (int q = 0; q < 1; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kzk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
       }
-    }
-    __syncthreads();
-    // kzk1 += mma.tc(k1^T, zk1_lo) [16x16 in 16x8 units over 4 warps]
-    {
+      const int g = lane >> 2, t2 = (lane & 3) * 2;
+      for (int k0 = 0; k0 < 64; k0 += 16) {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          if (u < 2) {
+            const int m0 = (u / 2) * 16;
+            const int n0 = (u % 2) * 8;
+            (void)m0;
+            (void)n0;
+            uint32_t fat_k1[4];
+            prt::ldmatrix_x4_trans(fat_k1, &t_k1[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+            uint32_t fb_k1[1][2];
+            prt::ldmatrix_x2_trans(fb_k1[0], &t_k1[(k0 + (lane & 15)) * 24 + n0]);
+            uint32_t ib_zk1_hi[1][2];
+            uint32_t ib_zk1_lo[1][2];
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) {
+              #pragma unroll
+              for (int rg = 0; rg < 2; ++rg) {
+                __nv_bfloat16 v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::b16_half<__nv_bfloat16>(fb_k1[q][rg], h) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+                  v0[h] = y0;
+                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::b16_half<__nv_bfloat16>(fb_k1[q][rg], h) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_zk1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_zk1_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+              }
+            }
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k1, ib_zk1_hi[q][0], ib_zk1_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k1, ib_zk1_lo[q][0], ib_zk1_lo[q][1]);
+          }
+        }
+      }
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 4;
-        if (u < 2) {
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-          float acc[1][4];
+        if (warp + j * 4 < 2) {
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k1[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-            uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_zk1_lo[(k0 + (lane & 15)) * 24 + n0]);
-            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-          }
-          #pragma unroll
-          for (int q = 0; q < 1; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kzk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk1[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
     }
@@ -982,51 +1001,56 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
   {
     const int v_i1_end = 32;
     for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
-      // u1_hi[row, col] = (gv[row, col] * k1[row, (i1 - 16)])
-      // u1_lo[row, col] = ((gv[row, col] * k1[row, (i1 - 16)]) - u1_hi[row, col])
+      // mma.group (operands in registers):
+      //   u1_hi[row, col] = (v[row, col] * kg1[(i1 - 16), row])
+      //   u1_lo[row, col] = ((v[row, col] * kg1[(i1 - 16), row]) - u1_hi[row, col])
+      //   s1 = mma.tc(k1^T, u1_hi) [16x32 in 16x8 units over 4 warps]
+      //   s1 += mma.tc(k1^T, u1_lo) [16x32 in 16x8 units over 4 warps]
       {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 32, c = i % 32;
-          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k1[(r) * 24 + ((v_i1 - 16))])));
-          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k1[(r) * 24 + ((v_i1 - 16))])) - prt::to_f32(y0)));
-          t_u1_hi[(r) * 40 + (c)] = y0;
-          t_u1_lo[(r) * 40 + (c)] = y1;
-        }
-      }
-      __syncthreads();
-      // s1 = mma.tc(k1^T, u1_hi) [16x32 in 16x8 units over 4 warps]
-      {
+        float (&acc)[1][1][4] = f_s1;
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
-          float (&acc)[1][4] = f_s1[j];
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k1[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-            uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_u1_hi[(k0 + (lane & 15)) * 40 + n0]);
-            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-          }
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
-      }
-      // s1 += mma.tc(k1^T, u1_lo) [16x32 in 16x8 units over 4 warps]
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
-          float (&acc)[1][4] = f_s1[j];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k1[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-            uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_u1_lo[(k0 + (lane & 15)) * 40 + n0]);
-            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+        const int g = lane >> 2, t2 = (lane & 3) * 2;
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 4) * 16;
+            const int n0 = (u % 4) * 8;
+            (void)m0;
+            (void)n0;
+            uint32_t fat_k1[4];
+            prt::ldmatrix_x4_trans(fat_k1, &t_k1[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+            uint32_t fb_v[1][2];
+            prt::ldmatrix_x2_trans(fb_v[0], &t_v[(k0 + (lane & 15)) * 40 + n0]);
+            uint32_t ib_u1_hi[1][2];
+            uint32_t ib_u1_lo[1][2];
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) {
+              #pragma unroll
+              for (int rg = 0; rg < 2; ++rg) {
+                __nv_bfloat16 v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg1[((v_i1 - 16)) * 64 + (r)])));
+                  v0[h] = y0;
+                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg1[((v_i1 - 16)) * 64 + (r)])) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_u1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_u1_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+              }
+            }
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k1, ib_u1_hi[q][0], ib_u1_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k1, ib_u1_lo[q][0], ib_u1_lo[q][1]);
           }
         }
       }
@@ -1093,7 +1117,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
           }
         }
       }
-      __syncthreads();
     }
   }
 }
@@ -1518,7 +1541,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
 }
 
 // query_state: Y = (attention part + phi(q')^T Sin) / (its normaliser), lse = log normaliser, q' = scale q exp(lam/p)
-// grid (($n * 1), $hq, $b), 128 threads, 18944 bytes of dynamic shared memory
+// grid (($n * 1), $hq, $b), 128 threads, 14848 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64_bf16_w4_bd0_bt64_s2(
     const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_numA, const float* g_denA, const float* g_maxA, __nv_bfloat16* g_Y, float* g_lse, float* g_yS, float* g_wS, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -1663,18 +1686,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
   float* const t_den_s = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   __nv_bfloat16* const t_q0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 32] pitch 40
   float* const t_z = reinterpret_cast<float*>(prt_smem + 5632);  // f32[528] pitch 528
-  __nv_bfloat16* const t_zsym_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 7744);  // bf16[32, 32] pitch 40
-  __nv_bfloat16* const t_zsym_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 10304);  // bf16[32, 32] pitch 40
+  // zsym_hi: bf16[32, 32] computed in registers by its mma group
+  // zsym_lo: bf16[32, 32] computed in registers by its mma group
   float f_qz[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
-  float* const t_s0_f32_base = reinterpret_cast<float*>(prt_smem + 5632);  // f32[32, 32] pitch 32, 2 copies
+  float* const t_s0_f32_base = reinterpret_cast<float*>(prt_smem + 5632);  // f32[32, 32] pitch 36, 2 copies
   float* t_s0_f32 = t_s0_f32_base;
-  __nv_bfloat16* const t_s0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 13824);  // bf16[32, 32] pitch 40
-  __nv_bfloat16* const t_s0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 16384);  // bf16[32, 32] pitch 40
+  // s0_hi: bf16[32, 32] computed in registers by its mma group
+  // s0_lo: bf16[32, 32] computed in registers by its mma group
   __nv_bfloat16* const t_q1 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 16] pitch 24
-  float* const t_s1_f32_base = reinterpret_cast<float*>(prt_smem + 3584);  // f32[16, 32] pitch 32, 2 copies
+  float* const t_s1_f32_base = reinterpret_cast<float*>(prt_smem + 3584);  // f32[16, 32] pitch 36, 2 copies
   float* t_s1_f32 = t_s1_f32_base;
-  __nv_bfloat16* const t_s1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 7680);  // bf16[16, 32] pitch 40
-  __nv_bfloat16* const t_s1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 8960);  // bf16[16, 32] pitch 40
+  // s1_hi: bf16[16, 32] computed in registers by its mma group
+  // s1_lo: bf16[16, 32] computed in registers by its mma group
   float f_num[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
   float* const t_den = reinterpret_cast<float*>(prt_smem + 1024);  // f32[64] pitch 64
   float* const t_den_a = reinterpret_cast<float*>(prt_smem + 512);  // f32[64] pitch 64
@@ -1774,59 +1797,54 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
     prt::cp_async_commit();
     prt::cp_async_wait<0>();
     __syncthreads();
-    // zsym_hi[row, col] = select(((row < 32) && (col < 32)), select((row == col), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] / 1.0), ((z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] / 1.0) * 0.7071067811865476)), 0.0)
-    // zsym_lo[row, col] = (select(((row < 32) && (col < 32)), select((row == col), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] / 1.0), ((z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] / 1.0) * 0.7071067811865476)), 0.0) - zsym_hi[row, col])
+    // mma.group (operands in registers):
+    //   zsym_hi[row, col] = select(((row < 32) && (col < 32)), select((row == col), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] / 1.0), ((z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] / 1.0) * 0.7071067811865476)), 0.0)
+    //   zsym_lo[row, col] = (select(((row < 32) && (col < 32)), select((row == col), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] / 1.0), ((z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] / 1.0) * 0.7071067811865476)), 0.0) - zsym_hi[row, col])
+    //   qz = mma.tc(q0, zsym_hi) [64x32 in 16x32 units over 4 warps]
+    //   qz += mma.tc(q0, zsym_lo) [64x32 in 16x32 units over 4 warps]
     {
-      for (int i = tid; i < 1024; i += 128) {
-        const int r = i / 32, c = i % 32;
-        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < 32) && (c < 32)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) / 1.0f) * 0.7071067811865476f)) : 0.0f));
-        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((((r < 32) && (c < 32)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) / 1.0f) * 0.7071067811865476f)) : 0.0f) - prt::to_f32(y0)));
-        t_zsym_hi[(r) * 40 + (c)] = y0;
-        t_zsym_lo[(r) * 40 + (c)] = y1;
-      }
-    }
-    __syncthreads();
-    // qz = mma.tc(q0, zsym_hi) [64x32 in 16x32 units over 4 warps]
-    {
+      float (&acc)[1][4][4] = f_qz;
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 4;
-        const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-        float (&acc)[4][4] = f_qz[j];
         #pragma unroll
         for (int q = 0; q < 4; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-        for (int k0 = 0; k0 < 32; k0 += 16) {
-          uint32_t af[4];
-          prt::ldmatrix_x4(af, &t_q0[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-          #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
-            uint32_t bf[4];
-            prt::ldmatrix_x4_trans(bf, &t_zsym_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-            prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-            prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-          }
-        }
+          for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
       }
-    }
-    // qz += mma.tc(q0, zsym_lo) [64x32 in 16x32 units over 4 warps]
-    {
-      #pragma unroll
-      for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 4;
-        const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-        float (&acc)[4][4] = f_qz[j];
-        for (int k0 = 0; k0 < 32; k0 += 16) {
-          uint32_t af[4];
-          prt::ldmatrix_x4(af, &t_q0[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+      const int g = lane >> 2, t2 = (lane & 3) * 2;
+      for (int k0 = 0; k0 < 32; k0 += 16) {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16;
+          const int n0 = (u % 1) * 32;
+          (void)m0;
+          (void)n0;
+          uint32_t fa_q0[4];
+          prt::ldmatrix_x4(fa_q0, &t_q0[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+          uint32_t ib_zsym_hi[4][2];
+          uint32_t ib_zsym_lo[4][2];
           #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
-            uint32_t bf[4];
-            prt::ldmatrix_x4_trans(bf, &t_zsym_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-            prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-            prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int rg = 0; rg < 2; ++rg) {
+              __nv_bfloat16 v0[2], v1[2];
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < 32) && (c < 32)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) / 1.0f) * 0.7071067811865476f)) : 0.0f));
+                v0[h] = y0;
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((((r < 32) && (c < 32)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) / 1.0f) * 0.7071067811865476f)) : 0.0f) - prt::to_f32(y0)));
+                v1[h] = y1;
+              }
+              ib_zsym_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+              ib_zsym_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+            }
           }
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_zsym_hi[q][0], ib_zsym_hi[q][1]);
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_zsym_lo[q][0], ib_zsym_lo[q][1]);
         }
       }
     }
@@ -1877,20 +1895,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
         const int s4 = 0;
         const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-        float* const dst = t_s0_f32_base + ((0) % 2) * 1024;
+        float* const dst = t_s0_f32_base + ((0) % 2) * 1152;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
           for (int i = tid; i < 256; i += 128) {
             const int r = i / 8, c = (i % 8) * 4;
             const int gr = s3 + r;
             const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
             const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
           }
         }
         else {
           for (int i = tid; i < 1024; i += 128) {
             const int r = i / 32, c = i % 32;
-            dst[(r) * 32 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+            dst[(r) * 36 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
           }
         }
       }
@@ -1909,81 +1927,76 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
             const int s4 = 0;
             const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_s0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
+            float* const dst = t_s0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1152;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
               for (int i = tid; i < 256; i += 128) {
                 const int r = i / 8, c = (i % 8) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
                 const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
               }
             }
             else {
               for (int i = tid; i < 1024; i += 128) {
                 const int r = i / 32, c = i % 32;
-                dst[(r) * 32 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+                dst[(r) * 36 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
               }
             }
           }
         }
         prt::cp_async_commit();
         prt::cp_async_wait<1>();
-        t_s0_f32 = t_s0_f32_base + (((v_i0 % 2)) % 2) * 1024;  // bind s0_f32 stage (i0 % 2)
+        t_s0_f32 = t_s0_f32_base + (((v_i0 % 2)) % 2) * 1152;  // bind s0_f32 stage (i0 % 2)
         __syncthreads();
-        // s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 32)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
-        // s0_lo[row, col] = (select((((row + 0) < i0) || ((row + 0) >= 32)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951))) - s0_hi[row, col])
+        // mma.group (operands in registers):
+        //   s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 32)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
+        //   s0_lo[row, col] = (select((((row + 0) < i0) || ((row + 0) >= 32)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951))) - s0_hi[row, col])
+        //   num_a = mma.tc(q0, s0_hi) [64x32 in 16x32 units over 4 warps]
+        //   num_a += mma.tc(q0, s0_lo) [64x32 in 16x32 units over 4 warps]
         {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 32, c = i % 32;
-            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 32)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 32 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
-            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 0) < v_i0) || ((r + 0) >= 32)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 32 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
-            t_s0_hi[(r) * 40 + (c)] = y0;
-            t_s0_lo[(r) * 40 + (c)] = y1;
-          }
-        }
-        __syncthreads();
-        // num_a = mma.tc(q0, s0_hi) [64x32 in 16x32 units over 4 warps]
-        {
+          float (&acc)[1][4][4] = f_num_a;
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-            float (&acc)[4][4] = f_num_a[j];
             #pragma unroll
             for (int q = 0; q < 4; ++q)
             #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-            for (int k0 = 0; k0 < 32; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q0[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-              #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s0_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-              }
-            }
+              for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
           }
-        }
-        // num_a += mma.tc(q0, s0_lo) [64x32 in 16x32 units over 4 warps]
-        {
-          #pragma unroll
-          for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-            float (&acc)[4][4] = f_num_a[j];
-            for (int k0 = 0; k0 < 32; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q0[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int k0 = 0; k0 < 32; k0 += 16) {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16;
+              const int n0 = (u % 1) * 32;
+              (void)m0;
+              (void)n0;
+              uint32_t fa_q0[4];
+              prt::ldmatrix_x4(fa_q0, &t_q0[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+              uint32_t ib_s0_hi[4][2];
+              uint32_t ib_s0_lo[4][2];
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s0_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int rg = 0; rg < 2; ++rg) {
+                  __nv_bfloat16 v0[2], v1[2];
+                  #pragma unroll
+                  for (int h = 0; h < 2; ++h) {
+                    const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 32)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 36 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
+                    v0[h] = y0;
+                    const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 0) < v_i0) || ((r + 0) >= 32)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 36 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+                    v1[h] = y1;
+                  }
+                  ib_s0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                  ib_s0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                }
               }
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_s0_hi[q][0], ib_s0_hi[q][1]);
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_s0_lo[q][0], ib_s0_lo[q][1]);
             }
           }
         }
@@ -2003,10 +2016,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
             }
           }
         }
+        __syncthreads();
       }
     }
     prt::cp_async_wait<0>();
-    __syncthreads();
     // q1 = load.async Q[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y, 16:+16]
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -2034,6 +2047,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
     }
     prt::cp_async_commit();
     prt::cp_async_wait<0>();
+    __syncthreads();
     if ((16 < 32)) {
       // s1_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((16 * 32) - ((16 * (16 - 1)) // 2)) + 16) - 16) - 16) + 16):+16, 0:+32] into stage 0
       {
@@ -2044,20 +2058,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
         const int s4 = 0;
         const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-        float* const dst = t_s1_f32_base + ((0) % 2) * 512;
+        float* const dst = t_s1_f32_base + ((0) % 2) * 576;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
           for (int i = tid; i < 128; i += 128) {
             const int r = i / 8, c = (i % 8) * 4;
             const int gr = s3 + r;
             const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
             const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
           }
         }
         else {
           for (int i = tid; i < 512; i += 128) {
             const int r = i / 32, c = i % 32;
-            dst[(r) * 32 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+            dst[(r) * 36 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
           }
         }
       }
@@ -2076,81 +2090,76 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
             const int s4 = 0;
             const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_s1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 512;
+            float* const dst = t_s1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 576;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
               for (int i = tid; i < 128; i += 128) {
                 const int r = i / 8, c = (i % 8) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
                 const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
               }
             }
             else {
               for (int i = tid; i < 512; i += 128) {
                 const int r = i / 32, c = i % 32;
-                dst[(r) * 32 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+                dst[(r) * 36 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
               }
             }
           }
         }
         prt::cp_async_commit();
         prt::cp_async_wait<1>();
-        t_s1_f32 = t_s1_f32_base + ((((v_i1 - 16) % 2)) % 2) * 512;  // bind s1_f32 stage ((i1 - 16) % 2)
+        t_s1_f32 = t_s1_f32_base + ((((v_i1 - 16) % 2)) % 2) * 576;  // bind s1_f32 stage ((i1 - 16) % 2)
         __syncthreads();
-        // s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 32)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
-        // s1_lo[row, col] = (select((((row + 16) < i1) || ((row + 16) >= 32)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951))) - s1_hi[row, col])
+        // mma.group (operands in registers):
+        //   s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 32)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
+        //   s1_lo[row, col] = (select((((row + 16) < i1) || ((row + 16) >= 32)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951))) - s1_hi[row, col])
+        //   num_a = mma.tc(q1, s1_hi) [64x32 in 16x32 units over 4 warps]
+        //   num_a += mma.tc(q1, s1_lo) [64x32 in 16x32 units over 4 warps]
         {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 32, c = i % 32;
-            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 32)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 32 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
-            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 16) < v_i1) || ((r + 16) >= 32)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 32 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
-            t_s1_hi[(r) * 40 + (c)] = y0;
-            t_s1_lo[(r) * 40 + (c)] = y1;
-          }
-        }
-        __syncthreads();
-        // num_a = mma.tc(q1, s1_hi) [64x32 in 16x32 units over 4 warps]
-        {
+          float (&acc)[1][4][4] = f_num_a;
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-            float (&acc)[4][4] = f_num_a[j];
             #pragma unroll
             for (int q = 0; q < 4; ++q)
             #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-            for (int k0 = 0; k0 < 16; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q1[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
-              #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s1_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-              }
-            }
+              for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
           }
-        }
-        // num_a += mma.tc(q1, s1_lo) [64x32 in 16x32 units over 4 warps]
-        {
-          #pragma unroll
-          for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-            float (&acc)[4][4] = f_num_a[j];
-            for (int k0 = 0; k0 < 16; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q1[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int k0 = 0; k0 < 16; k0 += 16) {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16;
+              const int n0 = (u % 1) * 32;
+              (void)m0;
+              (void)n0;
+              uint32_t fa_q1[4];
+              prt::ldmatrix_x4(fa_q1, &t_q1[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
+              uint32_t ib_s1_hi[4][2];
+              uint32_t ib_s1_lo[4][2];
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s1_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int rg = 0; rg < 2; ++rg) {
+                  __nv_bfloat16 v0[2], v1[2];
+                  #pragma unroll
+                  for (int h = 0; h < 2; ++h) {
+                    const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 32)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 36 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
+                    v0[h] = y0;
+                    const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 16) < v_i1) || ((r + 16) >= 32)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 36 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+                    v1[h] = y1;
+                  }
+                  ib_s1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                  ib_s1_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                }
               }
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q1, ib_s1_hi[q][0], ib_s1_hi[q][1]);
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q1, ib_s1_lo[q][0], ib_s1_lo[q][1]);
             }
           }
         }
@@ -2170,6 +2179,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
             }
           }
         }
+        __syncthreads();
       }
     }
     prt::cp_async_wait<0>();
@@ -2195,7 +2205,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
         }
       }
     }
-    __syncthreads();
     // den_a = load denA[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -2632,49 +2641,65 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d32_
           __syncthreads();
           // dot = mma.tc(q, k^T) [64x64 in 16x32 units over 8 warps]
           {
+            float (&acc)[1][4][4] = f_dot;
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float (&acc)[4][4] = f_dot[j];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-              for (int k0 = 0; k0 < 32; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_q[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+            }
+            for (int k0 = 0; k0 < 32; k0 += 16) {
+              #pragma unroll
+              for (int j = 0; j < 1; ++j) {
+                const int u = warp + j * 8;
+                const int m0 = (u / 2) * 16;
+                const int n0 = (u % 2) * 32;
+                (void)m0;
+                (void)n0;
+                uint32_t fa_q[4];
+                prt::ldmatrix_x4(fa_q, &t_q[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                uint32_t fbt_k[4][2];
                 #pragma unroll
                 for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                  uint32_t r[4];
+                  prt::ldmatrix_x4(r, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
+                  fbt_k[q][0] = r[0]; fbt_k[q][1] = r[1]; fbt_k[q + 1][0] = r[2]; fbt_k[q + 1][1] = r[3];
                 }
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q, fbt_k[q][0], fbt_k[q][1]);
               }
             }
           }
           // p_dp = mma.tc(dy, v^T) [64x64 in 16x32 units over 8 warps]
           {
+            float (&acc)[1][4][4] = f_p_dp;
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float (&acc)[4][4] = f_p_dp[j];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-              for (int k0 = 0; k0 < 32; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_dy[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+            }
+            for (int k0 = 0; k0 < 32; k0 += 16) {
+              #pragma unroll
+              for (int j = 0; j < 1; ++j) {
+                const int u = warp + j * 8;
+                const int m0 = (u / 2) * 16;
+                const int n0 = (u % 2) * 32;
+                (void)m0;
+                (void)n0;
+                uint32_t fa_dy[4];
+                prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                uint32_t fbt_v[4][2];
                 #pragma unroll
                 for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_v[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                  uint32_t r[4];
+                  prt::ldmatrix_x4(r, &t_v[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
+                  fbt_v[q][0] = r[0]; fbt_v[q][1] = r[1]; fbt_v[q + 1][0] = r[2]; fbt_v[q + 1][1] = r[3];
                 }
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, fbt_v[q][0], fbt_v[q][1]);
               }
             }
           }
@@ -3154,49 +3179,65 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
               __syncthreads();
               // dot = mma.tc(q, k^T) [64x64 in 16x32 units over 8 warps]
               {
+                float (&acc)[1][4][4] = f_dot;
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
-                  const int u = warp + j * 8;
-                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                  float (&acc)[4][4] = f_dot[j];
                   #pragma unroll
                   for (int q = 0; q < 4; ++q)
                   #pragma unroll
-                    for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-                  for (int k0 = 0; k0 < 32; k0 += 16) {
-                    uint32_t af[4];
-                    prt::ldmatrix_x4(af, &t_q[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                    for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+                }
+                for (int k0 = 0; k0 < 32; k0 += 16) {
+                  #pragma unroll
+                  for (int j = 0; j < 1; ++j) {
+                    const int u = warp + j * 8;
+                    const int m0 = (u / 2) * 16;
+                    const int n0 = (u % 2) * 32;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fa_q[4];
+                    prt::ldmatrix_x4(fa_q, &t_q[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                    uint32_t fbt_k[4][2];
                     #pragma unroll
                     for (int q = 0; q < 4; q += 2) {
-                      uint32_t bf[4];
-                      prt::ldmatrix_x4(bf, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-                      prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                      prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                      uint32_t r[4];
+                      prt::ldmatrix_x4(r, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
+                      fbt_k[q][0] = r[0]; fbt_k[q][1] = r[1]; fbt_k[q + 1][0] = r[2]; fbt_k[q + 1][1] = r[3];
                     }
+                    #pragma unroll
+                    for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q, fbt_k[q][0], fbt_k[q][1]);
                   }
                 }
               }
               // W = mma.tc(dy, v^T) [64x64 in 16x32 units over 8 warps]
               {
+                float (&acc)[1][4][4] = f_W;
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
-                  const int u = warp + j * 8;
-                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                  float (&acc)[4][4] = f_W[j];
                   #pragma unroll
                   for (int q = 0; q < 4; ++q)
                   #pragma unroll
-                    for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-                  for (int k0 = 0; k0 < 32; k0 += 16) {
-                    uint32_t af[4];
-                    prt::ldmatrix_x4(af, &t_dy[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                    for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+                }
+                for (int k0 = 0; k0 < 32; k0 += 16) {
+                  #pragma unroll
+                  for (int j = 0; j < 1; ++j) {
+                    const int u = warp + j * 8;
+                    const int m0 = (u / 2) * 16;
+                    const int n0 = (u % 2) * 32;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fa_dy[4];
+                    prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                    uint32_t fbt_v[4][2];
                     #pragma unroll
                     for (int q = 0; q < 4; q += 2) {
-                      uint32_t bf[4];
-                      prt::ldmatrix_x4(bf, &t_v[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-                      prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                      prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                      uint32_t r[4];
+                      prt::ldmatrix_x4(r, &t_v[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
+                      fbt_v[q][0] = r[0]; fbt_v[q][1] = r[1]; fbt_v[q + 1][0] = r[2]; fbt_v[q + 1][1] = r[3];
                     }
+                    #pragma unroll
+                    for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, fbt_v[q][0], fbt_v[q][1]);
                   }
                 }
               }
@@ -3235,21 +3276,26 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
               __syncthreads();
               // acc_d += mma.tc(ds, k) [64x32 in 16x16 units over 8 warps]
               {
-                #pragma unroll
-                for (int j = 0; j < 1; ++j) {
-                  const int u = warp + j * 8;
-                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-                  float (&acc)[2][4] = f_acc_d[j];
-                  for (int k0 = 0; k0 < 64; k0 += 16) {
-                    uint32_t af[4];
-                    prt::ldmatrix_x4(af, &t_ds[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                float (&acc)[1][2][4] = f_acc_d;
+                for (int k0 = 0; k0 < 64; k0 += 16) {
+                  #pragma unroll
+                  for (int j = 0; j < 1; ++j) {
+                    const int u = warp + j * 8;
+                    const int m0 = (u / 2) * 16;
+                    const int n0 = (u % 2) * 16;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fa_ds[4];
+                    prt::ldmatrix_x4(fa_ds, &t_ds[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                    uint32_t fb_k[2][2];
                     #pragma unroll
                     for (int q = 0; q < 2; q += 2) {
-                      uint32_t bf[4];
-                      prt::ldmatrix_x4_trans(bf, &t_k[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-                      prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                      prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                      uint32_t r[4];
+                      prt::ldmatrix_x4_trans(r, &t_k[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+                      fb_k[q][0] = r[0]; fb_k[q][1] = r[1]; fb_k[q + 1][0] = r[2]; fb_k[q + 1][1] = r[3];
                     }
+                    #pragma unroll
+                    for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_ds, fb_k[q][0], fb_k[q][1]);
                   }
                 }
               }
@@ -3490,49 +3536,65 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
               }
               // dot = mma.tc(q, k^T) [64x64 in 16x32 units over 8 warps]
               {
+                float (&acc)[1][4][4] = f_dot;
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
-                  const int u = warp + j * 8;
-                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                  float (&acc)[4][4] = f_dot[j];
                   #pragma unroll
                   for (int q = 0; q < 4; ++q)
                   #pragma unroll
-                    for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-                  for (int k0 = 0; k0 < 32; k0 += 16) {
-                    uint32_t af[4];
-                    prt::ldmatrix_x4(af, &t_q[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                    for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+                }
+                for (int k0 = 0; k0 < 32; k0 += 16) {
+                  #pragma unroll
+                  for (int j = 0; j < 1; ++j) {
+                    const int u = warp + j * 8;
+                    const int m0 = (u / 2) * 16;
+                    const int n0 = (u % 2) * 32;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fa_q[4];
+                    prt::ldmatrix_x4(fa_q, &t_q[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                    uint32_t fbt_k[4][2];
                     #pragma unroll
                     for (int q = 0; q < 4; q += 2) {
-                      uint32_t bf[4];
-                      prt::ldmatrix_x4(bf, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-                      prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                      prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                      uint32_t r[4];
+                      prt::ldmatrix_x4(r, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
+                      fbt_k[q][0] = r[0]; fbt_k[q][1] = r[1]; fbt_k[q + 1][0] = r[2]; fbt_k[q + 1][1] = r[3];
                     }
+                    #pragma unroll
+                    for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q, fbt_k[q][0], fbt_k[q][1]);
                   }
                 }
               }
               // W = mma.tc(dy, v^T) [64x64 in 16x32 units over 8 warps]
               {
+                float (&acc)[1][4][4] = f_W;
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
-                  const int u = warp + j * 8;
-                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                  float (&acc)[4][4] = f_W[j];
                   #pragma unroll
                   for (int q = 0; q < 4; ++q)
                   #pragma unroll
-                    for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-                  for (int k0 = 0; k0 < 32; k0 += 16) {
-                    uint32_t af[4];
-                    prt::ldmatrix_x4(af, &t_dy[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                    for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+                }
+                for (int k0 = 0; k0 < 32; k0 += 16) {
+                  #pragma unroll
+                  for (int j = 0; j < 1; ++j) {
+                    const int u = warp + j * 8;
+                    const int m0 = (u / 2) * 16;
+                    const int n0 = (u % 2) * 32;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fa_dy[4];
+                    prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                    uint32_t fbt_v[4][2];
                     #pragma unroll
                     for (int q = 0; q < 4; q += 2) {
-                      uint32_t bf[4];
-                      prt::ldmatrix_x4(bf, &t_v[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-                      prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                      prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                      uint32_t r[4];
+                      prt::ldmatrix_x4(r, &t_v[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
+                      fbt_v[q][0] = r[0]; fbt_v[q][1] = r[1]; fbt_v[q + 1][0] = r[2]; fbt_v[q + 1][1] = r[3];
                     }
+                    #pragma unroll
+                    for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, fbt_v[q][0], fbt_v[q][1]);
                   }
                 }
               }
@@ -3588,41 +3650,51 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
               __syncthreads();
               // acc_e += mma.tc(P^T, dy) [64x32 in 16x16 units over 8 warps]
               {
-                #pragma unroll
-                for (int j = 0; j < 1; ++j) {
-                  const int u = warp + j * 8;
-                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-                  float (&acc)[2][4] = f_acc_e[j];
-                  for (int k0 = 0; k0 < 64; k0 += 16) {
-                    uint32_t af[4];
-                    prt::ldmatrix_x4_trans(af, &t_P[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+                float (&acc)[1][2][4] = f_acc_e;
+                for (int k0 = 0; k0 < 64; k0 += 16) {
+                  #pragma unroll
+                  for (int j = 0; j < 1; ++j) {
+                    const int u = warp + j * 8;
+                    const int m0 = (u / 2) * 16;
+                    const int n0 = (u % 2) * 16;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fat_P[4];
+                    prt::ldmatrix_x4_trans(fat_P, &t_P[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+                    uint32_t fb_dy[2][2];
                     #pragma unroll
                     for (int q = 0; q < 2; q += 2) {
-                      uint32_t bf[4];
-                      prt::ldmatrix_x4_trans(bf, &t_dy[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-                      prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                      prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                      uint32_t r[4];
+                      prt::ldmatrix_x4_trans(r, &t_dy[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+                      fb_dy[q][0] = r[0]; fb_dy[q][1] = r[1]; fb_dy[q + 1][0] = r[2]; fb_dy[q + 1][1] = r[3];
                     }
+                    #pragma unroll
+                    for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_P, fb_dy[q][0], fb_dy[q][1]);
                   }
                 }
               }
               // acc_d += mma.tc(ds^T, q) [64x32 in 16x16 units over 8 warps]
               {
-                #pragma unroll
-                for (int j = 0; j < 1; ++j) {
-                  const int u = warp + j * 8;
-                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-                  float (&acc)[2][4] = f_acc_d[j];
-                  for (int k0 = 0; k0 < 64; k0 += 16) {
-                    uint32_t af[4];
-                    prt::ldmatrix_x4_trans(af, &t_ds[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+                float (&acc)[1][2][4] = f_acc_d;
+                for (int k0 = 0; k0 < 64; k0 += 16) {
+                  #pragma unroll
+                  for (int j = 0; j < 1; ++j) {
+                    const int u = warp + j * 8;
+                    const int m0 = (u / 2) * 16;
+                    const int n0 = (u % 2) * 16;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fat_ds[4];
+                    prt::ldmatrix_x4_trans(fat_ds, &t_ds[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+                    uint32_t fb_q[2][2];
                     #pragma unroll
                     for (int q = 0; q < 2; q += 2) {
-                      uint32_t bf[4];
-                      prt::ldmatrix_x4_trans(bf, &t_q[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-                      prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                      prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                      uint32_t r[4];
+                      prt::ldmatrix_x4_trans(r, &t_q[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+                      fb_q[q][0] = r[0]; fb_q[q][1] = r[1]; fb_q[q + 1][0] = r[2]; fb_q[q + 1][1] = r[3];
                     }
+                    #pragma unroll
+                    for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_ds, fb_q[q][0], fb_q[q][1]);
                   }
                 }
               }
@@ -3914,19 +3986,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
   float* const t_p_s = reinterpret_cast<float*>(prt_smem + 27648);  // f32[64] pitch 64
   float f_grad_s[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
   float* const t_z = reinterpret_cast<float*>(prt_smem + 11008);  // f32[528] pitch 528
-  __nv_bfloat16* const t_zs_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 13120);  // bf16[32, 32] pitch 40
-  __nv_bfloat16* const t_zs_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 15680);  // bf16[32, 32] pitch 40
-  float* const t_qzs = reinterpret_cast<float*>(prt_smem + 18240);  // f32[64, 32] pitch 32
-  float* const t_r = reinterpret_cast<float*>(prt_smem + 25856);  // f32[64] pitch 64
+  // zs_hi: bf16[32, 32] computed in registers by its mma group
+  // zs_lo: bf16[32, 32] computed in registers by its mma group
+  float* const t_qzs = reinterpret_cast<float*>(prt_smem + 13120);  // f32[64, 32] pitch 32
+  float* const t_r = reinterpret_cast<float*>(prt_smem + 23296);  // f32[64] pitch 64
   float* const t_r16 = reinterpret_cast<float*>(prt_smem + 11008);  // f32[64, 16] pitch 16
   float* const t_s0_f32_base = reinterpret_cast<float*>(prt_smem + 15104);  // f32[32, 32] pitch 32, 2 copies
   float* t_s0_f32 = t_s0_f32_base;
   float* const t_t0 = reinterpret_cast<float*>(prt_smem + 27904);  // f32[64, 32] pitch 32
-  __nv_bfloat16* const t_s0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 23296);  // bf16[32, 32] pitch 40
+  // s0_hi: bf16[32, 32] computed in registers by its mma group
   float* const t_s1_f32_base = reinterpret_cast<float*>(prt_smem + 15104);  // f32[16, 32] pitch 32, 2 copies
   float* t_s1_f32 = t_s1_f32_base;
   float* const t_t1 = reinterpret_cast<float*>(prt_smem + 19200);  // f32[64, 16] pitch 16
-  __nv_bfloat16* const t_s1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 23296);  // bf16[16, 32] pitch 40
+  // s1_hi: bf16[16, 32] computed in registers by its mma group
   if (((((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64)) < p_t)) {
     // g = load logG[pid.z, ((pid.x // 1) * 64):+64, (pid.y // ($hq // $h))]
     {
@@ -4181,73 +4253,62 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
-      // zs_hi[row, col] = select(((row < 32) && (col < 32)), select((row == col), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] * 2.0), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] * 1.4142135623730951)), 0.0)
-      // zs_lo[row, col] = (select(((row < 32) && (col < 32)), select((row == col), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] * 2.0), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] * 1.4142135623730951)), 0.0) - zs_hi[row, col])
+      // mma.group (operands in registers):
+      //   zs_hi[row, col] = select(((row < 32) && (col < 32)), select((row == col), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] * 2.0), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] * 1.4142135623730951)), 0.0)
+      //   zs_lo[row, col] = (select(((row < 32) && (col < 32)), select((row == col), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] * 2.0), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] * 1.4142135623730951)), 0.0) - zs_hi[row, col])
+      //   qzs = mma.tc(q, zs_hi) [64x32 in 16x32 units over 4 warps]
+      //   qzs += mma.tc(q, zs_lo) [64x32 in 16x32 units over 4 warps]
       {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 32, c = i % 32;
-          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < 32) && (c < 32)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) * 2.0f) : (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) * 1.4142135623730951f)) : 0.0f));
-          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((((r < 32) && (c < 32)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) * 2.0f) : (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) * 1.4142135623730951f)) : 0.0f) - prt::to_f32(y0)));
-          t_zs_hi[(r) * 40 + (c)] = y0;
-          t_zs_lo[(r) * 40 + (c)] = y1;
-        }
-      }
-      __syncthreads();
-      // qzs = mma.tc(q, zs_hi) [64x32 in 16x32 units over 4 warps]
-      {
+        float acc[1][4][4];
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          float acc[4][4];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 32; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_q[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_zs_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
-          }
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_qzs[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
-      }
-      __syncthreads();
-      // qzs += mma.tc(q, zs_lo) [64x32 in 16x32 units over 4 warps]
-      {
+        const int g = lane >> 2, t2 = (lane & 3) * 2;
+        for (int k0 = 0; k0 < 32; k0 += 16) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 1) * 16;
+            const int n0 = (u % 1) * 32;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_q[4];
+            prt::ldmatrix_x4(fa_q, &t_q[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+            uint32_t ib_zs_hi[4][2];
+            uint32_t ib_zs_lo[4][2];
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int rg = 0; rg < 2; ++rg) {
+                __nv_bfloat16 v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < 32) && (c < 32)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) * 2.0f) : (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) * 1.4142135623730951f)) : 0.0f));
+                  v0[h] = y0;
+                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((((r < 32) && (c < 32)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) * 2.0f) : (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) * 1.4142135623730951f)) : 0.0f) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_zs_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_zs_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+              }
+            }
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q, ib_zs_hi[q][0], ib_zs_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q, ib_zs_lo[q][0], ib_zs_lo[q][1]);
+          }
+        }
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          float acc[4][4];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_qzs[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 32; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_q[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_zs_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
-          }
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_qzs[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_qzs[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 1) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       __syncthreads();
@@ -4267,6 +4328,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
           }
         }
       }
+      __syncthreads();
       // r16[row, col] = 0.0
       {
         for (int i = tid; i < 1024; i += 128) {
@@ -4274,7 +4336,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
           t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
         }
       }
-      __syncthreads();
       if ((0 < 16)) {
         // s0_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((0 * 32) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0) + 0):+32, 0:+32] into stage 0
         {
@@ -4339,40 +4400,54 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
           prt::cp_async_wait<1>();
           t_s0_f32 = t_s0_f32_base + (((v_i0 % 2)) % 2) * 1024;  // bind s0_f32 stage (i0 % 2)
           __syncthreads();
-          // s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 32)), 0.0, (s0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
+          // mma.group (operands in registers):
+          //   s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 32)), 0.0, (s0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
+          //   t0 = mma.tc(dy, s0_hi^T) [64x32 in 16x32 units over 4 warps]
           {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 32, c = i % 32;
-              t_s0_hi[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 32)) ? 0.0f : (prt::to_f32(t_s0_f32[(r) * 32 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
-            }
-          }
-          __syncthreads();
-          // t0 = mma.tc(dy, s0_hi^T) [64x32 in 16x32 units over 4 warps]
-          {
+            float acc[1][4][4];
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              float acc[4][4];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-              for (int k0 = 0; k0 < 32; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_dy[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+            }
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int k0 = 0; k0 < 32; k0 += 16) {
+              #pragma unroll
+              for (int j = 0; j < 1; ++j) {
+                const int u = warp + j * 4;
+                const int m0 = (u / 1) * 16;
+                const int n0 = (u % 1) * 32;
+                (void)m0;
+                (void)n0;
+                uint32_t fa_dy[4];
+                prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                uint32_t ib_s0_hi[4][2];
                 #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_s0_hi[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                for (int q = 0; q < 4; ++q) {
+                  #pragma unroll
+                  for (int rg = 0; rg < 2; ++rg) {
+                    __nv_bfloat16 v0[2];
+                    #pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                      const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
+                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 32)) ? 0.0f : (prt::to_f32(t_s0_f32[(r) * 32 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
+                      v0[h] = y0;
+                    }
+                    ib_s0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                  }
                 }
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, ib_s0_hi[q][0], ib_s0_hi[q][1]);
               }
+            }
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t0[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) t_t0[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 1) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
             }
           }
           __syncthreads();
@@ -4509,40 +4584,54 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
           prt::cp_async_wait<1>();
           t_s1_f32 = t_s1_f32_base + ((((v_i1 - 16) % 2)) % 2) * 512;  // bind s1_f32 stage ((i1 - 16) % 2)
           __syncthreads();
-          // s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 32)), 0.0, (s1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
+          // mma.group (operands in registers):
+          //   s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 32)), 0.0, (s1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
+          //   t1 = mma.tc(dy, s1_hi^T) [64x16 in 16x16 units over 4 warps]
           {
-            for (int i = tid; i < 512; i += 128) {
-              const int r = i / 32, c = i % 32;
-              t_s1_hi[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 32)) ? 0.0f : (prt::to_f32(t_s1_f32[(r) * 32 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
-            }
-          }
-          __syncthreads();
-          // t1 = mma.tc(dy, s1_hi^T) [64x16 in 16x16 units over 4 warps]
-          {
+            float acc[1][2][4];
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
-              float acc[2][4];
               #pragma unroll
               for (int q = 0; q < 2; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-              for (int k0 = 0; k0 < 32; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_dy[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+            }
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int k0 = 0; k0 < 32; k0 += 16) {
+              #pragma unroll
+              for (int j = 0; j < 1; ++j) {
+                const int u = warp + j * 4;
+                const int m0 = (u / 1) * 16;
+                const int n0 = (u % 1) * 16;
+                (void)m0;
+                (void)n0;
+                uint32_t fa_dy[4];
+                prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                uint32_t ib_s1_hi[2][2];
                 #pragma unroll
-                for (int q = 0; q < 2; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_s1_hi[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                for (int q = 0; q < 2; ++q) {
+                  #pragma unroll
+                  for (int rg = 0; rg < 2; ++rg) {
+                    __nv_bfloat16 v0[2];
+                    #pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                      const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
+                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 32)) ? 0.0f : (prt::to_f32(t_s1_f32[(r) * 32 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
+                      v0[h] = y0;
+                    }
+                    ib_s1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                  }
                 }
+                #pragma unroll
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, ib_s1_hi[q][0], ib_s1_hi[q][1]);
               }
+            }
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
               #pragma unroll
               for (int q = 0; q < 2; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) t_t1[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 1) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
             }
           }
           __syncthreads();
@@ -4691,7 +4780,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
 }
 
 // query_state_bwd_ds: dSin, dZin: the state's gradient from the queries of one chunk, summed over the group's query heads
-// grid (($n * 1), ($b * $h), 1), 128 threads, 26496 bytes of dynamic shared memory
+// grid (($n * 1), ($b * $h), 1), 128 threads, 21376 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_e32_c64_bf16_w4_bd32_bt64_s1(
     const __nv_bfloat16* g_Q, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -4785,25 +4874,27 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
   (void)g_dZin_d3;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  float* const t_fdy = reinterpret_cast<float*>(prt_smem + 768);  // f32[64, 32] pitch 32
+  float* const t_fdy = reinterpret_cast<float*>(prt_smem + 768);  // f32[64, 32] pitch 36
   float* const t_f = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_z_row = reinterpret_cast<float*>(prt_smem + 512);  // f32[64] pitch 64
-  __nv_bfloat16* const t_q0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 11008);  // bf16[64, 32] pitch 40
-  float* const t_qzq0 = reinterpret_cast<float*>(prt_smem + 8960);  // f32[32, 16] pitch 16
-  __nv_bfloat16* const t_zq0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 16128);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_zq0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 19200);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_q0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 12032);  // bf16[64, 32] pitch 40
+  float* const t_qg0 = reinterpret_cast<float*>(prt_smem + 17152);  // f32[16, 64] pitch 64
+  float* const t_qzq0 = reinterpret_cast<float*>(prt_smem + 9984);  // f32[32, 16] pitch 16
+  // zq0_hi: bf16[64, 16] computed in registers by its mma group
+  // zq0_lo: bf16[64, 16] computed in registers by its mma group
   float f_s0[1][2][4];  // f32[32, 32] as mma fragments: 32x32 in 16x16 units over 4 warps
-  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 26368);  // f32[32] pitch 32
-  __nv_bfloat16* const t_u0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 16128);  // bf16[64, 32] pitch 40
-  __nv_bfloat16* const t_u0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 21248);  // bf16[64, 32] pitch 40
-  __nv_bfloat16* const t_q1 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 9984);  // bf16[64, 16] pitch 24
-  float* const t_qzq1 = reinterpret_cast<float*>(prt_smem + 8960);  // f32[16, 16] pitch 16
-  __nv_bfloat16* const t_zq1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 13056);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_zq1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 16128);  // bf16[64, 16] pitch 24
+  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 21248);  // f32[32] pitch 32
+  // u0_hi: bf16[64, 32] computed in registers by its mma group
+  // u0_lo: bf16[64, 32] computed in registers by its mma group
+  __nv_bfloat16* const t_q1 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 15104);  // bf16[64, 16] pitch 24
+  float* const t_qg1 = reinterpret_cast<float*>(prt_smem + 11008);  // f32[16, 64] pitch 64
+  float* const t_qzq1 = reinterpret_cast<float*>(prt_smem + 9984);  // f32[16, 16] pitch 16
+  // zq1_hi: bf16[64, 16] computed in registers by its mma group
+  // zq1_lo: bf16[64, 16] computed in registers by its mma group
   float f_s1[1][1][4];  // f32[16, 32] as mma fragments: 16x32 in 16x8 units over 4 warps
-  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 23296);  // f32[16] pitch 16
-  __nv_bfloat16* const t_u1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 13056);  // bf16[64, 32] pitch 40
-  __nv_bfloat16* const t_u1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 18176);  // bf16[64, 32] pitch 40
+  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 18176);  // f32[16] pitch 16
+  // u1_hi: bf16[64, 32] computed in registers by its mma group
+  // u1_lo: bf16[64, 32] computed in registers by its mma group
   // g = load logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -4879,7 +4970,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
       float* const dst = t_fdy;
       for (int i = tid; i < 2048; i += 128) {
         const int r = i / 32, c = i % 32;
-        dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+        dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
       }
     }
     __syncthreads();
@@ -4887,7 +4978,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
     {
       for (int i = tid; i < 2048; i += 128) {
         const int r = i / 32, c = i % 32;
-        t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
+        t_fdy[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_f[r])));
       }
     }
   }
@@ -4952,7 +5043,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
           float* const dst = t_fdy;
           for (int i = tid; i < 2048; i += 128) {
             const int r = i / 32, c = i % 32;
-            dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+            dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
         __syncthreads();
@@ -4960,11 +5051,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
         {
           for (int i = tid; i < 2048; i += 128) {
             const int r = i / 32, c = i % 32;
-            t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
+            t_fdy[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_f[r])));
           }
         }
       }
-      __syncthreads();
       // q0 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i0), 0:+32]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -4993,69 +5083,74 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
+      // qg0[row, col] = (q0[col, row] * f[col])
+      {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 64, c = i % 64;
+          t_qg0[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q0[(c) * 40 + (r)]) * prt::to_f32(t_f[c])));
+        }
+      }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // zq0_hi[row, col] = ((q0[row, col] * f[row]) * z_row[row])
-        // zq0_lo[row, col] = (((q0[row, col] * f[row]) * z_row[row]) - zq0_hi[row, col])
+        // mma.group (operands in registers):
+        //   zq0_hi[row, col] = ((q0[row, col] * f[row]) * z_row[row])
+        //   zq0_lo[row, col] = (((q0[row, col] * f[row]) * z_row[row]) - zq0_hi[row, col])
+        //   qzq0 += mma.tc(q0^T, zq0_hi) [32x16 in 16x8 units over 4 warps]
+        //   qzq0 += mma.tc(q0^T, zq0_lo) [32x16 in 16x8 units over 4 warps]
         {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = i % 16;
-            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q0[(r) * 40 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
-            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q0[(r) * 40 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
-            t_zq0_hi[(r) * 24 + (c)] = y0;
-            t_zq0_lo[(r) * 24 + (c)] = y1;
-          }
-        }
-        __syncthreads();
-        // qzq0 += mma.tc(q0^T, zq0_hi) [32x16 in 16x8 units over 4 warps]
-        {
+          float acc[1][1][4];
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-            float acc[1][4];
             #pragma unroll
             for (int q = 0; q < 1; ++q)
             #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4_trans(af, &t_q0[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-              uint32_t bf[2];
-              prt::ldmatrix_x2_trans(bf, &t_zq0_hi[(k0 + (lane & 15)) * 24 + n0]);
-              prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-            }
-            #pragma unroll
-            for (int q = 0; q < 1; ++q)
-            #pragma unroll
-              for (int e = 0; e < 4; ++e) t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+              for (int e = 0; e < 4; ++e) acc[j][q][e] = t_qzq0[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 2) * 8 + q * 8 + prt::frag_col(lane, e))];
           }
-        }
-        __syncthreads();
-        // qzq0 += mma.tc(q0^T, zq0_lo) [32x16 in 16x8 units over 4 warps]
-        {
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 2) * 16;
+              const int n0 = (u % 2) * 8;
+              (void)m0;
+              (void)n0;
+              uint32_t fat_q0[4];
+              prt::ldmatrix_x4_trans(fat_q0, &t_q0[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+              uint32_t ib_zq0_hi[1][2];
+              uint32_t ib_zq0_lo[1][2];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q) {
+                #pragma unroll
+                for (int rg = 0; rg < 2; ++rg) {
+                  __nv_bfloat16 v0[2], v1[2];
+                  #pragma unroll
+                  for (int h = 0; h < 2; ++h) {
+                    const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q0[(r) * 40 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+                    v0[h] = y0;
+                    const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q0[(r) * 40 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+                    v1[h] = y1;
+                  }
+                  ib_zq0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                  ib_zq0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                }
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q0, ib_zq0_hi[q][0], ib_zq0_hi[q][1]);
+              #pragma unroll
+              for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q0, ib_zq0_lo[q][0], ib_zq0_lo[q][1]);
+            }
+          }
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-            float acc[1][4];
             #pragma unroll
             for (int q = 0; q < 1; ++q)
             #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4_trans(af, &t_q0[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-              uint32_t bf[2];
-              prt::ldmatrix_x2_trans(bf, &t_zq0_lo[(k0 + (lane & 15)) * 24 + n0]);
-              prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-            }
-            #pragma unroll
-            for (int q = 0; q < 1; ++q)
-            #pragma unroll
-              for (int e = 0; e < 4; ++e) t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+              for (int e = 0; e < 4; ++e) t_qzq0[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -5117,6 +5212,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
+            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2), ((pid.x % 1) * 32):+32]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -5128,7 +5224,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               float* const dst = t_fdy;
               for (int i = tid; i < 2048; i += 128) {
                 const int r = i / 32, c = i % 32;
-                dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+                dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
             __syncthreads();
@@ -5136,7 +5232,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
             {
               for (int i = tid; i < 2048; i += 128) {
                 const int r = i / 32, c = i % 32;
-                t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
+                t_fdy[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_f[r])));
               }
             }
             // q0 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2), 0:+32]
@@ -5166,57 +5262,57 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
-          }
-          __syncthreads();
-          // u0_hi[row, col] = (fdy[row, col] * (q0[row, (i1 - 0)] * f[row]))
-          // u0_lo[row, col] = ((fdy[row, col] * (q0[row, (i1 - 0)] * f[row])) - u0_hi[row, col])
-          {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 32, c = i % 32;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q0[(r) * 40 + ((v_i1 - 0))]) * prt::to_f32(t_f[r]))));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q0[(r) * 40 + ((v_i1 - 0))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
-              t_u0_hi[(r) * 40 + (c)] = y0;
-              t_u0_lo[(r) * 40 + (c)] = y1;
-            }
-          }
-          __syncthreads();
-          // s0 += mma.tc(q0^T, u0_hi) [32x32 in 16x16 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-              float (&acc)[2][4] = f_s0[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q0[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 2; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_u0_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
+            __syncthreads();
+            // qg0[row, col] = (q0[col, row] * f[col])
+            {
+              for (int i = tid; i < 1024; i += 128) {
+                const int r = i / 64, c = i % 64;
+                t_qg0[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q0[(c) * 40 + (r)]) * prt::to_f32(t_f[c])));
               }
             }
           }
-          // s0 += mma.tc(q0^T, u0_lo) [32x32 in 16x16 units over 4 warps]
+          __syncthreads();
+          // mma.group (operands in registers):
+          //   u0_hi[row, col] = (fdy[row, col] * qg0[(i1 - 0), row])
+          //   u0_lo[row, col] = ((fdy[row, col] * qg0[(i1 - 0), row]) - u0_hi[row, col])
+          //   s0 += mma.tc(q0^T, u0_hi) [32x32 in 16x16 units over 4 warps]
+          //   s0 += mma.tc(q0^T, u0_lo) [32x32 in 16x16 units over 4 warps]
           {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-              float (&acc)[2][4] = f_s0[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q0[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+            float (&acc)[1][2][4] = f_s0;
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              #pragma unroll
+              for (int j = 0; j < 1; ++j) {
+                const int u = warp + j * 4;
+                const int m0 = (u / 2) * 16;
+                const int n0 = (u % 2) * 16;
+                (void)m0;
+                (void)n0;
+                uint32_t fat_q0[4];
+                prt::ldmatrix_x4_trans(fat_q0, &t_q0[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                uint32_t ib_u0_hi[2][2];
+                uint32_t ib_u0_lo[2][2];
                 #pragma unroll
-                for (int q = 0; q < 2; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_u0_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                for (int q = 0; q < 2; ++q) {
+                  #pragma unroll
+                  for (int rg = 0; rg < 2; ++rg) {
+                    __nv_bfloat16 v0[2], v1[2];
+                    #pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                      const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_qg0[((v_i1 - 0)) * 64 + (r)])));
+                      v0[h] = y0;
+                      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_qg0[((v_i1 - 0)) * 64 + (r)])) - prt::to_f32(y0)));
+                      v1[h] = y1;
+                    }
+                    ib_u0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                    ib_u0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                  }
                 }
+                #pragma unroll
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q0, ib_u0_hi[q][0], ib_u0_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q0, ib_u0_lo[q][0], ib_u0_lo[q][1]);
               }
             }
           }
@@ -5263,7 +5359,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
           }
         }
       }
-      __syncthreads();
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // z0[row] = (qzq0[row, (i1 - 0)] * select(((row + 0) == i1), 1.0, 1.4142135623730951))
         {
@@ -5349,7 +5444,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
           float* const dst = t_fdy;
           for (int i = tid; i < 2048; i += 128) {
             const int r = i / 32, c = i % 32;
-            dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+            dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
         __syncthreads();
@@ -5357,11 +5452,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
         {
           for (int i = tid; i < 2048; i += 128) {
             const int r = i / 32, c = i % 32;
-            t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
+            t_fdy[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_f[r])));
           }
         }
       }
-      __syncthreads();
       // q1 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i3), 16:+16]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -5390,73 +5484,82 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
-      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // zq1_hi[row, col] = ((q1[row, col] * f[row]) * z_row[row])
-        // zq1_lo[row, col] = (((q1[row, col] * f[row]) * z_row[row]) - zq1_hi[row, col])
-        {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = i % 16;
-            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q1[(r) * 24 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
-            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q1[(r) * 24 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
-            t_zq1_hi[(r) * 24 + (c)] = y0;
-            t_zq1_lo[(r) * 24 + (c)] = y1;
-          }
+      // qg1[row, col] = (q1[col, row] * f[col])
+      {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 64, c = i % 64;
+          t_qg1[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q1[(c) * 24 + (r)]) * prt::to_f32(t_f[c])));
         }
-        __syncthreads();
-        // qzq1 += mma.tc(q1^T, zq1_hi) [16x16 in 16x8 units over 4 warps]
+      }
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+        // mma.group (operands in registers):
+        //   zq1_hi[row, col] = ((q1[row, col] * f[row]) * z_row[row])
+        //   zq1_lo[row, col] = (((q1[row, col] * f[row]) * z_row[row]) - zq1_hi[row, col])
+        //   qzq1 += mma.tc(q1^T, zq1_hi) [16x16 in 16x8 units over 4 warps]
+        //   qzq1 += mma.tc(q1^T, zq1_lo) [16x16 in 16x8 units over 4 warps]
         {
+          float acc[1][1][4];
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 4;
-            if (u < 2) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-              float acc[1][4];
+            if (warp + j * 4 < 2) {
               #pragma unroll
               for (int q = 0; q < 1; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q1[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_zq1_hi[(k0 + (lane & 15)) * 24 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-              }
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = t_qzq1[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 2) * 8 + q * 8 + prt::frag_col(lane, e))];
             }
           }
-        }
-        __syncthreads();
-        // qzq1 += mma.tc(q1^T, zq1_lo) [16x16 in 16x8 units over 4 warps]
-        {
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              if (u < 2) {
+                const int m0 = (u / 2) * 16;
+                const int n0 = (u % 2) * 8;
+                (void)m0;
+                (void)n0;
+                uint32_t fat_q1[4];
+                prt::ldmatrix_x4_trans(fat_q1, &t_q1[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                uint32_t fb_q1[1][2];
+                prt::ldmatrix_x2_trans(fb_q1[0], &t_q1[(k0 + (lane & 15)) * 24 + n0]);
+                uint32_t ib_zq1_hi[1][2];
+                uint32_t ib_zq1_lo[1][2];
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) {
+                  #pragma unroll
+                  for (int rg = 0; rg < 2; ++rg) {
+                    __nv_bfloat16 v0[2], v1[2];
+                    #pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                      const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::b16_half<__nv_bfloat16>(fb_q1[q][rg], h) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+                      v0[h] = y0;
+                      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::b16_half<__nv_bfloat16>(fb_q1[q][rg], h) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+                      v1[h] = y1;
+                    }
+                    ib_zq1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                    ib_zq1_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                  }
+                }
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q1, ib_zq1_hi[q][0], ib_zq1_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q1, ib_zq1_lo[q][0], ib_zq1_lo[q][1]);
+              }
+            }
+          }
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 4;
-            if (u < 2) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-              float acc[1][4];
+            if (warp + j * 4 < 2) {
               #pragma unroll
               for (int q = 0; q < 1; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q1[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_zq1_lo[(k0 + (lane & 15)) * 24 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-              }
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) t_qzq1[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
             }
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -5518,6 +5621,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
+            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5), ((pid.x % 1) * 32):+32]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -5529,7 +5633,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               float* const dst = t_fdy;
               for (int i = tid; i < 2048; i += 128) {
                 const int r = i / 32, c = i % 32;
-                dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+                dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
             __syncthreads();
@@ -5537,7 +5641,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
             {
               for (int i = tid; i < 2048; i += 128) {
                 const int r = i / 32, c = i % 32;
-                t_fdy[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_f[r])));
+                t_fdy[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_f[r])));
               }
             }
             // q1 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5), 16:+16]
@@ -5567,49 +5671,57 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
-          }
-          __syncthreads();
-          // u1_hi[row, col] = (fdy[row, col] * (q1[row, (i4 - 16)] * f[row]))
-          // u1_lo[row, col] = ((fdy[row, col] * (q1[row, (i4 - 16)] * f[row])) - u1_hi[row, col])
-          {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 32, c = i % 32;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q1[(r) * 24 + ((v_i4 - 16))]) * prt::to_f32(t_f[r]))));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q1[(r) * 24 + ((v_i4 - 16))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
-              t_u1_hi[(r) * 40 + (c)] = y0;
-              t_u1_lo[(r) * 40 + (c)] = y1;
-            }
-          }
-          __syncthreads();
-          // s1 += mma.tc(q1^T, u1_hi) [16x32 in 16x8 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
-              float (&acc)[1][4] = f_s1[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q1[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_u1_hi[(k0 + (lane & 15)) * 40 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+            __syncthreads();
+            // qg1[row, col] = (q1[col, row] * f[col])
+            {
+              for (int i = tid; i < 1024; i += 128) {
+                const int r = i / 64, c = i % 64;
+                t_qg1[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q1[(c) * 24 + (r)]) * prt::to_f32(t_f[c])));
               }
             }
           }
-          // s1 += mma.tc(q1^T, u1_lo) [16x32 in 16x8 units over 4 warps]
+          __syncthreads();
+          // mma.group (operands in registers):
+          //   u1_hi[row, col] = (fdy[row, col] * qg1[(i4 - 16), row])
+          //   u1_lo[row, col] = ((fdy[row, col] * qg1[(i4 - 16), row]) - u1_hi[row, col])
+          //   s1 += mma.tc(q1^T, u1_hi) [16x32 in 16x8 units over 4 warps]
+          //   s1 += mma.tc(q1^T, u1_lo) [16x32 in 16x8 units over 4 warps]
           {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
-              float (&acc)[1][4] = f_s1[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q1[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_u1_lo[(k0 + (lane & 15)) * 40 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+            float (&acc)[1][1][4] = f_s1;
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              #pragma unroll
+              for (int j = 0; j < 1; ++j) {
+                const int u = warp + j * 4;
+                const int m0 = (u / 4) * 16;
+                const int n0 = (u % 4) * 8;
+                (void)m0;
+                (void)n0;
+                uint32_t fat_q1[4];
+                prt::ldmatrix_x4_trans(fat_q1, &t_q1[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                uint32_t ib_u1_hi[1][2];
+                uint32_t ib_u1_lo[1][2];
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) {
+                  #pragma unroll
+                  for (int rg = 0; rg < 2; ++rg) {
+                    __nv_bfloat16 v0[2], v1[2];
+                    #pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                      const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_qg1[((v_i4 - 16)) * 64 + (r)])));
+                      v0[h] = y0;
+                      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_qg1[((v_i4 - 16)) * 64 + (r)])) - prt::to_f32(y0)));
+                      v1[h] = y1;
+                    }
+                    ib_u1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                    ib_u1_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                  }
+                }
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q1, ib_u1_hi[q][0], ib_u1_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q1, ib_u1_lo[q][0], ib_u1_lo[q][1]);
               }
             }
           }
@@ -6327,9 +6439,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
   float f_dv[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
   float* const t_kdk = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_z = reinterpret_cast<float*>(prt_smem + 10752);  // f32[528] pitch 528
-  __nv_bfloat16* const t_zu_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 12864);  // bf16[32, 32] pitch 40
-  __nv_bfloat16* const t_zu_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 15424);  // bf16[32, 32] pitch 40
-  float* const t_kzu = reinterpret_cast<float*>(prt_smem + 17984);  // f32[64, 32] pitch 32
+  // zu_hi: bf16[32, 32] computed in registers by its mma group
+  // zu_lo: bf16[32, 32] computed in registers by its mma group
+  float* const t_kzu = reinterpret_cast<float*>(prt_smem + 12864);  // f32[64, 32] pitch 32
   float* const t_r = reinterpret_cast<float*>(prt_smem + 33792);  // f32[64] pitch 64
   float* const t_r16 = reinterpret_cast<float*>(prt_smem + 10752);  // f32[64, 16] pitch 16
   float* const t_u0_f32_base = reinterpret_cast<float*>(prt_smem + 14848);  // f32[32, 32] pitch 32, 2 copies
@@ -6446,73 +6558,62 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  // zu_hi[row, col] = select(((row < 32) && (col < 32)), select((row == col), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] * 2.0), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] * 1.4142135623730951)), 0.0)
-  // zu_lo[row, col] = (select(((row < 32) && (col < 32)), select((row == col), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] * 2.0), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] * 1.4142135623730951)), 0.0) - zu_hi[row, col])
+  // mma.group (operands in registers):
+  //   zu_hi[row, col] = select(((row < 32) && (col < 32)), select((row == col), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] * 2.0), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] * 1.4142135623730951)), 0.0)
+  //   zu_lo[row, col] = (select(((row < 32) && (col < 32)), select((row == col), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] * 2.0), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] * 1.4142135623730951)), 0.0) - zu_hi[row, col])
+  //   kzu = mma.tc(k, zu_hi) [64x32 in 16x32 units over 4 warps]
+  //   kzu += mma.tc(k, zu_lo) [64x32 in 16x32 units over 4 warps]
   {
-    for (int i = tid; i < 1024; i += 128) {
-      const int r = i / 32, c = i % 32;
-      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < 32) && (c < 32)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) * 2.0f) : (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) * 1.4142135623730951f)) : 0.0f));
-      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((((r < 32) && (c < 32)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) * 2.0f) : (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) * 1.4142135623730951f)) : 0.0f) - prt::to_f32(y0)));
-      t_zu_hi[(r) * 40 + (c)] = y0;
-      t_zu_lo[(r) * 40 + (c)] = y1;
-    }
-  }
-  __syncthreads();
-  // kzu = mma.tc(k, zu_hi) [64x32 in 16x32 units over 4 warps]
-  {
+    float acc[1][4][4];
     #pragma unroll
     for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-      float acc[4][4];
       #pragma unroll
       for (int q = 0; q < 4; ++q)
       #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-      for (int k0 = 0; k0 < 32; k0 += 16) {
-        uint32_t af[4];
-        prt::ldmatrix_x4(af, &t_k[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-        #pragma unroll
-        for (int q = 0; q < 4; q += 2) {
-          uint32_t bf[4];
-          prt::ldmatrix_x4_trans(bf, &t_zu_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-          prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-          prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-        }
-      }
-      #pragma unroll
-      for (int q = 0; q < 4; ++q)
-      #pragma unroll
-        for (int e = 0; e < 4; ++e) t_kzu[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+        for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
     }
-  }
-  __syncthreads();
-  // kzu += mma.tc(k, zu_lo) [64x32 in 16x32 units over 4 warps]
-  {
+    const int g = lane >> 2, t2 = (lane & 3) * 2;
+    for (int k0 = 0; k0 < 32; k0 += 16) {
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 4;
+        const int m0 = (u / 1) * 16;
+        const int n0 = (u % 1) * 32;
+        (void)m0;
+        (void)n0;
+        uint32_t fa_k[4];
+        prt::ldmatrix_x4(fa_k, &t_k[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+        uint32_t ib_zu_hi[4][2];
+        uint32_t ib_zu_lo[4][2];
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          #pragma unroll
+          for (int rg = 0; rg < 2; ++rg) {
+            __nv_bfloat16 v0[2], v1[2];
+            #pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < 32) && (c < 32)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) * 2.0f) : (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) * 1.4142135623730951f)) : 0.0f));
+              v0[h] = y0;
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((((r < 32) && (c < 32)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) * 2.0f) : (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 31) * 32) - ((prt::min_nan(prt::min_nan(r, c), 31) * (prt::min_nan(prt::min_nan(r, c), 31) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 31)) - prt::min_nan(prt::min_nan(r, c), 31))]) * 1.4142135623730951f)) : 0.0f) - prt::to_f32(y0)));
+              v1[h] = y1;
+            }
+            ib_zu_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+            ib_zu_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+          }
+        }
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k, ib_zu_hi[q][0], ib_zu_hi[q][1]);
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k, ib_zu_lo[q][0], ib_zu_lo[q][1]);
+      }
+    }
     #pragma unroll
     for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-      float acc[4][4];
       #pragma unroll
       for (int q = 0; q < 4; ++q)
       #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[q][e] = t_kzu[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))];
-      for (int k0 = 0; k0 < 32; k0 += 16) {
-        uint32_t af[4];
-        prt::ldmatrix_x4(af, &t_k[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-        #pragma unroll
-        for (int q = 0; q < 4; q += 2) {
-          uint32_t bf[4];
-          prt::ldmatrix_x4_trans(bf, &t_zu_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-          prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-          prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-        }
-      }
-      #pragma unroll
-      for (int q = 0; q < 4; ++q)
-      #pragma unroll
-        for (int e = 0; e < 4; ++e) t_kzu[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+        for (int e = 0; e < 4; ++e) t_kzu[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 1) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
     }
   }
   __syncthreads();
@@ -6565,6 +6666,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
       }
     }
   }
+  __syncthreads();
   // r16[row, col] = 0.0
   {
     for (int i = tid; i < 1024; i += 128) {
@@ -6572,7 +6674,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
       t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
     }
   }
-  __syncthreads();
   if ((0 < 16)) {
     // u0_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((0 * 32) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0) + 0):+32, 0:+32] into stage 0
     {
@@ -6647,25 +6748,33 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
       __syncthreads();
       // p0 = mma.tc(k, u0_hi) [64x32 in 16x32 units over 4 warps]
       {
+        float (&acc)[1][4][4] = f_p0;
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          float (&acc)[4][4] = f_p0[j];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 32; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_k[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+        }
+        for (int k0 = 0; k0 < 32; k0 += 16) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 1) * 16;
+            const int n0 = (u % 1) * 32;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_k[4];
+            prt::ldmatrix_x4(fa_k, &t_k[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+            uint32_t fb_u0_hi[4][2];
             #pragma unroll
             for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u0_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              uint32_t r[4];
+              prt::ldmatrix_x4_trans(r, &t_u0_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+              fb_u0_hi[q][0] = r[0]; fb_u0_hi[q][1] = r[1]; fb_u0_hi[q + 1][0] = r[2]; fb_u0_hi[q + 1][1] = r[3];
             }
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k, fb_u0_hi[q][0], fb_u0_hi[q][1]);
           }
         }
       }
@@ -6723,30 +6832,41 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
       }
       // t0 = mma.tc(v, u0_hi^T) [64x32 in 16x32 units over 4 warps]
       {
+        float acc[1][4][4];
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          float acc[4][4];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 32; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_v[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+        }
+        for (int k0 = 0; k0 < 32; k0 += 16) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 1) * 16;
+            const int n0 = (u % 1) * 32;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_v[4];
+            prt::ldmatrix_x4(fa_v, &t_v[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+            uint32_t fbt_u0_hi[4][2];
             #pragma unroll
             for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4(bf, &t_u0_hi[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              uint32_t r[4];
+              prt::ldmatrix_x4(r, &t_u0_hi[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
+              fbt_u0_hi[q][0] = r[0]; fbt_u0_hi[q][1] = r[1]; fbt_u0_hi[q + 1][0] = r[2]; fbt_u0_hi[q + 1][1] = r[3];
             }
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v, fbt_u0_hi[q][0], fbt_u0_hi[q][1]);
           }
+        }
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t0[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_t0[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 1) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       __syncthreads();
@@ -6908,25 +7028,33 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
       __syncthreads();
       // p1 = mma.tc(k1, u1_hi) [64x32 in 16x32 units over 4 warps]
       {
+        float (&acc)[1][4][4] = f_p1;
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          float (&acc)[4][4] = f_p1[j];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 16; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_k1[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+        }
+        for (int k0 = 0; k0 < 16; k0 += 16) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 1) * 16;
+            const int n0 = (u % 1) * 32;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_k1[4];
+            prt::ldmatrix_x4(fa_k1, &t_k1[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
+            uint32_t fb_u1_hi[4][2];
             #pragma unroll
             for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u1_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              uint32_t r[4];
+              prt::ldmatrix_x4_trans(r, &t_u1_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+              fb_u1_hi[q][0] = r[0]; fb_u1_hi[q][1] = r[1]; fb_u1_hi[q + 1][0] = r[2]; fb_u1_hi[q + 1][1] = r[3];
             }
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k1, fb_u1_hi[q][0], fb_u1_hi[q][1]);
           }
         }
       }
@@ -6984,30 +7112,41 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
       }
       // t1 = mma.tc(v, u1_hi^T) [64x16 in 16x16 units over 4 warps]
       {
+        float acc[1][2][4];
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
-          float acc[2][4];
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 32; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_v[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+        }
+        for (int k0 = 0; k0 < 32; k0 += 16) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 1) * 16;
+            const int n0 = (u % 1) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_v[4];
+            prt::ldmatrix_x4(fa_v, &t_v[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+            uint32_t fbt_u1_hi[2][2];
             #pragma unroll
             for (int q = 0; q < 2; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4(bf, &t_u1_hi[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              uint32_t r[4];
+              prt::ldmatrix_x4(r, &t_u1_hi[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
+              fbt_u1_hi[q][0] = r[0]; fbt_u1_hi[q][1] = r[1]; fbt_u1_hi[q + 1][0] = r[2]; fbt_u1_hi[q + 1][1] = r[3];
             }
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v, fbt_u1_hi[q][0], fbt_u1_hi[q][1]);
           }
+        }
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_t1[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 1) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       __syncthreads();
@@ -8250,25 +8389,33 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_bf16
       __syncthreads();
       // qk = mma.tc(q, k^T) [16x64 in 16x16 units over 4 warps]
       {
+        float (&acc)[1][2][4] = f_qk;
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
-          float (&acc)[2][4] = f_qk[j];
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 32; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_q[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+        }
+        for (int k0 = 0; k0 < 32; k0 += 16) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 4) * 16;
+            const int n0 = (u % 4) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_q[4];
+            prt::ldmatrix_x4(fa_q, &t_q[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+            uint32_t fbt_k[2][2];
             #pragma unroll
             for (int q = 0; q < 2; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4(bf, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              uint32_t r[4];
+              prt::ldmatrix_x4(r, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
+              fbt_k[q][0] = r[0]; fbt_k[q][1] = r[1]; fbt_k[q + 1][0] = r[2]; fbt_k[q + 1][1] = r[3];
             }
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q, fbt_k[q][0], fbt_k[q][1]);
           }
         }
       }
@@ -8363,26 +8510,36 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_bf16
       }
       // num_a += mma.tc(p, v) [16x32 in 16x8 units over 4 warps]
       {
+        float acc[1][1][4];
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
-          float acc[1][4];
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_num_a[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_p[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-            uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_v[(k0 + (lane & 15)) * 40 + n0]);
-            prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = t_num_a[(((warp + j * 4) / 4) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 4) * 8 + q * 8 + prt::frag_col(lane, e))];
+        }
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 4) * 16;
+            const int n0 = (u % 4) * 8;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_p[4];
+            prt::ldmatrix_x4(fa_p, &t_p[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            uint32_t fb_v[1][2];
+            prt::ldmatrix_x2_trans(fb_v[0], &t_v[(k0 + (lane & 15)) * 40 + n0]);
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_p, fb_v[q][0], fb_v[q][1]);
           }
+        }
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_num_a[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_num_a[(((warp + j * 4) / 4) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 4) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       // m_run[row] = m_new[row]
@@ -8792,9 +8949,9 @@ extern "C" cudaError_t prt_attention_p2_d32_e32_c64_bf16_w4_bd0_bt64_s2_launch(d
 }
 
 extern "C" cudaError_t prt_update_state_p2_d32_e32_c64_bf16_w4_bd32_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d32_e32_c64_bf16_w4_bd32_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 33280);
+  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d32_e32_c64_bf16_w4_bd32_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 16896);
   if (err != cudaSuccess) return err;
-  prt_update_state_p2_d32_e32_c64_bf16_w4_bd32_bt64_s1<<<grid, 128, 33280, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
+  prt_update_state_p2_d32_e32_c64_bf16_w4_bd32_bt64_s1<<<grid, 128, 16896, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
@@ -8806,9 +8963,9 @@ extern "C" cudaError_t prt_discounted_cumsum_p2_d32_e32_c64_bf16_w4_bd64_bt64_s2
 }
 
 extern "C" cudaError_t prt_query_state_p2_d32_e32_c64_bf16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_numA, const float* g_denA, const float* g_maxA, __nv_bfloat16* g_Y, float* g_lse, float* g_yS, float* g_wS, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_p2_d32_e32_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 18944);
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_p2_d32_e32_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 14848);
   if (err != cudaSuccess) return err;
-  prt_query_state_p2_d32_e32_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 18944, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_numA, g_denA, g_maxA, g_Y, g_lse, g_yS, g_wS, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_query_state_p2_d32_e32_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 14848, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_numA, g_denA, g_maxA, g_Y, g_lse, g_yS, g_wS, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
@@ -8834,9 +8991,9 @@ extern "C" cudaError_t prt_query_state_bwd_dq_p2_d32_e32_c64_bf16_w4_bd0_bt64_s2
 }
 
 extern "C" cudaError_t prt_query_state_bwd_ds_p2_d32_e32_c64_bf16_w4_bd32_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_ds_p2_d32_e32_c64_bf16_w4_bd32_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 26496);
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_ds_p2_d32_e32_c64_bf16_w4_bd32_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 21376);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_ds_p2_d32_e32_c64_bf16_w4_bd32_bt64_s1<<<grid, 128, 26496, stream>>>(g_Q, g_logG, g_dY, g_lse, g_Dy, g_dSin, g_dZin, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_query_state_bwd_ds_p2_d32_e32_c64_bf16_w4_bd32_bt64_s1<<<grid, 128, 21376, stream>>>(g_Q, g_logG, g_dY, g_lse, g_Dy, g_dSin, g_dZin, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 

@@ -516,7 +516,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
 }
 
 // update_state: dS_m = phi(k')^T V, dZ_m = colsum phi(k') per chunk, k' = k exp((G_m - lam)/p)
-// grid (($n * 1), ($b * $h), 1), 128 threads, 35328 bytes of dynamic shared memory
+// grid (($n * 1), ($b * $h), 1), 128 threads, 38400 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c64_f32_w4_bd32_bt64_s1(
     const float* g_K, const float* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -591,19 +591,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
   float* const t_v = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 32] pitch 32
-  float* const t_gv = reinterpret_cast<float*>(prt_smem + 8704);  // f32[64, 32] pitch 32
-  float* const t_k0 = reinterpret_cast<float*>(prt_smem + 16896);  // f32[64, 32] pitch 36
-  float* const t_kzk0 = reinterpret_cast<float*>(prt_smem + 5632);  // f32[32, 16] pitch 16
-  float* const t_zk0_hi = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 16] pitch 20
+  float* const t_k0 = reinterpret_cast<float*>(prt_smem + 8704);  // f32[64, 32] pitch 36
+  float* const t_kg0 = reinterpret_cast<float*>(prt_smem + 17920);  // f32[16, 64] pitch 64
+  float* const t_kzk0 = reinterpret_cast<float*>(prt_smem + 27136);  // f32[32, 16] pitch 16
+  float* const t_zk0_hi = reinterpret_cast<float*>(prt_smem + 22016);  // f32[64, 16] pitch 20
   float f_s0[1][2][4];  // f32[32, 32] as mma fragments: 32x32 in 16x16 units over 4 warps
   float* const t_z0 = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
-  float* const t_u0_hi = reinterpret_cast<float*>(prt_smem + 26112);  // f32[64, 32] pitch 36
-  float* const t_k1 = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 16] pitch 20
-  float* const t_kzk1 = reinterpret_cast<float*>(prt_smem + 5632);  // f32[16, 16] pitch 16
-  float* const t_zk1_hi = reinterpret_cast<float*>(prt_smem + 16896);  // f32[64, 16] pitch 20
+  float* const t_u0_hi = reinterpret_cast<float*>(prt_smem + 29184);  // f32[64, 32] pitch 36
+  float* const t_k1 = reinterpret_cast<float*>(prt_smem + 8704);  // f32[64, 16] pitch 20
+  float* const t_kg1 = reinterpret_cast<float*>(prt_smem + 13824);  // f32[16, 64] pitch 64
+  float* const t_kzk1 = reinterpret_cast<float*>(prt_smem + 23040);  // f32[16, 16] pitch 16
+  float* const t_zk1_hi = reinterpret_cast<float*>(prt_smem + 17920);  // f32[64, 16] pitch 20
   float f_s1[1][1][4];  // f32[16, 32] as mma fragments: 16x32 in 16x8 units over 4 warps
   float* const t_z1 = reinterpret_cast<float*>(prt_smem + 0);  // f32[16] pitch 16
-  float* const t_u1_hi = reinterpret_cast<float*>(prt_smem + 16896);  // f32[64, 32] pitch 36
+  float* const t_u1_hi = reinterpret_cast<float*>(prt_smem + 24064);  // f32[64, 32] pitch 36
   // g = load logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -655,16 +656,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  __syncthreads();
-  // gv[row, col] = (v[row, col] * exp((lam[63] - lam[row])))
-  {
-    for (int i = tid; i < 2048; i += 128) {
-      const int r = i / 32, c = i % 32;
-      t_gv[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 32 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
-    }
-  }
   // k0 = load.async K[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h), 0:+32]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -693,6 +684,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
+  // kg0[row, col] = (k0[col, row] * exp((lam[63] - lam[col])))
+  {
+    for (int i = tid; i < 1024; i += 128) {
+      const int r = i / 64, c = i % 64;
+      t_kg0[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_k0[(c) * 36 + (r)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[c])))));
+    }
+  }
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // zk0_hi[row, col] = (k0[row, col] * exp((lam[63] - lam[row])))
     {
@@ -732,14 +730,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
       }
     }
   }
+  __syncthreads();
   {
     const int v_i0_end = 16;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // u0_hi[row, col] = (gv[row, col] * k0[row, (i0 - 0)])
+      // u0_hi[row, col] = (v[row, col] * kg0[(i0 - 0), row])
       {
         for (int i = tid; i < 2048; i += 128) {
           const int r = i / 32, c = i % 32;
-          t_u0_hi[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k0[(r) * 36 + ((v_i0 - 0))])));
+          t_u0_hi[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 32 + (c)]) * prt::to_f32(t_kg0[((v_i0 - 0)) * 64 + (r)])));
         }
       }
       __syncthreads();
@@ -834,7 +833,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
       __syncthreads();
     }
   }
-  __syncthreads();
   // k1 = load.async K[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h), 16:+16]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -863,6 +861,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
+  // kg1[row, col] = (k1[col, row] * exp((lam[63] - lam[col])))
+  {
+    for (int i = tid; i < 1024; i += 128) {
+      const int r = i / 64, c = i % 64;
+      t_kg1[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_k1[(c) * 20 + (r)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[c])))));
+    }
+  }
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // zk1_hi[row, col] = (k1[row, col] * exp((lam[63] - lam[row])))
     {
@@ -908,11 +913,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
   {
     const int v_i1_end = 32;
     for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
-      // u1_hi[row, col] = (gv[row, col] * k1[row, (i1 - 16)])
+      // u1_hi[row, col] = (v[row, col] * kg1[(i1 - 16), row])
       {
         for (int i = tid; i < 2048; i += 128) {
           const int r = i / 32, c = i % 32;
-          t_u1_hi[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 32 + (c)]) * prt::to_f32(t_k1[(r) * 20 + ((v_i1 - 16))])));
+          t_u1_hi[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 32 + (c)]) * prt::to_f32(t_kg1[((v_i1 - 16)) * 64 + (r)])));
         }
       }
       __syncthreads();
@@ -4517,7 +4522,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
 }
 
 // query_state_bwd_ds: dSin, dZin: the state's gradient from the queries of one chunk, summed over the group's query heads
-// grid (($n * 1), ($b * $h), 1), 128 threads, 29568 bytes of dynamic shared memory
+// grid (($n * 1), ($b * $h), 1), 128 threads, 38656 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_e32_c64_f32_w4_bd32_bt64_s1(
     const float* g_Q, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -4615,17 +4620,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
   float* const t_f = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_z_row = reinterpret_cast<float*>(prt_smem + 512);  // f32[64] pitch 64
   float* const t_q0 = reinterpret_cast<float*>(prt_smem + 11008);  // f32[64, 32] pitch 36
+  float* const t_qg0 = reinterpret_cast<float*>(prt_smem + 25344);  // f32[16, 64] pitch 64
   float* const t_qzq0 = reinterpret_cast<float*>(prt_smem + 8960);  // f32[32, 16] pitch 16
   float* const t_zq0_hi = reinterpret_cast<float*>(prt_smem + 20224);  // f32[64, 16] pitch 20
   float f_s0[1][2][4];  // f32[32, 32] as mma fragments: 32x32 in 16x16 units over 4 warps
-  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 29440);  // f32[32] pitch 32
-  float* const t_u0_hi = reinterpret_cast<float*>(prt_smem + 20224);  // f32[64, 32] pitch 36
+  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 20224);  // f32[32] pitch 32
+  float* const t_u0_hi = reinterpret_cast<float*>(prt_smem + 29440);  // f32[64, 32] pitch 36
   float* const t_q1 = reinterpret_cast<float*>(prt_smem + 9984);  // f32[64, 16] pitch 20
+  float* const t_qg1 = reinterpret_cast<float*>(prt_smem + 20224);  // f32[16, 64] pitch 64
   float* const t_qzq1 = reinterpret_cast<float*>(prt_smem + 8960);  // f32[16, 16] pitch 16
   float* const t_zq1_hi = reinterpret_cast<float*>(prt_smem + 15104);  // f32[64, 16] pitch 20
   float f_s1[1][1][4];  // f32[16, 32] as mma fragments: 16x32 in 16x8 units over 4 warps
-  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 24320);  // f32[16] pitch 16
-  float* const t_u1_hi = reinterpret_cast<float*>(prt_smem + 15104);  // f32[64, 32] pitch 36
+  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 15104);  // f32[16] pitch 16
+  float* const t_u1_hi = reinterpret_cast<float*>(prt_smem + 24320);  // f32[64, 32] pitch 36
   // g = load logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -4812,7 +4819,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
           }
         }
       }
-      __syncthreads();
       // q0 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i0), 0:+32]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -4841,6 +4847,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
+      // qg0[row, col] = (q0[col, row] * f[col])
+      {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 64, c = i % 64;
+          t_qg0[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q0[(c) * 36 + (r)]) * prt::to_f32(t_f[c])));
+        }
+      }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // zq0_hi[row, col] = ((q0[row, col] * f[row]) * z_row[row])
         {
@@ -4880,6 +4893,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -5003,13 +5017,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
+            __syncthreads();
+            // qg0[row, col] = (q0[col, row] * f[col])
+            {
+              for (int i = tid; i < 1024; i += 128) {
+                const int r = i / 64, c = i % 64;
+                t_qg0[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q0[(c) * 36 + (r)]) * prt::to_f32(t_f[c])));
+              }
+            }
           }
           __syncthreads();
-          // u0_hi[row, col] = (fdy[row, col] * (q0[row, (i1 - 0)] * f[row]))
+          // u0_hi[row, col] = (fdy[row, col] * qg0[(i1 - 0), row])
           {
             for (int i = tid; i < 2048; i += 128) {
               const int r = i / 32, c = i % 32;
-              t_u0_hi[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q0[(r) * 36 + ((v_i1 - 0))]) * prt::to_f32(t_f[r]))));
+              t_u0_hi[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_qg0[((v_i1 - 0)) * 64 + (r)])));
             }
           }
           __syncthreads();
@@ -5077,7 +5099,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
           }
         }
       }
-      __syncthreads();
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // z0[row] = (qzq0[row, (i1 - 0)] * select(((row + 0) == i1), 1.0, 1.4142135623730951))
         {
@@ -5188,7 +5209,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
           }
         }
       }
-      __syncthreads();
       // q1 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i3), 16:+16]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -5217,6 +5237,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
+      // qg1[row, col] = (q1[col, row] * f[col])
+      {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 64, c = i % 64;
+          t_qg1[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q1[(c) * 20 + (r)]) * prt::to_f32(t_f[c])));
+        }
+      }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // zq1_hi[row, col] = ((q1[row, col] * f[row]) * z_row[row])
         {
@@ -5258,6 +5285,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -5381,13 +5409,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
+            __syncthreads();
+            // qg1[row, col] = (q1[col, row] * f[col])
+            {
+              for (int i = tid; i < 1024; i += 128) {
+                const int r = i / 64, c = i % 64;
+                t_qg1[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q1[(c) * 20 + (r)]) * prt::to_f32(t_f[c])));
+              }
+            }
           }
           __syncthreads();
-          // u1_hi[row, col] = (fdy[row, col] * (q1[row, (i4 - 16)] * f[row]))
+          // u1_hi[row, col] = (fdy[row, col] * qg1[(i4 - 16), row])
           {
             for (int i = tid; i < 2048; i += 128) {
               const int r = i / 32, c = i % 32;
-              t_u1_hi[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * (prt::to_f32(t_q1[(r) * 20 + ((v_i4 - 16))]) * prt::to_f32(t_f[r]))));
+              t_u1_hi[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 32 + (c)]) * prt::to_f32(t_qg1[((v_i4 - 16)) * 64 + (r)])));
             }
           }
           __syncthreads();
@@ -8627,9 +8663,9 @@ extern "C" cudaError_t prt_attention_p2_d32_e32_c64_f32_w4_bd0_bt64_s2_launch(di
 }
 
 extern "C" cudaError_t prt_update_state_p2_d32_e32_c64_f32_w4_bd32_bt64_s1_launch(dim3 grid, cudaStream_t stream, const float* g_K, const float* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d32_e32_c64_f32_w4_bd32_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 35328);
+  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d32_e32_c64_f32_w4_bd32_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 38400);
   if (err != cudaSuccess) return err;
-  prt_update_state_p2_d32_e32_c64_f32_w4_bd32_bt64_s1<<<grid, 128, 35328, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
+  prt_update_state_p2_d32_e32_c64_f32_w4_bd32_bt64_s1<<<grid, 128, 38400, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
@@ -8669,9 +8705,9 @@ extern "C" cudaError_t prt_query_state_bwd_dq_p2_d32_e32_c64_f32_w4_bd0_bt64_s2_
 }
 
 extern "C" cudaError_t prt_query_state_bwd_ds_p2_d32_e32_c64_f32_w4_bd32_bt64_s1_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_ds_p2_d32_e32_c64_f32_w4_bd32_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 29568);
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_ds_p2_d32_e32_c64_f32_w4_bd32_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 38656);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_ds_p2_d32_e32_c64_f32_w4_bd32_bt64_s1<<<grid, 128, 29568, stream>>>(g_Q, g_logG, g_dY, g_lse, g_Dy, g_dSin, g_dZin, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_query_state_bwd_ds_p2_d32_e32_c64_f32_w4_bd32_bt64_s1<<<grid, 128, 38656, stream>>>(g_Q, g_logG, g_dY, g_lse, g_Dy, g_dSin, g_dZin, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 

@@ -309,25 +309,33 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
             __syncthreads();
             // w = mma.tc(q, k^T) [64x64 in 16x32 units over 4 warps]
             {
+              float (&acc)[2][4][4] = f_w;
               #pragma unroll
               for (int j = 0; j < 2; ++j) {
-                const int u = warp + j * 4;
-                const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                float (&acc)[4][4] = f_w[j];
                 #pragma unroll
                 for (int q = 0; q < 4; ++q)
                 #pragma unroll
-                  for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-                for (int k0 = 0; k0 < 64; k0 += 16) {
-                  uint32_t af[4];
-                  prt::ldmatrix_x4(af, &t_q[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                  for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+              }
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                const int n0 = (warp % 2) * 32;
+                uint32_t fbt_k[4][2];
+                #pragma unroll
+                for (int q = 0; q < 4; q += 2) {
+                  uint32_t r[4];
+                  prt::ldmatrix_x4(r, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+                  fbt_k[q][0] = r[0]; fbt_k[q][1] = r[1]; fbt_k[q + 1][0] = r[2]; fbt_k[q + 1][1] = r[3];
+                }
+                #pragma unroll
+                for (int j = 0; j < 2; ++j) {
+                  const int u = warp + j * 4;
+                  const int m0 = (u / 2) * 16;
+                  (void)m0;
+                  (void)n0;
+                  uint32_t fa_q[4];
+                  prt::ldmatrix_x4(fa_q, &t_q[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
                   #pragma unroll
-                  for (int q = 0; q < 4; q += 2) {
-                    uint32_t bf[4];
-                    prt::ldmatrix_x4(bf, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-                    prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-                    prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
-                  }
+                  for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_q, fbt_k[q][0], fbt_k[q][1]);
                 }
               }
             }
@@ -436,21 +444,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
             }
             // acc += mma.tc(p, v) [64x64 in 16x32 units over 4 warps]
             {
-              #pragma unroll
-              for (int j = 0; j < 2; ++j) {
-                const int u = warp + j * 4;
-                const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                float (&acc)[4][4] = f_acc[j];
-                for (int k0 = 0; k0 < 64; k0 += 16) {
-                  uint32_t af[4];
-                  prt::ldmatrix_x4(af, &t_p[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+              float (&acc)[2][4][4] = f_acc;
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                const int n0 = (warp % 2) * 32;
+                uint32_t fb_v[4][2];
+                #pragma unroll
+                for (int q = 0; q < 4; q += 2) {
+                  uint32_t r[4];
+                  prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                  fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
+                }
+                #pragma unroll
+                for (int j = 0; j < 2; ++j) {
+                  const int u = warp + j * 4;
+                  const int m0 = (u / 2) * 16;
+                  (void)m0;
+                  (void)n0;
+                  uint32_t fa_p[4];
+                  prt::ldmatrix_x4(fa_p, &t_p[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
                   #pragma unroll
-                  for (int q = 0; q < 4; q += 2) {
-                    uint32_t bf[4];
-                    prt::ldmatrix_x4_trans(bf, &t_v[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                    prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-                    prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
-                  }
+                  for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_p, fb_v[q][0], fb_v[q][1]);
                 }
               }
             }
@@ -514,7 +527,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
 }
 
 // update_state: dS_m = phi(k')^T V, dZ_m = colsum phi(k') per chunk, k' = k exp((G_m - lam)/p)
-// grid (($n * 1), ($b * $h), 1), 256 threads, 56832 bytes of dynamic shared memory
+// grid (($n * 1), ($b * $h), 1), 256 threads, 27136 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c64_f16_w8_bd64_bt64_s1(
     const __half* g_K, const __half* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -588,40 +601,43 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
   (void)g_dZ_d3;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  __half* const t_v = reinterpret_cast<__half*>(prt_smem + 512);  // f16[64, 64] pitch 64
-  float* const t_gv = reinterpret_cast<float*>(prt_smem + 8704);  // f32[64, 64] pitch 64
-  __half* const t_k0 = reinterpret_cast<__half*>(prt_smem + 25088);  // f16[64, 64] pitch 72
-  float* const t_kzk0 = reinterpret_cast<float*>(prt_smem + 34304);  // f32[64, 16] pitch 16
-  __half* const t_zk0_hi = reinterpret_cast<__half*>(prt_smem + 512);  // f16[64, 16] pitch 24
-  __half* const t_zk0_lo = reinterpret_cast<__half*>(prt_smem + 3584);  // f16[64, 16] pitch 24
+  __half* const t_v = reinterpret_cast<__half*>(prt_smem + 512);  // f16[64, 64] pitch 72
+  __half* const t_k0 = reinterpret_cast<__half*>(prt_smem + 9728);  // f16[64, 64] pitch 72
+  float* const t_kg0 = reinterpret_cast<float*>(prt_smem + 18944);  // f32[16, 64] pitch 64
+  float* const t_kzk0 = reinterpret_cast<float*>(prt_smem + 23040);  // f32[64, 16] pitch 16
+  // zk0_hi: f16[64, 16] computed in registers by its mma group
+  // zk0_lo: f16[64, 16] computed in registers by its mma group
   float f_s0[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
   float* const t_z0 = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  __half* const t_u0_hi = reinterpret_cast<__half*>(prt_smem + 38400);  // f16[64, 64] pitch 72
-  __half* const t_u0_lo = reinterpret_cast<__half*>(prt_smem + 47616);  // f16[64, 64] pitch 72
-  __half* const t_k1 = reinterpret_cast<__half*>(prt_smem + 512);  // f16[64, 48] pitch 56
-  float* const t_kzk1 = reinterpret_cast<float*>(prt_smem + 31232);  // f32[48, 16] pitch 16
-  __half* const t_zk1_hi = reinterpret_cast<__half*>(prt_smem + 25088);  // f16[64, 16] pitch 24
-  __half* const t_zk1_lo = reinterpret_cast<__half*>(prt_smem + 28160);  // f16[64, 16] pitch 24
+  // u0_hi: f16[64, 64] computed in registers by its mma group
+  // u0_lo: f16[64, 64] computed in registers by its mma group
+  __half* const t_k1 = reinterpret_cast<__half*>(prt_smem + 9728);  // f16[64, 48] pitch 56
+  float* const t_kg1 = reinterpret_cast<float*>(prt_smem + 16896);  // f32[16, 64] pitch 64
+  float* const t_kzk1 = reinterpret_cast<float*>(prt_smem + 20992);  // f32[48, 16] pitch 16
+  // zk1_hi: f16[64, 16] computed in registers by its mma group
+  // zk1_lo: f16[64, 16] computed in registers by its mma group
   float f_s1[2][2][4];  // f32[48, 64] as mma fragments: 48x64 in 16x16 units over 8 warps
   float* const t_z1 = reinterpret_cast<float*>(prt_smem + 0);  // f32[48] pitch 48
-  __half* const t_u1_hi = reinterpret_cast<__half*>(prt_smem + 34304);  // f16[64, 64] pitch 72
-  __half* const t_u1_lo = reinterpret_cast<__half*>(prt_smem + 43520);  // f16[64, 64] pitch 72
-  __half* const t_k2 = reinterpret_cast<__half*>(prt_smem + 512);  // f16[64, 32] pitch 40
-  float* const t_kzk2 = reinterpret_cast<float*>(prt_smem + 28160);  // f32[32, 16] pitch 16
-  __half* const t_zk2_hi = reinterpret_cast<__half*>(prt_smem + 5632);  // f16[64, 16] pitch 24
-  __half* const t_zk2_lo = reinterpret_cast<__half*>(prt_smem + 25088);  // f16[64, 16] pitch 24
+  // u1_hi: f16[64, 64] computed in registers by its mma group
+  // u1_lo: f16[64, 64] computed in registers by its mma group
+  __half* const t_k2 = reinterpret_cast<__half*>(prt_smem + 9728);  // f16[64, 32] pitch 40
+  float* const t_kg2 = reinterpret_cast<float*>(prt_smem + 14848);  // f32[16, 64] pitch 64
+  float* const t_kzk2 = reinterpret_cast<float*>(prt_smem + 18944);  // f32[32, 16] pitch 16
+  // zk2_hi: f16[64, 16] computed in registers by its mma group
+  // zk2_lo: f16[64, 16] computed in registers by its mma group
   float f_s2[1][2][4];  // f32[32, 64] as mma fragments: 32x64 in 16x16 units over 8 warps
   float* const t_z2 = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
-  __half* const t_u2_hi = reinterpret_cast<__half*>(prt_smem + 30208);  // f16[64, 64] pitch 72
-  __half* const t_u2_lo = reinterpret_cast<__half*>(prt_smem + 39424);  // f16[64, 64] pitch 72
-  __half* const t_k3 = reinterpret_cast<__half*>(prt_smem + 512);  // f16[64, 16] pitch 24
-  float* const t_kzk3 = reinterpret_cast<float*>(prt_smem + 6656);  // f32[16, 16] pitch 16
-  __half* const t_zk3_hi = reinterpret_cast<__half*>(prt_smem + 3584);  // f16[64, 16] pitch 24
-  __half* const t_zk3_lo = reinterpret_cast<__half*>(prt_smem + 25088);  // f16[64, 16] pitch 24
+  // u2_hi: f16[64, 64] computed in registers by its mma group
+  // u2_lo: f16[64, 64] computed in registers by its mma group
+  __half* const t_k3 = reinterpret_cast<__half*>(prt_smem + 9728);  // f16[64, 16] pitch 24
+  float* const t_kg3 = reinterpret_cast<float*>(prt_smem + 12800);  // f32[16, 64] pitch 64
+  float* const t_kzk3 = reinterpret_cast<float*>(prt_smem + 16896);  // f32[16, 16] pitch 16
+  // zk3_hi: f16[64, 16] computed in registers by its mma group
+  // zk3_lo: f16[64, 16] computed in registers by its mma group
   float f_s3[1][1][4];  // f32[16, 64] as mma fragments: 16x64 in 16x8 units over 8 warps
   float* const t_z3 = reinterpret_cast<float*>(prt_smem + 0);  // f32[16] pitch 16
-  __half* const t_u3_hi = reinterpret_cast<__half*>(prt_smem + 25088);  // f16[64, 64] pitch 72
-  __half* const t_u3_lo = reinterpret_cast<__half*>(prt_smem + 34304);  // f16[64, 64] pitch 72
+  // u3_hi: f16[64, 64] computed in registers by its mma group
+  // u3_lo: f16[64, 64] computed in registers by its mma group
   // g = load logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -663,24 +679,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
         const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
       for (int i = tid; i < 4096; i += 256) {
         const int r = i / 64, c = i % 64;
-        dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+        dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
       }
-    }
-  }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  __syncthreads();
-  // gv[row, col] = (v[row, col] * exp((lam[63] - lam[row])))
-  {
-    for (int i = tid; i < 4096; i += 256) {
-      const int r = i / 64, c = i % 64;
-      t_gv[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 64 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
     }
   }
   // k0 = load.async K[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h), 0:+64]
@@ -711,125 +717,132 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
+  // kg0[row, col] = (k0[col, row] * exp((lam[63] - lam[col])))
+  {
+    for (int i = tid; i < 1024; i += 256) {
+      const int r = i / 64, c = i % 64;
+      t_kg0[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_k0[(c) * 72 + (r)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[c])))));
+    }
+  }
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // zk0_hi[row, col] = (k0[row, col] * exp((lam[63] - lam[row])))
-    // zk0_lo[row, col] = ((k0[row, col] * exp((lam[63] - lam[row]))) - zk0_hi[row, col])
+    // mma.group (operands in registers):
+    //   zk0_hi[row, col] = (k0[row, col] * exp((lam[63] - lam[row])))
+    //   zk0_lo[row, col] = ((k0[row, col] * exp((lam[63] - lam[row]))) - zk0_hi[row, col])
+    //   kzk0 = mma.tc(k0^T, zk0_hi) [64x16 in 16x8 units over 8 warps]
+    //   kzk0 += mma.tc(k0^T, zk0_lo) [64x16 in 16x8 units over 8 warps]
     {
-      for (int i = tid; i < 1024; i += 256) {
-        const int r = i / 16, c = i % 16;
-        const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k0[(r) * 72 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
-        const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k0[(r) * 72 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_zk0_hi[(r) * 24 + (c)] = y0;
-        t_zk0_lo[(r) * 24 + (c)] = y1;
-      }
-    }
-    __syncthreads();
-    // kzk0 = mma.tc(k0^T, zk0_hi) [64x16 in 16x8 units over 8 warps]
-    {
+      float acc[1][1][4];
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 8;
-        const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-        float acc[1][4];
         #pragma unroll
         for (int q = 0; q < 1; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-          uint32_t af[4];
-          prt::ldmatrix_x4_trans(af, &t_k0[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-          uint32_t bf[2];
-          prt::ldmatrix_x2_trans(bf, &t_zk0_hi[(k0 + (lane & 15)) * 24 + n0]);
-          prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
-        }
-        #pragma unroll
-        for (int q = 0; q < 1; ++q)
-        #pragma unroll
-          for (int e = 0; e < 4; ++e) t_kzk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
       }
-    }
-    __syncthreads();
-    // kzk0 += mma.tc(k0^T, zk0_lo) [64x16 in 16x8 units over 8 warps]
-    {
+      const int g = lane >> 2, t2 = (lane & 3) * 2;
+      for (int k0 = 0; k0 < 64; k0 += 16) {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 2) * 16;
+          const int n0 = (u % 2) * 8;
+          (void)m0;
+          (void)n0;
+          uint32_t fat_k0[4];
+          prt::ldmatrix_x4_trans(fat_k0, &t_k0[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+          uint32_t ib_zk0_hi[1][2];
+          uint32_t ib_zk0_lo[1][2];
+          #pragma unroll
+          for (int q = 0; q < 1; ++q) {
+            #pragma unroll
+            for (int rg = 0; rg < 2; ++rg) {
+              __half v0[2], v1[2];
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k0[(r) * 72 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+                v0[h] = y0;
+                const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k0[(r) * 72 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+                v1[h] = y1;
+              }
+              ib_zk0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+              ib_zk0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+            }
+          }
+          #pragma unroll
+          for (int q = 0; q < 1; ++q) prt::mma_16816<__half>(acc[j][q], fat_k0, ib_zk0_hi[q][0], ib_zk0_hi[q][1]);
+          #pragma unroll
+          for (int q = 0; q < 1; ++q) prt::mma_16816<__half>(acc[j][q], fat_k0, ib_zk0_lo[q][0], ib_zk0_lo[q][1]);
+        }
+      }
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 8;
-        const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-        float acc[1][4];
         #pragma unroll
         for (int q = 0; q < 1; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-          uint32_t af[4];
-          prt::ldmatrix_x4_trans(af, &t_k0[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-          uint32_t bf[2];
-          prt::ldmatrix_x2_trans(bf, &t_zk0_lo[(k0 + (lane & 15)) * 24 + n0]);
-          prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
-        }
-        #pragma unroll
-        for (int q = 0; q < 1; ++q)
-        #pragma unroll
-          for (int e = 0; e < 4; ++e) t_kzk0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          for (int e = 0; e < 4; ++e) t_kzk0[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
       }
     }
   }
+  __syncthreads();
   {
     const int v_i0_end = 16;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // u0_hi[row, col] = (gv[row, col] * k0[row, (i0 - 0)])
-      // u0_lo[row, col] = ((gv[row, col] * k0[row, (i0 - 0)]) - u0_hi[row, col])
+      // mma.group (operands in registers):
+      //   u0_hi[row, col] = (v[row, col] * kg0[(i0 - 0), row])
+      //   u0_lo[row, col] = ((v[row, col] * kg0[(i0 - 0), row]) - u0_hi[row, col])
+      //   s0 = mma.tc(k0^T, u0_hi) [64x64 in 16x32 units over 8 warps]
+      //   s0 += mma.tc(k0^T, u0_lo) [64x64 in 16x32 units over 8 warps]
       {
-        for (int i = tid; i < 4096; i += 256) {
-          const int r = i / 64, c = i % 64;
-          const __half y0 = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k0[(r) * 72 + ((v_i0 - 0))])));
-          const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k0[(r) * 72 + ((v_i0 - 0))])) - prt::to_f32(y0)));
-          t_u0_hi[(r) * 72 + (c)] = y0;
-          t_u0_lo[(r) * 72 + (c)] = y1;
-        }
-      }
-      __syncthreads();
-      // s0 = mma.tc(k0^T, u0_hi) [64x64 in 16x32 units over 8 warps]
-      {
+        float (&acc)[1][4][4] = f_s0;
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          float (&acc)[4][4] = f_s0[j];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k0[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u0_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
-            }
-          }
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
-      }
-      // s0 += mma.tc(k0^T, u0_lo) [64x64 in 16x32 units over 8 warps]
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          float (&acc)[4][4] = f_s0[j];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k0[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+        const int g = lane >> 2, t2 = (lane & 3) * 2;
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 2) * 16;
+            const int n0 = (u % 2) * 32;
+            (void)m0;
+            (void)n0;
+            uint32_t fat_k0[4];
+            prt::ldmatrix_x4_trans(fat_k0, &t_k0[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+            uint32_t fb_v[4][2];
             #pragma unroll
             for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u0_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
+              uint32_t r[4];
+              prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+              fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
             }
+            uint32_t ib_u0_hi[4][2];
+            uint32_t ib_u0_lo[4][2];
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int rg = 0; rg < 2; ++rg) {
+                __half v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __half y0 = prt::from_f32<__half>((prt::b16_half<__half>(fb_v[q][rg], h) * prt::to_f32(t_kg0[((v_i0 - 0)) * 64 + (r)])));
+                  v0[h] = y0;
+                  const __half y1 = prt::from_f32<__half>(((prt::b16_half<__half>(fb_v[q][rg], h) * prt::to_f32(t_kg0[((v_i0 - 0)) * 64 + (r)])) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_u0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_u0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+              }
+            }
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fat_k0, ib_u0_hi[q][0], ib_u0_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fat_k0, ib_u0_lo[q][0], ib_u0_lo[q][1]);
           }
         }
       }
@@ -896,7 +909,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
           }
         }
       }
-      __syncthreads();
     }
   }
   __syncthreads();
@@ -928,132 +940,141 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // zk1_hi[row, col] = (k1[row, col] * exp((lam[63] - lam[row])))
-    // zk1_lo[row, col] = ((k1[row, col] * exp((lam[63] - lam[row]))) - zk1_hi[row, col])
-    {
-      for (int i = tid; i < 1024; i += 256) {
-        const int r = i / 16, c = i % 16;
-        const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k1[(r) * 56 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
-        const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k1[(r) * 56 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_zk1_hi[(r) * 24 + (c)] = y0;
-        t_zk1_lo[(r) * 24 + (c)] = y1;
-      }
+  // kg1[row, col] = (k1[col, row] * exp((lam[63] - lam[col])))
+  {
+    for (int i = tid; i < 1024; i += 256) {
+      const int r = i / 64, c = i % 64;
+      t_kg1[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_k1[(c) * 56 + (r)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[c])))));
     }
-    __syncthreads();
-    // kzk1 = mma.tc(k1^T, zk1_hi) [48x16 in 16x8 units over 8 warps]
+  }
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+    // mma.group (operands in registers):
+    //   zk1_hi[row, col] = (k1[row, col] * exp((lam[63] - lam[row])))
+    //   zk1_lo[row, col] = ((k1[row, col] * exp((lam[63] - lam[row]))) - zk1_hi[row, col])
+    //   kzk1 = mma.tc(k1^T, zk1_hi) [48x16 in 16x8 units over 8 warps]
+    //   kzk1 += mma.tc(k1^T, zk1_lo) [48x16 in 16x8 units over 8 warps]
     {
+      float acc[1][1][4];
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 8;
-        if (u < 6) {
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-          float acc[1][4];
+        if (warp + j * 8 < 6) {
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k1[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
-            uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_zk1_hi[(k0 + (lane & 15)) * 24 + n0]);
-            prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
-          }
-          #pragma unroll
-          for (int q = 0; q < 1; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kzk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
       }
-    }
-    __syncthreads();
-    // kzk1 += mma.tc(k1^T, zk1_lo) [48x16 in 16x8 units over 8 warps]
-    {
+      const int g = lane >> 2, t2 = (lane & 3) * 2;
+      for (int k0 = 0; k0 < 64; k0 += 16) {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          if (u < 6) {
+            const int m0 = (u / 2) * 16;
+            const int n0 = (u % 2) * 8;
+            (void)m0;
+            (void)n0;
+            uint32_t fat_k1[4];
+            prt::ldmatrix_x4_trans(fat_k1, &t_k1[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+            uint32_t ib_zk1_hi[1][2];
+            uint32_t ib_zk1_lo[1][2];
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) {
+              #pragma unroll
+              for (int rg = 0; rg < 2; ++rg) {
+                __half v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k1[(r) * 56 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+                  v0[h] = y0;
+                  const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k1[(r) * 56 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_zk1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_zk1_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+              }
+            }
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) prt::mma_16816<__half>(acc[j][q], fat_k1, ib_zk1_hi[q][0], ib_zk1_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) prt::mma_16816<__half>(acc[j][q], fat_k1, ib_zk1_lo[q][0], ib_zk1_lo[q][1]);
+          }
+        }
+      }
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 8;
-        if (u < 6) {
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-          float acc[1][4];
+        if (warp + j * 8 < 6) {
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k1[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
-            uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_zk1_lo[(k0 + (lane & 15)) * 24 + n0]);
-            prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
-          }
-          #pragma unroll
-          for (int q = 0; q < 1; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kzk1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk1[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
     }
   }
+  __syncthreads();
   {
     const int v_i1_end = 32;
     for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
-      // u1_hi[row, col] = (gv[row, col] * k1[row, (i1 - 16)])
-      // u1_lo[row, col] = ((gv[row, col] * k1[row, (i1 - 16)]) - u1_hi[row, col])
+      // mma.group (operands in registers):
+      //   u1_hi[row, col] = (v[row, col] * kg1[(i1 - 16), row])
+      //   u1_lo[row, col] = ((v[row, col] * kg1[(i1 - 16), row]) - u1_hi[row, col])
+      //   s1 = mma.tc(k1^T, u1_hi) [48x64 in 16x16 units over 8 warps]
+      //   s1 += mma.tc(k1^T, u1_lo) [48x64 in 16x16 units over 8 warps]
       {
-        for (int i = tid; i < 4096; i += 256) {
-          const int r = i / 64, c = i % 64;
-          const __half y0 = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k1[(r) * 56 + ((v_i1 - 16))])));
-          const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k1[(r) * 56 + ((v_i1 - 16))])) - prt::to_f32(y0)));
-          t_u1_hi[(r) * 72 + (c)] = y0;
-          t_u1_lo[(r) * 72 + (c)] = y1;
-        }
-      }
-      __syncthreads();
-      // s1 = mma.tc(k1^T, u1_hi) [48x64 in 16x16 units over 8 warps]
-      {
+        float (&acc)[2][2][4] = f_s1;
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          if (u < 12) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
-            float (&acc)[2][4] = f_s1[j];
+          if (warp + j * 8 < 12) {
             #pragma unroll
             for (int q = 0; q < 2; ++q)
             #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4_trans(af, &t_k1[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
-              #pragma unroll
-              for (int q = 0; q < 2; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_u1_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
-              }
-            }
+              for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
           }
         }
-      }
-      // s1 += mma.tc(k1^T, u1_lo) [48x64 in 16x16 units over 8 warps]
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          if (u < 12) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
-            float (&acc)[2][4] = f_s1[j];
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4_trans(af, &t_k1[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+        const int g = lane >> 2, t2 = (lane & 3) * 2;
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          const int n0 = (warp % 4) * 16;
+          uint32_t fb_v[2][2];
+          #pragma unroll
+          for (int q = 0; q < 2; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
+          }
+          uint32_t ib_u1_hi[2][2];
+          uint32_t ib_u1_lo[2][2];
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int rg = 0; rg < 2; ++rg) {
+              __half v0[2], v1[2];
               #pragma unroll
-              for (int q = 0; q < 2; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_u1_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
+              for (int h = 0; h < 2; ++h) {
+                const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                const __half y0 = prt::from_f32<__half>((prt::b16_half<__half>(fb_v[q][rg], h) * prt::to_f32(t_kg1[((v_i1 - 16)) * 64 + (r)])));
+                v0[h] = y0;
+                const __half y1 = prt::from_f32<__half>(((prt::b16_half<__half>(fb_v[q][rg], h) * prt::to_f32(t_kg1[((v_i1 - 16)) * 64 + (r)])) - prt::to_f32(y0)));
+                v1[h] = y1;
               }
+              ib_u1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+              ib_u1_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+            }
+          }
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 8;
+            if (u < 12) {
+              const int m0 = (u / 4) * 16;
+              (void)m0;
+              (void)n0;
+              uint32_t fat_k1[4];
+              prt::ldmatrix_x4_trans(fat_k1, &t_k1[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+              #pragma unroll
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__half>(acc[j][q], fat_k1, ib_u1_hi[q][0], ib_u1_hi[q][1]);
+              #pragma unroll
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__half>(acc[j][q], fat_k1, ib_u1_lo[q][0], ib_u1_lo[q][1]);
             }
           }
         }
@@ -1125,7 +1146,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
           }
         }
       }
-      __syncthreads();
     }
   }
   __syncthreads();
@@ -1157,129 +1177,138 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // zk2_hi[row, col] = (k2[row, col] * exp((lam[63] - lam[row])))
-    // zk2_lo[row, col] = ((k2[row, col] * exp((lam[63] - lam[row]))) - zk2_hi[row, col])
-    {
-      for (int i = tid; i < 1024; i += 256) {
-        const int r = i / 16, c = i % 16;
-        const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k2[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
-        const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k2[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_zk2_hi[(r) * 24 + (c)] = y0;
-        t_zk2_lo[(r) * 24 + (c)] = y1;
-      }
+  // kg2[row, col] = (k2[col, row] * exp((lam[63] - lam[col])))
+  {
+    for (int i = tid; i < 1024; i += 256) {
+      const int r = i / 64, c = i % 64;
+      t_kg2[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_k2[(c) * 40 + (r)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[c])))));
     }
-    __syncthreads();
-    // kzk2 = mma.tc(k2^T, zk2_hi) [32x16 in 16x8 units over 8 warps]
+  }
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+    // mma.group (operands in registers):
+    //   zk2_hi[row, col] = (k2[row, col] * exp((lam[63] - lam[row])))
+    //   zk2_lo[row, col] = ((k2[row, col] * exp((lam[63] - lam[row]))) - zk2_hi[row, col])
+    //   kzk2 = mma.tc(k2^T, zk2_hi) [32x16 in 16x8 units over 8 warps]
+    //   kzk2 += mma.tc(k2^T, zk2_lo) [32x16 in 16x8 units over 8 warps]
     {
+      float acc[1][1][4];
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 8;
-        if (u < 4) {
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-          float acc[1][4];
+        if (warp + j * 8 < 4) {
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k2[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-            uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_zk2_hi[(k0 + (lane & 15)) * 24 + n0]);
-            prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
-          }
-          #pragma unroll
-          for (int q = 0; q < 1; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kzk2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
       }
-    }
-    __syncthreads();
-    // kzk2 += mma.tc(k2^T, zk2_lo) [32x16 in 16x8 units over 8 warps]
-    {
+      const int g = lane >> 2, t2 = (lane & 3) * 2;
+      for (int k0 = 0; k0 < 64; k0 += 16) {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          if (u < 4) {
+            const int m0 = (u / 2) * 16;
+            const int n0 = (u % 2) * 8;
+            (void)m0;
+            (void)n0;
+            uint32_t fat_k2[4];
+            prt::ldmatrix_x4_trans(fat_k2, &t_k2[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+            uint32_t ib_zk2_hi[1][2];
+            uint32_t ib_zk2_lo[1][2];
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) {
+              #pragma unroll
+              for (int rg = 0; rg < 2; ++rg) {
+                __half v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k2[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+                  v0[h] = y0;
+                  const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k2[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_zk2_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_zk2_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+              }
+            }
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) prt::mma_16816<__half>(acc[j][q], fat_k2, ib_zk2_hi[q][0], ib_zk2_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) prt::mma_16816<__half>(acc[j][q], fat_k2, ib_zk2_lo[q][0], ib_zk2_lo[q][1]);
+          }
+        }
+      }
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 8;
-        if (u < 4) {
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-          float acc[1][4];
+        if (warp + j * 8 < 4) {
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k2[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-            uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_zk2_lo[(k0 + (lane & 15)) * 24 + n0]);
-            prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
-          }
-          #pragma unroll
-          for (int q = 0; q < 1; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kzk2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk2[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
     }
   }
+  __syncthreads();
   {
     const int v_i2_end = 48;
     for (int v_i2 = 32; v_i2 < v_i2_end; v_i2 += 1) {
-      // u2_hi[row, col] = (gv[row, col] * k2[row, (i2 - 32)])
-      // u2_lo[row, col] = ((gv[row, col] * k2[row, (i2 - 32)]) - u2_hi[row, col])
+      // mma.group (operands in registers):
+      //   u2_hi[row, col] = (v[row, col] * kg2[(i2 - 32), row])
+      //   u2_lo[row, col] = ((v[row, col] * kg2[(i2 - 32), row]) - u2_hi[row, col])
+      //   s2 = mma.tc(k2^T, u2_hi) [32x64 in 16x16 units over 8 warps]
+      //   s2 += mma.tc(k2^T, u2_lo) [32x64 in 16x16 units over 8 warps]
       {
-        for (int i = tid; i < 4096; i += 256) {
-          const int r = i / 64, c = i % 64;
-          const __half y0 = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k2[(r) * 40 + ((v_i2 - 32))])));
-          const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k2[(r) * 40 + ((v_i2 - 32))])) - prt::to_f32(y0)));
-          t_u2_hi[(r) * 72 + (c)] = y0;
-          t_u2_lo[(r) * 72 + (c)] = y1;
-        }
-      }
-      __syncthreads();
-      // s2 = mma.tc(k2^T, u2_hi) [32x64 in 16x16 units over 8 warps]
-      {
+        float (&acc)[1][2][4] = f_s2;
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
-          float (&acc)[2][4] = f_s2[j];
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k2[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 2; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u2_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
-            }
-          }
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
-      }
-      // s2 += mma.tc(k2^T, u2_lo) [32x64 in 16x16 units over 8 warps]
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
-          float (&acc)[2][4] = f_s2[j];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k2[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+        const int g = lane >> 2, t2 = (lane & 3) * 2;
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 4) * 16;
+            const int n0 = (u % 4) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fat_k2[4];
+            prt::ldmatrix_x4_trans(fat_k2, &t_k2[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+            uint32_t fb_v[2][2];
             #pragma unroll
             for (int q = 0; q < 2; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u2_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
+              uint32_t r[4];
+              prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+              fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
             }
+            uint32_t ib_u2_hi[2][2];
+            uint32_t ib_u2_lo[2][2];
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) {
+              #pragma unroll
+              for (int rg = 0; rg < 2; ++rg) {
+                __half v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __half y0 = prt::from_f32<__half>((prt::b16_half<__half>(fb_v[q][rg], h) * prt::to_f32(t_kg2[((v_i2 - 32)) * 64 + (r)])));
+                  v0[h] = y0;
+                  const __half y1 = prt::from_f32<__half>(((prt::b16_half<__half>(fb_v[q][rg], h) * prt::to_f32(t_kg2[((v_i2 - 32)) * 64 + (r)])) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_u2_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_u2_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+              }
+            }
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__half>(acc[j][q], fat_k2, ib_u2_hi[q][0], ib_u2_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__half>(acc[j][q], fat_k2, ib_u2_lo[q][0], ib_u2_lo[q][1]);
           }
         }
       }
@@ -1346,7 +1375,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
           }
         }
       }
-      __syncthreads();
     }
   }
   __syncthreads();
@@ -1378,69 +1406,77 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-    // zk3_hi[row, col] = (k3[row, col] * exp((lam[63] - lam[row])))
-    // zk3_lo[row, col] = ((k3[row, col] * exp((lam[63] - lam[row]))) - zk3_hi[row, col])
-    {
-      for (int i = tid; i < 1024; i += 256) {
-        const int r = i / 16, c = i % 16;
-        const __half y0 = prt::from_f32<__half>((prt::to_f32(t_k3[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
-        const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_k3[(r) * 24 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-        t_zk3_hi[(r) * 24 + (c)] = y0;
-        t_zk3_lo[(r) * 24 + (c)] = y1;
-      }
+  // kg3[row, col] = (k3[col, row] * exp((lam[63] - lam[col])))
+  {
+    for (int i = tid; i < 1024; i += 256) {
+      const int r = i / 64, c = i % 64;
+      t_kg3[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_k3[(c) * 24 + (r)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[c])))));
     }
-    __syncthreads();
-    // kzk3 = mma.tc(k3^T, zk3_hi) [16x16 in 16x8 units over 8 warps]
+  }
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
+    // mma.group (operands in registers):
+    //   zk3_hi[row, col] = (k3[row, col] * exp((lam[63] - lam[row])))
+    //   zk3_lo[row, col] = ((k3[row, col] * exp((lam[63] - lam[row]))) - zk3_hi[row, col])
+    //   kzk3 = mma.tc(k3^T, zk3_hi) [16x16 in 16x8 units over 8 warps]
+    //   kzk3 += mma.tc(k3^T, zk3_lo) [16x16 in 16x8 units over 8 warps]
     {
+      float acc[1][1][4];
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 8;
-        if (u < 2) {
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-          float acc[1][4];
+        if (warp + j * 8 < 2) {
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k3[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-            uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_zk3_hi[(k0 + (lane & 15)) * 24 + n0]);
-            prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
-          }
-          #pragma unroll
-          for (int q = 0; q < 1; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kzk3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
       }
-    }
-    __syncthreads();
-    // kzk3 += mma.tc(k3^T, zk3_lo) [16x16 in 16x8 units over 8 warps]
-    {
+      const int g = lane >> 2, t2 = (lane & 3) * 2;
+      for (int k0 = 0; k0 < 64; k0 += 16) {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          if (u < 2) {
+            const int m0 = (u / 2) * 16;
+            const int n0 = (u % 2) * 8;
+            (void)m0;
+            (void)n0;
+            uint32_t fat_k3[4];
+            prt::ldmatrix_x4_trans(fat_k3, &t_k3[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+            uint32_t fb_k3[1][2];
+            prt::ldmatrix_x2_trans(fb_k3[0], &t_k3[(k0 + (lane & 15)) * 24 + n0]);
+            uint32_t ib_zk3_hi[1][2];
+            uint32_t ib_zk3_lo[1][2];
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) {
+              #pragma unroll
+              for (int rg = 0; rg < 2; ++rg) {
+                __half v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __half y0 = prt::from_f32<__half>((prt::b16_half<__half>(fb_k3[q][rg], h) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
+                  v0[h] = y0;
+                  const __half y1 = prt::from_f32<__half>(((prt::b16_half<__half>(fb_k3[q][rg], h) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_zk3_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_zk3_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+              }
+            }
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) prt::mma_16816<__half>(acc[j][q], fat_k3, ib_zk3_hi[q][0], ib_zk3_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) prt::mma_16816<__half>(acc[j][q], fat_k3, ib_zk3_lo[q][0], ib_zk3_lo[q][1]);
+          }
+        }
+      }
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 8;
-        if (u < 2) {
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-          float acc[1][4];
+        if (warp + j * 8 < 2) {
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_kzk3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k3[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-            uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_zk3_lo[(k0 + (lane & 15)) * 24 + n0]);
-            prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
-          }
-          #pragma unroll
-          for (int q = 0; q < 1; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kzk3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_kzk3[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
     }
@@ -1449,51 +1485,56 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
   {
     const int v_i3_end = 64;
     for (int v_i3 = 48; v_i3 < v_i3_end; v_i3 += 1) {
-      // u3_hi[row, col] = (gv[row, col] * k3[row, (i3 - 48)])
-      // u3_lo[row, col] = ((gv[row, col] * k3[row, (i3 - 48)]) - u3_hi[row, col])
+      // mma.group (operands in registers):
+      //   u3_hi[row, col] = (v[row, col] * kg3[(i3 - 48), row])
+      //   u3_lo[row, col] = ((v[row, col] * kg3[(i3 - 48), row]) - u3_hi[row, col])
+      //   s3 = mma.tc(k3^T, u3_hi) [16x64 in 16x8 units over 8 warps]
+      //   s3 += mma.tc(k3^T, u3_lo) [16x64 in 16x8 units over 8 warps]
       {
-        for (int i = tid; i < 4096; i += 256) {
-          const int r = i / 64, c = i % 64;
-          const __half y0 = prt::from_f32<__half>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k3[(r) * 24 + ((v_i3 - 48))])));
-          const __half y1 = prt::from_f32<__half>(((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k3[(r) * 24 + ((v_i3 - 48))])) - prt::to_f32(y0)));
-          t_u3_hi[(r) * 72 + (c)] = y0;
-          t_u3_lo[(r) * 72 + (c)] = y1;
-        }
-      }
-      __syncthreads();
-      // s3 = mma.tc(k3^T, u3_hi) [16x64 in 16x8 units over 8 warps]
-      {
+        float (&acc)[1][1][4] = f_s3;
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 8) * 16, n0 = (u % 8) * 8;
-          float (&acc)[1][4] = f_s3[j];
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k3[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-            uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_u3_hi[(k0 + (lane & 15)) * 72 + n0]);
-            prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
-          }
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
-      }
-      // s3 += mma.tc(k3^T, u3_lo) [16x64 in 16x8 units over 8 warps]
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 8) * 16, n0 = (u % 8) * 8;
-          float (&acc)[1][4] = f_s3[j];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4_trans(af, &t_k3[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-            uint32_t bf[2];
-            prt::ldmatrix_x2_trans(bf, &t_u3_lo[(k0 + (lane & 15)) * 72 + n0]);
-            prt::mma_16816<__half>(acc[0], af, bf[0], bf[1]);
+        const int g = lane >> 2, t2 = (lane & 3) * 2;
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 8;
+            const int m0 = (u / 8) * 16;
+            const int n0 = (u % 8) * 8;
+            (void)m0;
+            (void)n0;
+            uint32_t fat_k3[4];
+            prt::ldmatrix_x4_trans(fat_k3, &t_k3[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+            uint32_t fb_v[1][2];
+            prt::ldmatrix_x2_trans(fb_v[0], &t_v[(k0 + (lane & 15)) * 72 + n0]);
+            uint32_t ib_u3_hi[1][2];
+            uint32_t ib_u3_lo[1][2];
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) {
+              #pragma unroll
+              for (int rg = 0; rg < 2; ++rg) {
+                __half v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __half y0 = prt::from_f32<__half>((prt::b16_half<__half>(fb_v[q][rg], h) * prt::to_f32(t_kg3[((v_i3 - 48)) * 64 + (r)])));
+                  v0[h] = y0;
+                  const __half y1 = prt::from_f32<__half>(((prt::b16_half<__half>(fb_v[q][rg], h) * prt::to_f32(t_kg3[((v_i3 - 48)) * 64 + (r)])) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_u3_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_u3_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+              }
+            }
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) prt::mma_16816<__half>(acc[j][q], fat_k3, ib_u3_hi[q][0], ib_u3_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 1; ++q) prt::mma_16816<__half>(acc[j][q], fat_k3, ib_u3_lo[q][0], ib_u3_lo[q][1]);
           }
         }
       }
@@ -1560,7 +1601,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
           }
         }
       }
-      __syncthreads();
     }
   }
 }
@@ -1985,7 +2025,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
 }
 
 // query_state: Y = (attention part + phi(q')^T Sin) / (its normaliser), lse = log normaliser, q' = scale q exp(lam/p)
-// grid (($n * 1), $hq, $b), 128 threads, 86528 bytes of dynamic shared memory
+// grid (($n * 1), $hq, $b), 128 threads, 70144 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64_f16_w4_bd0_bt64_s2(
     const __half* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_numA, const float* g_denA, const float* g_maxA, __half* g_Y, float* g_lse, float* g_yS, float* g_wS, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -2132,34 +2172,34 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
   __nv_bfloat16* const t_q0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 16896);  // bf16[64, 64] pitch 72
   __nv_bfloat16* const t_q0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 26112);  // bf16[64, 64] pitch 72
   float* const t_z = reinterpret_cast<float*>(prt_smem + 35328);  // f32[2080] pitch 2080
-  __nv_bfloat16* const t_zsym_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 43648);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_zsym_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 52864);  // bf16[64, 64] pitch 72
+  // zsym_hi: bf16[64, 64] computed in registers by its mma group
+  // zsym_lo: bf16[64, 64] computed in registers by its mma group
   float f_qz[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_s0_f32_base = reinterpret_cast<float*>(prt_smem + 35328);  // f32[64, 64] pitch 64, 2 copies
+  float* const t_s0_f32_base = reinterpret_cast<float*>(prt_smem + 35328);  // f32[64, 64] pitch 68, 2 copies
   float* t_s0_f32 = t_s0_f32_base;
-  __nv_bfloat16* const t_s0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 68096);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_s0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 77312);  // bf16[64, 64] pitch 72
+  // s0_hi: bf16[64, 64] computed in registers by its mma group
+  // s0_lo: bf16[64, 64] computed in registers by its mma group
   float* const t_q1_f32 = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 48] pitch 48
   __nv_bfloat16* const t_q1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 12800);  // bf16[64, 48] pitch 56
   __nv_bfloat16* const t_q1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 19968);  // bf16[64, 48] pitch 56
-  float* const t_s1_f32_base = reinterpret_cast<float*>(prt_smem + 27136);  // f32[48, 64] pitch 64, 2 copies
+  float* const t_s1_f32_base = reinterpret_cast<float*>(prt_smem + 27136);  // f32[48, 64] pitch 68, 2 copies
   float* t_s1_f32 = t_s1_f32_base;
-  __nv_bfloat16* const t_s1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 51712);  // bf16[48, 64] pitch 72
-  __nv_bfloat16* const t_s1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 58624);  // bf16[48, 64] pitch 72
+  // s1_hi: bf16[48, 64] computed in registers by its mma group
+  // s1_lo: bf16[48, 64] computed in registers by its mma group
   float* const t_q2_f32 = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 32] pitch 32
   __nv_bfloat16* const t_q2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 8704);  // bf16[64, 32] pitch 40
   __nv_bfloat16* const t_q2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 13824);  // bf16[64, 32] pitch 40
-  float* const t_s2_f32_base = reinterpret_cast<float*>(prt_smem + 18944);  // f32[32, 64] pitch 64, 2 copies
+  float* const t_s2_f32_base = reinterpret_cast<float*>(prt_smem + 18944);  // f32[32, 64] pitch 68, 2 copies
   float* t_s2_f32 = t_s2_f32_base;
-  __nv_bfloat16* const t_s2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 35328);  // bf16[32, 64] pitch 72
-  __nv_bfloat16* const t_s2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 39936);  // bf16[32, 64] pitch 72
+  // s2_hi: bf16[32, 64] computed in registers by its mma group
+  // s2_lo: bf16[32, 64] computed in registers by its mma group
   float* const t_q3_f32 = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 16] pitch 16
   __nv_bfloat16* const t_q3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 4608);  // bf16[64, 16] pitch 24
   __nv_bfloat16* const t_q3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 7680);  // bf16[64, 16] pitch 24
-  float* const t_s3_f32_base = reinterpret_cast<float*>(prt_smem + 10752);  // f32[16, 64] pitch 64, 2 copies
+  float* const t_s3_f32_base = reinterpret_cast<float*>(prt_smem + 10752);  // f32[16, 64] pitch 68, 2 copies
   float* t_s3_f32 = t_s3_f32_base;
-  __nv_bfloat16* const t_s3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 18944);  // bf16[16, 64] pitch 72
-  __nv_bfloat16* const t_s3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 21248);  // bf16[16, 64] pitch 72
+  // s3_hi: bf16[16, 64] computed in registers by its mma group
+  // s3_lo: bf16[16, 64] computed in registers by its mma group
   float f_num[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float* const t_den = reinterpret_cast<float*>(prt_smem + 1024);  // f32[64] pitch 64
   float* const t_den_a = reinterpret_cast<float*>(prt_smem + 512);  // f32[64] pitch 64
@@ -2260,79 +2300,59 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
     prt::cp_async_commit();
     prt::cp_async_wait<0>();
     __syncthreads();
-    // zsym_hi[row, col] = select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] / 1.0), ((z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] / 1.0) * 0.7071067811865476)), 0.0)
-    // zsym_lo[row, col] = (select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] / 1.0), ((z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] / 1.0) * 0.7071067811865476)), 0.0) - zsym_hi[row, col])
+    // mma.group (operands in registers):
+    //   zsym_hi[row, col] = select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] / 1.0), ((z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] / 1.0) * 0.7071067811865476)), 0.0)
+    //   zsym_lo[row, col] = (select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] / 1.0), ((z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] / 1.0) * 0.7071067811865476)), 0.0) - zsym_hi[row, col])
+    //   qz = mma.tc(q0_hi, zsym_hi) [64x64 in 16x32 units over 4 warps]
+    //   qz += mma.tc(q0_lo, zsym_hi) [64x64 in 16x32 units over 4 warps]
+    //   qz += mma.tc(q0_hi, zsym_lo) [64x64 in 16x32 units over 4 warps]
     {
-      for (int i = tid; i < 4096; i += 128) {
-        const int r = i / 64, c = i % 64;
-        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < 64) && (c < 64)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) / 1.0f) * 0.7071067811865476f)) : 0.0f));
-        const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((((r < 64) && (c < 64)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) / 1.0f) * 0.7071067811865476f)) : 0.0f) - prt::to_f32(y0)));
-        t_zsym_hi[(r) * 72 + (c)] = y0;
-        t_zsym_lo[(r) * 72 + (c)] = y1;
-      }
-    }
-    __syncthreads();
-    // qz = mma.tc(q0_hi, zsym_hi) [64x64 in 16x32 units over 4 warps]
-    {
+      float (&acc)[2][4][4] = f_qz;
       #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        const int u = warp + j * 4;
-        const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-        float (&acc)[4][4] = f_qz[j];
         #pragma unroll
         for (int q = 0; q < 4; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-          uint32_t af[4];
-          prt::ldmatrix_x4(af, &t_q0_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+          for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+      }
+      const int g = lane >> 2, t2 = (lane & 3) * 2;
+      for (int k0 = 0; k0 < 64; k0 += 16) {
+        const int n0 = (warp % 2) * 32;
+        uint32_t ib_zsym_hi[4][2];
+        uint32_t ib_zsym_lo[4][2];
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
           #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
-            uint32_t bf[4];
-            prt::ldmatrix_x4_trans(bf, &t_zsym_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-            prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-            prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+          for (int rg = 0; rg < 2; ++rg) {
+            __nv_bfloat16 v0[2], v1[2];
+            #pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < 64) && (c < 64)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) / 1.0f) * 0.7071067811865476f)) : 0.0f));
+              v0[h] = y0;
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((((r < 64) && (c < 64)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) / 1.0f) : ((prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) / 1.0f) * 0.7071067811865476f)) : 0.0f) - prt::to_f32(y0)));
+              v1[h] = y1;
+            }
+            ib_zsym_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+            ib_zsym_lo[q][rg] = prt::pack2(v1[0], v1[1]);
           }
         }
-      }
-    }
-    // qz += mma.tc(q0_lo, zsym_hi) [64x64 in 16x32 units over 4 warps]
-    {
-      #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int u = warp + j * 4;
-        const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-        float (&acc)[4][4] = f_qz[j];
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-          uint32_t af[4];
-          prt::ldmatrix_x4(af, &t_q0_lo[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16;
+          (void)m0;
+          (void)n0;
+          uint32_t fa_q0_hi[4];
+          prt::ldmatrix_x4(fa_q0_hi, &t_q0_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+          uint32_t fa_q0_lo[4];
+          prt::ldmatrix_x4(fa_q0_lo, &t_q0_lo[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
           #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
-            uint32_t bf[4];
-            prt::ldmatrix_x4_trans(bf, &t_zsym_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-            prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-            prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-          }
-        }
-      }
-    }
-    // qz += mma.tc(q0_hi, zsym_lo) [64x64 in 16x32 units over 4 warps]
-    {
-      #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int u = warp + j * 4;
-        const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-        float (&acc)[4][4] = f_qz[j];
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-          uint32_t af[4];
-          prt::ldmatrix_x4(af, &t_q0_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+          for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0_hi, ib_zsym_hi[q][0], ib_zsym_hi[q][1]);
           #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
-            uint32_t bf[4];
-            prt::ldmatrix_x4_trans(bf, &t_zsym_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-            prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-            prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-          }
+          for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0_lo, ib_zsym_hi[q][0], ib_zsym_hi[q][1]);
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0_hi, ib_zsym_lo[q][0], ib_zsym_lo[q][1]);
         }
       }
     }
@@ -2352,6 +2372,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
         }
       }
     }
+    __syncthreads();
     // den_s = reduce_sum(qz, axis=1) via den_s_part
     {
       #pragma unroll
@@ -2389,20 +2410,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
         const int s4 = 0;
         const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-        float* const dst = t_s0_f32_base + ((0) % 2) * 4096;
+        float* const dst = t_s0_f32_base + ((0) % 2) * 4352;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
           for (int i = tid; i < 1024; i += 128) {
             const int r = i / 16, c = (i % 16) * 4;
             const int gr = s3 + r;
             const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
             const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+            prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
           }
         }
         else {
           for (int i = tid; i < 4096; i += 128) {
             const int r = i / 64, c = i % 64;
-            dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+            dst[(r) * 68 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
           }
         }
       }
@@ -2421,101 +2442,81 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
             const int s4 = 0;
             const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_s0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
+            float* const dst = t_s0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4352;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
               for (int i = tid; i < 1024; i += 128) {
                 const int r = i / 16, c = (i % 16) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
                 const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+                prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
               }
             }
             else {
               for (int i = tid; i < 4096; i += 128) {
                 const int r = i / 64, c = i % 64;
-                dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+                dst[(r) * 68 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
               }
             }
           }
         }
         prt::cp_async_commit();
         prt::cp_async_wait<1>();
-        t_s0_f32 = t_s0_f32_base + (((v_i0 % 2)) % 2) * 4096;  // bind s0_f32 stage (i0 % 2)
+        t_s0_f32 = t_s0_f32_base + (((v_i0 % 2)) % 2) * 4352;  // bind s0_f32 stage (i0 % 2)
         __syncthreads();
-        // s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
-        // s0_lo[row, col] = (select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951))) - s0_hi[row, col])
+        // mma.group (operands in registers):
+        //   s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
+        //   s0_lo[row, col] = (select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951))) - s0_hi[row, col])
+        //   num_a = mma.tc(q0_hi, s0_hi) [64x64 in 16x32 units over 4 warps]
+        //   num_a += mma.tc(q0_lo, s0_hi) [64x64 in 16x32 units over 4 warps]
+        //   num_a += mma.tc(q0_hi, s0_lo) [64x64 in 16x32 units over 4 warps]
         {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
-            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
-            t_s0_hi[(r) * 72 + (c)] = y0;
-            t_s0_lo[(r) * 72 + (c)] = y1;
-          }
-        }
-        __syncthreads();
-        // num_a = mma.tc(q0_hi, s0_hi) [64x64 in 16x32 units over 4 warps]
-        {
+          float (&acc)[2][4][4] = f_num_a;
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-            float (&acc)[4][4] = f_num_a[j];
             #pragma unroll
             for (int q = 0; q < 4; ++q)
             #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q0_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+              for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+          }
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            const int n0 = (warp % 2) * 32;
+            uint32_t ib_s0_hi[4][2];
+            uint32_t ib_s0_lo[4][2];
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s0_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              for (int rg = 0; rg < 2; ++rg) {
+                __nv_bfloat16 v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 68 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
+                  v0[h] = y0;
+                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : ((prt::to_f32(t_s0_f32[(r) * 68 + (c)]) / 1.0f) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_s0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_s0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
               }
             }
-          }
-        }
-        // num_a += mma.tc(q0_lo, s0_hi) [64x64 in 16x32 units over 4 warps]
-        {
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-            float (&acc)[4][4] = f_num_a[j];
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q0_lo[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 2) * 16;
+              (void)m0;
+              (void)n0;
+              uint32_t fa_q0_hi[4];
+              prt::ldmatrix_x4(fa_q0_hi, &t_q0_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+              uint32_t fa_q0_lo[4];
+              prt::ldmatrix_x4(fa_q0_lo, &t_q0_lo[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s0_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-              }
-            }
-          }
-        }
-        // num_a += mma.tc(q0_hi, s0_lo) [64x64 in 16x32 units over 4 warps]
-        {
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-            float (&acc)[4][4] = f_num_a[j];
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q0_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0_hi, ib_s0_hi[q][0], ib_s0_hi[q][1]);
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s0_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-              }
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0_lo, ib_s0_hi[q][0], ib_s0_hi[q][1]);
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0_hi, ib_s0_lo[q][0], ib_s0_lo[q][1]);
             }
           }
         }
@@ -2535,10 +2536,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
             }
           }
         }
+        __syncthreads();
       }
     }
     prt::cp_async_wait<0>();
-    __syncthreads();
     // q1_f32 = load Q[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y, 16:+48]
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -2564,6 +2565,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
         t_q1_lo[(r) * 56 + (c)] = y1;
       }
     }
+    __syncthreads();
     if ((16 < 32)) {
       // s1_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((16 * 64) - ((16 * (16 - 1)) // 2)) + 16) - 16) - 16) + 16):+48, 0:+64] into stage 0
       {
@@ -2574,20 +2576,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
         const int s4 = 0;
         const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-        float* const dst = t_s1_f32_base + ((0) % 2) * 3072;
+        float* const dst = t_s1_f32_base + ((0) % 2) * 3264;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
           for (int i = tid; i < 768; i += 128) {
             const int r = i / 16, c = (i % 16) * 4;
             const int gr = s3 + r;
             const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
             const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+            prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
           }
         }
         else {
           for (int i = tid; i < 3072; i += 128) {
             const int r = i / 64, c = i % 64;
-            dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+            dst[(r) * 68 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
           }
         }
       }
@@ -2606,101 +2608,81 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
             const int s4 = 0;
             const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_s1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 3072;
+            float* const dst = t_s1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 3264;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
               for (int i = tid; i < 768; i += 128) {
                 const int r = i / 16, c = (i % 16) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
                 const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+                prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
               }
             }
             else {
               for (int i = tid; i < 3072; i += 128) {
                 const int r = i / 64, c = i % 64;
-                dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+                dst[(r) * 68 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
               }
             }
           }
         }
         prt::cp_async_commit();
         prt::cp_async_wait<1>();
-        t_s1_f32 = t_s1_f32_base + ((((v_i1 - 16) % 2)) % 2) * 3072;  // bind s1_f32 stage ((i1 - 16) % 2)
+        t_s1_f32 = t_s1_f32_base + ((((v_i1 - 16) % 2)) % 2) * 3264;  // bind s1_f32 stage ((i1 - 16) % 2)
         __syncthreads();
-        // s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
-        // s1_lo[row, col] = (select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951))) - s1_hi[row, col])
+        // mma.group (operands in registers):
+        //   s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
+        //   s1_lo[row, col] = (select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951))) - s1_hi[row, col])
+        //   num_a = mma.tc(q1_hi, s1_hi) [64x64 in 16x32 units over 4 warps]
+        //   num_a += mma.tc(q1_lo, s1_hi) [64x64 in 16x32 units over 4 warps]
+        //   num_a += mma.tc(q1_hi, s1_lo) [64x64 in 16x32 units over 4 warps]
         {
-          for (int i = tid; i < 3072; i += 128) {
-            const int r = i / 64, c = i % 64;
-            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
-            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
-            t_s1_hi[(r) * 72 + (c)] = y0;
-            t_s1_lo[(r) * 72 + (c)] = y1;
-          }
-        }
-        __syncthreads();
-        // num_a = mma.tc(q1_hi, s1_hi) [64x64 in 16x32 units over 4 warps]
-        {
+          float (&acc)[2][4][4] = f_num_a;
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-            float (&acc)[4][4] = f_num_a[j];
             #pragma unroll
             for (int q = 0; q < 4; ++q)
             #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-            for (int k0 = 0; k0 < 48; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q1_hi[(m0 + prt::a_row(lane)) * 56 + k0 + prt::a_col(lane)]);
+              for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+          }
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int k0 = 0; k0 < 48; k0 += 16) {
+            const int n0 = (warp % 2) * 32;
+            uint32_t ib_s1_hi[4][2];
+            uint32_t ib_s1_lo[4][2];
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s1_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              for (int rg = 0; rg < 2; ++rg) {
+                __nv_bfloat16 v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 68 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
+                  v0[h] = y0;
+                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : ((prt::to_f32(t_s1_f32[(r) * 68 + (c)]) / 1.0f) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_s1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_s1_lo[q][rg] = prt::pack2(v1[0], v1[1]);
               }
             }
-          }
-        }
-        // num_a += mma.tc(q1_lo, s1_hi) [64x64 in 16x32 units over 4 warps]
-        {
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-            float (&acc)[4][4] = f_num_a[j];
-            for (int k0 = 0; k0 < 48; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q1_lo[(m0 + prt::a_row(lane)) * 56 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 2) * 16;
+              (void)m0;
+              (void)n0;
+              uint32_t fa_q1_hi[4];
+              prt::ldmatrix_x4(fa_q1_hi, &t_q1_hi[(m0 + prt::a_row(lane)) * 56 + k0 + prt::a_col(lane)]);
+              uint32_t fa_q1_lo[4];
+              prt::ldmatrix_x4(fa_q1_lo, &t_q1_lo[(m0 + prt::a_row(lane)) * 56 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s1_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-              }
-            }
-          }
-        }
-        // num_a += mma.tc(q1_hi, s1_lo) [64x64 in 16x32 units over 4 warps]
-        {
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-            float (&acc)[4][4] = f_num_a[j];
-            for (int k0 = 0; k0 < 48; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q1_hi[(m0 + prt::a_row(lane)) * 56 + k0 + prt::a_col(lane)]);
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q1_hi, ib_s1_hi[q][0], ib_s1_hi[q][1]);
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s1_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-              }
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q1_lo, ib_s1_hi[q][0], ib_s1_hi[q][1]);
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q1_hi, ib_s1_lo[q][0], ib_s1_lo[q][1]);
             }
           }
         }
@@ -2720,10 +2702,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
             }
           }
         }
+        __syncthreads();
       }
     }
     prt::cp_async_wait<0>();
-    __syncthreads();
     // q2_f32 = load Q[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y, 32:+32]
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -2749,6 +2731,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
         t_q2_lo[(r) * 40 + (c)] = y1;
       }
     }
+    __syncthreads();
     if ((32 < 48)) {
       // s2_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((32 * 64) - ((32 * (32 - 1)) // 2)) + 32) - 32) - 32) + 32):+32, 0:+64] into stage 0
       {
@@ -2759,20 +2742,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
         const int s4 = 0;
         const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-        float* const dst = t_s2_f32_base + ((0) % 2) * 2048;
+        float* const dst = t_s2_f32_base + ((0) % 2) * 2176;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
           for (int i = tid; i < 512; i += 128) {
             const int r = i / 16, c = (i % 16) * 4;
             const int gr = s3 + r;
             const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
             const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+            prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
           }
         }
         else {
           for (int i = tid; i < 2048; i += 128) {
             const int r = i / 64, c = i % 64;
-            dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+            dst[(r) * 68 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
           }
         }
       }
@@ -2791,101 +2774,81 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
             const int s4 = 0;
             const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_s2_f32_base + (((((v_i2 - 32) + 1) % 2)) % 2) * 2048;
+            float* const dst = t_s2_f32_base + (((((v_i2 - 32) + 1) % 2)) % 2) * 2176;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
               for (int i = tid; i < 512; i += 128) {
                 const int r = i / 16, c = (i % 16) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
                 const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+                prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
               }
             }
             else {
               for (int i = tid; i < 2048; i += 128) {
                 const int r = i / 64, c = i % 64;
-                dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+                dst[(r) * 68 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
               }
             }
           }
         }
         prt::cp_async_commit();
         prt::cp_async_wait<1>();
-        t_s2_f32 = t_s2_f32_base + ((((v_i2 - 32) % 2)) % 2) * 2048;  // bind s2_f32 stage ((i2 - 32) % 2)
+        t_s2_f32 = t_s2_f32_base + ((((v_i2 - 32) % 2)) % 2) * 2176;  // bind s2_f32 stage ((i2 - 32) % 2)
         __syncthreads();
-        // s2_hi[row, col] = select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, ((s2_f32[row, col] / 1.0) * select(((row + 32) == i2), 1.0, 1.4142135623730951)))
-        // s2_lo[row, col] = (select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, ((s2_f32[row, col] / 1.0) * select(((row + 32) == i2), 1.0, 1.4142135623730951))) - s2_hi[row, col])
+        // mma.group (operands in registers):
+        //   s2_hi[row, col] = select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, ((s2_f32[row, col] / 1.0) * select(((row + 32) == i2), 1.0, 1.4142135623730951)))
+        //   s2_lo[row, col] = (select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, ((s2_f32[row, col] / 1.0) * select(((row + 32) == i2), 1.0, 1.4142135623730951))) - s2_hi[row, col])
+        //   num_a = mma.tc(q2_hi, s2_hi) [64x64 in 16x32 units over 4 warps]
+        //   num_a += mma.tc(q2_lo, s2_hi) [64x64 in 16x32 units over 4 warps]
+        //   num_a += mma.tc(q2_hi, s2_lo) [64x64 in 16x32 units over 4 warps]
         {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 64, c = i % 64;
-            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : ((prt::to_f32(t_s2_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))));
-            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : ((prt::to_f32(t_s2_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
-            t_s2_hi[(r) * 72 + (c)] = y0;
-            t_s2_lo[(r) * 72 + (c)] = y1;
-          }
-        }
-        __syncthreads();
-        // num_a = mma.tc(q2_hi, s2_hi) [64x64 in 16x32 units over 4 warps]
-        {
+          float (&acc)[2][4][4] = f_num_a;
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-            float (&acc)[4][4] = f_num_a[j];
             #pragma unroll
             for (int q = 0; q < 4; ++q)
             #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-            for (int k0 = 0; k0 < 32; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q2_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+              for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+          }
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int k0 = 0; k0 < 32; k0 += 16) {
+            const int n0 = (warp % 2) * 32;
+            uint32_t ib_s2_hi[4][2];
+            uint32_t ib_s2_lo[4][2];
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s2_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              for (int rg = 0; rg < 2; ++rg) {
+                __nv_bfloat16 v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : ((prt::to_f32(t_s2_f32[(r) * 68 + (c)]) / 1.0f) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))));
+                  v0[h] = y0;
+                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : ((prt::to_f32(t_s2_f32[(r) * 68 + (c)]) / 1.0f) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_s2_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_s2_lo[q][rg] = prt::pack2(v1[0], v1[1]);
               }
             }
-          }
-        }
-        // num_a += mma.tc(q2_lo, s2_hi) [64x64 in 16x32 units over 4 warps]
-        {
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-            float (&acc)[4][4] = f_num_a[j];
-            for (int k0 = 0; k0 < 32; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q2_lo[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 2) * 16;
+              (void)m0;
+              (void)n0;
+              uint32_t fa_q2_hi[4];
+              prt::ldmatrix_x4(fa_q2_hi, &t_q2_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+              uint32_t fa_q2_lo[4];
+              prt::ldmatrix_x4(fa_q2_lo, &t_q2_lo[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s2_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-              }
-            }
-          }
-        }
-        // num_a += mma.tc(q2_hi, s2_lo) [64x64 in 16x32 units over 4 warps]
-        {
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-            float (&acc)[4][4] = f_num_a[j];
-            for (int k0 = 0; k0 < 32; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q2_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q2_hi, ib_s2_hi[q][0], ib_s2_hi[q][1]);
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s2_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-              }
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q2_lo, ib_s2_hi[q][0], ib_s2_hi[q][1]);
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q2_hi, ib_s2_lo[q][0], ib_s2_lo[q][1]);
             }
           }
         }
@@ -2905,10 +2868,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
             }
           }
         }
+        __syncthreads();
       }
     }
     prt::cp_async_wait<0>();
-    __syncthreads();
     // q3_f32 = load Q[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y, 48:+16]
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -2934,6 +2897,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
         t_q3_lo[(r) * 24 + (c)] = y1;
       }
     }
+    __syncthreads();
     if ((48 < 64)) {
       // s3_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((48 * 64) - ((48 * (48 - 1)) // 2)) + 48) - 48) - 48) + 48):+16, 0:+64] into stage 0
       {
@@ -2944,20 +2908,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
         const int s4 = 0;
         const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-        float* const dst = t_s3_f32_base + ((0) % 2) * 1024;
+        float* const dst = t_s3_f32_base + ((0) % 2) * 1088;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
           for (int i = tid; i < 256; i += 128) {
             const int r = i / 16, c = (i % 16) * 4;
             const int gr = s3 + r;
             const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
             const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+            prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
           }
         }
         else {
           for (int i = tid; i < 1024; i += 128) {
             const int r = i / 64, c = i % 64;
-            dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+            dst[(r) * 68 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
           }
         }
       }
@@ -2976,101 +2940,81 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
             const int s4 = 0;
             const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_s3_f32_base + (((((v_i3 - 48) + 1) % 2)) % 2) * 1024;
+            float* const dst = t_s3_f32_base + (((((v_i3 - 48) + 1) % 2)) % 2) * 1088;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
               for (int i = tid; i < 256; i += 128) {
                 const int r = i / 16, c = (i % 16) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
                 const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+                prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
               }
             }
             else {
               for (int i = tid; i < 1024; i += 128) {
                 const int r = i / 64, c = i % 64;
-                dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+                dst[(r) * 68 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
               }
             }
           }
         }
         prt::cp_async_commit();
         prt::cp_async_wait<1>();
-        t_s3_f32 = t_s3_f32_base + ((((v_i3 - 48) % 2)) % 2) * 1024;  // bind s3_f32 stage ((i3 - 48) % 2)
+        t_s3_f32 = t_s3_f32_base + ((((v_i3 - 48) % 2)) % 2) * 1088;  // bind s3_f32 stage ((i3 - 48) % 2)
         __syncthreads();
-        // s3_hi[row, col] = select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, ((s3_f32[row, col] / 1.0) * select(((row + 48) == i3), 1.0, 1.4142135623730951)))
-        // s3_lo[row, col] = (select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, ((s3_f32[row, col] / 1.0) * select(((row + 48) == i3), 1.0, 1.4142135623730951))) - s3_hi[row, col])
+        // mma.group (operands in registers):
+        //   s3_hi[row, col] = select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, ((s3_f32[row, col] / 1.0) * select(((row + 48) == i3), 1.0, 1.4142135623730951)))
+        //   s3_lo[row, col] = (select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, ((s3_f32[row, col] / 1.0) * select(((row + 48) == i3), 1.0, 1.4142135623730951))) - s3_hi[row, col])
+        //   num_a = mma.tc(q3_hi, s3_hi) [64x64 in 16x32 units over 4 warps]
+        //   num_a += mma.tc(q3_lo, s3_hi) [64x64 in 16x32 units over 4 warps]
+        //   num_a += mma.tc(q3_hi, s3_lo) [64x64 in 16x32 units over 4 warps]
         {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 64, c = i % 64;
-            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : ((prt::to_f32(t_s3_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))));
-            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : ((prt::to_f32(t_s3_f32[(r) * 64 + (c)]) / 1.0f) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
-            t_s3_hi[(r) * 72 + (c)] = y0;
-            t_s3_lo[(r) * 72 + (c)] = y1;
-          }
-        }
-        __syncthreads();
-        // num_a = mma.tc(q3_hi, s3_hi) [64x64 in 16x32 units over 4 warps]
-        {
+          float (&acc)[2][4][4] = f_num_a;
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-            float (&acc)[4][4] = f_num_a[j];
             #pragma unroll
             for (int q = 0; q < 4; ++q)
             #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-            for (int k0 = 0; k0 < 16; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q3_hi[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
+              for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+          }
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int k0 = 0; k0 < 16; k0 += 16) {
+            const int n0 = (warp % 2) * 32;
+            uint32_t ib_s3_hi[4][2];
+            uint32_t ib_s3_lo[4][2];
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s3_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              for (int rg = 0; rg < 2; ++rg) {
+                __nv_bfloat16 v0[2], v1[2];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                  const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : ((prt::to_f32(t_s3_f32[(r) * 68 + (c)]) / 1.0f) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))));
+                  v0[h] = y0;
+                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : ((prt::to_f32(t_s3_f32[(r) * 68 + (c)]) / 1.0f) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+                  v1[h] = y1;
+                }
+                ib_s3_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                ib_s3_lo[q][rg] = prt::pack2(v1[0], v1[1]);
               }
             }
-          }
-        }
-        // num_a += mma.tc(q3_lo, s3_hi) [64x64 in 16x32 units over 4 warps]
-        {
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-            float (&acc)[4][4] = f_num_a[j];
-            for (int k0 = 0; k0 < 16; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q3_lo[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 2) * 16;
+              (void)m0;
+              (void)n0;
+              uint32_t fa_q3_hi[4];
+              prt::ldmatrix_x4(fa_q3_hi, &t_q3_hi[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
+              uint32_t fa_q3_lo[4];
+              prt::ldmatrix_x4(fa_q3_lo, &t_q3_lo[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s3_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-              }
-            }
-          }
-        }
-        // num_a += mma.tc(q3_hi, s3_lo) [64x64 in 16x32 units over 4 warps]
-        {
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-            float (&acc)[4][4] = f_num_a[j];
-            for (int k0 = 0; k0 < 16; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4(af, &t_q3_hi[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q3_hi, ib_s3_hi[q][0], ib_s3_hi[q][1]);
               #pragma unroll
-              for (int q = 0; q < 4; q += 2) {
-                uint32_t bf[4];
-                prt::ldmatrix_x4_trans(bf, &t_s3_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-              }
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q3_lo, ib_s3_hi[q][0], ib_s3_hi[q][1]);
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q3_hi, ib_s3_lo[q][0], ib_s3_lo[q][1]);
             }
           }
         }
@@ -3090,6 +3034,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
             }
           }
         }
+        __syncthreads();
       }
     }
     prt::cp_async_wait<0>();
@@ -3115,7 +3060,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
         }
       }
     }
-    __syncthreads();
     // den_a = load denA[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -3552,49 +3496,65 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d64_
           __syncthreads();
           // dot = mma.tc(q, k^T) [64x64 in 16x32 units over 8 warps]
           {
+            float (&acc)[1][4][4] = f_dot;
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float (&acc)[4][4] = f_dot[j];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_q[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+            }
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              #pragma unroll
+              for (int j = 0; j < 1; ++j) {
+                const int u = warp + j * 8;
+                const int m0 = (u / 2) * 16;
+                const int n0 = (u % 2) * 32;
+                (void)m0;
+                (void)n0;
+                uint32_t fa_q[4];
+                prt::ldmatrix_x4(fa_q, &t_q[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                uint32_t fbt_k[4][2];
                 #pragma unroll
                 for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
+                  uint32_t r[4];
+                  prt::ldmatrix_x4(r, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+                  fbt_k[q][0] = r[0]; fbt_k[q][1] = r[1]; fbt_k[q + 1][0] = r[2]; fbt_k[q + 1][1] = r[3];
                 }
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_q, fbt_k[q][0], fbt_k[q][1]);
               }
             }
           }
           // p_dp = mma.tc(dy, v^T) [64x64 in 16x32 units over 8 warps]
           {
+            float (&acc)[1][4][4] = f_p_dp;
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float (&acc)[4][4] = f_p_dp[j];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_dy[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+            }
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              #pragma unroll
+              for (int j = 0; j < 1; ++j) {
+                const int u = warp + j * 8;
+                const int m0 = (u / 2) * 16;
+                const int n0 = (u % 2) * 32;
+                (void)m0;
+                (void)n0;
+                uint32_t fa_dy[4];
+                prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                uint32_t fbt_v[4][2];
                 #pragma unroll
                 for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_v[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
+                  uint32_t r[4];
+                  prt::ldmatrix_x4(r, &t_v[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+                  fbt_v[q][0] = r[0]; fbt_v[q][1] = r[1]; fbt_v[q + 1][0] = r[2]; fbt_v[q + 1][1] = r[3];
                 }
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_dy, fbt_v[q][0], fbt_v[q][1]);
               }
             }
           }
@@ -4074,49 +4034,65 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
               __syncthreads();
               // dot = mma.tc(q, k^T) [64x64 in 16x32 units over 8 warps]
               {
+                float (&acc)[1][4][4] = f_dot;
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
-                  const int u = warp + j * 8;
-                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                  float (&acc)[4][4] = f_dot[j];
                   #pragma unroll
                   for (int q = 0; q < 4; ++q)
                   #pragma unroll
-                    for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-                  for (int k0 = 0; k0 < 64; k0 += 16) {
-                    uint32_t af[4];
-                    prt::ldmatrix_x4(af, &t_q[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                    for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+                }
+                for (int k0 = 0; k0 < 64; k0 += 16) {
+                  #pragma unroll
+                  for (int j = 0; j < 1; ++j) {
+                    const int u = warp + j * 8;
+                    const int m0 = (u / 2) * 16;
+                    const int n0 = (u % 2) * 32;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fa_q[4];
+                    prt::ldmatrix_x4(fa_q, &t_q[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                    uint32_t fbt_k[4][2];
                     #pragma unroll
                     for (int q = 0; q < 4; q += 2) {
-                      uint32_t bf[4];
-                      prt::ldmatrix_x4(bf, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-                      prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-                      prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
+                      uint32_t r[4];
+                      prt::ldmatrix_x4(r, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+                      fbt_k[q][0] = r[0]; fbt_k[q][1] = r[1]; fbt_k[q + 1][0] = r[2]; fbt_k[q + 1][1] = r[3];
                     }
+                    #pragma unroll
+                    for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_q, fbt_k[q][0], fbt_k[q][1]);
                   }
                 }
               }
               // W = mma.tc(dy, v^T) [64x64 in 16x32 units over 8 warps]
               {
+                float (&acc)[1][4][4] = f_W;
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
-                  const int u = warp + j * 8;
-                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                  float (&acc)[4][4] = f_W[j];
                   #pragma unroll
                   for (int q = 0; q < 4; ++q)
                   #pragma unroll
-                    for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-                  for (int k0 = 0; k0 < 64; k0 += 16) {
-                    uint32_t af[4];
-                    prt::ldmatrix_x4(af, &t_dy[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                    for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+                }
+                for (int k0 = 0; k0 < 64; k0 += 16) {
+                  #pragma unroll
+                  for (int j = 0; j < 1; ++j) {
+                    const int u = warp + j * 8;
+                    const int m0 = (u / 2) * 16;
+                    const int n0 = (u % 2) * 32;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fa_dy[4];
+                    prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                    uint32_t fbt_v[4][2];
                     #pragma unroll
                     for (int q = 0; q < 4; q += 2) {
-                      uint32_t bf[4];
-                      prt::ldmatrix_x4(bf, &t_v[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-                      prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-                      prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
+                      uint32_t r[4];
+                      prt::ldmatrix_x4(r, &t_v[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+                      fbt_v[q][0] = r[0]; fbt_v[q][1] = r[1]; fbt_v[q + 1][0] = r[2]; fbt_v[q + 1][1] = r[3];
                     }
+                    #pragma unroll
+                    for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_dy, fbt_v[q][0], fbt_v[q][1]);
                   }
                 }
               }
@@ -4155,21 +4131,26 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
               __syncthreads();
               // acc_d += mma.tc(ds, k) [64x64 in 16x32 units over 8 warps]
               {
-                #pragma unroll
-                for (int j = 0; j < 1; ++j) {
-                  const int u = warp + j * 8;
-                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                  float (&acc)[4][4] = f_acc_d[j];
-                  for (int k0 = 0; k0 < 64; k0 += 16) {
-                    uint32_t af[4];
-                    prt::ldmatrix_x4(af, &t_ds[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                float (&acc)[1][4][4] = f_acc_d;
+                for (int k0 = 0; k0 < 64; k0 += 16) {
+                  #pragma unroll
+                  for (int j = 0; j < 1; ++j) {
+                    const int u = warp + j * 8;
+                    const int m0 = (u / 2) * 16;
+                    const int n0 = (u % 2) * 32;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fa_ds[4];
+                    prt::ldmatrix_x4(fa_ds, &t_ds[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                    uint32_t fb_k[4][2];
                     #pragma unroll
                     for (int q = 0; q < 4; q += 2) {
-                      uint32_t bf[4];
-                      prt::ldmatrix_x4_trans(bf, &t_k[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                      prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-                      prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
+                      uint32_t r[4];
+                      prt::ldmatrix_x4_trans(r, &t_k[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                      fb_k[q][0] = r[0]; fb_k[q][1] = r[1]; fb_k[q + 1][0] = r[2]; fb_k[q + 1][1] = r[3];
                     }
+                    #pragma unroll
+                    for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_ds, fb_k[q][0], fb_k[q][1]);
                   }
                 }
               }
@@ -4410,49 +4391,65 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
               }
               // dot = mma.tc(q, k^T) [64x64 in 16x32 units over 8 warps]
               {
+                float (&acc)[1][4][4] = f_dot;
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
-                  const int u = warp + j * 8;
-                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                  float (&acc)[4][4] = f_dot[j];
                   #pragma unroll
                   for (int q = 0; q < 4; ++q)
                   #pragma unroll
-                    for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-                  for (int k0 = 0; k0 < 64; k0 += 16) {
-                    uint32_t af[4];
-                    prt::ldmatrix_x4(af, &t_q[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                    for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+                }
+                for (int k0 = 0; k0 < 64; k0 += 16) {
+                  #pragma unroll
+                  for (int j = 0; j < 1; ++j) {
+                    const int u = warp + j * 8;
+                    const int m0 = (u / 2) * 16;
+                    const int n0 = (u % 2) * 32;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fa_q[4];
+                    prt::ldmatrix_x4(fa_q, &t_q[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                    uint32_t fbt_k[4][2];
                     #pragma unroll
                     for (int q = 0; q < 4; q += 2) {
-                      uint32_t bf[4];
-                      prt::ldmatrix_x4(bf, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-                      prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-                      prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
+                      uint32_t r[4];
+                      prt::ldmatrix_x4(r, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+                      fbt_k[q][0] = r[0]; fbt_k[q][1] = r[1]; fbt_k[q + 1][0] = r[2]; fbt_k[q + 1][1] = r[3];
                     }
+                    #pragma unroll
+                    for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_q, fbt_k[q][0], fbt_k[q][1]);
                   }
                 }
               }
               // W = mma.tc(dy, v^T) [64x64 in 16x32 units over 8 warps]
               {
+                float (&acc)[1][4][4] = f_W;
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
-                  const int u = warp + j * 8;
-                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                  float (&acc)[4][4] = f_W[j];
                   #pragma unroll
                   for (int q = 0; q < 4; ++q)
                   #pragma unroll
-                    for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-                  for (int k0 = 0; k0 < 64; k0 += 16) {
-                    uint32_t af[4];
-                    prt::ldmatrix_x4(af, &t_dy[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                    for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+                }
+                for (int k0 = 0; k0 < 64; k0 += 16) {
+                  #pragma unroll
+                  for (int j = 0; j < 1; ++j) {
+                    const int u = warp + j * 8;
+                    const int m0 = (u / 2) * 16;
+                    const int n0 = (u % 2) * 32;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fa_dy[4];
+                    prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                    uint32_t fbt_v[4][2];
                     #pragma unroll
                     for (int q = 0; q < 4; q += 2) {
-                      uint32_t bf[4];
-                      prt::ldmatrix_x4(bf, &t_v[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-                      prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-                      prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
+                      uint32_t r[4];
+                      prt::ldmatrix_x4(r, &t_v[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+                      fbt_v[q][0] = r[0]; fbt_v[q][1] = r[1]; fbt_v[q + 1][0] = r[2]; fbt_v[q + 1][1] = r[3];
                     }
+                    #pragma unroll
+                    for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_dy, fbt_v[q][0], fbt_v[q][1]);
                   }
                 }
               }
@@ -4508,41 +4505,51 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
               __syncthreads();
               // acc_e += mma.tc(P^T, dy) [64x64 in 16x32 units over 8 warps]
               {
-                #pragma unroll
-                for (int j = 0; j < 1; ++j) {
-                  const int u = warp + j * 8;
-                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                  float (&acc)[4][4] = f_acc_e[j];
-                  for (int k0 = 0; k0 < 64; k0 += 16) {
-                    uint32_t af[4];
-                    prt::ldmatrix_x4_trans(af, &t_P[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+                float (&acc)[1][4][4] = f_acc_e;
+                for (int k0 = 0; k0 < 64; k0 += 16) {
+                  #pragma unroll
+                  for (int j = 0; j < 1; ++j) {
+                    const int u = warp + j * 8;
+                    const int m0 = (u / 2) * 16;
+                    const int n0 = (u % 2) * 32;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fat_P[4];
+                    prt::ldmatrix_x4_trans(fat_P, &t_P[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+                    uint32_t fb_dy[4][2];
                     #pragma unroll
                     for (int q = 0; q < 4; q += 2) {
-                      uint32_t bf[4];
-                      prt::ldmatrix_x4_trans(bf, &t_dy[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                      prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-                      prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
+                      uint32_t r[4];
+                      prt::ldmatrix_x4_trans(r, &t_dy[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                      fb_dy[q][0] = r[0]; fb_dy[q][1] = r[1]; fb_dy[q + 1][0] = r[2]; fb_dy[q + 1][1] = r[3];
                     }
+                    #pragma unroll
+                    for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fat_P, fb_dy[q][0], fb_dy[q][1]);
                   }
                 }
               }
               // acc_d += mma.tc(ds^T, q) [64x64 in 16x32 units over 8 warps]
               {
-                #pragma unroll
-                for (int j = 0; j < 1; ++j) {
-                  const int u = warp + j * 8;
-                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-                  float (&acc)[4][4] = f_acc_d[j];
-                  for (int k0 = 0; k0 < 64; k0 += 16) {
-                    uint32_t af[4];
-                    prt::ldmatrix_x4_trans(af, &t_ds[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+                float (&acc)[1][4][4] = f_acc_d;
+                for (int k0 = 0; k0 < 64; k0 += 16) {
+                  #pragma unroll
+                  for (int j = 0; j < 1; ++j) {
+                    const int u = warp + j * 8;
+                    const int m0 = (u / 2) * 16;
+                    const int n0 = (u % 2) * 32;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fat_ds[4];
+                    prt::ldmatrix_x4_trans(fat_ds, &t_ds[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+                    uint32_t fb_q[4][2];
                     #pragma unroll
                     for (int q = 0; q < 4; q += 2) {
-                      uint32_t bf[4];
-                      prt::ldmatrix_x4_trans(bf, &t_q[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                      prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-                      prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
+                      uint32_t r[4];
+                      prt::ldmatrix_x4_trans(r, &t_q[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                      fb_q[q][0] = r[0]; fb_q[q][1] = r[1]; fb_q[q + 1][0] = r[2]; fb_q[q + 1][1] = r[3];
                     }
+                    #pragma unroll
+                    for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fat_ds, fb_q[q][0], fb_q[q][1]);
                   }
                 }
               }
@@ -4653,7 +4660,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
 }
 
 // query_state_bwd_dq: Dy, lseB (the normaliser the backward's weights sum to 1 under), and dQs, dlamQ: the gradient through phi(q')^T [Sin, Zin]
-// grid (($n * 1), $hq, $b), 128 threads, 93696 bytes of dynamic shared memory
+// grid (($n * 1), $hq, $b), 128 threads, 75264 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_e64_c64_f16_w4_bd0_bt64_s2(
     const __half* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const __half* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -4825,43 +4832,43 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
   float* const t_dy_f32 = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 64] pitch 64
   __nv_bfloat16* const t_dy_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 16896);  // bf16[64, 64] pitch 72
-  __half* const t_q = reinterpret_cast<__half*>(prt_smem + 512);  // f16[64, 64] pitch 64
+  __half* const t_q = reinterpret_cast<__half*>(prt_smem + 512);  // f16[64, 64] pitch 72
   float* const t_dy_row = reinterpret_cast<float*>(prt_smem + 26112);  // f32[64, 64] pitch 64
   float* const t_y_s = reinterpret_cast<float*>(prt_smem + 42496);  // f32[64, 64] pitch 64
   float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  float* const t_dy_y = reinterpret_cast<float*>(prt_smem + 8704);  // f32[64] pitch 64
-  float* const t_rho = reinterpret_cast<float*>(prt_smem + 8960);  // f32[64] pitch 64
-  float* const t_dy_s = reinterpret_cast<float*>(prt_smem + 9472);  // f32[64] pitch 64
-  float* const t_p_s = reinterpret_cast<float*>(prt_smem + 9216);  // f32[64] pitch 64
+  float* const t_dy_y = reinterpret_cast<float*>(prt_smem + 9728);  // f32[64] pitch 64
+  float* const t_rho = reinterpret_cast<float*>(prt_smem + 9984);  // f32[64] pitch 64
+  float* const t_dy_s = reinterpret_cast<float*>(prt_smem + 10496);  // f32[64] pitch 64
+  float* const t_p_s = reinterpret_cast<float*>(prt_smem + 10240);  // f32[64] pitch 64
   float f_grad_s[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float* const t_z = reinterpret_cast<float*>(prt_smem + 26112);  // f32[2080] pitch 2080
   __nv_bfloat16* const t_zs_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 34432);  // bf16[64, 64] pitch 72
   __nv_bfloat16* const t_zs_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 43648);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_q_pair_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 52864);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_q_pair_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 62080);  // bf16[64, 64] pitch 72
-  float* const t_qzs = reinterpret_cast<float*>(prt_smem + 71296);  // f32[64, 64] pitch 64
-  float* const t_r = reinterpret_cast<float*>(prt_smem + 13824);  // f32[64] pitch 64
-  float* const t_r16 = reinterpret_cast<float*>(prt_smem + 9728);  // f32[64, 16] pitch 16
+  // q_pair_hi: bf16[64, 64] computed in registers by its mma group
+  // q_pair_lo: bf16[64, 64] computed in registers by its mma group
+  float* const t_qzs = reinterpret_cast<float*>(prt_smem + 52864);  // f32[64, 64] pitch 64
+  float* const t_r = reinterpret_cast<float*>(prt_smem + 14848);  // f32[64] pitch 64
+  float* const t_r16 = reinterpret_cast<float*>(prt_smem + 10752);  // f32[64, 16] pitch 16
   float* const t_s0_f32_base = reinterpret_cast<float*>(prt_smem + 26112);  // f32[64, 64] pitch 64, 2 copies
   float* t_s0_f32 = t_s0_f32_base;
   float* const t_t0 = reinterpret_cast<float*>(prt_smem + 58880);  // f32[64, 64] pitch 64
-  __nv_bfloat16* const t_s0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 75264);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_s0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 84480);  // bf16[64, 64] pitch 72
+  // s0_hi: bf16[64, 64] computed in registers by its mma group
+  // s0_lo: bf16[64, 64] computed in registers by its mma group
   float* const t_s1_f32_base = reinterpret_cast<float*>(prt_smem + 26112);  // f32[48, 64] pitch 64, 2 copies
   float* t_s1_f32 = t_s1_f32_base;
   float* const t_t1 = reinterpret_cast<float*>(prt_smem + 50688);  // f32[64, 48] pitch 48
-  __nv_bfloat16* const t_s1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 62976);  // bf16[48, 64] pitch 72
-  __nv_bfloat16* const t_s1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 69888);  // bf16[48, 64] pitch 72
+  // s1_hi: bf16[48, 64] computed in registers by its mma group
+  // s1_lo: bf16[48, 64] computed in registers by its mma group
   float* const t_s2_f32_base = reinterpret_cast<float*>(prt_smem + 26112);  // f32[32, 64] pitch 64, 2 copies
   float* t_s2_f32 = t_s2_f32_base;
   float* const t_t2 = reinterpret_cast<float*>(prt_smem + 42496);  // f32[64, 32] pitch 32
-  __nv_bfloat16* const t_s2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 50688);  // bf16[32, 64] pitch 72
-  __nv_bfloat16* const t_s2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 55296);  // bf16[32, 64] pitch 72
+  // s2_hi: bf16[32, 64] computed in registers by its mma group
+  // s2_lo: bf16[32, 64] computed in registers by its mma group
   float* const t_s3_f32_base = reinterpret_cast<float*>(prt_smem + 26112);  // f32[16, 64] pitch 64, 2 copies
   float* t_s3_f32 = t_s3_f32_base;
   float* const t_t3 = reinterpret_cast<float*>(prt_smem + 34304);  // f32[64, 16] pitch 16
-  __nv_bfloat16* const t_s3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 14080);  // bf16[16, 64] pitch 72
-  __nv_bfloat16* const t_s3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 38400);  // bf16[16, 64] pitch 72
+  // s3_hi: bf16[16, 64] computed in registers by its mma group
+  // s3_lo: bf16[16, 64] computed in registers by its mma group
   if (((((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64)) < p_t)) {
     // g = load logG[pid.z, ((pid.x // 1) * 64):+64, (pid.y // ($hq // $h))]
     {
@@ -4926,13 +4933,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
           const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
         }
       }
       else {
         for (int i = tid; i < 4096; i += 128) {
           const int r = i / 64, c = i % 64;
-          dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
+          dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
         }
       }
     }
@@ -5115,106 +5122,86 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       __syncthreads();
       // zs_hi[row, col] = select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 2.0), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 1.4142135623730951)), 0.0)
       // zs_lo[row, col] = (select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 2.0), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 1.4142135623730951)), 0.0) - zs_hi[row, col])
-      // q_pair_hi[row, col] = q[row, col]
-      // q_pair_lo[row, col] = (q[row, col] - q_pair_hi[row, col])
       {
         for (int i = tid; i < 4096; i += 128) {
           const int r = i / 64, c = i % 64;
           const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < 64) && (c < 64)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) * 2.0f) : (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) * 1.4142135623730951f)) : 0.0f));
           const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((((r < 64) && (c < 64)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) * 2.0f) : (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) * 1.4142135623730951f)) : 0.0f) - prt::to_f32(y0)));
-          const __nv_bfloat16 y2 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q[(r) * 64 + (c)]));
-          const __nv_bfloat16 y3 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q[(r) * 64 + (c)]) - prt::to_f32(y2)));
           t_zs_hi[(r) * 72 + (c)] = y0;
           t_zs_lo[(r) * 72 + (c)] = y1;
-          t_q_pair_hi[(r) * 72 + (c)] = y2;
-          t_q_pair_lo[(r) * 72 + (c)] = y3;
         }
       }
       __syncthreads();
-      // qzs = mma.tc(q_pair_hi, zs_hi) [64x64 in 16x32 units over 4 warps]
+      // mma.group (operands in registers):
+      //   q_pair_hi[row, col] = q[row, col]
+      //   q_pair_lo[row, col] = (q[row, col] - q_pair_hi[row, col])
+      //   qzs = mma.tc(q_pair_hi, zs_hi) [64x64 in 16x32 units over 4 warps]
+      //   qzs += mma.tc(q_pair_lo, zs_hi) [64x64 in 16x32 units over 4 warps]
+      //   qzs += mma.tc(q_pair_hi, zs_lo) [64x64 in 16x32 units over 4 warps]
       {
+        float acc[2][4][4];
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          float acc[4][4];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_q_pair_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_zs_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
-          }
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_qzs[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
-      }
-      __syncthreads();
-      // qzs += mma.tc(q_pair_lo, zs_hi) [64x64 in 16x32 units over 4 warps]
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          float acc[4][4];
+        const int g = lane >> 2, t2 = (lane & 3) * 2;
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          const int n0 = (warp % 2) * 32;
+          uint32_t fb_zs_hi[4][2];
           #pragma unroll
-          for (int q = 0; q < 4; ++q)
+          for (int q = 0; q < 4; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4_trans(r, &t_zs_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_zs_hi[q][0] = r[0]; fb_zs_hi[q][1] = r[1]; fb_zs_hi[q + 1][0] = r[2]; fb_zs_hi[q + 1][1] = r[3];
+          }
+          uint32_t fb_zs_lo[4][2];
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_qzs[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_q_pair_lo[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_zs_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
+          for (int q = 0; q < 4; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4_trans(r, &t_zs_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_zs_lo[q][0] = r[0]; fb_zs_lo[q][1] = r[1]; fb_zs_lo[q + 1][0] = r[2]; fb_zs_lo[q + 1][1] = r[3];
           }
           #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_qzs[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 2) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_q[4];
+            prt::ldmatrix_x4(fa_q, &t_q[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            uint32_t ia_q_pair_hi[4];
+            uint32_t ia_q_pair_lo[4];
+            #pragma unroll
+            for (int rg = 0; rg < 4; ++rg) {
+              __nv_bfloat16 v0[2], v1[2];
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int r = m0 + g + (rg & 1) * 8, c = k0 + t2 + (rg >> 1) * 8 + h;
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::b16_half<__half>(fa_q[rg], h));
+                v0[h] = y0;
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::b16_half<__half>(fa_q[rg], h) - prt::to_f32(y0)));
+                v1[h] = y1;
+              }
+              ia_q_pair_hi[rg] = prt::pack2(v0[0], v0[1]);
+              ia_q_pair_lo[rg] = prt::pack2(v1[0], v1[1]);
+            }
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], ia_q_pair_hi, fb_zs_hi[q][0], fb_zs_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], ia_q_pair_lo, fb_zs_hi[q][0], fb_zs_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], ia_q_pair_hi, fb_zs_lo[q][0], fb_zs_lo[q][1]);
+          }
         }
-      }
-      __syncthreads();
-      // qzs += mma.tc(q_pair_hi, zs_lo) [64x64 in 16x32 units over 4 warps]
-      {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          float acc[4][4];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_qzs[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_q_pair_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_zs_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
-          }
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_qzs[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_qzs[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 4) % 2) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       __syncthreads();
@@ -5241,6 +5228,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
           t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
         }
       }
+      __syncthreads();
       if ((0 < 16)) {
         // s0_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((0 * 64) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0) + 0):+64, 0:+64] into stage 0
         {
@@ -5305,73 +5293,62 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
           prt::cp_async_wait<1>();
           t_s0_f32 = t_s0_f32_base + (((v_i0 % 2)) % 2) * 4096;  // bind s0_f32 stage (i0 % 2)
           __syncthreads();
-          // s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, (s0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
-          // s0_lo[row, col] = (select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, (s0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951))) - s0_hi[row, col])
+          // mma.group (operands in registers):
+          //   s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, (s0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
+          //   s0_lo[row, col] = (select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, (s0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951))) - s0_hi[row, col])
+          //   t0 = mma.tc(dy_hi, s0_hi^T) [64x64 in 16x32 units over 4 warps]
+          //   t0 += mma.tc(dy_hi, s0_lo^T) [64x64 in 16x32 units over 4 warps]
           {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : (prt::to_f32(t_s0_f32[(r) * 64 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : (prt::to_f32(t_s0_f32[(r) * 64 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
-              t_s0_hi[(r) * 72 + (c)] = y0;
-              t_s0_lo[(r) * 72 + (c)] = y1;
-            }
-          }
-          __syncthreads();
-          // t0 = mma.tc(dy_hi, s0_hi^T) [64x64 in 16x32 units over 4 warps]
-          {
+            float acc[2][4][4];
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float acc[4][4];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_dy_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+            }
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              const int n0 = (warp % 2) * 32;
+              uint32_t ib_s0_hi[4][2];
+              uint32_t ib_s0_lo[4][2];
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
                 #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_s0_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                for (int rg = 0; rg < 2; ++rg) {
+                  __nv_bfloat16 v0[2], v1[2];
+                  #pragma unroll
+                  for (int h = 0; h < 2; ++h) {
+                    const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
+                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : (prt::to_f32(t_s0_f32[(r) * 64 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
+                    v0[h] = y0;
+                    const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : (prt::to_f32(t_s0_f32[(r) * 64 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+                    v1[h] = y1;
+                  }
+                  ib_s0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                  ib_s0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
                 }
               }
               #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t0[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+              for (int j = 0; j < 2; ++j) {
+                const int u = warp + j * 4;
+                const int m0 = (u / 2) * 16;
+                (void)m0;
+                (void)n0;
+                uint32_t fa_dy_hi[4];
+                prt::ldmatrix_x4(fa_dy_hi, &t_dy_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy_hi, ib_s0_hi[q][0], ib_s0_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy_hi, ib_s0_lo[q][0], ib_s0_lo[q][1]);
+              }
             }
-          }
-          __syncthreads();
-          // t0 += mma.tc(dy_hi, s0_lo^T) [64x64 in 16x32 units over 4 warps]
-          {
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float acc[4][4];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_t0[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_dy_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_s0_lo[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t0[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) t_t0[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 4) % 2) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
             }
           }
           __syncthreads();
@@ -5386,7 +5363,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 0) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 64 + (v_i0)]) * prt::to_f32(t_t0[(r) * 64 + (prt::max_nan((c - 0), 0))]))) : f_grad_s[j][q][e]);
+                  f_grad_s[j][q][e] = ((c >= 0) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 72 + (v_i0)]) * prt::to_f32(t_t0[(r) * 64 + (prt::max_nan((c - 0), 0))]))) : f_grad_s[j][q][e]);
                 }
               }
             }
@@ -5396,7 +5373,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
           {
             for (int i = tid; i < 4096; i += 128) {
               const int r = i / 64, c = i % 64;
-              t_t0[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_t0[(r) * 64 + (c)]) * prt::to_f32(t_q[(r) * 64 + ((c + 0))])));
+              t_t0[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_t0[(r) * 64 + (c)]) * prt::to_f32(t_q[(r) * 72 + ((c + 0))])));
             }
           }
           __syncthreads();
@@ -5508,73 +5485,62 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
           prt::cp_async_wait<1>();
           t_s1_f32 = t_s1_f32_base + ((((v_i1 - 16) % 2)) % 2) * 3072;  // bind s1_f32 stage ((i1 - 16) % 2)
           __syncthreads();
-          // s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, (s1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
-          // s1_lo[row, col] = (select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, (s1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951))) - s1_hi[row, col])
+          // mma.group (operands in registers):
+          //   s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, (s1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
+          //   s1_lo[row, col] = (select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, (s1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951))) - s1_hi[row, col])
+          //   t1 = mma.tc(dy_hi, s1_hi^T) [64x48 in 16x16 units over 4 warps]
+          //   t1 += mma.tc(dy_hi, s1_lo^T) [64x48 in 16x16 units over 4 warps]
           {
-            for (int i = tid; i < 3072; i += 128) {
-              const int r = i / 64, c = i % 64;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : (prt::to_f32(t_s1_f32[(r) * 64 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : (prt::to_f32(t_s1_f32[(r) * 64 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
-              t_s1_hi[(r) * 72 + (c)] = y0;
-              t_s1_lo[(r) * 72 + (c)] = y1;
-            }
-          }
-          __syncthreads();
-          // t1 = mma.tc(dy_hi, s1_hi^T) [64x48 in 16x16 units over 4 warps]
-          {
+            float acc[3][2][4];
             #pragma unroll
             for (int j = 0; j < 3; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 3) * 16, n0 = (u % 3) * 16;
-              float acc[2][4];
               #pragma unroll
               for (int q = 0; q < 2; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_dy_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 2; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_s1_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-              #pragma unroll
-              for (int q = 0; q < 2; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t1[(m0 + prt::frag_row(lane, e)) * 48 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
             }
-          }
-          __syncthreads();
-          // t1 += mma.tc(dy_hi, s1_lo^T) [64x48 in 16x16 units over 4 warps]
-          {
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              #pragma unroll
+              for (int j = 0; j < 3; ++j) {
+                const int u = warp + j * 4;
+                const int m0 = (u / 3) * 16;
+                const int n0 = (u % 3) * 16;
+                (void)m0;
+                (void)n0;
+                uint32_t fa_dy_hi[4];
+                prt::ldmatrix_x4(fa_dy_hi, &t_dy_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                uint32_t ib_s1_hi[2][2];
+                uint32_t ib_s1_lo[2][2];
+                #pragma unroll
+                for (int q = 0; q < 2; ++q) {
+                  #pragma unroll
+                  for (int rg = 0; rg < 2; ++rg) {
+                    __nv_bfloat16 v0[2], v1[2];
+                    #pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                      const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
+                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : (prt::to_f32(t_s1_f32[(r) * 64 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
+                      v0[h] = y0;
+                      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : (prt::to_f32(t_s1_f32[(r) * 64 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+                      v1[h] = y1;
+                    }
+                    ib_s1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                    ib_s1_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                  }
+                }
+                #pragma unroll
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy_hi, ib_s1_hi[q][0], ib_s1_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy_hi, ib_s1_lo[q][0], ib_s1_lo[q][1]);
+              }
+            }
             #pragma unroll
             for (int j = 0; j < 3; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 3) * 16, n0 = (u % 3) * 16;
-              float acc[2][4];
               #pragma unroll
               for (int q = 0; q < 2; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_t1[(m0 + prt::frag_row(lane, e)) * 48 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_dy_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 2; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_s1_lo[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-              #pragma unroll
-              for (int q = 0; q < 2; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t1[(m0 + prt::frag_row(lane, e)) * 48 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) t_t1[(((warp + j * 4) / 3) * 16 + prt::frag_row(lane, e)) * 48 + (((warp + j * 4) % 3) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
             }
           }
           __syncthreads();
@@ -5589,7 +5555,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 16) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 64 + (v_i1)]) * prt::to_f32(t_t1[(r) * 48 + (prt::max_nan((c - 16), 0))]))) : f_grad_s[j][q][e]);
+                  f_grad_s[j][q][e] = ((c >= 16) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 72 + (v_i1)]) * prt::to_f32(t_t1[(r) * 48 + (prt::max_nan((c - 16), 0))]))) : f_grad_s[j][q][e]);
                 }
               }
             }
@@ -5599,7 +5565,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
           {
             for (int i = tid; i < 3072; i += 128) {
               const int r = i / 48, c = i % 48;
-              t_t1[(r) * 48 + (c)] = prt::from_f32<float>((prt::to_f32(t_t1[(r) * 48 + (c)]) * prt::to_f32(t_q[(r) * 64 + ((c + 16))])));
+              t_t1[(r) * 48 + (c)] = prt::from_f32<float>((prt::to_f32(t_t1[(r) * 48 + (c)]) * prt::to_f32(t_q[(r) * 72 + ((c + 16))])));
             }
           }
           __syncthreads();
@@ -5711,73 +5677,62 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
           prt::cp_async_wait<1>();
           t_s2_f32 = t_s2_f32_base + ((((v_i2 - 32) % 2)) % 2) * 2048;  // bind s2_f32 stage ((i2 - 32) % 2)
           __syncthreads();
-          // s2_hi[row, col] = select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, (s2_f32[row, col] * select(((row + 32) == i2), 1.0, 1.4142135623730951)))
-          // s2_lo[row, col] = (select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, (s2_f32[row, col] * select(((row + 32) == i2), 1.0, 1.4142135623730951))) - s2_hi[row, col])
+          // mma.group (operands in registers):
+          //   s2_hi[row, col] = select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, (s2_f32[row, col] * select(((row + 32) == i2), 1.0, 1.4142135623730951)))
+          //   s2_lo[row, col] = (select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, (s2_f32[row, col] * select(((row + 32) == i2), 1.0, 1.4142135623730951))) - s2_hi[row, col])
+          //   t2 = mma.tc(dy_hi, s2_hi^T) [64x32 in 16x32 units over 4 warps]
+          //   t2 += mma.tc(dy_hi, s2_lo^T) [64x32 in 16x32 units over 4 warps]
           {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 64, c = i % 64;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : (prt::to_f32(t_s2_f32[(r) * 64 + (c)]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : (prt::to_f32(t_s2_f32[(r) * 64 + (c)]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
-              t_s2_hi[(r) * 72 + (c)] = y0;
-              t_s2_lo[(r) * 72 + (c)] = y1;
-            }
-          }
-          __syncthreads();
-          // t2 = mma.tc(dy_hi, s2_hi^T) [64x32 in 16x32 units over 4 warps]
-          {
+            float acc[1][4][4];
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              float acc[4][4];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_dy_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_s2_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t2[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
             }
-          }
-          __syncthreads();
-          // t2 += mma.tc(dy_hi, s2_lo^T) [64x32 in 16x32 units over 4 warps]
-          {
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              #pragma unroll
+              for (int j = 0; j < 1; ++j) {
+                const int u = warp + j * 4;
+                const int m0 = (u / 1) * 16;
+                const int n0 = (u % 1) * 32;
+                (void)m0;
+                (void)n0;
+                uint32_t fa_dy_hi[4];
+                prt::ldmatrix_x4(fa_dy_hi, &t_dy_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                uint32_t ib_s2_hi[4][2];
+                uint32_t ib_s2_lo[4][2];
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                  #pragma unroll
+                  for (int rg = 0; rg < 2; ++rg) {
+                    __nv_bfloat16 v0[2], v1[2];
+                    #pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                      const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
+                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : (prt::to_f32(t_s2_f32[(r) * 64 + (c)]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))));
+                      v0[h] = y0;
+                      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : (prt::to_f32(t_s2_f32[(r) * 64 + (c)]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+                      v1[h] = y1;
+                    }
+                    ib_s2_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                    ib_s2_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                  }
+                }
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy_hi, ib_s2_hi[q][0], ib_s2_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy_hi, ib_s2_lo[q][0], ib_s2_lo[q][1]);
+              }
+            }
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              float acc[4][4];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_t2[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_dy_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_s2_lo[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t2[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) t_t2[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 1) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
             }
           }
           __syncthreads();
@@ -5792,7 +5747,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 32) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 64 + (v_i2)]) * prt::to_f32(t_t2[(r) * 32 + (prt::max_nan((c - 32), 0))]))) : f_grad_s[j][q][e]);
+                  f_grad_s[j][q][e] = ((c >= 32) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 72 + (v_i2)]) * prt::to_f32(t_t2[(r) * 32 + (prt::max_nan((c - 32), 0))]))) : f_grad_s[j][q][e]);
                 }
               }
             }
@@ -5802,7 +5757,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
           {
             for (int i = tid; i < 2048; i += 128) {
               const int r = i / 32, c = i % 32;
-              t_t2[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_t2[(r) * 32 + (c)]) * prt::to_f32(t_q[(r) * 64 + ((c + 32))])));
+              t_t2[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_t2[(r) * 32 + (c)]) * prt::to_f32(t_q[(r) * 72 + ((c + 32))])));
             }
           }
           __syncthreads();
@@ -5914,73 +5869,62 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
           prt::cp_async_wait<1>();
           t_s3_f32 = t_s3_f32_base + ((((v_i3 - 48) % 2)) % 2) * 1024;  // bind s3_f32 stage ((i3 - 48) % 2)
           __syncthreads();
-          // s3_hi[row, col] = select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, (s3_f32[row, col] * select(((row + 48) == i3), 1.0, 1.4142135623730951)))
-          // s3_lo[row, col] = (select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, (s3_f32[row, col] * select(((row + 48) == i3), 1.0, 1.4142135623730951))) - s3_hi[row, col])
+          // mma.group (operands in registers):
+          //   s3_hi[row, col] = select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, (s3_f32[row, col] * select(((row + 48) == i3), 1.0, 1.4142135623730951)))
+          //   s3_lo[row, col] = (select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, (s3_f32[row, col] * select(((row + 48) == i3), 1.0, 1.4142135623730951))) - s3_hi[row, col])
+          //   t3 = mma.tc(dy_hi, s3_hi^T) [64x16 in 16x16 units over 4 warps]
+          //   t3 += mma.tc(dy_hi, s3_lo^T) [64x16 in 16x16 units over 4 warps]
           {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 64, c = i % 64;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : (prt::to_f32(t_s3_f32[(r) * 64 + (c)]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : (prt::to_f32(t_s3_f32[(r) * 64 + (c)]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
-              t_s3_hi[(r) * 72 + (c)] = y0;
-              t_s3_lo[(r) * 72 + (c)] = y1;
-            }
-          }
-          __syncthreads();
-          // t3 = mma.tc(dy_hi, s3_hi^T) [64x16 in 16x16 units over 4 warps]
-          {
+            float acc[1][2][4];
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
-              float acc[2][4];
               #pragma unroll
               for (int q = 0; q < 2; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_dy_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 2; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_s3_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-              #pragma unroll
-              for (int q = 0; q < 2; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
             }
-          }
-          __syncthreads();
-          // t3 += mma.tc(dy_hi, s3_lo^T) [64x16 in 16x16 units over 4 warps]
-          {
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              #pragma unroll
+              for (int j = 0; j < 1; ++j) {
+                const int u = warp + j * 4;
+                const int m0 = (u / 1) * 16;
+                const int n0 = (u % 1) * 16;
+                (void)m0;
+                (void)n0;
+                uint32_t fa_dy_hi[4];
+                prt::ldmatrix_x4(fa_dy_hi, &t_dy_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                uint32_t ib_s3_hi[2][2];
+                uint32_t ib_s3_lo[2][2];
+                #pragma unroll
+                for (int q = 0; q < 2; ++q) {
+                  #pragma unroll
+                  for (int rg = 0; rg < 2; ++rg) {
+                    __nv_bfloat16 v0[2], v1[2];
+                    #pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                      const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
+                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : (prt::to_f32(t_s3_f32[(r) * 64 + (c)]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))));
+                      v0[h] = y0;
+                      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : (prt::to_f32(t_s3_f32[(r) * 64 + (c)]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+                      v1[h] = y1;
+                    }
+                    ib_s3_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                    ib_s3_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                  }
+                }
+                #pragma unroll
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy_hi, ib_s3_hi[q][0], ib_s3_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy_hi, ib_s3_lo[q][0], ib_s3_lo[q][1]);
+              }
+            }
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
-              float acc[2][4];
               #pragma unroll
               for (int q = 0; q < 2; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_t3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4(af, &t_dy_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 2; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4(bf, &t_s3_lo[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-              #pragma unroll
-              for (int q = 0; q < 2; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) t_t3[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 1) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
             }
           }
           __syncthreads();
@@ -5995,7 +5939,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 48) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 64 + (v_i3)]) * prt::to_f32(t_t3[(r) * 16 + (prt::max_nan((c - 48), 0))]))) : f_grad_s[j][q][e]);
+                  f_grad_s[j][q][e] = ((c >= 48) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 72 + (v_i3)]) * prt::to_f32(t_t3[(r) * 16 + (prt::max_nan((c - 48), 0))]))) : f_grad_s[j][q][e]);
                 }
               }
             }
@@ -6005,7 +5949,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
           {
             for (int i = tid; i < 1024; i += 128) {
               const int r = i / 16, c = i % 16;
-              t_t3[(r) * 16 + (c)] = prt::from_f32<float>((prt::to_f32(t_t3[(r) * 16 + (c)]) * prt::to_f32(t_q[(r) * 64 + ((c + 48))])));
+              t_t3[(r) * 16 + (c)] = prt::from_f32<float>((prt::to_f32(t_t3[(r) * 16 + (c)]) * prt::to_f32(t_q[(r) * 72 + ((c + 48))])));
             }
           }
           __syncthreads();
@@ -6129,7 +6073,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
 }
 
 // query_state_bwd_ds: dSin, dZin: the state's gradient from the queries of one chunk, summed over the group's query heads
-// grid (($n * 1), ($b * $h), 1), 256 threads, 66560 bytes of dynamic shared memory
+// grid (($n * 1), ($b * $h), 1), 256 threads, 53248 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_e64_c64_f16_w8_bd64_bt64_s1(
     const __half* g_Q, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -6223,49 +6167,53 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
   (void)g_dZin_d3;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  float* const t_fdy = reinterpret_cast<float*>(prt_smem + 768);  // f32[64, 64] pitch 64
+  float* const t_fdy = reinterpret_cast<float*>(prt_smem + 768);  // f32[64, 64] pitch 68
   float* const t_f = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_z_row = reinterpret_cast<float*>(prt_smem + 512);  // f32[64] pitch 64
-  __half* const t_q0 = reinterpret_cast<__half*>(prt_smem + 39680);  // f16[64, 64] pitch 64
-  __nv_bfloat16* const t_q0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 21248);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_q0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 30464);  // bf16[64, 64] pitch 72
-  float* const t_qzq0 = reinterpret_cast<float*>(prt_smem + 17152);  // f32[64, 16] pitch 16
-  __nv_bfloat16* const t_zq0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 47872);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_zq0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 50944);  // bf16[64, 16] pitch 24
+  __half* const t_q0 = reinterpret_cast<__half*>(prt_smem + 40704);  // f16[64, 64] pitch 64
+  __nv_bfloat16* const t_q0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 22272);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_q0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 31488);  // bf16[64, 64] pitch 72
+  float* const t_qg0 = reinterpret_cast<float*>(prt_smem + 48896);  // f32[16, 64] pitch 64
+  float* const t_qzq0 = reinterpret_cast<float*>(prt_smem + 18176);  // f32[64, 16] pitch 16
+  // zq0_hi: bf16[64, 16] computed in registers by its mma group
+  // zq0_lo: bf16[64, 16] computed in registers by its mma group
   float f_s0[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
-  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 66304);  // f32[64] pitch 64
-  __nv_bfloat16* const t_u0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 47872);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_u0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 57088);  // bf16[64, 64] pitch 72
-  __half* const t_q1 = reinterpret_cast<__half*>(prt_smem + 34560);  // f16[64, 48] pitch 48
-  __nv_bfloat16* const t_q1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 20224);  // bf16[64, 48] pitch 56
-  __nv_bfloat16* const t_q1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 27392);  // bf16[64, 48] pitch 56
-  float* const t_qzq1 = reinterpret_cast<float*>(prt_smem + 17152);  // f32[48, 16] pitch 16
-  __nv_bfloat16* const t_zq1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 40704);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_zq1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 43776);  // bf16[64, 16] pitch 24
+  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 52992);  // f32[64] pitch 64
+  // u0_hi: bf16[64, 64] computed in registers by its mma group
+  // u0_lo: bf16[64, 64] computed in registers by its mma group
+  __half* const t_q1 = reinterpret_cast<__half*>(prt_smem + 35584);  // f16[64, 48] pitch 48
+  __nv_bfloat16* const t_q1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 21248);  // bf16[64, 48] pitch 56
+  __nv_bfloat16* const t_q1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 28416);  // bf16[64, 48] pitch 56
+  float* const t_qg1 = reinterpret_cast<float*>(prt_smem + 41728);  // f32[16, 64] pitch 64
+  float* const t_qzq1 = reinterpret_cast<float*>(prt_smem + 18176);  // f32[48, 16] pitch 16
+  // zq1_hi: bf16[64, 16] computed in registers by its mma group
+  // zq1_lo: bf16[64, 16] computed in registers by its mma group
   float f_s1[2][2][4];  // f32[48, 64] as mma fragments: 48x64 in 16x16 units over 8 warps
-  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 59136);  // f32[48] pitch 48
-  __nv_bfloat16* const t_u1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 40704);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_u1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 49920);  // bf16[64, 64] pitch 72
-  __half* const t_q2 = reinterpret_cast<__half*>(prt_smem + 29440);  // f16[64, 32] pitch 32
-  __nv_bfloat16* const t_q2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 19200);  // bf16[64, 32] pitch 40
-  __nv_bfloat16* const t_q2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 24320);  // bf16[64, 32] pitch 40
-  float* const t_qzq2 = reinterpret_cast<float*>(prt_smem + 17152);  // f32[32, 16] pitch 16
-  __nv_bfloat16* const t_zq2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 33536);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_zq2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 36608);  // bf16[64, 16] pitch 24
+  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 45824);  // f32[48] pitch 48
+  // u1_hi: bf16[64, 64] computed in registers by its mma group
+  // u1_lo: bf16[64, 64] computed in registers by its mma group
+  __half* const t_q2 = reinterpret_cast<__half*>(prt_smem + 30464);  // f16[64, 32] pitch 32
+  __nv_bfloat16* const t_q2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 20224);  // bf16[64, 32] pitch 40
+  __nv_bfloat16* const t_q2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 25344);  // bf16[64, 32] pitch 40
+  float* const t_qg2 = reinterpret_cast<float*>(prt_smem + 34560);  // f32[16, 64] pitch 64
+  float* const t_qzq2 = reinterpret_cast<float*>(prt_smem + 18176);  // f32[32, 16] pitch 16
+  // zq2_hi: bf16[64, 16] computed in registers by its mma group
+  // zq2_lo: bf16[64, 16] computed in registers by its mma group
   float f_s2[1][2][4];  // f32[32, 64] as mma fragments: 32x64 in 16x16 units over 8 warps
-  float* const t_z2 = reinterpret_cast<float*>(prt_smem + 51968);  // f32[32] pitch 32
-  __nv_bfloat16* const t_u2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 33536);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_u2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 42752);  // bf16[64, 64] pitch 72
-  __half* const t_q3 = reinterpret_cast<__half*>(prt_smem + 30464);  // f16[64, 16] pitch 16
-  __nv_bfloat16* const t_q3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 18176);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_q3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 21248);  // bf16[64, 16] pitch 24
-  float* const t_qzq3 = reinterpret_cast<float*>(prt_smem + 17152);  // f32[16, 16] pitch 16
-  __nv_bfloat16* const t_zq3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 24320);  // bf16[64, 16] pitch 24
-  __nv_bfloat16* const t_zq3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 27392);  // bf16[64, 16] pitch 24
+  float* const t_z2 = reinterpret_cast<float*>(prt_smem + 38656);  // f32[32] pitch 32
+  // u2_hi: bf16[64, 64] computed in registers by its mma group
+  // u2_lo: bf16[64, 64] computed in registers by its mma group
+  __half* const t_q3 = reinterpret_cast<__half*>(prt_smem + 23296);  // f16[64, 16] pitch 24
+  __nv_bfloat16* const t_q3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 26368);  // bf16[64, 16] pitch 24
+  __nv_bfloat16* const t_q3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 29440);  // bf16[64, 16] pitch 24
+  float* const t_qg3 = reinterpret_cast<float*>(prt_smem + 19200);  // f32[16, 64] pitch 64
+  float* const t_qzq3 = reinterpret_cast<float*>(prt_smem + 18176);  // f32[16, 16] pitch 16
+  // zq3_hi: bf16[64, 16] computed in registers by its mma group
+  // zq3_lo: bf16[64, 16] computed in registers by its mma group
   float f_s3[1][1][4];  // f32[16, 64] as mma fragments: 16x64 in 16x8 units over 8 warps
-  float* const t_z3 = reinterpret_cast<float*>(prt_smem + 24320);  // f32[16] pitch 16
-  __nv_bfloat16* const t_u3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 32512);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_u3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 41728);  // bf16[64, 64] pitch 72
+  float* const t_z3 = reinterpret_cast<float*>(prt_smem + 32512);  // f32[16] pitch 16
+  // u3_hi: bf16[64, 64] computed in registers by its mma group
+  // u3_lo: bf16[64, 64] computed in registers by its mma group
   // g = load logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -6341,7 +6289,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
       float* const dst = t_fdy;
       for (int i = tid; i < 4096; i += 256) {
         const int r = i / 64, c = i % 64;
-        dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+        dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
       }
     }
     __syncthreads();
@@ -6349,7 +6297,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
     {
       for (int i = tid; i < 4096; i += 256) {
         const int r = i / 64, c = i % 64;
-        t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+        t_fdy[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_f[r])));
       }
     }
   }
@@ -6414,7 +6362,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           float* const dst = t_fdy;
           for (int i = tid; i < 4096; i += 256) {
             const int r = i / 64, c = i % 64;
-            dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+            dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
         __syncthreads();
@@ -6422,11 +6370,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         {
           for (int i = tid; i < 4096; i += 256) {
             const int r = i / 64, c = i % 64;
-            t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+            t_fdy[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_f[r])));
           }
         }
       }
-      __syncthreads();
       // q0 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i0), 0:+64]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -6455,6 +6402,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
+      // qg0[row, col] = (q0[col, row] * f[col])
+      {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_qg0[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q0[(c) * 64 + (r)]) * prt::to_f32(t_f[c])));
+        }
+      }
       // q0_hi[row, col] = q0[row, col]
       // q0_lo[row, col] = (q0[row, col] - q0_hi[row, col])
       {
@@ -6466,94 +6420,73 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           t_q0_lo[(r) * 72 + (c)] = y1;
         }
       }
+      __syncthreads();
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // zq0_hi[row, col] = ((q0[row, col] * f[row]) * z_row[row])
-        // zq0_lo[row, col] = (((q0[row, col] * f[row]) * z_row[row]) - zq0_hi[row, col])
+        // mma.group (operands in registers):
+        //   zq0_hi[row, col] = ((q0[row, col] * f[row]) * z_row[row])
+        //   zq0_lo[row, col] = (((q0[row, col] * f[row]) * z_row[row]) - zq0_hi[row, col])
+        //   qzq0 += mma.tc(q0_hi^T, zq0_hi) [64x16 in 16x8 units over 8 warps]
+        //   qzq0 += mma.tc(q0_lo^T, zq0_hi) [64x16 in 16x8 units over 8 warps]
+        //   qzq0 += mma.tc(q0_hi^T, zq0_lo) [64x16 in 16x8 units over 8 warps]
         {
-          for (int i = tid; i < 1024; i += 256) {
-            const int r = i / 16, c = i % 16;
-            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q0[(r) * 64 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
-            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q0[(r) * 64 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
-            t_zq0_hi[(r) * 24 + (c)] = y0;
-            t_zq0_lo[(r) * 24 + (c)] = y1;
-          }
-        }
-        __syncthreads();
-        // qzq0 += mma.tc(q0_hi^T, zq0_hi) [64x16 in 16x8 units over 8 warps]
-        {
+          float acc[1][1][4];
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-            float acc[1][4];
             #pragma unroll
             for (int q = 0; q < 1; ++q)
             #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4_trans(af, &t_q0_hi[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-              uint32_t bf[2];
-              prt::ldmatrix_x2_trans(bf, &t_zq0_hi[(k0 + (lane & 15)) * 24 + n0]);
-              prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-            }
-            #pragma unroll
-            for (int q = 0; q < 1; ++q)
-            #pragma unroll
-              for (int e = 0; e < 4; ++e) t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+              for (int e = 0; e < 4; ++e) acc[j][q][e] = t_qzq0[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))];
           }
-        }
-        __syncthreads();
-        // qzq0 += mma.tc(q0_lo^T, zq0_hi) [64x16 in 16x8 units over 8 warps]
-        {
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              const int m0 = (u / 2) * 16;
+              const int n0 = (u % 2) * 8;
+              (void)m0;
+              (void)n0;
+              uint32_t fat_q0_hi[4];
+              prt::ldmatrix_x4_trans(fat_q0_hi, &t_q0_hi[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+              uint32_t fat_q0_lo[4];
+              prt::ldmatrix_x4_trans(fat_q0_lo, &t_q0_lo[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+              uint32_t ib_zq0_hi[1][2];
+              uint32_t ib_zq0_lo[1][2];
+              #pragma unroll
+              for (int q = 0; q < 1; ++q) {
+                #pragma unroll
+                for (int rg = 0; rg < 2; ++rg) {
+                  __nv_bfloat16 v0[2], v1[2];
+                  #pragma unroll
+                  for (int h = 0; h < 2; ++h) {
+                    const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q0[(r) * 64 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+                    v0[h] = y0;
+                    const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q0[(r) * 64 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+                    v1[h] = y1;
+                  }
+                  ib_zq0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                  ib_zq0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                }
+              }
+              #pragma unroll
+              for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q0_hi, ib_zq0_hi[q][0], ib_zq0_hi[q][1]);
+              #pragma unroll
+              for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q0_lo, ib_zq0_hi[q][0], ib_zq0_hi[q][1]);
+              #pragma unroll
+              for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q0_hi, ib_zq0_lo[q][0], ib_zq0_lo[q][1]);
+            }
+          }
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-            float acc[1][4];
             #pragma unroll
             for (int q = 0; q < 1; ++q)
             #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4_trans(af, &t_q0_lo[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-              uint32_t bf[2];
-              prt::ldmatrix_x2_trans(bf, &t_zq0_hi[(k0 + (lane & 15)) * 24 + n0]);
-              prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-            }
-            #pragma unroll
-            for (int q = 0; q < 1; ++q)
-            #pragma unroll
-              for (int e = 0; e < 4; ++e) t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
-          }
-        }
-        __syncthreads();
-        // qzq0 += mma.tc(q0_hi^T, zq0_lo) [64x16 in 16x8 units over 8 warps]
-        {
-          #pragma unroll
-          for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-            float acc[1][4];
-            #pragma unroll
-            for (int q = 0; q < 1; ++q)
-            #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              uint32_t af[4];
-              prt::ldmatrix_x4_trans(af, &t_q0_hi[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-              uint32_t bf[2];
-              prt::ldmatrix_x2_trans(bf, &t_zq0_lo[(k0 + (lane & 15)) * 24 + n0]);
-              prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-            }
-            #pragma unroll
-            for (int q = 0; q < 1; ++q)
-            #pragma unroll
-              for (int e = 0; e < 4; ++e) t_qzq0[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+              for (int e = 0; e < 4; ++e) t_qzq0[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -6615,6 +6548,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
+            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2), ((pid.x % 1) * 64):+64]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -6626,7 +6560,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               float* const dst = t_fdy;
               for (int i = tid; i < 4096; i += 256) {
                 const int r = i / 64, c = i % 64;
-                dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+                dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
             __syncthreads();
@@ -6634,7 +6568,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
             {
               for (int i = tid; i < 4096; i += 256) {
                 const int r = i / 64, c = i % 64;
-                t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+                t_fdy[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_f[r])));
               }
             }
             // q0 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2), 0:+64]
@@ -6665,6 +6599,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
             __syncthreads();
+            // qg0[row, col] = (q0[col, row] * f[col])
+            {
+              for (int i = tid; i < 1024; i += 256) {
+                const int r = i / 64, c = i % 64;
+                t_qg0[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q0[(c) * 64 + (r)]) * prt::to_f32(t_f[c])));
+              }
+            }
             // q0_hi[row, col] = q0[row, col]
             // q0_lo[row, col] = (q0[row, col] - q0_hi[row, col])
             {
@@ -6678,75 +6619,52 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
             }
           }
           __syncthreads();
-          // u0_hi[row, col] = (fdy[row, col] * (q0[row, (i1 - 0)] * f[row]))
-          // u0_lo[row, col] = ((fdy[row, col] * (q0[row, (i1 - 0)] * f[row])) - u0_hi[row, col])
+          // mma.group (operands in registers):
+          //   u0_hi[row, col] = (fdy[row, col] * qg0[(i1 - 0), row])
+          //   u0_lo[row, col] = ((fdy[row, col] * qg0[(i1 - 0), row]) - u0_hi[row, col])
+          //   s0 += mma.tc(q0_hi^T, u0_hi) [64x64 in 16x32 units over 8 warps]
+          //   s0 += mma.tc(q0_lo^T, u0_hi) [64x64 in 16x32 units over 8 warps]
+          //   s0 += mma.tc(q0_hi^T, u0_lo) [64x64 in 16x32 units over 8 warps]
           {
-            for (int i = tid; i < 4096; i += 256) {
-              const int r = i / 64, c = i % 64;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q0[(r) * 64 + ((v_i1 - 0))]) * prt::to_f32(t_f[r]))));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q0[(r) * 64 + ((v_i1 - 0))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
-              t_u0_hi[(r) * 72 + (c)] = y0;
-              t_u0_lo[(r) * 72 + (c)] = y1;
-            }
-          }
-          __syncthreads();
-          // s0 += mma.tc(q0_hi^T, u0_hi) [64x64 in 16x32 units over 8 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float (&acc)[4][4] = f_s0[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q0_hi[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+            float (&acc)[1][4][4] = f_s0;
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              #pragma unroll
+              for (int j = 0; j < 1; ++j) {
+                const int u = warp + j * 8;
+                const int m0 = (u / 2) * 16;
+                const int n0 = (u % 2) * 32;
+                (void)m0;
+                (void)n0;
+                uint32_t fat_q0_hi[4];
+                prt::ldmatrix_x4_trans(fat_q0_hi, &t_q0_hi[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+                uint32_t fat_q0_lo[4];
+                prt::ldmatrix_x4_trans(fat_q0_lo, &t_q0_lo[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+                uint32_t ib_u0_hi[4][2];
+                uint32_t ib_u0_lo[4][2];
                 #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_u0_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                for (int q = 0; q < 4; ++q) {
+                  #pragma unroll
+                  for (int rg = 0; rg < 2; ++rg) {
+                    __nv_bfloat16 v0[2], v1[2];
+                    #pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                      const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_qg0[((v_i1 - 0)) * 64 + (r)])));
+                      v0[h] = y0;
+                      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_qg0[((v_i1 - 0)) * 64 + (r)])) - prt::to_f32(y0)));
+                      v1[h] = y1;
+                    }
+                    ib_u0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                    ib_u0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                  }
                 }
-              }
-            }
-          }
-          // s0 += mma.tc(q0_lo^T, u0_hi) [64x64 in 16x32 units over 8 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float (&acc)[4][4] = f_s0[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q0_lo[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
                 #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_u0_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-            }
-          }
-          // s0 += mma.tc(q0_hi^T, u0_lo) [64x64 in 16x32 units over 8 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float (&acc)[4][4] = f_s0[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q0_hi[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q0_hi, ib_u0_hi[q][0], ib_u0_hi[q][1]);
                 #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_u0_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q0_lo, ib_u0_hi[q][0], ib_u0_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q0_hi, ib_u0_lo[q][0], ib_u0_lo[q][1]);
               }
             }
           }
@@ -6793,7 +6711,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           }
         }
       }
-      __syncthreads();
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // z0[row] = (qzq0[row, (i1 - 0)] * select(((row + 0) == i1), 1.0, 1.4142135623730951))
         {
@@ -6879,7 +6796,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           float* const dst = t_fdy;
           for (int i = tid; i < 4096; i += 256) {
             const int r = i / 64, c = i % 64;
-            dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+            dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
         __syncthreads();
@@ -6887,11 +6804,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         {
           for (int i = tid; i < 4096; i += 256) {
             const int r = i / 64, c = i % 64;
-            t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+            t_fdy[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_f[r])));
           }
         }
       }
-      __syncthreads();
       // q1 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i3), 16:+48]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -6920,6 +6836,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
+      // qg1[row, col] = (q1[col, row] * f[col])
+      {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_qg1[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q1[(c) * 48 + (r)]) * prt::to_f32(t_f[c])));
+        }
+      }
       // q1_hi[row, col] = q1[row, col]
       // q1_lo[row, col] = (q1[row, col] - q1_hi[row, col])
       {
@@ -6931,100 +6854,79 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           t_q1_lo[(r) * 56 + (c)] = y1;
         }
       }
+      __syncthreads();
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // zq1_hi[row, col] = ((q1[row, col] * f[row]) * z_row[row])
-        // zq1_lo[row, col] = (((q1[row, col] * f[row]) * z_row[row]) - zq1_hi[row, col])
+        // mma.group (operands in registers):
+        //   zq1_hi[row, col] = ((q1[row, col] * f[row]) * z_row[row])
+        //   zq1_lo[row, col] = (((q1[row, col] * f[row]) * z_row[row]) - zq1_hi[row, col])
+        //   qzq1 += mma.tc(q1_hi^T, zq1_hi) [48x16 in 16x8 units over 8 warps]
+        //   qzq1 += mma.tc(q1_lo^T, zq1_hi) [48x16 in 16x8 units over 8 warps]
+        //   qzq1 += mma.tc(q1_hi^T, zq1_lo) [48x16 in 16x8 units over 8 warps]
         {
-          for (int i = tid; i < 1024; i += 256) {
-            const int r = i / 16, c = i % 16;
-            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q1[(r) * 48 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
-            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q1[(r) * 48 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
-            t_zq1_hi[(r) * 24 + (c)] = y0;
-            t_zq1_lo[(r) * 24 + (c)] = y1;
-          }
-        }
-        __syncthreads();
-        // qzq1 += mma.tc(q1_hi^T, zq1_hi) [48x16 in 16x8 units over 8 warps]
-        {
+          float acc[1][1][4];
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            if (u < 6) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-              float acc[1][4];
+            if (warp + j * 8 < 6) {
               #pragma unroll
               for (int q = 0; q < 1; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q1_hi[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_zq1_hi[(k0 + (lane & 15)) * 24 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-              }
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = t_qzq1[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))];
             }
           }
-        }
-        __syncthreads();
-        // qzq1 += mma.tc(q1_lo^T, zq1_hi) [48x16 in 16x8 units over 8 warps]
-        {
-          #pragma unroll
-          for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            if (u < 6) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-              float acc[1][4];
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q1_lo[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_zq1_hi[(k0 + (lane & 15)) * 24 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              if (u < 6) {
+                const int m0 = (u / 2) * 16;
+                const int n0 = (u % 2) * 8;
+                (void)m0;
+                (void)n0;
+                uint32_t fat_q1_hi[4];
+                prt::ldmatrix_x4_trans(fat_q1_hi, &t_q1_hi[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+                uint32_t fat_q1_lo[4];
+                prt::ldmatrix_x4_trans(fat_q1_lo, &t_q1_lo[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+                uint32_t ib_zq1_hi[1][2];
+                uint32_t ib_zq1_lo[1][2];
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) {
+                  #pragma unroll
+                  for (int rg = 0; rg < 2; ++rg) {
+                    __nv_bfloat16 v0[2], v1[2];
+                    #pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                      const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q1[(r) * 48 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+                      v0[h] = y0;
+                      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q1[(r) * 48 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+                      v1[h] = y1;
+                    }
+                    ib_zq1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                    ib_zq1_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                  }
+                }
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q1_hi, ib_zq1_hi[q][0], ib_zq1_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q1_lo, ib_zq1_hi[q][0], ib_zq1_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q1_hi, ib_zq1_lo[q][0], ib_zq1_lo[q][1]);
               }
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
             }
           }
-        }
-        __syncthreads();
-        // qzq1 += mma.tc(q1_hi^T, zq1_lo) [48x16 in 16x8 units over 8 warps]
-        {
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            if (u < 6) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-              float acc[1][4];
+            if (warp + j * 8 < 6) {
               #pragma unroll
               for (int q = 0; q < 1; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q1_hi[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_zq1_lo[(k0 + (lane & 15)) * 24 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-              }
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_qzq1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) t_qzq1[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
             }
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -7088,6 +6990,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
+            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5), ((pid.x % 1) * 64):+64]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -7099,7 +7002,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               float* const dst = t_fdy;
               for (int i = tid; i < 4096; i += 256) {
                 const int r = i / 64, c = i % 64;
-                dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+                dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
             __syncthreads();
@@ -7107,7 +7010,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
             {
               for (int i = tid; i < 4096; i += 256) {
                 const int r = i / 64, c = i % 64;
-                t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+                t_fdy[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_f[r])));
               }
             }
             // q1 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5), 16:+48]
@@ -7138,6 +7041,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
             __syncthreads();
+            // qg1[row, col] = (q1[col, row] * f[col])
+            {
+              for (int i = tid; i < 1024; i += 256) {
+                const int r = i / 64, c = i % 64;
+                t_qg1[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q1[(c) * 48 + (r)]) * prt::to_f32(t_f[c])));
+              }
+            }
             // q1_hi[row, col] = q1[row, col]
             // q1_lo[row, col] = (q1[row, col] - q1_hi[row, col])
             {
@@ -7151,80 +7061,53 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
             }
           }
           __syncthreads();
-          // u1_hi[row, col] = (fdy[row, col] * (q1[row, (i4 - 16)] * f[row]))
-          // u1_lo[row, col] = ((fdy[row, col] * (q1[row, (i4 - 16)] * f[row])) - u1_hi[row, col])
+          // mma.group (operands in registers):
+          //   u1_hi[row, col] = (fdy[row, col] * qg1[(i4 - 16), row])
+          //   u1_lo[row, col] = ((fdy[row, col] * qg1[(i4 - 16), row]) - u1_hi[row, col])
+          //   s1 += mma.tc(q1_hi^T, u1_hi) [48x64 in 16x16 units over 8 warps]
+          //   s1 += mma.tc(q1_lo^T, u1_hi) [48x64 in 16x16 units over 8 warps]
+          //   s1 += mma.tc(q1_hi^T, u1_lo) [48x64 in 16x16 units over 8 warps]
           {
-            for (int i = tid; i < 4096; i += 256) {
-              const int r = i / 64, c = i % 64;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q1[(r) * 48 + ((v_i4 - 16))]) * prt::to_f32(t_f[r]))));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q1[(r) * 48 + ((v_i4 - 16))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
-              t_u1_hi[(r) * 72 + (c)] = y0;
-              t_u1_lo[(r) * 72 + (c)] = y1;
-            }
-          }
-          __syncthreads();
-          // s1 += mma.tc(q1_hi^T, u1_hi) [48x64 in 16x16 units over 8 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 8;
-              if (u < 12) {
-                const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
-                float (&acc)[2][4] = f_s1[j];
-                for (int k0 = 0; k0 < 64; k0 += 16) {
-                  uint32_t af[4];
-                  prt::ldmatrix_x4_trans(af, &t_q1_hi[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+            float (&acc)[2][2][4] = f_s1;
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              const int n0 = (warp % 4) * 16;
+              uint32_t ib_u1_hi[2][2];
+              uint32_t ib_u1_lo[2][2];
+              #pragma unroll
+              for (int q = 0; q < 2; ++q) {
+                #pragma unroll
+                for (int rg = 0; rg < 2; ++rg) {
+                  __nv_bfloat16 v0[2], v1[2];
                   #pragma unroll
-                  for (int q = 0; q < 2; q += 2) {
-                    uint32_t bf[4];
-                    prt::ldmatrix_x4_trans(bf, &t_u1_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                  for (int h = 0; h < 2; ++h) {
+                    const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_qg1[((v_i4 - 16)) * 64 + (r)])));
+                    v0[h] = y0;
+                    const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_qg1[((v_i4 - 16)) * 64 + (r)])) - prt::to_f32(y0)));
+                    v1[h] = y1;
                   }
+                  ib_u1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                  ib_u1_lo[q][rg] = prt::pack2(v1[0], v1[1]);
                 }
               }
-            }
-          }
-          // s1 += mma.tc(q1_lo^T, u1_hi) [48x64 in 16x16 units over 8 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 8;
-              if (u < 12) {
-                const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
-                float (&acc)[2][4] = f_s1[j];
-                for (int k0 = 0; k0 < 64; k0 += 16) {
-                  uint32_t af[4];
-                  prt::ldmatrix_x4_trans(af, &t_q1_lo[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+              #pragma unroll
+              for (int j = 0; j < 2; ++j) {
+                const int u = warp + j * 8;
+                if (u < 12) {
+                  const int m0 = (u / 4) * 16;
+                  (void)m0;
+                  (void)n0;
+                  uint32_t fat_q1_hi[4];
+                  prt::ldmatrix_x4_trans(fat_q1_hi, &t_q1_hi[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+                  uint32_t fat_q1_lo[4];
+                  prt::ldmatrix_x4_trans(fat_q1_lo, &t_q1_lo[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
                   #pragma unroll
-                  for (int q = 0; q < 2; q += 2) {
-                    uint32_t bf[4];
-                    prt::ldmatrix_x4_trans(bf, &t_u1_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                  }
-                }
-              }
-            }
-          }
-          // s1 += mma.tc(q1_hi^T, u1_lo) [48x64 in 16x16 units over 8 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 8;
-              if (u < 12) {
-                const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
-                float (&acc)[2][4] = f_s1[j];
-                for (int k0 = 0; k0 < 64; k0 += 16) {
-                  uint32_t af[4];
-                  prt::ldmatrix_x4_trans(af, &t_q1_hi[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+                  for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q1_hi, ib_u1_hi[q][0], ib_u1_hi[q][1]);
                   #pragma unroll
-                  for (int q = 0; q < 2; q += 2) {
-                    uint32_t bf[4];
-                    prt::ldmatrix_x4_trans(bf, &t_u1_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                    prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                  }
+                  for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q1_lo, ib_u1_hi[q][0], ib_u1_hi[q][1]);
+                  #pragma unroll
+                  for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q1_hi, ib_u1_lo[q][0], ib_u1_lo[q][1]);
                 }
               }
             }
@@ -7362,7 +7245,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           float* const dst = t_fdy;
           for (int i = tid; i < 4096; i += 256) {
             const int r = i / 64, c = i % 64;
-            dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+            dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
         __syncthreads();
@@ -7370,11 +7253,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         {
           for (int i = tid; i < 4096; i += 256) {
             const int r = i / 64, c = i % 64;
-            t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+            t_fdy[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_f[r])));
           }
         }
       }
-      __syncthreads();
       // q2 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i6), 32:+32]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -7403,6 +7285,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
+      // qg2[row, col] = (q2[col, row] * f[col])
+      {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_qg2[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q2[(c) * 32 + (r)]) * prt::to_f32(t_f[c])));
+        }
+      }
       // q2_hi[row, col] = q2[row, col]
       // q2_lo[row, col] = (q2[row, col] - q2_hi[row, col])
       {
@@ -7414,100 +7303,79 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           t_q2_lo[(r) * 40 + (c)] = y1;
         }
       }
+      __syncthreads();
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // zq2_hi[row, col] = ((q2[row, col] * f[row]) * z_row[row])
-        // zq2_lo[row, col] = (((q2[row, col] * f[row]) * z_row[row]) - zq2_hi[row, col])
+        // mma.group (operands in registers):
+        //   zq2_hi[row, col] = ((q2[row, col] * f[row]) * z_row[row])
+        //   zq2_lo[row, col] = (((q2[row, col] * f[row]) * z_row[row]) - zq2_hi[row, col])
+        //   qzq2 += mma.tc(q2_hi^T, zq2_hi) [32x16 in 16x8 units over 8 warps]
+        //   qzq2 += mma.tc(q2_lo^T, zq2_hi) [32x16 in 16x8 units over 8 warps]
+        //   qzq2 += mma.tc(q2_hi^T, zq2_lo) [32x16 in 16x8 units over 8 warps]
         {
-          for (int i = tid; i < 1024; i += 256) {
-            const int r = i / 16, c = i % 16;
-            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q2[(r) * 32 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
-            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q2[(r) * 32 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
-            t_zq2_hi[(r) * 24 + (c)] = y0;
-            t_zq2_lo[(r) * 24 + (c)] = y1;
-          }
-        }
-        __syncthreads();
-        // qzq2 += mma.tc(q2_hi^T, zq2_hi) [32x16 in 16x8 units over 8 warps]
-        {
+          float acc[1][1][4];
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            if (u < 4) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-              float acc[1][4];
+            if (warp + j * 8 < 4) {
               #pragma unroll
               for (int q = 0; q < 1; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q2_hi[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_zq2_hi[(k0 + (lane & 15)) * 24 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-              }
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = t_qzq2[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))];
             }
           }
-        }
-        __syncthreads();
-        // qzq2 += mma.tc(q2_lo^T, zq2_hi) [32x16 in 16x8 units over 8 warps]
-        {
-          #pragma unroll
-          for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            if (u < 4) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-              float acc[1][4];
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q2_lo[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_zq2_hi[(k0 + (lane & 15)) * 24 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              if (u < 4) {
+                const int m0 = (u / 2) * 16;
+                const int n0 = (u % 2) * 8;
+                (void)m0;
+                (void)n0;
+                uint32_t fat_q2_hi[4];
+                prt::ldmatrix_x4_trans(fat_q2_hi, &t_q2_hi[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                uint32_t fat_q2_lo[4];
+                prt::ldmatrix_x4_trans(fat_q2_lo, &t_q2_lo[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                uint32_t ib_zq2_hi[1][2];
+                uint32_t ib_zq2_lo[1][2];
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) {
+                  #pragma unroll
+                  for (int rg = 0; rg < 2; ++rg) {
+                    __nv_bfloat16 v0[2], v1[2];
+                    #pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                      const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q2[(r) * 32 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+                      v0[h] = y0;
+                      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q2[(r) * 32 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+                      v1[h] = y1;
+                    }
+                    ib_zq2_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                    ib_zq2_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                  }
+                }
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q2_hi, ib_zq2_hi[q][0], ib_zq2_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q2_lo, ib_zq2_hi[q][0], ib_zq2_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q2_hi, ib_zq2_lo[q][0], ib_zq2_lo[q][1]);
               }
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
             }
           }
-        }
-        __syncthreads();
-        // qzq2 += mma.tc(q2_hi^T, zq2_lo) [32x16 in 16x8 units over 8 warps]
-        {
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            if (u < 4) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-              float acc[1][4];
+            if (warp + j * 8 < 4) {
               #pragma unroll
               for (int q = 0; q < 1; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q2_hi[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_zq2_lo[(k0 + (lane & 15)) * 24 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-              }
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_qzq2[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) t_qzq2[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
             }
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -7569,6 +7437,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
+            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i8), ((pid.x % 1) * 64):+64]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -7580,7 +7449,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               float* const dst = t_fdy;
               for (int i = tid; i < 4096; i += 256) {
                 const int r = i / 64, c = i % 64;
-                dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+                dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
             __syncthreads();
@@ -7588,7 +7457,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
             {
               for (int i = tid; i < 4096; i += 256) {
                 const int r = i / 64, c = i % 64;
-                t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+                t_fdy[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_f[r])));
               }
             }
             // q2 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i8), 32:+32]
@@ -7619,6 +7488,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
             __syncthreads();
+            // qg2[row, col] = (q2[col, row] * f[col])
+            {
+              for (int i = tid; i < 1024; i += 256) {
+                const int r = i / 64, c = i % 64;
+                t_qg2[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q2[(c) * 32 + (r)]) * prt::to_f32(t_f[c])));
+              }
+            }
             // q2_hi[row, col] = q2[row, col]
             // q2_lo[row, col] = (q2[row, col] - q2_hi[row, col])
             {
@@ -7632,75 +7508,52 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
             }
           }
           __syncthreads();
-          // u2_hi[row, col] = (fdy[row, col] * (q2[row, (i7 - 32)] * f[row]))
-          // u2_lo[row, col] = ((fdy[row, col] * (q2[row, (i7 - 32)] * f[row])) - u2_hi[row, col])
+          // mma.group (operands in registers):
+          //   u2_hi[row, col] = (fdy[row, col] * qg2[(i7 - 32), row])
+          //   u2_lo[row, col] = ((fdy[row, col] * qg2[(i7 - 32), row]) - u2_hi[row, col])
+          //   s2 += mma.tc(q2_hi^T, u2_hi) [32x64 in 16x16 units over 8 warps]
+          //   s2 += mma.tc(q2_lo^T, u2_hi) [32x64 in 16x16 units over 8 warps]
+          //   s2 += mma.tc(q2_hi^T, u2_lo) [32x64 in 16x16 units over 8 warps]
           {
-            for (int i = tid; i < 4096; i += 256) {
-              const int r = i / 64, c = i % 64;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q2[(r) * 32 + ((v_i7 - 32))]) * prt::to_f32(t_f[r]))));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q2[(r) * 32 + ((v_i7 - 32))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
-              t_u2_hi[(r) * 72 + (c)] = y0;
-              t_u2_lo[(r) * 72 + (c)] = y1;
-            }
-          }
-          __syncthreads();
-          // s2 += mma.tc(q2_hi^T, u2_hi) [32x64 in 16x16 units over 8 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
-              float (&acc)[2][4] = f_s2[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q2_hi[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+            float (&acc)[1][2][4] = f_s2;
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              #pragma unroll
+              for (int j = 0; j < 1; ++j) {
+                const int u = warp + j * 8;
+                const int m0 = (u / 4) * 16;
+                const int n0 = (u % 4) * 16;
+                (void)m0;
+                (void)n0;
+                uint32_t fat_q2_hi[4];
+                prt::ldmatrix_x4_trans(fat_q2_hi, &t_q2_hi[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                uint32_t fat_q2_lo[4];
+                prt::ldmatrix_x4_trans(fat_q2_lo, &t_q2_lo[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                uint32_t ib_u2_hi[2][2];
+                uint32_t ib_u2_lo[2][2];
                 #pragma unroll
-                for (int q = 0; q < 2; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_u2_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+                for (int q = 0; q < 2; ++q) {
+                  #pragma unroll
+                  for (int rg = 0; rg < 2; ++rg) {
+                    __nv_bfloat16 v0[2], v1[2];
+                    #pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                      const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_qg2[((v_i7 - 32)) * 64 + (r)])));
+                      v0[h] = y0;
+                      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_qg2[((v_i7 - 32)) * 64 + (r)])) - prt::to_f32(y0)));
+                      v1[h] = y1;
+                    }
+                    ib_u2_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                    ib_u2_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                  }
                 }
-              }
-            }
-          }
-          // s2 += mma.tc(q2_lo^T, u2_hi) [32x64 in 16x16 units over 8 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
-              float (&acc)[2][4] = f_s2[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q2_lo[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
                 #pragma unroll
-                for (int q = 0; q < 2; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_u2_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
-              }
-            }
-          }
-          // s2 += mma.tc(q2_hi^T, u2_lo) [32x64 in 16x16 units over 8 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
-              float (&acc)[2][4] = f_s2[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q2_hi[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q2_hi, ib_u2_hi[q][0], ib_u2_hi[q][1]);
                 #pragma unroll
-                for (int q = 0; q < 2; q += 2) {
-                  uint32_t bf[4];
-                  prt::ldmatrix_x4_trans(bf, &t_u2_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-                  prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-                }
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q2_lo, ib_u2_hi[q][0], ib_u2_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q2_hi, ib_u2_lo[q][0], ib_u2_lo[q][1]);
               }
             }
           }
@@ -7833,7 +7686,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           float* const dst = t_fdy;
           for (int i = tid; i < 4096; i += 256) {
             const int r = i / 64, c = i % 64;
-            dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+            dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
         __syncthreads();
@@ -7841,11 +7694,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         {
           for (int i = tid; i < 4096; i += 256) {
             const int r = i / 64, c = i % 64;
-            t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+            t_fdy[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_f[r])));
           }
         }
       }
-      __syncthreads();
       // q3 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i9), 48:+16]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -7861,124 +7713,112 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
             const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 16 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+            prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
           }
         }
         else {
           for (int i = tid; i < 1024; i += 256) {
             const int r = i / 16, c = i % 16;
-            dst[(r) * 16 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
+            dst[(r) * 24 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
           }
         }
       }
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
+      // qg3[row, col] = (q3[col, row] * f[col])
+      {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_qg3[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q3[(c) * 24 + (r)]) * prt::to_f32(t_f[c])));
+        }
+      }
       // q3_hi[row, col] = q3[row, col]
       // q3_lo[row, col] = (q3[row, col] - q3_hi[row, col])
       {
         for (int i = tid; i < 1024; i += 256) {
           const int r = i / 16, c = i % 16;
-          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q3[(r) * 16 + (c)]));
-          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q3[(r) * 16 + (c)]) - prt::to_f32(y0)));
+          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q3[(r) * 24 + (c)]));
+          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q3[(r) * 24 + (c)]) - prt::to_f32(y0)));
           t_q3_hi[(r) * 24 + (c)] = y0;
           t_q3_lo[(r) * 24 + (c)] = y1;
         }
       }
+      __syncthreads();
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
-        // zq3_hi[row, col] = ((q3[row, col] * f[row]) * z_row[row])
-        // zq3_lo[row, col] = (((q3[row, col] * f[row]) * z_row[row]) - zq3_hi[row, col])
+        // mma.group (operands in registers):
+        //   zq3_hi[row, col] = ((q3[row, col] * f[row]) * z_row[row])
+        //   zq3_lo[row, col] = (((q3[row, col] * f[row]) * z_row[row]) - zq3_hi[row, col])
+        //   qzq3 += mma.tc(q3_hi^T, zq3_hi) [16x16 in 16x8 units over 8 warps]
+        //   qzq3 += mma.tc(q3_lo^T, zq3_hi) [16x16 in 16x8 units over 8 warps]
+        //   qzq3 += mma.tc(q3_hi^T, zq3_lo) [16x16 in 16x8 units over 8 warps]
         {
-          for (int i = tid; i < 1024; i += 256) {
-            const int r = i / 16, c = i % 16;
-            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_q3[(r) * 16 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
-            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::to_f32(t_q3[(r) * 16 + (c)]) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
-            t_zq3_hi[(r) * 24 + (c)] = y0;
-            t_zq3_lo[(r) * 24 + (c)] = y1;
-          }
-        }
-        __syncthreads();
-        // qzq3 += mma.tc(q3_hi^T, zq3_hi) [16x16 in 16x8 units over 8 warps]
-        {
+          float acc[1][1][4];
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            if (u < 2) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-              float acc[1][4];
+            if (warp + j * 8 < 2) {
               #pragma unroll
               for (int q = 0; q < 1; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q3_hi[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_zq3_hi[(k0 + (lane & 15)) * 24 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-              }
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_qzq3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = t_qzq3[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))];
             }
           }
-        }
-        __syncthreads();
-        // qzq3 += mma.tc(q3_lo^T, zq3_hi) [16x16 in 16x8 units over 8 warps]
-        {
-          #pragma unroll
-          for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            if (u < 2) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-              float acc[1][4];
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q3_lo[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_zq3_hi[(k0 + (lane & 15)) * 24 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+          const int g = lane >> 2, t2 = (lane & 3) * 2;
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 8;
+              if (u < 2) {
+                const int m0 = (u / 2) * 16;
+                const int n0 = (u % 2) * 8;
+                (void)m0;
+                (void)n0;
+                uint32_t fat_q3_hi[4];
+                prt::ldmatrix_x4_trans(fat_q3_hi, &t_q3_hi[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                uint32_t fat_q3_lo[4];
+                prt::ldmatrix_x4_trans(fat_q3_lo, &t_q3_lo[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                uint32_t fb_q3[1][2];
+                prt::ldmatrix_x2_trans(fb_q3[0], &t_q3[(k0 + (lane & 15)) * 24 + n0]);
+                uint32_t ib_zq3_hi[1][2];
+                uint32_t ib_zq3_lo[1][2];
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) {
+                  #pragma unroll
+                  for (int rg = 0; rg < 2; ++rg) {
+                    __nv_bfloat16 v0[2], v1[2];
+                    #pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                      const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((prt::b16_half<__half>(fb_q3[q][rg], h) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])));
+                      v0[h] = y0;
+                      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((prt::b16_half<__half>(fb_q3[q][rg], h) * prt::to_f32(t_f[r])) * prt::to_f32(t_z_row[r])) - prt::to_f32(y0)));
+                      v1[h] = y1;
+                    }
+                    ib_zq3_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                    ib_zq3_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                  }
+                }
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q3_hi, ib_zq3_hi[q][0], ib_zq3_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q3_lo, ib_zq3_hi[q][0], ib_zq3_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q3_hi, ib_zq3_lo[q][0], ib_zq3_lo[q][1]);
               }
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_qzq3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
             }
           }
-        }
-        __syncthreads();
-        // qzq3 += mma.tc(q3_hi^T, zq3_lo) [16x16 in 16x8 units over 8 warps]
-        {
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            if (u < 2) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-              float acc[1][4];
+            if (warp + j * 8 < 2) {
               #pragma unroll
               for (int q = 0; q < 1; ++q)
               #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = t_qzq3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q3_hi[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_zq3_lo[(k0 + (lane & 15)) * 24 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-              }
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_qzq3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                for (int e = 0; e < 4; ++e) t_qzq3[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
             }
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -8040,6 +7880,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
+            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i11), ((pid.x % 1) * 64):+64]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -8051,7 +7892,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               float* const dst = t_fdy;
               for (int i = tid; i < 4096; i += 256) {
                 const int r = i / 64, c = i % 64;
-                dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+                dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
             __syncthreads();
@@ -8059,7 +7900,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
             {
               for (int i = tid; i < 4096; i += 256) {
                 const int r = i / 64, c = i % 64;
-                t_fdy[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_f[r])));
+                t_fdy[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_f[r])));
               }
             }
             // q3 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i11), 48:+16]
@@ -8077,89 +7918,85 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
                   const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 16 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                  prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
                 }
               }
               else {
                 for (int i = tid; i < 1024; i += 256) {
                   const int r = i / 16, c = i % 16;
-                  dst[(r) * 16 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
+                  dst[(r) * 24 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<__half>(0.0f);
                 }
               }
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
             __syncthreads();
+            // qg3[row, col] = (q3[col, row] * f[col])
+            {
+              for (int i = tid; i < 1024; i += 256) {
+                const int r = i / 64, c = i % 64;
+                t_qg3[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q3[(c) * 24 + (r)]) * prt::to_f32(t_f[c])));
+              }
+            }
             // q3_hi[row, col] = q3[row, col]
             // q3_lo[row, col] = (q3[row, col] - q3_hi[row, col])
             {
               for (int i = tid; i < 1024; i += 256) {
                 const int r = i / 16, c = i % 16;
-                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q3[(r) * 16 + (c)]));
-                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q3[(r) * 16 + (c)]) - prt::to_f32(y0)));
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_q3[(r) * 24 + (c)]));
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_q3[(r) * 24 + (c)]) - prt::to_f32(y0)));
                 t_q3_hi[(r) * 24 + (c)] = y0;
                 t_q3_lo[(r) * 24 + (c)] = y1;
               }
             }
           }
           __syncthreads();
-          // u3_hi[row, col] = (fdy[row, col] * (q3[row, (i10 - 48)] * f[row]))
-          // u3_lo[row, col] = ((fdy[row, col] * (q3[row, (i10 - 48)] * f[row])) - u3_hi[row, col])
+          // mma.group (operands in registers):
+          //   u3_hi[row, col] = (fdy[row, col] * qg3[(i10 - 48), row])
+          //   u3_lo[row, col] = ((fdy[row, col] * qg3[(i10 - 48), row]) - u3_hi[row, col])
+          //   s3 += mma.tc(q3_hi^T, u3_hi) [16x64 in 16x8 units over 8 warps]
+          //   s3 += mma.tc(q3_lo^T, u3_hi) [16x64 in 16x8 units over 8 warps]
+          //   s3 += mma.tc(q3_hi^T, u3_lo) [16x64 in 16x8 units over 8 warps]
           {
-            for (int i = tid; i < 4096; i += 256) {
-              const int r = i / 64, c = i % 64;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q3[(r) * 16 + ((v_i10 - 48))]) * prt::to_f32(t_f[r]))));
-              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q3[(r) * 16 + ((v_i10 - 48))]) * prt::to_f32(t_f[r]))) - prt::to_f32(y0)));
-              t_u3_hi[(r) * 72 + (c)] = y0;
-              t_u3_lo[(r) * 72 + (c)] = y1;
-            }
-          }
-          __syncthreads();
-          // s3 += mma.tc(q3_hi^T, u3_hi) [16x64 in 16x8 units over 8 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 8) * 16, n0 = (u % 8) * 8;
-              float (&acc)[1][4] = f_s3[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q3_hi[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_u3_hi[(k0 + (lane & 15)) * 72 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-              }
-            }
-          }
-          // s3 += mma.tc(q3_lo^T, u3_hi) [16x64 in 16x8 units over 8 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 8) * 16, n0 = (u % 8) * 8;
-              float (&acc)[1][4] = f_s3[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q3_lo[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_u3_hi[(k0 + (lane & 15)) * 72 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
-              }
-            }
-          }
-          // s3 += mma.tc(q3_hi^T, u3_lo) [16x64 in 16x8 units over 8 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 8;
-              const int m0 = (u / 8) * 16, n0 = (u % 8) * 8;
-              float (&acc)[1][4] = f_s3[j];
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                uint32_t af[4];
-                prt::ldmatrix_x4_trans(af, &t_q3_hi[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-                uint32_t bf[2];
-                prt::ldmatrix_x2_trans(bf, &t_u3_lo[(k0 + (lane & 15)) * 72 + n0]);
-                prt::mma_16816<__nv_bfloat16>(acc[0], af, bf[0], bf[1]);
+            float (&acc)[1][1][4] = f_s3;
+            const int g = lane >> 2, t2 = (lane & 3) * 2;
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              #pragma unroll
+              for (int j = 0; j < 1; ++j) {
+                const int u = warp + j * 8;
+                const int m0 = (u / 8) * 16;
+                const int n0 = (u % 8) * 8;
+                (void)m0;
+                (void)n0;
+                uint32_t fat_q3_hi[4];
+                prt::ldmatrix_x4_trans(fat_q3_hi, &t_q3_hi[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                uint32_t fat_q3_lo[4];
+                prt::ldmatrix_x4_trans(fat_q3_lo, &t_q3_lo[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
+                uint32_t ib_u3_hi[1][2];
+                uint32_t ib_u3_lo[1][2];
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) {
+                  #pragma unroll
+                  for (int rg = 0; rg < 2; ++rg) {
+                    __nv_bfloat16 v0[2], v1[2];
+                    #pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                      const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_qg3[((v_i10 - 48)) * 64 + (r)])));
+                      v0[h] = y0;
+                      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_qg3[((v_i10 - 48)) * 64 + (r)])) - prt::to_f32(y0)));
+                      v1[h] = y1;
+                    }
+                    ib_u3_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                    ib_u3_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                  }
+                }
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q3_hi, ib_u3_hi[q][0], ib_u3_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q3_lo, ib_u3_hi[q][0], ib_u3_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q3_hi, ib_u3_lo[q][0], ib_u3_lo[q][1]);
               }
             }
           }
@@ -8888,9 +8725,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
   float f_dv[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float* const t_kdk = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_z = reinterpret_cast<float*>(prt_smem + 27136);  // f32[2080] pitch 2080
-  __nv_bfloat16* const t_zu_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 61952);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_zu_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 71168);  // bf16[64, 64] pitch 72
-  float* const t_kzu = reinterpret_cast<float*>(prt_smem + 27136);  // f32[64, 64] pitch 64
+  // zu_hi: bf16[64, 64] computed in registers by its mma group
+  // zu_lo: bf16[64, 64] computed in registers by its mma group
+  float* const t_kzu = reinterpret_cast<float*>(prt_smem + 61952);  // f32[64, 64] pitch 64
   float* const t_r = reinterpret_cast<float*>(prt_smem + 38912);  // f32[64] pitch 64
   float* const t_r16 = reinterpret_cast<float*>(prt_smem + 17920);  // f32[64, 16] pitch 16
   float* const t_u0_f32_base = reinterpret_cast<float*>(prt_smem + 61952);  // f32[64, 64] pitch 64, 2 copies
@@ -9039,102 +8876,67 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  // zu_hi[row, col] = select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 2.0), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 1.4142135623730951)), 0.0)
-  // zu_lo[row, col] = (select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 2.0), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 1.4142135623730951)), 0.0) - zu_hi[row, col])
+  // mma.group (operands in registers):
+  //   zu_hi[row, col] = select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 2.0), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 1.4142135623730951)), 0.0)
+  //   zu_lo[row, col] = (select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 2.0), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 1.4142135623730951)), 0.0) - zu_hi[row, col])
+  //   kzu = mma.tc(k0_hi, zu_hi) [64x64 in 16x32 units over 4 warps]
+  //   kzu += mma.tc(k0_lo, zu_hi) [64x64 in 16x32 units over 4 warps]
+  //   kzu += mma.tc(k0_hi, zu_lo) [64x64 in 16x32 units over 4 warps]
   {
-    for (int i = tid; i < 4096; i += 128) {
-      const int r = i / 64, c = i % 64;
-      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < 64) && (c < 64)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) * 2.0f) : (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) * 1.4142135623730951f)) : 0.0f));
-      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((((r < 64) && (c < 64)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) * 2.0f) : (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) * 1.4142135623730951f)) : 0.0f) - prt::to_f32(y0)));
-      t_zu_hi[(r) * 72 + (c)] = y0;
-      t_zu_lo[(r) * 72 + (c)] = y1;
-    }
-  }
-  __syncthreads();
-  // kzu = mma.tc(k0_hi, zu_hi) [64x64 in 16x32 units over 4 warps]
-  {
+    float acc[2][4][4];
     #pragma unroll
     for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-      float acc[4][4];
       #pragma unroll
       for (int q = 0; q < 4; ++q)
       #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-      for (int k0 = 0; k0 < 64; k0 += 16) {
-        uint32_t af[4];
-        prt::ldmatrix_x4(af, &t_k0_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+        for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+    }
+    const int g = lane >> 2, t2 = (lane & 3) * 2;
+    for (int k0 = 0; k0 < 64; k0 += 16) {
+      const int n0 = (warp % 2) * 32;
+      uint32_t ib_zu_hi[4][2];
+      uint32_t ib_zu_lo[4][2];
+      #pragma unroll
+      for (int q = 0; q < 4; ++q) {
         #pragma unroll
-        for (int q = 0; q < 4; q += 2) {
-          uint32_t bf[4];
-          prt::ldmatrix_x4_trans(bf, &t_zu_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-          prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-          prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+        for (int rg = 0; rg < 2; ++rg) {
+          __nv_bfloat16 v0[2], v1[2];
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < 64) && (c < 64)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) * 2.0f) : (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) * 1.4142135623730951f)) : 0.0f));
+            v0[h] = y0;
+            const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((((r < 64) && (c < 64)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) * 2.0f) : (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) * 1.4142135623730951f)) : 0.0f) - prt::to_f32(y0)));
+            v1[h] = y1;
+          }
+          ib_zu_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+          ib_zu_lo[q][rg] = prt::pack2(v1[0], v1[1]);
         }
       }
       #pragma unroll
-      for (int q = 0; q < 4; ++q)
-      #pragma unroll
-        for (int e = 0; e < 4; ++e) t_kzu[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+      for (int j = 0; j < 2; ++j) {
+        const int u = warp + j * 4;
+        const int m0 = (u / 2) * 16;
+        (void)m0;
+        (void)n0;
+        uint32_t fa_k0_hi[4];
+        prt::ldmatrix_x4(fa_k0_hi, &t_k0_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+        uint32_t fa_k0_lo[4];
+        prt::ldmatrix_x4(fa_k0_lo, &t_k0_lo[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k0_hi, ib_zu_hi[q][0], ib_zu_hi[q][1]);
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k0_lo, ib_zu_hi[q][0], ib_zu_hi[q][1]);
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k0_hi, ib_zu_lo[q][0], ib_zu_lo[q][1]);
+      }
     }
-  }
-  __syncthreads();
-  // kzu += mma.tc(k0_lo, zu_hi) [64x64 in 16x32 units over 4 warps]
-  {
     #pragma unroll
     for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-      float acc[4][4];
       #pragma unroll
       for (int q = 0; q < 4; ++q)
       #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[q][e] = t_kzu[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))];
-      for (int k0 = 0; k0 < 64; k0 += 16) {
-        uint32_t af[4];
-        prt::ldmatrix_x4(af, &t_k0_lo[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-        #pragma unroll
-        for (int q = 0; q < 4; q += 2) {
-          uint32_t bf[4];
-          prt::ldmatrix_x4_trans(bf, &t_zu_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-          prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-          prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-        }
-      }
-      #pragma unroll
-      for (int q = 0; q < 4; ++q)
-      #pragma unroll
-        for (int e = 0; e < 4; ++e) t_kzu[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
-    }
-  }
-  __syncthreads();
-  // kzu += mma.tc(k0_hi, zu_lo) [64x64 in 16x32 units over 4 warps]
-  {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-      float acc[4][4];
-      #pragma unroll
-      for (int q = 0; q < 4; ++q)
-      #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[q][e] = t_kzu[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))];
-      for (int k0 = 0; k0 < 64; k0 += 16) {
-        uint32_t af[4];
-        prt::ldmatrix_x4(af, &t_k0_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-        #pragma unroll
-        for (int q = 0; q < 4; q += 2) {
-          uint32_t bf[4];
-          prt::ldmatrix_x4_trans(bf, &t_zu_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-          prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-          prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-        }
-      }
-      #pragma unroll
-      for (int q = 0; q < 4; ++q)
-      #pragma unroll
-        for (int e = 0; e < 4; ++e) t_kzu[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+        for (int e = 0; e < 4; ++e) t_kzu[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 4) % 2) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
     }
   }
   __syncthreads();
@@ -9194,6 +8996,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
       t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
     }
   }
+  __syncthreads();
   if ((0 < 16)) {
     // u0_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((0 * 64) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0) + 0):+64, 0:+64] into stage 0
     {
@@ -9272,45 +9075,58 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
       __syncthreads();
       // p0 = mma.tc(k0_hi, u0_hi) [64x64 in 16x32 units over 4 warps]
       {
+        float (&acc)[2][4][4] = f_p0;
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          float (&acc)[4][4] = f_p0[j];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_k0_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+        }
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          const int n0 = (warp % 2) * 32;
+          uint32_t fb_u0_hi[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4_trans(r, &t_u0_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_u0_hi[q][0] = r[0]; fb_u0_hi[q][1] = r[1]; fb_u0_hi[q + 1][0] = r[2]; fb_u0_hi[q + 1][1] = r[3];
+          }
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 2) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_k0_hi[4];
+            prt::ldmatrix_x4(fa_k0_hi, &t_k0_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u0_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k0_hi, fb_u0_hi[q][0], fb_u0_hi[q][1]);
           }
         }
       }
       // p0 += mma.tc(k0_hi, u0_lo) [64x64 in 16x32 units over 4 warps]
       {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          float (&acc)[4][4] = f_p0[j];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_k0_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+        float (&acc)[2][4][4] = f_p0;
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          const int n0 = (warp % 2) * 32;
+          uint32_t fb_u0_lo[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4_trans(r, &t_u0_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_u0_lo[q][0] = r[0]; fb_u0_lo[q][1] = r[1]; fb_u0_lo[q + 1][0] = r[2]; fb_u0_lo[q + 1][1] = r[3];
+          }
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 2) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_k0_hi[4];
+            prt::ldmatrix_x4(fa_k0_hi, &t_k0_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u0_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k0_hi, fb_u0_lo[q][0], fb_u0_lo[q][1]);
           }
         }
       }
@@ -9374,88 +9190,121 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
       }
       // t0 = mma.tc(v_hi, u0_hi^T) [64x64 in 16x32 units over 4 warps]
       {
+        float acc[2][4][4];
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          float acc[4][4];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4(bf, &t_u0_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+        }
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          const int n0 = (warp % 2) * 32;
+          uint32_t fbt_u0_hi[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4(r, &t_u0_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+            fbt_u0_hi[q][0] = r[0]; fbt_u0_hi[q][1] = r[1]; fbt_u0_hi[q + 1][0] = r[2]; fbt_u0_hi[q + 1][1] = r[3];
           }
           #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 2) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_v_hi[4];
+            prt::ldmatrix_x4(fa_v_hi, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_hi, fbt_u0_hi[q][0], fbt_u0_hi[q][1]);
+          }
+        }
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t0[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_t0[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 4) % 2) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       __syncthreads();
       // t0 += mma.tc(v_lo, u0_hi^T) [64x64 in 16x32 units over 4 warps]
       {
+        float acc[2][4][4];
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          float acc[4][4];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_t0[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_v_lo[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4(bf, &t_u0_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = t_t0[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 4) % 2) * 32 + q * 8 + prt::frag_col(lane, e))];
+        }
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          const int n0 = (warp % 2) * 32;
+          uint32_t fbt_u0_hi[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4(r, &t_u0_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+            fbt_u0_hi[q][0] = r[0]; fbt_u0_hi[q][1] = r[1]; fbt_u0_hi[q + 1][0] = r[2]; fbt_u0_hi[q + 1][1] = r[3];
           }
           #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 2) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_v_lo[4];
+            prt::ldmatrix_x4(fa_v_lo, &t_v_lo[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_lo, fbt_u0_hi[q][0], fbt_u0_hi[q][1]);
+          }
+        }
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t0[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_t0[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 4) % 2) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       __syncthreads();
       // t0 += mma.tc(v_hi, u0_lo^T) [64x64 in 16x32 units over 4 warps]
       {
+        float acc[2][4][4];
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          float acc[4][4];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_t0[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4(bf, &t_u0_lo[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = t_t0[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 4) % 2) * 32 + q * 8 + prt::frag_col(lane, e))];
+        }
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          const int n0 = (warp % 2) * 32;
+          uint32_t fbt_u0_lo[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4(r, &t_u0_lo[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+            fbt_u0_lo[q][0] = r[0]; fbt_u0_lo[q][1] = r[1]; fbt_u0_lo[q + 1][0] = r[2]; fbt_u0_lo[q + 1][1] = r[3];
           }
           #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 2) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_v_hi[4];
+            prt::ldmatrix_x4(fa_v_hi, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_hi, fbt_u0_lo[q][0], fbt_u0_lo[q][1]);
+          }
+        }
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t0[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_t0[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 4) % 2) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       __syncthreads();
@@ -9601,45 +9450,58 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
       __syncthreads();
       // p1 = mma.tc(k1_hi, u1_hi) [64x64 in 16x32 units over 4 warps]
       {
+        float (&acc)[2][4][4] = f_p1;
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          float (&acc)[4][4] = f_p1[j];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 48; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_k1_hi[(m0 + prt::a_row(lane)) * 56 + k0 + prt::a_col(lane)]);
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+        }
+        for (int k0 = 0; k0 < 48; k0 += 16) {
+          const int n0 = (warp % 2) * 32;
+          uint32_t fb_u1_hi[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4_trans(r, &t_u1_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_u1_hi[q][0] = r[0]; fb_u1_hi[q][1] = r[1]; fb_u1_hi[q + 1][0] = r[2]; fb_u1_hi[q + 1][1] = r[3];
+          }
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 2) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_k1_hi[4];
+            prt::ldmatrix_x4(fa_k1_hi, &t_k1_hi[(m0 + prt::a_row(lane)) * 56 + k0 + prt::a_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u1_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k1_hi, fb_u1_hi[q][0], fb_u1_hi[q][1]);
           }
         }
       }
       // p1 += mma.tc(k1_hi, u1_lo) [64x64 in 16x32 units over 4 warps]
       {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          float (&acc)[4][4] = f_p1[j];
-          for (int k0 = 0; k0 < 48; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_k1_hi[(m0 + prt::a_row(lane)) * 56 + k0 + prt::a_col(lane)]);
+        float (&acc)[2][4][4] = f_p1;
+        for (int k0 = 0; k0 < 48; k0 += 16) {
+          const int n0 = (warp % 2) * 32;
+          uint32_t fb_u1_lo[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4_trans(r, &t_u1_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_u1_lo[q][0] = r[0]; fb_u1_lo[q][1] = r[1]; fb_u1_lo[q + 1][0] = r[2]; fb_u1_lo[q + 1][1] = r[3];
+          }
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 2) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_k1_hi[4];
+            prt::ldmatrix_x4(fa_k1_hi, &t_k1_hi[(m0 + prt::a_row(lane)) * 56 + k0 + prt::a_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u1_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k1_hi, fb_u1_lo[q][0], fb_u1_lo[q][1]);
           }
         }
       }
@@ -9703,88 +9565,121 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
       }
       // t1 = mma.tc(v_hi, u1_hi^T) [64x48 in 16x16 units over 4 warps]
       {
+        float acc[3][2][4];
         #pragma unroll
         for (int j = 0; j < 3; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 3) * 16, n0 = (u % 3) * 16;
-          float acc[2][4];
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+        }
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          #pragma unroll
+          for (int j = 0; j < 3; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 3) * 16;
+            const int n0 = (u % 3) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_v_hi[4];
+            prt::ldmatrix_x4(fa_v_hi, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            uint32_t fbt_u1_hi[2][2];
             #pragma unroll
             for (int q = 0; q < 2; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4(bf, &t_u1_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              uint32_t r[4];
+              prt::ldmatrix_x4(r, &t_u1_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+              fbt_u1_hi[q][0] = r[0]; fbt_u1_hi[q][1] = r[1]; fbt_u1_hi[q + 1][0] = r[2]; fbt_u1_hi[q + 1][1] = r[3];
             }
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_hi, fbt_u1_hi[q][0], fbt_u1_hi[q][1]);
           }
+        }
+        #pragma unroll
+        for (int j = 0; j < 3; ++j) {
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t1[(m0 + prt::frag_row(lane, e)) * 48 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_t1[(((warp + j * 4) / 3) * 16 + prt::frag_row(lane, e)) * 48 + (((warp + j * 4) % 3) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       __syncthreads();
       // t1 += mma.tc(v_lo, u1_hi^T) [64x48 in 16x16 units over 4 warps]
       {
+        float acc[3][2][4];
         #pragma unroll
         for (int j = 0; j < 3; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 3) * 16, n0 = (u % 3) * 16;
-          float acc[2][4];
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_t1[(m0 + prt::frag_row(lane, e)) * 48 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_v_lo[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = t_t1[(((warp + j * 4) / 3) * 16 + prt::frag_row(lane, e)) * 48 + (((warp + j * 4) % 3) * 16 + q * 8 + prt::frag_col(lane, e))];
+        }
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          #pragma unroll
+          for (int j = 0; j < 3; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 3) * 16;
+            const int n0 = (u % 3) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_v_lo[4];
+            prt::ldmatrix_x4(fa_v_lo, &t_v_lo[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            uint32_t fbt_u1_hi[2][2];
             #pragma unroll
             for (int q = 0; q < 2; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4(bf, &t_u1_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              uint32_t r[4];
+              prt::ldmatrix_x4(r, &t_u1_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+              fbt_u1_hi[q][0] = r[0]; fbt_u1_hi[q][1] = r[1]; fbt_u1_hi[q + 1][0] = r[2]; fbt_u1_hi[q + 1][1] = r[3];
             }
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_lo, fbt_u1_hi[q][0], fbt_u1_hi[q][1]);
           }
+        }
+        #pragma unroll
+        for (int j = 0; j < 3; ++j) {
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t1[(m0 + prt::frag_row(lane, e)) * 48 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_t1[(((warp + j * 4) / 3) * 16 + prt::frag_row(lane, e)) * 48 + (((warp + j * 4) % 3) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       __syncthreads();
       // t1 += mma.tc(v_hi, u1_lo^T) [64x48 in 16x16 units over 4 warps]
       {
+        float acc[3][2][4];
         #pragma unroll
         for (int j = 0; j < 3; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 3) * 16, n0 = (u % 3) * 16;
-          float acc[2][4];
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_t1[(m0 + prt::frag_row(lane, e)) * 48 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = t_t1[(((warp + j * 4) / 3) * 16 + prt::frag_row(lane, e)) * 48 + (((warp + j * 4) % 3) * 16 + q * 8 + prt::frag_col(lane, e))];
+        }
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          #pragma unroll
+          for (int j = 0; j < 3; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 3) * 16;
+            const int n0 = (u % 3) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_v_hi[4];
+            prt::ldmatrix_x4(fa_v_hi, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            uint32_t fbt_u1_lo[2][2];
             #pragma unroll
             for (int q = 0; q < 2; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4(bf, &t_u1_lo[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              uint32_t r[4];
+              prt::ldmatrix_x4(r, &t_u1_lo[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+              fbt_u1_lo[q][0] = r[0]; fbt_u1_lo[q][1] = r[1]; fbt_u1_lo[q + 1][0] = r[2]; fbt_u1_lo[q + 1][1] = r[3];
             }
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_hi, fbt_u1_lo[q][0], fbt_u1_lo[q][1]);
           }
+        }
+        #pragma unroll
+        for (int j = 0; j < 3; ++j) {
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t1[(m0 + prt::frag_row(lane, e)) * 48 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_t1[(((warp + j * 4) / 3) * 16 + prt::frag_row(lane, e)) * 48 + (((warp + j * 4) % 3) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       __syncthreads();
@@ -9930,45 +9825,58 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
       __syncthreads();
       // p2 = mma.tc(k2_hi, u2_hi) [64x64 in 16x32 units over 4 warps]
       {
+        float (&acc)[2][4][4] = f_p2;
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          float (&acc)[4][4] = f_p2[j];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 32; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_k2_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+        }
+        for (int k0 = 0; k0 < 32; k0 += 16) {
+          const int n0 = (warp % 2) * 32;
+          uint32_t fb_u2_hi[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4_trans(r, &t_u2_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_u2_hi[q][0] = r[0]; fb_u2_hi[q][1] = r[1]; fb_u2_hi[q + 1][0] = r[2]; fb_u2_hi[q + 1][1] = r[3];
+          }
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 2) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_k2_hi[4];
+            prt::ldmatrix_x4(fa_k2_hi, &t_k2_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u2_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k2_hi, fb_u2_hi[q][0], fb_u2_hi[q][1]);
           }
         }
       }
       // p2 += mma.tc(k2_hi, u2_lo) [64x64 in 16x32 units over 4 warps]
       {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          float (&acc)[4][4] = f_p2[j];
-          for (int k0 = 0; k0 < 32; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_k2_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+        float (&acc)[2][4][4] = f_p2;
+        for (int k0 = 0; k0 < 32; k0 += 16) {
+          const int n0 = (warp % 2) * 32;
+          uint32_t fb_u2_lo[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4_trans(r, &t_u2_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_u2_lo[q][0] = r[0]; fb_u2_lo[q][1] = r[1]; fb_u2_lo[q + 1][0] = r[2]; fb_u2_lo[q + 1][1] = r[3];
+          }
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 2) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_k2_hi[4];
+            prt::ldmatrix_x4(fa_k2_hi, &t_k2_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u2_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k2_hi, fb_u2_lo[q][0], fb_u2_lo[q][1]);
           }
         }
       }
@@ -10032,88 +9940,121 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
       }
       // t2 = mma.tc(v_hi, u2_hi^T) [64x32 in 16x32 units over 4 warps]
       {
+        float acc[1][4][4];
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          float acc[4][4];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+        }
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 1) * 16;
+            const int n0 = (u % 1) * 32;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_v_hi[4];
+            prt::ldmatrix_x4(fa_v_hi, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            uint32_t fbt_u2_hi[4][2];
             #pragma unroll
             for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4(bf, &t_u2_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              uint32_t r[4];
+              prt::ldmatrix_x4(r, &t_u2_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+              fbt_u2_hi[q][0] = r[0]; fbt_u2_hi[q][1] = r[1]; fbt_u2_hi[q + 1][0] = r[2]; fbt_u2_hi[q + 1][1] = r[3];
             }
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_hi, fbt_u2_hi[q][0], fbt_u2_hi[q][1]);
           }
+        }
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t2[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_t2[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 1) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       __syncthreads();
       // t2 += mma.tc(v_lo, u2_hi^T) [64x32 in 16x32 units over 4 warps]
       {
+        float acc[1][4][4];
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          float acc[4][4];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_t2[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_v_lo[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = t_t2[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 1) * 32 + q * 8 + prt::frag_col(lane, e))];
+        }
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 1) * 16;
+            const int n0 = (u % 1) * 32;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_v_lo[4];
+            prt::ldmatrix_x4(fa_v_lo, &t_v_lo[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            uint32_t fbt_u2_hi[4][2];
             #pragma unroll
             for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4(bf, &t_u2_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              uint32_t r[4];
+              prt::ldmatrix_x4(r, &t_u2_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+              fbt_u2_hi[q][0] = r[0]; fbt_u2_hi[q][1] = r[1]; fbt_u2_hi[q + 1][0] = r[2]; fbt_u2_hi[q + 1][1] = r[3];
             }
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_lo, fbt_u2_hi[q][0], fbt_u2_hi[q][1]);
           }
+        }
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t2[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_t2[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 1) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       __syncthreads();
       // t2 += mma.tc(v_hi, u2_lo^T) [64x32 in 16x32 units over 4 warps]
       {
+        float acc[1][4][4];
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          float acc[4][4];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_t2[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = t_t2[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 1) * 32 + q * 8 + prt::frag_col(lane, e))];
+        }
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 1) * 16;
+            const int n0 = (u % 1) * 32;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_v_hi[4];
+            prt::ldmatrix_x4(fa_v_hi, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            uint32_t fbt_u2_lo[4][2];
             #pragma unroll
             for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4(bf, &t_u2_lo[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              uint32_t r[4];
+              prt::ldmatrix_x4(r, &t_u2_lo[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+              fbt_u2_lo[q][0] = r[0]; fbt_u2_lo[q][1] = r[1]; fbt_u2_lo[q + 1][0] = r[2]; fbt_u2_lo[q + 1][1] = r[3];
             }
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_hi, fbt_u2_lo[q][0], fbt_u2_lo[q][1]);
           }
+        }
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t2[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_t2[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 1) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       __syncthreads();
@@ -10259,45 +10200,58 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
       __syncthreads();
       // p3 = mma.tc(k3_hi, u3_hi) [64x64 in 16x32 units over 4 warps]
       {
+        float (&acc)[2][4][4] = f_p3;
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          float (&acc)[4][4] = f_p3[j];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 16; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_k3_hi[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+        }
+        for (int k0 = 0; k0 < 16; k0 += 16) {
+          const int n0 = (warp % 2) * 32;
+          uint32_t fb_u3_hi[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4_trans(r, &t_u3_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_u3_hi[q][0] = r[0]; fb_u3_hi[q][1] = r[1]; fb_u3_hi[q + 1][0] = r[2]; fb_u3_hi[q + 1][1] = r[3];
+          }
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 2) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_k3_hi[4];
+            prt::ldmatrix_x4(fa_k3_hi, &t_k3_hi[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u3_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k3_hi, fb_u3_hi[q][0], fb_u3_hi[q][1]);
           }
         }
       }
       // p3 += mma.tc(k3_hi, u3_lo) [64x64 in 16x32 units over 4 warps]
       {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          float (&acc)[4][4] = f_p3[j];
-          for (int k0 = 0; k0 < 16; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_k3_hi[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
+        float (&acc)[2][4][4] = f_p3;
+        for (int k0 = 0; k0 < 16; k0 += 16) {
+          const int n0 = (warp % 2) * 32;
+          uint32_t fb_u3_lo[4][2];
+          #pragma unroll
+          for (int q = 0; q < 4; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4_trans(r, &t_u3_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_u3_lo[q][0] = r[0]; fb_u3_lo[q][1] = r[1]; fb_u3_lo[q + 1][0] = r[2]; fb_u3_lo[q + 1][1] = r[3];
+          }
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 2) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_k3_hi[4];
+            prt::ldmatrix_x4(fa_k3_hi, &t_k3_hi[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_u3_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
-            }
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k3_hi, fb_u3_lo[q][0], fb_u3_lo[q][1]);
           }
         }
       }
@@ -10361,88 +10315,121 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
       }
       // t3 = mma.tc(v_hi, u3_hi^T) [64x16 in 16x16 units over 4 warps]
       {
+        float acc[1][2][4];
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
-          float acc[2][4];
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+        }
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 1) * 16;
+            const int n0 = (u % 1) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_v_hi[4];
+            prt::ldmatrix_x4(fa_v_hi, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            uint32_t fbt_u3_hi[2][2];
             #pragma unroll
             for (int q = 0; q < 2; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4(bf, &t_u3_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              uint32_t r[4];
+              prt::ldmatrix_x4(r, &t_u3_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+              fbt_u3_hi[q][0] = r[0]; fbt_u3_hi[q][1] = r[1]; fbt_u3_hi[q + 1][0] = r[2]; fbt_u3_hi[q + 1][1] = r[3];
             }
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_hi, fbt_u3_hi[q][0], fbt_u3_hi[q][1]);
           }
+        }
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_t3[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 1) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       __syncthreads();
       // t3 += mma.tc(v_lo, u3_hi^T) [64x16 in 16x16 units over 4 warps]
       {
+        float acc[1][2][4];
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
-          float acc[2][4];
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_t3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_v_lo[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = t_t3[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 1) * 16 + q * 8 + prt::frag_col(lane, e))];
+        }
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 1) * 16;
+            const int n0 = (u % 1) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_v_lo[4];
+            prt::ldmatrix_x4(fa_v_lo, &t_v_lo[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            uint32_t fbt_u3_hi[2][2];
             #pragma unroll
             for (int q = 0; q < 2; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4(bf, &t_u3_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              uint32_t r[4];
+              prt::ldmatrix_x4(r, &t_u3_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+              fbt_u3_hi[q][0] = r[0]; fbt_u3_hi[q][1] = r[1]; fbt_u3_hi[q + 1][0] = r[2]; fbt_u3_hi[q + 1][1] = r[3];
             }
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_lo, fbt_u3_hi[q][0], fbt_u3_hi[q][1]);
           }
+        }
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_t3[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 1) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       __syncthreads();
       // t3 += mma.tc(v_hi, u3_lo^T) [64x16 in 16x16 units over 4 warps]
       {
+        float acc[1][2][4];
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
-          float acc[2][4];
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_t3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = t_t3[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 1) * 16 + q * 8 + prt::frag_col(lane, e))];
+        }
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 1) * 16;
+            const int n0 = (u % 1) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_v_hi[4];
+            prt::ldmatrix_x4(fa_v_hi, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            uint32_t fbt_u3_lo[2][2];
             #pragma unroll
             for (int q = 0; q < 2; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4(bf, &t_u3_lo[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-              prt::mma_16816<__nv_bfloat16>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__nv_bfloat16>(acc[q + 1], af, bf[2], bf[3]);
+              uint32_t r[4];
+              prt::ldmatrix_x4(r, &t_u3_lo[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+              fbt_u3_lo[q][0] = r[0]; fbt_u3_lo[q][1] = r[1]; fbt_u3_lo[q + 1][0] = r[2]; fbt_u3_lo[q + 1][1] = r[3];
             }
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_hi, fbt_u3_lo[q][0], fbt_u3_lo[q][1]);
           }
+        }
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_t3[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 1) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       __syncthreads();
@@ -11685,25 +11672,33 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c64_f16_
       __syncthreads();
       // qk = mma.tc(q, k^T) [16x64 in 16x16 units over 4 warps]
       {
+        float (&acc)[1][2][4] = f_qk;
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
-          float (&acc)[2][4] = f_qk[j];
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_q[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
+        }
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 4) * 16;
+            const int n0 = (u % 4) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_q[4];
+            prt::ldmatrix_x4(fa_q, &t_q[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            uint32_t fbt_k[2][2];
             #pragma unroll
             for (int q = 0; q < 2; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4(bf, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-              prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
+              uint32_t r[4];
+              prt::ldmatrix_x4(r, &t_k[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+              fbt_k[q][0] = r[0]; fbt_k[q][1] = r[1]; fbt_k[q + 1][0] = r[2]; fbt_k[q + 1][1] = r[3];
             }
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__half>(acc[j][q], fa_q, fbt_k[q][0], fbt_k[q][1]);
           }
         }
       }
@@ -11798,30 +11793,41 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c64_f16_
       }
       // num_a += mma.tc(p, v) [16x64 in 16x16 units over 4 warps]
       {
+        float acc[1][2][4];
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
-          float acc[2][4];
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = t_num_a[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))];
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            uint32_t af[4];
-            prt::ldmatrix_x4(af, &t_p[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = t_num_a[(((warp + j * 4) / 4) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 4) % 4) * 16 + q * 8 + prt::frag_col(lane, e))];
+        }
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+          #pragma unroll
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 4) * 16;
+            const int n0 = (u % 4) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fa_p[4];
+            prt::ldmatrix_x4(fa_p, &t_p[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            uint32_t fb_v[2][2];
             #pragma unroll
             for (int q = 0; q < 2; q += 2) {
-              uint32_t bf[4];
-              prt::ldmatrix_x4_trans(bf, &t_v[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-              prt::mma_16816<__half>(acc[q], af, bf[0], bf[1]);
-              prt::mma_16816<__half>(acc[q + 1], af, bf[2], bf[3]);
+              uint32_t r[4];
+              prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+              fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
             }
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__half>(acc[j][q], fa_p, fb_v[q][0], fb_v[q][1]);
           }
+        }
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_num_a[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            for (int e = 0; e < 4; ++e) t_num_a[(((warp + j * 4) / 4) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 4) % 4) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       // m_run[row] = m_new[row]
@@ -12231,9 +12237,9 @@ extern "C" cudaError_t prt_attention_p2_d64_e64_c64_f16_w4_bd0_bt64_s2_launch(di
 }
 
 extern "C" cudaError_t prt_update_state_p2_d64_e64_c64_f16_w8_bd64_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __half* g_K, const __half* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d64_e64_c64_f16_w8_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 56832);
+  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d64_e64_c64_f16_w8_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 27136);
   if (err != cudaSuccess) return err;
-  prt_update_state_p2_d64_e64_c64_f16_w8_bd64_bt64_s1<<<grid, 256, 56832, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
+  prt_update_state_p2_d64_e64_c64_f16_w8_bd64_bt64_s1<<<grid, 256, 27136, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
@@ -12245,9 +12251,9 @@ extern "C" cudaError_t prt_discounted_cumsum_p2_d64_e64_c64_f16_w4_bd64_bt64_s2_
 }
 
 extern "C" cudaError_t prt_query_state_p2_d64_e64_c64_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_numA, const float* g_denA, const float* g_maxA, __half* g_Y, float* g_lse, float* g_yS, float* g_wS, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_p2_d64_e64_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 86528);
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_p2_d64_e64_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 70144);
   if (err != cudaSuccess) return err;
-  prt_query_state_p2_d64_e64_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 86528, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_numA, g_denA, g_maxA, g_Y, g_lse, g_yS, g_wS, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_query_state_p2_d64_e64_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 70144, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_numA, g_denA, g_maxA, g_Y, g_lse, g_yS, g_wS, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
@@ -12266,16 +12272,16 @@ extern "C" cudaError_t prt_attention_bwd_p2_d64_e64_c64_f16_w8_bd64_bt64_s1_laun
 }
 
 extern "C" cudaError_t prt_query_state_bwd_dq_p2_d64_e64_c64_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const __half* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d64_e64_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 93696);
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d64_e64_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 75264);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_dq_p2_d64_e64_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 93696, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
+  prt_query_state_bwd_dq_p2_d64_e64_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 75264, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_query_state_bwd_ds_p2_d64_e64_c64_f16_w8_bd64_bt64_s1_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_ds_p2_d64_e64_c64_f16_w8_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 66560);
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_ds_p2_d64_e64_c64_f16_w8_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 53248);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_ds_p2_d64_e64_c64_f16_w8_bd64_bt64_s1<<<grid, 256, 66560, stream>>>(g_Q, g_logG, g_dY, g_lse, g_Dy, g_dSin, g_dZin, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_query_state_bwd_ds_p2_d64_e64_c64_f16_w8_bd64_bt64_s1<<<grid, 256, 53248, stream>>>(g_Q, g_logG, g_dY, g_lse, g_Dy, g_dSin, g_dZin, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 

@@ -516,7 +516,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
 }
 
 // update_state: dS_m = phi(k')^T V, dZ_m = colsum phi(k') per chunk, k' = k exp((G_m - lam)/p)
-// grid (($n * 1), ($b * $h), 1), 256 threads, 68096 bytes of dynamic shared memory
+// grid (($n * 1), ($b * $h), 1), 256 threads, 65024 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c64_f32_w8_bd64_bt64_s1(
     const float* g_K, const float* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -591,31 +591,34 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
   float* const t_v = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 64] pitch 64
-  float* const t_gv = reinterpret_cast<float*>(prt_smem + 16896);  // f32[64, 64] pitch 64
-  float* const t_k0 = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 64] pitch 68
-  float* const t_kzk0 = reinterpret_cast<float*>(prt_smem + 5632);  // f32[64, 16] pitch 16
-  float* const t_zk0_hi = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 16] pitch 20
+  float* const t_k0 = reinterpret_cast<float*>(prt_smem + 16896);  // f32[64, 64] pitch 68
+  float* const t_kg0 = reinterpret_cast<float*>(prt_smem + 34304);  // f32[16, 64] pitch 64
+  float* const t_kzk0 = reinterpret_cast<float*>(prt_smem + 43520);  // f32[64, 16] pitch 16
+  float* const t_zk0_hi = reinterpret_cast<float*>(prt_smem + 38400);  // f32[64, 16] pitch 20
   float f_s0[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
   float* const t_z0 = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  float* const t_u0_hi = reinterpret_cast<float*>(prt_smem + 50688);  // f32[64, 64] pitch 68
-  float* const t_k1 = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 48] pitch 52
-  float* const t_kzk1 = reinterpret_cast<float*>(prt_smem + 13824);  // f32[48, 16] pitch 16
-  float* const t_zk1_hi = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 16] pitch 20
+  float* const t_u0_hi = reinterpret_cast<float*>(prt_smem + 47616);  // f32[64, 64] pitch 68
+  float* const t_k1 = reinterpret_cast<float*>(prt_smem + 16896);  // f32[64, 48] pitch 52
+  float* const t_kg1 = reinterpret_cast<float*>(prt_smem + 30208);  // f32[16, 64] pitch 64
+  float* const t_kzk1 = reinterpret_cast<float*>(prt_smem + 39424);  // f32[48, 16] pitch 16
+  float* const t_zk1_hi = reinterpret_cast<float*>(prt_smem + 34304);  // f32[64, 16] pitch 20
   float f_s1[2][2][4];  // f32[48, 64] as mma fragments: 48x64 in 16x16 units over 8 warps
   float* const t_z1 = reinterpret_cast<float*>(prt_smem + 0);  // f32[48] pitch 48
-  float* const t_u1_hi = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 64] pitch 68
-  float* const t_k2 = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 32] pitch 36
-  float* const t_kzk2 = reinterpret_cast<float*>(prt_smem + 14848);  // f32[32, 16] pitch 16
-  float* const t_zk2_hi = reinterpret_cast<float*>(prt_smem + 9728);  // f32[64, 16] pitch 20
+  float* const t_u1_hi = reinterpret_cast<float*>(prt_smem + 42496);  // f32[64, 64] pitch 68
+  float* const t_k2 = reinterpret_cast<float*>(prt_smem + 16896);  // f32[64, 32] pitch 36
+  float* const t_kg2 = reinterpret_cast<float*>(prt_smem + 26112);  // f32[16, 64] pitch 64
+  float* const t_kzk2 = reinterpret_cast<float*>(prt_smem + 35328);  // f32[32, 16] pitch 16
+  float* const t_zk2_hi = reinterpret_cast<float*>(prt_smem + 30208);  // f32[64, 16] pitch 20
   float f_s2[1][2][4];  // f32[32, 64] as mma fragments: 32x64 in 16x16 units over 8 warps
   float* const t_z2 = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
-  float* const t_u2_hi = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 64] pitch 68
-  float* const t_k3 = reinterpret_cast<float*>(prt_smem + 512);  // f32[64, 16] pitch 20
-  float* const t_kzk3 = reinterpret_cast<float*>(prt_smem + 10752);  // f32[16, 16] pitch 16
-  float* const t_zk3_hi = reinterpret_cast<float*>(prt_smem + 5632);  // f32[64, 16] pitch 20
+  float* const t_u2_hi = reinterpret_cast<float*>(prt_smem + 37376);  // f32[64, 64] pitch 68
+  float* const t_k3 = reinterpret_cast<float*>(prt_smem + 16896);  // f32[64, 16] pitch 20
+  float* const t_kg3 = reinterpret_cast<float*>(prt_smem + 22016);  // f32[16, 64] pitch 64
+  float* const t_kzk3 = reinterpret_cast<float*>(prt_smem + 31232);  // f32[16, 16] pitch 16
+  float* const t_zk3_hi = reinterpret_cast<float*>(prt_smem + 26112);  // f32[64, 16] pitch 20
   float f_s3[1][1][4];  // f32[16, 64] as mma fragments: 16x64 in 16x8 units over 8 warps
   float* const t_z3 = reinterpret_cast<float*>(prt_smem + 0);  // f32[16] pitch 16
-  float* const t_u3_hi = reinterpret_cast<float*>(prt_smem + 33280);  // f32[64, 64] pitch 68
+  float* const t_u3_hi = reinterpret_cast<float*>(prt_smem + 32256);  // f32[64, 64] pitch 68
   // g = load logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -667,16 +670,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  __syncthreads();
-  // gv[row, col] = (v[row, col] * exp((lam[63] - lam[row])))
-  {
-    for (int i = tid; i < 4096; i += 256) {
-      const int r = i / 64, c = i % 64;
-      t_gv[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 64 + (c)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[r])))));
-    }
-  }
   // k0 = load.async K[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h), 0:+64]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -705,6 +698,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
+  // kg0[row, col] = (k0[col, row] * exp((lam[63] - lam[col])))
+  {
+    for (int i = tid; i < 1024; i += 256) {
+      const int r = i / 64, c = i % 64;
+      t_kg0[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_k0[(c) * 68 + (r)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[c])))));
+    }
+  }
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // zk0_hi[row, col] = (k0[row, col] * exp((lam[63] - lam[row])))
     {
@@ -744,14 +744,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
       }
     }
   }
+  __syncthreads();
   {
     const int v_i0_end = 16;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // u0_hi[row, col] = (gv[row, col] * k0[row, (i0 - 0)])
+      // u0_hi[row, col] = (v[row, col] * kg0[(i0 - 0), row])
       {
         for (int i = tid; i < 4096; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u0_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k0[(r) * 68 + ((v_i0 - 0))])));
+          t_u0_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 64 + (c)]) * prt::to_f32(t_kg0[((v_i0 - 0)) * 64 + (r)])));
         }
       }
       __syncthreads();
@@ -846,7 +847,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
       __syncthreads();
     }
   }
-  __syncthreads();
   // k1 = load.async K[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h), 16:+48]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -875,6 +875,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
+  // kg1[row, col] = (k1[col, row] * exp((lam[63] - lam[col])))
+  {
+    for (int i = tid; i < 1024; i += 256) {
+      const int r = i / 64, c = i % 64;
+      t_kg1[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_k1[(c) * 52 + (r)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[c])))));
+    }
+  }
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // zk1_hi[row, col] = (k1[row, col] * exp((lam[63] - lam[row])))
     {
@@ -920,11 +927,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
   {
     const int v_i1_end = 32;
     for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
-      // u1_hi[row, col] = (gv[row, col] * k1[row, (i1 - 16)])
+      // u1_hi[row, col] = (v[row, col] * kg1[(i1 - 16), row])
       {
         for (int i = tid; i < 4096; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u1_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k1[(r) * 52 + ((v_i1 - 16))])));
+          t_u1_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 64 + (c)]) * prt::to_f32(t_kg1[((v_i1 - 16)) * 64 + (r)])));
         }
       }
       __syncthreads();
@@ -1053,6 +1060,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
+  // kg2[row, col] = (k2[col, row] * exp((lam[63] - lam[col])))
+  {
+    for (int i = tid; i < 1024; i += 256) {
+      const int r = i / 64, c = i % 64;
+      t_kg2[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_k2[(c) * 36 + (r)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[c])))));
+    }
+  }
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // zk2_hi[row, col] = (k2[row, col] * exp((lam[63] - lam[row])))
     {
@@ -1094,14 +1108,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
       }
     }
   }
+  __syncthreads();
   {
     const int v_i2_end = 48;
     for (int v_i2 = 32; v_i2 < v_i2_end; v_i2 += 1) {
-      // u2_hi[row, col] = (gv[row, col] * k2[row, (i2 - 32)])
+      // u2_hi[row, col] = (v[row, col] * kg2[(i2 - 32), row])
       {
         for (int i = tid; i < 4096; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u2_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k2[(r) * 36 + ((v_i2 - 32))])));
+          t_u2_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 64 + (c)]) * prt::to_f32(t_kg2[((v_i2 - 32)) * 64 + (r)])));
         }
       }
       __syncthreads();
@@ -1196,7 +1211,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
       __syncthreads();
     }
   }
-  __syncthreads();
   // k3 = load.async K[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h), 48:+16]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -1225,6 +1239,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
+  // kg3[row, col] = (k3[col, row] * exp((lam[63] - lam[col])))
+  {
+    for (int i = tid; i < 1024; i += 256) {
+      const int r = i / 64, c = i % 64;
+      t_kg3[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_k3[(c) * 20 + (r)]) * expf((prt::to_f32(t_lam[63]) - prt::to_f32(t_lam[c])))));
+    }
+  }
   if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // zk3_hi[row, col] = (k3[row, col] * exp((lam[63] - lam[row])))
     {
@@ -1266,14 +1287,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
       }
     }
   }
+  __syncthreads();
   {
     const int v_i3_end = 64;
     for (int v_i3 = 48; v_i3 < v_i3_end; v_i3 += 1) {
-      // u3_hi[row, col] = (gv[row, col] * k3[row, (i3 - 48)])
+      // u3_hi[row, col] = (v[row, col] * kg3[(i3 - 48), row])
       {
         for (int i = tid; i < 4096; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u3_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_gv[(r) * 64 + (c)]) * prt::to_f32(t_k3[(r) * 20 + ((v_i3 - 48))])));
+          t_u3_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_v[(r) * 64 + (c)]) * prt::to_f32(t_kg3[((v_i3 - 48)) * 64 + (r)])));
         }
       }
       __syncthreads();
@@ -5530,7 +5552,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
 }
 
 // query_state_bwd_ds: dSin, dZin: the state's gradient from the queries of one chunk, summed over the group's query heads
-// grid (($n * 1), ($b * $h), 1), 256 threads, 56320 bytes of dynamic shared memory
+// grid (($n * 1), ($b * $h), 1), 256 threads, 65280 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_e64_c64_f32_w8_bd64_bt64_s1(
     const float* g_Q, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -5628,29 +5650,33 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
   float* const t_f = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_z_row = reinterpret_cast<float*>(prt_smem + 512);  // f32[64] pitch 64
   float* const t_q0 = reinterpret_cast<float*>(prt_smem + 21248);  // f32[64, 64] pitch 68
+  float* const t_qg0 = reinterpret_cast<float*>(prt_smem + 43776);  // f32[16, 64] pitch 64
   float* const t_qzq0 = reinterpret_cast<float*>(prt_smem + 17152);  // f32[64, 16] pitch 16
   float* const t_zq0_hi = reinterpret_cast<float*>(prt_smem + 38656);  // f32[64, 16] pitch 20
   float f_s0[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
-  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 56064);  // f32[64] pitch 64
-  float* const t_u0_hi = reinterpret_cast<float*>(prt_smem + 38656);  // f32[64, 64] pitch 68
+  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 38656);  // f32[64] pitch 64
+  float* const t_u0_hi = reinterpret_cast<float*>(prt_smem + 47872);  // f32[64, 64] pitch 68
   float* const t_q1 = reinterpret_cast<float*>(prt_smem + 20224);  // f32[64, 48] pitch 52
+  float* const t_qg1 = reinterpret_cast<float*>(prt_smem + 38656);  // f32[16, 64] pitch 64
   float* const t_qzq1 = reinterpret_cast<float*>(prt_smem + 17152);  // f32[48, 16] pitch 16
   float* const t_zq1_hi = reinterpret_cast<float*>(prt_smem + 33536);  // f32[64, 16] pitch 20
   float f_s1[2][2][4];  // f32[48, 64] as mma fragments: 48x64 in 16x16 units over 8 warps
-  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 50944);  // f32[48] pitch 48
-  float* const t_u1_hi = reinterpret_cast<float*>(prt_smem + 33536);  // f32[64, 64] pitch 68
+  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 33536);  // f32[48] pitch 48
+  float* const t_u1_hi = reinterpret_cast<float*>(prt_smem + 42752);  // f32[64, 64] pitch 68
   float* const t_q2 = reinterpret_cast<float*>(prt_smem + 19200);  // f32[64, 32] pitch 36
+  float* const t_qg2 = reinterpret_cast<float*>(prt_smem + 33536);  // f32[16, 64] pitch 64
   float* const t_qzq2 = reinterpret_cast<float*>(prt_smem + 17152);  // f32[32, 16] pitch 16
   float* const t_zq2_hi = reinterpret_cast<float*>(prt_smem + 28416);  // f32[64, 16] pitch 20
   float f_s2[1][2][4];  // f32[32, 64] as mma fragments: 32x64 in 16x16 units over 8 warps
-  float* const t_z2 = reinterpret_cast<float*>(prt_smem + 45824);  // f32[32] pitch 32
-  float* const t_u2_hi = reinterpret_cast<float*>(prt_smem + 28416);  // f32[64, 64] pitch 68
+  float* const t_z2 = reinterpret_cast<float*>(prt_smem + 28416);  // f32[32] pitch 32
+  float* const t_u2_hi = reinterpret_cast<float*>(prt_smem + 37632);  // f32[64, 64] pitch 68
   float* const t_q3 = reinterpret_cast<float*>(prt_smem + 18176);  // f32[64, 16] pitch 20
+  float* const t_qg3 = reinterpret_cast<float*>(prt_smem + 28416);  // f32[16, 64] pitch 64
   float* const t_qzq3 = reinterpret_cast<float*>(prt_smem + 17152);  // f32[16, 16] pitch 16
   float* const t_zq3_hi = reinterpret_cast<float*>(prt_smem + 23296);  // f32[64, 16] pitch 20
   float f_s3[1][1][4];  // f32[16, 64] as mma fragments: 16x64 in 16x8 units over 8 warps
-  float* const t_z3 = reinterpret_cast<float*>(prt_smem + 40704);  // f32[16] pitch 16
-  float* const t_u3_hi = reinterpret_cast<float*>(prt_smem + 23296);  // f32[64, 64] pitch 68
+  float* const t_z3 = reinterpret_cast<float*>(prt_smem + 23296);  // f32[16] pitch 16
+  float* const t_u3_hi = reinterpret_cast<float*>(prt_smem + 32512);  // f32[64, 64] pitch 68
   // g = load logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -5837,7 +5863,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           }
         }
       }
-      __syncthreads();
       // q0 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i0), 0:+64]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -5866,6 +5891,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
+      // qg0[row, col] = (q0[col, row] * f[col])
+      {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_qg0[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q0[(c) * 68 + (r)]) * prt::to_f32(t_f[c])));
+        }
+      }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // zq0_hi[row, col] = ((q0[row, col] * f[row]) * z_row[row])
         {
@@ -5905,6 +5937,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -6028,13 +6061,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
+            __syncthreads();
+            // qg0[row, col] = (q0[col, row] * f[col])
+            {
+              for (int i = tid; i < 1024; i += 256) {
+                const int r = i / 64, c = i % 64;
+                t_qg0[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q0[(c) * 68 + (r)]) * prt::to_f32(t_f[c])));
+              }
+            }
           }
           __syncthreads();
-          // u0_hi[row, col] = (fdy[row, col] * (q0[row, (i1 - 0)] * f[row]))
+          // u0_hi[row, col] = (fdy[row, col] * qg0[(i1 - 0), row])
           {
             for (int i = tid; i < 4096; i += 256) {
               const int r = i / 64, c = i % 64;
-              t_u0_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q0[(r) * 68 + ((v_i1 - 0))]) * prt::to_f32(t_f[r]))));
+              t_u0_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_qg0[((v_i1 - 0)) * 64 + (r)])));
             }
           }
           __syncthreads();
@@ -6102,7 +6143,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           }
         }
       }
-      __syncthreads();
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // z0[row] = (qzq0[row, (i1 - 0)] * select(((row + 0) == i1), 1.0, 1.4142135623730951))
         {
@@ -6213,7 +6253,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           }
         }
       }
-      __syncthreads();
       // q1 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i3), 16:+48]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -6242,6 +6281,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
+      // qg1[row, col] = (q1[col, row] * f[col])
+      {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_qg1[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q1[(c) * 52 + (r)]) * prt::to_f32(t_f[c])));
+        }
+      }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // zq1_hi[row, col] = ((q1[row, col] * f[row]) * z_row[row])
         {
@@ -6283,6 +6329,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -6408,13 +6455,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
+            __syncthreads();
+            // qg1[row, col] = (q1[col, row] * f[col])
+            {
+              for (int i = tid; i < 1024; i += 256) {
+                const int r = i / 64, c = i % 64;
+                t_qg1[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q1[(c) * 52 + (r)]) * prt::to_f32(t_f[c])));
+              }
+            }
           }
           __syncthreads();
-          // u1_hi[row, col] = (fdy[row, col] * (q1[row, (i4 - 16)] * f[row]))
+          // u1_hi[row, col] = (fdy[row, col] * qg1[(i4 - 16), row])
           {
             for (int i = tid; i < 4096; i += 256) {
               const int r = i / 64, c = i % 64;
-              t_u1_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q1[(r) * 52 + ((v_i4 - 16))]) * prt::to_f32(t_f[r]))));
+              t_u1_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_qg1[((v_i4 - 16)) * 64 + (r)])));
             }
           }
           __syncthreads();
@@ -6599,7 +6654,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           }
         }
       }
-      __syncthreads();
       // q2 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i6), 32:+32]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -6628,6 +6682,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
+      // qg2[row, col] = (q2[col, row] * f[col])
+      {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_qg2[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q2[(c) * 36 + (r)]) * prt::to_f32(t_f[c])));
+        }
+      }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // zq2_hi[row, col] = ((q2[row, col] * f[row]) * z_row[row])
         {
@@ -6669,6 +6730,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -6792,13 +6854,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
+            __syncthreads();
+            // qg2[row, col] = (q2[col, row] * f[col])
+            {
+              for (int i = tid; i < 1024; i += 256) {
+                const int r = i / 64, c = i % 64;
+                t_qg2[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q2[(c) * 36 + (r)]) * prt::to_f32(t_f[c])));
+              }
+            }
           }
           __syncthreads();
-          // u2_hi[row, col] = (fdy[row, col] * (q2[row, (i7 - 32)] * f[row]))
+          // u2_hi[row, col] = (fdy[row, col] * qg2[(i7 - 32), row])
           {
             for (int i = tid; i < 4096; i += 256) {
               const int r = i / 64, c = i % 64;
-              t_u2_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q2[(r) * 36 + ((v_i7 - 32))]) * prt::to_f32(t_f[r]))));
+              t_u2_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_qg2[((v_i7 - 32)) * 64 + (r)])));
             }
           }
           __syncthreads();
@@ -6977,7 +7047,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           }
         }
       }
-      __syncthreads();
       // q3 = load.async Q[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i9), 48:+16]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -7006,6 +7075,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
+      // qg3[row, col] = (q3[col, row] * f[col])
+      {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 64, c = i % 64;
+          t_qg3[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q3[(c) * 20 + (r)]) * prt::to_f32(t_f[c])));
+        }
+      }
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // zq3_hi[row, col] = ((q3[row, col] * f[row]) * z_row[row])
         {
@@ -7047,6 +7123,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           }
         }
       }
+      __syncthreads();
     }
   }
   {
@@ -7170,13 +7247,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
             }
             prt::cp_async_commit();
             prt::cp_async_wait<0>();
+            __syncthreads();
+            // qg3[row, col] = (q3[col, row] * f[col])
+            {
+              for (int i = tid; i < 1024; i += 256) {
+                const int r = i / 64, c = i % 64;
+                t_qg3[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_q3[(c) * 20 + (r)]) * prt::to_f32(t_f[c])));
+              }
+            }
           }
           __syncthreads();
-          // u3_hi[row, col] = (fdy[row, col] * (q3[row, (i10 - 48)] * f[row]))
+          // u3_hi[row, col] = (fdy[row, col] * qg3[(i10 - 48), row])
           {
             for (int i = tid; i < 4096; i += 256) {
               const int r = i / 64, c = i % 64;
-              t_u3_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * (prt::to_f32(t_q3[(r) * 20 + ((v_i10 - 48))]) * prt::to_f32(t_f[r]))));
+              t_u3_hi[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 64 + (c)]) * prt::to_f32(t_qg3[((v_i10 - 48)) * 64 + (r)])));
             }
           }
           __syncthreads();
@@ -10986,9 +11071,9 @@ extern "C" cudaError_t prt_attention_p2_d64_e64_c64_f32_w4_bd0_bt64_s2_launch(di
 }
 
 extern "C" cudaError_t prt_update_state_p2_d64_e64_c64_f32_w8_bd64_bt64_s1_launch(dim3 grid, cudaStream_t stream, const float* g_K, const float* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d64_e64_c64_f32_w8_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 68096);
+  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d64_e64_c64_f32_w8_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 65024);
   if (err != cudaSuccess) return err;
-  prt_update_state_p2_d64_e64_c64_f32_w8_bd64_bt64_s1<<<grid, 256, 68096, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
+  prt_update_state_p2_d64_e64_c64_f32_w8_bd64_bt64_s1<<<grid, 256, 65024, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
@@ -11028,9 +11113,9 @@ extern "C" cudaError_t prt_query_state_bwd_dq_p2_d64_e64_c64_f32_w4_bd0_bt64_s2_
 }
 
 extern "C" cudaError_t prt_query_state_bwd_ds_p2_d64_e64_c64_f32_w8_bd64_bt64_s1_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_ds_p2_d64_e64_c64_f32_w8_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 56320);
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_ds_p2_d64_e64_c64_f32_w8_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 65280);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_ds_p2_d64_e64_c64_f32_w8_bd64_bt64_s1<<<grid, 256, 56320, stream>>>(g_Q, g_logG, g_dY, g_lse, g_Dy, g_dSin, g_dZin, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_query_state_bwd_ds_p2_d64_e64_c64_f32_w8_bd64_bt64_s1<<<grid, 256, 65280, stream>>>(g_Q, g_logG, g_dY, g_lse, g_Dy, g_dSin, g_dZin, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 

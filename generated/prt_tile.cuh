@@ -72,6 +72,20 @@ __device__ __forceinline__ int a_col(int lane) { return (lane >> 4) << 3; }
 __device__ __forceinline__ int at_row(int lane) { return (lane & 7) + ((lane >> 4) << 3); }
 __device__ __forceinline__ int at_col(int lane) { return ((lane >> 3) & 1) << 3; }
 
+// ---- mma registers built in registers: two 16-bit values per 32-bit register, the first low -----
+__device__ __forceinline__ uint32_t pack2(__nv_bfloat16 lo, __nv_bfloat16 hi) {
+  return static_cast<uint32_t>(__bfloat16_as_ushort(lo)) | (static_cast<uint32_t>(__bfloat16_as_ushort(hi)) << 16);
+}
+__device__ __forceinline__ uint32_t pack2(__half lo, __half hi) {
+  return static_cast<uint32_t>(__half_as_ushort(lo)) | (static_cast<uint32_t>(__half_as_ushort(hi)) << 16);
+}
+/** Value h (0: low half, 1: high) of a register of two 16-bit T, as f32. */
+template <typename T> __device__ __forceinline__ float b16_half(uint32_t r, int h);
+template <> __device__ __forceinline__ float b16_half<__nv_bfloat16>(uint32_t r, int h) { return __uint_as_float(h ? (r & 0xffff0000u) : (r << 16)); }
+template <> __device__ __forceinline__ float b16_half<__half>(uint32_t r, int h) {
+  return __half2float(__ushort_as_half(static_cast<unsigned short>(h ? (r >> 16) : (r & 0xffffu))));
+}
+
 // ---- one tensor-core step: d[16x8] += a[16x16] b[16x8], fp32 accumulation ----------------------
 template <typename T> __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
 template <> __device__ __forceinline__ void mma_16816<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {

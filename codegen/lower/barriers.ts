@@ -91,7 +91,7 @@ function accessModes(k: LKernel, s: LStmt): { reads: Map<string, Mode>; writes: 
 export function elideBarriers(k: LKernel): LKernel {
   const region = new Map<string, [number, number] | null>();
   for (const b of k.buffers) {
-    if (b.home === "frag") region.set(b.name, null);
+    if (b.home !== "smem") region.set(b.name, null);
     else {
       if (b.offset === null) throw new Error(`${k.name}: elideBarriers needs planned shared memory (tile ${b.name})`);
       region.set(b.name, [b.offset, b.offset + b.copies * smemTileBytes(b)]);

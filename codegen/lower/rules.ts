@@ -16,9 +16,9 @@ export function whyNotTensorCores(k: LKernel, s: Extract<LStmt, { kind: "mma" }>
   const a = bufferOf(k, s.a), b = bufferOf(k, s.b);
   const { m, n, k: kk } = mmaShape(k, s);
   if (a.type.dtype === "f32") return "f32 operands (SPEC asks 1e-4: fp32 FMA, no tf32)";
-  if (a.home !== "smem" || b.home !== "smem") return "operands must be in shared memory (ldmatrix)";
+  if (a.home === "frag" || b.home === "frag") return "operands must be in shared memory (ldmatrix) or computed in registers (an mma group)";
   if (m % 16 !== 0 || kk % 16 !== 0 || n % 8 !== 0) return `shape ${m}x${n}x${kk} is not a multiple of 16x8x16`;
-  for (const t of [a, b]) if ((t.pitch * 2) % 16 !== 0) return `tile ${t.name} rows are not 16-byte aligned (pitch ${t.pitch})`;
+  for (const t of [a, b]) if (t.home === "smem" && (t.pitch * 2) % 16 !== 0) return `tile ${t.name} rows are not 16-byte aligned (pitch ${t.pitch})`;
   return null;
 }
 
@@ -64,6 +64,14 @@ export function paddedPitch(b: LBuffer): number {
   const bytes = dtypeBytes(b.type.dtype);
   const units = (cols * bytes) / 16;
   return b.type.shape.length === 2 && Number.isInteger(units) && units % 2 === 0 ? cols + 16 / bytes : cols;
+}
+
+/** The pitch of an f32 tile that an mma group reads at the fragment elements of a [k, x] operand
+ * (B stored [k, n], or A stored [k, m]): one read instruction takes 8 consecutive columns of 4 rows
+ * two apart (k = t2 + h), so rows two apart must start 8 banks apart: pitch = 4 mod 16 words. */
+export function kRowsPitch(b: LBuffer): number {
+  const cols = b.type.shape[1]!;
+  return cols % 16 === 0 ? cols + 4 : cols;
 }
 
 /** Shared memory a block may use: sm_90's opt-in limit (sm_80 allows 163 KiB; the manifest says which fit). */

@@ -22,6 +22,11 @@
 // accumulator [W - 16 I, BE] is live at a time (sixteen would not fit in registers), so with several
 // sources each a walks all of them and reloads their rows (the chunk's [c, d + e] per head, from L2);
 // with a count of 1 at run time X and z are loaded once and A once per block, as with one source.
+//
+// U_a = X * (x s A_:a) per element, with the block's 16 columns x_r s_r A_r,a formed once per
+// load of A (ga, transposed): the mma group that computes U_a in registers (codegen
+// fuse-operands) then reads X at its own element (from X's mma fragments when X is a 16-bit data
+// tile, as V in update_state) and one ga value per row of its k-step.
 
 import { i32, range, type KernelBuilder, type Scalar, type TensorRef, type Tile, type Val } from "../builder.ts";
 import { dtypeBytes, type DType } from "../dtype.ts";
@@ -36,8 +41,10 @@ export interface PairOuter {
   readonly operandDtype: DType;
   /** U_a and s z A as hi + lo pairs (stateSplit). */
   readonly pair: boolean;
-  /** [c, BE] f32, the rows' right-hand side (for the current source). */
+  /** [c, BE], the rows' right-hand side (for the current source), times xScale(r) when given. */
   readonly X: Tile;
+  /** A row factor of X folded into the per-a column (so X can stay a 16-bit data tile). */
+  readonly xScale?: (row: Val) => Val;
   /** The row weight of Z, and the factor s on A's values in U_a and in Z's operand (for the current source). */
   readonly z: (row: Val) => Val;
   readonly rowScale?: (row: Val) => Val;
@@ -68,8 +75,12 @@ export function pairOuter(k: KernelBuilder, o: PairOuter): void {
     const raw = k.shared(`${o.name}${I}`, [c, w], o.aDtype); // A[:, c0:W]
     const aOp: Operand = o.aDtype === o.operandDtype ? raw : { hi: k.shared(`${o.name}${I}_hi`, [c, w], o.operandDtype), lo: k.shared(`${o.name}${I}_lo`, [c, w], o.operandDtype) };
     const aVal = (row: Val, col: Scalar): Val => (o.rowScale ? raw.at(row, col).mul(o.rowScale(row)) : raw.at(row, col)); // s_r A_r,col
+    // the block's 16 columns of A with every row factor, transposed (a row per a: a warp reads one
+    // a at the rows of its k-step), so that U_a = X * ga[a - c0, :]^T is one product per element
+    const ga = k.shared(`${o.name}g${I}`, [16, c], "f32");
     const loadA = (s: Val): void => {
       o.loadA(raw, c0, s);
+      k.map(ga, ({ row, col }) => (o.xScale ? aVal(col, row).mul(o.xScale(col)) : aVal(col, row)));
       if (!("hi" in aOp)) return;
       k.map(aOp.hi, ({ row, col }) => raw.at(row, col));
       k.map(aOp.lo!, ({ row, col }) => raw.at(row, col).sub(aOp.hi.at(row, col))); // exact: f16 in a bf16 pair
@@ -98,7 +109,7 @@ export function pairOuter(k: KernelBuilder, o: PairOuter): void {
     k.for(c0, Math.min(c0 + 16, d), (a) => {
       overSources(() => k.fill(acc, 0), (s, accumulate) => {
         several(() => { o.loadRows?.(s); loadA(s); });
-        const u = computedOperand(k, `u${I}`, [c, BE], o.operandDtype, o.pair, ({ row, col }) => X.at(row, col).mul(aVal(row, a.sub(c0)))); // U_a
+        const u = computedOperand(k, `u${I}`, [c, BE], o.operandDtype, o.pair, ({ row, col }) => X.at(row, col).mul(ga.at(a.sub(c0), row))); // U_a
         mmaSplit(k, acc, aOp, u, { transA: true, accumulate }); // [w, c] @ [c, BE]: (A^T U_a)_b for b in [c0, W)
       });
       k.map(acc, ({ row, col }) => acc.at(row, col).mul(pairWeight(a, row.add(c0))));
@@ -119,5 +130,5 @@ export function pairOuterBytes(o: { d: number; rows: number; cols: number; aDtyp
   const row = (n: number, dt: DType): number => (n + 16 / dtypeBytes(dt)) * dtypeBytes(dt);
   const pairs = o.pair && o.operandDtype !== "f32" ? 2 : 1;
   const a = c * row(W, o.aDtype) + (o.aDtype === o.operandDtype ? 0 : 2 * c * row(W, o.operandDtype));
-  return a + pairs * c * (row(o.cols, o.operandDtype) + row(16, o.operandDtype));
+  return a + pairs * c * (row(o.cols, o.operandDtype) + row(16, o.operandDtype)) + 16 * c * 4;
 }

@@ -103,10 +103,8 @@ function buildFactored(spec: Spec, sch: Schedule): Kernel {
     const rows = range(t0, c);
     const vt = k.shared("v", [c, BE], dtype);
     k.load(vt, V, [bi, rows, hi, range(e0, BE)]);
-    const gv = k.shared("gv", [c, BE], "f32"); // g_j v_j, formed once: every U_a is it times k_:a
-    k.map(gv, ({ row, col }) => vt.at(row, col).mul(gate(row)));
     pairOuter(k, {
-      d, name: "k", aDtype: dtype, operandDtype: sd, pair, X: gv, z: gate, sources: 1,
+      d, name: "k", aDtype: dtype, operandDtype: sd, pair, X: vt, xScale: gate, z: gate, sources: 1, // U_a = v (g k_:a)
       loadA: (kI, c0) => k.load(kI, K, [bi, rows, hi, range(c0, kI.cols)]), // K[:, c0:W]; rows past t and columns past d read 0
       withZ: eb.eq(0), S: dS, Z: dZ, at: [bi, hi, m], col0: e0,
     });
@@ -118,10 +116,10 @@ const factored = (spec: Spec): boolean => spec.deg === 2 && factoredPeakBytes(sp
 const build = (spec: Spec, sch: Schedule): Kernel => (factored(spec) ? buildFactored : buildExpanded)(spec, sch);
 
 /** Shared bytes of the factored form at its peak (tileBytes sums every tile, but the phases reuse bytes):
- * pairOuter's tiles, V and g V, the gates. */
+ * pairOuter's tiles, V, the gates. */
 function factoredPeakBytes(spec: Spec, sch: Schedule): number {
   const c = spec.chunk, el = dtypeBytes(spec.dtype);
-  return pairOuterBytes({ d: spec.d, rows: c, cols: sch.blockD, aDtype: spec.dtype, operandDtype: spec.dtype, pair: stateSplit(spec, "update_state.phi") }) + c * sch.blockD * (el + 4) + 2 * c * 4;
+  return pairOuterBytes({ d: spec.d, rows: c, cols: sch.blockD, aDtype: spec.dtype, operandDtype: spec.dtype, pair: stateSplit(spec, "update_state.phi") }) + c * sch.blockD * el + 2 * c * 4;
 }
 
 /** p = 2: a whole chunk per program, all of V's columns while they fit (halving blockD), 8 warps

@@ -392,6 +392,14 @@ inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) { ldmatrix<4>(r, 
 inline void ldmatrix_x2(uint32_t (&r)[2], const void* p) { ldmatrix<2>(r, p, false); }
 inline void ldmatrix_x2_trans(uint32_t (&r)[2], const void* p) { ldmatrix<2>(r, p, true); }
 
+inline uint32_t pack2(__nv_bfloat16 lo, __nv_bfloat16 hi) { return static_cast<uint32_t>(lo.bits) | (static_cast<uint32_t>(hi.bits) << 16); }
+inline uint32_t pack2(__half lo, __half hi) { return static_cast<uint32_t>(lo.bits) | (static_cast<uint32_t>(hi.bits) << 16); }
+template <typename T> float b16_half(uint32_t r, int h) {
+  const uint16_t v = static_cast<uint16_t>(h ? (r >> 16) : (r & 0xffffu));
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) return __bfloat162float(__nv_bfloat16{v});
+  else return __half2float(__half{v});
+}
+
 inline float b16_to_f32(uint16_t v, bool bf) { return bf ? __bfloat162float(__nv_bfloat16{v}) : __half2float(__half{v}); }
 
 /** mma.sync m16n8k16: lane (g = l/4, t = l%4) holds A (g, 2t..) (g+8, 2t..) (g, 2t+8..) (g+8, 2t+8..),
