@@ -223,6 +223,48 @@ describe("pipeline-loops", () => {
   });
 });
 
+describe("fuse-operands", () => {
+  it("computes an operand pair defined right before its mmas in registers, and keeps a tile used elsewhere in shared memory", () => {
+    const k = kernel("ops", 2, (k) => {
+      const a = k.shared("a", [16, 32], "bf16"), x = k.shared("x", [32, 16], "f32"), w = k.shared("w", [32, 16], "bf16");
+      for (const t of [a, x, w]) k.fill(t, 1);
+      const o = k.reg("o", [16, 16], "f32");
+      const hi = k.shared("hi", [32, 16], "bf16"), lo = k.shared("lo", [32, 16], "bf16");
+      k.map(hi, ({ row, col }) => x.at(row, col).mul(w.at(row, col)));
+      k.map(lo, ({ row, col }) => x.at(row, col).mul(w.at(row, col)).sub(hi.at(row, col)));
+      k.mma(o, a, hi);
+      k.mma(o, a, lo, { accumulate: true });
+      const kept = k.shared("kept", [32, 16], "bf16"); // read again below: stays a shared tile
+      k.map(kept, ({ row, col }) => x.at(row, col).mul(2));
+      k.mma(o, a, kept, { accumulate: true });
+      k.map(x, ({ row, col }) => kept.at(row, col));
+    });
+    const { after } = pair(k, "fuse-operands");
+    expect(after).toMatchInlineSnapshot(`
+      "kernel ops() grid (1, 1, 1) warps 2
+        smem a: bf16[16, 32]
+        smem x: f32[32, 16]
+        smem w: bf16[32, 16]
+        frag o: f32[16, 16] (16x16 in 16x8 units over 2 warps)
+        inline hi: bf16[32, 16] (computed in an mma group)
+        inline lo: bf16[32, 16] (computed in an mma group)
+        smem kept: bf16[32, 16]
+        a[row, col] = 1.0
+        x[row, col] = 1.0
+        w[row, col] = 1.0
+        mma.group (operands in registers):
+          hi[row, col] = (x[row, col] * w[row, col])
+          lo[row, col] = ((x[row, col] * w[row, col]) - hi[row, col])
+          o = mma.tc(a, hi) [16x16 in 16x8 units over 2 warps]
+          o += mma.tc(a, lo) [16x16 in 16x8 units over 2 warps]
+        kept[row, col] = (x[row, col] * 2.0)
+        o += mma.tc(a, kept) [16x16 in 16x8 units over 2 warps]
+        x[row, col] = kept[row, col]
+      "
+    `);
+  });
+});
+
 describe("pad-shared", () => {
   it("pads mma operand rows of an even number of 16-byte units by 16 bytes", () => {
     const k = kernel("pads", 4, (k) => {
