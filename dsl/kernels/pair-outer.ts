@@ -7,7 +7,7 @@
 //   Z_(a, b) = w_ab sum_r A_rb (s_r A_ra z_r)   = w_ab (A^T diag(s z) A)_ab
 // into rows pairFeature(a, b) of the state tensors (the features of one a are contiguous),
 // summed over the sources when there are several (the query heads of a kv head's group):
-//   update_state:        A = K, X = g V, z = g, s = 1    (g_j = exp(G_m - lam_j): phi(k') = g phi(k))
+//   update_state:        A = K, X = V with xScale g, z = g, s = 1    (g_j = exp(G_m - lam_j): phi(k') = g phi(k))
 //   query_state_bwd_ds:  A = Q, X = f dY, z = -f Dy, s = f  (f the normalised query factor:
 //                        phi(q'') = f^2 phi(q); f^2 alone overflows f32 where |q| |k| < 2e-19)
 // A is the mma's A operand as loaded (f16 data under bf16 operands: a bf16 hi + lo pair, exact);
