@@ -5339,7 +5339,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
 }
 
 // query_state_bwd_dq: Dy, lseB (the normaliser the backward's weights sum to 1 under), and dQs, dlamQ: the gradient through phi(q')^T [Sin, Zin]
-// grid (($n * 8), $hq, $b), 128 threads, 160256 bytes of dynamic shared memory
+// grid (($n * 8), $hq, $b), 128 threads, 151296 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128_e128_c128_f32_w4_bd0_bt16_s1(
     const float* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -5523,31 +5523,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
   float* const t_zs_hi = reinterpret_cast<float*>(prt_smem + 50944);  // f32[128, 128] pitch 132
   float* const t_qzs = reinterpret_cast<float*>(prt_smem + 17920);  // f32[16, 128] pitch 128
   float* const t_r = reinterpret_cast<float*>(prt_smem + 320);  // f32[16] pitch 16
-  float* const t_r16 = reinterpret_cast<float*>(prt_smem + 17920);  // f32[16, 16] pitch 16
-  float* const t_s0_f32 = reinterpret_cast<float*>(prt_smem + 86528);  // f32[128, 128] pitch 128
-  float* const t_t0 = reinterpret_cast<float*>(prt_smem + 152064);  // f32[16, 128] pitch 128
-  float* const t_s0_hi = reinterpret_cast<float*>(prt_smem + 18944);  // f32[128, 128] pitch 132
-  float* const t_s1_f32 = reinterpret_cast<float*>(prt_smem + 78080);  // f32[112, 128] pitch 128
-  float* const t_t1 = reinterpret_cast<float*>(prt_smem + 135424);  // f32[16, 112] pitch 112
-  float* const t_s1_hi = reinterpret_cast<float*>(prt_smem + 18944);  // f32[112, 128] pitch 132
-  float* const t_s2_f32 = reinterpret_cast<float*>(prt_smem + 69632);  // f32[96, 128] pitch 128
-  float* const t_t2 = reinterpret_cast<float*>(prt_smem + 118784);  // f32[16, 96] pitch 96
-  float* const t_s2_hi = reinterpret_cast<float*>(prt_smem + 18944);  // f32[96, 128] pitch 132
-  float* const t_s3_f32 = reinterpret_cast<float*>(prt_smem + 61184);  // f32[80, 128] pitch 128
-  float* const t_t3 = reinterpret_cast<float*>(prt_smem + 102144);  // f32[16, 80] pitch 80
-  float* const t_s3_hi = reinterpret_cast<float*>(prt_smem + 18944);  // f32[80, 128] pitch 132
-  float* const t_s4_f32 = reinterpret_cast<float*>(prt_smem + 52736);  // f32[64, 128] pitch 128
-  float* const t_t4 = reinterpret_cast<float*>(prt_smem + 85504);  // f32[16, 64] pitch 64
-  float* const t_s4_hi = reinterpret_cast<float*>(prt_smem + 18944);  // f32[64, 128] pitch 132
-  float* const t_s5_f32 = reinterpret_cast<float*>(prt_smem + 44288);  // f32[48, 128] pitch 128
-  float* const t_t5 = reinterpret_cast<float*>(prt_smem + 68864);  // f32[16, 48] pitch 48
-  float* const t_s5_hi = reinterpret_cast<float*>(prt_smem + 18944);  // f32[48, 128] pitch 132
-  float* const t_s6_f32 = reinterpret_cast<float*>(prt_smem + 35840);  // f32[32, 128] pitch 128
-  float* const t_t6 = reinterpret_cast<float*>(prt_smem + 52224);  // f32[16, 32] pitch 32
-  float* const t_s6_hi = reinterpret_cast<float*>(prt_smem + 18944);  // f32[32, 128] pitch 132
-  float* const t_s7_f32 = reinterpret_cast<float*>(prt_smem + 27392);  // f32[16, 128] pitch 128
-  float* const t_t7 = reinterpret_cast<float*>(prt_smem + 35584);  // f32[16, 16] pitch 16
-  float* const t_s7_hi = reinterpret_cast<float*>(prt_smem + 18944);  // f32[16, 128] pitch 132
+  float* const t_s_f32 = reinterpret_cast<float*>(prt_smem + 85504);  // f32[128, 128] pitch 128
+  float f_t_a[1][4][4];  // f32[16, 128] as mma fragments: 16x128 in 16x32 units over 4 warps
+  float* const t_s_hi = reinterpret_cast<float*>(prt_smem + 17920);  // f32[128, 128] pitch 132
+  float* const t_r_part = reinterpret_cast<float*>(prt_smem + 151040);  // f32[4, 16] pitch 16
   if (((((static_cast<int>(blockIdx.x) / 8) * 128) + ((static_cast<int>(blockIdx.x) % 8) * 16)) < p_t)) {
     // g = load logG[pid.z, ((pid.x // 8) * 128):+128, (pid.y // ($hq // $h))]
     {
@@ -5866,27 +5845,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
           }
         }
       }
-      __syncthreads();
-      // r16[row, col] = 0.0
       {
-        for (int i = tid; i < 256; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      {
-        const int v_i0_end = 16;
+        const int v_i0_end = 128;
         for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-          // s0_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 8), ((((((i0 * 128) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+128, 0:+128]
+          // s_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 8), (((((i0 * 128) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0):+128, 0:+128]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
             const int a2 = (static_cast<int>(blockIdx.x) / 8);
-            const int s3 = ((((((v_i0 * 128) - ((v_i0 * (v_i0 - 1)) / 2)) + v_i0) - v_i0) - v_i0) + 0);
+            const int s3 = (((((v_i0 * 128) - ((v_i0 * (v_i0 - 1)) / 2)) + v_i0) - v_i0) - v_i0);
             const int s4 = 0;
             const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_s0_f32;
+            float* const dst = t_s_f32;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
               for (int i = tid; i < 4096; i += 128) {
                 const int r = i / 32, c = (i % 32) * 4;
@@ -5906,21 +5877,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
           prt::cp_async_commit();
           prt::cp_async_wait<0>();
           __syncthreads();
-          // s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 128)), 0.0, (s0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
+          // s_hi[row, col] = select(((row < i0) || (row >= 128)), 0.0, (s_f32[row, col] * select((row == i0), 1.0, 1.4142135623730951)))
           {
             for (int i = tid; i < 16384; i += 128) {
               const int r = i / 128, c = i % 128;
-              t_s0_hi[(r) * 132 + (c)] = prt::from_f32<float>(((((r + 0) < v_i0) || ((r + 0) >= 128)) ? 0.0f : (prt::to_f32(t_s0_f32[(r) * 128 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
+              t_s_hi[(r) * 132 + (c)] = prt::from_f32<float>((((r < v_i0) || (r >= 128)) ? 0.0f : (prt::to_f32(t_s_f32[(r) * 128 + (c)]) * ((r == v_i0) ? 1.0f : 1.4142135623730951f))));
             }
           }
           __syncthreads();
-          // t0 = mma.fmaFrag(dy, s0_hi^T) [16x128 in 16x32 units over 4 warps]
+          // t_a = mma.fmaFrag(dy, s_hi^T) [16x128 in 16x32 units over 4 warps]
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
               const int u = warp + j * 4;
               const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-              float acc[4][4];
+              float (&acc)[4][4] = f_t_a[j];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
@@ -5930,21 +5901,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
                 const float a0 = prt::to_f32(t_dy[(m0 + g) * 132 + (kk)]), a1 = prt::to_f32(t_dy[(m0 + g + 8) * 132 + (kk)]);
                 #pragma unroll
                 for (int q = 0; q < 4; ++q) {
-                  const float b0 = prt::to_f32(t_s0_hi[(n0 + q * 8 + t2) * 132 + (kk)]), b1 = prt::to_f32(t_s0_hi[(n0 + q * 8 + t2 + 1) * 132 + (kk)]);
+                  const float b0 = prt::to_f32(t_s_hi[(n0 + q * 8 + t2) * 132 + (kk)]), b1 = prt::to_f32(t_s_hi[(n0 + q * 8 + t2 + 1) * 132 + (kk)]);
                   acc[q][0] = fmaf(a0, b0, acc[q][0]);
                   acc[q][1] = fmaf(a0, b1, acc[q][1]);
                   acc[q][2] = fmaf(a1, b0, acc[q][2]);
                   acc[q][3] = fmaf(a1, b1, acc[q][3]);
                 }
               }
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t0[(m0 + prt::frag_row(lane, e)) * 128 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
             }
           }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 0), (grad_s[row, col] + (q[row, i0] * t0[row, max((col - 0), 0)])), grad_s[row, col])
+          // grad_s[row, col] = (grad_s[row, col] + (q[row, i0] * t_a[row, col]))
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -5955,137 +5921,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 0) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 132 + (v_i0)]) * prt::to_f32(t_t0[(r) * 128 + (prt::max_nan((c - 0), 0))]))) : f_grad_s[j][q][e]);
+                  f_grad_s[j][q][e] = (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 132 + (v_i0)]) * f_t_a[j][q][e]));
                 }
               }
             }
           }
-          __syncthreads();
-          // t0[row, col] = (t0[row, col] * q[row, (col + 0)])
-          {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 128, c = i % 128;
-              t_t0[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_t0[(r) * 128 + (c)]) * prt::to_f32(t_q[(r) * 132 + ((c + 0))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t0, axis=1)
-          {
-            for (int o = warp; o < 16; o += 4) {
-              float acc = 0.0f;
-              for (int i = lane; i < 128; i += 32) acc += prt::to_f32(t_t0[(o) * 128 + (i)]);
-              acc = prt::warp_sum(acc);
-              if (lane == 0) t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i0 - 0)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 256; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i0 - 0)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 0) && (col < 16)), (grad_s[row, col] + r16[row, min(max((col - 0), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 0) && (c < 16)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 0), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 256; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      {
-        const int v_i1_end = 32;
-        for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
-          // s1_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 8), ((((((i1 * 128) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+112, 0:+128]
-          {
-            const int a0 = static_cast<int>(blockIdx.z);
-            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-            const int a2 = (static_cast<int>(blockIdx.x) / 8);
-            const int s3 = ((((((v_i1 * 128) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 16);
-            const int s4 = 0;
-            const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-            const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_s1_f32;
-            if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 3584; i += 128) {
-                const int r = i / 32, c = (i % 32) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-              }
-            }
-            else {
-              for (int i = tid; i < 14336; i += 128) {
-                const int r = i / 128, c = i % 128;
-                dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-              }
-            }
-          }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          __syncthreads();
-          // s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 128)), 0.0, (s1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
-          {
-            for (int i = tid; i < 14336; i += 128) {
-              const int r = i / 128, c = i % 128;
-              t_s1_hi[(r) * 132 + (c)] = prt::from_f32<float>(((((r + 16) < v_i1) || ((r + 16) >= 128)) ? 0.0f : (prt::to_f32(t_s1_f32[(r) * 128 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
-            }
-          }
-          __syncthreads();
-          // t1 = mma.fmaFrag(dy, s1_hi^T) [16x112 in 16x16 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              if (u < 7) {
-                const int m0 = (u / 7) * 16, n0 = (u % 7) * 16;
-                float acc[2][4];
-                #pragma unroll
-                for (int q = 0; q < 2; ++q)
-                #pragma unroll
-                  for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-                const int g = lane >> 2, t2 = (lane & 3) * 2;
-                for (int kk = 0; kk < 128; ++kk) {
-                  const float a0 = prt::to_f32(t_dy[(m0 + g) * 132 + (kk)]), a1 = prt::to_f32(t_dy[(m0 + g + 8) * 132 + (kk)]);
-                  #pragma unroll
-                  for (int q = 0; q < 2; ++q) {
-                    const float b0 = prt::to_f32(t_s1_hi[(n0 + q * 8 + t2) * 132 + (kk)]), b1 = prt::to_f32(t_s1_hi[(n0 + q * 8 + t2 + 1) * 132 + (kk)]);
-                    acc[q][0] = fmaf(a0, b0, acc[q][0]);
-                    acc[q][1] = fmaf(a0, b1, acc[q][1]);
-                    acc[q][2] = fmaf(a1, b0, acc[q][2]);
-                    acc[q][3] = fmaf(a1, b1, acc[q][3]);
-                  }
-                }
-                #pragma unroll
-                for (int q = 0; q < 2; ++q)
-                #pragma unroll
-                  for (int e = 0; e < 4; ++e) t_t1[(m0 + prt::frag_row(lane, e)) * 112 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
-              }
-            }
-          }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 16), (grad_s[row, col] + (q[row, i1] * t1[row, max((col - 16), 0)])), grad_s[row, col])
+          // t_a[row, col] = (t_a[row, col] * q[row, col])
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -6096,137 +5937,39 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 16) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 132 + (v_i1)]) * prt::to_f32(t_t1[(r) * 112 + (prt::max_nan((c - 16), 0))]))) : f_grad_s[j][q][e]);
+                  f_t_a[j][q][e] = (f_t_a[j][q][e] * prt::to_f32(t_q[(r) * 132 + (c)]));
                 }
               }
             }
           }
-          __syncthreads();
-          // t1[row, col] = (t1[row, col] * q[row, (col + 16)])
-          {
-            for (int i = tid; i < 1792; i += 128) {
-              const int r = i / 112, c = i % 112;
-              t_t1[(r) * 112 + (c)] = prt::from_f32<float>((prt::to_f32(t_t1[(r) * 112 + (c)]) * prt::to_f32(t_q[(r) * 132 + ((c + 16))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t1, axis=1)
-          {
-            for (int o = warp; o < 16; o += 4) {
-              float acc = 0.0f;
-              for (int i = lane; i < 112; i += 32) acc += prt::to_f32(t_t1[(o) * 112 + (i)]);
-              acc = prt::warp_sum(acc);
-              if (lane == 0) t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i1 - 16)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 256; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i1 - 16)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 16) && (col < 32)), (grad_s[row, col] + r16[row, min(max((col - 16), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 16) && (c < 32)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 16), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 256; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      {
-        const int v_i2_end = 48;
-        for (int v_i2 = 32; v_i2 < v_i2_end; v_i2 += 1) {
-          // s2_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 8), ((((((i2 * 128) - ((i2 * (i2 - 1)) // 2)) + i2) - i2) - i2) + 32):+96, 0:+128]
-          {
-            const int a0 = static_cast<int>(blockIdx.z);
-            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-            const int a2 = (static_cast<int>(blockIdx.x) / 8);
-            const int s3 = ((((((v_i2 * 128) - ((v_i2 * (v_i2 - 1)) / 2)) + v_i2) - v_i2) - v_i2) + 32);
-            const int s4 = 0;
-            const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-            const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_s2_f32;
-            if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 3072; i += 128) {
-                const int r = i / 32, c = (i % 32) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-              }
-            }
-            else {
-              for (int i = tid; i < 12288; i += 128) {
-                const int r = i / 128, c = i % 128;
-                dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-              }
-            }
-          }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          __syncthreads();
-          // s2_hi[row, col] = select((((row + 32) < i2) || ((row + 32) >= 128)), 0.0, (s2_f32[row, col] * select(((row + 32) == i2), 1.0, 1.4142135623730951)))
-          {
-            for (int i = tid; i < 12288; i += 128) {
-              const int r = i / 128, c = i % 128;
-              t_s2_hi[(r) * 132 + (c)] = prt::from_f32<float>(((((r + 32) < v_i2) || ((r + 32) >= 128)) ? 0.0f : (prt::to_f32(t_s2_f32[(r) * 128 + (c)]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))));
-            }
-          }
-          __syncthreads();
-          // t2 = mma.fmaFrag(dy, s2_hi^T) [16x96 in 16x16 units over 4 warps]
+          // r = reduce_sum(t_a, axis=1) via r_part
           {
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
+            for (int j = 0; j < 1; ++j) {
               const int u = warp + j * 4;
-              if (u < 6) {
-                const int m0 = (u / 6) * 16, n0 = (u % 6) * 16;
-                float acc[2][4];
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                float acc = f_t_a[j][0][2 * h];
+                acc += f_t_a[j][0][2 * h + 1];
                 #pragma unroll
-                for (int q = 0; q < 2; ++q)
-                #pragma unroll
-                  for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-                const int g = lane >> 2, t2 = (lane & 3) * 2;
-                for (int kk = 0; kk < 128; ++kk) {
-                  const float a0 = prt::to_f32(t_dy[(m0 + g) * 132 + (kk)]), a1 = prt::to_f32(t_dy[(m0 + g + 8) * 132 + (kk)]);
-                  #pragma unroll
-                  for (int q = 0; q < 2; ++q) {
-                    const float b0 = prt::to_f32(t_s2_hi[(n0 + q * 8 + t2) * 132 + (kk)]), b1 = prt::to_f32(t_s2_hi[(n0 + q * 8 + t2 + 1) * 132 + (kk)]);
-                    acc[q][0] = fmaf(a0, b0, acc[q][0]);
-                    acc[q][1] = fmaf(a0, b1, acc[q][1]);
-                    acc[q][2] = fmaf(a1, b0, acc[q][2]);
-                    acc[q][3] = fmaf(a1, b1, acc[q][3]);
-                  }
+                for (int q = 1; q < 4; ++q) {
+                  acc += f_t_a[j][q][2 * h];
+                  acc += f_t_a[j][q][2 * h + 1];
                 }
-                #pragma unroll
-                for (int q = 0; q < 2; ++q)
-                #pragma unroll
-                  for (int e = 0; e < 4; ++e) t_t2[(m0 + prt::frag_row(lane, e)) * 96 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+                acc = prt::quad_sum(acc);
+                const int r = (u / 4) * 16 + (lane >> 2) + 8 * h;
+                if ((lane & 3) == 0) t_r_part[(u % 4) * 16 + (r)] = acc;
               }
+            }
+            __syncthreads();
+            for (int i = tid; i < 16; i += 128) {
+              float acc = t_r_part[(0) * 16 + (i)];
+              for (int p = 1; p < 4; ++p) acc += t_r_part[(p) * 16 + (i)];
+              t_r[i] = prt::from_f32<float>(acc);
             }
           }
           __syncthreads();
-          // grad_s[row, col] = select((col >= 32), (grad_s[row, col] + (q[row, i2] * t2[row, max((col - 32), 0)])), grad_s[row, col])
+          // grad_s[row, col] = select((col == i0), (grad_s[row, col] + r[row]), grad_s[row, col])
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -6237,753 +5980,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 32) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 132 + (v_i2)]) * prt::to_f32(t_t2[(r) * 96 + (prt::max_nan((c - 32), 0))]))) : f_grad_s[j][q][e]);
+                  f_grad_s[j][q][e] = ((c == v_i0) ? (f_grad_s[j][q][e] + prt::to_f32(t_r[r])) : f_grad_s[j][q][e]);
                 }
               }
-            }
-          }
-          __syncthreads();
-          // t2[row, col] = (t2[row, col] * q[row, (col + 32)])
-          {
-            for (int i = tid; i < 1536; i += 128) {
-              const int r = i / 96, c = i % 96;
-              t_t2[(r) * 96 + (c)] = prt::from_f32<float>((prt::to_f32(t_t2[(r) * 96 + (c)]) * prt::to_f32(t_q[(r) * 132 + ((c + 32))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t2, axis=1)
-          {
-            for (int o = warp; o < 16; o += 4) {
-              float acc = 0.0f;
-              for (int i = lane; i < 96; i += 32) acc += prt::to_f32(t_t2[(o) * 96 + (i)]);
-              acc = prt::warp_sum(acc);
-              if (lane == 0) t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i2 - 32)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 256; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i2 - 32)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 32) && (col < 48)), (grad_s[row, col] + r16[row, min(max((col - 32), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 32) && (c < 48)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 32), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 256; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      {
-        const int v_i3_end = 64;
-        for (int v_i3 = 48; v_i3 < v_i3_end; v_i3 += 1) {
-          // s3_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 8), ((((((i3 * 128) - ((i3 * (i3 - 1)) // 2)) + i3) - i3) - i3) + 48):+80, 0:+128]
-          {
-            const int a0 = static_cast<int>(blockIdx.z);
-            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-            const int a2 = (static_cast<int>(blockIdx.x) / 8);
-            const int s3 = ((((((v_i3 * 128) - ((v_i3 * (v_i3 - 1)) / 2)) + v_i3) - v_i3) - v_i3) + 48);
-            const int s4 = 0;
-            const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-            const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_s3_f32;
-            if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 2560; i += 128) {
-                const int r = i / 32, c = (i % 32) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-              }
-            }
-            else {
-              for (int i = tid; i < 10240; i += 128) {
-                const int r = i / 128, c = i % 128;
-                dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-              }
-            }
-          }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          __syncthreads();
-          // s3_hi[row, col] = select((((row + 48) < i3) || ((row + 48) >= 128)), 0.0, (s3_f32[row, col] * select(((row + 48) == i3), 1.0, 1.4142135623730951)))
-          {
-            for (int i = tid; i < 10240; i += 128) {
-              const int r = i / 128, c = i % 128;
-              t_s3_hi[(r) * 132 + (c)] = prt::from_f32<float>(((((r + 48) < v_i3) || ((r + 48) >= 128)) ? 0.0f : (prt::to_f32(t_s3_f32[(r) * 128 + (c)]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))));
-            }
-          }
-          __syncthreads();
-          // t3 = mma.fmaFrag(dy, s3_hi^T) [16x80 in 16x16 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              if (u < 5) {
-                const int m0 = (u / 5) * 16, n0 = (u % 5) * 16;
-                float acc[2][4];
-                #pragma unroll
-                for (int q = 0; q < 2; ++q)
-                #pragma unroll
-                  for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-                const int g = lane >> 2, t2 = (lane & 3) * 2;
-                for (int kk = 0; kk < 128; ++kk) {
-                  const float a0 = prt::to_f32(t_dy[(m0 + g) * 132 + (kk)]), a1 = prt::to_f32(t_dy[(m0 + g + 8) * 132 + (kk)]);
-                  #pragma unroll
-                  for (int q = 0; q < 2; ++q) {
-                    const float b0 = prt::to_f32(t_s3_hi[(n0 + q * 8 + t2) * 132 + (kk)]), b1 = prt::to_f32(t_s3_hi[(n0 + q * 8 + t2 + 1) * 132 + (kk)]);
-                    acc[q][0] = fmaf(a0, b0, acc[q][0]);
-                    acc[q][1] = fmaf(a0, b1, acc[q][1]);
-                    acc[q][2] = fmaf(a1, b0, acc[q][2]);
-                    acc[q][3] = fmaf(a1, b1, acc[q][3]);
-                  }
-                }
-                #pragma unroll
-                for (int q = 0; q < 2; ++q)
-                #pragma unroll
-                  for (int e = 0; e < 4; ++e) t_t3[(m0 + prt::frag_row(lane, e)) * 80 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
-              }
-            }
-          }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 48), (grad_s[row, col] + (q[row, i3] * t3[row, max((col - 48), 0)])), grad_s[row, col])
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 48) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 132 + (v_i3)]) * prt::to_f32(t_t3[(r) * 80 + (prt::max_nan((c - 48), 0))]))) : f_grad_s[j][q][e]);
-                }
-              }
-            }
-          }
-          __syncthreads();
-          // t3[row, col] = (t3[row, col] * q[row, (col + 48)])
-          {
-            for (int i = tid; i < 1280; i += 128) {
-              const int r = i / 80, c = i % 80;
-              t_t3[(r) * 80 + (c)] = prt::from_f32<float>((prt::to_f32(t_t3[(r) * 80 + (c)]) * prt::to_f32(t_q[(r) * 132 + ((c + 48))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t3, axis=1)
-          {
-            for (int o = warp; o < 16; o += 4) {
-              float acc = 0.0f;
-              for (int i = lane; i < 80; i += 32) acc += prt::to_f32(t_t3[(o) * 80 + (i)]);
-              acc = prt::warp_sum(acc);
-              if (lane == 0) t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i3 - 48)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 256; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i3 - 48)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 48) && (col < 64)), (grad_s[row, col] + r16[row, min(max((col - 48), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 48) && (c < 64)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 48), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 256; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      {
-        const int v_i4_end = 80;
-        for (int v_i4 = 64; v_i4 < v_i4_end; v_i4 += 1) {
-          // s4_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 8), ((((((i4 * 128) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 64):+64, 0:+128]
-          {
-            const int a0 = static_cast<int>(blockIdx.z);
-            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-            const int a2 = (static_cast<int>(blockIdx.x) / 8);
-            const int s3 = ((((((v_i4 * 128) - ((v_i4 * (v_i4 - 1)) / 2)) + v_i4) - v_i4) - v_i4) + 64);
-            const int s4 = 0;
-            const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-            const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_s4_f32;
-            if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 2048; i += 128) {
-                const int r = i / 32, c = (i % 32) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-              }
-            }
-            else {
-              for (int i = tid; i < 8192; i += 128) {
-                const int r = i / 128, c = i % 128;
-                dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-              }
-            }
-          }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          __syncthreads();
-          // s4_hi[row, col] = select((((row + 64) < i4) || ((row + 64) >= 128)), 0.0, (s4_f32[row, col] * select(((row + 64) == i4), 1.0, 1.4142135623730951)))
-          {
-            for (int i = tid; i < 8192; i += 128) {
-              const int r = i / 128, c = i % 128;
-              t_s4_hi[(r) * 132 + (c)] = prt::from_f32<float>(((((r + 64) < v_i4) || ((r + 64) >= 128)) ? 0.0f : (prt::to_f32(t_s4_f32[(r) * 128 + (c)]) * (((r + 64) == v_i4) ? 1.0f : 1.4142135623730951f))));
-            }
-          }
-          __syncthreads();
-          // t4 = mma.fmaFrag(dy, s4_hi^T) [16x64 in 16x16 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
-              float acc[2][4];
-              #pragma unroll
-              for (int q = 0; q < 2; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-              const int g = lane >> 2, t2 = (lane & 3) * 2;
-              for (int kk = 0; kk < 128; ++kk) {
-                const float a0 = prt::to_f32(t_dy[(m0 + g) * 132 + (kk)]), a1 = prt::to_f32(t_dy[(m0 + g + 8) * 132 + (kk)]);
-                #pragma unroll
-                for (int q = 0; q < 2; ++q) {
-                  const float b0 = prt::to_f32(t_s4_hi[(n0 + q * 8 + t2) * 132 + (kk)]), b1 = prt::to_f32(t_s4_hi[(n0 + q * 8 + t2 + 1) * 132 + (kk)]);
-                  acc[q][0] = fmaf(a0, b0, acc[q][0]);
-                  acc[q][1] = fmaf(a0, b1, acc[q][1]);
-                  acc[q][2] = fmaf(a1, b0, acc[q][2]);
-                  acc[q][3] = fmaf(a1, b1, acc[q][3]);
-                }
-              }
-              #pragma unroll
-              for (int q = 0; q < 2; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t4[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
-            }
-          }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 64), (grad_s[row, col] + (q[row, i4] * t4[row, max((col - 64), 0)])), grad_s[row, col])
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 64) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 132 + (v_i4)]) * prt::to_f32(t_t4[(r) * 64 + (prt::max_nan((c - 64), 0))]))) : f_grad_s[j][q][e]);
-                }
-              }
-            }
-          }
-          __syncthreads();
-          // t4[row, col] = (t4[row, col] * q[row, (col + 64)])
-          {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_t4[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_t4[(r) * 64 + (c)]) * prt::to_f32(t_q[(r) * 132 + ((c + 64))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t4, axis=1)
-          {
-            for (int o = warp; o < 16; o += 4) {
-              float acc = 0.0f;
-              for (int i = lane; i < 64; i += 32) acc += prt::to_f32(t_t4[(o) * 64 + (i)]);
-              acc = prt::warp_sum(acc);
-              if (lane == 0) t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i4 - 64)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 256; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i4 - 64)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 64) && (col < 80)), (grad_s[row, col] + r16[row, min(max((col - 64), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 64) && (c < 80)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 64), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 256; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      {
-        const int v_i5_end = 96;
-        for (int v_i5 = 80; v_i5 < v_i5_end; v_i5 += 1) {
-          // s5_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 8), ((((((i5 * 128) - ((i5 * (i5 - 1)) // 2)) + i5) - i5) - i5) + 80):+48, 0:+128]
-          {
-            const int a0 = static_cast<int>(blockIdx.z);
-            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-            const int a2 = (static_cast<int>(blockIdx.x) / 8);
-            const int s3 = ((((((v_i5 * 128) - ((v_i5 * (v_i5 - 1)) / 2)) + v_i5) - v_i5) - v_i5) + 80);
-            const int s4 = 0;
-            const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-            const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_s5_f32;
-            if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 1536; i += 128) {
-                const int r = i / 32, c = (i % 32) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-              }
-            }
-            else {
-              for (int i = tid; i < 6144; i += 128) {
-                const int r = i / 128, c = i % 128;
-                dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-              }
-            }
-          }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          __syncthreads();
-          // s5_hi[row, col] = select((((row + 80) < i5) || ((row + 80) >= 128)), 0.0, (s5_f32[row, col] * select(((row + 80) == i5), 1.0, 1.4142135623730951)))
-          {
-            for (int i = tid; i < 6144; i += 128) {
-              const int r = i / 128, c = i % 128;
-              t_s5_hi[(r) * 132 + (c)] = prt::from_f32<float>(((((r + 80) < v_i5) || ((r + 80) >= 128)) ? 0.0f : (prt::to_f32(t_s5_f32[(r) * 128 + (c)]) * (((r + 80) == v_i5) ? 1.0f : 1.4142135623730951f))));
-            }
-          }
-          __syncthreads();
-          // t5 = mma.fmaFrag(dy, s5_hi^T) [16x48 in 16x8 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              if (u < 6) {
-                const int m0 = (u / 6) * 16, n0 = (u % 6) * 8;
-                float acc[1][4];
-                #pragma unroll
-                for (int q = 0; q < 1; ++q)
-                #pragma unroll
-                  for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-                const int g = lane >> 2, t2 = (lane & 3) * 2;
-                for (int kk = 0; kk < 128; ++kk) {
-                  const float a0 = prt::to_f32(t_dy[(m0 + g) * 132 + (kk)]), a1 = prt::to_f32(t_dy[(m0 + g + 8) * 132 + (kk)]);
-                  #pragma unroll
-                  for (int q = 0; q < 1; ++q) {
-                    const float b0 = prt::to_f32(t_s5_hi[(n0 + q * 8 + t2) * 132 + (kk)]), b1 = prt::to_f32(t_s5_hi[(n0 + q * 8 + t2 + 1) * 132 + (kk)]);
-                    acc[q][0] = fmaf(a0, b0, acc[q][0]);
-                    acc[q][1] = fmaf(a0, b1, acc[q][1]);
-                    acc[q][2] = fmaf(a1, b0, acc[q][2]);
-                    acc[q][3] = fmaf(a1, b1, acc[q][3]);
-                  }
-                }
-                #pragma unroll
-                for (int q = 0; q < 1; ++q)
-                #pragma unroll
-                  for (int e = 0; e < 4; ++e) t_t5[(m0 + prt::frag_row(lane, e)) * 48 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
-              }
-            }
-          }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 80), (grad_s[row, col] + (q[row, i5] * t5[row, max((col - 80), 0)])), grad_s[row, col])
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 80) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 132 + (v_i5)]) * prt::to_f32(t_t5[(r) * 48 + (prt::max_nan((c - 80), 0))]))) : f_grad_s[j][q][e]);
-                }
-              }
-            }
-          }
-          __syncthreads();
-          // t5[row, col] = (t5[row, col] * q[row, (col + 80)])
-          {
-            for (int i = tid; i < 768; i += 128) {
-              const int r = i / 48, c = i % 48;
-              t_t5[(r) * 48 + (c)] = prt::from_f32<float>((prt::to_f32(t_t5[(r) * 48 + (c)]) * prt::to_f32(t_q[(r) * 132 + ((c + 80))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t5, axis=1)
-          {
-            for (int o = warp; o < 16; o += 4) {
-              float acc = 0.0f;
-              for (int i = lane; i < 48; i += 32) acc += prt::to_f32(t_t5[(o) * 48 + (i)]);
-              acc = prt::warp_sum(acc);
-              if (lane == 0) t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i5 - 80)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 256; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i5 - 80)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 80) && (col < 96)), (grad_s[row, col] + r16[row, min(max((col - 80), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 80) && (c < 96)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 80), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 256; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      {
-        const int v_i6_end = 112;
-        for (int v_i6 = 96; v_i6 < v_i6_end; v_i6 += 1) {
-          // s6_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 8), ((((((i6 * 128) - ((i6 * (i6 - 1)) // 2)) + i6) - i6) - i6) + 96):+32, 0:+128]
-          {
-            const int a0 = static_cast<int>(blockIdx.z);
-            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-            const int a2 = (static_cast<int>(blockIdx.x) / 8);
-            const int s3 = ((((((v_i6 * 128) - ((v_i6 * (v_i6 - 1)) / 2)) + v_i6) - v_i6) - v_i6) + 96);
-            const int s4 = 0;
-            const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-            const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_s6_f32;
-            if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 1024; i += 128) {
-                const int r = i / 32, c = (i % 32) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-              }
-            }
-            else {
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 128, c = i % 128;
-                dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-              }
-            }
-          }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          __syncthreads();
-          // s6_hi[row, col] = select((((row + 96) < i6) || ((row + 96) >= 128)), 0.0, (s6_f32[row, col] * select(((row + 96) == i6), 1.0, 1.4142135623730951)))
-          {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 128, c = i % 128;
-              t_s6_hi[(r) * 132 + (c)] = prt::from_f32<float>(((((r + 96) < v_i6) || ((r + 96) >= 128)) ? 0.0f : (prt::to_f32(t_s6_f32[(r) * 128 + (c)]) * (((r + 96) == v_i6) ? 1.0f : 1.4142135623730951f))));
-            }
-          }
-          __syncthreads();
-          // t6 = mma.fmaFrag(dy, s6_hi^T) [16x32 in 16x8 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
-              float acc[1][4];
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-              const int g = lane >> 2, t2 = (lane & 3) * 2;
-              for (int kk = 0; kk < 128; ++kk) {
-                const float a0 = prt::to_f32(t_dy[(m0 + g) * 132 + (kk)]), a1 = prt::to_f32(t_dy[(m0 + g + 8) * 132 + (kk)]);
-                #pragma unroll
-                for (int q = 0; q < 1; ++q) {
-                  const float b0 = prt::to_f32(t_s6_hi[(n0 + q * 8 + t2) * 132 + (kk)]), b1 = prt::to_f32(t_s6_hi[(n0 + q * 8 + t2 + 1) * 132 + (kk)]);
-                  acc[q][0] = fmaf(a0, b0, acc[q][0]);
-                  acc[q][1] = fmaf(a0, b1, acc[q][1]);
-                  acc[q][2] = fmaf(a1, b0, acc[q][2]);
-                  acc[q][3] = fmaf(a1, b1, acc[q][3]);
-                }
-              }
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t6[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
-            }
-          }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 96), (grad_s[row, col] + (q[row, i6] * t6[row, max((col - 96), 0)])), grad_s[row, col])
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 96) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 132 + (v_i6)]) * prt::to_f32(t_t6[(r) * 32 + (prt::max_nan((c - 96), 0))]))) : f_grad_s[j][q][e]);
-                }
-              }
-            }
-          }
-          __syncthreads();
-          // t6[row, col] = (t6[row, col] * q[row, (col + 96)])
-          {
-            for (int i = tid; i < 512; i += 128) {
-              const int r = i / 32, c = i % 32;
-              t_t6[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_t6[(r) * 32 + (c)]) * prt::to_f32(t_q[(r) * 132 + ((c + 96))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t6, axis=1)
-          {
-            for (int o = warp; o < 16; o += 4) {
-              float acc = 0.0f;
-              for (int i = lane; i < 32; i += 32) acc += prt::to_f32(t_t6[(o) * 32 + (i)]);
-              acc = prt::warp_sum(acc);
-              if (lane == 0) t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i6 - 96)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 256; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i6 - 96)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 96) && (col < 112)), (grad_s[row, col] + r16[row, min(max((col - 96), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 96) && (c < 112)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 96), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 256; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      {
-        const int v_i7_end = 128;
-        for (int v_i7 = 112; v_i7 < v_i7_end; v_i7 += 1) {
-          // s7_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 8), ((((((i7 * 128) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 112):+16, 0:+128]
-          {
-            const int a0 = static_cast<int>(blockIdx.z);
-            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-            const int a2 = (static_cast<int>(blockIdx.x) / 8);
-            const int s3 = ((((((v_i7 * 128) - ((v_i7 * (v_i7 - 1)) / 2)) + v_i7) - v_i7) - v_i7) + 112);
-            const int s4 = 0;
-            const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-            const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_s7_f32;
-            if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 512; i += 128) {
-                const int r = i / 32, c = (i % 32) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-              }
-            }
-            else {
-              for (int i = tid; i < 2048; i += 128) {
-                const int r = i / 128, c = i % 128;
-                dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-              }
-            }
-          }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          __syncthreads();
-          // s7_hi[row, col] = select((((row + 112) < i7) || ((row + 112) >= 128)), 0.0, (s7_f32[row, col] * select(((row + 112) == i7), 1.0, 1.4142135623730951)))
-          {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 128, c = i % 128;
-              t_s7_hi[(r) * 132 + (c)] = prt::from_f32<float>(((((r + 112) < v_i7) || ((r + 112) >= 128)) ? 0.0f : (prt::to_f32(t_s7_f32[(r) * 128 + (c)]) * (((r + 112) == v_i7) ? 1.0f : 1.4142135623730951f))));
-            }
-          }
-          __syncthreads();
-          // t7 = mma.fmaFrag(dy, s7_hi^T) [16x16 in 16x8 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              if (u < 2) {
-                const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
-                float acc[1][4];
-                #pragma unroll
-                for (int q = 0; q < 1; ++q)
-                #pragma unroll
-                  for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-                const int g = lane >> 2, t2 = (lane & 3) * 2;
-                for (int kk = 0; kk < 128; ++kk) {
-                  const float a0 = prt::to_f32(t_dy[(m0 + g) * 132 + (kk)]), a1 = prt::to_f32(t_dy[(m0 + g + 8) * 132 + (kk)]);
-                  #pragma unroll
-                  for (int q = 0; q < 1; ++q) {
-                    const float b0 = prt::to_f32(t_s7_hi[(n0 + q * 8 + t2) * 132 + (kk)]), b1 = prt::to_f32(t_s7_hi[(n0 + q * 8 + t2 + 1) * 132 + (kk)]);
-                    acc[q][0] = fmaf(a0, b0, acc[q][0]);
-                    acc[q][1] = fmaf(a0, b1, acc[q][1]);
-                    acc[q][2] = fmaf(a1, b0, acc[q][2]);
-                    acc[q][3] = fmaf(a1, b1, acc[q][3]);
-                  }
-                }
-                #pragma unroll
-                for (int q = 0; q < 1; ++q)
-                #pragma unroll
-                  for (int e = 0; e < 4; ++e) t_t7[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
-              }
-            }
-          }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 112), (grad_s[row, col] + (q[row, i7] * t7[row, max((col - 112), 0)])), grad_s[row, col])
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 112) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 132 + (v_i7)]) * prt::to_f32(t_t7[(r) * 16 + (prt::max_nan((c - 112), 0))]))) : f_grad_s[j][q][e]);
-                }
-              }
-            }
-          }
-          __syncthreads();
-          // t7[row, col] = (t7[row, col] * q[row, (col + 112)])
-          {
-            for (int i = tid; i < 256; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_t7[(r) * 16 + (c)] = prt::from_f32<float>((prt::to_f32(t_t7[(r) * 16 + (c)]) * prt::to_f32(t_q[(r) * 132 + ((c + 112))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t7, axis=1)
-          {
-            for (int o = warp; o < 16; o += 4) {
-              float acc = 0.0f;
-              for (int i = lane; i < 16; i += 32) acc += prt::to_f32(t_t7[(o) * 16 + (i)]);
-              acc = prt::warp_sum(acc);
-              if (lane == 0) t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i7 - 112)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 256; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i7 - 112)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 112) && (col < 128)), (grad_s[row, col] + r16[row, min(max((col - 112), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 112) && (c < 128)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 112), 0), 15))])) : f_grad_s[j][q][e]);
             }
           }
         }
@@ -13239,9 +12238,9 @@ extern "C" cudaError_t prt_attention_bwd_p2_d128_e128_c128_f32_w4_bd64_bt32_s1_l
 }
 
 extern "C" cudaError_t prt_query_state_bwd_dq_p2_d128_e128_c128_f32_w4_bd0_bt16_s1_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d128_e128_c128_f32_w4_bd0_bt16_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 160256);
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d128_e128_c128_f32_w4_bd0_bt16_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 151296);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_dq_p2_d128_e128_c128_f32_w4_bd0_bt16_s1<<<grid, 128, 160256, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
+  prt_query_state_bwd_dq_p2_d128_e128_c128_f32_w4_bd0_bt16_s1<<<grid, 128, 151296, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
   return cudaGetLastError();
 }
 

@@ -607,7 +607,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   float* const t_kzk0 = reinterpret_cast<float*>(prt_smem + 39424);  // f32[128, 16] pitch 16
   // zk0_hi: bf16[64, 16] computed in registers by its mma group
   // zk0_lo: bf16[64, 16] computed in registers by its mma group
-  float f_s0[4][4][4];  // f32[128, 128] as mma fragments: 128x128 in 16x32 units over 8 warps
+  float f_s0[8][2][4];  // f32[128, 128] as mma fragments: 128x128 in 16x16 units over 8 warps
   float* const t_z0 = reinterpret_cast<float*>(prt_smem + 47616);  // f32[128] pitch 128
   // u0_hi: bf16[64, 128] computed in registers by its mma group
   // u0_lo: bf16[64, 128] computed in registers by its mma group
@@ -616,7 +616,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   float* const t_kzk1 = reinterpret_cast<float*>(prt_smem + 37376);  // f32[112, 16] pitch 16
   // zk1_hi: bf16[64, 16] computed in registers by its mma group
   // zk1_lo: bf16[64, 16] computed in registers by its mma group
-  float f_s1[4][4][4];  // f32[112, 128] as mma fragments: 112x128 in 16x32 units over 8 warps
+  float f_s1[7][2][4];  // f32[112, 128] as mma fragments: 112x128 in 16x16 units over 8 warps
   float* const t_z1 = reinterpret_cast<float*>(prt_smem + 44544);  // f32[112] pitch 112
   // u1_hi: bf16[64, 128] computed in registers by its mma group
   // u1_lo: bf16[64, 128] computed in registers by its mma group
@@ -625,7 +625,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   float* const t_kzk2 = reinterpret_cast<float*>(prt_smem + 35328);  // f32[96, 16] pitch 16
   // zk2_hi: bf16[64, 16] computed in registers by its mma group
   // zk2_lo: bf16[64, 16] computed in registers by its mma group
-  float f_s2[3][4][4];  // f32[96, 128] as mma fragments: 96x128 in 16x32 units over 8 warps
+  float f_s2[6][2][4];  // f32[96, 128] as mma fragments: 96x128 in 16x16 units over 8 warps
   float* const t_z2 = reinterpret_cast<float*>(prt_smem + 41472);  // f32[96] pitch 96
   // u2_hi: bf16[64, 128] computed in registers by its mma group
   // u2_lo: bf16[64, 128] computed in registers by its mma group
@@ -634,7 +634,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   float* const t_kzk3 = reinterpret_cast<float*>(prt_smem + 33280);  // f32[80, 16] pitch 16
   // zk3_hi: bf16[64, 16] computed in registers by its mma group
   // zk3_lo: bf16[64, 16] computed in registers by its mma group
-  float f_s3[3][4][4];  // f32[80, 128] as mma fragments: 80x128 in 16x32 units over 8 warps
+  float f_s3[5][2][4];  // f32[80, 128] as mma fragments: 80x128 in 16x16 units over 8 warps
   float* const t_z3 = reinterpret_cast<float*>(prt_smem + 38400);  // f32[80] pitch 80
   // u3_hi: bf16[64, 128] computed in registers by its mma group
   // u3_lo: bf16[64, 128] computed in registers by its mma group
@@ -643,7 +643,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   float* const t_kzk4 = reinterpret_cast<float*>(prt_smem + 31232);  // f32[64, 16] pitch 16
   // zk4_hi: bf16[64, 16] computed in registers by its mma group
   // zk4_lo: bf16[64, 16] computed in registers by its mma group
-  float f_s4[2][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 8 warps
+  float f_s4[4][2][4];  // f32[64, 128] as mma fragments: 64x128 in 16x16 units over 8 warps
   float* const t_z4 = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   // u4_hi: bf16[64, 128] computed in registers by its mma group
   // u4_lo: bf16[64, 128] computed in registers by its mma group
@@ -652,7 +652,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   float* const t_kzk5 = reinterpret_cast<float*>(prt_smem + 29184);  // f32[48, 16] pitch 16
   // zk5_hi: bf16[64, 16] computed in registers by its mma group
   // zk5_lo: bf16[64, 16] computed in registers by its mma group
-  float f_s5[2][4][4];  // f32[48, 128] as mma fragments: 48x128 in 16x32 units over 8 warps
+  float f_s5[3][2][4];  // f32[48, 128] as mma fragments: 48x128 in 16x16 units over 8 warps
   float* const t_z5 = reinterpret_cast<float*>(prt_smem + 0);  // f32[48] pitch 48
   // u5_hi: bf16[64, 128] computed in registers by its mma group
   // u5_lo: bf16[64, 128] computed in registers by its mma group
@@ -661,7 +661,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   float* const t_kzk6 = reinterpret_cast<float*>(prt_smem + 27136);  // f32[32, 16] pitch 16
   // zk6_hi: bf16[64, 16] computed in registers by its mma group
   // zk6_lo: bf16[64, 16] computed in registers by its mma group
-  float f_s6[1][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 8 warps
+  float f_s6[2][2][4];  // f32[32, 128] as mma fragments: 32x128 in 16x16 units over 8 warps
   float* const t_z6 = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
   // u6_hi: bf16[64, 128] computed in registers by its mma group
   // u6_lo: bf16[64, 128] computed in registers by its mma group
@@ -827,31 +827,31 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       // mma.group (operands in registers):
       //   u0_hi[row, col] = (v[row, col] * kg0[(i0 - 0), row])
       //   u0_lo[row, col] = ((v[row, col] * kg0[(i0 - 0), row]) - u0_hi[row, col])
-      //   s0 = mma.tc(k0^T, u0_hi) [128x128 in 16x32 units over 8 warps]
-      //   s0 += mma.tc(k0^T, u0_lo) [128x128 in 16x32 units over 8 warps]
+      //   s0 = mma.tc(k0^T, u0_hi) [128x128 in 16x16 units over 8 warps]
+      //   s0 += mma.tc(k0^T, u0_lo) [128x128 in 16x16 units over 8 warps]
       {
-        float (&acc)[4][4][4] = f_s0;
+        float (&acc)[8][2][4] = f_s0;
         #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < 8; ++j) {
           #pragma unroll
-          for (int q = 0; q < 4; ++q)
+          for (int q = 0; q < 2; ++q)
           #pragma unroll
             for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
         const int g = lane >> 2, t2 = (lane & 3) * 2;
         for (int k0 = 0; k0 < 64; k0 += 16) {
-          const int n0 = (warp % 4) * 32;
-          uint32_t fb_v[4][2];
+          const int n0 = (warp % 8) * 16;
+          uint32_t fb_v[2][2];
           #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
+          for (int q = 0; q < 2; q += 2) {
             uint32_t r[4];
             prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
             fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
           }
-          uint32_t ib_u0_hi[4][2];
-          uint32_t ib_u0_lo[4][2];
+          uint32_t ib_u0_hi[2][2];
+          uint32_t ib_u0_lo[2][2];
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int rg = 0; rg < 2; ++rg) {
               __nv_bfloat16 v0[2], v1[2];
@@ -868,28 +868,28 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
             }
           }
           #pragma unroll
-          for (int j = 0; j < 4; ++j) {
+          for (int j = 0; j < 8; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16;
+            const int m0 = (u / 8) * 16;
             (void)m0;
             (void)n0;
             uint32_t fat_k0[4];
             prt::ldmatrix_x4_trans(fat_k0, &t_k0[(k0 + prt::at_row(lane)) * 136 + m0 + prt::at_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k0, ib_u0_hi[q][0], ib_u0_hi[q][1]);
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k0, ib_u0_hi[q][0], ib_u0_hi[q][1]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k0, ib_u0_lo[q][0], ib_u0_lo[q][1]);
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k0, ib_u0_lo[q][0], ib_u0_lo[q][1]);
           }
         }
       }
       // s0[row, col] = (s0[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951))
       {
         #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < 8; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -909,11 +909,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
           #pragma unroll
-          for (int j = 0; j < 4; ++j) {
+          for (int j = 0; j < 8; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -1056,33 +1056,31 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       // mma.group (operands in registers):
       //   u1_hi[row, col] = (v[row, col] * kg1[(i1 - 16), row])
       //   u1_lo[row, col] = ((v[row, col] * kg1[(i1 - 16), row]) - u1_hi[row, col])
-      //   s1 = mma.tc(k1^T, u1_hi) [112x128 in 16x32 units over 8 warps]
-      //   s1 += mma.tc(k1^T, u1_lo) [112x128 in 16x32 units over 8 warps]
+      //   s1 = mma.tc(k1^T, u1_hi) [112x128 in 16x16 units over 8 warps]
+      //   s1 += mma.tc(k1^T, u1_lo) [112x128 in 16x16 units over 8 warps]
       {
-        float (&acc)[4][4][4] = f_s1;
+        float (&acc)[7][2][4] = f_s1;
         #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          if (warp + j * 8 < 28) {
-            #pragma unroll
-            for (int q = 0; q < 4; ++q)
-            #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-          }
+        for (int j = 0; j < 7; ++j) {
+          #pragma unroll
+          for (int q = 0; q < 2; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
         const int g = lane >> 2, t2 = (lane & 3) * 2;
         for (int k0 = 0; k0 < 64; k0 += 16) {
-          const int n0 = (warp % 4) * 32;
-          uint32_t fb_v[4][2];
+          const int n0 = (warp % 8) * 16;
+          uint32_t fb_v[2][2];
           #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
+          for (int q = 0; q < 2; q += 2) {
             uint32_t r[4];
             prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
             fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
           }
-          uint32_t ib_u1_hi[4][2];
-          uint32_t ib_u1_lo[4][2];
+          uint32_t ib_u1_hi[2][2];
+          uint32_t ib_u1_lo[2][2];
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int rg = 0; rg < 2; ++rg) {
               __nv_bfloat16 v0[2], v1[2];
@@ -1099,36 +1097,32 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
             }
           }
           #pragma unroll
-          for (int j = 0; j < 4; ++j) {
+          for (int j = 0; j < 7; ++j) {
             const int u = warp + j * 8;
-            if (u < 28) {
-              const int m0 = (u / 4) * 16;
-              (void)m0;
-              (void)n0;
-              uint32_t fat_k1[4];
-              prt::ldmatrix_x4_trans(fat_k1, &t_k1[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k1, ib_u1_hi[q][0], ib_u1_hi[q][1]);
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k1, ib_u1_lo[q][0], ib_u1_lo[q][1]);
-            }
+            const int m0 = (u / 8) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fat_k1[4];
+            prt::ldmatrix_x4_trans(fat_k1, &t_k1[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k1, ib_u1_hi[q][0], ib_u1_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k1, ib_u1_lo[q][0], ib_u1_lo[q][1]);
           }
         }
       }
       // s1[row, col] = (s1[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951))
       {
         #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < 7; ++j) {
           const int u = warp + j * 8;
-          if (u < 28) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              #pragma unroll
-              for (int e = 0; e < 4; ++e) {
-                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                f_s1[j][q][e] = (f_s1[j][q][e] * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f));
-              }
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s1[j][q][e] = (f_s1[j][q][e] * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f));
             }
           }
         }
@@ -1144,17 +1138,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
           #pragma unroll
-          for (int j = 0; j < 4; ++j) {
+          for (int j = 0; j < 7; ++j) {
             const int u = warp + j * 8;
-            if (u < 28) {
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  if (s3 + r >= 0 && s3 + r < g_dS_d3 && s4 + c >= 0 && s4 + c < g_dS_d4 && ((((r + 16) >= v_i1) && ((r + 16) < 128)))) g_dS[base + static_cast<long long>(r) * g_dS_s3 + static_cast<long long>(c) * g_dS_s4] = prt::from_f32<float>(f_s1[j][q][e]);
-                }
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_dS_d3 && s4 + c >= 0 && s4 + c < g_dS_d4 && ((((r + 16) >= v_i1) && ((r + 16) < 128)))) g_dS[base + static_cast<long long>(r) * g_dS_s3 + static_cast<long long>(c) * g_dS_s4] = prt::from_f32<float>(f_s1[j][q][e]);
               }
             }
           }
@@ -1293,31 +1285,31 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       // mma.group (operands in registers):
       //   u2_hi[row, col] = (v[row, col] * kg2[(i2 - 32), row])
       //   u2_lo[row, col] = ((v[row, col] * kg2[(i2 - 32), row]) - u2_hi[row, col])
-      //   s2 = mma.tc(k2^T, u2_hi) [96x128 in 16x32 units over 8 warps]
-      //   s2 += mma.tc(k2^T, u2_lo) [96x128 in 16x32 units over 8 warps]
+      //   s2 = mma.tc(k2^T, u2_hi) [96x128 in 16x16 units over 8 warps]
+      //   s2 += mma.tc(k2^T, u2_lo) [96x128 in 16x16 units over 8 warps]
       {
-        float (&acc)[3][4][4] = f_s2;
+        float (&acc)[6][2][4] = f_s2;
         #pragma unroll
-        for (int j = 0; j < 3; ++j) {
+        for (int j = 0; j < 6; ++j) {
           #pragma unroll
-          for (int q = 0; q < 4; ++q)
+          for (int q = 0; q < 2; ++q)
           #pragma unroll
             for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
         const int g = lane >> 2, t2 = (lane & 3) * 2;
         for (int k0 = 0; k0 < 64; k0 += 16) {
-          const int n0 = (warp % 4) * 32;
-          uint32_t fb_v[4][2];
+          const int n0 = (warp % 8) * 16;
+          uint32_t fb_v[2][2];
           #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
+          for (int q = 0; q < 2; q += 2) {
             uint32_t r[4];
             prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
             fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
           }
-          uint32_t ib_u2_hi[4][2];
-          uint32_t ib_u2_lo[4][2];
+          uint32_t ib_u2_hi[2][2];
+          uint32_t ib_u2_lo[2][2];
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int rg = 0; rg < 2; ++rg) {
               __nv_bfloat16 v0[2], v1[2];
@@ -1334,28 +1326,28 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
             }
           }
           #pragma unroll
-          for (int j = 0; j < 3; ++j) {
+          for (int j = 0; j < 6; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16;
+            const int m0 = (u / 8) * 16;
             (void)m0;
             (void)n0;
             uint32_t fat_k2[4];
             prt::ldmatrix_x4_trans(fat_k2, &t_k2[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k2, ib_u2_hi[q][0], ib_u2_hi[q][1]);
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k2, ib_u2_hi[q][0], ib_u2_hi[q][1]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k2, ib_u2_lo[q][0], ib_u2_lo[q][1]);
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k2, ib_u2_lo[q][0], ib_u2_lo[q][1]);
           }
         }
       }
       // s2[row, col] = (s2[row, col] * select(((row + 32) == i2), 1.0, 1.4142135623730951))
       {
         #pragma unroll
-        for (int j = 0; j < 3; ++j) {
+        for (int j = 0; j < 6; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -1375,11 +1367,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
           #pragma unroll
-          for (int j = 0; j < 3; ++j) {
+          for (int j = 0; j < 6; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -1522,33 +1514,31 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       // mma.group (operands in registers):
       //   u3_hi[row, col] = (v[row, col] * kg3[(i3 - 48), row])
       //   u3_lo[row, col] = ((v[row, col] * kg3[(i3 - 48), row]) - u3_hi[row, col])
-      //   s3 = mma.tc(k3^T, u3_hi) [80x128 in 16x32 units over 8 warps]
-      //   s3 += mma.tc(k3^T, u3_lo) [80x128 in 16x32 units over 8 warps]
+      //   s3 = mma.tc(k3^T, u3_hi) [80x128 in 16x16 units over 8 warps]
+      //   s3 += mma.tc(k3^T, u3_lo) [80x128 in 16x16 units over 8 warps]
       {
-        float (&acc)[3][4][4] = f_s3;
+        float (&acc)[5][2][4] = f_s3;
         #pragma unroll
-        for (int j = 0; j < 3; ++j) {
-          if (warp + j * 8 < 20) {
-            #pragma unroll
-            for (int q = 0; q < 4; ++q)
-            #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-          }
+        for (int j = 0; j < 5; ++j) {
+          #pragma unroll
+          for (int q = 0; q < 2; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
         const int g = lane >> 2, t2 = (lane & 3) * 2;
         for (int k0 = 0; k0 < 64; k0 += 16) {
-          const int n0 = (warp % 4) * 32;
-          uint32_t fb_v[4][2];
+          const int n0 = (warp % 8) * 16;
+          uint32_t fb_v[2][2];
           #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
+          for (int q = 0; q < 2; q += 2) {
             uint32_t r[4];
             prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
             fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
           }
-          uint32_t ib_u3_hi[4][2];
-          uint32_t ib_u3_lo[4][2];
+          uint32_t ib_u3_hi[2][2];
+          uint32_t ib_u3_lo[2][2];
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int rg = 0; rg < 2; ++rg) {
               __nv_bfloat16 v0[2], v1[2];
@@ -1565,36 +1555,32 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
             }
           }
           #pragma unroll
-          for (int j = 0; j < 3; ++j) {
+          for (int j = 0; j < 5; ++j) {
             const int u = warp + j * 8;
-            if (u < 20) {
-              const int m0 = (u / 4) * 16;
-              (void)m0;
-              (void)n0;
-              uint32_t fat_k3[4];
-              prt::ldmatrix_x4_trans(fat_k3, &t_k3[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k3, ib_u3_hi[q][0], ib_u3_hi[q][1]);
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k3, ib_u3_lo[q][0], ib_u3_lo[q][1]);
-            }
+            const int m0 = (u / 8) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fat_k3[4];
+            prt::ldmatrix_x4_trans(fat_k3, &t_k3[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k3, ib_u3_hi[q][0], ib_u3_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k3, ib_u3_lo[q][0], ib_u3_lo[q][1]);
           }
         }
       }
       // s3[row, col] = (s3[row, col] * select(((row + 48) == i3), 1.0, 1.4142135623730951))
       {
         #pragma unroll
-        for (int j = 0; j < 3; ++j) {
+        for (int j = 0; j < 5; ++j) {
           const int u = warp + j * 8;
-          if (u < 20) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              #pragma unroll
-              for (int e = 0; e < 4; ++e) {
-                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                f_s3[j][q][e] = (f_s3[j][q][e] * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f));
-              }
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s3[j][q][e] = (f_s3[j][q][e] * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f));
             }
           }
         }
@@ -1610,17 +1596,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
           #pragma unroll
-          for (int j = 0; j < 3; ++j) {
+          for (int j = 0; j < 5; ++j) {
             const int u = warp + j * 8;
-            if (u < 20) {
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  if (s3 + r >= 0 && s3 + r < g_dS_d3 && s4 + c >= 0 && s4 + c < g_dS_d4 && ((((r + 48) >= v_i3) && ((r + 48) < 128)))) g_dS[base + static_cast<long long>(r) * g_dS_s3 + static_cast<long long>(c) * g_dS_s4] = prt::from_f32<float>(f_s3[j][q][e]);
-                }
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_dS_d3 && s4 + c >= 0 && s4 + c < g_dS_d4 && ((((r + 48) >= v_i3) && ((r + 48) < 128)))) g_dS[base + static_cast<long long>(r) * g_dS_s3 + static_cast<long long>(c) * g_dS_s4] = prt::from_f32<float>(f_s3[j][q][e]);
               }
             }
           }
@@ -1753,31 +1737,31 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       // mma.group (operands in registers):
       //   u4_hi[row, col] = (v[row, col] * kg4[(i4 - 64), row])
       //   u4_lo[row, col] = ((v[row, col] * kg4[(i4 - 64), row]) - u4_hi[row, col])
-      //   s4 = mma.tc(k4^T, u4_hi) [64x128 in 16x32 units over 8 warps]
-      //   s4 += mma.tc(k4^T, u4_lo) [64x128 in 16x32 units over 8 warps]
+      //   s4 = mma.tc(k4^T, u4_hi) [64x128 in 16x16 units over 8 warps]
+      //   s4 += mma.tc(k4^T, u4_lo) [64x128 in 16x16 units over 8 warps]
       {
-        float (&acc)[2][4][4] = f_s4;
+        float (&acc)[4][2][4] = f_s4;
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 4; ++j) {
           #pragma unroll
-          for (int q = 0; q < 4; ++q)
+          for (int q = 0; q < 2; ++q)
           #pragma unroll
             for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
         const int g = lane >> 2, t2 = (lane & 3) * 2;
         for (int k0 = 0; k0 < 64; k0 += 16) {
-          const int n0 = (warp % 4) * 32;
-          uint32_t fb_v[4][2];
+          const int n0 = (warp % 8) * 16;
+          uint32_t fb_v[2][2];
           #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
+          for (int q = 0; q < 2; q += 2) {
             uint32_t r[4];
             prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
             fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
           }
-          uint32_t ib_u4_hi[4][2];
-          uint32_t ib_u4_lo[4][2];
+          uint32_t ib_u4_hi[2][2];
+          uint32_t ib_u4_lo[2][2];
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int rg = 0; rg < 2; ++rg) {
               __nv_bfloat16 v0[2], v1[2];
@@ -1794,28 +1778,28 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
             }
           }
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16;
+            const int m0 = (u / 8) * 16;
             (void)m0;
             (void)n0;
             uint32_t fat_k4[4];
             prt::ldmatrix_x4_trans(fat_k4, &t_k4[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k4, ib_u4_hi[q][0], ib_u4_hi[q][1]);
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k4, ib_u4_hi[q][0], ib_u4_hi[q][1]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k4, ib_u4_lo[q][0], ib_u4_lo[q][1]);
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k4, ib_u4_lo[q][0], ib_u4_lo[q][1]);
           }
         }
       }
       // s4[row, col] = (s4[row, col] * select(((row + 64) == i4), 1.0, 1.4142135623730951))
       {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 4; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -1835,11 +1819,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -1982,33 +1966,31 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       // mma.group (operands in registers):
       //   u5_hi[row, col] = (v[row, col] * kg5[(i5 - 80), row])
       //   u5_lo[row, col] = ((v[row, col] * kg5[(i5 - 80), row]) - u5_hi[row, col])
-      //   s5 = mma.tc(k5^T, u5_hi) [48x128 in 16x32 units over 8 warps]
-      //   s5 += mma.tc(k5^T, u5_lo) [48x128 in 16x32 units over 8 warps]
+      //   s5 = mma.tc(k5^T, u5_hi) [48x128 in 16x16 units over 8 warps]
+      //   s5 += mma.tc(k5^T, u5_lo) [48x128 in 16x16 units over 8 warps]
       {
-        float (&acc)[2][4][4] = f_s5;
+        float (&acc)[3][2][4] = f_s5;
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          if (warp + j * 8 < 12) {
-            #pragma unroll
-            for (int q = 0; q < 4; ++q)
-            #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-          }
+        for (int j = 0; j < 3; ++j) {
+          #pragma unroll
+          for (int q = 0; q < 2; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
         const int g = lane >> 2, t2 = (lane & 3) * 2;
         for (int k0 = 0; k0 < 64; k0 += 16) {
-          const int n0 = (warp % 4) * 32;
-          uint32_t fb_v[4][2];
+          const int n0 = (warp % 8) * 16;
+          uint32_t fb_v[2][2];
           #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
+          for (int q = 0; q < 2; q += 2) {
             uint32_t r[4];
             prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
             fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
           }
-          uint32_t ib_u5_hi[4][2];
-          uint32_t ib_u5_lo[4][2];
+          uint32_t ib_u5_hi[2][2];
+          uint32_t ib_u5_lo[2][2];
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int rg = 0; rg < 2; ++rg) {
               __nv_bfloat16 v0[2], v1[2];
@@ -2025,36 +2007,32 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
             }
           }
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 3; ++j) {
             const int u = warp + j * 8;
-            if (u < 12) {
-              const int m0 = (u / 4) * 16;
-              (void)m0;
-              (void)n0;
-              uint32_t fat_k5[4];
-              prt::ldmatrix_x4_trans(fat_k5, &t_k5[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k5, ib_u5_hi[q][0], ib_u5_hi[q][1]);
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k5, ib_u5_lo[q][0], ib_u5_lo[q][1]);
-            }
+            const int m0 = (u / 8) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fat_k5[4];
+            prt::ldmatrix_x4_trans(fat_k5, &t_k5[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k5, ib_u5_hi[q][0], ib_u5_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k5, ib_u5_lo[q][0], ib_u5_lo[q][1]);
           }
         }
       }
       // s5[row, col] = (s5[row, col] * select(((row + 80) == i5), 1.0, 1.4142135623730951))
       {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 3; ++j) {
           const int u = warp + j * 8;
-          if (u < 12) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              #pragma unroll
-              for (int e = 0; e < 4; ++e) {
-                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                f_s5[j][q][e] = (f_s5[j][q][e] * (((r + 80) == v_i5) ? 1.0f : 1.4142135623730951f));
-              }
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s5[j][q][e] = (f_s5[j][q][e] * (((r + 80) == v_i5) ? 1.0f : 1.4142135623730951f));
             }
           }
         }
@@ -2070,17 +2048,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 3; ++j) {
             const int u = warp + j * 8;
-            if (u < 12) {
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  if (s3 + r >= 0 && s3 + r < g_dS_d3 && s4 + c >= 0 && s4 + c < g_dS_d4 && ((((r + 80) >= v_i5) && ((r + 80) < 128)))) g_dS[base + static_cast<long long>(r) * g_dS_s3 + static_cast<long long>(c) * g_dS_s4] = prt::from_f32<float>(f_s5[j][q][e]);
-                }
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_dS_d3 && s4 + c >= 0 && s4 + c < g_dS_d4 && ((((r + 80) >= v_i5) && ((r + 80) < 128)))) g_dS[base + static_cast<long long>(r) * g_dS_s3 + static_cast<long long>(c) * g_dS_s4] = prt::from_f32<float>(f_s5[j][q][e]);
               }
             }
           }
@@ -2219,69 +2195,69 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
       // mma.group (operands in registers):
       //   u6_hi[row, col] = (v[row, col] * kg6[(i6 - 96), row])
       //   u6_lo[row, col] = ((v[row, col] * kg6[(i6 - 96), row]) - u6_hi[row, col])
-      //   s6 = mma.tc(k6^T, u6_hi) [32x128 in 16x32 units over 8 warps]
-      //   s6 += mma.tc(k6^T, u6_lo) [32x128 in 16x32 units over 8 warps]
+      //   s6 = mma.tc(k6^T, u6_hi) [32x128 in 16x16 units over 8 warps]
+      //   s6 += mma.tc(k6^T, u6_lo) [32x128 in 16x16 units over 8 warps]
       {
-        float (&acc)[1][4][4] = f_s6;
+        float (&acc)[2][2][4] = f_s6;
         #pragma unroll
-        for (int j = 0; j < 1; ++j) {
+        for (int j = 0; j < 2; ++j) {
           #pragma unroll
-          for (int q = 0; q < 4; ++q)
+          for (int q = 0; q < 2; ++q)
           #pragma unroll
             for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
         const int g = lane >> 2, t2 = (lane & 3) * 2;
         for (int k0 = 0; k0 < 64; k0 += 16) {
+          const int n0 = (warp % 8) * 16;
+          uint32_t fb_v[2][2];
           #pragma unroll
-          for (int j = 0; j < 1; ++j) {
+          for (int q = 0; q < 2; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
+          }
+          uint32_t ib_u6_hi[2][2];
+          uint32_t ib_u6_lo[2][2];
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int rg = 0; rg < 2; ++rg) {
+              __nv_bfloat16 v0[2], v1[2];
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg6[((v_i6 - 96)) * 64 + (r)])));
+                v0[h] = y0;
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg6[((v_i6 - 96)) * 64 + (r)])) - prt::to_f32(y0)));
+                v1[h] = y1;
+              }
+              ib_u6_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+              ib_u6_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+            }
+          }
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16;
-            const int n0 = (u % 4) * 32;
+            const int m0 = (u / 8) * 16;
             (void)m0;
             (void)n0;
             uint32_t fat_k6[4];
             prt::ldmatrix_x4_trans(fat_k6, &t_k6[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-            uint32_t fb_v[4][2];
             #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t r[4];
-              prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-              fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
-            }
-            uint32_t ib_u6_hi[4][2];
-            uint32_t ib_u6_lo[4][2];
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k6, ib_u6_hi[q][0], ib_u6_hi[q][1]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              #pragma unroll
-              for (int rg = 0; rg < 2; ++rg) {
-                __nv_bfloat16 v0[2], v1[2];
-                #pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
-                  const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg6[((v_i6 - 96)) * 64 + (r)])));
-                  v0[h] = y0;
-                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg6[((v_i6 - 96)) * 64 + (r)])) - prt::to_f32(y0)));
-                  v1[h] = y1;
-                }
-                ib_u6_hi[q][rg] = prt::pack2(v0[0], v0[1]);
-                ib_u6_lo[q][rg] = prt::pack2(v1[0], v1[1]);
-              }
-            }
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k6, ib_u6_hi[q][0], ib_u6_hi[q][1]);
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k6, ib_u6_lo[q][0], ib_u6_lo[q][1]);
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k6, ib_u6_lo[q][0], ib_u6_lo[q][1]);
           }
         }
       }
       // s6[row, col] = (s6[row, col] * select(((row + 96) == i6), 1.0, 1.4142135623730951))
       {
         #pragma unroll
-        for (int j = 0; j < 1; ++j) {
+        for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -2301,11 +2277,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
           #pragma unroll
-          for (int j = 0; j < 1; ++j) {
+          for (int j = 0; j < 2; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -3132,14 +3108,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
   (void)g_wS_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  float f_num_s[2][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 8 warps
-  float f_num_a[2][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 8 warps
+  float f_num_s[4][2][4];  // f32[64, 128] as mma fragments: 64x128 in 16x16 units over 8 warps
+  float f_num_a[4][2][4];  // f32[64, 128] as mma fragments: 64x128 in 16x16 units over 8 warps
   float* const t_den_s = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   __nv_bfloat16* const t_q0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 128] pitch 136
   float* const t_z = reinterpret_cast<float*>(prt_smem + 17920);  // f32[8256] pitch 8256
   // zsym_hi: bf16[128, 128] computed in registers by its mma group
   // zsym_lo: bf16[128, 128] computed in registers by its mma group
-  float f_qz[2][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 8 warps
+  float f_qz[4][2][4];  // f32[64, 128] as mma fragments: 64x128 in 16x16 units over 8 warps
   float* const t_s0_f32 = reinterpret_cast<float*>(prt_smem + 17920);  // f32[128, 128] pitch 132
   // s0_hi: bf16[128, 128] computed in registers by its mma group
   // s0_lo: bf16[128, 128] computed in registers by its mma group
@@ -3171,12 +3147,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
   float* const t_s7_f32 = reinterpret_cast<float*>(prt_smem + 3584);  // f32[16, 128] pitch 132
   // s7_hi: bf16[16, 128] computed in registers by its mma group
   // s7_lo: bf16[16, 128] computed in registers by its mma group
-  float f_num[2][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 8 warps
+  float f_num[4][2][4];  // f32[64, 128] as mma fragments: 64x128 in 16x16 units over 8 warps
   float* const t_den = reinterpret_cast<float*>(prt_smem + 1024);  // f32[64] pitch 64
   float* const t_den_a = reinterpret_cast<float*>(prt_smem + 512);  // f32[64] pitch 64
   float* const t_max_a = reinterpret_cast<float*>(prt_smem + 768);  // f32[64] pitch 64
   float* const t_lse_t = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  float* const t_den_s_part = reinterpret_cast<float*>(prt_smem + 17920);  // f32[4, 64] pitch 64
+  float* const t_den_s_part = reinterpret_cast<float*>(prt_smem + 17920);  // f32[8, 64] pitch 64
   // g = load logG[pid.z, ((pid.x // 1) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -3207,11 +3183,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
     // num_s[row, col] = 0.0
     {
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
+      for (int j = 0; j < 4; ++j) {
         const int u = warp + j * 8;
-        const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+        const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
         #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < 2; ++q) {
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -3274,24 +3250,24 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
     // mma.group (operands in registers):
     //   zsym_hi[row, col] = select(((row < 128) && (col < 128)), select((row == col), (z[((((min(min(row, col), 127) * 128) - ((min(min(row, col), 127) * (min(min(row, col), 127) - 1)) // 2)) + min(max(row, col), 127)) - min(min(row, col), 127))] / 1.0), ((z[((((min(min(row, col), 127) * 128) - ((min(min(row, col), 127) * (min(min(row, col), 127) - 1)) // 2)) + min(max(row, col), 127)) - min(min(row, col), 127))] / 1.0) * 0.7071067811865476)), 0.0)
     //   zsym_lo[row, col] = (select(((row < 128) && (col < 128)), select((row == col), (z[((((min(min(row, col), 127) * 128) - ((min(min(row, col), 127) * (min(min(row, col), 127) - 1)) // 2)) + min(max(row, col), 127)) - min(min(row, col), 127))] / 1.0), ((z[((((min(min(row, col), 127) * 128) - ((min(min(row, col), 127) * (min(min(row, col), 127) - 1)) // 2)) + min(max(row, col), 127)) - min(min(row, col), 127))] / 1.0) * 0.7071067811865476)), 0.0) - zsym_hi[row, col])
-    //   qz = mma.tc(q0, zsym_hi) [64x128 in 16x32 units over 8 warps]
-    //   qz += mma.tc(q0, zsym_lo) [64x128 in 16x32 units over 8 warps]
+    //   qz = mma.tc(q0, zsym_hi) [64x128 in 16x16 units over 8 warps]
+    //   qz += mma.tc(q0, zsym_lo) [64x128 in 16x16 units over 8 warps]
     {
-      float (&acc)[2][4][4] = f_qz;
+      float (&acc)[4][2][4] = f_qz;
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
+      for (int j = 0; j < 4; ++j) {
         #pragma unroll
-        for (int q = 0; q < 4; ++q)
+        for (int q = 0; q < 2; ++q)
         #pragma unroll
           for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
       }
       const int g = lane >> 2, t2 = (lane & 3) * 2;
       for (int k0 = 0; k0 < 128; k0 += 16) {
-        const int n0 = (warp % 4) * 32;
-        uint32_t ib_zsym_hi[4][2];
-        uint32_t ib_zsym_lo[4][2];
+        const int n0 = (warp % 8) * 16;
+        uint32_t ib_zsym_hi[2][2];
+        uint32_t ib_zsym_lo[2][2];
         #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < 2; ++q) {
           #pragma unroll
           for (int rg = 0; rg < 2; ++rg) {
             __nv_bfloat16 v0[2], v1[2];
@@ -3308,28 +3284,28 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
           }
         }
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 4; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16;
+          const int m0 = (u / 8) * 16;
           (void)m0;
           (void)n0;
           uint32_t fa_q0[4];
           prt::ldmatrix_x4(fa_q0, &t_q0[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
           #pragma unroll
-          for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_zsym_hi[q][0], ib_zsym_hi[q][1]);
+          for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_zsym_hi[q][0], ib_zsym_hi[q][1]);
           #pragma unroll
-          for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_zsym_lo[q][0], ib_zsym_lo[q][1]);
+          for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_zsym_lo[q][0], ib_zsym_lo[q][1]);
         }
       }
     }
     // qz[row, col] = (qz[row, col] * q0[row, col])
     {
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
+      for (int j = 0; j < 4; ++j) {
         const int u = warp + j * 8;
-        const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+        const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
         #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < 2; ++q) {
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -3342,26 +3318,26 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
     // den_s = reduce_sum(qz, axis=1) via den_s_part
     {
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
+      for (int j = 0; j < 4; ++j) {
         const int u = warp + j * 8;
         #pragma unroll
         for (int h = 0; h < 2; ++h) {
           float acc = f_qz[j][0][2 * h];
           acc += f_qz[j][0][2 * h + 1];
           #pragma unroll
-          for (int q = 1; q < 4; ++q) {
+          for (int q = 1; q < 2; ++q) {
             acc += f_qz[j][q][2 * h];
             acc += f_qz[j][q][2 * h + 1];
           }
           acc = prt::quad_sum(acc);
-          const int r = (u / 4) * 16 + (lane >> 2) + 8 * h;
-          if ((lane & 3) == 0) t_den_s_part[(u % 4) * 64 + (r)] = acc;
+          const int r = (u / 8) * 16 + (lane >> 2) + 8 * h;
+          if ((lane & 3) == 0) t_den_s_part[(u % 8) * 64 + (r)] = acc;
         }
       }
       __syncthreads();
       for (int i = tid; i < 64; i += 256) {
         float acc = t_den_s_part[(0) * 64 + (i)];
-        for (int p = 1; p < 4; ++p) acc += t_den_s_part[(p) * 64 + (i)];
+        for (int p = 1; p < 8; ++p) acc += t_den_s_part[(p) * 64 + (i)];
         t_den_s[i] = prt::from_f32<float>(acc);
       }
     }
@@ -3401,24 +3377,24 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
         // mma.group (operands in registers):
         //   s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 128)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
         //   s0_lo[row, col] = (select((((row + 0) < i0) || ((row + 0) >= 128)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951))) - s0_hi[row, col])
-        //   num_a = mma.tc(q0, s0_hi) [64x128 in 16x32 units over 8 warps]
-        //   num_a += mma.tc(q0, s0_lo) [64x128 in 16x32 units over 8 warps]
+        //   num_a = mma.tc(q0, s0_hi) [64x128 in 16x16 units over 8 warps]
+        //   num_a += mma.tc(q0, s0_lo) [64x128 in 16x16 units over 8 warps]
         {
-          float (&acc)[2][4][4] = f_num_a;
+          float (&acc)[4][2][4] = f_num_a;
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             #pragma unroll
-            for (int q = 0; q < 4; ++q)
+            for (int q = 0; q < 2; ++q)
             #pragma unroll
               for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
           }
           const int g = lane >> 2, t2 = (lane & 3) * 2;
           for (int k0 = 0; k0 < 128; k0 += 16) {
-            const int n0 = (warp % 4) * 32;
-            uint32_t ib_s0_hi[4][2];
-            uint32_t ib_s0_lo[4][2];
+            const int n0 = (warp % 8) * 16;
+            uint32_t ib_s0_hi[2][2];
+            uint32_t ib_s0_lo[2][2];
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int rg = 0; rg < 2; ++rg) {
                 __nv_bfloat16 v0[2], v1[2];
@@ -3435,28 +3411,28 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
               }
             }
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
+            for (int j = 0; j < 4; ++j) {
               const int u = warp + j * 8;
-              const int m0 = (u / 4) * 16;
+              const int m0 = (u / 8) * 16;
               (void)m0;
               (void)n0;
               uint32_t fa_q0[4];
               prt::ldmatrix_x4(fa_q0, &t_q0[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_s0_hi[q][0], ib_s0_hi[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_s0_hi[q][0], ib_s0_hi[q][1]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_s0_lo[q][0], ib_s0_lo[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_s0_lo[q][0], ib_s0_lo[q][1]);
             }
           }
         }
         // num_s[row, col] = (num_s[row, col] + (q0[row, (i0 - 0)] * num_a[row, col]))
         {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -3530,24 +3506,24 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
         // mma.group (operands in registers):
         //   s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 128)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
         //   s1_lo[row, col] = (select((((row + 16) < i1) || ((row + 16) >= 128)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951))) - s1_hi[row, col])
-        //   num_a = mma.tc(q1, s1_hi) [64x128 in 16x32 units over 8 warps]
-        //   num_a += mma.tc(q1, s1_lo) [64x128 in 16x32 units over 8 warps]
+        //   num_a = mma.tc(q1, s1_hi) [64x128 in 16x16 units over 8 warps]
+        //   num_a += mma.tc(q1, s1_lo) [64x128 in 16x16 units over 8 warps]
         {
-          float (&acc)[2][4][4] = f_num_a;
+          float (&acc)[4][2][4] = f_num_a;
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             #pragma unroll
-            for (int q = 0; q < 4; ++q)
+            for (int q = 0; q < 2; ++q)
             #pragma unroll
               for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
           }
           const int g = lane >> 2, t2 = (lane & 3) * 2;
           for (int k0 = 0; k0 < 112; k0 += 16) {
-            const int n0 = (warp % 4) * 32;
-            uint32_t ib_s1_hi[4][2];
-            uint32_t ib_s1_lo[4][2];
+            const int n0 = (warp % 8) * 16;
+            uint32_t ib_s1_hi[2][2];
+            uint32_t ib_s1_lo[2][2];
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int rg = 0; rg < 2; ++rg) {
                 __nv_bfloat16 v0[2], v1[2];
@@ -3564,28 +3540,28 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
               }
             }
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
+            for (int j = 0; j < 4; ++j) {
               const int u = warp + j * 8;
-              const int m0 = (u / 4) * 16;
+              const int m0 = (u / 8) * 16;
               (void)m0;
               (void)n0;
               uint32_t fa_q1[4];
               prt::ldmatrix_x4(fa_q1, &t_q1[(m0 + prt::a_row(lane)) * 120 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q1, ib_s1_hi[q][0], ib_s1_hi[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q1, ib_s1_hi[q][0], ib_s1_hi[q][1]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q1, ib_s1_lo[q][0], ib_s1_lo[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q1, ib_s1_lo[q][0], ib_s1_lo[q][1]);
             }
           }
         }
         // num_s[row, col] = (num_s[row, col] + (q1[row, (i1 - 16)] * num_a[row, col]))
         {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -3660,24 +3636,24 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
         // mma.group (operands in registers):
         //   s2_hi[row, col] = select((((row + 32) < i2) || ((row + 32) >= 128)), 0.0, ((s2_f32[row, col] / 1.0) * select(((row + 32) == i2), 1.0, 1.4142135623730951)))
         //   s2_lo[row, col] = (select((((row + 32) < i2) || ((row + 32) >= 128)), 0.0, ((s2_f32[row, col] / 1.0) * select(((row + 32) == i2), 1.0, 1.4142135623730951))) - s2_hi[row, col])
-        //   num_a = mma.tc(q2, s2_hi) [64x128 in 16x32 units over 8 warps]
-        //   num_a += mma.tc(q2, s2_lo) [64x128 in 16x32 units over 8 warps]
+        //   num_a = mma.tc(q2, s2_hi) [64x128 in 16x16 units over 8 warps]
+        //   num_a += mma.tc(q2, s2_lo) [64x128 in 16x16 units over 8 warps]
         {
-          float (&acc)[2][4][4] = f_num_a;
+          float (&acc)[4][2][4] = f_num_a;
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             #pragma unroll
-            for (int q = 0; q < 4; ++q)
+            for (int q = 0; q < 2; ++q)
             #pragma unroll
               for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
           }
           const int g = lane >> 2, t2 = (lane & 3) * 2;
           for (int k0 = 0; k0 < 96; k0 += 16) {
-            const int n0 = (warp % 4) * 32;
-            uint32_t ib_s2_hi[4][2];
-            uint32_t ib_s2_lo[4][2];
+            const int n0 = (warp % 8) * 16;
+            uint32_t ib_s2_hi[2][2];
+            uint32_t ib_s2_lo[2][2];
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int rg = 0; rg < 2; ++rg) {
                 __nv_bfloat16 v0[2], v1[2];
@@ -3694,28 +3670,28 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
               }
             }
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
+            for (int j = 0; j < 4; ++j) {
               const int u = warp + j * 8;
-              const int m0 = (u / 4) * 16;
+              const int m0 = (u / 8) * 16;
               (void)m0;
               (void)n0;
               uint32_t fa_q2[4];
               prt::ldmatrix_x4(fa_q2, &t_q2[(m0 + prt::a_row(lane)) * 104 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q2, ib_s2_hi[q][0], ib_s2_hi[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q2, ib_s2_hi[q][0], ib_s2_hi[q][1]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q2, ib_s2_lo[q][0], ib_s2_lo[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q2, ib_s2_lo[q][0], ib_s2_lo[q][1]);
             }
           }
         }
         // num_s[row, col] = (num_s[row, col] + (q2[row, (i2 - 32)] * num_a[row, col]))
         {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -3790,24 +3766,24 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
         // mma.group (operands in registers):
         //   s3_hi[row, col] = select((((row + 48) < i3) || ((row + 48) >= 128)), 0.0, ((s3_f32[row, col] / 1.0) * select(((row + 48) == i3), 1.0, 1.4142135623730951)))
         //   s3_lo[row, col] = (select((((row + 48) < i3) || ((row + 48) >= 128)), 0.0, ((s3_f32[row, col] / 1.0) * select(((row + 48) == i3), 1.0, 1.4142135623730951))) - s3_hi[row, col])
-        //   num_a = mma.tc(q3, s3_hi) [64x128 in 16x32 units over 8 warps]
-        //   num_a += mma.tc(q3, s3_lo) [64x128 in 16x32 units over 8 warps]
+        //   num_a = mma.tc(q3, s3_hi) [64x128 in 16x16 units over 8 warps]
+        //   num_a += mma.tc(q3, s3_lo) [64x128 in 16x16 units over 8 warps]
         {
-          float (&acc)[2][4][4] = f_num_a;
+          float (&acc)[4][2][4] = f_num_a;
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             #pragma unroll
-            for (int q = 0; q < 4; ++q)
+            for (int q = 0; q < 2; ++q)
             #pragma unroll
               for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
           }
           const int g = lane >> 2, t2 = (lane & 3) * 2;
           for (int k0 = 0; k0 < 80; k0 += 16) {
-            const int n0 = (warp % 4) * 32;
-            uint32_t ib_s3_hi[4][2];
-            uint32_t ib_s3_lo[4][2];
+            const int n0 = (warp % 8) * 16;
+            uint32_t ib_s3_hi[2][2];
+            uint32_t ib_s3_lo[2][2];
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int rg = 0; rg < 2; ++rg) {
                 __nv_bfloat16 v0[2], v1[2];
@@ -3824,28 +3800,28 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
               }
             }
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
+            for (int j = 0; j < 4; ++j) {
               const int u = warp + j * 8;
-              const int m0 = (u / 4) * 16;
+              const int m0 = (u / 8) * 16;
               (void)m0;
               (void)n0;
               uint32_t fa_q3[4];
               prt::ldmatrix_x4(fa_q3, &t_q3[(m0 + prt::a_row(lane)) * 88 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q3, ib_s3_hi[q][0], ib_s3_hi[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q3, ib_s3_hi[q][0], ib_s3_hi[q][1]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q3, ib_s3_lo[q][0], ib_s3_lo[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q3, ib_s3_lo[q][0], ib_s3_lo[q][1]);
             }
           }
         }
         // num_s[row, col] = (num_s[row, col] + (q3[row, (i3 - 48)] * num_a[row, col]))
         {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -3920,24 +3896,24 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
         // mma.group (operands in registers):
         //   s4_hi[row, col] = select((((row + 64) < i4) || ((row + 64) >= 128)), 0.0, ((s4_f32[row, col] / 1.0) * select(((row + 64) == i4), 1.0, 1.4142135623730951)))
         //   s4_lo[row, col] = (select((((row + 64) < i4) || ((row + 64) >= 128)), 0.0, ((s4_f32[row, col] / 1.0) * select(((row + 64) == i4), 1.0, 1.4142135623730951))) - s4_hi[row, col])
-        //   num_a = mma.tc(q4, s4_hi) [64x128 in 16x32 units over 8 warps]
-        //   num_a += mma.tc(q4, s4_lo) [64x128 in 16x32 units over 8 warps]
+        //   num_a = mma.tc(q4, s4_hi) [64x128 in 16x16 units over 8 warps]
+        //   num_a += mma.tc(q4, s4_lo) [64x128 in 16x16 units over 8 warps]
         {
-          float (&acc)[2][4][4] = f_num_a;
+          float (&acc)[4][2][4] = f_num_a;
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             #pragma unroll
-            for (int q = 0; q < 4; ++q)
+            for (int q = 0; q < 2; ++q)
             #pragma unroll
               for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
           }
           const int g = lane >> 2, t2 = (lane & 3) * 2;
           for (int k0 = 0; k0 < 64; k0 += 16) {
-            const int n0 = (warp % 4) * 32;
-            uint32_t ib_s4_hi[4][2];
-            uint32_t ib_s4_lo[4][2];
+            const int n0 = (warp % 8) * 16;
+            uint32_t ib_s4_hi[2][2];
+            uint32_t ib_s4_lo[2][2];
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int rg = 0; rg < 2; ++rg) {
                 __nv_bfloat16 v0[2], v1[2];
@@ -3954,28 +3930,28 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
               }
             }
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
+            for (int j = 0; j < 4; ++j) {
               const int u = warp + j * 8;
-              const int m0 = (u / 4) * 16;
+              const int m0 = (u / 8) * 16;
               (void)m0;
               (void)n0;
               uint32_t fa_q4[4];
               prt::ldmatrix_x4(fa_q4, &t_q4[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q4, ib_s4_hi[q][0], ib_s4_hi[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q4, ib_s4_hi[q][0], ib_s4_hi[q][1]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q4, ib_s4_lo[q][0], ib_s4_lo[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q4, ib_s4_lo[q][0], ib_s4_lo[q][1]);
             }
           }
         }
         // num_s[row, col] = (num_s[row, col] + (q4[row, (i4 - 64)] * num_a[row, col]))
         {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -4050,24 +4026,24 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
         // mma.group (operands in registers):
         //   s5_hi[row, col] = select((((row + 80) < i5) || ((row + 80) >= 128)), 0.0, ((s5_f32[row, col] / 1.0) * select(((row + 80) == i5), 1.0, 1.4142135623730951)))
         //   s5_lo[row, col] = (select((((row + 80) < i5) || ((row + 80) >= 128)), 0.0, ((s5_f32[row, col] / 1.0) * select(((row + 80) == i5), 1.0, 1.4142135623730951))) - s5_hi[row, col])
-        //   num_a = mma.tc(q5, s5_hi) [64x128 in 16x32 units over 8 warps]
-        //   num_a += mma.tc(q5, s5_lo) [64x128 in 16x32 units over 8 warps]
+        //   num_a = mma.tc(q5, s5_hi) [64x128 in 16x16 units over 8 warps]
+        //   num_a += mma.tc(q5, s5_lo) [64x128 in 16x16 units over 8 warps]
         {
-          float (&acc)[2][4][4] = f_num_a;
+          float (&acc)[4][2][4] = f_num_a;
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             #pragma unroll
-            for (int q = 0; q < 4; ++q)
+            for (int q = 0; q < 2; ++q)
             #pragma unroll
               for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
           }
           const int g = lane >> 2, t2 = (lane & 3) * 2;
           for (int k0 = 0; k0 < 48; k0 += 16) {
-            const int n0 = (warp % 4) * 32;
-            uint32_t ib_s5_hi[4][2];
-            uint32_t ib_s5_lo[4][2];
+            const int n0 = (warp % 8) * 16;
+            uint32_t ib_s5_hi[2][2];
+            uint32_t ib_s5_lo[2][2];
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int rg = 0; rg < 2; ++rg) {
                 __nv_bfloat16 v0[2], v1[2];
@@ -4084,28 +4060,28 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
               }
             }
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
+            for (int j = 0; j < 4; ++j) {
               const int u = warp + j * 8;
-              const int m0 = (u / 4) * 16;
+              const int m0 = (u / 8) * 16;
               (void)m0;
               (void)n0;
               uint32_t fa_q5[4];
               prt::ldmatrix_x4(fa_q5, &t_q5[(m0 + prt::a_row(lane)) * 56 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q5, ib_s5_hi[q][0], ib_s5_hi[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q5, ib_s5_hi[q][0], ib_s5_hi[q][1]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q5, ib_s5_lo[q][0], ib_s5_lo[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q5, ib_s5_lo[q][0], ib_s5_lo[q][1]);
             }
           }
         }
         // num_s[row, col] = (num_s[row, col] + (q5[row, (i5 - 80)] * num_a[row, col]))
         {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -4180,24 +4156,24 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
         // mma.group (operands in registers):
         //   s6_hi[row, col] = select((((row + 96) < i6) || ((row + 96) >= 128)), 0.0, ((s6_f32[row, col] / 1.0) * select(((row + 96) == i6), 1.0, 1.4142135623730951)))
         //   s6_lo[row, col] = (select((((row + 96) < i6) || ((row + 96) >= 128)), 0.0, ((s6_f32[row, col] / 1.0) * select(((row + 96) == i6), 1.0, 1.4142135623730951))) - s6_hi[row, col])
-        //   num_a = mma.tc(q6, s6_hi) [64x128 in 16x32 units over 8 warps]
-        //   num_a += mma.tc(q6, s6_lo) [64x128 in 16x32 units over 8 warps]
+        //   num_a = mma.tc(q6, s6_hi) [64x128 in 16x16 units over 8 warps]
+        //   num_a += mma.tc(q6, s6_lo) [64x128 in 16x16 units over 8 warps]
         {
-          float (&acc)[2][4][4] = f_num_a;
+          float (&acc)[4][2][4] = f_num_a;
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             #pragma unroll
-            for (int q = 0; q < 4; ++q)
+            for (int q = 0; q < 2; ++q)
             #pragma unroll
               for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
           }
           const int g = lane >> 2, t2 = (lane & 3) * 2;
           for (int k0 = 0; k0 < 32; k0 += 16) {
-            const int n0 = (warp % 4) * 32;
-            uint32_t ib_s6_hi[4][2];
-            uint32_t ib_s6_lo[4][2];
+            const int n0 = (warp % 8) * 16;
+            uint32_t ib_s6_hi[2][2];
+            uint32_t ib_s6_lo[2][2];
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int rg = 0; rg < 2; ++rg) {
                 __nv_bfloat16 v0[2], v1[2];
@@ -4214,28 +4190,28 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
               }
             }
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
+            for (int j = 0; j < 4; ++j) {
               const int u = warp + j * 8;
-              const int m0 = (u / 4) * 16;
+              const int m0 = (u / 8) * 16;
               (void)m0;
               (void)n0;
               uint32_t fa_q6[4];
               prt::ldmatrix_x4(fa_q6, &t_q6[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q6, ib_s6_hi[q][0], ib_s6_hi[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q6, ib_s6_hi[q][0], ib_s6_hi[q][1]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q6, ib_s6_lo[q][0], ib_s6_lo[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q6, ib_s6_lo[q][0], ib_s6_lo[q][1]);
             }
           }
         }
         // num_s[row, col] = (num_s[row, col] + (q6[row, (i6 - 96)] * num_a[row, col]))
         {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -4310,24 +4286,24 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
         // mma.group (operands in registers):
         //   s7_hi[row, col] = select((((row + 112) < i7) || ((row + 112) >= 128)), 0.0, ((s7_f32[row, col] / 1.0) * select(((row + 112) == i7), 1.0, 1.4142135623730951)))
         //   s7_lo[row, col] = (select((((row + 112) < i7) || ((row + 112) >= 128)), 0.0, ((s7_f32[row, col] / 1.0) * select(((row + 112) == i7), 1.0, 1.4142135623730951))) - s7_hi[row, col])
-        //   num_a = mma.tc(q7, s7_hi) [64x128 in 16x32 units over 8 warps]
-        //   num_a += mma.tc(q7, s7_lo) [64x128 in 16x32 units over 8 warps]
+        //   num_a = mma.tc(q7, s7_hi) [64x128 in 16x16 units over 8 warps]
+        //   num_a += mma.tc(q7, s7_lo) [64x128 in 16x16 units over 8 warps]
         {
-          float (&acc)[2][4][4] = f_num_a;
+          float (&acc)[4][2][4] = f_num_a;
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             #pragma unroll
-            for (int q = 0; q < 4; ++q)
+            for (int q = 0; q < 2; ++q)
             #pragma unroll
               for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
           }
           const int g = lane >> 2, t2 = (lane & 3) * 2;
           for (int k0 = 0; k0 < 16; k0 += 16) {
-            const int n0 = (warp % 4) * 32;
-            uint32_t ib_s7_hi[4][2];
-            uint32_t ib_s7_lo[4][2];
+            const int n0 = (warp % 8) * 16;
+            uint32_t ib_s7_hi[2][2];
+            uint32_t ib_s7_lo[2][2];
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int rg = 0; rg < 2; ++rg) {
                 __nv_bfloat16 v0[2], v1[2];
@@ -4344,28 +4320,28 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
               }
             }
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
+            for (int j = 0; j < 4; ++j) {
               const int u = warp + j * 8;
-              const int m0 = (u / 4) * 16;
+              const int m0 = (u / 8) * 16;
               (void)m0;
               (void)n0;
               uint32_t fa_q7[4];
               prt::ldmatrix_x4(fa_q7, &t_q7[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q7, ib_s7_hi[q][0], ib_s7_hi[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q7, ib_s7_hi[q][0], ib_s7_hi[q][1]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q7, ib_s7_lo[q][0], ib_s7_lo[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q7, ib_s7_lo[q][0], ib_s7_lo[q][1]);
             }
           }
         }
         // num_s[row, col] = (num_s[row, col] + (q7[row, (i7 - 112)] * num_a[row, col]))
         {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -4386,11 +4362,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
       const bool ok = a0 >= 0 && a0 < g_numA_d0 && a2 >= 0 && a2 < g_numA_d2;
       const long long base = static_cast<long long>(a0) * g_numA_s0 + static_cast<long long>(s1) * g_numA_s1 + static_cast<long long>(a2) * g_numA_s2 + static_cast<long long>(s3) * g_numA_s3;
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
+      for (int j = 0; j < 4; ++j) {
         const int u = warp + j * 8;
-        const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+        const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
         #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < 2; ++q) {
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -4441,11 +4417,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
     // num_s[row, col] = select((den[row] != 0.0), (((num_s[row, col] * select((max(max_a[row], (lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp(((lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0)) - max(max_a[row], (lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0))))))) * 1.0) / den[row]), 0.0)
     {
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
+      for (int j = 0; j < 4; ++j) {
         const int u = warp + j * 8;
-        const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+        const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
         #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < 2; ++q) {
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -4457,11 +4433,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
     // num[row, col] = (select((den[row] != 0.0), ((num[row, col] * select((max(max_a[row], (lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp((max_a[row] - max(max_a[row], (lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0))))))) / den[row]), 0.0) + num_s[row, col])
     {
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
+      for (int j = 0; j < 4; ++j) {
         const int u = warp + j * 8;
-        const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+        const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
         #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < 2; ++q) {
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -4486,11 +4462,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_yS_s0 + static_cast<long long>(s1) * g_yS_s1 + static_cast<long long>(a2) * g_yS_s2 + static_cast<long long>(s3) * g_yS_s3;
       if (ok) {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 4; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -4530,11 +4506,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_Y_s0 + static_cast<long long>(s1) * g_Y_s1 + static_cast<long long>(a2) * g_Y_s2 + static_cast<long long>(s3) * g_Y_s3;
       if (ok) {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 4; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -6183,32 +6159,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
   // zs_hi: bf16[128, 128] computed in registers by its mma group
   // zs_lo: bf16[128, 128] computed in registers by its mma group
   float* const t_qzs = reinterpret_cast<float*>(prt_smem + 18048);  // f32[32, 128] pitch 128
-  float* const t_r = reinterpret_cast<float*>(prt_smem + 36480);  // f32[32] pitch 32
-  float* const t_r16 = reinterpret_cast<float*>(prt_smem + 18048);  // f32[32, 16] pitch 16
-  float* const t_s0_f32 = reinterpret_cast<float*>(prt_smem + 50944);  // f32[128, 128] pitch 128
-  float* const t_t0 = reinterpret_cast<float*>(prt_smem + 20096);  // f32[32, 128] pitch 128
-  // s0_hi: bf16[128, 128] computed in registers by its mma group
-  float* const t_s1_f32 = reinterpret_cast<float*>(prt_smem + 50944);  // f32[112, 128] pitch 128
-  float* const t_t1 = reinterpret_cast<float*>(prt_smem + 20096);  // f32[32, 112] pitch 112
-  // s1_hi: bf16[112, 128] computed in registers by its mma group
-  float* const t_s2_f32 = reinterpret_cast<float*>(prt_smem + 50944);  // f32[96, 128] pitch 128
-  float* const t_t2 = reinterpret_cast<float*>(prt_smem + 20096);  // f32[32, 96] pitch 96
-  // s2_hi: bf16[96, 128] computed in registers by its mma group
-  float* const t_s3_f32 = reinterpret_cast<float*>(prt_smem + 50944);  // f32[80, 128] pitch 128
-  float* const t_t3 = reinterpret_cast<float*>(prt_smem + 20096);  // f32[32, 80] pitch 80
-  // s3_hi: bf16[80, 128] computed in registers by its mma group
-  float* const t_s4_f32 = reinterpret_cast<float*>(prt_smem + 50944);  // f32[64, 128] pitch 128
-  float* const t_t4 = reinterpret_cast<float*>(prt_smem + 20096);  // f32[32, 64] pitch 64
-  // s4_hi: bf16[64, 128] computed in registers by its mma group
-  float* const t_s5_f32 = reinterpret_cast<float*>(prt_smem + 50944);  // f32[48, 128] pitch 128
-  float* const t_t5 = reinterpret_cast<float*>(prt_smem + 20096);  // f32[32, 48] pitch 48
-  // s5_hi: bf16[48, 128] computed in registers by its mma group
-  float* const t_s6_f32 = reinterpret_cast<float*>(prt_smem + 20096);  // f32[32, 128] pitch 128
-  float* const t_t6 = reinterpret_cast<float*>(prt_smem + 36608);  // f32[32, 32] pitch 32
-  // s6_hi: bf16[32, 128] computed in registers by its mma group
-  float* const t_s7_f32 = reinterpret_cast<float*>(prt_smem + 20096);  // f32[16, 128] pitch 128
-  float* const t_t7 = reinterpret_cast<float*>(prt_smem + 28288);  // f32[32, 16] pitch 16
-  // s7_hi: bf16[16, 128] computed in registers by its mma group
+  float* const t_r = reinterpret_cast<float*>(prt_smem + 18560);  // f32[32] pitch 32
+  float* const t_s_f32 = reinterpret_cast<float*>(prt_smem + 50944);  // f32[128, 128] pitch 128
+  float f_t_a[2][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 4 warps
+  // s_hi: bf16[128, 128] computed in registers by its mma group
+  float* const t_r_part = reinterpret_cast<float*>(prt_smem + 18048);  // f32[4, 32] pitch 32
   if (((((static_cast<int>(blockIdx.x) / 2) * 64) + ((static_cast<int>(blockIdx.x) % 2) * 32)) < p_t)) {
     // g = load logG[pid.z, ((pid.x // 2) * 64):+64, (pid.y // ($hq // $h))]
     {
@@ -6539,27 +6494,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
           }
         }
       }
-      __syncthreads();
-      // r16[row, col] = 0.0
       {
-        for (int i = tid; i < 512; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      {
-        const int v_i0_end = 16;
+        const int v_i0_end = 128;
         for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-          // s0_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 2), ((((((i0 * 128) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+128, 0:+128]
+          // s_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 2), (((((i0 * 128) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0):+128, 0:+128]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
             const int a2 = (static_cast<int>(blockIdx.x) / 2);
-            const int s3 = ((((((v_i0 * 128) - ((v_i0 * (v_i0 - 1)) / 2)) + v_i0) - v_i0) - v_i0) + 0);
+            const int s3 = (((((v_i0 * 128) - ((v_i0 * (v_i0 - 1)) / 2)) + v_i0) - v_i0) - v_i0);
             const int s4 = 0;
             const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_s0_f32;
+            float* const dst = t_s_f32;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
               for (int i = tid; i < 4096; i += 128) {
                 const int r = i / 32, c = (i % 32) * 4;
@@ -6580,10 +6527,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
           prt::cp_async_wait<0>();
           __syncthreads();
           // mma.group (operands in registers):
-          //   s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 128)), 0.0, (s0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
-          //   t0 = mma.tc(dy, s0_hi^T) [32x128 in 16x32 units over 4 warps]
+          //   s_hi[row, col] = select(((row < i0) || (row >= 128)), 0.0, (s_f32[row, col] * select((row == i0), 1.0, 1.4142135623730951)))
+          //   t_a = mma.tc(dy, s_hi^T) [32x128 in 16x32 units over 4 warps]
           {
-            float acc[2][4][4];
+            float (&acc)[2][4][4] = f_t_a;
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
               #pragma unroll
@@ -6594,7 +6541,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
             const int g = lane >> 2, t2 = (lane & 3) * 2;
             for (int k0 = 0; k0 < 128; k0 += 16) {
               const int n0 = (warp % 4) * 32;
-              uint32_t ib_s0_hi[4][2];
+              uint32_t ib_s_hi[4][2];
               #pragma unroll
               for (int q = 0; q < 4; ++q) {
                 #pragma unroll
@@ -6603,10 +6550,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
                   #pragma unroll
                   for (int h = 0; h < 2; ++h) {
                     const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
-                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 128)) ? 0.0f : (prt::to_f32(t_s0_f32[(r) * 128 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
+                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < v_i0) || (r >= 128)) ? 0.0f : (prt::to_f32(t_s_f32[(r) * 128 + (c)]) * ((r == v_i0) ? 1.0f : 1.4142135623730951f))));
                     v0[h] = y0;
                   }
-                  ib_s0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                  ib_s_hi[q][rg] = prt::pack2(v0[0], v0[1]);
                 }
               }
               #pragma unroll
@@ -6618,19 +6565,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
                 uint32_t fa_dy[4];
                 prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
                 #pragma unroll
-                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, ib_s0_hi[q][0], ib_s0_hi[q][1]);
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, ib_s_hi[q][0], ib_s_hi[q][1]);
               }
             }
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t0[(((warp + j * 4) / 4) * 16 + prt::frag_row(lane, e)) * 128 + (((warp + j * 4) % 4) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-            }
           }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 0), (grad_s[row, col] + (q[row, i0] * t0[row, max((col - 0), 0)])), grad_s[row, col])
+          // grad_s[row, col] = (grad_s[row, col] + (q[row, i0] * t_a[row, col]))
           {
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
@@ -6641,154 +6580,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 0) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 136 + (v_i0)]) * prt::to_f32(t_t0[(r) * 128 + (prt::max_nan((c - 0), 0))]))) : f_grad_s[j][q][e]);
+                  f_grad_s[j][q][e] = (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 136 + (v_i0)]) * f_t_a[j][q][e]));
                 }
               }
             }
           }
-          __syncthreads();
-          // t0[row, col] = (t0[row, col] * q[row, (col + 0)])
-          {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 128, c = i % 128;
-              t_t0[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_t0[(r) * 128 + (c)]) * prt::to_f32(t_q[(r) * 136 + ((c + 0))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t0, axis=1)
-          {
-            for (int o = warp; o < 32; o += 4) {
-              float acc = 0.0f;
-              for (int i = lane; i < 128; i += 32) acc += prt::to_f32(t_t0[(o) * 128 + (i)]);
-              acc = prt::warp_sum(acc);
-              if (lane == 0) t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i0 - 0)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 512; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i0 - 0)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 0) && (col < 16)), (grad_s[row, col] + r16[row, min(max((col - 0), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 0) && (c < 16)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 0), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 512; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      {
-        const int v_i1_end = 32;
-        for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
-          // s1_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 2), ((((((i1 * 128) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+112, 0:+128]
-          {
-            const int a0 = static_cast<int>(blockIdx.z);
-            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-            const int a2 = (static_cast<int>(blockIdx.x) / 2);
-            const int s3 = ((((((v_i1 * 128) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 16);
-            const int s4 = 0;
-            const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-            const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_s1_f32;
-            if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 3584; i += 128) {
-                const int r = i / 32, c = (i % 32) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-              }
-            }
-            else {
-              for (int i = tid; i < 14336; i += 128) {
-                const int r = i / 128, c = i % 128;
-                dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-              }
-            }
-          }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          __syncthreads();
-          // mma.group (operands in registers):
-          //   s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 128)), 0.0, (s1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
-          //   t1 = mma.tc(dy, s1_hi^T) [32x112 in 16x16 units over 4 warps]
-          {
-            float acc[4][2][4];
-            #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-              if (warp + j * 4 < 14) {
-                #pragma unroll
-                for (int q = 0; q < 2; ++q)
-                #pragma unroll
-                  for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-              }
-            }
-            const int g = lane >> 2, t2 = (lane & 3) * 2;
-            for (int k0 = 0; k0 < 128; k0 += 16) {
-              #pragma unroll
-              for (int j = 0; j < 4; ++j) {
-                const int u = warp + j * 4;
-                if (u < 14) {
-                  const int m0 = (u / 7) * 16;
-                  const int n0 = (u % 7) * 16;
-                  (void)m0;
-                  (void)n0;
-                  uint32_t fa_dy[4];
-                  prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
-                  uint32_t ib_s1_hi[2][2];
-                  #pragma unroll
-                  for (int q = 0; q < 2; ++q) {
-                    #pragma unroll
-                    for (int rg = 0; rg < 2; ++rg) {
-                      __nv_bfloat16 v0[2];
-                      #pragma unroll
-                      for (int h = 0; h < 2; ++h) {
-                        const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
-                        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 128)) ? 0.0f : (prt::to_f32(t_s1_f32[(r) * 128 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
-                        v0[h] = y0;
-                      }
-                      ib_s1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
-                    }
-                  }
-                  #pragma unroll
-                  for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, ib_s1_hi[q][0], ib_s1_hi[q][1]);
-                }
-              }
-            }
-            #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-              if (warp + j * 4 < 14) {
-                #pragma unroll
-                for (int q = 0; q < 2; ++q)
-                #pragma unroll
-                  for (int e = 0; e < 4; ++e) t_t1[(((warp + j * 4) / 7) * 16 + prt::frag_row(lane, e)) * 112 + (((warp + j * 4) % 7) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-              }
-            }
-          }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 16), (grad_s[row, col] + (q[row, i1] * t1[row, max((col - 16), 0)])), grad_s[row, col])
+          // t_a[row, col] = (t_a[row, col] * q[row, col])
           {
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
@@ -6799,154 +6596,39 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 16) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 136 + (v_i1)]) * prt::to_f32(t_t1[(r) * 112 + (prt::max_nan((c - 16), 0))]))) : f_grad_s[j][q][e]);
+                  f_t_a[j][q][e] = (f_t_a[j][q][e] * prt::to_f32(t_q[(r) * 136 + (c)]));
                 }
               }
             }
           }
-          __syncthreads();
-          // t1[row, col] = (t1[row, col] * q[row, (col + 16)])
+          // r = reduce_sum(t_a, axis=1) via r_part
           {
-            for (int i = tid; i < 3584; i += 128) {
-              const int r = i / 112, c = i % 112;
-              t_t1[(r) * 112 + (c)] = prt::from_f32<float>((prt::to_f32(t_t1[(r) * 112 + (c)]) * prt::to_f32(t_q[(r) * 136 + ((c + 16))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t1, axis=1)
-          {
-            for (int o = warp; o < 32; o += 4) {
-              float acc = 0.0f;
-              for (int i = lane; i < 112; i += 32) acc += prt::to_f32(t_t1[(o) * 112 + (i)]);
-              acc = prt::warp_sum(acc);
-              if (lane == 0) t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i1 - 16)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 512; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i1 - 16)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 16) && (col < 32)), (grad_s[row, col] + r16[row, min(max((col - 16), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 16) && (c < 32)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 16), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 512; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      {
-        const int v_i2_end = 48;
-        for (int v_i2 = 32; v_i2 < v_i2_end; v_i2 += 1) {
-          // s2_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 2), ((((((i2 * 128) - ((i2 * (i2 - 1)) // 2)) + i2) - i2) - i2) + 32):+96, 0:+128]
-          {
-            const int a0 = static_cast<int>(blockIdx.z);
-            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-            const int a2 = (static_cast<int>(blockIdx.x) / 2);
-            const int s3 = ((((((v_i2 * 128) - ((v_i2 * (v_i2 - 1)) / 2)) + v_i2) - v_i2) - v_i2) + 32);
-            const int s4 = 0;
-            const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-            const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_s2_f32;
-            if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 3072; i += 128) {
-                const int r = i / 32, c = (i % 32) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-              }
-            }
-            else {
-              for (int i = tid; i < 12288; i += 128) {
-                const int r = i / 128, c = i % 128;
-                dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-              }
-            }
-          }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          __syncthreads();
-          // mma.group (operands in registers):
-          //   s2_hi[row, col] = select((((row + 32) < i2) || ((row + 32) >= 128)), 0.0, (s2_f32[row, col] * select(((row + 32) == i2), 1.0, 1.4142135623730951)))
-          //   t2 = mma.tc(dy, s2_hi^T) [32x96 in 16x32 units over 4 warps]
-          {
-            float acc[2][4][4];
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
-              if (warp + j * 4 < 6) {
-                #pragma unroll
-                for (int q = 0; q < 4; ++q)
-                #pragma unroll
-                  for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-              }
-            }
-            const int g = lane >> 2, t2 = (lane & 3) * 2;
-            for (int k0 = 0; k0 < 128; k0 += 16) {
+              const int u = warp + j * 4;
               #pragma unroll
-              for (int j = 0; j < 2; ++j) {
-                const int u = warp + j * 4;
-                if (u < 6) {
-                  const int m0 = (u / 3) * 16;
-                  const int n0 = (u % 3) * 32;
-                  (void)m0;
-                  (void)n0;
-                  uint32_t fa_dy[4];
-                  prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
-                  uint32_t ib_s2_hi[4][2];
-                  #pragma unroll
-                  for (int q = 0; q < 4; ++q) {
-                    #pragma unroll
-                    for (int rg = 0; rg < 2; ++rg) {
-                      __nv_bfloat16 v0[2];
-                      #pragma unroll
-                      for (int h = 0; h < 2; ++h) {
-                        const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
-                        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 32) < v_i2) || ((r + 32) >= 128)) ? 0.0f : (prt::to_f32(t_s2_f32[(r) * 128 + (c)]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))));
-                        v0[h] = y0;
-                      }
-                      ib_s2_hi[q][rg] = prt::pack2(v0[0], v0[1]);
-                    }
-                  }
-                  #pragma unroll
-                  for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, ib_s2_hi[q][0], ib_s2_hi[q][1]);
+              for (int h = 0; h < 2; ++h) {
+                float acc = f_t_a[j][0][2 * h];
+                acc += f_t_a[j][0][2 * h + 1];
+                #pragma unroll
+                for (int q = 1; q < 4; ++q) {
+                  acc += f_t_a[j][q][2 * h];
+                  acc += f_t_a[j][q][2 * h + 1];
                 }
+                acc = prt::quad_sum(acc);
+                const int r = (u / 4) * 16 + (lane >> 2) + 8 * h;
+                if ((lane & 3) == 0) t_r_part[(u % 4) * 32 + (r)] = acc;
               }
             }
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              if (warp + j * 4 < 6) {
-                #pragma unroll
-                for (int q = 0; q < 4; ++q)
-                #pragma unroll
-                  for (int e = 0; e < 4; ++e) t_t2[(((warp + j * 4) / 3) * 16 + prt::frag_row(lane, e)) * 96 + (((warp + j * 4) % 3) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-              }
+            __syncthreads();
+            for (int i = tid; i < 32; i += 128) {
+              float acc = t_r_part[(0) * 32 + (i)];
+              for (int p = 1; p < 4; ++p) acc += t_r_part[(p) * 32 + (i)];
+              t_r[i] = prt::from_f32<float>(acc);
             }
           }
           __syncthreads();
-          // grad_s[row, col] = select((col >= 32), (grad_s[row, col] + (q[row, i2] * t2[row, max((col - 32), 0)])), grad_s[row, col])
+          // grad_s[row, col] = select((col == i0), (grad_s[row, col] + r[row]), grad_s[row, col])
           {
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
@@ -6957,824 +6639,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 32) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 136 + (v_i2)]) * prt::to_f32(t_t2[(r) * 96 + (prt::max_nan((c - 32), 0))]))) : f_grad_s[j][q][e]);
+                  f_grad_s[j][q][e] = ((c == v_i0) ? (f_grad_s[j][q][e] + prt::to_f32(t_r[r])) : f_grad_s[j][q][e]);
                 }
               }
-            }
-          }
-          __syncthreads();
-          // t2[row, col] = (t2[row, col] * q[row, (col + 32)])
-          {
-            for (int i = tid; i < 3072; i += 128) {
-              const int r = i / 96, c = i % 96;
-              t_t2[(r) * 96 + (c)] = prt::from_f32<float>((prt::to_f32(t_t2[(r) * 96 + (c)]) * prt::to_f32(t_q[(r) * 136 + ((c + 32))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t2, axis=1)
-          {
-            for (int o = warp; o < 32; o += 4) {
-              float acc = 0.0f;
-              for (int i = lane; i < 96; i += 32) acc += prt::to_f32(t_t2[(o) * 96 + (i)]);
-              acc = prt::warp_sum(acc);
-              if (lane == 0) t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i2 - 32)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 512; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i2 - 32)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 32) && (col < 48)), (grad_s[row, col] + r16[row, min(max((col - 32), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 32) && (c < 48)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 32), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 512; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      {
-        const int v_i3_end = 64;
-        for (int v_i3 = 48; v_i3 < v_i3_end; v_i3 += 1) {
-          // s3_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 2), ((((((i3 * 128) - ((i3 * (i3 - 1)) // 2)) + i3) - i3) - i3) + 48):+80, 0:+128]
-          {
-            const int a0 = static_cast<int>(blockIdx.z);
-            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-            const int a2 = (static_cast<int>(blockIdx.x) / 2);
-            const int s3 = ((((((v_i3 * 128) - ((v_i3 * (v_i3 - 1)) / 2)) + v_i3) - v_i3) - v_i3) + 48);
-            const int s4 = 0;
-            const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-            const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_s3_f32;
-            if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 2560; i += 128) {
-                const int r = i / 32, c = (i % 32) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-              }
-            }
-            else {
-              for (int i = tid; i < 10240; i += 128) {
-                const int r = i / 128, c = i % 128;
-                dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-              }
-            }
-          }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          __syncthreads();
-          // mma.group (operands in registers):
-          //   s3_hi[row, col] = select((((row + 48) < i3) || ((row + 48) >= 128)), 0.0, (s3_f32[row, col] * select(((row + 48) == i3), 1.0, 1.4142135623730951)))
-          //   t3 = mma.tc(dy, s3_hi^T) [32x80 in 16x16 units over 4 warps]
-          {
-            float acc[3][2][4];
-            #pragma unroll
-            for (int j = 0; j < 3; ++j) {
-              if (warp + j * 4 < 10) {
-                #pragma unroll
-                for (int q = 0; q < 2; ++q)
-                #pragma unroll
-                  for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-              }
-            }
-            const int g = lane >> 2, t2 = (lane & 3) * 2;
-            for (int k0 = 0; k0 < 128; k0 += 16) {
-              #pragma unroll
-              for (int j = 0; j < 3; ++j) {
-                const int u = warp + j * 4;
-                if (u < 10) {
-                  const int m0 = (u / 5) * 16;
-                  const int n0 = (u % 5) * 16;
-                  (void)m0;
-                  (void)n0;
-                  uint32_t fa_dy[4];
-                  prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
-                  uint32_t ib_s3_hi[2][2];
-                  #pragma unroll
-                  for (int q = 0; q < 2; ++q) {
-                    #pragma unroll
-                    for (int rg = 0; rg < 2; ++rg) {
-                      __nv_bfloat16 v0[2];
-                      #pragma unroll
-                      for (int h = 0; h < 2; ++h) {
-                        const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
-                        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 48) < v_i3) || ((r + 48) >= 128)) ? 0.0f : (prt::to_f32(t_s3_f32[(r) * 128 + (c)]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))));
-                        v0[h] = y0;
-                      }
-                      ib_s3_hi[q][rg] = prt::pack2(v0[0], v0[1]);
-                    }
-                  }
-                  #pragma unroll
-                  for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, ib_s3_hi[q][0], ib_s3_hi[q][1]);
-                }
-              }
-            }
-            #pragma unroll
-            for (int j = 0; j < 3; ++j) {
-              if (warp + j * 4 < 10) {
-                #pragma unroll
-                for (int q = 0; q < 2; ++q)
-                #pragma unroll
-                  for (int e = 0; e < 4; ++e) t_t3[(((warp + j * 4) / 5) * 16 + prt::frag_row(lane, e)) * 80 + (((warp + j * 4) % 5) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-              }
-            }
-          }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 48), (grad_s[row, col] + (q[row, i3] * t3[row, max((col - 48), 0)])), grad_s[row, col])
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 48) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 136 + (v_i3)]) * prt::to_f32(t_t3[(r) * 80 + (prt::max_nan((c - 48), 0))]))) : f_grad_s[j][q][e]);
-                }
-              }
-            }
-          }
-          __syncthreads();
-          // t3[row, col] = (t3[row, col] * q[row, (col + 48)])
-          {
-            for (int i = tid; i < 2560; i += 128) {
-              const int r = i / 80, c = i % 80;
-              t_t3[(r) * 80 + (c)] = prt::from_f32<float>((prt::to_f32(t_t3[(r) * 80 + (c)]) * prt::to_f32(t_q[(r) * 136 + ((c + 48))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t3, axis=1)
-          {
-            for (int o = warp; o < 32; o += 4) {
-              float acc = 0.0f;
-              for (int i = lane; i < 80; i += 32) acc += prt::to_f32(t_t3[(o) * 80 + (i)]);
-              acc = prt::warp_sum(acc);
-              if (lane == 0) t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i3 - 48)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 512; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i3 - 48)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 48) && (col < 64)), (grad_s[row, col] + r16[row, min(max((col - 48), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 48) && (c < 64)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 48), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 512; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      {
-        const int v_i4_end = 80;
-        for (int v_i4 = 64; v_i4 < v_i4_end; v_i4 += 1) {
-          // s4_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 2), ((((((i4 * 128) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 64):+64, 0:+128]
-          {
-            const int a0 = static_cast<int>(blockIdx.z);
-            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-            const int a2 = (static_cast<int>(blockIdx.x) / 2);
-            const int s3 = ((((((v_i4 * 128) - ((v_i4 * (v_i4 - 1)) / 2)) + v_i4) - v_i4) - v_i4) + 64);
-            const int s4 = 0;
-            const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-            const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_s4_f32;
-            if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 2048; i += 128) {
-                const int r = i / 32, c = (i % 32) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-              }
-            }
-            else {
-              for (int i = tid; i < 8192; i += 128) {
-                const int r = i / 128, c = i % 128;
-                dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-              }
-            }
-          }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          __syncthreads();
-          // mma.group (operands in registers):
-          //   s4_hi[row, col] = select((((row + 64) < i4) || ((row + 64) >= 128)), 0.0, (s4_f32[row, col] * select(((row + 64) == i4), 1.0, 1.4142135623730951)))
-          //   t4 = mma.tc(dy, s4_hi^T) [32x64 in 16x32 units over 4 warps]
-          {
-            float acc[1][4][4];
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-            }
-            const int g = lane >> 2, t2 = (lane & 3) * 2;
-            for (int k0 = 0; k0 < 128; k0 += 16) {
-              #pragma unroll
-              for (int j = 0; j < 1; ++j) {
-                const int u = warp + j * 4;
-                const int m0 = (u / 2) * 16;
-                const int n0 = (u % 2) * 32;
-                (void)m0;
-                (void)n0;
-                uint32_t fa_dy[4];
-                prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
-                uint32_t ib_s4_hi[4][2];
-                #pragma unroll
-                for (int q = 0; q < 4; ++q) {
-                  #pragma unroll
-                  for (int rg = 0; rg < 2; ++rg) {
-                    __nv_bfloat16 v0[2];
-                    #pragma unroll
-                    for (int h = 0; h < 2; ++h) {
-                      const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
-                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 64) < v_i4) || ((r + 64) >= 128)) ? 0.0f : (prt::to_f32(t_s4_f32[(r) * 128 + (c)]) * (((r + 64) == v_i4) ? 1.0f : 1.4142135623730951f))));
-                      v0[h] = y0;
-                    }
-                    ib_s4_hi[q][rg] = prt::pack2(v0[0], v0[1]);
-                  }
-                }
-                #pragma unroll
-                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, ib_s4_hi[q][0], ib_s4_hi[q][1]);
-              }
-            }
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t4[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 4) % 2) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-            }
-          }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 64), (grad_s[row, col] + (q[row, i4] * t4[row, max((col - 64), 0)])), grad_s[row, col])
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 64) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 136 + (v_i4)]) * prt::to_f32(t_t4[(r) * 64 + (prt::max_nan((c - 64), 0))]))) : f_grad_s[j][q][e]);
-                }
-              }
-            }
-          }
-          __syncthreads();
-          // t4[row, col] = (t4[row, col] * q[row, (col + 64)])
-          {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_t4[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_t4[(r) * 64 + (c)]) * prt::to_f32(t_q[(r) * 136 + ((c + 64))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t4, axis=1)
-          {
-            for (int o = warp; o < 32; o += 4) {
-              float acc = 0.0f;
-              for (int i = lane; i < 64; i += 32) acc += prt::to_f32(t_t4[(o) * 64 + (i)]);
-              acc = prt::warp_sum(acc);
-              if (lane == 0) t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i4 - 64)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 512; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i4 - 64)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 64) && (col < 80)), (grad_s[row, col] + r16[row, min(max((col - 64), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 64) && (c < 80)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 64), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 512; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      {
-        const int v_i5_end = 96;
-        for (int v_i5 = 80; v_i5 < v_i5_end; v_i5 += 1) {
-          // s5_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 2), ((((((i5 * 128) - ((i5 * (i5 - 1)) // 2)) + i5) - i5) - i5) + 80):+48, 0:+128]
-          {
-            const int a0 = static_cast<int>(blockIdx.z);
-            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-            const int a2 = (static_cast<int>(blockIdx.x) / 2);
-            const int s3 = ((((((v_i5 * 128) - ((v_i5 * (v_i5 - 1)) / 2)) + v_i5) - v_i5) - v_i5) + 80);
-            const int s4 = 0;
-            const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-            const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_s5_f32;
-            if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 1536; i += 128) {
-                const int r = i / 32, c = (i % 32) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-              }
-            }
-            else {
-              for (int i = tid; i < 6144; i += 128) {
-                const int r = i / 128, c = i % 128;
-                dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-              }
-            }
-          }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          __syncthreads();
-          // mma.group (operands in registers):
-          //   s5_hi[row, col] = select((((row + 80) < i5) || ((row + 80) >= 128)), 0.0, (s5_f32[row, col] * select(((row + 80) == i5), 1.0, 1.4142135623730951)))
-          //   t5 = mma.tc(dy, s5_hi^T) [32x48 in 16x16 units over 4 warps]
-          {
-            float acc[2][2][4];
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              if (warp + j * 4 < 6) {
-                #pragma unroll
-                for (int q = 0; q < 2; ++q)
-                #pragma unroll
-                  for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-              }
-            }
-            const int g = lane >> 2, t2 = (lane & 3) * 2;
-            for (int k0 = 0; k0 < 128; k0 += 16) {
-              #pragma unroll
-              for (int j = 0; j < 2; ++j) {
-                const int u = warp + j * 4;
-                if (u < 6) {
-                  const int m0 = (u / 3) * 16;
-                  const int n0 = (u % 3) * 16;
-                  (void)m0;
-                  (void)n0;
-                  uint32_t fa_dy[4];
-                  prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
-                  uint32_t ib_s5_hi[2][2];
-                  #pragma unroll
-                  for (int q = 0; q < 2; ++q) {
-                    #pragma unroll
-                    for (int rg = 0; rg < 2; ++rg) {
-                      __nv_bfloat16 v0[2];
-                      #pragma unroll
-                      for (int h = 0; h < 2; ++h) {
-                        const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
-                        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 80) < v_i5) || ((r + 80) >= 128)) ? 0.0f : (prt::to_f32(t_s5_f32[(r) * 128 + (c)]) * (((r + 80) == v_i5) ? 1.0f : 1.4142135623730951f))));
-                        v0[h] = y0;
-                      }
-                      ib_s5_hi[q][rg] = prt::pack2(v0[0], v0[1]);
-                    }
-                  }
-                  #pragma unroll
-                  for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, ib_s5_hi[q][0], ib_s5_hi[q][1]);
-                }
-              }
-            }
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              if (warp + j * 4 < 6) {
-                #pragma unroll
-                for (int q = 0; q < 2; ++q)
-                #pragma unroll
-                  for (int e = 0; e < 4; ++e) t_t5[(((warp + j * 4) / 3) * 16 + prt::frag_row(lane, e)) * 48 + (((warp + j * 4) % 3) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-              }
-            }
-          }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 80), (grad_s[row, col] + (q[row, i5] * t5[row, max((col - 80), 0)])), grad_s[row, col])
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 80) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 136 + (v_i5)]) * prt::to_f32(t_t5[(r) * 48 + (prt::max_nan((c - 80), 0))]))) : f_grad_s[j][q][e]);
-                }
-              }
-            }
-          }
-          __syncthreads();
-          // t5[row, col] = (t5[row, col] * q[row, (col + 80)])
-          {
-            for (int i = tid; i < 1536; i += 128) {
-              const int r = i / 48, c = i % 48;
-              t_t5[(r) * 48 + (c)] = prt::from_f32<float>((prt::to_f32(t_t5[(r) * 48 + (c)]) * prt::to_f32(t_q[(r) * 136 + ((c + 80))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t5, axis=1)
-          {
-            for (int o = warp; o < 32; o += 4) {
-              float acc = 0.0f;
-              for (int i = lane; i < 48; i += 32) acc += prt::to_f32(t_t5[(o) * 48 + (i)]);
-              acc = prt::warp_sum(acc);
-              if (lane == 0) t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i5 - 80)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 512; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i5 - 80)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 80) && (col < 96)), (grad_s[row, col] + r16[row, min(max((col - 80), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 80) && (c < 96)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 80), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 512; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      {
-        const int v_i6_end = 112;
-        for (int v_i6 = 96; v_i6 < v_i6_end; v_i6 += 1) {
-          // s6_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 2), ((((((i6 * 128) - ((i6 * (i6 - 1)) // 2)) + i6) - i6) - i6) + 96):+32, 0:+128]
-          {
-            const int a0 = static_cast<int>(blockIdx.z);
-            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-            const int a2 = (static_cast<int>(blockIdx.x) / 2);
-            const int s3 = ((((((v_i6 * 128) - ((v_i6 * (v_i6 - 1)) / 2)) + v_i6) - v_i6) - v_i6) + 96);
-            const int s4 = 0;
-            const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-            const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_s6_f32;
-            if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 1024; i += 128) {
-                const int r = i / 32, c = (i % 32) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-              }
-            }
-            else {
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 128, c = i % 128;
-                dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-              }
-            }
-          }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          __syncthreads();
-          // mma.group (operands in registers):
-          //   s6_hi[row, col] = select((((row + 96) < i6) || ((row + 96) >= 128)), 0.0, (s6_f32[row, col] * select(((row + 96) == i6), 1.0, 1.4142135623730951)))
-          //   t6 = mma.tc(dy, s6_hi^T) [32x32 in 16x16 units over 4 warps]
-          {
-            float acc[1][2][4];
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 2; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-            }
-            const int g = lane >> 2, t2 = (lane & 3) * 2;
-            for (int k0 = 0; k0 < 128; k0 += 16) {
-              #pragma unroll
-              for (int j = 0; j < 1; ++j) {
-                const int u = warp + j * 4;
-                const int m0 = (u / 2) * 16;
-                const int n0 = (u % 2) * 16;
-                (void)m0;
-                (void)n0;
-                uint32_t fa_dy[4];
-                prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
-                uint32_t ib_s6_hi[2][2];
-                #pragma unroll
-                for (int q = 0; q < 2; ++q) {
-                  #pragma unroll
-                  for (int rg = 0; rg < 2; ++rg) {
-                    __nv_bfloat16 v0[2];
-                    #pragma unroll
-                    for (int h = 0; h < 2; ++h) {
-                      const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
-                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 96) < v_i6) || ((r + 96) >= 128)) ? 0.0f : (prt::to_f32(t_s6_f32[(r) * 128 + (c)]) * (((r + 96) == v_i6) ? 1.0f : 1.4142135623730951f))));
-                      v0[h] = y0;
-                    }
-                    ib_s6_hi[q][rg] = prt::pack2(v0[0], v0[1]);
-                  }
-                }
-                #pragma unroll
-                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, ib_s6_hi[q][0], ib_s6_hi[q][1]);
-              }
-            }
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 2; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t6[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 2) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-            }
-          }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 96), (grad_s[row, col] + (q[row, i6] * t6[row, max((col - 96), 0)])), grad_s[row, col])
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 96) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 136 + (v_i6)]) * prt::to_f32(t_t6[(r) * 32 + (prt::max_nan((c - 96), 0))]))) : f_grad_s[j][q][e]);
-                }
-              }
-            }
-          }
-          __syncthreads();
-          // t6[row, col] = (t6[row, col] * q[row, (col + 96)])
-          {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 32, c = i % 32;
-              t_t6[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_t6[(r) * 32 + (c)]) * prt::to_f32(t_q[(r) * 136 + ((c + 96))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t6, axis=1)
-          {
-            for (int o = warp; o < 32; o += 4) {
-              float acc = 0.0f;
-              for (int i = lane; i < 32; i += 32) acc += prt::to_f32(t_t6[(o) * 32 + (i)]);
-              acc = prt::warp_sum(acc);
-              if (lane == 0) t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i6 - 96)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 512; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i6 - 96)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 96) && (col < 112)), (grad_s[row, col] + r16[row, min(max((col - 96), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 96) && (c < 112)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 96), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 512; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      {
-        const int v_i7_end = 128;
-        for (int v_i7 = 112; v_i7 < v_i7_end; v_i7 += 1) {
-          // s7_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 2), ((((((i7 * 128) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 112):+16, 0:+128]
-          {
-            const int a0 = static_cast<int>(blockIdx.z);
-            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-            const int a2 = (static_cast<int>(blockIdx.x) / 2);
-            const int s3 = ((((((v_i7 * 128) - ((v_i7 * (v_i7 - 1)) / 2)) + v_i7) - v_i7) - v_i7) + 112);
-            const int s4 = 0;
-            const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-            const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_s7_f32;
-            if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 512; i += 128) {
-                const int r = i / 32, c = (i % 32) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-              }
-            }
-            else {
-              for (int i = tid; i < 2048; i += 128) {
-                const int r = i / 128, c = i % 128;
-                dst[(r) * 128 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-              }
-            }
-          }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          __syncthreads();
-          // mma.group (operands in registers):
-          //   s7_hi[row, col] = select((((row + 112) < i7) || ((row + 112) >= 128)), 0.0, (s7_f32[row, col] * select(((row + 112) == i7), 1.0, 1.4142135623730951)))
-          //   t7 = mma.tc(dy, s7_hi^T) [32x16 in 16x8 units over 4 warps]
-          {
-            float acc[1][1][4];
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-            }
-            const int g = lane >> 2, t2 = (lane & 3) * 2;
-            for (int k0 = 0; k0 < 128; k0 += 16) {
-              #pragma unroll
-              for (int j = 0; j < 1; ++j) {
-                const int u = warp + j * 4;
-                const int m0 = (u / 2) * 16;
-                const int n0 = (u % 2) * 8;
-                (void)m0;
-                (void)n0;
-                uint32_t fa_dy[4];
-                prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 136 + k0 + prt::a_col(lane)]);
-                uint32_t ib_s7_hi[1][2];
-                #pragma unroll
-                for (int q = 0; q < 1; ++q) {
-                  #pragma unroll
-                  for (int rg = 0; rg < 2; ++rg) {
-                    __nv_bfloat16 v0[2];
-                    #pragma unroll
-                    for (int h = 0; h < 2; ++h) {
-                      const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
-                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 112) < v_i7) || ((r + 112) >= 128)) ? 0.0f : (prt::to_f32(t_s7_f32[(r) * 128 + (c)]) * (((r + 112) == v_i7) ? 1.0f : 1.4142135623730951f))));
-                      v0[h] = y0;
-                    }
-                    ib_s7_hi[q][rg] = prt::pack2(v0[0], v0[1]);
-                  }
-                }
-                #pragma unroll
-                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, ib_s7_hi[q][0], ib_s7_hi[q][1]);
-              }
-            }
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 1; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t7[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-            }
-          }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 112), (grad_s[row, col] + (q[row, i7] * t7[row, max((col - 112), 0)])), grad_s[row, col])
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 112) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 136 + (v_i7)]) * prt::to_f32(t_t7[(r) * 16 + (prt::max_nan((c - 112), 0))]))) : f_grad_s[j][q][e]);
-                }
-              }
-            }
-          }
-          __syncthreads();
-          // t7[row, col] = (t7[row, col] * q[row, (col + 112)])
-          {
-            for (int i = tid; i < 512; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_t7[(r) * 16 + (c)] = prt::from_f32<float>((prt::to_f32(t_t7[(r) * 16 + (c)]) * prt::to_f32(t_q[(r) * 136 + ((c + 112))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t7, axis=1)
-          {
-            for (int o = warp; o < 32; o += 4) {
-              float acc = 0.0f;
-              for (int i = lane; i < 16; i += 32) acc += prt::to_f32(t_t7[(o) * 16 + (i)]);
-              acc = prt::warp_sum(acc);
-              if (lane == 0) t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i7 - 112)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 512; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i7 - 112)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 112) && (col < 128)), (grad_s[row, col] + r16[row, min(max((col - 112), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 112) && (c < 128)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 112), 0), 15))])) : f_grad_s[j][q][e]);
             }
           }
         }
@@ -7965,7 +6832,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
   float* const t_qzq0 = reinterpret_cast<float*>(prt_smem + 34560);  // f32[128, 16] pitch 16
   // zq0_hi: bf16[64, 16] computed in registers by its mma group
   // zq0_lo: bf16[64, 16] computed in registers by its mma group
-  float f_s0[4][4][4];  // f32[128, 128] as mma fragments: 128x128 in 16x32 units over 8 warps
+  float f_s0[8][2][4];  // f32[128, 128] as mma fragments: 128x128 in 16x16 units over 8 warps
   float* const t_z0 = reinterpret_cast<float*>(prt_smem + 64256);  // f32[128] pitch 128
   // u0_hi: bf16[64, 128] computed in registers by its mma group
   // u0_lo: bf16[64, 128] computed in registers by its mma group
@@ -7974,7 +6841,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
   float* const t_qzq1 = reinterpret_cast<float*>(prt_smem + 34560);  // f32[112, 16] pitch 16
   // zq1_hi: bf16[64, 16] computed in registers by its mma group
   // zq1_lo: bf16[64, 16] computed in registers by its mma group
-  float f_s1[4][4][4];  // f32[112, 128] as mma fragments: 112x128 in 16x32 units over 8 warps
+  float f_s1[7][2][4];  // f32[112, 128] as mma fragments: 112x128 in 16x16 units over 8 warps
   float* const t_z1 = reinterpret_cast<float*>(prt_smem + 61184);  // f32[112] pitch 112
   // u1_hi: bf16[64, 128] computed in registers by its mma group
   // u1_lo: bf16[64, 128] computed in registers by its mma group
@@ -7983,7 +6850,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
   float* const t_qzq2 = reinterpret_cast<float*>(prt_smem + 34560);  // f32[96, 16] pitch 16
   // zq2_hi: bf16[64, 16] computed in registers by its mma group
   // zq2_lo: bf16[64, 16] computed in registers by its mma group
-  float f_s2[3][4][4];  // f32[96, 128] as mma fragments: 96x128 in 16x32 units over 8 warps
+  float f_s2[6][2][4];  // f32[96, 128] as mma fragments: 96x128 in 16x16 units over 8 warps
   float* const t_z2 = reinterpret_cast<float*>(prt_smem + 58112);  // f32[96] pitch 96
   // u2_hi: bf16[64, 128] computed in registers by its mma group
   // u2_lo: bf16[64, 128] computed in registers by its mma group
@@ -7992,7 +6859,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
   float* const t_qzq3 = reinterpret_cast<float*>(prt_smem + 34560);  // f32[80, 16] pitch 16
   // zq3_hi: bf16[64, 16] computed in registers by its mma group
   // zq3_lo: bf16[64, 16] computed in registers by its mma group
-  float f_s3[3][4][4];  // f32[80, 128] as mma fragments: 80x128 in 16x32 units over 8 warps
+  float f_s3[5][2][4];  // f32[80, 128] as mma fragments: 80x128 in 16x16 units over 8 warps
   float* const t_z3 = reinterpret_cast<float*>(prt_smem + 55040);  // f32[80] pitch 80
   // u3_hi: bf16[64, 128] computed in registers by its mma group
   // u3_lo: bf16[64, 128] computed in registers by its mma group
@@ -8001,7 +6868,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
   float* const t_qzq4 = reinterpret_cast<float*>(prt_smem + 34560);  // f32[64, 16] pitch 16
   // zq4_hi: bf16[64, 16] computed in registers by its mma group
   // zq4_lo: bf16[64, 16] computed in registers by its mma group
-  float f_s4[2][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 8 warps
+  float f_s4[4][2][4];  // f32[64, 128] as mma fragments: 64x128 in 16x16 units over 8 warps
   float* const t_z4 = reinterpret_cast<float*>(prt_smem + 51968);  // f32[64] pitch 64
   // u4_hi: bf16[64, 128] computed in registers by its mma group
   // u4_lo: bf16[64, 128] computed in registers by its mma group
@@ -8010,7 +6877,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
   float* const t_qzq5 = reinterpret_cast<float*>(prt_smem + 34560);  // f32[48, 16] pitch 16
   // zq5_hi: bf16[64, 16] computed in registers by its mma group
   // zq5_lo: bf16[64, 16] computed in registers by its mma group
-  float f_s5[2][4][4];  // f32[48, 128] as mma fragments: 48x128 in 16x32 units over 8 warps
+  float f_s5[3][2][4];  // f32[48, 128] as mma fragments: 48x128 in 16x16 units over 8 warps
   float* const t_z5 = reinterpret_cast<float*>(prt_smem + 48896);  // f32[48] pitch 48
   // u5_hi: bf16[64, 128] computed in registers by its mma group
   // u5_lo: bf16[64, 128] computed in registers by its mma group
@@ -8019,7 +6886,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
   float* const t_qzq6 = reinterpret_cast<float*>(prt_smem + 34560);  // f32[32, 16] pitch 16
   // zq6_hi: bf16[64, 16] computed in registers by its mma group
   // zq6_lo: bf16[64, 16] computed in registers by its mma group
-  float f_s6[1][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 8 warps
+  float f_s6[2][2][4];  // f32[32, 128] as mma fragments: 32x128 in 16x16 units over 8 warps
   float* const t_z6 = reinterpret_cast<float*>(prt_smem + 45824);  // f32[32] pitch 32
   // u6_hi: bf16[64, 128] computed in registers by its mma group
   // u6_lo: bf16[64, 128] computed in registers by its mma group
@@ -8296,11 +7163,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       // s0[row, col] = 0.0
       {
         #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < 8; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -8412,17 +7279,17 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           // mma.group (operands in registers):
           //   u0_hi[row, col] = (fdy[row, col] * qg0[(i1 - 0), row])
           //   u0_lo[row, col] = ((fdy[row, col] * qg0[(i1 - 0), row]) - u0_hi[row, col])
-          //   s0 += mma.tc(q0^T, u0_hi) [128x128 in 16x32 units over 8 warps]
-          //   s0 += mma.tc(q0^T, u0_lo) [128x128 in 16x32 units over 8 warps]
+          //   s0 += mma.tc(q0^T, u0_hi) [128x128 in 16x16 units over 8 warps]
+          //   s0 += mma.tc(q0^T, u0_lo) [128x128 in 16x16 units over 8 warps]
           {
-            float (&acc)[4][4][4] = f_s0;
+            float (&acc)[8][2][4] = f_s0;
             const int g = lane >> 2, t2 = (lane & 3) * 2;
             for (int k0 = 0; k0 < 64; k0 += 16) {
-              const int n0 = (warp % 4) * 32;
-              uint32_t ib_u0_hi[4][2];
-              uint32_t ib_u0_lo[4][2];
+              const int n0 = (warp % 8) * 16;
+              uint32_t ib_u0_hi[2][2];
+              uint32_t ib_u0_lo[2][2];
               #pragma unroll
-              for (int q = 0; q < 4; ++q) {
+              for (int q = 0; q < 2; ++q) {
                 #pragma unroll
                 for (int rg = 0; rg < 2; ++rg) {
                   __nv_bfloat16 v0[2], v1[2];
@@ -8439,17 +7306,17 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
                 }
               }
               #pragma unroll
-              for (int j = 0; j < 4; ++j) {
+              for (int j = 0; j < 8; ++j) {
                 const int u = warp + j * 8;
-                const int m0 = (u / 4) * 16;
+                const int m0 = (u / 8) * 16;
                 (void)m0;
                 (void)n0;
                 uint32_t fat_q0[4];
                 prt::ldmatrix_x4_trans(fat_q0, &t_q0[(k0 + prt::at_row(lane)) * 136 + m0 + prt::at_col(lane)]);
                 #pragma unroll
-                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q0, ib_u0_hi[q][0], ib_u0_hi[q][1]);
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q0, ib_u0_hi[q][0], ib_u0_hi[q][1]);
                 #pragma unroll
-                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q0, ib_u0_lo[q][0], ib_u0_lo[q][1]);
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q0, ib_u0_lo[q][0], ib_u0_lo[q][1]);
               }
             }
           }
@@ -8458,11 +7325,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       // s0[row, col] = (s0[row, col] * select(((row + 0) == i1), 1.0, 1.4142135623730951))
       {
         #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < 8; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -8482,11 +7349,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
         if (ok) {
           #pragma unroll
-          for (int j = 0; j < 4; ++j) {
+          for (int j = 0; j < 8; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -8703,17 +7570,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       // s1[row, col] = 0.0
       {
         #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < 7; ++j) {
           const int u = warp + j * 8;
-          if (u < 28) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              #pragma unroll
-              for (int e = 0; e < 4; ++e) {
-                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                f_s1[j][q][e] = 0.0f;
-              }
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s1[j][q][e] = 0.0f;
             }
           }
         }
@@ -8821,17 +7686,17 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           // mma.group (operands in registers):
           //   u1_hi[row, col] = (fdy[row, col] * qg1[(i4 - 16), row])
           //   u1_lo[row, col] = ((fdy[row, col] * qg1[(i4 - 16), row]) - u1_hi[row, col])
-          //   s1 += mma.tc(q1^T, u1_hi) [112x128 in 16x32 units over 8 warps]
-          //   s1 += mma.tc(q1^T, u1_lo) [112x128 in 16x32 units over 8 warps]
+          //   s1 += mma.tc(q1^T, u1_hi) [112x128 in 16x16 units over 8 warps]
+          //   s1 += mma.tc(q1^T, u1_lo) [112x128 in 16x16 units over 8 warps]
           {
-            float (&acc)[4][4][4] = f_s1;
+            float (&acc)[7][2][4] = f_s1;
             const int g = lane >> 2, t2 = (lane & 3) * 2;
             for (int k0 = 0; k0 < 64; k0 += 16) {
-              const int n0 = (warp % 4) * 32;
-              uint32_t ib_u1_hi[4][2];
-              uint32_t ib_u1_lo[4][2];
+              const int n0 = (warp % 8) * 16;
+              uint32_t ib_u1_hi[2][2];
+              uint32_t ib_u1_lo[2][2];
               #pragma unroll
-              for (int q = 0; q < 4; ++q) {
+              for (int q = 0; q < 2; ++q) {
                 #pragma unroll
                 for (int rg = 0; rg < 2; ++rg) {
                   __nv_bfloat16 v0[2], v1[2];
@@ -8848,19 +7713,17 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
                 }
               }
               #pragma unroll
-              for (int j = 0; j < 4; ++j) {
+              for (int j = 0; j < 7; ++j) {
                 const int u = warp + j * 8;
-                if (u < 28) {
-                  const int m0 = (u / 4) * 16;
-                  (void)m0;
-                  (void)n0;
-                  uint32_t fat_q1[4];
-                  prt::ldmatrix_x4_trans(fat_q1, &t_q1[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
-                  #pragma unroll
-                  for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q1, ib_u1_hi[q][0], ib_u1_hi[q][1]);
-                  #pragma unroll
-                  for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q1, ib_u1_lo[q][0], ib_u1_lo[q][1]);
-                }
+                const int m0 = (u / 8) * 16;
+                (void)m0;
+                (void)n0;
+                uint32_t fat_q1[4];
+                prt::ldmatrix_x4_trans(fat_q1, &t_q1[(k0 + prt::at_row(lane)) * 120 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q1, ib_u1_hi[q][0], ib_u1_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q1, ib_u1_lo[q][0], ib_u1_lo[q][1]);
               }
             }
           }
@@ -8869,17 +7732,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       // s1[row, col] = (s1[row, col] * select(((row + 16) == i4), 1.0, 1.4142135623730951))
       {
         #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < 7; ++j) {
           const int u = warp + j * 8;
-          if (u < 28) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              #pragma unroll
-              for (int e = 0; e < 4; ++e) {
-                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                f_s1[j][q][e] = (f_s1[j][q][e] * (((r + 16) == v_i4) ? 1.0f : 1.4142135623730951f));
-              }
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s1[j][q][e] = (f_s1[j][q][e] * (((r + 16) == v_i4) ? 1.0f : 1.4142135623730951f));
             }
           }
         }
@@ -8895,17 +7756,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
         if (ok) {
           #pragma unroll
-          for (int j = 0; j < 4; ++j) {
+          for (int j = 0; j < 7; ++j) {
             const int u = warp + j * 8;
-            if (u < 28) {
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 16) >= v_i4) && ((r + 16) < 128)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s1[j][q][e]);
-                }
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 16) >= v_i4) && ((r + 16) < 128)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s1[j][q][e]);
               }
             }
           }
@@ -9119,11 +7978,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       // s2[row, col] = 0.0
       {
         #pragma unroll
-        for (int j = 0; j < 3; ++j) {
+        for (int j = 0; j < 6; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -9235,17 +8094,17 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           // mma.group (operands in registers):
           //   u2_hi[row, col] = (fdy[row, col] * qg2[(i7 - 32), row])
           //   u2_lo[row, col] = ((fdy[row, col] * qg2[(i7 - 32), row]) - u2_hi[row, col])
-          //   s2 += mma.tc(q2^T, u2_hi) [96x128 in 16x32 units over 8 warps]
-          //   s2 += mma.tc(q2^T, u2_lo) [96x128 in 16x32 units over 8 warps]
+          //   s2 += mma.tc(q2^T, u2_hi) [96x128 in 16x16 units over 8 warps]
+          //   s2 += mma.tc(q2^T, u2_lo) [96x128 in 16x16 units over 8 warps]
           {
-            float (&acc)[3][4][4] = f_s2;
+            float (&acc)[6][2][4] = f_s2;
             const int g = lane >> 2, t2 = (lane & 3) * 2;
             for (int k0 = 0; k0 < 64; k0 += 16) {
-              const int n0 = (warp % 4) * 32;
-              uint32_t ib_u2_hi[4][2];
-              uint32_t ib_u2_lo[4][2];
+              const int n0 = (warp % 8) * 16;
+              uint32_t ib_u2_hi[2][2];
+              uint32_t ib_u2_lo[2][2];
               #pragma unroll
-              for (int q = 0; q < 4; ++q) {
+              for (int q = 0; q < 2; ++q) {
                 #pragma unroll
                 for (int rg = 0; rg < 2; ++rg) {
                   __nv_bfloat16 v0[2], v1[2];
@@ -9262,17 +8121,17 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
                 }
               }
               #pragma unroll
-              for (int j = 0; j < 3; ++j) {
+              for (int j = 0; j < 6; ++j) {
                 const int u = warp + j * 8;
-                const int m0 = (u / 4) * 16;
+                const int m0 = (u / 8) * 16;
                 (void)m0;
                 (void)n0;
                 uint32_t fat_q2[4];
                 prt::ldmatrix_x4_trans(fat_q2, &t_q2[(k0 + prt::at_row(lane)) * 104 + m0 + prt::at_col(lane)]);
                 #pragma unroll
-                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q2, ib_u2_hi[q][0], ib_u2_hi[q][1]);
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q2, ib_u2_hi[q][0], ib_u2_hi[q][1]);
                 #pragma unroll
-                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q2, ib_u2_lo[q][0], ib_u2_lo[q][1]);
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q2, ib_u2_lo[q][0], ib_u2_lo[q][1]);
               }
             }
           }
@@ -9281,11 +8140,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       // s2[row, col] = (s2[row, col] * select(((row + 32) == i7), 1.0, 1.4142135623730951))
       {
         #pragma unroll
-        for (int j = 0; j < 3; ++j) {
+        for (int j = 0; j < 6; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -9305,11 +8164,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
         if (ok) {
           #pragma unroll
-          for (int j = 0; j < 3; ++j) {
+          for (int j = 0; j < 6; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -9527,17 +8386,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       // s3[row, col] = 0.0
       {
         #pragma unroll
-        for (int j = 0; j < 3; ++j) {
+        for (int j = 0; j < 5; ++j) {
           const int u = warp + j * 8;
-          if (u < 20) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              #pragma unroll
-              for (int e = 0; e < 4; ++e) {
-                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                f_s3[j][q][e] = 0.0f;
-              }
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s3[j][q][e] = 0.0f;
             }
           }
         }
@@ -9645,17 +8502,17 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           // mma.group (operands in registers):
           //   u3_hi[row, col] = (fdy[row, col] * qg3[(i10 - 48), row])
           //   u3_lo[row, col] = ((fdy[row, col] * qg3[(i10 - 48), row]) - u3_hi[row, col])
-          //   s3 += mma.tc(q3^T, u3_hi) [80x128 in 16x32 units over 8 warps]
-          //   s3 += mma.tc(q3^T, u3_lo) [80x128 in 16x32 units over 8 warps]
+          //   s3 += mma.tc(q3^T, u3_hi) [80x128 in 16x16 units over 8 warps]
+          //   s3 += mma.tc(q3^T, u3_lo) [80x128 in 16x16 units over 8 warps]
           {
-            float (&acc)[3][4][4] = f_s3;
+            float (&acc)[5][2][4] = f_s3;
             const int g = lane >> 2, t2 = (lane & 3) * 2;
             for (int k0 = 0; k0 < 64; k0 += 16) {
-              const int n0 = (warp % 4) * 32;
-              uint32_t ib_u3_hi[4][2];
-              uint32_t ib_u3_lo[4][2];
+              const int n0 = (warp % 8) * 16;
+              uint32_t ib_u3_hi[2][2];
+              uint32_t ib_u3_lo[2][2];
               #pragma unroll
-              for (int q = 0; q < 4; ++q) {
+              for (int q = 0; q < 2; ++q) {
                 #pragma unroll
                 for (int rg = 0; rg < 2; ++rg) {
                   __nv_bfloat16 v0[2], v1[2];
@@ -9672,19 +8529,17 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
                 }
               }
               #pragma unroll
-              for (int j = 0; j < 3; ++j) {
+              for (int j = 0; j < 5; ++j) {
                 const int u = warp + j * 8;
-                if (u < 20) {
-                  const int m0 = (u / 4) * 16;
-                  (void)m0;
-                  (void)n0;
-                  uint32_t fat_q3[4];
-                  prt::ldmatrix_x4_trans(fat_q3, &t_q3[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
-                  #pragma unroll
-                  for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q3, ib_u3_hi[q][0], ib_u3_hi[q][1]);
-                  #pragma unroll
-                  for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q3, ib_u3_lo[q][0], ib_u3_lo[q][1]);
-                }
+                const int m0 = (u / 8) * 16;
+                (void)m0;
+                (void)n0;
+                uint32_t fat_q3[4];
+                prt::ldmatrix_x4_trans(fat_q3, &t_q3[(k0 + prt::at_row(lane)) * 88 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q3, ib_u3_hi[q][0], ib_u3_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q3, ib_u3_lo[q][0], ib_u3_lo[q][1]);
               }
             }
           }
@@ -9693,17 +8548,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       // s3[row, col] = (s3[row, col] * select(((row + 48) == i10), 1.0, 1.4142135623730951))
       {
         #pragma unroll
-        for (int j = 0; j < 3; ++j) {
+        for (int j = 0; j < 5; ++j) {
           const int u = warp + j * 8;
-          if (u < 20) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              #pragma unroll
-              for (int e = 0; e < 4; ++e) {
-                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                f_s3[j][q][e] = (f_s3[j][q][e] * (((r + 48) == v_i10) ? 1.0f : 1.4142135623730951f));
-              }
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s3[j][q][e] = (f_s3[j][q][e] * (((r + 48) == v_i10) ? 1.0f : 1.4142135623730951f));
             }
           }
         }
@@ -9719,17 +8572,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
         if (ok) {
           #pragma unroll
-          for (int j = 0; j < 3; ++j) {
+          for (int j = 0; j < 5; ++j) {
             const int u = warp + j * 8;
-            if (u < 20) {
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 48) >= v_i10) && ((r + 48) < 128)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s3[j][q][e]);
-                }
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 48) >= v_i10) && ((r + 48) < 128)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s3[j][q][e]);
               }
             }
           }
@@ -9937,11 +8788,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       // s4[row, col] = 0.0
       {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 4; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -10053,17 +8904,17 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           // mma.group (operands in registers):
           //   u4_hi[row, col] = (fdy[row, col] * qg4[(i13 - 64), row])
           //   u4_lo[row, col] = ((fdy[row, col] * qg4[(i13 - 64), row]) - u4_hi[row, col])
-          //   s4 += mma.tc(q4^T, u4_hi) [64x128 in 16x32 units over 8 warps]
-          //   s4 += mma.tc(q4^T, u4_lo) [64x128 in 16x32 units over 8 warps]
+          //   s4 += mma.tc(q4^T, u4_hi) [64x128 in 16x16 units over 8 warps]
+          //   s4 += mma.tc(q4^T, u4_lo) [64x128 in 16x16 units over 8 warps]
           {
-            float (&acc)[2][4][4] = f_s4;
+            float (&acc)[4][2][4] = f_s4;
             const int g = lane >> 2, t2 = (lane & 3) * 2;
             for (int k0 = 0; k0 < 64; k0 += 16) {
-              const int n0 = (warp % 4) * 32;
-              uint32_t ib_u4_hi[4][2];
-              uint32_t ib_u4_lo[4][2];
+              const int n0 = (warp % 8) * 16;
+              uint32_t ib_u4_hi[2][2];
+              uint32_t ib_u4_lo[2][2];
               #pragma unroll
-              for (int q = 0; q < 4; ++q) {
+              for (int q = 0; q < 2; ++q) {
                 #pragma unroll
                 for (int rg = 0; rg < 2; ++rg) {
                   __nv_bfloat16 v0[2], v1[2];
@@ -10080,17 +8931,17 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
                 }
               }
               #pragma unroll
-              for (int j = 0; j < 2; ++j) {
+              for (int j = 0; j < 4; ++j) {
                 const int u = warp + j * 8;
-                const int m0 = (u / 4) * 16;
+                const int m0 = (u / 8) * 16;
                 (void)m0;
                 (void)n0;
                 uint32_t fat_q4[4];
                 prt::ldmatrix_x4_trans(fat_q4, &t_q4[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
                 #pragma unroll
-                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q4, ib_u4_hi[q][0], ib_u4_hi[q][1]);
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q4, ib_u4_hi[q][0], ib_u4_hi[q][1]);
                 #pragma unroll
-                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q4, ib_u4_lo[q][0], ib_u4_lo[q][1]);
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q4, ib_u4_lo[q][0], ib_u4_lo[q][1]);
               }
             }
           }
@@ -10099,11 +8950,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       // s4[row, col] = (s4[row, col] * select(((row + 64) == i13), 1.0, 1.4142135623730951))
       {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 4; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -10123,11 +8974,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
         if (ok) {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -10345,17 +9196,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       // s5[row, col] = 0.0
       {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 3; ++j) {
           const int u = warp + j * 8;
-          if (u < 12) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              #pragma unroll
-              for (int e = 0; e < 4; ++e) {
-                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                f_s5[j][q][e] = 0.0f;
-              }
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s5[j][q][e] = 0.0f;
             }
           }
         }
@@ -10463,17 +9312,17 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           // mma.group (operands in registers):
           //   u5_hi[row, col] = (fdy[row, col] * qg5[(i16 - 80), row])
           //   u5_lo[row, col] = ((fdy[row, col] * qg5[(i16 - 80), row]) - u5_hi[row, col])
-          //   s5 += mma.tc(q5^T, u5_hi) [48x128 in 16x32 units over 8 warps]
-          //   s5 += mma.tc(q5^T, u5_lo) [48x128 in 16x32 units over 8 warps]
+          //   s5 += mma.tc(q5^T, u5_hi) [48x128 in 16x16 units over 8 warps]
+          //   s5 += mma.tc(q5^T, u5_lo) [48x128 in 16x16 units over 8 warps]
           {
-            float (&acc)[2][4][4] = f_s5;
+            float (&acc)[3][2][4] = f_s5;
             const int g = lane >> 2, t2 = (lane & 3) * 2;
             for (int k0 = 0; k0 < 64; k0 += 16) {
-              const int n0 = (warp % 4) * 32;
-              uint32_t ib_u5_hi[4][2];
-              uint32_t ib_u5_lo[4][2];
+              const int n0 = (warp % 8) * 16;
+              uint32_t ib_u5_hi[2][2];
+              uint32_t ib_u5_lo[2][2];
               #pragma unroll
-              for (int q = 0; q < 4; ++q) {
+              for (int q = 0; q < 2; ++q) {
                 #pragma unroll
                 for (int rg = 0; rg < 2; ++rg) {
                   __nv_bfloat16 v0[2], v1[2];
@@ -10490,19 +9339,17 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
                 }
               }
               #pragma unroll
-              for (int j = 0; j < 2; ++j) {
+              for (int j = 0; j < 3; ++j) {
                 const int u = warp + j * 8;
-                if (u < 12) {
-                  const int m0 = (u / 4) * 16;
-                  (void)m0;
-                  (void)n0;
-                  uint32_t fat_q5[4];
-                  prt::ldmatrix_x4_trans(fat_q5, &t_q5[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
-                  #pragma unroll
-                  for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q5, ib_u5_hi[q][0], ib_u5_hi[q][1]);
-                  #pragma unroll
-                  for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q5, ib_u5_lo[q][0], ib_u5_lo[q][1]);
-                }
+                const int m0 = (u / 8) * 16;
+                (void)m0;
+                (void)n0;
+                uint32_t fat_q5[4];
+                prt::ldmatrix_x4_trans(fat_q5, &t_q5[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q5, ib_u5_hi[q][0], ib_u5_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q5, ib_u5_lo[q][0], ib_u5_lo[q][1]);
               }
             }
           }
@@ -10511,17 +9358,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       // s5[row, col] = (s5[row, col] * select(((row + 80) == i16), 1.0, 1.4142135623730951))
       {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 3; ++j) {
           const int u = warp + j * 8;
-          if (u < 12) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              #pragma unroll
-              for (int e = 0; e < 4; ++e) {
-                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                f_s5[j][q][e] = (f_s5[j][q][e] * (((r + 80) == v_i16) ? 1.0f : 1.4142135623730951f));
-              }
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s5[j][q][e] = (f_s5[j][q][e] * (((r + 80) == v_i16) ? 1.0f : 1.4142135623730951f));
             }
           }
         }
@@ -10537,17 +9382,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
         if (ok) {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 3; ++j) {
             const int u = warp + j * 8;
-            if (u < 12) {
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 80) >= v_i16) && ((r + 80) < 128)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s5[j][q][e]);
-                }
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 80) >= v_i16) && ((r + 80) < 128)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s5[j][q][e]);
               }
             }
           }
@@ -10761,11 +9604,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       // s6[row, col] = 0.0
       {
         #pragma unroll
-        for (int j = 0; j < 1; ++j) {
+        for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -10877,44 +9720,44 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           // mma.group (operands in registers):
           //   u6_hi[row, col] = (fdy[row, col] * qg6[(i19 - 96), row])
           //   u6_lo[row, col] = ((fdy[row, col] * qg6[(i19 - 96), row]) - u6_hi[row, col])
-          //   s6 += mma.tc(q6^T, u6_hi) [32x128 in 16x32 units over 8 warps]
-          //   s6 += mma.tc(q6^T, u6_lo) [32x128 in 16x32 units over 8 warps]
+          //   s6 += mma.tc(q6^T, u6_hi) [32x128 in 16x16 units over 8 warps]
+          //   s6 += mma.tc(q6^T, u6_lo) [32x128 in 16x16 units over 8 warps]
           {
-            float (&acc)[1][4][4] = f_s6;
+            float (&acc)[2][2][4] = f_s6;
             const int g = lane >> 2, t2 = (lane & 3) * 2;
             for (int k0 = 0; k0 < 64; k0 += 16) {
+              const int n0 = (warp % 8) * 16;
+              uint32_t ib_u6_hi[2][2];
+              uint32_t ib_u6_lo[2][2];
               #pragma unroll
-              for (int j = 0; j < 1; ++j) {
+              for (int q = 0; q < 2; ++q) {
+                #pragma unroll
+                for (int rg = 0; rg < 2; ++rg) {
+                  __nv_bfloat16 v0[2], v1[2];
+                  #pragma unroll
+                  for (int h = 0; h < 2; ++h) {
+                    const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_qg6[((v_i19 - 96)) * 64 + (r)])));
+                    v0[h] = y0;
+                    const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_qg6[((v_i19 - 96)) * 64 + (r)])) - prt::to_f32(y0)));
+                    v1[h] = y1;
+                  }
+                  ib_u6_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                  ib_u6_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                }
+              }
+              #pragma unroll
+              for (int j = 0; j < 2; ++j) {
                 const int u = warp + j * 8;
-                const int m0 = (u / 4) * 16;
-                const int n0 = (u % 4) * 32;
+                const int m0 = (u / 8) * 16;
                 (void)m0;
                 (void)n0;
                 uint32_t fat_q6[4];
                 prt::ldmatrix_x4_trans(fat_q6, &t_q6[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-                uint32_t ib_u6_hi[4][2];
-                uint32_t ib_u6_lo[4][2];
                 #pragma unroll
-                for (int q = 0; q < 4; ++q) {
-                  #pragma unroll
-                  for (int rg = 0; rg < 2; ++rg) {
-                    __nv_bfloat16 v0[2], v1[2];
-                    #pragma unroll
-                    for (int h = 0; h < 2; ++h) {
-                      const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
-                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_qg6[((v_i19 - 96)) * 64 + (r)])));
-                      v0[h] = y0;
-                      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 132 + (c)]) * prt::to_f32(t_qg6[((v_i19 - 96)) * 64 + (r)])) - prt::to_f32(y0)));
-                      v1[h] = y1;
-                    }
-                    ib_u6_hi[q][rg] = prt::pack2(v0[0], v0[1]);
-                    ib_u6_lo[q][rg] = prt::pack2(v1[0], v1[1]);
-                  }
-                }
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q6, ib_u6_hi[q][0], ib_u6_hi[q][1]);
                 #pragma unroll
-                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q6, ib_u6_hi[q][0], ib_u6_hi[q][1]);
-                #pragma unroll
-                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q6, ib_u6_lo[q][0], ib_u6_lo[q][1]);
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q6, ib_u6_lo[q][0], ib_u6_lo[q][1]);
               }
             }
           }
@@ -10923,11 +9766,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       // s6[row, col] = (s6[row, col] * select(((row + 96) == i19), 1.0, 1.4142135623730951))
       {
         #pragma unroll
-        for (int j = 0; j < 1; ++j) {
+        for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -10947,11 +9790,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
         if (ok) {
           #pragma unroll
-          for (int j = 0; j < 1; ++j) {
+          for (int j = 0; j < 2; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);

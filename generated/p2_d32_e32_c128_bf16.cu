@@ -1681,14 +1681,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
   (void)g_wS_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
-  float f_num_s[2][4][4];  // f32[128, 32] as mma fragments: 128x32 in 16x32 units over 4 warps
-  float f_num_a[2][4][4];  // f32[128, 32] as mma fragments: 128x32 in 16x32 units over 4 warps
+  float f_num_s[4][2][4];  // f32[128, 32] as mma fragments: 128x32 in 16x16 units over 4 warps
+  float f_num_a[4][2][4];  // f32[128, 32] as mma fragments: 128x32 in 16x16 units over 4 warps
   float* const t_den_s = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   __nv_bfloat16* const t_q0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 1024);  // bf16[128, 32] pitch 40
   float* const t_z = reinterpret_cast<float*>(prt_smem + 11264);  // f32[528] pitch 528
   // zsym_hi: bf16[32, 32] computed in registers by its mma group
   // zsym_lo: bf16[32, 32] computed in registers by its mma group
-  float f_qz[2][4][4];  // f32[128, 32] as mma fragments: 128x32 in 16x32 units over 4 warps
+  float f_qz[4][2][4];  // f32[128, 32] as mma fragments: 128x32 in 16x16 units over 4 warps
   float* const t_s0_f32_base = reinterpret_cast<float*>(prt_smem + 11264);  // f32[32, 32] pitch 36, 2 copies
   float* t_s0_f32 = t_s0_f32_base;
   // s0_hi: bf16[32, 32] computed in registers by its mma group
@@ -1698,11 +1698,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
   float* t_s1_f32 = t_s1_f32_base;
   // s1_hi: bf16[16, 32] computed in registers by its mma group
   // s1_lo: bf16[16, 32] computed in registers by its mma group
-  float f_num[2][4][4];  // f32[128, 32] as mma fragments: 128x32 in 16x32 units over 4 warps
+  float f_num[4][2][4];  // f32[128, 32] as mma fragments: 128x32 in 16x16 units over 4 warps
   float* const t_den = reinterpret_cast<float*>(prt_smem + 2048);  // f32[128] pitch 128
   float* const t_den_a = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128] pitch 128
   float* const t_max_a = reinterpret_cast<float*>(prt_smem + 1536);  // f32[128] pitch 128
   float* const t_lse_t = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
+  float* const t_den_s_part = reinterpret_cast<float*>(prt_smem + 11264);  // f32[2, 128] pitch 128
   // g = load logG[pid.z, ((pid.x // 1) * 128):+128, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -1733,11 +1734,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
     // num_s[row, col] = 0.0
     {
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
+      for (int j = 0; j < 4; ++j) {
         const int u = warp + j * 4;
-        const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+        const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
         #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < 2; ++q) {
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -1800,24 +1801,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
     // mma.group (operands in registers):
     //   zsym_hi[row, col] = select(((row < 32) && (col < 32)), select((row == col), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] / 1.0), ((z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] / 1.0) * 0.7071067811865476)), 0.0)
     //   zsym_lo[row, col] = (select(((row < 32) && (col < 32)), select((row == col), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] / 1.0), ((z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] / 1.0) * 0.7071067811865476)), 0.0) - zsym_hi[row, col])
-    //   qz = mma.tc(q0, zsym_hi) [128x32 in 16x32 units over 4 warps]
-    //   qz += mma.tc(q0, zsym_lo) [128x32 in 16x32 units over 4 warps]
+    //   qz = mma.tc(q0, zsym_hi) [128x32 in 16x16 units over 4 warps]
+    //   qz += mma.tc(q0, zsym_lo) [128x32 in 16x16 units over 4 warps]
     {
-      float (&acc)[2][4][4] = f_qz;
+      float (&acc)[4][2][4] = f_qz;
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
+      for (int j = 0; j < 4; ++j) {
         #pragma unroll
-        for (int q = 0; q < 4; ++q)
+        for (int q = 0; q < 2; ++q)
         #pragma unroll
           for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
       }
       const int g = lane >> 2, t2 = (lane & 3) * 2;
       for (int k0 = 0; k0 < 32; k0 += 16) {
-        const int n0 = (warp % 1) * 32;
-        uint32_t ib_zsym_hi[4][2];
-        uint32_t ib_zsym_lo[4][2];
+        const int n0 = (warp % 2) * 16;
+        uint32_t ib_zsym_hi[2][2];
+        uint32_t ib_zsym_lo[2][2];
         #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < 2; ++q) {
           #pragma unroll
           for (int rg = 0; rg < 2; ++rg) {
             __nv_bfloat16 v0[2], v1[2];
@@ -1834,28 +1835,28 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
           }
         }
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 4; ++j) {
           const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16;
+          const int m0 = (u / 2) * 16;
           (void)m0;
           (void)n0;
           uint32_t fa_q0[4];
           prt::ldmatrix_x4(fa_q0, &t_q0[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
           #pragma unroll
-          for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_zsym_hi[q][0], ib_zsym_hi[q][1]);
+          for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_zsym_hi[q][0], ib_zsym_hi[q][1]);
           #pragma unroll
-          for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_zsym_lo[q][0], ib_zsym_lo[q][1]);
+          for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_zsym_lo[q][0], ib_zsym_lo[q][1]);
         }
       }
     }
     // qz[row, col] = (qz[row, col] * q0[row, col])
     {
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
+      for (int j = 0; j < 4; ++j) {
         const int u = warp + j * 4;
-        const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+        const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
         #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < 2; ++q) {
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -1864,24 +1865,31 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
         }
       }
     }
-    // den_s = reduce_sum(qz, axis=1)
+    __syncthreads();
+    // den_s = reduce_sum(qz, axis=1) via den_s_part
     {
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
+      for (int j = 0; j < 4; ++j) {
         const int u = warp + j * 4;
         #pragma unroll
         for (int h = 0; h < 2; ++h) {
           float acc = f_qz[j][0][2 * h];
           acc += f_qz[j][0][2 * h + 1];
           #pragma unroll
-          for (int q = 1; q < 4; ++q) {
+          for (int q = 1; q < 2; ++q) {
             acc += f_qz[j][q][2 * h];
             acc += f_qz[j][q][2 * h + 1];
           }
           acc = prt::quad_sum(acc);
-          const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
-          if ((lane & 3) == 0) t_den_s[r] = prt::from_f32<float>(acc);
+          const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
+          if ((lane & 3) == 0) t_den_s_part[(u % 2) * 128 + (r)] = acc;
         }
+      }
+      __syncthreads();
+      for (int i = tid; i < 128; i += 128) {
+        float acc = t_den_s_part[(0) * 128 + (i)];
+        for (int p = 1; p < 2; ++p) acc += t_den_s_part[(p) * 128 + (i)];
+        t_den_s[i] = prt::from_f32<float>(acc);
       }
     }
     __syncthreads();
@@ -1952,24 +1960,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
         // mma.group (operands in registers):
         //   s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 32)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
         //   s0_lo[row, col] = (select((((row + 0) < i0) || ((row + 0) >= 32)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951))) - s0_hi[row, col])
-        //   num_a = mma.tc(q0, s0_hi) [128x32 in 16x32 units over 4 warps]
-        //   num_a += mma.tc(q0, s0_lo) [128x32 in 16x32 units over 4 warps]
+        //   num_a = mma.tc(q0, s0_hi) [128x32 in 16x16 units over 4 warps]
+        //   num_a += mma.tc(q0, s0_lo) [128x32 in 16x16 units over 4 warps]
         {
-          float (&acc)[2][4][4] = f_num_a;
+          float (&acc)[4][2][4] = f_num_a;
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             #pragma unroll
-            for (int q = 0; q < 4; ++q)
+            for (int q = 0; q < 2; ++q)
             #pragma unroll
               for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
           }
           const int g = lane >> 2, t2 = (lane & 3) * 2;
           for (int k0 = 0; k0 < 32; k0 += 16) {
-            const int n0 = (warp % 1) * 32;
-            uint32_t ib_s0_hi[4][2];
-            uint32_t ib_s0_lo[4][2];
+            const int n0 = (warp % 2) * 16;
+            uint32_t ib_s0_hi[2][2];
+            uint32_t ib_s0_lo[2][2];
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int rg = 0; rg < 2; ++rg) {
                 __nv_bfloat16 v0[2], v1[2];
@@ -1986,28 +1994,28 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
               }
             }
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
+            for (int j = 0; j < 4; ++j) {
               const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16;
+              const int m0 = (u / 2) * 16;
               (void)m0;
               (void)n0;
               uint32_t fa_q0[4];
               prt::ldmatrix_x4(fa_q0, &t_q0[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_s0_hi[q][0], ib_s0_hi[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_s0_hi[q][0], ib_s0_hi[q][1]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_s0_lo[q][0], ib_s0_lo[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_s0_lo[q][0], ib_s0_lo[q][1]);
             }
           }
         }
         // num_s[row, col] = (num_s[row, col] + (q0[row, (i0 - 0)] * num_a[row, col]))
         {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             const int u = warp + j * 4;
-            const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -2115,24 +2123,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
         // mma.group (operands in registers):
         //   s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 32)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
         //   s1_lo[row, col] = (select((((row + 16) < i1) || ((row + 16) >= 32)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951))) - s1_hi[row, col])
-        //   num_a = mma.tc(q1, s1_hi) [128x32 in 16x32 units over 4 warps]
-        //   num_a += mma.tc(q1, s1_lo) [128x32 in 16x32 units over 4 warps]
+        //   num_a = mma.tc(q1, s1_hi) [128x32 in 16x16 units over 4 warps]
+        //   num_a += mma.tc(q1, s1_lo) [128x32 in 16x16 units over 4 warps]
         {
-          float (&acc)[2][4][4] = f_num_a;
+          float (&acc)[4][2][4] = f_num_a;
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             #pragma unroll
-            for (int q = 0; q < 4; ++q)
+            for (int q = 0; q < 2; ++q)
             #pragma unroll
               for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
           }
           const int g = lane >> 2, t2 = (lane & 3) * 2;
           for (int k0 = 0; k0 < 16; k0 += 16) {
-            const int n0 = (warp % 1) * 32;
-            uint32_t ib_s1_hi[4][2];
-            uint32_t ib_s1_lo[4][2];
+            const int n0 = (warp % 2) * 16;
+            uint32_t ib_s1_hi[2][2];
+            uint32_t ib_s1_lo[2][2];
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int rg = 0; rg < 2; ++rg) {
                 __nv_bfloat16 v0[2], v1[2];
@@ -2149,28 +2157,28 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
               }
             }
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
+            for (int j = 0; j < 4; ++j) {
               const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16;
+              const int m0 = (u / 2) * 16;
               (void)m0;
               (void)n0;
               uint32_t fa_q1[4];
               prt::ldmatrix_x4(fa_q1, &t_q1[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q1, ib_s1_hi[q][0], ib_s1_hi[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q1, ib_s1_hi[q][0], ib_s1_hi[q][1]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q1, ib_s1_lo[q][0], ib_s1_lo[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q1, ib_s1_lo[q][0], ib_s1_lo[q][1]);
             }
           }
         }
         // num_s[row, col] = (num_s[row, col] + (q1[row, (i1 - 16)] * num_a[row, col]))
         {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             const int u = warp + j * 4;
-            const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -2192,11 +2200,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
       const bool ok = a0 >= 0 && a0 < g_numA_d0 && a2 >= 0 && a2 < g_numA_d2;
       const long long base = static_cast<long long>(a0) * g_numA_s0 + static_cast<long long>(s1) * g_numA_s1 + static_cast<long long>(a2) * g_numA_s2 + static_cast<long long>(s3) * g_numA_s3;
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
+      for (int j = 0; j < 4; ++j) {
         const int u = warp + j * 4;
-        const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+        const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
         #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < 2; ++q) {
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -2246,11 +2254,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
     // num_s[row, col] = select((den[row] != 0.0), (((num_s[row, col] * select((max(max_a[row], (lam[(((pid.x % 1) * 128) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp(((lam[(((pid.x % 1) * 128) + row)] + (log(abs($scale)) * 2.0)) - max(max_a[row], (lam[(((pid.x % 1) * 128) + row)] + (log(abs($scale)) * 2.0))))))) * 1.0) / den[row]), 0.0)
     {
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
+      for (int j = 0; j < 4; ++j) {
         const int u = warp + j * 4;
-        const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+        const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
         #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < 2; ++q) {
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -2262,11 +2270,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
     // num[row, col] = (select((den[row] != 0.0), ((num[row, col] * select((max(max_a[row], (lam[(((pid.x % 1) * 128) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp((max_a[row] - max(max_a[row], (lam[(((pid.x % 1) * 128) + row)] + (log(abs($scale)) * 2.0))))))) / den[row]), 0.0) + num_s[row, col])
     {
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
+      for (int j = 0; j < 4; ++j) {
         const int u = warp + j * 4;
-        const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+        const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
         #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < 2; ++q) {
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -2291,11 +2299,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
       const long long base = static_cast<long long>(a0) * g_yS_s0 + static_cast<long long>(s1) * g_yS_s1 + static_cast<long long>(a2) * g_yS_s2 + static_cast<long long>(s3) * g_yS_s3;
       if (ok) {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 4; ++j) {
           const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -2335,11 +2343,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
       const long long base = static_cast<long long>(a0) * g_Y_s0 + static_cast<long long>(s1) * g_Y_s1 + static_cast<long long>(a2) * g_Y_s2 + static_cast<long long>(s3) * g_Y_s3;
       if (ok) {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 4; ++j) {
           const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -3805,7 +3813,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
 }
 
 // query_state_bwd_dq: Dy, lseB (the normaliser the backward's weights sum to 1 under), and dQs, dlamQ: the gradient through phi(q')^T [Sin, Zin]
-// grid (($n * 1), $hq, $b), 128 threads, 72192 bytes of dynamic shared memory
+// grid (($n * 1), $hq, $b), 128 threads, 55808 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_e32_c128_bf16_w4_bd0_bt128_s2(
     const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -3984,21 +3992,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
   float* const t_rho = reinterpret_cast<float*>(prt_smem + 54784);  // f32[128] pitch 128
   float* const t_dy_s = reinterpret_cast<float*>(prt_smem + 21504);  // f32[128] pitch 128
   float* const t_p_s = reinterpret_cast<float*>(prt_smem + 55296);  // f32[128] pitch 128
-  float f_grad_s[2][4][4];  // f32[128, 32] as mma fragments: 128x32 in 16x32 units over 4 warps
+  float f_grad_s[4][2][4];  // f32[128, 32] as mma fragments: 128x32 in 16x16 units over 4 warps
   float* const t_z = reinterpret_cast<float*>(prt_smem + 22016);  // f32[528] pitch 528
   // zs_hi: bf16[32, 32] computed in registers by its mma group
   // zs_lo: bf16[32, 32] computed in registers by its mma group
   float* const t_qzs = reinterpret_cast<float*>(prt_smem + 24128);  // f32[128, 32] pitch 32
-  float* const t_r = reinterpret_cast<float*>(prt_smem + 38400);  // f32[128] pitch 128
-  float* const t_r16 = reinterpret_cast<float*>(prt_smem + 22016);  // f32[128, 16] pitch 16
-  float* const t_s0_f32_base = reinterpret_cast<float*>(prt_smem + 30208);  // f32[32, 32] pitch 32, 2 copies
-  float* t_s0_f32 = t_s0_f32_base;
-  float* const t_t0 = reinterpret_cast<float*>(prt_smem + 55808);  // f32[128, 32] pitch 32
-  // s0_hi: bf16[32, 32] computed in registers by its mma group
-  float* const t_s1_f32_base = reinterpret_cast<float*>(prt_smem + 30208);  // f32[16, 32] pitch 32, 2 copies
-  float* t_s1_f32 = t_s1_f32_base;
-  float* const t_t1 = reinterpret_cast<float*>(prt_smem + 38912);  // f32[128, 16] pitch 16
-  // s1_hi: bf16[16, 32] computed in registers by its mma group
+  float* const t_r = reinterpret_cast<float*>(prt_smem + 31232);  // f32[128] pitch 128
+  float* const t_s_f32_base = reinterpret_cast<float*>(prt_smem + 22016);  // f32[32, 32] pitch 32, 2 copies
+  float* t_s_f32 = t_s_f32_base;
+  float f_t_a[4][2][4];  // f32[128, 32] as mma fragments: 128x32 in 16x16 units over 4 warps
+  // s_hi: bf16[32, 32] computed in registers by its mma group
+  float* const t_r_part = reinterpret_cast<float*>(prt_smem + 30208);  // f32[2, 128] pitch 128
   if (((((static_cast<int>(blockIdx.x) / 1) * 128) + ((static_cast<int>(blockIdx.x) % 1) * 128)) < p_t)) {
     // g = load logG[pid.z, ((pid.x // 1) * 128):+128, (pid.y // ($hq // $h))]
     {
@@ -4213,11 +4217,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
     // grad_s[row, col] = 0.0
     {
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
+      for (int j = 0; j < 4; ++j) {
         const int u = warp + j * 4;
-        const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+        const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
         #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < 2; ++q) {
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -4256,24 +4260,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       // mma.group (operands in registers):
       //   zs_hi[row, col] = select(((row < 32) && (col < 32)), select((row == col), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] * 2.0), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] * 1.4142135623730951)), 0.0)
       //   zs_lo[row, col] = (select(((row < 32) && (col < 32)), select((row == col), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] * 2.0), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] * 1.4142135623730951)), 0.0) - zs_hi[row, col])
-      //   qzs = mma.tc(q, zs_hi) [128x32 in 16x32 units over 4 warps]
-      //   qzs += mma.tc(q, zs_lo) [128x32 in 16x32 units over 4 warps]
+      //   qzs = mma.tc(q, zs_hi) [128x32 in 16x16 units over 4 warps]
+      //   qzs += mma.tc(q, zs_lo) [128x32 in 16x16 units over 4 warps]
       {
-        float acc[2][4][4];
+        float acc[4][2][4];
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 4; ++j) {
           #pragma unroll
-          for (int q = 0; q < 4; ++q)
+          for (int q = 0; q < 2; ++q)
           #pragma unroll
             for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
         const int g = lane >> 2, t2 = (lane & 3) * 2;
         for (int k0 = 0; k0 < 32; k0 += 16) {
-          const int n0 = (warp % 1) * 32;
-          uint32_t ib_zs_hi[4][2];
-          uint32_t ib_zs_lo[4][2];
+          const int n0 = (warp % 2) * 16;
+          uint32_t ib_zs_hi[2][2];
+          uint32_t ib_zs_lo[2][2];
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int rg = 0; rg < 2; ++rg) {
               __nv_bfloat16 v0[2], v1[2];
@@ -4290,36 +4294,36 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
             }
           }
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             const int u = warp + j * 4;
-            const int m0 = (u / 1) * 16;
+            const int m0 = (u / 2) * 16;
             (void)m0;
             (void)n0;
             uint32_t fa_q[4];
             prt::ldmatrix_x4(fa_q, &t_q[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q, ib_zs_hi[q][0], ib_zs_hi[q][1]);
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q, ib_zs_hi[q][0], ib_zs_hi[q][1]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q, ib_zs_lo[q][0], ib_zs_lo[q][1]);
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q, ib_zs_lo[q][0], ib_zs_lo[q][1]);
           }
         }
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 4; ++j) {
           #pragma unroll
-          for (int q = 0; q < 4; ++q)
+          for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_qzs[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 1) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
+            for (int e = 0; e < 4; ++e) t_qzs[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 2) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       __syncthreads();
       // grad_s[row, col] = -((qzs[row, col] * dy_y[row]))
       {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 4; ++j) {
           const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -4329,24 +4333,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
         }
       }
       __syncthreads();
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      if ((0 < 16)) {
-        // s0_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((0 * 32) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0) + 0):+32, 0:+32] into stage 0
+      if ((0 < 32)) {
+        // s_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), (((((0 * 32) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0):+32, 0:+32] into stage 0
         {
           const int a0 = static_cast<int>(blockIdx.z);
           const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int a2 = (static_cast<int>(blockIdx.x) / 1);
-          const int s3 = ((((((0 * 32) - ((0 * (0 - 1)) / 2)) + 0) - 0) - 0) + 0);
+          const int s3 = (((((0 * 32) - ((0 * (0 - 1)) / 2)) + 0) - 0) - 0);
           const int s4 = 0;
           const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-          float* const dst = t_s0_f32_base + ((0) % 2) * 1024;
+          float* const dst = t_s_f32_base + ((0) % 2) * 1024;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
             for (int i = tid; i < 256; i += 128) {
               const int r = i / 8, c = (i % 8) * 4;
@@ -4366,19 +4363,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       }
       prt::cp_async_commit();
       {
-        const int v_i0_end = 16;
+        const int v_i0_end = 32;
         for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-          if (((v_i0 + 1) < 16)) {
-            // s0_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), (((((((i0 + 1) * 32) - (((i0 + 1) * ((i0 + 1) - 1)) // 2)) + (i0 + 1)) - (i0 + 1)) - (i0 + 1)) + 0):+32, 0:+32] into stage ((i0 + 1) % 2)
+          if (((v_i0 + 1) < 32)) {
+            // s_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((i0 + 1) * 32) - (((i0 + 1) * ((i0 + 1) - 1)) // 2)) + (i0 + 1)) - (i0 + 1)) - (i0 + 1)):+32, 0:+32] into stage ((i0 + 1) % 2)
             {
               const int a0 = static_cast<int>(blockIdx.z);
               const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
               const int a2 = (static_cast<int>(blockIdx.x) / 1);
-              const int s3 = (((((((v_i0 + 1) * 32) - (((v_i0 + 1) * ((v_i0 + 1) - 1)) / 2)) + (v_i0 + 1)) - (v_i0 + 1)) - (v_i0 + 1)) + 0);
+              const int s3 = ((((((v_i0 + 1) * 32) - (((v_i0 + 1) * ((v_i0 + 1) - 1)) / 2)) + (v_i0 + 1)) - (v_i0 + 1)) - (v_i0 + 1));
               const int s4 = 0;
               const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
               const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-              float* const dst = t_s0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
+              float* const dst = t_s_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
               if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
                 for (int i = tid; i < 256; i += 128) {
                   const int r = i / 8, c = (i % 8) * 4;
@@ -4398,199 +4395,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
           }
           prt::cp_async_commit();
           prt::cp_async_wait<1>();
-          t_s0_f32 = t_s0_f32_base + (((v_i0 % 2)) % 2) * 1024;  // bind s0_f32 stage (i0 % 2)
+          t_s_f32 = t_s_f32_base + (((v_i0 % 2)) % 2) * 1024;  // bind s_f32 stage (i0 % 2)
           __syncthreads();
           // mma.group (operands in registers):
-          //   s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 32)), 0.0, (s0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
-          //   t0 = mma.tc(dy, s0_hi^T) [128x32 in 16x32 units over 4 warps]
+          //   s_hi[row, col] = select(((row < i0) || (row >= 32)), 0.0, (s_f32[row, col] * select((row == i0), 1.0, 1.4142135623730951)))
+          //   t_a = mma.tc(dy, s_hi^T) [128x32 in 16x16 units over 4 warps]
           {
-            float acc[2][4][4];
+            float (&acc)[4][2][4] = f_t_a;
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-            }
-            const int g = lane >> 2, t2 = (lane & 3) * 2;
-            for (int k0 = 0; k0 < 32; k0 += 16) {
-              const int n0 = (warp % 1) * 32;
-              uint32_t ib_s0_hi[4][2];
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int rg = 0; rg < 2; ++rg) {
-                  __nv_bfloat16 v0[2];
-                  #pragma unroll
-                  for (int h = 0; h < 2; ++h) {
-                    const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
-                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 32)) ? 0.0f : (prt::to_f32(t_s0_f32[(r) * 32 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
-                    v0[h] = y0;
-                  }
-                  ib_s0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
-                }
-              }
-              #pragma unroll
-              for (int j = 0; j < 2; ++j) {
-                const int u = warp + j * 4;
-                const int m0 = (u / 1) * 16;
-                (void)m0;
-                (void)n0;
-                uint32_t fa_dy[4];
-                prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, ib_s0_hi[q][0], ib_s0_hi[q][1]);
-              }
-            }
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t0[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 1) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-            }
-          }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 0), (grad_s[row, col] + (q[row, i0] * t0[row, max((col - 0), 0)])), grad_s[row, col])
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 0) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 40 + (v_i0)]) * prt::to_f32(t_t0[(r) * 32 + (prt::max_nan((c - 0), 0))]))) : f_grad_s[j][q][e]);
-                }
-              }
-            }
-          }
-          __syncthreads();
-          // t0[row, col] = (t0[row, col] * q[row, (col + 0)])
-          {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 32, c = i % 32;
-              t_t0[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_t0[(r) * 32 + (c)]) * prt::to_f32(t_q[(r) * 40 + ((c + 0))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t0, axis=1)
-          {
-            for (int o = tid; o < 128; o += 128) {
-              float acc = 0.0f;
-              for (int i = 0; i < 32; ++i) acc += prt::to_f32(t_t0[(o) * 32 + (i)]);
-              t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i0 - 0)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i0 - 0)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-            }
-          }
-        }
-      }
-      prt::cp_async_wait<0>();
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 0) && (col < 16)), (grad_s[row, col] + r16[row, min(max((col - 0), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 0) && (c < 16)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 0), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      if ((16 < 32)) {
-        // s1_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((16 * 32) - ((16 * (16 - 1)) // 2)) + 16) - 16) - 16) + 16):+16, 0:+32] into stage 0
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-          const int a2 = (static_cast<int>(blockIdx.x) / 1);
-          const int s3 = ((((((16 * 32) - ((16 * (16 - 1)) / 2)) + 16) - 16) - 16) + 16);
-          const int s4 = 0;
-          const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-          const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-          float* const dst = t_s1_f32_base + ((0) % 2) * 512;
-          if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 128; i += 128) {
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-            }
-          }
-          else {
-            for (int i = tid; i < 512; i += 128) {
-              const int r = i / 32, c = i % 32;
-              dst[(r) * 32 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-            }
-          }
-        }
-      }
-      prt::cp_async_commit();
-      {
-        const int v_i1_end = 32;
-        for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
-          if (((v_i1 + 1) < 32)) {
-            // s1_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), (((((((i1 + 1) * 32) - (((i1 + 1) * ((i1 + 1) - 1)) // 2)) + (i1 + 1)) - (i1 + 1)) - (i1 + 1)) + 16):+16, 0:+32] into stage (((i1 - 16) + 1) % 2)
-            {
-              const int a0 = static_cast<int>(blockIdx.z);
-              const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-              const int a2 = (static_cast<int>(blockIdx.x) / 1);
-              const int s3 = (((((((v_i1 + 1) * 32) - (((v_i1 + 1) * ((v_i1 + 1) - 1)) / 2)) + (v_i1 + 1)) - (v_i1 + 1)) - (v_i1 + 1)) + 16);
-              const int s4 = 0;
-              const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-              const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-              float* const dst = t_s1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 512;
-              if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-                for (int i = tid; i < 128; i += 128) {
-                  const int r = i / 8, c = (i % 8) * 4;
-                  const int gr = s3 + r;
-                  const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-                }
-              }
-              else {
-                for (int i = tid; i < 512; i += 128) {
-                  const int r = i / 32, c = i % 32;
-                  dst[(r) * 32 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-                }
-              }
-            }
-          }
-          prt::cp_async_commit();
-          prt::cp_async_wait<1>();
-          t_s1_f32 = t_s1_f32_base + ((((v_i1 - 16) % 2)) % 2) * 512;  // bind s1_f32 stage ((i1 - 16) % 2)
-          __syncthreads();
-          // mma.group (operands in registers):
-          //   s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 32)), 0.0, (s1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
-          //   t1 = mma.tc(dy, s1_hi^T) [128x16 in 16x16 units over 4 warps]
-          {
-            float acc[2][2][4];
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
+            for (int j = 0; j < 4; ++j) {
               #pragma unroll
               for (int q = 0; q < 2; ++q)
               #pragma unroll
@@ -4598,8 +4411,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
             }
             const int g = lane >> 2, t2 = (lane & 3) * 2;
             for (int k0 = 0; k0 < 32; k0 += 16) {
-              const int n0 = (warp % 1) * 16;
-              uint32_t ib_s1_hi[2][2];
+              const int n0 = (warp % 2) * 16;
+              uint32_t ib_s_hi[2][2];
               #pragma unroll
               for (int q = 0; q < 2; ++q) {
                 #pragma unroll
@@ -4608,103 +4421,112 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
                   #pragma unroll
                   for (int h = 0; h < 2; ++h) {
                     const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
-                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 32)) ? 0.0f : (prt::to_f32(t_s1_f32[(r) * 32 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
+                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < v_i0) || (r >= 32)) ? 0.0f : (prt::to_f32(t_s_f32[(r) * 32 + (c)]) * ((r == v_i0) ? 1.0f : 1.4142135623730951f))));
                     v0[h] = y0;
                   }
-                  ib_s1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                  ib_s_hi[q][rg] = prt::pack2(v0[0], v0[1]);
                 }
               }
               #pragma unroll
-              for (int j = 0; j < 2; ++j) {
+              for (int j = 0; j < 4; ++j) {
                 const int u = warp + j * 4;
-                const int m0 = (u / 1) * 16;
+                const int m0 = (u / 2) * 16;
                 (void)m0;
                 (void)n0;
                 uint32_t fa_dy[4];
                 prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
                 #pragma unroll
-                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, ib_s1_hi[q][0], ib_s1_hi[q][1]);
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, ib_s_hi[q][0], ib_s_hi[q][1]);
               }
             }
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 2; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t1[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 1) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-            }
           }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 16), (grad_s[row, col] + (q[row, i1] * t1[row, max((col - 16), 0)])), grad_s[row, col])
+          // grad_s[row, col] = (grad_s[row, col] + (q[row, i0] * t_a[row, col]))
           {
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
+            for (int j = 0; j < 4; ++j) {
               const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
               #pragma unroll
-              for (int q = 0; q < 4; ++q) {
+              for (int q = 0; q < 2; ++q) {
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 16) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 40 + (v_i1)]) * prt::to_f32(t_t1[(r) * 16 + (prt::max_nan((c - 16), 0))]))) : f_grad_s[j][q][e]);
+                  f_grad_s[j][q][e] = (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 40 + (v_i0)]) * f_t_a[j][q][e]));
                 }
               }
             }
           }
-          __syncthreads();
-          // t1[row, col] = (t1[row, col] * q[row, (col + 16)])
+          // t_a[row, col] = (t_a[row, col] * q[row, col])
           {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_t1[(r) * 16 + (c)] = prt::from_f32<float>((prt::to_f32(t_t1[(r) * 16 + (c)]) * prt::to_f32(t_q[(r) * 40 + ((c + 16))])));
+            #pragma unroll
+            for (int j = 0; j < 4; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+              #pragma unroll
+              for (int q = 0; q < 2; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_t_a[j][q][e] = (f_t_a[j][q][e] * prt::to_f32(t_q[(r) * 40 + (c)]));
+                }
+              }
+            }
+          }
+          // r = reduce_sum(t_a, axis=1) via r_part
+          {
+            #pragma unroll
+            for (int j = 0; j < 4; ++j) {
+              const int u = warp + j * 4;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                float acc = f_t_a[j][0][2 * h];
+                acc += f_t_a[j][0][2 * h + 1];
+                #pragma unroll
+                for (int q = 1; q < 2; ++q) {
+                  acc += f_t_a[j][q][2 * h];
+                  acc += f_t_a[j][q][2 * h + 1];
+                }
+                acc = prt::quad_sum(acc);
+                const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
+                if ((lane & 3) == 0) t_r_part[(u % 2) * 128 + (r)] = acc;
+              }
+            }
+            __syncthreads();
+            for (int i = tid; i < 128; i += 128) {
+              float acc = t_r_part[(0) * 128 + (i)];
+              for (int p = 1; p < 2; ++p) acc += t_r_part[(p) * 128 + (i)];
+              t_r[i] = prt::from_f32<float>(acc);
             }
           }
           __syncthreads();
-          // r = reduce_sum(t1, axis=1)
+          // grad_s[row, col] = select((col == i0), (grad_s[row, col] + r[row]), grad_s[row, col])
           {
-            for (int o = tid; o < 128; o += 128) {
-              float acc = 0.0f;
-              for (int i = 0; i < 16; ++i) acc += prt::to_f32(t_t1[(o) * 16 + (i)]);
-              t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i1 - 16)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i1 - 16)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
+            #pragma unroll
+            for (int j = 0; j < 4; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+              #pragma unroll
+              for (int q = 0; q < 2; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_grad_s[j][q][e] = ((c == v_i0) ? (f_grad_s[j][q][e] + prt::to_f32(t_r[r])) : f_grad_s[j][q][e]);
+                }
+              }
             }
           }
         }
       }
       prt::cp_async_wait<0>();
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 16) && (col < 32)), (grad_s[row, col] + r16[row, min(max((col - 16), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 16) && (c < 32)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 16), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
     }
     // grad_s[row, col] = select((rho[row] != 0.0), ((grad_s[row, col] * (select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[(((pid.x % 1) * 128) + row)] - lse_i[row]) / 2.0)))) * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[(((pid.x % 1) * 128) + row)] - lse_i[row]) / 2.0)))))) / rho[row]), 0.0)
     {
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
+      for (int j = 0; j < 4; ++j) {
         const int u = warp + j * 4;
-        const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+        const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
         #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < 2; ++q) {
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -4723,11 +4545,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       const long long base = static_cast<long long>(a0) * g_dQs_s0 + static_cast<long long>(s1) * g_dQs_s1 + static_cast<long long>(a2) * g_dQs_s2 + static_cast<long long>(s3) * g_dQs_s3;
       if (ok) {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 4; ++j) {
           const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -6313,7 +6135,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
 }
 
 // update_state_bwd: dKs, dVs, dlamK, dGk: gradient through dS_m = phi(k')^T V, dZ_m = colsum phi(k')
-// grid ($n, ($b * $h), 1), 128 threads, 57344 bytes of dynamic shared memory
+// grid ($n, ($b * $h), 1), 128 threads, 40000 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e32_c128_bf16_w4_bd0_bt128_s2(
     const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const float* g_ddS, const float* g_ddZ, float* g_dKs, float* g_dVs, float* g_dlamK, float* g_dGk, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -6442,19 +6264,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
   // zu_hi: bf16[32, 32] computed in registers by its mma group
   // zu_lo: bf16[32, 32] computed in registers by its mma group
   float* const t_kzu = reinterpret_cast<float*>(prt_smem + 23616);  // f32[128, 32] pitch 32
-  float* const t_r = reinterpret_cast<float*>(prt_smem + 56832);  // f32[128] pitch 128
-  float* const t_r16 = reinterpret_cast<float*>(prt_smem + 21504);  // f32[128, 16] pitch 16
-  float* const t_u0_f32_base = reinterpret_cast<float*>(prt_smem + 29696);  // f32[32, 32] pitch 32, 2 copies
-  float* t_u0_f32 = t_u0_f32_base;
-  float f_p0[2][4][4];  // f32[128, 32] as mma fragments: 128x32 in 16x32 units over 4 warps
-  float* const t_t0 = reinterpret_cast<float*>(prt_smem + 37888);  // f32[128, 32] pitch 32
-  __nv_bfloat16* const t_u0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 54272);  // bf16[32, 32] pitch 40
-  __nv_bfloat16* const t_k1 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 29696);  // bf16[128, 16] pitch 24
-  float* const t_u1_f32_base = reinterpret_cast<float*>(prt_smem + 35840);  // f32[16, 32] pitch 32, 2 copies
-  float* t_u1_f32 = t_u1_f32_base;
-  float f_p1[2][4][4];  // f32[128, 32] as mma fragments: 128x32 in 16x32 units over 4 warps
-  float* const t_t1 = reinterpret_cast<float*>(prt_smem + 39936);  // f32[128, 16] pitch 16
-  __nv_bfloat16* const t_u1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 48128);  // bf16[16, 32] pitch 40
+  float* const t_r = reinterpret_cast<float*>(prt_smem + 32256);  // f32[128] pitch 128
+  float* const t_u_f32_base = reinterpret_cast<float*>(prt_smem + 21504);  // f32[32, 32] pitch 32, 2 copies
+  float* t_u_f32 = t_u_f32_base;
+  float f_p_a[2][4][4];  // f32[128, 32] as mma fragments: 128x32 in 16x32 units over 4 warps
+  float f_t_a[2][4][4];  // f32[128, 32] as mma fragments: 128x32 in 16x32 units over 4 warps
+  __nv_bfloat16* const t_u_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 29696);  // bf16[32, 32] pitch 40
   float* const t_dG = reinterpret_cast<float*>(prt_smem + 512);  // f32[1] pitch 1
   // g = load logG[(pid.y // $h), (pid.x * 128):+128, (pid.y % $h)]
   {
@@ -6561,24 +6376,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
   // mma.group (operands in registers):
   //   zu_hi[row, col] = select(((row < 32) && (col < 32)), select((row == col), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] * 2.0), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] * 1.4142135623730951)), 0.0)
   //   zu_lo[row, col] = (select(((row < 32) && (col < 32)), select((row == col), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] * 2.0), (z[((((min(min(row, col), 31) * 32) - ((min(min(row, col), 31) * (min(min(row, col), 31) - 1)) // 2)) + min(max(row, col), 31)) - min(min(row, col), 31))] * 1.4142135623730951)), 0.0) - zu_hi[row, col])
-  //   kzu = mma.tc(k, zu_hi) [128x32 in 16x32 units over 4 warps]
-  //   kzu += mma.tc(k, zu_lo) [128x32 in 16x32 units over 4 warps]
+  //   kzu = mma.tc(k, zu_hi) [128x32 in 16x16 units over 4 warps]
+  //   kzu += mma.tc(k, zu_lo) [128x32 in 16x16 units over 4 warps]
   {
-    float acc[2][4][4];
+    float acc[4][2][4];
     #pragma unroll
-    for (int j = 0; j < 2; ++j) {
+    for (int j = 0; j < 4; ++j) {
       #pragma unroll
-      for (int q = 0; q < 4; ++q)
+      for (int q = 0; q < 2; ++q)
       #pragma unroll
         for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
     }
     const int g = lane >> 2, t2 = (lane & 3) * 2;
     for (int k0 = 0; k0 < 32; k0 += 16) {
-      const int n0 = (warp % 1) * 32;
-      uint32_t ib_zu_hi[4][2];
-      uint32_t ib_zu_lo[4][2];
+      const int n0 = (warp % 2) * 16;
+      uint32_t ib_zu_hi[2][2];
+      uint32_t ib_zu_lo[2][2];
       #pragma unroll
-      for (int q = 0; q < 4; ++q) {
+      for (int q = 0; q < 2; ++q) {
         #pragma unroll
         for (int rg = 0; rg < 2; ++rg) {
           __nv_bfloat16 v0[2], v1[2];
@@ -6595,25 +6410,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
         }
       }
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
+      for (int j = 0; j < 4; ++j) {
         const int u = warp + j * 4;
-        const int m0 = (u / 1) * 16;
+        const int m0 = (u / 2) * 16;
         (void)m0;
         (void)n0;
         uint32_t fa_k[4];
         prt::ldmatrix_x4(fa_k, &t_k[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
         #pragma unroll
-        for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k, ib_zu_hi[q][0], ib_zu_hi[q][1]);
+        for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k, ib_zu_hi[q][0], ib_zu_hi[q][1]);
         #pragma unroll
-        for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k, ib_zu_lo[q][0], ib_zu_lo[q][1]);
+        for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k, ib_zu_lo[q][0], ib_zu_lo[q][1]);
       }
     }
     #pragma unroll
-    for (int j = 0; j < 2; ++j) {
+    for (int j = 0; j < 4; ++j) {
       #pragma unroll
-      for (int q = 0; q < 4; ++q)
+      for (int q = 0; q < 2; ++q)
       #pragma unroll
-        for (int e = 0; e < 4; ++e) t_kzu[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 1) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
+        for (int e = 0; e < 4; ++e) t_kzu[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 2) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
     }
   }
   __syncthreads();
@@ -6667,24 +6482,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
     }
   }
   __syncthreads();
-  // r16[row, col] = 0.0
-  {
-    for (int i = tid; i < 2048; i += 128) {
-      const int r = i / 16, c = i % 16;
-      t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-    }
-  }
-  if ((0 < 16)) {
-    // u0_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((0 * 32) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0) + 0):+32, 0:+32] into stage 0
+  if ((0 < 32)) {
+    // u_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, (((((0 * 32) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0):+32, 0:+32] into stage 0
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
       const int a1 = (static_cast<int>(blockIdx.y) % p_h);
       const int a2 = static_cast<int>(blockIdx.x);
-      const int s3 = ((((((0 * 32) - ((0 * (0 - 1)) / 2)) + 0) - 0) - 0) + 0);
+      const int s3 = (((((0 * 32) - ((0 * (0 - 1)) / 2)) + 0) - 0) - 0);
       const int s4 = 0;
       const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
       const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-      float* const dst = t_u0_f32_base + ((0) % 2) * 1024;
+      float* const dst = t_u_f32_base + ((0) % 2) * 1024;
       if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
         for (int i = tid; i < 256; i += 128) {
           const int r = i / 8, c = (i % 8) * 4;
@@ -6704,19 +6512,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = 16;
+    const int v_i0_end = 32;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < 16)) {
-        // u0_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, (((((((i0 + 1) * 32) - (((i0 + 1) * ((i0 + 1) - 1)) // 2)) + (i0 + 1)) - (i0 + 1)) - (i0 + 1)) + 0):+32, 0:+32] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < 32)) {
+        // u_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((i0 + 1) * 32) - (((i0 + 1) * ((i0 + 1) - 1)) // 2)) + (i0 + 1)) - (i0 + 1)) - (i0 + 1)):+32, 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int a1 = (static_cast<int>(blockIdx.y) % p_h);
           const int a2 = static_cast<int>(blockIdx.x);
-          const int s3 = (((((((v_i0 + 1) * 32) - (((v_i0 + 1) * ((v_i0 + 1) - 1)) / 2)) + (v_i0 + 1)) - (v_i0 + 1)) - (v_i0 + 1)) + 0);
+          const int s3 = ((((((v_i0 + 1) * 32) - (((v_i0 + 1) * ((v_i0 + 1) - 1)) / 2)) + (v_i0 + 1)) - (v_i0 + 1)) - (v_i0 + 1));
           const int s4 = 0;
           const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
           const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-          float* const dst = t_u0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
+          float* const dst = t_u_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
           if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
             for (int i = tid; i < 256; i += 128) {
               const int r = i / 8, c = (i % 8) * 4;
@@ -6736,19 +6544,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
       }
       prt::cp_async_commit();
       prt::cp_async_wait<1>();
-      t_u0_f32 = t_u0_f32_base + (((v_i0 % 2)) % 2) * 1024;  // bind u0_f32 stage (i0 % 2)
+      t_u_f32 = t_u_f32_base + (((v_i0 % 2)) % 2) * 1024;  // bind u_f32 stage (i0 % 2)
       __syncthreads();
-      // u0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 32)), 0.0, (u0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
+      // u_hi[row, col] = select(((row < i0) || (row >= 32)), 0.0, (u_f32[row, col] * select((row == i0), 1.0, 1.4142135623730951)))
       {
         for (int i = tid; i < 1024; i += 128) {
           const int r = i / 32, c = i % 32;
-          t_u0_hi[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 32)) ? 0.0f : (prt::to_f32(t_u0_f32[(r) * 32 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
+          t_u_hi[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>((((r < v_i0) || (r >= 32)) ? 0.0f : (prt::to_f32(t_u_f32[(r) * 32 + (c)]) * ((r == v_i0) ? 1.0f : 1.4142135623730951f))));
         }
       }
       __syncthreads();
-      // p0 = mma.tc(k, u0_hi) [128x32 in 16x32 units over 4 warps]
+      // p_a = mma.tc(k, u_hi) [128x32 in 16x32 units over 4 warps]
       {
-        float (&acc)[2][4][4] = f_p0;
+        float (&acc)[2][4][4] = f_p_a;
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
           #pragma unroll
@@ -6758,12 +6566,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
         }
         for (int k0 = 0; k0 < 32; k0 += 16) {
           const int n0 = (warp % 1) * 32;
-          uint32_t fb_u0_hi[4][2];
+          uint32_t fb_u_hi[4][2];
           #pragma unroll
           for (int q = 0; q < 4; q += 2) {
             uint32_t r[4];
-            prt::ldmatrix_x4_trans(r, &t_u0_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-            fb_u0_hi[q][0] = r[0]; fb_u0_hi[q][1] = r[1]; fb_u0_hi[q + 1][0] = r[2]; fb_u0_hi[q + 1][1] = r[3];
+            prt::ldmatrix_x4_trans(r, &t_u_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_u_hi[q][0] = r[0]; fb_u_hi[q][1] = r[1]; fb_u_hi[q + 1][0] = r[2]; fb_u_hi[q + 1][1] = r[3];
           }
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
@@ -6774,11 +6582,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
             uint32_t fa_k[4];
             prt::ldmatrix_x4(fa_k, &t_k[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k, fb_u0_hi[q][0], fb_u0_hi[q][1]);
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k, fb_u_hi[q][0], fb_u_hi[q][1]);
           }
         }
       }
-      // dv[row, col] = (dv[row, col] + (k[row, i0] * p0[row, col]))
+      // dv[row, col] = (dv[row, col] + (k[row, i0] * p_a[row, col]))
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -6789,12 +6597,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 40 + (v_i0)]) * f_p0[j][q][e]));
+              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 40 + (v_i0)]) * f_p_a[j][q][e]));
             }
           }
         }
       }
-      // p0[row, col] = (p0[row, col] * v[row, col])
+      // p_a[row, col] = (p_a[row, col] * v[row, col])
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -6805,24 +6613,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p0[j][q][e] = (f_p0[j][q][e] * prt::to_f32(t_v[(r) * 40 + (c)]));
+              f_p_a[j][q][e] = (f_p_a[j][q][e] * prt::to_f32(t_v[(r) * 40 + (c)]));
             }
           }
         }
       }
-      // r = reduce_sum(p0, axis=1)
+      // r = reduce_sum(p_a, axis=1)
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 4;
           #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            float acc = f_p0[j][0][2 * h];
-            acc += f_p0[j][0][2 * h + 1];
+            float acc = f_p_a[j][0][2 * h];
+            acc += f_p_a[j][0][2 * h + 1];
             #pragma unroll
             for (int q = 1; q < 4; ++q) {
-              acc += f_p0[j][q][2 * h];
-              acc += f_p0[j][q][2 * h + 1];
+              acc += f_p_a[j][q][2 * h];
+              acc += f_p_a[j][q][2 * h + 1];
             }
             acc = prt::quad_sum(acc);
             const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
@@ -6830,9 +6638,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
           }
         }
       }
-      // t0 = mma.tc(v, u0_hi^T) [128x32 in 16x32 units over 4 warps]
+      // t_a = mma.tc(v, u_hi^T) [128x32 in 16x32 units over 4 warps]
       {
-        float acc[2][4][4];
+        float (&acc)[2][4][4] = f_t_a;
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
           #pragma unroll
@@ -6842,12 +6650,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
         }
         for (int k0 = 0; k0 < 32; k0 += 16) {
           const int n0 = (warp % 1) * 32;
-          uint32_t fbt_u0_hi[4][2];
+          uint32_t fbt_u_hi[4][2];
           #pragma unroll
           for (int q = 0; q < 4; q += 2) {
             uint32_t r[4];
-            prt::ldmatrix_x4(r, &t_u0_hi[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-            fbt_u0_hi[q][0] = r[0]; fbt_u0_hi[q][1] = r[1]; fbt_u0_hi[q + 1][0] = r[2]; fbt_u0_hi[q + 1][1] = r[3];
+            prt::ldmatrix_x4(r, &t_u_hi[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
+            fbt_u_hi[q][0] = r[0]; fbt_u_hi[q][1] = r[1]; fbt_u_hi[q + 1][0] = r[2]; fbt_u_hi[q + 1][1] = r[3];
           }
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
@@ -6858,19 +6666,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
             uint32_t fa_v[4];
             prt::ldmatrix_x4(fa_v, &t_v[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v, fbt_u0_hi[q][0], fbt_u0_hi[q][1]);
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v, fbt_u_hi[q][0], fbt_u_hi[q][1]);
           }
         }
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t0[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 1) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-        }
       }
-      __syncthreads();
-      // dk[row, col] = select((col >= 0), (dk[row, col] + (k[row, i0] * t0[row, max((col - 0), 0)])), dk[row, col])
+      // dk[row, col] = (dk[row, col] + (k[row, i0] * t_a[row, col]))
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -6881,16 +6681,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dk[j][q][e] = ((c >= 0) ? (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 40 + (v_i0)]) * prt::to_f32(t_t0[(r) * 32 + (prt::max_nan((c - 0), 0))]))) : f_dk[j][q][e]);
+              f_dk[j][q][e] = (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 40 + (v_i0)]) * f_t_a[j][q][e]));
             }
           }
         }
       }
-      // r16[row, col] = select((col == (i0 - 0)), r[row], r16[row, col])
+      __syncthreads();
+      // dk[row, col] = select((col == i0), (dk[row, col] + r[row]), dk[row, col])
       {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i0 - 0)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_dk[j][q][e] = ((c == v_i0) ? (f_dk[j][q][e] + prt::to_f32(t_r[r])) : f_dk[j][q][e]);
+            }
+          }
         }
       }
       // kdk[row] = (kdk[row] + (k[row, i0] * r[row]))
@@ -6902,303 +6712,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
     }
   }
   prt::cp_async_wait<0>();
-  __syncthreads();
-  // dk[row, col] = select(((col >= 0) && (col < 16)), (dk[row, col] + r16[row, min(max((col - 0), 0), 15)]), dk[row, col])
-  {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_dk[j][q][e] = (((c >= 0) && (c < 16)) ? (f_dk[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 0), 0), 15))])) : f_dk[j][q][e]);
-        }
-      }
-    }
-  }
-  // k1 = load.async K[(pid.y // $h), (pid.x * 128):+128, (pid.y % $h), 16:+16]
-  {
-    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
-    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
-    const int s3 = 16;
-    const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-    const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-    __nv_bfloat16* const dst = t_k1;
-    if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 128) {
-        const int r = i / 2, c = (i % 2) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-      }
-    }
-    else {
-      for (int i = tid; i < 2048; i += 128) {
-        const int r = i / 16, c = i % 16;
-        dst[(r) * 24 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-      }
-    }
-  }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  __syncthreads();
-  // r16[row, col] = 0.0
-  {
-    for (int i = tid; i < 2048; i += 128) {
-      const int r = i / 16, c = i % 16;
-      t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-    }
-  }
-  if ((16 < 32)) {
-    // u1_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((16 * 32) - ((16 * (16 - 1)) // 2)) + 16) - 16) - 16) + 16):+16, 0:+32] into stage 0
-    {
-      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-      const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-      const int a2 = static_cast<int>(blockIdx.x);
-      const int s3 = ((((((16 * 32) - ((16 * (16 - 1)) / 2)) + 16) - 16) - 16) + 16);
-      const int s4 = 0;
-      const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
-      const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-      float* const dst = t_u1_f32_base + ((0) % 2) * 512;
-      if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 128; i += 128) {
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s3 + r;
-          const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
-        }
-      }
-      else {
-        for (int i = tid; i < 512; i += 128) {
-          const int r = i / 32, c = i % 32;
-          dst[(r) * 32 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
-        }
-      }
-    }
-  }
-  prt::cp_async_commit();
-  {
-    const int v_i1_end = 32;
-    for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
-      if (((v_i1 + 1) < 32)) {
-        // u1_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, (((((((i1 + 1) * 32) - (((i1 + 1) * ((i1 + 1) - 1)) // 2)) + (i1 + 1)) - (i1 + 1)) - (i1 + 1)) + 16):+16, 0:+32] into stage (((i1 - 16) + 1) % 2)
-        {
-          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-          const int a2 = static_cast<int>(blockIdx.x);
-          const int s3 = (((((((v_i1 + 1) * 32) - (((v_i1 + 1) * ((v_i1 + 1) - 1)) / 2)) + (v_i1 + 1)) - (v_i1 + 1)) - (v_i1 + 1)) + 16);
-          const int s4 = 0;
-          const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
-          const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-          float* const dst = t_u1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 512;
-          if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 128; i += 128) {
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
-            }
-          }
-          else {
-            for (int i = tid; i < 512; i += 128) {
-              const int r = i / 32, c = i % 32;
-              dst[(r) * 32 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
-            }
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<1>();
-      t_u1_f32 = t_u1_f32_base + ((((v_i1 - 16) % 2)) % 2) * 512;  // bind u1_f32 stage ((i1 - 16) % 2)
-      __syncthreads();
-      // u1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 32)), 0.0, (u1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
-      {
-        for (int i = tid; i < 512; i += 128) {
-          const int r = i / 32, c = i % 32;
-          t_u1_hi[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 32)) ? 0.0f : (prt::to_f32(t_u1_f32[(r) * 32 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
-        }
-      }
-      __syncthreads();
-      // p1 = mma.tc(k1, u1_hi) [128x32 in 16x32 units over 4 warps]
-      {
-        float (&acc)[2][4][4] = f_p1;
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-        }
-        for (int k0 = 0; k0 < 16; k0 += 16) {
-          const int n0 = (warp % 1) * 32;
-          uint32_t fb_u1_hi[4][2];
-          #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
-            uint32_t r[4];
-            prt::ldmatrix_x4_trans(r, &t_u1_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-            fb_u1_hi[q][0] = r[0]; fb_u1_hi[q][1] = r[1]; fb_u1_hi[q + 1][0] = r[2]; fb_u1_hi[q + 1][1] = r[3];
-          }
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 1) * 16;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_k1[4];
-            prt::ldmatrix_x4(fa_k1, &t_k1[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k1, fb_u1_hi[q][0], fb_u1_hi[q][1]);
-          }
-        }
-      }
-      // dv[row, col] = (dv[row, col] + (k[row, i1] * p1[row, col]))
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 40 + (v_i1)]) * f_p1[j][q][e]));
-            }
-          }
-        }
-      }
-      // p1[row, col] = (p1[row, col] * v[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p1[j][q][e] = (f_p1[j][q][e] * prt::to_f32(t_v[(r) * 40 + (c)]));
-            }
-          }
-        }
-      }
-      // r = reduce_sum(p1, axis=1)
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_p1[j][0][2 * h];
-            acc += f_p1[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 4; ++q) {
-              acc += f_p1[j][q][2 * h];
-              acc += f_p1[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
-            if ((lane & 3) == 0) t_r[r] = prt::from_f32<float>(acc);
-          }
-        }
-      }
-      // t1 = mma.tc(v, u1_hi^T) [128x16 in 16x16 units over 4 warps]
-      {
-        float acc[2][2][4];
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-        }
-        for (int k0 = 0; k0 < 32; k0 += 16) {
-          const int n0 = (warp % 1) * 16;
-          uint32_t fbt_u1_hi[2][2];
-          #pragma unroll
-          for (int q = 0; q < 2; q += 2) {
-            uint32_t r[4];
-            prt::ldmatrix_x4(r, &t_u1_hi[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-            fbt_u1_hi[q][0] = r[0]; fbt_u1_hi[q][1] = r[1]; fbt_u1_hi[q + 1][0] = r[2]; fbt_u1_hi[q + 1][1] = r[3];
-          }
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 1) * 16;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_v[4];
-            prt::ldmatrix_x4(fa_v, &t_v[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v, fbt_u1_hi[q][0], fbt_u1_hi[q][1]);
-          }
-        }
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t1[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 1) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-        }
-      }
-      __syncthreads();
-      // dk[row, col] = select((col >= 16), (dk[row, col] + (k[row, i1] * t1[row, max((col - 16), 0)])), dk[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dk[j][q][e] = ((c >= 16) ? (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 40 + (v_i1)]) * prt::to_f32(t_t1[(r) * 16 + (prt::max_nan((c - 16), 0))]))) : f_dk[j][q][e]);
-            }
-          }
-        }
-      }
-      // r16[row, col] = select((col == (i1 - 16)), r[row], r16[row, col])
-      {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i1 - 16)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-        }
-      }
-      // kdk[row] = (kdk[row] + (k[row, i1] * r[row]))
-      {
-        for (int r = tid; r < 128; r += 128) {
-          t_kdk[r] = prt::from_f32<float>((prt::to_f32(t_kdk[r]) + (prt::to_f32(t_k[(r) * 40 + (v_i1)]) * prt::to_f32(t_r[r]))));
-        }
-      }
-    }
-  }
-  prt::cp_async_wait<0>();
-  __syncthreads();
-  // dk[row, col] = select(((col >= 16) && (col < 32)), (dk[row, col] + r16[row, min(max((col - 16), 0), 15)]), dk[row, col])
-  {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_dk[j][q][e] = (((c >= 16) && (c < 32)) ? (f_dk[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 16), 0), 15))])) : f_dk[j][q][e]);
-        }
-      }
-    }
-  }
   // dv[row, col] = (dv[row, col] * exp((lam[127] - lam[row])))
   {
     #pragma unroll
@@ -8983,9 +8496,9 @@ extern "C" cudaError_t prt_attention_bwd_p2_d32_e32_c128_bf16_w8_bd64_bt64_s1_la
 }
 
 extern "C" cudaError_t prt_query_state_bwd_dq_p2_d32_e32_c128_bf16_w4_bd0_bt128_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d32_e32_c128_bf16_w4_bd0_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 72192);
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d32_e32_c128_bf16_w4_bd0_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 55808);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_dq_p2_d32_e32_c128_bf16_w4_bd0_bt128_s2<<<grid, 128, 72192, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
+  prt_query_state_bwd_dq_p2_d32_e32_c128_bf16_w4_bd0_bt128_s2<<<grid, 128, 55808, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
   return cudaGetLastError();
 }
 
@@ -9004,9 +8517,9 @@ extern "C" cudaError_t prt_discounted_cumsum_bwd_p2_d32_e32_c128_bf16_w4_bd64_bt
 }
 
 extern "C" cudaError_t prt_update_state_bwd_p2_d32_e32_c128_bf16_w4_bd0_bt128_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const float* g_ddS, const float* g_ddZ, float* g_dKs, float* g_dVs, float* g_dlamK, float* g_dGk, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_update_state_bwd_p2_d32_e32_c128_bf16_w4_bd0_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 57344);
+  cudaError_t err = cudaFuncSetAttribute(prt_update_state_bwd_p2_d32_e32_c128_bf16_w4_bd0_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 40000);
   if (err != cudaSuccess) return err;
-  prt_update_state_bwd_p2_d32_e32_c128_bf16_w4_bd0_bt128_s2<<<grid, 128, 57344, stream>>>(g_K, g_V, g_logG, g_ddS, g_ddZ, g_dKs, g_dVs, g_dlamK, g_dGk, p_b, p_t, p_h, p_n);
+  prt_update_state_bwd_p2_d32_e32_c128_bf16_w4_bd0_bt128_s2<<<grid, 128, 40000, stream>>>(g_K, g_V, g_logG, g_ddS, g_ddZ, g_dKs, g_dVs, g_dlamK, g_dGk, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 

@@ -4010,17 +4010,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
   // q_pair_lo: bf16[128, 32] computed in registers by its mma group
   float* const t_qzs = reinterpret_cast<float*>(prt_smem + 32768);  // f32[128, 32] pitch 32
   float* const t_r = reinterpret_cast<float*>(prt_smem + 13312);  // f32[128] pitch 128
-  float* const t_r16 = reinterpret_cast<float*>(prt_smem + 27648);  // f32[128, 16] pitch 16
-  float* const t_s0_f32_base = reinterpret_cast<float*>(prt_smem + 35840);  // f32[32, 32] pitch 32, 2 copies
-  float* t_s0_f32 = t_s0_f32_base;
-  float* const t_t0 = reinterpret_cast<float*>(prt_smem + 44032);  // f32[128, 32] pitch 32
-  // s0_hi: bf16[32, 32] computed in registers by its mma group
-  // s0_lo: bf16[32, 32] computed in registers by its mma group
-  float* const t_s1_f32_base = reinterpret_cast<float*>(prt_smem + 35840);  // f32[16, 32] pitch 32, 2 copies
-  float* t_s1_f32 = t_s1_f32_base;
-  float* const t_t1 = reinterpret_cast<float*>(prt_smem + 39936);  // f32[128, 16] pitch 16
-  // s1_hi: bf16[16, 32] computed in registers by its mma group
-  // s1_lo: bf16[16, 32] computed in registers by its mma group
+  float* const t_s_f32_base = reinterpret_cast<float*>(prt_smem + 27648);  // f32[32, 32] pitch 32, 2 copies
+  float* t_s_f32 = t_s_f32_base;
+  float f_t_a[2][4][4];  // f32[128, 32] as mma fragments: 128x32 in 16x32 units over 4 warps
+  // s_hi: bf16[32, 32] computed in registers by its mma group
+  // s_lo: bf16[32, 32] computed in registers by its mma group
   if (((((static_cast<int>(blockIdx.x) / 1) * 128) + ((static_cast<int>(blockIdx.x) % 1) * 128)) < p_t)) {
     // g = load logG[pid.z, ((pid.x // 1) * 128):+128, (pid.y // ($hq // $h))]
     {
@@ -4374,24 +4368,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
         }
       }
       __syncthreads();
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      if ((0 < 16)) {
-        // s0_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((0 * 32) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0) + 0):+32, 0:+32] into stage 0
+      if ((0 < 32)) {
+        // s_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), (((((0 * 32) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0):+32, 0:+32] into stage 0
         {
           const int a0 = static_cast<int>(blockIdx.z);
           const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int a2 = (static_cast<int>(blockIdx.x) / 1);
-          const int s3 = ((((((0 * 32) - ((0 * (0 - 1)) / 2)) + 0) - 0) - 0) + 0);
+          const int s3 = (((((0 * 32) - ((0 * (0 - 1)) / 2)) + 0) - 0) - 0);
           const int s4 = 0;
           const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-          float* const dst = t_s0_f32_base + ((0) % 2) * 1024;
+          float* const dst = t_s_f32_base + ((0) % 2) * 1024;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
             for (int i = tid; i < 256; i += 128) {
               const int r = i / 8, c = (i % 8) * 4;
@@ -4411,19 +4398,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       }
       prt::cp_async_commit();
       {
-        const int v_i0_end = 16;
+        const int v_i0_end = 32;
         for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-          if (((v_i0 + 1) < 16)) {
-            // s0_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), (((((((i0 + 1) * 32) - (((i0 + 1) * ((i0 + 1) - 1)) // 2)) + (i0 + 1)) - (i0 + 1)) - (i0 + 1)) + 0):+32, 0:+32] into stage ((i0 + 1) % 2)
+          if (((v_i0 + 1) < 32)) {
+            // s_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((i0 + 1) * 32) - (((i0 + 1) * ((i0 + 1) - 1)) // 2)) + (i0 + 1)) - (i0 + 1)) - (i0 + 1)):+32, 0:+32] into stage ((i0 + 1) % 2)
             {
               const int a0 = static_cast<int>(blockIdx.z);
               const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
               const int a2 = (static_cast<int>(blockIdx.x) / 1);
-              const int s3 = (((((((v_i0 + 1) * 32) - (((v_i0 + 1) * ((v_i0 + 1) - 1)) / 2)) + (v_i0 + 1)) - (v_i0 + 1)) - (v_i0 + 1)) + 0);
+              const int s3 = ((((((v_i0 + 1) * 32) - (((v_i0 + 1) * ((v_i0 + 1) - 1)) / 2)) + (v_i0 + 1)) - (v_i0 + 1)) - (v_i0 + 1));
               const int s4 = 0;
               const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
               const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-              float* const dst = t_s0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
+              float* const dst = t_s_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
               if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
                 for (int i = tid; i < 256; i += 128) {
                   const int r = i / 8, c = (i % 8) * 4;
@@ -4443,15 +4430,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
           }
           prt::cp_async_commit();
           prt::cp_async_wait<1>();
-          t_s0_f32 = t_s0_f32_base + (((v_i0 % 2)) % 2) * 1024;  // bind s0_f32 stage (i0 % 2)
+          t_s_f32 = t_s_f32_base + (((v_i0 % 2)) % 2) * 1024;  // bind s_f32 stage (i0 % 2)
           __syncthreads();
           // mma.group (operands in registers):
-          //   s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 32)), 0.0, (s0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
-          //   s0_lo[row, col] = (select((((row + 0) < i0) || ((row + 0) >= 32)), 0.0, (s0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951))) - s0_hi[row, col])
-          //   t0 = mma.tc(dy_hi, s0_hi^T) [128x32 in 16x32 units over 4 warps]
-          //   t0 += mma.tc(dy_hi, s0_lo^T) [128x32 in 16x32 units over 4 warps]
+          //   s_hi[row, col] = select(((row < i0) || (row >= 32)), 0.0, (s_f32[row, col] * select((row == i0), 1.0, 1.4142135623730951)))
+          //   s_lo[row, col] = (select(((row < i0) || (row >= 32)), 0.0, (s_f32[row, col] * select((row == i0), 1.0, 1.4142135623730951))) - s_hi[row, col])
+          //   t_a = mma.tc(dy_hi, s_hi^T) [128x32 in 16x32 units over 4 warps]
+          //   t_a += mma.tc(dy_hi, s_lo^T) [128x32 in 16x32 units over 4 warps]
           {
-            float acc[2][4][4];
+            float (&acc)[2][4][4] = f_t_a;
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
               #pragma unroll
@@ -4462,8 +4449,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
             const int g = lane >> 2, t2 = (lane & 3) * 2;
             for (int k0 = 0; k0 < 32; k0 += 16) {
               const int n0 = (warp % 1) * 32;
-              uint32_t ib_s0_hi[4][2];
-              uint32_t ib_s0_lo[4][2];
+              uint32_t ib_s_hi[4][2];
+              uint32_t ib_s_lo[4][2];
               #pragma unroll
               for (int q = 0; q < 4; ++q) {
                 #pragma unroll
@@ -4472,13 +4459,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
                   #pragma unroll
                   for (int h = 0; h < 2; ++h) {
                     const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
-                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 32)) ? 0.0f : (prt::to_f32(t_s0_f32[(r) * 32 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
+                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < v_i0) || (r >= 32)) ? 0.0f : (prt::to_f32(t_s_f32[(r) * 32 + (c)]) * ((r == v_i0) ? 1.0f : 1.4142135623730951f))));
                     v0[h] = y0;
-                    const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 0) < v_i0) || ((r + 0) >= 32)) ? 0.0f : (prt::to_f32(t_s0_f32[(r) * 32 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+                    const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((((r < v_i0) || (r >= 32)) ? 0.0f : (prt::to_f32(t_s_f32[(r) * 32 + (c)]) * ((r == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
                     v1[h] = y1;
                   }
-                  ib_s0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
-                  ib_s0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                  ib_s_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                  ib_s_lo[q][rg] = prt::pack2(v1[0], v1[1]);
                 }
               }
               #pragma unroll
@@ -4490,21 +4477,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
                 uint32_t fa_dy_hi[4];
                 prt::ldmatrix_x4(fa_dy_hi, &t_dy_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
                 #pragma unroll
-                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy_hi, ib_s0_hi[q][0], ib_s0_hi[q][1]);
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy_hi, ib_s_hi[q][0], ib_s_hi[q][1]);
                 #pragma unroll
-                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy_hi, ib_s0_lo[q][0], ib_s0_lo[q][1]);
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy_hi, ib_s_lo[q][0], ib_s_lo[q][1]);
               }
             }
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t0[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 1) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-            }
           }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 0), (grad_s[row, col] + (q[row, i0] * t0[row, max((col - 0), 0)])), grad_s[row, col])
+          // grad_s[row, col] = (grad_s[row, col] + (q[row, i0] * t_a[row, col]))
           {
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
@@ -4515,188 +4494,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 0) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 40 + (v_i0)]) * prt::to_f32(t_t0[(r) * 32 + (prt::max_nan((c - 0), 0))]))) : f_grad_s[j][q][e]);
+                  f_grad_s[j][q][e] = (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 40 + (v_i0)]) * f_t_a[j][q][e]));
                 }
               }
             }
           }
-          __syncthreads();
-          // t0[row, col] = (t0[row, col] * q[row, (col + 0)])
-          {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 32, c = i % 32;
-              t_t0[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_t0[(r) * 32 + (c)]) * prt::to_f32(t_q[(r) * 40 + ((c + 0))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t0, axis=1)
-          {
-            for (int o = tid; o < 128; o += 128) {
-              float acc = 0.0f;
-              for (int i = 0; i < 32; ++i) acc += prt::to_f32(t_t0[(o) * 32 + (i)]);
-              t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i0 - 0)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i0 - 0)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-            }
-          }
-        }
-      }
-      prt::cp_async_wait<0>();
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 0) && (col < 16)), (grad_s[row, col] + r16[row, min(max((col - 0), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 0) && (c < 16)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 0), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      if ((16 < 32)) {
-        // s1_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((16 * 32) - ((16 * (16 - 1)) // 2)) + 16) - 16) - 16) + 16):+16, 0:+32] into stage 0
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-          const int a2 = (static_cast<int>(blockIdx.x) / 1);
-          const int s3 = ((((((16 * 32) - ((16 * (16 - 1)) / 2)) + 16) - 16) - 16) + 16);
-          const int s4 = 0;
-          const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-          const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-          float* const dst = t_s1_f32_base + ((0) % 2) * 512;
-          if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 128; i += 128) {
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-            }
-          }
-          else {
-            for (int i = tid; i < 512; i += 128) {
-              const int r = i / 32, c = i % 32;
-              dst[(r) * 32 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-            }
-          }
-        }
-      }
-      prt::cp_async_commit();
-      {
-        const int v_i1_end = 32;
-        for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
-          if (((v_i1 + 1) < 32)) {
-            // s1_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), (((((((i1 + 1) * 32) - (((i1 + 1) * ((i1 + 1) - 1)) // 2)) + (i1 + 1)) - (i1 + 1)) - (i1 + 1)) + 16):+16, 0:+32] into stage (((i1 - 16) + 1) % 2)
-            {
-              const int a0 = static_cast<int>(blockIdx.z);
-              const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-              const int a2 = (static_cast<int>(blockIdx.x) / 1);
-              const int s3 = (((((((v_i1 + 1) * 32) - (((v_i1 + 1) * ((v_i1 + 1) - 1)) / 2)) + (v_i1 + 1)) - (v_i1 + 1)) - (v_i1 + 1)) + 16);
-              const int s4 = 0;
-              const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-              const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-              float* const dst = t_s1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 512;
-              if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-                for (int i = tid; i < 128; i += 128) {
-                  const int r = i / 8, c = (i % 8) * 4;
-                  const int gr = s3 + r;
-                  const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-                }
-              }
-              else {
-                for (int i = tid; i < 512; i += 128) {
-                  const int r = i / 32, c = i % 32;
-                  dst[(r) * 32 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-                }
-              }
-            }
-          }
-          prt::cp_async_commit();
-          prt::cp_async_wait<1>();
-          t_s1_f32 = t_s1_f32_base + ((((v_i1 - 16) % 2)) % 2) * 512;  // bind s1_f32 stage ((i1 - 16) % 2)
-          __syncthreads();
-          // mma.group (operands in registers):
-          //   s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 32)), 0.0, (s1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
-          //   s1_lo[row, col] = (select((((row + 16) < i1) || ((row + 16) >= 32)), 0.0, (s1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951))) - s1_hi[row, col])
-          //   t1 = mma.tc(dy_hi, s1_hi^T) [128x16 in 16x16 units over 4 warps]
-          //   t1 += mma.tc(dy_hi, s1_lo^T) [128x16 in 16x16 units over 4 warps]
-          {
-            float acc[2][2][4];
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 2; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-            }
-            const int g = lane >> 2, t2 = (lane & 3) * 2;
-            for (int k0 = 0; k0 < 32; k0 += 16) {
-              const int n0 = (warp % 1) * 16;
-              uint32_t ib_s1_hi[2][2];
-              uint32_t ib_s1_lo[2][2];
-              #pragma unroll
-              for (int q = 0; q < 2; ++q) {
-                #pragma unroll
-                for (int rg = 0; rg < 2; ++rg) {
-                  __nv_bfloat16 v0[2], v1[2];
-                  #pragma unroll
-                  for (int h = 0; h < 2; ++h) {
-                    const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
-                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 32)) ? 0.0f : (prt::to_f32(t_s1_f32[(r) * 32 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
-                    v0[h] = y0;
-                    const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 16) < v_i1) || ((r + 16) >= 32)) ? 0.0f : (prt::to_f32(t_s1_f32[(r) * 32 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
-                    v1[h] = y1;
-                  }
-                  ib_s1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
-                  ib_s1_lo[q][rg] = prt::pack2(v1[0], v1[1]);
-                }
-              }
-              #pragma unroll
-              for (int j = 0; j < 2; ++j) {
-                const int u = warp + j * 4;
-                const int m0 = (u / 1) * 16;
-                (void)m0;
-                (void)n0;
-                uint32_t fa_dy_hi[4];
-                prt::ldmatrix_x4(fa_dy_hi, &t_dy_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy_hi, ib_s1_hi[q][0], ib_s1_hi[q][1]);
-                #pragma unroll
-                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy_hi, ib_s1_lo[q][0], ib_s1_lo[q][1]);
-              }
-            }
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 2; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t1[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 1) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-            }
-          }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 16), (grad_s[row, col] + (q[row, i1] * t1[row, max((col - 16), 0)])), grad_s[row, col])
+          // t_a[row, col] = (t_a[row, col] * q[row, col])
           {
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
@@ -4707,56 +4510,51 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 16) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 40 + (v_i1)]) * prt::to_f32(t_t1[(r) * 16 + (prt::max_nan((c - 16), 0))]))) : f_grad_s[j][q][e]);
+                  f_t_a[j][q][e] = (f_t_a[j][q][e] * prt::to_f32(t_q[(r) * 40 + (c)]));
                 }
               }
             }
           }
-          __syncthreads();
-          // t1[row, col] = (t1[row, col] * q[row, (col + 16)])
+          // r = reduce_sum(t_a, axis=1)
           {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_t1[(r) * 16 + (c)] = prt::from_f32<float>((prt::to_f32(t_t1[(r) * 16 + (c)]) * prt::to_f32(t_q[(r) * 40 + ((c + 16))])));
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 4;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                float acc = f_t_a[j][0][2 * h];
+                acc += f_t_a[j][0][2 * h + 1];
+                #pragma unroll
+                for (int q = 1; q < 4; ++q) {
+                  acc += f_t_a[j][q][2 * h];
+                  acc += f_t_a[j][q][2 * h + 1];
+                }
+                acc = prt::quad_sum(acc);
+                const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
+                if ((lane & 3) == 0) t_r[r] = prt::from_f32<float>(acc);
+              }
             }
           }
           __syncthreads();
-          // r = reduce_sum(t1, axis=1)
+          // grad_s[row, col] = select((col == i0), (grad_s[row, col] + r[row]), grad_s[row, col])
           {
-            for (int o = tid; o < 128; o += 128) {
-              float acc = 0.0f;
-              for (int i = 0; i < 16; ++i) acc += prt::to_f32(t_t1[(o) * 16 + (i)]);
-              t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i1 - 16)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i1 - 16)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_grad_s[j][q][e] = ((c == v_i0) ? (f_grad_s[j][q][e] + prt::to_f32(t_r[r])) : f_grad_s[j][q][e]);
+                }
+              }
             }
           }
         }
       }
       prt::cp_async_wait<0>();
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 16) && (col < 32)), (grad_s[row, col] + r16[row, min(max((col - 16), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 16) && (c < 32)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 16), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
     }
     // grad_s[row, col] = select((rho[row] != 0.0), ((grad_s[row, col] * (select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[(((pid.x % 1) * 128) + row)] - lse_i[row]) / 2.0)))) * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[(((pid.x % 1) * 128) + row)] - lse_i[row]) / 2.0)))))) / rho[row]), 0.0)
     {
@@ -6577,21 +6375,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
   // zu_hi: bf16[32, 32] computed in registers by its mma group
   // zu_lo: bf16[32, 32] computed in registers by its mma group
   float* const t_kzu = reinterpret_cast<float*>(prt_smem + 66560);  // f32[128, 32] pitch 32
-  float* const t_r = reinterpret_cast<float*>(prt_smem + 40960);  // f32[128] pitch 128
-  float* const t_r16 = reinterpret_cast<float*>(prt_smem + 19456);  // f32[128, 16] pitch 16
-  float* const t_u0_f32_base = reinterpret_cast<float*>(prt_smem + 27648);  // f32[32, 32] pitch 32, 2 copies
-  float* t_u0_f32 = t_u0_f32_base;
-  float f_p0[2][4][4];  // f32[128, 32] as mma fragments: 128x32 in 16x32 units over 4 warps
-  float* const t_t0 = reinterpret_cast<float*>(prt_smem + 66560);  // f32[128, 32] pitch 32
-  __nv_bfloat16* const t_u0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 35840);  // bf16[32, 32] pitch 40
-  __nv_bfloat16* const t_u0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 38400);  // bf16[32, 32] pitch 40
-  __nv_bfloat16* const t_k1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 9216);  // bf16[128, 16] pitch 24
-  float* const t_u1_f32_base = reinterpret_cast<float*>(prt_smem + 15360);  // f32[16, 32] pitch 32, 2 copies
-  float* t_u1_f32 = t_u1_f32_base;
-  float f_p1[2][4][4];  // f32[128, 32] as mma fragments: 128x32 in 16x32 units over 4 warps
-  float* const t_t1 = reinterpret_cast<float*>(prt_smem + 27648);  // f32[128, 16] pitch 16
-  __nv_bfloat16* const t_u1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 35840);  // bf16[16, 32] pitch 40
-  __nv_bfloat16* const t_u1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 37120);  // bf16[16, 32] pitch 40
+  float* const t_r = reinterpret_cast<float*>(prt_smem + 32768);  // f32[128] pitch 128
+  float* const t_u_f32_base = reinterpret_cast<float*>(prt_smem + 19456);  // f32[32, 32] pitch 32, 2 copies
+  float* t_u_f32 = t_u_f32_base;
+  float f_p_a[2][4][4];  // f32[128, 32] as mma fragments: 128x32 in 16x32 units over 4 warps
+  float f_t_a[2][4][4];  // f32[128, 32] as mma fragments: 128x32 in 16x32 units over 4 warps
+  __nv_bfloat16* const t_u_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 27648);  // bf16[32, 32] pitch 40
+  __nv_bfloat16* const t_u_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 30208);  // bf16[32, 32] pitch 40
   float* const t_dG = reinterpret_cast<float*>(prt_smem + 512);  // f32[1] pitch 1
   // g = load logG[(pid.y // $h), (pid.x * 128):+128, (pid.y % $h)]
   {
@@ -6823,24 +6613,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
       }
     }
   }
-  // r16[row, col] = 0.0
-  {
-    for (int i = tid; i < 2048; i += 128) {
-      const int r = i / 16, c = i % 16;
-      t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-    }
-  }
-  if ((0 < 16)) {
-    // u0_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((0 * 32) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0) + 0):+32, 0:+32] into stage 0
+  if ((0 < 32)) {
+    // u_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, (((((0 * 32) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0):+32, 0:+32] into stage 0
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
       const int a1 = (static_cast<int>(blockIdx.y) % p_h);
       const int a2 = static_cast<int>(blockIdx.x);
-      const int s3 = ((((((0 * 32) - ((0 * (0 - 1)) / 2)) + 0) - 0) - 0) + 0);
+      const int s3 = (((((0 * 32) - ((0 * (0 - 1)) / 2)) + 0) - 0) - 0);
       const int s4 = 0;
       const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
       const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-      float* const dst = t_u0_f32_base + ((0) % 2) * 1024;
+      float* const dst = t_u_f32_base + ((0) % 2) * 1024;
       if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
         for (int i = tid; i < 256; i += 128) {
           const int r = i / 8, c = (i % 8) * 4;
@@ -6860,19 +6643,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = 16;
+    const int v_i0_end = 32;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < 16)) {
-        // u0_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, (((((((i0 + 1) * 32) - (((i0 + 1) * ((i0 + 1) - 1)) // 2)) + (i0 + 1)) - (i0 + 1)) - (i0 + 1)) + 0):+32, 0:+32] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < 32)) {
+        // u_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((i0 + 1) * 32) - (((i0 + 1) * ((i0 + 1) - 1)) // 2)) + (i0 + 1)) - (i0 + 1)) - (i0 + 1)):+32, 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int a1 = (static_cast<int>(blockIdx.y) % p_h);
           const int a2 = static_cast<int>(blockIdx.x);
-          const int s3 = (((((((v_i0 + 1) * 32) - (((v_i0 + 1) * ((v_i0 + 1) - 1)) / 2)) + (v_i0 + 1)) - (v_i0 + 1)) - (v_i0 + 1)) + 0);
+          const int s3 = ((((((v_i0 + 1) * 32) - (((v_i0 + 1) * ((v_i0 + 1) - 1)) / 2)) + (v_i0 + 1)) - (v_i0 + 1)) - (v_i0 + 1));
           const int s4 = 0;
           const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
           const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-          float* const dst = t_u0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
+          float* const dst = t_u_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
           if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
             for (int i = tid; i < 256; i += 128) {
               const int r = i / 8, c = (i % 8) * 4;
@@ -6892,23 +6675,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
       }
       prt::cp_async_commit();
       prt::cp_async_wait<1>();
-      t_u0_f32 = t_u0_f32_base + (((v_i0 % 2)) % 2) * 1024;  // bind u0_f32 stage (i0 % 2)
+      t_u_f32 = t_u_f32_base + (((v_i0 % 2)) % 2) * 1024;  // bind u_f32 stage (i0 % 2)
       __syncthreads();
-      // u0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 32)), 0.0, (u0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
-      // u0_lo[row, col] = (select((((row + 0) < i0) || ((row + 0) >= 32)), 0.0, (u0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951))) - u0_hi[row, col])
+      // u_hi[row, col] = select(((row < i0) || (row >= 32)), 0.0, (u_f32[row, col] * select((row == i0), 1.0, 1.4142135623730951)))
+      // u_lo[row, col] = (select(((row < i0) || (row >= 32)), 0.0, (u_f32[row, col] * select((row == i0), 1.0, 1.4142135623730951))) - u_hi[row, col])
       {
         for (int i = tid; i < 1024; i += 128) {
           const int r = i / 32, c = i % 32;
-          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 32)) ? 0.0f : (prt::to_f32(t_u0_f32[(r) * 32 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
-          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 0) < v_i0) || ((r + 0) >= 32)) ? 0.0f : (prt::to_f32(t_u0_f32[(r) * 32 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
-          t_u0_hi[(r) * 40 + (c)] = y0;
-          t_u0_lo[(r) * 40 + (c)] = y1;
+          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < v_i0) || (r >= 32)) ? 0.0f : (prt::to_f32(t_u_f32[(r) * 32 + (c)]) * ((r == v_i0) ? 1.0f : 1.4142135623730951f))));
+          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((((r < v_i0) || (r >= 32)) ? 0.0f : (prt::to_f32(t_u_f32[(r) * 32 + (c)]) * ((r == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+          t_u_hi[(r) * 40 + (c)] = y0;
+          t_u_lo[(r) * 40 + (c)] = y1;
         }
       }
       __syncthreads();
-      // p0 = mma.tc(k0_hi, u0_hi) [128x32 in 16x32 units over 4 warps]
+      // p_a = mma.tc(k0_hi, u_hi) [128x32 in 16x32 units over 4 warps]
       {
-        float (&acc)[2][4][4] = f_p0;
+        float (&acc)[2][4][4] = f_p_a;
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
           #pragma unroll
@@ -6918,12 +6701,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
         }
         for (int k0 = 0; k0 < 32; k0 += 16) {
           const int n0 = (warp % 1) * 32;
-          uint32_t fb_u0_hi[4][2];
+          uint32_t fb_u_hi[4][2];
           #pragma unroll
           for (int q = 0; q < 4; q += 2) {
             uint32_t r[4];
-            prt::ldmatrix_x4_trans(r, &t_u0_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-            fb_u0_hi[q][0] = r[0]; fb_u0_hi[q][1] = r[1]; fb_u0_hi[q + 1][0] = r[2]; fb_u0_hi[q + 1][1] = r[3];
+            prt::ldmatrix_x4_trans(r, &t_u_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_u_hi[q][0] = r[0]; fb_u_hi[q][1] = r[1]; fb_u_hi[q + 1][0] = r[2]; fb_u_hi[q + 1][1] = r[3];
           }
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
@@ -6934,21 +6717,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
             uint32_t fa_k0_hi[4];
             prt::ldmatrix_x4(fa_k0_hi, &t_k0_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k0_hi, fb_u0_hi[q][0], fb_u0_hi[q][1]);
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k0_hi, fb_u_hi[q][0], fb_u_hi[q][1]);
           }
         }
       }
-      // p0 += mma.tc(k0_hi, u0_lo) [128x32 in 16x32 units over 4 warps]
+      // p_a += mma.tc(k0_hi, u_lo) [128x32 in 16x32 units over 4 warps]
       {
-        float (&acc)[2][4][4] = f_p0;
+        float (&acc)[2][4][4] = f_p_a;
         for (int k0 = 0; k0 < 32; k0 += 16) {
           const int n0 = (warp % 1) * 32;
-          uint32_t fb_u0_lo[4][2];
+          uint32_t fb_u_lo[4][2];
           #pragma unroll
           for (int q = 0; q < 4; q += 2) {
             uint32_t r[4];
-            prt::ldmatrix_x4_trans(r, &t_u0_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-            fb_u0_lo[q][0] = r[0]; fb_u0_lo[q][1] = r[1]; fb_u0_lo[q + 1][0] = r[2]; fb_u0_lo[q + 1][1] = r[3];
+            prt::ldmatrix_x4_trans(r, &t_u_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_u_lo[q][0] = r[0]; fb_u_lo[q][1] = r[1]; fb_u_lo[q + 1][0] = r[2]; fb_u_lo[q + 1][1] = r[3];
           }
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
@@ -6959,11 +6742,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
             uint32_t fa_k0_hi[4];
             prt::ldmatrix_x4(fa_k0_hi, &t_k0_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k0_hi, fb_u0_lo[q][0], fb_u0_lo[q][1]);
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k0_hi, fb_u_lo[q][0], fb_u_lo[q][1]);
           }
         }
       }
-      // dv[row, col] = (dv[row, col] + (k[row, i0] * p0[row, col]))
+      // dv[row, col] = (dv[row, col] + (k[row, i0] * p_a[row, col]))
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -6974,12 +6757,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 32 + (v_i0)]) * f_p0[j][q][e]));
+              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 32 + (v_i0)]) * f_p_a[j][q][e]));
             }
           }
         }
       }
-      // p0[row, col] = (p0[row, col] * (v_hi[row, col] + v_lo[row, col]))
+      // p_a[row, col] = (p_a[row, col] * (v_hi[row, col] + v_lo[row, col]))
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -6990,24 +6773,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p0[j][q][e] = (f_p0[j][q][e] * (prt::to_f32(t_v_hi[(r) * 40 + (c)]) + prt::to_f32(t_v_lo[(r) * 40 + (c)])));
+              f_p_a[j][q][e] = (f_p_a[j][q][e] * (prt::to_f32(t_v_hi[(r) * 40 + (c)]) + prt::to_f32(t_v_lo[(r) * 40 + (c)])));
             }
           }
         }
       }
-      // r = reduce_sum(p0, axis=1)
+      // r = reduce_sum(p_a, axis=1)
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 4;
           #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            float acc = f_p0[j][0][2 * h];
-            acc += f_p0[j][0][2 * h + 1];
+            float acc = f_p_a[j][0][2 * h];
+            acc += f_p_a[j][0][2 * h + 1];
             #pragma unroll
             for (int q = 1; q < 4; ++q) {
-              acc += f_p0[j][q][2 * h];
-              acc += f_p0[j][q][2 * h + 1];
+              acc += f_p_a[j][q][2 * h];
+              acc += f_p_a[j][q][2 * h + 1];
             }
             acc = prt::quad_sum(acc);
             const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
@@ -7015,9 +6798,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
           }
         }
       }
-      // t0 = mma.tc(v_hi, u0_hi^T) [128x32 in 16x32 units over 4 warps]
+      // t_a = mma.tc(v_hi, u_hi^T) [128x32 in 16x32 units over 4 warps]
       {
-        float acc[2][4][4];
+        float (&acc)[2][4][4] = f_t_a;
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
           #pragma unroll
@@ -7027,12 +6810,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
         }
         for (int k0 = 0; k0 < 32; k0 += 16) {
           const int n0 = (warp % 1) * 32;
-          uint32_t fbt_u0_hi[4][2];
+          uint32_t fbt_u_hi[4][2];
           #pragma unroll
           for (int q = 0; q < 4; q += 2) {
             uint32_t r[4];
-            prt::ldmatrix_x4(r, &t_u0_hi[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-            fbt_u0_hi[q][0] = r[0]; fbt_u0_hi[q][1] = r[1]; fbt_u0_hi[q + 1][0] = r[2]; fbt_u0_hi[q + 1][1] = r[3];
+            prt::ldmatrix_x4(r, &t_u_hi[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
+            fbt_u_hi[q][0] = r[0]; fbt_u_hi[q][1] = r[1]; fbt_u_hi[q + 1][0] = r[2]; fbt_u_hi[q + 1][1] = r[3];
           }
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
@@ -7043,36 +6826,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
             uint32_t fa_v_hi[4];
             prt::ldmatrix_x4(fa_v_hi, &t_v_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_hi, fbt_u0_hi[q][0], fbt_u0_hi[q][1]);
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_hi, fbt_u_hi[q][0], fbt_u_hi[q][1]);
           }
         }
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t0[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 1) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-        }
       }
-      __syncthreads();
-      // t0 += mma.tc(v_lo, u0_hi^T) [128x32 in 16x32 units over 4 warps]
+      // t_a += mma.tc(v_lo, u_hi^T) [128x32 in 16x32 units over 4 warps]
       {
-        float acc[2][4][4];
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = t_t0[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 1) * 32 + q * 8 + prt::frag_col(lane, e))];
-        }
+        float (&acc)[2][4][4] = f_t_a;
         for (int k0 = 0; k0 < 32; k0 += 16) {
           const int n0 = (warp % 1) * 32;
-          uint32_t fbt_u0_hi[4][2];
+          uint32_t fbt_u_hi[4][2];
           #pragma unroll
           for (int q = 0; q < 4; q += 2) {
             uint32_t r[4];
-            prt::ldmatrix_x4(r, &t_u0_hi[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-            fbt_u0_hi[q][0] = r[0]; fbt_u0_hi[q][1] = r[1]; fbt_u0_hi[q + 1][0] = r[2]; fbt_u0_hi[q + 1][1] = r[3];
+            prt::ldmatrix_x4(r, &t_u_hi[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
+            fbt_u_hi[q][0] = r[0]; fbt_u_hi[q][1] = r[1]; fbt_u_hi[q + 1][0] = r[2]; fbt_u_hi[q + 1][1] = r[3];
           }
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
@@ -7083,36 +6851,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
             uint32_t fa_v_lo[4];
             prt::ldmatrix_x4(fa_v_lo, &t_v_lo[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_lo, fbt_u0_hi[q][0], fbt_u0_hi[q][1]);
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_lo, fbt_u_hi[q][0], fbt_u_hi[q][1]);
           }
         }
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t0[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 1) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-        }
       }
-      __syncthreads();
-      // t0 += mma.tc(v_hi, u0_lo^T) [128x32 in 16x32 units over 4 warps]
+      // t_a += mma.tc(v_hi, u_lo^T) [128x32 in 16x32 units over 4 warps]
       {
-        float acc[2][4][4];
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = t_t0[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 1) * 32 + q * 8 + prt::frag_col(lane, e))];
-        }
+        float (&acc)[2][4][4] = f_t_a;
         for (int k0 = 0; k0 < 32; k0 += 16) {
           const int n0 = (warp % 1) * 32;
-          uint32_t fbt_u0_lo[4][2];
+          uint32_t fbt_u_lo[4][2];
           #pragma unroll
           for (int q = 0; q < 4; q += 2) {
             uint32_t r[4];
-            prt::ldmatrix_x4(r, &t_u0_lo[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-            fbt_u0_lo[q][0] = r[0]; fbt_u0_lo[q][1] = r[1]; fbt_u0_lo[q + 1][0] = r[2]; fbt_u0_lo[q + 1][1] = r[3];
+            prt::ldmatrix_x4(r, &t_u_lo[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
+            fbt_u_lo[q][0] = r[0]; fbt_u_lo[q][1] = r[1]; fbt_u_lo[q + 1][0] = r[2]; fbt_u_lo[q + 1][1] = r[3];
           }
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
@@ -7123,19 +6876,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
             uint32_t fa_v_hi[4];
             prt::ldmatrix_x4(fa_v_hi, &t_v_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_hi, fbt_u0_lo[q][0], fbt_u0_lo[q][1]);
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_hi, fbt_u_lo[q][0], fbt_u_lo[q][1]);
           }
         }
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t0[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 1) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-        }
       }
-      __syncthreads();
-      // dk[row, col] = select((col >= 0), (dk[row, col] + (k[row, i0] * t0[row, max((col - 0), 0)])), dk[row, col])
+      // dk[row, col] = (dk[row, col] + (k[row, i0] * t_a[row, col]))
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -7146,16 +6891,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dk[j][q][e] = ((c >= 0) ? (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 32 + (v_i0)]) * prt::to_f32(t_t0[(r) * 32 + (prt::max_nan((c - 0), 0))]))) : f_dk[j][q][e]);
+              f_dk[j][q][e] = (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 32 + (v_i0)]) * f_t_a[j][q][e]));
             }
           }
         }
       }
-      // r16[row, col] = select((col == (i0 - 0)), r[row], r16[row, col])
+      __syncthreads();
+      // dk[row, col] = select((col == i0), (dk[row, col] + r[row]), dk[row, col])
       {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i0 - 0)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_dk[j][q][e] = ((c == v_i0) ? (f_dk[j][q][e] + prt::to_f32(t_r[r])) : f_dk[j][q][e]);
+            }
+          }
         }
       }
       // kdk[row] = (kdk[row] + (k[row, i0] * r[row]))
@@ -7167,392 +6922,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
     }
   }
   prt::cp_async_wait<0>();
-  __syncthreads();
-  // dk[row, col] = select(((col >= 0) && (col < 16)), (dk[row, col] + r16[row, min(max((col - 0), 0), 15)]), dk[row, col])
-  {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_dk[j][q][e] = (((c >= 0) && (c < 16)) ? (f_dk[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 0), 0), 15))])) : f_dk[j][q][e]);
-        }
-      }
-    }
-  }
-  // k1_hi[row, col] = k[row, (col + 16)]
-  {
-    for (int i = tid; i < 2048; i += 128) {
-      const int r = i / 16, c = i % 16;
-      t_k1_hi[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_k[(r) * 32 + ((c + 16))]));
-    }
-  }
-  __syncthreads();
-  // r16[row, col] = 0.0
-  {
-    for (int i = tid; i < 2048; i += 128) {
-      const int r = i / 16, c = i % 16;
-      t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-    }
-  }
-  if ((16 < 32)) {
-    // u1_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((16 * 32) - ((16 * (16 - 1)) // 2)) + 16) - 16) - 16) + 16):+16, 0:+32] into stage 0
-    {
-      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-      const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-      const int a2 = static_cast<int>(blockIdx.x);
-      const int s3 = ((((((16 * 32) - ((16 * (16 - 1)) / 2)) + 16) - 16) - 16) + 16);
-      const int s4 = 0;
-      const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
-      const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-      float* const dst = t_u1_f32_base + ((0) % 2) * 512;
-      if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 128; i += 128) {
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s3 + r;
-          const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
-        }
-      }
-      else {
-        for (int i = tid; i < 512; i += 128) {
-          const int r = i / 32, c = i % 32;
-          dst[(r) * 32 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
-        }
-      }
-    }
-  }
-  prt::cp_async_commit();
-  {
-    const int v_i1_end = 32;
-    for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
-      if (((v_i1 + 1) < 32)) {
-        // u1_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, (((((((i1 + 1) * 32) - (((i1 + 1) * ((i1 + 1) - 1)) // 2)) + (i1 + 1)) - (i1 + 1)) - (i1 + 1)) + 16):+16, 0:+32] into stage (((i1 - 16) + 1) % 2)
-        {
-          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-          const int a2 = static_cast<int>(blockIdx.x);
-          const int s3 = (((((((v_i1 + 1) * 32) - (((v_i1 + 1) * ((v_i1 + 1) - 1)) / 2)) + (v_i1 + 1)) - (v_i1 + 1)) - (v_i1 + 1)) + 16);
-          const int s4 = 0;
-          const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
-          const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-          float* const dst = t_u1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 512;
-          if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 128; i += 128) {
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
-            }
-          }
-          else {
-            for (int i = tid; i < 512; i += 128) {
-              const int r = i / 32, c = i % 32;
-              dst[(r) * 32 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
-            }
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<1>();
-      t_u1_f32 = t_u1_f32_base + ((((v_i1 - 16) % 2)) % 2) * 512;  // bind u1_f32 stage ((i1 - 16) % 2)
-      __syncthreads();
-      // u1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 32)), 0.0, (u1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
-      // u1_lo[row, col] = (select((((row + 16) < i1) || ((row + 16) >= 32)), 0.0, (u1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951))) - u1_hi[row, col])
-      {
-        for (int i = tid; i < 512; i += 128) {
-          const int r = i / 32, c = i % 32;
-          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 32)) ? 0.0f : (prt::to_f32(t_u1_f32[(r) * 32 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
-          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 16) < v_i1) || ((r + 16) >= 32)) ? 0.0f : (prt::to_f32(t_u1_f32[(r) * 32 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
-          t_u1_hi[(r) * 40 + (c)] = y0;
-          t_u1_lo[(r) * 40 + (c)] = y1;
-        }
-      }
-      __syncthreads();
-      // p1 = mma.tc(k1_hi, u1_hi) [128x32 in 16x32 units over 4 warps]
-      {
-        float (&acc)[2][4][4] = f_p1;
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-        }
-        for (int k0 = 0; k0 < 16; k0 += 16) {
-          const int n0 = (warp % 1) * 32;
-          uint32_t fb_u1_hi[4][2];
-          #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
-            uint32_t r[4];
-            prt::ldmatrix_x4_trans(r, &t_u1_hi[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-            fb_u1_hi[q][0] = r[0]; fb_u1_hi[q][1] = r[1]; fb_u1_hi[q + 1][0] = r[2]; fb_u1_hi[q + 1][1] = r[3];
-          }
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 1) * 16;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_k1_hi[4];
-            prt::ldmatrix_x4(fa_k1_hi, &t_k1_hi[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k1_hi, fb_u1_hi[q][0], fb_u1_hi[q][1]);
-          }
-        }
-      }
-      // p1 += mma.tc(k1_hi, u1_lo) [128x32 in 16x32 units over 4 warps]
-      {
-        float (&acc)[2][4][4] = f_p1;
-        for (int k0 = 0; k0 < 16; k0 += 16) {
-          const int n0 = (warp % 1) * 32;
-          uint32_t fb_u1_lo[4][2];
-          #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
-            uint32_t r[4];
-            prt::ldmatrix_x4_trans(r, &t_u1_lo[(k0 + prt::a_row(lane)) * 40 + n0 + q * 8 + prt::a_col(lane)]);
-            fb_u1_lo[q][0] = r[0]; fb_u1_lo[q][1] = r[1]; fb_u1_lo[q + 1][0] = r[2]; fb_u1_lo[q + 1][1] = r[3];
-          }
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 1) * 16;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_k1_hi[4];
-            prt::ldmatrix_x4(fa_k1_hi, &t_k1_hi[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k1_hi, fb_u1_lo[q][0], fb_u1_lo[q][1]);
-          }
-        }
-      }
-      // dv[row, col] = (dv[row, col] + (k[row, i1] * p1[row, col]))
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 32 + (v_i1)]) * f_p1[j][q][e]));
-            }
-          }
-        }
-      }
-      // p1[row, col] = (p1[row, col] * (v_hi[row, col] + v_lo[row, col]))
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p1[j][q][e] = (f_p1[j][q][e] * (prt::to_f32(t_v_hi[(r) * 40 + (c)]) + prt::to_f32(t_v_lo[(r) * 40 + (c)])));
-            }
-          }
-        }
-      }
-      // r = reduce_sum(p1, axis=1)
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_p1[j][0][2 * h];
-            acc += f_p1[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 4; ++q) {
-              acc += f_p1[j][q][2 * h];
-              acc += f_p1[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
-            if ((lane & 3) == 0) t_r[r] = prt::from_f32<float>(acc);
-          }
-        }
-      }
-      // t1 = mma.tc(v_hi, u1_hi^T) [128x16 in 16x16 units over 4 warps]
-      {
-        float acc[2][2][4];
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-        }
-        for (int k0 = 0; k0 < 32; k0 += 16) {
-          const int n0 = (warp % 1) * 16;
-          uint32_t fbt_u1_hi[2][2];
-          #pragma unroll
-          for (int q = 0; q < 2; q += 2) {
-            uint32_t r[4];
-            prt::ldmatrix_x4(r, &t_u1_hi[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-            fbt_u1_hi[q][0] = r[0]; fbt_u1_hi[q][1] = r[1]; fbt_u1_hi[q + 1][0] = r[2]; fbt_u1_hi[q + 1][1] = r[3];
-          }
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 1) * 16;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_v_hi[4];
-            prt::ldmatrix_x4(fa_v_hi, &t_v_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_hi, fbt_u1_hi[q][0], fbt_u1_hi[q][1]);
-          }
-        }
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t1[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 1) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-        }
-      }
-      __syncthreads();
-      // t1 += mma.tc(v_lo, u1_hi^T) [128x16 in 16x16 units over 4 warps]
-      {
-        float acc[2][2][4];
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = t_t1[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 1) * 16 + q * 8 + prt::frag_col(lane, e))];
-        }
-        for (int k0 = 0; k0 < 32; k0 += 16) {
-          const int n0 = (warp % 1) * 16;
-          uint32_t fbt_u1_hi[2][2];
-          #pragma unroll
-          for (int q = 0; q < 2; q += 2) {
-            uint32_t r[4];
-            prt::ldmatrix_x4(r, &t_u1_hi[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-            fbt_u1_hi[q][0] = r[0]; fbt_u1_hi[q][1] = r[1]; fbt_u1_hi[q + 1][0] = r[2]; fbt_u1_hi[q + 1][1] = r[3];
-          }
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 1) * 16;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_v_lo[4];
-            prt::ldmatrix_x4(fa_v_lo, &t_v_lo[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_lo, fbt_u1_hi[q][0], fbt_u1_hi[q][1]);
-          }
-        }
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t1[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 1) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-        }
-      }
-      __syncthreads();
-      // t1 += mma.tc(v_hi, u1_lo^T) [128x16 in 16x16 units over 4 warps]
-      {
-        float acc[2][2][4];
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = t_t1[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 1) * 16 + q * 8 + prt::frag_col(lane, e))];
-        }
-        for (int k0 = 0; k0 < 32; k0 += 16) {
-          const int n0 = (warp % 1) * 16;
-          uint32_t fbt_u1_lo[2][2];
-          #pragma unroll
-          for (int q = 0; q < 2; q += 2) {
-            uint32_t r[4];
-            prt::ldmatrix_x4(r, &t_u1_lo[(n0 + q * 8 + prt::at_row(lane)) * 40 + k0 + prt::at_col(lane)]);
-            fbt_u1_lo[q][0] = r[0]; fbt_u1_lo[q][1] = r[1]; fbt_u1_lo[q + 1][0] = r[2]; fbt_u1_lo[q + 1][1] = r[3];
-          }
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 1) * 16;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_v_hi[4];
-            prt::ldmatrix_x4(fa_v_hi, &t_v_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_hi, fbt_u1_lo[q][0], fbt_u1_lo[q][1]);
-          }
-        }
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t1[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 1) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-        }
-      }
-      __syncthreads();
-      // dk[row, col] = select((col >= 16), (dk[row, col] + (k[row, i1] * t1[row, max((col - 16), 0)])), dk[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dk[j][q][e] = ((c >= 16) ? (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 32 + (v_i1)]) * prt::to_f32(t_t1[(r) * 16 + (prt::max_nan((c - 16), 0))]))) : f_dk[j][q][e]);
-            }
-          }
-        }
-      }
-      // r16[row, col] = select((col == (i1 - 16)), r[row], r16[row, col])
-      {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i1 - 16)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-        }
-      }
-      // kdk[row] = (kdk[row] + (k[row, i1] * r[row]))
-      {
-        for (int r = tid; r < 128; r += 128) {
-          t_kdk[r] = prt::from_f32<float>((prt::to_f32(t_kdk[r]) + (prt::to_f32(t_k[(r) * 32 + (v_i1)]) * prt::to_f32(t_r[r]))));
-        }
-      }
-    }
-  }
-  prt::cp_async_wait<0>();
-  __syncthreads();
-  // dk[row, col] = select(((col >= 16) && (col < 32)), (dk[row, col] + r16[row, min(max((col - 16), 0), 15)]), dk[row, col])
-  {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_dk[j][q][e] = (((c >= 16) && (c < 32)) ? (f_dk[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 16), 0), 15))])) : f_dk[j][q][e]);
-        }
-      }
-    }
-  }
   // dv[row, col] = (dv[row, col] * exp((lam[127] - lam[row])))
   {
     #pragma unroll
@@ -7633,6 +7002,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
       }
     }
   }
+  __syncthreads();
   // kdk[row] = (kdk[row] * exp((lam[127] - lam[row])))
   {
     for (int r = tid; r < 128; r += 128) {

@@ -3586,7 +3586,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
 }
 
 // query_state_bwd_dq: Dy, lseB (the normaliser the backward's weights sum to 1 under), and dQs, dlamQ: the gradient through phi(q')^T [Sin, Zin]
-// grid (($n * 1), $hq, $b), 128 threads, 48896 bytes of dynamic shared memory
+// grid (($n * 1), $hq, $b), 128 threads, 36096 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_e32_c64_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -3769,16 +3769,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
   float* const t_z = reinterpret_cast<float*>(prt_smem + 19200);  // f32[528] pitch 528
   float* const t_zs_hi = reinterpret_cast<float*>(prt_smem + 21312);  // f32[32, 32] pitch 36
   float* const t_qzs = reinterpret_cast<float*>(prt_smem + 25920);  // f32[64, 32] pitch 32
-  float* const t_r = reinterpret_cast<float*>(prt_smem + 31488);  // f32[64] pitch 64
-  float* const t_r16 = reinterpret_cast<float*>(prt_smem + 19200);  // f32[64, 16] pitch 16
-  float* const t_s0_f32_base = reinterpret_cast<float*>(prt_smem + 23296);  // f32[32, 32] pitch 32, 2 copies
-  float* t_s0_f32 = t_s0_f32_base;
-  float* const t_t0 = reinterpret_cast<float*>(prt_smem + 36096);  // f32[64, 32] pitch 32
-  float* const t_s0_hi = reinterpret_cast<float*>(prt_smem + 44288);  // f32[32, 32] pitch 36
-  float* const t_s1_f32_base = reinterpret_cast<float*>(prt_smem + 23296);  // f32[16, 32] pitch 32, 2 copies
-  float* t_s1_f32 = t_s1_f32_base;
-  float* const t_t1 = reinterpret_cast<float*>(prt_smem + 27392);  // f32[64, 16] pitch 16
-  float* const t_s1_hi = reinterpret_cast<float*>(prt_smem + 31744);  // f32[16, 32] pitch 36
+  float* const t_r = reinterpret_cast<float*>(prt_smem + 32000);  // f32[64] pitch 64
+  float* const t_s_f32_base = reinterpret_cast<float*>(prt_smem + 19200);  // f32[32, 32] pitch 32, 2 copies
+  float* t_s_f32 = t_s_f32_base;
+  float f_t_a[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
+  float* const t_s_hi = reinterpret_cast<float*>(prt_smem + 27392);  // f32[32, 32] pitch 36
   if (((((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64)) < p_t)) {
     // g = load logG[pid.z, ((pid.x // 1) * 64):+64, (pid.y // ($hq // $h))]
     {
@@ -4096,25 +4091,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
           }
         }
       }
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
       __syncthreads();
-      if ((0 < 16)) {
-        // s0_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((0 * 32) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0) + 0):+32, 0:+32] into stage 0
+      if ((0 < 32)) {
+        // s_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), (((((0 * 32) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0):+32, 0:+32] into stage 0
         {
           const int a0 = static_cast<int>(blockIdx.z);
           const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int a2 = (static_cast<int>(blockIdx.x) / 1);
-          const int s3 = ((((((0 * 32) - ((0 * (0 - 1)) / 2)) + 0) - 0) - 0) + 0);
+          const int s3 = (((((0 * 32) - ((0 * (0 - 1)) / 2)) + 0) - 0) - 0);
           const int s4 = 0;
           const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-          float* const dst = t_s0_f32_base + ((0) % 2) * 1024;
+          float* const dst = t_s_f32_base + ((0) % 2) * 1024;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
             for (int i = tid; i < 256; i += 128) {
               const int r = i / 8, c = (i % 8) * 4;
@@ -4134,19 +4122,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       }
       prt::cp_async_commit();
       {
-        const int v_i0_end = 16;
+        const int v_i0_end = 32;
         for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-          if (((v_i0 + 1) < 16)) {
-            // s0_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), (((((((i0 + 1) * 32) - (((i0 + 1) * ((i0 + 1) - 1)) // 2)) + (i0 + 1)) - (i0 + 1)) - (i0 + 1)) + 0):+32, 0:+32] into stage ((i0 + 1) % 2)
+          if (((v_i0 + 1) < 32)) {
+            // s_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((i0 + 1) * 32) - (((i0 + 1) * ((i0 + 1) - 1)) // 2)) + (i0 + 1)) - (i0 + 1)) - (i0 + 1)):+32, 0:+32] into stage ((i0 + 1) % 2)
             {
               const int a0 = static_cast<int>(blockIdx.z);
               const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
               const int a2 = (static_cast<int>(blockIdx.x) / 1);
-              const int s3 = (((((((v_i0 + 1) * 32) - (((v_i0 + 1) * ((v_i0 + 1) - 1)) / 2)) + (v_i0 + 1)) - (v_i0 + 1)) - (v_i0 + 1)) + 0);
+              const int s3 = ((((((v_i0 + 1) * 32) - (((v_i0 + 1) * ((v_i0 + 1) - 1)) / 2)) + (v_i0 + 1)) - (v_i0 + 1)) - (v_i0 + 1));
               const int s4 = 0;
               const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
               const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-              float* const dst = t_s0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
+              float* const dst = t_s_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
               if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
                 for (int i = tid; i < 256; i += 128) {
                   const int r = i / 8, c = (i % 8) * 4;
@@ -4166,23 +4154,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
           }
           prt::cp_async_commit();
           prt::cp_async_wait<1>();
-          t_s0_f32 = t_s0_f32_base + (((v_i0 % 2)) % 2) * 1024;  // bind s0_f32 stage (i0 % 2)
+          t_s_f32 = t_s_f32_base + (((v_i0 % 2)) % 2) * 1024;  // bind s_f32 stage (i0 % 2)
           __syncthreads();
-          // s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 32)), 0.0, (s0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
+          // s_hi[row, col] = select(((row < i0) || (row >= 32)), 0.0, (s_f32[row, col] * select((row == i0), 1.0, 1.4142135623730951)))
           {
             for (int i = tid; i < 1024; i += 128) {
               const int r = i / 32, c = i % 32;
-              t_s0_hi[(r) * 36 + (c)] = prt::from_f32<float>(((((r + 0) < v_i0) || ((r + 0) >= 32)) ? 0.0f : (prt::to_f32(t_s0_f32[(r) * 32 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
+              t_s_hi[(r) * 36 + (c)] = prt::from_f32<float>((((r < v_i0) || (r >= 32)) ? 0.0f : (prt::to_f32(t_s_f32[(r) * 32 + (c)]) * ((r == v_i0) ? 1.0f : 1.4142135623730951f))));
             }
           }
           __syncthreads();
-          // t0 = mma.fmaFrag(dy, s0_hi^T) [64x32 in 16x32 units over 4 warps]
+          // t_a = mma.fmaFrag(dy, s_hi^T) [64x32 in 16x32 units over 4 warps]
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
               const int u = warp + j * 4;
               const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              float acc[4][4];
+              float (&acc)[4][4] = f_t_a[j];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
@@ -4192,21 +4180,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
                 const float a0 = prt::to_f32(t_dy[(m0 + g) * 36 + (kk)]), a1 = prt::to_f32(t_dy[(m0 + g + 8) * 36 + (kk)]);
                 #pragma unroll
                 for (int q = 0; q < 4; ++q) {
-                  const float b0 = prt::to_f32(t_s0_hi[(n0 + q * 8 + t2) * 36 + (kk)]), b1 = prt::to_f32(t_s0_hi[(n0 + q * 8 + t2 + 1) * 36 + (kk)]);
+                  const float b0 = prt::to_f32(t_s_hi[(n0 + q * 8 + t2) * 36 + (kk)]), b1 = prt::to_f32(t_s_hi[(n0 + q * 8 + t2 + 1) * 36 + (kk)]);
                   acc[q][0] = fmaf(a0, b0, acc[q][0]);
                   acc[q][1] = fmaf(a0, b1, acc[q][1]);
                   acc[q][2] = fmaf(a1, b0, acc[q][2]);
                   acc[q][3] = fmaf(a1, b1, acc[q][3]);
                 }
               }
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t0[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
             }
           }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 0), (grad_s[row, col] + (q[row, i0] * t0[row, max((col - 0), 0)])), grad_s[row, col])
+          // grad_s[row, col] = (grad_s[row, col] + (q[row, i0] * t_a[row, col]))
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -4217,167 +4200,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 0) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 36 + (v_i0)]) * prt::to_f32(t_t0[(r) * 32 + (prt::max_nan((c - 0), 0))]))) : f_grad_s[j][q][e]);
+                  f_grad_s[j][q][e] = (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 36 + (v_i0)]) * f_t_a[j][q][e]));
                 }
               }
             }
           }
-          __syncthreads();
-          // t0[row, col] = (t0[row, col] * q[row, (col + 0)])
-          {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 32, c = i % 32;
-              t_t0[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_t0[(r) * 32 + (c)]) * prt::to_f32(t_q[(r) * 36 + ((c + 0))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t0, axis=1)
-          {
-            for (int o = tid; o < 64; o += 128) {
-              float acc = 0.0f;
-              for (int i = 0; i < 32; ++i) acc += prt::to_f32(t_t0[(o) * 32 + (i)]);
-              t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i0 - 0)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i0 - 0)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-            }
-          }
-        }
-      }
-      prt::cp_async_wait<0>();
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 0) && (col < 16)), (grad_s[row, col] + r16[row, min(max((col - 0), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 0) && (c < 16)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 0), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      if ((16 < 32)) {
-        // s1_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((16 * 32) - ((16 * (16 - 1)) // 2)) + 16) - 16) - 16) + 16):+16, 0:+32] into stage 0
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-          const int a2 = (static_cast<int>(blockIdx.x) / 1);
-          const int s3 = ((((((16 * 32) - ((16 * (16 - 1)) / 2)) + 16) - 16) - 16) + 16);
-          const int s4 = 0;
-          const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-          const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-          float* const dst = t_s1_f32_base + ((0) % 2) * 512;
-          if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 128; i += 128) {
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-            }
-          }
-          else {
-            for (int i = tid; i < 512; i += 128) {
-              const int r = i / 32, c = i % 32;
-              dst[(r) * 32 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-            }
-          }
-        }
-      }
-      prt::cp_async_commit();
-      {
-        const int v_i1_end = 32;
-        for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
-          if (((v_i1 + 1) < 32)) {
-            // s1_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), (((((((i1 + 1) * 32) - (((i1 + 1) * ((i1 + 1) - 1)) // 2)) + (i1 + 1)) - (i1 + 1)) - (i1 + 1)) + 16):+16, 0:+32] into stage (((i1 - 16) + 1) % 2)
-            {
-              const int a0 = static_cast<int>(blockIdx.z);
-              const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-              const int a2 = (static_cast<int>(blockIdx.x) / 1);
-              const int s3 = (((((((v_i1 + 1) * 32) - (((v_i1 + 1) * ((v_i1 + 1) - 1)) / 2)) + (v_i1 + 1)) - (v_i1 + 1)) - (v_i1 + 1)) + 16);
-              const int s4 = 0;
-              const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-              const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-              float* const dst = t_s1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 512;
-              if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-                for (int i = tid; i < 128; i += 128) {
-                  const int r = i / 8, c = (i % 8) * 4;
-                  const int gr = s3 + r;
-                  const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-                }
-              }
-              else {
-                for (int i = tid; i < 512; i += 128) {
-                  const int r = i / 32, c = i % 32;
-                  dst[(r) * 32 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-                }
-              }
-            }
-          }
-          prt::cp_async_commit();
-          prt::cp_async_wait<1>();
-          t_s1_f32 = t_s1_f32_base + ((((v_i1 - 16) % 2)) % 2) * 512;  // bind s1_f32 stage ((i1 - 16) % 2)
-          __syncthreads();
-          // s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 32)), 0.0, (s1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
-          {
-            for (int i = tid; i < 512; i += 128) {
-              const int r = i / 32, c = i % 32;
-              t_s1_hi[(r) * 36 + (c)] = prt::from_f32<float>(((((r + 16) < v_i1) || ((r + 16) >= 32)) ? 0.0f : (prt::to_f32(t_s1_f32[(r) * 32 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
-            }
-          }
-          __syncthreads();
-          // t1 = mma.fmaFrag(dy, s1_hi^T) [64x16 in 16x16 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
-              float acc[2][4];
-              #pragma unroll
-              for (int q = 0; q < 2; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-              const int g = lane >> 2, t2 = (lane & 3) * 2;
-              for (int kk = 0; kk < 32; ++kk) {
-                const float a0 = prt::to_f32(t_dy[(m0 + g) * 36 + (kk)]), a1 = prt::to_f32(t_dy[(m0 + g + 8) * 36 + (kk)]);
-                #pragma unroll
-                for (int q = 0; q < 2; ++q) {
-                  const float b0 = prt::to_f32(t_s1_hi[(n0 + q * 8 + t2) * 36 + (kk)]), b1 = prt::to_f32(t_s1_hi[(n0 + q * 8 + t2 + 1) * 36 + (kk)]);
-                  acc[q][0] = fmaf(a0, b0, acc[q][0]);
-                  acc[q][1] = fmaf(a0, b1, acc[q][1]);
-                  acc[q][2] = fmaf(a1, b0, acc[q][2]);
-                  acc[q][3] = fmaf(a1, b1, acc[q][3]);
-                }
-              }
-              #pragma unroll
-              for (int q = 0; q < 2; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
-            }
-          }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 16), (grad_s[row, col] + (q[row, i1] * t1[row, max((col - 16), 0)])), grad_s[row, col])
+          // t_a[row, col] = (t_a[row, col] * q[row, col])
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -4388,56 +4216,51 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 16) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 36 + (v_i1)]) * prt::to_f32(t_t1[(r) * 16 + (prt::max_nan((c - 16), 0))]))) : f_grad_s[j][q][e]);
+                  f_t_a[j][q][e] = (f_t_a[j][q][e] * prt::to_f32(t_q[(r) * 36 + (c)]));
                 }
               }
             }
           }
-          __syncthreads();
-          // t1[row, col] = (t1[row, col] * q[row, (col + 16)])
+          // r = reduce_sum(t_a, axis=1)
           {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_t1[(r) * 16 + (c)] = prt::from_f32<float>((prt::to_f32(t_t1[(r) * 16 + (c)]) * prt::to_f32(t_q[(r) * 36 + ((c + 16))])));
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                float acc = f_t_a[j][0][2 * h];
+                acc += f_t_a[j][0][2 * h + 1];
+                #pragma unroll
+                for (int q = 1; q < 4; ++q) {
+                  acc += f_t_a[j][q][2 * h];
+                  acc += f_t_a[j][q][2 * h + 1];
+                }
+                acc = prt::quad_sum(acc);
+                const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
+                if ((lane & 3) == 0) t_r[r] = prt::from_f32<float>(acc);
+              }
             }
           }
           __syncthreads();
-          // r = reduce_sum(t1, axis=1)
+          // grad_s[row, col] = select((col == i0), (grad_s[row, col] + r[row]), grad_s[row, col])
           {
-            for (int o = tid; o < 64; o += 128) {
-              float acc = 0.0f;
-              for (int i = 0; i < 16; ++i) acc += prt::to_f32(t_t1[(o) * 16 + (i)]);
-              t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i1 - 16)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i1 - 16)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_grad_s[j][q][e] = ((c == v_i0) ? (f_grad_s[j][q][e] + prt::to_f32(t_r[r])) : f_grad_s[j][q][e]);
+                }
+              }
             }
           }
         }
       }
       prt::cp_async_wait<0>();
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 16) && (col < 32)), (grad_s[row, col] + r16[row, min(max((col - 16), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 16) && (c < 32)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 16), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
     }
     // grad_s[row, col] = select((rho[row] != 0.0), ((grad_s[row, col] * (select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[(((pid.x % 1) * 64) + row)] - lse_i[row]) / 2.0)))) * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[(((pid.x % 1) * 64) + row)] - lse_i[row]) / 2.0)))))) / rho[row]), 0.0)
     {
@@ -6036,7 +5859,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
 }
 
 // update_state_bwd: dKs, dVs, dlamK, dGk: gradient through dS_m = phi(k')^T V, dZ_m = colsum phi(k')
-// grid ($n, ($b * $h), 1), 128 threads, 44288 bytes of dynamic shared memory
+// grid ($n, ($b * $h), 1), 128 threads, 33856 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e32_c64_f32_w4_bd0_bt64_s2(
     const float* g_K, const float* g_V, const float* g_logG, const float* g_ddS, const float* g_ddZ, float* g_dKs, float* g_dVs, float* g_dlamK, float* g_dGk, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -6164,19 +5987,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
   float* const t_z = reinterpret_cast<float*>(prt_smem + 18944);  // f32[528] pitch 528
   float* const t_zu_hi = reinterpret_cast<float*>(prt_smem + 21056);  // f32[32, 32] pitch 36
   float* const t_kzu = reinterpret_cast<float*>(prt_smem + 25664);  // f32[64, 32] pitch 32
-  float* const t_r = reinterpret_cast<float*>(prt_smem + 44032);  // f32[64] pitch 64
-  float* const t_r16 = reinterpret_cast<float*>(prt_smem + 18944);  // f32[64, 16] pitch 16
-  float* const t_u0_f32_base = reinterpret_cast<float*>(prt_smem + 23040);  // f32[32, 32] pitch 32, 2 copies
-  float* t_u0_f32 = t_u0_f32_base;
-  float f_p0[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
-  float* const t_t0 = reinterpret_cast<float*>(prt_smem + 31232);  // f32[64, 32] pitch 32
-  float* const t_u0_hi = reinterpret_cast<float*>(prt_smem + 39424);  // f32[32, 32] pitch 36
-  float* const t_k1 = reinterpret_cast<float*>(prt_smem + 23040);  // f32[64, 16] pitch 20
-  float* const t_u1_f32_base = reinterpret_cast<float*>(prt_smem + 28160);  // f32[16, 32] pitch 32, 2 copies
-  float* t_u1_f32 = t_u1_f32_base;
-  float f_p1[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
-  float* const t_t1 = reinterpret_cast<float*>(prt_smem + 32256);  // f32[64, 16] pitch 16
-  float* const t_u1_hi = reinterpret_cast<float*>(prt_smem + 36352);  // f32[16, 32] pitch 36
+  float* const t_r = reinterpret_cast<float*>(prt_smem + 31744);  // f32[64] pitch 64
+  float* const t_u_f32_base = reinterpret_cast<float*>(prt_smem + 18944);  // f32[32, 32] pitch 32, 2 copies
+  float* t_u_f32 = t_u_f32_base;
+  float f_p_a[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
+  float f_t_a[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
+  float* const t_u_hi = reinterpret_cast<float*>(prt_smem + 27136);  // f32[32, 32] pitch 36
   float* const t_dG = reinterpret_cast<float*>(prt_smem + 256);  // f32[1] pitch 1
   // g = load logG[(pid.y // $h), (pid.x * 64):+64, (pid.y % $h)]
   {
@@ -6367,25 +6183,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
       }
     }
   }
-  // r16[row, col] = 0.0
-  {
-    for (int i = tid; i < 1024; i += 128) {
-      const int r = i / 16, c = i % 16;
-      t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-    }
-  }
   __syncthreads();
-  if ((0 < 16)) {
-    // u0_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((0 * 32) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0) + 0):+32, 0:+32] into stage 0
+  if ((0 < 32)) {
+    // u_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, (((((0 * 32) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0):+32, 0:+32] into stage 0
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
       const int a1 = (static_cast<int>(blockIdx.y) % p_h);
       const int a2 = static_cast<int>(blockIdx.x);
-      const int s3 = ((((((0 * 32) - ((0 * (0 - 1)) / 2)) + 0) - 0) - 0) + 0);
+      const int s3 = (((((0 * 32) - ((0 * (0 - 1)) / 2)) + 0) - 0) - 0);
       const int s4 = 0;
       const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
       const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-      float* const dst = t_u0_f32_base + ((0) % 2) * 1024;
+      float* const dst = t_u_f32_base + ((0) % 2) * 1024;
       if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
         for (int i = tid; i < 256; i += 128) {
           const int r = i / 8, c = (i % 8) * 4;
@@ -6405,19 +6214,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = 16;
+    const int v_i0_end = 32;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < 16)) {
-        // u0_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, (((((((i0 + 1) * 32) - (((i0 + 1) * ((i0 + 1) - 1)) // 2)) + (i0 + 1)) - (i0 + 1)) - (i0 + 1)) + 0):+32, 0:+32] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < 32)) {
+        // u_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((i0 + 1) * 32) - (((i0 + 1) * ((i0 + 1) - 1)) // 2)) + (i0 + 1)) - (i0 + 1)) - (i0 + 1)):+32, 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int a1 = (static_cast<int>(blockIdx.y) % p_h);
           const int a2 = static_cast<int>(blockIdx.x);
-          const int s3 = (((((((v_i0 + 1) * 32) - (((v_i0 + 1) * ((v_i0 + 1) - 1)) / 2)) + (v_i0 + 1)) - (v_i0 + 1)) - (v_i0 + 1)) + 0);
+          const int s3 = ((((((v_i0 + 1) * 32) - (((v_i0 + 1) * ((v_i0 + 1) - 1)) / 2)) + (v_i0 + 1)) - (v_i0 + 1)) - (v_i0 + 1));
           const int s4 = 0;
           const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
           const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-          float* const dst = t_u0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
+          float* const dst = t_u_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
           if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
             for (int i = tid; i < 256; i += 128) {
               const int r = i / 8, c = (i % 8) * 4;
@@ -6437,23 +6246,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
       }
       prt::cp_async_commit();
       prt::cp_async_wait<1>();
-      t_u0_f32 = t_u0_f32_base + (((v_i0 % 2)) % 2) * 1024;  // bind u0_f32 stage (i0 % 2)
+      t_u_f32 = t_u_f32_base + (((v_i0 % 2)) % 2) * 1024;  // bind u_f32 stage (i0 % 2)
       __syncthreads();
-      // u0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 32)), 0.0, (u0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
+      // u_hi[row, col] = select(((row < i0) || (row >= 32)), 0.0, (u_f32[row, col] * select((row == i0), 1.0, 1.4142135623730951)))
       {
         for (int i = tid; i < 1024; i += 128) {
           const int r = i / 32, c = i % 32;
-          t_u0_hi[(r) * 36 + (c)] = prt::from_f32<float>(((((r + 0) < v_i0) || ((r + 0) >= 32)) ? 0.0f : (prt::to_f32(t_u0_f32[(r) * 32 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
+          t_u_hi[(r) * 36 + (c)] = prt::from_f32<float>((((r < v_i0) || (r >= 32)) ? 0.0f : (prt::to_f32(t_u_f32[(r) * 32 + (c)]) * ((r == v_i0) ? 1.0f : 1.4142135623730951f))));
         }
       }
       __syncthreads();
-      // p0 = mma.fmaFrag(k, u0_hi) [64x32 in 16x32 units over 4 warps]
+      // p_a = mma.fmaFrag(k, u_hi) [64x32 in 16x32 units over 4 warps]
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 4;
           const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          float (&acc)[4][4] = f_p0[j];
+          float (&acc)[4][4] = f_p_a[j];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
@@ -6463,7 +6272,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
             const float a0 = prt::to_f32(t_k[(m0 + g) * 36 + (kk)]), a1 = prt::to_f32(t_k[(m0 + g + 8) * 36 + (kk)]);
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
-              const float b0 = prt::to_f32(t_u0_hi[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u0_hi[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
+              const float b0 = prt::to_f32(t_u_hi[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u_hi[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
               acc[q][0] = fmaf(a0, b0, acc[q][0]);
               acc[q][1] = fmaf(a0, b1, acc[q][1]);
               acc[q][2] = fmaf(a1, b0, acc[q][2]);
@@ -6472,7 +6281,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
           }
         }
       }
-      // dv[row, col] = (dv[row, col] + (k[row, i0] * p0[row, col]))
+      // dv[row, col] = (dv[row, col] + (k[row, i0] * p_a[row, col]))
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -6483,12 +6292,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 36 + (v_i0)]) * f_p0[j][q][e]));
+              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 36 + (v_i0)]) * f_p_a[j][q][e]));
             }
           }
         }
       }
-      // p0[row, col] = (p0[row, col] * v[row, col])
+      // p_a[row, col] = (p_a[row, col] * v[row, col])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -6499,24 +6308,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p0[j][q][e] = (f_p0[j][q][e] * prt::to_f32(t_v[(r) * 36 + (c)]));
+              f_p_a[j][q][e] = (f_p_a[j][q][e] * prt::to_f32(t_v[(r) * 36 + (c)]));
             }
           }
         }
       }
-      // r = reduce_sum(p0, axis=1)
+      // r = reduce_sum(p_a, axis=1)
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 4;
           #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            float acc = f_p0[j][0][2 * h];
-            acc += f_p0[j][0][2 * h + 1];
+            float acc = f_p_a[j][0][2 * h];
+            acc += f_p_a[j][0][2 * h + 1];
             #pragma unroll
             for (int q = 1; q < 4; ++q) {
-              acc += f_p0[j][q][2 * h];
-              acc += f_p0[j][q][2 * h + 1];
+              acc += f_p_a[j][q][2 * h];
+              acc += f_p_a[j][q][2 * h + 1];
             }
             acc = prt::quad_sum(acc);
             const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
@@ -6524,13 +6333,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
           }
         }
       }
-      // t0 = mma.fmaFrag(v, u0_hi^T) [64x32 in 16x32 units over 4 warps]
+      // t_a = mma.fmaFrag(v, u_hi^T) [64x32 in 16x32 units over 4 warps]
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 4;
           const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          float acc[4][4];
+          float (&acc)[4][4] = f_t_a[j];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
@@ -6540,21 +6349,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
             const float a0 = prt::to_f32(t_v[(m0 + g) * 36 + (kk)]), a1 = prt::to_f32(t_v[(m0 + g + 8) * 36 + (kk)]);
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
-              const float b0 = prt::to_f32(t_u0_hi[(n0 + q * 8 + t2) * 36 + (kk)]), b1 = prt::to_f32(t_u0_hi[(n0 + q * 8 + t2 + 1) * 36 + (kk)]);
+              const float b0 = prt::to_f32(t_u_hi[(n0 + q * 8 + t2) * 36 + (kk)]), b1 = prt::to_f32(t_u_hi[(n0 + q * 8 + t2 + 1) * 36 + (kk)]);
               acc[q][0] = fmaf(a0, b0, acc[q][0]);
               acc[q][1] = fmaf(a0, b1, acc[q][1]);
               acc[q][2] = fmaf(a1, b0, acc[q][2]);
               acc[q][3] = fmaf(a1, b1, acc[q][3]);
             }
           }
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t0[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
-      __syncthreads();
-      // dk[row, col] = select((col >= 0), (dk[row, col] + (k[row, i0] * t0[row, max((col - 0), 0)])), dk[row, col])
+      // dk[row, col] = (dk[row, col] + (k[row, i0] * t_a[row, col]))
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -6565,16 +6369,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dk[j][q][e] = ((c >= 0) ? (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 36 + (v_i0)]) * prt::to_f32(t_t0[(r) * 32 + (prt::max_nan((c - 0), 0))]))) : f_dk[j][q][e]);
+              f_dk[j][q][e] = (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 36 + (v_i0)]) * f_t_a[j][q][e]));
             }
           }
         }
       }
-      // r16[row, col] = select((col == (i0 - 0)), r[row], r16[row, col])
+      __syncthreads();
+      // dk[row, col] = select((col == i0), (dk[row, col] + r[row]), dk[row, col])
       {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i0 - 0)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_dk[j][q][e] = ((c == v_i0) ? (f_dk[j][q][e] + prt::to_f32(t_r[r])) : f_dk[j][q][e]);
+            }
+          }
         }
       }
       // kdk[row] = (kdk[row] + (k[row, i0] * r[row]))
@@ -6586,286 +6400,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
     }
   }
   prt::cp_async_wait<0>();
-  __syncthreads();
-  // dk[row, col] = select(((col >= 0) && (col < 16)), (dk[row, col] + r16[row, min(max((col - 0), 0), 15)]), dk[row, col])
-  {
-    #pragma unroll
-    for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_dk[j][q][e] = (((c >= 0) && (c < 16)) ? (f_dk[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 0), 0), 15))])) : f_dk[j][q][e]);
-        }
-      }
-    }
-  }
-  // k1 = load.async K[(pid.y // $h), (pid.x * 64):+64, (pid.y % $h), 16:+16]
-  {
-    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
-    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
-    const int s3 = 16;
-    const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-    const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-    float* const dst = t_k1;
-    if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 128) {
-        const int r = i / 4, c = (i % 4) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 20 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
-      }
-    }
-    else {
-      for (int i = tid; i < 1024; i += 128) {
-        const int r = i / 16, c = i % 16;
-        dst[(r) * 20 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
-      }
-    }
-  }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  __syncthreads();
-  // r16[row, col] = 0.0
-  {
-    for (int i = tid; i < 1024; i += 128) {
-      const int r = i / 16, c = i % 16;
-      t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-    }
-  }
-  if ((16 < 32)) {
-    // u1_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((16 * 32) - ((16 * (16 - 1)) // 2)) + 16) - 16) - 16) + 16):+16, 0:+32] into stage 0
-    {
-      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-      const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-      const int a2 = static_cast<int>(blockIdx.x);
-      const int s3 = ((((((16 * 32) - ((16 * (16 - 1)) / 2)) + 16) - 16) - 16) + 16);
-      const int s4 = 0;
-      const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
-      const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-      float* const dst = t_u1_f32_base + ((0) % 2) * 512;
-      if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 128; i += 128) {
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s3 + r;
-          const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
-        }
-      }
-      else {
-        for (int i = tid; i < 512; i += 128) {
-          const int r = i / 32, c = i % 32;
-          dst[(r) * 32 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
-        }
-      }
-    }
-  }
-  prt::cp_async_commit();
-  {
-    const int v_i1_end = 32;
-    for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
-      if (((v_i1 + 1) < 32)) {
-        // u1_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, (((((((i1 + 1) * 32) - (((i1 + 1) * ((i1 + 1) - 1)) // 2)) + (i1 + 1)) - (i1 + 1)) - (i1 + 1)) + 16):+16, 0:+32] into stage (((i1 - 16) + 1) % 2)
-        {
-          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-          const int a2 = static_cast<int>(blockIdx.x);
-          const int s3 = (((((((v_i1 + 1) * 32) - (((v_i1 + 1) * ((v_i1 + 1) - 1)) / 2)) + (v_i1 + 1)) - (v_i1 + 1)) - (v_i1 + 1)) + 16);
-          const int s4 = 0;
-          const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
-          const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-          float* const dst = t_u1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 512;
-          if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 128; i += 128) {
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
-            }
-          }
-          else {
-            for (int i = tid; i < 512; i += 128) {
-              const int r = i / 32, c = i % 32;
-              dst[(r) * 32 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
-            }
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<1>();
-      t_u1_f32 = t_u1_f32_base + ((((v_i1 - 16) % 2)) % 2) * 512;  // bind u1_f32 stage ((i1 - 16) % 2)
-      __syncthreads();
-      // u1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 32)), 0.0, (u1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
-      {
-        for (int i = tid; i < 512; i += 128) {
-          const int r = i / 32, c = i % 32;
-          t_u1_hi[(r) * 36 + (c)] = prt::from_f32<float>(((((r + 16) < v_i1) || ((r + 16) >= 32)) ? 0.0f : (prt::to_f32(t_u1_f32[(r) * 32 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
-        }
-      }
-      __syncthreads();
-      // p1 = mma.fmaFrag(k1, u1_hi) [64x32 in 16x32 units over 4 warps]
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          float (&acc)[4][4] = f_p1[j];
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          const int g = lane >> 2, t2 = (lane & 3) * 2;
-          for (int kk = 0; kk < 16; ++kk) {
-            const float a0 = prt::to_f32(t_k1[(m0 + g) * 20 + (kk)]), a1 = prt::to_f32(t_k1[(m0 + g + 8) * 20 + (kk)]);
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              const float b0 = prt::to_f32(t_u1_hi[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u1_hi[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
-              acc[q][0] = fmaf(a0, b0, acc[q][0]);
-              acc[q][1] = fmaf(a0, b1, acc[q][1]);
-              acc[q][2] = fmaf(a1, b0, acc[q][2]);
-              acc[q][3] = fmaf(a1, b1, acc[q][3]);
-            }
-          }
-        }
-      }
-      // dv[row, col] = (dv[row, col] + (k[row, i1] * p1[row, col]))
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 36 + (v_i1)]) * f_p1[j][q][e]));
-            }
-          }
-        }
-      }
-      // p1[row, col] = (p1[row, col] * v[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p1[j][q][e] = (f_p1[j][q][e] * prt::to_f32(t_v[(r) * 36 + (c)]));
-            }
-          }
-        }
-      }
-      // r = reduce_sum(p1, axis=1)
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_p1[j][0][2 * h];
-            acc += f_p1[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 4; ++q) {
-              acc += f_p1[j][q][2 * h];
-              acc += f_p1[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
-            if ((lane & 3) == 0) t_r[r] = prt::from_f32<float>(acc);
-          }
-        }
-      }
-      // t1 = mma.fmaFrag(v, u1_hi^T) [64x16 in 16x16 units over 4 warps]
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
-          float acc[2][4];
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          const int g = lane >> 2, t2 = (lane & 3) * 2;
-          for (int kk = 0; kk < 32; ++kk) {
-            const float a0 = prt::to_f32(t_v[(m0 + g) * 36 + (kk)]), a1 = prt::to_f32(t_v[(m0 + g + 8) * 36 + (kk)]);
-            #pragma unroll
-            for (int q = 0; q < 2; ++q) {
-              const float b0 = prt::to_f32(t_u1_hi[(n0 + q * 8 + t2) * 36 + (kk)]), b1 = prt::to_f32(t_u1_hi[(n0 + q * 8 + t2 + 1) * 36 + (kk)]);
-              acc[q][0] = fmaf(a0, b0, acc[q][0]);
-              acc[q][1] = fmaf(a0, b1, acc[q][1]);
-              acc[q][2] = fmaf(a1, b0, acc[q][2]);
-              acc[q][3] = fmaf(a1, b1, acc[q][3]);
-            }
-          }
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t1[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
-        }
-      }
-      __syncthreads();
-      // dk[row, col] = select((col >= 16), (dk[row, col] + (k[row, i1] * t1[row, max((col - 16), 0)])), dk[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dk[j][q][e] = ((c >= 16) ? (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 36 + (v_i1)]) * prt::to_f32(t_t1[(r) * 16 + (prt::max_nan((c - 16), 0))]))) : f_dk[j][q][e]);
-            }
-          }
-        }
-      }
-      // r16[row, col] = select((col == (i1 - 16)), r[row], r16[row, col])
-      {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i1 - 16)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-        }
-      }
-      // kdk[row] = (kdk[row] + (k[row, i1] * r[row]))
-      {
-        for (int r = tid; r < 64; r += 128) {
-          t_kdk[r] = prt::from_f32<float>((prt::to_f32(t_kdk[r]) + (prt::to_f32(t_k[(r) * 36 + (v_i1)]) * prt::to_f32(t_r[r]))));
-        }
-      }
-    }
-  }
-  prt::cp_async_wait<0>();
-  __syncthreads();
-  // dk[row, col] = select(((col >= 16) && (col < 32)), (dk[row, col] + r16[row, min(max((col - 16), 0), 15)]), dk[row, col])
-  {
-    #pragma unroll
-    for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_dk[j][q][e] = (((c >= 16) && (c < 32)) ? (f_dk[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 16), 0), 15))])) : f_dk[j][q][e]);
-        }
-      }
-    }
-  }
   // dv[row, col] = (dv[row, col] * exp((lam[63] - lam[row])))
   {
     #pragma unroll
@@ -8698,9 +8232,9 @@ extern "C" cudaError_t prt_attention_bwd_p2_d32_e32_c64_f32_w8_bd64_bt64_s1_laun
 }
 
 extern "C" cudaError_t prt_query_state_bwd_dq_p2_d32_e32_c64_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d32_e32_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 48896);
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d32_e32_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 36096);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_dq_p2_d32_e32_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 48896, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
+  prt_query_state_bwd_dq_p2_d32_e32_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 36096, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
   return cudaGetLastError();
 }
 
@@ -8719,9 +8253,9 @@ extern "C" cudaError_t prt_discounted_cumsum_bwd_p2_d32_e32_c64_f32_w4_bd64_bt64
 }
 
 extern "C" cudaError_t prt_update_state_bwd_p2_d32_e32_c64_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_K, const float* g_V, const float* g_logG, const float* g_ddS, const float* g_ddZ, float* g_dKs, float* g_dVs, float* g_dlamK, float* g_dGk, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_update_state_bwd_p2_d32_e32_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 44288);
+  cudaError_t err = cudaFuncSetAttribute(prt_update_state_bwd_p2_d32_e32_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 33856);
   if (err != cudaSuccess) return err;
-  prt_update_state_bwd_p2_d32_e32_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 44288, stream>>>(g_K, g_V, g_logG, g_ddS, g_ddZ, g_dKs, g_dVs, g_dlamK, g_dGk, p_b, p_t, p_h, p_n);
+  prt_update_state_bwd_p2_d32_e32_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 33856, stream>>>(g_K, g_V, g_logG, g_ddS, g_ddZ, g_dKs, g_dVs, g_dlamK, g_dGk, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 

@@ -527,8 +527,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
 }
 
 // update_state: dS_m = phi(k')^T V, dZ_m = colsum phi(k') per chunk, k' = k exp((G_m - lam)/p)
-// grid (($n * 1), ($b * $h), 1), 256 threads, 50176 bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c128_bf16_w8_bd64_bt128_s1(
+// grid (($n * 1), ($b * $h), 1), 128 threads, 50176 bytes of dynamic shared memory
+extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d64_e64_c128_bf16_w4_bd64_bt128_s1(
     const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -607,7 +607,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
   float* const t_kzk0 = reinterpret_cast<float*>(prt_smem + 46080);  // f32[64, 16] pitch 16
   // zk0_hi: bf16[128, 16] computed in registers by its mma group
   // zk0_lo: bf16[128, 16] computed in registers by its mma group
-  float f_s0[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
+  float f_s0[4][2][4];  // f32[64, 64] as mma fragments: 64x64 in 16x16 units over 4 warps
   float* const t_z0 = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   // u0_hi: bf16[128, 64] computed in registers by its mma group
   // u0_lo: bf16[128, 64] computed in registers by its mma group
@@ -616,7 +616,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
   float* const t_kzk1 = reinterpret_cast<float*>(prt_smem + 41984);  // f32[48, 16] pitch 16
   // zk1_hi: bf16[128, 16] computed in registers by its mma group
   // zk1_lo: bf16[128, 16] computed in registers by its mma group
-  float f_s1[2][2][4];  // f32[48, 64] as mma fragments: 48x64 in 16x16 units over 8 warps
+  float f_s1[3][2][4];  // f32[48, 64] as mma fragments: 48x64 in 16x16 units over 4 warps
   float* const t_z1 = reinterpret_cast<float*>(prt_smem + 0);  // f32[48] pitch 48
   // u1_hi: bf16[128, 64] computed in registers by its mma group
   // u1_lo: bf16[128, 64] computed in registers by its mma group
@@ -625,7 +625,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
   float* const t_kzk2 = reinterpret_cast<float*>(prt_smem + 37888);  // f32[32, 16] pitch 16
   // zk2_hi: bf16[128, 16] computed in registers by its mma group
   // zk2_lo: bf16[128, 16] computed in registers by its mma group
-  float f_s2[1][2][4];  // f32[32, 64] as mma fragments: 32x64 in 16x16 units over 8 warps
+  float f_s2[2][2][4];  // f32[32, 64] as mma fragments: 32x64 in 16x16 units over 4 warps
   float* const t_z2 = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
   // u2_hi: bf16[128, 64] computed in registers by its mma group
   // u2_lo: bf16[128, 64] computed in registers by its mma group
@@ -634,7 +634,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
   float* const t_kzk3 = reinterpret_cast<float*>(prt_smem + 33792);  // f32[16, 16] pitch 16
   // zk3_hi: bf16[128, 16] computed in registers by its mma group
   // zk3_lo: bf16[128, 16] computed in registers by its mma group
-  float f_s3[1][1][4];  // f32[16, 64] as mma fragments: 16x64 in 16x8 units over 8 warps
+  float f_s3[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
   float* const t_z3 = reinterpret_cast<float*>(prt_smem + 0);  // f32[16] pitch 16
   // u3_hi: bf16[128, 64] computed in registers by its mma group
   // u3_lo: bf16[128, 64] computed in registers by its mma group
@@ -646,14 +646,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
-    for (int r = tid; r < 128; r += 256) {
+    for (int r = tid; r < 128; r += 128) {
       dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
     }
   }
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
-    for (int o = warp; o < 1; o += 8) {
+    for (int o = warp; o < 1; o += 4) {
       float carry = 0.0f;
       for (int j0 = 0; j0 < 128; j0 += 32) {
         const int j = j0 + lane, i = j;
@@ -674,7 +674,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 256) {
+      for (int i = tid; i < 1024; i += 128) {
         const int r = i / 8, c = (i % 8) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -683,7 +683,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
       }
     }
     else {
-      for (int i = tid; i < 8192; i += 256) {
+      for (int i = tid; i < 8192; i += 128) {
         const int r = i / 64, c = i % 64;
         dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
       }
@@ -699,7 +699,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k0;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 256) {
+      for (int i = tid; i < 1024; i += 128) {
         const int r = i / 8, c = (i % 8) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -708,7 +708,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
       }
     }
     else {
-      for (int i = tid; i < 8192; i += 256) {
+      for (int i = tid; i < 8192; i += 128) {
         const int r = i / 64, c = i % 64;
         dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
       }
@@ -719,7 +719,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
   __syncthreads();
   // kg0[row, col] = (k0[col, row] * exp((lam[127] - lam[col])))
   {
-    for (int i = tid; i < 2048; i += 256) {
+    for (int i = tid; i < 2048; i += 128) {
       const int r = i / 128, c = i % 128;
       t_kg0[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_k0[(c) * 72 + (r)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[c])))));
     }
@@ -728,14 +728,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
     // mma.group (operands in registers):
     //   zk0_hi[row, col] = (k0[row, col] * exp((lam[127] - lam[row])))
     //   zk0_lo[row, col] = ((k0[row, col] * exp((lam[127] - lam[row]))) - zk0_hi[row, col])
-    //   kzk0 = mma.tc(k0^T, zk0_hi) [64x16 in 16x8 units over 8 warps]
-    //   kzk0 += mma.tc(k0^T, zk0_lo) [64x16 in 16x8 units over 8 warps]
+    //   kzk0 = mma.tc(k0^T, zk0_hi) [64x16 in 16x16 units over 4 warps]
+    //   kzk0 += mma.tc(k0^T, zk0_lo) [64x16 in 16x16 units over 4 warps]
     {
-      float acc[1][1][4];
+      float acc[1][2][4];
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
         #pragma unroll
-        for (int q = 0; q < 1; ++q)
+        for (int q = 0; q < 2; ++q)
         #pragma unroll
           for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
       }
@@ -743,17 +743,17 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
       for (int k0 = 0; k0 < 128; k0 += 16) {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16;
-          const int n0 = (u % 2) * 8;
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16;
+          const int n0 = (u % 1) * 16;
           (void)m0;
           (void)n0;
           uint32_t fat_k0[4];
           prt::ldmatrix_x4_trans(fat_k0, &t_k0[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-          uint32_t ib_zk0_hi[1][2];
-          uint32_t ib_zk0_lo[1][2];
+          uint32_t ib_zk0_hi[2][2];
+          uint32_t ib_zk0_lo[2][2];
           #pragma unroll
-          for (int q = 0; q < 1; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int rg = 0; rg < 2; ++rg) {
               __nv_bfloat16 v0[2], v1[2];
@@ -770,17 +770,17 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
             }
           }
           #pragma unroll
-          for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k0, ib_zk0_hi[q][0], ib_zk0_hi[q][1]);
+          for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k0, ib_zk0_hi[q][0], ib_zk0_hi[q][1]);
           #pragma unroll
-          for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k0, ib_zk0_lo[q][0], ib_zk0_lo[q][1]);
+          for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k0, ib_zk0_lo[q][0], ib_zk0_lo[q][1]);
         }
       }
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
         #pragma unroll
-        for (int q = 0; q < 1; ++q)
+        for (int q = 0; q < 2; ++q)
         #pragma unroll
-          for (int e = 0; e < 4; ++e) t_kzk0[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
+          for (int e = 0; e < 4; ++e) t_kzk0[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 1) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
       }
     }
   }
@@ -791,69 +791,69 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
       // mma.group (operands in registers):
       //   u0_hi[row, col] = (v[row, col] * kg0[(i0 - 0), row])
       //   u0_lo[row, col] = ((v[row, col] * kg0[(i0 - 0), row]) - u0_hi[row, col])
-      //   s0 = mma.tc(k0^T, u0_hi) [64x64 in 16x32 units over 8 warps]
-      //   s0 += mma.tc(k0^T, u0_lo) [64x64 in 16x32 units over 8 warps]
+      //   s0 = mma.tc(k0^T, u0_hi) [64x64 in 16x16 units over 4 warps]
+      //   s0 += mma.tc(k0^T, u0_lo) [64x64 in 16x16 units over 4 warps]
       {
-        float (&acc)[1][4][4] = f_s0;
+        float (&acc)[4][2][4] = f_s0;
         #pragma unroll
-        for (int j = 0; j < 1; ++j) {
+        for (int j = 0; j < 4; ++j) {
           #pragma unroll
-          for (int q = 0; q < 4; ++q)
+          for (int q = 0; q < 2; ++q)
           #pragma unroll
             for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
         const int g = lane >> 2, t2 = (lane & 3) * 2;
         for (int k0 = 0; k0 < 128; k0 += 16) {
+          const int n0 = (warp % 4) * 16;
+          uint32_t fb_v[2][2];
           #pragma unroll
-          for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 2) * 16;
-            const int n0 = (u % 2) * 32;
+          for (int q = 0; q < 2; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
+          }
+          uint32_t ib_u0_hi[2][2];
+          uint32_t ib_u0_lo[2][2];
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int rg = 0; rg < 2; ++rg) {
+              __nv_bfloat16 v0[2], v1[2];
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg0[((v_i0 - 0)) * 128 + (r)])));
+                v0[h] = y0;
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg0[((v_i0 - 0)) * 128 + (r)])) - prt::to_f32(y0)));
+                v1[h] = y1;
+              }
+              ib_u0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+              ib_u0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+            }
+          }
+          #pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 4) * 16;
             (void)m0;
             (void)n0;
             uint32_t fat_k0[4];
             prt::ldmatrix_x4_trans(fat_k0, &t_k0[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-            uint32_t fb_v[4][2];
             #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t r[4];
-              prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-              fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
-            }
-            uint32_t ib_u0_hi[4][2];
-            uint32_t ib_u0_lo[4][2];
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k0, ib_u0_hi[q][0], ib_u0_hi[q][1]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              #pragma unroll
-              for (int rg = 0; rg < 2; ++rg) {
-                __nv_bfloat16 v0[2], v1[2];
-                #pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
-                  const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg0[((v_i0 - 0)) * 128 + (r)])));
-                  v0[h] = y0;
-                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg0[((v_i0 - 0)) * 128 + (r)])) - prt::to_f32(y0)));
-                  v1[h] = y1;
-                }
-                ib_u0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
-                ib_u0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
-              }
-            }
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k0, ib_u0_hi[q][0], ib_u0_hi[q][1]);
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k0, ib_u0_lo[q][0], ib_u0_lo[q][1]);
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k0, ib_u0_lo[q][0], ib_u0_lo[q][1]);
           }
         }
       }
       // s0[row, col] = (s0[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951))
       {
         #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -873,11 +873,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
           #pragma unroll
-          for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          for (int j = 0; j < 4; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -890,7 +890,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // z0[row] = (kzk0[row, (i0 - 0)] * select(((row + 0) == i0), 1.0, 1.4142135623730951))
         {
-          for (int r = tid; r < 64; r += 256) {
+          for (int r = tid; r < 64; r += 128) {
             t_z0[r] = prt::from_f32<float>((prt::to_f32(t_kzk0[(r) * 16 + ((v_i0 - 0))]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f)));
           }
         }
@@ -903,7 +903,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
           const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
           const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
           if (ok) {
-            for (int r = tid; r < 64; r += 256) {
+            for (int r = tid; r < 64; r += 128) {
               if (s3 + r >= 0 && s3 + r < g_dZ_d3 && ((((r + 0) >= v_i0) && ((r + 0) < 64)))) g_dZ[base + static_cast<long long>(r) * g_dZ_s3] = t_z0[r];
             }
           }
@@ -922,7 +922,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k1;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 768; i += 256) {
+      for (int i = tid; i < 768; i += 128) {
         const int r = i / 6, c = (i % 6) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -931,7 +931,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
       }
     }
     else {
-      for (int i = tid; i < 6144; i += 256) {
+      for (int i = tid; i < 6144; i += 128) {
         const int r = i / 48, c = i % 48;
         dst[(r) * 56 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
       }
@@ -942,7 +942,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
   __syncthreads();
   // kg1[row, col] = (k1[col, row] * exp((lam[127] - lam[col])))
   {
-    for (int i = tid; i < 2048; i += 256) {
+    for (int i = tid; i < 2048; i += 128) {
       const int r = i / 128, c = i % 128;
       t_kg1[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_k1[(c) * 56 + (r)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[c])))));
     }
@@ -951,13 +951,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
     // mma.group (operands in registers):
     //   zk1_hi[row, col] = (k1[row, col] * exp((lam[127] - lam[row])))
     //   zk1_lo[row, col] = ((k1[row, col] * exp((lam[127] - lam[row]))) - zk1_hi[row, col])
-    //   kzk1 = mma.tc(k1^T, zk1_hi) [48x16 in 16x8 units over 8 warps]
-    //   kzk1 += mma.tc(k1^T, zk1_lo) [48x16 in 16x8 units over 8 warps]
+    //   kzk1 = mma.tc(k1^T, zk1_hi) [48x16 in 16x8 units over 4 warps]
+    //   kzk1 += mma.tc(k1^T, zk1_lo) [48x16 in 16x8 units over 4 warps]
     {
-      float acc[1][1][4];
+      float acc[2][1][4];
       #pragma unroll
-      for (int j = 0; j < 1; ++j) {
-        if (warp + j * 8 < 6) {
+      for (int j = 0; j < 2; ++j) {
+        if (warp + j * 4 < 6) {
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
@@ -966,35 +966,35 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
       }
       const int g = lane >> 2, t2 = (lane & 3) * 2;
       for (int k0 = 0; k0 < 128; k0 += 16) {
+        const int n0 = (warp % 2) * 8;
+        uint32_t ib_zk1_hi[1][2];
+        uint32_t ib_zk1_lo[1][2];
         #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 8;
+        for (int q = 0; q < 1; ++q) {
+          #pragma unroll
+          for (int rg = 0; rg < 2; ++rg) {
+            __nv_bfloat16 v0[2], v1[2];
+            #pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k1[(r) * 56 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+              v0[h] = y0;
+              const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k1[(r) * 56 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+              v1[h] = y1;
+            }
+            ib_zk1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+            ib_zk1_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+          }
+        }
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
           if (u < 6) {
             const int m0 = (u / 2) * 16;
-            const int n0 = (u % 2) * 8;
             (void)m0;
             (void)n0;
             uint32_t fat_k1[4];
             prt::ldmatrix_x4_trans(fat_k1, &t_k1[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
-            uint32_t ib_zk1_hi[1][2];
-            uint32_t ib_zk1_lo[1][2];
-            #pragma unroll
-            for (int q = 0; q < 1; ++q) {
-              #pragma unroll
-              for (int rg = 0; rg < 2; ++rg) {
-                __nv_bfloat16 v0[2], v1[2];
-                #pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
-                  const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k1[(r) * 56 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
-                  v0[h] = y0;
-                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k1[(r) * 56 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-                  v1[h] = y1;
-                }
-                ib_zk1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
-                ib_zk1_lo[q][rg] = prt::pack2(v1[0], v1[1]);
-              }
-            }
             #pragma unroll
             for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k1, ib_zk1_hi[q][0], ib_zk1_hi[q][1]);
             #pragma unroll
@@ -1003,12 +1003,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
         }
       }
       #pragma unroll
-      for (int j = 0; j < 1; ++j) {
-        if (warp + j * 8 < 6) {
+      for (int j = 0; j < 2; ++j) {
+        if (warp + j * 4 < 6) {
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kzk1[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
+            for (int e = 0; e < 4; ++e) t_kzk1[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
     }
@@ -1020,18 +1020,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
       // mma.group (operands in registers):
       //   u1_hi[row, col] = (v[row, col] * kg1[(i1 - 16), row])
       //   u1_lo[row, col] = ((v[row, col] * kg1[(i1 - 16), row]) - u1_hi[row, col])
-      //   s1 = mma.tc(k1^T, u1_hi) [48x64 in 16x16 units over 8 warps]
-      //   s1 += mma.tc(k1^T, u1_lo) [48x64 in 16x16 units over 8 warps]
+      //   s1 = mma.tc(k1^T, u1_hi) [48x64 in 16x16 units over 4 warps]
+      //   s1 += mma.tc(k1^T, u1_lo) [48x64 in 16x16 units over 4 warps]
       {
-        float (&acc)[2][2][4] = f_s1;
+        float (&acc)[3][2][4] = f_s1;
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          if (warp + j * 8 < 12) {
-            #pragma unroll
-            for (int q = 0; q < 2; ++q)
-            #pragma unroll
-              for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-          }
+        for (int j = 0; j < 3; ++j) {
+          #pragma unroll
+          for (int q = 0; q < 2; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
         const int g = lane >> 2, t2 = (lane & 3) * 2;
         for (int k0 = 0; k0 < 128; k0 += 16) {
@@ -1063,36 +1061,32 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
             }
           }
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            if (u < 12) {
-              const int m0 = (u / 4) * 16;
-              (void)m0;
-              (void)n0;
-              uint32_t fat_k1[4];
-              prt::ldmatrix_x4_trans(fat_k1, &t_k1[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
-              #pragma unroll
-              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k1, ib_u1_hi[q][0], ib_u1_hi[q][1]);
-              #pragma unroll
-              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k1, ib_u1_lo[q][0], ib_u1_lo[q][1]);
-            }
+          for (int j = 0; j < 3; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 4) * 16;
+            (void)m0;
+            (void)n0;
+            uint32_t fat_k1[4];
+            prt::ldmatrix_x4_trans(fat_k1, &t_k1[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k1, ib_u1_hi[q][0], ib_u1_hi[q][1]);
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k1, ib_u1_lo[q][0], ib_u1_lo[q][1]);
           }
         }
       }
       // s1[row, col] = (s1[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951))
       {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          if (u < 12) {
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+        for (int j = 0; j < 3; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
-            for (int q = 0; q < 2; ++q) {
-              #pragma unroll
-              for (int e = 0; e < 4; ++e) {
-                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                f_s1[j][q][e] = (f_s1[j][q][e] * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f));
-              }
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s1[j][q][e] = (f_s1[j][q][e] * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f));
             }
           }
         }
@@ -1108,17 +1102,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            if (u < 12) {
-              const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+          for (int j = 0; j < 3; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
-              for (int q = 0; q < 2; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  if (s3 + r >= 0 && s3 + r < g_dS_d3 && s4 + c >= 0 && s4 + c < g_dS_d4 && ((((r + 16) >= v_i1) && ((r + 16) < 64)))) g_dS[base + static_cast<long long>(r) * g_dS_s3 + static_cast<long long>(c) * g_dS_s4] = prt::from_f32<float>(f_s1[j][q][e]);
-                }
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s3 + r >= 0 && s3 + r < g_dS_d3 && s4 + c >= 0 && s4 + c < g_dS_d4 && ((((r + 16) >= v_i1) && ((r + 16) < 64)))) g_dS[base + static_cast<long long>(r) * g_dS_s3 + static_cast<long long>(c) * g_dS_s4] = prt::from_f32<float>(f_s1[j][q][e]);
               }
             }
           }
@@ -1127,7 +1119,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // z1[row] = (kzk1[row, (i1 - 16)] * select(((row + 16) == i1), 1.0, 1.4142135623730951))
         {
-          for (int r = tid; r < 48; r += 256) {
+          for (int r = tid; r < 48; r += 128) {
             t_z1[r] = prt::from_f32<float>((prt::to_f32(t_kzk1[(r) * 16 + ((v_i1 - 16))]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f)));
           }
         }
@@ -1140,7 +1132,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
           const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
           const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
           if (ok) {
-            for (int r = tid; r < 48; r += 256) {
+            for (int r = tid; r < 48; r += 128) {
               if (s3 + r >= 0 && s3 + r < g_dZ_d3 && ((((r + 16) >= v_i1) && ((r + 16) < 64)))) g_dZ[base + static_cast<long long>(r) * g_dZ_s3] = t_z1[r];
             }
           }
@@ -1159,7 +1151,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k2;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 512; i += 256) {
+      for (int i = tid; i < 512; i += 128) {
         const int r = i / 4, c = (i % 4) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -1168,7 +1160,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
       }
     }
     else {
-      for (int i = tid; i < 4096; i += 256) {
+      for (int i = tid; i < 4096; i += 128) {
         const int r = i / 32, c = i % 32;
         dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
       }
@@ -1179,7 +1171,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
   __syncthreads();
   // kg2[row, col] = (k2[col, row] * exp((lam[127] - lam[col])))
   {
-    for (int i = tid; i < 2048; i += 256) {
+    for (int i = tid; i < 2048; i += 128) {
       const int r = i / 128, c = i % 128;
       t_kg2[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_k2[(c) * 40 + (r)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[c])))));
     }
@@ -1188,65 +1180,59 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
     // mma.group (operands in registers):
     //   zk2_hi[row, col] = (k2[row, col] * exp((lam[127] - lam[row])))
     //   zk2_lo[row, col] = ((k2[row, col] * exp((lam[127] - lam[row]))) - zk2_hi[row, col])
-    //   kzk2 = mma.tc(k2^T, zk2_hi) [32x16 in 16x8 units over 8 warps]
-    //   kzk2 += mma.tc(k2^T, zk2_lo) [32x16 in 16x8 units over 8 warps]
+    //   kzk2 = mma.tc(k2^T, zk2_hi) [32x16 in 16x8 units over 4 warps]
+    //   kzk2 += mma.tc(k2^T, zk2_lo) [32x16 in 16x8 units over 4 warps]
     {
       float acc[1][1][4];
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        if (warp + j * 8 < 4) {
-          #pragma unroll
-          for (int q = 0; q < 1; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-        }
+        #pragma unroll
+        for (int q = 0; q < 1; ++q)
+        #pragma unroll
+          for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
       }
       const int g = lane >> 2, t2 = (lane & 3) * 2;
       for (int k0 = 0; k0 < 128; k0 += 16) {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 8;
-          if (u < 4) {
-            const int m0 = (u / 2) * 16;
-            const int n0 = (u % 2) * 8;
-            (void)m0;
-            (void)n0;
-            uint32_t fat_k2[4];
-            prt::ldmatrix_x4_trans(fat_k2, &t_k2[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-            uint32_t ib_zk2_hi[1][2];
-            uint32_t ib_zk2_lo[1][2];
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16;
+          const int n0 = (u % 2) * 8;
+          (void)m0;
+          (void)n0;
+          uint32_t fat_k2[4];
+          prt::ldmatrix_x4_trans(fat_k2, &t_k2[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+          uint32_t ib_zk2_hi[1][2];
+          uint32_t ib_zk2_lo[1][2];
+          #pragma unroll
+          for (int q = 0; q < 1; ++q) {
             #pragma unroll
-            for (int q = 0; q < 1; ++q) {
+            for (int rg = 0; rg < 2; ++rg) {
+              __nv_bfloat16 v0[2], v1[2];
               #pragma unroll
-              for (int rg = 0; rg < 2; ++rg) {
-                __nv_bfloat16 v0[2], v1[2];
-                #pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
-                  const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k2[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
-                  v0[h] = y0;
-                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k2[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
-                  v1[h] = y1;
-                }
-                ib_zk2_hi[q][rg] = prt::pack2(v0[0], v0[1]);
-                ib_zk2_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+              for (int h = 0; h < 2; ++h) {
+                const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_k2[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
+                v0[h] = y0;
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_k2[(r) * 40 + (c)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))) - prt::to_f32(y0)));
+                v1[h] = y1;
               }
+              ib_zk2_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+              ib_zk2_lo[q][rg] = prt::pack2(v1[0], v1[1]);
             }
-            #pragma unroll
-            for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k2, ib_zk2_hi[q][0], ib_zk2_hi[q][1]);
-            #pragma unroll
-            for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k2, ib_zk2_lo[q][0], ib_zk2_lo[q][1]);
           }
+          #pragma unroll
+          for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k2, ib_zk2_hi[q][0], ib_zk2_hi[q][1]);
+          #pragma unroll
+          for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k2, ib_zk2_lo[q][0], ib_zk2_lo[q][1]);
         }
       }
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        if (warp + j * 8 < 4) {
-          #pragma unroll
-          for (int q = 0; q < 1; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kzk2[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-        }
+        #pragma unroll
+        for (int q = 0; q < 1; ++q)
+        #pragma unroll
+          for (int e = 0; e < 4; ++e) t_kzk2[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
       }
     }
   }
@@ -1257,12 +1243,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
       // mma.group (operands in registers):
       //   u2_hi[row, col] = (v[row, col] * kg2[(i2 - 32), row])
       //   u2_lo[row, col] = ((v[row, col] * kg2[(i2 - 32), row]) - u2_hi[row, col])
-      //   s2 = mma.tc(k2^T, u2_hi) [32x64 in 16x16 units over 8 warps]
-      //   s2 += mma.tc(k2^T, u2_lo) [32x64 in 16x16 units over 8 warps]
+      //   s2 = mma.tc(k2^T, u2_hi) [32x64 in 16x16 units over 4 warps]
+      //   s2 += mma.tc(k2^T, u2_lo) [32x64 in 16x16 units over 4 warps]
       {
-        float (&acc)[1][2][4] = f_s2;
+        float (&acc)[2][2][4] = f_s2;
         #pragma unroll
-        for (int j = 0; j < 1; ++j) {
+        for (int j = 0; j < 2; ++j) {
           #pragma unroll
           for (int q = 0; q < 2; ++q)
           #pragma unroll
@@ -1270,41 +1256,41 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
         }
         const int g = lane >> 2, t2 = (lane & 3) * 2;
         for (int k0 = 0; k0 < 128; k0 += 16) {
+          const int n0 = (warp % 4) * 16;
+          uint32_t fb_v[2][2];
           #pragma unroll
-          for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
+          for (int q = 0; q < 2; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
+          }
+          uint32_t ib_u2_hi[2][2];
+          uint32_t ib_u2_lo[2][2];
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int rg = 0; rg < 2; ++rg) {
+              __nv_bfloat16 v0[2], v1[2];
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg2[((v_i2 - 32)) * 128 + (r)])));
+                v0[h] = y0;
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg2[((v_i2 - 32)) * 128 + (r)])) - prt::to_f32(y0)));
+                v1[h] = y1;
+              }
+              ib_u2_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+              ib_u2_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+            }
+          }
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 4;
             const int m0 = (u / 4) * 16;
-            const int n0 = (u % 4) * 16;
             (void)m0;
             (void)n0;
             uint32_t fat_k2[4];
             prt::ldmatrix_x4_trans(fat_k2, &t_k2[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-            uint32_t fb_v[2][2];
-            #pragma unroll
-            for (int q = 0; q < 2; q += 2) {
-              uint32_t r[4];
-              prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-              fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
-            }
-            uint32_t ib_u2_hi[2][2];
-            uint32_t ib_u2_lo[2][2];
-            #pragma unroll
-            for (int q = 0; q < 2; ++q) {
-              #pragma unroll
-              for (int rg = 0; rg < 2; ++rg) {
-                __nv_bfloat16 v0[2], v1[2];
-                #pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
-                  const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg2[((v_i2 - 32)) * 128 + (r)])));
-                  v0[h] = y0;
-                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg2[((v_i2 - 32)) * 128 + (r)])) - prt::to_f32(y0)));
-                  v1[h] = y1;
-                }
-                ib_u2_hi[q][rg] = prt::pack2(v0[0], v0[1]);
-                ib_u2_lo[q][rg] = prt::pack2(v1[0], v1[1]);
-              }
-            }
             #pragma unroll
             for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k2, ib_u2_hi[q][0], ib_u2_hi[q][1]);
             #pragma unroll
@@ -1315,8 +1301,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
       // s2[row, col] = (s2[row, col] * select(((row + 32) == i2), 1.0, 1.4142135623730951))
       {
         #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 8;
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
           const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
           #pragma unroll
           for (int q = 0; q < 2; ++q) {
@@ -1339,8 +1325,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
           #pragma unroll
-          for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
+          for (int j = 0; j < 2; ++j) {
+            const int u = warp + j * 4;
             const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
             #pragma unroll
             for (int q = 0; q < 2; ++q) {
@@ -1356,7 +1342,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // z2[row] = (kzk2[row, (i2 - 32)] * select(((row + 32) == i2), 1.0, 1.4142135623730951))
         {
-          for (int r = tid; r < 32; r += 256) {
+          for (int r = tid; r < 32; r += 128) {
             t_z2[r] = prt::from_f32<float>((prt::to_f32(t_kzk2[(r) * 16 + ((v_i2 - 32))]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f)));
           }
         }
@@ -1369,7 +1355,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
           const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
           const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
           if (ok) {
-            for (int r = tid; r < 32; r += 256) {
+            for (int r = tid; r < 32; r += 128) {
               if (s3 + r >= 0 && s3 + r < g_dZ_d3 && ((((r + 32) >= v_i2) && ((r + 32) < 64)))) g_dZ[base + static_cast<long long>(r) * g_dZ_s3] = t_z2[r];
             }
           }
@@ -1388,7 +1374,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k3;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 256) {
+      for (int i = tid; i < 256; i += 128) {
         const int r = i / 2, c = (i % 2) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -1397,7 +1383,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
       }
     }
     else {
-      for (int i = tid; i < 2048; i += 256) {
+      for (int i = tid; i < 2048; i += 128) {
         const int r = i / 16, c = i % 16;
         dst[(r) * 24 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
       }
@@ -1408,7 +1394,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
   __syncthreads();
   // kg3[row, col] = (k3[col, row] * exp((lam[127] - lam[col])))
   {
-    for (int i = tid; i < 2048; i += 256) {
+    for (int i = tid; i < 2048; i += 128) {
       const int r = i / 128, c = i % 128;
       t_kg3[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_k3[(c) * 24 + (r)]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[c])))));
     }
@@ -1417,13 +1403,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
     // mma.group (operands in registers):
     //   zk3_hi[row, col] = (k3[row, col] * exp((lam[127] - lam[row])))
     //   zk3_lo[row, col] = ((k3[row, col] * exp((lam[127] - lam[row]))) - zk3_hi[row, col])
-    //   kzk3 = mma.tc(k3^T, zk3_hi) [16x16 in 16x8 units over 8 warps]
-    //   kzk3 += mma.tc(k3^T, zk3_lo) [16x16 in 16x8 units over 8 warps]
+    //   kzk3 = mma.tc(k3^T, zk3_hi) [16x16 in 16x8 units over 4 warps]
+    //   kzk3 += mma.tc(k3^T, zk3_lo) [16x16 in 16x8 units over 4 warps]
     {
       float acc[1][1][4];
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        if (warp + j * 8 < 2) {
+        if (warp + j * 4 < 2) {
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
@@ -1434,7 +1420,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
       for (int k0 = 0; k0 < 128; k0 += 16) {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 8;
+          const int u = warp + j * 4;
           if (u < 2) {
             const int m0 = (u / 2) * 16;
             const int n0 = (u % 2) * 8;
@@ -1472,11 +1458,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
       }
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        if (warp + j * 8 < 2) {
+        if (warp + j * 4 < 2) {
           #pragma unroll
           for (int q = 0; q < 1; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_kzk3[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
+            for (int e = 0; e < 4; ++e) t_kzk3[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 2) * 8 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
     }
@@ -1488,14 +1474,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
       // mma.group (operands in registers):
       //   u3_hi[row, col] = (v[row, col] * kg3[(i3 - 48), row])
       //   u3_lo[row, col] = ((v[row, col] * kg3[(i3 - 48), row]) - u3_hi[row, col])
-      //   s3 = mma.tc(k3^T, u3_hi) [16x64 in 16x8 units over 8 warps]
-      //   s3 += mma.tc(k3^T, u3_lo) [16x64 in 16x8 units over 8 warps]
+      //   s3 = mma.tc(k3^T, u3_hi) [16x64 in 16x16 units over 4 warps]
+      //   s3 += mma.tc(k3^T, u3_lo) [16x64 in 16x16 units over 4 warps]
       {
-        float (&acc)[1][1][4] = f_s3;
+        float (&acc)[1][2][4] = f_s3;
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
           #pragma unroll
-          for (int q = 0; q < 1; ++q)
+          for (int q = 0; q < 2; ++q)
           #pragma unroll
             for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
@@ -1503,19 +1489,24 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
         for (int k0 = 0; k0 < 128; k0 += 16) {
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 8) * 16;
-            const int n0 = (u % 8) * 8;
+            const int u = warp + j * 4;
+            const int m0 = (u / 4) * 16;
+            const int n0 = (u % 4) * 16;
             (void)m0;
             (void)n0;
             uint32_t fat_k3[4];
             prt::ldmatrix_x4_trans(fat_k3, &t_k3[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-            uint32_t fb_v[1][2];
-            prt::ldmatrix_x2_trans(fb_v[0], &t_v[(k0 + (lane & 15)) * 72 + n0]);
-            uint32_t ib_u3_hi[1][2];
-            uint32_t ib_u3_lo[1][2];
+            uint32_t fb_v[2][2];
             #pragma unroll
-            for (int q = 0; q < 1; ++q) {
+            for (int q = 0; q < 2; q += 2) {
+              uint32_t r[4];
+              prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+              fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
+            }
+            uint32_t ib_u3_hi[2][2];
+            uint32_t ib_u3_lo[2][2];
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int rg = 0; rg < 2; ++rg) {
                 __nv_bfloat16 v0[2], v1[2];
@@ -1532,9 +1523,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
               }
             }
             #pragma unroll
-            for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k3, ib_u3_hi[q][0], ib_u3_hi[q][1]);
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k3, ib_u3_hi[q][0], ib_u3_hi[q][1]);
             #pragma unroll
-            for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k3, ib_u3_lo[q][0], ib_u3_lo[q][1]);
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k3, ib_u3_lo[q][0], ib_u3_lo[q][1]);
           }
         }
       }
@@ -1542,10 +1533,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 8) * 16, n0 = (u % 8) * 8;
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
           #pragma unroll
-          for (int q = 0; q < 1; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -1566,10 +1557,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
         if (ok) {
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 8) * 16, n0 = (u % 8) * 8;
+            const int u = warp + j * 4;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
             #pragma unroll
-            for (int q = 0; q < 1; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -1582,7 +1573,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
       if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // z3[row] = (kzk3[row, (i3 - 48)] * select(((row + 48) == i3), 1.0, 1.4142135623730951))
         {
-          for (int r = tid; r < 16; r += 256) {
+          for (int r = tid; r < 16; r += 128) {
             t_z3[r] = prt::from_f32<float>((prt::to_f32(t_kzk3[(r) * 16 + ((v_i3 - 48))]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f)));
           }
         }
@@ -1595,7 +1586,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
           const bool ok = a0 >= 0 && a0 < g_dZ_d0 && a1 >= 0 && a1 < g_dZ_d1 && a2 >= 0 && a2 < g_dZ_d2;
           const long long base = static_cast<long long>(a0) * g_dZ_s0 + static_cast<long long>(a1) * g_dZ_s1 + static_cast<long long>(a2) * g_dZ_s2 + static_cast<long long>(s3) * g_dZ_s3;
           if (ok) {
-            for (int r = tid; r < 16; r += 256) {
+            for (int r = tid; r < 16; r += 128) {
               if (s3 + r >= 0 && s3 + r < g_dZ_d3 && ((((r + 48) >= v_i3) && ((r + 48) < 64)))) g_dZ[base + static_cast<long long>(r) * g_dZ_s3] = t_z3[r];
             }
           }
@@ -2165,14 +2156,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
   (void)g_wS_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
-  float f_num_s[4][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 4 warps
-  float f_num_a[4][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 4 warps
+  float f_num_s[8][2][4];  // f32[128, 64] as mma fragments: 128x64 in 16x16 units over 4 warps
+  float f_num_a[8][2][4];  // f32[128, 64] as mma fragments: 128x64 in 16x16 units over 4 warps
   float* const t_den_s = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   __nv_bfloat16* const t_q0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 1024);  // bf16[128, 64] pitch 72
   float* const t_z = reinterpret_cast<float*>(prt_smem + 19456);  // f32[2080] pitch 2080
   // zsym_hi: bf16[64, 64] computed in registers by its mma group
   // zsym_lo: bf16[64, 64] computed in registers by its mma group
-  float f_qz[4][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 4 warps
+  float f_qz[8][2][4];  // f32[128, 64] as mma fragments: 128x64 in 16x16 units over 4 warps
   float* const t_s0_f32_base = reinterpret_cast<float*>(prt_smem + 19456);  // f32[64, 64] pitch 68, 2 copies
   float* t_s0_f32 = t_s0_f32_base;
   // s0_hi: bf16[64, 64] computed in registers by its mma group
@@ -2192,12 +2183,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
   float* t_s3_f32 = t_s3_f32_base;
   // s3_hi: bf16[16, 64] computed in registers by its mma group
   // s3_lo: bf16[16, 64] computed in registers by its mma group
-  float f_num[4][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 4 warps
+  float f_num[8][2][4];  // f32[128, 64] as mma fragments: 128x64 in 16x16 units over 4 warps
   float* const t_den = reinterpret_cast<float*>(prt_smem + 2048);  // f32[128] pitch 128
   float* const t_den_a = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128] pitch 128
   float* const t_max_a = reinterpret_cast<float*>(prt_smem + 1536);  // f32[128] pitch 128
   float* const t_lse_t = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
-  float* const t_den_s_part = reinterpret_cast<float*>(prt_smem + 19456);  // f32[2, 128] pitch 128
+  float* const t_den_s_part = reinterpret_cast<float*>(prt_smem + 19456);  // f32[4, 128] pitch 128
   // g = load logG[pid.z, ((pid.x // 1) * 128):+128, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -2228,11 +2219,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
     // num_s[row, col] = 0.0
     {
       #pragma unroll
-      for (int j = 0; j < 4; ++j) {
+      for (int j = 0; j < 8; ++j) {
         const int u = warp + j * 4;
-        const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+        const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
         #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < 2; ++q) {
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -2295,24 +2286,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
     // mma.group (operands in registers):
     //   zsym_hi[row, col] = select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] / 1.0), ((z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] / 1.0) * 0.7071067811865476)), 0.0)
     //   zsym_lo[row, col] = (select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] / 1.0), ((z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] / 1.0) * 0.7071067811865476)), 0.0) - zsym_hi[row, col])
-    //   qz = mma.tc(q0, zsym_hi) [128x64 in 16x32 units over 4 warps]
-    //   qz += mma.tc(q0, zsym_lo) [128x64 in 16x32 units over 4 warps]
+    //   qz = mma.tc(q0, zsym_hi) [128x64 in 16x16 units over 4 warps]
+    //   qz += mma.tc(q0, zsym_lo) [128x64 in 16x16 units over 4 warps]
     {
-      float (&acc)[4][4][4] = f_qz;
+      float (&acc)[8][2][4] = f_qz;
       #pragma unroll
-      for (int j = 0; j < 4; ++j) {
+      for (int j = 0; j < 8; ++j) {
         #pragma unroll
-        for (int q = 0; q < 4; ++q)
+        for (int q = 0; q < 2; ++q)
         #pragma unroll
           for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
       }
       const int g = lane >> 2, t2 = (lane & 3) * 2;
       for (int k0 = 0; k0 < 64; k0 += 16) {
-        const int n0 = (warp % 2) * 32;
-        uint32_t ib_zsym_hi[4][2];
-        uint32_t ib_zsym_lo[4][2];
+        const int n0 = (warp % 4) * 16;
+        uint32_t ib_zsym_hi[2][2];
+        uint32_t ib_zsym_lo[2][2];
         #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < 2; ++q) {
           #pragma unroll
           for (int rg = 0; rg < 2; ++rg) {
             __nv_bfloat16 v0[2], v1[2];
@@ -2329,28 +2320,28 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
           }
         }
         #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < 8; ++j) {
           const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16;
+          const int m0 = (u / 4) * 16;
           (void)m0;
           (void)n0;
           uint32_t fa_q0[4];
           prt::ldmatrix_x4(fa_q0, &t_q0[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
           #pragma unroll
-          for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_zsym_hi[q][0], ib_zsym_hi[q][1]);
+          for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_zsym_hi[q][0], ib_zsym_hi[q][1]);
           #pragma unroll
-          for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_zsym_lo[q][0], ib_zsym_lo[q][1]);
+          for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_zsym_lo[q][0], ib_zsym_lo[q][1]);
         }
       }
     }
     // qz[row, col] = (qz[row, col] * q0[row, col])
     {
       #pragma unroll
-      for (int j = 0; j < 4; ++j) {
+      for (int j = 0; j < 8; ++j) {
         const int u = warp + j * 4;
-        const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+        const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
         #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < 2; ++q) {
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -2363,26 +2354,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
     // den_s = reduce_sum(qz, axis=1) via den_s_part
     {
       #pragma unroll
-      for (int j = 0; j < 4; ++j) {
+      for (int j = 0; j < 8; ++j) {
         const int u = warp + j * 4;
         #pragma unroll
         for (int h = 0; h < 2; ++h) {
           float acc = f_qz[j][0][2 * h];
           acc += f_qz[j][0][2 * h + 1];
           #pragma unroll
-          for (int q = 1; q < 4; ++q) {
+          for (int q = 1; q < 2; ++q) {
             acc += f_qz[j][q][2 * h];
             acc += f_qz[j][q][2 * h + 1];
           }
           acc = prt::quad_sum(acc);
-          const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
-          if ((lane & 3) == 0) t_den_s_part[(u % 2) * 128 + (r)] = acc;
+          const int r = (u / 4) * 16 + (lane >> 2) + 8 * h;
+          if ((lane & 3) == 0) t_den_s_part[(u % 4) * 128 + (r)] = acc;
         }
       }
       __syncthreads();
       for (int i = tid; i < 128; i += 128) {
         float acc = t_den_s_part[(0) * 128 + (i)];
-        for (int p = 1; p < 2; ++p) acc += t_den_s_part[(p) * 128 + (i)];
+        for (int p = 1; p < 4; ++p) acc += t_den_s_part[(p) * 128 + (i)];
         t_den_s[i] = prt::from_f32<float>(acc);
       }
     }
@@ -2454,24 +2445,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
         // mma.group (operands in registers):
         //   s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
         //   s0_lo[row, col] = (select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951))) - s0_hi[row, col])
-        //   num_a = mma.tc(q0, s0_hi) [128x64 in 16x32 units over 4 warps]
-        //   num_a += mma.tc(q0, s0_lo) [128x64 in 16x32 units over 4 warps]
+        //   num_a = mma.tc(q0, s0_hi) [128x64 in 16x16 units over 4 warps]
+        //   num_a += mma.tc(q0, s0_lo) [128x64 in 16x16 units over 4 warps]
         {
-          float (&acc)[4][4][4] = f_num_a;
+          float (&acc)[8][2][4] = f_num_a;
           #pragma unroll
-          for (int j = 0; j < 4; ++j) {
+          for (int j = 0; j < 8; ++j) {
             #pragma unroll
-            for (int q = 0; q < 4; ++q)
+            for (int q = 0; q < 2; ++q)
             #pragma unroll
               for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
           }
           const int g = lane >> 2, t2 = (lane & 3) * 2;
           for (int k0 = 0; k0 < 64; k0 += 16) {
-            const int n0 = (warp % 2) * 32;
-            uint32_t ib_s0_hi[4][2];
-            uint32_t ib_s0_lo[4][2];
+            const int n0 = (warp % 4) * 16;
+            uint32_t ib_s0_hi[2][2];
+            uint32_t ib_s0_lo[2][2];
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int rg = 0; rg < 2; ++rg) {
                 __nv_bfloat16 v0[2], v1[2];
@@ -2488,28 +2479,28 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
               }
             }
             #pragma unroll
-            for (int j = 0; j < 4; ++j) {
+            for (int j = 0; j < 8; ++j) {
               const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16;
+              const int m0 = (u / 4) * 16;
               (void)m0;
               (void)n0;
               uint32_t fa_q0[4];
               prt::ldmatrix_x4(fa_q0, &t_q0[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_s0_hi[q][0], ib_s0_hi[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_s0_hi[q][0], ib_s0_hi[q][1]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_s0_lo[q][0], ib_s0_lo[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_s0_lo[q][0], ib_s0_lo[q][1]);
             }
           }
         }
         // num_s[row, col] = (num_s[row, col] + (q0[row, (i0 - 0)] * num_a[row, col]))
         {
           #pragma unroll
-          for (int j = 0; j < 4; ++j) {
+          for (int j = 0; j < 8; ++j) {
             const int u = warp + j * 4;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -2617,24 +2608,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
         // mma.group (operands in registers):
         //   s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
         //   s1_lo[row, col] = (select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951))) - s1_hi[row, col])
-        //   num_a = mma.tc(q1, s1_hi) [128x64 in 16x32 units over 4 warps]
-        //   num_a += mma.tc(q1, s1_lo) [128x64 in 16x32 units over 4 warps]
+        //   num_a = mma.tc(q1, s1_hi) [128x64 in 16x16 units over 4 warps]
+        //   num_a += mma.tc(q1, s1_lo) [128x64 in 16x16 units over 4 warps]
         {
-          float (&acc)[4][4][4] = f_num_a;
+          float (&acc)[8][2][4] = f_num_a;
           #pragma unroll
-          for (int j = 0; j < 4; ++j) {
+          for (int j = 0; j < 8; ++j) {
             #pragma unroll
-            for (int q = 0; q < 4; ++q)
+            for (int q = 0; q < 2; ++q)
             #pragma unroll
               for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
           }
           const int g = lane >> 2, t2 = (lane & 3) * 2;
           for (int k0 = 0; k0 < 48; k0 += 16) {
-            const int n0 = (warp % 2) * 32;
-            uint32_t ib_s1_hi[4][2];
-            uint32_t ib_s1_lo[4][2];
+            const int n0 = (warp % 4) * 16;
+            uint32_t ib_s1_hi[2][2];
+            uint32_t ib_s1_lo[2][2];
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int rg = 0; rg < 2; ++rg) {
                 __nv_bfloat16 v0[2], v1[2];
@@ -2651,28 +2642,28 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
               }
             }
             #pragma unroll
-            for (int j = 0; j < 4; ++j) {
+            for (int j = 0; j < 8; ++j) {
               const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16;
+              const int m0 = (u / 4) * 16;
               (void)m0;
               (void)n0;
               uint32_t fa_q1[4];
               prt::ldmatrix_x4(fa_q1, &t_q1[(m0 + prt::a_row(lane)) * 56 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q1, ib_s1_hi[q][0], ib_s1_hi[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q1, ib_s1_hi[q][0], ib_s1_hi[q][1]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q1, ib_s1_lo[q][0], ib_s1_lo[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q1, ib_s1_lo[q][0], ib_s1_lo[q][1]);
             }
           }
         }
         // num_s[row, col] = (num_s[row, col] + (q1[row, (i1 - 16)] * num_a[row, col]))
         {
           #pragma unroll
-          for (int j = 0; j < 4; ++j) {
+          for (int j = 0; j < 8; ++j) {
             const int u = warp + j * 4;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -2780,24 +2771,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
         // mma.group (operands in registers):
         //   s2_hi[row, col] = select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, ((s2_f32[row, col] / 1.0) * select(((row + 32) == i2), 1.0, 1.4142135623730951)))
         //   s2_lo[row, col] = (select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, ((s2_f32[row, col] / 1.0) * select(((row + 32) == i2), 1.0, 1.4142135623730951))) - s2_hi[row, col])
-        //   num_a = mma.tc(q2, s2_hi) [128x64 in 16x32 units over 4 warps]
-        //   num_a += mma.tc(q2, s2_lo) [128x64 in 16x32 units over 4 warps]
+        //   num_a = mma.tc(q2, s2_hi) [128x64 in 16x16 units over 4 warps]
+        //   num_a += mma.tc(q2, s2_lo) [128x64 in 16x16 units over 4 warps]
         {
-          float (&acc)[4][4][4] = f_num_a;
+          float (&acc)[8][2][4] = f_num_a;
           #pragma unroll
-          for (int j = 0; j < 4; ++j) {
+          for (int j = 0; j < 8; ++j) {
             #pragma unroll
-            for (int q = 0; q < 4; ++q)
+            for (int q = 0; q < 2; ++q)
             #pragma unroll
               for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
           }
           const int g = lane >> 2, t2 = (lane & 3) * 2;
           for (int k0 = 0; k0 < 32; k0 += 16) {
-            const int n0 = (warp % 2) * 32;
-            uint32_t ib_s2_hi[4][2];
-            uint32_t ib_s2_lo[4][2];
+            const int n0 = (warp % 4) * 16;
+            uint32_t ib_s2_hi[2][2];
+            uint32_t ib_s2_lo[2][2];
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int rg = 0; rg < 2; ++rg) {
                 __nv_bfloat16 v0[2], v1[2];
@@ -2814,28 +2805,28 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
               }
             }
             #pragma unroll
-            for (int j = 0; j < 4; ++j) {
+            for (int j = 0; j < 8; ++j) {
               const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16;
+              const int m0 = (u / 4) * 16;
               (void)m0;
               (void)n0;
               uint32_t fa_q2[4];
               prt::ldmatrix_x4(fa_q2, &t_q2[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q2, ib_s2_hi[q][0], ib_s2_hi[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q2, ib_s2_hi[q][0], ib_s2_hi[q][1]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q2, ib_s2_lo[q][0], ib_s2_lo[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q2, ib_s2_lo[q][0], ib_s2_lo[q][1]);
             }
           }
         }
         // num_s[row, col] = (num_s[row, col] + (q2[row, (i2 - 32)] * num_a[row, col]))
         {
           #pragma unroll
-          for (int j = 0; j < 4; ++j) {
+          for (int j = 0; j < 8; ++j) {
             const int u = warp + j * 4;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -2943,24 +2934,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
         // mma.group (operands in registers):
         //   s3_hi[row, col] = select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, ((s3_f32[row, col] / 1.0) * select(((row + 48) == i3), 1.0, 1.4142135623730951)))
         //   s3_lo[row, col] = (select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, ((s3_f32[row, col] / 1.0) * select(((row + 48) == i3), 1.0, 1.4142135623730951))) - s3_hi[row, col])
-        //   num_a = mma.tc(q3, s3_hi) [128x64 in 16x32 units over 4 warps]
-        //   num_a += mma.tc(q3, s3_lo) [128x64 in 16x32 units over 4 warps]
+        //   num_a = mma.tc(q3, s3_hi) [128x64 in 16x16 units over 4 warps]
+        //   num_a += mma.tc(q3, s3_lo) [128x64 in 16x16 units over 4 warps]
         {
-          float (&acc)[4][4][4] = f_num_a;
+          float (&acc)[8][2][4] = f_num_a;
           #pragma unroll
-          for (int j = 0; j < 4; ++j) {
+          for (int j = 0; j < 8; ++j) {
             #pragma unroll
-            for (int q = 0; q < 4; ++q)
+            for (int q = 0; q < 2; ++q)
             #pragma unroll
               for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
           }
           const int g = lane >> 2, t2 = (lane & 3) * 2;
           for (int k0 = 0; k0 < 16; k0 += 16) {
-            const int n0 = (warp % 2) * 32;
-            uint32_t ib_s3_hi[4][2];
-            uint32_t ib_s3_lo[4][2];
+            const int n0 = (warp % 4) * 16;
+            uint32_t ib_s3_hi[2][2];
+            uint32_t ib_s3_lo[2][2];
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int rg = 0; rg < 2; ++rg) {
                 __nv_bfloat16 v0[2], v1[2];
@@ -2977,28 +2968,28 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
               }
             }
             #pragma unroll
-            for (int j = 0; j < 4; ++j) {
+            for (int j = 0; j < 8; ++j) {
               const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16;
+              const int m0 = (u / 4) * 16;
               (void)m0;
               (void)n0;
               uint32_t fa_q3[4];
               prt::ldmatrix_x4(fa_q3, &t_q3[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q3, ib_s3_hi[q][0], ib_s3_hi[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q3, ib_s3_hi[q][0], ib_s3_hi[q][1]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q3, ib_s3_lo[q][0], ib_s3_lo[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q3, ib_s3_lo[q][0], ib_s3_lo[q][1]);
             }
           }
         }
         // num_s[row, col] = (num_s[row, col] + (q3[row, (i3 - 48)] * num_a[row, col]))
         {
           #pragma unroll
-          for (int j = 0; j < 4; ++j) {
+          for (int j = 0; j < 8; ++j) {
             const int u = warp + j * 4;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -3020,11 +3011,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
       const bool ok = a0 >= 0 && a0 < g_numA_d0 && a2 >= 0 && a2 < g_numA_d2;
       const long long base = static_cast<long long>(a0) * g_numA_s0 + static_cast<long long>(s1) * g_numA_s1 + static_cast<long long>(a2) * g_numA_s2 + static_cast<long long>(s3) * g_numA_s3;
       #pragma unroll
-      for (int j = 0; j < 4; ++j) {
+      for (int j = 0; j < 8; ++j) {
         const int u = warp + j * 4;
-        const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+        const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
         #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < 2; ++q) {
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -3074,11 +3065,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
     // num_s[row, col] = select((den[row] != 0.0), (((num_s[row, col] * select((max(max_a[row], (lam[(((pid.x % 1) * 128) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp(((lam[(((pid.x % 1) * 128) + row)] + (log(abs($scale)) * 2.0)) - max(max_a[row], (lam[(((pid.x % 1) * 128) + row)] + (log(abs($scale)) * 2.0))))))) * 1.0) / den[row]), 0.0)
     {
       #pragma unroll
-      for (int j = 0; j < 4; ++j) {
+      for (int j = 0; j < 8; ++j) {
         const int u = warp + j * 4;
-        const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+        const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
         #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < 2; ++q) {
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -3090,11 +3081,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
     // num[row, col] = (select((den[row] != 0.0), ((num[row, col] * select((max(max_a[row], (lam[(((pid.x % 1) * 128) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp((max_a[row] - max(max_a[row], (lam[(((pid.x % 1) * 128) + row)] + (log(abs($scale)) * 2.0))))))) / den[row]), 0.0) + num_s[row, col])
     {
       #pragma unroll
-      for (int j = 0; j < 4; ++j) {
+      for (int j = 0; j < 8; ++j) {
         const int u = warp + j * 4;
-        const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+        const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
         #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < 2; ++q) {
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -3119,11 +3110,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
       const long long base = static_cast<long long>(a0) * g_yS_s0 + static_cast<long long>(s1) * g_yS_s1 + static_cast<long long>(a2) * g_yS_s2 + static_cast<long long>(s3) * g_yS_s3;
       if (ok) {
         #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < 8; ++j) {
           const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -3163,11 +3154,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
       const long long base = static_cast<long long>(a0) * g_Y_s0 + static_cast<long long>(s1) * g_Y_s1 + static_cast<long long>(a2) * g_Y_s2 + static_cast<long long>(s3) * g_Y_s3;
       if (ok) {
         #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < 8; ++j) {
           const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -4812,25 +4803,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
   float* const t_rho = reinterpret_cast<float*>(prt_smem + 103936);  // f32[128] pitch 128
   float* const t_dy_s = reinterpret_cast<float*>(prt_smem + 37888);  // f32[128] pitch 128
   float* const t_p_s = reinterpret_cast<float*>(prt_smem + 104448);  // f32[128] pitch 128
-  float f_grad_s[4][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 4 warps
+  float f_grad_s[8][2][4];  // f32[128, 64] as mma fragments: 128x64 in 16x16 units over 4 warps
   float* const t_z = reinterpret_cast<float*>(prt_smem + 38400);  // f32[2080] pitch 2080
   // zs_hi: bf16[64, 64] computed in registers by its mma group
   // zs_lo: bf16[64, 64] computed in registers by its mma group
   float* const t_qzs = reinterpret_cast<float*>(prt_smem + 46720);  // f32[128, 64] pitch 64
-  float* const t_r = reinterpret_cast<float*>(prt_smem + 95744);  // f32[128] pitch 128
-  float* const t_r16 = reinterpret_cast<float*>(prt_smem + 38400);  // f32[128, 16] pitch 16
-  float* const t_s0_f32 = reinterpret_cast<float*>(prt_smem + 79360);  // f32[64, 64] pitch 64
-  float* const t_t0 = reinterpret_cast<float*>(prt_smem + 46592);  // f32[128, 64] pitch 64
-  // s0_hi: bf16[64, 64] computed in registers by its mma group
-  float* const t_s1_f32 = reinterpret_cast<float*>(prt_smem + 71168);  // f32[48, 64] pitch 64
-  float* const t_t1 = reinterpret_cast<float*>(prt_smem + 46592);  // f32[128, 48] pitch 48
-  // s1_hi: bf16[48, 64] computed in registers by its mma group
-  float* const t_s2_f32 = reinterpret_cast<float*>(prt_smem + 62976);  // f32[32, 64] pitch 64
-  float* const t_t2 = reinterpret_cast<float*>(prt_smem + 46592);  // f32[128, 32] pitch 32
-  // s2_hi: bf16[32, 64] computed in registers by its mma group
-  float* const t_s3_f32 = reinterpret_cast<float*>(prt_smem + 54784);  // f32[16, 64] pitch 64
-  float* const t_t3 = reinterpret_cast<float*>(prt_smem + 46592);  // f32[128, 16] pitch 16
-  // s3_hi: bf16[16, 64] computed in registers by its mma group
+  float* const t_r = reinterpret_cast<float*>(prt_smem + 56832);  // f32[128] pitch 128
+  float* const t_s_f32 = reinterpret_cast<float*>(prt_smem + 38400);  // f32[64, 64] pitch 64
+  float f_t_a[8][2][4];  // f32[128, 64] as mma fragments: 128x64 in 16x16 units over 4 warps
+  // s_hi: bf16[64, 64] computed in registers by its mma group
+  float* const t_r_part = reinterpret_cast<float*>(prt_smem + 54784);  // f32[4, 128] pitch 128
   if (((((static_cast<int>(blockIdx.x) / 1) * 128) + ((static_cast<int>(blockIdx.x) % 1) * 128)) < p_t)) {
     // g = load logG[pid.z, ((pid.x // 1) * 128):+128, (pid.y // ($hq // $h))]
     {
@@ -5045,11 +5027,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
     // grad_s[row, col] = 0.0
     {
       #pragma unroll
-      for (int j = 0; j < 4; ++j) {
+      for (int j = 0; j < 8; ++j) {
         const int u = warp + j * 4;
-        const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+        const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
         #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < 2; ++q) {
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -5088,24 +5070,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       // mma.group (operands in registers):
       //   zs_hi[row, col] = select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 2.0), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 1.4142135623730951)), 0.0)
       //   zs_lo[row, col] = (select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 2.0), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 1.4142135623730951)), 0.0) - zs_hi[row, col])
-      //   qzs = mma.tc(q, zs_hi) [128x64 in 16x32 units over 4 warps]
-      //   qzs += mma.tc(q, zs_lo) [128x64 in 16x32 units over 4 warps]
+      //   qzs = mma.tc(q, zs_hi) [128x64 in 16x16 units over 4 warps]
+      //   qzs += mma.tc(q, zs_lo) [128x64 in 16x16 units over 4 warps]
       {
-        float acc[4][4][4];
+        float acc[8][2][4];
         #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < 8; ++j) {
           #pragma unroll
-          for (int q = 0; q < 4; ++q)
+          for (int q = 0; q < 2; ++q)
           #pragma unroll
             for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
         const int g = lane >> 2, t2 = (lane & 3) * 2;
         for (int k0 = 0; k0 < 64; k0 += 16) {
-          const int n0 = (warp % 2) * 32;
-          uint32_t ib_zs_hi[4][2];
-          uint32_t ib_zs_lo[4][2];
+          const int n0 = (warp % 4) * 16;
+          uint32_t ib_zs_hi[2][2];
+          uint32_t ib_zs_lo[2][2];
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int rg = 0; rg < 2; ++rg) {
               __nv_bfloat16 v0[2], v1[2];
@@ -5122,36 +5104,36 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
             }
           }
           #pragma unroll
-          for (int j = 0; j < 4; ++j) {
+          for (int j = 0; j < 8; ++j) {
             const int u = warp + j * 4;
-            const int m0 = (u / 2) * 16;
+            const int m0 = (u / 4) * 16;
             (void)m0;
             (void)n0;
             uint32_t fa_q[4];
             prt::ldmatrix_x4(fa_q, &t_q[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q, ib_zs_hi[q][0], ib_zs_hi[q][1]);
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q, ib_zs_hi[q][0], ib_zs_hi[q][1]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q, ib_zs_lo[q][0], ib_zs_lo[q][1]);
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q, ib_zs_lo[q][0], ib_zs_lo[q][1]);
           }
         }
         #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < 8; ++j) {
           #pragma unroll
-          for (int q = 0; q < 4; ++q)
+          for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_qzs[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 4) % 2) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
+            for (int e = 0; e < 4; ++e) t_qzs[(((warp + j * 4) / 4) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 4) % 4) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       __syncthreads();
       // grad_s[row, col] = -((qzs[row, col] * dy_y[row]))
       {
         #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < 8; ++j) {
           const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -5160,27 +5142,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
           }
         }
       }
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
       __syncthreads();
       {
-        const int v_i0_end = 16;
+        const int v_i0_end = 64;
         for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-          // s0_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((i0 * 64) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+64, 0:+64]
+          // s_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), (((((i0 * 64) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0):+64, 0:+64]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
             const int a2 = (static_cast<int>(blockIdx.x) / 1);
-            const int s3 = ((((((v_i0 * 64) - ((v_i0 * (v_i0 - 1)) / 2)) + v_i0) - v_i0) - v_i0) + 0);
+            const int s3 = (((((v_i0 * 64) - ((v_i0 * (v_i0 - 1)) / 2)) + v_i0) - v_i0) - v_i0);
             const int s4 = 0;
             const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_s0_f32;
+            float* const dst = t_s_f32;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
               for (int i = tid; i < 1024; i += 128) {
                 const int r = i / 16, c = (i % 16) * 4;
@@ -5201,163 +5176,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
           prt::cp_async_wait<0>();
           __syncthreads();
           // mma.group (operands in registers):
-          //   s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, (s0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
-          //   t0 = mma.tc(dy, s0_hi^T) [128x64 in 16x32 units over 4 warps]
+          //   s_hi[row, col] = select(((row < i0) || (row >= 64)), 0.0, (s_f32[row, col] * select((row == i0), 1.0, 1.4142135623730951)))
+          //   t_a = mma.tc(dy, s_hi^T) [128x64 in 16x16 units over 4 warps]
           {
-            float acc[4][4][4];
+            float (&acc)[8][2][4] = f_t_a;
             #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-            }
-            const int g = lane >> 2, t2 = (lane & 3) * 2;
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              const int n0 = (warp % 2) * 32;
-              uint32_t ib_s0_hi[4][2];
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int rg = 0; rg < 2; ++rg) {
-                  __nv_bfloat16 v0[2];
-                  #pragma unroll
-                  for (int h = 0; h < 2; ++h) {
-                    const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
-                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : (prt::to_f32(t_s0_f32[(r) * 64 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
-                    v0[h] = y0;
-                  }
-                  ib_s0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
-                }
-              }
-              #pragma unroll
-              for (int j = 0; j < 4; ++j) {
-                const int u = warp + j * 4;
-                const int m0 = (u / 2) * 16;
-                (void)m0;
-                (void)n0;
-                uint32_t fa_dy[4];
-                prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, ib_s0_hi[q][0], ib_s0_hi[q][1]);
-              }
-            }
-            #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t0[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 4) % 2) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-            }
-          }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 0), (grad_s[row, col] + (q[row, i0] * t0[row, max((col - 0), 0)])), grad_s[row, col])
-          {
-            #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 0) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 72 + (v_i0)]) * prt::to_f32(t_t0[(r) * 64 + (prt::max_nan((c - 0), 0))]))) : f_grad_s[j][q][e]);
-                }
-              }
-            }
-          }
-          __syncthreads();
-          // t0[row, col] = (t0[row, col] * q[row, (col + 0)])
-          {
-            for (int i = tid; i < 8192; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_t0[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_t0[(r) * 64 + (c)]) * prt::to_f32(t_q[(r) * 72 + ((c + 0))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t0, axis=1)
-          {
-            for (int o = tid; o < 128; o += 128) {
-              float acc = 0.0f;
-              for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_t0[(o) * 64 + (i)]);
-              t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i0 - 0)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i0 - 0)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 0) && (col < 16)), (grad_s[row, col] + r16[row, min(max((col - 0), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 0) && (c < 16)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 0), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      {
-        const int v_i1_end = 32;
-        for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
-          // s1_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((i1 * 64) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+48, 0:+64]
-          {
-            const int a0 = static_cast<int>(blockIdx.z);
-            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-            const int a2 = (static_cast<int>(blockIdx.x) / 1);
-            const int s3 = ((((((v_i1 * 64) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 16);
-            const int s4 = 0;
-            const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-            const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_s1_f32;
-            if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 768; i += 128) {
-                const int r = i / 16, c = (i % 16) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-              }
-            }
-            else {
-              for (int i = tid; i < 3072; i += 128) {
-                const int r = i / 64, c = i % 64;
-                dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-              }
-            }
-          }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          __syncthreads();
-          // mma.group (operands in registers):
-          //   s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, (s1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
-          //   t1 = mma.tc(dy, s1_hi^T) [128x48 in 16x16 units over 4 warps]
-          {
-            float acc[6][2][4];
-            #pragma unroll
-            for (int j = 0; j < 6; ++j) {
+            for (int j = 0; j < 8; ++j) {
               #pragma unroll
               for (int q = 0; q < 2; ++q)
               #pragma unroll
@@ -5365,310 +5189,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
             }
             const int g = lane >> 2, t2 = (lane & 3) * 2;
             for (int k0 = 0; k0 < 64; k0 += 16) {
-              #pragma unroll
-              for (int j = 0; j < 6; ++j) {
-                const int u = warp + j * 4;
-                const int m0 = (u / 3) * 16;
-                const int n0 = (u % 3) * 16;
-                (void)m0;
-                (void)n0;
-                uint32_t fa_dy[4];
-                prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-                uint32_t ib_s1_hi[2][2];
-                #pragma unroll
-                for (int q = 0; q < 2; ++q) {
-                  #pragma unroll
-                  for (int rg = 0; rg < 2; ++rg) {
-                    __nv_bfloat16 v0[2];
-                    #pragma unroll
-                    for (int h = 0; h < 2; ++h) {
-                      const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
-                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : (prt::to_f32(t_s1_f32[(r) * 64 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
-                      v0[h] = y0;
-                    }
-                    ib_s1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
-                  }
-                }
-                #pragma unroll
-                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, ib_s1_hi[q][0], ib_s1_hi[q][1]);
-              }
-            }
-            #pragma unroll
-            for (int j = 0; j < 6; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 2; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t1[(((warp + j * 4) / 3) * 16 + prt::frag_row(lane, e)) * 48 + (((warp + j * 4) % 3) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-            }
-          }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 16), (grad_s[row, col] + (q[row, i1] * t1[row, max((col - 16), 0)])), grad_s[row, col])
-          {
-            #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 16) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 72 + (v_i1)]) * prt::to_f32(t_t1[(r) * 48 + (prt::max_nan((c - 16), 0))]))) : f_grad_s[j][q][e]);
-                }
-              }
-            }
-          }
-          __syncthreads();
-          // t1[row, col] = (t1[row, col] * q[row, (col + 16)])
-          {
-            for (int i = tid; i < 6144; i += 128) {
-              const int r = i / 48, c = i % 48;
-              t_t1[(r) * 48 + (c)] = prt::from_f32<float>((prt::to_f32(t_t1[(r) * 48 + (c)]) * prt::to_f32(t_q[(r) * 72 + ((c + 16))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t1, axis=1)
-          {
-            for (int o = tid; o < 128; o += 128) {
-              float acc = 0.0f;
-              for (int i = 0; i < 48; ++i) acc += prt::to_f32(t_t1[(o) * 48 + (i)]);
-              t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i1 - 16)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i1 - 16)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 16) && (col < 32)), (grad_s[row, col] + r16[row, min(max((col - 16), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 16) && (c < 32)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 16), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      {
-        const int v_i2_end = 48;
-        for (int v_i2 = 32; v_i2 < v_i2_end; v_i2 += 1) {
-          // s2_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((i2 * 64) - ((i2 * (i2 - 1)) // 2)) + i2) - i2) - i2) + 32):+32, 0:+64]
-          {
-            const int a0 = static_cast<int>(blockIdx.z);
-            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-            const int a2 = (static_cast<int>(blockIdx.x) / 1);
-            const int s3 = ((((((v_i2 * 64) - ((v_i2 * (v_i2 - 1)) / 2)) + v_i2) - v_i2) - v_i2) + 32);
-            const int s4 = 0;
-            const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-            const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_s2_f32;
-            if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 512; i += 128) {
-                const int r = i / 16, c = (i % 16) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-              }
-            }
-            else {
-              for (int i = tid; i < 2048; i += 128) {
-                const int r = i / 64, c = i % 64;
-                dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-              }
-            }
-          }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          __syncthreads();
-          // mma.group (operands in registers):
-          //   s2_hi[row, col] = select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, (s2_f32[row, col] * select(((row + 32) == i2), 1.0, 1.4142135623730951)))
-          //   t2 = mma.tc(dy, s2_hi^T) [128x32 in 16x32 units over 4 warps]
-          {
-            float acc[2][4][4];
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-            }
-            const int g = lane >> 2, t2 = (lane & 3) * 2;
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              const int n0 = (warp % 1) * 32;
-              uint32_t ib_s2_hi[4][2];
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int rg = 0; rg < 2; ++rg) {
-                  __nv_bfloat16 v0[2];
-                  #pragma unroll
-                  for (int h = 0; h < 2; ++h) {
-                    const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
-                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : (prt::to_f32(t_s2_f32[(r) * 64 + (c)]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))));
-                    v0[h] = y0;
-                  }
-                  ib_s2_hi[q][rg] = prt::pack2(v0[0], v0[1]);
-                }
-              }
-              #pragma unroll
-              for (int j = 0; j < 2; ++j) {
-                const int u = warp + j * 4;
-                const int m0 = (u / 1) * 16;
-                (void)m0;
-                (void)n0;
-                uint32_t fa_dy[4];
-                prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-                #pragma unroll
-                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, ib_s2_hi[q][0], ib_s2_hi[q][1]);
-              }
-            }
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t2[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 1) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-            }
-          }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 32), (grad_s[row, col] + (q[row, i2] * t2[row, max((col - 32), 0)])), grad_s[row, col])
-          {
-            #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 32) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 72 + (v_i2)]) * prt::to_f32(t_t2[(r) * 32 + (prt::max_nan((c - 32), 0))]))) : f_grad_s[j][q][e]);
-                }
-              }
-            }
-          }
-          __syncthreads();
-          // t2[row, col] = (t2[row, col] * q[row, (col + 32)])
-          {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 32, c = i % 32;
-              t_t2[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_t2[(r) * 32 + (c)]) * prt::to_f32(t_q[(r) * 72 + ((c + 32))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t2, axis=1)
-          {
-            for (int o = tid; o < 128; o += 128) {
-              float acc = 0.0f;
-              for (int i = 0; i < 32; ++i) acc += prt::to_f32(t_t2[(o) * 32 + (i)]);
-              t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i2 - 32)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i2 - 32)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 32) && (col < 48)), (grad_s[row, col] + r16[row, min(max((col - 32), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 32) && (c < 48)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 32), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      {
-        const int v_i3_end = 64;
-        for (int v_i3 = 48; v_i3 < v_i3_end; v_i3 += 1) {
-          // s3_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((i3 * 64) - ((i3 * (i3 - 1)) // 2)) + i3) - i3) - i3) + 48):+16, 0:+64]
-          {
-            const int a0 = static_cast<int>(blockIdx.z);
-            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-            const int a2 = (static_cast<int>(blockIdx.x) / 1);
-            const int s3 = ((((((v_i3 * 64) - ((v_i3 * (v_i3 - 1)) / 2)) + v_i3) - v_i3) - v_i3) + 48);
-            const int s4 = 0;
-            const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-            const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_s3_f32;
-            if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 256; i += 128) {
-                const int r = i / 16, c = (i % 16) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-              }
-            }
-            else {
-              for (int i = tid; i < 1024; i += 128) {
-                const int r = i / 64, c = i % 64;
-                dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-              }
-            }
-          }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          __syncthreads();
-          // mma.group (operands in registers):
-          //   s3_hi[row, col] = select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, (s3_f32[row, col] * select(((row + 48) == i3), 1.0, 1.4142135623730951)))
-          //   t3 = mma.tc(dy, s3_hi^T) [128x16 in 16x16 units over 4 warps]
-          {
-            float acc[2][2][4];
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 2; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-            }
-            const int g = lane >> 2, t2 = (lane & 3) * 2;
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              const int n0 = (warp % 1) * 16;
-              uint32_t ib_s3_hi[2][2];
+              const int n0 = (warp % 4) * 16;
+              uint32_t ib_s_hi[2][2];
               #pragma unroll
               for (int q = 0; q < 2; ++q) {
                 #pragma unroll
@@ -5677,89 +5199,98 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
                   #pragma unroll
                   for (int h = 0; h < 2; ++h) {
                     const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
-                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : (prt::to_f32(t_s3_f32[(r) * 64 + (c)]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))));
+                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < v_i0) || (r >= 64)) ? 0.0f : (prt::to_f32(t_s_f32[(r) * 64 + (c)]) * ((r == v_i0) ? 1.0f : 1.4142135623730951f))));
                     v0[h] = y0;
                   }
-                  ib_s3_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                  ib_s_hi[q][rg] = prt::pack2(v0[0], v0[1]);
                 }
               }
               #pragma unroll
-              for (int j = 0; j < 2; ++j) {
+              for (int j = 0; j < 8; ++j) {
                 const int u = warp + j * 4;
-                const int m0 = (u / 1) * 16;
+                const int m0 = (u / 4) * 16;
                 (void)m0;
                 (void)n0;
                 uint32_t fa_dy[4];
                 prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
                 #pragma unroll
-                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, ib_s3_hi[q][0], ib_s3_hi[q][1]);
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, ib_s_hi[q][0], ib_s_hi[q][1]);
               }
             }
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 2; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t3[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 1) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-            }
           }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 48), (grad_s[row, col] + (q[row, i3] * t3[row, max((col - 48), 0)])), grad_s[row, col])
+          // grad_s[row, col] = (grad_s[row, col] + (q[row, i0] * t_a[row, col]))
           {
             #pragma unroll
-            for (int j = 0; j < 4; ++j) {
+            for (int j = 0; j < 8; ++j) {
               const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
               #pragma unroll
-              for (int q = 0; q < 4; ++q) {
+              for (int q = 0; q < 2; ++q) {
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 48) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 72 + (v_i3)]) * prt::to_f32(t_t3[(r) * 16 + (prt::max_nan((c - 48), 0))]))) : f_grad_s[j][q][e]);
+                  f_grad_s[j][q][e] = (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 72 + (v_i0)]) * f_t_a[j][q][e]));
                 }
               }
             }
           }
-          __syncthreads();
-          // t3[row, col] = (t3[row, col] * q[row, (col + 48)])
+          // t_a[row, col] = (t_a[row, col] * q[row, col])
           {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_t3[(r) * 16 + (c)] = prt::from_f32<float>((prt::to_f32(t_t3[(r) * 16 + (c)]) * prt::to_f32(t_q[(r) * 72 + ((c + 48))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t3, axis=1)
-          {
-            for (int o = tid; o < 128; o += 128) {
-              float acc = 0.0f;
-              for (int i = 0; i < 16; ++i) acc += prt::to_f32(t_t3[(o) * 16 + (i)]);
-              t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i3 - 48)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i3 - 48)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 48) && (col < 64)), (grad_s[row, col] + r16[row, min(max((col - 48), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 48) && (c < 64)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 48), 0), 15))])) : f_grad_s[j][q][e]);
+            for (int j = 0; j < 8; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+              #pragma unroll
+              for (int q = 0; q < 2; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_t_a[j][q][e] = (f_t_a[j][q][e] * prt::to_f32(t_q[(r) * 72 + (c)]));
+                }
+              }
+            }
+          }
+          // r = reduce_sum(t_a, axis=1) via r_part
+          {
+            #pragma unroll
+            for (int j = 0; j < 8; ++j) {
+              const int u = warp + j * 4;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                float acc = f_t_a[j][0][2 * h];
+                acc += f_t_a[j][0][2 * h + 1];
+                #pragma unroll
+                for (int q = 1; q < 2; ++q) {
+                  acc += f_t_a[j][q][2 * h];
+                  acc += f_t_a[j][q][2 * h + 1];
+                }
+                acc = prt::quad_sum(acc);
+                const int r = (u / 4) * 16 + (lane >> 2) + 8 * h;
+                if ((lane & 3) == 0) t_r_part[(u % 4) * 128 + (r)] = acc;
+              }
+            }
+            __syncthreads();
+            for (int i = tid; i < 128; i += 128) {
+              float acc = t_r_part[(0) * 128 + (i)];
+              for (int p = 1; p < 4; ++p) acc += t_r_part[(p) * 128 + (i)];
+              t_r[i] = prt::from_f32<float>(acc);
+            }
+          }
+          __syncthreads();
+          // grad_s[row, col] = select((col == i0), (grad_s[row, col] + r[row]), grad_s[row, col])
+          {
+            #pragma unroll
+            for (int j = 0; j < 8; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+              #pragma unroll
+              for (int q = 0; q < 2; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_grad_s[j][q][e] = ((c == v_i0) ? (f_grad_s[j][q][e] + prt::to_f32(t_r[r])) : f_grad_s[j][q][e]);
+                }
+              }
             }
           }
         }
@@ -5768,11 +5299,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
     // grad_s[row, col] = select((rho[row] != 0.0), ((grad_s[row, col] * (select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[(((pid.x % 1) * 128) + row)] - lse_i[row]) / 2.0)))) * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[(((pid.x % 1) * 128) + row)] - lse_i[row]) / 2.0)))))) / rho[row]), 0.0)
     {
       #pragma unroll
-      for (int j = 0; j < 4; ++j) {
+      for (int j = 0; j < 8; ++j) {
         const int u = warp + j * 4;
-        const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+        const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
         #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < 2; ++q) {
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -5791,11 +5322,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_dQs_s0 + static_cast<long long>(s1) * g_dQs_s1 + static_cast<long long>(a2) * g_dQs_s2 + static_cast<long long>(s3) * g_dQs_s3;
       if (ok) {
         #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < 8; ++j) {
           const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -5848,8 +5379,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
 }
 
 // query_state_bwd_ds: dSin, dZin: the state's gradient from the queries of one chunk, summed over the group's query heads
-// grid (($n * 2), ($b * $h), 1), 128 threads, 50944 bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_e64_c128_bf16_w4_bd32_bt128_s1(
+// grid (($n * 1), ($b * $h), 1), 128 threads, 67328 bytes of dynamic shared memory
+extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_e64_c128_bf16_w4_bd64_bt128_s1(
     const __nv_bfloat16* g_Q, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -5942,49 +5473,49 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
   (void)g_dZin_d3;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
-  float* const t_fdy = reinterpret_cast<float*>(prt_smem + 1536);  // f32[128, 32] pitch 36
+  float* const t_fdy = reinterpret_cast<float*>(prt_smem + 1536);  // f32[128, 64] pitch 68
   float* const t_f = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_z_row = reinterpret_cast<float*>(prt_smem + 1024);  // f32[128] pitch 128
-  __nv_bfloat16* const t_q0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 24064);  // bf16[128, 64] pitch 72
-  float* const t_qg0 = reinterpret_cast<float*>(prt_smem + 42496);  // f32[16, 128] pitch 128
-  float* const t_qzq0 = reinterpret_cast<float*>(prt_smem + 19968);  // f32[64, 16] pitch 16
+  __nv_bfloat16* const t_q0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 40448);  // bf16[128, 64] pitch 72
+  float* const t_qg0 = reinterpret_cast<float*>(prt_smem + 58880);  // f32[16, 128] pitch 128
+  float* const t_qzq0 = reinterpret_cast<float*>(prt_smem + 36352);  // f32[64, 16] pitch 16
   // zq0_hi: bf16[128, 16] computed in registers by its mma group
   // zq0_lo: bf16[128, 16] computed in registers by its mma group
-  float f_s0[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
-  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 50688);  // f32[64] pitch 64
-  // u0_hi: bf16[128, 32] computed in registers by its mma group
-  // u0_lo: bf16[128, 32] computed in registers by its mma group
-  __nv_bfloat16* const t_q1 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 23040);  // bf16[128, 48] pitch 56
-  float* const t_qg1 = reinterpret_cast<float*>(prt_smem + 37376);  // f32[16, 128] pitch 128
-  float* const t_qzq1 = reinterpret_cast<float*>(prt_smem + 19968);  // f32[48, 16] pitch 16
+  float f_s0[4][2][4];  // f32[64, 64] as mma fragments: 64x64 in 16x16 units over 4 warps
+  float* const t_z0 = reinterpret_cast<float*>(prt_smem + 67072);  // f32[64] pitch 64
+  // u0_hi: bf16[128, 64] computed in registers by its mma group
+  // u0_lo: bf16[128, 64] computed in registers by its mma group
+  __nv_bfloat16* const t_q1 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 39424);  // bf16[128, 48] pitch 56
+  float* const t_qg1 = reinterpret_cast<float*>(prt_smem + 53760);  // f32[16, 128] pitch 128
+  float* const t_qzq1 = reinterpret_cast<float*>(prt_smem + 36352);  // f32[48, 16] pitch 16
   // zq1_hi: bf16[128, 16] computed in registers by its mma group
   // zq1_lo: bf16[128, 16] computed in registers by its mma group
-  float f_s1[2][2][4];  // f32[48, 32] as mma fragments: 48x32 in 16x16 units over 4 warps
-  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 45568);  // f32[48] pitch 48
-  // u1_hi: bf16[128, 32] computed in registers by its mma group
-  // u1_lo: bf16[128, 32] computed in registers by its mma group
-  __nv_bfloat16* const t_q2 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 22016);  // bf16[128, 32] pitch 40
-  float* const t_qg2 = reinterpret_cast<float*>(prt_smem + 32256);  // f32[16, 128] pitch 128
-  float* const t_qzq2 = reinterpret_cast<float*>(prt_smem + 19968);  // f32[32, 16] pitch 16
+  float f_s1[3][2][4];  // f32[48, 64] as mma fragments: 48x64 in 16x16 units over 4 warps
+  float* const t_z1 = reinterpret_cast<float*>(prt_smem + 61952);  // f32[48] pitch 48
+  // u1_hi: bf16[128, 64] computed in registers by its mma group
+  // u1_lo: bf16[128, 64] computed in registers by its mma group
+  __nv_bfloat16* const t_q2 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 38400);  // bf16[128, 32] pitch 40
+  float* const t_qg2 = reinterpret_cast<float*>(prt_smem + 48640);  // f32[16, 128] pitch 128
+  float* const t_qzq2 = reinterpret_cast<float*>(prt_smem + 36352);  // f32[32, 16] pitch 16
   // zq2_hi: bf16[128, 16] computed in registers by its mma group
   // zq2_lo: bf16[128, 16] computed in registers by its mma group
-  float f_s2[1][2][4];  // f32[32, 32] as mma fragments: 32x32 in 16x16 units over 4 warps
-  float* const t_z2 = reinterpret_cast<float*>(prt_smem + 40448);  // f32[32] pitch 32
-  // u2_hi: bf16[128, 32] computed in registers by its mma group
-  // u2_lo: bf16[128, 32] computed in registers by its mma group
-  __nv_bfloat16* const t_q3 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 29184);  // bf16[128, 16] pitch 24
-  float* const t_qg3 = reinterpret_cast<float*>(prt_smem + 20992);  // f32[16, 128] pitch 128
-  float* const t_qzq3 = reinterpret_cast<float*>(prt_smem + 19968);  // f32[16, 16] pitch 16
+  float f_s2[2][2][4];  // f32[32, 64] as mma fragments: 32x64 in 16x16 units over 4 warps
+  float* const t_z2 = reinterpret_cast<float*>(prt_smem + 56832);  // f32[32] pitch 32
+  // u2_hi: bf16[128, 64] computed in registers by its mma group
+  // u2_lo: bf16[128, 64] computed in registers by its mma group
+  __nv_bfloat16* const t_q3 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 45568);  // bf16[128, 16] pitch 24
+  float* const t_qg3 = reinterpret_cast<float*>(prt_smem + 37376);  // f32[16, 128] pitch 128
+  float* const t_qzq3 = reinterpret_cast<float*>(prt_smem + 36352);  // f32[16, 16] pitch 16
   // zq3_hi: bf16[128, 16] computed in registers by its mma group
   // zq3_lo: bf16[128, 16] computed in registers by its mma group
-  float f_s3[1][1][4];  // f32[16, 32] as mma fragments: 16x32 in 16x8 units over 4 warps
-  float* const t_z3 = reinterpret_cast<float*>(prt_smem + 35328);  // f32[16] pitch 16
-  // u3_hi: bf16[128, 32] computed in registers by its mma group
-  // u3_lo: bf16[128, 32] computed in registers by its mma group
-  // g = load logG[(pid.y // $h), ((pid.x // 2) * 128):+128, (pid.y % $h)]
+  float f_s3[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
+  float* const t_z3 = reinterpret_cast<float*>(prt_smem + 51712);  // f32[16] pitch 16
+  // u3_hi: bf16[128, 64] computed in registers by its mma group
+  // u3_lo: bf16[128, 64] computed in registers by its mma group
+  // g = load logG[(pid.y // $h), ((pid.x // 1) * 128):+128, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+    const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) % p_h);
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -6009,10 +5540,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
   }
   __syncthreads();
   if (((p_hq / p_h) == 1)) {
-    // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
+    // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-      const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+      const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
       const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + 0);
       const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
       const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -6027,10 +5558,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
         t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
       }
     }
-    // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
+    // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-      const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+      const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
       const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + 0);
       const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
       const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
@@ -6045,30 +5576,30 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
         t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
       }
     }
-    // fdy = load dY[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0), ((pid.x % 2) * 32):+32]
+    // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0), ((pid.x % 1) * 64):+64]
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-      const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+      const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
       const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + 0);
-      const int s3 = ((static_cast<int>(blockIdx.x) % 2) * 32);
+      const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
       const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
       const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
       float* const dst = t_fdy;
-      for (int i = tid; i < 4096; i += 128) {
-        const int r = i / 32, c = i % 32;
-        dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+      for (int i = tid; i < 8192; i += 128) {
+        const int r = i / 64, c = i % 64;
+        dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
       }
     }
     __syncthreads();
     // fdy[row, col] = (fdy[row, col] * f[row])
     {
-      for (int i = tid; i < 4096; i += 128) {
-        const int r = i / 32, c = i % 32;
-        t_fdy[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_f[r])));
+      for (int i = tid; i < 8192; i += 128) {
+        const int r = i / 64, c = i % 64;
+        t_fdy[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_f[r])));
       }
     }
   }
-  if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // qzq0[row, col] = 0.0
     {
       for (int i = tid; i < 1024; i += 128) {
@@ -6082,10 +5613,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
     const int v_i0_end = (p_hq / p_h);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
+        // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
           const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
           const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -6100,10 +5631,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
           const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
           const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
@@ -6118,33 +5649,33 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
             t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
           }
         }
-        // fdy = load dY[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0), ((pid.x % 2) * 32):+32]
+        // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0), ((pid.x % 1) * 64):+64]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
           const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
-          const int s3 = ((static_cast<int>(blockIdx.x) % 2) * 32);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
           const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+          for (int i = tid; i < 8192; i += 128) {
+            const int r = i / 64, c = i % 64;
+            dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
         __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 32, c = i % 32;
-            t_fdy[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_f[r])));
+          for (int i = tid; i < 8192; i += 128) {
+            const int r = i / 64, c = i % 64;
+            t_fdy[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_f[r])));
           }
         }
       }
-      // q0 = load.async Q[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0), 0:+64]
+      // q0 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0), 0:+64]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
         const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i0);
         const int s3 = 0;
         const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -6176,7 +5707,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
           t_qg0[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_q0[(c) * 72 + (r)]) * prt::to_f32(t_f[c])));
         }
       }
-      if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // mma.group (operands in registers):
         //   zq0_hi[row, col] = ((q0[row, col] * f[row]) * z_row[row])
         //   zq0_lo[row, col] = (((q0[row, col] * f[row]) * z_row[row]) - zq0_hi[row, col])
@@ -6245,11 +5776,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
       // s0[row, col] = 0.0
       {
         #pragma unroll
-        for (int j = 0; j < 1; ++j) {
+        for (int j = 0; j < 4; ++j) {
           const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -6262,10 +5793,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
         const int v_i2_end = (p_hq / p_h);
         for (int v_i2 = 0; v_i2 < v_i2_end; v_i2 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
+            // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-              const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
               const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i2);
               const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -6280,10 +5811,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-              const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
               const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i2);
               const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
@@ -6299,32 +5830,32 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
               }
             }
             __syncthreads();
-            // fdy = load dY[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2), ((pid.x % 2) * 32):+32]
+            // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2), ((pid.x % 1) * 64):+64]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-              const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
               const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i2);
-              const int s3 = ((static_cast<int>(blockIdx.x) % 2) * 32);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
               const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 32, c = i % 32;
-                dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+              for (int i = tid; i < 8192; i += 128) {
+                const int r = i / 64, c = i % 64;
+                dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
             __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 32, c = i % 32;
-                t_fdy[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_f[r])));
+              for (int i = tid; i < 8192; i += 128) {
+                const int r = i / 64, c = i % 64;
+                t_fdy[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_f[r])));
               }
             }
-            // q0 = load.async Q[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2), 0:+64]
+            // q0 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2), 0:+64]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-              const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
               const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i2);
               const int s3 = 0;
               const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -6361,44 +5892,44 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
           // mma.group (operands in registers):
           //   u0_hi[row, col] = (fdy[row, col] * qg0[(i1 - 0), row])
           //   u0_lo[row, col] = ((fdy[row, col] * qg0[(i1 - 0), row]) - u0_hi[row, col])
-          //   s0 += mma.tc(q0^T, u0_hi) [64x32 in 16x32 units over 4 warps]
-          //   s0 += mma.tc(q0^T, u0_lo) [64x32 in 16x32 units over 4 warps]
+          //   s0 += mma.tc(q0^T, u0_hi) [64x64 in 16x16 units over 4 warps]
+          //   s0 += mma.tc(q0^T, u0_lo) [64x64 in 16x16 units over 4 warps]
           {
-            float (&acc)[1][4][4] = f_s0;
+            float (&acc)[4][2][4] = f_s0;
             const int g = lane >> 2, t2 = (lane & 3) * 2;
             for (int k0 = 0; k0 < 128; k0 += 16) {
+              const int n0 = (warp % 4) * 16;
+              uint32_t ib_u0_hi[2][2];
+              uint32_t ib_u0_lo[2][2];
               #pragma unroll
-              for (int j = 0; j < 1; ++j) {
+              for (int q = 0; q < 2; ++q) {
+                #pragma unroll
+                for (int rg = 0; rg < 2; ++rg) {
+                  __nv_bfloat16 v0[2], v1[2];
+                  #pragma unroll
+                  for (int h = 0; h < 2; ++h) {
+                    const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_qg0[((v_i1 - 0)) * 128 + (r)])));
+                    v0[h] = y0;
+                    const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_qg0[((v_i1 - 0)) * 128 + (r)])) - prt::to_f32(y0)));
+                    v1[h] = y1;
+                  }
+                  ib_u0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                  ib_u0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                }
+              }
+              #pragma unroll
+              for (int j = 0; j < 4; ++j) {
                 const int u = warp + j * 4;
-                const int m0 = (u / 1) * 16;
-                const int n0 = (u % 1) * 32;
+                const int m0 = (u / 4) * 16;
                 (void)m0;
                 (void)n0;
                 uint32_t fat_q0[4];
                 prt::ldmatrix_x4_trans(fat_q0, &t_q0[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-                uint32_t ib_u0_hi[4][2];
-                uint32_t ib_u0_lo[4][2];
                 #pragma unroll
-                for (int q = 0; q < 4; ++q) {
-                  #pragma unroll
-                  for (int rg = 0; rg < 2; ++rg) {
-                    __nv_bfloat16 v0[2], v1[2];
-                    #pragma unroll
-                    for (int h = 0; h < 2; ++h) {
-                      const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
-                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_qg0[((v_i1 - 0)) * 128 + (r)])));
-                      v0[h] = y0;
-                      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_qg0[((v_i1 - 0)) * 128 + (r)])) - prt::to_f32(y0)));
-                      v1[h] = y1;
-                    }
-                    ib_u0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
-                    ib_u0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
-                  }
-                }
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q0, ib_u0_hi[q][0], ib_u0_hi[q][1]);
                 #pragma unroll
-                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q0, ib_u0_hi[q][0], ib_u0_hi[q][1]);
-                #pragma unroll
-                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q0, ib_u0_lo[q][0], ib_u0_lo[q][1]);
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q0, ib_u0_lo[q][0], ib_u0_lo[q][1]);
               }
             }
           }
@@ -6407,11 +5938,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
       // s0[row, col] = (s0[row, col] * select(((row + 0) == i1), 1.0, 1.4142135623730951))
       {
         #pragma unroll
-        for (int j = 0; j < 1; ++j) {
+        for (int j = 0; j < 4; ++j) {
           const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -6420,22 +5951,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
           }
         }
       }
-      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i1 * 64) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 0):+64, ((pid.x % 2) * 32):+32] = s0 where (((row + 0) >= i1) && ((row + 0) < 64))
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i1 * 64) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 0):+64, ((pid.x % 1) * 64):+64] = s0 where (((row + 0) >= i1) && ((row + 0) < 64))
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-        const int a2 = (static_cast<int>(blockIdx.x) / 2);
+        const int a2 = (static_cast<int>(blockIdx.x) / 1);
         const int s3 = ((((((v_i1 * 64) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 0);
-        const int s4 = ((static_cast<int>(blockIdx.x) % 2) * 32);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 1) * 64);
         const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
         const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
         if (ok) {
           #pragma unroll
-          for (int j = 0; j < 1; ++j) {
+          for (int j = 0; j < 4; ++j) {
             const int u = warp + j * 4;
-            const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -6445,18 +5976,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
           }
         }
       }
-      if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // z0[row] = (qzq0[row, (i1 - 0)] * select(((row + 0) == i1), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 64; r += 128) {
             t_z0[r] = prt::from_f32<float>((prt::to_f32(t_qzq0[(r) * 16 + ((v_i1 - 0))]) * (((r + 0) == v_i1) ? 1.0f : 1.4142135623730951f)));
           }
         }
-        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i1 * 64) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 0):+64] = z0 where (((row + 0) >= i1) && ((row + 0) < 64))
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i1 * 64) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 0):+64] = z0 where (((row + 0) >= i1) && ((row + 0) < 64))
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-          const int a2 = (static_cast<int>(blockIdx.x) / 2);
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
           const int s3 = ((((((v_i1 * 64) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 0);
           const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
           const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
@@ -6470,7 +6001,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
     }
   }
   __syncthreads();
-  if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // qzq1[row, col] = 0.0
     {
       for (int i = tid; i < 768; i += 128) {
@@ -6483,10 +6014,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
     const int v_i3_end = (p_hq / p_h);
     for (int v_i3 = 0; v_i3 < v_i3_end; v_i3 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
+        // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
           const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i3);
           const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -6501,10 +6032,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
           const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i3);
           const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
@@ -6519,33 +6050,33 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
             t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
           }
         }
-        // fdy = load dY[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3), ((pid.x % 2) * 32):+32]
+        // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3), ((pid.x % 1) * 64):+64]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
           const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i3);
-          const int s3 = ((static_cast<int>(blockIdx.x) % 2) * 32);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
           const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+          for (int i = tid; i < 8192; i += 128) {
+            const int r = i / 64, c = i % 64;
+            dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
         __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 32, c = i % 32;
-            t_fdy[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_f[r])));
+          for (int i = tid; i < 8192; i += 128) {
+            const int r = i / 64, c = i % 64;
+            t_fdy[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_f[r])));
           }
         }
       }
-      // q1 = load.async Q[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3), 16:+48]
+      // q1 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3), 16:+48]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
         const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i3);
         const int s3 = 16;
         const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -6577,7 +6108,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
           t_qg1[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_q1[(c) * 56 + (r)]) * prt::to_f32(t_f[c])));
         }
       }
-      if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // mma.group (operands in registers):
         //   zq1_hi[row, col] = ((q1[row, col] * f[row]) * z_row[row])
         //   zq1_lo[row, col] = (((q1[row, col] * f[row]) * z_row[row]) - zq1_hi[row, col])
@@ -6652,17 +6183,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
       // s1[row, col] = 0.0
       {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 3; ++j) {
           const int u = warp + j * 4;
-          if (u < 6) {
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
-            for (int q = 0; q < 2; ++q) {
-              #pragma unroll
-              for (int e = 0; e < 4; ++e) {
-                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                f_s1[j][q][e] = 0.0f;
-              }
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s1[j][q][e] = 0.0f;
             }
           }
         }
@@ -6671,10 +6200,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
         const int v_i5_end = (p_hq / p_h);
         for (int v_i5 = 0; v_i5 < v_i5_end; v_i5 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
+            // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-              const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
               const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i5);
               const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -6689,10 +6218,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-              const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
               const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i5);
               const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
@@ -6708,32 +6237,32 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
               }
             }
             __syncthreads();
-            // fdy = load dY[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5), ((pid.x % 2) * 32):+32]
+            // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5), ((pid.x % 1) * 64):+64]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-              const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
               const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i5);
-              const int s3 = ((static_cast<int>(blockIdx.x) % 2) * 32);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
               const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 32, c = i % 32;
-                dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+              for (int i = tid; i < 8192; i += 128) {
+                const int r = i / 64, c = i % 64;
+                dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
             __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 32, c = i % 32;
-                t_fdy[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_f[r])));
+              for (int i = tid; i < 8192; i += 128) {
+                const int r = i / 64, c = i % 64;
+                t_fdy[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_f[r])));
               }
             }
-            // q1 = load.async Q[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5), 16:+48]
+            // q1 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5), 16:+48]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-              const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
               const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i5);
               const int s3 = 16;
               const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -6770,13 +6299,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
           // mma.group (operands in registers):
           //   u1_hi[row, col] = (fdy[row, col] * qg1[(i4 - 16), row])
           //   u1_lo[row, col] = ((fdy[row, col] * qg1[(i4 - 16), row]) - u1_hi[row, col])
-          //   s1 += mma.tc(q1^T, u1_hi) [48x32 in 16x16 units over 4 warps]
-          //   s1 += mma.tc(q1^T, u1_lo) [48x32 in 16x16 units over 4 warps]
+          //   s1 += mma.tc(q1^T, u1_hi) [48x64 in 16x16 units over 4 warps]
+          //   s1 += mma.tc(q1^T, u1_lo) [48x64 in 16x16 units over 4 warps]
           {
-            float (&acc)[2][2][4] = f_s1;
+            float (&acc)[3][2][4] = f_s1;
             const int g = lane >> 2, t2 = (lane & 3) * 2;
             for (int k0 = 0; k0 < 128; k0 += 16) {
-              const int n0 = (warp % 2) * 16;
+              const int n0 = (warp % 4) * 16;
               uint32_t ib_u1_hi[2][2];
               uint32_t ib_u1_lo[2][2];
               #pragma unroll
@@ -6787,9 +6316,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
                   #pragma unroll
                   for (int h = 0; h < 2; ++h) {
                     const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
-                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_qg1[((v_i4 - 16)) * 128 + (r)])));
+                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_qg1[((v_i4 - 16)) * 128 + (r)])));
                     v0[h] = y0;
-                    const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_qg1[((v_i4 - 16)) * 128 + (r)])) - prt::to_f32(y0)));
+                    const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_qg1[((v_i4 - 16)) * 128 + (r)])) - prt::to_f32(y0)));
                     v1[h] = y1;
                   }
                   ib_u1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
@@ -6797,19 +6326,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
                 }
               }
               #pragma unroll
-              for (int j = 0; j < 2; ++j) {
+              for (int j = 0; j < 3; ++j) {
                 const int u = warp + j * 4;
-                if (u < 6) {
-                  const int m0 = (u / 2) * 16;
-                  (void)m0;
-                  (void)n0;
-                  uint32_t fat_q1[4];
-                  prt::ldmatrix_x4_trans(fat_q1, &t_q1[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
-                  #pragma unroll
-                  for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q1, ib_u1_hi[q][0], ib_u1_hi[q][1]);
-                  #pragma unroll
-                  for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q1, ib_u1_lo[q][0], ib_u1_lo[q][1]);
-                }
+                const int m0 = (u / 4) * 16;
+                (void)m0;
+                (void)n0;
+                uint32_t fat_q1[4];
+                prt::ldmatrix_x4_trans(fat_q1, &t_q1[(k0 + prt::at_row(lane)) * 56 + m0 + prt::at_col(lane)]);
+                #pragma unroll
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q1, ib_u1_hi[q][0], ib_u1_hi[q][1]);
+                #pragma unroll
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q1, ib_u1_lo[q][0], ib_u1_lo[q][1]);
               }
             }
           }
@@ -6818,61 +6345,57 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
       // s1[row, col] = (s1[row, col] * select(((row + 16) == i4), 1.0, 1.4142135623730951))
       {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 3; ++j) {
           const int u = warp + j * 4;
-          if (u < 6) {
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_s1[j][q][e] = (f_s1[j][q][e] * (((r + 16) == v_i4) ? 1.0f : 1.4142135623730951f));
+            }
+          }
+        }
+      }
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i4 * 64) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 16):+48, ((pid.x % 1) * 64):+64] = s1 where (((row + 16) >= i4) && ((row + 16) < 64))
+      {
+        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+        const int a2 = (static_cast<int>(blockIdx.x) / 1);
+        const int s3 = ((((((v_i4 * 64) - ((v_i4 * (v_i4 - 1)) / 2)) + v_i4) - v_i4) - v_i4) + 16);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 1) * 64);
+        const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
+        const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
+        if (ok) {
+          #pragma unroll
+          for (int j = 0; j < 3; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
             #pragma unroll
             for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                f_s1[j][q][e] = (f_s1[j][q][e] * (((r + 16) == v_i4) ? 1.0f : 1.4142135623730951f));
-              }
-            }
-          }
-        }
-      }
-      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i4 * 64) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 16):+48, ((pid.x % 2) * 32):+32] = s1 where (((row + 16) >= i4) && ((row + 16) < 64))
-      {
-        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-        const int a2 = (static_cast<int>(blockIdx.x) / 2);
-        const int s3 = ((((((v_i4 * 64) - ((v_i4 * (v_i4 - 1)) / 2)) + v_i4) - v_i4) - v_i4) + 16);
-        const int s4 = ((static_cast<int>(blockIdx.x) % 2) * 32);
-        const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
-        const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
-        if (ok) {
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
-            if (u < 6) {
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-              #pragma unroll
-              for (int q = 0; q < 2; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 16) >= v_i4) && ((r + 16) < 64)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s1[j][q][e]);
-                }
+                if (s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 && ((((r + 16) >= v_i4) && ((r + 16) < 64)))) g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] = prt::from_f32<float>(f_s1[j][q][e]);
               }
             }
           }
         }
       }
       __syncthreads();
-      if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // z1[row] = (qzq1[row, (i4 - 16)] * select(((row + 16) == i4), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 48; r += 128) {
             t_z1[r] = prt::from_f32<float>((prt::to_f32(t_qzq1[(r) * 16 + ((v_i4 - 16))]) * (((r + 16) == v_i4) ? 1.0f : 1.4142135623730951f)));
           }
         }
-        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i4 * 64) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 16):+48] = z1 where (((row + 16) >= i4) && ((row + 16) < 64))
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i4 * 64) - ((i4 * (i4 - 1)) // 2)) + i4) - i4) - i4) + 16):+48] = z1 where (((row + 16) >= i4) && ((row + 16) < 64))
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-          const int a2 = (static_cast<int>(blockIdx.x) / 2);
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
           const int s3 = ((((((v_i4 * 64) - ((v_i4 * (v_i4 - 1)) / 2)) + v_i4) - v_i4) - v_i4) + 16);
           const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
           const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
@@ -6886,7 +6409,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
     }
   }
   __syncthreads();
-  if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // qzq2[row, col] = 0.0
     {
       for (int i = tid; i < 512; i += 128) {
@@ -6899,10 +6422,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
     const int v_i6_end = (p_hq / p_h);
     for (int v_i6 = 0; v_i6 < v_i6_end; v_i6 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6)]
+        // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
           const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i6);
           const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -6917,10 +6440,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6)]
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
           const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i6);
           const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
@@ -6935,33 +6458,33 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
             t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
           }
         }
-        // fdy = load dY[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6), ((pid.x % 2) * 32):+32]
+        // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6), ((pid.x % 1) * 64):+64]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
           const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i6);
-          const int s3 = ((static_cast<int>(blockIdx.x) % 2) * 32);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
           const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+          for (int i = tid; i < 8192; i += 128) {
+            const int r = i / 64, c = i % 64;
+            dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
         __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 32, c = i % 32;
-            t_fdy[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_f[r])));
+          for (int i = tid; i < 8192; i += 128) {
+            const int r = i / 64, c = i % 64;
+            t_fdy[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_f[r])));
           }
         }
       }
-      // q2 = load.async Q[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6), 32:+32]
+      // q2 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6), 32:+32]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
         const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i6);
         const int s3 = 32;
         const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -6993,7 +6516,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
           t_qg2[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_q2[(c) * 40 + (r)]) * prt::to_f32(t_f[c])));
         }
       }
-      if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // mma.group (operands in registers):
         //   zq2_hi[row, col] = ((q2[row, col] * f[row]) * z_row[row])
         //   zq2_lo[row, col] = (((q2[row, col] * f[row]) * z_row[row]) - zq2_hi[row, col])
@@ -7062,9 +6585,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
       // s2[row, col] = 0.0
       {
         #pragma unroll
-        for (int j = 0; j < 1; ++j) {
+        for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
           #pragma unroll
           for (int q = 0; q < 2; ++q) {
             #pragma unroll
@@ -7079,10 +6602,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
         const int v_i8_end = (p_hq / p_h);
         for (int v_i8 = 0; v_i8 < v_i8_end; v_i8 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8)]
+            // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-              const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
               const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i8);
               const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -7097,10 +6620,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8)]
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-              const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
               const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i8);
               const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
@@ -7116,32 +6639,32 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
               }
             }
             __syncthreads();
-            // fdy = load dY[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8), ((pid.x % 2) * 32):+32]
+            // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8), ((pid.x % 1) * 64):+64]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-              const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
               const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i8);
-              const int s3 = ((static_cast<int>(blockIdx.x) % 2) * 32);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
               const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 32, c = i % 32;
-                dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+              for (int i = tid; i < 8192; i += 128) {
+                const int r = i / 64, c = i % 64;
+                dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
             __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 32, c = i % 32;
-                t_fdy[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_f[r])));
+              for (int i = tid; i < 8192; i += 128) {
+                const int r = i / 64, c = i % 64;
+                t_fdy[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_f[r])));
               }
             }
-            // q2 = load.async Q[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8), 32:+32]
+            // q2 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8), 32:+32]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-              const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
               const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i8);
               const int s3 = 32;
               const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -7178,40 +6701,40 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
           // mma.group (operands in registers):
           //   u2_hi[row, col] = (fdy[row, col] * qg2[(i7 - 32), row])
           //   u2_lo[row, col] = ((fdy[row, col] * qg2[(i7 - 32), row]) - u2_hi[row, col])
-          //   s2 += mma.tc(q2^T, u2_hi) [32x32 in 16x16 units over 4 warps]
-          //   s2 += mma.tc(q2^T, u2_lo) [32x32 in 16x16 units over 4 warps]
+          //   s2 += mma.tc(q2^T, u2_hi) [32x64 in 16x16 units over 4 warps]
+          //   s2 += mma.tc(q2^T, u2_lo) [32x64 in 16x16 units over 4 warps]
           {
-            float (&acc)[1][2][4] = f_s2;
+            float (&acc)[2][2][4] = f_s2;
             const int g = lane >> 2, t2 = (lane & 3) * 2;
             for (int k0 = 0; k0 < 128; k0 += 16) {
+              const int n0 = (warp % 4) * 16;
+              uint32_t ib_u2_hi[2][2];
+              uint32_t ib_u2_lo[2][2];
               #pragma unroll
-              for (int j = 0; j < 1; ++j) {
+              for (int q = 0; q < 2; ++q) {
+                #pragma unroll
+                for (int rg = 0; rg < 2; ++rg) {
+                  __nv_bfloat16 v0[2], v1[2];
+                  #pragma unroll
+                  for (int h = 0; h < 2; ++h) {
+                    const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_qg2[((v_i7 - 32)) * 128 + (r)])));
+                    v0[h] = y0;
+                    const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_qg2[((v_i7 - 32)) * 128 + (r)])) - prt::to_f32(y0)));
+                    v1[h] = y1;
+                  }
+                  ib_u2_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                  ib_u2_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                }
+              }
+              #pragma unroll
+              for (int j = 0; j < 2; ++j) {
                 const int u = warp + j * 4;
-                const int m0 = (u / 2) * 16;
-                const int n0 = (u % 2) * 16;
+                const int m0 = (u / 4) * 16;
                 (void)m0;
                 (void)n0;
                 uint32_t fat_q2[4];
                 prt::ldmatrix_x4_trans(fat_q2, &t_q2[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
-                uint32_t ib_u2_hi[2][2];
-                uint32_t ib_u2_lo[2][2];
-                #pragma unroll
-                for (int q = 0; q < 2; ++q) {
-                  #pragma unroll
-                  for (int rg = 0; rg < 2; ++rg) {
-                    __nv_bfloat16 v0[2], v1[2];
-                    #pragma unroll
-                    for (int h = 0; h < 2; ++h) {
-                      const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
-                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_qg2[((v_i7 - 32)) * 128 + (r)])));
-                      v0[h] = y0;
-                      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_qg2[((v_i7 - 32)) * 128 + (r)])) - prt::to_f32(y0)));
-                      v1[h] = y1;
-                    }
-                    ib_u2_hi[q][rg] = prt::pack2(v0[0], v0[1]);
-                    ib_u2_lo[q][rg] = prt::pack2(v1[0], v1[1]);
-                  }
-                }
                 #pragma unroll
                 for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q2, ib_u2_hi[q][0], ib_u2_hi[q][1]);
                 #pragma unroll
@@ -7224,9 +6747,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
       // s2[row, col] = (s2[row, col] * select(((row + 32) == i7), 1.0, 1.4142135623730951))
       {
         #pragma unroll
-        for (int j = 0; j < 1; ++j) {
+        for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
           #pragma unroll
           for (int q = 0; q < 2; ++q) {
             #pragma unroll
@@ -7237,20 +6760,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
           }
         }
       }
-      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i7 * 64) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 32):+32, ((pid.x % 2) * 32):+32] = s2 where (((row + 32) >= i7) && ((row + 32) < 64))
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i7 * 64) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 32):+32, ((pid.x % 1) * 64):+64] = s2 where (((row + 32) >= i7) && ((row + 32) < 64))
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-        const int a2 = (static_cast<int>(blockIdx.x) / 2);
+        const int a2 = (static_cast<int>(blockIdx.x) / 1);
         const int s3 = ((((((v_i7 * 64) - ((v_i7 * (v_i7 - 1)) / 2)) + v_i7) - v_i7) - v_i7) + 32);
-        const int s4 = ((static_cast<int>(blockIdx.x) % 2) * 32);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 1) * 64);
         const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
         const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
         if (ok) {
           #pragma unroll
-          for (int j = 0; j < 1; ++j) {
+          for (int j = 0; j < 2; ++j) {
             const int u = warp + j * 4;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
             #pragma unroll
             for (int q = 0; q < 2; ++q) {
               #pragma unroll
@@ -7263,18 +6786,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
         }
       }
       __syncthreads();
-      if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // z2[row] = (qzq2[row, (i7 - 32)] * select(((row + 32) == i7), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 32; r += 128) {
             t_z2[r] = prt::from_f32<float>((prt::to_f32(t_qzq2[(r) * 16 + ((v_i7 - 32))]) * (((r + 32) == v_i7) ? 1.0f : 1.4142135623730951f)));
           }
         }
-        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i7 * 64) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 32):+32] = z2 where (((row + 32) >= i7) && ((row + 32) < 64))
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i7 * 64) - ((i7 * (i7 - 1)) // 2)) + i7) - i7) - i7) + 32):+32] = z2 where (((row + 32) >= i7) && ((row + 32) < 64))
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-          const int a2 = (static_cast<int>(blockIdx.x) / 2);
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
           const int s3 = ((((((v_i7 * 64) - ((v_i7 * (v_i7 - 1)) / 2)) + v_i7) - v_i7) - v_i7) + 32);
           const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
           const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
@@ -7288,7 +6811,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
     }
   }
   __syncthreads();
-  if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
+  if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
     // qzq3[row, col] = 0.0
     {
       for (int i = tid; i < 256; i += 128) {
@@ -7301,10 +6824,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
     const int v_i9_end = (p_hq / p_h);
     for (int v_i9 = 0; v_i9 < v_i9_end; v_i9 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9)]
+        // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
           const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i9);
           const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -7319,10 +6842,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9)]
+        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
           const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i9);
           const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
@@ -7337,33 +6860,33 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
             t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
           }
         }
-        // fdy = load dY[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9), ((pid.x % 2) * 32):+32]
+        // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9), ((pid.x % 1) * 64):+64]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+          const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
           const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i9);
-          const int s3 = ((static_cast<int>(blockIdx.x) % 2) * 32);
+          const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
           const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+          for (int i = tid; i < 8192; i += 128) {
+            const int r = i / 64, c = i % 64;
+            dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
         __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 32, c = i % 32;
-            t_fdy[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_f[r])));
+          for (int i = tid; i < 8192; i += 128) {
+            const int r = i / 64, c = i % 64;
+            t_fdy[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_f[r])));
           }
         }
       }
-      // q3 = load.async Q[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9), 48:+16]
+      // q3 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9), 48:+16]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+        const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
         const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i9);
         const int s3 = 48;
         const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -7395,7 +6918,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
           t_qg3[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_q3[(c) * 24 + (r)]) * prt::to_f32(t_f[c])));
         }
       }
-      if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // mma.group (operands in registers):
         //   zq3_hi[row, col] = ((q3[row, col] * f[row]) * z_row[row])
         //   zq3_lo[row, col] = (((q3[row, col] * f[row]) * z_row[row]) - zq3_hi[row, col])
@@ -7474,9 +6997,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
           #pragma unroll
-          for (int q = 0; q < 1; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -7489,10 +7012,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
         const int v_i11_end = (p_hq / p_h);
         for (int v_i11 = 0; v_i11 < v_i11_end; v_i11 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11)]
+            // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-              const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
               const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i11);
               const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -7507,10 +7030,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * expf(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11)]
+            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-              const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
               const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i11);
               const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
@@ -7526,32 +7049,32 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
               }
             }
             __syncthreads();
-            // fdy = load dY[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11), ((pid.x % 2) * 32):+32]
+            // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11), ((pid.x % 1) * 64):+64]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-              const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
               const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i11);
-              const int s3 = ((static_cast<int>(blockIdx.x) % 2) * 32);
+              const int s3 = ((static_cast<int>(blockIdx.x) % 1) * 64);
               const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 32, c = i % 32;
-                dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
+              for (int i = tid; i < 8192; i += 128) {
+                const int r = i / 64, c = i % 64;
+                dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
             __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 32, c = i % 32;
-                t_fdy[(r) * 36 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_f[r])));
+              for (int i = tid; i < 8192; i += 128) {
+                const int r = i / 64, c = i % 64;
+                t_fdy[(r) * 68 + (c)] = prt::from_f32<float>((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_f[r])));
               }
             }
-            // q3 = load.async Q[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11), 48:+16]
+            // q3 = load.async Q[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11), 48:+16]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-              const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
+              const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
               const int a2 = (((static_cast<int>(blockIdx.y) % p_h) * (p_hq / p_h)) + v_i11);
               const int s3 = 48;
               const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -7588,34 +7111,34 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
           // mma.group (operands in registers):
           //   u3_hi[row, col] = (fdy[row, col] * qg3[(i10 - 48), row])
           //   u3_lo[row, col] = ((fdy[row, col] * qg3[(i10 - 48), row]) - u3_hi[row, col])
-          //   s3 += mma.tc(q3^T, u3_hi) [16x32 in 16x8 units over 4 warps]
-          //   s3 += mma.tc(q3^T, u3_lo) [16x32 in 16x8 units over 4 warps]
+          //   s3 += mma.tc(q3^T, u3_hi) [16x64 in 16x16 units over 4 warps]
+          //   s3 += mma.tc(q3^T, u3_lo) [16x64 in 16x16 units over 4 warps]
           {
-            float (&acc)[1][1][4] = f_s3;
+            float (&acc)[1][2][4] = f_s3;
             const int g = lane >> 2, t2 = (lane & 3) * 2;
             for (int k0 = 0; k0 < 128; k0 += 16) {
               #pragma unroll
               for (int j = 0; j < 1; ++j) {
                 const int u = warp + j * 4;
                 const int m0 = (u / 4) * 16;
-                const int n0 = (u % 4) * 8;
+                const int n0 = (u % 4) * 16;
                 (void)m0;
                 (void)n0;
                 uint32_t fat_q3[4];
                 prt::ldmatrix_x4_trans(fat_q3, &t_q3[(k0 + prt::at_row(lane)) * 24 + m0 + prt::at_col(lane)]);
-                uint32_t ib_u3_hi[1][2];
-                uint32_t ib_u3_lo[1][2];
+                uint32_t ib_u3_hi[2][2];
+                uint32_t ib_u3_lo[2][2];
                 #pragma unroll
-                for (int q = 0; q < 1; ++q) {
+                for (int q = 0; q < 2; ++q) {
                   #pragma unroll
                   for (int rg = 0; rg < 2; ++rg) {
                     __nv_bfloat16 v0[2], v1[2];
                     #pragma unroll
                     for (int h = 0; h < 2; ++h) {
                       const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
-                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_qg3[((v_i10 - 48)) * 128 + (r)])));
+                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_qg3[((v_i10 - 48)) * 128 + (r)])));
                       v0[h] = y0;
-                      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 36 + (c)]) * prt::to_f32(t_qg3[((v_i10 - 48)) * 128 + (r)])) - prt::to_f32(y0)));
+                      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_qg3[((v_i10 - 48)) * 128 + (r)])) - prt::to_f32(y0)));
                       v1[h] = y1;
                     }
                     ib_u3_hi[q][rg] = prt::pack2(v0[0], v0[1]);
@@ -7623,9 +7146,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
                   }
                 }
                 #pragma unroll
-                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q3, ib_u3_hi[q][0], ib_u3_hi[q][1]);
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q3, ib_u3_hi[q][0], ib_u3_hi[q][1]);
                 #pragma unroll
-                for (int q = 0; q < 1; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q3, ib_u3_lo[q][0], ib_u3_lo[q][1]);
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q3, ib_u3_lo[q][0], ib_u3_lo[q][1]);
               }
             }
           }
@@ -7636,9 +7159,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
           #pragma unroll
-          for (int q = 0; q < 1; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -7647,22 +7170,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
           }
         }
       }
-      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i10 * 64) - ((i10 * (i10 - 1)) // 2)) + i10) - i10) - i10) + 48):+16, ((pid.x % 2) * 32):+32] = s3 where (((row + 48) >= i10) && ((row + 48) < 64))
+      // store dSin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i10 * 64) - ((i10 * (i10 - 1)) // 2)) + i10) - i10) - i10) + 48):+16, ((pid.x % 1) * 64):+64] = s3 where (((row + 48) >= i10) && ((row + 48) < 64))
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
         const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-        const int a2 = (static_cast<int>(blockIdx.x) / 2);
+        const int a2 = (static_cast<int>(blockIdx.x) / 1);
         const int s3 = ((((((v_i10 * 64) - ((v_i10 * (v_i10 - 1)) / 2)) + v_i10) - v_i10) - v_i10) + 48);
-        const int s4 = ((static_cast<int>(blockIdx.x) % 2) * 32);
+        const int s4 = ((static_cast<int>(blockIdx.x) % 1) * 64);
         const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
         const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
         if (ok) {
           #pragma unroll
           for (int j = 0; j < 1; ++j) {
             const int u = warp + j * 4;
-            const int m0 = (u / 4) * 16, n0 = (u % 4) * 8;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
             #pragma unroll
-            for (int q = 0; q < 1; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -7673,18 +7196,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
         }
       }
       __syncthreads();
-      if (((static_cast<int>(blockIdx.x) % 2) == 0)) {
+      if (((static_cast<int>(blockIdx.x) % 1) == 0)) {
         // z3[row] = (qzq3[row, (i10 - 48)] * select(((row + 48) == i10), 1.0, 1.4142135623730951))
         {
           for (int r = tid; r < 16; r += 128) {
             t_z3[r] = prt::from_f32<float>((prt::to_f32(t_qzq3[(r) * 16 + ((v_i10 - 48))]) * (((r + 48) == v_i10) ? 1.0f : 1.4142135623730951f)));
           }
         }
-        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 2), ((((((i10 * 64) - ((i10 * (i10 - 1)) // 2)) + i10) - i10) - i10) + 48):+16] = z3 where (((row + 48) >= i10) && ((row + 48) < 64))
+        // store dZin[(pid.y // $h), (pid.y % $h), (pid.x // 1), ((((((i10 * 64) - ((i10 * (i10 - 1)) // 2)) + i10) - i10) - i10) + 48):+16] = z3 where (((row + 48) >= i10) && ((row + 48) < 64))
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-          const int a2 = (static_cast<int>(blockIdx.x) / 2);
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
           const int s3 = ((((((v_i10 * 64) - ((v_i10 * (v_i10 - 1)) / 2)) + v_i10) - v_i10) - v_i10) + 48);
           const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
           const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
@@ -8224,7 +7747,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
 }
 
 // update_state_bwd: dKs, dVs, dlamK, dGk: gradient through dS_m = phi(k')^T V, dZ_m = colsum phi(k')
-// grid ($n, ($b * $h), 1), 256 threads, 122368 bytes of dynamic shared memory
+// grid ($n, ($b * $h), 1), 256 threads, 81408 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e64_c128_bf16_w8_bd0_bt128_s2(
     const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const float* g_ddS, const float* g_ddZ, float* g_dKs, float* g_dVs, float* g_dlamK, float* g_dGk, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -8353,33 +7876,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
   // zu_hi: bf16[64, 64] computed in registers by its mma group
   // zu_lo: bf16[64, 64] computed in registers by its mma group
   float* const t_kzu = reinterpret_cast<float*>(prt_smem + 46208);  // f32[128, 64] pitch 64
-  float* const t_r = reinterpret_cast<float*>(prt_smem + 121856);  // f32[128] pitch 128
-  float* const t_r16 = reinterpret_cast<float*>(prt_smem + 37888);  // f32[128, 16] pitch 16
-  float* const t_u0_f32_base = reinterpret_cast<float*>(prt_smem + 46080);  // f32[64, 64] pitch 64, 2 copies
-  float* t_u0_f32 = t_u0_f32_base;
-  float f_p0[2][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 8 warps
-  float* const t_t0 = reinterpret_cast<float*>(prt_smem + 78848);  // f32[128, 64] pitch 64
-  __nv_bfloat16* const t_u0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 111616);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_k1 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 46080);  // bf16[128, 48] pitch 56
-  float* const t_u1_f32_base = reinterpret_cast<float*>(prt_smem + 60416);  // f32[48, 64] pitch 64, 2 copies
-  float* t_u1_f32 = t_u1_f32_base;
-  float f_p1[2][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 8 warps
-  float* const t_t1 = reinterpret_cast<float*>(prt_smem + 84992);  // f32[128, 48] pitch 48
-  __nv_bfloat16* const t_u1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 109568);  // bf16[48, 64] pitch 72
-  __nv_bfloat16* const t_k2 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 46080);  // bf16[128, 32] pitch 40
-  float* const t_u2_f32_base = reinterpret_cast<float*>(prt_smem + 56320);  // f32[32, 64] pitch 64, 2 copies
-  float* t_u2_f32 = t_u2_f32_base;
-  float f_p2[2][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 8 warps
-  float* const t_t2 = reinterpret_cast<float*>(prt_smem + 72704);  // f32[128, 32] pitch 32
-  __nv_bfloat16* const t_u2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 89088);  // bf16[32, 64] pitch 72
-  __nv_bfloat16* const t_k3 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 46080);  // bf16[128, 16] pitch 24
-  float* const t_u3_f32_base = reinterpret_cast<float*>(prt_smem + 52224);  // f32[16, 64] pitch 64, 2 copies
-  float* t_u3_f32 = t_u3_f32_base;
-  float f_p3[2][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 8 warps
-  float* const t_t3 = reinterpret_cast<float*>(prt_smem + 60416);  // f32[128, 16] pitch 16
-  __nv_bfloat16* const t_u3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 68608);  // bf16[16, 64] pitch 72
+  float* const t_r = reinterpret_cast<float*>(prt_smem + 80896);  // f32[128] pitch 128
+  float* const t_u_f32_base = reinterpret_cast<float*>(prt_smem + 37888);  // f32[64, 64] pitch 64, 2 copies
+  float* t_u_f32 = t_u_f32_base;
+  float f_p_a[2][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 8 warps
+  float f_t_a[2][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 8 warps
+  __nv_bfloat16* const t_u_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 70656);  // bf16[64, 64] pitch 72
   float* const t_dG = reinterpret_cast<float*>(prt_smem + 512);  // f32[1] pitch 1
-  float* const t_r_part = reinterpret_cast<float*>(prt_smem + 120832);  // f32[2, 128] pitch 128
+  float* const t_r_part = reinterpret_cast<float*>(prt_smem + 79872);  // f32[2, 128] pitch 128
   // g = load logG[(pid.y // $h), (pid.x * 128):+128, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -8485,24 +7989,24 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
   // mma.group (operands in registers):
   //   zu_hi[row, col] = select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 2.0), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 1.4142135623730951)), 0.0)
   //   zu_lo[row, col] = (select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 2.0), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 1.4142135623730951)), 0.0) - zu_hi[row, col])
-  //   kzu = mma.tc(k, zu_hi) [128x64 in 16x32 units over 8 warps]
-  //   kzu += mma.tc(k, zu_lo) [128x64 in 16x32 units over 8 warps]
+  //   kzu = mma.tc(k, zu_hi) [128x64 in 16x16 units over 8 warps]
+  //   kzu += mma.tc(k, zu_lo) [128x64 in 16x16 units over 8 warps]
   {
-    float acc[2][4][4];
+    float acc[4][2][4];
     #pragma unroll
-    for (int j = 0; j < 2; ++j) {
+    for (int j = 0; j < 4; ++j) {
       #pragma unroll
-      for (int q = 0; q < 4; ++q)
+      for (int q = 0; q < 2; ++q)
       #pragma unroll
         for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
     }
     const int g = lane >> 2, t2 = (lane & 3) * 2;
     for (int k0 = 0; k0 < 64; k0 += 16) {
-      const int n0 = (warp % 2) * 32;
-      uint32_t ib_zu_hi[4][2];
-      uint32_t ib_zu_lo[4][2];
+      const int n0 = (warp % 4) * 16;
+      uint32_t ib_zu_hi[2][2];
+      uint32_t ib_zu_lo[2][2];
       #pragma unroll
-      for (int q = 0; q < 4; ++q) {
+      for (int q = 0; q < 2; ++q) {
         #pragma unroll
         for (int rg = 0; rg < 2; ++rg) {
           __nv_bfloat16 v0[2], v1[2];
@@ -8519,25 +8023,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
         }
       }
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
+      for (int j = 0; j < 4; ++j) {
         const int u = warp + j * 8;
-        const int m0 = (u / 2) * 16;
+        const int m0 = (u / 4) * 16;
         (void)m0;
         (void)n0;
         uint32_t fa_k[4];
         prt::ldmatrix_x4(fa_k, &t_k[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
         #pragma unroll
-        for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k, ib_zu_hi[q][0], ib_zu_hi[q][1]);
+        for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k, ib_zu_hi[q][0], ib_zu_hi[q][1]);
         #pragma unroll
-        for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k, ib_zu_lo[q][0], ib_zu_lo[q][1]);
+        for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k, ib_zu_lo[q][0], ib_zu_lo[q][1]);
       }
     }
     #pragma unroll
-    for (int j = 0; j < 2; ++j) {
+    for (int j = 0; j < 4; ++j) {
       #pragma unroll
-      for (int q = 0; q < 4; ++q)
+      for (int q = 0; q < 2; ++q)
       #pragma unroll
-        for (int e = 0; e < 4; ++e) t_kzu[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 8) % 2) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
+        for (int e = 0; e < 4; ++e) t_kzu[(((warp + j * 8) / 4) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 8) % 4) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
     }
   }
   __syncthreads();
@@ -8590,25 +8094,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
       }
     }
   }
-  // r16[row, col] = 0.0
-  {
-    for (int i = tid; i < 2048; i += 256) {
-      const int r = i / 16, c = i % 16;
-      t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-    }
-  }
   __syncthreads();
-  if ((0 < 16)) {
-    // u0_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((0 * 64) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0) + 0):+64, 0:+64] into stage 0
+  if ((0 < 64)) {
+    // u_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, (((((0 * 64) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0):+64, 0:+64] into stage 0
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
       const int a1 = (static_cast<int>(blockIdx.y) % p_h);
       const int a2 = static_cast<int>(blockIdx.x);
-      const int s3 = ((((((0 * 64) - ((0 * (0 - 1)) / 2)) + 0) - 0) - 0) + 0);
+      const int s3 = (((((0 * 64) - ((0 * (0 - 1)) / 2)) + 0) - 0) - 0);
       const int s4 = 0;
       const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
       const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-      float* const dst = t_u0_f32_base + ((0) % 2) * 4096;
+      float* const dst = t_u_f32_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
         for (int i = tid; i < 1024; i += 256) {
           const int r = i / 16, c = (i % 16) * 4;
@@ -8628,19 +8125,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = 16;
+    const int v_i0_end = 64;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < 16)) {
-        // u0_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, (((((((i0 + 1) * 64) - (((i0 + 1) * ((i0 + 1) - 1)) // 2)) + (i0 + 1)) - (i0 + 1)) - (i0 + 1)) + 0):+64, 0:+64] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < 64)) {
+        // u_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((i0 + 1) * 64) - (((i0 + 1) * ((i0 + 1) - 1)) // 2)) + (i0 + 1)) - (i0 + 1)) - (i0 + 1)):+64, 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int a1 = (static_cast<int>(blockIdx.y) % p_h);
           const int a2 = static_cast<int>(blockIdx.x);
-          const int s3 = (((((((v_i0 + 1) * 64) - (((v_i0 + 1) * ((v_i0 + 1) - 1)) / 2)) + (v_i0 + 1)) - (v_i0 + 1)) - (v_i0 + 1)) + 0);
+          const int s3 = ((((((v_i0 + 1) * 64) - (((v_i0 + 1) * ((v_i0 + 1) - 1)) / 2)) + (v_i0 + 1)) - (v_i0 + 1)) - (v_i0 + 1));
           const int s4 = 0;
           const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
           const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-          float* const dst = t_u0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
+          float* const dst = t_u_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
             for (int i = tid; i < 1024; i += 256) {
               const int r = i / 16, c = (i % 16) * 4;
@@ -8660,19 +8157,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
       }
       prt::cp_async_commit();
       prt::cp_async_wait<1>();
-      t_u0_f32 = t_u0_f32_base + (((v_i0 % 2)) % 2) * 4096;  // bind u0_f32 stage (i0 % 2)
+      t_u_f32 = t_u_f32_base + (((v_i0 % 2)) % 2) * 4096;  // bind u_f32 stage (i0 % 2)
       __syncthreads();
-      // u0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, (u0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
+      // u_hi[row, col] = select(((row < i0) || (row >= 64)), 0.0, (u_f32[row, col] * select((row == i0), 1.0, 1.4142135623730951)))
       {
         for (int i = tid; i < 4096; i += 256) {
           const int r = i / 64, c = i % 64;
-          t_u0_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : (prt::to_f32(t_u0_f32[(r) * 64 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
+          t_u_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((((r < v_i0) || (r >= 64)) ? 0.0f : (prt::to_f32(t_u_f32[(r) * 64 + (c)]) * ((r == v_i0) ? 1.0f : 1.4142135623730951f))));
         }
       }
       __syncthreads();
-      // p0 = mma.tc(k, u0_hi) [128x64 in 16x32 units over 8 warps]
+      // p_a = mma.tc(k, u_hi) [128x64 in 16x32 units over 8 warps]
       {
-        float (&acc)[2][4][4] = f_p0;
+        float (&acc)[2][4][4] = f_p_a;
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
           #pragma unroll
@@ -8682,12 +8179,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
         }
         for (int k0 = 0; k0 < 64; k0 += 16) {
           const int n0 = (warp % 2) * 32;
-          uint32_t fb_u0_hi[4][2];
+          uint32_t fb_u_hi[4][2];
           #pragma unroll
           for (int q = 0; q < 4; q += 2) {
             uint32_t r[4];
-            prt::ldmatrix_x4_trans(r, &t_u0_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-            fb_u0_hi[q][0] = r[0]; fb_u0_hi[q][1] = r[1]; fb_u0_hi[q + 1][0] = r[2]; fb_u0_hi[q + 1][1] = r[3];
+            prt::ldmatrix_x4_trans(r, &t_u_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_u_hi[q][0] = r[0]; fb_u_hi[q][1] = r[1]; fb_u_hi[q + 1][0] = r[2]; fb_u_hi[q + 1][1] = r[3];
           }
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
@@ -8698,11 +8195,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
             uint32_t fa_k[4];
             prt::ldmatrix_x4(fa_k, &t_k[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k, fb_u0_hi[q][0], fb_u0_hi[q][1]);
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k, fb_u_hi[q][0], fb_u_hi[q][1]);
           }
         }
       }
-      // dv[row, col] = (dv[row, col] + (k[row, i0] * p0[row, col]))
+      // dv[row, col] = (dv[row, col] + (k[row, i0] * p_a[row, col]))
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -8713,12 +8210,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 72 + (v_i0)]) * f_p0[j][q][e]));
+              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 72 + (v_i0)]) * f_p_a[j][q][e]));
             }
           }
         }
       }
-      // p0[row, col] = (p0[row, col] * v[row, col])
+      // p_a[row, col] = (p_a[row, col] * v[row, col])
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -8729,24 +8226,24 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p0[j][q][e] = (f_p0[j][q][e] * prt::to_f32(t_v[(r) * 72 + (c)]));
+              f_p_a[j][q][e] = (f_p_a[j][q][e] * prt::to_f32(t_v[(r) * 72 + (c)]));
             }
           }
         }
       }
-      // r = reduce_sum(p0, axis=1) via r_part
+      // r = reduce_sum(p_a, axis=1) via r_part
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
           #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            float acc = f_p0[j][0][2 * h];
-            acc += f_p0[j][0][2 * h + 1];
+            float acc = f_p_a[j][0][2 * h];
+            acc += f_p_a[j][0][2 * h + 1];
             #pragma unroll
             for (int q = 1; q < 4; ++q) {
-              acc += f_p0[j][q][2 * h];
-              acc += f_p0[j][q][2 * h + 1];
+              acc += f_p_a[j][q][2 * h];
+              acc += f_p_a[j][q][2 * h + 1];
             }
             acc = prt::quad_sum(acc);
             const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
@@ -8760,9 +8257,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
           t_r[i] = prt::from_f32<float>(acc);
         }
       }
-      // t0 = mma.tc(v, u0_hi^T) [128x64 in 16x32 units over 8 warps]
+      // t_a = mma.tc(v, u_hi^T) [128x64 in 16x32 units over 8 warps]
       {
-        float acc[2][4][4];
+        float (&acc)[2][4][4] = f_t_a;
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
           #pragma unroll
@@ -8772,12 +8269,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
         }
         for (int k0 = 0; k0 < 64; k0 += 16) {
           const int n0 = (warp % 2) * 32;
-          uint32_t fbt_u0_hi[4][2];
+          uint32_t fbt_u_hi[4][2];
           #pragma unroll
           for (int q = 0; q < 4; q += 2) {
             uint32_t r[4];
-            prt::ldmatrix_x4(r, &t_u0_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-            fbt_u0_hi[q][0] = r[0]; fbt_u0_hi[q][1] = r[1]; fbt_u0_hi[q + 1][0] = r[2]; fbt_u0_hi[q + 1][1] = r[3];
+            prt::ldmatrix_x4(r, &t_u_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+            fbt_u_hi[q][0] = r[0]; fbt_u_hi[q][1] = r[1]; fbt_u_hi[q + 1][0] = r[2]; fbt_u_hi[q + 1][1] = r[3];
           }
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
@@ -8788,19 +8285,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
             uint32_t fa_v[4];
             prt::ldmatrix_x4(fa_v, &t_v[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v, fbt_u0_hi[q][0], fbt_u0_hi[q][1]);
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v, fbt_u_hi[q][0], fbt_u_hi[q][1]);
           }
         }
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t0[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 8) % 2) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-        }
       }
-      __syncthreads();
-      // dk[row, col] = select((col >= 0), (dk[row, col] + (k[row, i0] * t0[row, max((col - 0), 0)])), dk[row, col])
+      // dk[row, col] = (dk[row, col] + (k[row, i0] * t_a[row, col]))
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -8811,16 +8300,26 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dk[j][q][e] = ((c >= 0) ? (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 72 + (v_i0)]) * prt::to_f32(t_t0[(r) * 64 + (prt::max_nan((c - 0), 0))]))) : f_dk[j][q][e]);
+              f_dk[j][q][e] = (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 72 + (v_i0)]) * f_t_a[j][q][e]));
             }
           }
         }
       }
-      // r16[row, col] = select((col == (i0 - 0)), r[row], r16[row, col])
+      __syncthreads();
+      // dk[row, col] = select((col == i0), (dk[row, col] + r[row]), dk[row, col])
       {
-        for (int i = tid; i < 2048; i += 256) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i0 - 0)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_dk[j][q][e] = ((c == v_i0) ? (f_dk[j][q][e] + prt::to_f32(t_r[r])) : f_dk[j][q][e]);
+            }
+          }
         }
       }
       // kdk[row] = (kdk[row] + (k[row, i0] * r[row]))
@@ -8832,881 +8331,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
     }
   }
   prt::cp_async_wait<0>();
-  __syncthreads();
-  // dk[row, col] = select(((col >= 0) && (col < 16)), (dk[row, col] + r16[row, min(max((col - 0), 0), 15)]), dk[row, col])
-  {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 8;
-      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_dk[j][q][e] = (((c >= 0) && (c < 16)) ? (f_dk[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 0), 0), 15))])) : f_dk[j][q][e]);
-        }
-      }
-    }
-  }
-  // k1 = load.async K[(pid.y // $h), (pid.x * 128):+128, (pid.y % $h), 16:+48]
-  {
-    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
-    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
-    const int s3 = 16;
-    const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-    const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-    __nv_bfloat16* const dst = t_k1;
-    if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 768; i += 256) {
-        const int r = i / 6, c = (i % 6) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 56 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-      }
-    }
-    else {
-      for (int i = tid; i < 6144; i += 256) {
-        const int r = i / 48, c = i % 48;
-        dst[(r) * 56 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-      }
-    }
-  }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  __syncthreads();
-  // r16[row, col] = 0.0
-  {
-    for (int i = tid; i < 2048; i += 256) {
-      const int r = i / 16, c = i % 16;
-      t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-    }
-  }
-  if ((16 < 32)) {
-    // u1_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((16 * 64) - ((16 * (16 - 1)) // 2)) + 16) - 16) - 16) + 16):+48, 0:+64] into stage 0
-    {
-      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-      const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-      const int a2 = static_cast<int>(blockIdx.x);
-      const int s3 = ((((((16 * 64) - ((16 * (16 - 1)) / 2)) + 16) - 16) - 16) + 16);
-      const int s4 = 0;
-      const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
-      const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-      float* const dst = t_u1_f32_base + ((0) % 2) * 3072;
-      if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 768; i += 256) {
-          const int r = i / 16, c = (i % 16) * 4;
-          const int gr = s3 + r;
-          const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
-        }
-      }
-      else {
-        for (int i = tid; i < 3072; i += 256) {
-          const int r = i / 64, c = i % 64;
-          dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
-        }
-      }
-    }
-  }
-  prt::cp_async_commit();
-  {
-    const int v_i1_end = 32;
-    for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
-      if (((v_i1 + 1) < 32)) {
-        // u1_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, (((((((i1 + 1) * 64) - (((i1 + 1) * ((i1 + 1) - 1)) // 2)) + (i1 + 1)) - (i1 + 1)) - (i1 + 1)) + 16):+48, 0:+64] into stage (((i1 - 16) + 1) % 2)
-        {
-          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-          const int a2 = static_cast<int>(blockIdx.x);
-          const int s3 = (((((((v_i1 + 1) * 64) - (((v_i1 + 1) * ((v_i1 + 1) - 1)) / 2)) + (v_i1 + 1)) - (v_i1 + 1)) - (v_i1 + 1)) + 16);
-          const int s4 = 0;
-          const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
-          const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-          float* const dst = t_u1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 3072;
-          if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 768; i += 256) {
-              const int r = i / 16, c = (i % 16) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
-            }
-          }
-          else {
-            for (int i = tid; i < 3072; i += 256) {
-              const int r = i / 64, c = i % 64;
-              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
-            }
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<1>();
-      t_u1_f32 = t_u1_f32_base + ((((v_i1 - 16) % 2)) % 2) * 3072;  // bind u1_f32 stage ((i1 - 16) % 2)
-      __syncthreads();
-      // u1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, (u1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
-      {
-        for (int i = tid; i < 3072; i += 256) {
-          const int r = i / 64, c = i % 64;
-          t_u1_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : (prt::to_f32(t_u1_f32[(r) * 64 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
-        }
-      }
-      __syncthreads();
-      // p1 = mma.tc(k1, u1_hi) [128x64 in 16x32 units over 8 warps]
-      {
-        float (&acc)[2][4][4] = f_p1;
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-        }
-        for (int k0 = 0; k0 < 48; k0 += 16) {
-          const int n0 = (warp % 2) * 32;
-          uint32_t fb_u1_hi[4][2];
-          #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
-            uint32_t r[4];
-            prt::ldmatrix_x4_trans(r, &t_u1_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-            fb_u1_hi[q][0] = r[0]; fb_u1_hi[q][1] = r[1]; fb_u1_hi[q + 1][0] = r[2]; fb_u1_hi[q + 1][1] = r[3];
-          }
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 2) * 16;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_k1[4];
-            prt::ldmatrix_x4(fa_k1, &t_k1[(m0 + prt::a_row(lane)) * 56 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k1, fb_u1_hi[q][0], fb_u1_hi[q][1]);
-          }
-        }
-      }
-      // dv[row, col] = (dv[row, col] + (k[row, i1] * p1[row, col]))
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 72 + (v_i1)]) * f_p1[j][q][e]));
-            }
-          }
-        }
-      }
-      // p1[row, col] = (p1[row, col] * v[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p1[j][q][e] = (f_p1[j][q][e] * prt::to_f32(t_v[(r) * 72 + (c)]));
-            }
-          }
-        }
-      }
-      // r = reduce_sum(p1, axis=1) via r_part
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_p1[j][0][2 * h];
-            acc += f_p1[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 4; ++q) {
-              acc += f_p1[j][q][2 * h];
-              acc += f_p1[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
-            if ((lane & 3) == 0) t_r_part[(u % 2) * 128 + (r)] = acc;
-          }
-        }
-        __syncthreads();
-        for (int i = tid; i < 128; i += 256) {
-          float acc = t_r_part[(0) * 128 + (i)];
-          for (int p = 1; p < 2; ++p) acc += t_r_part[(p) * 128 + (i)];
-          t_r[i] = prt::from_f32<float>(acc);
-        }
-      }
-      // t1 = mma.tc(v, u1_hi^T) [128x48 in 16x16 units over 8 warps]
-      {
-        float acc[3][2][4];
-        #pragma unroll
-        for (int j = 0; j < 3; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-        }
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-          #pragma unroll
-          for (int j = 0; j < 3; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 3) * 16;
-            const int n0 = (u % 3) * 16;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_v[4];
-            prt::ldmatrix_x4(fa_v, &t_v[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-            uint32_t fbt_u1_hi[2][2];
-            #pragma unroll
-            for (int q = 0; q < 2; q += 2) {
-              uint32_t r[4];
-              prt::ldmatrix_x4(r, &t_u1_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-              fbt_u1_hi[q][0] = r[0]; fbt_u1_hi[q][1] = r[1]; fbt_u1_hi[q + 1][0] = r[2]; fbt_u1_hi[q + 1][1] = r[3];
-            }
-            #pragma unroll
-            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v, fbt_u1_hi[q][0], fbt_u1_hi[q][1]);
-          }
-        }
-        #pragma unroll
-        for (int j = 0; j < 3; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t1[(((warp + j * 8) / 3) * 16 + prt::frag_row(lane, e)) * 48 + (((warp + j * 8) % 3) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-        }
-      }
-      __syncthreads();
-      // dk[row, col] = select((col >= 16), (dk[row, col] + (k[row, i1] * t1[row, max((col - 16), 0)])), dk[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dk[j][q][e] = ((c >= 16) ? (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 72 + (v_i1)]) * prt::to_f32(t_t1[(r) * 48 + (prt::max_nan((c - 16), 0))]))) : f_dk[j][q][e]);
-            }
-          }
-        }
-      }
-      // r16[row, col] = select((col == (i1 - 16)), r[row], r16[row, col])
-      {
-        for (int i = tid; i < 2048; i += 256) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i1 - 16)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-        }
-      }
-      // kdk[row] = (kdk[row] + (k[row, i1] * r[row]))
-      {
-        for (int r = tid; r < 128; r += 256) {
-          t_kdk[r] = prt::from_f32<float>((prt::to_f32(t_kdk[r]) + (prt::to_f32(t_k[(r) * 72 + (v_i1)]) * prt::to_f32(t_r[r]))));
-        }
-      }
-    }
-  }
-  prt::cp_async_wait<0>();
-  __syncthreads();
-  // dk[row, col] = select(((col >= 16) && (col < 32)), (dk[row, col] + r16[row, min(max((col - 16), 0), 15)]), dk[row, col])
-  {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 8;
-      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_dk[j][q][e] = (((c >= 16) && (c < 32)) ? (f_dk[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 16), 0), 15))])) : f_dk[j][q][e]);
-        }
-      }
-    }
-  }
-  // k2 = load.async K[(pid.y // $h), (pid.x * 128):+128, (pid.y % $h), 32:+32]
-  {
-    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
-    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
-    const int s3 = 32;
-    const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-    const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-    __nv_bfloat16* const dst = t_k2;
-    if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 512; i += 256) {
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-      }
-    }
-    else {
-      for (int i = tid; i < 4096; i += 256) {
-        const int r = i / 32, c = i % 32;
-        dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-      }
-    }
-  }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  __syncthreads();
-  // r16[row, col] = 0.0
-  {
-    for (int i = tid; i < 2048; i += 256) {
-      const int r = i / 16, c = i % 16;
-      t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-    }
-  }
-  if ((32 < 48)) {
-    // u2_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((32 * 64) - ((32 * (32 - 1)) // 2)) + 32) - 32) - 32) + 32):+32, 0:+64] into stage 0
-    {
-      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-      const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-      const int a2 = static_cast<int>(blockIdx.x);
-      const int s3 = ((((((32 * 64) - ((32 * (32 - 1)) / 2)) + 32) - 32) - 32) + 32);
-      const int s4 = 0;
-      const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
-      const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-      float* const dst = t_u2_f32_base + ((0) % 2) * 2048;
-      if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 512; i += 256) {
-          const int r = i / 16, c = (i % 16) * 4;
-          const int gr = s3 + r;
-          const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
-        }
-      }
-      else {
-        for (int i = tid; i < 2048; i += 256) {
-          const int r = i / 64, c = i % 64;
-          dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
-        }
-      }
-    }
-  }
-  prt::cp_async_commit();
-  {
-    const int v_i2_end = 48;
-    for (int v_i2 = 32; v_i2 < v_i2_end; v_i2 += 1) {
-      if (((v_i2 + 1) < 48)) {
-        // u2_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, (((((((i2 + 1) * 64) - (((i2 + 1) * ((i2 + 1) - 1)) // 2)) + (i2 + 1)) - (i2 + 1)) - (i2 + 1)) + 32):+32, 0:+64] into stage (((i2 - 32) + 1) % 2)
-        {
-          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-          const int a2 = static_cast<int>(blockIdx.x);
-          const int s3 = (((((((v_i2 + 1) * 64) - (((v_i2 + 1) * ((v_i2 + 1) - 1)) / 2)) + (v_i2 + 1)) - (v_i2 + 1)) - (v_i2 + 1)) + 32);
-          const int s4 = 0;
-          const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
-          const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-          float* const dst = t_u2_f32_base + (((((v_i2 - 32) + 1) % 2)) % 2) * 2048;
-          if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 512; i += 256) {
-              const int r = i / 16, c = (i % 16) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
-            }
-          }
-          else {
-            for (int i = tid; i < 2048; i += 256) {
-              const int r = i / 64, c = i % 64;
-              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
-            }
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<1>();
-      t_u2_f32 = t_u2_f32_base + ((((v_i2 - 32) % 2)) % 2) * 2048;  // bind u2_f32 stage ((i2 - 32) % 2)
-      __syncthreads();
-      // u2_hi[row, col] = select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, (u2_f32[row, col] * select(((row + 32) == i2), 1.0, 1.4142135623730951)))
-      {
-        for (int i = tid; i < 2048; i += 256) {
-          const int r = i / 64, c = i % 64;
-          t_u2_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : (prt::to_f32(t_u2_f32[(r) * 64 + (c)]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))));
-        }
-      }
-      __syncthreads();
-      // p2 = mma.tc(k2, u2_hi) [128x64 in 16x32 units over 8 warps]
-      {
-        float (&acc)[2][4][4] = f_p2;
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-        }
-        for (int k0 = 0; k0 < 32; k0 += 16) {
-          const int n0 = (warp % 2) * 32;
-          uint32_t fb_u2_hi[4][2];
-          #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
-            uint32_t r[4];
-            prt::ldmatrix_x4_trans(r, &t_u2_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-            fb_u2_hi[q][0] = r[0]; fb_u2_hi[q][1] = r[1]; fb_u2_hi[q + 1][0] = r[2]; fb_u2_hi[q + 1][1] = r[3];
-          }
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 2) * 16;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_k2[4];
-            prt::ldmatrix_x4(fa_k2, &t_k2[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k2, fb_u2_hi[q][0], fb_u2_hi[q][1]);
-          }
-        }
-      }
-      // dv[row, col] = (dv[row, col] + (k[row, i2] * p2[row, col]))
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 72 + (v_i2)]) * f_p2[j][q][e]));
-            }
-          }
-        }
-      }
-      // p2[row, col] = (p2[row, col] * v[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p2[j][q][e] = (f_p2[j][q][e] * prt::to_f32(t_v[(r) * 72 + (c)]));
-            }
-          }
-        }
-      }
-      // r = reduce_sum(p2, axis=1) via r_part
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_p2[j][0][2 * h];
-            acc += f_p2[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 4; ++q) {
-              acc += f_p2[j][q][2 * h];
-              acc += f_p2[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
-            if ((lane & 3) == 0) t_r_part[(u % 2) * 128 + (r)] = acc;
-          }
-        }
-        __syncthreads();
-        for (int i = tid; i < 128; i += 256) {
-          float acc = t_r_part[(0) * 128 + (i)];
-          for (int p = 1; p < 2; ++p) acc += t_r_part[(p) * 128 + (i)];
-          t_r[i] = prt::from_f32<float>(acc);
-        }
-      }
-      // t2 = mma.tc(v, u2_hi^T) [128x32 in 16x32 units over 8 warps]
-      {
-        float acc[1][4][4];
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-        }
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-          #pragma unroll
-          for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 1) * 16;
-            const int n0 = (u % 1) * 32;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_v[4];
-            prt::ldmatrix_x4(fa_v, &t_v[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-            uint32_t fbt_u2_hi[4][2];
-            #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t r[4];
-              prt::ldmatrix_x4(r, &t_u2_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-              fbt_u2_hi[q][0] = r[0]; fbt_u2_hi[q][1] = r[1]; fbt_u2_hi[q + 1][0] = r[2]; fbt_u2_hi[q + 1][1] = r[3];
-            }
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v, fbt_u2_hi[q][0], fbt_u2_hi[q][1]);
-          }
-        }
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t2[(((warp + j * 8) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 8) % 1) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-        }
-      }
-      __syncthreads();
-      // dk[row, col] = select((col >= 32), (dk[row, col] + (k[row, i2] * t2[row, max((col - 32), 0)])), dk[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dk[j][q][e] = ((c >= 32) ? (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 72 + (v_i2)]) * prt::to_f32(t_t2[(r) * 32 + (prt::max_nan((c - 32), 0))]))) : f_dk[j][q][e]);
-            }
-          }
-        }
-      }
-      // r16[row, col] = select((col == (i2 - 32)), r[row], r16[row, col])
-      {
-        for (int i = tid; i < 2048; i += 256) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i2 - 32)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-        }
-      }
-      // kdk[row] = (kdk[row] + (k[row, i2] * r[row]))
-      {
-        for (int r = tid; r < 128; r += 256) {
-          t_kdk[r] = prt::from_f32<float>((prt::to_f32(t_kdk[r]) + (prt::to_f32(t_k[(r) * 72 + (v_i2)]) * prt::to_f32(t_r[r]))));
-        }
-      }
-    }
-  }
-  prt::cp_async_wait<0>();
-  __syncthreads();
-  // dk[row, col] = select(((col >= 32) && (col < 48)), (dk[row, col] + r16[row, min(max((col - 32), 0), 15)]), dk[row, col])
-  {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 8;
-      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_dk[j][q][e] = (((c >= 32) && (c < 48)) ? (f_dk[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 32), 0), 15))])) : f_dk[j][q][e]);
-        }
-      }
-    }
-  }
-  // k3 = load.async K[(pid.y // $h), (pid.x * 128):+128, (pid.y % $h), 48:+16]
-  {
-    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
-    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
-    const int s3 = 48;
-    const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-    const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-    __nv_bfloat16* const dst = t_k3;
-    if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 256) {
-        const int r = i / 2, c = (i % 2) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-      }
-    }
-    else {
-      for (int i = tid; i < 2048; i += 256) {
-        const int r = i / 16, c = i % 16;
-        dst[(r) * 24 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-      }
-    }
-  }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  __syncthreads();
-  // r16[row, col] = 0.0
-  {
-    for (int i = tid; i < 2048; i += 256) {
-      const int r = i / 16, c = i % 16;
-      t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-    }
-  }
-  if ((48 < 64)) {
-    // u3_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((48 * 64) - ((48 * (48 - 1)) // 2)) + 48) - 48) - 48) + 48):+16, 0:+64] into stage 0
-    {
-      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-      const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-      const int a2 = static_cast<int>(blockIdx.x);
-      const int s3 = ((((((48 * 64) - ((48 * (48 - 1)) / 2)) + 48) - 48) - 48) + 48);
-      const int s4 = 0;
-      const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
-      const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-      float* const dst = t_u3_f32_base + ((0) % 2) * 1024;
-      if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 256; i += 256) {
-          const int r = i / 16, c = (i % 16) * 4;
-          const int gr = s3 + r;
-          const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
-        }
-      }
-      else {
-        for (int i = tid; i < 1024; i += 256) {
-          const int r = i / 64, c = i % 64;
-          dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
-        }
-      }
-    }
-  }
-  prt::cp_async_commit();
-  {
-    const int v_i3_end = 64;
-    for (int v_i3 = 48; v_i3 < v_i3_end; v_i3 += 1) {
-      if (((v_i3 + 1) < 64)) {
-        // u3_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, (((((((i3 + 1) * 64) - (((i3 + 1) * ((i3 + 1) - 1)) // 2)) + (i3 + 1)) - (i3 + 1)) - (i3 + 1)) + 48):+16, 0:+64] into stage (((i3 - 48) + 1) % 2)
-        {
-          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-          const int a2 = static_cast<int>(blockIdx.x);
-          const int s3 = (((((((v_i3 + 1) * 64) - (((v_i3 + 1) * ((v_i3 + 1) - 1)) / 2)) + (v_i3 + 1)) - (v_i3 + 1)) - (v_i3 + 1)) + 48);
-          const int s4 = 0;
-          const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
-          const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-          float* const dst = t_u3_f32_base + (((((v_i3 - 48) + 1) % 2)) % 2) * 1024;
-          if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 256; i += 256) {
-              const int r = i / 16, c = (i % 16) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
-            }
-          }
-          else {
-            for (int i = tid; i < 1024; i += 256) {
-              const int r = i / 64, c = i % 64;
-              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
-            }
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<1>();
-      t_u3_f32 = t_u3_f32_base + ((((v_i3 - 48) % 2)) % 2) * 1024;  // bind u3_f32 stage ((i3 - 48) % 2)
-      __syncthreads();
-      // u3_hi[row, col] = select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, (u3_f32[row, col] * select(((row + 48) == i3), 1.0, 1.4142135623730951)))
-      {
-        for (int i = tid; i < 1024; i += 256) {
-          const int r = i / 64, c = i % 64;
-          t_u3_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : (prt::to_f32(t_u3_f32[(r) * 64 + (c)]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))));
-        }
-      }
-      __syncthreads();
-      // p3 = mma.tc(k3, u3_hi) [128x64 in 16x32 units over 8 warps]
-      {
-        float (&acc)[2][4][4] = f_p3;
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-        }
-        for (int k0 = 0; k0 < 16; k0 += 16) {
-          const int n0 = (warp % 2) * 32;
-          uint32_t fb_u3_hi[4][2];
-          #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
-            uint32_t r[4];
-            prt::ldmatrix_x4_trans(r, &t_u3_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-            fb_u3_hi[q][0] = r[0]; fb_u3_hi[q][1] = r[1]; fb_u3_hi[q + 1][0] = r[2]; fb_u3_hi[q + 1][1] = r[3];
-          }
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 2) * 16;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_k3[4];
-            prt::ldmatrix_x4(fa_k3, &t_k3[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k3, fb_u3_hi[q][0], fb_u3_hi[q][1]);
-          }
-        }
-      }
-      // dv[row, col] = (dv[row, col] + (k[row, i3] * p3[row, col]))
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 72 + (v_i3)]) * f_p3[j][q][e]));
-            }
-          }
-        }
-      }
-      // p3[row, col] = (p3[row, col] * v[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p3[j][q][e] = (f_p3[j][q][e] * prt::to_f32(t_v[(r) * 72 + (c)]));
-            }
-          }
-        }
-      }
-      // r = reduce_sum(p3, axis=1) via r_part
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_p3[j][0][2 * h];
-            acc += f_p3[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 4; ++q) {
-              acc += f_p3[j][q][2 * h];
-              acc += f_p3[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
-            if ((lane & 3) == 0) t_r_part[(u % 2) * 128 + (r)] = acc;
-          }
-        }
-        __syncthreads();
-        for (int i = tid; i < 128; i += 256) {
-          float acc = t_r_part[(0) * 128 + (i)];
-          for (int p = 1; p < 2; ++p) acc += t_r_part[(p) * 128 + (i)];
-          t_r[i] = prt::from_f32<float>(acc);
-        }
-      }
-      // t3 = mma.tc(v, u3_hi^T) [128x16 in 16x16 units over 8 warps]
-      {
-        float acc[1][2][4];
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-        }
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-          #pragma unroll
-          for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 1) * 16;
-            const int n0 = (u % 1) * 16;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_v[4];
-            prt::ldmatrix_x4(fa_v, &t_v[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-            uint32_t fbt_u3_hi[2][2];
-            #pragma unroll
-            for (int q = 0; q < 2; q += 2) {
-              uint32_t r[4];
-              prt::ldmatrix_x4(r, &t_u3_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-              fbt_u3_hi[q][0] = r[0]; fbt_u3_hi[q][1] = r[1]; fbt_u3_hi[q + 1][0] = r[2]; fbt_u3_hi[q + 1][1] = r[3];
-            }
-            #pragma unroll
-            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v, fbt_u3_hi[q][0], fbt_u3_hi[q][1]);
-          }
-        }
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t3[(((warp + j * 8) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 1) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-        }
-      }
-      __syncthreads();
-      // dk[row, col] = select((col >= 48), (dk[row, col] + (k[row, i3] * t3[row, max((col - 48), 0)])), dk[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dk[j][q][e] = ((c >= 48) ? (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 72 + (v_i3)]) * prt::to_f32(t_t3[(r) * 16 + (prt::max_nan((c - 48), 0))]))) : f_dk[j][q][e]);
-            }
-          }
-        }
-      }
-      // r16[row, col] = select((col == (i3 - 48)), r[row], r16[row, col])
-      {
-        for (int i = tid; i < 2048; i += 256) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i3 - 48)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-        }
-      }
-      // kdk[row] = (kdk[row] + (k[row, i3] * r[row]))
-      {
-        for (int r = tid; r < 128; r += 256) {
-          t_kdk[r] = prt::from_f32<float>((prt::to_f32(t_kdk[r]) + (prt::to_f32(t_k[(r) * 72 + (v_i3)]) * prt::to_f32(t_r[r]))));
-        }
-      }
-    }
-  }
-  prt::cp_async_wait<0>();
-  __syncthreads();
-  // dk[row, col] = select(((col >= 48) && (col < 64)), (dk[row, col] + r16[row, min(max((col - 48), 0), 15)]), dk[row, col])
-  {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 8;
-      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_dk[j][q][e] = (((c >= 48) && (c < 64)) ? (f_dk[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 48), 0), 15))])) : f_dk[j][q][e]);
-        }
-      }
-    }
-  }
   // dv[row, col] = (dv[row, col] * exp((lam[127] - lam[row])))
   {
     #pragma unroll
@@ -11460,10 +10084,10 @@ extern "C" cudaError_t prt_attention_p2_d64_e64_c128_bf16_w4_bd0_bt64_s2_launch(
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_update_state_p2_d64_e64_c128_bf16_w8_bd64_bt128_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d64_e64_c128_bf16_w8_bd64_bt128_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 50176);
+extern "C" cudaError_t prt_update_state_p2_d64_e64_c128_bf16_w4_bd64_bt128_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_dS, float* g_dZ, int p_b, int p_t, int p_h, int p_n) {
+  cudaError_t err = cudaFuncSetAttribute(prt_update_state_p2_d64_e64_c128_bf16_w4_bd64_bt128_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 50176);
   if (err != cudaSuccess) return err;
-  prt_update_state_p2_d64_e64_c128_bf16_w8_bd64_bt128_s1<<<grid, 256, 50176, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
+  prt_update_state_p2_d64_e64_c128_bf16_w4_bd64_bt128_s1<<<grid, 128, 50176, stream>>>(g_K, g_V, g_logG, g_dS, g_dZ, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
@@ -11502,10 +10126,10 @@ extern "C" cudaError_t prt_query_state_bwd_dq_p2_d64_e64_c128_bf16_w4_bd0_bt128_
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_query_state_bwd_ds_p2_d64_e64_c128_bf16_w4_bd32_bt128_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_ds_p2_d64_e64_c128_bf16_w4_bd32_bt128_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 50944);
+extern "C" cudaError_t prt_query_state_bwd_ds_p2_d64_e64_c128_bf16_w4_bd64_bt128_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, float* g_dSin, float* g_dZin, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_ds_p2_d64_e64_c128_bf16_w4_bd64_bt128_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 67328);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_ds_p2_d64_e64_c128_bf16_w4_bd32_bt128_s1<<<grid, 128, 50944, stream>>>(g_Q, g_logG, g_dY, g_lse, g_Dy, g_dSin, g_dZin, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_query_state_bwd_ds_p2_d64_e64_c128_bf16_w4_bd64_bt128_s1<<<grid, 128, 67328, stream>>>(g_Q, g_logG, g_dY, g_lse, g_Dy, g_dSin, g_dZin, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
@@ -11517,9 +10141,9 @@ extern "C" cudaError_t prt_discounted_cumsum_bwd_p2_d64_e64_c128_bf16_w4_bd32_bt
 }
 
 extern "C" cudaError_t prt_update_state_bwd_p2_d64_e64_c128_bf16_w8_bd0_bt128_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const float* g_ddS, const float* g_ddZ, float* g_dKs, float* g_dVs, float* g_dlamK, float* g_dGk, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_update_state_bwd_p2_d64_e64_c128_bf16_w8_bd0_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 122368);
+  cudaError_t err = cudaFuncSetAttribute(prt_update_state_bwd_p2_d64_e64_c128_bf16_w8_bd0_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 81408);
   if (err != cudaSuccess) return err;
-  prt_update_state_bwd_p2_d64_e64_c128_bf16_w8_bd0_bt128_s2<<<grid, 256, 122368, stream>>>(g_K, g_V, g_logG, g_ddS, g_ddZ, g_dKs, g_dVs, g_dlamK, g_dGk, p_b, p_t, p_h, p_n);
+  prt_update_state_bwd_p2_d64_e64_c128_bf16_w8_bd0_bt128_s2<<<grid, 256, 81408, stream>>>(g_K, g_V, g_logG, g_ddS, g_ddZ, g_dKs, g_dVs, g_dlamK, g_dGk, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 

@@ -607,7 +607,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
   float* const t_kzk0 = reinterpret_cast<float*>(prt_smem + 46080);  // f32[64, 16] pitch 16
   // zk0_hi: f16[128, 16] computed in registers by its mma group
   // zk0_lo: f16[128, 16] computed in registers by its mma group
-  float f_s0[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
+  float f_s0[2][2][4];  // f32[64, 64] as mma fragments: 64x64 in 16x16 units over 8 warps
   float* const t_z0 = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   // u0_hi: f16[128, 64] computed in registers by its mma group
   // u0_lo: f16[128, 64] computed in registers by its mma group
@@ -791,69 +791,69 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
       // mma.group (operands in registers):
       //   u0_hi[row, col] = (v[row, col] * kg0[(i0 - 0), row])
       //   u0_lo[row, col] = ((v[row, col] * kg0[(i0 - 0), row]) - u0_hi[row, col])
-      //   s0 = mma.tc(k0^T, u0_hi) [64x64 in 16x32 units over 8 warps]
-      //   s0 += mma.tc(k0^T, u0_lo) [64x64 in 16x32 units over 8 warps]
+      //   s0 = mma.tc(k0^T, u0_hi) [64x64 in 16x16 units over 8 warps]
+      //   s0 += mma.tc(k0^T, u0_lo) [64x64 in 16x16 units over 8 warps]
       {
-        float (&acc)[1][4][4] = f_s0;
+        float (&acc)[2][2][4] = f_s0;
         #pragma unroll
-        for (int j = 0; j < 1; ++j) {
+        for (int j = 0; j < 2; ++j) {
           #pragma unroll
-          for (int q = 0; q < 4; ++q)
+          for (int q = 0; q < 2; ++q)
           #pragma unroll
             for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
         const int g = lane >> 2, t2 = (lane & 3) * 2;
         for (int k0 = 0; k0 < 128; k0 += 16) {
+          const int n0 = (warp % 4) * 16;
+          uint32_t fb_v[2][2];
           #pragma unroll
-          for (int j = 0; j < 1; ++j) {
+          for (int q = 0; q < 2; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
+          }
+          uint32_t ib_u0_hi[2][2];
+          uint32_t ib_u0_lo[2][2];
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int rg = 0; rg < 2; ++rg) {
+              __half v0[2], v1[2];
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                const __half y0 = prt::from_f32<__half>((prt::b16_half<__half>(fb_v[q][rg], h) * prt::to_f32(t_kg0[((v_i0 - 0)) * 128 + (r)])));
+                v0[h] = y0;
+                const __half y1 = prt::from_f32<__half>(((prt::b16_half<__half>(fb_v[q][rg], h) * prt::to_f32(t_kg0[((v_i0 - 0)) * 128 + (r)])) - prt::to_f32(y0)));
+                v1[h] = y1;
+              }
+              ib_u0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+              ib_u0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+            }
+          }
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 2) * 16;
-            const int n0 = (u % 2) * 32;
+            const int m0 = (u / 4) * 16;
             (void)m0;
             (void)n0;
             uint32_t fat_k0[4];
             prt::ldmatrix_x4_trans(fat_k0, &t_k0[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-            uint32_t fb_v[4][2];
             #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t r[4];
-              prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-              fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
-            }
-            uint32_t ib_u0_hi[4][2];
-            uint32_t ib_u0_lo[4][2];
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__half>(acc[j][q], fat_k0, ib_u0_hi[q][0], ib_u0_hi[q][1]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              #pragma unroll
-              for (int rg = 0; rg < 2; ++rg) {
-                __half v0[2], v1[2];
-                #pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
-                  const __half y0 = prt::from_f32<__half>((prt::b16_half<__half>(fb_v[q][rg], h) * prt::to_f32(t_kg0[((v_i0 - 0)) * 128 + (r)])));
-                  v0[h] = y0;
-                  const __half y1 = prt::from_f32<__half>(((prt::b16_half<__half>(fb_v[q][rg], h) * prt::to_f32(t_kg0[((v_i0 - 0)) * 128 + (r)])) - prt::to_f32(y0)));
-                  v1[h] = y1;
-                }
-                ib_u0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
-                ib_u0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
-              }
-            }
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fat_k0, ib_u0_hi[q][0], ib_u0_hi[q][1]);
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fat_k0, ib_u0_lo[q][0], ib_u0_lo[q][1]);
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__half>(acc[j][q], fat_k0, ib_u0_lo[q][0], ib_u0_lo[q][1]);
           }
         }
       }
       // s0[row, col] = (s0[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951))
       {
         #pragma unroll
-        for (int j = 0; j < 1; ++j) {
+        for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -873,11 +873,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
           #pragma unroll
-          for (int j = 0; j < 1; ++j) {
+          for (int j = 0; j < 2; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -4660,7 +4660,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
 }
 
 // query_state_bwd_dq: Dy, lseB (the normaliser the backward's weights sum to 1 under), and dQs, dlamQ: the gradient through phi(q')^T [Sin, Zin]
-// grid (($n * 2), $hq, $b), 128 threads, 75776 bytes of dynamic shared memory
+// grid (($n * 2), $hq, $b), 128 threads, 69760 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_e64_c128_f16_w4_bd0_bt64_s2(
     const __half* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const __half* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -4847,28 +4847,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
   // q_pair_hi: bf16[64, 64] computed in registers by its mma group
   // q_pair_lo: bf16[64, 64] computed in registers by its mma group
   float* const t_qzs = reinterpret_cast<float*>(prt_smem + 53376);  // f32[64, 64] pitch 64
-  float* const t_r = reinterpret_cast<float*>(prt_smem + 15104);  // f32[64] pitch 64
-  float* const t_r16 = reinterpret_cast<float*>(prt_smem + 11008);  // f32[64, 16] pitch 16
-  float* const t_s0_f32_base = reinterpret_cast<float*>(prt_smem + 26624);  // f32[64, 64] pitch 64, 2 copies
-  float* t_s0_f32 = t_s0_f32_base;
-  float* const t_t0 = reinterpret_cast<float*>(prt_smem + 59392);  // f32[64, 64] pitch 64
-  // s0_hi: bf16[64, 64] computed in registers by its mma group
-  // s0_lo: bf16[64, 64] computed in registers by its mma group
-  float* const t_s1_f32_base = reinterpret_cast<float*>(prt_smem + 26624);  // f32[48, 64] pitch 64, 2 copies
-  float* t_s1_f32 = t_s1_f32_base;
-  float* const t_t1 = reinterpret_cast<float*>(prt_smem + 51200);  // f32[64, 48] pitch 48
-  // s1_hi: bf16[48, 64] computed in registers by its mma group
-  // s1_lo: bf16[48, 64] computed in registers by its mma group
-  float* const t_s2_f32_base = reinterpret_cast<float*>(prt_smem + 26624);  // f32[32, 64] pitch 64, 2 copies
-  float* t_s2_f32 = t_s2_f32_base;
-  float* const t_t2 = reinterpret_cast<float*>(prt_smem + 43008);  // f32[64, 32] pitch 32
-  // s2_hi: bf16[32, 64] computed in registers by its mma group
-  // s2_lo: bf16[32, 64] computed in registers by its mma group
-  float* const t_s3_f32_base = reinterpret_cast<float*>(prt_smem + 26624);  // f32[16, 64] pitch 64, 2 copies
-  float* t_s3_f32 = t_s3_f32_base;
-  float* const t_t3 = reinterpret_cast<float*>(prt_smem + 34816);  // f32[64, 16] pitch 16
-  // s3_hi: bf16[16, 64] computed in registers by its mma group
-  // s3_lo: bf16[16, 64] computed in registers by its mma group
+  float* const t_r = reinterpret_cast<float*>(prt_smem + 11520);  // f32[64] pitch 64
+  float* const t_s_f32_base = reinterpret_cast<float*>(prt_smem + 26624);  // f32[64, 64] pitch 64, 2 copies
+  float* t_s_f32 = t_s_f32_base;
+  float f_t_a[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
+  // s_hi: bf16[64, 64] computed in registers by its mma group
+  // s_lo: bf16[64, 64] computed in registers by its mma group
+  float* const t_r_part = reinterpret_cast<float*>(prt_smem + 11008);  // f32[2, 64] pitch 64
   if (((((static_cast<int>(blockIdx.x) / 2) * 128) + ((static_cast<int>(blockIdx.x) % 2) * 64)) < p_t)) {
     // g = load logG[pid.z, ((pid.x // 2) * 128):+128, (pid.y // ($hq // $h))]
     {
@@ -5221,25 +5206,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
           }
         }
       }
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
       __syncthreads();
-      if ((0 < 16)) {
-        // s0_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 2), ((((((0 * 64) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0) + 0):+64, 0:+64] into stage 0
+      if ((0 < 64)) {
+        // s_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 2), (((((0 * 64) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0):+64, 0:+64] into stage 0
         {
           const int a0 = static_cast<int>(blockIdx.z);
           const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int a2 = (static_cast<int>(blockIdx.x) / 2);
-          const int s3 = ((((((0 * 64) - ((0 * (0 - 1)) / 2)) + 0) - 0) - 0) + 0);
+          const int s3 = (((((0 * 64) - ((0 * (0 - 1)) / 2)) + 0) - 0) - 0);
           const int s4 = 0;
           const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-          float* const dst = t_s0_f32_base + ((0) % 2) * 4096;
+          float* const dst = t_s_f32_base + ((0) % 2) * 4096;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
             for (int i = tid; i < 1024; i += 128) {
               const int r = i / 16, c = (i % 16) * 4;
@@ -5259,19 +5237,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       }
       prt::cp_async_commit();
       {
-        const int v_i0_end = 16;
+        const int v_i0_end = 64;
         for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-          if (((v_i0 + 1) < 16)) {
-            // s0_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 2), (((((((i0 + 1) * 64) - (((i0 + 1) * ((i0 + 1) - 1)) // 2)) + (i0 + 1)) - (i0 + 1)) - (i0 + 1)) + 0):+64, 0:+64] into stage ((i0 + 1) % 2)
+          if (((v_i0 + 1) < 64)) {
+            // s_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 2), ((((((i0 + 1) * 64) - (((i0 + 1) * ((i0 + 1) - 1)) // 2)) + (i0 + 1)) - (i0 + 1)) - (i0 + 1)):+64, 0:+64] into stage ((i0 + 1) % 2)
             {
               const int a0 = static_cast<int>(blockIdx.z);
               const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
               const int a2 = (static_cast<int>(blockIdx.x) / 2);
-              const int s3 = (((((((v_i0 + 1) * 64) - (((v_i0 + 1) * ((v_i0 + 1) - 1)) / 2)) + (v_i0 + 1)) - (v_i0 + 1)) - (v_i0 + 1)) + 0);
+              const int s3 = ((((((v_i0 + 1) * 64) - (((v_i0 + 1) * ((v_i0 + 1) - 1)) / 2)) + (v_i0 + 1)) - (v_i0 + 1)) - (v_i0 + 1));
               const int s4 = 0;
               const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
               const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-              float* const dst = t_s0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
+              float* const dst = t_s_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
               if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
                 for (int i = tid; i < 1024; i += 128) {
                   const int r = i / 16, c = (i % 16) * 4;
@@ -5291,15 +5269,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
           }
           prt::cp_async_commit();
           prt::cp_async_wait<1>();
-          t_s0_f32 = t_s0_f32_base + (((v_i0 % 2)) % 2) * 4096;  // bind s0_f32 stage (i0 % 2)
+          t_s_f32 = t_s_f32_base + (((v_i0 % 2)) % 2) * 4096;  // bind s_f32 stage (i0 % 2)
           __syncthreads();
           // mma.group (operands in registers):
-          //   s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, (s0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
-          //   s0_lo[row, col] = (select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, (s0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951))) - s0_hi[row, col])
-          //   t0 = mma.tc(dy_hi, s0_hi^T) [64x64 in 16x32 units over 4 warps]
-          //   t0 += mma.tc(dy_hi, s0_lo^T) [64x64 in 16x32 units over 4 warps]
+          //   s_hi[row, col] = select(((row < i0) || (row >= 64)), 0.0, (s_f32[row, col] * select((row == i0), 1.0, 1.4142135623730951)))
+          //   s_lo[row, col] = (select(((row < i0) || (row >= 64)), 0.0, (s_f32[row, col] * select((row == i0), 1.0, 1.4142135623730951))) - s_hi[row, col])
+          //   t_a = mma.tc(dy_hi, s_hi^T) [64x64 in 16x32 units over 4 warps]
+          //   t_a += mma.tc(dy_hi, s_lo^T) [64x64 in 16x32 units over 4 warps]
           {
-            float acc[2][4][4];
+            float (&acc)[2][4][4] = f_t_a;
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
               #pragma unroll
@@ -5310,8 +5288,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
             const int g = lane >> 2, t2 = (lane & 3) * 2;
             for (int k0 = 0; k0 < 64; k0 += 16) {
               const int n0 = (warp % 2) * 32;
-              uint32_t ib_s0_hi[4][2];
-              uint32_t ib_s0_lo[4][2];
+              uint32_t ib_s_hi[4][2];
+              uint32_t ib_s_lo[4][2];
               #pragma unroll
               for (int q = 0; q < 4; ++q) {
                 #pragma unroll
@@ -5320,13 +5298,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
                   #pragma unroll
                   for (int h = 0; h < 2; ++h) {
                     const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
-                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : (prt::to_f32(t_s0_f32[(r) * 64 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
+                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < v_i0) || (r >= 64)) ? 0.0f : (prt::to_f32(t_s_f32[(r) * 64 + (c)]) * ((r == v_i0) ? 1.0f : 1.4142135623730951f))));
                     v0[h] = y0;
-                    const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : (prt::to_f32(t_s0_f32[(r) * 64 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+                    const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((((r < v_i0) || (r >= 64)) ? 0.0f : (prt::to_f32(t_s_f32[(r) * 64 + (c)]) * ((r == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
                     v1[h] = y1;
                   }
-                  ib_s0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
-                  ib_s0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                  ib_s_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                  ib_s_lo[q][rg] = prt::pack2(v1[0], v1[1]);
                 }
               }
               #pragma unroll
@@ -5338,21 +5316,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
                 uint32_t fa_dy_hi[4];
                 prt::ldmatrix_x4(fa_dy_hi, &t_dy_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
                 #pragma unroll
-                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy_hi, ib_s0_hi[q][0], ib_s0_hi[q][1]);
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy_hi, ib_s_hi[q][0], ib_s_hi[q][1]);
                 #pragma unroll
-                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy_hi, ib_s0_lo[q][0], ib_s0_lo[q][1]);
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy_hi, ib_s_lo[q][0], ib_s_lo[q][1]);
               }
             }
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t0[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 4) % 2) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-            }
           }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 0), (grad_s[row, col] + (q[row, i0] * t0[row, max((col - 0), 0)])), grad_s[row, col])
+          // grad_s[row, col] = (grad_s[row, col] + (q[row, i0] * t_a[row, col]))
           {
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
@@ -5363,188 +5333,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 0) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 72 + (v_i0)]) * prt::to_f32(t_t0[(r) * 64 + (prt::max_nan((c - 0), 0))]))) : f_grad_s[j][q][e]);
+                  f_grad_s[j][q][e] = (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 72 + (v_i0)]) * f_t_a[j][q][e]));
                 }
               }
             }
           }
-          __syncthreads();
-          // t0[row, col] = (t0[row, col] * q[row, (col + 0)])
-          {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_t0[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_t0[(r) * 64 + (c)]) * prt::to_f32(t_q[(r) * 72 + ((c + 0))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t0, axis=1)
-          {
-            for (int o = tid; o < 64; o += 128) {
-              float acc = 0.0f;
-              for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_t0[(o) * 64 + (i)]);
-              t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i0 - 0)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i0 - 0)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-            }
-          }
-        }
-      }
-      prt::cp_async_wait<0>();
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 0) && (col < 16)), (grad_s[row, col] + r16[row, min(max((col - 0), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 0) && (c < 16)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 0), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      if ((16 < 32)) {
-        // s1_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 2), ((((((16 * 64) - ((16 * (16 - 1)) // 2)) + 16) - 16) - 16) + 16):+48, 0:+64] into stage 0
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-          const int a2 = (static_cast<int>(blockIdx.x) / 2);
-          const int s3 = ((((((16 * 64) - ((16 * (16 - 1)) / 2)) + 16) - 16) - 16) + 16);
-          const int s4 = 0;
-          const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-          const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-          float* const dst = t_s1_f32_base + ((0) % 2) * 3072;
-          if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 768; i += 128) {
-              const int r = i / 16, c = (i % 16) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-            }
-          }
-          else {
-            for (int i = tid; i < 3072; i += 128) {
-              const int r = i / 64, c = i % 64;
-              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-            }
-          }
-        }
-      }
-      prt::cp_async_commit();
-      {
-        const int v_i1_end = 32;
-        for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
-          if (((v_i1 + 1) < 32)) {
-            // s1_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 2), (((((((i1 + 1) * 64) - (((i1 + 1) * ((i1 + 1) - 1)) // 2)) + (i1 + 1)) - (i1 + 1)) - (i1 + 1)) + 16):+48, 0:+64] into stage (((i1 - 16) + 1) % 2)
-            {
-              const int a0 = static_cast<int>(blockIdx.z);
-              const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-              const int a2 = (static_cast<int>(blockIdx.x) / 2);
-              const int s3 = (((((((v_i1 + 1) * 64) - (((v_i1 + 1) * ((v_i1 + 1) - 1)) / 2)) + (v_i1 + 1)) - (v_i1 + 1)) - (v_i1 + 1)) + 16);
-              const int s4 = 0;
-              const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-              const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-              float* const dst = t_s1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 3072;
-              if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-                for (int i = tid; i < 768; i += 128) {
-                  const int r = i / 16, c = (i % 16) * 4;
-                  const int gr = s3 + r;
-                  const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-                }
-              }
-              else {
-                for (int i = tid; i < 3072; i += 128) {
-                  const int r = i / 64, c = i % 64;
-                  dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-                }
-              }
-            }
-          }
-          prt::cp_async_commit();
-          prt::cp_async_wait<1>();
-          t_s1_f32 = t_s1_f32_base + ((((v_i1 - 16) % 2)) % 2) * 3072;  // bind s1_f32 stage ((i1 - 16) % 2)
-          __syncthreads();
-          // mma.group (operands in registers):
-          //   s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, (s1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
-          //   s1_lo[row, col] = (select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, (s1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951))) - s1_hi[row, col])
-          //   t1 = mma.tc(dy_hi, s1_hi^T) [64x48 in 16x16 units over 4 warps]
-          //   t1 += mma.tc(dy_hi, s1_lo^T) [64x48 in 16x16 units over 4 warps]
-          {
-            float acc[3][2][4];
-            #pragma unroll
-            for (int j = 0; j < 3; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 2; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-            }
-            const int g = lane >> 2, t2 = (lane & 3) * 2;
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              #pragma unroll
-              for (int j = 0; j < 3; ++j) {
-                const int u = warp + j * 4;
-                const int m0 = (u / 3) * 16;
-                const int n0 = (u % 3) * 16;
-                (void)m0;
-                (void)n0;
-                uint32_t fa_dy_hi[4];
-                prt::ldmatrix_x4(fa_dy_hi, &t_dy_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-                uint32_t ib_s1_hi[2][2];
-                uint32_t ib_s1_lo[2][2];
-                #pragma unroll
-                for (int q = 0; q < 2; ++q) {
-                  #pragma unroll
-                  for (int rg = 0; rg < 2; ++rg) {
-                    __nv_bfloat16 v0[2], v1[2];
-                    #pragma unroll
-                    for (int h = 0; h < 2; ++h) {
-                      const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
-                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : (prt::to_f32(t_s1_f32[(r) * 64 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
-                      v0[h] = y0;
-                      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : (prt::to_f32(t_s1_f32[(r) * 64 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
-                      v1[h] = y1;
-                    }
-                    ib_s1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
-                    ib_s1_lo[q][rg] = prt::pack2(v1[0], v1[1]);
-                  }
-                }
-                #pragma unroll
-                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy_hi, ib_s1_hi[q][0], ib_s1_hi[q][1]);
-                #pragma unroll
-                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy_hi, ib_s1_lo[q][0], ib_s1_lo[q][1]);
-              }
-            }
-            #pragma unroll
-            for (int j = 0; j < 3; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 2; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t1[(((warp + j * 4) / 3) * 16 + prt::frag_row(lane, e)) * 48 + (((warp + j * 4) % 3) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-            }
-          }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 16), (grad_s[row, col] + (q[row, i1] * t1[row, max((col - 16), 0)])), grad_s[row, col])
+          // t_a[row, col] = (t_a[row, col] * q[row, col])
           {
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
@@ -5555,188 +5349,39 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 16) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 72 + (v_i1)]) * prt::to_f32(t_t1[(r) * 48 + (prt::max_nan((c - 16), 0))]))) : f_grad_s[j][q][e]);
+                  f_t_a[j][q][e] = (f_t_a[j][q][e] * prt::to_f32(t_q[(r) * 72 + (c)]));
                 }
               }
             }
           }
-          __syncthreads();
-          // t1[row, col] = (t1[row, col] * q[row, (col + 16)])
+          // r = reduce_sum(t_a, axis=1) via r_part
           {
-            for (int i = tid; i < 3072; i += 128) {
-              const int r = i / 48, c = i % 48;
-              t_t1[(r) * 48 + (c)] = prt::from_f32<float>((prt::to_f32(t_t1[(r) * 48 + (c)]) * prt::to_f32(t_q[(r) * 72 + ((c + 16))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t1, axis=1)
-          {
-            for (int o = tid; o < 64; o += 128) {
-              float acc = 0.0f;
-              for (int i = 0; i < 48; ++i) acc += prt::to_f32(t_t1[(o) * 48 + (i)]);
-              t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i1 - 16)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i1 - 16)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-            }
-          }
-        }
-      }
-      prt::cp_async_wait<0>();
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 16) && (col < 32)), (grad_s[row, col] + r16[row, min(max((col - 16), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 16) && (c < 32)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 16), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      if ((32 < 48)) {
-        // s2_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 2), ((((((32 * 64) - ((32 * (32 - 1)) // 2)) + 32) - 32) - 32) + 32):+32, 0:+64] into stage 0
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-          const int a2 = (static_cast<int>(blockIdx.x) / 2);
-          const int s3 = ((((((32 * 64) - ((32 * (32 - 1)) / 2)) + 32) - 32) - 32) + 32);
-          const int s4 = 0;
-          const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-          const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-          float* const dst = t_s2_f32_base + ((0) % 2) * 2048;
-          if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 512; i += 128) {
-              const int r = i / 16, c = (i % 16) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-            }
-          }
-          else {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 64, c = i % 64;
-              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-            }
-          }
-        }
-      }
-      prt::cp_async_commit();
-      {
-        const int v_i2_end = 48;
-        for (int v_i2 = 32; v_i2 < v_i2_end; v_i2 += 1) {
-          if (((v_i2 + 1) < 48)) {
-            // s2_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 2), (((((((i2 + 1) * 64) - (((i2 + 1) * ((i2 + 1) - 1)) // 2)) + (i2 + 1)) - (i2 + 1)) - (i2 + 1)) + 32):+32, 0:+64] into stage (((i2 - 32) + 1) % 2)
-            {
-              const int a0 = static_cast<int>(blockIdx.z);
-              const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-              const int a2 = (static_cast<int>(blockIdx.x) / 2);
-              const int s3 = (((((((v_i2 + 1) * 64) - (((v_i2 + 1) * ((v_i2 + 1) - 1)) / 2)) + (v_i2 + 1)) - (v_i2 + 1)) - (v_i2 + 1)) + 32);
-              const int s4 = 0;
-              const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-              const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-              float* const dst = t_s2_f32_base + (((((v_i2 - 32) + 1) % 2)) % 2) * 2048;
-              if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-                for (int i = tid; i < 512; i += 128) {
-                  const int r = i / 16, c = (i % 16) * 4;
-                  const int gr = s3 + r;
-                  const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 4;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                float acc = f_t_a[j][0][2 * h];
+                acc += f_t_a[j][0][2 * h + 1];
+                #pragma unroll
+                for (int q = 1; q < 4; ++q) {
+                  acc += f_t_a[j][q][2 * h];
+                  acc += f_t_a[j][q][2 * h + 1];
                 }
-              }
-              else {
-                for (int i = tid; i < 2048; i += 128) {
-                  const int r = i / 64, c = i % 64;
-                  dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-                }
+                acc = prt::quad_sum(acc);
+                const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
+                if ((lane & 3) == 0) t_r_part[(u % 2) * 64 + (r)] = acc;
               }
             }
-          }
-          prt::cp_async_commit();
-          prt::cp_async_wait<1>();
-          t_s2_f32 = t_s2_f32_base + ((((v_i2 - 32) % 2)) % 2) * 2048;  // bind s2_f32 stage ((i2 - 32) % 2)
-          __syncthreads();
-          // mma.group (operands in registers):
-          //   s2_hi[row, col] = select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, (s2_f32[row, col] * select(((row + 32) == i2), 1.0, 1.4142135623730951)))
-          //   s2_lo[row, col] = (select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, (s2_f32[row, col] * select(((row + 32) == i2), 1.0, 1.4142135623730951))) - s2_hi[row, col])
-          //   t2 = mma.tc(dy_hi, s2_hi^T) [64x32 in 16x32 units over 4 warps]
-          //   t2 += mma.tc(dy_hi, s2_lo^T) [64x32 in 16x32 units over 4 warps]
-          {
-            float acc[1][4][4];
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-            }
-            const int g = lane >> 2, t2 = (lane & 3) * 2;
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              #pragma unroll
-              for (int j = 0; j < 1; ++j) {
-                const int u = warp + j * 4;
-                const int m0 = (u / 1) * 16;
-                const int n0 = (u % 1) * 32;
-                (void)m0;
-                (void)n0;
-                uint32_t fa_dy_hi[4];
-                prt::ldmatrix_x4(fa_dy_hi, &t_dy_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-                uint32_t ib_s2_hi[4][2];
-                uint32_t ib_s2_lo[4][2];
-                #pragma unroll
-                for (int q = 0; q < 4; ++q) {
-                  #pragma unroll
-                  for (int rg = 0; rg < 2; ++rg) {
-                    __nv_bfloat16 v0[2], v1[2];
-                    #pragma unroll
-                    for (int h = 0; h < 2; ++h) {
-                      const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
-                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : (prt::to_f32(t_s2_f32[(r) * 64 + (c)]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))));
-                      v0[h] = y0;
-                      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : (prt::to_f32(t_s2_f32[(r) * 64 + (c)]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
-                      v1[h] = y1;
-                    }
-                    ib_s2_hi[q][rg] = prt::pack2(v0[0], v0[1]);
-                    ib_s2_lo[q][rg] = prt::pack2(v1[0], v1[1]);
-                  }
-                }
-                #pragma unroll
-                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy_hi, ib_s2_hi[q][0], ib_s2_hi[q][1]);
-                #pragma unroll
-                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy_hi, ib_s2_lo[q][0], ib_s2_lo[q][1]);
-              }
-            }
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t2[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 1) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
+            __syncthreads();
+            for (int i = tid; i < 64; i += 128) {
+              float acc = t_r_part[(0) * 64 + (i)];
+              for (int p = 1; p < 2; ++p) acc += t_r_part[(p) * 64 + (i)];
+              t_r[i] = prt::from_f32<float>(acc);
             }
           }
           __syncthreads();
-          // grad_s[row, col] = select((col >= 32), (grad_s[row, col] + (q[row, i2] * t2[row, max((col - 32), 0)])), grad_s[row, col])
+          // grad_s[row, col] = select((col == i0), (grad_s[row, col] + r[row]), grad_s[row, col])
           {
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
@@ -5747,248 +5392,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 32) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 72 + (v_i2)]) * prt::to_f32(t_t2[(r) * 32 + (prt::max_nan((c - 32), 0))]))) : f_grad_s[j][q][e]);
+                  f_grad_s[j][q][e] = ((c == v_i0) ? (f_grad_s[j][q][e] + prt::to_f32(t_r[r])) : f_grad_s[j][q][e]);
                 }
               }
-            }
-          }
-          __syncthreads();
-          // t2[row, col] = (t2[row, col] * q[row, (col + 32)])
-          {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 32, c = i % 32;
-              t_t2[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_t2[(r) * 32 + (c)]) * prt::to_f32(t_q[(r) * 72 + ((c + 32))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t2, axis=1)
-          {
-            for (int o = tid; o < 64; o += 128) {
-              float acc = 0.0f;
-              for (int i = 0; i < 32; ++i) acc += prt::to_f32(t_t2[(o) * 32 + (i)]);
-              t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i2 - 32)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i2 - 32)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
             }
           }
         }
       }
       prt::cp_async_wait<0>();
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 32) && (col < 48)), (grad_s[row, col] + r16[row, min(max((col - 32), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 32) && (c < 48)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 32), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      if ((48 < 64)) {
-        // s3_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 2), ((((((48 * 64) - ((48 * (48 - 1)) // 2)) + 48) - 48) - 48) + 48):+16, 0:+64] into stage 0
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-          const int a2 = (static_cast<int>(blockIdx.x) / 2);
-          const int s3 = ((((((48 * 64) - ((48 * (48 - 1)) / 2)) + 48) - 48) - 48) + 48);
-          const int s4 = 0;
-          const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-          const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-          float* const dst = t_s3_f32_base + ((0) % 2) * 1024;
-          if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 256; i += 128) {
-              const int r = i / 16, c = (i % 16) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-            }
-          }
-          else {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 64, c = i % 64;
-              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-            }
-          }
-        }
-      }
-      prt::cp_async_commit();
-      {
-        const int v_i3_end = 64;
-        for (int v_i3 = 48; v_i3 < v_i3_end; v_i3 += 1) {
-          if (((v_i3 + 1) < 64)) {
-            // s3_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 2), (((((((i3 + 1) * 64) - (((i3 + 1) * ((i3 + 1) - 1)) // 2)) + (i3 + 1)) - (i3 + 1)) - (i3 + 1)) + 48):+16, 0:+64] into stage (((i3 - 48) + 1) % 2)
-            {
-              const int a0 = static_cast<int>(blockIdx.z);
-              const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-              const int a2 = (static_cast<int>(blockIdx.x) / 2);
-              const int s3 = (((((((v_i3 + 1) * 64) - (((v_i3 + 1) * ((v_i3 + 1) - 1)) / 2)) + (v_i3 + 1)) - (v_i3 + 1)) - (v_i3 + 1)) + 48);
-              const int s4 = 0;
-              const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-              const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-              float* const dst = t_s3_f32_base + (((((v_i3 - 48) + 1) % 2)) % 2) * 1024;
-              if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-                for (int i = tid; i < 256; i += 128) {
-                  const int r = i / 16, c = (i % 16) * 4;
-                  const int gr = s3 + r;
-                  const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-                }
-              }
-              else {
-                for (int i = tid; i < 1024; i += 128) {
-                  const int r = i / 64, c = i % 64;
-                  dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-                }
-              }
-            }
-          }
-          prt::cp_async_commit();
-          prt::cp_async_wait<1>();
-          t_s3_f32 = t_s3_f32_base + ((((v_i3 - 48) % 2)) % 2) * 1024;  // bind s3_f32 stage ((i3 - 48) % 2)
-          __syncthreads();
-          // mma.group (operands in registers):
-          //   s3_hi[row, col] = select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, (s3_f32[row, col] * select(((row + 48) == i3), 1.0, 1.4142135623730951)))
-          //   s3_lo[row, col] = (select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, (s3_f32[row, col] * select(((row + 48) == i3), 1.0, 1.4142135623730951))) - s3_hi[row, col])
-          //   t3 = mma.tc(dy_hi, s3_hi^T) [64x16 in 16x16 units over 4 warps]
-          //   t3 += mma.tc(dy_hi, s3_lo^T) [64x16 in 16x16 units over 4 warps]
-          {
-            float acc[1][2][4];
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 2; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-            }
-            const int g = lane >> 2, t2 = (lane & 3) * 2;
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              #pragma unroll
-              for (int j = 0; j < 1; ++j) {
-                const int u = warp + j * 4;
-                const int m0 = (u / 1) * 16;
-                const int n0 = (u % 1) * 16;
-                (void)m0;
-                (void)n0;
-                uint32_t fa_dy_hi[4];
-                prt::ldmatrix_x4(fa_dy_hi, &t_dy_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-                uint32_t ib_s3_hi[2][2];
-                uint32_t ib_s3_lo[2][2];
-                #pragma unroll
-                for (int q = 0; q < 2; ++q) {
-                  #pragma unroll
-                  for (int rg = 0; rg < 2; ++rg) {
-                    __nv_bfloat16 v0[2], v1[2];
-                    #pragma unroll
-                    for (int h = 0; h < 2; ++h) {
-                      const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
-                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : (prt::to_f32(t_s3_f32[(r) * 64 + (c)]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))));
-                      v0[h] = y0;
-                      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : (prt::to_f32(t_s3_f32[(r) * 64 + (c)]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
-                      v1[h] = y1;
-                    }
-                    ib_s3_hi[q][rg] = prt::pack2(v0[0], v0[1]);
-                    ib_s3_lo[q][rg] = prt::pack2(v1[0], v1[1]);
-                  }
-                }
-                #pragma unroll
-                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy_hi, ib_s3_hi[q][0], ib_s3_hi[q][1]);
-                #pragma unroll
-                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy_hi, ib_s3_lo[q][0], ib_s3_lo[q][1]);
-              }
-            }
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 2; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t3[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 1) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-            }
-          }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 48), (grad_s[row, col] + (q[row, i3] * t3[row, max((col - 48), 0)])), grad_s[row, col])
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 48) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 72 + (v_i3)]) * prt::to_f32(t_t3[(r) * 16 + (prt::max_nan((c - 48), 0))]))) : f_grad_s[j][q][e]);
-                }
-              }
-            }
-          }
-          __syncthreads();
-          // t3[row, col] = (t3[row, col] * q[row, (col + 48)])
-          {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_t3[(r) * 16 + (c)] = prt::from_f32<float>((prt::to_f32(t_t3[(r) * 16 + (c)]) * prt::to_f32(t_q[(r) * 72 + ((c + 48))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t3, axis=1)
-          {
-            for (int o = tid; o < 64; o += 128) {
-              float acc = 0.0f;
-              for (int i = 0; i < 16; ++i) acc += prt::to_f32(t_t3[(o) * 16 + (i)]);
-              t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i3 - 48)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i3 - 48)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-            }
-          }
-        }
-      }
-      prt::cp_async_wait<0>();
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 48) && (col < 64)), (grad_s[row, col] + r16[row, min(max((col - 48), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 48) && (c < 64)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 48), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
     }
     // grad_s[row, col] = select((rho[row] != 0.0), ((grad_s[row, col] * (select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[(((pid.x % 2) * 64) + row)] - lse_i[row]) / 2.0)))) * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[(((pid.x % 2) * 64) + row)] - lse_i[row]) / 2.0)))))) / rho[row]), 0.0)
     {
@@ -8596,7 +8007,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
 
 // update_state_bwd: dKs, dVs, dlamK, dGk: gradient through dS_m = phi(k')^T V, dZ_m = colsum phi(k')
 // grid ($n, ($b * $h), 1), 256 threads, 156672 bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e64_c128_f16_w8_bd0_bt128_s1(
+extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e64_c128_f16_w8_bd0_bt128_s2(
     const __half* g_K, const __half* g_V, const float* g_logG, const float* g_ddS, const float* g_ddZ, float* g_dKs, float* g_dVs, float* g_dlamK, float* g_dGk, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -8728,33 +8139,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
   // zu_hi: bf16[64, 64] computed in registers by its mma group
   // zu_lo: bf16[64, 64] computed in registers by its mma group
   float* const t_kzu = reinterpret_cast<float*>(prt_smem + 123904);  // f32[128, 64] pitch 64
-  float* const t_r = reinterpret_cast<float*>(prt_smem + 149504);  // f32[128] pitch 128
-  float* const t_r16 = reinterpret_cast<float*>(prt_smem + 35840);  // f32[128, 16] pitch 16
-  float* const t_u0_f32 = reinterpret_cast<float*>(prt_smem + 123904);  // f32[64, 64] pitch 64
-  float f_p0[2][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 8 warps
-  float* const t_t0 = reinterpret_cast<float*>(prt_smem + 44032);  // f32[128, 64] pitch 64
-  __nv_bfloat16* const t_u0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 76800);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_u0_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 140288);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_k1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 17408);  // bf16[128, 48] pitch 56
-  float* const t_u1_f32 = reinterpret_cast<float*>(prt_smem + 68608);  // f32[48, 64] pitch 64
-  float f_p1[2][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 8 warps
-  float* const t_t1 = reinterpret_cast<float*>(prt_smem + 44032);  // f32[128, 48] pitch 48
-  __nv_bfloat16* const t_u1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 123904);  // bf16[48, 64] pitch 72
-  __nv_bfloat16* const t_u1_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 130816);  // bf16[48, 64] pitch 72
-  __nv_bfloat16* const t_k2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 17408);  // bf16[128, 32] pitch 40
-  float* const t_u2_f32 = reinterpret_cast<float*>(prt_smem + 27648);  // f32[32, 64] pitch 64
-  float f_p2[2][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 8 warps
-  float* const t_t2 = reinterpret_cast<float*>(prt_smem + 44032);  // f32[128, 32] pitch 32
-  __nv_bfloat16* const t_u2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 60416);  // bf16[32, 64] pitch 72
-  __nv_bfloat16* const t_u2_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 65024);  // bf16[32, 64] pitch 72
-  __nv_bfloat16* const t_k3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 17408);  // bf16[128, 16] pitch 24
-  float* const t_u3_f32 = reinterpret_cast<float*>(prt_smem + 31744);  // f32[16, 64] pitch 64
-  float f_p3[2][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 8 warps
-  float* const t_t3 = reinterpret_cast<float*>(prt_smem + 23552);  // f32[128, 16] pitch 16
-  __nv_bfloat16* const t_u3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 44032);  // bf16[16, 64] pitch 72
-  __nv_bfloat16* const t_u3_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 46336);  // bf16[16, 64] pitch 72
+  float* const t_r = reinterpret_cast<float*>(prt_smem + 124928);  // f32[128] pitch 128
+  float* const t_u_f32_base = reinterpret_cast<float*>(prt_smem + 35840);  // f32[64, 64] pitch 64, 2 copies
+  float* t_u_f32 = t_u_f32_base;
+  float f_p_a[2][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 8 warps
+  float f_t_a[2][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 8 warps
+  __nv_bfloat16* const t_u_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 68608);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_u_lo = reinterpret_cast<__nv_bfloat16*>(prt_smem + 77824);  // bf16[64, 64] pitch 72
   float* const t_dG = reinterpret_cast<float*>(prt_smem + 512);  // f32[1] pitch 1
-  float* const t_r_part = reinterpret_cast<float*>(prt_smem + 86016);  // f32[2, 128] pitch 128
+  float* const t_r_part = reinterpret_cast<float*>(prt_smem + 123904);  // f32[2, 128] pitch 128
   // g = load logG[(pid.y // $h), (pid.x * 128):+128, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -8985,61 +8378,85 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
       }
     }
   }
-  // r16[row, col] = 0.0
-  {
-    for (int i = tid; i < 2048; i += 256) {
-      const int r = i / 16, c = i % 16;
-      t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
+  if ((0 < 64)) {
+    // u_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, (((((0 * 64) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0):+64, 0:+64] into stage 0
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+      const int a2 = static_cast<int>(blockIdx.x);
+      const int s3 = (((((0 * 64) - ((0 * (0 - 1)) / 2)) + 0) - 0) - 0);
+      const int s4 = 0;
+      const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
+      const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
+      float* const dst = t_u_f32_base + ((0) % 2) * 4096;
+      if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 16, c = (i % 16) * 4;
+          const int gr = s3 + r;
+          const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 256) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
+        }
+      }
     }
   }
-  __syncthreads();
+  prt::cp_async_commit();
   {
-    const int v_i0_end = 16;
+    const int v_i0_end = 64;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // u0_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((i0 * 64) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0) + 0):+64, 0:+64]
-      {
-        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-        const int a2 = static_cast<int>(blockIdx.x);
-        const int s3 = ((((((v_i0 * 64) - ((v_i0 * (v_i0 - 1)) / 2)) + v_i0) - v_i0) - v_i0) + 0);
-        const int s4 = 0;
-        const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
-        const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-        float* const dst = t_u0_f32;
-        if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-          for (int i = tid; i < 1024; i += 256) {
-            const int r = i / 16, c = (i % 16) * 4;
-            const int gr = s3 + r;
-            const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
+      if (((v_i0 + 1) < 64)) {
+        // u_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((i0 + 1) * 64) - (((i0 + 1) * ((i0 + 1) - 1)) // 2)) + (i0 + 1)) - (i0 + 1)) - (i0 + 1)):+64, 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = static_cast<int>(blockIdx.x);
+          const int s3 = ((((((v_i0 + 1) * 64) - (((v_i0 + 1) * ((v_i0 + 1) - 1)) / 2)) + (v_i0 + 1)) - (v_i0 + 1)) - (v_i0 + 1));
+          const int s4 = 0;
+          const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
+          const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
+          float* const dst = t_u_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
+          if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
+            for (int i = tid; i < 1024; i += 256) {
+              const int r = i / 16, c = (i % 16) * 4;
+              const int gr = s3 + r;
+              const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
+            }
           }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 256) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
+          else {
+            for (int i = tid; i < 4096; i += 256) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
+            }
           }
         }
       }
       prt::cp_async_commit();
-      prt::cp_async_wait<0>();
+      prt::cp_async_wait<1>();
+      t_u_f32 = t_u_f32_base + (((v_i0 % 2)) % 2) * 4096;  // bind u_f32 stage (i0 % 2)
       __syncthreads();
-      // u0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, (u0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
-      // u0_lo[row, col] = (select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, (u0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951))) - u0_hi[row, col])
+      // u_hi[row, col] = select(((row < i0) || (row >= 64)), 0.0, (u_f32[row, col] * select((row == i0), 1.0, 1.4142135623730951)))
+      // u_lo[row, col] = (select(((row < i0) || (row >= 64)), 0.0, (u_f32[row, col] * select((row == i0), 1.0, 1.4142135623730951))) - u_hi[row, col])
       {
         for (int i = tid; i < 4096; i += 256) {
           const int r = i / 64, c = i % 64;
-          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : (prt::to_f32(t_u0_f32[(r) * 64 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
-          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : (prt::to_f32(t_u0_f32[(r) * 64 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
-          t_u0_hi[(r) * 72 + (c)] = y0;
-          t_u0_lo[(r) * 72 + (c)] = y1;
+          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < v_i0) || (r >= 64)) ? 0.0f : (prt::to_f32(t_u_f32[(r) * 64 + (c)]) * ((r == v_i0) ? 1.0f : 1.4142135623730951f))));
+          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((((r < v_i0) || (r >= 64)) ? 0.0f : (prt::to_f32(t_u_f32[(r) * 64 + (c)]) * ((r == v_i0) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
+          t_u_hi[(r) * 72 + (c)] = y0;
+          t_u_lo[(r) * 72 + (c)] = y1;
         }
       }
       __syncthreads();
-      // p0 = mma.tc(k0_hi, u0_hi) [128x64 in 16x32 units over 8 warps]
+      // p_a = mma.tc(k0_hi, u_hi) [128x64 in 16x32 units over 8 warps]
       {
-        float (&acc)[2][4][4] = f_p0;
+        float (&acc)[2][4][4] = f_p_a;
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
           #pragma unroll
@@ -9049,12 +8466,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
         }
         for (int k0 = 0; k0 < 64; k0 += 16) {
           const int n0 = (warp % 2) * 32;
-          uint32_t fb_u0_hi[4][2];
+          uint32_t fb_u_hi[4][2];
           #pragma unroll
           for (int q = 0; q < 4; q += 2) {
             uint32_t r[4];
-            prt::ldmatrix_x4_trans(r, &t_u0_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-            fb_u0_hi[q][0] = r[0]; fb_u0_hi[q][1] = r[1]; fb_u0_hi[q + 1][0] = r[2]; fb_u0_hi[q + 1][1] = r[3];
+            prt::ldmatrix_x4_trans(r, &t_u_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_u_hi[q][0] = r[0]; fb_u_hi[q][1] = r[1]; fb_u_hi[q + 1][0] = r[2]; fb_u_hi[q + 1][1] = r[3];
           }
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
@@ -9065,21 +8482,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
             uint32_t fa_k0_hi[4];
             prt::ldmatrix_x4(fa_k0_hi, &t_k0_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k0_hi, fb_u0_hi[q][0], fb_u0_hi[q][1]);
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k0_hi, fb_u_hi[q][0], fb_u_hi[q][1]);
           }
         }
       }
-      // p0 += mma.tc(k0_hi, u0_lo) [128x64 in 16x32 units over 8 warps]
+      // p_a += mma.tc(k0_hi, u_lo) [128x64 in 16x32 units over 8 warps]
       {
-        float (&acc)[2][4][4] = f_p0;
+        float (&acc)[2][4][4] = f_p_a;
         for (int k0 = 0; k0 < 64; k0 += 16) {
           const int n0 = (warp % 2) * 32;
-          uint32_t fb_u0_lo[4][2];
+          uint32_t fb_u_lo[4][2];
           #pragma unroll
           for (int q = 0; q < 4; q += 2) {
             uint32_t r[4];
-            prt::ldmatrix_x4_trans(r, &t_u0_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-            fb_u0_lo[q][0] = r[0]; fb_u0_lo[q][1] = r[1]; fb_u0_lo[q + 1][0] = r[2]; fb_u0_lo[q + 1][1] = r[3];
+            prt::ldmatrix_x4_trans(r, &t_u_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_u_lo[q][0] = r[0]; fb_u_lo[q][1] = r[1]; fb_u_lo[q + 1][0] = r[2]; fb_u_lo[q + 1][1] = r[3];
           }
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
@@ -9090,11 +8507,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
             uint32_t fa_k0_hi[4];
             prt::ldmatrix_x4(fa_k0_hi, &t_k0_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k0_hi, fb_u0_lo[q][0], fb_u0_lo[q][1]);
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k0_hi, fb_u_lo[q][0], fb_u_lo[q][1]);
           }
         }
       }
-      // dv[row, col] = (dv[row, col] + (k[row, i0] * p0[row, col]))
+      // dv[row, col] = (dv[row, col] + (k[row, i0] * p_a[row, col]))
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -9105,12 +8522,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 64 + (v_i0)]) * f_p0[j][q][e]));
+              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 64 + (v_i0)]) * f_p_a[j][q][e]));
             }
           }
         }
       }
-      // p0[row, col] = (p0[row, col] * (v_hi[row, col] + v_lo[row, col]))
+      // p_a[row, col] = (p_a[row, col] * (v_hi[row, col] + v_lo[row, col]))
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -9121,24 +8538,24 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p0[j][q][e] = (f_p0[j][q][e] * (prt::to_f32(t_v_hi[(r) * 72 + (c)]) + prt::to_f32(t_v_lo[(r) * 72 + (c)])));
+              f_p_a[j][q][e] = (f_p_a[j][q][e] * (prt::to_f32(t_v_hi[(r) * 72 + (c)]) + prt::to_f32(t_v_lo[(r) * 72 + (c)])));
             }
           }
         }
       }
-      // r = reduce_sum(p0, axis=1) via r_part
+      // r = reduce_sum(p_a, axis=1) via r_part
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
           #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            float acc = f_p0[j][0][2 * h];
-            acc += f_p0[j][0][2 * h + 1];
+            float acc = f_p_a[j][0][2 * h];
+            acc += f_p_a[j][0][2 * h + 1];
             #pragma unroll
             for (int q = 1; q < 4; ++q) {
-              acc += f_p0[j][q][2 * h];
-              acc += f_p0[j][q][2 * h + 1];
+              acc += f_p_a[j][q][2 * h];
+              acc += f_p_a[j][q][2 * h + 1];
             }
             acc = prt::quad_sum(acc);
             const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
@@ -9152,9 +8569,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
           t_r[i] = prt::from_f32<float>(acc);
         }
       }
-      // t0 = mma.tc(v_hi, u0_hi^T) [128x64 in 16x32 units over 8 warps]
+      // t_a = mma.tc(v_hi, u_hi^T) [128x64 in 16x32 units over 8 warps]
       {
-        float acc[2][4][4];
+        float (&acc)[2][4][4] = f_t_a;
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
           #pragma unroll
@@ -9164,12 +8581,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
         }
         for (int k0 = 0; k0 < 64; k0 += 16) {
           const int n0 = (warp % 2) * 32;
-          uint32_t fbt_u0_hi[4][2];
+          uint32_t fbt_u_hi[4][2];
           #pragma unroll
           for (int q = 0; q < 4; q += 2) {
             uint32_t r[4];
-            prt::ldmatrix_x4(r, &t_u0_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-            fbt_u0_hi[q][0] = r[0]; fbt_u0_hi[q][1] = r[1]; fbt_u0_hi[q + 1][0] = r[2]; fbt_u0_hi[q + 1][1] = r[3];
+            prt::ldmatrix_x4(r, &t_u_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+            fbt_u_hi[q][0] = r[0]; fbt_u_hi[q][1] = r[1]; fbt_u_hi[q + 1][0] = r[2]; fbt_u_hi[q + 1][1] = r[3];
           }
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
@@ -9180,36 +8597,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
             uint32_t fa_v_hi[4];
             prt::ldmatrix_x4(fa_v_hi, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_hi, fbt_u0_hi[q][0], fbt_u0_hi[q][1]);
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_hi, fbt_u_hi[q][0], fbt_u_hi[q][1]);
           }
         }
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t0[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 8) % 2) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-        }
       }
-      __syncthreads();
-      // t0 += mma.tc(v_lo, u0_hi^T) [128x64 in 16x32 units over 8 warps]
+      // t_a += mma.tc(v_lo, u_hi^T) [128x64 in 16x32 units over 8 warps]
       {
-        float acc[2][4][4];
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = t_t0[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 8) % 2) * 32 + q * 8 + prt::frag_col(lane, e))];
-        }
+        float (&acc)[2][4][4] = f_t_a;
         for (int k0 = 0; k0 < 64; k0 += 16) {
           const int n0 = (warp % 2) * 32;
-          uint32_t fbt_u0_hi[4][2];
+          uint32_t fbt_u_hi[4][2];
           #pragma unroll
           for (int q = 0; q < 4; q += 2) {
             uint32_t r[4];
-            prt::ldmatrix_x4(r, &t_u0_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-            fbt_u0_hi[q][0] = r[0]; fbt_u0_hi[q][1] = r[1]; fbt_u0_hi[q + 1][0] = r[2]; fbt_u0_hi[q + 1][1] = r[3];
+            prt::ldmatrix_x4(r, &t_u_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+            fbt_u_hi[q][0] = r[0]; fbt_u_hi[q][1] = r[1]; fbt_u_hi[q + 1][0] = r[2]; fbt_u_hi[q + 1][1] = r[3];
           }
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
@@ -9220,36 +8622,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
             uint32_t fa_v_lo[4];
             prt::ldmatrix_x4(fa_v_lo, &t_v_lo[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_lo, fbt_u0_hi[q][0], fbt_u0_hi[q][1]);
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_lo, fbt_u_hi[q][0], fbt_u_hi[q][1]);
           }
         }
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t0[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 8) % 2) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-        }
       }
-      __syncthreads();
-      // t0 += mma.tc(v_hi, u0_lo^T) [128x64 in 16x32 units over 8 warps]
+      // t_a += mma.tc(v_hi, u_lo^T) [128x64 in 16x32 units over 8 warps]
       {
-        float acc[2][4][4];
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = t_t0[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 8) % 2) * 32 + q * 8 + prt::frag_col(lane, e))];
-        }
+        float (&acc)[2][4][4] = f_t_a;
         for (int k0 = 0; k0 < 64; k0 += 16) {
           const int n0 = (warp % 2) * 32;
-          uint32_t fbt_u0_lo[4][2];
+          uint32_t fbt_u_lo[4][2];
           #pragma unroll
           for (int q = 0; q < 4; q += 2) {
             uint32_t r[4];
-            prt::ldmatrix_x4(r, &t_u0_lo[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-            fbt_u0_lo[q][0] = r[0]; fbt_u0_lo[q][1] = r[1]; fbt_u0_lo[q + 1][0] = r[2]; fbt_u0_lo[q + 1][1] = r[3];
+            prt::ldmatrix_x4(r, &t_u_lo[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+            fbt_u_lo[q][0] = r[0]; fbt_u_lo[q][1] = r[1]; fbt_u_lo[q + 1][0] = r[2]; fbt_u_lo[q + 1][1] = r[3];
           }
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
@@ -9260,19 +8647,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
             uint32_t fa_v_hi[4];
             prt::ldmatrix_x4(fa_v_hi, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_hi, fbt_u0_lo[q][0], fbt_u0_lo[q][1]);
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_hi, fbt_u_lo[q][0], fbt_u_lo[q][1]);
           }
         }
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t0[(((warp + j * 8) / 2) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 8) % 2) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-        }
       }
-      __syncthreads();
-      // dk[row, col] = select((col >= 0), (dk[row, col] + (k[row, i0] * t0[row, max((col - 0), 0)])), dk[row, col])
+      // dk[row, col] = (dk[row, col] + (k[row, i0] * t_a[row, col]))
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -9283,16 +8662,26 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dk[j][q][e] = ((c >= 0) ? (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 64 + (v_i0)]) * prt::to_f32(t_t0[(r) * 64 + (prt::max_nan((c - 0), 0))]))) : f_dk[j][q][e]);
+              f_dk[j][q][e] = (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 64 + (v_i0)]) * f_t_a[j][q][e]));
             }
           }
         }
       }
-      // r16[row, col] = select((col == (i0 - 0)), r[row], r16[row, col])
+      __syncthreads();
+      // dk[row, col] = select((col == i0), (dk[row, col] + r[row]), dk[row, col])
       {
-        for (int i = tid; i < 2048; i += 256) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i0 - 0)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_dk[j][q][e] = ((c == v_i0) ? (f_dk[j][q][e] + prt::to_f32(t_r[r])) : f_dk[j][q][e]);
+            }
+          }
         }
       }
       // kdk[row] = (kdk[row] + (k[row, i0] * r[row]))
@@ -9303,1049 +8692,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
       }
     }
   }
-  __syncthreads();
-  // dk[row, col] = select(((col >= 0) && (col < 16)), (dk[row, col] + r16[row, min(max((col - 0), 0), 15)]), dk[row, col])
-  {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 8;
-      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_dk[j][q][e] = (((c >= 0) && (c < 16)) ? (f_dk[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 0), 0), 15))])) : f_dk[j][q][e]);
-        }
-      }
-    }
-  }
-  // k1_hi[row, col] = k[row, (col + 16)]
-  {
-    for (int i = tid; i < 6144; i += 256) {
-      const int r = i / 48, c = i % 48;
-      t_k1_hi[(r) * 56 + (c)] = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_k[(r) * 64 + ((c + 16))]));
-    }
-  }
-  __syncthreads();
-  // r16[row, col] = 0.0
-  {
-    for (int i = tid; i < 2048; i += 256) {
-      const int r = i / 16, c = i % 16;
-      t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-    }
-  }
-  {
-    const int v_i1_end = 32;
-    for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
-      // u1_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((i1 * 64) - ((i1 * (i1 - 1)) // 2)) + i1) - i1) - i1) + 16):+48, 0:+64]
-      {
-        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-        const int a2 = static_cast<int>(blockIdx.x);
-        const int s3 = ((((((v_i1 * 64) - ((v_i1 * (v_i1 - 1)) / 2)) + v_i1) - v_i1) - v_i1) + 16);
-        const int s4 = 0;
-        const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
-        const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-        float* const dst = t_u1_f32;
-        if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-          for (int i = tid; i < 768; i += 256) {
-            const int r = i / 16, c = (i % 16) * 4;
-            const int gr = s3 + r;
-            const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 3072; i += 256) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
-      // u1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, (u1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
-      // u1_lo[row, col] = (select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, (u1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951))) - u1_hi[row, col])
-      {
-        for (int i = tid; i < 3072; i += 256) {
-          const int r = i / 64, c = i % 64;
-          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : (prt::to_f32(t_u1_f32[(r) * 64 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
-          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : (prt::to_f32(t_u1_f32[(r) * 64 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
-          t_u1_hi[(r) * 72 + (c)] = y0;
-          t_u1_lo[(r) * 72 + (c)] = y1;
-        }
-      }
-      __syncthreads();
-      // p1 = mma.tc(k1_hi, u1_hi) [128x64 in 16x32 units over 8 warps]
-      {
-        float (&acc)[2][4][4] = f_p1;
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-        }
-        for (int k0 = 0; k0 < 48; k0 += 16) {
-          const int n0 = (warp % 2) * 32;
-          uint32_t fb_u1_hi[4][2];
-          #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
-            uint32_t r[4];
-            prt::ldmatrix_x4_trans(r, &t_u1_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-            fb_u1_hi[q][0] = r[0]; fb_u1_hi[q][1] = r[1]; fb_u1_hi[q + 1][0] = r[2]; fb_u1_hi[q + 1][1] = r[3];
-          }
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 2) * 16;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_k1_hi[4];
-            prt::ldmatrix_x4(fa_k1_hi, &t_k1_hi[(m0 + prt::a_row(lane)) * 56 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k1_hi, fb_u1_hi[q][0], fb_u1_hi[q][1]);
-          }
-        }
-      }
-      // p1 += mma.tc(k1_hi, u1_lo) [128x64 in 16x32 units over 8 warps]
-      {
-        float (&acc)[2][4][4] = f_p1;
-        for (int k0 = 0; k0 < 48; k0 += 16) {
-          const int n0 = (warp % 2) * 32;
-          uint32_t fb_u1_lo[4][2];
-          #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
-            uint32_t r[4];
-            prt::ldmatrix_x4_trans(r, &t_u1_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-            fb_u1_lo[q][0] = r[0]; fb_u1_lo[q][1] = r[1]; fb_u1_lo[q + 1][0] = r[2]; fb_u1_lo[q + 1][1] = r[3];
-          }
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 2) * 16;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_k1_hi[4];
-            prt::ldmatrix_x4(fa_k1_hi, &t_k1_hi[(m0 + prt::a_row(lane)) * 56 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k1_hi, fb_u1_lo[q][0], fb_u1_lo[q][1]);
-          }
-        }
-      }
-      // dv[row, col] = (dv[row, col] + (k[row, i1] * p1[row, col]))
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 64 + (v_i1)]) * f_p1[j][q][e]));
-            }
-          }
-        }
-      }
-      // p1[row, col] = (p1[row, col] * (v_hi[row, col] + v_lo[row, col]))
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p1[j][q][e] = (f_p1[j][q][e] * (prt::to_f32(t_v_hi[(r) * 72 + (c)]) + prt::to_f32(t_v_lo[(r) * 72 + (c)])));
-            }
-          }
-        }
-      }
-      // r = reduce_sum(p1, axis=1) via r_part
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_p1[j][0][2 * h];
-            acc += f_p1[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 4; ++q) {
-              acc += f_p1[j][q][2 * h];
-              acc += f_p1[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
-            if ((lane & 3) == 0) t_r_part[(u % 2) * 128 + (r)] = acc;
-          }
-        }
-        __syncthreads();
-        for (int i = tid; i < 128; i += 256) {
-          float acc = t_r_part[(0) * 128 + (i)];
-          for (int p = 1; p < 2; ++p) acc += t_r_part[(p) * 128 + (i)];
-          t_r[i] = prt::from_f32<float>(acc);
-        }
-      }
-      // t1 = mma.tc(v_hi, u1_hi^T) [128x48 in 16x16 units over 8 warps]
-      {
-        float acc[3][2][4];
-        #pragma unroll
-        for (int j = 0; j < 3; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-        }
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-          #pragma unroll
-          for (int j = 0; j < 3; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 3) * 16;
-            const int n0 = (u % 3) * 16;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_v_hi[4];
-            prt::ldmatrix_x4(fa_v_hi, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-            uint32_t fbt_u1_hi[2][2];
-            #pragma unroll
-            for (int q = 0; q < 2; q += 2) {
-              uint32_t r[4];
-              prt::ldmatrix_x4(r, &t_u1_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-              fbt_u1_hi[q][0] = r[0]; fbt_u1_hi[q][1] = r[1]; fbt_u1_hi[q + 1][0] = r[2]; fbt_u1_hi[q + 1][1] = r[3];
-            }
-            #pragma unroll
-            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_hi, fbt_u1_hi[q][0], fbt_u1_hi[q][1]);
-          }
-        }
-        #pragma unroll
-        for (int j = 0; j < 3; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t1[(((warp + j * 8) / 3) * 16 + prt::frag_row(lane, e)) * 48 + (((warp + j * 8) % 3) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-        }
-      }
-      __syncthreads();
-      // t1 += mma.tc(v_lo, u1_hi^T) [128x48 in 16x16 units over 8 warps]
-      {
-        float acc[3][2][4];
-        #pragma unroll
-        for (int j = 0; j < 3; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = t_t1[(((warp + j * 8) / 3) * 16 + prt::frag_row(lane, e)) * 48 + (((warp + j * 8) % 3) * 16 + q * 8 + prt::frag_col(lane, e))];
-        }
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-          #pragma unroll
-          for (int j = 0; j < 3; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 3) * 16;
-            const int n0 = (u % 3) * 16;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_v_lo[4];
-            prt::ldmatrix_x4(fa_v_lo, &t_v_lo[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-            uint32_t fbt_u1_hi[2][2];
-            #pragma unroll
-            for (int q = 0; q < 2; q += 2) {
-              uint32_t r[4];
-              prt::ldmatrix_x4(r, &t_u1_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-              fbt_u1_hi[q][0] = r[0]; fbt_u1_hi[q][1] = r[1]; fbt_u1_hi[q + 1][0] = r[2]; fbt_u1_hi[q + 1][1] = r[3];
-            }
-            #pragma unroll
-            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_lo, fbt_u1_hi[q][0], fbt_u1_hi[q][1]);
-          }
-        }
-        #pragma unroll
-        for (int j = 0; j < 3; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t1[(((warp + j * 8) / 3) * 16 + prt::frag_row(lane, e)) * 48 + (((warp + j * 8) % 3) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-        }
-      }
-      __syncthreads();
-      // t1 += mma.tc(v_hi, u1_lo^T) [128x48 in 16x16 units over 8 warps]
-      {
-        float acc[3][2][4];
-        #pragma unroll
-        for (int j = 0; j < 3; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = t_t1[(((warp + j * 8) / 3) * 16 + prt::frag_row(lane, e)) * 48 + (((warp + j * 8) % 3) * 16 + q * 8 + prt::frag_col(lane, e))];
-        }
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-          #pragma unroll
-          for (int j = 0; j < 3; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 3) * 16;
-            const int n0 = (u % 3) * 16;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_v_hi[4];
-            prt::ldmatrix_x4(fa_v_hi, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-            uint32_t fbt_u1_lo[2][2];
-            #pragma unroll
-            for (int q = 0; q < 2; q += 2) {
-              uint32_t r[4];
-              prt::ldmatrix_x4(r, &t_u1_lo[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-              fbt_u1_lo[q][0] = r[0]; fbt_u1_lo[q][1] = r[1]; fbt_u1_lo[q + 1][0] = r[2]; fbt_u1_lo[q + 1][1] = r[3];
-            }
-            #pragma unroll
-            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_hi, fbt_u1_lo[q][0], fbt_u1_lo[q][1]);
-          }
-        }
-        #pragma unroll
-        for (int j = 0; j < 3; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t1[(((warp + j * 8) / 3) * 16 + prt::frag_row(lane, e)) * 48 + (((warp + j * 8) % 3) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-        }
-      }
-      __syncthreads();
-      // dk[row, col] = select((col >= 16), (dk[row, col] + (k[row, i1] * t1[row, max((col - 16), 0)])), dk[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dk[j][q][e] = ((c >= 16) ? (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 64 + (v_i1)]) * prt::to_f32(t_t1[(r) * 48 + (prt::max_nan((c - 16), 0))]))) : f_dk[j][q][e]);
-            }
-          }
-        }
-      }
-      // r16[row, col] = select((col == (i1 - 16)), r[row], r16[row, col])
-      {
-        for (int i = tid; i < 2048; i += 256) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i1 - 16)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-        }
-      }
-      // kdk[row] = (kdk[row] + (k[row, i1] * r[row]))
-      {
-        for (int r = tid; r < 128; r += 256) {
-          t_kdk[r] = prt::from_f32<float>((prt::to_f32(t_kdk[r]) + (prt::to_f32(t_k[(r) * 64 + (v_i1)]) * prt::to_f32(t_r[r]))));
-        }
-      }
-    }
-  }
-  __syncthreads();
-  // dk[row, col] = select(((col >= 16) && (col < 32)), (dk[row, col] + r16[row, min(max((col - 16), 0), 15)]), dk[row, col])
-  {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 8;
-      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_dk[j][q][e] = (((c >= 16) && (c < 32)) ? (f_dk[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 16), 0), 15))])) : f_dk[j][q][e]);
-        }
-      }
-    }
-  }
-  // k2_hi[row, col] = k[row, (col + 32)]
-  {
-    for (int i = tid; i < 4096; i += 256) {
-      const int r = i / 32, c = i % 32;
-      t_k2_hi[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_k[(r) * 64 + ((c + 32))]));
-    }
-  }
-  __syncthreads();
-  // r16[row, col] = 0.0
-  {
-    for (int i = tid; i < 2048; i += 256) {
-      const int r = i / 16, c = i % 16;
-      t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-    }
-  }
-  {
-    const int v_i2_end = 48;
-    for (int v_i2 = 32; v_i2 < v_i2_end; v_i2 += 1) {
-      // u2_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((i2 * 64) - ((i2 * (i2 - 1)) // 2)) + i2) - i2) - i2) + 32):+32, 0:+64]
-      {
-        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-        const int a2 = static_cast<int>(blockIdx.x);
-        const int s3 = ((((((v_i2 * 64) - ((v_i2 * (v_i2 - 1)) / 2)) + v_i2) - v_i2) - v_i2) + 32);
-        const int s4 = 0;
-        const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
-        const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-        float* const dst = t_u2_f32;
-        if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-          for (int i = tid; i < 512; i += 256) {
-            const int r = i / 16, c = (i % 16) * 4;
-            const int gr = s3 + r;
-            const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 256) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
-      // u2_hi[row, col] = select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, (u2_f32[row, col] * select(((row + 32) == i2), 1.0, 1.4142135623730951)))
-      // u2_lo[row, col] = (select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, (u2_f32[row, col] * select(((row + 32) == i2), 1.0, 1.4142135623730951))) - u2_hi[row, col])
-      {
-        for (int i = tid; i < 2048; i += 256) {
-          const int r = i / 64, c = i % 64;
-          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : (prt::to_f32(t_u2_f32[(r) * 64 + (c)]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))));
-          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : (prt::to_f32(t_u2_f32[(r) * 64 + (c)]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
-          t_u2_hi[(r) * 72 + (c)] = y0;
-          t_u2_lo[(r) * 72 + (c)] = y1;
-        }
-      }
-      __syncthreads();
-      // p2 = mma.tc(k2_hi, u2_hi) [128x64 in 16x32 units over 8 warps]
-      {
-        float (&acc)[2][4][4] = f_p2;
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-        }
-        for (int k0 = 0; k0 < 32; k0 += 16) {
-          const int n0 = (warp % 2) * 32;
-          uint32_t fb_u2_hi[4][2];
-          #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
-            uint32_t r[4];
-            prt::ldmatrix_x4_trans(r, &t_u2_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-            fb_u2_hi[q][0] = r[0]; fb_u2_hi[q][1] = r[1]; fb_u2_hi[q + 1][0] = r[2]; fb_u2_hi[q + 1][1] = r[3];
-          }
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 2) * 16;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_k2_hi[4];
-            prt::ldmatrix_x4(fa_k2_hi, &t_k2_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k2_hi, fb_u2_hi[q][0], fb_u2_hi[q][1]);
-          }
-        }
-      }
-      // p2 += mma.tc(k2_hi, u2_lo) [128x64 in 16x32 units over 8 warps]
-      {
-        float (&acc)[2][4][4] = f_p2;
-        for (int k0 = 0; k0 < 32; k0 += 16) {
-          const int n0 = (warp % 2) * 32;
-          uint32_t fb_u2_lo[4][2];
-          #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
-            uint32_t r[4];
-            prt::ldmatrix_x4_trans(r, &t_u2_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-            fb_u2_lo[q][0] = r[0]; fb_u2_lo[q][1] = r[1]; fb_u2_lo[q + 1][0] = r[2]; fb_u2_lo[q + 1][1] = r[3];
-          }
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 2) * 16;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_k2_hi[4];
-            prt::ldmatrix_x4(fa_k2_hi, &t_k2_hi[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k2_hi, fb_u2_lo[q][0], fb_u2_lo[q][1]);
-          }
-        }
-      }
-      // dv[row, col] = (dv[row, col] + (k[row, i2] * p2[row, col]))
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 64 + (v_i2)]) * f_p2[j][q][e]));
-            }
-          }
-        }
-      }
-      // p2[row, col] = (p2[row, col] * (v_hi[row, col] + v_lo[row, col]))
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p2[j][q][e] = (f_p2[j][q][e] * (prt::to_f32(t_v_hi[(r) * 72 + (c)]) + prt::to_f32(t_v_lo[(r) * 72 + (c)])));
-            }
-          }
-        }
-      }
-      // r = reduce_sum(p2, axis=1) via r_part
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_p2[j][0][2 * h];
-            acc += f_p2[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 4; ++q) {
-              acc += f_p2[j][q][2 * h];
-              acc += f_p2[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
-            if ((lane & 3) == 0) t_r_part[(u % 2) * 128 + (r)] = acc;
-          }
-        }
-        __syncthreads();
-        for (int i = tid; i < 128; i += 256) {
-          float acc = t_r_part[(0) * 128 + (i)];
-          for (int p = 1; p < 2; ++p) acc += t_r_part[(p) * 128 + (i)];
-          t_r[i] = prt::from_f32<float>(acc);
-        }
-      }
-      // t2 = mma.tc(v_hi, u2_hi^T) [128x32 in 16x32 units over 8 warps]
-      {
-        float acc[1][4][4];
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-        }
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-          #pragma unroll
-          for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 1) * 16;
-            const int n0 = (u % 1) * 32;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_v_hi[4];
-            prt::ldmatrix_x4(fa_v_hi, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-            uint32_t fbt_u2_hi[4][2];
-            #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t r[4];
-              prt::ldmatrix_x4(r, &t_u2_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-              fbt_u2_hi[q][0] = r[0]; fbt_u2_hi[q][1] = r[1]; fbt_u2_hi[q + 1][0] = r[2]; fbt_u2_hi[q + 1][1] = r[3];
-            }
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_hi, fbt_u2_hi[q][0], fbt_u2_hi[q][1]);
-          }
-        }
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t2[(((warp + j * 8) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 8) % 1) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-        }
-      }
-      __syncthreads();
-      // t2 += mma.tc(v_lo, u2_hi^T) [128x32 in 16x32 units over 8 warps]
-      {
-        float acc[1][4][4];
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = t_t2[(((warp + j * 8) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 8) % 1) * 32 + q * 8 + prt::frag_col(lane, e))];
-        }
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-          #pragma unroll
-          for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 1) * 16;
-            const int n0 = (u % 1) * 32;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_v_lo[4];
-            prt::ldmatrix_x4(fa_v_lo, &t_v_lo[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-            uint32_t fbt_u2_hi[4][2];
-            #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t r[4];
-              prt::ldmatrix_x4(r, &t_u2_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-              fbt_u2_hi[q][0] = r[0]; fbt_u2_hi[q][1] = r[1]; fbt_u2_hi[q + 1][0] = r[2]; fbt_u2_hi[q + 1][1] = r[3];
-            }
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_lo, fbt_u2_hi[q][0], fbt_u2_hi[q][1]);
-          }
-        }
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t2[(((warp + j * 8) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 8) % 1) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-        }
-      }
-      __syncthreads();
-      // t2 += mma.tc(v_hi, u2_lo^T) [128x32 in 16x32 units over 8 warps]
-      {
-        float acc[1][4][4];
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = t_t2[(((warp + j * 8) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 8) % 1) * 32 + q * 8 + prt::frag_col(lane, e))];
-        }
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-          #pragma unroll
-          for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 1) * 16;
-            const int n0 = (u % 1) * 32;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_v_hi[4];
-            prt::ldmatrix_x4(fa_v_hi, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-            uint32_t fbt_u2_lo[4][2];
-            #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t r[4];
-              prt::ldmatrix_x4(r, &t_u2_lo[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-              fbt_u2_lo[q][0] = r[0]; fbt_u2_lo[q][1] = r[1]; fbt_u2_lo[q + 1][0] = r[2]; fbt_u2_lo[q + 1][1] = r[3];
-            }
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_hi, fbt_u2_lo[q][0], fbt_u2_lo[q][1]);
-          }
-        }
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t2[(((warp + j * 8) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 8) % 1) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-        }
-      }
-      __syncthreads();
-      // dk[row, col] = select((col >= 32), (dk[row, col] + (k[row, i2] * t2[row, max((col - 32), 0)])), dk[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dk[j][q][e] = ((c >= 32) ? (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 64 + (v_i2)]) * prt::to_f32(t_t2[(r) * 32 + (prt::max_nan((c - 32), 0))]))) : f_dk[j][q][e]);
-            }
-          }
-        }
-      }
-      // r16[row, col] = select((col == (i2 - 32)), r[row], r16[row, col])
-      {
-        for (int i = tid; i < 2048; i += 256) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i2 - 32)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-        }
-      }
-      // kdk[row] = (kdk[row] + (k[row, i2] * r[row]))
-      {
-        for (int r = tid; r < 128; r += 256) {
-          t_kdk[r] = prt::from_f32<float>((prt::to_f32(t_kdk[r]) + (prt::to_f32(t_k[(r) * 64 + (v_i2)]) * prt::to_f32(t_r[r]))));
-        }
-      }
-    }
-  }
-  __syncthreads();
-  // dk[row, col] = select(((col >= 32) && (col < 48)), (dk[row, col] + r16[row, min(max((col - 32), 0), 15)]), dk[row, col])
-  {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 8;
-      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_dk[j][q][e] = (((c >= 32) && (c < 48)) ? (f_dk[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 32), 0), 15))])) : f_dk[j][q][e]);
-        }
-      }
-    }
-  }
-  // k3_hi[row, col] = k[row, (col + 48)]
-  {
-    for (int i = tid; i < 2048; i += 256) {
-      const int r = i / 16, c = i % 16;
-      t_k3_hi[(r) * 24 + (c)] = prt::from_f32<__nv_bfloat16>(prt::to_f32(t_k[(r) * 64 + ((c + 48))]));
-    }
-  }
-  __syncthreads();
-  // r16[row, col] = 0.0
-  {
-    for (int i = tid; i < 2048; i += 256) {
-      const int r = i / 16, c = i % 16;
-      t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-    }
-  }
-  {
-    const int v_i3_end = 64;
-    for (int v_i3 = 48; v_i3 < v_i3_end; v_i3 += 1) {
-      // u3_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((i3 * 64) - ((i3 * (i3 - 1)) // 2)) + i3) - i3) - i3) + 48):+16, 0:+64]
-      {
-        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-        const int a2 = static_cast<int>(blockIdx.x);
-        const int s3 = ((((((v_i3 * 64) - ((v_i3 * (v_i3 - 1)) / 2)) + v_i3) - v_i3) - v_i3) + 48);
-        const int s4 = 0;
-        const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
-        const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-        float* const dst = t_u3_f32;
-        if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-          for (int i = tid; i < 256; i += 256) {
-            const int r = i / 16, c = (i % 16) * 4;
-            const int gr = s3 + r;
-            const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 1024; i += 256) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
-      // u3_hi[row, col] = select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, (u3_f32[row, col] * select(((row + 48) == i3), 1.0, 1.4142135623730951)))
-      // u3_lo[row, col] = (select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, (u3_f32[row, col] * select(((row + 48) == i3), 1.0, 1.4142135623730951))) - u3_hi[row, col])
-      {
-        for (int i = tid; i < 1024; i += 256) {
-          const int r = i / 64, c = i % 64;
-          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : (prt::to_f32(t_u3_f32[(r) * 64 + (c)]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))));
-          const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>((((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : (prt::to_f32(t_u3_f32[(r) * 64 + (c)]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))) - prt::to_f32(y0)));
-          t_u3_hi[(r) * 72 + (c)] = y0;
-          t_u3_lo[(r) * 72 + (c)] = y1;
-        }
-      }
-      __syncthreads();
-      // p3 = mma.tc(k3_hi, u3_hi) [128x64 in 16x32 units over 8 warps]
-      {
-        float (&acc)[2][4][4] = f_p3;
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-        }
-        for (int k0 = 0; k0 < 16; k0 += 16) {
-          const int n0 = (warp % 2) * 32;
-          uint32_t fb_u3_hi[4][2];
-          #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
-            uint32_t r[4];
-            prt::ldmatrix_x4_trans(r, &t_u3_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-            fb_u3_hi[q][0] = r[0]; fb_u3_hi[q][1] = r[1]; fb_u3_hi[q + 1][0] = r[2]; fb_u3_hi[q + 1][1] = r[3];
-          }
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 2) * 16;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_k3_hi[4];
-            prt::ldmatrix_x4(fa_k3_hi, &t_k3_hi[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k3_hi, fb_u3_hi[q][0], fb_u3_hi[q][1]);
-          }
-        }
-      }
-      // p3 += mma.tc(k3_hi, u3_lo) [128x64 in 16x32 units over 8 warps]
-      {
-        float (&acc)[2][4][4] = f_p3;
-        for (int k0 = 0; k0 < 16; k0 += 16) {
-          const int n0 = (warp % 2) * 32;
-          uint32_t fb_u3_lo[4][2];
-          #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
-            uint32_t r[4];
-            prt::ldmatrix_x4_trans(r, &t_u3_lo[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-            fb_u3_lo[q][0] = r[0]; fb_u3_lo[q][1] = r[1]; fb_u3_lo[q + 1][0] = r[2]; fb_u3_lo[q + 1][1] = r[3];
-          }
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 2) * 16;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_k3_hi[4];
-            prt::ldmatrix_x4(fa_k3_hi, &t_k3_hi[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k3_hi, fb_u3_lo[q][0], fb_u3_lo[q][1]);
-          }
-        }
-      }
-      // dv[row, col] = (dv[row, col] + (k[row, i3] * p3[row, col]))
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 64 + (v_i3)]) * f_p3[j][q][e]));
-            }
-          }
-        }
-      }
-      // p3[row, col] = (p3[row, col] * (v_hi[row, col] + v_lo[row, col]))
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p3[j][q][e] = (f_p3[j][q][e] * (prt::to_f32(t_v_hi[(r) * 72 + (c)]) + prt::to_f32(t_v_lo[(r) * 72 + (c)])));
-            }
-          }
-        }
-      }
-      // r = reduce_sum(p3, axis=1) via r_part
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_p3[j][0][2 * h];
-            acc += f_p3[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 4; ++q) {
-              acc += f_p3[j][q][2 * h];
-              acc += f_p3[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
-            if ((lane & 3) == 0) t_r_part[(u % 2) * 128 + (r)] = acc;
-          }
-        }
-        __syncthreads();
-        for (int i = tid; i < 128; i += 256) {
-          float acc = t_r_part[(0) * 128 + (i)];
-          for (int p = 1; p < 2; ++p) acc += t_r_part[(p) * 128 + (i)];
-          t_r[i] = prt::from_f32<float>(acc);
-        }
-      }
-      // t3 = mma.tc(v_hi, u3_hi^T) [128x16 in 16x16 units over 8 warps]
-      {
-        float acc[1][2][4];
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-        }
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-          #pragma unroll
-          for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 1) * 16;
-            const int n0 = (u % 1) * 16;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_v_hi[4];
-            prt::ldmatrix_x4(fa_v_hi, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-            uint32_t fbt_u3_hi[2][2];
-            #pragma unroll
-            for (int q = 0; q < 2; q += 2) {
-              uint32_t r[4];
-              prt::ldmatrix_x4(r, &t_u3_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-              fbt_u3_hi[q][0] = r[0]; fbt_u3_hi[q][1] = r[1]; fbt_u3_hi[q + 1][0] = r[2]; fbt_u3_hi[q + 1][1] = r[3];
-            }
-            #pragma unroll
-            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_hi, fbt_u3_hi[q][0], fbt_u3_hi[q][1]);
-          }
-        }
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t3[(((warp + j * 8) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 1) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-        }
-      }
-      __syncthreads();
-      // t3 += mma.tc(v_lo, u3_hi^T) [128x16 in 16x16 units over 8 warps]
-      {
-        float acc[1][2][4];
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = t_t3[(((warp + j * 8) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 1) * 16 + q * 8 + prt::frag_col(lane, e))];
-        }
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-          #pragma unroll
-          for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 1) * 16;
-            const int n0 = (u % 1) * 16;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_v_lo[4];
-            prt::ldmatrix_x4(fa_v_lo, &t_v_lo[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-            uint32_t fbt_u3_hi[2][2];
-            #pragma unroll
-            for (int q = 0; q < 2; q += 2) {
-              uint32_t r[4];
-              prt::ldmatrix_x4(r, &t_u3_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-              fbt_u3_hi[q][0] = r[0]; fbt_u3_hi[q][1] = r[1]; fbt_u3_hi[q + 1][0] = r[2]; fbt_u3_hi[q + 1][1] = r[3];
-            }
-            #pragma unroll
-            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_lo, fbt_u3_hi[q][0], fbt_u3_hi[q][1]);
-          }
-        }
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t3[(((warp + j * 8) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 1) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-        }
-      }
-      __syncthreads();
-      // t3 += mma.tc(v_hi, u3_lo^T) [128x16 in 16x16 units over 8 warps]
-      {
-        float acc[1][2][4];
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = t_t3[(((warp + j * 8) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 1) * 16 + q * 8 + prt::frag_col(lane, e))];
-        }
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-          #pragma unroll
-          for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 8;
-            const int m0 = (u / 1) * 16;
-            const int n0 = (u % 1) * 16;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_v_hi[4];
-            prt::ldmatrix_x4(fa_v_hi, &t_v_hi[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-            uint32_t fbt_u3_lo[2][2];
-            #pragma unroll
-            for (int q = 0; q < 2; q += 2) {
-              uint32_t r[4];
-              prt::ldmatrix_x4(r, &t_u3_lo[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-              fbt_u3_lo[q][0] = r[0]; fbt_u3_lo[q][1] = r[1]; fbt_u3_lo[q + 1][0] = r[2]; fbt_u3_lo[q + 1][1] = r[3];
-            }
-            #pragma unroll
-            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v_hi, fbt_u3_lo[q][0], fbt_u3_lo[q][1]);
-          }
-        }
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t3[(((warp + j * 8) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 8) % 1) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-        }
-      }
-      __syncthreads();
-      // dk[row, col] = select((col >= 48), (dk[row, col] + (k[row, i3] * t3[row, max((col - 48), 0)])), dk[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dk[j][q][e] = ((c >= 48) ? (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 64 + (v_i3)]) * prt::to_f32(t_t3[(r) * 16 + (prt::max_nan((c - 48), 0))]))) : f_dk[j][q][e]);
-            }
-          }
-        }
-      }
-      // r16[row, col] = select((col == (i3 - 48)), r[row], r16[row, col])
-      {
-        for (int i = tid; i < 2048; i += 256) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i3 - 48)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-        }
-      }
-      // kdk[row] = (kdk[row] + (k[row, i3] * r[row]))
-      {
-        for (int r = tid; r < 128; r += 256) {
-          t_kdk[r] = prt::from_f32<float>((prt::to_f32(t_kdk[r]) + (prt::to_f32(t_k[(r) * 64 + (v_i3)]) * prt::to_f32(t_r[r]))));
-        }
-      }
-    }
-  }
-  __syncthreads();
-  // dk[row, col] = select(((col >= 48) && (col < 64)), (dk[row, col] + r16[row, min(max((col - 48), 0), 15)]), dk[row, col])
-  {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 8;
-      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_dk[j][q][e] = (((c >= 48) && (c < 64)) ? (f_dk[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 48), 0), 15))])) : f_dk[j][q][e]);
-        }
-      }
-    }
-  }
+  prt::cp_async_wait<0>();
   // dv[row, col] = (dv[row, col] * exp((lam[127] - lam[row])))
   {
     #pragma unroll
@@ -10426,6 +8773,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
       }
     }
   }
+  __syncthreads();
   // kdk[row] = (kdk[row] * exp((lam[127] - lam[row])))
   {
     for (int r = tid; r < 128; r += 256) {
@@ -12135,9 +10483,9 @@ extern "C" cudaError_t prt_attention_bwd_p2_d64_e64_c128_f16_w8_bd64_bt64_s1_lau
 }
 
 extern "C" cudaError_t prt_query_state_bwd_dq_p2_d64_e64_c128_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const __half* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d64_e64_c128_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 75776);
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d64_e64_c128_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 69760);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_dq_p2_d64_e64_c128_f16_w4_bd0_bt64_s2<<<grid, 128, 75776, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
+  prt_query_state_bwd_dq_p2_d64_e64_c128_f16_w4_bd0_bt64_s2<<<grid, 128, 69760, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
   return cudaGetLastError();
 }
 
@@ -12155,10 +10503,10 @@ extern "C" cudaError_t prt_discounted_cumsum_bwd_p2_d64_e64_c128_f16_w4_bd64_bt1
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_update_state_bwd_p2_d64_e64_c128_f16_w8_bd0_bt128_s1_launch(dim3 grid, cudaStream_t stream, const __half* g_K, const __half* g_V, const float* g_logG, const float* g_ddS, const float* g_ddZ, float* g_dKs, float* g_dVs, float* g_dlamK, float* g_dGk, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_update_state_bwd_p2_d64_e64_c128_f16_w8_bd0_bt128_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 156672);
+extern "C" cudaError_t prt_update_state_bwd_p2_d64_e64_c128_f16_w8_bd0_bt128_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_K, const __half* g_V, const float* g_logG, const float* g_ddS, const float* g_ddZ, float* g_dKs, float* g_dVs, float* g_dlamK, float* g_dGk, int p_b, int p_t, int p_h, int p_n) {
+  cudaError_t err = cudaFuncSetAttribute(prt_update_state_bwd_p2_d64_e64_c128_f16_w8_bd0_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 156672);
   if (err != cudaSuccess) return err;
-  prt_update_state_bwd_p2_d64_e64_c128_f16_w8_bd0_bt128_s1<<<grid, 256, 156672, stream>>>(g_K, g_V, g_logG, g_ddS, g_ddZ, g_dKs, g_dVs, g_dlamK, g_dGk, p_b, p_t, p_h, p_n);
+  prt_update_state_bwd_p2_d64_e64_c128_f16_w8_bd0_bt128_s2<<<grid, 256, 156672, stream>>>(g_K, g_V, g_logG, g_ddS, g_ddZ, g_dKs, g_dVs, g_dlamK, g_dGk, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 

@@ -607,7 +607,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
   float* const t_kzk0 = reinterpret_cast<float*>(prt_smem + 23040);  // f32[64, 16] pitch 16
   // zk0_hi: bf16[64, 16] computed in registers by its mma group
   // zk0_lo: bf16[64, 16] computed in registers by its mma group
-  float f_s0[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
+  float f_s0[2][2][4];  // f32[64, 64] as mma fragments: 64x64 in 16x16 units over 8 warps
   float* const t_z0 = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   // u0_hi: bf16[64, 64] computed in registers by its mma group
   // u0_lo: bf16[64, 64] computed in registers by its mma group
@@ -791,69 +791,69 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
       // mma.group (operands in registers):
       //   u0_hi[row, col] = (v[row, col] * kg0[(i0 - 0), row])
       //   u0_lo[row, col] = ((v[row, col] * kg0[(i0 - 0), row]) - u0_hi[row, col])
-      //   s0 = mma.tc(k0^T, u0_hi) [64x64 in 16x32 units over 8 warps]
-      //   s0 += mma.tc(k0^T, u0_lo) [64x64 in 16x32 units over 8 warps]
+      //   s0 = mma.tc(k0^T, u0_hi) [64x64 in 16x16 units over 8 warps]
+      //   s0 += mma.tc(k0^T, u0_lo) [64x64 in 16x16 units over 8 warps]
       {
-        float (&acc)[1][4][4] = f_s0;
+        float (&acc)[2][2][4] = f_s0;
         #pragma unroll
-        for (int j = 0; j < 1; ++j) {
+        for (int j = 0; j < 2; ++j) {
           #pragma unroll
-          for (int q = 0; q < 4; ++q)
+          for (int q = 0; q < 2; ++q)
           #pragma unroll
             for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
         const int g = lane >> 2, t2 = (lane & 3) * 2;
         for (int k0 = 0; k0 < 64; k0 += 16) {
+          const int n0 = (warp % 4) * 16;
+          uint32_t fb_v[2][2];
           #pragma unroll
-          for (int j = 0; j < 1; ++j) {
+          for (int q = 0; q < 2; q += 2) {
+            uint32_t r[4];
+            prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
+          }
+          uint32_t ib_u0_hi[2][2];
+          uint32_t ib_u0_lo[2][2];
+          #pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            #pragma unroll
+            for (int rg = 0; rg < 2; ++rg) {
+              __nv_bfloat16 v0[2], v1[2];
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg0[((v_i0 - 0)) * 64 + (r)])));
+                v0[h] = y0;
+                const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg0[((v_i0 - 0)) * 64 + (r)])) - prt::to_f32(y0)));
+                v1[h] = y1;
+              }
+              ib_u0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+              ib_u0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+            }
+          }
+          #pragma unroll
+          for (int j = 0; j < 2; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 2) * 16;
-            const int n0 = (u % 2) * 32;
+            const int m0 = (u / 4) * 16;
             (void)m0;
             (void)n0;
             uint32_t fat_k0[4];
             prt::ldmatrix_x4_trans(fat_k0, &t_k0[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-            uint32_t fb_v[4][2];
             #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t r[4];
-              prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-              fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
-            }
-            uint32_t ib_u0_hi[4][2];
-            uint32_t ib_u0_lo[4][2];
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k0, ib_u0_hi[q][0], ib_u0_hi[q][1]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              #pragma unroll
-              for (int rg = 0; rg < 2; ++rg) {
-                __nv_bfloat16 v0[2], v1[2];
-                #pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                  const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
-                  const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg0[((v_i0 - 0)) * 64 + (r)])));
-                  v0[h] = y0;
-                  const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) * prt::to_f32(t_kg0[((v_i0 - 0)) * 64 + (r)])) - prt::to_f32(y0)));
-                  v1[h] = y1;
-                }
-                ib_u0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
-                ib_u0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
-              }
-            }
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k0, ib_u0_hi[q][0], ib_u0_hi[q][1]);
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k0, ib_u0_lo[q][0], ib_u0_lo[q][1]);
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_k0, ib_u0_lo[q][0], ib_u0_lo[q][1]);
           }
         }
       }
       // s0[row, col] = (s0[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951))
       {
         #pragma unroll
-        for (int j = 0; j < 1; ++j) {
+        for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -873,11 +873,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
         const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
         if (ok) {
           #pragma unroll
-          for (int j = 0; j < 1; ++j) {
+          for (int j = 0; j < 2; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -2165,14 +2165,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
   (void)g_wS_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  float f_num_s[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float f_num_a[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
+  float f_num_s[4][2][4];  // f32[64, 64] as mma fragments: 64x64 in 16x16 units over 4 warps
+  float f_num_a[4][2][4];  // f32[64, 64] as mma fragments: 64x64 in 16x16 units over 4 warps
   float* const t_den_s = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   __nv_bfloat16* const t_q0 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 512);  // bf16[64, 64] pitch 72
   float* const t_z = reinterpret_cast<float*>(prt_smem + 9728);  // f32[2080] pitch 2080
   // zsym_hi: bf16[64, 64] computed in registers by its mma group
   // zsym_lo: bf16[64, 64] computed in registers by its mma group
-  float f_qz[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
+  float f_qz[4][2][4];  // f32[64, 64] as mma fragments: 64x64 in 16x16 units over 4 warps
   float* const t_s0_f32_base = reinterpret_cast<float*>(prt_smem + 9728);  // f32[64, 64] pitch 68, 2 copies
   float* t_s0_f32 = t_s0_f32_base;
   // s0_hi: bf16[64, 64] computed in registers by its mma group
@@ -2192,12 +2192,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
   float* t_s3_f32 = t_s3_f32_base;
   // s3_hi: bf16[16, 64] computed in registers by its mma group
   // s3_lo: bf16[16, 64] computed in registers by its mma group
-  float f_num[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
+  float f_num[4][2][4];  // f32[64, 64] as mma fragments: 64x64 in 16x16 units over 4 warps
   float* const t_den = reinterpret_cast<float*>(prt_smem + 1024);  // f32[64] pitch 64
   float* const t_den_a = reinterpret_cast<float*>(prt_smem + 512);  // f32[64] pitch 64
   float* const t_max_a = reinterpret_cast<float*>(prt_smem + 768);  // f32[64] pitch 64
   float* const t_lse_t = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
-  float* const t_den_s_part = reinterpret_cast<float*>(prt_smem + 9728);  // f32[2, 64] pitch 64
+  float* const t_den_s_part = reinterpret_cast<float*>(prt_smem + 9728);  // f32[4, 64] pitch 64
   // g = load logG[pid.z, ((pid.x // 1) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -2228,11 +2228,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
     // num_s[row, col] = 0.0
     {
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
+      for (int j = 0; j < 4; ++j) {
         const int u = warp + j * 4;
-        const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+        const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
         #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < 2; ++q) {
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -2295,24 +2295,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
     // mma.group (operands in registers):
     //   zsym_hi[row, col] = select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] / 1.0), ((z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] / 1.0) * 0.7071067811865476)), 0.0)
     //   zsym_lo[row, col] = (select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] / 1.0), ((z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] / 1.0) * 0.7071067811865476)), 0.0) - zsym_hi[row, col])
-    //   qz = mma.tc(q0, zsym_hi) [64x64 in 16x32 units over 4 warps]
-    //   qz += mma.tc(q0, zsym_lo) [64x64 in 16x32 units over 4 warps]
+    //   qz = mma.tc(q0, zsym_hi) [64x64 in 16x16 units over 4 warps]
+    //   qz += mma.tc(q0, zsym_lo) [64x64 in 16x16 units over 4 warps]
     {
-      float (&acc)[2][4][4] = f_qz;
+      float (&acc)[4][2][4] = f_qz;
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
+      for (int j = 0; j < 4; ++j) {
         #pragma unroll
-        for (int q = 0; q < 4; ++q)
+        for (int q = 0; q < 2; ++q)
         #pragma unroll
           for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
       }
       const int g = lane >> 2, t2 = (lane & 3) * 2;
       for (int k0 = 0; k0 < 64; k0 += 16) {
-        const int n0 = (warp % 2) * 32;
-        uint32_t ib_zsym_hi[4][2];
-        uint32_t ib_zsym_lo[4][2];
+        const int n0 = (warp % 4) * 16;
+        uint32_t ib_zsym_hi[2][2];
+        uint32_t ib_zsym_lo[2][2];
         #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < 2; ++q) {
           #pragma unroll
           for (int rg = 0; rg < 2; ++rg) {
             __nv_bfloat16 v0[2], v1[2];
@@ -2329,28 +2329,28 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
           }
         }
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 4; ++j) {
           const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16;
+          const int m0 = (u / 4) * 16;
           (void)m0;
           (void)n0;
           uint32_t fa_q0[4];
           prt::ldmatrix_x4(fa_q0, &t_q0[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
           #pragma unroll
-          for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_zsym_hi[q][0], ib_zsym_hi[q][1]);
+          for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_zsym_hi[q][0], ib_zsym_hi[q][1]);
           #pragma unroll
-          for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_zsym_lo[q][0], ib_zsym_lo[q][1]);
+          for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_zsym_lo[q][0], ib_zsym_lo[q][1]);
         }
       }
     }
     // qz[row, col] = (qz[row, col] * q0[row, col])
     {
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
+      for (int j = 0; j < 4; ++j) {
         const int u = warp + j * 4;
-        const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+        const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
         #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < 2; ++q) {
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -2363,26 +2363,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
     // den_s = reduce_sum(qz, axis=1) via den_s_part
     {
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
+      for (int j = 0; j < 4; ++j) {
         const int u = warp + j * 4;
         #pragma unroll
         for (int h = 0; h < 2; ++h) {
           float acc = f_qz[j][0][2 * h];
           acc += f_qz[j][0][2 * h + 1];
           #pragma unroll
-          for (int q = 1; q < 4; ++q) {
+          for (int q = 1; q < 2; ++q) {
             acc += f_qz[j][q][2 * h];
             acc += f_qz[j][q][2 * h + 1];
           }
           acc = prt::quad_sum(acc);
-          const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
-          if ((lane & 3) == 0) t_den_s_part[(u % 2) * 64 + (r)] = acc;
+          const int r = (u / 4) * 16 + (lane >> 2) + 8 * h;
+          if ((lane & 3) == 0) t_den_s_part[(u % 4) * 64 + (r)] = acc;
         }
       }
       __syncthreads();
       for (int i = tid; i < 64; i += 128) {
         float acc = t_den_s_part[(0) * 64 + (i)];
-        for (int p = 1; p < 2; ++p) acc += t_den_s_part[(p) * 64 + (i)];
+        for (int p = 1; p < 4; ++p) acc += t_den_s_part[(p) * 64 + (i)];
         t_den_s[i] = prt::from_f32<float>(acc);
       }
     }
@@ -2454,24 +2454,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
         // mma.group (operands in registers):
         //   s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
         //   s0_lo[row, col] = (select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, ((s0_f32[row, col] / 1.0) * select(((row + 0) == i0), 1.0, 1.4142135623730951))) - s0_hi[row, col])
-        //   num_a = mma.tc(q0, s0_hi) [64x64 in 16x32 units over 4 warps]
-        //   num_a += mma.tc(q0, s0_lo) [64x64 in 16x32 units over 4 warps]
+        //   num_a = mma.tc(q0, s0_hi) [64x64 in 16x16 units over 4 warps]
+        //   num_a += mma.tc(q0, s0_lo) [64x64 in 16x16 units over 4 warps]
         {
-          float (&acc)[2][4][4] = f_num_a;
+          float (&acc)[4][2][4] = f_num_a;
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             #pragma unroll
-            for (int q = 0; q < 4; ++q)
+            for (int q = 0; q < 2; ++q)
             #pragma unroll
               for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
           }
           const int g = lane >> 2, t2 = (lane & 3) * 2;
           for (int k0 = 0; k0 < 64; k0 += 16) {
-            const int n0 = (warp % 2) * 32;
-            uint32_t ib_s0_hi[4][2];
-            uint32_t ib_s0_lo[4][2];
+            const int n0 = (warp % 4) * 16;
+            uint32_t ib_s0_hi[2][2];
+            uint32_t ib_s0_lo[2][2];
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int rg = 0; rg < 2; ++rg) {
                 __nv_bfloat16 v0[2], v1[2];
@@ -2488,28 +2488,28 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
               }
             }
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
+            for (int j = 0; j < 4; ++j) {
               const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16;
+              const int m0 = (u / 4) * 16;
               (void)m0;
               (void)n0;
               uint32_t fa_q0[4];
               prt::ldmatrix_x4(fa_q0, &t_q0[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_s0_hi[q][0], ib_s0_hi[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_s0_hi[q][0], ib_s0_hi[q][1]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_s0_lo[q][0], ib_s0_lo[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q0, ib_s0_lo[q][0], ib_s0_lo[q][1]);
             }
           }
         }
         // num_s[row, col] = (num_s[row, col] + (q0[row, (i0 - 0)] * num_a[row, col]))
         {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             const int u = warp + j * 4;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -2617,24 +2617,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
         // mma.group (operands in registers):
         //   s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
         //   s1_lo[row, col] = (select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, ((s1_f32[row, col] / 1.0) * select(((row + 16) == i1), 1.0, 1.4142135623730951))) - s1_hi[row, col])
-        //   num_a = mma.tc(q1, s1_hi) [64x64 in 16x32 units over 4 warps]
-        //   num_a += mma.tc(q1, s1_lo) [64x64 in 16x32 units over 4 warps]
+        //   num_a = mma.tc(q1, s1_hi) [64x64 in 16x16 units over 4 warps]
+        //   num_a += mma.tc(q1, s1_lo) [64x64 in 16x16 units over 4 warps]
         {
-          float (&acc)[2][4][4] = f_num_a;
+          float (&acc)[4][2][4] = f_num_a;
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             #pragma unroll
-            for (int q = 0; q < 4; ++q)
+            for (int q = 0; q < 2; ++q)
             #pragma unroll
               for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
           }
           const int g = lane >> 2, t2 = (lane & 3) * 2;
           for (int k0 = 0; k0 < 48; k0 += 16) {
-            const int n0 = (warp % 2) * 32;
-            uint32_t ib_s1_hi[4][2];
-            uint32_t ib_s1_lo[4][2];
+            const int n0 = (warp % 4) * 16;
+            uint32_t ib_s1_hi[2][2];
+            uint32_t ib_s1_lo[2][2];
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int rg = 0; rg < 2; ++rg) {
                 __nv_bfloat16 v0[2], v1[2];
@@ -2651,28 +2651,28 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
               }
             }
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
+            for (int j = 0; j < 4; ++j) {
               const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16;
+              const int m0 = (u / 4) * 16;
               (void)m0;
               (void)n0;
               uint32_t fa_q1[4];
               prt::ldmatrix_x4(fa_q1, &t_q1[(m0 + prt::a_row(lane)) * 56 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q1, ib_s1_hi[q][0], ib_s1_hi[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q1, ib_s1_hi[q][0], ib_s1_hi[q][1]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q1, ib_s1_lo[q][0], ib_s1_lo[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q1, ib_s1_lo[q][0], ib_s1_lo[q][1]);
             }
           }
         }
         // num_s[row, col] = (num_s[row, col] + (q1[row, (i1 - 16)] * num_a[row, col]))
         {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             const int u = warp + j * 4;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -2780,24 +2780,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
         // mma.group (operands in registers):
         //   s2_hi[row, col] = select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, ((s2_f32[row, col] / 1.0) * select(((row + 32) == i2), 1.0, 1.4142135623730951)))
         //   s2_lo[row, col] = (select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, ((s2_f32[row, col] / 1.0) * select(((row + 32) == i2), 1.0, 1.4142135623730951))) - s2_hi[row, col])
-        //   num_a = mma.tc(q2, s2_hi) [64x64 in 16x32 units over 4 warps]
-        //   num_a += mma.tc(q2, s2_lo) [64x64 in 16x32 units over 4 warps]
+        //   num_a = mma.tc(q2, s2_hi) [64x64 in 16x16 units over 4 warps]
+        //   num_a += mma.tc(q2, s2_lo) [64x64 in 16x16 units over 4 warps]
         {
-          float (&acc)[2][4][4] = f_num_a;
+          float (&acc)[4][2][4] = f_num_a;
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             #pragma unroll
-            for (int q = 0; q < 4; ++q)
+            for (int q = 0; q < 2; ++q)
             #pragma unroll
               for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
           }
           const int g = lane >> 2, t2 = (lane & 3) * 2;
           for (int k0 = 0; k0 < 32; k0 += 16) {
-            const int n0 = (warp % 2) * 32;
-            uint32_t ib_s2_hi[4][2];
-            uint32_t ib_s2_lo[4][2];
+            const int n0 = (warp % 4) * 16;
+            uint32_t ib_s2_hi[2][2];
+            uint32_t ib_s2_lo[2][2];
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int rg = 0; rg < 2; ++rg) {
                 __nv_bfloat16 v0[2], v1[2];
@@ -2814,28 +2814,28 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
               }
             }
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
+            for (int j = 0; j < 4; ++j) {
               const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16;
+              const int m0 = (u / 4) * 16;
               (void)m0;
               (void)n0;
               uint32_t fa_q2[4];
               prt::ldmatrix_x4(fa_q2, &t_q2[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q2, ib_s2_hi[q][0], ib_s2_hi[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q2, ib_s2_hi[q][0], ib_s2_hi[q][1]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q2, ib_s2_lo[q][0], ib_s2_lo[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q2, ib_s2_lo[q][0], ib_s2_lo[q][1]);
             }
           }
         }
         // num_s[row, col] = (num_s[row, col] + (q2[row, (i2 - 32)] * num_a[row, col]))
         {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             const int u = warp + j * 4;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -2943,24 +2943,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
         // mma.group (operands in registers):
         //   s3_hi[row, col] = select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, ((s3_f32[row, col] / 1.0) * select(((row + 48) == i3), 1.0, 1.4142135623730951)))
         //   s3_lo[row, col] = (select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, ((s3_f32[row, col] / 1.0) * select(((row + 48) == i3), 1.0, 1.4142135623730951))) - s3_hi[row, col])
-        //   num_a = mma.tc(q3, s3_hi) [64x64 in 16x32 units over 4 warps]
-        //   num_a += mma.tc(q3, s3_lo) [64x64 in 16x32 units over 4 warps]
+        //   num_a = mma.tc(q3, s3_hi) [64x64 in 16x16 units over 4 warps]
+        //   num_a += mma.tc(q3, s3_lo) [64x64 in 16x16 units over 4 warps]
         {
-          float (&acc)[2][4][4] = f_num_a;
+          float (&acc)[4][2][4] = f_num_a;
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             #pragma unroll
-            for (int q = 0; q < 4; ++q)
+            for (int q = 0; q < 2; ++q)
             #pragma unroll
               for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
           }
           const int g = lane >> 2, t2 = (lane & 3) * 2;
           for (int k0 = 0; k0 < 16; k0 += 16) {
-            const int n0 = (warp % 2) * 32;
-            uint32_t ib_s3_hi[4][2];
-            uint32_t ib_s3_lo[4][2];
+            const int n0 = (warp % 4) * 16;
+            uint32_t ib_s3_hi[2][2];
+            uint32_t ib_s3_lo[2][2];
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int rg = 0; rg < 2; ++rg) {
                 __nv_bfloat16 v0[2], v1[2];
@@ -2977,28 +2977,28 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
               }
             }
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
+            for (int j = 0; j < 4; ++j) {
               const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16;
+              const int m0 = (u / 4) * 16;
               (void)m0;
               (void)n0;
               uint32_t fa_q3[4];
               prt::ldmatrix_x4(fa_q3, &t_q3[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q3, ib_s3_hi[q][0], ib_s3_hi[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q3, ib_s3_hi[q][0], ib_s3_hi[q][1]);
               #pragma unroll
-              for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q3, ib_s3_lo[q][0], ib_s3_lo[q][1]);
+              for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q3, ib_s3_lo[q][0], ib_s3_lo[q][1]);
             }
           }
         }
         // num_s[row, col] = (num_s[row, col] + (q3[row, (i3 - 48)] * num_a[row, col]))
         {
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             const int u = warp + j * 4;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -3020,11 +3020,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
       const bool ok = a0 >= 0 && a0 < g_numA_d0 && a2 >= 0 && a2 < g_numA_d2;
       const long long base = static_cast<long long>(a0) * g_numA_s0 + static_cast<long long>(s1) * g_numA_s1 + static_cast<long long>(a2) * g_numA_s2 + static_cast<long long>(s3) * g_numA_s3;
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
+      for (int j = 0; j < 4; ++j) {
         const int u = warp + j * 4;
-        const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+        const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
         #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < 2; ++q) {
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -3074,11 +3074,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
     // num_s[row, col] = select((den[row] != 0.0), (((num_s[row, col] * select((max(max_a[row], (lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp(((lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0)) - max(max_a[row], (lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0))))))) * 1.0) / den[row]), 0.0)
     {
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
+      for (int j = 0; j < 4; ++j) {
         const int u = warp + j * 4;
-        const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+        const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
         #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < 2; ++q) {
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -3090,11 +3090,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
     // num[row, col] = (select((den[row] != 0.0), ((num[row, col] * select((max(max_a[row], (lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp((max_a[row] - max(max_a[row], (lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0))))))) / den[row]), 0.0) + num_s[row, col])
     {
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
+      for (int j = 0; j < 4; ++j) {
         const int u = warp + j * 4;
-        const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+        const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
         #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < 2; ++q) {
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -3119,11 +3119,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
       const long long base = static_cast<long long>(a0) * g_yS_s0 + static_cast<long long>(s1) * g_yS_s1 + static_cast<long long>(a2) * g_yS_s2 + static_cast<long long>(s3) * g_yS_s3;
       if (ok) {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 4; ++j) {
           const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -3163,11 +3163,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
       const long long base = static_cast<long long>(a0) * g_Y_s0 + static_cast<long long>(s1) * g_Y_s1 + static_cast<long long>(a2) * g_Y_s2 + static_cast<long long>(s3) * g_Y_s3;
       if (ok) {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 4; ++j) {
           const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -4812,29 +4812,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
   float* const t_rho = reinterpret_cast<float*>(prt_smem + 51968);  // f32[64] pitch 64
   float* const t_dy_s = reinterpret_cast<float*>(prt_smem + 18944);  // f32[64] pitch 64
   float* const t_p_s = reinterpret_cast<float*>(prt_smem + 52224);  // f32[64] pitch 64
-  float f_grad_s[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
+  float f_grad_s[4][2][4];  // f32[64, 64] as mma fragments: 64x64 in 16x16 units over 4 warps
   float* const t_z = reinterpret_cast<float*>(prt_smem + 19200);  // f32[2080] pitch 2080
   // zs_hi: bf16[64, 64] computed in registers by its mma group
   // zs_lo: bf16[64, 64] computed in registers by its mma group
   float* const t_qzs = reinterpret_cast<float*>(prt_smem + 27520);  // f32[64, 64] pitch 64
-  float* const t_r = reinterpret_cast<float*>(prt_smem + 39680);  // f32[64] pitch 64
-  float* const t_r16 = reinterpret_cast<float*>(prt_smem + 19200);  // f32[64, 16] pitch 16
-  float* const t_s0_f32_base = reinterpret_cast<float*>(prt_smem + 52480);  // f32[64, 64] pitch 64, 2 copies
-  float* t_s0_f32 = t_s0_f32_base;
-  float* const t_t0 = reinterpret_cast<float*>(prt_smem + 23296);  // f32[64, 64] pitch 64
-  // s0_hi: bf16[64, 64] computed in registers by its mma group
-  float* const t_s1_f32_base = reinterpret_cast<float*>(prt_smem + 52480);  // f32[48, 64] pitch 64, 2 copies
-  float* t_s1_f32 = t_s1_f32_base;
-  float* const t_t1 = reinterpret_cast<float*>(prt_smem + 23296);  // f32[64, 48] pitch 48
-  // s1_hi: bf16[48, 64] computed in registers by its mma group
-  float* const t_s2_f32_base = reinterpret_cast<float*>(prt_smem + 23296);  // f32[32, 64] pitch 64, 2 copies
-  float* t_s2_f32 = t_s2_f32_base;
-  float* const t_t2 = reinterpret_cast<float*>(prt_smem + 39936);  // f32[64, 32] pitch 32
-  // s2_hi: bf16[32, 64] computed in registers by its mma group
-  float* const t_s3_f32_base = reinterpret_cast<float*>(prt_smem + 23296);  // f32[16, 64] pitch 64, 2 copies
-  float* t_s3_f32 = t_s3_f32_base;
-  float* const t_t3 = reinterpret_cast<float*>(prt_smem + 31488);  // f32[64, 16] pitch 16
-  // s3_hi: bf16[16, 64] computed in registers by its mma group
+  float* const t_r = reinterpret_cast<float*>(prt_smem + 20224);  // f32[64] pitch 64
+  float* const t_s_f32_base = reinterpret_cast<float*>(prt_smem + 52480);  // f32[64, 64] pitch 64, 2 copies
+  float* t_s_f32 = t_s_f32_base;
+  float f_t_a[4][2][4];  // f32[64, 64] as mma fragments: 64x64 in 16x16 units over 4 warps
+  // s_hi: bf16[64, 64] computed in registers by its mma group
+  float* const t_r_part = reinterpret_cast<float*>(prt_smem + 19200);  // f32[4, 64] pitch 64
   if (((((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64)) < p_t)) {
     // g = load logG[pid.z, ((pid.x // 1) * 64):+64, (pid.y // ($hq // $h))]
     {
@@ -5049,11 +5037,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
     // grad_s[row, col] = 0.0
     {
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
+      for (int j = 0; j < 4; ++j) {
         const int u = warp + j * 4;
-        const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+        const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
         #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < 2; ++q) {
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -5092,24 +5080,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       // mma.group (operands in registers):
       //   zs_hi[row, col] = select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 2.0), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 1.4142135623730951)), 0.0)
       //   zs_lo[row, col] = (select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 2.0), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 1.4142135623730951)), 0.0) - zs_hi[row, col])
-      //   qzs = mma.tc(q, zs_hi) [64x64 in 16x32 units over 4 warps]
-      //   qzs += mma.tc(q, zs_lo) [64x64 in 16x32 units over 4 warps]
+      //   qzs = mma.tc(q, zs_hi) [64x64 in 16x16 units over 4 warps]
+      //   qzs += mma.tc(q, zs_lo) [64x64 in 16x16 units over 4 warps]
       {
-        float acc[2][4][4];
+        float acc[4][2][4];
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 4; ++j) {
           #pragma unroll
-          for (int q = 0; q < 4; ++q)
+          for (int q = 0; q < 2; ++q)
           #pragma unroll
             for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
         const int g = lane >> 2, t2 = (lane & 3) * 2;
         for (int k0 = 0; k0 < 64; k0 += 16) {
-          const int n0 = (warp % 2) * 32;
-          uint32_t ib_zs_hi[4][2];
-          uint32_t ib_zs_lo[4][2];
+          const int n0 = (warp % 4) * 16;
+          uint32_t ib_zs_hi[2][2];
+          uint32_t ib_zs_lo[2][2];
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int rg = 0; rg < 2; ++rg) {
               __nv_bfloat16 v0[2], v1[2];
@@ -5126,36 +5114,36 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
             }
           }
           #pragma unroll
-          for (int j = 0; j < 2; ++j) {
+          for (int j = 0; j < 4; ++j) {
             const int u = warp + j * 4;
-            const int m0 = (u / 2) * 16;
+            const int m0 = (u / 4) * 16;
             (void)m0;
             (void)n0;
             uint32_t fa_q[4];
             prt::ldmatrix_x4(fa_q, &t_q[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q, ib_zs_hi[q][0], ib_zs_hi[q][1]);
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q, ib_zs_hi[q][0], ib_zs_hi[q][1]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q, ib_zs_lo[q][0], ib_zs_lo[q][1]);
+            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_q, ib_zs_lo[q][0], ib_zs_lo[q][1]);
           }
         }
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 4; ++j) {
           #pragma unroll
-          for (int q = 0; q < 4; ++q)
+          for (int q = 0; q < 2; ++q)
           #pragma unroll
-            for (int e = 0; e < 4; ++e) t_qzs[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 4) % 2) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
+            for (int e = 0; e < 4; ++e) t_qzs[(((warp + j * 4) / 4) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 4) % 4) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       __syncthreads();
       // grad_s[row, col] = -((qzs[row, col] * dy_y[row]))
       {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 4; ++j) {
           const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -5164,24 +5152,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
           }
         }
       }
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      if ((0 < 16)) {
-        // s0_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((0 * 64) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0) + 0):+64, 0:+64] into stage 0
+      if ((0 < 64)) {
+        // s_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), (((((0 * 64) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0):+64, 0:+64] into stage 0
         {
           const int a0 = static_cast<int>(blockIdx.z);
           const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int a2 = (static_cast<int>(blockIdx.x) / 1);
-          const int s3 = ((((((0 * 64) - ((0 * (0 - 1)) / 2)) + 0) - 0) - 0) + 0);
+          const int s3 = (((((0 * 64) - ((0 * (0 - 1)) / 2)) + 0) - 0) - 0);
           const int s4 = 0;
           const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-          float* const dst = t_s0_f32_base + ((0) % 2) * 4096;
+          float* const dst = t_s_f32_base + ((0) % 2) * 4096;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
             for (int i = tid; i < 1024; i += 128) {
               const int r = i / 16, c = (i % 16) * 4;
@@ -5201,19 +5182,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       }
       prt::cp_async_commit();
       {
-        const int v_i0_end = 16;
+        const int v_i0_end = 64;
         for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-          if (((v_i0 + 1) < 16)) {
-            // s0_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), (((((((i0 + 1) * 64) - (((i0 + 1) * ((i0 + 1) - 1)) // 2)) + (i0 + 1)) - (i0 + 1)) - (i0 + 1)) + 0):+64, 0:+64] into stage ((i0 + 1) % 2)
+          if (((v_i0 + 1) < 64)) {
+            // s_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((i0 + 1) * 64) - (((i0 + 1) * ((i0 + 1) - 1)) // 2)) + (i0 + 1)) - (i0 + 1)) - (i0 + 1)):+64, 0:+64] into stage ((i0 + 1) % 2)
             {
               const int a0 = static_cast<int>(blockIdx.z);
               const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
               const int a2 = (static_cast<int>(blockIdx.x) / 1);
-              const int s3 = (((((((v_i0 + 1) * 64) - (((v_i0 + 1) * ((v_i0 + 1) - 1)) / 2)) + (v_i0 + 1)) - (v_i0 + 1)) - (v_i0 + 1)) + 0);
+              const int s3 = ((((((v_i0 + 1) * 64) - (((v_i0 + 1) * ((v_i0 + 1) - 1)) / 2)) + (v_i0 + 1)) - (v_i0 + 1)) - (v_i0 + 1));
               const int s4 = 0;
               const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
               const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-              float* const dst = t_s0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
+              float* const dst = t_s_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
               if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
                 for (int i = tid; i < 1024; i += 128) {
                   const int r = i / 16, c = (i % 16) * 4;
@@ -5233,681 +5214,138 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
           }
           prt::cp_async_commit();
           prt::cp_async_wait<1>();
-          t_s0_f32 = t_s0_f32_base + (((v_i0 % 2)) % 2) * 4096;  // bind s0_f32 stage (i0 % 2)
+          t_s_f32 = t_s_f32_base + (((v_i0 % 2)) % 2) * 4096;  // bind s_f32 stage (i0 % 2)
           __syncthreads();
           // mma.group (operands in registers):
-          //   s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, (s0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
-          //   t0 = mma.tc(dy, s0_hi^T) [64x64 in 16x32 units over 4 warps]
+          //   s_hi[row, col] = select(((row < i0) || (row >= 64)), 0.0, (s_f32[row, col] * select((row == i0), 1.0, 1.4142135623730951)))
+          //   t_a = mma.tc(dy, s_hi^T) [64x64 in 16x16 units over 4 warps]
           {
-            float acc[2][4][4];
+            float (&acc)[4][2][4] = f_t_a;
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
+            for (int j = 0; j < 4; ++j) {
               #pragma unroll
-              for (int q = 0; q < 4; ++q)
+              for (int q = 0; q < 2; ++q)
               #pragma unroll
                 for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
             }
             const int g = lane >> 2, t2 = (lane & 3) * 2;
             for (int k0 = 0; k0 < 64; k0 += 16) {
-              const int n0 = (warp % 2) * 32;
-              uint32_t ib_s0_hi[4][2];
+              const int n0 = (warp % 4) * 16;
+              uint32_t ib_s_hi[2][2];
               #pragma unroll
-              for (int q = 0; q < 4; ++q) {
+              for (int q = 0; q < 2; ++q) {
                 #pragma unroll
                 for (int rg = 0; rg < 2; ++rg) {
                   __nv_bfloat16 v0[2];
                   #pragma unroll
                   for (int h = 0; h < 2; ++h) {
                     const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
-                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : (prt::to_f32(t_s0_f32[(r) * 64 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
+                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((((r < v_i0) || (r >= 64)) ? 0.0f : (prt::to_f32(t_s_f32[(r) * 64 + (c)]) * ((r == v_i0) ? 1.0f : 1.4142135623730951f))));
                     v0[h] = y0;
                   }
-                  ib_s0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                  ib_s_hi[q][rg] = prt::pack2(v0[0], v0[1]);
                 }
               }
               #pragma unroll
-              for (int j = 0; j < 2; ++j) {
+              for (int j = 0; j < 4; ++j) {
                 const int u = warp + j * 4;
-                const int m0 = (u / 2) * 16;
+                const int m0 = (u / 4) * 16;
                 (void)m0;
                 (void)n0;
                 uint32_t fa_dy[4];
                 prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
                 #pragma unroll
-                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, ib_s0_hi[q][0], ib_s0_hi[q][1]);
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, ib_s_hi[q][0], ib_s_hi[q][1]);
               }
             }
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t0[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 4) % 2) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-            }
           }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 0), (grad_s[row, col] + (q[row, i0] * t0[row, max((col - 0), 0)])), grad_s[row, col])
+          // grad_s[row, col] = (grad_s[row, col] + (q[row, i0] * t_a[row, col]))
           {
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
+            for (int j = 0; j < 4; ++j) {
               const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
               #pragma unroll
-              for (int q = 0; q < 4; ++q) {
+              for (int q = 0; q < 2; ++q) {
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 0) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 72 + (v_i0)]) * prt::to_f32(t_t0[(r) * 64 + (prt::max_nan((c - 0), 0))]))) : f_grad_s[j][q][e]);
+                  f_grad_s[j][q][e] = (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 72 + (v_i0)]) * f_t_a[j][q][e]));
                 }
               }
             }
           }
-          __syncthreads();
-          // t0[row, col] = (t0[row, col] * q[row, (col + 0)])
+          // t_a[row, col] = (t_a[row, col] * q[row, col])
           {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_t0[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_t0[(r) * 64 + (c)]) * prt::to_f32(t_q[(r) * 72 + ((c + 0))])));
+            #pragma unroll
+            for (int j = 0; j < 4; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+              #pragma unroll
+              for (int q = 0; q < 2; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_t_a[j][q][e] = (f_t_a[j][q][e] * prt::to_f32(t_q[(r) * 72 + (c)]));
+                }
+              }
+            }
+          }
+          // r = reduce_sum(t_a, axis=1) via r_part
+          {
+            #pragma unroll
+            for (int j = 0; j < 4; ++j) {
+              const int u = warp + j * 4;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                float acc = f_t_a[j][0][2 * h];
+                acc += f_t_a[j][0][2 * h + 1];
+                #pragma unroll
+                for (int q = 1; q < 2; ++q) {
+                  acc += f_t_a[j][q][2 * h];
+                  acc += f_t_a[j][q][2 * h + 1];
+                }
+                acc = prt::quad_sum(acc);
+                const int r = (u / 4) * 16 + (lane >> 2) + 8 * h;
+                if ((lane & 3) == 0) t_r_part[(u % 4) * 64 + (r)] = acc;
+              }
+            }
+            __syncthreads();
+            for (int i = tid; i < 64; i += 128) {
+              float acc = t_r_part[(0) * 64 + (i)];
+              for (int p = 1; p < 4; ++p) acc += t_r_part[(p) * 64 + (i)];
+              t_r[i] = prt::from_f32<float>(acc);
             }
           }
           __syncthreads();
-          // r = reduce_sum(t0, axis=1)
+          // grad_s[row, col] = select((col == i0), (grad_s[row, col] + r[row]), grad_s[row, col])
           {
-            for (int o = tid; o < 64; o += 128) {
-              float acc = 0.0f;
-              for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_t0[(o) * 64 + (i)]);
-              t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i0 - 0)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i0 - 0)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
+            #pragma unroll
+            for (int j = 0; j < 4; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+              #pragma unroll
+              for (int q = 0; q < 2; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_grad_s[j][q][e] = ((c == v_i0) ? (f_grad_s[j][q][e] + prt::to_f32(t_r[r])) : f_grad_s[j][q][e]);
+                }
+              }
             }
           }
         }
       }
       prt::cp_async_wait<0>();
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 0) && (col < 16)), (grad_s[row, col] + r16[row, min(max((col - 0), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 0) && (c < 16)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 0), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      if ((16 < 32)) {
-        // s1_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((16 * 64) - ((16 * (16 - 1)) // 2)) + 16) - 16) - 16) + 16):+48, 0:+64] into stage 0
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-          const int a2 = (static_cast<int>(blockIdx.x) / 1);
-          const int s3 = ((((((16 * 64) - ((16 * (16 - 1)) / 2)) + 16) - 16) - 16) + 16);
-          const int s4 = 0;
-          const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-          const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-          float* const dst = t_s1_f32_base + ((0) % 2) * 3072;
-          if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 768; i += 128) {
-              const int r = i / 16, c = (i % 16) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-            }
-          }
-          else {
-            for (int i = tid; i < 3072; i += 128) {
-              const int r = i / 64, c = i % 64;
-              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-            }
-          }
-        }
-      }
-      prt::cp_async_commit();
-      {
-        const int v_i1_end = 32;
-        for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
-          if (((v_i1 + 1) < 32)) {
-            // s1_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), (((((((i1 + 1) * 64) - (((i1 + 1) * ((i1 + 1) - 1)) // 2)) + (i1 + 1)) - (i1 + 1)) - (i1 + 1)) + 16):+48, 0:+64] into stage (((i1 - 16) + 1) % 2)
-            {
-              const int a0 = static_cast<int>(blockIdx.z);
-              const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-              const int a2 = (static_cast<int>(blockIdx.x) / 1);
-              const int s3 = (((((((v_i1 + 1) * 64) - (((v_i1 + 1) * ((v_i1 + 1) - 1)) / 2)) + (v_i1 + 1)) - (v_i1 + 1)) - (v_i1 + 1)) + 16);
-              const int s4 = 0;
-              const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-              const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-              float* const dst = t_s1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 3072;
-              if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-                for (int i = tid; i < 768; i += 128) {
-                  const int r = i / 16, c = (i % 16) * 4;
-                  const int gr = s3 + r;
-                  const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-                }
-              }
-              else {
-                for (int i = tid; i < 3072; i += 128) {
-                  const int r = i / 64, c = i % 64;
-                  dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-                }
-              }
-            }
-          }
-          prt::cp_async_commit();
-          prt::cp_async_wait<1>();
-          t_s1_f32 = t_s1_f32_base + ((((v_i1 - 16) % 2)) % 2) * 3072;  // bind s1_f32 stage ((i1 - 16) % 2)
-          __syncthreads();
-          // mma.group (operands in registers):
-          //   s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, (s1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
-          //   t1 = mma.tc(dy, s1_hi^T) [64x48 in 16x16 units over 4 warps]
-          {
-            float acc[3][2][4];
-            #pragma unroll
-            for (int j = 0; j < 3; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 2; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-            }
-            const int g = lane >> 2, t2 = (lane & 3) * 2;
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              #pragma unroll
-              for (int j = 0; j < 3; ++j) {
-                const int u = warp + j * 4;
-                const int m0 = (u / 3) * 16;
-                const int n0 = (u % 3) * 16;
-                (void)m0;
-                (void)n0;
-                uint32_t fa_dy[4];
-                prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-                uint32_t ib_s1_hi[2][2];
-                #pragma unroll
-                for (int q = 0; q < 2; ++q) {
-                  #pragma unroll
-                  for (int rg = 0; rg < 2; ++rg) {
-                    __nv_bfloat16 v0[2];
-                    #pragma unroll
-                    for (int h = 0; h < 2; ++h) {
-                      const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
-                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : (prt::to_f32(t_s1_f32[(r) * 64 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
-                      v0[h] = y0;
-                    }
-                    ib_s1_hi[q][rg] = prt::pack2(v0[0], v0[1]);
-                  }
-                }
-                #pragma unroll
-                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, ib_s1_hi[q][0], ib_s1_hi[q][1]);
-              }
-            }
-            #pragma unroll
-            for (int j = 0; j < 3; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 2; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t1[(((warp + j * 4) / 3) * 16 + prt::frag_row(lane, e)) * 48 + (((warp + j * 4) % 3) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-            }
-          }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 16), (grad_s[row, col] + (q[row, i1] * t1[row, max((col - 16), 0)])), grad_s[row, col])
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 16) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 72 + (v_i1)]) * prt::to_f32(t_t1[(r) * 48 + (prt::max_nan((c - 16), 0))]))) : f_grad_s[j][q][e]);
-                }
-              }
-            }
-          }
-          __syncthreads();
-          // t1[row, col] = (t1[row, col] * q[row, (col + 16)])
-          {
-            for (int i = tid; i < 3072; i += 128) {
-              const int r = i / 48, c = i % 48;
-              t_t1[(r) * 48 + (c)] = prt::from_f32<float>((prt::to_f32(t_t1[(r) * 48 + (c)]) * prt::to_f32(t_q[(r) * 72 + ((c + 16))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t1, axis=1)
-          {
-            for (int o = tid; o < 64; o += 128) {
-              float acc = 0.0f;
-              for (int i = 0; i < 48; ++i) acc += prt::to_f32(t_t1[(o) * 48 + (i)]);
-              t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i1 - 16)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i1 - 16)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-            }
-          }
-        }
-      }
-      prt::cp_async_wait<0>();
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 16) && (col < 32)), (grad_s[row, col] + r16[row, min(max((col - 16), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 16) && (c < 32)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 16), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      if ((32 < 48)) {
-        // s2_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((32 * 64) - ((32 * (32 - 1)) // 2)) + 32) - 32) - 32) + 32):+32, 0:+64] into stage 0
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-          const int a2 = (static_cast<int>(blockIdx.x) / 1);
-          const int s3 = ((((((32 * 64) - ((32 * (32 - 1)) / 2)) + 32) - 32) - 32) + 32);
-          const int s4 = 0;
-          const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-          const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-          float* const dst = t_s2_f32_base + ((0) % 2) * 2048;
-          if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 512; i += 128) {
-              const int r = i / 16, c = (i % 16) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-            }
-          }
-          else {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 64, c = i % 64;
-              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-            }
-          }
-        }
-      }
-      prt::cp_async_commit();
-      {
-        const int v_i2_end = 48;
-        for (int v_i2 = 32; v_i2 < v_i2_end; v_i2 += 1) {
-          if (((v_i2 + 1) < 48)) {
-            // s2_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), (((((((i2 + 1) * 64) - (((i2 + 1) * ((i2 + 1) - 1)) // 2)) + (i2 + 1)) - (i2 + 1)) - (i2 + 1)) + 32):+32, 0:+64] into stage (((i2 - 32) + 1) % 2)
-            {
-              const int a0 = static_cast<int>(blockIdx.z);
-              const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-              const int a2 = (static_cast<int>(blockIdx.x) / 1);
-              const int s3 = (((((((v_i2 + 1) * 64) - (((v_i2 + 1) * ((v_i2 + 1) - 1)) / 2)) + (v_i2 + 1)) - (v_i2 + 1)) - (v_i2 + 1)) + 32);
-              const int s4 = 0;
-              const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-              const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-              float* const dst = t_s2_f32_base + (((((v_i2 - 32) + 1) % 2)) % 2) * 2048;
-              if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-                for (int i = tid; i < 512; i += 128) {
-                  const int r = i / 16, c = (i % 16) * 4;
-                  const int gr = s3 + r;
-                  const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-                }
-              }
-              else {
-                for (int i = tid; i < 2048; i += 128) {
-                  const int r = i / 64, c = i % 64;
-                  dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-                }
-              }
-            }
-          }
-          prt::cp_async_commit();
-          prt::cp_async_wait<1>();
-          t_s2_f32 = t_s2_f32_base + ((((v_i2 - 32) % 2)) % 2) * 2048;  // bind s2_f32 stage ((i2 - 32) % 2)
-          __syncthreads();
-          // mma.group (operands in registers):
-          //   s2_hi[row, col] = select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, (s2_f32[row, col] * select(((row + 32) == i2), 1.0, 1.4142135623730951)))
-          //   t2 = mma.tc(dy, s2_hi^T) [64x32 in 16x32 units over 4 warps]
-          {
-            float acc[1][4][4];
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-            }
-            const int g = lane >> 2, t2 = (lane & 3) * 2;
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              #pragma unroll
-              for (int j = 0; j < 1; ++j) {
-                const int u = warp + j * 4;
-                const int m0 = (u / 1) * 16;
-                const int n0 = (u % 1) * 32;
-                (void)m0;
-                (void)n0;
-                uint32_t fa_dy[4];
-                prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-                uint32_t ib_s2_hi[4][2];
-                #pragma unroll
-                for (int q = 0; q < 4; ++q) {
-                  #pragma unroll
-                  for (int rg = 0; rg < 2; ++rg) {
-                    __nv_bfloat16 v0[2];
-                    #pragma unroll
-                    for (int h = 0; h < 2; ++h) {
-                      const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
-                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : (prt::to_f32(t_s2_f32[(r) * 64 + (c)]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))));
-                      v0[h] = y0;
-                    }
-                    ib_s2_hi[q][rg] = prt::pack2(v0[0], v0[1]);
-                  }
-                }
-                #pragma unroll
-                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, ib_s2_hi[q][0], ib_s2_hi[q][1]);
-              }
-            }
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t2[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 1) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-            }
-          }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 32), (grad_s[row, col] + (q[row, i2] * t2[row, max((col - 32), 0)])), grad_s[row, col])
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 32) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 72 + (v_i2)]) * prt::to_f32(t_t2[(r) * 32 + (prt::max_nan((c - 32), 0))]))) : f_grad_s[j][q][e]);
-                }
-              }
-            }
-          }
-          __syncthreads();
-          // t2[row, col] = (t2[row, col] * q[row, (col + 32)])
-          {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 32, c = i % 32;
-              t_t2[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_t2[(r) * 32 + (c)]) * prt::to_f32(t_q[(r) * 72 + ((c + 32))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t2, axis=1)
-          {
-            for (int o = tid; o < 64; o += 128) {
-              float acc = 0.0f;
-              for (int i = 0; i < 32; ++i) acc += prt::to_f32(t_t2[(o) * 32 + (i)]);
-              t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i2 - 32)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i2 - 32)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-            }
-          }
-        }
-      }
-      prt::cp_async_wait<0>();
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 32) && (col < 48)), (grad_s[row, col] + r16[row, min(max((col - 32), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 32) && (c < 48)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 32), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      if ((48 < 64)) {
-        // s3_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((48 * 64) - ((48 * (48 - 1)) // 2)) + 48) - 48) - 48) + 48):+16, 0:+64] into stage 0
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-          const int a2 = (static_cast<int>(blockIdx.x) / 1);
-          const int s3 = ((((((48 * 64) - ((48 * (48 - 1)) / 2)) + 48) - 48) - 48) + 48);
-          const int s4 = 0;
-          const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-          const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-          float* const dst = t_s3_f32_base + ((0) % 2) * 1024;
-          if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 256; i += 128) {
-              const int r = i / 16, c = (i % 16) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-            }
-          }
-          else {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 64, c = i % 64;
-              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-            }
-          }
-        }
-      }
-      prt::cp_async_commit();
-      {
-        const int v_i3_end = 64;
-        for (int v_i3 = 48; v_i3 < v_i3_end; v_i3 += 1) {
-          if (((v_i3 + 1) < 64)) {
-            // s3_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), (((((((i3 + 1) * 64) - (((i3 + 1) * ((i3 + 1) - 1)) // 2)) + (i3 + 1)) - (i3 + 1)) - (i3 + 1)) + 48):+16, 0:+64] into stage (((i3 - 48) + 1) % 2)
-            {
-              const int a0 = static_cast<int>(blockIdx.z);
-              const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-              const int a2 = (static_cast<int>(blockIdx.x) / 1);
-              const int s3 = (((((((v_i3 + 1) * 64) - (((v_i3 + 1) * ((v_i3 + 1) - 1)) / 2)) + (v_i3 + 1)) - (v_i3 + 1)) - (v_i3 + 1)) + 48);
-              const int s4 = 0;
-              const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-              const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-              float* const dst = t_s3_f32_base + (((((v_i3 - 48) + 1) % 2)) % 2) * 1024;
-              if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-                for (int i = tid; i < 256; i += 128) {
-                  const int r = i / 16, c = (i % 16) * 4;
-                  const int gr = s3 + r;
-                  const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-                }
-              }
-              else {
-                for (int i = tid; i < 1024; i += 128) {
-                  const int r = i / 64, c = i % 64;
-                  dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-                }
-              }
-            }
-          }
-          prt::cp_async_commit();
-          prt::cp_async_wait<1>();
-          t_s3_f32 = t_s3_f32_base + ((((v_i3 - 48) % 2)) % 2) * 1024;  // bind s3_f32 stage ((i3 - 48) % 2)
-          __syncthreads();
-          // mma.group (operands in registers):
-          //   s3_hi[row, col] = select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, (s3_f32[row, col] * select(((row + 48) == i3), 1.0, 1.4142135623730951)))
-          //   t3 = mma.tc(dy, s3_hi^T) [64x16 in 16x16 units over 4 warps]
-          {
-            float acc[1][2][4];
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 2; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-            }
-            const int g = lane >> 2, t2 = (lane & 3) * 2;
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              #pragma unroll
-              for (int j = 0; j < 1; ++j) {
-                const int u = warp + j * 4;
-                const int m0 = (u / 1) * 16;
-                const int n0 = (u % 1) * 16;
-                (void)m0;
-                (void)n0;
-                uint32_t fa_dy[4];
-                prt::ldmatrix_x4(fa_dy, &t_dy[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-                uint32_t ib_s3_hi[2][2];
-                #pragma unroll
-                for (int q = 0; q < 2; ++q) {
-                  #pragma unroll
-                  for (int rg = 0; rg < 2; ++rg) {
-                    __nv_bfloat16 v0[2];
-                    #pragma unroll
-                    for (int h = 0; h < 2; ++h) {
-                      const int r = n0 + q * 8 + g, c = k0 + t2 + rg * 8 + h;
-                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>(((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : (prt::to_f32(t_s3_f32[(r) * 64 + (c)]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))));
-                      v0[h] = y0;
-                    }
-                    ib_s3_hi[q][rg] = prt::pack2(v0[0], v0[1]);
-                  }
-                }
-                #pragma unroll
-                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_dy, ib_s3_hi[q][0], ib_s3_hi[q][1]);
-              }
-            }
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 2; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t3[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 1) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-            }
-          }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 48), (grad_s[row, col] + (q[row, i3] * t3[row, max((col - 48), 0)])), grad_s[row, col])
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 48) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 72 + (v_i3)]) * prt::to_f32(t_t3[(r) * 16 + (prt::max_nan((c - 48), 0))]))) : f_grad_s[j][q][e]);
-                }
-              }
-            }
-          }
-          __syncthreads();
-          // t3[row, col] = (t3[row, col] * q[row, (col + 48)])
-          {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_t3[(r) * 16 + (c)] = prt::from_f32<float>((prt::to_f32(t_t3[(r) * 16 + (c)]) * prt::to_f32(t_q[(r) * 72 + ((c + 48))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t3, axis=1)
-          {
-            for (int o = tid; o < 64; o += 128) {
-              float acc = 0.0f;
-              for (int i = 0; i < 16; ++i) acc += prt::to_f32(t_t3[(o) * 16 + (i)]);
-              t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i3 - 48)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i3 - 48)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-            }
-          }
-        }
-      }
-      prt::cp_async_wait<0>();
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 48) && (col < 64)), (grad_s[row, col] + r16[row, min(max((col - 48), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 48) && (c < 64)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 48), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
     }
     // grad_s[row, col] = select((rho[row] != 0.0), ((grad_s[row, col] * (select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[(((pid.x % 1) * 64) + row)] - lse_i[row]) / 2.0)))) * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[(((pid.x % 1) * 64) + row)] - lse_i[row]) / 2.0)))))) / rho[row]), 0.0)
     {
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
+      for (int j = 0; j < 4; ++j) {
         const int u = warp + j * 4;
-        const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+        const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
         #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < 2; ++q) {
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -5926,11 +5364,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_dQs_s0 + static_cast<long long>(s1) * g_dQs_s1 + static_cast<long long>(a2) * g_dQs_s2 + static_cast<long long>(s3) * g_dQs_s3;
       if (ok) {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 4; ++j) {
           const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -6085,7 +5523,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
   float* const t_qzq0 = reinterpret_cast<float*>(prt_smem + 18176);  // f32[64, 16] pitch 16
   // zq0_hi: bf16[64, 16] computed in registers by its mma group
   // zq0_lo: bf16[64, 16] computed in registers by its mma group
-  float f_s0[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
+  float f_s0[2][2][4];  // f32[64, 64] as mma fragments: 64x64 in 16x16 units over 8 warps
   float* const t_z0 = reinterpret_cast<float*>(prt_smem + 35584);  // f32[64] pitch 64
   // u0_hi: bf16[64, 64] computed in registers by its mma group
   // u0_lo: bf16[64, 64] computed in registers by its mma group
@@ -6380,11 +5818,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
       // s0[row, col] = 0.0
       {
         #pragma unroll
-        for (int j = 0; j < 1; ++j) {
+        for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -6496,44 +5934,44 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           // mma.group (operands in registers):
           //   u0_hi[row, col] = (fdy[row, col] * qg0[(i1 - 0), row])
           //   u0_lo[row, col] = ((fdy[row, col] * qg0[(i1 - 0), row]) - u0_hi[row, col])
-          //   s0 += mma.tc(q0^T, u0_hi) [64x64 in 16x32 units over 8 warps]
-          //   s0 += mma.tc(q0^T, u0_lo) [64x64 in 16x32 units over 8 warps]
+          //   s0 += mma.tc(q0^T, u0_hi) [64x64 in 16x16 units over 8 warps]
+          //   s0 += mma.tc(q0^T, u0_lo) [64x64 in 16x16 units over 8 warps]
           {
-            float (&acc)[1][4][4] = f_s0;
+            float (&acc)[2][2][4] = f_s0;
             const int g = lane >> 2, t2 = (lane & 3) * 2;
             for (int k0 = 0; k0 < 64; k0 += 16) {
+              const int n0 = (warp % 4) * 16;
+              uint32_t ib_u0_hi[2][2];
+              uint32_t ib_u0_lo[2][2];
               #pragma unroll
-              for (int j = 0; j < 1; ++j) {
+              for (int q = 0; q < 2; ++q) {
+                #pragma unroll
+                for (int rg = 0; rg < 2; ++rg) {
+                  __nv_bfloat16 v0[2], v1[2];
+                  #pragma unroll
+                  for (int h = 0; h < 2; ++h) {
+                    const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                    const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_qg0[((v_i1 - 0)) * 64 + (r)])));
+                    v0[h] = y0;
+                    const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_qg0[((v_i1 - 0)) * 64 + (r)])) - prt::to_f32(y0)));
+                    v1[h] = y1;
+                  }
+                  ib_u0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
+                  ib_u0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
+                }
+              }
+              #pragma unroll
+              for (int j = 0; j < 2; ++j) {
                 const int u = warp + j * 8;
-                const int m0 = (u / 2) * 16;
-                const int n0 = (u % 2) * 32;
+                const int m0 = (u / 4) * 16;
                 (void)m0;
                 (void)n0;
                 uint32_t fat_q0[4];
                 prt::ldmatrix_x4_trans(fat_q0, &t_q0[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-                uint32_t ib_u0_hi[4][2];
-                uint32_t ib_u0_lo[4][2];
                 #pragma unroll
-                for (int q = 0; q < 4; ++q) {
-                  #pragma unroll
-                  for (int rg = 0; rg < 2; ++rg) {
-                    __nv_bfloat16 v0[2], v1[2];
-                    #pragma unroll
-                    for (int h = 0; h < 2; ++h) {
-                      const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
-                      const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_qg0[((v_i1 - 0)) * 64 + (r)])));
-                      v0[h] = y0;
-                      const __nv_bfloat16 y1 = prt::from_f32<__nv_bfloat16>(((prt::to_f32(t_fdy[(r) * 68 + (c)]) * prt::to_f32(t_qg0[((v_i1 - 0)) * 64 + (r)])) - prt::to_f32(y0)));
-                      v1[h] = y1;
-                    }
-                    ib_u0_hi[q][rg] = prt::pack2(v0[0], v0[1]);
-                    ib_u0_lo[q][rg] = prt::pack2(v1[0], v1[1]);
-                  }
-                }
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q0, ib_u0_hi[q][0], ib_u0_hi[q][1]);
                 #pragma unroll
-                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q0, ib_u0_hi[q][0], ib_u0_hi[q][1]);
-                #pragma unroll
-                for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q0, ib_u0_lo[q][0], ib_u0_lo[q][1]);
+                for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_q0, ib_u0_lo[q][0], ib_u0_lo[q][1]);
               }
             }
           }
@@ -6542,11 +5980,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
       // s0[row, col] = (s0[row, col] * select(((row + 0) == i1), 1.0, 1.4142135623730951))
       {
         #pragma unroll
-        for (int j = 0; j < 1; ++j) {
+        for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 8;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 2; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -6566,11 +6004,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
         if (ok) {
           #pragma unroll
-          for (int j = 0; j < 1; ++j) {
+          for (int j = 0; j < 2; ++j) {
             const int u = warp + j * 8;
-            const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < 2; ++q) {
               #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
@@ -8365,7 +7803,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
 }
 
 // update_state_bwd: dKs, dVs, dlamK, dGk: gradient through dS_m = phi(k')^T V, dZ_m = colsum phi(k')
-// grid ($n, ($b * $h), 1), 128 threads, 82176 bytes of dynamic shared memory
+// grid ($n, ($b * $h), 1), 128 threads, 61696 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2(
     const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const float* g_ddS, const float* g_ddZ, float* g_dKs, float* g_dVs, float* g_dlamK, float* g_dGk, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -8494,33 +7932,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
   // zu_hi: bf16[64, 64] computed in registers by its mma group
   // zu_lo: bf16[64, 64] computed in registers by its mma group
   float* const t_kzu = reinterpret_cast<float*>(prt_smem + 27264);  // f32[64, 64] pitch 64
-  float* const t_r = reinterpret_cast<float*>(prt_smem + 81920);  // f32[64] pitch 64
-  float* const t_r16 = reinterpret_cast<float*>(prt_smem + 18944);  // f32[64, 16] pitch 16
-  float* const t_u0_f32_base = reinterpret_cast<float*>(prt_smem + 23040);  // f32[64, 64] pitch 64, 2 copies
-  float* t_u0_f32 = t_u0_f32_base;
-  float f_p0[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_t0 = reinterpret_cast<float*>(prt_smem + 55808);  // f32[64, 64] pitch 64
-  __nv_bfloat16* const t_u0_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 72192);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_k1 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 23040);  // bf16[64, 48] pitch 56
-  float* const t_u1_f32_base = reinterpret_cast<float*>(prt_smem + 30208);  // f32[48, 64] pitch 64, 2 copies
-  float* t_u1_f32 = t_u1_f32_base;
-  float f_p1[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_t1 = reinterpret_cast<float*>(prt_smem + 54784);  // f32[64, 48] pitch 48
-  __nv_bfloat16* const t_u1_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 67072);  // bf16[48, 64] pitch 72
-  __nv_bfloat16* const t_k2 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 23040);  // bf16[64, 32] pitch 40
-  float* const t_u2_f32_base = reinterpret_cast<float*>(prt_smem + 28160);  // f32[32, 64] pitch 64, 2 copies
-  float* t_u2_f32 = t_u2_f32_base;
-  float f_p2[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_t2 = reinterpret_cast<float*>(prt_smem + 44544);  // f32[64, 32] pitch 32
-  __nv_bfloat16* const t_u2_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 52736);  // bf16[32, 64] pitch 72
-  __nv_bfloat16* const t_k3 = reinterpret_cast<__nv_bfloat16*>(prt_smem + 23040);  // bf16[64, 16] pitch 24
-  float* const t_u3_f32_base = reinterpret_cast<float*>(prt_smem + 26112);  // f32[16, 64] pitch 64, 2 copies
-  float* t_u3_f32 = t_u3_f32_base;
-  float f_p3[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_t3 = reinterpret_cast<float*>(prt_smem + 34304);  // f32[64, 16] pitch 16
-  __nv_bfloat16* const t_u3_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 38400);  // bf16[16, 64] pitch 72
+  float* const t_r = reinterpret_cast<float*>(prt_smem + 61440);  // f32[64] pitch 64
+  float* const t_u_f32_base = reinterpret_cast<float*>(prt_smem + 18944);  // f32[64, 64] pitch 64, 2 copies
+  float* t_u_f32 = t_u_f32_base;
+  float f_p_a[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
+  float f_t_a[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
+  __nv_bfloat16* const t_u_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 51712);  // bf16[64, 64] pitch 72
   float* const t_dG = reinterpret_cast<float*>(prt_smem + 256);  // f32[1] pitch 1
-  float* const t_r_part = reinterpret_cast<float*>(prt_smem + 81408);  // f32[2, 64] pitch 64
+  float* const t_r_part = reinterpret_cast<float*>(prt_smem + 60928);  // f32[2, 64] pitch 64
   // g = load logG[(pid.y // $h), (pid.x * 64):+64, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -8626,24 +8045,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
   // mma.group (operands in registers):
   //   zu_hi[row, col] = select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 2.0), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 1.4142135623730951)), 0.0)
   //   zu_lo[row, col] = (select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 2.0), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 1.4142135623730951)), 0.0) - zu_hi[row, col])
-  //   kzu = mma.tc(k, zu_hi) [64x64 in 16x32 units over 4 warps]
-  //   kzu += mma.tc(k, zu_lo) [64x64 in 16x32 units over 4 warps]
+  //   kzu = mma.tc(k, zu_hi) [64x64 in 16x16 units over 4 warps]
+  //   kzu += mma.tc(k, zu_lo) [64x64 in 16x16 units over 4 warps]
   {
-    float acc[2][4][4];
+    float acc[4][2][4];
     #pragma unroll
-    for (int j = 0; j < 2; ++j) {
+    for (int j = 0; j < 4; ++j) {
       #pragma unroll
-      for (int q = 0; q < 4; ++q)
+      for (int q = 0; q < 2; ++q)
       #pragma unroll
         for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
     }
     const int g = lane >> 2, t2 = (lane & 3) * 2;
     for (int k0 = 0; k0 < 64; k0 += 16) {
-      const int n0 = (warp % 2) * 32;
-      uint32_t ib_zu_hi[4][2];
-      uint32_t ib_zu_lo[4][2];
+      const int n0 = (warp % 4) * 16;
+      uint32_t ib_zu_hi[2][2];
+      uint32_t ib_zu_lo[2][2];
       #pragma unroll
-      for (int q = 0; q < 4; ++q) {
+      for (int q = 0; q < 2; ++q) {
         #pragma unroll
         for (int rg = 0; rg < 2; ++rg) {
           __nv_bfloat16 v0[2], v1[2];
@@ -8660,25 +8079,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
         }
       }
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
+      for (int j = 0; j < 4; ++j) {
         const int u = warp + j * 4;
-        const int m0 = (u / 2) * 16;
+        const int m0 = (u / 4) * 16;
         (void)m0;
         (void)n0;
         uint32_t fa_k[4];
         prt::ldmatrix_x4(fa_k, &t_k[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
         #pragma unroll
-        for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k, ib_zu_hi[q][0], ib_zu_hi[q][1]);
+        for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k, ib_zu_hi[q][0], ib_zu_hi[q][1]);
         #pragma unroll
-        for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k, ib_zu_lo[q][0], ib_zu_lo[q][1]);
+        for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k, ib_zu_lo[q][0], ib_zu_lo[q][1]);
       }
     }
     #pragma unroll
-    for (int j = 0; j < 2; ++j) {
+    for (int j = 0; j < 4; ++j) {
       #pragma unroll
-      for (int q = 0; q < 4; ++q)
+      for (int q = 0; q < 2; ++q)
       #pragma unroll
-        for (int e = 0; e < 4; ++e) t_kzu[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 4) % 2) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
+        for (int e = 0; e < 4; ++e) t_kzu[(((warp + j * 4) / 4) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 4) % 4) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
     }
   }
   __syncthreads();
@@ -8731,25 +8150,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
       }
     }
   }
-  // r16[row, col] = 0.0
-  {
-    for (int i = tid; i < 1024; i += 128) {
-      const int r = i / 16, c = i % 16;
-      t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-    }
-  }
   __syncthreads();
-  if ((0 < 16)) {
-    // u0_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((0 * 64) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0) + 0):+64, 0:+64] into stage 0
+  if ((0 < 64)) {
+    // u_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, (((((0 * 64) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0):+64, 0:+64] into stage 0
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
       const int a1 = (static_cast<int>(blockIdx.y) % p_h);
       const int a2 = static_cast<int>(blockIdx.x);
-      const int s3 = ((((((0 * 64) - ((0 * (0 - 1)) / 2)) + 0) - 0) - 0) + 0);
+      const int s3 = (((((0 * 64) - ((0 * (0 - 1)) / 2)) + 0) - 0) - 0);
       const int s4 = 0;
       const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
       const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-      float* const dst = t_u0_f32_base + ((0) % 2) * 4096;
+      float* const dst = t_u_f32_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
         for (int i = tid; i < 1024; i += 128) {
           const int r = i / 16, c = (i % 16) * 4;
@@ -8769,19 +8181,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = 16;
+    const int v_i0_end = 64;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < 16)) {
-        // u0_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, (((((((i0 + 1) * 64) - (((i0 + 1) * ((i0 + 1) - 1)) // 2)) + (i0 + 1)) - (i0 + 1)) - (i0 + 1)) + 0):+64, 0:+64] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < 64)) {
+        // u_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((i0 + 1) * 64) - (((i0 + 1) * ((i0 + 1) - 1)) // 2)) + (i0 + 1)) - (i0 + 1)) - (i0 + 1)):+64, 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int a1 = (static_cast<int>(blockIdx.y) % p_h);
           const int a2 = static_cast<int>(blockIdx.x);
-          const int s3 = (((((((v_i0 + 1) * 64) - (((v_i0 + 1) * ((v_i0 + 1) - 1)) / 2)) + (v_i0 + 1)) - (v_i0 + 1)) - (v_i0 + 1)) + 0);
+          const int s3 = ((((((v_i0 + 1) * 64) - (((v_i0 + 1) * ((v_i0 + 1) - 1)) / 2)) + (v_i0 + 1)) - (v_i0 + 1)) - (v_i0 + 1));
           const int s4 = 0;
           const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
           const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-          float* const dst = t_u0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
+          float* const dst = t_u_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
             for (int i = tid; i < 1024; i += 128) {
               const int r = i / 16, c = (i % 16) * 4;
@@ -8801,19 +8213,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
       }
       prt::cp_async_commit();
       prt::cp_async_wait<1>();
-      t_u0_f32 = t_u0_f32_base + (((v_i0 % 2)) % 2) * 4096;  // bind u0_f32 stage (i0 % 2)
+      t_u_f32 = t_u_f32_base + (((v_i0 % 2)) % 2) * 4096;  // bind u_f32 stage (i0 % 2)
       __syncthreads();
-      // u0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, (u0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
+      // u_hi[row, col] = select(((row < i0) || (row >= 64)), 0.0, (u_f32[row, col] * select((row == i0), 1.0, 1.4142135623730951)))
       {
         for (int i = tid; i < 4096; i += 128) {
           const int r = i / 64, c = i % 64;
-          t_u0_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : (prt::to_f32(t_u0_f32[(r) * 64 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
+          t_u_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((((r < v_i0) || (r >= 64)) ? 0.0f : (prt::to_f32(t_u_f32[(r) * 64 + (c)]) * ((r == v_i0) ? 1.0f : 1.4142135623730951f))));
         }
       }
       __syncthreads();
-      // p0 = mma.tc(k, u0_hi) [64x64 in 16x32 units over 4 warps]
+      // p_a = mma.tc(k, u_hi) [64x64 in 16x32 units over 4 warps]
       {
-        float (&acc)[2][4][4] = f_p0;
+        float (&acc)[2][4][4] = f_p_a;
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
           #pragma unroll
@@ -8823,12 +8235,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
         }
         for (int k0 = 0; k0 < 64; k0 += 16) {
           const int n0 = (warp % 2) * 32;
-          uint32_t fb_u0_hi[4][2];
+          uint32_t fb_u_hi[4][2];
           #pragma unroll
           for (int q = 0; q < 4; q += 2) {
             uint32_t r[4];
-            prt::ldmatrix_x4_trans(r, &t_u0_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-            fb_u0_hi[q][0] = r[0]; fb_u0_hi[q][1] = r[1]; fb_u0_hi[q + 1][0] = r[2]; fb_u0_hi[q + 1][1] = r[3];
+            prt::ldmatrix_x4_trans(r, &t_u_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+            fb_u_hi[q][0] = r[0]; fb_u_hi[q][1] = r[1]; fb_u_hi[q + 1][0] = r[2]; fb_u_hi[q + 1][1] = r[3];
           }
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
@@ -8839,11 +8251,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
             uint32_t fa_k[4];
             prt::ldmatrix_x4(fa_k, &t_k[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k, fb_u0_hi[q][0], fb_u0_hi[q][1]);
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k, fb_u_hi[q][0], fb_u_hi[q][1]);
           }
         }
       }
-      // dv[row, col] = (dv[row, col] + (k[row, i0] * p0[row, col]))
+      // dv[row, col] = (dv[row, col] + (k[row, i0] * p_a[row, col]))
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -8854,12 +8266,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 72 + (v_i0)]) * f_p0[j][q][e]));
+              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 72 + (v_i0)]) * f_p_a[j][q][e]));
             }
           }
         }
       }
-      // p0[row, col] = (p0[row, col] * v[row, col])
+      // p_a[row, col] = (p_a[row, col] * v[row, col])
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -8870,24 +8282,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p0[j][q][e] = (f_p0[j][q][e] * prt::to_f32(t_v[(r) * 72 + (c)]));
+              f_p_a[j][q][e] = (f_p_a[j][q][e] * prt::to_f32(t_v[(r) * 72 + (c)]));
             }
           }
         }
       }
-      // r = reduce_sum(p0, axis=1) via r_part
+      // r = reduce_sum(p_a, axis=1) via r_part
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 4;
           #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            float acc = f_p0[j][0][2 * h];
-            acc += f_p0[j][0][2 * h + 1];
+            float acc = f_p_a[j][0][2 * h];
+            acc += f_p_a[j][0][2 * h + 1];
             #pragma unroll
             for (int q = 1; q < 4; ++q) {
-              acc += f_p0[j][q][2 * h];
-              acc += f_p0[j][q][2 * h + 1];
+              acc += f_p_a[j][q][2 * h];
+              acc += f_p_a[j][q][2 * h + 1];
             }
             acc = prt::quad_sum(acc);
             const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
@@ -8901,9 +8313,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
           t_r[i] = prt::from_f32<float>(acc);
         }
       }
-      // t0 = mma.tc(v, u0_hi^T) [64x64 in 16x32 units over 4 warps]
+      // t_a = mma.tc(v, u_hi^T) [64x64 in 16x32 units over 4 warps]
       {
-        float acc[2][4][4];
+        float (&acc)[2][4][4] = f_t_a;
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
           #pragma unroll
@@ -8913,12 +8325,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
         }
         for (int k0 = 0; k0 < 64; k0 += 16) {
           const int n0 = (warp % 2) * 32;
-          uint32_t fbt_u0_hi[4][2];
+          uint32_t fbt_u_hi[4][2];
           #pragma unroll
           for (int q = 0; q < 4; q += 2) {
             uint32_t r[4];
-            prt::ldmatrix_x4(r, &t_u0_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-            fbt_u0_hi[q][0] = r[0]; fbt_u0_hi[q][1] = r[1]; fbt_u0_hi[q + 1][0] = r[2]; fbt_u0_hi[q + 1][1] = r[3];
+            prt::ldmatrix_x4(r, &t_u_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+            fbt_u_hi[q][0] = r[0]; fbt_u_hi[q][1] = r[1]; fbt_u_hi[q + 1][0] = r[2]; fbt_u_hi[q + 1][1] = r[3];
           }
           #pragma unroll
           for (int j = 0; j < 2; ++j) {
@@ -8929,19 +8341,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
             uint32_t fa_v[4];
             prt::ldmatrix_x4(fa_v, &t_v[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
             #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v, fbt_u0_hi[q][0], fbt_u0_hi[q][1]);
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v, fbt_u_hi[q][0], fbt_u_hi[q][1]);
           }
         }
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t0[(((warp + j * 4) / 2) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 4) % 2) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-        }
       }
-      __syncthreads();
-      // dk[row, col] = select((col >= 0), (dk[row, col] + (k[row, i0] * t0[row, max((col - 0), 0)])), dk[row, col])
+      // dk[row, col] = (dk[row, col] + (k[row, i0] * t_a[row, col]))
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -8952,16 +8356,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dk[j][q][e] = ((c >= 0) ? (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 72 + (v_i0)]) * prt::to_f32(t_t0[(r) * 64 + (prt::max_nan((c - 0), 0))]))) : f_dk[j][q][e]);
+              f_dk[j][q][e] = (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 72 + (v_i0)]) * f_t_a[j][q][e]));
             }
           }
         }
       }
-      // r16[row, col] = select((col == (i0 - 0)), r[row], r16[row, col])
+      __syncthreads();
+      // dk[row, col] = select((col == i0), (dk[row, col] + r[row]), dk[row, col])
       {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i0 - 0)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_dk[j][q][e] = ((c == v_i0) ? (f_dk[j][q][e] + prt::to_f32(t_r[r])) : f_dk[j][q][e]);
+            }
+          }
         }
       }
       // kdk[row] = (kdk[row] + (k[row, i0] * r[row]))
@@ -8973,881 +8387,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
     }
   }
   prt::cp_async_wait<0>();
-  __syncthreads();
-  // dk[row, col] = select(((col >= 0) && (col < 16)), (dk[row, col] + r16[row, min(max((col - 0), 0), 15)]), dk[row, col])
-  {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_dk[j][q][e] = (((c >= 0) && (c < 16)) ? (f_dk[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 0), 0), 15))])) : f_dk[j][q][e]);
-        }
-      }
-    }
-  }
-  // k1 = load.async K[(pid.y // $h), (pid.x * 64):+64, (pid.y % $h), 16:+48]
-  {
-    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
-    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
-    const int s3 = 16;
-    const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-    const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-    __nv_bfloat16* const dst = t_k1;
-    if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 384; i += 128) {
-        const int r = i / 6, c = (i % 6) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 56 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-      }
-    }
-    else {
-      for (int i = tid; i < 3072; i += 128) {
-        const int r = i / 48, c = i % 48;
-        dst[(r) * 56 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-      }
-    }
-  }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  __syncthreads();
-  // r16[row, col] = 0.0
-  {
-    for (int i = tid; i < 1024; i += 128) {
-      const int r = i / 16, c = i % 16;
-      t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-    }
-  }
-  if ((16 < 32)) {
-    // u1_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((16 * 64) - ((16 * (16 - 1)) // 2)) + 16) - 16) - 16) + 16):+48, 0:+64] into stage 0
-    {
-      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-      const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-      const int a2 = static_cast<int>(blockIdx.x);
-      const int s3 = ((((((16 * 64) - ((16 * (16 - 1)) / 2)) + 16) - 16) - 16) + 16);
-      const int s4 = 0;
-      const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
-      const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-      float* const dst = t_u1_f32_base + ((0) % 2) * 3072;
-      if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 768; i += 128) {
-          const int r = i / 16, c = (i % 16) * 4;
-          const int gr = s3 + r;
-          const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
-        }
-      }
-      else {
-        for (int i = tid; i < 3072; i += 128) {
-          const int r = i / 64, c = i % 64;
-          dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
-        }
-      }
-    }
-  }
-  prt::cp_async_commit();
-  {
-    const int v_i1_end = 32;
-    for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
-      if (((v_i1 + 1) < 32)) {
-        // u1_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, (((((((i1 + 1) * 64) - (((i1 + 1) * ((i1 + 1) - 1)) // 2)) + (i1 + 1)) - (i1 + 1)) - (i1 + 1)) + 16):+48, 0:+64] into stage (((i1 - 16) + 1) % 2)
-        {
-          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-          const int a2 = static_cast<int>(blockIdx.x);
-          const int s3 = (((((((v_i1 + 1) * 64) - (((v_i1 + 1) * ((v_i1 + 1) - 1)) / 2)) + (v_i1 + 1)) - (v_i1 + 1)) - (v_i1 + 1)) + 16);
-          const int s4 = 0;
-          const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
-          const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-          float* const dst = t_u1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 3072;
-          if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 768; i += 128) {
-              const int r = i / 16, c = (i % 16) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
-            }
-          }
-          else {
-            for (int i = tid; i < 3072; i += 128) {
-              const int r = i / 64, c = i % 64;
-              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
-            }
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<1>();
-      t_u1_f32 = t_u1_f32_base + ((((v_i1 - 16) % 2)) % 2) * 3072;  // bind u1_f32 stage ((i1 - 16) % 2)
-      __syncthreads();
-      // u1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, (u1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
-      {
-        for (int i = tid; i < 3072; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_u1_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : (prt::to_f32(t_u1_f32[(r) * 64 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
-        }
-      }
-      __syncthreads();
-      // p1 = mma.tc(k1, u1_hi) [64x64 in 16x32 units over 4 warps]
-      {
-        float (&acc)[2][4][4] = f_p1;
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-        }
-        for (int k0 = 0; k0 < 48; k0 += 16) {
-          const int n0 = (warp % 2) * 32;
-          uint32_t fb_u1_hi[4][2];
-          #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
-            uint32_t r[4];
-            prt::ldmatrix_x4_trans(r, &t_u1_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-            fb_u1_hi[q][0] = r[0]; fb_u1_hi[q][1] = r[1]; fb_u1_hi[q + 1][0] = r[2]; fb_u1_hi[q + 1][1] = r[3];
-          }
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 2) * 16;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_k1[4];
-            prt::ldmatrix_x4(fa_k1, &t_k1[(m0 + prt::a_row(lane)) * 56 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k1, fb_u1_hi[q][0], fb_u1_hi[q][1]);
-          }
-        }
-      }
-      // dv[row, col] = (dv[row, col] + (k[row, i1] * p1[row, col]))
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 72 + (v_i1)]) * f_p1[j][q][e]));
-            }
-          }
-        }
-      }
-      // p1[row, col] = (p1[row, col] * v[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p1[j][q][e] = (f_p1[j][q][e] * prt::to_f32(t_v[(r) * 72 + (c)]));
-            }
-          }
-        }
-      }
-      // r = reduce_sum(p1, axis=1) via r_part
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_p1[j][0][2 * h];
-            acc += f_p1[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 4; ++q) {
-              acc += f_p1[j][q][2 * h];
-              acc += f_p1[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
-            if ((lane & 3) == 0) t_r_part[(u % 2) * 64 + (r)] = acc;
-          }
-        }
-        __syncthreads();
-        for (int i = tid; i < 64; i += 128) {
-          float acc = t_r_part[(0) * 64 + (i)];
-          for (int p = 1; p < 2; ++p) acc += t_r_part[(p) * 64 + (i)];
-          t_r[i] = prt::from_f32<float>(acc);
-        }
-      }
-      // t1 = mma.tc(v, u1_hi^T) [64x48 in 16x16 units over 4 warps]
-      {
-        float acc[3][2][4];
-        #pragma unroll
-        for (int j = 0; j < 3; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-        }
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-          #pragma unroll
-          for (int j = 0; j < 3; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 3) * 16;
-            const int n0 = (u % 3) * 16;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_v[4];
-            prt::ldmatrix_x4(fa_v, &t_v[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-            uint32_t fbt_u1_hi[2][2];
-            #pragma unroll
-            for (int q = 0; q < 2; q += 2) {
-              uint32_t r[4];
-              prt::ldmatrix_x4(r, &t_u1_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-              fbt_u1_hi[q][0] = r[0]; fbt_u1_hi[q][1] = r[1]; fbt_u1_hi[q + 1][0] = r[2]; fbt_u1_hi[q + 1][1] = r[3];
-            }
-            #pragma unroll
-            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v, fbt_u1_hi[q][0], fbt_u1_hi[q][1]);
-          }
-        }
-        #pragma unroll
-        for (int j = 0; j < 3; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t1[(((warp + j * 4) / 3) * 16 + prt::frag_row(lane, e)) * 48 + (((warp + j * 4) % 3) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-        }
-      }
-      __syncthreads();
-      // dk[row, col] = select((col >= 16), (dk[row, col] + (k[row, i1] * t1[row, max((col - 16), 0)])), dk[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dk[j][q][e] = ((c >= 16) ? (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 72 + (v_i1)]) * prt::to_f32(t_t1[(r) * 48 + (prt::max_nan((c - 16), 0))]))) : f_dk[j][q][e]);
-            }
-          }
-        }
-      }
-      // r16[row, col] = select((col == (i1 - 16)), r[row], r16[row, col])
-      {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i1 - 16)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-        }
-      }
-      // kdk[row] = (kdk[row] + (k[row, i1] * r[row]))
-      {
-        for (int r = tid; r < 64; r += 128) {
-          t_kdk[r] = prt::from_f32<float>((prt::to_f32(t_kdk[r]) + (prt::to_f32(t_k[(r) * 72 + (v_i1)]) * prt::to_f32(t_r[r]))));
-        }
-      }
-    }
-  }
-  prt::cp_async_wait<0>();
-  __syncthreads();
-  // dk[row, col] = select(((col >= 16) && (col < 32)), (dk[row, col] + r16[row, min(max((col - 16), 0), 15)]), dk[row, col])
-  {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_dk[j][q][e] = (((c >= 16) && (c < 32)) ? (f_dk[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 16), 0), 15))])) : f_dk[j][q][e]);
-        }
-      }
-    }
-  }
-  // k2 = load.async K[(pid.y // $h), (pid.x * 64):+64, (pid.y % $h), 32:+32]
-  {
-    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
-    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
-    const int s3 = 32;
-    const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-    const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-    __nv_bfloat16* const dst = t_k2;
-    if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 128) {
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-      }
-    }
-    else {
-      for (int i = tid; i < 2048; i += 128) {
-        const int r = i / 32, c = i % 32;
-        dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-      }
-    }
-  }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  __syncthreads();
-  // r16[row, col] = 0.0
-  {
-    for (int i = tid; i < 1024; i += 128) {
-      const int r = i / 16, c = i % 16;
-      t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-    }
-  }
-  if ((32 < 48)) {
-    // u2_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((32 * 64) - ((32 * (32 - 1)) // 2)) + 32) - 32) - 32) + 32):+32, 0:+64] into stage 0
-    {
-      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-      const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-      const int a2 = static_cast<int>(blockIdx.x);
-      const int s3 = ((((((32 * 64) - ((32 * (32 - 1)) / 2)) + 32) - 32) - 32) + 32);
-      const int s4 = 0;
-      const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
-      const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-      float* const dst = t_u2_f32_base + ((0) % 2) * 2048;
-      if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 512; i += 128) {
-          const int r = i / 16, c = (i % 16) * 4;
-          const int gr = s3 + r;
-          const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
-        }
-      }
-      else {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 64, c = i % 64;
-          dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
-        }
-      }
-    }
-  }
-  prt::cp_async_commit();
-  {
-    const int v_i2_end = 48;
-    for (int v_i2 = 32; v_i2 < v_i2_end; v_i2 += 1) {
-      if (((v_i2 + 1) < 48)) {
-        // u2_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, (((((((i2 + 1) * 64) - (((i2 + 1) * ((i2 + 1) - 1)) // 2)) + (i2 + 1)) - (i2 + 1)) - (i2 + 1)) + 32):+32, 0:+64] into stage (((i2 - 32) + 1) % 2)
-        {
-          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-          const int a2 = static_cast<int>(blockIdx.x);
-          const int s3 = (((((((v_i2 + 1) * 64) - (((v_i2 + 1) * ((v_i2 + 1) - 1)) / 2)) + (v_i2 + 1)) - (v_i2 + 1)) - (v_i2 + 1)) + 32);
-          const int s4 = 0;
-          const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
-          const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-          float* const dst = t_u2_f32_base + (((((v_i2 - 32) + 1) % 2)) % 2) * 2048;
-          if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 512; i += 128) {
-              const int r = i / 16, c = (i % 16) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
-            }
-          }
-          else {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 64, c = i % 64;
-              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
-            }
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<1>();
-      t_u2_f32 = t_u2_f32_base + ((((v_i2 - 32) % 2)) % 2) * 2048;  // bind u2_f32 stage ((i2 - 32) % 2)
-      __syncthreads();
-      // u2_hi[row, col] = select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, (u2_f32[row, col] * select(((row + 32) == i2), 1.0, 1.4142135623730951)))
-      {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_u2_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : (prt::to_f32(t_u2_f32[(r) * 64 + (c)]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))));
-        }
-      }
-      __syncthreads();
-      // p2 = mma.tc(k2, u2_hi) [64x64 in 16x32 units over 4 warps]
-      {
-        float (&acc)[2][4][4] = f_p2;
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-        }
-        for (int k0 = 0; k0 < 32; k0 += 16) {
-          const int n0 = (warp % 2) * 32;
-          uint32_t fb_u2_hi[4][2];
-          #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
-            uint32_t r[4];
-            prt::ldmatrix_x4_trans(r, &t_u2_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-            fb_u2_hi[q][0] = r[0]; fb_u2_hi[q][1] = r[1]; fb_u2_hi[q + 1][0] = r[2]; fb_u2_hi[q + 1][1] = r[3];
-          }
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 2) * 16;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_k2[4];
-            prt::ldmatrix_x4(fa_k2, &t_k2[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k2, fb_u2_hi[q][0], fb_u2_hi[q][1]);
-          }
-        }
-      }
-      // dv[row, col] = (dv[row, col] + (k[row, i2] * p2[row, col]))
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 72 + (v_i2)]) * f_p2[j][q][e]));
-            }
-          }
-        }
-      }
-      // p2[row, col] = (p2[row, col] * v[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p2[j][q][e] = (f_p2[j][q][e] * prt::to_f32(t_v[(r) * 72 + (c)]));
-            }
-          }
-        }
-      }
-      // r = reduce_sum(p2, axis=1) via r_part
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_p2[j][0][2 * h];
-            acc += f_p2[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 4; ++q) {
-              acc += f_p2[j][q][2 * h];
-              acc += f_p2[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
-            if ((lane & 3) == 0) t_r_part[(u % 2) * 64 + (r)] = acc;
-          }
-        }
-        __syncthreads();
-        for (int i = tid; i < 64; i += 128) {
-          float acc = t_r_part[(0) * 64 + (i)];
-          for (int p = 1; p < 2; ++p) acc += t_r_part[(p) * 64 + (i)];
-          t_r[i] = prt::from_f32<float>(acc);
-        }
-      }
-      // t2 = mma.tc(v, u2_hi^T) [64x32 in 16x32 units over 4 warps]
-      {
-        float acc[1][4][4];
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-        }
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-          #pragma unroll
-          for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 1) * 16;
-            const int n0 = (u % 1) * 32;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_v[4];
-            prt::ldmatrix_x4(fa_v, &t_v[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-            uint32_t fbt_u2_hi[4][2];
-            #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t r[4];
-              prt::ldmatrix_x4(r, &t_u2_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-              fbt_u2_hi[q][0] = r[0]; fbt_u2_hi[q][1] = r[1]; fbt_u2_hi[q + 1][0] = r[2]; fbt_u2_hi[q + 1][1] = r[3];
-            }
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v, fbt_u2_hi[q][0], fbt_u2_hi[q][1]);
-          }
-        }
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t2[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 32 + (((warp + j * 4) % 1) * 32 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-        }
-      }
-      __syncthreads();
-      // dk[row, col] = select((col >= 32), (dk[row, col] + (k[row, i2] * t2[row, max((col - 32), 0)])), dk[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dk[j][q][e] = ((c >= 32) ? (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 72 + (v_i2)]) * prt::to_f32(t_t2[(r) * 32 + (prt::max_nan((c - 32), 0))]))) : f_dk[j][q][e]);
-            }
-          }
-        }
-      }
-      // r16[row, col] = select((col == (i2 - 32)), r[row], r16[row, col])
-      {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i2 - 32)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-        }
-      }
-      // kdk[row] = (kdk[row] + (k[row, i2] * r[row]))
-      {
-        for (int r = tid; r < 64; r += 128) {
-          t_kdk[r] = prt::from_f32<float>((prt::to_f32(t_kdk[r]) + (prt::to_f32(t_k[(r) * 72 + (v_i2)]) * prt::to_f32(t_r[r]))));
-        }
-      }
-    }
-  }
-  prt::cp_async_wait<0>();
-  __syncthreads();
-  // dk[row, col] = select(((col >= 32) && (col < 48)), (dk[row, col] + r16[row, min(max((col - 32), 0), 15)]), dk[row, col])
-  {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_dk[j][q][e] = (((c >= 32) && (c < 48)) ? (f_dk[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 32), 0), 15))])) : f_dk[j][q][e]);
-        }
-      }
-    }
-  }
-  // k3 = load.async K[(pid.y // $h), (pid.x * 64):+64, (pid.y % $h), 48:+16]
-  {
-    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
-    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
-    const int s3 = 48;
-    const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-    const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-    __nv_bfloat16* const dst = t_k3;
-    if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 128; i += 128) {
-        const int r = i / 2, c = (i % 2) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-      }
-    }
-    else {
-      for (int i = tid; i < 1024; i += 128) {
-        const int r = i / 16, c = i % 16;
-        dst[(r) * 24 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-      }
-    }
-  }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  __syncthreads();
-  // r16[row, col] = 0.0
-  {
-    for (int i = tid; i < 1024; i += 128) {
-      const int r = i / 16, c = i % 16;
-      t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-    }
-  }
-  if ((48 < 64)) {
-    // u3_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((48 * 64) - ((48 * (48 - 1)) // 2)) + 48) - 48) - 48) + 48):+16, 0:+64] into stage 0
-    {
-      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-      const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-      const int a2 = static_cast<int>(blockIdx.x);
-      const int s3 = ((((((48 * 64) - ((48 * (48 - 1)) / 2)) + 48) - 48) - 48) + 48);
-      const int s4 = 0;
-      const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
-      const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-      float* const dst = t_u3_f32_base + ((0) % 2) * 1024;
-      if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 256; i += 128) {
-          const int r = i / 16, c = (i % 16) * 4;
-          const int gr = s3 + r;
-          const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
-        }
-      }
-      else {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 64, c = i % 64;
-          dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
-        }
-      }
-    }
-  }
-  prt::cp_async_commit();
-  {
-    const int v_i3_end = 64;
-    for (int v_i3 = 48; v_i3 < v_i3_end; v_i3 += 1) {
-      if (((v_i3 + 1) < 64)) {
-        // u3_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, (((((((i3 + 1) * 64) - (((i3 + 1) * ((i3 + 1) - 1)) // 2)) + (i3 + 1)) - (i3 + 1)) - (i3 + 1)) + 48):+16, 0:+64] into stage (((i3 - 48) + 1) % 2)
-        {
-          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-          const int a2 = static_cast<int>(blockIdx.x);
-          const int s3 = (((((((v_i3 + 1) * 64) - (((v_i3 + 1) * ((v_i3 + 1) - 1)) / 2)) + (v_i3 + 1)) - (v_i3 + 1)) - (v_i3 + 1)) + 48);
-          const int s4 = 0;
-          const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
-          const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-          float* const dst = t_u3_f32_base + (((((v_i3 - 48) + 1) % 2)) % 2) * 1024;
-          if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 256; i += 128) {
-              const int r = i / 16, c = (i % 16) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
-            }
-          }
-          else {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 64, c = i % 64;
-              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
-            }
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<1>();
-      t_u3_f32 = t_u3_f32_base + ((((v_i3 - 48) % 2)) % 2) * 1024;  // bind u3_f32 stage ((i3 - 48) % 2)
-      __syncthreads();
-      // u3_hi[row, col] = select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, (u3_f32[row, col] * select(((row + 48) == i3), 1.0, 1.4142135623730951)))
-      {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_u3_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : (prt::to_f32(t_u3_f32[(r) * 64 + (c)]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))));
-        }
-      }
-      __syncthreads();
-      // p3 = mma.tc(k3, u3_hi) [64x64 in 16x32 units over 4 warps]
-      {
-        float (&acc)[2][4][4] = f_p3;
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-        }
-        for (int k0 = 0; k0 < 16; k0 += 16) {
-          const int n0 = (warp % 2) * 32;
-          uint32_t fb_u3_hi[4][2];
-          #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
-            uint32_t r[4];
-            prt::ldmatrix_x4_trans(r, &t_u3_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-            fb_u3_hi[q][0] = r[0]; fb_u3_hi[q][1] = r[1]; fb_u3_hi[q + 1][0] = r[2]; fb_u3_hi[q + 1][1] = r[3];
-          }
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 2) * 16;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_k3[4];
-            prt::ldmatrix_x4(fa_k3, &t_k3[(m0 + prt::a_row(lane)) * 24 + k0 + prt::a_col(lane)]);
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k3, fb_u3_hi[q][0], fb_u3_hi[q][1]);
-          }
-        }
-      }
-      // dv[row, col] = (dv[row, col] + (k[row, i3] * p3[row, col]))
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 72 + (v_i3)]) * f_p3[j][q][e]));
-            }
-          }
-        }
-      }
-      // p3[row, col] = (p3[row, col] * v[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p3[j][q][e] = (f_p3[j][q][e] * prt::to_f32(t_v[(r) * 72 + (c)]));
-            }
-          }
-        }
-      }
-      // r = reduce_sum(p3, axis=1) via r_part
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_p3[j][0][2 * h];
-            acc += f_p3[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 4; ++q) {
-              acc += f_p3[j][q][2 * h];
-              acc += f_p3[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
-            if ((lane & 3) == 0) t_r_part[(u % 2) * 64 + (r)] = acc;
-          }
-        }
-        __syncthreads();
-        for (int i = tid; i < 64; i += 128) {
-          float acc = t_r_part[(0) * 64 + (i)];
-          for (int p = 1; p < 2; ++p) acc += t_r_part[(p) * 64 + (i)];
-          t_r[i] = prt::from_f32<float>(acc);
-        }
-      }
-      // t3 = mma.tc(v, u3_hi^T) [64x16 in 16x16 units over 4 warps]
-      {
-        float acc[1][2][4];
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
-        }
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-          #pragma unroll
-          for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 1) * 16;
-            const int n0 = (u % 1) * 16;
-            (void)m0;
-            (void)n0;
-            uint32_t fa_v[4];
-            prt::ldmatrix_x4(fa_v, &t_v[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-            uint32_t fbt_u3_hi[2][2];
-            #pragma unroll
-            for (int q = 0; q < 2; q += 2) {
-              uint32_t r[4];
-              prt::ldmatrix_x4(r, &t_u3_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-              fbt_u3_hi[q][0] = r[0]; fbt_u3_hi[q][1] = r[1]; fbt_u3_hi[q + 1][0] = r[2]; fbt_u3_hi[q + 1][1] = r[3];
-            }
-            #pragma unroll
-            for (int q = 0; q < 2; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v, fbt_u3_hi[q][0], fbt_u3_hi[q][1]);
-          }
-        }
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t3[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 16 + (((warp + j * 4) % 1) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-        }
-      }
-      __syncthreads();
-      // dk[row, col] = select((col >= 48), (dk[row, col] + (k[row, i3] * t3[row, max((col - 48), 0)])), dk[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dk[j][q][e] = ((c >= 48) ? (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 72 + (v_i3)]) * prt::to_f32(t_t3[(r) * 16 + (prt::max_nan((c - 48), 0))]))) : f_dk[j][q][e]);
-            }
-          }
-        }
-      }
-      // r16[row, col] = select((col == (i3 - 48)), r[row], r16[row, col])
-      {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i3 - 48)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-        }
-      }
-      // kdk[row] = (kdk[row] + (k[row, i3] * r[row]))
-      {
-        for (int r = tid; r < 64; r += 128) {
-          t_kdk[r] = prt::from_f32<float>((prt::to_f32(t_kdk[r]) + (prt::to_f32(t_k[(r) * 72 + (v_i3)]) * prt::to_f32(t_r[r]))));
-        }
-      }
-    }
-  }
-  prt::cp_async_wait<0>();
-  __syncthreads();
-  // dk[row, col] = select(((col >= 48) && (col < 64)), (dk[row, col] + r16[row, min(max((col - 48), 0), 15)]), dk[row, col])
-  {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_dk[j][q][e] = (((c >= 48) && (c < 64)) ? (f_dk[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 48), 0), 15))])) : f_dk[j][q][e]);
-        }
-      }
-    }
-  }
   // dv[row, col] = (dv[row, col] * exp((lam[63] - lam[row])))
   {
     #pragma unroll
@@ -11659,9 +10198,9 @@ extern "C" cudaError_t prt_discounted_cumsum_bwd_p2_d64_e64_c64_bf16_w4_bd64_bt6
 }
 
 extern "C" cudaError_t prt_update_state_bwd_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const float* g_ddS, const float* g_ddZ, float* g_dKs, float* g_dVs, float* g_dlamK, float* g_dGk, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_update_state_bwd_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 82176);
+  cudaError_t err = cudaFuncSetAttribute(prt_update_state_bwd_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 61696);
   if (err != cudaSuccess) return err;
-  prt_update_state_bwd_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 82176, stream>>>(g_K, g_V, g_logG, g_ddS, g_ddZ, g_dKs, g_dVs, g_dlamK, g_dGk, p_b, p_t, p_h, p_n);
+  prt_update_state_bwd_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 61696, stream>>>(g_K, g_V, g_logG, g_ddS, g_ddZ, g_dKs, g_dVs, g_dlamK, g_dGk, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 

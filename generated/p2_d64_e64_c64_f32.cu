@@ -4266,7 +4266,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d64_e64_c
 }
 
 // query_state_bwd_dq: Dy, lseB (the normaliser the backward's weights sum to 1 under), and dQs, dlamQ: the gradient through phi(q')^T [Sin, Zin]
-// grid (($n * 1), $hq, $b), 128 threads, 118016 bytes of dynamic shared memory
+// grid (($n * 1), $hq, $b), 128 threads, 101632 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_e64_c64_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -4449,24 +4449,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
   float* const t_z = reinterpret_cast<float*>(prt_smem + 35584);  // f32[2080] pitch 2080
   float* const t_zs_hi = reinterpret_cast<float*>(prt_smem + 43904);  // f32[64, 64] pitch 68
   float* const t_qzs = reinterpret_cast<float*>(prt_smem + 68864);  // f32[64, 64] pitch 64
-  float* const t_r = reinterpret_cast<float*>(prt_smem + 57088);  // f32[64] pitch 64
-  float* const t_r16 = reinterpret_cast<float*>(prt_smem + 35584);  // f32[64, 16] pitch 16
-  float* const t_s0_f32_base = reinterpret_cast<float*>(prt_smem + 68864);  // f32[64, 64] pitch 64, 2 copies
-  float* t_s0_f32 = t_s0_f32_base;
-  float* const t_t0 = reinterpret_cast<float*>(prt_smem + 101632);  // f32[64, 64] pitch 64
-  float* const t_s0_hi = reinterpret_cast<float*>(prt_smem + 39680);  // f32[64, 64] pitch 68
-  float* const t_s1_f32_base = reinterpret_cast<float*>(prt_smem + 68864);  // f32[48, 64] pitch 64, 2 copies
-  float* t_s1_f32 = t_s1_f32_base;
-  float* const t_t1 = reinterpret_cast<float*>(prt_smem + 93440);  // f32[64, 48] pitch 48
-  float* const t_s1_hi = reinterpret_cast<float*>(prt_smem + 39680);  // f32[48, 64] pitch 68
-  float* const t_s2_f32_base = reinterpret_cast<float*>(prt_smem + 39680);  // f32[32, 64] pitch 64, 2 copies
-  float* t_s2_f32 = t_s2_f32_base;
-  float* const t_t2 = reinterpret_cast<float*>(prt_smem + 68864);  // f32[64, 32] pitch 32
-  float* const t_s2_hi = reinterpret_cast<float*>(prt_smem + 57344);  // f32[32, 64] pitch 68
-  float* const t_s3_f32_base = reinterpret_cast<float*>(prt_smem + 39680);  // f32[16, 64] pitch 64, 2 copies
-  float* t_s3_f32 = t_s3_f32_base;
-  float* const t_t3 = reinterpret_cast<float*>(prt_smem + 52224);  // f32[64, 16] pitch 16
-  float* const t_s3_hi = reinterpret_cast<float*>(prt_smem + 47872);  // f32[16, 64] pitch 68
+  float* const t_r = reinterpret_cast<float*>(prt_smem + 53504);  // f32[64] pitch 64
+  float* const t_s_f32_base = reinterpret_cast<float*>(prt_smem + 68864);  // f32[64, 64] pitch 64, 2 copies
+  float* t_s_f32 = t_s_f32_base;
+  float f_t_a[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
+  float* const t_s_hi = reinterpret_cast<float*>(prt_smem + 35584);  // f32[64, 64] pitch 68
+  float* const t_r_part = reinterpret_cast<float*>(prt_smem + 52992);  // f32[2, 64] pitch 64
   if (((((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64)) < p_t)) {
     // g = load logG[pid.z, ((pid.x // 1) * 64):+64, (pid.y // ($hq // $h))]
     {
@@ -4784,25 +4772,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
           }
         }
       }
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
       __syncthreads();
-      if ((0 < 16)) {
-        // s0_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((0 * 64) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0) + 0):+64, 0:+64] into stage 0
+      if ((0 < 64)) {
+        // s_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), (((((0 * 64) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0):+64, 0:+64] into stage 0
         {
           const int a0 = static_cast<int>(blockIdx.z);
           const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int a2 = (static_cast<int>(blockIdx.x) / 1);
-          const int s3 = ((((((0 * 64) - ((0 * (0 - 1)) / 2)) + 0) - 0) - 0) + 0);
+          const int s3 = (((((0 * 64) - ((0 * (0 - 1)) / 2)) + 0) - 0) - 0);
           const int s4 = 0;
           const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-          float* const dst = t_s0_f32_base + ((0) % 2) * 4096;
+          float* const dst = t_s_f32_base + ((0) % 2) * 4096;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
             for (int i = tid; i < 1024; i += 128) {
               const int r = i / 16, c = (i % 16) * 4;
@@ -4822,19 +4803,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       }
       prt::cp_async_commit();
       {
-        const int v_i0_end = 16;
+        const int v_i0_end = 64;
         for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-          if (((v_i0 + 1) < 16)) {
-            // s0_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), (((((((i0 + 1) * 64) - (((i0 + 1) * ((i0 + 1) - 1)) // 2)) + (i0 + 1)) - (i0 + 1)) - (i0 + 1)) + 0):+64, 0:+64] into stage ((i0 + 1) % 2)
+          if (((v_i0 + 1) < 64)) {
+            // s_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((i0 + 1) * 64) - (((i0 + 1) * ((i0 + 1) - 1)) // 2)) + (i0 + 1)) - (i0 + 1)) - (i0 + 1)):+64, 0:+64] into stage ((i0 + 1) % 2)
             {
               const int a0 = static_cast<int>(blockIdx.z);
               const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
               const int a2 = (static_cast<int>(blockIdx.x) / 1);
-              const int s3 = (((((((v_i0 + 1) * 64) - (((v_i0 + 1) * ((v_i0 + 1) - 1)) / 2)) + (v_i0 + 1)) - (v_i0 + 1)) - (v_i0 + 1)) + 0);
+              const int s3 = ((((((v_i0 + 1) * 64) - (((v_i0 + 1) * ((v_i0 + 1) - 1)) / 2)) + (v_i0 + 1)) - (v_i0 + 1)) - (v_i0 + 1));
               const int s4 = 0;
               const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
               const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-              float* const dst = t_s0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
+              float* const dst = t_s_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
               if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
                 for (int i = tid; i < 1024; i += 128) {
                   const int r = i / 16, c = (i % 16) * 4;
@@ -4854,23 +4835,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
           }
           prt::cp_async_commit();
           prt::cp_async_wait<1>();
-          t_s0_f32 = t_s0_f32_base + (((v_i0 % 2)) % 2) * 4096;  // bind s0_f32 stage (i0 % 2)
+          t_s_f32 = t_s_f32_base + (((v_i0 % 2)) % 2) * 4096;  // bind s_f32 stage (i0 % 2)
           __syncthreads();
-          // s0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, (s0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
+          // s_hi[row, col] = select(((row < i0) || (row >= 64)), 0.0, (s_f32[row, col] * select((row == i0), 1.0, 1.4142135623730951)))
           {
             for (int i = tid; i < 4096; i += 128) {
               const int r = i / 64, c = i % 64;
-              t_s0_hi[(r) * 68 + (c)] = prt::from_f32<float>(((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : (prt::to_f32(t_s0_f32[(r) * 64 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
+              t_s_hi[(r) * 68 + (c)] = prt::from_f32<float>((((r < v_i0) || (r >= 64)) ? 0.0f : (prt::to_f32(t_s_f32[(r) * 64 + (c)]) * ((r == v_i0) ? 1.0f : 1.4142135623730951f))));
             }
           }
           __syncthreads();
-          // t0 = mma.fmaFrag(dy, s0_hi^T) [64x64 in 16x32 units over 4 warps]
+          // t_a = mma.fmaFrag(dy, s_hi^T) [64x64 in 16x32 units over 4 warps]
           {
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
               const int u = warp + j * 4;
               const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              float acc[4][4];
+              float (&acc)[4][4] = f_t_a[j];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
@@ -4880,21 +4861,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
                 const float a0 = prt::to_f32(t_dy[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_dy[(m0 + g + 8) * 68 + (kk)]);
                 #pragma unroll
                 for (int q = 0; q < 4; ++q) {
-                  const float b0 = prt::to_f32(t_s0_hi[(n0 + q * 8 + t2) * 68 + (kk)]), b1 = prt::to_f32(t_s0_hi[(n0 + q * 8 + t2 + 1) * 68 + (kk)]);
+                  const float b0 = prt::to_f32(t_s_hi[(n0 + q * 8 + t2) * 68 + (kk)]), b1 = prt::to_f32(t_s_hi[(n0 + q * 8 + t2 + 1) * 68 + (kk)]);
                   acc[q][0] = fmaf(a0, b0, acc[q][0]);
                   acc[q][1] = fmaf(a0, b1, acc[q][1]);
                   acc[q][2] = fmaf(a1, b0, acc[q][2]);
                   acc[q][3] = fmaf(a1, b1, acc[q][3]);
                 }
               }
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t0[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
             }
           }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 0), (grad_s[row, col] + (q[row, i0] * t0[row, max((col - 0), 0)])), grad_s[row, col])
+          // grad_s[row, col] = (grad_s[row, col] + (q[row, i0] * t_a[row, col]))
           {
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
@@ -4905,167 +4881,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 0) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 68 + (v_i0)]) * prt::to_f32(t_t0[(r) * 64 + (prt::max_nan((c - 0), 0))]))) : f_grad_s[j][q][e]);
+                  f_grad_s[j][q][e] = (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 68 + (v_i0)]) * f_t_a[j][q][e]));
                 }
               }
             }
           }
-          __syncthreads();
-          // t0[row, col] = (t0[row, col] * q[row, (col + 0)])
-          {
-            for (int i = tid; i < 4096; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_t0[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_t0[(r) * 64 + (c)]) * prt::to_f32(t_q[(r) * 68 + ((c + 0))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t0, axis=1)
-          {
-            for (int o = tid; o < 64; o += 128) {
-              float acc = 0.0f;
-              for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_t0[(o) * 64 + (i)]);
-              t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i0 - 0)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i0 - 0)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-            }
-          }
-        }
-      }
-      prt::cp_async_wait<0>();
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 0) && (col < 16)), (grad_s[row, col] + r16[row, min(max((col - 0), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 0) && (c < 16)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 0), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      if ((16 < 32)) {
-        // s1_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((16 * 64) - ((16 * (16 - 1)) // 2)) + 16) - 16) - 16) + 16):+48, 0:+64] into stage 0
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-          const int a2 = (static_cast<int>(blockIdx.x) / 1);
-          const int s3 = ((((((16 * 64) - ((16 * (16 - 1)) / 2)) + 16) - 16) - 16) + 16);
-          const int s4 = 0;
-          const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-          const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-          float* const dst = t_s1_f32_base + ((0) % 2) * 3072;
-          if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 768; i += 128) {
-              const int r = i / 16, c = (i % 16) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-            }
-          }
-          else {
-            for (int i = tid; i < 3072; i += 128) {
-              const int r = i / 64, c = i % 64;
-              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-            }
-          }
-        }
-      }
-      prt::cp_async_commit();
-      {
-        const int v_i1_end = 32;
-        for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
-          if (((v_i1 + 1) < 32)) {
-            // s1_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), (((((((i1 + 1) * 64) - (((i1 + 1) * ((i1 + 1) - 1)) // 2)) + (i1 + 1)) - (i1 + 1)) - (i1 + 1)) + 16):+48, 0:+64] into stage (((i1 - 16) + 1) % 2)
-            {
-              const int a0 = static_cast<int>(blockIdx.z);
-              const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-              const int a2 = (static_cast<int>(blockIdx.x) / 1);
-              const int s3 = (((((((v_i1 + 1) * 64) - (((v_i1 + 1) * ((v_i1 + 1) - 1)) / 2)) + (v_i1 + 1)) - (v_i1 + 1)) - (v_i1 + 1)) + 16);
-              const int s4 = 0;
-              const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-              const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-              float* const dst = t_s1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 3072;
-              if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-                for (int i = tid; i < 768; i += 128) {
-                  const int r = i / 16, c = (i % 16) * 4;
-                  const int gr = s3 + r;
-                  const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-                }
-              }
-              else {
-                for (int i = tid; i < 3072; i += 128) {
-                  const int r = i / 64, c = i % 64;
-                  dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-                }
-              }
-            }
-          }
-          prt::cp_async_commit();
-          prt::cp_async_wait<1>();
-          t_s1_f32 = t_s1_f32_base + ((((v_i1 - 16) % 2)) % 2) * 3072;  // bind s1_f32 stage ((i1 - 16) % 2)
-          __syncthreads();
-          // s1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, (s1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
-          {
-            for (int i = tid; i < 3072; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_s1_hi[(r) * 68 + (c)] = prt::from_f32<float>(((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : (prt::to_f32(t_s1_f32[(r) * 64 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
-            }
-          }
-          __syncthreads();
-          // t1 = mma.fmaFrag(dy, s1_hi^T) [64x48 in 16x16 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 3; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 3) * 16, n0 = (u % 3) * 16;
-              float acc[2][4];
-              #pragma unroll
-              for (int q = 0; q < 2; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-              const int g = lane >> 2, t2 = (lane & 3) * 2;
-              for (int kk = 0; kk < 64; ++kk) {
-                const float a0 = prt::to_f32(t_dy[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_dy[(m0 + g + 8) * 68 + (kk)]);
-                #pragma unroll
-                for (int q = 0; q < 2; ++q) {
-                  const float b0 = prt::to_f32(t_s1_hi[(n0 + q * 8 + t2) * 68 + (kk)]), b1 = prt::to_f32(t_s1_hi[(n0 + q * 8 + t2 + 1) * 68 + (kk)]);
-                  acc[q][0] = fmaf(a0, b0, acc[q][0]);
-                  acc[q][1] = fmaf(a0, b1, acc[q][1]);
-                  acc[q][2] = fmaf(a1, b0, acc[q][2]);
-                  acc[q][3] = fmaf(a1, b1, acc[q][3]);
-                }
-              }
-              #pragma unroll
-              for (int q = 0; q < 2; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t1[(m0 + prt::frag_row(lane, e)) * 48 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
-            }
-          }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 16), (grad_s[row, col] + (q[row, i1] * t1[row, max((col - 16), 0)])), grad_s[row, col])
+          // t_a[row, col] = (t_a[row, col] * q[row, col])
           {
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
@@ -5076,167 +4897,39 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 16) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 68 + (v_i1)]) * prt::to_f32(t_t1[(r) * 48 + (prt::max_nan((c - 16), 0))]))) : f_grad_s[j][q][e]);
+                  f_t_a[j][q][e] = (f_t_a[j][q][e] * prt::to_f32(t_q[(r) * 68 + (c)]));
                 }
               }
             }
           }
-          __syncthreads();
-          // t1[row, col] = (t1[row, col] * q[row, (col + 16)])
-          {
-            for (int i = tid; i < 3072; i += 128) {
-              const int r = i / 48, c = i % 48;
-              t_t1[(r) * 48 + (c)] = prt::from_f32<float>((prt::to_f32(t_t1[(r) * 48 + (c)]) * prt::to_f32(t_q[(r) * 68 + ((c + 16))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t1, axis=1)
-          {
-            for (int o = tid; o < 64; o += 128) {
-              float acc = 0.0f;
-              for (int i = 0; i < 48; ++i) acc += prt::to_f32(t_t1[(o) * 48 + (i)]);
-              t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i1 - 16)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i1 - 16)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-            }
-          }
-        }
-      }
-      prt::cp_async_wait<0>();
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 16) && (col < 32)), (grad_s[row, col] + r16[row, min(max((col - 16), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 16) && (c < 32)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 16), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      if ((32 < 48)) {
-        // s2_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((32 * 64) - ((32 * (32 - 1)) // 2)) + 32) - 32) - 32) + 32):+32, 0:+64] into stage 0
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-          const int a2 = (static_cast<int>(blockIdx.x) / 1);
-          const int s3 = ((((((32 * 64) - ((32 * (32 - 1)) / 2)) + 32) - 32) - 32) + 32);
-          const int s4 = 0;
-          const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-          const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-          float* const dst = t_s2_f32_base + ((0) % 2) * 2048;
-          if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 512; i += 128) {
-              const int r = i / 16, c = (i % 16) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-            }
-          }
-          else {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 64, c = i % 64;
-              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-            }
-          }
-        }
-      }
-      prt::cp_async_commit();
-      {
-        const int v_i2_end = 48;
-        for (int v_i2 = 32; v_i2 < v_i2_end; v_i2 += 1) {
-          if (((v_i2 + 1) < 48)) {
-            // s2_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), (((((((i2 + 1) * 64) - (((i2 + 1) * ((i2 + 1) - 1)) // 2)) + (i2 + 1)) - (i2 + 1)) - (i2 + 1)) + 32):+32, 0:+64] into stage (((i2 - 32) + 1) % 2)
-            {
-              const int a0 = static_cast<int>(blockIdx.z);
-              const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-              const int a2 = (static_cast<int>(blockIdx.x) / 1);
-              const int s3 = (((((((v_i2 + 1) * 64) - (((v_i2 + 1) * ((v_i2 + 1) - 1)) / 2)) + (v_i2 + 1)) - (v_i2 + 1)) - (v_i2 + 1)) + 32);
-              const int s4 = 0;
-              const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-              const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-              float* const dst = t_s2_f32_base + (((((v_i2 - 32) + 1) % 2)) % 2) * 2048;
-              if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-                for (int i = tid; i < 512; i += 128) {
-                  const int r = i / 16, c = (i % 16) * 4;
-                  const int gr = s3 + r;
-                  const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-                }
-              }
-              else {
-                for (int i = tid; i < 2048; i += 128) {
-                  const int r = i / 64, c = i % 64;
-                  dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-                }
-              }
-            }
-          }
-          prt::cp_async_commit();
-          prt::cp_async_wait<1>();
-          t_s2_f32 = t_s2_f32_base + ((((v_i2 - 32) % 2)) % 2) * 2048;  // bind s2_f32 stage ((i2 - 32) % 2)
-          __syncthreads();
-          // s2_hi[row, col] = select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, (s2_f32[row, col] * select(((row + 32) == i2), 1.0, 1.4142135623730951)))
-          {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_s2_hi[(r) * 68 + (c)] = prt::from_f32<float>(((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : (prt::to_f32(t_s2_f32[(r) * 64 + (c)]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))));
-            }
-          }
-          __syncthreads();
-          // t2 = mma.fmaFrag(dy, s2_hi^T) [64x32 in 16x32 units over 4 warps]
+          // r = reduce_sum(t_a, axis=1) via r_part
           {
             #pragma unroll
-            for (int j = 0; j < 1; ++j) {
+            for (int j = 0; j < 2; ++j) {
               const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              float acc[4][4];
               #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-              const int g = lane >> 2, t2 = (lane & 3) * 2;
-              for (int kk = 0; kk < 64; ++kk) {
-                const float a0 = prt::to_f32(t_dy[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_dy[(m0 + g + 8) * 68 + (kk)]);
+              for (int h = 0; h < 2; ++h) {
+                float acc = f_t_a[j][0][2 * h];
+                acc += f_t_a[j][0][2 * h + 1];
                 #pragma unroll
-                for (int q = 0; q < 4; ++q) {
-                  const float b0 = prt::to_f32(t_s2_hi[(n0 + q * 8 + t2) * 68 + (kk)]), b1 = prt::to_f32(t_s2_hi[(n0 + q * 8 + t2 + 1) * 68 + (kk)]);
-                  acc[q][0] = fmaf(a0, b0, acc[q][0]);
-                  acc[q][1] = fmaf(a0, b1, acc[q][1]);
-                  acc[q][2] = fmaf(a1, b0, acc[q][2]);
-                  acc[q][3] = fmaf(a1, b1, acc[q][3]);
+                for (int q = 1; q < 4; ++q) {
+                  acc += f_t_a[j][q][2 * h];
+                  acc += f_t_a[j][q][2 * h + 1];
                 }
+                acc = prt::quad_sum(acc);
+                const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
+                if ((lane & 3) == 0) t_r_part[(u % 2) * 64 + (r)] = acc;
               }
-              #pragma unroll
-              for (int q = 0; q < 4; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t2[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+            __syncthreads();
+            for (int i = tid; i < 64; i += 128) {
+              float acc = t_r_part[(0) * 64 + (i)];
+              for (int p = 1; p < 2; ++p) acc += t_r_part[(p) * 64 + (i)];
+              t_r[i] = prt::from_f32<float>(acc);
             }
           }
           __syncthreads();
-          // grad_s[row, col] = select((col >= 32), (grad_s[row, col] + (q[row, i2] * t2[row, max((col - 32), 0)])), grad_s[row, col])
+          // grad_s[row, col] = select((col == i0), (grad_s[row, col] + r[row]), grad_s[row, col])
           {
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
@@ -5247,227 +4940,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 32) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 68 + (v_i2)]) * prt::to_f32(t_t2[(r) * 32 + (prt::max_nan((c - 32), 0))]))) : f_grad_s[j][q][e]);
+                  f_grad_s[j][q][e] = ((c == v_i0) ? (f_grad_s[j][q][e] + prt::to_f32(t_r[r])) : f_grad_s[j][q][e]);
                 }
               }
-            }
-          }
-          __syncthreads();
-          // t2[row, col] = (t2[row, col] * q[row, (col + 32)])
-          {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 32, c = i % 32;
-              t_t2[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_t2[(r) * 32 + (c)]) * prt::to_f32(t_q[(r) * 68 + ((c + 32))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t2, axis=1)
-          {
-            for (int o = tid; o < 64; o += 128) {
-              float acc = 0.0f;
-              for (int i = 0; i < 32; ++i) acc += prt::to_f32(t_t2[(o) * 32 + (i)]);
-              t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i2 - 32)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i2 - 32)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
             }
           }
         }
       }
       prt::cp_async_wait<0>();
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 32) && (col < 48)), (grad_s[row, col] + r16[row, min(max((col - 32), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 32) && (c < 48)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 32), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
-      __syncthreads();
-      // r16[row, col] = 0.0
-      {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-        }
-      }
-      if ((48 < 64)) {
-        // s3_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((48 * 64) - ((48 * (48 - 1)) // 2)) + 48) - 48) - 48) + 48):+16, 0:+64] into stage 0
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-          const int a2 = (static_cast<int>(blockIdx.x) / 1);
-          const int s3 = ((((((48 * 64) - ((48 * (48 - 1)) / 2)) + 48) - 48) - 48) + 48);
-          const int s4 = 0;
-          const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-          const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-          float* const dst = t_s3_f32_base + ((0) % 2) * 1024;
-          if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 256; i += 128) {
-              const int r = i / 16, c = (i % 16) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-            }
-          }
-          else {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 64, c = i % 64;
-              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-            }
-          }
-        }
-      }
-      prt::cp_async_commit();
-      {
-        const int v_i3_end = 64;
-        for (int v_i3 = 48; v_i3 < v_i3_end; v_i3 += 1) {
-          if (((v_i3 + 1) < 64)) {
-            // s3_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), (((((((i3 + 1) * 64) - (((i3 + 1) * ((i3 + 1) - 1)) // 2)) + (i3 + 1)) - (i3 + 1)) - (i3 + 1)) + 48):+16, 0:+64] into stage (((i3 - 48) + 1) % 2)
-            {
-              const int a0 = static_cast<int>(blockIdx.z);
-              const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-              const int a2 = (static_cast<int>(blockIdx.x) / 1);
-              const int s3 = (((((((v_i3 + 1) * 64) - (((v_i3 + 1) * ((v_i3 + 1) - 1)) / 2)) + (v_i3 + 1)) - (v_i3 + 1)) - (v_i3 + 1)) + 48);
-              const int s4 = 0;
-              const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-              const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-              float* const dst = t_s3_f32_base + (((((v_i3 - 48) + 1) % 2)) % 2) * 1024;
-              if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-                for (int i = tid; i < 256; i += 128) {
-                  const int r = i / 16, c = (i % 16) * 4;
-                  const int gr = s3 + r;
-                  const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-                }
-              }
-              else {
-                for (int i = tid; i < 1024; i += 128) {
-                  const int r = i / 64, c = i % 64;
-                  dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-                }
-              }
-            }
-          }
-          prt::cp_async_commit();
-          prt::cp_async_wait<1>();
-          t_s3_f32 = t_s3_f32_base + ((((v_i3 - 48) % 2)) % 2) * 1024;  // bind s3_f32 stage ((i3 - 48) % 2)
-          __syncthreads();
-          // s3_hi[row, col] = select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, (s3_f32[row, col] * select(((row + 48) == i3), 1.0, 1.4142135623730951)))
-          {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 64, c = i % 64;
-              t_s3_hi[(r) * 68 + (c)] = prt::from_f32<float>(((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : (prt::to_f32(t_s3_f32[(r) * 64 + (c)]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))));
-            }
-          }
-          __syncthreads();
-          // t3 = mma.fmaFrag(dy, s3_hi^T) [64x16 in 16x16 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
-              float acc[2][4];
-              #pragma unroll
-              for (int q = 0; q < 2; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-              const int g = lane >> 2, t2 = (lane & 3) * 2;
-              for (int kk = 0; kk < 64; ++kk) {
-                const float a0 = prt::to_f32(t_dy[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_dy[(m0 + g + 8) * 68 + (kk)]);
-                #pragma unroll
-                for (int q = 0; q < 2; ++q) {
-                  const float b0 = prt::to_f32(t_s3_hi[(n0 + q * 8 + t2) * 68 + (kk)]), b1 = prt::to_f32(t_s3_hi[(n0 + q * 8 + t2 + 1) * 68 + (kk)]);
-                  acc[q][0] = fmaf(a0, b0, acc[q][0]);
-                  acc[q][1] = fmaf(a0, b1, acc[q][1]);
-                  acc[q][2] = fmaf(a1, b0, acc[q][2]);
-                  acc[q][3] = fmaf(a1, b1, acc[q][3]);
-                }
-              }
-              #pragma unroll
-              for (int q = 0; q < 2; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_t3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
-            }
-          }
-          __syncthreads();
-          // grad_s[row, col] = select((col >= 48), (grad_s[row, col] + (q[row, i3] * t3[row, max((col - 48), 0)])), grad_s[row, col])
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_grad_s[j][q][e] = ((c >= 48) ? (f_grad_s[j][q][e] + (prt::to_f32(t_q[(r) * 68 + (v_i3)]) * prt::to_f32(t_t3[(r) * 16 + (prt::max_nan((c - 48), 0))]))) : f_grad_s[j][q][e]);
-                }
-              }
-            }
-          }
-          __syncthreads();
-          // t3[row, col] = (t3[row, col] * q[row, (col + 48)])
-          {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_t3[(r) * 16 + (c)] = prt::from_f32<float>((prt::to_f32(t_t3[(r) * 16 + (c)]) * prt::to_f32(t_q[(r) * 68 + ((c + 48))])));
-            }
-          }
-          __syncthreads();
-          // r = reduce_sum(t3, axis=1)
-          {
-            for (int o = tid; o < 64; o += 128) {
-              float acc = 0.0f;
-              for (int i = 0; i < 16; ++i) acc += prt::to_f32(t_t3[(o) * 16 + (i)]);
-              t_r[o] = prt::from_f32<float>(acc);
-            }
-          }
-          __syncthreads();
-          // r16[row, col] = select((col == (i3 - 48)), r[row], r16[row, col])
-          {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 16, c = i % 16;
-              t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i3 - 48)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-            }
-          }
-        }
-      }
-      prt::cp_async_wait<0>();
-      __syncthreads();
-      // grad_s[row, col] = select(((col >= 48) && (col < 64)), (grad_s[row, col] + r16[row, min(max((col - 48), 0), 15)]), grad_s[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_grad_s[j][q][e] = (((c >= 48) && (c < 64)) ? (f_grad_s[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 48), 0), 15))])) : f_grad_s[j][q][e]);
-            }
-          }
-        }
-      }
     }
     // grad_s[row, col] = select((rho[row] != 0.0), ((grad_s[row, col] * (select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[(((pid.x % 1) * 64) + row)] - lse_i[row]) / 2.0)))) * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[(((pid.x % 1) * 64) + row)] - lse_i[row]) / 2.0)))))) / rho[row]), 0.0)
     {
@@ -7881,7 +7361,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
 }
 
 // update_state_bwd: dKs, dVs, dlamK, dGk: gradient through dS_m = phi(k')^T V, dZ_m = colsum phi(k')
-// grid ($n, ($b * $h), 1), 128 threads, 106752 bytes of dynamic shared memory
+// grid ($n, ($b * $h), 1), 128 threads, 86272 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e64_c64_f32_w4_bd0_bt64_s2(
     const float* g_K, const float* g_V, const float* g_logG, const float* g_ddS, const float* g_ddZ, float* g_dKs, float* g_dVs, float* g_dlamK, float* g_dGk, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -8009,33 +7489,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
   float* const t_z = reinterpret_cast<float*>(prt_smem + 35328);  // f32[2080] pitch 2080
   float* const t_zu_hi = reinterpret_cast<float*>(prt_smem + 43648);  // f32[64, 64] pitch 68
   float* const t_kzu = reinterpret_cast<float*>(prt_smem + 61056);  // f32[64, 64] pitch 64
-  float* const t_r = reinterpret_cast<float*>(prt_smem + 106496);  // f32[64] pitch 64
-  float* const t_r16 = reinterpret_cast<float*>(prt_smem + 35328);  // f32[64, 16] pitch 16
-  float* const t_u0_f32_base = reinterpret_cast<float*>(prt_smem + 39424);  // f32[64, 64] pitch 64, 2 copies
-  float* t_u0_f32 = t_u0_f32_base;
-  float f_p0[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_t0 = reinterpret_cast<float*>(prt_smem + 89600);  // f32[64, 64] pitch 64
-  float* const t_u0_hi = reinterpret_cast<float*>(prt_smem + 72192);  // f32[64, 64] pitch 68
-  float* const t_k1 = reinterpret_cast<float*>(prt_smem + 39424);  // f32[64, 48] pitch 52
-  float* const t_u1_f32_base = reinterpret_cast<float*>(prt_smem + 52736);  // f32[48, 64] pitch 64, 2 copies
-  float* t_u1_f32 = t_u1_f32_base;
-  float f_p1[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_t1 = reinterpret_cast<float*>(prt_smem + 90368);  // f32[64, 48] pitch 48
-  float* const t_u1_hi = reinterpret_cast<float*>(prt_smem + 77312);  // f32[48, 64] pitch 68
-  float* const t_k2 = reinterpret_cast<float*>(prt_smem + 39424);  // f32[64, 32] pitch 36
-  float* const t_u2_f32_base = reinterpret_cast<float*>(prt_smem + 48640);  // f32[32, 64] pitch 64, 2 copies
-  float* t_u2_f32 = t_u2_f32_base;
-  float f_p2[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_t2 = reinterpret_cast<float*>(prt_smem + 73728);  // f32[64, 32] pitch 32
-  float* const t_u2_hi = reinterpret_cast<float*>(prt_smem + 65024);  // f32[32, 64] pitch 68
-  float* const t_k3 = reinterpret_cast<float*>(prt_smem + 39424);  // f32[64, 16] pitch 20
-  float* const t_u3_f32_base = reinterpret_cast<float*>(prt_smem + 44544);  // f32[16, 64] pitch 64, 2 copies
-  float* t_u3_f32 = t_u3_f32_base;
-  float f_p3[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_t3 = reinterpret_cast<float*>(prt_smem + 57088);  // f32[64, 16] pitch 16
-  float* const t_u3_hi = reinterpret_cast<float*>(prt_smem + 52736);  // f32[16, 64] pitch 68
+  float* const t_r = reinterpret_cast<float*>(prt_smem + 86016);  // f32[64] pitch 64
+  float* const t_u_f32_base = reinterpret_cast<float*>(prt_smem + 35328);  // f32[64, 64] pitch 64, 2 copies
+  float* t_u_f32 = t_u_f32_base;
+  float f_p_a[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
+  float f_t_a[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
+  float* const t_u_hi = reinterpret_cast<float*>(prt_smem + 68096);  // f32[64, 64] pitch 68
   float* const t_dG = reinterpret_cast<float*>(prt_smem + 256);  // f32[1] pitch 1
-  float* const t_r_part = reinterpret_cast<float*>(prt_smem + 105984);  // f32[2, 64] pitch 64
+  float* const t_r_part = reinterpret_cast<float*>(prt_smem + 85504);  // f32[2, 64] pitch 64
   // g = load logG[(pid.y // $h), (pid.x * 64):+64, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -8225,25 +7686,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
       }
     }
   }
-  // r16[row, col] = 0.0
-  {
-    for (int i = tid; i < 1024; i += 128) {
-      const int r = i / 16, c = i % 16;
-      t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-    }
-  }
   __syncthreads();
-  if ((0 < 16)) {
-    // u0_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((0 * 64) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0) + 0):+64, 0:+64] into stage 0
+  if ((0 < 64)) {
+    // u_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, (((((0 * 64) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0):+64, 0:+64] into stage 0
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
       const int a1 = (static_cast<int>(blockIdx.y) % p_h);
       const int a2 = static_cast<int>(blockIdx.x);
-      const int s3 = ((((((0 * 64) - ((0 * (0 - 1)) / 2)) + 0) - 0) - 0) + 0);
+      const int s3 = (((((0 * 64) - ((0 * (0 - 1)) / 2)) + 0) - 0) - 0);
       const int s4 = 0;
       const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
       const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-      float* const dst = t_u0_f32_base + ((0) % 2) * 4096;
+      float* const dst = t_u_f32_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
         for (int i = tid; i < 1024; i += 128) {
           const int r = i / 16, c = (i % 16) * 4;
@@ -8263,19 +7717,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = 16;
+    const int v_i0_end = 64;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < 16)) {
-        // u0_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, (((((((i0 + 1) * 64) - (((i0 + 1) * ((i0 + 1) - 1)) // 2)) + (i0 + 1)) - (i0 + 1)) - (i0 + 1)) + 0):+64, 0:+64] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < 64)) {
+        // u_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((i0 + 1) * 64) - (((i0 + 1) * ((i0 + 1) - 1)) // 2)) + (i0 + 1)) - (i0 + 1)) - (i0 + 1)):+64, 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int a1 = (static_cast<int>(blockIdx.y) % p_h);
           const int a2 = static_cast<int>(blockIdx.x);
-          const int s3 = (((((((v_i0 + 1) * 64) - (((v_i0 + 1) * ((v_i0 + 1) - 1)) / 2)) + (v_i0 + 1)) - (v_i0 + 1)) - (v_i0 + 1)) + 0);
+          const int s3 = ((((((v_i0 + 1) * 64) - (((v_i0 + 1) * ((v_i0 + 1) - 1)) / 2)) + (v_i0 + 1)) - (v_i0 + 1)) - (v_i0 + 1));
           const int s4 = 0;
           const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
           const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-          float* const dst = t_u0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
+          float* const dst = t_u_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
             for (int i = tid; i < 1024; i += 128) {
               const int r = i / 16, c = (i % 16) * 4;
@@ -8295,23 +7749,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
       }
       prt::cp_async_commit();
       prt::cp_async_wait<1>();
-      t_u0_f32 = t_u0_f32_base + (((v_i0 % 2)) % 2) * 4096;  // bind u0_f32 stage (i0 % 2)
+      t_u_f32 = t_u_f32_base + (((v_i0 % 2)) % 2) * 4096;  // bind u_f32 stage (i0 % 2)
       __syncthreads();
-      // u0_hi[row, col] = select((((row + 0) < i0) || ((row + 0) >= 64)), 0.0, (u0_f32[row, col] * select(((row + 0) == i0), 1.0, 1.4142135623730951)))
+      // u_hi[row, col] = select(((row < i0) || (row >= 64)), 0.0, (u_f32[row, col] * select((row == i0), 1.0, 1.4142135623730951)))
       {
         for (int i = tid; i < 4096; i += 128) {
           const int r = i / 64, c = i % 64;
-          t_u0_hi[(r) * 68 + (c)] = prt::from_f32<float>(((((r + 0) < v_i0) || ((r + 0) >= 64)) ? 0.0f : (prt::to_f32(t_u0_f32[(r) * 64 + (c)]) * (((r + 0) == v_i0) ? 1.0f : 1.4142135623730951f))));
+          t_u_hi[(r) * 68 + (c)] = prt::from_f32<float>((((r < v_i0) || (r >= 64)) ? 0.0f : (prt::to_f32(t_u_f32[(r) * 64 + (c)]) * ((r == v_i0) ? 1.0f : 1.4142135623730951f))));
         }
       }
       __syncthreads();
-      // p0 = mma.fmaFrag(k, u0_hi) [64x64 in 16x32 units over 4 warps]
+      // p_a = mma.fmaFrag(k, u_hi) [64x64 in 16x32 units over 4 warps]
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 4;
           const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          float (&acc)[4][4] = f_p0[j];
+          float (&acc)[4][4] = f_p_a[j];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
@@ -8321,7 +7775,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
             const float a0 = prt::to_f32(t_k[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_k[(m0 + g + 8) * 68 + (kk)]);
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
-              const float b0 = prt::to_f32(t_u0_hi[(kk) * 68 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u0_hi[(kk) * 68 + (n0 + q * 8 + t2 + 1)]);
+              const float b0 = prt::to_f32(t_u_hi[(kk) * 68 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u_hi[(kk) * 68 + (n0 + q * 8 + t2 + 1)]);
               acc[q][0] = fmaf(a0, b0, acc[q][0]);
               acc[q][1] = fmaf(a0, b1, acc[q][1]);
               acc[q][2] = fmaf(a1, b0, acc[q][2]);
@@ -8330,7 +7784,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
           }
         }
       }
-      // dv[row, col] = (dv[row, col] + (k[row, i0] * p0[row, col]))
+      // dv[row, col] = (dv[row, col] + (k[row, i0] * p_a[row, col]))
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -8341,12 +7795,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 68 + (v_i0)]) * f_p0[j][q][e]));
+              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 68 + (v_i0)]) * f_p_a[j][q][e]));
             }
           }
         }
       }
-      // p0[row, col] = (p0[row, col] * v[row, col])
+      // p_a[row, col] = (p_a[row, col] * v[row, col])
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -8357,24 +7811,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p0[j][q][e] = (f_p0[j][q][e] * prt::to_f32(t_v[(r) * 68 + (c)]));
+              f_p_a[j][q][e] = (f_p_a[j][q][e] * prt::to_f32(t_v[(r) * 68 + (c)]));
             }
           }
         }
       }
-      // r = reduce_sum(p0, axis=1) via r_part
+      // r = reduce_sum(p_a, axis=1) via r_part
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 4;
           #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            float acc = f_p0[j][0][2 * h];
-            acc += f_p0[j][0][2 * h + 1];
+            float acc = f_p_a[j][0][2 * h];
+            acc += f_p_a[j][0][2 * h + 1];
             #pragma unroll
             for (int q = 1; q < 4; ++q) {
-              acc += f_p0[j][q][2 * h];
-              acc += f_p0[j][q][2 * h + 1];
+              acc += f_p_a[j][q][2 * h];
+              acc += f_p_a[j][q][2 * h + 1];
             }
             acc = prt::quad_sum(acc);
             const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
@@ -8388,13 +7842,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
           t_r[i] = prt::from_f32<float>(acc);
         }
       }
-      // t0 = mma.fmaFrag(v, u0_hi^T) [64x64 in 16x32 units over 4 warps]
+      // t_a = mma.fmaFrag(v, u_hi^T) [64x64 in 16x32 units over 4 warps]
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
           const int u = warp + j * 4;
           const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          float acc[4][4];
+          float (&acc)[4][4] = f_t_a[j];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
@@ -8404,21 +7858,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
             const float a0 = prt::to_f32(t_v[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_v[(m0 + g + 8) * 68 + (kk)]);
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
-              const float b0 = prt::to_f32(t_u0_hi[(n0 + q * 8 + t2) * 68 + (kk)]), b1 = prt::to_f32(t_u0_hi[(n0 + q * 8 + t2 + 1) * 68 + (kk)]);
+              const float b0 = prt::to_f32(t_u_hi[(n0 + q * 8 + t2) * 68 + (kk)]), b1 = prt::to_f32(t_u_hi[(n0 + q * 8 + t2 + 1) * 68 + (kk)]);
               acc[q][0] = fmaf(a0, b0, acc[q][0]);
               acc[q][1] = fmaf(a0, b1, acc[q][1]);
               acc[q][2] = fmaf(a1, b0, acc[q][2]);
               acc[q][3] = fmaf(a1, b1, acc[q][3]);
             }
           }
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t0[(m0 + prt::frag_row(lane, e)) * 64 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
-      __syncthreads();
-      // dk[row, col] = select((col >= 0), (dk[row, col] + (k[row, i0] * t0[row, max((col - 0), 0)])), dk[row, col])
+      // dk[row, col] = (dk[row, col] + (k[row, i0] * t_a[row, col]))
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -8429,16 +7878,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dk[j][q][e] = ((c >= 0) ? (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 68 + (v_i0)]) * prt::to_f32(t_t0[(r) * 64 + (prt::max_nan((c - 0), 0))]))) : f_dk[j][q][e]);
+              f_dk[j][q][e] = (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 68 + (v_i0)]) * f_t_a[j][q][e]));
             }
           }
         }
       }
-      // r16[row, col] = select((col == (i0 - 0)), r[row], r16[row, col])
+      __syncthreads();
+      // dk[row, col] = select((col == i0), (dk[row, col] + r[row]), dk[row, col])
       {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i0 - 0)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_dk[j][q][e] = ((c == v_i0) ? (f_dk[j][q][e] + prt::to_f32(t_r[r])) : f_dk[j][q][e]);
+            }
+          }
         }
       }
       // kdk[row] = (kdk[row] + (k[row, i0] * r[row]))
@@ -8450,830 +7909,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
     }
   }
   prt::cp_async_wait<0>();
-  __syncthreads();
-  // dk[row, col] = select(((col >= 0) && (col < 16)), (dk[row, col] + r16[row, min(max((col - 0), 0), 15)]), dk[row, col])
-  {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_dk[j][q][e] = (((c >= 0) && (c < 16)) ? (f_dk[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 0), 0), 15))])) : f_dk[j][q][e]);
-        }
-      }
-    }
-  }
-  // k1 = load.async K[(pid.y // $h), (pid.x * 64):+64, (pid.y % $h), 16:+48]
-  {
-    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
-    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
-    const int s3 = 16;
-    const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-    const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-    float* const dst = t_k1;
-    if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 768; i += 128) {
-        const int r = i / 12, c = (i % 12) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 52 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
-      }
-    }
-    else {
-      for (int i = tid; i < 3072; i += 128) {
-        const int r = i / 48, c = i % 48;
-        dst[(r) * 52 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
-      }
-    }
-  }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  __syncthreads();
-  // r16[row, col] = 0.0
-  {
-    for (int i = tid; i < 1024; i += 128) {
-      const int r = i / 16, c = i % 16;
-      t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-    }
-  }
-  if ((16 < 32)) {
-    // u1_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((16 * 64) - ((16 * (16 - 1)) // 2)) + 16) - 16) - 16) + 16):+48, 0:+64] into stage 0
-    {
-      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-      const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-      const int a2 = static_cast<int>(blockIdx.x);
-      const int s3 = ((((((16 * 64) - ((16 * (16 - 1)) / 2)) + 16) - 16) - 16) + 16);
-      const int s4 = 0;
-      const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
-      const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-      float* const dst = t_u1_f32_base + ((0) % 2) * 3072;
-      if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 768; i += 128) {
-          const int r = i / 16, c = (i % 16) * 4;
-          const int gr = s3 + r;
-          const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
-        }
-      }
-      else {
-        for (int i = tid; i < 3072; i += 128) {
-          const int r = i / 64, c = i % 64;
-          dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
-        }
-      }
-    }
-  }
-  prt::cp_async_commit();
-  {
-    const int v_i1_end = 32;
-    for (int v_i1 = 16; v_i1 < v_i1_end; v_i1 += 1) {
-      if (((v_i1 + 1) < 32)) {
-        // u1_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, (((((((i1 + 1) * 64) - (((i1 + 1) * ((i1 + 1) - 1)) // 2)) + (i1 + 1)) - (i1 + 1)) - (i1 + 1)) + 16):+48, 0:+64] into stage (((i1 - 16) + 1) % 2)
-        {
-          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-          const int a2 = static_cast<int>(blockIdx.x);
-          const int s3 = (((((((v_i1 + 1) * 64) - (((v_i1 + 1) * ((v_i1 + 1) - 1)) / 2)) + (v_i1 + 1)) - (v_i1 + 1)) - (v_i1 + 1)) + 16);
-          const int s4 = 0;
-          const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
-          const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-          float* const dst = t_u1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 3072;
-          if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 768; i += 128) {
-              const int r = i / 16, c = (i % 16) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
-            }
-          }
-          else {
-            for (int i = tid; i < 3072; i += 128) {
-              const int r = i / 64, c = i % 64;
-              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
-            }
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<1>();
-      t_u1_f32 = t_u1_f32_base + ((((v_i1 - 16) % 2)) % 2) * 3072;  // bind u1_f32 stage ((i1 - 16) % 2)
-      __syncthreads();
-      // u1_hi[row, col] = select((((row + 16) < i1) || ((row + 16) >= 64)), 0.0, (u1_f32[row, col] * select(((row + 16) == i1), 1.0, 1.4142135623730951)))
-      {
-        for (int i = tid; i < 3072; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_u1_hi[(r) * 68 + (c)] = prt::from_f32<float>(((((r + 16) < v_i1) || ((r + 16) >= 64)) ? 0.0f : (prt::to_f32(t_u1_f32[(r) * 64 + (c)]) * (((r + 16) == v_i1) ? 1.0f : 1.4142135623730951f))));
-        }
-      }
-      __syncthreads();
-      // p1 = mma.fmaFrag(k1, u1_hi) [64x64 in 16x32 units over 4 warps]
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          float (&acc)[4][4] = f_p1[j];
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          const int g = lane >> 2, t2 = (lane & 3) * 2;
-          for (int kk = 0; kk < 48; ++kk) {
-            const float a0 = prt::to_f32(t_k1[(m0 + g) * 52 + (kk)]), a1 = prt::to_f32(t_k1[(m0 + g + 8) * 52 + (kk)]);
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              const float b0 = prt::to_f32(t_u1_hi[(kk) * 68 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u1_hi[(kk) * 68 + (n0 + q * 8 + t2 + 1)]);
-              acc[q][0] = fmaf(a0, b0, acc[q][0]);
-              acc[q][1] = fmaf(a0, b1, acc[q][1]);
-              acc[q][2] = fmaf(a1, b0, acc[q][2]);
-              acc[q][3] = fmaf(a1, b1, acc[q][3]);
-            }
-          }
-        }
-      }
-      // dv[row, col] = (dv[row, col] + (k[row, i1] * p1[row, col]))
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 68 + (v_i1)]) * f_p1[j][q][e]));
-            }
-          }
-        }
-      }
-      // p1[row, col] = (p1[row, col] * v[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p1[j][q][e] = (f_p1[j][q][e] * prt::to_f32(t_v[(r) * 68 + (c)]));
-            }
-          }
-        }
-      }
-      // r = reduce_sum(p1, axis=1) via r_part
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_p1[j][0][2 * h];
-            acc += f_p1[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 4; ++q) {
-              acc += f_p1[j][q][2 * h];
-              acc += f_p1[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
-            if ((lane & 3) == 0) t_r_part[(u % 2) * 64 + (r)] = acc;
-          }
-        }
-        __syncthreads();
-        for (int i = tid; i < 64; i += 128) {
-          float acc = t_r_part[(0) * 64 + (i)];
-          for (int p = 1; p < 2; ++p) acc += t_r_part[(p) * 64 + (i)];
-          t_r[i] = prt::from_f32<float>(acc);
-        }
-      }
-      // t1 = mma.fmaFrag(v, u1_hi^T) [64x48 in 16x16 units over 4 warps]
-      {
-        #pragma unroll
-        for (int j = 0; j < 3; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 3) * 16, n0 = (u % 3) * 16;
-          float acc[2][4];
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          const int g = lane >> 2, t2 = (lane & 3) * 2;
-          for (int kk = 0; kk < 64; ++kk) {
-            const float a0 = prt::to_f32(t_v[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_v[(m0 + g + 8) * 68 + (kk)]);
-            #pragma unroll
-            for (int q = 0; q < 2; ++q) {
-              const float b0 = prt::to_f32(t_u1_hi[(n0 + q * 8 + t2) * 68 + (kk)]), b1 = prt::to_f32(t_u1_hi[(n0 + q * 8 + t2 + 1) * 68 + (kk)]);
-              acc[q][0] = fmaf(a0, b0, acc[q][0]);
-              acc[q][1] = fmaf(a0, b1, acc[q][1]);
-              acc[q][2] = fmaf(a1, b0, acc[q][2]);
-              acc[q][3] = fmaf(a1, b1, acc[q][3]);
-            }
-          }
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t1[(m0 + prt::frag_row(lane, e)) * 48 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
-        }
-      }
-      __syncthreads();
-      // dk[row, col] = select((col >= 16), (dk[row, col] + (k[row, i1] * t1[row, max((col - 16), 0)])), dk[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dk[j][q][e] = ((c >= 16) ? (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 68 + (v_i1)]) * prt::to_f32(t_t1[(r) * 48 + (prt::max_nan((c - 16), 0))]))) : f_dk[j][q][e]);
-            }
-          }
-        }
-      }
-      // r16[row, col] = select((col == (i1 - 16)), r[row], r16[row, col])
-      {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i1 - 16)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-        }
-      }
-      // kdk[row] = (kdk[row] + (k[row, i1] * r[row]))
-      {
-        for (int r = tid; r < 64; r += 128) {
-          t_kdk[r] = prt::from_f32<float>((prt::to_f32(t_kdk[r]) + (prt::to_f32(t_k[(r) * 68 + (v_i1)]) * prt::to_f32(t_r[r]))));
-        }
-      }
-    }
-  }
-  prt::cp_async_wait<0>();
-  __syncthreads();
-  // dk[row, col] = select(((col >= 16) && (col < 32)), (dk[row, col] + r16[row, min(max((col - 16), 0), 15)]), dk[row, col])
-  {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_dk[j][q][e] = (((c >= 16) && (c < 32)) ? (f_dk[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 16), 0), 15))])) : f_dk[j][q][e]);
-        }
-      }
-    }
-  }
-  // k2 = load.async K[(pid.y // $h), (pid.x * 64):+64, (pid.y % $h), 32:+32]
-  {
-    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
-    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
-    const int s3 = 32;
-    const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-    const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-    float* const dst = t_k2;
-    if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 512; i += 128) {
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
-      }
-    }
-    else {
-      for (int i = tid; i < 2048; i += 128) {
-        const int r = i / 32, c = i % 32;
-        dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
-      }
-    }
-  }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  __syncthreads();
-  // r16[row, col] = 0.0
-  {
-    for (int i = tid; i < 1024; i += 128) {
-      const int r = i / 16, c = i % 16;
-      t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-    }
-  }
-  if ((32 < 48)) {
-    // u2_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((32 * 64) - ((32 * (32 - 1)) // 2)) + 32) - 32) - 32) + 32):+32, 0:+64] into stage 0
-    {
-      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-      const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-      const int a2 = static_cast<int>(blockIdx.x);
-      const int s3 = ((((((32 * 64) - ((32 * (32 - 1)) / 2)) + 32) - 32) - 32) + 32);
-      const int s4 = 0;
-      const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
-      const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-      float* const dst = t_u2_f32_base + ((0) % 2) * 2048;
-      if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 512; i += 128) {
-          const int r = i / 16, c = (i % 16) * 4;
-          const int gr = s3 + r;
-          const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
-        }
-      }
-      else {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 64, c = i % 64;
-          dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
-        }
-      }
-    }
-  }
-  prt::cp_async_commit();
-  {
-    const int v_i2_end = 48;
-    for (int v_i2 = 32; v_i2 < v_i2_end; v_i2 += 1) {
-      if (((v_i2 + 1) < 48)) {
-        // u2_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, (((((((i2 + 1) * 64) - (((i2 + 1) * ((i2 + 1) - 1)) // 2)) + (i2 + 1)) - (i2 + 1)) - (i2 + 1)) + 32):+32, 0:+64] into stage (((i2 - 32) + 1) % 2)
-        {
-          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-          const int a2 = static_cast<int>(blockIdx.x);
-          const int s3 = (((((((v_i2 + 1) * 64) - (((v_i2 + 1) * ((v_i2 + 1) - 1)) / 2)) + (v_i2 + 1)) - (v_i2 + 1)) - (v_i2 + 1)) + 32);
-          const int s4 = 0;
-          const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
-          const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-          float* const dst = t_u2_f32_base + (((((v_i2 - 32) + 1) % 2)) % 2) * 2048;
-          if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 512; i += 128) {
-              const int r = i / 16, c = (i % 16) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
-            }
-          }
-          else {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 64, c = i % 64;
-              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
-            }
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<1>();
-      t_u2_f32 = t_u2_f32_base + ((((v_i2 - 32) % 2)) % 2) * 2048;  // bind u2_f32 stage ((i2 - 32) % 2)
-      __syncthreads();
-      // u2_hi[row, col] = select((((row + 32) < i2) || ((row + 32) >= 64)), 0.0, (u2_f32[row, col] * select(((row + 32) == i2), 1.0, 1.4142135623730951)))
-      {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_u2_hi[(r) * 68 + (c)] = prt::from_f32<float>(((((r + 32) < v_i2) || ((r + 32) >= 64)) ? 0.0f : (prt::to_f32(t_u2_f32[(r) * 64 + (c)]) * (((r + 32) == v_i2) ? 1.0f : 1.4142135623730951f))));
-        }
-      }
-      __syncthreads();
-      // p2 = mma.fmaFrag(k2, u2_hi) [64x64 in 16x32 units over 4 warps]
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          float (&acc)[4][4] = f_p2[j];
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          const int g = lane >> 2, t2 = (lane & 3) * 2;
-          for (int kk = 0; kk < 32; ++kk) {
-            const float a0 = prt::to_f32(t_k2[(m0 + g) * 36 + (kk)]), a1 = prt::to_f32(t_k2[(m0 + g + 8) * 36 + (kk)]);
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              const float b0 = prt::to_f32(t_u2_hi[(kk) * 68 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u2_hi[(kk) * 68 + (n0 + q * 8 + t2 + 1)]);
-              acc[q][0] = fmaf(a0, b0, acc[q][0]);
-              acc[q][1] = fmaf(a0, b1, acc[q][1]);
-              acc[q][2] = fmaf(a1, b0, acc[q][2]);
-              acc[q][3] = fmaf(a1, b1, acc[q][3]);
-            }
-          }
-        }
-      }
-      // dv[row, col] = (dv[row, col] + (k[row, i2] * p2[row, col]))
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 68 + (v_i2)]) * f_p2[j][q][e]));
-            }
-          }
-        }
-      }
-      // p2[row, col] = (p2[row, col] * v[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p2[j][q][e] = (f_p2[j][q][e] * prt::to_f32(t_v[(r) * 68 + (c)]));
-            }
-          }
-        }
-      }
-      // r = reduce_sum(p2, axis=1) via r_part
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_p2[j][0][2 * h];
-            acc += f_p2[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 4; ++q) {
-              acc += f_p2[j][q][2 * h];
-              acc += f_p2[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
-            if ((lane & 3) == 0) t_r_part[(u % 2) * 64 + (r)] = acc;
-          }
-        }
-        __syncthreads();
-        for (int i = tid; i < 64; i += 128) {
-          float acc = t_r_part[(0) * 64 + (i)];
-          for (int p = 1; p < 2; ++p) acc += t_r_part[(p) * 64 + (i)];
-          t_r[i] = prt::from_f32<float>(acc);
-        }
-      }
-      // t2 = mma.fmaFrag(v, u2_hi^T) [64x32 in 16x32 units over 4 warps]
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          float acc[4][4];
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          const int g = lane >> 2, t2 = (lane & 3) * 2;
-          for (int kk = 0; kk < 64; ++kk) {
-            const float a0 = prt::to_f32(t_v[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_v[(m0 + g + 8) * 68 + (kk)]);
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              const float b0 = prt::to_f32(t_u2_hi[(n0 + q * 8 + t2) * 68 + (kk)]), b1 = prt::to_f32(t_u2_hi[(n0 + q * 8 + t2 + 1) * 68 + (kk)]);
-              acc[q][0] = fmaf(a0, b0, acc[q][0]);
-              acc[q][1] = fmaf(a0, b1, acc[q][1]);
-              acc[q][2] = fmaf(a1, b0, acc[q][2]);
-              acc[q][3] = fmaf(a1, b1, acc[q][3]);
-            }
-          }
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t2[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
-        }
-      }
-      __syncthreads();
-      // dk[row, col] = select((col >= 32), (dk[row, col] + (k[row, i2] * t2[row, max((col - 32), 0)])), dk[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dk[j][q][e] = ((c >= 32) ? (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 68 + (v_i2)]) * prt::to_f32(t_t2[(r) * 32 + (prt::max_nan((c - 32), 0))]))) : f_dk[j][q][e]);
-            }
-          }
-        }
-      }
-      // r16[row, col] = select((col == (i2 - 32)), r[row], r16[row, col])
-      {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i2 - 32)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-        }
-      }
-      // kdk[row] = (kdk[row] + (k[row, i2] * r[row]))
-      {
-        for (int r = tid; r < 64; r += 128) {
-          t_kdk[r] = prt::from_f32<float>((prt::to_f32(t_kdk[r]) + (prt::to_f32(t_k[(r) * 68 + (v_i2)]) * prt::to_f32(t_r[r]))));
-        }
-      }
-    }
-  }
-  prt::cp_async_wait<0>();
-  __syncthreads();
-  // dk[row, col] = select(((col >= 32) && (col < 48)), (dk[row, col] + r16[row, min(max((col - 32), 0), 15)]), dk[row, col])
-  {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_dk[j][q][e] = (((c >= 32) && (c < 48)) ? (f_dk[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 32), 0), 15))])) : f_dk[j][q][e]);
-        }
-      }
-    }
-  }
-  // k3 = load.async K[(pid.y // $h), (pid.x * 64):+64, (pid.y % $h), 48:+16]
-  {
-    const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
-    const int a2 = (static_cast<int>(blockIdx.y) % p_h);
-    const int s3 = 48;
-    const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-    const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-    float* const dst = t_k3;
-    if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 128) {
-        const int r = i / 4, c = (i % 4) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 20 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
-      }
-    }
-    else {
-      for (int i = tid; i < 1024; i += 128) {
-        const int r = i / 16, c = i % 16;
-        dst[(r) * 20 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
-      }
-    }
-  }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  __syncthreads();
-  // r16[row, col] = 0.0
-  {
-    for (int i = tid; i < 1024; i += 128) {
-      const int r = i / 16, c = i % 16;
-      t_r16[(r) * 16 + (c)] = prt::from_f32<float>(0.0f);
-    }
-  }
-  if ((48 < 64)) {
-    // u3_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, ((((((48 * 64) - ((48 * (48 - 1)) // 2)) + 48) - 48) - 48) + 48):+16, 0:+64] into stage 0
-    {
-      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-      const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-      const int a2 = static_cast<int>(blockIdx.x);
-      const int s3 = ((((((48 * 64) - ((48 * (48 - 1)) / 2)) + 48) - 48) - 48) + 48);
-      const int s4 = 0;
-      const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
-      const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-      float* const dst = t_u3_f32_base + ((0) % 2) * 1024;
-      if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 256; i += 128) {
-          const int r = i / 16, c = (i % 16) * 4;
-          const int gr = s3 + r;
-          const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
-        }
-      }
-      else {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 64, c = i % 64;
-          dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
-        }
-      }
-    }
-  }
-  prt::cp_async_commit();
-  {
-    const int v_i3_end = 64;
-    for (int v_i3 = 48; v_i3 < v_i3_end; v_i3 += 1) {
-      if (((v_i3 + 1) < 64)) {
-        // u3_f32 = load.async ddS[(pid.y // $h), (pid.y % $h), pid.x, (((((((i3 + 1) * 64) - (((i3 + 1) * ((i3 + 1) - 1)) // 2)) + (i3 + 1)) - (i3 + 1)) - (i3 + 1)) + 48):+16, 0:+64] into stage (((i3 - 48) + 1) % 2)
-        {
-          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-          const int a2 = static_cast<int>(blockIdx.x);
-          const int s3 = (((((((v_i3 + 1) * 64) - (((v_i3 + 1) * ((v_i3 + 1) - 1)) / 2)) + (v_i3 + 1)) - (v_i3 + 1)) - (v_i3 + 1)) + 48);
-          const int s4 = 0;
-          const bool ok = a0 >= 0 && a0 < g_ddS_d0 && a1 >= 0 && a1 < g_ddS_d1 && a2 >= 0 && a2 < g_ddS_d2;
-          const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
-          float* const dst = t_u3_f32_base + (((((v_i3 - 48) + 1) % 2)) % 2) * 1024;
-          if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 256; i += 128) {
-              const int r = i / 16, c = (i % 16) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
-            }
-          }
-          else {
-            for (int i = tid; i < 1024; i += 128) {
-              const int r = i / 64, c = i % 64;
-              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
-            }
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<1>();
-      t_u3_f32 = t_u3_f32_base + ((((v_i3 - 48) % 2)) % 2) * 1024;  // bind u3_f32 stage ((i3 - 48) % 2)
-      __syncthreads();
-      // u3_hi[row, col] = select((((row + 48) < i3) || ((row + 48) >= 64)), 0.0, (u3_f32[row, col] * select(((row + 48) == i3), 1.0, 1.4142135623730951)))
-      {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_u3_hi[(r) * 68 + (c)] = prt::from_f32<float>(((((r + 48) < v_i3) || ((r + 48) >= 64)) ? 0.0f : (prt::to_f32(t_u3_f32[(r) * 64 + (c)]) * (((r + 48) == v_i3) ? 1.0f : 1.4142135623730951f))));
-        }
-      }
-      __syncthreads();
-      // p3 = mma.fmaFrag(k3, u3_hi) [64x64 in 16x32 units over 4 warps]
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          float (&acc)[4][4] = f_p3[j];
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          const int g = lane >> 2, t2 = (lane & 3) * 2;
-          for (int kk = 0; kk < 16; ++kk) {
-            const float a0 = prt::to_f32(t_k3[(m0 + g) * 20 + (kk)]), a1 = prt::to_f32(t_k3[(m0 + g + 8) * 20 + (kk)]);
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              const float b0 = prt::to_f32(t_u3_hi[(kk) * 68 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_u3_hi[(kk) * 68 + (n0 + q * 8 + t2 + 1)]);
-              acc[q][0] = fmaf(a0, b0, acc[q][0]);
-              acc[q][1] = fmaf(a0, b1, acc[q][1]);
-              acc[q][2] = fmaf(a1, b0, acc[q][2]);
-              acc[q][3] = fmaf(a1, b1, acc[q][3]);
-            }
-          }
-        }
-      }
-      // dv[row, col] = (dv[row, col] + (k[row, i3] * p3[row, col]))
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dv[j][q][e] = (f_dv[j][q][e] + (prt::to_f32(t_k[(r) * 68 + (v_i3)]) * f_p3[j][q][e]));
-            }
-          }
-        }
-      }
-      // p3[row, col] = (p3[row, col] * v[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p3[j][q][e] = (f_p3[j][q][e] * prt::to_f32(t_v[(r) * 68 + (c)]));
-            }
-          }
-        }
-      }
-      // r = reduce_sum(p3, axis=1) via r_part
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_p3[j][0][2 * h];
-            acc += f_p3[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 4; ++q) {
-              acc += f_p3[j][q][2 * h];
-              acc += f_p3[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
-            if ((lane & 3) == 0) t_r_part[(u % 2) * 64 + (r)] = acc;
-          }
-        }
-        __syncthreads();
-        for (int i = tid; i < 64; i += 128) {
-          float acc = t_r_part[(0) * 64 + (i)];
-          for (int p = 1; p < 2; ++p) acc += t_r_part[(p) * 64 + (i)];
-          t_r[i] = prt::from_f32<float>(acc);
-        }
-      }
-      // t3 = mma.fmaFrag(v, u3_hi^T) [64x16 in 16x16 units over 4 warps]
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 16;
-          float acc[2][4];
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          const int g = lane >> 2, t2 = (lane & 3) * 2;
-          for (int kk = 0; kk < 64; ++kk) {
-            const float a0 = prt::to_f32(t_v[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_v[(m0 + g + 8) * 68 + (kk)]);
-            #pragma unroll
-            for (int q = 0; q < 2; ++q) {
-              const float b0 = prt::to_f32(t_u3_hi[(n0 + q * 8 + t2) * 68 + (kk)]), b1 = prt::to_f32(t_u3_hi[(n0 + q * 8 + t2 + 1) * 68 + (kk)]);
-              acc[q][0] = fmaf(a0, b0, acc[q][0]);
-              acc[q][1] = fmaf(a0, b1, acc[q][1]);
-              acc[q][2] = fmaf(a1, b0, acc[q][2]);
-              acc[q][3] = fmaf(a1, b1, acc[q][3]);
-            }
-          }
-          #pragma unroll
-          for (int q = 0; q < 2; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_t3[(m0 + prt::frag_row(lane, e)) * 16 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
-        }
-      }
-      __syncthreads();
-      // dk[row, col] = select((col >= 48), (dk[row, col] + (k[row, i3] * t3[row, max((col - 48), 0)])), dk[row, col])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dk[j][q][e] = ((c >= 48) ? (f_dk[j][q][e] + (prt::to_f32(t_k[(r) * 68 + (v_i3)]) * prt::to_f32(t_t3[(r) * 16 + (prt::max_nan((c - 48), 0))]))) : f_dk[j][q][e]);
-            }
-          }
-        }
-      }
-      // r16[row, col] = select((col == (i3 - 48)), r[row], r16[row, col])
-      {
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 16, c = i % 16;
-          t_r16[(r) * 16 + (c)] = prt::from_f32<float>(((c == (v_i3 - 48)) ? prt::to_f32(t_r[r]) : prt::to_f32(t_r16[(r) * 16 + (c)])));
-        }
-      }
-      // kdk[row] = (kdk[row] + (k[row, i3] * r[row]))
-      {
-        for (int r = tid; r < 64; r += 128) {
-          t_kdk[r] = prt::from_f32<float>((prt::to_f32(t_kdk[r]) + (prt::to_f32(t_k[(r) * 68 + (v_i3)]) * prt::to_f32(t_r[r]))));
-        }
-      }
-    }
-  }
-  prt::cp_async_wait<0>();
-  __syncthreads();
-  // dk[row, col] = select(((col >= 48) && (col < 64)), (dk[row, col] + r16[row, min(max((col - 48), 0), 15)]), dk[row, col])
-  {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_dk[j][q][e] = (((c >= 48) && (c < 64)) ? (f_dk[j][q][e] + prt::to_f32(t_r16[(r) * 16 + (prt::min_nan(prt::max_nan((c - 48), 0), 15))])) : f_dk[j][q][e]);
-        }
-      }
-    }
-  }
   // dv[row, col] = (dv[row, col] * exp((lam[63] - lam[row])))
   {
     #pragma unroll
@@ -11106,9 +9741,9 @@ extern "C" cudaError_t prt_attention_bwd_p2_d64_e64_c64_f32_w4_bd64_bt32_s1_laun
 }
 
 extern "C" cudaError_t prt_query_state_bwd_dq_p2_d64_e64_c64_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d64_e64_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 118016);
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d64_e64_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 101632);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_dq_p2_d64_e64_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 118016, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
+  prt_query_state_bwd_dq_p2_d64_e64_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 101632, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
   return cudaGetLastError();
 }
 
@@ -11127,9 +9762,9 @@ extern "C" cudaError_t prt_discounted_cumsum_bwd_p2_d64_e64_c64_f32_w4_bd64_bt64
 }
 
 extern "C" cudaError_t prt_update_state_bwd_p2_d64_e64_c64_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_K, const float* g_V, const float* g_logG, const float* g_ddS, const float* g_ddZ, float* g_dKs, float* g_dVs, float* g_dlamK, float* g_dGk, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_update_state_bwd_p2_d64_e64_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 106752);
+  cudaError_t err = cudaFuncSetAttribute(prt_update_state_bwd_p2_d64_e64_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 86272);
   if (err != cudaSuccess) return err;
-  prt_update_state_bwd_p2_d64_e64_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 106752, stream>>>(g_K, g_V, g_logG, g_ddS, g_ddZ, g_dKs, g_dVs, g_dlamK, g_dGk, p_b, p_t, p_h, p_n);
+  prt_update_state_bwd_p2_d64_e64_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 86272, stream>>>(g_K, g_V, g_logG, g_ddS, g_ddZ, g_dKs, g_dVs, g_dlamK, g_dGk, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 

@@ -14,7 +14,7 @@
 // compete, nvcc reuses their registers).
 
 import type { Expr } from "../../dsl/ir.ts";
-import { exprReads, mapStmts, readNodes, sameTiling, stmtAccess, reducePartials, walkStmts, type LBuffer, type LKernel, type WarpTiling } from "../lir.ts";
+import { bufferOf, exprReads, mapStmts, readNodes, sameTiling, stmtAccess, reducePartials, walkStmts, type LBuffer, type LKernel, type WarpTiling } from "../lir.ts";
 import { liveRanges } from "./plan-shared.ts";
 import { chooseTiling, fragRegisters, MAX_FRAG_REGISTERS, MAX_FRAG_REGISTERS_TOTAL } from "./rules.ts";
 
@@ -35,7 +35,10 @@ function proposedTilings(k: LKernel): Map<string, WarpTiling> {
       continue;
     }
     if (!out.has(b.name)) {
-      const t = chooseTiling(b.type.shape[0]!, b.type.shape[1]!, k.numWarps);
+      // an mma's accumulator of the same shape sets the tiling (maps tie such tiles to it element by element)
+      const [m, n] = [b.type.shape[0]!, b.type.shape[1]!];
+      const peer = [...out].find(([x, t]) => t.m === m && t.n === n && !bad.has(x) && bufferOf(k, x).type.space === "reg")?.[1];
+      const t = peer ?? chooseTiling(m, n, k.numWarps);
       if (t) out.set(b.name, t);
     }
     const t = out.get(b.name);

@@ -24,8 +24,19 @@ export function whyNotTensorCores(k: LKernel, s: Extract<LStmt, { kind: "mma" }>
 
 /** The warp tiling of an m x n accumulator: the widest unit (16 x 8nt, nt in 4, 2, 1) that still
  * gives every warp a unit, else the narrowest. */
-export function chooseTiling(m: number, n: number, warps: number): WarpTiling | null {
+export function chooseTiling(m: number, n: number, warps: number, computedB = false): WarpTiling | null {
   if (m % 16 !== 0 || n % 8 !== 0) return null;
+  if (computedB) {
+    // B computed per fragment element (fuse-operands): per k-step a warp evaluates 4 nt elements
+    // per lane, shared by its slots when the warps divide a row block's units (render-mma), i.e.
+    // 4 / slots per mma; so the narrowest units that still share B (more slots), at most 2 fewer
+    // columns than the default (A's ldmatrix per mma goes as 1 / nt).
+    for (const nt of [2, 4]) {
+      if (n % (8 * nt) !== 0) continue;
+      const un = n / (8 * nt), slots = ((m / 16) * un) / warps;
+      if (slots > 1 && Number.isInteger(slots) && warps % un === 0) return { m, n, nt, warps };
+    }
+  }
   for (const nt of [4, 2, 1]) {
     if (n % (8 * nt) !== 0) continue;
     if ((m / 16) * (n / (8 * nt)) >= warps || nt === 1) return { m, n, nt, warps };

@@ -150,9 +150,9 @@ function buildDqExpanded(spec: Spec, sch: Schedule): Kernel {
 
 /** p = 2, factored form (README "The factored form at p = 2"). One program per (block of BT rows,
  * chunk, query head, batch). expandGrad is homogeneous of degree 1 at p = 2, so
- * dq = f^2 expandGrad(q, dphi) / rho with dphi = Sin dy - Dy Zin, and with St_a [W - c0, e], rows b:
+ * dq = f^2 expandGrad(q, dphi) / rho with dphi = Sin dy - Dy Zin, and with St_a [W, e], rows b:
  * w_ab Sin_(a,b) (0 for b < a or b >= d),
- *   T_a = dy St_a^T [BT, W - c0]       dq_x = f^2 / rho (sum_{a <= x} q_a T_a[:, x] + [x = a] sum_b q_b T_a[:, b] - Dy (q Zs)_x)
+ *   T_a = dy St_a^T [BT, W]       dq_x = f^2 / rho (sum_{a <= x} q_a T_a[:, x] + [x = a] sum_b q_b T_a[:, b] - Dy (q Zs)_x)
  * Zs [W, W] the symmetric Zin (2 z_aa on the diagonal, sqrt 2 z_(a,b) off it). dy enters the mma
  * exact in its dtype (for f16 a bf16 operand, site query_state_bwd_dq.dy); St_a is rounded (site
  * query_state_bwd_dq.S); Zs is always a pair (one mma per program), against q exact. */
@@ -193,29 +193,24 @@ function buildDqFactored(spec: Spec, sch: Schedule): Kernel {
         const qz = k.shared("qzs", [BT, W], "f32");
         mmaSplit(k, qz, qop, zs); // q Zs [BT, W]
         k.map(gS, ({ row, col }) => qz.at(row, col).mul(r.dyy.at(row)).neg());
-        // the Sin part, group by group
+        // the Sin part, a by a, over all W columns b (T_a's columns b < a are 0: St_a's rows are
+        // masked there), so that T_a has gS's shape and tiling and stays in registers (a T_a of
+        // the group's W - c0 columns only would be read at shifted columns: through shared memory)
         const pair = stateSplit(spec, "query_state_bwd_dq.S");
         const rs = k.shared("r", [BT], "f32"); // r_a = sum_b q_b T_a[:, b]
-        const r16 = k.shared("r16", [BT, 16], "f32"); // the block's r_a, column a - c0
-        for (let I = 0; I < W / 16; I++) {
-          const c0 = 16 * I, w = W - c0; // this block's a in [c0, c0 + 16); rows b in [c0, W)
-          const sRaw = k.shared(`s${I}_f32`, [w, e], "f32");
-          const tA = k.shared(`t${I}`, [BT, w], "f32"); // T_a, then T_a * q[:, c0:] (row-summed)
-          k.fill(r16, 0);
-          k.for(c0, Math.min(c0 + 16, d), (ai) => {
-            const bb = (row: Val): Val => row.add(c0);
-            // rows b = c0 .. W-1 of group a: features pairFeature(a, b); rows b < a (the group before) and b >= d are masked
-            k.load(sRaw, a.Sin, [bi, hk, m, range(pairFeature(d, ai, ai).sub(ai).add(c0), w), range(0, e)]);
-            const st = computedOperand(k, `s${I}`, [w, e], sd, pair, ({ row, col }) =>
-              select(bb(row).lt(ai).or(bb(row).ge(d)), 0, sRaw.at(row, col).mul(pairWeight(ai, bb(row))))); // St_a [w, e]
-            mmaSplit(k, tA, dyt.op, st, { transB: true }); // [BT, e] @ [e, w]
-            k.map(gS, ({ row, col }) => select(col.ge(c0), gS.at(row, col).add(qt.at(row, ai).mul(tA.at(row, col.sub(c0).max(0)))), gS.at(row, col)));
-            k.map(tA, ({ row, col }) => tA.at(row, col).mul(qt.at(row, col.add(c0))));
-            k.reduce(rs, tA, "sum", 1); // [BT]
-            k.map(r16, ({ row, col }) => select(col.eq(ai.sub(c0)), rs.at(row), r16.at(row, col)));
-          }, { stages: sch.stages });
-          k.map(gS, ({ row, col }) => select(col.ge(c0).and(col.lt(c0 + 16)), gS.at(row, col).add(r16.at(row, col.sub(c0).max(0).min(15))), gS.at(row, col)));
-        }
+        const sRaw = k.shared("s_f32", [W, e], "f32"); // rows b in [0, W) of group a, as stored
+        const tA = k.reg("t_a", [BT, W], "f32"); // T_a, then T_a * q (row-summed)
+        k.for(0, d, (ai) => {
+          // rows b = 0 .. W-1 of group a: features pairFeature(a, b); rows b < a (earlier groups) and b >= d are masked
+          k.load(sRaw, a.Sin, [bi, hk, m, range(pairFeature(d, ai, ai).sub(ai), W), range(0, e)]);
+          const st = computedOperand(k, "s", [W, e], sd, pair, ({ row, col }) =>
+            select(row.lt(ai).or(row.ge(d)), 0, sRaw.at(row, col).mul(pairWeight(ai, row)))); // St_a [W, e]
+          mmaSplit(k, tA, dyt.op, st, { transB: true }); // [BT, e] @ [e, W]
+          k.map(gS, ({ row, col }) => gS.at(row, col).add(qt.at(row, ai).mul(tA.at(row, col))));
+          k.map(tA, ({ row, col }) => tA.at(row, col).mul(qt.at(row, col)));
+          k.reduce(rs, tA, "sum", 1); // [BT]
+          k.map(gS, ({ row, col }) => select(col.eq(ai), gS.at(row, col).add(rs.at(row)), gS.at(row, col)));
+        }, { stages: sch.stages });
       });
       const f = (row: Val): Val => normalisedQueryFactor(a.scale, lam.at(r0.add(row)), r.lseI.at(row), 2);
       k.map(gS, ({ row, col }) => select(r.rho.at(row).ne(0), gS.at(row, col).mul(f(row).mul(f(row))).div(r.rho.at(row)), f32(0))); // dq
@@ -233,11 +228,11 @@ function dqFactoredPeakBytes(spec: Spec, sch: Schedule): number {
   const row = (cols: number): number => (cols + 16 / el) * el; // an mma operand's row, padded by 16 bytes
   const pairs = (site: StateSite): number => (dtype !== "f32" && stateSplit(spec, site) ? 2 : 1);
   const dy = exact ? BT * row(e) : BT * e * 4 + pairs("query_state_bwd_dq.dy") * BT * row(e);
-  const whole = 4 * c + 8 * BT * 4 + dy + BT * row(W) + BT * 64;
+  const whole = 4 * c + 9 * BT * 4 + dy + BT * row(W);
   const rows = 2 * BT * e * 4;
   const zPhase = stateFeatures(spec) * 4 + (dtype === "f32" ? 1 : 2) * W * row(W) + BT * W * 4 + (exact ? 0 : 2 * BT * row(W));
-  const block = (w: number): number => sch.stages * w * e * 4 + pairs("query_state_bwd_dq.S") * w * row(e) + BT * w * 4;
-  return whole + Math.max(rows, zPhase, ...Array.from({ length: W / 16 }, (_, I) => block(W - 16 * I)));
+  const block = sch.stages * W * e * 4 + pairs("query_state_bwd_dq.S") * W * row(e);
+  return whole + Math.max(rows, zPhase, block);
 }
 
 /** p = 2: row blocks of the whole chunk down to 16 (at most 128), 8 warps from 8192 outputs, the

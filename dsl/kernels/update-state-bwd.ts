@@ -8,10 +8,10 @@
 //    and split hi + lo (stateSplit), dk' by expandGrad.
 //  - p = 2, factored (buildFactored; README "The factored form at p = 2"): phi(k'_j) = g_j phi(k_j),
 //    g_j = f_j^2, so dk_j = g_j expandGrad(k_j, U v_j + u). With the feature group a (features
-//    (a, b), b >= a, contiguous in the state) as Ut_a [W - c0, e], rows b: w_ab U_(a,b) (0 for b < a
+//    (a, b), b >= a, contiguous in the state) as Ut_a [W, e], rows b: w_ab U_(a,b) (0 for b < a
 //    or b >= d),
-//      P_a = K[:, c0:] Ut_a  [c, e]      dv_j  = g_j sum_a k_ja P_a[j, :]
-//      T_a = V Ut_a^T        [c, W - c0] dk_jx = g_j (sum_{a <= x} k_ja T_a[j, x]       (scatter)
+//      P_a = K Ut_a          [c, e]      dv_j  = g_j sum_a k_ja P_a[j, :]
+//      T_a = V Ut_a^T        [c, W]      dk_jx = g_j (sum_{a <= x} k_ja T_a[j, x]       (scatter)
 //                                                     + [x = a] sum_b k_jb T_a[j, b]    (row sum)
 //                                                     + (K Zu)_jx)
 //    with Zu [W, W] the u part, Zu_ab = u_(min, max) times 2 on the diagonal and sqrt 2 off it
@@ -111,9 +111,10 @@ function buildExpanded(spec: Spec, sch: Schedule): Kernel {
 }
 
 /** p = 2, factored form (header). One program owns a whole chunk of one kv head (blockT = the
- * chunk: dGk is one sum per chunk); the a's run in blocks of 16, block I using K's columns
- * [16 I, W) (16-aligned, for ldmatrix), so rows b < a of a group's tile belong to the group before
- * and are masked to 0 in Ut_a. */
+ * chunk: dGk is one sum per chunk); every a takes all W rows b of U from feature (a, 0) on, so rows
+ * b < a of a group's tile belong to the groups before and are masked to 0 in Ut_a: the mmas do
+ * about 2x the features' work (d W against D), and in return P_a, T_a, dv and dk share one
+ * fragment layout and never leave registers. */
 function buildFactored(spec: Spec, sch: Schedule): Kernel {
   return traceKernel("update_state_bwd", sch.numWarps, doc, (k) => {
     const { d, e, chunk: c, dtype } = spec;
@@ -138,15 +139,8 @@ function buildFactored(spec: Spec, sch: Schedule): Kernel {
     k.load(kt, K, [bi, rows, hk, range(0, W)]);
     const kAt = (j: Val, x: Val): Val => kt.at(j, x);
     const k0 = exact ? kt : computedOperand(k, "k0", [c, W], sd, true, ({ row, col }) => kt.at(row, col)); // a full pair, for Zu
-    /** K[:, c0:] as the A operand of P_a: exact, or for f16 a bf16 hi (+ lo, kPair). */
-    const kOperand = (I: number): Operand => {
-      const c0 = 16 * I;
-      if (I === 0) return exact || !("hi" in k0) ? k0 : { hi: k0.hi, lo: kPair ? k0.lo : null };
-      if (!exact) return computedOperand(k, `k${I}`, [c, W - c0], sd, kPair, ({ row, col }) => kt.at(row, col.add(c0)));
-      const t = k.shared(`k${I}`, [c, W - c0], dtype);
-      k.load(t, K, [bi, rows, hk, range(c0, W - c0)]);
-      return t;
-    };
+    /** K as the A operand of P_a: exact, or for f16 a bf16 hi (+ lo, kPair). */
+    const kP: Operand = exact || !("hi" in k0) ? k0 : { hi: k0.hi, lo: kPair ? k0.lo : null };
     const vt = dataOperand(k, "v", [c, e], dtype, sd, { spec, site: "update_state_bwd.v" });
     vt.load(V, [bi, rows, hk, range(0, e)]); // [c, e]
     const vAt = (j: Val, x: Val): Val => ("hi" in vt.op ? (vt.op.lo ? vt.op.hi.at(j, x).add(vt.op.lo.at(j, x)) : vt.op.hi.at(j, x)) : vt.op.at(j, x));
@@ -170,31 +164,25 @@ function buildFactored(spec: Spec, sch: Schedule): Kernel {
     k.fill(dv, 0);
     const uPair = stateSplit(spec, "update_state_bwd.U");
     const r = k.shared("r", [c], "f32"); // r_a = sum_b k_b T_a[:, b]
-    const r16 = k.shared("r16", [c, 16], "f32"); // the block's r_a, column a - c0
-    for (let I = 0; I < W / 16; I++) {
-      const c0 = 16 * I, w = W - c0; // this block's a in [c0, c0 + 16); rows b in [c0, W)
-      const kI = kOperand(I);
-      const uRaw = k.shared(`u${I}_f32`, [w, e], "f32");
-      const pA = k.reg(`p${I}`, [c, e], "f32"); // P_a, then P_a * V (row-summed)
-      const tA = k.shared(`t${I}`, [c, w], "f32"); // T_a
-      k.fill(r16, 0);
-      k.for(c0, Math.min(c0 + 16, d), (a) => {
-        const bb = (row: Val): Val => row.add(c0);
-        // rows b = c0 .. W-1 of group a: features pairFeature(a, b); rows b < a (the group before) and b >= d are masked
-        k.load(uRaw, ddS, [bi, hk, m, range(pairFeature(d, a, a).sub(a).add(c0), w), range(0, e)]);
-        const ut = computedOperand(k, `u${I}`, [w, e], sd, uPair, ({ row, col }) =>
-          select(bb(row).lt(a).or(bb(row).ge(d)), 0, uRaw.at(row, col).mul(pairWeight(a, bb(row))))); // Ut_a [w, e]
-        mmaSplit(k, pA, kI, ut); // [c, w] @ [w, e]
-        k.map(dv, ({ row, col }) => dv.at(row, col).add(kAt(row, a).mul(pA.at(row, col))));
-        k.map(pA, ({ row, col }) => pA.at(row, col).mul(vAt(row, col))); // V as T_a's mma sees it
-        k.reduce(r, pA, "sum", 1); // [c] r_a = sum_b k_b T_a[:, b] = sum_e v_e P_a[:, e]
-        mmaSplit(k, tA, vt.op, ut, { transB: true }); // [c, e] @ [e, w]
-        k.map(dk, ({ row, col }) => select(col.ge(c0), dk.at(row, col).add(kAt(row, a).mul(tA.at(row, col.sub(c0).max(0)))), dk.at(row, col)));
-        k.map(r16, ({ row, col }) => select(col.eq(a.sub(c0)), r.at(row), r16.at(row, col)));
-        k.map(s, ({ row }) => s.at(row).add(kAt(row, a).mul(r.at(row))));
-      }, { stages: sch.stages });
-      k.map(dk, ({ row, col }) => select(col.ge(c0).and(col.lt(c0 + 16)), dk.at(row, col).add(r16.at(row, col.sub(c0).max(0).min(15))), dk.at(row, col)));
-    }
+    // a by a over all W rows b of U (rows b < a, earlier groups, and b >= d masked to 0 in Ut_a), so
+    // that T_a [c, W] has dk's shape and tiling and stays in registers, as P_a [c, e] does dv's
+    const uRaw = k.shared("u_f32", [W, e], "f32");
+    const pA = k.reg("p_a", [c, e], "f32"); // P_a, then P_a * V (row-summed)
+    const tA = k.reg("t_a", [c, W], "f32"); // T_a
+    k.for(0, d, (a) => {
+      // rows b = 0 .. W-1 of group a: features pairFeature(a, b)
+      k.load(uRaw, ddS, [bi, hk, m, range(pairFeature(d, a, a).sub(a), W), range(0, e)]);
+      const ut = computedOperand(k, "u", [W, e], sd, uPair, ({ row, col }) =>
+        select(row.lt(a).or(row.ge(d)), 0, uRaw.at(row, col).mul(pairWeight(a, row)))); // Ut_a [W, e]
+      mmaSplit(k, pA, kP, ut); // [c, W] @ [W, e]
+      k.map(dv, ({ row, col }) => dv.at(row, col).add(kAt(row, a).mul(pA.at(row, col))));
+      k.map(pA, ({ row, col }) => pA.at(row, col).mul(vAt(row, col))); // V as T_a's mma sees it
+      k.reduce(r, pA, "sum", 1); // [c] r_a = sum_b k_b T_a[:, b] = sum_e v_e P_a[:, e]
+      mmaSplit(k, tA, vt.op, ut, { transB: true }); // [c, e] @ [e, W]
+      k.map(dk, ({ row, col }) => dk.at(row, col).add(kAt(row, a).mul(tA.at(row, col))));
+      k.map(dk, ({ row, col }) => select(col.eq(a), dk.at(row, col).add(r.at(row)), dk.at(row, col)));
+      k.map(s, ({ row }) => s.at(row).add(kAt(row, a).mul(r.at(row))));
+    }, { stages: sch.stages });
 
     k.map(dv, ({ row, col }) => dv.at(row, col).mul(gate(row)));
     k.store(dVs, [bi, rows, hk, range(0, e)], dv);
@@ -220,17 +208,16 @@ function factoredPeakBytes(spec: Spec, sch: Schedule): number {
   const W = Math.ceil(d / 16) * 16, el = dtype === "f32" ? 4 : 2, exact = dtype !== "f16";
   const row = (cols: number): number => (cols + 16 / el) * el; // an mma operand's row, padded by 16 bytes
   const pairs = (site: StateSite): number => (dtype !== "f32" && stateSplit(spec, site) ? 2 : 1);
-  const whole = 16 * c + 64 * c + (exact ? c * row(W) : c * W * 2 + c * row(W)) + (exact ? 1 : pairs("update_state_bwd.v")) * c * row(e);
+  const whole = 16 * c + (exact ? c * row(W) : c * W * 2 + c * row(W)) + (exact ? 1 : pairs("update_state_bwd.v")) * c * row(e);
   const uPhase = stateFeatures(spec) * 4 + (dtype === "f32" ? 1 : 2) * W * row(W) + c * W * 4 + (exact ? 0 : c * row(W));
-  const block = (w: number): number =>
-    sch.stages * w * e * 4 + pairs("update_state_bwd.U") * w * row(e) + c * w * 4 + (w < W ? (exact ? 1 : pairs("update_state_bwd.phi")) * c * row(w) : 0);
+  const block = sch.stages * W * e * 4 + pairs("update_state_bwd.U") * W * row(e);
   const vPhase = exact ? 0 : c * e * 4 + c * row(W); // f16: V's f32 staging beside K's lo
-  return whole + Math.max(uPhase, vPhase, ...Array.from({ length: W / 16 }, (_, I) => block(W - 16 * I)));
+  return whole + Math.max(uPhase, vPhase, block);
 }
 
 const fitsFactored = (s: Spec, sch: Schedule): boolean => {
   const W = Math.ceil(s.d / 16) * 16;
-  return factoredPeakBytes(s, sch) <= TILE_BUDGET && 2 * fragRegs(s.chunk, s.e, sch.numWarps) + fragRegs(s.chunk, W, sch.numWarps) <= 160;
+  return factoredPeakBytes(s, sch) <= TILE_BUDGET && 2 * fragRegs(s.chunk, s.e, sch.numWarps) + 2 * fragRegs(s.chunk, W, sch.numWarps) <= 160;
 };
 
 /** p = 2: whole chunks, 8 warps from 8192 outputs, the next group's rows of U prefetched where they fit. */
