@@ -4625,7 +4625,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
 
 // query_state_bwd_dq: Dy, lseB (the normaliser the backward's weights sum to 1 under), and dQs, dlamQ: the gradient through phi(q')^T [Sin, Zin]
 // grid (($n * 1), $hq, $b), 128 threads, 104960 bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_e64_c128_bf16_w4_bd0_bt128_s1(
+extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_e64_c128_bf16_w4_bd0_bt128_s2(
     const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -4808,11 +4808,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
   // zs_hi: bf16[64, 64] computed in registers by its mma group
   // zs_lo: bf16[64, 64] computed in registers by its mma group
   float* const t_qzs = reinterpret_cast<float*>(prt_smem + 46720);  // f32[128, 64] pitch 64
-  float* const t_r = reinterpret_cast<float*>(prt_smem + 56832);  // f32[128] pitch 128
-  float* const t_s_f32 = reinterpret_cast<float*>(prt_smem + 38400);  // f32[64, 64] pitch 64
+  float* const t_r = reinterpret_cast<float*>(prt_smem + 73216);  // f32[128] pitch 128
+  float* const t_s_f32_base = reinterpret_cast<float*>(prt_smem + 38400);  // f32[64, 64] pitch 64, 2 copies
+  float* t_s_f32 = t_s_f32_base;
   float f_t_a[8][2][4];  // f32[128, 64] as mma fragments: 128x64 in 16x16 units over 4 warps
   // s_hi: bf16[64, 64] computed in registers by its mma group
-  float* const t_r_part = reinterpret_cast<float*>(prt_smem + 54784);  // f32[4, 128] pitch 128
+  float* const t_r_part = reinterpret_cast<float*>(prt_smem + 71168);  // f32[4, 128] pitch 128
   if (((((static_cast<int>(blockIdx.x) / 1) * 128) + ((static_cast<int>(blockIdx.x) % 1) * 128)) < p_t)) {
     // g = load logG[pid.z, ((pid.x // 1) * 128):+128, (pid.y // ($hq // $h))]
     {
@@ -5143,37 +5144,69 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
         }
       }
       __syncthreads();
+      if ((0 < 64)) {
+        // s_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), (((((0 * 64) - ((0 * (0 - 1)) // 2)) + 0) - 0) - 0):+64, 0:+64] into stage 0
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int a2 = (static_cast<int>(blockIdx.x) / 1);
+          const int s3 = (((((0 * 64) - ((0 * (0 - 1)) / 2)) + 0) - 0) - 0);
+          const int s4 = 0;
+          const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+          const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+          float* const dst = t_s_f32_base + ((0) % 2) * 4096;
+          if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 4;
+              const int gr = s3 + r;
+              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+      }
+      prt::cp_async_commit();
       {
         const int v_i0_end = 64;
         for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-          // s_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), (((((i0 * 64) - ((i0 * (i0 - 1)) // 2)) + i0) - i0) - i0):+64, 0:+64]
-          {
-            const int a0 = static_cast<int>(blockIdx.z);
-            const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-            const int a2 = (static_cast<int>(blockIdx.x) / 1);
-            const int s3 = (((((v_i0 * 64) - ((v_i0 * (v_i0 - 1)) / 2)) + v_i0) - v_i0) - v_i0);
-            const int s4 = 0;
-            const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-            const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-            float* const dst = t_s_f32;
-            if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 1024; i += 128) {
-                const int r = i / 16, c = (i % 16) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+          if (((v_i0 + 1) < 64)) {
+            // s_f32 = load.async Sin[pid.z, (pid.y // ($hq // $h)), (pid.x // 1), ((((((i0 + 1) * 64) - (((i0 + 1) * ((i0 + 1) - 1)) // 2)) + (i0 + 1)) - (i0 + 1)) - (i0 + 1)):+64, 0:+64] into stage ((i0 + 1) % 2)
+            {
+              const int a0 = static_cast<int>(blockIdx.z);
+              const int a1 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+              const int a2 = (static_cast<int>(blockIdx.x) / 1);
+              const int s3 = ((((((v_i0 + 1) * 64) - (((v_i0 + 1) * ((v_i0 + 1) - 1)) / 2)) + (v_i0 + 1)) - (v_i0 + 1)) - (v_i0 + 1));
+              const int s4 = 0;
+              const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+              const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+              float* const dst = t_s_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
+              if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+                for (int i = tid; i < 1024; i += 128) {
+                  const int r = i / 16, c = (i % 16) * 4;
+                  const int gr = s3 + r;
+                  const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+                  prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+                }
               }
-            }
-            else {
-              for (int i = tid; i < 4096; i += 128) {
-                const int r = i / 64, c = i % 64;
-                dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+              else {
+                for (int i = tid; i < 4096; i += 128) {
+                  const int r = i / 64, c = i % 64;
+                  dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+                }
               }
             }
           }
           prt::cp_async_commit();
-          prt::cp_async_wait<0>();
+          prt::cp_async_wait<1>();
+          t_s_f32 = t_s_f32_base + (((v_i0 % 2)) % 2) * 4096;  // bind s_f32 stage (i0 % 2)
           __syncthreads();
           // mma.group (operands in registers):
           //   s_hi[row, col] = select(((row < i0) || (row >= 64)), 0.0, (s_f32[row, col] * select((row == i0), 1.0, 1.4142135623730951)))
@@ -5295,6 +5328,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
           }
         }
       }
+      prt::cp_async_wait<0>();
     }
     // grad_s[row, col] = select((rho[row] != 0.0), ((grad_s[row, col] * (select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[(((pid.x % 1) * 128) + row)] - lse_i[row]) / 2.0)))) * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[(((pid.x % 1) * 128) + row)] - lse_i[row]) / 2.0)))))) / rho[row]), 0.0)
     {
@@ -10119,10 +10153,10 @@ extern "C" cudaError_t prt_attention_bwd_p2_d64_e64_c128_bf16_w8_bd64_bt64_s1_la
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_query_state_bwd_dq_p2_d64_e64_c128_bf16_w4_bd0_bt128_s1_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d64_e64_c128_bf16_w4_bd0_bt128_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 104960);
+extern "C" cudaError_t prt_query_state_bwd_dq_p2_d64_e64_c128_bf16_w4_bd0_bt128_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d64_e64_c128_bf16_w4_bd0_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 104960);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_dq_p2_d64_e64_c128_bf16_w4_bd0_bt128_s1<<<grid, 128, 104960, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
+  prt_query_state_bwd_dq_p2_d64_e64_c128_bf16_w4_bd0_bt128_s2<<<grid, 128, 104960, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
   return cudaGetLastError();
 }
 

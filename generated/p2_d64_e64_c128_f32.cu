@@ -4265,8 +4265,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d64_e64_c
 }
 
 // query_state_bwd_dq: Dy, lseB (the normaliser the backward's weights sum to 1 under), and dQs, dlamQ: the gradient through phi(q')^T [Sin, Zin]
-// grid (($n * 1), $hq, $b), 256 threads, 137728 bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_e64_c128_f32_w8_bd0_bt128_s2(
+// grid (($n * 1), $hq, $b), 128 threads, 137728 bytes of dynamic shared memory
+extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_e64_c128_f32_w4_bd0_bt128_s2(
     const float* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -4444,14 +4444,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
   float* const t_rho = reinterpret_cast<float*>(prt_smem + 136704);  // f32[128] pitch 128
   float* const t_dy_s = reinterpret_cast<float*>(prt_smem + 70656);  // f32[128] pitch 128
   float* const t_p_s = reinterpret_cast<float*>(prt_smem + 137216);  // f32[128] pitch 128
-  float f_grad_s[2][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 8 warps
+  float f_grad_s[4][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 4 warps
   float* const t_z = reinterpret_cast<float*>(prt_smem + 71168);  // f32[2080] pitch 2080
   float* const t_zs_hi = reinterpret_cast<float*>(prt_smem + 79488);  // f32[64, 64] pitch 68
   float* const t_qzs = reinterpret_cast<float*>(prt_smem + 96896);  // f32[128, 64] pitch 64
   float* const t_r = reinterpret_cast<float*>(prt_smem + 122368);  // f32[128] pitch 128
   float* const t_s_f32_base = reinterpret_cast<float*>(prt_smem + 71168);  // f32[64, 64] pitch 64, 2 copies
   float* t_s_f32 = t_s_f32_base;
-  float f_t_a[2][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 8 warps
+  float f_t_a[4][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 4 warps
   float* const t_s_hi = reinterpret_cast<float*>(prt_smem + 103936);  // f32[64, 64] pitch 68
   float* const t_r_part = reinterpret_cast<float*>(prt_smem + 121344);  // f32[2, 128] pitch 128
   if (((((static_cast<int>(blockIdx.x) / 1) * 128) + ((static_cast<int>(blockIdx.x) % 1) * 128)) < p_t)) {
@@ -4463,14 +4463,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
       float* const dst = t_g;
-      for (int r = tid; r < 128; r += 256) {
+      for (int r = tid; r < 128; r += 128) {
         dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
       }
     }
     __syncthreads();
     // lam = cumsum(g, axis=0)
     {
-      for (int o = warp; o < 1; o += 8) {
+      for (int o = warp; o < 1; o += 4) {
         float carry = 0.0f;
         for (int j0 = 0; j0 < 128; j0 += 32) {
           const int j = j0 + lane, i = j;
@@ -4491,7 +4491,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
       float* const dst = t_dy;
       if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 2048; i += 256) {
+        for (int i = tid; i < 2048; i += 128) {
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -4500,7 +4500,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
         }
       }
       else {
-        for (int i = tid; i < 8192; i += 256) {
+        for (int i = tid; i < 8192; i += 128) {
           const int r = i / 64, c = i % 64;
           dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3] : prt::from_f32<float>(0.0f);
         }
@@ -4516,7 +4516,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       float* const dst = t_q;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 2048; i += 256) {
+        for (int i = tid; i < 2048; i += 128) {
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -4525,7 +4525,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
         }
       }
       else {
-        for (int i = tid; i < 8192; i += 256) {
+        for (int i = tid; i < 8192; i += 128) {
           const int r = i / 64, c = i % 64;
           dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<float>(0.0f);
         }
@@ -4541,7 +4541,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
       float* const dst = t_dy_row;
       if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 2048; i += 256) {
+        for (int i = tid; i < 2048; i += 128) {
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -4550,7 +4550,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
         }
       }
       else {
-        for (int i = tid; i < 8192; i += 256) {
+        for (int i = tid; i < 8192; i += 128) {
           const int r = i / 64, c = i % 64;
           dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3] : prt::from_f32<float>(0.0f);
         }
@@ -4566,7 +4566,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_yS_s0 + static_cast<long long>(s1) * g_yS_s1 + static_cast<long long>(a2) * g_yS_s2 + static_cast<long long>(s3) * g_yS_s3;
       float* const dst = t_y_s;
       if (prt::aligned16(g_yS) && base % 4 == 0 && g_yS_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 2048; i += 256) {
+        for (int i = tid; i < 2048; i += 128) {
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_yS_d1 ? g_yS_d3 - (s3 + c) : 0;
@@ -4575,7 +4575,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
         }
       }
       else {
-        for (int i = tid; i < 8192; i += 256) {
+        for (int i = tid; i < 8192; i += 128) {
           const int r = i / 64, c = i % 64;
           dst[(r) * 64 + (c)] = ok && s1 + r >= 0 && s1 + r < g_yS_d1 && s3 + c >= 0 && s3 + c < g_yS_d3 ? g_yS[base + static_cast<long long>(r) * g_yS_s1 + static_cast<long long>(c) * g_yS_s3] : prt::from_f32<float>(0.0f);
         }
@@ -4592,7 +4592,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
       const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
       float* const dst = t_lse_i;
-      for (int r = tid; r < 128; r += 256) {
+      for (int r = tid; r < 128; r += 128) {
         dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
       }
     }
@@ -4604,7 +4604,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       const bool ok = a0 >= 0 && a0 < g_DyA_d0 && a2 >= 0 && a2 < g_DyA_d2;
       const long long base = static_cast<long long>(a0) * g_DyA_s0 + static_cast<long long>(s1) * g_DyA_s1 + static_cast<long long>(a2) * g_DyA_s2;
       float* const dst = t_dy_y;
-      for (int r = tid; r < 128; r += 256) {
+      for (int r = tid; r < 128; r += 128) {
         dst[r] = ok && s1 + r >= 0 && s1 + r < g_DyA_d1 ? g_DyA[base + static_cast<long long>(r) * g_DyA_s1] : prt::from_f32<float>(0.0f);
       }
     }
@@ -4616,7 +4616,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       const bool ok = a0 >= 0 && a0 < g_PA_d0 && a2 >= 0 && a2 < g_PA_d2;
       const long long base = static_cast<long long>(a0) * g_PA_s0 + static_cast<long long>(s1) * g_PA_s1 + static_cast<long long>(a2) * g_PA_s2;
       float* const dst = t_rho;
-      for (int r = tid; r < 128; r += 256) {
+      for (int r = tid; r < 128; r += 128) {
         dst[r] = ok && s1 + r >= 0 && s1 + r < g_PA_d1 ? g_PA[base + static_cast<long long>(r) * g_PA_s1] : prt::from_f32<float>(0.0f);
       }
     }
@@ -4628,13 +4628,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       const bool ok = a0 >= 0 && a0 < g_wS_d0 && a2 >= 0 && a2 < g_wS_d2;
       const long long base = static_cast<long long>(a0) * g_wS_s0 + static_cast<long long>(s1) * g_wS_s1 + static_cast<long long>(a2) * g_wS_s2;
       float* const dst = t_p_s;
-      for (int r = tid; r < 128; r += 256) {
+      for (int r = tid; r < 128; r += 128) {
         dst[r] = ok && s1 + r >= 0 && s1 + r < g_wS_d1 ? g_wS[base + static_cast<long long>(r) * g_wS_s1] : prt::from_f32<float>(0.0f);
       }
     }
     // y_s[row, col] = (y_s[row, col] * dy_row[row, col])
     {
-      for (int i = tid; i < 8192; i += 256) {
+      for (int i = tid; i < 8192; i += 128) {
         const int r = i / 64, c = i % 64;
         t_y_s[(r) * 64 + (c)] = prt::from_f32<float>((prt::to_f32(t_y_s[(r) * 64 + (c)]) * prt::to_f32(t_dy_row[(r) * 64 + (c)])));
       }
@@ -4642,7 +4642,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
     __syncthreads();
     // dy_s = reduce_sum(y_s, axis=1)
     {
-      for (int o = tid; o < 128; o += 256) {
+      for (int o = tid; o < 128; o += 128) {
         float acc = 0.0f;
         for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_y_s[(o) * 64 + (i)]);
         t_dy_s[o] = prt::from_f32<float>(acc);
@@ -4650,14 +4650,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
     }
     // rho[row] = (rho[row] + p_s[row])
     {
-      for (int r = tid; r < 128; r += 256) {
+      for (int r = tid; r < 128; r += 128) {
         t_rho[r] = prt::from_f32<float>((prt::to_f32(t_rho[r]) + prt::to_f32(t_p_s[r])));
       }
     }
     __syncthreads();
     // dy_y[row] = select((rho[row] != 0.0), ((dy_y[row] + dy_s[row]) / rho[row]), 0.0)
     {
-      for (int r = tid; r < 128; r += 256) {
+      for (int r = tid; r < 128; r += 128) {
         t_dy_y[r] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) != 0.0f) ? ((prt::to_f32(t_dy_y[r]) + prt::to_f32(t_dy_s[r])) / prt::to_f32(t_rho[r])) : 0.0f));
       }
     }
@@ -4669,7 +4669,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
       const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
       if (ok) {
-        for (int r = tid; r < 128; r += 256) {
+        for (int r = tid; r < 128; r += 128) {
           if (s1 + r >= 0 && s1 + r < g_Dy_d1) g_Dy[base + static_cast<long long>(r) * g_Dy_s1] = t_dy_y[r];
         }
       }
@@ -4677,8 +4677,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
     // grad_s[row, col] = 0.0
     {
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int u = warp + j * 8;
+      for (int j = 0; j < 4; ++j) {
+        const int u = warp + j * 4;
         const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
         #pragma unroll
         for (int q = 0; q < 4; ++q) {
@@ -4701,7 +4701,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
         const long long base = static_cast<long long>(a0) * g_Zin_s0 + static_cast<long long>(a1) * g_Zin_s1 + static_cast<long long>(a2) * g_Zin_s2 + static_cast<long long>(s3) * g_Zin_s3;
         float* const dst = t_z;
         if (prt::aligned16(g_Zin) && base % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 520; i += 256) {
+          for (int i = tid; i < 520; i += 128) {
             const int c = i * 4;
             const long long left = ok ? g_Zin_d3 - (s3 + c) : 0;
             const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
@@ -4709,7 +4709,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
           }
         }
         else {
-          for (int r = tid; r < 2080; r += 256) {
+          for (int r = tid; r < 2080; r += 128) {
             dst[r] = ok && s3 + r >= 0 && s3 + r < g_Zin_d3 ? g_Zin[base + static_cast<long long>(r) * g_Zin_s3] : prt::from_f32<float>(0.0f);
           }
         }
@@ -4719,17 +4719,17 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       __syncthreads();
       // zs_hi[row, col] = select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 2.0), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 1.4142135623730951)), 0.0)
       {
-        for (int i = tid; i < 4096; i += 256) {
+        for (int i = tid; i < 4096; i += 128) {
           const int r = i / 64, c = i % 64;
           t_zs_hi[(r) * 68 + (c)] = prt::from_f32<float>((((r < 64) && (c < 64)) ? ((r == c) ? (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) * 2.0f) : (prt::to_f32(t_z[((((prt::min_nan(prt::min_nan(r, c), 63) * 64) - ((prt::min_nan(prt::min_nan(r, c), 63) * (prt::min_nan(prt::min_nan(r, c), 63) - 1)) / 2)) + prt::min_nan(prt::max_nan(r, c), 63)) - prt::min_nan(prt::min_nan(r, c), 63))]) * 1.4142135623730951f)) : 0.0f));
         }
       }
       __syncthreads();
-      // qzs = mma.fmaFrag(q, zs_hi) [128x64 in 16x32 units over 8 warps]
+      // qzs = mma.fmaFrag(q, zs_hi) [128x64 in 16x32 units over 4 warps]
       {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 4;
           const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           float acc[4][4];
           #pragma unroll
@@ -4758,8 +4758,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       // grad_s[row, col] = -((qzs[row, col] * dy_y[row]))
       {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 4;
           const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
@@ -4784,7 +4784,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s_f32_base + ((0) % 2) * 4096;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 1024; i += 256) {
+            for (int i = tid; i < 1024; i += 128) {
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -4793,7 +4793,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
             }
           }
           else {
-            for (int i = tid; i < 4096; i += 256) {
+            for (int i = tid; i < 4096; i += 128) {
               const int r = i / 64, c = i % 64;
               dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
             }
@@ -4816,7 +4816,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
               const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
               float* const dst = t_s_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
               if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-                for (int i = tid; i < 1024; i += 256) {
+                for (int i = tid; i < 1024; i += 128) {
                   const int r = i / 16, c = (i % 16) * 4;
                   const int gr = s3 + r;
                   const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -4825,7 +4825,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
                 }
               }
               else {
-                for (int i = tid; i < 4096; i += 256) {
+                for (int i = tid; i < 4096; i += 128) {
                   const int r = i / 64, c = i % 64;
                   dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
                 }
@@ -4838,17 +4838,17 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
           __syncthreads();
           // s_hi[row, col] = select(((row < i0) || (row >= 64)), 0.0, (s_f32[row, col] * select((row == i0), 1.0, 1.4142135623730951)))
           {
-            for (int i = tid; i < 4096; i += 256) {
+            for (int i = tid; i < 4096; i += 128) {
               const int r = i / 64, c = i % 64;
               t_s_hi[(r) * 68 + (c)] = prt::from_f32<float>((((r < v_i0) || (r >= 64)) ? 0.0f : (prt::to_f32(t_s_f32[(r) * 64 + (c)]) * ((r == v_i0) ? 1.0f : 1.4142135623730951f))));
             }
           }
           __syncthreads();
-          // t_a = mma.fmaFrag(dy, s_hi^T) [128x64 in 16x32 units over 8 warps]
+          // t_a = mma.fmaFrag(dy, s_hi^T) [128x64 in 16x32 units over 4 warps]
           {
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 8;
+            for (int j = 0; j < 4; ++j) {
+              const int u = warp + j * 4;
               const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
               float (&acc)[4][4] = f_t_a[j];
               #pragma unroll
@@ -4872,8 +4872,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
           // grad_s[row, col] = (grad_s[row, col] + (q[row, i0] * t_a[row, col]))
           {
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 8;
+            for (int j = 0; j < 4; ++j) {
+              const int u = warp + j * 4;
               const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
               #pragma unroll
               for (int q = 0; q < 4; ++q) {
@@ -4888,8 +4888,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
           // t_a[row, col] = (t_a[row, col] * q[row, col])
           {
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 8;
+            for (int j = 0; j < 4; ++j) {
+              const int u = warp + j * 4;
               const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
               #pragma unroll
               for (int q = 0; q < 4; ++q) {
@@ -4904,8 +4904,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
           // r = reduce_sum(t_a, axis=1) via r_part
           {
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 8;
+            for (int j = 0; j < 4; ++j) {
+              const int u = warp + j * 4;
               #pragma unroll
               for (int h = 0; h < 2; ++h) {
                 float acc = f_t_a[j][0][2 * h];
@@ -4921,7 +4921,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
               }
             }
             __syncthreads();
-            for (int i = tid; i < 128; i += 256) {
+            for (int i = tid; i < 128; i += 128) {
               float acc = t_r_part[(0) * 128 + (i)];
               for (int p = 1; p < 2; ++p) acc += t_r_part[(p) * 128 + (i)];
               t_r[i] = prt::from_f32<float>(acc);
@@ -4931,8 +4931,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
           // grad_s[row, col] = select((col == i0), (grad_s[row, col] + r[row]), grad_s[row, col])
           {
             #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 8;
+            for (int j = 0; j < 4; ++j) {
+              const int u = warp + j * 4;
               const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
               #pragma unroll
               for (int q = 0; q < 4; ++q) {
@@ -4951,8 +4951,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
     // grad_s[row, col] = select((rho[row] != 0.0), ((grad_s[row, col] * (select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[(((pid.x % 1) * 128) + row)] - lse_i[row]) / 2.0)))) * select((lse_i[row] == -Infinity), 0.0, ($scale * exp(((lam[(((pid.x % 1) * 128) + row)] - lse_i[row]) / 2.0)))))) / rho[row]), 0.0)
     {
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int u = warp + j * 8;
+      for (int j = 0; j < 4; ++j) {
+        const int u = warp + j * 4;
         const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
         #pragma unroll
         for (int q = 0; q < 4; ++q) {
@@ -4974,8 +4974,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_dQs_s0 + static_cast<long long>(s1) * g_dQs_s1 + static_cast<long long>(a2) * g_dQs_s2 + static_cast<long long>(s3) * g_dQs_s3;
       if (ok) {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 4;
           const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
@@ -4990,7 +4990,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
     }
     // dy_s[row] = select((rho[row] != 0.0), ((dy_s[row] - (dy_y[row] * p_s[row])) / rho[row]), 0.0)
     {
-      for (int r = tid; r < 128; r += 256) {
+      for (int r = tid; r < 128; r += 128) {
         t_dy_s[r] = prt::from_f32<float>(((prt::to_f32(t_rho[r]) != 0.0f) ? ((prt::to_f32(t_dy_s[r]) - (prt::to_f32(t_dy_y[r]) * prt::to_f32(t_p_s[r]))) / prt::to_f32(t_rho[r])) : 0.0f));
       }
     }
@@ -5002,7 +5002,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       const bool ok = a0 >= 0 && a0 < g_dlamQ_d0 && a2 >= 0 && a2 < g_dlamQ_d2;
       const long long base = static_cast<long long>(a0) * g_dlamQ_s0 + static_cast<long long>(s1) * g_dlamQ_s1 + static_cast<long long>(a2) * g_dlamQ_s2;
       if (ok) {
-        for (int r = tid; r < 128; r += 256) {
+        for (int r = tid; r < 128; r += 128) {
           if (s1 + r >= 0 && s1 + r < g_dlamQ_d1) g_dlamQ[base + static_cast<long long>(r) * g_dlamQ_s1] = t_dy_s[r];
         }
       }
@@ -5010,7 +5010,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
     __syncthreads();
     // lse_i[row] = (lse_i[row] + log(rho[row]))
     {
-      for (int r = tid; r < 128; r += 256) {
+      for (int r = tid; r < 128; r += 128) {
         t_lse_i[r] = prt::from_f32<float>((prt::to_f32(t_lse_i[r]) + logf(prt::to_f32(t_rho[r]))));
       }
     }
@@ -5022,7 +5022,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_dq_p2_d64_
       const bool ok = a0 >= 0 && a0 < g_lseB_d0 && a2 >= 0 && a2 < g_lseB_d2;
       const long long base = static_cast<long long>(a0) * g_lseB_s0 + static_cast<long long>(s1) * g_lseB_s1 + static_cast<long long>(a2) * g_lseB_s2;
       if (ok) {
-        for (int r = tid; r < 128; r += 256) {
+        for (int r = tid; r < 128; r += 128) {
           if (s1 + r >= 0 && s1 + r < g_lseB_d1) g_lseB[base + static_cast<long long>(r) * g_lseB_s1] = t_lse_i[r];
         }
       }
@@ -9738,10 +9738,10 @@ extern "C" cudaError_t prt_attention_bwd_p2_d64_e64_c128_f32_w4_bd64_bt32_s1_lau
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_query_state_bwd_dq_p2_d64_e64_c128_f32_w8_bd0_bt128_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
-  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d64_e64_c128_f32_w8_bd0_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 137728);
+extern "C" cudaError_t prt_query_state_bwd_dq_p2_d64_e64_c128_f32_w4_bd0_bt128_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dY, const float* g_lse, const float* g_yS, const float* g_wS, const float* g_DyA, const float* g_PA, float* g_Dy, float* g_lseB, float* g_dQs, float* g_dlamQ, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale, int p_nfb) {
+  cudaError_t err = cudaFuncSetAttribute(prt_query_state_bwd_dq_p2_d64_e64_c128_f32_w4_bd0_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 137728);
   if (err != cudaSuccess) return err;
-  prt_query_state_bwd_dq_p2_d64_e64_c128_f32_w8_bd0_bt128_s2<<<grid, 256, 137728, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
+  prt_query_state_bwd_dq_p2_d64_e64_c128_f32_w4_bd0_bt128_s2<<<grid, 128, 137728, stream>>>(g_Q, g_logG, g_Sin, g_Zin, g_dY, g_lse, g_yS, g_wS, g_DyA, g_PA, g_Dy, g_lseB, g_dQs, g_dlamQ, p_b, p_t, p_hq, p_h, p_n, p_scale, p_nfb);
   return cudaGetLastError();
 }
 

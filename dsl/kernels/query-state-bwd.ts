@@ -235,14 +235,16 @@ function dqFactoredPeakBytes(spec: Spec, sch: Schedule): number {
   return whole + Math.max(rows, zPhase, block);
 }
 
-/** p = 2: row blocks of the whole chunk down to 16 (at most 128), 8 warps from 8192 outputs, the
- * next group's rows of Sin prefetched where they fit. */
+/** p = 2: row blocks of the whole chunk down to 16 (at most 128), 4 warps up to 8192 outputs per
+ * accumulator (its two [BT, W] accumulators then take 128 registers per thread; 8 warps were
+ * slower at every block size in the 2026-12-03 sweep), the next a's rows of Sin prefetched where
+ * they fit. */
 const dqFactoredSpace = (s: Spec): Schedule[] =>
   tileSizes(s.chunk, 128).flatMap((blockT) => [2, 1].flatMap((stages) => [4, 8].map((numWarps) => ({ numWarps, blockD: 0, blockT, stages }))));
 const dqFactoredFits = (s: Spec, sch: Schedule): boolean => dqFactoredPeakBytes(s, sch) <= TILE_BUDGET;
 const dqFactoredDefault = (s: Spec): Schedule | undefined =>
   tileSizes(s.chunk, 128)
-    .flatMap((blockT) => [2, 1].map((stages) => ({ numWarps: blockT * Math.ceil(s.d / 16) * 16 >= 8192 ? 8 : 4, blockD: 0, blockT, stages })))
+    .flatMap((blockT) => [2, 1].map((stages) => ({ numWarps: blockT * Math.ceil(s.d / 16) * 16 > 8192 ? 8 : 4, blockD: 0, blockT, stages })))
     .find((sch) => dqFactoredFits(s, sch));
 
 /** The factored form at p = 2 where some schedule fits; else the expanded one. */
