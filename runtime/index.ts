@@ -17,6 +17,7 @@ import {
   ArgumentError,
   checkDType,
   checkQKVG,
+  checkGateValues,
   checkOptionNames,
   checkRetentionOptions,
   checkState,
@@ -57,6 +58,9 @@ export interface RetentionOptions {
   readonly schedules?: ScheduleTable;
   /** Synchronize after every launch (slower; an asynchronous fault then names its kernel). */
   readonly syncEachLaunch?: boolean;
+  /** Read logG back to the host first (a sync) and reject values > 0 or NaN, naming the first
+   * (validate.ts, checkGateValues). Off by default: the kernels do not check gates. */
+  readonly checkGates?: boolean;
 }
 
 /**
@@ -112,10 +116,11 @@ function wrap(buffers: Record<string, DeviceBuffer>, plan: { buffers: readonly {
 export function powerRetention(Q: Tensor, K: Tensor, V: Tensor, logG: Tensor | null, opts: RetentionOptions = {}): RetentionResult {
   const fn = "powerRetention";
   if (typeof opts !== "object" || opts === null) throw new ArgumentError(fn, "opts", `expected an options object, received ${String(opts)}`);
-  checkOptionNames(fn, "opts", opts, ["deg", "scale", "chunk", "initialState", "returnState", "schedules", "syncEachLaunch"], ["returnState", "syncEachLaunch"]);
+  checkOptionNames(fn, "opts", opts, ["deg", "scale", "chunk", "initialState", "returnState", "schedules", "syncEachLaunch", "checkGates"], ["returnState", "syncEachLaunch", "checkGates"]);
   const sizes = checkQKVG(fn, Q, K, V, logG);
   const o = checkRetentionOptions(fn, sizes.d, opts, sizes.e);
   const init = opts.initialState ? checkState(fn, "opts.initialState", opts.initialState, { ...sizes, deg: o.deg }, (Q as TensorInfo).device) : null;
+  if (opts.checkGates && logG) checkGateValues(fn, "logG", logG.download(), [sizes.b, sizes.t, sizes.h]);
   const problem: Problem = {
     ...sizes, deg: o.deg, chunk: o.chunk, scale: o.scale,
     gated: logG !== null && logG !== undefined,

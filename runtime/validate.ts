@@ -177,6 +177,20 @@ export function checkRetentionOptions(
   return { deg, scale, chunk };
 }
 
+/** The log gates [b, t, h] of a call, read back to the host (opts.checkGates): each must be <= 0, the
+ * log of a forget gate in (0, 1] (SPEC.md). Positive values are outside the contract: the per-chunk
+ * states are kept unnormalised in f32, so a gate sum that grows past about 88 overflows them (measured:
+ * logG in [1, 2] over 100 tokens gives NaN), and nothing on the device checks it. NaN is reported too. */
+export function checkGateValues(fn: string, arg: string, g: ArrayLike<number>, shape: readonly [number, number, number]): void {
+  const [, t, h] = shape;
+  for (let i = 0; i < g.length; i++) {
+    const v = g[i]!;
+    if (v <= 0) continue;
+    const at = `[b=${Math.floor(i / (t * h))}, t=${Math.floor(i / h) % t}, h=${i % h}]`;
+    throw new ArgumentError(fn, arg, `expected log gates <= 0 (the log of a forget gate in (0, 1]), received ${arg}${at} = ${show(v)}`);
+  }
+}
+
 /** Sizes of a retention call as read from its tensors. */
 export interface RetentionSizes {
   readonly b: number;

@@ -214,9 +214,14 @@ describe("argument validation (before any GPU work)", () => {
     add("Tensor.upload: null and objects", () => Tensor.upload([null, {}] as unknown as number[], [2], "f32"), "data[0]", /data\[0\]: expected a number, received null/);
     add("Tensor.upload: 1e6 as f16", () => Tensor.upload([1, 1e6], [2], "f16"), "data[1]", /data\[1\]: 1000000 overflows f16 \(finite values up to 65504\)/);
     add("Tensor.upload: 1e39 as bf16", () => Tensor.upload(new Float64Array([1e39]) as unknown as number[], [1], "bf16"), "data[0]", /1e\+39 overflows bf16/);
-    add("peer's option names", () => powerRetention(Q, K, V, G, { chunk_size: 32, degree: 4 } as never), "opts.chunk_size", /opts.chunk_size: unknown option \(did you mean chunk\?\); expected some of deg, scale, chunk, initialState, returnState, schedules, syncEachLaunch/);
+    add("peer's option names", () => powerRetention(Q, K, V, G, { chunk_size: 32, degree: 4 } as never), "opts.chunk_size", /opts.chunk_size: unknown option \(did you mean chunk\?\); expected some of deg, scale, chunk, initialState, returnState, schedules, syncEachLaunch, checkGates/);
     add("a misspelt option", () => powerRetention(Q, K, V, G, { chunks: 32 } as never), "opts.chunks", /opts.chunks: unknown option; expected some of deg, /);
     add("returnState not a boolean", () => powerRetention(Q, K, V, G, { returnState: "yes" } as never), "opts.returnState", /opts.returnState: expected true or false, received "yes"/);
+    add("checkGates not a boolean", () => powerRetention(Q, K, V, G, { checkGates: 1 } as never), "opts.checkGates", /opts.checkGates: expected true or false, received 1/);
+    const gates = (g: number[]): Tensor => ({ ...meta([2, 40, 2]), download: () => Float32Array.from({ length: 160 }, (_, i) => g[i] ?? -0.5) }) as unknown as Tensor;
+    // element 2 * 40 * 2 / 2 + 2 * 7 + 1 = [b=1, t=7, h=1]
+    add("checkGates: a positive log gate", () => powerRetention(Q, K, V, gates(Object.assign([], { 95: 0.25 })), { checkGates: true }), "logG", /logG: expected log gates <= 0 \(the log of a forget gate in \(0, 1\]\), received logG\[b=1, t=7, h=1\] = 0.25/);
+    add("checkGates: NaN", () => powerRetention(Q, K, V, gates(Object.assign([], { 0: NaN })), { checkGates: true }), "logG", /received logG\[b=0, t=0, h=0\] = NaN/);
     add("Decoder: unknown option", () => new Decoder({ b: 1, hq: 2, h: 1, d: 16, gated: false, chunk_size: 64 } as never), "opts.chunk_size", /new Decoder: opts.chunk_size: unknown option \(did you mean chunk\?\)/);
     add("Tensor.zeros: bad shape", () => Tensor.zeros([-1]), "shape", /Tensor.zeros: shape: expected a shape of positive integers/);
     add("Decoder: odd deg", () => new Decoder({ b: 1, hq: 2, h: 1, d: 16, deg: 5, gated: false }), "opts.deg", /new Decoder: opts.deg: expected a positive even integer/);
