@@ -148,7 +148,9 @@ typedef struct prt_runtime_st* prt_runtime;
 typedef struct prt_plan_st* prt_plan;
 
 /* `manifests`: one or more manifest.json paths separated by ':' (searched in order for kernels
- * and plans); `kernel_dir`: where their fatbins are (gen's --build-dir). Errors name the file. */
+ * and plans); `kernel_dir`: the folders their fatbins are looked for in (gen's --build-dir),
+ * separated by ':', first hit wins; an empty entry stands for each manifest's own folder (so
+ * ":/pkg/build/kernels" tries beside the manifest, then the package's). Errors name the files. */
 PRT_API int prt_runtime_open(prt_runtime* out, const char* manifests, const char* kernel_dir);
 PRT_API void prt_runtime_close(prt_runtime rt);
 

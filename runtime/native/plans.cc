@@ -3,6 +3,7 @@
 // for a problem's sizes. Everything is decided at prt_plan_create (variant, shapes, grids, params,
 // workspace layout, argument slots); prt_plan_run only fills in pointers and enqueues.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -29,7 +30,8 @@ struct Arg {
 };
 
 struct KernelEntry {
-  std::string name, symbol, spec_key, fatbin, manifest;
+  std::string name, symbol, spec_key, fatbin, manifest;  // fatbin: the first candidate that exists, chosen at load
+  std::vector<std::string> fatbin_candidates;             // kernel_dirs in order (an empty entry: the manifest's folder)
   std::vector<Arg> args;
   unsigned threads = 0, smem = 0;
 };
@@ -43,7 +45,8 @@ struct PlanDoc {
 
 struct prt_runtime_st {
   std::vector<std::string> manifests;
-  std::string kernel_dir;
+  std::string kernel_dir;                // as given: ':'-separated folders, an empty entry = each manifest's own folder
+  std::vector<std::string> kernel_dirs;  // the same, split (empty entries kept)
   std::vector<std::unique_ptr<Json>> docs;
   std::unordered_map<std::string, KernelEntry> kernels;  // by symbol, first manifest wins
   std::map<std::string, PlanDoc> plans;                  // "<kind>/<specKey>", first manifest wins
@@ -193,7 +196,11 @@ int load_manifest(prt_runtime rt, const std::string& file) {
     e.name = name->str;
     e.symbol = sym->str;
     e.spec_key = spec->str;
-    e.fatbin = rt->kernel_dir + "/" + fat->str;
+    for (const std::string& d : rt->kernel_dirs) {
+      std::string c = (d.empty() ? dir_of(file) : d) + "/" + fat->str;
+      if (std::find(e.fatbin_candidates.begin(), e.fatbin_candidates.end(), c) == e.fatbin_candidates.end()) e.fatbin_candidates.push_back(c);
+    }
+    e.fatbin = e.fatbin_candidates.front();
     e.manifest = file;
     e.threads = unsigned(thr->num);
     e.smem = unsigned(smem->num);
@@ -351,9 +358,16 @@ int prt_runtime_open(prt_runtime* out, const char* manifests, const char* kernel
   if (!out) return einval("prt_runtime_open: null output pointer");
   *out = nullptr;
   if (!manifests || !*manifests) return einval("prt_runtime_open: manifests: expected one or more manifest.json paths separated by ':', received an empty string");
-  if (!kernel_dir || !*kernel_dir) return einval("prt_runtime_open: kernel_dir: expected the folder of the fatbins, received an empty string");
+  if (!kernel_dir || !*kernel_dir) return einval("prt_runtime_open: kernel_dir: expected the folders of the fatbins (':'-separated; an empty entry is each manifest's own folder), received an empty string");
   auto rt = std::make_unique<prt_runtime_st>();
-  rt->kernel_dir = trim_slash(kernel_dir);
+  rt->kernel_dir = kernel_dir;
+  for (size_t start = 0;;) {
+    size_t colon = rt->kernel_dir.find(':', start);
+    std::string d = rt->kernel_dir.substr(start, colon == std::string::npos ? std::string::npos : colon - start);
+    rt->kernel_dirs.push_back(d.empty() ? d : trim_slash(d));
+    if (colon == std::string::npos) break;
+    start = colon + 1;
+  }
   std::string list = manifests;
   size_t start = 0;
   while (start <= list.size()) {
@@ -528,14 +542,22 @@ static int plan_functions(prt_plan plan, const std::vector<prt_function>** out) 
     auto fk = std::make_pair(ctx, k.symbol);
     auto f = rt->functions.find(fk);
     if (f == rt->functions.end()) {
+      // the first candidate folder that holds the fatbin (remembered: the entry is the runtime's)
+      const std::string* found = nullptr;
+      for (const std::string& c : k.fatbin_candidates)
+        if (std::ifstream(c)) { found = &c; break; }
+      if (!found) {
+        std::string where;
+        for (const std::string& c : k.fatbin_candidates) where += (where.empty() ? "" : ", ") + c;
+        const std::string& first = k.fatbin_candidates.front();
+        return set_error(PRT_EIO, plan->label + ": the fatbin of kernel " + k.name + " (" + k.symbol + ") is missing: " +
+                                      (k.fatbin_candidates.size() == 1 ? first + " does not exist" : "none of " + where + " exists") +
+                                      "; compile it with `npx retention build --out " + dir_of(k.manifest) + " --build-dir " + dir_of(first) + "`");
+      }
+      const_cast<KernelEntry&>(k).fatbin = *found;
       auto mk = std::make_pair(ctx, k.fatbin);
       auto m = rt->modules.find(mk);
       if (m == rt->modules.end()) {
-        std::ifstream probe(k.fatbin);
-        if (!probe)
-          return set_error(PRT_EIO, plan->label + ": the fatbin of kernel " + k.name + " (" + k.symbol + ") is missing: " + k.fatbin +
-                                        " does not exist; compile it with `npx retention build --out " + dir_of(k.manifest) +
-                                        " --build-dir " + rt->kernel_dir + "`");
         prt_module mod = nullptr;
         if (int rc = prt_module_load(&mod, k.fatbin.c_str())) return rc;
         m = rt->modules.emplace(mk, mod).first;

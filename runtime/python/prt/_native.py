@@ -137,8 +137,8 @@ class Runtime:
         self.manifests = manifests if manifests is not None else [m for m in _paths.manifest_paths() if os.path.exists(m)]
         if not self.manifests:
             raise PrtError(
-                f"no kernel manifest found (looked for {', '.join(_paths.manifest_paths())}): generate and compile "
-                "the default kernels with `npx retention gen --out generated --compile`", "PRT_EIO")
+                f"no kernel manifest found on the kernel search path ({_paths.describe_search_path()}): generate and "
+                "compile the default kernels with `npx retention gen --out generated --compile`", "PRT_EIO")
         self.kernel_dir = kernel_dir or _paths.kernel_dir()
         self._lib = library()
         h = ctypes.c_void_p()

@@ -1,20 +1,33 @@
 """Where the native library, the manifests and the fatbins are.
 
-Each can be set by an environment variable; otherwise they are looked for in the repository the
-package was installed from (setup.py records it in _build_config.py) or, when the package is
-used from the source tree, the repository around it:
+The kernel search path is the TypeScript runtime's (runtime/search-path.ts), in order, the first
+manifest holding a (kernel, spec) winning:
 
+    1. RETENTION_KERNELS   ':'-separated folders (a `gen --out` folder, a folder of them, or a
+                           manifest.json): the caller's own;
+    2. the current project's build/generated/*/: the project is the nearest folder at or above the
+       working directory with a package.json (where `npx retention gen --out build/generated/...`
+       run from the project writes), the working directory itself when there is none;
+    3. the package's repository: generated/manifest.json (the default set) and build/generated/*/.
+
+Fatbins are looked for beside their manifest (`gen --build-dir <out>`), then in the repository's
+build/kernels (gen's default --build-dir). Overrides, for tests and tools:
+
+    PRT_MANIFEST     ':'-separated manifest files: replaces the whole search
+    PRT_KERNEL_DIR   the one folder of the fatbins
     PRT_LIB          path of libprt.so           default <repo>/build/native/Release/libprt.so
-    PRT_MANIFEST     ':'-separated manifests      default <repo>/generated/manifest.json and every
-                                                  <repo>/build/generated/*/manifest.json
-    PRT_KERNEL_DIR   folder of the fatbins        default <repo>/build/kernels
     PRT_ROOT         the repository               (overrides the recorded one)
+
+The repository is the one the package was installed from (setup.py records it in
+_build_config.py) or, used from the source tree, the repository around it.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+
+KERNELS_ENV = "RETENTION_KERNELS"
 
 
 def repo_root() -> str:
@@ -34,14 +47,78 @@ def library_path() -> str:
     return os.environ.get("PRT_LIB") or os.path.join(repo_root(), "build", "native", "Release", "libprt.so")
 
 
-def manifest_paths() -> list[str]:
-    env = os.environ.get("PRT_MANIFEST")
-    if env:
-        return [os.path.abspath(p) for p in env.split(":") if p]
+def project_root(cwd: str | None = None) -> str:
+    """The nearest folder at or above `cwd` with a package.json; `cwd` itself when there is none."""
+    start = os.path.abspath(cwd or os.getcwd())
+    d = start
+    while True:
+        if os.path.exists(os.path.join(d, "package.json")):
+            return d
+        up = os.path.dirname(d)
+        if up == d:
+            return start
+        d = up
+
+
+def _manifests_at(place: str) -> list[str]:
+    """The manifests a place holds: itself (a file), its manifest.json, or its subfolders'."""
+    if not os.path.isdir(place):
+        return [place] if os.path.exists(place) else []
+    own = os.path.join(place, "manifest.json")
+    if os.path.exists(own):
+        return [own]
+    return [f for f in (os.path.join(place, d, "manifest.json") for d in sorted(os.listdir(place))) if os.path.exists(f)]
+
+
+def search_places() -> list[tuple[str, str]]:
+    """(place, why) in search order, each folder once; PRT_MANIFEST's files when it is set."""
+    exact = os.environ.get("PRT_MANIFEST")
+    if exact:
+        return [(os.path.abspath(p), "PRT_MANIFEST") for p in exact.split(":") if p]
     root = repo_root()
-    extra = sorted(glob.glob(os.path.join(root, "build", "generated", "*", "manifest.json")))
-    return [os.path.join(root, "generated", "manifest.json"), *extra]
+    places = [(os.path.abspath(p), KERNELS_ENV) for p in os.environ.get(KERNELS_ENV, "").split(":") if p]
+    places += [
+        (os.path.join(project_root(), "build", "generated"), "project"),
+        (os.path.join(root, "generated", "manifest.json"), "package"),
+        (os.path.join(root, "build", "generated"), "package"),
+    ]
+    seen: set[str] = set()
+    out = []
+    for p, why in places:
+        if p not in seen:
+            seen.add(p)
+            out.append((p, why))
+    return out
+
+
+def manifest_paths() -> list[str]:
+    """Every manifest file on the search path that exists, in search order, each once."""
+    exact = os.environ.get("PRT_MANIFEST")
+    if exact:
+        return [os.path.abspath(p) for p in exact.split(":") if p]
+    out: list[str] = []
+    for place, _ in search_places():
+        for m in _manifests_at(place):
+            if m not in out:
+                out.append(m)
+    return out
+
+
+def describe_search_path() -> str:
+    """The search path in words, for errors: each place, why it is searched and what it holds."""
+    parts = []
+    for place, why in search_places():
+        held = _manifests_at(place)
+        what = "no manifest" if not held else "found" if held == [place] else ", ".join(os.path.relpath(m, place) for m in held)
+        parts.append(f"{place} ({why}: {what})")
+    env = "" if os.environ.get("PRT_MANIFEST") else f"; {KERNELS_ENV} {'is set' if os.environ.get(KERNELS_ENV) else 'is unset'}"
+    return ", ".join(parts) + env
 
 
 def kernel_dir() -> str:
-    return os.path.abspath(os.environ.get("PRT_KERNEL_DIR") or os.path.join(repo_root(), "build", "kernels"))
+    """The fatbin folders for the native runtime: PRT_KERNEL_DIR alone, else each manifest's own
+    folder (the empty entry) then the repository's build/kernels."""
+    env = os.environ.get("PRT_KERNEL_DIR")
+    if env:
+        return os.path.abspath(env)
+    return ":" + os.path.join(repo_root(), "build", "kernels")

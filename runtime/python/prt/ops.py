@@ -96,7 +96,7 @@ def _output_names(kind: str, deg: int, d: int, e: int, chunk: int, dtype: str, g
     spec = _manifest.Spec(deg, d, e, chunk, dtype)
     plan = _manifest.find_plan(_manifests(), kind, spec)
     if plan is None:
-        raise _native.PrtError(f"spec {spec.key} has no {kind} plan in {', '.join(_paths.manifest_paths())}; "
+        raise _native.PrtError(f"spec {spec.key} has no {kind} plan on the kernel search path ({_paths.describe_search_path()}); "
                                f"generate and compile it with `{spec.gen_command()}`")
     flags = {"gated": int(gated), "initialState": int(initial), "finalState": int(final), "oneChunk": int(one_chunk)}
     return tuple(_manifest.variant(plan, flags)["outputs"])
@@ -110,7 +110,7 @@ def _output_names(kind: str, deg: int, d: int, e: int, chunk: int, dtype: str, g
 def _forward_names(spec, b, t, hq, h, gated, initial_state, final_state) -> list:
     plan = _manifest.find_plan(_manifests(), "forward", spec)
     if plan is None:
-        raise _native.PrtError(f"spec {spec.key} has no forward plan in {', '.join(_paths.manifest_paths())}; "
+        raise _native.PrtError(f"spec {spec.key} has no forward plan on the kernel search path ({_paths.describe_search_path()}); "
                                f"generate and compile it with `{spec.gen_command()}`")
     env, flags = _manifest.problem_env("forward", spec.chunk, b, t, hq, h, gated, initial_state, final_state)
     return _manifest.output_shapes(plan, env, flags)

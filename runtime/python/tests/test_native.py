@@ -81,6 +81,35 @@ class NativeTest(unittest.TestCase):
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
         self.assertIn("is missing: /nonexistent/kernels/p2_d64_e64_c128_bf16.fatbin does not exist; compile it with `npx retention build", out)
 
+    @unittest.skipUnless(os.environ.get("PRT_TEST_FAKE_LIBCUDA"), "PRT_TEST_FAKE_LIBCUDA (the tests' fake driver) is not set")
+    def test_fatbins_are_found_beside_their_manifest_then_in_the_next_folder(self):
+        import shutil
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            own, other = os.path.join(tmp, "own"), os.path.join(tmp, "other")
+            os.makedirs(own)
+            os.makedirs(other)
+            shutil.copy(GENERATED, os.path.join(own, "manifest.json"))
+            code = ("import sys; sys.path.insert(0, %r); from prt import _native\n"
+                    "rt = _native.Runtime([%r], sys.argv[1]); p = rt.plan('forward', %r, 1, 10, 2, 2, 0.1)\n"
+                    "try:\n  p.prepare(); print('prepared')\nexcept _native.PrtError as e:\n  print(e)") % (
+                        os.path.join(HERE, ".."), os.path.join(own, "manifest.json"), SPEC)
+            # FAKE_CUDA_LOG: the fake driver then offers every prt_* kernel (doing nothing)
+            env = {**os.environ, "PRT_LIBCUDA": os.environ["PRT_TEST_FAKE_LIBCUDA"], "FAKE_CUDA_LOG": os.path.join(tmp, "launches.jsonl")}
+            run = lambda dirs: subprocess.run([sys.executable, "-c", code, dirs], env=env, capture_output=True, text=True, check=True).stdout
+            fat = "p2_d64_e64_c128_bf16.fatbin"
+            # neither folder holds it: both candidates are named, in order
+            self.assertIn(f"none of {own}/{fat}, {other}/{fat} exists", run(":" + other))
+            with open(os.path.join(other, fat), "w") as f:
+                f.write("FAKECUBIN\n")
+            self.assertIn("prepared", run(":" + other))  # the second folder
+            os.remove(os.path.join(other, fat))
+            with open(os.path.join(own, fat), "w") as f:
+                f.write("FAKECUBIN\n")
+            self.assertIn("prepared", run(":" + other))  # the manifest's own folder (the empty entry)
+            self.assertIn(f"is missing: {other}/{fat} does not exist", run(other))  # without the empty entry it is not searched
+
 
 if __name__ == "__main__":
     unittest.main()
