@@ -549,10 +549,11 @@ static int plan_functions(prt_plan plan, const std::vector<prt_function>** out) 
       if (!found) {
         std::string where;
         for (const std::string& c : k.fatbin_candidates) where += (where.empty() ? "" : ", ") + c;
-        const std::string& first = k.fatbin_candidates.front();
+        // the last folder is searched for every manifest (the package's build/kernels by default)
         return set_error(PRT_EIO, plan->label + ": the fatbin of kernel " + k.name + " (" + k.symbol + ") is missing: " +
-                                      (k.fatbin_candidates.size() == 1 ? first + " does not exist" : "none of " + where + " exists") +
-                                      "; compile it with `npx retention build --out " + dir_of(k.manifest) + " --build-dir " + dir_of(first) + "`");
+                                      (k.fatbin_candidates.size() == 1 ? where + " does not exist" : "none of " + where + " exists") +
+                                      "; compile it with `npx retention build --out " + dir_of(k.manifest) + " --build-dir " +
+                                      dir_of(k.fatbin_candidates.back()) + "`");
       }
       const_cast<KernelEntry&>(k).fatbin = *found;
       auto mk = std::make_pair(ctx, k.fatbin);

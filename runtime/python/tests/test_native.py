@@ -100,7 +100,7 @@ class NativeTest(unittest.TestCase):
             run = lambda dirs: subprocess.run([sys.executable, "-c", code, dirs], env=env, capture_output=True, text=True, check=True).stdout
             fat = "p2_d64_e64_c128_bf16.fatbin"
             # neither folder holds it: both candidates are named, in order
-            self.assertIn(f"none of {own}/{fat}, {other}/{fat} exists", run(":" + other))
+            self.assertIn(f"none of {own}/{fat}, {other}/{fat} exists; compile it with `npx retention build --out {own} --build-dir {other}`", run(":" + other))
             with open(os.path.join(other, fat), "w") as f:
                 f.write("FAKECUBIN\n")
             self.assertIn("prepared", run(":" + other))  # the second folder
