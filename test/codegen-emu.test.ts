@@ -10,12 +10,13 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { generate, type Selection } from "../codegen/gen.ts";
+import { DEFAULT_SCHEDULES_FILE, generate, loadSchedules, scheduleForTable, type Selection } from "../codegen/gen.ts";
 import type { ManifestKernel } from "../codegen/manifest.ts";
 import { roundArray, type DType } from "../dsl/dtype.ts";
 import type { Kernel } from "../dsl/ir.ts";
 import { interpret, tensorDims } from "../dsl/interpret.ts";
 import { KERNELS } from "../dsl/kernels/index.ts";
+import { scheduleKey, specKey, type KernelDef, type Schedule, type Spec } from "../dsl/spec.ts";
 import { buildEmulator, evalUniform, runEmulated } from "./codegen-emu/harness.ts";
 
 /** Sizes of the launch: t = 70 spans two chunks of 64 with a ragged tail; hq = 2 h (grouped queries). */
@@ -47,13 +48,27 @@ describe.each(specs)("generated CUDA == interpreter, d 32, chunk 64, %s", (dtype
 
 // The main spec's tilings have several units per warp, so the mma groups share fragments across
 // slots (render-mma.ts: B once per k-step when the warps divide a row block's units).
+const MAIN_SPEC = { deg: 2, d: 64, e: 64, chunk: 128, dtype: "bf16" } as const;
+const STATE_KERNELS = ["update_state", "query_state", "query_state_bwd_dq", "query_state_bwd_ds", "update_state_bwd"];
 describe("generated CUDA == interpreter, d 64, chunk 128, bf16 (the kernels with mma groups)", () =>
-  emulatedAgainstInterpreter({ deg: 2, d: 64, e: 64, chunk: 128, dtype: "bf16" }, ["update_state", "query_state", "query_state_bwd_dq", "query_state_bwd_ds", "update_state_bwd"], { ...PARAMS, t: 140, n: 2 }));
+  emulatedAgainstInterpreter(MAIN_SPEC, STATE_KERNELS, { ...PARAMS, t: 140, n: 2 }));
+// ... and under the schedules the default set ships with (codegen/schedules.json, the H200 sweep)
+// where they differ from the defaults (other warps and feature blocks, so other tilings)
+const TUNED = loadSchedules(DEFAULT_SCHEDULES_FILE);
+const retuned = STATE_KERNELS.filter((name) => {
+  const t = TUNED.get(`${name}/${specKey(MAIN_SPEC)}`);
+  return t !== undefined && scheduleKey(t) !== scheduleKey(KERNELS.find((k) => k.name === name)!.schedule(MAIN_SPEC));
+});
+describe.skipIf(retuned.length === 0)("generated CUDA == interpreter, d 64, chunk 128, bf16, tuned schedules", () =>
+  emulatedAgainstInterpreter(MAIN_SPEC, retuned, { ...PARAMS, t: 140, n: 2 }, scheduleForTable(TUNED)));
 
-function emulatedAgainstInterpreter(spec: { deg: number; d: number; e: number; chunk: number; dtype: DType }, only: readonly string[] | null, PARAMS: typeof PARAMS_): void {
+function emulatedAgainstInterpreter(
+  spec: { deg: number; d: number; e: number; chunk: number; dtype: DType }, only: readonly string[] | null, PARAMS: typeof PARAMS_,
+  scheduleFor?: (k: KernelDef, s: Spec) => Schedule,
+): void {
   const { dtype } = spec;
   const selection: Selection = { degs: [spec.deg], ds: [spec.d], es: null, chunks: [spec.chunk], dtypes: [dtype], archs: ["sm_80", "sm_90a"], kernels: only };
-  const g = generate({ selection });
+  const g = generate({ selection, scheduleFor });
   const dir = mkdtempSync(path.join(tmp, `${dtype}-`));
   let bin: string | null = null;
   const emulator = (): string => (bin ??= buildEmulator(g, dir));
