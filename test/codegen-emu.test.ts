@@ -62,6 +62,11 @@ const retuned = STATE_KERNELS.filter((name) => {
 describe.skipIf(retuned.length === 0)("generated CUDA == interpreter, d 64, chunk 128, bf16, tuned schedules", () =>
   emulatedAgainstInterpreter(MAIN_SPEC, retuned, { ...PARAMS, t: 140, n: 2 }, scheduleForTable(TUNED)));
 
+// ... and update_state_bwd over 16 warps (in its sweep: one slot per warp, no B sharing)
+describe("generated CUDA == interpreter, d 64, chunk 128, bf16, update_state_bwd over 16 warps", () =>
+  emulatedAgainstInterpreter(MAIN_SPEC, ["update_state_bwd"], { ...PARAMS, t: 140, n: 2 }, (k, s) =>
+    k.name === "update_state_bwd" ? { numWarps: 16, blockD: 0, blockT: s.chunk, stages: 2 } : k.schedule(s)));
+
 function emulatedAgainstInterpreter(
   spec: { deg: number; d: number; e: number; chunk: number; dtype: DType }, only: readonly string[] | null, PARAMS: typeof PARAMS_,
   scheduleFor?: (k: KernelDef, s: Spec) => Schedule,

@@ -220,10 +220,12 @@ const fitsFactored = (s: Spec, sch: Schedule): boolean => {
   return factoredPeakBytes(s, sch) <= TILE_BUDGET && 2 * fragRegs(s.chunk, s.e, sch.numWarps) + 2 * fragRegs(s.chunk, W, sch.numWarps) <= 160;
 };
 
-/** p = 2: whole chunks, 8 warps from 8192 outputs, the next group's rows of U prefetched where they fit. */
+/** p = 2: whole chunks, 8 warps from 8192 outputs, the next group's rows of U prefetched where they
+ * fit; 16 warps too, for the sweep: four [c, W] accumulators over 8 warps take 207 registers per
+ * thread at d = 64, c = 128 (one block per SM), over 16 warps ptxas fits them in 128 (16 warps per SM). */
 const factoredCandidates = (s: Spec): Schedule[] => {
   const big = s.chunk * Math.max(s.e, Math.ceil(s.d / 16) * 16) >= 8192;
-  return (big ? [8, 4] : [4, 8]).flatMap((numWarps) => [2, 1].map((stages) => ({ numWarps, blockD: 0, blockT: s.chunk, stages })));
+  return (big ? [8, 4, 16] : [4, 8]).flatMap((numWarps) => [2, 1].map((stages) => ({ numWarps, blockD: 0, blockT: s.chunk, stages })));
 };
 
 /** The factored form where it applies (p = 2) and some whole-chunk schedule fits; else the expanded one. */
