@@ -34,9 +34,10 @@ export function selectMma(k: LKernel): LKernel {
   const body = mapStmts(k.body, (s) => {
     if (s.kind !== "mma" || s.impl !== null) return s;
     const { m, n } = mmaShape(k, s);
-    const tiling = chooseTiling(m, n, k.numWarps, whyNotTensorCores(k, s) === null && computedB.has(s.dst));
+    const tensorCores = whyNotTensorCores(k, s) === null;
+    const tiling = chooseTiling(m, n, k.numWarps, tensorCores && computedB.has(s.dst));
     let impl: MmaImpl;
-    if (whyNotTensorCores(k, s) === null && tiling) impl = { kind: "tc", tiling };
+    if (tensorCores && tiling) impl = { kind: "tc", tiling };
     else if (tiling) impl = { kind: "fmaFrag", tiling };
     else impl = { kind: "fma" };
     return { ...s, impl };

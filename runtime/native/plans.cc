@@ -30,8 +30,8 @@ struct Arg {
 };
 
 struct KernelEntry {
-  std::string name, symbol, spec_key, fatbin, manifest;  // fatbin: the first candidate that exists, chosen at load
-  std::vector<std::string> fatbin_candidates;             // kernel_dirs in order (an empty entry: the manifest's folder)
+  std::string name, symbol, spec_key, manifest;
+  std::vector<std::string> fatbin_candidates;  // its fatbin in each of kernel_dirs, in order (an empty entry: the manifest's folder)
   std::vector<Arg> args;
   unsigned threads = 0, smem = 0;
 };
@@ -99,6 +99,17 @@ std::string trim_slash(std::string s) {
   while (s.size() > 1 && s.back() == '/') s.pop_back();
   return s;
 }
+// "a:b::c" -> {"a", "b", "", "c"} (empty entries kept)
+std::vector<std::string> split_colons(const std::string& list) {
+  std::vector<std::string> out;
+  for (size_t start = 0;;) {
+    size_t colon = list.find(':', start);
+    out.push_back(list.substr(start, colon == std::string::npos ? std::string::npos : colon - start));
+    if (colon == std::string::npos) return out;
+    start = colon + 1;
+  }
+}
+
 std::string dir_of(const std::string& f) {
   size_t k = f.rfind('/');
   return k == std::string::npos ? "." : f.substr(0, k);
@@ -200,7 +211,6 @@ int load_manifest(prt_runtime rt, const std::string& file) {
       std::string c = (d.empty() ? dir_of(file) : d) + "/" + fat->str;
       if (std::find(e.fatbin_candidates.begin(), e.fatbin_candidates.end(), c) == e.fatbin_candidates.end()) e.fatbin_candidates.push_back(c);
     }
-    e.fatbin = e.fatbin_candidates.front();
     e.manifest = file;
     e.threads = unsigned(thr->num);
     e.smem = unsigned(smem->num);
@@ -361,22 +371,9 @@ int prt_runtime_open(prt_runtime* out, const char* manifests, const char* kernel
   if (!kernel_dir || !*kernel_dir) return einval("prt_runtime_open: kernel_dir: expected the folders of the fatbins (':'-separated; an empty entry is each manifest's own folder), received an empty string");
   auto rt = std::make_unique<prt_runtime_st>();
   rt->kernel_dir = kernel_dir;
-  for (size_t start = 0;;) {
-    size_t colon = rt->kernel_dir.find(':', start);
-    std::string d = rt->kernel_dir.substr(start, colon == std::string::npos ? std::string::npos : colon - start);
-    rt->kernel_dirs.push_back(d.empty() ? d : trim_slash(d));
-    if (colon == std::string::npos) break;
-    start = colon + 1;
-  }
-  std::string list = manifests;
-  size_t start = 0;
-  while (start <= list.size()) {
-    size_t colon = list.find(':', start);
-    std::string f = list.substr(start, colon == std::string::npos ? std::string::npos : colon - start);
+  for (const std::string& d : split_colons(kernel_dir)) rt->kernel_dirs.push_back(d.empty() ? d : trim_slash(d));
+  for (const std::string& f : split_colons(manifests))
     if (!f.empty()) rt->manifests.push_back(f);
-    if (colon == std::string::npos) break;
-    start = colon + 1;
-  }
   for (const auto& f : rt->manifests)
     if (int rc = load_manifest(rt.get(), f)) return rc;
   *out = rt.release();
@@ -542,7 +539,7 @@ static int plan_functions(prt_plan plan, const std::vector<prt_function>** out) 
     auto fk = std::make_pair(ctx, k.symbol);
     auto f = rt->functions.find(fk);
     if (f == rt->functions.end()) {
-      // the first candidate folder that holds the fatbin (remembered: the entry is the runtime's)
+      // the first candidate folder that holds the fatbin
       const std::string* found = nullptr;
       for (const std::string& c : k.fatbin_candidates)
         if (std::ifstream(c)) { found = &c; break; }
@@ -555,12 +552,11 @@ static int plan_functions(prt_plan plan, const std::vector<prt_function>** out) 
                                       "; compile it with `npx retention build --out " + dir_of(k.manifest) + " --build-dir " +
                                       dir_of(k.fatbin_candidates.back()) + "`");
       }
-      const_cast<KernelEntry&>(k).fatbin = *found;
-      auto mk = std::make_pair(ctx, k.fatbin);
+      auto mk = std::make_pair(ctx, *found);
       auto m = rt->modules.find(mk);
       if (m == rt->modules.end()) {
         prt_module mod = nullptr;
-        if (int rc = prt_module_load(&mod, k.fatbin.c_str())) return rc;
+        if (int rc = prt_module_load(&mod, found->c_str())) return rc;
         m = rt->modules.emplace(mk, mod).first;
       }
       prt_function fn = nullptr;
