@@ -14,7 +14,7 @@ const doc = "ddS, ddZ, dS0, dZ0, dGc: reverse-time discounted cumsum of the stat
 
 export const discountedCumsumBwd: KernelDef = {
   name: "discounted_cumsum_bwd",
-  schedule: (s: Spec): Schedule => ({ numWarps: 4, blockD: 64, blockT: s.chunk, stages: 1 }),
+  schedule: (s: Spec): Schedule => ({ numWarps: 4, blockD: 64, blockT: s.chunk, stages: 2 }),
   scheduleSpace: (s: Spec) =>
     withinBudget(s, [32, 64, 128].flatMap((blockD) => [4, 8].flatMap((numWarps) => [1, 2].map((stages) => ({ numWarps, blockD, blockT: s.chunk, stages })))), discountedCumsumBwd.build),
   build: (spec, sch) =>
@@ -42,8 +42,13 @@ export const discountedCumsumBwd: KernelDef = {
 
       const R = k.reg("R", [BD, e], "f32"); // gradient of the state after chunk m
       const r = k.reg("r", [BD], "f32");
-      const X = k.reg("X", [BD, e], "f32"); // Sin_m (then Sin_m * R), then dSin_m
-      const x = k.reg("x", [BD], "f32");
+      // Sin_m and dSin_m stream through shared memory (loaded at the top of the loop, so that with
+      // stages > 1 the next chunk's blocks are in flight while this one is summed)
+      const sIn = k.shared("s_in", [BD, e], "f32");
+      const zIn = k.shared("z_in", [BD], "f32");
+      const dsIn = k.shared("ds_in", [BD, e], "f32");
+      const dzIn = k.shared("dz_in", [BD], "f32");
+      const X = k.reg("X", [BD, e], "f32"); // Sin_m * R
       const gt = k.reg("g", [c], "f32");
       const G = k.reg("G", [1], "f32");
       const rowDot = k.reg("row_dot", [BD], "f32");
@@ -54,24 +59,24 @@ export const discountedCumsumBwd: KernelDef = {
       k.for(0, n, (mm) => {
         const m = n.sub(1).sub(mm); // chunks last to first
         k.load(gt, logG, [bi, range(m.mul(c), c), hi]); // [c]; positions past t read 0
+        k.load(sIn, Sin, [bi, hi, m, feats, range(0, e)]); // [BD, e]
+        k.load(zIn, Zin, [bi, hi, m, feats]); // [BD]
+        k.load(dsIn, dSin, [bi, hi, m, feats, range(0, e)]); // [BD, e]
+        k.load(dzIn, dZin, [bi, hi, m, feats]); // [BD]
         k.reduce(G, gt, "sum", 0); // [1] G_m
         const decay = G.at(0).exp();
         k.store(ddS, [bi, hi, m, feats, range(0, e)], R);
         k.store(ddZ, [bi, hi, m, feats], r);
 
-        k.load(X, Sin, [bi, hi, m, feats, range(0, e)]); // [BD, e]
-        k.load(x, Zin, [bi, hi, m, feats]); // [BD]
-        k.map(X, ({ row, col }) => X.at(row, col).mul(R.at(row, col)));
+        k.map(X, ({ row, col }) => sIn.at(row, col).mul(R.at(row, col)));
         k.reduce(rowDot, X, "sum", 1); // [BD]
-        k.map(rowDot, ({ row }) => rowDot.at(row).add(x.at(row).mul(r.at(row))));
+        k.map(rowDot, ({ row }) => rowDot.at(row).add(zIn.at(row).mul(r.at(row))));
         k.reduce(dG, rowDot, "sum", 0); // [1]
         k.map(dG, ({ row }) => dG.at(row).mul(decay));
         k.store(dGc, [bi, hi, m, range(fb, 1)], dG);
 
-        k.load(X, dSin, [bi, hi, m, feats, range(0, e)]); // [BD, e]
-        k.load(x, dZin, [bi, hi, m, feats]); // [BD]
-        k.map(R, ({ row, col }) => X.at(row, col).add(R.at(row, col).mul(decay)));
-        k.map(r, ({ row }) => x.at(row).add(r.at(row).mul(decay)));
+        k.map(R, ({ row, col }) => dsIn.at(row, col).add(R.at(row, col).mul(decay)));
+        k.map(r, ({ row }) => dzIn.at(row).add(r.at(row).mul(decay)));
       }, { stages: sch.stages });
       k.store(dS0, [bi, hi, feats, range(0, e)], R);
       k.store(dZ0, [bi, hi, feats], r);

@@ -179,8 +179,10 @@ function buildFactored(spec: Spec, sch: Schedule): Kernel {
       k.map(pA, ({ row, col }) => pA.at(row, col).mul(vAt(row, col))); // V as T_a's mma sees it
       k.reduce(r, pA, "sum", 1); // [c] r_a = sum_b k_b T_a[:, b] = sum_e v_e P_a[:, e]
       mmaSplit(k, tA, vt.op, ut, { transB: true }); // [c, e] @ [e, W]
-      k.map(dk, ({ row, col }) => dk.at(row, col).add(kAt(row, a).mul(tA.at(row, col))));
-      k.map(dk, ({ row, col }) => select(col.eq(a), dk.at(row, col).add(r.at(row)), dk.at(row, col)));
+      k.map(dk, ({ row, col }) => {
+        const scattered = dk.at(row, col).add(kAt(row, a).mul(tA.at(row, col)));
+        return select(col.eq(a), scattered.add(r.at(row)), scattered); // and the row sum into column a
+      });
       k.map(s, ({ row }) => s.at(row).add(kAt(row, a).mul(r.at(row))));
     }, { stages: sch.stages });
 
