@@ -7257,8 +7257,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d64_
 }
 
 // discounted_cumsum_bwd: ddS, ddZ, dS0, dZ0, dGc: reverse-time discounted cumsum of the state's gradient
-// grid (65, ($b * $h), 1), 128 threads, 17696 bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d64_e64_c128_bf16_w4_bd32_bt128_s1(
+// grid (65, ($b * $h), 1), 128 threads, 34336 bytes of dynamic shared memory
+extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d64_e64_c128_bf16_w4_bd32_bt128_s2(
     const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -7422,16 +7422,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
   (void)g_dGc_d3;
   float f_R[1][4][4];  // f32[32, 64] as mma fragments: 32x64 in 16x32 units over 4 warps
   float* const t_r = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
-  float* const t_s_in = reinterpret_cast<float*>(prt_smem + 8320);  // f32[32, 64] pitch 64
-  float* const t_z_in = reinterpret_cast<float*>(prt_smem + 17536);  // f32[32] pitch 32
-  float* const t_ds_in = reinterpret_cast<float*>(prt_smem + 128);  // f32[32, 64] pitch 64
-  float* const t_dz_in = reinterpret_cast<float*>(prt_smem + 17280);  // f32[32] pitch 32
+  float* const t_s_in_base = reinterpret_cast<float*>(prt_smem + 128);  // f32[32, 64] pitch 64, 2 copies
+  float* t_s_in = t_s_in_base;
+  float* const t_z_in_base = reinterpret_cast<float*>(prt_smem + 16512);  // f32[32] pitch 32, 2 copies
+  float* t_z_in = t_z_in_base;
+  float* const t_ds_in_base = reinterpret_cast<float*>(prt_smem + 16768);  // f32[32, 64] pitch 64, 2 copies
+  float* t_ds_in = t_ds_in_base;
+  float* const t_dz_in_base = reinterpret_cast<float*>(prt_smem + 33152);  // f32[32] pitch 32, 2 copies
+  float* t_dz_in = t_dz_in_base;
   float f_X[1][4][4];  // f32[32, 64] as mma fragments: 32x64 in 16x32 units over 4 warps
-  float* const t_g = reinterpret_cast<float*>(prt_smem + 16512);  // f32[128] pitch 128
-  float* const t_G = reinterpret_cast<float*>(prt_smem + 17664);  // f32[1] pitch 1
-  float* const t_row_dot = reinterpret_cast<float*>(prt_smem + 17408);  // f32[32] pitch 32
-  float* const t_dG = reinterpret_cast<float*>(prt_smem + 17680);  // f32[1] pitch 1
-  float* const t_row_dot_part = reinterpret_cast<float*>(prt_smem + 17024);  // f32[2, 32] pitch 32
+  float* const t_g = reinterpret_cast<float*>(prt_smem + 33408);  // f32[128] pitch 128
+  float* const t_G = reinterpret_cast<float*>(prt_smem + 34304);  // f32[1] pitch 1
+  float* const t_row_dot = reinterpret_cast<float*>(prt_smem + 34176);  // f32[32] pitch 32
+  float* const t_dG = reinterpret_cast<float*>(prt_smem + 34320);  // f32[1] pitch 1
+  float* const t_row_dot_part = reinterpret_cast<float*>(prt_smem + 33920);  // f32[2, 32] pitch 32
   // R = load dSfinal[(pid.y // $h), (pid.y % $h), (pid.x * 32):+32, 0:+64]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -7478,9 +7482,217 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
+  if ((0 < p_n)) {
+    // s_in = load.async Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - 0), (pid.x * 32):+32, 0:+64] into stage 0
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+      const int a2 = ((p_n - 1) - 0);
+      const int s3 = (static_cast<int>(blockIdx.x) * 32);
+      const int s4 = 0;
+      const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+      const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+      float* const dst = t_s_in_base + ((0) % 2) * 2048;
+      if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 16, c = (i % 16) * 4;
+          const int gr = s3 + r;
+          const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    // z_in = load.async Zin[(pid.y // $h), (pid.y % $h), (($n - 1) - 0), (pid.x * 32):+32] into stage 0
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+      const int a2 = ((p_n - 1) - 0);
+      const int s3 = (static_cast<int>(blockIdx.x) * 32);
+      const bool ok = a0 >= 0 && a0 < g_Zin_d0 && a1 >= 0 && a1 < g_Zin_d1 && a2 >= 0 && a2 < g_Zin_d2;
+      const long long base = static_cast<long long>(a0) * g_Zin_s0 + static_cast<long long>(a1) * g_Zin_s1 + static_cast<long long>(a2) * g_Zin_s2 + static_cast<long long>(s3) * g_Zin_s3;
+      float* const dst = t_z_in_base + ((0) % 2) * 32;
+      if (prt::aligned16(g_Zin) && base % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 8; i += 128) {
+          const int c = i * 4;
+          const long long left = ok ? g_Zin_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[c], n > 0 ? static_cast<const void*>(g_Zin + base + c) : static_cast<const void*>(g_Zin), n * 4);
+        }
+      }
+      else {
+        for (int r = tid; r < 32; r += 128) {
+          dst[r] = ok && s3 + r >= 0 && s3 + r < g_Zin_d3 ? g_Zin[base + static_cast<long long>(r) * g_Zin_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    // ds_in = load.async dSin[(pid.y // $h), (pid.y % $h), (($n - 1) - 0), (pid.x * 32):+32, 0:+64] into stage 0
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+      const int a2 = ((p_n - 1) - 0);
+      const int s3 = (static_cast<int>(blockIdx.x) * 32);
+      const int s4 = 0;
+      const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
+      const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
+      float* const dst = t_ds_in_base + ((0) % 2) * 2048;
+      if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 16, c = (i % 16) * 4;
+          const int gr = s3 + r;
+          const long long left = ok && gr >= 0 && gr < g_dSin_d3 ? g_dSin_d4 - (s4 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_dSin + base + static_cast<long long>(r) * g_dSin_s3 + c) : static_cast<const void*>(g_dSin), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 ? g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    // dz_in = load.async dZin[(pid.y // $h), (pid.y % $h), (($n - 1) - 0), (pid.x * 32):+32] into stage 0
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+      const int a2 = ((p_n - 1) - 0);
+      const int s3 = (static_cast<int>(blockIdx.x) * 32);
+      const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
+      const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
+      float* const dst = t_dz_in_base + ((0) % 2) * 32;
+      if (prt::aligned16(g_dZin) && base % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 8; i += 128) {
+          const int c = i * 4;
+          const long long left = ok ? g_dZin_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[c], n > 0 ? static_cast<const void*>(g_dZin + base + c) : static_cast<const void*>(g_dZin), n * 4);
+        }
+      }
+      else {
+        for (int r = tid; r < 32; r += 128) {
+          dst[r] = ok && s3 + r >= 0 && s3 + r < g_dZin_d3 ? g_dZin[base + static_cast<long long>(r) * g_dZin_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = p_n;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
+      if (((v_i0 + 1) < p_n)) {
+        // s_in = load.async Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - (i0 + 1)), (pid.x * 32):+32, 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = ((p_n - 1) - (v_i0 + 1));
+          const int s3 = (static_cast<int>(blockIdx.x) * 32);
+          const int s4 = 0;
+          const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
+          const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
+          float* const dst = t_s_in_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
+          if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 16, c = (i % 16) * 4;
+              const int gr = s3 + r;
+              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+        // z_in = load.async Zin[(pid.y // $h), (pid.y % $h), (($n - 1) - (i0 + 1)), (pid.x * 32):+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = ((p_n - 1) - (v_i0 + 1));
+          const int s3 = (static_cast<int>(blockIdx.x) * 32);
+          const bool ok = a0 >= 0 && a0 < g_Zin_d0 && a1 >= 0 && a1 < g_Zin_d1 && a2 >= 0 && a2 < g_Zin_d2;
+          const long long base = static_cast<long long>(a0) * g_Zin_s0 + static_cast<long long>(a1) * g_Zin_s1 + static_cast<long long>(a2) * g_Zin_s2 + static_cast<long long>(s3) * g_Zin_s3;
+          float* const dst = t_z_in_base + ((((v_i0 + 1) % 2)) % 2) * 32;
+          if (prt::aligned16(g_Zin) && base % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 8; i += 128) {
+              const int c = i * 4;
+              const long long left = ok ? g_Zin_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[c], n > 0 ? static_cast<const void*>(g_Zin + base + c) : static_cast<const void*>(g_Zin), n * 4);
+            }
+          }
+          else {
+            for (int r = tid; r < 32; r += 128) {
+              dst[r] = ok && s3 + r >= 0 && s3 + r < g_Zin_d3 ? g_Zin[base + static_cast<long long>(r) * g_Zin_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+        __syncthreads();
+        // ds_in = load.async dSin[(pid.y // $h), (pid.y % $h), (($n - 1) - (i0 + 1)), (pid.x * 32):+32, 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = ((p_n - 1) - (v_i0 + 1));
+          const int s3 = (static_cast<int>(blockIdx.x) * 32);
+          const int s4 = 0;
+          const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
+          const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
+          float* const dst = t_ds_in_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
+          if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 16, c = (i % 16) * 4;
+              const int gr = s3 + r;
+              const long long left = ok && gr >= 0 && gr < g_dSin_d3 ? g_dSin_d4 - (s4 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_dSin + base + static_cast<long long>(r) * g_dSin_s3 + c) : static_cast<const void*>(g_dSin), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 ? g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+        // dz_in = load.async dZin[(pid.y // $h), (pid.y % $h), (($n - 1) - (i0 + 1)), (pid.x * 32):+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int a1 = (static_cast<int>(blockIdx.y) % p_h);
+          const int a2 = ((p_n - 1) - (v_i0 + 1));
+          const int s3 = (static_cast<int>(blockIdx.x) * 32);
+          const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
+          const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
+          float* const dst = t_dz_in_base + ((((v_i0 + 1) % 2)) % 2) * 32;
+          if (prt::aligned16(g_dZin) && base % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 8; i += 128) {
+              const int c = i * 4;
+              const long long left = ok ? g_dZin_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[c], n > 0 ? static_cast<const void*>(g_dZin + base + c) : static_cast<const void*>(g_dZin), n * 4);
+            }
+          }
+          else {
+            for (int r = tid; r < 32; r += 128) {
+              dst[r] = ok && s3 + r >= 0 && s3 + r < g_dZin_d3 ? g_dZin[base + static_cast<long long>(r) * g_dZin_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+      }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_s_in = t_s_in_base + (((v_i0 % 2)) % 2) * 2048;  // bind s_in stage (i0 % 2)
+      t_z_in = t_z_in_base + (((v_i0 % 2)) % 2) * 32;  // bind z_in stage (i0 % 2)
+      t_ds_in = t_ds_in_base + (((v_i0 % 2)) % 2) * 2048;  // bind ds_in stage (i0 % 2)
+      t_dz_in = t_dz_in_base + (((v_i0 % 2)) % 2) * 32;  // bind dz_in stage (i0 % 2)
       // g = load logG[(pid.y // $h), ((($n - 1) - i0) * 128):+128, (pid.y % $h)]
       {
         const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -7493,107 +7705,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
         }
       }
-      // s_in = load.async Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 32):+32, 0:+64]
-      {
-        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-        const int a2 = ((p_n - 1) - v_i0);
-        const int s3 = (static_cast<int>(blockIdx.x) * 32);
-        const int s4 = 0;
-        const bool ok = a0 >= 0 && a0 < g_Sin_d0 && a1 >= 0 && a1 < g_Sin_d1 && a2 >= 0 && a2 < g_Sin_d2;
-        const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
-        float* const dst = t_s_in;
-        if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 16, c = (i % 16) * 4;
-            const int gr = s3 + r;
-            const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_Sin_d3 && s4 + c >= 0 && s4 + c < g_Sin_d4 ? g_Sin[base + static_cast<long long>(r) * g_Sin_s3 + static_cast<long long>(c) * g_Sin_s4] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      // z_in = load.async Zin[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 32):+32]
-      {
-        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-        const int a2 = ((p_n - 1) - v_i0);
-        const int s3 = (static_cast<int>(blockIdx.x) * 32);
-        const bool ok = a0 >= 0 && a0 < g_Zin_d0 && a1 >= 0 && a1 < g_Zin_d1 && a2 >= 0 && a2 < g_Zin_d2;
-        const long long base = static_cast<long long>(a0) * g_Zin_s0 + static_cast<long long>(a1) * g_Zin_s1 + static_cast<long long>(a2) * g_Zin_s2 + static_cast<long long>(s3) * g_Zin_s3;
-        float* const dst = t_z_in;
-        if (prt::aligned16(g_Zin) && base % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 8; i += 128) {
-            const int c = i * 4;
-            const long long left = ok ? g_Zin_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[c], n > 0 ? static_cast<const void*>(g_Zin + base + c) : static_cast<const void*>(g_Zin), n * 4);
-          }
-        }
-        else {
-          for (int r = tid; r < 32; r += 128) {
-            dst[r] = ok && s3 + r >= 0 && s3 + r < g_Zin_d3 ? g_Zin[base + static_cast<long long>(r) * g_Zin_s3] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      __syncthreads();
-      // ds_in = load.async dSin[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 32):+32, 0:+64]
-      {
-        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-        const int a2 = ((p_n - 1) - v_i0);
-        const int s3 = (static_cast<int>(blockIdx.x) * 32);
-        const int s4 = 0;
-        const bool ok = a0 >= 0 && a0 < g_dSin_d0 && a1 >= 0 && a1 < g_dSin_d1 && a2 >= 0 && a2 < g_dSin_d2;
-        const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
-        float* const dst = t_ds_in;
-        if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 16, c = (i % 16) * 4;
-            const int gr = s3 + r;
-            const long long left = ok && gr >= 0 && gr < g_dSin_d3 ? g_dSin_d4 - (s4 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_dSin + base + static_cast<long long>(r) * g_dSin_s3 + c) : static_cast<const void*>(g_dSin), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_dSin_d3 && s4 + c >= 0 && s4 + c < g_dSin_d4 ? g_dSin[base + static_cast<long long>(r) * g_dSin_s3 + static_cast<long long>(c) * g_dSin_s4] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      // dz_in = load.async dZin[(pid.y // $h), (pid.y % $h), (($n - 1) - i0), (pid.x * 32):+32]
-      {
-        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int a1 = (static_cast<int>(blockIdx.y) % p_h);
-        const int a2 = ((p_n - 1) - v_i0);
-        const int s3 = (static_cast<int>(blockIdx.x) * 32);
-        const bool ok = a0 >= 0 && a0 < g_dZin_d0 && a1 >= 0 && a1 < g_dZin_d1 && a2 >= 0 && a2 < g_dZin_d2;
-        const long long base = static_cast<long long>(a0) * g_dZin_s0 + static_cast<long long>(a1) * g_dZin_s1 + static_cast<long long>(a2) * g_dZin_s2 + static_cast<long long>(s3) * g_dZin_s3;
-        float* const dst = t_dz_in;
-        if (prt::aligned16(g_dZin) && base % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 8; i += 128) {
-            const int c = i * 4;
-            const long long left = ok ? g_dZin_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[c], n > 0 ? static_cast<const void*>(g_dZin + base + c) : static_cast<const void*>(g_dZin), n * 4);
-          }
-        }
-        else {
-          for (int r = tid; r < 32; r += 128) {
-            dst[r] = ok && s3 + r >= 0 && s3 + r < g_dZin_d3 ? g_dZin[base + static_cast<long long>(r) * g_dZin_s3] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
       __syncthreads();
       // G = reduce_sum(g, axis=0)
       {
@@ -7746,6 +7857,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store dS0[(pid.y // $h), (pid.y % $h), (pid.x * 32):+32, 0:+64] = R
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -10157,10 +10269,10 @@ extern "C" cudaError_t prt_query_state_bwd_ds_p2_d64_e64_c128_bf16_w4_bd64_bt128
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_discounted_cumsum_bwd_p2_d64_e64_c128_bf16_w4_bd32_bt128_s1_launch(dim3 grid, cudaStream_t stream, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d64_e64_c128_bf16_w4_bd32_bt128_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 17696);
+extern "C" cudaError_t prt_discounted_cumsum_bwd_p2_d64_e64_c128_bf16_w4_bd32_bt128_s2_launch(dim3 grid, cudaStream_t stream, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
+  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d64_e64_c128_bf16_w4_bd32_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 34336);
   if (err != cudaSuccess) return err;
-  prt_discounted_cumsum_bwd_p2_d64_e64_c128_bf16_w4_bd32_bt128_s1<<<grid, 128, 17696, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
+  prt_discounted_cumsum_bwd_p2_d64_e64_c128_bf16_w4_bd32_bt128_s2<<<grid, 128, 34336, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
