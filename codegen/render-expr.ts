@@ -21,7 +21,7 @@ export function exprType(e: Expr, k: LKernel): CType {
     case "read":
       return "f32";
     case "unary":
-      if (e.fn === "not") return "bool";
+      if (e.fn === "not" || e.fn === "finite") return "bool";
       return e.fn === "neg" || e.fn === "abs" ? exprType(e.a, k) : "f32";
     case "binary":
       if (["lt", "le", "gt", "ge", "eq", "ne", "and", "or"].includes(e.fn)) return "bool";
@@ -118,6 +118,8 @@ export function renderExpr(e: Expr, c: ExprCtx): string {
           return `sqrtf(${a})`;
         case "not":
           return `(!${a})`;
+        case "finite":
+          return `isfinite(${a})`;
       }
     }
     // falls through (unreachable: the switch above is exhaustive)

@@ -33,6 +33,8 @@ export class Val {
   and(b: Val): Val { return new Val({ op: "binary", fn: "and", a: this.expr, b: b.expr }, "bool"); }
   or(b: Val): Val { return new Val({ op: "binary", fn: "or", a: this.expr, b: b.expr }, "bool"); }
   not(): Val { return new Val({ op: "unary", fn: "not", a: this.expr }, "bool"); }
+  /** true unless this is +-Infinity or NaN (the guard of non-finite inputs: README "Non-finite inputs"). */
+  isFinite(): Val { return new Val({ op: "unary", fn: "finite", a: this.toF32().expr }, "bool"); }
   neg(): Val { return new Val({ op: "unary", fn: "neg", a: this.expr }, this.type); }
   exp(): Val { return real("exp", this); }
   log(): Val { return real("log", this); }

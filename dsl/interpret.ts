@@ -84,6 +84,7 @@ function compileExpr(e: Expr, env: Env): Fn {
         case "abs": return (c, r, k) => Math.abs(a(c, r, k));
         case "sqrt": return (c, r, k) => Math.sqrt(a(c, r, k));
         case "not": return (c, r, k) => (a(c, r, k) ? 0 : 1);
+        case "finite": return (c, r, k) => (Number.isFinite(a(c, r, k)) ? 1 : 0);
       }
     }
     // falls through (unreachable: the switch above is exhaustive)

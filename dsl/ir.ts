@@ -32,7 +32,7 @@ export interface ParamDecl {
   readonly type: "i32" | "f32";
 }
 
-export type UnaryFn = "neg" | "exp" | "log" | "abs" | "sqrt" | "not";
+export type UnaryFn = "neg" | "exp" | "log" | "abs" | "sqrt" | "not" | "finite";
 export type BinaryFn =
   | "add" | "sub" | "mul" | "div" // div is real division; idiv/mod are for i32
   | "max" | "min"

@@ -231,6 +231,7 @@ export function typeOf(e: Expr, s: Scope, err: (m: string) => void): ExprType | 
         return "bool";
       }
       if (t === "bool") err(`${e.fn}: operand is bool`);
+      if (e.fn === "finite") return "bool";
       return e.fn === "neg" || e.fn === "abs" ? t : "f32";
     }
     case "pow":

@@ -5,7 +5,7 @@
 #include "sympow_d128_p2.cuh"
 
 // attention: numA, denA, maxA: causal p-th power attention inside each chunk, stabilised by the row max of log-weights
-// grid ($n, $hq, $b), 128 threads, 98560 bytes of dynamic shared memory
+// grid ($n, $hq, $b), 128 threads, 131328 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c128_bf16_w4_bd0_bt64_s2(
     const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -96,19 +96,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
   (void)g_maxA_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
-  __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_smem + 70656);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_smem + 103424);  // bf16[64, 128] pitch 136
   __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_smem + 1024);  // bf16[64, 128] pitch 136, 2 copies
   __nv_bfloat16* t_k = t_k_base;
   __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_smem + 35840);  // bf16[64, 128] pitch 136, 2 copies
   __nv_bfloat16* t_v = t_v_base;
   float f_w[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  __nv_bfloat16* const t_p = reinterpret_cast<__nv_bfloat16*>(prt_smem + 88064);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_p = reinterpret_cast<__nv_bfloat16*>(prt_smem + 120832);  // bf16[64, 64] pitch 72
   float f_acc[4][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 4 warps
-  float* const t_row_max = reinterpret_cast<float*>(prt_smem + 98048);  // f32[64] pitch 64
-  float* const t_row_sum = reinterpret_cast<float*>(prt_smem + 98304);  // f32[64] pitch 64
-  float* const t_block_max = reinterpret_cast<float*>(prt_smem + 97536);  // f32[64] pitch 64
-  float* const t_block_sum = reinterpret_cast<float*>(prt_smem + 97792);  // f32[64] pitch 64
-  float* const t_alpha = reinterpret_cast<float*>(prt_smem + 97280);  // f32[64] pitch 64
+  // v_finite: bf16[64, 128] computed in registers by its mma group
+  float* const t_v_bad = reinterpret_cast<float*>(prt_smem + 70656);  // f32[64, 128] pitch 128
+  float* const t_row_max = reinterpret_cast<float*>(prt_smem + 130816);  // f32[64] pitch 64
+  float* const t_row_sum = reinterpret_cast<float*>(prt_smem + 131072);  // f32[64] pitch 64
+  float* const t_block_max = reinterpret_cast<float*>(prt_smem + 130304);  // f32[64] pitch 64
+  float* const t_block_sum = reinterpret_cast<float*>(prt_smem + 130560);  // f32[64] pitch 64
+  float* const t_alpha = reinterpret_cast<float*>(prt_smem + 130048);  // f32[64] pitch 64
   float* const t_block_max_part = reinterpret_cast<float*>(prt_smem + 0);  // f32[2, 64] pitch 64
   // g = load logG[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h))]
   {
@@ -442,28 +444,111 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
                 }
               }
             }
-            // acc += mma.tc(p, v) [64x128 in 16x32 units over 4 warps]
-            {
-              float (&acc)[4][4][4] = f_acc;
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                const int n0 = (warp % 4) * 32;
-                uint32_t fb_v[4][2];
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t r[4];
-                  prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                  fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
+            if ((v_i1 < v_i0)) {
+              // acc += mma.tc(p, v) [64x128 in 16x32 units over 4 warps]
+              {
+                float (&acc)[4][4][4] = f_acc;
+                for (int k0 = 0; k0 < 64; k0 += 16) {
+                  const int n0 = (warp % 4) * 32;
+                  uint32_t fb_v[4][2];
+                  #pragma unroll
+                  for (int q = 0; q < 4; q += 2) {
+                    uint32_t r[4];
+                    prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                    fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
+                  }
+                  #pragma unroll
+                  for (int j = 0; j < 4; ++j) {
+                    const int u = warp + j * 4;
+                    const int m0 = (u / 4) * 16;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fa_p[4];
+                    prt::ldmatrix_x4(fa_p, &t_p[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                    #pragma unroll
+                    for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_p, fb_v[q][0], fb_v[q][1]);
+                  }
                 }
+              }
+            }
+            if ((v_i1 == v_i0)) {
+              // v_bad[row, col] = select(finite(v[row, col]), 0.0, 1.0)
+              {
+                for (int i = tid; i < 8192; i += 128) {
+                  const int r = i / 128, c = i % 128;
+                  t_v_bad[(r) * 128 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_v[(r) * 136 + (c)])) ? 0.0f : 1.0f));
+                }
+              }
+              __syncthreads();
+              // v_bad = cumsum(v_bad, axis=0)
+              {
+                for (int o = tid; o < 128; o += 128) {
+                  float acc = 0.0f;
+                  for (int j = 0; j < 64; ++j) {
+                    const int i = j;
+                    acc += prt::to_f32(t_v_bad[(i) * 128 + (o)]);
+                    t_v_bad[(i) * 128 + (o)] = prt::from_f32<float>(acc);
+                  }
+                }
+              }
+              // mma.group (operands in registers):
+              //   v_finite[row, col] = select(finite(v[row, col]), v[row, col], 0.0)
+              //   acc += mma.tc(p, v_finite) [64x128 in 16x32 units over 4 warps]
+              {
+                float (&acc)[4][4][4] = f_acc;
+                const int g = lane >> 2, t2 = (lane & 3) * 2;
+                for (int k0 = 0; k0 < 64; k0 += 16) {
+                  const int n0 = (warp % 4) * 32;
+                  uint32_t fb_v[4][2];
+                  #pragma unroll
+                  for (int q = 0; q < 4; q += 2) {
+                    uint32_t r[4];
+                    prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                    fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
+                  }
+                  uint32_t ib_v_finite[4][2];
+                  #pragma unroll
+                  for (int q = 0; q < 4; ++q) {
+                    #pragma unroll
+                    for (int rg = 0; rg < 2; ++rg) {
+                      __nv_bfloat16 v0[2];
+                      #pragma unroll
+                      for (int h = 0; h < 2; ++h) {
+                        const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((isfinite(prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h)) ? prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) : 0.0f));
+                        v0[h] = y0;
+                      }
+                      ib_v_finite[q][rg] = prt::pack2(v0[0], v0[1]);
+                    }
+                  }
+                  #pragma unroll
+                  for (int j = 0; j < 4; ++j) {
+                    const int u = warp + j * 4;
+                    const int m0 = (u / 4) * 16;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fa_p[4];
+                    prt::ldmatrix_x4(fa_p, &t_p[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                    #pragma unroll
+                    for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_p, ib_v_finite[q][0], ib_v_finite[q][1]);
+                  }
+                }
+              }
+              __syncthreads();
+              // acc[row, col] = select((v_bad[row, col] > 0.0), NaN, acc[row, col])
+              {
                 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
                   const int u = warp + j * 4;
-                  const int m0 = (u / 4) * 16;
-                  (void)m0;
-                  (void)n0;
-                  uint32_t fa_p[4];
-                  prt::ldmatrix_x4(fa_p, &t_p[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                  const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
                   #pragma unroll
-                  for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_p, fb_v[q][0], fb_v[q][1]);
+                  for (int q = 0; q < 4; ++q) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                      const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                      f_acc[j][q][e] = ((prt::to_f32(t_v_bad[(r) * 128 + (c)]) > 0.0f) ? __int_as_float(0x7fc00000) : f_acc[j][q][e]);
+                    }
+                  }
                 }
               }
             }
@@ -4446,6 +4531,22 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
         }
       }
     }
+    // num[row, col] = select(finite(num[row, col]), num[row, col], NaN)
+    {
+      #pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int u = warp + j * 8;
+        const int m0 = (u / 8) * 16, n0 = (u % 8) * 16;
+        #pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            f_num[j][q][e] = (isfinite(f_num[j][q][e]) ? f_num[j][q][e] : __int_as_float(0x7fc00000));
+          }
+        }
+      }
+    }
     // den_s[row] = select((den[row] != 0.0), (den_s[row] / den[row]), 0.0)
     {
       for (int r = tid; r < 64; r += 256) {
@@ -4889,7 +4990,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d128
               }
             }
           }
-          // p_dp[row, col] = (p[row, col] * p_dp[row, col])
+          // p_dp[row, col] = select(((((i0 * 64) + row) >= ((i1 * 64) + col)) && (lse_i[row] != -Infinity)), (p[row, col] * p_dp[row, col]), 0.0)
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -4900,7 +5001,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d128
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_p_dp[j][q][e] = (f_p[j][q][e] * f_p_dp[j][q][e]);
+                  f_p_dp[j][q][e] = (((((v_i0 * 64) + r) >= ((v_i1 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? (f_p[j][q][e] * f_p_dp[j][q][e]) : 0.0f);
                 }
               }
             }
@@ -5159,6 +5260,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
   float* const t_wsum = reinterpret_cast<float*>(prt_smem + 41216);  // f32[32] pitch 32
   float* const t_dlam = reinterpret_cast<float*>(prt_smem + 384);  // f32[32] pitch 32
   float* const t_dlam_row = reinterpret_cast<float*>(prt_smem + 40960);  // f32[32] pitch 32
+  // k_finite: bf16[32, 128] computed in registers by its mma group
+  // q_finite: bf16[32, 128] computed in registers by its mma group
   float* const t_wsum_part = reinterpret_cast<float*>(prt_smem + 0);  // f32[2, 32] pitch 32
   // g = load logG[pid.z, (pid.x * 128):+128, pid.y]
   {
@@ -5411,7 +5514,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                   }
                 }
               }
-              // W[row, col] = (select(((((i0 * 32) + row) >= ((i2 * 32) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i0 * 32) + row)]) - lam[((i2 * 32) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row]))
+              // W[row, col] = select(((((i0 * 32) + row) >= ((i2 * 32) + col)) && (lse_i[row] != -Infinity)), (select(((((i0 * 32) + row) >= ((i2 * 32) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i0 * 32) + row)]) - lam[((i2 * 32) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row])), 0.0)
               {
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
@@ -5422,12 +5525,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                     #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                       const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                      f_W[j][q][e] = ((((((v_i0 * 32) + r) >= ((v_i2 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 32) + r)])) - prt::to_f32(t_lam[((v_i2 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r])));
+                      f_W[j][q][e] = (((((v_i0 * 32) + r) >= ((v_i2 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? ((((((v_i0 * 32) + r) >= ((v_i2 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 32) + r)])) - prt::to_f32(t_lam[((v_i2 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r]))) : 0.0f);
                     }
                   }
                 }
               }
-              // ds[row, col] = select((dot[row, col] == 0.0), 0.0, ((W[row, col] * 2.0) / dot[row, col]))
+              // ds[row, col] = select((((((i0 * 32) + row) >= ((i2 * 32) + col)) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
               {
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
@@ -5438,34 +5541,81 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                     #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                       const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                      t_ds[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((f_dot[j][q][e] == 0.0f) ? 0.0f : ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e])));
+                      t_ds[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((((((v_i0 * 32) + r) >= ((v_i2 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) && (f_dot[j][q][e] != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e]) : 0.0f));
                     }
                   }
                 }
               }
               __syncthreads();
-              // acc_d += mma.tc(ds, k) [32x128 in 16x32 units over 4 warps]
-              {
-                float (&acc)[2][4][4] = f_acc_d;
-                for (int k0 = 0; k0 < 32; k0 += 16) {
-                  const int n0 = (warp % 4) * 32;
-                  uint32_t fb_k[4][2];
-                  #pragma unroll
-                  for (int q = 0; q < 4; q += 2) {
-                    uint32_t r[4];
-                    prt::ldmatrix_x4_trans(r, &t_k[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                    fb_k[q][0] = r[0]; fb_k[q][1] = r[1]; fb_k[q + 1][0] = r[2]; fb_k[q + 1][1] = r[3];
-                  }
-                  #pragma unroll
-                  for (int j = 0; j < 2; ++j) {
-                    const int u = warp + j * 4;
-                    const int m0 = (u / 4) * 16;
-                    (void)m0;
-                    (void)n0;
-                    uint32_t fa_ds[4];
-                    prt::ldmatrix_x4(fa_ds, &t_ds[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+              if ((v_i2 < v_i0)) {
+                // acc_d += mma.tc(ds, k) [32x128 in 16x32 units over 4 warps]
+                {
+                  float (&acc)[2][4][4] = f_acc_d;
+                  for (int k0 = 0; k0 < 32; k0 += 16) {
+                    const int n0 = (warp % 4) * 32;
+                    uint32_t fb_k[4][2];
                     #pragma unroll
-                    for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_ds, fb_k[q][0], fb_k[q][1]);
+                    for (int q = 0; q < 4; q += 2) {
+                      uint32_t r[4];
+                      prt::ldmatrix_x4_trans(r, &t_k[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                      fb_k[q][0] = r[0]; fb_k[q][1] = r[1]; fb_k[q + 1][0] = r[2]; fb_k[q + 1][1] = r[3];
+                    }
+                    #pragma unroll
+                    for (int j = 0; j < 2; ++j) {
+                      const int u = warp + j * 4;
+                      const int m0 = (u / 4) * 16;
+                      (void)m0;
+                      (void)n0;
+                      uint32_t fa_ds[4];
+                      prt::ldmatrix_x4(fa_ds, &t_ds[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                      #pragma unroll
+                      for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_ds, fb_k[q][0], fb_k[q][1]);
+                    }
+                  }
+                }
+              }
+              if ((v_i2 == v_i0)) {
+                // mma.group (operands in registers):
+                //   k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+                //   acc_d += mma.tc(ds, k_finite) [32x128 in 16x32 units over 4 warps]
+                {
+                  float (&acc)[2][4][4] = f_acc_d;
+                  const int g = lane >> 2, t2 = (lane & 3) * 2;
+                  for (int k0 = 0; k0 < 32; k0 += 16) {
+                    const int n0 = (warp % 4) * 32;
+                    uint32_t fb_k[4][2];
+                    #pragma unroll
+                    for (int q = 0; q < 4; q += 2) {
+                      uint32_t r[4];
+                      prt::ldmatrix_x4_trans(r, &t_k[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                      fb_k[q][0] = r[0]; fb_k[q][1] = r[1]; fb_k[q + 1][0] = r[2]; fb_k[q + 1][1] = r[3];
+                    }
+                    uint32_t ib_k_finite[4][2];
+                    #pragma unroll
+                    for (int q = 0; q < 4; ++q) {
+                      #pragma unroll
+                      for (int rg = 0; rg < 2; ++rg) {
+                        __nv_bfloat16 v0[2];
+                        #pragma unroll
+                        for (int h = 0; h < 2; ++h) {
+                          const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((isfinite(prt::b16_half<__nv_bfloat16>(fb_k[q][rg], h)) ? prt::b16_half<__nv_bfloat16>(fb_k[q][rg], h) : 0.0f));
+                          v0[h] = y0;
+                        }
+                        ib_k_finite[q][rg] = prt::pack2(v0[0], v0[1]);
+                      }
+                    }
+                    #pragma unroll
+                    for (int j = 0; j < 2; ++j) {
+                      const int u = warp + j * 4;
+                      const int m0 = (u / 4) * 16;
+                      (void)m0;
+                      (void)n0;
+                      uint32_t fa_ds[4];
+                      prt::ldmatrix_x4(fa_ds, &t_ds[(m0 + prt::a_row(lane)) * 40 + k0 + prt::a_col(lane)]);
+                      #pragma unroll
+                      for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_ds, ib_k_finite[q][0], ib_k_finite[q][1]);
+                    }
                   }
                 }
               }
@@ -5768,7 +5918,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                   }
                 }
               }
-              // W[row, col] = (select(((((i4 * 32) + row) >= ((i0 * 32) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i4 * 32) + row)]) - lam[((i0 * 32) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row]))
+              // W[row, col] = select(((((i4 * 32) + row) >= ((i0 * 32) + col)) && (lse_i[row] != -Infinity)), (select(((((i4 * 32) + row) >= ((i0 * 32) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i4 * 32) + row)]) - lam[((i0 * 32) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row])), 0.0)
               {
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
@@ -5779,12 +5929,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                     #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                       const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                      f_W[j][q][e] = ((((((v_i4 * 32) + r) >= ((v_i0 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 32) + r)])) - prt::to_f32(t_lam[((v_i0 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r])));
+                      f_W[j][q][e] = (((((v_i4 * 32) + r) >= ((v_i0 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? ((((((v_i4 * 32) + r) >= ((v_i0 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 32) + r)])) - prt::to_f32(t_lam[((v_i0 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r]))) : 0.0f);
                     }
                   }
                 }
               }
-              // ds[row, col] = select((dot[row, col] == 0.0), 0.0, ((W[row, col] * 2.0) / dot[row, col]))
+              // ds[row, col] = select((((((i4 * 32) + row) >= ((i0 * 32) + col)) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
               {
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
@@ -5795,7 +5945,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                     #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                       const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                      t_ds[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((f_dot[j][q][e] == 0.0f) ? 0.0f : ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e])));
+                      t_ds[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>(((((((v_i4 * 32) + r) >= ((v_i0 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) && (f_dot[j][q][e] != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e]) : 0.0f));
                     }
                   }
                 }
@@ -5842,28 +5992,75 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                   }
                 }
               }
-              // acc_d += mma.tc(ds^T, q) [32x128 in 16x32 units over 4 warps]
-              {
-                float (&acc)[2][4][4] = f_acc_d;
-                for (int k0 = 0; k0 < 32; k0 += 16) {
-                  const int n0 = (warp % 4) * 32;
-                  uint32_t fb_q[4][2];
-                  #pragma unroll
-                  for (int q = 0; q < 4; q += 2) {
-                    uint32_t r[4];
-                    prt::ldmatrix_x4_trans(r, &t_q[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
-                    fb_q[q][0] = r[0]; fb_q[q][1] = r[1]; fb_q[q + 1][0] = r[2]; fb_q[q + 1][1] = r[3];
-                  }
-                  #pragma unroll
-                  for (int j = 0; j < 2; ++j) {
-                    const int u = warp + j * 4;
-                    const int m0 = (u / 4) * 16;
-                    (void)m0;
-                    (void)n0;
-                    uint32_t fat_ds[4];
-                    prt::ldmatrix_x4_trans(fat_ds, &t_ds[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+              if ((v_i4 > v_i0)) {
+                // acc_d += mma.tc(ds^T, q) [32x128 in 16x32 units over 4 warps]
+                {
+                  float (&acc)[2][4][4] = f_acc_d;
+                  for (int k0 = 0; k0 < 32; k0 += 16) {
+                    const int n0 = (warp % 4) * 32;
+                    uint32_t fb_q[4][2];
                     #pragma unroll
-                    for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_ds, fb_q[q][0], fb_q[q][1]);
+                    for (int q = 0; q < 4; q += 2) {
+                      uint32_t r[4];
+                      prt::ldmatrix_x4_trans(r, &t_q[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                      fb_q[q][0] = r[0]; fb_q[q][1] = r[1]; fb_q[q + 1][0] = r[2]; fb_q[q + 1][1] = r[3];
+                    }
+                    #pragma unroll
+                    for (int j = 0; j < 2; ++j) {
+                      const int u = warp + j * 4;
+                      const int m0 = (u / 4) * 16;
+                      (void)m0;
+                      (void)n0;
+                      uint32_t fat_ds[4];
+                      prt::ldmatrix_x4_trans(fat_ds, &t_ds[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                      #pragma unroll
+                      for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_ds, fb_q[q][0], fb_q[q][1]);
+                    }
+                  }
+                }
+              }
+              if ((v_i4 == v_i0)) {
+                // mma.group (operands in registers):
+                //   q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+                //   acc_d += mma.tc(ds^T, q_finite) [32x128 in 16x32 units over 4 warps]
+                {
+                  float (&acc)[2][4][4] = f_acc_d;
+                  const int g = lane >> 2, t2 = (lane & 3) * 2;
+                  for (int k0 = 0; k0 < 32; k0 += 16) {
+                    const int n0 = (warp % 4) * 32;
+                    uint32_t fb_q[4][2];
+                    #pragma unroll
+                    for (int q = 0; q < 4; q += 2) {
+                      uint32_t r[4];
+                      prt::ldmatrix_x4_trans(r, &t_q[(k0 + prt::a_row(lane)) * 136 + n0 + q * 8 + prt::a_col(lane)]);
+                      fb_q[q][0] = r[0]; fb_q[q][1] = r[1]; fb_q[q + 1][0] = r[2]; fb_q[q + 1][1] = r[3];
+                    }
+                    uint32_t ib_q_finite[4][2];
+                    #pragma unroll
+                    for (int q = 0; q < 4; ++q) {
+                      #pragma unroll
+                      for (int rg = 0; rg < 2; ++rg) {
+                        __nv_bfloat16 v0[2];
+                        #pragma unroll
+                        for (int h = 0; h < 2; ++h) {
+                          const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                          const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((isfinite(prt::b16_half<__nv_bfloat16>(fb_q[q][rg], h)) ? prt::b16_half<__nv_bfloat16>(fb_q[q][rg], h) : 0.0f));
+                          v0[h] = y0;
+                        }
+                        ib_q_finite[q][rg] = prt::pack2(v0[0], v0[1]);
+                      }
+                    }
+                    #pragma unroll
+                    for (int j = 0; j < 2; ++j) {
+                      const int u = warp + j * 4;
+                      const int m0 = (u / 4) * 16;
+                      (void)m0;
+                      (void)n0;
+                      uint32_t fat_ds[4];
+                      prt::ldmatrix_x4_trans(fat_ds, &t_ds[(k0 + prt::at_row(lane)) * 40 + m0 + prt::at_col(lane)]);
+                      #pragma unroll
+                      for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_ds, ib_q_finite[q][0], ib_q_finite[q][1]);
+                    }
                   }
                 }
               }
@@ -12043,7 +12240,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
 }
 
 // decode: y of the cache's newest tn rows: in-cache attention (online over key blocks) + phi(q')^T S / phi(q').Z, one scale
-// grid ($hq, $b, (($tn + 15) // 16)), 128 threads, 86016 bytes of dynamic shared memory
+// grid ($hq, $b, (($tn + 15) // 16)), 128 threads, 91904 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_bf16_w4_bd64_bt64_s2(
     const __nv_bfloat16* g_Q, const float* g_Kc, const float* g_Vc, const float* g_Gc, const float* g_S, const float* g_Z, __nv_bfloat16* g_Y, int p_b, int p_tq, int p_hq, int p_h, int p_q0, int p_tn, int p_len, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -12148,20 +12345,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_b
   float f_num_s[1][4][4];  // f32[16, 128] as mma fragments: 16x128 in 16x32 units over 4 warps
   float f_den_parts[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
   float* const t_den_s = reinterpret_cast<float*>(prt_smem + 320);  // f32[16] pitch 16
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_smem + 13568);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 30976);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_smem + 54528);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 71936);  // bf16[64, 128] pitch 136
   float f_qk[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
   float f_w[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
   float* const t_m_blk = reinterpret_cast<float*>(prt_smem + 192);  // f32[16] pitch 16
   float* const t_m_new = reinterpret_cast<float*>(prt_smem + 256);  // f32[16] pitch 16
   float* const t_m_run = reinterpret_cast<float*>(prt_smem + 64);  // f32[16] pitch 16
-  __nv_bfloat16* const t_p = reinterpret_cast<__nv_bfloat16*>(prt_smem + 48384);  // bf16[16, 64] pitch 72
+  __nv_bfloat16* const t_p = reinterpret_cast<__nv_bfloat16*>(prt_smem + 89344);  // bf16[16, 64] pitch 72
   float* const t_p_sum = reinterpret_cast<float*>(prt_smem + 384);  // f32[16] pitch 16
-  float* const t_num_a = reinterpret_cast<float*>(prt_smem + 5376);  // f32[16, 128] pitch 128
+  float* const t_num_a = reinterpret_cast<float*>(prt_smem + 13568);  // f32[16, 128] pitch 128
   float* const t_den_a = reinterpret_cast<float*>(prt_smem + 128);  // f32[16] pitch 16
+  float* const t_v_bad = reinterpret_cast<float*>(prt_smem + 21760);  // f32[64, 128] pitch 128
+  float* const t_v_seen = reinterpret_cast<float*>(prt_smem + 5376);  // f32[16, 128] pitch 128
   float* const t_y_row = reinterpret_cast<float*>(prt_smem + 192);  // f32[128] pitch 128
   float* const t_den_s_part = reinterpret_cast<float*>(prt_smem + 64);  // f32[4, 16] pitch 16
-  float* const t_m_blk_part = reinterpret_cast<float*>(prt_smem + 50688);  // f32[4, 16] pitch 16
+  float* const t_m_blk_part = reinterpret_cast<float*>(prt_smem + 91648);  // f32[4, 16] pitch 16
   // g = load Gc[pid.y, 0:+128, (pid.x // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.y);
@@ -12452,6 +12651,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_b
     }
   }
   __syncthreads();
+  // v_seen[row, col] = 0.0
+  {
+    for (int i = tid; i < 2048; i += 128) {
+      const int r = i / 128, c = i % 128;
+      t_v_seen[(r) * 128 + (c)] = prt::from_f32<float>(0.0f);
+    }
+  }
   // m_run[row] = -Infinity
   {
     for (int r = tid; r < 16; r += 128) {
@@ -12503,14 +12709,40 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_b
           dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Vc_d1 && s3 + c >= 0 && s3 + c < g_Vc_d3 ? prt::from_f32<__nv_bfloat16>(prt::to_f32(g_Vc[base + static_cast<long long>(r) * g_Vc_s1 + static_cast<long long>(c) * g_Vc_s3])) : prt::from_f32<__nv_bfloat16>(0.0f);
         }
       }
-      // v[row, col] = select((((i1 * 64) + row) < $len), v[row, col], 0.0)
+      // v_bad[row, col] = select(((((i1 * 64) + row) < $len) && !(finite(v[row, col]))), 1.0, 0.0)
       {
         for (int i = tid; i < 8192; i += 128) {
           const int r = i / 128, c = i % 128;
-          t_v[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>(((((v_i1 * 64) + r) < p_len) ? prt::to_f32(t_v[(r) * 136 + (c)]) : 0.0f));
+          t_v_bad[(r) * 128 + (c)] = prt::from_f32<float>((((((v_i1 * 64) + r) < p_len) && (!isfinite(prt::to_f32(t_v[(r) * 136 + (c)])))) ? 1.0f : 0.0f));
         }
       }
       __syncthreads();
+      // v_bad = cumsum(v_bad, axis=0)
+      {
+        for (int o = tid; o < 128; o += 128) {
+          float acc = 0.0f;
+          for (int j = 0; j < 64; ++j) {
+            const int i = j;
+            acc += prt::to_f32(t_v_bad[(i) * 128 + (o)]);
+            t_v_bad[(i) * 128 + (o)] = prt::from_f32<float>(acc);
+          }
+        }
+      }
+      __syncthreads();
+      // v_seen[row, col] = select((((((($len - $tn) + (pid.z * 16)) + row) - (i1 * 64)) >= 0) && (v_bad[min((((($len - $tn) + (pid.z * 16)) + row) - (i1 * 64)), 63), col] > 0.0)), 1.0, v_seen[row, col])
+      {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 128, c = i % 128;
+          t_v_seen[(r) * 128 + (c)] = prt::from_f32<float>((((((((p_len - p_tn) + (static_cast<int>(blockIdx.z) * 16)) + r) - (v_i1 * 64)) >= 0) && (prt::to_f32(t_v_bad[(prt::min_nan(((((p_len - p_tn) + (static_cast<int>(blockIdx.z) * 16)) + r) - (v_i1 * 64)), 63)) * 128 + (c)]) > 0.0f)) ? 1.0f : prt::to_f32(t_v_seen[(r) * 128 + (c)])));
+        }
+      }
+      // v[row, col] = select(((((i1 * 64) + row) < $len) && finite(v[row, col])), v[row, col], 0.0)
+      {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          t_v[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((((((v_i1 * 64) + r) < p_len) && isfinite(prt::to_f32(t_v[(r) * 136 + (c)]))) ? prt::to_f32(t_v[(r) * 136 + (c)]) : 0.0f));
+        }
+      }
       // qk = mma.tc(q, k^T) [16x64 in 16x16 units over 4 warps]
       {
         float (&acc)[1][2][4] = f_qk;
@@ -12710,6 +12942,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_b
       {
         for (int r = tid; r < 128; r += 128) {
           t_y_row[r] = prt::from_f32<float>(((prt::to_f32(t_den_a[v_i2]) != 0.0f) ? (prt::to_f32(t_num_a[(v_i2) * 128 + (r)]) / prt::to_f32(t_den_a[v_i2])) : 0.0f));
+        }
+      }
+      // y_row[row] = select(((v_seen[i2, row] > 0.0) || !(finite(y_row[row]))), NaN, y_row[row])
+      {
+        for (int r = tid; r < 128; r += 128) {
+          t_y_row[r] = prt::from_f32<float>((((prt::to_f32(t_v_seen[(v_i2) * 128 + (r)]) > 0.0f) || (!isfinite(prt::to_f32(t_y_row[r])))) ? __int_as_float(0x7fc00000) : prt::to_f32(t_y_row[r])));
         }
       }
       // store Y[pid.y, (($q0 + (pid.z * 16)) + i2), pid.x, 0:+128] = y_row
@@ -13071,9 +13309,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_state_copy_p2_d128_e128_c1
 #include <cuda_runtime.h>
 
 extern "C" cudaError_t prt_attention_p2_d128_e128_c128_bf16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d128_e128_c128_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 98560);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d128_e128_c128_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 131328);
   if (err != cudaSuccess) return err;
-  prt_attention_p2_d128_e128_c128_bf16_w4_bd0_bt64_s2<<<grid, 128, 98560, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_attention_p2_d128_e128_c128_bf16_w4_bd0_bt64_s2<<<grid, 128, 131328, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
@@ -13148,9 +13386,9 @@ extern "C" cudaError_t prt_combine_grads_p2_d128_e128_c128_bf16_w4_bd0_bt64_s1_l
 }
 
 extern "C" cudaError_t prt_decode_p2_d128_e128_c128_bf16_w4_bd64_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_Kc, const float* g_Vc, const float* g_Gc, const float* g_S, const float* g_Z, __nv_bfloat16* g_Y, int p_b, int p_tq, int p_hq, int p_h, int p_q0, int p_tn, int p_len, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_decode_p2_d128_e128_c128_bf16_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 86016);
+  cudaError_t err = cudaFuncSetAttribute(prt_decode_p2_d128_e128_c128_bf16_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 91904);
   if (err != cudaSuccess) return err;
-  prt_decode_p2_d128_e128_c128_bf16_w4_bd64_bt64_s2<<<grid, 128, 86016, stream>>>(g_Q, g_Kc, g_Vc, g_Gc, g_S, g_Z, g_Y, p_b, p_tq, p_hq, p_h, p_q0, p_tn, p_len, p_scale);
+  prt_decode_p2_d128_e128_c128_bf16_w4_bd64_bt64_s2<<<grid, 128, 91904, stream>>>(g_Q, g_Kc, g_Vc, g_Gc, g_S, g_Z, g_Y, p_b, p_tq, p_hq, p_h, p_q0, p_tn, p_len, p_scale);
   return cudaGetLastError();
 }
 

@@ -5,7 +5,7 @@
 #include "sympow_d128_p2.cuh"
 
 // attention: numA, denA, maxA: causal p-th power attention inside each chunk, stabilised by the row max of log-weights
-// grid ($n, $hq, $b), 64 threads, 89984 bytes of dynamic shared memory
+// grid ($n, $hq, $b), 64 threads, 123264 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_f32_w2_bd0_bt32_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -102,12 +102,14 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
   float* const t_v_base = reinterpret_cast<float*>(prt_smem + 34304);  // f32[32, 128] pitch 132, 2 copies
   float* t_v = t_v_base;
   float f_w[1][4][4];  // f32[32, 32] as mma fragments: 32x32 in 16x32 units over 2 warps
-  float* const t_p = reinterpret_cast<float*>(prt_smem + 84992);  // f32[32, 32] pitch 36
+  float* const t_p = reinterpret_cast<float*>(prt_smem + 118272);  // f32[32, 32] pitch 36
   float f_acc[4][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 2 warps
-  float* const t_row_max = reinterpret_cast<float*>(prt_smem + 89728);  // f32[32] pitch 32
-  float* const t_row_sum = reinterpret_cast<float*>(prt_smem + 89856);  // f32[32] pitch 32
+  float* const t_v_finite = reinterpret_cast<float*>(prt_smem + 84992);  // f32[32, 128] pitch 132
+  float* const t_v_bad = reinterpret_cast<float*>(prt_smem + 101888);  // f32[32, 128] pitch 128
+  float* const t_row_max = reinterpret_cast<float*>(prt_smem + 123008);  // f32[32] pitch 32
+  float* const t_row_sum = reinterpret_cast<float*>(prt_smem + 123136);  // f32[32] pitch 32
   float* const t_block_max = reinterpret_cast<float*>(prt_smem + 128);  // f32[32] pitch 32
-  float* const t_block_sum = reinterpret_cast<float*>(prt_smem + 89600);  // f32[32] pitch 32
+  float* const t_block_sum = reinterpret_cast<float*>(prt_smem + 122880);  // f32[32] pitch 32
   float* const t_alpha = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
   // g = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
@@ -429,23 +431,91 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
                 }
               }
             }
-            // acc += mma.fmaFrag(p, v) [32x128 in 16x32 units over 2 warps]
-            {
-              #pragma unroll
-              for (int j = 0; j < 4; ++j) {
-                const int u = warp + j * 2;
-                const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-                float (&acc)[4][4] = f_acc[j];
-                const int g = lane >> 2, t2 = (lane & 3) * 2;
-                for (int kk = 0; kk < 32; ++kk) {
-                  const float a0 = prt::to_f32(t_p[(m0 + g) * 36 + (kk)]), a1 = prt::to_f32(t_p[(m0 + g + 8) * 36 + (kk)]);
+            if ((v_i1 < v_i0)) {
+              // acc += mma.fmaFrag(p, v) [32x128 in 16x32 units over 2 warps]
+              {
+                #pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                  const int u = warp + j * 2;
+                  const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+                  float (&acc)[4][4] = f_acc[j];
+                  const int g = lane >> 2, t2 = (lane & 3) * 2;
+                  for (int kk = 0; kk < 32; ++kk) {
+                    const float a0 = prt::to_f32(t_p[(m0 + g) * 36 + (kk)]), a1 = prt::to_f32(t_p[(m0 + g + 8) * 36 + (kk)]);
+                    #pragma unroll
+                    for (int q = 0; q < 4; ++q) {
+                      const float b0 = prt::to_f32(t_v[(kk) * 132 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_v[(kk) * 132 + (n0 + q * 8 + t2 + 1)]);
+                      acc[q][0] = fmaf(a0, b0, acc[q][0]);
+                      acc[q][1] = fmaf(a0, b1, acc[q][1]);
+                      acc[q][2] = fmaf(a1, b0, acc[q][2]);
+                      acc[q][3] = fmaf(a1, b1, acc[q][3]);
+                    }
+                  }
+                }
+              }
+            }
+            if ((v_i1 == v_i0)) {
+              // v_bad[row, col] = select(finite(v[row, col]), 0.0, 1.0)
+              {
+                for (int i = tid; i < 4096; i += 64) {
+                  const int r = i / 128, c = i % 128;
+                  t_v_bad[(r) * 128 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_v[(r) * 132 + (c)])) ? 0.0f : 1.0f));
+                }
+              }
+              __syncthreads();
+              // v_bad = cumsum(v_bad, axis=0)
+              {
+                for (int o = tid; o < 128; o += 64) {
+                  float acc = 0.0f;
+                  for (int j = 0; j < 32; ++j) {
+                    const int i = j;
+                    acc += prt::to_f32(t_v_bad[(i) * 128 + (o)]);
+                    t_v_bad[(i) * 128 + (o)] = prt::from_f32<float>(acc);
+                  }
+                }
+              }
+              // v_finite[row, col] = select(finite(v[row, col]), v[row, col], 0.0)
+              {
+                for (int i = tid; i < 4096; i += 64) {
+                  const int r = i / 128, c = i % 128;
+                  t_v_finite[(r) * 132 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_v[(r) * 132 + (c)])) ? prt::to_f32(t_v[(r) * 132 + (c)]) : 0.0f));
+                }
+              }
+              __syncthreads();
+              // acc += mma.fmaFrag(p, v_finite) [32x128 in 16x32 units over 2 warps]
+              {
+                #pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                  const int u = warp + j * 2;
+                  const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+                  float (&acc)[4][4] = f_acc[j];
+                  const int g = lane >> 2, t2 = (lane & 3) * 2;
+                  for (int kk = 0; kk < 32; ++kk) {
+                    const float a0 = prt::to_f32(t_p[(m0 + g) * 36 + (kk)]), a1 = prt::to_f32(t_p[(m0 + g + 8) * 36 + (kk)]);
+                    #pragma unroll
+                    for (int q = 0; q < 4; ++q) {
+                      const float b0 = prt::to_f32(t_v_finite[(kk) * 132 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_v_finite[(kk) * 132 + (n0 + q * 8 + t2 + 1)]);
+                      acc[q][0] = fmaf(a0, b0, acc[q][0]);
+                      acc[q][1] = fmaf(a0, b1, acc[q][1]);
+                      acc[q][2] = fmaf(a1, b0, acc[q][2]);
+                      acc[q][3] = fmaf(a1, b1, acc[q][3]);
+                    }
+                  }
+                }
+              }
+              // acc[row, col] = select((v_bad[row, col] > 0.0), NaN, acc[row, col])
+              {
+                #pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                  const int u = warp + j * 2;
+                  const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
                   #pragma unroll
                   for (int q = 0; q < 4; ++q) {
-                    const float b0 = prt::to_f32(t_v[(kk) * 132 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_v[(kk) * 132 + (n0 + q * 8 + t2 + 1)]);
-                    acc[q][0] = fmaf(a0, b0, acc[q][0]);
-                    acc[q][1] = fmaf(a0, b1, acc[q][1]);
-                    acc[q][2] = fmaf(a1, b0, acc[q][2]);
-                    acc[q][3] = fmaf(a1, b1, acc[q][3]);
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                      const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                      f_acc[j][q][e] = ((prt::to_f32(t_v_bad[(r) * 128 + (c)]) > 0.0f) ? __int_as_float(0x7fc00000) : f_acc[j][q][e]);
+                    }
                   }
                 }
               }
@@ -3859,6 +3929,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
         }
       }
     }
+    // num[row, col] = select(finite(num[row, col]), num[row, col], NaN)
+    {
+      #pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int u = warp + j * 4;
+        const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            f_num[j][q][e] = (isfinite(f_num[j][q][e]) ? f_num[j][q][e] : __int_as_float(0x7fc00000));
+          }
+        }
+      }
+    }
     // den_s[row] = select((den[row] != 0.0), (den_s[row] / den[row]), 0.0)
     {
       for (int r = tid; r < 32; r += 128) {
@@ -4288,7 +4374,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
               }
             }
           }
-          // p_dp[row, col] = (p[row, col] * p_dp[row, col])
+          // p_dp[row, col] = select(((((i0 * 32) + row) >= ((i1 * 32) + col)) && (lse_i[row] != -Infinity)), (p[row, col] * p_dp[row, col]), 0.0)
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -4299,7 +4385,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_p_dp[j][q][e] = (f_p[j][q][e] * f_p_dp[j][q][e]);
+                  f_p_dp[j][q][e] = (((((v_i0 * 32) + r) >= ((v_i1 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? (f_p[j][q][e] * f_p_dp[j][q][e]) : 0.0f);
                 }
               }
             }
@@ -4403,7 +4489,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
 }
 
 // attention_bwd: dQa, dKa, dVa, dlamA: the intra-chunk attention's gradients (flash-attention backward)
-// grid ($n, $h, $b), 128 threads, 77952 bytes of dynamic shared memory
+// grid ($n, $h, $b), 128 threads, 111744 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128_c64_f32_w4_bd64_bt32_s1(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -4543,21 +4629,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
   (void)g_dlamA_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[64] pitch 64
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 256);  // f32[64] pitch 64
-  float* const t_q = reinterpret_cast<float*>(prt_smem + 34304);  // f32[32, 128] pitch 132
+  float* const t_q = reinterpret_cast<float*>(prt_smem + 51200);  // f32[32, 128] pitch 132
   float* const t_dy = reinterpret_cast<float*>(prt_smem + 512);  // f32[32, 128] pitch 132
-  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 77696);  // f32[32] pitch 32
-  float* const t_Dy_i = reinterpret_cast<float*>(prt_smem + 77312);  // f32[32] pitch 32
+  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 111488);  // f32[32] pitch 32
+  float* const t_Dy_i = reinterpret_cast<float*>(prt_smem + 111104);  // f32[32] pitch 32
   float* const t_k = reinterpret_cast<float*>(prt_smem + 17408);  // f32[32, 128] pitch 132
-  float* const t_v = reinterpret_cast<float*>(prt_smem + 51200);  // f32[32, 128] pitch 132
+  float* const t_v = reinterpret_cast<float*>(prt_smem + 84992);  // f32[32, 128] pitch 132
   float f_dot[1][2][4];  // f32[32, 32] as mma fragments: 32x32 in 16x16 units over 4 warps
   float f_W[1][2][4];  // f32[32, 32] as mma fragments: 32x32 in 16x16 units over 4 warps
-  float* const t_P = reinterpret_cast<float*>(prt_smem + 68096);  // f32[32, 32] pitch 36
-  float* const t_ds = reinterpret_cast<float*>(prt_smem + 72704);  // f32[32, 32] pitch 36
+  float* const t_P = reinterpret_cast<float*>(prt_smem + 101888);  // f32[32, 32] pitch 36
+  float* const t_ds = reinterpret_cast<float*>(prt_smem + 106496);  // f32[32, 32] pitch 36
   float f_acc_d[2][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 4 warps
   float f_acc_e[2][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 4 warps
-  float* const t_wsum = reinterpret_cast<float*>(prt_smem + 77824);  // f32[32] pitch 32
-  float* const t_dlam = reinterpret_cast<float*>(prt_smem + 77440);  // f32[32] pitch 32
-  float* const t_dlam_row = reinterpret_cast<float*>(prt_smem + 77568);  // f32[32] pitch 32
+  float* const t_wsum = reinterpret_cast<float*>(prt_smem + 111616);  // f32[32] pitch 32
+  float* const t_dlam = reinterpret_cast<float*>(prt_smem + 111232);  // f32[32] pitch 32
+  float* const t_dlam_row = reinterpret_cast<float*>(prt_smem + 111360);  // f32[32] pitch 32
+  float* const t_k_finite = reinterpret_cast<float*>(prt_smem + 34304);  // f32[32, 128] pitch 132
+  float* const t_q_finite = reinterpret_cast<float*>(prt_smem + 68096);  // f32[32, 128] pitch 132
   float* const t_wsum_part = reinterpret_cast<float*>(prt_smem + 0);  // f32[2, 32] pitch 32
   // g = load logG[pid.z, (pid.x * 64):+64, pid.y]
   {
@@ -4796,7 +4884,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                   }
                 }
               }
-              // W[row, col] = (select(((((i0 * 32) + row) >= ((i2 * 32) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i0 * 32) + row)]) - lam[((i2 * 32) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row]))
+              // W[row, col] = select(((((i0 * 32) + row) >= ((i2 * 32) + col)) && (lse_i[row] != -Infinity)), (select(((((i0 * 32) + row) >= ((i2 * 32) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i0 * 32) + row)]) - lam[((i2 * 32) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row])), 0.0)
               {
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
@@ -4807,12 +4895,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                     #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                       const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                      f_W[j][q][e] = ((((((v_i0 * 32) + r) >= ((v_i2 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 32) + r)])) - prt::to_f32(t_lam[((v_i2 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r])));
+                      f_W[j][q][e] = (((((v_i0 * 32) + r) >= ((v_i2 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? ((((((v_i0 * 32) + r) >= ((v_i2 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 32) + r)])) - prt::to_f32(t_lam[((v_i2 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r]))) : 0.0f);
                     }
                   }
                 }
               }
-              // ds[row, col] = select((dot[row, col] == 0.0), 0.0, ((W[row, col] * 2.0) / dot[row, col]))
+              // ds[row, col] = select((((((i0 * 32) + row) >= ((i2 * 32) + col)) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
               {
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
@@ -4823,29 +4911,62 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                     #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                       const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                      t_ds[(r) * 36 + (c)] = prt::from_f32<float>(((f_dot[j][q][e] == 0.0f) ? 0.0f : ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e])));
+                      t_ds[(r) * 36 + (c)] = prt::from_f32<float>(((((((v_i0 * 32) + r) >= ((v_i2 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) && (f_dot[j][q][e] != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e]) : 0.0f));
                     }
                   }
                 }
               }
               __syncthreads();
-              // acc_d += mma.fmaFrag(ds, k) [32x128 in 16x32 units over 4 warps]
-              {
-                #pragma unroll
-                for (int j = 0; j < 2; ++j) {
-                  const int u = warp + j * 4;
-                  const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-                  float (&acc)[4][4] = f_acc_d[j];
-                  const int g = lane >> 2, t2 = (lane & 3) * 2;
-                  for (int kk = 0; kk < 32; ++kk) {
-                    const float a0 = prt::to_f32(t_ds[(m0 + g) * 36 + (kk)]), a1 = prt::to_f32(t_ds[(m0 + g + 8) * 36 + (kk)]);
-                    #pragma unroll
-                    for (int q = 0; q < 4; ++q) {
-                      const float b0 = prt::to_f32(t_k[(kk) * 132 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_k[(kk) * 132 + (n0 + q * 8 + t2 + 1)]);
-                      acc[q][0] = fmaf(a0, b0, acc[q][0]);
-                      acc[q][1] = fmaf(a0, b1, acc[q][1]);
-                      acc[q][2] = fmaf(a1, b0, acc[q][2]);
-                      acc[q][3] = fmaf(a1, b1, acc[q][3]);
+              if ((v_i2 < v_i0)) {
+                // acc_d += mma.fmaFrag(ds, k) [32x128 in 16x32 units over 4 warps]
+                {
+                  #pragma unroll
+                  for (int j = 0; j < 2; ++j) {
+                    const int u = warp + j * 4;
+                    const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+                    float (&acc)[4][4] = f_acc_d[j];
+                    const int g = lane >> 2, t2 = (lane & 3) * 2;
+                    for (int kk = 0; kk < 32; ++kk) {
+                      const float a0 = prt::to_f32(t_ds[(m0 + g) * 36 + (kk)]), a1 = prt::to_f32(t_ds[(m0 + g + 8) * 36 + (kk)]);
+                      #pragma unroll
+                      for (int q = 0; q < 4; ++q) {
+                        const float b0 = prt::to_f32(t_k[(kk) * 132 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_k[(kk) * 132 + (n0 + q * 8 + t2 + 1)]);
+                        acc[q][0] = fmaf(a0, b0, acc[q][0]);
+                        acc[q][1] = fmaf(a0, b1, acc[q][1]);
+                        acc[q][2] = fmaf(a1, b0, acc[q][2]);
+                        acc[q][3] = fmaf(a1, b1, acc[q][3]);
+                      }
+                    }
+                  }
+                }
+              }
+              if ((v_i2 == v_i0)) {
+                // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+                {
+                  for (int i = tid; i < 4096; i += 128) {
+                    const int r = i / 128, c = i % 128;
+                    t_k_finite[(r) * 132 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_k[(r) * 132 + (c)])) ? prt::to_f32(t_k[(r) * 132 + (c)]) : 0.0f));
+                  }
+                }
+                __syncthreads();
+                // acc_d += mma.fmaFrag(ds, k_finite) [32x128 in 16x32 units over 4 warps]
+                {
+                  #pragma unroll
+                  for (int j = 0; j < 2; ++j) {
+                    const int u = warp + j * 4;
+                    const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+                    float (&acc)[4][4] = f_acc_d[j];
+                    const int g = lane >> 2, t2 = (lane & 3) * 2;
+                    for (int kk = 0; kk < 32; ++kk) {
+                      const float a0 = prt::to_f32(t_ds[(m0 + g) * 36 + (kk)]), a1 = prt::to_f32(t_ds[(m0 + g + 8) * 36 + (kk)]);
+                      #pragma unroll
+                      for (int q = 0; q < 4; ++q) {
+                        const float b0 = prt::to_f32(t_k_finite[(kk) * 132 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_k_finite[(kk) * 132 + (n0 + q * 8 + t2 + 1)]);
+                        acc[q][0] = fmaf(a0, b0, acc[q][0]);
+                        acc[q][1] = fmaf(a0, b1, acc[q][1]);
+                        acc[q][2] = fmaf(a1, b0, acc[q][2]);
+                        acc[q][3] = fmaf(a1, b1, acc[q][3]);
+                      }
                     }
                   }
                 }
@@ -5136,7 +5257,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                   }
                 }
               }
-              // W[row, col] = (select(((((i4 * 32) + row) >= ((i0 * 32) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i4 * 32) + row)]) - lam[((i0 * 32) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row]))
+              // W[row, col] = select(((((i4 * 32) + row) >= ((i0 * 32) + col)) && (lse_i[row] != -Infinity)), (select(((((i4 * 32) + row) >= ((i0 * 32) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i4 * 32) + row)]) - lam[((i0 * 32) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row])), 0.0)
               {
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
@@ -5147,12 +5268,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                     #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                       const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                      f_W[j][q][e] = ((((((v_i4 * 32) + r) >= ((v_i0 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 32) + r)])) - prt::to_f32(t_lam[((v_i0 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r])));
+                      f_W[j][q][e] = (((((v_i4 * 32) + r) >= ((v_i0 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? ((((((v_i4 * 32) + r) >= ((v_i0 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 32) + r)])) - prt::to_f32(t_lam[((v_i0 * 32) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r]))) : 0.0f);
                     }
                   }
                 }
               }
-              // ds[row, col] = select((dot[row, col] == 0.0), 0.0, ((W[row, col] * 2.0) / dot[row, col]))
+              // ds[row, col] = select((((((i4 * 32) + row) >= ((i0 * 32) + col)) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
               {
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
@@ -5163,7 +5284,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                     #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                       const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                      t_ds[(r) * 36 + (c)] = prt::from_f32<float>(((f_dot[j][q][e] == 0.0f) ? 0.0f : ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e])));
+                      t_ds[(r) * 36 + (c)] = prt::from_f32<float>(((((((v_i4 * 32) + r) >= ((v_i0 * 32) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) && (f_dot[j][q][e] != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e]) : 0.0f));
                     }
                   }
                 }
@@ -5206,23 +5327,56 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_p2_d128_e128
                   }
                 }
               }
-              // acc_d += mma.fmaFrag(ds^T, q) [32x128 in 16x32 units over 4 warps]
-              {
-                #pragma unroll
-                for (int j = 0; j < 2; ++j) {
-                  const int u = warp + j * 4;
-                  const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-                  float (&acc)[4][4] = f_acc_d[j];
-                  const int g = lane >> 2, t2 = (lane & 3) * 2;
-                  for (int kk = 0; kk < 32; ++kk) {
-                    const float a0 = prt::to_f32(t_ds[(kk) * 36 + (m0 + g)]), a1 = prt::to_f32(t_ds[(kk) * 36 + (m0 + g + 8)]);
-                    #pragma unroll
-                    for (int q = 0; q < 4; ++q) {
-                      const float b0 = prt::to_f32(t_q[(kk) * 132 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_q[(kk) * 132 + (n0 + q * 8 + t2 + 1)]);
-                      acc[q][0] = fmaf(a0, b0, acc[q][0]);
-                      acc[q][1] = fmaf(a0, b1, acc[q][1]);
-                      acc[q][2] = fmaf(a1, b0, acc[q][2]);
-                      acc[q][3] = fmaf(a1, b1, acc[q][3]);
+              if ((v_i4 > v_i0)) {
+                // acc_d += mma.fmaFrag(ds^T, q) [32x128 in 16x32 units over 4 warps]
+                {
+                  #pragma unroll
+                  for (int j = 0; j < 2; ++j) {
+                    const int u = warp + j * 4;
+                    const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+                    float (&acc)[4][4] = f_acc_d[j];
+                    const int g = lane >> 2, t2 = (lane & 3) * 2;
+                    for (int kk = 0; kk < 32; ++kk) {
+                      const float a0 = prt::to_f32(t_ds[(kk) * 36 + (m0 + g)]), a1 = prt::to_f32(t_ds[(kk) * 36 + (m0 + g + 8)]);
+                      #pragma unroll
+                      for (int q = 0; q < 4; ++q) {
+                        const float b0 = prt::to_f32(t_q[(kk) * 132 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_q[(kk) * 132 + (n0 + q * 8 + t2 + 1)]);
+                        acc[q][0] = fmaf(a0, b0, acc[q][0]);
+                        acc[q][1] = fmaf(a0, b1, acc[q][1]);
+                        acc[q][2] = fmaf(a1, b0, acc[q][2]);
+                        acc[q][3] = fmaf(a1, b1, acc[q][3]);
+                      }
+                    }
+                  }
+                }
+              }
+              if ((v_i4 == v_i0)) {
+                // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+                {
+                  for (int i = tid; i < 4096; i += 128) {
+                    const int r = i / 128, c = i % 128;
+                    t_q_finite[(r) * 132 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_q[(r) * 132 + (c)])) ? prt::to_f32(t_q[(r) * 132 + (c)]) : 0.0f));
+                  }
+                }
+                __syncthreads();
+                // acc_d += mma.fmaFrag(ds^T, q_finite) [32x128 in 16x32 units over 4 warps]
+                {
+                  #pragma unroll
+                  for (int j = 0; j < 2; ++j) {
+                    const int u = warp + j * 4;
+                    const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+                    float (&acc)[4][4] = f_acc_d[j];
+                    const int g = lane >> 2, t2 = (lane & 3) * 2;
+                    for (int kk = 0; kk < 32; ++kk) {
+                      const float a0 = prt::to_f32(t_ds[(kk) * 36 + (m0 + g)]), a1 = prt::to_f32(t_ds[(kk) * 36 + (m0 + g + 8)]);
+                      #pragma unroll
+                      for (int q = 0; q < 4; ++q) {
+                        const float b0 = prt::to_f32(t_q_finite[(kk) * 132 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_q_finite[(kk) * 132 + (n0 + q * 8 + t2 + 1)]);
+                        acc[q][0] = fmaf(a0, b0, acc[q][0]);
+                        acc[q][1] = fmaf(a0, b1, acc[q][1]);
+                        acc[q][2] = fmaf(a1, b0, acc[q][2]);
+                        acc[q][3] = fmaf(a1, b1, acc[q][3]);
+                      }
                     }
                   }
                 }
@@ -11231,8 +11385,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
 }
 
 // decode: y of the cache's newest tn rows: in-cache attention (online over key blocks) + phi(q')^T S / phi(q').Z, one scale
-// grid ($hq, $b, (($tn + 15) // 16)), 128 threads, 123328 bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f32_w4_bd64_bt64_s2(
+// grid ($hq, $b, (($tn + 15) // 16)), 128 threads, 164288 bytes of dynamic shared memory
+extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f32_w4_bd16_bt64_s2(
     const float* g_Q, const float* g_Kc, const float* g_Vc, const float* g_Gc, const float* g_S, const float* g_Z, float* g_Y, int p_b, int p_tq, int p_hq, int p_h, int p_q0, int p_tn, int p_len, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -11328,29 +11482,31 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f3
   float* const t_lam_q = reinterpret_cast<float*>(prt_smem + 0);  // f32[16] pitch 16
   float* const t_q = reinterpret_cast<float*>(prt_smem + 512);  // f32[16, 128] pitch 132
   float* const t_q_state = reinterpret_cast<float*>(prt_smem + 8960);  // f32[16, 128] pitch 128
-  float* const t_phi = reinterpret_cast<float*>(prt_smem + 85248);  // f32[16, 64] pitch 68
-  float* const t_s_base = reinterpret_cast<float*>(prt_smem + 17152);  // f32[64, 128] pitch 132, 2 copies
+  float* const t_phi = reinterpret_cast<float*>(prt_smem + 34048);  // f32[16, 16] pitch 20
+  float* const t_s_base = reinterpret_cast<float*>(prt_smem + 17152);  // f32[16, 128] pitch 132, 2 copies
   float* t_s = t_s_base;
-  float* const t_z_base = reinterpret_cast<float*>(prt_smem + 84736);  // f32[64] pitch 64, 2 copies
+  float* const t_z_base = reinterpret_cast<float*>(prt_smem + 64);  // f32[16] pitch 16, 2 copies
   float* t_z = t_z_base;
   float f_num_s[1][4][4];  // f32[16, 128] as mma fragments: 16x128 in 16x32 units over 4 warps
-  float f_den_parts[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
-  float* const t_den_s = reinterpret_cast<float*>(prt_smem + 64);  // f32[16] pitch 16
-  float* const t_k_base = reinterpret_cast<float*>(prt_smem + 17152);  // f32[64, 128] pitch 132, 2 copies
+  float f_den_parts[1][1][4];  // f32[16, 16] as mma fragments: 16x16 in 16x8 units over 4 warps
+  float* const t_den_s = reinterpret_cast<float*>(prt_smem + 192);  // f32[16] pitch 16
+  float* const t_k_base = reinterpret_cast<float*>(prt_smem + 25344);  // f32[64, 128] pitch 132, 2 copies
   float* t_k = t_k_base;
-  float* const t_v = reinterpret_cast<float*>(prt_smem + 84736);  // f32[64, 128] pitch 132
+  float* const t_v = reinterpret_cast<float*>(prt_smem + 92928);  // f32[64, 128] pitch 132
   float f_qk[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
   float f_w[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
-  float* const t_m_blk = reinterpret_cast<float*>(prt_smem + 123136);  // f32[16] pitch 16
-  float* const t_m_new = reinterpret_cast<float*>(prt_smem + 123200);  // f32[16] pitch 16
-  float* const t_m_run = reinterpret_cast<float*>(prt_smem + 128);  // f32[16] pitch 16
-  float* const t_p = reinterpret_cast<float*>(prt_smem + 118528);  // f32[16, 64] pitch 68
-  float* const t_p_sum = reinterpret_cast<float*>(prt_smem + 123264);  // f32[16] pitch 16
-  float* const t_num_a = reinterpret_cast<float*>(prt_smem + 8960);  // f32[16, 128] pitch 128
-  float* const t_den_a = reinterpret_cast<float*>(prt_smem + 192);  // f32[16] pitch 16
-  float* const t_y_row = reinterpret_cast<float*>(prt_smem + 256);  // f32[128] pitch 128
-  float* const t_den_s_part = reinterpret_cast<float*>(prt_smem + 8960);  // f32[4, 16] pitch 16
-  float* const t_m_blk_part = reinterpret_cast<float*>(prt_smem + 122880);  // f32[4, 16] pitch 16
+  float* const t_m_blk = reinterpret_cast<float*>(prt_smem + 164096);  // f32[16] pitch 16
+  float* const t_m_new = reinterpret_cast<float*>(prt_smem + 164160);  // f32[16] pitch 16
+  float* const t_m_run = reinterpret_cast<float*>(prt_smem + 64);  // f32[16] pitch 16
+  float* const t_p = reinterpret_cast<float*>(prt_smem + 159488);  // f32[16, 64] pitch 68
+  float* const t_p_sum = reinterpret_cast<float*>(prt_smem + 164224);  // f32[16] pitch 16
+  float* const t_num_a = reinterpret_cast<float*>(prt_smem + 17152);  // f32[16, 128] pitch 128
+  float* const t_den_a = reinterpret_cast<float*>(prt_smem + 128);  // f32[16] pitch 16
+  float* const t_v_bad = reinterpret_cast<float*>(prt_smem + 126720);  // f32[64, 128] pitch 128
+  float* const t_v_seen = reinterpret_cast<float*>(prt_smem + 8960);  // f32[16, 128] pitch 128
+  float* const t_y_row = reinterpret_cast<float*>(prt_smem + 192);  // f32[128] pitch 128
+  float* const t_den_s_part = reinterpret_cast<float*>(prt_smem + 64);  // f32[2, 16] pitch 16
+  float* const t_m_blk_part = reinterpret_cast<float*>(prt_smem + 163840);  // f32[4, 16] pitch 16
   // g = load Gc[pid.y, 0:+64, (pid.x // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.y);
@@ -11440,29 +11596,31 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f3
     #pragma unroll
     for (int j = 0; j < 1; ++j) {
       const int u = warp + j * 4;
-      const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
-      #pragma unroll
-      for (int q = 0; q < 2; ++q) {
+      if (u < 2) {
+        const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_den_parts[j][q][e] = 0.0f;
+        for (int q = 0; q < 1; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            f_den_parts[j][q][e] = 0.0f;
+          }
         }
       }
     }
   }
-  if ((0 < 129)) {
-    // s = load.async S[pid.y, (pid.x // ($hq // $h)), (0 * 64):+64, 0:+128] into stage 0
+  if ((0 < 516)) {
+    // s = load.async S[pid.y, (pid.x // ($hq // $h)), (0 * 16):+16, 0:+128] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.y);
       const int a1 = (static_cast<int>(blockIdx.x) / (p_hq / p_h));
-      const int s2 = (0 * 64);
+      const int s2 = (0 * 16);
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_S_d0 && a1 >= 0 && a1 < g_S_d1;
       const long long base = static_cast<long long>(a0) * g_S_s0 + static_cast<long long>(a1) * g_S_s1 + static_cast<long long>(s2) * g_S_s2 + static_cast<long long>(s3) * g_S_s3;
-      float* const dst = t_s_base + ((0) % 2) * 8448;
+      float* const dst = t_s_base + ((0) % 2) * 2112;
       if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 2048; i += 128) {
+        for (int i = tid; i < 512; i += 128) {
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s2 + r;
           const long long left = ok && gr >= 0 && gr < g_S_d2 ? g_S_d3 - (s3 + c) : 0;
@@ -11471,22 +11629,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f3
         }
       }
       else {
-        for (int i = tid; i < 8192; i += 128) {
+        for (int i = tid; i < 2048; i += 128) {
           const int r = i / 128, c = i % 128;
           dst[(r) * 132 + (c)] = ok && s2 + r >= 0 && s2 + r < g_S_d2 && s3 + c >= 0 && s3 + c < g_S_d3 ? g_S[base + static_cast<long long>(r) * g_S_s2 + static_cast<long long>(c) * g_S_s3] : prt::from_f32<float>(0.0f);
         }
       }
     }
-    // z = load.async Z[pid.y, (pid.x // ($hq // $h)), (0 * 64):+64] into stage 0
+    // z = load.async Z[pid.y, (pid.x // ($hq // $h)), (0 * 16):+16] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.y);
       const int a1 = (static_cast<int>(blockIdx.x) / (p_hq / p_h));
-      const int s2 = (0 * 64);
+      const int s2 = (0 * 16);
       const bool ok = a0 >= 0 && a0 < g_Z_d0 && a1 >= 0 && a1 < g_Z_d1;
       const long long base = static_cast<long long>(a0) * g_Z_s0 + static_cast<long long>(a1) * g_Z_s1 + static_cast<long long>(s2) * g_Z_s2;
-      float* const dst = t_z_base + ((0) % 2) * 64;
+      float* const dst = t_z_base + ((0) % 2) * 16;
       if (prt::aligned16(g_Z) && base % 4 == 0 && s2 >= 0) {
-        for (int i = tid; i < 16; i += 128) {
+        for (int i = tid; i < 4; i += 128) {
           const int c = i * 4;
           const long long left = ok ? g_Z_d2 - (s2 + c) : 0;
           const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
@@ -11494,7 +11652,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f3
         }
       }
       else {
-        for (int r = tid; r < 64; r += 128) {
+        for (int r = tid; r < 16; r += 128) {
           dst[r] = ok && s2 + r >= 0 && s2 + r < g_Z_d2 ? g_Z[base + static_cast<long long>(r) * g_Z_s2] : prt::from_f32<float>(0.0f);
         }
       }
@@ -11502,20 +11660,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f3
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = 129;
+    const int v_i0_end = 516;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < 129)) {
-        // s = load.async S[pid.y, (pid.x // ($hq // $h)), ((i0 + 1) * 64):+64, 0:+128] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < 516)) {
+        // s = load.async S[pid.y, (pid.x // ($hq // $h)), ((i0 + 1) * 16):+16, 0:+128] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.y);
           const int a1 = (static_cast<int>(blockIdx.x) / (p_hq / p_h));
-          const int s2 = ((v_i0 + 1) * 64);
+          const int s2 = ((v_i0 + 1) * 16);
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_S_d0 && a1 >= 0 && a1 < g_S_d1;
           const long long base = static_cast<long long>(a0) * g_S_s0 + static_cast<long long>(a1) * g_S_s1 + static_cast<long long>(s2) * g_S_s2 + static_cast<long long>(s3) * g_S_s3;
-          float* const dst = t_s_base + ((((v_i0 + 1) % 2)) % 2) * 8448;
+          float* const dst = t_s_base + ((((v_i0 + 1) % 2)) % 2) * 2112;
           if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 2048; i += 128) {
+            for (int i = tid; i < 512; i += 128) {
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s2 + r;
               const long long left = ok && gr >= 0 && gr < g_S_d2 ? g_S_d3 - (s3 + c) : 0;
@@ -11524,22 +11682,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f3
             }
           }
           else {
-            for (int i = tid; i < 8192; i += 128) {
+            for (int i = tid; i < 2048; i += 128) {
               const int r = i / 128, c = i % 128;
               dst[(r) * 132 + (c)] = ok && s2 + r >= 0 && s2 + r < g_S_d2 && s3 + c >= 0 && s3 + c < g_S_d3 ? g_S[base + static_cast<long long>(r) * g_S_s2 + static_cast<long long>(c) * g_S_s3] : prt::from_f32<float>(0.0f);
             }
           }
         }
-        // z = load.async Z[pid.y, (pid.x // ($hq // $h)), ((i0 + 1) * 64):+64] into stage ((i0 + 1) % 2)
+        // z = load.async Z[pid.y, (pid.x // ($hq // $h)), ((i0 + 1) * 16):+16] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.y);
           const int a1 = (static_cast<int>(blockIdx.x) / (p_hq / p_h));
-          const int s2 = ((v_i0 + 1) * 64);
+          const int s2 = ((v_i0 + 1) * 16);
           const bool ok = a0 >= 0 && a0 < g_Z_d0 && a1 >= 0 && a1 < g_Z_d1;
           const long long base = static_cast<long long>(a0) * g_Z_s0 + static_cast<long long>(a1) * g_Z_s1 + static_cast<long long>(s2) * g_Z_s2;
-          float* const dst = t_z_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          float* const dst = t_z_base + ((((v_i0 + 1) % 2)) % 2) * 16;
           if (prt::aligned16(g_Z) && base % 4 == 0 && s2 >= 0) {
-            for (int i = tid; i < 16; i += 128) {
+            for (int i = tid; i < 4; i += 128) {
               const int c = i * 4;
               const long long left = ok ? g_Z_d2 - (s2 + c) : 0;
               const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
@@ -11547,7 +11705,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f3
             }
           }
           else {
-            for (int r = tid; r < 64; r += 128) {
+            for (int r = tid; r < 16; r += 128) {
               dst[r] = ok && s2 + r >= 0 && s2 + r < g_Z_d2 ? g_Z[base + static_cast<long long>(r) * g_Z_s2] : prt::from_f32<float>(0.0f);
             }
           }
@@ -11555,21 +11713,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f3
       }
       prt::cp_async_commit();
       prt::cp_async_wait<1>();
-      t_s = t_s_base + (((v_i0 % 2)) % 2) * 8448;  // bind s stage (i0 % 2)
-      t_z = t_z_base + (((v_i0 % 2)) % 2) * 64;  // bind z stage (i0 % 2)
+      t_s = t_s_base + (((v_i0 % 2)) % 2) * 2112;  // bind s stage (i0 % 2)
+      t_z = t_z_base + (((v_i0 % 2)) % 2) * 16;  // bind z stage (i0 % 2)
       __syncthreads();
-      // phi = sympow2(q_state, features from (i0 * 64))
+      // phi = sympow2(q_state, features from (i0 * 16))
       {
-        const int off = (v_i0 * 64);
-        for (int i = tid; i < 1024; i += 128) {
-          const int r = i / 64, f = i % 64, g = off + f;
+        const int off = (v_i0 * 16);
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 16, f = i % 16, g = off + f;
           float v = 0.0f;
           if (g >= 0 && g < prt_sympow_d128_p2_size) {
             v = prt_sympow_d128_p2_weight[g];
             v *= prt::to_f32(t_q_state[(r) * 128 + (prt_sympow_d128_p2_index[g * 2 + 0])]);
             v *= prt::to_f32(t_q_state[(r) * 128 + (prt_sympow_d128_p2_index[g * 2 + 1])]);
           }
-          t_phi[(r) * 68 + (f)] = prt::from_f32<float>(v);
+          t_phi[(r) * 20 + (f)] = prt::from_f32<float>(v);
         }
       }
       __syncthreads();
@@ -11581,8 +11739,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f3
           const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
           float (&acc)[4][4] = f_num_s[j];
           const int g = lane >> 2, t2 = (lane & 3) * 2;
-          for (int kk = 0; kk < 64; ++kk) {
-            const float a0 = prt::to_f32(t_phi[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_phi[(m0 + g + 8) * 68 + (kk)]);
+          for (int kk = 0; kk < 16; ++kk) {
+            const float a0 = prt::to_f32(t_phi[(m0 + g) * 20 + (kk)]), a1 = prt::to_f32(t_phi[(m0 + g + 8) * 20 + (kk)]);
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
               const float b0 = prt::to_f32(t_s[(kk) * 132 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_s[(kk) * 132 + (n0 + q * 8 + t2 + 1)]);
@@ -11599,13 +11757,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f3
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 4;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
-          #pragma unroll
-          for (int q = 0; q < 2; ++q) {
+          if (u < 2) {
+            const int m0 = (u / 2) * 16, n0 = (u % 2) * 8;
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_den_parts[j][q][e] = (f_den_parts[j][q][e] + (prt::to_f32(t_phi[(r) * 68 + (c)]) * prt::to_f32(t_z[c])));
+            for (int q = 0; q < 1; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                f_den_parts[j][q][e] = (f_den_parts[j][q][e] + (prt::to_f32(t_phi[(r) * 20 + (c)]) * prt::to_f32(t_z[c])));
+              }
             }
           }
         }
@@ -11620,34 +11780,38 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f3
     #pragma unroll
     for (int j = 0; j < 1; ++j) {
       const int u = warp + j * 4;
-      #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float acc = f_den_parts[j][0][2 * h];
-        acc += f_den_parts[j][0][2 * h + 1];
+      if (u < 2) {
         #pragma unroll
-        for (int q = 1; q < 2; ++q) {
-          acc += f_den_parts[j][q][2 * h];
-          acc += f_den_parts[j][q][2 * h + 1];
+        for (int h = 0; h < 2; ++h) {
+          float acc = f_den_parts[j][0][2 * h];
+          acc += f_den_parts[j][0][2 * h + 1];
+          acc = prt::quad_sum(acc);
+          const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
+          if ((lane & 3) == 0) t_den_s_part[(u % 2) * 16 + (r)] = acc;
         }
-        acc = prt::quad_sum(acc);
-        const int r = (u / 4) * 16 + (lane >> 2) + 8 * h;
-        if ((lane & 3) == 0) t_den_s_part[(u % 4) * 16 + (r)] = acc;
       }
     }
     __syncthreads();
     for (int i = tid; i < 16; i += 128) {
       float acc = t_den_s_part[(0) * 16 + (i)];
-      for (int p = 1; p < 4; ++p) acc += t_den_s_part[(p) * 16 + (i)];
+      for (int p = 1; p < 2; ++p) acc += t_den_s_part[(p) * 16 + (i)];
       t_den_s[i] = prt::from_f32<float>(acc);
     }
   }
+  // v_seen[row, col] = 0.0
+  {
+    for (int i = tid; i < 2048; i += 128) {
+      const int r = i / 128, c = i % 128;
+      t_v_seen[(r) * 128 + (c)] = prt::from_f32<float>(0.0f);
+    }
+  }
+  __syncthreads();
   // m_run[row] = -Infinity
   {
     for (int r = tid; r < 16; r += 128) {
       t_m_run[r] = prt::from_f32<float>(__int_as_float(0xff800000));
     }
   }
-  __syncthreads();
   // num_a[row, col] = 0.0
   {
     for (int i = tid; i < 2048; i += 128) {
@@ -11751,11 +11915,38 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f3
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
-      // v[row, col] = select((((i1 * 64) + row) < $len), v[row, col], 0.0)
+      // v_bad[row, col] = select(((((i1 * 64) + row) < $len) && !(finite(v[row, col]))), 1.0, 0.0)
       {
         for (int i = tid; i < 8192; i += 128) {
           const int r = i / 128, c = i % 128;
-          t_v[(r) * 132 + (c)] = prt::from_f32<float>(((((v_i1 * 64) + r) < p_len) ? prt::to_f32(t_v[(r) * 132 + (c)]) : 0.0f));
+          t_v_bad[(r) * 128 + (c)] = prt::from_f32<float>((((((v_i1 * 64) + r) < p_len) && (!isfinite(prt::to_f32(t_v[(r) * 132 + (c)])))) ? 1.0f : 0.0f));
+        }
+      }
+      __syncthreads();
+      // v_bad = cumsum(v_bad, axis=0)
+      {
+        for (int o = tid; o < 128; o += 128) {
+          float acc = 0.0f;
+          for (int j = 0; j < 64; ++j) {
+            const int i = j;
+            acc += prt::to_f32(t_v_bad[(i) * 128 + (o)]);
+            t_v_bad[(i) * 128 + (o)] = prt::from_f32<float>(acc);
+          }
+        }
+      }
+      __syncthreads();
+      // v_seen[row, col] = select((((((($len - $tn) + (pid.z * 16)) + row) - (i1 * 64)) >= 0) && (v_bad[min((((($len - $tn) + (pid.z * 16)) + row) - (i1 * 64)), 63), col] > 0.0)), 1.0, v_seen[row, col])
+      {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 128, c = i % 128;
+          t_v_seen[(r) * 128 + (c)] = prt::from_f32<float>((((((((p_len - p_tn) + (static_cast<int>(blockIdx.z) * 16)) + r) - (v_i1 * 64)) >= 0) && (prt::to_f32(t_v_bad[(prt::min_nan(((((p_len - p_tn) + (static_cast<int>(blockIdx.z) * 16)) + r) - (v_i1 * 64)), 63)) * 128 + (c)]) > 0.0f)) ? 1.0f : prt::to_f32(t_v_seen[(r) * 128 + (c)])));
+        }
+      }
+      // v[row, col] = select(((((i1 * 64) + row) < $len) && finite(v[row, col])), v[row, col], 0.0)
+      {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          t_v[(r) * 132 + (c)] = prt::from_f32<float>((((((v_i1 * 64) + r) < p_len) && isfinite(prt::to_f32(t_v[(r) * 132 + (c)]))) ? prt::to_f32(t_v[(r) * 132 + (c)]) : 0.0f));
         }
       }
       // qk = mma.fmaFrag(q, k^T) [16x64 in 16x16 units over 4 warps]
@@ -11941,6 +12132,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f3
       {
         for (int r = tid; r < 128; r += 128) {
           t_y_row[r] = prt::from_f32<float>(((prt::to_f32(t_den_a[v_i2]) != 0.0f) ? (prt::to_f32(t_num_a[(v_i2) * 128 + (r)]) / prt::to_f32(t_den_a[v_i2])) : 0.0f));
+        }
+      }
+      // y_row[row] = select(((v_seen[i2, row] > 0.0) || !(finite(y_row[row]))), NaN, y_row[row])
+      {
+        for (int r = tid; r < 128; r += 128) {
+          t_y_row[r] = prt::from_f32<float>((((prt::to_f32(t_v_seen[(v_i2) * 128 + (r)]) > 0.0f) || (!isfinite(prt::to_f32(t_y_row[r])))) ? __int_as_float(0x7fc00000) : prt::to_f32(t_y_row[r])));
         }
       }
       // store Y[pid.y, (($q0 + (pid.z * 16)) + i2), pid.x, 0:+128] = y_row
@@ -12302,9 +12499,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_state_copy_p2_d128_e128_c6
 #include <cuda_runtime.h>
 
 extern "C" cudaError_t prt_attention_p2_d128_e128_c64_f32_w2_bd0_bt32_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d128_e128_c64_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 89984);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d128_e128_c64_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 123264);
   if (err != cudaSuccess) return err;
-  prt_attention_p2_d128_e128_c64_f32_w2_bd0_bt32_s2<<<grid, 64, 89984, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_attention_p2_d128_e128_c64_f32_w2_bd0_bt32_s2<<<grid, 64, 123264, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
@@ -12337,9 +12534,9 @@ extern "C" cudaError_t prt_attention_bwd_prep_p2_d128_e128_c64_f32_w4_bd64_bt32_
 }
 
 extern "C" cudaError_t prt_attention_bwd_p2_d128_e128_c64_f32_w4_bd64_bt32_s1_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_p2_d128_e128_c64_f32_w4_bd64_bt32_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 77952);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_p2_d128_e128_c64_f32_w4_bd64_bt32_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 111744);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_p2_d128_e128_c64_f32_w4_bd64_bt32_s1<<<grid, 128, 77952, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_attention_bwd_p2_d128_e128_c64_f32_w4_bd64_bt32_s1<<<grid, 128, 111744, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
@@ -12378,10 +12575,10 @@ extern "C" cudaError_t prt_combine_grads_p2_d128_e128_c64_f32_w4_bd0_bt64_s1_lau
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_decode_p2_d128_e128_c64_f32_w4_bd64_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_Kc, const float* g_Vc, const float* g_Gc, const float* g_S, const float* g_Z, float* g_Y, int p_b, int p_tq, int p_hq, int p_h, int p_q0, int p_tn, int p_len, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_decode_p2_d128_e128_c64_f32_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 123328);
+extern "C" cudaError_t prt_decode_p2_d128_e128_c64_f32_w4_bd16_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_Kc, const float* g_Vc, const float* g_Gc, const float* g_S, const float* g_Z, float* g_Y, int p_b, int p_tq, int p_hq, int p_h, int p_q0, int p_tn, int p_len, float p_scale) {
+  cudaError_t err = cudaFuncSetAttribute(prt_decode_p2_d128_e128_c64_f32_w4_bd16_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 164288);
   if (err != cudaSuccess) return err;
-  prt_decode_p2_d128_e128_c64_f32_w4_bd64_bt64_s2<<<grid, 128, 123328, stream>>>(g_Q, g_Kc, g_Vc, g_Gc, g_S, g_Z, g_Y, p_b, p_tq, p_hq, p_h, p_q0, p_tn, p_len, p_scale);
+  prt_decode_p2_d128_e128_c64_f32_w4_bd16_bt64_s2<<<grid, 128, 164288, stream>>>(g_Q, g_Kc, g_Vc, g_Gc, g_S, g_Z, g_Y, p_b, p_tq, p_hq, p_h, p_q0, p_tn, p_len, p_scale);
   return cudaGetLastError();
 }
 

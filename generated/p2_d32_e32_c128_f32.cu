@@ -5,7 +5,7 @@
 #include "sympow_d32_p2.cuh"
 
 // attention: numA, denA, maxA: causal p-th power attention inside each chunk, stabilised by the row max of log-weights
-// grid ($n, $hq, $b), 128 threads, 65792 bytes of dynamic shared memory
+// grid ($n, $hq, $b), 128 threads, 83200 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c128_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -104,11 +104,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c128_
   float f_w[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float* const t_p = reinterpret_cast<float*>(prt_smem + 37888);  // f32[64, 64] pitch 68
   float f_acc[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
-  float* const t_row_max = reinterpret_cast<float*>(prt_smem + 65280);  // f32[64] pitch 64
-  float* const t_row_sum = reinterpret_cast<float*>(prt_smem + 65536);  // f32[64] pitch 64
-  float* const t_block_max = reinterpret_cast<float*>(prt_smem + 64768);  // f32[64] pitch 64
-  float* const t_block_sum = reinterpret_cast<float*>(prt_smem + 65024);  // f32[64] pitch 64
-  float* const t_alpha = reinterpret_cast<float*>(prt_smem + 64512);  // f32[64] pitch 64
+  float* const t_v_finite = reinterpret_cast<float*>(prt_smem + 64512);  // f32[64, 32] pitch 36
+  float* const t_v_bad = reinterpret_cast<float*>(prt_smem + 73728);  // f32[64, 32] pitch 32
+  float* const t_row_max = reinterpret_cast<float*>(prt_smem + 82688);  // f32[64] pitch 64
+  float* const t_row_sum = reinterpret_cast<float*>(prt_smem + 82944);  // f32[64] pitch 64
+  float* const t_block_max = reinterpret_cast<float*>(prt_smem + 82176);  // f32[64] pitch 64
+  float* const t_block_sum = reinterpret_cast<float*>(prt_smem + 82432);  // f32[64] pitch 64
+  float* const t_alpha = reinterpret_cast<float*>(prt_smem + 81920);  // f32[64] pitch 64
   float* const t_block_max_part = reinterpret_cast<float*>(prt_smem + 0);  // f32[2, 64] pitch 64
   // g = load logG[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h))]
   {
@@ -435,23 +437,93 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c128_
                 }
               }
             }
-            // acc += mma.fmaFrag(p, v) [64x32 in 16x32 units over 4 warps]
-            {
-              #pragma unroll
-              for (int j = 0; j < 1; ++j) {
-                const int u = warp + j * 4;
-                const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-                float (&acc)[4][4] = f_acc[j];
-                const int g = lane >> 2, t2 = (lane & 3) * 2;
-                for (int kk = 0; kk < 64; ++kk) {
-                  const float a0 = prt::to_f32(t_p[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_p[(m0 + g + 8) * 68 + (kk)]);
+            if ((v_i1 < v_i0)) {
+              // acc += mma.fmaFrag(p, v) [64x32 in 16x32 units over 4 warps]
+              {
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 4;
+                  const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+                  float (&acc)[4][4] = f_acc[j];
+                  const int g = lane >> 2, t2 = (lane & 3) * 2;
+                  for (int kk = 0; kk < 64; ++kk) {
+                    const float a0 = prt::to_f32(t_p[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_p[(m0 + g + 8) * 68 + (kk)]);
+                    #pragma unroll
+                    for (int q = 0; q < 4; ++q) {
+                      const float b0 = prt::to_f32(t_v[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_v[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
+                      acc[q][0] = fmaf(a0, b0, acc[q][0]);
+                      acc[q][1] = fmaf(a0, b1, acc[q][1]);
+                      acc[q][2] = fmaf(a1, b0, acc[q][2]);
+                      acc[q][3] = fmaf(a1, b1, acc[q][3]);
+                    }
+                  }
+                }
+              }
+            }
+            if ((v_i1 == v_i0)) {
+              // v_bad[row, col] = select(finite(v[row, col]), 0.0, 1.0)
+              {
+                for (int i = tid; i < 2048; i += 128) {
+                  const int r = i / 32, c = i % 32;
+                  t_v_bad[(r) * 32 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_v[(r) * 36 + (c)])) ? 0.0f : 1.0f));
+                }
+              }
+              __syncthreads();
+              // v_bad = cumsum(v_bad, axis=0)
+              {
+                for (int o = warp; o < 32; o += 4) {
+                  float carry = 0.0f;
+                  for (int j0 = 0; j0 < 64; j0 += 32) {
+                    const int j = j0 + lane, i = j;
+                    float v = j < 64 ? prt::to_f32(t_v_bad[(i) * 32 + (o)]) : 0.0f;
+                    v = prt::warp_inclusive_sum(v, lane) + carry;
+                    if (j < 64) t_v_bad[(i) * 32 + (o)] = prt::from_f32<float>(v);
+                    carry = __shfl_sync(0xffffffffu, v, 31);
+                  }
+                }
+              }
+              // v_finite[row, col] = select(finite(v[row, col]), v[row, col], 0.0)
+              {
+                for (int i = tid; i < 2048; i += 128) {
+                  const int r = i / 32, c = i % 32;
+                  t_v_finite[(r) * 36 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_v[(r) * 36 + (c)])) ? prt::to_f32(t_v[(r) * 36 + (c)]) : 0.0f));
+                }
+              }
+              __syncthreads();
+              // acc += mma.fmaFrag(p, v_finite) [64x32 in 16x32 units over 4 warps]
+              {
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 4;
+                  const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+                  float (&acc)[4][4] = f_acc[j];
+                  const int g = lane >> 2, t2 = (lane & 3) * 2;
+                  for (int kk = 0; kk < 64; ++kk) {
+                    const float a0 = prt::to_f32(t_p[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_p[(m0 + g + 8) * 68 + (kk)]);
+                    #pragma unroll
+                    for (int q = 0; q < 4; ++q) {
+                      const float b0 = prt::to_f32(t_v_finite[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_v_finite[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
+                      acc[q][0] = fmaf(a0, b0, acc[q][0]);
+                      acc[q][1] = fmaf(a0, b1, acc[q][1]);
+                      acc[q][2] = fmaf(a1, b0, acc[q][2]);
+                      acc[q][3] = fmaf(a1, b1, acc[q][3]);
+                    }
+                  }
+                }
+              }
+              // acc[row, col] = select((v_bad[row, col] > 0.0), NaN, acc[row, col])
+              {
+                #pragma unroll
+                for (int j = 0; j < 1; ++j) {
+                  const int u = warp + j * 4;
+                  const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
                   #pragma unroll
                   for (int q = 0; q < 4; ++q) {
-                    const float b0 = prt::to_f32(t_v[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_v[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
-                    acc[q][0] = fmaf(a0, b0, acc[q][0]);
-                    acc[q][1] = fmaf(a0, b1, acc[q][1]);
-                    acc[q][2] = fmaf(a1, b0, acc[q][2]);
-                    acc[q][3] = fmaf(a1, b1, acc[q][3]);
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                      const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                      f_acc[j][q][e] = ((prt::to_f32(t_v_bad[(r) * 32 + (c)]) > 0.0f) ? __int_as_float(0x7fc00000) : f_acc[j][q][e]);
+                    }
                   }
                 }
               }
@@ -2110,6 +2182,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
         }
       }
     }
+    // num[row, col] = select(finite(num[row, col]), num[row, col], NaN)
+    {
+      #pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int u = warp + j * 4;
+        const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            f_num[j][q][e] = (isfinite(f_num[j][q][e]) ? f_num[j][q][e] : __int_as_float(0x7fc00000));
+          }
+        }
+      }
+    }
     // den_s[row] = select((den[row] != 0.0), (den_s[row] / den[row]), 0.0)
     {
       for (int r = tid; r < 128; r += 128) {
@@ -2539,7 +2627,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d32_
               }
             }
           }
-          // p_dp[row, col] = (p[row, col] * p_dp[row, col])
+          // p_dp[row, col] = select(((((i0 * 64) + row) >= ((i1 * 64) + col)) && (lse_i[row] != -Infinity)), (p[row, col] * p_dp[row, col]), 0.0)
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -2550,7 +2638,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d32_
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_p_dp[j][q][e] = (f_p[j][q][e] * f_p_dp[j][q][e]);
+                  f_p_dp[j][q][e] = (((((v_i0 * 64) + r) >= ((v_i1 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? (f_p[j][q][e] * f_p_dp[j][q][e]) : 0.0f);
                 }
               }
             }
@@ -2654,7 +2742,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d32_
 }
 
 // attention_bwd: dQa, dKa, dVa, dlamA: the intra-chunk attention's gradients (flash-attention backward)
-// grid ($n, $h, $b), 256 threads, 75008 bytes of dynamic shared memory
+// grid ($n, $h, $b), 256 threads, 93440 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c128_f32_w8_bd64_bt64_s1(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -2794,23 +2882,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
   (void)g_dlamA_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
-  float* const t_q = reinterpret_cast<float*>(prt_smem + 54272);  // f32[64, 32] pitch 36
+  float* const t_q = reinterpret_cast<float*>(prt_smem + 63488);  // f32[64, 32] pitch 36
   float* const t_dy = reinterpret_cast<float*>(prt_smem + 35840);  // f32[64, 32] pitch 36
-  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 74496);  // f32[64] pitch 64
-  float* const t_Dy_i = reinterpret_cast<float*>(prt_smem + 73728);  // f32[64] pitch 64
+  float* const t_lse_i = reinterpret_cast<float*>(prt_smem + 92928);  // f32[64] pitch 64
+  float* const t_Dy_i = reinterpret_cast<float*>(prt_smem + 92160);  // f32[64] pitch 64
   float* const t_k = reinterpret_cast<float*>(prt_smem + 45056);  // f32[64, 32] pitch 36
-  float* const t_v = reinterpret_cast<float*>(prt_smem + 63488);  // f32[64, 32] pitch 36
+  float* const t_v = reinterpret_cast<float*>(prt_smem + 81920);  // f32[64, 32] pitch 36
   float f_dot[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
   float f_W[1][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 8 warps
   float* const t_P = reinterpret_cast<float*>(prt_smem + 1024);  // f32[64, 64] pitch 68
   float* const t_ds = reinterpret_cast<float*>(prt_smem + 18432);  // f32[64, 64] pitch 68
   float f_acc_d[1][2][4];  // f32[64, 32] as mma fragments: 64x32 in 16x16 units over 8 warps
   float f_acc_e[1][2][4];  // f32[64, 32] as mma fragments: 64x32 in 16x16 units over 8 warps
-  float* const t_wsum = reinterpret_cast<float*>(prt_smem + 74752);  // f32[64] pitch 64
-  float* const t_dlam = reinterpret_cast<float*>(prt_smem + 73984);  // f32[64] pitch 64
-  float* const t_dlam_row = reinterpret_cast<float*>(prt_smem + 74240);  // f32[64] pitch 64
+  float* const t_wsum = reinterpret_cast<float*>(prt_smem + 93184);  // f32[64] pitch 64
+  float* const t_dlam = reinterpret_cast<float*>(prt_smem + 92416);  // f32[64] pitch 64
+  float* const t_dlam_row = reinterpret_cast<float*>(prt_smem + 92672);  // f32[64] pitch 64
+  float* const t_k_finite = reinterpret_cast<float*>(prt_smem + 54272);  // f32[64, 32] pitch 36
+  float* const t_q_finite = reinterpret_cast<float*>(prt_smem + 72704);  // f32[64, 32] pitch 36
   float* const t_wsum_part = reinterpret_cast<float*>(prt_smem + 0);  // f32[2, 64] pitch 64
-  float* const t_wsum_part2 = reinterpret_cast<float*>(prt_smem + 72704);  // f32[4, 64] pitch 64
+  float* const t_wsum_part2 = reinterpret_cast<float*>(prt_smem + 91136);  // f32[4, 64] pitch 64
   // g = load logG[pid.z, (pid.x * 128):+128, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -3048,7 +3138,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
                   }
                 }
               }
-              // W[row, col] = (select(((((i0 * 64) + row) >= ((i2 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i0 * 64) + row)]) - lam[((i2 * 64) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row]))
+              // W[row, col] = select(((((i0 * 64) + row) >= ((i2 * 64) + col)) && (lse_i[row] != -Infinity)), (select(((((i0 * 64) + row) >= ((i2 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i0 * 64) + row)]) - lam[((i2 * 64) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row])), 0.0)
               {
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
@@ -3059,12 +3149,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
                     #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                       const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                      f_W[j][q][e] = ((((((v_i0 * 64) + r) >= ((v_i2 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i2 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r])));
+                      f_W[j][q][e] = (((((v_i0 * 64) + r) >= ((v_i2 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? ((((((v_i0 * 64) + r) >= ((v_i2 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i2 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r]))) : 0.0f);
                     }
                   }
                 }
               }
-              // ds[row, col] = select((dot[row, col] == 0.0), 0.0, ((W[row, col] * 2.0) / dot[row, col]))
+              // ds[row, col] = select((((((i0 * 64) + row) >= ((i2 * 64) + col)) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
               {
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
@@ -3075,29 +3165,62 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
                     #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                       const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                      t_ds[(r) * 68 + (c)] = prt::from_f32<float>(((f_dot[j][q][e] == 0.0f) ? 0.0f : ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e])));
+                      t_ds[(r) * 68 + (c)] = prt::from_f32<float>(((((((v_i0 * 64) + r) >= ((v_i2 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) && (f_dot[j][q][e] != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e]) : 0.0f));
                     }
                   }
                 }
               }
               __syncthreads();
-              // acc_d += mma.fmaFrag(ds, k) [64x32 in 16x16 units over 8 warps]
-              {
-                #pragma unroll
-                for (int j = 0; j < 1; ++j) {
-                  const int u = warp + j * 8;
-                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-                  float (&acc)[2][4] = f_acc_d[j];
-                  const int g = lane >> 2, t2 = (lane & 3) * 2;
-                  for (int kk = 0; kk < 64; ++kk) {
-                    const float a0 = prt::to_f32(t_ds[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_ds[(m0 + g + 8) * 68 + (kk)]);
-                    #pragma unroll
-                    for (int q = 0; q < 2; ++q) {
-                      const float b0 = prt::to_f32(t_k[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_k[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
-                      acc[q][0] = fmaf(a0, b0, acc[q][0]);
-                      acc[q][1] = fmaf(a0, b1, acc[q][1]);
-                      acc[q][2] = fmaf(a1, b0, acc[q][2]);
-                      acc[q][3] = fmaf(a1, b1, acc[q][3]);
+              if ((v_i2 < v_i0)) {
+                // acc_d += mma.fmaFrag(ds, k) [64x32 in 16x16 units over 8 warps]
+                {
+                  #pragma unroll
+                  for (int j = 0; j < 1; ++j) {
+                    const int u = warp + j * 8;
+                    const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+                    float (&acc)[2][4] = f_acc_d[j];
+                    const int g = lane >> 2, t2 = (lane & 3) * 2;
+                    for (int kk = 0; kk < 64; ++kk) {
+                      const float a0 = prt::to_f32(t_ds[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_ds[(m0 + g + 8) * 68 + (kk)]);
+                      #pragma unroll
+                      for (int q = 0; q < 2; ++q) {
+                        const float b0 = prt::to_f32(t_k[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_k[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
+                        acc[q][0] = fmaf(a0, b0, acc[q][0]);
+                        acc[q][1] = fmaf(a0, b1, acc[q][1]);
+                        acc[q][2] = fmaf(a1, b0, acc[q][2]);
+                        acc[q][3] = fmaf(a1, b1, acc[q][3]);
+                      }
+                    }
+                  }
+                }
+              }
+              if ((v_i2 == v_i0)) {
+                // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+                {
+                  for (int i = tid; i < 2048; i += 256) {
+                    const int r = i / 32, c = i % 32;
+                    t_k_finite[(r) * 36 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_k[(r) * 36 + (c)])) ? prt::to_f32(t_k[(r) * 36 + (c)]) : 0.0f));
+                  }
+                }
+                __syncthreads();
+                // acc_d += mma.fmaFrag(ds, k_finite) [64x32 in 16x16 units over 8 warps]
+                {
+                  #pragma unroll
+                  for (int j = 0; j < 1; ++j) {
+                    const int u = warp + j * 8;
+                    const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+                    float (&acc)[2][4] = f_acc_d[j];
+                    const int g = lane >> 2, t2 = (lane & 3) * 2;
+                    for (int kk = 0; kk < 64; ++kk) {
+                      const float a0 = prt::to_f32(t_ds[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_ds[(m0 + g + 8) * 68 + (kk)]);
+                      #pragma unroll
+                      for (int q = 0; q < 2; ++q) {
+                        const float b0 = prt::to_f32(t_k_finite[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_k_finite[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
+                        acc[q][0] = fmaf(a0, b0, acc[q][0]);
+                        acc[q][1] = fmaf(a0, b1, acc[q][1]);
+                        acc[q][2] = fmaf(a1, b0, acc[q][2]);
+                        acc[q][3] = fmaf(a1, b1, acc[q][3]);
+                      }
                     }
                   }
                 }
@@ -3388,7 +3511,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
                   }
                 }
               }
-              // W[row, col] = (select(((((i4 * 64) + row) >= ((i0 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i4 * 64) + row)]) - lam[((i0 * 64) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row]))
+              // W[row, col] = select(((((i4 * 64) + row) >= ((i0 * 64) + col)) && (lse_i[row] != -Infinity)), (select(((((i4 * 64) + row) >= ((i0 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i4 * 64) + row)]) - lam[((i0 * 64) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row])), 0.0)
               {
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
@@ -3399,12 +3522,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
                     #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                       const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                      f_W[j][q][e] = ((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 64) + r)])) - prt::to_f32(t_lam[((v_i0 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r])));
+                      f_W[j][q][e] = (((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? ((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 64) + r)])) - prt::to_f32(t_lam[((v_i0 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r]))) : 0.0f);
                     }
                   }
                 }
               }
-              // ds[row, col] = select((dot[row, col] == 0.0), 0.0, ((W[row, col] * 2.0) / dot[row, col]))
+              // ds[row, col] = select((((((i4 * 64) + row) >= ((i0 * 64) + col)) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
               {
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
@@ -3415,7 +3538,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
                     #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                       const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                      t_ds[(r) * 68 + (c)] = prt::from_f32<float>(((f_dot[j][q][e] == 0.0f) ? 0.0f : ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e])));
+                      t_ds[(r) * 68 + (c)] = prt::from_f32<float>(((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) && (f_dot[j][q][e] != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e]) : 0.0f));
                     }
                   }
                 }
@@ -3458,23 +3581,56 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d32_e32_c
                   }
                 }
               }
-              // acc_d += mma.fmaFrag(ds^T, q) [64x32 in 16x16 units over 8 warps]
-              {
-                #pragma unroll
-                for (int j = 0; j < 1; ++j) {
-                  const int u = warp + j * 8;
-                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
-                  float (&acc)[2][4] = f_acc_d[j];
-                  const int g = lane >> 2, t2 = (lane & 3) * 2;
-                  for (int kk = 0; kk < 64; ++kk) {
-                    const float a0 = prt::to_f32(t_ds[(kk) * 68 + (m0 + g)]), a1 = prt::to_f32(t_ds[(kk) * 68 + (m0 + g + 8)]);
-                    #pragma unroll
-                    for (int q = 0; q < 2; ++q) {
-                      const float b0 = prt::to_f32(t_q[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_q[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
-                      acc[q][0] = fmaf(a0, b0, acc[q][0]);
-                      acc[q][1] = fmaf(a0, b1, acc[q][1]);
-                      acc[q][2] = fmaf(a1, b0, acc[q][2]);
-                      acc[q][3] = fmaf(a1, b1, acc[q][3]);
+              if ((v_i4 > v_i0)) {
+                // acc_d += mma.fmaFrag(ds^T, q) [64x32 in 16x16 units over 8 warps]
+                {
+                  #pragma unroll
+                  for (int j = 0; j < 1; ++j) {
+                    const int u = warp + j * 8;
+                    const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+                    float (&acc)[2][4] = f_acc_d[j];
+                    const int g = lane >> 2, t2 = (lane & 3) * 2;
+                    for (int kk = 0; kk < 64; ++kk) {
+                      const float a0 = prt::to_f32(t_ds[(kk) * 68 + (m0 + g)]), a1 = prt::to_f32(t_ds[(kk) * 68 + (m0 + g + 8)]);
+                      #pragma unroll
+                      for (int q = 0; q < 2; ++q) {
+                        const float b0 = prt::to_f32(t_q[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_q[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
+                        acc[q][0] = fmaf(a0, b0, acc[q][0]);
+                        acc[q][1] = fmaf(a0, b1, acc[q][1]);
+                        acc[q][2] = fmaf(a1, b0, acc[q][2]);
+                        acc[q][3] = fmaf(a1, b1, acc[q][3]);
+                      }
+                    }
+                  }
+                }
+              }
+              if ((v_i4 == v_i0)) {
+                // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+                {
+                  for (int i = tid; i < 2048; i += 256) {
+                    const int r = i / 32, c = i % 32;
+                    t_q_finite[(r) * 36 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_q[(r) * 36 + (c)])) ? prt::to_f32(t_q[(r) * 36 + (c)]) : 0.0f));
+                  }
+                }
+                __syncthreads();
+                // acc_d += mma.fmaFrag(ds^T, q_finite) [64x32 in 16x16 units over 8 warps]
+                {
+                  #pragma unroll
+                  for (int j = 0; j < 1; ++j) {
+                    const int u = warp + j * 8;
+                    const int m0 = (u / 2) * 16, n0 = (u % 2) * 16;
+                    float (&acc)[2][4] = f_acc_d[j];
+                    const int g = lane >> 2, t2 = (lane & 3) * 2;
+                    for (int kk = 0; kk < 64; ++kk) {
+                      const float a0 = prt::to_f32(t_ds[(kk) * 68 + (m0 + g)]), a1 = prt::to_f32(t_ds[(kk) * 68 + (m0 + g + 8)]);
+                      #pragma unroll
+                      for (int q = 0; q < 2; ++q) {
+                        const float b0 = prt::to_f32(t_q_finite[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_q_finite[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
+                        acc[q][0] = fmaf(a0, b0, acc[q][0]);
+                        acc[q][1] = fmaf(a0, b1, acc[q][1]);
+                        acc[q][2] = fmaf(a1, b0, acc[q][2]);
+                        acc[q][3] = fmaf(a1, b1, acc[q][3]);
+                      }
                     }
                   }
                 }
@@ -7222,7 +7378,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d32_e32_c
 }
 
 // decode: y of the cache's newest tn rows: in-cache attention (online over key blocks) + phi(q')^T S / phi(q').Z, one scale
-// grid ($hq, $b, (($tn + 15) // 16)), 128 threads, 37632 bytes of dynamic shared memory
+// grid ($hq, $b, (($tn + 15) // 16)), 128 threads, 47872 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c128_f32_w4_bd64_bt64_s2(
     const float* g_Q, const float* g_Kc, const float* g_Vc, const float* g_Gc, const float* g_S, const float* g_Z, float* g_Y, int p_b, int p_tq, int p_hq, int p_h, int p_q0, int p_tn, int p_len, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -7327,21 +7483,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c128_f32
   float f_num_s[1][1][4];  // f32[16, 32] as mma fragments: 16x32 in 16x8 units over 4 warps
   float f_den_parts[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
   float* const t_den_s = reinterpret_cast<float*>(prt_smem + 320);  // f32[16] pitch 16
-  float* const t_k_base = reinterpret_cast<float*>(prt_smem + 5376);  // f32[64, 32] pitch 36, 2 copies
+  float* const t_k_base = reinterpret_cast<float*>(prt_smem + 7424);  // f32[64, 32] pitch 36, 2 copies
   float* t_k = t_k_base;
-  float* const t_v = reinterpret_cast<float*>(prt_smem + 23808);  // f32[64, 32] pitch 36
+  float* const t_v = reinterpret_cast<float*>(prt_smem + 25856);  // f32[64, 32] pitch 36
   float f_qk[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
   float f_w[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
   float* const t_m_blk = reinterpret_cast<float*>(prt_smem + 192);  // f32[16] pitch 16
   float* const t_m_new = reinterpret_cast<float*>(prt_smem + 256);  // f32[16] pitch 16
   float* const t_m_run = reinterpret_cast<float*>(prt_smem + 64);  // f32[16] pitch 16
-  float* const t_p = reinterpret_cast<float*>(prt_smem + 33024);  // f32[16, 64] pitch 68
+  float* const t_p = reinterpret_cast<float*>(prt_smem + 43264);  // f32[16, 64] pitch 68
   float* const t_p_sum = reinterpret_cast<float*>(prt_smem + 384);  // f32[16] pitch 16
-  float* const t_num_a = reinterpret_cast<float*>(prt_smem + 3328);  // f32[16, 32] pitch 32
+  float* const t_num_a = reinterpret_cast<float*>(prt_smem + 5376);  // f32[16, 32] pitch 32
   float* const t_den_a = reinterpret_cast<float*>(prt_smem + 128);  // f32[16] pitch 16
+  float* const t_v_bad = reinterpret_cast<float*>(prt_smem + 35072);  // f32[64, 32] pitch 32
+  float* const t_v_seen = reinterpret_cast<float*>(prt_smem + 3328);  // f32[16, 32] pitch 32
   float* const t_y_row = reinterpret_cast<float*>(prt_smem + 0);  // f32[32] pitch 32
   float* const t_den_s_part = reinterpret_cast<float*>(prt_smem + 64);  // f32[4, 16] pitch 16
-  float* const t_m_blk_part = reinterpret_cast<float*>(prt_smem + 37376);  // f32[4, 16] pitch 16
+  float* const t_m_blk_part = reinterpret_cast<float*>(prt_smem + 47616);  // f32[4, 16] pitch 16
   // g = load Gc[pid.y, 0:+128, (pid.x // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.y);
@@ -7632,6 +7790,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c128_f32
     }
   }
   __syncthreads();
+  // v_seen[row, col] = 0.0
+  {
+    for (int i = tid; i < 512; i += 128) {
+      const int r = i / 32, c = i % 32;
+      t_v_seen[(r) * 32 + (c)] = prt::from_f32<float>(0.0f);
+    }
+  }
   // m_run[row] = -Infinity
   {
     for (int r = tid; r < 16; r += 128) {
@@ -7741,11 +7906,40 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c128_f32
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
       __syncthreads();
-      // v[row, col] = select((((i1 * 64) + row) < $len), v[row, col], 0.0)
+      // v_bad[row, col] = select(((((i1 * 64) + row) < $len) && !(finite(v[row, col]))), 1.0, 0.0)
       {
         for (int i = tid; i < 2048; i += 128) {
           const int r = i / 32, c = i % 32;
-          t_v[(r) * 36 + (c)] = prt::from_f32<float>(((((v_i1 * 64) + r) < p_len) ? prt::to_f32(t_v[(r) * 36 + (c)]) : 0.0f));
+          t_v_bad[(r) * 32 + (c)] = prt::from_f32<float>((((((v_i1 * 64) + r) < p_len) && (!isfinite(prt::to_f32(t_v[(r) * 36 + (c)])))) ? 1.0f : 0.0f));
+        }
+      }
+      __syncthreads();
+      // v_bad = cumsum(v_bad, axis=0)
+      {
+        for (int o = warp; o < 32; o += 4) {
+          float carry = 0.0f;
+          for (int j0 = 0; j0 < 64; j0 += 32) {
+            const int j = j0 + lane, i = j;
+            float v = j < 64 ? prt::to_f32(t_v_bad[(i) * 32 + (o)]) : 0.0f;
+            v = prt::warp_inclusive_sum(v, lane) + carry;
+            if (j < 64) t_v_bad[(i) * 32 + (o)] = prt::from_f32<float>(v);
+            carry = __shfl_sync(0xffffffffu, v, 31);
+          }
+        }
+      }
+      __syncthreads();
+      // v_seen[row, col] = select((((((($len - $tn) + (pid.z * 16)) + row) - (i1 * 64)) >= 0) && (v_bad[min((((($len - $tn) + (pid.z * 16)) + row) - (i1 * 64)), 63), col] > 0.0)), 1.0, v_seen[row, col])
+      {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 32, c = i % 32;
+          t_v_seen[(r) * 32 + (c)] = prt::from_f32<float>((((((((p_len - p_tn) + (static_cast<int>(blockIdx.z) * 16)) + r) - (v_i1 * 64)) >= 0) && (prt::to_f32(t_v_bad[(prt::min_nan(((((p_len - p_tn) + (static_cast<int>(blockIdx.z) * 16)) + r) - (v_i1 * 64)), 63)) * 32 + (c)]) > 0.0f)) ? 1.0f : prt::to_f32(t_v_seen[(r) * 32 + (c)])));
+        }
+      }
+      // v[row, col] = select(((((i1 * 64) + row) < $len) && finite(v[row, col])), v[row, col], 0.0)
+      {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          t_v[(r) * 36 + (c)] = prt::from_f32<float>((((((v_i1 * 64) + r) < p_len) && isfinite(prt::to_f32(t_v[(r) * 36 + (c)]))) ? prt::to_f32(t_v[(r) * 36 + (c)]) : 0.0f));
         }
       }
       // qk = mma.fmaFrag(q, k^T) [16x64 in 16x16 units over 4 warps]
@@ -7931,6 +8125,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c128_f32
       {
         for (int r = tid; r < 32; r += 128) {
           t_y_row[r] = prt::from_f32<float>(((prt::to_f32(t_den_a[v_i2]) != 0.0f) ? (prt::to_f32(t_num_a[(v_i2) * 32 + (r)]) / prt::to_f32(t_den_a[v_i2])) : 0.0f));
+        }
+      }
+      // y_row[row] = select(((v_seen[i2, row] > 0.0) || !(finite(y_row[row]))), NaN, y_row[row])
+      {
+        for (int r = tid; r < 32; r += 128) {
+          t_y_row[r] = prt::from_f32<float>((((prt::to_f32(t_v_seen[(v_i2) * 32 + (r)]) > 0.0f) || (!isfinite(prt::to_f32(t_y_row[r])))) ? __int_as_float(0x7fc00000) : prt::to_f32(t_y_row[r])));
         }
       }
       // store Y[pid.y, (($q0 + (pid.z * 16)) + i2), pid.x, 0:+32] = y_row
@@ -8292,9 +8492,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_state_copy_p2_d32_e32_c128
 #include <cuda_runtime.h>
 
 extern "C" cudaError_t prt_attention_p2_d32_e32_c128_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d32_e32_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 65792);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d32_e32_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 83200);
   if (err != cudaSuccess) return err;
-  prt_attention_p2_d32_e32_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 65792, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_attention_p2_d32_e32_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 83200, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
@@ -8327,9 +8527,9 @@ extern "C" cudaError_t prt_attention_bwd_prep_p2_d32_e32_c128_f32_w8_bd64_bt64_s
 }
 
 extern "C" cudaError_t prt_attention_bwd_p2_d32_e32_c128_f32_w8_bd64_bt64_s1_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_p2_d32_e32_c128_f32_w8_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 75008);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_p2_d32_e32_c128_f32_w8_bd64_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 93440);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_p2_d32_e32_c128_f32_w8_bd64_bt64_s1<<<grid, 256, 75008, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_attention_bwd_p2_d32_e32_c128_f32_w8_bd64_bt64_s1<<<grid, 256, 93440, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
@@ -8369,9 +8569,9 @@ extern "C" cudaError_t prt_combine_grads_p2_d32_e32_c128_f32_w4_bd0_bt64_s1_laun
 }
 
 extern "C" cudaError_t prt_decode_p2_d32_e32_c128_f32_w4_bd64_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_Kc, const float* g_Vc, const float* g_Gc, const float* g_S, const float* g_Z, float* g_Y, int p_b, int p_tq, int p_hq, int p_h, int p_q0, int p_tn, int p_len, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_decode_p2_d32_e32_c128_f32_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 37632);
+  cudaError_t err = cudaFuncSetAttribute(prt_decode_p2_d32_e32_c128_f32_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 47872);
   if (err != cudaSuccess) return err;
-  prt_decode_p2_d32_e32_c128_f32_w4_bd64_bt64_s2<<<grid, 128, 37632, stream>>>(g_Q, g_Kc, g_Vc, g_Gc, g_S, g_Z, g_Y, p_b, p_tq, p_hq, p_h, p_q0, p_tn, p_len, p_scale);
+  prt_decode_p2_d32_e32_c128_f32_w4_bd64_bt64_s2<<<grid, 128, 47872, stream>>>(g_Q, g_Kc, g_Vc, g_Gc, g_S, g_Z, g_Y, p_b, p_tq, p_hq, p_h, p_q0, p_tn, p_len, p_scale);
   return cudaGetLastError();
 }
 

@@ -5,7 +5,7 @@
 #include "sympow_d64_p2.cuh"
 
 // attention: numA, denA, maxA: causal p-th power attention inside each chunk, stabilised by the row max of log-weights
-// grid ($n, $hq, $b), 128 threads, 57600 bytes of dynamic shared memory
+// grid ($n, $hq, $b), 128 threads, 73984 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_bf16_w4_bd0_bt64_s2(
     const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -96,19 +96,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
   (void)g_maxA_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
-  __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_smem + 47104);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_smem + 63488);  // bf16[64, 64] pitch 72
   __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_smem + 1024);  // bf16[64, 64] pitch 72, 2 copies
   __nv_bfloat16* t_k = t_k_base;
   __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_smem + 19456);  // bf16[64, 64] pitch 72, 2 copies
   __nv_bfloat16* t_v = t_v_base;
   float f_w[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  __nv_bfloat16* const t_p = reinterpret_cast<__nv_bfloat16*>(prt_smem + 37888);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_p = reinterpret_cast<__nv_bfloat16*>(prt_smem + 54272);  // bf16[64, 64] pitch 72
   float f_acc[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_row_max = reinterpret_cast<float*>(prt_smem + 57088);  // f32[64] pitch 64
-  float* const t_row_sum = reinterpret_cast<float*>(prt_smem + 57344);  // f32[64] pitch 64
-  float* const t_block_max = reinterpret_cast<float*>(prt_smem + 56576);  // f32[64] pitch 64
-  float* const t_block_sum = reinterpret_cast<float*>(prt_smem + 56832);  // f32[64] pitch 64
-  float* const t_alpha = reinterpret_cast<float*>(prt_smem + 56320);  // f32[64] pitch 64
+  // v_finite: bf16[64, 64] computed in registers by its mma group
+  float* const t_v_bad = reinterpret_cast<float*>(prt_smem + 37888);  // f32[64, 64] pitch 64
+  float* const t_row_max = reinterpret_cast<float*>(prt_smem + 73472);  // f32[64] pitch 64
+  float* const t_row_sum = reinterpret_cast<float*>(prt_smem + 73728);  // f32[64] pitch 64
+  float* const t_block_max = reinterpret_cast<float*>(prt_smem + 72960);  // f32[64] pitch 64
+  float* const t_block_sum = reinterpret_cast<float*>(prt_smem + 73216);  // f32[64] pitch 64
+  float* const t_alpha = reinterpret_cast<float*>(prt_smem + 72704);  // f32[64] pitch 64
   float* const t_block_max_part = reinterpret_cast<float*>(prt_smem + 0);  // f32[2, 64] pitch 64
   // g = load logG[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h))]
   {
@@ -442,28 +444,111 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
                 }
               }
             }
-            // acc += mma.tc(p, v) [64x64 in 16x32 units over 4 warps]
-            {
-              float (&acc)[2][4][4] = f_acc;
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                const int n0 = (warp % 2) * 32;
-                uint32_t fb_v[4][2];
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t r[4];
-                  prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                  fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
+            if ((v_i1 < v_i0)) {
+              // acc += mma.tc(p, v) [64x64 in 16x32 units over 4 warps]
+              {
+                float (&acc)[2][4][4] = f_acc;
+                for (int k0 = 0; k0 < 64; k0 += 16) {
+                  const int n0 = (warp % 2) * 32;
+                  uint32_t fb_v[4][2];
+                  #pragma unroll
+                  for (int q = 0; q < 4; q += 2) {
+                    uint32_t r[4];
+                    prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                    fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
+                  }
+                  #pragma unroll
+                  for (int j = 0; j < 2; ++j) {
+                    const int u = warp + j * 4;
+                    const int m0 = (u / 2) * 16;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fa_p[4];
+                    prt::ldmatrix_x4(fa_p, &t_p[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                    #pragma unroll
+                    for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_p, fb_v[q][0], fb_v[q][1]);
+                  }
                 }
+              }
+            }
+            if ((v_i1 == v_i0)) {
+              // v_bad[row, col] = select(finite(v[row, col]), 0.0, 1.0)
+              {
+                for (int i = tid; i < 4096; i += 128) {
+                  const int r = i / 64, c = i % 64;
+                  t_v_bad[(r) * 64 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_v[(r) * 72 + (c)])) ? 0.0f : 1.0f));
+                }
+              }
+              __syncthreads();
+              // v_bad = cumsum(v_bad, axis=0)
+              {
+                for (int o = tid; o < 64; o += 128) {
+                  float acc = 0.0f;
+                  for (int j = 0; j < 64; ++j) {
+                    const int i = j;
+                    acc += prt::to_f32(t_v_bad[(i) * 64 + (o)]);
+                    t_v_bad[(i) * 64 + (o)] = prt::from_f32<float>(acc);
+                  }
+                }
+              }
+              // mma.group (operands in registers):
+              //   v_finite[row, col] = select(finite(v[row, col]), v[row, col], 0.0)
+              //   acc += mma.tc(p, v_finite) [64x64 in 16x32 units over 4 warps]
+              {
+                float (&acc)[2][4][4] = f_acc;
+                const int g = lane >> 2, t2 = (lane & 3) * 2;
+                for (int k0 = 0; k0 < 64; k0 += 16) {
+                  const int n0 = (warp % 2) * 32;
+                  uint32_t fb_v[4][2];
+                  #pragma unroll
+                  for (int q = 0; q < 4; q += 2) {
+                    uint32_t r[4];
+                    prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                    fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
+                  }
+                  uint32_t ib_v_finite[4][2];
+                  #pragma unroll
+                  for (int q = 0; q < 4; ++q) {
+                    #pragma unroll
+                    for (int rg = 0; rg < 2; ++rg) {
+                      __nv_bfloat16 v0[2];
+                      #pragma unroll
+                      for (int h = 0; h < 2; ++h) {
+                        const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                        const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((isfinite(prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h)) ? prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) : 0.0f));
+                        v0[h] = y0;
+                      }
+                      ib_v_finite[q][rg] = prt::pack2(v0[0], v0[1]);
+                    }
+                  }
+                  #pragma unroll
+                  for (int j = 0; j < 2; ++j) {
+                    const int u = warp + j * 4;
+                    const int m0 = (u / 2) * 16;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fa_p[4];
+                    prt::ldmatrix_x4(fa_p, &t_p[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                    #pragma unroll
+                    for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_p, ib_v_finite[q][0], ib_v_finite[q][1]);
+                  }
+                }
+              }
+              __syncthreads();
+              // acc[row, col] = select((v_bad[row, col] > 0.0), NaN, acc[row, col])
+              {
                 #pragma unroll
                 for (int j = 0; j < 2; ++j) {
                   const int u = warp + j * 4;
-                  const int m0 = (u / 2) * 16;
-                  (void)m0;
-                  (void)n0;
-                  uint32_t fa_p[4];
-                  prt::ldmatrix_x4(fa_p, &t_p[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
                   #pragma unroll
-                  for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_p, fb_v[q][0], fb_v[q][1]);
+                  for (int q = 0; q < 4; ++q) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                      const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                      f_acc[j][q][e] = ((prt::to_f32(t_v_bad[(r) * 64 + (c)]) > 0.0f) ? __int_as_float(0x7fc00000) : f_acc[j][q][e]);
+                    }
+                  }
                 }
               }
             }
@@ -3094,6 +3179,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c12
         }
       }
     }
+    // num[row, col] = select(finite(num[row, col]), num[row, col], NaN)
+    {
+      #pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int u = warp + j * 4;
+        const int m0 = (u / 4) * 16, n0 = (u % 4) * 16;
+        #pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            f_num[j][q][e] = (isfinite(f_num[j][q][e]) ? f_num[j][q][e] : __int_as_float(0x7fc00000));
+          }
+        }
+      }
+    }
     // den_s[row] = select((den[row] != 0.0), (den_s[row] / den[row]), 0.0)
     {
       for (int r = tid; r < 128; r += 128) {
@@ -3537,7 +3638,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d64_
               }
             }
           }
-          // p_dp[row, col] = (p[row, col] * p_dp[row, col])
+          // p_dp[row, col] = select(((((i0 * 64) + row) >= ((i1 * 64) + col)) && (lse_i[row] != -Infinity)), (p[row, col] * p_dp[row, col]), 0.0)
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -3548,7 +3649,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d64_
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_p_dp[j][q][e] = (f_p[j][q][e] * f_p_dp[j][q][e]);
+                  f_p_dp[j][q][e] = (((((v_i0 * 64) + r) >= ((v_i1 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? (f_p[j][q][e] * f_p_dp[j][q][e]) : 0.0f);
                 }
               }
             }
@@ -3807,6 +3908,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
   float* const t_wsum = reinterpret_cast<float*>(prt_smem + 58368);  // f32[64] pitch 64
   float* const t_dlam = reinterpret_cast<float*>(prt_smem + 57600);  // f32[64] pitch 64
   float* const t_dlam_row = reinterpret_cast<float*>(prt_smem + 57856);  // f32[64] pitch 64
+  // k_finite: bf16[64, 64] computed in registers by its mma group
+  // q_finite: bf16[64, 64] computed in registers by its mma group
   float* const t_wsum_part = reinterpret_cast<float*>(prt_smem + 0);  // f32[2, 64] pitch 64
   float* const t_wsum_part2 = reinterpret_cast<float*>(prt_smem + 56320);  // f32[4, 64] pitch 64
   // g = load logG[pid.z, (pid.x * 128):+128, pid.y]
@@ -4060,7 +4163,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
                   }
                 }
               }
-              // W[row, col] = (select(((((i0 * 64) + row) >= ((i2 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i0 * 64) + row)]) - lam[((i2 * 64) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row]))
+              // W[row, col] = select(((((i0 * 64) + row) >= ((i2 * 64) + col)) && (lse_i[row] != -Infinity)), (select(((((i0 * 64) + row) >= ((i2 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i0 * 64) + row)]) - lam[((i2 * 64) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row])), 0.0)
               {
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
@@ -4071,12 +4174,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
                     #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                       const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                      f_W[j][q][e] = ((((((v_i0 * 64) + r) >= ((v_i2 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i2 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r])));
+                      f_W[j][q][e] = (((((v_i0 * 64) + r) >= ((v_i2 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? ((((((v_i0 * 64) + r) >= ((v_i2 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i2 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r]))) : 0.0f);
                     }
                   }
                 }
               }
-              // ds[row, col] = select((dot[row, col] == 0.0), 0.0, ((W[row, col] * 2.0) / dot[row, col]))
+              // ds[row, col] = select((((((i0 * 64) + row) >= ((i2 * 64) + col)) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
               {
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
@@ -4087,34 +4190,81 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
                     #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                       const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                      t_ds[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((f_dot[j][q][e] == 0.0f) ? 0.0f : ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e])));
+                      t_ds[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((((((v_i0 * 64) + r) >= ((v_i2 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) && (f_dot[j][q][e] != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e]) : 0.0f));
                     }
                   }
                 }
               }
               __syncthreads();
-              // acc_d += mma.tc(ds, k) [64x64 in 16x32 units over 8 warps]
-              {
-                float (&acc)[1][4][4] = f_acc_d;
-                for (int k0 = 0; k0 < 64; k0 += 16) {
-                  #pragma unroll
-                  for (int j = 0; j < 1; ++j) {
-                    const int u = warp + j * 8;
-                    const int m0 = (u / 2) * 16;
-                    const int n0 = (u % 2) * 32;
-                    (void)m0;
-                    (void)n0;
-                    uint32_t fa_ds[4];
-                    prt::ldmatrix_x4(fa_ds, &t_ds[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-                    uint32_t fb_k[4][2];
+              if ((v_i2 < v_i0)) {
+                // acc_d += mma.tc(ds, k) [64x64 in 16x32 units over 8 warps]
+                {
+                  float (&acc)[1][4][4] = f_acc_d;
+                  for (int k0 = 0; k0 < 64; k0 += 16) {
                     #pragma unroll
-                    for (int q = 0; q < 4; q += 2) {
-                      uint32_t r[4];
-                      prt::ldmatrix_x4_trans(r, &t_k[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                      fb_k[q][0] = r[0]; fb_k[q][1] = r[1]; fb_k[q + 1][0] = r[2]; fb_k[q + 1][1] = r[3];
+                    for (int j = 0; j < 1; ++j) {
+                      const int u = warp + j * 8;
+                      const int m0 = (u / 2) * 16;
+                      const int n0 = (u % 2) * 32;
+                      (void)m0;
+                      (void)n0;
+                      uint32_t fa_ds[4];
+                      prt::ldmatrix_x4(fa_ds, &t_ds[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                      uint32_t fb_k[4][2];
+                      #pragma unroll
+                      for (int q = 0; q < 4; q += 2) {
+                        uint32_t r[4];
+                        prt::ldmatrix_x4_trans(r, &t_k[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                        fb_k[q][0] = r[0]; fb_k[q][1] = r[1]; fb_k[q + 1][0] = r[2]; fb_k[q + 1][1] = r[3];
+                      }
+                      #pragma unroll
+                      for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_ds, fb_k[q][0], fb_k[q][1]);
                     }
+                  }
+                }
+              }
+              if ((v_i2 == v_i0)) {
+                // mma.group (operands in registers):
+                //   k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+                //   acc_d += mma.tc(ds, k_finite) [64x64 in 16x32 units over 8 warps]
+                {
+                  float (&acc)[1][4][4] = f_acc_d;
+                  const int g = lane >> 2, t2 = (lane & 3) * 2;
+                  for (int k0 = 0; k0 < 64; k0 += 16) {
                     #pragma unroll
-                    for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_ds, fb_k[q][0], fb_k[q][1]);
+                    for (int j = 0; j < 1; ++j) {
+                      const int u = warp + j * 8;
+                      const int m0 = (u / 2) * 16;
+                      const int n0 = (u % 2) * 32;
+                      (void)m0;
+                      (void)n0;
+                      uint32_t fa_ds[4];
+                      prt::ldmatrix_x4(fa_ds, &t_ds[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                      uint32_t fb_k[4][2];
+                      #pragma unroll
+                      for (int q = 0; q < 4; q += 2) {
+                        uint32_t r[4];
+                        prt::ldmatrix_x4_trans(r, &t_k[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                        fb_k[q][0] = r[0]; fb_k[q][1] = r[1]; fb_k[q + 1][0] = r[2]; fb_k[q + 1][1] = r[3];
+                      }
+                      uint32_t ib_k_finite[4][2];
+                      #pragma unroll
+                      for (int q = 0; q < 4; ++q) {
+                        #pragma unroll
+                        for (int rg = 0; rg < 2; ++rg) {
+                          __nv_bfloat16 v0[2];
+                          #pragma unroll
+                          for (int h = 0; h < 2; ++h) {
+                            const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((isfinite(prt::b16_half<__nv_bfloat16>(fb_k[q][rg], h)) ? prt::b16_half<__nv_bfloat16>(fb_k[q][rg], h) : 0.0f));
+                            v0[h] = y0;
+                          }
+                          ib_k_finite[q][rg] = prt::pack2(v0[0], v0[1]);
+                        }
+                      }
+                      #pragma unroll
+                      for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_ds, ib_k_finite[q][0], ib_k_finite[q][1]);
+                    }
                   }
                 }
               }
@@ -4418,7 +4568,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
                   }
                 }
               }
-              // W[row, col] = (select(((((i4 * 64) + row) >= ((i0 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i4 * 64) + row)]) - lam[((i0 * 64) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row]))
+              // W[row, col] = select(((((i4 * 64) + row) >= ((i0 * 64) + col)) && (lse_i[row] != -Infinity)), (select(((((i4 * 64) + row) >= ((i0 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i4 * 64) + row)]) - lam[((i0 * 64) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row])), 0.0)
               {
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
@@ -4429,12 +4579,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
                     #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                       const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                      f_W[j][q][e] = ((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 64) + r)])) - prt::to_f32(t_lam[((v_i0 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r])));
+                      f_W[j][q][e] = (((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? ((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 64) + r)])) - prt::to_f32(t_lam[((v_i0 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r]))) : 0.0f);
                     }
                   }
                 }
               }
-              // ds[row, col] = select((dot[row, col] == 0.0), 0.0, ((W[row, col] * 2.0) / dot[row, col]))
+              // ds[row, col] = select((((((i4 * 64) + row) >= ((i0 * 64) + col)) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
               {
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
@@ -4445,7 +4595,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
                     #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                       const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                      t_ds[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((f_dot[j][q][e] == 0.0f) ? 0.0f : ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e])));
+                      t_ds[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) && (f_dot[j][q][e] != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e]) : 0.0f));
                     }
                   }
                 }
@@ -4492,28 +4642,75 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
                   }
                 }
               }
-              // acc_d += mma.tc(ds^T, q) [64x64 in 16x32 units over 8 warps]
-              {
-                float (&acc)[1][4][4] = f_acc_d;
-                for (int k0 = 0; k0 < 64; k0 += 16) {
-                  #pragma unroll
-                  for (int j = 0; j < 1; ++j) {
-                    const int u = warp + j * 8;
-                    const int m0 = (u / 2) * 16;
-                    const int n0 = (u % 2) * 32;
-                    (void)m0;
-                    (void)n0;
-                    uint32_t fat_ds[4];
-                    prt::ldmatrix_x4_trans(fat_ds, &t_ds[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-                    uint32_t fb_q[4][2];
+              if ((v_i4 > v_i0)) {
+                // acc_d += mma.tc(ds^T, q) [64x64 in 16x32 units over 8 warps]
+                {
+                  float (&acc)[1][4][4] = f_acc_d;
+                  for (int k0 = 0; k0 < 64; k0 += 16) {
                     #pragma unroll
-                    for (int q = 0; q < 4; q += 2) {
-                      uint32_t r[4];
-                      prt::ldmatrix_x4_trans(r, &t_q[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                      fb_q[q][0] = r[0]; fb_q[q][1] = r[1]; fb_q[q + 1][0] = r[2]; fb_q[q + 1][1] = r[3];
+                    for (int j = 0; j < 1; ++j) {
+                      const int u = warp + j * 8;
+                      const int m0 = (u / 2) * 16;
+                      const int n0 = (u % 2) * 32;
+                      (void)m0;
+                      (void)n0;
+                      uint32_t fat_ds[4];
+                      prt::ldmatrix_x4_trans(fat_ds, &t_ds[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+                      uint32_t fb_q[4][2];
+                      #pragma unroll
+                      for (int q = 0; q < 4; q += 2) {
+                        uint32_t r[4];
+                        prt::ldmatrix_x4_trans(r, &t_q[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                        fb_q[q][0] = r[0]; fb_q[q][1] = r[1]; fb_q[q + 1][0] = r[2]; fb_q[q + 1][1] = r[3];
+                      }
+                      #pragma unroll
+                      for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_ds, fb_q[q][0], fb_q[q][1]);
                     }
+                  }
+                }
+              }
+              if ((v_i4 == v_i0)) {
+                // mma.group (operands in registers):
+                //   q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+                //   acc_d += mma.tc(ds^T, q_finite) [64x64 in 16x32 units over 8 warps]
+                {
+                  float (&acc)[1][4][4] = f_acc_d;
+                  const int g = lane >> 2, t2 = (lane & 3) * 2;
+                  for (int k0 = 0; k0 < 64; k0 += 16) {
                     #pragma unroll
-                    for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_ds, fb_q[q][0], fb_q[q][1]);
+                    for (int j = 0; j < 1; ++j) {
+                      const int u = warp + j * 8;
+                      const int m0 = (u / 2) * 16;
+                      const int n0 = (u % 2) * 32;
+                      (void)m0;
+                      (void)n0;
+                      uint32_t fat_ds[4];
+                      prt::ldmatrix_x4_trans(fat_ds, &t_ds[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+                      uint32_t fb_q[4][2];
+                      #pragma unroll
+                      for (int q = 0; q < 4; q += 2) {
+                        uint32_t r[4];
+                        prt::ldmatrix_x4_trans(r, &t_q[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                        fb_q[q][0] = r[0]; fb_q[q][1] = r[1]; fb_q[q + 1][0] = r[2]; fb_q[q + 1][1] = r[3];
+                      }
+                      uint32_t ib_q_finite[4][2];
+                      #pragma unroll
+                      for (int q = 0; q < 4; ++q) {
+                        #pragma unroll
+                        for (int rg = 0; rg < 2; ++rg) {
+                          __nv_bfloat16 v0[2];
+                          #pragma unroll
+                          for (int h = 0; h < 2; ++h) {
+                            const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                            const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((isfinite(prt::b16_half<__nv_bfloat16>(fb_q[q][rg], h)) ? prt::b16_half<__nv_bfloat16>(fb_q[q][rg], h) : 0.0f));
+                            v0[h] = y0;
+                          }
+                          ib_q_finite[q][rg] = prt::pack2(v0[0], v0[1]);
+                        }
+                      }
+                      #pragma unroll
+                      for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fat_ds, ib_q_finite[q][0], ib_q_finite[q][1]);
+                    }
                   }
                 }
               }
@@ -7899,8 +8096,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
 }
 
 // update_state_bwd: dKs, dVs, dlamK, dGk: gradient through dS_m = phi(k')^T V, dZ_m = colsum phi(k')
-// grid ($n, ($b * $h), 1), 256 threads, 81408 bytes of dynamic shared memory
-extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e64_c128_bf16_w8_bd0_bt128_s2(
+// grid ($n, ($b * $h), 1), 512 threads, 81408 bytes of dynamic shared memory
+extern "C" __global__ void __launch_bounds__(512) prt_update_state_bwd_p2_d64_e64_c128_bf16_w16_bd0_bt128_s2(
     const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const float* g_ddS, const float* g_ddZ, float* g_dKs, float* g_dVs, float* g_dlamK, float* g_dGk, int p_b, int p_t, int p_h, int p_n) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -8021,8 +8218,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
   __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_smem + 1024);  // bf16[128, 64] pitch 72
   __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 19456);  // bf16[128, 64] pitch 72
-  float f_dk[2][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 8 warps
-  float f_dv[2][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 8 warps
+  float f_dk[1][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 16 warps
+  float f_dv[1][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 16 warps
   float* const t_kdk = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_z = reinterpret_cast<float*>(prt_smem + 37888);  // f32[2080] pitch 2080
   // zu_hi: bf16[64, 64] computed in registers by its mma group
@@ -8031,8 +8228,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
   float* const t_r = reinterpret_cast<float*>(prt_smem + 80896);  // f32[128] pitch 128
   float* const t_u_f32_base = reinterpret_cast<float*>(prt_smem + 37888);  // f32[64, 64] pitch 64, 2 copies
   float* t_u_f32 = t_u_f32_base;
-  float f_p_a[2][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 8 warps
-  float f_t_a[2][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 8 warps
+  float f_p_a[1][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 16 warps
+  float f_t_a[1][4][4];  // f32[128, 64] as mma fragments: 128x64 in 16x32 units over 16 warps
   __nv_bfloat16* const t_u_hi = reinterpret_cast<__nv_bfloat16*>(prt_smem + 70656);  // bf16[64, 64] pitch 72
   float* const t_dG = reinterpret_cast<float*>(prt_smem + 512);  // f32[1] pitch 1
   float* const t_r_part = reinterpret_cast<float*>(prt_smem + 79872);  // f32[2, 128] pitch 128
@@ -8044,14 +8241,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
-    for (int r = tid; r < 128; r += 256) {
+    for (int r = tid; r < 128; r += 512) {
       dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
     }
   }
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
-    for (int o = warp; o < 1; o += 8) {
+    for (int o = warp; o < 1; o += 16) {
       float carry = 0.0f;
       for (int j0 = 0; j0 < 128; j0 += 32) {
         const int j = j0 + lane, i = j;
@@ -8072,7 +8269,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 256) {
+      for (int i = tid; i < 1024; i += 512) {
         const int r = i / 8, c = (i % 8) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -8081,7 +8278,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
       }
     }
     else {
-      for (int i = tid; i < 8192; i += 256) {
+      for (int i = tid; i < 8192; i += 512) {
         const int r = i / 64, c = i % 64;
         dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
       }
@@ -8097,7 +8294,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 256) {
+      for (int i = tid; i < 1024; i += 512) {
         const int r = i / 8, c = (i % 8) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -8106,7 +8303,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
       }
     }
     else {
-      for (int i = tid; i < 8192; i += 256) {
+      for (int i = tid; i < 8192; i += 512) {
         const int r = i / 64, c = i % 64;
         dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
       }
@@ -8122,7 +8319,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_ddZ_s0 + static_cast<long long>(a1) * g_ddZ_s1 + static_cast<long long>(a2) * g_ddZ_s2 + static_cast<long long>(s3) * g_ddZ_s3;
     float* const dst = t_z;
     if (prt::aligned16(g_ddZ) && base % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 520; i += 256) {
+      for (int i = tid; i < 520; i += 512) {
         const int c = i * 4;
         const long long left = ok ? g_ddZ_d3 - (s3 + c) : 0;
         const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
@@ -8130,7 +8327,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
       }
     }
     else {
-      for (int r = tid; r < 2080; r += 256) {
+      for (int r = tid; r < 2080; r += 512) {
         dst[r] = ok && s3 + r >= 0 && s3 + r < g_ddZ_d3 ? g_ddZ[base + static_cast<long long>(r) * g_ddZ_s3] : prt::from_f32<float>(0.0f);
       }
     }
@@ -8141,12 +8338,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
   // mma.group (operands in registers):
   //   zu_hi[row, col] = select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 2.0), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 1.4142135623730951)), 0.0)
   //   zu_lo[row, col] = (select(((row < 64) && (col < 64)), select((row == col), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 2.0), (z[((((min(min(row, col), 63) * 64) - ((min(min(row, col), 63) * (min(min(row, col), 63) - 1)) // 2)) + min(max(row, col), 63)) - min(min(row, col), 63))] * 1.4142135623730951)), 0.0) - zu_hi[row, col])
-  //   kzu = mma.tc(k, zu_hi) [128x64 in 16x16 units over 8 warps]
-  //   kzu += mma.tc(k, zu_lo) [128x64 in 16x16 units over 8 warps]
+  //   kzu = mma.tc(k, zu_hi) [128x64 in 16x16 units over 16 warps]
+  //   kzu += mma.tc(k, zu_lo) [128x64 in 16x16 units over 16 warps]
   {
-    float acc[4][2][4];
+    float acc[2][2][4];
     #pragma unroll
-    for (int j = 0; j < 4; ++j) {
+    for (int j = 0; j < 2; ++j) {
       #pragma unroll
       for (int q = 0; q < 2; ++q)
       #pragma unroll
@@ -8175,8 +8372,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
         }
       }
       #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int u = warp + j * 8;
+      for (int j = 0; j < 2; ++j) {
+        const int u = warp + j * 16;
         const int m0 = (u / 4) * 16;
         (void)m0;
         (void)n0;
@@ -8189,19 +8386,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
       }
     }
     #pragma unroll
-    for (int j = 0; j < 4; ++j) {
+    for (int j = 0; j < 2; ++j) {
       #pragma unroll
       for (int q = 0; q < 2; ++q)
       #pragma unroll
-        for (int e = 0; e < 4; ++e) t_kzu[(((warp + j * 8) / 4) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 8) % 4) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
+        for (int e = 0; e < 4; ++e) t_kzu[(((warp + j * 16) / 4) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 16) % 4) * 16 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
     }
   }
   __syncthreads();
   // dk[row, col] = kzu[row, col]
   {
     #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 8;
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 16;
       const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
       #pragma unroll
       for (int q = 0; q < 4; ++q) {
@@ -8216,7 +8413,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
   __syncthreads();
   // kzu[row, col] = ((kzu[row, col] * k[row, col]) * 0.5)
   {
-    for (int i = tid; i < 8192; i += 256) {
+    for (int i = tid; i < 8192; i += 512) {
       const int r = i / 64, c = i % 64;
       t_kzu[(r) * 64 + (c)] = prt::from_f32<float>(((prt::to_f32(t_kzu[(r) * 64 + (c)]) * prt::to_f32(t_k[(r) * 72 + (c)])) * 0.5f));
     }
@@ -8224,17 +8421,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
   __syncthreads();
   // kdk = reduce_sum(kzu, axis=1)
   {
-    for (int o = tid; o < 128; o += 256) {
+    for (int o = warp; o < 128; o += 16) {
       float acc = 0.0f;
-      for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_kzu[(o) * 64 + (i)]);
-      t_kdk[o] = prt::from_f32<float>(acc);
+      for (int i = lane; i < 64; i += 32) acc += prt::to_f32(t_kzu[(o) * 64 + (i)]);
+      acc = prt::warp_sum(acc);
+      if (lane == 0) t_kdk[o] = prt::from_f32<float>(acc);
     }
   }
   // dv[row, col] = 0.0
   {
     #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 8;
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 16;
       const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
       #pragma unroll
       for (int q = 0; q < 4; ++q) {
@@ -8259,7 +8457,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
       const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
       float* const dst = t_u_f32_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 1024; i += 256) {
+        for (int i = tid; i < 1024; i += 512) {
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s3 + r;
           const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
@@ -8268,7 +8466,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
         }
       }
       else {
-        for (int i = tid; i < 4096; i += 256) {
+        for (int i = tid; i < 4096; i += 512) {
           const int r = i / 64, c = i % 64;
           dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
         }
@@ -8291,7 +8489,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
           const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
           float* const dst = t_u_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 1024; i += 256) {
+            for (int i = tid; i < 1024; i += 512) {
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
@@ -8300,7 +8498,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
             }
           }
           else {
-            for (int i = tid; i < 4096; i += 256) {
+            for (int i = tid; i < 4096; i += 512) {
               const int r = i / 64, c = i % 64;
               dst[(r) * 64 + (c)] = ok && s3 + r >= 0 && s3 + r < g_ddS_d3 && s4 + c >= 0 && s4 + c < g_ddS_d4 ? g_ddS[base + static_cast<long long>(r) * g_ddS_s3 + static_cast<long long>(c) * g_ddS_s4] : prt::from_f32<float>(0.0f);
             }
@@ -8313,39 +8511,39 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
       __syncthreads();
       // u_hi[row, col] = select(((row < i0) || (row >= 64)), 0.0, (u_f32[row, col] * select((row == i0), 1.0, 1.4142135623730951)))
       {
-        for (int i = tid; i < 4096; i += 256) {
+        for (int i = tid; i < 4096; i += 512) {
           const int r = i / 64, c = i % 64;
           t_u_hi[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((((r < v_i0) || (r >= 64)) ? 0.0f : (prt::to_f32(t_u_f32[(r) * 64 + (c)]) * ((r == v_i0) ? 1.0f : 1.4142135623730951f))));
         }
       }
       __syncthreads();
-      // p_a = mma.tc(k, u_hi) [128x64 in 16x32 units over 8 warps]
+      // p_a = mma.tc(k, u_hi) [128x64 in 16x32 units over 16 warps]
       {
-        float (&acc)[2][4][4] = f_p_a;
+        float (&acc)[1][4][4] = f_p_a;
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 1; ++j) {
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
             for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
         for (int k0 = 0; k0 < 64; k0 += 16) {
-          const int n0 = (warp % 2) * 32;
-          uint32_t fb_u_hi[4][2];
           #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
-            uint32_t r[4];
-            prt::ldmatrix_x4_trans(r, &t_u_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-            fb_u_hi[q][0] = r[0]; fb_u_hi[q][1] = r[1]; fb_u_hi[q + 1][0] = r[2]; fb_u_hi[q + 1][1] = r[3];
-          }
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 16;
             const int m0 = (u / 2) * 16;
+            const int n0 = (u % 2) * 32;
             (void)m0;
             (void)n0;
             uint32_t fa_k[4];
             prt::ldmatrix_x4(fa_k, &t_k[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            uint32_t fb_u_hi[4][2];
+            #pragma unroll
+            for (int q = 0; q < 4; q += 2) {
+              uint32_t r[4];
+              prt::ldmatrix_x4_trans(r, &t_u_hi[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+              fb_u_hi[q][0] = r[0]; fb_u_hi[q][1] = r[1]; fb_u_hi[q + 1][0] = r[2]; fb_u_hi[q + 1][1] = r[3];
+            }
             #pragma unroll
             for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_k, fb_u_hi[q][0], fb_u_hi[q][1]);
           }
@@ -8354,8 +8552,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
       // dv[row, col] = (dv[row, col] + (k[row, i0] * p_a[row, col]))
       {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 16;
           const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
@@ -8370,8 +8568,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
       // p_a[row, col] = (p_a[row, col] * v[row, col])
       {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 16;
           const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
@@ -8386,8 +8584,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
       // r = reduce_sum(p_a, axis=1) via r_part
       {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 16;
           #pragma unroll
           for (int h = 0; h < 2; ++h) {
             float acc = f_p_a[j][0][2 * h];
@@ -8403,39 +8601,39 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
           }
         }
         __syncthreads();
-        for (int i = tid; i < 128; i += 256) {
+        for (int i = tid; i < 128; i += 512) {
           float acc = t_r_part[(0) * 128 + (i)];
           for (int p = 1; p < 2; ++p) acc += t_r_part[(p) * 128 + (i)];
           t_r[i] = prt::from_f32<float>(acc);
         }
       }
-      // t_a = mma.tc(v, u_hi^T) [128x64 in 16x32 units over 8 warps]
+      // t_a = mma.tc(v, u_hi^T) [128x64 in 16x32 units over 16 warps]
       {
-        float (&acc)[2][4][4] = f_t_a;
+        float (&acc)[1][4][4] = f_t_a;
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 1; ++j) {
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
             for (int e = 0; e < 4; ++e) acc[j][q][e] = 0.0f;
         }
         for (int k0 = 0; k0 < 64; k0 += 16) {
-          const int n0 = (warp % 2) * 32;
-          uint32_t fbt_u_hi[4][2];
           #pragma unroll
-          for (int q = 0; q < 4; q += 2) {
-            uint32_t r[4];
-            prt::ldmatrix_x4(r, &t_u_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
-            fbt_u_hi[q][0] = r[0]; fbt_u_hi[q][1] = r[1]; fbt_u_hi[q + 1][0] = r[2]; fbt_u_hi[q + 1][1] = r[3];
-          }
-          #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int u = warp + j * 8;
+          for (int j = 0; j < 1; ++j) {
+            const int u = warp + j * 16;
             const int m0 = (u / 2) * 16;
+            const int n0 = (u % 2) * 32;
             (void)m0;
             (void)n0;
             uint32_t fa_v[4];
             prt::ldmatrix_x4(fa_v, &t_v[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+            uint32_t fbt_u_hi[4][2];
+            #pragma unroll
+            for (int q = 0; q < 4; q += 2) {
+              uint32_t r[4];
+              prt::ldmatrix_x4(r, &t_u_hi[(n0 + q * 8 + prt::at_row(lane)) * 72 + k0 + prt::at_col(lane)]);
+              fbt_u_hi[q][0] = r[0]; fbt_u_hi[q][1] = r[1]; fbt_u_hi[q + 1][0] = r[2]; fbt_u_hi[q + 1][1] = r[3];
+            }
             #pragma unroll
             for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_v, fbt_u_hi[q][0], fbt_u_hi[q][1]);
           }
@@ -8445,8 +8643,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
       // dk[row, col] = select((col == i0), ((dk[row, col] + (k[row, i0] * t_a[row, col])) + r[row]), (dk[row, col] + (k[row, i0] * t_a[row, col])))
       {
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 8;
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 16;
           const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
@@ -8460,7 +8658,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
       }
       // kdk[row] = (kdk[row] + (k[row, i0] * r[row]))
       {
-        for (int r = tid; r < 128; r += 256) {
+        for (int r = tid; r < 128; r += 512) {
           t_kdk[r] = prt::from_f32<float>((prt::to_f32(t_kdk[r]) + (prt::to_f32(t_k[(r) * 72 + (v_i0)]) * prt::to_f32(t_r[r]))));
         }
       }
@@ -8470,8 +8668,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
   // dv[row, col] = (dv[row, col] * exp((lam[127] - lam[row])))
   {
     #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 8;
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 16;
       const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
       #pragma unroll
       for (int q = 0; q < 4; ++q) {
@@ -8493,8 +8691,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_dVs_s0 + static_cast<long long>(s1) * g_dVs_s1 + static_cast<long long>(a2) * g_dVs_s2 + static_cast<long long>(s3) * g_dVs_s3;
     if (ok) {
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int u = warp + j * 8;
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 16;
         const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
         #pragma unroll
         for (int q = 0; q < 4; ++q) {
@@ -8510,8 +8708,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
   // dk[row, col] = (dk[row, col] * exp((lam[127] - lam[row])))
   {
     #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 8;
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 16;
       const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
       #pragma unroll
       for (int q = 0; q < 4; ++q) {
@@ -8533,8 +8731,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_dKs_s0 + static_cast<long long>(s1) * g_dKs_s1 + static_cast<long long>(a2) * g_dKs_s2 + static_cast<long long>(s3) * g_dKs_s3;
     if (ok) {
       #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int u = warp + j * 8;
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 16;
         const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
         #pragma unroll
         for (int q = 0; q < 4; ++q) {
@@ -8549,14 +8747,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
   }
   // kdk[row] = (kdk[row] * exp((lam[127] - lam[row])))
   {
-    for (int r = tid; r < 128; r += 256) {
+    for (int r = tid; r < 128; r += 512) {
       t_kdk[r] = prt::from_f32<float>((prt::to_f32(t_kdk[r]) * expf((prt::to_f32(t_lam[127]) - prt::to_f32(t_lam[r])))));
     }
   }
   __syncthreads();
   // dG = reduce_sum(kdk, axis=0)
   {
-    for (int o = warp; o < 1; o += 8) {
+    for (int o = warp; o < 1; o += 16) {
       float acc = 0.0f;
       for (int i = lane; i < 128; i += 32) acc += prt::to_f32(t_kdk[i]);
       acc = prt::warp_sum(acc);
@@ -8572,14 +8770,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
     const bool ok = a0 >= 0 && a0 < g_dGk_d0 && a1 >= 0 && a1 < g_dGk_d1;
     const long long base = static_cast<long long>(a0) * g_dGk_s0 + static_cast<long long>(a1) * g_dGk_s1 + static_cast<long long>(s2) * g_dGk_s2;
     if (ok) {
-      for (int r = tid; r < 1; r += 256) {
+      for (int r = tid; r < 1; r += 512) {
         if (s2 + r >= 0 && s2 + r < g_dGk_d2) g_dGk[base + static_cast<long long>(r) * g_dGk_s2] = t_dG[r];
       }
     }
   }
   // kdk[row] = -(kdk[row])
   {
-    for (int r = tid; r < 128; r += 256) {
+    for (int r = tid; r < 128; r += 512) {
       t_kdk[r] = prt::from_f32<float>((-prt::to_f32(t_kdk[r])));
     }
   }
@@ -8591,7 +8789,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
     const bool ok = a0 >= 0 && a0 < g_dlamK_d0 && a2 >= 0 && a2 < g_dlamK_d2;
     const long long base = static_cast<long long>(a0) * g_dlamK_s0 + static_cast<long long>(s1) * g_dlamK_s1 + static_cast<long long>(a2) * g_dlamK_s2;
     if (ok) {
-      for (int r = tid; r < 128; r += 256) {
+      for (int r = tid; r < 128; r += 512) {
         if (s1 + r >= 0 && s1 + r < g_dlamK_d1) g_dlamK[base + static_cast<long long>(r) * g_dlamK_s1] = t_kdk[r];
       }
     }
@@ -9186,7 +9384,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d64_e64_c
 }
 
 // decode: y of the cache's newest tn rows: in-cache attention (online over key blocks) + phi(q')^T S / phi(q').Z, one scale
-// grid ($hq, $b, (($tn + 15) // 16)), 128 threads, 47104 bytes of dynamic shared memory
+// grid ($hq, $b, (($tn + 15) // 16)), 128 threads, 48896 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c128_bf16_w4_bd64_bt64_s2(
     const __nv_bfloat16* g_Q, const float* g_Kc, const float* g_Vc, const float* g_Gc, const float* g_S, const float* g_Z, __nv_bfloat16* g_Y, int p_b, int p_tq, int p_hq, int p_h, int p_q0, int p_tn, int p_len, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -9291,20 +9489,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c128_bf1
   float f_num_s[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
   float f_den_parts[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
   float* const t_den_s = reinterpret_cast<float*>(prt_smem + 320);  // f32[16] pitch 16
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_smem + 7424);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 16640);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_smem + 27904);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_smem + 37120);  // bf16[64, 64] pitch 72
   float f_qk[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
   float f_w[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
   float* const t_m_blk = reinterpret_cast<float*>(prt_smem + 192);  // f32[16] pitch 16
   float* const t_m_new = reinterpret_cast<float*>(prt_smem + 256);  // f32[16] pitch 16
   float* const t_m_run = reinterpret_cast<float*>(prt_smem + 64);  // f32[16] pitch 16
-  __nv_bfloat16* const t_p = reinterpret_cast<__nv_bfloat16*>(prt_smem + 25856);  // bf16[16, 64] pitch 72
+  __nv_bfloat16* const t_p = reinterpret_cast<__nv_bfloat16*>(prt_smem + 46336);  // bf16[16, 64] pitch 72
   float* const t_p_sum = reinterpret_cast<float*>(prt_smem + 384);  // f32[16] pitch 16
-  float* const t_num_a = reinterpret_cast<float*>(prt_smem + 3328);  // f32[16, 64] pitch 64
+  float* const t_num_a = reinterpret_cast<float*>(prt_smem + 7424);  // f32[16, 64] pitch 64
   float* const t_den_a = reinterpret_cast<float*>(prt_smem + 128);  // f32[16] pitch 16
+  float* const t_v_bad = reinterpret_cast<float*>(prt_smem + 11520);  // f32[64, 64] pitch 64
+  float* const t_v_seen = reinterpret_cast<float*>(prt_smem + 3328);  // f32[16, 64] pitch 64
   float* const t_y_row = reinterpret_cast<float*>(prt_smem + 192);  // f32[64] pitch 64
   float* const t_den_s_part = reinterpret_cast<float*>(prt_smem + 64);  // f32[4, 16] pitch 16
-  float* const t_m_blk_part = reinterpret_cast<float*>(prt_smem + 28160);  // f32[4, 16] pitch 16
+  float* const t_m_blk_part = reinterpret_cast<float*>(prt_smem + 48640);  // f32[4, 16] pitch 16
   // g = load Gc[pid.y, 0:+128, (pid.x // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.y);
@@ -9595,6 +9795,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c128_bf1
     }
   }
   __syncthreads();
+  // v_seen[row, col] = 0.0
+  {
+    for (int i = tid; i < 1024; i += 128) {
+      const int r = i / 64, c = i % 64;
+      t_v_seen[(r) * 64 + (c)] = prt::from_f32<float>(0.0f);
+    }
+  }
   // m_run[row] = -Infinity
   {
     for (int r = tid; r < 16; r += 128) {
@@ -9646,14 +9853,40 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c128_bf1
           dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Vc_d1 && s3 + c >= 0 && s3 + c < g_Vc_d3 ? prt::from_f32<__nv_bfloat16>(prt::to_f32(g_Vc[base + static_cast<long long>(r) * g_Vc_s1 + static_cast<long long>(c) * g_Vc_s3])) : prt::from_f32<__nv_bfloat16>(0.0f);
         }
       }
-      // v[row, col] = select((((i1 * 64) + row) < $len), v[row, col], 0.0)
+      // v_bad[row, col] = select(((((i1 * 64) + row) < $len) && !(finite(v[row, col]))), 1.0, 0.0)
       {
         for (int i = tid; i < 4096; i += 128) {
           const int r = i / 64, c = i % 64;
-          t_v[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>(((((v_i1 * 64) + r) < p_len) ? prt::to_f32(t_v[(r) * 72 + (c)]) : 0.0f));
+          t_v_bad[(r) * 64 + (c)] = prt::from_f32<float>((((((v_i1 * 64) + r) < p_len) && (!isfinite(prt::to_f32(t_v[(r) * 72 + (c)])))) ? 1.0f : 0.0f));
         }
       }
       __syncthreads();
+      // v_bad = cumsum(v_bad, axis=0)
+      {
+        for (int o = tid; o < 64; o += 128) {
+          float acc = 0.0f;
+          for (int j = 0; j < 64; ++j) {
+            const int i = j;
+            acc += prt::to_f32(t_v_bad[(i) * 64 + (o)]);
+            t_v_bad[(i) * 64 + (o)] = prt::from_f32<float>(acc);
+          }
+        }
+      }
+      __syncthreads();
+      // v_seen[row, col] = select((((((($len - $tn) + (pid.z * 16)) + row) - (i1 * 64)) >= 0) && (v_bad[min((((($len - $tn) + (pid.z * 16)) + row) - (i1 * 64)), 63), col] > 0.0)), 1.0, v_seen[row, col])
+      {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 64, c = i % 64;
+          t_v_seen[(r) * 64 + (c)] = prt::from_f32<float>((((((((p_len - p_tn) + (static_cast<int>(blockIdx.z) * 16)) + r) - (v_i1 * 64)) >= 0) && (prt::to_f32(t_v_bad[(prt::min_nan(((((p_len - p_tn) + (static_cast<int>(blockIdx.z) * 16)) + r) - (v_i1 * 64)), 63)) * 64 + (c)]) > 0.0f)) ? 1.0f : prt::to_f32(t_v_seen[(r) * 64 + (c)])));
+        }
+      }
+      // v[row, col] = select(((((i1 * 64) + row) < $len) && finite(v[row, col])), v[row, col], 0.0)
+      {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          t_v[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((((((v_i1 * 64) + r) < p_len) && isfinite(prt::to_f32(t_v[(r) * 72 + (c)]))) ? prt::to_f32(t_v[(r) * 72 + (c)]) : 0.0f));
+        }
+      }
       // qk = mma.tc(q, k^T) [16x64 in 16x16 units over 4 warps]
       {
         float (&acc)[1][2][4] = f_qk;
@@ -9853,6 +10086,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c128_bf1
       {
         for (int r = tid; r < 64; r += 128) {
           t_y_row[r] = prt::from_f32<float>(((prt::to_f32(t_den_a[v_i2]) != 0.0f) ? (prt::to_f32(t_num_a[(v_i2) * 64 + (r)]) / prt::to_f32(t_den_a[v_i2])) : 0.0f));
+        }
+      }
+      // y_row[row] = select(((v_seen[i2, row] > 0.0) || !(finite(y_row[row]))), NaN, y_row[row])
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_y_row[r] = prt::from_f32<float>((((prt::to_f32(t_v_seen[(v_i2) * 64 + (r)]) > 0.0f) || (!isfinite(prt::to_f32(t_y_row[r])))) ? __int_as_float(0x7fc00000) : prt::to_f32(t_y_row[r])));
         }
       }
       // store Y[pid.y, (($q0 + (pid.z * 16)) + i2), pid.x, 0:+64] = y_row
@@ -10214,9 +10453,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_state_copy_p2_d64_e64_c128
 #include <cuda_runtime.h>
 
 extern "C" cudaError_t prt_attention_p2_d64_e64_c128_bf16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d64_e64_c128_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 57600);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d64_e64_c128_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 73984);
   if (err != cudaSuccess) return err;
-  prt_attention_p2_d64_e64_c128_bf16_w4_bd0_bt64_s2<<<grid, 128, 57600, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_attention_p2_d64_e64_c128_bf16_w4_bd0_bt64_s2<<<grid, 128, 73984, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
@@ -10276,10 +10515,10 @@ extern "C" cudaError_t prt_discounted_cumsum_bwd_p2_d64_e64_c128_bf16_w4_bd32_bt
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_update_state_bwd_p2_d64_e64_c128_bf16_w8_bd0_bt128_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const float* g_ddS, const float* g_ddZ, float* g_dKs, float* g_dVs, float* g_dlamK, float* g_dGk, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_update_state_bwd_p2_d64_e64_c128_bf16_w8_bd0_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 81408);
+extern "C" cudaError_t prt_update_state_bwd_p2_d64_e64_c128_bf16_w16_bd0_bt128_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const float* g_ddS, const float* g_ddZ, float* g_dKs, float* g_dVs, float* g_dlamK, float* g_dGk, int p_b, int p_t, int p_h, int p_n) {
+  cudaError_t err = cudaFuncSetAttribute(prt_update_state_bwd_p2_d64_e64_c128_bf16_w16_bd0_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 81408);
   if (err != cudaSuccess) return err;
-  prt_update_state_bwd_p2_d64_e64_c128_bf16_w8_bd0_bt128_s2<<<grid, 256, 81408, stream>>>(g_K, g_V, g_logG, g_ddS, g_ddZ, g_dKs, g_dVs, g_dlamK, g_dGk, p_b, p_t, p_h, p_n);
+  prt_update_state_bwd_p2_d64_e64_c128_bf16_w16_bd0_bt128_s2<<<grid, 512, 81408, stream>>>(g_K, g_V, g_logG, g_ddS, g_ddZ, g_dKs, g_dVs, g_dlamK, g_dGk, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
@@ -10291,9 +10530,9 @@ extern "C" cudaError_t prt_combine_grads_p2_d64_e64_c128_bf16_w4_bd0_bt64_s1_lau
 }
 
 extern "C" cudaError_t prt_decode_p2_d64_e64_c128_bf16_w4_bd64_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const float* g_Kc, const float* g_Vc, const float* g_Gc, const float* g_S, const float* g_Z, __nv_bfloat16* g_Y, int p_b, int p_tq, int p_hq, int p_h, int p_q0, int p_tn, int p_len, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_decode_p2_d64_e64_c128_bf16_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 47104);
+  cudaError_t err = cudaFuncSetAttribute(prt_decode_p2_d64_e64_c128_bf16_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 48896);
   if (err != cudaSuccess) return err;
-  prt_decode_p2_d64_e64_c128_bf16_w4_bd64_bt64_s2<<<grid, 128, 47104, stream>>>(g_Q, g_Kc, g_Vc, g_Gc, g_S, g_Z, g_Y, p_b, p_tq, p_hq, p_h, p_q0, p_tn, p_len, p_scale);
+  prt_decode_p2_d64_e64_c128_bf16_w4_bd64_bt64_s2<<<grid, 128, 48896, stream>>>(g_Q, g_Kc, g_Vc, g_Gc, g_S, g_Z, g_Y, p_b, p_tq, p_hq, p_h, p_q0, p_tn, p_len, p_scale);
   return cudaGetLastError();
 }
 

@@ -5,7 +5,7 @@
 #include "sympow_d64_p2.cuh"
 
 // attention: numA, denA, maxA: causal p-th power attention inside each chunk, stabilised by the row max of log-weights
-// grid ($n, $hq, $b), 128 threads, 57600 bytes of dynamic shared memory
+// grid ($n, $hq, $b), 128 threads, 73984 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_f16_w4_bd0_bt64_s2(
     const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -96,19 +96,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
   (void)g_maxA_d2;
   float* const t_g = reinterpret_cast<float*>(prt_smem + 0);  // f32[128] pitch 128
   float* const t_lam = reinterpret_cast<float*>(prt_smem + 512);  // f32[128] pitch 128
-  __half* const t_q = reinterpret_cast<__half*>(prt_smem + 47104);  // f16[64, 64] pitch 72
+  __half* const t_q = reinterpret_cast<__half*>(prt_smem + 63488);  // f16[64, 64] pitch 72
   __half* const t_k_base = reinterpret_cast<__half*>(prt_smem + 1024);  // f16[64, 64] pitch 72, 2 copies
   __half* t_k = t_k_base;
   __half* const t_v_base = reinterpret_cast<__half*>(prt_smem + 19456);  // f16[64, 64] pitch 72, 2 copies
   __half* t_v = t_v_base;
   float f_w[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  __half* const t_p = reinterpret_cast<__half*>(prt_smem + 37888);  // f16[64, 64] pitch 72
+  __half* const t_p = reinterpret_cast<__half*>(prt_smem + 54272);  // f16[64, 64] pitch 72
   float f_acc[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_row_max = reinterpret_cast<float*>(prt_smem + 57088);  // f32[64] pitch 64
-  float* const t_row_sum = reinterpret_cast<float*>(prt_smem + 57344);  // f32[64] pitch 64
-  float* const t_block_max = reinterpret_cast<float*>(prt_smem + 56576);  // f32[64] pitch 64
-  float* const t_block_sum = reinterpret_cast<float*>(prt_smem + 56832);  // f32[64] pitch 64
-  float* const t_alpha = reinterpret_cast<float*>(prt_smem + 56320);  // f32[64] pitch 64
+  // v_finite: f16[64, 64] computed in registers by its mma group
+  float* const t_v_bad = reinterpret_cast<float*>(prt_smem + 37888);  // f32[64, 64] pitch 64
+  float* const t_row_max = reinterpret_cast<float*>(prt_smem + 73472);  // f32[64] pitch 64
+  float* const t_row_sum = reinterpret_cast<float*>(prt_smem + 73728);  // f32[64] pitch 64
+  float* const t_block_max = reinterpret_cast<float*>(prt_smem + 72960);  // f32[64] pitch 64
+  float* const t_block_sum = reinterpret_cast<float*>(prt_smem + 73216);  // f32[64] pitch 64
+  float* const t_alpha = reinterpret_cast<float*>(prt_smem + 72704);  // f32[64] pitch 64
   float* const t_block_max_part = reinterpret_cast<float*>(prt_smem + 0);  // f32[2, 64] pitch 64
   // g = load logG[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h))]
   {
@@ -442,28 +444,111 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
                 }
               }
             }
-            // acc += mma.tc(p, v) [64x64 in 16x32 units over 4 warps]
-            {
-              float (&acc)[2][4][4] = f_acc;
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                const int n0 = (warp % 2) * 32;
-                uint32_t fb_v[4][2];
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t r[4];
-                  prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                  fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
+            if ((v_i1 < v_i0)) {
+              // acc += mma.tc(p, v) [64x64 in 16x32 units over 4 warps]
+              {
+                float (&acc)[2][4][4] = f_acc;
+                for (int k0 = 0; k0 < 64; k0 += 16) {
+                  const int n0 = (warp % 2) * 32;
+                  uint32_t fb_v[4][2];
+                  #pragma unroll
+                  for (int q = 0; q < 4; q += 2) {
+                    uint32_t r[4];
+                    prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                    fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
+                  }
+                  #pragma unroll
+                  for (int j = 0; j < 2; ++j) {
+                    const int u = warp + j * 4;
+                    const int m0 = (u / 2) * 16;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fa_p[4];
+                    prt::ldmatrix_x4(fa_p, &t_p[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                    #pragma unroll
+                    for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_p, fb_v[q][0], fb_v[q][1]);
+                  }
                 }
+              }
+            }
+            if ((v_i1 == v_i0)) {
+              // v_bad[row, col] = select(finite(v[row, col]), 0.0, 1.0)
+              {
+                for (int i = tid; i < 4096; i += 128) {
+                  const int r = i / 64, c = i % 64;
+                  t_v_bad[(r) * 64 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_v[(r) * 72 + (c)])) ? 0.0f : 1.0f));
+                }
+              }
+              __syncthreads();
+              // v_bad = cumsum(v_bad, axis=0)
+              {
+                for (int o = tid; o < 64; o += 128) {
+                  float acc = 0.0f;
+                  for (int j = 0; j < 64; ++j) {
+                    const int i = j;
+                    acc += prt::to_f32(t_v_bad[(i) * 64 + (o)]);
+                    t_v_bad[(i) * 64 + (o)] = prt::from_f32<float>(acc);
+                  }
+                }
+              }
+              // mma.group (operands in registers):
+              //   v_finite[row, col] = select(finite(v[row, col]), v[row, col], 0.0)
+              //   acc += mma.tc(p, v_finite) [64x64 in 16x32 units over 4 warps]
+              {
+                float (&acc)[2][4][4] = f_acc;
+                const int g = lane >> 2, t2 = (lane & 3) * 2;
+                for (int k0 = 0; k0 < 64; k0 += 16) {
+                  const int n0 = (warp % 2) * 32;
+                  uint32_t fb_v[4][2];
+                  #pragma unroll
+                  for (int q = 0; q < 4; q += 2) {
+                    uint32_t r[4];
+                    prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                    fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
+                  }
+                  uint32_t ib_v_finite[4][2];
+                  #pragma unroll
+                  for (int q = 0; q < 4; ++q) {
+                    #pragma unroll
+                    for (int rg = 0; rg < 2; ++rg) {
+                      __half v0[2];
+                      #pragma unroll
+                      for (int h = 0; h < 2; ++h) {
+                        const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                        const __half y0 = prt::from_f32<__half>((isfinite(prt::b16_half<__half>(fb_v[q][rg], h)) ? prt::b16_half<__half>(fb_v[q][rg], h) : 0.0f));
+                        v0[h] = y0;
+                      }
+                      ib_v_finite[q][rg] = prt::pack2(v0[0], v0[1]);
+                    }
+                  }
+                  #pragma unroll
+                  for (int j = 0; j < 2; ++j) {
+                    const int u = warp + j * 4;
+                    const int m0 = (u / 2) * 16;
+                    (void)m0;
+                    (void)n0;
+                    uint32_t fa_p[4];
+                    prt::ldmatrix_x4(fa_p, &t_p[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                    #pragma unroll
+                    for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_p, ib_v_finite[q][0], ib_v_finite[q][1]);
+                  }
+                }
+              }
+              __syncthreads();
+              // acc[row, col] = select((v_bad[row, col] > 0.0), NaN, acc[row, col])
+              {
                 #pragma unroll
                 for (int j = 0; j < 2; ++j) {
                   const int u = warp + j * 4;
-                  const int m0 = (u / 2) * 16;
-                  (void)m0;
-                  (void)n0;
-                  uint32_t fa_p[4];
-                  prt::ldmatrix_x4(fa_p, &t_p[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                  const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
                   #pragma unroll
-                  for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_p, fb_v[q][0], fb_v[q][1]);
+                  for (int q = 0; q < 4; ++q) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                      const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                      f_acc[j][q][e] = ((prt::to_f32(t_v_bad[(r) * 64 + (c)]) > 0.0f) ? __int_as_float(0x7fc00000) : f_acc[j][q][e]);
+                    }
+                  }
                 }
               }
             }
@@ -3130,6 +3215,22 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
         }
       }
     }
+    // num[row, col] = select(finite(num[row, col]), num[row, col], NaN)
+    {
+      #pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int u = warp + j * 8;
+        const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            f_num[j][q][e] = (isfinite(f_num[j][q][e]) ? f_num[j][q][e] : __int_as_float(0x7fc00000));
+          }
+        }
+      }
+    }
     // den_s[row] = select((den[row] != 0.0), (den_s[row] / den[row]), 0.0)
     {
       for (int r = tid; r < 128; r += 256) {
@@ -3573,7 +3674,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d64_
               }
             }
           }
-          // p_dp[row, col] = (p[row, col] * p_dp[row, col])
+          // p_dp[row, col] = select(((((i0 * 64) + row) >= ((i1 * 64) + col)) && (lse_i[row] != -Infinity)), (p[row, col] * p_dp[row, col]), 0.0)
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -3584,7 +3685,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_prep_p2_d64_
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_p_dp[j][q][e] = (f_p[j][q][e] * f_p_dp[j][q][e]);
+                  f_p_dp[j][q][e] = (((((v_i0 * 64) + r) >= ((v_i1 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? (f_p[j][q][e] * f_p_dp[j][q][e]) : 0.0f);
                 }
               }
             }
@@ -3843,6 +3944,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
   float* const t_wsum = reinterpret_cast<float*>(prt_smem + 58368);  // f32[64] pitch 64
   float* const t_dlam = reinterpret_cast<float*>(prt_smem + 57600);  // f32[64] pitch 64
   float* const t_dlam_row = reinterpret_cast<float*>(prt_smem + 57856);  // f32[64] pitch 64
+  // k_finite: f16[64, 64] computed in registers by its mma group
+  // q_finite: f16[64, 64] computed in registers by its mma group
   float* const t_wsum_part = reinterpret_cast<float*>(prt_smem + 0);  // f32[2, 64] pitch 64
   float* const t_wsum_part2 = reinterpret_cast<float*>(prt_smem + 56320);  // f32[4, 64] pitch 64
   // g = load logG[pid.z, (pid.x * 128):+128, pid.y]
@@ -4096,7 +4199,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
                   }
                 }
               }
-              // W[row, col] = (select(((((i0 * 64) + row) >= ((i2 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i0 * 64) + row)]) - lam[((i2 * 64) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row]))
+              // W[row, col] = select(((((i0 * 64) + row) >= ((i2 * 64) + col)) && (lse_i[row] != -Infinity)), (select(((((i0 * 64) + row) >= ((i2 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i0 * 64) + row)]) - lam[((i2 * 64) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row])), 0.0)
               {
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
@@ -4107,12 +4210,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
                     #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                       const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                      f_W[j][q][e] = ((((((v_i0 * 64) + r) >= ((v_i2 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i2 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r])));
+                      f_W[j][q][e] = (((((v_i0 * 64) + r) >= ((v_i2 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? ((((((v_i0 * 64) + r) >= ((v_i2 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i0 * 64) + r)])) - prt::to_f32(t_lam[((v_i2 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r]))) : 0.0f);
                     }
                   }
                 }
               }
-              // ds[row, col] = select((dot[row, col] == 0.0), 0.0, ((W[row, col] * 2.0) / dot[row, col]))
+              // ds[row, col] = select((((((i0 * 64) + row) >= ((i2 * 64) + col)) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
               {
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
@@ -4123,34 +4226,81 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
                     #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                       const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                      t_ds[(r) * 72 + (c)] = prt::from_f32<__half>(((f_dot[j][q][e] == 0.0f) ? 0.0f : ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e])));
+                      t_ds[(r) * 72 + (c)] = prt::from_f32<__half>(((((((v_i0 * 64) + r) >= ((v_i2 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) && (f_dot[j][q][e] != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e]) : 0.0f));
                     }
                   }
                 }
               }
               __syncthreads();
-              // acc_d += mma.tc(ds, k) [64x64 in 16x32 units over 8 warps]
-              {
-                float (&acc)[1][4][4] = f_acc_d;
-                for (int k0 = 0; k0 < 64; k0 += 16) {
-                  #pragma unroll
-                  for (int j = 0; j < 1; ++j) {
-                    const int u = warp + j * 8;
-                    const int m0 = (u / 2) * 16;
-                    const int n0 = (u % 2) * 32;
-                    (void)m0;
-                    (void)n0;
-                    uint32_t fa_ds[4];
-                    prt::ldmatrix_x4(fa_ds, &t_ds[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
-                    uint32_t fb_k[4][2];
+              if ((v_i2 < v_i0)) {
+                // acc_d += mma.tc(ds, k) [64x64 in 16x32 units over 8 warps]
+                {
+                  float (&acc)[1][4][4] = f_acc_d;
+                  for (int k0 = 0; k0 < 64; k0 += 16) {
                     #pragma unroll
-                    for (int q = 0; q < 4; q += 2) {
-                      uint32_t r[4];
-                      prt::ldmatrix_x4_trans(r, &t_k[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                      fb_k[q][0] = r[0]; fb_k[q][1] = r[1]; fb_k[q + 1][0] = r[2]; fb_k[q + 1][1] = r[3];
+                    for (int j = 0; j < 1; ++j) {
+                      const int u = warp + j * 8;
+                      const int m0 = (u / 2) * 16;
+                      const int n0 = (u % 2) * 32;
+                      (void)m0;
+                      (void)n0;
+                      uint32_t fa_ds[4];
+                      prt::ldmatrix_x4(fa_ds, &t_ds[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                      uint32_t fb_k[4][2];
+                      #pragma unroll
+                      for (int q = 0; q < 4; q += 2) {
+                        uint32_t r[4];
+                        prt::ldmatrix_x4_trans(r, &t_k[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                        fb_k[q][0] = r[0]; fb_k[q][1] = r[1]; fb_k[q + 1][0] = r[2]; fb_k[q + 1][1] = r[3];
+                      }
+                      #pragma unroll
+                      for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_ds, fb_k[q][0], fb_k[q][1]);
                     }
+                  }
+                }
+              }
+              if ((v_i2 == v_i0)) {
+                // mma.group (operands in registers):
+                //   k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+                //   acc_d += mma.tc(ds, k_finite) [64x64 in 16x32 units over 8 warps]
+                {
+                  float (&acc)[1][4][4] = f_acc_d;
+                  const int g = lane >> 2, t2 = (lane & 3) * 2;
+                  for (int k0 = 0; k0 < 64; k0 += 16) {
                     #pragma unroll
-                    for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_ds, fb_k[q][0], fb_k[q][1]);
+                    for (int j = 0; j < 1; ++j) {
+                      const int u = warp + j * 8;
+                      const int m0 = (u / 2) * 16;
+                      const int n0 = (u % 2) * 32;
+                      (void)m0;
+                      (void)n0;
+                      uint32_t fa_ds[4];
+                      prt::ldmatrix_x4(fa_ds, &t_ds[(m0 + prt::a_row(lane)) * 72 + k0 + prt::a_col(lane)]);
+                      uint32_t fb_k[4][2];
+                      #pragma unroll
+                      for (int q = 0; q < 4; q += 2) {
+                        uint32_t r[4];
+                        prt::ldmatrix_x4_trans(r, &t_k[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                        fb_k[q][0] = r[0]; fb_k[q][1] = r[1]; fb_k[q + 1][0] = r[2]; fb_k[q + 1][1] = r[3];
+                      }
+                      uint32_t ib_k_finite[4][2];
+                      #pragma unroll
+                      for (int q = 0; q < 4; ++q) {
+                        #pragma unroll
+                        for (int rg = 0; rg < 2; ++rg) {
+                          __half v0[2];
+                          #pragma unroll
+                          for (int h = 0; h < 2; ++h) {
+                            const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                            const __half y0 = prt::from_f32<__half>((isfinite(prt::b16_half<__half>(fb_k[q][rg], h)) ? prt::b16_half<__half>(fb_k[q][rg], h) : 0.0f));
+                            v0[h] = y0;
+                          }
+                          ib_k_finite[q][rg] = prt::pack2(v0[0], v0[1]);
+                        }
+                      }
+                      #pragma unroll
+                      for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_ds, ib_k_finite[q][0], ib_k_finite[q][1]);
+                    }
                   }
                 }
               }
@@ -4454,7 +4604,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
                   }
                 }
               }
-              // W[row, col] = (select(((((i4 * 64) + row) >= ((i0 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i4 * 64) + row)]) - lam[((i0 * 64) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row]))
+              // W[row, col] = select(((((i4 * 64) + row) >= ((i0 * 64) + col)) && (lse_i[row] != -Infinity)), (select(((((i4 * 64) + row) >= ((i0 * 64) + col)) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + lam[((i4 * 64) + row)]) - lam[((i0 * 64) + col)]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row])), 0.0)
               {
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
@@ -4465,12 +4615,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
                     #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                       const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                      f_W[j][q][e] = ((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 64) + r)])) - prt::to_f32(t_lam[((v_i0 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r])));
+                      f_W[j][q][e] = (((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? ((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? expf(((((logf(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_lam[((v_i4 * 64) + r)])) - prt::to_f32(t_lam[((v_i0 * 64) + c)])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r]))) : 0.0f);
                     }
                   }
                 }
               }
-              // ds[row, col] = select((dot[row, col] == 0.0), 0.0, ((W[row, col] * 2.0) / dot[row, col]))
+              // ds[row, col] = select((((((i4 * 64) + row) >= ((i0 * 64) + col)) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
               {
                 #pragma unroll
                 for (int j = 0; j < 1; ++j) {
@@ -4481,7 +4631,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
                     #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                       const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                      t_ds[(r) * 72 + (c)] = prt::from_f32<__half>(((f_dot[j][q][e] == 0.0f) ? 0.0f : ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e])));
+                      t_ds[(r) * 72 + (c)] = prt::from_f32<__half>(((((((v_i4 * 64) + r) >= ((v_i0 * 64) + c)) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) && (f_dot[j][q][e] != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e]) : 0.0f));
                     }
                   }
                 }
@@ -4528,28 +4678,75 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_bwd_p2_d64_e64_c
                   }
                 }
               }
-              // acc_d += mma.tc(ds^T, q) [64x64 in 16x32 units over 8 warps]
-              {
-                float (&acc)[1][4][4] = f_acc_d;
-                for (int k0 = 0; k0 < 64; k0 += 16) {
-                  #pragma unroll
-                  for (int j = 0; j < 1; ++j) {
-                    const int u = warp + j * 8;
-                    const int m0 = (u / 2) * 16;
-                    const int n0 = (u % 2) * 32;
-                    (void)m0;
-                    (void)n0;
-                    uint32_t fat_ds[4];
-                    prt::ldmatrix_x4_trans(fat_ds, &t_ds[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
-                    uint32_t fb_q[4][2];
+              if ((v_i4 > v_i0)) {
+                // acc_d += mma.tc(ds^T, q) [64x64 in 16x32 units over 8 warps]
+                {
+                  float (&acc)[1][4][4] = f_acc_d;
+                  for (int k0 = 0; k0 < 64; k0 += 16) {
                     #pragma unroll
-                    for (int q = 0; q < 4; q += 2) {
-                      uint32_t r[4];
-                      prt::ldmatrix_x4_trans(r, &t_q[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
-                      fb_q[q][0] = r[0]; fb_q[q][1] = r[1]; fb_q[q + 1][0] = r[2]; fb_q[q + 1][1] = r[3];
+                    for (int j = 0; j < 1; ++j) {
+                      const int u = warp + j * 8;
+                      const int m0 = (u / 2) * 16;
+                      const int n0 = (u % 2) * 32;
+                      (void)m0;
+                      (void)n0;
+                      uint32_t fat_ds[4];
+                      prt::ldmatrix_x4_trans(fat_ds, &t_ds[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+                      uint32_t fb_q[4][2];
+                      #pragma unroll
+                      for (int q = 0; q < 4; q += 2) {
+                        uint32_t r[4];
+                        prt::ldmatrix_x4_trans(r, &t_q[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                        fb_q[q][0] = r[0]; fb_q[q][1] = r[1]; fb_q[q + 1][0] = r[2]; fb_q[q + 1][1] = r[3];
+                      }
+                      #pragma unroll
+                      for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fat_ds, fb_q[q][0], fb_q[q][1]);
                     }
+                  }
+                }
+              }
+              if ((v_i4 == v_i0)) {
+                // mma.group (operands in registers):
+                //   q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+                //   acc_d += mma.tc(ds^T, q_finite) [64x64 in 16x32 units over 8 warps]
+                {
+                  float (&acc)[1][4][4] = f_acc_d;
+                  const int g = lane >> 2, t2 = (lane & 3) * 2;
+                  for (int k0 = 0; k0 < 64; k0 += 16) {
                     #pragma unroll
-                    for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fat_ds, fb_q[q][0], fb_q[q][1]);
+                    for (int j = 0; j < 1; ++j) {
+                      const int u = warp + j * 8;
+                      const int m0 = (u / 2) * 16;
+                      const int n0 = (u % 2) * 32;
+                      (void)m0;
+                      (void)n0;
+                      uint32_t fat_ds[4];
+                      prt::ldmatrix_x4_trans(fat_ds, &t_ds[(k0 + prt::at_row(lane)) * 72 + m0 + prt::at_col(lane)]);
+                      uint32_t fb_q[4][2];
+                      #pragma unroll
+                      for (int q = 0; q < 4; q += 2) {
+                        uint32_t r[4];
+                        prt::ldmatrix_x4_trans(r, &t_q[(k0 + prt::a_row(lane)) * 72 + n0 + q * 8 + prt::a_col(lane)]);
+                        fb_q[q][0] = r[0]; fb_q[q][1] = r[1]; fb_q[q + 1][0] = r[2]; fb_q[q + 1][1] = r[3];
+                      }
+                      uint32_t ib_q_finite[4][2];
+                      #pragma unroll
+                      for (int q = 0; q < 4; ++q) {
+                        #pragma unroll
+                        for (int rg = 0; rg < 2; ++rg) {
+                          __half v0[2];
+                          #pragma unroll
+                          for (int h = 0; h < 2; ++h) {
+                            const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
+                            const __half y0 = prt::from_f32<__half>((isfinite(prt::b16_half<__half>(fb_q[q][rg], h)) ? prt::b16_half<__half>(fb_q[q][rg], h) : 0.0f));
+                            v0[h] = y0;
+                          }
+                          ib_q_finite[q][rg] = prt::pack2(v0[0], v0[1]);
+                        }
+                      }
+                      #pragma unroll
+                      for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fat_ds, ib_q_finite[q][0], ib_q_finite[q][1]);
+                    }
                   }
                 }
               }
@@ -9515,7 +9712,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d64_e64_c
 }
 
 // decode: y of the cache's newest tn rows: in-cache attention (online over key blocks) + phi(q')^T S / phi(q').Z, one scale
-// grid ($hq, $b, (($tn + 15) // 16)), 128 threads, 47104 bytes of dynamic shared memory
+// grid ($hq, $b, (($tn + 15) // 16)), 128 threads, 48896 bytes of dynamic shared memory
 extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c128_f16_w4_bd64_bt64_s2(
     const __half* g_Q, const float* g_Kc, const float* g_Vc, const float* g_Gc, const float* g_S, const float* g_Z, __half* g_Y, int p_b, int p_tq, int p_hq, int p_h, int p_q0, int p_tn, int p_len, float p_scale) {
   extern __shared__ __align__(128) unsigned char prt_smem[];
@@ -9620,20 +9817,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c128_f16
   float f_num_s[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
   float f_den_parts[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
   float* const t_den_s = reinterpret_cast<float*>(prt_smem + 320);  // f32[16] pitch 16
-  __half* const t_k = reinterpret_cast<__half*>(prt_smem + 7424);  // f16[64, 64] pitch 72
-  __half* const t_v = reinterpret_cast<__half*>(prt_smem + 16640);  // f16[64, 64] pitch 72
+  __half* const t_k = reinterpret_cast<__half*>(prt_smem + 27904);  // f16[64, 64] pitch 72
+  __half* const t_v = reinterpret_cast<__half*>(prt_smem + 37120);  // f16[64, 64] pitch 72
   float f_qk[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
   float f_w[1][2][4];  // f32[16, 64] as mma fragments: 16x64 in 16x16 units over 4 warps
   float* const t_m_blk = reinterpret_cast<float*>(prt_smem + 192);  // f32[16] pitch 16
   float* const t_m_new = reinterpret_cast<float*>(prt_smem + 256);  // f32[16] pitch 16
   float* const t_m_run = reinterpret_cast<float*>(prt_smem + 64);  // f32[16] pitch 16
-  __half* const t_p = reinterpret_cast<__half*>(prt_smem + 25856);  // f16[16, 64] pitch 72
+  __half* const t_p = reinterpret_cast<__half*>(prt_smem + 46336);  // f16[16, 64] pitch 72
   float* const t_p_sum = reinterpret_cast<float*>(prt_smem + 384);  // f32[16] pitch 16
-  float* const t_num_a = reinterpret_cast<float*>(prt_smem + 3328);  // f32[16, 64] pitch 64
+  float* const t_num_a = reinterpret_cast<float*>(prt_smem + 7424);  // f32[16, 64] pitch 64
   float* const t_den_a = reinterpret_cast<float*>(prt_smem + 128);  // f32[16] pitch 16
+  float* const t_v_bad = reinterpret_cast<float*>(prt_smem + 11520);  // f32[64, 64] pitch 64
+  float* const t_v_seen = reinterpret_cast<float*>(prt_smem + 3328);  // f32[16, 64] pitch 64
   float* const t_y_row = reinterpret_cast<float*>(prt_smem + 192);  // f32[64] pitch 64
   float* const t_den_s_part = reinterpret_cast<float*>(prt_smem + 64);  // f32[4, 16] pitch 16
-  float* const t_m_blk_part = reinterpret_cast<float*>(prt_smem + 28160);  // f32[4, 16] pitch 16
+  float* const t_m_blk_part = reinterpret_cast<float*>(prt_smem + 48640);  // f32[4, 16] pitch 16
   // g = load Gc[pid.y, 0:+128, (pid.x // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.y);
@@ -9924,6 +10123,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c128_f16
     }
   }
   __syncthreads();
+  // v_seen[row, col] = 0.0
+  {
+    for (int i = tid; i < 1024; i += 128) {
+      const int r = i / 64, c = i % 64;
+      t_v_seen[(r) * 64 + (c)] = prt::from_f32<float>(0.0f);
+    }
+  }
   // m_run[row] = -Infinity
   {
     for (int r = tid; r < 16; r += 128) {
@@ -9975,14 +10181,40 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c128_f16
           dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Vc_d1 && s3 + c >= 0 && s3 + c < g_Vc_d3 ? prt::from_f32<__half>(prt::to_f32(g_Vc[base + static_cast<long long>(r) * g_Vc_s1 + static_cast<long long>(c) * g_Vc_s3])) : prt::from_f32<__half>(0.0f);
         }
       }
-      // v[row, col] = select((((i1 * 64) + row) < $len), v[row, col], 0.0)
+      // v_bad[row, col] = select(((((i1 * 64) + row) < $len) && !(finite(v[row, col]))), 1.0, 0.0)
       {
         for (int i = tid; i < 4096; i += 128) {
           const int r = i / 64, c = i % 64;
-          t_v[(r) * 72 + (c)] = prt::from_f32<__half>(((((v_i1 * 64) + r) < p_len) ? prt::to_f32(t_v[(r) * 72 + (c)]) : 0.0f));
+          t_v_bad[(r) * 64 + (c)] = prt::from_f32<float>((((((v_i1 * 64) + r) < p_len) && (!isfinite(prt::to_f32(t_v[(r) * 72 + (c)])))) ? 1.0f : 0.0f));
         }
       }
       __syncthreads();
+      // v_bad = cumsum(v_bad, axis=0)
+      {
+        for (int o = tid; o < 64; o += 128) {
+          float acc = 0.0f;
+          for (int j = 0; j < 64; ++j) {
+            const int i = j;
+            acc += prt::to_f32(t_v_bad[(i) * 64 + (o)]);
+            t_v_bad[(i) * 64 + (o)] = prt::from_f32<float>(acc);
+          }
+        }
+      }
+      __syncthreads();
+      // v_seen[row, col] = select((((((($len - $tn) + (pid.z * 16)) + row) - (i1 * 64)) >= 0) && (v_bad[min((((($len - $tn) + (pid.z * 16)) + row) - (i1 * 64)), 63), col] > 0.0)), 1.0, v_seen[row, col])
+      {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 64, c = i % 64;
+          t_v_seen[(r) * 64 + (c)] = prt::from_f32<float>((((((((p_len - p_tn) + (static_cast<int>(blockIdx.z) * 16)) + r) - (v_i1 * 64)) >= 0) && (prt::to_f32(t_v_bad[(prt::min_nan(((((p_len - p_tn) + (static_cast<int>(blockIdx.z) * 16)) + r) - (v_i1 * 64)), 63)) * 64 + (c)]) > 0.0f)) ? 1.0f : prt::to_f32(t_v_seen[(r) * 64 + (c)])));
+        }
+      }
+      // v[row, col] = select(((((i1 * 64) + row) < $len) && finite(v[row, col])), v[row, col], 0.0)
+      {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          t_v[(r) * 72 + (c)] = prt::from_f32<__half>((((((v_i1 * 64) + r) < p_len) && isfinite(prt::to_f32(t_v[(r) * 72 + (c)]))) ? prt::to_f32(t_v[(r) * 72 + (c)]) : 0.0f));
+        }
+      }
       // qk = mma.tc(q, k^T) [16x64 in 16x16 units over 4 warps]
       {
         float (&acc)[1][2][4] = f_qk;
@@ -10182,6 +10414,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c128_f16
       {
         for (int r = tid; r < 64; r += 128) {
           t_y_row[r] = prt::from_f32<float>(((prt::to_f32(t_den_a[v_i2]) != 0.0f) ? (prt::to_f32(t_num_a[(v_i2) * 64 + (r)]) / prt::to_f32(t_den_a[v_i2])) : 0.0f));
+        }
+      }
+      // y_row[row] = select(((v_seen[i2, row] > 0.0) || !(finite(y_row[row]))), NaN, y_row[row])
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_y_row[r] = prt::from_f32<float>((((prt::to_f32(t_v_seen[(v_i2) * 64 + (r)]) > 0.0f) || (!isfinite(prt::to_f32(t_y_row[r])))) ? __int_as_float(0x7fc00000) : prt::to_f32(t_y_row[r])));
         }
       }
       // store Y[pid.y, (($q0 + (pid.z * 16)) + i2), pid.x, 0:+64] = y_row
@@ -10543,9 +10781,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_state_copy_p2_d64_e64_c128
 #include <cuda_runtime.h>
 
 extern "C" cudaError_t prt_attention_p2_d64_e64_c128_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_n, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d64_e64_c128_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 57600);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d64_e64_c128_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 73984);
   if (err != cudaSuccess) return err;
-  prt_attention_p2_d64_e64_c128_f16_w4_bd0_bt64_s2<<<grid, 128, 57600, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_n, p_scale);
+  prt_attention_p2_d64_e64_c128_f16_w4_bd0_bt64_s2<<<grid, 128, 73984, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_n, p_scale);
   return cudaGetLastError();
 }
 
@@ -10620,9 +10858,9 @@ extern "C" cudaError_t prt_combine_grads_p2_d64_e64_c128_f16_w4_bd0_bt64_s1_laun
 }
 
 extern "C" cudaError_t prt_decode_p2_d64_e64_c128_f16_w4_bd64_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const float* g_Kc, const float* g_Vc, const float* g_Gc, const float* g_S, const float* g_Z, __half* g_Y, int p_b, int p_tq, int p_hq, int p_h, int p_q0, int p_tn, int p_len, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_decode_p2_d64_e64_c128_f16_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 47104);
+  cudaError_t err = cudaFuncSetAttribute(prt_decode_p2_d64_e64_c128_f16_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 48896);
   if (err != cudaSuccess) return err;
-  prt_decode_p2_d64_e64_c128_f16_w4_bd64_bt64_s2<<<grid, 128, 47104, stream>>>(g_Q, g_Kc, g_Vc, g_Gc, g_S, g_Z, g_Y, p_b, p_tq, p_hq, p_h, p_q0, p_tn, p_len, p_scale);
+  prt_decode_p2_d64_e64_c128_f16_w4_bd64_bt64_s2<<<grid, 128, 48896, stream>>>(g_Q, g_Kc, g_Vc, g_Gc, g_S, g_Z, g_Y, p_b, p_tq, p_hq, p_h, p_q0, p_tn, p_len, p_scale);
   return cudaGetLastError();
 }
 

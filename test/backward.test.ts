@@ -155,6 +155,38 @@ describe("backward plan vs referenceBackward", () => {
   });
 });
 
+describe("backward plan: non-finite inputs", () => {
+  // One non-finite element of Q, K or V: every gradient element the float64 reference has
+  // non-finite is non-finite here, every other one is bit-identical to the clean run's, at both
+  // chunk sizes (the masked pairs of a diagonal block must not meet it: README "Non-finite inputs").
+  it.each([["V", Infinity], ["V", NaN], ["K", NaN], ["Q", Infinity], ["Q", -Infinity]] as const)("%s holding %s at one element", (input, value) => {
+    fc.assert(
+      fc.property(arbCase({ degs: [2], dtypes: ["f32", "bf16"], gated: [true], bMax: 1, heads: [1, 2], dims: [[8, 1]], tMax: 80 }), fc.nat(), fc.nat(), (c0, pick, col) => {
+        const p0 = c0.problem, x = caseInputs(c0), dY = randomDY(p0, c0.seed);
+        const tok = pick % p0.t;
+        const width = input === "Q" ? p0.hq * p0.d : input === "K" ? p0.h * p0.d : p0.h * p0.e;
+        const arr = x[input]!.slice();
+        arr[tok * width + (col % width)] = value;
+        const bad: Inputs = { ...x, [input]: arr };
+        const ref = refGrads(p0, bad, dY);
+        for (const chunk of [16, 64]) {
+          const pc = { ...p0, chunk };
+          const clean = backwardOnCpu(pc, { ...x, dY }), got = backwardOnCpu(pc, { ...bad, dY });
+          for (const g of GRADS) {
+            const r = ref[g]!, o = got[g]!, cl = clean[g]!;
+            for (let i = 0; i < o.length; i++) {
+              const what = `${g}[${i}] (${value} in ${input} at token ${tok}, chunk ${chunk}, ${describeCase(c0)})`;
+              if (!Number.isFinite(r[i]!)) expect(Number.isFinite(o[i]!), what).toBe(false);
+              else expect(Object.is(o[i], cl[i]), what).toBe(true);
+            }
+          }
+        }
+      }),
+      fcOptions(3),
+    );
+  }, 120_000);
+});
+
 describe("backward plan: the initial state", () => {
   it("suffix gradients with S0 = the prefix's final state equal the reference on prefix + suffix", () => {
     const arb = arbCase({ maxWork: 4e6, dims: [[8, 2], [16, 1]], degs: [2], gated: [true] }).chain((c) =>

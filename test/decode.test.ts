@@ -285,6 +285,28 @@ describe(`decode equals the whole-sequence reference (FC_SEED=${SEED})`, () => {
     expect(Array.from(Y), describeCase(c)).toEqual(Array.from(clean));
   });
 
+  it("keeps a non-finite v_j out of the earlier rows: NaN where the reference is not finite, every other row as the clean run", () => {
+    // v_j = inf or NaN: calls of several tokens hold j and rows before it (the in-call causal mask),
+    // and the fold carries it into the state, whose later outputs are NaN too (README "Non-finite inputs").
+    for (const [value, dtype] of [[Infinity, "f32"], [-Infinity, "bf16"], [NaN, "f16"]] as const) {
+      const c: Case = { dtype, deg: 2, d: 8, e: 8, chunk: 16, t: 37, b: 1, h: 2, g: 2, gated: true, seed: 5 };
+      const x = makeInputs(c);
+      const clean = decodeAll(c, x, [5, 1, 9]).Y;
+      const V = x.V.slice();
+      V[(11 * c.h + 1) * c.e + 3] = value; // token 11, kv head 1, column 3: inside a call of 9 (tokens 6 .. 14)
+      const bad = { ...x, V };
+      const { Y } = decodeAll(c, bad, [5, 1, 9]);
+      const ref = referenceForward({ shape: { b: c.b, t: c.t, hq: c.h * c.g, h: c.h, d: c.d, e: c.e }, deg: c.deg, scale: 1 / Math.sqrt(c.d), ...bad }).Y;
+      let nonFinite = 0;
+      for (let i = 0; i < Y.length; i++) {
+        const what = `${describeCase(c, [5, 1, 9])}: Y[${i}] (token ${Math.floor(i / (c.h * c.g * c.e))}), v = ${value} at token 11`;
+        if (!Number.isFinite(ref[i]!)) { nonFinite++; expect(Y[i], what).toBeNaN(); }
+        else expect(Object.is(Y[i], clean[i]), what).toBe(true);
+      }
+      expect(nonFinite, "the reference has non-finite rows to check").toBeGreaterThan(0);
+    }
+  });
+
   it("gives y = 0, never NaN, where every weight is 0 (q = 0)", () => {
     const c: Case = { dtype: "f16", deg: 2, d: 8, e: 8, chunk: 16, t: 20, b: 1, h: 1, g: 1, gated: true, seed: 7 };
     const x = makeInputs(c);

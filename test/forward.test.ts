@@ -98,8 +98,7 @@ describe("forward plan on the interpreter vs the float64 reference", () => {
 describe("non-finite inputs", () => {
   // A NaN at one token of Q, K or logG: NaN exactly where the float64 reference has it (Q: that
   // row; K, logG: that row and every later one), every other row bit-identical to the clean run,
-  // for every chunk size. (V is not here: an Inf or NaN in v_j reaches the earlier rows i < j of its
-  // chunk through the masked zeros of P in P V, 0 * Inf = NaN; see issue 8.)
+  // for every chunk size.
   const at = (x: Float32Array, row: number, width: number): Float32Array => {
     const y = x.slice();
     for (let c = 0; c < width; c++) y[row * width + c] = NaN;
@@ -121,6 +120,37 @@ describe("non-finite inputs", () => {
           for (let i = 0; i < got.length; i++) {
             const what = `Y[${i}] (token ${Math.floor(i / rowW)}, NaN in ${input} at token ${tok}, chunk ${chunk}, ${describeCase(c0)})`;
             if (Number.isNaN(ref[i]!)) expect(Number.isNaN(got[i]!), what).toBe(true);
+            else expect(Object.is(got[i], clean[i]), what).toBe(true);
+          }
+        }
+      }),
+      { ...fcOptions(4) },
+    );
+  }, 120_000);
+  // One non-finite element of Q, K or V: the rows where the float64 reference is not finite are
+  // NaN (README "Non-finite inputs": whichever part carried it, so whatever the chunk size), every
+  // other row bit-identical to the clean run. V is the case that broke causality (0 * inf in the
+  // masked part of the diagonal block's P V).
+  it.each([
+    ["V", Infinity], ["V", -Infinity], ["V", NaN], ["Q", Infinity], ["K", -Infinity],
+  ] as const)("%s holding %s at one element of one token: NaN where the reference is not finite, and nowhere else", (input, value) => {
+    fc.assert(
+      fc.property(arbCase({ degs: [2], dtypes: ["f32", "bf16"], gated: [true, false], bMax: 1, heads: [1, 2], dims: [[8, 1], [16, 1]], tMax: 90 }), fc.nat(), fc.nat(), (c0, pick, col) => {
+        const p0 = c0.problem;
+        const x = caseInputs(c0);
+        const tok = pick % p0.t;
+        const width = input === "Q" ? p0.hq * p0.d : input === "K" ? p0.h * p0.d : p0.h * p0.e;
+        const v = x[input]!.slice();
+        v[tok * width + (col % width)] = value;
+        const bad: Inputs = { ...x, [input]: v };
+        const ref = reference(p0, bad).Y;
+        const rowW = p0.hq * p0.e;
+        for (const chunk of [16, 64]) {
+          const pc = { ...p0, chunk };
+          const clean = forwardOnCpu(pc, x).Y, got = forwardOnCpu(pc, bad).Y;
+          for (let i = 0; i < got.length; i++) {
+            const what = `Y[${i}] (token ${Math.floor(i / rowW)}, ${value} in ${input} at token ${tok}, chunk ${chunk}, ${describeCase(c0)})`;
+            if (!Number.isFinite(ref[i]!)) expect(got[i], what).toBeNaN();
             else expect(Object.is(got[i], clean[i]), what).toBe(true);
           }
         }

@@ -16,12 +16,19 @@ import { chunkGates, firstFitting, rowBlocks, tileSizes, withinBudget } from "./
 
 const doc = "dQa, dKa, dVa, dlamA: the intra-chunk attention's gradients (flash-attention backward)";
 
+/** Whether the (i, j) element of a (query block i0, key block j0) pair carries weight: on or below
+ * the diagonal, on a row with some weight (lse > -inf). Products of the pairs that do not are
+ * selected to 0, never multiplied by 0: a non-finite q_i, k_j or v_j must not reach them
+ * (0 * inf = NaN; README "Non-finite inputs"). */
+function attentionLive(lse: Tile, i0: Val, j0: Val, row: Val, col: Val): Val {
+  return i0.add(row).ge(j0.add(col)).and(lse.at(row).ne(f32(-Infinity)));
+}
+
 /** P_ij = exp(p log|scale dot_ij| + lam[i0+i] - lam[j0+j] - lse_i) for the (i, j) element of a
- * (query block i0, key block j0) pair; 0 above the diagonal and on weightless rows (lse = -inf). */
+ * (query block i0, key block j0) pair; 0 where the pair is not live. */
 function attentionWeight(t: { dot: Tile; lam: Tile; lse: Tile }, scale: Val, p: number, i0: Val, j0: Val, row: Val, col: Val): Val {
   const w = t.dot.at(row, col).mul(scale).abs().log().mul(p).add(t.lam.at(i0.add(row))).sub(t.lam.at(j0.add(col)));
-  const live = i0.add(row).ge(j0.add(col)).and(t.lse.at(row).ne(f32(-Infinity)));
-  return select(live, w.sub(t.lse.at(row)).exp(), f32(0));
+  return select(attentionLive(t.lse, i0, j0, row, col), w.sub(t.lse.at(row)).exp(), f32(0));
 }
 
 const candidates = (s: Spec): Schedule[] =>
@@ -84,14 +91,21 @@ export const attentionBwd: KernelDef = {
         k.load(vt, V, [bi, range(t0.add(j0), BT), hk, range(0, e)]); // [BT, e]
       };
       const weight = (i0: Val, j0: Val, row: Val, col: Val): Val => attentionWeight({ dot, lam, lse: lseI }, scale, p, i0, j0, row, col);
+      const live = (i0: Val, j0: Val, row: Val, col: Val): Val => attentionLive(lseI, i0, j0, row, col);
       // Score one (query block i0, key block j0) pair: dot, W, ds (and P when asked).
       const score = (i0: Val, j0: Val, withP: boolean): void => {
         k.mma(dot, qt, kt, { transB: true }); // [BT, d] @ [d, BT]
         k.mma(W, dyt, vt, { transB: true }); // dP = [BT, e] @ [e, BT]
-        k.map(W, ({ row, col }) => weight(i0, j0, row, col).mul(W.at(row, col).sub(DyI.at(row))));
-        k.map(ds, ({ row, col }) => select(dot.at(row, col).eq(0), f32(0), W.at(row, col).mul(p).div(dot.at(row, col))));
+        k.map(W, ({ row, col }) => select(live(i0, j0, row, col), weight(i0, j0, row, col).mul(W.at(row, col).sub(DyI.at(row))), f32(0)));
+        k.map(ds, ({ row, col }) => select(live(i0, j0, row, col).and(dot.at(row, col).ne(0)), W.at(row, col).mul(p).div(dot.at(row, col)), f32(0)));
         if (withP) k.map(P, ({ row, col }) => weight(i0, j0, row, col));
       };
+      // ds K and ds^T Q on a diagonal pair: the masked ds are 0, but the mma would still multiply
+      // them by a non-finite k_j (j > i) or q_i (i < j). So there the operand's non-finite entries
+      // enter as 0; the live pairs of such a row or column carry NaN in ds already (its lse or dot).
+      const finite = (dst: Tile, src: Tile): void => k.map(dst, ({ row, col }) => select(src.at(row, col).isFinite(), src.at(row, col), 0));
+      const kFinite = k.shared("k_finite", [BT, d], dtype);
+      const qFinite = k.shared("q_finite", [BT, d], dtype);
 
       k.for(0, nb, (blk) => {
         const r0 = blk.mul(BT);
@@ -104,7 +118,11 @@ export const attentionBwd: KernelDef = {
           k.for(0, blk.add(1), (jb) => {
             loadKey(jb.mul(BT));
             score(r0, jb.mul(BT), false);
-            k.mma(accD, ds, kt, { accumulate: true }); // dq += [BT, BT] @ [BT, d]
+            k.if(jb.lt(blk), () => k.mma(accD, ds, kt, { accumulate: true })); // dq += [BT, BT] @ [BT, d]
+            k.if(jb.eq(blk), () => {
+              finite(kFinite, kt);
+              k.mma(accD, ds, kFinite, { accumulate: true });
+            });
             k.reduce(wsum, W, "sum", 1); // [BT] row sums
             k.map(dlamRow, ({ row }) => dlamRow.at(row).add(wsum.at(row)));
           }, { stages: sch.stages });
@@ -121,7 +139,11 @@ export const attentionBwd: KernelDef = {
             loadQuery(qh, ib.mul(BT));
             score(ib.mul(BT), r0, true);
             k.mma(accE, P, dyt, { transA: true, accumulate: true }); // dv += [BT, BT]^T @ [BT, e]
-            k.mma(accD, ds, qt, { transA: true, accumulate: true }); // dk += [BT, BT]^T @ [BT, d]
+            k.if(ib.gt(blk), () => k.mma(accD, ds, qt, { transA: true, accumulate: true })); // dk += [BT, BT]^T @ [BT, d]
+            k.if(ib.eq(blk), () => {
+              finite(qFinite, qt);
+              k.mma(accD, ds, qFinite, { transA: true, accumulate: true });
+            });
             k.reduce(wsum, W, "sum", 0); // [BT] column sums
             k.map(dlam, ({ row }) => dlam.at(row).sub(wsum.at(row)));
           }, { stages: sch.stages });
@@ -188,7 +210,7 @@ export const attentionBwdPrep: KernelDef = {
           k.mma(dot, qt, kt, { transB: true }); // [BT, d] @ [d, BT]
           k.mma(pdp, dyt, vt, { transB: true }); // dP = [BT, e] @ [e, BT]
           k.map(pw, ({ row, col }) => attentionWeight({ dot, lam, lse: lseI }, scale, p, i0, j0, row, col));
-          k.map(pdp, ({ row, col }) => pw.at(row, col).mul(pdp.at(row, col)));
+          k.map(pdp, ({ row, col }) => select(attentionLive(lseI, i0, j0, row, col), pw.at(row, col).mul(pdp.at(row, col)), f32(0))); // not 0 * dP: v_j may be inf
           k.reduce(part, pdp, "sum", 1); // [BT]
           k.map(accDy, ({ row }) => accDy.at(row).add(part.at(row)));
           k.reduce(part, pw, "sum", 1); // [BT]

@@ -39,6 +39,8 @@ function build(spec: Spec, sch: Schedule): Kernel {
     const w = k.reg("w", [BT, BT], "f32"); // scores, then log-weights
     const pt = k.shared("p", [BT, BT], dtype); // exp(w - rowMax) in [0, 1]
     const acc = k.reg("acc", [BT, e], "f32");
+    const vFinite = k.shared("v_finite", [BT, e], dtype); // the diagonal block's v, non-finite entries as 0
+    const vBad = k.shared("v_bad", [BT, e], "f32"); // its non-finite entries, counted down the rows
     const rowMax = k.reg("row_max", [BT], "f32");
     const rowSum = k.reg("row_sum", [BT], "f32");
     const blockMax = k.reg("block_max", [BT], "f32");
@@ -69,7 +71,20 @@ function build(spec: Spec, sch: Schedule): Kernel {
           k.reduce(blockSum, pt, "sum", 1); // sum of the rounded weights, as the mma sees them
           k.map(rowSum, ({ row }) => rowSum.at(row).mul(alpha.at(row)).add(blockSum.at(row)));
           k.map(acc, ({ row, col }) => acc.at(row, col).mul(alpha.at(row)));
-          k.mma(acc, pt, vt, { accumulate: true }); // [BT, e] += [BT, BT] @ [BT, e]
+          // Blocks below the diagonal: every key precedes every query row, so a non-finite v_j
+          // reaches every row, as in the reference.
+          k.if(kb.lt(qb), () => k.mma(acc, pt, vt, { accumulate: true })); // [BT, e] += [BT, BT] @ [BT, e]
+          // The diagonal block: the mma multiplies the masked weights (0) by v_j too, and 0 * inf
+          // would put NaN in the rows before j. So v enters with its non-finite entries as 0, and
+          // row i, column c is NaN afterwards when some v_jc, j <= i, was not finite (the
+          // reference gives inf or NaN there; README "Non-finite inputs").
+          k.if(kb.eq(qb), () => {
+            k.map(vBad, ({ row, col }) => select(vt.at(row, col).isFinite(), 0, 1));
+            k.cumsum(vBad, vBad, 0); // [BT, e]: non-finite v_jc with j <= row
+            k.map(vFinite, ({ row, col }) => select(vt.at(row, col).isFinite(), vt.at(row, col), 0));
+            k.mma(acc, pt, vFinite, { accumulate: true });
+            k.map(acc, ({ row, col }) => select(vBad.at(row, col).gt(0), NaN, acc.at(row, col)));
+          });
         }, { stages: sch.stages });
         k.store(numA, [bi, range(t0.add(q0), BT), qh, range(0, e)], acc);
         k.store(denA, [bi, range(t0.add(q0), BT), qh], rowSum);

@@ -91,6 +91,9 @@ function buildDecode(spec: Spec, sch: Schedule): Kernel {
     const pSum = k.reg("p_sum", [BQ], "f32");
     const numA = k.reg("num_a", [BQ, e], "f32");
     const denA = k.reg("den_a", [BQ], "f32");
+    const vBad = k.shared("v_bad", [BK, e], "f32"); // non-finite v in the key block, counted down its rows
+    const vSeen = k.reg("v_seen", [BQ, e], "f32"); // 1 where a key j <= i had a non-finite v_jc
+    k.fill(vSeen, 0);
     k.fill(mRun, -Infinity);
     k.fill(numA, 0);
     k.fill(denA, 0);
@@ -99,7 +102,15 @@ function buildDecode(spec: Spec, sch: Schedule): Kernel {
       const j0 = kb.mul(BK);
       k.load(kt, Kc, [bi, range(j0, BK), hk, range(0, d)]); // [BK, d], exact in the dtype
       k.load(vt, Vc, [bi, range(j0, BK), hk, range(0, e)]); // [BK, e]
-      k.map(vt, ({ row, col }) => select(j0.add(row).lt(len), vt.at(row, col), 0)); // rows past len are stale: 0 * stale must not be NaN
+      // A non-finite v_j must reach the queries i >= j only (the masked weights are 0, and 0 * inf
+      // = NaN): it enters the mma as 0, and the rows it reaches are NaN in the end (vSeen).
+      k.map(vBad, ({ row, col }) => select(j0.add(row).lt(len).and(vt.at(row, col).isFinite().not()), 1, 0));
+      k.cumsum(vBad, vBad, 0); // [BK, e]: non-finite v_jc of this block with j <= j0 + row
+      k.map(vSeen, ({ row, col }) => {
+        const last = i0.add(row).sub(j0); // the query's position in this block of keys
+        return select(last.ge(0).and(vBad.at(min(last, BK - 1), col).gt(0)), 1, vSeen.at(row, col));
+      });
+      k.map(vt, ({ row, col }) => select(j0.add(row).lt(len).and(vt.at(row, col).isFinite()), vt.at(row, col), 0)); // rows past len are stale: 0 * stale must not be NaN
       k.mma(qk, qt, kt, { transB: true }); // [BQ, BK] = [BQ, d] @ [d, BK]
       k.map(w, ({ row, col }) =>
         select(
@@ -129,6 +140,8 @@ function buildDecode(spec: Spec, sch: Schedule): Kernel {
     const yRow = k.reg("y_row", [e], "f32");
     k.for(0, min(tn.sub(r0), BQ), (r) => {
       k.map(yRow, ({ row }) => select(den.at(r).ne(0), num.at(r, row).div(den.at(r)), f32(0))); // 0 when every weight is 0 (NaN stays NaN)
+      // non-finite is NaN, as in the forward (README "Non-finite inputs")
+      k.map(yRow, ({ row }) => select(vSeen.at(r, row).gt(0).or(yRow.at(row).isFinite().not()), NaN, yRow.at(row)));
       k.store(Y, [bi, q0.add(r0).add(r), qh, range(0, e)], yRow); // rounded to the dtype by the store
     });
   });

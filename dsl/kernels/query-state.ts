@@ -89,6 +89,9 @@ function combine(
   const part = (x: Val, r: Val): Val => select(den.at(r).ne(0), x.div(den.at(r)), 0); // != 0, not > 0: NaN in any input stays NaN
   k.map(numS, ({ row, col }) => part(numS.at(row, col).mul(wS(row)).mul(scales.num), row)); // yS
   k.map(num, ({ row, col }) => part(num.at(row, col).mul(wA(row)), row).add(numS.at(row, col)));
+  // A non-finite y is NaN, whichever part (and so whichever chunk size) carried the non-finite
+  // input: the state's sums mix +inf and -inf where the attention's would not (README "Non-finite inputs").
+  k.map(num, ({ row, col }) => select(num.at(row, col).isFinite(), num.at(row, col), NaN));
   k.map(denS, ({ row }) => part(denS.at(row), row)); // wS
   k.store(a.yS, [bi, rows, qh, range(0, e)], numS);
   k.store(a.wS, [bi, rows, qh], denS);

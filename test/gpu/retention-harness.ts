@@ -223,6 +223,51 @@ function againstReference(spec: Spec, c: Case): void {
   });
 }
 
+/** One non-finite element of V (token `chunk + 5`, with rows of its chunk before and after it): Y and
+ * every gradient on the GPU are non-finite exactly where the float64 reference is not finite, and
+ * bit-identical to the GPU's clean run everywhere else (README "Non-finite inputs"). */
+function nonFiniteV(spec: Spec, value: number): void {
+  const c: Case = {
+    p: { b: 1, t: spec.chunk + 37, hq: 2, h: 1, d: spec.d, e: spec.e, deg: spec.deg, chunk: spec.chunk, dtype: spec.dtype, scale: 1 / Math.sqrt(spec.d), gated: true, initialState: false, finalState: false },
+    seed: 31 + spec.d,
+  };
+  const p = c.p, clean = hostInputs(c), what = `${specKey(spec)} ${describeCase(c)}, v = ${value} at token ${spec.chunk + 5}`;
+  const V = clean.V.slice();
+  V[(spec.chunk + 5) * p.h * p.e + 3] = value;
+  const bad = { ...clean, V };
+  const ref = referenceForward({ shape: p, deg: p.deg, scale: p.scale, Q: bad.Q, K: bad.K, V, logG: bad.logG ?? null }).Y;
+  const refG = referenceBackward({ shape: p, deg: p.deg, scale: p.scale, Q: bad.Q, K: bad.K, V, logG: bad.logG! }, bad.dY);
+  const run = (x: HostInputs): Record<string, Float32Array> =>
+    scoped((keep) => {
+      const Q = keep(Tensor.upload(x.Q, [p.b, p.t, p.hq, p.d], p.dtype));
+      const K = keep(Tensor.upload(x.K, [p.b, p.t, p.h, p.d], p.dtype));
+      const Vt = keep(Tensor.upload(x.V, [p.b, p.t, p.h, p.e], p.dtype));
+      const G = keep(Tensor.upload(x.logG!, [p.b, p.t, p.h], "f32"));
+      const r = powerRetention(Q, K, Vt, G, { deg: p.deg, chunk: p.chunk, scale: p.scale });
+      keep(r.Y);
+      try {
+        const grads = powerRetentionBackward(r.saved, keep(Tensor.upload(x.dY, [p.b, p.t, p.hq, p.e], p.dtype)));
+        for (const k of GRADS) keep(grads[k]);
+        return { Y: r.Y.download(), ...Object.fromEntries(GRADS.map((k) => [k, grads[k]!.download()])) };
+      } finally {
+        r.saved.free();
+      }
+    });
+  const want = run(clean), got = run(bad);
+  const refs: Record<string, ArrayLike<number>> = { Y: ref, dQ: refG.dQ, dK: refG.dK, dV: refG.dV, dlogG: refG.dlogG! };
+  let nonFinite = 0;
+  for (const [name, out] of Object.entries(got)) {
+    const r = refs[name]!;
+    for (let i = 0; i < out.length; i++) {
+      if (!Number.isFinite(r[i]!)) {
+        nonFinite++;
+        if (Number.isFinite(out[i]!)) throw new Error(`${name}[${i}] (${what}): ${out[i]} where the reference is ${r[i]}`);
+      } else if (!Object.is(out[i], want[name]![i])) throw new Error(`${name}[${i}] (${what}): ${out[i]}, the clean run ${want[name]![i]} (the reference is finite there)`);
+    }
+  }
+  expect(nonFinite, what).toBeGreaterThan(0);
+}
+
 /** Random cases of the spec: any t up to 300 (not a multiple of the chunk, mostly), b, GQA, gates. */
 function arbCase(spec: Spec): fc.Arbitrary<Case> {
   const heads = fc.constantFrom([1, 1], [2, 1], [4, 2], [2, 2], [4, 1]);
@@ -373,6 +418,10 @@ export function defineRetentionGpuTests(dtype: DType): void {
 
         it.skipIf(!INTERP)("forward (initial and final state) and backward (state gradient) vs the interpreter on the same plans", SLOW, () => {
           againstInterpreter(spec, interpCase(spec));
+        });
+
+        it("a non-finite v: NaN where the reference is not finite, the clean run's values everywhere else (forward and gradients)", SLOW, () => {
+          for (const value of [Infinity, NaN]) nonFiniteV(spec, value);
         });
 
         it.skipIf(!hasDecode(spec))("decode in random groups vs the whole-sequence reference (and the CPU decode API)", SLOW, () => {
