@@ -12,7 +12,7 @@
 // fatbins must be built in build/kernels or PRT_KERNEL_DIR).
 //
 // Usage: node --import tsx bench/autotune.ts --spec p2_d64_e64_c128_bf16 --kernels query_state_bwd_dq,update_state_bwd
-//          [--t 16384] [--max-variants N] [--out codegen/schedules.json] [--jobs N] [--reps 10] [--dry-run]
+//          [--t 16384] [--max-variants N] [--only SCHEDULE,...] [--out codegen/schedules.json] [--jobs N] [--reps 10] [--dry-run]
 // --dry-run generates and compiles the variants and stops (no GPU needed).
 
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
@@ -35,7 +35,7 @@ import { hasNaN, medianMs, randomNormal } from "./gpu-timing.ts";
 
 // ---- arguments ---------------------------------------------------------------------------------
 const FLAGS = new Set(["dry-run"]);
-const VALUES = new Set(["spec", "kernels", "t", "max-variants", "out", "jobs", "reps"]);
+const VALUES = new Set(["spec", "kernels", "t", "max-variants", "only", "out", "jobs", "reps"]);
 const args = new Map<string, string>();
 {
   const argv = process.argv.slice(2);
@@ -43,7 +43,7 @@ const args = new Map<string, string>();
     const a = argv[i]!;
     const name = a.replace(/^--/, "");
     if (!a.startsWith("--") || (!FLAGS.has(name) && !VALUES.has(name)))
-      throw new Error(`autotune: unknown argument '${a}' (expected --spec, --kernels, --t, --max-variants, --out, --jobs, --reps, --dry-run)`);
+      throw new Error(`autotune: unknown argument '${a}' (expected --spec, --kernels, --t, --max-variants, --only, --out, --jobs, --reps, --dry-run)`);
     if (FLAGS.has(name)) args.set(name, "1");
     else {
       const v = argv[++i];
@@ -74,6 +74,8 @@ const defs: KernelDef[] = kernelNames.map((n) => {
 });
 const T = intArg("t", 16384);
 const maxVariants = intArg("max-variants", Number.MAX_SAFE_INTEGER);
+/** --only w4_bd32_bt128_s3,...: sweep just these schedules of the space (the default always runs, as the baseline). */
+const only = args.has("only") ? new Set(args.get("only")!.split(",")) : null;
 const jobs = intArg("jobs", cpus().length);
 const reps = intArg("reps", 10);
 const outFile = path.resolve(args.get("out") ?? DEFAULT_SCHEDULES_FILE);
@@ -100,7 +102,7 @@ interface Variant {
 const variants: Variant[] = [];
 for (const def of defs) {
   const dflt = def.schedule(spec);
-  const space = def.scheduleSpace(spec).filter((s) => scheduleKey(s) !== scheduleKey(dflt));
+  const space = def.scheduleSpace(spec).filter((s) => scheduleKey(s) !== scheduleKey(dflt) && (only === null || only.has(scheduleKey(s))));
   const chosen = [dflt, ...space].slice(0, Math.max(1, maxVariants));
   for (const sch of chosen) {
     const key = scheduleKey(sch);
