@@ -4,7 +4,7 @@
 
 import type { DType } from "./dtype.ts";
 import { executeOnCpu } from "./execute-cpu.ts";
-import { attention } from "./kernels/attention.ts";
+import { attention, attentionY } from "./kernels/attention.ts";
 import { discountedCumsum } from "./kernels/discounted-cumsum.ts";
 import { queryState } from "./kernels/query-state.ts";
 import { updateState } from "./kernels/update-state.ts";
@@ -85,6 +85,9 @@ export function stateInBuffers(p: Problem): { Sin: string; Zin: string } {
 /** One chunk and no final state wanted: update_state and discounted_cumsum have nothing to do. */
 const isShortPath = (p: Problem): boolean => chunksOf(p) === 1 && !p.finalState;
 
+/** The short path with no state in: the quadratic form alone (attention_y), no query_state. */
+const isQuadratic = (p: Problem): boolean => isShortPath(p) && !p.initialState;
+
 /**
  * Forward: Y [b,t,hq,e] and what the backward needs (lse, the state's part of y and of the
  * weights, and the state each chunk read). Outputs: Y, lse, yS, wS; Sin, Zin unless on the short path (see `stateInBuffers`); Sfinal, Zfinal when
@@ -109,8 +112,15 @@ export function forwardPlan(p: Problem, sched: ScheduleTable = {}): Plan {
     f32("wS", [b, t, hq]),
   ];
   const dims = { b, t, hq, h, n };
+  if (isQuadratic(p)) {
+    // y = numA / denA straight from the attention; the state's parts of y and of the weights are 0
+    const zeros = (name: string, shape: number[]): PlanBuffer => ({ name, dtype: "f32", shape, init: "zeros" });
+    const quad: PlanBuffer[] = [...inputBuffers(p), { name: "Y", dtype: p.dtype, shape: [b, t, hq, e], init: "nan" }, f32("lse", [b, t, hq]), zeros("yS", [b, t, hq, e]), zeros("wS", [b, t, hq])];
+    const step = stepOf(attentionY, spec, sched, { b, t, hq, h, window: t, scale: p.scale }, { Q: "Q", K: "K", V: "V", logG: "logG", Y: "Y", lse: "lse" });
+    return { buffers: quad, steps: [step], outputs: ["Y", "lse", "yS", "wS"] };
+  }
   const steps: PlanStep[] = [
-    stepOf(attention, spec, sched, { ...dims, scale: p.scale }, { Q: "Q", K: "K", V: "V", logG: "logG", numA: "numA", denA: "denA", maxA: "maxA" }),
+    stepOf(attention, spec, sched, { b, t, hq, h, window: p.chunk, scale: p.scale }, { Q: "Q", K: "K", V: "V", logG: "logG", numA: "numA", denA: "denA", maxA: "maxA" }),
   ];
   if (!short) {
     buffers.push(

@@ -20,7 +20,10 @@ import { scheduleKey, specKey, type KernelDef, type Schedule, type Spec } from "
 import { buildEmulator, evalUniform, runEmulated } from "./codegen-emu/harness.ts";
 
 /** Sizes of the launch: t = 70 spans two chunks of 64 with a ragged tail; hq = 2 h (grouped queries). */
-const PARAMS_ = { b: 1, t: 70, h: 1, hq: 2, n: 2, scale: 0.35, tq: 3, q0: 0, tn: 3, len: 40, len0: 37, nfb: 2 };
+const PARAMS_ = { b: 1, t: 70, h: 1, hq: 2, n: 2, scale: 0.35, tq: 3, q0: 0, tn: 3, len: 40, len0: 37, nfb: 2, window: 64 };
+
+/** Per-kernel params: the quadratic path's attention has one window over the whole sequence. */
+const paramsFor = (name: string, p: typeof PARAMS_): typeof PARAMS_ => (name === "attention_y" ? { ...p, window: 1 << 20 } : { ...p, window: p.window });
 
 const PARAMS = PARAMS_;
 
@@ -62,7 +65,11 @@ describe.each(specs)("generated CUDA == interpreter, d 32, chunk 64, %s", (dtype
 const MAIN_SPEC = { deg: 2, d: 64, e: 64, chunk: 128, dtype: "bf16" } as const;
 const STATE_KERNELS = ["update_state", "query_state", "query_state_bwd_dq", "query_state_bwd_ds", "update_state_bwd"];
 describe("generated CUDA == interpreter, d 64, chunk 128, bf16 (the kernels with mma groups)", () =>
-  emulatedAgainstInterpreter(MAIN_SPEC, STATE_KERNELS, { ...PARAMS, t: 140, n: 2 }));
+  emulatedAgainstInterpreter(MAIN_SPEC, STATE_KERNELS, { ...PARAMS, t: 140, n: 2, window: 128 }));
+
+// The attention kernels at the main spec: several key blocks per window (t = 300 over blocks of 128).
+describe("generated CUDA == interpreter, d 64, chunk 128, bf16, attention", () =>
+  emulatedAgainstInterpreter(MAIN_SPEC, ["attention", "attention_y"], { ...PARAMS, t: 300, n: 3, window: 128 }));
 // ... and under the schedules the default set ships with (codegen/schedules.json, the H200 sweep)
 // where they differ from the defaults (other warps and feature blocks, so other tilings)
 const TUNED = loadSchedules(DEFAULT_SCHEDULES_FILE);
@@ -93,7 +100,8 @@ function emulatedAgainstInterpreter(
     const def = KERNELS.find((x) => x.name === name)!;
     const mk = g.manifest.kernels[index]!;
     const kernel = def.build(spec, mk.schedule);
-    for (const params of ONE_QUERY_HEAD.includes(name) ? [PARAMS, { ...PARAMS, hq: PARAMS.h }] : [PARAMS]) check(kernel, mk, index, params);
+    const base = paramsFor(name, PARAMS);
+    for (const params of ONE_QUERY_HEAD.includes(name) ? [base, { ...base, hq: base.h }] : [base]) check(kernel, mk, index, params);
   }, 600_000);
 
   /** The kernel's outputs from the emulated CUDA against the interpreter's, for one launch. */

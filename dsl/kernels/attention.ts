@@ -1,110 +1,192 @@
-// Attention inside one chunk (forward step 1 of SPEC.md's chunked algorithm). For query i and key
-// j of chunk m, with s_ij = scale q_i.k_j and lam the in-chunk cumulative log gate:
-//   w_ij = p log|s_ij| + lam_i - lam_j   (j <= i and s_ij != 0, else -inf)
-//   maxA_i = max_j w_ij,   numA_i = sum_j exp(w_ij - maxA_i) v_j,   denA_i = sum_j exp(w_ij - maxA_i)
-// Flash-attention style: the chunk is cut into blocks of BT rows; each query block streams the
-// key blocks at or before it, keeping a running row max and rescaling its sums when it grows.
+// Causal p-th power attention, parallel over query blocks (forward step 1 of SPEC.md's chunked
+// algorithm, and the whole quadratic form). Query i sees key j when j <= i and both lie in one
+// window of `window` tokens (the chunk; a window >= t is the quadratic form). With s_ij = scale
+// q_i.k_j and the gates summed between them,
+//   w_ij = p log|s_ij| + (lam_i - lam_j)   (visible and s_ij != 0, else -inf),
+//   lam_i - lam_j = logG[j+1] + ... + logG[i],
+//   maxA_i = max_j w_ij,  numA_i = sum_j exp(w_ij - maxA_i) v_j,  denA_i = sum_j exp(w_ij - maxA_i).
+// One program owns B query rows [q0, q0 + B) of one query head (grid: query blocks x heads x
+// batch). It scores its diagonal key block first, then the window's earlier key blocks from the
+// nearest to the farthest, keeping flash attention's running row max and rescaling its sums.
+//
+// The gate sums are formed from block-local sums only, so that their rounding does not grow with
+// the position (a prefix sum over the whole sequence would lose the small gates of late tokens):
+//   lam_i - lam_j = cq_i + ck_j,
+//   cq_i = logG[q0] + ... + logG[i]                    (the query block's inclusive cumsum),
+//   ck_j = -cq_j                                       (diagonal block: j in the query block),
+//   ck_j = (logG[j+1] + ... + logG[k0+B-1]) + G_k0    (earlier block [k0, k0+B)),
+//   G_k0 = logG[k0+B] + ... + logG[q0-1]               (the gates between the two blocks),
+// G growing by one block's total per step of the walk away from the diagonal.
+//
+// Two epilogues: `attention` returns numA, denA, maxA for query_state's combine (the chunked
+// path); `attention_y` returns y = numA / denA and lse = maxA + log denA (the quadratic path, no
+// state at all).
 
-import { max, range, select, traceKernel } from "../builder.ts";
+import { max, range, select, traceKernel, type KernelBuilder, type TensorRef, type Tile, type Val } from "../builder.ts";
 import type { Kernel } from "../ir.ts";
 import type { KernelDef, Schedule, Spec } from "../spec.ts";
-import { chunkGates, firstFitting, safeExpDiff, tileBytes, TILE_BUDGET, tileSizes } from "./common.ts";
+import { safeExpDiff, tileBytes, TILE_BUDGET, tileSizes } from "./common.ts";
 
-const doc = "numA, denA, maxA: causal p-th power attention inside each chunk, stabilised by the row max of log-weights";
+type Epilogue = "parts" | "y";
 
-function build(spec: Spec, sch: Schedule): Kernel {
-  return traceKernel("attention", sch.numWarps, doc, (k) => {
-    const { deg: p, d, e, chunk: c, dtype } = spec;
-    const BT = sch.blockT;
-    if (c % BT !== 0) throw new Error(`attention: blockT ${BT} must divide the chunk ${c}`);
-    const b = k.param("b", "i32"), t = k.param("t", "i32"), hq = k.param("hq", "i32"), h = k.param("h", "i32");
-    const n = k.param("n", "i32"), scale = k.param("scale", "f32");
-    const Q = k.tensor("Q", dtype, [b, t, hq, d], "in");
-    const K = k.tensor("K", dtype, [b, t, h, d], "in");
-    const V = k.tensor("V", dtype, [b, t, h, e], "in");
-    const logG = k.tensor("logG", "f32", [b, t, h], "in");
-    const numA = k.tensor("numA", "f32", [b, t, hq, e], "out");
-    const denA = k.tensor("denA", "f32", [b, t, hq], "out");
-    const maxA = k.tensor("maxA", "f32", [b, t, hq], "out");
+const DOCS: Record<Epilogue, string> = {
+  parts: "numA, denA, maxA: causal p-th power attention inside each window, stabilised by the row max of log-weights",
+  y: "Y, lse: causal p-th power attention over the whole sequence (the quadratic form), normalised",
+};
 
-    k.launch(n, hq, b); // (chunk, query head, batch)
-    const m = k.programId(0), qh = k.programId(1), bi = k.programId(2);
-    const hk = qh.idiv(hq.idiv(h)); // the kv head of this query head
-    const t0 = m.mul(c);
+interface Io {
+  readonly b: Val; readonly t: Val; readonly hq: Val; readonly h: Val; readonly window: Val; readonly scale: Val;
+  readonly Q: TensorRef; readonly K: TensorRef; readonly V: TensorRef; readonly logG: TensorRef;
+}
 
-    const { lam } = chunkGates(k, logG, bi, hk, t0, c); // lam [c]
-    const qt = k.shared("q", [BT, d], dtype); // mma operands in the spec's dtype
-    const kt = k.shared("k", [BT, d], dtype);
-    const vt = k.shared("v", [BT, e], dtype);
-    const w = k.reg("w", [BT, BT], "f32"); // scores, then log-weights
-    const pt = k.shared("p", [BT, BT], dtype); // exp(w - rowMax) in [0, 1]
-    const acc = k.reg("acc", [BT, e], "f32");
-    const vFinite = k.shared("v_finite", [BT, e], dtype); // the diagonal block's v, non-finite entries as 0
-    const vBad = k.shared("v_bad", [BT, e], "f32"); // its non-finite entries, counted down the rows
-    const rowMax = k.reg("row_max", [BT], "f32");
-    const rowSum = k.reg("row_sum", [BT], "f32");
-    const blockMax = k.reg("block_max", [BT], "f32");
-    const blockSum = k.reg("block_sum", [BT], "f32");
-    const alpha = k.reg("alpha", [BT], "f32"); // rescale of the old sums: exp(oldMax - newMax)
+function declare(k: KernelBuilder, spec: Spec): Io {
+  const { d, e, dtype } = spec;
+  const b = k.param("b", "i32"), t = k.param("t", "i32"), hq = k.param("hq", "i32"), h = k.param("h", "i32");
+  // the window in tokens, a multiple of the block (the chunk, or >= t for the quadratic form)
+  const window = k.param("window", "i32"), scale = k.param("scale", "f32");
+  return {
+    b, t, hq, h, window, scale,
+    Q: k.tensor("Q", dtype, [b, t, hq, d], "in"),
+    K: k.tensor("K", dtype, [b, t, h, d], "in"),
+    V: k.tensor("V", dtype, [b, t, h, e], "in"),
+    logG: k.tensor("logG", "f32", [b, t, h], "in"),
+  };
+}
 
-    k.for(0, c / BT, (qb) => {
-      const q0 = qb.mul(BT); // first query row of the block, inside the chunk
-      k.if(t0.add(q0).lt(t), () => { // blocks wholly past t have nothing to do
-        k.load(qt, Q, [bi, range(t0.add(q0), BT), qh, range(0, d)]); // [BT, d]; rows past t read 0
-        k.fill(acc, 0);
-        k.fill(rowSum, 0);
-        k.fill(rowMax, -Infinity);
-        k.for(0, qb.add(1), (kb) => {
-          const k0 = kb.mul(BT); // first key row of the block
-          k.load(kt, K, [bi, range(t0.add(k0), BT), hk, range(0, d)]); // [BT, d]
-          k.load(vt, V, [bi, range(t0.add(k0), BT), hk, range(0, e)]); // [BT, e]
-          k.mma(w, qt, kt, { transB: true }); // [BT, BT] = q k^T
-          k.map(w, ({ row, col }) => {
-            const s = w.at(row, col).mul(scale);
-            const live = k0.add(col).le(q0.add(row)).and(s.ne(0)); // causal, and s^p > 0
-            return select(live, s.abs().log().mul(p).add(lam.at(q0.add(row))).sub(lam.at(k0.add(col))), -Infinity);
-          });
-          k.reduce(blockMax, w, "max", 1); // [BT]
-          k.map(alpha, ({ row }) => safeExpDiff(rowMax.at(row), max(rowMax.at(row), blockMax.at(row))));
-          k.map(rowMax, ({ row }) => max(rowMax.at(row), blockMax.at(row)));
-          k.map(pt, ({ row, col }) => safeExpDiff(w.at(row, col), rowMax.at(row))); // [BT, BT], 0 on empty rows
-          k.reduce(blockSum, pt, "sum", 1); // sum of the rounded weights, as the mma sees them
-          k.map(rowSum, ({ row }) => rowSum.at(row).mul(alpha.at(row)).add(blockSum.at(row)));
-          k.map(acc, ({ row, col }) => acc.at(row, col).mul(alpha.at(row)));
-          // Blocks below the diagonal: every key precedes every query row, so a non-finite v_j
-          // reaches every row, as in the reference.
-          k.if(kb.lt(qb), () => k.mma(acc, pt, vt, { accumulate: true })); // [BT, e] += [BT, BT] @ [BT, e]
-          // The diagonal block: the mma multiplies the masked weights (0) by v_j too, and 0 * inf
-          // would put NaN in the rows before j. So v enters with its non-finite entries as 0, and
-          // row i, column c is NaN afterwards when some v_jc, j <= i, was not finite (the
-          // reference gives inf or NaN there; README "Non-finite inputs").
-          k.if(kb.eq(qb), () => {
-            k.map(vBad, ({ row, col }) => select(vt.at(row, col).isFinite(), 0, 1));
-            k.cumsum(vBad, vBad, 0); // [BT, e]: non-finite v_jc with j <= row
-            k.map(vFinite, ({ row, col }) => select(vt.at(row, col).isFinite(), vt.at(row, col), 0));
-            k.mma(acc, pt, vFinite, { accumulate: true });
-            k.map(acc, ({ row, col }) => select(vBad.at(row, col).gt(0), NaN, acc.at(row, col)));
-          });
-        }, { stages: sch.stages });
-        k.store(numA, [bi, range(t0.add(q0), BT), qh, range(0, e)], acc);
-        k.store(denA, [bi, range(t0.add(q0), BT), qh], rowSum);
-        k.store(maxA, [bi, range(t0.add(q0), BT), qh], rowMax);
+function build(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
+  const name = epilogue === "parts" ? "attention" : "attention_y";
+  return traceKernel(name, sch.numWarps, DOCS[epilogue], (k) => {
+    const { deg: p, e, dtype } = spec;
+    const B = sch.blockT;
+    const io = declare(k, spec);
+    const tq = (name: string, dt: "f32" | typeof dtype, vec: boolean): TensorRef =>
+      k.tensor(name, dt, vec ? [io.b, io.t, io.hq, e] : [io.b, io.t, io.hq], "out");
+    const out = epilogue === "parts"
+      ? { kind: "parts" as const, numA: tq("numA", "f32", true), denA: tq("denA", "f32", false), maxA: tq("maxA", "f32", false) }
+      : { kind: "y" as const, Y: tq("Y", dtype, true), lse: tq("lse", "f32", false) };
+
+    k.launch(io.t.add(B - 1).idiv(B), io.hq, io.b); // (query block, query head, batch)
+    const q0 = k.programId(0).mul(B), qh = k.programId(1), bi = k.programId(2);
+    const hk = qh.idiv(io.hq.idiv(io.h)); // the kv head of this query head
+    const earlier = q0.sub(q0.idiv(io.window).mul(io.window)).idiv(B); // key blocks of the window before q0
+
+    const qt = k.shared("q", [B, spec.d], dtype); // mma operands in the spec's dtype
+    const kt = k.shared("k", [B, spec.d], dtype);
+    const vt = k.shared("v", [B, e], dtype);
+    const gq = k.reg("gq", [B], "f32"); // the query block's gates
+    const cq = k.reg("cq", [B], "f32"); // their inclusive cumsum
+    const gk = k.reg("gk", [B], "f32"); // a key block's gates
+    const sk = k.reg("sk", [B], "f32"); // their suffix sums
+    const ck = k.reg("ck", [B], "f32"); // the key side of lam_i - lam_j
+    const gap = k.reg("gap", [1], "f32"); // G: the gates between the key block's end and q0
+    const w = k.reg("w", [B, B], "f32"); // scores, then log-weights
+    const pt = k.reg("p", [B, B], dtype); // exp(w - rowMax) in [0, 1], the mma operand
+    const acc = k.reg("acc", [B, e], "f32");
+    const vFinite = k.shared("v_finite", [B, e], dtype); // the diagonal block's v, non-finite entries as 0
+    const vBad = k.shared("v_bad", [B, e], "f32"); // its non-finite entries, counted down the rows
+    const rowMax = k.reg("row_max", [B], "f32");
+    const rowSum = k.reg("row_sum", [B], "f32");
+    const blockMax = k.reg("block_max", [B], "f32");
+    const blockSum = k.reg("block_sum", [B], "f32");
+    const alpha = k.reg("alpha", [B], "f32"); // rescale of the old sums: exp(oldMax - newMax)
+
+    k.load(qt, io.Q, [bi, range(q0, B), qh, range(0, spec.d)]); // [B, d]; rows past t read 0
+    k.load(gq, io.logG, [bi, range(q0, B), hk]); // [B]; past t: 0, a gate of 1
+    k.cumsum(cq, gq, 0);
+    k.fill(acc, 0);
+    k.fill(rowSum, 0);
+    k.fill(rowMax, -Infinity);
+    k.fill(gap, 0);
+
+    /** Score key block [k0, k0 + B) and fold it into the running sums. */
+    const keyBlock = (k0: Val, diagonal: boolean): void => {
+      k.load(kt, io.K, [bi, range(k0, B), hk, range(0, spec.d)]); // [B, d]
+      k.load(vt, io.V, [bi, range(k0, B), hk, range(0, e)]); // [B, e]
+      if (diagonal) k.map(ck, ({ row }) => cq.at(row).neg());
+      else {
+        k.load(gk, io.logG, [bi, range(k0, B), hk]); // [B]
+        k.cumsum(sk, gk, 0, { reverse: true }); // sk[j] = logG[k0+j] + ... + logG[k0+B-1]
+        k.map(ck, ({ row }) => sk.at(row).sub(gk.at(row)).add(gap.at(0)));
+      }
+      k.mma(w, qt, kt, { transB: true }); // [B, B] = q k^T
+      k.map(w, ({ row, col }) => {
+        const s = w.at(row, col).mul(io.scale);
+        const live = diagonal ? col.le(row).and(s.ne(0)) : s.ne(0); // causal, and s^p > 0
+        return select(live, s.abs().log().mul(p).add(cq.at(row)).add(ck.at(col)), -Infinity);
       });
+      k.reduce(blockMax, w, "max", 1); // [B]
+      k.map(alpha, ({ row }) => safeExpDiff(rowMax.at(row), max(rowMax.at(row), blockMax.at(row))));
+      k.map(rowMax, ({ row }) => max(rowMax.at(row), blockMax.at(row)));
+      k.map(pt, ({ row, col }) => safeExpDiff(w.at(row, col), rowMax.at(row))); // [B, B], 0 on empty rows
+      k.reduce(blockSum, pt, "sum", 1); // sum of the rounded weights, as the mma sees them
+      k.map(rowSum, ({ row }) => rowSum.at(row).mul(alpha.at(row)).add(blockSum.at(row)));
+      k.map(acc, ({ row, col }) => acc.at(row, col).mul(alpha.at(row)));
+      if (!diagonal) {
+        // every key precedes every query row, so a non-finite v_j reaches every row, as in the reference
+        k.mma(acc, pt, vt, { accumulate: true }); // [B, e] += [B, B] @ [B, e]
+        k.map(gap, ({ row }) => gap.at(row).add(sk.at(0))); // a [1] tile: row is 0
+        return;
+      }
+      // The diagonal block: the mma multiplies the masked weights (0) by v_j too, and 0 * inf would
+      // put NaN in the rows before j. So v enters with its non-finite entries as 0, and row i,
+      // column c is NaN afterwards when some v_jc, j <= i, was not finite (the reference gives inf
+      // or NaN there; README "Non-finite inputs").
+      k.map(vBad, ({ row, col }) => select(vt.at(row, col).isFinite(), 0, 1));
+      k.cumsum(vBad, vBad, 0); // [B, e]: non-finite v_jc with j <= row
+      k.map(vFinite, ({ row, col }) => select(vt.at(row, col).isFinite(), vt.at(row, col), 0));
+      k.mma(acc, pt, vFinite, { accumulate: true });
+      k.map(acc, ({ row, col }) => select(vBad.at(row, col).gt(0), NaN, acc.at(row, col)));
+    };
+
+    keyBlock(q0, true);
+    k.for(0, earlier, (i) => keyBlock(q0.sub(i.add(1).mul(B)), false), { stages: sch.stages });
+
+    const rows = range(q0, B);
+    if (out.kind === "parts") {
+      k.store(out.numA, [bi, rows, qh, range(0, e)], acc);
+      k.store(out.denA, [bi, rows, qh], rowSum);
+      k.store(out.maxA, [bi, rows, qh], rowMax);
+      return;
+    }
+    // y = num / den (0 where den = 0: no weight at all), and a non-finite y is NaN (README
+    // "Non-finite inputs": the same answer the chunked path gives)
+    const lse = k.reg("lse_t", [B], "f32");
+    k.map(acc, ({ row, col }) => {
+      const y = select(rowSum.at(row).ne(0), acc.at(row, col).div(rowSum.at(row)), 0); // != 0: NaN stays NaN
+      return select(y.isFinite(), y, NaN);
     });
+    k.map(lse, ({ row }) => select(rowSum.at(row).ne(0), rowSum.at(row).log().add(rowMax.at(row)), -Infinity));
+    k.store(out.Y, [bi, rows, qh, range(0, e)], acc); // rounded to the dtype by the store
+    k.store(out.lse, [bi, rows, qh], lse);
   });
 }
 
-/** Largest blocks first; 4 warps own 16 query rows each at BT = 64. */
-function candidates(spec: Spec): Schedule[] {
-  return tileSizes(spec.chunk, 64).map((blockT) => ({ numWarps: blockT >= 64 ? 4 : blockT / 16, blockD: 0, blockT, stages: 2 }));
+/** Largest blocks first; a warp owns 16 query rows. The chunked path's blocks divide the chunk. */
+function candidates(cap: number): Schedule[] {
+  return tileSizes(cap, 128).map((blockT) => ({ numWarps: blockT / 16, blockD: 0, blockT, stages: 2 }));
 }
 
+function space(cap: number, s: Spec, epilogue: Epilogue): Schedule[] {
+  return tileSizes(cap, 128)
+    .flatMap((blockT) => [2, 4, 8].filter((w) => 16 * w <= blockT).flatMap((numWarps) => [1, 2, 3].map((stages) => ({ numWarps, blockD: 0, blockT, stages }))))
+    .filter((sch) => tileBytes(build(s, sch, epilogue)) <= TILE_BUDGET);
+}
+
+const fitting = (s: Spec, list: readonly Schedule[], epilogue: Epilogue): Schedule =>
+  list.find((sch) => tileBytes(build(s, sch, epilogue)) <= TILE_BUDGET) ?? list[list.length - 1]!;
+
+/** The chunked path's attention: windows of one chunk (blocks divide it). */
 export const attention: KernelDef = {
   name: "attention",
-  schedule: (s: Spec): Schedule => firstFitting(s, candidates(s), build),
-  scheduleSpace: (s: Spec) =>
-    tileSizes(s.chunk, 128)
-      .flatMap((blockT) => [2, 4, 8].flatMap((numWarps) => [1, 2, 3].map((stages) => ({ numWarps, blockD: 0, blockT, stages }))))
-      .filter((sch) => tileBytes(build(s, sch)) <= TILE_BUDGET),
-  build,
+  schedule: (s) => fitting(s, candidates(s.chunk), "parts"),
+  scheduleSpace: (s) => space(s.chunk, s, "parts"),
+  build: (s, sch) => build(s, sch, "parts"),
+};
+
+/** The quadratic path: one window over the whole sequence; nothing here depends on the chunk. */
+export const attentionY: KernelDef = {
+  name: "attention_y",
+  schedule: (s) => fitting(s, candidates(128), "y"),
+  scheduleSpace: (s) => space(128, s, "y"),
+  build: (s, sch) => build(s, sch, "y"),
 };

@@ -3,7 +3,7 @@
 
 import type { KernelDef } from "../spec.ts";
 import { attentionBwd, attentionBwdPrep } from "./attention-bwd.ts";
-import { attention } from "./attention.ts";
+import { attention, attentionY } from "./attention.ts";
 import { combineGrads } from "./combine-grads.ts";
 import { cacheAppend, decode, stateCopy } from "./decode.ts";
 import { discountedCumsumBwd } from "./discounted-cumsum-bwd.ts";
@@ -16,6 +16,7 @@ import { updateState } from "./update-state.ts";
 export const KERNELS: readonly KernelDef[] = [
   // forward
   attention,
+  attentionY,
   updateState,
   discountedCumsum,
   queryState,
