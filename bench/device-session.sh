@@ -51,6 +51,27 @@ for step in "${@:-all}"; do
         SPEC=$s timeout 120 node --import tsx bench/determinism.ts > "$OUT/determinism-$s.log" 2>&1
         echo "determinism $s rc=$?"; tail -1 "$OUT/determinism-$s.log"
       done ;;
+    attn)
+      # the attention kernels (issue 23): the quadratic path through a spec whose chunk covers t
+      # (attention_y is chunk-free), the chunked path at chunk 128; ours and SDPA in the same run
+      node codegen/bin.mjs gen --deg 2 --d 64 --chunk 16384 --dtype bf16 --kernels attention_y --out build/generated/quad \
+        --build-dir build/kernels --compile --jobs 16 >> "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+      CEIL=1 B=16 python3 bench/sdpa.py 1024 > "$OUT/sdpa-attn.log" 2>&1
+      B=4 python3 bench/sdpa.py 4096 >> "$OUT/sdpa-attn.log" 2>&1
+      B=1 python3 bench/sdpa.py 16384 65536 >> "$OUT/sdpa-attn.log" 2>&1
+      for bt in 16:1024 4:4096 1:16384; do
+        PROFILE=1 FWD_ONLY=1 B=${bt%%:*} CHUNK=16384 REPS=${REPS:-20} node --import tsx bench/retention.ts ${bt##*:} >> "$OUT/ours-attn.log" 2>> "$OUT/ours-attn.err"
+      done
+      for bt in 16:1024 1:16384 1:65536; do
+        PROFILE=1 B=${bt%%:*} CHUNK=128 REPS=${REPS:-10} node --import tsx bench/retention.ts ${bt##*:} >> "$OUT/ours-attn.log" 2>> "$OUT/ours-attn.err"
+      done
+      echo "attn rc=$?"; cat "$OUT/sdpa-attn.log"; grep -vE "^\s*$" "$OUT/ours-attn.log"; tail -5 "$OUT/ours-attn.err"
+      if [[ -n "${ATTN_NCU:-}" ]]; then
+        B=4 CHUNK=16384 FWD_ONLY=1 REPS=1 timeout 240 ncu --kernel-name regex:attention_y --launch-count 1 --clock-control none \
+          --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats --section InstructionStats --section ComputeWorkloadAnalysis \
+          node --import tsx bench/retention.ts 4096 > "$OUT/ncu-attn.log" 2>&1
+        echo "ncu rc=$?"; grep -E "Duration|Throughput|Occupancy|Registers Per|Issue Slots Busy|Eligible|Stall|Executed Ipc" "$OUT/ncu-attn.log" | head -30
+      fi ;;
     ncu)
       KERNELS=${NCU_KERNELS:-"query_state_bwd_dq|update_state_bwd|query_state|update_state"}
       CHUNK=${CHUNKS%% *} REPS=1 timeout 400 ncu --kernel-name "regex:$KERNELS" --launch-count 4 \

@@ -27,8 +27,18 @@ def median_ms(fn, reps=20, warmup=5):
     return times[len(times) // 2]
 
 
+def matmul_tflops():
+    """The bf16 matrix-product ceiling of this GPU in this run (8192^3, random data)."""
+    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    ms = median_ms(lambda: a @ b, reps=20, warmup=5)
+    return 2 * 8192**3 / ms / 1e9
+
+
 def main():
-    b, h, d = 1, 8, 64
+    import os
+    if os.environ.get("CEIL") == "1":
+        print(json.dumps({"matmul_tflops": matmul_tflops(), "device": torch.cuda.get_device_name()}), flush=True)
+    b, h, d = int(os.environ.get("B", "1")), 8, 64
     ts = [int(x) for x in sys.argv[1:]] or [4096, 16384, 65536]
     for t in ts:
         sets = [
@@ -52,7 +62,9 @@ def main():
 
         y = fwd()
         assert torch.isfinite(y).all(), "SDPA produced non-finite output"
-        print(json.dumps({"t": t, "fwd_ms": median_ms(fwd), "fwdbwd_ms": median_ms(fwdbwd)}), flush=True)
+        f = median_ms(fwd)
+        flops = b * h * t * (t + 1) / 2 * 2 * (2 * d)
+        print(json.dumps({"b": b, "t": t, "fwd_ms": f, "fwdbwd_ms": median_ms(fwdbwd), "fwd_tflops": flops / f / 1e9}), flush=True)
 
 
 if __name__ == "__main__":

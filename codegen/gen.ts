@@ -19,6 +19,7 @@ import { SMEM_LIMIT } from "./lower/rules.ts";
 import { kernelSymbol, planData, planSchedules } from "./plan-data.ts";
 import { cArgs, tablesUsed } from "./render-cuda.ts";
 import { renderSymPowHeader, symPowHeaderName } from "./render-tables.ts";
+import { renderWgmmaHeader, WGMMA_HEADER, wgmmaKey, wgmmaShapes, type WgmmaShape } from "./render-wgmma.ts";
 import { REPO_ROOT } from "../runtime/package-root.ts";
 
 export { REPO_ROOT };
@@ -192,6 +193,7 @@ export function generate(opts: GenOptions): Generated {
   const plans: ManifestPlan[] = [];
   const manifestFiles: Manifest["files"][number][] = [];
   const defs = kernelsOf(sel);
+  const wgmma = new Map<string, WgmmaShape>();
   for (const spec of specsOf(sel)) {
     const key = specKey(spec);
     const source = `${key}.cu`, fatbin = `${key}.fatbin`;
@@ -201,16 +203,18 @@ export function generate(opts: GenOptions): Generated {
       const symbol = kernelSymbol(def.name, spec, sch);
       let lowered;
       try {
-        lowered = lowerKernel(def.build(spec, sch), { symbol, dump: opts.dump ? (step, text) => opts.dump!(symbol, step, text) : undefined });
+        lowered = lowerKernel(def.build(spec, sch), { symbol, targets: sel.archs, dump: opts.dump ? (step, text) => opts.dump!(symbol, step, text) : undefined });
       } catch (e) {
         throw new Error(`kernel ${def.name}, spec ${key}, schedule ${scheduleKey(sch)}: ${e instanceof Error ? e.message : String(e)}`);
       }
-      const k = lowered.lir, smem = k.smemBytes!;
+      // one launch size for every target's body: the largest (each target's own must fit it)
+      const k = lowered.lir, smem = Math.max(...lowered.lirs.map((x) => x.smemBytes!));
       const fits = fitsByArch(smem, sel.archs);
       if (sel.archs.every((a) => !fits[a]))
         throw new Error(`kernel ${def.name}, spec ${key}: needs ${smem} bytes of shared memory per block, more than any requested arch allows (${sel.archs.map((a) => `${a}: ${SMEM_LIMIT[a]}`).join(", ")}); choose a schedule with smaller tiles`);
       for (const a of sel.archs) if (!fits[a]) opts.onWarning?.(`${symbol}: ${smem} bytes of shared memory do not fit ${a} (${SMEM_LIMIT[a]}); it will not launch there`);
       for (const t of tablesUsed(k)) tables.set(symPowHeaderName(t.d, t.deg), renderSymPowHeader(t.d, t.deg));
+      for (const x of lowered.lirs) for (const w of wgmmaShapes(x)) wgmma.set(wgmmaKey(w), w);
       const args = cArgs(k);
       return {
         def, sch, symbol, k, smem, fits, cuda: lowered.cuda,
@@ -228,7 +232,7 @@ export function generate(opts: GenOptions): Generated {
     });
     files.set(source, text);
     const hash = sha256(text);
-    manifestFiles.push({ source, sha256: hash, fatbin, includes: [DEVICE_HEADER, ...tableNames] });
+    manifestFiles.push({ source, sha256: hash, fatbin, includes: [DEVICE_HEADER, WGMMA_HEADER, ...tableNames] });
     for (const p of parts)
       kernels.push({
         name: p.def.name,
@@ -250,6 +254,7 @@ export function generate(opts: GenOptions): Generated {
     const scheduleFor = opts.scheduleFor ?? ((k: KernelDef, s: Spec) => k.schedule(s));
     plans.push(...planData(spec, planSchedules(spec, scheduleFor)));
   }
+  files.set(WGMMA_HEADER, renderWgmmaHeader([...wgmma.values()]));
   const headers = [...files.keys()].filter((f) => f.endsWith(".cuh")).sort().map((file) => ({ file, sha256: sha256(files.get(file)!) }));
   const manifest: Manifest = {
     format: MANIFEST_FORMAT,

@@ -17,11 +17,14 @@ function printImpl(i: MmaImpl | null): string {
 
 function printBuffer(b: LBuffer): string {
   const shape = `${b.type.dtype}[${b.type.shape.join(", ")}]`;
-  if (b.home === "frag") return `  frag ${b.name}: ${shape} (${b.tiling ? printTiling(b.tiling) : "no tiling"})`;
+  if (b.home === "frag") {
+    const what = b.type.shape.length === 1 ? "rows of " : b.type.dtype !== "f32" ? "packed, " : "";
+    return `  frag ${b.name}: ${shape} (${b.tiling ? what + printTiling(b.tiling) : "no tiling"})`;
+  }
   if (b.home === "inline") return `  inline ${b.name}: ${shape} (computed in an mma group)`;
   const cols = b.type.shape[1] ?? b.type.shape[0]!;
   const extra = [
-    b.pitch !== cols ? `pitch ${b.pitch}` : "",
+    b.swizzle ? `swizzle ${b.swizzle}` : b.pitch !== cols ? `pitch ${b.pitch}` : "",
     b.copies > 1 ? `x${b.copies} copies` : "",
     b.offset !== null ? `@${b.offset}` : "",
   ].filter((x) => x !== "");

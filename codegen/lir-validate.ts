@@ -3,9 +3,10 @@
 
 import type { BufferDecl, Kernel, Stmt } from "../dsl/ir.ts";
 import { validateKernel } from "../dsl/validate.ts";
-import { bufferOf, mapFragReads, readNodes, sameTiling, smemTileBytes, reducePartials, stmtAccess, walkStmts, type LKernel, type LStmt } from "./lir.ts";
+import { bufferOf, isPackedFrag, isRowVector, mapFragReads, readNodes, sameTiling, smemTileBytes, reducePartials, stmtAccess, walkStmts, type LKernel, type LStmt } from "./lir.ts";
 import { groupPlan } from "./lower/fuse-operands.ts";
-import { SMEM_ALIGN, whyNotAsync, whyNotTensorCores, mmaShape } from "./lower/rules.ts";
+import { sameRows } from "./lower/place-fragments.ts";
+import { SMEM_ALIGN, swizzleAlign, swizzleFor, whyNotAsync, whyNotTensorCores, whyNotWgmma, mmaShape } from "./lower/rules.ts";
 
 /** The DSL kernel an LIR kernel computes (lowering-only statements dropped). */
 export function toDsl(k: LKernel): Kernel {
@@ -52,12 +53,20 @@ export function validateLir(k: LKernel): string[] {
       if (b.offset !== null || b.tiling !== null) where(`inline tile ${b.name} has an offset or a tiling`);
     } else if (b.home === "frag") {
       if (!b.tiling) where(`frag tile ${b.name} has no warp tiling`);
-      else if (b.type.shape.length !== 2 || b.tiling.m !== b.type.shape[0] || b.tiling.n !== b.type.shape[1])
+      else if (isRowVector(b)) {
+        if (b.tiling.m !== b.type.shape[0] || b.tiling.n !== 8 * b.tiling.nt) where(`row vector ${b.name} [${b.type.shape}] is not the rows of a row-block tiling (${b.tiling.m}x${b.tiling.n})`);
+        if (b.type.dtype !== "f32") where(`row vector ${b.name} must be f32`);
+      } else if (b.type.shape.length !== 2 || b.tiling.m !== b.type.shape[0] || b.tiling.n !== b.type.shape[1])
         where(`frag tile ${b.name} [${b.type.shape}] does not match its tiling ${b.tiling.m}x${b.tiling.n}`);
-      else if (b.tiling.warps !== k.numWarps) where(`frag tile ${b.name}: tiling over ${b.tiling.warps} warps, kernel has ${k.numWarps}`);
-      if (b.type.dtype !== "f32") where(`frag tile ${b.name} must be f32 (an mma accumulator)`);
+      if (b.tiling && b.tiling.warps !== k.numWarps) where(`frag tile ${b.name}: tiling over ${b.tiling.warps} warps, kernel has ${k.numWarps}`);
+      if (b.swizzle !== 0) where(`frag tile ${b.name} has a swizzle`);
     } else {
       if (b.pitch < cols) where(`tile ${b.name}: pitch ${b.pitch} < ${cols} columns`);
+      if (b.swizzle !== 0) {
+        if (b.home !== "smem" || swizzleFor(b) === null || (b.swizzle !== 128 && b.swizzle !== cols * 2) || (b.swizzle === 128 && cols % 64 !== 0))
+          where(`tile ${b.name} [${b.type.shape}] ${b.type.dtype}: swizzle ${b.swizzle} does not fit its rows`);
+        if (b.offset !== null && b.offset % swizzleAlign(b.swizzle) !== 0) where(`swizzled tile ${b.name}: offset ${b.offset} not ${swizzleAlign(b.swizzle)}-byte aligned`);
+      }
       if (b.copies < 1) where(`tile ${b.name}: ${b.copies} copies`);
       if (b.offset !== null && b.offset % SMEM_ALIGN !== 0) where(`tile ${b.name}: offset ${b.offset} not ${SMEM_ALIGN}-byte aligned`);
       if (b.offset !== null && k.smemBytes !== null && b.offset + b.copies * smemTileBytes(b) > k.smemBytes)
@@ -103,7 +112,7 @@ export function validateLir(k: LKernel): string[] {
           if (names.has(x.a) && names.has(x.b)) where(`mma group into ${x.dst}: both operands computed`);
           if (names.has(x.a)) sides.add(`A${x.transA ? "^T" : ""}`);
           if (names.has(x.b)) sides.add(`B${x.transB ? "^T" : ""}`);
-          for (const o of [x.a, x.b]) if (!names.has(o) && bufferOf(k, o).home !== "smem") where(`mma group into ${x.dst}: operand ${o} is neither computed nor in shared memory`);
+          for (const o of [x.a, x.b]) if (!names.has(o) && bufferOf(k, o).home !== "smem" && !(o === x.a && isPackedFrag(bufferOf(k, o)))) where(`mma group into ${x.dst}: operand ${o} is neither computed nor in shared memory nor a packed frag A`);
           const why = whyNotTensorCores(k, x);
           if (why) where(`mma group into ${x.dst}: ${why}`);
         });
@@ -116,7 +125,8 @@ export function validateLir(k: LKernel): string[] {
       }
       case "mma": {
         if (s.dst === s.a || s.dst === s.b) where(`mma ${s.dst}: destination is also an operand`);
-        if (frag(s.a) || frag(s.b) || inline(s.a) || inline(s.b)) where(`mma ${s.dst}: operands must be in shared memory`);
+        if ((frag(s.a) && !isPackedFrag(bufferOf(k, s.a))) || frag(s.b) || inline(s.a) || inline(s.b)) where(`mma ${s.dst}: operands must be in shared memory (or A a packed frag tile)`);
+        if (frag(s.a) && s.impl !== null && s.impl.kind !== "tc" && s.impl.kind !== "wgmma") where(`mma ${s.dst}: a packed frag A needs tensor cores`);
         if (s.impl === null) {
           if (frag(s.dst)) where(`mma ${s.dst}: frag destination without an implementation`);
           break;
@@ -125,6 +135,14 @@ export function validateLir(k: LKernel): string[] {
         if (s.impl.kind === "tc") {
           const why = whyNotTensorCores(k, s);
           if (why) where(`mma ${s.dst} on tensor cores: ${why}`);
+        }
+        if (s.impl.kind === "wgmma") {
+          const why = whyNotWgmma(k, s);
+          if (why) where(`mma ${s.dst} as wgmma: ${why}`);
+          const t = s.impl.tiling;
+          if (t.nt * 8 !== t.n) where(`mma ${s.dst} as wgmma: tiling ${t.m}x${t.n} is not a row-block tiling`);
+          if (k.buffers.some((b) => b.home === "smem" && (b.name === s.a || b.name === s.b) && b.swizzle === 0 && k.smemBytes !== null))
+            where(`mma ${s.dst} as wgmma: a shared operand has no swizzled layout`);
         }
         if (s.impl.kind !== "fma") {
           const t = s.impl.tiling;
@@ -143,22 +161,32 @@ export function validateLir(k: LKernel): string[] {
         break;
       case "map": {
         const d = bufferOf(k, s.dst);
-        const fr = mapFragReads(k, s);
+        const fr = mapFragReads(k, s).filter((n) => !isRowVector(bufferOf(k, n)));
         // a shared destination of the frag tiles' shape is written per fragment element, in the first one's tiling
         const dt = d.tiling ?? (fr.length ? bufferOf(k, fr[0]!).tiling : null);
+        if (d.home === "smem" && mapFragReads(k, s).some((n) => isRowVector(bufferOf(k, n)))) where(`map into shared ${s.dst} reads a row vector`);
         if (d.home === "smem" && dt && (d.type.shape.length !== 2 || d.type.shape[0] !== dt.m || d.type.shape[1] !== dt.n))
           where(`map into shared ${s.dst} [${d.type.shape}] reads frag tiles of another shape`);
         for (const r of readNodes(s.expr)) {
           if (!frag(r.buf)) continue;
+          const rb = bufferOf(k, r.buf);
+          if (isRowVector(rb)) {
+            if (!(r.index.length === 1 && r.index[0]!.op === "row")) where(`map into ${s.dst} reads row vector ${r.buf} other than at [row]`);
+            else if (!dt || !sameRows(dt, rb.tiling!)) where(`map into ${s.dst} reads row vector ${r.buf} of other rows`);
+            continue;
+          }
           const own = r.index.length === 2 && r.index[0]!.op === "row" && r.index[1]!.op === "col";
           if (!own) where(`map into ${s.dst} reads frag tile ${r.buf} other than at [row, col]`);
-          else if (!dt || !sameTiling(dt, bufferOf(k, r.buf).tiling!)) where(`map into ${s.dst} reads frag tile ${r.buf} of another tiling`);
+          else if (!dt || !sameTiling(dt, rb.tiling!)) where(`map into ${s.dst} reads frag tile ${r.buf} of another tiling`);
+          else if (isRowVector(d)) where(`map into row vector ${s.dst} reads 2-D frag tile ${r.buf}`);
         }
         break;
       }
       case "reduce": {
         const src = bufferOf(k, s.src);
-        if (frag(s.dst)) where(`reduce ${s.src} -> ${s.dst}: the destination must be in shared memory`);
+        const dst = bufferOf(k, s.dst);
+        if (frag(s.dst) && !(isRowVector(dst) && s.axis === 1 && src.home === "frag" && sameRows(src.tiling!, dst.tiling!)))
+          where(`reduce ${s.src} -> ${s.dst}: the destination must be in shared memory or a row vector of the source's rows`);
         const units = src.home === "frag" && src.tiling ? reducePartials(src.tiling, s.axis) : 1;
         if (units === 1) {
           if (s.scratch !== null) where(`reduce ${s.src} -> ${s.dst}: scratch ${s.scratch} without partials to combine`);

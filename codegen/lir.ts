@@ -35,14 +35,31 @@ export const sameTiling = (a: WarpTiling, b: WarpTiling): boolean => a.m === b.m
 
 export type Home = "smem" | "frag" | "inline";
 
+/** The GPU target a lowering is for. sm_80: mma.sync m16n8k16 fed by ldmatrix, cp.async. sm_90a
+ * adds wgmma (warpgroup mma, B and optionally A from shared memory through descriptors, in a
+ * swizzled layout). Kernels and the passes above the target's choices do not know which it is. */
+export type Target = "sm_80" | "sm_90a";
+export const TARGETS: readonly Target[] = ["sm_80", "sm_90a"];
+
+/** Bytes of the swizzle pattern of a shared tile (wgmma's 32B, 64B, 128B modes): the tile's 16-bit
+ * columns are cut into panels of `swizzle / 2` columns, each stored as rows of `swizzle` bytes, and
+ * the 16-byte chunks of row r are permuted by XOR with r's place in its group of 8 rows
+ * (render-expr.ts, smemElem; templates/prt_tile.cuh, prt::swz). 0: plain rows of `pitch` elements. */
+export type Swizzle = 0 | 32 | 64 | 128;
+
 export interface LBuffer {
   readonly name: string;
   readonly type: TileType;
-  /** smem: dynamic shared memory; frag: registers, owned per the warp tiling (f32 mma accumulators);
-   * inline: an mma operand computed per fragment element inside the mma group that consumes it. */
+  /** smem: dynamic shared memory; frag: registers, owned per the warp tiling: a 2-D tile as the
+   * m16n8 accumulator elements each thread owns (f32, or f16/bf16 packed two per register, an mma
+   * A operand from registers), a 1-D tile as the rows each thread owns (a row vector: two rows
+   * per slot, g and g + 8); inline: an mma operand computed per fragment element inside the mma
+   * group that consumes it. */
   readonly home: Home;
   /** Elements between consecutive rows in shared memory (= columns unless padded against bank conflicts). */
   readonly pitch: number;
+  /** The swizzled layout of a 16-bit tile wgmma reads (see Swizzle); 0 otherwise. */
+  readonly swizzle: Swizzle;
   /** Copies of the tile in shared memory (> 1 for tiles a pipelined loop streams into). */
   readonly copies: number;
   /** Byte offset into the block's dynamic shared memory; null until planned. */
@@ -52,8 +69,13 @@ export interface LBuffer {
 }
 
 export type MmaImpl =
-  /** mma.sync m16n8k16 (f16/bf16 operands from shared memory via ldmatrix), fp32 accumulators. */
+  /** mma.sync m16n8k16 (f16/bf16 operands from shared memory via ldmatrix, or A from a packed
+   * frag tile), fp32 accumulators. */
   | { readonly kind: "tc"; readonly tiling: WarpTiling }
+  /** wgmma m64nNk16 (sm_90a): each warpgroup owns 64 consecutive rows per slot and all n columns
+   * (a row-block tiling, rules.rowBlockTiling), B from shared memory through a descriptor, A from
+   * shared memory or from a packed frag tile; the accumulator fragments are the m16n8 layout. */
+  | { readonly kind: "wgmma"; readonly tiling: WarpTiling }
   /** fp32 FMA loops computing exactly the elements each thread owns in the tiling (f32 operands). */
   | { readonly kind: "fmaFrag"; readonly tiling: WarpTiling }
   /** fp32 FMA, one output element per thread-step (any shape). */
@@ -128,6 +150,7 @@ export type LStmt =
 export interface LKernel {
   readonly name: string;
   readonly doc: string;
+  readonly target: Target;
   readonly params: readonly ParamDecl[];
   readonly tensors: readonly TensorDecl[];
   readonly buffers: readonly LBuffer[];
@@ -141,12 +164,13 @@ export interface LKernel {
 export const threadsOf = (k: { numWarps: number }): number => 32 * k.numWarps;
 
 /** The LIR of a DSL kernel before any decision: every tile in shared memory, unpadded. */
-export function fromDsl(k: Kernel): LKernel {
+export function fromDsl(k: Kernel, target: Target = "sm_80"): LKernel {
   const buf = (b: BufferDecl): LBuffer => ({
     name: b.name,
     type: b.type,
     home: "smem",
     pitch: b.type.shape[1] ?? b.type.shape[0]!,
+    swizzle: 0,
     copies: 1,
     offset: null,
     tiling: null,
@@ -170,6 +194,7 @@ export function fromDsl(k: Kernel): LKernel {
   return {
     name: k.name,
     doc: k.doc,
+    target,
     params: k.params,
     tensors: k.tensors,
     buffers: k.buffers.map(buf),
@@ -353,6 +378,11 @@ export function mapFragReads(k: LKernel, s: Extract<LStmt, { kind: "map" }>): st
 export function cType(t: DType): string {
   return t === "f32" ? "float" : t === "f16" ? "__half" : "__nv_bfloat16";
 }
+
+/** A frag tile of one dimension: the rows of its tiling each thread owns. */
+export const isRowVector = (b: LBuffer): boolean => b.home === "frag" && b.type.shape.length === 1;
+/** A frag tile of f16/bf16 elements, two per 32-bit register (element pairs 0-1 and 2-3 of each 16x8 tile). */
+export const isPackedFrag = (b: LBuffer): boolean => b.home === "frag" && b.type.shape.length === 2 && b.type.dtype !== "f32";
 
 /** Bytes of one copy of a shared tile (rows x pitch). */
 export function smemTileBytes(b: LBuffer): number {

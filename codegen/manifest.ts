@@ -111,6 +111,10 @@ export interface PlanVariant {
   readonly steps: readonly PlanDataStep[];
   /** The buffers a caller reads back. */
   readonly outputs: readonly string[];
+  /** forward/backward: every kernel of the variant is chunk-free (KernelDef.chunkFree), so with one
+   * window (oneChunk) it serves any t: a runtime asked for a chunk no manifest has (the quadratic
+   * path, chunk >= t) takes this variant of any built chunk of the same deg, d, e and dtype. */
+  readonly anyChunk?: boolean;
   /** decode only: after a segment that fills the cache, these steps fold it into the state; the
    * buffers are added to the call's once when any segment folds. */
   readonly fold?: { readonly buffers: readonly PlanDataBuffer[]; readonly steps: readonly PlanDataStep[] };

@@ -10,7 +10,7 @@
 import type { Kernel } from "../dsl/ir.ts";
 import { printKernel } from "../dsl/print.ts";
 import { assertValid } from "../dsl/validate.ts";
-import { fromDsl, type LKernel } from "./lir.ts";
+import { fromDsl, type LKernel, type Target } from "./lir.ts";
 import { printLKernel } from "./lir-print.ts";
 import { assertValidLir } from "./lir-validate.ts";
 import { elideBarriers, insertBarriers } from "./lower/barriers.ts";
@@ -47,11 +47,16 @@ export const PASSES: readonly Pass[] = [
 export interface LowerOptions {
   /** The C symbol of the kernel. */
   readonly symbol: string;
+  /** The targets to lower for, each its own body of the one function (default sm_80 and sm_90a). */
+  readonly targets?: readonly Target[];
   /** Called with (step name, text) for the DSL IR, the LIR after each pass and the final CUDA. */
   readonly dump?: (step: string, text: string) => void;
 }
 
 export interface Lowered {
+  /** The lowering per target, in the order asked. */
+  readonly lirs: readonly LKernel[];
+  /** The first target's (the one most callers want: sm_80 by default). */
   readonly lir: LKernel;
   /** The kernel's CUDA source (a __global__ function; the file skeleton comes from templates/). */
   readonly cuda: string;
@@ -60,23 +65,28 @@ export interface Lowered {
 export function lowerKernel(kernel: Kernel, opts: LowerOptions): Lowered {
   assertValid(kernel);
   opts.dump?.("00-dsl", printKernel(kernel));
-  let k = assertValidLir(fromDsl(kernel), "from-dsl");
-  PASSES.forEach((p, i) => {
-    try {
-      k = assertValidLir(p.run(k), p.name);
-    } catch (e) {
-      throw new Error(`lowering ${kernel.name}, pass ${p.name}: ${e instanceof Error ? e.message : String(e)}`);
-    }
-    opts.dump?.(`${String(i + 1).padStart(2, "0")}-${p.name}`, printLKernel(k));
+  const targets = opts.targets ?? ["sm_80", "sm_90a"];
+  const lirs = targets.map((target) => {
+    let k = assertValidLir(fromDsl(kernel, target), "from-dsl");
+    const tag = targets.length > 1 ? `-${target}` : "";
+    PASSES.forEach((p, i) => {
+      try {
+        k = assertValidLir(p.run(k), p.name);
+      } catch (e) {
+        throw new Error(`lowering ${kernel.name} for ${target}, pass ${p.name}: ${e instanceof Error ? e.message : String(e)}`);
+      }
+      opts.dump?.(`${String(i + 1).padStart(2, "0")}-${p.name}${tag}`, printLKernel(k));
+    });
+    return k;
   });
-  const cuda = renderKernel(k, opts.symbol);
+  const cuda = renderKernel(lirs, opts.symbol);
   opts.dump?.(`${String(PASSES.length + 1).padStart(2, "0")}-cuda`, cuda);
-  return { lir: k, cuda };
+  return { lirs, lir: lirs[0]!, cuda };
 }
 
 /** Run the passes up to and including `name` (the pass tests start from here). */
-export function lowerUpTo(kernel: Kernel, name: string): LKernel {
-  let k = fromDsl(assertValid(kernel));
+export function lowerUpTo(kernel: Kernel, name: string, target: Target = "sm_80"): LKernel {
+  let k = fromDsl(assertValid(kernel), target);
   for (const p of PASSES) {
     k = assertValidLir(p.run(k), p.name);
     if (p.name === name) return k;

@@ -252,7 +252,8 @@ export function planData(spec: Spec, sched: ScheduleTable = {}): ManifestPlan[] 
       const ps = probes(kind, spec.chunk, !!when.oneChunk);
       const plans: Plan[] = ps.map((v) => (kind === "forward" ? forwardPlan : backwardPlan)(problemOf(spec, v, when), sched));
       const tr = { buffers: plans.map((p) => [...p.buffers]), steps: plans.map((p) => [...p.steps]), outputs: plans[0]!.outputs };
-      return { when, ...dataOf(`${kind} ${JSON.stringify(when)}`, tr, ps, names) };
+      const anyChunk = !!when.oneChunk && plans[0]!.steps.every((s) => KERNELS.find((k) => k.name === s.kernel.name)?.chunkFree === true);
+      return { when, ...dataOf(`${kind} ${JSON.stringify(when)}`, tr, ps, names), ...(anyChunk ? { anyChunk } : {}) };
     });
     out.push({ kind, spec: specKey(spec), vars: names, flags: PLAN_FLAGS[kind], variants: mergeVariants(variants) });
   }

@@ -5,12 +5,12 @@
 
 import { dtypeBytes } from "../dsl/dtype.ts";
 import { printExpr } from "../dsl/print.ts";
-import { bufferOf, cType, mapFragReads, smemTileBytes, threadsOf, tilingSlots, tilingUnits, reducePartials, walkStmts, type LKernel, type LStmt } from "./lir.ts";
+import { bufferOf, cType, isPackedFrag, isRowVector, mapFragReads, smemTileBytes, threadsOf, tilingSlots, tilingUnits, reducePartials, walkStmts, type LKernel, type LStmt } from "./lir.ts";
 import { printLStmt, printTiling, ranksOf } from "./lir-print.ts";
 import { renderExpr, renderF32, cName, smemElem, NEG_INF, type ExprCtx } from "./render-expr.ts";
 import { renderLoad, renderStore } from "./render-memory.ts";
 import { renderMma, renderMmaGroup } from "./render-mma.ts";
-import { Emitter, elemLoop, fragLoop } from "./emit.ts";
+import { Emitter, elemLoop, fragLoop, fragPairLoop, fragRead, rowLoop } from "./emit.ts";
 import { symPowTableName } from "./render-tables.ts";
 import { mapRuns, type MapStmt } from "./lower/fuse-maps.ts";
 
@@ -19,15 +19,28 @@ const tileElem = (k: LKernel, name: string, r: string, c: string): string =>
 
 function renderMap(o: Emitter, k: LKernel, s: Extract<LStmt, { kind: "map" }>): void {
   const d = bufferOf(k, s.dst);
-  if (d.home === "frag") {
-    fragLoop(o, k, s.dst, (r, c, sub) => o.line(`${cName("f", s.dst)}${sub} = ${renderF32(s.expr, { k, row: r, col: c, fragElem: sub })};`));
+  if (isRowVector(d)) {
+    rowLoop(o, k, s.dst, (r, ix) => o.line(`${fragRead(k, s.dst, ix)} = ${renderF32(s.expr, { k, row: r, fragElem: ix })};`));
     return;
   }
-  const fr = mapFragReads(k, s);
+  if (isPackedFrag(d)) {
+    const T = cType(d.type.dtype);
+    fragPairLoop(o, k, s.dst, (r, c, ix0, ix1) => {
+      o.line(`const float y0 = ${renderF32(s.expr, { k, row: r, col: c, fragElem: ix0 })};`);
+      o.line(`const float y1 = ${renderF32(s.expr, { k, row: r, col: `${c} + 1`, fragElem: ix1 })};`);
+      o.line(`${cName("f", s.dst)}[j][q][p] = prt::pack2_rn<${T}>(y0, y1);`);
+    });
+    return;
+  }
+  if (d.home === "frag") {
+    fragLoop(o, k, s.dst, (r, c, ix) => o.line(`${fragRead(k, s.dst, ix)} = ${renderF32(s.expr, { k, row: r, col: c, fragElem: ix })};`));
+    return;
+  }
+  const fr = mapFragReads(k, s).filter((n) => !isRowVector(bufferOf(k, n)));
   if (fr.length) {
     // a shared destination computed from frag tiles: each thread writes the elements it owns
-    fragLoop(o, k, fr[0]!, (r, c, sub) =>
-      o.line(`${tileElem(k, s.dst, r, c)} = prt::from_f32<${cType(d.type.dtype)}>(${renderF32(s.expr, { k, row: r, col: c, fragElem: sub })});`));
+    fragLoop(o, k, fr[0]!, (r, c, ix) =>
+      o.line(`${tileElem(k, s.dst, r, c)} = prt::from_f32<${cType(d.type.dtype)}>(${renderF32(s.expr, { k, row: r, col: c, fragElem: ix })});`));
     return;
   }
   elemLoop(o, k, d.type.shape, (r, c) => {
@@ -55,13 +68,15 @@ function lines(k: LKernel, src: string, axis: 0 | 1): { outer: number; inner: nu
  * partials through the scratch and one barrier, combined in unit order. */
 function renderFragReduce(o: Emitter, k: LKernel, s: Extract<LStmt, { kind: "reduce" }>): void {
   const src = bufferOf(k, s.src), t = src.tiling!;
-  const T = cType(bufferOf(k, s.dst).type.dtype);
+  const dst = bufferOf(k, s.dst);
+  const T = cType(dst.type.dtype);
   const un = t.n / (8 * t.nt), units = tilingUnits(t), parts = reducePartials(t, s.axis);
   const combine = (acc: string, v: string): string => (s.fn === "sum" ? `${acc} += ${v};` : `${acc} = prt::max_nan(${acc}, ${v});`);
-  const f = cName("f", s.src);
+  const x = (q: string, e: string): string => fragRead(k, s.src, { j: "j", q, e });
   /** The lane's partial for line `i` (a row or a column), written where it goes. */
-  const put = (lead: string, part: string, i: string): void => {
-    if (s.scratch === null) o.line(`if (${lead}) ${smemElem(k, s.dst, [i])} = prt::from_f32<${T}>(acc);`);
+  const put = (lead: string, part: string, i: string, h: string): void => {
+    if (isRowVector(dst)) o.line(`${fragRead(k, s.dst, { j: "j", q: "0", e: `(2 * ${h})` })} = acc;`); // every lane of the quad holds its rows
+    else if (s.scratch === null) o.line(`if (${lead}) ${smemElem(k, s.dst, [i])} = prt::from_f32<${T}>(acc);`);
     else o.line(`if (${lead}) ${smemElem(k, s.scratch, [part, i])} = acc;`);
   };
   o.pragma("#pragma unroll");
@@ -71,27 +86,28 @@ function renderFragReduce(o: Emitter, k: LKernel, s: Extract<LStmt, { kind: "red
   o.pragma("#pragma unroll");
   if (s.axis === 1) {
     o.open(`for (int h = 0; h < 2; ++h)`); // the row halves: elements 0, 1 at row g, 2, 3 at row g + 8
-    o.line(`float acc = ${f}[j][0][2 * h];`);
-    o.line(combine("acc", `${f}[j][0][2 * h + 1]`));
+    o.line(`float acc = ${x("0", "2 * h")};`);
+    o.line(combine("acc", x("0", "2 * h + 1")));
     if (t.nt > 1) {
       o.pragma("#pragma unroll");
       o.block(`for (int q = 1; q < ${t.nt}; ++q)`, () => {
-        o.line(combine("acc", `${f}[j][q][2 * h]`));
-        o.line(combine("acc", `${f}[j][q][2 * h + 1]`));
+        o.line(combine("acc", x("q", "2 * h")));
+        o.line(combine("acc", x("q", "2 * h + 1")));
       });
     }
     o.line(`acc = prt::quad_${s.fn}(acc);`);
     o.line(`const int r = (u / ${un}) * 16 + (lane >> 2) + 8 * h;`);
-    put("(lane & 3) == 0", `u % ${un}`, "r");
+    o.line("(void)r;");
+    put("(lane & 3) == 0", `u % ${un}`, "r", "h");
   } else {
     o.open(`for (int q = 0; q < ${t.nt}; ++q)`);
     o.pragma("#pragma unroll");
     o.open(`for (int h = 0; h < 2; ++h)`); // the column of the pair: elements h (row g) and 2 + h (row g + 8)
-    o.line(`float acc = ${f}[j][q][h];`);
-    o.line(combine("acc", `${f}[j][q][2 + h]`));
+    o.line(`float acc = ${x("q", "h")};`);
+    o.line(combine("acc", x("q", "2 + h")));
     o.line(`acc = prt::column_lanes_${s.fn}(acc);`);
     o.line(`const int c = (u % ${un}) * ${8 * t.nt} + q * 8 + ((lane & 3) << 1) + h;`);
-    put("lane < 4", `u / ${un}`, "c");
+    put("lane < 4", `u / ${un}`, "c", "h");
     o.close();
   }
   o.close();
@@ -249,6 +265,9 @@ function renderExpandGradGather(
 function renderStmt(o: Emitter, k: LKernel, s: LStmt): void {
   switch (s.kind) {
     case "barrier":
+      // shared memory that ordinary stores (or cp.async) wrote and wgmma reads next: each writer
+      // fences its generic-proxy writes against the async proxy before the barrier
+      if (hasWgmma(k)) o.line("prt::fence_proxy_async();");
       o.line("__syncthreads();");
       return;
     case "asyncCommit":
@@ -336,6 +355,15 @@ function renderFusedMaps(o: Emitter, k: LKernel, run: readonly MapStmt[]): void 
   o.close();
 }
 
+/** Whether a kernel issues wgmma (its barriers then also fence the async proxy). */
+export function hasWgmma(k: LKernel): boolean {
+  let any = false;
+  walkStmts(k.body, (s) => {
+    if ((s.kind === "mma" && s.impl?.kind === "wgmma") || (s.kind === "mmaGroup" && s.mmas.some((m) => m.impl?.kind === "wgmma"))) any = true;
+  });
+  return any;
+}
+
 /** The (d, deg) feature tables a kernel's expansions read, as "d:deg" keys. */
 export function tablesUsed(k: LKernel): { d: number; deg: number }[] {
   const keys = new Map<string, { d: number; deg: number }>();
@@ -354,16 +382,18 @@ export function cArgs(k: LKernel): string[] {
   ];
 }
 
-export function renderKernel(k: LKernel, symbol: string): string {
+/** The body of a kernel function for one target (indented one level). */
+export function renderKernelBody(k: LKernel): string[] {
   if (k.smemBytes === null) throw new Error(`${k.name}: render needs planned shared memory`);
   const o = new Emitter();
-  const nt = threadsOf(k);
-  o.line(`// ${k.name}: ${k.doc}`);
-  o.line(`// grid (${k.grid.map(printExpr).join(", ")}), ${nt} threads, ${k.smemBytes} bytes of dynamic shared memory`);
-  o.line(`extern "C" __global__ void __launch_bounds__(${nt}) ${symbol}(`);
-  o.line(`    ${cArgs(k).join(", ")}) {`);
   o.indent();
+  o.line(`// ${k.target}: ${k.smemBytes} bytes of dynamic shared memory`);
   o.line(`extern __shared__ __align__(128) unsigned char prt_smem[];`);
+  if (k.buffers.some((b) => b.home === "smem" && b.swizzle !== 0))
+    // swizzled tiles repeat every 1024 bytes from a 1024-aligned base (the block asked for that much more)
+    o.line(`unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);`);
+  else o.line(`unsigned char* const prt_base = prt_smem;`);
+  o.line(`(void)prt_base;`);
   o.line(`const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;`);
   o.line(`(void)lane;`);
   o.line(`(void)warp;`);
@@ -378,19 +408,53 @@ export function renderKernel(k: LKernel, symbol: string): string {
   for (const b of k.buffers) {
     const T = cType(b.type.dtype);
     const shape = `${b.type.dtype}[${b.type.shape.join(", ")}]`;
+    const layout = b.swizzle ? `swizzle ${b.swizzle}` : `pitch ${b.pitch}`;
     if (b.home === "inline") {
       o.line(`// ${b.name}: ${shape} computed in registers by its mma group`);
+    } else if (isRowVector(b)) {
+      const t = b.tiling!;
+      o.line(`float ${cName("f", b.name)}[${tilingSlots(t)}][2];  // ${shape} as the rows of ${printTiling(t)}`);
+    } else if (isPackedFrag(b)) {
+      const t = b.tiling!;
+      o.line(`uint32_t ${cName("f", b.name)}[${tilingSlots(t)}][${t.nt}][2];  // ${shape} as mma fragments, two per register: ${printTiling(t)}`);
     } else if (b.home === "frag") {
       const t = b.tiling!;
       o.line(`float ${cName("f", b.name)}[${tilingSlots(t)}][${t.nt}][4];  // ${shape} as mma fragments: ${printTiling(t)}`);
     } else if (b.copies > 1) {
-      o.line(`${T}* const ${cName("t", b.name)}_base = reinterpret_cast<${T}*>(prt_smem + ${b.offset});  // ${shape} pitch ${b.pitch}, ${b.copies} copies`);
+      o.line(`${T}* const ${cName("t", b.name)}_base = reinterpret_cast<${T}*>(prt_base + ${b.offset});  // ${shape} ${layout}, ${b.copies} copies`);
       o.line(`${T}* ${cName("t", b.name)} = ${cName("t", b.name)}_base;`);
     } else {
-      o.line(`${T}* const ${cName("t", b.name)} = reinterpret_cast<${T}*>(prt_smem + ${b.offset});  // ${shape} pitch ${b.pitch}`);
+      o.line(`${T}* const ${cName("t", b.name)} = reinterpret_cast<${T}*>(prt_base + ${b.offset});  // ${shape} ${layout}`);
     }
   }
   renderBody(o, k, k.body);
-  o.close();
+  return o.lines;
+}
+
+/** One __global__ function from the lowerings of one kernel for several targets (same params,
+ * threads): the bodies differ only where a target's instructions do, and the sm_90a body is
+ * compiled where the arch-specific features exist (__CUDA_ARCH_FEAT_SM90_ALL: an sm_90a build;
+ * compute_80 PTX JIT-compiled for a newer GPU takes the other). */
+export function renderKernel(ks: readonly LKernel[], symbol: string): string {
+  const k = ks[0]!;
+  const o = new Emitter();
+  const nt = threadsOf(k);
+  o.line(`// ${k.name}: ${k.doc}`);
+  o.line(`// grid (${k.grid.map(printExpr).join(", ")}), ${nt} threads`);
+  o.line(`extern "C" __global__ void __launch_bounds__(${nt}) ${symbol}(`);
+  o.line(`    ${cArgs(k).join(", ")}) {`);
+  const bodies = ks.map((x) => renderKernelBody(x));
+  const text = (lines: string[]): string => lines.slice(1).join("\n");
+  const sm90 = ks.findIndex((x) => x.target === "sm_90a"), sm80 = ks.findIndex((x) => x.target === "sm_80");
+  if (ks.length === 1 || (sm90 >= 0 && sm80 >= 0 && text(bodies[sm90]!) === text(bodies[sm80]!))) bodies[0]!.forEach((l) => o.line(l));
+  else {
+    if (sm90 < 0 || sm80 < 0 || ks.length !== 2) throw new Error(`${k.name}: render for targets ${ks.map((x) => x.target).join(", ")}`);
+    o.line("#if defined(__CUDA_ARCH_FEAT_SM90_ALL)");
+    bodies[sm90]!.forEach((l) => o.line(l));
+    o.line("#else");
+    bodies[sm80]!.forEach((l) => o.line(l));
+    o.line("#endif");
+  }
+  o.line("}");
   return o.text();
 }

@@ -1,8 +1,10 @@
-// Scalar expressions -> C: f32 math (expf, logf, ...), i32 indices, NaN-propagating max/min (the
+// Scalar expressions -> C: f32 math (exp and log through the hardware's base-2 units,
+// prt::exp / prt::log; sqrtf, ...), i32 indices, NaN-propagating max/min (the
 // interpreter's Math.max keeps NaN, fmaxf drops it), tile reads converted to f32.
 
 import type { Expr } from "../dsl/ir.ts";
-import { bufferOf, type LKernel } from "./lir.ts";
+import { bufferOf, type LBuffer, type LKernel } from "./lir.ts";
+import { fragRead, type FragIndex } from "./emit.ts";
 import { ownElement } from "./lower/fuse-maps.ts";
 
 export type CType = "i32" | "f32" | "bool";
@@ -52,9 +54,9 @@ export interface ExprCtx {
   /** C expressions for `row` / `col` inside a map. */
   readonly row?: string;
   readonly col?: string;
-  /** Inside a map over a frag tile: the fragment subscript of the current element ("[j][q][e]"),
-   * valid for every frag tile of the same tiling. */
-  readonly fragElem?: string;
+  /** Inside a loop over fragment elements: the current element's index, valid for every frag tile
+   * of the same tiling (and row vectors of its rows). */
+  readonly fragElem?: FragIndex;
   /** Inside a fused run of maps (lower/fuse-maps.ts): tiles whose element [row, col] this thread
    * has just computed, as the C name of the f32 value. */
   readonly locals?: ReadonlyMap<string, string>;
@@ -67,11 +69,22 @@ export function cName(prefix: string, name: string): string {
   return `${prefix}_${name}`;
 }
 
+/** The C element offset of (r, c) in a 2-D shared tile: rows of `pitch` elements, or the swizzled
+ * layout (lir.ts, Swizzle): panels of E = swizzle / 2 columns, each [rows][E], the 16-byte chunks
+ * of a row XORed with the row's place among 8 (prt::swz: the bits wgmma and TMA use). */
+export function tileOffset(b: LBuffer, r: string, c: string): string {
+  if (b.swizzle === 0) return `(${r}) * ${b.pitch} + (${c})`;
+  const E = b.swizzle / 2, rows = b.type.shape[0]!;
+  const panels = b.type.shape[1]! / E;
+  const linear = panels > 1 ? `((${c}) / ${E} * ${rows} + (${r})) * ${E} + ((${c}) % ${E})` : `(${r}) * ${E} + (${c})`;
+  return `prt::swz<${b.swizzle}>(${linear})`;
+}
+
 /** The C lvalue of element (i, j) (or (i)) of a shared tile. */
 export function smemElem(k: LKernel, buf: string, index: readonly string[]): string {
   const b = bufferOf(k, buf);
   const t = cName("t", buf);
-  return index.length === 1 ? `${t}[${index[0]}]` : `${t}[(${index[0]}) * ${b.pitch} + (${index[1]})]`;
+  return index.length === 1 ? `${t}[${index[0]}]` : `${t}[${tileOffset(b, index[0]!, index[1]!)}]`;
 }
 
 export function renderExpr(e: Expr, c: ExprCtx): string {
@@ -97,7 +110,7 @@ export function renderExpr(e: Expr, c: ExprCtx): string {
       const b = bufferOf(c.k, e.buf);
       if (b.home === "frag") {
         if (c.fragElem === undefined) throw new Error(`frag tile ${e.buf} read outside a map over fragments`);
-        return `${cName("f", e.buf)}${c.fragElem}`;
+        return fragRead(c.k, e.buf, c.fragElem);
       }
       const local = c.locals?.get(e.buf);
       if (local !== undefined && ownElement(b.type.shape.length, e.index)) return local;
@@ -109,9 +122,9 @@ export function renderExpr(e: Expr, c: ExprCtx): string {
         case "neg":
           return `(-${a})`;
         case "exp":
-          return `expf(${a})`;
+          return `prt::exp(${a})`;
         case "log":
-          return `logf(${a})`;
+          return `prt::log(${a})`;
         case "abs":
           return exprType(e.a, c.k) === "i32" ? `abs(${a})` : `fabsf(${a})`;
         case "sqrt":

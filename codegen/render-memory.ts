@@ -5,9 +5,9 @@
 
 import { dtypeBytes } from "../dsl/dtype.ts";
 import type { Slice } from "../dsl/ir.ts";
-import { bufferOf, cType, smemTileBytes, threadsOf, type LKernel, type LStmt } from "./lir.ts";
-import { cName, renderExpr } from "./render-expr.ts";
-import { elemLoop, fragLoop, type Emitter } from "./emit.ts";
+import { bufferOf, cType, isRowVector, smemTileBytes, threadsOf, type LKernel, type LStmt } from "./lir.ts";
+import { cName, renderExpr, tileOffset } from "./render-expr.ts";
+import { elemLoop, fragLoop, fragRead, rowLoop, type Emitter } from "./emit.ts";
 
 interface Placed {
   /** Tensor dim of each tile axis. */
@@ -51,10 +51,17 @@ export function renderLoad(o: Emitter, k: LKernel, s: Extract<LStmt, { kind: "lo
   const p = place(o, k, s.tensor, s.slices);
   const T = cType(d.type.dtype);
   const conv = (x: string): string => (ten.dtype === d.type.dtype ? x : `prt::from_f32<${T}>(prt::to_f32(${x}))`);
+  if (isRowVector(d)) {
+    rowLoop(o, k, s.dst, (r, ix) => {
+      const e = element(s.tensor, p, r, "0");
+      o.line(`${fragRead(k, s.dst, ix)} = ok && ${e.inside} ? prt::to_f32(${e.at}) : 0.0f;`);
+    });
+    return;
+  }
   if (d.home === "frag") {
-    fragLoop(o, k, s.dst, (r, c, sub) => {
+    fragLoop(o, k, s.dst, (r, c, ix) => {
       const e = element(s.tensor, p, r, c);
-      o.line(`${cName("f", s.dst)}${sub} = ok && ${e.inside} ? prt::to_f32(${e.at}) : 0.0f;`);
+      o.line(`${fragRead(k, s.dst, ix)} = ok && ${e.inside} ? prt::to_f32(${e.at}) : 0.0f;`);
     });
     return;
   }
@@ -65,7 +72,7 @@ export function renderLoad(o: Emitter, k: LKernel, s: Extract<LStmt, { kind: "lo
       : `${T}* const dst = ${cName("t", s.dst)}_base + ((${renderExpr(s.stage, { k })}) % ${d.copies}) * ${elems};`,
   );
   const rank = d.type.shape.length;
-  const dstElem = (r: string, c: string): string => (rank === 1 ? `dst[${r}]` : `dst[(${r}) * ${d.pitch} + (${c})]`);
+  const dstElem = (r: string, c: string): string => (rank === 1 ? `dst[${r}]` : `dst[${tileOffset(d, r, c)}]`);
   const scalar = (): void =>
     elemLoop(o, k, d.type.shape, (r, c) => {
       const e = element(s.tensor, p, r, c);
@@ -108,16 +115,22 @@ export function renderStore(o: Emitter, k: LKernel, s: Extract<LStmt, { kind: "s
   const conv = (x: string): string => (ten.dtype === src.type.dtype ? x : `prt::from_f32<${G}>(prt::to_f32(${x}))`);
   const inside = (e: { inside: string }, r: string, c: string): string => (s.mask ? `${e.inside} && (${renderExpr(s.mask, { k, row: r, col: c })})` : e.inside);
   o.open("if (ok)");
-  if (src.home === "frag") {
-    fragLoop(o, k, s.src, (r, c, sub) => {
+  if (isRowVector(src)) {
+    // the 4 lanes of a quad hold the same rows: the first writes
+    rowLoop(o, k, s.src, (r, ix) => {
+      const e = element(s.tensor, p, r, "0");
+      o.line(`if ((lane & 3) == 0 && ${inside(e, r, "0")}) ${e.at} = prt::from_f32<${G}>(${fragRead(k, s.src, ix)});`);
+    });
+  } else if (src.home === "frag") {
+    fragLoop(o, k, s.src, (r, c, ix) => {
       const e = element(s.tensor, p, r, c);
-      o.line(`if (${inside(e, r, c)}) ${e.at} = prt::from_f32<${G}>(${cName("f", s.src)}${sub});`);
+      o.line(`if (${inside(e, r, c)}) ${e.at} = prt::from_f32<${G}>(${fragRead(k, s.src, ix)});`);
     });
   } else {
     const rank = src.type.shape.length;
     elemLoop(o, k, src.type.shape, (r, c) => {
       const e = element(s.tensor, p, r, c);
-      const x = rank === 1 ? `${cName("t", s.src)}[${r}]` : `${cName("t", s.src)}[(${r}) * ${src.pitch} + (${c})]`;
+      const x = rank === 1 ? `${cName("t", s.src)}[${r}]` : `${cName("t", s.src)}[${tileOffset(src, r, c)}]`;
       o.line(`if (${inside(e, r, c)}) ${e.at} = ${conv(x)};`);
     });
   }

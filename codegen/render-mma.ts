@@ -8,7 +8,7 @@
 import { bufferOf, cType, threadsOf, tilingSlots, tilingUnits, type LKernel, type LMma, type LStmt, type WarpTiling } from "./lir.ts";
 import { groupPlan, type GroupPlan } from "./lower/fuse-operands.ts";
 import { mmaShape } from "./lower/rules.ts";
-import { cName, renderF32, smemElem } from "./render-expr.ts";
+import { cName, renderF32, smemElem, tileOffset } from "./render-expr.ts";
 import type { Emitter } from "./emit.ts";
 
 type Mma = LMma;
@@ -50,12 +50,13 @@ const fragName = (side: "a" | "b", trans: boolean, tile: string): string => cNam
 /** ldmatrix of a shared tile's fragments at k-step k0 of the current unit (m0, n0). */
 function loadFragments(o: Emitter, k: LKernel, side: "a" | "b", trans: boolean, tile: string, nt: number): string {
   const b = bufferOf(k, tile), T = cName("t", tile), f = fragName(side, trans, tile);
+  const at = (r: string, c: string): string => `&${T}[${tileOffset(b, r, c)}]`;
   if (side === "a") {
     o.line(`uint32_t ${f}[4];`);
     o.line(
       trans
-        ? `prt::ldmatrix_x4_trans(${f}, &${T}[(k0 + prt::at_row(lane)) * ${b.pitch} + m0 + prt::at_col(lane)]);`
-        : `prt::ldmatrix_x4(${f}, &${T}[(m0 + prt::a_row(lane)) * ${b.pitch} + k0 + prt::a_col(lane)]);`,
+        ? `prt::ldmatrix_x4_trans(${f}, ${at("k0 + prt::at_row(lane)", "m0 + prt::at_col(lane)")});`
+        : `prt::ldmatrix_x4(${f}, ${at("m0 + prt::a_row(lane)", "k0 + prt::a_col(lane)")});`,
     );
     return f;
   }
@@ -63,8 +64,8 @@ function loadFragments(o: Emitter, k: LKernel, side: "a" | "b", trans: boolean, 
   if (nt === 1) {
     o.line(
       trans
-        ? `prt::ldmatrix_x2(${f}[0], &${T}[(n0 + (lane & 7)) * ${b.pitch} + k0 + ((lane >> 3) & 1) * 8]);`
-        : `prt::ldmatrix_x2_trans(${f}[0], &${T}[(k0 + (lane & 15)) * ${b.pitch} + n0]);`,
+        ? `prt::ldmatrix_x2(${f}[0], ${at("n0 + (lane & 7)", "k0 + ((lane >> 3) & 1) * 8")});`
+        : `prt::ldmatrix_x2_trans(${f}[0], ${at("k0 + (lane & 15)", "n0")});`,
     );
     return f;
   }
@@ -73,12 +74,21 @@ function loadFragments(o: Emitter, k: LKernel, side: "a" | "b", trans: boolean, 
   o.line("uint32_t r[4];");
   o.line(
     trans
-      ? `prt::ldmatrix_x4(r, &${T}[(n0 + q * 8 + prt::at_row(lane)) * ${b.pitch} + k0 + prt::at_col(lane)]);`
-      : `prt::ldmatrix_x4_trans(r, &${T}[(k0 + prt::a_row(lane)) * ${b.pitch} + n0 + q * 8 + prt::a_col(lane)]);`,
+      ? `prt::ldmatrix_x4(r, ${at("n0 + q * 8 + prt::at_row(lane)", "k0 + prt::at_col(lane)")});`
+      : `prt::ldmatrix_x4_trans(r, ${at("k0 + prt::a_row(lane)", "n0 + q * 8 + prt::a_col(lane)")});`,
   );
   o.line(`${f}[q][0] = r[0]; ${f}[q][1] = r[1]; ${f}[q + 1][0] = r[2]; ${f}[q + 1][1] = r[3];`);
   o.close();
   return f;
+}
+
+/** The A fragment of slot j at k-step k0 from a packed frag tile in the row-block layout (rules.fragFeedsA):
+ * registers a0..a3 hold (g, t2), (g + 8, t2), (g, t2 + 8), (g + 8, t2 + 8) and their right
+ * neighbours, i.e. pairs 0 and 1 of n-tiles k0 / 8 and k0 / 8 + 1. */
+function fragOperandA(o: Emitter, tile: string): string {
+  const f = cName("f", tile), a = cName("fa", tile);
+  o.line(`const uint32_t ${a}[4] = {${f}[j][k0 / 8][0], ${f}[j][k0 / 8][1], ${f}[j][k0 / 8 + 1][0], ${f}[j][k0 / 8 + 1][1]};`);
+  return a;
 }
 
 /** The computed tiles of a group at k-step k0 (lower/fuse-operands.ts): every map evaluated at
@@ -137,7 +147,7 @@ function renderTensorCores(o: Emitter, k: LKernel, g: Group, t: WarpTiling): voi
   const d = bufferOf(k, first.dst);
   const un = t.n / (8 * t.nt), units = tilingUnits(t), slots = tilingSlots(t);
   const partial = units % t.warps !== 0;
-  const shared = { a: slots > 1 && t.m === 16, b: slots > 1 && t.warps % un === 0 };
+  const shared = { a: slots > 1 && t.m === 16 && !g.mmas.some((m) => bufferOf(k, m.a).home === "frag"), b: slots > 1 && t.warps % un === 0 };
   const own = (j: string, q: string, e: string): string =>
     smemElem(k, first.dst, [`((warp + ${j} * ${t.warps}) / ${un}) * 16 + prt::frag_row(lane, ${e})`, `((warp + ${j} * ${t.warps}) % ${un}) * ${8 * t.nt} + ${q} * 8 + prt::frag_col(lane, ${e})`]);
   const eachAcc = (f: (j: string, q: string, e: string) => string): void => {
@@ -159,11 +169,14 @@ function renderTensorCores(o: Emitter, k: LKernel, g: Group, t: WarpTiling): voi
     eachAcc((j, q, e) => (first.accumulate ? `acc[j][q][e] = ${own(j, q, e)};` : "acc[j][q][e] = 0.0f;"));
   }
   if (plan) o.line("const int g = lane >> 2, t2 = (lane & 3) * 2;");
+  // A from a packed frag tile is indexed by k-step: the loop must unroll (registers)
+  const fragA = g.mmas.some((m) => bufferOf(k, m.a).home === "frag");
+  if (fragA) o.pragma("#pragma unroll");
   o.open(`for (int k0 = 0; k0 < ${K}; k0 += 16)`);
   const frags = new Map<string, string>();
   const need = (side: "a" | "b", trans: boolean, tile: string): string => {
     const key = `${side}${trans}:${tile}`;
-    if (!frags.has(key)) frags.set(key, loadFragments(o, k, side, trans, tile, t.nt));
+    if (!frags.has(key)) frags.set(key, bufferOf(k, tile).home === "frag" ? fragOperandA(o, tile) : loadFragments(o, k, side, trans, tile, t.nt));
     return frags.get(key)!;
   };
   let inl = new Map<string, string>();
@@ -242,6 +255,76 @@ function renderFma(o: Emitter, k: LKernel, s: Mma): void {
   o.close();
 }
 
+/** The descriptor (a C expression) of shared operand `tile` for k-step k0 (a C expression, a
+ * multiple of 16) of wgmma, `mn0` the first row (K-major) or column (MN-major) of the 64 or n the
+ * instruction reads. K-major (A stored [m, k], B stored [n, k]): the start is (mn0, k0), rows of W
+ * bytes in groups of 8 at SBO = 8 W, k steps inside a row (LBO unused). MN-major (A stored [k, m],
+ * B stored [k, n]): the start is (k0, mn0), K rows of W bytes in groups of 8 at SBO = 8 W, the
+ * next panel of W / 2 columns at LBO = rows * W. (PTX ISA, "Shared Memory Matrix Layout".) */
+function wgmmaDesc(k: LKernel, tile: string, kMajor: boolean, k0: string, mn0: string): string {
+  const b = bufferOf(k, tile);
+  const W = b.swizzle, E = W / 2, rows = b.type.shape[0]!;
+  if (W === 0) throw new Error(`${k.name}: wgmma operand ${tile} has no swizzled layout`);
+  // the unswizzled start: rows of the start are multiples of 8, so the XOR leaves it in place
+  const linear = (r: string, c: string): string => `((${c}) / ${E} * ${rows} + (${r})) * ${E} + ((${c}) % ${E})`;
+  const start = kMajor ? linear(mn0, k0) : linear(k0, mn0);
+  return `prt::wgmma_desc<${W}>(${cName("t", tile)} + ${start}, ${kMajor ? 16 : rows * W}, ${8 * W})`;
+}
+
+/** wgmma (sm_90a) into one accumulator: per slot j, this warpgroup's 64 rows (64 (warp / 4) + 16
+ * warps j), per k-step of 16 one instruction m64nNk16: A from shared memory (a descriptor) or from
+ * a packed frag tile (registers, the k-step's two n-tiles), B from shared memory. A fence orders the
+ * registers written before (accumulator, A) against the instructions; commit and wait 0 make the
+ * statement complete when it ends, as every other statement (the barriers assume it). */
+function renderWgmma(o: Emitter, k: LKernel, mmas: readonly Mma[], t: WarpTiling): void {
+  const first = mmas[0]!;
+  const T = cType(bufferOf(k, first.b).type.dtype);
+  const d = bufferOf(k, first.dst);
+  const slots = tilingSlots(t);
+  const eachAcc = (f: string): void => {
+    o.pragma("#pragma unroll");
+    o.open(`for (int j = 0; j < ${slots}; ++j)`);
+    o.pragma("#pragma unroll");
+    o.line(`for (int q = 0; q < ${t.nt}; ++q)`);
+    o.pragma("#pragma unroll");
+    o.line(`  for (int e = 0; e < 4; ++e) ${f}`);
+    o.close();
+  };
+  const own = smemElem(k, first.dst, [`16 * (warp + j * ${t.warps}) + prt::frag_row(lane, e)`, "q * 8 + prt::frag_col(lane, e)"]);
+  if (d.home === "frag") o.line(`float (&acc)[${slots}][${t.nt}][4] = ${cName("f", first.dst)};`);
+  else {
+    o.line(`float acc[${slots}][${t.nt}][4];`);
+    if (first.accumulate) eachAcc(`acc[j][q][e] = ${own};`);
+  }
+  o.line("prt::wgmma_fence();");
+  o.pragma("#pragma unroll");
+  o.open(`for (int j = 0; j < ${slots}; ++j)`);
+  o.line(`const int mb = 64 * (warp / 4) + ${16 * t.warps} * j;  // this warpgroup's rows`);
+  o.line("(void)mb;");
+  mmas.forEach((m, i) => {
+    const { k: K } = mmaShape(k, m);
+    const a = bufferOf(k, m.a);
+    o.pragma("#pragma unroll");
+    o.open(`for (int k0 = 0; k0 < ${K}; k0 += 16)`);
+    const scale = i === 0 && !m.accumulate ? "k0 > 0" : "1";
+    const db = wgmmaDesc(k, m.b, m.transB, "k0", "0");
+    const TB = m.transB ? 0 : 1;
+    if (a.home === "frag") {
+      const f = cName("f", m.a);
+      const a = `${f}[j][k0 / 8][0], ${f}[j][k0 / 8][1], ${f}[j][k0 / 8 + 1][0], ${f}[j][k0 / 8 + 1][1]`;
+      o.line(`prt::Wgmma<${t.n}, ${T}>::template rs<${TB}>(acc[j], ${a}, ${db}, ${scale});`);
+    } else {
+      const da = wgmmaDesc(k, m.a, !m.transA, "k0", "mb");
+      o.line(`prt::Wgmma<${t.n}, ${T}>::template ss<${m.transA ? 1 : 0}, ${TB}>(acc[j], ${da}, ${db}, ${scale});`);
+    }
+    o.close();
+  });
+  o.close();
+  o.line("prt::wgmma_commit();");
+  o.line("prt::wgmma_wait<0>();");
+  if (d.home !== "frag") eachAcc(`${own} = acc[j][q][e];`);
+}
+
 /** An mma group (lir.ts): its mmas run on tensor cores, in one tiling. */
 export function renderMmaGroup(o: Emitter, k: LKernel, g: Group): void {
   const impl = g.mmas[0]!.impl;
@@ -251,7 +334,8 @@ export function renderMmaGroup(o: Emitter, k: LKernel, g: Group): void {
 
 export function renderMma(o: Emitter, k: LKernel, s: Mma): void {
   const impl = s.impl ?? { kind: "fma" as const };
-  if (impl.kind === "tc") renderTensorCores(o, k, { kind: "mmaGroup", operands: [], mmas: [s] }, impl.tiling);
+  if (impl.kind === "wgmma") renderWgmma(o, k, [s], impl.tiling);
+  else if (impl.kind === "tc") renderTensorCores(o, k, { kind: "mmaGroup", operands: [], mmas: [s] }, impl.tiling);
   else if (impl.kind === "fmaFrag") renderFmaFrag(o, k, s, impl.tiling);
   else renderFma(o, k, s);
 }

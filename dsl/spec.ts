@@ -32,6 +32,10 @@ export interface KernelDef {
   /** Candidate schedules the autotuner sweeps. */
   readonly scheduleSpace: (spec: Spec) => readonly Schedule[];
   readonly build: (spec: Spec, schedule: Schedule) => Kernel;
+  /** The kernel's code and schedules do not depend on the spec's chunk (a window, if any, is a
+   * runtime param): the kernel compiled for any chunk of its (deg, d, e, dtype) serves every chunk,
+   * so a plan made of such kernels (the quadratic path) runs at any t on whatever chunk is built. */
+  readonly chunkFree?: boolean;
 }
 
 export function specKey(s: Spec): string {

@@ -9,6 +9,7 @@ import { existsSync, readFileSync, statSync } from "node:fs";
 import path from "node:path";
 import type { Kernel } from "../dsl/ir.ts";
 import { scheduleKey, specKey, type Schedule, type Spec } from "../dsl/spec.ts";
+import { KERNELS } from "../dsl/kernels/index.ts";
 import { MANIFEST_FORMAT } from "../codegen/manifest.ts";
 import { cudaAvailable } from "./device.ts";
 import { DEFAULT_MANIFEST, describeSearchPath, fatbinDirs, kernelSearchPath, projectExtraDir } from "./search-path.ts";
@@ -186,9 +187,23 @@ export interface KernelMiss {
   readonly have: readonly string[];
 }
 
+/** Whether the registered kernel `name` ignores its spec's chunk (KernelDef.chunkFree). */
+const chunkFree = (name: string): boolean => KERNELS.find((k) => k.name === name)?.chunkFree === true;
+const sameButChunk = (a: Spec, b: Spec): boolean => a.deg === b.deg && a.d === b.d && a.e === b.e && a.dtype === b.dtype;
+
+/** The manifest entries of `name` for `spec`: that spec's, or for a chunk-free kernel (the quadratic
+ * path at a chunk no manifest has) those of the smallest built chunk of the same deg, d, e, dtype. */
+function entriesFor(name: string, spec: Spec, manifests: readonly Manifest[]): ManifestKernel[] {
+  const exact = manifests.flatMap((m) => m.kernels.filter((k) => k.name === name && sameSpec(k.spec, spec)));
+  if (exact.length || !chunkFree(name)) return exact;
+  const other = manifests.flatMap((m) => m.kernels.filter((k) => k.name === name && sameButChunk(k.spec, spec)));
+  const least = Math.min(...other.map((k) => k.spec.chunk));
+  return other.filter((k) => k.spec.chunk === least);
+}
+
 /** The entry of (kernel, spec, schedule) from the first manifest that has it, or what is missing. */
 export function lookupKernel(name: string, spec: Spec, schedule: Schedule, manifests: readonly Manifest[]): ManifestKernel | KernelMiss {
-  const forSpec = manifests.flatMap((m) => m.kernels.filter((k) => k.name === name && sameSpec(k.spec, spec)));
+  const forSpec = entriesFor(name, spec, manifests);
   return forSpec.find((k) => sameSchedule(k.schedule, schedule)) ?? { name, spec, schedule, have: [...new Set(forSpec.map((k) => scheduleKey(k.schedule)))] };
 }
 
@@ -238,7 +253,7 @@ export function manifestSchedule(name: string, spec: Spec): Schedule | undefined
     return undefined;
   }
   for (const m of ms) {
-    const list = m.kernels.filter((k) => k.name === name && sameSpec(k.spec, spec));
+    const list = entriesFor(name, spec, [m]);
     if (list.length) return list.length === 1 ? list[0]!.schedule : undefined;
   }
   return undefined;

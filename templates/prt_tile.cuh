@@ -1,7 +1,9 @@
 // prt_tile.cuh: the hand-written tile primitives that generated kernels call (sm_80 and later).
 // Nothing here knows a retention kernel: dtype conversions, NaN-propagating min/max, integer powers,
-// cp.async copies, ldmatrix fragment loads, one m16n8k16 tensor-core step and warp reductions and
-// scans. The algorithm that calls them is generated from the DSL (codegen/).
+// cp.async copies, ldmatrix fragment loads, one m16n8k16 tensor-core step, warp reductions and
+// scans, and for sm_90a the swizzled shared layout, wgmma descriptors and the warpgroup mma's
+// fences (the instructions themselves: prt_wgmma.cuh, generated per shape). The algorithm that
+// calls them is generated from the DSL (codegen/).
 #pragma once
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
@@ -25,6 +27,22 @@ __device__ __forceinline__ float max_nan(float a, float b) { return (a != a || b
 __device__ __forceinline__ float min_nan(float a, float b) { return (a != a || b != b) ? __int_as_float(0x7fc00000) : fminf(a, b); }
 __device__ __forceinline__ int max_nan(int a, int b) { return a > b ? a : b; }
 __device__ __forceinline__ int min_nan(int a, int b) { return a < b ? a : b; }
+
+/** e^x and ln x through the multi-function unit's base-2 instructions (ex2.approx, lg2.approx: 2^-22
+ * relative, subnormals flushed to 0: below 1.2e-38, far under any weight or gate factor the
+ * results are compared with), one instruction and a multiply each instead of the tens of
+ * expf / logf: the attention's per-score exponent and logarithm are its critical path.
+ * exp(-inf) = 0, log(0) = -inf, NaN stays NaN. */
+__device__ __forceinline__ float exp(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x * 1.4426950408889634f));
+  return y;
+}
+__device__ __forceinline__ float log(float x) {
+  float y;
+  asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y * 0.6931471805599453f;
+}
 
 /** x^N by repeated multiplication, left to right (the interpreter's order). */
 template <int N, typename T> __device__ __forceinline__ T powi(T x) {
@@ -78,6 +96,16 @@ __device__ __forceinline__ uint32_t pack2(__nv_bfloat16 lo, __nv_bfloat16 hi) {
 }
 __device__ __forceinline__ uint32_t pack2(__half lo, __half hi) {
   return static_cast<uint32_t>(__half_as_ushort(lo)) | (static_cast<uint32_t>(__half_as_ushort(hi)) << 16);
+}
+/** Two f32 rounded (to nearest even) to T and packed, lo in the low half: one cvt.rn.*x2.f32. */
+template <typename T> __device__ __forceinline__ uint32_t pack2_rn(float lo, float hi);
+template <> __device__ __forceinline__ uint32_t pack2_rn<__nv_bfloat16>(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+template <> __device__ __forceinline__ uint32_t pack2_rn<__half>(float lo, float hi) {
+  const __half2 v = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
 }
 /** Value h (0: low half, 1: high) of a register of two 16-bit T, as f32. */
 template <typename T> __device__ __forceinline__ float b16_half(uint32_t r, int h);
@@ -170,6 +198,43 @@ __device__ __forceinline__ void add_keyed(float* p, float v, int key, int lane) 
   }
   if (head && key >= 0) atomicAdd(p, v);
 }
+
+// ---- sm_90a: the swizzled shared layout and warpgroup mma ------------------------------------
+/** Element offset `off` of a 16-bit tile in the swizzled layout of W-byte rows (W = 128, 64, 32):
+ * the 16-byte chunk index (offset bits 3-5) XOR the row's place in its group of 8 rows (offset
+ * bits 6-8), as many bits as the pattern has. The tile starts on a multiple of 8 W bytes. This is
+ * the layout wgmma's descriptors (swizzle modes 1-3) and TMA's SWIZZLE_*B read. */
+template <int W> __device__ __forceinline__ int swz(int off) {
+  constexpr int mask = W == 128 ? 7 : W == 64 ? 3 : 1;
+  return off ^ (((off >> 6) & mask) << 3);
+}
+
+/** The wgmma matrix descriptor of a shared operand: start address, leading and stride byte
+ * offsets (PTX ISA, "Matrix Descriptor Format"), swizzle mode of W-byte rows. */
+template <int W> __device__ __forceinline__ uint64_t wgmma_desc(const void* p, uint32_t lbo, uint32_t sbo) {
+  constexpr uint64_t mode = W == 128 ? 1 : W == 64 ? 2 : 3;
+  const uint32_t a = smem_addr(p);
+  return static_cast<uint64_t>((a & 0x3FFFFu) >> 4) | (static_cast<uint64_t>((lbo & 0x3FFFFu) >> 4) << 16) |
+         (static_cast<uint64_t>((sbo & 0x3FFFFu) >> 4) << 32) | (mode << 62);
+}
+
+/** One warpgroup mma per width and dtype: prt_wgmma.cuh specialises it for the shapes in use. */
+template <int N, typename T> struct Wgmma;
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+/** Orders this thread's register writes (accumulators, A fragments) before the wgmma that reads them. */
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+/** Wait until at most N committed wgmma groups of the warpgroup are pending. */
+template <int N> __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
+/** Orders this thread's generic-proxy shared-memory writes before async-proxy reads (wgmma, TMA). */
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+#else
+__device__ __forceinline__ void wgmma_fence() {}
+__device__ __forceinline__ void wgmma_commit() {}
+template <int N> __device__ __forceinline__ void wgmma_wait() {}
+__device__ __forceinline__ void fence_proxy_async() {}
+#endif
 
 /** First position in [lo, hi) of a sorted table whose entry is >= key. */
 template <typename T> __device__ __forceinline__ int lower_bound(const T* t, int lo, int hi, int key) {

@@ -18,6 +18,7 @@ import { interpret, tensorDims } from "../dsl/interpret.ts";
 import { KERNELS } from "../dsl/kernels/index.ts";
 import { scheduleKey, specKey, type KernelDef, type Schedule, type Spec } from "../dsl/spec.ts";
 import { buildEmulator, evalUniform, runEmulated } from "./codegen-emu/harness.ts";
+import type { Target } from "../codegen/lir.ts";
 
 /** Sizes of the launch: t = 70 spans two chunks of 64 with a ragged tail; hq = 2 h (grouped queries). */
 const PARAMS_ = { b: 1, t: 70, h: 1, hq: 2, n: 2, scale: 0.35, tq: 3, q0: 0, tn: 3, len: 40, len0: 37, nfb: 2, window: 64 };
@@ -93,19 +94,24 @@ function emulatedAgainstInterpreter(
   const selection: Selection = { degs: [spec.deg], ds: [spec.d], es: null, chunks: [spec.chunk], dtypes: [dtype], archs: ["sm_80", "sm_90a"], kernels: only };
   const g = generate({ selection, scheduleFor });
   const dir = mkdtempSync(path.join(tmp, `${dtype}-`));
-  let bin: string | null = null;
-  const emulator = (): string => (bin ??= buildEmulator(g, dir));
+  const bins = new Map<Target, string>();
+  const emulator = (target: Target): string => bins.get(target) ?? (bins.set(target, buildEmulator(g, dir, target)), bins.get(target)!);
+  const source = g.files.get(g.manifest.files[0]!.source)!;
 
-  it.each(g.manifest.kernels.map((mk, i) => [mk.name, i] as const))("%s", (name, index) => {
+  // the sm_90a body where it differs from sm_80's (render-cuda.ts: one function, an #if per target)
+  const targetsOf = (symbol: string): Target[] =>
+    new RegExp(`${symbol}\\([^{]*\\{\\n#if defined\\(__CUDA_ARCH_FEAT_SM90_ALL\\)`).test(source) ? ["sm_80", "sm_90a"] : ["sm_80"];
+  it.each(g.manifest.kernels.map((mk, i) => [mk.name, targetsOf(mk.symbol).join(", "), i] as const))("%s (%s)", (name, _targets, index) => {
     const def = KERNELS.find((x) => x.name === name)!;
     const mk = g.manifest.kernels[index]!;
     const kernel = def.build(spec, mk.schedule);
     const base = paramsFor(name, PARAMS);
-    for (const params of ONE_QUERY_HEAD.includes(name) ? [base, { ...base, hq: base.h }] : [base]) check(kernel, mk, index, params);
+    for (const target of targetsOf(mk.symbol))
+      for (const params of ONE_QUERY_HEAD.includes(name) ? [base, { ...base, hq: base.h }] : [base]) check(kernel, mk, index, params, target);
   }, 600_000);
 
   /** The kernel's outputs from the emulated CUDA against the interpreter's, for one launch. */
-  function check(kernel: Kernel, mk: ManifestKernel, index: number, params: typeof PARAMS): void {
+  function check(kernel: Kernel, mk: ManifestKernel, index: number, params: typeof PARAMS, target: Target): void {
     const name = kernel.name;
     const dims = tensorDims(kernel, params);
     const rand = rng(1234 + index);
@@ -123,7 +129,7 @@ function emulatedAgainstInterpreter(
     const grid = kernel.grid.map((e) => evalUniform(e, params)) as [number, number, number];
     for (const reverse of [false, true]) {
       const got = Object.fromEntries(Object.entries(inputs).map(([k, v]) => [k, v.slice()]));
-      runEmulated(emulator(), dir, index, mk, grid, got, params, reverse);
+      runEmulated(emulator(target), dir, index, mk, grid, got, params, reverse);
       for (const t of kernel.tensors.filter((x) => x.role === "out")) {
         const a = got[t.name]!, b = want[t.name]!;
         let num = 0, den = 0, maxAbs = 0, nanMismatch = 0, compared = 0;
@@ -140,12 +146,12 @@ function emulatedAgainstInterpreter(
           maxAbs = Math.max(maxAbs, Math.abs(d));
         }
         const rel = Math.sqrt(num / Math.max(den, 1e-30));
-        const what = `${name} ${t.name} hq=${params.hq} (${reverse ? "threads reversed" : "threads in order"}): rel RMS ${rel.toExponential(2)}, max abs ${maxAbs.toExponential(2)}, NaN mismatches ${nanMismatch}`;
+        const what = `${name} ${t.name} ${target} hq=${params.hq} (${reverse ? "threads reversed" : "threads in order"}): rel RMS ${rel.toExponential(2)}, max abs ${maxAbs.toExponential(2)}, NaN mismatches ${nanMismatch}`;
         expect(nanMismatch, what).toBe(0);
         // outputs start as NaN: a kernel that wrote nothing would compare nothing and pass
         expect(compared, `${what}: elements compared`).toBeGreaterThan(0);
         const key = `${dtype} ${spec.d === 32 ? "d32" : "d64"}`;
-        if (!(rel <= (observed.get(key)?.rel ?? -1))) observed.set(key, { rel, where: `${name} ${t.name}` });
+        if (!(rel <= (observed.get(key)?.rel ?? -1))) observed.set(key, { rel, where: `${name} ${t.name} ${target}` });
         expect(rel, what).toBeLessThanOrEqual(TOLERANCE[dtype]);
       }
     }

@@ -148,4 +148,26 @@ describe.skipIf(!!skip)("native plan interpreter on the fake driver", () => {
     });
     expect(runs.length).toBeGreaterThan(100);
   }, 300_000);
+
+  it("takes a one-window problem at a chunk no manifest has (the quadratic path) through the one-window variant of the smallest built chunk, whose kernels are chunk-free", () => {
+    const built = m.kernels.find((k) => k.specKey === "p2_d64_e64_c64_bf16")!.spec;
+    const sched = planSchedules(built, tuned);
+    const cases: (Case & { plan: Plan })[] = [];
+    for (const gated of [0, 1])
+      for (const t of [700, 1024]) {
+        const spec = { ...built, chunk: 1024 };
+        const p: Problem = { b: 2, t, hq: 4, h: 2, d: 64, e: 64, deg: 2, chunk: 1024, dtype: "bf16", scale: 0.3, gated: !!gated, initialState: false };
+        // the TS plan at chunk 1024, its kernels resolved to the built chunk (what runtime/kernels.ts does)
+        const plan = forwardPlan({ ...p, chunk: 1024 }, sched);
+        const resolved = { ...plan, steps: plan.steps.map((s) => ({ ...s, spec: { ...s.spec, chunk: built.chunk } })) };
+        expect(plan.steps.map((s) => s.kernel.name)).toEqual(["attention_y"]);
+        cases.push({ kind: "forward", spec, problem: { b: 2, t, hq: 4, h: 2, scale: 0.3, gated, initial_state: 0, final_state: 0, len0: 0 }, plan: resolved });
+      }
+    runNative(cases).forEach(({ result, log }, i) => {
+      const c = cases[i]!;
+      const ptr = new Map(result.buffers.map((b) => [b.name, b.ptr]));
+      expect(result.buffers.map((b) => b.name)).toEqual(c.plan.buffers.map((b) => b.name));
+      expect(log).toEqual(expectedLog(c.plan, kernels, (n) => ptr.get(n)!));
+    });
+  }, 120_000);
 });

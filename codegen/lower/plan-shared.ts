@@ -4,7 +4,7 @@
 // among tiles born at the same point, offsets 16-byte aligned (cp.async, ldmatrix).
 
 import { smemTileBytes, stmtAccess, walkStmts, type LKernel, type LStmt } from "../lir.ts";
-import { SMEM_ALIGN } from "./rules.ts";
+import { SMEM_ALIGN, SWIZZLE_BASE_SLACK, swizzleAlign } from "./rules.ts";
 
 /** Live range [first, last] of every tile, in pre-order statement positions. */
 export function liveRanges(k: LKernel): Map<string, [number, number]> {
@@ -37,7 +37,7 @@ export function planShared(k: LKernel): LKernel {
   const live = liveRanges(k);
   const tiles = k.buffers
     .filter((b) => b.home === "smem")
-    .map((b) => ({ name: b.name, bytes: align(b.copies * smemTileBytes(b)), range: live.get(b.name) ?? ([-1, -1] as [number, number]) }))
+    .map((b) => ({ name: b.name, bytes: align(b.copies * smemTileBytes(b)), to: swizzleAlign(b.swizzle), range: live.get(b.name) ?? ([-1, -1] as [number, number]) }))
     .sort((a, b) => a.range[0] - b.range[0] || b.bytes - a.bytes || (a.name < b.name ? -1 : 1));
   const placed: { offset: number; bytes: number; range: [number, number] }[] = [];
   const offsets = new Map<string, number>();
@@ -45,15 +45,19 @@ export function planShared(k: LKernel): LKernel {
     const busy = placed
       .filter((p) => p.range[0] <= t.range[1] && t.range[0] <= p.range[1])
       .sort((a, b) => a.offset - b.offset);
+    const up = (x: number): number => Math.ceil(x / t.to) * t.to; // swizzled tiles start on their pattern's repeat
     let offset = 0;
     for (const p of busy) {
-      if (offset + t.bytes <= p.offset) break;
+      if (up(offset) + t.bytes <= p.offset) break;
       offset = Math.max(offset, p.offset + p.bytes);
     }
+    offset = up(offset);
     placed.push({ offset, bytes: t.bytes, range: t.range });
     offsets.set(t.name, offset);
   }
-  const smemBytes = placed.reduce((m, p) => Math.max(m, p.offset + p.bytes), 0);
+  // swizzled tiles: the block's base is aligned to 1024 bytes at run time, which may skip that much
+  const slack = k.buffers.some((b) => b.home === "smem" && b.swizzle !== 0) ? SWIZZLE_BASE_SLACK : 0;
+  const smemBytes = placed.reduce((m, p) => Math.max(m, p.offset + p.bytes), 0) + slack;
   return {
     ...k,
     buffers: k.buffers.map((b) => (b.home === "smem" ? { ...b, offset: offsets.get(b.name)! } : b)),

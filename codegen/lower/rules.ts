@@ -2,8 +2,8 @@
 // LIR validator re-checks every choice with them.
 
 import { dtypeBytes } from "../../dsl/dtype.ts";
-import type { LBuffer, LKernel, LStmt, WarpTiling } from "../lir.ts";
-import { bufferOf } from "../lir.ts";
+import type { LBuffer, LKernel, LStmt, Swizzle, WarpTiling } from "../lir.ts";
+import { bufferOf, isPackedFrag } from "../lir.ts";
 
 /** mma operand and result shape: op(A) [m, k], op(B) [k, n], D [m, n]. */
 export function mmaShape(k: LKernel, s: Extract<LStmt, { kind: "mma" }>): { m: number; n: number; k: number } {
@@ -16,11 +16,64 @@ export function whyNotTensorCores(k: LKernel, s: Extract<LStmt, { kind: "mma" }>
   const a = bufferOf(k, s.a), b = bufferOf(k, s.b);
   const { m, n, k: kk } = mmaShape(k, s);
   if (a.type.dtype === "f32") return "f32 operands (SPEC asks 1e-4: fp32 FMA, no tf32)";
-  if (a.home === "frag" || b.home === "frag") return "operands must be in shared memory (ldmatrix) or computed in registers (an mma group)";
+  if (b.home === "frag" || (a.home === "frag" && !isPackedFrag(a)))
+    return "operands must be in shared memory (ldmatrix), computed in registers (an mma group), or A a packed frag tile";
+  if (a.home === "frag" && (s.transA || !fragFeedsA(a.tiling!, m, kk))) return `frag A operand ${a.name} is not in the row-block layout of a ${m}x${kk} A`;
   if (m % 16 !== 0 || kk % 16 !== 0 || n % 8 !== 0) return `shape ${m}x${n}x${kk} is not a multiple of 16x8x16`;
-  for (const t of [a, b]) if (t.home === "smem" && (t.pitch * 2) % 16 !== 0) return `tile ${t.name} rows are not 16-byte aligned (pitch ${t.pitch})`;
+  for (const t of [a, b]) if (t.home === "smem" && t.swizzle === 0 && (t.pitch * 2) % 16 !== 0) return `tile ${t.name} rows are not 16-byte aligned (pitch ${t.pitch})`;
   return null;
 }
+
+/** The tiling in which each warp owns whole rows: units of 16 rows x all n columns, unit u (rows
+ * 16u) going to warp u mod warps. The layout of wgmma's accumulators (a warpgroup's 4 warps own
+ * 64 consecutive rows, with warps a multiple of 4), and the one in which an accumulator's
+ * fragments are, element for element, the A operand fragments of a following mma (flash
+ * attention's P from S in registers). null when the shape does not allow it. */
+export function rowBlockTiling(m: number, n: number, warps: number): WarpTiling | null {
+  if (m % (16 * warps) !== 0 || n % 8 !== 0 || n > 256) return null;
+  return { m, n, nt: n / 8, warps };
+}
+
+/** Whether a packed frag tile of tiling t holds the A operand [m, kk] of an mma in the m16n8k16
+ * fragment layout: its rows per warp as the mma's row-block units (one unit per row block), all kk
+ * columns. */
+export const fragFeedsA = (t: WarpTiling, m: number, kk: number): boolean => t.m === m && t.n === kk && t.nt * 8 === t.n;
+
+/** The largest wgmma n: an accumulator wider than this is not a single instruction's. */
+export const WGMMA_MAX_N = 256;
+
+/** Why an mma cannot run as wgmma on sm_90a (null when it can): 16-bit operands, a row-block
+ * tiling over whole warpgroups, B a shared tile wgmma can address (rows of whole 16-byte chunks
+ * of 16, 32 or 64 columns, or of a multiple of 64), A such a shared tile or a packed frag tile. */
+export function whyNotWgmma(k: LKernel, s: Extract<LStmt, { kind: "mma" }>): string | null {
+  if (k.target !== "sm_90a") return `target ${k.target} has no wgmma`;
+  const a = bufferOf(k, s.a), b = bufferOf(k, s.b);
+  const { m, n, k: kk } = mmaShape(k, s);
+  if (a.type.dtype === "f32") return "f32 operands";
+  if (k.numWarps % 4 !== 0) return `${k.numWarps} warps are not whole warpgroups`;
+  if (!rowBlockTiling(m, n, k.numWarps) || m % 64 !== 0) return `shape ${m}x${n} has no row-block tiling over ${k.numWarps} warps (64-row warpgroup blocks, n <= ${WGMMA_MAX_N})`;
+  if (kk % 16 !== 0) return `k = ${kk} is not a multiple of 16`;
+  if (b.home !== "smem") return `B operand ${b.name} is not in shared memory`;
+  if (a.home !== "smem" && !(a.home === "frag" && isPackedFrag(a) && !s.transA)) return `A operand ${a.name} is neither in shared memory nor a packed frag tile`;
+  for (const t of [a, b]) if (t.home === "smem" && swizzleFor(t) === null) return `tile ${t.name} [${t.type.shape}] has no wgmma layout`;
+  return null;
+}
+
+/** The swizzle of a 16-bit shared tile as a wgmma operand: the widest pattern its rows fill
+ * (panels of 64 columns when wider), rows a multiple of 8; null when it has none. */
+export function swizzleFor(b: LBuffer): Swizzle | null {
+  if (b.type.dtype === "f32" || b.type.shape.length !== 2) return null;
+  const [rows, cols] = b.type.shape as [number, number];
+  if (rows % 8 !== 0) return null;
+  const bytes = cols * 2;
+  if (bytes % 128 === 0) return 128;
+  if (bytes === 64 || bytes === 32) return bytes;
+  return null;
+}
+
+/** Byte alignment of a swizzled tile: its pattern repeats every 8 rows (wgmma computes the XOR
+ * from the address bits, so a tile starts on a repeat). */
+export const swizzleAlign = (sw: Swizzle): number => (sw === 0 ? SMEM_ALIGN : 8 * sw);
 
 /** The warp tiling of an m x n accumulator: the widest unit (16 x 8nt, nt in 4, 2, 1) that still
  * gives every warp a unit, else the narrowest. */
@@ -88,3 +141,6 @@ export function kRowsPitch(b: LBuffer): number {
 /** Shared memory a block may use: sm_90's opt-in limit (sm_80 allows 163 KiB; the manifest says which fit). */
 export const SMEM_LIMIT = { sm_80: 166912, sm_90a: 232448 } as const;
 export const SMEM_ALIGN = 16;
+/** Extra dynamic shared memory a kernel with swizzled tiles asks for: the block's base is aligned
+ * to 1024 bytes at run time (render-cuda.ts), which may skip up to this much. */
+export const SWIZZLE_BASE_SLACK = 1024;

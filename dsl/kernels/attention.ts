@@ -22,10 +22,11 @@
 // path); `attention_y` returns y = numA / denA and lse = maxA + log denA (the quadratic path, no
 // state at all).
 
-import { max, range, select, traceKernel, type KernelBuilder, type TensorRef, type Tile, type Val } from "../builder.ts";
+import { max, range, select, traceKernel, type KernelBuilder, type TensorRef, type Val } from "../builder.ts";
 import type { Kernel } from "../ir.ts";
 import type { KernelDef, Schedule, Spec } from "../spec.ts";
-import { safeExpDiff, tileBytes, TILE_BUDGET, tileSizes } from "./common.ts";
+import { dtypeBytes } from "../dtype.ts";
+import { safeExpDiff, TILE_BUDGET, tileSizes } from "./common.ts";
 
 type Epilogue = "parts" | "y";
 
@@ -83,12 +84,13 @@ function build(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
     const pt = k.reg("p", [B, B], dtype); // exp(w - rowMax) in [0, 1], the mma operand
     const acc = k.reg("acc", [B, e], "f32");
     const vFinite = k.shared("v_finite", [B, e], dtype); // the diagonal block's v, non-finite entries as 0
-    const vBad = k.shared("v_bad", [B, e], "f32"); // its non-finite entries, counted down the rows
+    const vBad = k.shared("v_bad", [B, e], "bf16"); // its non-finite entries counted down the rows (<= B: exact in bf16)
     const rowMax = k.reg("row_max", [B], "f32");
     const rowSum = k.reg("row_sum", [B], "f32");
     const blockMax = k.reg("block_max", [B], "f32");
     const blockSum = k.reg("block_sum", [B], "f32");
     const alpha = k.reg("alpha", [B], "f32"); // rescale of the old sums: exp(oldMax - newMax)
+    const shift = k.reg("shift", [B], "f32"); // the row max, 0 while it is -inf
 
     k.load(qt, io.Q, [bi, range(q0, B), qh, range(0, spec.d)]); // [B, d]; rows past t read 0
     k.load(gq, io.logG, [bi, range(q0, B), hk]); // [B]; past t: 0, a gate of 1
@@ -109,15 +111,15 @@ function build(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
         k.map(ck, ({ row }) => sk.at(row).sub(gk.at(row)).add(gap.at(0)));
       }
       k.mma(w, qt, kt, { transB: true }); // [B, B] = q k^T
-      k.map(w, ({ row, col }) => {
-        const s = w.at(row, col).mul(io.scale);
-        const live = diagonal ? col.le(row).and(s.ne(0)) : s.ne(0); // causal, and s^p > 0
-        return select(live, s.abs().log().mul(p).add(cq.at(row)).add(ck.at(col)), -Infinity);
-      });
+      // log|s| = -inf where s = 0 (no weight), so only the causal mask needs a select
+      const logWeight = (row: Val, col: Val): Val => w.at(row, col).mul(io.scale).abs().log().mul(p).add(cq.at(row)).add(ck.at(col));
+      k.map(w, ({ row, col }) => (diagonal ? select(col.le(row), logWeight(row, col), -Infinity) : logWeight(row, col)));
       k.reduce(blockMax, w, "max", 1); // [B]
       k.map(alpha, ({ row }) => safeExpDiff(rowMax.at(row), max(rowMax.at(row), blockMax.at(row))));
       k.map(rowMax, ({ row }) => max(rowMax.at(row), blockMax.at(row)));
-      k.map(pt, ({ row, col }) => safeExpDiff(w.at(row, col), rowMax.at(row))); // [B, B], 0 on empty rows
+      // the shift of each row: its max, or 0 on a row with no weight yet (all w = -inf: exp gives 0)
+      k.map(shift, ({ row }) => select(rowMax.at(row).eq(-Infinity), 0, rowMax.at(row)));
+      k.map(pt, ({ row, col }) => w.at(row, col).sub(shift.at(row)).exp()); // [B, B] in [0, 1]
       k.reduce(blockSum, pt, "sum", 1); // sum of the rounded weights, as the mma sees them
       k.map(rowSum, ({ row }) => rowSum.at(row).mul(alpha.at(row)).add(blockSum.at(row)));
       k.map(acc, ({ row, col }) => acc.at(row, col).mul(alpha.at(row)));
@@ -166,14 +168,24 @@ function candidates(cap: number): Schedule[] {
   return tileSizes(cap, 128).map((blockT) => ({ numWarps: blockT / 16, blockD: 0, blockT, stages: 2 }));
 }
 
+/** Shared-memory bytes of a schedule: the shared tiles, the streamed k and v once per stage. The
+ * `reg` tiles (scores, weights, the accumulator, row statistics) are registers in the lowering
+ * (place-fragments), 4 B / 16 per thread and element at 16 rows a warp: B = 128, d = e = 64 takes
+ * 128 of them per thread. */
+function sharedBytes(s: Spec, sch: Schedule, epilogue: Epilogue): number {
+  const k = build(s, sch, epilogue);
+  const shared = k.buffers.filter((b) => b.type.space === "shared").reduce((sum, b) => sum + b.type.shape.reduce((x, y) => x * y, 1) * dtypeBytes(b.type.dtype), 0);
+  return shared + (sch.stages - 1) * sch.blockT * (s.d + s.e) * dtypeBytes(s.dtype);
+}
+
 function space(cap: number, s: Spec, epilogue: Epilogue): Schedule[] {
   return tileSizes(cap, 128)
     .flatMap((blockT) => [2, 4, 8].filter((w) => 16 * w <= blockT).flatMap((numWarps) => [1, 2, 3].map((stages) => ({ numWarps, blockD: 0, blockT, stages }))))
-    .filter((sch) => tileBytes(build(s, sch, epilogue)) <= TILE_BUDGET);
+    .filter((sch) => sharedBytes(s, sch, epilogue) <= TILE_BUDGET);
 }
 
 const fitting = (s: Spec, list: readonly Schedule[], epilogue: Epilogue): Schedule =>
-  list.find((sch) => tileBytes(build(s, sch, epilogue)) <= TILE_BUDGET) ?? list[list.length - 1]!;
+  list.find((sch) => sharedBytes(s, sch, epilogue) <= TILE_BUDGET) ?? list[list.length - 1]!;
 
 /** The chunked path's attention: windows of one chunk (blocks divide it). */
 export const attention: KernelDef = {
@@ -186,6 +198,7 @@ export const attention: KernelDef = {
 /** The quadratic path: one window over the whole sequence; nothing here depends on the chunk. */
 export const attentionY: KernelDef = {
   name: "attention_y",
+  chunkFree: true,
   schedule: (s) => fitting(s, candidates(128), "y"),
   scheduleSpace: (s) => space(128, s, "y"),
   build: (s, sch) => build(s, sch, "y"),

@@ -412,6 +412,28 @@ int prt_plan_create(prt_plan* out, prt_runtime rt, const char* kind, int deg, in
   if (decode && (p->len0 < 0 || p->len0 >= chunk)) return bad("len0", "an integer in [0, " + std::to_string(chunk) + ")", std::to_string(p->len0));
 
   auto it = rt->plans.find(k + "/" + spec);
+  if (it == rt->plans.end() && !decode && chunk >= 16 && p->t <= chunk && !p->initial_state && !p->final_state) {
+    // one window over t (the quadratic path) at a chunk no manifest has: the one-window variant of
+    // any built chunk of this deg, d, e and dtype serves it when all its kernels are chunk-free
+    // (the variant's "anyChunk"; codegen/plan-data.ts)
+    const std::string head = k + "/p" + std::to_string(deg) + "_d" + std::to_string(d) + "_e" + std::to_string(e) + "_c", tail = "_" + dt;
+    // (the smallest such chunk, as the TS runtime and the Python package take it)
+    std::map<std::string, double> one{{"gated", p->gated ? 1.0 : 0.0}, {"initialState", 0}, {"finalState", 0}, {"oneChunk", 1}};
+    long best = -1;
+    for (auto c = rt->plans.lower_bound(head); c != rt->plans.end() && c->first.compare(0, head.size(), head) == 0; ++c) {
+      const std::string& key = c->first;
+      if (key.size() <= head.size() + tail.size() || key.compare(key.size() - tail.size(), tail.size(), tail) != 0) continue;
+      const std::string digits = key.substr(head.size(), key.size() - head.size() - tail.size());
+      if (digits.empty() || digits.size() > 9 || digits.find_first_not_of("0123456789") != std::string::npos) continue;
+      const Json* v = select_variant(*c->second.json, one);
+      const Json* any = v ? v->get("anyChunk") : nullptr;
+      const long built = std::stol(digits);
+      if (any && any->is(Json::Bool) && any->b && (best < 0 || built < best)) {
+        it = c;
+        best = built;
+      }
+    }
+  }
   if (it == rt->plans.end()) {
     std::string where;
     for (const auto& m : rt->manifests) where += (where.empty() ? "" : ", ") + m;

@@ -10,6 +10,7 @@ import type { DType } from "../../dsl/dtype.ts";
 import type { Expr } from "../../dsl/ir.ts";
 import type { Generated } from "../../codegen/gen.ts";
 import type { ManifestKernel } from "../../codegen/manifest.ts";
+import type { Target } from "../../codegen/lir.ts";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const DTYPE_CODE: Record<DType, number> = { f32: 0, f16: 1, bf16: 2 };
@@ -45,11 +46,14 @@ export function evalUniform(e: Expr, params: Readonly<Record<string, number>>): 
   }
 }
 
-/** Write the generated files of one spec and a driver into `dir`; compile; return the binary. */
-export function buildEmulator(g: Generated, dir: string): string {
+/** Write the generated files of one spec and a driver into `dir`; compile for one target's bodies
+ * (sm_90a: the kernels' `#if defined(__CUDA_ARCH_FEAT_SM90_ALL)` branches); return the binary. */
+export function buildEmulator(g: Generated, dir: string, target: Target = "sm_80"): string {
   if (g.manifest.files.length !== 1) throw new Error("buildEmulator: one spec per generation");
   const file = g.manifest.files[0]!;
-  for (const [name, text] of g.files) if (name !== "prt_tile.cuh") writeFileSync(path.join(dir, name), text);
+  // the device headers are the emulation's (prt_tile.cuh on the include path defines Wgmma too)
+  for (const [name, text] of g.files) if (name !== "prt_tile.cuh" && name !== "prt_wgmma.cuh") writeFileSync(path.join(dir, name), text);
+  writeFileSync(path.join(dir, "prt_wgmma.cuh"), "#pragma once\n// emulation: prt::Wgmma is defined by test/codegen-emu/prt_tile.cuh\n");
   const cases = g.manifest.kernels.map((k, i) => {
     let ti = 0, pi = 0;
     const args = k.args.map((a) =>
@@ -61,7 +65,7 @@ export function buildEmulator(g: Generated, dir: string): string {
   });
   const driver = `// emulation driver for ${file.source} (test/codegen-emu/harness.ts)
 #include "prt_tile.cuh"
-alignas(128) unsigned char prt_smem[1 << 18];
+alignas(1024) unsigned char prt_smem[1 << 18];
 #include "${file.source}"
 #include <fstream>
 static void* g_tensors[64];
@@ -115,9 +119,10 @@ int main(int argc, char** argv) {
 }
 `;
   writeFileSync(path.join(dir, "driver.cc"), driver);
-  const bin = path.join(dir, "emu");
+  const bin = path.join(dir, `emu-${target}`);
   // the kernel file includes "prt_tile.cuh": only the emulation one is on the include path
-  execFileSync("g++", ["-std=c++17", "-O1", "-w", "-I", HERE, "-o", bin, path.join(dir, "driver.cc")], { stdio: "pipe" });
+  const arch = target === "sm_90a" ? ["-D__CUDA_ARCH_FEAT_SM90_ALL"] : [];
+  execFileSync("g++", ["-std=c++17", "-O1", "-w", ...arch, "-I", HERE, "-o", bin, path.join(dir, "driver.cc")], { stdio: "pipe" });
   return bin;
 }
 

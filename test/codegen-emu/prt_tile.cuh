@@ -101,10 +101,19 @@ struct Warp {
   uint64_t slot[32][10];  // per-lane deposits of the current collective
 };
 
+/** A warpgroup (4 consecutive warps, 128 threads): wgmma is its collective. */
+struct Group {
+  int arrived = 0;
+  unsigned long phase = 0;
+  const void* slot[128][8];  // per-thread deposits (pointers to its registers)
+  uint64_t word[128][4];
+};
+
 struct Block {
   int threads = 0;
   std::vector<Fiber> fibers;
   std::vector<Warp> warps;
+  std::vector<Group> groups;
   int arrivedBarrier = 0;
   unsigned long barrierGen = 0;
   int current = -1;
@@ -140,6 +149,24 @@ template <typename F> inline void warp_sync(F last) {
 }
 inline void warp_sync() { warp_sync([] {}); }
 
+inline Group& group() { return block->groups[block->current >> 7]; }
+/** Wait until all 128 threads of this thread's warpgroup arrive; `last` runs once, in the last. */
+template <typename F> inline void group_sync(F last) {
+  Group& g = group();
+  const unsigned long phase = g.phase;
+  if (++g.arrived == 128) {
+    last();
+    g.arrived = 0;
+    g.phase++;
+    return;
+  }
+  Fiber& f = self();
+  f.wait = 3;
+  f.gen = phase;
+  while (group().phase == phase) yield();
+  self().wait = 0;
+}
+
 inline void syncthreads() {
   const unsigned long gen = block->barrierGen;
   if (++block->arrivedBarrier == block->threads) {
@@ -166,6 +193,7 @@ inline void run_block(unsigned bx, unsigned by, unsigned bz, int threads, bool r
   b.threads = threads;
   b.fibers.resize(threads);
   b.warps.resize((threads + 31) / 32);
+  b.groups.resize((threads + 127) / 128);
   b.body = body;
   block = &b;
   blockIdx.x = bx, blockIdx.y = by, blockIdx.z = bz;
@@ -194,15 +222,16 @@ inline void run_block(unsigned bx, unsigned by, unsigned bz, int threads, bool r
     // a deadlock: a thread waits on a rendezvous that a finished thread (of its block, or of its
     // warp for warp collectives) never reached; control flow is uniform, so it cannot complete
     bool finished = false, blocked = false;
-    std::vector<bool> warpDone(b.warps.size(), false);
+    std::vector<bool> warpDone(b.warps.size(), false), groupDone(b.groups.size(), false);
     for (int t = 0; t < threads; ++t) {
       finished = finished || b.fibers[t].done;
-      if (b.fibers[t].done) warpDone[t >> 5] = true;
+      if (b.fibers[t].done) warpDone[t >> 5] = true, groupDone[t >> 7] = true;
     }
     for (int t = 0; t < threads; ++t) {
       const Fiber& f = b.fibers[t];
       if (f.wait == 1 && b.barrierGen == f.gen && finished) blocked = true;
       if (f.wait == 2 && b.warps[t >> 5].phase == f.gen && warpDone[t >> 5]) blocked = true;
+      if (f.wait == 3 && b.groups[t >> 7].phase == f.gen && groupDone[t >> 7]) blocked = true;
     }
     if (blocked) {
       std::fprintf(stderr, "emu: deadlock: a barrier or warp collective some threads never reach\n");
@@ -311,6 +340,9 @@ inline bool __all_sync(unsigned, bool p) {
 }
 
 // ---- the primitives of templates/prt_tile.cuh ---------------------------------------------------
+/** The block's shared memory (the harness defines it, 1024-byte aligned): shared addresses are offsets into it. */
+extern unsigned char prt_smem[];
+
 namespace prt {
 
 inline float to_f32(float x) { return x; }
@@ -325,6 +357,9 @@ inline float max_nan(float a, float b) { return (a != a || b != b) ? NAN : std::
 inline float min_nan(float a, float b) { return (a != a || b != b) ? NAN : std::fmin(a, b); }
 inline int max_nan(int a, int b) { return a > b ? a : b; }
 inline int min_nan(int a, int b) { return a < b ? a : b; }
+
+inline float exp(float x) { return std::exp2(x * 1.4426950408889634f); }
+inline float log(float x) { return std::log2(x) * 0.6931471805599453f; }
 
 template <int N, typename T> T powi(T x) {
   T y = T(1);
@@ -401,6 +436,102 @@ template <typename T> float b16_half(uint32_t r, int h) {
 }
 
 inline float b16_to_f32(uint16_t v, bool bf) { return bf ? __bfloat162float(__nv_bfloat16{v}) : __half2float(__half{v}); }
+
+template <typename T> uint32_t pack2_rn(float lo, float hi) { return pack2(from_f32<T>(lo), from_f32<T>(hi)); }
+
+// ---- sm_90a: swizzled layout, descriptors, wgmma -------------------------------------------------
+inline unsigned smem_addr(const void* p) { return static_cast<unsigned>(static_cast<const unsigned char*>(p) - prt_smem); }
+template <int W> int swz(int off) {
+  constexpr int mask = W == 128 ? 7 : W == 64 ? 3 : 1;
+  return off ^ (((off >> 6) & mask) << 3);
+}
+template <int W> uint64_t wgmma_desc(const void* p, uint32_t lbo, uint32_t sbo) {
+  constexpr uint64_t mode = W == 128 ? 1 : W == 64 ? 2 : 3;
+  const uint32_t a = smem_addr(p);
+  return static_cast<uint64_t>((a & 0x3FFFFu) >> 4) | (static_cast<uint64_t>((lbo & 0x3FFFFu) >> 4) << 16) |
+         (static_cast<uint64_t>((sbo & 0x3FFFFu) >> 4) << 32) | (mode << 62);
+}
+// wgmma completes at the instruction here (the generated code waits before any use)
+inline void wgmma_fence() {}
+inline void wgmma_commit() {}
+template <int N> void wgmma_wait() {}
+inline void fence_proxy_async() {}
+
+/** The shared byte address of element (mn, k) of a wgmma operand, decoded from its descriptor as
+ * the PTX ISA's canonical layouts say ("Shared Memory Matrix Layout", "Matrix Descriptor Format"),
+ * independently of how the generator lays tiles out: K-major ((8,m),(T,2k)) : ((W/2, SBO), (1, T)),
+ * MN-major ((T, W/16, m), (8, k)) : ((1, T, LBO), (W/2, SBO)) in elements (T = 8 of 16 bits), then
+ * the swizzle: address bits 4-6 XOR bits 7-9 (as many bits as the W-byte pattern has). */
+inline unsigned wgmma_addr(uint64_t desc, bool kMajor, int mn, int k) {
+  const unsigned start = static_cast<unsigned>(desc & 0x3FFF) << 4;
+  const unsigned lbo = static_cast<unsigned>((desc >> 16) & 0x3FFF) << 4, sbo = static_cast<unsigned>((desc >> 32) & 0x3FFF) << 4;
+  const unsigned mode = static_cast<unsigned>(desc >> 62);
+  if (mode == 0) { std::fprintf(stderr, "emu: wgmma descriptor without a swizzle mode\n"); std::exit(3); }
+  const unsigned W = mode == 1 ? 128 : mode == 2 ? 64 : 32, E = W / 2, mask = W / 16 - 1;
+  unsigned a = kMajor ? start + (mn % 8) * W + (mn / 8) * sbo + (k / 8) * 16 + (k % 8) * 2
+                      : start + 2 * (mn % E) + (mn / E) * lbo + (k % 8) * W + (k / 8) * sbo;
+  a ^= ((a >> 7) & mask) << 4;
+  return a;
+}
+
+/** wgmma m64nNk16 over the warpgroup: d[64 x N] = (scale_d ? d : 0) + A[64 x 16] B[16 x N], f32
+ * accumulation in k order. Thread t of the group (warp w = t / 32, lane g = l / 4, t2 = 2 (l % 4))
+ * holds d[q][e] at (16 w + g + 8 (e / 2), 8 q + t2 + e % 2) and, for A from registers, register
+ * rg's halves h at (16 w + g + 8 (rg % 2), t2 + 8 (rg / 2) + h). */
+template <int N, typename T> struct Wgmma {
+  static constexpr bool bf = std::is_same<T, __nv_bfloat16>::value;
+  static float at(unsigned addr) {
+    uint16_t v;
+    std::memcpy(&v, prt_smem + addr, 2);
+    return b16_to_f32(v, bf);
+  }
+  static void run(float (&d)[N / 8][4], const uint32_t* a, uint64_t da, uint64_t db, int scale_d, int ta, int tb) {
+    auto& g = emu::group();
+    const int t = emu::block->current & 127;
+    g.slot[t][0] = &d;
+    g.slot[t][1] = a;
+    g.word[t][0] = da;
+    g.word[t][1] = db;
+    g.word[t][2] = static_cast<uint64_t>(scale_d != 0);
+    emu::group_sync([&g, ta, tb] {
+      for (int x = 1; x < 128; ++x)
+        if (g.word[x][0] != g.word[0][0] || g.word[x][1] != g.word[0][1] || g.word[x][2] != g.word[0][2] || (g.slot[x][1] == nullptr) != (g.slot[0][1] == nullptr)) {
+          std::fprintf(stderr, "emu: wgmma operands differ between the threads of a warpgroup\n");
+          std::exit(3);
+        }
+      static float A[64][16], B[16][N];
+      for (int kk = 0; kk < 16; ++kk)
+        for (int n = 0; n < N; ++n) B[kk][n] = at(wgmma_addr(g.word[0][1], tb == 0, n, kk));
+      if (g.slot[0][1] == nullptr) {
+        for (int m = 0; m < 64; ++m)
+          for (int kk = 0; kk < 16; ++kk) A[m][kk] = at(wgmma_addr(g.word[0][0], ta == 0, m, kk));
+      } else {
+        for (int x = 0; x < 128; ++x) {
+          const uint32_t* r = static_cast<const uint32_t*>(g.slot[x][1]);
+          const int w = x >> 5, l = x & 31, gg = l >> 2, t2 = (l & 3) * 2;
+          for (int rg = 0; rg < 4; ++rg)
+            for (int h = 0; h < 2; ++h) A[16 * w + gg + 8 * (rg & 1)][t2 + 8 * (rg >> 1) + h] = b16_to_f32(static_cast<uint16_t>(h ? r[rg] >> 16 : r[rg] & 0xffff), bf);
+        }
+      }
+      for (int x = 0; x < 128; ++x) {
+        float (&dd)[N / 8][4] = *static_cast<float (*)[N / 8][4]>(const_cast<void*>(g.slot[x][0]));
+        const int w = x >> 5, l = x & 31, gg = l >> 2, t2 = (l & 3) * 2;
+        for (int q = 0; q < N / 8; ++q)
+          for (int e = 0; e < 4; ++e) {
+            const int m = 16 * w + gg + 8 * (e >> 1), n = 8 * q + t2 + (e & 1);
+            float acc = g.word[0][2] ? dd[q][e] : 0.0f;
+            for (int kk = 0; kk < 16; ++kk) acc += A[m][kk] * B[kk][n];
+            dd[q][e] = acc;
+          }
+      }
+    });
+  }
+  template <int TA, int TB> static void ss(float (&d)[N / 8][4], uint64_t da, uint64_t db, int scale_d) { run(d, nullptr, da, db, scale_d, TA, TB); }
+  template <int TB> static void rs(float (&d)[N / 8][4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint64_t db, int scale_d) {
+    const uint32_t a[4] = {a0, a1, a2, a3};
+    run(d, a, 0, db, scale_d, 0, TB);
+  }
+};
 
 /** mma.sync m16n8k16: lane (g = l/4, t = l%4) holds A (g, 2t..) (g+8, 2t..) (g, 2t+8..) (g+8, 2t+8..),
  * B (k = 2t.., n = g) (k = 2t+8.., n = g), C/D (g, 2t..) (g+8, 2t..). */

@@ -104,11 +104,29 @@ def load_all(files: list[str]) -> list[Manifest]:
     return [load(f) for f in files if os.path.exists(f)]
 
 
-def find_plan(manifests: list[Manifest], kind: str, spec: Spec):
+def find_plan(manifests: list[Manifest], kind: str, spec: Spec, one_window: bool = False, gated: bool = True):
+    """The plan of (kind, spec); for a one-window problem (t <= chunk, no state in or out: the
+    quadratic path) at a chunk no manifest has, the plan of the smallest built chunk of the same deg,
+    d, e and dtype whose one-window variant is made of chunk-free kernels ("anyChunk"), as the
+    native core takes it (runtime/native/plans.cc)."""
     for m in manifests:
         p = m.plans.get((kind, spec.key))
         if p is not None:
             return p
+    if not one_window or kind == "decode":
+        return None
+    flags = {"gated": int(gated), "initialState": 0, "finalState": 0, "oneChunk": 1}
+    for c in sorted({s.chunk for m in manifests for s in m.specs if (s.deg, s.d, s.e, s.dtype) == (spec.deg, spec.d, spec.e, spec.dtype)}):
+        other = Spec(spec.deg, spec.d, spec.e, c, spec.dtype)
+        for m in manifests:
+            p = m.plans.get((kind, other.key))
+            if p is None:
+                continue
+            try:
+                if variant(p, flags).get("anyChunk"):
+                    return p
+            except ManifestError:
+                pass
     return None
 
 

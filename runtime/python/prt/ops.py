@@ -94,7 +94,7 @@ def _built_chunks(deg: int, d: int, e: int, dtype: str) -> tuple:
 def _output_names(kind: str, deg: int, d: int, e: int, chunk: int, dtype: str, gated: bool, initial: bool, final: bool,
                   one_chunk: bool) -> tuple:
     spec = _manifest.Spec(deg, d, e, chunk, dtype)
-    plan = _manifest.find_plan(_manifests(), kind, spec)
+    plan = _manifest.find_plan(_manifests(), kind, spec, one_chunk and not initial and not final, gated)
     if plan is None:
         raise _native.PrtError(f"spec {spec.key} has no {kind} plan on the kernel search path ({_paths.describe_search_path()}); "
                                f"generate and compile it with `{spec.gen_command()}`")
@@ -108,7 +108,7 @@ def _output_names(kind: str, deg: int, d: int, e: int, chunk: int, dtype: str, g
 
 
 def _forward_names(spec, b, t, hq, h, gated, initial_state, final_state) -> list:
-    plan = _manifest.find_plan(_manifests(), "forward", spec)
+    plan = _manifest.find_plan(_manifests(), "forward", spec, t <= spec.chunk and not initial_state and not final_state, gated)
     if plan is None:
         raise _native.PrtError(f"spec {spec.key} has no forward plan on the kernel search path ({_paths.describe_search_path()}); "
                                f"generate and compile it with `{spec.gen_command()}`")
@@ -137,7 +137,7 @@ def _(Q, K, V, logG, S0, Z0, deg, scale, chunk, final_state):
 
 
 def _backward_names(spec, b, t, hq, h, gated, initial_state, final_state) -> list:
-    plan = _manifest.find_plan(_manifests(), "backward", spec)
+    plan = _manifest.find_plan(_manifests(), "backward", spec, t <= spec.chunk and not initial_state and not final_state, gated)
     if plan is None:
         raise _native.PrtError(f"spec {spec.key} has no backward plan; generate and compile it with `{spec.gen_command()}`")
     env, flags = _manifest.problem_env("backward", spec.chunk, b, t, hq, h, gated, initial_state, final_state)
