@@ -7,8 +7,8 @@
 import { afterAll, describe, expect, it } from "vitest";
 import fc from "fast-check";
 import type { DType } from "../dsl/dtype.ts";
-import { attentionBwd, attentionBwdPrep } from "../dsl/kernels/attention-bwd.ts";
-import { combineGrads } from "../dsl/kernels/combine-grads.ts";
+import { attentionBwdDkv, attentionBwdDkvY, attentionBwdDq, attentionBwdDqY, attentionBwdPrep, attentionBwdPrepY } from "../dsl/kernels/attention-bwd.ts";
+import { combineGrads, gateGradsY } from "../dsl/kernels/combine-grads.ts";
 import { discountedCumsumBwd } from "../dsl/kernels/discounted-cumsum-bwd.ts";
 import { queryStateBwdDq, queryStateBwdDs } from "../dsl/kernels/query-state-bwd.ts";
 import { updateStateBwd } from "../dsl/kernels/update-state-bwd.ts";
@@ -71,7 +71,10 @@ function checkCase(c: Case, sched: ScheduleTable = {}, note = ""): void {
   compare(p, backwardOnCpu(p, { ...x, dY }, sched), refGrads(p, x, dY), describeCase(c) + note);
 }
 
-const BACKWARD_KERNELS = [attentionBwdPrep, attentionBwd, queryStateBwdDq, queryStateBwdDs, discountedCumsumBwd, updateStateBwd, combineGrads];
+const BACKWARD_KERNELS = [
+  attentionBwdPrep, queryStateBwdDq, attentionBwdDq, attentionBwdDkv, queryStateBwdDs, discountedCumsumBwd, updateStateBwd, combineGrads, // chunked
+  attentionBwdPrepY, attentionBwdDqY, attentionBwdDkvY, gateGradsY, // quadratic (t <= chunk here)
+];
 
 describe("backward plan vs referenceBackward", () => {
   it("matches on random shapes, dtypes, degrees, chunks and gates (incl. t = 1, odd t, GQA)", () => {
