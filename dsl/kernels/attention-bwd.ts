@@ -28,8 +28,9 @@
 // cumsum, ck_j = -cq_j on the diagonal block, and on an off-diagonal pair ck_j = (logG[j+1] + ... +
 // logG[k0+B-1]) + G, G the gates between the key block's end and the query block's start. The walk
 // over key blocks (prep, dq) grows G by each key block's total, the walk over query blocks (dkv) by
-// each query block's; the two sum the same block totals, in mirrored orders (they agree bit for bit
-// up to two blocks apart).
+// each query block's; the two sum the same block totals in mirrored orders, so the two scorings of a
+// pair agree to the f32 rounding of G (bit for bit on the interpreter while G holds at most two
+// block totals, a + b = b + a: pairs at most three blocks apart).
 //
 // Non-finite inputs (README "Non-finite inputs"): the products of the pairs that carry no weight are
 // selected to 0, never multiplied by 0; on a diagonal block, where the mma still multiplies the
@@ -347,9 +348,10 @@ type Build = (spec: Spec, sch: Schedule, epilogue: Epilogue) => Kernel;
 /** Largest blocks first; a warp owns 16 rows (as the forward's attention). */
 const candidates = (cap: number): Schedule[] => tileSizes(cap, 128).map((blockT) => ({ numWarps: blockT / 16, blockD: 0, blockT, stages: 2 }));
 
+/** Blocks down to 16 rows, a warp owning 16 to 64 of them, with and without prefetch. */
 function space(cap: number, s: Spec, build: Build, epilogue: Epilogue): Schedule[] {
   return tileSizes(cap, 128)
-    .flatMap((blockT) => [2, 4, 8].filter((w) => 16 * w <= blockT).flatMap((numWarps) => [1, 2].map((stages) => ({ numWarps, blockD: 0, blockT, stages }))))
+    .flatMap((blockT) => [1, 2, 4, 8].filter((w) => 16 * w <= blockT && 64 * w >= blockT).flatMap((numWarps) => [1, 2].map((stages) => ({ numWarps, blockD: 0, blockT, stages }))))
     .filter((sch) => tileBytes(build(s, sch, epilogue)) <= TILE_BUDGET);
 }
 
