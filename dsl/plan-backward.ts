@@ -1,11 +1,12 @@
 // The backward of a retention call as a plan (kernels/README.md, "Backward"): the gradients flow
-// through the intra-chunk attention, the query state, the discounted cumulative sum (backwards in
-// time) and the update state, and combine_grads adds the parts up. Like the forward, one chunk
-// with no state in or out is the plain quadratic form: the state kernels do not run.
+// through the attention, the query state, the discounted cumulative sum (backwards in time) and
+// the update state, and combine_grads adds the parts up. Like the forward, one window with no state
+// in or out is the plain quadratic form: the attention kernels' `_y` variants over the whole
+// sequence write the final gradients, and no state kernel runs.
 
 import { executeOnCpu } from "./execute-cpu.ts";
-import { attentionBwd, attentionBwdPrep } from "./kernels/attention-bwd.ts";
-import { combineGrads } from "./kernels/combine-grads.ts";
+import { attentionBwdDkv, attentionBwdDkvY, attentionBwdDq, attentionBwdDqY, attentionBwdPrep, attentionBwdPrepY } from "./kernels/attention-bwd.ts";
+import { combineGrads, gateGradsY } from "./kernels/combine-grads.ts";
 import { featureBlocks } from "./kernels/common.ts";
 import { discountedCumsumBwd } from "./kernels/discounted-cumsum-bwd.ts";
 import { dqStateBlocks, queryStateBwdDq, queryStateBwdDs } from "./kernels/query-state-bwd.ts";
@@ -14,7 +15,7 @@ import { checkProblem, chunksOf, forwardPlan, inputBuffers, planInputs, problemS
 import type { Plan, PlanBuffer, PlanStep } from "./plan-types.ts";
 import { stateFeatures } from "./spec.ts";
 
-/** One chunk, no initial state and no final state: the state part of the gradient is all zero. */
+/** One window (chunk >= t), no initial state and no final state: the quadratic form, no state part. */
 const isShortPath = (p: Problem): boolean => chunksOf(p) === 1 && !p.initialState && !p.finalState;
 
 /**
@@ -30,7 +31,6 @@ export function backwardPlan(p: Problem, sched: ScheduleTable = {}): Plan {
   const D = stateFeatures(spec);
   const n = chunksOf(p);
   const { b, t, hq, h, d, e } = p;
-  const short = isShortPath(p);
   const state = stateInBuffers(p);
   const buf = (name: string, shape: number[], init: PlanBuffer["init"] = "nan"): PlanBuffer => ({ name, dtype: "f32", shape, init });
   const buffers: PlanBuffer[] = [
@@ -39,88 +39,93 @@ export function backwardPlan(p: Problem, sched: ScheduleTable = {}): Plan {
     buf("yS", [b, t, hq, e], "input"),
     buf("wS", [b, t, hq], "input"),
     { name: "dY", dtype: p.dtype, shape: [b, t, hq, e], init: "input" },
-    buf("DyA", [b, t, hq]),
-    buf("PA", [b, t, hq]),
     buf("Dy", [b, t, hq]),
     buf("lseB", [b, t, hq]),
-    buf("dQa", [b, t, hq, d]),
-    buf("dKa", [b, t, h, d]),
-    buf("dVa", [b, t, h, e]),
+    buf("rowW", [b, t, hq]),
     buf("dlamA", [b, t, h]),
     { name: "dQ", dtype: p.dtype, shape: [b, t, hq, d], init: "nan" },
     { name: "dK", dtype: p.dtype, shape: [b, t, h, d], init: "nan" },
     { name: "dV", dtype: p.dtype, shape: [b, t, h, e], init: "nan" },
     buf("dlogG", [b, t, h]),
   ];
+  const attn = { Q: "Q", K: "K", V: "V", logG: "logG", dY: "dY" };
+  const outputs = ["dQ", "dK", "dV", "dlogG"];
+  if (isShortPath(p)) {
+    // the quadratic form: one window over the whole sequence; Dy and lseB come out of the prep
+    // (rho = PA: no state), dQ, dK, dV out of the attention, dlogG is the suffix sum of dlamA
+    const win = { b, t, hq, h, window: t, scale: p.scale };
+    const steps: PlanStep[] = [
+      stepOf(attentionBwdPrepY, spec, sched, win, { ...attn, lse: "lse", Dy: "Dy", lseB: "lseB" }),
+      stepOf(attentionBwdDqY, spec, sched, win, { ...attn, lse: "lseB", Dy: "Dy", dQ: "dQ", rowW: "rowW" }),
+      stepOf(attentionBwdDkvY, spec, sched, win, { ...attn, lse: "lseB", Dy: "Dy", rowW: "rowW", dK: "dK", dV: "dV", dlamA: "dlamA" }),
+      stepOf(gateGradsY, spec, sched, { b, t, h }, { dlamA: "dlamA", dlogG: "dlogG" }),
+    ];
+    return { buffers, steps, outputs };
+  }
   const dims = { b, t, hq, h, n };
+  const win = { b, t, hq, h, window: p.chunk, scale: p.scale }; // windows of one chunk
   const dq = stepOf(queryStateBwdDq, spec, sched, {}, {});
   const dcb = stepOf(discountedCumsumBwd, spec, sched, { b, t, h, n }, {});
-  const nfbC = short ? 1 : featureBlocks(spec, dcb.schedule.blockD).count; // dGc's partial sums per chunk
+  const nfbC = featureBlocks(spec, dcb.schedule.blockD).count; // dGc's partial sums per chunk
+  buffers.push(
+    buf("DyA", [b, t, hq]),
+    buf("PA", [b, t, hq]),
+    buf("dQa", [b, t, hq, d]),
+    buf("dKa", [b, t, h, d]),
+    buf("dVa", [b, t, h, e]),
+    buf("dQs", [b, t, hq, d]),
+    buf("dlamQ", [b, t, hq]),
+    buf("dKs", [b, t, h, d]),
+    buf("dVs", [b, t, h, e]),
+    buf("dlamK", [b, t, h]),
+    buf("dGc", [b, h, n, nfbC]),
+    buf("dGk", [b, h, n]),
+  );
+  if (state.Sin === "Sin") buffers.push(buf("Sin", [b, h, n, D, e], "input"), buf("Zin", [b, h, n, D], "input"));
+  const final = p.finalState ? "input" : "zeros";
+  buffers.push(
+    buf("dSin", [b, h, n, D, e]),
+    buf("dZin", [b, h, n, D]),
+    buf("dSfinal", [b, h, D, e], final),
+    buf("dZfinal", [b, h, D], final),
+    buf("ddS", [b, h, n, D, e]),
+    buf("ddZ", [b, h, n, D]),
+    buf("dS0", [b, h, D, e]),
+    buf("dZ0", [b, h, D]),
+  );
   const steps: PlanStep[] = [
-    // Dy_i = dy_i . y_i and the weights' normaliser, recomputed in f32 (README "Backward").
-    stepOf(attentionBwdPrep, spec, sched, { ...dims, scale: p.scale }, {
-      Q: "Q", K: "K", V: "V", logG: "logG", dY: "dY", lse: "lse", DyA: "DyA", PA: "PA",
-    }),
+    // the attention parts of Dy_i = dy_i . y_i and of the weights' total, recomputed in f32
+    // (README "Backward"); query_state_bwd_dq completes them into Dy and lseB with the state part
+    stepOf(attentionBwdPrep, spec, sched, win, { ...attn, lse: "lse", DyA: "DyA", PA: "PA" }),
     {
       ...dq,
-      params: { ...dims, scale: p.scale, nfb: short ? 0 : dqStateBlocks(spec, dq.schedule) },
+      params: { ...dims, scale: p.scale, nfb: dqStateBlocks(spec, dq.schedule) },
       bind: {
-        Q: "Q", logG: "logG", Sin: short ? "S0" : state.Sin, Zin: short ? "Z0" : state.Zin, dY: "dY", lse: "lse", yS: "yS", wS: "wS",
+        Q: "Q", logG: "logG", Sin: state.Sin, Zin: state.Zin, dY: "dY", lse: "lse", yS: "yS", wS: "wS",
         DyA: "DyA", PA: "PA", Dy: "Dy", lseB: "lseB", dQs: "dQs", dlamQ: "dlamQ",
       },
     },
-    stepOf(attentionBwd, spec, sched, { ...dims, scale: p.scale }, {
-      Q: "Q", K: "K", V: "V", logG: "logG", dY: "dY", lse: "lseB", Dy: "Dy", dQa: "dQa", dKa: "dKa", dVa: "dVa", dlamA: "dlamA",
+    stepOf(attentionBwdDq, spec, sched, win, { ...attn, lse: "lseB", Dy: "Dy", dQa: "dQa", rowW: "rowW" }),
+    stepOf(attentionBwdDkv, spec, sched, win, { ...attn, lse: "lseB", Dy: "Dy", rowW: "rowW", dKa: "dKa", dVa: "dVa", dlamA: "dlamA" }),
+    stepOf(queryStateBwdDs, spec, sched, { ...dims, scale: p.scale }, {
+      Q: "Q", logG: "logG", dY: "dY", lse: "lseB", Dy: "Dy", dSin: "dSin", dZin: "dZin",
     }),
-  ];
-  // The key side of the state part; zeros for combine_grads on the short path.
-  const init = short ? "zeros" : "nan";
-  buffers.push(
-    buf("dQs", [b, t, hq, d]),
-    buf("dlamQ", [b, t, hq]),
-    buf("dKs", [b, t, h, d], init),
-    buf("dVs", [b, t, h, e], init),
-    buf("dlamK", [b, t, h], init),
-    buf("dGc", [b, h, n, nfbC], init),
-    buf("dGk", [b, h, n], init),
-  );
-  const outputs = ["dQ", "dK", "dV", "dlogG"];
-  if (!short) {
-    if (state.Sin === "Sin") buffers.push(buf("Sin", [b, h, n, D, e], "input"), buf("Zin", [b, h, n, D], "input"));
-    const final = p.finalState ? "input" : "zeros";
-    buffers.push(
-      buf("dSin", [b, h, n, D, e]),
-      buf("dZin", [b, h, n, D]),
-      buf("dSfinal", [b, h, D, e], final),
-      buf("dZfinal", [b, h, D], final),
-      buf("ddS", [b, h, n, D, e]),
-      buf("ddZ", [b, h, n, D]),
-      buf("dS0", [b, h, D, e]),
-      buf("dZ0", [b, h, D]),
-    );
-    steps.push(
-      stepOf(queryStateBwdDs, spec, sched, { ...dims, scale: p.scale }, {
-        Q: "Q", logG: "logG", dY: "dY", lse: "lseB", Dy: "Dy", dSin: "dSin", dZin: "dZin",
-      }),
-      {
-        ...dcb,
-        bind: {
-          logG: "logG", Sin: state.Sin, Zin: state.Zin, dSin: "dSin", dZin: "dZin", dSfinal: "dSfinal", dZfinal: "dZfinal",
-          ddS: "ddS", ddZ: "ddZ", dS0: "dS0", dZ0: "dZ0", dGc: "dGc",
-        },
+    {
+      ...dcb,
+      bind: {
+        logG: "logG", Sin: state.Sin, Zin: state.Zin, dSin: "dSin", dZin: "dZin", dSfinal: "dSfinal", dZfinal: "dZfinal",
+        ddS: "ddS", ddZ: "ddZ", dS0: "dS0", dZ0: "dZ0", dGc: "dGc",
       },
-      stepOf(updateStateBwd, spec, sched, { b, t, h, n }, {
-        K: "K", V: "V", logG: "logG", ddS: "ddS", ddZ: "ddZ", dKs: "dKs", dVs: "dVs", dlamK: "dlamK", dGk: "dGk",
-      }),
-    );
-    if (p.initialState) outputs.push("dS0", "dZ0");
-  }
-  steps.push(
+    },
+    stepOf(updateStateBwd, spec, sched, { b, t, h, n }, {
+      K: "K", V: "V", logG: "logG", ddS: "ddS", ddZ: "ddZ", dKs: "dKs", dVs: "dVs", dlamK: "dlamK", dGk: "dGk",
+    }),
     stepOf(combineGrads, spec, sched, { ...dims, nfb: nfbC }, {
       dQa: "dQa", dQs: "dQs", dKa: "dKa", dKs: "dKs", dVa: "dVa", dVs: "dVs", dlamA: "dlamA", dlamK: "dlamK", dlamQ: "dlamQ",
       dGc: "dGc", dGk: "dGk", dQ: "dQ", dK: "dK", dV: "dV", dlogG: "dlogG",
     }),
-  );
+  ];
+  if (p.initialState) outputs.push("dS0", "dZ0");
   return { buffers, steps, outputs };
 }
 

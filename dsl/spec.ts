@@ -19,7 +19,7 @@ export interface Schedule {
   readonly numWarps: number;
   /** Features of the expansion handled per step (a block of D). */
   readonly blockD: number;
-  /** Rows of a time tile inside a chunk (query or key sub-block of the attention), divides the chunk. */
+  /** Rows of a time tile (query or key block of the attention); divides the chunk where the kernel works per chunk or window of one chunk. */
   readonly blockT: number;
   /** Software-pipelining depth for the loops that stream tiles. */
   readonly stages: number;

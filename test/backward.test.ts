@@ -6,9 +6,11 @@
 
 import { afterAll, describe, expect, it } from "vitest";
 import fc from "fast-check";
+import { SMEM_LIMIT } from "../codegen/lower/rules.ts";
+import { lowerUpTo } from "../codegen/pipeline.ts";
 import type { DType } from "../dsl/dtype.ts";
-import { attentionBwd, attentionBwdPrep } from "../dsl/kernels/attention-bwd.ts";
-import { combineGrads } from "../dsl/kernels/combine-grads.ts";
+import { attentionBwdDkv, attentionBwdDkvY, attentionBwdDq, attentionBwdDqY, attentionBwdPrep, attentionBwdPrepY } from "../dsl/kernels/attention-bwd.ts";
+import { combineGrads, gateGradsY } from "../dsl/kernels/combine-grads.ts";
 import { discountedCumsumBwd } from "../dsl/kernels/discounted-cumsum-bwd.ts";
 import { queryStateBwdDq, queryStateBwdDs } from "../dsl/kernels/query-state-bwd.ts";
 import { updateStateBwd } from "../dsl/kernels/update-state-bwd.ts";
@@ -71,7 +73,10 @@ function checkCase(c: Case, sched: ScheduleTable = {}, note = ""): void {
   compare(p, backwardOnCpu(p, { ...x, dY }, sched), refGrads(p, x, dY), describeCase(c) + note);
 }
 
-const BACKWARD_KERNELS = [attentionBwdPrep, attentionBwd, queryStateBwdDq, queryStateBwdDs, discountedCumsumBwd, updateStateBwd, combineGrads];
+const BACKWARD_KERNELS = [
+  attentionBwdPrep, queryStateBwdDq, attentionBwdDq, attentionBwdDkv, queryStateBwdDs, discountedCumsumBwd, updateStateBwd, combineGrads, // chunked
+  attentionBwdPrepY, attentionBwdDqY, attentionBwdDkvY, gateGradsY, // quadratic (t <= chunk here)
+];
 
 describe("backward plan vs referenceBackward", () => {
   it("matches on random shapes, dtypes, degrees, chunks and gates (incl. t = 1, odd t, GQA)", () => {
@@ -277,4 +282,26 @@ describe("backward plan: the chunk size and the schedules change how, not what",
       fcOptions(8),
     );
   }, 30_000);
+});
+
+describe("backward attention kernels: schedules", () => {
+  it("default schedules fit sm_80's shared memory as the lowering plans it (c <= 256, d, e <= 128); the _y kernels ignore the chunk", () => {
+    const over: string[] = [];
+    for (const dtype of ["f32", "f16", "bf16"] as const)
+      for (const d of [8, 32, 64, 128])
+        for (const chunk of [16, 64, 128, 256]) {
+          const spec = { deg: 2, d, e: d, chunk, dtype };
+          for (const k of [attentionBwdPrep, attentionBwdDq, attentionBwdDkv, attentionBwdPrepY, attentionBwdDqY, attentionBwdDkvY, gateGradsY]) {
+            if (k.name.endsWith("_y") && chunk !== 16) {
+              const sch = k.schedule(spec), at16 = { ...spec, chunk: 16 };
+              expect(sch, `${k.name} schedule at chunk ${chunk}`).toEqual(k.schedule(at16));
+              expect(k.build({ ...spec, chunk: 4096 }, sch), `${k.name} IR at chunk 4096`).toEqual(k.build(at16, sch));
+              continue;
+            }
+            const bytes = lowerUpTo(k.build(spec, k.schedule(spec)), "plan-shared").smemBytes!;
+            if (bytes > SMEM_LIMIT.sm_80) over.push(`${k.name} ${JSON.stringify(spec)}: ${bytes} bytes`);
+          }
+        }
+    expect(over).toEqual([]);
+  }, 120_000);
 });

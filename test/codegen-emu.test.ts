@@ -23,8 +23,8 @@ import type { Target } from "../codegen/lir.ts";
 /** Sizes of the launch: t = 70 spans two chunks of 64 with a ragged tail; hq = 2 h (grouped queries). */
 const PARAMS_ = { b: 1, t: 70, h: 1, hq: 2, n: 2, scale: 0.35, tq: 3, q0: 0, tn: 3, len: 40, len0: 37, nfb: 2, window: 64 };
 
-/** Per-kernel params: the quadratic path's attention has one window over the whole sequence. */
-const paramsFor = (name: string, p: typeof PARAMS_): typeof PARAMS_ => (name === "attention_y" ? { ...p, window: 1 << 20 } : { ...p, window: p.window });
+/** Per-kernel params: the quadratic path's kernels (`_y`) have one window over the whole sequence. */
+const paramsFor = (name: string, p: typeof PARAMS_): typeof PARAMS_ => (name.endsWith("_y") ? { ...p, window: 1 << 20 } : { ...p, window: p.window });
 
 const PARAMS = PARAMS_;
 
@@ -68,9 +68,11 @@ const STATE_KERNELS = ["update_state", "query_state", "query_state_bwd_dq", "que
 describe("generated CUDA == interpreter, d 64, chunk 128, bf16 (the kernels with mma groups)", () =>
   emulatedAgainstInterpreter(MAIN_SPEC, STATE_KERNELS, { ...PARAMS, t: 140, n: 2, window: 128 }));
 
-// The attention kernels at the main spec: several key blocks per window (t = 300 over blocks of 128).
+// The attention kernels at the main spec: several key blocks per window (t = 300 over blocks of 128),
+// forward and backward.
+const ATTENTION_KERNELS = ["attention", "attention_y", "attention_bwd_prep", "attention_bwd_dq", "attention_bwd_dkv", "attention_bwd_prep_y", "attention_bwd_dq_y", "attention_bwd_dkv_y", "gate_grads_y"];
 describe("generated CUDA == interpreter, d 64, chunk 128, bf16, attention", () =>
-  emulatedAgainstInterpreter(MAIN_SPEC, ["attention", "attention_y"], { ...PARAMS, t: 300, n: 3, window: 128 }));
+  emulatedAgainstInterpreter(MAIN_SPEC, ATTENTION_KERNELS, { ...PARAMS, t: 300, n: 3, window: 128 }));
 // ... and under the schedules the default set ships with (codegen/schedules.json, the H200 sweep)
 // where they differ from the defaults (other warps and feature blocks, so other tilings)
 const TUNED = loadSchedules(DEFAULT_SCHEDULES_FILE);

@@ -692,8 +692,9 @@ console.log(JSON.stringify(results));
     expect(r.prefill).toBeLessThan(1e-5); // decode after a prefill = the whole sequence's forward (f32)
     expect(r.leaked).toBe(0);
     expect(r.kernels).toEqual([
-      "attention", "attention_bwd", "attention_bwd_prep", "attention_y", "cache_append", "combine_grads", "decode", "discounted_cumsum",
-      "discounted_cumsum_bwd", "query_state", "query_state_bwd_dq", "query_state_bwd_ds", "state_copy", "update_state", "update_state_bwd",
+      "attention", "attention_bwd_dkv", "attention_bwd_dkv_y", "attention_bwd_dq", "attention_bwd_dq_y", "attention_bwd_prep",
+      "attention_bwd_prep_y", "attention_y", "cache_append", "combine_grads", "decode", "discounted_cumsum", "discounted_cumsum_bwd",
+      "gate_grads_y", "query_state", "query_state_bwd_dq", "query_state_bwd_ds", "state_copy", "update_state", "update_state_bwd",
     ]);
   }, 120_000);
 });

@@ -1,223 +1,383 @@
-// Attention backward (README "Backward", attention part) for one chunk of one kv head and its g
-// query heads. With P_ij = exp(w_ij - lse_i), w_ij = p log|s_ij| + lam_i - lam_j (j <= i),
-//   W_ij = P_ij (dy_i.v_j - Dy_i),   ds'_ij = p W_ij / (q_i.k_j)  (= scale * ds_ij: scale cancels)
-//   dq_i = sum_j ds'_ij k_j   dk_j = sum_i ds'_ij q_i   dv_j = sum_i P_ij dy_i
-//   dlam_i += sum_j W_ij      dlam_j -= sum_i W_ij      (summed over the group's query heads)
-// The chunk is cut into blocks of BT rows. For each block: pass A takes it as queries (dq and the
-// row sums of W, keys streamed), pass B as keys (dk, dv and the column sums, queries streamed).
-// Each (query block, key block) pair is thus scored twice, the price of having no atomics.
-// attention_bwd_prep (below) runs first: the attention parts of Dy_i = dy_i . y_i and of the
-// weights' total, in f32; query_state_bwd_dq completes them into the Dy and lse this kernel reads
-// (README "Precision": the stored Y and the forward's lse are too coarse where dP_ij - Dy_i cancels).
+// Attention backward (README "Backward", attention part), parallel over blocks of B rows, without
+// atomics. Query i sees key j when j <= i and both lie in one window of `window` tokens (the chunk;
+// a window >= t is the quadratic form), as in the forward (attention.ts). With
+//   P_ij = exp(w_ij - lse_i),  w_ij = p log|s_ij| + (lam_i - lam_j),  s_ij = scale q_i.k_j,
+//   dP_ij = dy_i.v_j,  W_ij = P_ij (dP_ij - Dy_i),  ds'_ij = p W_ij / (q_i.k_j)  (= scale ds_ij),
+// (P_ij = W_ij = ds'_ij = 0 where the pair is not visible or the row has no weight, lse_i = -inf)
+// the gradients are
+//   dq_i = sum_j ds'_ij k_j,   dk_j = sum_i ds'_ij q_i,   dv_j = sum_i P_ij dy_i,
+//   dlam_i = sum_j W_ij - sum_m W_mi   (row sums minus column sums, over the group's query heads).
+// Three kernels, each with two epilogues (the chunked path's parts; `_y`, the quadratic path's
+// final outputs, as attention / attention_y):
+//   attention_bwd_prep[_y]  per (query block, query head, batch): DyA_i = sum_j P_ij dP_ij and
+//                           PA_i = sum_j P_ij under the forward's lse (parts; query_state_bwd_dq
+//                           completes them with the state's part), or, with no state, rho_i = PA_i,
+//                           Dy_i = DyA_i / rho_i and lseB_i = lse_i + log rho_i (_y).
+//   attention_bwd_dq[_y]    per (query block, query head, batch), under lseB and Dy: dq and the row
+//                           sums of W; key blocks: the diagonal one, then the window's earlier ones
+//                           from the nearest (the forward's walk).
+//   attention_bwd_dkv[_y]   per (key block, kv head, batch), looping over the group's query heads:
+//                           dk, dv, and dlam = the group's row sums of W (from attention_bwd_dq) minus
+//                           the column sums; query blocks: the diagonal one, then the window's later
+//                           ones from the nearest. Its scores are transposed ([keys, queries]), so
+//                           P^T and ds^T are the A operands of dv and dk.
+// Each (query block, key block) pair is scored twice (dq, dk), the price of having no atomics.
+//
+// The gate sums are formed from block-local sums only, as in the forward, so that their rounding
+// does not grow with the position: lam_i - lam_j = cq_i + ck_j, with cq the query block's inclusive
+// cumsum, ck_j = -cq_j on the diagonal block, and on an off-diagonal pair ck_j = (logG[j+1] + ... +
+// logG[k0+B-1]) + G, G the gates between the key block's end and the query block's start. The walk
+// over key blocks (prep, dq) grows G by each key block's total, the walk over query blocks (dkv) by
+// each query block's; the two sum the same block totals in mirrored orders, so the two scorings of a
+// pair agree to the f32 rounding of G (bit for bit on the interpreter while G holds at most two
+// block totals, a + b = b + a: pairs at most three blocks apart).
+//
+// Non-finite inputs (README "Non-finite inputs"): the products of the pairs that carry no weight are
+// selected to 0, never multiplied by 0; on a diagonal block, where the mma still multiplies the
+// masked (zero) ds by k_j (j > i) or q_i (i < j), K and Q enter as copies with their non-finite
+// entries as 0 (the live pairs of such a row or column carry NaN in ds already, from their dot).
+//
+// Tensors: Q [b,t,hq,d], K [b,t,h,d], V [b,t,h,e], dY [b,t,hq,e] (dtype); logG, lse, lseB, Dy, DyA,
+// PA, rowW [b,t,hq] and dlamA [b,t,h] f32; dQa [b,t,hq,d], dKa [b,t,h,d], dVa [b,t,h,e] f32 (parts)
+// or dQ, dK, dV in the dtype (_y).
 
-import { f32, range, select, traceKernel, type Tile, type Val } from "../builder.ts";
+import { f32, range, select, traceKernel, type KernelBuilder, type TensorRef, type Tile, type Val } from "../builder.ts";
+import type { Kernel } from "../ir.ts";
 import type { KernelDef, Schedule, Spec } from "../spec.ts";
-import { chunkGates, firstFitting, rowBlocks, tileSizes, withinBudget } from "./common.ts";
+import { tileBytes, TILE_BUDGET, tileSizes } from "./common.ts";
 
-const doc = "dQa, dKa, dVa, dlamA: the intra-chunk attention's gradients (flash-attention backward)";
+type Epilogue = "parts" | "y";
 
-/** Whether the (i, j) element of a (query block i0, key block j0) pair carries weight: on or below
- * the diagonal, on a row with some weight (lse > -inf). Products of the pairs that do not are
- * selected to 0, never multiplied by 0: a non-finite q_i, k_j or v_j must not reach them
- * (0 * inf = NaN; README "Non-finite inputs"). */
-function attentionLive(lse: Tile, i0: Val, j0: Val, row: Val, col: Val): Val {
-  return i0.add(row).ge(j0.add(col)).and(lse.at(row).ne(f32(-Infinity)));
+interface Io {
+  readonly b: Val; readonly t: Val; readonly hq: Val; readonly h: Val; readonly window: Val; readonly scale: Val;
+  readonly Q: TensorRef; readonly K: TensorRef; readonly V: TensorRef; readonly logG: TensorRef; readonly dY: TensorRef;
 }
 
-/** P_ij = exp(p log|scale dot_ij| + lam[i0+i] - lam[j0+j] - lse_i) for the (i, j) element of a
- * (query block i0, key block j0) pair; 0 where the pair is not live. */
-function attentionWeight(t: { dot: Tile; lam: Tile; lse: Tile }, scale: Val, p: number, i0: Val, j0: Val, row: Val, col: Val): Val {
-  const w = t.dot.at(row, col).mul(scale).abs().log().mul(p).add(t.lam.at(i0.add(row))).sub(t.lam.at(j0.add(col)));
-  return select(attentionLive(t.lse, i0, j0, row, col), w.sub(t.lse.at(row)).exp(), f32(0));
+function declare(k: KernelBuilder, spec: Spec): Io {
+  const { d, e, dtype } = spec;
+  const b = k.param("b", "i32"), t = k.param("t", "i32"), hq = k.param("hq", "i32"), h = k.param("h", "i32");
+  // the window in tokens, a multiple of the block (the chunk, or >= t for the quadratic form)
+  const window = k.param("window", "i32"), scale = k.param("scale", "f32");
+  return {
+    b, t, hq, h, window, scale,
+    Q: k.tensor("Q", dtype, [b, t, hq, d], "in"),
+    K: k.tensor("K", dtype, [b, t, h, d], "in"),
+    V: k.tensor("V", dtype, [b, t, h, e], "in"),
+    logG: k.tensor("logG", "f32", [b, t, h], "in"),
+    dY: k.tensor("dY", dtype, [b, t, hq, e], "in"),
+  };
 }
 
-const candidates = (s: Spec): Schedule[] =>
-  tileSizes(s.chunk, 64).map((blockT) => ({ numWarps: blockT >= 64 ? 8 : 4, blockD: 64, blockT, stages: 1 }));
+const rowsOf = (k: KernelBuilder, io: Io, name: string, heads: Val, role: "in" | "out"): TensorRef => k.tensor(name, "f32", [io.b, io.t, heads], role);
 
-export const attentionBwd: KernelDef = {
-  name: "attention_bwd",
-  schedule: (s) => firstFitting(s, candidates(s), attentionBwd.build),
-  scheduleSpace: (s) =>
-    withinBudget(s, tileSizes(s.chunk, 128).flatMap((blockT) => [4, 8].flatMap((numWarps) => [1, 2].map((stages) => ({ numWarps, blockD: 64, blockT, stages })))), attentionBwd.build),
-  build: (spec, sch) =>
-    traceKernel(attentionBwd.name, sch.numWarps, doc, (k) => {
-      const { deg: p, d, e, chunk: c, dtype } = spec;
-      const BT = sch.blockT;
-      const b = k.param("b", "i32"), t = k.param("t", "i32"), hq = k.param("hq", "i32"), h = k.param("h", "i32");
-      const n = k.param("n", "i32"), scale = k.param("scale", "f32");
-      const Q = k.tensor("Q", dtype, [b, t, hq, d], "in");
-      const K = k.tensor("K", dtype, [b, t, h, d], "in");
-      const V = k.tensor("V", dtype, [b, t, h, e], "in");
-      const logG = k.tensor("logG", "f32", [b, t, h], "in");
-      const dY = k.tensor("dY", dtype, [b, t, hq, e], "in");
-      const lse = k.tensor("lse", "f32", [b, t, hq], "in"); // lseB of query_state_bwd_dq
-      const Dy = k.tensor("Dy", "f32", [b, t, hq], "in"); // dy_i . y_i
-      const dQa = k.tensor("dQa", "f32", [b, t, hq, d], "out");
-      const dKa = k.tensor("dKa", "f32", [b, t, h, d], "out");
-      const dVa = k.tensor("dVa", "f32", [b, t, h, e], "out");
-      const dlamA = k.tensor("dlamA", "f32", [b, t, h], "out");
+/** One pair's terms, read from the tiles at the pair's element: the raw dot q_i.k_j, the gate
+ * sums cq_i and ck_j, the row's lse_i, and on a diagonal block whether the pair is causal (null
+ * off the diagonal, where every pair is). */
+interface Pair {
+  readonly dot: Val; readonly cq: Val; readonly ck: Val; readonly lse: Val; readonly visible: Val | null;
+}
 
-      k.launch(n, h, b); // (chunk, kv head, batch)
-      const m = k.programId(0), hk = k.programId(1), bi = k.programId(2);
-      const g = hq.idiv(h), t0 = m.mul(c);
-      const { lam } = chunkGates(k, logG, bi, hk, t0, c); // lam [c]
-      const nb = rowBlocks(t, t0, c, BT); // blocks holding positions < t
+/** The pair carries weight: visible, on a row with some weight (lse > -inf). */
+function live(x: Pair): Val {
+  const weighted = x.lse.ne(f32(-Infinity));
+  return x.visible ? x.visible.and(weighted) : weighted;
+}
 
-      const qt = k.shared("q", [BT, d], dtype); // query block rows i0..i0+BT
-      const dyt = k.shared("dy", [BT, e], dtype);
-      const lseI = k.reg("lse_i", [BT], "f32");
-      const DyI = k.reg("Dy_i", [BT], "f32");
-      const kt = k.shared("k", [BT, d], dtype); // key block rows j0..j0+BT
-      const vt = k.shared("v", [BT, e], dtype);
-      const dot = k.reg("dot", [BT, BT], "f32"); // q_i . k_j
-      const W = k.reg("W", [BT, BT], "f32"); // dP, then W
-      const P = k.shared("P", [BT, BT], dtype); // mma operand of dv
-      const ds = k.shared("ds", [BT, BT], dtype); // mma operand of dq, dk
-      const accD = k.reg("acc_d", [BT, d], "f32"); // dq (pass A), dk (pass B)
-      const accE = k.reg("acc_e", [BT, e], "f32"); // dv (pass B)
-      const wsum = k.reg("wsum", [BT], "f32");
-      const dlam = k.reg("dlam", [BT], "f32"); // minus the column sums, then + the row sums
-      const dlamRow = k.reg("dlam_row", [BT], "f32");
+/** P_ij, 0 where the pair is not live. The same expression in every kernel, so that the two
+ * scorings of a pair (dq's and dk's) and prep's agree bit for bit wherever their gate sums do. */
+function weight(x: Pair, scale: Val, p: number): Val {
+  const w = x.dot.mul(scale).abs().log().mul(p).add(x.cq).add(x.ck);
+  return select(live(x), w.sub(x.lse).exp(), f32(0));
+}
 
-      const loadQuery = (qh: Val, i0: Val): void => {
-        const rows = range(t0.add(i0), BT);
-        k.load(qt, Q, [bi, rows, qh, range(0, d)]); // [BT, d]; rows past t read 0
-        k.load(dyt, dY, [bi, rows, qh, range(0, e)]); // [BT, e]
-        k.load(lseI, lse, [bi, rows, qh]); // [BT]
-        k.load(DyI, Dy, [bi, rows, qh]); // [BT]
-      };
-      const loadKey = (j0: Val): void => {
-        k.load(kt, K, [bi, range(t0.add(j0), BT), hk, range(0, d)]); // [BT, d]
-        k.load(vt, V, [bi, range(t0.add(j0), BT), hk, range(0, e)]); // [BT, e]
-      };
-      const weight = (i0: Val, j0: Val, row: Val, col: Val): Val => attentionWeight({ dot, lam, lse: lseI }, scale, p, i0, j0, row, col);
-      const live = (i0: Val, j0: Val, row: Val, col: Val): Val => attentionLive(lseI, i0, j0, row, col);
-      // Score one (query block i0, key block j0) pair: dot, W, ds (and P when asked).
-      const score = (i0: Val, j0: Val, withP: boolean): void => {
-        k.mma(dot, qt, kt, { transB: true }); // [BT, d] @ [d, BT]
-        k.mma(W, dyt, vt, { transB: true }); // dP = [BT, e] @ [e, BT]
-        k.map(W, ({ row, col }) => select(live(i0, j0, row, col), weight(i0, j0, row, col).mul(W.at(row, col).sub(DyI.at(row))), f32(0)));
-        k.map(ds, ({ row, col }) => select(live(i0, j0, row, col).and(dot.at(row, col).ne(0)), W.at(row, col).mul(p).div(dot.at(row, col)), f32(0)));
-        if (withP) k.map(P, ({ row, col }) => weight(i0, j0, row, col));
-      };
-      // ds K and ds^T Q on a diagonal pair: the masked ds are 0, but the mma would still multiply
-      // them by a non-finite k_j (j > i) or q_i (i < j). So there the operand's non-finite entries
-      // enter as 0; the live pairs of such a row or column carry NaN in ds already (its lse or dot).
-      const finite = (dst: Tile, src: Tile): void => k.map(dst, ({ row, col }) => select(src.at(row, col).isFinite(), src.at(row, col), 0));
-      const kFinite = k.shared("k_finite", [BT, d], dtype);
-      const qFinite = k.shared("q_finite", [BT, d], dtype);
+/** W_ij = P_ij (dP_ij - Dy_i), selected to 0 where not live (a non-finite v_j must not reach it). */
+const wTerm = (x: Pair, scale: Val, p: number, dP: Val, Dy: Val): Val => select(live(x), weight(x, scale, p).mul(dP.sub(Dy)), f32(0));
 
-      k.for(0, nb, (blk) => {
-        const r0 = blk.mul(BT);
-        // Pass A: block blk as queries, keys from the chunk's start to the diagonal.
-        k.fill(dlamRow, 0);
-        k.for(0, g, (hh) => {
-          const qh = hk.mul(g).add(hh);
-          loadQuery(qh, r0);
-          k.fill(accD, 0);
-          k.for(0, blk.add(1), (jb) => {
-            loadKey(jb.mul(BT));
-            score(r0, jb.mul(BT), false);
-            k.if(jb.lt(blk), () => k.mma(accD, ds, kt, { accumulate: true })); // dq += [BT, BT] @ [BT, d]
-            k.if(jb.eq(blk), () => {
-              finite(kFinite, kt);
-              k.mma(accD, ds, kFinite, { accumulate: true });
-            });
-            k.reduce(wsum, W, "sum", 1); // [BT] row sums
-            k.map(dlamRow, ({ row }) => dlamRow.at(row).add(wsum.at(row)));
-          }, { stages: sch.stages });
-          k.store(dQa, [bi, range(t0.add(r0), BT), qh, range(0, d)], accD);
-        });
-        // Pass B: block blk as keys, queries from the diagonal to the chunk's (valid) end.
-        loadKey(r0);
-        k.fill(accD, 0);
-        k.fill(accE, 0);
-        k.fill(dlam, 0);
-        k.for(0, g, (hh) => {
-          const qh = hk.mul(g).add(hh);
-          k.for(blk, nb, (ib) => {
-            loadQuery(qh, ib.mul(BT));
-            score(ib.mul(BT), r0, true);
-            k.mma(accE, P, dyt, { transA: true, accumulate: true }); // dv += [BT, BT]^T @ [BT, e]
-            k.if(ib.gt(blk), () => k.mma(accD, ds, qt, { transA: true, accumulate: true })); // dk += [BT, BT]^T @ [BT, d]
-            k.if(ib.eq(blk), () => {
-              finite(qFinite, qt);
-              k.mma(accD, ds, qFinite, { transA: true, accumulate: true });
-            });
-            k.reduce(wsum, W, "sum", 0); // [BT] column sums
-            k.map(dlam, ({ row }) => dlam.at(row).sub(wsum.at(row)));
-          }, { stages: sch.stages });
-        });
-        const rows = range(t0.add(r0), BT);
-        k.store(dKa, [bi, rows, hk, range(0, d)], accD);
-        k.store(dVa, [bi, rows, hk, range(0, e)], accE);
-        k.map(dlam, ({ row }) => dlam.at(row).add(dlamRow.at(row)));
-        k.store(dlamA, [bi, rows, hk], dlam);
-      });
-    }),
-};
+/** ds'_ij = p W_ij / (q_i.k_j), 0 where not live or the dot is 0. */
+const dsTerm = (x: Pair, p: number, W: Val): Val => select(live(x).and(x.dot.ne(0)), W.mul(p).div(x.dot), f32(0));
 
-const prepDoc = "DyA = rowsum(P * dP), PA = rowsum(P) over the chunk's keys (the attention parts of dy . y and of 1), in f32";
+/** A copy of `src` with its non-finite entries as 0 (the diagonal block's K or Q, see the header). */
+const finite = (k: KernelBuilder, dst: Tile, src: Tile): void => k.map(dst, ({ row, col }) => select(src.at(row, col).isFinite(), src.at(row, col), 0));
 
-export const attentionBwdPrep: KernelDef = {
-  name: "attention_bwd_prep",
-  schedule: (s) => firstFitting(s, candidates(s), attentionBwdPrep.build),
-  scheduleSpace: (s) =>
-    withinBudget(s, tileSizes(s.chunk, 128).flatMap((blockT) => [4, 8].map((numWarps) => ({ numWarps, blockD: 64, blockT, stages: 1 }))), attentionBwdPrep.build),
-  build: (spec, sch) =>
-    traceKernel(attentionBwdPrep.name, sch.numWarps, prepDoc, (k) => {
-      const { deg: p, d, e, chunk: c, dtype } = spec;
-      const BT = sch.blockT;
-      const b = k.param("b", "i32"), t = k.param("t", "i32"), hq = k.param("hq", "i32"), h = k.param("h", "i32");
-      const n = k.param("n", "i32"), scale = k.param("scale", "f32");
-      const Q = k.tensor("Q", dtype, [b, t, hq, d], "in");
-      const K = k.tensor("K", dtype, [b, t, h, d], "in");
-      const V = k.tensor("V", dtype, [b, t, h, e], "in");
-      const logG = k.tensor("logG", "f32", [b, t, h], "in");
-      const dY = k.tensor("dY", dtype, [b, t, hq, e], "in");
-      const lse = k.tensor("lse", "f32", [b, t, hq], "in");
-      const DyA = k.tensor("DyA", "f32", [b, t, hq], "out");
-      const PA = k.tensor("PA", "f32", [b, t, hq], "out");
+/** The walk of a query block [q0, q0 + B) over its key blocks: the diagonal one, then the window's
+ * earlier ones from the nearest to the farthest (the forward's order). `visit` is called with the
+ * key block's start once its gate sums are in the tiles: lam_i - lam_j = cq[i] + ck[j]. */
+function walkKeys(k: KernelBuilder, io: Io, B: number, at: { bi: Val; hk: Val; q0: Val }, stages: number, visit: (k0: Val, diagonal: boolean, g: { cq: Tile; ck: Tile }) => void): void {
+  const { bi, hk, q0 } = at;
+  const gq = k.reg("gq", [B], "f32"); // the query block's gates
+  const cq = k.reg("cq", [B], "f32"); // their inclusive cumsum
+  const gk = k.reg("gk", [B], "f32"); // a key block's gates
+  const sk = k.reg("sk", [B], "f32"); // their suffix sums
+  const ck = k.reg("ck", [B], "f32"); // the key side of lam_i - lam_j
+  const gap = k.reg("gap", [1], "f32"); // G: the gates between the key block's end and q0
+  k.load(gq, io.logG, [bi, range(q0, B), hk]); // [B]; past t: 0, a gate of 1
+  k.cumsum(cq, gq, 0);
+  k.fill(gap, 0);
+  const block = (k0: Val, diagonal: boolean): void => {
+    if (diagonal) k.map(ck, ({ row }) => cq.at(row).neg());
+    else {
+      k.load(gk, io.logG, [bi, range(k0, B), hk]); // [B]
+      k.cumsum(sk, gk, 0, { reverse: true }); // sk[j] = logG[k0+j] + ... + logG[k0+B-1]
+      k.map(ck, ({ row }) => sk.at(row).sub(gk.at(row)).add(gap.at(0)));
+    }
+    visit(k0, diagonal, { cq, ck });
+    if (!diagonal) k.map(gap, ({ row }) => gap.at(row).add(sk.at(0))); // a [1] tile: row is 0
+  };
+  block(q0, true);
+  const earlier = q0.sub(q0.idiv(io.window).mul(io.window)).idiv(B); // key blocks of the window before q0
+  k.for(0, earlier, (i) => block(q0.sub(i.add(1).mul(B)), false), { stages });
+}
 
-      k.launch(n, hq, b); // (chunk, query head, batch)
-      const m = k.programId(0), qh = k.programId(1), bi = k.programId(2);
-      const hk = qh.idiv(hq.idiv(h)), t0 = m.mul(c);
-      const { lam } = chunkGates(k, logG, bi, hk, t0, c); // lam [c]
+function prepBuild(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
+  const name = epilogue === "parts" ? "attention_bwd_prep" : "attention_bwd_prep_y";
+  const doc = epilogue === "parts"
+    ? "DyA = rowsum(P * dP), PA = rowsum(P) over each window's keys (the attention parts of dy . y and of 1), in f32"
+    : "Dy = rowsum(P * dP) / rho, lseB = lse + log rho, rho = rowsum(P): the quadratic path's normaliser, in f32";
+  return traceKernel(name, sch.numWarps, doc, (k) => {
+    const { deg: p, d, e, dtype } = spec;
+    const B = sch.blockT;
+    const io = declare(k, spec);
+    const lse = rowsOf(k, io, "lse", io.hq, "in");
+    const out = epilogue === "parts"
+      ? { kind: "parts" as const, DyA: rowsOf(k, io, "DyA", io.hq, "out"), PA: rowsOf(k, io, "PA", io.hq, "out") }
+      : { kind: "y" as const, Dy: rowsOf(k, io, "Dy", io.hq, "out"), lseB: rowsOf(k, io, "lseB", io.hq, "out") };
 
-      const qt = k.shared("q", [BT, d], dtype);
-      const dyt = k.shared("dy", [BT, e], dtype);
-      const lseI = k.reg("lse_i", [BT], "f32");
-      const kt = k.shared("k", [BT, d], dtype);
-      const vt = k.shared("v", [BT, e], dtype);
-      const dot = k.reg("dot", [BT, BT], "f32");
-      const pw = k.reg("p", [BT, BT], "f32"); // P
-      const pdp = k.reg("p_dp", [BT, BT], "f32"); // dP, then P * dP
-      const part = k.reg("part", [BT], "f32");
-      const accDy = k.reg("acc_dy", [BT], "f32");
-      const accP = k.reg("acc_p", [BT], "f32");
+    k.launch(io.t.add(B - 1).idiv(B), io.hq, io.b); // (query block, query head, batch)
+    const q0 = k.programId(0).mul(B), qh = k.programId(1), bi = k.programId(2);
+    const hk = qh.idiv(io.hq.idiv(io.h)), rows = range(q0, B);
 
-      k.for(0, rowBlocks(t, t0, c, BT), (ib) => {
-        const i0 = ib.mul(BT), rows = range(t0.add(i0), BT);
-        k.load(qt, Q, [bi, rows, qh, range(0, d)]); // [BT, d]; rows past t read 0
-        k.load(dyt, dY, [bi, rows, qh, range(0, e)]); // [BT, e]
-        k.load(lseI, lse, [bi, rows, qh]); // [BT]
-        k.fill(accDy, 0);
-        k.fill(accP, 0);
-        k.for(0, ib.add(1), (jb) => {
-          const j0 = jb.mul(BT);
-          k.load(kt, K, [bi, range(t0.add(j0), BT), hk, range(0, d)]); // [BT, d]
-          k.load(vt, V, [bi, range(t0.add(j0), BT), hk, range(0, e)]); // [BT, e]
-          k.mma(dot, qt, kt, { transB: true }); // [BT, d] @ [d, BT]
-          k.mma(pdp, dyt, vt, { transB: true }); // dP = [BT, e] @ [e, BT]
-          k.map(pw, ({ row, col }) => attentionWeight({ dot, lam, lse: lseI }, scale, p, i0, j0, row, col));
-          k.map(pdp, ({ row, col }) => select(attentionLive(lseI, i0, j0, row, col), pw.at(row, col).mul(pdp.at(row, col)), f32(0))); // not 0 * dP: v_j may be inf
-          k.reduce(part, pdp, "sum", 1); // [BT]
-          k.map(accDy, ({ row }) => accDy.at(row).add(part.at(row)));
-          k.reduce(part, pw, "sum", 1); // [BT]
-          k.map(accP, ({ row }) => accP.at(row).add(part.at(row)));
-        }, { stages: sch.stages });
-        k.store(DyA, [bi, rows, qh], accDy);
-        k.store(PA, [bi, rows, qh], accP);
-      });
-    }),
-};
+    const qt = k.shared("q", [B, d], dtype);
+    const dyt = k.shared("dy", [B, e], dtype);
+    const lseI = k.reg("lse_i", [B], "f32");
+    const kt = k.shared("k", [B, d], dtype);
+    const vt = k.shared("v", [B, e], dtype);
+    const dot = k.reg("dot", [B, B], "f32"); // q_i . k_j
+    const pw = k.reg("p", [B, B], "f32"); // P
+    const pdp = k.reg("p_dp", [B, B], "f32"); // dP, then P * dP
+    const part = k.reg("part", [B], "f32");
+    const accDy = k.reg("acc_dy", [B], "f32");
+    const accP = k.reg("acc_p", [B], "f32");
+
+    k.load(qt, io.Q, [bi, rows, qh, range(0, d)]); // [B, d]; rows past t read 0
+    k.load(dyt, io.dY, [bi, rows, qh, range(0, e)]); // [B, e]
+    k.load(lseI, lse, [bi, rows, qh]); // [B]
+    k.fill(accDy, 0);
+    k.fill(accP, 0);
+    walkKeys(k, io, B, { bi, hk, q0 }, sch.stages, (k0, diagonal, g) => {
+      k.load(kt, io.K, [bi, range(k0, B), hk, range(0, d)]); // [B, d]
+      k.load(vt, io.V, [bi, range(k0, B), hk, range(0, e)]); // [B, e]
+      k.mma(dot, qt, kt, { transB: true }); // [B, d] @ [d, B]
+      k.mma(pdp, dyt, vt, { transB: true }); // dP = [B, e] @ [e, B]
+      const pair = (row: Val, col: Val): Pair => ({ dot: dot.at(row, col), cq: g.cq.at(row), ck: g.ck.at(col), lse: lseI.at(row), visible: diagonal ? col.le(row) : null });
+      k.map(pw, ({ row, col }) => weight(pair(row, col), io.scale, p));
+      k.map(pdp, ({ row, col }) => select(live(pair(row, col)), pw.at(row, col).mul(pdp.at(row, col)), f32(0))); // not 0 * dP: v_j may be inf
+      k.reduce(part, pdp, "sum", 1); // [B]
+      k.map(accDy, ({ row }) => accDy.at(row).add(part.at(row)));
+      k.reduce(part, pw, "sum", 1); // [B]
+      k.map(accP, ({ row }) => accP.at(row).add(part.at(row)));
+    });
+    if (out.kind === "parts") {
+      k.store(out.DyA, [bi, rows, qh], accDy);
+      k.store(out.PA, [bi, rows, qh], accP);
+      return;
+    }
+    // no state: rho = PA, as query_state_bwd_dq forms it with yS = wS = 0
+    k.map(accDy, ({ row }) => select(accP.at(row).ne(0), accDy.at(row).div(accP.at(row)), f32(0)));
+    k.map(lseI, ({ row }) => lseI.at(row).add(accP.at(row).log())); // -inf where rho = 0
+    k.store(out.Dy, [bi, rows, qh], accDy);
+    k.store(out.lseB, [bi, rows, qh], lseI);
+  });
+}
+
+function dqBuild(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
+  const name = epilogue === "parts" ? "attention_bwd_dq" : "attention_bwd_dq_y";
+  const doc = epilogue === "parts"
+    ? "dQa, rowW: the attention's dq and the row sums of W inside each window, per query block"
+    : "dQ, rowW: the quadratic path's dq (dtype) and the row sums of W, per query block";
+  return traceKernel(name, sch.numWarps, doc, (k) => {
+    const { deg: p, d, e, dtype } = spec;
+    const B = sch.blockT;
+    const io = declare(k, spec);
+    const lse = rowsOf(k, io, "lse", io.hq, "in"); // lseB
+    const Dy = rowsOf(k, io, "Dy", io.hq, "in");
+    const dQ = epilogue === "parts" ? k.tensor("dQa", "f32", [io.b, io.t, io.hq, d], "out") : k.tensor("dQ", dtype, [io.b, io.t, io.hq, d], "out");
+    const rowW = rowsOf(k, io, "rowW", io.hq, "out");
+
+    k.launch(io.t.add(B - 1).idiv(B), io.hq, io.b); // (query block, query head, batch)
+    const q0 = k.programId(0).mul(B), qh = k.programId(1), bi = k.programId(2);
+    const hk = qh.idiv(io.hq.idiv(io.h)), rows = range(q0, B);
+
+    const qt = k.shared("q", [B, d], dtype);
+    const dyt = k.shared("dy", [B, e], dtype);
+    const lseI = k.reg("lse_i", [B], "f32");
+    const DyI = k.reg("Dy_i", [B], "f32");
+    const kt = k.shared("k", [B, d], dtype);
+    const vt = k.shared("v", [B, e], dtype);
+    const kFinite = k.shared("k_finite", [B, d], dtype);
+    const dot = k.reg("dot", [B, B], "f32"); // q_i . k_j
+    const W = k.reg("W", [B, B], "f32"); // dP, then W
+    const ds = k.reg("ds", [B, B], dtype); // the mma operand of dq
+    const acc = k.reg("acc", [B, d], "f32"); // dq
+    const part = k.reg("part", [B], "f32");
+    const wsum = k.reg("wsum", [B], "f32"); // sum_j W_ij
+
+    k.load(qt, io.Q, [bi, rows, qh, range(0, d)]); // [B, d]; rows past t read 0
+    k.load(dyt, io.dY, [bi, rows, qh, range(0, e)]); // [B, e]
+    k.load(lseI, lse, [bi, rows, qh]); // [B]
+    k.load(DyI, Dy, [bi, rows, qh]); // [B]
+    k.fill(acc, 0);
+    k.fill(wsum, 0);
+    walkKeys(k, io, B, { bi, hk, q0 }, sch.stages, (k0, diagonal, g) => {
+      k.load(kt, io.K, [bi, range(k0, B), hk, range(0, d)]); // [B, d]
+      k.load(vt, io.V, [bi, range(k0, B), hk, range(0, e)]); // [B, e]
+      k.mma(dot, qt, kt, { transB: true }); // [B, d] @ [d, B]
+      k.mma(W, dyt, vt, { transB: true }); // dP = [B, e] @ [e, B]
+      const pair = (row: Val, col: Val): Pair => ({ dot: dot.at(row, col), cq: g.cq.at(row), ck: g.ck.at(col), lse: lseI.at(row), visible: diagonal ? col.le(row) : null });
+      k.map(W, ({ row, col }) => wTerm(pair(row, col), io.scale, p, W.at(row, col), DyI.at(row)));
+      k.reduce(part, W, "sum", 1); // [B] row sums
+      k.map(wsum, ({ row }) => wsum.at(row).add(part.at(row)));
+      if (diagonal) finite(k, kFinite, kt);
+      k.map(ds, ({ row, col }) => dsTerm(pair(row, col), p, W.at(row, col)));
+      k.mma(acc, ds, diagonal ? kFinite : kt, { accumulate: true }); // dq += [B, B] @ [B, d]
+    });
+    k.store(dQ, [bi, rows, qh, range(0, d)], acc); // rounded to the tensor's dtype
+    k.store(rowW, [bi, rows, qh], wsum);
+  });
+}
+
+function dkvBuild(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
+  const name = epilogue === "parts" ? "attention_bwd_dkv" : "attention_bwd_dkv_y";
+  const doc = epilogue === "parts"
+    ? "dKa, dVa, dlamA: the attention's dk, dv and gate gradient inside each window, per key block, over the group's query heads"
+    : "dK, dV, dlamA: the quadratic path's dk, dv (dtype) and gate gradient, per key block, over the group's query heads";
+  return traceKernel(name, sch.numWarps, doc, (k) => {
+    const { deg: p, d, e, dtype } = spec;
+    const B = sch.blockT;
+    const io = declare(k, spec);
+    const lse = rowsOf(k, io, "lse", io.hq, "in"); // lseB
+    const Dy = rowsOf(k, io, "Dy", io.hq, "in");
+    const rowW = rowsOf(k, io, "rowW", io.hq, "in"); // attention_bwd_dq's row sums
+    const [dK, dV] = epilogue === "parts"
+      ? [k.tensor("dKa", "f32", [io.b, io.t, io.h, d], "out"), k.tensor("dVa", "f32", [io.b, io.t, io.h, e], "out")]
+      : [k.tensor("dK", dtype, [io.b, io.t, io.h, d], "out"), k.tensor("dV", dtype, [io.b, io.t, io.h, e], "out")];
+    const dlamA = rowsOf(k, io, "dlamA", io.h, "out");
+
+    k.launch(io.t.add(B - 1).idiv(B), io.h, io.b); // (key block, kv head, batch)
+    const k0 = k.programId(0).mul(B), hk = k.programId(1), bi = k.programId(2);
+    const g = io.hq.idiv(io.h), keys = range(k0, B);
+    // query blocks of the window at or after the diagonal, up to t
+    const end = k0.idiv(io.window).add(1).mul(io.window).min(io.t);
+    const later = end.sub(k0).add(B - 1).idiv(B).sub(1);
+
+    const kt = k.shared("k", [B, d], dtype); // key block rows k0 .. k0 + B
+    const vt = k.shared("v", [B, e], dtype);
+    const gk = k.reg("gk", [B], "f32"); // the key block's gates
+    const sk = k.reg("sk", [B], "f32"); // their suffix sums
+    const ckOwn = k.reg("ck_own", [B], "f32"); // logG[j+1] + ... + logG[k0+B-1]
+    const qt = k.shared("q", [B, d], dtype); // a query block
+    const dyt = k.shared("dy", [B, e], dtype);
+    const qFinite = k.shared("q_finite", [B, d], dtype);
+    const lseI = k.reg("lse_i", [B], "f32");
+    const DyI = k.reg("Dy_i", [B], "f32");
+    const gq = k.reg("gq", [B], "f32"); // the query block's gates
+    const cq = k.reg("cq", [B], "f32"); // their inclusive cumsum
+    const ck = k.reg("ck", [B], "f32"); // the key side of lam_i - lam_j
+    const gap = k.reg("gap", [1], "f32"); // G: the gates between the key block's end and the query block
+    const dot = k.reg("dot", [B, B], "f32"); // k_j . q_i: rows are keys
+    const W = k.reg("W", [B, B], "f32"); // dP^T, then W^T
+    const pt = k.reg("p", [B, B], dtype); // P^T, the mma operand of dv
+    const ds = k.reg("ds", [B, B], dtype); // ds'^T, the mma operand of dk
+    const accK = k.reg("acc_k", [B, d], "f32");
+    const accV = k.reg("acc_v", [B, e], "f32");
+    const part = k.reg("part", [B], "f32");
+    const colSum = k.reg("col_sum", [B], "f32"); // sum_i W_ij over the group
+    const rowSum = k.reg("row_sum", [B], "f32"); // sum_j W_ij of these rows as queries, over the group
+
+    k.load(kt, io.K, [bi, keys, hk, range(0, d)]); // [B, d]; rows past t read 0
+    k.load(vt, io.V, [bi, keys, hk, range(0, e)]); // [B, e]
+    k.load(gk, io.logG, [bi, keys, hk]); // [B]
+    k.cumsum(sk, gk, 0, { reverse: true });
+    k.map(ckOwn, ({ row }) => sk.at(row).sub(gk.at(row)));
+    k.fill(accK, 0);
+    k.fill(accV, 0);
+    k.fill(colSum, 0);
+    k.fill(rowSum, 0);
+
+    /** Score query block [q0, q0 + B) of query head qh against the key block and fold it in. */
+    const queryBlock = (qh: Val, q0: Val, diagonal: boolean): void => {
+      const rows = range(q0, B);
+      k.load(qt, io.Q, [bi, rows, qh, range(0, d)]); // [B, d]
+      k.load(dyt, io.dY, [bi, rows, qh, range(0, e)]); // [B, e]
+      k.load(lseI, lse, [bi, rows, qh]); // [B]
+      k.load(DyI, Dy, [bi, rows, qh]); // [B]
+      k.load(gq, io.logG, [bi, rows, hk]); // [B]
+      k.cumsum(cq, gq, 0);
+      k.map(ck, ({ row }) => (diagonal ? cq.at(row).neg() : ckOwn.at(row).add(gap.at(0))));
+      k.mma(dot, kt, qt, { transB: true }); // [B, d] @ [d, B]
+      k.mma(W, vt, dyt, { transB: true }); // dP^T = [B, e] @ [e, B]
+      // row: key j, col: query i
+      const pair = (row: Val, col: Val): Pair => ({ dot: dot.at(row, col), cq: cq.at(col), ck: ck.at(row), lse: lseI.at(col), visible: diagonal ? row.le(col) : null });
+      k.map(W, ({ row, col }) => wTerm(pair(row, col), io.scale, p, W.at(row, col), DyI.at(col)));
+      k.reduce(part, W, "sum", 1); // [B] column sums of W
+      k.map(colSum, ({ row }) => colSum.at(row).add(part.at(row)));
+      if (diagonal) finite(k, qFinite, qt);
+      k.map(pt, ({ row, col }) => weight(pair(row, col), io.scale, p));
+      k.mma(accV, pt, dyt, { accumulate: true }); // dv += [B, B] @ [B, e]
+      k.map(ds, ({ row, col }) => dsTerm(pair(row, col), p, W.at(row, col)));
+      k.mma(accK, ds, diagonal ? qFinite : qt, { accumulate: true }); // dk += [B, B] @ [B, d]
+      if (!diagonal) k.map(gap, ({ row }) => gap.at(row).add(cq.at(B - 1))); // a [1] tile: row is 0
+    };
+
+    k.for(0, g, (hh) => {
+      const qh = hk.mul(g).add(hh);
+      k.load(part, rowW, [bi, keys, qh]); // [B]
+      k.map(rowSum, ({ row }) => rowSum.at(row).add(part.at(row)));
+      k.fill(gap, 0);
+      queryBlock(qh, k0, true);
+      k.for(0, later, (i) => queryBlock(qh, k0.add(i.add(1).mul(B)), false), { stages: sch.stages });
+    });
+    k.store(dK, [bi, keys, hk, range(0, d)], accK); // rounded to the tensor's dtype
+    k.store(dV, [bi, keys, hk, range(0, e)], accV);
+    k.map(rowSum, ({ row }) => rowSum.at(row).sub(colSum.at(row)));
+    k.store(dlamA, [bi, keys, hk], rowSum);
+  });
+}
+
+type Build = (spec: Spec, sch: Schedule, epilogue: Epilogue) => Kernel;
+
+/** Largest blocks first; a warp owns 16 rows (as the forward's attention). */
+const candidates = (cap: number): Schedule[] => tileSizes(cap, 128).map((blockT) => ({ numWarps: blockT / 16, blockD: 0, blockT, stages: 2 }));
+
+/** Blocks down to 16 rows, a warp owning 16 to 64 of them, with and without prefetch. */
+function space(cap: number, s: Spec, build: Build, epilogue: Epilogue): Schedule[] {
+  return tileSizes(cap, 128)
+    .flatMap((blockT) => [1, 2, 4, 8].filter((w) => 16 * w <= blockT && 64 * w >= blockT).flatMap((numWarps) => [1, 2].map((stages) => ({ numWarps, blockD: 0, blockT, stages }))))
+    .filter((sch) => tileBytes(build(s, sch, epilogue)) <= TILE_BUDGET);
+}
+
+const fitting = (s: Spec, list: readonly Schedule[], build: Build, epilogue: Epilogue): Schedule =>
+  list.find((sch) => tileBytes(build(s, sch, epilogue)) <= TILE_BUDGET) ?? list[list.length - 1]!;
+
+/** The chunked path's kernel: windows of one chunk, so its blocks divide the chunk. */
+const partsDef = (name: string, build: Build): KernelDef => ({
+  name,
+  schedule: (s) => fitting(s, candidates(s.chunk), build, "parts"),
+  scheduleSpace: (s) => space(s.chunk, s, build, "parts"),
+  build: (s, sch) => build(s, sch, "parts"),
+});
+
+/** The quadratic path's kernel: one window over the whole sequence; nothing depends on the chunk. */
+const quadraticDef = (name: string, build: Build): KernelDef => ({
+  name,
+  chunkFree: true,
+  schedule: (s) => fitting(s, candidates(128), build, "y"),
+  scheduleSpace: (s) => space(128, s, build, "y"),
+  build: (s, sch) => build(s, sch, "y"),
+});
+
+export const attentionBwdPrep: KernelDef = partsDef("attention_bwd_prep", prepBuild);
+export const attentionBwdPrepY: KernelDef = quadraticDef("attention_bwd_prep_y", prepBuild);
+export const attentionBwdDq: KernelDef = partsDef("attention_bwd_dq", dqBuild);
+export const attentionBwdDqY: KernelDef = quadraticDef("attention_bwd_dq_y", dqBuild);
+export const attentionBwdDkv: KernelDef = partsDef("attention_bwd_dkv", dkvBuild);
+export const attentionBwdDkvY: KernelDef = quadraticDef("attention_bwd_dkv_y", dkvBuild);

@@ -1,8 +1,18 @@
-// Combine the backward's partial gradients (README "Backward", kernel 10) for one chunk of one kv
-// head: dQ = dQa + dQs (each query head of the group), dK = dKa + dKs, dV = dVa + dVs, and
+// The backward's last step (README "Backward").
+// combine_grads, the chunked path: the partial gradients of one chunk of one kv head,
+//   dQ = dQa + dQs (each query head of the group), dK = dKa + dKs, dV = dVa + dVs, and
 //   dlam = dlamA + sum_group dlamQ + dlamK,   dG_m = sum_fb dGc[m, fb] + dGk[m],
 //   dlogG_k = sum_{i >= k in chunk} dlam_i + dG_m   (lam is the in-chunk prefix sum, G_m the total).
-// Row blocks are visited last to first so the suffix sum carries across them.
+// gate_grads_y, the quadratic path (dQ, dK, dV came out of the attention kernels in the dtype; no
+// state): dlogG_k = sum_{i >= k} dlamA_i over the whole sequence, for one kv head.
+// Row blocks are visited last to first so the suffix sum carries across them: each dlogG_k is the
+// block's own suffix sum (B terms) plus the carry (the sum over the later blocks, one block total
+// added per block), never a total minus a prefix (which would cancel): every partial sum is a later
+// dlogG_i or a difference of two, so the rounding of dlogG_k is that of B + t / B additions of
+// numbers no larger than max_{i >= k} |dlogG_i| (README "Gates").
+//
+// Tensors: dQa, dQs [b,t,hq,d], dKa, dKs [b,t,h,d], dVa, dVs [b,t,h,e], dlamA, dlamK [b,t,h], dlamQ
+// [b,t,hq], dGc [b,h,n,nfb], dGk [b,h,n] f32; dQ, dK, dV in the dtype; dlogG [b,t,h] f32.
 
 import { range, traceKernel, type Range, type TensorRef, type Tile, type Val } from "../builder.ts";
 import type { KernelDef, Schedule, Spec } from "../spec.ts";
@@ -86,5 +96,40 @@ export const combineGrads: KernelDef = {
         k.store(dlogG, [bi, rows, hk], suffix);
         k.map(carry, () => suffix.at(0));
       });
+    }),
+};
+
+const gatesDoc = "dlogG: the quadratic path's gate gradient, the suffix sums of dlamA over the whole sequence";
+
+/** The quadratic path's combine: only dlogG is left to form. One program per (kv head, batch), row
+ * blocks of blockT (not the chunk: nothing here depends on it) from last to first. */
+export const gateGradsY: KernelDef = {
+  name: "gate_grads_y",
+  chunkFree: true,
+  schedule: () => ({ numWarps: 4, blockD: 0, blockT: 256, stages: 1 }),
+  scheduleSpace: () => [128, 256, 512, 1024].flatMap((blockT) => [4, 8].map((numWarps) => ({ numWarps, blockD: 0, blockT, stages: 1 }))),
+  build: (_spec, sch) =>
+    traceKernel(gateGradsY.name, sch.numWarps, gatesDoc, (k) => {
+      const B = sch.blockT;
+      const b = k.param("b", "i32"), t = k.param("t", "i32"), h = k.param("h", "i32");
+      const dlamA = k.tensor("dlamA", "f32", [b, t, h], "in");
+      const dlogG = k.tensor("dlogG", "f32", [b, t, h], "out");
+
+      k.launch(h, b); // (kv head, batch)
+      const hk = k.programId(0), bi = k.programId(1);
+      const dlam = k.reg("dlam", [B], "f32");
+      const suffix = k.reg("suffix", [B], "f32");
+      const carry = k.reg("carry", [1], "f32"); // sum of dlam over the later blocks
+
+      k.fill(carry, 0);
+      const nb = t.add(B - 1).idiv(B);
+      k.for(0, nb, (v) => {
+        const rows = range(nb.sub(1).sub(v).mul(B), B); // blocks last to first
+        k.load(dlam, dlamA, [bi, rows, hk]); // [B]; rows past t read 0
+        k.cumsum(suffix, dlam, 0, { reverse: true }); // [B]
+        k.map(suffix, ({ row }) => suffix.at(row).add(carry.at(0)));
+        k.store(dlogG, [bi, rows, hk], suffix);
+        k.map(carry, () => suffix.at(0));
+      }, { stages: sch.stages });
     }),
 };

@@ -2,9 +2,9 @@
 // once (codegen/audit.ts checks it). `gen` generates exactly these, in this order.
 
 import type { KernelDef } from "../spec.ts";
-import { attentionBwd, attentionBwdPrep } from "./attention-bwd.ts";
+import { attentionBwdDkv, attentionBwdDkvY, attentionBwdDq, attentionBwdDqY, attentionBwdPrep, attentionBwdPrepY } from "./attention-bwd.ts";
 import { attention, attentionY } from "./attention.ts";
-import { combineGrads } from "./combine-grads.ts";
+import { combineGrads, gateGradsY } from "./combine-grads.ts";
 import { cacheAppend, decode, stateCopy } from "./decode.ts";
 import { discountedCumsumBwd } from "./discounted-cumsum-bwd.ts";
 import { discountedCumsum } from "./discounted-cumsum.ts";
@@ -20,14 +20,20 @@ export const KERNELS: readonly KernelDef[] = [
   updateState,
   discountedCumsum,
   queryState,
-  // backward
+  // backward: the chunked path
   attentionBwdPrep,
-  attentionBwd,
   queryStateBwdDq,
+  attentionBwdDq,
+  attentionBwdDkv,
   queryStateBwdDs,
   discountedCumsumBwd,
   updateStateBwd,
   combineGrads,
+  // backward: the quadratic path
+  attentionBwdPrepY,
+  attentionBwdDqY,
+  attentionBwdDkvY,
+  gateGradsY,
   // decode
   decode,
   cacheAppend,

@@ -50,8 +50,9 @@ const SLOW = { timeout: 600_000 };
 
 // ---- which specs ------------------------------------------------------------------------------------
 
-const FWD_BWD = ["attention", "update_state", "discounted_cumsum", "query_state", "attention_bwd_prep", "attention_bwd",
-  "query_state_bwd_dq", "query_state_bwd_ds", "discounted_cumsum_bwd", "update_state_bwd", "combine_grads"];
+const FWD_BWD = ["attention", "attention_y", "update_state", "discounted_cumsum", "query_state", "attention_bwd_prep", "attention_bwd_dq",
+  "attention_bwd_dkv", "query_state_bwd_dq", "query_state_bwd_ds", "discounted_cumsum_bwd", "update_state_bwd", "combine_grads",
+  "attention_bwd_prep_y", "attention_bwd_dq_y", "attention_bwd_dkv_y", "gate_grads_y"];
 
 /** Specs with every forward and backward kernel in the manifests: deg 2 ones, and deg 4 with d <= 32. */
 function manifestSpecs(): Spec[] {
