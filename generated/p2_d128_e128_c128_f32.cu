@@ -103,8 +103,8 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
   float* const t_v = reinterpret_cast<float*>(prt_base + 34064);  // f32[32, 128] pitch 132
   float* const t_gq = reinterpret_cast<float*>(prt_base + 16896);  // f32[32] pitch 32
   float* const t_cq = reinterpret_cast<float*>(prt_base + 17024);  // f32[32] pitch 32
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 60304);  // f32[32] pitch 32
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 60432);  // f32[32] pitch 32
+  float* const t_gk = reinterpret_cast<float*>(prt_base + 60432);  // f32[32] pitch 32
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 60688);  // f32[32] pitch 32
   float* const t_ck = reinterpret_cast<float*>(prt_base + 50960);  // f32[32] pitch 32
   float* const t_gap = reinterpret_cast<float*>(prt_base + 17152);  // f32[1] pitch 1
   float* const t_w = reinterpret_cast<float*>(prt_base + 51088);  // f32[32, 32] pitch 32
@@ -118,6 +118,8 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
   float* const t_block_sum = reinterpret_cast<float*>(prt_base + 60176);  // f32[32] pitch 32
   float* const t_alpha = reinterpret_cast<float*>(prt_base + 55312);  // f32[32] pitch 32
   float* const t_shift = reinterpret_cast<float*>(prt_base + 55440);  // f32[32] pitch 32
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 60304);  // f32[32] pitch 32
+  float* const t_row_factor = reinterpret_cast<float*>(prt_base + 60560);  // f32[32] pitch 32
   // q = load.async Q[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -570,12 +572,18 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
             for (int e = 0; e < 4; ++e) t_w[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 32; r += 64) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
       __syncthreads();
-      // w[row, col] = (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col])
+      // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
       {
         for (int i = tid; i < 1024; i += 64) {
           const int r = i / 32, c = i % 32;
-          t_w[(r) * 32 + (c)] = prt::from_f32<float>((((prt::log(fabsf((prt::to_f32(t_w[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])));
+          t_w[(r) * 32 + (c)] = prt::from_f32<float>((fabsf((prt::to_f32(t_w[(r) * 32 + (c)]) * p_scale)) * prt::to_f32(t_fk[c])));
         }
       }
       __syncthreads();
@@ -588,28 +596,35 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
         }
       }
       __syncthreads();
+      // block_max[row] = ((log(block_max[row]) * 2.0) + cq[row])
       // alpha[row] = select((max(row_max[row], block_max[row]) == -Infinity), 0.0, exp((row_max[row] - max(row_max[row], block_max[row]))))
       {
         for (int r = tid; r < 32; r += 64) {
-          t_alpha[r] = prt::from_f32<float>(((prt::max_nan(prt::to_f32(t_row_max[r]), prt::to_f32(t_block_max[r])) == __int_as_float(0xff800000)) ? 0.0f : prt::exp((prt::to_f32(t_row_max[r]) - prt::max_nan(prt::to_f32(t_row_max[r]), prt::to_f32(t_block_max[r]))))));
+          const float y0 = prt::from_f32<float>(((prt::log(prt::to_f32(t_block_max[r])) * 2.0f) + prt::to_f32(t_cq[r])));
+          const float y1 = prt::from_f32<float>(((prt::max_nan(prt::to_f32(t_row_max[r]), y0) == __int_as_float(0xff800000)) ? 0.0f : prt::exp((prt::to_f32(t_row_max[r]) - prt::max_nan(prt::to_f32(t_row_max[r]), y0)))));
+          t_block_max[r] = y0;
+          t_alpha[r] = y1;
         }
       }
       // row_max[row] = max(row_max[row], block_max[row])
       // shift[row] = select((row_max[row] == -Infinity), 0.0, row_max[row])
+      // row_factor[row] = exp(((cq[row] - shift[row]) / 2.0))
       {
         for (int r = tid; r < 32; r += 64) {
           const float y0 = prt::from_f32<float>(prt::max_nan(prt::to_f32(t_row_max[r]), prt::to_f32(t_block_max[r])));
           const float y1 = prt::from_f32<float>(((y0 == __int_as_float(0xff800000)) ? 0.0f : y0));
+          const float y2 = prt::from_f32<float>(prt::exp(((prt::to_f32(t_cq[r]) - y1) / 2.0f)));
           t_row_max[r] = y0;
           t_shift[r] = y1;
+          t_row_factor[r] = y2;
         }
       }
       __syncthreads();
-      // p[row, col] = exp((w[row, col] - shift[row]))
+      // p[row, col] = pow((w[row, col] * row_factor[row]), 2)
       {
         for (int i = tid; i < 1024; i += 64) {
           const int r = i / 32, c = i % 32;
-          t_p[(r) * 36 + (c)] = prt::from_f32<float>(prt::exp((prt::to_f32(t_w[(r) * 32 + (c)]) - prt::to_f32(t_shift[r]))));
+          t_p[(r) * 36 + (c)] = prt::from_f32<float>(prt::powi<2>((prt::to_f32(t_w[(r) * 32 + (c)]) * prt::to_f32(t_row_factor[r]))));
         }
       }
       __syncthreads();
@@ -831,8 +846,8 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c1
   float* const t_v = reinterpret_cast<float*>(prt_base + 34192);  // f32[32, 128] pitch 132
   float* const t_gq = reinterpret_cast<float*>(prt_base + 16896);  // f32[32] pitch 32
   float* const t_cq = reinterpret_cast<float*>(prt_base + 17024);  // f32[32] pitch 32
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 60432);  // f32[32] pitch 32
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 60560);  // f32[32] pitch 32
+  float* const t_gk = reinterpret_cast<float*>(prt_base + 60560);  // f32[32] pitch 32
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 60816);  // f32[32] pitch 32
   float* const t_ck = reinterpret_cast<float*>(prt_base + 51088);  // f32[32] pitch 32
   float* const t_gap = reinterpret_cast<float*>(prt_base + 17280);  // f32[1] pitch 1
   float* const t_w = reinterpret_cast<float*>(prt_base + 51216);  // f32[32, 32] pitch 32
@@ -846,6 +861,8 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c1
   float* const t_block_sum = reinterpret_cast<float*>(prt_base + 60304);  // f32[32] pitch 32
   float* const t_alpha = reinterpret_cast<float*>(prt_base + 55440);  // f32[32] pitch 32
   float* const t_shift = reinterpret_cast<float*>(prt_base + 55568);  // f32[32] pitch 32
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 60432);  // f32[32] pitch 32
+  float* const t_row_factor = reinterpret_cast<float*>(prt_base + 60688);  // f32[32] pitch 32
   float f_lse_t[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
   // q = load.async Q[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
   {
@@ -1281,12 +1298,18 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c1
             for (int e = 0; e < 4; ++e) t_w[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 32; r += 64) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
       __syncthreads();
-      // w[row, col] = (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col])
+      // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
       {
         for (int i = tid; i < 1024; i += 64) {
           const int r = i / 32, c = i % 32;
-          t_w[(r) * 32 + (c)] = prt::from_f32<float>((((prt::log(fabsf((prt::to_f32(t_w[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])));
+          t_w[(r) * 32 + (c)] = prt::from_f32<float>((fabsf((prt::to_f32(t_w[(r) * 32 + (c)]) * p_scale)) * prt::to_f32(t_fk[c])));
         }
       }
       __syncthreads();
@@ -1299,28 +1322,35 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c1
         }
       }
       __syncthreads();
+      // block_max[row] = ((log(block_max[row]) * 2.0) + cq[row])
       // alpha[row] = select((max(row_max[row], block_max[row]) == -Infinity), 0.0, exp((row_max[row] - max(row_max[row], block_max[row]))))
       {
         for (int r = tid; r < 32; r += 64) {
-          t_alpha[r] = prt::from_f32<float>(((prt::max_nan(prt::to_f32(t_row_max[r]), prt::to_f32(t_block_max[r])) == __int_as_float(0xff800000)) ? 0.0f : prt::exp((prt::to_f32(t_row_max[r]) - prt::max_nan(prt::to_f32(t_row_max[r]), prt::to_f32(t_block_max[r]))))));
+          const float y0 = prt::from_f32<float>(((prt::log(prt::to_f32(t_block_max[r])) * 2.0f) + prt::to_f32(t_cq[r])));
+          const float y1 = prt::from_f32<float>(((prt::max_nan(prt::to_f32(t_row_max[r]), y0) == __int_as_float(0xff800000)) ? 0.0f : prt::exp((prt::to_f32(t_row_max[r]) - prt::max_nan(prt::to_f32(t_row_max[r]), y0)))));
+          t_block_max[r] = y0;
+          t_alpha[r] = y1;
         }
       }
       // row_max[row] = max(row_max[row], block_max[row])
       // shift[row] = select((row_max[row] == -Infinity), 0.0, row_max[row])
+      // row_factor[row] = exp(((cq[row] - shift[row]) / 2.0))
       {
         for (int r = tid; r < 32; r += 64) {
           const float y0 = prt::from_f32<float>(prt::max_nan(prt::to_f32(t_row_max[r]), prt::to_f32(t_block_max[r])));
           const float y1 = prt::from_f32<float>(((y0 == __int_as_float(0xff800000)) ? 0.0f : y0));
+          const float y2 = prt::from_f32<float>(prt::exp(((prt::to_f32(t_cq[r]) - y1) / 2.0f)));
           t_row_max[r] = y0;
           t_shift[r] = y1;
+          t_row_factor[r] = y2;
         }
       }
       __syncthreads();
-      // p[row, col] = exp((w[row, col] - shift[row]))
+      // p[row, col] = pow((w[row, col] * row_factor[row]), 2)
       {
         for (int i = tid; i < 1024; i += 64) {
           const int r = i / 32, c = i % 32;
-          t_p[(r) * 36 + (c)] = prt::from_f32<float>(prt::exp((prt::to_f32(t_w[(r) * 32 + (c)]) - prt::to_f32(t_shift[r]))));
+          t_p[(r) * 36 + (c)] = prt::from_f32<float>(prt::powi<2>((prt::to_f32(t_w[(r) * 32 + (c)]) * prt::to_f32(t_row_factor[r]))));
         }
       }
       __syncthreads();

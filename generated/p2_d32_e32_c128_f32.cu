@@ -103,8 +103,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
   float* const t_v = reinterpret_cast<float*>(prt_base + 37904);  // f32[128, 32] pitch 36
   float* const t_gq = reinterpret_cast<float*>(prt_base + 18432);  // f32[128] pitch 128
   float* const t_cq = reinterpret_cast<float*>(prt_base + 18944);  // f32[128] pitch 128
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 128016);  // f32[128] pitch 128
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 128528);  // f32[128] pitch 128
+  float* const t_gk = reinterpret_cast<float*>(prt_base + 128528);  // f32[128] pitch 128
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 129552);  // f32[128] pitch 128
   float* const t_ck = reinterpret_cast<float*>(prt_base + 56336);  // f32[128] pitch 128
   float* const t_gap = reinterpret_cast<float*>(prt_base + 19456);  // f32[1] pitch 1
   float f_w[4][4][4];  // f32[128, 128] as mma fragments: 128x128 in 16x32 units over 8 warps
@@ -118,6 +118,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
   float* const t_block_sum = reinterpret_cast<float*>(prt_base + 127504);  // f32[128] pitch 128
   float f_alpha[1][2];  // f32[128] as the rows of 128x32 in 16x32 units over 8 warps
   float* const t_shift = reinterpret_cast<float*>(prt_base + 59408);  // f32[128] pitch 128
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 128016);  // f32[128] pitch 128
+  float* const t_row_factor = reinterpret_cast<float*>(prt_base + 129040);  // f32[128] pitch 128
   float* const t_block_max_part = reinterpret_cast<float*>(prt_base + 56848);  // f32[4, 128] pitch 128
   // q = load.async Q[pid.z, (pid.x * 128):+128, pid.y, 0:+32]
   {
@@ -611,8 +613,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
           }
         }
       }
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 128; r += 256) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
       __syncthreads();
-      // w[row, col] = (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col])
+      // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
       {
         #pragma unroll
         for (int j = 0; j < 4; ++j) {
@@ -624,7 +632,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_w[j][q][e] = (((prt::log(fabsf((f_w[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c]));
+              f_w[j][q][e] = (fabsf((f_w[j][q][e] * p_scale)) * prt::to_f32(t_fk[c]));
             }
           }
         }
@@ -656,6 +664,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
           t_block_max[i] = prt::from_f32<float>(acc);
         }
       }
+      // block_max[row] = ((log(block_max[row]) * 2.0) + cq[row])
+      {
+        for (int r = tid; r < 128; r += 256) {
+          t_block_max[r] = prt::from_f32<float>(((prt::log(prt::to_f32(t_block_max[r])) * 2.0f) + prt::to_f32(t_cq[r])));
+        }
+      }
       __syncthreads();
       // alpha[row] = select((max(row_max[row], block_max[row]) == -Infinity), 0.0, exp((row_max[row] - max(row_max[row], block_max[row]))))
       {
@@ -674,16 +688,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       __syncthreads();
       // row_max[row] = max(row_max[row], block_max[row])
       // shift[row] = select((row_max[row] == -Infinity), 0.0, row_max[row])
+      // row_factor[row] = exp(((cq[row] - shift[row]) / 2.0))
       {
         for (int r = tid; r < 128; r += 256) {
           const float y0 = prt::from_f32<float>(prt::max_nan(prt::to_f32(t_row_max[r]), prt::to_f32(t_block_max[r])));
           const float y1 = prt::from_f32<float>(((y0 == __int_as_float(0xff800000)) ? 0.0f : y0));
+          const float y2 = prt::from_f32<float>(prt::exp(((prt::to_f32(t_cq[r]) - y1) / 2.0f)));
           t_row_max[r] = y0;
           t_shift[r] = y1;
+          t_row_factor[r] = y2;
         }
       }
       __syncthreads();
-      // p[row, col] = exp((w[row, col] - shift[row]))
+      // p[row, col] = pow((w[row, col] * row_factor[row]), 2)
       {
         #pragma unroll
         for (int j = 0; j < 4; ++j) {
@@ -695,7 +712,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              t_p[(r) * 132 + (c)] = prt::from_f32<float>(prt::exp((f_w[j][q][e] - prt::to_f32(t_shift[r]))));
+              t_p[(r) * 132 + (c)] = prt::from_f32<float>(prt::powi<2>((f_w[j][q][e] * prt::to_f32(t_row_factor[r]))));
             }
           }
         }
@@ -919,8 +936,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c12
   float* const t_v = reinterpret_cast<float*>(prt_base + 37904);  // f32[128, 32] pitch 36
   float* const t_gq = reinterpret_cast<float*>(prt_base + 18432);  // f32[128] pitch 128
   float* const t_cq = reinterpret_cast<float*>(prt_base + 18944);  // f32[128] pitch 128
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 128016);  // f32[128] pitch 128
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 128528);  // f32[128] pitch 128
+  float* const t_gk = reinterpret_cast<float*>(prt_base + 128528);  // f32[128] pitch 128
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 129552);  // f32[128] pitch 128
   float* const t_ck = reinterpret_cast<float*>(prt_base + 56336);  // f32[128] pitch 128
   float* const t_gap = reinterpret_cast<float*>(prt_base + 19456);  // f32[1] pitch 1
   float f_w[4][4][4];  // f32[128, 128] as mma fragments: 128x128 in 16x32 units over 8 warps
@@ -934,6 +951,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c12
   float* const t_block_sum = reinterpret_cast<float*>(prt_base + 127504);  // f32[128] pitch 128
   float f_alpha[1][2];  // f32[128] as the rows of 128x32 in 16x32 units over 8 warps
   float* const t_shift = reinterpret_cast<float*>(prt_base + 59408);  // f32[128] pitch 128
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 128016);  // f32[128] pitch 128
+  float* const t_row_factor = reinterpret_cast<float*>(prt_base + 129040);  // f32[128] pitch 128
   float f_lse_t[1][2];  // f32[128] as the rows of 128x32 in 16x32 units over 8 warps
   float* const t_block_max_part = reinterpret_cast<float*>(prt_base + 56848);  // f32[4, 128] pitch 128
   // q = load.async Q[pid.z, (pid.x * 128):+128, pid.y, 0:+32]
@@ -1428,8 +1447,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c12
           }
         }
       }
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 128; r += 256) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
       __syncthreads();
-      // w[row, col] = (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col])
+      // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
       {
         #pragma unroll
         for (int j = 0; j < 4; ++j) {
@@ -1441,7 +1466,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c12
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_w[j][q][e] = (((prt::log(fabsf((f_w[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c]));
+              f_w[j][q][e] = (fabsf((f_w[j][q][e] * p_scale)) * prt::to_f32(t_fk[c]));
             }
           }
         }
@@ -1473,6 +1498,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c12
           t_block_max[i] = prt::from_f32<float>(acc);
         }
       }
+      // block_max[row] = ((log(block_max[row]) * 2.0) + cq[row])
+      {
+        for (int r = tid; r < 128; r += 256) {
+          t_block_max[r] = prt::from_f32<float>(((prt::log(prt::to_f32(t_block_max[r])) * 2.0f) + prt::to_f32(t_cq[r])));
+        }
+      }
       __syncthreads();
       // alpha[row] = select((max(row_max[row], block_max[row]) == -Infinity), 0.0, exp((row_max[row] - max(row_max[row], block_max[row]))))
       {
@@ -1491,16 +1522,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c12
       __syncthreads();
       // row_max[row] = max(row_max[row], block_max[row])
       // shift[row] = select((row_max[row] == -Infinity), 0.0, row_max[row])
+      // row_factor[row] = exp(((cq[row] - shift[row]) / 2.0))
       {
         for (int r = tid; r < 128; r += 256) {
           const float y0 = prt::from_f32<float>(prt::max_nan(prt::to_f32(t_row_max[r]), prt::to_f32(t_block_max[r])));
           const float y1 = prt::from_f32<float>(((y0 == __int_as_float(0xff800000)) ? 0.0f : y0));
+          const float y2 = prt::from_f32<float>(prt::exp(((prt::to_f32(t_cq[r]) - y1) / 2.0f)));
           t_row_max[r] = y0;
           t_shift[r] = y1;
+          t_row_factor[r] = y2;
         }
       }
       __syncthreads();
-      // p[row, col] = exp((w[row, col] - shift[row]))
+      // p[row, col] = pow((w[row, col] * row_factor[row]), 2)
       {
         #pragma unroll
         for (int j = 0; j < 4; ++j) {
@@ -1512,7 +1546,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c12
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              t_p[(r) * 132 + (c)] = prt::from_f32<float>(prt::exp((f_w[j][q][e] - prt::to_f32(t_shift[r]))));
+              t_p[(r) * 132 + (c)] = prt::from_f32<float>(prt::powi<2>((f_w[j][q][e] * prt::to_f32(t_row_factor[r]))));
             }
           }
         }

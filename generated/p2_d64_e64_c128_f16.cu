@@ -104,8 +104,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
   __half* const t_v = reinterpret_cast<__half*>(prt_base + 33792);  // f16[128, 64] swizzle 128
   float* const t_gq = reinterpret_cast<float*>(prt_base + 16384);  // f32[128] pitch 128
   float* const t_cq = reinterpret_cast<float*>(prt_base + 16896);  // f32[128] pitch 128
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 50688);  // f32[128] pitch 128
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 51200);  // f32[128] pitch 128
+  float* const t_gk = reinterpret_cast<float*>(prt_base + 51200);  // f32[128] pitch 128
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 51712);  // f32[128] pitch 128
   float* const t_ck = reinterpret_cast<float*>(prt_base + 50176);  // f32[128] pitch 128
   float* const t_gap = reinterpret_cast<float*>(prt_base + 16384);  // f32[1] pitch 1
   float f_w[1][16][4];  // f32[128, 128] as mma fragments: 128x128 in 16x128 units over 8 warps
@@ -119,6 +119,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
   float f_block_sum[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_alpha[1][2];  // f32[128] as the rows of 128x64 in 16x64 units over 8 warps
   float f_shift[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 50688);  // f32[128] pitch 128
+  float f_row_factor[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   // q = load.async Q[pid.z, (pid.x * 128):+128, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -647,9 +649,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
         prt::wgmma_commit();
         prt::wgmma_wait<0>();
       }
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 128; r += 256) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
       prt::fence_proxy_async();
       __syncthreads();
-      // w[row, col] = (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col])
+      // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -661,7 +669,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_w[j][q][e] = (((prt::log(fabsf((f_w[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c]));
+              f_w[j][q][e] = (fabsf((f_w[j][q][e] * p_scale)) * prt::to_f32(t_fk[c]));
             }
           }
         }
@@ -684,6 +692,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
             const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
             (void)r;
             f_block_max[j][((2 * h)) >> 1] = acc;
+          }
+        }
+      }
+      // block_max[row] = ((log(block_max[row]) * 2.0) + cq[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 128;
+          (void)n0;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = m0 + (lane >> 2) + 8 * h;
+            f_block_max[j][((2 * h)) >> 1] = ((prt::log(f_block_max[j][((2 * h)) >> 1]) * 2.0f) + prt::to_f32(t_cq[r]));
           }
         }
       }
@@ -729,7 +751,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
           }
         }
       }
-      // p[row, col] = exp((w[row, col] - shift[row]))
+      // row_factor[row] = exp(((cq[row] - shift[row]) / 2.0))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 128;
+          (void)n0;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = m0 + (lane >> 2) + 8 * h;
+            f_row_factor[j][((2 * h)) >> 1] = prt::exp(((prt::to_f32(t_cq[r]) - f_shift[j][((2 * h)) >> 1]) / 2.0f));
+          }
+        }
+      }
+      // p[row, col] = pow((w[row, col] * row_factor[row]), 2)
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -741,8 +777,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
             #pragma unroll
             for (int p = 0; p < 2; ++p) {
               const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = prt::exp((f_w[j][q][(2 * p)] - f_shift[j][((2 * p)) >> 1]));
-              const float y1 = prt::exp((f_w[j][q][(2 * p + 1)] - f_shift[j][((2 * p + 1)) >> 1]));
+              const float y0 = prt::powi<2>((f_w[j][q][(2 * p)] * f_row_factor[j][((2 * p)) >> 1]));
+              const float y1 = prt::powi<2>((f_w[j][q][(2 * p + 1)] * f_row_factor[j][((2 * p + 1)) >> 1]));
               f_p[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
           }
@@ -986,8 +1022,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
   __half* const t_v = reinterpret_cast<__half*>(prt_base + 37888);  // f16[128, 64] pitch 72
   float* const t_gq = reinterpret_cast<float*>(prt_base + 18432);  // f32[128] pitch 128
   float* const t_cq = reinterpret_cast<float*>(prt_base + 18944);  // f32[128] pitch 128
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 56832);  // f32[128] pitch 128
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 57344);  // f32[128] pitch 128
+  float* const t_gk = reinterpret_cast<float*>(prt_base + 57344);  // f32[128] pitch 128
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 57856);  // f32[128] pitch 128
   float* const t_ck = reinterpret_cast<float*>(prt_base + 56320);  // f32[128] pitch 128
   float* const t_gap = reinterpret_cast<float*>(prt_base + 18432);  // f32[1] pitch 1
   float f_w[1][16][4];  // f32[128, 128] as mma fragments: 128x128 in 16x128 units over 8 warps
@@ -1001,6 +1037,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
   float f_block_sum[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_alpha[1][2];  // f32[128] as the rows of 128x64 in 16x64 units over 8 warps
   float f_shift[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 56832);  // f32[128] pitch 128
+  float f_row_factor[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   // q = load.async Q[pid.z, (pid.x * 128):+128, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -1552,8 +1590,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
           }
         }
       }
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 128; r += 256) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
       __syncthreads();
-      // w[row, col] = (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col])
+      // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -1565,7 +1609,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_w[j][q][e] = (((prt::log(fabsf((f_w[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c]));
+              f_w[j][q][e] = (fabsf((f_w[j][q][e] * p_scale)) * prt::to_f32(t_fk[c]));
             }
           }
         }
@@ -1588,6 +1632,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
             const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
             (void)r;
             f_block_max[j][((2 * h)) >> 1] = acc;
+          }
+        }
+      }
+      // block_max[row] = ((log(block_max[row]) * 2.0) + cq[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 128;
+          (void)n0;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = m0 + (lane >> 2) + 8 * h;
+            f_block_max[j][((2 * h)) >> 1] = ((prt::log(f_block_max[j][((2 * h)) >> 1]) * 2.0f) + prt::to_f32(t_cq[r]));
           }
         }
       }
@@ -1633,7 +1691,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
           }
         }
       }
-      // p[row, col] = exp((w[row, col] - shift[row]))
+      // row_factor[row] = exp(((cq[row] - shift[row]) / 2.0))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 128;
+          (void)n0;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = m0 + (lane >> 2) + 8 * h;
+            f_row_factor[j][((2 * h)) >> 1] = prt::exp(((prt::to_f32(t_cq[r]) - f_shift[j][((2 * h)) >> 1]) / 2.0f));
+          }
+        }
+      }
+      // p[row, col] = pow((w[row, col] * row_factor[row]), 2)
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -1645,8 +1717,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
             #pragma unroll
             for (int p = 0; p < 2; ++p) {
               const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = prt::exp((f_w[j][q][(2 * p)] - f_shift[j][((2 * p)) >> 1]));
-              const float y1 = prt::exp((f_w[j][q][(2 * p + 1)] - f_shift[j][((2 * p + 1)) >> 1]));
+              const float y0 = prt::powi<2>((f_w[j][q][(2 * p)] * f_row_factor[j][((2 * p)) >> 1]));
+              const float y1 = prt::powi<2>((f_w[j][q][(2 * p + 1)] * f_row_factor[j][((2 * p + 1)) >> 1]));
               f_p[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
           }
@@ -1896,8 +1968,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c12
   __half* const t_v = reinterpret_cast<__half*>(prt_base + 33792);  // f16[128, 64] swizzle 128
   float* const t_gq = reinterpret_cast<float*>(prt_base + 16384);  // f32[128] pitch 128
   float* const t_cq = reinterpret_cast<float*>(prt_base + 16896);  // f32[128] pitch 128
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 50688);  // f32[128] pitch 128
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 51200);  // f32[128] pitch 128
+  float* const t_gk = reinterpret_cast<float*>(prt_base + 51200);  // f32[128] pitch 128
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 51712);  // f32[128] pitch 128
   float* const t_ck = reinterpret_cast<float*>(prt_base + 50176);  // f32[128] pitch 128
   float* const t_gap = reinterpret_cast<float*>(prt_base + 16384);  // f32[1] pitch 1
   float f_w[1][16][4];  // f32[128, 128] as mma fragments: 128x128 in 16x128 units over 8 warps
@@ -1911,6 +1983,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c12
   float f_block_sum[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_alpha[1][2];  // f32[128] as the rows of 128x64 in 16x64 units over 8 warps
   float f_shift[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 50688);  // f32[128] pitch 128
+  float f_row_factor[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_lse_t[1][2];  // f32[128] as the rows of 128x64 in 16x64 units over 8 warps
   // q = load.async Q[pid.z, (pid.x * 128):+128, pid.y, 0:+64]
   {
@@ -2440,9 +2514,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c12
         prt::wgmma_commit();
         prt::wgmma_wait<0>();
       }
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 128; r += 256) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
       prt::fence_proxy_async();
       __syncthreads();
-      // w[row, col] = (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col])
+      // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -2454,7 +2534,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c12
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_w[j][q][e] = (((prt::log(fabsf((f_w[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c]));
+              f_w[j][q][e] = (fabsf((f_w[j][q][e] * p_scale)) * prt::to_f32(t_fk[c]));
             }
           }
         }
@@ -2477,6 +2557,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c12
             const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
             (void)r;
             f_block_max[j][((2 * h)) >> 1] = acc;
+          }
+        }
+      }
+      // block_max[row] = ((log(block_max[row]) * 2.0) + cq[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 128;
+          (void)n0;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = m0 + (lane >> 2) + 8 * h;
+            f_block_max[j][((2 * h)) >> 1] = ((prt::log(f_block_max[j][((2 * h)) >> 1]) * 2.0f) + prt::to_f32(t_cq[r]));
           }
         }
       }
@@ -2522,7 +2616,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c12
           }
         }
       }
-      // p[row, col] = exp((w[row, col] - shift[row]))
+      // row_factor[row] = exp(((cq[row] - shift[row]) / 2.0))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 128;
+          (void)n0;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = m0 + (lane >> 2) + 8 * h;
+            f_row_factor[j][((2 * h)) >> 1] = prt::exp(((prt::to_f32(t_cq[r]) - f_shift[j][((2 * h)) >> 1]) / 2.0f));
+          }
+        }
+      }
+      // p[row, col] = pow((w[row, col] * row_factor[row]), 2)
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -2534,8 +2642,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c12
             #pragma unroll
             for (int p = 0; p < 2; ++p) {
               const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = prt::exp((f_w[j][q][(2 * p)] - f_shift[j][((2 * p)) >> 1]));
-              const float y1 = prt::exp((f_w[j][q][(2 * p + 1)] - f_shift[j][((2 * p + 1)) >> 1]));
+              const float y0 = prt::powi<2>((f_w[j][q][(2 * p)] * f_row_factor[j][((2 * p)) >> 1]));
+              const float y1 = prt::powi<2>((f_w[j][q][(2 * p + 1)] * f_row_factor[j][((2 * p + 1)) >> 1]));
               f_p[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
           }
@@ -2779,8 +2887,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c12
   __half* const t_v = reinterpret_cast<__half*>(prt_base + 37888);  // f16[128, 64] pitch 72
   float* const t_gq = reinterpret_cast<float*>(prt_base + 18432);  // f32[128] pitch 128
   float* const t_cq = reinterpret_cast<float*>(prt_base + 18944);  // f32[128] pitch 128
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 56832);  // f32[128] pitch 128
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 57344);  // f32[128] pitch 128
+  float* const t_gk = reinterpret_cast<float*>(prt_base + 57344);  // f32[128] pitch 128
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 57856);  // f32[128] pitch 128
   float* const t_ck = reinterpret_cast<float*>(prt_base + 56320);  // f32[128] pitch 128
   float* const t_gap = reinterpret_cast<float*>(prt_base + 18432);  // f32[1] pitch 1
   float f_w[1][16][4];  // f32[128, 128] as mma fragments: 128x128 in 16x128 units over 8 warps
@@ -2794,6 +2902,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c12
   float f_block_sum[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_alpha[1][2];  // f32[128] as the rows of 128x64 in 16x64 units over 8 warps
   float f_shift[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 56832);  // f32[128] pitch 128
+  float f_row_factor[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_lse_t[1][2];  // f32[128] as the rows of 128x64 in 16x64 units over 8 warps
   // q = load.async Q[pid.z, (pid.x * 128):+128, pid.y, 0:+64]
   {
@@ -3346,8 +3456,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c12
           }
         }
       }
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 128; r += 256) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
       __syncthreads();
-      // w[row, col] = (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col])
+      // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -3359,7 +3475,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c12
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_w[j][q][e] = (((prt::log(fabsf((f_w[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c]));
+              f_w[j][q][e] = (fabsf((f_w[j][q][e] * p_scale)) * prt::to_f32(t_fk[c]));
             }
           }
         }
@@ -3382,6 +3498,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c12
             const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
             (void)r;
             f_block_max[j][((2 * h)) >> 1] = acc;
+          }
+        }
+      }
+      // block_max[row] = ((log(block_max[row]) * 2.0) + cq[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 128;
+          (void)n0;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = m0 + (lane >> 2) + 8 * h;
+            f_block_max[j][((2 * h)) >> 1] = ((prt::log(f_block_max[j][((2 * h)) >> 1]) * 2.0f) + prt::to_f32(t_cq[r]));
           }
         }
       }
@@ -3427,7 +3557,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c12
           }
         }
       }
-      // p[row, col] = exp((w[row, col] - shift[row]))
+      // row_factor[row] = exp(((cq[row] - shift[row]) / 2.0))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 128;
+          (void)n0;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = m0 + (lane >> 2) + 8 * h;
+            f_row_factor[j][((2 * h)) >> 1] = prt::exp(((prt::to_f32(t_cq[r]) - f_shift[j][((2 * h)) >> 1]) / 2.0f));
+          }
+        }
+      }
+      // p[row, col] = pow((w[row, col] * row_factor[row]), 2)
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -3439,8 +3583,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c12
             #pragma unroll
             for (int p = 0; p < 2; ++p) {
               const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = prt::exp((f_w[j][q][(2 * p)] - f_shift[j][((2 * p)) >> 1]));
-              const float y1 = prt::exp((f_w[j][q][(2 * p + 1)] - f_shift[j][((2 * p + 1)) >> 1]));
+              const float y0 = prt::powi<2>((f_w[j][q][(2 * p)] * f_row_factor[j][((2 * p)) >> 1]));
+              const float y1 = prt::powi<2>((f_w[j][q][(2 * p + 1)] * f_row_factor[j][((2 * p + 1)) >> 1]));
               f_p[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
           }

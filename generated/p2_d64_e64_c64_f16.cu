@@ -104,8 +104,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
   __half* const t_v = reinterpret_cast<__half*>(prt_base + 17408);  // f16[64, 64] swizzle 128
   float* const t_gq = reinterpret_cast<float*>(prt_base + 8192);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 8448);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 8960);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 25600);  // f32[64] pitch 64
+  float* const t_gk = reinterpret_cast<float*>(prt_base + 25600);  // f32[64] pitch 64
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 25856);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 8704);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 8192);  // f32[1] pitch 1
   float f_w[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
@@ -119,6 +119,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
   float f_block_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_alpha[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_shift[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 8960);  // f32[64] pitch 64
+  float f_row_factor[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -592,6 +594,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
       }
       prt::cp_async_commit();
       prt::cp_async_wait<0>();
+      prt::fence_proxy_async();
+      __syncthreads();
       // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
       {
         const int a0 = static_cast<int>(blockIdx.z);
@@ -643,9 +647,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
         prt::wgmma_commit();
         prt::wgmma_wait<0>();
       }
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
       prt::fence_proxy_async();
       __syncthreads();
-      // w[row, col] = (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col])
+      // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -657,7 +667,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_w[j][q][e] = (((prt::log(fabsf((f_w[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c]));
+              f_w[j][q][e] = (fabsf((f_w[j][q][e] * p_scale)) * prt::to_f32(t_fk[c]));
             }
           }
         }
@@ -680,6 +690,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
             const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
             (void)r;
             f_block_max[j][((2 * h)) >> 1] = acc;
+          }
+        }
+      }
+      // block_max[row] = ((log(block_max[row]) * 2.0) + cq[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = m0 + (lane >> 2) + 8 * h;
+            f_block_max[j][((2 * h)) >> 1] = ((prt::log(f_block_max[j][((2 * h)) >> 1]) * 2.0f) + prt::to_f32(t_cq[r]));
           }
         }
       }
@@ -725,7 +749,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
           }
         }
       }
-      // p[row, col] = exp((w[row, col] - shift[row]))
+      // row_factor[row] = exp(((cq[row] - shift[row]) / 2.0))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = m0 + (lane >> 2) + 8 * h;
+            f_row_factor[j][((2 * h)) >> 1] = prt::exp(((prt::to_f32(t_cq[r]) - f_shift[j][((2 * h)) >> 1]) / 2.0f));
+          }
+        }
+      }
+      // p[row, col] = pow((w[row, col] * row_factor[row]), 2)
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -737,8 +775,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
             #pragma unroll
             for (int p = 0; p < 2; ++p) {
               const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = prt::exp((f_w[j][q][(2 * p)] - f_shift[j][((2 * p)) >> 1]));
-              const float y1 = prt::exp((f_w[j][q][(2 * p + 1)] - f_shift[j][((2 * p + 1)) >> 1]));
+              const float y0 = prt::powi<2>((f_w[j][q][(2 * p)] * f_row_factor[j][((2 * p)) >> 1]));
+              const float y1 = prt::powi<2>((f_w[j][q][(2 * p + 1)] * f_row_factor[j][((2 * p + 1)) >> 1]));
               f_p[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
           }
@@ -982,8 +1020,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
   __half* const t_v = reinterpret_cast<__half*>(prt_base + 18944);  // f16[64, 64] pitch 72
   float* const t_gq = reinterpret_cast<float*>(prt_base + 9216);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 9472);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 28416);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 28672);  // f32[64] pitch 64
+  float* const t_gk = reinterpret_cast<float*>(prt_base + 28672);  // f32[64] pitch 64
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 28928);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 28160);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 9216);  // f32[1] pitch 1
   float f_w[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
@@ -997,6 +1035,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
   float f_block_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_alpha[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_shift[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 28416);  // f32[64] pitch 64
+  float f_row_factor[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -1546,8 +1586,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
           }
         }
       }
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
       __syncthreads();
-      // w[row, col] = (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col])
+      // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -1559,7 +1605,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_w[j][q][e] = (((prt::log(fabsf((f_w[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c]));
+              f_w[j][q][e] = (fabsf((f_w[j][q][e] * p_scale)) * prt::to_f32(t_fk[c]));
             }
           }
         }
@@ -1582,6 +1628,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
             const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
             (void)r;
             f_block_max[j][((2 * h)) >> 1] = acc;
+          }
+        }
+      }
+      // block_max[row] = ((log(block_max[row]) * 2.0) + cq[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = m0 + (lane >> 2) + 8 * h;
+            f_block_max[j][((2 * h)) >> 1] = ((prt::log(f_block_max[j][((2 * h)) >> 1]) * 2.0f) + prt::to_f32(t_cq[r]));
           }
         }
       }
@@ -1627,7 +1687,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
           }
         }
       }
-      // p[row, col] = exp((w[row, col] - shift[row]))
+      // row_factor[row] = exp(((cq[row] - shift[row]) / 2.0))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = m0 + (lane >> 2) + 8 * h;
+            f_row_factor[j][((2 * h)) >> 1] = prt::exp(((prt::to_f32(t_cq[r]) - f_shift[j][((2 * h)) >> 1]) / 2.0f));
+          }
+        }
+      }
+      // p[row, col] = pow((w[row, col] * row_factor[row]), 2)
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -1639,8 +1713,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
             #pragma unroll
             for (int p = 0; p < 2; ++p) {
               const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = prt::exp((f_w[j][q][(2 * p)] - f_shift[j][((2 * p)) >> 1]));
-              const float y1 = prt::exp((f_w[j][q][(2 * p + 1)] - f_shift[j][((2 * p + 1)) >> 1]));
+              const float y0 = prt::powi<2>((f_w[j][q][(2 * p)] * f_row_factor[j][((2 * p)) >> 1]));
+              const float y1 = prt::powi<2>((f_w[j][q][(2 * p + 1)] * f_row_factor[j][((2 * p + 1)) >> 1]));
               f_p[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
           }
@@ -1890,8 +1964,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
   __half* const t_v = reinterpret_cast<__half*>(prt_base + 33792);  // f16[128, 64] swizzle 128
   float* const t_gq = reinterpret_cast<float*>(prt_base + 16384);  // f32[128] pitch 128
   float* const t_cq = reinterpret_cast<float*>(prt_base + 16896);  // f32[128] pitch 128
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 50688);  // f32[128] pitch 128
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 51200);  // f32[128] pitch 128
+  float* const t_gk = reinterpret_cast<float*>(prt_base + 51200);  // f32[128] pitch 128
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 51712);  // f32[128] pitch 128
   float* const t_ck = reinterpret_cast<float*>(prt_base + 50176);  // f32[128] pitch 128
   float* const t_gap = reinterpret_cast<float*>(prt_base + 16384);  // f32[1] pitch 1
   float f_w[1][16][4];  // f32[128, 128] as mma fragments: 128x128 in 16x128 units over 8 warps
@@ -1905,6 +1979,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
   float f_block_sum[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_alpha[1][2];  // f32[128] as the rows of 128x64 in 16x64 units over 8 warps
   float f_shift[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 50688);  // f32[128] pitch 128
+  float f_row_factor[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_lse_t[1][2];  // f32[128] as the rows of 128x64 in 16x64 units over 8 warps
   // q = load.async Q[pid.z, (pid.x * 128):+128, pid.y, 0:+64]
   {
@@ -2434,9 +2510,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
         prt::wgmma_commit();
         prt::wgmma_wait<0>();
       }
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 128; r += 256) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
       prt::fence_proxy_async();
       __syncthreads();
-      // w[row, col] = (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col])
+      // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -2448,7 +2530,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_w[j][q][e] = (((prt::log(fabsf((f_w[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c]));
+              f_w[j][q][e] = (fabsf((f_w[j][q][e] * p_scale)) * prt::to_f32(t_fk[c]));
             }
           }
         }
@@ -2471,6 +2553,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
             const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
             (void)r;
             f_block_max[j][((2 * h)) >> 1] = acc;
+          }
+        }
+      }
+      // block_max[row] = ((log(block_max[row]) * 2.0) + cq[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 128;
+          (void)n0;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = m0 + (lane >> 2) + 8 * h;
+            f_block_max[j][((2 * h)) >> 1] = ((prt::log(f_block_max[j][((2 * h)) >> 1]) * 2.0f) + prt::to_f32(t_cq[r]));
           }
         }
       }
@@ -2516,7 +2612,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
           }
         }
       }
-      // p[row, col] = exp((w[row, col] - shift[row]))
+      // row_factor[row] = exp(((cq[row] - shift[row]) / 2.0))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 128;
+          (void)n0;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = m0 + (lane >> 2) + 8 * h;
+            f_row_factor[j][((2 * h)) >> 1] = prt::exp(((prt::to_f32(t_cq[r]) - f_shift[j][((2 * h)) >> 1]) / 2.0f));
+          }
+        }
+      }
+      // p[row, col] = pow((w[row, col] * row_factor[row]), 2)
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -2528,8 +2638,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
             #pragma unroll
             for (int p = 0; p < 2; ++p) {
               const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = prt::exp((f_w[j][q][(2 * p)] - f_shift[j][((2 * p)) >> 1]));
-              const float y1 = prt::exp((f_w[j][q][(2 * p + 1)] - f_shift[j][((2 * p + 1)) >> 1]));
+              const float y0 = prt::powi<2>((f_w[j][q][(2 * p)] * f_row_factor[j][((2 * p)) >> 1]));
+              const float y1 = prt::powi<2>((f_w[j][q][(2 * p + 1)] * f_row_factor[j][((2 * p + 1)) >> 1]));
               f_p[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
           }
@@ -2773,8 +2883,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
   __half* const t_v = reinterpret_cast<__half*>(prt_base + 37888);  // f16[128, 64] pitch 72
   float* const t_gq = reinterpret_cast<float*>(prt_base + 18432);  // f32[128] pitch 128
   float* const t_cq = reinterpret_cast<float*>(prt_base + 18944);  // f32[128] pitch 128
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 56832);  // f32[128] pitch 128
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 57344);  // f32[128] pitch 128
+  float* const t_gk = reinterpret_cast<float*>(prt_base + 57344);  // f32[128] pitch 128
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 57856);  // f32[128] pitch 128
   float* const t_ck = reinterpret_cast<float*>(prt_base + 56320);  // f32[128] pitch 128
   float* const t_gap = reinterpret_cast<float*>(prt_base + 18432);  // f32[1] pitch 1
   float f_w[1][16][4];  // f32[128, 128] as mma fragments: 128x128 in 16x128 units over 8 warps
@@ -2788,6 +2898,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
   float f_block_sum[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_alpha[1][2];  // f32[128] as the rows of 128x64 in 16x64 units over 8 warps
   float f_shift[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 56832);  // f32[128] pitch 128
+  float f_row_factor[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_lse_t[1][2];  // f32[128] as the rows of 128x64 in 16x64 units over 8 warps
   // q = load.async Q[pid.z, (pid.x * 128):+128, pid.y, 0:+64]
   {
@@ -3340,8 +3452,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
           }
         }
       }
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 128; r += 256) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
       __syncthreads();
-      // w[row, col] = (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col])
+      // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -3353,7 +3471,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_w[j][q][e] = (((prt::log(fabsf((f_w[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c]));
+              f_w[j][q][e] = (fabsf((f_w[j][q][e] * p_scale)) * prt::to_f32(t_fk[c]));
             }
           }
         }
@@ -3376,6 +3494,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
             const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
             (void)r;
             f_block_max[j][((2 * h)) >> 1] = acc;
+          }
+        }
+      }
+      // block_max[row] = ((log(block_max[row]) * 2.0) + cq[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 128;
+          (void)n0;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = m0 + (lane >> 2) + 8 * h;
+            f_block_max[j][((2 * h)) >> 1] = ((prt::log(f_block_max[j][((2 * h)) >> 1]) * 2.0f) + prt::to_f32(t_cq[r]));
           }
         }
       }
@@ -3421,7 +3553,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
           }
         }
       }
-      // p[row, col] = exp((w[row, col] - shift[row]))
+      // row_factor[row] = exp(((cq[row] - shift[row]) / 2.0))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 128;
+          (void)n0;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = m0 + (lane >> 2) + 8 * h;
+            f_row_factor[j][((2 * h)) >> 1] = prt::exp(((prt::to_f32(t_cq[r]) - f_shift[j][((2 * h)) >> 1]) / 2.0f));
+          }
+        }
+      }
+      // p[row, col] = pow((w[row, col] * row_factor[row]), 2)
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -3433,8 +3579,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
             #pragma unroll
             for (int p = 0; p < 2; ++p) {
               const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = prt::exp((f_w[j][q][(2 * p)] - f_shift[j][((2 * p)) >> 1]));
-              const float y1 = prt::exp((f_w[j][q][(2 * p + 1)] - f_shift[j][((2 * p + 1)) >> 1]));
+              const float y0 = prt::powi<2>((f_w[j][q][(2 * p)] * f_row_factor[j][((2 * p)) >> 1]));
+              const float y1 = prt::powi<2>((f_w[j][q][(2 * p + 1)] * f_row_factor[j][((2 * p + 1)) >> 1]));
               f_p[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
           }

@@ -103,8 +103,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
   float* const t_v = reinterpret_cast<float*>(prt_base + 35600);  // f32[64, 64] pitch 68
   float* const t_gq = reinterpret_cast<float*>(prt_base + 17408);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 17664);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 72208);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 72464);  // f32[64] pitch 64
+  float* const t_gk = reinterpret_cast<float*>(prt_base + 72464);  // f32[64] pitch 64
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 72976);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 53008);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 18176);  // f32[1] pitch 1
   float f_w[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
@@ -118,6 +118,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
   float* const t_block_sum = reinterpret_cast<float*>(prt_base + 71952);  // f32[64] pitch 64
   float* const t_alpha = reinterpret_cast<float*>(prt_base + 54032);  // f32[64] pitch 64
   float* const t_shift = reinterpret_cast<float*>(prt_base + 54288);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 72208);  // f32[64] pitch 64
+  float* const t_row_factor = reinterpret_cast<float*>(prt_base + 72720);  // f32[64] pitch 64
   float* const t_block_max_part = reinterpret_cast<float*>(prt_base + 53264);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
   {
@@ -581,8 +583,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
           }
         }
       }
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
       __syncthreads();
-      // w[row, col] = (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col])
+      // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -594,7 +602,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_w[j][q][e] = (((prt::log(fabsf((f_w[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c]));
+              f_w[j][q][e] = (fabsf((f_w[j][q][e] * p_scale)) * prt::to_f32(t_fk[c]));
             }
           }
         }
@@ -626,24 +634,31 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
           t_block_max[i] = prt::from_f32<float>(acc);
         }
       }
+      // block_max[row] = ((log(block_max[row]) * 2.0) + cq[row])
       // alpha[row] = select((max(row_max[row], block_max[row]) == -Infinity), 0.0, exp((row_max[row] - max(row_max[row], block_max[row]))))
       {
         for (int r = tid; r < 64; r += 128) {
-          t_alpha[r] = prt::from_f32<float>(((prt::max_nan(prt::to_f32(t_row_max[r]), prt::to_f32(t_block_max[r])) == __int_as_float(0xff800000)) ? 0.0f : prt::exp((prt::to_f32(t_row_max[r]) - prt::max_nan(prt::to_f32(t_row_max[r]), prt::to_f32(t_block_max[r]))))));
+          const float y0 = prt::from_f32<float>(((prt::log(prt::to_f32(t_block_max[r])) * 2.0f) + prt::to_f32(t_cq[r])));
+          const float y1 = prt::from_f32<float>(((prt::max_nan(prt::to_f32(t_row_max[r]), y0) == __int_as_float(0xff800000)) ? 0.0f : prt::exp((prt::to_f32(t_row_max[r]) - prt::max_nan(prt::to_f32(t_row_max[r]), y0)))));
+          t_block_max[r] = y0;
+          t_alpha[r] = y1;
         }
       }
       // row_max[row] = max(row_max[row], block_max[row])
       // shift[row] = select((row_max[row] == -Infinity), 0.0, row_max[row])
+      // row_factor[row] = exp(((cq[row] - shift[row]) / 2.0))
       {
         for (int r = tid; r < 64; r += 128) {
           const float y0 = prt::from_f32<float>(prt::max_nan(prt::to_f32(t_row_max[r]), prt::to_f32(t_block_max[r])));
           const float y1 = prt::from_f32<float>(((y0 == __int_as_float(0xff800000)) ? 0.0f : y0));
+          const float y2 = prt::from_f32<float>(prt::exp(((prt::to_f32(t_cq[r]) - y1) / 2.0f)));
           t_row_max[r] = y0;
           t_shift[r] = y1;
+          t_row_factor[r] = y2;
         }
       }
       __syncthreads();
-      // p[row, col] = exp((w[row, col] - shift[row]))
+      // p[row, col] = pow((w[row, col] * row_factor[row]), 2)
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -655,7 +670,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              t_p[(r) * 68 + (c)] = prt::from_f32<float>(prt::exp((f_w[j][q][e] - prt::to_f32(t_shift[r]))));
+              t_p[(r) * 68 + (c)] = prt::from_f32<float>(prt::powi<2>((f_w[j][q][e] * prt::to_f32(t_row_factor[r]))));
             }
           }
         }
@@ -863,8 +878,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d64_e64_c64
   float* const t_v = reinterpret_cast<float*>(prt_base + 35600);  // f32[64, 64] pitch 68
   float* const t_gq = reinterpret_cast<float*>(prt_base + 17408);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 17664);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 72208);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 72464);  // f32[64] pitch 64
+  float* const t_gk = reinterpret_cast<float*>(prt_base + 72464);  // f32[64] pitch 64
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 72976);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 53008);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 18176);  // f32[1] pitch 1
   float f_w[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
@@ -878,6 +893,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d64_e64_c64
   float* const t_block_sum = reinterpret_cast<float*>(prt_base + 71952);  // f32[64] pitch 64
   float* const t_alpha = reinterpret_cast<float*>(prt_base + 54032);  // f32[64] pitch 64
   float* const t_shift = reinterpret_cast<float*>(prt_base + 54288);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 72208);  // f32[64] pitch 64
+  float* const t_row_factor = reinterpret_cast<float*>(prt_base + 72720);  // f32[64] pitch 64
   float* const t_lse_t = reinterpret_cast<float*>(prt_base + 0);  // f32[64] pitch 64
   float* const t_block_max_part = reinterpret_cast<float*>(prt_base + 53264);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
@@ -1342,8 +1359,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d64_e64_c64
           }
         }
       }
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
       __syncthreads();
-      // w[row, col] = (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col])
+      // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -1355,7 +1378,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d64_e64_c64
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_w[j][q][e] = (((prt::log(fabsf((f_w[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c]));
+              f_w[j][q][e] = (fabsf((f_w[j][q][e] * p_scale)) * prt::to_f32(t_fk[c]));
             }
           }
         }
@@ -1387,24 +1410,31 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d64_e64_c64
           t_block_max[i] = prt::from_f32<float>(acc);
         }
       }
+      // block_max[row] = ((log(block_max[row]) * 2.0) + cq[row])
       // alpha[row] = select((max(row_max[row], block_max[row]) == -Infinity), 0.0, exp((row_max[row] - max(row_max[row], block_max[row]))))
       {
         for (int r = tid; r < 64; r += 128) {
-          t_alpha[r] = prt::from_f32<float>(((prt::max_nan(prt::to_f32(t_row_max[r]), prt::to_f32(t_block_max[r])) == __int_as_float(0xff800000)) ? 0.0f : prt::exp((prt::to_f32(t_row_max[r]) - prt::max_nan(prt::to_f32(t_row_max[r]), prt::to_f32(t_block_max[r]))))));
+          const float y0 = prt::from_f32<float>(((prt::log(prt::to_f32(t_block_max[r])) * 2.0f) + prt::to_f32(t_cq[r])));
+          const float y1 = prt::from_f32<float>(((prt::max_nan(prt::to_f32(t_row_max[r]), y0) == __int_as_float(0xff800000)) ? 0.0f : prt::exp((prt::to_f32(t_row_max[r]) - prt::max_nan(prt::to_f32(t_row_max[r]), y0)))));
+          t_block_max[r] = y0;
+          t_alpha[r] = y1;
         }
       }
       // row_max[row] = max(row_max[row], block_max[row])
       // shift[row] = select((row_max[row] == -Infinity), 0.0, row_max[row])
+      // row_factor[row] = exp(((cq[row] - shift[row]) / 2.0))
       {
         for (int r = tid; r < 64; r += 128) {
           const float y0 = prt::from_f32<float>(prt::max_nan(prt::to_f32(t_row_max[r]), prt::to_f32(t_block_max[r])));
           const float y1 = prt::from_f32<float>(((y0 == __int_as_float(0xff800000)) ? 0.0f : y0));
+          const float y2 = prt::from_f32<float>(prt::exp(((prt::to_f32(t_cq[r]) - y1) / 2.0f)));
           t_row_max[r] = y0;
           t_shift[r] = y1;
+          t_row_factor[r] = y2;
         }
       }
       __syncthreads();
-      // p[row, col] = exp((w[row, col] - shift[row]))
+      // p[row, col] = pow((w[row, col] * row_factor[row]), 2)
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -1416,7 +1446,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d64_e64_c64
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              t_p[(r) * 68 + (c)] = prt::from_f32<float>(prt::exp((f_w[j][q][e] - prt::to_f32(t_shift[r]))));
+              t_p[(r) * 68 + (c)] = prt::from_f32<float>(prt::powi<2>((f_w[j][q][e] * prt::to_f32(t_row_factor[r]))));
             }
           }
         }

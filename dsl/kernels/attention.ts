@@ -18,6 +18,13 @@
 //   G_k0 = logG[k0+B] + ... + logG[q0-1]               (the gates between the two blocks),
 // G growing by one block's total per step of the walk away from the diagonal.
 //
+// Off the diagonal (every key before every query row) the gate factor splits, exp(cq_i + ck_j) =
+// exp(cq_i) exp(ck_j), both <= 1, so with r_ij = |s_ij| exp(ck_j / p) the weight relative to the
+// row's running max M_i (a log-weight) is exp(p log r_ij + cq_i - M_i) = (r_ij g_i)^p, g_i =
+// exp((cq_i - M_i) / p): the block's max is a max over r (one logarithm per row), and no score
+// needs a logarithm or an exponential. The diagonal block keeps the log-space form (there
+// ck_j = -cq_j >= 0, whose exponential could overflow).
+//
 // Two epilogues: `attention` returns numA, denA, maxA for query_state's combine (the chunked
 // path); `attention_y` returns y = numA / denA and lse = maxA + log denA (the quadratic path, no
 // state at all).
@@ -91,6 +98,8 @@ function build(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
     const blockSum = k.reg("block_sum", [B], "f32");
     const alpha = k.reg("alpha", [B], "f32"); // rescale of the old sums: exp(oldMax - newMax)
     const shift = k.reg("shift", [B], "f32"); // the row max, 0 while it is -inf
+    const fk = k.reg("fk", [B], "f32"); // a key block's column gate factors exp(ck_j / p)
+    const rowFactor = k.reg("row_factor", [B], "f32"); // g_i = exp((cq_i - shift_i) / p)
 
     k.load(qt, io.Q, [bi, range(q0, B), qh, range(0, spec.d)]); // [B, d]; rows past t read 0
     k.load(gq, io.logG, [bi, range(q0, B), hk]); // [B]; past t: 0, a gate of 1
@@ -111,15 +120,32 @@ function build(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
         k.map(ck, ({ row }) => sk.at(row).sub(gk.at(row)).add(gap.at(0)));
       }
       k.mma(w, qt, kt, { transB: true }); // [B, B] = q k^T
-      // log|s| = -inf where s = 0 (no weight), so only the causal mask needs a select
-      const logWeight = (row: Val, col: Val): Val => w.at(row, col).mul(io.scale).abs().log().mul(p).add(cq.at(row)).add(ck.at(col));
-      k.map(w, ({ row, col }) => (diagonal ? select(col.le(row), logWeight(row, col), -Infinity) : logWeight(row, col)));
-      k.reduce(blockMax, w, "max", 1); // [B]
+      if (diagonal) {
+        // log-weights; log|s| = -inf where s = 0 (no weight), so only the causal mask needs a select
+        const logWeight = (row: Val, col: Val): Val => w.at(row, col).mul(io.scale).abs().log().mul(p).add(cq.at(row)).add(ck.at(col));
+        k.map(w, ({ row, col }) => select(col.le(row), logWeight(row, col), -Infinity));
+        k.reduce(blockMax, w, "max", 1); // [B]
+      } else {
+        // Off the diagonal the gate factor of (i, j) splits into a row's and a column's, each <= 1
+        // (cq_i <= 0, ck_j <= 0), so the weight is exp(cq_i) r_ij^p with r_ij = |s_ij| exp(ck_j / p):
+        // the row max is taken over r in linear space and each weight is (r_ij g_i)^p, no logarithm
+        // or exponential per score (header). A key whose gate product to the block is below
+        // exp(-87 p) gets r = 0, where the log-space form would keep its relative weight: it
+        // matters only on a row whose every nearer weight is as small.
+        k.map(fk, ({ row }) => ck.at(row).div(p).exp()); // [B] f_j = exp(ck_j / p) in [0, 1]
+        k.map(w, ({ row, col }) => w.at(row, col).mul(io.scale).abs().mul(fk.at(col))); // r_ij
+        k.reduce(blockMax, w, "max", 1); // [B]: max_j r_ij, then as a log-weight
+        k.map(blockMax, ({ row }) => blockMax.at(row).log().mul(p).add(cq.at(row)));
+      }
       k.map(alpha, ({ row }) => safeExpDiff(rowMax.at(row), max(rowMax.at(row), blockMax.at(row))));
       k.map(rowMax, ({ row }) => max(rowMax.at(row), blockMax.at(row)));
       // the shift of each row: its max, or 0 on a row with no weight yet (all w = -inf: exp gives 0)
       k.map(shift, ({ row }) => select(rowMax.at(row).eq(-Infinity), 0, rowMax.at(row)));
-      k.map(pt, ({ row, col }) => w.at(row, col).sub(shift.at(row)).exp()); // [B, B] in [0, 1]
+      if (diagonal) k.map(pt, ({ row, col }) => w.at(row, col).sub(shift.at(row)).exp()); // [B, B] in [0, 1]
+      else {
+        k.map(rowFactor, ({ row }) => cq.at(row).sub(shift.at(row)).div(p).exp()); // g_i = exp((cq_i - shift_i) / p)
+        k.map(pt, ({ row, col }) => w.at(row, col).mul(rowFactor.at(row)).pow(p)); // (r_ij g_i)^p in [0, 1]
+      }
       k.reduce(blockSum, pt, "sum", 1); // sum of the rounded weights, as the mma sees them
       k.map(rowSum, ({ row }) => rowSum.at(row).mul(alpha.at(row)).add(blockSum.at(row)));
       k.map(acc, ({ row, col }) => acc.at(row, col).mul(alpha.at(row)));
