@@ -10,6 +10,7 @@ import type { DType } from "../dsl/dtype.ts";
 import { printExpr } from "../dsl/print.ts";
 import { KERNELS } from "../dsl/kernels/index.ts";
 import { checkSpec, scheduleKey, specKey, type KernelDef, type Schedule, type Spec } from "../dsl/spec.ts";
+import type { AlgorithmTable } from "../dsl/algorithm.ts";
 import { validateKernel } from "../dsl/validate.ts";
 import { threadsOf } from "./lir.ts";
 import { fitsByArch, manifestArgs, MANIFEST_FILE, MANIFEST_FORMAT, parseManifest, type Arch, type Manifest, type ManifestKernel, type ManifestPlan } from "./manifest.ts";
@@ -167,8 +168,26 @@ export function scheduleForTable(table: ReadonlyMap<string, Schedule>): (k: Kern
   return (k, spec) => table.get(`${k.name}/${specKey(spec)}`) ?? k.schedule(spec);
 }
 
+/** The measured algorithm table (dsl/algorithm.ts) gen copies into every manifest. */
+export const DEFAULT_ALGORITHMS_FILE = path.join(REPO_ROOT, "codegen", "algorithms.json");
+
+export function loadAlgorithms(file: string = DEFAULT_ALGORITHMS_FILE): AlgorithmTable {
+  if (!existsSync(file)) return {};
+  const raw = JSON.parse(readFileSync(file, "utf8")) as unknown;
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) throw new Error(`${file}: expected { "<device>": { "<p_d_e_dtype>": { quadraticMaxT, chunk } } }`);
+  for (const [dev, specs] of Object.entries(raw as Record<string, unknown>))
+    for (const [key, e] of Object.entries(specs as Record<string, unknown>)) {
+      const x = e as Record<string, unknown>;
+      if (!/^p\d+_d\d+_e\d+_(f16|bf16|f32)$/.test(key) || !Number.isInteger(x.quadraticMaxT) || !Number.isInteger(x.chunk))
+        throw new Error(`${file}: entry ${dev} / ${key}: expected a key p<deg>_d<d>_e<e>_<dtype> and integers quadraticMaxT, chunk; received ${JSON.stringify(e)}`);
+    }
+  return raw as AlgorithmTable;
+}
+
 export interface GenOptions {
   readonly selection: Selection;
+  /** The algorithm table to copy into the manifest (default codegen/algorithms.json). */
+  readonly algorithms?: AlgorithmTable;
   /** Schedule per kernel and spec (an autotune result); default: the kernel's own default. */
   readonly scheduleFor?: (k: KernelDef, spec: Spec) => Schedule;
   /** Receives the IR after each pass and the final CUDA of every kernel. */
@@ -259,6 +278,7 @@ export function generate(opts: GenOptions): Generated {
   const manifest: Manifest = {
     format: MANIFEST_FORMAT,
     generator: "retention gen (codegen/gen.ts)",
+    algorithms: opts.algorithms ?? loadAlgorithms(),
     archs: sel.archs,
     nvccFlags: flags,
     headers,

@@ -7,6 +7,7 @@
 import { printExpr } from "../dsl/print.ts";
 import type { Schedule, Spec } from "../dsl/spec.ts";
 import type { LKernel } from "./lir.ts";
+import type { AlgorithmTable } from "../dsl/algorithm.ts";
 import { SMEM_LIMIT } from "./lower/rules.ts";
 
 /** 2: plans as data (`plans`). */
@@ -138,6 +139,8 @@ export interface ManifestPlan {
 export interface Manifest {
   readonly format: number;
   readonly generator: string;
+  /** The measured algorithm table (dsl/algorithm.ts, codegen/algorithms.json). */
+  readonly algorithms: AlgorithmTable;
   readonly archs: readonly Arch[];
   readonly nvccFlags: readonly string[];
   readonly headers: readonly { readonly file: string; readonly sha256: string }[];

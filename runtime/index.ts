@@ -10,7 +10,8 @@ import { backwardPlan } from "../dsl/plan-backward.ts";
 import { decodePlan, decodeStateBuffers, type DecodeProblem, type DecodeState } from "../dsl/plan-decode.ts";
 import { forwardPlan, type Problem, type ScheduleTable } from "../dsl/plan.ts";
 import { numel } from "../dsl/plan-types.ts";
-import { DeviceBuffer } from "./device.ts";
+import { cudaAvailable, DeviceBuffer } from "./device.ts";
+import { autoChunk } from "./kernels.ts";
 import { executeOnGpu, preparePlan, withManifestSchedules, type BufferSource } from "./execute-gpu.ts";
 import { Tensor } from "./tensor.ts";
 import {
@@ -48,7 +49,9 @@ export interface RetentionOptions {
   readonly deg?: number;
   /** Default 1 / sqrt(d). */
   readonly scale?: number;
-  /** Chunk size c, a power of two >= 16. Default 64. Changes how the work is split, not the result. */
+  /** Chunk size c, a power of two >= 16; c >= t is the quadratic form. Changes how the work is
+   * split, not the result. Default: chosen per problem (dsl/algorithm.ts): the quadratic form
+   * while it is cheaper (a table measured on the GPU, or the default rule), else a built chunk. */
   readonly chunk?: number;
   /** The state before the first token (default zero). Read, not kept: the caller still owns it. */
   readonly initialState?: RetentionState;
@@ -121,8 +124,12 @@ export function powerRetention(Q: Tensor, K: Tensor, V: Tensor, logG: Tensor | n
   const o = checkRetentionOptions(fn, sizes.d, opts, sizes.e);
   const init = opts.initialState ? checkState(fn, "opts.initialState", opts.initialState, { ...sizes, deg: o.deg }, (Q as TensorInfo).device) : null;
   if (opts.checkGates && logG) checkGateValues(fn, "logG", logG.download(), [sizes.b, sizes.t, sizes.h]);
+  // no chunk given: the algorithm per problem (dsl/algorithm.ts), the quadratic form while it is cheaper
+  const device = cudaAvailable();
+  const chunk = opts.chunk !== undefined ? o.chunk
+    : autoChunk({ ...sizes, deg: o.deg, initialState: init !== null, finalState: opts.returnState === true }, device.ok ? device.name : null, o.chunk);
   const problem: Problem = {
-    ...sizes, deg: o.deg, chunk: o.chunk, scale: o.scale,
+    ...sizes, deg: o.deg, chunk, scale: o.scale,
     gated: logG !== null && logG !== undefined,
     initialState: init !== null,
     finalState: opts.returnState === true,

@@ -10,6 +10,7 @@ import path from "node:path";
 import type { Kernel } from "../dsl/ir.ts";
 import { scheduleKey, specKey, type Schedule, type Spec } from "../dsl/spec.ts";
 import { KERNELS } from "../dsl/kernels/index.ts";
+import { algorithmKey, chooseChunk, type AlgorithmEntry, type AlgorithmTable, type ChooseChunkArgs } from "../dsl/algorithm.ts";
 import { MANIFEST_FORMAT } from "../codegen/manifest.ts";
 import { cudaAvailable } from "./device.ts";
 import { DEFAULT_MANIFEST, describeSearchPath, fatbinDirs, kernelSearchPath, projectExtraDir } from "./search-path.ts";
@@ -49,6 +50,8 @@ export interface Manifest {
   /** The archs the fatbins hold code for (e.g. sm_80, sm_90a). */
   readonly archs: readonly string[];
   readonly kernels: readonly ManifestKernel[];
+  /** The measured algorithm table (dsl/algorithm.ts) gen copied in; {} when none. */
+  readonly algorithms: AlgorithmTable;
 }
 
 export { DEFAULT_MANIFEST, manifestPaths, kernelSearchPath, fatbinDirs, KERNELS_ENV } from "./search-path.ts";
@@ -144,7 +147,7 @@ export function loadManifest(file: string): Manifest {
   const kdirs = dirs.join("\u0000");
   const hit = manifestCache.get(file);
   if (hit && hit.mtimeMs === mtimeMs && hit.kdirs === kdirs) return hit.manifest;
-  let raw: { format?: unknown; archs?: unknown; kernels?: unknown };
+  let raw: { format?: unknown; archs?: unknown; kernels?: unknown; algorithms?: unknown };
   try {
     raw = JSON.parse(readFileSync(file, "utf8"));
   } catch (e) {
@@ -157,6 +160,7 @@ export function loadManifest(file: string): Manifest {
     file,
     archs: Array.isArray(raw.archs) ? (raw.archs as string[]) : [],
     kernels: raw.kernels.map((k) => parseEntry(k as Record<string, unknown>, file, dirs)),
+    algorithms: typeof raw.algorithms === "object" && raw.algorithms !== null ? (raw.algorithms as AlgorithmTable) : {},
   };
   manifestCache.set(file, { mtimeMs, kdirs, manifest });
   return manifest;
@@ -343,4 +347,22 @@ export function launchKernel(
     return p.type === "i32" ? { kind: "i32", value: v } : { kind: "f32", value: v };
   });
   loadNative().launch(fn, grid, [k.threads, 1, 1], k.smemBytes, args, what);
+}
+
+const untuned = new Set<string>();
+
+/** The chunk of a call that names none (dsl/algorithm.ts): the measured table of the first manifest
+ * that has an entry for this device and spec, else the default rule (said once per device and spec,
+ * on stderr). `built`: the chunks the manifests hold for the spec. */
+export function autoChunk(a: ChooseChunkArgs, device: string | null, nothingBuilt: number, manifests: readonly Manifest[] = loadManifests()): number {
+  const key = algorithmKey(a);
+  const built = [...new Set(manifests.flatMap((m) => m.kernels.filter((k) => sameButChunk(k.spec, { ...a, chunk: 0 } as Spec)).map((k) => k.spec.chunk)))];
+  if (built.length === 0) return nothingBuilt; // the lookup then reports what to build
+  let entry: AlgorithmEntry | undefined;
+  for (const m of manifests) if ((entry = device === null ? undefined : m.algorithms[device]?.[key])) break;
+  if (!entry && !untuned.has(`${device}/${key}`)) {
+    untuned.add(`${device}/${key}`);
+    console.warn(`power-retention: no measured algorithm table for ${device ?? "this device"} and ${key}; the quadratic form up to the default length (codegen/algorithms.json, bench/autotune.ts --algorithms)`);
+  }
+  return chooseChunk(a, built, entry);
 }

@@ -74,6 +74,11 @@ class Manifest:
     file: str
     plans: dict  # (kind, specKey) -> plan JSON
     specs: tuple  # Spec of every plan, in file order
+    algorithms: dict = None  # device -> "p<deg>_d<d>_e<e>_<dtype>" -> {quadraticMaxT, chunk} (dsl/algorithm.ts)
+
+    def __post_init__(self):
+        if self.algorithms is None:
+            object.__setattr__(self, "algorithms", {})
 
 
 @lru_cache(maxsize=None)
@@ -93,7 +98,8 @@ def _load(file: str, mtime: float) -> Manifest:
         s = by_key.get(p["spec"])
         if s and p["kind"] == "forward":
             specs.append(Spec(s["deg"], s["d"], s["e"], s["chunk"], s["dtype"]))
-    return Manifest(file, plans, tuple(specs))
+    algorithms = raw.get("algorithms")
+    return Manifest(file, plans, tuple(specs), algorithms if isinstance(algorithms, dict) else {})
 
 
 def load(file: str) -> Manifest:
@@ -130,9 +136,44 @@ def find_plan(manifests: list[Manifest], kind: str, spec: Spec, one_window: bool
     return None
 
 
-def choose_chunk(manifests: list[Manifest], deg: int, d: int, e: int, dtype: str, t: int, chunk: int | None) -> Spec:
-    """The spec for a call: the given chunk, or (chunk None) the smallest built chunk >= t (one chunk:
-    the plain quadratic form), else the largest built. Raises naming the gen command when none is built."""
+def _next_pow2(x) -> int:
+    p = 16
+    while p < x:
+        p *= 2
+    return p
+
+
+def _floor_pow2(x) -> int:
+    p = 16
+    while p * 2 <= x:
+        p *= 2
+    return p
+
+
+def default_quadratic_max_t(deg: int, d: int, e: int) -> int:
+    """dsl/algorithm.ts defaultQuadraticMaxT: the quadratic form while t <= 16 D e / (d + e)."""
+    D = 1
+    for i in range(deg):
+        D = D * (d + i) / (i + 1)
+    return _floor_pow2(16 * D * e / (d + e))
+
+
+def algorithm_entry(manifests: list[Manifest], device, deg: int, d: int, e: int, dtype: str):
+    """The measured entry {quadraticMaxT, chunk} for this device and spec (the first manifest's that has one), or None."""
+    key = f"p{deg}_d{d}_e{e}_{dtype}"
+    for m in manifests:
+        entry = m.algorithms.get(device, {}).get(key) if device is not None else None
+        if entry is not None:
+            return entry
+    return None
+
+
+def choose_chunk(manifests: list[Manifest], deg: int, d: int, e: int, dtype: str, t: int, chunk: int | None,
+                 initial_state: bool = False, final_state: bool = False, device=None) -> Spec:
+    """The spec for a call: the given chunk, or (chunk None) the algorithm per problem of dsl/algorithm.ts
+    (chooseChunk): the quadratic form (a chunk >= t, served by any built chunk's chunk-free kernels)
+    while the measured table (or the default rule) says it is cheaper and no state goes in or out, else
+    the table's chunk when built, else the largest built. Raises naming the gen command when none is built."""
     if chunk is not None:
         return Spec(deg, d, e, chunk, dtype)
     built = sorted({s.chunk for m in manifests for s in m.specs if (s.deg, s.d, s.e, s.dtype) == (deg, d, e, dtype)})
@@ -141,8 +182,13 @@ def choose_chunk(manifests: list[Manifest], deg: int, d: int, e: int, dtype: str
         where = ", ".join(m.file for m in manifests) or "no manifest"
         raise ManifestError(f"no kernels for deg {deg}, d {d}, e {e}, {dtype} in {where}; generate and compile them with "
                             f"`{want.gen_command()}`")
-    fits = [c for c in built if c >= t]
-    return Spec(deg, d, e, fits[0] if fits else built[-1], dtype)
+    entry = algorithm_entry(manifests, device, deg, d, e, dtype)
+    max_t = entry["quadraticMaxT"] if entry else default_quadratic_max_t(deg, d, e)
+    if not initial_state and not final_state and t <= max_t:
+        return Spec(deg, d, e, _next_pow2(t), dtype)
+    if entry and entry["chunk"] in built:
+        return Spec(deg, d, e, entry["chunk"], dtype)
+    return Spec(deg, d, e, built[-1], dtype)
 
 
 def variant(plan, flags: dict):

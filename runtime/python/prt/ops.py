@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from typing import List, Optional
 
 import torch
@@ -86,8 +87,21 @@ _constant = getattr(getattr(torch, "_dynamo", None), "assume_constant_result", l
 
 
 @_constant
-def _built_chunks(deg: int, d: int, e: int, dtype: str) -> tuple:
-    return tuple(sorted({s.chunk for m in _manifests() for s in m.specs if (s.deg, s.d, s.e, s.dtype) == (deg, d, e, dtype)}))
+def _device_name(device) -> Optional[str]:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else None
+
+
+_untuned = set()
+
+
+@_constant
+def _auto_chunk(deg: int, d: int, e: int, dtype: str, t: int, initial: bool, final: bool, device: Optional[str]) -> int:
+    ms = _manifests()
+    if _manifest.algorithm_entry(ms, device, deg, d, e, dtype) is None and (device, deg, d, e, dtype) not in _untuned:
+        _untuned.add((device, deg, d, e, dtype))
+        warnings.warn(f"power-retention: no measured algorithm table for {device or 'this device'} and p{deg}_d{d}_e{e}_{dtype}; "
+                      "the quadratic form up to the default length (codegen/algorithms.json, bench/autotune.ts --algorithms)")
+    return _manifest.choose_chunk(ms, deg, d, e, dtype, t, None, initial, final, device).chunk
 
 
 @_constant
@@ -261,8 +275,9 @@ def power_retention(Q, K, V, log_G=None, initial_state=None, return_final_state=
 
     initial_state: None or a pair (S [b,h,D,e], Z [b,h,D]) in float32, the state before the first
     token. return_final_state: also return the state after the last token, as such a pair.
-    chunk_size: the chunk of the chunked algorithm (a built spec's; the result does not depend on it);
-    None picks the smallest built chunk >= t (the plain quadratic form), else the largest built.
+    chunk_size: the chunk of the chunked algorithm (a built spec's, or >= t: the quadratic form; the
+    result does not depend on it); None chooses per problem (dsl/algorithm.ts): the quadratic form while a
+    table measured on this GPU (or the default rule) says it is cheaper, else a built chunk.
     switch_over_seq_len is accepted for compatibility and has no effect (the plans choose).
     Differentiable in Q, K, V, log_G and the initial state. Returns Y [b,t,hq,e] (and the state).
     """
@@ -283,14 +298,10 @@ def power_retention(Q, K, V, log_G=None, initial_state=None, return_final_state=
             raise ValueError(f"initial_state[1]: expected shape [{b}, {h}, {D}], received {tuple(Z0.shape)}")
         S0, Z0 = S0.float().contiguous(), Z0.float().contiguous()
     dtype = _DTYPES[Q.dtype]
-    chunk = chunk_size
-    if chunk is None:  # the smallest built chunk >= t (one chunk: the quadratic form), else the largest
-        built = _built_chunks(deg, d, e, dtype)
-        if not built:
-            _manifest.choose_chunk(_manifests(), deg, d, e, dtype, 1, None)  # raises, naming the gen command
-        fits = [c for c in built if c >= t]
-        chunk = fits[0] if fits else built[-1]
     final = bool(return_final_state)
+    chunk = chunk_size
+    if chunk is None:  # the algorithm per problem (dsl/algorithm.ts): the quadratic form while it is cheaper
+        chunk = _auto_chunk(deg, d, e, dtype, t, S0 is not None, final, _device_name(Q.device))
     out = _forward_op(Q, K, V, log_G, S0, Z0, deg, scale, chunk, final)
     names = _output_names("forward", deg, d, e, chunk, dtype, log_G is not None, S0 is not None, final,
                           bool((t + chunk - 1) // chunk == 1))
