@@ -79,6 +79,12 @@ for step in "${@:-all}"; do
           node --import tsx bench/retention.ts 4096 > "$OUT/ncu-attn.log" 2>&1
         echo "ncu rc=$?"; grep -E "Duration|Throughput|Occupancy|Registers Per|Issue Slots Busy|Eligible|Executed Ipc" "$OUT/ncu-attn.log" | head -30
       fi ;;
+    algorithms)
+      # the algorithm table (dsl/algorithm.ts): quadratic vs chunked fwd+bwd over t and b*h, into $OUT/algorithms.json
+      cp codegen/algorithms.json "$OUT/algorithms.json"
+      timeout ${ALG_LIMIT:-420} node --import tsx bench/algorithms.ts --specs ${ALG_SPECS:-p2_d64_e64_bf16} --ts ${ALG_TS:-1024,2048,4096,8192,16384,32768} \
+        --bh ${ALG_BH:-8,64} --reps ${REPS:-5} --out "$OUT/algorithms.json" > "$OUT/algorithms.log" 2>&1
+      echo "algorithms rc=$?"; grep -vE "^\{" "$OUT/algorithms.log" | tail -30 ;;
     ncu)
       KERNELS=${NCU_KERNELS:-"query_state_bwd_dq|update_state_bwd|query_state|update_state"}
       CHUNK=${CHUNKS%% *} REPS=1 timeout 400 ncu --kernel-name "regex:$KERNELS" --launch-count 4 \

@@ -6,16 +6,13 @@
 // Usage: node --import tsx bench/retention.ts [t ...]   (env: CHUNK=128 REPS=20 B=1 FWD_ONLY=1;
 // CHUNK larger than t takes the quadratic path: attention_y alone, when that spec is built)
 
-import { dtypeBytes } from "../dsl/dtype.ts";
 import { backwardPlan } from "../dsl/plan-backward.ts";
 import { forwardPlan, type Problem } from "../dsl/plan.ts";
-import { numel, type Plan } from "../dsl/plan-types.ts";
 import { stateFeatures } from "../dsl/spec.ts";
-import { DeviceBuffer, cudaAvailable } from "../runtime/device.ts";
-import { preparePlan, withManifestSchedules } from "../runtime/execute-gpu.ts";
-import { launchKernel, loadKernel } from "../runtime/kernels.ts";
+import { cudaAvailable } from "../runtime/device.ts";
+import { withManifestSchedules } from "../runtime/execute-gpu.ts";
 import { loadNative } from "../runtime/native.ts";
-import { hasNaN, medianMs as medianOf, randomNormal } from "./gpu-timing.ts";
+import { medianMs as medianOf, Pool, randomNormal } from "./gpu-timing.ts";
 
 const medianMs = (run: () => void): number => medianOf(run, reps);
 
@@ -28,48 +25,11 @@ const reps = Number(process.env.REPS ?? 20);
 const B = Number(process.env.B ?? 1);
 const fwdOnly = process.env.FWD_ONLY === "1";
 
-/** Runs plans over one pool of device buffers (a name is one buffer across plans). */
-class Pool {
-  readonly bufs = new Map<string, DeviceBuffer>();
-  alloc(plan: Plan): void {
-    for (const b of plan.buffers) {
-      if (this.bufs.has(b.name)) continue;
-      const buf = DeviceBuffer.alloc(numel(b.shape) * dtypeBytes(b.dtype));
-      if (b.init === "zeros") buf.zero();
-      else buf.poison();
-      this.bufs.set(b.name, buf);
-    }
-  }
-  launcher(plan: Plan): () => void {
-    const prepared = preparePlan(plan);
-    const fns = prepared.map((p) => loadKernel(p.entry));
-    return () =>
-      prepared.forEach((p, i) => launchKernel(fns[i]!, p.entry, p.kernel, p.grid, p.step.params, (t) => this.bufs.get(p.step.bind[t]!)!.ptr, p.what));
-  }
-  /** Median ms of each launch of the plan alone (PROFILE=1). */
-  profile(plan: Plan): { kernel: string; grid: string; ms: number }[] {
-    const prepared = preparePlan(plan);
-    const fns = prepared.map((p) => loadKernel(p.entry));
-    return prepared.map((p, i) => ({
-      kernel: p.kernel.name,
-      grid: p.grid.join("x") + ` smem=${p.entry.smemBytes}`,
-      ms: medianMs(() => launchKernel(fns[i]!, p.entry, p.kernel, p.grid, p.step.params, (t) => this.bufs.get(p.step.bind[t]!)!.ptr, p.what)),
-    }));
-  }
-  hasNaN(name: string): boolean {
-    return hasNaN(this.bufs.get(name)!, name === "dlogG" || name === "lse" ? "f32" : "bf16");
-  }
-  free(): void {
-    for (const b of this.bufs.values()) b.free();
-    this.bufs.clear();
-  }
-}
-
 for (const t of ts.length ? ts : [4096, 16384, 65536]) {
   const p: Problem = { b: B, t, hq: 8, h: 8, d: 64, e: 64, deg: 2, chunk, dtype: "bf16", scale: 1 / 8, gated: true, initialState: false };
   const fwd = withManifestSchedules((s) => forwardPlan(p, s), (x) => x).built;
   const bwd = fwdOnly ? { buffers: [], steps: [], outputs: [] } : withManifestSchedules((s) => backwardPlan(p, s), (x) => x).built;
-  const pool = new Pool();
+  const pool = new Pool(reps);
   pool.alloc(fwd);
   pool.alloc(bwd);
   if (fwdOnly) pool.alloc({ buffers: [{ name: "dY", dtype: "bf16", shape: [B, t, 8, 64], init: "nan" }], steps: [], outputs: [] });

@@ -4,7 +4,7 @@
 // Python package carries the same rule (runtime/python/prt/_manifest.py, choose_chunk) and a test
 // holds the two equal.
 //
-// The crossover length comes from a table measured on the GPU (bench/autotune.ts --algorithms ->
+// The crossover length comes from a table measured on the GPU (bench/algorithms.ts ->
 // codegen/algorithms.json, which gen copies into the manifest as "algorithms"), keyed by the
 // device's name and the spec without its chunk; a device or spec the table lacks takes the default
 // below (the runtimes say so once). The quadratic form needs no state in or out.

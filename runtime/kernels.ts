@@ -362,7 +362,7 @@ export function autoChunk(a: ChooseChunkArgs, device: string | null, nothingBuil
   for (const m of manifests) if ((entry = device === null ? undefined : m.algorithms[device]?.[key])) break;
   if (!entry && !untuned.has(`${device}/${key}`)) {
     untuned.add(`${device}/${key}`);
-    console.warn(`power-retention: no measured algorithm table for ${device ?? "this device"} and ${key}; the quadratic form up to the default length (codegen/algorithms.json, bench/autotune.ts --algorithms)`);
+    console.warn(`power-retention: no measured algorithm table for ${device ?? "this device"} and ${key}; the quadratic form up to the default length (codegen/algorithms.json, bench/algorithms.ts)`);
   }
   return chooseChunk(a, built, entry);
 }

@@ -100,7 +100,7 @@ def _auto_chunk(deg: int, d: int, e: int, dtype: str, t: int, initial: bool, fin
     if _manifest.algorithm_entry(ms, device, deg, d, e, dtype) is None and (device, deg, d, e, dtype) not in _untuned:
         _untuned.add((device, deg, d, e, dtype))
         warnings.warn(f"power-retention: no measured algorithm table for {device or 'this device'} and p{deg}_d{d}_e{e}_{dtype}; "
-                      "the quadratic form up to the default length (codegen/algorithms.json, bench/autotune.ts --algorithms)")
+                      "the quadratic form up to the default length (codegen/algorithms.json, bench/algorithms.ts)")
     return _manifest.choose_chunk(ms, deg, d, e, dtype, t, None, initial, final, device).chunk
 
 
