@@ -15,8 +15,11 @@ PEER_RATIO = {4096: (14.9, 17.7), 16384: (2.59, 2.32), 65536: (0.60, 0.49)}
 
 
 def json_lines(path):
+    """The case lines of a log: not bench/retention.ts's per-launch ("kind": "kernel") or error lines,
+    nor bench/sdpa.py's matmul ceiling."""
     with open(path) as f:
-        return [json.loads(line) for line in f if line.startswith("{")]
+        rows = [json.loads(line) for line in f if line.startswith("{")]
+    return [r for r in rows if r.get("kind") not in ("kernel", "error", "ceiling") and r.get("t") is not None]
 
 
 def main():
