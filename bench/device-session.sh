@@ -2,7 +2,7 @@
 # One device run (see README "On the GPU machine"): compile the generated kernels there (16 cores),
 # check them against the interpreter and the float64 reference, then time ours beside PyTorch SDPA
 # in the same run. Every log goes under $OUT (default ./device-out).
-# Usage: bash bench/device-session.sh [tests|python|bench|autotune|checks|ncu|all]...   env: TS="4096 16384 65536" CHUNKS="128"
+# Usage: bash bench/device-session.sh [tests|python|bench|autotune|checks|attn|algorithms|issue23|ncu|all]...   env: TS="4096 16384 65536" CHUNKS="128"
 set -uo pipefail
 OUT=${OUT:-device-out}; mkdir -p "$OUT"
 source .device/setup.sh > "$OUT/setup.log" 2>&1
@@ -79,6 +79,20 @@ for step in "${@:-all}"; do
           node --import tsx bench/retention.ts 4096 > "$OUT/ncu-attn.log" 2>&1
         echo "ncu rc=$?"; grep -E "Duration|Throughput|Occupancy|Registers Per|Issue Slots Busy|Eligible|Executed Ipc" "$OUT/ncu-attn.log" | head -30
       fi ;;
+    issue23)
+      # issue 23 item 4, in one run: at b x t in $I23_SHAPES, fwd and fwd+bwd, ours through the PyTorch
+      # binding and through the launches alone (CHUNK=auto: the library's own choice), SDPA, the ratio,
+      # each kernel's ms, TFLOP/s and % of a bf16 matmul ceiling measured here; issue23.json and .png
+      # in $OUT (and bench/results/<date>-<commit>/ in a git checkout); the headline table last
+      I23_SHAPES=${I23_SHAPES:-"16:1024 4:4096 1:16384"}
+      CEIL=1 REPS=${REPS:-20} timeout ${I23_LIMIT:-150} python3 bench/sdpa.py $I23_SHAPES > "$OUT/issue23-sdpa.log" 2> "$OUT/issue23-sdpa.err"
+      echo "issue23 sdpa rc=$?"; tail -3 "$OUT/issue23-sdpa.err"
+      PROFILE=1 CHUNK=${I23_CHUNK:-auto} REPS=${REPS:-20} timeout ${I23_LIMIT:-150} node --import tsx bench/retention.ts $I23_SHAPES > "$OUT/issue23-ours.log" 2> "$OUT/issue23-ours.err"
+      echo "issue23 launches rc=$?"; tail -3 "$OUT/issue23-ours.err"
+      PYTHONPATH=$PWD/runtime/python CHUNK=${I23_CHUNK:-auto} REPS=${REPS:-20} timeout ${I23_LIMIT:-150} python3 bench/torch_retention.py $I23_SHAPES > "$OUT/issue23-binding.log" 2> "$OUT/issue23-binding.err"
+      echo "issue23 binding rc=$?"; tail -3 "$OUT/issue23-binding.err"
+      python3 bench/issue23_report.py --sdpa "$OUT/issue23-sdpa.log" --ours "$OUT/issue23-ours.log" --binding "$OUT/issue23-binding.log" --out "$OUT" \
+        || echo "issue23 report failed" ;;
     algorithms)
       # the algorithm table (dsl/algorithm.ts): quadratic vs chunked fwd+bwd over t and b*h, into $OUT/algorithms.json
       cp codegen/algorithms.json "$OUT/algorithms.json"
