@@ -9,6 +9,7 @@ import fc from "fast-check";
 import { SMEM_LIMIT } from "../codegen/lower/rules.ts";
 import { lowerUpTo } from "../codegen/pipeline.ts";
 import type { DType } from "../dsl/dtype.ts";
+import { attention, attentionY } from "../dsl/kernels/attention.ts";
 import { attentionBwdDkv, attentionBwdDkvY, attentionBwdDq, attentionBwdDqY, attentionBwdPrep, attentionBwdPrepY } from "../dsl/kernels/attention-bwd.ts";
 import { combineGrads, gateGradsY } from "../dsl/kernels/combine-grads.ts";
 import { discountedCumsumBwd } from "../dsl/kernels/discounted-cumsum-bwd.ts";
@@ -78,6 +79,24 @@ const BACKWARD_KERNELS = [
   attentionBwdPrepY, attentionBwdDqY, attentionBwdDkvY, gateGradsY, // quadratic (t <= chunk here)
 ];
 
+/** 16-row blocks for every attention kernel, forward and backward, so that most pairs of a window lie
+ * off the diagonal block (the linear-space form: attention.ts, attention-bwd.ts): the default blocks
+ * span most of these tests' windows (the chunk on the chunked path, up to 128 tokens on the quadratic). */
+const SMALL_BLOCKS: ScheduleTable = Object.fromEntries(
+  [attention, attentionY, attentionBwdPrep, attentionBwdDq, attentionBwdDkv, attentionBwdPrepY, attentionBwdDqY, attentionBwdDkvY].map((k) => [k.name, { numWarps: 1, blockD: 0, blockT: 16, stages: 2 }]),
+);
+
+/** Every gradient element the reference has non-finite is non-finite in `got`, every other one bit-identical to `clean`'s. */
+function expectNonFiniteAsReference(ref: ReferenceGradients, got: BackwardOutputs, clean: BackwardOutputs, what: string): void {
+  for (const g of GRADS) {
+    const r = ref[g]!, o = got[g]!, cl = clean[g]!;
+    for (let i = 0; i < o.length; i++) {
+      if (!Number.isFinite(r[i]!)) expect(Number.isFinite(o[i]!), `${g}[${i}] (${what})`).toBe(false);
+      else expect(Object.is(o[i], cl[i]), `${g}[${i}] (${what})`).toBe(true);
+    }
+  }
+}
+
 describe("backward plan vs referenceBackward", () => {
   it("matches on random shapes, dtypes, degrees, chunks and gates (incl. t = 1, odd t, GQA)", () => {
     fc.assert(fc.property(arbCase({ maxWork: 1e7 }), (c) => checkCase(c)), fcOptions(48));
@@ -116,6 +135,16 @@ describe("backward plan vs referenceBackward", () => {
     fc.assert(
       fc.property(cases, fc.constantFrom(2, 4), (c, deg) => checkCase({ ...c, problem: { ...c.problem, scale, deg, t: Math.max(c.problem.t, 40) } }, {}, ` scale ${scale}`)),
       fcOptions(4),
+    );
+  }, 120_000);
+
+  it.each([1e-20, 1e20])("scale %s with 16-row blocks (most pairs off the diagonal block), chunked and quadratic", (scale) => {
+    const cases = arbCase({ dtypes: ["f32", "bf16"], bMax: 1, heads: [1, 2], dims: [[8, 1], [16, 1]], tMax: 150 });
+    fc.assert(
+      fc.property(cases, fc.constantFrom(2, 4), fc.constantFrom(64, 4096), (c, deg, chunk) =>
+        checkCase({ ...c, problem: { ...c.problem, scale, deg, chunk, t: Math.max(c.problem.t, 40) } }, SMALL_BLOCKS, ` scale ${scale}, 16-row blocks`),
+      ),
+      fcOptions(6),
     );
   }, 120_000);
 
@@ -163,7 +192,8 @@ describe("backward plan vs referenceBackward", () => {
 describe("backward plan: non-finite inputs", () => {
   // One non-finite element of Q, K or V: every gradient element the float64 reference has
   // non-finite is non-finite here, every other one is bit-identical to the clean run's, at both
-  // chunk sizes (the masked pairs of a diagonal block must not meet it: README "Non-finite inputs").
+  // chunk sizes (the masked pairs of a diagonal block must not meet it: README "Non-finite inputs"),
+  // and with 16-row blocks on the chunked and the quadratic path (most pairs off the diagonal block).
   it.each([["V", Infinity], ["V", NaN], ["K", NaN], ["Q", Infinity], ["Q", -Infinity]] as const)("%s holding %s at one element", (input, value) => {
     fc.assert(
       fc.property(arbCase({ degs: [2], dtypes: ["f32", "bf16"], gated: [true], bMax: 1, heads: [1, 2], dims: [[8, 1]], tMax: 80 }), fc.nat(), fc.nat(), (c0, pick, col) => {
@@ -174,22 +204,34 @@ describe("backward plan: non-finite inputs", () => {
         arr[tok * width + (col % width)] = value;
         const bad: Inputs = { ...x, [input]: arr };
         const ref = refGrads(p0, bad, dY);
-        for (const chunk of [16, 64]) {
+        const runs: [number, ScheduleTable][] = [[16, {}], [64, {}], [64, SMALL_BLOCKS], [4096, SMALL_BLOCKS]];
+        for (const [chunk, sched] of runs) {
           const pc = { ...p0, chunk };
-          const clean = backwardOnCpu(pc, { ...x, dY }), got = backwardOnCpu(pc, { ...bad, dY });
-          for (const g of GRADS) {
-            const r = ref[g]!, o = got[g]!, cl = clean[g]!;
-            for (let i = 0; i < o.length; i++) {
-              const what = `${g}[${i}] (${value} in ${input} at token ${tok}, chunk ${chunk}, ${describeCase(c0)})`;
-              if (!Number.isFinite(r[i]!)) expect(Number.isFinite(o[i]!), what).toBe(false);
-              else expect(Object.is(o[i], cl[i]), what).toBe(true);
-            }
-          }
+          const clean = backwardOnCpu(pc, { ...x, dY }, sched), got = backwardOnCpu(pc, { ...bad, dY }, sched);
+          const blocks = sched === SMALL_BLOCKS ? ", 16-row blocks" : "";
+          expectNonFiniteAsReference(ref, got, clean, `${value} in ${input} at token ${tok}, chunk ${chunk}${blocks}, ${describeCase(c0)}`);
         }
       }),
       fcOptions(3),
     );
   }, 120_000);
+
+  it("rows with no weight (q_i = 0) off the diagonal block: 0 gradients, also where they meet a non-finite v_j", () => {
+    for (const chunk of [64, 4096])
+      for (const dtype of ["f32", "bf16"] as DType[]) {
+        const p: Problem = { b: 1, t: 70, hq: 2, h: 1, d: 8, e: 8, deg: 2, chunk, dtype, scale: 1 / Math.sqrt(8), gated: true, initialState: false };
+        const x = caseInputs({ problem: p, seed: 5, inputScale: 1, gate: [-1, 0] });
+        const Q = x.Q.map((v, i) => (Math.floor(i / (p.hq * p.d)) % 3 === 1 ? 0 : v)); // every third position
+        const dY = randomDY(p, 5), clean = backwardOnCpu(p, { ...x, Q, dY }, SMALL_BLOCKS);
+        compare(p, clean, refGrads(p, { ...x, Q }, dY), `zero rows, 16-row blocks, ${describeCase(p)}`);
+        for (const [tok, value] of [[3, Infinity], [20, NaN], [40, -Infinity]] as const) { // 40: a row with no weight
+          const V = x.V.slice();
+          V[tok * p.h * p.e + 2] = value;
+          const got = backwardOnCpu(p, { ...x, Q, V, dY }, SMALL_BLOCKS);
+          expectNonFiniteAsReference(refGrads(p, { ...x, Q, V }, dY), got, clean, `${value} in V at token ${tok}, chunk ${chunk}, 16-row blocks, ${describeCase(p)}`);
+        }
+      }
+  });
 });
 
 describe("backward plan: the initial state", () => {

@@ -32,6 +32,24 @@
 // pair agree to the f32 rounding of G (bit for bit on the interpreter while G holds at most two
 // block totals, a + b = b + a: pairs at most three blocks apart).
 //
+// Off the diagonal block (every key before every query) the gate factor splits, as in the forward
+// (attention.ts): exp(cq_i + ck_j) = exp(cq_i) exp(ck_j), ck_j <= 0 there. With the key's factor
+// f_j = exp(ck_j / p) in [0, 1], the query's g_i = exp((cq_i - lse_i) / p) and u_ij = s_ij f_j g_i,
+//   P_ij = u_ij^p,   ds'_ij = p W_ij / (q_i.k_j) = (dP_ij - Dy_i) u_ij^(p-1) f_j h_i,   h_i = p scale g_i
+// (p even: |s|^p = s^p; and u_ij / (q_i.k_j) = scale f_j g_i), so no score needs a logarithm, an
+// exponential or a division (the multi-function unit's work, these kernels' bound): one exponential
+// per key and block, and one per query and block in dkv, per query block in prep and dq (their
+// normaliser holds over the walk). Where q_i.k_j = 0, u = 0 gives P = 0 and ds' = 0, as the
+// log-space form's select does (but NaN where dP_ij - Dy_i is not finite, as in the reference). On
+// a row with no weight (lse_i = -inf) g_i = 0 (its exponential would be inf) and dP_ij - Dy_i is
+// selected to 0. The diagonal block keeps the log-space form (there ck_j = -cq_j >= 0, whose
+// exponential could overflow).
+// The limit, as in the forward: a key whose gate product to the block is below exp(-87 p) gets
+// f_j = 0, so P = W = ds' = 0, where the log-space form would keep its weight relative to the row's
+// normaliser: it matters only on a row whose every nearer weight is as small. (g_i <= (sum over
+// the row's own block of |s_ij|^p)^(-1/p) overflows only where all those |s_ij|, s_ii included,
+// are below about 1e-38, at the bottom of f32's range.)
+//
 // Non-finite inputs (README "Non-finite inputs"): the products of the pairs that carry no weight are
 // selected to 0, never multiplied by 0; on a diagonal block, where the mma still multiplies the
 // masked (zero) ds by k_j (j > i) or q_i (i < j), K and Q enter as copies with their non-finite
@@ -96,13 +114,31 @@ const wTerm = (x: Pair, scale: Val, p: number, dP: Val, Dy: Val): Val => select(
 /** ds'_ij = p W_ij / (q_i.k_j), 0 where not live or the dot is 0. */
 const dsTerm = (x: Pair, p: number, W: Val): Val => select(live(x).and(x.dot.ne(0)), W.mul(p).div(x.dot), f32(0));
 
+/** Off the diagonal block (header): the key's factor f_j = exp(ck_j / p), in [0, 1] there. */
+const keyFactor = (ck: Val, p: number): Val => ck.div(p).exp();
+
+/** Off the diagonal block: the query's factor g_i = exp((cq_i - lse_i) / p), 0 on a row with no
+ * weight (lse_i = -inf, where the exponential would be inf). */
+const queryFactor = (cq: Val, lse: Val, p: number): Val => select(lse.ne(f32(-Infinity)), cq.sub(lse).div(p).exp(), f32(0));
+
+/** Off the diagonal block: u_ij = s_ij f_j g_i, so that P_ij = u_ij^p. The same expression in every
+ * kernel (dkv's tile transposed), so that the scorings of a pair agree bit for bit, as `weight`. */
+const scaledScore = (dot: Val, scale: Val, f: Val, g: Val): Val => dot.mul(scale).mul(f).mul(g);
+
+/** Off the diagonal block: dP_ij - Dy_i, 0 on a row with no weight (a non-finite v_j must not reach W or ds' there). */
+const dpTerm = (dP: Val, Dy: Val, lse: Val): Val => select(lse.ne(f32(-Infinity)), dP.sub(Dy), f32(0));
+
 /** A copy of `src` with its non-finite entries as 0 (the diagonal block's K or Q, see the header). */
 const finite = (k: KernelBuilder, dst: Tile, src: Tile): void => k.map(dst, ({ row, col }) => select(src.at(row, col).isFinite(), src.at(row, col), 0));
 
 /** The walk of a query block [q0, q0 + B) over its key blocks: the diagonal one, then the window's
- * earlier ones from the nearest to the farthest (the forward's order). `visit` is called with the
- * key block's start once its gate sums are in the tiles: lam_i - lam_j = cq[i] + ck[j]. */
-function walkKeys(k: KernelBuilder, io: Io, B: number, at: { bi: Val; hk: Val; q0: Val }, stages: number, visit: (k0: Val, diagonal: boolean, g: { cq: Tile; ck: Tile }) => void): void {
+ * earlier ones from the nearest to the farthest (the forward's order). `start` is called once the
+ * query block's gate cumsum is in cq, before the walk (the row factors that hold over it); `visit`
+ * with the key block's start once its gate sums are in the tiles: lam_i - lam_j = cq[i] + ck[j]. */
+function walkKeys(
+  k: KernelBuilder, io: Io, B: number, at: { bi: Val; hk: Val; q0: Val }, stages: number,
+  start: (cq: Tile) => void, visit: (k0: Val, diagonal: boolean, g: { cq: Tile; ck: Tile }) => void,
+): void {
   const { bi, hk, q0 } = at;
   const gq = k.reg("gq", [B], "f32"); // the query block's gates
   const cq = k.reg("cq", [B], "f32"); // their inclusive cumsum
@@ -112,6 +148,7 @@ function walkKeys(k: KernelBuilder, io: Io, B: number, at: { bi: Val; hk: Val; q
   const gap = k.reg("gap", [1], "f32"); // G: the gates between the key block's end and q0
   k.load(gq, io.logG, [bi, range(q0, B), hk]); // [B]; past t: 0, a gate of 1
   k.cumsum(cq, gq, 0);
+  start(cq);
   k.fill(gap, 0);
   const block = (k0: Val, diagonal: boolean): void => {
     if (diagonal) k.map(ck, ({ row }) => cq.at(row).neg());
@@ -151,25 +188,34 @@ function prepBuild(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
     const lseI = k.reg("lse_i", [B], "f32");
     const kt = k.shared("k", [B, d], dtype);
     const vt = k.shared("v", [B, e], dtype);
-    const dot = k.reg("dot", [B, B], "f32"); // q_i . k_j
+    const dot = k.reg("dot", [B, B], "f32"); // q_i . k_j, then u_ij off the diagonal
     const pw = k.reg("p", [B, B], "f32"); // P
     const pdp = k.reg("p_dp", [B, B], "f32"); // dP, then P * dP
     const part = k.reg("part", [B], "f32");
     const accDy = k.reg("acc_dy", [B], "f32");
     const accP = k.reg("acc_p", [B], "f32");
+    const fk = k.reg("fk", [B], "f32"); // a key block's f_j = exp(ck_j / p)
+    const gi = k.reg("g_i", [B], "f32"); // g_i = exp((cq_i - lse_i) / p), over the whole walk
 
     k.load(qt, io.Q, [bi, rows, qh, range(0, d)]); // [B, d]; rows past t read 0
     k.load(dyt, io.dY, [bi, rows, qh, range(0, e)]); // [B, e]
     k.load(lseI, lse, [bi, rows, qh]); // [B]
     k.fill(accDy, 0);
     k.fill(accP, 0);
-    walkKeys(k, io, B, { bi, hk, q0 }, sch.stages, (k0, diagonal, g) => {
+    const rowFactors = (cq: Tile): void => k.map(gi, ({ row }) => queryFactor(cq.at(row), lseI.at(row), p));
+    walkKeys(k, io, B, { bi, hk, q0 }, sch.stages, rowFactors, (k0, diagonal, g) => {
       k.load(kt, io.K, [bi, range(k0, B), hk, range(0, d)]); // [B, d]
       k.load(vt, io.V, [bi, range(k0, B), hk, range(0, e)]); // [B, e]
       k.mma(dot, qt, kt, { transB: true }); // [B, d] @ [d, B]
       k.mma(pdp, dyt, vt, { transB: true }); // dP = [B, e] @ [e, B]
       const pair = (row: Val, col: Val): Pair => ({ dot: dot.at(row, col), cq: g.cq.at(row), ck: g.ck.at(col), lse: lseI.at(row), visible: diagonal ? col.le(row) : null });
-      k.map(pw, ({ row, col }) => weight(pair(row, col), io.scale, p));
+      if (diagonal) k.map(pw, ({ row, col }) => weight(pair(row, col), io.scale, p));
+      else {
+        // linear space (header): P = u^p, no logarithm or exponential per score
+        k.map(fk, ({ row }) => keyFactor(g.ck.at(row), p)); // [B]
+        k.map(dot, ({ row, col }) => scaledScore(dot.at(row, col), io.scale, fk.at(col), gi.at(row))); // u
+        k.map(pw, ({ row, col }) => dot.at(row, col).pow(p));
+      }
       k.map(pdp, ({ row, col }) => select(live(pair(row, col)), pw.at(row, col).mul(pdp.at(row, col)), f32(0))); // not 0 * dP: v_j may be inf
       k.reduce(part, pdp, "sum", 1); // [B]
       k.map(accDy, ({ row }) => accDy.at(row).add(part.at(row)));
@@ -214,12 +260,15 @@ function dqBuild(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
     const kt = k.shared("k", [B, d], dtype);
     const vt = k.shared("v", [B, e], dtype);
     const kFinite = k.shared("k_finite", [B, d], dtype);
-    const dot = k.reg("dot", [B, B], "f32"); // q_i . k_j
-    const W = k.reg("W", [B, B], "f32"); // dP, then W
+    const dot = k.reg("dot", [B, B], "f32"); // q_i . k_j, then u_ij off the diagonal
+    const W = k.reg("W", [B, B], "f32"); // dP, then W (off the diagonal: dP - Dy, then W)
     const ds = k.reg("ds", [B, B], dtype); // the mma operand of dq
     const acc = k.reg("acc", [B, d], "f32"); // dq
     const part = k.reg("part", [B], "f32");
     const wsum = k.reg("wsum", [B], "f32"); // sum_j W_ij
+    const fk = k.reg("fk", [B], "f32"); // a key block's f_j = exp(ck_j / p)
+    const gi = k.reg("g_i", [B], "f32"); // g_i = exp((cq_i - lse_i) / p), over the whole walk
+    const hi = k.reg("h_i", [B], "f32"); // h_i = p scale g_i
 
     k.load(qt, io.Q, [bi, rows, qh, range(0, d)]); // [B, d]; rows past t read 0
     k.load(dyt, io.dY, [bi, rows, qh, range(0, e)]); // [B, e]
@@ -227,17 +276,30 @@ function dqBuild(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
     k.load(DyI, Dy, [bi, rows, qh]); // [B]
     k.fill(acc, 0);
     k.fill(wsum, 0);
-    walkKeys(k, io, B, { bi, hk, q0 }, sch.stages, (k0, diagonal, g) => {
+    const rowFactors = (cq: Tile): void => {
+      k.map(gi, ({ row }) => queryFactor(cq.at(row), lseI.at(row), p));
+      k.map(hi, ({ row }) => gi.at(row).mul(io.scale).mul(p));
+    };
+    walkKeys(k, io, B, { bi, hk, q0 }, sch.stages, rowFactors, (k0, diagonal, g) => {
       k.load(kt, io.K, [bi, range(k0, B), hk, range(0, d)]); // [B, d]
       k.load(vt, io.V, [bi, range(k0, B), hk, range(0, e)]); // [B, e]
       k.mma(dot, qt, kt, { transB: true }); // [B, d] @ [d, B]
       k.mma(W, dyt, vt, { transB: true }); // dP = [B, e] @ [e, B]
-      const pair = (row: Val, col: Val): Pair => ({ dot: dot.at(row, col), cq: g.cq.at(row), ck: g.ck.at(col), lse: lseI.at(row), visible: diagonal ? col.le(row) : null });
-      k.map(W, ({ row, col }) => wTerm(pair(row, col), io.scale, p, W.at(row, col), DyI.at(row)));
+      if (diagonal) {
+        const pair = (row: Val, col: Val): Pair => ({ dot: dot.at(row, col), cq: g.cq.at(row), ck: g.ck.at(col), lse: lseI.at(row), visible: col.le(row) });
+        k.map(W, ({ row, col }) => wTerm(pair(row, col), io.scale, p, W.at(row, col), DyI.at(row)));
+        finite(k, kFinite, kt);
+        k.map(ds, ({ row, col }) => dsTerm(pair(row, col), p, W.at(row, col)));
+      } else {
+        // linear space (header): no logarithm, exponential or division per score
+        k.map(fk, ({ row }) => keyFactor(g.ck.at(row), p)); // [B]
+        k.map(dot, ({ row, col }) => scaledScore(dot.at(row, col), io.scale, fk.at(col), gi.at(row))); // u
+        k.map(W, ({ row, col }) => dpTerm(W.at(row, col), DyI.at(row), lseI.at(row))); // dP - Dy
+        k.map(ds, ({ row, col }) => W.at(row, col).mul(dot.at(row, col).pow(p - 1)).mul(fk.at(col)).mul(hi.at(row))); // ds'
+        k.map(W, ({ row, col }) => W.at(row, col).mul(dot.at(row, col).pow(p))); // W = (dP - Dy) u^p
+      }
       k.reduce(part, W, "sum", 1); // [B] row sums
       k.map(wsum, ({ row }) => wsum.at(row).add(part.at(row)));
-      if (diagonal) finite(k, kFinite, kt);
-      k.map(ds, ({ row, col }) => dsTerm(pair(row, col), p, W.at(row, col)));
       k.mma(acc, ds, diagonal ? kFinite : kt, { accumulate: true }); // dq += [B, B] @ [B, d]
     });
     k.store(dQ, [bi, rows, qh, range(0, d)], acc); // rounded to the tensor's dtype
@@ -283,8 +345,8 @@ function dkvBuild(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
     const cq = k.reg("cq", [B], "f32"); // their inclusive cumsum
     const ck = k.reg("ck", [B], "f32"); // the key side of lam_i - lam_j
     const gap = k.reg("gap", [1], "f32"); // G: the gates between the key block's end and the query block
-    const dot = k.reg("dot", [B, B], "f32"); // k_j . q_i: rows are keys
-    const W = k.reg("W", [B, B], "f32"); // dP^T, then W^T
+    const dot = k.reg("dot", [B, B], "f32"); // k_j . q_i: rows are keys; then u_ji off the diagonal
+    const W = k.reg("W", [B, B], "f32"); // dP^T, then W^T (off the diagonal: dP^T - Dy, then W^T)
     const pt = k.reg("p", [B, B], dtype); // P^T, the mma operand of dv
     const ds = k.reg("ds", [B, B], dtype); // ds'^T, the mma operand of dk
     const accK = k.reg("acc_k", [B, d], "f32");
@@ -292,6 +354,9 @@ function dkvBuild(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
     const part = k.reg("part", [B], "f32");
     const colSum = k.reg("col_sum", [B], "f32"); // sum_i W_ij over the group
     const rowSum = k.reg("row_sum", [B], "f32"); // sum_j W_ij of these rows as queries, over the group
+    const fk = k.reg("fk", [B], "f32"); // the keys' f_j = exp(ck_j / p), per query block (G changes)
+    const gi = k.reg("g_i", [B], "f32"); // a query block's g_i = exp((cq_i - lse_i) / p)
+    const hi = k.reg("h_i", [B], "f32"); // its h_i = p scale g_i
 
     k.load(kt, io.K, [bi, keys, hk, range(0, d)]); // [B, d]; rows past t read 0
     k.load(vt, io.V, [bi, keys, hk, range(0, e)]); // [B, e]
@@ -316,14 +381,27 @@ function dkvBuild(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
       k.mma(dot, kt, qt, { transB: true }); // [B, d] @ [d, B]
       k.mma(W, vt, dyt, { transB: true }); // dP^T = [B, e] @ [e, B]
       // row: key j, col: query i
-      const pair = (row: Val, col: Val): Pair => ({ dot: dot.at(row, col), cq: cq.at(col), ck: ck.at(row), lse: lseI.at(col), visible: diagonal ? row.le(col) : null });
-      k.map(W, ({ row, col }) => wTerm(pair(row, col), io.scale, p, W.at(row, col), DyI.at(col)));
+      if (diagonal) {
+        const pair = (row: Val, col: Val): Pair => ({ dot: dot.at(row, col), cq: cq.at(col), ck: ck.at(row), lse: lseI.at(col), visible: row.le(col) });
+        k.map(W, ({ row, col }) => wTerm(pair(row, col), io.scale, p, W.at(row, col), DyI.at(col)));
+        finite(k, qFinite, qt);
+        k.map(pt, ({ row, col }) => weight(pair(row, col), io.scale, p));
+        k.mma(accV, pt, dyt, { accumulate: true }); // dv += [B, B] @ [B, e]
+        k.map(ds, ({ row, col }) => dsTerm(pair(row, col), p, W.at(row, col)));
+      } else {
+        // linear space (header), transposed: the key's factor is the row's, the query's the column's
+        k.map(fk, ({ row }) => keyFactor(ck.at(row), p)); // [B] keys
+        k.map(gi, ({ row }) => queryFactor(cq.at(row), lseI.at(row), p)); // [B] queries
+        k.map(hi, ({ row }) => gi.at(row).mul(io.scale).mul(p));
+        k.map(dot, ({ row, col }) => scaledScore(dot.at(row, col), io.scale, fk.at(row), gi.at(col))); // u^T
+        k.map(pt, ({ row, col }) => dot.at(row, col).pow(p)); // P^T
+        k.mma(accV, pt, dyt, { accumulate: true }); // dv += [B, B] @ [B, e]
+        k.map(W, ({ row, col }) => dpTerm(W.at(row, col), DyI.at(col), lseI.at(col))); // dP^T - Dy
+        k.map(ds, ({ row, col }) => W.at(row, col).mul(dot.at(row, col).pow(p - 1)).mul(fk.at(row)).mul(hi.at(col))); // ds'^T
+        k.map(W, ({ row, col }) => W.at(row, col).mul(dot.at(row, col).pow(p))); // W^T = (dP^T - Dy) u^p
+      }
       k.reduce(part, W, "sum", 1); // [B] column sums of W
       k.map(colSum, ({ row }) => colSum.at(row).add(part.at(row)));
-      if (diagonal) finite(k, qFinite, qt);
-      k.map(pt, ({ row, col }) => weight(pair(row, col), io.scale, p));
-      k.mma(accV, pt, dyt, { accumulate: true }); // dv += [B, B] @ [B, e]
-      k.map(ds, ({ row, col }) => dsTerm(pair(row, col), p, W.at(row, col)));
       k.mma(accK, ds, diagonal ? qFinite : qt, { accumulate: true }); // dk += [B, B] @ [B, d]
       if (!diagonal) k.map(gap, ({ row }) => gap.at(row).add(cq.at(B - 1))); // a [1] tile: row is 0
     };
