@@ -5115,6 +5115,8 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
   float f_part[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
   float f_acc_dy[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
   float f_acc_p[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 33808);  // f32[32] pitch 32
+  float f_g_i[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 33792);  // f32[32] pitch 32
   float* const t_cq = reinterpret_cast<float*>(prt_base + 33920);  // f32[32] pitch 32
   float* const t_gk = reinterpret_cast<float*>(prt_base + 67968);  // f32[32] pitch 32
@@ -5247,6 +5249,20 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
     }
   }
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 2;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+      (void)n0;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = m0 + (lane >> 2) + 8 * h;
+        f_g_i[j][((2 * h)) >> 1] = ((f_lse_i[j][((2 * h)) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - f_lse_i[j][((2 * h)) >> 1]) / 2.0f)) : 0.0f);
+      }
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 64) {
@@ -5605,7 +5621,14 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
           }
         }
       }
-      // p[row, col] = select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 32; r += 64) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -5617,7 +5640,24 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p[j][q][e] = ((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - f_lse_i[j][(e) >> 1])) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * f_g_i[j][(e) >> 1]);
+            }
+          }
+        }
+      }
+      // p[row, col] = pow(dot[row, col], 2)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 2;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_p[j][q][e] = prt::powi<2>(f_dot[j][q][e]);
             }
           }
         }
@@ -6508,7 +6548,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
 // grid ((($t + 31) // 32), $hq, $b), 64 threads
 extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e128_c128_f32_w2_bd0_bt32_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 98048 bytes of dynamic shared memory
+  // sm_80: 98064 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -6624,21 +6664,24 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
   float* const t_dy = reinterpret_cast<float*>(prt_base + 16896);  // f32[32, 128] pitch 132
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 33792);  // f32[32] pitch 32
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 33920);  // f32[32] pitch 32
-  float* const t_k = reinterpret_cast<float*>(prt_base + 34432);  // f32[32, 128] pitch 132
-  float* const t_v = reinterpret_cast<float*>(prt_base + 51328);  // f32[32, 128] pitch 132
-  float* const t_k_finite = reinterpret_cast<float*>(prt_base + 76544);  // f32[32, 128] pitch 132
-  float* const t_dot = reinterpret_cast<float*>(prt_base + 68224);  // f32[32, 32] pitch 32
-  float* const t_W = reinterpret_cast<float*>(prt_base + 72320);  // f32[32, 32] pitch 32
-  float* const t_ds = reinterpret_cast<float*>(prt_base + 93440);  // f32[32, 32] pitch 36
+  float* const t_k = reinterpret_cast<float*>(prt_base + 34576);  // f32[32, 128] pitch 132
+  float* const t_v = reinterpret_cast<float*>(prt_base + 51472);  // f32[32, 128] pitch 132
+  float* const t_k_finite = reinterpret_cast<float*>(prt_base + 76560);  // f32[32, 128] pitch 132
+  float* const t_dot = reinterpret_cast<float*>(prt_base + 68368);  // f32[32, 32] pitch 32
+  float* const t_W = reinterpret_cast<float*>(prt_base + 72464);  // f32[32, 32] pitch 32
+  float* const t_ds = reinterpret_cast<float*>(prt_base + 93456);  // f32[32, 32] pitch 36
   float f_acc[4][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 2 warps
-  float* const t_part = reinterpret_cast<float*>(prt_base + 76416);  // f32[32] pitch 32
+  float* const t_part = reinterpret_cast<float*>(prt_base + 34176);  // f32[32] pitch 32
   float f_wsum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 76560);  // f32[32] pitch 32
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 34048);  // f32[32] pitch 32
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 34304);  // f32[32] pitch 32
   float* const t_gq = reinterpret_cast<float*>(prt_base + 34048);  // f32[32] pitch 32
   float* const t_cq = reinterpret_cast<float*>(prt_base + 34176);  // f32[32] pitch 32
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 76544);  // f32[32] pitch 32
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 76672);  // f32[32] pitch 32
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 34304);  // f32[32] pitch 32
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 34048);  // f32[1] pitch 1
+  float* const t_gk = reinterpret_cast<float*>(prt_base + 76688);  // f32[32] pitch 32
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 76816);  // f32[32] pitch 32
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 34448);  // f32[32] pitch 32
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 34432);  // f32[1] pitch 1
   // q = load.async Q[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -6773,6 +6816,16 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
     }
   }
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  // h_i[row] = ((g_i[row] * $scale) * 2.0)
+  {
+    for (int r = tid; r < 32; r += 64) {
+      const float y0 = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
+      const float y1 = prt::from_f32<float>(((y0 * p_scale) * 2.0f));
+      t_g_i[r] = y0;
+      t_h_i[r] = y1;
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 64) {
@@ -6904,6 +6957,20 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
       t_W[(r) * 32 + (c)] = prt::from_f32<float>((((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? ((((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 32 + (c)]) - prt::to_f32(t_Dy_i[r]))) : 0.0f));
     }
   }
+  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  {
+    for (int i = tid; i < 4096; i += 64) {
+      const int r = i / 128, c = i % 128;
+      t_k_finite[(r) * 132 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_k[(r) * 132 + (c)])) ? prt::to_f32(t_k[(r) * 132 + (c)]) : 0.0f));
+    }
+  }
+  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
+  {
+    for (int i = tid; i < 1024; i += 64) {
+      const int r = i / 32, c = i % 32;
+      t_ds[(r) * 36 + (c)] = prt::from_f32<float>(((((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) && (prt::to_f32(t_dot[(r) * 32 + (c)]) != 0.0f)) ? ((prt::to_f32(t_W[(r) * 32 + (c)]) * 2.0f) / prt::to_f32(t_dot[(r) * 32 + (c)])) : 0.0f));
+    }
+  }
   __syncthreads();
   // part = reduce_sum(W, axis=1)
   {
@@ -6928,21 +6995,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
       }
     }
   }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
-  {
-    for (int i = tid; i < 4096; i += 64) {
-      const int r = i / 128, c = i % 128;
-      t_k_finite[(r) * 132 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_k[(r) * 132 + (c)])) ? prt::to_f32(t_k[(r) * 132 + (c)]) : 0.0f));
-    }
-  }
-  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-  {
-    for (int i = tid; i < 1024; i += 64) {
-      const int r = i / 32, c = i % 32;
-      t_ds[(r) * 36 + (c)] = prt::from_f32<float>(((((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) && (prt::to_f32(t_dot[(r) * 32 + (c)]) != 0.0f)) ? ((prt::to_f32(t_W[(r) * 32 + (c)]) * 2.0f) / prt::to_f32(t_dot[(r) * 32 + (c)])) : 0.0f));
-    }
-  }
-  __syncthreads();
   // acc += mma.fmaFrag(ds, k_finite) [32x128 in 16x32 units over 2 warps]
   {
     #pragma unroll
@@ -7112,12 +7164,32 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
             for (int e = 0; e < 4; ++e) t_W[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 32; r += 64) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
       __syncthreads();
-      // W[row, col] = select((lse_i[row] != -Infinity), (select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row])), 0.0)
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
+      // W[row, col] = select((lse_i[row] != -Infinity), (W[row, col] - Dy_i[row]), 0.0)
+      // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[col]) * h_i[row])
       {
         for (int i = tid; i < 1024; i += 64) {
           const int r = i / 32, c = i % 32;
-          t_W[(r) * 32 + (c)] = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? (((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 32 + (c)]) - prt::to_f32(t_Dy_i[r]))) : 0.0f));
+          const float y0 = prt::from_f32<float>((((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale) * prt::to_f32(t_fk[c])) * prt::to_f32(t_g_i[r])));
+          const float y1 = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? (prt::to_f32(t_W[(r) * 32 + (c)]) - prt::to_f32(t_Dy_i[r])) : 0.0f));
+          const float y2 = prt::from_f32<float>((((y1 * prt::powi<1>(y0)) * prt::to_f32(t_fk[c])) * prt::to_f32(t_h_i[r])));
+          t_dot[(r) * 32 + (c)] = y0;
+          t_W[(r) * 32 + (c)] = y1;
+          t_ds[(r) * 36 + (c)] = y2;
+        }
+      }
+      // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+      {
+        for (int i = tid; i < 1024; i += 64) {
+          const int r = i / 32, c = i % 32;
+          t_W[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_W[(r) * 32 + (c)]) * prt::powi<2>(prt::to_f32(t_dot[(r) * 32 + (c)]))));
         }
       }
       __syncthreads();
@@ -7144,14 +7216,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
           }
         }
       }
-      // ds[row, col] = select(((lse_i[row] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-      {
-        for (int i = tid; i < 1024; i += 64) {
-          const int r = i / 32, c = i % 32;
-          t_ds[(r) * 36 + (c)] = prt::from_f32<float>((((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) && (prt::to_f32(t_dot[(r) * 32 + (c)]) != 0.0f)) ? ((prt::to_f32(t_W[(r) * 32 + (c)]) * 2.0f) / prt::to_f32(t_dot[(r) * 32 + (c)])) : 0.0f));
-        }
-      }
-      __syncthreads();
       // acc += mma.fmaFrag(ds, k) [32x128 in 16x32 units over 2 warps]
       {
         #pragma unroll
@@ -7233,7 +7297,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
 // grid ((($t + 31) // 32), $h, $b), 64 threads
 extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e128_c128_f32_w2_bd0_bt32_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 98576 bytes of dynamic shared memory
+  // sm_80: 103184 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -7376,21 +7440,24 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
   float* const t_q = reinterpret_cast<float*>(prt_base + 51072);  // f32[32, 128] pitch 132
   float* const t_dy = reinterpret_cast<float*>(prt_base + 34176);  // f32[32, 128] pitch 132
   float* const t_q_finite = reinterpret_cast<float*>(prt_base + 67968);  // f32[32, 128] pitch 132
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 98432);  // f32[32] pitch 32
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 102912);  // f32[32] pitch 32
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 33792);  // f32[32] pitch 32
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 98304);  // f32[32] pitch 32
-  float* const t_cq = reinterpret_cast<float*>(prt_base + 98176);  // f32[32] pitch 32
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 102656);  // f32[32] pitch 32
+  float* const t_cq = reinterpret_cast<float*>(prt_base + 102272);  // f32[32] pitch 32
   float* const t_ck = reinterpret_cast<float*>(prt_base + 33920);  // f32[32] pitch 32
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 98560);  // f32[1] pitch 1
-  float* const t_dot = reinterpret_cast<float*>(prt_base + 94080);  // f32[32, 32] pitch 32
-  float f_W[1][4][4];  // f32[32, 32] as mma fragments: 32x32 in 16x32 units over 2 warps
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 103168);  // f32[1] pitch 1
+  float* const t_dot = reinterpret_cast<float*>(prt_base + 98176);  // f32[32, 32] pitch 32
+  float* const t_W = reinterpret_cast<float*>(prt_base + 94080);  // f32[32, 32] pitch 32
   float* const t_p = reinterpret_cast<float*>(prt_base + 89472);  // f32[32, 32] pitch 36
   float* const t_ds = reinterpret_cast<float*>(prt_base + 84864);  // f32[32, 32] pitch 36
   float f_acc_k[4][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 2 warps
   float f_acc_v[4][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 2 warps
-  float f_part[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
+  float* const t_part = reinterpret_cast<float*>(prt_base + 103040);  // f32[32] pitch 32
   float f_col_sum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
   float f_row_sum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 102400);  // f32[32] pitch 32
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 102528);  // f32[32] pitch 32
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 102784);  // f32[32] pitch 32
   // k = load.async K[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -7548,18 +7615,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
         const int a2 = ((static_cast<int>(blockIdx.y) * (p_hq / p_h)) + v_i0);
         const bool ok = a0 >= 0 && a0 < g_rowW_d0 && a2 >= 0 && a2 < g_rowW_d2;
         const long long base = static_cast<long long>(a0) * g_rowW_s0 + static_cast<long long>(s1) * g_rowW_s1 + static_cast<long long>(a2) * g_rowW_s2;
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 2;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          (void)n0;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int r = m0 + (lane >> 2) + 8 * h;
-            f_part[j][((2 * h)) >> 1] = ok && s1 + r >= 0 && s1 + r < g_rowW_d1 ? prt::to_f32(g_rowW[base + static_cast<long long>(r) * g_rowW_s1]) : 0.0f;
-          }
+        float* const dst = t_part;
+        for (int r = tid; r < 32; r += 64) {
+          dst[r] = ok && s1 + r >= 0 && s1 + r < g_rowW_d1 ? g_rowW[base + static_cast<long long>(r) * g_rowW_s1] : prt::from_f32<float>(0.0f);
         }
       }
+      __syncthreads();
       // row_sum[row] = (row_sum[row] + part[row])
       {
         #pragma unroll
@@ -7570,7 +7631,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
           #pragma unroll
           for (int h = 0; h < 2; ++h) {
             const int r = m0 + (lane >> 2) + 8 * h;
-            f_row_sum[j][((2 * h)) >> 1] = (f_row_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
+            f_row_sum[j][((2 * h)) >> 1] = (f_row_sum[j][((2 * h)) >> 1] + prt::to_f32(t_part[r]));
           }
         }
       }
@@ -7644,7 +7705,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
           dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
         }
       }
-      __syncthreads();
       // Dy_i = load Dy[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
@@ -7725,7 +7785,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 2;
           const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          float (&acc)[4][4] = f_W[j];
+          float acc[4][4];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
@@ -7742,59 +7802,18 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
               acc[q][3] = fmaf(a1, b1, acc[q][3]);
             }
           }
+          #pragma unroll
+          for (int q = 0; q < 4; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_W[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
       __syncthreads();
       // W[row, col] = select(((row <= col) && (lse_i[col] != -Infinity)), (select(((row <= col) && (lse_i[col] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0) * (W[row, col] - Dy_i[col])), 0.0)
       {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 2;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          (void)n0;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_W[j][q][e] = (((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? ((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + prt::to_f32(t_ck[r])) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[c]))) : 0.0f);
-            }
-          }
-        }
-      }
-      // part = reduce_sum(W, axis=1)
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 2;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_W[j][0][2 * h];
-            acc += f_W[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 4; ++q) {
-              acc += f_W[j][q][2 * h];
-              acc += f_W[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
-            (void)r;
-            f_part[j][((2 * h)) >> 1] = acc;
-          }
-        }
-      }
-      // col_sum[row] = (col_sum[row] + part[row])
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 2;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          (void)n0;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int r = m0 + (lane >> 2) + 8 * h;
-            f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-          }
+        for (int i = tid; i < 1024; i += 64) {
+          const int r = i / 32, c = i % 32;
+          t_W[(r) * 32 + (c)] = prt::from_f32<float>((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? ((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + prt::to_f32(t_ck[r])) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (prt::to_f32(t_W[(r) * 32 + (c)]) - prt::to_f32(t_Dy_i[c]))) : 0.0f));
         }
       }
       // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
@@ -7835,22 +7854,34 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
       }
       // ds[row, col] = select((((row <= col) && (lse_i[col] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
       {
+        for (int i = tid; i < 1024; i += 64) {
+          const int r = i / 32, c = i % 32;
+          t_ds[(r) * 36 + (c)] = prt::from_f32<float>(((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) && (prt::to_f32(t_dot[(r) * 32 + (c)]) != 0.0f)) ? ((prt::to_f32(t_W[(r) * 32 + (c)]) * 2.0f) / prt::to_f32(t_dot[(r) * 32 + (c)])) : 0.0f));
+        }
+      }
+      // part = reduce_sum(W, axis=1)
+      {
+        for (int o = tid; o < 32; o += 64) {
+          float acc = 0.0f;
+          for (int i = 0; i < 32; ++i) acc += prt::to_f32(t_W[(o) * 32 + (i)]);
+          t_part[o] = prt::from_f32<float>(acc);
+        }
+      }
+      __syncthreads();
+      // col_sum[row] = (col_sum[row] + part[row])
+      {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 2;
           const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
           (void)n0;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              t_ds[(r) * 36 + (c)] = prt::from_f32<float>(((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) && (prt::to_f32(t_dot[(r) * 32 + (c)]) != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / prt::to_f32(t_dot[(r) * 32 + (c)])) : 0.0f));
-            }
+          for (int h = 0; h < 2; ++h) {
+            const int r = m0 + (lane >> 2) + 8 * h;
+            f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + prt::to_f32(t_part[r]));
           }
         }
       }
-      __syncthreads();
       // acc_k += mma.fmaFrag(ds, q_finite) [32x128 in 16x32 units over 2 warps]
       {
         #pragma unroll
@@ -8018,7 +8049,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
             for (int j = 0; j < 1; ++j) {
               const int u = warp + j * 2;
               const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              float (&acc)[4][4] = f_W[j];
+              float acc[4][4];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
@@ -8035,66 +8066,39 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
                   acc[q][3] = fmaf(a1, b1, acc[q][3]);
                 }
               }
+              #pragma unroll
+              for (int q = 0; q < 4; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_W[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+          // fk[row] = exp((ck[row] / 2.0))
+          {
+            for (int r = tid; r < 32; r += 64) {
+              t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
             }
           }
           __syncthreads();
-          // W[row, col] = select((lse_i[col] != -Infinity), (select((lse_i[col] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0) * (W[row, col] - Dy_i[col])), 0.0)
+          // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+          // h_i[row] = ((g_i[row] * $scale) * 2.0)
           {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 2;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              (void)n0;
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + prt::to_f32(t_ck[r])) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[c]))) : 0.0f);
-                }
-              }
+            for (int r = tid; r < 32; r += 64) {
+              const float y0 = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
+              const float y1 = prt::from_f32<float>(((y0 * p_scale) * 2.0f));
+              t_g_i[r] = y0;
+              t_h_i[r] = y1;
             }
           }
-          // part = reduce_sum(W, axis=1)
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 2;
-              #pragma unroll
-              for (int h = 0; h < 2; ++h) {
-                float acc = f_W[j][0][2 * h];
-                acc += f_W[j][0][2 * h + 1];
-                #pragma unroll
-                for (int q = 1; q < 4; ++q) {
-                  acc += f_W[j][q][2 * h];
-                  acc += f_W[j][q][2 * h + 1];
-                }
-                acc = prt::quad_sum(acc);
-                const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
-                (void)r;
-                f_part[j][((2 * h)) >> 1] = acc;
-              }
-            }
-          }
-          // col_sum[row] = (col_sum[row] + part[row])
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 2;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              (void)n0;
-              #pragma unroll
-              for (int h = 0; h < 2; ++h) {
-                const int r = m0 + (lane >> 2) + 8 * h;
-                f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-              }
-            }
-          }
-          // p[row, col] = select((lse_i[col] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0)
+          __syncthreads();
+          // dot[row, col] = (((dot[row, col] * $scale) * fk[row]) * g_i[col])
+          // p[row, col] = pow(dot[row, col], 2)
           {
             for (int i = tid; i < 1024; i += 64) {
               const int r = i / 32, c = i % 32;
-              t_p[(r) * 36 + (c)] = prt::from_f32<float>(((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + prt::to_f32(t_ck[r])) - prt::to_f32(t_lse_i[c]))) : 0.0f));
+              const float y0 = prt::from_f32<float>((((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale) * prt::to_f32(t_fk[r])) * prt::to_f32(t_g_i[c])));
+              const float y1 = prt::from_f32<float>(prt::powi<2>(y0));
+              t_dot[(r) * 32 + (c)] = y0;
+              t_p[(r) * 36 + (c)] = y1;
             }
           }
           __syncthreads();
@@ -8119,7 +8123,35 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
               }
             }
           }
-          // ds[row, col] = select(((lse_i[col] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
+          // W[row, col] = select((lse_i[col] != -Infinity), (W[row, col] - Dy_i[col]), 0.0)
+          // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[row]) * h_i[col])
+          {
+            for (int i = tid; i < 1024; i += 64) {
+              const int r = i / 32, c = i % 32;
+              const float y0 = prt::from_f32<float>(((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (prt::to_f32(t_W[(r) * 32 + (c)]) - prt::to_f32(t_Dy_i[c])) : 0.0f));
+              const float y1 = prt::from_f32<float>((((y0 * prt::powi<1>(prt::to_f32(t_dot[(r) * 32 + (c)]))) * prt::to_f32(t_fk[r])) * prt::to_f32(t_h_i[c])));
+              t_W[(r) * 32 + (c)] = y0;
+              t_ds[(r) * 36 + (c)] = y1;
+            }
+          }
+          // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+          {
+            for (int i = tid; i < 1024; i += 64) {
+              const int r = i / 32, c = i % 32;
+              t_W[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_W[(r) * 32 + (c)]) * prt::powi<2>(prt::to_f32(t_dot[(r) * 32 + (c)]))));
+            }
+          }
+          __syncthreads();
+          // part = reduce_sum(W, axis=1)
+          {
+            for (int o = tid; o < 32; o += 64) {
+              float acc = 0.0f;
+              for (int i = 0; i < 32; ++i) acc += prt::to_f32(t_W[(o) * 32 + (i)]);
+              t_part[o] = prt::from_f32<float>(acc);
+            }
+          }
+          __syncthreads();
+          // col_sum[row] = (col_sum[row] + part[row])
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -8127,16 +8159,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
               const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
               (void)n0;
               #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  t_ds[(r) * 36 + (c)] = prt::from_f32<float>((((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) && (prt::to_f32(t_dot[(r) * 32 + (c)]) != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / prt::to_f32(t_dot[(r) * 32 + (c)])) : 0.0f));
-                }
+              for (int h = 0; h < 2; ++h) {
+                const int r = m0 + (lane >> 2) + 8 * h;
+                f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + prt::to_f32(t_part[r]));
               }
             }
           }
-          __syncthreads();
           // acc_k += mma.fmaFrag(ds, q) [32x128 in 16x32 units over 2 warps]
           {
             #pragma unroll
@@ -8167,6 +8195,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
           __syncthreads();
         }
       }
+      __syncthreads();
     }
   }
   // store dKa[pid.z, (pid.x * 32):+32, pid.y, 0:+128] = acc_k
@@ -13595,6 +13624,8 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_y_p2_d12
   float f_part[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
   float f_acc_dy[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
   float f_acc_p[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 33808);  // f32[32] pitch 32
+  float f_g_i[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 33792);  // f32[32] pitch 32
   float* const t_cq = reinterpret_cast<float*>(prt_base + 33920);  // f32[32] pitch 32
   float* const t_gk = reinterpret_cast<float*>(prt_base + 67968);  // f32[32] pitch 32
@@ -13727,6 +13758,20 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_y_p2_d12
     }
   }
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 2;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+      (void)n0;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = m0 + (lane >> 2) + 8 * h;
+        f_g_i[j][((2 * h)) >> 1] = ((f_lse_i[j][((2 * h)) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - f_lse_i[j][((2 * h)) >> 1]) / 2.0f)) : 0.0f);
+      }
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 64) {
@@ -14085,7 +14130,14 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_y_p2_d12
           }
         }
       }
-      // p[row, col] = select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 32; r += 64) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -14097,7 +14149,24 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_y_p2_d12
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p[j][q][e] = ((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - f_lse_i[j][(e) >> 1])) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * f_g_i[j][(e) >> 1]);
+            }
+          }
+        }
+      }
+      // p[row, col] = pow(dot[row, col], 2)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 2;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_p[j][q][e] = prt::powi<2>(f_dot[j][q][e]);
             }
           }
         }
@@ -14273,7 +14342,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_y_p2_d12
 // grid ((($t + 31) // 32), $hq, $b), 64 threads
 extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_e128_c128_f32_w2_bd0_bt32_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQ, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 98048 bytes of dynamic shared memory
+  // sm_80: 98064 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -14389,21 +14458,24 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
   float* const t_dy = reinterpret_cast<float*>(prt_base + 16896);  // f32[32, 128] pitch 132
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 33792);  // f32[32] pitch 32
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 33920);  // f32[32] pitch 32
-  float* const t_k = reinterpret_cast<float*>(prt_base + 34432);  // f32[32, 128] pitch 132
-  float* const t_v = reinterpret_cast<float*>(prt_base + 51328);  // f32[32, 128] pitch 132
-  float* const t_k_finite = reinterpret_cast<float*>(prt_base + 76544);  // f32[32, 128] pitch 132
-  float* const t_dot = reinterpret_cast<float*>(prt_base + 68224);  // f32[32, 32] pitch 32
-  float* const t_W = reinterpret_cast<float*>(prt_base + 72320);  // f32[32, 32] pitch 32
-  float* const t_ds = reinterpret_cast<float*>(prt_base + 93440);  // f32[32, 32] pitch 36
+  float* const t_k = reinterpret_cast<float*>(prt_base + 34576);  // f32[32, 128] pitch 132
+  float* const t_v = reinterpret_cast<float*>(prt_base + 51472);  // f32[32, 128] pitch 132
+  float* const t_k_finite = reinterpret_cast<float*>(prt_base + 76560);  // f32[32, 128] pitch 132
+  float* const t_dot = reinterpret_cast<float*>(prt_base + 68368);  // f32[32, 32] pitch 32
+  float* const t_W = reinterpret_cast<float*>(prt_base + 72464);  // f32[32, 32] pitch 32
+  float* const t_ds = reinterpret_cast<float*>(prt_base + 93456);  // f32[32, 32] pitch 36
   float f_acc[4][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 2 warps
-  float* const t_part = reinterpret_cast<float*>(prt_base + 76416);  // f32[32] pitch 32
+  float* const t_part = reinterpret_cast<float*>(prt_base + 34176);  // f32[32] pitch 32
   float f_wsum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 76560);  // f32[32] pitch 32
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 34048);  // f32[32] pitch 32
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 34304);  // f32[32] pitch 32
   float* const t_gq = reinterpret_cast<float*>(prt_base + 34048);  // f32[32] pitch 32
   float* const t_cq = reinterpret_cast<float*>(prt_base + 34176);  // f32[32] pitch 32
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 76544);  // f32[32] pitch 32
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 76672);  // f32[32] pitch 32
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 34304);  // f32[32] pitch 32
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 34048);  // f32[1] pitch 1
+  float* const t_gk = reinterpret_cast<float*>(prt_base + 76688);  // f32[32] pitch 32
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 76816);  // f32[32] pitch 32
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 34448);  // f32[32] pitch 32
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 34432);  // f32[1] pitch 1
   // q = load.async Q[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -14538,6 +14610,16 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
     }
   }
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  // h_i[row] = ((g_i[row] * $scale) * 2.0)
+  {
+    for (int r = tid; r < 32; r += 64) {
+      const float y0 = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
+      const float y1 = prt::from_f32<float>(((y0 * p_scale) * 2.0f));
+      t_g_i[r] = y0;
+      t_h_i[r] = y1;
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 64) {
@@ -14669,6 +14751,20 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
       t_W[(r) * 32 + (c)] = prt::from_f32<float>((((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? ((((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 32 + (c)]) - prt::to_f32(t_Dy_i[r]))) : 0.0f));
     }
   }
+  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  {
+    for (int i = tid; i < 4096; i += 64) {
+      const int r = i / 128, c = i % 128;
+      t_k_finite[(r) * 132 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_k[(r) * 132 + (c)])) ? prt::to_f32(t_k[(r) * 132 + (c)]) : 0.0f));
+    }
+  }
+  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
+  {
+    for (int i = tid; i < 1024; i += 64) {
+      const int r = i / 32, c = i % 32;
+      t_ds[(r) * 36 + (c)] = prt::from_f32<float>(((((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) && (prt::to_f32(t_dot[(r) * 32 + (c)]) != 0.0f)) ? ((prt::to_f32(t_W[(r) * 32 + (c)]) * 2.0f) / prt::to_f32(t_dot[(r) * 32 + (c)])) : 0.0f));
+    }
+  }
   __syncthreads();
   // part = reduce_sum(W, axis=1)
   {
@@ -14693,21 +14789,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
       }
     }
   }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
-  {
-    for (int i = tid; i < 4096; i += 64) {
-      const int r = i / 128, c = i % 128;
-      t_k_finite[(r) * 132 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_k[(r) * 132 + (c)])) ? prt::to_f32(t_k[(r) * 132 + (c)]) : 0.0f));
-    }
-  }
-  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-  {
-    for (int i = tid; i < 1024; i += 64) {
-      const int r = i / 32, c = i % 32;
-      t_ds[(r) * 36 + (c)] = prt::from_f32<float>(((((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) && (prt::to_f32(t_dot[(r) * 32 + (c)]) != 0.0f)) ? ((prt::to_f32(t_W[(r) * 32 + (c)]) * 2.0f) / prt::to_f32(t_dot[(r) * 32 + (c)])) : 0.0f));
-    }
-  }
-  __syncthreads();
   // acc += mma.fmaFrag(ds, k_finite) [32x128 in 16x32 units over 2 warps]
   {
     #pragma unroll
@@ -14877,12 +14958,32 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
             for (int e = 0; e < 4; ++e) t_W[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 32; r += 64) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
       __syncthreads();
-      // W[row, col] = select((lse_i[row] != -Infinity), (select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row])), 0.0)
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
+      // W[row, col] = select((lse_i[row] != -Infinity), (W[row, col] - Dy_i[row]), 0.0)
+      // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[col]) * h_i[row])
       {
         for (int i = tid; i < 1024; i += 64) {
           const int r = i / 32, c = i % 32;
-          t_W[(r) * 32 + (c)] = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? (((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 32 + (c)]) - prt::to_f32(t_Dy_i[r]))) : 0.0f));
+          const float y0 = prt::from_f32<float>((((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale) * prt::to_f32(t_fk[c])) * prt::to_f32(t_g_i[r])));
+          const float y1 = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? (prt::to_f32(t_W[(r) * 32 + (c)]) - prt::to_f32(t_Dy_i[r])) : 0.0f));
+          const float y2 = prt::from_f32<float>((((y1 * prt::powi<1>(y0)) * prt::to_f32(t_fk[c])) * prt::to_f32(t_h_i[r])));
+          t_dot[(r) * 32 + (c)] = y0;
+          t_W[(r) * 32 + (c)] = y1;
+          t_ds[(r) * 36 + (c)] = y2;
+        }
+      }
+      // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+      {
+        for (int i = tid; i < 1024; i += 64) {
+          const int r = i / 32, c = i % 32;
+          t_W[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_W[(r) * 32 + (c)]) * prt::powi<2>(prt::to_f32(t_dot[(r) * 32 + (c)]))));
         }
       }
       __syncthreads();
@@ -14909,14 +15010,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
           }
         }
       }
-      // ds[row, col] = select(((lse_i[row] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-      {
-        for (int i = tid; i < 1024; i += 64) {
-          const int r = i / 32, c = i % 32;
-          t_ds[(r) * 36 + (c)] = prt::from_f32<float>((((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) && (prt::to_f32(t_dot[(r) * 32 + (c)]) != 0.0f)) ? ((prt::to_f32(t_W[(r) * 32 + (c)]) * 2.0f) / prt::to_f32(t_dot[(r) * 32 + (c)])) : 0.0f));
-        }
-      }
-      __syncthreads();
       // acc += mma.fmaFrag(ds, k) [32x128 in 16x32 units over 2 warps]
       {
         #pragma unroll
@@ -14998,7 +15091,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
 // grid ((($t + 31) // 32), $h, $b), 64 threads
 extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128_e128_c128_f32_w2_bd0_bt32_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dK, float* g_dV, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 98576 bytes of dynamic shared memory
+  // sm_80: 103184 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -15141,21 +15234,24 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
   float* const t_q = reinterpret_cast<float*>(prt_base + 51072);  // f32[32, 128] pitch 132
   float* const t_dy = reinterpret_cast<float*>(prt_base + 34176);  // f32[32, 128] pitch 132
   float* const t_q_finite = reinterpret_cast<float*>(prt_base + 67968);  // f32[32, 128] pitch 132
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 98432);  // f32[32] pitch 32
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 102912);  // f32[32] pitch 32
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 33792);  // f32[32] pitch 32
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 98304);  // f32[32] pitch 32
-  float* const t_cq = reinterpret_cast<float*>(prt_base + 98176);  // f32[32] pitch 32
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 102656);  // f32[32] pitch 32
+  float* const t_cq = reinterpret_cast<float*>(prt_base + 102272);  // f32[32] pitch 32
   float* const t_ck = reinterpret_cast<float*>(prt_base + 33920);  // f32[32] pitch 32
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 98560);  // f32[1] pitch 1
-  float* const t_dot = reinterpret_cast<float*>(prt_base + 94080);  // f32[32, 32] pitch 32
-  float f_W[1][4][4];  // f32[32, 32] as mma fragments: 32x32 in 16x32 units over 2 warps
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 103168);  // f32[1] pitch 1
+  float* const t_dot = reinterpret_cast<float*>(prt_base + 98176);  // f32[32, 32] pitch 32
+  float* const t_W = reinterpret_cast<float*>(prt_base + 94080);  // f32[32, 32] pitch 32
   float* const t_p = reinterpret_cast<float*>(prt_base + 89472);  // f32[32, 32] pitch 36
   float* const t_ds = reinterpret_cast<float*>(prt_base + 84864);  // f32[32, 32] pitch 36
   float f_acc_k[4][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 2 warps
   float f_acc_v[4][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 2 warps
-  float f_part[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
+  float* const t_part = reinterpret_cast<float*>(prt_base + 103040);  // f32[32] pitch 32
   float f_col_sum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
   float f_row_sum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 102400);  // f32[32] pitch 32
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 102528);  // f32[32] pitch 32
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 102784);  // f32[32] pitch 32
   // k = load.async K[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -15313,18 +15409,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
         const int a2 = ((static_cast<int>(blockIdx.y) * (p_hq / p_h)) + v_i0);
         const bool ok = a0 >= 0 && a0 < g_rowW_d0 && a2 >= 0 && a2 < g_rowW_d2;
         const long long base = static_cast<long long>(a0) * g_rowW_s0 + static_cast<long long>(s1) * g_rowW_s1 + static_cast<long long>(a2) * g_rowW_s2;
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 2;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          (void)n0;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int r = m0 + (lane >> 2) + 8 * h;
-            f_part[j][((2 * h)) >> 1] = ok && s1 + r >= 0 && s1 + r < g_rowW_d1 ? prt::to_f32(g_rowW[base + static_cast<long long>(r) * g_rowW_s1]) : 0.0f;
-          }
+        float* const dst = t_part;
+        for (int r = tid; r < 32; r += 64) {
+          dst[r] = ok && s1 + r >= 0 && s1 + r < g_rowW_d1 ? g_rowW[base + static_cast<long long>(r) * g_rowW_s1] : prt::from_f32<float>(0.0f);
         }
       }
+      __syncthreads();
       // row_sum[row] = (row_sum[row] + part[row])
       {
         #pragma unroll
@@ -15335,7 +15425,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
           #pragma unroll
           for (int h = 0; h < 2; ++h) {
             const int r = m0 + (lane >> 2) + 8 * h;
-            f_row_sum[j][((2 * h)) >> 1] = (f_row_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
+            f_row_sum[j][((2 * h)) >> 1] = (f_row_sum[j][((2 * h)) >> 1] + prt::to_f32(t_part[r]));
           }
         }
       }
@@ -15409,7 +15499,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
           dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
         }
       }
-      __syncthreads();
       // Dy_i = load Dy[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
@@ -15490,7 +15579,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 2;
           const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          float (&acc)[4][4] = f_W[j];
+          float acc[4][4];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
@@ -15507,59 +15596,18 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
               acc[q][3] = fmaf(a1, b1, acc[q][3]);
             }
           }
+          #pragma unroll
+          for (int q = 0; q < 4; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_W[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
       __syncthreads();
       // W[row, col] = select(((row <= col) && (lse_i[col] != -Infinity)), (select(((row <= col) && (lse_i[col] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0) * (W[row, col] - Dy_i[col])), 0.0)
       {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 2;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          (void)n0;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_W[j][q][e] = (((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? ((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + prt::to_f32(t_ck[r])) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[c]))) : 0.0f);
-            }
-          }
-        }
-      }
-      // part = reduce_sum(W, axis=1)
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 2;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_W[j][0][2 * h];
-            acc += f_W[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 4; ++q) {
-              acc += f_W[j][q][2 * h];
-              acc += f_W[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
-            (void)r;
-            f_part[j][((2 * h)) >> 1] = acc;
-          }
-        }
-      }
-      // col_sum[row] = (col_sum[row] + part[row])
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 2;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          (void)n0;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int r = m0 + (lane >> 2) + 8 * h;
-            f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-          }
+        for (int i = tid; i < 1024; i += 64) {
+          const int r = i / 32, c = i % 32;
+          t_W[(r) * 32 + (c)] = prt::from_f32<float>((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? ((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + prt::to_f32(t_ck[r])) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (prt::to_f32(t_W[(r) * 32 + (c)]) - prt::to_f32(t_Dy_i[c]))) : 0.0f));
         }
       }
       // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
@@ -15600,22 +15648,34 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
       }
       // ds[row, col] = select((((row <= col) && (lse_i[col] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
       {
+        for (int i = tid; i < 1024; i += 64) {
+          const int r = i / 32, c = i % 32;
+          t_ds[(r) * 36 + (c)] = prt::from_f32<float>(((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) && (prt::to_f32(t_dot[(r) * 32 + (c)]) != 0.0f)) ? ((prt::to_f32(t_W[(r) * 32 + (c)]) * 2.0f) / prt::to_f32(t_dot[(r) * 32 + (c)])) : 0.0f));
+        }
+      }
+      // part = reduce_sum(W, axis=1)
+      {
+        for (int o = tid; o < 32; o += 64) {
+          float acc = 0.0f;
+          for (int i = 0; i < 32; ++i) acc += prt::to_f32(t_W[(o) * 32 + (i)]);
+          t_part[o] = prt::from_f32<float>(acc);
+        }
+      }
+      __syncthreads();
+      // col_sum[row] = (col_sum[row] + part[row])
+      {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 2;
           const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
           (void)n0;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              t_ds[(r) * 36 + (c)] = prt::from_f32<float>(((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) && (prt::to_f32(t_dot[(r) * 32 + (c)]) != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / prt::to_f32(t_dot[(r) * 32 + (c)])) : 0.0f));
-            }
+          for (int h = 0; h < 2; ++h) {
+            const int r = m0 + (lane >> 2) + 8 * h;
+            f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + prt::to_f32(t_part[r]));
           }
         }
       }
-      __syncthreads();
       // acc_k += mma.fmaFrag(ds, q_finite) [32x128 in 16x32 units over 2 warps]
       {
         #pragma unroll
@@ -15783,7 +15843,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
             for (int j = 0; j < 1; ++j) {
               const int u = warp + j * 2;
               const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              float (&acc)[4][4] = f_W[j];
+              float acc[4][4];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
@@ -15800,66 +15860,39 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
                   acc[q][3] = fmaf(a1, b1, acc[q][3]);
                 }
               }
+              #pragma unroll
+              for (int q = 0; q < 4; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_W[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+          // fk[row] = exp((ck[row] / 2.0))
+          {
+            for (int r = tid; r < 32; r += 64) {
+              t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
             }
           }
           __syncthreads();
-          // W[row, col] = select((lse_i[col] != -Infinity), (select((lse_i[col] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0) * (W[row, col] - Dy_i[col])), 0.0)
+          // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+          // h_i[row] = ((g_i[row] * $scale) * 2.0)
           {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 2;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              (void)n0;
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + prt::to_f32(t_ck[r])) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[c]))) : 0.0f);
-                }
-              }
+            for (int r = tid; r < 32; r += 64) {
+              const float y0 = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
+              const float y1 = prt::from_f32<float>(((y0 * p_scale) * 2.0f));
+              t_g_i[r] = y0;
+              t_h_i[r] = y1;
             }
           }
-          // part = reduce_sum(W, axis=1)
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 2;
-              #pragma unroll
-              for (int h = 0; h < 2; ++h) {
-                float acc = f_W[j][0][2 * h];
-                acc += f_W[j][0][2 * h + 1];
-                #pragma unroll
-                for (int q = 1; q < 4; ++q) {
-                  acc += f_W[j][q][2 * h];
-                  acc += f_W[j][q][2 * h + 1];
-                }
-                acc = prt::quad_sum(acc);
-                const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
-                (void)r;
-                f_part[j][((2 * h)) >> 1] = acc;
-              }
-            }
-          }
-          // col_sum[row] = (col_sum[row] + part[row])
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 2;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              (void)n0;
-              #pragma unroll
-              for (int h = 0; h < 2; ++h) {
-                const int r = m0 + (lane >> 2) + 8 * h;
-                f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-              }
-            }
-          }
-          // p[row, col] = select((lse_i[col] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0)
+          __syncthreads();
+          // dot[row, col] = (((dot[row, col] * $scale) * fk[row]) * g_i[col])
+          // p[row, col] = pow(dot[row, col], 2)
           {
             for (int i = tid; i < 1024; i += 64) {
               const int r = i / 32, c = i % 32;
-              t_p[(r) * 36 + (c)] = prt::from_f32<float>(((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + prt::to_f32(t_ck[r])) - prt::to_f32(t_lse_i[c]))) : 0.0f));
+              const float y0 = prt::from_f32<float>((((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale) * prt::to_f32(t_fk[r])) * prt::to_f32(t_g_i[c])));
+              const float y1 = prt::from_f32<float>(prt::powi<2>(y0));
+              t_dot[(r) * 32 + (c)] = y0;
+              t_p[(r) * 36 + (c)] = y1;
             }
           }
           __syncthreads();
@@ -15884,7 +15917,35 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
               }
             }
           }
-          // ds[row, col] = select(((lse_i[col] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
+          // W[row, col] = select((lse_i[col] != -Infinity), (W[row, col] - Dy_i[col]), 0.0)
+          // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[row]) * h_i[col])
+          {
+            for (int i = tid; i < 1024; i += 64) {
+              const int r = i / 32, c = i % 32;
+              const float y0 = prt::from_f32<float>(((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (prt::to_f32(t_W[(r) * 32 + (c)]) - prt::to_f32(t_Dy_i[c])) : 0.0f));
+              const float y1 = prt::from_f32<float>((((y0 * prt::powi<1>(prt::to_f32(t_dot[(r) * 32 + (c)]))) * prt::to_f32(t_fk[r])) * prt::to_f32(t_h_i[c])));
+              t_W[(r) * 32 + (c)] = y0;
+              t_ds[(r) * 36 + (c)] = y1;
+            }
+          }
+          // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+          {
+            for (int i = tid; i < 1024; i += 64) {
+              const int r = i / 32, c = i % 32;
+              t_W[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_W[(r) * 32 + (c)]) * prt::powi<2>(prt::to_f32(t_dot[(r) * 32 + (c)]))));
+            }
+          }
+          __syncthreads();
+          // part = reduce_sum(W, axis=1)
+          {
+            for (int o = tid; o < 32; o += 64) {
+              float acc = 0.0f;
+              for (int i = 0; i < 32; ++i) acc += prt::to_f32(t_W[(o) * 32 + (i)]);
+              t_part[o] = prt::from_f32<float>(acc);
+            }
+          }
+          __syncthreads();
+          // col_sum[row] = (col_sum[row] + part[row])
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -15892,16 +15953,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
               const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
               (void)n0;
               #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  t_ds[(r) * 36 + (c)] = prt::from_f32<float>((((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) && (prt::to_f32(t_dot[(r) * 32 + (c)]) != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / prt::to_f32(t_dot[(r) * 32 + (c)])) : 0.0f));
-                }
+              for (int h = 0; h < 2; ++h) {
+                const int r = m0 + (lane >> 2) + 8 * h;
+                f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + prt::to_f32(t_part[r]));
               }
             }
           }
-          __syncthreads();
           // acc_k += mma.fmaFrag(ds, q) [32x128 in 16x32 units over 2 warps]
           {
             #pragma unroll
@@ -15932,6 +15989,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
           __syncthreads();
         }
       }
+      __syncthreads();
     }
   }
   // store dK[pid.z, (pid.x * 32):+32, pid.y, 0:+128] = acc_k
@@ -17304,16 +17362,16 @@ extern "C" cudaError_t prt_query_state_bwd_dq_p2_d128_e128_c128_f32_w4_bd0_bt16_
 }
 
 extern "C" cudaError_t prt_attention_bwd_dq_p2_d128_e128_c128_f32_w2_bd0_bt32_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d128_e128_c128_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 98048);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d128_e128_c128_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 98064);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dq_p2_d128_e128_c128_f32_w2_bd0_bt32_s2<<<grid, 64, 98048, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dq_p2_d128_e128_c128_f32_w2_bd0_bt32_s2<<<grid, 64, 98064, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_bwd_dkv_p2_d128_e128_c128_f32_w2_bd0_bt32_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_p2_d128_e128_c128_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 98576);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_p2_d128_e128_c128_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 103184);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dkv_p2_d128_e128_c128_f32_w2_bd0_bt32_s2<<<grid, 64, 98576, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dkv_p2_d128_e128_c128_f32_w2_bd0_bt32_s2<<<grid, 64, 103184, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -17353,16 +17411,16 @@ extern "C" cudaError_t prt_attention_bwd_prep_y_p2_d128_e128_c128_f32_w2_bd0_bt3
 }
 
 extern "C" cudaError_t prt_attention_bwd_dq_y_p2_d128_e128_c128_f32_w2_bd0_bt32_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQ, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_y_p2_d128_e128_c128_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 98048);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_y_p2_d128_e128_c128_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 98064);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dq_y_p2_d128_e128_c128_f32_w2_bd0_bt32_s2<<<grid, 64, 98048, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQ, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dq_y_p2_d128_e128_c128_f32_w2_bd0_bt32_s2<<<grid, 64, 98064, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQ, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_bwd_dkv_y_p2_d128_e128_c128_f32_w2_bd0_bt32_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dK, float* g_dV, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_y_p2_d128_e128_c128_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 98576);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_y_p2_d128_e128_c128_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 103184);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dkv_y_p2_d128_e128_c128_f32_w2_bd0_bt32_s2<<<grid, 64, 98576, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dK, g_dV, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dkv_y_p2_d128_e128_c128_f32_w2_bd0_bt32_s2<<<grid, 64, 103184, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dK, g_dV, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 

@@ -7978,6 +7978,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
   float f_part[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_acc_dy[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_acc_p[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 32784);  // f32[64] pitch 64
+  float f_g_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 32768);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 33024);  // f32[64] pitch 64
   float* const t_gk = reinterpret_cast<float*>(prt_base + 33536);  // f32[64] pitch 64
@@ -8112,6 +8114,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
   }
   prt::fence_proxy_async();
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = m0 + (lane >> 2) + 8 * h;
+        f_g_i[j][((2 * h)) >> 1] = ((f_lse_i[j][((2 * h)) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - f_lse_i[j][((2 * h)) >> 1]) / 2.0f)) : 0.0f);
+      }
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 128) {
@@ -8438,7 +8454,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
         prt::wgmma_commit();
         prt::wgmma_wait<0>();
       }
-      // p[row, col] = select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      prt::fence_proxy_async();
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -8450,7 +8474,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p[j][q][e] = ((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - f_lse_i[j][(e) >> 1])) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * f_g_i[j][(e) >> 1]);
+            }
+          }
+        }
+      }
+      // p[row, col] = pow(dot[row, col], 2)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_p[j][q][e] = prt::powi<2>(f_dot[j][q][e]);
             }
           }
         }
@@ -8593,7 +8634,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     }
   }
 #else
-  // sm_80: 72448 bytes of dynamic shared memory
+  // sm_80: 72464 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -8695,21 +8736,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
   __half* const t_q = reinterpret_cast<__half*>(prt_base + 0);  // f16[64, 128] pitch 136
   __half* const t_dy = reinterpret_cast<__half*>(prt_base + 17408);  // f16[64, 128] pitch 136
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 34816);  // f32[64] pitch 64
-  __half* const t_k = reinterpret_cast<__half*>(prt_base + 36352);  // f16[64, 128] pitch 136
-  __half* const t_v = reinterpret_cast<__half*>(prt_base + 53760);  // f16[64, 128] pitch 136
+  __half* const t_k = reinterpret_cast<__half*>(prt_base + 36368);  // f16[64, 128] pitch 136
+  __half* const t_v = reinterpret_cast<__half*>(prt_base + 53776);  // f16[64, 128] pitch 136
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p_dp[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_part = reinterpret_cast<float*>(prt_base + 71680);  // f32[64] pitch 64
+  float* const t_part = reinterpret_cast<float*>(prt_base + 35840);  // f32[64] pitch 64
   float* const t_acc_dy = reinterpret_cast<float*>(prt_base + 35072);  // f32[64] pitch 64
   float* const t_acc_p = reinterpret_cast<float*>(prt_base + 35328);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 71696);  // f32[64] pitch 64
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 35584);  // f32[64] pitch 64
   float* const t_gq = reinterpret_cast<float*>(prt_base + 35584);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 35840);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 71936);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 72192);  // f32[64] pitch 64
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 36096);  // f32[64] pitch 64
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 35584);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 71168);  // f32[2, 64] pitch 64
+  float* const t_gk = reinterpret_cast<float*>(prt_base + 71952);  // f32[64] pitch 64
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 72208);  // f32[64] pitch 64
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 36112);  // f32[64] pitch 64
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 36096);  // f32[1] pitch 1
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 71184);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -8811,6 +8854,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     }
   }
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  {
+    for (int r = tid; r < 64; r += 128) {
+      t_g_i[r] = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 128) {
@@ -8974,6 +9023,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       }
     }
   }
+  __syncthreads();
   // part = reduce_sum(p_dp, axis=1) via part_part
   {
     #pragma unroll
@@ -9194,7 +9244,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
           }
         }
       }
-      // p[row, col] = select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -9206,7 +9263,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p[j][q][e] = ((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - prt::to_f32(t_lse_i[r]))) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * prt::to_f32(t_g_i[r]));
+            }
+          }
+        }
+      }
+      // p[row, col] = pow(dot[row, col], 2)
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_p[j][q][e] = prt::powi<2>(f_dot[j][q][e]);
             }
           }
         }
@@ -10264,6 +10338,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
   float f_acc[1][16][4];  // f32[64, 128] as mma fragments: 64x128 in 16x128 units over 4 warps
   float f_part[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_wsum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 32784);  // f32[64] pitch 64
+  float f_g_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float f_h_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 32768);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 33024);  // f32[64] pitch 64
   float* const t_gk = reinterpret_cast<float*>(prt_base + 33536);  // f32[64] pitch 64
@@ -10420,6 +10497,34 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
   }
   prt::fence_proxy_async();
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = m0 + (lane >> 2) + 8 * h;
+        f_g_i[j][((2 * h)) >> 1] = ((f_lse_i[j][((2 * h)) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - f_lse_i[j][((2 * h)) >> 1]) / 2.0f)) : 0.0f);
+      }
+    }
+  }
+  // h_i[row] = ((g_i[row] * $scale) * 2.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = m0 + (lane >> 2) + 8 * h;
+        f_h_i[j][((2 * h)) >> 1] = ((f_g_i[j][((2 * h)) >> 1] * p_scale) * 2.0f);
+      }
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 128) {
@@ -10535,6 +10640,32 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       }
     }
   }
+  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  {
+    for (int i = tid; i < 8192; i += 128) {
+      const int r = i / 128, c = i % 128;
+      t_k_finite[(r) * 136 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))])) ? prt::to_f32(t_k[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))]) : 0.0f));
+    }
+  }
+  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int q = 0; q < 8; ++q) {
+        #pragma unroll
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float y0 = ((((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
+          const float y1 = ((((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
+          f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+        }
+      }
+    }
+  }
   // part = reduce_sum(W, axis=1)
   {
     #pragma unroll
@@ -10567,32 +10698,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       for (int h = 0; h < 2; ++h) {
         const int r = m0 + (lane >> 2) + 8 * h;
         f_wsum[j][((2 * h)) >> 1] = (f_wsum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-      }
-    }
-  }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
-  {
-    for (int i = tid; i < 8192; i += 128) {
-      const int r = i / 128, c = i % 128;
-      t_k_finite[(r) * 136 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))])) ? prt::to_f32(t_k[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))]) : 0.0f));
-    }
-  }
-  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-  {
-    #pragma unroll
-    for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-      (void)n0;
-      #pragma unroll
-      for (int q = 0; q < 8; ++q) {
-        #pragma unroll
-        for (int p = 0; p < 2; ++p) {
-          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-          const float y0 = ((((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-          const float y1 = ((((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
-          f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-        }
       }
     }
   }
@@ -10747,7 +10852,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
         prt::wgmma_commit();
         prt::wgmma_wait<0>();
       }
-      // W[row, col] = select((lse_i[row] != -Infinity), (select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      prt::fence_proxy_async();
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -10759,7 +10872,60 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_W[j][q][e] = ((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? (((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - f_lse_i[j][(e) >> 1])) : 0.0f) * (f_W[j][q][e] - f_Dy_i[j][(e) >> 1])) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * f_g_i[j][(e) >> 1]);
+            }
+          }
+        }
+      }
+      // W[row, col] = select((lse_i[row] != -Infinity), (W[row, col] - Dy_i[row]), 0.0)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_W[j][q][e] = ((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? (f_W[j][q][e] - f_Dy_i[j][(e) >> 1]) : 0.0f);
+            }
+          }
+        }
+      }
+      // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[col]) * h_i[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * prt::to_f32(t_fk[c])) * f_h_i[j][((2 * p)) >> 1]);
+              const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * prt::to_f32(t_fk[c + 1])) * f_h_i[j][((2 * p + 1)) >> 1]);
+              f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+            }
+          }
+        }
+      }
+      // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_W[j][q][e] = (f_W[j][q][e] * prt::powi<2>(f_dot[j][q][e]));
             }
           }
         }
@@ -10796,25 +10962,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
           for (int h = 0; h < 2; ++h) {
             const int r = m0 + (lane >> 2) + 8 * h;
             f_wsum[j][((2 * h)) >> 1] = (f_wsum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-          }
-        }
-      }
-      // ds[row, col] = select(((lse_i[row] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-          (void)n0;
-          #pragma unroll
-          for (int q = 0; q < 8; ++q) {
-            #pragma unroll
-            for (int p = 0; p < 2; ++p) {
-              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = (((f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-              const float y1 = (((f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
-              f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-            }
           }
         }
       }
@@ -11014,6 +11161,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
   float f_acc[1][16][4];  // f32[64, 128] as mma fragments: 64x128 in 16x128 units over 4 warps
   float f_part[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_wsum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 34832);  // f32[64] pitch 64
+  float f_g_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float f_h_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 34816);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 35072);  // f32[64] pitch 64
   float* const t_gk = reinterpret_cast<float*>(prt_base + 70400);  // f32[64] pitch 64
@@ -11168,6 +11318,34 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     }
   }
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = m0 + (lane >> 2) + 8 * h;
+        f_g_i[j][((2 * h)) >> 1] = ((f_lse_i[j][((2 * h)) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - f_lse_i[j][((2 * h)) >> 1]) / 2.0f)) : 0.0f);
+      }
+    }
+  }
+  // h_i[row] = ((g_i[row] * $scale) * 2.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = m0 + (lane >> 2) + 8 * h;
+        f_h_i[j][((2 * h)) >> 1] = ((f_g_i[j][((2 * h)) >> 1] * p_scale) * 2.0f);
+      }
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 128) {
@@ -11314,6 +11492,32 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       }
     }
   }
+  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  {
+    for (int i = tid; i < 8192; i += 128) {
+      const int r = i / 128, c = i % 128;
+      t_k_finite[(r) * 136 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[(r) * 136 + (c)])) ? prt::to_f32(t_k[(r) * 136 + (c)]) : 0.0f));
+    }
+  }
+  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int q = 0; q < 8; ++q) {
+        #pragma unroll
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float y0 = ((((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
+          const float y1 = ((((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
+          f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+        }
+      }
+    }
+  }
   // part = reduce_sum(W, axis=1)
   {
     #pragma unroll
@@ -11346,32 +11550,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       for (int h = 0; h < 2; ++h) {
         const int r = m0 + (lane >> 2) + 8 * h;
         f_wsum[j][((2 * h)) >> 1] = (f_wsum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-      }
-    }
-  }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
-  {
-    for (int i = tid; i < 8192; i += 128) {
-      const int r = i / 128, c = i % 128;
-      t_k_finite[(r) * 136 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[(r) * 136 + (c)])) ? prt::to_f32(t_k[(r) * 136 + (c)]) : 0.0f));
-    }
-  }
-  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-  {
-    #pragma unroll
-    for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-      (void)n0;
-      #pragma unroll
-      for (int q = 0; q < 8; ++q) {
-        #pragma unroll
-        for (int p = 0; p < 2; ++p) {
-          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-          const float y0 = ((((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-          const float y1 = ((((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
-          f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-        }
       }
     }
   }
@@ -11555,7 +11733,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
           }
         }
       }
-      // W[row, col] = select((lse_i[row] != -Infinity), (select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -11567,7 +11752,60 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_W[j][q][e] = ((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? (((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - f_lse_i[j][(e) >> 1])) : 0.0f) * (f_W[j][q][e] - f_Dy_i[j][(e) >> 1])) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * f_g_i[j][(e) >> 1]);
+            }
+          }
+        }
+      }
+      // W[row, col] = select((lse_i[row] != -Infinity), (W[row, col] - Dy_i[row]), 0.0)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_W[j][q][e] = ((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? (f_W[j][q][e] - f_Dy_i[j][(e) >> 1]) : 0.0f);
+            }
+          }
+        }
+      }
+      // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[col]) * h_i[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * prt::to_f32(t_fk[c])) * f_h_i[j][((2 * p)) >> 1]);
+              const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * prt::to_f32(t_fk[c + 1])) * f_h_i[j][((2 * p + 1)) >> 1]);
+              f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+            }
+          }
+        }
+      }
+      // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_W[j][q][e] = (f_W[j][q][e] * prt::powi<2>(f_dot[j][q][e]));
             }
           }
         }
@@ -11604,25 +11842,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
           for (int h = 0; h < 2; ++h) {
             const int r = m0 + (lane >> 2) + 8 * h;
             f_wsum[j][((2 * h)) >> 1] = (f_wsum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-          }
-        }
-      }
-      // ds[row, col] = select(((lse_i[row] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-          (void)n0;
-          #pragma unroll
-          for (int q = 0; q < 8; ++q) {
-            #pragma unroll
-            for (int p = 0; p < 2; ++p) {
-              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = (((f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-              const float y1 = (((f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
-              f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-            }
           }
         }
       }
@@ -11712,7 +11931,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
 // grid ((($t + 31) // 32), $h, $b), 64 threads
 extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e128_c64_f16_w2_bd0_bt32_s2(
     const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 60560 bytes of dynamic shared memory
+  // sm_80: 60816 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -11855,12 +12074,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
   __half* const t_q = reinterpret_cast<__half*>(prt_base + 42880);  // f16[32, 128] pitch 136
   __half* const t_dy = reinterpret_cast<__half*>(prt_base + 34176);  // f16[32, 128] pitch 136
   __half* const t_q_finite = reinterpret_cast<__half*>(prt_base + 51584);  // f16[32, 128] pitch 136
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 60416);  // f32[32] pitch 32
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 60672);  // f32[32] pitch 32
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 17408);  // f32[32] pitch 32
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 60288);  // f32[32] pitch 32
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 60416);  // f32[32] pitch 32
   float* const t_cq = reinterpret_cast<float*>(prt_base + 17536);  // f32[32] pitch 32
   float f_ck[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 60544);  // f32[1] pitch 1
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 60800);  // f32[1] pitch 1
   float f_dot[1][4][4];  // f32[32, 32] as mma fragments: 32x32 in 16x32 units over 2 warps
   float f_W[1][4][4];  // f32[32, 32] as mma fragments: 32x32 in 16x32 units over 2 warps
   uint32_t f_p[1][4][2];  // f16[32, 32] as mma fragments, two per register: 32x32 in 16x32 units over 2 warps
@@ -11870,6 +12089,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
   float f_part[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
   float f_col_sum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
   float f_row_sum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
+  float f_fk[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 60288);  // f32[32] pitch 32
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 60544);  // f32[32] pitch 32
   // k = load.async K[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -12248,41 +12470,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
           }
         }
       }
-      // part = reduce_sum(W, axis=1)
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 2;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_W[j][0][2 * h];
-            acc += f_W[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 4; ++q) {
-              acc += f_W[j][q][2 * h];
-              acc += f_W[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
-            (void)r;
-            f_part[j][((2 * h)) >> 1] = acc;
-          }
-        }
-      }
-      // col_sum[row] = (col_sum[row] + part[row])
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 2;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          (void)n0;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int r = m0 + (lane >> 2) + 8 * h;
-            f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-          }
-        }
-      }
       // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
       {
         for (int i = tid; i < 4096; i += 64) {
@@ -12364,6 +12551,41 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
               const float y1 = ((((r <= c + 1) && (prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
               f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
+          }
+        }
+      }
+      // part = reduce_sum(W, axis=1)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 2;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float acc = f_W[j][0][2 * h];
+            acc += f_W[j][0][2 * h + 1];
+            #pragma unroll
+            for (int q = 1; q < 4; ++q) {
+              acc += f_W[j][q][2 * h];
+              acc += f_W[j][q][2 * h + 1];
+            }
+            acc = prt::quad_sum(acc);
+            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
+            (void)r;
+            f_part[j][((2 * h)) >> 1] = acc;
+          }
+        }
+      }
+      // col_sum[row] = (col_sum[row] + part[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 2;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          (void)n0;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = m0 + (lane >> 2) + 8 * h;
+            f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
           }
         }
       }
@@ -12576,8 +12798,33 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
               }
             }
           }
+          // fk[row] = exp((ck[row] / 2.0))
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 2;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+              (void)n0;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int r = m0 + (lane >> 2) + 8 * h;
+                f_fk[j][((2 * h)) >> 1] = prt::exp((f_ck[j][((2 * h)) >> 1] / 2.0f));
+              }
+            }
+          }
           __syncthreads();
-          // W[row, col] = select((lse_i[col] != -Infinity), (select((lse_i[col] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0) * (W[row, col] - Dy_i[col])), 0.0)
+          // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+          // h_i[row] = ((g_i[row] * $scale) * 2.0)
+          {
+            for (int r = tid; r < 32; r += 64) {
+              const float y0 = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
+              const float y1 = prt::from_f32<float>(((y0 * p_scale) * 2.0f));
+              t_g_i[r] = y0;
+              t_h_i[r] = y1;
+            }
+          }
+          __syncthreads();
+          // dot[row, col] = (((dot[row, col] * $scale) * fk[row]) * g_i[col])
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -12589,47 +12836,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][(e) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[c]))) : 0.0f);
+                  f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * f_fk[j][(e) >> 1]) * prt::to_f32(t_g_i[c]));
                 }
               }
             }
           }
-          // part = reduce_sum(W, axis=1)
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 2;
-              #pragma unroll
-              for (int h = 0; h < 2; ++h) {
-                float acc = f_W[j][0][2 * h];
-                acc += f_W[j][0][2 * h + 1];
-                #pragma unroll
-                for (int q = 1; q < 4; ++q) {
-                  acc += f_W[j][q][2 * h];
-                  acc += f_W[j][q][2 * h + 1];
-                }
-                acc = prt::quad_sum(acc);
-                const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
-                (void)r;
-                f_part[j][((2 * h)) >> 1] = acc;
-              }
-            }
-          }
-          // col_sum[row] = (col_sum[row] + part[row])
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 2;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              (void)n0;
-              #pragma unroll
-              for (int h = 0; h < 2; ++h) {
-                const int r = m0 + (lane >> 2) + 8 * h;
-                f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-              }
-            }
-          }
-          // p[row, col] = select((lse_i[col] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0)
+          // p[row, col] = pow(dot[row, col], 2)
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -12641,8 +12853,8 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
                 #pragma unroll
                 for (int p = 0; p < 2; ++p) {
                   const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-                  const float y0 = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][((2 * p)) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f);
-                  const float y1 = ((prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c + 1])) + f_ck[j][((2 * p + 1)) >> 1]) - prt::to_f32(t_lse_i[c + 1]))) : 0.0f);
+                  const float y0 = prt::powi<2>(f_dot[j][q][(2 * p)]);
+                  const float y1 = prt::powi<2>(f_dot[j][q][(2 * p + 1)]);
                   f_p[j][q][p] = prt::pack2_rn<__half>(y0, y1);
                 }
               }
@@ -12687,7 +12899,24 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
                 for (int e = 0; e < 4; ++e) t_acc_v[(((warp + j * 2) / 1) * 16 + prt::frag_row(lane, e)) * 128 + (((warp + j * 2) % 1) * 128 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
             }
           }
-          // ds[row, col] = select(((lse_i[col] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
+          // W[row, col] = select((lse_i[col] != -Infinity), (W[row, col] - Dy_i[col]), 0.0)
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 2;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (f_W[j][q][e] - prt::to_f32(t_Dy_i[c])) : 0.0f);
+                }
+              }
+            }
+          }
+          // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[row]) * h_i[col])
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -12699,10 +12928,62 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
                 #pragma unroll
                 for (int p = 0; p < 2; ++p) {
                   const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-                  const float y0 = (((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-                  const float y1 = (((prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
+                  const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * f_fk[j][((2 * p)) >> 1]) * prt::to_f32(t_h_i[c]));
+                  const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * f_fk[j][((2 * p + 1)) >> 1]) * prt::to_f32(t_h_i[c + 1]));
                   f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
                 }
+              }
+            }
+          }
+          // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 2;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_W[j][q][e] = (f_W[j][q][e] * prt::powi<2>(f_dot[j][q][e]));
+                }
+              }
+            }
+          }
+          // part = reduce_sum(W, axis=1)
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 2;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                float acc = f_W[j][0][2 * h];
+                acc += f_W[j][0][2 * h + 1];
+                #pragma unroll
+                for (int q = 1; q < 4; ++q) {
+                  acc += f_W[j][q][2 * h];
+                  acc += f_W[j][q][2 * h + 1];
+                }
+                acc = prt::quad_sum(acc);
+                const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
+                (void)r;
+                f_part[j][((2 * h)) >> 1] = acc;
+              }
+            }
+          }
+          // col_sum[row] = (col_sum[row] + part[row])
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 2;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+              (void)n0;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int r = m0 + (lane >> 2) + 8 * h;
+                f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
               }
             }
           }
@@ -18691,6 +18972,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
   float f_part[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_acc_dy[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_acc_p[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 32784);  // f32[64] pitch 64
+  float f_g_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 32768);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 33024);  // f32[64] pitch 64
   float* const t_gk = reinterpret_cast<float*>(prt_base + 33536);  // f32[64] pitch 64
@@ -18825,6 +19108,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
   }
   prt::fence_proxy_async();
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = m0 + (lane >> 2) + 8 * h;
+        f_g_i[j][((2 * h)) >> 1] = ((f_lse_i[j][((2 * h)) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - f_lse_i[j][((2 * h)) >> 1]) / 2.0f)) : 0.0f);
+      }
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 128) {
@@ -19151,7 +19448,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
         prt::wgmma_commit();
         prt::wgmma_wait<0>();
       }
-      // p[row, col] = select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      prt::fence_proxy_async();
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -19163,7 +19468,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p[j][q][e] = ((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - f_lse_i[j][(e) >> 1])) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * f_g_i[j][(e) >> 1]);
+            }
+          }
+        }
+      }
+      // p[row, col] = pow(dot[row, col], 2)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_p[j][q][e] = prt::powi<2>(f_dot[j][q][e]);
             }
           }
         }
@@ -19334,7 +19656,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
     }
   }
 #else
-  // sm_80: 72448 bytes of dynamic shared memory
+  // sm_80: 72464 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -19436,21 +19758,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
   __half* const t_q = reinterpret_cast<__half*>(prt_base + 0);  // f16[64, 128] pitch 136
   __half* const t_dy = reinterpret_cast<__half*>(prt_base + 17408);  // f16[64, 128] pitch 136
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 34816);  // f32[64] pitch 64
-  __half* const t_k = reinterpret_cast<__half*>(prt_base + 36352);  // f16[64, 128] pitch 136
-  __half* const t_v = reinterpret_cast<__half*>(prt_base + 53760);  // f16[64, 128] pitch 136
+  __half* const t_k = reinterpret_cast<__half*>(prt_base + 36368);  // f16[64, 128] pitch 136
+  __half* const t_v = reinterpret_cast<__half*>(prt_base + 53776);  // f16[64, 128] pitch 136
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p_dp[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_part = reinterpret_cast<float*>(prt_base + 71680);  // f32[64] pitch 64
+  float* const t_part = reinterpret_cast<float*>(prt_base + 35840);  // f32[64] pitch 64
   float* const t_acc_dy = reinterpret_cast<float*>(prt_base + 35072);  // f32[64] pitch 64
   float* const t_acc_p = reinterpret_cast<float*>(prt_base + 35328);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 71696);  // f32[64] pitch 64
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 35584);  // f32[64] pitch 64
   float* const t_gq = reinterpret_cast<float*>(prt_base + 35584);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 35840);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 71936);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 72192);  // f32[64] pitch 64
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 36096);  // f32[64] pitch 64
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 35584);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 71168);  // f32[2, 64] pitch 64
+  float* const t_gk = reinterpret_cast<float*>(prt_base + 71952);  // f32[64] pitch 64
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 72208);  // f32[64] pitch 64
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 36112);  // f32[64] pitch 64
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 36096);  // f32[1] pitch 1
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 71184);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -19552,6 +19876,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
     }
   }
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  {
+    for (int r = tid; r < 64; r += 128) {
+      t_g_i[r] = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 128) {
@@ -19715,6 +20045,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
       }
     }
   }
+  __syncthreads();
   // part = reduce_sum(p_dp, axis=1) via part_part
   {
     #pragma unroll
@@ -19935,7 +20266,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
           }
         }
       }
-      // p[row, col] = select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -19947,7 +20285,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p[j][q][e] = ((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - prt::to_f32(t_lse_i[r]))) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * prt::to_f32(t_g_i[r]));
+            }
+          }
+        }
+      }
+      // p[row, col] = pow(dot[row, col], 2)
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_p[j][q][e] = prt::powi<2>(f_dot[j][q][e]);
             }
           }
         }
@@ -20213,6 +20568,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
   float f_acc[1][16][4];  // f32[64, 128] as mma fragments: 64x128 in 16x128 units over 4 warps
   float f_part[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_wsum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 32784);  // f32[64] pitch 64
+  float f_g_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float f_h_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 32768);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 33024);  // f32[64] pitch 64
   float* const t_gk = reinterpret_cast<float*>(prt_base + 33536);  // f32[64] pitch 64
@@ -20369,6 +20727,34 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
   }
   prt::fence_proxy_async();
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = m0 + (lane >> 2) + 8 * h;
+        f_g_i[j][((2 * h)) >> 1] = ((f_lse_i[j][((2 * h)) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - f_lse_i[j][((2 * h)) >> 1]) / 2.0f)) : 0.0f);
+      }
+    }
+  }
+  // h_i[row] = ((g_i[row] * $scale) * 2.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = m0 + (lane >> 2) + 8 * h;
+        f_h_i[j][((2 * h)) >> 1] = ((f_g_i[j][((2 * h)) >> 1] * p_scale) * 2.0f);
+      }
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 128) {
@@ -20484,6 +20870,32 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
       }
     }
   }
+  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  {
+    for (int i = tid; i < 8192; i += 128) {
+      const int r = i / 128, c = i % 128;
+      t_k_finite[(r) * 136 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))])) ? prt::to_f32(t_k[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))]) : 0.0f));
+    }
+  }
+  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int q = 0; q < 8; ++q) {
+        #pragma unroll
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float y0 = ((((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
+          const float y1 = ((((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
+          f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+        }
+      }
+    }
+  }
   // part = reduce_sum(W, axis=1)
   {
     #pragma unroll
@@ -20516,32 +20928,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
       for (int h = 0; h < 2; ++h) {
         const int r = m0 + (lane >> 2) + 8 * h;
         f_wsum[j][((2 * h)) >> 1] = (f_wsum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-      }
-    }
-  }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
-  {
-    for (int i = tid; i < 8192; i += 128) {
-      const int r = i / 128, c = i % 128;
-      t_k_finite[(r) * 136 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))])) ? prt::to_f32(t_k[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))]) : 0.0f));
-    }
-  }
-  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-  {
-    #pragma unroll
-    for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-      (void)n0;
-      #pragma unroll
-      for (int q = 0; q < 8; ++q) {
-        #pragma unroll
-        for (int p = 0; p < 2; ++p) {
-          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-          const float y0 = ((((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-          const float y1 = ((((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
-          f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-        }
       }
     }
   }
@@ -20696,7 +21082,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
         prt::wgmma_commit();
         prt::wgmma_wait<0>();
       }
-      // W[row, col] = select((lse_i[row] != -Infinity), (select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      prt::fence_proxy_async();
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -20708,7 +21102,60 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_W[j][q][e] = ((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? (((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - f_lse_i[j][(e) >> 1])) : 0.0f) * (f_W[j][q][e] - f_Dy_i[j][(e) >> 1])) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * f_g_i[j][(e) >> 1]);
+            }
+          }
+        }
+      }
+      // W[row, col] = select((lse_i[row] != -Infinity), (W[row, col] - Dy_i[row]), 0.0)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_W[j][q][e] = ((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? (f_W[j][q][e] - f_Dy_i[j][(e) >> 1]) : 0.0f);
+            }
+          }
+        }
+      }
+      // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[col]) * h_i[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * prt::to_f32(t_fk[c])) * f_h_i[j][((2 * p)) >> 1]);
+              const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * prt::to_f32(t_fk[c + 1])) * f_h_i[j][((2 * p + 1)) >> 1]);
+              f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+            }
+          }
+        }
+      }
+      // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_W[j][q][e] = (f_W[j][q][e] * prt::powi<2>(f_dot[j][q][e]));
             }
           }
         }
@@ -20745,25 +21192,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
           for (int h = 0; h < 2; ++h) {
             const int r = m0 + (lane >> 2) + 8 * h;
             f_wsum[j][((2 * h)) >> 1] = (f_wsum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-          }
-        }
-      }
-      // ds[row, col] = select(((lse_i[row] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-          (void)n0;
-          #pragma unroll
-          for (int q = 0; q < 8; ++q) {
-            #pragma unroll
-            for (int p = 0; p < 2; ++p) {
-              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = (((f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-              const float y1 = (((f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
-              f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-            }
           }
         }
       }
@@ -20963,6 +21391,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
   float f_acc[1][16][4];  // f32[64, 128] as mma fragments: 64x128 in 16x128 units over 4 warps
   float f_part[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_wsum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 34832);  // f32[64] pitch 64
+  float f_g_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float f_h_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 34816);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 35072);  // f32[64] pitch 64
   float* const t_gk = reinterpret_cast<float*>(prt_base + 70400);  // f32[64] pitch 64
@@ -21117,6 +21548,34 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
     }
   }
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = m0 + (lane >> 2) + 8 * h;
+        f_g_i[j][((2 * h)) >> 1] = ((f_lse_i[j][((2 * h)) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - f_lse_i[j][((2 * h)) >> 1]) / 2.0f)) : 0.0f);
+      }
+    }
+  }
+  // h_i[row] = ((g_i[row] * $scale) * 2.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = m0 + (lane >> 2) + 8 * h;
+        f_h_i[j][((2 * h)) >> 1] = ((f_g_i[j][((2 * h)) >> 1] * p_scale) * 2.0f);
+      }
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 128) {
@@ -21263,6 +21722,32 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
       }
     }
   }
+  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  {
+    for (int i = tid; i < 8192; i += 128) {
+      const int r = i / 128, c = i % 128;
+      t_k_finite[(r) * 136 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[(r) * 136 + (c)])) ? prt::to_f32(t_k[(r) * 136 + (c)]) : 0.0f));
+    }
+  }
+  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int q = 0; q < 8; ++q) {
+        #pragma unroll
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float y0 = ((((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
+          const float y1 = ((((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
+          f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+        }
+      }
+    }
+  }
   // part = reduce_sum(W, axis=1)
   {
     #pragma unroll
@@ -21295,32 +21780,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
       for (int h = 0; h < 2; ++h) {
         const int r = m0 + (lane >> 2) + 8 * h;
         f_wsum[j][((2 * h)) >> 1] = (f_wsum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-      }
-    }
-  }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
-  {
-    for (int i = tid; i < 8192; i += 128) {
-      const int r = i / 128, c = i % 128;
-      t_k_finite[(r) * 136 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[(r) * 136 + (c)])) ? prt::to_f32(t_k[(r) * 136 + (c)]) : 0.0f));
-    }
-  }
-  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-  {
-    #pragma unroll
-    for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-      (void)n0;
-      #pragma unroll
-      for (int q = 0; q < 8; ++q) {
-        #pragma unroll
-        for (int p = 0; p < 2; ++p) {
-          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-          const float y0 = ((((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-          const float y1 = ((((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
-          f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-        }
       }
     }
   }
@@ -21504,7 +21963,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
           }
         }
       }
-      // W[row, col] = select((lse_i[row] != -Infinity), (select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -21516,7 +21982,60 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_W[j][q][e] = ((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? (((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - f_lse_i[j][(e) >> 1])) : 0.0f) * (f_W[j][q][e] - f_Dy_i[j][(e) >> 1])) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * f_g_i[j][(e) >> 1]);
+            }
+          }
+        }
+      }
+      // W[row, col] = select((lse_i[row] != -Infinity), (W[row, col] - Dy_i[row]), 0.0)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_W[j][q][e] = ((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? (f_W[j][q][e] - f_Dy_i[j][(e) >> 1]) : 0.0f);
+            }
+          }
+        }
+      }
+      // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[col]) * h_i[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * prt::to_f32(t_fk[c])) * f_h_i[j][((2 * p)) >> 1]);
+              const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * prt::to_f32(t_fk[c + 1])) * f_h_i[j][((2 * p + 1)) >> 1]);
+              f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+            }
+          }
+        }
+      }
+      // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_W[j][q][e] = (f_W[j][q][e] * prt::powi<2>(f_dot[j][q][e]));
             }
           }
         }
@@ -21553,25 +22072,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
           for (int h = 0; h < 2; ++h) {
             const int r = m0 + (lane >> 2) + 8 * h;
             f_wsum[j][((2 * h)) >> 1] = (f_wsum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-          }
-        }
-      }
-      // ds[row, col] = select(((lse_i[row] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-          (void)n0;
-          #pragma unroll
-          for (int q = 0; q < 8; ++q) {
-            #pragma unroll
-            for (int p = 0; p < 2; ++p) {
-              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = (((f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-              const float y1 = (((f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
-              f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-            }
           }
         }
       }
@@ -21661,7 +22161,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
 // grid ((($t + 31) // 32), $h, $b), 64 threads
 extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128_e128_c64_f16_w2_bd0_bt32_s2(
     const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, __half* g_dK, __half* g_dV, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 60560 bytes of dynamic shared memory
+  // sm_80: 60816 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -21804,12 +22304,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
   __half* const t_q = reinterpret_cast<__half*>(prt_base + 42880);  // f16[32, 128] pitch 136
   __half* const t_dy = reinterpret_cast<__half*>(prt_base + 34176);  // f16[32, 128] pitch 136
   __half* const t_q_finite = reinterpret_cast<__half*>(prt_base + 51584);  // f16[32, 128] pitch 136
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 60416);  // f32[32] pitch 32
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 60672);  // f32[32] pitch 32
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 17408);  // f32[32] pitch 32
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 60288);  // f32[32] pitch 32
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 60416);  // f32[32] pitch 32
   float* const t_cq = reinterpret_cast<float*>(prt_base + 17536);  // f32[32] pitch 32
   float f_ck[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 60544);  // f32[1] pitch 1
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 60800);  // f32[1] pitch 1
   float f_dot[1][4][4];  // f32[32, 32] as mma fragments: 32x32 in 16x32 units over 2 warps
   float f_W[1][4][4];  // f32[32, 32] as mma fragments: 32x32 in 16x32 units over 2 warps
   uint32_t f_p[1][4][2];  // f16[32, 32] as mma fragments, two per register: 32x32 in 16x32 units over 2 warps
@@ -21819,6 +22319,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
   float f_part[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
   float f_col_sum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
   float f_row_sum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
+  float f_fk[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 60288);  // f32[32] pitch 32
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 60544);  // f32[32] pitch 32
   // k = load.async K[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -22197,41 +22700,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
           }
         }
       }
-      // part = reduce_sum(W, axis=1)
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 2;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_W[j][0][2 * h];
-            acc += f_W[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 4; ++q) {
-              acc += f_W[j][q][2 * h];
-              acc += f_W[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
-            (void)r;
-            f_part[j][((2 * h)) >> 1] = acc;
-          }
-        }
-      }
-      // col_sum[row] = (col_sum[row] + part[row])
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 2;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          (void)n0;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int r = m0 + (lane >> 2) + 8 * h;
-            f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-          }
-        }
-      }
       // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
       {
         for (int i = tid; i < 4096; i += 64) {
@@ -22313,6 +22781,41 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
               const float y1 = ((((r <= c + 1) && (prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
               f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
+          }
+        }
+      }
+      // part = reduce_sum(W, axis=1)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 2;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float acc = f_W[j][0][2 * h];
+            acc += f_W[j][0][2 * h + 1];
+            #pragma unroll
+            for (int q = 1; q < 4; ++q) {
+              acc += f_W[j][q][2 * h];
+              acc += f_W[j][q][2 * h + 1];
+            }
+            acc = prt::quad_sum(acc);
+            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
+            (void)r;
+            f_part[j][((2 * h)) >> 1] = acc;
+          }
+        }
+      }
+      // col_sum[row] = (col_sum[row] + part[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 2;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          (void)n0;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = m0 + (lane >> 2) + 8 * h;
+            f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
           }
         }
       }
@@ -22525,8 +23028,33 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
               }
             }
           }
+          // fk[row] = exp((ck[row] / 2.0))
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 2;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+              (void)n0;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int r = m0 + (lane >> 2) + 8 * h;
+                f_fk[j][((2 * h)) >> 1] = prt::exp((f_ck[j][((2 * h)) >> 1] / 2.0f));
+              }
+            }
+          }
           __syncthreads();
-          // W[row, col] = select((lse_i[col] != -Infinity), (select((lse_i[col] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0) * (W[row, col] - Dy_i[col])), 0.0)
+          // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+          // h_i[row] = ((g_i[row] * $scale) * 2.0)
+          {
+            for (int r = tid; r < 32; r += 64) {
+              const float y0 = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
+              const float y1 = prt::from_f32<float>(((y0 * p_scale) * 2.0f));
+              t_g_i[r] = y0;
+              t_h_i[r] = y1;
+            }
+          }
+          __syncthreads();
+          // dot[row, col] = (((dot[row, col] * $scale) * fk[row]) * g_i[col])
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -22538,47 +23066,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][(e) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[c]))) : 0.0f);
+                  f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * f_fk[j][(e) >> 1]) * prt::to_f32(t_g_i[c]));
                 }
               }
             }
           }
-          // part = reduce_sum(W, axis=1)
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 2;
-              #pragma unroll
-              for (int h = 0; h < 2; ++h) {
-                float acc = f_W[j][0][2 * h];
-                acc += f_W[j][0][2 * h + 1];
-                #pragma unroll
-                for (int q = 1; q < 4; ++q) {
-                  acc += f_W[j][q][2 * h];
-                  acc += f_W[j][q][2 * h + 1];
-                }
-                acc = prt::quad_sum(acc);
-                const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
-                (void)r;
-                f_part[j][((2 * h)) >> 1] = acc;
-              }
-            }
-          }
-          // col_sum[row] = (col_sum[row] + part[row])
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 2;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              (void)n0;
-              #pragma unroll
-              for (int h = 0; h < 2; ++h) {
-                const int r = m0 + (lane >> 2) + 8 * h;
-                f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-              }
-            }
-          }
-          // p[row, col] = select((lse_i[col] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0)
+          // p[row, col] = pow(dot[row, col], 2)
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -22590,8 +23083,8 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
                 #pragma unroll
                 for (int p = 0; p < 2; ++p) {
                   const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-                  const float y0 = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][((2 * p)) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f);
-                  const float y1 = ((prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c + 1])) + f_ck[j][((2 * p + 1)) >> 1]) - prt::to_f32(t_lse_i[c + 1]))) : 0.0f);
+                  const float y0 = prt::powi<2>(f_dot[j][q][(2 * p)]);
+                  const float y1 = prt::powi<2>(f_dot[j][q][(2 * p + 1)]);
                   f_p[j][q][p] = prt::pack2_rn<__half>(y0, y1);
                 }
               }
@@ -22636,7 +23129,24 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
                 for (int e = 0; e < 4; ++e) t_acc_v[(((warp + j * 2) / 1) * 16 + prt::frag_row(lane, e)) * 128 + (((warp + j * 2) % 1) * 128 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
             }
           }
-          // ds[row, col] = select(((lse_i[col] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
+          // W[row, col] = select((lse_i[col] != -Infinity), (W[row, col] - Dy_i[col]), 0.0)
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 2;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (f_W[j][q][e] - prt::to_f32(t_Dy_i[c])) : 0.0f);
+                }
+              }
+            }
+          }
+          // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[row]) * h_i[col])
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -22648,10 +23158,62 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
                 #pragma unroll
                 for (int p = 0; p < 2; ++p) {
                   const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-                  const float y0 = (((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-                  const float y1 = (((prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
+                  const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * f_fk[j][((2 * p)) >> 1]) * prt::to_f32(t_h_i[c]));
+                  const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * f_fk[j][((2 * p + 1)) >> 1]) * prt::to_f32(t_h_i[c + 1]));
                   f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
                 }
+              }
+            }
+          }
+          // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 2;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_W[j][q][e] = (f_W[j][q][e] * prt::powi<2>(f_dot[j][q][e]));
+                }
+              }
+            }
+          }
+          // part = reduce_sum(W, axis=1)
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 2;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                float acc = f_W[j][0][2 * h];
+                acc += f_W[j][0][2 * h + 1];
+                #pragma unroll
+                for (int q = 1; q < 4; ++q) {
+                  acc += f_W[j][q][2 * h];
+                  acc += f_W[j][q][2 * h + 1];
+                }
+                acc = prt::quad_sum(acc);
+                const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
+                (void)r;
+                f_part[j][((2 * h)) >> 1] = acc;
+              }
+            }
+          }
+          // col_sum[row] = (col_sum[row] + part[row])
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 2;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+              (void)n0;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int r = m0 + (lane >> 2) + 8 * h;
+                f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
               }
             }
           }
@@ -23993,9 +24555,9 @@ extern "C" cudaError_t prt_query_state_p2_d128_e128_c64_f16_w4_bd0_bt16_s1_launc
 }
 
 extern "C" cudaError_t prt_attention_bwd_prep_p2_d128_e128_c64_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d128_e128_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 72448);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d128_e128_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 72464);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_prep_p2_d128_e128_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 72448, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_prep_p2_d128_e128_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 72464, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -24014,9 +24576,9 @@ extern "C" cudaError_t prt_attention_bwd_dq_p2_d128_e128_c64_f16_w4_bd0_bt64_s2_
 }
 
 extern "C" cudaError_t prt_attention_bwd_dkv_p2_d128_e128_c64_f16_w2_bd0_bt32_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_p2_d128_e128_c64_f16_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 60560);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_p2_d128_e128_c64_f16_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 60816);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dkv_p2_d128_e128_c64_f16_w2_bd0_bt32_s2<<<grid, 64, 60560, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dkv_p2_d128_e128_c64_f16_w2_bd0_bt32_s2<<<grid, 64, 60816, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -24049,9 +24611,9 @@ extern "C" cudaError_t prt_combine_grads_p2_d128_e128_c64_f16_w4_bd0_bt64_s1_lau
 }
 
 extern "C" cudaError_t prt_attention_bwd_prep_y_p2_d128_e128_c64_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, float* g_Dy, float* g_lseB, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_y_p2_d128_e128_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 72448);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_y_p2_d128_e128_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 72464);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_prep_y_p2_d128_e128_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 72448, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_lseB, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_prep_y_p2_d128_e128_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 72464, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_lseB, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -24063,9 +24625,9 @@ extern "C" cudaError_t prt_attention_bwd_dq_y_p2_d128_e128_c64_f16_w4_bd0_bt64_s
 }
 
 extern "C" cudaError_t prt_attention_bwd_dkv_y_p2_d128_e128_c64_f16_w2_bd0_bt32_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, __half* g_dK, __half* g_dV, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_y_p2_d128_e128_c64_f16_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 60560);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_y_p2_d128_e128_c64_f16_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 60816);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dkv_y_p2_d128_e128_c64_f16_w2_bd0_bt32_s2<<<grid, 64, 60560, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dK, g_dV, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dkv_y_p2_d128_e128_c64_f16_w2_bd0_bt32_s2<<<grid, 64, 60816, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dK, g_dV, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 

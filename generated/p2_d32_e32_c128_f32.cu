@@ -3505,7 +3505,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
 // grid ((($t + 63) // 64), $hq, $b), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_e32_c128_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 39680 bytes of dynamic shared memory
+  // sm_80: 39696 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -3607,21 +3607,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
   float* const t_q = reinterpret_cast<float*>(prt_base + 0);  // f32[64, 32] pitch 36
   float* const t_dy = reinterpret_cast<float*>(prt_base + 9216);  // f32[64, 32] pitch 36
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 18432);  // f32[64] pitch 64
-  float* const t_k = reinterpret_cast<float*>(prt_base + 19968);  // f32[64, 32] pitch 36
-  float* const t_v = reinterpret_cast<float*>(prt_base + 29184);  // f32[64, 32] pitch 36
+  float* const t_k = reinterpret_cast<float*>(prt_base + 19984);  // f32[64, 32] pitch 36
+  float* const t_v = reinterpret_cast<float*>(prt_base + 29200);  // f32[64, 32] pitch 36
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p_dp[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_part = reinterpret_cast<float*>(prt_base + 38912);  // f32[64] pitch 64
+  float* const t_part = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
   float* const t_acc_dy = reinterpret_cast<float*>(prt_base + 18688);  // f32[64] pitch 64
   float* const t_acc_p = reinterpret_cast<float*>(prt_base + 18944);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 38928);  // f32[64] pitch 64
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
   float* const t_gq = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 39168);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 39424);  // f32[64] pitch 64
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 19712);  // f32[64] pitch 64
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 19200);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 38400);  // f32[2, 64] pitch 64
+  float* const t_gk = reinterpret_cast<float*>(prt_base + 39184);  // f32[64] pitch 64
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 39440);  // f32[64] pitch 64
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 19728);  // f32[64] pitch 64
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 19712);  // f32[1] pitch 1
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 38416);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -3723,6 +3725,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     }
   }
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  {
+    for (int r = tid; r < 64; r += 128) {
+      t_g_i[r] = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 128) {
@@ -3872,6 +3880,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       }
     }
   }
+  __syncthreads();
   // part = reduce_sum(p_dp, axis=1) via part_part
   {
     #pragma unroll
@@ -4078,7 +4087,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
           }
         }
       }
-      // p[row, col] = select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -4090,7 +4106,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p[j][q][e] = ((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - prt::to_f32(t_lse_i[r]))) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * prt::to_f32(t_g_i[r]));
+            }
+          }
+        }
+      }
+      // p[row, col] = pow(dot[row, col], 2)
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_p[j][q][e] = prt::powi<2>(f_dot[j][q][e]);
             }
           }
         }
@@ -5011,7 +5044,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
 // grid ((($t + 63) // 64), $hq, $b), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e32_c128_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 65792 bytes of dynamic shared memory
+  // sm_80: 65808 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -5127,22 +5160,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
   float* const t_dy = reinterpret_cast<float*>(prt_base + 9216);  // f32[64, 32] pitch 36
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 18432);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 18688);  // f32[64] pitch 64
-  float* const t_k = reinterpret_cast<float*>(prt_base + 19968);  // f32[64, 32] pitch 36
-  float* const t_v = reinterpret_cast<float*>(prt_base + 29184);  // f32[64, 32] pitch 36
-  float* const t_k_finite = reinterpret_cast<float*>(prt_base + 39168);  // f32[64, 32] pitch 36
+  float* const t_k = reinterpret_cast<float*>(prt_base + 20240);  // f32[64, 32] pitch 36
+  float* const t_v = reinterpret_cast<float*>(prt_base + 29456);  // f32[64, 32] pitch 36
+  float* const t_k_finite = reinterpret_cast<float*>(prt_base + 38672);  // f32[64, 32] pitch 36
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_W[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_ds = reinterpret_cast<float*>(prt_base + 48384);  // f32[64, 64] pitch 68
+  float* const t_ds = reinterpret_cast<float*>(prt_base + 47888);  // f32[64, 64] pitch 68
   float f_acc[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
-  float* const t_part = reinterpret_cast<float*>(prt_base + 38912);  // f32[64] pitch 64
+  float* const t_part = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
   float* const t_wsum = reinterpret_cast<float*>(prt_base + 18944);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 38672);  // f32[64] pitch 64
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 19712);  // f32[64] pitch 64
   float* const t_gq = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 39168);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 39424);  // f32[64] pitch 64
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 19712);  // f32[64] pitch 64
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 19200);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 38400);  // f32[2, 64] pitch 64
+  float* const t_gk = reinterpret_cast<float*>(prt_base + 38928);  // f32[64] pitch 64
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 39184);  // f32[64] pitch 64
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 19984);  // f32[64] pitch 64
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 19968);  // f32[1] pitch 1
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 65296);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -5269,6 +5305,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     }
   }
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  // h_i[row] = ((g_i[row] * $scale) * 2.0)
+  {
+    for (int r = tid; r < 64; r += 128) {
+      const float y0 = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
+      const float y1 = prt::from_f32<float>(((y0 * p_scale) * 2.0f));
+      t_g_i[r] = y0;
+      t_h_i[r] = y1;
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 128) {
@@ -5401,6 +5447,31 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
+  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  {
+    for (int i = tid; i < 2048; i += 128) {
+      const int r = i / 32, c = i % 32;
+      t_k_finite[(r) * 36 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_k[(r) * 36 + (c)])) ? prt::to_f32(t_k[(r) * 36 + (c)]) : 0.0f));
+    }
+  }
+  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+      (void)n0;
+      #pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          t_ds[(r) * 68 + (c)] = prt::from_f32<float>(((((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) && (f_dot[j][q][e] != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e]) : 0.0f));
+        }
+      }
+    }
+  }
+  __syncthreads();
   // part = reduce_sum(W, axis=1) via part_part
   {
     #pragma unroll
@@ -5434,31 +5505,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       t_wsum[r] = prt::from_f32<float>((prt::to_f32(t_wsum[r]) + prt::to_f32(t_part[r])));
     }
   }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
-  {
-    for (int i = tid; i < 2048; i += 128) {
-      const int r = i / 32, c = i % 32;
-      t_k_finite[(r) * 36 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_k[(r) * 36 + (c)])) ? prt::to_f32(t_k[(r) * 36 + (c)]) : 0.0f));
-    }
-  }
-  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-  {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-      (void)n0;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          t_ds[(r) * 68 + (c)] = prt::from_f32<float>(((((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) && (f_dot[j][q][e] != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e]) : 0.0f));
-        }
-      }
-    }
-  }
-  __syncthreads();
   // acc += mma.fmaFrag(ds, k_finite) [64x32 in 16x32 units over 4 warps]
   {
     #pragma unroll
@@ -5620,7 +5666,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           }
         }
       }
-      // W[row, col] = select((lse_i[row] != -Infinity), (select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -5632,7 +5685,58 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_W[j][q][e] = ((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? (((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r]))) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * prt::to_f32(t_g_i[r]));
+            }
+          }
+        }
+      }
+      // W[row, col] = select((lse_i[row] != -Infinity), (W[row, col] - Dy_i[row]), 0.0)
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_W[j][q][e] = ((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? (f_W[j][q][e] - prt::to_f32(t_Dy_i[r])) : 0.0f);
+            }
+          }
+        }
+      }
+      // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[col]) * h_i[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              t_ds[(r) * 68 + (c)] = prt::from_f32<float>((((f_W[j][q][e] * prt::powi<1>(f_dot[j][q][e])) * prt::to_f32(t_fk[c])) * prt::to_f32(t_h_i[r])));
+            }
+          }
+        }
+      }
+      // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_W[j][q][e] = (f_W[j][q][e] * prt::powi<2>(f_dot[j][q][e]));
             }
           }
         }
@@ -5668,23 +5772,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       {
         for (int r = tid; r < 64; r += 128) {
           t_wsum[r] = prt::from_f32<float>((prt::to_f32(t_wsum[r]) + prt::to_f32(t_part[r])));
-        }
-      }
-      // ds[row, col] = select(((lse_i[row] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          (void)n0;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              t_ds[(r) * 68 + (c)] = prt::from_f32<float>((((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) && (f_dot[j][q][e] != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e]) : 0.0f));
-            }
-          }
         }
       }
       __syncthreads();
@@ -5761,7 +5848,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
 // grid ((($t + 63) // 64), $h, $b), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e32_c128_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 83728 bytes of dynamic shared memory
+  // sm_80: 84496 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -5904,21 +5991,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
   float* const t_q = reinterpret_cast<float*>(prt_base + 63232);  // f32[64, 32] pitch 36
   float* const t_dy = reinterpret_cast<float*>(prt_base + 54016);  // f32[64, 32] pitch 36
   float* const t_q_finite = reinterpret_cast<float*>(prt_base + 72448);  // f32[64, 32] pitch 36
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 83200);  // f32[64] pitch 64
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 83968);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 82176);  // f32[64] pitch 64
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 82944);  // f32[64] pitch 64
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 83456);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 82688);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 82432);  // f32[64] pitch 64
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 83712);  // f32[1] pitch 1
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 84480);  // f32[1] pitch 1
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_W[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float* const t_p = reinterpret_cast<float*>(prt_base + 36608);  // f32[64, 64] pitch 68
   float* const t_ds = reinterpret_cast<float*>(prt_base + 19200);  // f32[64, 64] pitch 68
   float f_acc_k[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
   float f_acc_v[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
-  float* const t_part = reinterpret_cast<float*>(prt_base + 83456);  // f32[64] pitch 64
+  float* const t_part = reinterpret_cast<float*>(prt_base + 84224);  // f32[64] pitch 64
   float* const t_col_sum = reinterpret_cast<float*>(prt_base + 18432);  // f32[64] pitch 64
   float* const t_row_sum = reinterpret_cast<float*>(prt_base + 18688);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 82944);  // f32[64] pitch 64
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 83200);  // f32[64] pitch 64
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 83712);  // f32[64] pitch 64
   float* const t_part_part = reinterpret_cast<float*>(prt_base + 81664);  // f32[2, 64] pitch 64
   // k = load.async K[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
@@ -6254,39 +6344,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
           }
         }
       }
-      // part = reduce_sum(W, axis=1) via part_part
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_W[j][0][2 * h];
-            acc += f_W[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 4; ++q) {
-              acc += f_W[j][q][2 * h];
-              acc += f_W[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
-            (void)r;
-            if ((lane & 3) == 0) t_part_part[(u % 2) * 64 + (r)] = acc;
-          }
-        }
-        __syncthreads();
-        for (int i = tid; i < 64; i += 128) {
-          float acc = t_part_part[(0) * 64 + (i)];
-          for (int p = 1; p < 2; ++p) acc += t_part_part[(p) * 64 + (i)];
-          t_part[i] = prt::from_f32<float>(acc);
-        }
-      }
-      // col_sum[row] = (col_sum[row] + part[row])
-      {
-        for (int r = tid; r < 64; r += 128) {
-          t_col_sum[r] = prt::from_f32<float>((prt::to_f32(t_col_sum[r]) + prt::to_f32(t_part[r])));
-        }
-      }
       // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
       {
         for (int i = tid; i < 2048; i += 128) {
@@ -6348,6 +6405,39 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
               t_ds[(r) * 68 + (c)] = prt::from_f32<float>(((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) && (f_dot[j][q][e] != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e]) : 0.0f));
             }
           }
+        }
+      }
+      // part = reduce_sum(W, axis=1) via part_part
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float acc = f_W[j][0][2 * h];
+            acc += f_W[j][0][2 * h + 1];
+            #pragma unroll
+            for (int q = 1; q < 4; ++q) {
+              acc += f_W[j][q][2 * h];
+              acc += f_W[j][q][2 * h + 1];
+            }
+            acc = prt::quad_sum(acc);
+            const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
+            (void)r;
+            if ((lane & 3) == 0) t_part_part[(u % 2) * 64 + (r)] = acc;
+          }
+        }
+        __syncthreads();
+        for (int i = tid; i < 64; i += 128) {
+          float acc = t_part_part[(0) * 64 + (i)];
+          for (int p = 1; p < 2; ++p) acc += t_part_part[(p) * 64 + (i)];
+          t_part[i] = prt::from_f32<float>(acc);
+        }
+      }
+      // col_sum[row] = (col_sum[row] + part[row])
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_col_sum[r] = prt::from_f32<float>((prt::to_f32(t_col_sum[r]) + prt::to_f32(t_part[r])));
         }
       }
       __syncthreads();
@@ -6533,8 +6623,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
               }
             }
           }
+          // fk[row] = exp((ck[row] / 2.0))
+          {
+            for (int r = tid; r < 64; r += 128) {
+              t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+            }
+          }
           __syncthreads();
-          // W[row, col] = select((lse_i[col] != -Infinity), (select((lse_i[col] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0) * (W[row, col] - Dy_i[col])), 0.0)
+          // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+          // h_i[row] = ((g_i[row] * $scale) * 2.0)
+          {
+            for (int r = tid; r < 64; r += 128) {
+              const float y0 = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
+              const float y1 = prt::from_f32<float>(((y0 * p_scale) * 2.0f));
+              t_g_i[r] = y0;
+              t_h_i[r] = y1;
+            }
+          }
+          __syncthreads();
+          // dot[row, col] = (((dot[row, col] * $scale) * fk[row]) * g_i[col])
           {
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
@@ -6546,7 +6653,97 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + prt::to_f32(t_ck[r])) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[c]))) : 0.0f);
+                  f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[r])) * prt::to_f32(t_g_i[c]));
+                }
+              }
+            }
+          }
+          // p[row, col] = pow(dot[row, col], 2)
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  t_p[(r) * 68 + (c)] = prt::from_f32<float>(prt::powi<2>(f_dot[j][q][e]));
+                }
+              }
+            }
+          }
+          __syncthreads();
+          // acc_v += mma.fmaFrag(p, dy) [64x32 in 16x32 units over 4 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+              float (&acc)[4][4] = f_acc_v[j];
+              const int g = lane >> 2, t2 = (lane & 3) * 2;
+              for (int kk = 0; kk < 64; ++kk) {
+                const float a0 = prt::to_f32(t_p[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_p[(m0 + g + 8) * 68 + (kk)]);
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                  const float b0 = prt::to_f32(t_dy[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_dy[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
+                  acc[q][0] = fmaf(a0, b0, acc[q][0]);
+                  acc[q][1] = fmaf(a0, b1, acc[q][1]);
+                  acc[q][2] = fmaf(a1, b0, acc[q][2]);
+                  acc[q][3] = fmaf(a1, b1, acc[q][3]);
+                }
+              }
+            }
+          }
+          // W[row, col] = select((lse_i[col] != -Infinity), (W[row, col] - Dy_i[col]), 0.0)
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (f_W[j][q][e] - prt::to_f32(t_Dy_i[c])) : 0.0f);
+                }
+              }
+            }
+          }
+          // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[row]) * h_i[col])
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  t_ds[(r) * 68 + (c)] = prt::from_f32<float>((((f_W[j][q][e] * prt::powi<1>(f_dot[j][q][e])) * prt::to_f32(t_fk[r])) * prt::to_f32(t_h_i[c])));
+                }
+              }
+            }
+          }
+          // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_W[j][q][e] = (f_W[j][q][e] * prt::powi<2>(f_dot[j][q][e]));
                 }
               }
             }
@@ -6582,62 +6779,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
           {
             for (int r = tid; r < 64; r += 128) {
               t_col_sum[r] = prt::from_f32<float>((prt::to_f32(t_col_sum[r]) + prt::to_f32(t_part[r])));
-            }
-          }
-          // p[row, col] = select((lse_i[col] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0)
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              (void)n0;
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  t_p[(r) * 68 + (c)] = prt::from_f32<float>(((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + prt::to_f32(t_ck[r])) - prt::to_f32(t_lse_i[c]))) : 0.0f));
-                }
-              }
-            }
-          }
-          __syncthreads();
-          // acc_v += mma.fmaFrag(p, dy) [64x32 in 16x32 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              float (&acc)[4][4] = f_acc_v[j];
-              const int g = lane >> 2, t2 = (lane & 3) * 2;
-              for (int kk = 0; kk < 64; ++kk) {
-                const float a0 = prt::to_f32(t_p[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_p[(m0 + g + 8) * 68 + (kk)]);
-                #pragma unroll
-                for (int q = 0; q < 4; ++q) {
-                  const float b0 = prt::to_f32(t_dy[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_dy[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
-                  acc[q][0] = fmaf(a0, b0, acc[q][0]);
-                  acc[q][1] = fmaf(a0, b1, acc[q][1]);
-                  acc[q][2] = fmaf(a1, b0, acc[q][2]);
-                  acc[q][3] = fmaf(a1, b1, acc[q][3]);
-                }
-              }
-            }
-          }
-          // ds[row, col] = select(((lse_i[col] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              (void)n0;
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  t_ds[(r) * 68 + (c)] = prt::from_f32<float>((((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) && (f_dot[j][q][e] != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e]) : 0.0f));
-                }
-              }
             }
           }
           __syncthreads();
@@ -9671,7 +9812,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d32_e32_c
 // grid ((($t + 63) // 64), $hq, $b), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d32_e32_c128_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, float* g_Dy, float* g_lseB, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 39680 bytes of dynamic shared memory
+  // sm_80: 39696 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -9773,21 +9914,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
   float* const t_q = reinterpret_cast<float*>(prt_base + 0);  // f32[64, 32] pitch 36
   float* const t_dy = reinterpret_cast<float*>(prt_base + 9216);  // f32[64, 32] pitch 36
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 18432);  // f32[64] pitch 64
-  float* const t_k = reinterpret_cast<float*>(prt_base + 19968);  // f32[64, 32] pitch 36
-  float* const t_v = reinterpret_cast<float*>(prt_base + 29184);  // f32[64, 32] pitch 36
+  float* const t_k = reinterpret_cast<float*>(prt_base + 19984);  // f32[64, 32] pitch 36
+  float* const t_v = reinterpret_cast<float*>(prt_base + 29200);  // f32[64, 32] pitch 36
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p_dp[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_part = reinterpret_cast<float*>(prt_base + 38912);  // f32[64] pitch 64
+  float* const t_part = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
   float* const t_acc_dy = reinterpret_cast<float*>(prt_base + 18688);  // f32[64] pitch 64
   float* const t_acc_p = reinterpret_cast<float*>(prt_base + 18944);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 38928);  // f32[64] pitch 64
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
   float* const t_gq = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 39168);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 39424);  // f32[64] pitch 64
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 19712);  // f32[64] pitch 64
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 19200);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 38400);  // f32[2, 64] pitch 64
+  float* const t_gk = reinterpret_cast<float*>(prt_base + 39184);  // f32[64] pitch 64
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 39440);  // f32[64] pitch 64
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 19728);  // f32[64] pitch 64
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 19712);  // f32[1] pitch 1
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 38416);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -9889,6 +10032,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
     }
   }
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  {
+    for (int r = tid; r < 64; r += 128) {
+      t_g_i[r] = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 128) {
@@ -10038,6 +10187,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
       }
     }
   }
+  __syncthreads();
   // part = reduce_sum(p_dp, axis=1) via part_part
   {
     #pragma unroll
@@ -10244,7 +10394,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
           }
         }
       }
-      // p[row, col] = select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -10256,7 +10413,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p[j][q][e] = ((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - prt::to_f32(t_lse_i[r]))) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * prt::to_f32(t_g_i[r]));
+            }
+          }
+        }
+      }
+      // p[row, col] = pow(dot[row, col], 2)
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_p[j][q][e] = prt::powi<2>(f_dot[j][q][e]);
             }
           }
         }
@@ -10395,7 +10569,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
 // grid ((($t + 63) // 64), $hq, $b), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_e32_c128_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQ, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 65792 bytes of dynamic shared memory
+  // sm_80: 65808 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -10511,22 +10685,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
   float* const t_dy = reinterpret_cast<float*>(prt_base + 9216);  // f32[64, 32] pitch 36
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 18432);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 18688);  // f32[64] pitch 64
-  float* const t_k = reinterpret_cast<float*>(prt_base + 19968);  // f32[64, 32] pitch 36
-  float* const t_v = reinterpret_cast<float*>(prt_base + 29184);  // f32[64, 32] pitch 36
-  float* const t_k_finite = reinterpret_cast<float*>(prt_base + 39168);  // f32[64, 32] pitch 36
+  float* const t_k = reinterpret_cast<float*>(prt_base + 20240);  // f32[64, 32] pitch 36
+  float* const t_v = reinterpret_cast<float*>(prt_base + 29456);  // f32[64, 32] pitch 36
+  float* const t_k_finite = reinterpret_cast<float*>(prt_base + 38672);  // f32[64, 32] pitch 36
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_W[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_ds = reinterpret_cast<float*>(prt_base + 48384);  // f32[64, 64] pitch 68
+  float* const t_ds = reinterpret_cast<float*>(prt_base + 47888);  // f32[64, 64] pitch 68
   float f_acc[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
-  float* const t_part = reinterpret_cast<float*>(prt_base + 38912);  // f32[64] pitch 64
+  float* const t_part = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
   float* const t_wsum = reinterpret_cast<float*>(prt_base + 18944);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 38672);  // f32[64] pitch 64
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 19712);  // f32[64] pitch 64
   float* const t_gq = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 39168);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 39424);  // f32[64] pitch 64
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 19712);  // f32[64] pitch 64
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 19200);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 38400);  // f32[2, 64] pitch 64
+  float* const t_gk = reinterpret_cast<float*>(prt_base + 38928);  // f32[64] pitch 64
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 39184);  // f32[64] pitch 64
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 19984);  // f32[64] pitch 64
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 19968);  // f32[1] pitch 1
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 65296);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -10653,6 +10830,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     }
   }
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  // h_i[row] = ((g_i[row] * $scale) * 2.0)
+  {
+    for (int r = tid; r < 64; r += 128) {
+      const float y0 = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
+      const float y1 = prt::from_f32<float>(((y0 * p_scale) * 2.0f));
+      t_g_i[r] = y0;
+      t_h_i[r] = y1;
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 128) {
@@ -10785,6 +10972,31 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       }
     }
   }
+  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  {
+    for (int i = tid; i < 2048; i += 128) {
+      const int r = i / 32, c = i % 32;
+      t_k_finite[(r) * 36 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_k[(r) * 36 + (c)])) ? prt::to_f32(t_k[(r) * 36 + (c)]) : 0.0f));
+    }
+  }
+  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+      (void)n0;
+      #pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          t_ds[(r) * 68 + (c)] = prt::from_f32<float>(((((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) && (f_dot[j][q][e] != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e]) : 0.0f));
+        }
+      }
+    }
+  }
+  __syncthreads();
   // part = reduce_sum(W, axis=1) via part_part
   {
     #pragma unroll
@@ -10818,31 +11030,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       t_wsum[r] = prt::from_f32<float>((prt::to_f32(t_wsum[r]) + prt::to_f32(t_part[r])));
     }
   }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
-  {
-    for (int i = tid; i < 2048; i += 128) {
-      const int r = i / 32, c = i % 32;
-      t_k_finite[(r) * 36 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_k[(r) * 36 + (c)])) ? prt::to_f32(t_k[(r) * 36 + (c)]) : 0.0f));
-    }
-  }
-  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-  {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-      (void)n0;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          t_ds[(r) * 68 + (c)] = prt::from_f32<float>(((((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) && (f_dot[j][q][e] != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e]) : 0.0f));
-        }
-      }
-    }
-  }
-  __syncthreads();
   // acc += mma.fmaFrag(ds, k_finite) [64x32 in 16x32 units over 4 warps]
   {
     #pragma unroll
@@ -11004,7 +11191,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
           }
         }
       }
-      // W[row, col] = select((lse_i[row] != -Infinity), (select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -11016,7 +11210,58 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_W[j][q][e] = ((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? (((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r]))) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * prt::to_f32(t_g_i[r]));
+            }
+          }
+        }
+      }
+      // W[row, col] = select((lse_i[row] != -Infinity), (W[row, col] - Dy_i[row]), 0.0)
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_W[j][q][e] = ((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? (f_W[j][q][e] - prt::to_f32(t_Dy_i[r])) : 0.0f);
+            }
+          }
+        }
+      }
+      // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[col]) * h_i[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              t_ds[(r) * 68 + (c)] = prt::from_f32<float>((((f_W[j][q][e] * prt::powi<1>(f_dot[j][q][e])) * prt::to_f32(t_fk[c])) * prt::to_f32(t_h_i[r])));
+            }
+          }
+        }
+      }
+      // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_W[j][q][e] = (f_W[j][q][e] * prt::powi<2>(f_dot[j][q][e]));
             }
           }
         }
@@ -11052,23 +11297,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       {
         for (int r = tid; r < 64; r += 128) {
           t_wsum[r] = prt::from_f32<float>((prt::to_f32(t_wsum[r]) + prt::to_f32(t_part[r])));
-        }
-      }
-      // ds[row, col] = select(((lse_i[row] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          (void)n0;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              t_ds[(r) * 68 + (c)] = prt::from_f32<float>((((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) && (f_dot[j][q][e] != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e]) : 0.0f));
-            }
-          }
         }
       }
       __syncthreads();
@@ -11145,7 +11373,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
 // grid ((($t + 63) // 64), $h, $b), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32_e32_c128_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dK, float* g_dV, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 83728 bytes of dynamic shared memory
+  // sm_80: 84496 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -11288,21 +11516,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
   float* const t_q = reinterpret_cast<float*>(prt_base + 63232);  // f32[64, 32] pitch 36
   float* const t_dy = reinterpret_cast<float*>(prt_base + 54016);  // f32[64, 32] pitch 36
   float* const t_q_finite = reinterpret_cast<float*>(prt_base + 72448);  // f32[64, 32] pitch 36
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 83200);  // f32[64] pitch 64
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 83968);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 82176);  // f32[64] pitch 64
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 82944);  // f32[64] pitch 64
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 83456);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 82688);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 82432);  // f32[64] pitch 64
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 83712);  // f32[1] pitch 1
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 84480);  // f32[1] pitch 1
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_W[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float* const t_p = reinterpret_cast<float*>(prt_base + 36608);  // f32[64, 64] pitch 68
   float* const t_ds = reinterpret_cast<float*>(prt_base + 19200);  // f32[64, 64] pitch 68
   float f_acc_k[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
   float f_acc_v[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
-  float* const t_part = reinterpret_cast<float*>(prt_base + 83456);  // f32[64] pitch 64
+  float* const t_part = reinterpret_cast<float*>(prt_base + 84224);  // f32[64] pitch 64
   float* const t_col_sum = reinterpret_cast<float*>(prt_base + 18432);  // f32[64] pitch 64
   float* const t_row_sum = reinterpret_cast<float*>(prt_base + 18688);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 82944);  // f32[64] pitch 64
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 83200);  // f32[64] pitch 64
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 83712);  // f32[64] pitch 64
   float* const t_part_part = reinterpret_cast<float*>(prt_base + 81664);  // f32[2, 64] pitch 64
   // k = load.async K[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
@@ -11638,39 +11869,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
           }
         }
       }
-      // part = reduce_sum(W, axis=1) via part_part
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_W[j][0][2 * h];
-            acc += f_W[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 4; ++q) {
-              acc += f_W[j][q][2 * h];
-              acc += f_W[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
-            (void)r;
-            if ((lane & 3) == 0) t_part_part[(u % 2) * 64 + (r)] = acc;
-          }
-        }
-        __syncthreads();
-        for (int i = tid; i < 64; i += 128) {
-          float acc = t_part_part[(0) * 64 + (i)];
-          for (int p = 1; p < 2; ++p) acc += t_part_part[(p) * 64 + (i)];
-          t_part[i] = prt::from_f32<float>(acc);
-        }
-      }
-      // col_sum[row] = (col_sum[row] + part[row])
-      {
-        for (int r = tid; r < 64; r += 128) {
-          t_col_sum[r] = prt::from_f32<float>((prt::to_f32(t_col_sum[r]) + prt::to_f32(t_part[r])));
-        }
-      }
       // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
       {
         for (int i = tid; i < 2048; i += 128) {
@@ -11732,6 +11930,39 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
               t_ds[(r) * 68 + (c)] = prt::from_f32<float>(((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) && (f_dot[j][q][e] != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e]) : 0.0f));
             }
           }
+        }
+      }
+      // part = reduce_sum(W, axis=1) via part_part
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float acc = f_W[j][0][2 * h];
+            acc += f_W[j][0][2 * h + 1];
+            #pragma unroll
+            for (int q = 1; q < 4; ++q) {
+              acc += f_W[j][q][2 * h];
+              acc += f_W[j][q][2 * h + 1];
+            }
+            acc = prt::quad_sum(acc);
+            const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
+            (void)r;
+            if ((lane & 3) == 0) t_part_part[(u % 2) * 64 + (r)] = acc;
+          }
+        }
+        __syncthreads();
+        for (int i = tid; i < 64; i += 128) {
+          float acc = t_part_part[(0) * 64 + (i)];
+          for (int p = 1; p < 2; ++p) acc += t_part_part[(p) * 64 + (i)];
+          t_part[i] = prt::from_f32<float>(acc);
+        }
+      }
+      // col_sum[row] = (col_sum[row] + part[row])
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_col_sum[r] = prt::from_f32<float>((prt::to_f32(t_col_sum[r]) + prt::to_f32(t_part[r])));
         }
       }
       __syncthreads();
@@ -11917,8 +12148,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
               }
             }
           }
+          // fk[row] = exp((ck[row] / 2.0))
+          {
+            for (int r = tid; r < 64; r += 128) {
+              t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+            }
+          }
           __syncthreads();
-          // W[row, col] = select((lse_i[col] != -Infinity), (select((lse_i[col] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0) * (W[row, col] - Dy_i[col])), 0.0)
+          // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+          // h_i[row] = ((g_i[row] * $scale) * 2.0)
+          {
+            for (int r = tid; r < 64; r += 128) {
+              const float y0 = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
+              const float y1 = prt::from_f32<float>(((y0 * p_scale) * 2.0f));
+              t_g_i[r] = y0;
+              t_h_i[r] = y1;
+            }
+          }
+          __syncthreads();
+          // dot[row, col] = (((dot[row, col] * $scale) * fk[row]) * g_i[col])
           {
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
@@ -11930,7 +12178,97 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + prt::to_f32(t_ck[r])) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[c]))) : 0.0f);
+                  f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[r])) * prt::to_f32(t_g_i[c]));
+                }
+              }
+            }
+          }
+          // p[row, col] = pow(dot[row, col], 2)
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  t_p[(r) * 68 + (c)] = prt::from_f32<float>(prt::powi<2>(f_dot[j][q][e]));
+                }
+              }
+            }
+          }
+          __syncthreads();
+          // acc_v += mma.fmaFrag(p, dy) [64x32 in 16x32 units over 4 warps]
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+              float (&acc)[4][4] = f_acc_v[j];
+              const int g = lane >> 2, t2 = (lane & 3) * 2;
+              for (int kk = 0; kk < 64; ++kk) {
+                const float a0 = prt::to_f32(t_p[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_p[(m0 + g + 8) * 68 + (kk)]);
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                  const float b0 = prt::to_f32(t_dy[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_dy[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
+                  acc[q][0] = fmaf(a0, b0, acc[q][0]);
+                  acc[q][1] = fmaf(a0, b1, acc[q][1]);
+                  acc[q][2] = fmaf(a1, b0, acc[q][2]);
+                  acc[q][3] = fmaf(a1, b1, acc[q][3]);
+                }
+              }
+            }
+          }
+          // W[row, col] = select((lse_i[col] != -Infinity), (W[row, col] - Dy_i[col]), 0.0)
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (f_W[j][q][e] - prt::to_f32(t_Dy_i[c])) : 0.0f);
+                }
+              }
+            }
+          }
+          // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[row]) * h_i[col])
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  t_ds[(r) * 68 + (c)] = prt::from_f32<float>((((f_W[j][q][e] * prt::powi<1>(f_dot[j][q][e])) * prt::to_f32(t_fk[r])) * prt::to_f32(t_h_i[c])));
+                }
+              }
+            }
+          }
+          // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+          {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_W[j][q][e] = (f_W[j][q][e] * prt::powi<2>(f_dot[j][q][e]));
                 }
               }
             }
@@ -11966,62 +12304,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
           {
             for (int r = tid; r < 64; r += 128) {
               t_col_sum[r] = prt::from_f32<float>((prt::to_f32(t_col_sum[r]) + prt::to_f32(t_part[r])));
-            }
-          }
-          // p[row, col] = select((lse_i[col] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0)
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              (void)n0;
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  t_p[(r) * 68 + (c)] = prt::from_f32<float>(((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + prt::to_f32(t_ck[r])) - prt::to_f32(t_lse_i[c]))) : 0.0f));
-                }
-              }
-            }
-          }
-          __syncthreads();
-          // acc_v += mma.fmaFrag(p, dy) [64x32 in 16x32 units over 4 warps]
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              float (&acc)[4][4] = f_acc_v[j];
-              const int g = lane >> 2, t2 = (lane & 3) * 2;
-              for (int kk = 0; kk < 64; ++kk) {
-                const float a0 = prt::to_f32(t_p[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_p[(m0 + g + 8) * 68 + (kk)]);
-                #pragma unroll
-                for (int q = 0; q < 4; ++q) {
-                  const float b0 = prt::to_f32(t_dy[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_dy[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
-                  acc[q][0] = fmaf(a0, b0, acc[q][0]);
-                  acc[q][1] = fmaf(a0, b1, acc[q][1]);
-                  acc[q][2] = fmaf(a1, b0, acc[q][2]);
-                  acc[q][3] = fmaf(a1, b1, acc[q][3]);
-                }
-              }
-            }
-          }
-          // ds[row, col] = select(((lse_i[col] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-          {
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-              (void)n0;
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  t_ds[(r) * 68 + (c)] = prt::from_f32<float>((((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) && (f_dot[j][q][e] != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e]) : 0.0f));
-                }
-              }
             }
           }
           __syncthreads();
@@ -13397,9 +13679,9 @@ extern "C" cudaError_t prt_query_state_p2_d32_e32_c128_f32_w4_bd0_bt128_s2_launc
 }
 
 extern "C" cudaError_t prt_attention_bwd_prep_p2_d32_e32_c128_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d32_e32_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 39680);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d32_e32_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 39696);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_prep_p2_d32_e32_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 39680, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_prep_p2_d32_e32_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 39696, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -13411,16 +13693,16 @@ extern "C" cudaError_t prt_query_state_bwd_dq_p2_d32_e32_c128_f32_w4_bd0_bt128_s
 }
 
 extern "C" cudaError_t prt_attention_bwd_dq_p2_d32_e32_c128_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d32_e32_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 65792);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d32_e32_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 65808);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dq_p2_d32_e32_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 65792, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dq_p2_d32_e32_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 65808, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_bwd_dkv_p2_d32_e32_c128_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_p2_d32_e32_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 83728);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_p2_d32_e32_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 84496);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dkv_p2_d32_e32_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 83728, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dkv_p2_d32_e32_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 84496, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -13453,23 +13735,23 @@ extern "C" cudaError_t prt_combine_grads_p2_d32_e32_c128_f32_w4_bd0_bt64_s1_laun
 }
 
 extern "C" cudaError_t prt_attention_bwd_prep_y_p2_d32_e32_c128_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, float* g_Dy, float* g_lseB, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_y_p2_d32_e32_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 39680);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_y_p2_d32_e32_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 39696);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_prep_y_p2_d32_e32_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 39680, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_lseB, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_prep_y_p2_d32_e32_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 39696, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_lseB, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_bwd_dq_y_p2_d32_e32_c128_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQ, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_y_p2_d32_e32_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 65792);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_y_p2_d32_e32_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 65808);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dq_y_p2_d32_e32_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 65792, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQ, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dq_y_p2_d32_e32_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 65808, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQ, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_bwd_dkv_y_p2_d32_e32_c128_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dK, float* g_dV, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_y_p2_d32_e32_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 83728);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_y_p2_d32_e32_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 84496);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dkv_y_p2_d32_e32_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 83728, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dK, g_dV, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dkv_y_p2_d32_e32_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 84496, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dK, g_dV, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 

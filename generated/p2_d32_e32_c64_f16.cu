@@ -5842,6 +5842,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
   float f_part[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_acc_dy[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_acc_p[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 8208);  // f32[64] pitch 64
+  float f_g_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 8192);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 8448);  // f32[64] pitch 64
   float* const t_gk = reinterpret_cast<float*>(prt_base + 8960);  // f32[64] pitch 64
@@ -5976,6 +5978,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
   }
   prt::fence_proxy_async();
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = m0 + (lane >> 2) + 8 * h;
+        f_g_i[j][((2 * h)) >> 1] = ((f_lse_i[j][((2 * h)) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - f_lse_i[j][((2 * h)) >> 1]) / 2.0f)) : 0.0f);
+      }
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 128) {
@@ -6302,7 +6318,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
         prt::wgmma_commit();
         prt::wgmma_wait<0>();
       }
-      // p[row, col] = select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      prt::fence_proxy_async();
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -6314,7 +6338,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p[j][q][e] = ((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - f_lse_i[j][(e) >> 1])) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * f_g_i[j][(e) >> 1]);
+            }
+          }
+        }
+      }
+      // p[row, col] = pow(dot[row, col], 2)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_p[j][q][e] = prt::powi<2>(f_dot[j][q][e]);
             }
           }
         }
@@ -6457,7 +6498,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     }
   }
 #else
-  // sm_80: 23296 bytes of dynamic shared memory
+  // sm_80: 23312 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -6559,21 +6600,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
   __half* const t_q = reinterpret_cast<__half*>(prt_base + 0);  // f16[64, 32] pitch 40
   __half* const t_dy = reinterpret_cast<__half*>(prt_base + 5120);  // f16[64, 32] pitch 40
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 10240);  // f32[64] pitch 64
-  __half* const t_k = reinterpret_cast<__half*>(prt_base + 11776);  // f16[64, 32] pitch 40
-  __half* const t_v = reinterpret_cast<__half*>(prt_base + 16896);  // f16[64, 32] pitch 40
+  __half* const t_k = reinterpret_cast<__half*>(prt_base + 11792);  // f16[64, 32] pitch 40
+  __half* const t_v = reinterpret_cast<__half*>(prt_base + 16912);  // f16[64, 32] pitch 40
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p_dp[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_part = reinterpret_cast<float*>(prt_base + 22528);  // f32[64] pitch 64
+  float* const t_part = reinterpret_cast<float*>(prt_base + 11264);  // f32[64] pitch 64
   float* const t_acc_dy = reinterpret_cast<float*>(prt_base + 10496);  // f32[64] pitch 64
   float* const t_acc_p = reinterpret_cast<float*>(prt_base + 10752);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 22544);  // f32[64] pitch 64
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 11008);  // f32[64] pitch 64
   float* const t_gq = reinterpret_cast<float*>(prt_base + 11008);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 11264);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 22784);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 23040);  // f32[64] pitch 64
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 11520);  // f32[64] pitch 64
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 11008);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 22016);  // f32[2, 64] pitch 64
+  float* const t_gk = reinterpret_cast<float*>(prt_base + 22800);  // f32[64] pitch 64
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 23056);  // f32[64] pitch 64
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 11536);  // f32[64] pitch 64
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 11520);  // f32[1] pitch 1
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 22032);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -6675,6 +6718,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     }
   }
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  {
+    for (int r = tid; r < 64; r += 128) {
+      t_g_i[r] = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 128) {
@@ -6838,6 +6887,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       }
     }
   }
+  __syncthreads();
   // part = reduce_sum(p_dp, axis=1) via part_part
   {
     #pragma unroll
@@ -7058,7 +7108,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
           }
         }
       }
-      // p[row, col] = select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -7070,7 +7127,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p[j][q][e] = ((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - prt::to_f32(t_lse_i[r]))) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * prt::to_f32(t_g_i[r]));
+            }
+          }
+        }
+      }
+      // p[row, col] = pow(dot[row, col], 2)
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_p[j][q][e] = prt::powi<2>(f_dot[j][q][e]);
             }
           }
         }
@@ -8176,6 +8250,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
   float f_acc[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
   float f_part[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_wsum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 8208);  // f32[64] pitch 64
+  float f_g_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float f_h_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 8192);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 8448);  // f32[64] pitch 64
   float* const t_gk = reinterpret_cast<float*>(prt_base + 8960);  // f32[64] pitch 64
@@ -8332,6 +8409,34 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
   }
   prt::fence_proxy_async();
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = m0 + (lane >> 2) + 8 * h;
+        f_g_i[j][((2 * h)) >> 1] = ((f_lse_i[j][((2 * h)) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - f_lse_i[j][((2 * h)) >> 1]) / 2.0f)) : 0.0f);
+      }
+    }
+  }
+  // h_i[row] = ((g_i[row] * $scale) * 2.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = m0 + (lane >> 2) + 8 * h;
+        f_h_i[j][((2 * h)) >> 1] = ((f_g_i[j][((2 * h)) >> 1] * p_scale) * 2.0f);
+      }
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 128) {
@@ -8447,6 +8552,32 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
+  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  {
+    for (int i = tid; i < 2048; i += 128) {
+      const int r = i / 32, c = i % 32;
+      t_k_finite[(r) * 40 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[prt::swz<64>((r) * 32 + (c))])) ? prt::to_f32(t_k[prt::swz<64>((r) * 32 + (c))]) : 0.0f));
+    }
+  }
+  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int q = 0; q < 8; ++q) {
+        #pragma unroll
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float y0 = ((((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
+          const float y1 = ((((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
+          f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+        }
+      }
+    }
+  }
   // part = reduce_sum(W, axis=1)
   {
     #pragma unroll
@@ -8479,32 +8610,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       for (int h = 0; h < 2; ++h) {
         const int r = m0 + (lane >> 2) + 8 * h;
         f_wsum[j][((2 * h)) >> 1] = (f_wsum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-      }
-    }
-  }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
-  {
-    for (int i = tid; i < 2048; i += 128) {
-      const int r = i / 32, c = i % 32;
-      t_k_finite[(r) * 40 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[prt::swz<64>((r) * 32 + (c))])) ? prt::to_f32(t_k[prt::swz<64>((r) * 32 + (c))]) : 0.0f));
-    }
-  }
-  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-  {
-    #pragma unroll
-    for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-      (void)n0;
-      #pragma unroll
-      for (int q = 0; q < 8; ++q) {
-        #pragma unroll
-        for (int p = 0; p < 2; ++p) {
-          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-          const float y0 = ((((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-          const float y1 = ((((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
-          f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-        }
       }
     }
   }
@@ -8659,7 +8764,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
         prt::wgmma_commit();
         prt::wgmma_wait<0>();
       }
-      // W[row, col] = select((lse_i[row] != -Infinity), (select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      prt::fence_proxy_async();
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -8671,7 +8784,60 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_W[j][q][e] = ((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? (((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - f_lse_i[j][(e) >> 1])) : 0.0f) * (f_W[j][q][e] - f_Dy_i[j][(e) >> 1])) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * f_g_i[j][(e) >> 1]);
+            }
+          }
+        }
+      }
+      // W[row, col] = select((lse_i[row] != -Infinity), (W[row, col] - Dy_i[row]), 0.0)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_W[j][q][e] = ((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? (f_W[j][q][e] - f_Dy_i[j][(e) >> 1]) : 0.0f);
+            }
+          }
+        }
+      }
+      // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[col]) * h_i[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * prt::to_f32(t_fk[c])) * f_h_i[j][((2 * p)) >> 1]);
+              const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * prt::to_f32(t_fk[c + 1])) * f_h_i[j][((2 * p + 1)) >> 1]);
+              f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+            }
+          }
+        }
+      }
+      // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_W[j][q][e] = (f_W[j][q][e] * prt::powi<2>(f_dot[j][q][e]));
             }
           }
         }
@@ -8708,25 +8874,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           for (int h = 0; h < 2; ++h) {
             const int r = m0 + (lane >> 2) + 8 * h;
             f_wsum[j][((2 * h)) >> 1] = (f_wsum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-          }
-        }
-      }
-      // ds[row, col] = select(((lse_i[row] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-          (void)n0;
-          #pragma unroll
-          for (int q = 0; q < 8; ++q) {
-            #pragma unroll
-            for (int p = 0; p < 2; ++p) {
-              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = (((f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-              const float y1 = (((f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
-              f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-            }
           }
         }
       }
@@ -8926,6 +9073,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
   float f_acc[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
   float f_part[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_wsum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 10256);  // f32[64] pitch 64
+  float f_g_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float f_h_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 10240);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 10496);  // f32[64] pitch 64
   float* const t_gk = reinterpret_cast<float*>(prt_base + 21248);  // f32[64] pitch 64
@@ -9080,6 +9230,34 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     }
   }
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = m0 + (lane >> 2) + 8 * h;
+        f_g_i[j][((2 * h)) >> 1] = ((f_lse_i[j][((2 * h)) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - f_lse_i[j][((2 * h)) >> 1]) / 2.0f)) : 0.0f);
+      }
+    }
+  }
+  // h_i[row] = ((g_i[row] * $scale) * 2.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = m0 + (lane >> 2) + 8 * h;
+        f_h_i[j][((2 * h)) >> 1] = ((f_g_i[j][((2 * h)) >> 1] * p_scale) * 2.0f);
+      }
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 128) {
@@ -9226,6 +9404,32 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
+  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  {
+    for (int i = tid; i < 2048; i += 128) {
+      const int r = i / 32, c = i % 32;
+      t_k_finite[(r) * 40 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[(r) * 40 + (c)])) ? prt::to_f32(t_k[(r) * 40 + (c)]) : 0.0f));
+    }
+  }
+  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int q = 0; q < 8; ++q) {
+        #pragma unroll
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float y0 = ((((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
+          const float y1 = ((((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
+          f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+        }
+      }
+    }
+  }
   // part = reduce_sum(W, axis=1)
   {
     #pragma unroll
@@ -9258,32 +9462,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       for (int h = 0; h < 2; ++h) {
         const int r = m0 + (lane >> 2) + 8 * h;
         f_wsum[j][((2 * h)) >> 1] = (f_wsum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-      }
-    }
-  }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
-  {
-    for (int i = tid; i < 2048; i += 128) {
-      const int r = i / 32, c = i % 32;
-      t_k_finite[(r) * 40 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[(r) * 40 + (c)])) ? prt::to_f32(t_k[(r) * 40 + (c)]) : 0.0f));
-    }
-  }
-  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-  {
-    #pragma unroll
-    for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-      (void)n0;
-      #pragma unroll
-      for (int q = 0; q < 8; ++q) {
-        #pragma unroll
-        for (int p = 0; p < 2; ++p) {
-          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-          const float y0 = ((((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-          const float y1 = ((((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
-          f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-        }
       }
     }
   }
@@ -9467,7 +9645,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           }
         }
       }
-      // W[row, col] = select((lse_i[row] != -Infinity), (select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -9479,7 +9664,60 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_W[j][q][e] = ((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? (((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - f_lse_i[j][(e) >> 1])) : 0.0f) * (f_W[j][q][e] - f_Dy_i[j][(e) >> 1])) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * f_g_i[j][(e) >> 1]);
+            }
+          }
+        }
+      }
+      // W[row, col] = select((lse_i[row] != -Infinity), (W[row, col] - Dy_i[row]), 0.0)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_W[j][q][e] = ((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? (f_W[j][q][e] - f_Dy_i[j][(e) >> 1]) : 0.0f);
+            }
+          }
+        }
+      }
+      // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[col]) * h_i[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * prt::to_f32(t_fk[c])) * f_h_i[j][((2 * p)) >> 1]);
+              const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * prt::to_f32(t_fk[c + 1])) * f_h_i[j][((2 * p + 1)) >> 1]);
+              f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+            }
+          }
+        }
+      }
+      // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_W[j][q][e] = (f_W[j][q][e] * prt::powi<2>(f_dot[j][q][e]));
             }
           }
         }
@@ -9516,25 +9754,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           for (int h = 0; h < 2; ++h) {
             const int r = m0 + (lane >> 2) + 8 * h;
             f_wsum[j][((2 * h)) >> 1] = (f_wsum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-          }
-        }
-      }
-      // ds[row, col] = select(((lse_i[row] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-          (void)n0;
-          #pragma unroll
-          for (int q = 0; q < 8; ++q) {
-            #pragma unroll
-            for (int p = 0; p < 2; ++p) {
-              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = (((f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-              const float y1 = (((f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
-              f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-            }
           }
         }
       }
@@ -9625,7 +9844,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e32_c64_f16_w4_bd0_bt64_s2(
     const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 23824 bytes of dynamic shared memory
+  // sm_90a: 24336 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -9768,12 +9987,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
   __half* const t_q = reinterpret_cast<__half*>(prt_base + 18432);  // f16[64, 32] swizzle 64
   __half* const t_dy = reinterpret_cast<__half*>(prt_base + 14336);  // f16[64, 32] swizzle 64
   __half* const t_q_finite = reinterpret_cast<__half*>(prt_base + 8960);  // f16[64, 32] pitch 40
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 22528);  // f32[64] pitch 64
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 23040);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 8192);  // f32[64] pitch 64
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 14080);  // f32[64] pitch 64
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 22528);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 8448);  // f32[64] pitch 64
   float f_ck[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 22784);  // f32[1] pitch 1
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 23296);  // f32[1] pitch 1
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -9783,6 +10002,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
   float f_part[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_col_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float f_fk[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 14080);  // f32[64] pitch 64
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 22784);  // f32[64] pitch 64
   // k = load.async K[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -10144,41 +10366,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
           }
         }
       }
-      // part = reduce_sum(W, axis=1)
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_W[j][0][2 * h];
-            acc += f_W[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 8; ++q) {
-              acc += f_W[j][q][2 * h];
-              acc += f_W[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
-            (void)r;
-            f_part[j][((2 * h)) >> 1] = acc;
-          }
-        }
-      }
-      // col_sum[row] = (col_sum[row] + part[row])
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-          (void)n0;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int r = m0 + (lane >> 2) + 8 * h;
-            f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-          }
-        }
-      }
       // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
       {
         for (int i = tid; i < 2048; i += 128) {
@@ -10237,6 +10424,41 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
               const float y1 = ((((r <= c + 1) && (prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
               f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
+          }
+        }
+      }
+      // part = reduce_sum(W, axis=1)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float acc = f_W[j][0][2 * h];
+            acc += f_W[j][0][2 * h + 1];
+            #pragma unroll
+            for (int q = 1; q < 8; ++q) {
+              acc += f_W[j][q][2 * h];
+              acc += f_W[j][q][2 * h + 1];
+            }
+            acc = prt::quad_sum(acc);
+            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
+            (void)r;
+            f_part[j][((2 * h)) >> 1] = acc;
+          }
+        }
+      }
+      // col_sum[row] = (col_sum[row] + part[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = m0 + (lane >> 2) + 8 * h;
+            f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
           }
         }
       }
@@ -10419,9 +10641,35 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             prt::wgmma_commit();
             prt::wgmma_wait<0>();
           }
+          // fk[row] = exp((ck[row] / 2.0))
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int r = m0 + (lane >> 2) + 8 * h;
+                f_fk[j][((2 * h)) >> 1] = prt::exp((f_ck[j][((2 * h)) >> 1] / 2.0f));
+              }
+            }
+          }
           prt::fence_proxy_async();
           __syncthreads();
-          // W[row, col] = select((lse_i[col] != -Infinity), (select((lse_i[col] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0) * (W[row, col] - Dy_i[col])), 0.0)
+          // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+          // h_i[row] = ((g_i[row] * $scale) * 2.0)
+          {
+            for (int r = tid; r < 64; r += 128) {
+              const float y0 = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
+              const float y1 = prt::from_f32<float>(((y0 * p_scale) * 2.0f));
+              t_g_i[r] = y0;
+              t_h_i[r] = y1;
+            }
+          }
+          prt::fence_proxy_async();
+          __syncthreads();
+          // dot[row, col] = (((dot[row, col] * $scale) * fk[row]) * g_i[col])
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -10433,7 +10681,95 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][(e) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[c]))) : 0.0f);
+                  f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * f_fk[j][(e) >> 1]) * prt::to_f32(t_g_i[c]));
+                }
+              }
+            }
+          }
+          // p[row, col] = pow(dot[row, col], 2)
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 8; ++q) {
+                #pragma unroll
+                for (int p = 0; p < 2; ++p) {
+                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+                  const float y0 = prt::powi<2>(f_dot[j][q][(2 * p)]);
+                  const float y1 = prt::powi<2>(f_dot[j][q][(2 * p + 1)]);
+                  f_p[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+                }
+              }
+            }
+          }
+          // acc_v += mma.wgmma(p, dy) [64x32 in 16x32 units over 4 warps]
+          {
+            float (&acc)[1][4][4] = f_acc_v;
+            prt::wgmma_fence();
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int mb = 64 * (warp / 4) + 64 * j;  // this warpgroup's rows
+              (void)mb;
+              #pragma unroll
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                prt::Wgmma<32, __half>::template rs<1>(acc[j], f_p[j][k0 / 8][0], f_p[j][k0 / 8][1], f_p[j][k0 / 8 + 1][0], f_p[j][k0 / 8 + 1][1], prt::wgmma_desc<64>(t_dy + ((0) / 32 * 64 + (k0)) * 32 + ((0) % 32), 4096, 512), 1);
+              }
+            }
+            prt::wgmma_commit();
+            prt::wgmma_wait<0>();
+          }
+          // W[row, col] = select((lse_i[col] != -Infinity), (W[row, col] - Dy_i[col]), 0.0)
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 8; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (f_W[j][q][e] - prt::to_f32(t_Dy_i[c])) : 0.0f);
+                }
+              }
+            }
+          }
+          // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[row]) * h_i[col])
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 8; ++q) {
+                #pragma unroll
+                for (int p = 0; p < 2; ++p) {
+                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+                  const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * f_fk[j][((2 * p)) >> 1]) * prt::to_f32(t_h_i[c]));
+                  const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * f_fk[j][((2 * p + 1)) >> 1]) * prt::to_f32(t_h_i[c + 1]));
+                  f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+                }
+              }
+            }
+          }
+          // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 8; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_W[j][q][e] = (f_W[j][q][e] * prt::powi<2>(f_dot[j][q][e]));
                 }
               }
             }
@@ -10470,60 +10806,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
               for (int h = 0; h < 2; ++h) {
                 const int r = m0 + (lane >> 2) + 8 * h;
                 f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-              }
-            }
-          }
-          // p[row, col] = select((lse_i[col] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0)
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-              (void)n0;
-              #pragma unroll
-              for (int q = 0; q < 8; ++q) {
-                #pragma unroll
-                for (int p = 0; p < 2; ++p) {
-                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-                  const float y0 = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][((2 * p)) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f);
-                  const float y1 = ((prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c + 1])) + f_ck[j][((2 * p + 1)) >> 1]) - prt::to_f32(t_lse_i[c + 1]))) : 0.0f);
-                  f_p[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-                }
-              }
-            }
-          }
-          // acc_v += mma.wgmma(p, dy) [64x32 in 16x32 units over 4 warps]
-          {
-            float (&acc)[1][4][4] = f_acc_v;
-            prt::wgmma_fence();
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int mb = 64 * (warp / 4) + 64 * j;  // this warpgroup's rows
-              (void)mb;
-              #pragma unroll
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                prt::Wgmma<32, __half>::template rs<1>(acc[j], f_p[j][k0 / 8][0], f_p[j][k0 / 8][1], f_p[j][k0 / 8 + 1][0], f_p[j][k0 / 8 + 1][1], prt::wgmma_desc<64>(t_dy + ((0) / 32 * 64 + (k0)) * 32 + ((0) % 32), 4096, 512), 1);
-              }
-            }
-            prt::wgmma_commit();
-            prt::wgmma_wait<0>();
-          }
-          // ds[row, col] = select(((lse_i[col] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-              (void)n0;
-              #pragma unroll
-              for (int q = 0; q < 8; ++q) {
-                #pragma unroll
-                for (int p = 0; p < 2; ++p) {
-                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-                  const float y0 = (((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-                  const float y1 = (((prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
-                  f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-                }
               }
             }
           }
@@ -10641,7 +10923,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
     }
   }
 #else
-  // sm_80: 26896 bytes of dynamic shared memory
+  // sm_80: 27408 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -10784,12 +11066,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
   __half* const t_q = reinterpret_cast<__half*>(prt_base + 16128);  // f16[64, 32] pitch 40
   __half* const t_dy = reinterpret_cast<__half*>(prt_base + 11008);  // f16[64, 32] pitch 40
   __half* const t_q_finite = reinterpret_cast<__half*>(prt_base + 21248);  // f16[64, 32] pitch 40
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 26624);  // f32[64] pitch 64
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 27136);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 10240);  // f32[64] pitch 64
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 26368);  // f32[64] pitch 64
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 26624);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 10496);  // f32[64] pitch 64
   float f_ck[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 26880);  // f32[1] pitch 1
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 27392);  // f32[1] pitch 1
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -10799,6 +11081,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
   float f_part[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_col_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float f_fk[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 26368);  // f32[64] pitch 64
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 26880);  // f32[64] pitch 64
   // k = load.async K[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -11187,41 +11472,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
           }
         }
       }
-      // part = reduce_sum(W, axis=1)
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_W[j][0][2 * h];
-            acc += f_W[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 8; ++q) {
-              acc += f_W[j][q][2 * h];
-              acc += f_W[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
-            (void)r;
-            f_part[j][((2 * h)) >> 1] = acc;
-          }
-        }
-      }
-      // col_sum[row] = (col_sum[row] + part[row])
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-          (void)n0;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int r = m0 + (lane >> 2) + 8 * h;
-            f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-          }
-        }
-      }
       // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
       {
         for (int i = tid; i < 2048; i += 128) {
@@ -11289,6 +11539,41 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
               const float y1 = ((((r <= c + 1) && (prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
               f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
+          }
+        }
+      }
+      // part = reduce_sum(W, axis=1)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float acc = f_W[j][0][2 * h];
+            acc += f_W[j][0][2 * h + 1];
+            #pragma unroll
+            for (int q = 1; q < 8; ++q) {
+              acc += f_W[j][q][2 * h];
+              acc += f_W[j][q][2 * h + 1];
+            }
+            acc = prt::quad_sum(acc);
+            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
+            (void)r;
+            f_part[j][((2 * h)) >> 1] = acc;
+          }
+        }
+      }
+      // col_sum[row] = (col_sum[row] + part[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = m0 + (lane >> 2) + 8 * h;
+            f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
           }
         }
       }
@@ -11501,8 +11786,33 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
               }
             }
           }
+          // fk[row] = exp((ck[row] / 2.0))
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int r = m0 + (lane >> 2) + 8 * h;
+                f_fk[j][((2 * h)) >> 1] = prt::exp((f_ck[j][((2 * h)) >> 1] / 2.0f));
+              }
+            }
+          }
           __syncthreads();
-          // W[row, col] = select((lse_i[col] != -Infinity), (select((lse_i[col] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0) * (W[row, col] - Dy_i[col])), 0.0)
+          // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+          // h_i[row] = ((g_i[row] * $scale) * 2.0)
+          {
+            for (int r = tid; r < 64; r += 128) {
+              const float y0 = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
+              const float y1 = prt::from_f32<float>(((y0 * p_scale) * 2.0f));
+              t_g_i[r] = y0;
+              t_h_i[r] = y1;
+            }
+          }
+          __syncthreads();
+          // dot[row, col] = (((dot[row, col] * $scale) * fk[row]) * g_i[col])
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -11514,7 +11824,104 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][(e) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[c]))) : 0.0f);
+                  f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * f_fk[j][(e) >> 1]) * prt::to_f32(t_g_i[c]));
+                }
+              }
+            }
+          }
+          // p[row, col] = pow(dot[row, col], 2)
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 8; ++q) {
+                #pragma unroll
+                for (int p = 0; p < 2; ++p) {
+                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+                  const float y0 = prt::powi<2>(f_dot[j][q][(2 * p)]);
+                  const float y1 = prt::powi<2>(f_dot[j][q][(2 * p + 1)]);
+                  f_p[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+                }
+              }
+            }
+          }
+          // acc_v += mma.tc(p, dy) [64x32 in 16x32 units over 4 warps]
+          {
+            float (&acc)[1][4][4] = f_acc_v;
+            #pragma unroll
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              #pragma unroll
+              for (int j = 0; j < 1; ++j) {
+                const int u = warp + j * 4;
+                const int m0 = (u / 1) * 16;
+                const int n0 = (u % 1) * 32;
+                (void)m0;
+                (void)n0;
+                const uint32_t fa_p[4] = {f_p[j][k0 / 8][0], f_p[j][k0 / 8][1], f_p[j][k0 / 8 + 1][0], f_p[j][k0 / 8 + 1][1]};
+                uint32_t fb_dy[4][2];
+                #pragma unroll
+                for (int q = 0; q < 4; q += 2) {
+                  uint32_t r[4];
+                  prt::ldmatrix_x4_trans(r, &t_dy[(k0 + prt::a_row(lane)) * 40 + (n0 + q * 8 + prt::a_col(lane))]);
+                  fb_dy[q][0] = r[0]; fb_dy[q][1] = r[1]; fb_dy[q + 1][0] = r[2]; fb_dy[q + 1][1] = r[3];
+                }
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_p, fb_dy[q][0], fb_dy[q][1]);
+              }
+            }
+          }
+          // W[row, col] = select((lse_i[col] != -Infinity), (W[row, col] - Dy_i[col]), 0.0)
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 8; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (f_W[j][q][e] - prt::to_f32(t_Dy_i[c])) : 0.0f);
+                }
+              }
+            }
+          }
+          // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[row]) * h_i[col])
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 8; ++q) {
+                #pragma unroll
+                for (int p = 0; p < 2; ++p) {
+                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+                  const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * f_fk[j][((2 * p)) >> 1]) * prt::to_f32(t_h_i[c]));
+                  const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * f_fk[j][((2 * p + 1)) >> 1]) * prt::to_f32(t_h_i[c + 1]));
+                  f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+                }
+              }
+            }
+          }
+          // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 8; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_W[j][q][e] = (f_W[j][q][e] * prt::powi<2>(f_dot[j][q][e]));
                 }
               }
             }
@@ -11551,69 +11958,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
               for (int h = 0; h < 2; ++h) {
                 const int r = m0 + (lane >> 2) + 8 * h;
                 f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-              }
-            }
-          }
-          // p[row, col] = select((lse_i[col] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0)
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-              (void)n0;
-              #pragma unroll
-              for (int q = 0; q < 8; ++q) {
-                #pragma unroll
-                for (int p = 0; p < 2; ++p) {
-                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-                  const float y0 = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][((2 * p)) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f);
-                  const float y1 = ((prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c + 1])) + f_ck[j][((2 * p + 1)) >> 1]) - prt::to_f32(t_lse_i[c + 1]))) : 0.0f);
-                  f_p[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-                }
-              }
-            }
-          }
-          // acc_v += mma.tc(p, dy) [64x32 in 16x32 units over 4 warps]
-          {
-            float (&acc)[1][4][4] = f_acc_v;
-            #pragma unroll
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              #pragma unroll
-              for (int j = 0; j < 1; ++j) {
-                const int u = warp + j * 4;
-                const int m0 = (u / 1) * 16;
-                const int n0 = (u % 1) * 32;
-                (void)m0;
-                (void)n0;
-                const uint32_t fa_p[4] = {f_p[j][k0 / 8][0], f_p[j][k0 / 8][1], f_p[j][k0 / 8 + 1][0], f_p[j][k0 / 8 + 1][1]};
-                uint32_t fb_dy[4][2];
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t r[4];
-                  prt::ldmatrix_x4_trans(r, &t_dy[(k0 + prt::a_row(lane)) * 40 + (n0 + q * 8 + prt::a_col(lane))]);
-                  fb_dy[q][0] = r[0]; fb_dy[q][1] = r[1]; fb_dy[q + 1][0] = r[2]; fb_dy[q + 1][1] = r[3];
-                }
-                #pragma unroll
-                for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_p, fb_dy[q][0], fb_dy[q][1]);
-              }
-            }
-          }
-          // ds[row, col] = select(((lse_i[col] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-              (void)n0;
-              #pragma unroll
-              for (int q = 0; q < 8; ++q) {
-                #pragma unroll
-                for (int p = 0; p < 2; ++p) {
-                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-                  const float y0 = (((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-                  const float y1 = (((prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
-                  f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-                }
               }
             }
           }
@@ -15769,6 +16113,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
   float f_part[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_acc_dy[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_acc_p[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 8208);  // f32[64] pitch 64
+  float f_g_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 8192);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 8448);  // f32[64] pitch 64
   float* const t_gk = reinterpret_cast<float*>(prt_base + 8960);  // f32[64] pitch 64
@@ -15903,6 +16249,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
   }
   prt::fence_proxy_async();
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = m0 + (lane >> 2) + 8 * h;
+        f_g_i[j][((2 * h)) >> 1] = ((f_lse_i[j][((2 * h)) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - f_lse_i[j][((2 * h)) >> 1]) / 2.0f)) : 0.0f);
+      }
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 128) {
@@ -16229,7 +16589,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
         prt::wgmma_commit();
         prt::wgmma_wait<0>();
       }
-      // p[row, col] = select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      prt::fence_proxy_async();
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -16241,7 +16609,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p[j][q][e] = ((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - f_lse_i[j][(e) >> 1])) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * f_g_i[j][(e) >> 1]);
+            }
+          }
+        }
+      }
+      // p[row, col] = pow(dot[row, col], 2)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_p[j][q][e] = prt::powi<2>(f_dot[j][q][e]);
             }
           }
         }
@@ -16412,7 +16797,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
     }
   }
 #else
-  // sm_80: 23296 bytes of dynamic shared memory
+  // sm_80: 23312 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -16514,21 +16899,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
   __half* const t_q = reinterpret_cast<__half*>(prt_base + 0);  // f16[64, 32] pitch 40
   __half* const t_dy = reinterpret_cast<__half*>(prt_base + 5120);  // f16[64, 32] pitch 40
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 10240);  // f32[64] pitch 64
-  __half* const t_k = reinterpret_cast<__half*>(prt_base + 11776);  // f16[64, 32] pitch 40
-  __half* const t_v = reinterpret_cast<__half*>(prt_base + 16896);  // f16[64, 32] pitch 40
+  __half* const t_k = reinterpret_cast<__half*>(prt_base + 11792);  // f16[64, 32] pitch 40
+  __half* const t_v = reinterpret_cast<__half*>(prt_base + 16912);  // f16[64, 32] pitch 40
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p_dp[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_part = reinterpret_cast<float*>(prt_base + 22528);  // f32[64] pitch 64
+  float* const t_part = reinterpret_cast<float*>(prt_base + 11264);  // f32[64] pitch 64
   float* const t_acc_dy = reinterpret_cast<float*>(prt_base + 10496);  // f32[64] pitch 64
   float* const t_acc_p = reinterpret_cast<float*>(prt_base + 10752);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 22544);  // f32[64] pitch 64
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 11008);  // f32[64] pitch 64
   float* const t_gq = reinterpret_cast<float*>(prt_base + 11008);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 11264);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 22784);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 23040);  // f32[64] pitch 64
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 11520);  // f32[64] pitch 64
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 11008);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 22016);  // f32[2, 64] pitch 64
+  float* const t_gk = reinterpret_cast<float*>(prt_base + 22800);  // f32[64] pitch 64
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 23056);  // f32[64] pitch 64
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 11536);  // f32[64] pitch 64
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 11520);  // f32[1] pitch 1
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 22032);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -16630,6 +17017,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
     }
   }
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  {
+    for (int r = tid; r < 64; r += 128) {
+      t_g_i[r] = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 128) {
@@ -16793,6 +17186,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
       }
     }
   }
+  __syncthreads();
   // part = reduce_sum(p_dp, axis=1) via part_part
   {
     #pragma unroll
@@ -17013,7 +17407,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
           }
         }
       }
-      // p[row, col] = select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -17025,7 +17426,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p[j][q][e] = ((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - prt::to_f32(t_lse_i[r]))) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * prt::to_f32(t_g_i[r]));
+            }
+          }
+        }
+      }
+      // p[row, col] = pow(dot[row, col], 2)
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_p[j][q][e] = prt::powi<2>(f_dot[j][q][e]);
             }
           }
         }
@@ -17291,6 +17709,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
   float f_acc[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
   float f_part[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_wsum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 8208);  // f32[64] pitch 64
+  float f_g_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float f_h_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 8192);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 8448);  // f32[64] pitch 64
   float* const t_gk = reinterpret_cast<float*>(prt_base + 8960);  // f32[64] pitch 64
@@ -17447,6 +17868,34 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
   }
   prt::fence_proxy_async();
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = m0 + (lane >> 2) + 8 * h;
+        f_g_i[j][((2 * h)) >> 1] = ((f_lse_i[j][((2 * h)) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - f_lse_i[j][((2 * h)) >> 1]) / 2.0f)) : 0.0f);
+      }
+    }
+  }
+  // h_i[row] = ((g_i[row] * $scale) * 2.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = m0 + (lane >> 2) + 8 * h;
+        f_h_i[j][((2 * h)) >> 1] = ((f_g_i[j][((2 * h)) >> 1] * p_scale) * 2.0f);
+      }
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 128) {
@@ -17562,6 +18011,32 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       }
     }
   }
+  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  {
+    for (int i = tid; i < 2048; i += 128) {
+      const int r = i / 32, c = i % 32;
+      t_k_finite[(r) * 40 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[prt::swz<64>((r) * 32 + (c))])) ? prt::to_f32(t_k[prt::swz<64>((r) * 32 + (c))]) : 0.0f));
+    }
+  }
+  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int q = 0; q < 8; ++q) {
+        #pragma unroll
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float y0 = ((((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
+          const float y1 = ((((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
+          f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+        }
+      }
+    }
+  }
   // part = reduce_sum(W, axis=1)
   {
     #pragma unroll
@@ -17594,32 +18069,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       for (int h = 0; h < 2; ++h) {
         const int r = m0 + (lane >> 2) + 8 * h;
         f_wsum[j][((2 * h)) >> 1] = (f_wsum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-      }
-    }
-  }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
-  {
-    for (int i = tid; i < 2048; i += 128) {
-      const int r = i / 32, c = i % 32;
-      t_k_finite[(r) * 40 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[prt::swz<64>((r) * 32 + (c))])) ? prt::to_f32(t_k[prt::swz<64>((r) * 32 + (c))]) : 0.0f));
-    }
-  }
-  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-  {
-    #pragma unroll
-    for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-      (void)n0;
-      #pragma unroll
-      for (int q = 0; q < 8; ++q) {
-        #pragma unroll
-        for (int p = 0; p < 2; ++p) {
-          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-          const float y0 = ((((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-          const float y1 = ((((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
-          f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-        }
       }
     }
   }
@@ -17774,7 +18223,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
         prt::wgmma_commit();
         prt::wgmma_wait<0>();
       }
-      // W[row, col] = select((lse_i[row] != -Infinity), (select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      prt::fence_proxy_async();
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -17786,7 +18243,60 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_W[j][q][e] = ((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? (((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - f_lse_i[j][(e) >> 1])) : 0.0f) * (f_W[j][q][e] - f_Dy_i[j][(e) >> 1])) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * f_g_i[j][(e) >> 1]);
+            }
+          }
+        }
+      }
+      // W[row, col] = select((lse_i[row] != -Infinity), (W[row, col] - Dy_i[row]), 0.0)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_W[j][q][e] = ((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? (f_W[j][q][e] - f_Dy_i[j][(e) >> 1]) : 0.0f);
+            }
+          }
+        }
+      }
+      // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[col]) * h_i[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * prt::to_f32(t_fk[c])) * f_h_i[j][((2 * p)) >> 1]);
+              const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * prt::to_f32(t_fk[c + 1])) * f_h_i[j][((2 * p + 1)) >> 1]);
+              f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+            }
+          }
+        }
+      }
+      // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_W[j][q][e] = (f_W[j][q][e] * prt::powi<2>(f_dot[j][q][e]));
             }
           }
         }
@@ -17823,25 +18333,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
           for (int h = 0; h < 2; ++h) {
             const int r = m0 + (lane >> 2) + 8 * h;
             f_wsum[j][((2 * h)) >> 1] = (f_wsum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-          }
-        }
-      }
-      // ds[row, col] = select(((lse_i[row] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-          (void)n0;
-          #pragma unroll
-          for (int q = 0; q < 8; ++q) {
-            #pragma unroll
-            for (int p = 0; p < 2; ++p) {
-              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = (((f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-              const float y1 = (((f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
-              f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-            }
           }
         }
       }
@@ -18041,6 +18532,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
   float f_acc[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
   float f_part[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_wsum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 10256);  // f32[64] pitch 64
+  float f_g_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float f_h_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 10240);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 10496);  // f32[64] pitch 64
   float* const t_gk = reinterpret_cast<float*>(prt_base + 21248);  // f32[64] pitch 64
@@ -18195,6 +18689,34 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     }
   }
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = m0 + (lane >> 2) + 8 * h;
+        f_g_i[j][((2 * h)) >> 1] = ((f_lse_i[j][((2 * h)) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - f_lse_i[j][((2 * h)) >> 1]) / 2.0f)) : 0.0f);
+      }
+    }
+  }
+  // h_i[row] = ((g_i[row] * $scale) * 2.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = m0 + (lane >> 2) + 8 * h;
+        f_h_i[j][((2 * h)) >> 1] = ((f_g_i[j][((2 * h)) >> 1] * p_scale) * 2.0f);
+      }
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 128) {
@@ -18341,6 +18863,32 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       }
     }
   }
+  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  {
+    for (int i = tid; i < 2048; i += 128) {
+      const int r = i / 32, c = i % 32;
+      t_k_finite[(r) * 40 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[(r) * 40 + (c)])) ? prt::to_f32(t_k[(r) * 40 + (c)]) : 0.0f));
+    }
+  }
+  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int q = 0; q < 8; ++q) {
+        #pragma unroll
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float y0 = ((((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
+          const float y1 = ((((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
+          f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+        }
+      }
+    }
+  }
   // part = reduce_sum(W, axis=1)
   {
     #pragma unroll
@@ -18373,32 +18921,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       for (int h = 0; h < 2; ++h) {
         const int r = m0 + (lane >> 2) + 8 * h;
         f_wsum[j][((2 * h)) >> 1] = (f_wsum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-      }
-    }
-  }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
-  {
-    for (int i = tid; i < 2048; i += 128) {
-      const int r = i / 32, c = i % 32;
-      t_k_finite[(r) * 40 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[(r) * 40 + (c)])) ? prt::to_f32(t_k[(r) * 40 + (c)]) : 0.0f));
-    }
-  }
-  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-  {
-    #pragma unroll
-    for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-      (void)n0;
-      #pragma unroll
-      for (int q = 0; q < 8; ++q) {
-        #pragma unroll
-        for (int p = 0; p < 2; ++p) {
-          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-          const float y0 = ((((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-          const float y1 = ((((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
-          f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-        }
       }
     }
   }
@@ -18582,7 +19104,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
           }
         }
       }
-      // W[row, col] = select((lse_i[row] != -Infinity), (select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -18594,7 +19123,60 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_W[j][q][e] = ((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? (((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - f_lse_i[j][(e) >> 1])) : 0.0f) * (f_W[j][q][e] - f_Dy_i[j][(e) >> 1])) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * f_g_i[j][(e) >> 1]);
+            }
+          }
+        }
+      }
+      // W[row, col] = select((lse_i[row] != -Infinity), (W[row, col] - Dy_i[row]), 0.0)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_W[j][q][e] = ((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? (f_W[j][q][e] - f_Dy_i[j][(e) >> 1]) : 0.0f);
+            }
+          }
+        }
+      }
+      // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[col]) * h_i[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * prt::to_f32(t_fk[c])) * f_h_i[j][((2 * p)) >> 1]);
+              const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * prt::to_f32(t_fk[c + 1])) * f_h_i[j][((2 * p + 1)) >> 1]);
+              f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+            }
+          }
+        }
+      }
+      // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_W[j][q][e] = (f_W[j][q][e] * prt::powi<2>(f_dot[j][q][e]));
             }
           }
         }
@@ -18631,25 +19213,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
           for (int h = 0; h < 2; ++h) {
             const int r = m0 + (lane >> 2) + 8 * h;
             f_wsum[j][((2 * h)) >> 1] = (f_wsum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-          }
-        }
-      }
-      // ds[row, col] = select(((lse_i[row] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-          (void)n0;
-          #pragma unroll
-          for (int q = 0; q < 8; ++q) {
-            #pragma unroll
-            for (int p = 0; p < 2; ++p) {
-              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = (((f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-              const float y1 = (((f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
-              f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-            }
           }
         }
       }
@@ -18740,7 +19303,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2(
     const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, __half* g_dK, __half* g_dV, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 23824 bytes of dynamic shared memory
+  // sm_90a: 24336 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -18883,12 +19446,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
   __half* const t_q = reinterpret_cast<__half*>(prt_base + 18432);  // f16[64, 32] swizzle 64
   __half* const t_dy = reinterpret_cast<__half*>(prt_base + 14336);  // f16[64, 32] swizzle 64
   __half* const t_q_finite = reinterpret_cast<__half*>(prt_base + 8960);  // f16[64, 32] pitch 40
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 22528);  // f32[64] pitch 64
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 23040);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 8192);  // f32[64] pitch 64
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 14080);  // f32[64] pitch 64
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 22528);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 8448);  // f32[64] pitch 64
   float f_ck[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 22784);  // f32[1] pitch 1
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 23296);  // f32[1] pitch 1
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -18898,6 +19461,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
   float f_part[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_col_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float f_fk[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 14080);  // f32[64] pitch 64
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 22784);  // f32[64] pitch 64
   // k = load.async K[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -19259,41 +19825,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
           }
         }
       }
-      // part = reduce_sum(W, axis=1)
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_W[j][0][2 * h];
-            acc += f_W[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 8; ++q) {
-              acc += f_W[j][q][2 * h];
-              acc += f_W[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
-            (void)r;
-            f_part[j][((2 * h)) >> 1] = acc;
-          }
-        }
-      }
-      // col_sum[row] = (col_sum[row] + part[row])
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-          (void)n0;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int r = m0 + (lane >> 2) + 8 * h;
-            f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-          }
-        }
-      }
       // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
       {
         for (int i = tid; i < 2048; i += 128) {
@@ -19352,6 +19883,41 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
               const float y1 = ((((r <= c + 1) && (prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
               f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
+          }
+        }
+      }
+      // part = reduce_sum(W, axis=1)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float acc = f_W[j][0][2 * h];
+            acc += f_W[j][0][2 * h + 1];
+            #pragma unroll
+            for (int q = 1; q < 8; ++q) {
+              acc += f_W[j][q][2 * h];
+              acc += f_W[j][q][2 * h + 1];
+            }
+            acc = prt::quad_sum(acc);
+            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
+            (void)r;
+            f_part[j][((2 * h)) >> 1] = acc;
+          }
+        }
+      }
+      // col_sum[row] = (col_sum[row] + part[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = m0 + (lane >> 2) + 8 * h;
+            f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
           }
         }
       }
@@ -19534,9 +20100,35 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
             prt::wgmma_commit();
             prt::wgmma_wait<0>();
           }
+          // fk[row] = exp((ck[row] / 2.0))
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int r = m0 + (lane >> 2) + 8 * h;
+                f_fk[j][((2 * h)) >> 1] = prt::exp((f_ck[j][((2 * h)) >> 1] / 2.0f));
+              }
+            }
+          }
           prt::fence_proxy_async();
           __syncthreads();
-          // W[row, col] = select((lse_i[col] != -Infinity), (select((lse_i[col] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0) * (W[row, col] - Dy_i[col])), 0.0)
+          // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+          // h_i[row] = ((g_i[row] * $scale) * 2.0)
+          {
+            for (int r = tid; r < 64; r += 128) {
+              const float y0 = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
+              const float y1 = prt::from_f32<float>(((y0 * p_scale) * 2.0f));
+              t_g_i[r] = y0;
+              t_h_i[r] = y1;
+            }
+          }
+          prt::fence_proxy_async();
+          __syncthreads();
+          // dot[row, col] = (((dot[row, col] * $scale) * fk[row]) * g_i[col])
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -19548,7 +20140,95 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][(e) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[c]))) : 0.0f);
+                  f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * f_fk[j][(e) >> 1]) * prt::to_f32(t_g_i[c]));
+                }
+              }
+            }
+          }
+          // p[row, col] = pow(dot[row, col], 2)
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 8; ++q) {
+                #pragma unroll
+                for (int p = 0; p < 2; ++p) {
+                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+                  const float y0 = prt::powi<2>(f_dot[j][q][(2 * p)]);
+                  const float y1 = prt::powi<2>(f_dot[j][q][(2 * p + 1)]);
+                  f_p[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+                }
+              }
+            }
+          }
+          // acc_v += mma.wgmma(p, dy) [64x32 in 16x32 units over 4 warps]
+          {
+            float (&acc)[1][4][4] = f_acc_v;
+            prt::wgmma_fence();
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int mb = 64 * (warp / 4) + 64 * j;  // this warpgroup's rows
+              (void)mb;
+              #pragma unroll
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                prt::Wgmma<32, __half>::template rs<1>(acc[j], f_p[j][k0 / 8][0], f_p[j][k0 / 8][1], f_p[j][k0 / 8 + 1][0], f_p[j][k0 / 8 + 1][1], prt::wgmma_desc<64>(t_dy + ((0) / 32 * 64 + (k0)) * 32 + ((0) % 32), 4096, 512), 1);
+              }
+            }
+            prt::wgmma_commit();
+            prt::wgmma_wait<0>();
+          }
+          // W[row, col] = select((lse_i[col] != -Infinity), (W[row, col] - Dy_i[col]), 0.0)
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 8; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (f_W[j][q][e] - prt::to_f32(t_Dy_i[c])) : 0.0f);
+                }
+              }
+            }
+          }
+          // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[row]) * h_i[col])
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 8; ++q) {
+                #pragma unroll
+                for (int p = 0; p < 2; ++p) {
+                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+                  const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * f_fk[j][((2 * p)) >> 1]) * prt::to_f32(t_h_i[c]));
+                  const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * f_fk[j][((2 * p + 1)) >> 1]) * prt::to_f32(t_h_i[c + 1]));
+                  f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+                }
+              }
+            }
+          }
+          // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 8; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_W[j][q][e] = (f_W[j][q][e] * prt::powi<2>(f_dot[j][q][e]));
                 }
               }
             }
@@ -19585,60 +20265,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
               for (int h = 0; h < 2; ++h) {
                 const int r = m0 + (lane >> 2) + 8 * h;
                 f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-              }
-            }
-          }
-          // p[row, col] = select((lse_i[col] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0)
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-              (void)n0;
-              #pragma unroll
-              for (int q = 0; q < 8; ++q) {
-                #pragma unroll
-                for (int p = 0; p < 2; ++p) {
-                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-                  const float y0 = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][((2 * p)) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f);
-                  const float y1 = ((prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c + 1])) + f_ck[j][((2 * p + 1)) >> 1]) - prt::to_f32(t_lse_i[c + 1]))) : 0.0f);
-                  f_p[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-                }
-              }
-            }
-          }
-          // acc_v += mma.wgmma(p, dy) [64x32 in 16x32 units over 4 warps]
-          {
-            float (&acc)[1][4][4] = f_acc_v;
-            prt::wgmma_fence();
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int mb = 64 * (warp / 4) + 64 * j;  // this warpgroup's rows
-              (void)mb;
-              #pragma unroll
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                prt::Wgmma<32, __half>::template rs<1>(acc[j], f_p[j][k0 / 8][0], f_p[j][k0 / 8][1], f_p[j][k0 / 8 + 1][0], f_p[j][k0 / 8 + 1][1], prt::wgmma_desc<64>(t_dy + ((0) / 32 * 64 + (k0)) * 32 + ((0) % 32), 4096, 512), 1);
-              }
-            }
-            prt::wgmma_commit();
-            prt::wgmma_wait<0>();
-          }
-          // ds[row, col] = select(((lse_i[col] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-              (void)n0;
-              #pragma unroll
-              for (int q = 0; q < 8; ++q) {
-                #pragma unroll
-                for (int p = 0; p < 2; ++p) {
-                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-                  const float y0 = (((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-                  const float y1 = (((prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
-                  f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-                }
               }
             }
           }
@@ -19756,7 +20382,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
     }
   }
 #else
-  // sm_80: 26896 bytes of dynamic shared memory
+  // sm_80: 27408 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -19899,12 +20525,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
   __half* const t_q = reinterpret_cast<__half*>(prt_base + 16128);  // f16[64, 32] pitch 40
   __half* const t_dy = reinterpret_cast<__half*>(prt_base + 11008);  // f16[64, 32] pitch 40
   __half* const t_q_finite = reinterpret_cast<__half*>(prt_base + 21248);  // f16[64, 32] pitch 40
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 26624);  // f32[64] pitch 64
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 27136);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 10240);  // f32[64] pitch 64
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 26368);  // f32[64] pitch 64
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 26624);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 10496);  // f32[64] pitch 64
   float f_ck[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 26880);  // f32[1] pitch 1
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 27392);  // f32[1] pitch 1
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -19914,6 +20540,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
   float f_part[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_col_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float f_fk[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 26368);  // f32[64] pitch 64
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 26880);  // f32[64] pitch 64
   // k = load.async K[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -20302,41 +20931,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
           }
         }
       }
-      // part = reduce_sum(W, axis=1)
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_W[j][0][2 * h];
-            acc += f_W[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 8; ++q) {
-              acc += f_W[j][q][2 * h];
-              acc += f_W[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
-            (void)r;
-            f_part[j][((2 * h)) >> 1] = acc;
-          }
-        }
-      }
-      // col_sum[row] = (col_sum[row] + part[row])
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-          (void)n0;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int r = m0 + (lane >> 2) + 8 * h;
-            f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-          }
-        }
-      }
       // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
       {
         for (int i = tid; i < 2048; i += 128) {
@@ -20404,6 +20998,41 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
               const float y1 = ((((r <= c + 1) && (prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
               f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
+          }
+        }
+      }
+      // part = reduce_sum(W, axis=1)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float acc = f_W[j][0][2 * h];
+            acc += f_W[j][0][2 * h + 1];
+            #pragma unroll
+            for (int q = 1; q < 8; ++q) {
+              acc += f_W[j][q][2 * h];
+              acc += f_W[j][q][2 * h + 1];
+            }
+            acc = prt::quad_sum(acc);
+            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
+            (void)r;
+            f_part[j][((2 * h)) >> 1] = acc;
+          }
+        }
+      }
+      // col_sum[row] = (col_sum[row] + part[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = m0 + (lane >> 2) + 8 * h;
+            f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
           }
         }
       }
@@ -20616,8 +21245,33 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
               }
             }
           }
+          // fk[row] = exp((ck[row] / 2.0))
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int r = m0 + (lane >> 2) + 8 * h;
+                f_fk[j][((2 * h)) >> 1] = prt::exp((f_ck[j][((2 * h)) >> 1] / 2.0f));
+              }
+            }
+          }
           __syncthreads();
-          // W[row, col] = select((lse_i[col] != -Infinity), (select((lse_i[col] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0) * (W[row, col] - Dy_i[col])), 0.0)
+          // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+          // h_i[row] = ((g_i[row] * $scale) * 2.0)
+          {
+            for (int r = tid; r < 64; r += 128) {
+              const float y0 = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
+              const float y1 = prt::from_f32<float>(((y0 * p_scale) * 2.0f));
+              t_g_i[r] = y0;
+              t_h_i[r] = y1;
+            }
+          }
+          __syncthreads();
+          // dot[row, col] = (((dot[row, col] * $scale) * fk[row]) * g_i[col])
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -20629,7 +21283,104 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][(e) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[c]))) : 0.0f);
+                  f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * f_fk[j][(e) >> 1]) * prt::to_f32(t_g_i[c]));
+                }
+              }
+            }
+          }
+          // p[row, col] = pow(dot[row, col], 2)
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 8; ++q) {
+                #pragma unroll
+                for (int p = 0; p < 2; ++p) {
+                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+                  const float y0 = prt::powi<2>(f_dot[j][q][(2 * p)]);
+                  const float y1 = prt::powi<2>(f_dot[j][q][(2 * p + 1)]);
+                  f_p[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+                }
+              }
+            }
+          }
+          // acc_v += mma.tc(p, dy) [64x32 in 16x32 units over 4 warps]
+          {
+            float (&acc)[1][4][4] = f_acc_v;
+            #pragma unroll
+            for (int k0 = 0; k0 < 64; k0 += 16) {
+              #pragma unroll
+              for (int j = 0; j < 1; ++j) {
+                const int u = warp + j * 4;
+                const int m0 = (u / 1) * 16;
+                const int n0 = (u % 1) * 32;
+                (void)m0;
+                (void)n0;
+                const uint32_t fa_p[4] = {f_p[j][k0 / 8][0], f_p[j][k0 / 8][1], f_p[j][k0 / 8 + 1][0], f_p[j][k0 / 8 + 1][1]};
+                uint32_t fb_dy[4][2];
+                #pragma unroll
+                for (int q = 0; q < 4; q += 2) {
+                  uint32_t r[4];
+                  prt::ldmatrix_x4_trans(r, &t_dy[(k0 + prt::a_row(lane)) * 40 + (n0 + q * 8 + prt::a_col(lane))]);
+                  fb_dy[q][0] = r[0]; fb_dy[q][1] = r[1]; fb_dy[q + 1][0] = r[2]; fb_dy[q + 1][1] = r[3];
+                }
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_p, fb_dy[q][0], fb_dy[q][1]);
+              }
+            }
+          }
+          // W[row, col] = select((lse_i[col] != -Infinity), (W[row, col] - Dy_i[col]), 0.0)
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 8; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (f_W[j][q][e] - prt::to_f32(t_Dy_i[c])) : 0.0f);
+                }
+              }
+            }
+          }
+          // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[row]) * h_i[col])
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 8; ++q) {
+                #pragma unroll
+                for (int p = 0; p < 2; ++p) {
+                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+                  const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * f_fk[j][((2 * p)) >> 1]) * prt::to_f32(t_h_i[c]));
+                  const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * f_fk[j][((2 * p + 1)) >> 1]) * prt::to_f32(t_h_i[c + 1]));
+                  f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+                }
+              }
+            }
+          }
+          // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 8; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_W[j][q][e] = (f_W[j][q][e] * prt::powi<2>(f_dot[j][q][e]));
                 }
               }
             }
@@ -20666,69 +21417,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
               for (int h = 0; h < 2; ++h) {
                 const int r = m0 + (lane >> 2) + 8 * h;
                 f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-              }
-            }
-          }
-          // p[row, col] = select((lse_i[col] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0)
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-              (void)n0;
-              #pragma unroll
-              for (int q = 0; q < 8; ++q) {
-                #pragma unroll
-                for (int p = 0; p < 2; ++p) {
-                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-                  const float y0 = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][((2 * p)) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f);
-                  const float y1 = ((prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c + 1])) + f_ck[j][((2 * p + 1)) >> 1]) - prt::to_f32(t_lse_i[c + 1]))) : 0.0f);
-                  f_p[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-                }
-              }
-            }
-          }
-          // acc_v += mma.tc(p, dy) [64x32 in 16x32 units over 4 warps]
-          {
-            float (&acc)[1][4][4] = f_acc_v;
-            #pragma unroll
-            for (int k0 = 0; k0 < 64; k0 += 16) {
-              #pragma unroll
-              for (int j = 0; j < 1; ++j) {
-                const int u = warp + j * 4;
-                const int m0 = (u / 1) * 16;
-                const int n0 = (u % 1) * 32;
-                (void)m0;
-                (void)n0;
-                const uint32_t fa_p[4] = {f_p[j][k0 / 8][0], f_p[j][k0 / 8][1], f_p[j][k0 / 8 + 1][0], f_p[j][k0 / 8 + 1][1]};
-                uint32_t fb_dy[4][2];
-                #pragma unroll
-                for (int q = 0; q < 4; q += 2) {
-                  uint32_t r[4];
-                  prt::ldmatrix_x4_trans(r, &t_dy[(k0 + prt::a_row(lane)) * 40 + (n0 + q * 8 + prt::a_col(lane))]);
-                  fb_dy[q][0] = r[0]; fb_dy[q][1] = r[1]; fb_dy[q + 1][0] = r[2]; fb_dy[q + 1][1] = r[3];
-                }
-                #pragma unroll
-                for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_p, fb_dy[q][0], fb_dy[q][1]);
-              }
-            }
-          }
-          // ds[row, col] = select(((lse_i[col] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-              (void)n0;
-              #pragma unroll
-              for (int q = 0; q < 8; ++q) {
-                #pragma unroll
-                for (int p = 0; p < 2; ++p) {
-                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-                  const float y0 = (((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-                  const float y1 = (((prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
-                  f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-                }
               }
             }
           }
@@ -22078,9 +22766,9 @@ extern "C" cudaError_t prt_query_state_p2_d32_e32_c64_f16_w4_bd0_bt64_s2_launch(
 }
 
 extern "C" cudaError_t prt_attention_bwd_prep_p2_d32_e32_c64_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d32_e32_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 23296);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d32_e32_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 23312);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_prep_p2_d32_e32_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 23296, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_prep_p2_d32_e32_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 23312, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -22099,9 +22787,9 @@ extern "C" cudaError_t prt_attention_bwd_dq_p2_d32_e32_c64_f16_w4_bd0_bt64_s2_la
 }
 
 extern "C" cudaError_t prt_attention_bwd_dkv_p2_d32_e32_c64_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_p2_d32_e32_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 26896);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_p2_d32_e32_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 27408);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dkv_p2_d32_e32_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 26896, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dkv_p2_d32_e32_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 27408, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -22134,9 +22822,9 @@ extern "C" cudaError_t prt_combine_grads_p2_d32_e32_c64_f16_w4_bd0_bt64_s1_launc
 }
 
 extern "C" cudaError_t prt_attention_bwd_prep_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, float* g_Dy, float* g_lseB, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 23296);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 23312);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_prep_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 23296, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_lseB, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_prep_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 23312, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_lseB, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -22148,9 +22836,9 @@ extern "C" cudaError_t prt_attention_bwd_dq_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2_
 }
 
 extern "C" cudaError_t prt_attention_bwd_dkv_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, __half* g_dK, __half* g_dV, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 26896);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 27408);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dkv_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 26896, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dK, g_dV, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dkv_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 27408, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dK, g_dV, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 

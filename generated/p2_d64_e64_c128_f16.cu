@@ -6614,6 +6614,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
   float f_part[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_acc_dy[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_acc_p[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 16400);  // f32[64] pitch 64
+  float f_g_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 16384);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 16640);  // f32[64] pitch 64
   float* const t_gk = reinterpret_cast<float*>(prt_base + 17152);  // f32[64] pitch 64
@@ -6748,6 +6750,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
   }
   prt::fence_proxy_async();
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = m0 + (lane >> 2) + 8 * h;
+        f_g_i[j][((2 * h)) >> 1] = ((f_lse_i[j][((2 * h)) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - f_lse_i[j][((2 * h)) >> 1]) / 2.0f)) : 0.0f);
+      }
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 128) {
@@ -7074,7 +7090,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
         prt::wgmma_commit();
         prt::wgmma_wait<0>();
       }
-      // p[row, col] = select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      prt::fence_proxy_async();
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -7086,7 +7110,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p[j][q][e] = ((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - f_lse_i[j][(e) >> 1])) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * f_g_i[j][(e) >> 1]);
+            }
+          }
+        }
+      }
+      // p[row, col] = pow(dot[row, col], 2)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_p[j][q][e] = prt::powi<2>(f_dot[j][q][e]);
             }
           }
         }
@@ -7229,7 +7270,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     }
   }
 #else
-  // sm_80: 39680 bytes of dynamic shared memory
+  // sm_80: 39696 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -7331,21 +7372,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
   __half* const t_q = reinterpret_cast<__half*>(prt_base + 0);  // f16[64, 64] pitch 72
   __half* const t_dy = reinterpret_cast<__half*>(prt_base + 9216);  // f16[64, 64] pitch 72
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 18432);  // f32[64] pitch 64
-  __half* const t_k = reinterpret_cast<__half*>(prt_base + 19968);  // f16[64, 64] pitch 72
-  __half* const t_v = reinterpret_cast<__half*>(prt_base + 29184);  // f16[64, 64] pitch 72
+  __half* const t_k = reinterpret_cast<__half*>(prt_base + 19984);  // f16[64, 64] pitch 72
+  __half* const t_v = reinterpret_cast<__half*>(prt_base + 29200);  // f16[64, 64] pitch 72
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p_dp[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_part = reinterpret_cast<float*>(prt_base + 38912);  // f32[64] pitch 64
+  float* const t_part = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
   float* const t_acc_dy = reinterpret_cast<float*>(prt_base + 18688);  // f32[64] pitch 64
   float* const t_acc_p = reinterpret_cast<float*>(prt_base + 18944);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 38928);  // f32[64] pitch 64
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
   float* const t_gq = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 39168);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 39424);  // f32[64] pitch 64
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 19712);  // f32[64] pitch 64
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 19200);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 38400);  // f32[2, 64] pitch 64
+  float* const t_gk = reinterpret_cast<float*>(prt_base + 39184);  // f32[64] pitch 64
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 39440);  // f32[64] pitch 64
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 19728);  // f32[64] pitch 64
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 19712);  // f32[1] pitch 1
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 38416);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -7447,6 +7490,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     }
   }
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  {
+    for (int r = tid; r < 64; r += 128) {
+      t_g_i[r] = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 128) {
@@ -7610,6 +7659,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       }
     }
   }
+  __syncthreads();
   // part = reduce_sum(p_dp, axis=1) via part_part
   {
     #pragma unroll
@@ -7830,7 +7880,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
           }
         }
       }
-      // p[row, col] = select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -7842,7 +7899,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p[j][q][e] = ((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - prt::to_f32(t_lse_i[r]))) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * prt::to_f32(t_g_i[r]));
+            }
+          }
+        }
+      }
+      // p[row, col] = pow(dot[row, col], 2)
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_p[j][q][e] = prt::powi<2>(f_dot[j][q][e]);
             }
           }
         }
@@ -8933,6 +9007,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   float f_acc[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_part[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_wsum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 16400);  // f32[64] pitch 64
+  float f_g_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float f_h_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 16384);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 16640);  // f32[64] pitch 64
   float* const t_gk = reinterpret_cast<float*>(prt_base + 17152);  // f32[64] pitch 64
@@ -9089,6 +9166,34 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   }
   prt::fence_proxy_async();
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = m0 + (lane >> 2) + 8 * h;
+        f_g_i[j][((2 * h)) >> 1] = ((f_lse_i[j][((2 * h)) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - f_lse_i[j][((2 * h)) >> 1]) / 2.0f)) : 0.0f);
+      }
+    }
+  }
+  // h_i[row] = ((g_i[row] * $scale) * 2.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = m0 + (lane >> 2) + 8 * h;
+        f_h_i[j][((2 * h)) >> 1] = ((f_g_i[j][((2 * h)) >> 1] * p_scale) * 2.0f);
+      }
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 128) {
@@ -9204,6 +9309,32 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
+  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  {
+    for (int i = tid; i < 4096; i += 128) {
+      const int r = i / 64, c = i % 64;
+      t_k_finite[(r) * 72 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[prt::swz<128>((r) * 64 + (c))])) ? prt::to_f32(t_k[prt::swz<128>((r) * 64 + (c))]) : 0.0f));
+    }
+  }
+  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int q = 0; q < 8; ++q) {
+        #pragma unroll
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float y0 = ((((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
+          const float y1 = ((((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
+          f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+        }
+      }
+    }
+  }
   // part = reduce_sum(W, axis=1)
   {
     #pragma unroll
@@ -9236,32 +9367,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       for (int h = 0; h < 2; ++h) {
         const int r = m0 + (lane >> 2) + 8 * h;
         f_wsum[j][((2 * h)) >> 1] = (f_wsum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-      }
-    }
-  }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
-  {
-    for (int i = tid; i < 4096; i += 128) {
-      const int r = i / 64, c = i % 64;
-      t_k_finite[(r) * 72 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[prt::swz<128>((r) * 64 + (c))])) ? prt::to_f32(t_k[prt::swz<128>((r) * 64 + (c))]) : 0.0f));
-    }
-  }
-  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-  {
-    #pragma unroll
-    for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-      (void)n0;
-      #pragma unroll
-      for (int q = 0; q < 8; ++q) {
-        #pragma unroll
-        for (int p = 0; p < 2; ++p) {
-          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-          const float y0 = ((((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-          const float y1 = ((((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
-          f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-        }
       }
     }
   }
@@ -9416,7 +9521,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
         prt::wgmma_commit();
         prt::wgmma_wait<0>();
       }
-      // W[row, col] = select((lse_i[row] != -Infinity), (select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      prt::fence_proxy_async();
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -9428,7 +9541,60 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_W[j][q][e] = ((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? (((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - f_lse_i[j][(e) >> 1])) : 0.0f) * (f_W[j][q][e] - f_Dy_i[j][(e) >> 1])) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * f_g_i[j][(e) >> 1]);
+            }
+          }
+        }
+      }
+      // W[row, col] = select((lse_i[row] != -Infinity), (W[row, col] - Dy_i[row]), 0.0)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_W[j][q][e] = ((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? (f_W[j][q][e] - f_Dy_i[j][(e) >> 1]) : 0.0f);
+            }
+          }
+        }
+      }
+      // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[col]) * h_i[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * prt::to_f32(t_fk[c])) * f_h_i[j][((2 * p)) >> 1]);
+              const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * prt::to_f32(t_fk[c + 1])) * f_h_i[j][((2 * p + 1)) >> 1]);
+              f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+            }
+          }
+        }
+      }
+      // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_W[j][q][e] = (f_W[j][q][e] * prt::powi<2>(f_dot[j][q][e]));
             }
           }
         }
@@ -9465,25 +9631,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           for (int h = 0; h < 2; ++h) {
             const int r = m0 + (lane >> 2) + 8 * h;
             f_wsum[j][((2 * h)) >> 1] = (f_wsum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-          }
-        }
-      }
-      // ds[row, col] = select(((lse_i[row] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-          (void)n0;
-          #pragma unroll
-          for (int q = 0; q < 8; ++q) {
-            #pragma unroll
-            for (int p = 0; p < 2; ++p) {
-              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = (((f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-              const float y1 = (((f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
-              f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-            }
           }
         }
       }
@@ -9683,6 +9830,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   float f_acc[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_part[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_wsum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 18448);  // f32[64] pitch 64
+  float f_g_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float f_h_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 18432);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 18688);  // f32[64] pitch 64
   float* const t_gk = reinterpret_cast<float*>(prt_base + 37632);  // f32[64] pitch 64
@@ -9837,6 +9987,34 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     }
   }
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = m0 + (lane >> 2) + 8 * h;
+        f_g_i[j][((2 * h)) >> 1] = ((f_lse_i[j][((2 * h)) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - f_lse_i[j][((2 * h)) >> 1]) / 2.0f)) : 0.0f);
+      }
+    }
+  }
+  // h_i[row] = ((g_i[row] * $scale) * 2.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = m0 + (lane >> 2) + 8 * h;
+        f_h_i[j][((2 * h)) >> 1] = ((f_g_i[j][((2 * h)) >> 1] * p_scale) * 2.0f);
+      }
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 128) {
@@ -9983,6 +10161,32 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
+  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  {
+    for (int i = tid; i < 4096; i += 128) {
+      const int r = i / 64, c = i % 64;
+      t_k_finite[(r) * 72 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[(r) * 72 + (c)])) ? prt::to_f32(t_k[(r) * 72 + (c)]) : 0.0f));
+    }
+  }
+  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int q = 0; q < 8; ++q) {
+        #pragma unroll
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float y0 = ((((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
+          const float y1 = ((((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
+          f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+        }
+      }
+    }
+  }
   // part = reduce_sum(W, axis=1)
   {
     #pragma unroll
@@ -10015,32 +10219,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       for (int h = 0; h < 2; ++h) {
         const int r = m0 + (lane >> 2) + 8 * h;
         f_wsum[j][((2 * h)) >> 1] = (f_wsum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-      }
-    }
-  }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
-  {
-    for (int i = tid; i < 4096; i += 128) {
-      const int r = i / 64, c = i % 64;
-      t_k_finite[(r) * 72 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[(r) * 72 + (c)])) ? prt::to_f32(t_k[(r) * 72 + (c)]) : 0.0f));
-    }
-  }
-  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-  {
-    #pragma unroll
-    for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-      (void)n0;
-      #pragma unroll
-      for (int q = 0; q < 8; ++q) {
-        #pragma unroll
-        for (int p = 0; p < 2; ++p) {
-          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-          const float y0 = ((((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-          const float y1 = ((((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
-          f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-        }
       }
     }
   }
@@ -10224,7 +10402,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           }
         }
       }
-      // W[row, col] = select((lse_i[row] != -Infinity), (select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -10236,7 +10421,60 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_W[j][q][e] = ((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? (((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - f_lse_i[j][(e) >> 1])) : 0.0f) * (f_W[j][q][e] - f_Dy_i[j][(e) >> 1])) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * f_g_i[j][(e) >> 1]);
+            }
+          }
+        }
+      }
+      // W[row, col] = select((lse_i[row] != -Infinity), (W[row, col] - Dy_i[row]), 0.0)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_W[j][q][e] = ((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? (f_W[j][q][e] - f_Dy_i[j][(e) >> 1]) : 0.0f);
+            }
+          }
+        }
+      }
+      // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[col]) * h_i[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * prt::to_f32(t_fk[c])) * f_h_i[j][((2 * p)) >> 1]);
+              const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * prt::to_f32(t_fk[c + 1])) * f_h_i[j][((2 * p + 1)) >> 1]);
+              f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+            }
+          }
+        }
+      }
+      // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_W[j][q][e] = (f_W[j][q][e] * prt::powi<2>(f_dot[j][q][e]));
             }
           }
         }
@@ -10273,25 +10511,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           for (int h = 0; h < 2; ++h) {
             const int r = m0 + (lane >> 2) + 8 * h;
             f_wsum[j][((2 * h)) >> 1] = (f_wsum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-          }
-        }
-      }
-      // ds[row, col] = select(((lse_i[row] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-          (void)n0;
-          #pragma unroll
-          for (int q = 0; q < 8; ++q) {
-            #pragma unroll
-            for (int p = 0; p < 2; ++p) {
-              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = (((f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-              const float y1 = (((f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
-              f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-            }
           }
         }
       }
@@ -10382,7 +10601,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e64_c128_f16_w4_bd0_bt64_s2(
     const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 60688 bytes of dynamic shared memory
+  // sm_90a: 61200 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -10525,12 +10744,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
   __half* const t_q = reinterpret_cast<__half*>(prt_base + 51200);  // f16[64, 64] swizzle 128
   __half* const t_dy = reinterpret_cast<__half*>(prt_base + 43008);  // f16[64, 64] swizzle 128
   __half* const t_q_finite = reinterpret_cast<__half*>(prt_base + 33536);  // f16[64, 64] pitch 72
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 59392);  // f32[64] pitch 64
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 59904);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 16384);  // f32[64] pitch 64
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 42752);  // f32[64] pitch 64
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 59392);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 16640);  // f32[64] pitch 64
   float f_ck[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 59648);  // f32[1] pitch 1
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 60160);  // f32[1] pitch 1
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -10540,6 +10759,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
   float f_part[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_col_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float f_fk[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 42752);  // f32[64] pitch 64
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 59648);  // f32[64] pitch 64
   // k = load.async K[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -10891,41 +11113,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
           }
         }
       }
-      // part = reduce_sum(W, axis=1)
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_W[j][0][2 * h];
-            acc += f_W[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 8; ++q) {
-              acc += f_W[j][q][2 * h];
-              acc += f_W[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
-            (void)r;
-            f_part[j][((2 * h)) >> 1] = acc;
-          }
-        }
-      }
-      // col_sum[row] = (col_sum[row] + part[row])
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-          (void)n0;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int r = m0 + (lane >> 2) + 8 * h;
-            f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-          }
-        }
-      }
       // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
       {
         for (int i = tid; i < 4096; i += 128) {
@@ -10998,6 +11185,41 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
               const float y1 = ((((r <= c + 1) && (prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
               f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
+          }
+        }
+      }
+      // part = reduce_sum(W, axis=1)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float acc = f_W[j][0][2 * h];
+            acc += f_W[j][0][2 * h + 1];
+            #pragma unroll
+            for (int q = 1; q < 8; ++q) {
+              acc += f_W[j][q][2 * h];
+              acc += f_W[j][q][2 * h + 1];
+            }
+            acc = prt::quad_sum(acc);
+            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
+            (void)r;
+            f_part[j][((2 * h)) >> 1] = acc;
+          }
+        }
+      }
+      // col_sum[row] = (col_sum[row] + part[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = m0 + (lane >> 2) + 8 * h;
+            f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
           }
         }
       }
@@ -11180,9 +11402,35 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
             prt::wgmma_commit();
             prt::wgmma_wait<0>();
           }
+          // fk[row] = exp((ck[row] / 2.0))
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int r = m0 + (lane >> 2) + 8 * h;
+                f_fk[j][((2 * h)) >> 1] = prt::exp((f_ck[j][((2 * h)) >> 1] / 2.0f));
+              }
+            }
+          }
           prt::fence_proxy_async();
           __syncthreads();
-          // W[row, col] = select((lse_i[col] != -Infinity), (select((lse_i[col] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0) * (W[row, col] - Dy_i[col])), 0.0)
+          // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+          // h_i[row] = ((g_i[row] * $scale) * 2.0)
+          {
+            for (int r = tid; r < 64; r += 128) {
+              const float y0 = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
+              const float y1 = prt::from_f32<float>(((y0 * p_scale) * 2.0f));
+              t_g_i[r] = y0;
+              t_h_i[r] = y1;
+            }
+          }
+          prt::fence_proxy_async();
+          __syncthreads();
+          // dot[row, col] = (((dot[row, col] * $scale) * fk[row]) * g_i[col])
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -11194,7 +11442,109 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][(e) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[c]))) : 0.0f);
+                  f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * f_fk[j][(e) >> 1]) * prt::to_f32(t_g_i[c]));
+                }
+              }
+            }
+          }
+          // p[row, col] = pow(dot[row, col], 2)
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 8; ++q) {
+                #pragma unroll
+                for (int p = 0; p < 2; ++p) {
+                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+                  const float y0 = prt::powi<2>(f_dot[j][q][(2 * p)]);
+                  const float y1 = prt::powi<2>(f_dot[j][q][(2 * p + 1)]);
+                  f_p[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+                }
+              }
+            }
+          }
+          // acc_v += mma.wgmma(p, dy) [64x64 in 16x64 units over 4 warps]
+          {
+            float acc[1][8][4];
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              #pragma unroll
+              for (int q = 0; q < 8; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = t_acc_v[(16 * (warp + j * 4) + prt::frag_row(lane, e)) * 64 + (q * 8 + prt::frag_col(lane, e))];
+            }
+            prt::wgmma_fence();
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int mb = 64 * (warp / 4) + 64 * j;  // this warpgroup's rows
+              (void)mb;
+              #pragma unroll
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                prt::Wgmma<64, __half>::template rs<1>(acc[j], f_p[j][k0 / 8][0], f_p[j][k0 / 8][1], f_p[j][k0 / 8 + 1][0], f_p[j][k0 / 8 + 1][1], prt::wgmma_desc<128>(t_dy + ((0) / 64 * 64 + (k0)) * 64 + ((0) % 64), 8192, 1024), 1);
+              }
+            }
+            prt::wgmma_commit();
+            prt::wgmma_wait<0>();
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              #pragma unroll
+              for (int q = 0; q < 8; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_acc_v[(16 * (warp + j * 4) + prt::frag_row(lane, e)) * 64 + (q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
+            }
+          }
+          // W[row, col] = select((lse_i[col] != -Infinity), (W[row, col] - Dy_i[col]), 0.0)
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 8; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (f_W[j][q][e] - prt::to_f32(t_Dy_i[c])) : 0.0f);
+                }
+              }
+            }
+          }
+          // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[row]) * h_i[col])
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 8; ++q) {
+                #pragma unroll
+                for (int p = 0; p < 2; ++p) {
+                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+                  const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * f_fk[j][((2 * p)) >> 1]) * prt::to_f32(t_h_i[c]));
+                  const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * f_fk[j][((2 * p + 1)) >> 1]) * prt::to_f32(t_h_i[c + 1]));
+                  f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+                }
+              }
+            }
+          }
+          // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 8; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_W[j][q][e] = (f_W[j][q][e] * prt::powi<2>(f_dot[j][q][e]));
                 }
               }
             }
@@ -11231,74 +11581,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
               for (int h = 0; h < 2; ++h) {
                 const int r = m0 + (lane >> 2) + 8 * h;
                 f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-              }
-            }
-          }
-          // p[row, col] = select((lse_i[col] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0)
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-              (void)n0;
-              #pragma unroll
-              for (int q = 0; q < 8; ++q) {
-                #pragma unroll
-                for (int p = 0; p < 2; ++p) {
-                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-                  const float y0 = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][((2 * p)) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f);
-                  const float y1 = ((prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c + 1])) + f_ck[j][((2 * p + 1)) >> 1]) - prt::to_f32(t_lse_i[c + 1]))) : 0.0f);
-                  f_p[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-                }
-              }
-            }
-          }
-          // acc_v += mma.wgmma(p, dy) [64x64 in 16x64 units over 4 warps]
-          {
-            float acc[1][8][4];
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 8; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[j][q][e] = t_acc_v[(16 * (warp + j * 4) + prt::frag_row(lane, e)) * 64 + (q * 8 + prt::frag_col(lane, e))];
-            }
-            prt::wgmma_fence();
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int mb = 64 * (warp / 4) + 64 * j;  // this warpgroup's rows
-              (void)mb;
-              #pragma unroll
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                prt::Wgmma<64, __half>::template rs<1>(acc[j], f_p[j][k0 / 8][0], f_p[j][k0 / 8][1], f_p[j][k0 / 8 + 1][0], f_p[j][k0 / 8 + 1][1], prt::wgmma_desc<128>(t_dy + ((0) / 64 * 64 + (k0)) * 64 + ((0) % 64), 8192, 1024), 1);
-              }
-            }
-            prt::wgmma_commit();
-            prt::wgmma_wait<0>();
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 8; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_acc_v[(16 * (warp + j * 4) + prt::frag_row(lane, e)) * 64 + (q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-            }
-          }
-          // ds[row, col] = select(((lse_i[col] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-              (void)n0;
-              #pragma unroll
-              for (int q = 0; q < 8; ++q) {
-                #pragma unroll
-                for (int p = 0; p < 2; ++p) {
-                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-                  const float y0 = (((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-                  const float y1 = (((prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
-                  f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-                }
               }
             }
           }
@@ -11406,7 +11688,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
     }
   }
 #else
-  // sm_80: 63760 bytes of dynamic shared memory
+  // sm_80: 64272 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -11549,12 +11831,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
   __half* const t_q = reinterpret_cast<__half*>(prt_base + 44800);  // f16[64, 64] pitch 72
   __half* const t_dy = reinterpret_cast<__half*>(prt_base + 35584);  // f16[64, 64] pitch 72
   __half* const t_q_finite = reinterpret_cast<__half*>(prt_base + 54016);  // f16[64, 64] pitch 72
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 63488);  // f32[64] pitch 64
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 64000);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 18432);  // f32[64] pitch 64
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 63232);  // f32[64] pitch 64
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 63488);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 18688);  // f32[64] pitch 64
   float f_ck[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 63744);  // f32[1] pitch 1
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 64256);  // f32[1] pitch 1
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -11564,6 +11846,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
   float f_part[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_col_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float f_fk[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 63232);  // f32[64] pitch 64
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 63744);  // f32[64] pitch 64
   // k = load.async K[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -11942,41 +12227,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
           }
         }
       }
-      // part = reduce_sum(W, axis=1)
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_W[j][0][2 * h];
-            acc += f_W[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 8; ++q) {
-              acc += f_W[j][q][2 * h];
-              acc += f_W[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
-            (void)r;
-            f_part[j][((2 * h)) >> 1] = acc;
-          }
-        }
-      }
-      // col_sum[row] = (col_sum[row] + part[row])
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-          (void)n0;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int r = m0 + (lane >> 2) + 8 * h;
-            f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-          }
-        }
-      }
       // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
       {
         for (int i = tid; i < 4096; i += 128) {
@@ -12058,6 +12308,41 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
               const float y1 = ((((r <= c + 1) && (prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
               f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
+          }
+        }
+      }
+      // part = reduce_sum(W, axis=1)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float acc = f_W[j][0][2 * h];
+            acc += f_W[j][0][2 * h + 1];
+            #pragma unroll
+            for (int q = 1; q < 8; ++q) {
+              acc += f_W[j][q][2 * h];
+              acc += f_W[j][q][2 * h + 1];
+            }
+            acc = prt::quad_sum(acc);
+            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
+            (void)r;
+            f_part[j][((2 * h)) >> 1] = acc;
+          }
+        }
+      }
+      // col_sum[row] = (col_sum[row] + part[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = m0 + (lane >> 2) + 8 * h;
+            f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
           }
         }
       }
@@ -12270,8 +12555,33 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
               }
             }
           }
+          // fk[row] = exp((ck[row] / 2.0))
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int r = m0 + (lane >> 2) + 8 * h;
+                f_fk[j][((2 * h)) >> 1] = prt::exp((f_ck[j][((2 * h)) >> 1] / 2.0f));
+              }
+            }
+          }
           __syncthreads();
-          // W[row, col] = select((lse_i[col] != -Infinity), (select((lse_i[col] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0) * (W[row, col] - Dy_i[col])), 0.0)
+          // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+          // h_i[row] = ((g_i[row] * $scale) * 2.0)
+          {
+            for (int r = tid; r < 64; r += 128) {
+              const float y0 = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
+              const float y1 = prt::from_f32<float>(((y0 * p_scale) * 2.0f));
+              t_g_i[r] = y0;
+              t_h_i[r] = y1;
+            }
+          }
+          __syncthreads();
+          // dot[row, col] = (((dot[row, col] * $scale) * fk[row]) * g_i[col])
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -12283,47 +12593,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][(e) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[c]))) : 0.0f);
+                  f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * f_fk[j][(e) >> 1]) * prt::to_f32(t_g_i[c]));
                 }
               }
             }
           }
-          // part = reduce_sum(W, axis=1)
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              #pragma unroll
-              for (int h = 0; h < 2; ++h) {
-                float acc = f_W[j][0][2 * h];
-                acc += f_W[j][0][2 * h + 1];
-                #pragma unroll
-                for (int q = 1; q < 8; ++q) {
-                  acc += f_W[j][q][2 * h];
-                  acc += f_W[j][q][2 * h + 1];
-                }
-                acc = prt::quad_sum(acc);
-                const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
-                (void)r;
-                f_part[j][((2 * h)) >> 1] = acc;
-              }
-            }
-          }
-          // col_sum[row] = (col_sum[row] + part[row])
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-              (void)n0;
-              #pragma unroll
-              for (int h = 0; h < 2; ++h) {
-                const int r = m0 + (lane >> 2) + 8 * h;
-                f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-              }
-            }
-          }
-          // p[row, col] = select((lse_i[col] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0)
+          // p[row, col] = pow(dot[row, col], 2)
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -12335,8 +12610,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
                 #pragma unroll
                 for (int p = 0; p < 2; ++p) {
                   const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-                  const float y0 = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][((2 * p)) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f);
-                  const float y1 = ((prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c + 1])) + f_ck[j][((2 * p + 1)) >> 1]) - prt::to_f32(t_lse_i[c + 1]))) : 0.0f);
+                  const float y0 = prt::powi<2>(f_dot[j][q][(2 * p)]);
+                  const float y1 = prt::powi<2>(f_dot[j][q][(2 * p + 1)]);
                   f_p[j][q][p] = prt::pack2_rn<__half>(y0, y1);
                 }
               }
@@ -12381,7 +12656,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
                 for (int e = 0; e < 4; ++e) t_acc_v[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 4) % 1) * 64 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
             }
           }
-          // ds[row, col] = select(((lse_i[col] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
+          // W[row, col] = select((lse_i[col] != -Infinity), (W[row, col] - Dy_i[col]), 0.0)
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 8; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (f_W[j][q][e] - prt::to_f32(t_Dy_i[c])) : 0.0f);
+                }
+              }
+            }
+          }
+          // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[row]) * h_i[col])
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -12393,10 +12685,62 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
                 #pragma unroll
                 for (int p = 0; p < 2; ++p) {
                   const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-                  const float y0 = (((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-                  const float y1 = (((prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
+                  const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * f_fk[j][((2 * p)) >> 1]) * prt::to_f32(t_h_i[c]));
+                  const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * f_fk[j][((2 * p + 1)) >> 1]) * prt::to_f32(t_h_i[c + 1]));
                   f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
                 }
+              }
+            }
+          }
+          // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 8; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_W[j][q][e] = (f_W[j][q][e] * prt::powi<2>(f_dot[j][q][e]));
+                }
+              }
+            }
+          }
+          // part = reduce_sum(W, axis=1)
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                float acc = f_W[j][0][2 * h];
+                acc += f_W[j][0][2 * h + 1];
+                #pragma unroll
+                for (int q = 1; q < 8; ++q) {
+                  acc += f_W[j][q][2 * h];
+                  acc += f_W[j][q][2 * h + 1];
+                }
+                acc = prt::quad_sum(acc);
+                const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
+                (void)r;
+                f_part[j][((2 * h)) >> 1] = acc;
+              }
+            }
+          }
+          // col_sum[row] = (col_sum[row] + part[row])
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int r = m0 + (lane >> 2) + 8 * h;
+                f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
               }
             }
           }
@@ -17473,6 +17817,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
   float f_part[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_acc_dy[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_acc_p[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 16400);  // f32[64] pitch 64
+  float f_g_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 16384);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 16640);  // f32[64] pitch 64
   float* const t_gk = reinterpret_cast<float*>(prt_base + 17152);  // f32[64] pitch 64
@@ -17607,6 +17953,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
   }
   prt::fence_proxy_async();
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = m0 + (lane >> 2) + 8 * h;
+        f_g_i[j][((2 * h)) >> 1] = ((f_lse_i[j][((2 * h)) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - f_lse_i[j][((2 * h)) >> 1]) / 2.0f)) : 0.0f);
+      }
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 128) {
@@ -17933,7 +18293,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
         prt::wgmma_commit();
         prt::wgmma_wait<0>();
       }
-      // p[row, col] = select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      prt::fence_proxy_async();
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -17945,7 +18313,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p[j][q][e] = ((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - f_lse_i[j][(e) >> 1])) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * f_g_i[j][(e) >> 1]);
+            }
+          }
+        }
+      }
+      // p[row, col] = pow(dot[row, col], 2)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_p[j][q][e] = prt::powi<2>(f_dot[j][q][e]);
             }
           }
         }
@@ -18116,7 +18501,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
     }
   }
 #else
-  // sm_80: 39680 bytes of dynamic shared memory
+  // sm_80: 39696 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -18218,21 +18603,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
   __half* const t_q = reinterpret_cast<__half*>(prt_base + 0);  // f16[64, 64] pitch 72
   __half* const t_dy = reinterpret_cast<__half*>(prt_base + 9216);  // f16[64, 64] pitch 72
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 18432);  // f32[64] pitch 64
-  __half* const t_k = reinterpret_cast<__half*>(prt_base + 19968);  // f16[64, 64] pitch 72
-  __half* const t_v = reinterpret_cast<__half*>(prt_base + 29184);  // f16[64, 64] pitch 72
+  __half* const t_k = reinterpret_cast<__half*>(prt_base + 19984);  // f16[64, 64] pitch 72
+  __half* const t_v = reinterpret_cast<__half*>(prt_base + 29200);  // f16[64, 64] pitch 72
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p_dp[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_part = reinterpret_cast<float*>(prt_base + 38912);  // f32[64] pitch 64
+  float* const t_part = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
   float* const t_acc_dy = reinterpret_cast<float*>(prt_base + 18688);  // f32[64] pitch 64
   float* const t_acc_p = reinterpret_cast<float*>(prt_base + 18944);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 38928);  // f32[64] pitch 64
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
   float* const t_gq = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 39168);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 39424);  // f32[64] pitch 64
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 19712);  // f32[64] pitch 64
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 19200);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 38400);  // f32[2, 64] pitch 64
+  float* const t_gk = reinterpret_cast<float*>(prt_base + 39184);  // f32[64] pitch 64
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 39440);  // f32[64] pitch 64
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 19728);  // f32[64] pitch 64
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 19712);  // f32[1] pitch 1
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 38416);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -18334,6 +18721,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
     }
   }
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  {
+    for (int r = tid; r < 64; r += 128) {
+      t_g_i[r] = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 128) {
@@ -18497,6 +18890,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
       }
     }
   }
+  __syncthreads();
   // part = reduce_sum(p_dp, axis=1) via part_part
   {
     #pragma unroll
@@ -18717,7 +19111,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
           }
         }
       }
-      // p[row, col] = select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -18729,7 +19130,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p[j][q][e] = ((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - prt::to_f32(t_lse_i[r]))) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * prt::to_f32(t_g_i[r]));
+            }
+          }
+        }
+      }
+      // p[row, col] = pow(dot[row, col], 2)
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_p[j][q][e] = prt::powi<2>(f_dot[j][q][e]);
             }
           }
         }
@@ -18995,6 +19413,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
   float f_acc[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_part[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_wsum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 16400);  // f32[64] pitch 64
+  float f_g_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float f_h_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 16384);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 16640);  // f32[64] pitch 64
   float* const t_gk = reinterpret_cast<float*>(prt_base + 17152);  // f32[64] pitch 64
@@ -19151,6 +19572,34 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
   }
   prt::fence_proxy_async();
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = m0 + (lane >> 2) + 8 * h;
+        f_g_i[j][((2 * h)) >> 1] = ((f_lse_i[j][((2 * h)) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - f_lse_i[j][((2 * h)) >> 1]) / 2.0f)) : 0.0f);
+      }
+    }
+  }
+  // h_i[row] = ((g_i[row] * $scale) * 2.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = m0 + (lane >> 2) + 8 * h;
+        f_h_i[j][((2 * h)) >> 1] = ((f_g_i[j][((2 * h)) >> 1] * p_scale) * 2.0f);
+      }
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 128) {
@@ -19266,6 +19715,32 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       }
     }
   }
+  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  {
+    for (int i = tid; i < 4096; i += 128) {
+      const int r = i / 64, c = i % 64;
+      t_k_finite[(r) * 72 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[prt::swz<128>((r) * 64 + (c))])) ? prt::to_f32(t_k[prt::swz<128>((r) * 64 + (c))]) : 0.0f));
+    }
+  }
+  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int q = 0; q < 8; ++q) {
+        #pragma unroll
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float y0 = ((((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
+          const float y1 = ((((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
+          f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+        }
+      }
+    }
+  }
   // part = reduce_sum(W, axis=1)
   {
     #pragma unroll
@@ -19298,32 +19773,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       for (int h = 0; h < 2; ++h) {
         const int r = m0 + (lane >> 2) + 8 * h;
         f_wsum[j][((2 * h)) >> 1] = (f_wsum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-      }
-    }
-  }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
-  {
-    for (int i = tid; i < 4096; i += 128) {
-      const int r = i / 64, c = i % 64;
-      t_k_finite[(r) * 72 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[prt::swz<128>((r) * 64 + (c))])) ? prt::to_f32(t_k[prt::swz<128>((r) * 64 + (c))]) : 0.0f));
-    }
-  }
-  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-  {
-    #pragma unroll
-    for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-      (void)n0;
-      #pragma unroll
-      for (int q = 0; q < 8; ++q) {
-        #pragma unroll
-        for (int p = 0; p < 2; ++p) {
-          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-          const float y0 = ((((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-          const float y1 = ((((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
-          f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-        }
       }
     }
   }
@@ -19478,7 +19927,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
         prt::wgmma_commit();
         prt::wgmma_wait<0>();
       }
-      // W[row, col] = select((lse_i[row] != -Infinity), (select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      prt::fence_proxy_async();
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -19490,7 +19947,60 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_W[j][q][e] = ((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? (((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - f_lse_i[j][(e) >> 1])) : 0.0f) * (f_W[j][q][e] - f_Dy_i[j][(e) >> 1])) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * f_g_i[j][(e) >> 1]);
+            }
+          }
+        }
+      }
+      // W[row, col] = select((lse_i[row] != -Infinity), (W[row, col] - Dy_i[row]), 0.0)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_W[j][q][e] = ((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? (f_W[j][q][e] - f_Dy_i[j][(e) >> 1]) : 0.0f);
+            }
+          }
+        }
+      }
+      // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[col]) * h_i[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * prt::to_f32(t_fk[c])) * f_h_i[j][((2 * p)) >> 1]);
+              const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * prt::to_f32(t_fk[c + 1])) * f_h_i[j][((2 * p + 1)) >> 1]);
+              f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+            }
+          }
+        }
+      }
+      // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_W[j][q][e] = (f_W[j][q][e] * prt::powi<2>(f_dot[j][q][e]));
             }
           }
         }
@@ -19527,25 +20037,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
           for (int h = 0; h < 2; ++h) {
             const int r = m0 + (lane >> 2) + 8 * h;
             f_wsum[j][((2 * h)) >> 1] = (f_wsum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-          }
-        }
-      }
-      // ds[row, col] = select(((lse_i[row] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-          (void)n0;
-          #pragma unroll
-          for (int q = 0; q < 8; ++q) {
-            #pragma unroll
-            for (int p = 0; p < 2; ++p) {
-              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = (((f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-              const float y1 = (((f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
-              f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-            }
           }
         }
       }
@@ -19745,6 +20236,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
   float f_acc[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_part[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_wsum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 18448);  // f32[64] pitch 64
+  float f_g_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float f_h_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 18432);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 18688);  // f32[64] pitch 64
   float* const t_gk = reinterpret_cast<float*>(prt_base + 37632);  // f32[64] pitch 64
@@ -19899,6 +20393,34 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
     }
   }
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = m0 + (lane >> 2) + 8 * h;
+        f_g_i[j][((2 * h)) >> 1] = ((f_lse_i[j][((2 * h)) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - f_lse_i[j][((2 * h)) >> 1]) / 2.0f)) : 0.0f);
+      }
+    }
+  }
+  // h_i[row] = ((g_i[row] * $scale) * 2.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = m0 + (lane >> 2) + 8 * h;
+        f_h_i[j][((2 * h)) >> 1] = ((f_g_i[j][((2 * h)) >> 1] * p_scale) * 2.0f);
+      }
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 128) {
@@ -20045,6 +20567,32 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       }
     }
   }
+  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  {
+    for (int i = tid; i < 4096; i += 128) {
+      const int r = i / 64, c = i % 64;
+      t_k_finite[(r) * 72 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[(r) * 72 + (c)])) ? prt::to_f32(t_k[(r) * 72 + (c)]) : 0.0f));
+    }
+  }
+  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int q = 0; q < 8; ++q) {
+        #pragma unroll
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float y0 = ((((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
+          const float y1 = ((((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
+          f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+        }
+      }
+    }
+  }
   // part = reduce_sum(W, axis=1)
   {
     #pragma unroll
@@ -20077,32 +20625,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       for (int h = 0; h < 2; ++h) {
         const int r = m0 + (lane >> 2) + 8 * h;
         f_wsum[j][((2 * h)) >> 1] = (f_wsum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-      }
-    }
-  }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
-  {
-    for (int i = tid; i < 4096; i += 128) {
-      const int r = i / 64, c = i % 64;
-      t_k_finite[(r) * 72 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[(r) * 72 + (c)])) ? prt::to_f32(t_k[(r) * 72 + (c)]) : 0.0f));
-    }
-  }
-  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-  {
-    #pragma unroll
-    for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-      (void)n0;
-      #pragma unroll
-      for (int q = 0; q < 8; ++q) {
-        #pragma unroll
-        for (int p = 0; p < 2; ++p) {
-          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-          const float y0 = ((((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-          const float y1 = ((((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
-          f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-        }
       }
     }
   }
@@ -20286,7 +20808,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
           }
         }
       }
-      // W[row, col] = select((lse_i[row] != -Infinity), (select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -20298,7 +20827,60 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_W[j][q][e] = ((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? (((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - f_lse_i[j][(e) >> 1])) : 0.0f) * (f_W[j][q][e] - f_Dy_i[j][(e) >> 1])) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * f_g_i[j][(e) >> 1]);
+            }
+          }
+        }
+      }
+      // W[row, col] = select((lse_i[row] != -Infinity), (W[row, col] - Dy_i[row]), 0.0)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_W[j][q][e] = ((f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000)) ? (f_W[j][q][e] - f_Dy_i[j][(e) >> 1]) : 0.0f);
+            }
+          }
+        }
+      }
+      // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[col]) * h_i[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * prt::to_f32(t_fk[c])) * f_h_i[j][((2 * p)) >> 1]);
+              const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * prt::to_f32(t_fk[c + 1])) * f_h_i[j][((2 * p + 1)) >> 1]);
+              f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+            }
+          }
+        }
+      }
+      // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_W[j][q][e] = (f_W[j][q][e] * prt::powi<2>(f_dot[j][q][e]));
             }
           }
         }
@@ -20335,25 +20917,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
           for (int h = 0; h < 2; ++h) {
             const int r = m0 + (lane >> 2) + 8 * h;
             f_wsum[j][((2 * h)) >> 1] = (f_wsum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-          }
-        }
-      }
-      // ds[row, col] = select(((lse_i[row] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-          (void)n0;
-          #pragma unroll
-          for (int q = 0; q < 8; ++q) {
-            #pragma unroll
-            for (int p = 0; p < 2; ++p) {
-              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = (((f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-              const float y1 = (((f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
-              f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-            }
           }
         }
       }
@@ -20444,7 +21007,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64_e64_c128_f16_w4_bd0_bt64_s2(
     const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, __half* g_dK, __half* g_dV, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 60688 bytes of dynamic shared memory
+  // sm_90a: 61200 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -20587,12 +21150,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
   __half* const t_q = reinterpret_cast<__half*>(prt_base + 51200);  // f16[64, 64] swizzle 128
   __half* const t_dy = reinterpret_cast<__half*>(prt_base + 43008);  // f16[64, 64] swizzle 128
   __half* const t_q_finite = reinterpret_cast<__half*>(prt_base + 33536);  // f16[64, 64] pitch 72
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 59392);  // f32[64] pitch 64
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 59904);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 16384);  // f32[64] pitch 64
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 42752);  // f32[64] pitch 64
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 59392);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 16640);  // f32[64] pitch 64
   float f_ck[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 59648);  // f32[1] pitch 1
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 60160);  // f32[1] pitch 1
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -20602,6 +21165,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
   float f_part[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_col_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float f_fk[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 42752);  // f32[64] pitch 64
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 59648);  // f32[64] pitch 64
   // k = load.async K[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -20953,41 +21519,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
           }
         }
       }
-      // part = reduce_sum(W, axis=1)
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_W[j][0][2 * h];
-            acc += f_W[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 8; ++q) {
-              acc += f_W[j][q][2 * h];
-              acc += f_W[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
-            (void)r;
-            f_part[j][((2 * h)) >> 1] = acc;
-          }
-        }
-      }
-      // col_sum[row] = (col_sum[row] + part[row])
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-          (void)n0;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int r = m0 + (lane >> 2) + 8 * h;
-            f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-          }
-        }
-      }
       // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
       {
         for (int i = tid; i < 4096; i += 128) {
@@ -21060,6 +21591,41 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
               const float y1 = ((((r <= c + 1) && (prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
               f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
+          }
+        }
+      }
+      // part = reduce_sum(W, axis=1)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float acc = f_W[j][0][2 * h];
+            acc += f_W[j][0][2 * h + 1];
+            #pragma unroll
+            for (int q = 1; q < 8; ++q) {
+              acc += f_W[j][q][2 * h];
+              acc += f_W[j][q][2 * h + 1];
+            }
+            acc = prt::quad_sum(acc);
+            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
+            (void)r;
+            f_part[j][((2 * h)) >> 1] = acc;
+          }
+        }
+      }
+      // col_sum[row] = (col_sum[row] + part[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = m0 + (lane >> 2) + 8 * h;
+            f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
           }
         }
       }
@@ -21242,9 +21808,35 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
             prt::wgmma_commit();
             prt::wgmma_wait<0>();
           }
+          // fk[row] = exp((ck[row] / 2.0))
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int r = m0 + (lane >> 2) + 8 * h;
+                f_fk[j][((2 * h)) >> 1] = prt::exp((f_ck[j][((2 * h)) >> 1] / 2.0f));
+              }
+            }
+          }
           prt::fence_proxy_async();
           __syncthreads();
-          // W[row, col] = select((lse_i[col] != -Infinity), (select((lse_i[col] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0) * (W[row, col] - Dy_i[col])), 0.0)
+          // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+          // h_i[row] = ((g_i[row] * $scale) * 2.0)
+          {
+            for (int r = tid; r < 64; r += 128) {
+              const float y0 = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
+              const float y1 = prt::from_f32<float>(((y0 * p_scale) * 2.0f));
+              t_g_i[r] = y0;
+              t_h_i[r] = y1;
+            }
+          }
+          prt::fence_proxy_async();
+          __syncthreads();
+          // dot[row, col] = (((dot[row, col] * $scale) * fk[row]) * g_i[col])
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -21256,7 +21848,109 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][(e) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[c]))) : 0.0f);
+                  f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * f_fk[j][(e) >> 1]) * prt::to_f32(t_g_i[c]));
+                }
+              }
+            }
+          }
+          // p[row, col] = pow(dot[row, col], 2)
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 8; ++q) {
+                #pragma unroll
+                for (int p = 0; p < 2; ++p) {
+                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+                  const float y0 = prt::powi<2>(f_dot[j][q][(2 * p)]);
+                  const float y1 = prt::powi<2>(f_dot[j][q][(2 * p + 1)]);
+                  f_p[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+                }
+              }
+            }
+          }
+          // acc_v += mma.wgmma(p, dy) [64x64 in 16x64 units over 4 warps]
+          {
+            float acc[1][8][4];
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              #pragma unroll
+              for (int q = 0; q < 8; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[j][q][e] = t_acc_v[(16 * (warp + j * 4) + prt::frag_row(lane, e)) * 64 + (q * 8 + prt::frag_col(lane, e))];
+            }
+            prt::wgmma_fence();
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int mb = 64 * (warp / 4) + 64 * j;  // this warpgroup's rows
+              (void)mb;
+              #pragma unroll
+              for (int k0 = 0; k0 < 64; k0 += 16) {
+                prt::Wgmma<64, __half>::template rs<1>(acc[j], f_p[j][k0 / 8][0], f_p[j][k0 / 8][1], f_p[j][k0 / 8 + 1][0], f_p[j][k0 / 8 + 1][1], prt::wgmma_desc<128>(t_dy + ((0) / 64 * 64 + (k0)) * 64 + ((0) % 64), 8192, 1024), 1);
+              }
+            }
+            prt::wgmma_commit();
+            prt::wgmma_wait<0>();
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              #pragma unroll
+              for (int q = 0; q < 8; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_acc_v[(16 * (warp + j * 4) + prt::frag_row(lane, e)) * 64 + (q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
+            }
+          }
+          // W[row, col] = select((lse_i[col] != -Infinity), (W[row, col] - Dy_i[col]), 0.0)
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 8; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (f_W[j][q][e] - prt::to_f32(t_Dy_i[c])) : 0.0f);
+                }
+              }
+            }
+          }
+          // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[row]) * h_i[col])
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 8; ++q) {
+                #pragma unroll
+                for (int p = 0; p < 2; ++p) {
+                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+                  const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * f_fk[j][((2 * p)) >> 1]) * prt::to_f32(t_h_i[c]));
+                  const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * f_fk[j][((2 * p + 1)) >> 1]) * prt::to_f32(t_h_i[c + 1]));
+                  f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
+                }
+              }
+            }
+          }
+          // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 8; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_W[j][q][e] = (f_W[j][q][e] * prt::powi<2>(f_dot[j][q][e]));
                 }
               }
             }
@@ -21293,74 +21987,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
               for (int h = 0; h < 2; ++h) {
                 const int r = m0 + (lane >> 2) + 8 * h;
                 f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-              }
-            }
-          }
-          // p[row, col] = select((lse_i[col] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0)
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-              (void)n0;
-              #pragma unroll
-              for (int q = 0; q < 8; ++q) {
-                #pragma unroll
-                for (int p = 0; p < 2; ++p) {
-                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-                  const float y0 = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][((2 * p)) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f);
-                  const float y1 = ((prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c + 1])) + f_ck[j][((2 * p + 1)) >> 1]) - prt::to_f32(t_lse_i[c + 1]))) : 0.0f);
-                  f_p[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-                }
-              }
-            }
-          }
-          // acc_v += mma.wgmma(p, dy) [64x64 in 16x64 units over 4 warps]
-          {
-            float acc[1][8][4];
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 8; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[j][q][e] = t_acc_v[(16 * (warp + j * 4) + prt::frag_row(lane, e)) * 64 + (q * 8 + prt::frag_col(lane, e))];
-            }
-            prt::wgmma_fence();
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int mb = 64 * (warp / 4) + 64 * j;  // this warpgroup's rows
-              (void)mb;
-              #pragma unroll
-              for (int k0 = 0; k0 < 64; k0 += 16) {
-                prt::Wgmma<64, __half>::template rs<1>(acc[j], f_p[j][k0 / 8][0], f_p[j][k0 / 8][1], f_p[j][k0 / 8 + 1][0], f_p[j][k0 / 8 + 1][1], prt::wgmma_desc<128>(t_dy + ((0) / 64 * 64 + (k0)) * 64 + ((0) % 64), 8192, 1024), 1);
-              }
-            }
-            prt::wgmma_commit();
-            prt::wgmma_wait<0>();
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 8; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_acc_v[(16 * (warp + j * 4) + prt::frag_row(lane, e)) * 64 + (q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-            }
-          }
-          // ds[row, col] = select(((lse_i[col] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-              (void)n0;
-              #pragma unroll
-              for (int q = 0; q < 8; ++q) {
-                #pragma unroll
-                for (int p = 0; p < 2; ++p) {
-                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-                  const float y0 = (((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-                  const float y1 = (((prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
-                  f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
-                }
               }
             }
           }
@@ -21468,7 +22094,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
     }
   }
 #else
-  // sm_80: 63760 bytes of dynamic shared memory
+  // sm_80: 64272 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -21611,12 +22237,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
   __half* const t_q = reinterpret_cast<__half*>(prt_base + 44800);  // f16[64, 64] pitch 72
   __half* const t_dy = reinterpret_cast<__half*>(prt_base + 35584);  // f16[64, 64] pitch 72
   __half* const t_q_finite = reinterpret_cast<__half*>(prt_base + 54016);  // f16[64, 64] pitch 72
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 63488);  // f32[64] pitch 64
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 64000);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 18432);  // f32[64] pitch 64
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 63232);  // f32[64] pitch 64
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 63488);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 18688);  // f32[64] pitch 64
   float f_ck[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 63744);  // f32[1] pitch 1
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 64256);  // f32[1] pitch 1
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -21626,6 +22252,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
   float f_part[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_col_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float f_fk[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 63232);  // f32[64] pitch 64
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 63744);  // f32[64] pitch 64
   // k = load.async K[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -22004,41 +22633,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
           }
         }
       }
-      // part = reduce_sum(W, axis=1)
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_W[j][0][2 * h];
-            acc += f_W[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 8; ++q) {
-              acc += f_W[j][q][2 * h];
-              acc += f_W[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
-            (void)r;
-            f_part[j][((2 * h)) >> 1] = acc;
-          }
-        }
-      }
-      // col_sum[row] = (col_sum[row] + part[row])
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-          (void)n0;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int r = m0 + (lane >> 2) + 8 * h;
-            f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-          }
-        }
-      }
       // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
       {
         for (int i = tid; i < 4096; i += 128) {
@@ -22120,6 +22714,41 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
               const float y1 = ((((r <= c + 1) && (prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
               f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
+          }
+        }
+      }
+      // part = reduce_sum(W, axis=1)
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float acc = f_W[j][0][2 * h];
+            acc += f_W[j][0][2 * h + 1];
+            #pragma unroll
+            for (int q = 1; q < 8; ++q) {
+              acc += f_W[j][q][2 * h];
+              acc += f_W[j][q][2 * h + 1];
+            }
+            acc = prt::quad_sum(acc);
+            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
+            (void)r;
+            f_part[j][((2 * h)) >> 1] = acc;
+          }
+        }
+      }
+      // col_sum[row] = (col_sum[row] + part[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+          (void)n0;
+          #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = m0 + (lane >> 2) + 8 * h;
+            f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
           }
         }
       }
@@ -22332,8 +22961,33 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
               }
             }
           }
+          // fk[row] = exp((ck[row] / 2.0))
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int r = m0 + (lane >> 2) + 8 * h;
+                f_fk[j][((2 * h)) >> 1] = prt::exp((f_ck[j][((2 * h)) >> 1] / 2.0f));
+              }
+            }
+          }
           __syncthreads();
-          // W[row, col] = select((lse_i[col] != -Infinity), (select((lse_i[col] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0) * (W[row, col] - Dy_i[col])), 0.0)
+          // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+          // h_i[row] = ((g_i[row] * $scale) * 2.0)
+          {
+            for (int r = tid; r < 64; r += 128) {
+              const float y0 = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
+              const float y1 = prt::from_f32<float>(((y0 * p_scale) * 2.0f));
+              t_g_i[r] = y0;
+              t_h_i[r] = y1;
+            }
+          }
+          __syncthreads();
+          // dot[row, col] = (((dot[row, col] * $scale) * fk[row]) * g_i[col])
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -22345,47 +22999,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                   const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][(e) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[c]))) : 0.0f);
+                  f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * f_fk[j][(e) >> 1]) * prt::to_f32(t_g_i[c]));
                 }
               }
             }
           }
-          // part = reduce_sum(W, axis=1)
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              #pragma unroll
-              for (int h = 0; h < 2; ++h) {
-                float acc = f_W[j][0][2 * h];
-                acc += f_W[j][0][2 * h + 1];
-                #pragma unroll
-                for (int q = 1; q < 8; ++q) {
-                  acc += f_W[j][q][2 * h];
-                  acc += f_W[j][q][2 * h + 1];
-                }
-                acc = prt::quad_sum(acc);
-                const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
-                (void)r;
-                f_part[j][((2 * h)) >> 1] = acc;
-              }
-            }
-          }
-          // col_sum[row] = (col_sum[row] + part[row])
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 4;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
-              (void)n0;
-              #pragma unroll
-              for (int h = 0; h < 2; ++h) {
-                const int r = m0 + (lane >> 2) + 8 * h;
-                f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-              }
-            }
-          }
-          // p[row, col] = select((lse_i[col] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0)
+          // p[row, col] = pow(dot[row, col], 2)
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -22397,8 +23016,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
                 #pragma unroll
                 for (int p = 0; p < 2; ++p) {
                   const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-                  const float y0 = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][((2 * p)) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f);
-                  const float y1 = ((prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c + 1])) + f_ck[j][((2 * p + 1)) >> 1]) - prt::to_f32(t_lse_i[c + 1]))) : 0.0f);
+                  const float y0 = prt::powi<2>(f_dot[j][q][(2 * p)]);
+                  const float y1 = prt::powi<2>(f_dot[j][q][(2 * p + 1)]);
                   f_p[j][q][p] = prt::pack2_rn<__half>(y0, y1);
                 }
               }
@@ -22443,7 +23062,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
                 for (int e = 0; e < 4; ++e) t_acc_v[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 4) % 1) * 64 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
             }
           }
-          // ds[row, col] = select(((lse_i[col] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
+          // W[row, col] = select((lse_i[col] != -Infinity), (W[row, col] - Dy_i[col]), 0.0)
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 8; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (f_W[j][q][e] - prt::to_f32(t_Dy_i[c])) : 0.0f);
+                }
+              }
+            }
+          }
+          // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[row]) * h_i[col])
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -22455,10 +23091,62 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
                 #pragma unroll
                 for (int p = 0; p < 2; ++p) {
                   const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-                  const float y0 = (((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-                  const float y1 = (((prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000)) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
+                  const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * f_fk[j][((2 * p)) >> 1]) * prt::to_f32(t_h_i[c]));
+                  const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * f_fk[j][((2 * p + 1)) >> 1]) * prt::to_f32(t_h_i[c + 1]));
                   f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
                 }
+              }
+            }
+          }
+          // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int q = 0; q < 8; ++q) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                  f_W[j][q][e] = (f_W[j][q][e] * prt::powi<2>(f_dot[j][q][e]));
+                }
+              }
+            }
+          }
+          // part = reduce_sum(W, axis=1)
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                float acc = f_W[j][0][2 * h];
+                acc += f_W[j][0][2 * h + 1];
+                #pragma unroll
+                for (int q = 1; q < 8; ++q) {
+                  acc += f_W[j][q][2 * h];
+                  acc += f_W[j][q][2 * h + 1];
+                }
+                acc = prt::quad_sum(acc);
+                const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
+                (void)r;
+                f_part[j][((2 * h)) >> 1] = acc;
+              }
+            }
+          }
+          // col_sum[row] = (col_sum[row] + part[row])
+          {
+            #pragma unroll
+            for (int j = 0; j < 1; ++j) {
+              const int u = warp + j * 4;
+              const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+              (void)n0;
+              #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int r = m0 + (lane >> 2) + 8 * h;
+                f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
               }
             }
           }
@@ -23800,9 +24488,9 @@ extern "C" cudaError_t prt_query_state_p2_d64_e64_c128_f16_w8_bd0_bt128_s2_launc
 }
 
 extern "C" cudaError_t prt_attention_bwd_prep_p2_d64_e64_c128_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d64_e64_c128_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 39680);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d64_e64_c128_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 39696);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_prep_p2_d64_e64_c128_f16_w4_bd0_bt64_s2<<<grid, 128, 39680, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_prep_p2_d64_e64_c128_f16_w4_bd0_bt64_s2<<<grid, 128, 39696, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -23821,9 +24509,9 @@ extern "C" cudaError_t prt_attention_bwd_dq_p2_d64_e64_c128_f16_w4_bd0_bt64_s2_l
 }
 
 extern "C" cudaError_t prt_attention_bwd_dkv_p2_d64_e64_c128_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_p2_d64_e64_c128_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 63760);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_p2_d64_e64_c128_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 64272);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dkv_p2_d64_e64_c128_f16_w4_bd0_bt64_s2<<<grid, 128, 63760, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dkv_p2_d64_e64_c128_f16_w4_bd0_bt64_s2<<<grid, 128, 64272, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -23856,9 +24544,9 @@ extern "C" cudaError_t prt_combine_grads_p2_d64_e64_c128_f16_w4_bd0_bt64_s1_laun
 }
 
 extern "C" cudaError_t prt_attention_bwd_prep_y_p2_d64_e64_c128_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, float* g_Dy, float* g_lseB, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_y_p2_d64_e64_c128_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 39680);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_y_p2_d64_e64_c128_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 39696);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_prep_y_p2_d64_e64_c128_f16_w4_bd0_bt64_s2<<<grid, 128, 39680, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_lseB, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_prep_y_p2_d64_e64_c128_f16_w4_bd0_bt64_s2<<<grid, 128, 39696, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_lseB, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -23870,9 +24558,9 @@ extern "C" cudaError_t prt_attention_bwd_dq_y_p2_d64_e64_c128_f16_w4_bd0_bt64_s2
 }
 
 extern "C" cudaError_t prt_attention_bwd_dkv_y_p2_d64_e64_c128_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, __half* g_dK, __half* g_dV, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_y_p2_d64_e64_c128_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 63760);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_y_p2_d64_e64_c128_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 64272);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dkv_y_p2_d64_e64_c128_f16_w4_bd0_bt64_s2<<<grid, 128, 63760, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dK, g_dV, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dkv_y_p2_d64_e64_c128_f16_w4_bd0_bt64_s2<<<grid, 128, 64272, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dK, g_dV, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 

@@ -3997,7 +3997,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
 // grid ((($t + 63) // 64), $hq, $b), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_e64_c64_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 72448 bytes of dynamic shared memory
+  // sm_80: 72464 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -4099,21 +4099,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
   float* const t_q = reinterpret_cast<float*>(prt_base + 0);  // f32[64, 64] pitch 68
   float* const t_dy = reinterpret_cast<float*>(prt_base + 17408);  // f32[64, 64] pitch 68
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 34816);  // f32[64] pitch 64
-  float* const t_k = reinterpret_cast<float*>(prt_base + 36352);  // f32[64, 64] pitch 68
-  float* const t_v = reinterpret_cast<float*>(prt_base + 53760);  // f32[64, 64] pitch 68
+  float* const t_k = reinterpret_cast<float*>(prt_base + 36368);  // f32[64, 64] pitch 68
+  float* const t_v = reinterpret_cast<float*>(prt_base + 53776);  // f32[64, 64] pitch 68
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p_dp[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_part = reinterpret_cast<float*>(prt_base + 71680);  // f32[64] pitch 64
+  float* const t_part = reinterpret_cast<float*>(prt_base + 35840);  // f32[64] pitch 64
   float* const t_acc_dy = reinterpret_cast<float*>(prt_base + 35072);  // f32[64] pitch 64
   float* const t_acc_p = reinterpret_cast<float*>(prt_base + 35328);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 71696);  // f32[64] pitch 64
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 35584);  // f32[64] pitch 64
   float* const t_gq = reinterpret_cast<float*>(prt_base + 35584);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 35840);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 71936);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 72192);  // f32[64] pitch 64
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 36096);  // f32[64] pitch 64
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 35584);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 71168);  // f32[2, 64] pitch 64
+  float* const t_gk = reinterpret_cast<float*>(prt_base + 71952);  // f32[64] pitch 64
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 72208);  // f32[64] pitch 64
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 36112);  // f32[64] pitch 64
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 36096);  // f32[1] pitch 1
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 71184);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -4215,6 +4217,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     }
   }
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  {
+    for (int r = tid; r < 64; r += 128) {
+      t_g_i[r] = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 128) {
@@ -4364,6 +4372,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       }
     }
   }
+  __syncthreads();
   // part = reduce_sum(p_dp, axis=1) via part_part
   {
     #pragma unroll
@@ -4570,7 +4579,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
           }
         }
       }
-      // p[row, col] = select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -4582,7 +4598,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p[j][q][e] = ((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - prt::to_f32(t_lse_i[r]))) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * prt::to_f32(t_g_i[r]));
+            }
+          }
+        }
+      }
+      // p[row, col] = pow(dot[row, col], 2)
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_p[j][q][e] = prt::powi<2>(f_dot[j][q][e]);
             }
           }
         }
@@ -5488,7 +5521,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
 // grid ((($t + 63) // 64), $hq, $b), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e64_c64_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 106752 bytes of dynamic shared memory
+  // sm_80: 106768 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -5604,22 +5637,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   float* const t_dy = reinterpret_cast<float*>(prt_base + 17408);  // f32[64, 64] pitch 68
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 34816);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 35072);  // f32[64] pitch 64
-  float* const t_k = reinterpret_cast<float*>(prt_base + 36352);  // f32[64, 64] pitch 68
-  float* const t_v = reinterpret_cast<float*>(prt_base + 53760);  // f32[64, 64] pitch 68
-  float* const t_k_finite = reinterpret_cast<float*>(prt_base + 71936);  // f32[64, 64] pitch 68
+  float* const t_k = reinterpret_cast<float*>(prt_base + 36624);  // f32[64, 64] pitch 68
+  float* const t_v = reinterpret_cast<float*>(prt_base + 54032);  // f32[64, 64] pitch 68
+  float* const t_k_finite = reinterpret_cast<float*>(prt_base + 71440);  // f32[64, 64] pitch 68
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_W[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_ds = reinterpret_cast<float*>(prt_base + 89344);  // f32[64, 64] pitch 68
+  float* const t_ds = reinterpret_cast<float*>(prt_base + 88848);  // f32[64, 64] pitch 68
   float f_acc[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_part = reinterpret_cast<float*>(prt_base + 71680);  // f32[64] pitch 64
+  float* const t_part = reinterpret_cast<float*>(prt_base + 35840);  // f32[64] pitch 64
   float* const t_wsum = reinterpret_cast<float*>(prt_base + 35328);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 71440);  // f32[64] pitch 64
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 35584);  // f32[64] pitch 64
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 36096);  // f32[64] pitch 64
   float* const t_gq = reinterpret_cast<float*>(prt_base + 35584);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 35840);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 71936);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 72192);  // f32[64] pitch 64
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 36096);  // f32[64] pitch 64
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 35584);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 71168);  // f32[2, 64] pitch 64
+  float* const t_gk = reinterpret_cast<float*>(prt_base + 71696);  // f32[64] pitch 64
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 71952);  // f32[64] pitch 64
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 36368);  // f32[64] pitch 64
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 36352);  // f32[1] pitch 1
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 106256);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -5746,6 +5782,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     }
   }
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  // h_i[row] = ((g_i[row] * $scale) * 2.0)
+  {
+    for (int r = tid; r < 64; r += 128) {
+      const float y0 = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
+      const float y1 = prt::from_f32<float>(((y0 * p_scale) * 2.0f));
+      t_g_i[r] = y0;
+      t_h_i[r] = y1;
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 128) {
@@ -5878,6 +5924,31 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
+  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  {
+    for (int i = tid; i < 4096; i += 128) {
+      const int r = i / 64, c = i % 64;
+      t_k_finite[(r) * 68 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_k[(r) * 68 + (c)])) ? prt::to_f32(t_k[(r) * 68 + (c)]) : 0.0f));
+    }
+  }
+  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+      (void)n0;
+      #pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          t_ds[(r) * 68 + (c)] = prt::from_f32<float>(((((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) && (f_dot[j][q][e] != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e]) : 0.0f));
+        }
+      }
+    }
+  }
+  __syncthreads();
   // part = reduce_sum(W, axis=1) via part_part
   {
     #pragma unroll
@@ -5911,31 +5982,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       t_wsum[r] = prt::from_f32<float>((prt::to_f32(t_wsum[r]) + prt::to_f32(t_part[r])));
     }
   }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
-  {
-    for (int i = tid; i < 4096; i += 128) {
-      const int r = i / 64, c = i % 64;
-      t_k_finite[(r) * 68 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_k[(r) * 68 + (c)])) ? prt::to_f32(t_k[(r) * 68 + (c)]) : 0.0f));
-    }
-  }
-  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-  {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-      (void)n0;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          t_ds[(r) * 68 + (c)] = prt::from_f32<float>(((((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) && (f_dot[j][q][e] != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e]) : 0.0f));
-        }
-      }
-    }
-  }
-  __syncthreads();
   // acc += mma.fmaFrag(ds, k_finite) [64x64 in 16x32 units over 4 warps]
   {
     #pragma unroll
@@ -6097,7 +6143,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           }
         }
       }
-      // W[row, col] = select((lse_i[row] != -Infinity), (select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -6109,7 +6162,58 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_W[j][q][e] = ((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? (((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r]))) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * prt::to_f32(t_g_i[r]));
+            }
+          }
+        }
+      }
+      // W[row, col] = select((lse_i[row] != -Infinity), (W[row, col] - Dy_i[row]), 0.0)
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_W[j][q][e] = ((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? (f_W[j][q][e] - prt::to_f32(t_Dy_i[r])) : 0.0f);
+            }
+          }
+        }
+      }
+      // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[col]) * h_i[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              t_ds[(r) * 68 + (c)] = prt::from_f32<float>((((f_W[j][q][e] * prt::powi<1>(f_dot[j][q][e])) * prt::to_f32(t_fk[c])) * prt::to_f32(t_h_i[r])));
+            }
+          }
+        }
+      }
+      // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_W[j][q][e] = (f_W[j][q][e] * prt::powi<2>(f_dot[j][q][e]));
             }
           }
         }
@@ -6145,23 +6249,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       {
         for (int r = tid; r < 64; r += 128) {
           t_wsum[r] = prt::from_f32<float>((prt::to_f32(t_wsum[r]) + prt::to_f32(t_part[r])));
-        }
-      }
-      // ds[row, col] = select(((lse_i[row] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          (void)n0;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              t_ds[(r) * 68 + (c)] = prt::from_f32<float>((((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) && (f_dot[j][q][e] != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e]) : 0.0f));
-            }
-          }
         }
       }
       __syncthreads();
@@ -6238,7 +6325,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
 // grid ((($t + 31) // 32), $h, $b), 64 threads
 extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e64_c64_f32_w2_bd0_bt32_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 57616 bytes of dynamic shared memory
+  // sm_80: 62224 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -6381,21 +6468,24 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
   float* const t_q = reinterpret_cast<float*>(prt_base + 26496);  // f32[32, 64] pitch 68
   float* const t_dy = reinterpret_cast<float*>(prt_base + 17792);  // f32[32, 64] pitch 68
   float* const t_q_finite = reinterpret_cast<float*>(prt_base + 35200);  // f32[32, 64] pitch 68
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 57472);  // f32[32] pitch 32
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 61952);  // f32[32] pitch 32
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 17408);  // f32[32] pitch 32
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 57344);  // f32[32] pitch 32
-  float* const t_cq = reinterpret_cast<float*>(prt_base + 57216);  // f32[32] pitch 32
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 61696);  // f32[32] pitch 32
+  float* const t_cq = reinterpret_cast<float*>(prt_base + 61312);  // f32[32] pitch 32
   float* const t_ck = reinterpret_cast<float*>(prt_base + 17536);  // f32[32] pitch 32
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 57600);  // f32[1] pitch 1
-  float* const t_dot = reinterpret_cast<float*>(prt_base + 53120);  // f32[32, 32] pitch 32
-  float f_W[1][4][4];  // f32[32, 32] as mma fragments: 32x32 in 16x32 units over 2 warps
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 62208);  // f32[1] pitch 1
+  float* const t_dot = reinterpret_cast<float*>(prt_base + 57216);  // f32[32, 32] pitch 32
+  float* const t_W = reinterpret_cast<float*>(prt_base + 53120);  // f32[32, 32] pitch 32
   float* const t_p = reinterpret_cast<float*>(prt_base + 48512);  // f32[32, 32] pitch 36
   float* const t_ds = reinterpret_cast<float*>(prt_base + 43904);  // f32[32, 32] pitch 36
   float f_acc_k[2][4][4];  // f32[32, 64] as mma fragments: 32x64 in 16x32 units over 2 warps
   float f_acc_v[2][4][4];  // f32[32, 64] as mma fragments: 32x64 in 16x32 units over 2 warps
-  float f_part[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
+  float* const t_part = reinterpret_cast<float*>(prt_base + 62080);  // f32[32] pitch 32
   float f_col_sum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
   float f_row_sum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 61440);  // f32[32] pitch 32
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 61568);  // f32[32] pitch 32
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 61824);  // f32[32] pitch 32
   // k = load.async K[pid.z, (pid.x * 32):+32, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -6553,18 +6643,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
         const int a2 = ((static_cast<int>(blockIdx.y) * (p_hq / p_h)) + v_i0);
         const bool ok = a0 >= 0 && a0 < g_rowW_d0 && a2 >= 0 && a2 < g_rowW_d2;
         const long long base = static_cast<long long>(a0) * g_rowW_s0 + static_cast<long long>(s1) * g_rowW_s1 + static_cast<long long>(a2) * g_rowW_s2;
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 2;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          (void)n0;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int r = m0 + (lane >> 2) + 8 * h;
-            f_part[j][((2 * h)) >> 1] = ok && s1 + r >= 0 && s1 + r < g_rowW_d1 ? prt::to_f32(g_rowW[base + static_cast<long long>(r) * g_rowW_s1]) : 0.0f;
-          }
+        float* const dst = t_part;
+        for (int r = tid; r < 32; r += 64) {
+          dst[r] = ok && s1 + r >= 0 && s1 + r < g_rowW_d1 ? g_rowW[base + static_cast<long long>(r) * g_rowW_s1] : prt::from_f32<float>(0.0f);
         }
       }
+      __syncthreads();
       // row_sum[row] = (row_sum[row] + part[row])
       {
         #pragma unroll
@@ -6575,7 +6659,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
           #pragma unroll
           for (int h = 0; h < 2; ++h) {
             const int r = m0 + (lane >> 2) + 8 * h;
-            f_row_sum[j][((2 * h)) >> 1] = (f_row_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
+            f_row_sum[j][((2 * h)) >> 1] = (f_row_sum[j][((2 * h)) >> 1] + prt::to_f32(t_part[r]));
           }
         }
       }
@@ -6649,7 +6733,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
           dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
         }
       }
-      __syncthreads();
       // Dy_i = load Dy[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
@@ -6730,7 +6813,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 2;
           const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          float (&acc)[4][4] = f_W[j];
+          float acc[4][4];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
@@ -6747,59 +6830,18 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
               acc[q][3] = fmaf(a1, b1, acc[q][3]);
             }
           }
+          #pragma unroll
+          for (int q = 0; q < 4; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_W[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
       __syncthreads();
       // W[row, col] = select(((row <= col) && (lse_i[col] != -Infinity)), (select(((row <= col) && (lse_i[col] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0) * (W[row, col] - Dy_i[col])), 0.0)
       {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 2;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          (void)n0;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_W[j][q][e] = (((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? ((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + prt::to_f32(t_ck[r])) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[c]))) : 0.0f);
-            }
-          }
-        }
-      }
-      // part = reduce_sum(W, axis=1)
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 2;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_W[j][0][2 * h];
-            acc += f_W[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 4; ++q) {
-              acc += f_W[j][q][2 * h];
-              acc += f_W[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
-            (void)r;
-            f_part[j][((2 * h)) >> 1] = acc;
-          }
-        }
-      }
-      // col_sum[row] = (col_sum[row] + part[row])
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 2;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          (void)n0;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int r = m0 + (lane >> 2) + 8 * h;
-            f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-          }
+        for (int i = tid; i < 1024; i += 64) {
+          const int r = i / 32, c = i % 32;
+          t_W[(r) * 32 + (c)] = prt::from_f32<float>((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? ((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + prt::to_f32(t_ck[r])) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (prt::to_f32(t_W[(r) * 32 + (c)]) - prt::to_f32(t_Dy_i[c]))) : 0.0f));
         }
       }
       // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
@@ -6840,22 +6882,34 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
       }
       // ds[row, col] = select((((row <= col) && (lse_i[col] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
       {
+        for (int i = tid; i < 1024; i += 64) {
+          const int r = i / 32, c = i % 32;
+          t_ds[(r) * 36 + (c)] = prt::from_f32<float>(((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) && (prt::to_f32(t_dot[(r) * 32 + (c)]) != 0.0f)) ? ((prt::to_f32(t_W[(r) * 32 + (c)]) * 2.0f) / prt::to_f32(t_dot[(r) * 32 + (c)])) : 0.0f));
+        }
+      }
+      // part = reduce_sum(W, axis=1)
+      {
+        for (int o = tid; o < 32; o += 64) {
+          float acc = 0.0f;
+          for (int i = 0; i < 32; ++i) acc += prt::to_f32(t_W[(o) * 32 + (i)]);
+          t_part[o] = prt::from_f32<float>(acc);
+        }
+      }
+      __syncthreads();
+      // col_sum[row] = (col_sum[row] + part[row])
+      {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 2;
           const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
           (void)n0;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              t_ds[(r) * 36 + (c)] = prt::from_f32<float>(((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) && (prt::to_f32(t_dot[(r) * 32 + (c)]) != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / prt::to_f32(t_dot[(r) * 32 + (c)])) : 0.0f));
-            }
+          for (int h = 0; h < 2; ++h) {
+            const int r = m0 + (lane >> 2) + 8 * h;
+            f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + prt::to_f32(t_part[r]));
           }
         }
       }
-      __syncthreads();
       // acc_k += mma.fmaFrag(ds, q_finite) [32x64 in 16x32 units over 2 warps]
       {
         #pragma unroll
@@ -7023,7 +7077,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
             for (int j = 0; j < 1; ++j) {
               const int u = warp + j * 2;
               const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              float (&acc)[4][4] = f_W[j];
+              float acc[4][4];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
@@ -7040,66 +7094,39 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
                   acc[q][3] = fmaf(a1, b1, acc[q][3]);
                 }
               }
+              #pragma unroll
+              for (int q = 0; q < 4; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_W[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+          // fk[row] = exp((ck[row] / 2.0))
+          {
+            for (int r = tid; r < 32; r += 64) {
+              t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
             }
           }
           __syncthreads();
-          // W[row, col] = select((lse_i[col] != -Infinity), (select((lse_i[col] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0) * (W[row, col] - Dy_i[col])), 0.0)
+          // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+          // h_i[row] = ((g_i[row] * $scale) * 2.0)
           {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 2;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              (void)n0;
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + prt::to_f32(t_ck[r])) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[c]))) : 0.0f);
-                }
-              }
+            for (int r = tid; r < 32; r += 64) {
+              const float y0 = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
+              const float y1 = prt::from_f32<float>(((y0 * p_scale) * 2.0f));
+              t_g_i[r] = y0;
+              t_h_i[r] = y1;
             }
           }
-          // part = reduce_sum(W, axis=1)
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 2;
-              #pragma unroll
-              for (int h = 0; h < 2; ++h) {
-                float acc = f_W[j][0][2 * h];
-                acc += f_W[j][0][2 * h + 1];
-                #pragma unroll
-                for (int q = 1; q < 4; ++q) {
-                  acc += f_W[j][q][2 * h];
-                  acc += f_W[j][q][2 * h + 1];
-                }
-                acc = prt::quad_sum(acc);
-                const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
-                (void)r;
-                f_part[j][((2 * h)) >> 1] = acc;
-              }
-            }
-          }
-          // col_sum[row] = (col_sum[row] + part[row])
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 2;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              (void)n0;
-              #pragma unroll
-              for (int h = 0; h < 2; ++h) {
-                const int r = m0 + (lane >> 2) + 8 * h;
-                f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-              }
-            }
-          }
-          // p[row, col] = select((lse_i[col] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0)
+          __syncthreads();
+          // dot[row, col] = (((dot[row, col] * $scale) * fk[row]) * g_i[col])
+          // p[row, col] = pow(dot[row, col], 2)
           {
             for (int i = tid; i < 1024; i += 64) {
               const int r = i / 32, c = i % 32;
-              t_p[(r) * 36 + (c)] = prt::from_f32<float>(((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + prt::to_f32(t_ck[r])) - prt::to_f32(t_lse_i[c]))) : 0.0f));
+              const float y0 = prt::from_f32<float>((((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale) * prt::to_f32(t_fk[r])) * prt::to_f32(t_g_i[c])));
+              const float y1 = prt::from_f32<float>(prt::powi<2>(y0));
+              t_dot[(r) * 32 + (c)] = y0;
+              t_p[(r) * 36 + (c)] = y1;
             }
           }
           __syncthreads();
@@ -7124,7 +7151,35 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
               }
             }
           }
-          // ds[row, col] = select(((lse_i[col] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
+          // W[row, col] = select((lse_i[col] != -Infinity), (W[row, col] - Dy_i[col]), 0.0)
+          // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[row]) * h_i[col])
+          {
+            for (int i = tid; i < 1024; i += 64) {
+              const int r = i / 32, c = i % 32;
+              const float y0 = prt::from_f32<float>(((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (prt::to_f32(t_W[(r) * 32 + (c)]) - prt::to_f32(t_Dy_i[c])) : 0.0f));
+              const float y1 = prt::from_f32<float>((((y0 * prt::powi<1>(prt::to_f32(t_dot[(r) * 32 + (c)]))) * prt::to_f32(t_fk[r])) * prt::to_f32(t_h_i[c])));
+              t_W[(r) * 32 + (c)] = y0;
+              t_ds[(r) * 36 + (c)] = y1;
+            }
+          }
+          // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+          {
+            for (int i = tid; i < 1024; i += 64) {
+              const int r = i / 32, c = i % 32;
+              t_W[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_W[(r) * 32 + (c)]) * prt::powi<2>(prt::to_f32(t_dot[(r) * 32 + (c)]))));
+            }
+          }
+          __syncthreads();
+          // part = reduce_sum(W, axis=1)
+          {
+            for (int o = tid; o < 32; o += 64) {
+              float acc = 0.0f;
+              for (int i = 0; i < 32; ++i) acc += prt::to_f32(t_W[(o) * 32 + (i)]);
+              t_part[o] = prt::from_f32<float>(acc);
+            }
+          }
+          __syncthreads();
+          // col_sum[row] = (col_sum[row] + part[row])
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -7132,16 +7187,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
               const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
               (void)n0;
               #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  t_ds[(r) * 36 + (c)] = prt::from_f32<float>((((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) && (prt::to_f32(t_dot[(r) * 32 + (c)]) != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / prt::to_f32(t_dot[(r) * 32 + (c)])) : 0.0f));
-                }
+              for (int h = 0; h < 2; ++h) {
+                const int r = m0 + (lane >> 2) + 8 * h;
+                f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + prt::to_f32(t_part[r]));
               }
             }
           }
-          __syncthreads();
           // acc_k += mma.fmaFrag(ds, q) [32x64 in 16x32 units over 2 warps]
           {
             #pragma unroll
@@ -7172,6 +7223,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
           __syncthreads();
         }
       }
+      __syncthreads();
     }
   }
   // store dKa[pid.z, (pid.x * 32):+32, pid.y, 0:+64] = acc_k
@@ -11015,7 +11067,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d64_e64_c
 // grid ((($t + 63) // 64), $hq, $b), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d64_e64_c64_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, float* g_Dy, float* g_lseB, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 72448 bytes of dynamic shared memory
+  // sm_80: 72464 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -11117,21 +11169,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
   float* const t_q = reinterpret_cast<float*>(prt_base + 0);  // f32[64, 64] pitch 68
   float* const t_dy = reinterpret_cast<float*>(prt_base + 17408);  // f32[64, 64] pitch 68
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 34816);  // f32[64] pitch 64
-  float* const t_k = reinterpret_cast<float*>(prt_base + 36352);  // f32[64, 64] pitch 68
-  float* const t_v = reinterpret_cast<float*>(prt_base + 53760);  // f32[64, 64] pitch 68
+  float* const t_k = reinterpret_cast<float*>(prt_base + 36368);  // f32[64, 64] pitch 68
+  float* const t_v = reinterpret_cast<float*>(prt_base + 53776);  // f32[64, 64] pitch 68
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p_dp[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_part = reinterpret_cast<float*>(prt_base + 71680);  // f32[64] pitch 64
+  float* const t_part = reinterpret_cast<float*>(prt_base + 35840);  // f32[64] pitch 64
   float* const t_acc_dy = reinterpret_cast<float*>(prt_base + 35072);  // f32[64] pitch 64
   float* const t_acc_p = reinterpret_cast<float*>(prt_base + 35328);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 71696);  // f32[64] pitch 64
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 35584);  // f32[64] pitch 64
   float* const t_gq = reinterpret_cast<float*>(prt_base + 35584);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 35840);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 71936);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 72192);  // f32[64] pitch 64
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 36096);  // f32[64] pitch 64
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 35584);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 71168);  // f32[2, 64] pitch 64
+  float* const t_gk = reinterpret_cast<float*>(prt_base + 71952);  // f32[64] pitch 64
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 72208);  // f32[64] pitch 64
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 36112);  // f32[64] pitch 64
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 36096);  // f32[1] pitch 1
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 71184);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -11233,6 +11287,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
     }
   }
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  {
+    for (int r = tid; r < 64; r += 128) {
+      t_g_i[r] = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 128) {
@@ -11382,6 +11442,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
       }
     }
   }
+  __syncthreads();
   // part = reduce_sum(p_dp, axis=1) via part_part
   {
     #pragma unroll
@@ -11588,7 +11649,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
           }
         }
       }
-      // p[row, col] = select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -11600,7 +11668,24 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p[j][q][e] = ((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - prt::to_f32(t_lse_i[r]))) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * prt::to_f32(t_g_i[r]));
+            }
+          }
+        }
+      }
+      // p[row, col] = pow(dot[row, col], 2)
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_p[j][q][e] = prt::powi<2>(f_dot[j][q][e]);
             }
           }
         }
@@ -11739,7 +11824,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
 // grid ((($t + 63) // 64), $hq, $b), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_e64_c64_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQ, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 106752 bytes of dynamic shared memory
+  // sm_80: 106768 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -11855,22 +11940,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
   float* const t_dy = reinterpret_cast<float*>(prt_base + 17408);  // f32[64, 64] pitch 68
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 34816);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 35072);  // f32[64] pitch 64
-  float* const t_k = reinterpret_cast<float*>(prt_base + 36352);  // f32[64, 64] pitch 68
-  float* const t_v = reinterpret_cast<float*>(prt_base + 53760);  // f32[64, 64] pitch 68
-  float* const t_k_finite = reinterpret_cast<float*>(prt_base + 71936);  // f32[64, 64] pitch 68
+  float* const t_k = reinterpret_cast<float*>(prt_base + 36624);  // f32[64, 64] pitch 68
+  float* const t_v = reinterpret_cast<float*>(prt_base + 54032);  // f32[64, 64] pitch 68
+  float* const t_k_finite = reinterpret_cast<float*>(prt_base + 71440);  // f32[64, 64] pitch 68
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_W[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_ds = reinterpret_cast<float*>(prt_base + 89344);  // f32[64, 64] pitch 68
+  float* const t_ds = reinterpret_cast<float*>(prt_base + 88848);  // f32[64, 64] pitch 68
   float f_acc[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_part = reinterpret_cast<float*>(prt_base + 71680);  // f32[64] pitch 64
+  float* const t_part = reinterpret_cast<float*>(prt_base + 35840);  // f32[64] pitch 64
   float* const t_wsum = reinterpret_cast<float*>(prt_base + 35328);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 71440);  // f32[64] pitch 64
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 35584);  // f32[64] pitch 64
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 36096);  // f32[64] pitch 64
   float* const t_gq = reinterpret_cast<float*>(prt_base + 35584);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 35840);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 71936);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 72192);  // f32[64] pitch 64
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 36096);  // f32[64] pitch 64
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 35584);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 71168);  // f32[2, 64] pitch 64
+  float* const t_gk = reinterpret_cast<float*>(prt_base + 71696);  // f32[64] pitch 64
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 71952);  // f32[64] pitch 64
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 36368);  // f32[64] pitch 64
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 36352);  // f32[1] pitch 1
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 106256);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -11997,6 +12085,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
     }
   }
   __syncthreads();
+  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+  // h_i[row] = ((g_i[row] * $scale) * 2.0)
+  {
+    for (int r = tid; r < 64; r += 128) {
+      const float y0 = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
+      const float y1 = prt::from_f32<float>(((y0 * p_scale) * 2.0f));
+      t_g_i[r] = y0;
+      t_h_i[r] = y1;
+    }
+  }
   // gap[row] = 0.0
   {
     for (int r = tid; r < 1; r += 128) {
@@ -12129,6 +12227,31 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       }
     }
   }
+  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  {
+    for (int i = tid; i < 4096; i += 128) {
+      const int r = i / 64, c = i % 64;
+      t_k_finite[(r) * 68 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_k[(r) * 68 + (c)])) ? prt::to_f32(t_k[(r) * 68 + (c)]) : 0.0f));
+    }
+  }
+  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
+  {
+    #pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+      (void)n0;
+      #pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          t_ds[(r) * 68 + (c)] = prt::from_f32<float>(((((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) && (f_dot[j][q][e] != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e]) : 0.0f));
+        }
+      }
+    }
+  }
+  __syncthreads();
   // part = reduce_sum(W, axis=1) via part_part
   {
     #pragma unroll
@@ -12162,31 +12285,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       t_wsum[r] = prt::from_f32<float>((prt::to_f32(t_wsum[r]) + prt::to_f32(t_part[r])));
     }
   }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
-  {
-    for (int i = tid; i < 4096; i += 128) {
-      const int r = i / 64, c = i % 64;
-      t_k_finite[(r) * 68 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_k[(r) * 68 + (c)])) ? prt::to_f32(t_k[(r) * 68 + (c)]) : 0.0f));
-    }
-  }
-  // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-  {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-      (void)n0;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          t_ds[(r) * 68 + (c)] = prt::from_f32<float>(((((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) && (f_dot[j][q][e] != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e]) : 0.0f));
-        }
-      }
-    }
-  }
-  __syncthreads();
   // acc += mma.fmaFrag(ds, k_finite) [64x64 in 16x32 units over 4 warps]
   {
     #pragma unroll
@@ -12348,7 +12446,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
           }
         }
       }
-      // W[row, col] = select((lse_i[row] != -Infinity), (select((lse_i[row] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0) * (W[row, col] - Dy_i[row])), 0.0)
+      // fk[row] = exp((ck[row] / 2.0))
+      {
+        for (int r = tid; r < 64; r += 128) {
+          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+        }
+      }
+      __syncthreads();
+      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -12360,7 +12465,58 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_W[j][q][e] = ((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? (((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r]))) : 0.0f);
+              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * prt::to_f32(t_g_i[r]));
+            }
+          }
+        }
+      }
+      // W[row, col] = select((lse_i[row] != -Infinity), (W[row, col] - Dy_i[row]), 0.0)
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_W[j][q][e] = ((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? (f_W[j][q][e] - prt::to_f32(t_Dy_i[r])) : 0.0f);
+            }
+          }
+        }
+      }
+      // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[col]) * h_i[row])
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              t_ds[(r) * 68 + (c)] = prt::from_f32<float>((((f_W[j][q][e] * prt::powi<1>(f_dot[j][q][e])) * prt::to_f32(t_fk[c])) * prt::to_f32(t_h_i[r])));
+            }
+          }
+        }
+      }
+      // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+      {
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_W[j][q][e] = (f_W[j][q][e] * prt::powi<2>(f_dot[j][q][e]));
             }
           }
         }
@@ -12396,23 +12552,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       {
         for (int r = tid; r < 64; r += 128) {
           t_wsum[r] = prt::from_f32<float>((prt::to_f32(t_wsum[r]) + prt::to_f32(t_part[r])));
-        }
-      }
-      // ds[row, col] = select(((lse_i[row] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          (void)n0;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              t_ds[(r) * 68 + (c)] = prt::from_f32<float>((((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) && (f_dot[j][q][e] != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / f_dot[j][q][e]) : 0.0f));
-            }
-          }
         }
       }
       __syncthreads();
@@ -12489,7 +12628,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
 // grid ((($t + 31) // 32), $h, $b), 64 threads
 extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d64_e64_c64_f32_w2_bd0_bt32_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dK, float* g_dV, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 57616 bytes of dynamic shared memory
+  // sm_80: 62224 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -12632,21 +12771,24 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d64_
   float* const t_q = reinterpret_cast<float*>(prt_base + 26496);  // f32[32, 64] pitch 68
   float* const t_dy = reinterpret_cast<float*>(prt_base + 17792);  // f32[32, 64] pitch 68
   float* const t_q_finite = reinterpret_cast<float*>(prt_base + 35200);  // f32[32, 64] pitch 68
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 57472);  // f32[32] pitch 32
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 61952);  // f32[32] pitch 32
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 17408);  // f32[32] pitch 32
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 57344);  // f32[32] pitch 32
-  float* const t_cq = reinterpret_cast<float*>(prt_base + 57216);  // f32[32] pitch 32
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 61696);  // f32[32] pitch 32
+  float* const t_cq = reinterpret_cast<float*>(prt_base + 61312);  // f32[32] pitch 32
   float* const t_ck = reinterpret_cast<float*>(prt_base + 17536);  // f32[32] pitch 32
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 57600);  // f32[1] pitch 1
-  float* const t_dot = reinterpret_cast<float*>(prt_base + 53120);  // f32[32, 32] pitch 32
-  float f_W[1][4][4];  // f32[32, 32] as mma fragments: 32x32 in 16x32 units over 2 warps
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 62208);  // f32[1] pitch 1
+  float* const t_dot = reinterpret_cast<float*>(prt_base + 57216);  // f32[32, 32] pitch 32
+  float* const t_W = reinterpret_cast<float*>(prt_base + 53120);  // f32[32, 32] pitch 32
   float* const t_p = reinterpret_cast<float*>(prt_base + 48512);  // f32[32, 32] pitch 36
   float* const t_ds = reinterpret_cast<float*>(prt_base + 43904);  // f32[32, 32] pitch 36
   float f_acc_k[2][4][4];  // f32[32, 64] as mma fragments: 32x64 in 16x32 units over 2 warps
   float f_acc_v[2][4][4];  // f32[32, 64] as mma fragments: 32x64 in 16x32 units over 2 warps
-  float f_part[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
+  float* const t_part = reinterpret_cast<float*>(prt_base + 62080);  // f32[32] pitch 32
   float f_col_sum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
   float f_row_sum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 61440);  // f32[32] pitch 32
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 61568);  // f32[32] pitch 32
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 61824);  // f32[32] pitch 32
   // k = load.async K[pid.z, (pid.x * 32):+32, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -12804,18 +12946,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d64_
         const int a2 = ((static_cast<int>(blockIdx.y) * (p_hq / p_h)) + v_i0);
         const bool ok = a0 >= 0 && a0 < g_rowW_d0 && a2 >= 0 && a2 < g_rowW_d2;
         const long long base = static_cast<long long>(a0) * g_rowW_s0 + static_cast<long long>(s1) * g_rowW_s1 + static_cast<long long>(a2) * g_rowW_s2;
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 2;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          (void)n0;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int r = m0 + (lane >> 2) + 8 * h;
-            f_part[j][((2 * h)) >> 1] = ok && s1 + r >= 0 && s1 + r < g_rowW_d1 ? prt::to_f32(g_rowW[base + static_cast<long long>(r) * g_rowW_s1]) : 0.0f;
-          }
+        float* const dst = t_part;
+        for (int r = tid; r < 32; r += 64) {
+          dst[r] = ok && s1 + r >= 0 && s1 + r < g_rowW_d1 ? g_rowW[base + static_cast<long long>(r) * g_rowW_s1] : prt::from_f32<float>(0.0f);
         }
       }
+      __syncthreads();
       // row_sum[row] = (row_sum[row] + part[row])
       {
         #pragma unroll
@@ -12826,7 +12962,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d64_
           #pragma unroll
           for (int h = 0; h < 2; ++h) {
             const int r = m0 + (lane >> 2) + 8 * h;
-            f_row_sum[j][((2 * h)) >> 1] = (f_row_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
+            f_row_sum[j][((2 * h)) >> 1] = (f_row_sum[j][((2 * h)) >> 1] + prt::to_f32(t_part[r]));
           }
         }
       }
@@ -12900,7 +13036,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d64_
           dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
         }
       }
-      __syncthreads();
       // Dy_i = load Dy[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
@@ -12981,7 +13116,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d64_
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 2;
           const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          float (&acc)[4][4] = f_W[j];
+          float acc[4][4];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
           #pragma unroll
@@ -12998,59 +13133,18 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d64_
               acc[q][3] = fmaf(a1, b1, acc[q][3]);
             }
           }
+          #pragma unroll
+          for (int q = 0; q < 4; ++q)
+          #pragma unroll
+            for (int e = 0; e < 4; ++e) t_W[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
       __syncthreads();
       // W[row, col] = select(((row <= col) && (lse_i[col] != -Infinity)), (select(((row <= col) && (lse_i[col] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0) * (W[row, col] - Dy_i[col])), 0.0)
       {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 2;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          (void)n0;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_W[j][q][e] = (((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? ((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + prt::to_f32(t_ck[r])) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[c]))) : 0.0f);
-            }
-          }
-        }
-      }
-      // part = reduce_sum(W, axis=1)
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 2;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_W[j][0][2 * h];
-            acc += f_W[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 4; ++q) {
-              acc += f_W[j][q][2 * h];
-              acc += f_W[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
-            (void)r;
-            f_part[j][((2 * h)) >> 1] = acc;
-          }
-        }
-      }
-      // col_sum[row] = (col_sum[row] + part[row])
-      {
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 2;
-          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-          (void)n0;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int r = m0 + (lane >> 2) + 8 * h;
-            f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-          }
+        for (int i = tid; i < 1024; i += 64) {
+          const int r = i / 32, c = i % 32;
+          t_W[(r) * 32 + (c)] = prt::from_f32<float>((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? ((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + prt::to_f32(t_ck[r])) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (prt::to_f32(t_W[(r) * 32 + (c)]) - prt::to_f32(t_Dy_i[c]))) : 0.0f));
         }
       }
       // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
@@ -13091,22 +13185,34 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d64_
       }
       // ds[row, col] = select((((row <= col) && (lse_i[col] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
       {
+        for (int i = tid; i < 1024; i += 64) {
+          const int r = i / 32, c = i % 32;
+          t_ds[(r) * 36 + (c)] = prt::from_f32<float>(((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) && (prt::to_f32(t_dot[(r) * 32 + (c)]) != 0.0f)) ? ((prt::to_f32(t_W[(r) * 32 + (c)]) * 2.0f) / prt::to_f32(t_dot[(r) * 32 + (c)])) : 0.0f));
+        }
+      }
+      // part = reduce_sum(W, axis=1)
+      {
+        for (int o = tid; o < 32; o += 64) {
+          float acc = 0.0f;
+          for (int i = 0; i < 32; ++i) acc += prt::to_f32(t_W[(o) * 32 + (i)]);
+          t_part[o] = prt::from_f32<float>(acc);
+        }
+      }
+      __syncthreads();
+      // col_sum[row] = (col_sum[row] + part[row])
+      {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
           const int u = warp + j * 2;
           const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
           (void)n0;
           #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              t_ds[(r) * 36 + (c)] = prt::from_f32<float>(((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) && (prt::to_f32(t_dot[(r) * 32 + (c)]) != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / prt::to_f32(t_dot[(r) * 32 + (c)])) : 0.0f));
-            }
+          for (int h = 0; h < 2; ++h) {
+            const int r = m0 + (lane >> 2) + 8 * h;
+            f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + prt::to_f32(t_part[r]));
           }
         }
       }
-      __syncthreads();
       // acc_k += mma.fmaFrag(ds, q_finite) [32x64 in 16x32 units over 2 warps]
       {
         #pragma unroll
@@ -13274,7 +13380,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d64_
             for (int j = 0; j < 1; ++j) {
               const int u = warp + j * 2;
               const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              float (&acc)[4][4] = f_W[j];
+              float acc[4][4];
               #pragma unroll
               for (int q = 0; q < 4; ++q)
               #pragma unroll
@@ -13291,66 +13397,39 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d64_
                   acc[q][3] = fmaf(a1, b1, acc[q][3]);
                 }
               }
+              #pragma unroll
+              for (int q = 0; q < 4; ++q)
+              #pragma unroll
+                for (int e = 0; e < 4; ++e) t_W[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+            }
+          }
+          // fk[row] = exp((ck[row] / 2.0))
+          {
+            for (int r = tid; r < 32; r += 64) {
+              t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
             }
           }
           __syncthreads();
-          // W[row, col] = select((lse_i[col] != -Infinity), (select((lse_i[col] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0) * (W[row, col] - Dy_i[col])), 0.0)
+          // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
+          // h_i[row] = ((g_i[row] * $scale) * 2.0)
           {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 2;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              (void)n0;
-              #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + prt::to_f32(t_ck[r])) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[c]))) : 0.0f);
-                }
-              }
+            for (int r = tid; r < 32; r += 64) {
+              const float y0 = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
+              const float y1 = prt::from_f32<float>(((y0 * p_scale) * 2.0f));
+              t_g_i[r] = y0;
+              t_h_i[r] = y1;
             }
           }
-          // part = reduce_sum(W, axis=1)
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 2;
-              #pragma unroll
-              for (int h = 0; h < 2; ++h) {
-                float acc = f_W[j][0][2 * h];
-                acc += f_W[j][0][2 * h + 1];
-                #pragma unroll
-                for (int q = 1; q < 4; ++q) {
-                  acc += f_W[j][q][2 * h];
-                  acc += f_W[j][q][2 * h + 1];
-                }
-                acc = prt::quad_sum(acc);
-                const int r = (u / 1) * 16 + (lane >> 2) + 8 * h;
-                (void)r;
-                f_part[j][((2 * h)) >> 1] = acc;
-              }
-            }
-          }
-          // col_sum[row] = (col_sum[row] + part[row])
-          {
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              const int u = warp + j * 2;
-              const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-              (void)n0;
-              #pragma unroll
-              for (int h = 0; h < 2; ++h) {
-                const int r = m0 + (lane >> 2) + 8 * h;
-                f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + f_part[j][((2 * h)) >> 1]);
-              }
-            }
-          }
-          // p[row, col] = select((lse_i[col] != -Infinity), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0)
+          __syncthreads();
+          // dot[row, col] = (((dot[row, col] * $scale) * fk[row]) * g_i[col])
+          // p[row, col] = pow(dot[row, col], 2)
           {
             for (int i = tid; i < 1024; i += 64) {
               const int r = i / 32, c = i % 32;
-              t_p[(r) * 36 + (c)] = prt::from_f32<float>(((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? prt::exp(((((prt::log(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + prt::to_f32(t_ck[r])) - prt::to_f32(t_lse_i[c]))) : 0.0f));
+              const float y0 = prt::from_f32<float>((((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale) * prt::to_f32(t_fk[r])) * prt::to_f32(t_g_i[c])));
+              const float y1 = prt::from_f32<float>(prt::powi<2>(y0));
+              t_dot[(r) * 32 + (c)] = y0;
+              t_p[(r) * 36 + (c)] = y1;
             }
           }
           __syncthreads();
@@ -13375,7 +13454,35 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d64_
               }
             }
           }
-          // ds[row, col] = select(((lse_i[col] != -Infinity) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
+          // W[row, col] = select((lse_i[col] != -Infinity), (W[row, col] - Dy_i[col]), 0.0)
+          // ds[row, col] = (((W[row, col] * pow(dot[row, col], 1)) * fk[row]) * h_i[col])
+          {
+            for (int i = tid; i < 1024; i += 64) {
+              const int r = i / 32, c = i % 32;
+              const float y0 = prt::from_f32<float>(((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (prt::to_f32(t_W[(r) * 32 + (c)]) - prt::to_f32(t_Dy_i[c])) : 0.0f));
+              const float y1 = prt::from_f32<float>((((y0 * prt::powi<1>(prt::to_f32(t_dot[(r) * 32 + (c)]))) * prt::to_f32(t_fk[r])) * prt::to_f32(t_h_i[c])));
+              t_W[(r) * 32 + (c)] = y0;
+              t_ds[(r) * 36 + (c)] = y1;
+            }
+          }
+          // W[row, col] = (W[row, col] * pow(dot[row, col], 2))
+          {
+            for (int i = tid; i < 1024; i += 64) {
+              const int r = i / 32, c = i % 32;
+              t_W[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_W[(r) * 32 + (c)]) * prt::powi<2>(prt::to_f32(t_dot[(r) * 32 + (c)]))));
+            }
+          }
+          __syncthreads();
+          // part = reduce_sum(W, axis=1)
+          {
+            for (int o = tid; o < 32; o += 64) {
+              float acc = 0.0f;
+              for (int i = 0; i < 32; ++i) acc += prt::to_f32(t_W[(o) * 32 + (i)]);
+              t_part[o] = prt::from_f32<float>(acc);
+            }
+          }
+          __syncthreads();
+          // col_sum[row] = (col_sum[row] + part[row])
           {
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -13383,16 +13490,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d64_
               const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
               (void)n0;
               #pragma unroll
-              for (int q = 0; q < 4; ++q) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  t_ds[(r) * 36 + (c)] = prt::from_f32<float>((((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) && (prt::to_f32(t_dot[(r) * 32 + (c)]) != 0.0f)) ? ((f_W[j][q][e] * 2.0f) / prt::to_f32(t_dot[(r) * 32 + (c)])) : 0.0f));
-                }
+              for (int h = 0; h < 2; ++h) {
+                const int r = m0 + (lane >> 2) + 8 * h;
+                f_col_sum[j][((2 * h)) >> 1] = (f_col_sum[j][((2 * h)) >> 1] + prt::to_f32(t_part[r]));
               }
             }
           }
-          __syncthreads();
           // acc_k += mma.fmaFrag(ds, q) [32x64 in 16x32 units over 2 warps]
           {
             #pragma unroll
@@ -13423,6 +13526,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d64_
           __syncthreads();
         }
       }
+      __syncthreads();
     }
   }
   // store dK[pid.z, (pid.x * 32):+32, pid.y, 0:+64] = acc_k
@@ -14780,9 +14884,9 @@ extern "C" cudaError_t prt_query_state_p2_d64_e64_c64_f32_w4_bd0_bt64_s2_launch(
 }
 
 extern "C" cudaError_t prt_attention_bwd_prep_p2_d64_e64_c64_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d64_e64_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 72448);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d64_e64_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 72464);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_prep_p2_d64_e64_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 72448, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_prep_p2_d64_e64_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 72464, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -14794,16 +14898,16 @@ extern "C" cudaError_t prt_query_state_bwd_dq_p2_d64_e64_c64_f32_w4_bd0_bt64_s2_
 }
 
 extern "C" cudaError_t prt_attention_bwd_dq_p2_d64_e64_c64_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d64_e64_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 106752);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d64_e64_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 106768);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dq_p2_d64_e64_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 106752, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dq_p2_d64_e64_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 106768, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_bwd_dkv_p2_d64_e64_c64_f32_w2_bd0_bt32_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_p2_d64_e64_c64_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 57616);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_p2_d64_e64_c64_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 62224);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dkv_p2_d64_e64_c64_f32_w2_bd0_bt32_s2<<<grid, 64, 57616, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dkv_p2_d64_e64_c64_f32_w2_bd0_bt32_s2<<<grid, 64, 62224, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -14836,23 +14940,23 @@ extern "C" cudaError_t prt_combine_grads_p2_d64_e64_c64_f32_w4_bd0_bt64_s1_launc
 }
 
 extern "C" cudaError_t prt_attention_bwd_prep_y_p2_d64_e64_c64_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, float* g_Dy, float* g_lseB, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_y_p2_d64_e64_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 72448);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_y_p2_d64_e64_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 72464);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_prep_y_p2_d64_e64_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 72448, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_lseB, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_prep_y_p2_d64_e64_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 72464, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_lseB, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_bwd_dq_y_p2_d64_e64_c64_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQ, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_y_p2_d64_e64_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 106752);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_y_p2_d64_e64_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 106768);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dq_y_p2_d64_e64_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 106752, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQ, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dq_y_p2_d64_e64_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 106768, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQ, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_bwd_dkv_y_p2_d64_e64_c64_f32_w2_bd0_bt32_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dK, float* g_dV, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_y_p2_d64_e64_c64_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 57616);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_y_p2_d64_e64_c64_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 62224);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dkv_y_p2_d64_e64_c64_f32_w2_bd0_bt32_s2<<<grid, 64, 57616, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dK, g_dV, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dkv_y_p2_d64_e64_c64_f32_w2_bd0_bt32_s2<<<grid, 64, 62224, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dK, g_dV, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
