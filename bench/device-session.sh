@@ -28,7 +28,7 @@ build
 for step in "${@:-all}"; do
   case $step in
     tests|all)
-      PRT_REQUIRE_GPU=1 ${GPU_SPECS:+PRT_GPU_SPECS="$GPU_SPECS"} timeout ${GPU_TEST_LIMIT:-300} node node_modules/vitest/vitest.mjs run test/gpu > "$OUT/gpu-tests.log" 2>&1
+      PRT_REQUIRE_GPU=1 PRT_GPU_SPECS="${GPU_SPECS:-}" timeout ${GPU_TEST_LIMIT:-300} node node_modules/vitest/vitest.mjs run test/gpu > "$OUT/gpu-tests.log" 2>&1
       echo "gpu tests rc=$?"; grep -E "Tests |passed|failed|worst" "$OUT/gpu-tests.log" | tail -15 ;;&
     bench|all)
       for c in $CHUNKS; do

@@ -43,13 +43,15 @@ function floorPow2(x: number): number {
 }
 
 /** Without a measurement: the quadratic form while its work, t (d + e) per token and head, stays
- * under four times the chunked form's state work 4 D e (the state kernels have run at about a
- * quarter of the attention's rate): t <= 16 D e / (d + e), as a power of two (d = e = 32: 4096,
- * 64: 16384, 128: 65536 at deg 2). */
+ * under the chunked form's state work 4 D e: t <= 4 D e / (d + e), as a power of two (d = e = 32:
+ * 1024, 64: 4096, 128: 16384 at deg 2). Measured on the H100 on 2026-12-07 at d = e = 64
+ * (bench/results/2026-12-07-3133459/crossover.txt): fwd+bwd, the quadratic form is faster at
+ * 16 x 1024 (1.48 against 6.73 ms) and 4 x 4096 (4.04 against 6.72), slower at 1 x 8192 (4.46
+ * against 3.69) and 1 x 16384 (13.8 against 7.3). */
 export function defaultQuadraticMaxT(deg: number, d: number, e: number): number {
   let D = 1;
   for (let i = 0; i < deg; i++) D = (D * (d + i)) / (i + 1); // binomial(d + deg - 1, deg)
-  return floorPow2((16 * D * e) / (d + e));
+  return floorPow2((4 * D * e) / (d + e));
 }
 
 /** The chunk to run a call at: >= t (one window: the quadratic path, served by any built chunk's

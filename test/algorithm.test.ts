@@ -11,14 +11,14 @@ const BUILT = [64, 128];
 
 describe("the algorithm per problem", () => {
   it("takes the quadratic form (a chunk >= t) up to the default length, then the largest built chunk; a state in or out is chunked", () => {
-    expect(defaultQuadraticMaxT(2, 64, 64)).toBe(16384);
-    expect(defaultQuadraticMaxT(2, 32, 32)).toBe(4096);
-    expect(defaultQuadraticMaxT(2, 128, 128)).toBe(65536);
+    expect(defaultQuadraticMaxT(2, 64, 64)).toBe(4096);
+    expect(defaultQuadraticMaxT(2, 32, 32)).toBe(1024);
+    expect(defaultQuadraticMaxT(2, 128, 128)).toBe(16384);
     const a = { deg: 2, d: 64, e: 64, dtype: "bf16", initialState: false, finalState: false };
     expect(chooseChunk({ ...a, t: 1 }, BUILT)).toBe(16);
     expect(chooseChunk({ ...a, t: 1000 }, BUILT)).toBe(1024);
-    expect(chooseChunk({ ...a, t: 16384 }, BUILT)).toBe(16384);
-    expect(chooseChunk({ ...a, t: 16385 }, BUILT)).toBe(128);
+    expect(chooseChunk({ ...a, t: 4096 }, BUILT)).toBe(4096);
+    expect(chooseChunk({ ...a, t: 4097 }, BUILT)).toBe(128);
     expect(chooseChunk({ ...a, t: 1000, initialState: true }, BUILT)).toBe(128);
     expect(chooseChunk({ ...a, t: 1000, finalState: true }, BUILT)).toBe(128);
     const entry: AlgorithmEntry = { quadraticMaxT: 2048, chunk: 64 };

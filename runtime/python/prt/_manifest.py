@@ -151,11 +151,11 @@ def _floor_pow2(x) -> int:
 
 
 def default_quadratic_max_t(deg: int, d: int, e: int) -> int:
-    """dsl/algorithm.ts defaultQuadraticMaxT: the quadratic form while t <= 16 D e / (d + e)."""
+    """dsl/algorithm.ts defaultQuadraticMaxT: the quadratic form while t <= 4 D e / (d + e)."""
     D = 1
     for i in range(deg):
         D = D * (d + i) / (i + 1)
-    return _floor_pow2(16 * D * e / (d + e))
+    return _floor_pow2(4 * D * e / (d + e))
 
 
 def algorithm_entry(manifests: list[Manifest], device, deg: int, d: int, e: int, dtype: str):

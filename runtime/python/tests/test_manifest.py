@@ -26,16 +26,16 @@ class ManifestTest(unittest.TestCase):
         ms = [self.m]
         self.assertEqual(_manifest.choose_chunk(ms, 2, 64, 64, "bf16", 50, None).chunk, 64)  # one chunk: quadratic
         self.assertEqual(_manifest.choose_chunk(ms, 2, 64, 64, "bf16", 100, None).chunk, 128)
-        # the quadratic form up to the default length (16 D e / (d + e) = 16384 at d = e = 64): a chunk >= t
-        self.assertEqual(_manifest.choose_chunk(ms, 2, 64, 64, "bf16", 10000, None).chunk, 16384)
-        self.assertEqual(_manifest.choose_chunk(ms, 2, 64, 64, "bf16", 20000, None).chunk, 128)  # past it: the largest built
-        self.assertEqual(_manifest.choose_chunk(ms, 2, 64, 64, "bf16", 10000, None, initial_state=True).chunk, 128)  # a state in: chunked
+        # the quadratic form up to the default length (4 D e / (d + e) = 4096 at d = e = 64): a chunk >= t
+        self.assertEqual(_manifest.choose_chunk(ms, 2, 64, 64, "bf16", 3000, None).chunk, 4096)
+        self.assertEqual(_manifest.choose_chunk(ms, 2, 64, 64, "bf16", 5000, None).chunk, 128)  # past it: the largest built
+        self.assertEqual(_manifest.choose_chunk(ms, 2, 64, 64, "bf16", 3000, None, initial_state=True).chunk, 128)  # a state in: chunked
         self.assertEqual(_manifest.choose_chunk(ms, 2, 64, 64, "bf16", 10000, 64).chunk, 64)
         # a measured entry for the device decides instead
         m = _manifest.Manifest(self.m.file, self.m.plans, self.m.specs, {"H": {"p2_d64_e64_bf16": {"quadraticMaxT": 2048, "chunk": 64}}})
         self.assertEqual(_manifest.choose_chunk([m], 2, 64, 64, "bf16", 3000, None, device="H").chunk, 64)
         self.assertEqual(_manifest.choose_chunk([m], 2, 64, 64, "bf16", 2000, None, device="H").chunk, 2048)
-        self.assertEqual(_manifest.choose_chunk([m], 2, 64, 64, "bf16", 3000, None, device="other").chunk, 4096)
+        self.assertEqual(_manifest.choose_chunk([m], 2, 64, 64, "bf16", 3000, None, device="other").chunk, 4096)  # the default
         with self.assertRaises(_manifest.ManifestError) as e:
             _manifest.choose_chunk(ms, 4, 48, 48, "f16", 10, None)
         self.assertIn("npx retention gen --deg 4 --d 48 --e 48 --chunk 128 --dtype f16 --out build/generated/p4_d48_e48_c128_f16 --compile", str(e.exception))
