@@ -17,7 +17,7 @@ import { fitsByArch, manifestArgs, MANIFEST_FILE, MANIFEST_FORMAT, parseManifest
 import { nvccFlags } from "./nvcc.ts";
 import { lowerKernel } from "./pipeline.ts";
 import { SMEM_LIMIT } from "./lower/rules.ts";
-import { kernelSymbol, planData, planSchedules } from "./plan-data.ts";
+import { homeStep, kernelSymbol, planData, planSchedules } from "./plan-data.ts";
 import { cArgs, tablesUsed } from "./render-cuda.ts";
 import { renderSymPowHeader, symPowHeaderName } from "./render-tables.ts";
 import { renderWgmmaHeader, WGMMA_HEADER, wgmmaKey, wgmmaShapes, type WgmmaShape } from "./render-wgmma.ts";
@@ -213,11 +213,13 @@ export function generate(opts: GenOptions): Generated {
   const manifestFiles: Manifest["files"][number][] = [];
   const defs = kernelsOf(sel);
   const wgmma = new Map<string, WgmmaShape>();
+  // a chunk-free kernel is generated once per deg, d, e and dtype, under the smallest chunk (homeStep)
+  const homeChunk = Math.min(...sel.chunks);
   for (const spec of specsOf(sel)) {
     const key = specKey(spec);
     const source = `${key}.cu`, fatbin = `${key}.fatbin`;
     const tables = new Map<string, string>();
-    const parts = defs.map((def) => {
+    const parts = defs.filter((def) => !def.chunkFree || spec.chunk === homeChunk).map((def) => {
       const sch = opts.scheduleFor?.(def, spec) ?? def.schedule(spec);
       const symbol = kernelSymbol(def.name, spec, sch);
       let lowered;
@@ -271,7 +273,7 @@ export function generate(opts: GenOptions): Generated {
       });
     // the plans as data for the native runtime, with the schedules of the kernels just generated
     const scheduleFor = opts.scheduleFor ?? ((k: KernelDef, s: Spec) => k.schedule(s));
-    plans.push(...planData(spec, planSchedules(spec, scheduleFor)));
+    plans.push(...planData(spec, planSchedules(spec, scheduleFor), (st) => homeStep(st, homeChunk, scheduleFor)));
   }
   files.set(WGMMA_HEADER, renderWgmmaHeader([...wgmma.values()]));
   const headers = [...files.keys()].filter((f) => f.endsWith(".cuh")).sort().map((file) => ({ file, sha256: sha256(files.get(file)!) }));

@@ -33,6 +33,16 @@ import {
 
 export const kernelSymbol = (name: string, spec: Spec, sch: Schedule): string => `prt_${name}_${specKey(spec)}_${scheduleKey(sch)}`;
 
+/** Where gen puts the kernels of a plan step: a chunk-free kernel (KernelDef.chunkFree) only under
+ * the smallest chunk of the selection (`homeChunk`), since one compile serves every chunk of its
+ * deg, d, e and dtype; its schedule is that spec's (`scheduleFor`). Other steps stay as they are. */
+export function homeStep(step: PlanStep, homeChunk: number, scheduleFor: (k: KernelDef, spec: Spec) => Schedule): PlanStep {
+  const def = KERNELS.find((k) => k.name === step.kernel.name);
+  if (!def?.chunkFree || step.spec.chunk === homeChunk) return step;
+  const spec = { ...step.spec, chunk: homeChunk };
+  return { ...step, spec, schedule: scheduleFor(def, spec) };
+}
+
 // ---- expressions --------------------------------------------------------------------------------
 
 /** Value of a plan expression for the given variables (integer ops on integers, as the C core does). */
@@ -243,14 +253,16 @@ function mergeVariants(vs: readonly OneVariant[]): PlanVariant[] {
   return out;
 }
 
-/** The forward, backward and decode plans of a spec as data (see the file comment). */
-export function planData(spec: Spec, sched: ScheduleTable = {}): ManifestPlan[] {
+/** The forward, backward and decode plans of a spec as data (see the file comment). `home` maps a
+ * step to where gen put its kernel (homeStep; identity by default). */
+export function planData(spec: Spec, sched: ScheduleTable = {}, home: (s: PlanStep) => PlanStep = (s) => s): ManifestPlan[] {
   const out: ManifestPlan[] = [];
+  const homed = (p: Plan): Plan => ({ ...p, steps: p.steps.map(home) });
   for (const kind of ["forward", "backward"] as const) {
     const names = PLAN_VARS[kind];
     const variants = flagCombos(PLAN_FLAGS[kind]).map((when) => {
       const ps = probes(kind, spec.chunk, !!when.oneChunk);
-      const plans: Plan[] = ps.map((v) => (kind === "forward" ? forwardPlan : backwardPlan)(problemOf(spec, v, when), sched));
+      const plans: Plan[] = ps.map((v) => homed((kind === "forward" ? forwardPlan : backwardPlan)(problemOf(spec, v, when), sched)));
       const tr = { buffers: plans.map((p) => [...p.buffers]), steps: plans.map((p) => [...p.steps]), outputs: plans[0]!.outputs };
       const anyChunk = !!when.oneChunk && plans[0]!.steps.every((s) => KERNELS.find((k) => k.name === s.kernel.name)?.chunkFree === true);
       return { when, ...dataOf(`${kind} ${JSON.stringify(when)}`, tr, ps, names), ...(anyChunk ? { anyChunk } : {}) };

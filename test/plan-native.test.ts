@@ -10,12 +10,12 @@ import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { REPO_ROOT } from "../codegen/gen.ts";
 import { MANIFEST_FILE, parseManifest, type ManifestKernel } from "../codegen/manifest.ts";
-import { kernelSymbol, planSchedules } from "../codegen/plan-data.ts";
-import { DEFAULT_SCHEDULES_FILE, loadSchedules, scheduleForTable } from "../codegen/gen.ts";
+import { homeStep, kernelSymbol, planSchedules } from "../codegen/plan-data.ts";
+import { DEFAULT_SCHEDULES_FILE, DEFAULT_SELECTION, loadSchedules, scheduleForTable } from "../codegen/gen.ts";
 import { backwardPlan } from "../dsl/plan-backward.ts";
 import { decodePlan } from "../dsl/plan-decode.ts";
 import { forwardPlan, type Problem } from "../dsl/plan.ts";
-import { stepKernel, type Plan } from "../dsl/plan-types.ts";
+import { stepKernel, type Plan, type PlanStep } from "../dsl/plan-types.ts";
 import { specKey, type Spec } from "../dsl/spec.ts";
 import { evalGrid } from "../runtime/execute-gpu.ts";
 import { libprtPath, ensureLibprt } from "./helpers/libprt.ts";
@@ -81,8 +81,9 @@ function runNative(cases: readonly Case[]): { result: CaseResult; log: Record<st
 
 const f32bits = (x: number): number => new Uint32Array(new Float32Array([x]).buffer)[0]!;
 
-/** What the fake driver must have seen for the TS plan: the memsets of its zeroed buffers, then each launch. */
-function expectedLog(plan: Plan, kernels: ReadonlyMap<string, ManifestKernel>, ptrOf: (name: string) => number): Record<string, unknown>[] {
+/** What the fake driver must have seen for the TS plan: the memsets of its zeroed buffers, then each
+ * launch (chunk-free kernels from the smallest chunk of the default set, where gen puts them). */
+function expectedLog(plan: Plan, kernels: ReadonlyMap<string, ManifestKernel>, ptrOf: (name: string) => number, home: (s: PlanStep) => PlanStep = (s) => s): Record<string, unknown>[] {
   const hex = (v: number | bigint): string => "0x" + v.toString(16);
   const out: Record<string, unknown>[] = [];
   for (const b of plan.buffers)
@@ -90,7 +91,7 @@ function expectedLog(plan: Plan, kernels: ReadonlyMap<string, ManifestKernel>, p
       const bytes = b.shape.reduce((a, x) => a * x, 1) * (b.dtype === "f32" ? 4 : 2);
       if (bytes) out.push({ memset: hex(ptrOf(b.name)), value: 0, words: Math.ceil(bytes / 4), stream: "0x5000" });
     }
-  for (const s of plan.steps) {
+  for (const s of plan.steps.map(home)) {
     const grid = evalGrid(stepKernel(s), s.params);
     if (grid[0] * grid[1] * grid[2] === 0) continue;
     const sym = kernelSymbol(s.kernel.name, s.spec, s.schedule);
@@ -138,7 +139,7 @@ describe.skipIf(!!skip)("native plan interpreter on the fake driver", () => {
       const label = `${c.kind} ${specKey(c.spec)} ${JSON.stringify(c.problem)}`;
       expect(result.buffers.map((b) => b.name), label).toEqual(c.plan.buffers.map((b) => b.name));
       const ptr = new Map(result.buffers.map((b) => [b.name, b.ptr]));
-      expect(log, label).toEqual(expectedLog(c.plan, kernels, (n) => ptr.get(n)!));
+      expect(log, label).toEqual(expectedLog(c.plan, kernels, (n) => ptr.get(n)!, (st) => homeStep(st, Math.min(...DEFAULT_SELECTION.chunks), tuned)));
       // inputs are the caller's; temporaries (and outputs left to it) lie inside the workspace, 256-aligned, apart
       const ws = result.buffers.filter((b) => b.role === 2 || (b.role === 1 && c.outputsInWorkspace)).sort((a, b) => a.ptr - b.ptr);
       ws.forEach((b, j) => {

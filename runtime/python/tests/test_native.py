@@ -74,8 +74,10 @@ class NativeTest(unittest.TestCase):
 
     @unittest.skipUnless(os.environ.get("PRT_TEST_FAKE_LIBCUDA"), "PRT_TEST_FAKE_LIBCUDA (the tests' fake driver) is not set")
     def test_runs_on_the_fake_driver_and_names_a_missing_fatbin(self):
+        # t = 1000: the chunked path, whose kernels are in the spec's own file (the quadratic path's
+        # chunk-free ones live in the smallest chunk's)
         code = ("import sys; sys.path.insert(0, %r); from prt import _native; rt = _native.Runtime([%r], '/nonexistent/kernels');"
-                "p = rt.plan('forward', %r, 1, 10, 2, 2, 0.1)\n"
+                "p = rt.plan('forward', %r, 1, 1000, 2, 2, 0.1)\n"
                 "try:\n  p.prepare()\nexcept _native.PrtError as e:\n  print(e)") % (os.path.join(HERE, ".."), GENERATED, SPEC)
         env = {**os.environ, "PRT_LIBCUDA": os.environ["PRT_TEST_FAKE_LIBCUDA"]}
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
@@ -92,7 +94,7 @@ class NativeTest(unittest.TestCase):
             os.makedirs(other)
             shutil.copy(GENERATED, os.path.join(own, "manifest.json"))
             code = ("import sys; sys.path.insert(0, %r); from prt import _native\n"
-                    "rt = _native.Runtime([%r], sys.argv[1]); p = rt.plan('forward', %r, 1, 10, 2, 2, 0.1)\n"
+                    "rt = _native.Runtime([%r], sys.argv[1]); p = rt.plan('forward', %r, 1, 1000, 2, 2, 0.1)\n"
                     "try:\n  p.prepare(); print('prepared')\nexcept _native.PrtError as e:\n  print(e)") % (
                         os.path.join(HERE, ".."), os.path.join(own, "manifest.json"), SPEC)
             # FAKE_CUDA_LOG: the fake driver then offers every prt_* kernel (doing nothing)
