@@ -24,6 +24,7 @@ import { createDecodeState, decodeStepOnCpu } from "../../dsl/plan-decode.ts";
 import { forwardPlan, type Problem } from "../../dsl/plan.ts";
 import { maxAbsError, referenceBackward, referenceForward, relativeError } from "../../dsl/reference/power-retention.ts";
 import { specKey, type Spec } from "../../dsl/spec.ts";
+import { KERNELS } from "../../dsl/kernels/index.ts";
 import { featureCount } from "../../dsl/sympow.ts";
 import { withManifestSchedules } from "../../runtime/execute-gpu.ts";
 import { cudaAvailable, Decoder, powerRetention, powerRetentionBackward, Tensor } from "../../runtime/index.ts";
@@ -54,17 +55,23 @@ const FWD_BWD = ["attention", "attention_y", "update_state", "discounted_cumsum"
   "attention_bwd_dkv", "query_state_bwd_dq", "query_state_bwd_ds", "discounted_cumsum_bwd", "update_state_bwd", "combine_grads",
   "attention_bwd_prep_y", "attention_bwd_dq_y", "attention_bwd_dkv_y", "gate_grads_y"];
 
-/** Specs with every forward and backward kernel in the manifests: deg 2 ones, and deg 4 with d <= 32. */
+/** Specs with every forward and backward kernel in the manifests (a chunk-free kernel under any
+ * chunk of the spec's deg, d, e and dtype: gen puts it under the smallest): deg 2 ones, and deg 4
+ * with d <= 32. */
 function manifestSpecs(): Spec[] {
   const by = new Map<string, { spec: Spec; names: Set<string> }>();
+  const anyChunk = new Map<string, Set<string>>(); // "p_d_e_dtype" -> chunk-free kernels built
+  const group = (s: Spec): string => `${s.deg}/${s.d}/${s.e}/${s.dtype}`;
   for (const m of loadManifests())
     for (const k of m.kernels) {
       const key = specKey(k.spec);
       if (!by.has(key)) by.set(key, { spec: k.spec, names: new Set() });
       by.get(key)!.names.add(k.name);
+      if (KERNELS.find((x) => x.name === k.name)?.chunkFree) anyChunk.set(group(k.spec), (anyChunk.get(group(k.spec)) ?? new Set<string>()).add(k.name));
     }
+  const has = (spec: Spec, names: Set<string>, n: string): boolean => names.has(n) || (anyChunk.get(group(spec))?.has(n) ?? false);
   return [...by.entries()]
-    .filter(([key, { spec, names }]) => FWD_BWD.every((n) => names.has(n)) && (spec.deg === 2 || spec.d <= 32) && (!SPEC_FILTER || SPEC_FILTER.test(key)))
+    .filter(([key, { spec, names }]) => FWD_BWD.every((n) => has(spec, names, n)) && (spec.deg === 2 || spec.d <= 32) && (!SPEC_FILTER || SPEC_FILTER.test(key)))
     .sort(([a], [b]) => a.localeCompare(b))
     .map(([, v]) => v.spec);
 }
