@@ -148,7 +148,7 @@ export interface BackwardOutputs {
 
 /** Run the forward plan, then the backward plan, through the interpreter. */
 export function backwardOnCpu(p: Problem, inputs: BackwardInputs, sched: ScheduleTable = {}): BackwardOutputs {
-  const given = planInputs(p, inputs, p.finalState ? ["dY", "dSfinal", "dZfinal"] : ["dY"]);
+  const given = planInputs(p, inputs, ["dY"], [["dSfinal", "finalState"], ["dZfinal", "finalState"]]);
   const fwd = executeOnCpu(forwardPlan(p, sched), given);
   const out = executeOnCpu(backwardPlan(p, sched), { ...given, ...fwd });
   return {

@@ -27,6 +27,7 @@ function checkDecodeProblem(p: DecodeProblem): void {
     if (!Number.isInteger(p[f]) || p[f] < 1) throw new Error(`${f}: expected a positive integer, received ${p[f]}`);
   if (p.hq % p.h !== 0) throw new Error(`hq: expected a multiple of h = ${p.h}, received ${p.hq}`);
   if (!Number.isFinite(p.scale)) throw new Error(`scale: expected a finite number, received ${p.scale}`);
+  if (typeof p.gated !== "boolean") throw new Error(`gated: expected true or false (logG given with each call or not), received ${String(p.gated)}`);
   decodeSpec(p);
 }
 
@@ -182,7 +183,8 @@ export function decodeStepOnCpu(state: DecodeState, x: DecodeInputs, sched: Sche
   const p = state.problem;
   const tn = x.q.length / (p.b * p.hq * p.d);
   if (!Number.isInteger(tn) || tn < 1) throw new Error(`q: expected b*tn*hq*d elements with tn >= 1, received ${x.q.length}`);
-  if (p.gated && !x.logG) throw new Error("logG: required for a gated problem");
+  if (p.gated && !x.logG) throw new Error(`logG: required when the problem's gated is true, received ${x.logG}`);
+  if (!p.gated && x.logG) throw new Error("logG: given, but the problem's gated is false, so the plan would not read it; create the state with gated: true, or leave logG out");
   const { plan, len } = decodePlan(p, state.len, tn, sched);
   const inputs: Record<string, ArrayLike<number>> = {
     Q: x.q, K: x.k, V: x.v, S: state.S, Z: state.Z, Kc: state.Kc, Vc: state.Vc, Gc: state.Gc,

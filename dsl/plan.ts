@@ -50,8 +50,16 @@ export function checkProblem(p: Problem): void {
     if (!Number.isInteger(p[f]) || p[f] < 1) throw new Error(`${f}: expected a positive integer, received ${p[f]}`);
   if (p.hq % p.h !== 0) throw new Error(`hq: expected a multiple of h = ${p.h}, received ${p.hq}`);
   if (!Number.isFinite(p.scale)) throw new Error(`scale: expected a finite number, received ${p.scale}`);
+  // the flags say which inputs the plan reads: a missing one must not read as false
+  for (const f of ["gated", "initialState"] as const)
+    if (typeof p[f] !== "boolean") throw new Error(`${f}: expected true or false (${FLAG_INPUTS[f]} given or not), received ${String(p[f])}`);
+  if (p.finalState !== undefined && typeof p.finalState !== "boolean")
+    throw new Error(`finalState: expected true, false or undefined (whether Sfinal, Zfinal are wanted), received ${String(p.finalState)}`);
   problemSpec(p);
 }
+
+/** The inputs each flag of a problem stands for. */
+const FLAG_INPUTS = { gated: "logG", initialState: "S0, Z0", finalState: "dSfinal, dZfinal" } as const;
 
 export const chunksOf = (p: Problem): number => Math.ceil(p.t / p.chunk);
 
@@ -169,17 +177,33 @@ export interface ForwardOutputs {
 }
 
 /** The plan inputs a problem needs, by name: Q, K, V, logG when gated, S0/Z0 with an initial state,
- * plus `extra` (always required); throws naming the first one missing. */
-export function planInputs(p: Problem, inputs: object, extra: readonly string[]): Record<string, ArrayLike<number>> {
+ * plus `extra` (always required), and `optional` (required when `problem[flag]`, refused otherwise).
+ * Throws naming the first input missing, given where the problem's flags say the plan does not read
+ * it (logG with gated false: the gates would be ignored), or unknown. */
+export function planInputs(
+  p: Problem,
+  inputs: object,
+  extra: readonly string[],
+  optional: readonly (readonly [string, "gated" | "initialState" | "finalState"])[] = [],
+): Record<string, ArrayLike<number>> {
+  if (typeof inputs !== "object" || inputs === null) throw new Error(`inputs: expected an object of arrays, received ${String(inputs)}`);
   const given: Record<string, ArrayLike<number>> = {};
-  const need = (name: string, why: string): void => {
-    const x = (inputs as Readonly<Record<string, ArrayLike<number> | undefined>>)[name];
-    if (!x) throw new Error(`${name}: required ${why}, received ${x}`);
-    given[name] = x;
-  };
-  for (const n of ["Q", "K", "V", ...extra]) need(n, "always");
-  if (p.gated) need("logG", "when problem.gated");
-  if (p.initialState) for (const n of ["S0", "Z0"]) need(n, "when problem.initialState");
+  const byFlag: (readonly [string, "gated" | "initialState" | "finalState"])[] = [["logG", "gated"], ["S0", "initialState"], ["Z0", "initialState"], ...optional];
+  const known = ["Q", "K", "V", ...extra, ...byFlag.map(([n]) => n)];
+  for (const key of Object.keys(inputs))
+    if (!known.includes(key)) throw new Error(`inputs.${key}: unknown input; expected some of ${known.join(", ")}`);
+  const at = (name: string): ArrayLike<number> | null | undefined => (inputs as Readonly<Record<string, ArrayLike<number> | null | undefined>>)[name];
+  for (const n of ["Q", "K", "V", ...extra]) {
+    const x = at(n);
+    if (!x) throw new Error(`${n}: required always, received ${x}`);
+    given[n] = x;
+  }
+  for (const [n, flag] of byFlag) {
+    const x = at(n), on = p[flag] === true;
+    if (on && !x) throw new Error(`${n}: required when problem.${flag} is true, received ${x}`);
+    if (!on && x) throw new Error(`${n}: given, but problem.${flag} is ${String(p[flag])}, so the plan would not read it; set ${flag}: true, or leave ${n} out`);
+    if (x) given[n] = x;
+  }
   return given;
 }
 

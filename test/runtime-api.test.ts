@@ -649,6 +649,13 @@ for (const [name, b, t, hq, h, dtype, gated, init, ret] of [
   }
   const s = dec.download();
   results.decode = { y: ok, state: ["S", "Z", "Kc", "Vc", "Gc"].every((k) => same(s[k], st[k])), lens, len: s.len === st.len };
+  // gates against the decoder's gated, both ways: an error naming logG, never a step that ignores them
+  const err = (f) => { try { f(); return "no error"; } catch (e) { return \`\${e.name} \${e.argument}: \${e.message}\`; } };
+  const x1 = [up(r(hq * d), [1, 1, hq, d], "f16"), up(r(h * d), [1, 1, h, d], "f16"), up(r(h * e), [1, 1, h, e], "f16")];
+  const g1 = up(r(h, -1, 0), [1, 1, h], "f32");
+  const plain = new Decoder({ b, hq, h, d, chunk: 16, dtype: "f16", gated: false });
+  results.gates = { missing: err(() => dec.step(...x1, null)), given: err(() => plain.step(...x1, g1)), lens: [dec.len, plain.len] };
+  plain.free();
   dec.free();
   results.decodeFreed = (() => { try { dec.step(made[0], made[1], made[2], null); return "no error"; } catch (e) { return e.message; } })();
 }
@@ -688,6 +695,9 @@ console.log(JSON.stringify(results));
       expect(savedFreed).toMatch(/powerRetentionBackward: saved.lse: expected a live tensor, received one that was freed/);
     }
     expect(r.decode).toEqual({ y: true, state: true, lens: [1, 2, 7, 7, 10, 11, 13], len: true });
+    expect(r.gates.missing).toBe("ArgumentError logG: Decoder.step: logG: expected a [b, tn, h] f32 tensor (the decoder is gated), received null");
+    expect(r.gates.given).toBe("ArgumentError logG: Decoder.step: logG: expected null (the decoder was created with gated: false), received a tensor");
+    expect(r.gates.lens).toEqual([13, 0]); // neither refused call moved a decoder
     expect(r.decodeFreed).toMatch(/Decoder.step: decoder: expected a live decoder, received one that was freed/);
     expect(r.prefill).toBeLessThan(1e-5); // decode after a prefill = the whole sequence's forward (f32)
     expect(r.leaked).toBe(0);

@@ -126,6 +126,14 @@ std::string gen_command(const std::string& spec_key) {
          " --out build/generated/" + spec_key + " --compile";
 }
 
+// For errors: the problem flag under which a plan reads the caller's `name` (", problem.gated is 0").
+std::string flag_of_input(const std::string& name) {
+  if (name == "logG") return ": problem.gated is 0, so it runs with a gate of 1";
+  if (name == "S0" || name == "Z0") return ": problem.initial_state is 0, so the state starts at zero";
+  if (name == "dSfinal" || name == "dZfinal") return ": problem.final_state is 0, so the final state's gradient is zero";
+  return "";
+}
+
 // The spec key inside a symbol prt_<kernel>_<specKey>_w...
 std::string spec_of_symbol(const std::string& symbol, const std::string& kernel) {
   std::string head = "prt_" + kernel + "_";
@@ -616,6 +624,11 @@ int prt_plan_run(prt_plan plan, void* stream, const prt_devptr* ptrs, int nptrs,
     if (b.role == PRT_BUF_INPUT && !ptrs[i] && b.bytes)
       return einval(plan->label + ": buffer " + b.name + " (an input, " + b.dtype + " " + std::to_string(b.bytes) + " bytes): expected a device pointer, received 0");
     if (b.role == PRT_BUF_OUTPUT && !ptrs[i]) need_all = true;
+    // a pointer for a buffer the plan keeps in its workspace would be ignored: for logG that is an
+    // ungated run of a caller who meant gates, so it is an error naming the flag
+    if (b.role == PRT_BUF_TEMP && ptrs[i])
+      return einval(plan->label + ": buffer " + b.name + ": expected 0 (the plan keeps it in its workspace" + flag_of_input(b.name) +
+                    "), received a pointer; pass 0, or create the plan with the flag set");
   }
   size_t need = need_all ? plan->ws_all : plan->ws_temp;
   if (workspace_bytes < need || (need > 0 && !workspace))

@@ -72,6 +72,23 @@ class NativeTest(unittest.TestCase):
             p.run(0, {"Q": 1, "K": 1, "V": 1}, 0, 0)
         self.assertIn(f"workspace: expected {p.workspace_bytes_all} bytes (outputs in the workspace too), received 0 (null pointer)", str(e.exception))
 
+    def test_run_refuses_inputs_the_problem_flags_leave_out(self):
+        # an ungated plan keeps logG in its workspace (zeros): a caller's gates would be ignored
+        rt = _native.Runtime([GENERATED], "/nonexistent/kernels")
+        p = rt.plan("forward", SPEC, 1, 10, 2, 2, 0.1, gated=False)
+        self.assertEqual(p.by_name["logG"].role, _native.BUF_TEMP)
+        with self.assertRaises(_native.PrtError) as e:
+            p.run(0, {"Q": 1, "K": 1, "V": 1, "logG": 1}, 1, p.workspace_bytes_all)
+        self.assertIn("buffer logG: expected 0 (the plan keeps it in its workspace: problem.gated is 0, so it runs with a gate of 1), "
+                      "received a pointer", str(e.exception))
+        with self.assertRaises(_native.PrtError) as e:
+            p.run(0, {"Q": 1, "K": 1, "V": 1, "S0": 1}, 1, p.workspace_bytes_all)
+        self.assertIn("buffer S0: expected 0 (the plan keeps it in its workspace: problem.initial_state is 0", str(e.exception))
+        gated = rt.plan("forward", SPEC, 1, 10, 2, 2, 0.1, gated=True)
+        with self.assertRaises(_native.PrtError) as e:
+            gated.run(0, {"Q": 1, "K": 1, "V": 1}, 1, gated.workspace_bytes_all)
+        self.assertIn("buffer logG (an input, f32 80 bytes): expected a device pointer, received 0", str(e.exception))
+
     @unittest.skipUnless(os.environ.get("PRT_TEST_FAKE_LIBCUDA"), "PRT_TEST_FAKE_LIBCUDA (the tests' fake driver) is not set")
     def test_runs_on_the_fake_driver_and_names_a_missing_fatbin(self):
         # t = 1000: the chunked path, whose kernels are in the spec's own file (the quadratic path's
