@@ -13,6 +13,8 @@ import { auditKernels, formatAudit } from "./audit.ts";
 import { DEFAULT_SCHEDULES_FILE, DEFAULT_SELECTION, generate, loadSchedules, REPO_ROOT, scheduleForTable, writeGenerated, type Selection } from "./gen.ts";
 import { ARCHS, MANIFEST_FILE, parseManifest, type Arch } from "./manifest.ts";
 import { compileAll, jobsOf, progressLine } from "./nvcc.ts";
+import { fatbinDirs, kernelSearchPath, KERNELS_ENV, projectExtraDir } from "../runtime/search-path.ts";
+import { didYouMean } from "../runtime/suggest.ts";
 
 export class UsageError extends Error {}
 
@@ -50,6 +52,12 @@ const OPTIONS: readonly OptionSpec[] = [
   { name: "version", value: null, help: "print the version and exit", commands: ["gen", "build"] },
 ];
 
+/** Other spellings people reach for (the PyTorch API's names, single dashes' habits). */
+const OPTION_HINTS: Readonly<Record<string, string>> = {
+  degree: "deg", power: "deg", p: "deg", "chunk-size": "chunk", chunk_size: "chunk", "head-dim": "d", head_dim: "d",
+  output: "out", "out-dir": "out", outdir: "out", o: "out", j: "jobs", dtypes: "dtype",
+};
+
 export function helpText(): string {
   const opt = (o: OptionSpec): string => {
     const head = `  --${o.name}${o.value ? ` ${o.value}` : ""}`;
@@ -69,8 +77,12 @@ export function helpText(): string {
     ...OPTIONS.map(opt),
     "",
     "Examples:",
-    "  retention gen --d 64 --chunk 128 --dtype bf16 --out /tmp/k --compile",
-    "  retention gen --kernels attention,update_state --dump-ir /tmp/ir",
+    "  retention gen --d 64 --chunk 128 --dtype bf16 --out build/generated/p2_d64_c128 --compile",
+    "  retention gen --d 64 --chunk 128 --dtype bf16 --kernels attention,update_state --out /tmp/k --dump-ir /tmp/ir",
+    "  retention build --out build/generated/p2_d64_c128",
+    "",
+    "The runtime finds what gen writes under the project's build/generated/ (the project: the nearest",
+    `folder at or above the working directory with a package.json), or in the folders listed in ${KERNELS_ENV}.`,
     "",
   ].join("\n");
 }
@@ -99,7 +111,11 @@ export function parseArgs(argv: readonly string[]): Parsed {
     const name = arg.slice(2, eq < 0 ? undefined : eq);
     const o = OPTIONS.find((x) => x.name === name);
     const known = OPTIONS.filter((x) => x.commands.includes(command)).map((x) => `--${x.name}`);
-    if (!o) throw new UsageError(`unknown option --${name} (expected one of ${known.join(", ")})`);
+    if (!o) {
+      const guess = didYouMean(name, known.map((k) => k.slice(2)), OPTION_HINTS);
+      const hint = guess !== null && known.includes(`--${guess}`) ? guess : null;
+      throw new UsageError(`unknown option --${name}${hint ? ` (did you mean --${hint}?)` : ""}; expected one of ${known.join(", ")}`);
+    }
     if (!o.commands.includes(command)) throw new UsageError(`option --${name} does not apply to ${command} (expected one of ${known.join(", ")})`);
     if (o.value === null) {
       if (eq >= 0) throw new UsageError(`option --${name} takes no value`);
@@ -237,10 +253,40 @@ export async function main(argv: readonly string[]): Promise<number> {
   });
   const w = writeGenerated(out, g);
   const specs = g.manifest.files.length, kernels = g.manifest.kernels.length;
-  log(`gen: ${kernels} kernels in ${specs} sources -> ${path.relative(process.cwd(), out) || "."} (${((performance.now() - t0) / 1000).toFixed(1)} s)` +
+  log(`gen: ${kernels} kernels in ${specs} sources -> ${cliPath(out)} (${((performance.now() - t0) / 1000).toFixed(1)} s)` +
     (w.removed.length ? `; removed stale ${w.removed.join(", ")}` : ""));
   if (dumpDir) log(`gen: IR after each pass and the CUDA in ${dumpDir}`);
-  return p.flags.has("compile") ? build(out, buildDir, jobs) : 0;
+  if (!p.flags.has("compile")) {
+    const bd = p.values.get("build-dir");
+    log(`gen: next, compile them: npx retention build --out ${cliPath(out)}${bd ? ` --build-dir ${cliPath(buildDir)}` : ""} (or run gen with --compile)`);
+    for (const l of whereTheRuntimeLooks(out, buildDir)) log(`gen: ${l}`);
+    return 0;
+  }
+  const code = await build(out, buildDir, jobs);
+  if (code === 0) for (const l of whereTheRuntimeLooks(out, buildDir)) log(`gen: ${l}`);
+  return code;
+}
+
+/** A path as typed from the working directory: relative when inside it. */
+function cliPath(p: string): string {
+  const rel = path.relative(process.cwd(), p);
+  return rel && !rel.startsWith("..") && !path.isAbsolute(rel) ? rel : p;
+}
+
+/** Whether the runtimes (TS, Python, run from this working directory) will find the manifest gen
+ * wrote to `out` and the fatbins build puts in `buildDir`, and what to set when they will not. */
+export function whereTheRuntimeLooks(out: string, buildDir: string): string[] {
+  const manifest = path.join(out, MANIFEST_FILE);
+  const place = kernelSearchPath().find((pl) => pl.manifests.includes(manifest));
+  const lines = [
+    place
+      ? `the runtime finds ${cliPath(manifest)} on its kernel search path (${place.from === "project" ? "the project's build/generated" : place.from === "package" ? "the package's own" : place.from})`
+      : `the runtime does not search ${cliPath(out)}: set ${KERNELS_ENV}=${path.resolve(out)} where you run it, or generate under ${cliPath(projectExtraDir())}/`,
+  ];
+  const dirs = fatbinDirs(manifest);
+  if (!dirs.includes(path.resolve(buildDir)))
+    lines.push(`the runtime looks for its fatbins in ${dirs.map(cliPath).join(", then ")}, not in ${cliPath(buildDir)}: set PRT_KERNEL_DIR=${path.resolve(buildDir)} (it then looks nowhere else), or use --build-dir ${cliPath(out)}`);
+  return lines;
 }
 
 /** The process entry (bin.ts compiled, or bin.mjs through tsx): exit 2 on usage errors, 1 on failures. */

@@ -6,6 +6,7 @@ import { isDType, type DType } from "../dsl/dtype.ts";
 import { MAX_STATE_ELEMENTS } from "../dsl/spec.ts";
 import { featureCount } from "../dsl/sympow.ts";
 import { cudaAvailable } from "./device.ts";
+import { didYouMean } from "./suggest.ts";
 
 /** What validation reads of a tensor (runtime/tensor.ts's Tensor has it). */
 export interface TensorInfo {
@@ -138,11 +139,12 @@ const OPTION_HINTS: Readonly<Record<string, string>> = {
   log_G: "logG (an argument, not an option)", d_state: "dState", dstate: "dState",
 };
 
-/** An options object whose every key is one of `known`, with booleans where `booleans` says. */
+/** An options object whose every key is one of `known`, with booleans where `booleans` says; an
+ * unknown key's error suggests what it likely meant (suggest.ts). */
 export function checkOptionNames(fn: string, name: string, opts: object, known: readonly string[], booleans: readonly string[] = []): void {
   for (const key of Object.keys(opts)) {
     if (!known.includes(key)) {
-      const hint = OPTION_HINTS[key];
+      const hint = didYouMean(key, known, OPTION_HINTS);
       throw new ArgumentError(fn, `${name}.${key}`, `unknown option${hint ? ` (did you mean ${hint}?)` : ""}; expected some of ${known.join(", ")}`);
     }
     const v = (opts as Record<string, unknown>)[key];

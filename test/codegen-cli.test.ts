@@ -1,9 +1,10 @@
 // The command line: --help documents every option, bad options and values are errors naming them.
 
 import { spawnSync } from "node:child_process";
-import { rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import path from "node:path";
-import { describe, expect, it } from "vitest";
+import { afterAll, describe, expect, it } from "vitest";
 import { helpText, jobsOption, parseArgs, selectionOf } from "../codegen/cli.ts";
 import { REPO_ROOT } from "../codegen/gen.ts";
 import { parseManifest } from "../codegen/manifest.ts";
@@ -22,14 +23,70 @@ describe("retention --help", () => {
       expect(r.stdout).toContain(o);
     expect(cli("gen", "--help").stdout).toBe(helpText());
   }, 30_000);
+
+  it("gives examples that parse, each gen example with its --out (issue 27: one failed with '--out DIR is required')", () => {
+    const examples = helpText().split("\n").filter((l) => l.startsWith("  retention "));
+    expect(examples.length).toBeGreaterThanOrEqual(3);
+    for (const l of examples) {
+      const argv = l.trim().split(/ +/).slice(1);
+      const p = parseArgs(argv);
+      if (p.command === "gen") {
+        expect(p.values.get("out"), l).toBeDefined();
+        selectionOf(p);
+      }
+    }
+  });
+});
+
+describe("what gen says next", () => {
+  const tmp = mkdtempSync(path.join(tmpdir(), "prt-cli-next-"));
+  afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+  const one = ["--d", "16", "--chunk", "16", "--dtype", "f32", "--kernels", "attention", "--no-audit"];
+
+  it("outside the search path: the build command, and the variable that makes the runtime look there", () => {
+    const out = path.join(tmp, "k");
+    const r = cli("gen", ...one, "--out", out);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toContain(`gen: next, compile them: npx retention build --out ${out} (or run gen with --compile)`);
+    expect(r.stderr).toContain(`gen: the runtime does not search ${out}: set RETENTION_KERNELS=${out} where you run it, or generate under build/generated/`);
+  }, 60_000);
+
+  it("under the project's build/generated: found there; a --build-dir elsewhere is named with PRT_KERNEL_DIR", () => {
+    // a project of its own (a folder with a package.json), so that the checkout's search path is left alone
+    const project = path.join(tmp, "project"), kdir = path.join(tmp, "fatbins");
+    mkdirSync(project);
+    writeFileSync(path.join(project, "package.json"), "{}\n");
+    const r = spawnSync(process.execPath, [BIN, "gen", ...one, "--out", "build/generated/p2_d16", "--build-dir", kdir], { encoding: "utf8", cwd: project });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toContain(`gen: next, compile them: npx retention build --out build/generated/p2_d16 --build-dir ${kdir}`);
+    expect(r.stderr).toContain("gen: the runtime finds build/generated/p2_d16/manifest.json on its kernel search path (the project's build/generated)");
+    const pkgKernels = path.join(REPO_ROOT, "build", "kernels");
+    expect(r.stderr).toContain(`gen: the runtime looks for its fatbins in build/generated/p2_d16, then ${pkgKernels}, not in ${kdir}: set PRT_KERNEL_DIR=${kdir}`);
+  }, 60_000);
 });
 
 describe("bad options", () => {
   it("names an unknown option and the ones expected", () => {
     const r = cli("gen", "--frobnicate", "3");
     expect(r.code).toBe(2);
-    expect(r.stderr).toMatch(/unknown option --frobnicate \(expected one of --deg, --d, .*--dump-ir/);
+    expect(r.stderr).toMatch(/unknown option --frobnicate; expected one of --deg, --d, .*--dump-ir/);
   }, 30_000);
+  it.each([
+    ["gen", "chunks", "chunk"],
+    ["gen", "degree", "deg"],
+    ["gen", "chunk_size", "chunk"],
+    ["gen", "Dtype", "dtype"],
+    ["gen", "kernel", "kernels"],
+    ["gen", "build_dir", "build-dir"],
+    ["gen", "comple", "compile"],
+    ["build", "outt", "out"],
+  ])("%s --%s: did you mean --%s?", (command, wrong, meant) => {
+    expect(() => parseArgs([command, `--${wrong}`, "1"])).toThrow(new RegExp(`^unknown option --${wrong} \\(did you mean --${meant}\\?\\); expected one of `));
+  });
+  it("suggests nothing for a name like no option, or one that does not apply to the command", () => {
+    expect(() => parseArgs(["gen", "--x", "1"])).toThrow(/^unknown option --x; expected one of/);
+    expect(() => parseArgs(["build", "--degree", "4"])).toThrow(/^unknown option --degree; expected one of --out, --build-dir, --jobs, --help, --version$/);
+  });
   it("names the option of a bad value and the values expected", () => {
     const r = cli("gen", "--dtype", "f64");
     expect(r.code).toBe(2);

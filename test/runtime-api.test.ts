@@ -215,7 +215,9 @@ describe("argument validation (before any GPU work)", () => {
     add("Tensor.upload: 1e6 as f16", () => Tensor.upload([1, 1e6], [2], "f16"), "data[1]", /data\[1\]: 1000000 overflows f16 \(finite values up to 65504\)/);
     add("Tensor.upload: 1e39 as bf16", () => Tensor.upload(new Float64Array([1e39]) as unknown as number[], [1], "bf16"), "data[0]", /1e\+39 overflows bf16/);
     add("peer's option names", () => powerRetention(Q, K, V, G, { chunk_size: 32, degree: 4 } as never), "opts.chunk_size", /opts.chunk_size: unknown option \(did you mean chunk\?\); expected some of deg, scale, chunk, initialState, returnState, schedules, syncEachLaunch, checkGates/);
-    add("a misspelt option", () => powerRetention(Q, K, V, G, { chunks: 32 } as never), "opts.chunks", /opts.chunks: unknown option; expected some of deg, /);
+    add("a misspelt option", () => powerRetention(Q, K, V, G, { chunks: 32 } as never), "opts.chunks", /opts.chunks: unknown option \(did you mean chunk\?\); expected some of deg, /);
+    add("an option in another case", () => powerRetention(Q, K, V, G, { returnstate: true } as never), "opts.returnstate", /unknown option \(did you mean returnState\?\)/);
+    add("an option like none", () => powerRetention(Q, K, V, G, { frobnicate: 1 } as never), "opts.frobnicate", /opts.frobnicate: unknown option; expected some of deg, /);
     add("returnState not a boolean", () => powerRetention(Q, K, V, G, { returnState: "yes" } as never), "opts.returnState", /opts.returnState: expected true or false, received "yes"/);
     add("checkGates not a boolean", () => powerRetention(Q, K, V, G, { checkGates: 1 } as never), "opts.checkGates", /opts.checkGates: expected true or false, received 1/);
     const gates = (g: number[]): Tensor => ({ ...meta([2, 40, 2]), download: () => Float32Array.from({ length: 160 }, (_, i) => g[i] ?? -0.5) }) as unknown as Tensor;
