@@ -3,7 +3,10 @@
     from prt import power_retention
     Y = power_retention(Q, K, V, log_G=log_g, deg=2, chunk_size=128)
 
-The torch parts load on first use, so `import prt` works without torch (prt.native, prt.manifest).
+The torch parts load on first use, so `import prt` works without torch: `from prt import native,
+manifest` (the ctypes layer over libprt.so and the manifest reader; they are attributes of prt, not
+modules of their own: `import prt.native` does not work). `prt.power_retention` needs PyTorch
+>= 2.4 with CUDA, and says so when it is missing or older.
 """
 
 from . import _manifest as manifest  # noqa: F401

@@ -18,9 +18,11 @@ import threading
 import warnings
 from typing import List, Optional
 
-import torch
+from ._torch import require_torch
 
-from . import _manifest, _native, _paths
+torch = require_torch()
+
+from . import _manifest, _native, _paths  # noqa: E402
 
 _DTYPES = {torch.float16: "f16", torch.bfloat16: "bf16", torch.float32: "f32"}
 _TORCH = {"f16": torch.float16, "bf16": torch.bfloat16, "f32": torch.float32}
