@@ -177,9 +177,12 @@ export function loadManifests(): Manifest[] {
   return found.map(loadManifest);
 }
 
-/** Where a lookup looked, for errors: the PRT_MANIFEST files as given, else the search path. */
-function searchedIn(manifests: readonly Manifest[]): string {
-  return process.env.PRT_MANIFEST ? manifests.map((m) => m.file).join(", ") : `any manifest on the kernel search path (${describeSearchPath()})`;
+/** Where a lookup looked, for errors, each place once, as the subject of "has no" / "have no": the
+ * PRT_MANIFEST files as given, else the search path with what each place held. */
+function searchedIn(manifests: readonly Manifest[]): { where: string; plural: boolean } {
+  if (!process.env.PRT_MANIFEST) return { where: `the kernel search path (${describeSearchPath()})`, plural: false };
+  const files = manifests.map((m) => m.file);
+  return { where: `the manifest${files.length > 1 ? "s" : ""} ${files.join(", ")} (PRT_MANIFEST)`, plural: files.length > 1 };
 }
 
 /** What a lookup that failed lacked: the spec altogether, or the schedule (listing those there are). */
@@ -211,27 +214,28 @@ export function lookupKernel(name: string, spec: Spec, schedule: Schedule, manif
   return forSpec.find((k) => sameSchedule(k.schedule, schedule)) ?? { name, spec, schedule, have: [...new Set(forSpec.map((k) => scheduleKey(k.schedule)))] };
 }
 
-const describeSpec = (s: Spec): string => `${specKey(s)} (deg ${s.deg}, d ${s.d}, e ${s.e}, chunk ${s.chunk}, ${s.dtype})`;
-
-/** One error for every kernel a call lacks, with the command (one gen per spec) that builds them all. */
+/**
+ * One error for every kernel a call lacks: where it looked (each place once), then what is missing
+ * per spec (kernels, or a kernel under a schedule the manifests lack, with the ones they have), then
+ * the command (one gen per spec) that builds them all.
+ */
 export function missingKernelsError(misses: readonly KernelMiss[], manifests: readonly Manifest[]): MissingKernelError {
-  const where = searchedIn(manifests);
+  const { where, plural } = searchedIn(manifests);
   const specs = [...new Map(misses.map((m) => [specKey(m.spec), m.spec])).values()];
   const cmd = specs.map(genCommand).join(" && ");
-  const parts = specs.map((spec) => {
+  const parts = specs.flatMap((spec) => {
     const ms = misses.filter((m) => sameSpec(m.spec, spec));
-    const noSpec = ms.filter((m) => m.have.length === 0);
-    const noSched = ms.filter((m) => m.have.length > 0);
-    const out: string[] = [];
-    if (noSpec.length)
-      out.push(`kernel${noSpec.length > 1 ? "s" : ""} ${noSpec.map((m) => m.name).join(", ")} for spec ${describeSpec(spec)} ${noSpec.length > 1 ? "are" : "is"} not in ${where}`);
-    for (const m of noSched)
-      out.push(`kernel ${m.name} for spec ${specKey(spec)} with schedule ${scheduleKey(m.schedule)} is not in ${where}, which has ${m.have.join(", ")}`);
-    return out.join("; ");
+    const noSpec = ms.filter((m) => m.have.length === 0).map((m) => m.name);
+    return [
+      ...(noSpec.length ? [`kernel${noSpec.length > 1 ? "s" : ""} ${noSpec.join(", ")} for spec ${specKey(spec)}`] : []),
+      ...ms.filter((m) => m.have.length > 0).map((m) => `kernel ${m.name} for spec ${specKey(spec)} under schedule ${scheduleKey(m.schedule)} (only ${m.have.join(", ")})`),
+    ];
   });
   const anySched = misses.some((m) => m.have.length > 0);
+  const them = misses.length > 1 ? "them" : "it";
   return new MissingKernelError(
-    `${parts.join("; ")}; ${anySched ? "gen builds each kernel's default schedule (or pass a schedule the manifest has): " : "generate and compile " + (misses.length > 1 ? "them" : "it") + " with "}\`${cmd}\``,
+    `${where} ${plural ? "have" : "has"} no ${parts.join("; no ")}; ` +
+      `${anySched ? "gen builds each kernel's default schedule (or pass a schedule the manifest has): " : `generate and compile ${them} with `}\`${cmd}\``,
     cmd,
   );
 }

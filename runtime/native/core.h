@@ -165,7 +165,8 @@ typedef struct prt_problem {
 } prt_problem;
 
 /* kind: "forward", "backward" or "decode"; the spec (deg, d, e, chunk, dtype "f16"|"bf16"|"f32")
- * names the plan. A spec or kernel that no manifest has fails with the gen command that builds it. */
+ * names the plan. A spec or kernels that no manifest has fail with one message: the manifests, every
+ * kernel missing, and the gen command(s) that build them. */
 PRT_API int prt_plan_create(prt_plan* out, prt_runtime rt, const char* kind, int deg, int d, int e,
                             int chunk, const char* dtype, const prt_problem* problem);
 PRT_API void prt_plan_destroy(prt_plan plan);
@@ -204,7 +205,9 @@ enum { PRT_RUN_POISON = 1 /* fill 'nan' buffers with NaN first: catches unwritte
 
 /* Enqueue the plan on `stream` (a CUstream; NULL: the legacy default stream). ptrs[i] is buffer
  * i's device pointer (nptrs == prt_plan_buffer_count); every INPUT needs one, an OUTPUT with 0
- * lives in the workspace (then workspace_bytes must be prt_plan_workspace_bytes(plan, 1)).
+ * lives in the workspace (then workspace_bytes must be prt_plan_workspace_bytes(plan, 1)), and a
+ * TEMP takes 0 (a pointer there is an error: e.g. logG of a plan created with gated = 0, whose
+ * gates it would not read).
  * Buffers a plan zeroes (e.g. logG when ungated) are zeroed on the stream. */
 PRT_API int prt_plan_run(prt_plan plan, void* stream, const prt_devptr* ptrs, int nptrs,
                          prt_devptr workspace, size_t workspace_bytes, unsigned flags);

@@ -347,6 +347,36 @@ struct Builder {
   }
 };
 
+// Every kernel the step lists name that the runtime's manifests lack, as one error: the manifests
+// (each once), then the kernels per spec, then the command that builds them all; PRT_OK if none.
+int missing_kernels(prt_runtime rt, const std::string& label, const std::vector<const Json*>& lists) {
+  std::vector<std::pair<std::string, std::vector<std::string>>> by_spec;  // spec -> kernels, in order
+  for (const Json* list : lists) {
+    if (!list || !list->is(Json::Array)) continue;
+    for (const Json& s : list->items) {
+      const Json *sym = s.get("symbol"), *kname = s.get("kernel");
+      if (!sym || !kname || rt->kernels.count(sym->str)) continue;
+      const std::string spec = spec_of_symbol(sym->str, kname->str);
+      auto it = std::find_if(by_spec.begin(), by_spec.end(), [&](const auto& e) { return e.first == spec; });
+      if (it == by_spec.end()) it = by_spec.insert(by_spec.end(), {spec, {}});
+      if (std::find(it->second.begin(), it->second.end(), kname->str) == it->second.end()) it->second.push_back(kname->str);
+    }
+  }
+  if (by_spec.empty()) return PRT_OK;
+  std::string where, what, cmd;
+  for (const auto& m : rt->manifests) where += (where.empty() ? "" : ", ") + m;
+  size_t count = 0;
+  for (const auto& [spec, names] : by_spec) {
+    std::string list;
+    for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
+    what += (what.empty() ? "" : "; no ") + std::string(names.size() > 1 ? "kernels " : "kernel ") + list + " for spec " + spec;
+    cmd += (cmd.empty() ? "" : " && ") + gen_command(spec);
+    count += names.size();
+  }
+  return set_error(PRT_EINVAL, label + ": the manifest" + (rt->manifests.size() > 1 ? "s " + where + " have" : " " + where + " has") + " no " + what +
+                                   "; generate and compile " + (count > 1 ? "them" : "it") + " with `" + cmd + "`");
+}
+
 const Json* select_variant(const Json& plan, const std::map<std::string, double>& flags) {
   const Json *variants = plan.get("variants"), *names = plan.get("flags");
   if (!variants || !names) return nullptr;
@@ -465,6 +495,10 @@ int prt_plan_create(prt_plan* out, prt_runtime rt, const char* kind, int deg, in
   const Json* v = select_variant(*it->second.json, bld.flags);
   if (!v) return bld.fail("the manifest has no variant for these flags");
   bld.variant = v;
+  // (the fold's kernels only when this call folds: a decode that fills no cache needs none of them)
+  const bool folds = decode && p->len0 + p->t >= chunk;
+  const Json* fold_steps = folds && v->get("fold") ? v->get("fold")->get("steps") : nullptr;
+  if (int rc = missing_kernels(rt, plan->label, {v->get("steps"), fold_steps})) return rc;
   if (int rc = bld.add_buffers(v->get("buffers"), vars)) return rc;
   if (!decode) {
     if (int rc = bld.add_steps(v->get("steps"), vars)) return rc;

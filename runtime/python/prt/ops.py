@@ -155,7 +155,8 @@ def _(Q, K, V, logG, S0, Z0, deg, scale, chunk, final_state):
 def _backward_names(spec, b, t, hq, h, gated, initial_state, final_state) -> list:
     plan = _manifest.find_plan(_manifests(), "backward", spec, t <= spec.chunk and not initial_state and not final_state, gated)
     if plan is None:
-        raise _native.PrtError(f"spec {spec.key} has no backward plan; generate and compile it with `{spec.gen_command()}`")
+        raise _native.PrtError(f"spec {spec.key} has no backward plan on the kernel search path ({_paths.describe_search_path()}); "
+                               f"generate and compile it with `{spec.gen_command()}`")
     env, flags = _manifest.problem_env("backward", spec.chunk, b, t, hq, h, gated, initial_state, final_state)
     return _manifest.output_shapes(plan, env, flags)
 

@@ -62,6 +62,33 @@ class NativeTest(unittest.TestCase):
             _native.Runtime(["/nonexistent/manifest.json"], "/tmp")
         self.assertIn("manifest /nonexistent/manifest.json: cannot read the file", str(e.exception))
 
+    def test_a_plan_whose_kernels_are_missing_names_the_manifests_once_then_every_kernel(self):
+        import json
+        import tempfile
+
+        with open(GENERATED) as f:
+            m = json.load(f)
+        gone = ("update_state", "discounted_cumsum", "state_copy")
+        m["kernels"] = [k for k in m["kernels"] if k["name"] not in gone]
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "manifest.json")
+            with open(path, "w") as f:
+                json.dump(m, f)
+            rt = _native.Runtime([path, path], "/nonexistent/kernels")
+            with self.assertRaises(_native.PrtError) as e:
+                rt.plan("forward", SPEC, 1, 1000, 2, 2, 0.1)
+            self.assertEqual(str(e.exception), (
+                f"forward plan of p2_d64_e64_c128_bf16: the manifests {path}, {path} have no kernels update_state, discounted_cumsum "
+                "for spec p2_d64_e64_c128_bf16; generate and compile them with `npx retention gen --deg 2 --d 64 --e 64 --chunk 128 "
+                "--dtype bf16 --out build/generated/p2_d64_e64_c128_bf16 --compile`"))
+            # decode: a call that fills the cache needs the fold's kernels (f32); one that does not, none
+            rt = _native.Runtime([path], "/nonexistent/kernels")
+            rt.plan("decode", SPEC, 1, 1, 2, 2, 0.1, len0=0)
+            with self.assertRaises(_native.PrtError) as e:
+                rt.plan("decode", SPEC, 1, 1, 2, 2, 0.1, len0=127)
+            self.assertRegex(str(e.exception), r"^decode plan of p2_d64_e64_c128_bf16: the manifest \S+ has no kernels update_state, discounted_cumsum, "
+                             r"state_copy for spec p2_d64_e64_c128_f32; generate and compile them with `npx retention gen [^`]* --dtype f32 [^`]*`$")
+
     def test_run_checks_its_arguments_before_the_driver(self):
         rt = _native.Runtime([GENERATED], "/nonexistent/kernels")
         p = rt.plan("forward", SPEC, 1, 10, 2, 2, 0.1)
