@@ -69,7 +69,7 @@ console.log(JSON.stringify(out));
 
 describe("the package, packed and installed into a project", () => {
   it("ships the compiled JavaScript with its declarations, and not the tests", () => {
-    for (const f of ["dist/runtime/index.js", "dist/runtime/index.d.ts", "dist/dsl/index.js", "dist/dsl/index.d.ts", "dist/codegen/bin.js", "generated/manifest.json", "templates/prt_tile.cuh", "runtime/native/CMakeLists.txt", "scripts/build-ts.mjs"])
+    for (const f of ["dist/runtime/index.js", "dist/runtime/index.d.ts", "dist/dsl/index.js", "dist/dsl/index.d.ts", "dist/codegen/bin.js", "generated/manifest.json", "templates/prt_tile.cuh", "runtime/native/CMakeLists.txt", "scripts/build-ts.mjs", "scripts/install.mjs"])
       expect(packed, f).toContain(f);
     expect(packed.filter((f) => f.startsWith("test/") || f.startsWith("bench/") || f.startsWith("examples/"))).toEqual([]);
   });
