@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# One device run (see README "On the GPU machine"): compile the generated kernels there (16 cores),
-# check them against the interpreter and the float64 reference, then time ours beside PyTorch SDPA
-# in the same run. Every log goes under $OUT (default ./device-out).
+# One GPU run (see bench/README.md): compile the generated kernels there (16 cores), check them
+# against the interpreter and the float64 reference, then time ours beside PyTorch SDPA in the same
+# run. Every log goes under $OUT (default ./device-out). Needs node, nvcc, python3 with torch on PATH;
+# a .device/setup.sh beside it, when there is one, is sourced first to provide them.
 # Usage: bash bench/device-session.sh [tests|python|bench|autotune|checks|attn|algorithms|issue23|ncu|all]...   env: TS="4096 16384 65536" CHUNKS="128"
 set -uo pipefail
 OUT=${OUT:-device-out}; mkdir -p "$OUT"
-source .device/setup.sh > "$OUT/setup.log" 2>&1
+if [[ -f .device/setup.sh ]]; then source .device/setup.sh > "$OUT/setup.log" 2>&1; fi
 TS=${TS:-"4096 16384 65536"}
 CHUNKS=${CHUNKS:-128}
 build() {
