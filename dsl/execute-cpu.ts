@@ -5,6 +5,12 @@ import { roundArray } from "./dtype.ts";
 import { interpret } from "./interpret.ts";
 import { numel, stepKernel, type Plan } from "./plan-types.ts";
 
+/** An input given for a buffer the plan fills itself (logG of an ungated plan: zeros) would be
+ * ignored; the error says so (shared with the GPU executor). */
+export function notReadError(name: string, init: "nan" | "zeros"): string {
+  return `plan input '${name}': given, but the plan does not read it (it starts as ${init === "zeros" ? "zeros" : "NaN, an output"}${name === "logG" ? ": the problem is not gated" : ""}); leave it out`;
+}
+
 /** Inputs are rounded to their buffer's dtype on the way in (the caller may pass float64 data). */
 export function executeOnCpu(plan: Plan, inputs: Readonly<Record<string, ArrayLike<number>>>): Record<string, Float32Array> {
   const mem = new Map<string, Float32Array>();
@@ -15,7 +21,10 @@ export function executeOnCpu(plan: Plan, inputs: Readonly<Record<string, ArrayLi
       if (!x) throw new Error(`plan input '${b.name}' missing`);
       if (x.length !== n) throw new Error(`plan input '${b.name}': expected ${n} elements for shape [${b.shape}], received ${x.length}`);
       mem.set(b.name, roundArray(x, b.dtype));
-    } else mem.set(b.name, new Float32Array(n).fill(b.init === "nan" ? NaN : 0));
+    } else {
+      if (inputs[b.name]) throw new Error(notReadError(b.name, b.init));
+      mem.set(b.name, new Float32Array(n).fill(b.init === "nan" ? NaN : 0));
+    }
   }
   for (const s of plan.steps) {
     const k = stepKernel(s);

@@ -11,6 +11,7 @@ import { tensorDims } from "../dsl/interpret.ts";
 import { printExpr } from "../dsl/print.ts";
 import type { Kernel } from "../dsl/ir.ts";
 import { numel, stepKernel, type Plan, type PlanStep } from "../dsl/plan-types.ts";
+import { notReadError } from "../dsl/execute-cpu.ts";
 export { stepKernel } from "../dsl/plan-types.ts";
 import { scheduleKey, specKey, type Schedule } from "../dsl/spec.ts";
 import { DeviceBuffer } from "./device.ts";
@@ -164,7 +165,10 @@ export function executeOnGpu(
   // ---- everything that needs no GPU ------------------------------------------------------------
   const prepared = preparePlan(plan, opts.argOf ? { caller: opts.caller ?? "executeOnGpu", argOf: opts.argOf } : undefined);
   for (const b of plan.buffers) {
-    if (b.init !== "input") continue;
+    if (b.init !== "input") {
+      if (inputs[b.name]) throw new Error(notReadError(b.name, b.init));
+      continue;
+    }
     const x = inputs[b.name];
     if (!x) throw new Error(`plan input '${b.name}' missing`);
     const bytes = numel(b.shape) * dtypeBytes(b.dtype);

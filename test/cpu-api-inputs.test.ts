@@ -5,9 +5,10 @@
 // missing) returned the ungated output.
 
 import { describe, expect, it } from "vitest";
+import { executeOnCpu } from "../dsl/execute-cpu.ts";
 import { backwardOnCpu } from "../dsl/plan-backward.ts";
 import { createDecodeState, decodeStepOnCpu } from "../dsl/plan-decode.ts";
-import { forwardOnCpu, type Problem } from "../dsl/plan.ts";
+import { forwardOnCpu, forwardPlan, type Problem } from "../dsl/plan.ts";
 import { featureCount } from "../dsl/sympow.ts";
 
 const p: Problem = { b: 1, t: 20, hq: 2, h: 1, d: 8, e: 8, deg: 2, chunk: 16, dtype: "f32", scale: 0.35, gated: false, initialState: false, finalState: false };
@@ -78,5 +79,16 @@ describe("decodeStepOnCpu checks logG against the decode problem's gated", () =>
 
   it("refuses a decode problem without gated", () => {
     expect(() => createDecodeState(dp as never)).toThrow(/^gated: expected true or false \(logG given with each call or not\), received undefined$/);
+  });
+});
+
+describe("executeOnCpu (a plan and its inputs by buffer name)", () => {
+  it("refuses an input for a buffer the plan fills itself (logG of an ungated plan starts as zeros)", () => {
+    expect(() => executeOnCpu(forwardPlan(p), { Q, K, V, logG })).toThrow(
+      /^plan input 'logG': given, but the plan does not read it \(it starts as zeros: the problem is not gated\); leave it out$/,
+    );
+    expect(() => executeOnCpu(forwardPlan(p), { Q, K, V, S0 })).toThrow(/^plan input 'S0': given, but the plan does not read it \(it starts as zeros\)/);
+    expect(() => executeOnCpu(forwardPlan(p), { Q, K, V, Y: dY })).toThrow(/^plan input 'Y': given, but the plan does not read it \(it starts as NaN, an output\)/);
+    expect(executeOnCpu(forwardPlan({ ...p, gated: true }), { Q, K, V, logG }).Y!.length).toBe(20 * 2 * 8);
   });
 });

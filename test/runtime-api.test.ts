@@ -22,7 +22,7 @@ import { featureCount } from "../dsl/sympow.ts";
 import { ensureNativeAddon } from "../runtime/build-native.ts";
 import { decode, encode } from "../runtime/convert.ts";
 import { cudaAvailable } from "../runtime/device.ts";
-import { evalGrid, preparePlan } from "../runtime/execute-gpu.ts";
+import { evalGrid, executeOnGpu, preparePlan } from "../runtime/execute-gpu.ts";
 import {
   ArgumentError,
   bf16Bits,
@@ -407,6 +407,13 @@ describe("kernel lookup in the manifest", () => {
     } finally {
       process.env.PRT_MANIFEST = prev;
     }
+  });
+
+  it("executeOnGpu refuses an input the plan does not read (logG of an ungated plan), before any GPU work", () => {
+    const m = (shape: number[]): Tensor => ({ ...meta(shape), bytes: shape.reduce((a, b) => a * b, 4) }) as unknown as Tensor;
+    const [Q, K, V, G] = [m([1, 70, 2, 16]), m([1, 70, 1, 16]), m([1, 70, 1, 16]), m([1, 70, 1])];
+    const e = thrown(() => executeOnGpu(forwardPlan({ ...problem, gated: false, initialState: false, finalState: false }), { Q, K, V, logG: G }));
+    expect(e.message).toBe("plan input 'logG': given, but the plan does not read it (it starts as zeros: the problem is not gated); leave it out");
   });
 
   it("a missing fatbin: the error names the file and the build command", () => {
