@@ -241,7 +241,8 @@ function reportKernel(def: (typeof defs)[number]): Variant | undefined {
 function record(best: ReadonlyMap<string, Variant>): void {
   if (!best.size) return;
   const existing: Record<string, Schedule> = existsSync(outFile) ? (JSON.parse(readFileSync(outFile, "utf8")) as Record<string, Schedule>) : {};
-  for (const [k, v] of best) existing[k] = { numWarps: v.sch.numWarps, blockD: v.sch.blockD, blockT: v.sch.blockT, stages: v.sch.stages };
+  for (const [k, v] of best)
+    existing[k] = { numWarps: v.sch.numWarps, blockD: v.sch.blockD, blockT: v.sch.blockT, stages: v.sch.stages, ...((v.sch.minBlocks ?? 1) > 1 ? { minBlocks: v.sch.minBlocks } : {}) };
   const sorted = Object.fromEntries(Object.keys(existing).sort().map((k) => [k, existing[k]!]));
   const text = JSON.stringify(sorted, null, 2) + "\n";
   parseSchedules(text, outFile); // what gen will accept

@@ -137,9 +137,14 @@ export function parseSchedules(text: string, where: string): Map<string, Schedul
       if (!Number.isInteger(o[f]) || (o[f] as number) < least)
         bad(`schedule.${f}: expected ${least === 0 ? "a non-negative" : "a positive"} integer, received ${JSON.stringify(o[f])}`);
     }
-    const extra = Object.keys(o).filter((f) => !(SCHEDULE_FIELDS as readonly string[]).includes(f));
-    if (extra.length) bad(`unknown schedule field${extra.length > 1 ? "s" : ""} ${extra.join(", ")} (expected ${SCHEDULE_FIELDS.join(", ")})`);
-    const sch: Schedule = { numWarps: o.numWarps as number, blockD: o.blockD as number, blockT: o.blockT as number, stages: o.stages as number };
+    const extra = Object.keys(o).filter((f) => !(SCHEDULE_FIELDS as readonly string[]).includes(f) && f !== "minBlocks");
+    if (extra.length) bad(`unknown schedule field${extra.length > 1 ? "s" : ""} ${extra.join(", ")} (expected ${SCHEDULE_FIELDS.join(", ")}, and optionally minBlocks)`);
+    if (o.minBlocks !== undefined && (!Number.isInteger(o.minBlocks) || (o.minBlocks as number) < 1 || (o.minBlocks as number) > 32))
+      bad(`schedule.minBlocks: expected an integer in 1..32, received ${JSON.stringify(o.minBlocks)}`);
+    const sch: Schedule = {
+      numWarps: o.numWarps as number, blockD: o.blockD as number, blockT: o.blockT as number, stages: o.stages as number,
+      ...(o.minBlocks !== undefined && o.minBlocks !== 1 ? { minBlocks: o.minBlocks as number } : {}),
+    };
     let problems: string[];
     try {
       problems = validateKernel(def!.build(spec, sch));
@@ -224,7 +229,7 @@ export function generate(opts: GenOptions): Generated {
       const symbol = kernelSymbol(def.name, spec, sch);
       let lowered;
       try {
-        lowered = lowerKernel(def.build(spec, sch), { symbol, targets: sel.archs, dump: opts.dump ? (step, text) => opts.dump!(symbol, step, text) : undefined });
+        lowered = lowerKernel(def.build(spec, sch), { symbol, targets: sel.archs, minBlocks: sch.minBlocks, dump: opts.dump ? (step, text) => opts.dump!(symbol, step, text) : undefined });
       } catch (e) {
         throw new Error(`kernel ${def.name}, spec ${key}, schedule ${scheduleKey(sch)}: ${e instanceof Error ? e.message : String(e)}`);
       }

@@ -49,6 +49,8 @@ export interface LowerOptions {
   readonly symbol: string;
   /** The targets to lower for, each its own body of the one function (default sm_80 and sm_90a). */
   readonly targets?: readonly Target[];
+  /** Blocks per SM the compiler must fit (Schedule.minBlocks; __launch_bounds__'s second argument). */
+  readonly minBlocks?: number;
   /** Called with (step name, text) for the DSL IR, the LIR after each pass and the final CUDA. */
   readonly dump?: (step: string, text: string) => void;
 }
@@ -79,7 +81,7 @@ export function lowerKernel(kernel: Kernel, opts: LowerOptions): Lowered {
     });
     return k;
   });
-  const cuda = renderKernel(lirs, opts.symbol);
+  const cuda = renderKernel(lirs, opts.symbol, opts.minBlocks);
   opts.dump?.(`${String(PASSES.length + 1).padStart(2, "0")}-cuda`, cuda);
   return { lirs, lir: lirs[0]!, cuda };
 }

@@ -435,13 +435,13 @@ export function renderKernelBody(k: LKernel): string[] {
  * threads): the bodies differ only where a target's instructions do, and the sm_90a body is
  * compiled where the arch-specific features exist (__CUDA_ARCH_FEAT_SM90_ALL: an sm_90a build;
  * compute_80 PTX JIT-compiled for a newer GPU takes the other). */
-export function renderKernel(ks: readonly LKernel[], symbol: string): string {
+export function renderKernel(ks: readonly LKernel[], symbol: string, minBlocks = 1): string {
   const k = ks[0]!;
   const o = new Emitter();
   const nt = threadsOf(k);
   o.line(`// ${k.name}: ${k.doc}`);
   o.line(`// grid (${k.grid.map(printExpr).join(", ")}), ${nt} threads`);
-  o.line(`extern "C" __global__ void __launch_bounds__(${nt}) ${symbol}(`);
+  o.line(`extern "C" __global__ void __launch_bounds__(${nt}${minBlocks > 1 ? `, ${minBlocks}` : ""}) ${symbol}(`);
   o.line(`    ${cArgs(k).join(", ")}) {`);
   const bodies = ks.map((x) => renderKernelBody(x));
   const text = (lines: string[]): string => lines.slice(1).join("\n");

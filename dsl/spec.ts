@@ -23,6 +23,10 @@ export interface Schedule {
   readonly blockT: number;
   /** Software-pipelining depth for the loops that stream tiles. */
   readonly stages: number;
+  /** Blocks per SM the compiler must fit (the second argument of __launch_bounds__): absent or 1
+   * leaves it up to 255 registers a thread; 2 caps them so two blocks share an SM, whose warps then
+   * hide each other's latency (a kernel latency-bound at one block an SM). */
+  readonly minBlocks?: number;
 }
 
 export interface KernelDef {
@@ -43,7 +47,7 @@ export function specKey(s: Spec): string {
 }
 
 export function scheduleKey(s: Schedule): string {
-  return `w${s.numWarps}_bd${s.blockD}_bt${s.blockT}_s${s.stages}`;
+  return `w${s.numWarps}_bd${s.blockD}_bt${s.blockT}_s${s.stages}${(s.minBlocks ?? 1) > 1 ? `_m${s.minBlocks}` : ""}`;
 }
 
 // not n & (n - 1): bitwise operators truncate to 32 bits, so 2^40 + 2^36 would pass

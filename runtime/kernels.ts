@@ -122,7 +122,10 @@ function parseEntry(raw: Record<string, unknown>, file: string, dirs: readonly s
   return {
     name: need<string>("name", isStr),
     spec: { deg: spec.deg, d: spec.d, e: spec.e, chunk: spec.chunk, dtype: spec.dtype },
-    schedule: { numWarps: schedule.numWarps, blockD: schedule.blockD, blockT: schedule.blockT, stages: schedule.stages },
+    schedule: {
+      numWarps: schedule.numWarps, blockD: schedule.blockD, blockT: schedule.blockT, stages: schedule.stages,
+      ...(typeof schedule.minBlocks === "number" && schedule.minBlocks > 1 ? { minBlocks: schedule.minBlocks } : {}),
+    },
     symbol: need<string>("symbol", isStr),
     args: args.map((a) => a.name),
     threads: need<number>("threads", isNum),

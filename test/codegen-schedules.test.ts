@@ -2,9 +2,9 @@
 // every kernel's schedules parse, the attention kernels' blockD = 0 included, and bad entries are
 // errors naming the entry and the field.
 import { describe, expect, it } from "vitest";
-import { parseSchedules } from "../codegen/gen.ts";
+import { generate, parseSchedules } from "../codegen/gen.ts";
 import { KERNELS } from "../dsl/kernels/index.ts";
-import { checkSpec, specKey } from "../dsl/spec.ts";
+import { checkSpec, scheduleKey, specKey } from "../dsl/spec.ts";
 
 const spec = checkSpec({ deg: 2, d: 64, e: 64, chunk: 128, dtype: "bf16" });
 
@@ -25,5 +25,25 @@ describe("parseSchedules", () => {
     );
     expect(() => parseSchedules(JSON.stringify({ [key]: { ...good, numWarps: 0 } }), "s.json")).toThrow(/schedule.numWarps: expected a positive integer, received 0/);
     expect(() => parseSchedules(JSON.stringify({ [`nope/${specKey(spec)}`]: good }), "s.json")).toThrow(/no kernel named 'nope'/);
+    expect(() => parseSchedules(JSON.stringify({ [key]: { ...good, minBlocks: 0 } }), "s.json")).toThrow(/schedule.minBlocks: expected an integer in 1..32, received 0/);
+    expect(() => parseSchedules(JSON.stringify({ [key]: { ...good, occupancy: 2 } }), "s.json")).toThrow(/unknown schedule field occupancy/);
+  });
+
+  it("takes minBlocks (two blocks an SM) into the key, the symbol's launch bounds and the manifest", () => {
+    const key = `attention_y/${specKey(spec)}`;
+    const sch = { numWarps: 8, blockD: 0, blockT: 128, stages: 2, minBlocks: 2 };
+    expect(parseSchedules(JSON.stringify({ [key]: sch }), "s.json").get(key)).toEqual(sch);
+    expect(parseSchedules(JSON.stringify({ [key]: { ...sch, minBlocks: 1 } }), "s.json").get(key)).toEqual({ numWarps: 8, blockD: 0, blockT: 128, stages: 2 });
+    expect(scheduleKey(sch)).toBe("w8_bd0_bt128_s2_m2");
+    expect(scheduleKey({ ...sch, minBlocks: 1 })).toBe("w8_bd0_bt128_s2");
+    const g = generate({
+      selection: { degs: [2], ds: [64], es: null, chunks: [128], dtypes: ["bf16"], archs: ["sm_80", "sm_90a"], kernels: ["attention_y"] },
+      scheduleFor: (k, s) => (k.name === "attention_y" ? sch : k.schedule(s)),
+    });
+    const entry = g.manifest.kernels.find((k) => k.name === "attention_y")!;
+    expect(entry.symbol).toMatch(/_w8_bd0_bt128_s2_m2$/);
+    expect(entry.schedule).toEqual(sch);
+    expect(g.files.get(entry.source)!).toContain(`__launch_bounds__(256, 2) ${entry.symbol}(`);
+    expect(KERNELS.find((k) => k.name === "attention_y")!.scheduleSpace(spec).some((x) => x.minBlocks === 2)).toBe(true);
   });
 });
