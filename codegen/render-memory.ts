@@ -7,6 +7,7 @@ import { dtypeBytes } from "../dsl/dtype.ts";
 import type { Slice } from "../dsl/ir.ts";
 import { bufferOf, cType, isRowVector, smemTileBytes, threadsOf, type LKernel, type LStmt } from "./lir.ts";
 import { cName, renderExpr, tileOffset } from "./render-expr.ts";
+import { whyNotChunkAsync } from "./lower/rules.ts";
 import { elemLoop, fragLoop, fragRead, rowLoop, type Emitter } from "./emit.ts";
 
 interface Placed {
@@ -79,6 +80,16 @@ export function renderLoad(o: Emitter, k: LKernel, s: Extract<LStmt, { kind: "lo
       o.line(`${dstElem(r, c)} = ok && ${e.inside} ? ${conv(e.at)} : prt::from_f32<${T}>(0.0f);`);
     });
   if (s.mode === "scalar") return scalar();
+  if (whyNotChunkAsync(k, s) !== null) {
+    // a vector of 4-byte elements down a strided dim (rules.whyNotAsync): one cp.async each,
+    // zero-filled outside the tensor
+    o.block(`for (int r = tid; r < ${d.type.shape[0]}; r += ${threadsOf(k)})`, () => {
+      const e = element(s.tensor, p, "r", "0");
+      o.line(`const bool in = ok && ${e.inside};`);
+      o.line(`prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&${e.at}) : static_cast<const void*>(${cName("g", s.tensor)}), in ? 4 : 0);`);
+    });
+    return;
+  }
 
   // cp.async: chunks of VEC elements along the tensor's contiguous last dim
   const g = cName("g", s.tensor);

@@ -10,7 +10,7 @@
 extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c128_bf16_w4_bd0_bt64_s2(
     const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 67584 bytes of dynamic shared memory
+  // sm_90a: 100352 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -100,19 +100,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
   (void)g_maxA_d1;
   (void)g_maxA_d2;
   __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_base + 0);  // bf16[64, 128] swizzle 128
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_base + 17408);  // bf16[64, 128] swizzle 128
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_base + 33792);  // bf16[64, 128] swizzle 128
+  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 17408);  // bf16[64, 128] swizzle 128, 2 copies
+  __nv_bfloat16* t_k = t_k_base;
+  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 50176);  // bf16[64, 128] swizzle 128, 2 copies
+  __nv_bfloat16* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 16384);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 16640);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 50176);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 50432);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 82944);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 83456);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 16896);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 16384);  // f32[1] pitch 1
   float f_w[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // bf16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
   float f_acc[1][16][4];  // f32[64, 128] as mma fragments: 64x128 in 16x128 units over 4 warps
   // v_finite: bf16[64, 128] computed in registers by its mma group
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 50176);  // bf16[64, 128] pitch 128
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 82944);  // bf16[64, 128] pitch 128
   float f_row_max[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x128 in 16x128 units over 4 warps
   float f_block_max[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
@@ -146,9 +149,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -157,9 +158,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   prt::fence_proxy_async();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
@@ -537,77 +541,151 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
       }
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8192;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8192;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    prt::fence_proxy_async();
+    __syncthreads();
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __nv_bfloat16* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
           }
         }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        prt::fence_proxy_async();
+        __syncthreads();
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
           }
         }
-      }
-      prt::fence_proxy_async();
-      __syncthreads();
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __nv_bfloat16* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        prt::fence_proxy_async();
+        __syncthreads();
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
           }
         }
       }
       prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      prt::fence_proxy_async();
-      __syncthreads();
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
+      prt::cp_async_wait<1>();
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 8192;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 8192;  // bind v stage (i0 % 2)
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
       prt::fence_proxy_async();
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
@@ -858,6 +936,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store numA[pid.z, (pid.x * 64):+64, pid.y, 0:+128] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -926,7 +1005,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
     }
   }
 #else
-  // sm_80: 69376 bytes of dynamic shared memory
+  // sm_80: 104192 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -1016,26 +1095,29 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
   (void)g_maxA_d1;
   (void)g_maxA_d2;
   __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_base + 0);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_base + 17920);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_base + 35328);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 17920);  // bf16[64, 128] pitch 136, 2 copies
+  __nv_bfloat16* t_k = t_k_base;
+  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 52736);  // bf16[64, 128] pitch 136, 2 copies
+  __nv_bfloat16* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 17408);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 17664);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 53248);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 53504);  // f32[64] pitch 64
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 52736);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 87808);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 88576);  // f32[64] pitch 64
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 87552);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 17408);  // f32[1] pitch 1
   float f_w[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // bf16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
   float f_acc[1][16][4];  // f32[64, 128] as mma fragments: 64x128 in 16x128 units over 4 warps
   // v_finite: bf16[64, 128] computed in registers by its mma group
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 52992);  // bf16[64, 128] pitch 128
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 87808);  // bf16[64, 128] pitch 128
   float f_row_max[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x128 in 16x128 units over 4 warps
   float f_block_max[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_block_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_alpha[1][2];  // f32[64] as the rows of 64x128 in 16x128 units over 4 warps
   float f_shift[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 52992);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 88320);  // f32[64] pitch 64
   float f_row_factor[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+128]
   {
@@ -1062,9 +1144,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -1073,9 +1153,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -1464,75 +1547,148 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
       }
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8704;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8704;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    __syncthreads();
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __nv_bfloat16* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
           }
         }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        __syncthreads();
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
           }
         }
-      }
-      __syncthreads();
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __nv_bfloat16* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        __syncthreads();
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
           }
         }
       }
       prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
+      prt::cp_async_wait<1>();
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 8704;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 8704;  // bind v stage (i0 % 2)
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -1805,6 +1961,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store numA[pid.z, (pid.x * 64):+64, pid.y, 0:+128] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -2026,7 +2183,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   float* const t_z7 = reinterpret_cast<float*>(prt_base + 0);  // f32[16] pitch 16
   // u7_hi: bf16[128, 128] computed in registers by its mma group
   // u7_lo: bf16[128, 128] computed in registers by its mma group
-  // g = load logG[(pid.y // $h), ((pid.x // 1) * 128):+128, (pid.y % $h)]
+  // g = load.async logG[(pid.y // $h), ((pid.x // 1) * 128):+128, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -2035,9 +2192,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 128; r += 256) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -3920,7 +4080,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
 // grid (129, ($b * $h), 1), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_e128_c128_bf16_w4_bd64_bt128_s2(
     const float* g_dS, const float* g_dZ, const float* g_logG, const float* g_S0, const float* g_Z0, float* g_Sin, float* g_Zin, float* g_Sfinal, float* g_Zfinal, int p_b, int p_t, int p_h, int p_n) {
-  // sm_80: 67328 bytes of dynamic shared memory
+  // sm_80: 67840 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -4043,12 +4203,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
   (void)g_Zfinal_d2;
   float f_s[4][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 4 warps
   float* const t_z = reinterpret_cast<float*>(prt_base + 0);  // f32[64] pitch 64
-  float* const t_ds_base = reinterpret_cast<float*>(prt_base + 256);  // f32[64, 128] pitch 128, 2 copies
+  float* const t_ds_base = reinterpret_cast<float*>(prt_base + 1280);  // f32[64, 128] pitch 128, 2 copies
   float* t_ds = t_ds_base;
-  float* const t_dz_base = reinterpret_cast<float*>(prt_base + 65792);  // f32[64] pitch 64, 2 copies
+  float* const t_dz_base = reinterpret_cast<float*>(prt_base + 66816);  // f32[64] pitch 64, 2 copies
   float* t_dz = t_dz_base;
-  float* const t_g = reinterpret_cast<float*>(prt_base + 66304);  // f32[128] pitch 128
-  float* const t_lam = reinterpret_cast<float*>(prt_base + 66816);  // f32[128] pitch 128
+  float* const t_g_base = reinterpret_cast<float*>(prt_base + 256);  // f32[128] pitch 128, 2 copies
+  float* t_g = t_g_base;
+  float* const t_lam = reinterpret_cast<float*>(prt_base + 67328);  // f32[128] pitch 128
   // s = load S0[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+128]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -4097,6 +4258,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   if ((0 < p_n)) {
+    // g = load.async logG[(pid.y // $h), (0 * 128):+128, (pid.y % $h)] into stage 0
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = (0 * 128);
+      const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_g_base + ((0) % 2) * 128;
+      for (int r = tid; r < 128; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
     // ds = load.async dS[(pid.y // $h), (pid.y % $h), 0, (pid.x * 64):+64, 0:+128] into stage 0
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -4152,6 +4326,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
     const int v_i0_end = p_n;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((v_i0 + 1) < p_n)) {
+        // g = load.async logG[(pid.y // $h), ((i0 + 1) * 128):+128, (pid.y % $h)] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((v_i0 + 1) * 128);
+          const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_g_base + ((((v_i0 + 1) % 2)) % 2) * 128;
+          for (int r = tid; r < 128; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        __syncthreads();
         // ds = load.async dS[(pid.y // $h), (pid.y % $h), (i0 + 1), (pid.x * 64):+64, 0:+128] into stage ((i0 + 1) % 2)
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -4204,6 +4392,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
       }
       prt::cp_async_commit();
       prt::cp_async_wait<1>();
+      t_g = t_g_base + (((v_i0 % 2)) % 2) * 128;  // bind g stage (i0 % 2)
       t_ds = t_ds_base + (((v_i0 % 2)) % 2) * 8192;  // bind ds stage (i0 % 2)
       t_dz = t_dz_base + (((v_i0 % 2)) % 2) * 64;  // bind dz stage (i0 % 2)
       // store Sin[(pid.y // $h), (pid.y % $h), i0, (pid.x * 64):+64, 0:+128] = s
@@ -4247,19 +4436,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
           }
         }
       }
-      // g = load logG[(pid.y // $h), (i0 * 128):+128, (pid.y % $h)]
-      {
-        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int s1 = (v_i0 * 128);
-        const int a2 = (static_cast<int>(blockIdx.y) % p_h);
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_g;
-        for (int r = tid; r < 128; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
-      __syncthreads();
       // lam = cumsum(g, axis=0)
       {
         for (int o = warp; o < 1; o += 4) {
@@ -4297,7 +4473,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
           t_z[r] = prt::from_f32<float>(((prt::to_f32(t_z[r]) * prt::exp(prt::to_f32(t_lam[127]))) + prt::to_f32(t_dz[r])));
         }
       }
-      __syncthreads();
     }
   }
   prt::cp_async_wait<0>();
@@ -4531,7 +4706,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
   float* const t_max_a = reinterpret_cast<float*>(prt_base + 1024);  // f32[64] pitch 64
   float* const t_lse_t = reinterpret_cast<float*>(prt_base + 0);  // f32[64] pitch 64
   float* const t_den_s_part = reinterpret_cast<float*>(prt_base + 18432);  // f32[8, 64] pitch 64
-  // g = load logG[pid.z, ((pid.x // 2) * 128):+128, (pid.y // ($hq // $h))]
+  // g = load.async logG[pid.z, ((pid.x // 2) * 128):+128, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -4540,9 +4715,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 128; r += 256) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -5765,7 +5943,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
         }
       }
     }
-    // den_a = load denA[pid.z, (((pid.x // 2) * 128) + ((pid.x % 2) * 64)):+64, pid.y]
+    // den_a = load.async denA[pid.z, (((pid.x // 2) * 128) + ((pid.x % 2) * 64)):+64, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 2) * 128) + ((static_cast<int>(blockIdx.x) % 2) * 64));
@@ -5774,11 +5952,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_denA_s0 + static_cast<long long>(s1) * g_denA_s1 + static_cast<long long>(a2) * g_denA_s2;
       float* const dst = t_den_a;
       for (int r = tid; r < 64; r += 256) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_denA_d1 ? g_denA[base + static_cast<long long>(r) * g_denA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_denA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_denA[base + static_cast<long long>(r) * g_denA_s1]) : static_cast<const void*>(g_denA), in ? 4 : 0);
       }
     }
     __syncthreads();
-    // max_a = load maxA[pid.z, (((pid.x // 2) * 128) + ((pid.x % 2) * 64)):+64, pid.y]
+    // max_a = load.async maxA[pid.z, (((pid.x // 2) * 128) + ((pid.x % 2) * 64)):+64, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 2) * 128) + ((static_cast<int>(blockIdx.x) % 2) * 64));
@@ -5787,9 +5966,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_maxA_s0 + static_cast<long long>(s1) * g_maxA_s1 + static_cast<long long>(a2) * g_maxA_s2;
       float* const dst = t_max_a;
       for (int r = tid; r < 64; r += 256) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_maxA_d1 ? g_maxA[base + static_cast<long long>(r) * g_maxA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_maxA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_maxA[base + static_cast<long long>(r) * g_maxA_s1]) : static_cast<const void*>(g_maxA), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // den_a[row] = (den_a[row] * select((max(max_a[row], (lam[(((pid.x % 2) * 64) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp((max_a[row] - max(max_a[row], (lam[(((pid.x % 2) * 64) + row)] + (log(abs($scale)) * 2.0)))))))
     // den_s[row] = ((den_s[row] * select((max(max_a[row], (lam[(((pid.x % 2) * 64) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp(((lam[(((pid.x % 2) * 64) + row)] + (log(abs($scale)) * 2.0)) - max(max_a[row], (lam[(((pid.x % 2) * 64) + row)] + (log(abs($scale)) * 2.0))))))) * 1.0)
     // den[row] = (den_a[row] + den_s[row])
@@ -5952,7 +6135,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128_e128_c128_bf16_w4_bd0_bt64_s2(
     const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 67840 bytes of dynamic shared memory
+  // sm_90a: 100864 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -6054,8 +6237,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
   __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_base + 0);  // bf16[64, 128] swizzle 128
   __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_base + 16384);  // bf16[64, 128] swizzle 128
   float f_lse_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_base + 33792);  // bf16[64, 128] swizzle 128
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_base + 50176);  // bf16[64, 128] swizzle 128
+  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 33792);  // bf16[64, 128] swizzle 128, 2 copies
+  __nv_bfloat16* t_k = t_k_base;
+  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 66560);  // bf16[64, 128] swizzle 128, 2 copies
+  __nv_bfloat16* t_v = t_v_base;
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_p[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_p_dp[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
@@ -6066,8 +6251,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
   float f_g_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 32768);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 33024);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 33536);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 66560);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 99328);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 33536);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 33280);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 32768);  // f32[1] pitch 1
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+128]
@@ -6169,7 +6355,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       }
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -6178,9 +6364,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   prt::fence_proxy_async();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
@@ -6414,21 +6603,149 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       }
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    prt::fence_proxy_async();
+    __syncthreads();
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8192;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8192;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        prt::fence_proxy_async();
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 8192;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 8192;  // bind v stage (i0 % 2)
       prt::fence_proxy_async();
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
@@ -6452,60 +6769,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __nv_bfloat16* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __nv_bfloat16* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      prt::fence_proxy_async();
-      __syncthreads();
       // dot = mma.wgmma(q, k^T) [64x64 in 16x64 units over 4 warps]
       {
         float (&acc)[1][8][4] = f_dot;
@@ -6675,6 +6938,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store DyA[pid.z, (pid.x * 64):+64, pid.y] = acc_dy
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -6718,7 +6982,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     }
   }
 #else
-  // sm_80: 72464 bytes of dynamic shared memory
+  // sm_80: 107536 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -6820,23 +7084,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
   __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_base + 0);  // bf16[64, 128] pitch 136
   __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_base + 17408);  // bf16[64, 128] pitch 136
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 34816);  // f32[64] pitch 64
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_base + 36368);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_base + 53776);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 36368);  // bf16[64, 128] pitch 136, 2 copies
+  __nv_bfloat16* t_k = t_k_base;
+  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 71184);  // bf16[64, 128] pitch 136, 2 copies
+  __nv_bfloat16* t_v = t_v_base;
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p_dp[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float* const t_part = reinterpret_cast<float*>(prt_base + 35840);  // f32[64] pitch 64
   float* const t_acc_dy = reinterpret_cast<float*>(prt_base + 35072);  // f32[64] pitch 64
   float* const t_acc_p = reinterpret_cast<float*>(prt_base + 35328);  // f32[64] pitch 64
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 71696);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 107024);  // f32[64] pitch 64
   float* const t_g_i = reinterpret_cast<float*>(prt_base + 35584);  // f32[64] pitch 64
   float* const t_gq = reinterpret_cast<float*>(prt_base + 35584);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 35840);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 71952);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 72208);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 106512);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 107280);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 36112);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 36096);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 71184);  // f32[2, 64] pitch 64
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 106000);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -6887,9 +7154,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // lse_i = load lse[pid.z, (pid.x * 64):+64, pid.y]
+  // lse_i = load.async lse[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -6898,9 +7163,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
     float* const dst = t_lse_i;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   // acc_dy[row] = 0.0
   // acc_p[row] = 0.0
   {
@@ -6911,7 +7179,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       t_acc_p[r] = y1;
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -6920,9 +7188,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -7175,21 +7446,145 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       t_acc_p[r] = prt::from_f32<float>((prt::to_f32(t_acc_p[r]) + prt::to_f32(t_part[r])));
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8704;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8704;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 8704;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 8704;  // bind v stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -7211,59 +7606,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __nv_bfloat16* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __nv_bfloat16* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
       // dot = mma.tc(q, k^T) [64x64 in 16x32 units over 4 warps]
       {
         float (&acc)[2][4][4] = f_dot;
@@ -7461,6 +7803,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store DyA[pid.z, (pid.x * 64):+64, pid.y] = acc_dy
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -7684,7 +8027,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
   // s_hi: bf16[128, 128] computed in registers by its mma group
   float* const t_r_part = reinterpret_cast<float*>(prt_base + 84096);  // f32[4, 32] pitch 32
   if (((((static_cast<int>(blockIdx.x) / 4) * 128) + ((static_cast<int>(blockIdx.x) % 4) * 32)) < p_t)) {
-    // g = load logG[pid.z, ((pid.x // 4) * 128):+128, (pid.y // ($hq // $h))]
+    // g = load.async logG[pid.z, ((pid.x // 4) * 128):+128, (pid.y // ($hq // $h))]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
@@ -7693,9 +8036,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
       float* const dst = t_g;
       for (int r = tid; r < 128; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
     __syncthreads();
     // lam = cumsum(g, axis=0)
     {
@@ -7801,10 +8147,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
         }
       }
     }
-    prt::cp_async_commit();
-    prt::cp_async_wait<0>();
     __syncthreads();
-    // lse_i = load lse[pid.z, (((pid.x // 4) * 128) + ((pid.x % 4) * 32)):+32, pid.y]
+    // lse_i = load.async lse[pid.z, (((pid.x // 4) * 128) + ((pid.x % 4) * 32)):+32, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 4) * 128) + ((static_cast<int>(blockIdx.x) % 4) * 32));
@@ -7813,10 +8157,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
       float* const dst = t_lse_i;
       for (int r = tid; r < 32; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
       }
     }
-    // dy_y = load DyA[pid.z, (((pid.x // 4) * 128) + ((pid.x % 4) * 32)):+32, pid.y]
+    // dy_y = load.async DyA[pid.z, (((pid.x // 4) * 128) + ((pid.x % 4) * 32)):+32, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 4) * 128) + ((static_cast<int>(blockIdx.x) % 4) * 32));
@@ -7825,10 +8170,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_DyA_s0 + static_cast<long long>(s1) * g_DyA_s1 + static_cast<long long>(a2) * g_DyA_s2;
       float* const dst = t_dy_y;
       for (int r = tid; r < 32; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_DyA_d1 ? g_DyA[base + static_cast<long long>(r) * g_DyA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_DyA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_DyA[base + static_cast<long long>(r) * g_DyA_s1]) : static_cast<const void*>(g_DyA), in ? 4 : 0);
       }
     }
-    // rho = load PA[pid.z, (((pid.x // 4) * 128) + ((pid.x % 4) * 32)):+32, pid.y]
+    // rho = load.async PA[pid.z, (((pid.x // 4) * 128) + ((pid.x % 4) * 32)):+32, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 4) * 128) + ((static_cast<int>(blockIdx.x) % 4) * 32));
@@ -7837,10 +8183,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_PA_s0 + static_cast<long long>(s1) * g_PA_s1 + static_cast<long long>(a2) * g_PA_s2;
       float* const dst = t_rho;
       for (int r = tid; r < 32; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_PA_d1 ? g_PA[base + static_cast<long long>(r) * g_PA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_PA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_PA[base + static_cast<long long>(r) * g_PA_s1]) : static_cast<const void*>(g_PA), in ? 4 : 0);
       }
     }
-    // p_s = load wS[pid.z, (((pid.x // 4) * 128) + ((pid.x % 4) * 32)):+32, pid.y]
+    // p_s = load.async wS[pid.z, (((pid.x // 4) * 128) + ((pid.x % 4) * 32)):+32, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 4) * 128) + ((static_cast<int>(blockIdx.x) % 4) * 32));
@@ -7849,9 +8196,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_wS_s0 + static_cast<long long>(s1) * g_wS_s1 + static_cast<long long>(a2) * g_wS_s2;
       float* const dst = t_p_s;
       for (int r = tid; r < 32; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_wS_d1 ? g_wS[base + static_cast<long long>(r) * g_wS_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_wS_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_wS[base + static_cast<long long>(r) * g_wS_s1]) : static_cast<const void*>(g_wS), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // y_s[row, col] = (y_s[row, col] * dy_row[row, col])
     {
       for (int i = tid; i < 4096; i += 128) {
@@ -8262,7 +8613,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e128_c128_bf16_w4_bd0_bt64_s2(
     const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 84992 bytes of dynamic shared memory
+  // sm_90a: 117760 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -8378,9 +8729,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
   __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_base + 16384);  // bf16[64, 128] swizzle 128
   float f_lse_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_Dy_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_base + 33792);  // bf16[64, 128] swizzle 128
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_base + 50176);  // bf16[64, 128] swizzle 128
-  __nv_bfloat16* const t_k_finite = reinterpret_cast<__nv_bfloat16*>(prt_base + 66560);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 33792);  // bf16[64, 128] swizzle 128, 2 copies
+  __nv_bfloat16* t_k = t_k_base;
+  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 66560);  // bf16[64, 128] swizzle 128, 2 copies
+  __nv_bfloat16* t_v = t_v_base;
+  __nv_bfloat16* const t_k_finite = reinterpret_cast<__nv_bfloat16*>(prt_base + 99328);  // bf16[64, 128] pitch 136
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_ds[1][8][2];  // bf16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -8392,8 +8745,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
   float f_h_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 32768);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 33024);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 33536);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 66560);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 99328);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 33536);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 33280);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 32768);  // f32[1] pitch 1
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+128]
@@ -8517,7 +8871,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       }
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -8526,9 +8880,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   prt::fence_proxy_async();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
@@ -8777,21 +9134,149 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       }
     }
   }
+  prt::fence_proxy_async();
+  __syncthreads();
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8192;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8192;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        prt::fence_proxy_async();
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 8192;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 8192;  // bind v stage (i0 % 2)
       prt::fence_proxy_async();
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
@@ -8815,60 +9300,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __nv_bfloat16* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __nv_bfloat16* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      prt::fence_proxy_async();
-      __syncthreads();
       // dot = mma.wgmma(q, k^T) [64x64 in 16x64 units over 4 warps]
       {
         float (&acc)[1][8][4] = f_dot;
@@ -9038,6 +9469,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store dQa[pid.z, (pid.x * 64):+64, pid.y, 0:+128] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -9085,7 +9517,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     }
   }
 #else
-  // sm_80: 87808 bytes of dynamic shared memory
+  // sm_80: 122624 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -9201,9 +9633,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
   __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_base + 17408);  // bf16[64, 128] pitch 136
   float f_lse_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_Dy_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_base + 35584);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_base + 52992);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_k_finite = reinterpret_cast<__nv_bfloat16*>(prt_base + 70400);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 35584);  // bf16[64, 128] pitch 136, 2 copies
+  __nv_bfloat16* t_k = t_k_base;
+  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 70400);  // bf16[64, 128] pitch 136, 2 copies
+  __nv_bfloat16* t_v = t_v_base;
+  __nv_bfloat16* const t_k_finite = reinterpret_cast<__nv_bfloat16*>(prt_base + 105216);  // bf16[64, 128] pitch 136
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_ds[1][8][2];  // bf16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -9215,8 +9649,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
   float f_h_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 34816);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 35072);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 70400);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 70656);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 105216);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 105728);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 35328);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 34816);  // f32[1] pitch 1
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+128]
@@ -9340,7 +9775,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       }
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -9349,9 +9784,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -9629,21 +10067,146 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     }
   }
   __syncthreads();
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8704;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8704;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 8704;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 8704;  // bind v stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -9665,59 +10228,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __nv_bfloat16* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __nv_bfloat16* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
       // dot = mma.tc(q, k^T) [64x64 in 16x64 units over 4 warps]
       {
         float (&acc)[1][8][4] = f_dot;
@@ -9927,6 +10437,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store dQa[pid.z, (pid.x * 64):+64, pid.y, 0:+128] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -10191,9 +10702,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gk = load logG[pid.z, (pid.x * 32):+32, pid.y]
+  // gk = load.async logG[pid.z, (pid.x * 32):+32, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -10202,9 +10711,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gk;
     for (int r = tid; r < 32; r += 64) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // sk = cumsum(gk, axis=0, reverse)
   {
@@ -10370,9 +10882,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
           }
         }
       }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      // lse_i = load lse[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
+      // lse_i = load.async lse[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -10381,11 +10891,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
         const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
         float* const dst = t_lse_i;
         for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
         }
       }
       __syncthreads();
-      // Dy_i = load Dy[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
+      // Dy_i = load.async Dy[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -10394,10 +10905,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
         const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
         float* const dst = t_Dy_i;
         for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
         }
       }
-      // gq = load logG[pid.z, (pid.x * 32):+32, pid.y]
+      // gq = load.async logG[pid.z, (pid.x * 32):+32, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -10406,9 +10918,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
         const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
         float* const dst = t_gq;
         for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
       __syncthreads();
       // cq = cumsum(gq, axis=0)
       {
@@ -10717,9 +11232,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
               }
             }
           }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          // lse_i = load lse[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, ((pid.y * ($hq // $h)) + i0)]
+          // lse_i = load.async lse[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 32) + ((v_i1 + 1) * 32));
@@ -10728,10 +11241,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
             const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
             float* const dst = t_lse_i;
             for (int r = tid; r < 32; r += 64) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
             }
           }
-          // Dy_i = load Dy[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, ((pid.y * ($hq // $h)) + i0)]
+          // Dy_i = load.async Dy[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 32) + ((v_i1 + 1) * 32));
@@ -10740,10 +11254,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
             const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
             float* const dst = t_Dy_i;
             for (int r = tid; r < 32; r += 64) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
             }
           }
-          // gq = load logG[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, pid.y]
+          // gq = load.async logG[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, pid.y]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 32) + ((v_i1 + 1) * 32));
@@ -10752,9 +11267,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
             const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
             float* const dst = t_gq;
             for (int r = tid; r < 32; r += 64) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
             }
           }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
           __syncthreads();
           // cq = cumsum(gq, axis=0)
           {
@@ -11322,7 +11840,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
   float* const t_z7 = reinterpret_cast<float*>(prt_base + 51712);  // f32[16] pitch 16
   // u7_hi: bf16[128, 64] computed in registers by its mma group
   // u7_lo: bf16[128, 64] computed in registers by its mma group
-  // g = load logG[(pid.y // $h), ((pid.x // 2) * 128):+128, (pid.y % $h)]
+  // g = load.async logG[(pid.y // $h), ((pid.x // 2) * 128):+128, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -11331,9 +11849,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 128; r += 256) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -11350,7 +11871,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
   }
   __syncthreads();
   if (((p_hq / p_h) == 1)) {
-    // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
+    // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
       const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -11359,16 +11880,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
       float* const dst = t_f;
       for (int r = tid; r < 128; r += 256) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
     {
       for (int r = tid; r < 128; r += 256) {
         t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
       }
     }
-    // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
+    // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
       const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -11377,9 +11902,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
       float* const dst = t_z_row;
       for (int r = tid; r < 128; r += 256) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // z_row[row] = -((z_row[row] * f[row]))
     {
       for (int r = tid; r < 128; r += 256) {
@@ -11400,7 +11929,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
       }
     }
-    __syncthreads();
     // fdy[row, col] = (fdy[row, col] * f[row])
     {
       for (int i = tid; i < 8192; i += 256) {
@@ -11423,7 +11951,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const int v_i0_end = (p_hq / p_h);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -11432,16 +11960,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 128; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -11450,9 +11982,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 128; r += 256) {
@@ -11473,7 +12009,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
-        __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
           for (int i = tid; i < 8192; i += 256) {
@@ -11604,7 +12139,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const int v_i2_end = (p_hq / p_h);
         for (int v_i2 = 0; v_i2 < v_i2_end; v_i2 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -11613,16 +12148,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -11631,16 +12170,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
-            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2), ((pid.x % 2) * 64):+64]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -11655,7 +12197,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
                 dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
-            __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
               for (int i = tid; i < 8192; i += 256) {
@@ -11827,7 +12368,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const int v_i3_end = (p_hq / p_h);
     for (int v_i3 = 0; v_i3 < v_i3_end; v_i3 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -11836,16 +12377,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 128; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -11854,9 +12399,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 128; r += 256) {
@@ -11877,7 +12426,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
-        __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
           for (int i = tid; i < 8192; i += 256) {
@@ -12016,7 +12564,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const int v_i5_end = (p_hq / p_h);
         for (int v_i5 = 0; v_i5 < v_i5_end; v_i5 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -12025,16 +12573,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -12043,16 +12595,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
-            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5), ((pid.x % 2) * 64):+64]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -12067,7 +12622,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
                 dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
-            __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
               for (int i = tid; i < 8192; i += 256) {
@@ -12246,7 +12800,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const int v_i6_end = (p_hq / p_h);
     for (int v_i6 = 0; v_i6 < v_i6_end; v_i6 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -12255,16 +12809,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 128; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -12273,9 +12831,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 128; r += 256) {
@@ -12296,7 +12858,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
-        __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
           for (int i = tid; i < 8192; i += 256) {
@@ -12433,7 +12994,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const int v_i8_end = (p_hq / p_h);
         for (int v_i8 = 0; v_i8 < v_i8_end; v_i8 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -12442,16 +13003,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -12460,16 +13025,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
-            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8), ((pid.x % 2) * 64):+64]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -12484,7 +13052,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
                 dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
-            __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
               for (int i = tid; i < 8192; i += 256) {
@@ -12657,7 +13224,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const int v_i9_end = (p_hq / p_h);
     for (int v_i9 = 0; v_i9 < v_i9_end; v_i9 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -12666,16 +13233,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 128; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -12684,9 +13255,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 128; r += 256) {
@@ -12707,7 +13282,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
-        __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
           for (int i = tid; i < 8192; i += 256) {
@@ -12846,7 +13420,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const int v_i11_end = (p_hq / p_h);
         for (int v_i11 = 0; v_i11 < v_i11_end; v_i11 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -12855,16 +13429,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -12873,16 +13451,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
-            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11), ((pid.x % 2) * 64):+64]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -12897,7 +13478,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
                 dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
-            __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
               for (int i = tid; i < 8192; i += 256) {
@@ -13076,7 +13656,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const int v_i12_end = (p_hq / p_h);
     for (int v_i12 = 0; v_i12 < v_i12_end; v_i12 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i12)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i12)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -13085,16 +13665,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 128; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i12)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i12)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -13103,9 +13687,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 128; r += 256) {
@@ -13126,7 +13714,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
-        __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
           for (int i = tid; i < 8192; i += 256) {
@@ -13257,7 +13844,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const int v_i14_end = (p_hq / p_h);
         for (int v_i14 = 0; v_i14 < v_i14_end; v_i14 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i14)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i14)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -13266,16 +13853,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i14)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i14)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -13284,16 +13875,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
-            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i14), ((pid.x % 2) * 64):+64]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -13308,7 +13902,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
                 dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
-            __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
               for (int i = tid; i < 8192; i += 256) {
@@ -13481,7 +14074,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const int v_i15_end = (p_hq / p_h);
     for (int v_i15 = 0; v_i15 < v_i15_end; v_i15 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i15)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i15)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -13490,16 +14083,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 128; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i15)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i15)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -13508,9 +14105,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 128; r += 256) {
@@ -13531,7 +14132,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
-        __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
           for (int i = tid; i < 8192; i += 256) {
@@ -13670,7 +14270,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const int v_i17_end = (p_hq / p_h);
         for (int v_i17 = 0; v_i17 < v_i17_end; v_i17 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i17)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i17)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -13679,16 +14279,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i17)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i17)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -13697,16 +14301,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
-            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i17), ((pid.x % 2) * 64):+64]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -13721,7 +14328,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
                 dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
-            __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
               for (int i = tid; i < 8192; i += 256) {
@@ -13900,7 +14506,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const int v_i18_end = (p_hq / p_h);
     for (int v_i18 = 0; v_i18 < v_i18_end; v_i18 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i18)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i18)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -13909,16 +14515,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 128; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i18)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i18)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -13927,9 +14537,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 128; r += 256) {
@@ -13950,7 +14564,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
-        __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
           for (int i = tid; i < 8192; i += 256) {
@@ -14087,7 +14700,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const int v_i20_end = (p_hq / p_h);
         for (int v_i20 = 0; v_i20 < v_i20_end; v_i20 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i20)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i20)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -14096,16 +14709,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i20)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i20)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -14114,16 +14731,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
-            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i20), ((pid.x % 2) * 64):+64]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -14138,7 +14758,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
                 dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
-            __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
               for (int i = tid; i < 8192; i += 256) {
@@ -14311,7 +14930,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const int v_i21_end = (p_hq / p_h);
     for (int v_i21 = 0; v_i21 < v_i21_end; v_i21 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i21)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i21)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -14320,16 +14939,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 128; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i21)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i21)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -14338,9 +14961,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 128; r += 256) {
@@ -14361,7 +14988,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
-        __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
           for (int i = tid; i < 8192; i += 256) {
@@ -14500,7 +15126,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const int v_i23_end = (p_hq / p_h);
         for (int v_i23 = 0; v_i23 < v_i23_end; v_i23 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i23)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i23)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -14509,16 +15135,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i23)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i23)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -14527,16 +15157,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
-            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i23), ((pid.x % 2) * 64):+64]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -14551,7 +15184,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
                 dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
-            __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
               for (int i = tid; i < 8192; i += 256) {
@@ -14716,7 +15348,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
 // grid (129, ($b * $h), 1), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d128_e128_c128_bf16_w4_bd64_bt128_s2(
     const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
-  // sm_80: 134176 bytes of dynamic shared memory
+  // sm_80: 134688 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -14881,20 +15513,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
   (void)g_dGc_d3;
   float f_R[4][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 4 warps
   float* const t_r = reinterpret_cast<float*>(prt_base + 0);  // f32[64] pitch 64
-  float* const t_s_in_base = reinterpret_cast<float*>(prt_base + 256);  // f32[64, 128] pitch 128, 2 copies
+  float* const t_s_in_base = reinterpret_cast<float*>(prt_base + 1280);  // f32[64, 128] pitch 128, 2 copies
   float* t_s_in = t_s_in_base;
-  float* const t_z_in_base = reinterpret_cast<float*>(prt_base + 65792);  // f32[64] pitch 64, 2 copies
+  float* const t_z_in_base = reinterpret_cast<float*>(prt_base + 66816);  // f32[64] pitch 64, 2 copies
   float* t_z_in = t_z_in_base;
-  float* const t_ds_in_base = reinterpret_cast<float*>(prt_base + 66304);  // f32[64, 128] pitch 128, 2 copies
+  float* const t_ds_in_base = reinterpret_cast<float*>(prt_base + 67328);  // f32[64, 128] pitch 128, 2 copies
   float* t_ds_in = t_ds_in_base;
-  float* const t_dz_in_base = reinterpret_cast<float*>(prt_base + 131840);  // f32[64] pitch 64, 2 copies
+  float* const t_dz_in_base = reinterpret_cast<float*>(prt_base + 132864);  // f32[64] pitch 64, 2 copies
   float* t_dz_in = t_dz_in_base;
   float f_X[4][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 4 warps
-  float* const t_g = reinterpret_cast<float*>(prt_base + 133376);  // f32[128] pitch 128
-  float* const t_G = reinterpret_cast<float*>(prt_base + 134144);  // f32[1] pitch 1
-  float* const t_row_dot = reinterpret_cast<float*>(prt_base + 133888);  // f32[64] pitch 64
-  float* const t_dG = reinterpret_cast<float*>(prt_base + 134160);  // f32[1] pitch 1
-  float* const t_row_dot_part = reinterpret_cast<float*>(prt_base + 132352);  // f32[4, 64] pitch 64
+  float* const t_g_base = reinterpret_cast<float*>(prt_base + 256);  // f32[128] pitch 128, 2 copies
+  float* t_g = t_g_base;
+  float* const t_G = reinterpret_cast<float*>(prt_base + 134656);  // f32[1] pitch 1
+  float* const t_row_dot = reinterpret_cast<float*>(prt_base + 134400);  // f32[64] pitch 64
+  float* const t_dG = reinterpret_cast<float*>(prt_base + 134672);  // f32[1] pitch 1
+  float* const t_row_dot_part = reinterpret_cast<float*>(prt_base + 133376);  // f32[4, 64] pitch 64
   // R = load dSfinal[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+128]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -14943,6 +15576,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   if ((0 < p_n)) {
+    // g = load.async logG[(pid.y // $h), ((($n - 1) - 0) * 128):+128, (pid.y % $h)] into stage 0
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = (((p_n - 1) - 0) * 128);
+      const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_g_base + ((0) % 2) * 128;
+      for (int r = tid; r < 128; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
     // s_in = load.async Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - 0), (pid.x * 64):+64, 0:+128] into stage 0
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -15047,6 +15693,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
     const int v_i0_end = p_n;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((v_i0 + 1) < p_n)) {
+        // g = load.async logG[(pid.y // $h), ((($n - 1) - (i0 + 1)) * 128):+128, (pid.y % $h)] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = (((p_n - 1) - (v_i0 + 1)) * 128);
+          const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_g_base + ((((v_i0 + 1) % 2)) % 2) * 128;
+          for (int r = tid; r < 128; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
         // s_in = load.async Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - (i0 + 1)), (pid.x * 64):+64, 0:+128] into stage ((i0 + 1) % 2)
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -15149,22 +15808,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       }
       prt::cp_async_commit();
       prt::cp_async_wait<1>();
+      t_g = t_g_base + (((v_i0 % 2)) % 2) * 128;  // bind g stage (i0 % 2)
       t_s_in = t_s_in_base + (((v_i0 % 2)) % 2) * 8192;  // bind s_in stage (i0 % 2)
       t_z_in = t_z_in_base + (((v_i0 % 2)) % 2) * 64;  // bind z_in stage (i0 % 2)
       t_ds_in = t_ds_in_base + (((v_i0 % 2)) % 2) * 8192;  // bind ds_in stage (i0 % 2)
       t_dz_in = t_dz_in_base + (((v_i0 % 2)) % 2) * 64;  // bind dz_in stage (i0 % 2)
-      // g = load logG[(pid.y // $h), ((($n - 1) - i0) * 128):+128, (pid.y % $h)]
-      {
-        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int s1 = (((p_n - 1) - v_i0) * 128);
-        const int a2 = (static_cast<int>(blockIdx.y) % p_h);
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_g;
-        for (int r = tid; r < 128; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
       __syncthreads();
       // G = reduce_sum(g, axis=0)
       {
@@ -15501,7 +16149,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
   float* const t_dot = reinterpret_cast<float*>(prt_base + 272);  // f32[32] pitch 32
   float* const t_dG = reinterpret_cast<float*>(prt_base + 0);  // f32[1] pitch 1
   float* const t_dG_blk = reinterpret_cast<float*>(prt_base + 400);  // f32[1] pitch 1
-  // g = load logG[pid.z, (pid.x * 128):+128, pid.y]
+  // g = load.async logG[pid.z, (pid.x * 128):+128, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 128);
@@ -15510,9 +16158,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 128; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -16126,7 +16777,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
   float* const t_suffix = reinterpret_cast<float*>(prt_base + 66064);  // f32[64] pitch 64
   float* const t_carry = reinterpret_cast<float*>(prt_base + 0);  // f32[1] pitch 1
   float* const t_one = reinterpret_cast<float*>(prt_base + 16);  // f32[1] pitch 1
-  // carry = load dGk[pid.z, pid.y, pid.x:+1]
+  // carry = load.async dGk[pid.z, pid.y, pid.x:+1]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int a1 = static_cast<int>(blockIdx.y);
@@ -16135,13 +16786,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
     const long long base = static_cast<long long>(a0) * g_dGk_s0 + static_cast<long long>(a1) * g_dGk_s1 + static_cast<long long>(s2) * g_dGk_s2;
     float* const dst = t_carry;
     for (int r = tid; r < 1; r += 128) {
-      dst[r] = ok && s2 + r >= 0 && s2 + r < g_dGk_d2 ? g_dGk[base + static_cast<long long>(r) * g_dGk_s2] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s2 + r >= 0 && s2 + r < g_dGk_d2;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dGk[base + static_cast<long long>(r) * g_dGk_s2]) : static_cast<const void*>(g_dGk), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   {
     const int v_i0_end = p_nfb;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // one = load dGc[pid.z, pid.y, pid.x, i0:+1]
+      // one = load.async dGc[pid.z, pid.y, pid.x, i0:+1]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int a1 = static_cast<int>(blockIdx.y);
@@ -16151,21 +16805,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
         const long long base = static_cast<long long>(a0) * g_dGc_s0 + static_cast<long long>(a1) * g_dGc_s1 + static_cast<long long>(a2) * g_dGc_s2 + static_cast<long long>(s3) * g_dGc_s3;
         float* const dst = t_one;
         for (int r = tid; r < 1; r += 128) {
-          dst[r] = ok && s3 + r >= 0 && s3 + r < g_dGc_d3 ? g_dGc[base + static_cast<long long>(r) * g_dGc_s3] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s3 + r >= 0 && s3 + r < g_dGc_d3;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dGc[base + static_cast<long long>(r) * g_dGc_s3]) : static_cast<const void*>(g_dGc), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
       // carry[row] = (carry[row] + one[row])
       {
         for (int r = tid; r < 1; r += 128) {
           t_carry[r] = prt::from_f32<float>((prt::to_f32(t_carry[r]) + prt::to_f32(t_one[r])));
         }
       }
+      __syncthreads();
     }
   }
   {
     const int v_i1_end = prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 128)) + 63) / 64), 2);
     for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
-      // dlam = load dlamA[pid.z, ((pid.x * 128) + (((min(((($t - (pid.x * 128)) + 63) // 64), 2) - 1) - i1) * 64)):+64, pid.y]
+      // dlam = load.async dlamA[pid.z, ((pid.x * 128) + (((min(((($t - (pid.x * 128)) + 63) // 64), 2) - 1) - i1) * 64)):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (((prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 128)) + 63) / 64), 2) - 1) - v_i1) * 64));
@@ -16174,10 +16833,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
         const long long base = static_cast<long long>(a0) * g_dlamA_s0 + static_cast<long long>(s1) * g_dlamA_s1 + static_cast<long long>(a2) * g_dlamA_s2;
         float* const dst = t_dlam;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamA_d1 ? g_dlamA[base + static_cast<long long>(r) * g_dlamA_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamA_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamA[base + static_cast<long long>(r) * g_dlamA_s1]) : static_cast<const void*>(g_dlamA), in ? 4 : 0);
         }
       }
-      // part = load dlamK[pid.z, ((pid.x * 128) + (((min(((($t - (pid.x * 128)) + 63) // 64), 2) - 1) - i1) * 64)):+64, pid.y]
+      // part = load.async dlamK[pid.z, ((pid.x * 128) + (((min(((($t - (pid.x * 128)) + 63) // 64), 2) - 1) - i1) * 64)):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (((prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 128)) + 63) / 64), 2) - 1) - v_i1) * 64));
@@ -16186,9 +16846,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
         const long long base = static_cast<long long>(a0) * g_dlamK_s0 + static_cast<long long>(s1) * g_dlamK_s1 + static_cast<long long>(a2) * g_dlamK_s2;
         float* const dst = t_part;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamK_d1 ? g_dlamK[base + static_cast<long long>(r) * g_dlamK_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamK_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamK[base + static_cast<long long>(r) * g_dlamK_s1]) : static_cast<const void*>(g_dlamK), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
       // dlam[row] = (dlam[row] + part[row])
       {
         for (int r = tid; r < 64; r += 128) {
@@ -16286,7 +16950,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
               }
             }
           }
-          // part = load dlamQ[pid.z, ((pid.x * 128) + (((min(((($t - (pid.x * 128)) + 63) // 64), 2) - 1) - i1) * 64)):+64, ((pid.y * ($hq // $h)) + i2)]
+          __syncthreads();
+          // part = load.async dlamQ[pid.z, ((pid.x * 128) + (((min(((($t - (pid.x * 128)) + 63) // 64), 2) - 1) - i1) * 64)):+64, ((pid.y * ($hq // $h)) + i2)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (((prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 128)) + 63) / 64), 2) - 1) - v_i1) * 64));
@@ -16295,9 +16960,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
             const long long base = static_cast<long long>(a0) * g_dlamQ_s0 + static_cast<long long>(s1) * g_dlamQ_s1 + static_cast<long long>(a2) * g_dlamQ_s2;
             float* const dst = t_part;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamQ_d1 ? g_dlamQ[base + static_cast<long long>(r) * g_dlamQ_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamQ_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamQ[base + static_cast<long long>(r) * g_dlamQ_s1]) : static_cast<const void*>(g_dlamQ), in ? 4 : 0);
             }
           }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
+          __syncthreads();
           // dlam[row] = (dlam[row] + part[row])
           {
             for (int r = tid; r < 64; r += 128) {
@@ -16394,7 +17063,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
           }
         }
       }
-      __syncthreads();
       // a_e = load.async dVa[pid.z, ((pid.x * 128) + (((min(((($t - (pid.x * 128)) + 63) // 64), 2) - 1) - i1) * 64)):+64, pid.y, 0:+128]
       {
         const int a0 = static_cast<int>(blockIdx.z);
@@ -16639,7 +17307,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_b
   float* const t_y_row = reinterpret_cast<float*>(prt_base + 192);  // f32[128] pitch 128
   float* const t_den_s_part = reinterpret_cast<float*>(prt_base + 64);  // f32[4, 16] pitch 16
   float* const t_m_blk_part = reinterpret_cast<float*>(prt_base + 91648);  // f32[4, 16] pitch 16
-  // g = load Gc[pid.y, 0:+128, (pid.x // ($hq // $h))]
+  // g = load.async Gc[pid.y, 0:+128, (pid.x // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.y);
     const int s1 = 0;
@@ -16648,9 +17316,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_b
     const long long base = static_cast<long long>(a0) * g_Gc_s0 + static_cast<long long>(s1) * g_Gc_s1 + static_cast<long long>(a2) * g_Gc_s2;
     float* const dst = t_g;
     for (int r = tid; r < 128; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_Gc_d1 ? g_Gc[base + static_cast<long long>(r) * g_Gc_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_Gc_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Gc[base + static_cast<long long>(r) * g_Gc_s1]) : static_cast<const void*>(g_Gc), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -17422,7 +18093,7 @@ extern "C" __global__ void __launch_bounds__(32) prt_cache_append_p2_d128_e128_c
     }
   }
   __syncthreads();
-  // g = load logG[pid.z, ($q0 + pid.x), pid.y:+1]
+  // g = load.async logG[pid.z, ($q0 + pid.x), pid.y:+1]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int a1 = (p_q0 + static_cast<int>(blockIdx.x));
@@ -17431,9 +18102,13 @@ extern "C" __global__ void __launch_bounds__(32) prt_cache_append_p2_d128_e128_c
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(a1) * g_logG_s1 + static_cast<long long>(s2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 1; r += 32) {
-      dst[r] = ok && s2 + r >= 0 && s2 + r < g_logG_d2 ? g_logG[base + static_cast<long long>(r) * g_logG_s2] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s2 + r >= 0 && s2 + r < g_logG_d2;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s2]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
+  __syncthreads();
   // store Gc[pid.z, ($len0 + pid.x), pid.y:+1] = g
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -17603,9 +18278,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_state_copy_p2_d128_e128_c1
 #include <cuda_runtime.h>
 
 extern "C" cudaError_t prt_attention_p2_d128_e128_c128_bf16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d128_e128_c128_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 69376);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d128_e128_c128_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 104192);
   if (err != cudaSuccess) return err;
-  prt_attention_p2_d128_e128_c128_bf16_w4_bd0_bt64_s2<<<grid, 128, 69376, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_p2_d128_e128_c128_bf16_w4_bd0_bt64_s2<<<grid, 128, 104192, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -17617,9 +18292,9 @@ extern "C" cudaError_t prt_update_state_p2_d128_e128_c128_bf16_w8_bd128_bt128_s1
 }
 
 extern "C" cudaError_t prt_discounted_cumsum_p2_d128_e128_c128_bf16_w4_bd64_bt128_s2_launch(dim3 grid, cudaStream_t stream, const float* g_dS, const float* g_dZ, const float* g_logG, const float* g_S0, const float* g_Z0, float* g_Sin, float* g_Zin, float* g_Sfinal, float* g_Zfinal, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_p2_d128_e128_c128_bf16_w4_bd64_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 67328);
+  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_p2_d128_e128_c128_bf16_w4_bd64_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 67840);
   if (err != cudaSuccess) return err;
-  prt_discounted_cumsum_p2_d128_e128_c128_bf16_w4_bd64_bt128_s2<<<grid, 128, 67328, stream>>>(g_dS, g_dZ, g_logG, g_S0, g_Z0, g_Sin, g_Zin, g_Sfinal, g_Zfinal, p_b, p_t, p_h, p_n);
+  prt_discounted_cumsum_p2_d128_e128_c128_bf16_w4_bd64_bt128_s2<<<grid, 128, 67840, stream>>>(g_dS, g_dZ, g_logG, g_S0, g_Z0, g_Sin, g_Zin, g_Sfinal, g_Zfinal, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
@@ -17631,9 +18306,9 @@ extern "C" cudaError_t prt_query_state_p2_d128_e128_c128_bf16_w8_bd0_bt64_s1_lau
 }
 
 extern "C" cudaError_t prt_attention_bwd_prep_p2_d128_e128_c128_bf16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d128_e128_c128_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 72464);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d128_e128_c128_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 107536);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_prep_p2_d128_e128_c128_bf16_w4_bd0_bt64_s2<<<grid, 128, 72464, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_prep_p2_d128_e128_c128_bf16_w4_bd0_bt64_s2<<<grid, 128, 107536, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -17645,9 +18320,9 @@ extern "C" cudaError_t prt_query_state_bwd_dq_p2_d128_e128_c128_bf16_w4_bd0_bt32
 }
 
 extern "C" cudaError_t prt_attention_bwd_dq_p2_d128_e128_c128_bf16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d128_e128_c128_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 87808);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d128_e128_c128_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 122624);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dq_p2_d128_e128_c128_bf16_w4_bd0_bt64_s2<<<grid, 128, 87808, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dq_p2_d128_e128_c128_bf16_w4_bd0_bt64_s2<<<grid, 128, 122624, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -17666,9 +18341,9 @@ extern "C" cudaError_t prt_query_state_bwd_ds_p2_d128_e128_c128_bf16_w8_bd64_bt1
 }
 
 extern "C" cudaError_t prt_discounted_cumsum_bwd_p2_d128_e128_c128_bf16_w4_bd64_bt128_s2_launch(dim3 grid, cudaStream_t stream, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d128_e128_c128_bf16_w4_bd64_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 134176);
+  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d128_e128_c128_bf16_w4_bd64_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 134688);
   if (err != cudaSuccess) return err;
-  prt_discounted_cumsum_bwd_p2_d128_e128_c128_bf16_w4_bd64_bt128_s2<<<grid, 128, 134176, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
+  prt_discounted_cumsum_bwd_p2_d128_e128_c128_bf16_w4_bd64_bt128_s2<<<grid, 128, 134688, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 

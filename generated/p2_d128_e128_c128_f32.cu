@@ -9,7 +9,7 @@
 // grid ((($t + 31) // 32), $hq, $b), 64 threads
 extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128_f32_w2_bd0_bt32_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 85392 bytes of dynamic shared memory
+  // sm_80: 119184 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -99,27 +99,30 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
   (void)g_maxA_d1;
   (void)g_maxA_d2;
   float* const t_q = reinterpret_cast<float*>(prt_base + 0);  // f32[32, 128] pitch 132
-  float* const t_k = reinterpret_cast<float*>(prt_base + 17168);  // f32[32, 128] pitch 132
-  float* const t_v = reinterpret_cast<float*>(prt_base + 34064);  // f32[32, 128] pitch 132
+  float* const t_k_base = reinterpret_cast<float*>(prt_base + 17168);  // f32[32, 128] pitch 132, 2 copies
+  float* t_k = t_k_base;
+  float* const t_v_base = reinterpret_cast<float*>(prt_base + 50960);  // f32[32, 128] pitch 132, 2 copies
+  float* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 16896);  // f32[32] pitch 32
   float* const t_cq = reinterpret_cast<float*>(prt_base + 17024);  // f32[32] pitch 32
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 60432);  // f32[32] pitch 32
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 60688);  // f32[32] pitch 32
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 50960);  // f32[32] pitch 32
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 94096);  // f32[32] pitch 32, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 94608);  // f32[32] pitch 32
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 84752);  // f32[32] pitch 32
   float* const t_gap = reinterpret_cast<float*>(prt_base + 17152);  // f32[1] pitch 1
-  float* const t_w = reinterpret_cast<float*>(prt_base + 51088);  // f32[32, 32] pitch 32
-  float* const t_p = reinterpret_cast<float*>(prt_base + 55568);  // f32[32, 32] pitch 36
+  float* const t_w = reinterpret_cast<float*>(prt_base + 84880);  // f32[32, 32] pitch 32
+  float* const t_p = reinterpret_cast<float*>(prt_base + 89360);  // f32[32, 32] pitch 36
   float f_acc[4][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 2 warps
-  float* const t_v_finite = reinterpret_cast<float*>(prt_base + 68496);  // f32[32, 128] pitch 132
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 60304);  // bf16[32, 128] pitch 128
+  float* const t_v_finite = reinterpret_cast<float*>(prt_base + 102288);  // f32[32, 128] pitch 132
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 94096);  // bf16[32, 128] pitch 128
   float* const t_row_max = reinterpret_cast<float*>(prt_base + 16896);  // f32[32] pitch 32
   float f_row_sum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
-  float* const t_block_max = reinterpret_cast<float*>(prt_base + 55184);  // f32[32] pitch 32
-  float* const t_block_sum = reinterpret_cast<float*>(prt_base + 60176);  // f32[32] pitch 32
-  float* const t_alpha = reinterpret_cast<float*>(prt_base + 55312);  // f32[32] pitch 32
-  float* const t_shift = reinterpret_cast<float*>(prt_base + 55440);  // f32[32] pitch 32
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 60304);  // f32[32] pitch 32
-  float* const t_row_factor = reinterpret_cast<float*>(prt_base + 60560);  // f32[32] pitch 32
+  float* const t_block_max = reinterpret_cast<float*>(prt_base + 88976);  // f32[32] pitch 32
+  float* const t_block_sum = reinterpret_cast<float*>(prt_base + 93968);  // f32[32] pitch 32
+  float* const t_alpha = reinterpret_cast<float*>(prt_base + 89104);  // f32[32] pitch 32
+  float* const t_shift = reinterpret_cast<float*>(prt_base + 89232);  // f32[32] pitch 32
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 94352);  // f32[32] pitch 32
+  float* const t_row_factor = reinterpret_cast<float*>(prt_base + 94480);  // f32[32] pitch 32
   // q = load.async Q[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -145,9 +148,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gq = load logG[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -156,9 +157,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 32; r += 64) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -453,75 +457,148 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
       }
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32))) {
+    // k = load.async K[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      float* const dst = t_k_base + ((0) % 2) * 4224;
+      if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 64) {
+          const int r = i / 32, c = (i % 32) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 64) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      float* const dst = t_v_base + ((0) % 2) * 4224;
+      if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 64) {
+          const int r = i / 32, c = (i % 32) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 64) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    __syncthreads();
+    // gk = load.async logG[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 32;
+      for (int r = tid; r < 32; r += 64) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // k = load.async K[pid.z, ((pid.x * 32) - ((i0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((v_i0 + 1) * 32));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        float* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 64) {
-            const int r = i / 32, c = (i % 32) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32))) {
+        // k = load.async K[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
+          if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 64) {
+              const int r = i / 32, c = (i % 32) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 64) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+            }
           }
         }
-        else {
-          for (int i = tid; i < 4096; i += 64) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+        __syncthreads();
+        // v = load.async V[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
+          if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 64) {
+              const int r = i / 32, c = (i % 32) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 64) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+            }
           }
         }
-      }
-      __syncthreads();
-      // v = load.async V[pid.z, ((pid.x * 32) - ((i0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((v_i0 + 1) * 32));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        float* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 64) {
-            const int r = i / 32, c = (i % 32) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 64) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+        __syncthreads();
+        // gk = load.async logG[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 32;
+          for (int r = tid; r < 32; r += 64) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
           }
         }
       }
       prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
-      // gk = load logG[pid.z, ((pid.x * 32) - ((i0 + 1) * 32)):+32, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((v_i0 + 1) * 32));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
+      prt::cp_async_wait<1>();
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 4224;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 4224;  // bind v stage (i0 % 2)
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 32;  // bind gk stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -697,6 +774,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store numA[pid.z, (pid.x * 32):+32, pid.y, 0:+128] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -893,7 +971,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   float f_s7[1][1][4];  // f32[16, 64] as mma fragments: 16x64 in 16x8 units over 8 warps
   float* const t_z7 = reinterpret_cast<float*>(prt_base + 87040);  // f32[16] pitch 16
   float* const t_u7_hi = reinterpret_cast<float*>(prt_base + 52224);  // f32[128, 64] pitch 68
-  // g = load logG[(pid.y // $h), ((pid.x // 2) * 128):+128, (pid.y % $h)]
+  // g = load.async logG[(pid.y // $h), ((pid.x // 2) * 128):+128, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -902,9 +980,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 128; r += 256) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -2418,7 +2499,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
 // grid (129, ($b * $h), 1), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_e128_c128_f32_w4_bd64_bt128_s2(
     const float* g_dS, const float* g_dZ, const float* g_logG, const float* g_S0, const float* g_Z0, float* g_Sin, float* g_Zin, float* g_Sfinal, float* g_Zfinal, int p_b, int p_t, int p_h, int p_n) {
-  // sm_80: 67328 bytes of dynamic shared memory
+  // sm_80: 67840 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -2541,12 +2622,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
   (void)g_Zfinal_d2;
   float f_s[4][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 4 warps
   float* const t_z = reinterpret_cast<float*>(prt_base + 0);  // f32[64] pitch 64
-  float* const t_ds_base = reinterpret_cast<float*>(prt_base + 256);  // f32[64, 128] pitch 128, 2 copies
+  float* const t_ds_base = reinterpret_cast<float*>(prt_base + 1280);  // f32[64, 128] pitch 128, 2 copies
   float* t_ds = t_ds_base;
-  float* const t_dz_base = reinterpret_cast<float*>(prt_base + 65792);  // f32[64] pitch 64, 2 copies
+  float* const t_dz_base = reinterpret_cast<float*>(prt_base + 66816);  // f32[64] pitch 64, 2 copies
   float* t_dz = t_dz_base;
-  float* const t_g = reinterpret_cast<float*>(prt_base + 66304);  // f32[128] pitch 128
-  float* const t_lam = reinterpret_cast<float*>(prt_base + 66816);  // f32[128] pitch 128
+  float* const t_g_base = reinterpret_cast<float*>(prt_base + 256);  // f32[128] pitch 128, 2 copies
+  float* t_g = t_g_base;
+  float* const t_lam = reinterpret_cast<float*>(prt_base + 67328);  // f32[128] pitch 128
   // s = load S0[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+128]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -2595,6 +2677,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   if ((0 < p_n)) {
+    // g = load.async logG[(pid.y // $h), (0 * 128):+128, (pid.y % $h)] into stage 0
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = (0 * 128);
+      const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_g_base + ((0) % 2) * 128;
+      for (int r = tid; r < 128; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
     // ds = load.async dS[(pid.y // $h), (pid.y % $h), 0, (pid.x * 64):+64, 0:+128] into stage 0
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -2650,6 +2745,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
     const int v_i0_end = p_n;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((v_i0 + 1) < p_n)) {
+        // g = load.async logG[(pid.y // $h), ((i0 + 1) * 128):+128, (pid.y % $h)] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((v_i0 + 1) * 128);
+          const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_g_base + ((((v_i0 + 1) % 2)) % 2) * 128;
+          for (int r = tid; r < 128; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        __syncthreads();
         // ds = load.async dS[(pid.y // $h), (pid.y % $h), (i0 + 1), (pid.x * 64):+64, 0:+128] into stage ((i0 + 1) % 2)
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -2702,6 +2811,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
       }
       prt::cp_async_commit();
       prt::cp_async_wait<1>();
+      t_g = t_g_base + (((v_i0 % 2)) % 2) * 128;  // bind g stage (i0 % 2)
       t_ds = t_ds_base + (((v_i0 % 2)) % 2) * 8192;  // bind ds stage (i0 % 2)
       t_dz = t_dz_base + (((v_i0 % 2)) % 2) * 64;  // bind dz stage (i0 % 2)
       // store Sin[(pid.y // $h), (pid.y % $h), i0, (pid.x * 64):+64, 0:+128] = s
@@ -2745,19 +2855,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
           }
         }
       }
-      // g = load logG[(pid.y // $h), (i0 * 128):+128, (pid.y % $h)]
-      {
-        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int s1 = (v_i0 * 128);
-        const int a2 = (static_cast<int>(blockIdx.y) % p_h);
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_g;
-        for (int r = tid; r < 128; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
-      __syncthreads();
       // lam = cumsum(g, axis=0)
       {
         for (int o = warp; o < 1; o += 4) {
@@ -2795,7 +2892,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
           t_z[r] = prt::from_f32<float>(((prt::to_f32(t_z[r]) * prt::exp(prt::to_f32(t_lam[127]))) + prt::to_f32(t_dz[r])));
         }
       }
-      __syncthreads();
     }
   }
   prt::cp_async_wait<0>();
@@ -3020,7 +3116,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
   float* const t_max_a = reinterpret_cast<float*>(prt_base + 128);  // f32[32] pitch 32
   float* const t_lse_t = reinterpret_cast<float*>(prt_base + 0);  // f32[32] pitch 32
   float* const t_den_s_part = reinterpret_cast<float*>(prt_base + 0);  // f32[4, 32] pitch 32
-  // g = load logG[pid.z, ((pid.x // 4) * 128):+128, (pid.y // ($hq // $h))]
+  // g = load.async logG[pid.z, ((pid.x // 4) * 128):+128, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 128);
@@ -3029,9 +3125,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 128; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -4084,7 +4183,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
         }
       }
     }
-    // den_a = load denA[pid.z, (((pid.x // 4) * 128) + ((pid.x % 4) * 32)):+32, pid.y]
+    // den_a = load.async denA[pid.z, (((pid.x // 4) * 128) + ((pid.x % 4) * 32)):+32, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 4) * 128) + ((static_cast<int>(blockIdx.x) % 4) * 32));
@@ -4093,10 +4192,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_denA_s0 + static_cast<long long>(s1) * g_denA_s1 + static_cast<long long>(a2) * g_denA_s2;
       float* const dst = t_den_a;
       for (int r = tid; r < 32; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_denA_d1 ? g_denA[base + static_cast<long long>(r) * g_denA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_denA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_denA[base + static_cast<long long>(r) * g_denA_s1]) : static_cast<const void*>(g_denA), in ? 4 : 0);
       }
     }
-    // max_a = load maxA[pid.z, (((pid.x // 4) * 128) + ((pid.x % 4) * 32)):+32, pid.y]
+    // max_a = load.async maxA[pid.z, (((pid.x // 4) * 128) + ((pid.x % 4) * 32)):+32, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 4) * 128) + ((static_cast<int>(blockIdx.x) % 4) * 32));
@@ -4105,9 +4205,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_maxA_s0 + static_cast<long long>(s1) * g_maxA_s1 + static_cast<long long>(a2) * g_maxA_s2;
       float* const dst = t_max_a;
       for (int r = tid; r < 32; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_maxA_d1 ? g_maxA[base + static_cast<long long>(r) * g_maxA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_maxA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_maxA[base + static_cast<long long>(r) * g_maxA_s1]) : static_cast<const void*>(g_maxA), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // den_a[row] = (den_a[row] * select((max(max_a[row], (lam[(((pid.x % 4) * 32) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp((max_a[row] - max(max_a[row], (lam[(((pid.x % 4) * 32) + row)] + (log(abs($scale)) * 2.0)))))))
     // den_s[row] = ((den_s[row] * select((max(max_a[row], (lam[(((pid.x % 4) * 32) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp(((lam[(((pid.x % 4) * 32) + row)] + (log(abs($scale)) * 2.0)) - max(max_a[row], (lam[(((pid.x % 4) * 32) + row)] + (log(abs($scale)) * 2.0))))))) * 1.0)
     // den[row] = (den_a[row] + den_s[row])
@@ -4268,7 +4372,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
 // grid ((($t + 31) // 32), $hq, $b), 64 threads
 extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_e128_c128_f32_w2_bd0_bt32_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 68224 bytes of dynamic shared memory
+  // sm_80: 102144 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -4370,8 +4474,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
   float* const t_q = reinterpret_cast<float*>(prt_base + 0);  // f32[32, 128] pitch 132
   float* const t_dy = reinterpret_cast<float*>(prt_base + 16896);  // f32[32, 128] pitch 132
   float f_lse_i[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
-  float* const t_k = reinterpret_cast<float*>(prt_base + 34176);  // f32[32, 128] pitch 132
-  float* const t_v = reinterpret_cast<float*>(prt_base + 51072);  // f32[32, 128] pitch 132
+  float* const t_k_base = reinterpret_cast<float*>(prt_base + 34176);  // f32[32, 128] pitch 132, 2 copies
+  float* t_k = t_k_base;
+  float* const t_v_base = reinterpret_cast<float*>(prt_base + 67968);  // f32[32, 128] pitch 132, 2 copies
+  float* t_v = t_v_base;
   float f_dot[1][4][4];  // f32[32, 32] as mma fragments: 32x32 in 16x32 units over 2 warps
   float f_p[1][4][4];  // f32[32, 32] as mma fragments: 32x32 in 16x32 units over 2 warps
   float f_p_dp[1][4][4];  // f32[32, 32] as mma fragments: 32x32 in 16x32 units over 2 warps
@@ -4382,8 +4488,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
   float f_g_i[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 33792);  // f32[32] pitch 32
   float* const t_cq = reinterpret_cast<float*>(prt_base + 33920);  // f32[32] pitch 32
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 67968);  // f32[32] pitch 32
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 68096);  // f32[32] pitch 32
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 101760);  // f32[32] pitch 32, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 102016);  // f32[32] pitch 32
   float* const t_ck = reinterpret_cast<float*>(prt_base + 34048);  // f32[32] pitch 32
   float* const t_gap = reinterpret_cast<float*>(prt_base + 33792);  // f32[1] pitch 1
   // q = load.async Q[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
@@ -4485,7 +4592,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
       }
     }
   }
-  // gq = load logG[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -4494,9 +4601,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 32; r += 64) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -4745,21 +4855,147 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
       }
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32))) {
+    // gk = load.async logG[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 32;
+      for (int r = tid; r < 32; r += 64) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    __syncthreads();
+    // k = load.async K[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      float* const dst = t_k_base + ((0) % 2) * 4224;
+      if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 64) {
+          const int r = i / 32, c = (i % 32) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 64) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      float* const dst = t_v_base + ((0) % 2) * 4224;
+      if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 64) {
+          const int r = i / 32, c = (i % 32) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 64) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 32) - ((i0 + 1) * 32)):+32, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((v_i0 + 1) * 32));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32))) {
+        // gk = load.async logG[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 32;
+          for (int r = tid; r < 32; r += 64) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
+          if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 64) {
+              const int r = i / 32, c = (i % 32) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 64) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
+          if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 64) {
+              const int r = i / 32, c = (i % 32) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 64) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 32;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 4224;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 4224;  // bind v stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -4781,59 +5017,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 32) - ((i0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((v_i0 + 1) * 32));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        float* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 64) {
-            const int r = i / 32, c = (i % 32) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 64) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 32) - ((i0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((v_i0 + 1) * 32));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        float* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 64) {
-            const int r = i / 32, c = (i % 32) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 64) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
       // dot = mma.fmaFrag(q, k^T) [32x32 in 16x32 units over 2 warps]
       {
         #pragma unroll
@@ -5020,6 +5203,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store DyA[pid.z, (pid.x * 32):+32, pid.y] = acc_dy
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -5257,7 +5441,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
   float* const t_s_hi = reinterpret_cast<float*>(prt_base + 17920);  // f32[128, 128] pitch 132
   float* const t_r_part = reinterpret_cast<float*>(prt_base + 151040);  // f32[4, 16] pitch 16
   if (((((static_cast<int>(blockIdx.x) / 8) * 128) + ((static_cast<int>(blockIdx.x) % 8) * 16)) < p_t)) {
-    // g = load logG[pid.z, ((pid.x // 8) * 128):+128, (pid.y // ($hq // $h))]
+    // g = load.async logG[pid.z, ((pid.x // 8) * 128):+128, (pid.y // ($hq // $h))]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = ((static_cast<int>(blockIdx.x) / 8) * 128);
@@ -5266,9 +5450,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
       float* const dst = t_g;
       for (int r = tid; r < 128; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
     __syncthreads();
     // lam = cumsum(g, axis=0)
     {
@@ -5383,10 +5570,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
         }
       }
     }
-    prt::cp_async_commit();
-    prt::cp_async_wait<0>();
     __syncthreads();
-    // lse_i = load lse[pid.z, (((pid.x // 8) * 128) + ((pid.x % 8) * 16)):+16, pid.y]
+    // lse_i = load.async lse[pid.z, (((pid.x // 8) * 128) + ((pid.x % 8) * 16)):+16, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 8) * 128) + ((static_cast<int>(blockIdx.x) % 8) * 16));
@@ -5395,10 +5580,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
       float* const dst = t_lse_i;
       for (int r = tid; r < 16; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
       }
     }
-    // dy_y = load DyA[pid.z, (((pid.x // 8) * 128) + ((pid.x % 8) * 16)):+16, pid.y]
+    // dy_y = load.async DyA[pid.z, (((pid.x // 8) * 128) + ((pid.x % 8) * 16)):+16, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 8) * 128) + ((static_cast<int>(blockIdx.x) % 8) * 16));
@@ -5407,10 +5593,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_DyA_s0 + static_cast<long long>(s1) * g_DyA_s1 + static_cast<long long>(a2) * g_DyA_s2;
       float* const dst = t_dy_y;
       for (int r = tid; r < 16; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_DyA_d1 ? g_DyA[base + static_cast<long long>(r) * g_DyA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_DyA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_DyA[base + static_cast<long long>(r) * g_DyA_s1]) : static_cast<const void*>(g_DyA), in ? 4 : 0);
       }
     }
-    // rho = load PA[pid.z, (((pid.x // 8) * 128) + ((pid.x % 8) * 16)):+16, pid.y]
+    // rho = load.async PA[pid.z, (((pid.x // 8) * 128) + ((pid.x % 8) * 16)):+16, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 8) * 128) + ((static_cast<int>(blockIdx.x) % 8) * 16));
@@ -5419,10 +5606,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_PA_s0 + static_cast<long long>(s1) * g_PA_s1 + static_cast<long long>(a2) * g_PA_s2;
       float* const dst = t_rho;
       for (int r = tid; r < 16; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_PA_d1 ? g_PA[base + static_cast<long long>(r) * g_PA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_PA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_PA[base + static_cast<long long>(r) * g_PA_s1]) : static_cast<const void*>(g_PA), in ? 4 : 0);
       }
     }
-    // p_s = load wS[pid.z, (((pid.x // 8) * 128) + ((pid.x % 8) * 16)):+16, pid.y]
+    // p_s = load.async wS[pid.z, (((pid.x // 8) * 128) + ((pid.x % 8) * 16)):+16, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 8) * 128) + ((static_cast<int>(blockIdx.x) % 8) * 16));
@@ -5431,9 +5619,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_wS_s0 + static_cast<long long>(s1) * g_wS_s1 + static_cast<long long>(a2) * g_wS_s2;
       float* const dst = t_p_s;
       for (int r = tid; r < 16; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_wS_d1 ? g_wS[base + static_cast<long long>(r) * g_wS_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_wS_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_wS[base + static_cast<long long>(r) * g_wS_s1]) : static_cast<const void*>(g_wS), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // y_s[row, col] = (y_s[row, col] * dy_row[row, col])
     {
       for (int i = tid; i < 2048; i += 128) {
@@ -5811,7 +6003,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
 // grid ((($t + 31) // 32), $hq, $b), 64 threads
 extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e128_c128_f32_w2_bd0_bt32_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 98064 bytes of dynamic shared memory
+  // sm_80: 131856 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -5927,22 +6119,25 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
   float* const t_dy = reinterpret_cast<float*>(prt_base + 16896);  // f32[32, 128] pitch 132
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 33792);  // f32[32] pitch 32
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 33920);  // f32[32] pitch 32
-  float* const t_k = reinterpret_cast<float*>(prt_base + 34576);  // f32[32, 128] pitch 132
-  float* const t_v = reinterpret_cast<float*>(prt_base + 51472);  // f32[32, 128] pitch 132
-  float* const t_k_finite = reinterpret_cast<float*>(prt_base + 76560);  // f32[32, 128] pitch 132
-  float* const t_dot = reinterpret_cast<float*>(prt_base + 68368);  // f32[32, 32] pitch 32
-  float* const t_W = reinterpret_cast<float*>(prt_base + 72464);  // f32[32, 32] pitch 32
-  float* const t_ds = reinterpret_cast<float*>(prt_base + 93456);  // f32[32, 32] pitch 36
+  float* const t_k_base = reinterpret_cast<float*>(prt_base + 34576);  // f32[32, 128] pitch 132, 2 copies
+  float* t_k = t_k_base;
+  float* const t_v_base = reinterpret_cast<float*>(prt_base + 68368);  // f32[32, 128] pitch 132, 2 copies
+  float* t_v = t_v_base;
+  float* const t_k_finite = reinterpret_cast<float*>(prt_base + 110352);  // f32[32, 128] pitch 132
+  float* const t_dot = reinterpret_cast<float*>(prt_base + 102160);  // f32[32, 32] pitch 32
+  float* const t_W = reinterpret_cast<float*>(prt_base + 106256);  // f32[32, 32] pitch 32
+  float* const t_ds = reinterpret_cast<float*>(prt_base + 127248);  // f32[32, 32] pitch 36
   float f_acc[4][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 2 warps
   float* const t_part = reinterpret_cast<float*>(prt_base + 34176);  // f32[32] pitch 32
   float f_wsum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 76560);  // f32[32] pitch 32
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 110608);  // f32[32] pitch 32
   float* const t_g_i = reinterpret_cast<float*>(prt_base + 34048);  // f32[32] pitch 32
   float* const t_h_i = reinterpret_cast<float*>(prt_base + 34304);  // f32[32] pitch 32
   float* const t_gq = reinterpret_cast<float*>(prt_base + 34048);  // f32[32] pitch 32
   float* const t_cq = reinterpret_cast<float*>(prt_base + 34176);  // f32[32] pitch 32
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 76688);  // f32[32] pitch 32
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 76816);  // f32[32] pitch 32
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 110352);  // f32[32] pitch 32, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 110736);  // f32[32] pitch 32
   float* const t_ck = reinterpret_cast<float*>(prt_base + 34448);  // f32[32] pitch 32
   float* const t_gap = reinterpret_cast<float*>(prt_base + 34432);  // f32[1] pitch 1
   // q = load.async Q[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
@@ -5995,9 +6190,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // lse_i = load lse[pid.z, (pid.x * 32):+32, pid.y]
+  // lse_i = load.async lse[pid.z, (pid.x * 32):+32, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -6006,10 +6199,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
     float* const dst = t_lse_i;
     for (int r = tid; r < 32; r += 64) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
     }
   }
-  // Dy_i = load Dy[pid.z, (pid.x * 32):+32, pid.y]
+  // Dy_i = load.async Dy[pid.z, (pid.x * 32):+32, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -6018,9 +6212,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
     const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
     float* const dst = t_Dy_i;
     for (int r = tid; r < 32; r += 64) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   // acc[row, col] = 0.0
   {
     #pragma unroll
@@ -6052,7 +6249,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
       }
     }
   }
-  // gq = load logG[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -6061,9 +6258,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 32; r += 64) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -6280,21 +6480,146 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
     }
   }
   __syncthreads();
+  if ((0 < (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32))) {
+    // gk = load.async logG[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 32;
+      for (int r = tid; r < 32; r += 64) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      float* const dst = t_k_base + ((0) % 2) * 4224;
+      if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 64) {
+          const int r = i / 32, c = (i % 32) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 64) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      float* const dst = t_v_base + ((0) % 2) * 4224;
+      if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 64) {
+          const int r = i / 32, c = (i % 32) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 64) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 32) - ((i0 + 1) * 32)):+32, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((v_i0 + 1) * 32));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32))) {
+        // gk = load.async logG[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 32;
+          for (int r = tid; r < 32; r += 64) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
+          if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 64) {
+              const int r = i / 32, c = (i % 32) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 64) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
+          if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 64) {
+              const int r = i / 32, c = (i % 32) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 64) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 32;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 4224;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 4224;  // bind v stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -6316,59 +6641,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 32) - ((i0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((v_i0 + 1) * 32));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        float* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 64) {
-            const int r = i / 32, c = (i % 32) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 64) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 32) - ((i0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((v_i0 + 1) * 32));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        float* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 64) {
-            const int r = i / 32, c = (i % 32) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 64) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
       // dot = mma.fmaFrag(q, k^T) [32x32 in 16x32 units over 2 warps]
       {
         #pragma unroll
@@ -6508,6 +6780,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store dQa[pid.z, (pid.x * 32):+32, pid.y, 0:+128] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -6771,9 +7044,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gk = load logG[pid.z, (pid.x * 32):+32, pid.y]
+  // gk = load.async logG[pid.z, (pid.x * 32):+32, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -6782,9 +7053,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gk;
     for (int r = tid; r < 32; r += 64) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // sk = cumsum(gk, axis=0, reverse)
   {
@@ -6871,7 +7145,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
   {
     const int v_i0_end = (p_hq / p_h);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // part = load rowW[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
+      // part = load.async rowW[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -6880,9 +7154,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
         const long long base = static_cast<long long>(a0) * g_rowW_s0 + static_cast<long long>(s1) * g_rowW_s1 + static_cast<long long>(a2) * g_rowW_s2;
         float* const dst = t_part;
         for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_rowW_d1 ? g_rowW[base + static_cast<long long>(r) * g_rowW_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_rowW_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_rowW[base + static_cast<long long>(r) * g_rowW_s1]) : static_cast<const void*>(g_rowW), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
       __syncthreads();
       // row_sum[row] = (row_sum[row] + part[row])
       {
@@ -6954,9 +7231,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
           }
         }
       }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      // lse_i = load lse[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
+      // lse_i = load.async lse[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -6965,10 +7240,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
         const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
         float* const dst = t_lse_i;
         for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
         }
       }
-      // Dy_i = load Dy[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
+      // Dy_i = load.async Dy[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -6977,10 +7253,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
         const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
         float* const dst = t_Dy_i;
         for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
         }
       }
-      // gq = load logG[pid.z, (pid.x * 32):+32, pid.y]
+      // gq = load.async logG[pid.z, (pid.x * 32):+32, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -6989,9 +7266,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
         const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
         float* const dst = t_gq;
         for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
       __syncthreads();
       // cq = cumsum(gq, axis=0)
       {
@@ -7219,9 +7499,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
               }
             }
           }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          // lse_i = load lse[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, ((pid.y * ($hq // $h)) + i0)]
+          // lse_i = load.async lse[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 32) + ((v_i1 + 1) * 32));
@@ -7230,10 +7508,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
             const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
             float* const dst = t_lse_i;
             for (int r = tid; r < 32; r += 64) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
             }
           }
-          // Dy_i = load Dy[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, ((pid.y * ($hq // $h)) + i0)]
+          // Dy_i = load.async Dy[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 32) + ((v_i1 + 1) * 32));
@@ -7242,10 +7521,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
             const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
             float* const dst = t_Dy_i;
             for (int r = tid; r < 32; r += 64) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
             }
           }
-          // gq = load logG[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, pid.y]
+          // gq = load.async logG[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, pid.y]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 32) + ((v_i1 + 1) * 32));
@@ -7254,9 +7534,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
             const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
             float* const dst = t_gq;
             for (int r = tid; r < 32; r += 64) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
             }
           }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
           __syncthreads();
           // cq = cumsum(gq, axis=0)
           {
@@ -7705,7 +7988,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
   float f_s7[1][1][4];  // f32[16, 64] as mma fragments: 16x64 in 16x8 units over 8 warps
   float* const t_z7 = reinterpret_cast<float*>(prt_base + 45568);  // f32[16] pitch 16
   float* const t_u7_hi = reinterpret_cast<float*>(prt_base + 64000);  // f32[128, 64] pitch 68
-  // g = load logG[(pid.y // $h), ((pid.x // 2) * 128):+128, (pid.y % $h)]
+  // g = load.async logG[(pid.y // $h), ((pid.x // 2) * 128):+128, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -7714,9 +7997,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 128; r += 256) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -7733,7 +8019,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
   }
   __syncthreads();
   if (((p_hq / p_h) == 1)) {
-    // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
+    // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
       const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -7742,16 +8028,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
       float* const dst = t_f;
       for (int r = tid; r < 128; r += 256) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
     {
       for (int r = tid; r < 128; r += 256) {
         t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
       }
     }
-    // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
+    // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
       const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -7760,9 +8050,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
       float* const dst = t_z_row;
       for (int r = tid; r < 128; r += 256) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // z_row[row] = -((z_row[row] * f[row]))
     {
       for (int r = tid; r < 128; r += 256) {
@@ -7819,7 +8113,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const int v_i0_end = (p_hq / p_h);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -7828,16 +8122,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 128; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -7846,9 +8144,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 128; r += 256) {
@@ -7992,7 +8294,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const int v_i2_end = (p_hq / p_h);
         for (int v_i2 = 0; v_i2 < v_i2_end; v_i2 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -8001,16 +8303,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -8019,9 +8325,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 128; r += 256) {
@@ -8212,7 +8522,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const int v_i3_end = (p_hq / p_h);
     for (int v_i3 = 0; v_i3 < v_i3_end; v_i3 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -8221,16 +8531,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 128; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -8239,9 +8553,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 128; r += 256) {
@@ -8389,7 +8707,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const int v_i5_end = (p_hq / p_h);
         for (int v_i5 = 0; v_i5 < v_i5_end; v_i5 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -8398,16 +8716,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -8416,9 +8738,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 128; r += 256) {
@@ -8616,7 +8942,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const int v_i6_end = (p_hq / p_h);
     for (int v_i6 = 0; v_i6 < v_i6_end; v_i6 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -8625,16 +8951,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 128; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -8643,9 +8973,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 128; r += 256) {
@@ -8793,7 +9127,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const int v_i8_end = (p_hq / p_h);
         for (int v_i8 = 0; v_i8 < v_i8_end; v_i8 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -8802,16 +9136,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -8820,9 +9158,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 128; r += 256) {
@@ -9020,7 +9362,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const int v_i9_end = (p_hq / p_h);
     for (int v_i9 = 0; v_i9 < v_i9_end; v_i9 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -9029,16 +9371,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 128; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -9047,9 +9393,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 128; r += 256) {
@@ -9197,7 +9547,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const int v_i11_end = (p_hq / p_h);
         for (int v_i11 = 0; v_i11 < v_i11_end; v_i11 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -9206,16 +9556,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -9224,9 +9578,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 128; r += 256) {
@@ -9424,7 +9782,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const int v_i12_end = (p_hq / p_h);
     for (int v_i12 = 0; v_i12 < v_i12_end; v_i12 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i12)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i12)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -9433,16 +9791,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 128; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i12)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i12)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -9451,9 +9813,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 128; r += 256) {
@@ -9597,7 +9963,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const int v_i14_end = (p_hq / p_h);
         for (int v_i14 = 0; v_i14 < v_i14_end; v_i14 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i14)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i14)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -9606,16 +9972,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i14)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i14)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -9624,9 +9994,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 128; r += 256) {
@@ -9818,7 +10192,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const int v_i15_end = (p_hq / p_h);
     for (int v_i15 = 0; v_i15 < v_i15_end; v_i15 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i15)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i15)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -9827,16 +10201,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 128; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i15)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i15)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -9845,9 +10223,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 128; r += 256) {
@@ -9995,7 +10377,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const int v_i17_end = (p_hq / p_h);
         for (int v_i17 = 0; v_i17 < v_i17_end; v_i17 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i17)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i17)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -10004,16 +10386,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i17)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i17)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -10022,9 +10408,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 128; r += 256) {
@@ -10222,7 +10612,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const int v_i18_end = (p_hq / p_h);
     for (int v_i18 = 0; v_i18 < v_i18_end; v_i18 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i18)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i18)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -10231,16 +10621,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 128; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i18)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i18)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -10249,9 +10643,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 128; r += 256) {
@@ -10397,7 +10795,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const int v_i20_end = (p_hq / p_h);
         for (int v_i20 = 0; v_i20 < v_i20_end; v_i20 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i20)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i20)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -10406,16 +10804,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i20)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i20)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -10424,9 +10826,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 128; r += 256) {
@@ -10618,7 +11024,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const int v_i21_end = (p_hq / p_h);
     for (int v_i21 = 0; v_i21 < v_i21_end; v_i21 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i21)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i21)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -10627,16 +11033,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 128; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i21)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i21)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -10645,9 +11055,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 128; r += 256) {
@@ -10793,7 +11207,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const int v_i23_end = (p_hq / p_h);
         for (int v_i23 = 0; v_i23 < v_i23_end; v_i23 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i23)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i23)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -10802,16 +11216,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i23)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 2) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i23)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -10820,9 +11238,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 128; r += 256) {
@@ -11006,7 +11428,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
 // grid (129, ($b * $h), 1), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d128_e128_c128_f32_w4_bd64_bt128_s2(
     const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
-  // sm_80: 134176 bytes of dynamic shared memory
+  // sm_80: 134688 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -11171,20 +11593,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
   (void)g_dGc_d3;
   float f_R[4][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 4 warps
   float* const t_r = reinterpret_cast<float*>(prt_base + 0);  // f32[64] pitch 64
-  float* const t_s_in_base = reinterpret_cast<float*>(prt_base + 256);  // f32[64, 128] pitch 128, 2 copies
+  float* const t_s_in_base = reinterpret_cast<float*>(prt_base + 1280);  // f32[64, 128] pitch 128, 2 copies
   float* t_s_in = t_s_in_base;
-  float* const t_z_in_base = reinterpret_cast<float*>(prt_base + 65792);  // f32[64] pitch 64, 2 copies
+  float* const t_z_in_base = reinterpret_cast<float*>(prt_base + 66816);  // f32[64] pitch 64, 2 copies
   float* t_z_in = t_z_in_base;
-  float* const t_ds_in_base = reinterpret_cast<float*>(prt_base + 66304);  // f32[64, 128] pitch 128, 2 copies
+  float* const t_ds_in_base = reinterpret_cast<float*>(prt_base + 67328);  // f32[64, 128] pitch 128, 2 copies
   float* t_ds_in = t_ds_in_base;
-  float* const t_dz_in_base = reinterpret_cast<float*>(prt_base + 131840);  // f32[64] pitch 64, 2 copies
+  float* const t_dz_in_base = reinterpret_cast<float*>(prt_base + 132864);  // f32[64] pitch 64, 2 copies
   float* t_dz_in = t_dz_in_base;
   float f_X[4][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 4 warps
-  float* const t_g = reinterpret_cast<float*>(prt_base + 133376);  // f32[128] pitch 128
-  float* const t_G = reinterpret_cast<float*>(prt_base + 134144);  // f32[1] pitch 1
-  float* const t_row_dot = reinterpret_cast<float*>(prt_base + 133888);  // f32[64] pitch 64
-  float* const t_dG = reinterpret_cast<float*>(prt_base + 134160);  // f32[1] pitch 1
-  float* const t_row_dot_part = reinterpret_cast<float*>(prt_base + 132352);  // f32[4, 64] pitch 64
+  float* const t_g_base = reinterpret_cast<float*>(prt_base + 256);  // f32[128] pitch 128, 2 copies
+  float* t_g = t_g_base;
+  float* const t_G = reinterpret_cast<float*>(prt_base + 134656);  // f32[1] pitch 1
+  float* const t_row_dot = reinterpret_cast<float*>(prt_base + 134400);  // f32[64] pitch 64
+  float* const t_dG = reinterpret_cast<float*>(prt_base + 134672);  // f32[1] pitch 1
+  float* const t_row_dot_part = reinterpret_cast<float*>(prt_base + 133376);  // f32[4, 64] pitch 64
   // R = load dSfinal[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+128]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -11233,6 +11656,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   if ((0 < p_n)) {
+    // g = load.async logG[(pid.y // $h), ((($n - 1) - 0) * 128):+128, (pid.y % $h)] into stage 0
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = (((p_n - 1) - 0) * 128);
+      const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_g_base + ((0) % 2) * 128;
+      for (int r = tid; r < 128; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
     // s_in = load.async Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - 0), (pid.x * 64):+64, 0:+128] into stage 0
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -11337,6 +11773,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
     const int v_i0_end = p_n;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((v_i0 + 1) < p_n)) {
+        // g = load.async logG[(pid.y // $h), ((($n - 1) - (i0 + 1)) * 128):+128, (pid.y % $h)] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = (((p_n - 1) - (v_i0 + 1)) * 128);
+          const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_g_base + ((((v_i0 + 1) % 2)) % 2) * 128;
+          for (int r = tid; r < 128; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
         // s_in = load.async Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - (i0 + 1)), (pid.x * 64):+64, 0:+128] into stage ((i0 + 1) % 2)
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -11439,22 +11888,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       }
       prt::cp_async_commit();
       prt::cp_async_wait<1>();
+      t_g = t_g_base + (((v_i0 % 2)) % 2) * 128;  // bind g stage (i0 % 2)
       t_s_in = t_s_in_base + (((v_i0 % 2)) % 2) * 8192;  // bind s_in stage (i0 % 2)
       t_z_in = t_z_in_base + (((v_i0 % 2)) % 2) * 64;  // bind z_in stage (i0 % 2)
       t_ds_in = t_ds_in_base + (((v_i0 % 2)) % 2) * 8192;  // bind ds_in stage (i0 % 2)
       t_dz_in = t_dz_in_base + (((v_i0 % 2)) % 2) * 64;  // bind dz_in stage (i0 % 2)
-      // g = load logG[(pid.y // $h), ((($n - 1) - i0) * 128):+128, (pid.y % $h)]
-      {
-        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int s1 = (((p_n - 1) - v_i0) * 128);
-        const int a2 = (static_cast<int>(blockIdx.y) % p_h);
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_g;
-        for (int r = tid; r < 128; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
       __syncthreads();
       // G = reduce_sum(g, axis=0)
       {
@@ -11789,7 +12227,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
   float* const t_dot = reinterpret_cast<float*>(prt_base + 272);  // f32[32] pitch 32
   float* const t_dG = reinterpret_cast<float*>(prt_base + 0);  // f32[1] pitch 1
   float* const t_dG_blk = reinterpret_cast<float*>(prt_base + 400);  // f32[1] pitch 1
-  // g = load logG[pid.z, (pid.x * 128):+128, pid.y]
+  // g = load.async logG[pid.z, (pid.x * 128):+128, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 128);
@@ -11798,9 +12236,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 128; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -12385,7 +12826,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
   float* const t_suffix = reinterpret_cast<float*>(prt_base + 66064);  // f32[64] pitch 64
   float* const t_carry = reinterpret_cast<float*>(prt_base + 0);  // f32[1] pitch 1
   float* const t_one = reinterpret_cast<float*>(prt_base + 16);  // f32[1] pitch 1
-  // carry = load dGk[pid.z, pid.y, pid.x:+1]
+  // carry = load.async dGk[pid.z, pid.y, pid.x:+1]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int a1 = static_cast<int>(blockIdx.y);
@@ -12394,13 +12835,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
     const long long base = static_cast<long long>(a0) * g_dGk_s0 + static_cast<long long>(a1) * g_dGk_s1 + static_cast<long long>(s2) * g_dGk_s2;
     float* const dst = t_carry;
     for (int r = tid; r < 1; r += 128) {
-      dst[r] = ok && s2 + r >= 0 && s2 + r < g_dGk_d2 ? g_dGk[base + static_cast<long long>(r) * g_dGk_s2] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s2 + r >= 0 && s2 + r < g_dGk_d2;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dGk[base + static_cast<long long>(r) * g_dGk_s2]) : static_cast<const void*>(g_dGk), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   {
     const int v_i0_end = p_nfb;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // one = load dGc[pid.z, pid.y, pid.x, i0:+1]
+      // one = load.async dGc[pid.z, pid.y, pid.x, i0:+1]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int a1 = static_cast<int>(blockIdx.y);
@@ -12410,21 +12854,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
         const long long base = static_cast<long long>(a0) * g_dGc_s0 + static_cast<long long>(a1) * g_dGc_s1 + static_cast<long long>(a2) * g_dGc_s2 + static_cast<long long>(s3) * g_dGc_s3;
         float* const dst = t_one;
         for (int r = tid; r < 1; r += 128) {
-          dst[r] = ok && s3 + r >= 0 && s3 + r < g_dGc_d3 ? g_dGc[base + static_cast<long long>(r) * g_dGc_s3] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s3 + r >= 0 && s3 + r < g_dGc_d3;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dGc[base + static_cast<long long>(r) * g_dGc_s3]) : static_cast<const void*>(g_dGc), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
       // carry[row] = (carry[row] + one[row])
       {
         for (int r = tid; r < 1; r += 128) {
           t_carry[r] = prt::from_f32<float>((prt::to_f32(t_carry[r]) + prt::to_f32(t_one[r])));
         }
       }
+      __syncthreads();
     }
   }
   {
     const int v_i1_end = prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 128)) + 63) / 64), 2);
     for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
-      // dlam = load dlamA[pid.z, ((pid.x * 128) + (((min(((($t - (pid.x * 128)) + 63) // 64), 2) - 1) - i1) * 64)):+64, pid.y]
+      // dlam = load.async dlamA[pid.z, ((pid.x * 128) + (((min(((($t - (pid.x * 128)) + 63) // 64), 2) - 1) - i1) * 64)):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (((prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 128)) + 63) / 64), 2) - 1) - v_i1) * 64));
@@ -12433,10 +12882,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
         const long long base = static_cast<long long>(a0) * g_dlamA_s0 + static_cast<long long>(s1) * g_dlamA_s1 + static_cast<long long>(a2) * g_dlamA_s2;
         float* const dst = t_dlam;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamA_d1 ? g_dlamA[base + static_cast<long long>(r) * g_dlamA_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamA_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamA[base + static_cast<long long>(r) * g_dlamA_s1]) : static_cast<const void*>(g_dlamA), in ? 4 : 0);
         }
       }
-      // part = load dlamK[pid.z, ((pid.x * 128) + (((min(((($t - (pid.x * 128)) + 63) // 64), 2) - 1) - i1) * 64)):+64, pid.y]
+      // part = load.async dlamK[pid.z, ((pid.x * 128) + (((min(((($t - (pid.x * 128)) + 63) // 64), 2) - 1) - i1) * 64)):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (((prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 128)) + 63) / 64), 2) - 1) - v_i1) * 64));
@@ -12445,9 +12895,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
         const long long base = static_cast<long long>(a0) * g_dlamK_s0 + static_cast<long long>(s1) * g_dlamK_s1 + static_cast<long long>(a2) * g_dlamK_s2;
         float* const dst = t_part;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamK_d1 ? g_dlamK[base + static_cast<long long>(r) * g_dlamK_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamK_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamK[base + static_cast<long long>(r) * g_dlamK_s1]) : static_cast<const void*>(g_dlamK), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
       // dlam[row] = (dlam[row] + part[row])
       {
         for (int r = tid; r < 64; r += 128) {
@@ -12545,7 +12999,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
               }
             }
           }
-          // part = load dlamQ[pid.z, ((pid.x * 128) + (((min(((($t - (pid.x * 128)) + 63) // 64), 2) - 1) - i1) * 64)):+64, ((pid.y * ($hq // $h)) + i2)]
+          __syncthreads();
+          // part = load.async dlamQ[pid.z, ((pid.x * 128) + (((min(((($t - (pid.x * 128)) + 63) // 64), 2) - 1) - i1) * 64)):+64, ((pid.y * ($hq // $h)) + i2)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (((prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 128)) + 63) / 64), 2) - 1) - v_i1) * 64));
@@ -12554,9 +13009,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
             const long long base = static_cast<long long>(a0) * g_dlamQ_s0 + static_cast<long long>(s1) * g_dlamQ_s1 + static_cast<long long>(a2) * g_dlamQ_s2;
             float* const dst = t_part;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamQ_d1 ? g_dlamQ[base + static_cast<long long>(r) * g_dlamQ_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamQ_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamQ[base + static_cast<long long>(r) * g_dlamQ_s1]) : static_cast<const void*>(g_dlamQ), in ? 4 : 0);
             }
           }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
+          __syncthreads();
           // dlam[row] = (dlam[row] + part[row])
           {
             for (int r = tid; r < 64; r += 128) {
@@ -12653,7 +13112,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
           }
         }
       }
-      __syncthreads();
       // a_e = load.async dVa[pid.z, ((pid.x * 128) + (((min(((($t - (pid.x * 128)) + 63) // 64), 2) - 1) - i1) * 64)):+64, pid.y, 0:+128]
       {
         const int a0 = static_cast<int>(blockIdx.z);
@@ -12899,7 +13357,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_f
   float* const t_y_row = reinterpret_cast<float*>(prt_base + 192);  // f32[128] pitch 128
   float* const t_den_s_part = reinterpret_cast<float*>(prt_base + 64);  // f32[2, 16] pitch 16
   float* const t_m_blk_part = reinterpret_cast<float*>(prt_base + 256);  // f32[4, 16] pitch 16
-  // g = load Gc[pid.y, 0:+128, (pid.x // ($hq // $h))]
+  // g = load.async Gc[pid.y, 0:+128, (pid.x // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.y);
     const int s1 = 0;
@@ -12908,9 +13366,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_f
     const long long base = static_cast<long long>(a0) * g_Gc_s0 + static_cast<long long>(s1) * g_Gc_s1 + static_cast<long long>(a2) * g_Gc_s2;
     float* const dst = t_g;
     for (int r = tid; r < 128; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_Gc_d1 ? g_Gc[base + static_cast<long long>(r) * g_Gc_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_Gc_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Gc[base + static_cast<long long>(r) * g_Gc_s1]) : static_cast<const void*>(g_Gc), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -13726,7 +14187,7 @@ extern "C" __global__ void __launch_bounds__(32) prt_cache_append_p2_d128_e128_c
     }
   }
   __syncthreads();
-  // g = load logG[pid.z, ($q0 + pid.x), pid.y:+1]
+  // g = load.async logG[pid.z, ($q0 + pid.x), pid.y:+1]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int a1 = (p_q0 + static_cast<int>(blockIdx.x));
@@ -13735,9 +14196,13 @@ extern "C" __global__ void __launch_bounds__(32) prt_cache_append_p2_d128_e128_c
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(a1) * g_logG_s1 + static_cast<long long>(s2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 1; r += 32) {
-      dst[r] = ok && s2 + r >= 0 && s2 + r < g_logG_d2 ? g_logG[base + static_cast<long long>(r) * g_logG_s2] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s2 + r >= 0 && s2 + r < g_logG_d2;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s2]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
+  __syncthreads();
   // store Gc[pid.z, ($len0 + pid.x), pid.y:+1] = g
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -13907,9 +14372,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_state_copy_p2_d128_e128_c1
 #include <cuda_runtime.h>
 
 extern "C" cudaError_t prt_attention_p2_d128_e128_c128_f32_w2_bd0_bt32_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d128_e128_c128_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 85392);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d128_e128_c128_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 119184);
   if (err != cudaSuccess) return err;
-  prt_attention_p2_d128_e128_c128_f32_w2_bd0_bt32_s2<<<grid, 64, 85392, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_p2_d128_e128_c128_f32_w2_bd0_bt32_s2<<<grid, 64, 119184, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -13921,9 +14386,9 @@ extern "C" cudaError_t prt_update_state_p2_d128_e128_c128_f32_w8_bd64_bt128_s1_l
 }
 
 extern "C" cudaError_t prt_discounted_cumsum_p2_d128_e128_c128_f32_w4_bd64_bt128_s2_launch(dim3 grid, cudaStream_t stream, const float* g_dS, const float* g_dZ, const float* g_logG, const float* g_S0, const float* g_Z0, float* g_Sin, float* g_Zin, float* g_Sfinal, float* g_Zfinal, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_p2_d128_e128_c128_f32_w4_bd64_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 67328);
+  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_p2_d128_e128_c128_f32_w4_bd64_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 67840);
   if (err != cudaSuccess) return err;
-  prt_discounted_cumsum_p2_d128_e128_c128_f32_w4_bd64_bt128_s2<<<grid, 128, 67328, stream>>>(g_dS, g_dZ, g_logG, g_S0, g_Z0, g_Sin, g_Zin, g_Sfinal, g_Zfinal, p_b, p_t, p_h, p_n);
+  prt_discounted_cumsum_p2_d128_e128_c128_f32_w4_bd64_bt128_s2<<<grid, 128, 67840, stream>>>(g_dS, g_dZ, g_logG, g_S0, g_Z0, g_Sin, g_Zin, g_Sfinal, g_Zfinal, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
@@ -13935,9 +14400,9 @@ extern "C" cudaError_t prt_query_state_p2_d128_e128_c128_f32_w4_bd0_bt32_s1_laun
 }
 
 extern "C" cudaError_t prt_attention_bwd_prep_p2_d128_e128_c128_f32_w2_bd0_bt32_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d128_e128_c128_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 68224);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d128_e128_c128_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 102144);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_prep_p2_d128_e128_c128_f32_w2_bd0_bt32_s2<<<grid, 64, 68224, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_prep_p2_d128_e128_c128_f32_w2_bd0_bt32_s2<<<grid, 64, 102144, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -13949,9 +14414,9 @@ extern "C" cudaError_t prt_query_state_bwd_dq_p2_d128_e128_c128_f32_w4_bd0_bt16_
 }
 
 extern "C" cudaError_t prt_attention_bwd_dq_p2_d128_e128_c128_f32_w2_bd0_bt32_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d128_e128_c128_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 98064);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d128_e128_c128_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 131856);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dq_p2_d128_e128_c128_f32_w2_bd0_bt32_s2<<<grid, 64, 98064, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dq_p2_d128_e128_c128_f32_w2_bd0_bt32_s2<<<grid, 64, 131856, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -13970,9 +14435,9 @@ extern "C" cudaError_t prt_query_state_bwd_ds_p2_d128_e128_c128_f32_w8_bd64_bt12
 }
 
 extern "C" cudaError_t prt_discounted_cumsum_bwd_p2_d128_e128_c128_f32_w4_bd64_bt128_s2_launch(dim3 grid, cudaStream_t stream, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d128_e128_c128_f32_w4_bd64_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 134176);
+  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d128_e128_c128_f32_w4_bd64_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 134688);
   if (err != cudaSuccess) return err;
-  prt_discounted_cumsum_bwd_p2_d128_e128_c128_f32_w4_bd64_bt128_s2<<<grid, 128, 134176, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
+  prt_discounted_cumsum_bwd_p2_d128_e128_c128_f32_w4_bd64_bt128_s2<<<grid, 128, 134688, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 

@@ -10,7 +10,7 @@
 extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2(
     const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 67584 bytes of dynamic shared memory
+  // sm_90a: 100352 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -100,19 +100,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
   (void)g_maxA_d1;
   (void)g_maxA_d2;
   __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_base + 0);  // bf16[64, 128] swizzle 128
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_base + 17408);  // bf16[64, 128] swizzle 128
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_base + 33792);  // bf16[64, 128] swizzle 128
+  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 17408);  // bf16[64, 128] swizzle 128, 2 copies
+  __nv_bfloat16* t_k = t_k_base;
+  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 50176);  // bf16[64, 128] swizzle 128, 2 copies
+  __nv_bfloat16* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 16384);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 16640);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 50176);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 50432);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 82944);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 83456);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 16896);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 16384);  // f32[1] pitch 1
   float f_w[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // bf16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
   float f_acc[1][16][4];  // f32[64, 128] as mma fragments: 64x128 in 16x128 units over 4 warps
   // v_finite: bf16[64, 128] computed in registers by its mma group
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 50176);  // bf16[64, 128] pitch 128
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 82944);  // bf16[64, 128] pitch 128
   float f_row_max[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x128 in 16x128 units over 4 warps
   float f_block_max[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
@@ -146,9 +149,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -157,9 +158,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   prt::fence_proxy_async();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
@@ -537,77 +541,151 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
       }
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8192;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8192;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    prt::fence_proxy_async();
+    __syncthreads();
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __nv_bfloat16* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
           }
         }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        prt::fence_proxy_async();
+        __syncthreads();
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
           }
         }
-      }
-      prt::fence_proxy_async();
-      __syncthreads();
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __nv_bfloat16* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        prt::fence_proxy_async();
+        __syncthreads();
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
           }
         }
       }
       prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      prt::fence_proxy_async();
-      __syncthreads();
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
+      prt::cp_async_wait<1>();
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 8192;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 8192;  // bind v stage (i0 % 2)
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
       prt::fence_proxy_async();
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
@@ -858,6 +936,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store numA[pid.z, (pid.x * 64):+64, pid.y, 0:+128] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -926,7 +1005,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
     }
   }
 #else
-  // sm_80: 69376 bytes of dynamic shared memory
+  // sm_80: 104192 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -1016,26 +1095,29 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
   (void)g_maxA_d1;
   (void)g_maxA_d2;
   __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_base + 0);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_base + 17920);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_base + 35328);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 17920);  // bf16[64, 128] pitch 136, 2 copies
+  __nv_bfloat16* t_k = t_k_base;
+  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 52736);  // bf16[64, 128] pitch 136, 2 copies
+  __nv_bfloat16* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 17408);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 17664);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 53248);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 53504);  // f32[64] pitch 64
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 52736);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 87808);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 88576);  // f32[64] pitch 64
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 87552);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 17408);  // f32[1] pitch 1
   float f_w[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // bf16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
   float f_acc[1][16][4];  // f32[64, 128] as mma fragments: 64x128 in 16x128 units over 4 warps
   // v_finite: bf16[64, 128] computed in registers by its mma group
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 52992);  // bf16[64, 128] pitch 128
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 87808);  // bf16[64, 128] pitch 128
   float f_row_max[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x128 in 16x128 units over 4 warps
   float f_block_max[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_block_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_alpha[1][2];  // f32[64] as the rows of 64x128 in 16x128 units over 4 warps
   float f_shift[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 52992);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 88320);  // f32[64] pitch 64
   float f_row_factor[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+128]
   {
@@ -1062,9 +1144,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -1073,9 +1153,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -1464,75 +1547,148 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
       }
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8704;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8704;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    __syncthreads();
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __nv_bfloat16* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
           }
         }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        __syncthreads();
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
           }
         }
-      }
-      __syncthreads();
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __nv_bfloat16* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        __syncthreads();
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
           }
         }
       }
       prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
+      prt::cp_async_wait<1>();
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 8704;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 8704;  // bind v stage (i0 % 2)
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -1805,6 +1961,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store numA[pid.z, (pid.x * 64):+64, pid.y, 0:+128] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -1880,7 +2037,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
 extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2(
     const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, __nv_bfloat16* g_Y, float* g_lse, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 67584 bytes of dynamic shared memory
+  // sm_90a: 100352 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -1960,19 +2117,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
   (void)g_lse_d1;
   (void)g_lse_d2;
   __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_base + 0);  // bf16[64, 128] swizzle 128
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_base + 17408);  // bf16[64, 128] swizzle 128
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_base + 33792);  // bf16[64, 128] swizzle 128
+  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 17408);  // bf16[64, 128] swizzle 128, 2 copies
+  __nv_bfloat16* t_k = t_k_base;
+  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 50176);  // bf16[64, 128] swizzle 128, 2 copies
+  __nv_bfloat16* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 16384);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 16640);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 50176);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 50432);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 82944);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 83456);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 16896);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 16384);  // f32[1] pitch 1
   float f_w[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // bf16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
   float f_acc[1][16][4];  // f32[64, 128] as mma fragments: 64x128 in 16x128 units over 4 warps
   // v_finite: bf16[64, 128] computed in registers by its mma group
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 50176);  // bf16[64, 128] pitch 128
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 82944);  // bf16[64, 128] pitch 128
   float f_row_max[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x128 in 16x128 units over 4 warps
   float f_block_max[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
@@ -2007,9 +2167,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -2018,9 +2176,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   prt::fence_proxy_async();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
@@ -2398,77 +2559,151 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
       }
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8192;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8192;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    prt::fence_proxy_async();
+    __syncthreads();
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __nv_bfloat16* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
           }
         }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        prt::fence_proxy_async();
+        __syncthreads();
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
           }
         }
-      }
-      prt::fence_proxy_async();
-      __syncthreads();
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __nv_bfloat16* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        prt::fence_proxy_async();
+        __syncthreads();
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
           }
         }
       }
       prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      prt::fence_proxy_async();
-      __syncthreads();
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
+      prt::cp_async_wait<1>();
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 8192;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 8192;  // bind v stage (i0 % 2)
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
       prt::fence_proxy_async();
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
@@ -2719,6 +2954,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
       }
     }
   }
+  prt::cp_async_wait<0>();
   // acc[row, col] = select(finite(select((row_sum[row] != 0.0), (acc[row, col] / row_sum[row]), 0.0)), select((row_sum[row] != 0.0), (acc[row, col] / row_sum[row]), 0.0), NaN)
   {
     #pragma unroll
@@ -2797,7 +3033,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
     }
   }
 #else
-  // sm_80: 69376 bytes of dynamic shared memory
+  // sm_80: 104192 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -2877,26 +3113,29 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
   (void)g_lse_d1;
   (void)g_lse_d2;
   __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_base + 0);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_base + 17920);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_base + 35328);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 17920);  // bf16[64, 128] pitch 136, 2 copies
+  __nv_bfloat16* t_k = t_k_base;
+  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 52736);  // bf16[64, 128] pitch 136, 2 copies
+  __nv_bfloat16* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 17408);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 17664);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 53248);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 53504);  // f32[64] pitch 64
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 52736);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 87808);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 88576);  // f32[64] pitch 64
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 87552);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 17408);  // f32[1] pitch 1
   float f_w[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // bf16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
   float f_acc[1][16][4];  // f32[64, 128] as mma fragments: 64x128 in 16x128 units over 4 warps
   // v_finite: bf16[64, 128] computed in registers by its mma group
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 52992);  // bf16[64, 128] pitch 128
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 87808);  // bf16[64, 128] pitch 128
   float f_row_max[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x128 in 16x128 units over 4 warps
   float f_block_max[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_block_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_alpha[1][2];  // f32[64] as the rows of 64x128 in 16x128 units over 4 warps
   float f_shift[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 52992);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 88320);  // f32[64] pitch 64
   float f_row_factor[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_lse_t[1][2];  // f32[64] as the rows of 64x128 in 16x128 units over 4 warps
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+128]
@@ -2924,9 +3163,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -2935,9 +3172,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -3326,75 +3566,148 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
       }
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8704;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8704;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    __syncthreads();
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __nv_bfloat16* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
           }
         }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        __syncthreads();
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
           }
         }
-      }
-      __syncthreads();
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __nv_bfloat16* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        __syncthreads();
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
           }
         }
       }
       prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
+      prt::cp_async_wait<1>();
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 8704;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 8704;  // bind v stage (i0 % 2)
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -3667,6 +3980,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
       }
     }
   }
+  prt::cp_async_wait<0>();
   // acc[row, col] = select(finite(select((row_sum[row] != 0.0), (acc[row, col] / row_sum[row]), 0.0)), select((row_sum[row] != 0.0), (acc[row, col] / row_sum[row]), 0.0), NaN)
   {
     #pragma unroll
@@ -3898,7 +4212,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   float* const t_z7 = reinterpret_cast<float*>(prt_base + 0);  // f32[16] pitch 16
   // u7_hi: bf16[64, 128] computed in registers by its mma group
   // u7_lo: bf16[64, 128] computed in registers by its mma group
-  // g = load logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
+  // g = load.async logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -3907,9 +4221,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 64; r += 256) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -5792,7 +6109,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
 // grid (129, ($b * $h), 1), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_e128_c64_bf16_w4_bd64_bt64_s2(
     const float* g_dS, const float* g_dZ, const float* g_logG, const float* g_S0, const float* g_Z0, float* g_Sin, float* g_Zin, float* g_Sfinal, float* g_Zfinal, int p_b, int p_t, int p_h, int p_n) {
-  // sm_80: 66816 bytes of dynamic shared memory
+  // sm_80: 67072 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -5915,12 +6232,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
   (void)g_Zfinal_d2;
   float f_s[4][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 4 warps
   float* const t_z = reinterpret_cast<float*>(prt_base + 0);  // f32[64] pitch 64
-  float* const t_ds_base = reinterpret_cast<float*>(prt_base + 256);  // f32[64, 128] pitch 128, 2 copies
+  float* const t_ds_base = reinterpret_cast<float*>(prt_base + 768);  // f32[64, 128] pitch 128, 2 copies
   float* t_ds = t_ds_base;
-  float* const t_dz_base = reinterpret_cast<float*>(prt_base + 65792);  // f32[64] pitch 64, 2 copies
+  float* const t_dz_base = reinterpret_cast<float*>(prt_base + 66304);  // f32[64] pitch 64, 2 copies
   float* t_dz = t_dz_base;
-  float* const t_g = reinterpret_cast<float*>(prt_base + 66304);  // f32[64] pitch 64
-  float* const t_lam = reinterpret_cast<float*>(prt_base + 66560);  // f32[64] pitch 64
+  float* const t_g_base = reinterpret_cast<float*>(prt_base + 256);  // f32[64] pitch 64, 2 copies
+  float* t_g = t_g_base;
+  float* const t_lam = reinterpret_cast<float*>(prt_base + 66816);  // f32[64] pitch 64
   // s = load S0[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+128]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -5969,6 +6287,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   if ((0 < p_n)) {
+    // g = load.async logG[(pid.y // $h), (0 * 64):+64, (pid.y % $h)] into stage 0
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = (0 * 64);
+      const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_g_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
     // ds = load.async dS[(pid.y // $h), (pid.y % $h), 0, (pid.x * 64):+64, 0:+128] into stage 0
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -6024,6 +6355,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
     const int v_i0_end = p_n;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((v_i0 + 1) < p_n)) {
+        // g = load.async logG[(pid.y // $h), ((i0 + 1) * 64):+64, (pid.y % $h)] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((v_i0 + 1) * 64);
+          const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_g_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        __syncthreads();
         // ds = load.async dS[(pid.y // $h), (pid.y % $h), (i0 + 1), (pid.x * 64):+64, 0:+128] into stage ((i0 + 1) % 2)
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -6076,6 +6421,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
       }
       prt::cp_async_commit();
       prt::cp_async_wait<1>();
+      t_g = t_g_base + (((v_i0 % 2)) % 2) * 64;  // bind g stage (i0 % 2)
       t_ds = t_ds_base + (((v_i0 % 2)) % 2) * 8192;  // bind ds stage (i0 % 2)
       t_dz = t_dz_base + (((v_i0 % 2)) % 2) * 64;  // bind dz stage (i0 % 2)
       // store Sin[(pid.y // $h), (pid.y % $h), i0, (pid.x * 64):+64, 0:+128] = s
@@ -6119,19 +6465,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
           }
         }
       }
-      // g = load logG[(pid.y // $h), (i0 * 64):+64, (pid.y % $h)]
-      {
-        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int s1 = (v_i0 * 64);
-        const int a2 = (static_cast<int>(blockIdx.y) % p_h);
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_g;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
-      __syncthreads();
       // lam = cumsum(g, axis=0)
       {
         for (int o = warp; o < 1; o += 4) {
@@ -6169,7 +6502,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
           t_z[r] = prt::from_f32<float>(((prt::to_f32(t_z[r]) * prt::exp(prt::to_f32(t_lam[63]))) + prt::to_f32(t_dz[r])));
         }
       }
-      __syncthreads();
     }
   }
   prt::cp_async_wait<0>();
@@ -6403,7 +6735,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
   float* const t_max_a = reinterpret_cast<float*>(prt_base + 768);  // f32[64] pitch 64
   float* const t_lse_t = reinterpret_cast<float*>(prt_base + 0);  // f32[64] pitch 64
   float* const t_den_s_part = reinterpret_cast<float*>(prt_base + 17920);  // f32[8, 64] pitch 64
-  // g = load logG[pid.z, ((pid.x // 1) * 64):+64, (pid.y // ($hq // $h))]
+  // g = load.async logG[pid.z, ((pid.x // 1) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -6412,9 +6744,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 64; r += 256) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -7638,7 +7973,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
       }
     }
     __syncthreads();
-    // den_a = load denA[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
+    // den_a = load.async denA[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
@@ -7647,10 +7982,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_denA_s0 + static_cast<long long>(s1) * g_denA_s1 + static_cast<long long>(a2) * g_denA_s2;
       float* const dst = t_den_a;
       for (int r = tid; r < 64; r += 256) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_denA_d1 ? g_denA[base + static_cast<long long>(r) * g_denA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_denA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_denA[base + static_cast<long long>(r) * g_denA_s1]) : static_cast<const void*>(g_denA), in ? 4 : 0);
       }
     }
-    // max_a = load maxA[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
+    // max_a = load.async maxA[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
@@ -7659,9 +7995,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_maxA_s0 + static_cast<long long>(s1) * g_maxA_s1 + static_cast<long long>(a2) * g_maxA_s2;
       float* const dst = t_max_a;
       for (int r = tid; r < 64; r += 256) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_maxA_d1 ? g_maxA[base + static_cast<long long>(r) * g_maxA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_maxA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_maxA[base + static_cast<long long>(r) * g_maxA_s1]) : static_cast<const void*>(g_maxA), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // den_a[row] = (den_a[row] * select((max(max_a[row], (lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp((max_a[row] - max(max_a[row], (lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0)))))))
     // den_s[row] = ((den_s[row] * select((max(max_a[row], (lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp(((lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0)) - max(max_a[row], (lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0))))))) * 1.0)
     // den[row] = (den_a[row] + den_s[row])
@@ -7824,7 +8164,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2(
     const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 67840 bytes of dynamic shared memory
+  // sm_90a: 100864 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -7926,8 +8266,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
   __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_base + 0);  // bf16[64, 128] swizzle 128
   __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_base + 16384);  // bf16[64, 128] swizzle 128
   float f_lse_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_base + 33792);  // bf16[64, 128] swizzle 128
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_base + 50176);  // bf16[64, 128] swizzle 128
+  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 33792);  // bf16[64, 128] swizzle 128, 2 copies
+  __nv_bfloat16* t_k = t_k_base;
+  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 66560);  // bf16[64, 128] swizzle 128, 2 copies
+  __nv_bfloat16* t_v = t_v_base;
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_p[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_p_dp[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
@@ -7938,8 +8280,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
   float f_g_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 32768);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 33024);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 33536);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 66560);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 99328);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 33536);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 33280);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 32768);  // f32[1] pitch 1
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+128]
@@ -8041,7 +8384,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       }
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -8050,9 +8393,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   prt::fence_proxy_async();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
@@ -8286,21 +8632,149 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       }
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    prt::fence_proxy_async();
+    __syncthreads();
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8192;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8192;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        prt::fence_proxy_async();
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 8192;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 8192;  // bind v stage (i0 % 2)
       prt::fence_proxy_async();
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
@@ -8324,60 +8798,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __nv_bfloat16* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __nv_bfloat16* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      prt::fence_proxy_async();
-      __syncthreads();
       // dot = mma.wgmma(q, k^T) [64x64 in 16x64 units over 4 warps]
       {
         float (&acc)[1][8][4] = f_dot;
@@ -8547,6 +8967,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store DyA[pid.z, (pid.x * 64):+64, pid.y] = acc_dy
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -8590,7 +9011,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     }
   }
 #else
-  // sm_80: 72464 bytes of dynamic shared memory
+  // sm_80: 107536 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -8692,23 +9113,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
   __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_base + 0);  // bf16[64, 128] pitch 136
   __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_base + 17408);  // bf16[64, 128] pitch 136
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 34816);  // f32[64] pitch 64
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_base + 36368);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_base + 53776);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 36368);  // bf16[64, 128] pitch 136, 2 copies
+  __nv_bfloat16* t_k = t_k_base;
+  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 71184);  // bf16[64, 128] pitch 136, 2 copies
+  __nv_bfloat16* t_v = t_v_base;
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p_dp[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float* const t_part = reinterpret_cast<float*>(prt_base + 35840);  // f32[64] pitch 64
   float* const t_acc_dy = reinterpret_cast<float*>(prt_base + 35072);  // f32[64] pitch 64
   float* const t_acc_p = reinterpret_cast<float*>(prt_base + 35328);  // f32[64] pitch 64
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 71696);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 107024);  // f32[64] pitch 64
   float* const t_g_i = reinterpret_cast<float*>(prt_base + 35584);  // f32[64] pitch 64
   float* const t_gq = reinterpret_cast<float*>(prt_base + 35584);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 35840);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 71952);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 72208);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 106512);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 107280);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 36112);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 36096);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 71184);  // f32[2, 64] pitch 64
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 106000);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -8759,9 +9183,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // lse_i = load lse[pid.z, (pid.x * 64):+64, pid.y]
+  // lse_i = load.async lse[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -8770,9 +9192,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
     float* const dst = t_lse_i;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   // acc_dy[row] = 0.0
   // acc_p[row] = 0.0
   {
@@ -8783,7 +9208,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       t_acc_p[r] = y1;
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -8792,9 +9217,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -9047,21 +9475,145 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       t_acc_p[r] = prt::from_f32<float>((prt::to_f32(t_acc_p[r]) + prt::to_f32(t_part[r])));
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8704;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8704;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 8704;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 8704;  // bind v stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -9083,59 +9635,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __nv_bfloat16* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __nv_bfloat16* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
       // dot = mma.tc(q, k^T) [64x64 in 16x32 units over 4 warps]
       {
         float (&acc)[2][4][4] = f_dot;
@@ -9333,6 +9832,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store DyA[pid.z, (pid.x * 64):+64, pid.y] = acc_dy
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -9556,7 +10056,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
   // s_hi: bf16[128, 128] computed in registers by its mma group
   float* const t_r_part = reinterpret_cast<float*>(prt_base + 18048);  // f32[4, 32] pitch 32
   if (((((static_cast<int>(blockIdx.x) / 2) * 64) + ((static_cast<int>(blockIdx.x) % 2) * 32)) < p_t)) {
-    // g = load logG[pid.z, ((pid.x // 2) * 64):+64, (pid.y // ($hq // $h))]
+    // g = load.async logG[pid.z, ((pid.x // 2) * 64):+64, (pid.y // ($hq // $h))]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 64);
@@ -9565,9 +10065,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
       float* const dst = t_g;
       for (int r = tid; r < 64; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
     __syncthreads();
     // lam = cumsum(g, axis=0)
     {
@@ -9673,10 +10176,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
         }
       }
     }
-    prt::cp_async_commit();
-    prt::cp_async_wait<0>();
     __syncthreads();
-    // lse_i = load lse[pid.z, (((pid.x // 2) * 64) + ((pid.x % 2) * 32)):+32, pid.y]
+    // lse_i = load.async lse[pid.z, (((pid.x // 2) * 64) + ((pid.x % 2) * 32)):+32, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 2) * 64) + ((static_cast<int>(blockIdx.x) % 2) * 32));
@@ -9685,10 +10186,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
       float* const dst = t_lse_i;
       for (int r = tid; r < 32; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
       }
     }
-    // dy_y = load DyA[pid.z, (((pid.x // 2) * 64) + ((pid.x % 2) * 32)):+32, pid.y]
+    // dy_y = load.async DyA[pid.z, (((pid.x // 2) * 64) + ((pid.x % 2) * 32)):+32, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 2) * 64) + ((static_cast<int>(blockIdx.x) % 2) * 32));
@@ -9697,10 +10199,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_DyA_s0 + static_cast<long long>(s1) * g_DyA_s1 + static_cast<long long>(a2) * g_DyA_s2;
       float* const dst = t_dy_y;
       for (int r = tid; r < 32; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_DyA_d1 ? g_DyA[base + static_cast<long long>(r) * g_DyA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_DyA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_DyA[base + static_cast<long long>(r) * g_DyA_s1]) : static_cast<const void*>(g_DyA), in ? 4 : 0);
       }
     }
-    // rho = load PA[pid.z, (((pid.x // 2) * 64) + ((pid.x % 2) * 32)):+32, pid.y]
+    // rho = load.async PA[pid.z, (((pid.x // 2) * 64) + ((pid.x % 2) * 32)):+32, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 2) * 64) + ((static_cast<int>(blockIdx.x) % 2) * 32));
@@ -9709,10 +10212,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_PA_s0 + static_cast<long long>(s1) * g_PA_s1 + static_cast<long long>(a2) * g_PA_s2;
       float* const dst = t_rho;
       for (int r = tid; r < 32; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_PA_d1 ? g_PA[base + static_cast<long long>(r) * g_PA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_PA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_PA[base + static_cast<long long>(r) * g_PA_s1]) : static_cast<const void*>(g_PA), in ? 4 : 0);
       }
     }
-    // p_s = load wS[pid.z, (((pid.x // 2) * 64) + ((pid.x % 2) * 32)):+32, pid.y]
+    // p_s = load.async wS[pid.z, (((pid.x // 2) * 64) + ((pid.x % 2) * 32)):+32, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 2) * 64) + ((static_cast<int>(blockIdx.x) % 2) * 32));
@@ -9721,9 +10225,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_wS_s0 + static_cast<long long>(s1) * g_wS_s1 + static_cast<long long>(a2) * g_wS_s2;
       float* const dst = t_p_s;
       for (int r = tid; r < 32; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_wS_d1 ? g_wS[base + static_cast<long long>(r) * g_wS_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_wS_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_wS[base + static_cast<long long>(r) * g_wS_s1]) : static_cast<const void*>(g_wS), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // y_s[row, col] = (y_s[row, col] * dy_row[row, col])
     {
       for (int i = tid; i < 4096; i += 128) {
@@ -10133,7 +10641,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2(
     const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 84992 bytes of dynamic shared memory
+  // sm_90a: 117760 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -10249,9 +10757,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
   __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_base + 16384);  // bf16[64, 128] swizzle 128
   float f_lse_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_Dy_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_base + 33792);  // bf16[64, 128] swizzle 128
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_base + 50176);  // bf16[64, 128] swizzle 128
-  __nv_bfloat16* const t_k_finite = reinterpret_cast<__nv_bfloat16*>(prt_base + 66560);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 33792);  // bf16[64, 128] swizzle 128, 2 copies
+  __nv_bfloat16* t_k = t_k_base;
+  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 66560);  // bf16[64, 128] swizzle 128, 2 copies
+  __nv_bfloat16* t_v = t_v_base;
+  __nv_bfloat16* const t_k_finite = reinterpret_cast<__nv_bfloat16*>(prt_base + 99328);  // bf16[64, 128] pitch 136
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_ds[1][8][2];  // bf16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -10263,8 +10773,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
   float f_h_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 32768);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 33024);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 33536);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 66560);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 99328);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 33536);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 33280);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 32768);  // f32[1] pitch 1
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+128]
@@ -10388,7 +10899,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       }
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -10397,9 +10908,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   prt::fence_proxy_async();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
@@ -10648,21 +11162,149 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       }
     }
   }
+  prt::fence_proxy_async();
+  __syncthreads();
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8192;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8192;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        prt::fence_proxy_async();
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 8192;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 8192;  // bind v stage (i0 % 2)
       prt::fence_proxy_async();
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
@@ -10686,60 +11328,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __nv_bfloat16* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __nv_bfloat16* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      prt::fence_proxy_async();
-      __syncthreads();
       // dot = mma.wgmma(q, k^T) [64x64 in 16x64 units over 4 warps]
       {
         float (&acc)[1][8][4] = f_dot;
@@ -10909,6 +11497,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store dQa[pid.z, (pid.x * 64):+64, pid.y, 0:+128] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -10956,7 +11545,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     }
   }
 #else
-  // sm_80: 87808 bytes of dynamic shared memory
+  // sm_80: 122624 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -11072,9 +11661,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
   __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_base + 17408);  // bf16[64, 128] pitch 136
   float f_lse_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_Dy_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_base + 35584);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_base + 52992);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_k_finite = reinterpret_cast<__nv_bfloat16*>(prt_base + 70400);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 35584);  // bf16[64, 128] pitch 136, 2 copies
+  __nv_bfloat16* t_k = t_k_base;
+  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 70400);  // bf16[64, 128] pitch 136, 2 copies
+  __nv_bfloat16* t_v = t_v_base;
+  __nv_bfloat16* const t_k_finite = reinterpret_cast<__nv_bfloat16*>(prt_base + 105216);  // bf16[64, 128] pitch 136
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_ds[1][8][2];  // bf16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -11086,8 +11677,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
   float f_h_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 34816);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 35072);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 70400);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 70656);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 105216);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 105728);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 35328);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 34816);  // f32[1] pitch 1
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+128]
@@ -11211,7 +11803,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       }
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -11220,9 +11812,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -11500,21 +12095,146 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     }
   }
   __syncthreads();
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8704;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8704;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 8704;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 8704;  // bind v stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -11536,59 +12256,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __nv_bfloat16* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __nv_bfloat16* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
       // dot = mma.tc(q, k^T) [64x64 in 16x64 units over 4 warps]
       {
         float (&acc)[1][8][4] = f_dot;
@@ -11798,6 +12465,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store dQa[pid.z, (pid.x * 64):+64, pid.y, 0:+128] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -12062,9 +12730,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gk = load logG[pid.z, (pid.x * 32):+32, pid.y]
+  // gk = load.async logG[pid.z, (pid.x * 32):+32, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -12073,9 +12739,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gk;
     for (int r = tid; r < 32; r += 64) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // sk = cumsum(gk, axis=0, reverse)
   {
@@ -12241,9 +12910,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
           }
         }
       }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      // lse_i = load lse[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
+      // lse_i = load.async lse[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -12252,11 +12919,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
         const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
         float* const dst = t_lse_i;
         for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
         }
       }
       __syncthreads();
-      // Dy_i = load Dy[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
+      // Dy_i = load.async Dy[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -12265,10 +12933,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
         const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
         float* const dst = t_Dy_i;
         for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
         }
       }
-      // gq = load logG[pid.z, (pid.x * 32):+32, pid.y]
+      // gq = load.async logG[pid.z, (pid.x * 32):+32, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -12277,9 +12946,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
         const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
         float* const dst = t_gq;
         for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
       __syncthreads();
       // cq = cumsum(gq, axis=0)
       {
@@ -12588,9 +13260,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
               }
             }
           }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          // lse_i = load lse[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, ((pid.y * ($hq // $h)) + i0)]
+          // lse_i = load.async lse[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 32) + ((v_i1 + 1) * 32));
@@ -12599,10 +13269,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
             const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
             float* const dst = t_lse_i;
             for (int r = tid; r < 32; r += 64) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
             }
           }
-          // Dy_i = load Dy[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, ((pid.y * ($hq // $h)) + i0)]
+          // Dy_i = load.async Dy[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 32) + ((v_i1 + 1) * 32));
@@ -12611,10 +13282,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
             const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
             float* const dst = t_Dy_i;
             for (int r = tid; r < 32; r += 64) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
             }
           }
-          // gq = load logG[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, pid.y]
+          // gq = load.async logG[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, pid.y]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 32) + ((v_i1 + 1) * 32));
@@ -12623,9 +13295,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
             const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
             float* const dst = t_gq;
             for (int r = tid; r < 32; r += 64) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
             }
           }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
           __syncthreads();
           // cq = cumsum(gq, axis=0)
           {
@@ -13193,7 +13868,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
   float* const t_z7 = reinterpret_cast<float*>(prt_base + 42752);  // f32[16] pitch 16
   // u7_hi: bf16[64, 128] computed in registers by its mma group
   // u7_lo: bf16[64, 128] computed in registers by its mma group
-  // g = load logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
+  // g = load.async logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -13202,9 +13877,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 64; r += 256) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -13221,7 +13899,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
   }
   __syncthreads();
   if (((p_hq / p_h) == 1)) {
-    // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + 0)]
+    // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + 0)]
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
       const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -13230,16 +13908,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
       float* const dst = t_f;
       for (int r = tid; r < 64; r += 256) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
     {
       for (int r = tid; r < 64; r += 256) {
         t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
       }
     }
-    // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + 0)]
+    // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + 0)]
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
       const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -13248,9 +13930,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
       float* const dst = t_z_row;
       for (int r = tid; r < 64; r += 256) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // z_row[row] = -((z_row[row] * f[row]))
     {
       for (int r = tid; r < 64; r += 256) {
@@ -13271,7 +13957,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
       }
     }
-    __syncthreads();
     // fdy[row, col] = (fdy[row, col] * f[row])
     {
       for (int i = tid; i < 8192; i += 256) {
@@ -13294,7 +13979,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const int v_i0_end = (p_hq / p_h);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -13303,16 +13988,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 64; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -13321,9 +14010,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 64; r += 256) {
@@ -13344,7 +14037,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
-        __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
           for (int i = tid; i < 8192; i += 256) {
@@ -13475,7 +14167,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const int v_i2_end = (p_hq / p_h);
         for (int v_i2 = 0; v_i2 < v_i2_end; v_i2 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -13484,16 +14176,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 64; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -13502,16 +14198,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 64; r += 256) {
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
-            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2), ((pid.x % 1) * 128):+128]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -13526,7 +14225,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
                 dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
-            __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
               for (int i = tid; i < 8192; i += 256) {
@@ -13698,7 +14396,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const int v_i3_end = (p_hq / p_h);
     for (int v_i3 = 0; v_i3 < v_i3_end; v_i3 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i3)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i3)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -13707,16 +14405,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 64; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i3)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i3)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -13725,9 +14427,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 64; r += 256) {
@@ -13748,7 +14454,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
-        __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
           for (int i = tid; i < 8192; i += 256) {
@@ -13885,7 +14590,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const int v_i5_end = (p_hq / p_h);
         for (int v_i5 = 0; v_i5 < v_i5_end; v_i5 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -13894,16 +14599,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 64; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -13912,16 +14621,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 64; r += 256) {
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
-            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5), ((pid.x % 1) * 128):+128]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -13936,7 +14648,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
                 dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
-            __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
               for (int i = tid; i < 8192; i += 256) {
@@ -14109,7 +14820,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const int v_i6_end = (p_hq / p_h);
     for (int v_i6 = 0; v_i6 < v_i6_end; v_i6 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i6)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i6)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -14118,16 +14829,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 64; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i6)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i6)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -14136,9 +14851,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 64; r += 256) {
@@ -14159,7 +14878,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
-        __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
           for (int i = tid; i < 8192; i += 256) {
@@ -14296,7 +15014,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const int v_i8_end = (p_hq / p_h);
         for (int v_i8 = 0; v_i8 < v_i8_end; v_i8 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i8)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i8)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -14305,16 +15023,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 64; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i8)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i8)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -14323,16 +15045,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 64; r += 256) {
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
-            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i8), ((pid.x % 1) * 128):+128]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -14347,7 +15072,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
                 dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
-            __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
               for (int i = tid; i < 8192; i += 256) {
@@ -14520,7 +15244,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const int v_i9_end = (p_hq / p_h);
     for (int v_i9 = 0; v_i9 < v_i9_end; v_i9 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i9)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i9)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -14529,16 +15253,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 64; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i9)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i9)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -14547,9 +15275,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 64; r += 256) {
@@ -14570,7 +15302,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
-        __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
           for (int i = tid; i < 8192; i += 256) {
@@ -14707,7 +15438,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const int v_i11_end = (p_hq / p_h);
         for (int v_i11 = 0; v_i11 < v_i11_end; v_i11 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i11)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i11)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -14716,16 +15447,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 64; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i11)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i11)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -14734,16 +15469,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 64; r += 256) {
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
-            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i11), ((pid.x % 1) * 128):+128]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -14758,7 +15496,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
                 dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
-            __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
               for (int i = tid; i < 8192; i += 256) {
@@ -14931,7 +15668,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const int v_i12_end = (p_hq / p_h);
     for (int v_i12 = 0; v_i12 < v_i12_end; v_i12 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i12)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i12)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -14940,16 +15677,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 64; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i12)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i12)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -14958,9 +15699,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 64; r += 256) {
@@ -14981,7 +15726,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
-        __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
           for (int i = tid; i < 8192; i += 256) {
@@ -15112,7 +15856,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const int v_i14_end = (p_hq / p_h);
         for (int v_i14 = 0; v_i14 < v_i14_end; v_i14 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i14)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i14)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -15121,16 +15865,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 64; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i14)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i14)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -15139,16 +15887,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 64; r += 256) {
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
-            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i14), ((pid.x % 1) * 128):+128]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -15163,7 +15914,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
                 dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
-            __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
               for (int i = tid; i < 8192; i += 256) {
@@ -15336,7 +16086,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const int v_i15_end = (p_hq / p_h);
     for (int v_i15 = 0; v_i15 < v_i15_end; v_i15 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i15)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i15)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -15345,16 +16095,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 64; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i15)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i15)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -15363,9 +16117,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 64; r += 256) {
@@ -15386,7 +16144,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
-        __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
           for (int i = tid; i < 8192; i += 256) {
@@ -15523,7 +16280,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const int v_i17_end = (p_hq / p_h);
         for (int v_i17 = 0; v_i17 < v_i17_end; v_i17 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i17)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i17)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -15532,16 +16289,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 64; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i17)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i17)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -15550,16 +16311,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 64; r += 256) {
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
-            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i17), ((pid.x % 1) * 128):+128]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -15574,7 +16338,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
                 dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
-            __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
               for (int i = tid; i < 8192; i += 256) {
@@ -15747,7 +16510,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const int v_i18_end = (p_hq / p_h);
     for (int v_i18 = 0; v_i18 < v_i18_end; v_i18 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i18)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i18)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -15756,16 +16519,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 64; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i18)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i18)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -15774,9 +16541,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 64; r += 256) {
@@ -15797,7 +16568,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
-        __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
           for (int i = tid; i < 8192; i += 256) {
@@ -15934,7 +16704,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const int v_i20_end = (p_hq / p_h);
         for (int v_i20 = 0; v_i20 < v_i20_end; v_i20 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i20)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i20)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -15943,16 +16713,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 64; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i20)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i20)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -15961,16 +16735,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 64; r += 256) {
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
-            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i20), ((pid.x % 1) * 128):+128]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -15985,7 +16762,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
                 dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
-            __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
               for (int i = tid; i < 8192; i += 256) {
@@ -16158,7 +16934,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const int v_i21_end = (p_hq / p_h);
     for (int v_i21 = 0; v_i21 < v_i21_end; v_i21 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i21)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i21)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -16167,16 +16943,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 64; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i21)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i21)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -16185,9 +16965,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 64; r += 256) {
@@ -16208,7 +16992,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
             dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
-        __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
           for (int i = tid; i < 8192; i += 256) {
@@ -16347,7 +17130,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const int v_i23_end = (p_hq / p_h);
         for (int v_i23 = 0; v_i23 < v_i23_end; v_i23 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i23)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i23)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -16356,16 +17139,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 64; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i23)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i23)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -16374,16 +17161,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 64; r += 256) {
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
-            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i23), ((pid.x % 1) * 128):+128]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -16398,7 +17188,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
                 dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
-            __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
               for (int i = tid; i < 8192; i += 256) {
@@ -16563,7 +17352,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
 // grid (129, ($b * $h), 1), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d128_e128_c64_bf16_w4_bd64_bt64_s2(
     const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
-  // sm_80: 133920 bytes of dynamic shared memory
+  // sm_80: 134176 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -16728,20 +17517,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
   (void)g_dGc_d3;
   float f_R[4][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 4 warps
   float* const t_r = reinterpret_cast<float*>(prt_base + 0);  // f32[64] pitch 64
-  float* const t_s_in_base = reinterpret_cast<float*>(prt_base + 256);  // f32[64, 128] pitch 128, 2 copies
+  float* const t_s_in_base = reinterpret_cast<float*>(prt_base + 768);  // f32[64, 128] pitch 128, 2 copies
   float* t_s_in = t_s_in_base;
-  float* const t_z_in_base = reinterpret_cast<float*>(prt_base + 65792);  // f32[64] pitch 64, 2 copies
+  float* const t_z_in_base = reinterpret_cast<float*>(prt_base + 66304);  // f32[64] pitch 64, 2 copies
   float* t_z_in = t_z_in_base;
-  float* const t_ds_in_base = reinterpret_cast<float*>(prt_base + 66304);  // f32[64, 128] pitch 128, 2 copies
+  float* const t_ds_in_base = reinterpret_cast<float*>(prt_base + 66816);  // f32[64, 128] pitch 128, 2 copies
   float* t_ds_in = t_ds_in_base;
-  float* const t_dz_in_base = reinterpret_cast<float*>(prt_base + 131840);  // f32[64] pitch 64, 2 copies
+  float* const t_dz_in_base = reinterpret_cast<float*>(prt_base + 132352);  // f32[64] pitch 64, 2 copies
   float* t_dz_in = t_dz_in_base;
   float f_X[4][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 4 warps
-  float* const t_g = reinterpret_cast<float*>(prt_base + 133376);  // f32[64] pitch 64
-  float* const t_G = reinterpret_cast<float*>(prt_base + 133888);  // f32[1] pitch 1
-  float* const t_row_dot = reinterpret_cast<float*>(prt_base + 133632);  // f32[64] pitch 64
-  float* const t_dG = reinterpret_cast<float*>(prt_base + 133904);  // f32[1] pitch 1
-  float* const t_row_dot_part = reinterpret_cast<float*>(prt_base + 132352);  // f32[4, 64] pitch 64
+  float* const t_g_base = reinterpret_cast<float*>(prt_base + 256);  // f32[64] pitch 64, 2 copies
+  float* t_g = t_g_base;
+  float* const t_G = reinterpret_cast<float*>(prt_base + 134144);  // f32[1] pitch 1
+  float* const t_row_dot = reinterpret_cast<float*>(prt_base + 133888);  // f32[64] pitch 64
+  float* const t_dG = reinterpret_cast<float*>(prt_base + 134160);  // f32[1] pitch 1
+  float* const t_row_dot_part = reinterpret_cast<float*>(prt_base + 132864);  // f32[4, 64] pitch 64
   // R = load dSfinal[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+128]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -16790,6 +17580,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   if ((0 < p_n)) {
+    // g = load.async logG[(pid.y // $h), ((($n - 1) - 0) * 64):+64, (pid.y % $h)] into stage 0
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = (((p_n - 1) - 0) * 64);
+      const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_g_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
     // s_in = load.async Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - 0), (pid.x * 64):+64, 0:+128] into stage 0
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -16894,6 +17697,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
     const int v_i0_end = p_n;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((v_i0 + 1) < p_n)) {
+        // g = load.async logG[(pid.y // $h), ((($n - 1) - (i0 + 1)) * 64):+64, (pid.y % $h)] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = (((p_n - 1) - (v_i0 + 1)) * 64);
+          const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_g_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
         // s_in = load.async Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - (i0 + 1)), (pid.x * 64):+64, 0:+128] into stage ((i0 + 1) % 2)
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -16996,22 +17812,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       }
       prt::cp_async_commit();
       prt::cp_async_wait<1>();
+      t_g = t_g_base + (((v_i0 % 2)) % 2) * 64;  // bind g stage (i0 % 2)
       t_s_in = t_s_in_base + (((v_i0 % 2)) % 2) * 8192;  // bind s_in stage (i0 % 2)
       t_z_in = t_z_in_base + (((v_i0 % 2)) % 2) * 64;  // bind z_in stage (i0 % 2)
       t_ds_in = t_ds_in_base + (((v_i0 % 2)) % 2) * 8192;  // bind ds_in stage (i0 % 2)
       t_dz_in = t_dz_in_base + (((v_i0 % 2)) % 2) * 64;  // bind dz_in stage (i0 % 2)
-      // g = load logG[(pid.y // $h), ((($n - 1) - i0) * 64):+64, (pid.y % $h)]
-      {
-        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int s1 = (((p_n - 1) - v_i0) * 64);
-        const int a2 = (static_cast<int>(blockIdx.y) % p_h);
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_g;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
       __syncthreads();
       // G = reduce_sum(g, axis=0)
       {
@@ -17348,7 +18153,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
   float* const t_dot = reinterpret_cast<float*>(prt_base + 16);  // f32[32] pitch 32
   float* const t_dG = reinterpret_cast<float*>(prt_base + 0);  // f32[1] pitch 1
   float* const t_dG_blk = reinterpret_cast<float*>(prt_base + 144);  // f32[1] pitch 1
-  // g = load logG[pid.z, (pid.x * 64):+64, pid.y]
+  // g = load.async logG[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -17357,9 +18162,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -17973,7 +18781,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
   float* const t_suffix = reinterpret_cast<float*>(prt_base + 66064);  // f32[64] pitch 64
   float* const t_carry = reinterpret_cast<float*>(prt_base + 0);  // f32[1] pitch 1
   float* const t_one = reinterpret_cast<float*>(prt_base + 16);  // f32[1] pitch 1
-  // carry = load dGk[pid.z, pid.y, pid.x:+1]
+  // carry = load.async dGk[pid.z, pid.y, pid.x:+1]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int a1 = static_cast<int>(blockIdx.y);
@@ -17982,13 +18790,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
     const long long base = static_cast<long long>(a0) * g_dGk_s0 + static_cast<long long>(a1) * g_dGk_s1 + static_cast<long long>(s2) * g_dGk_s2;
     float* const dst = t_carry;
     for (int r = tid; r < 1; r += 128) {
-      dst[r] = ok && s2 + r >= 0 && s2 + r < g_dGk_d2 ? g_dGk[base + static_cast<long long>(r) * g_dGk_s2] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s2 + r >= 0 && s2 + r < g_dGk_d2;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dGk[base + static_cast<long long>(r) * g_dGk_s2]) : static_cast<const void*>(g_dGk), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   {
     const int v_i0_end = p_nfb;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // one = load dGc[pid.z, pid.y, pid.x, i0:+1]
+      // one = load.async dGc[pid.z, pid.y, pid.x, i0:+1]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int a1 = static_cast<int>(blockIdx.y);
@@ -17998,21 +18809,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
         const long long base = static_cast<long long>(a0) * g_dGc_s0 + static_cast<long long>(a1) * g_dGc_s1 + static_cast<long long>(a2) * g_dGc_s2 + static_cast<long long>(s3) * g_dGc_s3;
         float* const dst = t_one;
         for (int r = tid; r < 1; r += 128) {
-          dst[r] = ok && s3 + r >= 0 && s3 + r < g_dGc_d3 ? g_dGc[base + static_cast<long long>(r) * g_dGc_s3] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s3 + r >= 0 && s3 + r < g_dGc_d3;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dGc[base + static_cast<long long>(r) * g_dGc_s3]) : static_cast<const void*>(g_dGc), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
       // carry[row] = (carry[row] + one[row])
       {
         for (int r = tid; r < 1; r += 128) {
           t_carry[r] = prt::from_f32<float>((prt::to_f32(t_carry[r]) + prt::to_f32(t_one[r])));
         }
       }
+      __syncthreads();
     }
   }
   {
     const int v_i1_end = prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64), 1);
     for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
-      // dlam = load dlamA[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, pid.y]
+      // dlam = load.async dlamA[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (((prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64), 1) - 1) - v_i1) * 64));
@@ -18021,10 +18837,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
         const long long base = static_cast<long long>(a0) * g_dlamA_s0 + static_cast<long long>(s1) * g_dlamA_s1 + static_cast<long long>(a2) * g_dlamA_s2;
         float* const dst = t_dlam;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamA_d1 ? g_dlamA[base + static_cast<long long>(r) * g_dlamA_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamA_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamA[base + static_cast<long long>(r) * g_dlamA_s1]) : static_cast<const void*>(g_dlamA), in ? 4 : 0);
         }
       }
-      // part = load dlamK[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, pid.y]
+      // part = load.async dlamK[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (((prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64), 1) - 1) - v_i1) * 64));
@@ -18033,9 +18850,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
         const long long base = static_cast<long long>(a0) * g_dlamK_s0 + static_cast<long long>(s1) * g_dlamK_s1 + static_cast<long long>(a2) * g_dlamK_s2;
         float* const dst = t_part;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamK_d1 ? g_dlamK[base + static_cast<long long>(r) * g_dlamK_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamK_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamK[base + static_cast<long long>(r) * g_dlamK_s1]) : static_cast<const void*>(g_dlamK), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
       // dlam[row] = (dlam[row] + part[row])
       {
         for (int r = tid; r < 64; r += 128) {
@@ -18133,7 +18954,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
               }
             }
           }
-          // part = load dlamQ[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, ((pid.y * ($hq // $h)) + i2)]
+          __syncthreads();
+          // part = load.async dlamQ[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, ((pid.y * ($hq // $h)) + i2)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (((prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64), 1) - 1) - v_i1) * 64));
@@ -18142,9 +18964,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
             const long long base = static_cast<long long>(a0) * g_dlamQ_s0 + static_cast<long long>(s1) * g_dlamQ_s1 + static_cast<long long>(a2) * g_dlamQ_s2;
             float* const dst = t_part;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamQ_d1 ? g_dlamQ[base + static_cast<long long>(r) * g_dlamQ_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamQ_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamQ[base + static_cast<long long>(r) * g_dlamQ_s1]) : static_cast<const void*>(g_dlamQ), in ? 4 : 0);
             }
           }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
+          __syncthreads();
           // dlam[row] = (dlam[row] + part[row])
           {
             for (int r = tid; r < 64; r += 128) {
@@ -18241,7 +19067,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
           }
         }
       }
-      __syncthreads();
       // a_e = load.async dVa[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, pid.y, 0:+128]
       {
         const int a0 = static_cast<int>(blockIdx.z);
@@ -18366,7 +19191,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2(
     const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, float* g_Dy, float* g_lseB, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 67840 bytes of dynamic shared memory
+  // sm_90a: 100864 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -18468,8 +19293,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
   __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_base + 0);  // bf16[64, 128] swizzle 128
   __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_base + 16384);  // bf16[64, 128] swizzle 128
   float f_lse_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_base + 33792);  // bf16[64, 128] swizzle 128
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_base + 50176);  // bf16[64, 128] swizzle 128
+  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 33792);  // bf16[64, 128] swizzle 128, 2 copies
+  __nv_bfloat16* t_k = t_k_base;
+  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 66560);  // bf16[64, 128] swizzle 128, 2 copies
+  __nv_bfloat16* t_v = t_v_base;
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_p[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_p_dp[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
@@ -18480,8 +19307,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
   float f_g_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 32768);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 33024);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 33536);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 66560);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 99328);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 33536);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 33280);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 32768);  // f32[1] pitch 1
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+128]
@@ -18583,7 +19411,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
       }
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -18592,9 +19420,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   prt::fence_proxy_async();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
@@ -18828,21 +19659,149 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
       }
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    prt::fence_proxy_async();
+    __syncthreads();
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8192;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8192;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        prt::fence_proxy_async();
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 8192;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 8192;  // bind v stage (i0 % 2)
       prt::fence_proxy_async();
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
@@ -18866,60 +19825,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __nv_bfloat16* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __nv_bfloat16* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      prt::fence_proxy_async();
-      __syncthreads();
       // dot = mma.wgmma(q, k^T) [64x64 in 16x64 units over 4 warps]
       {
         float (&acc)[1][8][4] = f_dot;
@@ -19089,6 +19994,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
       }
     }
   }
+  prt::cp_async_wait<0>();
   // acc_dy[row] = select((acc_p[row] != 0.0), (acc_dy[row] / acc_p[row]), 0.0)
   {
     #pragma unroll
@@ -19160,7 +20066,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
     }
   }
 #else
-  // sm_80: 72464 bytes of dynamic shared memory
+  // sm_80: 107536 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -19262,23 +20168,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
   __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_base + 0);  // bf16[64, 128] pitch 136
   __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_base + 17408);  // bf16[64, 128] pitch 136
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 34816);  // f32[64] pitch 64
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_base + 36368);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_base + 53776);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 36368);  // bf16[64, 128] pitch 136, 2 copies
+  __nv_bfloat16* t_k = t_k_base;
+  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 71184);  // bf16[64, 128] pitch 136, 2 copies
+  __nv_bfloat16* t_v = t_v_base;
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p_dp[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float* const t_part = reinterpret_cast<float*>(prt_base + 35840);  // f32[64] pitch 64
   float* const t_acc_dy = reinterpret_cast<float*>(prt_base + 35072);  // f32[64] pitch 64
   float* const t_acc_p = reinterpret_cast<float*>(prt_base + 35328);  // f32[64] pitch 64
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 71696);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 107024);  // f32[64] pitch 64
   float* const t_g_i = reinterpret_cast<float*>(prt_base + 35584);  // f32[64] pitch 64
   float* const t_gq = reinterpret_cast<float*>(prt_base + 35584);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 35840);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 71952);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 72208);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 106512);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 107280);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 36112);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 36096);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 71184);  // f32[2, 64] pitch 64
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 106000);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -19329,9 +20238,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // lse_i = load lse[pid.z, (pid.x * 64):+64, pid.y]
+  // lse_i = load.async lse[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -19340,9 +20247,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
     float* const dst = t_lse_i;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   // acc_dy[row] = 0.0
   // acc_p[row] = 0.0
   {
@@ -19353,7 +20263,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
       t_acc_p[r] = y1;
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -19362,9 +20272,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -19617,21 +20530,145 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
       t_acc_p[r] = prt::from_f32<float>((prt::to_f32(t_acc_p[r]) + prt::to_f32(t_part[r])));
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8704;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8704;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 8704;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 8704;  // bind v stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -19653,59 +20690,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __nv_bfloat16* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __nv_bfloat16* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
       // dot = mma.tc(q, k^T) [64x64 in 16x32 units over 4 warps]
       {
         float (&acc)[2][4][4] = f_dot;
@@ -19903,6 +20887,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
       }
     }
   }
+  prt::cp_async_wait<0>();
   // acc_dy[row] = select((acc_p[row] != 0.0), (acc_dy[row] / acc_p[row]), 0.0)
   // lse_i[row] = (lse_i[row] + log(acc_p[row]))
   {
@@ -19947,7 +20932,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2(
     const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, __nv_bfloat16* g_dQ, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 84992 bytes of dynamic shared memory
+  // sm_90a: 117760 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -20063,9 +21048,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
   __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_base + 16384);  // bf16[64, 128] swizzle 128
   float f_lse_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_Dy_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_base + 33792);  // bf16[64, 128] swizzle 128
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_base + 50176);  // bf16[64, 128] swizzle 128
-  __nv_bfloat16* const t_k_finite = reinterpret_cast<__nv_bfloat16*>(prt_base + 66560);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 33792);  // bf16[64, 128] swizzle 128, 2 copies
+  __nv_bfloat16* t_k = t_k_base;
+  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 66560);  // bf16[64, 128] swizzle 128, 2 copies
+  __nv_bfloat16* t_v = t_v_base;
+  __nv_bfloat16* const t_k_finite = reinterpret_cast<__nv_bfloat16*>(prt_base + 99328);  // bf16[64, 128] pitch 136
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_ds[1][8][2];  // bf16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -20077,8 +21064,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
   float f_h_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 32768);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 33024);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 33536);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 66560);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 99328);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 33536);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 33280);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 32768);  // f32[1] pitch 1
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+128]
@@ -20202,7 +21190,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
       }
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -20211,9 +21199,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   prt::fence_proxy_async();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
@@ -20462,21 +21453,149 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
       }
     }
   }
+  prt::fence_proxy_async();
+  __syncthreads();
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8192;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8192;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        prt::fence_proxy_async();
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 8192;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 8192;  // bind v stage (i0 % 2)
       prt::fence_proxy_async();
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
@@ -20500,60 +21619,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __nv_bfloat16* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __nv_bfloat16* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      prt::fence_proxy_async();
-      __syncthreads();
       // dot = mma.wgmma(q, k^T) [64x64 in 16x64 units over 4 warps]
       {
         float (&acc)[1][8][4] = f_dot;
@@ -20723,6 +21788,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store dQ[pid.z, (pid.x * 64):+64, pid.y, 0:+128] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -20770,7 +21836,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
     }
   }
 #else
-  // sm_80: 87808 bytes of dynamic shared memory
+  // sm_80: 122624 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -20886,9 +21952,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
   __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_base + 17408);  // bf16[64, 128] pitch 136
   float f_lse_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_Dy_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_base + 35584);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_base + 52992);  // bf16[64, 128] pitch 136
-  __nv_bfloat16* const t_k_finite = reinterpret_cast<__nv_bfloat16*>(prt_base + 70400);  // bf16[64, 128] pitch 136
+  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 35584);  // bf16[64, 128] pitch 136, 2 copies
+  __nv_bfloat16* t_k = t_k_base;
+  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 70400);  // bf16[64, 128] pitch 136, 2 copies
+  __nv_bfloat16* t_v = t_v_base;
+  __nv_bfloat16* const t_k_finite = reinterpret_cast<__nv_bfloat16*>(prt_base + 105216);  // bf16[64, 128] pitch 136
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_ds[1][8][2];  // bf16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -20900,8 +21968,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
   float f_h_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 34816);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 35072);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 70400);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 70656);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 105216);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 105728);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 35328);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 34816);  // f32[1] pitch 1
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+128]
@@ -21025,7 +22094,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
       }
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -21034,9 +22103,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -21314,21 +22386,146 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
     }
   }
   __syncthreads();
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8704;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8704;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 128) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 8704;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 8704;  // bind v stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -21350,59 +22547,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __nv_bfloat16* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __nv_bfloat16* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 136 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
       // dot = mma.tc(q, k^T) [64x64 in 16x64 units over 4 warps]
       {
         float (&acc)[1][8][4] = f_dot;
@@ -21612,6 +22756,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store dQ[pid.z, (pid.x * 64):+64, pid.y, 0:+128] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -21876,9 +23021,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gk = load logG[pid.z, (pid.x * 32):+32, pid.y]
+  // gk = load.async logG[pid.z, (pid.x * 32):+32, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -21887,9 +23030,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gk;
     for (int r = tid; r < 32; r += 64) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // sk = cumsum(gk, axis=0, reverse)
   {
@@ -22055,9 +23201,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
           }
         }
       }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      // lse_i = load lse[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
+      // lse_i = load.async lse[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -22066,11 +23210,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
         const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
         float* const dst = t_lse_i;
         for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
         }
       }
       __syncthreads();
-      // Dy_i = load Dy[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
+      // Dy_i = load.async Dy[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -22079,10 +23224,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
         const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
         float* const dst = t_Dy_i;
         for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
         }
       }
-      // gq = load logG[pid.z, (pid.x * 32):+32, pid.y]
+      // gq = load.async logG[pid.z, (pid.x * 32):+32, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -22091,9 +23237,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
         const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
         float* const dst = t_gq;
         for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
       __syncthreads();
       // cq = cumsum(gq, axis=0)
       {
@@ -22402,9 +23551,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
               }
             }
           }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          // lse_i = load lse[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, ((pid.y * ($hq // $h)) + i0)]
+          // lse_i = load.async lse[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 32) + ((v_i1 + 1) * 32));
@@ -22413,10 +23560,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
             const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
             float* const dst = t_lse_i;
             for (int r = tid; r < 32; r += 64) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
             }
           }
-          // Dy_i = load Dy[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, ((pid.y * ($hq // $h)) + i0)]
+          // Dy_i = load.async Dy[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 32) + ((v_i1 + 1) * 32));
@@ -22425,10 +23573,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
             const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
             float* const dst = t_Dy_i;
             for (int r = tid; r < 32; r += 64) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
             }
           }
-          // gq = load logG[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, pid.y]
+          // gq = load.async logG[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, pid.y]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 32) + ((v_i1 + 1) * 32));
@@ -22437,9 +23586,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
             const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
             float* const dst = t_gq;
             for (int r = tid; r < 32; r += 64) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
             }
           }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
           __syncthreads();
           // cq = cumsum(gq, axis=0)
           {
@@ -22877,7 +24029,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_gate_grads_y_p2_d128_e128_
   {
     const int v_i0_end = ((p_t + 255) / 256);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // dlam = load dlamA[pid.y, ((((($t + 255) // 256) - 1) - i0) * 256):+256, pid.x]
+      // dlam = load.async dlamA[pid.y, ((((($t + 255) // 256) - 1) - i0) * 256):+256, pid.x]
       {
         const int a0 = static_cast<int>(blockIdx.y);
         const int s1 = (((((p_t + 255) / 256) - 1) - v_i0) * 256);
@@ -22886,9 +24038,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_gate_grads_y_p2_d128_e128_
         const long long base = static_cast<long long>(a0) * g_dlamA_s0 + static_cast<long long>(s1) * g_dlamA_s1 + static_cast<long long>(a2) * g_dlamA_s2;
         float* const dst = t_dlam;
         for (int r = tid; r < 256; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamA_d1 ? g_dlamA[base + static_cast<long long>(r) * g_dlamA_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamA_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamA[base + static_cast<long long>(r) * g_dlamA_s1]) : static_cast<const void*>(g_dlamA), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
       __syncthreads();
       // suffix = cumsum(dlam, axis=0, reverse)
       {
@@ -23059,7 +24214,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_bf
   float* const t_y_row = reinterpret_cast<float*>(prt_base + 256);  // f32[128] pitch 128
   float* const t_den_s_part = reinterpret_cast<float*>(prt_base + 4864);  // f32[4, 16] pitch 16
   float* const t_m_blk_part = reinterpret_cast<float*>(prt_base + 91136);  // f32[4, 16] pitch 16
-  // g = load Gc[pid.y, 0:+64, (pid.x // ($hq // $h))]
+  // g = load.async Gc[pid.y, 0:+64, (pid.x // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.y);
     const int s1 = 0;
@@ -23068,9 +24223,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_bf
     const long long base = static_cast<long long>(a0) * g_Gc_s0 + static_cast<long long>(s1) * g_Gc_s1 + static_cast<long long>(a2) * g_Gc_s2;
     float* const dst = t_g;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_Gc_d1 ? g_Gc[base + static_cast<long long>(r) * g_Gc_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_Gc_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Gc[base + static_cast<long long>(r) * g_Gc_s1]) : static_cast<const void*>(g_Gc), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -23843,7 +25001,7 @@ extern "C" __global__ void __launch_bounds__(32) prt_cache_append_p2_d128_e128_c
     }
   }
   __syncthreads();
-  // g = load logG[pid.z, ($q0 + pid.x), pid.y:+1]
+  // g = load.async logG[pid.z, ($q0 + pid.x), pid.y:+1]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int a1 = (p_q0 + static_cast<int>(blockIdx.x));
@@ -23852,9 +25010,13 @@ extern "C" __global__ void __launch_bounds__(32) prt_cache_append_p2_d128_e128_c
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(a1) * g_logG_s1 + static_cast<long long>(s2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 1; r += 32) {
-      dst[r] = ok && s2 + r >= 0 && s2 + r < g_logG_d2 ? g_logG[base + static_cast<long long>(r) * g_logG_s2] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s2 + r >= 0 && s2 + r < g_logG_d2;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s2]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
+  __syncthreads();
   // store Gc[pid.z, ($len0 + pid.x), pid.y:+1] = g
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -24024,16 +25186,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_state_copy_p2_d128_e128_c6
 #include <cuda_runtime.h>
 
 extern "C" cudaError_t prt_attention_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 69376);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 104192);
   if (err != cudaSuccess) return err;
-  prt_attention_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 69376, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 104192, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_y_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, __nv_bfloat16* g_Y, float* g_lse, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_y_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 69376);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_y_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 104192);
   if (err != cudaSuccess) return err;
-  prt_attention_y_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 69376, stream>>>(g_Q, g_K, g_V, g_logG, g_Y, g_lse, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_y_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 104192, stream>>>(g_Q, g_K, g_V, g_logG, g_Y, g_lse, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -24045,9 +25207,9 @@ extern "C" cudaError_t prt_update_state_p2_d128_e128_c64_bf16_w8_bd128_bt64_s1_l
 }
 
 extern "C" cudaError_t prt_discounted_cumsum_p2_d128_e128_c64_bf16_w4_bd64_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_dS, const float* g_dZ, const float* g_logG, const float* g_S0, const float* g_Z0, float* g_Sin, float* g_Zin, float* g_Sfinal, float* g_Zfinal, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_p2_d128_e128_c64_bf16_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 66816);
+  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_p2_d128_e128_c64_bf16_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 67072);
   if (err != cudaSuccess) return err;
-  prt_discounted_cumsum_p2_d128_e128_c64_bf16_w4_bd64_bt64_s2<<<grid, 128, 66816, stream>>>(g_dS, g_dZ, g_logG, g_S0, g_Z0, g_Sin, g_Zin, g_Sfinal, g_Zfinal, p_b, p_t, p_h, p_n);
+  prt_discounted_cumsum_p2_d128_e128_c64_bf16_w4_bd64_bt64_s2<<<grid, 128, 67072, stream>>>(g_dS, g_dZ, g_logG, g_S0, g_Z0, g_Sin, g_Zin, g_Sfinal, g_Zfinal, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
@@ -24059,9 +25221,9 @@ extern "C" cudaError_t prt_query_state_p2_d128_e128_c64_bf16_w8_bd0_bt64_s1_laun
 }
 
 extern "C" cudaError_t prt_attention_bwd_prep_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 72464);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 107536);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_prep_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 72464, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_prep_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 107536, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -24073,9 +25235,9 @@ extern "C" cudaError_t prt_query_state_bwd_dq_p2_d128_e128_c64_bf16_w4_bd0_bt32_
 }
 
 extern "C" cudaError_t prt_attention_bwd_dq_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 87808);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 122624);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dq_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 87808, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dq_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 122624, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -24094,9 +25256,9 @@ extern "C" cudaError_t prt_query_state_bwd_ds_p2_d128_e128_c64_bf16_w8_bd128_bt6
 }
 
 extern "C" cudaError_t prt_discounted_cumsum_bwd_p2_d128_e128_c64_bf16_w4_bd64_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d128_e128_c64_bf16_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 133920);
+  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d128_e128_c64_bf16_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 134176);
   if (err != cudaSuccess) return err;
-  prt_discounted_cumsum_bwd_p2_d128_e128_c64_bf16_w4_bd64_bt64_s2<<<grid, 128, 133920, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
+  prt_discounted_cumsum_bwd_p2_d128_e128_c64_bf16_w4_bd64_bt64_s2<<<grid, 128, 134176, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
@@ -24115,16 +25277,16 @@ extern "C" cudaError_t prt_combine_grads_p2_d128_e128_c64_bf16_w4_bd0_bt64_s1_la
 }
 
 extern "C" cudaError_t prt_attention_bwd_prep_y_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, float* g_Dy, float* g_lseB, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_y_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 72464);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_y_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 107536);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_prep_y_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 72464, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_lseB, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_prep_y_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 107536, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_lseB, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_bwd_dq_y_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, __nv_bfloat16* g_dQ, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_y_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 87808);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_y_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 122624);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dq_y_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 87808, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQ, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dq_y_p2_d128_e128_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 122624, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQ, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 

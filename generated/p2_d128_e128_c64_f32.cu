@@ -9,7 +9,7 @@
 // grid ((($t + 31) // 32), $hq, $b), 64 threads
 extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_f32_w2_bd0_bt32_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 85392 bytes of dynamic shared memory
+  // sm_80: 119184 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -99,27 +99,30 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
   (void)g_maxA_d1;
   (void)g_maxA_d2;
   float* const t_q = reinterpret_cast<float*>(prt_base + 0);  // f32[32, 128] pitch 132
-  float* const t_k = reinterpret_cast<float*>(prt_base + 17168);  // f32[32, 128] pitch 132
-  float* const t_v = reinterpret_cast<float*>(prt_base + 34064);  // f32[32, 128] pitch 132
+  float* const t_k_base = reinterpret_cast<float*>(prt_base + 17168);  // f32[32, 128] pitch 132, 2 copies
+  float* t_k = t_k_base;
+  float* const t_v_base = reinterpret_cast<float*>(prt_base + 50960);  // f32[32, 128] pitch 132, 2 copies
+  float* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 16896);  // f32[32] pitch 32
   float* const t_cq = reinterpret_cast<float*>(prt_base + 17024);  // f32[32] pitch 32
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 60432);  // f32[32] pitch 32
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 60688);  // f32[32] pitch 32
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 50960);  // f32[32] pitch 32
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 94096);  // f32[32] pitch 32, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 94608);  // f32[32] pitch 32
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 84752);  // f32[32] pitch 32
   float* const t_gap = reinterpret_cast<float*>(prt_base + 17152);  // f32[1] pitch 1
-  float* const t_w = reinterpret_cast<float*>(prt_base + 51088);  // f32[32, 32] pitch 32
-  float* const t_p = reinterpret_cast<float*>(prt_base + 55568);  // f32[32, 32] pitch 36
+  float* const t_w = reinterpret_cast<float*>(prt_base + 84880);  // f32[32, 32] pitch 32
+  float* const t_p = reinterpret_cast<float*>(prt_base + 89360);  // f32[32, 32] pitch 36
   float f_acc[4][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 2 warps
-  float* const t_v_finite = reinterpret_cast<float*>(prt_base + 68496);  // f32[32, 128] pitch 132
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 60304);  // bf16[32, 128] pitch 128
+  float* const t_v_finite = reinterpret_cast<float*>(prt_base + 102288);  // f32[32, 128] pitch 132
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 94096);  // bf16[32, 128] pitch 128
   float* const t_row_max = reinterpret_cast<float*>(prt_base + 16896);  // f32[32] pitch 32
   float f_row_sum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
-  float* const t_block_max = reinterpret_cast<float*>(prt_base + 55184);  // f32[32] pitch 32
-  float* const t_block_sum = reinterpret_cast<float*>(prt_base + 60176);  // f32[32] pitch 32
-  float* const t_alpha = reinterpret_cast<float*>(prt_base + 55312);  // f32[32] pitch 32
-  float* const t_shift = reinterpret_cast<float*>(prt_base + 55440);  // f32[32] pitch 32
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 60304);  // f32[32] pitch 32
-  float* const t_row_factor = reinterpret_cast<float*>(prt_base + 60560);  // f32[32] pitch 32
+  float* const t_block_max = reinterpret_cast<float*>(prt_base + 88976);  // f32[32] pitch 32
+  float* const t_block_sum = reinterpret_cast<float*>(prt_base + 93968);  // f32[32] pitch 32
+  float* const t_alpha = reinterpret_cast<float*>(prt_base + 89104);  // f32[32] pitch 32
+  float* const t_shift = reinterpret_cast<float*>(prt_base + 89232);  // f32[32] pitch 32
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 94352);  // f32[32] pitch 32
+  float* const t_row_factor = reinterpret_cast<float*>(prt_base + 94480);  // f32[32] pitch 32
   // q = load.async Q[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -145,9 +148,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gq = load logG[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -156,9 +157,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 32; r += 64) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -453,75 +457,148 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
       }
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32))) {
+    // k = load.async K[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      float* const dst = t_k_base + ((0) % 2) * 4224;
+      if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 64) {
+          const int r = i / 32, c = (i % 32) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 64) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      float* const dst = t_v_base + ((0) % 2) * 4224;
+      if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 64) {
+          const int r = i / 32, c = (i % 32) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 64) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    __syncthreads();
+    // gk = load.async logG[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 32;
+      for (int r = tid; r < 32; r += 64) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // k = load.async K[pid.z, ((pid.x * 32) - ((i0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((v_i0 + 1) * 32));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        float* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 64) {
-            const int r = i / 32, c = (i % 32) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32))) {
+        // k = load.async K[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
+          if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 64) {
+              const int r = i / 32, c = (i % 32) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 64) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+            }
           }
         }
-        else {
-          for (int i = tid; i < 4096; i += 64) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+        __syncthreads();
+        // v = load.async V[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
+          if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 64) {
+              const int r = i / 32, c = (i % 32) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 64) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+            }
           }
         }
-      }
-      __syncthreads();
-      // v = load.async V[pid.z, ((pid.x * 32) - ((i0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((v_i0 + 1) * 32));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        float* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 64) {
-            const int r = i / 32, c = (i % 32) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 64) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+        __syncthreads();
+        // gk = load.async logG[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 32;
+          for (int r = tid; r < 32; r += 64) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
           }
         }
       }
       prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
-      // gk = load logG[pid.z, ((pid.x * 32) - ((i0 + 1) * 32)):+32, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((v_i0 + 1) * 32));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
+      prt::cp_async_wait<1>();
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 4224;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 4224;  // bind v stage (i0 % 2)
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 32;  // bind gk stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -697,6 +774,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store numA[pid.z, (pid.x * 32):+32, pid.y, 0:+128] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -762,7 +840,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
 // grid ((($t + 31) // 32), $hq, $b), 64 threads
 extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_Y, float* g_lse, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 85520 bytes of dynamic shared memory
+  // sm_80: 119312 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -842,27 +920,30 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c6
   (void)g_lse_d1;
   (void)g_lse_d2;
   float* const t_q = reinterpret_cast<float*>(prt_base + 0);  // f32[32, 128] pitch 132
-  float* const t_k = reinterpret_cast<float*>(prt_base + 17296);  // f32[32, 128] pitch 132
-  float* const t_v = reinterpret_cast<float*>(prt_base + 34192);  // f32[32, 128] pitch 132
+  float* const t_k_base = reinterpret_cast<float*>(prt_base + 17296);  // f32[32, 128] pitch 132, 2 copies
+  float* t_k = t_k_base;
+  float* const t_v_base = reinterpret_cast<float*>(prt_base + 51088);  // f32[32, 128] pitch 132, 2 copies
+  float* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 16896);  // f32[32] pitch 32
   float* const t_cq = reinterpret_cast<float*>(prt_base + 17024);  // f32[32] pitch 32
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 60560);  // f32[32] pitch 32
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 60816);  // f32[32] pitch 32
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 51088);  // f32[32] pitch 32
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 94224);  // f32[32] pitch 32, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 94736);  // f32[32] pitch 32
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 84880);  // f32[32] pitch 32
   float* const t_gap = reinterpret_cast<float*>(prt_base + 17280);  // f32[1] pitch 1
-  float* const t_w = reinterpret_cast<float*>(prt_base + 51216);  // f32[32, 32] pitch 32
-  float* const t_p = reinterpret_cast<float*>(prt_base + 55696);  // f32[32, 32] pitch 36
+  float* const t_w = reinterpret_cast<float*>(prt_base + 85008);  // f32[32, 32] pitch 32
+  float* const t_p = reinterpret_cast<float*>(prt_base + 89488);  // f32[32, 32] pitch 36
   float f_acc[4][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 2 warps
-  float* const t_v_finite = reinterpret_cast<float*>(prt_base + 68624);  // f32[32, 128] pitch 132
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 60432);  // bf16[32, 128] pitch 128
+  float* const t_v_finite = reinterpret_cast<float*>(prt_base + 102416);  // f32[32, 128] pitch 132
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 94224);  // bf16[32, 128] pitch 128
   float* const t_row_max = reinterpret_cast<float*>(prt_base + 17152);  // f32[32] pitch 32
   float* const t_row_sum = reinterpret_cast<float*>(prt_base + 16896);  // f32[32] pitch 32
-  float* const t_block_max = reinterpret_cast<float*>(prt_base + 55312);  // f32[32] pitch 32
-  float* const t_block_sum = reinterpret_cast<float*>(prt_base + 60304);  // f32[32] pitch 32
-  float* const t_alpha = reinterpret_cast<float*>(prt_base + 55440);  // f32[32] pitch 32
-  float* const t_shift = reinterpret_cast<float*>(prt_base + 55568);  // f32[32] pitch 32
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 60432);  // f32[32] pitch 32
-  float* const t_row_factor = reinterpret_cast<float*>(prt_base + 60688);  // f32[32] pitch 32
+  float* const t_block_max = reinterpret_cast<float*>(prt_base + 89104);  // f32[32] pitch 32
+  float* const t_block_sum = reinterpret_cast<float*>(prt_base + 94096);  // f32[32] pitch 32
+  float* const t_alpha = reinterpret_cast<float*>(prt_base + 89232);  // f32[32] pitch 32
+  float* const t_shift = reinterpret_cast<float*>(prt_base + 89360);  // f32[32] pitch 32
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 94480);  // f32[32] pitch 32
+  float* const t_row_factor = reinterpret_cast<float*>(prt_base + 94608);  // f32[32] pitch 32
   float f_lse_t[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
   // q = load.async Q[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
   {
@@ -889,9 +970,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c6
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gq = load logG[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -900,9 +979,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c6
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 32; r += 64) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -1179,75 +1261,148 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c6
       }
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32))) {
+    // k = load.async K[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      float* const dst = t_k_base + ((0) % 2) * 4224;
+      if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 64) {
+          const int r = i / 32, c = (i % 32) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 64) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      float* const dst = t_v_base + ((0) % 2) * 4224;
+      if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 64) {
+          const int r = i / 32, c = (i % 32) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 64) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    __syncthreads();
+    // gk = load.async logG[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 32;
+      for (int r = tid; r < 32; r += 64) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // k = load.async K[pid.z, ((pid.x * 32) - ((i0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((v_i0 + 1) * 32));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        float* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 64) {
-            const int r = i / 32, c = (i % 32) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32))) {
+        // k = load.async K[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
+          if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 64) {
+              const int r = i / 32, c = (i % 32) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 64) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+            }
           }
         }
-        else {
-          for (int i = tid; i < 4096; i += 64) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+        __syncthreads();
+        // v = load.async V[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
+          if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 64) {
+              const int r = i / 32, c = (i % 32) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 64) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+            }
           }
         }
-      }
-      __syncthreads();
-      // v = load.async V[pid.z, ((pid.x * 32) - ((i0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((v_i0 + 1) * 32));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        float* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 64) {
-            const int r = i / 32, c = (i % 32) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 64) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+        __syncthreads();
+        // gk = load.async logG[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 32;
+          for (int r = tid; r < 32; r += 64) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
           }
         }
       }
       prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
-      // gk = load logG[pid.z, ((pid.x * 32) - ((i0 + 1) * 32)):+32, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((v_i0 + 1) * 32));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
+      prt::cp_async_wait<1>();
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 4224;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 4224;  // bind v stage (i0 % 2)
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 32;  // bind gk stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -1415,6 +1570,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c6
       }
     }
   }
+  prt::cp_async_wait<0>();
   __syncthreads();
   // acc[row, col] = select(finite(select((row_sum[row] != 0.0), (acc[row, col] / row_sum[row]), 0.0)), select((row_sum[row] != 0.0), (acc[row, col] / row_sum[row]), 0.0), NaN)
   {
@@ -1630,7 +1786,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   float f_s7[1][2][4];  // f32[16, 128] as mma fragments: 16x128 in 16x16 units over 8 warps
   float* const t_z7 = reinterpret_cast<float*>(prt_base + 0);  // f32[16] pitch 16
   float* const t_u7_hi = reinterpret_cast<float*>(prt_base + 48640);  // f32[64, 128] pitch 132
-  // g = load logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
+  // g = load.async logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -1639,9 +1795,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 64; r += 256) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -3149,7 +3308,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
 // grid (129, ($b * $h), 1), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_e128_c64_f32_w4_bd64_bt64_s2(
     const float* g_dS, const float* g_dZ, const float* g_logG, const float* g_S0, const float* g_Z0, float* g_Sin, float* g_Zin, float* g_Sfinal, float* g_Zfinal, int p_b, int p_t, int p_h, int p_n) {
-  // sm_80: 66816 bytes of dynamic shared memory
+  // sm_80: 67072 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -3272,12 +3431,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
   (void)g_Zfinal_d2;
   float f_s[4][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 4 warps
   float* const t_z = reinterpret_cast<float*>(prt_base + 0);  // f32[64] pitch 64
-  float* const t_ds_base = reinterpret_cast<float*>(prt_base + 256);  // f32[64, 128] pitch 128, 2 copies
+  float* const t_ds_base = reinterpret_cast<float*>(prt_base + 768);  // f32[64, 128] pitch 128, 2 copies
   float* t_ds = t_ds_base;
-  float* const t_dz_base = reinterpret_cast<float*>(prt_base + 65792);  // f32[64] pitch 64, 2 copies
+  float* const t_dz_base = reinterpret_cast<float*>(prt_base + 66304);  // f32[64] pitch 64, 2 copies
   float* t_dz = t_dz_base;
-  float* const t_g = reinterpret_cast<float*>(prt_base + 66304);  // f32[64] pitch 64
-  float* const t_lam = reinterpret_cast<float*>(prt_base + 66560);  // f32[64] pitch 64
+  float* const t_g_base = reinterpret_cast<float*>(prt_base + 256);  // f32[64] pitch 64, 2 copies
+  float* t_g = t_g_base;
+  float* const t_lam = reinterpret_cast<float*>(prt_base + 66816);  // f32[64] pitch 64
   // s = load S0[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+128]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -3326,6 +3486,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   if ((0 < p_n)) {
+    // g = load.async logG[(pid.y // $h), (0 * 64):+64, (pid.y % $h)] into stage 0
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = (0 * 64);
+      const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_g_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
     // ds = load.async dS[(pid.y // $h), (pid.y % $h), 0, (pid.x * 64):+64, 0:+128] into stage 0
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -3381,6 +3554,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
     const int v_i0_end = p_n;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((v_i0 + 1) < p_n)) {
+        // g = load.async logG[(pid.y // $h), ((i0 + 1) * 64):+64, (pid.y % $h)] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((v_i0 + 1) * 64);
+          const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_g_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        __syncthreads();
         // ds = load.async dS[(pid.y // $h), (pid.y % $h), (i0 + 1), (pid.x * 64):+64, 0:+128] into stage ((i0 + 1) % 2)
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -3433,6 +3620,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
       }
       prt::cp_async_commit();
       prt::cp_async_wait<1>();
+      t_g = t_g_base + (((v_i0 % 2)) % 2) * 64;  // bind g stage (i0 % 2)
       t_ds = t_ds_base + (((v_i0 % 2)) % 2) * 8192;  // bind ds stage (i0 % 2)
       t_dz = t_dz_base + (((v_i0 % 2)) % 2) * 64;  // bind dz stage (i0 % 2)
       // store Sin[(pid.y // $h), (pid.y % $h), i0, (pid.x * 64):+64, 0:+128] = s
@@ -3476,19 +3664,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
           }
         }
       }
-      // g = load logG[(pid.y // $h), (i0 * 64):+64, (pid.y % $h)]
-      {
-        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int s1 = (v_i0 * 64);
-        const int a2 = (static_cast<int>(blockIdx.y) % p_h);
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_g;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
-      __syncthreads();
       // lam = cumsum(g, axis=0)
       {
         for (int o = warp; o < 1; o += 4) {
@@ -3526,7 +3701,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
           t_z[r] = prt::from_f32<float>(((prt::to_f32(t_z[r]) * prt::exp(prt::to_f32(t_lam[63]))) + prt::to_f32(t_dz[r])));
         }
       }
-      __syncthreads();
     }
   }
   prt::cp_async_wait<0>();
@@ -3751,7 +3925,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
   float* const t_max_a = reinterpret_cast<float*>(prt_base + 512);  // f32[32] pitch 32
   float* const t_lse_t = reinterpret_cast<float*>(prt_base + 0);  // f32[32] pitch 32
   float* const t_den_s_part = reinterpret_cast<float*>(prt_base + 17408);  // f32[4, 32] pitch 32
-  // g = load logG[pid.z, ((pid.x // 2) * 64):+64, (pid.y // ($hq // $h))]
+  // g = load.async logG[pid.z, ((pid.x // 2) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 64);
@@ -3760,9 +3934,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -4815,7 +4992,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
         }
       }
     }
-    // den_a = load denA[pid.z, (((pid.x // 2) * 64) + ((pid.x % 2) * 32)):+32, pid.y]
+    // den_a = load.async denA[pid.z, (((pid.x // 2) * 64) + ((pid.x % 2) * 32)):+32, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 2) * 64) + ((static_cast<int>(blockIdx.x) % 2) * 32));
@@ -4824,11 +5001,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_denA_s0 + static_cast<long long>(s1) * g_denA_s1 + static_cast<long long>(a2) * g_denA_s2;
       float* const dst = t_den_a;
       for (int r = tid; r < 32; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_denA_d1 ? g_denA[base + static_cast<long long>(r) * g_denA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_denA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_denA[base + static_cast<long long>(r) * g_denA_s1]) : static_cast<const void*>(g_denA), in ? 4 : 0);
       }
     }
     __syncthreads();
-    // max_a = load maxA[pid.z, (((pid.x // 2) * 64) + ((pid.x % 2) * 32)):+32, pid.y]
+    // max_a = load.async maxA[pid.z, (((pid.x // 2) * 64) + ((pid.x % 2) * 32)):+32, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 2) * 64) + ((static_cast<int>(blockIdx.x) % 2) * 32));
@@ -4837,9 +5015,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_maxA_s0 + static_cast<long long>(s1) * g_maxA_s1 + static_cast<long long>(a2) * g_maxA_s2;
       float* const dst = t_max_a;
       for (int r = tid; r < 32; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_maxA_d1 ? g_maxA[base + static_cast<long long>(r) * g_maxA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_maxA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_maxA[base + static_cast<long long>(r) * g_maxA_s1]) : static_cast<const void*>(g_maxA), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // den_a[row] = (den_a[row] * select((max(max_a[row], (lam[(((pid.x % 2) * 32) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp((max_a[row] - max(max_a[row], (lam[(((pid.x % 2) * 32) + row)] + (log(abs($scale)) * 2.0)))))))
     // den_s[row] = ((den_s[row] * select((max(max_a[row], (lam[(((pid.x % 2) * 32) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp(((lam[(((pid.x % 2) * 32) + row)] + (log(abs($scale)) * 2.0)) - max(max_a[row], (lam[(((pid.x % 2) * 32) + row)] + (log(abs($scale)) * 2.0))))))) * 1.0)
     // den[row] = (den_a[row] + den_s[row])
@@ -5001,7 +5183,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
 // grid ((($t + 31) // 32), $hq, $b), 64 threads
 extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_e128_c64_f32_w2_bd0_bt32_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 68224 bytes of dynamic shared memory
+  // sm_80: 102144 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -5103,8 +5285,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
   float* const t_q = reinterpret_cast<float*>(prt_base + 0);  // f32[32, 128] pitch 132
   float* const t_dy = reinterpret_cast<float*>(prt_base + 16896);  // f32[32, 128] pitch 132
   float f_lse_i[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
-  float* const t_k = reinterpret_cast<float*>(prt_base + 34176);  // f32[32, 128] pitch 132
-  float* const t_v = reinterpret_cast<float*>(prt_base + 51072);  // f32[32, 128] pitch 132
+  float* const t_k_base = reinterpret_cast<float*>(prt_base + 34176);  // f32[32, 128] pitch 132, 2 copies
+  float* t_k = t_k_base;
+  float* const t_v_base = reinterpret_cast<float*>(prt_base + 67968);  // f32[32, 128] pitch 132, 2 copies
+  float* t_v = t_v_base;
   float f_dot[1][4][4];  // f32[32, 32] as mma fragments: 32x32 in 16x32 units over 2 warps
   float f_p[1][4][4];  // f32[32, 32] as mma fragments: 32x32 in 16x32 units over 2 warps
   float f_p_dp[1][4][4];  // f32[32, 32] as mma fragments: 32x32 in 16x32 units over 2 warps
@@ -5115,8 +5299,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
   float f_g_i[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 33792);  // f32[32] pitch 32
   float* const t_cq = reinterpret_cast<float*>(prt_base + 33920);  // f32[32] pitch 32
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 67968);  // f32[32] pitch 32
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 68096);  // f32[32] pitch 32
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 101760);  // f32[32] pitch 32, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 102016);  // f32[32] pitch 32
   float* const t_ck = reinterpret_cast<float*>(prt_base + 34048);  // f32[32] pitch 32
   float* const t_gap = reinterpret_cast<float*>(prt_base + 33792);  // f32[1] pitch 1
   // q = load.async Q[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
@@ -5218,7 +5403,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
       }
     }
   }
-  // gq = load logG[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -5227,9 +5412,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 32; r += 64) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -5478,21 +5666,147 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
       }
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32))) {
+    // gk = load.async logG[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 32;
+      for (int r = tid; r < 32; r += 64) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    __syncthreads();
+    // k = load.async K[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      float* const dst = t_k_base + ((0) % 2) * 4224;
+      if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 64) {
+          const int r = i / 32, c = (i % 32) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 64) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      float* const dst = t_v_base + ((0) % 2) * 4224;
+      if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 64) {
+          const int r = i / 32, c = (i % 32) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 64) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 32) - ((i0 + 1) * 32)):+32, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((v_i0 + 1) * 32));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32))) {
+        // gk = load.async logG[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 32;
+          for (int r = tid; r < 32; r += 64) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
+          if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 64) {
+              const int r = i / 32, c = (i % 32) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 64) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
+          if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 64) {
+              const int r = i / 32, c = (i % 32) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 64) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 32;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 4224;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 4224;  // bind v stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -5514,59 +5828,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 32) - ((i0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((v_i0 + 1) * 32));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        float* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 64) {
-            const int r = i / 32, c = (i % 32) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 64) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 32) - ((i0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((v_i0 + 1) * 32));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        float* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 64) {
-            const int r = i / 32, c = (i % 32) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 64) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
       // dot = mma.fmaFrag(q, k^T) [32x32 in 16x32 units over 2 warps]
       {
         #pragma unroll
@@ -5753,6 +6014,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store DyA[pid.z, (pid.x * 32):+32, pid.y] = acc_dy
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -5990,7 +6252,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
   float* const t_s_hi = reinterpret_cast<float*>(prt_base + 17472);  // f32[128, 128] pitch 132
   float* const t_r_part = reinterpret_cast<float*>(prt_base + 150592);  // f32[4, 16] pitch 16
   if (((((static_cast<int>(blockIdx.x) / 4) * 64) + ((static_cast<int>(blockIdx.x) % 4) * 16)) < p_t)) {
-    // g = load logG[pid.z, ((pid.x // 4) * 64):+64, (pid.y // ($hq // $h))]
+    // g = load.async logG[pid.z, ((pid.x // 4) * 64):+64, (pid.y // ($hq // $h))]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = ((static_cast<int>(blockIdx.x) / 4) * 64);
@@ -5999,9 +6261,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
       float* const dst = t_g;
       for (int r = tid; r < 64; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
     __syncthreads();
     // lam = cumsum(g, axis=0)
     {
@@ -6116,10 +6381,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
         }
       }
     }
-    prt::cp_async_commit();
-    prt::cp_async_wait<0>();
     __syncthreads();
-    // lse_i = load lse[pid.z, (((pid.x // 4) * 64) + ((pid.x % 4) * 16)):+16, pid.y]
+    // lse_i = load.async lse[pid.z, (((pid.x // 4) * 64) + ((pid.x % 4) * 16)):+16, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 4) * 64) + ((static_cast<int>(blockIdx.x) % 4) * 16));
@@ -6128,10 +6391,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
       float* const dst = t_lse_i;
       for (int r = tid; r < 16; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
       }
     }
-    // dy_y = load DyA[pid.z, (((pid.x // 4) * 64) + ((pid.x % 4) * 16)):+16, pid.y]
+    // dy_y = load.async DyA[pid.z, (((pid.x // 4) * 64) + ((pid.x % 4) * 16)):+16, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 4) * 64) + ((static_cast<int>(blockIdx.x) % 4) * 16));
@@ -6140,10 +6404,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_DyA_s0 + static_cast<long long>(s1) * g_DyA_s1 + static_cast<long long>(a2) * g_DyA_s2;
       float* const dst = t_dy_y;
       for (int r = tid; r < 16; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_DyA_d1 ? g_DyA[base + static_cast<long long>(r) * g_DyA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_DyA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_DyA[base + static_cast<long long>(r) * g_DyA_s1]) : static_cast<const void*>(g_DyA), in ? 4 : 0);
       }
     }
-    // rho = load PA[pid.z, (((pid.x // 4) * 64) + ((pid.x % 4) * 16)):+16, pid.y]
+    // rho = load.async PA[pid.z, (((pid.x // 4) * 64) + ((pid.x % 4) * 16)):+16, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 4) * 64) + ((static_cast<int>(blockIdx.x) % 4) * 16));
@@ -6152,10 +6417,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_PA_s0 + static_cast<long long>(s1) * g_PA_s1 + static_cast<long long>(a2) * g_PA_s2;
       float* const dst = t_rho;
       for (int r = tid; r < 16; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_PA_d1 ? g_PA[base + static_cast<long long>(r) * g_PA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_PA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_PA[base + static_cast<long long>(r) * g_PA_s1]) : static_cast<const void*>(g_PA), in ? 4 : 0);
       }
     }
-    // p_s = load wS[pid.z, (((pid.x // 4) * 64) + ((pid.x % 4) * 16)):+16, pid.y]
+    // p_s = load.async wS[pid.z, (((pid.x // 4) * 64) + ((pid.x % 4) * 16)):+16, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 4) * 64) + ((static_cast<int>(blockIdx.x) % 4) * 16));
@@ -6164,9 +6430,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_wS_s0 + static_cast<long long>(s1) * g_wS_s1 + static_cast<long long>(a2) * g_wS_s2;
       float* const dst = t_p_s;
       for (int r = tid; r < 16; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_wS_d1 ? g_wS[base + static_cast<long long>(r) * g_wS_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_wS_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_wS[base + static_cast<long long>(r) * g_wS_s1]) : static_cast<const void*>(g_wS), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // y_s[row, col] = (y_s[row, col] * dy_row[row, col])
     {
       for (int i = tid; i < 2048; i += 128) {
@@ -6544,7 +6814,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
 // grid ((($t + 31) // 32), $hq, $b), 64 threads
 extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e128_c64_f32_w2_bd0_bt32_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 98064 bytes of dynamic shared memory
+  // sm_80: 131856 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -6660,22 +6930,25 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
   float* const t_dy = reinterpret_cast<float*>(prt_base + 16896);  // f32[32, 128] pitch 132
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 33792);  // f32[32] pitch 32
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 33920);  // f32[32] pitch 32
-  float* const t_k = reinterpret_cast<float*>(prt_base + 34576);  // f32[32, 128] pitch 132
-  float* const t_v = reinterpret_cast<float*>(prt_base + 51472);  // f32[32, 128] pitch 132
-  float* const t_k_finite = reinterpret_cast<float*>(prt_base + 76560);  // f32[32, 128] pitch 132
-  float* const t_dot = reinterpret_cast<float*>(prt_base + 68368);  // f32[32, 32] pitch 32
-  float* const t_W = reinterpret_cast<float*>(prt_base + 72464);  // f32[32, 32] pitch 32
-  float* const t_ds = reinterpret_cast<float*>(prt_base + 93456);  // f32[32, 32] pitch 36
+  float* const t_k_base = reinterpret_cast<float*>(prt_base + 34576);  // f32[32, 128] pitch 132, 2 copies
+  float* t_k = t_k_base;
+  float* const t_v_base = reinterpret_cast<float*>(prt_base + 68368);  // f32[32, 128] pitch 132, 2 copies
+  float* t_v = t_v_base;
+  float* const t_k_finite = reinterpret_cast<float*>(prt_base + 110352);  // f32[32, 128] pitch 132
+  float* const t_dot = reinterpret_cast<float*>(prt_base + 102160);  // f32[32, 32] pitch 32
+  float* const t_W = reinterpret_cast<float*>(prt_base + 106256);  // f32[32, 32] pitch 32
+  float* const t_ds = reinterpret_cast<float*>(prt_base + 127248);  // f32[32, 32] pitch 36
   float f_acc[4][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 2 warps
   float* const t_part = reinterpret_cast<float*>(prt_base + 34176);  // f32[32] pitch 32
   float f_wsum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 76560);  // f32[32] pitch 32
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 110608);  // f32[32] pitch 32
   float* const t_g_i = reinterpret_cast<float*>(prt_base + 34048);  // f32[32] pitch 32
   float* const t_h_i = reinterpret_cast<float*>(prt_base + 34304);  // f32[32] pitch 32
   float* const t_gq = reinterpret_cast<float*>(prt_base + 34048);  // f32[32] pitch 32
   float* const t_cq = reinterpret_cast<float*>(prt_base + 34176);  // f32[32] pitch 32
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 76688);  // f32[32] pitch 32
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 76816);  // f32[32] pitch 32
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 110352);  // f32[32] pitch 32, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 110736);  // f32[32] pitch 32
   float* const t_ck = reinterpret_cast<float*>(prt_base + 34448);  // f32[32] pitch 32
   float* const t_gap = reinterpret_cast<float*>(prt_base + 34432);  // f32[1] pitch 1
   // q = load.async Q[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
@@ -6728,9 +7001,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // lse_i = load lse[pid.z, (pid.x * 32):+32, pid.y]
+  // lse_i = load.async lse[pid.z, (pid.x * 32):+32, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -6739,10 +7010,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
     float* const dst = t_lse_i;
     for (int r = tid; r < 32; r += 64) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
     }
   }
-  // Dy_i = load Dy[pid.z, (pid.x * 32):+32, pid.y]
+  // Dy_i = load.async Dy[pid.z, (pid.x * 32):+32, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -6751,9 +7023,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
     const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
     float* const dst = t_Dy_i;
     for (int r = tid; r < 32; r += 64) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   // acc[row, col] = 0.0
   {
     #pragma unroll
@@ -6785,7 +7060,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
       }
     }
   }
-  // gq = load logG[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -6794,9 +7069,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 32; r += 64) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -7013,21 +7291,146 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
     }
   }
   __syncthreads();
+  if ((0 < (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32))) {
+    // gk = load.async logG[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 32;
+      for (int r = tid; r < 32; r += 64) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      float* const dst = t_k_base + ((0) % 2) * 4224;
+      if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 64) {
+          const int r = i / 32, c = (i % 32) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 64) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      float* const dst = t_v_base + ((0) % 2) * 4224;
+      if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 64) {
+          const int r = i / 32, c = (i % 32) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 64) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 32) - ((i0 + 1) * 32)):+32, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((v_i0 + 1) * 32));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32))) {
+        // gk = load.async logG[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 32;
+          for (int r = tid; r < 32; r += 64) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
+          if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 64) {
+              const int r = i / 32, c = (i % 32) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 64) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
+          if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 64) {
+              const int r = i / 32, c = (i % 32) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 64) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 32;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 4224;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 4224;  // bind v stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -7049,59 +7452,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 32) - ((i0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((v_i0 + 1) * 32));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        float* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 64) {
-            const int r = i / 32, c = (i % 32) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 64) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 32) - ((i0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((v_i0 + 1) * 32));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        float* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 64) {
-            const int r = i / 32, c = (i % 32) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 64) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
       // dot = mma.fmaFrag(q, k^T) [32x32 in 16x32 units over 2 warps]
       {
         #pragma unroll
@@ -7241,6 +7591,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store dQa[pid.z, (pid.x * 32):+32, pid.y, 0:+128] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -7504,9 +7855,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gk = load logG[pid.z, (pid.x * 32):+32, pid.y]
+  // gk = load.async logG[pid.z, (pid.x * 32):+32, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -7515,9 +7864,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gk;
     for (int r = tid; r < 32; r += 64) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // sk = cumsum(gk, axis=0, reverse)
   {
@@ -7604,7 +7956,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
   {
     const int v_i0_end = (p_hq / p_h);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // part = load rowW[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
+      // part = load.async rowW[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -7613,9 +7965,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
         const long long base = static_cast<long long>(a0) * g_rowW_s0 + static_cast<long long>(s1) * g_rowW_s1 + static_cast<long long>(a2) * g_rowW_s2;
         float* const dst = t_part;
         for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_rowW_d1 ? g_rowW[base + static_cast<long long>(r) * g_rowW_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_rowW_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_rowW[base + static_cast<long long>(r) * g_rowW_s1]) : static_cast<const void*>(g_rowW), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
       __syncthreads();
       // row_sum[row] = (row_sum[row] + part[row])
       {
@@ -7687,9 +8042,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
           }
         }
       }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      // lse_i = load lse[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
+      // lse_i = load.async lse[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -7698,10 +8051,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
         const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
         float* const dst = t_lse_i;
         for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
         }
       }
-      // Dy_i = load Dy[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
+      // Dy_i = load.async Dy[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -7710,10 +8064,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
         const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
         float* const dst = t_Dy_i;
         for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
         }
       }
-      // gq = load logG[pid.z, (pid.x * 32):+32, pid.y]
+      // gq = load.async logG[pid.z, (pid.x * 32):+32, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -7722,9 +8077,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
         const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
         float* const dst = t_gq;
         for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
       __syncthreads();
       // cq = cumsum(gq, axis=0)
       {
@@ -7952,9 +8310,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
               }
             }
           }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          // lse_i = load lse[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, ((pid.y * ($hq // $h)) + i0)]
+          // lse_i = load.async lse[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 32) + ((v_i1 + 1) * 32));
@@ -7963,10 +8319,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
             const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
             float* const dst = t_lse_i;
             for (int r = tid; r < 32; r += 64) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
             }
           }
-          // Dy_i = load Dy[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, ((pid.y * ($hq // $h)) + i0)]
+          // Dy_i = load.async Dy[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 32) + ((v_i1 + 1) * 32));
@@ -7975,10 +8332,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
             const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
             float* const dst = t_Dy_i;
             for (int r = tid; r < 32; r += 64) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
             }
           }
-          // gq = load logG[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, pid.y]
+          // gq = load.async logG[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, pid.y]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 32) + ((v_i1 + 1) * 32));
@@ -7987,9 +8345,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
             const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
             float* const dst = t_gq;
             for (int r = tid; r < 32; r += 64) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
             }
           }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
           __syncthreads();
           // cq = cumsum(gq, axis=0)
           {
@@ -8438,7 +8799,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
   float f_s7[1][2][4];  // f32[16, 128] as mma fragments: 16x128 in 16x16 units over 8 warps
   float* const t_z7 = reinterpret_cast<float*>(prt_base + 39680);  // f32[16] pitch 16
   float* const t_u7_hi = reinterpret_cast<float*>(prt_base + 48896);  // f32[64, 128] pitch 132
-  // g = load logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
+  // g = load.async logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -8447,9 +8808,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 64; r += 256) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -8466,7 +8830,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
   }
   __syncthreads();
   if (((p_hq / p_h) == 1)) {
-    // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + 0)]
+    // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + 0)]
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
       const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -8475,16 +8839,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
       float* const dst = t_f;
       for (int r = tid; r < 64; r += 256) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
     {
       for (int r = tid; r < 64; r += 256) {
         t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
       }
     }
-    // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + 0)]
+    // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + 0)]
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
       const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -8493,9 +8861,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
       float* const dst = t_z_row;
       for (int r = tid; r < 64; r += 256) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // z_row[row] = -((z_row[row] * f[row]))
     {
       for (int r = tid; r < 64; r += 256) {
@@ -8552,7 +8924,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const int v_i0_end = (p_hq / p_h);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -8561,16 +8933,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 64; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -8579,9 +8955,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 64; r += 256) {
@@ -8725,7 +9105,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const int v_i2_end = (p_hq / p_h);
         for (int v_i2 = 0; v_i2 < v_i2_end; v_i2 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -8734,16 +9114,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 64; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -8752,9 +9136,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 64; r += 256) {
@@ -8945,7 +9333,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const int v_i3_end = (p_hq / p_h);
     for (int v_i3 = 0; v_i3 < v_i3_end; v_i3 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i3)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i3)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -8954,16 +9342,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 64; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i3)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i3)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -8972,9 +9364,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 64; r += 256) {
@@ -9122,7 +9518,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const int v_i5_end = (p_hq / p_h);
         for (int v_i5 = 0; v_i5 < v_i5_end; v_i5 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -9131,16 +9527,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 64; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -9149,9 +9549,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 64; r += 256) {
@@ -9349,7 +9753,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const int v_i6_end = (p_hq / p_h);
     for (int v_i6 = 0; v_i6 < v_i6_end; v_i6 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i6)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i6)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -9358,16 +9762,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 64; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i6)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i6)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -9376,9 +9784,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 64; r += 256) {
@@ -9524,7 +9936,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const int v_i8_end = (p_hq / p_h);
         for (int v_i8 = 0; v_i8 < v_i8_end; v_i8 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i8)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i8)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -9533,16 +9945,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 64; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i8)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i8)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -9551,9 +9967,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 64; r += 256) {
@@ -9745,7 +10165,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const int v_i9_end = (p_hq / p_h);
     for (int v_i9 = 0; v_i9 < v_i9_end; v_i9 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i9)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i9)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -9754,16 +10174,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 64; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i9)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i9)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -9772,9 +10196,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 64; r += 256) {
@@ -9922,7 +10350,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const int v_i11_end = (p_hq / p_h);
         for (int v_i11 = 0; v_i11 < v_i11_end; v_i11 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i11)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i11)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -9931,16 +10359,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 64; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i11)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i11)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -9949,9 +10381,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 64; r += 256) {
@@ -10149,7 +10585,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const int v_i12_end = (p_hq / p_h);
     for (int v_i12 = 0; v_i12 < v_i12_end; v_i12 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i12)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i12)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -10158,16 +10594,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 64; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i12)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i12)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -10176,9 +10616,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 64; r += 256) {
@@ -10322,7 +10766,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const int v_i14_end = (p_hq / p_h);
         for (int v_i14 = 0; v_i14 < v_i14_end; v_i14 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i14)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i14)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -10331,16 +10775,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 64; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i14)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i14)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -10349,9 +10797,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 64; r += 256) {
@@ -10543,7 +10995,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const int v_i15_end = (p_hq / p_h);
     for (int v_i15 = 0; v_i15 < v_i15_end; v_i15 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i15)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i15)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -10552,16 +11004,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 64; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i15)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i15)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -10570,9 +11026,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 64; r += 256) {
@@ -10720,7 +11180,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const int v_i17_end = (p_hq / p_h);
         for (int v_i17 = 0; v_i17 < v_i17_end; v_i17 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i17)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i17)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -10729,16 +11189,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 64; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i17)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i17)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -10747,9 +11211,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 64; r += 256) {
@@ -10947,7 +11415,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const int v_i18_end = (p_hq / p_h);
     for (int v_i18 = 0; v_i18 < v_i18_end; v_i18 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i18)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i18)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -10956,16 +11424,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 64; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i18)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i18)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -10974,9 +11446,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 64; r += 256) {
@@ -11122,7 +11598,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const int v_i20_end = (p_hq / p_h);
         for (int v_i20 = 0; v_i20 < v_i20_end; v_i20 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i20)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i20)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -11131,16 +11607,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 64; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i20)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i20)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -11149,9 +11629,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 64; r += 256) {
@@ -11343,7 +11827,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
     const int v_i21_end = (p_hq / p_h);
     for (int v_i21 = 0; v_i21 < v_i21_end; v_i21 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i21)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i21)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -11352,16 +11836,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 64; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i21)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i21)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -11370,9 +11858,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 64; r += 256) {
@@ -11518,7 +12010,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const int v_i23_end = (p_hq / p_h);
         for (int v_i23 = 0; v_i23 < v_i23_end; v_i23 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i23)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i23)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -11527,16 +12019,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 64; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i23)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i23)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -11545,9 +12041,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 64; r += 256) {
@@ -11731,7 +12231,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
 // grid (129, ($b * $h), 1), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d128_e128_c64_f32_w4_bd64_bt64_s2(
     const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
-  // sm_80: 133920 bytes of dynamic shared memory
+  // sm_80: 134176 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -11896,20 +12396,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
   (void)g_dGc_d3;
   float f_R[4][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 4 warps
   float* const t_r = reinterpret_cast<float*>(prt_base + 0);  // f32[64] pitch 64
-  float* const t_s_in_base = reinterpret_cast<float*>(prt_base + 256);  // f32[64, 128] pitch 128, 2 copies
+  float* const t_s_in_base = reinterpret_cast<float*>(prt_base + 768);  // f32[64, 128] pitch 128, 2 copies
   float* t_s_in = t_s_in_base;
-  float* const t_z_in_base = reinterpret_cast<float*>(prt_base + 65792);  // f32[64] pitch 64, 2 copies
+  float* const t_z_in_base = reinterpret_cast<float*>(prt_base + 66304);  // f32[64] pitch 64, 2 copies
   float* t_z_in = t_z_in_base;
-  float* const t_ds_in_base = reinterpret_cast<float*>(prt_base + 66304);  // f32[64, 128] pitch 128, 2 copies
+  float* const t_ds_in_base = reinterpret_cast<float*>(prt_base + 66816);  // f32[64, 128] pitch 128, 2 copies
   float* t_ds_in = t_ds_in_base;
-  float* const t_dz_in_base = reinterpret_cast<float*>(prt_base + 131840);  // f32[64] pitch 64, 2 copies
+  float* const t_dz_in_base = reinterpret_cast<float*>(prt_base + 132352);  // f32[64] pitch 64, 2 copies
   float* t_dz_in = t_dz_in_base;
   float f_X[4][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 4 warps
-  float* const t_g = reinterpret_cast<float*>(prt_base + 133376);  // f32[64] pitch 64
-  float* const t_G = reinterpret_cast<float*>(prt_base + 133888);  // f32[1] pitch 1
-  float* const t_row_dot = reinterpret_cast<float*>(prt_base + 133632);  // f32[64] pitch 64
-  float* const t_dG = reinterpret_cast<float*>(prt_base + 133904);  // f32[1] pitch 1
-  float* const t_row_dot_part = reinterpret_cast<float*>(prt_base + 132352);  // f32[4, 64] pitch 64
+  float* const t_g_base = reinterpret_cast<float*>(prt_base + 256);  // f32[64] pitch 64, 2 copies
+  float* t_g = t_g_base;
+  float* const t_G = reinterpret_cast<float*>(prt_base + 134144);  // f32[1] pitch 1
+  float* const t_row_dot = reinterpret_cast<float*>(prt_base + 133888);  // f32[64] pitch 64
+  float* const t_dG = reinterpret_cast<float*>(prt_base + 134160);  // f32[1] pitch 1
+  float* const t_row_dot_part = reinterpret_cast<float*>(prt_base + 132864);  // f32[4, 64] pitch 64
   // R = load dSfinal[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+128]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -11958,6 +12459,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   if ((0 < p_n)) {
+    // g = load.async logG[(pid.y // $h), ((($n - 1) - 0) * 64):+64, (pid.y % $h)] into stage 0
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = (((p_n - 1) - 0) * 64);
+      const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_g_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
     // s_in = load.async Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - 0), (pid.x * 64):+64, 0:+128] into stage 0
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -12062,6 +12576,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
     const int v_i0_end = p_n;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((v_i0 + 1) < p_n)) {
+        // g = load.async logG[(pid.y // $h), ((($n - 1) - (i0 + 1)) * 64):+64, (pid.y % $h)] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = (((p_n - 1) - (v_i0 + 1)) * 64);
+          const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_g_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
         // s_in = load.async Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - (i0 + 1)), (pid.x * 64):+64, 0:+128] into stage ((i0 + 1) % 2)
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -12164,22 +12691,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       }
       prt::cp_async_commit();
       prt::cp_async_wait<1>();
+      t_g = t_g_base + (((v_i0 % 2)) % 2) * 64;  // bind g stage (i0 % 2)
       t_s_in = t_s_in_base + (((v_i0 % 2)) % 2) * 8192;  // bind s_in stage (i0 % 2)
       t_z_in = t_z_in_base + (((v_i0 % 2)) % 2) * 64;  // bind z_in stage (i0 % 2)
       t_ds_in = t_ds_in_base + (((v_i0 % 2)) % 2) * 8192;  // bind ds_in stage (i0 % 2)
       t_dz_in = t_dz_in_base + (((v_i0 % 2)) % 2) * 64;  // bind dz_in stage (i0 % 2)
-      // g = load logG[(pid.y // $h), ((($n - 1) - i0) * 64):+64, (pid.y % $h)]
-      {
-        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int s1 = (((p_n - 1) - v_i0) * 64);
-        const int a2 = (static_cast<int>(blockIdx.y) % p_h);
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_g;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
       __syncthreads();
       // G = reduce_sum(g, axis=0)
       {
@@ -12514,7 +13030,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
   float* const t_dot = reinterpret_cast<float*>(prt_base + 16);  // f32[32] pitch 32
   float* const t_dG = reinterpret_cast<float*>(prt_base + 0);  // f32[1] pitch 1
   float* const t_dG_blk = reinterpret_cast<float*>(prt_base + 144);  // f32[1] pitch 1
-  // g = load logG[pid.z, (pid.x * 64):+64, pid.y]
+  // g = load.async logG[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -12523,9 +13039,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -13110,7 +13629,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
   float* const t_suffix = reinterpret_cast<float*>(prt_base + 66064);  // f32[64] pitch 64
   float* const t_carry = reinterpret_cast<float*>(prt_base + 0);  // f32[1] pitch 1
   float* const t_one = reinterpret_cast<float*>(prt_base + 16);  // f32[1] pitch 1
-  // carry = load dGk[pid.z, pid.y, pid.x:+1]
+  // carry = load.async dGk[pid.z, pid.y, pid.x:+1]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int a1 = static_cast<int>(blockIdx.y);
@@ -13119,13 +13638,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
     const long long base = static_cast<long long>(a0) * g_dGk_s0 + static_cast<long long>(a1) * g_dGk_s1 + static_cast<long long>(s2) * g_dGk_s2;
     float* const dst = t_carry;
     for (int r = tid; r < 1; r += 128) {
-      dst[r] = ok && s2 + r >= 0 && s2 + r < g_dGk_d2 ? g_dGk[base + static_cast<long long>(r) * g_dGk_s2] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s2 + r >= 0 && s2 + r < g_dGk_d2;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dGk[base + static_cast<long long>(r) * g_dGk_s2]) : static_cast<const void*>(g_dGk), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   {
     const int v_i0_end = p_nfb;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // one = load dGc[pid.z, pid.y, pid.x, i0:+1]
+      // one = load.async dGc[pid.z, pid.y, pid.x, i0:+1]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int a1 = static_cast<int>(blockIdx.y);
@@ -13135,21 +13657,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
         const long long base = static_cast<long long>(a0) * g_dGc_s0 + static_cast<long long>(a1) * g_dGc_s1 + static_cast<long long>(a2) * g_dGc_s2 + static_cast<long long>(s3) * g_dGc_s3;
         float* const dst = t_one;
         for (int r = tid; r < 1; r += 128) {
-          dst[r] = ok && s3 + r >= 0 && s3 + r < g_dGc_d3 ? g_dGc[base + static_cast<long long>(r) * g_dGc_s3] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s3 + r >= 0 && s3 + r < g_dGc_d3;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dGc[base + static_cast<long long>(r) * g_dGc_s3]) : static_cast<const void*>(g_dGc), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
       // carry[row] = (carry[row] + one[row])
       {
         for (int r = tid; r < 1; r += 128) {
           t_carry[r] = prt::from_f32<float>((prt::to_f32(t_carry[r]) + prt::to_f32(t_one[r])));
         }
       }
+      __syncthreads();
     }
   }
   {
     const int v_i1_end = prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64), 1);
     for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
-      // dlam = load dlamA[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, pid.y]
+      // dlam = load.async dlamA[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (((prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64), 1) - 1) - v_i1) * 64));
@@ -13158,10 +13685,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
         const long long base = static_cast<long long>(a0) * g_dlamA_s0 + static_cast<long long>(s1) * g_dlamA_s1 + static_cast<long long>(a2) * g_dlamA_s2;
         float* const dst = t_dlam;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamA_d1 ? g_dlamA[base + static_cast<long long>(r) * g_dlamA_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamA_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamA[base + static_cast<long long>(r) * g_dlamA_s1]) : static_cast<const void*>(g_dlamA), in ? 4 : 0);
         }
       }
-      // part = load dlamK[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, pid.y]
+      // part = load.async dlamK[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (((prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64), 1) - 1) - v_i1) * 64));
@@ -13170,9 +13698,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
         const long long base = static_cast<long long>(a0) * g_dlamK_s0 + static_cast<long long>(s1) * g_dlamK_s1 + static_cast<long long>(a2) * g_dlamK_s2;
         float* const dst = t_part;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamK_d1 ? g_dlamK[base + static_cast<long long>(r) * g_dlamK_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamK_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamK[base + static_cast<long long>(r) * g_dlamK_s1]) : static_cast<const void*>(g_dlamK), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
       // dlam[row] = (dlam[row] + part[row])
       {
         for (int r = tid; r < 64; r += 128) {
@@ -13270,7 +13802,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
               }
             }
           }
-          // part = load dlamQ[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, ((pid.y * ($hq // $h)) + i2)]
+          __syncthreads();
+          // part = load.async dlamQ[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, ((pid.y * ($hq // $h)) + i2)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (((prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64), 1) - 1) - v_i1) * 64));
@@ -13279,9 +13812,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
             const long long base = static_cast<long long>(a0) * g_dlamQ_s0 + static_cast<long long>(s1) * g_dlamQ_s1 + static_cast<long long>(a2) * g_dlamQ_s2;
             float* const dst = t_part;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamQ_d1 ? g_dlamQ[base + static_cast<long long>(r) * g_dlamQ_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamQ_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamQ[base + static_cast<long long>(r) * g_dlamQ_s1]) : static_cast<const void*>(g_dlamQ), in ? 4 : 0);
             }
           }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
+          __syncthreads();
           // dlam[row] = (dlam[row] + part[row])
           {
             for (int r = tid; r < 64; r += 128) {
@@ -13378,7 +13915,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
           }
         }
       }
-      __syncthreads();
       // a_e = load.async dVa[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, pid.y, 0:+128]
       {
         const int a0 = static_cast<int>(blockIdx.z);
@@ -13502,7 +14038,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
 // grid ((($t + 31) // 32), $hq, $b), 64 threads
 extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, float* g_Dy, float* g_lseB, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 68224 bytes of dynamic shared memory
+  // sm_80: 102144 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -13604,8 +14140,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_y_p2_d12
   float* const t_q = reinterpret_cast<float*>(prt_base + 0);  // f32[32, 128] pitch 132
   float* const t_dy = reinterpret_cast<float*>(prt_base + 16896);  // f32[32, 128] pitch 132
   float f_lse_i[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
-  float* const t_k = reinterpret_cast<float*>(prt_base + 34176);  // f32[32, 128] pitch 132
-  float* const t_v = reinterpret_cast<float*>(prt_base + 51072);  // f32[32, 128] pitch 132
+  float* const t_k_base = reinterpret_cast<float*>(prt_base + 34176);  // f32[32, 128] pitch 132, 2 copies
+  float* t_k = t_k_base;
+  float* const t_v_base = reinterpret_cast<float*>(prt_base + 67968);  // f32[32, 128] pitch 132, 2 copies
+  float* t_v = t_v_base;
   float f_dot[1][4][4];  // f32[32, 32] as mma fragments: 32x32 in 16x32 units over 2 warps
   float f_p[1][4][4];  // f32[32, 32] as mma fragments: 32x32 in 16x32 units over 2 warps
   float f_p_dp[1][4][4];  // f32[32, 32] as mma fragments: 32x32 in 16x32 units over 2 warps
@@ -13616,8 +14154,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_y_p2_d12
   float f_g_i[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 33792);  // f32[32] pitch 32
   float* const t_cq = reinterpret_cast<float*>(prt_base + 33920);  // f32[32] pitch 32
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 67968);  // f32[32] pitch 32
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 68096);  // f32[32] pitch 32
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 101760);  // f32[32] pitch 32, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 102016);  // f32[32] pitch 32
   float* const t_ck = reinterpret_cast<float*>(prt_base + 34048);  // f32[32] pitch 32
   float* const t_gap = reinterpret_cast<float*>(prt_base + 33792);  // f32[1] pitch 1
   // q = load.async Q[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
@@ -13719,7 +14258,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_y_p2_d12
       }
     }
   }
-  // gq = load logG[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -13728,9 +14267,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_y_p2_d12
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 32; r += 64) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -13979,21 +14521,147 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_y_p2_d12
       }
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32))) {
+    // gk = load.async logG[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 32;
+      for (int r = tid; r < 32; r += 64) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    __syncthreads();
+    // k = load.async K[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      float* const dst = t_k_base + ((0) % 2) * 4224;
+      if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 64) {
+          const int r = i / 32, c = (i % 32) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 64) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      float* const dst = t_v_base + ((0) % 2) * 4224;
+      if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 64) {
+          const int r = i / 32, c = (i % 32) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 64) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 32) - ((i0 + 1) * 32)):+32, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((v_i0 + 1) * 32));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32))) {
+        // gk = load.async logG[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 32;
+          for (int r = tid; r < 32; r += 64) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
+          if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 64) {
+              const int r = i / 32, c = (i % 32) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 64) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
+          if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 64) {
+              const int r = i / 32, c = (i % 32) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 64) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 32;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 4224;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 4224;  // bind v stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -14015,59 +14683,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_y_p2_d12
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 32) - ((i0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((v_i0 + 1) * 32));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        float* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 64) {
-            const int r = i / 32, c = (i % 32) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 64) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 32) - ((i0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((v_i0 + 1) * 32));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        float* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 64) {
-            const int r = i / 32, c = (i % 32) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 64) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
       // dot = mma.fmaFrag(q, k^T) [32x32 in 16x32 units over 2 warps]
       {
         #pragma unroll
@@ -14254,6 +14869,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_y_p2_d12
       }
     }
   }
+  prt::cp_async_wait<0>();
   // acc_dy[row] = select((acc_p[row] != 0.0), (acc_dy[row] / acc_p[row]), 0.0)
   {
     #pragma unroll
@@ -14330,7 +14946,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_y_p2_d12
 // grid ((($t + 31) // 32), $hq, $b), 64 threads
 extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQ, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 98064 bytes of dynamic shared memory
+  // sm_80: 131856 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -14446,22 +15062,25 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
   float* const t_dy = reinterpret_cast<float*>(prt_base + 16896);  // f32[32, 128] pitch 132
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 33792);  // f32[32] pitch 32
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 33920);  // f32[32] pitch 32
-  float* const t_k = reinterpret_cast<float*>(prt_base + 34576);  // f32[32, 128] pitch 132
-  float* const t_v = reinterpret_cast<float*>(prt_base + 51472);  // f32[32, 128] pitch 132
-  float* const t_k_finite = reinterpret_cast<float*>(prt_base + 76560);  // f32[32, 128] pitch 132
-  float* const t_dot = reinterpret_cast<float*>(prt_base + 68368);  // f32[32, 32] pitch 32
-  float* const t_W = reinterpret_cast<float*>(prt_base + 72464);  // f32[32, 32] pitch 32
-  float* const t_ds = reinterpret_cast<float*>(prt_base + 93456);  // f32[32, 32] pitch 36
+  float* const t_k_base = reinterpret_cast<float*>(prt_base + 34576);  // f32[32, 128] pitch 132, 2 copies
+  float* t_k = t_k_base;
+  float* const t_v_base = reinterpret_cast<float*>(prt_base + 68368);  // f32[32, 128] pitch 132, 2 copies
+  float* t_v = t_v_base;
+  float* const t_k_finite = reinterpret_cast<float*>(prt_base + 110352);  // f32[32, 128] pitch 132
+  float* const t_dot = reinterpret_cast<float*>(prt_base + 102160);  // f32[32, 32] pitch 32
+  float* const t_W = reinterpret_cast<float*>(prt_base + 106256);  // f32[32, 32] pitch 32
+  float* const t_ds = reinterpret_cast<float*>(prt_base + 127248);  // f32[32, 32] pitch 36
   float f_acc[4][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 2 warps
   float* const t_part = reinterpret_cast<float*>(prt_base + 34176);  // f32[32] pitch 32
   float f_wsum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 76560);  // f32[32] pitch 32
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 110608);  // f32[32] pitch 32
   float* const t_g_i = reinterpret_cast<float*>(prt_base + 34048);  // f32[32] pitch 32
   float* const t_h_i = reinterpret_cast<float*>(prt_base + 34304);  // f32[32] pitch 32
   float* const t_gq = reinterpret_cast<float*>(prt_base + 34048);  // f32[32] pitch 32
   float* const t_cq = reinterpret_cast<float*>(prt_base + 34176);  // f32[32] pitch 32
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 76688);  // f32[32] pitch 32
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 76816);  // f32[32] pitch 32
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 110352);  // f32[32] pitch 32, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 110736);  // f32[32] pitch 32
   float* const t_ck = reinterpret_cast<float*>(prt_base + 34448);  // f32[32] pitch 32
   float* const t_gap = reinterpret_cast<float*>(prt_base + 34432);  // f32[1] pitch 1
   // q = load.async Q[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
@@ -14514,9 +15133,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // lse_i = load lse[pid.z, (pid.x * 32):+32, pid.y]
+  // lse_i = load.async lse[pid.z, (pid.x * 32):+32, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -14525,10 +15142,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
     float* const dst = t_lse_i;
     for (int r = tid; r < 32; r += 64) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
     }
   }
-  // Dy_i = load Dy[pid.z, (pid.x * 32):+32, pid.y]
+  // Dy_i = load.async Dy[pid.z, (pid.x * 32):+32, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -14537,9 +15155,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
     const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
     float* const dst = t_Dy_i;
     for (int r = tid; r < 32; r += 64) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   // acc[row, col] = 0.0
   {
     #pragma unroll
@@ -14571,7 +15192,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
       }
     }
   }
-  // gq = load logG[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -14580,9 +15201,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 32; r += 64) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -14799,21 +15423,146 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
     }
   }
   __syncthreads();
+  if ((0 < (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32))) {
+    // gk = load.async logG[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 32;
+      for (int r = tid; r < 32; r += 64) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      float* const dst = t_k_base + ((0) % 2) * 4224;
+      if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 64) {
+          const int r = i / 32, c = (i % 32) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 64) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      float* const dst = t_v_base + ((0) % 2) * 4224;
+      if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 64) {
+          const int r = i / 32, c = (i % 32) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 64) {
+          const int r = i / 128, c = i % 128;
+          dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 32) - ((i0 + 1) * 32)):+32, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((v_i0 + 1) * 32));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32))) {
+        // gk = load.async logG[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 32;
+          for (int r = tid; r < 32; r += 64) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
+          if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 64) {
+              const int r = i / 32, c = (i % 32) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 64) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
+          if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 64) {
+              const int r = i / 32, c = (i % 32) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 64) {
+              const int r = i / 128, c = i % 128;
+              dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 32;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 4224;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 4224;  // bind v stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -14835,59 +15584,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 32) - ((i0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((v_i0 + 1) * 32));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        float* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 64) {
-            const int r = i / 32, c = (i % 32) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 64) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 32) - ((i0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((v_i0 + 1) * 32));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        float* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 64) {
-            const int r = i / 32, c = (i % 32) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 64) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 132 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
       // dot = mma.fmaFrag(q, k^T) [32x32 in 16x32 units over 2 warps]
       {
         #pragma unroll
@@ -15027,6 +15723,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store dQ[pid.z, (pid.x * 32):+32, pid.y, 0:+128] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -15290,9 +15987,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gk = load logG[pid.z, (pid.x * 32):+32, pid.y]
+  // gk = load.async logG[pid.z, (pid.x * 32):+32, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -15301,9 +15996,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gk;
     for (int r = tid; r < 32; r += 64) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // sk = cumsum(gk, axis=0, reverse)
   {
@@ -15390,7 +16088,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
   {
     const int v_i0_end = (p_hq / p_h);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // part = load rowW[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
+      // part = load.async rowW[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -15399,9 +16097,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
         const long long base = static_cast<long long>(a0) * g_rowW_s0 + static_cast<long long>(s1) * g_rowW_s1 + static_cast<long long>(a2) * g_rowW_s2;
         float* const dst = t_part;
         for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_rowW_d1 ? g_rowW[base + static_cast<long long>(r) * g_rowW_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_rowW_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_rowW[base + static_cast<long long>(r) * g_rowW_s1]) : static_cast<const void*>(g_rowW), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
       __syncthreads();
       // row_sum[row] = (row_sum[row] + part[row])
       {
@@ -15473,9 +16174,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
           }
         }
       }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      // lse_i = load lse[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
+      // lse_i = load.async lse[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -15484,10 +16183,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
         const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
         float* const dst = t_lse_i;
         for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
         }
       }
-      // Dy_i = load Dy[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
+      // Dy_i = load.async Dy[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -15496,10 +16196,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
         const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
         float* const dst = t_Dy_i;
         for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
         }
       }
-      // gq = load logG[pid.z, (pid.x * 32):+32, pid.y]
+      // gq = load.async logG[pid.z, (pid.x * 32):+32, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -15508,9 +16209,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
         const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
         float* const dst = t_gq;
         for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
       __syncthreads();
       // cq = cumsum(gq, axis=0)
       {
@@ -15738,9 +16442,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
               }
             }
           }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          // lse_i = load lse[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, ((pid.y * ($hq // $h)) + i0)]
+          // lse_i = load.async lse[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 32) + ((v_i1 + 1) * 32));
@@ -15749,10 +16451,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
             const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
             float* const dst = t_lse_i;
             for (int r = tid; r < 32; r += 64) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
             }
           }
-          // Dy_i = load Dy[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, ((pid.y * ($hq // $h)) + i0)]
+          // Dy_i = load.async Dy[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 32) + ((v_i1 + 1) * 32));
@@ -15761,10 +16464,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
             const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
             float* const dst = t_Dy_i;
             for (int r = tid; r < 32; r += 64) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
             }
           }
-          // gq = load logG[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, pid.y]
+          // gq = load.async logG[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, pid.y]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 32) + ((v_i1 + 1) * 32));
@@ -15773,9 +16477,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
             const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
             float* const dst = t_gq;
             for (int r = tid; r < 32; r += 64) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
             }
           }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
           __syncthreads();
           // cq = cumsum(gq, axis=0)
           {
@@ -16110,7 +16817,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_gate_grads_y_p2_d128_e128_
   {
     const int v_i0_end = ((p_t + 255) / 256);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // dlam = load dlamA[pid.y, ((((($t + 255) // 256) - 1) - i0) * 256):+256, pid.x]
+      // dlam = load.async dlamA[pid.y, ((((($t + 255) // 256) - 1) - i0) * 256):+256, pid.x]
       {
         const int a0 = static_cast<int>(blockIdx.y);
         const int s1 = (((((p_t + 255) / 256) - 1) - v_i0) * 256);
@@ -16119,9 +16826,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_gate_grads_y_p2_d128_e128_
         const long long base = static_cast<long long>(a0) * g_dlamA_s0 + static_cast<long long>(s1) * g_dlamA_s1 + static_cast<long long>(a2) * g_dlamA_s2;
         float* const dst = t_dlam;
         for (int r = tid; r < 256; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamA_d1 ? g_dlamA[base + static_cast<long long>(r) * g_dlamA_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamA_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamA[base + static_cast<long long>(r) * g_dlamA_s1]) : static_cast<const void*>(g_dlamA), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
       __syncthreads();
       // suffix = cumsum(dlam, axis=0, reverse)
       {
@@ -16293,7 +17003,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f3
   float* const t_y_row = reinterpret_cast<float*>(prt_base + 192);  // f32[128] pitch 128
   float* const t_den_s_part = reinterpret_cast<float*>(prt_base + 64);  // f32[2, 16] pitch 16
   float* const t_m_blk_part = reinterpret_cast<float*>(prt_base + 163840);  // f32[4, 16] pitch 16
-  // g = load Gc[pid.y, 0:+64, (pid.x // ($hq // $h))]
+  // g = load.async Gc[pid.y, 0:+64, (pid.x // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.y);
     const int s1 = 0;
@@ -16302,9 +17012,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f3
     const long long base = static_cast<long long>(a0) * g_Gc_s0 + static_cast<long long>(s1) * g_Gc_s1 + static_cast<long long>(a2) * g_Gc_s2;
     float* const dst = t_g;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_Gc_d1 ? g_Gc[base + static_cast<long long>(r) * g_Gc_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_Gc_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Gc[base + static_cast<long long>(r) * g_Gc_s1]) : static_cast<const void*>(g_Gc), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -17120,7 +17833,7 @@ extern "C" __global__ void __launch_bounds__(32) prt_cache_append_p2_d128_e128_c
     }
   }
   __syncthreads();
-  // g = load logG[pid.z, ($q0 + pid.x), pid.y:+1]
+  // g = load.async logG[pid.z, ($q0 + pid.x), pid.y:+1]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int a1 = (p_q0 + static_cast<int>(blockIdx.x));
@@ -17129,9 +17842,13 @@ extern "C" __global__ void __launch_bounds__(32) prt_cache_append_p2_d128_e128_c
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(a1) * g_logG_s1 + static_cast<long long>(s2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 1; r += 32) {
-      dst[r] = ok && s2 + r >= 0 && s2 + r < g_logG_d2 ? g_logG[base + static_cast<long long>(r) * g_logG_s2] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s2 + r >= 0 && s2 + r < g_logG_d2;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s2]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
+  __syncthreads();
   // store Gc[pid.z, ($len0 + pid.x), pid.y:+1] = g
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -17301,16 +18018,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_state_copy_p2_d128_e128_c6
 #include <cuda_runtime.h>
 
 extern "C" cudaError_t prt_attention_p2_d128_e128_c64_f32_w2_bd0_bt32_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d128_e128_c64_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 85392);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d128_e128_c64_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 119184);
   if (err != cudaSuccess) return err;
-  prt_attention_p2_d128_e128_c64_f32_w2_bd0_bt32_s2<<<grid, 64, 85392, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_p2_d128_e128_c64_f32_w2_bd0_bt32_s2<<<grid, 64, 119184, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_Y, float* g_lse, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 85520);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 119312);
   if (err != cudaSuccess) return err;
-  prt_attention_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2<<<grid, 64, 85520, stream>>>(g_Q, g_K, g_V, g_logG, g_Y, g_lse, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2<<<grid, 64, 119312, stream>>>(g_Q, g_K, g_V, g_logG, g_Y, g_lse, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -17322,9 +18039,9 @@ extern "C" cudaError_t prt_update_state_p2_d128_e128_c64_f32_w8_bd128_bt64_s1_la
 }
 
 extern "C" cudaError_t prt_discounted_cumsum_p2_d128_e128_c64_f32_w4_bd64_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_dS, const float* g_dZ, const float* g_logG, const float* g_S0, const float* g_Z0, float* g_Sin, float* g_Zin, float* g_Sfinal, float* g_Zfinal, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_p2_d128_e128_c64_f32_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 66816);
+  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_p2_d128_e128_c64_f32_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 67072);
   if (err != cudaSuccess) return err;
-  prt_discounted_cumsum_p2_d128_e128_c64_f32_w4_bd64_bt64_s2<<<grid, 128, 66816, stream>>>(g_dS, g_dZ, g_logG, g_S0, g_Z0, g_Sin, g_Zin, g_Sfinal, g_Zfinal, p_b, p_t, p_h, p_n);
+  prt_discounted_cumsum_p2_d128_e128_c64_f32_w4_bd64_bt64_s2<<<grid, 128, 67072, stream>>>(g_dS, g_dZ, g_logG, g_S0, g_Z0, g_Sin, g_Zin, g_Sfinal, g_Zfinal, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
@@ -17336,9 +18053,9 @@ extern "C" cudaError_t prt_query_state_p2_d128_e128_c64_f32_w4_bd0_bt32_s1_launc
 }
 
 extern "C" cudaError_t prt_attention_bwd_prep_p2_d128_e128_c64_f32_w2_bd0_bt32_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d128_e128_c64_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 68224);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d128_e128_c64_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 102144);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_prep_p2_d128_e128_c64_f32_w2_bd0_bt32_s2<<<grid, 64, 68224, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_prep_p2_d128_e128_c64_f32_w2_bd0_bt32_s2<<<grid, 64, 102144, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -17350,9 +18067,9 @@ extern "C" cudaError_t prt_query_state_bwd_dq_p2_d128_e128_c64_f32_w4_bd0_bt16_s
 }
 
 extern "C" cudaError_t prt_attention_bwd_dq_p2_d128_e128_c64_f32_w2_bd0_bt32_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d128_e128_c64_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 98064);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d128_e128_c64_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 131856);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dq_p2_d128_e128_c64_f32_w2_bd0_bt32_s2<<<grid, 64, 98064, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dq_p2_d128_e128_c64_f32_w2_bd0_bt32_s2<<<grid, 64, 131856, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -17371,9 +18088,9 @@ extern "C" cudaError_t prt_query_state_bwd_ds_p2_d128_e128_c64_f32_w8_bd128_bt64
 }
 
 extern "C" cudaError_t prt_discounted_cumsum_bwd_p2_d128_e128_c64_f32_w4_bd64_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d128_e128_c64_f32_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 133920);
+  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d128_e128_c64_f32_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 134176);
   if (err != cudaSuccess) return err;
-  prt_discounted_cumsum_bwd_p2_d128_e128_c64_f32_w4_bd64_bt64_s2<<<grid, 128, 133920, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
+  prt_discounted_cumsum_bwd_p2_d128_e128_c64_f32_w4_bd64_bt64_s2<<<grid, 128, 134176, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
@@ -17392,16 +18109,16 @@ extern "C" cudaError_t prt_combine_grads_p2_d128_e128_c64_f32_w4_bd0_bt64_s1_lau
 }
 
 extern "C" cudaError_t prt_attention_bwd_prep_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, float* g_Dy, float* g_lseB, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 68224);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 102144);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_prep_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2<<<grid, 64, 68224, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_lseB, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_prep_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2<<<grid, 64, 102144, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_lseB, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_bwd_dq_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQ, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 98064);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 131856);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dq_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2<<<grid, 64, 98064, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQ, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dq_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2<<<grid, 64, 131856, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQ, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 

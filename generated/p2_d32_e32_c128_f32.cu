@@ -6,10 +6,10 @@
 #include "sympow_d32_p2.cuh"
 
 // attention: numA, denA, maxA: causal p-th power attention inside each window, stabilised by the row max of log-weights
-// grid ((($t + 127) // 128), $hq, $b), 256 threads
-extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_f32_w8_bd0_bt128_s2(
+// grid ((($t + 63) // 64), $hq, $b), 128 threads
+extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c128_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 154640 bytes of dynamic shared memory
+  // sm_80: 78864 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -98,40 +98,43 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
   (void)g_maxA_d0;
   (void)g_maxA_d1;
   (void)g_maxA_d2;
-  float* const t_q = reinterpret_cast<float*>(prt_base + 0);  // f32[128, 32] pitch 36
-  float* const t_k = reinterpret_cast<float*>(prt_base + 19472);  // f32[128, 32] pitch 36
-  float* const t_v = reinterpret_cast<float*>(prt_base + 37904);  // f32[128, 32] pitch 36
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 18432);  // f32[128] pitch 128
-  float* const t_cq = reinterpret_cast<float*>(prt_base + 18944);  // f32[128] pitch 128
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 128528);  // f32[128] pitch 128
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 129552);  // f32[128] pitch 128
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 56336);  // f32[128] pitch 128
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 19456);  // f32[1] pitch 1
-  float f_w[4][4][4];  // f32[128, 128] as mma fragments: 128x128 in 16x32 units over 8 warps
-  float* const t_p = reinterpret_cast<float*>(prt_base + 59920);  // f32[128, 128] pitch 132
-  float f_acc[1][4][4];  // f32[128, 32] as mma fragments: 128x32 in 16x32 units over 8 warps
-  float* const t_v_finite = reinterpret_cast<float*>(prt_base + 136208);  // f32[128, 32] pitch 36
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 128016);  // bf16[128, 32] pitch 32
-  float* const t_row_max = reinterpret_cast<float*>(prt_base + 18432);  // f32[128] pitch 128
-  float f_row_sum[1][2];  // f32[128] as the rows of 128x32 in 16x32 units over 8 warps
-  float* const t_block_max = reinterpret_cast<float*>(prt_base + 58896);  // f32[128] pitch 128
-  float* const t_block_sum = reinterpret_cast<float*>(prt_base + 127504);  // f32[128] pitch 128
-  float f_alpha[1][2];  // f32[128] as the rows of 128x32 in 16x32 units over 8 warps
-  float* const t_shift = reinterpret_cast<float*>(prt_base + 59408);  // f32[128] pitch 128
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 128016);  // f32[128] pitch 128
-  float* const t_row_factor = reinterpret_cast<float*>(prt_base + 129040);  // f32[128] pitch 128
-  float* const t_block_max_part = reinterpret_cast<float*>(prt_base + 56848);  // f32[4, 128] pitch 128
-  // q = load.async Q[pid.z, (pid.x * 128):+128, pid.y, 0:+32]
+  float* const t_q = reinterpret_cast<float*>(prt_base + 0);  // f32[64, 32] pitch 36
+  float* const t_k_base = reinterpret_cast<float*>(prt_base + 9744);  // f32[64, 32] pitch 36, 2 copies
+  float* t_k = t_k_base;
+  float* const t_v_base = reinterpret_cast<float*>(prt_base + 28176);  // f32[64, 32] pitch 36, 2 copies
+  float* t_v = t_v_base;
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 9216);  // f32[64] pitch 64
+  float* const t_cq = reinterpret_cast<float*>(prt_base + 9472);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 65552);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 66576);  // f32[64] pitch 64
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 46608);  // f32[64] pitch 64
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 9728);  // f32[1] pitch 1
+  float f_w[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
+  float* const t_p = reinterpret_cast<float*>(prt_base + 47888);  // f32[64, 64] pitch 68
+  float f_acc[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
+  float* const t_v_finite = reinterpret_cast<float*>(prt_base + 69648);  // f32[64, 32] pitch 36
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 65552);  // bf16[64, 32] pitch 32
+  float* const t_row_max = reinterpret_cast<float*>(prt_base + 9216);  // f32[64] pitch 64
+  float f_row_sum[1][2];  // f32[64] as the rows of 64x32 in 16x32 units over 4 warps
+  float* const t_block_max = reinterpret_cast<float*>(prt_base + 47376);  // f32[64] pitch 64
+  float* const t_block_sum = reinterpret_cast<float*>(prt_base + 65296);  // f32[64] pitch 64
+  float f_alpha[1][2];  // f32[64] as the rows of 64x32 in 16x32 units over 4 warps
+  float* const t_shift = reinterpret_cast<float*>(prt_base + 47632);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 66064);  // f32[64] pitch 64
+  float* const t_row_factor = reinterpret_cast<float*>(prt_base + 66320);  // f32[64] pitch 64
+  float* const t_block_max_part = reinterpret_cast<float*>(prt_base + 46864);  // f32[2, 64] pitch 64
+  // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (static_cast<int>(blockIdx.x) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 256) {
+      for (int i = tid; i < 512; i += 128) {
         const int r = i / 8, c = (i % 8) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -140,36 +143,37 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       }
     }
     else {
-      for (int i = tid; i < 4096; i += 256) {
+      for (int i = tid; i < 2048; i += 128) {
         const int r = i / 32, c = i % 32;
         dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<float>(0.0f);
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gq = load logG[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (static_cast<int>(blockIdx.x) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
-    for (int r = tid; r < 128; r += 256) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+    for (int r = tid; r < 64; r += 128) {
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
-    for (int o = warp; o < 1; o += 8) {
+    for (int o = warp; o < 1; o += 4) {
       float carry = 0.0f;
-      for (int j0 = 0; j0 < 128; j0 += 32) {
+      for (int j0 = 0; j0 < 64; j0 += 32) {
         const int j = j0 + lane, i = j;
-        float v = j < 128 ? prt::to_f32(t_gq[i]) : 0.0f;
+        float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
         v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 128) t_cq[i] = prt::from_f32<float>(v);
+        if (j < 64) t_cq[i] = prt::from_f32<float>(v);
         carry = __shfl_sync(0xffffffffu, v, 31);
       }
     }
@@ -178,7 +182,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
   {
     #pragma unroll
     for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 8;
+      const int u = warp + j * 4;
       const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
       (void)n0;
       #pragma unroll
@@ -195,7 +199,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
   {
     #pragma unroll
     for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 8;
+      const int u = warp + j * 4;
       const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
       (void)n0;
       #pragma unroll
@@ -208,27 +212,27 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
   __syncthreads();
   // row_max[row] = -Infinity
   {
-    for (int r = tid; r < 128; r += 256) {
+    for (int r = tid; r < 64; r += 128) {
       t_row_max[r] = prt::from_f32<float>(__int_as_float(0xff800000));
     }
   }
   // gap[row] = 0.0
   {
-    for (int r = tid; r < 1; r += 256) {
+    for (int r = tid; r < 1; r += 128) {
       t_gap[r] = prt::from_f32<float>(0.0f);
     }
   }
-  // k = load.async K[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h)), 0:+32]
+  // k = load.async K[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (static_cast<int>(blockIdx.x) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 256) {
+      for (int i = tid; i < 512; i += 128) {
         const int r = i / 8, c = (i % 8) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -237,23 +241,23 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       }
     }
     else {
-      for (int i = tid; i < 4096; i += 256) {
+      for (int i = tid; i < 2048; i += 128) {
         const int r = i / 32, c = i % 32;
         dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h)), 0:+32]
+  // v = load.async V[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (static_cast<int>(blockIdx.x) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 256) {
+      for (int i = tid; i < 512; i += 128) {
         const int r = i / 8, c = (i % 8) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -262,7 +266,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       }
     }
     else {
-      for (int i = tid; i < 4096; i += 256) {
+      for (int i = tid; i < 2048; i += 128) {
         const int r = i / 32, c = i % 32;
         dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
       }
@@ -272,17 +276,17 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
   prt::cp_async_wait<0>();
   // ck[row] = -(cq[row])
   {
-    for (int r = tid; r < 128; r += 256) {
+    for (int r = tid; r < 64; r += 128) {
       t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
     }
   }
   __syncthreads();
-  // w = mma.fmaFrag(q, k^T) [128x128 in 16x32 units over 8 warps]
+  // w = mma.fmaFrag(q, k^T) [64x64 in 16x32 units over 4 warps]
   {
     #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int u = warp + j * 8;
-      const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+    for (int j = 0; j < 2; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
       float (&acc)[4][4] = f_w[j];
       #pragma unroll
       for (int q = 0; q < 4; ++q)
@@ -305,9 +309,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
   // w[row, col] = select((col <= row), (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]), -Infinity)
   {
     #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int u = warp + j * 8;
-      const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+    for (int j = 0; j < 2; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
       (void)n0;
       #pragma unroll
       for (int q = 0; q < 4; ++q) {
@@ -322,8 +326,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
   // block_max = reduce_max(w, axis=1) via block_max_part
   {
     #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int u = warp + j * 8;
+    for (int j = 0; j < 2; ++j) {
+      const int u = warp + j * 4;
       #pragma unroll
       for (int h = 0; h < 2; ++h) {
         float acc = f_w[j][0][2 * h];
@@ -334,15 +338,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
           acc = prt::max_nan(acc, f_w[j][q][2 * h + 1]);
         }
         acc = prt::quad_max(acc);
-        const int r = (u / 4) * 16 + (lane >> 2) + 8 * h;
+        const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
         (void)r;
-        if ((lane & 3) == 0) t_block_max_part[(u % 4) * 128 + (r)] = acc;
+        if ((lane & 3) == 0) t_block_max_part[(u % 2) * 64 + (r)] = acc;
       }
     }
     __syncthreads();
-    for (int i = tid; i < 128; i += 256) {
-      float acc = t_block_max_part[(0) * 128 + (i)];
-      for (int p = 1; p < 4; ++p) acc = prt::max_nan(acc, t_block_max_part[(p) * 128 + (i)]);
+    for (int i = tid; i < 64; i += 128) {
+      float acc = t_block_max_part[(0) * 64 + (i)];
+      for (int p = 1; p < 2; ++p) acc = prt::max_nan(acc, t_block_max_part[(p) * 64 + (i)]);
       t_block_max[i] = prt::from_f32<float>(acc);
     }
   }
@@ -351,7 +355,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
   {
     #pragma unroll
     for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 8;
+      const int u = warp + j * 4;
       const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
       (void)n0;
       #pragma unroll
@@ -365,7 +369,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
   // row_max[row] = max(row_max[row], block_max[row])
   // shift[row] = select((row_max[row] == -Infinity), 0.0, row_max[row])
   {
-    for (int r = tid; r < 128; r += 256) {
+    for (int r = tid; r < 64; r += 128) {
       const float y0 = prt::from_f32<float>(prt::max_nan(prt::to_f32(t_row_max[r]), prt::to_f32(t_block_max[r])));
       const float y1 = prt::from_f32<float>(((y0 == __int_as_float(0xff800000)) ? 0.0f : y0));
       t_row_max[r] = y0;
@@ -376,16 +380,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
   // p[row, col] = exp((w[row, col] - shift[row]))
   {
     #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int u = warp + j * 8;
-      const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+    for (int j = 0; j < 2; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
       (void)n0;
       #pragma unroll
       for (int q = 0; q < 4; ++q) {
         #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          t_p[(r) * 132 + (c)] = prt::from_f32<float>(prt::exp((f_w[j][q][e] - prt::to_f32(t_shift[r]))));
+          t_p[(r) * 68 + (c)] = prt::from_f32<float>(prt::exp((f_w[j][q][e] - prt::to_f32(t_shift[r]))));
         }
       }
     }
@@ -393,9 +397,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
   __syncthreads();
   // block_sum = reduce_sum(p, axis=1)
   {
-    for (int o = tid; o < 128; o += 256) {
+    for (int o = tid; o < 64; o += 128) {
       float acc = 0.0f;
-      for (int i = 0; i < 128; ++i) acc += prt::to_f32(t_p[(o) * 132 + (i)]);
+      for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_p[(o) * 68 + (i)]);
       t_block_sum[o] = prt::from_f32<float>(acc);
     }
   }
@@ -404,7 +408,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
   {
     #pragma unroll
     for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 8;
+      const int u = warp + j * 4;
       const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
       (void)n0;
       #pragma unroll
@@ -418,7 +422,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
   {
     #pragma unroll
     for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 8;
+      const int u = warp + j * 4;
       const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
       (void)n0;
       #pragma unroll
@@ -433,7 +437,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
   }
   // v_bad[row, col] = select(finite(v[row, col]), 0.0, 1.0)
   {
-    for (int i = tid; i < 4096; i += 256) {
+    for (int i = tid; i < 2048; i += 128) {
       const int r = i / 32, c = i % 32;
       t_v_bad[(r) * 32 + (c)] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_v[(r) * 36 + (c)])) ? 0.0f : 1.0f));
     }
@@ -441,35 +445,35 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
   __syncthreads();
   // v_bad = cumsum(v_bad, axis=0)
   {
-    for (int o = warp; o < 32; o += 8) {
+    for (int o = warp; o < 32; o += 4) {
       float carry = 0.0f;
-      for (int j0 = 0; j0 < 128; j0 += 32) {
+      for (int j0 = 0; j0 < 64; j0 += 32) {
         const int j = j0 + lane, i = j;
-        float v = j < 128 ? prt::to_f32(t_v_bad[(i) * 32 + (o)]) : 0.0f;
+        float v = j < 64 ? prt::to_f32(t_v_bad[(i) * 32 + (o)]) : 0.0f;
         v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 128) t_v_bad[(i) * 32 + (o)] = prt::from_f32<__nv_bfloat16>(v);
+        if (j < 64) t_v_bad[(i) * 32 + (o)] = prt::from_f32<__nv_bfloat16>(v);
         carry = __shfl_sync(0xffffffffu, v, 31);
       }
     }
   }
   // v_finite[row, col] = select(finite(v[row, col]), v[row, col], 0.0)
   {
-    for (int i = tid; i < 4096; i += 256) {
+    for (int i = tid; i < 2048; i += 128) {
       const int r = i / 32, c = i % 32;
       t_v_finite[(r) * 36 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_v[(r) * 36 + (c)])) ? prt::to_f32(t_v[(r) * 36 + (c)]) : 0.0f));
     }
   }
   __syncthreads();
-  // acc += mma.fmaFrag(p, v_finite) [128x32 in 16x32 units over 8 warps]
+  // acc += mma.fmaFrag(p, v_finite) [64x32 in 16x32 units over 4 warps]
   {
     #pragma unroll
     for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 8;
+      const int u = warp + j * 4;
       const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
       float (&acc)[4][4] = f_acc[j];
       const int g = lane >> 2, t2 = (lane & 3) * 2;
-      for (int kk = 0; kk < 128; ++kk) {
-        const float a0 = prt::to_f32(t_p[(m0 + g) * 132 + (kk)]), a1 = prt::to_f32(t_p[(m0 + g + 8) * 132 + (kk)]);
+      for (int kk = 0; kk < 64; ++kk) {
+        const float a0 = prt::to_f32(t_p[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_p[(m0 + g + 8) * 68 + (kk)]);
         #pragma unroll
         for (int q = 0; q < 4; ++q) {
           const float b0 = prt::to_f32(t_v_finite[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_v_finite[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
@@ -485,7 +489,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
   {
     #pragma unroll
     for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 8;
+      const int u = warp + j * 4;
       const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
       (void)n0;
       #pragma unroll
@@ -498,85 +502,158 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       }
     }
   }
-  {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128);
-    for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // k = load.async K[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        float* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 256) {
-            const int r = i / 8, c = (i % 8) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 256) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
-          }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      float* const dst = t_k_base + ((0) % 2) * 2304;
+      if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
         }
       }
-      __syncthreads();
-      // v = load.async V[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        float* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 256) {
-            const int r = i / 8, c = (i % 8) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      float* const dst = t_v_base + ((0) % 2) * 2304;
+      if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    __syncthreads();
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+  }
+  prt::cp_async_commit();
+  {
+    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
+    for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
+          if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+            }
           }
         }
-        else {
-          for (int i = tid; i < 4096; i += 256) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+        __syncthreads();
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
+          if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+        __syncthreads();
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
           }
         }
       }
       prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
-      // gk = load logG[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 128; r += 256) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
+      prt::cp_async_wait<1>();
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 2304;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 2304;  // bind v stage (i0 % 2)
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
-        for (int o = warp; o < 1; o += 8) {
+        for (int o = warp; o < 1; o += 4) {
           float carry = 0.0f;
-          for (int j0 = 0; j0 < 128; j0 += 32) {
-            const int j = j0 + lane, i = 127 - j;
-            float v = j < 128 ? prt::to_f32(t_gk[i]) : 0.0f;
+          for (int j0 = 0; j0 < 64; j0 += 32) {
+            const int j = j0 + lane, i = 63 - j;
+            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
             v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 128) t_sk[i] = prt::from_f32<float>(v);
+            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
             carry = __shfl_sync(0xffffffffu, v, 31);
           }
         }
@@ -584,16 +661,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       __syncthreads();
       // ck[row] = ((sk[row] - gk[row]) + gap[0])
       {
-        for (int r = tid; r < 128; r += 256) {
+        for (int r = tid; r < 64; r += 128) {
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // w = mma.fmaFrag(q, k^T) [128x128 in 16x32 units over 8 warps]
+      // w = mma.fmaFrag(q, k^T) [64x64 in 16x32 units over 4 warps]
       {
         #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           float (&acc)[4][4] = f_w[j];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
@@ -615,7 +692,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       }
       // fk[row] = exp((ck[row] / 2.0))
       {
-        for (int r = tid; r < 128; r += 256) {
+        for (int r = tid; r < 64; r += 128) {
           t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
         }
       }
@@ -623,9 +700,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
       {
         #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           (void)n0;
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
@@ -640,8 +717,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       // block_max = reduce_max(w, axis=1) via block_max_part
       {
         #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int u = warp + j * 8;
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
           #pragma unroll
           for (int h = 0; h < 2; ++h) {
             float acc = f_w[j][0][2 * h];
@@ -652,21 +729,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
               acc = prt::max_nan(acc, f_w[j][q][2 * h + 1]);
             }
             acc = prt::quad_max(acc);
-            const int r = (u / 4) * 16 + (lane >> 2) + 8 * h;
+            const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
             (void)r;
-            if ((lane & 3) == 0) t_block_max_part[(u % 4) * 128 + (r)] = acc;
+            if ((lane & 3) == 0) t_block_max_part[(u % 2) * 64 + (r)] = acc;
           }
         }
         __syncthreads();
-        for (int i = tid; i < 128; i += 256) {
-          float acc = t_block_max_part[(0) * 128 + (i)];
-          for (int p = 1; p < 4; ++p) acc = prt::max_nan(acc, t_block_max_part[(p) * 128 + (i)]);
+        for (int i = tid; i < 64; i += 128) {
+          float acc = t_block_max_part[(0) * 64 + (i)];
+          for (int p = 1; p < 2; ++p) acc = prt::max_nan(acc, t_block_max_part[(p) * 64 + (i)]);
           t_block_max[i] = prt::from_f32<float>(acc);
         }
       }
       // block_max[row] = ((log(block_max[row]) * 2.0) + cq[row])
       {
-        for (int r = tid; r < 128; r += 256) {
+        for (int r = tid; r < 64; r += 128) {
           t_block_max[r] = prt::from_f32<float>(((prt::log(prt::to_f32(t_block_max[r])) * 2.0f) + prt::to_f32(t_cq[r])));
         }
       }
@@ -675,7 +752,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 8;
+          const int u = warp + j * 4;
           const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
           (void)n0;
           #pragma unroll
@@ -690,7 +767,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       // shift[row] = select((row_max[row] == -Infinity), 0.0, row_max[row])
       // row_factor[row] = exp(((cq[row] - shift[row]) / 2.0))
       {
-        for (int r = tid; r < 128; r += 256) {
+        for (int r = tid; r < 64; r += 128) {
           const float y0 = prt::from_f32<float>(prt::max_nan(prt::to_f32(t_row_max[r]), prt::to_f32(t_block_max[r])));
           const float y1 = prt::from_f32<float>(((y0 == __int_as_float(0xff800000)) ? 0.0f : y0));
           const float y2 = prt::from_f32<float>(prt::exp(((prt::to_f32(t_cq[r]) - y1) / 2.0f)));
@@ -703,16 +780,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       // p[row, col] = pow((w[row, col] * row_factor[row]), 2)
       {
         #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           (void)n0;
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              t_p[(r) * 132 + (c)] = prt::from_f32<float>(prt::powi<2>((f_w[j][q][e] * prt::to_f32(t_row_factor[r]))));
+              t_p[(r) * 68 + (c)] = prt::from_f32<float>(prt::powi<2>((f_w[j][q][e] * prt::to_f32(t_row_factor[r]))));
             }
           }
         }
@@ -720,9 +797,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       __syncthreads();
       // block_sum = reduce_sum(p, axis=1)
       {
-        for (int o = tid; o < 128; o += 256) {
+        for (int o = tid; o < 64; o += 128) {
           float acc = 0.0f;
-          for (int i = 0; i < 128; ++i) acc += prt::to_f32(t_p[(o) * 132 + (i)]);
+          for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_p[(o) * 68 + (i)]);
           t_block_sum[o] = prt::from_f32<float>(acc);
         }
       }
@@ -731,7 +808,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 8;
+          const int u = warp + j * 4;
           const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
           (void)n0;
           #pragma unroll
@@ -745,7 +822,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 8;
+          const int u = warp + j * 4;
           const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
           (void)n0;
           #pragma unroll
@@ -758,16 +835,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
           }
         }
       }
-      // acc += mma.fmaFrag(p, v) [128x32 in 16x32 units over 8 warps]
+      // acc += mma.fmaFrag(p, v) [64x32 in 16x32 units over 4 warps]
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 8;
+          const int u = warp + j * 4;
           const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
           float (&acc)[4][4] = f_acc[j];
           const int g = lane >> 2, t2 = (lane & 3) * 2;
-          for (int kk = 0; kk < 128; ++kk) {
-            const float a0 = prt::to_f32(t_p[(m0 + g) * 132 + (kk)]), a1 = prt::to_f32(t_p[(m0 + g + 8) * 132 + (kk)]);
+          for (int kk = 0; kk < 64; ++kk) {
+            const float a0 = prt::to_f32(t_p[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_p[(m0 + g + 8) * 68 + (kk)]);
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
               const float b0 = prt::to_f32(t_v[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_v[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
@@ -781,16 +858,17 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       }
       // gap[row] = (gap[row] + sk[0])
       {
-        for (int r = tid; r < 1; r += 256) {
+        for (int r = tid; r < 1; r += 128) {
           t_gap[r] = prt::from_f32<float>((prt::to_f32(t_gap[r]) + prt::to_f32(t_sk[0])));
         }
       }
     }
   }
-  // store numA[pid.z, (pid.x * 128):+128, pid.y, 0:+32] = acc
+  prt::cp_async_wait<0>();
+  // store numA[pid.z, (pid.x * 64):+64, pid.y, 0:+32] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (static_cast<int>(blockIdx.x) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_numA_d0 && a2 >= 0 && a2 < g_numA_d2;
@@ -798,7 +876,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
     if (ok) {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 8;
+        const int u = warp + j * 4;
         const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
         (void)n0;
         #pragma unroll
@@ -812,17 +890,17 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       }
     }
   }
-  // store denA[pid.z, (pid.x * 128):+128, pid.y] = row_sum
+  // store denA[pid.z, (pid.x * 64):+64, pid.y] = row_sum
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (static_cast<int>(blockIdx.x) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_denA_d0 && a2 >= 0 && a2 < g_denA_d2;
     const long long base = static_cast<long long>(a0) * g_denA_s0 + static_cast<long long>(s1) * g_denA_s1 + static_cast<long long>(a2) * g_denA_s2;
     if (ok) {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 8;
+        const int u = warp + j * 4;
         const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
         (void)n0;
         #pragma unroll
@@ -833,15 +911,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       }
     }
   }
-  // store maxA[pid.z, (pid.x * 128):+128, pid.y] = row_max
+  // store maxA[pid.z, (pid.x * 64):+64, pid.y] = row_max
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (static_cast<int>(blockIdx.x) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_maxA_d0 && a2 >= 0 && a2 < g_maxA_d2;
     const long long base = static_cast<long long>(a0) * g_maxA_s0 + static_cast<long long>(s1) * g_maxA_s1 + static_cast<long long>(a2) * g_maxA_s2;
     if (ok) {
-      for (int r = tid; r < 128; r += 256) {
+      for (int r = tid; r < 64; r += 128) {
         if (s1 + r >= 0 && s1 + r < g_maxA_d1) g_maxA[base + static_cast<long long>(r) * g_maxA_s1] = t_row_max[r];
       }
     }
@@ -941,7 +1019,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
   float f_s1[1][1][4];  // f32[16, 32] as mma fragments: 16x32 in 16x8 units over 4 warps
   float* const t_z1 = reinterpret_cast<float*>(prt_base + 54272);  // f32[16] pitch 16
   float* const t_u1_hi = reinterpret_cast<float*>(prt_base + 35840);  // f32[128, 32] pitch 36
-  // g = load logG[(pid.y // $h), ((pid.x // 1) * 128):+128, (pid.y % $h)]
+  // g = load.async logG[(pid.y // $h), ((pid.x // 1) * 128):+128, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -950,9 +1028,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 128; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -1358,7 +1439,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
 // grid (9, ($b * $h), 1), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e32_c128_f32_w4_bd64_bt128_s2(
     const float* g_dS, const float* g_dZ, const float* g_logG, const float* g_S0, const float* g_Z0, float* g_Sin, float* g_Zin, float* g_Sfinal, float* g_Zfinal, int p_b, int p_t, int p_h, int p_n) {
-  // sm_80: 18176 bytes of dynamic shared memory
+  // sm_80: 18688 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -1481,12 +1562,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
   (void)g_Zfinal_d2;
   float f_s[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
   float* const t_z = reinterpret_cast<float*>(prt_base + 0);  // f32[64] pitch 64
-  float* const t_ds_base = reinterpret_cast<float*>(prt_base + 256);  // f32[64, 32] pitch 32, 2 copies
+  float* const t_ds_base = reinterpret_cast<float*>(prt_base + 1280);  // f32[64, 32] pitch 32, 2 copies
   float* t_ds = t_ds_base;
-  float* const t_dz_base = reinterpret_cast<float*>(prt_base + 16640);  // f32[64] pitch 64, 2 copies
+  float* const t_dz_base = reinterpret_cast<float*>(prt_base + 17664);  // f32[64] pitch 64, 2 copies
   float* t_dz = t_dz_base;
-  float* const t_g = reinterpret_cast<float*>(prt_base + 17152);  // f32[128] pitch 128
-  float* const t_lam = reinterpret_cast<float*>(prt_base + 17664);  // f32[128] pitch 128
+  float* const t_g_base = reinterpret_cast<float*>(prt_base + 256);  // f32[128] pitch 128, 2 copies
+  float* t_g = t_g_base;
+  float* const t_lam = reinterpret_cast<float*>(prt_base + 18176);  // f32[128] pitch 128
   // s = load S0[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+32]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -1535,6 +1617,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   if ((0 < p_n)) {
+    // g = load.async logG[(pid.y // $h), (0 * 128):+128, (pid.y % $h)] into stage 0
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = (0 * 128);
+      const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_g_base + ((0) % 2) * 128;
+      for (int r = tid; r < 128; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
     // ds = load.async dS[(pid.y // $h), (pid.y % $h), 0, (pid.x * 64):+64, 0:+32] into stage 0
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -1590,6 +1685,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
     const int v_i0_end = p_n;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((v_i0 + 1) < p_n)) {
+        // g = load.async logG[(pid.y // $h), ((i0 + 1) * 128):+128, (pid.y % $h)] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((v_i0 + 1) * 128);
+          const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_g_base + ((((v_i0 + 1) % 2)) % 2) * 128;
+          for (int r = tid; r < 128; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        __syncthreads();
         // ds = load.async dS[(pid.y // $h), (pid.y % $h), (i0 + 1), (pid.x * 64):+64, 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -1642,6 +1751,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
       }
       prt::cp_async_commit();
       prt::cp_async_wait<1>();
+      t_g = t_g_base + (((v_i0 % 2)) % 2) * 128;  // bind g stage (i0 % 2)
       t_ds = t_ds_base + (((v_i0 % 2)) % 2) * 2048;  // bind ds stage (i0 % 2)
       t_dz = t_dz_base + (((v_i0 % 2)) % 2) * 64;  // bind dz stage (i0 % 2)
       // store Sin[(pid.y // $h), (pid.y % $h), i0, (pid.x * 64):+64, 0:+32] = s
@@ -1685,19 +1795,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
           }
         }
       }
-      // g = load logG[(pid.y // $h), (i0 * 128):+128, (pid.y % $h)]
-      {
-        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int s1 = (v_i0 * 128);
-        const int a2 = (static_cast<int>(blockIdx.y) % p_h);
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_g;
-        for (int r = tid; r < 128; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
-      __syncthreads();
       // lam = cumsum(g, axis=0)
       {
         for (int o = warp; o < 1; o += 4) {
@@ -1735,7 +1832,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
           t_z[r] = prt::from_f32<float>(((prt::to_f32(t_z[r]) * prt::exp(prt::to_f32(t_lam[127]))) + prt::to_f32(t_dz[r])));
         }
       }
-      __syncthreads();
     }
   }
   prt::cp_async_wait<0>();
@@ -1943,7 +2039,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
   float f_den_a[2][2];  // f32[128] as the rows of 128x32 in 16x32 units over 4 warps
   float f_max_a[2][2];  // f32[128] as the rows of 128x32 in 16x32 units over 4 warps
   float f_lse_t[2][2];  // f32[128] as the rows of 128x32 in 16x32 units over 4 warps
-  // g = load logG[pid.z, ((pid.x // 1) * 128):+128, (pid.y // ($hq // $h))]
+  // g = load.async logG[pid.z, ((pid.x // 1) * 128):+128, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -1952,9 +2048,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 128; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -2653,7 +2752,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
 // grid ((($t + 63) // 64), $hq, $b), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_e32_c128_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 39696 bytes of dynamic shared memory
+  // sm_80: 58384 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -2755,23 +2854,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
   float* const t_q = reinterpret_cast<float*>(prt_base + 0);  // f32[64, 32] pitch 36
   float* const t_dy = reinterpret_cast<float*>(prt_base + 9216);  // f32[64, 32] pitch 36
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 18432);  // f32[64] pitch 64
-  float* const t_k = reinterpret_cast<float*>(prt_base + 19984);  // f32[64, 32] pitch 36
-  float* const t_v = reinterpret_cast<float*>(prt_base + 29200);  // f32[64, 32] pitch 36
+  float* const t_k_base = reinterpret_cast<float*>(prt_base + 19984);  // f32[64, 32] pitch 36, 2 copies
+  float* t_k = t_k_base;
+  float* const t_v_base = reinterpret_cast<float*>(prt_base + 38416);  // f32[64, 32] pitch 36, 2 copies
+  float* t_v = t_v_base;
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p_dp[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float* const t_part = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
   float* const t_acc_dy = reinterpret_cast<float*>(prt_base + 18688);  // f32[64] pitch 64
   float* const t_acc_p = reinterpret_cast<float*>(prt_base + 18944);  // f32[64] pitch 64
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 38928);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 57872);  // f32[64] pitch 64
   float* const t_g_i = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
   float* const t_gq = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 39184);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 39440);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 57360);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 58128);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 19728);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 19712);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 38416);  // f32[2, 64] pitch 64
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 56848);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -2822,9 +2924,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // lse_i = load lse[pid.z, (pid.x * 64):+64, pid.y]
+  // lse_i = load.async lse[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -2833,9 +2933,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
     float* const dst = t_lse_i;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   // acc_dy[row] = 0.0
   // acc_p[row] = 0.0
   {
@@ -2846,7 +2949,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       t_acc_p[r] = y1;
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -2855,9 +2958,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -3096,21 +3202,145 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       t_acc_p[r] = prt::from_f32<float>((prt::to_f32(t_acc_p[r]) + prt::to_f32(t_part[r])));
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      float* const dst = t_k_base + ((0) % 2) * 2304;
+      if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      float* const dst = t_v_base + ((0) % 2) * 2304;
+      if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
+          if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
+          if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 2304;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 2304;  // bind v stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -3132,59 +3362,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        float* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        float* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
       // dot = mma.fmaFrag(q, k^T) [64x64 in 16x32 units over 4 warps]
       {
         #pragma unroll
@@ -3368,6 +3545,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store DyA[pid.z, (pid.x * 64):+64, pid.y] = acc_dy
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -3589,7 +3767,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
   float f_t_a[2][4][4];  // f32[128, 32] as mma fragments: 128x32 in 16x32 units over 4 warps
   float* const t_s_hi = reinterpret_cast<float*>(prt_base + 46592);  // f32[32, 32] pitch 36
   if (((((static_cast<int>(blockIdx.x) / 1) * 128) + ((static_cast<int>(blockIdx.x) % 1) * 128)) < p_t)) {
-    // g = load logG[pid.z, ((pid.x // 1) * 128):+128, (pid.y // ($hq // $h))]
+    // g = load.async logG[pid.z, ((pid.x // 1) * 128):+128, (pid.y // ($hq // $h))]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -3598,9 +3776,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
       float* const dst = t_g;
       for (int r = tid; r < 128; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
     __syncthreads();
     // lam = cumsum(g, axis=0)
     {
@@ -3737,7 +3918,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       }
     }
     __syncthreads();
-    // dy_y = load DyA[pid.z, (((pid.x // 1) * 128) + ((pid.x % 1) * 128)):+128, pid.y]
+    // dy_y = load.async DyA[pid.z, (((pid.x // 1) * 128) + ((pid.x % 1) * 128)):+128, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 128) + ((static_cast<int>(blockIdx.x) % 1) * 128));
@@ -3746,10 +3927,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       const long long base = static_cast<long long>(a0) * g_DyA_s0 + static_cast<long long>(s1) * g_DyA_s1 + static_cast<long long>(a2) * g_DyA_s2;
       float* const dst = t_dy_y;
       for (int r = tid; r < 128; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_DyA_d1 ? g_DyA[base + static_cast<long long>(r) * g_DyA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_DyA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_DyA[base + static_cast<long long>(r) * g_DyA_s1]) : static_cast<const void*>(g_DyA), in ? 4 : 0);
       }
     }
-    // rho = load PA[pid.z, (((pid.x // 1) * 128) + ((pid.x % 1) * 128)):+128, pid.y]
+    // rho = load.async PA[pid.z, (((pid.x // 1) * 128) + ((pid.x % 1) * 128)):+128, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 128) + ((static_cast<int>(blockIdx.x) % 1) * 128));
@@ -3758,10 +3940,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       const long long base = static_cast<long long>(a0) * g_PA_s0 + static_cast<long long>(s1) * g_PA_s1 + static_cast<long long>(a2) * g_PA_s2;
       float* const dst = t_rho;
       for (int r = tid; r < 128; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_PA_d1 ? g_PA[base + static_cast<long long>(r) * g_PA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_PA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_PA[base + static_cast<long long>(r) * g_PA_s1]) : static_cast<const void*>(g_PA), in ? 4 : 0);
       }
     }
-    // p_s = load wS[pid.z, (((pid.x // 1) * 128) + ((pid.x % 1) * 128)):+128, pid.y]
+    // p_s = load.async wS[pid.z, (((pid.x // 1) * 128) + ((pid.x % 1) * 128)):+128, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 128) + ((static_cast<int>(blockIdx.x) % 1) * 128));
@@ -3770,9 +3953,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       const long long base = static_cast<long long>(a0) * g_wS_s0 + static_cast<long long>(s1) * g_wS_s1 + static_cast<long long>(a2) * g_wS_s2;
       float* const dst = t_p_s;
       for (int r = tid; r < 128; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_wS_d1 ? g_wS[base + static_cast<long long>(r) * g_wS_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_wS_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_wS[base + static_cast<long long>(r) * g_wS_s1]) : static_cast<const void*>(g_wS), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
     // y_s[row, col] = (y_s[row, col] * dy_row[row, col])
     {
       for (int i = tid; i < 4096; i += 128) {
@@ -4192,7 +4378,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
 // grid ((($t + 63) // 64), $hq, $b), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e32_c128_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 65808 bytes of dynamic shared memory
+  // sm_80: 84240 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -4308,25 +4494,28 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
   float* const t_dy = reinterpret_cast<float*>(prt_base + 9216);  // f32[64, 32] pitch 36
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 18432);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 18688);  // f32[64] pitch 64
-  float* const t_k = reinterpret_cast<float*>(prt_base + 20240);  // f32[64, 32] pitch 36
-  float* const t_v = reinterpret_cast<float*>(prt_base + 29456);  // f32[64, 32] pitch 36
-  float* const t_k_finite = reinterpret_cast<float*>(prt_base + 38672);  // f32[64, 32] pitch 36
+  float* const t_k_base = reinterpret_cast<float*>(prt_base + 20240);  // f32[64, 32] pitch 36, 2 copies
+  float* t_k = t_k_base;
+  float* const t_v_base = reinterpret_cast<float*>(prt_base + 38672);  // f32[64, 32] pitch 36, 2 copies
+  float* t_v = t_v_base;
+  float* const t_k_finite = reinterpret_cast<float*>(prt_base + 57104);  // f32[64, 32] pitch 36
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_W[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_ds = reinterpret_cast<float*>(prt_base + 47888);  // f32[64, 64] pitch 68
+  float* const t_ds = reinterpret_cast<float*>(prt_base + 66320);  // f32[64, 64] pitch 68
   float f_acc[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
   float* const t_part = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
   float* const t_wsum = reinterpret_cast<float*>(prt_base + 18944);  // f32[64] pitch 64
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 38672);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 57616);  // f32[64] pitch 64
   float* const t_g_i = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
   float* const t_h_i = reinterpret_cast<float*>(prt_base + 19712);  // f32[64] pitch 64
   float* const t_gq = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 38928);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 39184);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 57104);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 57872);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 19984);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 19968);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 65296);  // f32[2, 64] pitch 64
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 83728);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -4377,9 +4566,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // lse_i = load lse[pid.z, (pid.x * 64):+64, pid.y]
+  // lse_i = load.async lse[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -4388,10 +4575,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
     float* const dst = t_lse_i;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
     }
   }
-  // Dy_i = load Dy[pid.z, (pid.x * 64):+64, pid.y]
+  // Dy_i = load.async Dy[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -4400,9 +4588,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
     float* const dst = t_Dy_i;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   // acc[row, col] = 0.0
   {
     #pragma unroll
@@ -4426,7 +4617,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       t_wsum[r] = prt::from_f32<float>(0.0f);
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -4435,9 +4626,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -4675,21 +4869,146 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     }
   }
   __syncthreads();
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      float* const dst = t_k_base + ((0) % 2) * 2304;
+      if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      float* const dst = t_v_base + ((0) % 2) * 2304;
+      if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
+          if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
+          if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 2304;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 2304;  // bind v stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -4711,59 +5030,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        float* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        float* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
       // dot = mma.fmaFrag(q, k^T) [64x64 in 16x32 units over 4 warps]
       {
         #pragma unroll
@@ -4952,6 +5218,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store dQa[pid.z, (pid.x * 64):+64, pid.y, 0:+32] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -5208,9 +5475,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gk = load logG[pid.z, (pid.x * 64):+64, pid.y]
+  // gk = load.async logG[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -5219,9 +5484,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gk;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // sk = cumsum(gk, axis=0, reverse)
   {
@@ -5291,7 +5559,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
   {
     const int v_i0_end = (p_hq / p_h);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // part = load rowW[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
+      // part = load.async rowW[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -5300,9 +5568,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         const long long base = static_cast<long long>(a0) * g_rowW_s0 + static_cast<long long>(s1) * g_rowW_s1 + static_cast<long long>(a2) * g_rowW_s2;
         float* const dst = t_part;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_rowW_d1 ? g_rowW[base + static_cast<long long>(r) * g_rowW_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_rowW_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_rowW[base + static_cast<long long>(r) * g_rowW_s1]) : static_cast<const void*>(g_rowW), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
       // row_sum[row] = (row_sum[row] + part[row])
       {
         for (int r = tid; r < 64; r += 128) {
@@ -5365,9 +5637,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
           }
         }
       }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      // lse_i = load lse[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
+      // lse_i = load.async lse[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -5376,10 +5646,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
         float* const dst = t_lse_i;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
         }
       }
-      // Dy_i = load Dy[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
+      // Dy_i = load.async Dy[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -5388,10 +5659,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
         float* const dst = t_Dy_i;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
         }
       }
-      // gq = load logG[pid.z, (pid.x * 64):+64, pid.y]
+      // gq = load.async logG[pid.z, (pid.x * 64):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -5400,9 +5672,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
         float* const dst = t_gq;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
       __syncthreads();
       // cq = cumsum(gq, axis=0)
       {
@@ -5663,9 +5938,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
               }
             }
           }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          // lse_i = load lse[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
+          // lse_i = load.async lse[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -5674,10 +5947,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
             float* const dst = t_lse_i;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
             }
           }
-          // Dy_i = load Dy[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
+          // Dy_i = load.async Dy[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -5686,10 +5960,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
             float* const dst = t_Dy_i;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
             }
           }
-          // gq = load logG[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, pid.y]
+          // gq = load.async logG[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, pid.y]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -5698,9 +5973,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
             float* const dst = t_gq;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
             }
           }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
           __syncthreads();
           // cq = cumsum(gq, axis=0)
           {
@@ -6148,7 +6426,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
   float f_s1[1][1][4];  // f32[16, 32] as mma fragments: 16x32 in 16x8 units over 4 warps
   float* const t_z1 = reinterpret_cast<float*>(prt_base + 29184);  // f32[16] pitch 16
   float* const t_u1_hi = reinterpret_cast<float*>(prt_base + 47616);  // f32[128, 32] pitch 36
-  // g = load logG[(pid.y // $h), ((pid.x // 1) * 128):+128, (pid.y % $h)]
+  // g = load.async logG[(pid.y // $h), ((pid.x // 1) * 128):+128, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -6157,9 +6435,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 128; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -6176,7 +6457,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
   }
   __syncthreads();
   if (((p_hq / p_h) == 1)) {
-    // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
+    // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
       const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -6185,16 +6466,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
       const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
       float* const dst = t_f;
       for (int r = tid; r < 128; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
     {
       for (int r = tid; r < 128; r += 128) {
         t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
       }
     }
-    // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
+    // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
       const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -6203,9 +6488,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
       const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
       float* const dst = t_z_row;
       for (int r = tid; r < 128; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // z_row[row] = -((z_row[row] * f[row]))
     {
       for (int r = tid; r < 128; r += 128) {
@@ -6262,7 +6551,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
     const int v_i0_end = (p_hq / p_h);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -6271,16 +6560,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 128; r += 128) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 128; r += 128) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -6289,9 +6582,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 128; r += 128) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 128; r += 128) {
@@ -6435,7 +6732,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
         const int v_i2_end = (p_hq / p_h);
         for (int v_i2 = 0; v_i2 < v_i2_end; v_i2 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -6444,16 +6741,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 128; r += 128) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 128; r += 128) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -6462,9 +6763,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 128; r += 128) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 128; r += 128) {
@@ -6655,7 +6960,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
     const int v_i3_end = (p_hq / p_h);
     for (int v_i3 = 0; v_i3 < v_i3_end; v_i3 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -6664,16 +6969,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 128; r += 128) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 128; r += 128) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -6682,9 +6991,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 128; r += 128) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 128; r += 128) {
@@ -6830,7 +7143,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
         const int v_i5_end = (p_hq / p_h);
         for (int v_i5 = 0; v_i5 < v_i5_end; v_i5 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -6839,16 +7152,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 128; r += 128) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 128; r += 128) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -6857,9 +7174,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 128; r += 128) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 128; r += 128) {
@@ -7043,7 +7364,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
 // grid (9, ($b * $h), 1), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d32_e32_c128_f32_w4_bd64_bt128_s2(
     const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
-  // sm_80: 34848 bytes of dynamic shared memory
+  // sm_80: 35360 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -7208,19 +7529,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
   (void)g_dGc_d3;
   float f_R[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
   float* const t_r = reinterpret_cast<float*>(prt_base + 0);  // f32[64] pitch 64
-  float* const t_s_in_base = reinterpret_cast<float*>(prt_base + 256);  // f32[64, 32] pitch 32, 2 copies
+  float* const t_s_in_base = reinterpret_cast<float*>(prt_base + 1280);  // f32[64, 32] pitch 32, 2 copies
   float* t_s_in = t_s_in_base;
-  float* const t_z_in_base = reinterpret_cast<float*>(prt_base + 16640);  // f32[64] pitch 64, 2 copies
+  float* const t_z_in_base = reinterpret_cast<float*>(prt_base + 17664);  // f32[64] pitch 64, 2 copies
   float* t_z_in = t_z_in_base;
-  float* const t_ds_in_base = reinterpret_cast<float*>(prt_base + 17152);  // f32[64, 32] pitch 32, 2 copies
+  float* const t_ds_in_base = reinterpret_cast<float*>(prt_base + 18176);  // f32[64, 32] pitch 32, 2 copies
   float* t_ds_in = t_ds_in_base;
-  float* const t_dz_in_base = reinterpret_cast<float*>(prt_base + 33536);  // f32[64] pitch 64, 2 copies
+  float* const t_dz_in_base = reinterpret_cast<float*>(prt_base + 34560);  // f32[64] pitch 64, 2 copies
   float* t_dz_in = t_dz_in_base;
   float f_X[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
-  float* const t_g = reinterpret_cast<float*>(prt_base + 34048);  // f32[128] pitch 128
-  float* const t_G = reinterpret_cast<float*>(prt_base + 34816);  // f32[1] pitch 1
-  float* const t_row_dot = reinterpret_cast<float*>(prt_base + 34560);  // f32[64] pitch 64
-  float* const t_dG = reinterpret_cast<float*>(prt_base + 34832);  // f32[1] pitch 1
+  float* const t_g_base = reinterpret_cast<float*>(prt_base + 256);  // f32[128] pitch 128, 2 copies
+  float* t_g = t_g_base;
+  float* const t_G = reinterpret_cast<float*>(prt_base + 35328);  // f32[1] pitch 1
+  float* const t_row_dot = reinterpret_cast<float*>(prt_base + 35072);  // f32[64] pitch 64
+  float* const t_dG = reinterpret_cast<float*>(prt_base + 35344);  // f32[1] pitch 1
   // R = load dSfinal[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+32]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -7269,6 +7591,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   if ((0 < p_n)) {
+    // g = load.async logG[(pid.y // $h), ((($n - 1) - 0) * 128):+128, (pid.y % $h)] into stage 0
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = (((p_n - 1) - 0) * 128);
+      const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_g_base + ((0) % 2) * 128;
+      for (int r = tid; r < 128; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
     // s_in = load.async Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - 0), (pid.x * 64):+64, 0:+32] into stage 0
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -7373,6 +7708,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
     const int v_i0_end = p_n;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((v_i0 + 1) < p_n)) {
+        // g = load.async logG[(pid.y // $h), ((($n - 1) - (i0 + 1)) * 128):+128, (pid.y % $h)] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = (((p_n - 1) - (v_i0 + 1)) * 128);
+          const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_g_base + ((((v_i0 + 1) % 2)) % 2) * 128;
+          for (int r = tid; r < 128; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
         // s_in = load.async Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - (i0 + 1)), (pid.x * 64):+64, 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -7475,22 +7823,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       }
       prt::cp_async_commit();
       prt::cp_async_wait<1>();
+      t_g = t_g_base + (((v_i0 % 2)) % 2) * 128;  // bind g stage (i0 % 2)
       t_s_in = t_s_in_base + (((v_i0 % 2)) % 2) * 2048;  // bind s_in stage (i0 % 2)
       t_z_in = t_z_in_base + (((v_i0 % 2)) % 2) * 64;  // bind z_in stage (i0 % 2)
       t_ds_in = t_ds_in_base + (((v_i0 % 2)) % 2) * 2048;  // bind ds_in stage (i0 % 2)
       t_dz_in = t_dz_in_base + (((v_i0 % 2)) % 2) * 64;  // bind dz_in stage (i0 % 2)
-      // g = load logG[(pid.y // $h), ((($n - 1) - i0) * 128):+128, (pid.y % $h)]
-      {
-        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int s1 = (((p_n - 1) - v_i0) * 128);
-        const int a2 = (static_cast<int>(blockIdx.y) % p_h);
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_g;
-        for (int r = tid; r < 128; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
       __syncthreads();
       // G = reduce_sum(g, axis=0)
       {
@@ -7823,7 +8160,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
   float f_t_a[2][4][4];  // f32[128, 32] as mma fragments: 128x32 in 16x32 units over 4 warps
   float* const t_u_hi = reinterpret_cast<float*>(prt_base + 46080);  // f32[32, 32] pitch 36
   float* const t_dG = reinterpret_cast<float*>(prt_base + 512);  // f32[1] pitch 1
-  // g = load logG[(pid.y // $h), (pid.x * 128):+128, (pid.y % $h)]
+  // g = load.async logG[(pid.y // $h), (pid.x * 128):+128, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int s1 = (static_cast<int>(blockIdx.x) * 128);
@@ -7832,9 +8169,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 128; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -8554,7 +8894,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d32_e32_c
   float* const t_suffix = reinterpret_cast<float*>(prt_base + 528);  // f32[64] pitch 64
   float* const t_carry = reinterpret_cast<float*>(prt_base + 0);  // f32[1] pitch 1
   float* const t_one = reinterpret_cast<float*>(prt_base + 16);  // f32[1] pitch 1
-  // carry = load dGk[pid.z, pid.y, pid.x:+1]
+  // carry = load.async dGk[pid.z, pid.y, pid.x:+1]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int a1 = static_cast<int>(blockIdx.y);
@@ -8563,13 +8903,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d32_e32_c
     const long long base = static_cast<long long>(a0) * g_dGk_s0 + static_cast<long long>(a1) * g_dGk_s1 + static_cast<long long>(s2) * g_dGk_s2;
     float* const dst = t_carry;
     for (int r = tid; r < 1; r += 128) {
-      dst[r] = ok && s2 + r >= 0 && s2 + r < g_dGk_d2 ? g_dGk[base + static_cast<long long>(r) * g_dGk_s2] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s2 + r >= 0 && s2 + r < g_dGk_d2;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dGk[base + static_cast<long long>(r) * g_dGk_s2]) : static_cast<const void*>(g_dGk), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   {
     const int v_i0_end = p_nfb;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // one = load dGc[pid.z, pid.y, pid.x, i0:+1]
+      // one = load.async dGc[pid.z, pid.y, pid.x, i0:+1]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int a1 = static_cast<int>(blockIdx.y);
@@ -8579,22 +8922,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d32_e32_c
         const long long base = static_cast<long long>(a0) * g_dGc_s0 + static_cast<long long>(a1) * g_dGc_s1 + static_cast<long long>(a2) * g_dGc_s2 + static_cast<long long>(s3) * g_dGc_s3;
         float* const dst = t_one;
         for (int r = tid; r < 1; r += 128) {
-          dst[r] = ok && s3 + r >= 0 && s3 + r < g_dGc_d3 ? g_dGc[base + static_cast<long long>(r) * g_dGc_s3] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s3 + r >= 0 && s3 + r < g_dGc_d3;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dGc[base + static_cast<long long>(r) * g_dGc_s3]) : static_cast<const void*>(g_dGc), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
       // carry[row] = (carry[row] + one[row])
       {
         for (int r = tid; r < 1; r += 128) {
           t_carry[r] = prt::from_f32<float>((prt::to_f32(t_carry[r]) + prt::to_f32(t_one[r])));
         }
       }
+      __syncthreads();
     }
   }
-  __syncthreads();
   {
     const int v_i1_end = prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 128)) + 63) / 64), 2);
     for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
-      // dlam = load dlamA[pid.z, ((pid.x * 128) + (((min(((($t - (pid.x * 128)) + 63) // 64), 2) - 1) - i1) * 64)):+64, pid.y]
+      // dlam = load.async dlamA[pid.z, ((pid.x * 128) + (((min(((($t - (pid.x * 128)) + 63) // 64), 2) - 1) - i1) * 64)):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (((prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 128)) + 63) / 64), 2) - 1) - v_i1) * 64));
@@ -8603,10 +8950,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d32_e32_c
         const long long base = static_cast<long long>(a0) * g_dlamA_s0 + static_cast<long long>(s1) * g_dlamA_s1 + static_cast<long long>(a2) * g_dlamA_s2;
         float* const dst = t_dlam;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamA_d1 ? g_dlamA[base + static_cast<long long>(r) * g_dlamA_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamA_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamA[base + static_cast<long long>(r) * g_dlamA_s1]) : static_cast<const void*>(g_dlamA), in ? 4 : 0);
         }
       }
-      // part = load dlamK[pid.z, ((pid.x * 128) + (((min(((($t - (pid.x * 128)) + 63) // 64), 2) - 1) - i1) * 64)):+64, pid.y]
+      // part = load.async dlamK[pid.z, ((pid.x * 128) + (((min(((($t - (pid.x * 128)) + 63) // 64), 2) - 1) - i1) * 64)):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (((prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 128)) + 63) / 64), 2) - 1) - v_i1) * 64));
@@ -8615,9 +8963,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d32_e32_c
         const long long base = static_cast<long long>(a0) * g_dlamK_s0 + static_cast<long long>(s1) * g_dlamK_s1 + static_cast<long long>(a2) * g_dlamK_s2;
         float* const dst = t_part;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamK_d1 ? g_dlamK[base + static_cast<long long>(r) * g_dlamK_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamK_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamK[base + static_cast<long long>(r) * g_dlamK_s1]) : static_cast<const void*>(g_dlamK), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
       // dlam[row] = (dlam[row] + part[row])
       {
         for (int r = tid; r < 64; r += 128) {
@@ -8715,7 +9067,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d32_e32_c
               }
             }
           }
-          // part = load dlamQ[pid.z, ((pid.x * 128) + (((min(((($t - (pid.x * 128)) + 63) // 64), 2) - 1) - i1) * 64)):+64, ((pid.y * ($hq // $h)) + i2)]
+          __syncthreads();
+          // part = load.async dlamQ[pid.z, ((pid.x * 128) + (((min(((($t - (pid.x * 128)) + 63) // 64), 2) - 1) - i1) * 64)):+64, ((pid.y * ($hq // $h)) + i2)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (((prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 128)) + 63) / 64), 2) - 1) - v_i1) * 64));
@@ -8724,9 +9077,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d32_e32_c
             const long long base = static_cast<long long>(a0) * g_dlamQ_s0 + static_cast<long long>(s1) * g_dlamQ_s1 + static_cast<long long>(a2) * g_dlamQ_s2;
             float* const dst = t_part;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamQ_d1 ? g_dlamQ[base + static_cast<long long>(r) * g_dlamQ_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamQ_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamQ[base + static_cast<long long>(r) * g_dlamQ_s1]) : static_cast<const void*>(g_dlamQ), in ? 4 : 0);
             }
           }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
+          __syncthreads();
           // dlam[row] = (dlam[row] + part[row])
           {
             for (int r = tid; r < 64; r += 128) {
@@ -9082,7 +9439,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c128_f32
   float* const t_y_row = reinterpret_cast<float*>(prt_base + 0);  // f32[32] pitch 32
   float* const t_den_s_part = reinterpret_cast<float*>(prt_base + 64);  // f32[4, 16] pitch 16
   float* const t_m_blk_part = reinterpret_cast<float*>(prt_base + 47616);  // f32[4, 16] pitch 16
-  // g = load Gc[pid.y, 0:+128, (pid.x // ($hq // $h))]
+  // g = load.async Gc[pid.y, 0:+128, (pid.x // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.y);
     const int s1 = 0;
@@ -9091,9 +9448,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c128_f32
     const long long base = static_cast<long long>(a0) * g_Gc_s0 + static_cast<long long>(s1) * g_Gc_s1 + static_cast<long long>(a2) * g_Gc_s2;
     float* const dst = t_g;
     for (int r = tid; r < 128; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_Gc_d1 ? g_Gc[base + static_cast<long long>(r) * g_Gc_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_Gc_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Gc[base + static_cast<long long>(r) * g_Gc_s1]) : static_cast<const void*>(g_Gc), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -9909,7 +10269,7 @@ extern "C" __global__ void __launch_bounds__(32) prt_cache_append_p2_d32_e32_c12
     }
   }
   __syncthreads();
-  // g = load logG[pid.z, ($q0 + pid.x), pid.y:+1]
+  // g = load.async logG[pid.z, ($q0 + pid.x), pid.y:+1]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int a1 = (p_q0 + static_cast<int>(blockIdx.x));
@@ -9918,9 +10278,13 @@ extern "C" __global__ void __launch_bounds__(32) prt_cache_append_p2_d32_e32_c12
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(a1) * g_logG_s1 + static_cast<long long>(s2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 1; r += 32) {
-      dst[r] = ok && s2 + r >= 0 && s2 + r < g_logG_d2 ? g_logG[base + static_cast<long long>(r) * g_logG_s2] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s2 + r >= 0 && s2 + r < g_logG_d2;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s2]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
+  __syncthreads();
   // store Gc[pid.z, ($len0 + pid.x), pid.y:+1] = g
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -10089,10 +10453,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_state_copy_p2_d32_e32_c128
 // and does not use them. `grid` comes from the manifest's grid expressions.
 #include <cuda_runtime.h>
 
-extern "C" cudaError_t prt_attention_p2_d32_e32_c128_f32_w8_bd0_bt128_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d32_e32_c128_f32_w8_bd0_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 154640);
+extern "C" cudaError_t prt_attention_p2_d32_e32_c128_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d32_e32_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 78864);
   if (err != cudaSuccess) return err;
-  prt_attention_p2_d32_e32_c128_f32_w8_bd0_bt128_s2<<<grid, 256, 154640, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_p2_d32_e32_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 78864, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -10104,9 +10468,9 @@ extern "C" cudaError_t prt_update_state_p2_d32_e32_c128_f32_w4_bd32_bt128_s1_lau
 }
 
 extern "C" cudaError_t prt_discounted_cumsum_p2_d32_e32_c128_f32_w4_bd64_bt128_s2_launch(dim3 grid, cudaStream_t stream, const float* g_dS, const float* g_dZ, const float* g_logG, const float* g_S0, const float* g_Z0, float* g_Sin, float* g_Zin, float* g_Sfinal, float* g_Zfinal, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_p2_d32_e32_c128_f32_w4_bd64_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 18176);
+  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_p2_d32_e32_c128_f32_w4_bd64_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 18688);
   if (err != cudaSuccess) return err;
-  prt_discounted_cumsum_p2_d32_e32_c128_f32_w4_bd64_bt128_s2<<<grid, 128, 18176, stream>>>(g_dS, g_dZ, g_logG, g_S0, g_Z0, g_Sin, g_Zin, g_Sfinal, g_Zfinal, p_b, p_t, p_h, p_n);
+  prt_discounted_cumsum_p2_d32_e32_c128_f32_w4_bd64_bt128_s2<<<grid, 128, 18688, stream>>>(g_dS, g_dZ, g_logG, g_S0, g_Z0, g_Sin, g_Zin, g_Sfinal, g_Zfinal, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
@@ -10118,9 +10482,9 @@ extern "C" cudaError_t prt_query_state_p2_d32_e32_c128_f32_w4_bd0_bt128_s2_launc
 }
 
 extern "C" cudaError_t prt_attention_bwd_prep_p2_d32_e32_c128_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d32_e32_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 39696);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d32_e32_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 58384);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_prep_p2_d32_e32_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 39696, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_prep_p2_d32_e32_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 58384, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -10132,9 +10496,9 @@ extern "C" cudaError_t prt_query_state_bwd_dq_p2_d32_e32_c128_f32_w4_bd0_bt128_s
 }
 
 extern "C" cudaError_t prt_attention_bwd_dq_p2_d32_e32_c128_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d32_e32_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 65808);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d32_e32_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 84240);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dq_p2_d32_e32_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 65808, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dq_p2_d32_e32_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 84240, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -10153,9 +10517,9 @@ extern "C" cudaError_t prt_query_state_bwd_ds_p2_d32_e32_c128_f32_w4_bd32_bt128_
 }
 
 extern "C" cudaError_t prt_discounted_cumsum_bwd_p2_d32_e32_c128_f32_w4_bd64_bt128_s2_launch(dim3 grid, cudaStream_t stream, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d32_e32_c128_f32_w4_bd64_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 34848);
+  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d32_e32_c128_f32_w4_bd64_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 35360);
   if (err != cudaSuccess) return err;
-  prt_discounted_cumsum_bwd_p2_d32_e32_c128_f32_w4_bd64_bt128_s2<<<grid, 128, 34848, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
+  prt_discounted_cumsum_bwd_p2_d32_e32_c128_f32_w4_bd64_bt128_s2<<<grid, 128, 35360, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 

@@ -10,7 +10,7 @@
 extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f16_w4_bd0_bt64_s2(
     const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 18176 bytes of dynamic shared memory
+  // sm_90a: 26368 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -100,26 +100,29 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
   (void)g_maxA_d1;
   (void)g_maxA_d2;
   __half* const t_q = reinterpret_cast<__half*>(prt_base + 0);  // f16[64, 32] swizzle 64
-  __half* const t_k = reinterpret_cast<__half*>(prt_base + 4608);  // f16[64, 32] swizzle 64
-  __half* const t_v = reinterpret_cast<__half*>(prt_base + 8704);  // f16[64, 32] swizzle 64
+  __half* const t_k_base = reinterpret_cast<__half*>(prt_base + 4608);  // f16[64, 32] swizzle 64, 2 copies
+  __half* t_k = t_k_base;
+  __half* const t_v_base = reinterpret_cast<__half*>(prt_base + 12800);  // f16[64, 32] swizzle 64, 2 copies
+  __half* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 4096);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 4352);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 13312);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 13568);  // f32[64] pitch 64
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 12800);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 21248);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 22016);  // f32[64] pitch 64
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 20992);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 4096);  // f32[1] pitch 1
   float f_w[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
   float f_acc[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
   // v_finite: f16[64, 32] computed in registers by its mma group
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 13056);  // bf16[64, 32] pitch 32
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 21248);  // bf16[64, 32] pitch 32
   float f_row_max[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x32 in 16x32 units over 4 warps
   float f_block_max[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_block_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_alpha[1][2];  // f32[64] as the rows of 64x32 in 16x32 units over 4 warps
   float f_shift[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 13056);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 21760);  // f32[64] pitch 64
   float f_row_factor[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
@@ -146,9 +149,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -157,9 +158,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   prt::fence_proxy_async();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
@@ -539,77 +543,151 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
       }
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __half* const dst = t_k_base + ((0) % 2) * 2048;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 4, c = (i % 4) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __half* const dst = t_v_base + ((0) % 2) * 2048;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 4, c = (i % 4) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+    prt::fence_proxy_async();
+    __syncthreads();
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __half* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 256; i += 128) {
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 256; i += 128) {
+              const int r = i / 4, c = (i % 4) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+            }
           }
         }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+        prt::fence_proxy_async();
+        __syncthreads();
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 256; i += 128) {
+              const int r = i / 4, c = (i % 4) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+            }
           }
         }
-      }
-      prt::fence_proxy_async();
-      __syncthreads();
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __half* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 256; i += 128) {
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+        prt::fence_proxy_async();
+        __syncthreads();
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
           }
         }
       }
       prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      prt::fence_proxy_async();
-      __syncthreads();
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
+      prt::cp_async_wait<1>();
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 2048;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 2048;  // bind v stage (i0 % 2)
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
       prt::fence_proxy_async();
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
@@ -860,6 +938,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store numA[pid.z, (pid.x * 64):+64, pid.y, 0:+32] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -928,7 +1007,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
     }
   }
 #else
-  // sm_80: 20224 bytes of dynamic shared memory
+  // sm_80: 30464 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -1018,26 +1097,29 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
   (void)g_maxA_d1;
   (void)g_maxA_d2;
   __half* const t_q = reinterpret_cast<__half*>(prt_base + 0);  // f16[64, 32] pitch 40
-  __half* const t_k = reinterpret_cast<__half*>(prt_base + 5632);  // f16[64, 32] pitch 40
-  __half* const t_v = reinterpret_cast<__half*>(prt_base + 10752);  // f16[64, 32] pitch 40
+  __half* const t_k_base = reinterpret_cast<__half*>(prt_base + 5632);  // f16[64, 32] pitch 40, 2 copies
+  __half* t_k = t_k_base;
+  __half* const t_v_base = reinterpret_cast<__half*>(prt_base + 15872);  // f16[64, 32] pitch 40, 2 copies
+  __half* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 5120);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 5376);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 16384);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 16640);  // f32[64] pitch 64
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 15872);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 26368);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 27136);  // f32[64] pitch 64
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 26112);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 5120);  // f32[1] pitch 1
   float f_w[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
   float f_acc[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
   // v_finite: f16[64, 32] computed in registers by its mma group
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 16128);  // bf16[64, 32] pitch 32
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 26368);  // bf16[64, 32] pitch 32
   float f_row_max[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x32 in 16x32 units over 4 warps
   float f_block_max[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_block_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_alpha[1][2];  // f32[64] as the rows of 64x32 in 16x32 units over 4 warps
   float f_shift[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 16128);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 26880);  // f32[64] pitch 64
   float f_row_factor[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
@@ -1064,9 +1146,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -1075,9 +1155,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -1468,75 +1551,148 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
       }
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __half* const dst = t_k_base + ((0) % 2) * 2560;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 4, c = (i % 4) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __half* const dst = t_v_base + ((0) % 2) * 2560;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 4, c = (i % 4) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+    __syncthreads();
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __half* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 256; i += 128) {
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2560;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 256; i += 128) {
+              const int r = i / 4, c = (i % 4) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+            }
           }
         }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+        __syncthreads();
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2560;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 256; i += 128) {
+              const int r = i / 4, c = (i % 4) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+            }
           }
         }
-      }
-      __syncthreads();
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __half* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 256; i += 128) {
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+        __syncthreads();
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
           }
         }
       }
       prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
+      prt::cp_async_wait<1>();
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 2560;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 2560;  // bind v stage (i0 % 2)
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -1809,6 +1965,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store numA[pid.z, (pid.x * 64):+64, pid.y, 0:+32] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -1884,7 +2041,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
 extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64_f16_w8_bd0_bt128_s2(
     const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, __half* g_Y, float* g_lse, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 35328 bytes of dynamic shared memory
+  // sm_90a: 51712 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -1964,26 +2121,29 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
   (void)g_lse_d1;
   (void)g_lse_d2;
   __half* const t_q = reinterpret_cast<__half*>(prt_base + 0);  // f16[128, 32] swizzle 64
-  __half* const t_k = reinterpret_cast<__half*>(prt_base + 9216);  // f16[128, 32] swizzle 64
-  __half* const t_v = reinterpret_cast<__half*>(prt_base + 17408);  // f16[128, 32] swizzle 64
+  __half* const t_k_base = reinterpret_cast<__half*>(prt_base + 9216);  // f16[128, 32] swizzle 64, 2 copies
+  __half* t_k = t_k_base;
+  __half* const t_v_base = reinterpret_cast<__half*>(prt_base + 25600);  // f16[128, 32] swizzle 64, 2 copies
+  __half* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 8192);  // f32[128] pitch 128
   float* const t_cq = reinterpret_cast<float*>(prt_base + 8704);  // f32[128] pitch 128
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 26624);  // f32[128] pitch 128
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 27136);  // f32[128] pitch 128
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 25600);  // f32[128] pitch 128
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 42496);  // f32[128] pitch 128, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 44032);  // f32[128] pitch 128
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 41984);  // f32[128] pitch 128
   float* const t_gap = reinterpret_cast<float*>(prt_base + 8192);  // f32[1] pitch 1
   float f_w[1][16][4];  // f32[128, 128] as mma fragments: 128x128 in 16x128 units over 8 warps
   uint32_t f_p[1][16][2];  // f16[128, 128] as mma fragments, two per register: 128x128 in 16x128 units over 8 warps
   float f_acc[1][4][4];  // f32[128, 32] as mma fragments: 128x32 in 16x32 units over 8 warps
   // v_finite: f16[128, 32] computed in registers by its mma group
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 26112);  // bf16[128, 32] pitch 32
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 42496);  // bf16[128, 32] pitch 32
   float f_row_max[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_row_sum[1][2];  // f32[128] as the rows of 128x32 in 16x32 units over 8 warps
   float f_block_max[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_block_sum[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_alpha[1][2];  // f32[128] as the rows of 128x32 in 16x32 units over 8 warps
   float f_shift[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 26112);  // f32[128] pitch 128
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 43520);  // f32[128] pitch 128
   float f_row_factor[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_lse_t[1][2];  // f32[128] as the rows of 128x32 in 16x32 units over 8 warps
   // q = load.async Q[pid.z, (pid.x * 128):+128, pid.y, 0:+32]
@@ -2011,9 +2171,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gq = load logG[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 128);
@@ -2022,9 +2180,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 128; r += 256) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   prt::fence_proxy_async();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
@@ -2404,77 +2565,151 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       }
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128))) {
+    // k = load.async K[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __half* const dst = t_k_base + ((0) % 2) * 4096;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 256) {
+          const int r = i / 4, c = (i % 4) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 256) {
+          const int r = i / 32, c = i % 32;
+          dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __half* const dst = t_v_base + ((0) % 2) * 4096;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 256) {
+          const int r = i / 4, c = (i % 4) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 256) {
+          const int r = i / 32, c = i % 32;
+          dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+    prt::fence_proxy_async();
+    __syncthreads();
+    // gk = load.async logG[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 128;
+      for (int r = tid; r < 128; r += 256) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // k = load.async K[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __half* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 256) {
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128))) {
+        // k = load.async K[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 256) {
+              const int r = i / 4, c = (i % 4) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 256) {
+              const int r = i / 32, c = i % 32;
+              dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+            }
           }
         }
-        else {
-          for (int i = tid; i < 4096; i += 256) {
-            const int r = i / 32, c = i % 32;
-            dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+        prt::fence_proxy_async();
+        __syncthreads();
+        // v = load.async V[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 256) {
+              const int r = i / 4, c = (i % 4) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 256) {
+              const int r = i / 32, c = i % 32;
+              dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+            }
           }
         }
-      }
-      prt::fence_proxy_async();
-      __syncthreads();
-      // v = load.async V[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __half* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 256) {
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 256) {
-            const int r = i / 32, c = i % 32;
-            dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+        prt::fence_proxy_async();
+        __syncthreads();
+        // gk = load.async logG[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 128;
+          for (int r = tid; r < 128; r += 256) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
           }
         }
       }
       prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      prt::fence_proxy_async();
-      __syncthreads();
-      // gk = load logG[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 128; r += 256) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
+      prt::cp_async_wait<1>();
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 4096;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 4096;  // bind v stage (i0 % 2)
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 128;  // bind gk stage (i0 % 2)
       prt::fence_proxy_async();
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
@@ -2725,6 +2960,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       }
     }
   }
+  prt::cp_async_wait<0>();
   // acc[row, col] = select(finite(select((row_sum[row] != 0.0), (acc[row, col] / row_sum[row]), 0.0)), select((row_sum[row] != 0.0), (acc[row, col] / row_sum[row]), 0.0), NaN)
   {
     #pragma unroll
@@ -2803,7 +3039,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
     }
   }
 #else
-  // sm_80: 40448 bytes of dynamic shared memory
+  // sm_80: 60928 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -2883,26 +3119,29 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
   (void)g_lse_d1;
   (void)g_lse_d2;
   __half* const t_q = reinterpret_cast<__half*>(prt_base + 0);  // f16[128, 32] pitch 40
-  __half* const t_k = reinterpret_cast<__half*>(prt_base + 11264);  // f16[128, 32] pitch 40
-  __half* const t_v = reinterpret_cast<__half*>(prt_base + 21504);  // f16[128, 32] pitch 40
+  __half* const t_k_base = reinterpret_cast<__half*>(prt_base + 11264);  // f16[128, 32] pitch 40, 2 copies
+  __half* t_k = t_k_base;
+  __half* const t_v_base = reinterpret_cast<__half*>(prt_base + 31744);  // f16[128, 32] pitch 40, 2 copies
+  __half* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 10240);  // f32[128] pitch 128
   float* const t_cq = reinterpret_cast<float*>(prt_base + 10752);  // f32[128] pitch 128
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 32768);  // f32[128] pitch 128
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 33280);  // f32[128] pitch 128
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 31744);  // f32[128] pitch 128
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 52736);  // f32[128] pitch 128, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 54272);  // f32[128] pitch 128
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 52224);  // f32[128] pitch 128
   float* const t_gap = reinterpret_cast<float*>(prt_base + 10240);  // f32[1] pitch 1
   float f_w[1][16][4];  // f32[128, 128] as mma fragments: 128x128 in 16x128 units over 8 warps
   uint32_t f_p[1][16][2];  // f16[128, 128] as mma fragments, two per register: 128x128 in 16x128 units over 8 warps
   float f_acc[1][4][4];  // f32[128, 32] as mma fragments: 128x32 in 16x32 units over 8 warps
   // v_finite: f16[128, 32] computed in registers by its mma group
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 32256);  // bf16[128, 32] pitch 32
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 52736);  // bf16[128, 32] pitch 32
   float f_row_max[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_row_sum[1][2];  // f32[128] as the rows of 128x32 in 16x32 units over 8 warps
   float f_block_max[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_block_sum[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_alpha[1][2];  // f32[128] as the rows of 128x32 in 16x32 units over 8 warps
   float f_shift[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 32256);  // f32[128] pitch 128
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 53760);  // f32[128] pitch 128
   float f_row_factor[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_lse_t[1][2];  // f32[128] as the rows of 128x32 in 16x32 units over 8 warps
   // q = load.async Q[pid.z, (pid.x * 128):+128, pid.y, 0:+32]
@@ -2930,9 +3169,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gq = load logG[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 128);
@@ -2941,9 +3178,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 128; r += 256) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -3334,75 +3574,148 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       }
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128))) {
+    // k = load.async K[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __half* const dst = t_k_base + ((0) % 2) * 5120;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 256) {
+          const int r = i / 4, c = (i % 4) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 256) {
+          const int r = i / 32, c = i % 32;
+          dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __half* const dst = t_v_base + ((0) % 2) * 5120;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 256) {
+          const int r = i / 4, c = (i % 4) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 256) {
+          const int r = i / 32, c = i % 32;
+          dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+    __syncthreads();
+    // gk = load.async logG[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 128;
+      for (int r = tid; r < 128; r += 256) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // k = load.async K[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __half* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 256) {
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128))) {
+        // k = load.async K[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 5120;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 256) {
+              const int r = i / 4, c = (i % 4) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 256) {
+              const int r = i / 32, c = i % 32;
+              dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+            }
           }
         }
-        else {
-          for (int i = tid; i < 4096; i += 256) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+        __syncthreads();
+        // v = load.async V[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 5120;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 256) {
+              const int r = i / 4, c = (i % 4) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 256) {
+              const int r = i / 32, c = i % 32;
+              dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+            }
           }
         }
-      }
-      __syncthreads();
-      // v = load.async V[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __half* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 256) {
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 256) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+        __syncthreads();
+        // gk = load.async logG[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 128;
+          for (int r = tid; r < 128; r += 256) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
           }
         }
       }
       prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
-      // gk = load logG[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 128; r += 256) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
+      prt::cp_async_wait<1>();
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 5120;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 5120;  // bind v stage (i0 % 2)
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 128;  // bind gk stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -3675,6 +3988,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       }
     }
   }
+  prt::cp_async_wait<0>();
   // acc[row, col] = select(finite(select((row_sum[row] != 0.0), (acc[row, col] / row_sum[row]), 0.0)), select((row_sum[row] != 0.0), (acc[row, col] / row_sum[row]), 0.0), NaN)
   {
     #pragma unroll
@@ -3852,7 +4166,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
   float* const t_z1 = reinterpret_cast<float*>(prt_base + 0);  // f32[16] pitch 16
   // u1_hi: f16[64, 32] computed in registers by its mma group
   // u1_lo: f16[64, 32] computed in registers by its mma group
-  // g = load logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
+  // g = load.async logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -3861,9 +4175,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -4361,7 +4678,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
 // grid (9, ($b * $h), 1), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e32_c64_f16_w4_bd64_bt64_s2(
     const float* g_dS, const float* g_dZ, const float* g_logG, const float* g_S0, const float* g_Z0, float* g_Sin, float* g_Zin, float* g_Sfinal, float* g_Zfinal, int p_b, int p_t, int p_h, int p_n) {
-  // sm_80: 17664 bytes of dynamic shared memory
+  // sm_80: 17920 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -4484,12 +4801,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
   (void)g_Zfinal_d2;
   float f_s[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
   float* const t_z = reinterpret_cast<float*>(prt_base + 0);  // f32[64] pitch 64
-  float* const t_ds_base = reinterpret_cast<float*>(prt_base + 256);  // f32[64, 32] pitch 32, 2 copies
+  float* const t_ds_base = reinterpret_cast<float*>(prt_base + 768);  // f32[64, 32] pitch 32, 2 copies
   float* t_ds = t_ds_base;
-  float* const t_dz_base = reinterpret_cast<float*>(prt_base + 16640);  // f32[64] pitch 64, 2 copies
+  float* const t_dz_base = reinterpret_cast<float*>(prt_base + 17152);  // f32[64] pitch 64, 2 copies
   float* t_dz = t_dz_base;
-  float* const t_g = reinterpret_cast<float*>(prt_base + 17152);  // f32[64] pitch 64
-  float* const t_lam = reinterpret_cast<float*>(prt_base + 17408);  // f32[64] pitch 64
+  float* const t_g_base = reinterpret_cast<float*>(prt_base + 256);  // f32[64] pitch 64, 2 copies
+  float* t_g = t_g_base;
+  float* const t_lam = reinterpret_cast<float*>(prt_base + 17664);  // f32[64] pitch 64
   // s = load S0[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+32]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -4538,6 +4856,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   if ((0 < p_n)) {
+    // g = load.async logG[(pid.y // $h), (0 * 64):+64, (pid.y % $h)] into stage 0
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = (0 * 64);
+      const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_g_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
     // ds = load.async dS[(pid.y // $h), (pid.y % $h), 0, (pid.x * 64):+64, 0:+32] into stage 0
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -4593,6 +4924,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
     const int v_i0_end = p_n;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((v_i0 + 1) < p_n)) {
+        // g = load.async logG[(pid.y // $h), ((i0 + 1) * 64):+64, (pid.y % $h)] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((v_i0 + 1) * 64);
+          const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_g_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        __syncthreads();
         // ds = load.async dS[(pid.y // $h), (pid.y % $h), (i0 + 1), (pid.x * 64):+64, 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -4645,6 +4990,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
       }
       prt::cp_async_commit();
       prt::cp_async_wait<1>();
+      t_g = t_g_base + (((v_i0 % 2)) % 2) * 64;  // bind g stage (i0 % 2)
       t_ds = t_ds_base + (((v_i0 % 2)) % 2) * 2048;  // bind ds stage (i0 % 2)
       t_dz = t_dz_base + (((v_i0 % 2)) % 2) * 64;  // bind dz stage (i0 % 2)
       // store Sin[(pid.y // $h), (pid.y % $h), i0, (pid.x * 64):+64, 0:+32] = s
@@ -4688,19 +5034,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
           }
         }
       }
-      // g = load logG[(pid.y // $h), (i0 * 64):+64, (pid.y % $h)]
-      {
-        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int s1 = (v_i0 * 64);
-        const int a2 = (static_cast<int>(blockIdx.y) % p_h);
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_g;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
-      __syncthreads();
       // lam = cumsum(g, axis=0)
       {
         for (int o = warp; o < 1; o += 4) {
@@ -4738,7 +5071,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
           t_z[r] = prt::from_f32<float>(((prt::to_f32(t_z[r]) * prt::exp(prt::to_f32(t_lam[63]))) + prt::to_f32(t_dz[r])));
         }
       }
-      __syncthreads();
     }
   }
   prt::cp_async_wait<0>();
@@ -4953,7 +5285,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
   float f_den_a[1][2];  // f32[64] as the rows of 64x32 in 16x32 units over 4 warps
   float f_max_a[1][2];  // f32[64] as the rows of 64x32 in 16x32 units over 4 warps
   float f_lse_t[1][2];  // f32[64] as the rows of 64x32 in 16x32 units over 4 warps
-  // g = load logG[pid.z, ((pid.x // 1) * 64):+64, (pid.y // ($hq // $h))]
+  // g = load.async logG[pid.z, ((pid.x // 1) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -4962,9 +5294,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -5732,7 +6067,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_e32_c64_f16_w4_bd0_bt64_s2(
     const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 18688 bytes of dynamic shared memory
+  // sm_90a: 27136 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -5834,8 +6169,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
   __half* const t_q = reinterpret_cast<__half*>(prt_base + 0);  // f16[64, 32] swizzle 64
   __half* const t_dy = reinterpret_cast<__half*>(prt_base + 4096);  // f16[64, 32] swizzle 64
   float f_lse_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  __half* const t_k = reinterpret_cast<__half*>(prt_base + 9216);  // f16[64, 32] swizzle 64
-  __half* const t_v = reinterpret_cast<__half*>(prt_base + 13312);  // f16[64, 32] swizzle 64
+  __half* const t_k_base = reinterpret_cast<__half*>(prt_base + 9216);  // f16[64, 32] swizzle 64, 2 copies
+  __half* t_k = t_k_base;
+  __half* const t_v_base = reinterpret_cast<__half*>(prt_base + 17408);  // f16[64, 32] swizzle 64, 2 copies
+  __half* t_v = t_v_base;
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_p[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_p_dp[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
@@ -5846,8 +6183,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
   float f_g_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 8192);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 8448);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 8960);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 17408);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 25600);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 8960);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 8704);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 8192);  // f32[1] pitch 1
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
@@ -5949,7 +6287,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       }
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -5958,9 +6296,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   prt::fence_proxy_async();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
@@ -6194,21 +6535,149 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       }
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    prt::fence_proxy_async();
+    __syncthreads();
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __half* const dst = t_k_base + ((0) % 2) * 2048;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 4, c = (i % 4) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __half* const dst = t_v_base + ((0) % 2) * 2048;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 4, c = (i % 4) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        prt::fence_proxy_async();
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 256; i += 128) {
+              const int r = i / 4, c = (i % 4) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 256; i += 128) {
+              const int r = i / 4, c = (i % 4) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 2048;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 2048;  // bind v stage (i0 % 2)
       prt::fence_proxy_async();
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
@@ -6232,60 +6701,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __half* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 256; i += 128) {
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __half* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 256; i += 128) {
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      prt::fence_proxy_async();
-      __syncthreads();
       // dot = mma.wgmma(q, k^T) [64x64 in 16x64 units over 4 warps]
       {
         float (&acc)[1][8][4] = f_dot;
@@ -6455,6 +6870,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store DyA[pid.z, (pid.x * 64):+64, pid.y] = acc_dy
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -6498,7 +6914,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     }
   }
 #else
-  // sm_80: 23312 bytes of dynamic shared memory
+  // sm_80: 33808 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -6600,23 +7016,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
   __half* const t_q = reinterpret_cast<__half*>(prt_base + 0);  // f16[64, 32] pitch 40
   __half* const t_dy = reinterpret_cast<__half*>(prt_base + 5120);  // f16[64, 32] pitch 40
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 10240);  // f32[64] pitch 64
-  __half* const t_k = reinterpret_cast<__half*>(prt_base + 11792);  // f16[64, 32] pitch 40
-  __half* const t_v = reinterpret_cast<__half*>(prt_base + 16912);  // f16[64, 32] pitch 40
+  __half* const t_k_base = reinterpret_cast<__half*>(prt_base + 11792);  // f16[64, 32] pitch 40, 2 copies
+  __half* t_k = t_k_base;
+  __half* const t_v_base = reinterpret_cast<__half*>(prt_base + 22032);  // f16[64, 32] pitch 40, 2 copies
+  __half* t_v = t_v_base;
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p_dp[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float* const t_part = reinterpret_cast<float*>(prt_base + 11264);  // f32[64] pitch 64
   float* const t_acc_dy = reinterpret_cast<float*>(prt_base + 10496);  // f32[64] pitch 64
   float* const t_acc_p = reinterpret_cast<float*>(prt_base + 10752);  // f32[64] pitch 64
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 22544);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 33296);  // f32[64] pitch 64
   float* const t_g_i = reinterpret_cast<float*>(prt_base + 11008);  // f32[64] pitch 64
   float* const t_gq = reinterpret_cast<float*>(prt_base + 11008);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 11264);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 22800);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 23056);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 32784);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 33552);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 11536);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 11520);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 22032);  // f32[2, 64] pitch 64
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 32272);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -6667,9 +7086,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // lse_i = load lse[pid.z, (pid.x * 64):+64, pid.y]
+  // lse_i = load.async lse[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -6678,9 +7095,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
     float* const dst = t_lse_i;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   // acc_dy[row] = 0.0
   // acc_p[row] = 0.0
   {
@@ -6691,7 +7111,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       t_acc_p[r] = y1;
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -6700,9 +7120,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -6955,21 +7378,145 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       t_acc_p[r] = prt::from_f32<float>((prt::to_f32(t_acc_p[r]) + prt::to_f32(t_part[r])));
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __half* const dst = t_k_base + ((0) % 2) * 2560;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 4, c = (i % 4) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __half* const dst = t_v_base + ((0) % 2) * 2560;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 4, c = (i % 4) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2560;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 256; i += 128) {
+              const int r = i / 4, c = (i % 4) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2560;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 256; i += 128) {
+              const int r = i / 4, c = (i % 4) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 2560;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 2560;  // bind v stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -6991,59 +7538,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __half* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 256; i += 128) {
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __half* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 256; i += 128) {
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
       // dot = mma.tc(q, k^T) [64x64 in 16x32 units over 4 warps]
       {
         float (&acc)[2][4][4] = f_dot;
@@ -7241,6 +7735,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store DyA[pid.z, (pid.x * 64):+64, pid.y] = acc_dy
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -7468,7 +7963,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
   // s_hi: bf16[32, 32] computed in registers by its mma group
   // s_lo: bf16[32, 32] computed in registers by its mma group
   if (((((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64)) < p_t)) {
-    // g = load logG[pid.z, ((pid.x // 1) * 64):+64, (pid.y // ($hq // $h))]
+    // g = load.async logG[pid.z, ((pid.x // 1) * 64):+64, (pid.y // ($hq // $h))]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -7477,9 +7972,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
       float* const dst = t_g;
       for (int r = tid; r < 64; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
     __syncthreads();
     // lam = cumsum(g, axis=0)
     {
@@ -7603,7 +8101,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
         }
       }
     }
-    // dy_y = load DyA[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
+    // dy_y = load.async DyA[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
@@ -7612,10 +8110,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       const long long base = static_cast<long long>(a0) * g_DyA_s0 + static_cast<long long>(s1) * g_DyA_s1 + static_cast<long long>(a2) * g_DyA_s2;
       float* const dst = t_dy_y;
       for (int r = tid; r < 64; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_DyA_d1 ? g_DyA[base + static_cast<long long>(r) * g_DyA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_DyA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_DyA[base + static_cast<long long>(r) * g_DyA_s1]) : static_cast<const void*>(g_DyA), in ? 4 : 0);
       }
     }
-    // rho = load PA[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
+    // rho = load.async PA[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
@@ -7624,10 +8123,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       const long long base = static_cast<long long>(a0) * g_PA_s0 + static_cast<long long>(s1) * g_PA_s1 + static_cast<long long>(a2) * g_PA_s2;
       float* const dst = t_rho;
       for (int r = tid; r < 64; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_PA_d1 ? g_PA[base + static_cast<long long>(r) * g_PA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_PA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_PA[base + static_cast<long long>(r) * g_PA_s1]) : static_cast<const void*>(g_PA), in ? 4 : 0);
       }
     }
-    // p_s = load wS[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
+    // p_s = load.async wS[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
@@ -7636,9 +8136,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       const long long base = static_cast<long long>(a0) * g_wS_s0 + static_cast<long long>(s1) * g_wS_s1 + static_cast<long long>(a2) * g_wS_s2;
       float* const dst = t_p_s;
       for (int r = tid; r < 64; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_wS_d1 ? g_wS[base + static_cast<long long>(r) * g_wS_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_wS_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_wS[base + static_cast<long long>(r) * g_wS_s1]) : static_cast<const void*>(g_wS), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
     __syncthreads();
     // y_s[row, col] = (y_s[row, col] * dy_row[row, col])
     {
@@ -8125,7 +8628,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e32_c64_f16_w4_bd0_bt64_s2(
     const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 23552 bytes of dynamic shared memory
+  // sm_90a: 31744 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -8241,9 +8744,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
   __half* const t_dy = reinterpret_cast<__half*>(prt_base + 4096);  // f16[64, 32] swizzle 64
   float f_lse_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_Dy_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  __half* const t_k = reinterpret_cast<__half*>(prt_base + 9216);  // f16[64, 32] swizzle 64
-  __half* const t_v = reinterpret_cast<__half*>(prt_base + 13312);  // f16[64, 32] swizzle 64
-  __half* const t_k_finite = reinterpret_cast<__half*>(prt_base + 17408);  // f16[64, 32] pitch 40
+  __half* const t_k_base = reinterpret_cast<__half*>(prt_base + 9216);  // f16[64, 32] swizzle 64, 2 copies
+  __half* t_k = t_k_base;
+  __half* const t_v_base = reinterpret_cast<__half*>(prt_base + 17408);  // f16[64, 32] swizzle 64, 2 copies
+  __half* t_v = t_v_base;
+  __half* const t_k_finite = reinterpret_cast<__half*>(prt_base + 25600);  // f16[64, 32] pitch 40
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_ds[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -8255,8 +8760,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
   float f_h_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 8192);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 8448);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 8960);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 17408);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 25600);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 8960);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 8704);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 8192);  // f32[1] pitch 1
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
@@ -8380,7 +8886,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -8389,9 +8895,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   prt::fence_proxy_async();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
@@ -8640,21 +9149,149 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
+  prt::fence_proxy_async();
+  __syncthreads();
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __half* const dst = t_k_base + ((0) % 2) * 2048;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 4, c = (i % 4) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __half* const dst = t_v_base + ((0) % 2) * 2048;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 4, c = (i % 4) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        prt::fence_proxy_async();
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 256; i += 128) {
+              const int r = i / 4, c = (i % 4) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 256; i += 128) {
+              const int r = i / 4, c = (i % 4) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 2048;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 2048;  // bind v stage (i0 % 2)
       prt::fence_proxy_async();
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
@@ -8678,60 +9315,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __half* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 256; i += 128) {
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __half* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 256; i += 128) {
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      prt::fence_proxy_async();
-      __syncthreads();
       // dot = mma.wgmma(q, k^T) [64x64 in 16x64 units over 4 warps]
       {
         float (&acc)[1][8][4] = f_dot;
@@ -8901,6 +9484,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store dQa[pid.z, (pid.x * 64):+64, pid.y, 0:+32] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -8948,7 +9532,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     }
   }
 #else
-  // sm_80: 26368 bytes of dynamic shared memory
+  // sm_80: 36608 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -9064,9 +9648,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
   __half* const t_dy = reinterpret_cast<__half*>(prt_base + 5120);  // f16[64, 32] pitch 40
   float f_lse_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_Dy_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  __half* const t_k = reinterpret_cast<__half*>(prt_base + 11008);  // f16[64, 32] pitch 40
-  __half* const t_v = reinterpret_cast<__half*>(prt_base + 16128);  // f16[64, 32] pitch 40
-  __half* const t_k_finite = reinterpret_cast<__half*>(prt_base + 21248);  // f16[64, 32] pitch 40
+  __half* const t_k_base = reinterpret_cast<__half*>(prt_base + 11008);  // f16[64, 32] pitch 40, 2 copies
+  __half* t_k = t_k_base;
+  __half* const t_v_base = reinterpret_cast<__half*>(prt_base + 21248);  // f16[64, 32] pitch 40, 2 copies
+  __half* t_v = t_v_base;
+  __half* const t_k_finite = reinterpret_cast<__half*>(prt_base + 31488);  // f16[64, 32] pitch 40
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_ds[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -9078,8 +9664,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
   float f_h_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 10240);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 10496);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 21248);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 21504);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 31488);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 32000);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 10752);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 10240);  // f32[1] pitch 1
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
@@ -9203,7 +9790,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -9212,9 +9799,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -9492,21 +10082,146 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     }
   }
   __syncthreads();
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __half* const dst = t_k_base + ((0) % 2) * 2560;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 4, c = (i % 4) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __half* const dst = t_v_base + ((0) % 2) * 2560;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 4, c = (i % 4) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2560;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 256; i += 128) {
+              const int r = i / 4, c = (i % 4) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2560;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 256; i += 128) {
+              const int r = i / 4, c = (i % 4) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 2560;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 2560;  // bind v stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -9528,59 +10243,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __half* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 256; i += 128) {
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __half* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 256; i += 128) {
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
       // dot = mma.tc(q, k^T) [64x64 in 16x64 units over 4 warps]
       {
         float (&acc)[1][8][4] = f_dot;
@@ -9790,6 +10452,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store dQa[pid.z, (pid.x * 64):+64, pid.y, 0:+32] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -10055,9 +10718,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gk = load logG[pid.z, (pid.x * 64):+64, pid.y]
+  // gk = load.async logG[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -10066,9 +10727,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gk;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   prt::fence_proxy_async();
   __syncthreads();
   // sk = cumsum(gk, axis=0, reverse)
@@ -10246,9 +10910,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
           }
         }
       }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      // lse_i = load lse[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
+      // lse_i = load.async lse[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -10257,12 +10919,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
         float* const dst = t_lse_i;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
         }
       }
       prt::fence_proxy_async();
       __syncthreads();
-      // Dy_i = load Dy[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
+      // Dy_i = load.async Dy[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -10271,10 +10934,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
         float* const dst = t_Dy_i;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
         }
       }
-      // gq = load logG[pid.z, (pid.x * 64):+64, pid.y]
+      // gq = load.async logG[pid.z, (pid.x * 64):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -10283,9 +10947,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
         float* const dst = t_gq;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
       prt::fence_proxy_async();
       __syncthreads();
       // cq = cumsum(gq, axis=0)
@@ -10542,9 +11209,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
               }
             }
           }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          // lse_i = load lse[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
+          // lse_i = load.async lse[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -10553,10 +11218,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
             float* const dst = t_lse_i;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
             }
           }
-          // Dy_i = load Dy[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
+          // Dy_i = load.async Dy[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -10565,10 +11231,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
             float* const dst = t_Dy_i;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
             }
           }
-          // gq = load logG[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, pid.y]
+          // gq = load.async logG[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, pid.y]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -10577,9 +11244,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
             float* const dst = t_gq;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
             }
           }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
           prt::fence_proxy_async();
           __syncthreads();
           // cq = cumsum(gq, axis=0)
@@ -11134,9 +11804,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gk = load logG[pid.z, (pid.x * 64):+64, pid.y]
+  // gk = load.async logG[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -11145,9 +11813,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gk;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // sk = cumsum(gk, axis=0, reverse)
   {
@@ -11323,9 +11994,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
           }
         }
       }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      // lse_i = load lse[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
+      // lse_i = load.async lse[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -11334,11 +12003,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
         float* const dst = t_lse_i;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
         }
       }
       __syncthreads();
-      // Dy_i = load Dy[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
+      // Dy_i = load.async Dy[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -11347,10 +12017,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
         float* const dst = t_Dy_i;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
         }
       }
-      // gq = load logG[pid.z, (pid.x * 64):+64, pid.y]
+      // gq = load.async logG[pid.z, (pid.x * 64):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -11359,9 +12030,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
         float* const dst = t_gq;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
       __syncthreads();
       // cq = cumsum(gq, axis=0)
       {
@@ -11656,9 +12330,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
               }
             }
           }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          // lse_i = load lse[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
+          // lse_i = load.async lse[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -11667,10 +12339,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
             float* const dst = t_lse_i;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
             }
           }
-          // Dy_i = load Dy[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
+          // Dy_i = load.async Dy[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -11679,10 +12352,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
             float* const dst = t_Dy_i;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
             }
           }
-          // gq = load logG[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, pid.y]
+          // gq = load.async logG[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, pid.y]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -11691,9 +12365,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
             float* const dst = t_gq;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
             }
           }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
           __syncthreads();
           // cq = cumsum(gq, axis=0)
           {
@@ -12208,7 +12885,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
   float* const t_z1 = reinterpret_cast<float*>(prt_base + 24320);  // f32[16] pitch 16
   // u1_hi: bf16[64, 32] computed in registers by its mma group
   // u1_lo: bf16[64, 32] computed in registers by its mma group
-  // g = load logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
+  // g = load.async logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -12217,9 +12894,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -12236,7 +12916,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
   }
   __syncthreads();
   if (((p_hq / p_h) == 1)) {
-    // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + 0)]
+    // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + 0)]
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
       const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -12245,16 +12925,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
       const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
       float* const dst = t_f;
       for (int r = tid; r < 64; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
     {
       for (int r = tid; r < 64; r += 128) {
         t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
       }
     }
-    // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + 0)]
+    // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + 0)]
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
       const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -12263,9 +12947,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
       const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
       float* const dst = t_z_row;
       for (int r = tid; r < 64; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // z_row[row] = -((z_row[row] * f[row]))
     {
       for (int r = tid; r < 64; r += 128) {
@@ -12286,7 +12974,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
         dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
       }
     }
-    __syncthreads();
     // fdy[row, col] = (fdy[row, col] * f[row])
     {
       for (int i = tid; i < 2048; i += 128) {
@@ -12309,7 +12996,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
     const int v_i0_end = (p_hq / p_h);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -12318,16 +13005,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 64; r += 128) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 64; r += 128) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -12336,9 +13027,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 64; r += 128) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 64; r += 128) {
@@ -12359,7 +13054,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
             dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
-        __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
           for (int i = tid; i < 2048; i += 128) {
@@ -12507,7 +13201,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
         const int v_i2_end = (p_hq / p_h);
         for (int v_i2 = 0; v_i2 < v_i2_end; v_i2 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -12516,16 +13210,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 64; r += 128) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 64; r += 128) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -12534,16 +13232,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 64; r += 128) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 64; r += 128) {
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
-            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2), ((pid.x % 1) * 32):+32]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -12558,7 +13259,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
                 dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
-            __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
               for (int i = tid; i < 2048; i += 128) {
@@ -12746,7 +13446,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
     const int v_i3_end = (p_hq / p_h);
     for (int v_i3 = 0; v_i3 < v_i3_end; v_i3 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i3)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i3)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -12755,16 +13455,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 64; r += 128) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 64; r += 128) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i3)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i3)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -12773,9 +13477,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 64; r += 128) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 64; r += 128) {
@@ -12796,7 +13504,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
             dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
-        __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
           for (int i = tid; i < 2048; i += 128) {
@@ -12952,7 +13659,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
         const int v_i5_end = (p_hq / p_h);
         for (int v_i5 = 0; v_i5 < v_i5_end; v_i5 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -12961,16 +13668,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 64; r += 128) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 64; r += 128) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -12979,16 +13690,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 64; r += 128) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 64; r += 128) {
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
-            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5), ((pid.x % 1) * 32):+32]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -13003,7 +13717,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
                 dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
-            __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
               for (int i = tid; i < 2048; i += 128) {
@@ -13184,7 +13897,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
 // grid (9, ($b * $h), 1), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d32_e32_c64_f16_w4_bd64_bt64_s2(
     const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
-  // sm_80: 34592 bytes of dynamic shared memory
+  // sm_80: 34848 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -13349,19 +14062,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
   (void)g_dGc_d3;
   float f_R[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
   float* const t_r = reinterpret_cast<float*>(prt_base + 0);  // f32[64] pitch 64
-  float* const t_s_in_base = reinterpret_cast<float*>(prt_base + 256);  // f32[64, 32] pitch 32, 2 copies
+  float* const t_s_in_base = reinterpret_cast<float*>(prt_base + 768);  // f32[64, 32] pitch 32, 2 copies
   float* t_s_in = t_s_in_base;
-  float* const t_z_in_base = reinterpret_cast<float*>(prt_base + 16640);  // f32[64] pitch 64, 2 copies
+  float* const t_z_in_base = reinterpret_cast<float*>(prt_base + 17152);  // f32[64] pitch 64, 2 copies
   float* t_z_in = t_z_in_base;
-  float* const t_ds_in_base = reinterpret_cast<float*>(prt_base + 17152);  // f32[64, 32] pitch 32, 2 copies
+  float* const t_ds_in_base = reinterpret_cast<float*>(prt_base + 17664);  // f32[64, 32] pitch 32, 2 copies
   float* t_ds_in = t_ds_in_base;
-  float* const t_dz_in_base = reinterpret_cast<float*>(prt_base + 33536);  // f32[64] pitch 64, 2 copies
+  float* const t_dz_in_base = reinterpret_cast<float*>(prt_base + 34048);  // f32[64] pitch 64, 2 copies
   float* t_dz_in = t_dz_in_base;
   float f_X[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
-  float* const t_g = reinterpret_cast<float*>(prt_base + 34048);  // f32[64] pitch 64
-  float* const t_G = reinterpret_cast<float*>(prt_base + 34560);  // f32[1] pitch 1
-  float* const t_row_dot = reinterpret_cast<float*>(prt_base + 34304);  // f32[64] pitch 64
-  float* const t_dG = reinterpret_cast<float*>(prt_base + 34576);  // f32[1] pitch 1
+  float* const t_g_base = reinterpret_cast<float*>(prt_base + 256);  // f32[64] pitch 64, 2 copies
+  float* t_g = t_g_base;
+  float* const t_G = reinterpret_cast<float*>(prt_base + 34816);  // f32[1] pitch 1
+  float* const t_row_dot = reinterpret_cast<float*>(prt_base + 34560);  // f32[64] pitch 64
+  float* const t_dG = reinterpret_cast<float*>(prt_base + 34832);  // f32[1] pitch 1
   // R = load dSfinal[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+32]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -13410,6 +14124,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   if ((0 < p_n)) {
+    // g = load.async logG[(pid.y // $h), ((($n - 1) - 0) * 64):+64, (pid.y % $h)] into stage 0
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = (((p_n - 1) - 0) * 64);
+      const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_g_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
     // s_in = load.async Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - 0), (pid.x * 64):+64, 0:+32] into stage 0
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -13514,6 +14241,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
     const int v_i0_end = p_n;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((v_i0 + 1) < p_n)) {
+        // g = load.async logG[(pid.y // $h), ((($n - 1) - (i0 + 1)) * 64):+64, (pid.y % $h)] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = (((p_n - 1) - (v_i0 + 1)) * 64);
+          const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_g_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
         // s_in = load.async Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - (i0 + 1)), (pid.x * 64):+64, 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -13616,22 +14356,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       }
       prt::cp_async_commit();
       prt::cp_async_wait<1>();
+      t_g = t_g_base + (((v_i0 % 2)) % 2) * 64;  // bind g stage (i0 % 2)
       t_s_in = t_s_in_base + (((v_i0 % 2)) % 2) * 2048;  // bind s_in stage (i0 % 2)
       t_z_in = t_z_in_base + (((v_i0 % 2)) % 2) * 64;  // bind z_in stage (i0 % 2)
       t_ds_in = t_ds_in_base + (((v_i0 % 2)) % 2) * 2048;  // bind ds_in stage (i0 % 2)
       t_dz_in = t_dz_in_base + (((v_i0 % 2)) % 2) * 64;  // bind dz_in stage (i0 % 2)
-      // g = load logG[(pid.y // $h), ((($n - 1) - i0) * 64):+64, (pid.y % $h)]
-      {
-        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int s1 = (((p_n - 1) - v_i0) * 64);
-        const int a2 = (static_cast<int>(blockIdx.y) % p_h);
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_g;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
       __syncthreads();
       // G = reduce_sum(g, axis=0)
       {
@@ -13971,7 +14700,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
   __nv_bfloat16* const t_u_hi = reinterpret_cast<__nv_bfloat16*>(prt_base + 16896);  // bf16[32, 32] swizzle 64
   __nv_bfloat16* const t_u_lo = reinterpret_cast<__nv_bfloat16*>(prt_base + 18944);  // bf16[32, 32] swizzle 64
   float* const t_dG = reinterpret_cast<float*>(prt_base + 256);  // f32[1] pitch 1
-  // g = load logG[(pid.y // $h), (pid.x * 64):+64, (pid.y % $h)]
+  // g = load.async logG[(pid.y // $h), (pid.x * 64):+64, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -13980,9 +14709,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   prt::fence_proxy_async();
   __syncthreads();
   // lam = cumsum(g, axis=0)
@@ -14730,7 +15462,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
   __nv_bfloat16* const t_u_hi = reinterpret_cast<__nv_bfloat16*>(prt_base + 17920);  // bf16[32, 32] pitch 40
   __nv_bfloat16* const t_u_lo = reinterpret_cast<__nv_bfloat16*>(prt_base + 20480);  // bf16[32, 32] pitch 40
   float* const t_dG = reinterpret_cast<float*>(prt_base + 256);  // f32[1] pitch 1
-  // g = load logG[(pid.y // $h), (pid.x * 64):+64, (pid.y % $h)]
+  // g = load.async logG[(pid.y // $h), (pid.x * 64):+64, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -14739,9 +15471,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -15596,7 +16331,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d32_e32_c
   float* const t_suffix = reinterpret_cast<float*>(prt_base + 528);  // f32[64] pitch 64
   float* const t_carry = reinterpret_cast<float*>(prt_base + 0);  // f32[1] pitch 1
   float* const t_one = reinterpret_cast<float*>(prt_base + 16);  // f32[1] pitch 1
-  // carry = load dGk[pid.z, pid.y, pid.x:+1]
+  // carry = load.async dGk[pid.z, pid.y, pid.x:+1]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int a1 = static_cast<int>(blockIdx.y);
@@ -15605,13 +16340,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d32_e32_c
     const long long base = static_cast<long long>(a0) * g_dGk_s0 + static_cast<long long>(a1) * g_dGk_s1 + static_cast<long long>(s2) * g_dGk_s2;
     float* const dst = t_carry;
     for (int r = tid; r < 1; r += 128) {
-      dst[r] = ok && s2 + r >= 0 && s2 + r < g_dGk_d2 ? g_dGk[base + static_cast<long long>(r) * g_dGk_s2] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s2 + r >= 0 && s2 + r < g_dGk_d2;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dGk[base + static_cast<long long>(r) * g_dGk_s2]) : static_cast<const void*>(g_dGk), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   {
     const int v_i0_end = p_nfb;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // one = load dGc[pid.z, pid.y, pid.x, i0:+1]
+      // one = load.async dGc[pid.z, pid.y, pid.x, i0:+1]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int a1 = static_cast<int>(blockIdx.y);
@@ -15621,22 +16359,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d32_e32_c
         const long long base = static_cast<long long>(a0) * g_dGc_s0 + static_cast<long long>(a1) * g_dGc_s1 + static_cast<long long>(a2) * g_dGc_s2 + static_cast<long long>(s3) * g_dGc_s3;
         float* const dst = t_one;
         for (int r = tid; r < 1; r += 128) {
-          dst[r] = ok && s3 + r >= 0 && s3 + r < g_dGc_d3 ? g_dGc[base + static_cast<long long>(r) * g_dGc_s3] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s3 + r >= 0 && s3 + r < g_dGc_d3;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dGc[base + static_cast<long long>(r) * g_dGc_s3]) : static_cast<const void*>(g_dGc), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
       // carry[row] = (carry[row] + one[row])
       {
         for (int r = tid; r < 1; r += 128) {
           t_carry[r] = prt::from_f32<float>((prt::to_f32(t_carry[r]) + prt::to_f32(t_one[r])));
         }
       }
+      __syncthreads();
     }
   }
-  __syncthreads();
   {
     const int v_i1_end = prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64), 1);
     for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
-      // dlam = load dlamA[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, pid.y]
+      // dlam = load.async dlamA[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (((prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64), 1) - 1) - v_i1) * 64));
@@ -15645,10 +16387,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d32_e32_c
         const long long base = static_cast<long long>(a0) * g_dlamA_s0 + static_cast<long long>(s1) * g_dlamA_s1 + static_cast<long long>(a2) * g_dlamA_s2;
         float* const dst = t_dlam;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamA_d1 ? g_dlamA[base + static_cast<long long>(r) * g_dlamA_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamA_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamA[base + static_cast<long long>(r) * g_dlamA_s1]) : static_cast<const void*>(g_dlamA), in ? 4 : 0);
         }
       }
-      // part = load dlamK[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, pid.y]
+      // part = load.async dlamK[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (((prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64), 1) - 1) - v_i1) * 64));
@@ -15657,9 +16400,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d32_e32_c
         const long long base = static_cast<long long>(a0) * g_dlamK_s0 + static_cast<long long>(s1) * g_dlamK_s1 + static_cast<long long>(a2) * g_dlamK_s2;
         float* const dst = t_part;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamK_d1 ? g_dlamK[base + static_cast<long long>(r) * g_dlamK_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamK_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamK[base + static_cast<long long>(r) * g_dlamK_s1]) : static_cast<const void*>(g_dlamK), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
       // dlam[row] = (dlam[row] + part[row])
       {
         for (int r = tid; r < 64; r += 128) {
@@ -15757,7 +16504,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d32_e32_c
               }
             }
           }
-          // part = load dlamQ[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, ((pid.y * ($hq // $h)) + i2)]
+          __syncthreads();
+          // part = load.async dlamQ[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, ((pid.y * ($hq // $h)) + i2)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (((prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64), 1) - 1) - v_i1) * 64));
@@ -15766,9 +16514,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d32_e32_c
             const long long base = static_cast<long long>(a0) * g_dlamQ_s0 + static_cast<long long>(s1) * g_dlamQ_s1 + static_cast<long long>(a2) * g_dlamQ_s2;
             float* const dst = t_part;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamQ_d1 ? g_dlamQ[base + static_cast<long long>(r) * g_dlamQ_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamQ_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamQ[base + static_cast<long long>(r) * g_dlamQ_s1]) : static_cast<const void*>(g_dlamQ), in ? 4 : 0);
             }
           }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
+          __syncthreads();
           // dlam[row] = (dlam[row] + part[row])
           {
             for (int r = tid; r < 64; r += 128) {
@@ -16003,7 +16755,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d32_e32_c
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2(
     const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, float* g_Dy, float* g_lseB, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 18688 bytes of dynamic shared memory
+  // sm_90a: 27136 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -16105,8 +16857,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
   __half* const t_q = reinterpret_cast<__half*>(prt_base + 0);  // f16[64, 32] swizzle 64
   __half* const t_dy = reinterpret_cast<__half*>(prt_base + 4096);  // f16[64, 32] swizzle 64
   float f_lse_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  __half* const t_k = reinterpret_cast<__half*>(prt_base + 9216);  // f16[64, 32] swizzle 64
-  __half* const t_v = reinterpret_cast<__half*>(prt_base + 13312);  // f16[64, 32] swizzle 64
+  __half* const t_k_base = reinterpret_cast<__half*>(prt_base + 9216);  // f16[64, 32] swizzle 64, 2 copies
+  __half* t_k = t_k_base;
+  __half* const t_v_base = reinterpret_cast<__half*>(prt_base + 17408);  // f16[64, 32] swizzle 64, 2 copies
+  __half* t_v = t_v_base;
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_p[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_p_dp[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
@@ -16117,8 +16871,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
   float f_g_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 8192);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 8448);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 8960);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 17408);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 25600);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 8960);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 8704);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 8192);  // f32[1] pitch 1
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
@@ -16220,7 +16975,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
       }
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -16229,9 +16984,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   prt::fence_proxy_async();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
@@ -16465,21 +17223,149 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
       }
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    prt::fence_proxy_async();
+    __syncthreads();
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __half* const dst = t_k_base + ((0) % 2) * 2048;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 4, c = (i % 4) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __half* const dst = t_v_base + ((0) % 2) * 2048;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 4, c = (i % 4) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        prt::fence_proxy_async();
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 256; i += 128) {
+              const int r = i / 4, c = (i % 4) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 256; i += 128) {
+              const int r = i / 4, c = (i % 4) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 2048;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 2048;  // bind v stage (i0 % 2)
       prt::fence_proxy_async();
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
@@ -16503,60 +17389,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __half* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 256; i += 128) {
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __half* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 256; i += 128) {
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      prt::fence_proxy_async();
-      __syncthreads();
       // dot = mma.wgmma(q, k^T) [64x64 in 16x64 units over 4 warps]
       {
         float (&acc)[1][8][4] = f_dot;
@@ -16726,6 +17558,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
       }
     }
   }
+  prt::cp_async_wait<0>();
   // acc_dy[row] = select((acc_p[row] != 0.0), (acc_dy[row] / acc_p[row]), 0.0)
   {
     #pragma unroll
@@ -16797,7 +17630,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
     }
   }
 #else
-  // sm_80: 23312 bytes of dynamic shared memory
+  // sm_80: 33808 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -16899,23 +17732,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
   __half* const t_q = reinterpret_cast<__half*>(prt_base + 0);  // f16[64, 32] pitch 40
   __half* const t_dy = reinterpret_cast<__half*>(prt_base + 5120);  // f16[64, 32] pitch 40
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 10240);  // f32[64] pitch 64
-  __half* const t_k = reinterpret_cast<__half*>(prt_base + 11792);  // f16[64, 32] pitch 40
-  __half* const t_v = reinterpret_cast<__half*>(prt_base + 16912);  // f16[64, 32] pitch 40
+  __half* const t_k_base = reinterpret_cast<__half*>(prt_base + 11792);  // f16[64, 32] pitch 40, 2 copies
+  __half* t_k = t_k_base;
+  __half* const t_v_base = reinterpret_cast<__half*>(prt_base + 22032);  // f16[64, 32] pitch 40, 2 copies
+  __half* t_v = t_v_base;
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p_dp[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float* const t_part = reinterpret_cast<float*>(prt_base + 11264);  // f32[64] pitch 64
   float* const t_acc_dy = reinterpret_cast<float*>(prt_base + 10496);  // f32[64] pitch 64
   float* const t_acc_p = reinterpret_cast<float*>(prt_base + 10752);  // f32[64] pitch 64
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 22544);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 33296);  // f32[64] pitch 64
   float* const t_g_i = reinterpret_cast<float*>(prt_base + 11008);  // f32[64] pitch 64
   float* const t_gq = reinterpret_cast<float*>(prt_base + 11008);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 11264);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 22800);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 23056);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 32784);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 33552);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 11536);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 11520);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 22032);  // f32[2, 64] pitch 64
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 32272);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -16966,9 +17802,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // lse_i = load lse[pid.z, (pid.x * 64):+64, pid.y]
+  // lse_i = load.async lse[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -16977,9 +17811,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
     float* const dst = t_lse_i;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   // acc_dy[row] = 0.0
   // acc_p[row] = 0.0
   {
@@ -16990,7 +17827,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
       t_acc_p[r] = y1;
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -16999,9 +17836,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -17254,21 +18094,145 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
       t_acc_p[r] = prt::from_f32<float>((prt::to_f32(t_acc_p[r]) + prt::to_f32(t_part[r])));
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __half* const dst = t_k_base + ((0) % 2) * 2560;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 4, c = (i % 4) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __half* const dst = t_v_base + ((0) % 2) * 2560;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 4, c = (i % 4) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2560;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 256; i += 128) {
+              const int r = i / 4, c = (i % 4) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2560;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 256; i += 128) {
+              const int r = i / 4, c = (i % 4) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 2560;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 2560;  // bind v stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -17290,59 +18254,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __half* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 256; i += 128) {
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __half* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 256; i += 128) {
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
       // dot = mma.tc(q, k^T) [64x64 in 16x32 units over 4 warps]
       {
         float (&acc)[2][4][4] = f_dot;
@@ -17540,6 +18451,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
       }
     }
   }
+  prt::cp_async_wait<0>();
   // acc_dy[row] = select((acc_p[row] != 0.0), (acc_dy[row] / acc_p[row]), 0.0)
   // lse_i[row] = (lse_i[row] + log(acc_p[row]))
   {
@@ -17584,7 +18496,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2(
     const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, __half* g_dQ, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 23552 bytes of dynamic shared memory
+  // sm_90a: 31744 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -17700,9 +18612,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
   __half* const t_dy = reinterpret_cast<__half*>(prt_base + 4096);  // f16[64, 32] swizzle 64
   float f_lse_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_Dy_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  __half* const t_k = reinterpret_cast<__half*>(prt_base + 9216);  // f16[64, 32] swizzle 64
-  __half* const t_v = reinterpret_cast<__half*>(prt_base + 13312);  // f16[64, 32] swizzle 64
-  __half* const t_k_finite = reinterpret_cast<__half*>(prt_base + 17408);  // f16[64, 32] pitch 40
+  __half* const t_k_base = reinterpret_cast<__half*>(prt_base + 9216);  // f16[64, 32] swizzle 64, 2 copies
+  __half* t_k = t_k_base;
+  __half* const t_v_base = reinterpret_cast<__half*>(prt_base + 17408);  // f16[64, 32] swizzle 64, 2 copies
+  __half* t_v = t_v_base;
+  __half* const t_k_finite = reinterpret_cast<__half*>(prt_base + 25600);  // f16[64, 32] pitch 40
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_ds[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -17714,8 +18628,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
   float f_h_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 8192);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 8448);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 8960);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 17408);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 25600);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 8960);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 8704);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 8192);  // f32[1] pitch 1
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
@@ -17839,7 +18754,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       }
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -17848,9 +18763,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   prt::fence_proxy_async();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
@@ -18099,21 +19017,149 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       }
     }
   }
+  prt::fence_proxy_async();
+  __syncthreads();
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __half* const dst = t_k_base + ((0) % 2) * 2048;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 4, c = (i % 4) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __half* const dst = t_v_base + ((0) % 2) * 2048;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 4, c = (i % 4) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        prt::fence_proxy_async();
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 256; i += 128) {
+              const int r = i / 4, c = (i % 4) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 256; i += 128) {
+              const int r = i / 4, c = (i % 4) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 2048;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 2048;  // bind v stage (i0 % 2)
       prt::fence_proxy_async();
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
@@ -18137,60 +19183,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __half* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 256; i += 128) {
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __half* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 256; i += 128) {
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[prt::swz<64>((r) * 32 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      prt::fence_proxy_async();
-      __syncthreads();
       // dot = mma.wgmma(q, k^T) [64x64 in 16x64 units over 4 warps]
       {
         float (&acc)[1][8][4] = f_dot;
@@ -18360,6 +19352,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store dQ[pid.z, (pid.x * 64):+64, pid.y, 0:+32] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -18407,7 +19400,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     }
   }
 #else
-  // sm_80: 26368 bytes of dynamic shared memory
+  // sm_80: 36608 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -18523,9 +19516,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
   __half* const t_dy = reinterpret_cast<__half*>(prt_base + 5120);  // f16[64, 32] pitch 40
   float f_lse_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_Dy_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  __half* const t_k = reinterpret_cast<__half*>(prt_base + 11008);  // f16[64, 32] pitch 40
-  __half* const t_v = reinterpret_cast<__half*>(prt_base + 16128);  // f16[64, 32] pitch 40
-  __half* const t_k_finite = reinterpret_cast<__half*>(prt_base + 21248);  // f16[64, 32] pitch 40
+  __half* const t_k_base = reinterpret_cast<__half*>(prt_base + 11008);  // f16[64, 32] pitch 40, 2 copies
+  __half* t_k = t_k_base;
+  __half* const t_v_base = reinterpret_cast<__half*>(prt_base + 21248);  // f16[64, 32] pitch 40, 2 copies
+  __half* t_v = t_v_base;
+  __half* const t_k_finite = reinterpret_cast<__half*>(prt_base + 31488);  // f16[64, 32] pitch 40
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_ds[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -18537,8 +19532,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
   float f_h_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 10240);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 10496);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 21248);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 21504);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 31488);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 32000);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 10752);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 10240);  // f32[1] pitch 1
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
@@ -18662,7 +19658,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       }
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -18671,9 +19667,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -18951,21 +19950,146 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     }
   }
   __syncthreads();
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __half* const dst = t_k_base + ((0) % 2) * 2560;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 4, c = (i % 4) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __half* const dst = t_v_base + ((0) % 2) * 2560;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 4, c = (i % 4) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2560;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 256; i += 128) {
+              const int r = i / 4, c = (i % 4) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2560;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 256; i += 128) {
+              const int r = i / 4, c = (i % 4) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 2560;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 2560;  // bind v stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -18987,59 +20111,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __half* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 256; i += 128) {
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __half* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 256; i += 128) {
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 40 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
       // dot = mma.tc(q, k^T) [64x64 in 16x64 units over 4 warps]
       {
         float (&acc)[1][8][4] = f_dot;
@@ -19249,6 +20320,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store dQ[pid.z, (pid.x * 64):+64, pid.y, 0:+32] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -19514,9 +20586,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gk = load logG[pid.z, (pid.x * 64):+64, pid.y]
+  // gk = load.async logG[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -19525,9 +20595,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gk;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   prt::fence_proxy_async();
   __syncthreads();
   // sk = cumsum(gk, axis=0, reverse)
@@ -19705,9 +20778,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
           }
         }
       }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      // lse_i = load lse[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
+      // lse_i = load.async lse[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -19716,12 +20787,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
         const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
         float* const dst = t_lse_i;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
         }
       }
       prt::fence_proxy_async();
       __syncthreads();
-      // Dy_i = load Dy[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
+      // Dy_i = load.async Dy[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -19730,10 +20802,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
         const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
         float* const dst = t_Dy_i;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
         }
       }
-      // gq = load logG[pid.z, (pid.x * 64):+64, pid.y]
+      // gq = load.async logG[pid.z, (pid.x * 64):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -19742,9 +20815,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
         const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
         float* const dst = t_gq;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
       prt::fence_proxy_async();
       __syncthreads();
       // cq = cumsum(gq, axis=0)
@@ -20001,9 +21077,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
               }
             }
           }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          // lse_i = load lse[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
+          // lse_i = load.async lse[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -20012,10 +21086,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
             const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
             float* const dst = t_lse_i;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
             }
           }
-          // Dy_i = load Dy[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
+          // Dy_i = load.async Dy[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -20024,10 +21099,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
             const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
             float* const dst = t_Dy_i;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
             }
           }
-          // gq = load logG[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, pid.y]
+          // gq = load.async logG[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, pid.y]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -20036,9 +21112,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
             const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
             float* const dst = t_gq;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
             }
           }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
           prt::fence_proxy_async();
           __syncthreads();
           // cq = cumsum(gq, axis=0)
@@ -20593,9 +21672,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gk = load logG[pid.z, (pid.x * 64):+64, pid.y]
+  // gk = load.async logG[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -20604,9 +21681,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gk;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // sk = cumsum(gk, axis=0, reverse)
   {
@@ -20782,9 +21862,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
           }
         }
       }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      // lse_i = load lse[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
+      // lse_i = load.async lse[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -20793,11 +21871,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
         const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
         float* const dst = t_lse_i;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
         }
       }
       __syncthreads();
-      // Dy_i = load Dy[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
+      // Dy_i = load.async Dy[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -20806,10 +21885,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
         const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
         float* const dst = t_Dy_i;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
         }
       }
-      // gq = load logG[pid.z, (pid.x * 64):+64, pid.y]
+      // gq = load.async logG[pid.z, (pid.x * 64):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -20818,9 +21898,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
         const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
         float* const dst = t_gq;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
       __syncthreads();
       // cq = cumsum(gq, axis=0)
       {
@@ -21115,9 +22198,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
               }
             }
           }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          // lse_i = load lse[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
+          // lse_i = load.async lse[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -21126,10 +22207,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
             const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
             float* const dst = t_lse_i;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
             }
           }
-          // Dy_i = load Dy[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
+          // Dy_i = load.async Dy[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -21138,10 +22220,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
             const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
             float* const dst = t_Dy_i;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
             }
           }
-          // gq = load logG[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, pid.y]
+          // gq = load.async logG[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, pid.y]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -21150,9 +22233,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
             const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
             float* const dst = t_gq;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
             }
           }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
           __syncthreads();
           // cq = cumsum(gq, axis=0)
           {
@@ -21587,7 +22673,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_gate_grads_y_p2_d32_e32_c6
   {
     const int v_i0_end = ((p_t + 255) / 256);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // dlam = load dlamA[pid.y, ((((($t + 255) // 256) - 1) - i0) * 256):+256, pid.x]
+      // dlam = load.async dlamA[pid.y, ((((($t + 255) // 256) - 1) - i0) * 256):+256, pid.x]
       {
         const int a0 = static_cast<int>(blockIdx.y);
         const int s1 = (((((p_t + 255) / 256) - 1) - v_i0) * 256);
@@ -21596,9 +22682,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_gate_grads_y_p2_d32_e32_c6
         const long long base = static_cast<long long>(a0) * g_dlamA_s0 + static_cast<long long>(s1) * g_dlamA_s1 + static_cast<long long>(a2) * g_dlamA_s2;
         float* const dst = t_dlam;
         for (int r = tid; r < 256; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamA_d1 ? g_dlamA[base + static_cast<long long>(r) * g_dlamA_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamA_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamA[base + static_cast<long long>(r) * g_dlamA_s1]) : static_cast<const void*>(g_dlamA), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
       __syncthreads();
       // suffix = cumsum(dlam, axis=0, reverse)
       {
@@ -21769,7 +22858,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_f16_
   float* const t_y_row = reinterpret_cast<float*>(prt_base + 0);  // f32[32] pitch 32
   float* const t_den_s_part = reinterpret_cast<float*>(prt_base + 1792);  // f32[4, 16] pitch 16
   float* const t_m_blk_part = reinterpret_cast<float*>(prt_base + 26624);  // f32[4, 16] pitch 16
-  // g = load Gc[pid.y, 0:+64, (pid.x // ($hq // $h))]
+  // g = load.async Gc[pid.y, 0:+64, (pid.x // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.y);
     const int s1 = 0;
@@ -21778,9 +22867,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_f16_
     const long long base = static_cast<long long>(a0) * g_Gc_s0 + static_cast<long long>(s1) * g_Gc_s1 + static_cast<long long>(a2) * g_Gc_s2;
     float* const dst = t_g;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_Gc_d1 ? g_Gc[base + static_cast<long long>(r) * g_Gc_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_Gc_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Gc[base + static_cast<long long>(r) * g_Gc_s1]) : static_cast<const void*>(g_Gc), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -22550,7 +23642,7 @@ extern "C" __global__ void __launch_bounds__(32) prt_cache_append_p2_d32_e32_c64
     }
   }
   __syncthreads();
-  // g = load logG[pid.z, ($q0 + pid.x), pid.y:+1]
+  // g = load.async logG[pid.z, ($q0 + pid.x), pid.y:+1]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int a1 = (p_q0 + static_cast<int>(blockIdx.x));
@@ -22559,9 +23651,13 @@ extern "C" __global__ void __launch_bounds__(32) prt_cache_append_p2_d32_e32_c64
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(a1) * g_logG_s1 + static_cast<long long>(s2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 1; r += 32) {
-      dst[r] = ok && s2 + r >= 0 && s2 + r < g_logG_d2 ? g_logG[base + static_cast<long long>(r) * g_logG_s2] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s2 + r >= 0 && s2 + r < g_logG_d2;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s2]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
+  __syncthreads();
   // store Gc[pid.z, ($len0 + pid.x), pid.y:+1] = g
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -22731,16 +23827,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_state_copy_p2_d32_e32_c64_
 #include <cuda_runtime.h>
 
 extern "C" cudaError_t prt_attention_p2_d32_e32_c64_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d32_e32_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 20224);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d32_e32_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 30464);
   if (err != cudaSuccess) return err;
-  prt_attention_p2_d32_e32_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 20224, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_p2_d32_e32_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 30464, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_y_p2_d32_e32_c64_f16_w8_bd0_bt128_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, __half* g_Y, float* g_lse, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_y_p2_d32_e32_c64_f16_w8_bd0_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 40448);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_y_p2_d32_e32_c64_f16_w8_bd0_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 60928);
   if (err != cudaSuccess) return err;
-  prt_attention_y_p2_d32_e32_c64_f16_w8_bd0_bt128_s2<<<grid, 256, 40448, stream>>>(g_Q, g_K, g_V, g_logG, g_Y, g_lse, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_y_p2_d32_e32_c64_f16_w8_bd0_bt128_s2<<<grid, 256, 60928, stream>>>(g_Q, g_K, g_V, g_logG, g_Y, g_lse, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -22752,9 +23848,9 @@ extern "C" cudaError_t prt_update_state_p2_d32_e32_c64_f16_w4_bd32_bt64_s1_launc
 }
 
 extern "C" cudaError_t prt_discounted_cumsum_p2_d32_e32_c64_f16_w4_bd64_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_dS, const float* g_dZ, const float* g_logG, const float* g_S0, const float* g_Z0, float* g_Sin, float* g_Zin, float* g_Sfinal, float* g_Zfinal, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_p2_d32_e32_c64_f16_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 17664);
+  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_p2_d32_e32_c64_f16_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 17920);
   if (err != cudaSuccess) return err;
-  prt_discounted_cumsum_p2_d32_e32_c64_f16_w4_bd64_bt64_s2<<<grid, 128, 17664, stream>>>(g_dS, g_dZ, g_logG, g_S0, g_Z0, g_Sin, g_Zin, g_Sfinal, g_Zfinal, p_b, p_t, p_h, p_n);
+  prt_discounted_cumsum_p2_d32_e32_c64_f16_w4_bd64_bt64_s2<<<grid, 128, 17920, stream>>>(g_dS, g_dZ, g_logG, g_S0, g_Z0, g_Sin, g_Zin, g_Sfinal, g_Zfinal, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
@@ -22766,9 +23862,9 @@ extern "C" cudaError_t prt_query_state_p2_d32_e32_c64_f16_w4_bd0_bt64_s2_launch(
 }
 
 extern "C" cudaError_t prt_attention_bwd_prep_p2_d32_e32_c64_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d32_e32_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 23312);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d32_e32_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 33808);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_prep_p2_d32_e32_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 23312, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_prep_p2_d32_e32_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 33808, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -22780,9 +23876,9 @@ extern "C" cudaError_t prt_query_state_bwd_dq_p2_d32_e32_c64_f16_w4_bd0_bt64_s2_
 }
 
 extern "C" cudaError_t prt_attention_bwd_dq_p2_d32_e32_c64_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d32_e32_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 26368);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d32_e32_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 36608);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dq_p2_d32_e32_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 26368, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dq_p2_d32_e32_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 36608, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -22801,9 +23897,9 @@ extern "C" cudaError_t prt_query_state_bwd_ds_p2_d32_e32_c64_f16_w4_bd32_bt64_s1
 }
 
 extern "C" cudaError_t prt_discounted_cumsum_bwd_p2_d32_e32_c64_f16_w4_bd64_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d32_e32_c64_f16_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 34592);
+  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d32_e32_c64_f16_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 34848);
   if (err != cudaSuccess) return err;
-  prt_discounted_cumsum_bwd_p2_d32_e32_c64_f16_w4_bd64_bt64_s2<<<grid, 128, 34592, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
+  prt_discounted_cumsum_bwd_p2_d32_e32_c64_f16_w4_bd64_bt64_s2<<<grid, 128, 34848, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
@@ -22822,16 +23918,16 @@ extern "C" cudaError_t prt_combine_grads_p2_d32_e32_c64_f16_w4_bd0_bt64_s1_launc
 }
 
 extern "C" cudaError_t prt_attention_bwd_prep_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, float* g_Dy, float* g_lseB, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 23312);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 33808);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_prep_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 23312, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_lseB, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_prep_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 33808, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_lseB, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_bwd_dq_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, __half* g_dQ, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 26368);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 36608);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dq_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 26368, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQ, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dq_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 36608, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQ, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 

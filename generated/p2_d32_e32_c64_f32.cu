@@ -9,7 +9,7 @@
 // grid ((($t + 63) // 64), $hq, $b), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 60432 bytes of dynamic shared memory
+  // sm_80: 78864 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -99,28 +99,31 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
   (void)g_maxA_d1;
   (void)g_maxA_d2;
   float* const t_q = reinterpret_cast<float*>(prt_base + 0);  // f32[64, 32] pitch 36
-  float* const t_k = reinterpret_cast<float*>(prt_base + 9744);  // f32[64, 32] pitch 36
-  float* const t_v = reinterpret_cast<float*>(prt_base + 18960);  // f32[64, 32] pitch 36
+  float* const t_k_base = reinterpret_cast<float*>(prt_base + 9744);  // f32[64, 32] pitch 36, 2 copies
+  float* t_k = t_k_base;
+  float* const t_v_base = reinterpret_cast<float*>(prt_base + 28176);  // f32[64, 32] pitch 36, 2 copies
+  float* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 9216);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 9472);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 47376);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 47888);  // f32[64] pitch 64
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 28176);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 65552);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 66576);  // f32[64] pitch 64
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 46608);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 9728);  // f32[1] pitch 1
   float f_w[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_p = reinterpret_cast<float*>(prt_base + 29456);  // f32[64, 64] pitch 68
+  float* const t_p = reinterpret_cast<float*>(prt_base + 47888);  // f32[64, 64] pitch 68
   float f_acc[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
-  float* const t_v_finite = reinterpret_cast<float*>(prt_base + 51216);  // f32[64, 32] pitch 36
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 47120);  // bf16[64, 32] pitch 32
+  float* const t_v_finite = reinterpret_cast<float*>(prt_base + 69648);  // f32[64, 32] pitch 36
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 65552);  // bf16[64, 32] pitch 32
   float* const t_row_max = reinterpret_cast<float*>(prt_base + 9216);  // f32[64] pitch 64
   float f_row_sum[1][2];  // f32[64] as the rows of 64x32 in 16x32 units over 4 warps
-  float* const t_block_max = reinterpret_cast<float*>(prt_base + 28944);  // f32[64] pitch 64
-  float* const t_block_sum = reinterpret_cast<float*>(prt_base + 46864);  // f32[64] pitch 64
+  float* const t_block_max = reinterpret_cast<float*>(prt_base + 47376);  // f32[64] pitch 64
+  float* const t_block_sum = reinterpret_cast<float*>(prt_base + 65296);  // f32[64] pitch 64
   float f_alpha[1][2];  // f32[64] as the rows of 64x32 in 16x32 units over 4 warps
-  float* const t_shift = reinterpret_cast<float*>(prt_base + 29200);  // f32[64] pitch 64
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 47120);  // f32[64] pitch 64
-  float* const t_row_factor = reinterpret_cast<float*>(prt_base + 47632);  // f32[64] pitch 64
-  float* const t_block_max_part = reinterpret_cast<float*>(prt_base + 28432);  // f32[2, 64] pitch 64
+  float* const t_shift = reinterpret_cast<float*>(prt_base + 47632);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 66064);  // f32[64] pitch 64
+  float* const t_row_factor = reinterpret_cast<float*>(prt_base + 66320);  // f32[64] pitch 64
+  float* const t_block_max_part = reinterpret_cast<float*>(prt_base + 46864);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -146,9 +149,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -157,9 +158,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -498,75 +502,148 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
       }
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      float* const dst = t_k_base + ((0) % 2) * 2304;
+      if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      float* const dst = t_v_base + ((0) % 2) * 2304;
+      if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    __syncthreads();
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        float* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
+          if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+            }
           }
         }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+        __syncthreads();
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
+          if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+            }
           }
         }
-      }
-      __syncthreads();
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        float* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+        __syncthreads();
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
           }
         }
       }
       prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
+      prt::cp_async_wait<1>();
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 2304;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 2304;  // bind v stage (i0 % 2)
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -787,6 +864,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store numA[pid.z, (pid.x * 64):+64, pid.y, 0:+32] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -849,10 +927,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
 }
 
 // attention_y: Y, lse: causal p-th power attention over the whole sequence (the quadratic form), normalised
-// grid ((($t + 127) // 128), $hq, $b), 256 threads
-extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64_f32_w8_bd0_bt128_s2(
+// grid ((($t + 63) // 64), $hq, $b), 128 threads
+extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_Y, float* g_lse, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 154640 bytes of dynamic shared memory
+  // sm_80: 78864 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -931,41 +1009,44 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
   (void)g_lse_d0;
   (void)g_lse_d1;
   (void)g_lse_d2;
-  float* const t_q = reinterpret_cast<float*>(prt_base + 0);  // f32[128, 32] pitch 36
-  float* const t_k = reinterpret_cast<float*>(prt_base + 19472);  // f32[128, 32] pitch 36
-  float* const t_v = reinterpret_cast<float*>(prt_base + 37904);  // f32[128, 32] pitch 36
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 18432);  // f32[128] pitch 128
-  float* const t_cq = reinterpret_cast<float*>(prt_base + 18944);  // f32[128] pitch 128
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 128528);  // f32[128] pitch 128
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 129552);  // f32[128] pitch 128
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 56336);  // f32[128] pitch 128
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 19456);  // f32[1] pitch 1
-  float f_w[4][4][4];  // f32[128, 128] as mma fragments: 128x128 in 16x32 units over 8 warps
-  float* const t_p = reinterpret_cast<float*>(prt_base + 59920);  // f32[128, 128] pitch 132
-  float f_acc[1][4][4];  // f32[128, 32] as mma fragments: 128x32 in 16x32 units over 8 warps
-  float* const t_v_finite = reinterpret_cast<float*>(prt_base + 136208);  // f32[128, 32] pitch 36
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 128016);  // bf16[128, 32] pitch 32
-  float* const t_row_max = reinterpret_cast<float*>(prt_base + 18432);  // f32[128] pitch 128
-  float f_row_sum[1][2];  // f32[128] as the rows of 128x32 in 16x32 units over 8 warps
-  float* const t_block_max = reinterpret_cast<float*>(prt_base + 58896);  // f32[128] pitch 128
-  float* const t_block_sum = reinterpret_cast<float*>(prt_base + 127504);  // f32[128] pitch 128
-  float f_alpha[1][2];  // f32[128] as the rows of 128x32 in 16x32 units over 8 warps
-  float* const t_shift = reinterpret_cast<float*>(prt_base + 59408);  // f32[128] pitch 128
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 128016);  // f32[128] pitch 128
-  float* const t_row_factor = reinterpret_cast<float*>(prt_base + 129040);  // f32[128] pitch 128
-  float f_lse_t[1][2];  // f32[128] as the rows of 128x32 in 16x32 units over 8 warps
-  float* const t_block_max_part = reinterpret_cast<float*>(prt_base + 56848);  // f32[4, 128] pitch 128
-  // q = load.async Q[pid.z, (pid.x * 128):+128, pid.y, 0:+32]
+  float* const t_q = reinterpret_cast<float*>(prt_base + 0);  // f32[64, 32] pitch 36
+  float* const t_k_base = reinterpret_cast<float*>(prt_base + 9744);  // f32[64, 32] pitch 36, 2 copies
+  float* t_k = t_k_base;
+  float* const t_v_base = reinterpret_cast<float*>(prt_base + 28176);  // f32[64, 32] pitch 36, 2 copies
+  float* t_v = t_v_base;
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 9216);  // f32[64] pitch 64
+  float* const t_cq = reinterpret_cast<float*>(prt_base + 9472);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 65552);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 66576);  // f32[64] pitch 64
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 46608);  // f32[64] pitch 64
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 9728);  // f32[1] pitch 1
+  float f_w[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
+  float* const t_p = reinterpret_cast<float*>(prt_base + 47888);  // f32[64, 64] pitch 68
+  float f_acc[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
+  float* const t_v_finite = reinterpret_cast<float*>(prt_base + 69648);  // f32[64, 32] pitch 36
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 65552);  // bf16[64, 32] pitch 32
+  float* const t_row_max = reinterpret_cast<float*>(prt_base + 9216);  // f32[64] pitch 64
+  float f_row_sum[1][2];  // f32[64] as the rows of 64x32 in 16x32 units over 4 warps
+  float* const t_block_max = reinterpret_cast<float*>(prt_base + 47376);  // f32[64] pitch 64
+  float* const t_block_sum = reinterpret_cast<float*>(prt_base + 65296);  // f32[64] pitch 64
+  float f_alpha[1][2];  // f32[64] as the rows of 64x32 in 16x32 units over 4 warps
+  float* const t_shift = reinterpret_cast<float*>(prt_base + 47632);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 66064);  // f32[64] pitch 64
+  float* const t_row_factor = reinterpret_cast<float*>(prt_base + 66320);  // f32[64] pitch 64
+  float f_lse_t[1][2];  // f32[64] as the rows of 64x32 in 16x32 units over 4 warps
+  float* const t_block_max_part = reinterpret_cast<float*>(prt_base + 46864);  // f32[2, 64] pitch 64
+  // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (static_cast<int>(blockIdx.x) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 256) {
+      for (int i = tid; i < 512; i += 128) {
         const int r = i / 8, c = (i % 8) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -974,36 +1055,37 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       }
     }
     else {
-      for (int i = tid; i < 4096; i += 256) {
+      for (int i = tid; i < 2048; i += 128) {
         const int r = i / 32, c = i % 32;
         dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<float>(0.0f);
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gq = load logG[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (static_cast<int>(blockIdx.x) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
-    for (int r = tid; r < 128; r += 256) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+    for (int r = tid; r < 64; r += 128) {
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
-    for (int o = warp; o < 1; o += 8) {
+    for (int o = warp; o < 1; o += 4) {
       float carry = 0.0f;
-      for (int j0 = 0; j0 < 128; j0 += 32) {
+      for (int j0 = 0; j0 < 64; j0 += 32) {
         const int j = j0 + lane, i = j;
-        float v = j < 128 ? prt::to_f32(t_gq[i]) : 0.0f;
+        float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
         v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 128) t_cq[i] = prt::from_f32<float>(v);
+        if (j < 64) t_cq[i] = prt::from_f32<float>(v);
         carry = __shfl_sync(0xffffffffu, v, 31);
       }
     }
@@ -1012,7 +1094,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
   {
     #pragma unroll
     for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 8;
+      const int u = warp + j * 4;
       const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
       (void)n0;
       #pragma unroll
@@ -1029,7 +1111,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
   {
     #pragma unroll
     for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 8;
+      const int u = warp + j * 4;
       const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
       (void)n0;
       #pragma unroll
@@ -1042,27 +1124,27 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
   __syncthreads();
   // row_max[row] = -Infinity
   {
-    for (int r = tid; r < 128; r += 256) {
+    for (int r = tid; r < 64; r += 128) {
       t_row_max[r] = prt::from_f32<float>(__int_as_float(0xff800000));
     }
   }
   // gap[row] = 0.0
   {
-    for (int r = tid; r < 1; r += 256) {
+    for (int r = tid; r < 1; r += 128) {
       t_gap[r] = prt::from_f32<float>(0.0f);
     }
   }
-  // k = load.async K[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h)), 0:+32]
+  // k = load.async K[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (static_cast<int>(blockIdx.x) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 256) {
+      for (int i = tid; i < 512; i += 128) {
         const int r = i / 8, c = (i % 8) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -1071,23 +1153,23 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       }
     }
     else {
-      for (int i = tid; i < 4096; i += 256) {
+      for (int i = tid; i < 2048; i += 128) {
         const int r = i / 32, c = i % 32;
         dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h)), 0:+32]
+  // v = load.async V[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (static_cast<int>(blockIdx.x) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 256) {
+      for (int i = tid; i < 512; i += 128) {
         const int r = i / 8, c = (i % 8) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -1096,7 +1178,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       }
     }
     else {
-      for (int i = tid; i < 4096; i += 256) {
+      for (int i = tid; i < 2048; i += 128) {
         const int r = i / 32, c = i % 32;
         dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
       }
@@ -1106,17 +1188,17 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
   prt::cp_async_wait<0>();
   // ck[row] = -(cq[row])
   {
-    for (int r = tid; r < 128; r += 256) {
+    for (int r = tid; r < 64; r += 128) {
       t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
     }
   }
   __syncthreads();
-  // w = mma.fmaFrag(q, k^T) [128x128 in 16x32 units over 8 warps]
+  // w = mma.fmaFrag(q, k^T) [64x64 in 16x32 units over 4 warps]
   {
     #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int u = warp + j * 8;
-      const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+    for (int j = 0; j < 2; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
       float (&acc)[4][4] = f_w[j];
       #pragma unroll
       for (int q = 0; q < 4; ++q)
@@ -1139,9 +1221,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
   // w[row, col] = select((col <= row), (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]), -Infinity)
   {
     #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int u = warp + j * 8;
-      const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+    for (int j = 0; j < 2; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
       (void)n0;
       #pragma unroll
       for (int q = 0; q < 4; ++q) {
@@ -1156,8 +1238,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
   // block_max = reduce_max(w, axis=1) via block_max_part
   {
     #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int u = warp + j * 8;
+    for (int j = 0; j < 2; ++j) {
+      const int u = warp + j * 4;
       #pragma unroll
       for (int h = 0; h < 2; ++h) {
         float acc = f_w[j][0][2 * h];
@@ -1168,15 +1250,15 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
           acc = prt::max_nan(acc, f_w[j][q][2 * h + 1]);
         }
         acc = prt::quad_max(acc);
-        const int r = (u / 4) * 16 + (lane >> 2) + 8 * h;
+        const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
         (void)r;
-        if ((lane & 3) == 0) t_block_max_part[(u % 4) * 128 + (r)] = acc;
+        if ((lane & 3) == 0) t_block_max_part[(u % 2) * 64 + (r)] = acc;
       }
     }
     __syncthreads();
-    for (int i = tid; i < 128; i += 256) {
-      float acc = t_block_max_part[(0) * 128 + (i)];
-      for (int p = 1; p < 4; ++p) acc = prt::max_nan(acc, t_block_max_part[(p) * 128 + (i)]);
+    for (int i = tid; i < 64; i += 128) {
+      float acc = t_block_max_part[(0) * 64 + (i)];
+      for (int p = 1; p < 2; ++p) acc = prt::max_nan(acc, t_block_max_part[(p) * 64 + (i)]);
       t_block_max[i] = prt::from_f32<float>(acc);
     }
   }
@@ -1185,7 +1267,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
   {
     #pragma unroll
     for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 8;
+      const int u = warp + j * 4;
       const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
       (void)n0;
       #pragma unroll
@@ -1199,7 +1281,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
   // row_max[row] = max(row_max[row], block_max[row])
   // shift[row] = select((row_max[row] == -Infinity), 0.0, row_max[row])
   {
-    for (int r = tid; r < 128; r += 256) {
+    for (int r = tid; r < 64; r += 128) {
       const float y0 = prt::from_f32<float>(prt::max_nan(prt::to_f32(t_row_max[r]), prt::to_f32(t_block_max[r])));
       const float y1 = prt::from_f32<float>(((y0 == __int_as_float(0xff800000)) ? 0.0f : y0));
       t_row_max[r] = y0;
@@ -1210,16 +1292,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
   // p[row, col] = exp((w[row, col] - shift[row]))
   {
     #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int u = warp + j * 8;
-      const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+    for (int j = 0; j < 2; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
       (void)n0;
       #pragma unroll
       for (int q = 0; q < 4; ++q) {
         #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          t_p[(r) * 132 + (c)] = prt::from_f32<float>(prt::exp((f_w[j][q][e] - prt::to_f32(t_shift[r]))));
+          t_p[(r) * 68 + (c)] = prt::from_f32<float>(prt::exp((f_w[j][q][e] - prt::to_f32(t_shift[r]))));
         }
       }
     }
@@ -1227,9 +1309,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
   __syncthreads();
   // block_sum = reduce_sum(p, axis=1)
   {
-    for (int o = tid; o < 128; o += 256) {
+    for (int o = tid; o < 64; o += 128) {
       float acc = 0.0f;
-      for (int i = 0; i < 128; ++i) acc += prt::to_f32(t_p[(o) * 132 + (i)]);
+      for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_p[(o) * 68 + (i)]);
       t_block_sum[o] = prt::from_f32<float>(acc);
     }
   }
@@ -1238,7 +1320,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
   {
     #pragma unroll
     for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 8;
+      const int u = warp + j * 4;
       const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
       (void)n0;
       #pragma unroll
@@ -1252,7 +1334,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
   {
     #pragma unroll
     for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 8;
+      const int u = warp + j * 4;
       const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
       (void)n0;
       #pragma unroll
@@ -1267,7 +1349,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
   }
   // v_bad[row, col] = select(finite(v[row, col]), 0.0, 1.0)
   {
-    for (int i = tid; i < 4096; i += 256) {
+    for (int i = tid; i < 2048; i += 128) {
       const int r = i / 32, c = i % 32;
       t_v_bad[(r) * 32 + (c)] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_v[(r) * 36 + (c)])) ? 0.0f : 1.0f));
     }
@@ -1275,35 +1357,35 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
   __syncthreads();
   // v_bad = cumsum(v_bad, axis=0)
   {
-    for (int o = warp; o < 32; o += 8) {
+    for (int o = warp; o < 32; o += 4) {
       float carry = 0.0f;
-      for (int j0 = 0; j0 < 128; j0 += 32) {
+      for (int j0 = 0; j0 < 64; j0 += 32) {
         const int j = j0 + lane, i = j;
-        float v = j < 128 ? prt::to_f32(t_v_bad[(i) * 32 + (o)]) : 0.0f;
+        float v = j < 64 ? prt::to_f32(t_v_bad[(i) * 32 + (o)]) : 0.0f;
         v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 128) t_v_bad[(i) * 32 + (o)] = prt::from_f32<__nv_bfloat16>(v);
+        if (j < 64) t_v_bad[(i) * 32 + (o)] = prt::from_f32<__nv_bfloat16>(v);
         carry = __shfl_sync(0xffffffffu, v, 31);
       }
     }
   }
   // v_finite[row, col] = select(finite(v[row, col]), v[row, col], 0.0)
   {
-    for (int i = tid; i < 4096; i += 256) {
+    for (int i = tid; i < 2048; i += 128) {
       const int r = i / 32, c = i % 32;
       t_v_finite[(r) * 36 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_v[(r) * 36 + (c)])) ? prt::to_f32(t_v[(r) * 36 + (c)]) : 0.0f));
     }
   }
   __syncthreads();
-  // acc += mma.fmaFrag(p, v_finite) [128x32 in 16x32 units over 8 warps]
+  // acc += mma.fmaFrag(p, v_finite) [64x32 in 16x32 units over 4 warps]
   {
     #pragma unroll
     for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 8;
+      const int u = warp + j * 4;
       const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
       float (&acc)[4][4] = f_acc[j];
       const int g = lane >> 2, t2 = (lane & 3) * 2;
-      for (int kk = 0; kk < 128; ++kk) {
-        const float a0 = prt::to_f32(t_p[(m0 + g) * 132 + (kk)]), a1 = prt::to_f32(t_p[(m0 + g + 8) * 132 + (kk)]);
+      for (int kk = 0; kk < 64; ++kk) {
+        const float a0 = prt::to_f32(t_p[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_p[(m0 + g + 8) * 68 + (kk)]);
         #pragma unroll
         for (int q = 0; q < 4; ++q) {
           const float b0 = prt::to_f32(t_v_finite[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_v_finite[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
@@ -1319,7 +1401,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
   {
     #pragma unroll
     for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 8;
+      const int u = warp + j * 4;
       const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
       (void)n0;
       #pragma unroll
@@ -1332,85 +1414,158 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       }
     }
   }
-  {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128);
-    for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // k = load.async K[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        float* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 256) {
-            const int r = i / 8, c = (i % 8) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 256) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
-          }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      float* const dst = t_k_base + ((0) % 2) * 2304;
+      if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
         }
       }
-      __syncthreads();
-      // v = load.async V[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        float* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 256) {
-            const int r = i / 8, c = (i % 8) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      float* const dst = t_v_base + ((0) % 2) * 2304;
+      if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    __syncthreads();
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+  }
+  prt::cp_async_commit();
+  {
+    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
+    for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
+          if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+            }
           }
         }
-        else {
-          for (int i = tid; i < 4096; i += 256) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+        __syncthreads();
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
+          if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+        __syncthreads();
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
           }
         }
       }
       prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
-      // gk = load logG[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 128; r += 256) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
+      prt::cp_async_wait<1>();
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 2304;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 2304;  // bind v stage (i0 % 2)
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
-        for (int o = warp; o < 1; o += 8) {
+        for (int o = warp; o < 1; o += 4) {
           float carry = 0.0f;
-          for (int j0 = 0; j0 < 128; j0 += 32) {
-            const int j = j0 + lane, i = 127 - j;
-            float v = j < 128 ? prt::to_f32(t_gk[i]) : 0.0f;
+          for (int j0 = 0; j0 < 64; j0 += 32) {
+            const int j = j0 + lane, i = 63 - j;
+            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
             v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 128) t_sk[i] = prt::from_f32<float>(v);
+            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
             carry = __shfl_sync(0xffffffffu, v, 31);
           }
         }
@@ -1418,16 +1573,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       __syncthreads();
       // ck[row] = ((sk[row] - gk[row]) + gap[0])
       {
-        for (int r = tid; r < 128; r += 256) {
+        for (int r = tid; r < 64; r += 128) {
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // w = mma.fmaFrag(q, k^T) [128x128 in 16x32 units over 8 warps]
+      // w = mma.fmaFrag(q, k^T) [64x64 in 16x32 units over 4 warps]
       {
         #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           float (&acc)[4][4] = f_w[j];
           #pragma unroll
           for (int q = 0; q < 4; ++q)
@@ -1449,7 +1604,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       }
       // fk[row] = exp((ck[row] / 2.0))
       {
-        for (int r = tid; r < 128; r += 256) {
+        for (int r = tid; r < 64; r += 128) {
           t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
         }
       }
@@ -1457,9 +1612,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
       {
         #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           (void)n0;
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
@@ -1474,8 +1629,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       // block_max = reduce_max(w, axis=1) via block_max_part
       {
         #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int u = warp + j * 8;
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
           #pragma unroll
           for (int h = 0; h < 2; ++h) {
             float acc = f_w[j][0][2 * h];
@@ -1486,21 +1641,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
               acc = prt::max_nan(acc, f_w[j][q][2 * h + 1]);
             }
             acc = prt::quad_max(acc);
-            const int r = (u / 4) * 16 + (lane >> 2) + 8 * h;
+            const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
             (void)r;
-            if ((lane & 3) == 0) t_block_max_part[(u % 4) * 128 + (r)] = acc;
+            if ((lane & 3) == 0) t_block_max_part[(u % 2) * 64 + (r)] = acc;
           }
         }
         __syncthreads();
-        for (int i = tid; i < 128; i += 256) {
-          float acc = t_block_max_part[(0) * 128 + (i)];
-          for (int p = 1; p < 4; ++p) acc = prt::max_nan(acc, t_block_max_part[(p) * 128 + (i)]);
+        for (int i = tid; i < 64; i += 128) {
+          float acc = t_block_max_part[(0) * 64 + (i)];
+          for (int p = 1; p < 2; ++p) acc = prt::max_nan(acc, t_block_max_part[(p) * 64 + (i)]);
           t_block_max[i] = prt::from_f32<float>(acc);
         }
       }
       // block_max[row] = ((log(block_max[row]) * 2.0) + cq[row])
       {
-        for (int r = tid; r < 128; r += 256) {
+        for (int r = tid; r < 64; r += 128) {
           t_block_max[r] = prt::from_f32<float>(((prt::log(prt::to_f32(t_block_max[r])) * 2.0f) + prt::to_f32(t_cq[r])));
         }
       }
@@ -1509,7 +1664,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 8;
+          const int u = warp + j * 4;
           const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
           (void)n0;
           #pragma unroll
@@ -1524,7 +1679,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       // shift[row] = select((row_max[row] == -Infinity), 0.0, row_max[row])
       // row_factor[row] = exp(((cq[row] - shift[row]) / 2.0))
       {
-        for (int r = tid; r < 128; r += 256) {
+        for (int r = tid; r < 64; r += 128) {
           const float y0 = prt::from_f32<float>(prt::max_nan(prt::to_f32(t_row_max[r]), prt::to_f32(t_block_max[r])));
           const float y1 = prt::from_f32<float>(((y0 == __int_as_float(0xff800000)) ? 0.0f : y0));
           const float y2 = prt::from_f32<float>(prt::exp(((prt::to_f32(t_cq[r]) - y1) / 2.0f)));
@@ -1537,16 +1692,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       // p[row, col] = pow((w[row, col] * row_factor[row]), 2)
       {
         #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int u = warp + j * 8;
-          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+        for (int j = 0; j < 2; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
           (void)n0;
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              t_p[(r) * 132 + (c)] = prt::from_f32<float>(prt::powi<2>((f_w[j][q][e] * prt::to_f32(t_row_factor[r]))));
+              t_p[(r) * 68 + (c)] = prt::from_f32<float>(prt::powi<2>((f_w[j][q][e] * prt::to_f32(t_row_factor[r]))));
             }
           }
         }
@@ -1554,9 +1709,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       __syncthreads();
       // block_sum = reduce_sum(p, axis=1)
       {
-        for (int o = tid; o < 128; o += 256) {
+        for (int o = tid; o < 64; o += 128) {
           float acc = 0.0f;
-          for (int i = 0; i < 128; ++i) acc += prt::to_f32(t_p[(o) * 132 + (i)]);
+          for (int i = 0; i < 64; ++i) acc += prt::to_f32(t_p[(o) * 68 + (i)]);
           t_block_sum[o] = prt::from_f32<float>(acc);
         }
       }
@@ -1565,7 +1720,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 8;
+          const int u = warp + j * 4;
           const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
           (void)n0;
           #pragma unroll
@@ -1579,7 +1734,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 8;
+          const int u = warp + j * 4;
           const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
           (void)n0;
           #pragma unroll
@@ -1592,16 +1747,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
           }
         }
       }
-      // acc += mma.fmaFrag(p, v) [128x32 in 16x32 units over 8 warps]
+      // acc += mma.fmaFrag(p, v) [64x32 in 16x32 units over 4 warps]
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
-          const int u = warp + j * 8;
+          const int u = warp + j * 4;
           const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
           float (&acc)[4][4] = f_acc[j];
           const int g = lane >> 2, t2 = (lane & 3) * 2;
-          for (int kk = 0; kk < 128; ++kk) {
-            const float a0 = prt::to_f32(t_p[(m0 + g) * 132 + (kk)]), a1 = prt::to_f32(t_p[(m0 + g + 8) * 132 + (kk)]);
+          for (int kk = 0; kk < 64; ++kk) {
+            const float a0 = prt::to_f32(t_p[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_p[(m0 + g + 8) * 68 + (kk)]);
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
               const float b0 = prt::to_f32(t_v[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_v[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
@@ -1615,17 +1770,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       }
       // gap[row] = (gap[row] + sk[0])
       {
-        for (int r = tid; r < 1; r += 256) {
+        for (int r = tid; r < 1; r += 128) {
           t_gap[r] = prt::from_f32<float>((prt::to_f32(t_gap[r]) + prt::to_f32(t_sk[0])));
         }
       }
     }
   }
+  prt::cp_async_wait<0>();
   // acc[row, col] = select(finite(select((row_sum[row] != 0.0), (acc[row, col] / row_sum[row]), 0.0)), select((row_sum[row] != 0.0), (acc[row, col] / row_sum[row]), 0.0), NaN)
   {
     #pragma unroll
     for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 8;
+      const int u = warp + j * 4;
       const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
       (void)n0;
       #pragma unroll
@@ -1642,7 +1798,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
   {
     #pragma unroll
     for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 8;
+      const int u = warp + j * 4;
       const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
       (void)n0;
       #pragma unroll
@@ -1652,10 +1808,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       }
     }
   }
-  // store Y[pid.z, (pid.x * 128):+128, pid.y, 0:+32] = acc
+  // store Y[pid.z, (pid.x * 64):+64, pid.y, 0:+32] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (static_cast<int>(blockIdx.x) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Y_d0 && a2 >= 0 && a2 < g_Y_d2;
@@ -1663,7 +1819,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
     if (ok) {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 8;
+        const int u = warp + j * 4;
         const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
         (void)n0;
         #pragma unroll
@@ -1677,17 +1833,17 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       }
     }
   }
-  // store lse[pid.z, (pid.x * 128):+128, pid.y] = lse_t
+  // store lse[pid.z, (pid.x * 64):+64, pid.y] = lse_t
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (static_cast<int>(blockIdx.x) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
     if (ok) {
       #pragma unroll
       for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 8;
+        const int u = warp + j * 4;
         const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
         (void)n0;
         #pragma unroll
@@ -1793,7 +1949,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
   float f_s1[1][1][4];  // f32[16, 32] as mma fragments: 16x32 in 16x8 units over 4 warps
   float* const t_z1 = reinterpret_cast<float*>(prt_base + 0);  // f32[16] pitch 16
   float* const t_u1_hi = reinterpret_cast<float*>(prt_base + 24064);  // f32[64, 32] pitch 36
-  // g = load logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
+  // g = load.async logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -1802,9 +1958,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -2210,7 +2369,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
 // grid (9, ($b * $h), 1), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e32_c64_f32_w4_bd64_bt64_s2(
     const float* g_dS, const float* g_dZ, const float* g_logG, const float* g_S0, const float* g_Z0, float* g_Sin, float* g_Zin, float* g_Sfinal, float* g_Zfinal, int p_b, int p_t, int p_h, int p_n) {
-  // sm_80: 17664 bytes of dynamic shared memory
+  // sm_80: 17920 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -2333,12 +2492,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
   (void)g_Zfinal_d2;
   float f_s[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
   float* const t_z = reinterpret_cast<float*>(prt_base + 0);  // f32[64] pitch 64
-  float* const t_ds_base = reinterpret_cast<float*>(prt_base + 256);  // f32[64, 32] pitch 32, 2 copies
+  float* const t_ds_base = reinterpret_cast<float*>(prt_base + 768);  // f32[64, 32] pitch 32, 2 copies
   float* t_ds = t_ds_base;
-  float* const t_dz_base = reinterpret_cast<float*>(prt_base + 16640);  // f32[64] pitch 64, 2 copies
+  float* const t_dz_base = reinterpret_cast<float*>(prt_base + 17152);  // f32[64] pitch 64, 2 copies
   float* t_dz = t_dz_base;
-  float* const t_g = reinterpret_cast<float*>(prt_base + 17152);  // f32[64] pitch 64
-  float* const t_lam = reinterpret_cast<float*>(prt_base + 17408);  // f32[64] pitch 64
+  float* const t_g_base = reinterpret_cast<float*>(prt_base + 256);  // f32[64] pitch 64, 2 copies
+  float* t_g = t_g_base;
+  float* const t_lam = reinterpret_cast<float*>(prt_base + 17664);  // f32[64] pitch 64
   // s = load S0[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+32]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -2387,6 +2547,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   if ((0 < p_n)) {
+    // g = load.async logG[(pid.y // $h), (0 * 64):+64, (pid.y % $h)] into stage 0
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = (0 * 64);
+      const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_g_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
     // ds = load.async dS[(pid.y // $h), (pid.y % $h), 0, (pid.x * 64):+64, 0:+32] into stage 0
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -2442,6 +2615,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
     const int v_i0_end = p_n;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((v_i0 + 1) < p_n)) {
+        // g = load.async logG[(pid.y // $h), ((i0 + 1) * 64):+64, (pid.y % $h)] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((v_i0 + 1) * 64);
+          const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_g_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        __syncthreads();
         // ds = load.async dS[(pid.y // $h), (pid.y % $h), (i0 + 1), (pid.x * 64):+64, 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -2494,6 +2681,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
       }
       prt::cp_async_commit();
       prt::cp_async_wait<1>();
+      t_g = t_g_base + (((v_i0 % 2)) % 2) * 64;  // bind g stage (i0 % 2)
       t_ds = t_ds_base + (((v_i0 % 2)) % 2) * 2048;  // bind ds stage (i0 % 2)
       t_dz = t_dz_base + (((v_i0 % 2)) % 2) * 64;  // bind dz stage (i0 % 2)
       // store Sin[(pid.y // $h), (pid.y % $h), i0, (pid.x * 64):+64, 0:+32] = s
@@ -2537,19 +2725,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
           }
         }
       }
-      // g = load logG[(pid.y // $h), (i0 * 64):+64, (pid.y % $h)]
-      {
-        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int s1 = (v_i0 * 64);
-        const int a2 = (static_cast<int>(blockIdx.y) % p_h);
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_g;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
-      __syncthreads();
       // lam = cumsum(g, axis=0)
       {
         for (int o = warp; o < 1; o += 4) {
@@ -2587,7 +2762,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
           t_z[r] = prt::from_f32<float>(((prt::to_f32(t_z[r]) * prt::exp(prt::to_f32(t_lam[63]))) + prt::to_f32(t_dz[r])));
         }
       }
-      __syncthreads();
     }
   }
   prt::cp_async_wait<0>();
@@ -2795,7 +2969,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
   float f_den_a[1][2];  // f32[64] as the rows of 64x32 in 16x32 units over 4 warps
   float f_max_a[1][2];  // f32[64] as the rows of 64x32 in 16x32 units over 4 warps
   float f_lse_t[1][2];  // f32[64] as the rows of 64x32 in 16x32 units over 4 warps
-  // g = load logG[pid.z, ((pid.x // 1) * 64):+64, (pid.y // ($hq // $h))]
+  // g = load.async logG[pid.z, ((pid.x // 1) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -2804,9 +2978,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -3505,7 +3682,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
 // grid ((($t + 63) // 64), $hq, $b), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_e32_c64_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 39696 bytes of dynamic shared memory
+  // sm_80: 58384 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -3607,23 +3784,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
   float* const t_q = reinterpret_cast<float*>(prt_base + 0);  // f32[64, 32] pitch 36
   float* const t_dy = reinterpret_cast<float*>(prt_base + 9216);  // f32[64, 32] pitch 36
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 18432);  // f32[64] pitch 64
-  float* const t_k = reinterpret_cast<float*>(prt_base + 19984);  // f32[64, 32] pitch 36
-  float* const t_v = reinterpret_cast<float*>(prt_base + 29200);  // f32[64, 32] pitch 36
+  float* const t_k_base = reinterpret_cast<float*>(prt_base + 19984);  // f32[64, 32] pitch 36, 2 copies
+  float* t_k = t_k_base;
+  float* const t_v_base = reinterpret_cast<float*>(prt_base + 38416);  // f32[64, 32] pitch 36, 2 copies
+  float* t_v = t_v_base;
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p_dp[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float* const t_part = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
   float* const t_acc_dy = reinterpret_cast<float*>(prt_base + 18688);  // f32[64] pitch 64
   float* const t_acc_p = reinterpret_cast<float*>(prt_base + 18944);  // f32[64] pitch 64
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 38928);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 57872);  // f32[64] pitch 64
   float* const t_g_i = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
   float* const t_gq = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 39184);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 39440);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 57360);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 58128);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 19728);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 19712);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 38416);  // f32[2, 64] pitch 64
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 56848);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -3674,9 +3854,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // lse_i = load lse[pid.z, (pid.x * 64):+64, pid.y]
+  // lse_i = load.async lse[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -3685,9 +3863,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
     float* const dst = t_lse_i;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   // acc_dy[row] = 0.0
   // acc_p[row] = 0.0
   {
@@ -3698,7 +3879,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       t_acc_p[r] = y1;
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -3707,9 +3888,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -3948,21 +4132,145 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       t_acc_p[r] = prt::from_f32<float>((prt::to_f32(t_acc_p[r]) + prt::to_f32(t_part[r])));
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      float* const dst = t_k_base + ((0) % 2) * 2304;
+      if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      float* const dst = t_v_base + ((0) % 2) * 2304;
+      if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
+          if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
+          if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 2304;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 2304;  // bind v stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -3984,59 +4292,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        float* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        float* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
       // dot = mma.fmaFrag(q, k^T) [64x64 in 16x32 units over 4 warps]
       {
         #pragma unroll
@@ -4220,6 +4475,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store DyA[pid.z, (pid.x * 64):+64, pid.y] = acc_dy
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -4441,7 +4697,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
   float f_t_a[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
   float* const t_s_hi = reinterpret_cast<float*>(prt_base + 27392);  // f32[32, 32] pitch 36
   if (((((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64)) < p_t)) {
-    // g = load logG[pid.z, ((pid.x // 1) * 64):+64, (pid.y // ($hq // $h))]
+    // g = load.async logG[pid.z, ((pid.x // 1) * 64):+64, (pid.y // ($hq // $h))]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -4450,9 +4706,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
       float* const dst = t_g;
       for (int r = tid; r < 64; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
     __syncthreads();
     // lam = cumsum(g, axis=0)
     {
@@ -4589,7 +4848,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       }
     }
     __syncthreads();
-    // dy_y = load DyA[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
+    // dy_y = load.async DyA[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
@@ -4598,10 +4857,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       const long long base = static_cast<long long>(a0) * g_DyA_s0 + static_cast<long long>(s1) * g_DyA_s1 + static_cast<long long>(a2) * g_DyA_s2;
       float* const dst = t_dy_y;
       for (int r = tid; r < 64; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_DyA_d1 ? g_DyA[base + static_cast<long long>(r) * g_DyA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_DyA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_DyA[base + static_cast<long long>(r) * g_DyA_s1]) : static_cast<const void*>(g_DyA), in ? 4 : 0);
       }
     }
-    // rho = load PA[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
+    // rho = load.async PA[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
@@ -4610,10 +4870,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       const long long base = static_cast<long long>(a0) * g_PA_s0 + static_cast<long long>(s1) * g_PA_s1 + static_cast<long long>(a2) * g_PA_s2;
       float* const dst = t_rho;
       for (int r = tid; r < 64; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_PA_d1 ? g_PA[base + static_cast<long long>(r) * g_PA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_PA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_PA[base + static_cast<long long>(r) * g_PA_s1]) : static_cast<const void*>(g_PA), in ? 4 : 0);
       }
     }
-    // p_s = load wS[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
+    // p_s = load.async wS[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
@@ -4622,9 +4883,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       const long long base = static_cast<long long>(a0) * g_wS_s0 + static_cast<long long>(s1) * g_wS_s1 + static_cast<long long>(a2) * g_wS_s2;
       float* const dst = t_p_s;
       for (int r = tid; r < 64; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_wS_d1 ? g_wS[base + static_cast<long long>(r) * g_wS_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_wS_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_wS[base + static_cast<long long>(r) * g_wS_s1]) : static_cast<const void*>(g_wS), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
     // y_s[row, col] = (y_s[row, col] * dy_row[row, col])
     {
       for (int i = tid; i < 2048; i += 128) {
@@ -5044,7 +5308,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
 // grid ((($t + 63) // 64), $hq, $b), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e32_c64_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 65808 bytes of dynamic shared memory
+  // sm_80: 84240 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -5160,25 +5424,28 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
   float* const t_dy = reinterpret_cast<float*>(prt_base + 9216);  // f32[64, 32] pitch 36
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 18432);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 18688);  // f32[64] pitch 64
-  float* const t_k = reinterpret_cast<float*>(prt_base + 20240);  // f32[64, 32] pitch 36
-  float* const t_v = reinterpret_cast<float*>(prt_base + 29456);  // f32[64, 32] pitch 36
-  float* const t_k_finite = reinterpret_cast<float*>(prt_base + 38672);  // f32[64, 32] pitch 36
+  float* const t_k_base = reinterpret_cast<float*>(prt_base + 20240);  // f32[64, 32] pitch 36, 2 copies
+  float* t_k = t_k_base;
+  float* const t_v_base = reinterpret_cast<float*>(prt_base + 38672);  // f32[64, 32] pitch 36, 2 copies
+  float* t_v = t_v_base;
+  float* const t_k_finite = reinterpret_cast<float*>(prt_base + 57104);  // f32[64, 32] pitch 36
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_W[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_ds = reinterpret_cast<float*>(prt_base + 47888);  // f32[64, 64] pitch 68
+  float* const t_ds = reinterpret_cast<float*>(prt_base + 66320);  // f32[64, 64] pitch 68
   float f_acc[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
   float* const t_part = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
   float* const t_wsum = reinterpret_cast<float*>(prt_base + 18944);  // f32[64] pitch 64
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 38672);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 57616);  // f32[64] pitch 64
   float* const t_g_i = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
   float* const t_h_i = reinterpret_cast<float*>(prt_base + 19712);  // f32[64] pitch 64
   float* const t_gq = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 38928);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 39184);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 57104);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 57872);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 19984);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 19968);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 65296);  // f32[2, 64] pitch 64
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 83728);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -5229,9 +5496,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // lse_i = load lse[pid.z, (pid.x * 64):+64, pid.y]
+  // lse_i = load.async lse[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -5240,10 +5505,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
     float* const dst = t_lse_i;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
     }
   }
-  // Dy_i = load Dy[pid.z, (pid.x * 64):+64, pid.y]
+  // Dy_i = load.async Dy[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -5252,9 +5518,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
     float* const dst = t_Dy_i;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   // acc[row, col] = 0.0
   {
     #pragma unroll
@@ -5278,7 +5547,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       t_wsum[r] = prt::from_f32<float>(0.0f);
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -5287,9 +5556,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -5527,21 +5799,146 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     }
   }
   __syncthreads();
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      float* const dst = t_k_base + ((0) % 2) * 2304;
+      if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      float* const dst = t_v_base + ((0) % 2) * 2304;
+      if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
+          if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
+          if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 2304;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 2304;  // bind v stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -5563,59 +5960,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        float* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        float* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
       // dot = mma.fmaFrag(q, k^T) [64x64 in 16x32 units over 4 warps]
       {
         #pragma unroll
@@ -5804,6 +6148,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store dQa[pid.z, (pid.x * 64):+64, pid.y, 0:+32] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -6060,9 +6405,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gk = load logG[pid.z, (pid.x * 64):+64, pid.y]
+  // gk = load.async logG[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -6071,9 +6414,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gk;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // sk = cumsum(gk, axis=0, reverse)
   {
@@ -6143,7 +6489,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
   {
     const int v_i0_end = (p_hq / p_h);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // part = load rowW[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
+      // part = load.async rowW[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -6152,9 +6498,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         const long long base = static_cast<long long>(a0) * g_rowW_s0 + static_cast<long long>(s1) * g_rowW_s1 + static_cast<long long>(a2) * g_rowW_s2;
         float* const dst = t_part;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_rowW_d1 ? g_rowW[base + static_cast<long long>(r) * g_rowW_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_rowW_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_rowW[base + static_cast<long long>(r) * g_rowW_s1]) : static_cast<const void*>(g_rowW), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
       // row_sum[row] = (row_sum[row] + part[row])
       {
         for (int r = tid; r < 64; r += 128) {
@@ -6217,9 +6567,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
           }
         }
       }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      // lse_i = load lse[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
+      // lse_i = load.async lse[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -6228,10 +6576,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
         float* const dst = t_lse_i;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
         }
       }
-      // Dy_i = load Dy[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
+      // Dy_i = load.async Dy[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -6240,10 +6589,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
         float* const dst = t_Dy_i;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
         }
       }
-      // gq = load logG[pid.z, (pid.x * 64):+64, pid.y]
+      // gq = load.async logG[pid.z, (pid.x * 64):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -6252,9 +6602,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
         float* const dst = t_gq;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
       __syncthreads();
       // cq = cumsum(gq, axis=0)
       {
@@ -6515,9 +6868,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
               }
             }
           }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          // lse_i = load lse[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
+          // lse_i = load.async lse[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -6526,10 +6877,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
             float* const dst = t_lse_i;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
             }
           }
-          // Dy_i = load Dy[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
+          // Dy_i = load.async Dy[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -6538,10 +6890,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
             float* const dst = t_Dy_i;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
             }
           }
-          // gq = load logG[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, pid.y]
+          // gq = load.async logG[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, pid.y]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -6550,9 +6903,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
             float* const dst = t_gq;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
             }
           }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
           __syncthreads();
           // cq = cumsum(gq, axis=0)
           {
@@ -7000,7 +7356,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
   float f_s1[1][1][4];  // f32[16, 32] as mma fragments: 16x32 in 16x8 units over 4 warps
   float* const t_z1 = reinterpret_cast<float*>(prt_base + 15104);  // f32[16] pitch 16
   float* const t_u1_hi = reinterpret_cast<float*>(prt_base + 24320);  // f32[64, 32] pitch 36
-  // g = load logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
+  // g = load.async logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -7009,9 +7365,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -7028,7 +7387,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
   }
   __syncthreads();
   if (((p_hq / p_h) == 1)) {
-    // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + 0)]
+    // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + 0)]
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
       const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -7037,16 +7396,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
       const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
       float* const dst = t_f;
       for (int r = tid; r < 64; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
     {
       for (int r = tid; r < 64; r += 128) {
         t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
       }
     }
-    // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + 0)]
+    // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + 0)]
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
       const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -7055,9 +7418,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
       const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
       float* const dst = t_z_row;
       for (int r = tid; r < 64; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // z_row[row] = -((z_row[row] * f[row]))
     {
       for (int r = tid; r < 64; r += 128) {
@@ -7114,7 +7481,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
     const int v_i0_end = (p_hq / p_h);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -7123,16 +7490,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 64; r += 128) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 64; r += 128) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -7141,9 +7512,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 64; r += 128) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 64; r += 128) {
@@ -7287,7 +7662,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
         const int v_i2_end = (p_hq / p_h);
         for (int v_i2 = 0; v_i2 < v_i2_end; v_i2 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -7296,16 +7671,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 64; r += 128) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 64; r += 128) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -7314,9 +7693,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 64; r += 128) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 64; r += 128) {
@@ -7507,7 +7890,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
     const int v_i3_end = (p_hq / p_h);
     for (int v_i3 = 0; v_i3 < v_i3_end; v_i3 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i3)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i3)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -7516,16 +7899,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 64; r += 128) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 64; r += 128) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i3)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i3)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -7534,9 +7921,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 64; r += 128) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 64; r += 128) {
@@ -7682,7 +8073,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
         const int v_i5_end = (p_hq / p_h);
         for (int v_i5 = 0; v_i5 < v_i5_end; v_i5 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -7691,16 +8082,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 64; r += 128) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 64; r += 128) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -7709,9 +8104,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 64; r += 128) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 64; r += 128) {
@@ -7895,7 +8294,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
 // grid (9, ($b * $h), 1), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d32_e32_c64_f32_w4_bd64_bt64_s2(
     const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
-  // sm_80: 34592 bytes of dynamic shared memory
+  // sm_80: 34848 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -8060,19 +8459,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
   (void)g_dGc_d3;
   float f_R[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
   float* const t_r = reinterpret_cast<float*>(prt_base + 0);  // f32[64] pitch 64
-  float* const t_s_in_base = reinterpret_cast<float*>(prt_base + 256);  // f32[64, 32] pitch 32, 2 copies
+  float* const t_s_in_base = reinterpret_cast<float*>(prt_base + 768);  // f32[64, 32] pitch 32, 2 copies
   float* t_s_in = t_s_in_base;
-  float* const t_z_in_base = reinterpret_cast<float*>(prt_base + 16640);  // f32[64] pitch 64, 2 copies
+  float* const t_z_in_base = reinterpret_cast<float*>(prt_base + 17152);  // f32[64] pitch 64, 2 copies
   float* t_z_in = t_z_in_base;
-  float* const t_ds_in_base = reinterpret_cast<float*>(prt_base + 17152);  // f32[64, 32] pitch 32, 2 copies
+  float* const t_ds_in_base = reinterpret_cast<float*>(prt_base + 17664);  // f32[64, 32] pitch 32, 2 copies
   float* t_ds_in = t_ds_in_base;
-  float* const t_dz_in_base = reinterpret_cast<float*>(prt_base + 33536);  // f32[64] pitch 64, 2 copies
+  float* const t_dz_in_base = reinterpret_cast<float*>(prt_base + 34048);  // f32[64] pitch 64, 2 copies
   float* t_dz_in = t_dz_in_base;
   float f_X[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
-  float* const t_g = reinterpret_cast<float*>(prt_base + 34048);  // f32[64] pitch 64
-  float* const t_G = reinterpret_cast<float*>(prt_base + 34560);  // f32[1] pitch 1
-  float* const t_row_dot = reinterpret_cast<float*>(prt_base + 34304);  // f32[64] pitch 64
-  float* const t_dG = reinterpret_cast<float*>(prt_base + 34576);  // f32[1] pitch 1
+  float* const t_g_base = reinterpret_cast<float*>(prt_base + 256);  // f32[64] pitch 64, 2 copies
+  float* t_g = t_g_base;
+  float* const t_G = reinterpret_cast<float*>(prt_base + 34816);  // f32[1] pitch 1
+  float* const t_row_dot = reinterpret_cast<float*>(prt_base + 34560);  // f32[64] pitch 64
+  float* const t_dG = reinterpret_cast<float*>(prt_base + 34832);  // f32[1] pitch 1
   // R = load dSfinal[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+32]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -8121,6 +8521,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   if ((0 < p_n)) {
+    // g = load.async logG[(pid.y // $h), ((($n - 1) - 0) * 64):+64, (pid.y % $h)] into stage 0
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = (((p_n - 1) - 0) * 64);
+      const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_g_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
     // s_in = load.async Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - 0), (pid.x * 64):+64, 0:+32] into stage 0
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -8225,6 +8638,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
     const int v_i0_end = p_n;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((v_i0 + 1) < p_n)) {
+        // g = load.async logG[(pid.y // $h), ((($n - 1) - (i0 + 1)) * 64):+64, (pid.y % $h)] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = (((p_n - 1) - (v_i0 + 1)) * 64);
+          const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_g_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
         // s_in = load.async Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - (i0 + 1)), (pid.x * 64):+64, 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -8327,22 +8753,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       }
       prt::cp_async_commit();
       prt::cp_async_wait<1>();
+      t_g = t_g_base + (((v_i0 % 2)) % 2) * 64;  // bind g stage (i0 % 2)
       t_s_in = t_s_in_base + (((v_i0 % 2)) % 2) * 2048;  // bind s_in stage (i0 % 2)
       t_z_in = t_z_in_base + (((v_i0 % 2)) % 2) * 64;  // bind z_in stage (i0 % 2)
       t_ds_in = t_ds_in_base + (((v_i0 % 2)) % 2) * 2048;  // bind ds_in stage (i0 % 2)
       t_dz_in = t_dz_in_base + (((v_i0 % 2)) % 2) * 64;  // bind dz_in stage (i0 % 2)
-      // g = load logG[(pid.y // $h), ((($n - 1) - i0) * 64):+64, (pid.y % $h)]
-      {
-        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int s1 = (((p_n - 1) - v_i0) * 64);
-        const int a2 = (static_cast<int>(blockIdx.y) % p_h);
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_g;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
       __syncthreads();
       // G = reduce_sum(g, axis=0)
       {
@@ -8675,7 +9090,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
   float f_t_a[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
   float* const t_u_hi = reinterpret_cast<float*>(prt_base + 27136);  // f32[32, 32] pitch 36
   float* const t_dG = reinterpret_cast<float*>(prt_base + 256);  // f32[1] pitch 1
-  // g = load logG[(pid.y // $h), (pid.x * 64):+64, (pid.y % $h)]
+  // g = load.async logG[(pid.y // $h), (pid.x * 64):+64, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -8684,9 +9099,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -9406,7 +9824,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d32_e32_c
   float* const t_suffix = reinterpret_cast<float*>(prt_base + 528);  // f32[64] pitch 64
   float* const t_carry = reinterpret_cast<float*>(prt_base + 0);  // f32[1] pitch 1
   float* const t_one = reinterpret_cast<float*>(prt_base + 16);  // f32[1] pitch 1
-  // carry = load dGk[pid.z, pid.y, pid.x:+1]
+  // carry = load.async dGk[pid.z, pid.y, pid.x:+1]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int a1 = static_cast<int>(blockIdx.y);
@@ -9415,13 +9833,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d32_e32_c
     const long long base = static_cast<long long>(a0) * g_dGk_s0 + static_cast<long long>(a1) * g_dGk_s1 + static_cast<long long>(s2) * g_dGk_s2;
     float* const dst = t_carry;
     for (int r = tid; r < 1; r += 128) {
-      dst[r] = ok && s2 + r >= 0 && s2 + r < g_dGk_d2 ? g_dGk[base + static_cast<long long>(r) * g_dGk_s2] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s2 + r >= 0 && s2 + r < g_dGk_d2;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dGk[base + static_cast<long long>(r) * g_dGk_s2]) : static_cast<const void*>(g_dGk), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   {
     const int v_i0_end = p_nfb;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // one = load dGc[pid.z, pid.y, pid.x, i0:+1]
+      // one = load.async dGc[pid.z, pid.y, pid.x, i0:+1]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int a1 = static_cast<int>(blockIdx.y);
@@ -9431,22 +9852,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d32_e32_c
         const long long base = static_cast<long long>(a0) * g_dGc_s0 + static_cast<long long>(a1) * g_dGc_s1 + static_cast<long long>(a2) * g_dGc_s2 + static_cast<long long>(s3) * g_dGc_s3;
         float* const dst = t_one;
         for (int r = tid; r < 1; r += 128) {
-          dst[r] = ok && s3 + r >= 0 && s3 + r < g_dGc_d3 ? g_dGc[base + static_cast<long long>(r) * g_dGc_s3] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s3 + r >= 0 && s3 + r < g_dGc_d3;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dGc[base + static_cast<long long>(r) * g_dGc_s3]) : static_cast<const void*>(g_dGc), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
       // carry[row] = (carry[row] + one[row])
       {
         for (int r = tid; r < 1; r += 128) {
           t_carry[r] = prt::from_f32<float>((prt::to_f32(t_carry[r]) + prt::to_f32(t_one[r])));
         }
       }
+      __syncthreads();
     }
   }
-  __syncthreads();
   {
     const int v_i1_end = prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64), 1);
     for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
-      // dlam = load dlamA[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, pid.y]
+      // dlam = load.async dlamA[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (((prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64), 1) - 1) - v_i1) * 64));
@@ -9455,10 +9880,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d32_e32_c
         const long long base = static_cast<long long>(a0) * g_dlamA_s0 + static_cast<long long>(s1) * g_dlamA_s1 + static_cast<long long>(a2) * g_dlamA_s2;
         float* const dst = t_dlam;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamA_d1 ? g_dlamA[base + static_cast<long long>(r) * g_dlamA_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamA_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamA[base + static_cast<long long>(r) * g_dlamA_s1]) : static_cast<const void*>(g_dlamA), in ? 4 : 0);
         }
       }
-      // part = load dlamK[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, pid.y]
+      // part = load.async dlamK[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (((prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64), 1) - 1) - v_i1) * 64));
@@ -9467,9 +9893,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d32_e32_c
         const long long base = static_cast<long long>(a0) * g_dlamK_s0 + static_cast<long long>(s1) * g_dlamK_s1 + static_cast<long long>(a2) * g_dlamK_s2;
         float* const dst = t_part;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamK_d1 ? g_dlamK[base + static_cast<long long>(r) * g_dlamK_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamK_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamK[base + static_cast<long long>(r) * g_dlamK_s1]) : static_cast<const void*>(g_dlamK), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
       // dlam[row] = (dlam[row] + part[row])
       {
         for (int r = tid; r < 64; r += 128) {
@@ -9567,7 +9997,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d32_e32_c
               }
             }
           }
-          // part = load dlamQ[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, ((pid.y * ($hq // $h)) + i2)]
+          __syncthreads();
+          // part = load.async dlamQ[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, ((pid.y * ($hq // $h)) + i2)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (((prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64), 1) - 1) - v_i1) * 64));
@@ -9576,9 +10007,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d32_e32_c
             const long long base = static_cast<long long>(a0) * g_dlamQ_s0 + static_cast<long long>(s1) * g_dlamQ_s1 + static_cast<long long>(a2) * g_dlamQ_s2;
             float* const dst = t_part;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamQ_d1 ? g_dlamQ[base + static_cast<long long>(r) * g_dlamQ_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamQ_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamQ[base + static_cast<long long>(r) * g_dlamQ_s1]) : static_cast<const void*>(g_dlamQ), in ? 4 : 0);
             }
           }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
+          __syncthreads();
           // dlam[row] = (dlam[row] + part[row])
           {
             for (int r = tid; r < 64; r += 128) {
@@ -9812,7 +10247,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d32_e32_c
 // grid ((($t + 63) // 64), $hq, $b), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d32_e32_c64_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, float* g_Dy, float* g_lseB, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 39696 bytes of dynamic shared memory
+  // sm_80: 58384 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -9914,23 +10349,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
   float* const t_q = reinterpret_cast<float*>(prt_base + 0);  // f32[64, 32] pitch 36
   float* const t_dy = reinterpret_cast<float*>(prt_base + 9216);  // f32[64, 32] pitch 36
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 18432);  // f32[64] pitch 64
-  float* const t_k = reinterpret_cast<float*>(prt_base + 19984);  // f32[64, 32] pitch 36
-  float* const t_v = reinterpret_cast<float*>(prt_base + 29200);  // f32[64, 32] pitch 36
+  float* const t_k_base = reinterpret_cast<float*>(prt_base + 19984);  // f32[64, 32] pitch 36, 2 copies
+  float* t_k = t_k_base;
+  float* const t_v_base = reinterpret_cast<float*>(prt_base + 38416);  // f32[64, 32] pitch 36, 2 copies
+  float* t_v = t_v_base;
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p_dp[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float* const t_part = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
   float* const t_acc_dy = reinterpret_cast<float*>(prt_base + 18688);  // f32[64] pitch 64
   float* const t_acc_p = reinterpret_cast<float*>(prt_base + 18944);  // f32[64] pitch 64
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 38928);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 57872);  // f32[64] pitch 64
   float* const t_g_i = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
   float* const t_gq = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 39184);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 39440);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 57360);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 58128);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 19728);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 19712);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 38416);  // f32[2, 64] pitch 64
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 56848);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -9981,9 +10419,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // lse_i = load lse[pid.z, (pid.x * 64):+64, pid.y]
+  // lse_i = load.async lse[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -9992,9 +10428,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
     float* const dst = t_lse_i;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   // acc_dy[row] = 0.0
   // acc_p[row] = 0.0
   {
@@ -10005,7 +10444,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
       t_acc_p[r] = y1;
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -10014,9 +10453,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -10255,21 +10697,145 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
       t_acc_p[r] = prt::from_f32<float>((prt::to_f32(t_acc_p[r]) + prt::to_f32(t_part[r])));
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      float* const dst = t_k_base + ((0) % 2) * 2304;
+      if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      float* const dst = t_v_base + ((0) % 2) * 2304;
+      if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
+          if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
+          if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 2304;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 2304;  // bind v stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -10291,59 +10857,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        float* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        float* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
       // dot = mma.fmaFrag(q, k^T) [64x64 in 16x32 units over 4 warps]
       {
         #pragma unroll
@@ -10527,6 +11040,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
       }
     }
   }
+  prt::cp_async_wait<0>();
   // acc_dy[row] = select((acc_p[row] != 0.0), (acc_dy[row] / acc_p[row]), 0.0)
   // lse_i[row] = (lse_i[row] + log(acc_p[row]))
   {
@@ -10569,7 +11083,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
 // grid ((($t + 63) // 64), $hq, $b), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_e32_c64_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQ, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 65808 bytes of dynamic shared memory
+  // sm_80: 84240 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -10685,25 +11199,28 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
   float* const t_dy = reinterpret_cast<float*>(prt_base + 9216);  // f32[64, 32] pitch 36
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 18432);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 18688);  // f32[64] pitch 64
-  float* const t_k = reinterpret_cast<float*>(prt_base + 20240);  // f32[64, 32] pitch 36
-  float* const t_v = reinterpret_cast<float*>(prt_base + 29456);  // f32[64, 32] pitch 36
-  float* const t_k_finite = reinterpret_cast<float*>(prt_base + 38672);  // f32[64, 32] pitch 36
+  float* const t_k_base = reinterpret_cast<float*>(prt_base + 20240);  // f32[64, 32] pitch 36, 2 copies
+  float* t_k = t_k_base;
+  float* const t_v_base = reinterpret_cast<float*>(prt_base + 38672);  // f32[64, 32] pitch 36, 2 copies
+  float* t_v = t_v_base;
+  float* const t_k_finite = reinterpret_cast<float*>(prt_base + 57104);  // f32[64, 32] pitch 36
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_W[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_ds = reinterpret_cast<float*>(prt_base + 47888);  // f32[64, 64] pitch 68
+  float* const t_ds = reinterpret_cast<float*>(prt_base + 66320);  // f32[64, 64] pitch 68
   float f_acc[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
   float* const t_part = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
   float* const t_wsum = reinterpret_cast<float*>(prt_base + 18944);  // f32[64] pitch 64
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 38672);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 57616);  // f32[64] pitch 64
   float* const t_g_i = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
   float* const t_h_i = reinterpret_cast<float*>(prt_base + 19712);  // f32[64] pitch 64
   float* const t_gq = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 38928);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 39184);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 57104);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 57872);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 19984);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 19968);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 65296);  // f32[2, 64] pitch 64
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 83728);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -10754,9 +11271,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // lse_i = load lse[pid.z, (pid.x * 64):+64, pid.y]
+  // lse_i = load.async lse[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -10765,10 +11280,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
     float* const dst = t_lse_i;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
     }
   }
-  // Dy_i = load Dy[pid.z, (pid.x * 64):+64, pid.y]
+  // Dy_i = load.async Dy[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -10777,9 +11293,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
     float* const dst = t_Dy_i;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   // acc[row, col] = 0.0
   {
     #pragma unroll
@@ -10803,7 +11322,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       t_wsum[r] = prt::from_f32<float>(0.0f);
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -10812,9 +11331,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -11052,21 +11574,146 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     }
   }
   __syncthreads();
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      float* const dst = t_k_base + ((0) % 2) * 2304;
+      if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      float* const dst = t_v_base + ((0) % 2) * 2304;
+      if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
+          if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
+          if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 2304;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 2304;  // bind v stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -11088,59 +11735,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        float* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        float* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 2048; i += 128) {
-            const int r = i / 32, c = i % 32;
-            dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
       // dot = mma.fmaFrag(q, k^T) [64x64 in 16x32 units over 4 warps]
       {
         #pragma unroll
@@ -11329,6 +11923,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store dQ[pid.z, (pid.x * 64):+64, pid.y, 0:+32] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -11585,9 +12180,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gk = load logG[pid.z, (pid.x * 64):+64, pid.y]
+  // gk = load.async logG[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -11596,9 +12189,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gk;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // sk = cumsum(gk, axis=0, reverse)
   {
@@ -11668,7 +12264,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
   {
     const int v_i0_end = (p_hq / p_h);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // part = load rowW[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
+      // part = load.async rowW[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -11677,9 +12273,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
         const long long base = static_cast<long long>(a0) * g_rowW_s0 + static_cast<long long>(s1) * g_rowW_s1 + static_cast<long long>(a2) * g_rowW_s2;
         float* const dst = t_part;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_rowW_d1 ? g_rowW[base + static_cast<long long>(r) * g_rowW_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_rowW_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_rowW[base + static_cast<long long>(r) * g_rowW_s1]) : static_cast<const void*>(g_rowW), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
       // row_sum[row] = (row_sum[row] + part[row])
       {
         for (int r = tid; r < 64; r += 128) {
@@ -11742,9 +12342,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
           }
         }
       }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      // lse_i = load lse[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
+      // lse_i = load.async lse[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -11753,10 +12351,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
         const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
         float* const dst = t_lse_i;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
         }
       }
-      // Dy_i = load Dy[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
+      // Dy_i = load.async Dy[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -11765,10 +12364,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
         const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
         float* const dst = t_Dy_i;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
         }
       }
-      // gq = load logG[pid.z, (pid.x * 64):+64, pid.y]
+      // gq = load.async logG[pid.z, (pid.x * 64):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -11777,9 +12377,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
         const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
         float* const dst = t_gq;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
       __syncthreads();
       // cq = cumsum(gq, axis=0)
       {
@@ -12040,9 +12643,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
               }
             }
           }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          // lse_i = load lse[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
+          // lse_i = load.async lse[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -12051,10 +12652,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
             const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
             float* const dst = t_lse_i;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
             }
           }
-          // Dy_i = load Dy[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
+          // Dy_i = load.async Dy[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -12063,10 +12665,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
             const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
             float* const dst = t_Dy_i;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
             }
           }
-          // gq = load logG[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, pid.y]
+          // gq = load.async logG[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, pid.y]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -12075,9 +12678,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
             const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
             float* const dst = t_gq;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
             }
           }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
           __syncthreads();
           // cq = cumsum(gq, axis=0)
           {
@@ -12453,7 +13059,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_gate_grads_y_p2_d32_e32_c6
   {
     const int v_i0_end = ((p_t + 255) / 256);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // dlam = load dlamA[pid.y, ((((($t + 255) // 256) - 1) - i0) * 256):+256, pid.x]
+      // dlam = load.async dlamA[pid.y, ((((($t + 255) // 256) - 1) - i0) * 256):+256, pid.x]
       {
         const int a0 = static_cast<int>(blockIdx.y);
         const int s1 = (((((p_t + 255) / 256) - 1) - v_i0) * 256);
@@ -12462,9 +13068,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_gate_grads_y_p2_d32_e32_c6
         const long long base = static_cast<long long>(a0) * g_dlamA_s0 + static_cast<long long>(s1) * g_dlamA_s1 + static_cast<long long>(a2) * g_dlamA_s2;
         float* const dst = t_dlam;
         for (int r = tid; r < 256; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamA_d1 ? g_dlamA[base + static_cast<long long>(r) * g_dlamA_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamA_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamA[base + static_cast<long long>(r) * g_dlamA_s1]) : static_cast<const void*>(g_dlamA), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
       __syncthreads();
       // suffix = cumsum(dlam, axis=0, reverse)
       {
@@ -12636,7 +13245,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_f32_
   float* const t_y_row = reinterpret_cast<float*>(prt_base + 0);  // f32[32] pitch 32
   float* const t_den_s_part = reinterpret_cast<float*>(prt_base + 2816);  // f32[4, 16] pitch 16
   float* const t_m_blk_part = reinterpret_cast<float*>(prt_base + 47104);  // f32[4, 16] pitch 16
-  // g = load Gc[pid.y, 0:+64, (pid.x // ($hq // $h))]
+  // g = load.async Gc[pid.y, 0:+64, (pid.x // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.y);
     const int s1 = 0;
@@ -12645,9 +13254,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_f32_
     const long long base = static_cast<long long>(a0) * g_Gc_s0 + static_cast<long long>(s1) * g_Gc_s1 + static_cast<long long>(a2) * g_Gc_s2;
     float* const dst = t_g;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_Gc_d1 ? g_Gc[base + static_cast<long long>(r) * g_Gc_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_Gc_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Gc[base + static_cast<long long>(r) * g_Gc_s1]) : static_cast<const void*>(g_Gc), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -13464,7 +14076,7 @@ extern "C" __global__ void __launch_bounds__(32) prt_cache_append_p2_d32_e32_c64
     }
   }
   __syncthreads();
-  // g = load logG[pid.z, ($q0 + pid.x), pid.y:+1]
+  // g = load.async logG[pid.z, ($q0 + pid.x), pid.y:+1]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int a1 = (p_q0 + static_cast<int>(blockIdx.x));
@@ -13473,9 +14085,13 @@ extern "C" __global__ void __launch_bounds__(32) prt_cache_append_p2_d32_e32_c64
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(a1) * g_logG_s1 + static_cast<long long>(s2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 1; r += 32) {
-      dst[r] = ok && s2 + r >= 0 && s2 + r < g_logG_d2 ? g_logG[base + static_cast<long long>(r) * g_logG_s2] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s2 + r >= 0 && s2 + r < g_logG_d2;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s2]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
+  __syncthreads();
   // store Gc[pid.z, ($len0 + pid.x), pid.y:+1] = g
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -13645,16 +14261,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_state_copy_p2_d32_e32_c64_
 #include <cuda_runtime.h>
 
 extern "C" cudaError_t prt_attention_p2_d32_e32_c64_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d32_e32_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 60432);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d32_e32_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 78864);
   if (err != cudaSuccess) return err;
-  prt_attention_p2_d32_e32_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 60432, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_p2_d32_e32_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 78864, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_attention_y_p2_d32_e32_c64_f32_w8_bd0_bt128_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_Y, float* g_lse, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_y_p2_d32_e32_c64_f32_w8_bd0_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 154640);
+extern "C" cudaError_t prt_attention_y_p2_d32_e32_c64_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_Y, float* g_lse, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_y_p2_d32_e32_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 78864);
   if (err != cudaSuccess) return err;
-  prt_attention_y_p2_d32_e32_c64_f32_w8_bd0_bt128_s2<<<grid, 256, 154640, stream>>>(g_Q, g_K, g_V, g_logG, g_Y, g_lse, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_y_p2_d32_e32_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 78864, stream>>>(g_Q, g_K, g_V, g_logG, g_Y, g_lse, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -13666,9 +14282,9 @@ extern "C" cudaError_t prt_update_state_p2_d32_e32_c64_f32_w4_bd32_bt64_s1_launc
 }
 
 extern "C" cudaError_t prt_discounted_cumsum_p2_d32_e32_c64_f32_w4_bd64_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_dS, const float* g_dZ, const float* g_logG, const float* g_S0, const float* g_Z0, float* g_Sin, float* g_Zin, float* g_Sfinal, float* g_Zfinal, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_p2_d32_e32_c64_f32_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 17664);
+  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_p2_d32_e32_c64_f32_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 17920);
   if (err != cudaSuccess) return err;
-  prt_discounted_cumsum_p2_d32_e32_c64_f32_w4_bd64_bt64_s2<<<grid, 128, 17664, stream>>>(g_dS, g_dZ, g_logG, g_S0, g_Z0, g_Sin, g_Zin, g_Sfinal, g_Zfinal, p_b, p_t, p_h, p_n);
+  prt_discounted_cumsum_p2_d32_e32_c64_f32_w4_bd64_bt64_s2<<<grid, 128, 17920, stream>>>(g_dS, g_dZ, g_logG, g_S0, g_Z0, g_Sin, g_Zin, g_Sfinal, g_Zfinal, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
@@ -13680,9 +14296,9 @@ extern "C" cudaError_t prt_query_state_p2_d32_e32_c64_f32_w4_bd0_bt64_s2_launch(
 }
 
 extern "C" cudaError_t prt_attention_bwd_prep_p2_d32_e32_c64_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d32_e32_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 39696);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d32_e32_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 58384);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_prep_p2_d32_e32_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 39696, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_prep_p2_d32_e32_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 58384, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -13694,9 +14310,9 @@ extern "C" cudaError_t prt_query_state_bwd_dq_p2_d32_e32_c64_f32_w4_bd0_bt64_s2_
 }
 
 extern "C" cudaError_t prt_attention_bwd_dq_p2_d32_e32_c64_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d32_e32_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 65808);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d32_e32_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 84240);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dq_p2_d32_e32_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 65808, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dq_p2_d32_e32_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 84240, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -13715,9 +14331,9 @@ extern "C" cudaError_t prt_query_state_bwd_ds_p2_d32_e32_c64_f32_w4_bd32_bt64_s1
 }
 
 extern "C" cudaError_t prt_discounted_cumsum_bwd_p2_d32_e32_c64_f32_w4_bd64_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d32_e32_c64_f32_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 34592);
+  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d32_e32_c64_f32_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 34848);
   if (err != cudaSuccess) return err;
-  prt_discounted_cumsum_bwd_p2_d32_e32_c64_f32_w4_bd64_bt64_s2<<<grid, 128, 34592, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
+  prt_discounted_cumsum_bwd_p2_d32_e32_c64_f32_w4_bd64_bt64_s2<<<grid, 128, 34848, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
@@ -13736,16 +14352,16 @@ extern "C" cudaError_t prt_combine_grads_p2_d32_e32_c64_f32_w4_bd0_bt64_s1_launc
 }
 
 extern "C" cudaError_t prt_attention_bwd_prep_y_p2_d32_e32_c64_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, float* g_Dy, float* g_lseB, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_y_p2_d32_e32_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 39696);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_y_p2_d32_e32_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 58384);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_prep_y_p2_d32_e32_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 39696, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_lseB, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_prep_y_p2_d32_e32_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 58384, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_lseB, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_bwd_dq_y_p2_d32_e32_c64_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQ, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_y_p2_d32_e32_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 65808);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_y_p2_d32_e32_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 84240);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dq_y_p2_d32_e32_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 65808, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQ, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dq_y_p2_d32_e32_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 84240, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQ, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 

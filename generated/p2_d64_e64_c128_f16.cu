@@ -10,7 +10,7 @@
 extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_f16_w8_bd0_bt128_s2(
     const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 68096 bytes of dynamic shared memory
+  // sm_90a: 100864 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -100,26 +100,29 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
   (void)g_maxA_d1;
   (void)g_maxA_d2;
   __half* const t_q = reinterpret_cast<__half*>(prt_base + 0);  // f16[128, 64] swizzle 128
-  __half* const t_k = reinterpret_cast<__half*>(prt_base + 17408);  // f16[128, 64] swizzle 128
-  __half* const t_v = reinterpret_cast<__half*>(prt_base + 33792);  // f16[128, 64] swizzle 128
+  __half* const t_k_base = reinterpret_cast<__half*>(prt_base + 17408);  // f16[128, 64] swizzle 128, 2 copies
+  __half* t_k = t_k_base;
+  __half* const t_v_base = reinterpret_cast<__half*>(prt_base + 50176);  // f16[128, 64] swizzle 128, 2 copies
+  __half* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 16384);  // f32[128] pitch 128
   float* const t_cq = reinterpret_cast<float*>(prt_base + 16896);  // f32[128] pitch 128
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 51200);  // f32[128] pitch 128
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 51712);  // f32[128] pitch 128
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 50176);  // f32[128] pitch 128
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 83456);  // f32[128] pitch 128, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 84992);  // f32[128] pitch 128
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 82944);  // f32[128] pitch 128
   float* const t_gap = reinterpret_cast<float*>(prt_base + 16384);  // f32[1] pitch 1
   float f_w[1][16][4];  // f32[128, 128] as mma fragments: 128x128 in 16x128 units over 8 warps
   uint32_t f_p[1][16][2];  // f16[128, 128] as mma fragments, two per register: 128x128 in 16x128 units over 8 warps
   float f_acc[1][8][4];  // f32[128, 64] as mma fragments: 128x64 in 16x64 units over 8 warps
   // v_finite: f16[128, 64] computed in registers by its mma group
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 50688);  // bf16[128, 64] pitch 64
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 83456);  // bf16[128, 64] pitch 64
   float f_row_max[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_row_sum[1][2];  // f32[128] as the rows of 128x64 in 16x64 units over 8 warps
   float f_block_max[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_block_sum[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_alpha[1][2];  // f32[128] as the rows of 128x64 in 16x64 units over 8 warps
   float f_shift[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 50688);  // f32[128] pitch 128
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 84480);  // f32[128] pitch 128
   float f_row_factor[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   // q = load.async Q[pid.z, (pid.x * 128):+128, pid.y, 0:+64]
   {
@@ -146,9 +149,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gq = load logG[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 128);
@@ -157,9 +158,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 128; r += 256) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   prt::fence_proxy_async();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
@@ -539,77 +543,151 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
       }
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128))) {
+    // k = load.async K[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __half* const dst = t_k_base + ((0) % 2) * 8192;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __half* const dst = t_v_base + ((0) % 2) * 8192;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+    prt::fence_proxy_async();
+    __syncthreads();
+    // gk = load.async logG[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 128;
+      for (int r = tid; r < 128; r += 256) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // k = load.async K[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __half* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 256) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128))) {
+        // k = load.async K[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 256) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 256) {
+              const int r = i / 64, c = i % 64;
+              dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+            }
           }
         }
-        else {
-          for (int i = tid; i < 8192; i += 256) {
-            const int r = i / 64, c = i % 64;
-            dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+        prt::fence_proxy_async();
+        __syncthreads();
+        // v = load.async V[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 256) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 256) {
+              const int r = i / 64, c = i % 64;
+              dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+            }
           }
         }
-      }
-      prt::fence_proxy_async();
-      __syncthreads();
-      // v = load.async V[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __half* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 256) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 256) {
-            const int r = i / 64, c = i % 64;
-            dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+        prt::fence_proxy_async();
+        __syncthreads();
+        // gk = load.async logG[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 128;
+          for (int r = tid; r < 128; r += 256) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
           }
         }
       }
       prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      prt::fence_proxy_async();
-      __syncthreads();
-      // gk = load logG[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 128; r += 256) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
+      prt::cp_async_wait<1>();
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 8192;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 8192;  // bind v stage (i0 % 2)
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 128;  // bind gk stage (i0 % 2)
       prt::fence_proxy_async();
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
@@ -860,6 +938,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store numA[pid.z, (pid.x * 128):+128, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -928,7 +1007,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
     }
   }
 #else
-  // sm_80: 73216 bytes of dynamic shared memory
+  // sm_80: 110080 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -1018,26 +1097,29 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
   (void)g_maxA_d1;
   (void)g_maxA_d2;
   __half* const t_q = reinterpret_cast<__half*>(prt_base + 0);  // f16[128, 64] pitch 72
-  __half* const t_k = reinterpret_cast<__half*>(prt_base + 19456);  // f16[128, 64] pitch 72
-  __half* const t_v = reinterpret_cast<__half*>(prt_base + 37888);  // f16[128, 64] pitch 72
+  __half* const t_k_base = reinterpret_cast<__half*>(prt_base + 19456);  // f16[128, 64] pitch 72, 2 copies
+  __half* t_k = t_k_base;
+  __half* const t_v_base = reinterpret_cast<__half*>(prt_base + 56320);  // f16[128, 64] pitch 72, 2 copies
+  __half* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 18432);  // f32[128] pitch 128
   float* const t_cq = reinterpret_cast<float*>(prt_base + 18944);  // f32[128] pitch 128
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 57344);  // f32[128] pitch 128
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 57856);  // f32[128] pitch 128
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 56320);  // f32[128] pitch 128
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 93696);  // f32[128] pitch 128, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 95232);  // f32[128] pitch 128
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 93184);  // f32[128] pitch 128
   float* const t_gap = reinterpret_cast<float*>(prt_base + 18432);  // f32[1] pitch 1
   float f_w[1][16][4];  // f32[128, 128] as mma fragments: 128x128 in 16x128 units over 8 warps
   uint32_t f_p[1][16][2];  // f16[128, 128] as mma fragments, two per register: 128x128 in 16x128 units over 8 warps
   float f_acc[1][8][4];  // f32[128, 64] as mma fragments: 128x64 in 16x64 units over 8 warps
   // v_finite: f16[128, 64] computed in registers by its mma group
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 56832);  // bf16[128, 64] pitch 64
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 93696);  // bf16[128, 64] pitch 64
   float f_row_max[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_row_sum[1][2];  // f32[128] as the rows of 128x64 in 16x64 units over 8 warps
   float f_block_max[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_block_sum[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_alpha[1][2];  // f32[128] as the rows of 128x64 in 16x64 units over 8 warps
   float f_shift[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 56832);  // f32[128] pitch 128
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 94720);  // f32[128] pitch 128
   float f_row_factor[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   // q = load.async Q[pid.z, (pid.x * 128):+128, pid.y, 0:+64]
   {
@@ -1064,9 +1146,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gq = load logG[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 128);
@@ -1075,9 +1155,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 128; r += 256) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -1468,75 +1551,148 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
       }
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128))) {
+    // k = load.async K[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __half* const dst = t_k_base + ((0) % 2) * 9216;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __half* const dst = t_v_base + ((0) % 2) * 9216;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+    __syncthreads();
+    // gk = load.async logG[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 128;
+      for (int r = tid; r < 128; r += 256) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // k = load.async K[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __half* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 256) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128))) {
+        // k = load.async K[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 9216;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 256) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 256) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+            }
           }
         }
-        else {
-          for (int i = tid; i < 8192; i += 256) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+        __syncthreads();
+        // v = load.async V[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 9216;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 256) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 256) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+            }
           }
         }
-      }
-      __syncthreads();
-      // v = load.async V[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __half* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 256) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 256) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+        __syncthreads();
+        // gk = load.async logG[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 128;
+          for (int r = tid; r < 128; r += 256) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
           }
         }
       }
       prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
-      // gk = load logG[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 128; r += 256) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
+      prt::cp_async_wait<1>();
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 9216;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 9216;  // bind v stage (i0 % 2)
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 128;  // bind gk stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -1809,6 +1965,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store numA[pid.z, (pid.x * 128):+128, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -1994,7 +2151,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
   float* const t_z3 = reinterpret_cast<float*>(prt_base + 0);  // f32[16] pitch 16
   // u3_hi: f16[128, 64] computed in registers by its mma group
   // u3_lo: f16[128, 64] computed in registers by its mma group
-  // g = load logG[(pid.y // $h), ((pid.x // 1) * 128):+128, (pid.y % $h)]
+  // g = load.async logG[(pid.y // $h), ((pid.x // 1) * 128):+128, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -2003,9 +2160,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 128; r += 256) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -2973,7 +3133,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
 // grid (33, ($b * $h), 1), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e64_c128_f16_w4_bd64_bt128_s2(
     const float* g_dS, const float* g_dZ, const float* g_logG, const float* g_S0, const float* g_Z0, float* g_Sin, float* g_Zin, float* g_Sfinal, float* g_Zfinal, int p_b, int p_t, int p_h, int p_n) {
-  // sm_80: 34560 bytes of dynamic shared memory
+  // sm_80: 35072 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -3096,12 +3256,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
   (void)g_Zfinal_d2;
   float f_s[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float* const t_z = reinterpret_cast<float*>(prt_base + 0);  // f32[64] pitch 64
-  float* const t_ds_base = reinterpret_cast<float*>(prt_base + 256);  // f32[64, 64] pitch 64, 2 copies
+  float* const t_ds_base = reinterpret_cast<float*>(prt_base + 1280);  // f32[64, 64] pitch 64, 2 copies
   float* t_ds = t_ds_base;
-  float* const t_dz_base = reinterpret_cast<float*>(prt_base + 33024);  // f32[64] pitch 64, 2 copies
+  float* const t_dz_base = reinterpret_cast<float*>(prt_base + 34048);  // f32[64] pitch 64, 2 copies
   float* t_dz = t_dz_base;
-  float* const t_g = reinterpret_cast<float*>(prt_base + 33536);  // f32[128] pitch 128
-  float* const t_lam = reinterpret_cast<float*>(prt_base + 34048);  // f32[128] pitch 128
+  float* const t_g_base = reinterpret_cast<float*>(prt_base + 256);  // f32[128] pitch 128, 2 copies
+  float* t_g = t_g_base;
+  float* const t_lam = reinterpret_cast<float*>(prt_base + 34560);  // f32[128] pitch 128
   // s = load S0[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+64]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -3150,6 +3311,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   if ((0 < p_n)) {
+    // g = load.async logG[(pid.y // $h), (0 * 128):+128, (pid.y % $h)] into stage 0
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = (0 * 128);
+      const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_g_base + ((0) % 2) * 128;
+      for (int r = tid; r < 128; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
     // ds = load.async dS[(pid.y // $h), (pid.y % $h), 0, (pid.x * 64):+64, 0:+64] into stage 0
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -3205,6 +3379,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
     const int v_i0_end = p_n;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((v_i0 + 1) < p_n)) {
+        // g = load.async logG[(pid.y // $h), ((i0 + 1) * 128):+128, (pid.y % $h)] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((v_i0 + 1) * 128);
+          const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_g_base + ((((v_i0 + 1) % 2)) % 2) * 128;
+          for (int r = tid; r < 128; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        __syncthreads();
         // ds = load.async dS[(pid.y // $h), (pid.y % $h), (i0 + 1), (pid.x * 64):+64, 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -3257,6 +3445,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
       }
       prt::cp_async_commit();
       prt::cp_async_wait<1>();
+      t_g = t_g_base + (((v_i0 % 2)) % 2) * 128;  // bind g stage (i0 % 2)
       t_ds = t_ds_base + (((v_i0 % 2)) % 2) * 4096;  // bind ds stage (i0 % 2)
       t_dz = t_dz_base + (((v_i0 % 2)) % 2) * 64;  // bind dz stage (i0 % 2)
       // store Sin[(pid.y // $h), (pid.y % $h), i0, (pid.x * 64):+64, 0:+64] = s
@@ -3300,19 +3489,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
           }
         }
       }
-      // g = load logG[(pid.y // $h), (i0 * 128):+128, (pid.y % $h)]
-      {
-        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int s1 = (v_i0 * 128);
-        const int a2 = (static_cast<int>(blockIdx.y) % p_h);
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_g;
-        for (int r = tid; r < 128; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
-      __syncthreads();
       // lam = cumsum(g, axis=0)
       {
         for (int o = warp; o < 1; o += 4) {
@@ -3350,7 +3526,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
           t_z[r] = prt::from_f32<float>(((prt::to_f32(t_z[r]) * prt::exp(prt::to_f32(t_lam[127]))) + prt::to_f32(t_dz[r])));
         }
       }
-      __syncthreads();
     }
   }
   prt::cp_async_wait<0>();
@@ -3580,7 +3755,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
   float* const t_max_a = reinterpret_cast<float*>(prt_base + 1536);  // f32[128] pitch 128
   float* const t_lse_t = reinterpret_cast<float*>(prt_base + 0);  // f32[128] pitch 128
   float* const t_den_s_part = reinterpret_cast<float*>(prt_base + 70656);  // f32[2, 128] pitch 128
-  // g = load logG[pid.z, ((pid.x // 1) * 128):+128, (pid.y // ($hq // $h))]
+  // g = load.async logG[pid.z, ((pid.x // 1) * 128):+128, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -3589,9 +3764,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 128; r += 256) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -4442,7 +4620,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
       }
     }
     __syncthreads();
-    // den_a = load denA[pid.z, (((pid.x // 1) * 128) + ((pid.x % 1) * 128)):+128, pid.y]
+    // den_a = load.async denA[pid.z, (((pid.x // 1) * 128) + ((pid.x % 1) * 128)):+128, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 128) + ((static_cast<int>(blockIdx.x) % 1) * 128));
@@ -4451,10 +4629,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
       const long long base = static_cast<long long>(a0) * g_denA_s0 + static_cast<long long>(s1) * g_denA_s1 + static_cast<long long>(a2) * g_denA_s2;
       float* const dst = t_den_a;
       for (int r = tid; r < 128; r += 256) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_denA_d1 ? g_denA[base + static_cast<long long>(r) * g_denA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_denA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_denA[base + static_cast<long long>(r) * g_denA_s1]) : static_cast<const void*>(g_denA), in ? 4 : 0);
       }
     }
-    // max_a = load maxA[pid.z, (((pid.x // 1) * 128) + ((pid.x % 1) * 128)):+128, pid.y]
+    // max_a = load.async maxA[pid.z, (((pid.x // 1) * 128) + ((pid.x % 1) * 128)):+128, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 128) + ((static_cast<int>(blockIdx.x) % 1) * 128));
@@ -4463,9 +4642,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
       const long long base = static_cast<long long>(a0) * g_maxA_s0 + static_cast<long long>(s1) * g_maxA_s1 + static_cast<long long>(a2) * g_maxA_s2;
       float* const dst = t_max_a;
       for (int r = tid; r < 128; r += 256) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_maxA_d1 ? g_maxA[base + static_cast<long long>(r) * g_maxA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_maxA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_maxA[base + static_cast<long long>(r) * g_maxA_s1]) : static_cast<const void*>(g_maxA), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // den_a[row] = (den_a[row] * select((max(max_a[row], (lam[(((pid.x % 1) * 128) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp((max_a[row] - max(max_a[row], (lam[(((pid.x % 1) * 128) + row)] + (log(abs($scale)) * 2.0)))))))
     // den_s[row] = ((den_s[row] * select((max(max_a[row], (lam[(((pid.x % 1) * 128) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp(((lam[(((pid.x % 1) * 128) + row)] + (log(abs($scale)) * 2.0)) - max(max_a[row], (lam[(((pid.x % 1) * 128) + row)] + (log(abs($scale)) * 2.0))))))) * 1.0)
     // den[row] = (den_a[row] + den_s[row])
@@ -4628,7 +4811,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_e64_c128_f16_w4_bd0_bt64_s2(
     const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 35072 bytes of dynamic shared memory
+  // sm_90a: 51712 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -4730,8 +4913,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
   __half* const t_q = reinterpret_cast<__half*>(prt_base + 0);  // f16[64, 64] swizzle 128
   __half* const t_dy = reinterpret_cast<__half*>(prt_base + 8192);  // f16[64, 64] swizzle 128
   float f_lse_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  __half* const t_k = reinterpret_cast<__half*>(prt_base + 17408);  // f16[64, 64] swizzle 128
-  __half* const t_v = reinterpret_cast<__half*>(prt_base + 25600);  // f16[64, 64] swizzle 128
+  __half* const t_k_base = reinterpret_cast<__half*>(prt_base + 17408);  // f16[64, 64] swizzle 128, 2 copies
+  __half* t_k = t_k_base;
+  __half* const t_v_base = reinterpret_cast<__half*>(prt_base + 33792);  // f16[64, 64] swizzle 128, 2 copies
+  __half* t_v = t_v_base;
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_p[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_p_dp[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
@@ -4742,8 +4927,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
   float f_g_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 16384);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 16640);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 17152);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 33792);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 50176);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 17152);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 16896);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 16384);  // f32[1] pitch 1
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
@@ -4845,7 +5031,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       }
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -4854,9 +5040,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   prt::fence_proxy_async();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
@@ -5090,21 +5279,149 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       }
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    prt::fence_proxy_async();
+    __syncthreads();
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __half* const dst = t_k_base + ((0) % 2) * 4096;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __half* const dst = t_v_base + ((0) % 2) * 4096;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        prt::fence_proxy_async();
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 4096;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 4096;  // bind v stage (i0 % 2)
       prt::fence_proxy_async();
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
@@ -5128,60 +5445,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __half* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __half* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      prt::fence_proxy_async();
-      __syncthreads();
       // dot = mma.wgmma(q, k^T) [64x64 in 16x64 units over 4 warps]
       {
         float (&acc)[1][8][4] = f_dot;
@@ -5351,6 +5614,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store DyA[pid.z, (pid.x * 64):+64, pid.y] = acc_dy
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -5394,7 +5658,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     }
   }
 #else
-  // sm_80: 39696 bytes of dynamic shared memory
+  // sm_80: 58384 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -5496,23 +5760,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
   __half* const t_q = reinterpret_cast<__half*>(prt_base + 0);  // f16[64, 64] pitch 72
   __half* const t_dy = reinterpret_cast<__half*>(prt_base + 9216);  // f16[64, 64] pitch 72
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 18432);  // f32[64] pitch 64
-  __half* const t_k = reinterpret_cast<__half*>(prt_base + 19984);  // f16[64, 64] pitch 72
-  __half* const t_v = reinterpret_cast<__half*>(prt_base + 29200);  // f16[64, 64] pitch 72
+  __half* const t_k_base = reinterpret_cast<__half*>(prt_base + 19984);  // f16[64, 64] pitch 72, 2 copies
+  __half* t_k = t_k_base;
+  __half* const t_v_base = reinterpret_cast<__half*>(prt_base + 38416);  // f16[64, 64] pitch 72, 2 copies
+  __half* t_v = t_v_base;
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p_dp[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float* const t_part = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
   float* const t_acc_dy = reinterpret_cast<float*>(prt_base + 18688);  // f32[64] pitch 64
   float* const t_acc_p = reinterpret_cast<float*>(prt_base + 18944);  // f32[64] pitch 64
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 38928);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 57872);  // f32[64] pitch 64
   float* const t_g_i = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
   float* const t_gq = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 39184);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 39440);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 57360);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 58128);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 19728);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 19712);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 38416);  // f32[2, 64] pitch 64
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 56848);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -5563,9 +5830,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // lse_i = load lse[pid.z, (pid.x * 64):+64, pid.y]
+  // lse_i = load.async lse[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -5574,9 +5839,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
     float* const dst = t_lse_i;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   // acc_dy[row] = 0.0
   // acc_p[row] = 0.0
   {
@@ -5587,7 +5855,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       t_acc_p[r] = y1;
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -5596,9 +5864,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -5851,21 +6122,145 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       t_acc_p[r] = prt::from_f32<float>((prt::to_f32(t_acc_p[r]) + prt::to_f32(t_part[r])));
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __half* const dst = t_k_base + ((0) % 2) * 4608;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __half* const dst = t_v_base + ((0) % 2) * 4608;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4608;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4608;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 4608;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 4608;  // bind v stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -5887,59 +6282,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __half* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __half* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
       // dot = mma.tc(q, k^T) [64x64 in 16x32 units over 4 warps]
       {
         float (&acc)[2][4][4] = f_dot;
@@ -6137,6 +6479,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store DyA[pid.z, (pid.x * 64):+64, pid.y] = acc_dy
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -6365,7 +6708,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
   // s_lo: bf16[64, 64] computed in registers by its mma group
   float* const t_r_part = reinterpret_cast<float*>(prt_base + 11008);  // f32[2, 64] pitch 64
   if (((((static_cast<int>(blockIdx.x) / 2) * 128) + ((static_cast<int>(blockIdx.x) % 2) * 64)) < p_t)) {
-    // g = load logG[pid.z, ((pid.x // 2) * 128):+128, (pid.y // ($hq // $h))]
+    // g = load.async logG[pid.z, ((pid.x // 2) * 128):+128, (pid.y // ($hq // $h))]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = ((static_cast<int>(blockIdx.x) / 2) * 128);
@@ -6374,9 +6717,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
       float* const dst = t_g;
       for (int r = tid; r < 128; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
     __syncthreads();
     // lam = cumsum(g, axis=0)
     {
@@ -6479,9 +6825,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
         }
       }
     }
-    prt::cp_async_commit();
-    prt::cp_async_wait<0>();
-    // lse_i = load lse[pid.z, (((pid.x // 2) * 128) + ((pid.x % 2) * 64)):+64, pid.y]
+    // lse_i = load.async lse[pid.z, (((pid.x // 2) * 128) + ((pid.x % 2) * 64)):+64, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 2) * 128) + ((static_cast<int>(blockIdx.x) % 2) * 64));
@@ -6490,10 +6834,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
       float* const dst = t_lse_i;
       for (int r = tid; r < 64; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
       }
     }
-    // dy_y = load DyA[pid.z, (((pid.x // 2) * 128) + ((pid.x % 2) * 64)):+64, pid.y]
+    // dy_y = load.async DyA[pid.z, (((pid.x // 2) * 128) + ((pid.x % 2) * 64)):+64, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 2) * 128) + ((static_cast<int>(blockIdx.x) % 2) * 64));
@@ -6502,10 +6847,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_DyA_s0 + static_cast<long long>(s1) * g_DyA_s1 + static_cast<long long>(a2) * g_DyA_s2;
       float* const dst = t_dy_y;
       for (int r = tid; r < 64; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_DyA_d1 ? g_DyA[base + static_cast<long long>(r) * g_DyA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_DyA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_DyA[base + static_cast<long long>(r) * g_DyA_s1]) : static_cast<const void*>(g_DyA), in ? 4 : 0);
       }
     }
-    // rho = load PA[pid.z, (((pid.x // 2) * 128) + ((pid.x % 2) * 64)):+64, pid.y]
+    // rho = load.async PA[pid.z, (((pid.x // 2) * 128) + ((pid.x % 2) * 64)):+64, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 2) * 128) + ((static_cast<int>(blockIdx.x) % 2) * 64));
@@ -6514,10 +6860,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_PA_s0 + static_cast<long long>(s1) * g_PA_s1 + static_cast<long long>(a2) * g_PA_s2;
       float* const dst = t_rho;
       for (int r = tid; r < 64; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_PA_d1 ? g_PA[base + static_cast<long long>(r) * g_PA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_PA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_PA[base + static_cast<long long>(r) * g_PA_s1]) : static_cast<const void*>(g_PA), in ? 4 : 0);
       }
     }
-    // p_s = load wS[pid.z, (((pid.x // 2) * 128) + ((pid.x % 2) * 64)):+64, pid.y]
+    // p_s = load.async wS[pid.z, (((pid.x // 2) * 128) + ((pid.x % 2) * 64)):+64, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 2) * 128) + ((static_cast<int>(blockIdx.x) % 2) * 64));
@@ -6526,9 +6873,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_wS_s0 + static_cast<long long>(s1) * g_wS_s1 + static_cast<long long>(a2) * g_wS_s2;
       float* const dst = t_p_s;
       for (int r = tid; r < 64; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_wS_d1 ? g_wS[base + static_cast<long long>(r) * g_wS_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_wS_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_wS[base + static_cast<long long>(r) * g_wS_s1]) : static_cast<const void*>(g_wS), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
     __syncthreads();
     // y_s[row, col] = (y_s[row, col] * dy_row[row, col])
     {
@@ -7006,7 +7356,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e64_c128_f16_w4_bd0_bt64_s2(
     const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 44032 bytes of dynamic shared memory
+  // sm_90a: 60416 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -7122,9 +7472,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   __half* const t_dy = reinterpret_cast<__half*>(prt_base + 8192);  // f16[64, 64] swizzle 128
   float f_lse_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_Dy_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  __half* const t_k = reinterpret_cast<__half*>(prt_base + 17408);  // f16[64, 64] swizzle 128
-  __half* const t_v = reinterpret_cast<__half*>(prt_base + 25600);  // f16[64, 64] swizzle 128
-  __half* const t_k_finite = reinterpret_cast<__half*>(prt_base + 33792);  // f16[64, 64] pitch 72
+  __half* const t_k_base = reinterpret_cast<__half*>(prt_base + 17408);  // f16[64, 64] swizzle 128, 2 copies
+  __half* t_k = t_k_base;
+  __half* const t_v_base = reinterpret_cast<__half*>(prt_base + 33792);  // f16[64, 64] swizzle 128, 2 copies
+  __half* t_v = t_v_base;
+  __half* const t_k_finite = reinterpret_cast<__half*>(prt_base + 50176);  // f16[64, 64] pitch 72
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_ds[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -7136,8 +7488,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   float f_h_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 16384);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 16640);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 17152);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 33792);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 50176);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 17152);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 16896);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 16384);  // f32[1] pitch 1
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
@@ -7261,7 +7614,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -7270,9 +7623,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   prt::fence_proxy_async();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
@@ -7521,21 +7877,149 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
+  prt::fence_proxy_async();
+  __syncthreads();
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __half* const dst = t_k_base + ((0) % 2) * 4096;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __half* const dst = t_v_base + ((0) % 2) * 4096;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        prt::fence_proxy_async();
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 4096;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 4096;  // bind v stage (i0 % 2)
       prt::fence_proxy_async();
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
@@ -7559,60 +8043,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __half* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __half* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      prt::fence_proxy_async();
-      __syncthreads();
       // dot = mma.wgmma(q, k^T) [64x64 in 16x64 units over 4 warps]
       {
         float (&acc)[1][8][4] = f_dot;
@@ -7782,6 +8212,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store dQa[pid.z, (pid.x * 64):+64, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -7829,7 +8260,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     }
   }
 #else
-  // sm_80: 46848 bytes of dynamic shared memory
+  // sm_80: 65280 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -7945,9 +8376,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   __half* const t_dy = reinterpret_cast<__half*>(prt_base + 9216);  // f16[64, 64] pitch 72
   float f_lse_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_Dy_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  __half* const t_k = reinterpret_cast<__half*>(prt_base + 19200);  // f16[64, 64] pitch 72
-  __half* const t_v = reinterpret_cast<__half*>(prt_base + 28416);  // f16[64, 64] pitch 72
-  __half* const t_k_finite = reinterpret_cast<__half*>(prt_base + 37632);  // f16[64, 64] pitch 72
+  __half* const t_k_base = reinterpret_cast<__half*>(prt_base + 19200);  // f16[64, 64] pitch 72, 2 copies
+  __half* t_k = t_k_base;
+  __half* const t_v_base = reinterpret_cast<__half*>(prt_base + 37632);  // f16[64, 64] pitch 72, 2 copies
+  __half* t_v = t_v_base;
+  __half* const t_k_finite = reinterpret_cast<__half*>(prt_base + 56064);  // f16[64, 64] pitch 72
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_ds[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -7959,8 +8392,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   float f_h_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 18432);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 18688);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 37632);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 37888);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 56064);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 56576);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 18944);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 18432);  // f32[1] pitch 1
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
@@ -8084,7 +8518,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -8093,9 +8527,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -8373,21 +8810,146 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     }
   }
   __syncthreads();
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __half* const dst = t_k_base + ((0) % 2) * 4608;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __half* const dst = t_v_base + ((0) % 2) * 4608;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4608;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4608;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 4608;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 4608;  // bind v stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -8409,59 +8971,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __half* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__half>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __half* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__half>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
       // dot = mma.tc(q, k^T) [64x64 in 16x64 units over 4 warps]
       {
         float (&acc)[1][8][4] = f_dot;
@@ -8671,6 +9180,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store dQa[pid.z, (pid.x * 64):+64, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -8936,9 +9446,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gk = load logG[pid.z, (pid.x * 64):+64, pid.y]
+  // gk = load.async logG[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -8947,9 +9455,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gk;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   prt::fence_proxy_async();
   __syncthreads();
   // sk = cumsum(gk, axis=0, reverse)
@@ -9117,9 +9628,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
           }
         }
       }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      // lse_i = load lse[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
+      // lse_i = load.async lse[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -9128,12 +9637,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
         const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
         float* const dst = t_lse_i;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
         }
       }
       prt::fence_proxy_async();
       __syncthreads();
-      // Dy_i = load Dy[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
+      // Dy_i = load.async Dy[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -9142,10 +9652,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
         const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
         float* const dst = t_Dy_i;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
         }
       }
-      // gq = load logG[pid.z, (pid.x * 64):+64, pid.y]
+      // gq = load.async logG[pid.z, (pid.x * 64):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -9154,9 +9665,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
         const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
         float* const dst = t_gq;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
       prt::fence_proxy_async();
       __syncthreads();
       // cq = cumsum(gq, axis=0)
@@ -9427,9 +9941,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
               }
             }
           }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          // lse_i = load lse[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
+          // lse_i = load.async lse[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -9438,10 +9950,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
             const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
             float* const dst = t_lse_i;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
             }
           }
-          // Dy_i = load Dy[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
+          // Dy_i = load.async Dy[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -9450,10 +9963,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
             const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
             float* const dst = t_Dy_i;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
             }
           }
-          // gq = load logG[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, pid.y]
+          // gq = load.async logG[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, pid.y]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -9462,9 +9976,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
             const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
             float* const dst = t_gq;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
             }
           }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
           prt::fence_proxy_async();
           __syncthreads();
           // cq = cumsum(gq, axis=0)
@@ -10023,9 +10540,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gk = load logG[pid.z, (pid.x * 64):+64, pid.y]
+  // gk = load.async logG[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -10034,9 +10549,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gk;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // sk = cumsum(gk, axis=0, reverse)
   {
@@ -10202,9 +10720,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
           }
         }
       }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      // lse_i = load lse[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
+      // lse_i = load.async lse[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -10213,11 +10729,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
         const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
         float* const dst = t_lse_i;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
         }
       }
       __syncthreads();
-      // Dy_i = load Dy[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
+      // Dy_i = load.async Dy[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -10226,10 +10743,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
         const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
         float* const dst = t_Dy_i;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
         }
       }
-      // gq = load logG[pid.z, (pid.x * 64):+64, pid.y]
+      // gq = load.async logG[pid.z, (pid.x * 64):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -10238,9 +10756,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
         const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
         float* const dst = t_gq;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
       __syncthreads();
       // cq = cumsum(gq, axis=0)
       {
@@ -10549,9 +11070,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
               }
             }
           }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          // lse_i = load lse[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
+          // lse_i = load.async lse[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -10560,10 +11079,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
             const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
             float* const dst = t_lse_i;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
             }
           }
-          // Dy_i = load Dy[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
+          // Dy_i = load.async Dy[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -10572,10 +11092,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
             const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
             float* const dst = t_Dy_i;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
             }
           }
-          // gq = load logG[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, pid.y]
+          // gq = load.async logG[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, pid.y]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -10584,9 +11105,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
             const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
             float* const dst = t_gq;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
             }
           }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
           __syncthreads();
           // cq = cumsum(gq, axis=0)
           {
@@ -11127,7 +11651,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
   float* const t_z3 = reinterpret_cast<float*>(prt_base + 64000);  // f32[16] pitch 16
   // u3_hi: bf16[128, 64] computed in registers by its mma group
   // u3_lo: bf16[128, 64] computed in registers by its mma group
-  // g = load logG[(pid.y // $h), ((pid.x // 1) * 128):+128, (pid.y % $h)]
+  // g = load.async logG[(pid.y // $h), ((pid.x // 1) * 128):+128, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -11136,9 +11660,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 128; r += 256) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -11155,7 +11682,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
   }
   __syncthreads();
   if (((p_hq / p_h) == 1)) {
-    // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
+    // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
       const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -11164,16 +11691,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
       const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
       float* const dst = t_f;
       for (int r = tid; r < 128; r += 256) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
     {
       for (int r = tid; r < 128; r += 256) {
         t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
       }
     }
-    // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
+    // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
       const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -11182,9 +11713,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
       const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
       float* const dst = t_z_row;
       for (int r = tid; r < 128; r += 256) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // z_row[row] = -((z_row[row] * f[row]))
     {
       for (int r = tid; r < 128; r += 256) {
@@ -11205,7 +11740,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
       }
     }
-    __syncthreads();
     // fdy[row, col] = (fdy[row, col] * f[row])
     {
       for (int i = tid; i < 8192; i += 256) {
@@ -11228,7 +11762,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
     const int v_i0_end = (p_hq / p_h);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -11237,16 +11771,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 128; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -11255,9 +11793,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 128; r += 256) {
@@ -11278,7 +11820,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
             dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
-        __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
           for (int i = tid; i < 8192; i += 256) {
@@ -11426,7 +11967,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         const int v_i2_end = (p_hq / p_h);
         for (int v_i2 = 0; v_i2 < v_i2_end; v_i2 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -11435,16 +11976,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -11453,16 +11998,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
-            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2), ((pid.x % 1) * 64):+64]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -11477,7 +12025,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
                 dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
-            __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
               for (int i = tid; i < 8192; i += 256) {
@@ -11665,7 +12212,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
     const int v_i3_end = (p_hq / p_h);
     for (int v_i3 = 0; v_i3 < v_i3_end; v_i3 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -11674,16 +12221,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 128; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -11692,9 +12243,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 128; r += 256) {
@@ -11715,7 +12270,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
             dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
-        __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
           for (int i = tid; i < 8192; i += 256) {
@@ -11871,7 +12425,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         const int v_i5_end = (p_hq / p_h);
         for (int v_i5 = 0; v_i5 < v_i5_end; v_i5 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -11880,16 +12434,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -11898,16 +12456,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
-            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5), ((pid.x % 1) * 64):+64]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -11922,7 +12483,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
                 dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
-            __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
               for (int i = tid; i < 8192; i += 256) {
@@ -12117,7 +12677,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
     const int v_i6_end = (p_hq / p_h);
     for (int v_i6 = 0; v_i6 < v_i6_end; v_i6 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -12126,16 +12686,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 128; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -12144,9 +12708,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 128; r += 256) {
@@ -12167,7 +12735,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
             dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
-        __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
           for (int i = tid; i < 8192; i += 256) {
@@ -12321,7 +12888,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         const int v_i8_end = (p_hq / p_h);
         for (int v_i8 = 0; v_i8 < v_i8_end; v_i8 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -12330,16 +12897,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -12348,16 +12919,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
-            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8), ((pid.x % 1) * 64):+64]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -12372,7 +12946,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
                 dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
-            __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
               for (int i = tid; i < 8192; i += 256) {
@@ -12561,7 +13134,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
     const int v_i9_end = (p_hq / p_h);
     for (int v_i9 = 0; v_i9 < v_i9_end; v_i9 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -12570,16 +13143,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 128; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -12588,9 +13165,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 128; r += 256) {
@@ -12611,7 +13192,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
             dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
-        __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
           for (int i = tid; i < 8192; i += 256) {
@@ -12767,7 +13347,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         const int v_i11_end = (p_hq / p_h);
         for (int v_i11 = 0; v_i11 < v_i11_end; v_i11 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -12776,16 +13356,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -12794,16 +13378,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
-            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11), ((pid.x % 1) * 64):+64]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -12818,7 +13405,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
                 dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
-            __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
               for (int i = tid; i < 8192; i += 256) {
@@ -12999,7 +13585,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
 // grid (33, ($b * $h), 1), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d64_e64_c128_f16_w4_bd64_bt128_s2(
     const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
-  // sm_80: 68128 bytes of dynamic shared memory
+  // sm_80: 68640 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -13164,20 +13750,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
   (void)g_dGc_d3;
   float f_R[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float* const t_r = reinterpret_cast<float*>(prt_base + 0);  // f32[64] pitch 64
-  float* const t_s_in_base = reinterpret_cast<float*>(prt_base + 256);  // f32[64, 64] pitch 64, 2 copies
+  float* const t_s_in_base = reinterpret_cast<float*>(prt_base + 1280);  // f32[64, 64] pitch 64, 2 copies
   float* t_s_in = t_s_in_base;
-  float* const t_z_in_base = reinterpret_cast<float*>(prt_base + 33024);  // f32[64] pitch 64, 2 copies
+  float* const t_z_in_base = reinterpret_cast<float*>(prt_base + 34048);  // f32[64] pitch 64, 2 copies
   float* t_z_in = t_z_in_base;
-  float* const t_ds_in_base = reinterpret_cast<float*>(prt_base + 33536);  // f32[64, 64] pitch 64, 2 copies
+  float* const t_ds_in_base = reinterpret_cast<float*>(prt_base + 34560);  // f32[64, 64] pitch 64, 2 copies
   float* t_ds_in = t_ds_in_base;
-  float* const t_dz_in_base = reinterpret_cast<float*>(prt_base + 66304);  // f32[64] pitch 64, 2 copies
+  float* const t_dz_in_base = reinterpret_cast<float*>(prt_base + 67328);  // f32[64] pitch 64, 2 copies
   float* t_dz_in = t_dz_in_base;
   float f_X[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_g = reinterpret_cast<float*>(prt_base + 66816);  // f32[128] pitch 128
-  float* const t_G = reinterpret_cast<float*>(prt_base + 68096);  // f32[1] pitch 1
-  float* const t_row_dot = reinterpret_cast<float*>(prt_base + 67840);  // f32[64] pitch 64
-  float* const t_dG = reinterpret_cast<float*>(prt_base + 68112);  // f32[1] pitch 1
-  float* const t_row_dot_part = reinterpret_cast<float*>(prt_base + 67328);  // f32[2, 64] pitch 64
+  float* const t_g_base = reinterpret_cast<float*>(prt_base + 256);  // f32[128] pitch 128, 2 copies
+  float* t_g = t_g_base;
+  float* const t_G = reinterpret_cast<float*>(prt_base + 68608);  // f32[1] pitch 1
+  float* const t_row_dot = reinterpret_cast<float*>(prt_base + 68352);  // f32[64] pitch 64
+  float* const t_dG = reinterpret_cast<float*>(prt_base + 68624);  // f32[1] pitch 1
+  float* const t_row_dot_part = reinterpret_cast<float*>(prt_base + 67840);  // f32[2, 64] pitch 64
   // R = load dSfinal[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+64]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -13226,6 +13813,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   if ((0 < p_n)) {
+    // g = load.async logG[(pid.y // $h), ((($n - 1) - 0) * 128):+128, (pid.y % $h)] into stage 0
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = (((p_n - 1) - 0) * 128);
+      const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_g_base + ((0) % 2) * 128;
+      for (int r = tid; r < 128; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
     // s_in = load.async Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - 0), (pid.x * 64):+64, 0:+64] into stage 0
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -13330,6 +13930,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
     const int v_i0_end = p_n;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((v_i0 + 1) < p_n)) {
+        // g = load.async logG[(pid.y // $h), ((($n - 1) - (i0 + 1)) * 128):+128, (pid.y % $h)] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = (((p_n - 1) - (v_i0 + 1)) * 128);
+          const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_g_base + ((((v_i0 + 1) % 2)) % 2) * 128;
+          for (int r = tid; r < 128; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
         // s_in = load.async Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - (i0 + 1)), (pid.x * 64):+64, 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -13432,22 +14045,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       }
       prt::cp_async_commit();
       prt::cp_async_wait<1>();
+      t_g = t_g_base + (((v_i0 % 2)) % 2) * 128;  // bind g stage (i0 % 2)
       t_s_in = t_s_in_base + (((v_i0 % 2)) % 2) * 4096;  // bind s_in stage (i0 % 2)
       t_z_in = t_z_in_base + (((v_i0 % 2)) % 2) * 64;  // bind z_in stage (i0 % 2)
       t_ds_in = t_ds_in_base + (((v_i0 % 2)) % 2) * 4096;  // bind ds_in stage (i0 % 2)
       t_dz_in = t_dz_in_base + (((v_i0 % 2)) % 2) * 64;  // bind dz_in stage (i0 % 2)
-      // g = load logG[(pid.y // $h), ((($n - 1) - i0) * 128):+128, (pid.y % $h)]
-      {
-        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int s1 = (((p_n - 1) - v_i0) * 128);
-        const int a2 = (static_cast<int>(blockIdx.y) % p_h);
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_g;
-        for (int r = tid; r < 128; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
       __syncthreads();
       // G = reduce_sum(g, axis=0)
       {
@@ -13792,7 +14394,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
   __nv_bfloat16* const t_u_hi = reinterpret_cast<__nv_bfloat16*>(prt_base + 66560);  // bf16[64, 64] swizzle 128
   __nv_bfloat16* const t_u_lo = reinterpret_cast<__nv_bfloat16*>(prt_base + 74752);  // bf16[64, 64] swizzle 128
   float* const t_dG = reinterpret_cast<float*>(prt_base + 512);  // f32[1] pitch 1
-  // g = load logG[(pid.y // $h), (pid.x * 128):+128, (pid.y % $h)]
+  // g = load.async logG[(pid.y // $h), (pid.x * 128):+128, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int s1 = (static_cast<int>(blockIdx.x) * 128);
@@ -13801,9 +14403,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 128; r += 256) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   prt::fence_proxy_async();
   __syncthreads();
   // lam = cumsum(g, axis=0)
@@ -14552,7 +15157,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
   __nv_bfloat16* const t_u_lo = reinterpret_cast<__nv_bfloat16*>(prt_base + 77824);  // bf16[64, 64] pitch 72
   float* const t_dG = reinterpret_cast<float*>(prt_base + 512);  // f32[1] pitch 1
   float* const t_r_part = reinterpret_cast<float*>(prt_base + 123904);  // f32[2, 128] pitch 128
-  // g = load logG[(pid.y // $h), (pid.x * 128):+128, (pid.y % $h)]
+  // g = load.async logG[(pid.y // $h), (pid.x * 128):+128, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int s1 = (static_cast<int>(blockIdx.x) * 128);
@@ -14561,9 +15166,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 128; r += 256) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -15424,7 +16032,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d64_e64_c
   float* const t_suffix = reinterpret_cast<float*>(prt_base + 528);  // f32[64] pitch 64
   float* const t_carry = reinterpret_cast<float*>(prt_base + 0);  // f32[1] pitch 1
   float* const t_one = reinterpret_cast<float*>(prt_base + 16);  // f32[1] pitch 1
-  // carry = load dGk[pid.z, pid.y, pid.x:+1]
+  // carry = load.async dGk[pid.z, pid.y, pid.x:+1]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int a1 = static_cast<int>(blockIdx.y);
@@ -15433,13 +16041,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d64_e64_c
     const long long base = static_cast<long long>(a0) * g_dGk_s0 + static_cast<long long>(a1) * g_dGk_s1 + static_cast<long long>(s2) * g_dGk_s2;
     float* const dst = t_carry;
     for (int r = tid; r < 1; r += 128) {
-      dst[r] = ok && s2 + r >= 0 && s2 + r < g_dGk_d2 ? g_dGk[base + static_cast<long long>(r) * g_dGk_s2] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s2 + r >= 0 && s2 + r < g_dGk_d2;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dGk[base + static_cast<long long>(r) * g_dGk_s2]) : static_cast<const void*>(g_dGk), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   {
     const int v_i0_end = p_nfb;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // one = load dGc[pid.z, pid.y, pid.x, i0:+1]
+      // one = load.async dGc[pid.z, pid.y, pid.x, i0:+1]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int a1 = static_cast<int>(blockIdx.y);
@@ -15449,22 +16060,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d64_e64_c
         const long long base = static_cast<long long>(a0) * g_dGc_s0 + static_cast<long long>(a1) * g_dGc_s1 + static_cast<long long>(a2) * g_dGc_s2 + static_cast<long long>(s3) * g_dGc_s3;
         float* const dst = t_one;
         for (int r = tid; r < 1; r += 128) {
-          dst[r] = ok && s3 + r >= 0 && s3 + r < g_dGc_d3 ? g_dGc[base + static_cast<long long>(r) * g_dGc_s3] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s3 + r >= 0 && s3 + r < g_dGc_d3;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dGc[base + static_cast<long long>(r) * g_dGc_s3]) : static_cast<const void*>(g_dGc), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
       // carry[row] = (carry[row] + one[row])
       {
         for (int r = tid; r < 1; r += 128) {
           t_carry[r] = prt::from_f32<float>((prt::to_f32(t_carry[r]) + prt::to_f32(t_one[r])));
         }
       }
+      __syncthreads();
     }
   }
-  __syncthreads();
   {
     const int v_i1_end = prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 128)) + 63) / 64), 2);
     for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
-      // dlam = load dlamA[pid.z, ((pid.x * 128) + (((min(((($t - (pid.x * 128)) + 63) // 64), 2) - 1) - i1) * 64)):+64, pid.y]
+      // dlam = load.async dlamA[pid.z, ((pid.x * 128) + (((min(((($t - (pid.x * 128)) + 63) // 64), 2) - 1) - i1) * 64)):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (((prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 128)) + 63) / 64), 2) - 1) - v_i1) * 64));
@@ -15473,10 +16088,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d64_e64_c
         const long long base = static_cast<long long>(a0) * g_dlamA_s0 + static_cast<long long>(s1) * g_dlamA_s1 + static_cast<long long>(a2) * g_dlamA_s2;
         float* const dst = t_dlam;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamA_d1 ? g_dlamA[base + static_cast<long long>(r) * g_dlamA_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamA_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamA[base + static_cast<long long>(r) * g_dlamA_s1]) : static_cast<const void*>(g_dlamA), in ? 4 : 0);
         }
       }
-      // part = load dlamK[pid.z, ((pid.x * 128) + (((min(((($t - (pid.x * 128)) + 63) // 64), 2) - 1) - i1) * 64)):+64, pid.y]
+      // part = load.async dlamK[pid.z, ((pid.x * 128) + (((min(((($t - (pid.x * 128)) + 63) // 64), 2) - 1) - i1) * 64)):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (((prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 128)) + 63) / 64), 2) - 1) - v_i1) * 64));
@@ -15485,9 +16101,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d64_e64_c
         const long long base = static_cast<long long>(a0) * g_dlamK_s0 + static_cast<long long>(s1) * g_dlamK_s1 + static_cast<long long>(a2) * g_dlamK_s2;
         float* const dst = t_part;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamK_d1 ? g_dlamK[base + static_cast<long long>(r) * g_dlamK_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamK_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamK[base + static_cast<long long>(r) * g_dlamK_s1]) : static_cast<const void*>(g_dlamK), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
       // dlam[row] = (dlam[row] + part[row])
       {
         for (int r = tid; r < 64; r += 128) {
@@ -15585,7 +16205,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d64_e64_c
               }
             }
           }
-          // part = load dlamQ[pid.z, ((pid.x * 128) + (((min(((($t - (pid.x * 128)) + 63) // 64), 2) - 1) - i1) * 64)):+64, ((pid.y * ($hq // $h)) + i2)]
+          __syncthreads();
+          // part = load.async dlamQ[pid.z, ((pid.x * 128) + (((min(((($t - (pid.x * 128)) + 63) // 64), 2) - 1) - i1) * 64)):+64, ((pid.y * ($hq // $h)) + i2)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (((prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 128)) + 63) / 64), 2) - 1) - v_i1) * 64));
@@ -15594,9 +16215,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d64_e64_c
             const long long base = static_cast<long long>(a0) * g_dlamQ_s0 + static_cast<long long>(s1) * g_dlamQ_s1 + static_cast<long long>(a2) * g_dlamQ_s2;
             float* const dst = t_part;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamQ_d1 ? g_dlamQ[base + static_cast<long long>(r) * g_dlamQ_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamQ_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamQ[base + static_cast<long long>(r) * g_dlamQ_s1]) : static_cast<const void*>(g_dlamQ), in ? 4 : 0);
             }
           }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
+          __syncthreads();
           // dlam[row] = (dlam[row] + part[row])
           {
             for (int r = tid; r < 64; r += 128) {
@@ -15951,7 +16576,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c128_f16
   float* const t_y_row = reinterpret_cast<float*>(prt_base + 192);  // f32[64] pitch 64
   float* const t_den_s_part = reinterpret_cast<float*>(prt_base + 64);  // f32[4, 16] pitch 16
   float* const t_m_blk_part = reinterpret_cast<float*>(prt_base + 48640);  // f32[4, 16] pitch 16
-  // g = load Gc[pid.y, 0:+128, (pid.x // ($hq // $h))]
+  // g = load.async Gc[pid.y, 0:+128, (pid.x // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.y);
     const int s1 = 0;
@@ -15960,9 +16585,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c128_f16
     const long long base = static_cast<long long>(a0) * g_Gc_s0 + static_cast<long long>(s1) * g_Gc_s1 + static_cast<long long>(a2) * g_Gc_s2;
     float* const dst = t_g;
     for (int r = tid; r < 128; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_Gc_d1 ? g_Gc[base + static_cast<long long>(r) * g_Gc_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_Gc_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Gc[base + static_cast<long long>(r) * g_Gc_s1]) : static_cast<const void*>(g_Gc), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -16734,7 +17362,7 @@ extern "C" __global__ void __launch_bounds__(32) prt_cache_append_p2_d64_e64_c12
     }
   }
   __syncthreads();
-  // g = load logG[pid.z, ($q0 + pid.x), pid.y:+1]
+  // g = load.async logG[pid.z, ($q0 + pid.x), pid.y:+1]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int a1 = (p_q0 + static_cast<int>(blockIdx.x));
@@ -16743,9 +17371,13 @@ extern "C" __global__ void __launch_bounds__(32) prt_cache_append_p2_d64_e64_c12
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(a1) * g_logG_s1 + static_cast<long long>(s2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 1; r += 32) {
-      dst[r] = ok && s2 + r >= 0 && s2 + r < g_logG_d2 ? g_logG[base + static_cast<long long>(r) * g_logG_s2] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s2 + r >= 0 && s2 + r < g_logG_d2;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s2]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
+  __syncthreads();
   // store Gc[pid.z, ($len0 + pid.x), pid.y:+1] = g
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -16915,9 +17547,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_state_copy_p2_d64_e64_c128
 #include <cuda_runtime.h>
 
 extern "C" cudaError_t prt_attention_p2_d64_e64_c128_f16_w8_bd0_bt128_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d64_e64_c128_f16_w8_bd0_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 73216);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d64_e64_c128_f16_w8_bd0_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 110080);
   if (err != cudaSuccess) return err;
-  prt_attention_p2_d64_e64_c128_f16_w8_bd0_bt128_s2<<<grid, 256, 73216, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_p2_d64_e64_c128_f16_w8_bd0_bt128_s2<<<grid, 256, 110080, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -16929,9 +17561,9 @@ extern "C" cudaError_t prt_update_state_p2_d64_e64_c128_f16_w8_bd64_bt128_s1_lau
 }
 
 extern "C" cudaError_t prt_discounted_cumsum_p2_d64_e64_c128_f16_w4_bd64_bt128_s2_launch(dim3 grid, cudaStream_t stream, const float* g_dS, const float* g_dZ, const float* g_logG, const float* g_S0, const float* g_Z0, float* g_Sin, float* g_Zin, float* g_Sfinal, float* g_Zfinal, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_p2_d64_e64_c128_f16_w4_bd64_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 34560);
+  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_p2_d64_e64_c128_f16_w4_bd64_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 35072);
   if (err != cudaSuccess) return err;
-  prt_discounted_cumsum_p2_d64_e64_c128_f16_w4_bd64_bt128_s2<<<grid, 128, 34560, stream>>>(g_dS, g_dZ, g_logG, g_S0, g_Z0, g_Sin, g_Zin, g_Sfinal, g_Zfinal, p_b, p_t, p_h, p_n);
+  prt_discounted_cumsum_p2_d64_e64_c128_f16_w4_bd64_bt128_s2<<<grid, 128, 35072, stream>>>(g_dS, g_dZ, g_logG, g_S0, g_Z0, g_Sin, g_Zin, g_Sfinal, g_Zfinal, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
@@ -16943,9 +17575,9 @@ extern "C" cudaError_t prt_query_state_p2_d64_e64_c128_f16_w8_bd0_bt128_s2_launc
 }
 
 extern "C" cudaError_t prt_attention_bwd_prep_p2_d64_e64_c128_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d64_e64_c128_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 39696);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d64_e64_c128_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 58384);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_prep_p2_d64_e64_c128_f16_w4_bd0_bt64_s2<<<grid, 128, 39696, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_prep_p2_d64_e64_c128_f16_w4_bd0_bt64_s2<<<grid, 128, 58384, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -16957,9 +17589,9 @@ extern "C" cudaError_t prt_query_state_bwd_dq_p2_d64_e64_c128_f16_w4_bd0_bt64_s2
 }
 
 extern "C" cudaError_t prt_attention_bwd_dq_p2_d64_e64_c128_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d64_e64_c128_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 46848);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d64_e64_c128_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 65280);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dq_p2_d64_e64_c128_f16_w4_bd0_bt64_s2<<<grid, 128, 46848, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dq_p2_d64_e64_c128_f16_w4_bd0_bt64_s2<<<grid, 128, 65280, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -16978,9 +17610,9 @@ extern "C" cudaError_t prt_query_state_bwd_ds_p2_d64_e64_c128_f16_w8_bd64_bt128_
 }
 
 extern "C" cudaError_t prt_discounted_cumsum_bwd_p2_d64_e64_c128_f16_w4_bd64_bt128_s2_launch(dim3 grid, cudaStream_t stream, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d64_e64_c128_f16_w4_bd64_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 68128);
+  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d64_e64_c128_f16_w4_bd64_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 68640);
   if (err != cudaSuccess) return err;
-  prt_discounted_cumsum_bwd_p2_d64_e64_c128_f16_w4_bd64_bt128_s2<<<grid, 128, 68128, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
+  prt_discounted_cumsum_bwd_p2_d64_e64_c128_f16_w4_bd64_bt128_s2<<<grid, 128, 68640, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 

@@ -9,7 +9,7 @@
 // grid ((($t + 63) // 64), $hq, $b), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 97808 bytes of dynamic shared memory
+  // sm_80: 132624 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -99,28 +99,31 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
   (void)g_maxA_d1;
   (void)g_maxA_d2;
   float* const t_q = reinterpret_cast<float*>(prt_base + 0);  // f32[64, 64] pitch 68
-  float* const t_k = reinterpret_cast<float*>(prt_base + 18192);  // f32[64, 64] pitch 68
-  float* const t_v = reinterpret_cast<float*>(prt_base + 35600);  // f32[64, 64] pitch 68
+  float* const t_k_base = reinterpret_cast<float*>(prt_base + 18192);  // f32[64, 64] pitch 68, 2 copies
+  float* t_k = t_k_base;
+  float* const t_v_base = reinterpret_cast<float*>(prt_base + 53008);  // f32[64, 64] pitch 68, 2 copies
+  float* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 17408);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 17664);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 72464);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 72976);  // f32[64] pitch 64
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 53008);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 107024);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 108048);  // f32[64] pitch 64
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 87824);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 18176);  // f32[1] pitch 1
   float f_w[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_p = reinterpret_cast<float*>(prt_base + 54544);  // f32[64, 64] pitch 68
+  float* const t_p = reinterpret_cast<float*>(prt_base + 89360);  // f32[64, 64] pitch 68
   float f_acc[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_v_finite = reinterpret_cast<float*>(prt_base + 80400);  // f32[64, 64] pitch 68
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 72208);  // bf16[64, 64] pitch 64
+  float* const t_v_finite = reinterpret_cast<float*>(prt_base + 115216);  // f32[64, 64] pitch 68
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 107024);  // bf16[64, 64] pitch 64
   float* const t_row_max = reinterpret_cast<float*>(prt_base + 17920);  // f32[64] pitch 64
   float* const t_row_sum = reinterpret_cast<float*>(prt_base + 17408);  // f32[64] pitch 64
-  float* const t_block_max = reinterpret_cast<float*>(prt_base + 53776);  // f32[64] pitch 64
-  float* const t_block_sum = reinterpret_cast<float*>(prt_base + 71952);  // f32[64] pitch 64
-  float* const t_alpha = reinterpret_cast<float*>(prt_base + 54032);  // f32[64] pitch 64
-  float* const t_shift = reinterpret_cast<float*>(prt_base + 54288);  // f32[64] pitch 64
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 72208);  // f32[64] pitch 64
-  float* const t_row_factor = reinterpret_cast<float*>(prt_base + 72720);  // f32[64] pitch 64
-  float* const t_block_max_part = reinterpret_cast<float*>(prt_base + 53264);  // f32[2, 64] pitch 64
+  float* const t_block_max = reinterpret_cast<float*>(prt_base + 88592);  // f32[64] pitch 64
+  float* const t_block_sum = reinterpret_cast<float*>(prt_base + 106768);  // f32[64] pitch 64
+  float* const t_alpha = reinterpret_cast<float*>(prt_base + 88848);  // f32[64] pitch 64
+  float* const t_shift = reinterpret_cast<float*>(prt_base + 89104);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 107536);  // f32[64] pitch 64
+  float* const t_row_factor = reinterpret_cast<float*>(prt_base + 107792);  // f32[64] pitch 64
+  float* const t_block_max_part = reinterpret_cast<float*>(prt_base + 88080);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -146,9 +149,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -157,9 +158,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -468,75 +472,148 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
       }
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      float* const dst = t_k_base + ((0) % 2) * 4352;
+      if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      float* const dst = t_v_base + ((0) % 2) * 4352;
+      if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    __syncthreads();
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        float* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4352;
+          if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+            }
           }
         }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+        __syncthreads();
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4352;
+          if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+            }
           }
         }
-      }
-      __syncthreads();
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        float* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+        __syncthreads();
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
           }
         }
       }
       prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
+      prt::cp_async_wait<1>();
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 4352;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 4352;  // bind v stage (i0 % 2)
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -737,6 +814,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store numA[pid.z, (pid.x * 64):+64, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -897,7 +975,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
   float f_s3[1][1][4];  // f32[16, 64] as mma fragments: 16x64 in 16x8 units over 8 warps
   float* const t_z3 = reinterpret_cast<float*>(prt_base + 87040);  // f32[16] pitch 16
   float* const t_u3_hi = reinterpret_cast<float*>(prt_base + 52224);  // f32[128, 64] pitch 68
-  // g = load logG[(pid.y // $h), ((pid.x // 1) * 128):+128, (pid.y % $h)]
+  // g = load.async logG[(pid.y // $h), ((pid.x // 1) * 128):+128, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -906,9 +984,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 128; r += 256) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -1682,7 +1763,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
 // grid (33, ($b * $h), 1), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e64_c128_f32_w4_bd64_bt128_s2(
     const float* g_dS, const float* g_dZ, const float* g_logG, const float* g_S0, const float* g_Z0, float* g_Sin, float* g_Zin, float* g_Sfinal, float* g_Zfinal, int p_b, int p_t, int p_h, int p_n) {
-  // sm_80: 34560 bytes of dynamic shared memory
+  // sm_80: 35072 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -1805,12 +1886,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
   (void)g_Zfinal_d2;
   float f_s[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float* const t_z = reinterpret_cast<float*>(prt_base + 0);  // f32[64] pitch 64
-  float* const t_ds_base = reinterpret_cast<float*>(prt_base + 256);  // f32[64, 64] pitch 64, 2 copies
+  float* const t_ds_base = reinterpret_cast<float*>(prt_base + 1280);  // f32[64, 64] pitch 64, 2 copies
   float* t_ds = t_ds_base;
-  float* const t_dz_base = reinterpret_cast<float*>(prt_base + 33024);  // f32[64] pitch 64, 2 copies
+  float* const t_dz_base = reinterpret_cast<float*>(prt_base + 34048);  // f32[64] pitch 64, 2 copies
   float* t_dz = t_dz_base;
-  float* const t_g = reinterpret_cast<float*>(prt_base + 33536);  // f32[128] pitch 128
-  float* const t_lam = reinterpret_cast<float*>(prt_base + 34048);  // f32[128] pitch 128
+  float* const t_g_base = reinterpret_cast<float*>(prt_base + 256);  // f32[128] pitch 128, 2 copies
+  float* t_g = t_g_base;
+  float* const t_lam = reinterpret_cast<float*>(prt_base + 34560);  // f32[128] pitch 128
   // s = load S0[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+64]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -1859,6 +1941,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   if ((0 < p_n)) {
+    // g = load.async logG[(pid.y // $h), (0 * 128):+128, (pid.y % $h)] into stage 0
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = (0 * 128);
+      const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_g_base + ((0) % 2) * 128;
+      for (int r = tid; r < 128; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
     // ds = load.async dS[(pid.y // $h), (pid.y % $h), 0, (pid.x * 64):+64, 0:+64] into stage 0
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -1914,6 +2009,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
     const int v_i0_end = p_n;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((v_i0 + 1) < p_n)) {
+        // g = load.async logG[(pid.y // $h), ((i0 + 1) * 128):+128, (pid.y % $h)] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((v_i0 + 1) * 128);
+          const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_g_base + ((((v_i0 + 1) % 2)) % 2) * 128;
+          for (int r = tid; r < 128; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        __syncthreads();
         // ds = load.async dS[(pid.y // $h), (pid.y % $h), (i0 + 1), (pid.x * 64):+64, 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -1966,6 +2075,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
       }
       prt::cp_async_commit();
       prt::cp_async_wait<1>();
+      t_g = t_g_base + (((v_i0 % 2)) % 2) * 128;  // bind g stage (i0 % 2)
       t_ds = t_ds_base + (((v_i0 % 2)) % 2) * 4096;  // bind ds stage (i0 % 2)
       t_dz = t_dz_base + (((v_i0 % 2)) % 2) * 64;  // bind dz stage (i0 % 2)
       // store Sin[(pid.y // $h), (pid.y % $h), i0, (pid.x * 64):+64, 0:+64] = s
@@ -2009,19 +2119,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
           }
         }
       }
-      // g = load logG[(pid.y // $h), (i0 * 128):+128, (pid.y % $h)]
-      {
-        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int s1 = (v_i0 * 128);
-        const int a2 = (static_cast<int>(blockIdx.y) % p_h);
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_g;
-        for (int r = tid; r < 128; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
-      __syncthreads();
       // lam = cumsum(g, axis=0)
       {
         for (int o = warp; o < 1; o += 4) {
@@ -2059,7 +2156,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
           t_z[r] = prt::from_f32<float>(((prt::to_f32(t_z[r]) * prt::exp(prt::to_f32(t_lam[127]))) + prt::to_f32(t_dz[r])));
         }
       }
-      __syncthreads();
     }
   }
   prt::cp_async_wait<0>();
@@ -2276,7 +2372,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
   float* const t_max_a = reinterpret_cast<float*>(prt_base + 1536);  // f32[128] pitch 128
   float* const t_lse_t = reinterpret_cast<float*>(prt_base + 0);  // f32[128] pitch 128
   float* const t_den_s_part = reinterpret_cast<float*>(prt_base + 35840);  // f32[2, 128] pitch 128
-  // g = load logG[pid.z, ((pid.x // 1) * 128):+128, (pid.y // ($hq // $h))]
+  // g = load.async logG[pid.z, ((pid.x // 1) * 128):+128, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -2285,9 +2381,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 128; r += 256) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -3025,7 +3124,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
       }
     }
     __syncthreads();
-    // den_a = load denA[pid.z, (((pid.x // 1) * 128) + ((pid.x % 1) * 128)):+128, pid.y]
+    // den_a = load.async denA[pid.z, (((pid.x // 1) * 128) + ((pid.x % 1) * 128)):+128, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 128) + ((static_cast<int>(blockIdx.x) % 1) * 128));
@@ -3034,10 +3133,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
       const long long base = static_cast<long long>(a0) * g_denA_s0 + static_cast<long long>(s1) * g_denA_s1 + static_cast<long long>(a2) * g_denA_s2;
       float* const dst = t_den_a;
       for (int r = tid; r < 128; r += 256) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_denA_d1 ? g_denA[base + static_cast<long long>(r) * g_denA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_denA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_denA[base + static_cast<long long>(r) * g_denA_s1]) : static_cast<const void*>(g_denA), in ? 4 : 0);
       }
     }
-    // max_a = load maxA[pid.z, (((pid.x // 1) * 128) + ((pid.x % 1) * 128)):+128, pid.y]
+    // max_a = load.async maxA[pid.z, (((pid.x // 1) * 128) + ((pid.x % 1) * 128)):+128, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 128) + ((static_cast<int>(blockIdx.x) % 1) * 128));
@@ -3046,9 +3146,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
       const long long base = static_cast<long long>(a0) * g_maxA_s0 + static_cast<long long>(s1) * g_maxA_s1 + static_cast<long long>(a2) * g_maxA_s2;
       float* const dst = t_max_a;
       for (int r = tid; r < 128; r += 256) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_maxA_d1 ? g_maxA[base + static_cast<long long>(r) * g_maxA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_maxA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_maxA[base + static_cast<long long>(r) * g_maxA_s1]) : static_cast<const void*>(g_maxA), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // den_a[row] = (den_a[row] * select((max(max_a[row], (lam[(((pid.x % 1) * 128) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp((max_a[row] - max(max_a[row], (lam[(((pid.x % 1) * 128) + row)] + (log(abs($scale)) * 2.0)))))))
     // den_s[row] = ((den_s[row] * select((max(max_a[row], (lam[(((pid.x % 1) * 128) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp(((lam[(((pid.x % 1) * 128) + row)] + (log(abs($scale)) * 2.0)) - max(max_a[row], (lam[(((pid.x % 1) * 128) + row)] + (log(abs($scale)) * 2.0))))))) * 1.0)
     // den[row] = (den_a[row] + den_s[row])
@@ -3210,7 +3314,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
 // grid ((($t + 63) // 64), $hq, $b), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_e64_c128_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 72464 bytes of dynamic shared memory
+  // sm_80: 107536 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -3312,23 +3416,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
   float* const t_q = reinterpret_cast<float*>(prt_base + 0);  // f32[64, 64] pitch 68
   float* const t_dy = reinterpret_cast<float*>(prt_base + 17408);  // f32[64, 64] pitch 68
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 34816);  // f32[64] pitch 64
-  float* const t_k = reinterpret_cast<float*>(prt_base + 36368);  // f32[64, 64] pitch 68
-  float* const t_v = reinterpret_cast<float*>(prt_base + 53776);  // f32[64, 64] pitch 68
+  float* const t_k_base = reinterpret_cast<float*>(prt_base + 36368);  // f32[64, 64] pitch 68, 2 copies
+  float* t_k = t_k_base;
+  float* const t_v_base = reinterpret_cast<float*>(prt_base + 71184);  // f32[64, 64] pitch 68, 2 copies
+  float* t_v = t_v_base;
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p_dp[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float* const t_part = reinterpret_cast<float*>(prt_base + 35840);  // f32[64] pitch 64
   float* const t_acc_dy = reinterpret_cast<float*>(prt_base + 35072);  // f32[64] pitch 64
   float* const t_acc_p = reinterpret_cast<float*>(prt_base + 35328);  // f32[64] pitch 64
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 71696);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 107024);  // f32[64] pitch 64
   float* const t_g_i = reinterpret_cast<float*>(prt_base + 35584);  // f32[64] pitch 64
   float* const t_gq = reinterpret_cast<float*>(prt_base + 35584);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 35840);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 71952);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 72208);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 106512);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 107280);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 36112);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 36096);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 71184);  // f32[2, 64] pitch 64
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 106000);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -3379,9 +3486,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // lse_i = load lse[pid.z, (pid.x * 64):+64, pid.y]
+  // lse_i = load.async lse[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -3390,9 +3495,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
     float* const dst = t_lse_i;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   // acc_dy[row] = 0.0
   // acc_p[row] = 0.0
   {
@@ -3403,7 +3511,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       t_acc_p[r] = y1;
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -3412,9 +3520,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -3653,21 +3764,145 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       t_acc_p[r] = prt::from_f32<float>((prt::to_f32(t_acc_p[r]) + prt::to_f32(t_part[r])));
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      float* const dst = t_k_base + ((0) % 2) * 4352;
+      if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      float* const dst = t_v_base + ((0) % 2) * 4352;
+      if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4352;
+          if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4352;
+          if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 4352;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 4352;  // bind v stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -3689,59 +3924,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        float* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        float* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
       // dot = mma.fmaFrag(q, k^T) [64x64 in 16x32 units over 4 warps]
       {
         #pragma unroll
@@ -3925,6 +4107,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store DyA[pid.z, (pid.x * 64):+64, pid.y] = acc_dy
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -4147,7 +4330,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
   float* const t_s_hi = reinterpret_cast<float*>(prt_base + 103936);  // f32[64, 64] pitch 68
   float* const t_r_part = reinterpret_cast<float*>(prt_base + 121344);  // f32[2, 128] pitch 128
   if (((((static_cast<int>(blockIdx.x) / 1) * 128) + ((static_cast<int>(blockIdx.x) % 1) * 128)) < p_t)) {
-    // g = load logG[pid.z, ((pid.x // 1) * 128):+128, (pid.y // ($hq // $h))]
+    // g = load.async logG[pid.z, ((pid.x // 1) * 128):+128, (pid.y // ($hq // $h))]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -4156,9 +4339,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
       float* const dst = t_g;
       for (int r = tid; r < 128; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
     __syncthreads();
     // lam = cumsum(g, axis=0)
     {
@@ -4273,10 +4459,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
         }
       }
     }
-    prt::cp_async_commit();
-    prt::cp_async_wait<0>();
     __syncthreads();
-    // lse_i = load lse[pid.z, (((pid.x // 1) * 128) + ((pid.x % 1) * 128)):+128, pid.y]
+    // lse_i = load.async lse[pid.z, (((pid.x // 1) * 128) + ((pid.x % 1) * 128)):+128, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 128) + ((static_cast<int>(blockIdx.x) % 1) * 128));
@@ -4285,10 +4469,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
       float* const dst = t_lse_i;
       for (int r = tid; r < 128; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
       }
     }
-    // dy_y = load DyA[pid.z, (((pid.x // 1) * 128) + ((pid.x % 1) * 128)):+128, pid.y]
+    // dy_y = load.async DyA[pid.z, (((pid.x // 1) * 128) + ((pid.x % 1) * 128)):+128, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 128) + ((static_cast<int>(blockIdx.x) % 1) * 128));
@@ -4297,10 +4482,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_DyA_s0 + static_cast<long long>(s1) * g_DyA_s1 + static_cast<long long>(a2) * g_DyA_s2;
       float* const dst = t_dy_y;
       for (int r = tid; r < 128; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_DyA_d1 ? g_DyA[base + static_cast<long long>(r) * g_DyA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_DyA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_DyA[base + static_cast<long long>(r) * g_DyA_s1]) : static_cast<const void*>(g_DyA), in ? 4 : 0);
       }
     }
-    // rho = load PA[pid.z, (((pid.x // 1) * 128) + ((pid.x % 1) * 128)):+128, pid.y]
+    // rho = load.async PA[pid.z, (((pid.x // 1) * 128) + ((pid.x % 1) * 128)):+128, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 128) + ((static_cast<int>(blockIdx.x) % 1) * 128));
@@ -4309,10 +4495,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_PA_s0 + static_cast<long long>(s1) * g_PA_s1 + static_cast<long long>(a2) * g_PA_s2;
       float* const dst = t_rho;
       for (int r = tid; r < 128; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_PA_d1 ? g_PA[base + static_cast<long long>(r) * g_PA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_PA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_PA[base + static_cast<long long>(r) * g_PA_s1]) : static_cast<const void*>(g_PA), in ? 4 : 0);
       }
     }
-    // p_s = load wS[pid.z, (((pid.x // 1) * 128) + ((pid.x % 1) * 128)):+128, pid.y]
+    // p_s = load.async wS[pid.z, (((pid.x // 1) * 128) + ((pid.x % 1) * 128)):+128, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 128) + ((static_cast<int>(blockIdx.x) % 1) * 128));
@@ -4321,9 +4508,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_wS_s0 + static_cast<long long>(s1) * g_wS_s1 + static_cast<long long>(a2) * g_wS_s2;
       float* const dst = t_p_s;
       for (int r = tid; r < 128; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_wS_d1 ? g_wS[base + static_cast<long long>(r) * g_wS_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_wS_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_wS[base + static_cast<long long>(r) * g_wS_s1]) : static_cast<const void*>(g_wS), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // y_s[row, col] = (y_s[row, col] * dy_row[row, col])
     {
       for (int i = tid; i < 8192; i += 128) {
@@ -4734,7 +4925,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
 // grid ((($t + 63) // 64), $hq, $b), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e64_c128_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 106768 bytes of dynamic shared memory
+  // sm_80: 141584 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -4850,25 +5041,28 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   float* const t_dy = reinterpret_cast<float*>(prt_base + 17408);  // f32[64, 64] pitch 68
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 34816);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 35072);  // f32[64] pitch 64
-  float* const t_k = reinterpret_cast<float*>(prt_base + 36624);  // f32[64, 64] pitch 68
-  float* const t_v = reinterpret_cast<float*>(prt_base + 54032);  // f32[64, 64] pitch 68
-  float* const t_k_finite = reinterpret_cast<float*>(prt_base + 71440);  // f32[64, 64] pitch 68
+  float* const t_k_base = reinterpret_cast<float*>(prt_base + 36624);  // f32[64, 64] pitch 68, 2 copies
+  float* t_k = t_k_base;
+  float* const t_v_base = reinterpret_cast<float*>(prt_base + 71440);  // f32[64, 64] pitch 68, 2 copies
+  float* t_v = t_v_base;
+  float* const t_k_finite = reinterpret_cast<float*>(prt_base + 106256);  // f32[64, 64] pitch 68
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_W[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_ds = reinterpret_cast<float*>(prt_base + 88848);  // f32[64, 64] pitch 68
+  float* const t_ds = reinterpret_cast<float*>(prt_base + 123664);  // f32[64, 64] pitch 68
   float f_acc[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float* const t_part = reinterpret_cast<float*>(prt_base + 35840);  // f32[64] pitch 64
   float* const t_wsum = reinterpret_cast<float*>(prt_base + 35328);  // f32[64] pitch 64
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 71440);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 106768);  // f32[64] pitch 64
   float* const t_g_i = reinterpret_cast<float*>(prt_base + 35584);  // f32[64] pitch 64
   float* const t_h_i = reinterpret_cast<float*>(prt_base + 36096);  // f32[64] pitch 64
   float* const t_gq = reinterpret_cast<float*>(prt_base + 35584);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 35840);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 71696);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 71952);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 106256);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 107024);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 36368);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 36352);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 106256);  // f32[2, 64] pitch 64
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 141072);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -4919,9 +5113,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // lse_i = load lse[pid.z, (pid.x * 64):+64, pid.y]
+  // lse_i = load.async lse[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -4930,10 +5122,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
     float* const dst = t_lse_i;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
     }
   }
-  // Dy_i = load Dy[pid.z, (pid.x * 64):+64, pid.y]
+  // Dy_i = load.async Dy[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -4942,9 +5135,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
     float* const dst = t_Dy_i;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   // acc[row, col] = 0.0
   {
     #pragma unroll
@@ -4968,7 +5164,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       t_wsum[r] = prt::from_f32<float>(0.0f);
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -4977,9 +5173,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -5217,21 +5416,146 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     }
   }
   __syncthreads();
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      float* const dst = t_k_base + ((0) % 2) * 4352;
+      if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      float* const dst = t_v_base + ((0) % 2) * 4352;
+      if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 128) {
+          const int r = i / 16, c = (i % 16) * 4;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4352;
+          if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4352;
+          if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 128) {
+              const int r = i / 16, c = (i % 16) * 4;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 4352;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 4352;  // bind v stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -5253,59 +5577,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        float* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        float* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
-            const int r = i / 16, c = (i % 16) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
       // dot = mma.fmaFrag(q, k^T) [64x64 in 16x32 units over 4 warps]
       {
         #pragma unroll
@@ -5494,6 +5765,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store dQa[pid.z, (pid.x * 64):+64, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -5749,9 +6021,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gk = load logG[pid.z, (pid.x * 32):+32, pid.y]
+  // gk = load.async logG[pid.z, (pid.x * 32):+32, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -5760,9 +6030,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gk;
     for (int r = tid; r < 32; r += 64) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // sk = cumsum(gk, axis=0, reverse)
   {
@@ -5849,7 +6122,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
   {
     const int v_i0_end = (p_hq / p_h);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // part = load rowW[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
+      // part = load.async rowW[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -5858,9 +6131,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
         const long long base = static_cast<long long>(a0) * g_rowW_s0 + static_cast<long long>(s1) * g_rowW_s1 + static_cast<long long>(a2) * g_rowW_s2;
         float* const dst = t_part;
         for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_rowW_d1 ? g_rowW[base + static_cast<long long>(r) * g_rowW_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_rowW_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_rowW[base + static_cast<long long>(r) * g_rowW_s1]) : static_cast<const void*>(g_rowW), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
       __syncthreads();
       // row_sum[row] = (row_sum[row] + part[row])
       {
@@ -5932,9 +6208,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
           }
         }
       }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      // lse_i = load lse[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
+      // lse_i = load.async lse[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -5943,10 +6217,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
         const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
         float* const dst = t_lse_i;
         for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
         }
       }
-      // Dy_i = load Dy[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
+      // Dy_i = load.async Dy[pid.z, (pid.x * 32):+32, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -5955,10 +6230,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
         const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
         float* const dst = t_Dy_i;
         for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
         }
       }
-      // gq = load logG[pid.z, (pid.x * 32):+32, pid.y]
+      // gq = load.async logG[pid.z, (pid.x * 32):+32, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 32);
@@ -5967,9 +6243,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
         const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
         float* const dst = t_gq;
         for (int r = tid; r < 32; r += 64) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
       __syncthreads();
       // cq = cumsum(gq, axis=0)
       {
@@ -6197,9 +6476,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
               }
             }
           }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          // lse_i = load lse[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, ((pid.y * ($hq // $h)) + i0)]
+          // lse_i = load.async lse[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 32) + ((v_i1 + 1) * 32));
@@ -6208,10 +6485,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
             const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
             float* const dst = t_lse_i;
             for (int r = tid; r < 32; r += 64) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
             }
           }
-          // Dy_i = load Dy[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, ((pid.y * ($hq // $h)) + i0)]
+          // Dy_i = load.async Dy[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 32) + ((v_i1 + 1) * 32));
@@ -6220,10 +6498,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
             const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
             float* const dst = t_Dy_i;
             for (int r = tid; r < 32; r += 64) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
             }
           }
-          // gq = load logG[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, pid.y]
+          // gq = load.async logG[pid.z, ((pid.x * 32) + ((i1 + 1) * 32)):+32, pid.y]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 32) + ((v_i1 + 1) * 32));
@@ -6232,9 +6511,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
             const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
             float* const dst = t_gq;
             for (int r = tid; r < 32; r += 64) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
             }
           }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
           __syncthreads();
           // cq = cumsum(gq, axis=0)
           {
@@ -6655,7 +6937,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
   float f_s3[1][1][4];  // f32[16, 64] as mma fragments: 16x64 in 16x8 units over 8 warps
   float* const t_z3 = reinterpret_cast<float*>(prt_base + 45568);  // f32[16] pitch 16
   float* const t_u3_hi = reinterpret_cast<float*>(prt_base + 64000);  // f32[128, 64] pitch 68
-  // g = load logG[(pid.y // $h), ((pid.x // 1) * 128):+128, (pid.y % $h)]
+  // g = load.async logG[(pid.y // $h), ((pid.x // 1) * 128):+128, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -6664,9 +6946,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 128; r += 256) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -6683,7 +6968,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
   }
   __syncthreads();
   if (((p_hq / p_h) == 1)) {
-    // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
+    // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
       const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -6692,16 +6977,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
       const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
       float* const dst = t_f;
       for (int r = tid; r < 128; r += 256) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
     {
       for (int r = tid; r < 128; r += 256) {
         t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
       }
     }
-    // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
+    // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + 0)]
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
       const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -6710,9 +6999,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
       const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
       float* const dst = t_z_row;
       for (int r = tid; r < 128; r += 256) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // z_row[row] = -((z_row[row] * f[row]))
     {
       for (int r = tid; r < 128; r += 256) {
@@ -6769,7 +7062,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
     const int v_i0_end = (p_hq / p_h);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -6778,16 +7071,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 128; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i0)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -6796,9 +7093,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 128; r += 256) {
@@ -6942,7 +7243,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         const int v_i2_end = (p_hq / p_h);
         for (int v_i2 = 0; v_i2 < v_i2_end; v_i2 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -6951,16 +7252,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i2)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -6969,9 +7274,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 128; r += 256) {
@@ -7162,7 +7471,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
     const int v_i3_end = (p_hq / p_h);
     for (int v_i3 = 0; v_i3 < v_i3_end; v_i3 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -7171,16 +7480,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 128; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i3)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -7189,9 +7502,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 128; r += 256) {
@@ -7339,7 +7656,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         const int v_i5_end = (p_hq / p_h);
         for (int v_i5 = 0; v_i5 < v_i5_end; v_i5 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -7348,16 +7665,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i5)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -7366,9 +7687,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 128; r += 256) {
@@ -7566,7 +7891,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
     const int v_i6_end = (p_hq / p_h);
     for (int v_i6 = 0; v_i6 < v_i6_end; v_i6 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -7575,16 +7900,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 128; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i6)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -7593,9 +7922,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 128; r += 256) {
@@ -7741,7 +8074,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         const int v_i8_end = (p_hq / p_h);
         for (int v_i8 = 0; v_i8 < v_i8_end; v_i8 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -7750,16 +8083,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i8)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -7768,9 +8105,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 128; r += 256) {
@@ -7962,7 +8303,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
     const int v_i9_end = (p_hq / p_h);
     for (int v_i9 = 0; v_i9 < v_i9_end; v_i9 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -7971,16 +8312,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 128; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i9)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -7989,9 +8334,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 128; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 128; r += 256) {
@@ -8137,7 +8486,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         const int v_i11_end = (p_hq / p_h);
         for (int v_i11 = 0; v_i11 < v_i11_end; v_i11 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -8146,16 +8495,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 128; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 128):+128, (((pid.y % $h) * ($hq // $h)) + i11)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 128);
@@ -8164,9 +8517,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 128; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 128; r += 256) {
@@ -8350,7 +8707,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
 // grid (33, ($b * $h), 1), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d64_e64_c128_f32_w4_bd64_bt128_s2(
     const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
-  // sm_80: 68128 bytes of dynamic shared memory
+  // sm_80: 68640 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -8515,20 +8872,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
   (void)g_dGc_d3;
   float f_R[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float* const t_r = reinterpret_cast<float*>(prt_base + 0);  // f32[64] pitch 64
-  float* const t_s_in_base = reinterpret_cast<float*>(prt_base + 256);  // f32[64, 64] pitch 64, 2 copies
+  float* const t_s_in_base = reinterpret_cast<float*>(prt_base + 1280);  // f32[64, 64] pitch 64, 2 copies
   float* t_s_in = t_s_in_base;
-  float* const t_z_in_base = reinterpret_cast<float*>(prt_base + 33024);  // f32[64] pitch 64, 2 copies
+  float* const t_z_in_base = reinterpret_cast<float*>(prt_base + 34048);  // f32[64] pitch 64, 2 copies
   float* t_z_in = t_z_in_base;
-  float* const t_ds_in_base = reinterpret_cast<float*>(prt_base + 33536);  // f32[64, 64] pitch 64, 2 copies
+  float* const t_ds_in_base = reinterpret_cast<float*>(prt_base + 34560);  // f32[64, 64] pitch 64, 2 copies
   float* t_ds_in = t_ds_in_base;
-  float* const t_dz_in_base = reinterpret_cast<float*>(prt_base + 66304);  // f32[64] pitch 64, 2 copies
+  float* const t_dz_in_base = reinterpret_cast<float*>(prt_base + 67328);  // f32[64] pitch 64, 2 copies
   float* t_dz_in = t_dz_in_base;
   float f_X[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_g = reinterpret_cast<float*>(prt_base + 66816);  // f32[128] pitch 128
-  float* const t_G = reinterpret_cast<float*>(prt_base + 68096);  // f32[1] pitch 1
-  float* const t_row_dot = reinterpret_cast<float*>(prt_base + 67840);  // f32[64] pitch 64
-  float* const t_dG = reinterpret_cast<float*>(prt_base + 68112);  // f32[1] pitch 1
-  float* const t_row_dot_part = reinterpret_cast<float*>(prt_base + 67328);  // f32[2, 64] pitch 64
+  float* const t_g_base = reinterpret_cast<float*>(prt_base + 256);  // f32[128] pitch 128, 2 copies
+  float* t_g = t_g_base;
+  float* const t_G = reinterpret_cast<float*>(prt_base + 68608);  // f32[1] pitch 1
+  float* const t_row_dot = reinterpret_cast<float*>(prt_base + 68352);  // f32[64] pitch 64
+  float* const t_dG = reinterpret_cast<float*>(prt_base + 68624);  // f32[1] pitch 1
+  float* const t_row_dot_part = reinterpret_cast<float*>(prt_base + 67840);  // f32[2, 64] pitch 64
   // R = load dSfinal[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+64]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -8577,6 +8935,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   if ((0 < p_n)) {
+    // g = load.async logG[(pid.y // $h), ((($n - 1) - 0) * 128):+128, (pid.y % $h)] into stage 0
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = (((p_n - 1) - 0) * 128);
+      const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_g_base + ((0) % 2) * 128;
+      for (int r = tid; r < 128; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
     // s_in = load.async Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - 0), (pid.x * 64):+64, 0:+64] into stage 0
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -8681,6 +9052,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
     const int v_i0_end = p_n;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((v_i0 + 1) < p_n)) {
+        // g = load.async logG[(pid.y // $h), ((($n - 1) - (i0 + 1)) * 128):+128, (pid.y % $h)] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = (((p_n - 1) - (v_i0 + 1)) * 128);
+          const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_g_base + ((((v_i0 + 1) % 2)) % 2) * 128;
+          for (int r = tid; r < 128; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
         // s_in = load.async Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - (i0 + 1)), (pid.x * 64):+64, 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -8783,22 +9167,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       }
       prt::cp_async_commit();
       prt::cp_async_wait<1>();
+      t_g = t_g_base + (((v_i0 % 2)) % 2) * 128;  // bind g stage (i0 % 2)
       t_s_in = t_s_in_base + (((v_i0 % 2)) % 2) * 4096;  // bind s_in stage (i0 % 2)
       t_z_in = t_z_in_base + (((v_i0 % 2)) % 2) * 64;  // bind z_in stage (i0 % 2)
       t_ds_in = t_ds_in_base + (((v_i0 % 2)) % 2) * 4096;  // bind ds_in stage (i0 % 2)
       t_dz_in = t_dz_in_base + (((v_i0 % 2)) % 2) * 64;  // bind dz_in stage (i0 % 2)
-      // g = load logG[(pid.y // $h), ((($n - 1) - i0) * 128):+128, (pid.y % $h)]
-      {
-        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int s1 = (((p_n - 1) - v_i0) * 128);
-        const int a2 = (static_cast<int>(blockIdx.y) % p_h);
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_g;
-        for (int r = tid; r < 128; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
       __syncthreads();
       // G = reduce_sum(g, axis=0)
       {
@@ -9137,7 +9510,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
   float* const t_u_hi = reinterpret_cast<float*>(prt_base + 103424);  // f32[64, 64] pitch 68
   float* const t_dG = reinterpret_cast<float*>(prt_base + 512);  // f32[1] pitch 1
   float* const t_r_part = reinterpret_cast<float*>(prt_base + 120832);  // f32[2, 128] pitch 128
-  // g = load logG[(pid.y // $h), (pid.x * 128):+128, (pid.y % $h)]
+  // g = load.async logG[(pid.y // $h), (pid.x * 128):+128, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int s1 = (static_cast<int>(blockIdx.x) * 128);
@@ -9146,9 +9519,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 128; r += 256) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -9874,7 +10250,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d64_e64_c
   float* const t_suffix = reinterpret_cast<float*>(prt_base + 528);  // f32[64] pitch 64
   float* const t_carry = reinterpret_cast<float*>(prt_base + 0);  // f32[1] pitch 1
   float* const t_one = reinterpret_cast<float*>(prt_base + 16);  // f32[1] pitch 1
-  // carry = load dGk[pid.z, pid.y, pid.x:+1]
+  // carry = load.async dGk[pid.z, pid.y, pid.x:+1]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int a1 = static_cast<int>(blockIdx.y);
@@ -9883,13 +10259,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d64_e64_c
     const long long base = static_cast<long long>(a0) * g_dGk_s0 + static_cast<long long>(a1) * g_dGk_s1 + static_cast<long long>(s2) * g_dGk_s2;
     float* const dst = t_carry;
     for (int r = tid; r < 1; r += 128) {
-      dst[r] = ok && s2 + r >= 0 && s2 + r < g_dGk_d2 ? g_dGk[base + static_cast<long long>(r) * g_dGk_s2] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s2 + r >= 0 && s2 + r < g_dGk_d2;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dGk[base + static_cast<long long>(r) * g_dGk_s2]) : static_cast<const void*>(g_dGk), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   {
     const int v_i0_end = p_nfb;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // one = load dGc[pid.z, pid.y, pid.x, i0:+1]
+      // one = load.async dGc[pid.z, pid.y, pid.x, i0:+1]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int a1 = static_cast<int>(blockIdx.y);
@@ -9899,22 +10278,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d64_e64_c
         const long long base = static_cast<long long>(a0) * g_dGc_s0 + static_cast<long long>(a1) * g_dGc_s1 + static_cast<long long>(a2) * g_dGc_s2 + static_cast<long long>(s3) * g_dGc_s3;
         float* const dst = t_one;
         for (int r = tid; r < 1; r += 128) {
-          dst[r] = ok && s3 + r >= 0 && s3 + r < g_dGc_d3 ? g_dGc[base + static_cast<long long>(r) * g_dGc_s3] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s3 + r >= 0 && s3 + r < g_dGc_d3;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dGc[base + static_cast<long long>(r) * g_dGc_s3]) : static_cast<const void*>(g_dGc), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
       // carry[row] = (carry[row] + one[row])
       {
         for (int r = tid; r < 1; r += 128) {
           t_carry[r] = prt::from_f32<float>((prt::to_f32(t_carry[r]) + prt::to_f32(t_one[r])));
         }
       }
+      __syncthreads();
     }
   }
-  __syncthreads();
   {
     const int v_i1_end = prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 128)) + 63) / 64), 2);
     for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
-      // dlam = load dlamA[pid.z, ((pid.x * 128) + (((min(((($t - (pid.x * 128)) + 63) // 64), 2) - 1) - i1) * 64)):+64, pid.y]
+      // dlam = load.async dlamA[pid.z, ((pid.x * 128) + (((min(((($t - (pid.x * 128)) + 63) // 64), 2) - 1) - i1) * 64)):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (((prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 128)) + 63) / 64), 2) - 1) - v_i1) * 64));
@@ -9923,10 +10306,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d64_e64_c
         const long long base = static_cast<long long>(a0) * g_dlamA_s0 + static_cast<long long>(s1) * g_dlamA_s1 + static_cast<long long>(a2) * g_dlamA_s2;
         float* const dst = t_dlam;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamA_d1 ? g_dlamA[base + static_cast<long long>(r) * g_dlamA_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamA_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamA[base + static_cast<long long>(r) * g_dlamA_s1]) : static_cast<const void*>(g_dlamA), in ? 4 : 0);
         }
       }
-      // part = load dlamK[pid.z, ((pid.x * 128) + (((min(((($t - (pid.x * 128)) + 63) // 64), 2) - 1) - i1) * 64)):+64, pid.y]
+      // part = load.async dlamK[pid.z, ((pid.x * 128) + (((min(((($t - (pid.x * 128)) + 63) // 64), 2) - 1) - i1) * 64)):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (((prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 128)) + 63) / 64), 2) - 1) - v_i1) * 64));
@@ -9935,9 +10319,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d64_e64_c
         const long long base = static_cast<long long>(a0) * g_dlamK_s0 + static_cast<long long>(s1) * g_dlamK_s1 + static_cast<long long>(a2) * g_dlamK_s2;
         float* const dst = t_part;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamK_d1 ? g_dlamK[base + static_cast<long long>(r) * g_dlamK_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamK_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamK[base + static_cast<long long>(r) * g_dlamK_s1]) : static_cast<const void*>(g_dlamK), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
       // dlam[row] = (dlam[row] + part[row])
       {
         for (int r = tid; r < 64; r += 128) {
@@ -10035,7 +10423,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d64_e64_c
               }
             }
           }
-          // part = load dlamQ[pid.z, ((pid.x * 128) + (((min(((($t - (pid.x * 128)) + 63) // 64), 2) - 1) - i1) * 64)):+64, ((pid.y * ($hq // $h)) + i2)]
+          __syncthreads();
+          // part = load.async dlamQ[pid.z, ((pid.x * 128) + (((min(((($t - (pid.x * 128)) + 63) // 64), 2) - 1) - i1) * 64)):+64, ((pid.y * ($hq // $h)) + i2)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 128) + (((prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 128)) + 63) / 64), 2) - 1) - v_i1) * 64));
@@ -10044,9 +10433,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d64_e64_c
             const long long base = static_cast<long long>(a0) * g_dlamQ_s0 + static_cast<long long>(s1) * g_dlamQ_s1 + static_cast<long long>(a2) * g_dlamQ_s2;
             float* const dst = t_part;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamQ_d1 ? g_dlamQ[base + static_cast<long long>(r) * g_dlamQ_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamQ_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamQ[base + static_cast<long long>(r) * g_dlamQ_s1]) : static_cast<const void*>(g_dlamQ), in ? 4 : 0);
             }
           }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
+          __syncthreads();
           // dlam[row] = (dlam[row] + part[row])
           {
             for (int r = tid; r < 64; r += 128) {
@@ -10402,7 +10795,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c128_f32
   float* const t_y_row = reinterpret_cast<float*>(prt_base + 192);  // f32[64] pitch 64
   float* const t_den_s_part = reinterpret_cast<float*>(prt_base + 64);  // f32[4, 16] pitch 16
   float* const t_m_blk_part = reinterpret_cast<float*>(prt_base + 86528);  // f32[4, 16] pitch 16
-  // g = load Gc[pid.y, 0:+128, (pid.x // ($hq // $h))]
+  // g = load.async Gc[pid.y, 0:+128, (pid.x // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.y);
     const int s1 = 0;
@@ -10411,9 +10804,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c128_f32
     const long long base = static_cast<long long>(a0) * g_Gc_s0 + static_cast<long long>(s1) * g_Gc_s1 + static_cast<long long>(a2) * g_Gc_s2;
     float* const dst = t_g;
     for (int r = tid; r < 128; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_Gc_d1 ? g_Gc[base + static_cast<long long>(r) * g_Gc_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_Gc_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Gc[base + static_cast<long long>(r) * g_Gc_s1]) : static_cast<const void*>(g_Gc), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -11227,7 +11623,7 @@ extern "C" __global__ void __launch_bounds__(32) prt_cache_append_p2_d64_e64_c12
     }
   }
   __syncthreads();
-  // g = load logG[pid.z, ($q0 + pid.x), pid.y:+1]
+  // g = load.async logG[pid.z, ($q0 + pid.x), pid.y:+1]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int a1 = (p_q0 + static_cast<int>(blockIdx.x));
@@ -11236,9 +11632,13 @@ extern "C" __global__ void __launch_bounds__(32) prt_cache_append_p2_d64_e64_c12
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(a1) * g_logG_s1 + static_cast<long long>(s2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 1; r += 32) {
-      dst[r] = ok && s2 + r >= 0 && s2 + r < g_logG_d2 ? g_logG[base + static_cast<long long>(r) * g_logG_s2] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s2 + r >= 0 && s2 + r < g_logG_d2;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s2]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
+  __syncthreads();
   // store Gc[pid.z, ($len0 + pid.x), pid.y:+1] = g
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -11408,9 +11808,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_state_copy_p2_d64_e64_c128
 #include <cuda_runtime.h>
 
 extern "C" cudaError_t prt_attention_p2_d64_e64_c128_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d64_e64_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 97808);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d64_e64_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 132624);
   if (err != cudaSuccess) return err;
-  prt_attention_p2_d64_e64_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 97808, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_p2_d64_e64_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 132624, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -11422,9 +11822,9 @@ extern "C" cudaError_t prt_update_state_p2_d64_e64_c128_f32_w8_bd64_bt128_s1_lau
 }
 
 extern "C" cudaError_t prt_discounted_cumsum_p2_d64_e64_c128_f32_w4_bd64_bt128_s2_launch(dim3 grid, cudaStream_t stream, const float* g_dS, const float* g_dZ, const float* g_logG, const float* g_S0, const float* g_Z0, float* g_Sin, float* g_Zin, float* g_Sfinal, float* g_Zfinal, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_p2_d64_e64_c128_f32_w4_bd64_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 34560);
+  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_p2_d64_e64_c128_f32_w4_bd64_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 35072);
   if (err != cudaSuccess) return err;
-  prt_discounted_cumsum_p2_d64_e64_c128_f32_w4_bd64_bt128_s2<<<grid, 128, 34560, stream>>>(g_dS, g_dZ, g_logG, g_S0, g_Z0, g_Sin, g_Zin, g_Sfinal, g_Zfinal, p_b, p_t, p_h, p_n);
+  prt_discounted_cumsum_p2_d64_e64_c128_f32_w4_bd64_bt128_s2<<<grid, 128, 35072, stream>>>(g_dS, g_dZ, g_logG, g_S0, g_Z0, g_Sin, g_Zin, g_Sfinal, g_Zfinal, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
@@ -11436,9 +11836,9 @@ extern "C" cudaError_t prt_query_state_p2_d64_e64_c128_f32_w8_bd0_bt128_s2_launc
 }
 
 extern "C" cudaError_t prt_attention_bwd_prep_p2_d64_e64_c128_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d64_e64_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 72464);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d64_e64_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 107536);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_prep_p2_d64_e64_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 72464, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_prep_p2_d64_e64_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 107536, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -11450,9 +11850,9 @@ extern "C" cudaError_t prt_query_state_bwd_dq_p2_d64_e64_c128_f32_w4_bd0_bt128_s
 }
 
 extern "C" cudaError_t prt_attention_bwd_dq_p2_d64_e64_c128_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d64_e64_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 106768);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d64_e64_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 141584);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dq_p2_d64_e64_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 106768, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dq_p2_d64_e64_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 141584, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -11471,9 +11871,9 @@ extern "C" cudaError_t prt_query_state_bwd_ds_p2_d64_e64_c128_f32_w8_bd64_bt128_
 }
 
 extern "C" cudaError_t prt_discounted_cumsum_bwd_p2_d64_e64_c128_f32_w4_bd64_bt128_s2_launch(dim3 grid, cudaStream_t stream, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d64_e64_c128_f32_w4_bd64_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 68128);
+  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d64_e64_c128_f32_w4_bd64_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 68640);
   if (err != cudaSuccess) return err;
-  prt_discounted_cumsum_bwd_p2_d64_e64_c128_f32_w4_bd64_bt128_s2<<<grid, 128, 68128, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
+  prt_discounted_cumsum_bwd_p2_d64_e64_c128_f32_w4_bd64_bt128_s2<<<grid, 128, 68640, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 

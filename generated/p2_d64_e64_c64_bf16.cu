@@ -10,7 +10,7 @@
 extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2(
     const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 34816 bytes of dynamic shared memory
+  // sm_90a: 51200 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -100,19 +100,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
   (void)g_maxA_d1;
   (void)g_maxA_d2;
   __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_base + 0);  // bf16[64, 64] swizzle 128
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_base + 9216);  // bf16[64, 64] swizzle 128
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_base + 17408);  // bf16[64, 64] swizzle 128
+  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 9216);  // bf16[64, 64] swizzle 128, 2 copies
+  __nv_bfloat16* t_k = t_k_base;
+  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 25600);  // bf16[64, 64] swizzle 128, 2 copies
+  __nv_bfloat16* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 8192);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 8448);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 25600);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 25856);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 41984);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 42496);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 8704);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 8192);  // f32[1] pitch 1
   float f_w[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // bf16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
   float f_acc[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   // v_finite: bf16[64, 64] computed in registers by its mma group
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 25600);  // bf16[64, 64] pitch 64
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 41984);  // bf16[64, 64] pitch 64
   float f_row_max[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_block_max[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
@@ -146,9 +149,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -157,9 +158,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   prt::fence_proxy_async();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
@@ -537,77 +541,151 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
       }
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 4096;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 4096;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    prt::fence_proxy_async();
+    __syncthreads();
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __nv_bfloat16* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
           }
         }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        prt::fence_proxy_async();
+        __syncthreads();
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
           }
         }
-      }
-      prt::fence_proxy_async();
-      __syncthreads();
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __nv_bfloat16* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        prt::fence_proxy_async();
+        __syncthreads();
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
           }
         }
       }
       prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      prt::fence_proxy_async();
-      __syncthreads();
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
+      prt::cp_async_wait<1>();
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 4096;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 4096;  // bind v stage (i0 % 2)
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
       prt::fence_proxy_async();
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
@@ -858,6 +936,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store numA[pid.z, (pid.x * 64):+64, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -926,7 +1005,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
     }
   }
 #else
-  // sm_80: 36608 bytes of dynamic shared memory
+  // sm_80: 55040 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -1016,26 +1095,29 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
   (void)g_maxA_d1;
   (void)g_maxA_d2;
   __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_base + 0);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_base + 9728);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_base + 18944);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 9728);  // bf16[64, 64] pitch 72, 2 copies
+  __nv_bfloat16* t_k = t_k_base;
+  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 28160);  // bf16[64, 64] pitch 72, 2 copies
+  __nv_bfloat16* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 9216);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 9472);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 28672);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 28928);  // f32[64] pitch 64
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 28160);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 46848);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 47616);  // f32[64] pitch 64
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 46592);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 9216);  // f32[1] pitch 1
   float f_w[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // bf16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
   float f_acc[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   // v_finite: bf16[64, 64] computed in registers by its mma group
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 28416);  // bf16[64, 64] pitch 64
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 46848);  // bf16[64, 64] pitch 64
   float f_row_max[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_block_max[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_block_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_alpha[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_shift[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 28416);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 47360);  // f32[64] pitch 64
   float f_row_factor[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
   {
@@ -1062,9 +1144,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -1073,9 +1153,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -1464,75 +1547,148 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
       }
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 4608;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 4608;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    __syncthreads();
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __nv_bfloat16* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4608;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
           }
         }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        __syncthreads();
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4608;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
           }
         }
-      }
-      __syncthreads();
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __nv_bfloat16* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        __syncthreads();
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
           }
         }
       }
       prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
+      prt::cp_async_wait<1>();
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 4608;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 4608;  // bind v stage (i0 % 2)
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -1805,6 +1961,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store numA[pid.z, (pid.x * 64):+64, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -1880,7 +2037,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
 extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64_bf16_w8_bd0_bt128_s2(
     const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, __nv_bfloat16* g_Y, float* g_lse, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 68096 bytes of dynamic shared memory
+  // sm_90a: 100864 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -1960,26 +2117,29 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
   (void)g_lse_d1;
   (void)g_lse_d2;
   __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_base + 0);  // bf16[128, 64] swizzle 128
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_base + 17408);  // bf16[128, 64] swizzle 128
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_base + 33792);  // bf16[128, 64] swizzle 128
+  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 17408);  // bf16[128, 64] swizzle 128, 2 copies
+  __nv_bfloat16* t_k = t_k_base;
+  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 50176);  // bf16[128, 64] swizzle 128, 2 copies
+  __nv_bfloat16* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 16384);  // f32[128] pitch 128
   float* const t_cq = reinterpret_cast<float*>(prt_base + 16896);  // f32[128] pitch 128
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 51200);  // f32[128] pitch 128
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 51712);  // f32[128] pitch 128
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 50176);  // f32[128] pitch 128
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 83456);  // f32[128] pitch 128, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 84992);  // f32[128] pitch 128
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 82944);  // f32[128] pitch 128
   float* const t_gap = reinterpret_cast<float*>(prt_base + 16384);  // f32[1] pitch 1
   float f_w[1][16][4];  // f32[128, 128] as mma fragments: 128x128 in 16x128 units over 8 warps
   uint32_t f_p[1][16][2];  // bf16[128, 128] as mma fragments, two per register: 128x128 in 16x128 units over 8 warps
   float f_acc[1][8][4];  // f32[128, 64] as mma fragments: 128x64 in 16x64 units over 8 warps
   // v_finite: bf16[128, 64] computed in registers by its mma group
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 50688);  // bf16[128, 64] pitch 64
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 83456);  // bf16[128, 64] pitch 64
   float f_row_max[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_row_sum[1][2];  // f32[128] as the rows of 128x64 in 16x64 units over 8 warps
   float f_block_max[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_block_sum[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_alpha[1][2];  // f32[128] as the rows of 128x64 in 16x64 units over 8 warps
   float f_shift[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 50688);  // f32[128] pitch 128
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 84480);  // f32[128] pitch 128
   float f_row_factor[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_lse_t[1][2];  // f32[128] as the rows of 128x64 in 16x64 units over 8 warps
   // q = load.async Q[pid.z, (pid.x * 128):+128, pid.y, 0:+64]
@@ -2007,9 +2167,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gq = load logG[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 128);
@@ -2018,9 +2176,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 128; r += 256) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   prt::fence_proxy_async();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
@@ -2400,77 +2561,151 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       }
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128))) {
+    // k = load.async K[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8192;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8192;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    prt::fence_proxy_async();
+    __syncthreads();
+    // gk = load.async logG[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 128;
+      for (int r = tid; r < 128; r += 256) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // k = load.async K[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __nv_bfloat16* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 256) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128))) {
+        // k = load.async K[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 256) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 256) {
+              const int r = i / 64, c = i % 64;
+              dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
           }
         }
-        else {
-          for (int i = tid; i < 8192; i += 256) {
-            const int r = i / 64, c = i % 64;
-            dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        prt::fence_proxy_async();
+        __syncthreads();
+        // v = load.async V[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 256) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 256) {
+              const int r = i / 64, c = i % 64;
+              dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
           }
         }
-      }
-      prt::fence_proxy_async();
-      __syncthreads();
-      // v = load.async V[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __nv_bfloat16* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 256) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 256) {
-            const int r = i / 64, c = i % 64;
-            dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        prt::fence_proxy_async();
+        __syncthreads();
+        // gk = load.async logG[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 128;
+          for (int r = tid; r < 128; r += 256) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
           }
         }
       }
       prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      prt::fence_proxy_async();
-      __syncthreads();
-      // gk = load logG[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 128; r += 256) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
+      prt::cp_async_wait<1>();
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 8192;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 8192;  // bind v stage (i0 % 2)
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 128;  // bind gk stage (i0 % 2)
       prt::fence_proxy_async();
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
@@ -2721,6 +2956,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       }
     }
   }
+  prt::cp_async_wait<0>();
   // acc[row, col] = select(finite(select((row_sum[row] != 0.0), (acc[row, col] / row_sum[row]), 0.0)), select((row_sum[row] != 0.0), (acc[row, col] / row_sum[row]), 0.0), NaN)
   {
     #pragma unroll
@@ -2799,7 +3035,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
     }
   }
 #else
-  // sm_80: 73216 bytes of dynamic shared memory
+  // sm_80: 110080 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -2879,26 +3115,29 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
   (void)g_lse_d1;
   (void)g_lse_d2;
   __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_base + 0);  // bf16[128, 64] pitch 72
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_base + 19456);  // bf16[128, 64] pitch 72
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_base + 37888);  // bf16[128, 64] pitch 72
+  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 19456);  // bf16[128, 64] pitch 72, 2 copies
+  __nv_bfloat16* t_k = t_k_base;
+  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 56320);  // bf16[128, 64] pitch 72, 2 copies
+  __nv_bfloat16* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 18432);  // f32[128] pitch 128
   float* const t_cq = reinterpret_cast<float*>(prt_base + 18944);  // f32[128] pitch 128
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 57344);  // f32[128] pitch 128
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 57856);  // f32[128] pitch 128
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 56320);  // f32[128] pitch 128
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 93696);  // f32[128] pitch 128, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 95232);  // f32[128] pitch 128
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 93184);  // f32[128] pitch 128
   float* const t_gap = reinterpret_cast<float*>(prt_base + 18432);  // f32[1] pitch 1
   float f_w[1][16][4];  // f32[128, 128] as mma fragments: 128x128 in 16x128 units over 8 warps
   uint32_t f_p[1][16][2];  // bf16[128, 128] as mma fragments, two per register: 128x128 in 16x128 units over 8 warps
   float f_acc[1][8][4];  // f32[128, 64] as mma fragments: 128x64 in 16x64 units over 8 warps
   // v_finite: bf16[128, 64] computed in registers by its mma group
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 56832);  // bf16[128, 64] pitch 64
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 93696);  // bf16[128, 64] pitch 64
   float f_row_max[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_row_sum[1][2];  // f32[128] as the rows of 128x64 in 16x64 units over 8 warps
   float f_block_max[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_block_sum[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_alpha[1][2];  // f32[128] as the rows of 128x64 in 16x64 units over 8 warps
   float f_shift[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 56832);  // f32[128] pitch 128
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 94720);  // f32[128] pitch 128
   float f_row_factor[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_lse_t[1][2];  // f32[128] as the rows of 128x64 in 16x64 units over 8 warps
   // q = load.async Q[pid.z, (pid.x * 128):+128, pid.y, 0:+64]
@@ -2926,9 +3165,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gq = load logG[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 128);
@@ -2937,9 +3174,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 128; r += 256) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -3330,75 +3570,148 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       }
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128))) {
+    // k = load.async K[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 9216;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 9216;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 1024; i += 256) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 8192; i += 256) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    __syncthreads();
+    // gk = load.async logG[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 128;
+      for (int r = tid; r < 128; r += 256) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // k = load.async K[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __nv_bfloat16* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 256) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128))) {
+        // k = load.async K[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 9216;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 256) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 256) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
           }
         }
-        else {
-          for (int i = tid; i < 8192; i += 256) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        __syncthreads();
+        // v = load.async V[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 9216;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 1024; i += 256) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 8192; i += 256) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
           }
         }
-      }
-      __syncthreads();
-      // v = load.async V[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __nv_bfloat16* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 256) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 256) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        __syncthreads();
+        // gk = load.async logG[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 128;
+          for (int r = tid; r < 128; r += 256) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
           }
         }
       }
       prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
-      // gk = load logG[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 128; r += 256) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
+      prt::cp_async_wait<1>();
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 9216;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 9216;  // bind v stage (i0 % 2)
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 128;  // bind gk stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -3671,6 +3984,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       }
     }
   }
+  prt::cp_async_wait<0>();
   // acc[row, col] = select(finite(select((row_sum[row] != 0.0), (acc[row, col] / row_sum[row]), 0.0)), select((row_sum[row] != 0.0), (acc[row, col] / row_sum[row]), 0.0), NaN)
   {
     #pragma unroll
@@ -3866,7 +4180,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
   float* const t_z3 = reinterpret_cast<float*>(prt_base + 0);  // f32[16] pitch 16
   // u3_hi: bf16[64, 64] computed in registers by its mma group
   // u3_lo: bf16[64, 64] computed in registers by its mma group
-  // g = load logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
+  // g = load.async logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -3875,9 +4189,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 64; r += 256) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -4845,7 +5162,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
 // grid (33, ($b * $h), 1), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e64_c64_bf16_w4_bd64_bt64_s2(
     const float* g_dS, const float* g_dZ, const float* g_logG, const float* g_S0, const float* g_Z0, float* g_Sin, float* g_Zin, float* g_Sfinal, float* g_Zfinal, int p_b, int p_t, int p_h, int p_n) {
-  // sm_80: 34048 bytes of dynamic shared memory
+  // sm_80: 34304 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -4968,12 +5285,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
   (void)g_Zfinal_d2;
   float f_s[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float* const t_z = reinterpret_cast<float*>(prt_base + 0);  // f32[64] pitch 64
-  float* const t_ds_base = reinterpret_cast<float*>(prt_base + 256);  // f32[64, 64] pitch 64, 2 copies
+  float* const t_ds_base = reinterpret_cast<float*>(prt_base + 768);  // f32[64, 64] pitch 64, 2 copies
   float* t_ds = t_ds_base;
-  float* const t_dz_base = reinterpret_cast<float*>(prt_base + 33024);  // f32[64] pitch 64, 2 copies
+  float* const t_dz_base = reinterpret_cast<float*>(prt_base + 33536);  // f32[64] pitch 64, 2 copies
   float* t_dz = t_dz_base;
-  float* const t_g = reinterpret_cast<float*>(prt_base + 33536);  // f32[64] pitch 64
-  float* const t_lam = reinterpret_cast<float*>(prt_base + 33792);  // f32[64] pitch 64
+  float* const t_g_base = reinterpret_cast<float*>(prt_base + 256);  // f32[64] pitch 64, 2 copies
+  float* t_g = t_g_base;
+  float* const t_lam = reinterpret_cast<float*>(prt_base + 34048);  // f32[64] pitch 64
   // s = load S0[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+64]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -5022,6 +5340,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   if ((0 < p_n)) {
+    // g = load.async logG[(pid.y // $h), (0 * 64):+64, (pid.y % $h)] into stage 0
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = (0 * 64);
+      const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_g_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
     // ds = load.async dS[(pid.y // $h), (pid.y % $h), 0, (pid.x * 64):+64, 0:+64] into stage 0
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -5077,6 +5408,20 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
     const int v_i0_end = p_n;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((v_i0 + 1) < p_n)) {
+        // g = load.async logG[(pid.y // $h), ((i0 + 1) * 64):+64, (pid.y % $h)] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = ((v_i0 + 1) * 64);
+          const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_g_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        __syncthreads();
         // ds = load.async dS[(pid.y // $h), (pid.y % $h), (i0 + 1), (pid.x * 64):+64, 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -5129,6 +5474,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
       }
       prt::cp_async_commit();
       prt::cp_async_wait<1>();
+      t_g = t_g_base + (((v_i0 % 2)) % 2) * 64;  // bind g stage (i0 % 2)
       t_ds = t_ds_base + (((v_i0 % 2)) % 2) * 4096;  // bind ds stage (i0 % 2)
       t_dz = t_dz_base + (((v_i0 % 2)) % 2) * 64;  // bind dz stage (i0 % 2)
       // store Sin[(pid.y // $h), (pid.y % $h), i0, (pid.x * 64):+64, 0:+64] = s
@@ -5172,19 +5518,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
           }
         }
       }
-      // g = load logG[(pid.y // $h), (i0 * 64):+64, (pid.y % $h)]
-      {
-        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int s1 = (v_i0 * 64);
-        const int a2 = (static_cast<int>(blockIdx.y) % p_h);
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_g;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
-      __syncthreads();
       // lam = cumsum(g, axis=0)
       {
         for (int o = warp; o < 1; o += 4) {
@@ -5222,7 +5555,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
           t_z[r] = prt::from_f32<float>(((prt::to_f32(t_z[r]) * prt::exp(prt::to_f32(t_lam[63]))) + prt::to_f32(t_dz[r])));
         }
       }
-      __syncthreads();
     }
   }
   prt::cp_async_wait<0>();
@@ -5444,7 +5776,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
   float* const t_max_a = reinterpret_cast<float*>(prt_base + 768);  // f32[64] pitch 64
   float* const t_lse_t = reinterpret_cast<float*>(prt_base + 0);  // f32[64] pitch 64
   float* const t_den_s_part = reinterpret_cast<float*>(prt_base + 9728);  // f32[4, 64] pitch 64
-  // g = load logG[pid.z, ((pid.x // 1) * 64):+64, (pid.y // ($hq // $h))]
+  // g = load.async logG[pid.z, ((pid.x // 1) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -5453,9 +5785,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -6287,7 +6622,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
         }
       }
     }
-    // den_a = load denA[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
+    // den_a = load.async denA[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
@@ -6296,10 +6631,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
       const long long base = static_cast<long long>(a0) * g_denA_s0 + static_cast<long long>(s1) * g_denA_s1 + static_cast<long long>(a2) * g_denA_s2;
       float* const dst = t_den_a;
       for (int r = tid; r < 64; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_denA_d1 ? g_denA[base + static_cast<long long>(r) * g_denA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_denA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_denA[base + static_cast<long long>(r) * g_denA_s1]) : static_cast<const void*>(g_denA), in ? 4 : 0);
       }
     }
-    // max_a = load maxA[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
+    // max_a = load.async maxA[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
@@ -6308,9 +6644,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
       const long long base = static_cast<long long>(a0) * g_maxA_s0 + static_cast<long long>(s1) * g_maxA_s1 + static_cast<long long>(a2) * g_maxA_s2;
       float* const dst = t_max_a;
       for (int r = tid; r < 64; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_maxA_d1 ? g_maxA[base + static_cast<long long>(r) * g_maxA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_maxA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_maxA[base + static_cast<long long>(r) * g_maxA_s1]) : static_cast<const void*>(g_maxA), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // den_a[row] = (den_a[row] * select((max(max_a[row], (lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp((max_a[row] - max(max_a[row], (lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0)))))))
     // den_s[row] = ((den_s[row] * select((max(max_a[row], (lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0))) == -Infinity), 0.0, exp(((lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0)) - max(max_a[row], (lam[(((pid.x % 1) * 64) + row)] + (log(abs($scale)) * 2.0))))))) * 1.0)
     // den[row] = (den_a[row] + den_s[row])
@@ -6473,7 +6813,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2(
     const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 35072 bytes of dynamic shared memory
+  // sm_90a: 51712 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -6575,8 +6915,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
   __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_base + 0);  // bf16[64, 64] swizzle 128
   __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_base + 8192);  // bf16[64, 64] swizzle 128
   float f_lse_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_base + 17408);  // bf16[64, 64] swizzle 128
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_base + 25600);  // bf16[64, 64] swizzle 128
+  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 17408);  // bf16[64, 64] swizzle 128, 2 copies
+  __nv_bfloat16* t_k = t_k_base;
+  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 33792);  // bf16[64, 64] swizzle 128, 2 copies
+  __nv_bfloat16* t_v = t_v_base;
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_p[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_p_dp[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
@@ -6587,8 +6929,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
   float f_g_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 16384);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 16640);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 17152);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 33792);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 50176);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 17152);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 16896);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 16384);  // f32[1] pitch 1
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
@@ -6690,7 +7033,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       }
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -6699,9 +7042,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   prt::fence_proxy_async();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
@@ -6935,21 +7281,149 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       }
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    prt::fence_proxy_async();
+    __syncthreads();
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 4096;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 4096;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        prt::fence_proxy_async();
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 4096;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 4096;  // bind v stage (i0 % 2)
       prt::fence_proxy_async();
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
@@ -6973,60 +7447,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __nv_bfloat16* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __nv_bfloat16* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      prt::fence_proxy_async();
-      __syncthreads();
       // dot = mma.wgmma(q, k^T) [64x64 in 16x64 units over 4 warps]
       {
         float (&acc)[1][8][4] = f_dot;
@@ -7196,6 +7616,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store DyA[pid.z, (pid.x * 64):+64, pid.y] = acc_dy
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -7239,7 +7660,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     }
   }
 #else
-  // sm_80: 39696 bytes of dynamic shared memory
+  // sm_80: 58384 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -7341,23 +7762,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
   __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_base + 0);  // bf16[64, 64] pitch 72
   __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_base + 9216);  // bf16[64, 64] pitch 72
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 18432);  // f32[64] pitch 64
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_base + 19984);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_base + 29200);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 19984);  // bf16[64, 64] pitch 72, 2 copies
+  __nv_bfloat16* t_k = t_k_base;
+  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 38416);  // bf16[64, 64] pitch 72, 2 copies
+  __nv_bfloat16* t_v = t_v_base;
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p_dp[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float* const t_part = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
   float* const t_acc_dy = reinterpret_cast<float*>(prt_base + 18688);  // f32[64] pitch 64
   float* const t_acc_p = reinterpret_cast<float*>(prt_base + 18944);  // f32[64] pitch 64
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 38928);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 57872);  // f32[64] pitch 64
   float* const t_g_i = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
   float* const t_gq = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 39184);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 39440);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 57360);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 58128);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 19728);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 19712);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 38416);  // f32[2, 64] pitch 64
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 56848);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -7408,9 +7832,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // lse_i = load lse[pid.z, (pid.x * 64):+64, pid.y]
+  // lse_i = load.async lse[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -7419,9 +7841,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
     float* const dst = t_lse_i;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   // acc_dy[row] = 0.0
   // acc_p[row] = 0.0
   {
@@ -7432,7 +7857,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       t_acc_p[r] = y1;
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -7441,9 +7866,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -7696,21 +8124,145 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       t_acc_p[r] = prt::from_f32<float>((prt::to_f32(t_acc_p[r]) + prt::to_f32(t_part[r])));
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 4608;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 4608;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4608;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4608;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 4608;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 4608;  // bind v stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -7732,59 +8284,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __nv_bfloat16* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __nv_bfloat16* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
       // dot = mma.tc(q, k^T) [64x64 in 16x32 units over 4 warps]
       {
         float (&acc)[2][4][4] = f_dot;
@@ -7982,6 +8481,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store DyA[pid.z, (pid.x * 64):+64, pid.y] = acc_dy
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -8206,7 +8706,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
   // s_hi: bf16[64, 64] computed in registers by its mma group
   float* const t_r_part = reinterpret_cast<float*>(prt_base + 19200);  // f32[4, 64] pitch 64
   if (((((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64)) < p_t)) {
-    // g = load logG[pid.z, ((pid.x // 1) * 64):+64, (pid.y // ($hq // $h))]
+    // g = load.async logG[pid.z, ((pid.x // 1) * 64):+64, (pid.y // ($hq // $h))]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -8215,9 +8715,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
       float* const dst = t_g;
       for (int r = tid; r < 64; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
     __syncthreads();
     // lam = cumsum(g, axis=0)
     {
@@ -8323,10 +8826,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
         }
       }
     }
-    prt::cp_async_commit();
-    prt::cp_async_wait<0>();
     __syncthreads();
-    // lse_i = load lse[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
+    // lse_i = load.async lse[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
@@ -8335,10 +8836,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
       float* const dst = t_lse_i;
       for (int r = tid; r < 64; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
       }
     }
-    // dy_y = load DyA[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
+    // dy_y = load.async DyA[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
@@ -8347,10 +8849,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_DyA_s0 + static_cast<long long>(s1) * g_DyA_s1 + static_cast<long long>(a2) * g_DyA_s2;
       float* const dst = t_dy_y;
       for (int r = tid; r < 64; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_DyA_d1 ? g_DyA[base + static_cast<long long>(r) * g_DyA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_DyA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_DyA[base + static_cast<long long>(r) * g_DyA_s1]) : static_cast<const void*>(g_DyA), in ? 4 : 0);
       }
     }
-    // rho = load PA[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
+    // rho = load.async PA[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
@@ -8359,10 +8862,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_PA_s0 + static_cast<long long>(s1) * g_PA_s1 + static_cast<long long>(a2) * g_PA_s2;
       float* const dst = t_rho;
       for (int r = tid; r < 64; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_PA_d1 ? g_PA[base + static_cast<long long>(r) * g_PA_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_PA_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_PA[base + static_cast<long long>(r) * g_PA_s1]) : static_cast<const void*>(g_PA), in ? 4 : 0);
       }
     }
-    // p_s = load wS[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
+    // p_s = load.async wS[pid.z, (((pid.x // 1) * 64) + ((pid.x % 1) * 64)):+64, pid.y]
     {
       const int a0 = static_cast<int>(blockIdx.z);
       const int s1 = (((static_cast<int>(blockIdx.x) / 1) * 64) + ((static_cast<int>(blockIdx.x) % 1) * 64));
@@ -8371,9 +8875,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_wS_s0 + static_cast<long long>(s1) * g_wS_s1 + static_cast<long long>(a2) * g_wS_s2;
       float* const dst = t_p_s;
       for (int r = tid; r < 64; r += 128) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_wS_d1 ? g_wS[base + static_cast<long long>(r) * g_wS_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_wS_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_wS[base + static_cast<long long>(r) * g_wS_s1]) : static_cast<const void*>(g_wS), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // y_s[row, col] = (y_s[row, col] * dy_row[row, col])
     {
       for (int i = tid; i < 4096; i += 128) {
@@ -8815,7 +9323,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2(
     const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 44032 bytes of dynamic shared memory
+  // sm_90a: 60416 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -8931,9 +9439,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_base + 8192);  // bf16[64, 64] swizzle 128
   float f_lse_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_Dy_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_base + 17408);  // bf16[64, 64] swizzle 128
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_base + 25600);  // bf16[64, 64] swizzle 128
-  __nv_bfloat16* const t_k_finite = reinterpret_cast<__nv_bfloat16*>(prt_base + 33792);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 17408);  // bf16[64, 64] swizzle 128, 2 copies
+  __nv_bfloat16* t_k = t_k_base;
+  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 33792);  // bf16[64, 64] swizzle 128, 2 copies
+  __nv_bfloat16* t_v = t_v_base;
+  __nv_bfloat16* const t_k_finite = reinterpret_cast<__nv_bfloat16*>(prt_base + 50176);  // bf16[64, 64] pitch 72
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_ds[1][8][2];  // bf16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -8945,8 +9455,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   float f_h_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 16384);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 16640);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 17152);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 33792);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 50176);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 17152);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 16896);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 16384);  // f32[1] pitch 1
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
@@ -9070,7 +9581,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -9079,9 +9590,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   prt::fence_proxy_async();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
@@ -9330,21 +9844,149 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
+  prt::fence_proxy_async();
+  __syncthreads();
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 4096;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 4096;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        prt::fence_proxy_async();
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 4096;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 4096;  // bind v stage (i0 % 2)
       prt::fence_proxy_async();
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
@@ -9368,60 +10010,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __nv_bfloat16* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __nv_bfloat16* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      prt::fence_proxy_async();
-      __syncthreads();
       // dot = mma.wgmma(q, k^T) [64x64 in 16x64 units over 4 warps]
       {
         float (&acc)[1][8][4] = f_dot;
@@ -9591,6 +10179,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store dQa[pid.z, (pid.x * 64):+64, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -9638,7 +10227,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     }
   }
 #else
-  // sm_80: 46848 bytes of dynamic shared memory
+  // sm_80: 65280 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -9754,9 +10343,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_base + 9216);  // bf16[64, 64] pitch 72
   float f_lse_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_Dy_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_base + 19200);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_base + 28416);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_k_finite = reinterpret_cast<__nv_bfloat16*>(prt_base + 37632);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 19200);  // bf16[64, 64] pitch 72, 2 copies
+  __nv_bfloat16* t_k = t_k_base;
+  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 37632);  // bf16[64, 64] pitch 72, 2 copies
+  __nv_bfloat16* t_v = t_v_base;
+  __nv_bfloat16* const t_k_finite = reinterpret_cast<__nv_bfloat16*>(prt_base + 56064);  // bf16[64, 64] pitch 72
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_ds[1][8][2];  // bf16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -9768,8 +10359,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   float f_h_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 18432);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 18688);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 37632);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 37888);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 56064);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 56576);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 18944);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 18432);  // f32[1] pitch 1
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
@@ -9893,7 +10485,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -9902,9 +10494,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -10182,21 +10777,146 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     }
   }
   __syncthreads();
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 4608;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 4608;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4608;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4608;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 4608;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 4608;  // bind v stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -10218,59 +10938,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __nv_bfloat16* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __nv_bfloat16* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
       // dot = mma.tc(q, k^T) [64x64 in 16x64 units over 4 warps]
       {
         float (&acc)[1][8][4] = f_dot;
@@ -10480,6 +11147,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store dQa[pid.z, (pid.x * 64):+64, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -10745,9 +11413,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gk = load logG[pid.z, (pid.x * 64):+64, pid.y]
+  // gk = load.async logG[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -10756,9 +11422,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gk;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   prt::fence_proxy_async();
   __syncthreads();
   // sk = cumsum(gk, axis=0, reverse)
@@ -10926,9 +11595,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
           }
         }
       }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      // lse_i = load lse[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
+      // lse_i = load.async lse[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -10937,12 +11604,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
         const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
         float* const dst = t_lse_i;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
         }
       }
       prt::fence_proxy_async();
       __syncthreads();
-      // Dy_i = load Dy[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
+      // Dy_i = load.async Dy[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -10951,10 +11619,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
         const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
         float* const dst = t_Dy_i;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
         }
       }
-      // gq = load logG[pid.z, (pid.x * 64):+64, pid.y]
+      // gq = load.async logG[pid.z, (pid.x * 64):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -10963,9 +11632,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
         const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
         float* const dst = t_gq;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
       prt::fence_proxy_async();
       __syncthreads();
       // cq = cumsum(gq, axis=0)
@@ -11236,9 +11908,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
               }
             }
           }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          // lse_i = load lse[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
+          // lse_i = load.async lse[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -11247,10 +11917,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
             const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
             float* const dst = t_lse_i;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
             }
           }
-          // Dy_i = load Dy[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
+          // Dy_i = load.async Dy[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -11259,10 +11930,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
             const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
             float* const dst = t_Dy_i;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
             }
           }
-          // gq = load logG[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, pid.y]
+          // gq = load.async logG[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, pid.y]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -11271,9 +11943,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
             const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
             float* const dst = t_gq;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
             }
           }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
           prt::fence_proxy_async();
           __syncthreads();
           // cq = cumsum(gq, axis=0)
@@ -11832,9 +12507,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gk = load logG[pid.z, (pid.x * 64):+64, pid.y]
+  // gk = load.async logG[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -11843,9 +12516,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gk;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // sk = cumsum(gk, axis=0, reverse)
   {
@@ -12011,9 +12687,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
           }
         }
       }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      // lse_i = load lse[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
+      // lse_i = load.async lse[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -12022,11 +12696,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
         const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
         float* const dst = t_lse_i;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
         }
       }
       __syncthreads();
-      // Dy_i = load Dy[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
+      // Dy_i = load.async Dy[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -12035,10 +12710,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
         const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
         float* const dst = t_Dy_i;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
         }
       }
-      // gq = load logG[pid.z, (pid.x * 64):+64, pid.y]
+      // gq = load.async logG[pid.z, (pid.x * 64):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -12047,9 +12723,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
         const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
         float* const dst = t_gq;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
       __syncthreads();
       // cq = cumsum(gq, axis=0)
       {
@@ -12358,9 +13037,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
               }
             }
           }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          // lse_i = load lse[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
+          // lse_i = load.async lse[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -12369,10 +13046,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
             const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
             float* const dst = t_lse_i;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
             }
           }
-          // Dy_i = load Dy[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
+          // Dy_i = load.async Dy[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -12381,10 +13059,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
             const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
             float* const dst = t_Dy_i;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
             }
           }
-          // gq = load logG[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, pid.y]
+          // gq = load.async logG[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, pid.y]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -12393,9 +13072,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
             const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
             float* const dst = t_gq;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
             }
           }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
           __syncthreads();
           // cq = cumsum(gq, axis=0)
           {
@@ -12928,7 +13610,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
   float* const t_z3 = reinterpret_cast<float*>(prt_base + 26368);  // f32[16] pitch 16
   // u3_hi: bf16[64, 64] computed in registers by its mma group
   // u3_lo: bf16[64, 64] computed in registers by its mma group
-  // g = load logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
+  // g = load.async logG[(pid.y // $h), ((pid.x // 1) * 64):+64, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -12937,9 +13619,12 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 64; r += 256) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -12956,7 +13641,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
   }
   __syncthreads();
   if (((p_hq / p_h) == 1)) {
-    // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + 0)]
+    // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + 0)]
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
       const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -12965,16 +13650,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
       const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
       float* const dst = t_f;
       for (int r = tid; r < 64; r += 256) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
     {
       for (int r = tid; r < 64; r += 256) {
         t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
       }
     }
-    // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + 0)]
+    // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + 0)]
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
       const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -12983,9 +13672,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
       const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
       float* const dst = t_z_row;
       for (int r = tid; r < 64; r += 256) {
-        dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
       }
     }
+    prt::cp_async_commit();
+    prt::cp_async_wait<0>();
+    __syncthreads();
     // z_row[row] = -((z_row[row] * f[row]))
     {
       for (int r = tid; r < 64; r += 256) {
@@ -13006,7 +13699,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
       }
     }
-    __syncthreads();
     // fdy[row, col] = (fdy[row, col] * f[row])
     {
       for (int i = tid; i < 4096; i += 256) {
@@ -13029,7 +13721,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
     const int v_i0_end = (p_hq / p_h);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -13038,16 +13730,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 64; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i0)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -13056,9 +13752,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 64; r += 256) {
@@ -13079,7 +13779,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
             dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
-        __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
           for (int i = tid; i < 4096; i += 256) {
@@ -13210,7 +13909,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         const int v_i2_end = (p_hq / p_h);
         for (int v_i2 = 0; v_i2 < v_i2_end; v_i2 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -13219,16 +13918,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 64; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -13237,16 +13940,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 64; r += 256) {
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
-            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i2), ((pid.x % 1) * 64):+64]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -13261,7 +13967,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
                 dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
-            __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
               for (int i = tid; i < 4096; i += 256) {
@@ -13433,7 +14138,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
     const int v_i3_end = (p_hq / p_h);
     for (int v_i3 = 0; v_i3 < v_i3_end; v_i3 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i3)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i3)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -13442,16 +14147,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 64; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i3)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i3)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -13460,9 +14169,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 64; r += 256) {
@@ -13483,7 +14196,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
             dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
-        __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
           for (int i = tid; i < 4096; i += 256) {
@@ -13622,7 +14334,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         const int v_i5_end = (p_hq / p_h);
         for (int v_i5 = 0; v_i5 < v_i5_end; v_i5 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -13631,16 +14343,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 64; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -13649,16 +14365,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 64; r += 256) {
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
-            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i5), ((pid.x % 1) * 64):+64]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -13673,7 +14392,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
                 dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
-            __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
               for (int i = tid; i < 4096; i += 256) {
@@ -13852,7 +14570,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
     const int v_i6_end = (p_hq / p_h);
     for (int v_i6 = 0; v_i6 < v_i6_end; v_i6 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i6)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i6)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -13861,16 +14579,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 64; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i6)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i6)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -13879,9 +14601,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 64; r += 256) {
@@ -13902,7 +14628,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
             dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
-        __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
           for (int i = tid; i < 4096; i += 256) {
@@ -14039,7 +14764,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         const int v_i8_end = (p_hq / p_h);
         for (int v_i8 = 0; v_i8 < v_i8_end; v_i8 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i8)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i8)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -14048,16 +14773,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 64; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i8)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i8)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -14066,16 +14795,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 64; r += 256) {
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
-            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i8), ((pid.x % 1) * 64):+64]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -14090,7 +14822,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
                 dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
-            __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
               for (int i = tid; i < 4096; i += 256) {
@@ -14263,7 +14994,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
     const int v_i9_end = (p_hq / p_h);
     for (int v_i9 = 0; v_i9 < v_i9_end; v_i9 += 1) {
       if (((p_hq / p_h) > 1)) {
-        // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i9)]
+        // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i9)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -14272,16 +15003,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
           float* const dst = t_f;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
         {
           for (int r = tid; r < 64; r += 256) {
             t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
           }
         }
-        // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i9)]
+        // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i9)]
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
           const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -14290,9 +15025,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
           float* const dst = t_z_row;
           for (int r = tid; r < 64; r += 256) {
-            dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
           }
         }
+        prt::cp_async_commit();
+        prt::cp_async_wait<0>();
+        __syncthreads();
         // z_row[row] = -((z_row[row] * f[row]))
         {
           for (int r = tid; r < 64; r += 256) {
@@ -14313,7 +15052,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
             dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
           }
         }
-        __syncthreads();
         // fdy[row, col] = (fdy[row, col] * f[row])
         {
           for (int i = tid; i < 4096; i += 256) {
@@ -14452,7 +15190,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         const int v_i11_end = (p_hq / p_h);
         for (int v_i11 = 0; v_i11 < v_i11_end; v_i11 += 1) {
           if (((p_hq / p_h) > 1)) {
-            // f = load lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i11)]
+            // f = load.async lse[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i11)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -14461,16 +15199,20 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
               float* const dst = t_f;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // f[row] = select((f[row] == -Infinity), 0.0, ($scale * exp(((lam[row] - f[row]) / 2.0))))
             {
               for (int r = tid; r < 64; r += 256) {
                 t_f[r] = prt::from_f32<float>(((prt::to_f32(t_f[r]) == __int_as_float(0xff800000)) ? 0.0f : (p_scale * prt::exp(((prt::to_f32(t_lam[r]) - prt::to_f32(t_f[r])) / 2.0f)))));
               }
             }
-            // z_row = load Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i11)]
+            // z_row = load.async Dy[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i11)]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
               const int s1 = ((static_cast<int>(blockIdx.x) / 1) * 64);
@@ -14479,16 +15221,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
               float* const dst = t_z_row;
               for (int r = tid; r < 64; r += 256) {
-                dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+                const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+                prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
               }
             }
+            prt::cp_async_commit();
+            prt::cp_async_wait<0>();
+            __syncthreads();
             // z_row[row] = -((z_row[row] * f[row]))
             {
               for (int r = tid; r < 64; r += 256) {
                 t_z_row[r] = prt::from_f32<float>((-(prt::to_f32(t_z_row[r]) * prt::to_f32(t_f[r]))));
               }
             }
-            __syncthreads();
             // fdy = load dY[(pid.y // $h), ((pid.x // 1) * 64):+64, (((pid.y % $h) * ($hq // $h)) + i11), ((pid.x % 1) * 64):+64]
             {
               const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -14503,7 +15248,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
                 dst[(r) * 68 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? prt::from_f32<float>(prt::to_f32(g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3])) : prt::from_f32<float>(0.0f);
               }
             }
-            __syncthreads();
             // fdy[row, col] = (fdy[row, col] * f[row])
             {
               for (int i = tid; i < 4096; i += 256) {
@@ -14668,7 +15412,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
 // grid (33, ($b * $h), 1), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d64_e64_c64_bf16_w4_bd64_bt64_s2(
     const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
-  // sm_80: 67872 bytes of dynamic shared memory
+  // sm_80: 68128 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -14833,20 +15577,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
   (void)g_dGc_d3;
   float f_R[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float* const t_r = reinterpret_cast<float*>(prt_base + 0);  // f32[64] pitch 64
-  float* const t_s_in_base = reinterpret_cast<float*>(prt_base + 256);  // f32[64, 64] pitch 64, 2 copies
+  float* const t_s_in_base = reinterpret_cast<float*>(prt_base + 768);  // f32[64, 64] pitch 64, 2 copies
   float* t_s_in = t_s_in_base;
-  float* const t_z_in_base = reinterpret_cast<float*>(prt_base + 33024);  // f32[64] pitch 64, 2 copies
+  float* const t_z_in_base = reinterpret_cast<float*>(prt_base + 33536);  // f32[64] pitch 64, 2 copies
   float* t_z_in = t_z_in_base;
-  float* const t_ds_in_base = reinterpret_cast<float*>(prt_base + 33536);  // f32[64, 64] pitch 64, 2 copies
+  float* const t_ds_in_base = reinterpret_cast<float*>(prt_base + 34048);  // f32[64, 64] pitch 64, 2 copies
   float* t_ds_in = t_ds_in_base;
-  float* const t_dz_in_base = reinterpret_cast<float*>(prt_base + 66304);  // f32[64] pitch 64, 2 copies
+  float* const t_dz_in_base = reinterpret_cast<float*>(prt_base + 66816);  // f32[64] pitch 64, 2 copies
   float* t_dz_in = t_dz_in_base;
   float f_X[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_g = reinterpret_cast<float*>(prt_base + 67328);  // f32[64] pitch 64
-  float* const t_G = reinterpret_cast<float*>(prt_base + 67840);  // f32[1] pitch 1
-  float* const t_row_dot = reinterpret_cast<float*>(prt_base + 67584);  // f32[64] pitch 64
-  float* const t_dG = reinterpret_cast<float*>(prt_base + 67856);  // f32[1] pitch 1
-  float* const t_row_dot_part = reinterpret_cast<float*>(prt_base + 66816);  // f32[2, 64] pitch 64
+  float* const t_g_base = reinterpret_cast<float*>(prt_base + 256);  // f32[64] pitch 64, 2 copies
+  float* t_g = t_g_base;
+  float* const t_G = reinterpret_cast<float*>(prt_base + 68096);  // f32[1] pitch 1
+  float* const t_row_dot = reinterpret_cast<float*>(prt_base + 67840);  // f32[64] pitch 64
+  float* const t_dG = reinterpret_cast<float*>(prt_base + 68112);  // f32[1] pitch 1
+  float* const t_row_dot_part = reinterpret_cast<float*>(prt_base + 67328);  // f32[2, 64] pitch 64
   // R = load dSfinal[(pid.y // $h), (pid.y % $h), (pid.x * 64):+64, 0:+64]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -14895,6 +15640,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   if ((0 < p_n)) {
+    // g = load.async logG[(pid.y // $h), ((($n - 1) - 0) * 64):+64, (pid.y % $h)] into stage 0
+    {
+      const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+      const int s1 = (((p_n - 1) - 0) * 64);
+      const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_g_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
     // s_in = load.async Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - 0), (pid.x * 64):+64, 0:+64] into stage 0
     {
       const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -14999,6 +15757,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
     const int v_i0_end = p_n;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
       if (((v_i0 + 1) < p_n)) {
+        // g = load.async logG[(pid.y // $h), ((($n - 1) - (i0 + 1)) * 64):+64, (pid.y % $h)] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = (static_cast<int>(blockIdx.y) / p_h);
+          const int s1 = (((p_n - 1) - (v_i0 + 1)) * 64);
+          const int a2 = (static_cast<int>(blockIdx.y) % p_h);
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_g_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
         // s_in = load.async Sin[(pid.y // $h), (pid.y % $h), (($n - 1) - (i0 + 1)), (pid.x * 64):+64, 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = (static_cast<int>(blockIdx.y) / p_h);
@@ -15101,22 +15872,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       }
       prt::cp_async_commit();
       prt::cp_async_wait<1>();
+      t_g = t_g_base + (((v_i0 % 2)) % 2) * 64;  // bind g stage (i0 % 2)
       t_s_in = t_s_in_base + (((v_i0 % 2)) % 2) * 4096;  // bind s_in stage (i0 % 2)
       t_z_in = t_z_in_base + (((v_i0 % 2)) % 2) * 64;  // bind z_in stage (i0 % 2)
       t_ds_in = t_ds_in_base + (((v_i0 % 2)) % 2) * 4096;  // bind ds_in stage (i0 % 2)
       t_dz_in = t_dz_in_base + (((v_i0 % 2)) % 2) * 64;  // bind dz_in stage (i0 % 2)
-      // g = load logG[(pid.y // $h), ((($n - 1) - i0) * 64):+64, (pid.y % $h)]
-      {
-        const int a0 = (static_cast<int>(blockIdx.y) / p_h);
-        const int s1 = (((p_n - 1) - v_i0) * 64);
-        const int a2 = (static_cast<int>(blockIdx.y) % p_h);
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_g;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
-        }
-      }
       __syncthreads();
       // G = reduce_sum(g, axis=0)
       {
@@ -15456,7 +16216,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
   float f_t_a[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   __nv_bfloat16* const t_u_hi = reinterpret_cast<__nv_bfloat16*>(prt_base + 50176);  // bf16[64, 64] swizzle 128
   float* const t_dG = reinterpret_cast<float*>(prt_base + 256);  // f32[1] pitch 1
-  // g = load logG[(pid.y // $h), (pid.x * 64):+64, (pid.y % $h)]
+  // g = load.async logG[(pid.y // $h), (pid.x * 64):+64, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -15465,9 +16225,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   prt::fence_proxy_async();
   __syncthreads();
   // lam = cumsum(g, axis=0)
@@ -16137,7 +16900,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
   __nv_bfloat16* const t_u_hi = reinterpret_cast<__nv_bfloat16*>(prt_base + 51712);  // bf16[64, 64] pitch 72
   float* const t_dG = reinterpret_cast<float*>(prt_base + 256);  // f32[1] pitch 1
   float* const t_r_part = reinterpret_cast<float*>(prt_base + 60928);  // f32[2, 64] pitch 64
-  // g = load logG[(pid.y // $h), (pid.x * 64):+64, (pid.y % $h)]
+  // g = load.async logG[(pid.y // $h), (pid.x * 64):+64, (pid.y % $h)]
   {
     const int a0 = (static_cast<int>(blockIdx.y) / p_h);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -16146,9 +16909,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -16910,7 +17676,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d64_e64_c
   float* const t_suffix = reinterpret_cast<float*>(prt_base + 528);  // f32[64] pitch 64
   float* const t_carry = reinterpret_cast<float*>(prt_base + 0);  // f32[1] pitch 1
   float* const t_one = reinterpret_cast<float*>(prt_base + 16);  // f32[1] pitch 1
-  // carry = load dGk[pid.z, pid.y, pid.x:+1]
+  // carry = load.async dGk[pid.z, pid.y, pid.x:+1]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int a1 = static_cast<int>(blockIdx.y);
@@ -16919,13 +17685,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d64_e64_c
     const long long base = static_cast<long long>(a0) * g_dGk_s0 + static_cast<long long>(a1) * g_dGk_s1 + static_cast<long long>(s2) * g_dGk_s2;
     float* const dst = t_carry;
     for (int r = tid; r < 1; r += 128) {
-      dst[r] = ok && s2 + r >= 0 && s2 + r < g_dGk_d2 ? g_dGk[base + static_cast<long long>(r) * g_dGk_s2] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s2 + r >= 0 && s2 + r < g_dGk_d2;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dGk[base + static_cast<long long>(r) * g_dGk_s2]) : static_cast<const void*>(g_dGk), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   {
     const int v_i0_end = p_nfb;
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // one = load dGc[pid.z, pid.y, pid.x, i0:+1]
+      // one = load.async dGc[pid.z, pid.y, pid.x, i0:+1]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int a1 = static_cast<int>(blockIdx.y);
@@ -16935,22 +17704,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d64_e64_c
         const long long base = static_cast<long long>(a0) * g_dGc_s0 + static_cast<long long>(a1) * g_dGc_s1 + static_cast<long long>(a2) * g_dGc_s2 + static_cast<long long>(s3) * g_dGc_s3;
         float* const dst = t_one;
         for (int r = tid; r < 1; r += 128) {
-          dst[r] = ok && s3 + r >= 0 && s3 + r < g_dGc_d3 ? g_dGc[base + static_cast<long long>(r) * g_dGc_s3] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s3 + r >= 0 && s3 + r < g_dGc_d3;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dGc[base + static_cast<long long>(r) * g_dGc_s3]) : static_cast<const void*>(g_dGc), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
       // carry[row] = (carry[row] + one[row])
       {
         for (int r = tid; r < 1; r += 128) {
           t_carry[r] = prt::from_f32<float>((prt::to_f32(t_carry[r]) + prt::to_f32(t_one[r])));
         }
       }
+      __syncthreads();
     }
   }
-  __syncthreads();
   {
     const int v_i1_end = prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64), 1);
     for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
-      // dlam = load dlamA[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, pid.y]
+      // dlam = load.async dlamA[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (((prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64), 1) - 1) - v_i1) * 64));
@@ -16959,10 +17732,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d64_e64_c
         const long long base = static_cast<long long>(a0) * g_dlamA_s0 + static_cast<long long>(s1) * g_dlamA_s1 + static_cast<long long>(a2) * g_dlamA_s2;
         float* const dst = t_dlam;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamA_d1 ? g_dlamA[base + static_cast<long long>(r) * g_dlamA_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamA_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamA[base + static_cast<long long>(r) * g_dlamA_s1]) : static_cast<const void*>(g_dlamA), in ? 4 : 0);
         }
       }
-      // part = load dlamK[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, pid.y]
+      // part = load.async dlamK[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (((prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64), 1) - 1) - v_i1) * 64));
@@ -16971,9 +17745,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d64_e64_c
         const long long base = static_cast<long long>(a0) * g_dlamK_s0 + static_cast<long long>(s1) * g_dlamK_s1 + static_cast<long long>(a2) * g_dlamK_s2;
         float* const dst = t_part;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamK_d1 ? g_dlamK[base + static_cast<long long>(r) * g_dlamK_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamK_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamK[base + static_cast<long long>(r) * g_dlamK_s1]) : static_cast<const void*>(g_dlamK), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
+      __syncthreads();
       // dlam[row] = (dlam[row] + part[row])
       {
         for (int r = tid; r < 64; r += 128) {
@@ -17071,7 +17849,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d64_e64_c
               }
             }
           }
-          // part = load dlamQ[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, ((pid.y * ($hq // $h)) + i2)]
+          __syncthreads();
+          // part = load.async dlamQ[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, ((pid.y * ($hq // $h)) + i2)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (((prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64), 1) - 1) - v_i1) * 64));
@@ -17080,9 +17859,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d64_e64_c
             const long long base = static_cast<long long>(a0) * g_dlamQ_s0 + static_cast<long long>(s1) * g_dlamQ_s1 + static_cast<long long>(a2) * g_dlamQ_s2;
             float* const dst = t_part;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamQ_d1 ? g_dlamQ[base + static_cast<long long>(r) * g_dlamQ_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamQ_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamQ[base + static_cast<long long>(r) * g_dlamQ_s1]) : static_cast<const void*>(g_dlamQ), in ? 4 : 0);
             }
           }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
+          __syncthreads();
           // dlam[row] = (dlam[row] + part[row])
           {
             for (int r = tid; r < 64; r += 128) {
@@ -17317,7 +18100,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d64_e64_c
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2(
     const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, float* g_Dy, float* g_lseB, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 35072 bytes of dynamic shared memory
+  // sm_90a: 51712 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -17419,8 +18202,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
   __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_base + 0);  // bf16[64, 64] swizzle 128
   __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_base + 8192);  // bf16[64, 64] swizzle 128
   float f_lse_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_base + 17408);  // bf16[64, 64] swizzle 128
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_base + 25600);  // bf16[64, 64] swizzle 128
+  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 17408);  // bf16[64, 64] swizzle 128, 2 copies
+  __nv_bfloat16* t_k = t_k_base;
+  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 33792);  // bf16[64, 64] swizzle 128, 2 copies
+  __nv_bfloat16* t_v = t_v_base;
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_p[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_p_dp[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
@@ -17431,8 +18216,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
   float f_g_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 16384);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 16640);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 17152);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 33792);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 50176);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 17152);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 16896);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 16384);  // f32[1] pitch 1
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
@@ -17534,7 +18320,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
       }
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -17543,9 +18329,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   prt::fence_proxy_async();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
@@ -17779,21 +18568,149 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
       }
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    prt::fence_proxy_async();
+    __syncthreads();
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 4096;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 4096;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        prt::fence_proxy_async();
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 4096;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 4096;  // bind v stage (i0 % 2)
       prt::fence_proxy_async();
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
@@ -17817,60 +18734,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __nv_bfloat16* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __nv_bfloat16* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      prt::fence_proxy_async();
-      __syncthreads();
       // dot = mma.wgmma(q, k^T) [64x64 in 16x64 units over 4 warps]
       {
         float (&acc)[1][8][4] = f_dot;
@@ -18040,6 +18903,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
       }
     }
   }
+  prt::cp_async_wait<0>();
   // acc_dy[row] = select((acc_p[row] != 0.0), (acc_dy[row] / acc_p[row]), 0.0)
   {
     #pragma unroll
@@ -18111,7 +18975,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
     }
   }
 #else
-  // sm_80: 39696 bytes of dynamic shared memory
+  // sm_80: 58384 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -18213,23 +19077,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
   __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_base + 0);  // bf16[64, 64] pitch 72
   __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_base + 9216);  // bf16[64, 64] pitch 72
   float* const t_lse_i = reinterpret_cast<float*>(prt_base + 18432);  // f32[64] pitch 64
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_base + 19984);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_base + 29200);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 19984);  // bf16[64, 64] pitch 72, 2 copies
+  __nv_bfloat16* t_k = t_k_base;
+  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 38416);  // bf16[64, 64] pitch 72, 2 copies
+  __nv_bfloat16* t_v = t_v_base;
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_p_dp[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float* const t_part = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
   float* const t_acc_dy = reinterpret_cast<float*>(prt_base + 18688);  // f32[64] pitch 64
   float* const t_acc_p = reinterpret_cast<float*>(prt_base + 18944);  // f32[64] pitch 64
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 38928);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 57872);  // f32[64] pitch 64
   float* const t_g_i = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
   float* const t_gq = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 39184);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 39440);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 57360);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 58128);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 19728);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 19712);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 38416);  // f32[2, 64] pitch 64
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 56848);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -18280,9 +19147,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // lse_i = load lse[pid.z, (pid.x * 64):+64, pid.y]
+  // lse_i = load.async lse[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -18291,9 +19156,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
     float* const dst = t_lse_i;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   // acc_dy[row] = 0.0
   // acc_p[row] = 0.0
   {
@@ -18304,7 +19172,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
       t_acc_p[r] = y1;
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -18313,9 +19181,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -18568,21 +19439,145 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
       t_acc_p[r] = prt::from_f32<float>((prt::to_f32(t_acc_p[r]) + prt::to_f32(t_part[r])));
     }
   }
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 4608;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 4608;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4608;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4608;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 4608;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 4608;  // bind v stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -18604,59 +19599,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __nv_bfloat16* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __nv_bfloat16* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
       // dot = mma.tc(q, k^T) [64x64 in 16x32 units over 4 warps]
       {
         float (&acc)[2][4][4] = f_dot;
@@ -18854,6 +19796,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
       }
     }
   }
+  prt::cp_async_wait<0>();
   // acc_dy[row] = select((acc_p[row] != 0.0), (acc_dy[row] / acc_p[row]), 0.0)
   // lse_i[row] = (lse_i[row] + log(acc_p[row]))
   {
@@ -18898,7 +19841,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2(
     const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, __nv_bfloat16* g_dQ, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 44032 bytes of dynamic shared memory
+  // sm_90a: 60416 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -19014,9 +19957,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
   __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_base + 8192);  // bf16[64, 64] swizzle 128
   float f_lse_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_Dy_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_base + 17408);  // bf16[64, 64] swizzle 128
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_base + 25600);  // bf16[64, 64] swizzle 128
-  __nv_bfloat16* const t_k_finite = reinterpret_cast<__nv_bfloat16*>(prt_base + 33792);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 17408);  // bf16[64, 64] swizzle 128, 2 copies
+  __nv_bfloat16* t_k = t_k_base;
+  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 33792);  // bf16[64, 64] swizzle 128, 2 copies
+  __nv_bfloat16* t_v = t_v_base;
+  __nv_bfloat16* const t_k_finite = reinterpret_cast<__nv_bfloat16*>(prt_base + 50176);  // bf16[64, 64] pitch 72
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_ds[1][8][2];  // bf16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -19028,8 +19973,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
   float f_h_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 16384);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 16640);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 17152);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 33792);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 50176);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 17152);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 16896);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 16384);  // f32[1] pitch 1
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
@@ -19153,7 +20099,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       }
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -19162,9 +20108,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   prt::fence_proxy_async();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
@@ -19413,21 +20362,149 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       }
     }
   }
+  prt::fence_proxy_async();
+  __syncthreads();
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 4096;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 4096;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        prt::fence_proxy_async();
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 4096;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 4096;  // bind v stage (i0 % 2)
       prt::fence_proxy_async();
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
@@ -19451,60 +20528,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __nv_bfloat16* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __nv_bfloat16* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      prt::fence_proxy_async();
-      __syncthreads();
       // dot = mma.wgmma(q, k^T) [64x64 in 16x64 units over 4 warps]
       {
         float (&acc)[1][8][4] = f_dot;
@@ -19674,6 +20697,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store dQ[pid.z, (pid.x * 64):+64, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -19721,7 +20745,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
     }
   }
 #else
-  // sm_80: 46848 bytes of dynamic shared memory
+  // sm_80: 65280 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -19837,9 +20861,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
   __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_base + 9216);  // bf16[64, 64] pitch 72
   float f_lse_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_Dy_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_base + 19200);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_base + 28416);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_k_finite = reinterpret_cast<__nv_bfloat16*>(prt_base + 37632);  // bf16[64, 64] pitch 72
+  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 19200);  // bf16[64, 64] pitch 72, 2 copies
+  __nv_bfloat16* t_k = t_k_base;
+  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 37632);  // bf16[64, 64] pitch 72, 2 copies
+  __nv_bfloat16* t_v = t_v_base;
+  __nv_bfloat16* const t_k_finite = reinterpret_cast<__nv_bfloat16*>(prt_base + 56064);  // bf16[64, 64] pitch 72
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_ds[1][8][2];  // bf16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -19851,8 +20877,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
   float f_h_i[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_gq = reinterpret_cast<float*>(prt_base + 18432);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 18688);  // f32[64] pitch 64
-  float* const t_gk = reinterpret_cast<float*>(prt_base + 37632);  // f32[64] pitch 64
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 37888);  // f32[64] pitch 64
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 56064);  // f32[64] pitch 64, 2 copies
+  float* t_gk = t_gk_base;
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 56576);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 18944);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 18432);  // f32[1] pitch 1
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
@@ -19976,7 +21003,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       }
     }
   }
-  // gq = load logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -19985,9 +21012,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gq;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // cq = cumsum(gq, axis=0)
   {
@@ -20265,21 +21295,146 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
     }
   }
   __syncthreads();
+  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+      float* const dst = t_gk_base + ((0) % 2) * 64;
+      for (int r = tid; r < 64; r += 128) {
+        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+      }
+    }
+    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 4608;
+      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    {
+      const int a0 = static_cast<int>(blockIdx.z);
+      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+      const int s3 = 0;
+      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 4608;
+      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c = (i % 8) * 8;
+          const int gr = s1 + r;
+          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        }
+      }
+      else {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+        }
+      }
+    }
+  }
+  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // gk = load logG[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h))]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-        float* const dst = t_gk;
-        for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
+          for (int r = tid; r < 64; r += 128) {
+            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+          }
+        }
+        __syncthreads();
+        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4608;
+          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
+        }
+        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        {
+          const int a0 = static_cast<int>(blockIdx.z);
+          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+          const int s3 = 0;
+          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4608;
+          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            for (int i = tid; i < 512; i += 128) {
+              const int r = i / 8, c = (i % 8) * 8;
+              const int gr = s1 + r;
+              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            }
+          }
+          else {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+            }
+          }
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<1>();
+      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
+      t_k = t_k_base + (((v_i0 % 2)) % 2) * 4608;  // bind k stage (i0 % 2)
+      t_v = t_v_base + (((v_i0 % 2)) % 2) * 4608;  // bind v stage (i0 % 2)
       __syncthreads();
       // sk = cumsum(gk, axis=0, reverse)
       {
@@ -20301,59 +21456,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
           t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
         }
       }
-      // k = load.async K[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-        __nv_bfloat16* const dst = t_k;
-        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      // v = load.async V[pid.z, ((pid.x * 64) - ((i0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64]
-      {
-        const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((v_i0 + 1) * 64));
-        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-        const int s3 = 0;
-        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-        __nv_bfloat16* const dst = t_v;
-        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-          }
-        }
-        else {
-          for (int i = tid; i < 4096; i += 128) {
-            const int r = i / 64, c = i % 64;
-            dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      __syncthreads();
       // dot = mma.tc(q, k^T) [64x64 in 16x64 units over 4 warps]
       {
         float (&acc)[1][8][4] = f_dot;
@@ -20563,6 +21665,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       }
     }
   }
+  prt::cp_async_wait<0>();
   // store dQ[pid.z, (pid.x * 64):+64, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -20828,9 +21931,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gk = load logG[pid.z, (pid.x * 64):+64, pid.y]
+  // gk = load.async logG[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -20839,9 +21940,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gk;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   prt::fence_proxy_async();
   __syncthreads();
   // sk = cumsum(gk, axis=0, reverse)
@@ -21009,9 +22113,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
           }
         }
       }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      // lse_i = load lse[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
+      // lse_i = load.async lse[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -21020,12 +22122,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
         const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
         float* const dst = t_lse_i;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
         }
       }
       prt::fence_proxy_async();
       __syncthreads();
-      // Dy_i = load Dy[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
+      // Dy_i = load.async Dy[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -21034,10 +22137,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
         const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
         float* const dst = t_Dy_i;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
         }
       }
-      // gq = load logG[pid.z, (pid.x * 64):+64, pid.y]
+      // gq = load.async logG[pid.z, (pid.x * 64):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -21046,9 +22150,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
         const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
         float* const dst = t_gq;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
       prt::fence_proxy_async();
       __syncthreads();
       // cq = cumsum(gq, axis=0)
@@ -21319,9 +22426,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
               }
             }
           }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          // lse_i = load lse[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
+          // lse_i = load.async lse[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -21330,10 +22435,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
             const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
             float* const dst = t_lse_i;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
             }
           }
-          // Dy_i = load Dy[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
+          // Dy_i = load.async Dy[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -21342,10 +22448,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
             const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
             float* const dst = t_Dy_i;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
             }
           }
-          // gq = load logG[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, pid.y]
+          // gq = load.async logG[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, pid.y]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -21354,9 +22461,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
             const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
             float* const dst = t_gq;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
             }
           }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
           prt::fence_proxy_async();
           __syncthreads();
           // cq = cumsum(gq, axis=0)
@@ -21915,9 +23025,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
       }
     }
   }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // gk = load logG[pid.z, (pid.x * 64):+64, pid.y]
+  // gk = load.async logG[pid.z, (pid.x * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -21926,9 +23034,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
     float* const dst = t_gk;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // sk = cumsum(gk, axis=0, reverse)
   {
@@ -22094,9 +23205,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
           }
         }
       }
-      prt::cp_async_commit();
-      prt::cp_async_wait<0>();
-      // lse_i = load lse[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
+      // lse_i = load.async lse[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -22105,11 +23214,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
         const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
         float* const dst = t_lse_i;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
         }
       }
       __syncthreads();
-      // Dy_i = load Dy[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
+      // Dy_i = load.async Dy[pid.z, (pid.x * 64):+64, ((pid.y * ($hq // $h)) + i0)]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -22118,10 +23228,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
         const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
         float* const dst = t_Dy_i;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
         }
       }
-      // gq = load logG[pid.z, (pid.x * 64):+64, pid.y]
+      // gq = load.async logG[pid.z, (pid.x * 64):+64, pid.y]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -22130,9 +23241,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
         const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
         float* const dst = t_gq;
         for (int r = tid; r < 64; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
       __syncthreads();
       // cq = cumsum(gq, axis=0)
       {
@@ -22441,9 +23555,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
               }
             }
           }
-          prt::cp_async_commit();
-          prt::cp_async_wait<0>();
-          // lse_i = load lse[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
+          // lse_i = load.async lse[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -22452,10 +23564,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
             const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
             float* const dst = t_lse_i;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_lse_d1 ? g_lse[base + static_cast<long long>(r) * g_lse_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
             }
           }
-          // Dy_i = load Dy[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
+          // Dy_i = load.async Dy[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, ((pid.y * ($hq // $h)) + i0)]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -22464,10 +23577,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
             const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
             float* const dst = t_Dy_i;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_Dy_d1 ? g_Dy[base + static_cast<long long>(r) * g_Dy_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_Dy_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Dy[base + static_cast<long long>(r) * g_Dy_s1]) : static_cast<const void*>(g_Dy), in ? 4 : 0);
             }
           }
-          // gq = load logG[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, pid.y]
+          // gq = load.async logG[pid.z, ((pid.x * 64) + ((i1 + 1) * 64)):+64, pid.y]
           {
             const int a0 = static_cast<int>(blockIdx.z);
             const int s1 = ((static_cast<int>(blockIdx.x) * 64) + ((v_i1 + 1) * 64));
@@ -22476,9 +23590,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
             const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
             float* const dst = t_gq;
             for (int r = tid; r < 64; r += 128) {
-              dst[r] = ok && s1 + r >= 0 && s1 + r < g_logG_d1 ? g_logG[base + static_cast<long long>(r) * g_logG_s1] : prt::from_f32<float>(0.0f);
+              const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+              prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
             }
           }
+          prt::cp_async_commit();
+          prt::cp_async_wait<0>();
           __syncthreads();
           // cq = cumsum(gq, axis=0)
           {
@@ -22917,7 +24034,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_gate_grads_y_p2_d64_e64_c6
   {
     const int v_i0_end = ((p_t + 255) / 256);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // dlam = load dlamA[pid.y, ((((($t + 255) // 256) - 1) - i0) * 256):+256, pid.x]
+      // dlam = load.async dlamA[pid.y, ((((($t + 255) // 256) - 1) - i0) * 256):+256, pid.x]
       {
         const int a0 = static_cast<int>(blockIdx.y);
         const int s1 = (((((p_t + 255) / 256) - 1) - v_i0) * 256);
@@ -22926,9 +24043,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_gate_grads_y_p2_d64_e64_c6
         const long long base = static_cast<long long>(a0) * g_dlamA_s0 + static_cast<long long>(s1) * g_dlamA_s1 + static_cast<long long>(a2) * g_dlamA_s2;
         float* const dst = t_dlam;
         for (int r = tid; r < 256; r += 128) {
-          dst[r] = ok && s1 + r >= 0 && s1 + r < g_dlamA_d1 ? g_dlamA[base + static_cast<long long>(r) * g_dlamA_s1] : prt::from_f32<float>(0.0f);
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_dlamA_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_dlamA[base + static_cast<long long>(r) * g_dlamA_s1]) : static_cast<const void*>(g_dlamA), in ? 4 : 0);
         }
       }
+      prt::cp_async_commit();
+      prt::cp_async_wait<0>();
       __syncthreads();
       // suffix = cumsum(dlam, axis=0, reverse)
       {
@@ -23099,7 +24219,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c64_bf16
   float* const t_y_row = reinterpret_cast<float*>(prt_base + 256);  // f32[64] pitch 64
   float* const t_den_s_part = reinterpret_cast<float*>(prt_base + 2816);  // f32[4, 16] pitch 16
   float* const t_m_blk_part = reinterpret_cast<float*>(prt_base + 48128);  // f32[4, 16] pitch 16
-  // g = load Gc[pid.y, 0:+64, (pid.x // ($hq // $h))]
+  // g = load.async Gc[pid.y, 0:+64, (pid.x // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.y);
     const int s1 = 0;
@@ -23108,9 +24228,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c64_bf16
     const long long base = static_cast<long long>(a0) * g_Gc_s0 + static_cast<long long>(s1) * g_Gc_s1 + static_cast<long long>(a2) * g_Gc_s2;
     float* const dst = t_g;
     for (int r = tid; r < 64; r += 128) {
-      dst[r] = ok && s1 + r >= 0 && s1 + r < g_Gc_d1 ? g_Gc[base + static_cast<long long>(r) * g_Gc_s1] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s1 + r >= 0 && s1 + r < g_Gc_d1;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_Gc[base + static_cast<long long>(r) * g_Gc_s1]) : static_cast<const void*>(g_Gc), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
   __syncthreads();
   // lam = cumsum(g, axis=0)
   {
@@ -23883,7 +25006,7 @@ extern "C" __global__ void __launch_bounds__(32) prt_cache_append_p2_d64_e64_c64
     }
   }
   __syncthreads();
-  // g = load logG[pid.z, ($q0 + pid.x), pid.y:+1]
+  // g = load.async logG[pid.z, ($q0 + pid.x), pid.y:+1]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int a1 = (p_q0 + static_cast<int>(blockIdx.x));
@@ -23892,9 +25015,13 @@ extern "C" __global__ void __launch_bounds__(32) prt_cache_append_p2_d64_e64_c64
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(a1) * g_logG_s1 + static_cast<long long>(s2) * g_logG_s2;
     float* const dst = t_g;
     for (int r = tid; r < 1; r += 32) {
-      dst[r] = ok && s2 + r >= 0 && s2 + r < g_logG_d2 ? g_logG[base + static_cast<long long>(r) * g_logG_s2] : prt::from_f32<float>(0.0f);
+      const bool in = ok && s2 + r >= 0 && s2 + r < g_logG_d2;
+      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s2]) : static_cast<const void*>(g_logG), in ? 4 : 0);
     }
   }
+  prt::cp_async_commit();
+  prt::cp_async_wait<0>();
+  __syncthreads();
   // store Gc[pid.z, ($len0 + pid.x), pid.y:+1] = g
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -24064,16 +25191,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_state_copy_p2_d64_e64_c64_
 #include <cuda_runtime.h>
 
 extern "C" cudaError_t prt_attention_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 36608);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 55040);
   if (err != cudaSuccess) return err;
-  prt_attention_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 36608, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 55040, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_y_p2_d64_e64_c64_bf16_w8_bd0_bt128_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, __nv_bfloat16* g_Y, float* g_lse, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_y_p2_d64_e64_c64_bf16_w8_bd0_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 73216);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_y_p2_d64_e64_c64_bf16_w8_bd0_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 110080);
   if (err != cudaSuccess) return err;
-  prt_attention_y_p2_d64_e64_c64_bf16_w8_bd0_bt128_s2<<<grid, 256, 73216, stream>>>(g_Q, g_K, g_V, g_logG, g_Y, g_lse, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_y_p2_d64_e64_c64_bf16_w8_bd0_bt128_s2<<<grid, 256, 110080, stream>>>(g_Q, g_K, g_V, g_logG, g_Y, g_lse, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -24085,9 +25212,9 @@ extern "C" cudaError_t prt_update_state_p2_d64_e64_c64_bf16_w8_bd64_bt64_s1_laun
 }
 
 extern "C" cudaError_t prt_discounted_cumsum_p2_d64_e64_c64_bf16_w4_bd64_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_dS, const float* g_dZ, const float* g_logG, const float* g_S0, const float* g_Z0, float* g_Sin, float* g_Zin, float* g_Sfinal, float* g_Zfinal, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_p2_d64_e64_c64_bf16_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 34048);
+  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_p2_d64_e64_c64_bf16_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 34304);
   if (err != cudaSuccess) return err;
-  prt_discounted_cumsum_p2_d64_e64_c64_bf16_w4_bd64_bt64_s2<<<grid, 128, 34048, stream>>>(g_dS, g_dZ, g_logG, g_S0, g_Z0, g_Sin, g_Zin, g_Sfinal, g_Zfinal, p_b, p_t, p_h, p_n);
+  prt_discounted_cumsum_p2_d64_e64_c64_bf16_w4_bd64_bt64_s2<<<grid, 128, 34304, stream>>>(g_dS, g_dZ, g_logG, g_S0, g_Z0, g_Sin, g_Zin, g_Sfinal, g_Zfinal, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
@@ -24099,9 +25226,9 @@ extern "C" cudaError_t prt_query_state_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2_launch
 }
 
 extern "C" cudaError_t prt_attention_bwd_prep_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, float* g_DyA, float* g_PA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 39696);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 58384);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_prep_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 39696, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_prep_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 58384, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_DyA, g_PA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -24113,9 +25240,9 @@ extern "C" cudaError_t prt_query_state_bwd_dq_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2
 }
 
 extern "C" cudaError_t prt_attention_bwd_dq_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 46848);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 65280);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dq_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 46848, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dq_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 65280, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -24134,9 +25261,9 @@ extern "C" cudaError_t prt_query_state_bwd_ds_p2_d64_e64_c64_bf16_w8_bd64_bt64_s
 }
 
 extern "C" cudaError_t prt_discounted_cumsum_bwd_p2_d64_e64_c64_bf16_w4_bd64_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_logG, const float* g_Sin, const float* g_Zin, const float* g_dSin, const float* g_dZin, const float* g_dSfinal, const float* g_dZfinal, float* g_ddS, float* g_ddZ, float* g_dS0, float* g_dZ0, float* g_dGc, int p_b, int p_t, int p_h, int p_n) {
-  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d64_e64_c64_bf16_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 67872);
+  cudaError_t err = cudaFuncSetAttribute(prt_discounted_cumsum_bwd_p2_d64_e64_c64_bf16_w4_bd64_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 68128);
   if (err != cudaSuccess) return err;
-  prt_discounted_cumsum_bwd_p2_d64_e64_c64_bf16_w4_bd64_bt64_s2<<<grid, 128, 67872, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
+  prt_discounted_cumsum_bwd_p2_d64_e64_c64_bf16_w4_bd64_bt64_s2<<<grid, 128, 68128, stream>>>(g_logG, g_Sin, g_Zin, g_dSin, g_dZin, g_dSfinal, g_dZfinal, g_ddS, g_ddZ, g_dS0, g_dZ0, g_dGc, p_b, p_t, p_h, p_n);
   return cudaGetLastError();
 }
 
@@ -24155,16 +25282,16 @@ extern "C" cudaError_t prt_combine_grads_p2_d64_e64_c64_bf16_w4_bd0_bt64_s1_laun
 }
 
 extern "C" cudaError_t prt_attention_bwd_prep_y_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, float* g_Dy, float* g_lseB, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_y_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 39696);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_y_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 58384);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_prep_y_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 39696, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_lseB, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_prep_y_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 58384, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_lseB, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_bwd_dq_y_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, __nv_bfloat16* g_dQ, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_y_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 46848);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_y_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 65280);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dq_y_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 46848, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQ, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dq_y_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 65280, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQ, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 

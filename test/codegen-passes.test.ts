@@ -144,20 +144,22 @@ describe("place-fragments", () => {
 });
 
 describe("select-loads", () => {
-  it("same-dtype loads of whole 16-byte chunks of the contiguous dim go through cp.async, one group per run", () => {
+  it("same-dtype loads of whole 16-byte chunks of the contiguous dim, and vectors of 4-byte elements, go through cp.async, one group per run", () => {
     const k = kernel("loads", 4, (k) => {
       const n = k.param("n", "i32");
       const X = k.tensor("X", "f16", [n, 64, 32], "in");
       const F = k.tensor("F", "f32", [n, 64, 32], "in");
       const G = k.tensor("G", "f32", [64, n], "in");
+      const H = k.tensor("H", "f16", [64, n], "in");
       const x = k.shared("x", [64, 32], "f16"), y = k.shared("y", [64, 32], "f16"), f = k.shared("f", [64, 32], "f16");
-      const g = k.reg("g", [64], "f32"), s = k.reg("s", [64], "f32");
+      const g = k.reg("g", [64], "f32"), h = k.reg("h", [64], "f16"), s = k.reg("s", [64], "f32");
       const i = k.programId(0);
       k.load(x, X, [i, range(0, 64), range(0, 32)]); // async
       k.load(y, X, [i, range(0, 64), range(0, 32)]); // async, same group
       k.load(f, F, [i, range(0, 64), range(0, 32)]); // f32 -> f16: scalar
-      k.load(g, G, [range(0, 64), i]); // strided: scalar
-      k.map(s, ({ row }) => x.at(row, 0).add(y.at(row, 1)).add(f.at(row, 2)).add(g.at(row)));
+      k.load(g, G, [range(0, 64), i]); // strided f32: async, 4 bytes an element
+      k.load(h, H, [range(0, 64), i]); // strided f16: scalar
+      k.map(s, ({ row }) => x.at(row, 0).add(y.at(row, 1)).add(f.at(row, 2)).add(g.at(row)).add(h.at(row)));
     });
     const { after } = pair(k, "select-loads");
     expect(after).toMatchInlineSnapshot(`
@@ -165,18 +167,23 @@ describe("select-loads", () => {
         in X: f16[$n, 64, 32]
         in F: f32[$n, 64, 32]
         in G: f32[64, $n]
+        in H: f16[64, $n]
         smem x: f16[64, 32]
         smem y: f16[64, 32]
         smem f: f16[64, 32]
         smem g: f32[64]
+        smem h: f16[64]
         smem s: f32[64]
         x = load.async X[pid.x, 0:+64, 0:+32]
         y = load.async X[pid.x, 0:+64, 0:+32]
         async.commit
         async.wait 0
         f = load F[pid.x, 0:+64, 0:+32]
-        g = load G[0:+64, pid.x]
-        s[row] = (((x[row, 0] + y[row, 1]) + f[row, 2]) + g[row])
+        g = load.async G[0:+64, pid.x]
+        async.commit
+        async.wait 0
+        h = load H[0:+64, pid.x]
+        s[row] = ((((x[row, 0] + y[row, 1]) + f[row, 2]) + g[row]) + h[row])
       "
     `);
   });
@@ -220,6 +227,37 @@ describe("pipeline-loops", () => {
         store Y[0:+16, 0:+32] = s
       "
     `);
+  });
+});
+
+describe("pipeline-loops: tiles used outside the loop", () => {
+  const body = (k: KernelBuilder, outer: boolean, after: boolean): void => {
+    const n = k.param("n", "i32");
+    const X = k.tensor("X", "f32", [n, 16, 32], "in");
+    const Y = k.tensor("Y", "f32", [16, 32], "out");
+    const x = k.shared("x", [16, 32], "f32");
+    const s = k.reg("s", [16, 32], "f32");
+    const inner = (): void => {
+      k.load(x, X, [0, range(0, 16), range(0, 32)]); // the tile's use before the loop (attention's diagonal block)
+      k.map(s, ({ row, col }) => x.at(row, col));
+      k.for(1, n, (i) => {
+        k.load(x, X, [i, range(0, 16), range(0, 32)]);
+        k.map(s, ({ row, col }) => s.at(row, col).add(x.at(row, col)));
+      }, { stages: 2 });
+      if (after) k.map(s, ({ row, col }) => s.at(row, col).add(x.at(row, col)));
+    };
+    if (outer) k.for(0, 2, () => inner());
+    else inner();
+    k.store(Y, [range(0, 16), range(0, 32)], s);
+  };
+  const streamedIn = (outer: boolean, after: boolean): boolean =>
+    pair(kernel("use", 4, (k) => body(k, outer, after)), "pipeline-loops").after.includes("smem x: f32[16, 32] x2 copies");
+  it("streams a tile used only before a top-level loop (it sees copy 0, done before the prologue refills it)", () => {
+    expect(streamedIn(false, false)).toBe(true);
+  });
+  it("does not stream a tile read after the loop, or used before it inside an enclosing loop (the next pass runs that use again)", () => {
+    expect(streamedIn(false, true)).toBe(false);
+    expect(streamedIn(true, false)).toBe(false);
   });
 });
 

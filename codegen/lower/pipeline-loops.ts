@@ -1,6 +1,6 @@
 // Pass: software pipelining of the loops the schedule gives `stages` > 1. An async load at the top
 // of such a loop body whose tile is streamed (written only by that load, read only after it, used
-// nowhere outside the loop, indices free of tile reads) gets `stages` copies of its tile: a
+// nowhere after the loop nor in a loop around it, indices free of tile reads) gets `stages` copies of its tile: a
 // prologue issues the loads of the first stages-1 iterations, and iteration i issues the load of
 // iteration i+stages-1 before waiting for its own (cp.async.wait_group stages-1), so the copies
 // overlap the compute of the iterations before.
@@ -44,18 +44,45 @@ export function substituteVar(e: Expr, name: string, by: Expr): Expr {
 const substSlices = (ss: readonly Slice[], name: string, by: Expr): Slice[] =>
   ss.map((s) => (s.kind === "at" ? { kind: "at", at: substituteVar(s.at, name, by) } : { kind: "range", start: substituteVar(s.start, name, by), size: s.size }));
 
+/** Whether `tile` is accessed outside `loop` where the loop's stage copies would disturb it: after
+ * the loop, or anywhere when a loop encloses it (a later iteration of that loop runs the accesses
+ * before it again). Accesses that precede a top-level loop (outside any loop) are fine: they see
+ * copy 0, done before the prologue refills it (the barrier pass orders the two, the region being
+ * the same), and the loop leaves the tile bound to some stage nobody reads again. */
 function accessesOutside(k: LKernel, loop: LStmt, tile: string): boolean {
-  let found = false;
-  const visit = (body: readonly LStmt[]): void => {
+  let found = false, seen = false, enclosed = false;
+  const touches = (s: LStmt): boolean => {
+    const { reads, writes } = stmtAccess(s);
+    return reads.has(tile) || writes.has(tile);
+  };
+  const contains = (s: LStmt): boolean => {
+    let hit = false;
+    walkStmts([s], (u) => { if (u === loop) hit = true; });
+    return hit;
+  };
+  const visit = (body: readonly LStmt[], inLoop: boolean): void => {
     for (const s of body) {
-      if (s === loop) continue;
-      const { reads, writes } = stmtAccess(s);
-      if (reads.has(tile) || writes.has(tile)) found = true;
-      if (s.kind === "for" || s.kind === "if") visit(s.body);
+      if (s === loop) {
+        seen = true;
+        enclosed = inLoop;
+        continue;
+      }
+      if ((s.kind === "for" || s.kind === "if") && contains(s)) {
+        visit(s.body, inLoop || s.kind === "for");
+        continue;
+      }
+      if (s.kind === "for" || s.kind === "if") {
+        let inner = false;
+        walkStmts(s.body, (u) => { if (touches(u)) inner = true; });
+        if (inner || touches(s)) (seen ? (found = true) : before.push(s));
+        continue;
+      }
+      if (touches(s)) (seen ? (found = true) : before.push(s));
     }
   };
-  visit(k.body);
-  return found;
+  const before: LStmt[] = [];
+  visit(k.body, false);
+  return found || (enclosed && before.length > 0);
 }
 
 /** The loads of a loop body that can be streamed. */

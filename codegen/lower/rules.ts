@@ -107,6 +107,18 @@ export const MAX_FRAG_REGISTERS_TOTAL = 160;
 /** Why a load cannot be issued as 16-byte cp.async chunks (null when it can; alignment of the
  * tensor's address, base offset and row stride is still checked at run time). */
 export function whyNotAsync(k: LKernel, s: Extract<LStmt, { kind: "load" }>): string | null {
+  const chunks = whyNotChunkAsync(k, s);
+  if (chunks === null) return null;
+  const dst = bufferOf(k, s.dst);
+  // a vector of 4-byte elements (an f32 gate down the time axis, h apart): one 4-byte cp.async each
+  if (dst.home === "smem" && dst.type.shape.length === 1 && dtypeBytes(dst.type.dtype) === 4 && k.tensors.find((t) => t.name === s.tensor)!.dtype === dst.type.dtype) return null;
+  return chunks;
+}
+
+/** Why a load cannot go as cp.async of 16-byte chunks along the tensor's contiguous dim (null: it
+ * can; render-memory then checks the alignment at run time, else it copies one 4-byte element at a
+ * time where whyNotAsync allowed that). */
+export function whyNotChunkAsync(k: LKernel, s: Extract<LStmt, { kind: "load" }>): string | null {
   const dst = bufferOf(k, s.dst);
   const ten = k.tensors.find((t) => t.name === s.tensor)!;
   if (dst.home !== "smem") return "destination is not in shared memory";

@@ -194,14 +194,16 @@ function candidates(cap: number): Schedule[] {
   return tileSizes(cap, 128).map((blockT) => ({ numWarps: blockT / 16, blockD: 0, blockT, stages: 2 }));
 }
 
-/** Shared-memory bytes of a schedule: the shared tiles, the streamed k and v once per stage. The
+/** Shared-memory bytes of a schedule: the shared tiles, the streamed k, v and gates once per stage. The
  * `reg` tiles (scores, weights, the accumulator, row statistics) are registers in the lowering
  * (place-fragments), 4 B / 16 per thread and element at 16 rows a warp: B = 128, d = e = 64 takes
  * 128 of them per thread. */
 function sharedBytes(s: Spec, sch: Schedule, epilogue: Epilogue): number {
   const k = build(s, sch, epilogue);
   const shared = k.buffers.filter((b) => b.type.space === "shared").reduce((sum, b) => sum + b.type.shape.reduce((x, y) => x * y, 1) * dtypeBytes(b.type.dtype), 0);
-  return shared + (sch.stages - 1) * sch.blockT * (s.d + s.e) * dtypeBytes(s.dtype);
+  // f32 mmas run on FMA, which take no operand from registers: the weights p stay a shared tile
+  const weights = s.dtype === "f32" ? sch.blockT * sch.blockT * 4 : 0;
+  return shared + weights + (sch.stages - 1) * sch.blockT * (s.d + s.e + 1) * dtypeBytes(s.dtype);
 }
 
 /** Shared memory of an SM that blocks share (H100 and H200: 228 KB, less 1 KB reserved per block). */

@@ -83,7 +83,7 @@ inline uint3_ threadIdx, blockIdx;
 
 namespace emu {
 
-struct Copy { unsigned char* dst; const unsigned char* src; int bytes; };
+struct Copy { unsigned char* dst; const unsigned char* src; int bytes; int size; };  // size: the copy's width (4 or 16 B)
 
 struct Fiber {
   ucontext_t ctx;
@@ -367,14 +367,17 @@ template <int N, typename T> T powi(T x) {
   return y;
 }
 
-inline void cp_async_16(void* smem, const void* gmem, int src_bytes) {
-  if (src_bytes < 0 || src_bytes > 16) { std::fprintf(stderr, "emu: cp.async src size %d\n", src_bytes); std::exit(3); }
-  if ((reinterpret_cast<uintptr_t>(smem) & 15) || (src_bytes > 0 && (reinterpret_cast<uintptr_t>(gmem) & 15))) {
-    std::fprintf(stderr, "emu: cp.async address not 16-byte aligned\n");
+/** cp.async of `Size` bytes (4 or 16), zero-filled past src_bytes, at Size-aligned addresses. */
+template <int Size> void cp_async(void* smem, const void* gmem, int src_bytes) {
+  if (src_bytes < 0 || src_bytes > Size) { std::fprintf(stderr, "emu: cp.async src size %d of %d\n", src_bytes, Size); std::exit(3); }
+  if ((reinterpret_cast<uintptr_t>(smem) % Size) || (src_bytes > 0 && (reinterpret_cast<uintptr_t>(gmem) % Size))) {
+    std::fprintf(stderr, "emu: cp.async address not %d-byte aligned\n", Size);
     std::exit(3);
   }
-  emu::self().open.push_back({static_cast<unsigned char*>(smem), static_cast<const unsigned char*>(gmem), src_bytes});
+  emu::self().open.push_back({static_cast<unsigned char*>(smem), static_cast<const unsigned char*>(gmem), src_bytes, Size});
 }
+inline void cp_async_16(void* smem, const void* gmem, int src_bytes) { cp_async<16>(smem, gmem, src_bytes); }
+inline void cp_async_4(void* smem, const void* gmem, int src_bytes) { cp_async<4>(smem, gmem, src_bytes); }
 inline void cp_async_commit() {
   auto& f = emu::self();
   f.groups.push_back(std::move(f.open));
@@ -384,7 +387,7 @@ template <int N> void cp_async_wait() {
   auto& f = emu::self();
   while (static_cast<int>(f.groups.size()) > N) {
     for (const auto& c : f.groups.front()) {
-      std::memset(c.dst, 0, 16);
+      std::memset(c.dst, 0, c.size);
       if (c.bytes) std::memcpy(c.dst, c.src, c.bytes);
     }
     f.groups.pop_front();
