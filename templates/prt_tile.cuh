@@ -240,6 +240,16 @@ __device__ __forceinline__ void wgmma_commit() {}
 template <int N> __device__ __forceinline__ void wgmma_wait() {}
 __device__ __forceinline__ void fence_proxy_async() {}
 #endif
+/** After a deferred wgmma's wait: its accumulator registers pass through an empty asm, so the
+ * compiler cannot move their reads above the wait (nor keep them in other registers across it). */
+template <int S, int Q> __device__ __forceinline__ void wgmma_fence_regs(float (&d)[S][Q][4]) {
+#pragma unroll
+  for (int j = 0; j < S; ++j)
+#pragma unroll
+    for (int q = 0; q < Q; ++q)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[j][q][e])::"memory");
+}
 
 /** First position in [lo, hi) of a sorted table whose entry is >= key. */
 template <typename T> __device__ __forceinline__ int lower_bound(const T* t, int lo, int hi, int key) {
