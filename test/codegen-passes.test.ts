@@ -3,7 +3,7 @@
 // the LIR validator run on the result. Kernels here are tiny on purpose: each shows one decision.
 
 import { describe, expect, it } from "vitest";
-import { i32, range, traceKernel, type KernelBuilder, type TensorRef, type Val } from "../dsl/builder.ts";
+import { i32, range, traceKernel, type KernelBuilder, type TensorRef, type Tile, type Val } from "../dsl/builder.ts";
 import type { Kernel } from "../dsl/ir.ts";
 import { fromDsl } from "../codegen/lir.ts";
 import { printLKernel } from "../codegen/lir-print.ts";
@@ -263,7 +263,7 @@ describe("pipeline-loops: tiles used outside the loop", () => {
 
 describe("defer-wgmma-waits", () => {
   /** q k^T on wgmma, with a gate cumsum that needs none of it, then `after` (sm_90a's final LIR). */
-  const lowered = (after: (k: KernelBuilder, t: { kt: TensorRef; K: TensorRef; s: TensorRef; w: TensorRef; h: TensorRef; i: Val }) => void): string =>
+  const lowered = (after: (k: KernelBuilder, t: { kt: Tile; K: TensorRef; s: Tile; w: Tile; h: Tile; i: Val }) => void): string =>
     printLKernel(lowerUpTo(kernel("defer", 4, (k) => {
       const n = k.param("n", "i32");
       const Q = k.tensor("Q", "bf16", [64, 64], "in"), K = k.tensor("K", "bf16", [n, 64, 64], "in"), G = k.tensor("G", "f32", [n, 64], "in");
